@@ -1,0 +1,56 @@
+"""Input validation shared by the public ops. Every error names the argument, what was expected
+and what was given."""
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORTED_HEAD_DIMS = (64, 128, 256)
+
+
+def _fail(cls, name, expected, got):
+    raise cls(f"{name}: expected {expected}, got {got}")
+
+
+def check_tensor(name: str, x, ndim: int | None = None):
+    if not isinstance(x, torch.Tensor):
+        _fail(TypeError, name, "a torch.Tensor", type(x).__name__)
+    if ndim is not None and x.dim() != ndim:
+        _fail(ValueError, name, f"a {ndim}-D tensor", f"shape {tuple(x.shape)}")
+
+
+def check_dtype(name: str, x: torch.Tensor, allowed=SUPPORTED_DTYPES):
+    if x.dtype not in allowed:
+        _fail(TypeError, name, "dtype in " + ", ".join(str(d).replace("torch.", "") for d in allowed), x.dtype)
+
+
+def check_same(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor):
+    if x.device != ref.device:
+        _fail(ValueError, name, f"device {ref.device} (as {ref_name})", x.device)
+    if x.dtype != ref.dtype:
+        _fail(TypeError, name, f"dtype {ref.dtype} (as {ref_name})", x.dtype)
+
+
+def check_index(name: str, x, ndim: int, device: torch.device):
+    check_tensor(name, x, ndim)
+    if x.dtype != torch.int32:
+        _fail(TypeError, name, "dtype torch.int32", x.dtype)
+    if x.device != device:
+        _fail(ValueError, name, f"device {device}", x.device)
+
+
+def check_head_dim(name: str, d: int):
+    if d not in SUPPORTED_HEAD_DIMS:
+        _fail(ValueError, name, f"head dim in {SUPPORTED_HEAD_DIMS}", d)
+
+
+def check_unit_stride(name: str, x: torch.Tensor):
+    if x.stride(-1) != 1:
+        _fail(ValueError, name, "unit stride on the last (head) dimension", f"strides {tuple(x.stride())}")
+
+
+def values_checkable(*tensors) -> bool:
+    """Whether value checks cost no device sync: CPU tensors, outside compile and graph capture."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(t is None or t.device.type == "cpu" for t in tensors)

@@ -1,0 +1,274 @@
+"""Decode attention kernels: one query token per sequence against a (paged) KV cache.
+
+Both schedules share ``attend_tiles``, which folds a range of KV tiles of one (sequence, kv-head)
+into an online-softmax state for the query heads of one GQA group, stacked as the rows of a
+``tl.dot`` so that K and V are read once per group.
+
+* ``lean_decode_kernel``: a persistent grid; program ``p`` takes an equal contiguous range of the
+  global tile sequence (stream-K, see ``schedules/stream_k.py``), so a head may be cut into
+  unequal pieces by several programs. A head finished inside one program is written directly.
+  Otherwise every piece stores its state in the program's workspace slot and bumps a counter at
+  the head's host program; the piece that arrives last merges all pieces in program order and
+  resets the counter. Nobody waits, so no launch can hang, and the merge order is fixed, so the
+  output is bitwise deterministic.
+* ``split_decode_kernel``: FlashDecoding's fixed number of splits per head; a second launch
+  (``kernels/merge.py``) combines the splits.
+
+Scores are kept in log2 units (``qk_scale = softmax_scale * log2(e)``) so the exponentials are
+``exp2``; the LSE written out is natural-log.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..schedules.stream_k import program_of, range_start
+
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def load_q_rows(
+    Q, b, kvh, hb, stride_qb, stride_qh,  #
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """The query heads ``kvh*GROUP + hb*BLOCK_H + i`` of sequence ``b``: ``[BLOCK_H, HEAD_DIM]``."""
+    offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, HEAD_DIM)
+    heads = kvh * GROUP + offs_g
+    ptrs = Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
+    return tl.load(ptrs, mask=(offs_g < GROUP)[:, None], other=0.0)
+
+
+@triton.jit
+def attend_tiles(
+    q, K, V, BlockTable,  #
+    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_btb,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Online softmax over KV tiles ``[tile_lo, tile_hi)``; returns ``(acc, m, l)``.
+
+    ``acc [BLOCK_H, HEAD_DIM]`` is the unnormalised output, ``m [BLOCK_H]`` the running max of the
+    scores in log2 units and ``l [BLOCK_H]`` the sum of ``exp2(score - m)``. ``PAGE_SIZE == 0``
+    means a contiguous cache, where ``stride_kb`` is the batch stride; otherwise ``stride_kb``
+    is the page stride and ``BlockTable[b, i]`` names the i-th page of sequence ``b``.
+    """
+    offs_d = tl.arange(0, HEAD_DIM)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    k_head = K + kvh.to(tl.int64) * stride_kh
+    v_head = V + kvh.to(tl.int64) * stride_vh
+    bt_row = BlockTable + b.to(tl.int64) * stride_btb
+    for j in range(tile_lo, tile_hi):
+        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < seqlen
+        # -- locate the tile's token rows --
+        if PAGE_SIZE == 0:
+            k_rows = b.to(tl.int64) * stride_kb + offs_n.to(tl.int64) * stride_kn
+            v_rows = b.to(tl.int64) * stride_vb + offs_n.to(tl.int64) * stride_vn
+        elif PAGE_SIZE % BLOCK_N == 0:
+            # the whole tile lies inside one page: one page id per tile
+            page = tl.load(bt_row + (j * BLOCK_N) // PAGE_SIZE, mask=j * BLOCK_N < seqlen, other=0).to(tl.int64)
+            in_page = ((j * BLOCK_N) % PAGE_SIZE + tl.arange(0, BLOCK_N)).to(tl.int64)
+            k_rows = page * stride_kb + in_page * stride_kn
+            v_rows = page * stride_vb + in_page * stride_vn
+        else:
+            page = tl.load(bt_row + offs_n // PAGE_SIZE, mask=mask_n, other=0).to(tl.int64)
+            in_page = (offs_n % PAGE_SIZE).to(tl.int64)
+            k_rows = page * stride_kb + in_page * stride_kn
+            v_rows = page * stride_vb + in_page * stride_vn
+        # -- scores --
+        k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
+        # -- online softmax --
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(qk - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        # -- accumulate --
+        v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def store_final(
+    Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,  #
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """Normalise a finished state and write ``out`` rows and their natural-log LSE.
+
+    A row that saw no key (``l == 0``) gets zeros and ``-inf``, never NaN.
+    """
+    offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_h = offs_g < GROUP
+    heads = kvh * GROUP + offs_g
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+    o_ptrs = Out + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_h[:, None])
+    tl.store(Lse + b.to(tl.int64) * stride_lb + heads, lse, mask=mask_h)
+
+
+@triton.jit
+def lean_decode_kernel(
+    Q, K, V, Out, Lse,  #
+    Seqlens, BlockTable,  #
+    WsAcc, WsMl, Counters,  #
+    stride_qb, stride_qh,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_ob, stride_oh, stride_lb,  #
+    stride_btb,  #
+    qk_scale, B, capacity,  #
+    GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence."""
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    # -- schedule, from the real lengths (no host sync) --
+    offs_b = tl.arange(0, BLOCK_B)
+    valid_b = offs_b < B
+    if HAS_SEQLENS:
+        lens = tl.load(Seqlens + offs_b, mask=valid_b, other=0)
+    else:
+        lens = tl.where(valid_b, capacity, 0)
+    lens = tl.minimum(lens, capacity)
+    tiles = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
+    work = tiles * ROWS
+    cum_incl = tl.cumsum(work, 0)
+    total = tl.sum(work, 0)
+    T = tl.cdiv(total, G)
+    high = total - (T - 1) * G
+    start = range_start(pid, T, high)
+    end = start + T - (pid >= high).to(tl.int32)
+
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, HEAD_DIM)
+    t = start
+    while t < end:
+        # -- which (sequence, row, tile) does tile t belong to --
+        b = tl.sum((cum_incl <= t).to(tl.int32), 0)
+        sel = offs_b == b
+        base = tl.sum(tl.where(sel, cum_incl - work, 0), 0)
+        tiles_b = tl.sum(tl.where(sel, tiles, 0), 0)
+        seqlen = tl.sum(tl.where(sel, lens, 0), 0)
+        local = t - base
+        row = local // tiles_b
+        head_begin = base + row * tiles_b
+        head_end = head_begin + tiles_b
+        stop = tl.minimum(end, head_end)
+        kvh = row // N_HB
+        hb = row % N_HB
+        tile_lo = t - head_begin
+
+        q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H)
+        if UPCAST:
+            q = q.to(tl.float32)
+        acc, m_i, l_i = attend_tiles(
+            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+
+        if (t == head_begin) & (stop == head_end):
+            # the whole head in this program: no reduction
+            store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
+                        GROUP, HEAD_DIM, BLOCK_H)
+        else:
+            # -- publish this piece: slot 0 holds a piece starting the range, slot 1 the one ending it --
+            slot = 2 * pid + (t != start).to(tl.int32)
+            acc_ptrs = WsAcc + slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM + offs_d[None, :]
+            tl.store(acc_ptrs, acc)
+            tl.store(WsMl + slot * (2 * BLOCK_H) + offs_h, m_i)
+            tl.store(WsMl + slot * (2 * BLOCK_H) + BLOCK_H + offs_h, l_i)
+            host = program_of(head_begin, T, high)
+            last = program_of(head_end - 1, T, high)
+            tl.debug_barrier()
+            arrived = tl.atomic_add(Counters + host, 1, sem="acq_rel")
+            if arrived == last - host:
+                # -- last piece to arrive: merge all pieces in program order --
+                tl.store(Counters + host, 0)
+                m_t = tl.full([BLOCK_H], float("-inf"), tl.float32)
+                l_t = tl.zeros([BLOCK_H], tl.float32)
+                acc_t = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+                for p in range(host, last + 1):
+                    p_start = range_start(p, T, high)
+                    p_slot = 2 * p + (tl.maximum(head_begin, p_start) != p_start).to(tl.int32)
+                    a = tl.load(WsAcc + p_slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM
+                                + offs_d[None, :], cache_modifier=".cg")
+                    m = tl.load(WsMl + p_slot * (2 * BLOCK_H) + offs_h, cache_modifier=".cg")
+                    l = tl.load(WsMl + p_slot * (2 * BLOCK_H) + BLOCK_H + offs_h, cache_modifier=".cg")
+                    m_new = tl.maximum(m_t, m)
+                    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                    s_old = tl.math.exp2(m_t - m_use)
+                    s_new = tl.math.exp2(m - m_use)
+                    acc_t = acc_t * s_old[:, None] + a * s_new[:, None]
+                    l_t = l_t * s_old + l * s_new
+                    m_t = m_new
+                store_final(Out, Lse, acc_t, m_t, l_t, b, kvh, hb, stride_ob, stride_oh, stride_lb,
+                            GROUP, HEAD_DIM, BLOCK_H)
+        t = stop
+
+
+@triton.jit
+def split_decode_kernel(
+    Q, K, V, Out, Lse,  #
+    Seqlens, BlockTable,  #
+    stride_qb, stride_qh,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_ob, stride_oh, stride_lb,  #
+    stride_os, stride_ls,  #
+    stride_btb,  #
+    qk_scale, capacity, chunk,  #
+    GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row.
+
+    With one split, ``Out``/``Lse`` are the final outputs; otherwise split ``s`` writes its
+    normalised partial state at ``Out + s*stride_os`` and ``Lse + s*stride_ls`` (fp32), merged by
+    a second launch.
+    """
+    bid = tl.program_id(0)
+    s = tl.program_id(1)
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    b = bid // ROWS
+    row = bid % ROWS
+    kvh = row // N_HB
+    hb = row % N_HB
+    if HAS_SEQLENS:
+        seqlen = tl.minimum(tl.load(Seqlens + b), capacity)
+    else:
+        seqlen = capacity + 0 * b
+    tiles = tl.maximum(tl.cdiv(seqlen, BLOCK_N), 1)
+    lo = s * chunk
+    hi = tl.minimum(lo + chunk, tiles)
+    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H)
+    if UPCAST:
+        q = q.to(tl.float32)
+    acc, m_i, l_i = attend_tiles(
+        q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale,  #
+        stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+    store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
+                b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H)

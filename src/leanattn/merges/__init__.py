@@ -1,0 +1,4 @@
+"""Merges of partial attention states: in-kernel (see kernels/decode.py), stacked (Triton), collective."""
+from .states import merge_states
+
+__all__ = ["merge_states"]

@@ -1,0 +1,1 @@
+"""Public operations: validation, configuration and launch around the kernels."""

@@ -1,0 +1,74 @@
+"""Where kernels run: interpreter detection, device properties, persistent workspaces.
+
+Nothing here launches a kernel. The workspace cache exists so that the stream-K decode can be
+launched without allocating (or zeroing) memory on every call: its semaphores are reset by the
+kernel itself, so a buffer allocated once stays valid across launches and CUDA-graph replays.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+__all__ = ["interpreting", "num_sms", "workspace"]
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run under ``TRITON_INTERPRET=1`` (CPU tensors, no GPU)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_props(index: int):
+    return torch.cuda.get_device_properties(index)
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``; a small stand-in count on the CPU interpreter."""
+    if device.type == "cuda":
+        return _cuda_props(device.index if device.index is not None else torch.cuda.current_device()).multi_processor_count
+    return 4
+
+
+def occupancy(compiled, device: torch.device, limit: int = 32) -> int:
+    """Programs of ``compiled`` (a Triton CompiledKernel) that fit on one SM at once.
+
+    Takes the minimum over the register file, shared memory and the thread limit, the same three
+    resources the CUDA occupancy calculator uses. Falls back to 2 when the metadata is unavailable.
+    """
+    if device.type != "cuda":
+        return 1
+    try:
+        props = _cuda_props(device.index if device.index is not None else torch.cuda.current_device())
+        num_warps = compiled.metadata.num_warps
+        threads = 32 * num_warps
+        regs = max(int(compiled.n_regs), 1)
+        # registers are allocated per warp in units of 256
+        regs_per_warp = -(-regs * 32 // 256) * 256
+        by_regs = props.regs_per_multiprocessor // (regs_per_warp * num_warps)
+        smem = int(compiled.metadata.shared)
+        smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+        by_smem = smem_per_sm // max(smem + 1024, 1)  # 1 KiB reserved per block on sm80+
+        by_threads = props.max_threads_per_multi_processor // threads
+        return max(1, min(by_regs, by_smem, by_threads, limit))
+    except Exception:  # pragma: no cover - metadata layout differs across Triton versions
+        return 2
+
+
+_WORKSPACES: dict = {}
+
+
+def workspace(name: str, device: torch.device, shape: tuple, dtype: torch.dtype, zero: bool = False) -> torch.Tensor:
+    """A buffer cached per (name, device, stream, shape, dtype).
+
+    Keyed by stream so that launches on two streams never share semaphores. ``zero`` buffers are
+    zeroed once when created; kernels that use them must leave them zeroed.
+    """
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (name, str(device), stream, tuple(shape), dtype)
+    buf = _WORKSPACES.get(key)
+    if buf is None:
+        buf = (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=device)
+        _WORKSPACES[key] = buf
+    return buf

@@ -1,0 +1,91 @@
+"""Stream-K (LeanAttention) decomposition of decode work.
+
+The work is every KV tile of every (sequence, kv-head row) pair, counted from the real lengths,
+laid out sequence-major::
+
+    tile id = cum[b] + row * tiles[b] + j        (j-th tile of row `row` of sequence b)
+
+and cut into ``G`` contiguous ranges whose sizes differ by at most one tile: the first ``high``
+programs take ``T = ceil(total / G)`` tiles, the rest ``T - 1``. A range may start or end inside
+a row, so one row can be split across several programs; the program holding the row's first tile
+is its *host*. An empty sequence still owns one (empty) tile per row, so that some program writes
+its zeros and ``lse = -inf``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import triton
+import triton.language as tl
+
+__all__ = ["tiles_per_sequence", "lean_ranges", "lean_assignment"]
+
+
+# --------------------------------------------------------------------------------------------
+# Triton side (used by kernels/decode.py)
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def range_start(pid, T, high):
+    """First tile of program ``pid``: ``pid*T`` for the first ``high`` programs, then ``T-1`` each."""
+    return pid * T - tl.maximum(pid - high, 0)
+
+
+@triton.jit
+def program_of(t, T, high):
+    """The program whose range holds tile ``t`` (inverse of ``range_start``)."""
+    split = high * T
+    return tl.where(t < split, t // T, high + (t - split) // tl.maximum(T - 1, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Python side
+# --------------------------------------------------------------------------------------------
+def tiles_per_sequence(seqlens, block_n: int) -> np.ndarray:
+    """KV tiles of ``block_n`` tokens per sequence; an empty sequence counts one (empty) tile."""
+    seqlens = np.asarray(seqlens, dtype=np.int64)
+    return np.maximum(-(-seqlens // block_n), 1)
+
+
+def lean_ranges(total: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, end)`` tile ranges of the ``grid`` programs over ``total`` tiles."""
+    T = -(-total // grid) if total > 0 else 0
+    high = total - (T - 1) * grid if total > 0 else 0
+    pid = np.arange(grid, dtype=np.int64)
+    start = pid * T - np.maximum(pid - high, 0)
+    end = start + T - (pid >= high)
+    if total == 0:
+        start = end = np.zeros(grid, dtype=np.int64)
+    return start, end
+
+
+def lean_assignment(seqlens, rows_per_seq: int, block_n: int, grid: int) -> list[list[tuple[int, int, int, int]]]:
+    """Pieces each program computes: ``(b, row, first_tile, last_tile_exclusive)``.
+
+    Parameters
+    ----------
+    seqlens : sequence of int
+        Real KV length of each sequence, in tokens.
+    rows_per_seq : int
+        Scheduling rows per sequence: ``kv_heads * head_blocks`` (query heads of one GQA group are
+        packed into one row).
+    block_n : int
+        KV tokens per tile.
+    grid : int
+        Number of persistent programs.
+    """
+    tiles = tiles_per_sequence(seqlens, block_n)
+    work = tiles * rows_per_seq
+    cum = np.concatenate([[0], np.cumsum(work)])
+    starts, ends = lean_ranges(int(cum[-1]), grid)
+    out = []
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        pieces, t = [], s
+        while t < e:
+            b = int(np.searchsorted(cum, t, side="right") - 1)
+            local = t - int(cum[b])
+            row, j = divmod(local, int(tiles[b]))
+            head_end = int(cum[b]) + (row + 1) * int(tiles[b])
+            stop = min(e, head_end)
+            pieces.append((b, row, j, j + stop - t))
+            t = stop
+        out.append(pieces)
+    return out
