@@ -1,0 +1,235 @@
+"""``leanattn.decode`` against the float64 reference, under the Triton interpreter on CPU.
+
+Shapes are tiny, but the interpreter config uses 16-token tiles and a 4-program grid, so heads are
+cut into several tiles and pieces, which is what the stream-K reduction needs to be exercised.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import leanattn
+from leanattn import reference
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+
+SCHEDULES = ["lean", "split"]
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+BLOCK_N = 16  # interpreter tile (ops/decode_config.py)
+
+
+def make_inputs(B, Hq, Hkv, D, lens, dtype=torch.float16, device="cpu", capacity=None, page_size=None,
+                layout="nhd", spare_pages=3):
+    """Random decode inputs ``(q, k_cache, v_cache, cache_seqlens, block_table)``.
+
+    Parameters
+    ----------
+    lens : list of int or None
+        Tokens per sequence; ``None`` leaves ``cache_seqlens`` unset (full capacity).
+    capacity : int, optional
+        Cache tokens per sequence (default ``max(lens)``). With ``page_size`` it is rounded up to
+        whole pages, and pages are handed out in random order from a pool with ``spare_pages``
+        unused pages.
+    layout : {"nhd", "hnd"}
+        ``"hnd"`` stores the cache as ``(.., Hkv, N, D)`` and passes its ``.transpose(1, 2)`` view.
+
+    Returns
+    -------
+    q : ``(B, Hq, D)`` dtype; k_cache, v_cache : ``(B, N, Hkv, D)`` or ``(P, page_size, Hkv, D)``;
+    cache_seqlens : ``(B,)`` int32 or None; block_table : ``(B, max_pages)`` int32 or None.
+    """
+    if capacity is None:
+        capacity = max(lens, default=0) if lens is not None else 32
+    q = torch.randn(B, Hq, D, dtype=dtype, device=device)
+    if page_size is None:
+        rows, n, block_table = B, capacity, None
+    else:
+        max_pages = -(-capacity // page_size)
+        rows, n = B * max_pages + spare_pages, page_size
+        block_table = torch.randperm(rows, device=device)[: B * max_pages].view(B, max_pages).to(torch.int32)
+    shape = (rows, Hkv, n, D) if layout == "hnd" else (rows, n, Hkv, D)
+    k, v = (torch.randn(shape, dtype=dtype, device=device) for _ in range(2))
+    if layout == "hnd":
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+    seqlens = None if lens is None else torch.tensor(lens, dtype=torch.int32, device=device)
+    return q, k, v, seqlens, block_table
+
+
+def check_decode(q, k, v, seqlens, block_table, softmax_scale=None, name="decode", **kw):
+    """Run ``leanattn.decode`` with ``return_lse`` and compare both outputs to the reference."""
+    out, lse = leanattn.decode(q, k, v, seqlens, block_table, softmax_scale, return_lse=True, **kw)
+    ref_out, ref_lse = reference.decode(q, k, v, seqlens, block_table, softmax_scale)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == q.shape[:2] and lse.dtype == torch.float32
+    tol = TOLERANCE[q.dtype]
+    assert_rel_close(name, out, ref_out, tol)
+    assert_lse_close(name, lse, ref_lse, atol=tol)
+    # rows that see no key: exact zeros
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(out[empty], torch.zeros_like(out[empty])), f"{name}: empty rows are not zero"
+    return out, lse
+
+
+# ragged lengths: empty, one token, one tile, one token past a tile, several tiles
+RAGGED = [0, 1, BLOCK_N, BLOCK_N + 1, 45, 70]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("D", [64, 128, 256], ids=lambda d: f"D{d}")
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_dtypes_and_head_dims(dtype, D, schedule):
+    check_decode(*make_inputs(len(RAGGED), 4, 2, D, RAGGED, dtype), schedule=schedule)
+
+
+GQA = [(4, 4), (8, 4), (8, 2), (8, 1), (6, 2), (64, 2), (48, 1), (128, 1), (192, 2)]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("Hq,Hkv", GQA, ids=[f"{hq}q{hkv}kv" for hq, hkv in GQA])
+def test_gqa_ratios(Hq, Hkv, schedule):
+    # groups of 1..8 (MHA..MQA), 3 (padded rows), 32 (BLOCK_H 32), 48 (BLOCK_H 64, masked rows),
+    # 96 and 128 (two head blocks per kv head)
+    check_decode(*make_inputs(3, Hq, Hkv, 64, [33, 0, 20]), schedule=schedule)
+
+
+@pytest.mark.parametrize("layout", ["nhd", "hnd"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("page_size", [1, 2, 16, 64, 24, 48], ids=lambda p: f"page{p}")
+def test_paged(page_size, schedule, layout):
+    # 24 splits tiles across pages (per-token page lookup); 48 is a non-power-of-two multiple of the tile
+    lens = [0, 1, 31, 100, 64]
+    check_decode(*make_inputs(len(lens), 8, 2, 64, lens, page_size=page_size, layout=layout), schedule=schedule)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_transposed_cache(schedule):
+    q, k, v, lens, _ = make_inputs(3, 8, 4, 128, [50, 7, 0], layout="hnd")
+    assert not k.is_contiguous() and k.stride(-1) == 1
+    check_decode(q, k, v, lens, None, schedule=schedule)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_strided_query(schedule):
+    q, k, v, lens, _ = make_inputs(2, 8, 2, 64, [40, 9])
+    wide = torch.randn(2, 16, 64, dtype=q.dtype)
+    wide[:, ::2] = q
+    check_decode(wide[:, ::2], k, v, lens, None, schedule=schedule)  # head stride 128
+    check_decode(q.transpose(0, 2).contiguous().transpose(0, 2), k, v, lens, None, schedule=schedule)  # no unit stride
+
+
+@pytest.mark.parametrize("num_programs", [1, 2, 3, 7, 50, 1000])
+def test_lean_num_programs(num_programs):
+    # 1: one program does everything; 3, 7: heads cut into unequal pieces across programs;
+    # 1000: more programs than tiles (idle programs)
+    lens = [0, 1, 95, 17, 130, 64]
+    check_decode(*make_inputs(len(lens), 8, 2, 64, lens), schedule="lean", num_programs=num_programs)
+
+
+def test_lean_many_pieces_per_head():
+    # one long head cut across every program, and a large batch (BLOCK_B 64)
+    lens = [300] + [0, 3, 17] * 14
+    q, k, v, seqlens, bt = make_inputs(len(lens), 4, 1, 64, lens, page_size=16)
+    for grid in (5, 13):
+        check_decode(q, k, v, seqlens, bt, schedule="lean", num_programs=grid, name=f"grid={grid}")
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 3, 5, 100])
+def test_split_num_splits(num_splits):
+    # 3 and 5 leave the last split short or empty for shorter sequences; 100 is clamped to the tiles
+    lens = [0, 1, 95, 17, 130]
+    check_decode(*make_inputs(len(lens), 8, 2, 64, lens), schedule="split", num_splits=num_splits)
+
+
+@pytest.mark.parametrize("block_n", [16, 32, 64], ids=lambda n: f"block{n}")
+@pytest.mark.parametrize("page_size", [None, 16, 64], ids=lambda p: f"page{p}")
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_block_n(block_n, page_size, schedule):
+    # page 16 with 32/64-token tiles takes the per-token page lookup; page 64 the per-tile one
+    q, k, v, lens, bt = make_inputs(4, 4, 2, 64, [0, 1, 70, 129], page_size=page_size)
+    args = (q, k, v, lens, bt, 0.125, schedule, 3, 2, block_n)
+    out, lse = torch.ops.leanattn.decode(*args)
+    ref_out, ref_lse = reference.decode(q, k, v, lens, bt, 0.125)
+    assert_rel_close("decode", out, ref_out, TOLERANCE[q.dtype])
+    assert_lse_close("decode", lse, ref_lse, TOLERANCE[q.dtype])
+
+
+@pytest.mark.parametrize("page_size", [None, 16], ids=["contiguous", "paged"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_default_seqlens_full_capacity(schedule, page_size):
+    q, k, v, lens, bt = make_inputs(3, 4, 2, 64, None, capacity=40, page_size=page_size)
+    assert lens is None
+    check_decode(q, k, v, None, bt, schedule=schedule)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_random_ragged(schedule):
+    # fresh lengths each run, mostly not multiples of the tile
+    lens = torch.randint(0, 150, (9,)).tolist()
+    check_decode(*make_inputs(9, 8, 2, 64, lens, capacity=150), schedule=schedule, name=f"lens={lens}")
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 3.0])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_softmax_scale(scale, schedule):
+    # large scales make the softmax peaky: the online max rescaling and the merge must be exact
+    q, k, v, lens, bt = make_inputs(3, 4, 2, 64, [80, 33, 5], torch.float32)
+    check_decode(q, k, v, lens, bt, softmax_scale=scale, schedule=schedule, num_programs=3, num_splits=3)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_default_scale_is_inverse_sqrt_head_dim(schedule):
+    q, k, v, lens, _ = make_inputs(2, 4, 2, 128, [30, 17], torch.float32)
+    a = leanattn.decode(q, k, v, lens, schedule=schedule)
+    b = leanattn.decode(q, k, v, lens, softmax_scale=1 / math.sqrt(128), schedule=schedule)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_all_empty(schedule):
+    q, k, v, lens, bt = make_inputs(3, 4, 2, 64, [0, 0, 0], capacity=20, page_size=4)
+    out, lse = check_decode(q, k, v, lens, bt, schedule=schedule)
+    assert torch.isneginf(lse).all()
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_zero_capacity(schedule):
+    q, k, v, _, _ = make_inputs(2, 4, 2, 64, None, capacity=0)
+    out, lse = leanattn.decode(q, k, v, return_lse=True, schedule=schedule)
+    assert torch.equal(out, torch.zeros_like(q)) and torch.isneginf(lse).all()
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_empty_batch(schedule):
+    q, k, v, lens, bt = make_inputs(0, 4, 2, 64, [], capacity=16, page_size=16)
+    out, lse = leanattn.decode(q, k, v, lens, bt, return_lse=True, schedule=schedule)
+    assert out.shape == (0, 4, 64) and lse.shape == (0, 4)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_deterministic(schedule):
+    q, k, v, lens, bt = make_inputs(4, 8, 2, 64, [130, 0, 77, 41], page_size=16)
+    runs = [leanattn.decode(q, k, v, lens, bt, return_lse=True, schedule=schedule, num_programs=5, num_splits=3)
+            for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_opcheck(schedule):
+    q, k, v, lens, bt = make_inputs(3, 4, 2, 64, [40, 0, 17], page_size=16)
+    torch.library.opcheck(torch.ops.leanattn.decode.default, (q, k, v, lens, bt, 0.125, schedule, 3, 2, 0))
+    torch.library.opcheck(torch.ops.leanattn.decode.default, (q, k, v, None, bt, 0.125, schedule, 0, 0, 0))
+
+
+def test_compile_fullgraph():
+    q, k, v, lens, bt = make_inputs(3, 4, 2, 64, [40, 0, 17], page_size=16)
+    torch._dynamo.reset()
+    compiled = torch.compile(leanattn.decode, fullgraph=True)
+    for schedule in SCHEDULES:
+        out, lse = compiled(q, k, v, lens, bt, return_lse=True, schedule=schedule)
+        ref_out, ref_lse = leanattn.decode(q, k, v, lens, bt, return_lse=True, schedule=schedule)
+        assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+    # new lengths, same shapes: no stale schedule
+    lens2 = torch.tensor([3, 48, 0], dtype=torch.int32)
+    out = compiled(q, k, v, lens2, bt)
+    assert_rel_close("decode", out, reference.decode(q, k, v, lens2, bt)[0], TOLERANCE[q.dtype])
