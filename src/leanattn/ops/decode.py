@@ -44,7 +44,7 @@ def _meta(cfg: DecodeConfig, q, k_cache, paged, has_seqlens, group, extra=()):
 def _lean_grid(cfg, args, meta, device, num_programs) -> int:
     if num_programs > 0:
         return num_programs
-    key = (str(device), tuple(sorted((k, v) for k, v in meta.items())))
+    key = (str(device), cfg, tuple(sorted((k, v) for k, v in meta.items())))
     grid = _GRID_CACHE.get(key)
     if grid is None:
         occ = 1

@@ -1,0 +1,361 @@
+"""Decode attention benchmark: leanattn (lean and split schedules) against the peers in the image.
+
+Suite (bf16, from the LeanAttention issue): MHA 32/32 over 4k..512k; GQA 32/8 over batch x length;
+ragged batches; paged caches (page 16 and 64, pages in random order); head dims 64 and 256.
+
+For each case: check every method against the float64 reference, then time it with
+``triton.testing.do_bench`` (median, L2 flushed). Peers get the best form they support: one call
+on the padded cache when all lengths are equal, otherwise one call per sequence (SDPA) or a
+length mask (flex_attention, cuDNN with a boolean mask). Bytes are the real KV bytes.
+
+    python benchmarks/bench_decode.py [--quick] [--cases mha,gqa,...] [--out DIR] [--sweep]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import leanattn  # noqa: E402
+from leanattn.testing import rel_err  # noqa: E402
+
+K = 1024
+
+
+def suite():
+    cases = []
+    for n in (4, 16, 64, 128, 256, 512):
+        cases.append(dict(name=f"mha B=1 {n}k", group="mha", lens=[n * K], hq=32, hkv=32, d=128))
+    for b, n in ((1, 32), (1, 128), (4, 32), (16, 8), (64, 4), (8, 128)):
+        cases.append(dict(name=f"gqa B={b} {n}k", group="gqa", lens=[n * K] * b, hq=32, hkv=8, d=128))
+    tail = [128 * K, 8 * K] + [4 * K] * 2 + [2 * K] * 4 + [1 * K] * 8
+    cases.append(dict(name="ragged-tail B=16", group="ragged", lens=tail, hq=32, hkv=8, d=128))
+    g = torch.Generator().manual_seed(0)
+    uni = torch.randint(1 * K, 32 * K + 1, (32,), generator=g).tolist()
+    cases.append(dict(name="ragged-uniform B=32", group="ragged", lens=uni, hq=32, hkv=8, d=128))
+    for ps in (16, 64):
+        cases.append(dict(name=f"paged{ps} gqa B=4 32k", group="paged", lens=[32 * K] * 4, hq=32, hkv=8, d=128,
+                          page=ps))
+        cases.append(dict(name=f"paged{ps} ragged-tail", group="paged", lens=tail, hq=32, hkv=8, d=128, page=ps))
+    cases.append(dict(name="d64 mha B=1 64k", group="headdim", lens=[64 * K], hq=32, hkv=32, d=64))
+    cases.append(dict(name="d256 16/8 B=1 32k", group="headdim", lens=[32 * K], hq=16, hkv=8, d=256))
+    return cases
+
+
+QUICK = {"mha B=1 4k", "mha B=1 64k", "gqa B=4 32k", "gqa B=64 4k", "ragged-tail B=16", "paged16 ragged-tail"}
+
+
+def make_inputs(case, dtype=torch.bfloat16):
+    lens = case["lens"]
+    B, N = len(lens), max(lens)
+    q = torch.randn(B, case["hq"], case["d"], dtype=dtype, device="cuda")
+    k = torch.randn(B, N, case["hkv"], case["d"], dtype=dtype, device="cuda")
+    v = torch.randn_like(k)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    inp = dict(q=q, k=k, v=v, seqlens=seqlens)
+    if "page" in case:
+        ps = case["page"]
+        npages = [math.ceil(n / ps) for n in lens]
+        perm = torch.randperm(sum(npages), device="cuda").to(torch.int32)
+        bt = torch.zeros(B, max(npages), dtype=torch.int32, device="cuda")
+        kp = torch.empty(sum(npages), ps, case["hkv"], case["d"], dtype=dtype, device="cuda")
+        vp = torch.empty_like(kp)
+        off = 0
+        for b, (n, m) in enumerate(zip(lens, npages)):
+            ids = perm[off:off + m]
+            bt[b, :m] = ids
+            pad = m * ps - n
+            kb = torch.nn.functional.pad(k[b, :n], (0, 0, 0, 0, 0, pad)).view(m, ps, case["hkv"], case["d"])
+            vb = torch.nn.functional.pad(v[b, :n], (0, 0, 0, 0, 0, pad)).view(m, ps, case["hkv"], case["d"])
+            kp[ids.long()] = kb
+            vp[ids.long()] = vb
+            off += m
+        inp.update(k_pages=kp, v_pages=vp, block_table=bt)
+    return inp
+
+
+def kv_bytes(case, elt=2):
+    return sum(case["lens"]) * case["hkv"] * case["d"] * 2 * elt + 2 * len(case["lens"]) * case["hq"] * case["d"] * elt
+
+
+# ---------------------------------------------------------------------------------------------
+# methods: each returns a zero-argument callable computing out (B, Hq, D), or raises if unsupported
+# ---------------------------------------------------------------------------------------------
+def ours(schedule):
+    def make(case, inp):
+        if "page" in case:
+            args = (inp["q"], inp["k_pages"], inp["v_pages"], inp["seqlens"], inp["block_table"])
+        else:
+            args = (inp["q"], inp["k"], inp["v"], inp["seqlens"])
+        return lambda: leanattn.decode(*args, schedule=schedule)
+    return make
+
+
+def sdpa(backend_name):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backend = getattr(SDPBackend, backend_name)
+    F = torch.nn.functional
+
+    def make(case, inp):
+        q, k, v, lens = inp["q"], inp["k"], inp["v"], case["lens"]
+        gqa = case["hq"] != case["hkv"]
+        q4 = q.unsqueeze(2)
+        kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+        if len(set(lens)) == 1:
+            def fn():
+                with sdpa_kernel([backend]):
+                    return F.scaled_dot_product_attention(q4, kt, vt, enable_gqa=gqa).squeeze(2)
+            fn.form = "one call"
+            return fn
+        views = [(q4[b:b + 1], kt[b:b + 1, :, :n], vt[b:b + 1, :, :n]) for b, n in enumerate(lens)]
+
+        def per_seq():
+            with sdpa_kernel([backend]):
+                return torch.cat([F.scaled_dot_product_attention(a, b_, c, enable_gqa=gqa) for a, b_, c in views]).squeeze(2)
+        per_seq.form = "per sequence"
+        return per_seq
+    return make
+
+
+def sdpa_masked(backend_name):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backend = getattr(SDPBackend, backend_name)
+    F = torch.nn.functional
+
+    def make(case, inp):
+        q, k, v = inp["q"], inp["k"], inp["v"]
+        if len(set(case["lens"])) == 1:
+            raise RuntimeError("uniform lengths: the unmasked form applies")
+        N = k.shape[1]
+        mask = (torch.arange(N, device="cuda")[None, :] < inp["seqlens"][:, None])[:, None, None, :]
+        gqa = case["hq"] != case["hkv"]
+
+        def fn():
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2),
+                                                      attn_mask=mask, enable_gqa=gqa).squeeze(2)
+        fn.form = "padded + mask"
+        return fn
+    return make
+
+
+_FLEX = {}
+
+
+def flex(case, inp):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    if "fn" not in _FLEX:
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=True)
+    fa = _FLEX["fn"]
+    q, k, v, lens = inp["q"], inp["k"], inp["v"], inp["seqlens"]
+    B, N = k.shape[0], k.shape[1]
+    block_mask = None
+    if len(set(case["lens"])) > 1:
+        def mask_mod(b, h, q_idx, kv_idx):
+            return kv_idx < lens[b]
+        block_mask = create_block_mask(mask_mod, B, None, 1, N, device="cuda")
+    gqa = case["hq"] != case["hkv"]
+    q4, kt, vt = q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def fn():
+        return fa(q4, kt, vt, block_mask=block_mask, enable_gqa=gqa).squeeze(2)
+    fn.form = "length mask" if block_mask is not None else "one call"
+    return fn
+
+
+METHODS = {
+    "lean": ours("lean"),
+    "split": ours("split"),
+    "sdpa_flash": sdpa("FLASH_ATTENTION"),
+    "sdpa_cudnn": sdpa("CUDNN_ATTENTION"),
+    "sdpa_cudnn_mask": sdpa_masked("CUDNN_ATTENTION"),
+    "flex": flex,
+}
+PEERS = ["sdpa_flash", "sdpa_cudnn", "sdpa_cudnn_mask", "flex"]
+
+
+def run_case(case, ceiling, log):
+    inp = make_inputs(case)
+    ref, _ = leanattn.reference.decode(inp["q"], inp["k"], inp["v"], inp["seqlens"])
+    nbytes = kv_bytes(case)
+    row = dict(case=case["name"], group=case["group"], B=len(case["lens"]), hq=case["hq"], hkv=case["hkv"],
+               d=case["d"], page=case.get("page"), tokens=sum(case["lens"]), kv_mb=nbytes / 1e6, results={})
+    for name, make in METHODS.items():
+        try:
+            fn = make(case, inp)
+            out = fn()
+            torch.cuda.synchronize()
+            err = rel_err(out, ref)
+            if not err <= 2e-2:
+                raise RuntimeError(f"wrong result: rel err {err:.2e}")
+            ms = common.bench(fn)
+            r = dict(ms=ms, us=ms * 1e3, gbs=nbytes / ms / 1e6, err=err, form=getattr(fn, "form", ""))
+            if name == "lean":  # time it twice to know the noise
+                r["us_repeat"] = common.bench(fn) * 1e3
+            row["results"][name] = r
+        except Exception as e:  # a peer that cannot run this case is recorded, not fatal
+            row["results"][name] = dict(error=f"{type(e).__name__}: {str(e)[:160]}")
+        log(f"  {case['name']:24s} {name:16s} " + (f"{row['results'][name]['us']:9.1f} us "
+            f"{row['results'][name]['gbs']:7.0f} GB/s err {row['results'][name]['err']:.1e}"
+            if "us" in row["results"][name] else row["results"][name]["error"]))
+    peers = {p: row["results"][p]["us"] for p in PEERS if "us" in row["results"].get(p, {})}
+    if peers:
+        best = min(peers, key=peers.get)
+        row["best_peer"], row["best_peer_us"] = best, peers[best]
+    lean = row["results"].get("lean", {})
+    if "us" in lean:
+        row["lean_frac_ceiling"] = lean["gbs"] / ceiling
+        if peers:
+            row["speedup_vs_best_peer"] = row["best_peer_us"] / lean["us"]
+        if "us" in row["results"].get("split", {}):
+            row["speedup_vs_split"] = row["results"]["split"]["us"] / lean["us"]
+    del inp, ref
+    torch.cuda.empty_cache()
+    return row
+
+
+def table(rows, ceiling):
+    header = ["case", "KV MB", "lean us", "lean GB/s", "% ceil", "split us", "flash us", "cudnn us", "flex us",
+              "best peer", "x best peer", "x split", "err"]
+    out = []
+    for r in rows:
+        res = r["results"]
+
+        def us(n):
+            x = res.get(n, {})
+            return x["us"] if "us" in x else "-"
+        cudnn = min([x for x in (us("sdpa_cudnn"), us("sdpa_cudnn_mask")) if x != "-"], default="-")
+        lean = res.get("lean", {})
+        out.append([r["case"], r["kv_mb"], us("lean"), lean.get("gbs", "-"),
+                    100 * r.get("lean_frac_ceiling", float("nan")), us("split"), us("sdpa_flash"), cudnn, us("flex"),
+                    r.get("best_peer", "-"), r.get("speedup_vs_best_peer", "-"), r.get("speedup_vs_split", "-"),
+                    lean.get("err", "-")])
+    return common.markdown_table(header, out)
+
+
+def plot(rows, ceiling, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [r["case"] for r in rows]
+    x = range(len(rows))
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(10, 0.6 * len(rows)), 9), sharex=True)
+    for name, color in (("lean", "C0"), ("split", "C1")):
+        a1.plot(x, [r["results"].get(name, {}).get("gbs", float("nan")) for r in rows], "o-", color=color,
+                label=f"leanattn {name}")
+    a1.plot(x, [r["kv_mb"] / r["best_peer_us"] * 1e3 if "best_peer_us" in r else float("nan")
+                for r in rows], "s--", color="C2", label="best peer")
+    a1.axhline(ceiling, color="k", ls=":", label=f"read ceiling {ceiling:.0f} GB/s")
+    a1.axhline(0.85 * ceiling, color="gray", ls=":", label="85% of ceiling")
+    a1.set_ylabel("achieved GB/s (real KV bytes)")
+    a1.legend(fontsize=8)
+    a2.bar(x, [r.get("speedup_vs_best_peer", float("nan")) for r in rows], color="C0")
+    a2.axhline(1.0, color="k", lw=1)
+    a2.set_yscale("log")
+    a2.set_ylabel("speed-up over best peer")
+    a2.set_xticks(list(x))
+    a2.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def sweep(cases, log):
+    """Time the lean schedule over launch configurations (tile, warps, stages, programs per SM)."""
+    from leanattn.ops import decode as dec
+    from leanattn.ops import decode_config as dc
+    results = []
+    for case in cases:
+        inp = make_inputs(case)
+        ref, _ = leanattn.reference.decode(inp["q"], inp["k"], inp["v"], inp["seqlens"])
+        fn = ours("lean")(case, inp)
+        base = dict(dc._CUDA_TABLE)
+        for bn in (32, 64, 128):
+            if case["d"] == 256 and bn == 128:
+                continue
+            for warps in (4, 8):
+                for stages in (2, 3, 4):
+                    for cps in (1, 2, 4):
+                        dc._CUDA_TABLE[case["d"]] = (bn, warps, stages, cps)
+                        dec._GRID_CACHE.clear()
+                        try:
+                            out = fn()
+                            err = rel_err(out, ref)
+                            us = common.bench(fn, warmup=10, rep=40) * 1e3
+                        except Exception as e:
+                            err, us = float("nan"), float("nan")
+                            log(f"    fail {bn},{warps},{stages},{cps}: {type(e).__name__} {str(e)[:80]}")
+                        results.append(dict(case=case["name"], cfg=(bn, warps, stages, cps), us=us, err=err,
+                                            gbs=kv_bytes(case) / us / 1e3))
+                        log(f"  sweep {case['name']:22s} bn={bn:3d} w={warps} s={stages} cps={cps}: {us:8.1f} us "
+                            f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e}")
+        dc._CUDA_TABLE.update(base)
+        dec._GRID_CACHE.clear()
+        del inp
+        torch.cuda.empty_cache()
+    return results
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a six-case subset")
+    ap.add_argument("--cases", default="", help="comma-separated case groups or names")
+    ap.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results"))
+    ap.add_argument("--sweep", action="store_true", help="sweep launch configs of the lean schedule instead")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_decode: needs a CUDA GPU (nothing to time on the CPU interpreter)")
+        return 0
+    torch.manual_seed(0)
+    cases = suite()
+    if args.quick:
+        cases = [c for c in cases if c["name"] in QUICK]
+    if args.cases:
+        keys = set(args.cases.split(","))
+        cases = [c for c in cases if c["group"] in keys or c["name"] in keys]
+
+    def log(msg):
+        print(msg, flush=True)
+    info = common.env_info()
+    log(f"{info}")
+    if args.sweep:
+        res = sweep(cases, log)
+        stem = "decode_sweep_" + info["device"].replace(" ", "_")
+        common.write_results(args.out, stem, dict(env=info, sweep=res), "")
+        return 0
+    bw = common.read_bandwidth_gbs()
+    ceiling = bw["read_ceiling"]
+    log(f"bandwidth: {bw}")
+    rows = []
+    t0 = time.time()
+    for case in cases:
+        rows.append(run_case(case, ceiling, log))
+    md = table(rows, ceiling)
+    speed = [r["speedup_vs_best_peer"] for r in rows if "speedup_vs_best_peer" in r]
+    ragged = [r["speedup_vs_best_peer"] for r in rows if r["group"] in ("ragged",) and "speedup_vs_best_peer" in r]
+    big = [r["lean_frac_ceiling"] for r in rows if r["kv_mb"] >= 256 and "lean_frac_ceiling" in r]
+    summary = dict(geomean_vs_best_peer=common.geomean(speed), min_vs_best_peer=min(speed, default=None),
+                   ragged_min_vs_best_peer=min(ragged, default=None), min_frac_ceiling_256mb=min(big, default=None),
+                   wall_s=time.time() - t0)
+    md = (f"# decode benchmark\n\n{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date']}; "
+          f"bf16; read ceiling {ceiling:.0f} GB/s (streaming read), copy {bw['copy_read_plus_write']:.0f} GB/s "
+          f"(read+write). Times are medians of triton do_bench with L2 flushed; GB/s count real KV bytes.\n\n"
+          + md + f"\nSummary: {summary}\n")
+    stem = "decode_" + info["device"].replace(" ", "_") + ("_quick" if args.quick else "")
+    common.write_results(args.out, stem, dict(env=info, bandwidth=bw, summary=summary, rows=rows), md)
+    try:
+        plot(rows, ceiling, os.path.join(args.out, stem + ".png"))
+    except Exception as e:
+        log(f"plot failed: {e}")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

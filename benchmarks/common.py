@@ -1,0 +1,100 @@
+"""Shared benchmark plumbing: environment record, bandwidth ceiling, timing, result files.
+
+Every result file records device, torch/triton versions, date, shapes, times, achieved GB/s or
+TFLOP/s, the peers measured in the same run and the measured bandwidth ceiling.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.join(ROOT, "src") not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+
+
+def env_info() -> dict:
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(device=p.name, sms=p.multi_processor_count, cuda=torch.version.cuda,
+                    memory_gib=round(p.total_memory / 2**30, 1))
+    else:
+        info.update(device="cpu")
+    return info
+
+
+@triton.jit
+def _read_kernel(X, Partial, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    # each program streams ITERS contiguous blocks; the sum keeps the loads alive
+    pid = tl.program_id(0)
+    base = pid.to(tl.int64) * BLOCK * ITERS
+    acc = tl.zeros([BLOCK], tl.float32)
+    for i in range(ITERS):
+        offs = base + i * BLOCK + tl.arange(0, BLOCK)
+        acc += tl.load(X + offs, mask=offs < n, other=0.0).to(tl.float32)
+    tl.store(Partial + pid, tl.sum(acc, 0))
+
+
+def bench(fn, warmup: int = 25, rep: int = 100) -> float:
+    """Median time of ``fn`` in milliseconds, L2 flushed before every call (triton do_bench)."""
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def read_bandwidth_gbs(gib: float = 4.0) -> dict:
+    """Measured HBM read ceiling: best of a streaming Triton read kernel and ``torch.sum``."""
+    n = int(gib * 2**30) // 2
+    x = torch.randn(n, dtype=torch.bfloat16, device="cuda")
+    out = {}
+    block, iters = 4096, 16
+    grid = triton.cdiv(n, block * iters)
+    partial = torch.empty(grid, dtype=torch.float32, device="cuda")
+    ms = bench(lambda: _read_kernel[(grid,)](x, partial, n, BLOCK=block, ITERS=iters, num_warps=8))
+    out["triton_read"] = 2 * n / ms / 1e6
+    ms = bench(lambda: x.sum(dtype=torch.float32))
+    out["torch_sum"] = 2 * n / ms / 1e6
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    out["copy_read_plus_write"] = 4 * n / ms / 1e6
+    out["read_ceiling"] = max(out["triton_read"], out["torch_sum"])
+    del x, y
+    torch.cuda.empty_cache()
+    return out
+
+
+def write_results(out_dir: str, stem: str, payload: dict, table_md: str) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")]
+    with open(paths[0], "w") as f:
+        json.dump(payload, f, indent=1, default=str)
+    with open(paths[1], "w") as f:
+        f.write(table_md)
+    return paths
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def fmt(x):
+        if isinstance(x, float):
+            return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+        return str(x)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def geomean(xs) -> float:
+    xs = [x for x in xs if x and x > 0]
+    return statistics.geometric_mean(xs) if xs else float("nan")

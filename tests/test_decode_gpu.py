@@ -1,0 +1,140 @@
+"""GPU-only decode tests: bf16 at realistic sizes, determinism, CUDA graphs, torch.compile.
+
+Skipped without CUDA. Run on the device machine whenever a kernel changes.
+"""
+import pytest
+import torch
+
+import leanattn
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _paged(k, v, lens, page):
+    B, N, H, D = k.shape
+    npages = [-(-n // page) for n in lens]
+    perm = torch.randperm(sum(npages), device=k.device).int()
+    bt = torch.zeros(B, max(max(npages), 1), dtype=torch.int32, device=k.device)
+    kp = torch.randn(sum(npages) + 1, page, H, D, dtype=k.dtype, device=k.device)
+    vp = torch.randn_like(kp)
+    off = 0
+    for b, (n, m) in enumerate(zip(lens, npages)):
+        ids = perm[off:off + m]
+        bt[b, :m] = ids
+        for i in range(m):
+            lo, hi = i * page, min((i + 1) * page, n)
+            kp[ids[i], : hi - lo] = k[b, lo:hi]
+            vp[ids[i], : hi - lo] = v[b, lo:hi]
+        off += m
+    return kp, vp, bt
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("hq,hkv,d", [(32, 32, 128), (32, 8, 128), (32, 1, 128), (16, 8, 256), (32, 32, 64), (64, 1, 64)])
+@pytest.mark.parametrize("schedule", ["lean", "split"])
+def test_decode_ragged_large(dtype, hq, hkv, d, schedule):
+    lens = [20000, 0, 1, 4097, 333, 12345]
+    B, N = len(lens), max(lens)
+    q = torch.randn(B, hq, d, dtype=dtype, device="cuda")
+    k = torch.randn(B, N, hkv, d, dtype=dtype, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    out, lse = leanattn.decode(q, k, v, sl, return_lse=True, schedule=schedule)
+    ref, ref_lse = leanattn.reference.decode(q, k, v, sl)
+    assert_rel_close("out", out, ref, TOLERANCE[dtype])
+    assert_lse_close("lse", lse, ref_lse, 1e-2)
+    assert torch.all(out[1] == 0)
+
+
+@pytest.mark.parametrize("page", [1, 16, 64, 256])
+@pytest.mark.parametrize("schedule", ["lean", "split"])
+def test_decode_paged_large(page, schedule):
+    lens = [9000, 3, 0, 2049]
+    q = torch.randn(4, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(4, max(lens), 8, 128, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    kp, vp, bt = _paged(k, v, lens, page)
+    out = leanattn.decode(q, kp, vp, sl, bt, schedule=schedule)
+    ref, _ = leanattn.reference.decode(q, k, v, sl)
+    assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
+
+
+def test_decode_transposed_cache():
+    q = torch.randn(2, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(2, 8, 5000, 128, dtype=torch.bfloat16, device="cuda").transpose(1, 2)
+    v = torch.randn(2, 8, 5000, 128, dtype=torch.bfloat16, device="cuda").transpose(1, 2)
+    out = leanattn.decode(q, k, v)
+    ref, _ = leanattn.reference.decode(q, k, v)
+    assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
+
+
+def test_decode_deterministic_20_runs():
+    lens = [65536, 1000, 30000, 7]
+    q = torch.randn(4, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(4, max(lens), 8, 128, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    first, first_lse = leanattn.decode(q, k, v, sl, return_lse=True)
+    for _ in range(20):
+        o, l = leanattn.decode(q, k, v, sl, return_lse=True)
+        assert torch.equal(o, first) and torch.equal(l, first_lse)
+
+
+def test_decode_cuda_graph_new_lengths():
+    N = 40000
+    q = torch.randn(3, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(3, N, 8, 128, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor([N, 10, 500], dtype=torch.int32, device="cuda")
+    leanattn.decode(q, k, v, sl)  # compile and allocate the workspace outside capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = leanattn.decode(q, k, v, sl)
+    for lens in ([N, 10, 500], [1, 0, N], [12345, 23456, 34567], [0, 0, 0]):
+        sl.copy_(torch.tensor(lens, dtype=torch.int32))
+        q.normal_()
+        g.replay()
+        torch.cuda.synchronize()
+        ref, _ = leanattn.reference.decode(q, k, v, sl)
+        assert_rel_close(f"graph replay {lens}", out, ref, TOLERANCE[torch.bfloat16])
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_decode_torch_compile(mode):
+    torch._dynamo.reset()
+    q = torch.randn(2, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(2, 3000, 8, 128, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor([3000, 1234], dtype=torch.int32, device="cuda")
+
+    def f(q, k, v, sl):
+        o, lse = leanattn.decode(q * 1.0, k, v, sl, return_lse=True)
+        return o.float() * 2.0, lse
+
+    cf = torch.compile(f, fullgraph=True, mode=mode)
+    for _ in range(3):
+        o, lse = cf(q, k, v, sl)
+    ref, ref_lse = leanattn.reference.decode(q, k, v, sl)
+    assert_rel_close("compiled", o / 2.0, ref, TOLERANCE[torch.bfloat16])
+    assert_lse_close("compiled lse", lse, ref_lse, 1e-2)
+
+
+def test_merge_states_gpu():
+    outs = torch.randn(5, 7, 32, 128, dtype=torch.bfloat16, device="cuda")
+    lses = torch.randn(5, 7, 32, device="cuda") * 10
+    lses[2] = float("-inf")
+    out, lse = leanattn.merge_states(outs, lses)
+    ref, ref_lse = leanattn.reference.merge_states(outs, lses)
+    assert_rel_close("merge", out, ref, TOLERANCE[torch.bfloat16])
+    assert_lse_close("merge lse", lse, ref_lse, 1e-4)
+
+
+def test_opcheck_gpu():
+    q = torch.randn(2, 8, 64, dtype=torch.float16, device="cuda")
+    k = torch.randn(2, 100, 2, 64, dtype=torch.float16, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor([100, 3], dtype=torch.int32, device="cuda")
+    torch.library.opcheck(torch.ops.leanattn.decode.default, (q, k, v, sl, None, 0.125, "lean", 0, 0, 0))
