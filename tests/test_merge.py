@@ -1,0 +1,110 @@
+"""``leanattn.merge_states`` against the float64 reference, and its algebra: identity, associativity,
+and exactness when a decode is cut into key ranges."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import leanattn
+from leanattn import reference
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from test_decode import DTYPES, SCHEDULES, make_inputs
+
+LSE_ATOL = 1e-5  # lse is float32 whatever the dtype of outs
+
+
+def random_states(S, B, H, D, dtype=torch.float32):
+    """``outs (S, B, H, D)`` in ``dtype`` and ``lses (S, B, H)`` float32 spread over a wide range."""
+    outs = torch.randn(S, B, H, D).to(dtype)
+    lses = torch.randn(S, B, H) * 4
+    return outs, lses
+
+
+def check_merge(outs, lses, name="merge"):
+    out, lse = leanattn.merge_states(outs, lses)
+    ref_out, ref_lse = reference.merge_states(outs, lses)
+    assert out.shape == outs.shape[1:] and out.dtype == outs.dtype
+    assert lse.shape == lses.shape[1:] and lse.dtype == torch.float32
+    assert_rel_close(name, out, ref_out, TOLERANCE[outs.dtype])
+    assert_lse_close(name, lse, ref_lse, LSE_ATOL)
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("S,B,H,D", [(1, 1, 1, 64), (2, 3, 4, 128), (3, 2, 5, 256), (7, 4, 33, 64), (16, 1, 2, 96),
+                                     (5, 3, 70, 8)], ids=lambda x: str(x))
+def test_matches_reference(S, B, H, D, dtype):
+    check_merge(*random_states(S, B, H, D, dtype))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the interpreter multiplies the NaNs it drops
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_identity_ignores_garbage(dtype):
+    # (anything, -inf) is the identity, even when "anything" is NaN or inf
+    outs, lses = random_states(3, 2, 4, 64, dtype)
+    outs[1] = float("nan")
+    outs[2, 0] = float("inf")
+    lses[1] = float("-inf")
+    lses[2, 0] = float("-inf")
+    out, lse = check_merge(outs, lses)
+    assert not torch.isnan(out).any()
+    only, only_lse = leanattn.merge_states(outs[[0, 2]][:, 1:], lses[[0, 2]][:, 1:])
+    assert torch.equal(out[1:], only) and torch.equal(lse[1:], only_lse)
+
+
+def test_all_empty_rows():
+    outs, lses = random_states(4, 2, 3, 64)
+    outs[:, 0] = float("nan")
+    lses[:, 0] = float("-inf")
+    out, lse = check_merge(outs, lses)
+    assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.isneginf(lse[0]).all()
+    assert torch.isfinite(lse[1]).all()
+
+
+def test_no_states():
+    out, lse = leanattn.merge_states(torch.empty(0, 2, 3, 64), torch.empty(0, 2, 3))
+    assert torch.equal(out, torch.zeros(2, 3, 64)) and torch.isneginf(lse).all()
+
+
+def test_associative():
+    outs, lses = random_states(6, 3, 4, 64)
+    lses[2, 1] = float("-inf")
+    whole, whole_lse = leanattn.merge_states(outs, lses)
+    # ((0 1) (2 3 4)) 5, in another order
+    a = leanattn.merge_states(outs[:2], lses[:2])
+    b = leanattn.merge_states(outs[2:5], lses[2:5])
+    ab = leanattn.merge_states(torch.stack([b[0], a[0]]), torch.stack([b[1], a[1]]))
+    out, lse = leanattn.merge_states(torch.stack([ab[0], outs[5]]), torch.stack([ab[1], lses[5]]))
+    assert_rel_close("merge of merges", out, whole, 1e-5)
+    assert_lse_close("merge of merges", lse, whole_lse, LSE_ATOL)
+
+
+def test_strided_inputs():
+    outs, lses = random_states(3, 4, 2, 64)
+    # batch-major storage seen as (S, B, H, D)
+    check_merge(outs.transpose(0, 1).contiguous().transpose(0, 1), lses.transpose(0, 1).contiguous().transpose(0, 1))
+
+
+def test_opcheck():
+    torch.library.opcheck(torch.ops.leanattn.merge_states.default, random_states(3, 2, 4, 64))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("cuts", [(40,), (16, 50)], ids=["2 ranges", "3 ranges"])
+def test_decode_key_ranges_merge_to_full_decode(cuts, schedule):
+    # the merge is exact: decoding the keys in ranges and merging equals one decode over all keys
+    lens = [0, 1, 17, 39, 60, 90]
+    q, k, v, seqlens, _ = make_inputs(len(lens), 8, 2, 64, lens, torch.float32)
+    bounds = [0, *cuts, k.shape[1]]
+    parts = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        part_lens = (seqlens - lo).clamp(0, hi - lo).to(torch.int32)
+        parts.append(leanattn.decode(q, k[:, lo:hi], v[:, lo:hi], part_lens, return_lse=True, schedule=schedule))
+    out, lse = leanattn.merge_states(torch.stack([o for o, _ in parts]), torch.stack([l for _, l in parts]))
+    full, full_lse = leanattn.decode(q, k, v, seqlens, return_lse=True, schedule=schedule)
+    ref_out, ref_lse = reference.decode(q, k, v, seqlens)
+    tol = TOLERANCE[torch.float32]
+    assert_rel_close("merged", out, ref_out, tol)
+    assert_lse_close("merged", lse, ref_lse, tol)
+    assert_rel_close("merged vs full", out, full, tol)
+    assert_lse_close("merged vs full", lse, full_lse, tol)
