@@ -283,7 +283,7 @@ def sweep(cases, log):
                 for stages in (2, 3, 4):
                     for cps in (1, 2, 4):
                         dc._CUDA_TABLE[case["d"]] = (bn, warps, stages, cps)
-                        dec._GRID_CACHE.clear()
+                        dec._PLANS.clear()
                         try:
                             out = fn()
                             err = rel_err(out, ref)
@@ -296,7 +296,7 @@ def sweep(cases, log):
                         log(f"  sweep {case['name']:22s} bn={bn:3d} w={warps} s={stages} cps={cps}: {us:8.1f} us "
                             f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e}")
         dc._CUDA_TABLE.update(base)
-        dec._GRID_CACHE.clear()
+        dec._PLANS.clear()
         del inp
         torch.cuda.empty_cache()
     return results

@@ -60,13 +60,13 @@ _WORKSPACES: dict = {}
 
 
 def workspace(name: str, device: torch.device, shape: tuple, dtype: torch.dtype, zero: bool = False) -> torch.Tensor:
-    """A buffer cached per (name, device, stream, shape, dtype).
+    """A buffer cached per (name, device, shape, dtype).
 
-    Keyed by stream so that launches on two streams never share semaphores. ``zero`` buffers are
-    zeroed once when created; kernels that use them must leave them zeroed.
+    ``zero`` buffers are zeroed once when created; kernels that use them must leave them zeroed.
+    Shared by every launch on the device, like FlashInfer's workspace: launches that use one must
+    not run concurrently on two streams. Allocate (make a first call) before CUDA-graph capture.
     """
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (name, str(device), stream, tuple(shape), dtype)
+    key = (name, str(device), tuple(shape), dtype)
     buf = _WORKSPACES.get(key)
     if buf is None:
         buf = (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=device)

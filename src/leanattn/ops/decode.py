@@ -11,107 +11,122 @@ from .. import checks, runtime
 from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.merge import merge_states_kernel
 from ..schedules.fixed_split import num_splits_heuristic
-from .decode_config import DecodeConfig, decode_config
+from .decode_config import decode_config
 
 __all__ = ["decode"]
 
 LOG2E = 1.4426950408889634
-_GRID_CACHE: dict = {}
 
 
 def _capacity(k_cache: torch.Tensor, block_table: Optional[torch.Tensor]) -> int:
     return k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
 
 
-def _common_args(q, k_cache, v_cache, cache_seqlens, block_table):
-    paged = block_table is not None
-    bt = block_table if paged else q.new_empty((1, 1), dtype=torch.int32)
-    sl = cache_seqlens if cache_seqlens is not None else q.new_empty((1,), dtype=torch.int32)
-    return sl, bt, paged
+class _Plan:
+    """Everything about a launch that depends only on shapes, strides, dtypes and options.
 
+    Built once per signature and cached, so that a decode step costs a dictionary lookup and one
+    or two kernel launches on the host (decode kernels run for tens of microseconds; a Python
+    launch path of the same order would dominate).
+    """
 
-def _meta(cfg: DecodeConfig, q, k_cache, paged, has_seqlens, group, extra=()):
-    page_size = k_cache.shape[1] if paged else 0
-    upcast = runtime.interpreting() and q.dtype == torch.bfloat16  # bf16 tl.dot is broken in the interpreter
-    return dict(
-        GROUP=group, N_HB=cfg.n_hb, ROWS=k_cache.shape[2] * cfg.n_hb,
-        HEAD_DIM=q.shape[-1], BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
-        PAGE_SIZE=page_size, HAS_SEQLENS=has_seqlens, UPCAST=upcast,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dict(extra))
+    def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n):
+        B, Hq, D = q.shape
+        device = q.device
+        group = Hq // k_cache.shape[2]
+        cfg = decode_config(D, group, device, block_n or None)
+        paged = block_table is not None
+        self.dummy_i32 = torch.zeros((1, 1), dtype=torch.int32, device=device)
+        self.schedule = schedule
+        self.cap = cap = _capacity(k_cache, block_table)
+        bt_stride = block_table.stride(0) if paged else 0
+        self.meta = dict(
+            GROUP=group, N_HB=cfg.n_hb, ROWS=k_cache.shape[2] * cfg.n_hb,
+            HEAD_DIM=D, BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
+            PAGE_SIZE=k_cache.shape[1] if paged else 0, HAS_SEQLENS=cache_seqlens is not None,
+            # bf16 tl.dot is broken in the interpreter: upcast there
+            UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        strides = (q.stride(0), q.stride(1),
+                   k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+                   v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+                   Hq * D, D, Hq)  # out and lse are allocated contiguous
+        qk_scale = scale * LOG2E
+        if schedule == "lean":
+            self.meta["BLOCK_B"] = max(16, triton.next_power_of_2(B))
+            self.tail = strides + (bt_stride, qk_scale, B, cap)
+            self.grid = (self._lean_grid(cfg, q, k_cache, v_cache, workers),)
+            self.ws = (runtime.workspace("decode_acc", device, (2 * self.grid[0], cfg.block_h, D), torch.float32),
+                       runtime.workspace("decode_ml", device, (2 * self.grid[0], 2, cfg.block_h), torch.float32),
+                       runtime.workspace("decode_counters", device, (self.grid[0],), torch.int32, zero=True))
+        else:
+            rows = B * self.meta["ROWS"]
+            cap_tiles = max(triton.cdiv(cap, cfg.block_n), 1)
+            if workers <= 0:
+                workers = num_splits_heuristic(rows, 2 * runtime.num_sms(device), cap_tiles)
+            self.splits = splits = max(1, min(workers, cap_tiles))
+            self.grid = (rows, splits)
+            part = (B * Hq * D, B * Hq) if splits > 1 else (0, 0)
+            self.tail = strides + part + (bt_stride, qk_scale, cap, triton.cdiv(cap_tiles, splits))
+            M = B * Hq
+            self.merge_block_m = max(1, min(64, 4096 // triton.next_power_of_2(D)))
+            self.merge_grid = (triton.cdiv(M, self.merge_block_m),)
+            self.merge_tail = (splits, M, M * D, D, M, 1)
 
-
-def _lean_grid(cfg, args, meta, device, num_programs) -> int:
-    if num_programs > 0:
-        return num_programs
-    key = (str(device), cfg, tuple(sorted((k, v) for k, v in meta.items())))
-    grid = _GRID_CACHE.get(key)
-    if grid is None:
+    def _lean_grid(self, cfg, q, k_cache, v_cache, workers) -> int:
+        if workers > 0:
+            return workers
         occ = 1
-        if device.type == "cuda":
-            compiled = lean_decode_kernel.warmup(*args, grid=(1,), **meta)
-            occ = runtime.occupancy(compiled, device)
-        grid = runtime.num_sms(device) * max(1, min(occ, cfg.ctas_per_sm))
-        _GRID_CACHE[key] = grid
-    return grid
+        if q.device.type == "cuda":
+            B, Hq, D = q.shape
+            d = self.dummy_i32
+            f = torch.empty((1,), dtype=torch.float32, device=q.device)
+            compiled = lean_decode_kernel.warmup(q, k_cache, v_cache, q, f, d, d, f, f, d, *self.tail,
+                                                 grid=(1,), **self.meta)
+            occ = runtime.occupancy(compiled, q.device)
+        return runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
+
+    def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse):
+        sl = self.dummy_i32 if cache_seqlens is None else cache_seqlens
+        bt = self.dummy_i32 if block_table is None else block_table
+        if self.schedule == "lean":
+            lean_decode_kernel[self.grid](q, k_cache, v_cache, out, lse, sl, bt, *self.ws, *self.tail, **self.meta)
+            return
+        if self.splits == 1:
+            split_decode_kernel[self.grid](q, k_cache, v_cache, out, lse, sl, bt, *self.tail, **self.meta)
+            return
+        B, Hq, D = q.shape
+        o = torch.empty((self.splits, B, Hq, D), dtype=torch.float32, device=q.device)
+        ls = torch.empty((self.splits, B, Hq), dtype=torch.float32, device=q.device)
+        split_decode_kernel[self.grid](q, k_cache, v_cache, o, ls, sl, bt, *self.tail, **self.meta)
+        merge_states_kernel[self.merge_grid](o, ls, out, lse, *self.merge_tail, HEAD_DIM=D,
+                                             BLOCK_M=self.merge_block_m, BLOCK_D=triton.next_power_of_2(D),
+                                             num_warps=4)
 
 
-def _run_lean(q, k_cache, v_cache, cache_seqlens, block_table, scale, num_programs, cfg, out, lse):
+_PLANS: dict = {}
+
+
+def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
+                 num_splits, block_n):
     B, Hq, D = q.shape
-    group = Hq // k_cache.shape[2]
-    sl, bt, paged = _common_args(q, k_cache, v_cache, cache_seqlens, block_table)
-    meta = _meta(cfg, q, k_cache, paged, cache_seqlens is not None, group,
-                 extra=dict(BLOCK_B=max(16, triton.next_power_of_2(B))))
-    device = q.device
-
-    def args(ws_acc, ws_ml, counters):
-        return (q, k_cache, v_cache, out, lse, sl, bt, ws_acc, ws_ml, counters,
-                q.stride(0), q.stride(1),
-                k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-                v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-                out.stride(0), out.stride(1), lse.stride(0), bt.stride(0),
-                scale * LOG2E, B, _capacity(k_cache, block_table))
-
-    dummy = q.new_empty((1,), dtype=torch.float32)
-    grid = _lean_grid(cfg, args(dummy, dummy, dummy.to(torch.int32)), meta, device, num_programs)
-    ws_acc = runtime.workspace("decode_acc", device, (2 * grid, cfg.block_h, D), torch.float32)
-    ws_ml = runtime.workspace("decode_ml", device, (2 * grid, 2, cfg.block_h), torch.float32)
-    counters = runtime.workspace("decode_counters", device, (grid,), torch.int32, zero=True)
-    lean_decode_kernel[(grid,)](*args(ws_acc, ws_ml, counters), **meta)
-
-
-def _run_split(q, k_cache, v_cache, cache_seqlens, block_table, scale, num_splits, cfg, out, lse):
-    B, Hq, D = q.shape
-    group = Hq // k_cache.shape[2]
-    sl, bt, paged = _common_args(q, k_cache, v_cache, cache_seqlens, block_table)
-    meta = _meta(cfg, q, k_cache, paged, cache_seqlens is not None, group)
-    rows = B * meta["ROWS"]
-    cap = _capacity(k_cache, block_table)
-    cap_tiles = max(triton.cdiv(cap, cfg.block_n), 1)
-    if num_splits <= 0:
-        num_splits = num_splits_heuristic(rows, 2 * runtime.num_sms(q.device), cap_tiles)
-    num_splits = max(1, min(num_splits, cap_tiles))
-    chunk = triton.cdiv(cap_tiles, num_splits)
-    if num_splits == 1:
-        o, ls = out, lse
-    else:
-        o = torch.empty((num_splits, B, Hq, D), dtype=torch.float32, device=q.device)
-        ls = torch.empty((num_splits, B, Hq), dtype=torch.float32, device=q.device)
-    split_decode_kernel[(rows, num_splits)](
-        q, k_cache, v_cache, o, ls, sl, bt,
-        q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        o.stride(-3), o.stride(-2), ls.stride(-2),
-        o.stride(0) if num_splits > 1 else 0, ls.stride(0) if num_splits > 1 else 0,
-        bt.stride(0), scale * LOG2E, cap, chunk, **meta)
-    if num_splits > 1:
-        M = B * Hq
-        block_d = triton.next_power_of_2(D)
-        block_m = max(1, min(64, 4096 // block_d))
-        merge_states_kernel[(triton.cdiv(M, block_m),)](
-            o.view(num_splits, M, D), ls.view(num_splits, M), out, lse, num_splits, M,
-            M * D, D, M, 1, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
+    out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device)
+    if B == 0 or Hq == 0:
+        return out, lse
+    if _capacity(k_cache, block_table) == 0:
+        return out.zero_(), lse.fill_(float("-inf"))
+    workers = num_programs if schedule == "lean" else num_splits
+    key = (q.shape, q.stride(), q.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
+           cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
+           softmax_scale, schedule, workers, block_n, runtime.interpreting())
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _Plan(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, workers, block_n)
+        _PLANS[key] = plan
+    plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse)
+    return out, lse
 
 
 @torch.library.custom_op("leanattn::decode", mutates_args=())
@@ -120,18 +135,8 @@ def _decode_op(
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
     softmax_scale: float, schedule: str, num_programs: int, num_splits: int, block_n: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    B, Hq, D = q.shape
-    out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device)
-    if B == 0 or Hq == 0:
-        return out, lse
-    if _capacity(k_cache, block_table) == 0:
-        return out.zero_(), lse.fill_(float("-inf"))
-    cfg = decode_config(D, Hq // k_cache.shape[2], q.device, block_n or None)
-    run = _run_lean if schedule == "lean" else _run_split
-    run(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
-        num_programs if schedule == "lean" else num_splits, cfg, out, lse)
-    return out, lse
+    return _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
+                        num_splits, block_n)
 
 
 @_decode_op.register_fake
@@ -289,6 +294,9 @@ def decode(
     scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate)
     if q.stride(-1) != 1:
         q = q.contiguous()
-    out, lse = _decode_op(q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule,
-                          int(num_programs), int(num_splits), 0)
+    # eager calls skip the dispatcher (its overhead is comparable to a short decode kernel);
+    # under torch.compile the custom op keeps the kernel opaque to Dynamo and Inductor
+    op = _decode_op if torch.compiler.is_compiling() else _decode_impl
+    out, lse = op(q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, int(num_programs),
+                  int(num_splits), 0)
     return (out, lse) if return_lse else out
