@@ -1,0 +1,77 @@
+"""Command line: ``leanattn demo`` and ``leanattn bench NAME [ARGS...]`` (also ``python -m leanattn``).
+
+Triton decides at decoration time whether a kernel is compiled or interpreted, and importing the
+``leanattn`` package (which happens before this module runs) already decorates the kernels. So
+on a machine without CUDA, ``main`` sets ``TRITON_INTERPRET=1`` and restarts the process once.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+__all__ = ["main", "find_benchmark"]
+
+
+def _ensure_interpreter(argv: list[str]) -> None:
+    """Without CUDA, re-run this command with ``TRITON_INTERPRET=1`` set from the start."""
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "leanattn", *argv])
+
+
+def find_benchmark(name: str) -> Path | None:
+    """``benchmarks/bench_NAME.py`` of the source checkout (or of the working directory), if any."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        path = root / "benchmarks" / f"bench_{name}.py"
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_benchmark(name: str):
+    """The ``main(argv)`` of ``benchmarks/bench_NAME.py``, or None when the file is not there."""
+    path = find_benchmark(name)
+    if path is None:
+        return None
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="leanattn", description="leanattn: exact attention kernels in Triton.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="check the decode kernels and picture the stream-K vs split schedules")
+    demo.add_argument("--out", default="demo_out", help="folder for schedule.png (default: demo_out)")
+    demo.add_argument("--sms", type=int, default=132, help="SMs of the modelled GPU (default: 132, H100/H200)")
+    bench = sub.add_parser("bench", help="run benchmarks/bench_NAME.py (e.g. `leanattn bench decode --quick`)")
+    bench.add_argument("name", help="benchmark name: decode runs benchmarks/bench_decode.py")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    _ensure_interpreter(argv)
+    if args.command == "demo":
+        from . import demo
+        return demo.run(out_dir=args.out, num_sms=args.sms, bench=_load_benchmark("decode"))
+    bench_main = _load_benchmark(args.name)
+    if bench_main is None:
+        print(f"leanattn bench: no benchmarks/bench_{args.name}.py here (it ships with the source checkout, "
+              f"not the wheel); run from the repository root", file=sys.stderr)
+        return 2
+    return bench_main(args.args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
