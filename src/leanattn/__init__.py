@@ -5,10 +5,16 @@ Public API
 decode            stream-K (LeanAttention) decode over contiguous or paged, ragged, GQA caches
 merge_states      exact merge of partial attention states (out, lse)
 reference         float64 references of every op
+qk_sparse_attention    causal attention with dropped queries/keys (sparse flash attention)
+hash_sparse_attention  causal attention within hash buckets (sparse flash attention)
+sparse            the sparse package (lsh_buckets)
 """
 from . import reference
 from .merges import merge_states
 from .ops.decode import decode
+from . import sparse
+from .sparse import hash_sparse_attention, qk_sparse_attention
 
 __version__ = "0.1.0"
 __all__ = ["decode", "merge_states", "reference", "__version__"]
+__all__ += ["qk_sparse_attention", "hash_sparse_attention", "sparse"]

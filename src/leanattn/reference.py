@@ -69,3 +69,53 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor):
     w = torch.where(finite, torch.exp(lses - torch.where(finite, lse, 0.0)), 0.0)
     out = (w[..., None] * torch.where(w[..., None] > 0, outs, 0.0)).sum(0)
     return out, lse
+
+
+# --------------------------------------------------------------------------------------------
+# sparse causal attention (leanattn.qk_sparse_attention / hash_sparse_attention)
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                     softmax_scale: float | None = None) -> torch.Tensor:
+    """Dense attention of ``q, k, v (B, N, H, D)`` under ``mask (B, H, N, N)`` (True = attend) in float64.
+
+    Differentiable (no NaN in gradients); a row with no visible key gives zeros. Returns
+    ``(B, N, H, D)`` float64.
+    """
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    q, k, v = (x.double().transpose(1, 2) for x in (q, k, v))
+    s = (q @ k.transpose(-1, -2)) * scale
+    has_key = mask.any(-1, keepdim=True)
+    s = s.masked_fill(~mask, float("-inf")).masked_fill(~has_key, 0.0)
+    p = torch.softmax(s, dim=-1) * has_key
+    return (p @ v).transpose(1, 2)
+
+
+def _causal(n: int, device) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
+def qk_sparse_mask(q_keep: torch.Tensor, k_keep: torch.Tensor) -> torch.Tensor:
+    """``(B, H, N, N)`` bool: query i sees key j iff both kept and ``j <= i``."""
+    qk, kk = q_keep.transpose(1, 2), k_keep.transpose(1, 2)
+    return qk[..., :, None] & kk[..., None, :] & _causal(q_keep.shape[1], q_keep.device)
+
+
+def hash_sparse_mask(q_buckets: torch.Tensor, k_buckets: torch.Tensor) -> torch.Tensor:
+    """``(B, H, N, N)`` bool: query i sees key j iff same bucket and ``j <= i``."""
+    qb, kb = q_buckets.transpose(1, 2), k_buckets.transpose(1, 2)
+    return (qb[..., :, None] == kb[..., None, :]) & _causal(q_buckets.shape[1], q_buckets.device)
+
+
+def qk_sparse_attention(q, k, v, q_keep, k_keep, softmax_scale=None):
+    """Reference for :func:`leanattn.qk_sparse_attention`: ``(B, N, H, D)`` float64."""
+    return masked_attention(q, k, v, qk_sparse_mask(q_keep, k_keep), softmax_scale)
+
+
+def hash_sparse_attention(q, k, v, q_buckets, k_buckets, softmax_scale=None):
+    """Reference for :func:`leanattn.hash_sparse_attention`: ``(B, N, H, D)`` float64."""
+    return masked_attention(q, k, v, hash_sparse_mask(q_buckets, k_buckets), softmax_scale)
+
+
+__all__ += ["masked_attention", "qk_sparse_mask", "hash_sparse_mask", "qk_sparse_attention",
+            "hash_sparse_attention"]

@@ -1,0 +1,335 @@
+"""Sparse causal flash attention kernels (SCFA): forward, backward preprocess, dK/dV, dQ.
+
+The tokens of every (batch, head) are visited in a sorted order (``sparse/layout.py``): row
+``r`` of a tile is the token at original position ``perm[r]``, loaded straight from the
+``(B, N, H, D)`` inputs (no gathered copies), and ``group[r]`` is its group id. The element
+mask is ``(q_group == k_group) & (q_pos >= k_pos)``, causal on original positions.
+
+Each program reads its block range ``[lo, full_lo, full_hi, hi]`` (precomputed once per call)
+and runs three loops: masked ``[lo, full_lo)``, unmasked ``[full_lo, full_hi)``, masked
+``[full_hi, hi)``. Fully masked blocks outside ``[lo, hi)`` are never touched.
+
+* ``sparse_fwd_kernel``: grid ``(q blocks, B*H)``; FlashAttention-2 online softmax; writes the
+  output rows at their original positions and the per-row LSE (log2 units, sorted order,
+  ``+inf`` for a row that sees no key so that the backward's ``exp2(s - lse)`` is 0).
+* ``sparse_bwd_preprocess_kernel``: ``delta = rowsum(out * dout)`` in sorted order.
+* ``sparse_dkdv_kernel``: grid ``(key blocks, B*H)``, as FlashAttention-2: each program owns a
+  key block and loops over the query blocks that see it; dK, dV stay in registers.
+* ``sparse_dq_kernel``: grid ``(q blocks, B*H)``: a separate pass, so no atomics and the
+  gradients are bitwise deterministic.
+
+Scores are in log2 units: ``qk_scale = softmax_scale * log2(e)``.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..runtime import interpreting
+
+
+def _configs(options):
+    # the interpreter supports a single autotune config
+    if interpreting():
+        options = options[:1]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in options]
+
+
+_FWD_CONFIGS = _configs([(4, 3), (8, 3), (4, 2), (8, 2)])
+_BWD_CONFIGS = _configs([(4, 3), (8, 2), (4, 2), (8, 3)])
+_KEY = ["N", "HEAD_DIM", "BLOCK_M", "BLOCK_N"]
+
+
+@triton.jit
+def _rows(Base, pos, valid, stride_n, offs_d, UPCAST: tl.constexpr, MASKED: tl.constexpr = True):
+    """Load the rows ``Base + pos * stride_n``: ``[len(pos), HEAD_DIM]``; invalid rows are 0.
+
+    ``MASKED=False`` skips the bounds mask, for tiles known to hold only real tokens.
+    """
+    ptrs = Base + pos.to(tl.int64)[:, None] * stride_n + offs_d[None, :]
+    if MASKED:
+        x = tl.load(ptrs, mask=valid[:, None], other=0.0)
+    else:
+        x = tl.load(ptrs)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _block_range(Ranges, bh, blk, n_blocks):
+    base = Ranges + (bh * n_blocks + blk) * 4
+    return tl.load(base), tl.load(base + 1), tl.load(base + 2), tl.load(base + 3)
+
+
+@triton.jit
+def _fwd_tiles(
+    acc, m_i, l_i, q, q_grp, q_pos,  #
+    K, V, KPerm, KGroup, lo, hi, N, stride_kn, stride_vn, qk_scale,  #
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    offs_d = tl.arange(0, HEAD_DIM)
+    for j in range(lo, hi):
+        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        valid_n = offs_n < N
+        # full blocks (MASKED=False) hold only real keys: no bounds masks there
+        if MASKED:
+            k_pos = tl.load(KPerm + offs_n, mask=valid_n, other=0)
+        else:
+            k_pos = tl.load(KPerm + offs_n)
+        k = _rows(K, k_pos, valid_n, stride_kn, offs_d, UPCAST, MASKED)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if MASKED:
+            k_grp = tl.load(KGroup + offs_n, mask=valid_n, other=-2)
+            vis = (q_grp[:, None] == k_grp[None, :]) & (q_pos[:, None] >= k_pos[None, :])
+            qk = tl.where(vis, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_use = m_new
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(qk - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _rows(V, k_pos, valid_n, stride_vn, offs_d, UPCAST, MASKED)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
+@triton.jit
+def sparse_fwd_kernel(
+    Q, K, V, Out, Lse,  #
+    QPerm, QGroup, KPerm, KGroup, Ranges,  #
+    stride_qb, stride_qn, stride_qh,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_ob, stride_on, stride_oh,  #
+    qk_scale, H, N, n_blocks,  #
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    blk = tl.num_programs(0) - 1 - tl.program_id(0)  # heavy (late causal) blocks first
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    row0 = bh.to(tl.int64) * N
+    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    valid_m = offs_m < N
+    q_pos = tl.load(QPerm + row0 + offs_m, mask=valid_m, other=0)
+    q_grp = tl.load(QGroup + row0 + offs_m, mask=valid_m, other=-1)
+    q = _rows(Q + b.to(tl.int64) * stride_qb + h * stride_qh, q_pos, valid_m, stride_qn, offs_d, UPCAST)
+    lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
+
+    K_bh = K + b.to(tl.int64) * stride_kb + h * stride_kh
+    V_bh = V + b.to(tl.int64) * stride_vb + h * stride_vh
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+                               lo, flo, N, stride_kn, stride_vn, qk_scale,
+                               HEAD_DIM, BLOCK_N, True, UPCAST, DOT_PRECISION)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+                               flo, fhi, N, stride_kn, stride_vn, qk_scale,
+                               HEAD_DIM, BLOCK_N, False, UPCAST, DOT_PRECISION)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+                               fhi, hi, N, stride_kn, stride_vn, qk_scale,
+                               HEAD_DIM, BLOCK_N, True, UPCAST, DOT_PRECISION)
+    # a row that saw no key: output 0, lse +inf (its probabilities are 0 in the backward)
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+    o_ptrs = (Out + b.to(tl.int64) * stride_ob + h * stride_oh + q_pos.to(tl.int64)[:, None] * stride_on
+              + offs_d[None, :])
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=valid_m[:, None])
+    tl.store(Lse + row0 + offs_m, lse, mask=valid_m)
+
+
+@triton.jit
+def sparse_bwd_preprocess_kernel(
+    Out, DOut, Delta, QPerm,  #
+    stride_ob, stride_on, stride_oh,  #
+    stride_db, stride_dn, stride_dh,  #
+    H, N,  #
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """``Delta[bh, r] = sum_d out * dout`` of the ``r``-th sorted query, in float32."""
+    blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    row0 = bh.to(tl.int64) * N
+    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    valid_m = offs_m < N
+    pos = tl.load(QPerm + row0 + offs_m, mask=valid_m, other=0)
+    o = _rows(Out + b.to(tl.int64) * stride_ob + h * stride_oh, pos, valid_m, stride_on, offs_d, True)
+    do = _rows(DOut + b.to(tl.int64) * stride_db + h * stride_dh, pos, valid_m, stride_dn, offs_d, True)
+    tl.store(Delta + row0 + offs_m, tl.sum(o * do, 1), mask=valid_m)
+
+
+@triton.jit
+def _dkdv_tiles(
+    dk, dv, k, v, k_grp, k_pos,  #
+    Q, DO, QPerm, QGroup, Lse, Delta, lo, hi, N, stride_qn, stride_don, qk_scale,  #
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    offs_d = tl.arange(0, HEAD_DIM)
+    for i in range(lo, hi):
+        offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
+        valid_m = offs_m < N
+        if MASKED:
+            q_pos = tl.load(QPerm + offs_m, mask=valid_m, other=0)
+            lse = tl.load(Lse + offs_m, mask=valid_m, other=float("inf"))
+            delta = tl.load(Delta + offs_m, mask=valid_m, other=0.0)
+        else:  # full blocks hold only real queries
+            q_pos = tl.load(QPerm + offs_m)
+            lse = tl.load(Lse + offs_m)
+            delta = tl.load(Delta + offs_m)
+        q = _rows(Q, q_pos, valid_m, stride_qn, offs_d, UPCAST, MASKED)
+        do = _rows(DO, q_pos, valid_m, stride_don, offs_d, UPCAST, MASKED)
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+        pT = tl.math.exp2(qkT - lse[None, :])
+        if MASKED:
+            q_grp = tl.load(QGroup + offs_m, mask=valid_m, other=-1)
+            vis = (q_grp[None, :] == k_grp[:, None]) & (q_pos[None, :] >= k_pos[:, None])
+            pT = tl.where(vis, pT, 0.0)
+        dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(q.dtype), q, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
+@triton.jit
+def sparse_dkdv_kernel(
+    Q, K, V, DO, DK, DV, Lse, Delta,  #
+    QPerm, QGroup, KPerm, KGroup, Ranges,  #
+    stride_qb, stride_qn, stride_qh,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_dob, stride_don, stride_doh,  #
+    stride_dkb, stride_dkn, stride_dkh,  #
+    stride_dvb, stride_dvn, stride_dvh,  #
+    sm_scale, qk_scale, H, N, n_blocks,  #
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dK, dV of one block of ``BLOCK_N`` sorted keys; ``Ranges`` are in query blocks of ``BLOCK_M``."""
+    blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    row0 = bh.to(tl.int64) * N
+    offs_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    valid_n = offs_n < N
+    k_pos = tl.load(KPerm + row0 + offs_n, mask=valid_n, other=0)
+    k_grp = tl.load(KGroup + row0 + offs_n, mask=valid_n, other=-2)
+    k = _rows(K + b.to(tl.int64) * stride_kb + h * stride_kh, k_pos, valid_n, stride_kn, offs_d, UPCAST)
+    v = _rows(V + b.to(tl.int64) * stride_vb + h * stride_vh, k_pos, valid_n, stride_vn, offs_d, UPCAST)
+    lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
+
+    Q_bh = Q + b.to(tl.int64) * stride_qb + h * stride_qh
+    DO_bh = DO + b.to(tl.int64) * stride_dob + h * stride_doh
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
+                         Delta + row0, lo, flo, N, stride_qn, stride_don, qk_scale,
+                         HEAD_DIM, BLOCK_M, True, UPCAST, DOT_PRECISION)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
+                         Delta + row0, flo, fhi, N, stride_qn, stride_don, qk_scale,
+                         HEAD_DIM, BLOCK_M, False, UPCAST, DOT_PRECISION)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
+                         Delta + row0, fhi, hi, N, stride_qn, stride_don, qk_scale,
+                         HEAD_DIM, BLOCK_M, True, UPCAST, DOT_PRECISION)
+    rows = k_pos.to(tl.int64)[:, None]
+    dk_ptrs = DK + b.to(tl.int64) * stride_dkb + h * stride_dkh + rows * stride_dkn + offs_d[None, :]
+    dv_ptrs = DV + b.to(tl.int64) * stride_dvb + h * stride_dvh + rows * stride_dvn + offs_d[None, :]
+    tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=valid_n[:, None])
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=valid_n[:, None])
+
+
+@triton.jit
+def _dq_tiles(
+    dq, q, do, lse, delta, q_grp, q_pos,  #
+    K, V, KPerm, KGroup, lo, hi, N, stride_kn, stride_vn, qk_scale,  #
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    offs_d = tl.arange(0, HEAD_DIM)
+    for j in range(lo, hi):
+        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        valid_n = offs_n < N
+        if MASKED:
+            k_pos = tl.load(KPerm + offs_n, mask=valid_n, other=0)
+        else:
+            k_pos = tl.load(KPerm + offs_n)
+        k = _rows(K, k_pos, valid_n, stride_kn, offs_d, UPCAST, MASKED)
+        v = _rows(V, k_pos, valid_n, stride_vn, offs_d, UPCAST, MASKED)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        p = tl.math.exp2(qk - lse[:, None])
+        if MASKED:
+            k_grp = tl.load(KGroup + offs_n, mask=valid_n, other=-2)
+            vis = (q_grp[:, None] == k_grp[None, :]) & (q_pos[:, None] >= k_pos[None, :])
+            p = tl.where(vis, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
+@triton.jit
+def sparse_dq_kernel(
+    Q, K, V, DO, DQ, Lse, Delta,  #
+    QPerm, QGroup, KPerm, KGroup, Ranges,  #
+    stride_qb, stride_qn, stride_qh,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_dob, stride_don, stride_doh,  #
+    stride_dqb, stride_dqn, stride_dqh,  #
+    sm_scale, qk_scale, H, N, n_blocks,  #
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dQ of one block of ``BLOCK_M`` sorted queries; ``Ranges`` are in key blocks of ``BLOCK_N``."""
+    blk = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    row0 = bh.to(tl.int64) * N
+    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    valid_m = offs_m < N
+    q_pos = tl.load(QPerm + row0 + offs_m, mask=valid_m, other=0)
+    q_grp = tl.load(QGroup + row0 + offs_m, mask=valid_m, other=-1)
+    q = _rows(Q + b.to(tl.int64) * stride_qb + h * stride_qh, q_pos, valid_m, stride_qn, offs_d, UPCAST)
+    do = _rows(DO + b.to(tl.int64) * stride_dob + h * stride_doh, q_pos, valid_m, stride_don, offs_d, UPCAST)
+    lse = tl.load(Lse + row0 + offs_m, mask=valid_m, other=float("inf"))
+    delta = tl.load(Delta + row0 + offs_m, mask=valid_m, other=0.0)
+    lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
+
+    K_bh = K + b.to(tl.int64) * stride_kb + h * stride_kh
+    V_bh = V + b.to(tl.int64) * stride_vb + h * stride_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    dq = _dq_tiles(dq, q, do, lse, delta, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+                   lo, flo, N, stride_kn, stride_vn, qk_scale, HEAD_DIM, BLOCK_N, True, UPCAST, DOT_PRECISION)
+    dq = _dq_tiles(dq, q, do, lse, delta, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+                   flo, fhi, N, stride_kn, stride_vn, qk_scale, HEAD_DIM, BLOCK_N, False, UPCAST, DOT_PRECISION)
+    dq = _dq_tiles(dq, q, do, lse, delta, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+                   fhi, hi, N, stride_kn, stride_vn, qk_scale, HEAD_DIM, BLOCK_N, True, UPCAST, DOT_PRECISION)
+    dq_ptrs = (DQ + b.to(tl.int64) * stride_dqb + h * stride_dqh + q_pos.to(tl.int64)[:, None] * stride_dqn
+               + offs_d[None, :])
+    tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=valid_m[:, None])

@@ -1,0 +1,346 @@
+"""``qk_sparse_attention`` and ``hash_sparse_attention``: exact sparse causal flash attention.
+
+Three layers, as elsewhere in leanattn: the Triton kernels (``kernels/sparse_attn.py``), two
+``torch.library`` custom ops (forward, backward) tied together with ``register_autograd``, and
+the public functions, which validate their inputs, sort the tokens (``layout.py``) and call the
+forward op.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+
+from .. import checks, runtime
+from ..kernels.sparse_attn import (
+    sparse_bwd_preprocess_kernel,
+    sparse_dkdv_kernel,
+    sparse_dq_kernel,
+    sparse_fwd_kernel,
+)
+from .layout import block_ranges_kv, block_ranges_q, build_layout, qk_groups
+
+__all__ = ["qk_sparse_attention", "hash_sparse_attention", "SparseConfig", "sparse_config"]
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (64, 128)
+MAX_GROUP = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """Tile sizes. The forward and the dQ pass use ``block_m`` queries x ``block_n`` keys; the
+    dK/dV pass uses ``block_n_bwd`` keys per program x ``block_m_bwd`` queries per step."""
+
+    block_m: int
+    block_n: int
+    block_m_bwd: int
+    block_n_bwd: int
+
+
+_override: Optional[SparseConfig] = None
+
+
+def sparse_config(head_dim: int, device: torch.device) -> SparseConfig:
+    """Tiles for ``head_dim`` on ``device``: FlashAttention-2-style tiles on GPU, 16s on the interpreter."""
+    if _override is not None:
+        return _override
+    if device.type != "cuda":
+        return SparseConfig(16, 16, 16, 16)
+    if head_dim <= 64:
+        return SparseConfig(128, 64, 64, 128)
+    return SparseConfig(128, 64, 32, 128)
+
+
+def _kernel_flags(q: torch.Tensor) -> dict:
+    upcast = runtime.interpreting() and q.dtype == torch.bfloat16  # bf16 tl.dot is broken in the interpreter
+    return dict(HEAD_DIM=q.shape[-1], UPCAST=upcast,
+                DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+
+
+def _strides(x: torch.Tensor):
+    # (B, N, H, D) -> batch, token, head strides
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+@torch.library.custom_op("leanattn::sparse_attn_fwd", mutates_args=())
+def _fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    q_perm: torch.Tensor, q_group: torch.Tensor, k_perm: torch.Tensor, k_group: torch.Tensor,
+    q_ranges: torch.Tensor, kv_ranges: torch.Tensor,
+    softmax_scale: float, block_m: int, block_n: int, block_m_bwd: int, block_n_bwd: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``out (B, N, H, D)`` and the internal ``lse (B*H, N)`` float32 (log2 units, sorted
+    order, ``+inf`` where a query sees no key). ``kv_ranges`` is only kept for the backward."""
+    B, N, H, D = q.shape
+    out = torch.empty_like(q)
+    lse = torch.empty((B * H, N), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    n_blocks = triton.cdiv(N, block_m)
+    sparse_fwd_kernel[(n_blocks, B * H)](
+        q, k, v, out, lse, q_perm, q_group, k_perm, k_group, q_ranges,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        softmax_scale * LOG2E, H, N, n_blocks,
+        BLOCK_M=block_m, BLOCK_N=block_n, **_kernel_flags(q))
+    return out, lse
+
+
+@_fwd_op.register_fake
+def _(q, k, v, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges, softmax_scale, block_m, block_n,
+      block_m_bwd, block_n_bwd):
+    B, N, H, D = q.shape
+    return torch.empty_like(q), q.new_empty((B * H, N), dtype=torch.float32)
+
+
+@torch.library.custom_op("leanattn::sparse_attn_bwd", mutates_args=())
+def _bwd_op(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    q_perm: torch.Tensor, q_group: torch.Tensor, k_perm: torch.Tensor, k_group: torch.Tensor,
+    q_ranges: torch.Tensor, kv_ranges: torch.Tensor,
+    softmax_scale: float, block_m: int, block_n: int, block_m_bwd: int, block_n_bwd: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)``, each ``(B, N, H, D)`` in the input dtype."""
+    B, N, H, D = q.shape
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if q.numel() == 0:
+        return dq, dk, dv
+    flags = _kernel_flags(q)
+    delta = torch.empty((B * H, N), dtype=torch.float32, device=q.device)
+    sparse_bwd_preprocess_kernel[(triton.cdiv(N, block_m), B * H)](
+        out, dout, delta, q_perm, *_strides(out), *_strides(dout), H, N,
+        HEAD_DIM=D, BLOCK_M=block_m, num_warps=4)
+    common = (*_strides(q), *_strides(k), *_strides(v), *_strides(dout))
+    n_kv = triton.cdiv(N, block_n_bwd)
+    sparse_dkdv_kernel[(n_kv, B * H)](
+        q, k, v, dout, dk, dv, lse, delta, q_perm, q_group, k_perm, k_group, kv_ranges,
+        *common, *_strides(dk), *_strides(dv),
+        softmax_scale, softmax_scale * LOG2E, H, N, n_kv,
+        BLOCK_M=block_m_bwd, BLOCK_N=block_n_bwd, **flags)
+    n_q = triton.cdiv(N, block_m)
+    sparse_dq_kernel[(n_q, B * H)](
+        q, k, v, dout, dq, lse, delta, q_perm, q_group, k_perm, k_group, q_ranges,
+        *common, *_strides(dq),
+        softmax_scale, softmax_scale * LOG2E, H, N, n_q,
+        BLOCK_M=block_m, BLOCK_N=block_n, **flags)
+    return dq, dk, dv
+
+
+@_bwd_op.register_fake
+def _(dout, q, k, v, out, lse, *rest):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges = inputs[:9]
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges)
+    ctx.params = inputs[9:]
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges = ctx.saved_tensors
+    if kv_ranges.numel() == 0:
+        raise RuntimeError("sparse attention: the forward ran without grad mode, so no backward ranges were built")
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    dq, dk, dv = _bwd_op(dout, q, k, v, out, lse, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges,
+                         *ctx.params)
+    return (dq, dk, dv) + (None,) * 11
+
+
+torch.library.register_autograd("leanattn::sparse_attn_fwd", _backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _validate_qkv(q, k, v, softmax_scale) -> float:
+    checks.check_tensor("q", q, 4)
+    checks.check_tensor("k", k, 4)
+    checks.check_tensor("v", v, 4)
+    checks.check_dtype("q", q)
+    checks.check_same("k", k, "q", q)
+    checks.check_same("v", v, "q", q)
+    for name, x in (("k", k), ("v", v)):
+        if tuple(x.shape) != tuple(q.shape):
+            raise ValueError(f"{name}: expected shape {tuple(q.shape)} (as q, (B, N, H, D)), got {tuple(x.shape)}")
+    if q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"q: expected head dim in {HEAD_DIMS}, got {q.shape[-1]}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        checks.check_unit_stride(name, x)
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(q.shape[-1])
+    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool):
+        raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+    return float(softmax_scale)
+
+
+def _check_per_token(name: str, x, q: torch.Tensor):
+    checks.check_tensor(name, x, 3)
+    if tuple(x.shape) != tuple(q.shape[:3]):
+        raise ValueError(f"{name}: expected shape {tuple(q.shape[:3])} ((B, N, H) of q), got {tuple(x.shape)}")
+    if x.device != q.device:
+        raise ValueError(f"{name}: expected device {q.device} (as q), got {x.device}")
+
+
+def _check_buckets(name: str, x, q, n_buckets, validate) -> torch.Tensor:
+    _check_per_token(name, x, q)
+    if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
+        raise TypeError(f"{name}: expected an integer dtype (int32 or int64 bucket ids), got {x.dtype}")
+    if validate is None:
+        validate = checks.values_checkable(x)
+    if validate and x.numel():
+        lo, hi = int(x.min()), int(x.max())
+        limit = MAX_GROUP if n_buckets is None else n_buckets - 1
+        if lo < 0:
+            raise ValueError(f"{name}: expected bucket ids >= 0, got a minimum of {lo}")
+        if hi > limit:
+            what = f"n_buckets={n_buckets}" if n_buckets is not None else "int32 range"
+            raise ValueError(f"{name}: expected bucket ids <= {limit} ({what}), got a maximum of {hi}")
+    return x if x.dtype == torch.int32 else x.to(torch.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# public functions
+
+
+def _sparse_attention(q, k, v, q_groups, k_groups, scale):
+    cfg = sparse_config(q.shape[-1], q.device)
+    layout = build_layout(q_groups, k_groups)
+    q_ranges = block_ranges_q(layout, cfg.block_m, cfg.block_n)
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if needs_grad:
+        kv_ranges = block_ranges_kv(layout, cfg.block_m_bwd, cfg.block_n_bwd)
+    else:
+        kv_ranges = q_ranges.new_empty((0,))
+    out, _ = _fwd_op(q, k, v, layout.q_perm, layout.q_group, layout.k_perm, layout.k_group, q_ranges, kv_ranges,
+                     scale, cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd)
+    return out
+
+
+def qk_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_keep: torch.Tensor,
+    k_keep: torch.Tensor,
+    softmax_scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Causal attention with dropped queries and keys (QK-sparse SCFA, Pagliardini et al. 2023).
+
+    Query ``i`` attends key ``j`` iff ``q_keep[i]``, ``k_keep[j]`` and ``j <= i`` (causal on the
+    original positions), per batch and head::
+
+        out[i] = sum_j softmax_j(q[i] . k[j] * softmax_scale) v[j]   over the visible j
+
+    A dropped query, or a kept query that sees no kept key (e.g. every key before it dropped),
+    outputs zeros, never NaN, and gets zero gradients.
+
+    Parameters
+    ----------
+    q, k, v : torch.Tensor
+        ``(B, N, H, D)``, float16, bfloat16 or float32 (float32 mainly for tests), ``D`` in
+        {64, 128}, same dtype and device, unit stride on ``D`` (other strides are free, so
+        slices of a fused QKV projection work without a copy). Any ``N``.
+    q_keep, k_keep : torch.Tensor
+        ``(B, N, H)`` bool, True = keep. Each (batch, head) has its own pattern.
+    softmax_scale : float, optional
+        Default ``1 / sqrt(D)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, N, H, D)`` in ``q.dtype``; differentiable in ``q``, ``k`` and ``v``.
+
+    Notes
+    -----
+    Kept tokens are compacted per (batch, head) by a stable sort (time order is kept), and the
+    kernels read the compacted rows in place through the resulting index. The key blocks each
+    query block needs are found by binary search once per call, so the work is about
+    ``(1 - drop)^2`` of dense causal attention. Backward: dK/dV by one program per key block
+    (FlashAttention-2), dQ by a separate pass; no atomics, deterministic. No host sync. Forward
+    and backward are the custom ops ``torch.ops.leanattn.sparse_attn_fwd`` / ``_bwd``.
+
+    Examples
+    --------
+    >>> q, k, v = (torch.randn(2, 8192, 12, 64, dtype=torch.bfloat16, device="cuda") for _ in range(3))
+    >>> keep = torch.rand(2, 8192, 12, device="cuda") > 0.5
+    >>> out = leanattn.qk_sparse_attention(q, k, v, keep, keep)
+    """
+    scale = _validate_qkv(q, k, v, softmax_scale)
+    for name, x in (("q_keep", q_keep), ("k_keep", k_keep)):
+        _check_per_token(name, x, q)
+        if x.dtype != torch.bool:
+            raise TypeError(f"{name}: expected dtype torch.bool, got {x.dtype}")
+    q_groups, k_groups = qk_groups(q_keep, k_keep)
+    return _sparse_attention(q, k, v, q_groups, k_groups, scale)
+
+
+def hash_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_buckets: torch.Tensor,
+    k_buckets: torch.Tensor,
+    softmax_scale: Optional[float] = None,
+    *,
+    n_buckets: Optional[int] = None,
+    validate: Optional[bool] = None,
+) -> torch.Tensor:
+    """Causal attention within hash buckets (hash-sparse SCFA, Pagliardini et al. 2023).
+
+    Query ``i`` attends key ``j`` iff ``q_buckets[i] == k_buckets[j]`` and ``j <= i`` (causal on
+    the original positions), per batch and head. A query that sees no key outputs zeros.
+
+    **Self-attention is included** (``j = i`` when the buckets match). The paper's training
+    code uses the strict rule ``j < i`` (Reformer's shared-QK convention, where a token's own
+    key would dominate); there the first token of every bucket sees nothing. With the inclusive
+    rule, one bucket for everything is exactly dense causal attention. To get the strict rule
+    with shared Q/K, mask the diagonal yourself, e.g. by giving keys and queries different ids
+    for the token itself (not supported directly).
+
+    Parameters
+    ----------
+    q, k, v : torch.Tensor
+        ``(B, N, H, D)``, float16, bfloat16 or float32, ``D`` in {64, 128}, same dtype and
+        device, unit stride on ``D``. Any ``N``.
+    q_buckets, k_buckets : torch.Tensor
+        ``(B, N, H)`` integer bucket ids (int32 or int64), ``>= 0`` and ``< 2**31``, e.g. from
+        :func:`leanattn.sparse.lsh_buckets`. Ids need not be contiguous.
+    softmax_scale : float, optional
+        Default ``1 / sqrt(D)``.
+    n_buckets : int, optional, keyword-only
+        If given, ids must lie in ``[0, n_buckets)``.
+    validate : bool, optional, keyword-only
+        Check the id values. Default: only when it needs no device sync (CPU tensors, outside
+        ``torch.compile``); pass ``True`` to check CUDA inputs at the cost of a sync.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, N, H, D)`` in ``q.dtype``; differentiable in ``q``, ``k`` and ``v``.
+
+    Notes
+    -----
+    Tokens are sorted per (batch, head) by (bucket, position) with a stable sort, so each bucket
+    is a contiguous, time-ordered run; a query block needs only the key blocks overlapping its
+    buckets up to its last position, found by binary search once per call. With ``nb`` random
+    buckets the work is about ``1/nb`` of dense causal attention.
+
+    Examples
+    --------
+    >>> buckets = leanattn.sparse.lsh_buckets(q, 16)
+    >>> out = leanattn.hash_sparse_attention(q, k, v, buckets, buckets)
+    """
+    scale = _validate_qkv(q, k, v, softmax_scale)
+    if n_buckets is not None and (not isinstance(n_buckets, int) or isinstance(n_buckets, bool) or n_buckets < 1):
+        raise ValueError(f"n_buckets: expected a positive int or None, got {n_buckets!r}")
+    qb = _check_buckets("q_buckets", q_buckets, q, n_buckets, validate)
+    kb = _check_buckets("k_buckets", k_buckets, q, n_buckets, validate)
+    return _sparse_attention(q, k, v, qb, kb, scale)

@@ -1,0 +1,131 @@
+"""Per-call layout of sparse causal attention: token order, group ids and block ranges.
+
+Both sparse modes reduce to one problem. Every (batch, head) row of queries and of keys gets an
+integer *group* per token, and query ``i`` attends key ``j`` iff their groups match and
+``j <= i`` in the original positions:
+
+* hash mode: the group is the bucket id;
+* QK mode: kept tokens are group 0; dropped queries are group 1 and dropped keys group 2, so
+  that a dropped token never matches anything.
+
+Sorting each row stably by group gives a permutation ``perm`` (original position of the
+``r``-th token in sorted order) under which the tokens of a group are contiguous and in time
+order. In QK mode the sort is a compaction: kept tokens first, in time order. The composite
+key ``group * N + position`` is then increasing along each sorted row, and the keys visible to
+a query ``(g, p)`` are exactly those with composite key in ``[g * N, g * N + p]``: one
+contiguous run of the sorted keys. For a block of consecutive sorted queries the union of
+these runs is again one contiguous run, so each query block needs one range of key blocks,
+found by binary search (``torch.searchsorted``) once per call, not scanned inside every
+program. Within that range, a sub-range of *full* blocks (every pair visible) is computed
+too; kernels skip the element mask there.
+
+All tensors here are ``(B * H, ...)`` with rows in (batch, head) order. Nothing syncs with
+the host, so the layout is usable under ``torch.compile`` and CUDA-graph capture.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["SparseLayout", "build_layout", "qk_groups", "block_ranges_q", "block_ranges_kv"]
+
+
+class SparseLayout(NamedTuple):
+    """Sorted order of one call. Shapes: ``BH = B * H``.
+
+    q_perm, k_perm : ``(BH, N)`` int32, original position of the ``r``-th sorted token.
+    q_group, k_group : ``(BH, N)`` int32, group id of the ``r``-th sorted token.
+    q_key, k_key : ``(BH, N)`` int64, ``group * N + position``, increasing along each row.
+    """
+
+    q_perm: torch.Tensor
+    q_group: torch.Tensor
+    k_perm: torch.Tensor
+    k_group: torch.Tensor
+    q_key: torch.Tensor
+    k_key: torch.Tensor
+
+
+def qk_groups(q_keep: torch.Tensor, k_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group ids of QK mode from ``(B, N, H)`` bool keep masks: kept 0, dropped q 1, dropped k 2."""
+    return (~q_keep).to(torch.int32), (~k_keep).to(torch.int32) * 2
+
+
+def _sort_rows(groups: torch.Tensor):
+    # (B, N, H) -> (B*H, N) rows, stable sort so positions stay increasing inside a group
+    B, N, H = groups.shape
+    g = groups.permute(0, 2, 1).reshape(B * H, N).contiguous()
+    g_sorted, perm = torch.sort(g, dim=-1, stable=True)
+    key = (g_sorted.to(torch.int64) * N + perm).contiguous()
+    # sort keeps its input's strides; the kernels index rows as bh * N + r
+    return perm.to(torch.int32).contiguous(), g_sorted.to(torch.int32).contiguous(), key
+
+
+def build_layout(q_groups: torch.Tensor, k_groups: torch.Tensor) -> SparseLayout:
+    """Sort the ``(B, N, H)`` integer group ids of queries and keys per (batch, head)."""
+    q_perm, q_group, q_key = _sort_rows(q_groups)
+    k_perm, k_group, k_key = _sort_rows(k_groups)
+    return SparseLayout(q_perm, q_group, k_perm, k_group, q_key, k_key)
+
+
+def _block_ends(n: int, block: int, device):
+    first = torch.arange(0, n, block, device=device)
+    last = torch.clamp(first + block, max=n) - 1
+    return first, last
+
+
+def _finish(e_lo, e_hi, f_lo, f_hi, single, block):
+    """Element ranges -> block ranges ``[lo, full_lo, full_hi, hi]`` (int32, ``(BH, n_blocks, 4)``).
+
+    ``[e_lo, e_hi)`` covers every partner of the block; ``[f_lo, f_hi)`` the partners seen by every
+    member (only meaningful when ``single``). Empty ranges become ``[0, 0, 0, 0]``.
+    """
+    empty = e_hi <= e_lo
+    lo = torch.where(empty, 0, e_lo // block)
+    hi = torch.where(empty, 0, (e_hi + block - 1) // block)
+    flo = (f_lo + block - 1) // block
+    fhi = f_hi // block
+    ok = single & ~empty & (fhi > flo)
+    flo = torch.where(ok, flo, lo)
+    fhi = torch.where(ok, fhi, lo)
+    return torch.stack([lo, flo, fhi, hi], dim=-1).to(torch.int32).contiguous()
+
+
+def block_ranges_q(layout: SparseLayout, block_m: int, block_n: int) -> torch.Tensor:
+    """For every block of ``block_m`` sorted queries, the key blocks (of ``block_n``) it needs.
+
+    Returns ``(BH, cdiv(N, block_m), 4)`` int32 ``[lo, full_lo, full_hi, hi]``: key blocks
+    ``[lo, hi)`` hold every visible key, and ``[full_lo, full_hi)`` (inside it) are visible to
+    every query of the block, so need no mask.
+    """
+    q_key, k_key = layout.q_key, layout.k_key
+    N = q_key.shape[-1]
+    first, last = _block_ends(N, block_m, q_key.device)
+    key_first, key_last = q_key[:, first], q_key[:, last]
+    g_lo, g_hi = key_first // N, key_last // N
+    # visible keys of the block: composite in [g_lo * N, key_last]
+    e_lo = torch.searchsorted(k_key, g_lo * N)
+    e_hi = torch.searchsorted(k_key, key_last, right=True)
+    # keys seen by every query of a one-group block: composite in [g * N, key_first]
+    f_hi = torch.searchsorted(k_key, key_first, right=True)
+    return _finish(e_lo, e_hi, e_lo, f_hi, g_lo == g_hi, block_n)
+
+
+def block_ranges_kv(layout: SparseLayout, block_m: int, block_n: int) -> torch.Tensor:
+    """For every block of ``block_n`` sorted keys, the query blocks (of ``block_m``) that see it.
+
+    Returns ``(BH, cdiv(N, block_n), 4)`` int32 ``[lo, full_lo, full_hi, hi]`` in query blocks,
+    with the same meaning as :func:`block_ranges_q`.
+    """
+    q_key, k_key = layout.q_key, layout.k_key
+    N = k_key.shape[-1]
+    first, last = _block_ends(N, block_n, k_key.device)
+    key_first, key_last = k_key[:, first], k_key[:, last]
+    g_lo, g_hi = key_first // N, key_last // N
+    # queries seeing some key of the block: composite in [key_first, (g_hi + 1) * N)
+    e_lo = torch.searchsorted(q_key, key_first)
+    e_hi = torch.searchsorted(q_key, (g_hi + 1) * N)
+    # queries seeing every key of a one-group block: composite in [key_last, (g + 1) * N)
+    f_lo = torch.searchsorted(q_key, key_last)
+    return _finish(e_lo, e_hi, f_lo, e_hi, g_lo == g_hi, block_m)

@@ -1,0 +1,50 @@
+"""Angular locality-sensitive hashing (Reformer, Kitaev et al. 2020; as used by SCFA)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import checks
+
+__all__ = ["lsh_buckets"]
+
+
+def lsh_buckets(x: torch.Tensor, n_buckets: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Bucket ids by angular LSH, one random rotation per head.
+
+    For head ``h`` a random matrix ``R_h`` of shape ``(D, n_buckets // 2)`` with independent
+    standard normal entries, each column scaled to unit length (as in the SCFA code), projects
+    every token; the bucket is ``argmax([x R_h, -x R_h])``. Vectors at a small angle share a
+    bucket with high probability; ``x`` and ``-x`` never do. The scale of ``x`` is irrelevant.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, N, H, D)`` floating point (typically the queries, or shared queries/keys).
+    n_buckets : int
+        Even, ``>= 2``.
+    generator : torch.Generator, optional
+        Source of the rotations (on any device; they are drawn there and moved to ``x``).
+        Same generator state, same buckets.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, N, H)`` int32 ids in ``[0, n_buckets)``, for :func:`leanattn.hash_sparse_attention`.
+    """
+    checks.check_tensor("x", x, 4)
+    if not x.is_floating_point():
+        raise TypeError(f"x: expected a floating-point dtype, got {x.dtype}")
+    if not isinstance(n_buckets, int) or isinstance(n_buckets, bool) or n_buckets < 2 or n_buckets % 2:
+        raise ValueError(f"n_buckets: expected an even int >= 2, got {n_buckets!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    B, N, H, D = x.shape
+    device = generator.device if generator is not None else x.device
+    rot = torch.randn(H, D, n_buckets // 2, generator=generator, device=device, dtype=torch.float32)
+    rot = (rot / rot.norm(dim=1, keepdim=True)).to(device=x.device)
+    # projections in x's dtype for half inputs (only the argmax matters), float32 otherwise
+    work = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    proj = torch.einsum("bnhd,hdr->bnhr", x.to(work), rot.to(work))
+    return torch.cat([proj, -proj], dim=-1).argmax(dim=-1).to(torch.int32)
