@@ -118,6 +118,33 @@ def test_strided_query(schedule):
     check_decode(q.transpose(0, 2).contiguous().transpose(0, 2), k, v, lens, None, schedule=schedule)  # no unit stride
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_strided_seqlens(schedule):
+    # a view of every other entry: the kernels must not assume unit stride
+    q, k, v, lens, _ = make_inputs(3, 4, 2, 64, [50, 7, 0])
+    wide = torch.zeros(6, dtype=torch.int32)
+    wide[::2] = lens
+    check_decode(q, k, v, wide[::2], None, schedule=schedule)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_broadcast_query_and_cache(schedule):
+    # stride-0 batch dimensions (one prompt's cache shared by the batch) are read without a copy
+    q, k, v, _, _ = make_inputs(1, 8, 2, 64, None, capacity=40)
+    lens = torch.tensor([40, 3, 0, 21], dtype=torch.int32)
+    check_decode(q.expand(4, -1, -1), k.expand(4, -1, -1, -1), v.expand(4, -1, -1, -1), lens, None,
+                 schedule=schedule)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_same_shapes_new_values(schedule):
+    # launch plans are cached by shape: new lengths, pages and data must still be used
+    for _ in range(3):
+        lens = torch.randint(0, 65, (4,)).tolist()
+        check_decode(*make_inputs(4, 8, 2, 64, lens, capacity=64, page_size=16), schedule=schedule,
+                     name=f"lens={lens}")
+
+
 @pytest.mark.parametrize("num_programs", [1, 2, 3, 7, 50, 1000])
 def test_lean_num_programs(num_programs):
     # 1: one program does everything; 3, 7: heads cut into unequal pieces across programs;

@@ -117,6 +117,8 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
         return out, lse
     if _capacity(k_cache, block_table) == 0:
         return out.zero_(), lse.fill_(float("-inf"))
+    if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
+        cache_seqlens = cache_seqlens.contiguous()  # the kernels index the lengths with unit stride
     workers = num_programs if schedule == "lean" else num_splits
     key = (q.shape, q.stride(), q.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
