@@ -95,11 +95,18 @@ def test_gqa_ratios(Hq, Hkv, schedule):
 
 @pytest.mark.parametrize("layout", ["nhd", "hnd"])
 @pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("page_size", [1, 2, 16, 64, 24, 48], ids=lambda p: f"page{p}")
+@pytest.mark.parametrize("page_size", [1, 2, 16, 64, 256, 24, 48], ids=lambda p: f"page{p}")
 def test_paged(page_size, schedule, layout):
     # 24 splits tiles across pages (per-token page lookup); 48 is a non-power-of-two multiple of the tile
     lens = [0, 1, 31, 100, 64]
     check_decode(*make_inputs(len(lens), 8, 2, 64, lens, page_size=page_size, layout=layout), schedule=schedule)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_block_table_column_slice(schedule):
+    # a view of the first pages of a wider table (row stride > pages per row)
+    q, k, v, lens, bt = make_inputs(3, 4, 2, 64, [40, 0, 64], capacity=128, page_size=16)
+    check_decode(q, k, v, lens, bt[:, :4], schedule=schedule)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
