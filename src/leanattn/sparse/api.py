@@ -21,7 +21,7 @@ from ..kernels.sparse_attn import (
     sparse_dq_kernel,
     sparse_fwd_kernel,
 )
-from .layout import block_ranges_kv, block_ranges_q, build_layout, qk_groups
+from .layout import QK_DEAD, block_ranges_kv, block_ranges_q, build_layout, qk_groups
 
 __all__ = ["qk_sparse_attention", "hash_sparse_attention", "SparseConfig", "sparse_config"]
 
@@ -144,7 +144,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges = ctx.saved_tensors
-    if kv_ranges.numel() == 0:
+    if kv_ranges.dim() != 3:
         raise RuntimeError("sparse attention: the forward ran without grad mode, so no backward ranges were built")
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
@@ -210,9 +210,9 @@ def _check_buckets(name: str, x, q, n_buckets, validate) -> torch.Tensor:
 # public functions
 
 
-def _sparse_attention(q, k, v, q_groups, k_groups, scale):
+def _sparse_attention(q, k, v, q_groups, k_groups, scale, dead=(None, None)):
     cfg = sparse_config(q.shape[-1], q.device)
-    layout = build_layout(q_groups, k_groups)
+    layout = build_layout(q_groups, k_groups, *dead)
     q_ranges = block_ranges_q(layout, cfg.block_m, cfg.block_n)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if needs_grad:
@@ -279,7 +279,7 @@ def qk_sparse_attention(
         if x.dtype != torch.bool:
             raise TypeError(f"{name}: expected dtype torch.bool, got {x.dtype}")
     q_groups, k_groups = qk_groups(q_keep, k_keep)
-    return _sparse_attention(q, k, v, q_groups, k_groups, scale)
+    return _sparse_attention(q, k, v, q_groups, k_groups, scale, dead=QK_DEAD)
 
 
 def hash_sparse_attention(

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["SparseLayout", "build_layout", "qk_groups", "block_ranges_q", "block_ranges_kv"]
+__all__ = ["QK_DEAD", "SparseLayout", "build_layout", "qk_groups", "block_ranges_q", "block_ranges_kv"]
 
 
 class SparseLayout(NamedTuple):
@@ -37,6 +37,8 @@ class SparseLayout(NamedTuple):
     q_perm, k_perm : ``(BH, N)`` int32, original position of the ``r``-th sorted token.
     q_group, k_group : ``(BH, N)`` int32, group id of the ``r``-th sorted token.
     q_key, k_key : ``(BH, N)`` int64, ``group * N + position``, increasing along each row.
+    q_live, k_live : ``(BH, 1)`` int64, number of *live* tokens, which come first in sorted
+        order (QK mode: the kept ones; hash mode: all ``N``). Dead tokens match nothing.
     """
 
     q_perm: torch.Tensor
@@ -45,11 +47,16 @@ class SparseLayout(NamedTuple):
     k_group: torch.Tensor
     q_key: torch.Tensor
     k_key: torch.Tensor
+    q_live: torch.Tensor
+    k_live: torch.Tensor
+
+
+QK_DEAD = (1, 2)  # group ids of dropped queries and dropped keys
 
 
 def qk_groups(q_keep: torch.Tensor, k_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Group ids of QK mode from ``(B, N, H)`` bool keep masks: kept 0, dropped q 1, dropped k 2."""
-    return (~q_keep).to(torch.int32), (~k_keep).to(torch.int32) * 2
+    return (~q_keep).to(torch.int32) * QK_DEAD[0], (~k_keep).to(torch.int32) * QK_DEAD[1]
 
 
 def _sort_rows(groups: torch.Tensor):
@@ -62,17 +69,33 @@ def _sort_rows(groups: torch.Tensor):
     return perm.to(torch.int32).contiguous(), g_sorted.to(torch.int32).contiguous(), key
 
 
-def build_layout(q_groups: torch.Tensor, k_groups: torch.Tensor) -> SparseLayout:
-    """Sort the ``(B, N, H)`` integer group ids of queries and keys per (batch, head)."""
+def build_layout(q_groups: torch.Tensor, k_groups: torch.Tensor, q_dead: int | None = None,
+                 k_dead: int | None = None) -> SparseLayout:
+    """Sort the ``(B, N, H)`` integer group ids of queries and keys per (batch, head).
+
+    ``q_dead`` / ``k_dead``: a group id that matches nothing and is the largest of its side
+    (QK mode's dropped tokens); block ranges then ignore those tokens.
+    """
     q_perm, q_group, q_key = _sort_rows(q_groups)
     k_perm, k_group, k_key = _sort_rows(k_groups)
-    return SparseLayout(q_perm, q_group, k_perm, k_group, q_key, k_key)
+    q_live, k_live = (
+        (g != dead).sum(-1, keepdim=True) if dead is not None else torch.full_like(g[:, :1], g.shape[-1], dtype=torch.int64)
+        for g, dead in ((q_group, q_dead), (k_group, k_dead)))
+    return SparseLayout(q_perm, q_group, k_perm, k_group, q_key, k_key, q_live, k_live)
 
 
-def _block_ends(n: int, block: int, device):
-    first = torch.arange(0, n, block, device=device)
+def _block_ends(key: torch.Tensor, live: torch.Tensor, block: int):
+    """Composite keys of the first and last live token of every block, whether the block has a
+    live token, and whether the whole block (up to ``N``) lies in one group."""
+    n = key.shape[-1]
+    first = torch.arange(0, n, block, device=key.device)
     last = torch.clamp(first + block, max=n) - 1
-    return first, last
+    key_first, key_end = key[:, first], key[:, last]
+    last_live = torch.minimum(last[None, :], live - 1).clamp(min=0)
+    key_last = torch.gather(key, 1, last_live)
+    has_live = first[None, :] < live
+    one_group = key_first // n == key_end // n
+    return key_first, key_last, has_live, one_group
 
 
 def _finish(e_lo, e_hi, f_lo, f_hi, single, block):
@@ -101,15 +124,13 @@ def block_ranges_q(layout: SparseLayout, block_m: int, block_n: int) -> torch.Te
     """
     q_key, k_key = layout.q_key, layout.k_key
     N = q_key.shape[-1]
-    first, last = _block_ends(N, block_m, q_key.device)
-    key_first, key_last = q_key[:, first], q_key[:, last]
-    g_lo, g_hi = key_first // N, key_last // N
-    # visible keys of the block: composite in [g_lo * N, key_last]
-    e_lo = torch.searchsorted(k_key, g_lo * N)
-    e_hi = torch.searchsorted(k_key, key_last, right=True)
+    key_first, key_last, has_live, one_group = _block_ends(q_key, layout.q_live, block_m)
+    # visible keys of the block's live queries: composite in [g_lo * N, key_last]
+    e_lo = torch.searchsorted(k_key, key_first // N * N)
+    e_hi = torch.where(has_live, torch.searchsorted(k_key, key_last, right=True), 0)
     # keys seen by every query of a one-group block: composite in [g * N, key_first]
     f_hi = torch.searchsorted(k_key, key_first, right=True)
-    return _finish(e_lo, e_hi, e_lo, f_hi, g_lo == g_hi, block_n)
+    return _finish(e_lo, e_hi, e_lo, f_hi, one_group, block_n)
 
 
 def block_ranges_kv(layout: SparseLayout, block_m: int, block_n: int) -> torch.Tensor:
@@ -120,12 +141,10 @@ def block_ranges_kv(layout: SparseLayout, block_m: int, block_n: int) -> torch.T
     """
     q_key, k_key = layout.q_key, layout.k_key
     N = k_key.shape[-1]
-    first, last = _block_ends(N, block_n, k_key.device)
-    key_first, key_last = k_key[:, first], k_key[:, last]
-    g_lo, g_hi = key_first // N, key_last // N
-    # queries seeing some key of the block: composite in [key_first, (g_hi + 1) * N)
+    key_first, key_last, has_live, one_group = _block_ends(k_key, layout.k_live, block_n)
+    # queries seeing some live key of the block: composite in [key_first, (g_last + 1) * N)
     e_lo = torch.searchsorted(q_key, key_first)
-    e_hi = torch.searchsorted(q_key, (g_hi + 1) * N)
+    e_hi = torch.where(has_live, torch.searchsorted(q_key, (key_last // N + 1) * N), 0)
     # queries seeing every key of a one-group block: composite in [key_last, (g + 1) * N)
     f_lo = torch.searchsorted(q_key, key_last)
-    return _finish(e_lo, e_hi, f_lo, e_hi, g_lo == g_hi, block_m)
+    return _finish(e_lo, e_hi, f_lo, e_hi, one_group, block_m)

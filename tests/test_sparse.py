@@ -1,0 +1,383 @@
+"""Sparse flash attention (QK-sparse, hash-sparse) against the float64 dense masked reference.
+
+Runs on the CPU under the Triton interpreter (tiny shapes, 16x16 tiles) or on a GPU.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import leanattn
+from leanattn import reference
+from leanattn.sparse import api, layout, lsh_buckets
+from leanattn.testing import TOLERANCE, assert_rel_close
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# tile configs (block_m, block_n, block_m_bwd, block_n_bwd): square, and both rectangular ways
+CONFIGS = [(16, 16, 16, 16), (32, 16, 16, 32), (16, 32, 32, 16)]
+
+
+@pytest.fixture
+def config(request, monkeypatch):
+    cfg = getattr(request, "param", None)
+    if cfg is not None:
+        monkeypatch.setattr(api, "_override", api.SparseConfig(*cfg))
+    return cfg
+
+
+def _inputs(B, N, H, D, dtype, device):
+    return [torch.randn(B, N, H, D, dtype=dtype, device=device).requires_grad_() for _ in range(3)]
+
+
+def _check(fn, ref_fn, q, k, v, a, b, tol=None, **kw):
+    """Output and gradients of ``fn`` against the float64 reference; returns (out, grads)."""
+    tol = tol or TOLERANCE[q.dtype]
+    out = fn(q, k, v, a, b, **kw)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ref = ref_fn(q, k, v, a, b, **kw)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
+    assert_rel_close("out", out, ref, tol)
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert_rel_close(f"d{name}", g, r, tol)
+    return out, grads
+
+
+def _qk(q, k, v, a, b, **kw):
+    return leanattn.qk_sparse_attention(q, k, v, a, b, **kw)
+
+
+def _hash(q, k, v, a, b, **kw):
+    return leanattn.hash_sparse_attention(q, k, v, a, b, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# agreement with the reference
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [45, 64])
+@pytest.mark.parametrize("drop", [0.3, 0.7])
+def test_qk_sparse_matches_reference(device, dtype, N, drop):
+    q, k, v = _inputs(2, N, 2, 64, dtype, device)
+    q_keep = torch.rand(2, N, 2, device=device) > drop
+    k_keep = torch.rand(2, N, 2, device=device) > drop
+    out, grads = _check(_qk, reference.qk_sparse_attention, q, k, v, q_keep, k_keep)
+    # dropped queries: zero output and zero dQ; dropped keys: zero dK, dV
+    assert (out.transpose(1, 2)[~q_keep.transpose(1, 2)] == 0).all()
+    assert (grads[0].transpose(1, 2)[~q_keep.transpose(1, 2)] == 0).all()
+    assert (grads[1].transpose(1, 2)[~k_keep.transpose(1, 2)] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_buckets", [2, 5])
+def test_hash_sparse_matches_reference(device, dtype, n_buckets):
+    N = 53
+    q, k, v = _inputs(1, N, 3, 64, dtype, device)
+    qb = torch.randint(0, n_buckets, (1, N, 3), device=device)
+    kb = torch.randint(0, n_buckets, (1, N, 3), device=device)
+    _check(_hash, reference.hash_sparse_attention, q, k, v, qb, kb)
+
+
+@pytest.mark.parametrize("config", CONFIGS, indirect=True)
+@pytest.mark.parametrize("mode", ["qk", "hash"])
+def test_tile_configs(device, config, mode):
+    N = 70
+    q, k, v = _inputs(1, N, 2, 64, torch.float32, device)
+    if mode == "qk":
+        a, b = torch.rand(1, N, 2, device=device) > 0.4, torch.rand(1, N, 2, device=device) > 0.4
+        _check(_qk, reference.qk_sparse_attention, q, k, v, a, b)
+    else:
+        # a few large buckets: full (unmasked) tiles occur inside buckets
+        a = torch.randint(0, 3, (1, N, 2), device=device)
+        _check(_hash, reference.hash_sparse_attention, q, k, v, a, a)
+
+
+@pytest.mark.parametrize("mode", ["qk", "hash"])
+def test_head_dim_128_and_scale(device, mode):
+    N = 33
+    q, k, v = _inputs(1, N, 1, 128, torch.float16, device)
+    if mode == "qk":
+        a, b = torch.rand(1, N, 1, device=device) > 0.3, torch.rand(1, N, 1, device=device) > 0.3
+        _check(_qk, reference.qk_sparse_attention, q, k, v, a, b, softmax_scale=0.2)
+    else:
+        a, b = torch.randint(0, 3, (1, N, 1), device=device), torch.randint(0, 3, (1, N, 1), device=device)
+        _check(_hash, reference.hash_sparse_attention, q, k, v, a, b, softmax_scale=0.2)
+
+
+# ----------------------------------------------------------------------------------------------
+# edge cases
+
+
+def test_all_dropped_heads(device):
+    N = 40
+    q, k, v = _inputs(1, N, 3, 64, torch.float32, device)
+    q_keep = torch.rand(1, N, 3, device=device) > 0.3
+    k_keep = torch.rand(1, N, 3, device=device) > 0.3
+    q_keep[:, :, 0] = False  # head 0: every query dropped
+    k_keep[:, :, 1] = False  # head 1: every key dropped
+    out, (dq, dk, dv) = _check(_qk, reference.qk_sparse_attention, q, k, v, q_keep, k_keep)
+    for x in (out, dq, dk, dv):
+        assert (x[:, :, :2] == 0).all()
+        assert torch.isfinite(x).all()
+
+
+def test_stranded_queries(device):
+    N = 37
+    q, k, v = _inputs(1, N, 2, 64, torch.float32, device)
+    q_keep = torch.ones(1, N, 2, dtype=torch.bool, device=device)
+    k_keep = torch.rand(1, N, 2, device=device) > 0.5
+    k_keep[:, :20] = False  # queries 0..19 are kept but see no key
+    out, (dq, dk, dv) = _check(_qk, reference.qk_sparse_attention, q, k, v, q_keep, k_keep)
+    assert (out[:, :20] == 0).all() and (dq[:, :20] == 0).all()
+    # hash: a query whose bucket has no key at or before it
+    qb = torch.randint(0, 3, (1, N, 2), device=device)
+    kb = qb.clone()
+    kb[:, :25] = 7
+    out, _ = _check(_hash, reference.hash_sparse_attention, q, k, v, qb, kb)
+    assert (out[:, :25] == 0).all()
+
+
+def _dense_causal(q, k, v):
+    return F.scaled_dot_product_attention(*(x.transpose(1, 2).double() for x in (q, k, v)), is_causal=True).transpose(1, 2)
+
+
+@pytest.mark.parametrize("mode", ["qk", "hash"])
+def test_keep_all_and_one_bucket_equal_dense_causal(device, mode):
+    N = 50
+    q, k, v = _inputs(2, N, 2, 64, torch.float32, device)
+    if mode == "qk":
+        a = b = torch.ones(2, N, 2, dtype=torch.bool, device=device)
+    else:
+        a = b = torch.full((2, N, 2), 3, dtype=torch.int64, device=device)
+    fn = _qk if mode == "qk" else _hash
+    out = fn(q, k, v, a, b)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ref = _dense_causal(q, k, v)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
+    assert_rel_close("out", out, ref, 1e-5)
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert_rel_close(f"d{name}", g, r, 1e-5)
+
+
+def test_self_attention_included(device):
+    # every token in its own bucket: each query sees exactly itself, so out == v
+    N = 20
+    q, k, v = _inputs(1, N, 1, 64, torch.float32, device)
+    ids = torch.arange(N, device=device).view(1, N, 1)
+    out = leanattn.hash_sparse_attention(q, k, v, ids, ids)
+    torch.testing.assert_close(out, v.detach())
+
+
+def test_tiny_and_empty_lengths(device):
+    for N in (0, 1, 3):
+        q, k, v = _inputs(1, N, 2, 64, torch.float32, device)
+        keep = torch.ones(1, N, 2, dtype=torch.bool, device=device)
+        out = leanattn.qk_sparse_attention(q, k, v, keep, keep)
+        assert out.shape == (1, N, 2, 64)
+        out.sum().backward()
+        if N:
+            assert_rel_close("out", out, reference.qk_sparse_attention(q, k, v, keep, keep), 1e-5)
+
+
+def test_strided_inputs_no_grad_and_determinism(device):
+    # q, k, v as slices of one fused projection (unit stride on D only)
+    N = 41
+    qkv = torch.randn(1, N, 3, 2, 64, device=device)
+    q, k, v = qkv.unbind(2)
+    assert not q.is_contiguous()
+    keep = torch.rand(1, N, 2, device=device) > 0.3
+    ref = reference.qk_sparse_attention(q, k, v, keep, keep)
+    with torch.no_grad():
+        out = leanattn.qk_sparse_attention(q, k, v, keep, keep)
+    assert_rel_close("out", out, ref, 1e-5)
+    qkv.requires_grad_()
+    q, k, v = qkv.unbind(2)
+    grads = []
+    for _ in range(2):
+        out = leanattn.qk_sparse_attention(q, k, v, keep, keep)
+        grads.append(torch.autograd.grad(out, qkv, torch.ones_like(out))[0])
+    assert torch.equal(grads[0], grads[1])  # no atomics: bitwise deterministic
+
+
+# ----------------------------------------------------------------------------------------------
+# layout: block ranges against brute force
+
+
+@pytest.mark.parametrize("mode", ["qk", "hash1", "hash4", "hash40"])
+@pytest.mark.parametrize("blocks", [(16, 16), (32, 16), (16, 64)])
+def test_block_ranges_cover_exactly(mode, blocks):
+    torch.manual_seed(0)
+    B, N, H = 2, 150, 3
+    if mode == "qk":
+        qg, kg = layout.qk_groups(torch.rand(B, N, H) > 0.5, torch.rand(B, N, H) > 0.5)
+        lay = layout.build_layout(qg, kg, *layout.QK_DEAD)
+    else:
+        nb = int(mode[4:])
+        qg, kg = torch.randint(0, nb, (B, N, H)), torch.randint(0, nb, (B, N, H))
+        lay = layout.build_layout(qg, kg)
+    # positions are increasing inside each group (stable order)
+    assert (torch.diff(lay.q_key, dim=-1) > 0).all() and (torch.diff(lay.k_key, dim=-1) > 0).all()
+    vis = (lay.q_group[:, :, None] == lay.k_group[:, None, :]) & (lay.q_perm[:, :, None] >= lay.k_perm[:, None, :])
+    bm, bn = blocks
+    nq, nk = -(-N // bm), -(-N // bn)
+    pad = torch.zeros(B * H, nq * bm, nk * bn, dtype=torch.bool)
+    pad[:, :N, :N] = vis
+    tiles = pad.view(B * H, nq, bm, nk, bn)
+    any_vis = tiles.any(4).any(2)  # (BH, nq, nk)
+    valid = torch.zeros(nq * bm, nk * bn, dtype=torch.bool)
+    valid[:N, :N] = True
+    valid = valid.view(nq, bm, nk, bn)
+    all_vis = (tiles | ~valid).all(4).all(2) & valid.any(3).any(1)
+    for ranges, needed, full, transpose in (
+        (layout.block_ranges_q(lay, bm, bn), any_vis, all_vis, False),
+        (layout.block_ranges_kv(lay, bm, bn), any_vis.transpose(1, 2), all_vis.transpose(1, 2), True),
+    ):
+        lo, flo, fhi, hi = ranges.long().unbind(-1)
+        assert (lo <= flo).all() and (flo <= fhi).all() and (fhi <= hi).all()
+        idx = torch.arange(needed.shape[-1])
+        in_range = (idx >= lo[..., None]) & (idx < hi[..., None])
+        in_full = (idx >= flo[..., None]) & (idx < fhi[..., None])
+        assert not (needed & ~in_range).any(), "a tile with visible pairs is outside the range"
+        # tiles marked full really are full: only real tokens, all visible
+        assert not (in_full & ~full).any(), "an unmasked tile holds an invisible pair"
+        if mode in ("qk", "hash1"):  # groups in time order: ranges are tight, nothing to do = empty
+            assert ((hi > lo) == needed.any(-1)).all()
+    if mode == "hash1":  # one bucket: the full tiles are the causal off-diagonal tiles
+        lo, flo, fhi, hi = layout.block_ranges_q(lay, bm, bn).long().unbind(-1)
+        assert (fhi - flo).sum() > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registration
+
+
+def test_opcheck(device):
+    N = 20
+    q, k, v = _inputs(1, N, 2, 64, torch.float32, device)
+    qb = torch.randint(0, 2, (1, N, 2), dtype=torch.int32, device=device)
+    lay = layout.build_layout(qb, qb)
+    cfg = api.sparse_config(64, q.device)
+    qr = layout.block_ranges_q(lay, cfg.block_m, cfg.block_n)
+    kr = layout.block_ranges_kv(lay, cfg.block_m_bwd, cfg.block_n_bwd)
+    args = (q, k, v, lay.q_perm, lay.q_group, lay.k_perm, lay.k_group, qr, kr, 0.125,
+            cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd)
+    torch.library.opcheck(torch.ops.leanattn.sparse_attn_fwd.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+# ----------------------------------------------------------------------------------------------
+# bad inputs
+
+
+def _good(device, N=8):
+    q = torch.randn(1, N, 2, 64, device=device)
+    return q, q.clone(), q.clone(), torch.ones(1, N, 2, dtype=torch.bool, device=device)
+
+
+@pytest.mark.parametrize("case, exc, match", [
+    ("q_3d", ValueError, "q: expected a 4-D tensor"),
+    ("k_shape", ValueError, "k: expected shape"),
+    ("v_dtype", TypeError, "v: expected dtype"),
+    ("int_q", TypeError, "q: expected dtype in"),
+    ("head_dim", ValueError, "head dim in"),
+    ("q_stride", ValueError, "q: expected unit stride"),
+    ("keep_dtype", TypeError, "q_keep: expected dtype torch.bool"),
+    ("keep_shape", ValueError, r"k_keep: expected shape \(1, 8, 2\)"),
+    ("keep_type", TypeError, "q_keep: expected a torch.Tensor"),
+    ("scale", TypeError, "softmax_scale: expected a float"),
+])
+def test_qk_bad_inputs(device, case, exc, match):
+    q, k, v, keep = _good(device)
+    a, b, kw = keep, keep, {}
+    if case == "q_3d":
+        q = q[0]
+    elif case == "k_shape":
+        k = k[:, :4]
+    elif case == "v_dtype":
+        v = v.half()
+    elif case == "int_q":
+        q, k, v = (x.to(torch.int32) for x in (q, k, v))
+    elif case == "head_dim":
+        q, k, v = (x[..., :32] for x in (q, k, v))
+    elif case == "q_stride":
+        q = torch.randn(1, 8, 2, 128, device=device)[..., ::2]
+    elif case == "keep_dtype":
+        a = keep.float()
+    elif case == "keep_shape":
+        b = keep[:, :4]
+    elif case == "keep_type":
+        a = [True] * 8
+    elif case == "scale":
+        kw = dict(softmax_scale="0.1")
+    with pytest.raises(exc, match=match):
+        leanattn.qk_sparse_attention(q, k, v, a, b, **kw)
+
+
+@pytest.mark.parametrize("case, exc, match", [
+    ("negative", ValueError, "q_buckets: expected bucket ids >= 0, got a minimum of -1"),
+    ("above_n", ValueError, r"k_buckets: expected bucket ids <= 3 \(n_buckets=4\), got a maximum of 4"),
+    ("above_int32", ValueError, "k_buckets: expected bucket ids <= 2147483647"),
+    ("float_ids", TypeError, "q_buckets: expected an integer dtype"),
+    ("bool_ids", TypeError, "k_buckets: expected an integer dtype"),
+    ("shape", ValueError, r"q_buckets: expected shape \(1, 8, 2\)"),
+    ("n_buckets", ValueError, "n_buckets: expected a positive int"),
+])
+def test_hash_bad_inputs(device, case, exc, match):
+    q, k, v, _ = _good(device)
+    a = torch.zeros(1, 8, 2, dtype=torch.int64, device=device)
+    b, kw = a.clone(), {}
+    if case == "negative":
+        a[0, 3, 1] = -1
+    elif case == "above_n":
+        b[0, 5, 0] = 4
+        kw = dict(n_buckets=4)
+    elif case == "above_int32":
+        b[0, 5, 0] = 2**31
+    elif case == "float_ids":
+        a = a.float()
+    elif case == "bool_ids":
+        b = b.bool()
+    elif case == "shape":
+        a = a[:, :, :1]
+    elif case == "n_buckets":
+        kw = dict(n_buckets=0)
+    with pytest.raises(exc, match=match):
+        leanattn.hash_sparse_attention(q, k, v, a, b, validate=True, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# LSH
+
+
+def test_lsh_buckets(device):
+    x = torch.randn(2, 30, 3, 64, device=device)
+    g = torch.Generator(device=device).manual_seed(1)
+    ids = lsh_buckets(x, 8, generator=g)
+    assert ids.shape == (2, 30, 3) and ids.dtype == torch.int32
+    assert ids.min() >= 0 and ids.max() < 8
+    # same generator state, same rotations; scale-invariant; -x lands n/2 buckets away
+    for y, expect in ((x, ids), (3.0 * x, ids), (-x, (ids + 4) % 8)):
+        g.manual_seed(1)
+        assert torch.equal(lsh_buckets(y, 8, generator=g), expect)
+    # one rotation per head: identical tokens in different heads may hash differently,
+    # identical tokens in the same head always hash the same
+    same = x[:, :1].expand(2, 30, 3, 64)
+    g.manual_seed(1)
+    ids = lsh_buckets(same, 8, generator=g)
+    assert (ids == ids[:, :1]).all()
+    # half precision input works
+    assert lsh_buckets(x.half(), 16).max() < 16
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(n_buckets=3), ValueError, "n_buckets: expected an even int >= 2, got 3"),
+    (dict(n_buckets=0), ValueError, "n_buckets: expected an even int"),
+    (dict(n_buckets=4, generator=1), TypeError, "generator: expected a torch.Generator"),
+])
+def test_lsh_bad_inputs(device, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        lsh_buckets(torch.randn(1, 4, 2, 64, device=device), **kw)
+    with pytest.raises(TypeError, match="x: expected a floating-point dtype"):
+        lsh_buckets(torch.ones(1, 4, 2, 64, dtype=torch.int32, device=device), 4)
