@@ -313,7 +313,7 @@ def plot(rows, ceiling, path):
     fig.savefig(path, dpi=110)
 
 
-def sweep(cases, log):
+def sweep(cases, log, configs=None):
     """Time the lean schedule over launch configurations (tile, warps, stages, programs per SM)."""
     from leanattn.ops import decode as dec
     from leanattn.ops import decode_config as dc
@@ -323,25 +323,23 @@ def sweep(cases, log):
         ref, _ = leanattn.reference.decode(inp["q"], inp["k"], inp["v"], inp["seqlens"])
         fn = ours("lean")(case, inp)
         base = dict(dc._CUDA_TABLE)
-        for bn in (32, 64, 128):
-            if case["d"] == 256 and bn == 128:
-                continue
-            for warps in (4, 8):
-                for stages in (2, 3, 4):
-                    for cps in (1, 2, 4):
-                        dc._CUDA_TABLE[case["d"]] = (bn, warps, stages, cps)
-                        dec._PLANS.clear()
-                        try:
-                            out = fn()
-                            err = rel_err(out, ref)
-                            us = common.bench(fn, warmup=10, rep=40) * 1e3
-                        except Exception as e:
-                            err, us = float("nan"), float("nan")
-                            log(f"    fail {bn},{warps},{stages},{cps}: {type(e).__name__} {str(e)[:80]}")
-                        results.append(dict(case=case["name"], cfg=(bn, warps, stages, cps), us=us, err=err,
-                                            gbs=kv_bytes(case) / us / 1e3))
-                        log(f"  sweep {case['name']:22s} bn={bn:3d} w={warps} s={stages} cps={cps}: {us:8.1f} us "
-                            f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e}")
+        grid = configs or [(bn, w, st, c) for bn in (32, 64, 128) for w in (4, 8) for st in (2, 3) for c in (1, 2, 4)
+                           if not (case["d"] == 256 and bn == 128)]
+        for bn, warps, stages, cps in grid:
+            dc._CUDA_TABLE[case["d"]] = (bn, warps, stages, cps)
+            dec._PLANS.clear()
+            try:
+                out = fn()
+                err = rel_err(out, ref)
+                g = graph_of(fn)
+                us = common.bench(g.replay if g is not None else fn, warmup=10, rep=40) * 1e3
+            except Exception as e:
+                err, us = float("nan"), float("nan")
+                log(f"    fail {bn},{warps},{stages},{cps}: {type(e).__name__} {str(e)[:80]}")
+            results.append(dict(case=case["name"], cfg=(bn, warps, stages, cps), us=us, err=err,
+                                gbs=kv_bytes(case) / us / 1e3))
+            log(f"  sweep {case['name']:22s} bn={bn:3d} w={warps} s={stages} cps={cps}: {us:8.1f} us "
+                f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e}")
         dc._CUDA_TABLE.update(base)
         dec._PLANS.clear()
         del inp
@@ -355,6 +353,7 @@ def main(argv=None):
     ap.add_argument("--cases", default="", help="comma-separated case groups or names")
     ap.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results"))
     ap.add_argument("--sweep", action="store_true", help="sweep launch configs of the lean schedule instead")
+    ap.add_argument("--configs", default="", help="sweep only these: 'bn,warps,stages,cps;...'")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_decode: needs a CUDA GPU (nothing to time on the CPU interpreter)")
@@ -372,7 +371,8 @@ def main(argv=None):
     info = common.env_info()
     log(f"{info}")
     if args.sweep:
-        res = sweep(cases, log)
+        configs = [tuple(int(x) for x in c.split(",")) for c in args.configs.split(";") if c]
+        res = sweep(cases, log, configs or None)
         stem = "decode_sweep_" + info["device"].replace(" ", "_")
         common.write_results(args.out, stem, dict(env=info, sweep=res), "")
         return 0

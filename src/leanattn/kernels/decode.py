@@ -64,6 +64,13 @@ def attend_tiles(
     k_head = K + kvh.to(tl.int64) * stride_kh
     v_head = V + kvh.to(tl.int64) * stride_vh
     bt_row = BlockTable + b.to(tl.int64) * stride_btb
+    # page ids are fetched one tile ahead, so K/V addresses never wait on a dependent load
+    if PAGE_SIZE > 0:
+        if PAGE_SIZE % BLOCK_N == 0:
+            next_page = tl.load(bt_row + (tile_lo * BLOCK_N) // PAGE_SIZE, mask=tile_lo < tile_hi, other=0)
+        else:
+            offs_next = tile_lo * BLOCK_N + tl.arange(0, BLOCK_N)
+            next_page = tl.load(bt_row + offs_next // PAGE_SIZE, mask=offs_next < seqlen, other=0)
     for j in range(tile_lo, tile_hi):
         offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < seqlen
@@ -71,15 +78,16 @@ def attend_tiles(
         if PAGE_SIZE == 0:
             k_rows = b.to(tl.int64) * stride_kb + offs_n.to(tl.int64) * stride_kn
             v_rows = b.to(tl.int64) * stride_vb + offs_n.to(tl.int64) * stride_vn
-        elif PAGE_SIZE % BLOCK_N == 0:
-            # the whole tile lies inside one page: one page id per tile
-            page = tl.load(bt_row + (j * BLOCK_N) // PAGE_SIZE, mask=j * BLOCK_N < seqlen, other=0).to(tl.int64)
-            in_page = ((j * BLOCK_N) % PAGE_SIZE + tl.arange(0, BLOCK_N)).to(tl.int64)
-            k_rows = page * stride_kb + in_page * stride_kn
-            v_rows = page * stride_vb + in_page * stride_vn
         else:
-            page = tl.load(bt_row + offs_n // PAGE_SIZE, mask=mask_n, other=0).to(tl.int64)
-            in_page = (offs_n % PAGE_SIZE).to(tl.int64)
+            page = next_page.to(tl.int64)
+            if PAGE_SIZE % BLOCK_N == 0:
+                # the whole tile lies inside one page: one page id per tile
+                in_page = ((j * BLOCK_N) % PAGE_SIZE + tl.arange(0, BLOCK_N)).to(tl.int64)
+                next_page = tl.load(bt_row + ((j + 1) * BLOCK_N) // PAGE_SIZE, mask=j + 1 < tile_hi, other=0)
+            else:
+                in_page = (offs_n % PAGE_SIZE).to(tl.int64)
+                offs_next = offs_n + BLOCK_N
+                next_page = tl.load(bt_row + offs_next // PAGE_SIZE, mask=offs_next < seqlen, other=0)
             k_rows = page * stride_kb + in_page * stride_kn
             v_rows = page * stride_vb + in_page * stride_vn
         # -- scores --
@@ -194,9 +202,11 @@ def lean_decode_kernel(
                         GROUP, HEAD_DIM, BLOCK_H)
         else:
             # -- publish this piece: slot 0 holds a piece starting the range, slot 1 the one ending it --
+            # only the rows of real query heads travel through the workspace (1 of 16 for MHA)
+            valid_h = (hb * BLOCK_H + offs_h < GROUP)[:, None]
             slot = 2 * pid + (t != start).to(tl.int32)
             acc_ptrs = WsAcc + slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM + offs_d[None, :]
-            tl.store(acc_ptrs, acc)
+            tl.store(acc_ptrs, acc, mask=valid_h)
             tl.store(WsMl + slot * (2 * BLOCK_H) + offs_h, m_i)
             tl.store(WsMl + slot * (2 * BLOCK_H) + BLOCK_H + offs_h, l_i)
             host = program_of(head_begin, T, high)
@@ -209,11 +219,12 @@ def lean_decode_kernel(
                 m_t = tl.full([BLOCK_H], float("-inf"), tl.float32)
                 l_t = tl.zeros([BLOCK_H], tl.float32)
                 acc_t = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-                for p in range(host, last + 1):
+                # pipelined: a head cut into many pieces must not pay one L2 round trip per piece
+                for p in tl.range(host, last + 1, num_stages=3):
                     p_start = range_start(p, T, high)
                     p_slot = 2 * p + (tl.maximum(head_begin, p_start) != p_start).to(tl.int32)
                     a = tl.load(WsAcc + p_slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM
-                                + offs_d[None, :], cache_modifier=".cg")
+                                + offs_d[None, :], mask=valid_h, other=0.0, cache_modifier=".cg")
                     m = tl.load(WsMl + p_slot * (2 * BLOCK_H) + offs_h, cache_modifier=".cg")
                     l = tl.load(WsMl + p_slot * (2 * BLOCK_H) + BLOCK_H + offs_h, cache_modifier=".cg")
                     m_new = tl.maximum(m_t, m)
