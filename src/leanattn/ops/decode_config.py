@@ -24,12 +24,12 @@ class DecodeConfig:
     ctas_per_sm: int  # cap on resident programs per SM for the persistent grid
 
 
-# (head_dim) -> (block_n, num_warps, num_stages, ctas_per_sm) on CUDA. From the sweep in
-# benchmarks/results/decode_sweep_NVIDIA_H100_80GB_HBM3.json (geometric mean over its cases): the
-# best configs are within 1-2% of each other, the kernel sits on the bandwidth plateau.
+# (head_dim) -> (block_n, num_warps, num_stages, ctas_per_sm) on CUDA. From the H100 sweeps in
+# benchmarks/results/decode_sweep*_NVIDIA_H100_80GB_HBM3.json (geometric mean over their cases):
+# the best configs are within 1-2% of each other on long contexts; short ones and D=64 separate them.
 _CUDA_TABLE = {
-    64: (64, 4, 2, 4),
-    128: (32, 4, 3, 2),
+    64: (128, 4, 2, 4),
+    128: (128, 4, 2, 4),
     256: (32, 4, 3, 1),
 }
 
