@@ -264,7 +264,8 @@ def test_opcheck(device):
     args = (q, k, v, lay.q_perm, lay.q_group, lay.k_perm, lay.k_group, qr, kr, 0.125,
             cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd)
     torch.library.opcheck(torch.ops.leanattn.sparse_attn_fwd.default, args,
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))
 
 
 # ----------------------------------------------------------------------------------------------
