@@ -1,0 +1,363 @@
+"""Decode of sequences whose KV cache is sharded across ranks: tree attention and the ring baseline.
+
+Every rank holds the same query and its own part of every sequence's keys and values. Attention
+over the union of the parts is exact from the parts' partial states ``(out_r, lse_r)``::
+
+    lse = log(sum_r exp(lse_r))          out = sum_r exp(lse_r - lse) * out_r
+
+``tree_decode`` computes its part with :func:`leanattn.decode` and combines the states with one
+collective (``variant="allgather"``: all-gather of the packed ``(out, lse)``, then a local
+:func:`leanattn.merge_states`) or with the three all-reduces of the Tree Attention paper
+(``variant="allreduce3"``: max of lse, sum of numerators, sum of denominators). What travels is
+``B * Hq * (D + 1)`` floats per rank, whatever the context length.
+
+``ring_decode`` is the Ring Attention baseline: the KV shards travel around the ring of ranks with
+point-to-point sends, each rank computing on the shard it holds while the next one arrives. What
+travels is the whole cache, ``(world - 1) / world`` of it through every rank.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from .. import checks
+from ..merges import merge_states
+from ..ops.decode import decode, validate_decode
+from . import _comm
+from ._comm import Timeout
+
+__all__ = ["tree_decode", "ring_decode", "VARIANTS", "comm_bytes"]
+
+VARIANTS = ("allgather", "allreduce3")
+
+
+def _scale(q: torch.Tensor, softmax_scale) -> float:
+    if softmax_scale is None and isinstance(q, torch.Tensor) and q.dim() == 3:
+        return 1.0 / math.sqrt(q.shape[-1])
+    return softmax_scale
+
+
+def _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule):
+    """This rank's validation, returned rather than raised (it is raised after the shape exchange)."""
+    try:
+        validate_decode(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, None)
+    except (ValueError, TypeError) as e:
+        return e
+    return None
+
+
+def _q_fields(q, k_shard, scale, variant_code) -> list:
+    # what must be equal on every rank for the collectives to match and the merge to be exact
+    B, Hq, D = q.shape
+    return [("q shape (B, Hq, D)", (B, Hq, D)), ("kv heads", (k_shard.shape[2],)),
+            ("dtype", (_comm.dtype_code(q.dtype),)), ("softmax_scale", (_comm.float_bits(scale),)),
+            ("variant", (variant_code,))]
+
+
+def _basic_types(q, k_shard, v_shard):
+    # errors that stop us from even describing the inputs are raised at once (on every rank alike)
+    checks.check_tensor("q", q, 3)
+    checks.check_tensor("k_shard", k_shard, 4)
+    checks.check_tensor("v_shard", v_shard, 4)
+
+
+def tree_decode(
+    q: torch.Tensor,
+    k_shard: torch.Tensor,
+    v_shard: torch.Tensor,
+    shard_seqlens: Optional[torch.Tensor] = None,
+    block_table: Optional[torch.Tensor] = None,
+    group: Optional["dist.ProcessGroup"] = None,
+    softmax_scale: Optional[float] = None,
+    return_lse: bool = False,
+    *,
+    variant: str = "allgather",
+    timeout: Timeout = None,
+    check_shapes: Optional[bool] = None,
+    schedule: str = "lean",
+    num_programs: int = 0,
+    num_splits: int = 0,
+):
+    """Exact decode attention over a KV cache sharded across the ranks of ``group`` (Tree Attention).
+
+    Each rank attends its query to its own shard with :func:`leanattn.decode` and the partial
+    states are merged across ranks; every rank returns the attention over the whole context.
+    Which token sits on which rank does not matter (attention is a sum over keys), shards may
+    have any lengths, and empty shards contribute nothing.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        ``(B, Hq, D)``, float16, bfloat16 or float32, identical on every rank.
+    k_shard, v_shard : torch.Tensor
+        This rank's part of the cache in a :func:`leanattn.decode` layout: contiguous
+        ``(B, N_r, Hkv, D)`` or, with ``block_table``, paged ``(num_pages_r, page_size, Hkv, D)``.
+        ``N_r``, page counts and page sizes may differ between ranks; ``Hkv`` and ``D`` may not.
+    shard_seqlens : torch.Tensor, optional
+        ``(B,)`` int32, tokens of each sequence held on this rank (0 allowed). Default: the shard's
+        full capacity.
+    block_table : torch.Tensor, optional
+        ``(B, max_pages_r)`` int32 into this rank's page pool.
+    group : torch.distributed.ProcessGroup, optional
+        Default: the world group. Without an initialised process group the call is a plain
+        single-process decode.
+    softmax_scale : float, optional
+        Default ``1 / sqrt(D)``; must be the same on every rank.
+    return_lse : bool
+        Also return the natural-log LSE over the whole context.
+    variant : {"allgather", "allreduce3"}, keyword-only
+        ``"allgather"``: one all-gather of ``(out, lse)`` packed as float32
+        ``(B, Hq, D + 1)`` per rank, then a local merge. ``"allreduce3"``: the paper's three
+        all-reduces (max of lse; sum of ``exp(lse - max) * out``; sum of ``exp(lse - max)``).
+    timeout : float or datetime.timedelta, optional, keyword-only
+        Seconds each collective may take before a ``TimeoutError`` is raised on this rank (gloo).
+        On NCCL a per-call timeout makes the host wait for the collective; give NCCL groups their
+        timeout at creation (``init_process_group(timeout=...)``) instead. Default: the group's.
+    check_shapes : bool, optional, keyword-only
+        All-gather a small descriptor (shapes, dtype, scale, variant) and raise the same
+        ``ValueError`` on every rank when they disagree. ``None`` (default): on the first call of
+        each signature in this process; ``True``: every call; ``False``: never.
+    schedule, num_programs, num_splits
+        Passed to :func:`leanattn.decode` for the local shard.
+
+    Returns
+    -------
+    out : torch.Tensor
+        ``(B, Hq, D)`` in ``q.dtype``, the same on every rank.
+    lse : torch.Tensor
+        ``(B, Hq)`` float32, natural log; only with ``return_lse=True``. A sequence with no token
+        on any rank gives zeros and ``-inf``.
+
+    Raises
+    ------
+    ValueError
+        Ranks disagree on ``q``'s shape, kv heads, dtype, scale or ``variant`` (raised on every
+        rank), or a local input is invalid.
+    TimeoutError
+        A collective did not complete within ``timeout`` (a peer is missing or stuck).
+
+    Notes
+    -----
+    Communication per step and rank: ``"allgather"`` sends ``4 * B * Hq * (D + 1)`` bytes and
+    receives ``world - 1`` times that; ``"allreduce3"`` reduces ``4 * B * Hq * (D + 2)`` bytes in
+    three collectives, two of them back to back. Neither depends on the context length.
+
+    Examples
+    --------
+    >>> # torchrun --nproc-per-node 2 ...; each rank holds half of every sequence
+    >>> out = leanattn.distributed.tree_decode(q, k_half, v_half, half_lens)
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    timeout = _comm.as_timedelta("timeout", timeout)
+    _basic_types(q, k_shard, v_shard)
+    rank, size = _comm.world(group)
+    scale = _scale(q, softmax_scale)
+    if size > 1 and check_shapes is not False:
+        err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
+        fields = _q_fields(q, k_shard, scale, VARIANTS.index(variant))
+        key = None if check_shapes else ("tree", tuple(v for _, vals in fields for v in vals))
+        _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
+    out, lse = decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, schedule=schedule,
+                      num_programs=num_programs, num_splits=num_splits)
+    if size > 1:
+        combine = _combine_allgather if variant == "allgather" else _combine_allreduce3
+        out, lse = combine(out, lse, group, size, timeout)
+    return (out, lse) if return_lse else out
+
+
+def _combine_allgather(out, lse, group, size, timeout):
+    B, H, D = out.shape
+    dev = _comm.comm_device(group, out.device)
+    # -- pack: (B, H, D) out and (B, H) lse in one float32 buffer, so one collective moves both
+    send = torch.cat([out.to(torch.float32), lse[..., None]], dim=-1).to(dev)            # (B, H, D + 1)
+    recv = torch.empty(size * send.numel(), dtype=torch.float32, device=dev)              # (world * B * H * (D + 1),)
+    _comm.all_gather_flat(recv, send.view(-1), group, "tree_decode: all_gather of (out, lse)", timeout)
+    states = recv.view(size, B, H, D + 1)
+    # -- merge locally, in rank order (the same on every rank, so every rank gets the same bits)
+    o, lse = merge_states(states[..., :D], states[..., D])
+    return o.to(out.device, out.dtype), lse.to(out.device)
+
+
+def _combine_allreduce3(out, lse, group, size, timeout):
+    dev = _comm.comm_device(group, out.device)
+    lse = lse.to(dev)
+    # -- 1: global max of the lse (the paper's pmax); -inf where no rank holds a token
+    m = lse.clone()                                                                      # (B, H)
+    _comm.all_reduce(m, dist.ReduceOp.MAX, group, "tree_decode: all_reduce(max) of lse", timeout)
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    w = torch.exp(lse - m_safe)                                                          # (B, H), 0 for empty shards
+    # -- 2, 3: numerator and denominator sums, issued back to back
+    num = out.to(dev, torch.float32) * w[..., None]                                      # (B, H, D)
+    den = w.clone()
+    w_num = _comm.all_reduce(num, dist.ReduceOp.SUM, group, "", timeout, wait_now=False)
+    w_den = _comm.all_reduce(den, dist.ReduceOp.SUM, group, "", timeout, wait_now=False)
+    _comm.wait(w_num, "tree_decode: all_reduce(sum) of numerators", group, timeout)
+    _comm.wait(w_den, "tree_decode: all_reduce(sum) of denominators", group, timeout)
+    some = den > 0
+    o = torch.where(some[..., None], num / torch.where(some, den, 1.0)[..., None], 0.0)
+    lse = torch.where(some, m_safe + torch.log(torch.where(some, den, 1.0)), float("-inf"))
+    return o.to(out.device, out.dtype), lse.to(out.device)
+
+
+# ------------------------------------------------------------------------------------------------
+# ring attention baseline
+
+
+def _shard_fields(k_shard, shard_seqlens, block_table) -> tuple[int, ...]:
+    bt = (-1, -1) if block_table is None else tuple(block_table.shape)
+    return tuple(k_shard.shape) + (int(shard_seqlens is not None),) + bt
+
+
+def ring_decode(
+    q: torch.Tensor,
+    k_shard: torch.Tensor,
+    v_shard: torch.Tensor,
+    shard_seqlens: Optional[torch.Tensor] = None,
+    block_table: Optional[torch.Tensor] = None,
+    group: Optional["dist.ProcessGroup"] = None,
+    softmax_scale: Optional[float] = None,
+    return_lse: bool = False,
+    *,
+    timeout: Timeout = None,
+    check_shapes: Optional[bool] = None,
+    schedule: str = "lean",
+    num_programs: int = 0,
+    num_splits: int = 0,
+):
+    """Exact decode over a sharded KV cache by Ring Attention: shards travel, states stay.
+
+    The baseline that :func:`tree_decode` is measured against. In ``world - 1`` steps every rank
+    sends the shard it holds to rank ``rank + 1`` and receives the next one from ``rank - 1``
+    (``dist.batch_isend_irecv``), computing the partial state of the shard it holds while the next
+    one is in flight (double buffering). The ``world`` partial states are merged with
+    :func:`leanattn.merge_states`.
+
+    Parameters are those of :func:`tree_decode` (without ``variant``). Shards may differ in
+    length, layout (contiguous or paged) and page count between ranks: every call first
+    all-gathers each rank's shard shapes (a few integers), which also checks that the ranks agree
+    on ``q``; ``check_shapes=False`` skips only the agreement test, not the exchange.
+
+    Returns
+    -------
+    out : torch.Tensor
+        ``(B, Hq, D)`` in ``q.dtype``; ``lse`` ``(B, Hq)`` float32 with ``return_lse=True``.
+
+    Notes
+    -----
+    Each rank sends ``(world - 1)`` shards per step (the whole cache but its own share, through
+    every link of the ring): ``2 * sum_{r' != r} N_r' * Hkv * D * itemsize`` bytes for contiguous
+    shards, plus lengths and block tables. Peak memory is the own shard plus two in flight.
+    """
+    timeout = _comm.as_timedelta("timeout", timeout)
+    _basic_types(q, k_shard, v_shard)
+    rank, size = _comm.world(group)
+    scale = _scale(q, softmax_scale)
+    kw = dict(schedule=schedule, num_programs=num_programs, num_splits=num_splits)
+    if size == 1:
+        out, lse = decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, **kw)
+        return (out, lse) if return_lse else out
+    # -- every rank's shard shapes (needed to receive them) and the agreement on q
+    err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
+    fields = _q_fields(q, k_shard, scale, 0) if check_shapes is not False else []
+    mine = _shard_fields(k_shard, shard_seqlens, block_table)
+    rows = _comm.gather_descriptors([int(err is not None)] + [v for _, vals in fields for v in vals] + list(mine),
+                                    group, q.device, "ring_decode (shard shapes)", timeout)
+    if err is not None:
+        raise err
+    _agree_rows(rows, fields)
+    shapes = [tuple(row[-len(mine):]) for row in rows]
+    dev = _comm.comm_device(group, q.device)
+    nxt, prv = (rank + 1) % size, (rank - 1) % size
+    cur = [k_shard, v_shard, shard_seqlens, block_table]
+    outs, lses = [], []
+    for step in range(size):
+        works = []
+        if step < size - 1:
+            # -- post: send what we hold to rank + 1, receive the next shard from rank - 1
+            src = (rank - step - 1) % size
+            incoming = _empty_shard(shapes[src], q.shape[0], k_shard, dev)
+            ops = []
+            for tag, (x, y) in enumerate(zip(cur, incoming)):
+                if x is not None and x.numel():
+                    ops.append(dist.P2POp(dist.isend, x.contiguous().to(dev), nxt, group, tag))
+                if y is not None and y.numel():
+                    ops.append(dist.P2POp(dist.irecv, y, prv, group, tag))
+            works = dist.batch_isend_irecv(ops) if ops else []
+        # -- compute on the shard we hold while the next one arrives
+        o, l = decode(q, *[None if x is None else x.to(q.device) for x in cur], scale, return_lse=True, **kw)
+        outs.append(o)
+        lses.append(l)
+        for w in works:
+            _comm.wait(w, f"ring_decode: step {step} send/recv of KV shards", group, timeout)
+        if step < size - 1:
+            cur = incoming
+    out, lse = merge_states(torch.stack(outs), torch.stack(lses))
+    return (out, lse) if return_lse else out
+
+
+def _agree_rows(rows, fields):
+    bad = [r for r, row in enumerate(rows) if row[0]]
+    if bad:
+        raise ValueError(f"ring_decode: rank(s) {bad} rejected their inputs (see the error raised there)")
+    off = 1
+    for name, vals in fields:
+        k = len(vals)
+        seen = [tuple(row[off:off + k]) for row in rows]
+        if len(set(seen)) > 1:
+            per_rank = ", ".join(f"rank {r}: {_comm._show(name, s)}" for r, s in enumerate(seen))
+            raise ValueError(f"ring_decode: ranks disagree on {name}; expected the same on every rank, got {per_rank}")
+        off += k
+
+
+def _empty_shard(shape, B: int, like: torch.Tensor, device):
+    """Receive buffers ``[k, v, seqlens or None, block_table or None]`` for a shard described by ``shape``."""
+    kshape, has_sl, bt = tuple(shape[:4]), shape[4], tuple(shape[5:7])
+    k = torch.empty(kshape, dtype=like.dtype, device=device)
+    v = torch.empty(kshape, dtype=like.dtype, device=device)
+    sl = torch.empty((B,), dtype=torch.int32, device=device) if has_sl else None
+    table = None if bt[0] < 0 else torch.empty(bt, dtype=torch.int32, device=device)
+    return [k, v, sl, table]
+
+
+def comm_bytes(method: str, B: int, Hq: int, D: int, world: int, shard_bytes: Optional[list[int]] = None,
+               rank: int = 0) -> dict:
+    """Bytes a rank moves per decode step, by method (payload, not counting protocol overhead).
+
+    Parameters
+    ----------
+    method : {"allgather", "allreduce3", "ring"}
+    B, Hq, D : int
+        Batch, query heads, head dim.
+    world : int
+        Ranks.
+    shard_bytes : list of int, optional
+        For ``"ring"``: bytes of each rank's shard (K and V together, with lengths and tables).
+    rank : int
+        For ``"ring"``: the rank whose traffic is counted.
+
+    Returns
+    -------
+    dict
+        ``sent``, ``received`` (bytes per rank, ring algorithm for the all-reduces) and
+        ``collectives`` (count of collective or point-to-point rounds).
+    """
+    p = world
+    if method == "allgather":
+        m = 4 * B * Hq * (D + 1)
+        return dict(sent=(p - 1) * m, received=(p - 1) * m, collectives=1, message=m)
+    if method == "allreduce3":
+        sizes = [4 * B * Hq, 4 * B * Hq * D, 4 * B * Hq]
+        moved = sum(2 * (p - 1) * s // p for s in sizes)
+        return dict(sent=moved, received=moved, collectives=3, message=sum(sizes))
+    if method == "ring":
+        sb = shard_bytes or []
+        total = sum(sb)
+        # rank r forwards every shard but the one of rank r + 1 (which would complete the circle)
+        sent = total - sb[(rank + 1) % p] if p > 1 else 0
+        received = total - sb[rank] if p > 1 else 0
+        return dict(sent=sent, received=received, collectives=p - 1, message=max(sb) if sb else 0)
+    raise ValueError(f"method: expected 'allgather', 'allreduce3' or 'ring', got {method!r}")
