@@ -8,13 +8,17 @@ reference         float64 references of every op
 qk_sparse_attention    causal attention with dropped queries/keys (sparse flash attention)
 hash_sparse_attention  causal attention within hash buckets (sparse flash attention)
 sparse            the sparse package (lsh_buckets)
+bifurcated_decode decode of many samples sharing a prompt: the shared prefix is read once per prompt
+cascade_decode    decode over nested shared KV levels (system prompt, document, own tokens)
 """
 from . import reference
 from .merges import merge_states
 from .ops.decode import decode
+from .ops.bifurcated import bifurcated_decode, cascade_decode
 from . import sparse
 from .sparse import hash_sparse_attention, qk_sparse_attention
 
 __version__ = "0.1.0"
 __all__ = ["decode", "merge_states", "reference", "__version__"]
 __all__ += ["qk_sparse_attention", "hash_sparse_attention", "sparse"]
+__all__ += ["bifurcated_decode", "cascade_decode"]

@@ -119,3 +119,54 @@ def hash_sparse_attention(q, k, v, q_buckets, k_buckets, softmax_scale=None):
 
 __all__ += ["masked_attention", "qk_sparse_mask", "hash_sparse_mask", "qk_sparse_attention",
             "hash_sparse_attention"]
+
+
+# --------------------------------------------------------------------------------------------
+# shared-prefix decode (leanattn.bifurcated_decode / cascade_decode)
+
+
+def _segment(k: torch.Tensor, lens, ids, b: int) -> tuple[int, int]:
+    """``(prefix index, length)`` of the shared segment that sample ``b`` reads."""
+    g = 0 if ids is None else int(ids[b])
+    n = k.shape[-3] if lens is None else int(lens[g])
+    return g, n
+
+
+def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, block_table=None, softmax_scale=None):
+    """Reference for :func:`leanattn.cascade_decode`: attention of each sample over the concatenation
+    of its segment of every level (outermost first) and its own tokens. Float64 ``(out, lse)``."""
+    B, Hq, D = q.shape
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
+    levels = [(tuple(lv) + (None, None))[:4] for lv in levels]
+    Hkv = k_cache.shape[2] if k_cache is not None else levels[0][0].shape[-2]
+    group = Hq // Hkv
+    if k_cache is not None:
+        cap = k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
+        own_lens = [cap] * B if cache_seqlens is None else cache_seqlens.tolist()
+    out = torch.zeros(B, Hq, D, dtype=torch.float64, device=q.device)
+    lse = torch.full((B, Hq), float("-inf"), dtype=torch.float64, device=q.device)
+    for b in range(B):
+        ks, vs = [], []
+        for k, v, lens, ids in levels:
+            g, n = _segment(k, lens, ids, b)
+            ks.append((k if k.dim() == 4 else k[None])[g, :n])
+            vs.append((v if v.dim() == 4 else v[None])[g, :n])
+        if k_cache is not None:
+            ks.append(gather_kv(k_cache, b, own_lens[b], block_table))
+            vs.append(gather_kv(v_cache, b, own_lens[b], block_table))
+        k, v = torch.cat(ks), torch.cat(vs)
+        for h in range(Hkv):
+            heads = slice(h * group, (h + 1) * group)
+            out[b, heads], lse[b, heads] = attend(q[b, heads], k[:, h], v[:, h], scale)
+    return out, lse
+
+
+def bifurcated_decode(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens=None, block_table=None,
+                      prefix_lens=None, prefix_ids=None, softmax_scale=None):
+    """Reference for :func:`leanattn.bifurcated_decode`: decode over ``prefix[prefix_ids[b]]``
+    followed by the sample's own tokens. Float64 ``(out, lse)``."""
+    return cascade_decode(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache, cache_seqlens,
+                          block_table, softmax_scale)
+
+
+__all__ += ["bifurcated_decode", "cascade_decode"]

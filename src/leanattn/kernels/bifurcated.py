@@ -1,0 +1,303 @@
+"""Bifurcated (shared-prefix) decode: one launch for the shared prefix and every sample's own tokens.
+
+Sample ``b`` of prompt ``g`` attends to ``prefix[g]`` followed by its own cache. Attention over the
+concatenation is the exact merge of two states, so the kernel computes
+
+* the **prefix state** once per prompt: for kv head ``h`` the query rows of all samples of the
+  prompt that read ``h`` (``n_g * GROUP`` rows, sample-major) are stacked into the rows of one
+  ``tl.dot``, so each prefix tile is loaded once for the whole prompt (the bifurcated-attention
+  GEMM). Rows are cut into ``N_HB`` head blocks of ``BLOCK_HP`` rows;
+* the **own state** exactly as ``lean_decode_kernel`` does (query heads of one GQA group per row);
+
+and merges the two in the same launch. Both phases are stream-K (equal contiguous ranges of KV
+tiles per program, pieces of a head merged in-kernel by the last arriver, see ``kernels/decode.py``),
+so a single prompt with a handful of samples is still spread over every SM.
+
+Head blocks (``N_HB > 1``, more than ``BLOCK_HP`` rows per kv head) re-read the prefix tiles once
+per head block. To make the re-reads hit L2, the prefix phase runs in *teams*: the grid is
+``N_TEAMS * N_HB`` programs, program ``pid`` is member ``pid % N_HB`` of team ``pid // N_HB``, the
+stream-K ranges are cut over teams, and every member of a team walks the same tile range for its
+own head block. Members are launched side by side and do identical work, so they load the same
+prefix tile at about the same time: one HBM read, ``N_HB - 1`` L2 hits, and the L2 working set is
+one tile per team. (The alternatives cost more: several accumulators per program overflow the
+register file beyond two 64-row blocks, and an order with the head block varying fastest cuts every
+head into one piece per tile, each a workspace round trip.) Members whose head block holds no real
+row of a prompt (smaller prompts) skip its tiles. The own phase uses every program independently.
+
+Merging prefix and own states (``settle_rows``): whichever finishes a query row first writes its
+normalised fp32 state to a per-row buffer and bumps the row's arrival counter; the second one
+merges both (always as ``prefix ⊕ own``, so the result does not depend on who came last), writes
+``out``/``lse`` and resets the counter. Nobody waits, so no launch can hang; counters end at zero,
+so buffers stay valid across launches and CUDA-graph replays.
+
+Scores are in log2 units (``qk_scale = softmax_scale * log2(e)``); the LSE written is natural-log.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..schedules.stream_k import program_of, range_start
+from .decode import LN2, attend_tiles, load_q_rows
+
+
+@triton.jit
+def settle_piece(
+    acc, m_i, l_i, valid_h,  #
+    WsAcc, WsMl, Counters,  #
+    t, start, head_begin, head_end, stop, T, high, member,  #
+    NM: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    """Stream-K reduction of a piece ``[t, stop)`` of the head ``[head_begin, head_end)``.
+
+    Ranges are cut over *schedule programs*; schedule program ``p`` is the real program
+    ``p * NM + member`` (``NM`` team members, 1 for a plain grid). Returns ``(final, acc, m, l)``:
+    ``final`` is true in the program that holds the head's complete state (the whole head was
+    in its range, or it was the last piece to arrive and merged all pieces in program order).
+    """
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, HEAD_DIM)
+    final = (t == head_begin) & (stop == head_end)
+    partial = (t != head_begin) | (stop != head_end)
+    if partial:
+        # -- publish: slot 0 holds a piece starting the range, slot 1 the one ending it --
+        me = program_of(t, T, high) * NM + member
+        slot = 2 * me + (t != start).to(tl.int32)
+        acc_ptrs = WsAcc + slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(acc_ptrs, acc, mask=valid_h[:, None])
+        tl.store(WsMl + slot * (2 * BLOCK_H) + offs_h, m_i)
+        tl.store(WsMl + slot * (2 * BLOCK_H) + BLOCK_H + offs_h, l_i)
+        host = program_of(head_begin, T, high)
+        last = program_of(head_end - 1, T, high)
+        tl.debug_barrier()
+        arrived = tl.atomic_add(Counters + host * NM + member, 1, sem="acq_rel")
+        final = arrived == last - host
+        if final:
+            # -- last piece to arrive: merge all pieces in program order --
+            tl.store(Counters + host * NM + member, 0)
+            m_t = tl.full([BLOCK_H], float("-inf"), tl.float32)
+            l_t = tl.zeros([BLOCK_H], tl.float32)
+            acc_t = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+            for p in tl.range(host, last + 1, num_stages=3):
+                p_start = range_start(p, T, high)
+                p_slot = 2 * (p * NM + member) + (tl.maximum(head_begin, p_start) != p_start).to(tl.int32)
+                a = tl.load(WsAcc + p_slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM
+                            + offs_d[None, :], mask=valid_h[:, None], other=0.0, cache_modifier=".cg")
+                m = tl.load(WsMl + p_slot * (2 * BLOCK_H) + offs_h, cache_modifier=".cg")
+                l = tl.load(WsMl + p_slot * (2 * BLOCK_H) + BLOCK_H + offs_h, cache_modifier=".cg")
+                m_new = tl.maximum(m_t, m)
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                s_old = tl.math.exp2(m_t - m_use)
+                s_new = tl.math.exp2(m - m_use)
+                acc_t = acc_t * s_old[:, None] + a * s_new[:, None]
+                l_t = l_t * s_old + l * s_new
+                m_t = m_new
+            acc, m_i, l_i = acc_t, m_t, l_t
+    return final, acc, m_i, l_i
+
+
+@triton.jit
+def settle_rows(
+    acc, m_i, l_i, b_rows, h_rows, valid,  #
+    Out, Lse, StOut, StLse, Arrivals,  #
+    stride_ob, stride_oh, stride_lb, n_rows,  #
+    ROLE: tl.constexpr, HAS_OWN: tl.constexpr, HQ: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    """A finished state for query rows ``(b_rows[i], h_rows[i])``: merge it with the other half.
+
+    ``ROLE`` 0 is the prefix state, 1 the own-token state. Without own tokens (``HAS_OWN``
+    false) the prefix state is final. ``StOut (2, n_rows, HEAD_DIM)`` and ``StLse (2, n_rows)``
+    (fp32, log2 units) hold the half that arrived first; ``Arrivals (n_rows,)`` counts arrivals.
+    """
+    offs_d = tl.arange(0, HEAD_DIM)
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))
+    o_ptrs = Out + b_rows.to(tl.int64)[:, None] * stride_ob + h_rows[:, None] * stride_oh + offs_d[None, :]
+    l_ptrs = Lse + b_rows.to(tl.int64) * stride_lb + h_rows
+    if not HAS_OWN:
+        tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=valid[:, None])
+        tl.store(l_ptrs, lse2 * LN2, mask=valid)
+    else:
+        row = b_rows.to(tl.int64) * HQ + h_rows
+        mine = ROLE * n_rows + row
+        tl.store(StOut + mine[:, None] * HEAD_DIM + offs_d[None, :], o, mask=valid[:, None])
+        tl.store(StLse + mine, lse2, mask=valid)
+        tl.debug_barrier()
+        arrived = tl.atomic_add(Arrivals + row, 1, mask=valid, sem="acq_rel")
+        second = valid & (arrived == 1)
+        tl.debug_barrier()
+        if tl.sum(second.to(tl.int32), 0) > 0:
+            # -- this half arrived second: merge prefix ⊕ own (same expression in either role) --
+            theirs = (1 - ROLE) * n_rows + row
+            o_t = tl.load(StOut + theirs[:, None] * HEAD_DIM + offs_d[None, :], mask=second[:, None], other=0.0,
+                          cache_modifier=".cg")
+            l_t = tl.load(StLse + theirs, mask=second, other=float("-inf"), cache_modifier=".cg")
+            if ROLE == 0:
+                o_p, l_p, o_o, l_o = o, lse2, o_t, l_t
+            else:
+                o_p, l_p, o_o, l_o = o_t, l_t, o, lse2
+            mx = tl.maximum(l_p, l_o)
+            mu = tl.where(mx == float("-inf"), 0.0, mx)
+            w_p = tl.math.exp2(l_p - mu)
+            w_o = tl.math.exp2(l_o - mu)
+            den = w_p + w_o
+            none = den == 0.0
+            den_safe = tl.where(none, 1.0, den)
+            out = (w_p[:, None] * o_p + w_o[:, None] * o_o) / den_safe[:, None]
+            lse = tl.where(none, float("-inf"), (mu + tl.math.log2(den_safe)) * LN2)
+            tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=second[:, None])
+            tl.store(l_ptrs, lse, mask=second)
+            tl.store(Arrivals + row, 0, mask=second)
+
+
+@triton.jit
+def bifurcated_decode_kernel(
+    Q, PK, PV, K, V, Out, Lse,  #
+    PrefixLens, GroupCount, GroupStart, Order,  #
+    Seqlens, BlockTable,  #
+    WsAccP, WsMlP, CountersP, WsAccO, WsMlO, CountersO,  #
+    StOut, StLse, Arrivals,  #
+    stride_qb, stride_qh,  #
+    stride_pkg, stride_pkn, stride_pkh,  #
+    stride_pvg, stride_pvn, stride_pvh,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_ob, stride_oh, stride_lb,  #
+    stride_btb,  #
+    qk_scale, B, NG, prefix_cap, capacity,  #
+    HQ: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr,  #
+    BLOCK_HP: tl.constexpr, N_HB: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_B: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
+    SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Prefix phase (teams of ``N_HB`` programs) then own-token phase (every program), one launch.
+
+    ``PK/PV (NG, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one prefix). Prompt ``g`` has
+    ``GroupCount[g]`` samples, ``Order[GroupStart[g] + j]`` being its ``j``-th; with
+    ``SINGLE_PREFIX`` every sample reads prompt 0 and sample ``j`` is row block ``j``.
+    """
+    pid = tl.program_id(0)
+    NPROG = tl.num_programs(0)
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    offs_d = tl.arange(0, HEAD_DIM)
+    n_rows = B * HQ
+
+    # ================= phase 1: the shared prefixes, one row block per team member =================
+    NT = NPROG // N_HB
+    team = pid // N_HB
+    member = pid % N_HB
+    offs_g = tl.arange(0, BLOCK_G)
+    valid_g = offs_g < NG
+    if HAS_PREFIX_LENS:
+        plens = tl.load(PrefixLens + offs_g, mask=valid_g, other=0)
+    else:
+        plens = tl.where(valid_g, prefix_cap, 0)
+    plens = tl.minimum(plens, prefix_cap)
+    if SINGLE_PREFIX:
+        counts = tl.where(offs_g == 0, B, 0)
+        firsts = tl.zeros([BLOCK_G], tl.int32)
+    else:
+        counts = tl.load(GroupCount + offs_g, mask=valid_g, other=0)
+        firsts = tl.load(GroupStart + offs_g, mask=valid_g, other=0)
+    # a prompt without samples costs nothing; an empty prefix still owns one (empty) tile per kv head
+    tiles_g = tl.where(valid_g & (counts > 0), tl.maximum(tl.cdiv(plens, BLOCK_N), 1), 0)
+    work_g = tiles_g * HKV
+    cum_g = tl.cumsum(work_g, 0)
+    total = tl.sum(work_g, 0)
+    T = tl.cdiv(total, NT)
+    high = total - (T - 1) * NT
+    start = range_start(team, T, high)
+    end = start + T - (team >= high).to(tl.int32)
+    rows_p = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
+    t = start
+    while t < end:
+        # -- which (prompt, kv head, tile) does tile t belong to --
+        g = tl.sum((cum_g <= t).to(tl.int32), 0)
+        sel = offs_g == g
+        base = tl.sum(tl.where(sel, cum_g - work_g, 0), 0)
+        tiles = tl.sum(tl.where(sel, tiles_g, 0), 0)
+        plen = tl.sum(tl.where(sel, plens, 0), 0)
+        n_g = tl.sum(tl.where(sel, counts, 0), 0)
+        first = tl.sum(tl.where(sel, firsts, 0), 0)
+        kvh = (t - base) // tiles
+        head_begin = base + kvh * tiles
+        head_end = head_begin + tiles
+        stop = tl.minimum(end, head_end)
+        if member * BLOCK_HP < n_g * GROUP:
+            # -- the query rows of this block: sample j = row // GROUP of the prompt, head row % GROUP --
+            j = rows_p // GROUP
+            valid = j < n_g
+            if SINGLE_PREFIX:
+                b_rows = j
+            else:
+                b_rows = tl.load(Order + first + j, mask=valid, other=0)
+            h_rows = kvh * GROUP + rows_p % GROUP
+            q = tl.load(Q + b_rows.to(tl.int64)[:, None] * stride_qb + h_rows[:, None] * stride_qh + offs_d[None, :],
+                        mask=valid[:, None], other=0.0)
+            if UPCAST:
+                q = q.to(tl.float32)
+            tile_lo = t - head_begin
+            acc, m_i, l_i = attend_tiles(
+                q, PK, PV, BlockTable, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+                stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
+                HEAD_DIM, BLOCK_HP, BLOCK_N, 0, UPCAST, DOT_PRECISION)
+            final, acc, m_i, l_i = settle_piece(
+                acc, m_i, l_i, valid, WsAccP, WsMlP, CountersP,  #
+                t, start, head_begin, head_end, stop, T, high, member, N_HB, BLOCK_HP, HEAD_DIM)
+            if final:
+                settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
+                            stride_ob, stride_oh, stride_lb, n_rows, 0, HAS_OWN, HQ, HEAD_DIM)
+        t = stop
+
+    # ================= phase 2: each sample's own tokens, as lean_decode_kernel =================
+    if HAS_OWN:
+        offs_b = tl.arange(0, BLOCK_B)
+        valid_b = offs_b < B
+        if HAS_SEQLENS:
+            lens = tl.load(Seqlens + offs_b, mask=valid_b, other=0)
+        else:
+            lens = tl.where(valid_b, capacity, 0)
+        lens = tl.minimum(lens, capacity)
+        tiles_b = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
+        work_b = tiles_b * (HKV * N_HBO)
+        cum_b = tl.cumsum(work_b, 0)
+        total_o = tl.sum(work_b, 0)
+        T_o = tl.cdiv(total_o, NPROG)
+        high_o = total_o - (T_o - 1) * NPROG
+        start_o = range_start(pid, T_o, high_o)
+        end_o = start_o + T_o - (pid >= high_o).to(tl.int32)
+        offs_ho = tl.arange(0, BLOCK_HO)
+        t = start_o
+        while t < end_o:
+            b = tl.sum((cum_b <= t).to(tl.int32), 0)
+            sel = offs_b == b
+            base = tl.sum(tl.where(sel, cum_b - work_b, 0), 0)
+            tiles = tl.sum(tl.where(sel, tiles_b, 0), 0)
+            seqlen = tl.sum(tl.where(sel, lens, 0), 0)
+            row = (t - base) // tiles
+            head_begin = base + row * tiles
+            head_end = head_begin + tiles
+            stop = tl.minimum(end_o, head_end)
+            kvh = row // N_HBO
+            hb = row % N_HBO
+            q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_HO)
+            if UPCAST:
+                q = q.to(tl.float32)
+            tile_lo = t - head_begin
+            acc, m_i, l_i = attend_tiles(
+                q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+                stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+                HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+            valid = hb * BLOCK_HO + offs_ho < GROUP
+            final, acc, m_i, l_i = settle_piece(
+                acc, m_i, l_i, valid, WsAccO, WsMlO, CountersO,  #
+                t, start_o, head_begin, head_end, stop, T_o, high_o, 0, 1, BLOCK_HO, HEAD_DIM)
+            if final:
+                b_rows = tl.zeros([BLOCK_HO], tl.int32) + b
+                h_rows = kvh * GROUP + hb * BLOCK_HO + offs_ho
+                settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
+                            stride_ob, stride_oh, stride_lb, n_rows, 1, HAS_OWN, HQ, HEAD_DIM)
+            t = stop

@@ -1,0 +1,432 @@
+"""``leanattn.bifurcated_decode`` and ``leanattn.cascade_decode``: decode with shared prefixes.
+
+Many samples of one prompt share the prompt's KV (parallel sampling, best-of-n, beams). Standard
+decode reads the shared prefix once per sample; here it is read once per prompt, with the
+prompt's queries stacked into the rows of the matrix product, and merged exactly with each
+sample's own tokens in the same launch (see ``kernels/bifurcated.py``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import triton
+
+from .. import checks, runtime
+from ..kernels.bifurcated import bifurcated_decode_kernel
+from ..merges.states import merge_states
+from .decode import _capacity, validate_decode
+from .decode_config import decode_config
+
+__all__ = ["bifurcated_decode", "cascade_decode"]
+
+LOG2E = 1.4426950408889634
+
+
+def _prefix_block_h(rows: int, head_dim: int, block_h: int) -> int:
+    """Query rows per ``tl.dot`` in the prefix phase: all rows of a kv head up to 128 (64 at D=256).
+
+    Larger blocks mean fewer head blocks, i.e. fewer re-reads of each prefix tile.
+    """
+    if block_h:
+        return block_h
+    cap = 64 if head_dim > 128 else 128
+    return max(16, min(cap, triton.next_power_of_2(max(rows, 1))))
+
+
+class _Plan:
+    """Launch constants of one call signature (shapes, strides, dtypes, options); cached."""
+
+    def __init__(self, q, pk, pv, k, v, seqlens, block_table, has_plens, single, n_max, scale, workers, block_h,
+                 block_n):
+        B, Hq, D = q.shape
+        G, P, Hkv = pk.shape[0], pk.shape[1], pk.shape[2]
+        device = q.device
+        group = Hq // Hkv
+        has_own = k is not None
+        cfg = decode_config(D, group, device, block_n or None)
+        block_hp = _prefix_block_h(n_max * group, D, block_h)
+        self.n_hb = n_hb = triton.cdiv(n_max * group, block_hp)
+        paged = block_table is not None
+        self.dummy_i32 = torch.zeros((1, 1), dtype=torch.int32, device=device)
+        self.dummy_kv = torch.zeros((1, 1, Hkv, D), dtype=q.dtype, device=device)
+        cap = _capacity(k, block_table) if has_own else 0
+        warps = cfg.num_warps if block_hp <= 64 else max(cfg.num_warps, 8)
+        self.meta = dict(
+            HQ=Hq, HKV=Hkv, GROUP=group, BLOCK_HP=block_hp, N_HB=n_hb, BLOCK_HO=cfg.block_h, N_HBO=cfg.n_hb,
+            HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_G=max(16, triton.next_power_of_2(G)),
+            BLOCK_B=max(16, triton.next_power_of_2(B)), PAGE_SIZE=k.shape[1] if paged else 0,
+            HAS_SEQLENS=seqlens is not None, HAS_PREFIX_LENS=has_plens, SINGLE_PREFIX=single, HAS_OWN=has_own,
+            UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            num_warps=warps, num_stages=cfg.num_stages)
+        # empty caches are replaced by a one-token dummy (with zero length), so no pointer is dangling
+        self.empty_prefix = P == 0
+        self.empty_own = has_own and cap == 0
+        pk_s = self.dummy_kv if self.empty_prefix else pk
+        pv_s = self.dummy_kv if self.empty_prefix else pv
+        k_s = self.dummy_kv if (not has_own or self.empty_own) else k
+        v_s = self.dummy_kv if (not has_own or self.empty_own) else v
+        own_paged = paged and not self.empty_own
+        self.meta["PAGE_SIZE"] = k.shape[1] if own_paged else 0
+        self.tail = (q.stride(0), q.stride(1),
+                     pk_s.stride(0) if G > 1 and P else 0, pk_s.stride(1), pk_s.stride(2),
+                     pv_s.stride(0) if G > 1 and P else 0, pv_s.stride(1), pv_s.stride(2),
+                     k_s.stride(0), k_s.stride(1), k_s.stride(2),
+                     v_s.stride(0), v_s.stride(1), v_s.stride(2),
+                     Hq * D, D, Hq,  # out and lse are allocated contiguous
+                     block_table.stride(0) if own_paged else 0,
+                     scale * LOG2E, B, G, P, cap)
+        self.own_paged = own_paged
+        self.grid = (self._grid(cfg, q, workers),)
+        n = self.grid[0]
+        self.ws = (runtime.workspace("bif_acc_p", device, (2 * n, block_hp, D), torch.float32),
+                   runtime.workspace("bif_ml_p", device, (2 * n, 2, block_hp), torch.float32),
+                   runtime.workspace("bif_counters_p", device, (n,), torch.int32, zero=True),
+                   runtime.workspace("bif_acc_o", device, (2 * n, cfg.block_h, D), torch.float32),
+                   runtime.workspace("bif_ml_o", device, (2 * n, 2, cfg.block_h), torch.float32),
+                   runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True),
+                   runtime.workspace("bif_state_out", device, (2, B * Hq, D) if has_own else (1, 1, D), torch.float32),
+                   runtime.workspace("bif_state_lse", device, (2, B * Hq) if has_own else (1, 1), torch.float32),
+                   runtime.workspace("bif_arrivals", device, (B * Hq,) if has_own else (1,), torch.int32, zero=True))
+
+    def _grid(self, cfg, q, workers) -> int:
+        """``N_HB`` team members times as many teams as fit (``SMs x occupancy`` programs in all)."""
+        if workers <= 0:
+            occ = 1
+            if q.device.type == "cuda":
+                d, f = self.dummy_i32, torch.empty((1,), dtype=torch.float32, device=q.device)
+                kv = self.dummy_kv
+                compiled = bifurcated_decode_kernel.warmup(
+                    q, kv, kv, kv, kv, q, f, d, d, d, d, d, d, f, f, d, f, f, d, f, f, d, *self.tail,
+                    grid=(1,), **self.meta)
+                occ = runtime.occupancy(compiled, q.device)
+            workers = runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
+        return max(1, workers // self.n_hb) * self.n_hb
+
+    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, groups, out, lse):
+        d = self.dummy_i32
+        if self.empty_prefix:
+            pk = pv = self.dummy_kv
+        if k is None or self.empty_own:
+            k = v = self.dummy_kv
+        counts, starts, order = groups if groups is not None else (d, d, d)
+        bifurcated_decode_kernel[self.grid](
+            q, pk, pv, k, v, out, lse,
+            d if plens is None else plens, counts, starts, order,
+            d if seqlens is None else seqlens, block_table if self.own_paged else d,
+            *self.ws, *self.tail, **self.meta)
+
+
+_PLANS: dict = {}
+
+
+def _group_layout(prefix_ids: torch.Tensor, G: int):
+    """``(counts (G,), starts (G,), order (B,))`` int32: samples sorted by prompt, without a host sync."""
+    ids = prefix_ids.long()
+    counts = torch.zeros(G, dtype=torch.int32, device=ids.device)
+    counts.index_add_(0, ids, torch.ones_like(prefix_ids, dtype=torch.int32))
+    starts = (torch.cumsum(counts, 0, dtype=torch.int32) - counts).to(torch.int32)
+    order = torch.argsort(ids, stable=True).to(torch.int32)
+    return counts, starts, order
+
+
+def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
+                     softmax_scale, max_group_size, num_programs, block_h, block_n):
+    B, Hq, D = q.shape
+    out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device)
+    if B == 0 or Hq == 0:
+        return out, lse
+    if prefix_k.dim() == 3:
+        prefix_k, prefix_v = prefix_k.unsqueeze(0), prefix_v.unsqueeze(0)
+    G = prefix_k.shape[0]
+    if prefix_lens is not None and prefix_lens.stride(0) != 1:
+        prefix_lens = prefix_lens.contiguous()
+    if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
+        cache_seqlens = cache_seqlens.contiguous()
+    single = prefix_ids is None
+    groups = None
+    if single:
+        n_max = B
+    else:
+        groups = _group_layout(prefix_ids, G)
+        if max_group_size > 0:
+            n_max = max_group_size
+        elif q.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            n_max = B  # no sync while capturing: every prompt may hold every sample
+        else:
+            n_max = max(int(groups[0].max()), 1)
+    key = (q.shape, q.stride(), q.dtype, q.device, prefix_k.shape, prefix_k.stride(), prefix_v.stride(),
+           None if k_cache is None else (k_cache.shape, k_cache.stride(), v_cache.stride()),
+           cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
+           prefix_lens is None, single, n_max, softmax_scale, num_programs, block_h, block_n, runtime.interpreting())
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens is not None,
+                     single, n_max, softmax_scale, num_programs, block_h, block_n)
+        _PLANS[key] = plan
+    plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, groups, out, lse)
+    return out, lse
+
+
+@torch.library.custom_op("leanattn::bifurcated_decode", mutates_args=())
+def _bifurcated_op(
+    q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
+    k_cache: Optional[torch.Tensor], v_cache: Optional[torch.Tensor],
+    cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
+    prefix_lens: Optional[torch.Tensor], prefix_ids: Optional[torch.Tensor],
+    softmax_scale: float, max_group_size: int, num_programs: int, block_h: int, block_n: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens,
+                            prefix_ids, softmax_scale, max_group_size, num_programs, block_h, block_n)
+
+
+@_bifurcated_op.register_fake
+def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, softmax_scale,
+      max_group_size, num_programs, block_h, block_n):
+    B, Hq, D = q.shape
+    return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
+
+
+def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate, name="prefix"):
+    """Checks of a shared prefix against ``q``; the kv-head count is compared by the caller."""
+    kn, vn, ln, idn = f"{name}_k", f"{name}_v", f"{name}_lens", f"{name}_ids"
+    checks.check_tensor(kn, prefix_k)
+    checks.check_tensor(vn, prefix_v)
+    if prefix_k.dim() not in (3, 4):
+        raise ValueError(f"{kn}: expected a 3-D (P, Hkv, D) or 4-D (G, P, Hkv, D) tensor, got shape "
+                         f"{tuple(prefix_k.shape)}")
+    checks.check_same(kn, prefix_k, "q", q)
+    checks.check_same(vn, prefix_v, "q", q)
+    if tuple(prefix_v.shape) != tuple(prefix_k.shape):
+        raise ValueError(f"{vn}: expected shape {tuple(prefix_k.shape)} (as {kn}), got {tuple(prefix_v.shape)}")
+    B, Hq, D = q.shape
+    if prefix_k.shape[-1] != D:
+        raise ValueError(f"{kn}: expected head dim {D} (as q), got {prefix_k.shape[-1]}")
+    Hkv = prefix_k.shape[-2]
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"q: expected a number of heads that is a multiple of {kn}'s {Hkv} kv heads, got {Hq}")
+    checks.check_unit_stride(kn, prefix_k)
+    checks.check_unit_stride(vn, prefix_v)
+    G = 1 if prefix_k.dim() == 3 else prefix_k.shape[0]
+    P = prefix_k.shape[-3]
+    if G == 0:
+        raise ValueError(f"{kn}: expected at least one prefix, got shape {tuple(prefix_k.shape)}")
+    if prefix_lens is not None:
+        checks.check_index(ln, prefix_lens, 1, q.device)
+        if prefix_lens.shape[0] != G:
+            raise ValueError(f"{ln}: expected shape ({G},) (one length per prefix of {kn}), got "
+                             f"{tuple(prefix_lens.shape)}")
+    if prefix_ids is None:
+        if G > 1:
+            raise ValueError(f"{idn}: expected a ({B},) int32 tensor naming each sample's prefix when {kn} holds "
+                             f"{G} prefixes, got None")
+    else:
+        checks.check_index(idn, prefix_ids, 1, q.device)
+        if prefix_ids.shape[0] != B:
+            raise ValueError(f"{idn}: expected shape ({B},) (batch size of q), got {tuple(prefix_ids.shape)}")
+    if not isinstance(max_group_size, int) or isinstance(max_group_size, bool) or max_group_size < 0:
+        raise ValueError(f"max_group_size: expected an int >= 0 (0 = count on the host), got {max_group_size!r}")
+    if validate is None:
+        validate = checks.values_checkable(prefix_lens, prefix_ids)
+    if validate and prefix_lens is not None and G:
+        lo, hi = int(prefix_lens.min()), int(prefix_lens.max())
+        if lo < 0:
+            raise ValueError(f"{ln}: expected lengths >= 0, got a minimum of {lo}")
+        if hi > P:
+            raise ValueError(f"{ln}: expected lengths <= {P} ({kn} capacity), got a maximum of {hi}")
+    if validate and prefix_ids is not None and B:
+        lo, hi = int(prefix_ids.min()), int(prefix_ids.max())
+        if lo < 0 or hi >= G:
+            raise ValueError(f"{idn}: expected prefix indices in [0, {G}), got indices in [{lo}, {hi}]")
+        if max_group_size > 0:
+            most = int(torch.bincount(prefix_ids.long(), minlength=G).max())
+            if most > max_group_size:
+                raise ValueError(f"max_group_size: expected >= the largest number of samples per prefix ({most}), "
+                                 f"got {max_group_size}")
+    return Hkv
+
+
+def bifurcated_decode(
+    q: torch.Tensor,
+    prefix_k: torch.Tensor,
+    prefix_v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: Optional[torch.Tensor] = None,
+    block_table: Optional[torch.Tensor] = None,
+    prefix_lens: Optional[torch.Tensor] = None,
+    prefix_ids: Optional[torch.Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    return_lse: bool = False,
+    *,
+    max_group_size: int = 0,
+    num_programs: int = 0,
+    validate: Optional[bool] = None,
+):
+    """Decode attention for samples that share a prompt: the shared prefix is read once per prompt.
+
+    Exact softmax attention of each sample's query over its prompt's prefix followed by its own
+    tokens, ``concat(prefix[prefix_ids[b], :prefix_lens[g]], own[b, :cache_seqlens[b]])``. Query
+    head ``h`` reads kv head ``h // (Hq // Hkv)``.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        ``(B, Hq, D)``, one query token per sample; float16, bfloat16 (or float32), ``D`` in
+        {64, 128, 256}.
+    prefix_k, prefix_v : torch.Tensor
+        One prefix shared by every sample, ``(P, Hkv, D)``, or ``G`` prefixes ``(G, P, Hkv, D)``;
+        same dtype and device as ``q``, unit stride on ``D``. ``P = 0`` (no prefix) is allowed.
+    k_cache, v_cache : torch.Tensor
+        Each sample's own tokens, exactly as in :func:`leanattn.decode`: contiguous
+        ``(B, N, Hkv, D)`` or paged ``(num_pages, page_size, Hkv, D)`` with ``block_table``.
+    cache_seqlens : torch.Tensor, optional
+        ``(B,)`` int32 own tokens per sample (default: the capacity); zero-length allowed.
+    block_table : torch.Tensor, optional
+        ``(B, max_pages)`` int32 page table of the own cache.
+    prefix_lens : torch.Tensor, optional
+        ``(G,)`` int32 tokens of each prefix (default ``P``); zero allowed.
+    prefix_ids : torch.Tensor, optional
+        ``(B,)`` int32, the prefix each sample reads; required when ``G > 1``. Prompts may have
+        any number of samples (none included), in any order in the batch.
+    softmax_scale : float, optional
+        Default ``1 / sqrt(D)``.
+    return_lse : bool
+        Also return the natural-log sum of exponentiated scores over prefix and own tokens.
+    max_group_size : int, keyword-only
+        Upper bound on the samples of one prompt (multi-prompt only). 0: counted on the host
+        (one device sync), or ``B`` while a CUDA graph is being captured. Pass it to capture
+        graphs of multi-prompt batches without padding every prompt to the whole batch.
+    num_programs : int, keyword-only
+        Persistent programs (0 = SMs x measured occupancy, rounded down to whole teams).
+    validate : bool, optional, keyword-only
+        Check length, id and page values (default: only when that needs no device sync).
+
+    Returns
+    -------
+    out : torch.Tensor
+        ``(B, Hq, D)`` in ``q.dtype``.
+    lse : torch.Tensor
+        ``(B, Hq)`` float32, natural log; only with ``return_lse=True``.
+
+    Notes
+    -----
+    One launch: for each prompt and kv head, the query rows of all its samples are stacked
+    (``samples x group`` rows) and every prefix tile is multiplied against all of them at once;
+    each sample's own tokens are attended like :func:`leanattn.decode`; both passes are stream-K
+    over all SMs and their states are merged in-kernel. Registered as the custom op
+    ``torch.ops.leanattn.bifurcated_decode`` (``torch.compile(fullgraph=True)``, CUDA graphs).
+
+    Examples
+    --------
+    >>> # 16 samples of one 8k-token prompt, 256 own tokens each
+    >>> pk = torch.randn(8192, 8, 128, dtype=torch.bfloat16, device="cuda"); pv = torch.randn_like(pk)
+    >>> k = torch.randn(16, 256, 8, 128, dtype=torch.bfloat16, device="cuda"); v = torch.randn_like(k)
+    >>> q = torch.randn(16, 32, 128, dtype=torch.bfloat16, device="cuda")
+    >>> out = leanattn.bifurcated_decode(q, pk, pv, k, v)
+    """
+    scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate)
+    Hkv = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate)
+    if Hkv != k_cache.shape[2]:
+        raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
+    out, lse = op(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
+                  scale, int(max_group_size), int(num_programs), 0, 0)
+    return (out, lse) if return_lse else out
+
+
+def _scale(softmax_scale, D):
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(D)
+    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool):
+        raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+    return float(softmax_scale)
+
+
+def cascade_decode(
+    q: torch.Tensor,
+    levels: Sequence,
+    k_cache: Optional[torch.Tensor] = None,
+    v_cache: Optional[torch.Tensor] = None,
+    cache_seqlens: Optional[torch.Tensor] = None,
+    block_table: Optional[torch.Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    return_lse: bool = False,
+    *,
+    num_programs: int = 0,
+    validate: Optional[bool] = None,
+):
+    """Decode over nested shared KV: e.g. a system prompt for every sample, a document per group,
+    then each sample's own tokens.
+
+    Exact attention of sample ``b`` over ``concat(level_0[ids_0[b]], level_1[ids_1[b]], ..., own[b])``.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        ``(B, Hq, D)``.
+    levels : sequence of tuples
+        ``(k, v)`` or ``(k, v, lens, ids)`` per level, outermost first. ``k, v`` are ``(P, Hkv, D)``
+        (one segment read by every sample) or ``(G, P, Hkv, D)`` with ``ids (B,)`` int32 naming
+        each sample's segment and optional ``lens (G,)`` int32, as ``prefix_*`` of
+        :func:`bifurcated_decode`.
+    k_cache, v_cache, cache_seqlens, block_table : optional
+        Each sample's own tokens, as in :func:`leanattn.decode`; may be omitted (``None``).
+    softmax_scale, return_lse, num_programs, validate
+        As in :func:`bifurcated_decode`.
+
+    Notes
+    -----
+    Every level is one pass of the bifurcated kernel (each segment read once, its readers' queries
+    stacked into the rows); the innermost level and the own tokens share one launch and are
+    merged in it; the level states are then merged with :func:`leanattn.merge_states` (the merge
+    is associative, so the nesting order does not matter). ``L`` shared levels cost ``L``
+    launches plus one merge.
+    """
+    checks.check_tensor("q", q, 3)
+    checks.check_dtype("q", q)
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
+        raise TypeError(f"levels: expected a list of (k, v[, lens, ids]) tuples, got {type(levels).__name__}")
+    if len(levels) == 0 and k_cache is None:
+        raise ValueError("levels: expected at least one level or an own cache (k_cache), got neither")
+    B, Hq, D = q.shape
+    checks.check_head_dim("q", D)
+    scale = _scale(softmax_scale, D)
+    parsed = []
+    for i, level in enumerate(levels):
+        if not isinstance(level, (tuple, list)) or len(level) not in (2, 4):
+            raise ValueError(f"levels[{i}]: expected a (k, v) or (k, v, lens, ids) tuple, got {level!r:.80}")
+        k, v, lens, ids = (*level, None, None) if len(level) == 2 else level
+        Hkv = validate_prefix(q, k, v, lens, ids, 0, validate, name=f"levels[{i}]")
+        parsed.append((k, v, lens, ids))
+    if k_cache is not None or v_cache is not None:
+        if k_cache is None or v_cache is None:
+            raise ValueError("k_cache: expected k_cache and v_cache together, got only one of them")
+        validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, "lean", validate)
+        Hkv = k_cache.shape[2]
+    for i, (k, *_rest) in enumerate(parsed):
+        if k.shape[-2] != Hkv:
+            raise ValueError(f"levels[{i}]: expected {Hkv} kv heads, got {k.shape[-2]}")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
+    states = []
+    for i, (k, v, lens, ids) in enumerate(parsed):
+        fuse_own = i == len(parsed) - 1 and k_cache is not None
+        states.append(op(q, k, v, k_cache if fuse_own else None, v_cache if fuse_own else None,
+                         cache_seqlens if fuse_own else None, block_table if fuse_own else None, lens, ids,
+                         scale, 0, int(num_programs), 0, 0))
+    if not parsed:
+        empty = q.new_zeros((0, Hkv, D))
+        states.append(op(q, empty, empty, k_cache, v_cache, cache_seqlens, block_table, None, None, scale, 0,
+                         int(num_programs), 0, 0))
+    if len(states) == 1:
+        out, lse = states[0]
+    else:
+        out, lse = merge_states(torch.stack([s[0] for s in states]), torch.stack([s[1] for s in states]))
+    return (out, lse) if return_lse else out
