@@ -60,6 +60,42 @@ def _rows(Base, pos, valid, stride_n, offs_d, UPCAST: tl.constexpr, MASKED: tl.c
 
 
 @triton.jit
+def _tokens(Perm, Group, blk, N, BLOCK: tl.constexpr, OTHER_GROUP: tl.constexpr, MASKED: tl.constexpr = True):
+    """Sorted tokens ``[blk * BLOCK, (blk + 1) * BLOCK)`` of one (batch, head) row.
+
+    Returns offsets, validity (``< N``), original positions and group ids. Padding rows get
+    group ``OTHER_GROUP`` (-1 for queries, -2 for keys: they match nothing). With
+    ``MASKED=False`` (a full tile) the groups are not needed and not loaded.
+    """
+    offs = blk * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < N
+    if MASKED:
+        pos = tl.load(Perm + offs, mask=valid, other=0)
+        grp = tl.load(Group + offs, mask=valid, other=OTHER_GROUP)
+    else:
+        pos = tl.load(Perm + offs)
+        grp = pos
+    return offs, valid, pos, grp
+
+
+@triton.jit
+def _program(H, N, REVERSE: tl.constexpr):
+    """``(block, bh, b, h, row0)`` of this program; ``REVERSE`` runs the blocks last to first
+    (late query blocks have the most causal work: start them first)."""
+    if REVERSE:
+        blk = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    return blk, bh, bh // H, bh % H, bh.to(tl.int64) * N
+
+
+@triton.jit
+def _head(X, b, h, stride_b, stride_h):
+    return X + b.to(tl.int64) * stride_b + h * stride_h
+
+
+@triton.jit
 def _block_range(Ranges, bh, blk, n_blocks):
     base = Ranges + (bh * n_blocks + blk) * 4
     return tl.load(base), tl.load(base + 1), tl.load(base + 2), tl.load(base + 3)
@@ -74,17 +110,11 @@ def _fwd_tiles(
 ):
     offs_d = tl.arange(0, HEAD_DIM)
     for j in range(lo, hi):
-        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-        valid_n = offs_n < N
-        # full blocks (MASKED=False) hold only real keys: no bounds masks there
-        if MASKED:
-            k_pos = tl.load(KPerm + offs_n, mask=valid_n, other=0)
-        else:
-            k_pos = tl.load(KPerm + offs_n)
+        # full tiles (MASKED=False) hold only real, visible keys: no masks there
+        offs_n, valid_n, k_pos, k_grp = _tokens(KPerm, KGroup, j, N, BLOCK_N, -2, MASKED)
         k = _rows(K, k_pos, valid_n, stride_kn, offs_d, UPCAST, MASKED)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if MASKED:
-            k_grp = tl.load(KGroup + offs_n, mask=valid_n, other=-2)
             vis = (q_grp[:, None] == k_grp[None, :]) & (q_pos[:, None] >= k_pos[None, :])
             qk = tl.where(vis, qk, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -114,22 +144,15 @@ def sparse_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    blk = tl.num_programs(0) - 1 - tl.program_id(0)  # heavy (late causal) blocks first
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    blk, bh, b, h, row0 = _program(H, N, True)
     qk_scale = tl.cast(qk_scale, tl.float32)
-    row0 = bh.to(tl.int64) * N
-    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    valid_m = offs_m < N
-    q_pos = tl.load(QPerm + row0 + offs_m, mask=valid_m, other=0)
-    q_grp = tl.load(QGroup + row0 + offs_m, mask=valid_m, other=-1)
-    q = _rows(Q + b.to(tl.int64) * stride_qb + h * stride_qh, q_pos, valid_m, stride_qn, offs_d, UPCAST)
+    offs_m, valid_m, q_pos, q_grp = _tokens(QPerm + row0, QGroup + row0, blk, N, BLOCK_M, -1)
+    q = _rows(_head(Q, b, h, stride_qb, stride_qh), q_pos, valid_m, stride_qn, offs_d, UPCAST)
     lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
 
-    K_bh = K + b.to(tl.int64) * stride_kb + h * stride_kh
-    V_bh = V + b.to(tl.int64) * stride_vb + h * stride_vh
+    K_bh = _head(K, b, h, stride_kb, stride_kh)
+    V_bh = _head(V, b, h, stride_vb, stride_vh)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -147,8 +170,7 @@ def sparse_fwd_kernel(
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
-    o_ptrs = (Out + b.to(tl.int64) * stride_ob + h * stride_oh + q_pos.to(tl.int64)[:, None] * stride_on
-              + offs_d[None, :])
+    o_ptrs = _head(Out, b, h, stride_ob, stride_oh) + q_pos.to(tl.int64)[:, None] * stride_on + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=valid_m[:, None])
     tl.store(Lse + row0 + offs_m, lse, mask=valid_m)
 
@@ -162,17 +184,11 @@ def sparse_bwd_preprocess_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """``Delta[bh, r] = sum_d out * dout`` of the ``r``-th sorted query, in float32."""
-    blk = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    row0 = bh.to(tl.int64) * N
-    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    blk, bh, b, h, row0 = _program(H, N, False)
     offs_d = tl.arange(0, HEAD_DIM)
-    valid_m = offs_m < N
-    pos = tl.load(QPerm + row0 + offs_m, mask=valid_m, other=0)
-    o = _rows(Out + b.to(tl.int64) * stride_ob + h * stride_oh, pos, valid_m, stride_on, offs_d, True)
-    do = _rows(DOut + b.to(tl.int64) * stride_db + h * stride_dh, pos, valid_m, stride_dn, offs_d, True)
+    offs_m, valid_m, pos, _ = _tokens(QPerm + row0, QPerm + row0, blk, N, BLOCK_M, 0)
+    o = _rows(_head(Out, b, h, stride_ob, stride_oh), pos, valid_m, stride_on, offs_d, True)
+    do = _rows(_head(DOut, b, h, stride_db, stride_dh), pos, valid_m, stride_dn, offs_d, True)
     tl.store(Delta + row0 + offs_m, tl.sum(o * do, 1), mask=valid_m)
 
 
@@ -185,14 +201,12 @@ def _dkdv_tiles(
 ):
     offs_d = tl.arange(0, HEAD_DIM)
     for i in range(lo, hi):
-        offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
-        valid_m = offs_m < N
+        # full tiles (MASKED=False) hold only real queries that see every key of the block
+        offs_m, valid_m, q_pos, q_grp = _tokens(QPerm, QGroup, i, N, BLOCK_M, -1, MASKED)
         if MASKED:
-            q_pos = tl.load(QPerm + offs_m, mask=valid_m, other=0)
             lse = tl.load(Lse + offs_m, mask=valid_m, other=float("inf"))
             delta = tl.load(Delta + offs_m, mask=valid_m, other=0.0)
-        else:  # full blocks hold only real queries
-            q_pos = tl.load(QPerm + offs_m)
+        else:
             lse = tl.load(Lse + offs_m)
             delta = tl.load(Delta + offs_m)
         q = _rows(Q, q_pos, valid_m, stride_qn, offs_d, UPCAST, MASKED)
@@ -200,7 +214,6 @@ def _dkdv_tiles(
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
         pT = tl.math.exp2(qkT - lse[None, :])
         if MASKED:
-            q_grp = tl.load(QGroup + offs_m, mask=valid_m, other=-1)
             vis = (q_grp[None, :] == k_grp[:, None]) & (q_pos[None, :] >= k_pos[:, None])
             pT = tl.where(vis, pT, 0.0)
         dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)
@@ -226,24 +239,17 @@ def sparse_dkdv_kernel(
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """dK, dV of one block of ``BLOCK_N`` sorted keys; ``Ranges`` are in query blocks of ``BLOCK_M``."""
-    blk = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    blk, bh, b, h, row0 = _program(H, N, False)
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
-    row0 = bh.to(tl.int64) * N
-    offs_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    valid_n = offs_n < N
-    k_pos = tl.load(KPerm + row0 + offs_n, mask=valid_n, other=0)
-    k_grp = tl.load(KGroup + row0 + offs_n, mask=valid_n, other=-2)
-    k = _rows(K + b.to(tl.int64) * stride_kb + h * stride_kh, k_pos, valid_n, stride_kn, offs_d, UPCAST)
-    v = _rows(V + b.to(tl.int64) * stride_vb + h * stride_vh, k_pos, valid_n, stride_vn, offs_d, UPCAST)
+    offs_n, valid_n, k_pos, k_grp = _tokens(KPerm + row0, KGroup + row0, blk, N, BLOCK_N, -2)
+    k = _rows(_head(K, b, h, stride_kb, stride_kh), k_pos, valid_n, stride_kn, offs_d, UPCAST)
+    v = _rows(_head(V, b, h, stride_vb, stride_vh), k_pos, valid_n, stride_vn, offs_d, UPCAST)
     lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
 
-    Q_bh = Q + b.to(tl.int64) * stride_qb + h * stride_qh
-    DO_bh = DO + b.to(tl.int64) * stride_dob + h * stride_doh
+    Q_bh = _head(Q, b, h, stride_qb, stride_qh)
+    DO_bh = _head(DO, b, h, stride_dob, stride_doh)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
@@ -256,8 +262,8 @@ def sparse_dkdv_kernel(
                          Delta + row0, fhi, hi, N, stride_qn, stride_don, qk_scale,
                          HEAD_DIM, BLOCK_M, True, UPCAST, DOT_PRECISION)
     rows = k_pos.to(tl.int64)[:, None]
-    dk_ptrs = DK + b.to(tl.int64) * stride_dkb + h * stride_dkh + rows * stride_dkn + offs_d[None, :]
-    dv_ptrs = DV + b.to(tl.int64) * stride_dvb + h * stride_dvh + rows * stride_dvn + offs_d[None, :]
+    dk_ptrs = _head(DK, b, h, stride_dkb, stride_dkh) + rows * stride_dkn + offs_d[None, :]
+    dv_ptrs = _head(DV, b, h, stride_dvb, stride_dvh) + rows * stride_dvn + offs_d[None, :]
     tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=valid_n[:, None])
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=valid_n[:, None])
 
@@ -271,18 +277,12 @@ def _dq_tiles(
 ):
     offs_d = tl.arange(0, HEAD_DIM)
     for j in range(lo, hi):
-        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-        valid_n = offs_n < N
-        if MASKED:
-            k_pos = tl.load(KPerm + offs_n, mask=valid_n, other=0)
-        else:
-            k_pos = tl.load(KPerm + offs_n)
+        offs_n, valid_n, k_pos, k_grp = _tokens(KPerm, KGroup, j, N, BLOCK_N, -2, MASKED)
         k = _rows(K, k_pos, valid_n, stride_kn, offs_d, UPCAST, MASKED)
         v = _rows(V, k_pos, valid_n, stride_vn, offs_d, UPCAST, MASKED)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         p = tl.math.exp2(qk - lse[:, None])
         if MASKED:
-            k_grp = tl.load(KGroup + offs_n, mask=valid_n, other=-2)
             vis = (q_grp[:, None] == k_grp[None, :]) & (q_pos[:, None] >= k_pos[None, :])
             p = tl.where(vis, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
@@ -306,26 +306,19 @@ def sparse_dq_kernel(
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """dQ of one block of ``BLOCK_M`` sorted queries; ``Ranges`` are in key blocks of ``BLOCK_N``."""
-    blk = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    blk, bh, b, h, row0 = _program(H, N, True)
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
-    row0 = bh.to(tl.int64) * N
-    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    valid_m = offs_m < N
-    q_pos = tl.load(QPerm + row0 + offs_m, mask=valid_m, other=0)
-    q_grp = tl.load(QGroup + row0 + offs_m, mask=valid_m, other=-1)
-    q = _rows(Q + b.to(tl.int64) * stride_qb + h * stride_qh, q_pos, valid_m, stride_qn, offs_d, UPCAST)
-    do = _rows(DO + b.to(tl.int64) * stride_dob + h * stride_doh, q_pos, valid_m, stride_don, offs_d, UPCAST)
+    offs_m, valid_m, q_pos, q_grp = _tokens(QPerm + row0, QGroup + row0, blk, N, BLOCK_M, -1)
+    q = _rows(_head(Q, b, h, stride_qb, stride_qh), q_pos, valid_m, stride_qn, offs_d, UPCAST)
+    do = _rows(_head(DO, b, h, stride_dob, stride_doh), q_pos, valid_m, stride_don, offs_d, UPCAST)
     lse = tl.load(Lse + row0 + offs_m, mask=valid_m, other=float("inf"))
     delta = tl.load(Delta + row0 + offs_m, mask=valid_m, other=0.0)
     lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
 
-    K_bh = K + b.to(tl.int64) * stride_kb + h * stride_kh
-    V_bh = V + b.to(tl.int64) * stride_vb + h * stride_vh
+    K_bh = _head(K, b, h, stride_kb, stride_kh)
+    V_bh = _head(V, b, h, stride_vb, stride_vh)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     dq = _dq_tiles(dq, q, do, lse, delta, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
                    lo, flo, N, stride_kn, stride_vn, qk_scale, HEAD_DIM, BLOCK_N, True, UPCAST, DOT_PRECISION)
@@ -333,6 +326,5 @@ def sparse_dq_kernel(
                    flo, fhi, N, stride_kn, stride_vn, qk_scale, HEAD_DIM, BLOCK_N, False, UPCAST, DOT_PRECISION)
     dq = _dq_tiles(dq, q, do, lse, delta, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
                    fhi, hi, N, stride_kn, stride_vn, qk_scale, HEAD_DIM, BLOCK_N, True, UPCAST, DOT_PRECISION)
-    dq_ptrs = (DQ + b.to(tl.int64) * stride_dqb + h * stride_dqh + q_pos.to(tl.int64)[:, None] * stride_dqn
-               + offs_d[None, :])
+    dq_ptrs = _head(DQ, b, h, stride_dqb, stride_dqh) + q_pos.to(tl.int64)[:, None] * stride_dqn + offs_d[None, :]
     tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=valid_m[:, None])
