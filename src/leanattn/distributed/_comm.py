@@ -102,6 +102,11 @@ def float_bits(x: float) -> int:
 _CHECKED: set = set()
 
 
+def checked(group, cache_key) -> bool:
+    """Whether :func:`agree` already succeeded for ``cache_key`` on ``group`` in this process."""
+    return (id(group), cache_key) in _CHECKED
+
+
 def gather_descriptors(desc: Sequence[int], group, device: torch.device, what: str, timeout) -> list[list[int]]:
     """All-gather ``desc`` (a few int64) from every rank: ``rows[r]`` is rank ``r``'s descriptor."""
     rank, size = world(group)

@@ -45,7 +45,10 @@ def _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale,
     try:
         validate_decode(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, None)
     except (ValueError, TypeError) as e:
-        return e
+        msg = str(e)
+        for a, b in (("k_cache", "k_shard"), ("v_cache", "v_shard"), ("cache_seqlens", "shard_seqlens")):
+            msg = msg.replace(a, b)
+        return type(e)(msg)
     return None
 
 
@@ -157,10 +160,11 @@ def tree_decode(
     rank, size = _comm.world(group)
     scale = _scale(q, softmax_scale)
     if size > 1 and check_shapes is not False:
-        err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
         fields = _q_fields(q, k_shard, scale, VARIANTS.index(variant))
         key = None if check_shapes else ("tree", tuple(v for _, vals in fields for v in vals))
-        _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
+        if key is None or not _comm.checked(group, key):
+            err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
+            _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
     out, lse = decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, schedule=schedule,
                       num_programs=num_programs, num_splits=num_splits)
     if size > 1:

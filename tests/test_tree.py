@@ -1,0 +1,401 @@
+"""``leanattn.distributed`` on CPU: gloo process groups of 1 to 4 ranks spawned in-process.
+
+Every rank runs the Triton interpreter, so a spawn costs about a second per rank: each test
+spawns once and runs several cases inside. The ground truth is the float64
+``leanattn.reference.decode`` of the shards concatenated into one cache.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import leanattn
+from leanattn import reference
+from leanattn.distributed import (Placement, RankError, ShardedKVCache, balance, comm_bytes, ring_decode, shard_cache,
+                                  spawn, tree_decode)
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from test_decode import make_inputs
+
+METHODS = ("allgather", "allreduce3", "ring")
+WORLD_SIZES = (1, 2, 3, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs: per-rank shards and the whole cache they make up
+
+
+def make_shards(world, B, Hq, Hkv, D, lens, dtype, paged=(), page_size=16, seqlens=True, capacity_extra=3):
+    """``q`` and one shard per rank; ``lens[r][b]`` tokens of sequence ``b`` on rank ``r``.
+
+    Ranks in ``paged`` get a page pool and a block table (pages in random order), the others a
+    contiguous ``(B, N_r, Hkv, D)`` cache with ``capacity_extra`` unused slots (``N_r = 0`` when
+    the rank holds nothing).
+
+    Returns
+    -------
+    q : (B, Hq, D); shards : list of dict(k_shard, v_shard, shard_seqlens, block_table);
+    whole : (k (B, N, Hkv, D), v, lengths (B,) int32), the shards concatenated in rank order.
+    """
+    q = torch.randn(B, Hq, D, dtype=dtype)
+    shards, parts_k, parts_v = [], [[] for _ in range(B)], [[] for _ in range(B)]
+    for r in range(world):
+        lr = lens[r]
+        if r in paged:
+            _, k, v, sl, bt = make_inputs(B, Hq, Hkv, D, lr, dtype, capacity=max(lr) + capacity_extra,
+                                          page_size=page_size)
+        else:
+            cap = max(lr) + capacity_extra if max(lr) > 0 else 0
+            _, k, v, sl, bt = make_inputs(B, Hq, Hkv, D, lr, dtype, capacity=cap)
+        if not seqlens:
+            assert bt is None
+            sl = None
+            lr = [k.shape[1]] * B
+        shards.append(dict(k_shard=k, v_shard=v, shard_seqlens=sl, block_table=bt))
+        for b in range(B):
+            parts_k[b].append(reference.gather_kv(k, b, lr[b], bt))
+            parts_v[b].append(reference.gather_kv(v, b, lr[b], bt))
+    tot = [sum(x.shape[0] for x in parts_k[b]) for b in range(B)]
+    N = max(tot)
+    kw = torch.zeros(B, N, Hkv, D, dtype=dtype)
+    vw = torch.zeros_like(kw)
+    for b in range(B):
+        kw[b, :tot[b]] = torch.cat(parts_k[b])
+        vw[b, :tot[b]] = torch.cat(parts_v[b])
+    return q, shards, (kw, vw, torch.tensor(tot, dtype=torch.int32))
+
+
+def scenarios(world):
+    """Named cases for a world size: unequal and empty shards, GQA, ragged, paged, no lengths."""
+    g = torch.Generator().manual_seed(world)
+    out = {}
+    # MHA, fp16: unequal shards, rank 1 holds nothing at all (a (B, 0, Hkv, D) cache)
+    lens = [[23 * r + 5, 9 * r + 1] for r in range(world)]
+    if world > 1:
+        lens[1] = [0, 0]
+    out["mha-unequal-empty"] = make_shards(world, 2, 2, 2, 64, lens, torch.float16)
+    # GQA 8/2, bf16, ragged batch; sequence 2 has no token on any rank (zeros and -inf)
+    lens = [[int(torch.randint(0, 40, (), generator=g)), int(torch.randint(1, 40, (), generator=g)), 0]
+            for _ in range(world)]
+    out["gqa-ragged-bf16"] = make_shards(world, 3, 8, 2, 64, lens, torch.bfloat16)
+    # MQA 4/1, D=128: even ranks paged (random page order), odd ranks contiguous
+    lens = [[17 + 11 * r, 40 - 7 * r] for r in range(world)]
+    out["mqa-paged-mixed"] = make_shards(world, 2, 4, 1, 128, lens, torch.float16, paged=range(0, world, 2))
+    # fp32 without cache_seqlens: every shard counts its full capacity
+    lens = [[(9, 31, 1, 50)[r]] for r in range(world)]
+    out["fp32-full-capacity"] = make_shards(world, 1, 4, 4, 64, lens, torch.float32, seqlens=False, capacity_extra=0)
+    return out
+
+
+def _run_methods(rank, world, cases):
+    res = {}
+    for name, (q, shards, _) in cases.items():
+        s = shards[rank]
+        for m in METHODS:
+            fn = ring_decode if m == "ring" else tree_decode
+            kw = {} if m == "ring" else dict(variant=m)
+            res[name, m] = fn(q, **s, return_lse=True, timeout=60, **kw)
+    return res
+
+
+def check_against_reference(name, q, whole, out, lse):
+    ref_out, ref_lse = reference.decode(q, *whole)
+    tol = TOLERANCE[q.dtype]
+    assert out.shape == q.shape and out.dtype == q.dtype, name
+    assert lse.shape == q.shape[:2] and lse.dtype == torch.float32, name
+    assert_rel_close(name, out, ref_out, tol)
+    assert_lse_close(name, lse, ref_lse, atol=tol)
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(out[empty], torch.zeros_like(out[empty])), f"{name}: rows without keys are not zero"
+
+
+@pytest.mark.parametrize("world", WORLD_SIZES)
+def test_exact_vs_reference(world):
+    cases = scenarios(world)
+    results = spawn(_run_methods, world, (cases,), deadline=180)
+    for (name, m), _ in results[0].items():
+        q, _, whole = cases[name]
+        for r in range(world):
+            out, lse = results[r][name, m]
+            check_against_reference(f"{name} {m} rank {r}/{world}", q, whole, out, lse)
+        if m == "allgather":  # every rank merges the same gathered states in the same order
+            for r in range(1, world):
+                assert torch.equal(results[r][name, m][0], results[0][name, m][0]), f"{name}: rank {r} differs"
+
+
+def test_single_process_without_init():
+    # no process group: a plain decode
+    q, shards, whole = make_shards(1, 2, 4, 2, 64, [[30, 7]], torch.float16)
+    for fn in (tree_decode, ring_decode):
+        out, lse = fn(q, **shards[0], return_lse=True)
+        ref, ref_lse = leanattn.decode(q, *whole, return_lse=True)
+        assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
+
+
+# ------------------------------------------------------------------------------------------------
+# a growing cache: placements, appends, decode steps
+
+
+CACHE_CONFIGS = [("round_robin", False), ("round_robin", True), ("contiguous", False), ("contiguous", True)]
+
+
+def _grow_cache(rank, world, configs, steps):
+    B, Hq, Hkv, D, cap, P = 2, 4, 2, 64, 130, 16
+    records = []
+    for placement, paged in configs:
+        g = torch.Generator().manual_seed(7)  # the same tokens on every rank
+        cache = ShardedKVCache(B, Hkv, D, cap, placement=placement, page_size=P, paged=paged, dtype=torch.float16)
+        full_k = torch.zeros(B, cap, Hkv, D, dtype=torch.float16)
+        full_v = torch.zeros_like(full_k)
+        counts = torch.tensor([70, 33])
+        k0, v0 = (torch.randn(B, 70, Hkv, D, generator=g).half() for _ in range(2))
+        cache.append(k0, v0, counts=counts)
+        full_k[:, :70], full_v[:, :70] = k0, v0
+        for step in range(steps):
+            q = torch.randn(B, Hq, D, generator=g).half()
+            k1, v1 = (torch.randn(B, 1, Hkv, D, generator=g).half() for _ in range(2))
+            full_k[torch.arange(B), cache.lengths], full_v[torch.arange(B), cache.lengths] = k1[:, 0], v1[:, 0]
+            cache.append(k1, v1)
+            out, lse = cache.decode(q, return_lse=True, timeout=60)
+            records.append(dict(config=(placement, paged), step=step, q=q, out=out, lse=lse,
+                                lengths=cache.lengths.clone(), local=cache.shard_seqlens.clone(),
+                                full=(full_k.clone(), full_v.clone())))
+    return records
+
+
+def test_sharded_cache_grows_exactly():
+    world, steps = 3, 2
+    results = spawn(_grow_cache, world, (CACHE_CONFIGS, steps), deadline=180)
+    for i, rec in enumerate(results[0]):
+        name = f"{rec['config']} step {rec['step']}"
+        fk, fv = rec["full"]
+        check_against_reference(name, rec["q"], (fk, fv, rec["lengths"].to(torch.int32)), rec["out"], rec["lse"])
+        locals_ = torch.stack([results[r][i]["local"] for r in range(world)]).long()   # (world, B)
+        assert torch.equal(locals_.sum(0), rec["lengths"]), f"{name}: shards do not add up to the sequence"
+        if rec["config"][0] == "round_robin":
+            assert int((locals_.max(0).values - locals_.min(0).values).max()) <= 16, f"{name}: unbalanced"
+        for r in range(1, world):
+            assert torch.equal(results[r][i]["out"], rec["out"]), f"{name}: rank {r} differs"
+
+
+@pytest.mark.parametrize("kind", ["round_robin", "contiguous"])
+def test_placement_brute_force(kind):
+    for world in (1, 2, 3, 4):
+        for page in (1, 3, 16):
+            for cap in (0, 1, 37, 100):
+                p = Placement(kind, world, cap, page)
+                pos = torch.arange(cap)
+                owner, slot = p.owner(pos), p.local_slot(pos)
+                assert ((owner >= 0) & (owner < world)).all()
+                assert (slot < p.local_capacity()).all() and (slot >= 0).all()
+                for r in range(world):
+                    assert slot[owner == r].unique().numel() == int((owner == r).sum()), "two tokens share a slot"
+                lengths = torch.arange(cap + 1)
+                for r in range(world):
+                    got = p.local_length(lengths, r)
+                    want = torch.tensor([int(((owner == r) & (pos < L)).sum()) for L in range(cap + 1)])
+                    assert torch.equal(got, want), (kind, world, page, cap, r)
+                    # the slots a rank holds are a prefix: a shard is a plain cache with lengths
+                    for L in (0, cap // 2, cap):
+                        held = slot[(owner == r) & (pos < L)].sort().values
+                        assert torch.equal(held, torch.arange(held.numel())), (kind, world, page, cap, r, L)
+                if kind == "round_robin" and cap:
+                    bal = balance(torch.tensor([cap]), p)
+                    assert max(bal) - min(bal) <= page
+
+
+def test_shard_cache_covers_the_cache():
+    B, N, Hkv, D = 3, 45, 2, 64
+    k, v = torch.randn(B, N, Hkv, D), torch.randn(B, N, Hkv, D)
+    lens = torch.tensor([45, 0, 17], dtype=torch.int32)
+    q = torch.randn(B, 4, D)
+    for kind in ("round_robin", "contiguous"):
+        p = Placement(kind, 3, 50, 8)
+        shards = [shard_cache(k, v, lens, p, r) for r in range(3)]
+        assert torch.equal(sum(s[2].long() for s in shards), lens.long())
+        outs, lses = zip(*(leanattn.decode(q, *s, return_lse=True) for s in shards))
+        out, lse = leanattn.merge_states(torch.stack(outs), torch.stack(lses))
+        ref, ref_lse = reference.decode(q, k, v, lens)
+        assert_rel_close(kind, out, ref, 1e-4)
+        assert_lse_close(kind, lse, ref_lse, 1e-4)
+
+
+def test_placement_and_cache_errors():
+    with pytest.raises(ValueError, match="placement: expected"):
+        Placement("diagonal", 2, 10)
+    with pytest.raises(ValueError, match="world_size"):
+        Placement("round_robin", 0, 10)
+    cache = ShardedKVCache(2, 1, 64, 10)
+    with pytest.raises(ValueError, match="k_new: expected shape"):
+        cache.append(torch.randn(2, 3, 2, 64), torch.randn(2, 3, 2, 64))
+    with pytest.raises(ValueError, match="v_new"):
+        cache.append(torch.randn(2, 3, 1, 64), torch.randn(2, 4, 1, 64))
+    with pytest.raises(ValueError, match="counts"):
+        cache.append(torch.randn(2, 3, 1, 64), torch.randn(2, 3, 1, 64), counts=torch.tensor([4, 0]))
+    with pytest.raises(ValueError, match="capacity"):
+        cache.append(torch.randn(2, 11, 1, 64), torch.randn(2, 11, 1, 64))
+
+
+# ------------------------------------------------------------------------------------------------
+# ranks that disagree, peers that do not come
+
+
+def _disagree(rank, world):
+    import leanattn.distributed._comm as comm
+    D = 64
+    base = dict(B=2, Hq=4, Hkv=2, dtype=torch.float16)
+
+    def inputs(**over):
+        c = {**base, **over}
+        q = torch.randn(c["B"], c["Hq"], D, dtype=c["dtype"])
+        k = torch.randn(c["B"], 20, c["Hkv"], D, dtype=c["dtype"])
+        return q, k, torch.randn_like(k)
+
+    cases = {
+        "batch": dict(over=dict(B=3)),
+        "heads": dict(over=dict(Hq=8)),
+        "kv heads": dict(over=dict(Hkv=1, Hq=4)),
+        "dtype": dict(over=dict(dtype=torch.bfloat16)),
+        "softmax_scale": dict(kw=dict(softmax_scale=0.5)),
+        "variant": dict(kw=dict(variant="allreduce3")),
+        "invalid": dict(seqlens=torch.tensor([1, 2], dtype=torch.int64)),
+        "ring batch": dict(over=dict(B=3), ring=True),
+    }
+    seen = {}
+    for name, c in cases.items():
+        mine = rank == 1
+        q, k, v = inputs(**(c.get("over", {}) if mine else {}))
+        kw = c.get("kw", {}) if mine else {}
+        sl = c.get("seqlens") if mine else None
+        fn = ring_decode if c.get("ring") else tree_decode
+        try:
+            fn(q, k, v, sl, timeout=30, **kw)
+            seen[name] = ("no error", "")
+        except Exception as e:  # noqa: BLE001
+            seen[name] = (type(e).__name__, str(e))
+    # the group is still usable, and a checked signature is not checked again
+    q, k, v = inputs()
+    calls = []
+    orig = comm.gather_descriptors
+    comm.gather_descriptors = lambda *a, **kw: calls.append(1) or orig(*a, **kw)
+    tree_decode(q, k, v, timeout=30)
+    tree_decode(q, k, v, timeout=30)
+    first_two = len(calls)
+    tree_decode(q, k, v, timeout=30, check_shapes=True)
+    tree_decode(q, k, v, timeout=30, check_shapes=False)
+    seen["calls"] = (first_two, len(calls))
+    return seen
+
+
+def test_ranks_disagree_raise_on_every_rank():
+    res = spawn(_disagree, 2, deadline=120)
+    expect = {"batch": "q shape", "heads": "q shape", "kv heads": "kv heads", "dtype": "dtype",
+              "softmax_scale": "softmax_scale", "variant": "variant", "ring batch": "q shape"}
+    for r in range(2):
+        for name, field in expect.items():
+            typ, msg = res[r][name]
+            assert typ == "ValueError" and f"ranks disagree on {field}" in msg, (r, name, typ, msg)
+            assert "rank 0" in msg and "rank 1" in msg
+    assert res[1]["invalid"][0] == "TypeError" and "shard_seqlens: expected dtype" in res[1]["invalid"][1]
+    assert res[0]["invalid"][0] == "ValueError" and "rank(s) [1] rejected" in res[0]["invalid"][1]
+    assert res[0]["calls"] == (1, 2), res[0]["calls"]  # first call checks, second cached, True checks again
+
+
+def _missing_peer(rank, world, method, peer):
+    if rank == 1:
+        if peer == "late":
+            time.sleep(5)
+        return None  # "gone": leaves at once
+    q = torch.randn(1, 2, 64, dtype=torch.float16)
+    k = torch.randn(1, 10, 2, 64, dtype=torch.float16)
+    t = time.monotonic()
+    try:
+        if method == "ring":
+            ring_decode(q, k, k, timeout=1.0)
+        else:
+            tree_decode(q, k, k, timeout=1.0, variant=method, check_shapes=False)
+        return ("no error", "", time.monotonic() - t)
+    except Exception as e:  # noqa: BLE001
+        return (type(e).__name__, str(e), time.monotonic() - t)
+
+
+@pytest.mark.parametrize("method,peer", [("allgather", "late"), ("allreduce3", "late"), ("ring", "late"),
+                                         ("allgather", "gone")])
+def test_missing_peer_raises_not_hangs(method, peer):
+    t = time.monotonic()
+    res = spawn(_missing_peer, 2, (method, peer), deadline=60, group_timeout=4)
+    typ, msg, took = res[0]
+    assert typ in ("TimeoutError", "RuntimeError"), (typ, msg)
+    if peer == "late":
+        assert typ == "TimeoutError" and "rank 0 of 2" in msg and "1 s" in msg, msg
+    assert took < 6, f"took {took:.1f} s"
+    assert time.monotonic() - t < 40
+
+
+def test_argument_errors():
+    q = torch.randn(1, 2, 64, dtype=torch.float16)
+    k = torch.randn(1, 10, 2, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="variant: expected one of"):
+        tree_decode(q, k, k, variant="allreduce")
+    with pytest.raises(TypeError, match="timeout: expected seconds"):
+        tree_decode(q, k, k, timeout="1s")
+    with pytest.raises(ValueError, match="timeout: expected a positive"):
+        ring_decode(q, k, k, timeout=0)
+    with pytest.raises(TypeError, match="k_shard: expected a torch.Tensor"):
+        tree_decode(q, None, k)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        tree_decode(q, k, k, group=object())
+
+
+# ------------------------------------------------------------------------------------------------
+# the spawn helper, communication counts, the demo
+
+
+def _raise_on_one(rank, world):
+    if rank == 1:
+        raise KeyError("boom")
+    return rank
+
+
+def _sleep(rank, world):
+    time.sleep(30)
+
+
+def test_spawn_reports_errors_and_deadline():
+    with pytest.raises(RankError, match="KeyError: 'boom'") as e:
+        spawn(_raise_on_one, 2, deadline=60)
+    assert list(e.value.errors) == [1]
+    t = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"rank\(s\) \[0\] of 1 still running"):
+        spawn(_sleep, 1, deadline=3)
+    assert time.monotonic() - t < 15
+
+
+def test_comm_bytes_independent_of_context():
+    for method in ("allgather", "allreduce3"):
+        a = comm_bytes(method, 4, 32, 128, 8)
+        assert a["sent"] > 0 and a == comm_bytes(method, 4, 32, 128, 8)  # no length argument at all
+    ag = comm_bytes("allgather", 1, 32, 128, 2)
+    assert ag["sent"] == 4 * 32 * 129 and ag["collectives"] == 1
+    assert comm_bytes("allreduce3", 1, 32, 128, 2)["collectives"] == 3
+    ring = comm_bytes("ring", 1, 32, 128, 4, shard_bytes=[10, 20, 30, 40], rank=0)
+    assert ring["sent"] == 100 - 20 and ring["received"] == 100 - 10
+    with pytest.raises(ValueError, match="method"):
+        comm_bytes("tree", 1, 1, 64, 2)
+
+
+def test_demo_runs_on_cpu():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "src"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "leanattn.distributed.demo", "--nproc", "2", "--steps", "2", "--prompt", "40",
+           "--check", "--paged"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [x for x in p.stdout.splitlines() if x.startswith("step")]
+    assert len(lines) == 2, p.stdout
+    errs = [float(x.rsplit("=", 1)[1]) for x in lines]
+    assert max(errs) < 2e-3, p.stdout
