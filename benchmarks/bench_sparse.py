@@ -231,6 +231,8 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on a CPU (interpreter) to test the script")
     ap.add_argument("--no-flex", action="store_true", help="skip the flex_attention peer")
     ap.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results"))
+    ap.add_argument("--budget-s", type=float, default=420.0,
+                    help="start no new (B, H, N) case after this many seconds (default 420)")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.smoke:
@@ -252,8 +254,13 @@ def main():
             print("flex_attention unavailable:", e)
     rows, errors = [], []
     t_start = time.time()
+    skipped = []
     for B, H in shapes:
         for N in ns:
+            if time.time() - t_start > args.budget_s:
+                skipped.append(dict(B=B, H=H, N=N))
+                print(f"B={B} H={H} N={N}: skipped, past --budget-s {args.budget_s:.0f}")
+                continue
             q, k, v = (torch.randn(B, N, H, D, dtype=DTYPE, device=device).requires_grad_() for _ in range(3))
             dense_pairs = B * H * N * (N + 1) // 2
             base = dict(B=B, H=H, N=N, D=D, dtype=str(DTYPE).replace("torch.", ""))
@@ -325,7 +332,7 @@ def main():
             if r.get(f"{key}_ms"):
                 r[f"{key}_tflops"] = flop_fwd * mult / (r[f"{key}_ms"] * 1e-3) / 1e12
     payload = dict(env=common.env_info(), suite="sparse", args=vars(args), wall_s=time.time() - t_start,
-                   rows=rows, errors=errors, bars=bars(rows))
+                   rows=rows, errors=errors, skipped=skipped, bars=bars(rows))
     stem = "sparse_" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S") + (
         "_smoke" if args.smoke else "_quick" if args.quick else "")
     md = table(rows, payload)
@@ -395,6 +402,8 @@ def table(rows, payload) -> str:
             ["bar", "case", "value", "ok"],
             [[b["bar"], f"{b['mode']} {b.get('param', '')} N={b.get('N', 32 * K)}", b["value"], b["ok"]]
              for b in payload["bars"]])
+    if payload["skipped"]:
+        md += "\n## Skipped (time budget)\n\n" + "\n".join(f"- {x}" for x in payload["skipped"]) + "\n"
     if payload["errors"]:
         md += "\n## Errors\n\n" + "\n".join(f"- {e}" for e in payload["errors"]) + "\n"
     return md
