@@ -1,0 +1,452 @@
+"""Tree attention on 2 GPUs: tree_decode (one all-gather / three all-reduces) vs ring_decode vs one GPU.
+
+One long sequence per batch row, its KV cache split in two equal contiguous halves (one per GPU).
+Cases (issue 5): B = 1 and 4; GQA 32/8 and MHA 32/32; D = 128; bf16; 128k, 512k, 1M and 2M tokens
+of context in total. In the same run, per case:
+
+- ``single``: ``leanattn.decode`` of the whole cache on rank 0 alone (when it fits in one GPU);
+- ``local``: each rank's decode of its own half, no communication (the compute floor);
+- ``tree-allgather``, ``tree-allreduce3``: ``leanattn.distributed.tree_decode``;
+- ``ring``: ``leanattn.distributed.ring_decode`` (when a second shard fits for the double buffer).
+
+Latency per step is the median over repetitions of back-to-back steps timed with CUDA events
+after a barrier, the maximum over ranks. Bytes are those each rank sends per step; peak memory is
+``torch.cuda.max_memory_allocated`` per GPU while the method runs. A collective micro-benchmark
+(all-gather, all-reduce, send/recv over message sizes) and the HBM read ceiling are recorded for
+the cost model (``leanattn.distributed.cost_model.fit_bench``). Every tree/ring output is compared
+with the one-GPU decode of the same cache (same seeds).
+
+Run (repo root, 2 GPUs; NVLink SHARP/multicast off as the issue asks; the script also sets it)::
+
+    NCCL_NVLS_ENABLE=0 PYTHONPATH=src torchrun --nproc-per-node 2 benchmarks/bench_tree.py \
+        --out benchmarks/results/tree_h200x2
+    # --quick: B = 1, 512k and 1M only (about a minute); --graphs: also time CUDA-graph replays
+    # CPU check of the plumbing (gloo, Triton interpreter, tiny sizes): python benchmarks/bench_tree.py --smoke
+
+Writes ``bench_tree.json``, ``bench_tree.md`` and ``bench_tree.png`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # before any NCCL communicator exists
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+K = 1024
+METHODS = ("single", "local", "tree-allgather", "tree-allreduce3", "ring")
+
+
+def suite(quick: bool, smoke: bool):
+    if smoke:
+        return [dict(B=b, hq=4, hkv=kv, d=64, ctx=n) for b in (1, 2) for kv in (2, 4) for n in (64, 160)]
+    if quick:
+        return [dict(B=1, hq=32, hkv=kv, d=128, ctx=n) for kv in (8, 32) for n in (512 * K, 1024 * K)]
+    return [dict(B=b, hq=32, hkv=kv, d=128, ctx=n) for b in (1, 4) for kv in (8, 32)
+            for n in (128 * K, 512 * K, 1024 * K, 2048 * K)]
+
+
+def case_name(c) -> str:
+    n = c["ctx"]
+    size = f"{n // (1024 * K)}M" if n >= 1024 * K and n % (1024 * K) == 0 else (f"{n // K}k" if n >= K else str(n))
+    kind = "mha" if c["hq"] == c["hkv"] else "gqa"
+    return f"{kind} {c['hq']}/{c['hkv']} B={c['B']} {size}"
+
+
+class Env:
+    """Device, synchronisation, timing and memory, for CUDA (NCCL) or the CPU (gloo, smoke)."""
+
+    def __init__(self, smoke: bool):
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.cuda = torch.cuda.is_available() and not smoke
+        self.dev = torch.device("cuda", torch.cuda.current_device()) if self.cuda else torch.device("cpu")
+        self.dtype = torch.bfloat16 if self.cuda else torch.float16
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def barrier(self):
+        self.sync()
+        dist.barrier()
+        self.sync()
+
+    def free_bytes(self) -> int:
+        if not self.cuda:
+            return 1 << 40
+        free, _ = torch.cuda.mem_get_info()
+        return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+
+    def reset_peak(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak(self) -> int | None:
+        return torch.cuda.max_memory_allocated() if self.cuda else None
+
+    def time_ms(self, fn, reps: int, collective: bool, target_ms: float = 30.0) -> float:
+        """Median over ``reps`` of the mean time of back-to-back calls (max over ranks if collective)."""
+        fn()
+        self.sync()
+        t = time.perf_counter()
+        fn()
+        self.sync()
+        one = (time.perf_counter() - t) * 1e3
+        iters = max(1, min(200, int(target_ms / max(one, 1e-3))))
+        if collective:  # every rank must run the same number of calls
+            iters = int(self.max_all(float(iters)))
+        times = []
+        for _ in range(reps):
+            if collective:
+                self.barrier()
+            if self.cuda:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                for _ in range(iters):
+                    fn()
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b) / iters)
+            else:
+                t = time.perf_counter()
+                for _ in range(iters):
+                    fn()
+                times.append((time.perf_counter() - t) * 1e3 / iters)
+        med = statistics.median(times)
+        return self.max_all(med) if collective else med
+
+    def max_all(self, x: float) -> float:
+        t = torch.tensor([x], dtype=torch.float64, device=self.dev if self.cuda else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+
+    def gather(self, x) -> list:
+        out = [None] * self.world
+        dist.all_gather_object(out, x)
+        return out
+
+
+def graph_ms(env: Env, fn, reps: int, collective: bool) -> float:
+    """Time CUDA-graph replays of ``fn`` (captured after warm-up on a side stream)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    env.barrier()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    env.barrier()
+    return env.time_ms(g.replay, reps, collective)
+
+
+def fill_kv(k: torch.Tensor, v: torch.Tensor, lo: int, hi: int, seed: int) -> None:
+    """Fill tokens ``[lo, hi)`` of ``k, v (B, N, Hkv, D)`` from a generator seeded with ``seed``.
+
+    Row by row, so the values of a half depend only on its seed and shape: a rank's shard and the
+    same tokens inside the whole cache on rank 0 are equal without ever holding both.
+    """
+    if hi <= lo:
+        return
+    g = torch.Generator(device=k.device).manual_seed(seed)
+    for x in (k, v):
+        for b in range(x.shape[0]):
+            x[b, lo:hi].normal_(generator=g)
+
+
+def make_kv(env: Env, B, n, hkv, d, seed):
+    """K and V ``(B, n, hkv, d)`` (see :func:`fill_kv`)."""
+    k = torch.empty(B, n, hkv, d, dtype=env.dtype, device=env.dev)
+    v = torch.empty_like(k)
+    fill_kv(k, v, 0, n, seed)
+    return k, v
+
+
+def run_case(env: Env, c, args, log):
+    from leanattn import decode
+    from leanattn.distributed import comm_bytes, ring_decode, tree_decode
+    from leanattn.testing import rel_err
+
+    B, hq, hkv, d, n = c["B"], c["hq"], c["hkv"], c["d"], c["ctx"]
+    p, r = env.world, env.rank
+    bounds = [n * i // p for i in range(p + 1)]
+    mine = bounds[r + 1] - bounds[r]
+    item = torch.empty((), dtype=env.dtype).element_size()
+    shard_bytes = [2 * B * (bounds[i + 1] - bounds[i]) * hkv * d * item for i in range(p)]
+    full_bytes = 2 * B * n * hkv * d * item
+    row = dict(case=case_name(c), **c, world=p, kv_bytes_total=full_bytes, kv_bytes_per_rank=shard_bytes, methods={})
+    gq = torch.Generator(device=env.dev).manual_seed(1234)
+    q = torch.randn(B, hq, d, dtype=env.dtype, device=env.dev, generator=gq)
+    reps = args.reps
+    # -- phase 1: every rank holds its half
+    fits_shard = env.max_all(float(max(shard_bytes) + (4 << 30) - env.free_bytes())) <= 0
+    outs = {}
+    if fits_shard:
+        k, v = make_kv(env, B, mine, hkv, d, seed=100 + r)
+        env.barrier()
+        plans = [("local", lambda: decode(q, k, v, return_lse=True), False),
+                 ("tree-allgather", lambda: tree_decode(q, k, v, variant="allgather"), True),
+                 ("tree-allreduce3", lambda: tree_decode(q, k, v, variant="allreduce3"), True)]
+        # ring double-buffers: the shard it holds and the one arriving (the own shard is already allocated)
+        fits_ring = env.max_all(float(max(shard_bytes) + (4 << 30) - 0.9 * env.free_bytes())) <= 0
+        if fits_ring:
+            plans.append(("ring", lambda: ring_decode(q, k, v), True))
+        else:
+            row["methods"]["ring"] = dict(skipped=f"two shards of {max(shard_bytes) / 2**30:.1f} GiB do not fit")
+        for name, fn, coll in plans:
+            env.reset_peak()
+            res = {}
+            try:
+                outs[name] = fn()
+                if isinstance(outs[name], tuple):
+                    outs[name] = outs[name][0]
+                res["ms"] = env.time_ms(fn, reps, coll)
+                if args.graphs and env.cuda and name != "ring":
+                    try:
+                        res["graph_ms"] = graph_ms(env, fn, reps, coll)
+                    except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+                        res["graph_error"] = f"{type(e).__name__}: {e}"[:200]
+            except Exception as e:  # noqa: BLE001
+                res["error"] = f"{type(e).__name__}: {e}"[:300]
+                log(f"  {name}: {res['error']}")
+            res["peak_bytes_per_rank"] = env.gather(env.peak())
+            if name == "local":
+                res["ms_per_rank"] = env.gather(res.get("ms"))
+                res["ms"] = max(x for x in res["ms_per_rank"] if x is not None) if res.get("ms") else None
+                res["bytes_sent_per_rank"] = 0
+            else:
+                meth = "ring" if name == "ring" else name.split("-")[1]
+                res["bytes_sent_per_rank"] = comm_bytes(meth, B, hq, d, p, shard_bytes=shard_bytes, rank=r)["sent"]
+                res["collectives"] = comm_bytes(meth, B, hq, d, p, shard_bytes=shard_bytes)["collectives"]
+            row["methods"][name] = res
+            log(f"  {name:16s} {res.get('ms', float('nan')):9.3f} ms" +
+                (f"  graph {res['graph_ms']:.3f} ms" if "graph_ms" in res else ""))
+        del k, v, plans
+    else:
+        for name in ("local", "tree-allgather", "tree-allreduce3", "ring"):
+            row["methods"][name] = dict(skipped=f"a shard of {max(shard_bytes) / 2**30:.1f} GiB does not fit")
+    if env.cuda:
+        torch.cuda.empty_cache()
+    # -- phase 2: rank 0 alone decodes the whole cache (the halves, concatenated: same seeds)
+    env.barrier()
+    fits_full = full_bytes + (6 << 30) <= env.free_bytes()
+    res = {}
+    if r == 0 and fits_full:
+        try:
+            kf = torch.empty(B, n, hkv, d, dtype=env.dtype, device=env.dev)
+            vf = torch.empty_like(kf)
+            for i in range(p):
+                fill_kv(kf, vf, bounds[i], bounds[i + 1], seed=100 + i)
+            env.reset_peak()
+            fn = lambda: decode(q, kf, vf)  # noqa: E731
+            ref = fn()
+            res["ms"] = env.time_ms(fn, reps, False)
+            if args.graphs and env.cuda:
+                try:
+                    res["graph_ms"] = graph_ms_local(env, fn, reps)
+                except Exception as e:  # noqa: BLE001
+                    res["graph_error"] = f"{type(e).__name__}: {e}"[:200]
+            res["peak_bytes_per_rank"] = [env.peak()] + [None] * (p - 1)
+            res["bytes_sent_per_rank"] = 0
+            res["err_vs_single"] = {name: rel_err(o, ref) for name, o in outs.items() if name != "local"}
+            del kf, vf, ref, fn
+            log(f"  {'single':16s} {res['ms']:9.3f} ms")
+        except Exception as e:  # noqa: BLE001 - rank 0 alone: no peer waits on it
+            res = dict(error=f"{type(e).__name__}: {e}"[:300])
+            log(f"  single: {res['error']}")
+    elif r == 0:
+        res["skipped"] = f"the whole cache ({full_bytes / 2**30:.1f} GiB) does not fit in one GPU"
+    res = env.gather(res)[0]
+    row["methods"]["single"] = res
+    if env.cuda:
+        torch.cuda.empty_cache()
+    env.barrier()
+    return row
+
+
+def graph_ms_local(env: Env, fn, reps: int) -> float:
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return env.time_ms(g.replay, reps, False)
+
+
+def collectives_bench(env: Env, smoke: bool) -> list[dict]:
+    """Time all-gather (bytes per rank), all-reduce and a ring send/recv over message sizes."""
+    sizes = [256 * 4 ** i for i in range(4 if smoke else 10)]  # 256 B .. 64 MiB
+    dev = env.dev if env.cuda else torch.device("cpu")
+    p, r = env.world, env.rank
+    rows = []
+    ag = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    for size in sizes:
+        n = size // 4
+        x = torch.ones(n, dtype=torch.float32, device=dev)
+        y = torch.empty(p * n, dtype=torch.float32, device=dev)
+        z = torch.empty(n, dtype=torch.float32, device=dev)
+
+        def sendrecv():
+            ops = [dist.P2POp(dist.isend, x, (r + 1) % p), dist.P2POp(dist.irecv, z, (r - 1) % p)]
+            for w in dist.batch_isend_irecv(ops):
+                w.wait()
+
+        row = dict(bytes=size)
+        for name, fn in (("all_gather", lambda: ag(y, x)), ("all_reduce", lambda: dist.all_reduce(x)),
+                         ("sendrecv", sendrecv)):
+            row[name + "_us"] = 1e3 * env.time_ms(fn, 3 if smoke else 5, True, target_ms=5 if smoke else 10)
+        rows.append(row)
+    return rows
+
+
+def table(rows) -> str:
+    header = ["case", "single ms", "local ms", "tree-AG ms", "tree-AR3 ms", "ring ms", "tree-AG vs single",
+              "tree-AG vs ring", "AG bytes/step", "ring bytes/step", "peak GiB/GPU (tree, ring, single)", "max err"]
+    out = []
+
+    def ms(m, name):
+        x = m.get(name, {})
+        return x.get("ms") if x.get("ms") is not None else ("skip" if "skipped" in x else "-")
+
+    def peak(m, name):
+        x = m.get(name, {}).get("peak_bytes_per_rank")
+        vals = [v for v in (x or []) if v]
+        return f"{max(vals) / 2**30:.1f}" if vals else "-"
+
+    for row in rows:
+        m = row["methods"]
+        ag, single, ring = ms(m, "tree-allgather"), ms(m, "single"), ms(m, "ring")
+        sp1 = f"{single / ag:.2f}x" if isinstance(single, float) and isinstance(ag, float) else "-"
+        sp2 = f"{ring / ag:.2f}x" if isinstance(ring, float) and isinstance(ag, float) else "-"
+        errs = m.get("single", {}).get("err_vs_single", {})
+        err = f"{max(errs.values()):.1e}" if errs else "-"
+        out.append([row["case"], single, ms(m, "local"), ag, ms(m, "tree-allreduce3"), ring, sp1, sp2,
+                    m.get("tree-allgather", {}).get("bytes_sent_per_rank", "-"),
+                    m.get("ring", {}).get("bytes_sent_per_rank", "-"),
+                    f"{peak(m, 'tree-allgather')}, {peak(m, 'ring')}, {peak(m, 'single')}", err])
+    return common.markdown_table(header, out)
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = sorted({(r["B"], r["hq"], r["hkv"]) for r in rows})
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
+    for ax, grp in zip(axes[0], groups):
+        sel = sorted([r for r in rows if (r["B"], r["hq"], r["hkv"]) == grp], key=lambda r: r["ctx"])
+        for name, style in (("single", "k-o"), ("tree-allgather", "C0-s"), ("tree-allreduce3", "C1-^"),
+                            ("ring", "C3-v"), ("local", "C7:")):
+            pts = [(r["ctx"], r["methods"].get(name, {}).get("ms")) for r in sel]
+            pts = [(x, y) for x, y in pts if y]
+            if pts:
+                ax.plot(*zip(*pts), style, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"B={grp[0]} heads {grp[1]}/{grp[2]}")
+        ax.set_xlabel("context tokens (total)")
+        ax.set_ylabel("ms per decode step")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def worker(rank: int, world: int, args) -> dict | None:
+    """The whole benchmark on one rank (after the process group exists)."""
+    env = Env(args.smoke)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    t0 = time.time()
+    info = common.env_info()
+    info.update(world=world, backend=dist.get_backend(), nccl_nvls_enable=os.environ.get("NCCL_NVLS_ENABLE"),
+                nccl=".".join(map(str, torch.cuda.nccl.version())) if env.cuda else None)
+    bw = common.read_bandwidth_gbs() if env.cuda else {}
+    log(f"bench_tree: {info.get('device')} x{world}, read ceiling {bw.get('read_ceiling', float('nan')):.0f} GB/s")
+    coll = collectives_bench(env, args.smoke)
+    for c in coll:
+        log(f"  {c['bytes']:>9d} B  all_gather {c['all_gather_us']:8.1f} us  all_reduce {c['all_reduce_us']:8.1f} us"
+            f"  sendrecv {c['sendrecv_us']:8.1f} us")
+    rows = []
+    for c in suite(args.quick, args.smoke):
+        if args.cases and not any(s in case_name(c) for s in args.cases.split(",")):
+            continue
+        log(case_name(c))
+        rows.append(run_case(env, c, args, log))
+    payload = dict(env=info, bandwidth=bw, collectives=coll, rows=rows, seconds=time.time() - t0,
+                   command=" ".join(sys.argv))
+    if rank == 0:
+        md = (f"# Tree attention decode, {info.get('device')} x{world} ({info.get('backend')}, "
+              f"NCCL_NVLS_ENABLE={info.get('nccl_nvls_enable')})\n\n"
+              f"{info.get('date')}, torch {info.get('torch')}, triton {info.get('triton')}, "
+              f"read ceiling {bw.get('read_ceiling', float('nan')):.0f} GB/s. Latency: median of back-to-back steps "
+              f"(CUDA events, after a barrier), max over ranks. Bytes: sent per rank per step. "
+              f"max err: relative error of tree/ring outputs vs the one-GPU decode.\n\n" + table(rows))
+        paths = common.write_results(args.out, "bench_tree", payload, md)
+        try:
+            plot(rows, os.path.join(args.out, "bench_tree.png"))
+            paths.append(os.path.join(args.out, "bench_tree.png"))
+        except Exception as e:  # noqa: BLE001
+            print(f"plot failed: {e}")
+        print(md)
+        print("wrote " + ", ".join(paths) + f" in {time.time() - t0:.0f} s")
+    return payload if rank == 0 else None
+
+
+def _spawned(rank, world, args):
+    return worker(rank, world, args)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="benchmarks/results/tree", help="folder for bench_tree.{json,md,png}")
+    ap.add_argument("--quick", action="store_true", help="B=1, 512k and 1M only")
+    ap.add_argument("--graphs", action="store_true", help="also time CUDA-graph replays (tree, local, single)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--cases", default="", help="comma-separated substrings of case names to keep")
+    ap.add_argument("--smoke", action="store_true", help="CPU: gloo, Triton interpreter, tiny sizes")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.reps = min(args.reps, 2)
+    if "RANK" in os.environ:  # torchrun
+        if args.smoke or not torch.cuda.is_available():
+            dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
+        else:
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            dist.init_process_group("nccl", timeout=datetime.timedelta(seconds=300),
+                                    device_id=torch.device("cuda", local))
+        try:
+            worker(dist.get_rank(), dist.get_world_size(), args)
+        finally:
+            dist.destroy_process_group()
+        return 0
+    if not args.smoke:
+        print("run under torchrun (see the module docstring), or pass --smoke for a CPU check")
+        return 2
+    from leanattn.distributed import spawn
+    spawn(_spawned, 2, (args,), deadline=900, group_timeout=300)
+    return 0
+
+
+if __name__ == "__main__":
+    if "--smoke" in sys.argv and os.environ.get("TRITON_INTERPRET") != "1":
+        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported (here, and in spawned ranks)
+    sys.exit(main())
