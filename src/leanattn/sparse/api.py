@@ -298,12 +298,12 @@ def hash_sparse_attention(
     Query ``i`` attends key ``j`` iff ``q_buckets[i] == k_buckets[j]`` and ``j <= i`` (causal on
     the original positions), per batch and head. A query that sees no key outputs zeros.
 
-    **Self-attention is included** (``j = i`` when the buckets match). The paper's training
-    code uses the strict rule ``j < i`` (Reformer's shared-QK convention, where a token's own
-    key would dominate); there the first token of every bucket sees nothing. With the inclusive
-    rule, one bucket for everything is exactly dense causal attention. To get the strict rule
-    with shared Q/K, mask the diagonal yourself, e.g. by giving keys and queries different ids
-    for the token itself (not supported directly).
+    **Self-attention is included**: ``j = i`` counts when the buckets match. The paper's
+    training code (``hsparse_attn.py``) uses the strict rule ``j < i``, Reformer's convention
+    for shared queries and keys, where a token's own key would dominate its softmax; there the
+    first token of every bucket sees nothing and outputs zeros, while here it attends to
+    itself. With one bucket the inclusive rule is exactly dense causal attention (the strict
+    rule is not); with shared query and key buckets no query is left without a key.
 
     Parameters
     ----------
