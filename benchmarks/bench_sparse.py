@@ -26,6 +26,7 @@ only: ``4 * D`` flops per visible (query, key) pair forward, 2.5x that backward.
 
     PYTHONPATH=src python3 benchmarks/bench_sparse.py [--quick] [--no-flex] [--out DIR]
     PYTHONPATH=src python3 benchmarks/bench_sparse.py --smoke   # CPU plumbing check, tiny shapes
+    LEANATTN_SPARSE_TILES=128,64,64,128 PYTHONPATH=src python3 benchmarks/bench_sparse.py --quick  # other tiles
 
 Writes ``sparse_<date>.json``, ``.md`` and ``.png`` under ``benchmarks/results/``.
 """
@@ -331,7 +332,9 @@ def main():
         for key, mult in (("fwd", 1.0), ("bwd", 2.5), ("both", 3.5)):
             if r.get(f"{key}_ms"):
                 r[f"{key}_tflops"] = flop_fwd * mult / (r[f"{key}_ms"] * 1e-3) / 1e12
-    payload = dict(env=common.env_info(), suite="sparse", args=vars(args), wall_s=time.time() - t_start,
+    from leanattn.sparse.api import sparse_config
+    tiles = sparse_config(D, torch.device(device)).__dict__
+    payload = dict(env=common.env_info(), suite="sparse", args=vars(args), tiles=tiles, wall_s=time.time() - t_start,
                    rows=rows, errors=errors, skipped=skipped, bars=bars(rows))
     stem = "sparse_" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S") + (
         "_smoke" if args.smoke else "_quick" if args.quick else "")

@@ -8,6 +8,7 @@ forward op.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -45,9 +46,19 @@ _override: Optional[SparseConfig] = None
 
 
 def sparse_config(head_dim: int, device: torch.device) -> SparseConfig:
-    """Tiles for ``head_dim`` on ``device``: FlashAttention-2-style tiles on GPU, 16s on the interpreter."""
+    """Tiles for ``head_dim`` on ``device``: FlashAttention-2-style tiles on GPU, 16s on the interpreter.
+
+    ``LEANATTN_SPARSE_TILES="block_m,block_n,block_m_bwd,block_n_bwd"`` (powers of two >= 16)
+    overrides them, for tuning without code changes.
+    """
     if _override is not None:
         return _override
+    env = os.environ.get("LEANATTN_SPARSE_TILES")
+    if env:
+        tiles = [int(x) for x in env.split(",")]
+        if len(tiles) != 4 or any(t < 16 or t & (t - 1) for t in tiles):
+            raise ValueError(f"LEANATTN_SPARSE_TILES: expected four powers of two >= 16, got {env!r}")
+        return SparseConfig(*tiles)
     if device.type != "cuda":
         return SparseConfig(16, 16, 16, 16)
     if head_dim <= 64:
