@@ -11,7 +11,10 @@ concatenation is the exact merge of two states, so the kernel computes
 
 and merges the two in the same launch. Both phases are stream-K (equal contiguous ranges of KV
 tiles per program, pieces of a head merged in-kernel by the last arriver, see ``kernels/decode.py``),
-so a single prompt with a handful of samples is still spread over every SM.
+so a single prompt with a handful of samples is still spread over every SM. With one head block
+per kv head (up to ``BLOCK_HP`` rows: e.g. 128 samples of MHA, 32 of GQA-4) the two phases form one
+work list ``[prefix tiles | own tiles]`` cut into equal ranges, so the launch is balanced to one
+tile; a single sample then costs what ``lean_decode_kernel`` costs over the concatenated cache.
 
 Head blocks (``N_HB > 1``, more than ``BLOCK_HP`` rows per kv head) re-read the prefix tiles once
 per head block. To make the re-reads hit L2, the prefix phase runs in *teams*: the grid is
@@ -185,10 +188,7 @@ def bifurcated_decode_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     n_rows = B * HQ
 
-    # ================= phase 1: the shared prefixes, one row block per team member =================
-    NT = NPROG // N_HB
-    team = pid // N_HB
-    member = pid % N_HB
+    # -- work of the prefix phase: HKV rows of tiles per prompt --
     offs_g = tl.arange(0, BLOCK_G)
     valid_g = offs_g < NG
     if HAS_PREFIX_LENS:
@@ -206,14 +206,53 @@ def bifurcated_decode_kernel(
     tiles_g = tl.where(valid_g & (counts > 0), tl.maximum(tl.cdiv(plens, BLOCK_N), 1), 0)
     work_g = tiles_g * HKV
     cum_g = tl.cumsum(work_g, 0)
-    total = tl.sum(work_g, 0)
-    T = tl.cdiv(total, NT)
-    high = total - (T - 1) * NT
-    start = range_start(team, T, high)
-    end = start + T - (team >= high).to(tl.int32)
+    total_p = tl.sum(work_g, 0)
+    # -- work of the own phase: HKV * N_HBO rows of tiles per sample, as lean_decode_kernel --
+    offs_b = tl.arange(0, BLOCK_B)
+    valid_b = offs_b < B
+    if HAS_SEQLENS:
+        lens = tl.load(Seqlens + offs_b, mask=valid_b, other=0)
+    else:
+        lens = tl.where(valid_b, capacity, 0)
+    lens = tl.minimum(lens, capacity)
+    tiles_b = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
+    work_b = tiles_b * (HKV * N_HBO)
+    cum_b = tl.cumsum(work_b, 0)
+    if HAS_OWN:
+        total_o = tl.sum(work_b, 0)
+    else:
+        total_o = 0
+
+    # -- schedules --
+    # one head block (N_HB == 1): one stream-K cut of [prefix work | own work] over all programs, so
+    # the two phases together are balanced to one tile. Several head blocks: the prefix phase is cut
+    # over teams of N_HB programs (members walk the same tiles, see the module docstring) and the own
+    # phase separately over all programs.
+    if N_HB == 1:
+        T1 = tl.cdiv(total_p + total_o, NPROG)
+        high1 = total_p + total_o - (T1 - 1) * NPROG
+        start1 = range_start(pid, T1, high1)
+        end1 = start1 + T1 - (pid >= high1).to(tl.int32)
+        member = 0
+        T2, high2, start2, end2, off2 = T1, high1, start1, end1, total_p
+    else:
+        NT = NPROG // N_HB
+        team = pid // N_HB
+        member = pid % N_HB
+        T1 = tl.cdiv(total_p, NT)
+        high1 = total_p - (T1 - 1) * NT
+        start1 = range_start(team, T1, high1)
+        end1 = start1 + T1 - (team >= high1).to(tl.int32)
+        T2 = tl.cdiv(total_o, NPROG)
+        high2 = total_o - (T2 - 1) * NPROG
+        start2 = range_start(pid, T2, high2)
+        end2 = start2 + T2 - (pid >= high2).to(tl.int32)
+        off2 = 0
+
+    # ================= phase 1: the shared prefixes, one row block per team member =================
     rows_p = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
-    t = start
-    while t < end:
+    t = start1
+    while t < tl.minimum(end1, total_p):
         # -- which (prompt, kv head, tile) does tile t belong to --
         g = tl.sum((cum_g <= t).to(tl.int32), 0)
         sel = offs_g == g
@@ -225,7 +264,7 @@ def bifurcated_decode_kernel(
         kvh = (t - base) // tiles
         head_begin = base + kvh * tiles
         head_end = head_begin + tiles
-        stop = tl.minimum(end, head_end)
+        stop = tl.minimum(end1, head_end)
         if member * BLOCK_HP < n_g * GROUP:
             # -- the query rows of this block: sample j = row // GROUP of the prompt, head row % GROUP --
             j = rows_p // GROUP
@@ -246,41 +285,28 @@ def bifurcated_decode_kernel(
                 HEAD_DIM, BLOCK_HP, BLOCK_N, 0, UPCAST, DOT_PRECISION)
             final, acc, m_i, l_i = settle_piece(
                 acc, m_i, l_i, valid, WsAccP, WsMlP, CountersP,  #
-                t, start, head_begin, head_end, stop, T, high, member, N_HB, BLOCK_HP, HEAD_DIM)
+                t, start1, head_begin, head_end, stop, T1, high1, member, N_HB, BLOCK_HP, HEAD_DIM)
             if final:
                 settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
                             stride_ob, stride_oh, stride_lb, n_rows, 0, HAS_OWN, HQ, HEAD_DIM)
         t = stop
 
     # ================= phase 2: each sample's own tokens, as lean_decode_kernel =================
+    # own tile i is schedule position off2 + i
     if HAS_OWN:
-        offs_b = tl.arange(0, BLOCK_B)
-        valid_b = offs_b < B
-        if HAS_SEQLENS:
-            lens = tl.load(Seqlens + offs_b, mask=valid_b, other=0)
-        else:
-            lens = tl.where(valid_b, capacity, 0)
-        lens = tl.minimum(lens, capacity)
-        tiles_b = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
-        work_b = tiles_b * (HKV * N_HBO)
-        cum_b = tl.cumsum(work_b, 0)
-        total_o = tl.sum(work_b, 0)
-        T_o = tl.cdiv(total_o, NPROG)
-        high_o = total_o - (T_o - 1) * NPROG
-        start_o = range_start(pid, T_o, high_o)
-        end_o = start_o + T_o - (pid >= high_o).to(tl.int32)
         offs_ho = tl.arange(0, BLOCK_HO)
-        t = start_o
-        while t < end_o:
-            b = tl.sum((cum_b <= t).to(tl.int32), 0)
+        t = tl.maximum(start2, off2)
+        while t < end2:
+            local = t - off2
+            b = tl.sum((cum_b <= local).to(tl.int32), 0)
             sel = offs_b == b
-            base = tl.sum(tl.where(sel, cum_b - work_b, 0), 0)
+            base = off2 + tl.sum(tl.where(sel, cum_b - work_b, 0), 0)
             tiles = tl.sum(tl.where(sel, tiles_b, 0), 0)
             seqlen = tl.sum(tl.where(sel, lens, 0), 0)
             row = (t - base) // tiles
             head_begin = base + row * tiles
             head_end = head_begin + tiles
-            stop = tl.minimum(end_o, head_end)
+            stop = tl.minimum(end2, head_end)
             kvh = row // N_HBO
             hb = row % N_HBO
             q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_HO)
@@ -294,7 +320,7 @@ def bifurcated_decode_kernel(
             valid = hb * BLOCK_HO + offs_ho < GROUP
             final, acc, m_i, l_i = settle_piece(
                 acc, m_i, l_i, valid, WsAccO, WsMlO, CountersO,  #
-                t, start_o, head_begin, head_end, stop, T_o, high_o, 0, 1, BLOCK_HO, HEAD_DIM)
+                t, start2, head_begin, head_end, stop, T2, high2, 0, 1, BLOCK_HO, HEAD_DIM)
             if final:
                 b_rows = tl.zeros([BLOCK_HO], tl.int32) + b
                 h_rows = kvh * GROUP + hb * BLOCK_HO + offs_ho

@@ -1,0 +1,369 @@
+"""``leanattn.bifurcated_decode`` / ``cascade_decode`` against the float64 reference (Triton interpreter).
+
+Tiles are 16 tokens and the grid 4 programs on the interpreter, so prefixes and own caches are cut
+into several pieces; ``block_h`` (op argument) forces several head blocks (team schedule) at tiny sizes.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import leanattn
+from leanattn import reference
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from test_decode import make_inputs
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def make_prefix(G, P, Hkv, D, dtype=torch.float16, plens=None):
+    """``(prefix_k, prefix_v, prefix_lens)``: ``(P, Hkv, D)`` when ``G`` is None, else ``(G, P, Hkv, D)``."""
+    shape = (P, Hkv, D) if G is None else (G, P, Hkv, D)
+    pk, pv = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+    lens = None if plens is None else torch.tensor(plens, dtype=torch.int32)
+    return pk, pv, lens
+
+
+def ids_tensor(ids):
+    return None if ids is None else torch.tensor(ids, dtype=torch.int32)
+
+
+def check(q, pk, pv, k, v, lens=None, bt=None, plens=None, ids=None, scale=None, name="bifurcated", op_args=None):
+    """Compare ``out`` and ``lse`` with the reference; ``op_args`` = (max_group_size, num_programs, block_h,
+    block_n) calls the custom op directly."""
+    if op_args is None:
+        out, lse = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, scale, return_lse=True)
+    else:
+        s = scale if scale is not None else q.shape[-1] ** -0.5
+        out, lse = torch.ops.leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, s, *op_args)
+    ref_out, ref_lse = reference.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, scale)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == q.shape[:2] and lse.dtype == torch.float32
+    tol = TOLERANCE[q.dtype]
+    assert_rel_close(name, out, ref_out, tol)
+    assert_lse_close(name, lse, ref_lse, atol=tol)
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(out[empty], torch.zeros_like(out[empty])), f"{name}: rows without keys are not zero"
+    return out, lse
+
+
+# ------------------------------------------------------------------------------------------------
+# one shared prefix
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("D", [64, 128, 256], ids=lambda d: f"D{d}")
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_single_prefix_dtypes_head_dims(dtype, D):
+    own = [0, 1, 16, 33]
+    q, k, v, lens, _ = make_inputs(len(own), 4, 2, D, own, dtype)
+    pk, pv, _ = make_prefix(None, 37, 2, D, dtype)
+    check(q, pk, pv, k, v, lens)
+
+
+GQA = [(4, 4), (8, 2), (8, 1), (6, 2), (64, 2), (96, 1)]
+
+
+@pytest.mark.parametrize("Hq,Hkv", GQA, ids=[f"{hq}q{hkv}kv" for hq, hkv in GQA])
+def test_gqa_ratios(Hq, Hkv):
+    # MHA, GQA 4 and 8, a group of 3 (rows of one sample straddle nothing but pad the block),
+    # 32 (own rows BLOCK_H 32) and 96 (two own head blocks; prefix rows straddle blocks)
+    own = [20, 0, 5]
+    q, k, v, lens, _ = make_inputs(3, Hq, Hkv, 64, own)
+    pk, pv, _ = make_prefix(None, 24, Hkv, 64)
+    check(q, pk, pv, k, v, lens)
+
+
+def test_one_sample():
+    q, k, v, lens, _ = make_inputs(1, 8, 2, 64, [21])
+    pk, pv, _ = make_prefix(None, 50, 2, 64)
+    check(q, pk, pv, k, v, lens)
+
+
+@pytest.mark.parametrize("page_size", [1, 16, 24, 64], ids=lambda p: f"page{p}")
+def test_paged_own_cache(page_size):
+    own = [0, 1, 31, 50, 17]
+    q, k, v, lens, bt = make_inputs(len(own), 8, 2, 64, own, page_size=page_size)
+    pk, pv, _ = make_prefix(None, 40, 2, 64)
+    check(q, pk, pv, k, v, lens, bt)
+
+
+def test_own_cache_full_capacity_and_transposed():
+    q, k, v, _, _ = make_inputs(3, 8, 4, 64, None, capacity=20, layout="hnd")
+    pk, pv, _ = make_prefix(None, 18, 4, 64)
+    check(q, pk, pv, k, v)
+
+
+def test_empty_own_caches():
+    q, k, v, lens, _ = make_inputs(4, 4, 2, 64, [0, 0, 0, 0], capacity=16)
+    pk, pv, _ = make_prefix(None, 45, 2, 64)
+    check(q, pk, pv, k, v, lens)
+    # zero capacity: only the prefix
+    q, k, v, _, _ = make_inputs(3, 4, 2, 64, None, capacity=0)
+    out, _ = check(q, pk, pv, k, v)
+    assert torch.allclose(out.double(), reference.decode(q, pk.expand(3, -1, -1, -1), pv.expand(3, -1, -1, -1))[0],
+                          atol=2e-3)
+
+
+def test_empty_prefix():
+    own = [0, 9, 40]
+    q, k, v, lens, _ = make_inputs(3, 8, 2, 64, own)
+    pk, pv, _ = make_prefix(None, 0, 2, 64)
+    out, lse = check(q, pk, pv, k, v, lens)
+    ref_out, ref_lse = leanattn.decode(q, k, v, lens, return_lse=True)
+    assert_rel_close("empty prefix = decode", out, ref_out, TOLERANCE[q.dtype])
+    # a prefix with length 0 through prefix_lens
+    pk, pv, plens = make_prefix(1, 32, 2, 64, plens=[0])
+    check(q, pk, pv, k, v, lens, plens=plens, ids=ids_tensor([0, 0, 0]))
+
+
+def test_nothing_to_attend():
+    q, k, v, lens, _ = make_inputs(2, 4, 2, 64, [0, 0], capacity=16)
+    pk, pv, _ = make_prefix(None, 0, 2, 64)
+    out, lse = check(q, pk, pv, k, v, lens)
+    assert torch.isneginf(lse).all() and torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("scale", [0.05, 2.0])
+def test_softmax_scale(scale):
+    q, k, v, lens, _ = make_inputs(3, 4, 2, 64, [30, 3, 12], torch.float32)
+    pk, pv, _ = make_prefix(None, 35, 2, 64, torch.float32)
+    check(q, pk, pv, k, v, lens, scale=scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# several prompts
+# ------------------------------------------------------------------------------------------------
+def test_multi_prompt_unequal_groups():
+    # prompt sizes 3, 1, 4 and an unused prompt; prefix lengths 40, 0, 17, 33; samples interleaved
+    ids = [2, 0, 2, 2, 1, 0, 2, 0]
+    own = [5, 0, 16, 33, 1, 20, 0, 7]
+    q, k, v, lens, _ = make_inputs(len(ids), 8, 2, 64, own)
+    pk, pv, plens = make_prefix(4, 40, 2, 64, plens=[40, 0, 17, 33])
+    check(q, pk, pv, k, v, lens, plens=plens, ids=ids_tensor(ids))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_multi_prompt_paged_mha(dtype):
+    ids = [1, 1, 0, 1, 0]
+    own = [12, 0, 40, 3, 17]
+    q, k, v, lens, bt = make_inputs(len(ids), 4, 4, 64, own, dtype, page_size=16)
+    pk, pv, _ = make_prefix(2, 30, 4, 64, dtype)
+    check(q, pk, pv, k, v, lens, bt, ids=ids_tensor(ids))
+
+
+def test_multi_prompt_default_lengths_and_max_group_size():
+    ids = [0, 1, 1]
+    q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [4, 9, 0])
+    pk, pv, _ = make_prefix(2, 22, 2, 64)
+    check(q, pk, pv, k, v, lens, ids=ids_tensor(ids))
+    # an upper bound larger than needed (as when capturing a graph) gives the same answer
+    out = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, prefix_ids=ids_tensor(ids), max_group_size=3)
+    assert_rel_close("max_group_size", out, reference.bifurcated_decode(q, pk, pv, k, v, lens, prefix_ids=ids_tensor(
+        ids))[0], TOLERANCE[q.dtype])
+
+
+@pytest.mark.parametrize("num_programs", [1, 3, 7, 40])
+@pytest.mark.parametrize("block_h", [16, 32])
+def test_head_blocks_and_teams(block_h, num_programs):
+    # 10 samples x group 4 = 40 prefix rows: 3 (block 16) or 2 (block 32) head blocks per kv head,
+    # so the prefix phase runs in teams; the smaller prompt leaves some members idle
+    ids = [0] * 7 + [1] * 3
+    own = [3, 0, 17, 33, 1, 16, 9, 0, 25, 2]
+    q, k, v, lens, _ = make_inputs(len(ids), 8, 2, 64, own)
+    pk, pv, plens = make_prefix(2, 50, 2, 64, plens=[50, 19])
+    check(q, pk, pv, k, v, lens, plens=plens, ids=ids_tensor(ids), op_args=(0, num_programs, block_h, 0),
+          name=f"block_h={block_h} grid={num_programs}")
+
+
+def test_head_blocks_single_prefix_paged():
+    own = [0, 18, 7, 40, 1, 33]
+    q, k, v, lens, bt = make_inputs(len(own), 4, 4, 64, own, page_size=16)
+    pk, pv, _ = make_prefix(None, 70, 4, 64)
+    check(q, pk, pv, k, v, lens, bt, op_args=(0, 5, 16, 0))
+
+
+@pytest.mark.parametrize("block_n", [16, 32])
+def test_block_n(block_n):
+    q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [40, 0, 70])
+    pk, pv, _ = make_prefix(None, 45, 2, 64)
+    check(q, pk, pv, k, v, lens, op_args=(0, 3, 0, block_n))
+
+
+def test_same_shapes_new_values():
+    # launch plans are cached by shape: new lengths, ids and data must still be used
+    for _ in range(3):
+        ids = torch.randint(0, 3, (6,)).tolist()
+        own = torch.randint(0, 40, (6,)).tolist()
+        plens = torch.randint(0, 33, (3,)).tolist()
+        q, k, v, lens, bt = make_inputs(6, 8, 2, 64, own, capacity=40, page_size=16)
+        pk, pv, pl = make_prefix(3, 32, 2, 64, plens=plens)
+        check(q, pk, pv, k, v, lens, bt, plens=pl, ids=ids_tensor(ids), name=f"ids={ids} own={own} plens={plens}")
+
+
+def test_deterministic():
+    ids = [0, 1, 0, 0, 1]
+    q, k, v, lens, _ = make_inputs(5, 8, 2, 64, [30, 0, 12, 47, 5])
+    pk, pv, plens = make_prefix(2, 60, 2, 64, plens=[60, 21])
+    args = (q, pk, pv, k, v, lens, None, plens, ids_tensor(ids), 0.125, 0, 3, 16, 0)
+    a = torch.ops.leanattn.bifurcated_decode(*args)
+    b = torch.ops.leanattn.bifurcated_decode(*args)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_broadcast_query():
+    q, k, v, lens, _ = make_inputs(1, 8, 2, 64, [10])
+    pk, pv, _ = make_prefix(None, 20, 2, 64)
+    k4, v4 = torch.randn(4, 16, 2, 64, dtype=q.dtype), torch.randn(4, 16, 2, 64, dtype=q.dtype)
+    check(q.expand(4, -1, -1), pk, pv, k4, v4, torch.tensor([16, 3, 0, 9], dtype=torch.int32))
+
+
+# ------------------------------------------------------------------------------------------------
+# cascade
+# ------------------------------------------------------------------------------------------------
+def check_cascade(q, levels, k=None, v=None, lens=None, bt=None, name="cascade"):
+    out, lse = leanattn.cascade_decode(q, levels, k, v, lens, bt, return_lse=True)
+    ref_out, ref_lse = reference.cascade_decode(q, levels, k, v, lens, bt)
+    tol = TOLERANCE[q.dtype]
+    assert out.shape == q.shape and lse.shape == q.shape[:2]
+    assert_rel_close(name, out, ref_out, tol)
+    assert_lse_close(name, lse, ref_lse, atol=tol)
+    return out, lse
+
+
+def test_cascade_three_levels():
+    # system prompt for all 6 samples, one of 3 documents per group, each sample's own tokens (paged)
+    ids = [0, 0, 1, 2, 2, 2]
+    own = [4, 0, 20, 16, 1, 33]
+    q, k, v, lens, bt = make_inputs(6, 8, 2, 64, own, page_size=16)
+    sk, sv, _ = make_prefix(None, 21, 2, 64)
+    dk, dv, dlens = make_prefix(3, 30, 2, 64, plens=[30, 0, 11])
+    check_cascade(q, [(sk, sv), (dk, dv, dlens, ids_tensor(ids))], k, v, lens, bt)
+
+
+def test_cascade_levels_only_and_own_only():
+    ids = [1, 0, 1]
+    q, k, v, lens, _ = make_inputs(3, 4, 4, 64, [9, 0, 17])
+    sk, sv, _ = make_prefix(None, 19, 4, 64)
+    dk, dv, _ = make_prefix(2, 12, 4, 64)
+    check_cascade(q, [(sk, sv), (dk, dv, None, ids_tensor(ids))], name="no own tokens")
+    check_cascade(q, [(sk, sv)], name="one level")
+    check_cascade(q, [], k, v, lens, name="own tokens only")
+    check_cascade(q, [(sk, sv), (dk, dv, None, ids_tensor(ids)), (sk, sv)], k, v, lens, name="four levels")
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.compile, opcheck
+# ------------------------------------------------------------------------------------------------
+def test_opcheck():
+    ids = ids_tensor([1, 0, 1])
+    q, k, v, lens, bt = make_inputs(3, 4, 2, 64, [40, 0, 17], page_size=16)
+    pk, pv, plens = make_prefix(2, 20, 2, 64, plens=[20, 7])
+    op = torch.ops.leanattn.bifurcated_decode.default
+    torch.library.opcheck(op, (q, pk, pv, k, v, lens, bt, plens, ids, 0.125, 0, 3, 0, 0))
+    torch.library.opcheck(op, (q, pk[0], pv[0], k, v, None, bt, None, None, 0.125, 0, 0, 16, 0))
+    torch.library.opcheck(op, (q, pk, pv, None, None, None, None, plens, ids, 0.125, 0, 0, 0, 0))
+
+
+def test_compile_fullgraph():
+    ids = ids_tensor([1, 0, 1])
+    q, k, v, lens, bt = make_inputs(3, 4, 2, 64, [40, 0, 17], page_size=16)
+    pk, pv, plens = make_prefix(2, 20, 2, 64, plens=[20, 7])
+    torch._dynamo.reset()
+    compiled = torch.compile(leanattn.bifurcated_decode, fullgraph=True)
+    out, lse = compiled(q, pk, pv, k, v, lens, bt, plens, ids, return_lse=True)
+    ref_out, ref_lse = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, return_lse=True)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+    # new lengths and ids, same shapes
+    lens2, ids2 = torch.tensor([3, 48, 0], dtype=torch.int32), ids_tensor([0, 0, 0])
+    out = compiled(q, pk, pv, k, v, lens2, bt, plens, ids2)
+    assert_rel_close("compiled", out, reference.bifurcated_decode(q, pk, pv, k, v, lens2, bt, plens, ids2)[0],
+                      TOLERANCE[q.dtype])
+    casc = torch.compile(leanattn.cascade_decode, fullgraph=True)
+    levels = [(pk[0], pv[0]), (pk, pv, plens, ids)]
+    out = casc(q, levels, k, v, lens, bt)
+    assert_rel_close("compiled cascade", out, reference.cascade_decode(q, levels, k, v, lens, bt)[0],
+                     TOLERANCE[q.dtype])
+
+
+# ------------------------------------------------------------------------------------------------
+# bad inputs
+# ------------------------------------------------------------------------------------------------
+def base():
+    q = torch.randn(3, 4, 64, dtype=torch.float16)
+    k = torch.randn(3, 16, 2, 64, dtype=torch.float16)
+    pk = torch.randn(2, 20, 2, 64, dtype=torch.float16)
+    return dict(q=q, prefix_k=pk, prefix_v=torch.randn_like(pk), k_cache=k, v_cache=torch.randn_like(k),
+                cache_seqlens=torch.tensor([3, 0, 16], dtype=torch.int32),
+                prefix_lens=torch.tensor([20, 5], dtype=torch.int32),
+                prefix_ids=torch.tensor([1, 0, 1], dtype=torch.int32))
+
+
+def half(*shape):
+    return torch.randn(shape, dtype=torch.float16)
+
+
+def i32(*vals):
+    return torch.tensor(vals, dtype=torch.int32)
+
+
+BAD = [
+    ("prefix rank 2", dict(prefix_k=half(20, 128), prefix_v=half(20, 128)), ValueError, "prefix_k"),
+    ("prefix rank 5", dict(prefix_k=half(1, 2, 20, 2, 64), prefix_v=half(1, 2, 20, 2, 64)), ValueError, "prefix_k"),
+    ("prefix not a tensor", dict(prefix_k=[1.0]), TypeError, "prefix_k"),
+    ("prefix_v shape", dict(prefix_v=half(2, 19, 2, 64)), ValueError, "prefix_v"),
+    ("prefix dtype", dict(prefix_k=torch.randn(2, 20, 2, 64)), TypeError, "prefix_k"),
+    ("prefix_v dtype", dict(prefix_v=torch.randn(2, 20, 2, 64, dtype=torch.bfloat16)), TypeError, "prefix_v"),
+    ("prefix device", dict(prefix_k=half(2, 20, 2, 64).to("meta")), ValueError, "prefix_k"),
+    ("prefix head dim", dict(prefix_k=half(2, 20, 2, 128), prefix_v=half(2, 20, 2, 128)), ValueError, "prefix_k"),
+    ("prefix kv heads vs q", dict(prefix_k=half(2, 20, 3, 64), prefix_v=half(2, 20, 3, 64)), ValueError, "q"),
+    ("prefix kv heads vs cache", dict(prefix_k=half(2, 20, 4, 64), prefix_v=half(2, 20, 4, 64)), ValueError,
+     "prefix_k"),
+    ("prefix no unit stride", dict(prefix_k=half(2, 20, 2, 128)[..., ::2], prefix_v=half(2, 20, 2, 128)[..., ::2]),
+     ValueError, "prefix_k"),
+    ("no prompts", dict(prefix_k=half(0, 20, 2, 64), prefix_v=half(0, 20, 2, 64), prefix_lens=i32()), ValueError,
+     "prefix_k"),
+    ("ids missing", dict(prefix_ids=None), ValueError, "prefix_ids"),
+    ("ids int64", dict(prefix_ids=torch.tensor([1, 0, 1])), TypeError, "prefix_ids"),
+    ("ids shape", dict(prefix_ids=i32(0, 1)), ValueError, "prefix_ids"),
+    ("ids out of range", dict(prefix_ids=i32(0, 2, 1)), ValueError, "prefix_ids"),
+    ("ids negative", dict(prefix_ids=i32(0, -1, 1)), ValueError, "prefix_ids"),
+    ("ids device", dict(prefix_ids=i32(0, 1, 1).to("meta")), ValueError, "prefix_ids"),
+    ("lens shape", dict(prefix_lens=i32(20, 5, 5)), ValueError, "prefix_lens"),
+    ("lens float", dict(prefix_lens=torch.tensor([20.0, 5.0])), TypeError, "prefix_lens"),
+    ("lens too long", dict(prefix_lens=i32(21, 5)), ValueError, "prefix_lens"),
+    ("lens negative", dict(prefix_lens=i32(-1, 5)), ValueError, "prefix_lens"),
+    ("own cache batch", dict(k_cache=half(2, 16, 2, 64), v_cache=half(2, 16, 2, 64)), ValueError, "k_cache"),
+    ("own length beyond capacity", dict(cache_seqlens=i32(3, 0, 17)), ValueError, "cache_seqlens"),
+    ("q rank", dict(q=half(3, 256)), ValueError, "q"),
+    ("max_group_size too small", dict(max_group_size=1), ValueError, "max_group_size"),
+    ("max_group_size negative", dict(max_group_size=-1), ValueError, "max_group_size"),
+]
+
+
+@pytest.mark.parametrize("changes,error,arg", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_inputs(changes, error, arg):
+    kw = base()
+    kw.update(changes)
+    with pytest.raises(error, match=rf"^{re.escape(arg)}: expected"):
+        leanattn.bifurcated_decode(**kw)
+
+
+CASCADE_BAD = [
+    ("levels not a list", lambda kw: dict(levels="abc"), TypeError, "levels"),
+    ("level not a tuple", lambda kw: dict(levels=[kw["prefix_k"]]), ValueError, "levels[0]"),
+    ("level of 3", lambda kw: dict(levels=[(kw["prefix_k"], kw["prefix_v"], None)]), ValueError, "levels[0]"),
+    ("level ids missing", lambda kw: dict(levels=[(kw["prefix_k"], kw["prefix_v"])]), ValueError, "levels[0]_ids"),
+    ("level kv heads", lambda kw: dict(levels=[(half(20, 4, 64), half(20, 4, 64))]), ValueError, "levels[0]"),
+    ("nothing", lambda kw: dict(levels=[], k_cache=None, v_cache=None, cache_seqlens=None), ValueError, "levels"),
+    ("k without v", lambda kw: dict(levels=[], v_cache=None), ValueError, "k_cache"),
+]
+
+
+@pytest.mark.parametrize("make,error,arg", [c[1:] for c in CASCADE_BAD], ids=[c[0] for c in CASCADE_BAD])
+def test_cascade_bad_inputs(make, error, arg):
+    kw = base()
+    call = dict(q=kw["q"], k_cache=kw["k_cache"], v_cache=kw["v_cache"], cache_seqlens=kw["cache_seqlens"])
+    call.update(make(kw))
+    with pytest.raises(error, match=rf"^{re.escape(arg)}: expected"):
+        leanattn.cascade_decode(**call)
