@@ -16,6 +16,7 @@ from .merges import merge_states
 from .ops.decode import decode
 from .ops.bifurcated import bifurcated_decode, cascade_decode
 from . import sparse
+from . import distributed  # tree_decode, ring_decode, ShardedKVCache (torch.distributed)
 from .sparse import hash_sparse_attention, qk_sparse_attention
 
 __version__ = "0.1.0"
