@@ -1,0 +1,349 @@
+"""Bifurcated (shared-prefix) decode benchmark: leanattn.bifurcated_decode against copying the prefix.
+
+Suite (bf16, D=128, from the bifurcated-attention issue): MHA 32/32 and GQA 32/8; one prompt with a
+prefix of 8k, 16k or 32k tokens sampled 1, 4, 16, 32, 64 or 256 times; 256 own tokens per sample.
+
+Peers run in the same process on what a PyTorch user holds without shared-prefix support: one
+contiguous cache per sample holding its own copy of the prefix followed by its tokens. SDPA
+(FLASH, cuDNN), ``leanattn.decode`` and flex attention read it; cases whose copies would exceed
+``--mem-gb`` (default 60 GB, on an 80 GB H100) are skipped for the peers and recorded as out of
+memory. Every method is checked against the float64 reference (on a few samples spread over the
+batch) before it is timed.
+
+Times are medians of ``triton.testing.do_bench`` (L2 flushed) over CUDA-graph replays when capture
+works (``bench_decode.graph_of``), else eager launches. The IO floor is the bytes that must be read
+once (prefix once, own tokens, queries and outputs) over the measured streaming-read bandwidth; the
+compute floor is the attention FLOPs over the measured bf16 matmul rate; ``x floor`` is time over
+the larger of the two.
+
+    python benchmarks/bench_bifurcated.py [--quick] [--cases mha,gqa,8k,...] [--out DIR] [--mem-gb 60]
+    python -m leanattn bench bifurcated --quick
+    python benchmarks/bench_bifurcated.py --tiny     # CPU smoke run of the code paths (no timing value)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import leanattn  # noqa: E402
+from leanattn.testing import TOLERANCE, rel_err  # noqa: E402
+
+K = 1024
+OWN = 256
+SAMPLES = (1, 4, 16, 32, 64, 256)
+PREFIXES = (8 * K, 16 * K, 32 * K)
+MODELS = {"mha": (32, 32), "gqa": (32, 8)}
+QUICK = {("mha", 8 * K, n) for n in (1, 16, 32, 64)} | {("gqa", 8 * K, n) for n in (1, 32, 64)} | \
+        {("mha", 32 * K, 16), ("gqa", 32 * K, 256)}
+
+
+def suite(tiny=False):
+    cases = []
+    for model, (hq, hkv) in MODELS.items():
+        for p in PREFIXES:
+            for n in SAMPLES:
+                c = dict(name=f"{model} {p // K}k x{n}", model=model, hq=hq, hkv=hkv, d=128, prefix=p, samples=n,
+                         own=OWN)
+                if tiny:  # same structure, interpreter-sized
+                    c.update(hq=4, hkv=4 if model == "mha" else 2, d=64, prefix=p // 256, own=16)
+                cases.append(c)
+    return cases
+
+
+def case_bytes(c, elt=2):
+    """(prefix bytes, own bytes, q + out bytes, bytes of the per-sample copies a peer holds)."""
+    row = c["hkv"] * c["d"] * 2 * elt  # K and V of one token
+    prefix = c["prefix"] * row
+    own = c["samples"] * c["own"] * row
+    qo = 2 * c["samples"] * c["hq"] * c["d"] * elt
+    copied = c["samples"] * (c["prefix"] + c["own"]) * row
+    return prefix, own, qo, copied
+
+
+def case_flops(c):
+    return 4 * c["samples"] * c["hq"] * (c["prefix"] + c["own"]) * c["d"]
+
+
+def make_inputs(c, device, dtype=torch.bfloat16, copies=True):
+    n, hq, hkv, d = c["samples"], c["hq"], c["hkv"], c["d"]
+    q = torch.randn(n, hq, d, dtype=dtype, device=device)
+    pk = torch.randn(c["prefix"], hkv, d, dtype=dtype, device=device)
+    pv = torch.randn_like(pk)
+    k = torch.randn(n, c["own"], hkv, d, dtype=dtype, device=device)
+    v = torch.randn_like(k)
+    lens = torch.full((n,), c["own"], dtype=torch.int32, device=device)
+    inp = dict(q=q, pk=pk, pv=pv, k=k, v=v, lens=lens)
+    if copies:
+        inp["kc"] = torch.cat([pk.expand(n, -1, -1, -1), k], 1)
+        inp["vc"] = torch.cat([pv.expand(n, -1, -1, -1), v], 1)
+        inp["lens_c"] = torch.full((n,), c["prefix"] + c["own"], dtype=torch.int32, device=device)
+    return inp
+
+
+# ---------------------------------------------------------------------------------------------
+# methods: each returns a zero-argument callable computing out (B, Hq, D)
+# ---------------------------------------------------------------------------------------------
+def ours(c, inp):
+    args = (inp["q"], inp["pk"], inp["pv"], inp["k"], inp["v"], inp["lens"])
+    fn = lambda: leanattn.bifurcated_decode(*args)  # noqa: E731
+    fn.form = "shared prefix + own caches"
+    return fn
+
+
+def decode_copied(c, inp):
+    args = (inp["q"], inp["kc"], inp["vc"], inp["lens_c"])
+    fn = lambda: leanattn.decode(*args)  # noqa: E731
+    fn.form = "copied caches"
+    return fn
+
+
+def sdpa(backend_name):
+    def make(c, inp):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        F = torch.nn.functional
+        backend = getattr(SDPBackend, backend_name)
+        q4, kt, vt = inp["q"].unsqueeze(2), inp["kc"].transpose(1, 2), inp["vc"].transpose(1, 2)
+        gqa = c["hq"] != c["hkv"]
+
+        def fn():
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q4, kt, vt, enable_gqa=gqa).squeeze(2)
+        fn.form = "copied caches, one call"
+        return fn
+    return make
+
+
+_FLEX = {}
+
+
+def flex(c, inp):
+    from torch.nn.attention.flex_attention import flex_attention
+    if "fn" not in _FLEX:
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=True)
+    fa = _FLEX["fn"]
+    q4, kt, vt = inp["q"].unsqueeze(2), inp["kc"].transpose(1, 2), inp["vc"].transpose(1, 2)
+    gqa = c["hq"] != c["hkv"]
+
+    def fn():
+        return fa(q4, kt, vt, enable_gqa=gqa).squeeze(2)
+    fn.form = "copied caches, one call"
+    return fn
+
+
+METHODS = {"bifurcated": ours, "decode_copied": decode_copied, "sdpa_flash": sdpa("FLASH_ATTENTION"),
+           "sdpa_cudnn": sdpa("CUDNN_ATTENTION"), "flex": flex}
+PEERS = ["decode_copied", "sdpa_flash", "sdpa_cudnn", "flex"]
+CPU_METHODS = {"bifurcated", "decode_copied"}
+
+
+def check_samples(n):
+    """A few samples spread over the batch (the float64 reference is slow at 256 x 32k)."""
+    return sorted({0, n // 3, (2 * n) // 3, n - 1})
+
+
+def reference_of(inp, idx):
+    q, k, v, lens = (inp[x][idx] for x in ("q", "k", "v", "lens"))
+    return leanattn.reference.bifurcated_decode(q, inp["pk"], inp["pv"], k, v, lens)[0]
+
+
+def time_fn(fn, cuda):
+    """(ms, timing) as CUDA-graph replays when capture works, else eager launches."""
+    if not cuda:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3, "cpu-interpreter (meaningless)"
+    from bench_decode import graph_of
+    g = graph_of(fn)
+    ms = common.bench(g.replay if g is not None else fn)
+    del g
+    return ms, "graph" if g is not None else "eager"
+
+
+def run_case(c, ceilings, mem_gb, log, device):
+    cuda = device == "cuda"
+    prefix_b, own_b, qo_b, copied_b = case_bytes(c)
+    copies = copied_b <= mem_gb * 1e9
+    inp = make_inputs(c, device, copies=copies)
+    idx = torch.tensor(check_samples(c["samples"]), device=device)
+    ref = reference_of(inp, idx)
+    io_us = (prefix_b + own_b + qo_b) / ceilings["read_gbs"] / 1e3
+    flop_us = case_flops(c) / ceilings["matmul_tflops"] / 1e6
+    row = dict(case=c["name"], model=c["model"], hq=c["hq"], hkv=c["hkv"], d=c["d"], prefix=c["prefix"],
+               samples=c["samples"], own=c["own"], prefix_mb=prefix_b / 1e6, own_mb=own_b / 1e6,
+               kv_held_mb=(prefix_b + own_b) / 1e6, copied_kv_mb=copied_b / 1e6, io_floor_us=io_us,
+               flop_floor_us=flop_us, floor_us=max(io_us, flop_us), results={})
+    tol = TOLERANCE[torch.bfloat16]
+    for name, make in METHODS.items():
+        if not cuda and name not in CPU_METHODS:
+            continue
+        if name != "bifurcated" and not copies:
+            row["results"][name] = dict(error=f"out of memory: per-sample copies need {copied_b / 1e9:.0f} GB "
+                                              f"(> --mem-gb {mem_gb:g})")
+            log(f"  {c['name']:18s} {name:14s} skipped: {row['results'][name]['error']}")
+            continue
+        try:
+            fn = make(c, inp)
+            out = fn()
+            if cuda:
+                torch.cuda.synchronize()
+            err = rel_err(out[idx], ref)
+            if not err <= (tol if name in ("bifurcated", "decode_copied") else 2 * tol):
+                raise RuntimeError(f"wrong result: rel err {err:.2e}")
+            ms, timing = time_fn(fn, cuda)
+            r = dict(us=ms * 1e3, err=err, form=getattr(fn, "form", ""), timing=timing)
+            if name == "bifurcated" and cuda:
+                r["us_eager"] = common.bench(fn) * 1e3
+                r["us_repeat"] = time_fn(fn, cuda)[0] * 1e3  # the noise
+            row["results"][name] = r
+        except torch.OutOfMemoryError as e:
+            row["results"][name] = dict(error=f"OutOfMemoryError: {str(e)[:120]}")
+        except Exception as e:  # a peer that cannot run this case is recorded, not fatal
+            row["results"][name] = dict(error=f"{type(e).__name__}: {str(e)[:160]}")
+        res = row["results"][name]
+        log(f"  {c['name']:18s} {name:14s} " + (f"{res['us']:10.1f} us  err {res['err']:.1e}  ({res['timing']})"
+                                                if "us" in res else res["error"]))
+    ours_r = row["results"].get("bifurcated", {})
+    peers = {p: row["results"][p]["us"] for p in PEERS if "us" in row["results"].get(p, {})}
+    if "us" in ours_r:
+        row["x_io_floor"] = ours_r["us"] / io_us
+        row["x_floor"] = ours_r["us"] / row["floor_us"]
+        row["achieved_gbs"] = (prefix_b + own_b + qo_b) / ours_r["us"] / 1e3
+        if peers:
+            best = min(peers, key=peers.get)
+            row["best_peer"], row["best_peer_us"] = best, peers[best]
+            row["speedup_vs_best_peer"] = peers[best] / ours_r["us"]
+        if "decode_copied" in peers:
+            row["speedup_vs_decode_copied"] = peers["decode_copied"] / ours_r["us"]
+    del inp, ref
+    if cuda:
+        torch.cuda.empty_cache()
+    return row
+
+
+def matmul_tflops() -> float:
+    """Measured dense bf16 matmul rate (8192^3), the compute ceiling of the FLOP floor."""
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn_like(a)
+    ms = common.bench(lambda: a @ b)
+    del a, b
+    return 2 * 8192 ** 3 / ms / 1e9
+
+
+def table(rows):
+    header = ["case", "KV held MB", "copies MB", "ours us", "IO floor us", "x IO floor", "x floor", "decode copied us",
+              "flash us", "cudnn us", "flex us", "best peer", "x best peer", "x decode copied", "err"]
+    out = []
+    for r in rows:
+        res = r["results"]
+
+        def us(n):
+            x = res.get(n, {})
+            return x["us"] if "us" in x else ("OOM" if "memory" in x.get("error", "") else "-")
+        out.append([r["case"], r["kv_held_mb"], r["copied_kv_mb"], us("bifurcated"), r["io_floor_us"],
+                    r.get("x_io_floor", "-"), r.get("x_floor", "-"), us("decode_copied"), us("sdpa_flash"),
+                    us("sdpa_cudnn"), us("flex"), r.get("best_peer", "-"), r.get("speedup_vs_best_peer", "-"),
+                    r.get("speedup_vs_decode_copied", "-"), res.get("bifurcated", {}).get("err", "-")])
+    return common.markdown_table(header, out)
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = sorted({(r["model"], r["prefix"]) for r in rows})
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.2), squeeze=False)
+    for ax, (model, prefix) in zip(axes[0], groups):
+        rs = sorted([r for r in rows if (r["model"], r["prefix"]) == (model, prefix)], key=lambda r: r["samples"])
+        xs = [r["samples"] for r in rs]
+        for name, style in (("bifurcated", "o-"), ("decode_copied", "s--"), ("sdpa_flash", "^:"),
+                            ("sdpa_cudnn", "v:"), ("flex", "d:")):
+            ys = [r["results"].get(name, {}).get("us", float("nan")) for r in rs]
+            ax.plot(xs, ys, style, label=name)
+        ax.plot(xs, [r["io_floor_us"] for r in rs], "k-", lw=0.8, label="IO floor")
+        ax.plot(xs, [r["floor_us"] for r in rs], "k:", lw=0.8, label="max(IO, FLOP) floor")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{model} prefix {prefix // K}k" if prefix >= K else f"{model} prefix {prefix}")
+        ax.set_xlabel("samples")
+        ax.set_ylabel("us per decode step (one layer)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a nine-case subset")
+    ap.add_argument("--cases", default="", help="comma-separated filters: mha, gqa, 8k, x32, or case names")
+    ap.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results"))
+    ap.add_argument("--mem-gb", type=float, default=60.0, help="largest per-sample copies a peer may hold (GB)")
+    ap.add_argument("--tiny", action="store_true", help="interpreter-sized shapes: a CPU smoke run of the code")
+    args = ap.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        print("bench_bifurcated: needs a CUDA GPU (use --tiny for a CPU smoke run of the code paths)")
+        return 0
+    device = "cuda" if cuda else "cpu"
+    torch.manual_seed(0)
+    cases = suite(tiny=args.tiny)
+    if args.quick:
+        cases = [c for c in cases if (c["model"], c["prefix"] * (256 if args.tiny else 1), c["samples"]) in QUICK]
+    if args.cases:
+        keys = set(args.cases.split(","))
+        cases = [c for c in cases if keys & {c["model"], f"{c['prefix'] // K}k", f"x{c['samples']}", c["name"]}]
+
+    def log(msg):
+        print(msg, flush=True)
+    info = common.env_info()
+    log(f"{info}")
+    if cuda:
+        bw = common.read_bandwidth_gbs()
+        ceilings = dict(read_gbs=bw["read_ceiling"], matmul_tflops=matmul_tflops(), bandwidth=bw)
+    else:
+        ceilings = dict(read_gbs=1.0, matmul_tflops=1.0, bandwidth={})
+    log(f"ceilings: {ceilings}")
+    t0 = time.time()
+    rows = [run_case(c, ceilings, args.mem_gb, log, device) for c in cases]
+    ge16 = [r["x_io_floor"] for r in rows if r["samples"] >= 16 and "x_io_floor" in r]
+    ge16_floor = [r["x_floor"] for r in rows if r["samples"] >= 16 and "x_floor" in r]
+
+    def at(n, prefix=8 * K):
+        return {r["model"]: r.get("speedup_vs_best_peer") for r in rows
+                if r["samples"] == n and r["prefix"] == (prefix if not args.tiny else prefix // 256)}
+    summary = dict(
+        max_x_io_floor_ge16=max(ge16, default=None), max_x_floor_ge16=max(ge16_floor, default=None),
+        speedup_vs_best_peer_8k_x32=at(32), speedup_vs_best_peer_8k_x64=at(64),
+        min_speedup_vs_decode_copied=min([r["speedup_vs_decode_copied"] for r in rows
+                                          if "speedup_vs_decode_copied" in r], default=None),
+        geomean_vs_best_peer=common.geomean([r.get("speedup_vs_best_peer") for r in rows]),
+        wall_s=time.time() - t0)
+    md = (f"# bifurcated decode benchmark\n\n{info['device']}, torch {info['torch']}, triton {info['triton']}, "
+          f"{info['date']}; bf16, D=128, one prompt, {OWN if not args.tiny else 16} own tokens per sample. "
+          f"Read ceiling {ceilings['read_gbs']:.0f} GB/s, bf16 matmul {ceilings['matmul_tflops']:.0f} TFLOP/s. "
+          f"Times: medians of triton do_bench (L2 flushed) of CUDA-graph replays. 'KV held' = prefix once + own "
+          f"tokens (ours); 'copies' = per-sample caches with the prefix copied (peers); OOM = copies above "
+          f"{args.mem_gb:g} GB, not run. 'x floor' = time over max(IO floor, FLOP floor).\n\n"
+          + table(rows) + f"\nSummary: {summary}\n")
+    stem = "bifurcated_" + info["device"].replace(" ", "_") + ("_quick" if args.quick else "") + \
+           ("_tiny" if args.tiny else "")
+    paths = common.write_results(args.out, stem, dict(env=info, ceilings=ceilings, summary=summary, rows=rows), md)
+    try:
+        plot(rows, os.path.join(args.out, stem + ".png"))
+        paths.append(os.path.join(args.out, stem + ".png"))
+    except Exception as e:
+        log(f"plot failed: {e}")
+    print(md)
+    log(f"wrote {paths}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
