@@ -8,7 +8,8 @@ notebook); plus the dense limits (keep all, one bucket) for the 1.25x bar.
 Timed, each with ``triton.testing.do_bench`` (median, L2 flushed):
 
 * ``leanattn``: the public function, so compaction/sorting and block ranges are included;
-  forward (grad mode on), backward alone, forward + backward.
+  forward (grad mode on), backward alone, forward + backward; ``leanattn_atomic``: the same
+  with ``deterministic=False`` (dQ by float32 atomics), forward + backward.
 * ``sdpa_flash`` / ``sdpa_cudnn``: dense causal ``scaled_dot_product_attention`` pinned with
   ``sdpa_kernel`` (inputs are (B, N, H, D) tensors seen as (B, H, N, D), as a model would pass).
 * ``flex``: ``flex_attention`` (compiled once with ``dynamic=True``) on the same sorted
@@ -109,10 +110,10 @@ def make_pattern(mode, param, B, N, H, device):
     return a, b
 
 
-def run_ours(mode, q, k, v, a, b):
+def run_ours(mode, q, k, v, a, b, deterministic=True):
     if mode == "qk":
-        return leanattn.qk_sparse_attention(q, k, v, a, b)
-    return leanattn.hash_sparse_attention(q, k, v, a, b)
+        return leanattn.qk_sparse_attention(q, k, v, a, b, deterministic=deterministic)
+    return leanattn.hash_sparse_attention(q, k, v, a, b, deterministic=deterministic)
 
 
 def sparse_layout(mode, a, b):
@@ -129,12 +130,12 @@ def visible_pairs(lay) -> int:
     return int((end - start).sum())
 
 
-def check_ours(mode, q, k, v, a, b, tol=1e-2):
+def check_ours(mode, q, k, v, a, b, tol=1e-2, deterministic=True):
     """Output and grads on a (1 batch, 2 heads, 1024 tokens) slice vs the float64 reference."""
     n0 = min(q.shape[1], 1024)
     sl = (slice(0, 1), slice(0, n0), slice(0, 2))
     qs, ks, vs = (x.detach()[sl].contiguous().requires_grad_() for x in (q, k, v))
-    out = run_ours(mode, qs, ks, vs, a[sl].contiguous(), b[sl].contiguous())
+    out = run_ours(mode, qs, ks, vs, a[sl].contiguous(), b[sl].contiguous(), deterministic)
     ref_fn = reference.qk_sparse_attention if mode == "qk" else reference.hash_sparse_attention
     ref = ref_fn(qs, ks, vs, a[sl], b[sl])
     dout = torch.randn_like(out)
@@ -143,7 +144,7 @@ def check_ours(mode, q, k, v, a, b, tol=1e-2):
     errs = dict(out=rel_err(out, ref), **{f"d{n}": rel_err(x, y) for n, x, y in zip("qkv", g, gr)})
     bad = {n: e for n, e in errs.items() if not e <= tol}
     if bad:
-        raise AssertionError(f"leanattn {mode}: relative error above {tol}: {bad}")
+        raise AssertionError(f"leanattn {mode} (deterministic={deterministic}): relative error above {tol}: {bad}")
     return errs
 
 
@@ -293,6 +294,12 @@ def main():
                     t = time_fwd_bwd(T, lambda: run_ours(mode, q, k, v, a, b), [q, k, v])
                     rows.append(dict(case, impl="leanattn", ref_errors=errs, **t,
                                      speedup_vs_flash=(flash_both / t["both_ms"]) if flash_both else None))
+                    # deterministic=False: dQ by float32 atomics (FlashAttention-2's scheme)
+                    check_ours(mode, q, k, v, a, b, deterministic=False)
+                    dout = torch.randn_like(q)
+                    both = T(lambda: run_ours(mode, q, k, v, a, b, False).backward(dout), grad_to_none=[q, k, v])
+                    rows.append(dict(case, impl="leanattn_atomic", both_ms=both,
+                                     speedup_vs_flash=(flash_both / both) if flash_both else None))
                 except Exception as e:
                     traceback.print_exc()
                     errors.append(dict(case, impl="leanattn", error=repr(e)))
@@ -361,16 +368,16 @@ def bars(rows):
     """The issue's GPU bars, where this run measured them."""
     out = []
     for r in rows:
-        if r["impl"] != "leanattn" or not r.get("speedup_vs_flash"):
+        if r["impl"] not in ("leanattn", "leanattn_atomic") or not r.get("speedup_vs_flash"):
             continue
         if dense_limit(r["mode"], r["param"]):
             ratio = 1 / r["speedup_vs_flash"]
-            out.append(dict(bar="dense limit within 1.25x of FLASH (fwd+bwd)", B=r["B"], H=r["H"], N=r["N"],
-                            mode=r["mode"], value=ratio, ok=ratio <= 1.25))
+            out.append(dict(bar="dense limit within 1.25x of FLASH (fwd+bwd)", impl=r["impl"], B=r["B"], H=r["H"],
+                            N=r["N"], mode=r["mode"], value=ratio, ok=ratio <= 1.25))
         if (r["B"], r["H"], r["N"]) == (4, 48, 32 * K):
             need = {("qk", 0.5): 2.5, ("hash", 16): 2.7, ("hash", 64): 6.0}.get((r["mode"], r["param"]))
             if need:
-                out.append(dict(bar=f"speed-up >= {need}x over FLASH at 32k, B=4, H=48", mode=r["mode"],
+                out.append(dict(bar=f"speed-up >= {need}x over FLASH at 32k, B=4, H=48", impl=r["impl"], mode=r["mode"],
                                 param=r["param"], value=r["speedup_vs_flash"], ok=r["speedup_vs_flash"] >= need))
     return out
 
@@ -383,7 +390,8 @@ def table(rows, payload) -> str:
              "block ranges for leanattn, and for flex_e2e also building the BlockMask and gathers. Speed-up is "
              "sdpa_flash fwd+bwd / method fwd+bwd.\n"]
     header = ["B", "H", "N", "pattern", "density", "ours fwd", "ours bwd", "ours fwd+bwd", "ours TFLOP/s",
-              "FLASH fwd+bwd", "cuDNN fwd+bwd", "flex fwd+bwd", "flex e2e fwd+bwd", "speed-up ours", "speed-up flex e2e"]
+              "ours atomic-dQ fwd+bwd", "FLASH fwd+bwd", "cuDNN fwd+bwd", "flex fwd+bwd", "flex e2e fwd+bwd",
+              "speed-up ours", "speed-up ours atomic", "speed-up flex e2e"]
     body = []
     for r in rows:
         if r["impl"] != "leanattn":
@@ -393,17 +401,19 @@ def table(rows, payload) -> str:
         cu = _find(rows, "sdpa_cudnn", *key, "dense", None)
         fx = _find(rows, "flex", *key, r["mode"], r["param"])
         fe = _find(rows, "flex_e2e", *key, r["mode"], r["param"])
+        at = _find(rows, "leanattn_atomic", *key, r["mode"], r["param"])
         pat = f"drop {r['param']}" if r["mode"] == "qk" else f"{r['param']} buckets"
         body.append([r["B"], r["H"], f"{r['N'] // K}k" if r["N"] >= K else r["N"], pat, r["density"],
                      r["fwd_ms"], r["bwd_ms"], r["both_ms"], r.get("both_tflops", float("nan")),
-                     fl["both_ms"] if fl else "-", cu["both_ms"] if cu else "-", fx["both_ms"] if fx else "-",
+                     at["both_ms"] if at else "-", fl["both_ms"] if fl else "-", cu["both_ms"] if cu else "-", fx["both_ms"] if fx else "-",
                      fe["both_ms"] if fe else "-", r["speedup_vs_flash"] or "-",
+                     (at["speedup_vs_flash"] or "-") if at else "-",
                      (fl["both_ms"] / fe["both_ms"]) if (fl and fe) else "-"])
     md = "\n".join(lines) + "\n" + common.markdown_table(header, body)
     if payload["bars"]:
         md += "\n## Bars\n\n" + common.markdown_table(
-            ["bar", "case", "value", "ok"],
-            [[b["bar"], f"{b['mode']} {b.get('param', '')} N={b.get('N', 32 * K)}", b["value"], b["ok"]]
+            ["bar", "impl", "case", "value", "ok"],
+            [[b["bar"], b["impl"], f"{b['mode']} {b.get('param', '')} N={b.get('N', 32 * K)}", b["value"], b["ok"]]
              for b in payload["bars"]])
     if payload["skipped"]:
         md += "\n## Skipped (time budget)\n\n" + "\n".join(f"- {x}" for x in payload["skipped"]) + "\n"

@@ -19,8 +19,8 @@ def _inputs(B, N, H, D, dtype):
     return [torch.randn(B, N, H, D, dtype=dtype, device="cuda").requires_grad_() for _ in range(3)]
 
 
-def _check(fn, ref_fn, q, k, v, a, b, tol):
-    out = fn(q, k, v, a, b)
+def _check(fn, ref_fn, q, k, v, a, b, tol, **kw):
+    out = fn(q, k, v, a, b, **kw)
     dout = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     ref = ref_fn(q, k, v, a, b)
@@ -54,6 +54,21 @@ def test_hash_sparse_large(dtype, D, N, n_buckets):
         qb = lsh_buckets(q.detach(), n_buckets)
         kb = lsh_buckets(k.detach(), n_buckets)
     _check(leanattn.hash_sparse_attention, reference.hash_sparse_attention, q, k, v, qb, kb, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["qk", "hash"])
+def test_atomic_dq(dtype, mode):
+    B, N, H, D = 2, 3000, 4, 64
+    q, k, v = _inputs(B, N, H, D, dtype)
+    if mode == "qk":
+        a, b = torch.rand(B, N, H, device="cuda") > 0.5, torch.rand(B, N, H, device="cuda") > 0.5
+        _check(leanattn.qk_sparse_attention, reference.qk_sparse_attention, q, k, v, a, b, TOLERANCE[dtype],
+               deterministic=False)
+    else:
+        a = lsh_buckets(q.detach(), 16)
+        _check(leanattn.hash_sparse_attention, reference.hash_sparse_attention, q, k, v, a, a, TOLERANCE[dtype],
+               deterministic=False)
 
 
 @pytest.mark.parametrize("mode", ["qk", "hash"])

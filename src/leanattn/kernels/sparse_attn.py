@@ -16,7 +16,9 @@ and runs three loops: masked ``[lo, full_lo)``, unmasked ``[full_lo, full_hi)``,
 * ``sparse_dkdv_kernel``: grid ``(key blocks, B*H)``, as FlashAttention-2: each program owns a
   key block and loops over the query blocks that see it; dK, dV stay in registers.
 * ``sparse_dq_kernel``: grid ``(q blocks, B*H)``: a separate pass, so no atomics and the
-  gradients are bitwise deterministic.
+  gradients are bitwise deterministic (the default). ``deterministic=False`` instead adds dQ
+  with float32 atomics from the dK/dV programs, as FlashAttention-2 does: two fewer matmuls
+  per tile pair, at the price of run-to-run rounding differences in dQ.
 
 Scores are in log2 units: ``qk_scale = softmax_scale * log2(e)``.
 """
@@ -195,9 +197,9 @@ def sparse_bwd_preprocess_kernel(
 @triton.jit
 def _dkdv_tiles(
     dk, dv, k, v, k_grp, k_pos,  #
-    Q, DO, QPerm, QGroup, Lse, Delta, lo, hi, N, stride_qn, stride_don, qk_scale,  #
+    Q, DO, QPerm, QGroup, Lse, Delta, DQ, lo, hi, N, stride_qn, stride_don, stride_dqn, qk_scale, sm_scale,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     offs_d = tl.arange(0, HEAD_DIM)
     for i in range(lo, hi):
@@ -220,6 +222,14 @@ def _dkdv_tiles(
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         dsT = pT * (dpT - delta[None, :])
         dk += tl.dot(dsT.to(q.dtype), q, input_precision=DOT_PRECISION)
+        if ATOMIC_DQ:
+            # FlashAttention-2's dQ: float32 atomics into DQ (order-dependent rounding)
+            dq = tl.dot(tl.trans(dsT.to(k.dtype)), k, input_precision=DOT_PRECISION) * sm_scale
+            dq_ptrs = DQ + q_pos.to(tl.int64)[:, None] * stride_dqn + offs_d[None, :]
+            if MASKED:
+                tl.atomic_add(dq_ptrs, dq, mask=valid_m[:, None], sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs, dq, sem="relaxed")
     return dk, dv
 
 
@@ -234,11 +244,15 @@ def sparse_dkdv_kernel(
     stride_dob, stride_don, stride_doh,  #
     stride_dkb, stride_dkn, stride_dkh,  #
     stride_dvb, stride_dvn, stride_dvh,  #
+    DQ, stride_dqb, stride_dqn, stride_dqh,  #
     sm_scale, qk_scale, H, N, n_blocks,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
-    """dK, dV of one block of ``BLOCK_N`` sorted keys; ``Ranges`` are in query blocks of ``BLOCK_M``."""
+    """dK, dV of one block of ``BLOCK_N`` sorted keys; ``Ranges`` are in query blocks of ``BLOCK_M``.
+
+    With ``ATOMIC_DQ`` also adds each step's dQ into the float32 ``DQ`` (must start zeroed).
+    """
     blk, bh, b, h, row0 = _program(H, N, False)
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
@@ -250,17 +264,18 @@ def sparse_dkdv_kernel(
 
     Q_bh = _head(Q, b, h, stride_qb, stride_qh)
     DO_bh = _head(DO, b, h, stride_dob, stride_doh)
+    DQ_bh = _head(DQ, b, h, stride_dqb, stride_dqh)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
-                         Delta + row0, lo, flo, N, stride_qn, stride_don, qk_scale,
-                         HEAD_DIM, BLOCK_M, True, UPCAST, DOT_PRECISION)
+                         Delta + row0, DQ_bh, lo, flo, N, stride_qn, stride_don, stride_dqn, qk_scale, sm_scale,
+                         HEAD_DIM, BLOCK_M, True, UPCAST, DOT_PRECISION, ATOMIC_DQ)
     dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
-                         Delta + row0, flo, fhi, N, stride_qn, stride_don, qk_scale,
-                         HEAD_DIM, BLOCK_M, False, UPCAST, DOT_PRECISION)
+                         Delta + row0, DQ_bh, flo, fhi, N, stride_qn, stride_don, stride_dqn, qk_scale, sm_scale,
+                         HEAD_DIM, BLOCK_M, False, UPCAST, DOT_PRECISION, ATOMIC_DQ)
     dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
-                         Delta + row0, fhi, hi, N, stride_qn, stride_don, qk_scale,
-                         HEAD_DIM, BLOCK_M, True, UPCAST, DOT_PRECISION)
+                         Delta + row0, DQ_bh, fhi, hi, N, stride_qn, stride_don, stride_dqn, qk_scale, sm_scale,
+                         HEAD_DIM, BLOCK_M, True, UPCAST, DOT_PRECISION, ATOMIC_DQ)
     rows = k_pos.to(tl.int64)[:, None]
     dk_ptrs = _head(DK, b, h, stride_dkb, stride_dkh) + rows * stride_dkn + offs_d[None, :]
     dv_ptrs = _head(DV, b, h, stride_dvb, stride_dvh) + rows * stride_dvn + offs_d[None, :]

@@ -82,7 +82,7 @@ def _fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q_perm: torch.Tensor, q_group: torch.Tensor, k_perm: torch.Tensor, k_group: torch.Tensor,
     q_ranges: torch.Tensor, kv_ranges: torch.Tensor,
-    softmax_scale: float, block_m: int, block_n: int, block_m_bwd: int, block_n_bwd: int,
+    softmax_scale: float, block_m: int, block_n: int, block_m_bwd: int, block_n_bwd: int, deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``out (B, N, H, D)`` and the internal ``lse (B*H, N)`` float32 (log2 units, sorted
     order, ``+inf`` where a query sees no key). ``kv_ranges`` is only kept for the backward."""
@@ -102,7 +102,7 @@ def _fwd_op(
 
 @_fwd_op.register_fake
 def _(q, k, v, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges, softmax_scale, block_m, block_n,
-      block_m_bwd, block_n_bwd):
+      block_m_bwd, block_n_bwd, deterministic):
     B, N, H, D = q.shape
     return torch.empty_like(q), q.new_empty((B * H, N), dtype=torch.float32)
 
@@ -112,13 +112,15 @@ def _bwd_op(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     q_perm: torch.Tensor, q_group: torch.Tensor, k_perm: torch.Tensor, k_group: torch.Tensor,
     q_ranges: torch.Tensor, kv_ranges: torch.Tensor,
-    softmax_scale: float, block_m: int, block_n: int, block_m_bwd: int, block_n_bwd: int,
+    softmax_scale: float, block_m: int, block_n: int, block_m_bwd: int, block_n_bwd: int, deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)``, each ``(B, N, H, D)`` in the input dtype."""
     B, N, H, D = q.shape
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    # deterministic: dQ by its own pass; otherwise float32 atomics from the dK/dV programs
+    dq = torch.empty_like(q) if deterministic else torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
-        return dq, dk, dv
+        return dq.to(q.dtype), dk, dv
     flags = _kernel_flags(q)
     delta = torch.empty((B * H, N), dtype=torch.float32, device=q.device)
     sparse_bwd_preprocess_kernel[(triton.cdiv(N, block_m), B * H)](
@@ -128,9 +130,11 @@ def _bwd_op(
     n_kv = triton.cdiv(N, block_n_bwd)
     sparse_dkdv_kernel[(n_kv, B * H)](
         q, k, v, dout, dk, dv, lse, delta, q_perm, q_group, k_perm, k_group, kv_ranges,
-        *common, *_strides(dk), *_strides(dv),
+        *common, *_strides(dk), *_strides(dv), dq, *_strides(dq),
         softmax_scale, softmax_scale * LOG2E, H, N, n_kv,
-        BLOCK_M=block_m_bwd, BLOCK_N=block_n_bwd, **flags)
+        BLOCK_M=block_m_bwd, BLOCK_N=block_n_bwd, ATOMIC_DQ=not deterministic, **flags)
+    if not deterministic:
+        return dq.to(q.dtype), dk, dv
     n_q = triton.cdiv(N, block_m)
     sparse_dq_kernel[(n_q, B * H)](
         q, k, v, dout, dq, lse, delta, q_perm, q_group, k_perm, k_group, q_ranges,
@@ -161,7 +165,7 @@ def _backward(ctx, dout, dlse):
         dout = dout.contiguous()
     dq, dk, dv = _bwd_op(dout, q, k, v, out, lse, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges,
                          *ctx.params)
-    return (dq, dk, dv) + (None,) * 11
+    return (dq, dk, dv) + (None,) * 12
 
 
 torch.library.register_autograd("leanattn::sparse_attn_fwd", _backward, setup_context=_setup_context)
@@ -221,7 +225,7 @@ def _check_buckets(name: str, x, q, n_buckets, validate) -> torch.Tensor:
 # public functions
 
 
-def _sparse_attention(q, k, v, q_groups, k_groups, scale, dead=(None, None)):
+def _sparse_attention(q, k, v, q_groups, k_groups, scale, deterministic, dead=(None, None)):
     cfg = sparse_config(q.shape[-1], q.device)
     layout = build_layout(q_groups, k_groups, *dead)
     q_ranges = block_ranges_q(layout, cfg.block_m, cfg.block_n)
@@ -231,7 +235,7 @@ def _sparse_attention(q, k, v, q_groups, k_groups, scale, dead=(None, None)):
     else:
         kv_ranges = q_ranges.new_empty((0,))
     out, _ = _fwd_op(q, k, v, layout.q_perm, layout.q_group, layout.k_perm, layout.k_group, q_ranges, kv_ranges,
-                     scale, cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd)
+                     scale, cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd, bool(deterministic))
     return out
 
 
@@ -242,6 +246,8 @@ def qk_sparse_attention(
     q_keep: torch.Tensor,
     k_keep: torch.Tensor,
     softmax_scale: Optional[float] = None,
+    *,
+    deterministic: bool = True,
 ) -> torch.Tensor:
     """Causal attention with dropped queries and keys (QK-sparse SCFA, Pagliardini et al. 2023).
 
@@ -263,6 +269,10 @@ def qk_sparse_attention(
         ``(B, N, H)`` bool, True = keep. Each (batch, head) has its own pattern.
     softmax_scale : float, optional
         Default ``1 / sqrt(D)``.
+    deterministic : bool, keyword-only
+        ``True`` (default): dQ by a separate pass, bitwise reproducible gradients.
+        ``False``: dQ by float32 atomics from the dK/dV pass (FlashAttention-2's scheme):
+        fewer matmuls, rounding that varies from run to run.
 
     Returns
     -------
@@ -275,7 +285,7 @@ def qk_sparse_attention(
     kernels read the compacted rows in place through the resulting index. The key blocks each
     query block needs are found by binary search once per call, so the work is about
     ``(1 - drop)^2`` of dense causal attention. Backward: dK/dV by one program per key block
-    (FlashAttention-2), dQ by a separate pass; no atomics, deterministic. No host sync. Forward
+    (FlashAttention-2), dQ by a separate pass (deterministic) or by atomics. No host sync. Forward
     and backward are the custom ops ``torch.ops.leanattn.sparse_attn_fwd`` / ``_bwd``.
 
     Examples
@@ -290,7 +300,7 @@ def qk_sparse_attention(
         if x.dtype != torch.bool:
             raise TypeError(f"{name}: expected dtype torch.bool, got {x.dtype}")
     q_groups, k_groups = qk_groups(q_keep, k_keep)
-    return _sparse_attention(q, k, v, q_groups, k_groups, scale, dead=QK_DEAD)
+    return _sparse_attention(q, k, v, q_groups, k_groups, scale, deterministic, dead=QK_DEAD)
 
 
 def hash_sparse_attention(
@@ -303,6 +313,7 @@ def hash_sparse_attention(
     *,
     n_buckets: Optional[int] = None,
     validate: Optional[bool] = None,
+    deterministic: bool = True,
 ) -> torch.Tensor:
     """Causal attention within hash buckets (hash-sparse SCFA, Pagliardini et al. 2023).
 
@@ -331,6 +342,10 @@ def hash_sparse_attention(
     validate : bool, optional, keyword-only
         Check the id values. Default: only when it needs no device sync (CPU tensors, outside
         ``torch.compile``); pass ``True`` to check CUDA inputs at the cost of a sync.
+    deterministic : bool, keyword-only
+        ``True`` (default): dQ by a separate pass, bitwise reproducible gradients.
+        ``False``: dQ by float32 atomics from the dK/dV pass (FlashAttention-2's scheme):
+        fewer matmuls, rounding that varies from run to run.
 
     Returns
     -------
@@ -354,4 +369,4 @@ def hash_sparse_attention(
         raise ValueError(f"n_buckets: expected a positive int or None, got {n_buckets!r}")
     qb = _check_buckets("q_buckets", q_buckets, q, n_buckets, validate)
     kb = _check_buckets("k_buckets", k_buckets, q, n_buckets, validate)
-    return _sparse_attention(q, k, v, qb, kb, scale)
+    return _sparse_attention(q, k, v, qb, kb, scale, deterministic)
