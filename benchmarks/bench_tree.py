@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import statistics
 import sys
 import time
 
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # before any NCCL communicator exists
+if "--smoke" in sys.argv:  # before any @triton.jit runs (common.py has one): Triton reads this once
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -231,7 +232,7 @@ def run_case(env: Env, c, args, log):
                 res["bytes_sent_per_rank"] = comm_bytes(meth, B, hq, d, p, shard_bytes=shard_bytes, rank=r)["sent"]
                 res["collectives"] = comm_bytes(meth, B, hq, d, p, shard_bytes=shard_bytes)["collectives"]
             row["methods"][name] = res
-            log(f"  {name:16s} {res.get('ms', float('nan')):9.3f} ms" +
+            log(f"  {name:16s} {res.get('ms') or float('nan'):9.3f} ms" +
                 (f"  graph {res['graph_ms']:.3f} ms" if "graph_ms" in res else ""))
         del k, v, plans
     else:
@@ -425,8 +426,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.smoke:
         args.reps = min(args.reps, 2)
+    if not args.smoke and not torch.cuda.is_available():
+        print("bench_tree needs CUDA GPUs (or --smoke for a tiny CPU run)")
+        return 2
     if "RANK" in os.environ:  # torchrun
-        if args.smoke or not torch.cuda.is_available():
+        if args.smoke:
             dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
         else:
             local = int(os.environ.get("LOCAL_RANK", 0))
@@ -447,6 +451,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    if "--smoke" in sys.argv and os.environ.get("TRITON_INTERPRET") != "1":
-        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported (here, and in spawned ranks)
     sys.exit(main())

@@ -308,7 +308,7 @@ def test_ranks_disagree_raise_on_every_rank():
 def _missing_peer(rank, world, method, peer):
     if rank == 1:
         if peer == "late":
-            time.sleep(5)
+            time.sleep(3.5)
         return None  # "gone": leaves at once
     q = torch.randn(1, 2, 64, dtype=torch.float16)
     k = torch.randn(1, 10, 2, 64, dtype=torch.float16)
@@ -399,3 +399,23 @@ def test_demo_runs_on_cpu():
     assert len(lines) == 2, p.stdout
     errs = [float(x.rsplit("=", 1)[1]) for x in lines]
     assert max(errs) < 2e-3, p.stdout
+
+
+def test_bench_tree_smoke_and_cost_model_refit(tmp_path):
+    # the benchmark's plumbing on CPU (2 gloo ranks, one tiny case), then the cost model refits from its JSON
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = dict(os.environ, PYTHONPATH=os.path.join(root, "src"))
+    cmd = [sys.executable, os.path.join(root, "benchmarks", "bench_tree.py"), "--smoke", "--cases", "gqa 4/2 B=1 64",
+           "--out", str(tmp_path)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    import json
+    data = json.loads((tmp_path / "bench_tree.json").read_text())
+    (row,) = data["rows"]
+    for m in ("single", "local", "tree-allgather", "tree-allreduce3", "ring"):
+        assert row["methods"][m].get("ms"), (m, row["methods"][m])
+    assert max(row["methods"]["single"]["err_vs_single"].values()) < 2e-3
+    assert (tmp_path / "bench_tree.md").exists() and (tmp_path / "bench_tree.png").exists()
+    from leanattn.distributed import cost_model
+    hw = cost_model.fit_bench(str(tmp_path / "bench_tree.json"))
+    assert hw.intra.beta_gbs > 0 and hw.sources["intra"].startswith("measured")
