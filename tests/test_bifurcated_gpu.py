@@ -1,0 +1,203 @@
+"""GPU-only tests of ``bifurcated_decode`` / ``cascade_decode``: bf16/fp16 at realistic sizes, many
+samples (several head blocks, team schedule), determinism, CUDA graphs, torch.compile,
+compute-sanitizer. Skipped without CUDA.
+
+    PYTHONPATH=src python3 -m pytest -q tests/test_bifurcated_gpu.py
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import leanattn
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def inputs(n, hq, hkv, d, P, own, dtype=torch.bfloat16, G=None):
+    q = torch.randn(n, hq, d, dtype=dtype, device="cuda")
+    shape = (P, hkv, d) if G is None else (G, P, hkv, d)
+    pk = torch.randn(shape, dtype=dtype, device="cuda")
+    pv = torch.randn_like(pk)
+    k = torch.randn(n, max(own), hkv, d, dtype=dtype, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor(own, dtype=torch.int32, device="cuda")
+    return q, pk, pv, k, v, sl
+
+
+def check(q, pk, pv, k, v, sl, bt=None, plens=None, ids=None, name="bifurcated", **kw):
+    out, lse = leanattn.bifurcated_decode(q, pk, pv, k, v, sl, bt, plens, ids, return_lse=True, **kw)
+    ref, ref_lse = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, bt, plens, ids)
+    assert_rel_close(name, out, ref, TOLERANCE[q.dtype])
+    assert_lse_close(name + " lse", lse, ref_lse, 1e-2)
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("hq,hkv,d", [(32, 32, 128), (32, 8, 128), (32, 1, 128), (16, 8, 256), (32, 32, 64),
+                                      (64, 2, 64)])
+def test_single_prompt(dtype, hq, hkv, d):
+    own = [300, 0, 1, 4097, 33, 256, 129]
+    check(*inputs(len(own), hq, hkv, d, 9000, own, dtype))
+
+
+@pytest.mark.parametrize("n,hq,hkv", [(64, 32, 8), (256, 32, 32), (256, 32, 8), (100, 32, 8)])
+def test_many_samples_head_blocks(n, hq, hkv):
+    # 256 (MHA) or 512 and more (GQA) prefix rows per kv head: several head blocks, team schedule
+    own = torch.randint(0, 300, (n,)).tolist()
+    check(*inputs(n, hq, hkv, 128, 5000, own))
+
+
+def test_multi_prompt_unequal():
+    ids = torch.tensor([0] * 40 + [2] * 3 + [1] + [2] * 20, dtype=torch.int32, device="cuda")[torch.randperm(64)]
+    own = torch.randint(0, 600, (64,)).tolist()
+    q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 7000, own, G=4)
+    plens = torch.tensor([7000, 0, 3333, 100], dtype=torch.int32, device="cuda")
+    check(q, pk, pv, k, v, sl, plens=plens, ids=ids)
+    check(q, pk, pv, k, v, sl, plens=plens, ids=ids, max_group_size=64, name="max_group_size=B")
+
+
+@pytest.mark.parametrize("page", [1, 16, 64, 256])
+def test_paged_own(page):
+    own = [900, 0, 3, 2049]
+    q, pk, pv, k, v, sl = inputs(4, 32, 8, 128, 3000, own)
+    npages = [-(-n // page) for n in own]
+    perm = torch.randperm(sum(npages), device="cuda").int()
+    bt = torch.zeros(4, max(npages), dtype=torch.int32, device="cuda")
+    kp = torch.randn(sum(npages) + 1, page, 8, 128, dtype=q.dtype, device="cuda")
+    vp = torch.randn_like(kp)
+    off = 0
+    for b, (n, m) in enumerate(zip(own, npages)):
+        ids = perm[off:off + m]
+        bt[b, :m] = ids
+        for i in range(m):
+            lo, hi = i * page, min((i + 1) * page, n)
+            kp[ids[i], : hi - lo] = k[b, lo:hi]
+            vp[ids[i], : hi - lo] = v[b, lo:hi]
+        off += m
+    out = leanattn.bifurcated_decode(q, pk, pv, kp, vp, sl, bt)
+    ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl)
+    assert_rel_close("paged", out, ref, TOLERANCE[torch.bfloat16])
+
+
+def test_one_sample_equals_decode_over_concatenation():
+    q, pk, pv, k, v, sl = inputs(1, 32, 32, 128, 8192, [256])
+    out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+    kc, vc = torch.cat([pk[None], k], 1), torch.cat([pv[None], v], 1)
+    dec = leanattn.decode(q, kc, vc)
+    assert_rel_close("vs decode", out, dec.double(), TOLERANCE[torch.bfloat16])
+
+
+def test_empty_prefix_and_empty_own():
+    q, pk, pv, k, v, sl = inputs(5, 32, 8, 128, 0, [0, 10, 3000, 0, 1])
+    check(q, pk, pv, k, v, sl)
+    q, pk, pv, k, v, sl = inputs(3, 32, 8, 128, 4000, [0, 0, 0])
+    check(q, pk, pv, k, v, sl)
+
+
+def test_deterministic_20_runs():
+    ids = torch.randint(0, 3, (48,), dtype=torch.int32, device="cuda")
+    q, pk, pv, k, v, sl = inputs(48, 32, 8, 128, 6000, torch.randint(0, 500, (48,)).tolist(), G=3)
+    first, first_lse = leanattn.bifurcated_decode(q, pk, pv, k, v, sl, prefix_ids=ids, return_lse=True)
+    for _ in range(20):
+        o, l = leanattn.bifurcated_decode(q, pk, pv, k, v, sl, prefix_ids=ids, return_lse=True)
+        assert torch.equal(o, first) and torch.equal(l, first_lse)
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_cuda_graph_new_lengths_and_ids(multi):
+    n = 16
+    q, pk, pv, k, v, sl = inputs(n, 32, 8, 128, 5000, [256] * n, G=3 if multi else None)
+    ids = torch.zeros(n, dtype=torch.int32, device="cuda") if multi else None
+    plens = torch.tensor([5000, 10, 0], dtype=torch.int32, device="cuda") if multi else None
+    kw = dict(max_group_size=n) if multi else {}
+    leanattn.bifurcated_decode(q, pk, pv, k, v, sl, None, plens, ids, **kw)  # compile and allocate outside capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl, None, plens, ids, **kw)
+    for trial in range(4):
+        sl.copy_(torch.randint(0, 257, (n,), dtype=torch.int32))
+        if multi:
+            ids.copy_(torch.randint(0, 3, (n,), dtype=torch.int32))
+            plens.copy_(torch.randint(0, 5001, (3,), dtype=torch.int32))
+        q.normal_()
+        g.replay()
+        torch.cuda.synchronize()
+        ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, None, plens, ids)
+        assert_rel_close(f"graph replay {trial}", out, ref, TOLERANCE[torch.bfloat16])
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_torch_compile(mode):
+    torch._dynamo.reset()
+    ids = torch.tensor([1, 0, 1, 1], dtype=torch.int32, device="cuda")
+    q, pk, pv, k, v, sl = inputs(4, 32, 8, 128, 3000, [300, 0, 17, 256], G=2)
+
+    def f(q, pk, pv, k, v, sl, ids):
+        o, lse = leanattn.bifurcated_decode(q * 1.0, pk, pv, k, v, sl, prefix_ids=ids, return_lse=True)
+        return o.float() * 2.0, lse
+
+    cf = torch.compile(f, fullgraph=True, mode=mode)
+    for _ in range(3):
+        o, lse = cf(q, pk, pv, k, v, sl, ids)
+    ref, ref_lse = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, prefix_ids=ids)
+    assert_rel_close("compiled", o / 2.0, ref, TOLERANCE[torch.bfloat16])
+    assert_lse_close("compiled lse", lse, ref_lse, 1e-2)
+
+
+def test_cascade_three_levels_gpu():
+    n = 24
+    ids = torch.randint(0, 4, (n,), dtype=torch.int32, device="cuda")
+    q, sk, sv, k, v, sl = inputs(n, 32, 8, 128, 2000, torch.randint(0, 400, (n,)).tolist())
+    dk = torch.randn(4, 3000, 8, 128, dtype=q.dtype, device="cuda")
+    dv = torch.randn_like(dk)
+    dl = torch.tensor([3000, 1, 0, 2500], dtype=torch.int32, device="cuda")
+    levels = [(sk, sv), (dk, dv, dl, ids)]
+    out = leanattn.cascade_decode(q, levels, k, v, sl)
+    ref, _ = leanattn.reference.cascade_decode(q, levels, k, v, sl)
+    assert_rel_close("cascade", out, ref, TOLERANCE[torch.bfloat16])
+
+
+def test_opcheck_gpu():
+    q, pk, pv, k, v, sl = inputs(3, 8, 2, 64, 100, [30, 0, 7])
+    torch.library.opcheck(torch.ops.leanattn.bifurcated_decode.default,
+                          (q, pk, pv, k, v, sl, None, None, None, 0.125, 0, 0, 0, 0))
+
+
+SANITIZE = r"""
+import sys, torch
+sys.path.insert(0, {src!r})
+import leanattn
+torch.manual_seed(0)
+for n, hq, hkv, d, P in ((5, 32, 8, 128, 700), (40, 32, 8, 128, 300), (3, 16, 8, 256, 90), (2, 64, 1, 64, 0)):
+    q = torch.randn(n, hq, d, dtype=torch.bfloat16, device="cuda")
+    pk = torch.randn(2, P, hkv, d, dtype=torch.bfloat16, device="cuda"); pv = torch.randn_like(pk)
+    k = torch.randn(n, 333, hkv, d, dtype=torch.bfloat16, device="cuda"); v = torch.randn_like(k)
+    sl = torch.randint(0, 334, (n,), dtype=torch.int32, device="cuda")
+    ids = torch.randint(0, 2, (n,), dtype=torch.int32, device="cuda")
+    leanattn.bifurcated_decode(q, pk[0], pv[0], k, v, sl)
+    leanattn.bifurcated_decode(q, pk, pv, k, v, sl, prefix_ids=ids, num_programs=37)
+    leanattn.cascade_decode(q, [(pk[0], pv[0]), (pk, pv, None, ids)], k, v, sl)
+torch.cuda.synchronize()
+print("sanitize_bifurcated: all launches done")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
+def test_compute_sanitizer(tool, tmp_path):
+    exe = shutil.which("compute-sanitizer")
+    if exe is None:
+        pytest.skip("compute-sanitizer not on PATH")
+    script = tmp_path / "sanitize_bifurcated.py"
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    script.write_text(SANITIZE.format(src=src))
+    r = subprocess.run([exe, "--tool", tool, "--error-exitcode", "3", sys.executable, str(script)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "all launches done" in r.stdout
