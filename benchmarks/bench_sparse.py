@@ -50,7 +50,6 @@ if not torch.cuda.is_available():  # --smoke on a CPU: kernels run under the int
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-
 import triton  # noqa: E402
 
 import leanattn  # noqa: E402
@@ -92,7 +91,6 @@ def time_fwd_bwd(T, f, leaves):
     fwd = T(f)
     bwd = T(lambda: out.backward(dout, retain_graph=True), grad_to_none=leaves)
     both = T(lambda: f().backward(dout), grad_to_none=leaves)
-    del out
     return dict(fwd_ms=fwd, bwd_ms=bwd, both_ms=both)
 
 
@@ -325,12 +323,11 @@ def main():
                     both = T(lambda: flex.e2e(mode, q, k, v, a, b).backward(dout), grad_to_none=[q, k, v])
                     rows.append(dict(case, impl="flex_e2e", both_ms=both,
                                      speedup_vs_flash=(flash_both / both) if flash_both else None))
-                    del qs, ks, vs, bm, lay
                 except Exception as e:
                     traceback.print_exc()
                     errors.append(dict(case, impl="flex", error=repr(e)))
             print(f"B={B} H={H} N={N} done at {time.time() - t_start:.0f} s", flush=True)
-            del q, k, v, outs
+            q = k = v = outs = None  # free before the next, larger case
             gc.collect()
             if device == "cuda":
                 torch.cuda.empty_cache()
@@ -405,7 +402,8 @@ def table(rows, payload) -> str:
         pat = f"drop {r['param']}" if r["mode"] == "qk" else f"{r['param']} buckets"
         body.append([r["B"], r["H"], f"{r['N'] // K}k" if r["N"] >= K else r["N"], pat, r["density"],
                      r["fwd_ms"], r["bwd_ms"], r["both_ms"], r.get("both_tflops", float("nan")),
-                     at["both_ms"] if at else "-", fl["both_ms"] if fl else "-", cu["both_ms"] if cu else "-", fx["both_ms"] if fx else "-",
+                     at["both_ms"] if at else "-", fl["both_ms"] if fl else "-", cu["both_ms"] if cu else "-",
+                     fx["both_ms"] if fx else "-",
                      fe["both_ms"] if fe else "-", r["speedup_vs_flash"] or "-",
                      (at["speedup_vs_flash"] or "-") if at else "-",
                      (fl["both_ms"] / fe["both_ms"]) if (fl and fe) else "-"])
@@ -439,7 +437,8 @@ def plot(rows, path):
                                  if r["impl"] == impl and (r["B"], r["H"], r["mode"], r["param"]) == (B, H, mode, p)
                                  and r.get("speedup_vs_flash"))
                     if pts:
-                        label = (f"drop {p}" if mode == "qk" else f"{p} buckets") + ("" if impl == "leanattn" else " flex")
+                        label = f"drop {p}" if mode == "qk" else f"{p} buckets"
+                        label += "" if impl == "leanattn" else " flex"
                         ax.plot([x for x, _ in pts], [y for _, y in pts], style, color=color, label=label)
             ax.axhline(1.0, color="gray", lw=0.8)
             ax.set_xscale("log", base=2)

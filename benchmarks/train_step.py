@@ -145,7 +145,7 @@ def main():
             rows.append(dict(N=N, B=args.batch, variant=label, ms=ms, tokens_per_s=args.batch * N / ms * 1e3,
                              speedup_vs_dense=dense_ms / ms, loss=loss.item()))
             print(rows[-1], flush=True)
-            del model
+            model = None
             torch.cuda.empty_cache()
     payload = dict(env=common.env_info(), suite="train_step", args=vars(args),
                    model="GPT-2 small shape: 12 layers, 12 heads, head dim 64, vocab 50304, bf16 autocast", rows=rows)

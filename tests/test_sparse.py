@@ -155,7 +155,8 @@ def test_stranded_queries(device):
 
 
 def _dense_causal(q, k, v):
-    return F.scaled_dot_product_attention(*(x.transpose(1, 2).double() for x in (q, k, v)), is_causal=True).transpose(1, 2)
+    q, k, v = (x.transpose(1, 2).double() for x in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
 
 
 @pytest.mark.parametrize("mode", ["qk", "hash"])

@@ -82,8 +82,9 @@ def test_dense_limit_matches_sdpa(mode):
     else:
         a = b = torch.zeros(B, N, H, dtype=torch.int32, device="cuda")
         out = leanattn.hash_sparse_attention(q, k, v, a, b)
-    sdpa = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), is_causal=True).transpose(1, 2)
-    ref = F.scaled_dot_product_attention(*(x.transpose(1, 2).float() for x in (q, k, v)), is_causal=True).transpose(1, 2)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    sdpa = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True).transpose(1, 2)
+    ref = F.scaled_dot_product_attention(qt.float(), kt.float(), vt.float(), is_causal=True).transpose(1, 2)
     err = (out.float() - ref).norm() / ref.norm()
     err_sdpa = (sdpa.float() - ref).norm() / ref.norm()
     assert err <= 2 * err_sdpa + 1e-4, (err.item(), err_sdpa.item())

@@ -79,7 +79,8 @@ def build_layout(q_groups: torch.Tensor, k_groups: torch.Tensor, q_dead: int | N
     q_perm, q_group, q_key = _sort_rows(q_groups)
     k_perm, k_group, k_key = _sort_rows(k_groups)
     q_live, k_live = (
-        (g != dead).sum(-1, keepdim=True) if dead is not None else torch.full_like(g[:, :1], g.shape[-1], dtype=torch.int64)
+        (g != dead).sum(-1, keepdim=True) if dead is not None
+        else torch.full_like(g[:, :1], g.shape[-1], dtype=torch.int64)
         for g, dead in ((q_group, q_dead), (k_group, k_dead)))
     return SparseLayout(q_perm, q_group, k_perm, k_group, q_key, k_key, q_live, k_live)
 
