@@ -145,11 +145,12 @@ def graph_ms(env: Env, fn, reps: int, collective: bool) -> float:
         for _ in range(3):
             fn()
     torch.cuda.current_stream().wait_stream(s)
-    env.barrier()
+    settle = env.barrier if collective else env.sync
+    settle()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
-    env.barrier()
+    settle()
     return env.time_ms(g.replay, reps, collective)
 
 
@@ -256,7 +257,7 @@ def run_case(env: Env, c, args, log):
             res["ms"] = env.time_ms(fn, reps, False)
             if args.graphs and env.cuda:
                 try:
-                    res["graph_ms"] = graph_ms_local(env, fn, reps)
+                    res["graph_ms"] = graph_ms(env, fn, reps, False)
                 except Exception as e:  # noqa: BLE001
                     res["graph_error"] = f"{type(e).__name__}: {e}"[:200]
             res["peak_bytes_per_rank"] = [env.peak()] + [None] * (p - 1)
@@ -275,20 +276,6 @@ def run_case(env: Env, c, args, log):
         torch.cuda.empty_cache()
     env.barrier()
     return row
-
-
-def graph_ms_local(env: Env, fn, reps: int) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return env.time_ms(g.replay, reps, False)
 
 
 def collectives_bench(env: Env, smoke: bool) -> list[dict]:

@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from leanattn.distributed import cost_model as cm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -104,7 +104,7 @@ _CHECKED: set = set()
 
 def checked(group, cache_key) -> bool:
     """Whether :func:`agree` already succeeded for ``cache_key`` on ``group`` in this process."""
-    return (id(group), cache_key) in _CHECKED
+    return (id(group), world(group)[1], cache_key) in _CHECKED
 
 
 def gather_descriptors(desc: Sequence[int], group, device: torch.device, what: str, timeout) -> list[list[int]]:
@@ -132,7 +132,7 @@ def agree(fields: Sequence[tuple[str, tuple[int, ...]]], local_error: Optional[B
         When given, a successful check is remembered and later calls with the same key (in this
         process) skip the exchange.
     """
-    key = None if cache_key is None else (id(group), cache_key)
+    key = None if cache_key is None else (id(group), world(group)[1], cache_key)
     if key is not None and key in _CHECKED and local_error is None:
         return
     flat = [0 if local_error is None else 1]
@@ -141,6 +141,13 @@ def agree(fields: Sequence[tuple[str, tuple[int, ...]]], local_error: Optional[B
     rows = gather_descriptors(flat, group, device, what + " (shape agreement)", timeout)
     if local_error is not None:
         raise local_error
+    check_rows(rows, fields, what)
+    if key is not None:
+        _CHECKED.add(key)
+
+
+def check_rows(rows: list[list[int]], fields: Sequence[tuple[str, tuple[int, ...]]], what: str) -> None:
+    """Raise unless every rank's row (``[rejected, *field values, ...]``) accepts and agrees on ``fields``."""
     bad = [r for r, row in enumerate(rows) if row[0]]
     if bad:
         raise ValueError(f"{what}: rank(s) {bad} rejected their inputs (see the error raised there)")
@@ -152,8 +159,6 @@ def agree(fields: Sequence[tuple[str, tuple[int, ...]]], local_error: Optional[B
             per_rank = ", ".join(f"rank {r}: {_show(name, s)}" for r, s in enumerate(seen))
             raise ValueError(f"{what}: ranks disagree on {name}; expected the same on every rank, got {per_rank}")
         off += k
-    if key is not None:
-        _CHECKED.add(key)
 
 
 def _show(name: str, vals: tuple[int, ...]):

@@ -272,7 +272,7 @@ def ring_decode(
                                     group, q.device, "ring_decode (shard shapes)", timeout)
     if err is not None:
         raise err
-    _agree_rows(rows, fields)
+    _comm.check_rows(rows, fields, "ring_decode")
     shapes = [tuple(row[-len(mine):]) for row in rows]
     dev = _comm.comm_device(group, q.device)
     nxt, prv = (rank + 1) % size, (rank - 1) % size
@@ -292,29 +292,15 @@ def ring_decode(
                     ops.append(dist.P2POp(dist.irecv, y, prv, group, tag))
             works = dist.batch_isend_irecv(ops) if ops else []
         # -- compute on the shard we hold while the next one arrives
-        o, l = decode(q, *[None if x is None else x.to(q.device) for x in cur], scale, return_lse=True, **kw)
+        o, ls = decode(q, *[None if x is None else x.to(q.device) for x in cur], scale, return_lse=True, **kw)
         outs.append(o)
-        lses.append(l)
+        lses.append(ls)
         for w in works:
             _comm.wait(w, f"ring_decode: step {step} send/recv of KV shards", group, timeout)
         if step < size - 1:
             cur = incoming
     out, lse = merge_states(torch.stack(outs), torch.stack(lses))
     return (out, lse) if return_lse else out
-
-
-def _agree_rows(rows, fields):
-    bad = [r for r, row in enumerate(rows) if row[0]]
-    if bad:
-        raise ValueError(f"ring_decode: rank(s) {bad} rejected their inputs (see the error raised there)")
-    off = 1
-    for name, vals in fields:
-        k = len(vals)
-        seen = [tuple(row[off:off + k]) for row in rows]
-        if len(set(seen)) > 1:
-            per_rank = ", ".join(f"rank {r}: {_comm._show(name, s)}" for r, s in enumerate(seen))
-            raise ValueError(f"ring_decode: ranks disagree on {name}; expected the same on every rank, got {per_rank}")
-        off += k
 
 
 def _empty_shard(shape, B: int, like: torch.Tensor, device):
