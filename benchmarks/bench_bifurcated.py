@@ -19,6 +19,7 @@ the larger of the two.
     python benchmarks/bench_bifurcated.py [--quick] [--cases mha,gqa,8k,...] [--out DIR] [--mem-gb 60]
     python -m leanattn bench bifurcated --quick
     python benchmarks/bench_bifurcated.py --tiny     # CPU smoke run of the code paths (no timing value)
+    python benchmarks/bench_bifurcated.py --sweep [--configs 'cap,block_n,warps,stages,cps;...']
 """
 from __future__ import annotations
 
@@ -279,6 +280,47 @@ def plot(rows, path):
     fig.savefig(path, dpi=110)
 
 
+SWEEP_CASES = {"mha 8k x1", "mha 8k x32", "mha 8k x256", "gqa 8k x1", "gqa 8k x32", "gqa 8k x64", "gqa 32k x256"}
+SWEEP_CONFIGS = ["0,0,0,0,0", "64,0,0,0,0", "128,128,8,2,0", "128,64,8,3,0", "128,64,4,2,0", "0,64,0,0,0",
+                 "0,0,0,3,0", "0,0,0,0,2", "0,0,8,0,0", "32,0,0,0,0"]
+
+
+def sweep(cases, configs, log):
+    """Time bifurcated_decode under ``LEANATTN_BIFURCATED_CONFIG`` overrides
+    (``block_h_cap,block_n,num_warps,num_stages,ctas_per_sm``, 0 = default)."""
+    from bench_decode import graph_of
+    from leanattn.ops import bifurcated as bif
+    results = []
+    old = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
+    for c in cases:
+        inp = make_inputs(c, "cuda", copies=False)
+        idx = torch.tensor(check_samples(c["samples"]), device="cuda")
+        ref = reference_of(inp, idx)
+        prefix_b, own_b, qo_b, _ = case_bytes(c)
+        for cfg in configs:
+            os.environ["LEANATTN_BIFURCATED_CONFIG"] = cfg
+            bif._PLANS.clear()
+            try:
+                fn = ours(c, inp)
+                err = rel_err(fn()[idx], ref)
+                g = graph_of(fn)
+                us = common.bench(g.replay if g is not None else fn, warmup=10, rep=40) * 1e3
+                del g
+            except Exception as e:
+                err, us = float("nan"), float("nan")
+                log(f"    fail {cfg}: {type(e).__name__} {str(e)[:100]}")
+            results.append(dict(case=c["name"], cfg=cfg, us=us, err=err, gbs=(prefix_b + own_b + qo_b) / us / 1e3))
+            log(f"  sweep {c['name']:14s} cfg={cfg:16s} {us:9.1f} us {results[-1]['gbs']:6.0f} GB/s err {err:.1e}")
+        del inp
+        torch.cuda.empty_cache()
+    if old is None:
+        os.environ.pop("LEANATTN_BIFURCATED_CONFIG", None)
+    else:
+        os.environ["LEANATTN_BIFURCATED_CONFIG"] = old
+    bif._PLANS.clear()
+    return results
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a nine-case subset")
@@ -286,6 +328,8 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results"))
     ap.add_argument("--mem-gb", type=float, default=60.0, help="largest per-sample copies a peer may hold (GB)")
     ap.add_argument("--tiny", action="store_true", help="interpreter-sized shapes: a CPU smoke run of the code")
+    ap.add_argument("--sweep", action="store_true", help="time launch configs of bifurcated_decode instead")
+    ap.add_argument("--configs", default="", help="sweep only these: 'cap,block_n,warps,stages,cps;...'")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
@@ -304,6 +348,15 @@ def main(argv=None):
         print(msg, flush=True)
     info = common.env_info()
     log(f"{info}")
+    if args.sweep:
+        if not cuda:
+            print("bench_bifurcated --sweep: needs a CUDA GPU")
+            return 0
+        picked = cases if (args.cases or args.quick) else [c for c in cases if c["name"] in SWEEP_CASES]
+        res = sweep(picked, [c for c in args.configs.split(";") if c] or SWEEP_CONFIGS, log)
+        common.write_results(args.out, "bifurcated_sweep_" + info["device"].replace(" ", "_"), dict(env=info, sweep=res),
+                             "")
+        return 0
     if cuda:
         bw = common.read_bandwidth_gbs()
         ceilings = dict(read_gbs=bw["read_ceiling"], matmul_tflops=matmul_tflops(), bandwidth=bw)

@@ -367,3 +367,15 @@ def test_cascade_bad_inputs(make, error, arg):
     call.update(make(kw))
     with pytest.raises(error, match=rf"^{re.escape(arg)}: expected"):
         leanattn.cascade_decode(**call)
+
+
+# ------------------------------------------------------------------------------------------------
+# the benchmark script runs (CPU smoke: interpreter-sized shapes, no timing value)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke run; the GPU runs the real benchmark")
+def test_benchmark_tiny_smoke(tmp_path):
+    from leanattn import cli
+    main = cli._load_benchmark("bifurcated")
+    assert main is not None
+    assert main(["--tiny", "--cases", "gqa 8k x4", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "bifurcated_cpu_tiny.json").is_file() and (tmp_path / "bifurcated_cpu_tiny.md").is_file()

@@ -8,6 +8,7 @@ sample's own tokens in the same launch (see ``kernels/bifurcated.py``).
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -24,15 +25,32 @@ __all__ = ["bifurcated_decode", "cascade_decode"]
 LOG2E = 1.4426950408889634
 
 
-def _prefix_block_h(rows: int, head_dim: int, block_h: int) -> int:
-    """Query rows per ``tl.dot`` in the prefix phase: all rows of a kv head up to 128 (64 at D=256).
+def _env_config() -> tuple:
+    """``LEANATTN_BIFURCATED_CONFIG=block_h_cap,block_n,num_warps,num_stages,ctas_per_sm`` (0 = default):
+    launch overrides for benchmark sweeps."""
+    raw = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
+    if not raw:
+        return (0, 0, 0, 0, 0)
+    vals = tuple(int(x) for x in raw.split(","))
+    return vals + (0,) * (5 - len(vals))
 
-    Larger blocks mean fewer head blocks, i.e. fewer re-reads of each prefix tile.
+
+def launch_config(rows: int, head_dim: int, group: int, device: torch.device, block_h: int = 0, block_n: int = 0):
+    """``(decode config of the own phase, prefix rows per tl.dot, tile, warps, stages, ctas per SM)``.
+
+    The prefix phase stacks all rows of a kv head up to 128 per ``tl.dot`` (64 at D=256): fewer head
+    blocks, fewer re-reads of each prefix tile. 128-row blocks take 64-token tiles and 8 warps (a
+    128 x 128 tile pair would need ~130 KB of shared memory, one program per SM).
     """
-    if block_h:
-        return block_h
-    cap = 64 if head_dim > 128 else 128
-    return max(16, min(cap, triton.next_power_of_2(max(rows, 1))))
+    cap_env, bn_env, warps_env, stages_env, cps_env = _env_config()
+    cfg = decode_config(head_dim, group, device, block_n or bn_env or None)
+    cap = cap_env or (64 if head_dim > 128 else 128)
+    block_hp = block_h or max(16, min(cap, triton.next_power_of_2(max(rows, 1))))
+    bn, warps = cfg.block_n, cfg.num_warps
+    if block_hp > 64 and device.type == "cuda":
+        bn = block_n or bn_env or min(bn, 64)
+        warps = max(warps, 8)
+    return (cfg, block_hp, bn, warps_env or warps, stages_env or cfg.num_stages, cps_env or cfg.ctas_per_sm)
 
 
 class _Plan:
@@ -45,22 +63,21 @@ class _Plan:
         device = q.device
         group = Hq // Hkv
         has_own = k is not None
-        cfg = decode_config(D, group, device, block_n or None)
-        block_hp = _prefix_block_h(n_max * group, D, block_h)
+        cfg, block_hp, bn, warps, stages, self.ctas_per_sm = launch_config(n_max * group, D, group, device, block_h,
+                                                                            block_n)
         self.n_hb = n_hb = triton.cdiv(n_max * group, block_hp)
         paged = block_table is not None
         self.dummy_i32 = torch.zeros((1, 1), dtype=torch.int32, device=device)
         self.dummy_kv = torch.zeros((1, 1, Hkv, D), dtype=q.dtype, device=device)
         cap = _capacity(k, block_table) if has_own else 0
-        warps = cfg.num_warps if block_hp <= 64 else max(cfg.num_warps, 8)
         self.meta = dict(
             HQ=Hq, HKV=Hkv, GROUP=group, BLOCK_HP=block_hp, N_HB=n_hb, BLOCK_HO=cfg.block_h, N_HBO=cfg.n_hb,
-            HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_G=max(16, triton.next_power_of_2(G)),
+            HEAD_DIM=D, BLOCK_N=bn, BLOCK_G=max(16, triton.next_power_of_2(G)),
             BLOCK_B=max(16, triton.next_power_of_2(B)), PAGE_SIZE=k.shape[1] if paged else 0,
             HAS_SEQLENS=seqlens is not None, HAS_PREFIX_LENS=has_plens, SINGLE_PREFIX=single, HAS_OWN=has_own,
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-            num_warps=warps, num_stages=cfg.num_stages)
+            num_warps=warps, num_stages=stages)
         # empty caches are replaced by a one-token dummy (with zero length), so no pointer is dangling
         self.empty_prefix = P == 0
         self.empty_own = has_own and cap == 0
@@ -102,7 +119,7 @@ class _Plan:
                     q, kv, kv, kv, kv, q, f, d, d, d, d, d, d, f, f, d, f, f, d, f, f, d, *self.tail,
                     grid=(1,), **self.meta)
                 occ = runtime.occupancy(compiled, q.device)
-            workers = runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
+            workers = runtime.num_sms(q.device) * max(1, min(occ, self.ctas_per_sm))
         return max(1, workers // self.n_hb) * self.n_hb
 
     def run(self, q, pk, pv, k, v, seqlens, block_table, plens, groups, out, lse):
@@ -161,7 +178,8 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
     key = (q.shape, q.stride(), q.dtype, q.device, prefix_k.shape, prefix_k.stride(), prefix_v.stride(),
            None if k_cache is None else (k_cache.shape, k_cache.stride(), v_cache.stride()),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
-           prefix_lens is None, single, n_max, softmax_scale, num_programs, block_h, block_n, runtime.interpreting())
+           prefix_lens is None, single, n_max, softmax_scale, num_programs, block_h, block_n, runtime.interpreting(),
+           os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
     plan = _PLANS.get(key)
     if plan is None:
         plan = _Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens is not None,
