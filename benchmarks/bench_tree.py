@@ -230,7 +230,7 @@ def run_case(env: Env, c, args, log):
                 res["bytes_sent_per_rank"] = 0
             else:
                 meth = "ring" if name == "ring" else name.split("-")[1]
-                res["bytes_sent_per_rank"] = comm_bytes(meth, B, hq, d, p, shard_bytes=shard_bytes, rank=r)["sent"]
+                res["bytes_sent_per_rank"] = comm_bytes(meth, B, hq, d, p, shard_bytes, r, item)["sent"]
                 res["collectives"] = comm_bytes(meth, B, hq, d, p, shard_bytes=shard_bytes)["collectives"]
             row["methods"][name] = res
             log(f"  {name:16s} {res.get('ms') or float('nan'):9.3f} ms" +

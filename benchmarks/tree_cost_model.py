@@ -145,7 +145,7 @@ def main(argv=None) -> int:
           "\nInter-node numbers stay assumed until a multi-node run exists; `cost_model.fit_bench` refits the "
           "intra-node link, the P2P link, the HBM line and the combine cost from a `bench_tree.json`.\n",
           "## Predictions (microseconds)\n", table(preds),
-          "\nReading: tree decode's communication is `B * Hq * (D + 1)` floats per GPU whatever the context, so "
+          "\nReading: tree decode's communication is `B * Hq * (D + 2)` 16-bit values per GPU whatever the context, so "
           "it keeps shrinking with the GPU count until the collective's latency (`(p - 1) * alpha` for the "
           "ring all-gather, `log2` for NCCL's tree all-reduce) dominates; ring decode moves the whole cache "
           "through every link each step and, once it crosses nodes, runs at the NIC's bandwidth.\n"]

@@ -380,7 +380,8 @@ def test_comm_bytes_independent_of_context():
         a = comm_bytes(method, 4, 32, 128, 8)
         assert a["sent"] > 0 and a == comm_bytes(method, 4, 32, 128, 8)  # no length argument at all
     ag = comm_bytes("allgather", 1, 32, 128, 2)
-    assert ag["sent"] == 4 * 32 * 129 and ag["collectives"] == 1
+    assert ag["sent"] == 32 * (2 * 128 + 4) and ag["collectives"] == 1
+    assert comm_bytes("allgather", 1, 32, 128, 2, itemsize=4)["sent"] == 4 * 32 * 129
     assert comm_bytes("allreduce3", 1, 32, 128, 2)["collectives"] == 3
     ring = comm_bytes("ring", 1, 32, 128, 4, shard_bytes=[10, 20, 30, 40], rank=0)
     assert ring["sent"] == 100 - 20 and ring["received"] == 100 - 10

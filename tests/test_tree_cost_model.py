@@ -66,7 +66,7 @@ def synthetic_bench(tmp_path, alpha=3.0, beta=300.0, hbm=4000.0, dec=15.0, combi
     for ctx in (1 << 17, 1 << 19, 1 << 20):
         kv = cm.kv_bytes(ctx, 1, 8, 128)
         local = dec + kv / p / (hbm * 1e3)
-        ag = local + combine + (p - 1) * (alpha + 4 * 32 * 129 / (beta * 1e3))
+        ag = local + combine + (p - 1) * (alpha + 32 * (2 * 128 + 4) / (beta * 1e3))
         rows.append(dict(case=f"gqa {ctx}", B=1, hq=32, hkv=8, d=128, ctx=ctx, kv_bytes_total=kv,
                          kv_bytes_per_rank=[kv // p] * p,
                          methods={"single": dict(ms=(dec + kv / (hbm * 1e3)) / 1e3),

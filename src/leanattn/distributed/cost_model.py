@@ -24,7 +24,7 @@ has only the ring (NVLS and PAT are left out: multicast is off, and PAT is for o
 
 Methods (per layer and step; ``S = KV bytes / p``):
 
-- ``tree-allgather``: ``decode(S) + combine + allgather(4 B Hq (D + 1))``
+- ``tree-allgather``: ``decode(S) + combine + allgather(B Hq (D itemsize + 4))``
 - ``tree-allreduce3``: ``decode(S) + 3 * combine + allreduce(4 B Hq) + allreduce(4 B Hq D) + allreduce(4 B Hq)``
   (the last two issued together: counted as their sum minus one alpha);
 - ``tree-hier`` (model only, not implemented): all-gather inside each node, merge, then the three
@@ -156,12 +156,13 @@ def predict(hw: Hardware, p: int, context: int, B: int = 1, Hq: int = 32, Hkv: i
     dec = decode_us(S, hw)
     small, big = 4 * B * Hq, 4 * B * Hq * D
     out = dict(single=decode_us(kv, hw), shard_bytes=S)
-    out["tree-allgather"] = dec + hw.combine_us + allgather_us(p, 4 * B * Hq * (D + 1), hw)
+    packed = B * Hq * (D * itemsize + 4)                          # out in q.dtype + float32 lse
+    out["tree-allgather"] = dec + hw.combine_us + allgather_us(p, packed, hw)
     ar3 = allreduce_us(p, small, hw) + allreduce_us(p, big, hw) + allreduce_us(p, small, hw)
     out["tree-allreduce3"] = dec + 3 * hw.combine_us + ar3 - (hw.intra.alpha_us if p > 1 else 0.0)
     g, n = _nodes(p, hw)
     inner = dataclasses.replace(hw, gpus_per_node=g)
-    hier = allgather_us(g, 4 * B * Hq * (D + 1), inner) + hw.combine_us
+    hier = allgather_us(g, packed, inner) + hw.combine_us
     if n > 1:
         rails = dataclasses.replace(hw, gpus_per_node=1)
         hier += 3 * hw.combine_us + 2 * allreduce_us(n, small, rails) + allreduce_us(n, big, rails)
@@ -275,7 +276,7 @@ def fit_bench(path: str, hw: Hardware = H200) -> Hardware:
         m = row["methods"]
         ag, loc = m.get("tree-allgather", {}).get("ms"), m.get("local", {}).get("ms")
         if ag and loc:
-            msg = 4 * row["B"] * row["hq"] * (row["d"] + 1)
+            msg = row["B"] * row["hq"] * (row["d"] * 2 + 4)
             extra.append(1e3 * (ag - loc) - allgather_us(p, msg, hw))
     if extra:
         extra.sort()

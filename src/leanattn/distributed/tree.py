@@ -9,7 +9,7 @@ over the union of the parts is exact from the parts' partial states ``(out_r, ls
 collective (``variant="allgather"``: all-gather of the packed ``(out, lse)``, then a local
 :func:`leanattn.merge_states`) or with the three all-reduces of the Tree Attention paper
 (``variant="allreduce3"``: max of lse, sum of numerators, sum of denominators). What travels is
-``B * Hq * (D + 1)`` floats per rank, whatever the context length.
+``B * Hq * (D + 2)`` 16-bit values per rank (``out`` and a float32 ``lse``), whatever the context length.
 
 ``ring_decode`` is the Ring Attention baseline: the KV shards travel around the ring of ranks with
 point-to-point sends, each rank computing on the shard it holds while the next one arrives. What
@@ -112,8 +112,9 @@ def tree_decode(
     return_lse : bool
         Also return the natural-log LSE over the whole context.
     variant : {"allgather", "allreduce3"}, keyword-only
-        ``"allgather"``: one all-gather of ``(out, lse)`` packed as float32
-        ``(B, Hq, D + 1)`` per rank, then a local merge. ``"allreduce3"``: the paper's three
+        ``"allgather"``: one all-gather of ``(out, lse)`` packed in one buffer per rank (``out``
+        in ``q.dtype``, the float32 ``lse`` bit-cast into two 16-bit slots; float32 for float32
+        ``q``), then a local merge. ``"allreduce3"``: the paper's three
         all-reduces (max of lse; sum of ``exp(lse - max) * out``; sum of ``exp(lse - max)``).
     timeout : float or datetime.timedelta, optional, keyword-only
         Seconds each collective may take before a ``TimeoutError`` is raised on this rank (gloo).
@@ -144,9 +145,11 @@ def tree_decode(
 
     Notes
     -----
-    Communication per step and rank: ``"allgather"`` sends ``4 * B * Hq * (D + 1)`` bytes and
-    receives ``world - 1`` times that; ``"allreduce3"`` reduces ``4 * B * Hq * (D + 2)`` bytes in
-    three collectives, two of them back to back. Neither depends on the context length.
+    Communication per step and rank: ``"allgather"`` contributes ``B * Hq * (D * itemsize + 4)``
+    bytes and receives ``world - 1`` times that; ``"allreduce3"`` reduces ``4 * B * Hq * (D + 2)``
+    bytes in three collectives, two of them back to back. Neither depends on the context length.
+    Packing ``out`` in ``q.dtype`` loses nothing: :func:`leanattn.decode` has already rounded it,
+    and the merge accumulates in float32 and rounds once.
 
     Examples
     --------
@@ -173,16 +176,25 @@ def tree_decode(
     return (out, lse) if return_lse else out
 
 
+def _pack_dtype(dtype: torch.dtype) -> tuple[torch.dtype, int]:
+    """Element type of the all-gather buffer and the slots one float32 lse takes in it."""
+    # decode's out is already rounded to q.dtype, so a wider buffer would carry no extra bits
+    return (dtype, 2) if dtype in (torch.float16, torch.bfloat16) else (torch.float32, 1)
+
+
 def _combine_allgather(out, lse, group, size, timeout):
     B, H, D = out.shape
     dev = _comm.comm_device(group, out.device)
-    # -- pack: (B, H, D) out and (B, H) lse in one float32 buffer, so one collective moves both
-    send = torch.cat([out.to(torch.float32), lse[..., None]], dim=-1).to(dev)            # (B, H, D + 1)
-    recv = torch.empty(size * send.numel(), dtype=torch.float32, device=dev)              # (world * B * H * (D + 1),)
+    dt, slots = _pack_dtype(out.dtype)
+    # -- pack: out (B, H, D) and the float32 lse (B, H), its bits in the last `slots` columns
+    send = torch.empty(B, H, D + slots, dtype=dt, device=dev)                           # (B, H, D + slots)
+    send[..., :D].copy_(out)
+    send[..., D:].view(torch.float32)[..., 0].copy_(lse)
+    recv = torch.empty(size * send.numel(), dtype=dt, device=dev)                       # (world * B * H * (D + slots),)
     _comm.all_gather_flat(recv, send.view(-1), group, "tree_decode: all_gather of (out, lse)", timeout)
-    states = recv.view(size, B, H, D + 1)
+    states = recv.view(size, B, H, D + slots)
     # -- merge locally, in rank order (the same on every rank, so every rank gets the same bits)
-    o, lse = merge_states(states[..., :D], states[..., D])
+    o, lse = merge_states(states[..., :D], states[..., D:].view(torch.float32)[..., 0])
     return o.to(out.device, out.dtype), lse.to(out.device)
 
 
@@ -314,7 +326,7 @@ def _empty_shard(shape, B: int, like: torch.Tensor, device):
 
 
 def comm_bytes(method: str, B: int, Hq: int, D: int, world: int, shard_bytes: Optional[list[int]] = None,
-               rank: int = 0) -> dict:
+               rank: int = 0, itemsize: int = 2) -> dict:
     """Bytes a rank moves per decode step, by method (payload, not counting protocol overhead).
 
     Parameters
@@ -328,6 +340,8 @@ def comm_bytes(method: str, B: int, Hq: int, D: int, world: int, shard_bytes: Op
         For ``"ring"``: bytes of each rank's shard (K and V together, with lengths and tables).
     rank : int
         For ``"ring"``: the rank whose traffic is counted.
+    itemsize : int
+        Bytes per element of ``q`` (2 for float16/bfloat16, 4 for float32).
 
     Returns
     -------
@@ -337,7 +351,7 @@ def comm_bytes(method: str, B: int, Hq: int, D: int, world: int, shard_bytes: Op
     """
     p = world
     if method == "allgather":
-        m = 4 * B * Hq * (D + 1)
+        m = B * Hq * (D * itemsize + 4)
         return dict(sent=(p - 1) * m, received=(p - 1) * m, collectives=1, message=m)
     if method == "allreduce3":
         sizes = [4 * B * Hq, 4 * B * Hq * D, 4 * B * Hq]
