@@ -233,7 +233,8 @@ def _dkdv_tiles(
     return dk, dv
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
+# DQ accumulates atomically with ATOMIC_DQ: zero it around the autotuner's trial runs
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, reset_to_zero=["DQ"])
 @triton.jit
 def sparse_dkdv_kernel(
     Q, K, V, DO, DK, DV, Lse, Delta,  #
