@@ -36,6 +36,8 @@ def _child(rank, world_size, fn, args, init_file, backend, group_timeout_s, resu
     torch.set_num_threads(threads)
     status, payload = "ok", None
     try:
+        if backend == "nccl":
+            torch.cuda.set_device(rank % torch.cuda.device_count())
         dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=group_timeout_s))
         payload = fn(rank, world_size, *args)
@@ -64,7 +66,7 @@ def spawn(fn, world_size: int, args: tuple = (), *, backend: str = "gloo", deadl
     args : tuple
         Extra arguments (picklable).
     backend : str
-        ``"gloo"`` (CPU) or ``"nccl"``.
+        ``"gloo"`` (CPU) or ``"nccl"`` (rank ``r`` on GPU ``r % device_count``).
     deadline : float
         Seconds the whole run may take; ranks alive after that are killed and ``TimeoutError``
         is raised.
