@@ -11,9 +11,10 @@ cost_model        predicted tree vs ring decode latency on 8..512 GPUs
 Launch the demo with ``torchrun --nproc-per-node 2 -m leanattn.distributed.demo`` (or
 ``python -m leanattn.distributed.demo --nproc 2`` on a CPU).
 """
+from . import cost_model
 from .launch import RankError, spawn
 from .placement import PLACEMENTS, Placement, ShardedKVCache, balance, shard_cache
 from .tree import VARIANTS, comm_bytes, ring_decode, tree_decode
 
 __all__ = ["tree_decode", "ring_decode", "VARIANTS", "comm_bytes", "ShardedKVCache", "Placement", "PLACEMENTS",
-           "shard_cache", "balance", "spawn", "RankError"]
+           "shard_cache", "balance", "spawn", "RankError", "cost_model"]

@@ -45,7 +45,7 @@ import math
 import os
 from typing import Optional
 
-__all__ = ["Link", "Hardware", "H100", "H200", "allgather_us", "allreduce_us", "predict", "fit_bench",
+__all__ = ["Link", "Hardware", "H100", "H200", "allgather_us", "allreduce_us", "decode_us", "predict", "fit_bench",
            "from_decode_results", "kv_bytes", "fit_line"]
 
 
