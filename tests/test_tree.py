@@ -333,7 +333,7 @@ def test_missing_peer_raises_not_hangs(method, peer):
     if peer == "late":
         assert typ == "TimeoutError" and "rank 0 of 2" in msg and "1 s" in msg, msg
     assert took < 6, f"took {took:.1f} s"
-    assert time.monotonic() - t < 40
+    assert time.monotonic() - t < 90  # the whole spawn, process start-up included
 
 
 def test_argument_errors():
