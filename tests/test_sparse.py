@@ -399,3 +399,17 @@ def test_lsh_bad_inputs(device, kw, exc, match):
         lsh_buckets(torch.randn(1, 4, 2, 64, device=device), **kw)
     with pytest.raises(TypeError, match="x: expected a floating-point dtype"):
         lsh_buckets(torch.ones(1, 4, 2, 64, dtype=torch.int32, device=device), 4)
+
+
+def test_torch_compile_fullgraph(device):
+    # layout (sort, searchsorted) traces; the kernels stay inside the custom ops
+    f = torch.compile(lambda q, k, v, a, b: leanattn.hash_sparse_attention(q, k, v, a, b), fullgraph=True,
+                      dynamic=True)
+    for N in (24, 37):
+        q, k, v = _inputs(1, N, 2, 64, torch.float32, device)
+        a = torch.randint(0, 3, (1, N, 2), device=device)
+        out = f(q, k, v, a, a)
+        dq = torch.autograd.grad(out.sum(), q)[0]
+        ref = reference.hash_sparse_attention(q, k, v, a, a)
+        assert_rel_close("out", out, ref, 1e-5)
+        assert_rel_close("dq", dq, torch.autograd.grad(ref.sum(), q)[0], 1e-5)
