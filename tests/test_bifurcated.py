@@ -80,6 +80,21 @@ def test_one_sample():
     check(q, pk, pv, k, v, lens)
 
 
+def test_one_sample_per_prompt():
+    # nothing to stack: prefix and own tiles form one row per sample (CONCAT), paged own cache,
+    # an empty prefix, an empty own cache, strided ids
+    ids = torch.tensor([2, 0, 1, 3, 0, 0], dtype=torch.int32)[::2]
+    own = [17, 0, 40]
+    q, k, v, lens, bt = make_inputs(3, 8, 2, 64, own, page_size=16)
+    pk, pv, plens = make_prefix(4, 35, 2, 64, plens=[35, 0, 20, 1])
+    check(q, pk, pv, k, v, lens, bt, plens=plens, ids=ids)
+    check(q, pk, pv, k, v, lens, bt, plens=plens, ids=ids, op_args=(1, 2, 0, 0), name="max_group_size=1")
+    q1, k1, v1, lens1, _ = make_inputs(1, 4, 4, 128, [0], capacity=8)
+    pk1, pv1, _ = make_prefix(None, 70, 4, 128)
+    for grid in (1, 3):
+        check(q1, pk1, pv1, k1, v1, lens1, op_args=(0, grid, 0, 0), name=f"B=1 grid={grid}")
+
+
 @pytest.mark.parametrize("page_size", [1, 16, 24, 64], ids=lambda p: f"page{p}")
 def test_paged_own_cache(page_size):
     own = [0, 1, 31, 50, 17]

@@ -14,7 +14,9 @@ tiles per program, pieces of a head merged in-kernel by the last arriver, see ``
 so a single prompt with a handful of samples is still spread over every SM. With one head block
 per kv head (up to ``BLOCK_HP`` rows: e.g. 128 samples of MHA, 32 of GQA-4) the two phases form one
 work list ``[prefix tiles | own tiles]`` cut into equal ranges, so the launch is balanced to one
-tile; a single sample then costs what ``lean_decode_kernel`` costs over the concatenated cache.
+tile. With at most one sample per prompt there is nothing to stack (``CONCAT``): each sample's
+row is its prefix tiles followed by its own tiles, one head, so the launch is exactly
+``lean_decode_kernel`` over the concatenated cache, without copying it.
 
 Head blocks (``N_HB > 1``, more than ``BLOCK_HP`` rows per kv head) re-read the prefix tiles once
 per head block. To make the re-reads hit L2, the prefix phase runs in *teams*: the grid is
@@ -41,7 +43,7 @@ import triton
 import triton.language as tl
 
 from ..schedules.stream_k import program_of, range_start
-from .decode import LN2, attend_tiles, load_q_rows
+from .decode import LN2, attend_tiles, load_q_rows, store_final
 
 
 @triton.jit
@@ -158,7 +160,7 @@ def settle_rows(
 @triton.jit
 def bifurcated_decode_kernel(
     Q, PK, PV, K, V, Out, Lse,  #
-    PrefixLens, GroupCount, GroupStart, Order,  #
+    PrefixLens, GroupCount, GroupStart, Order, PrefixIds,  #
     Seqlens, BlockTable,  #
     WsAccP, WsMlP, CountersP, WsAccO, WsMlO, CountersO,  #
     StOut, StLse, Arrivals,  #
@@ -174,13 +176,18 @@ def bifurcated_decode_kernel(
     BLOCK_HP: tl.constexpr, N_HB: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
-    SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, CONCAT: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Prefix phase (teams of ``N_HB`` programs) then own-token phase (every program), one launch.
 
     ``PK/PV (NG, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one prefix). Prompt ``g`` has
     ``GroupCount[g]`` samples, ``Order[GroupStart[g] + j]`` being its ``j``-th; with
     ``SINGLE_PREFIX`` every sample reads prompt 0 and sample ``j`` is row block ``j``.
+
+    ``CONCAT`` (at most one sample per prompt, so nothing to stack): no prefix phase; each sample's
+    row is its prompt's prefix tiles followed by its own tiles, one head, exactly as
+    ``lean_decode_kernel`` over the concatenated cache (prompt of sample ``b``: ``PrefixIds[b]``).
     """
     pid = tl.program_id(0)
     NPROG = tl.num_programs(0)
@@ -215,7 +222,22 @@ def bifurcated_decode_kernel(
     else:
         lens = tl.where(valid_b, capacity, 0)
     lens = tl.minimum(lens, capacity)
-    tiles_b = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
+    if CONCAT:
+        # each sample's row: its prompt's prefix tiles, then its own tiles
+        if SINGLE_PREFIX:
+            gid_b = tl.zeros([BLOCK_B], tl.int32)
+        else:
+            gid_b = tl.load(PrefixIds + offs_b, mask=valid_b, other=0)
+        if HAS_PREFIX_LENS:
+            plen_b = tl.load(PrefixLens + gid_b, mask=valid_b, other=0)
+        else:
+            plen_b = tl.zeros([BLOCK_B], tl.int32) + prefix_cap
+        plen_b = tl.minimum(plen_b, prefix_cap)
+        ptiles_b = tl.cdiv(plen_b, BLOCK_N)
+        tiles_b = tl.where(valid_b, tl.maximum(ptiles_b + tl.cdiv(lens, BLOCK_N), 1), 0)
+        total_p = 0
+    else:
+        tiles_b = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
     work_b = tiles_b * (HKV * N_HBO)
     cum_b = tl.cumsum(work_b, 0)
     if HAS_OWN:
@@ -252,7 +274,7 @@ def bifurcated_decode_kernel(
     # ================= phase 1: the shared prefixes, one row block per team member =================
     rows_p = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
     t = start1
-    while t < tl.minimum(end1, total_p):
+    while t < tl.minimum(end1, total_p):  # no iteration with CONCAT (total_p = 0)
         # -- which (prompt, kv head, tile) does tile t belong to --
         g = tl.sum((cum_g <= t).to(tl.int32), 0)
         sel = offs_g == g
@@ -313,17 +335,43 @@ def bifurcated_decode_kernel(
             if UPCAST:
                 q = q.to(tl.float32)
             tile_lo = t - head_begin
-            acc, m_i, l_i = attend_tiles(
-                q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
-                stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-                HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+            tile_hi = tile_lo + (stop - t)
+            if CONCAT:
+                # tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens
+                pt = tl.sum(tl.where(sel, ptiles_b, 0), 0)
+                gid = tl.sum(tl.where(sel, gid_b, 0), 0)
+                plen = tl.sum(tl.where(sel, plen_b, 0), 0)
+                acc, m_i, l_i = attend_tiles(
+                    q, PK, PV, BlockTable, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #
+                    stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
+                    HEAD_DIM, BLOCK_HO, BLOCK_N, 0, UPCAST, DOT_PRECISION)
+                acc_o, m_o, l_o = attend_tiles(
+                    q, K, V, BlockTable, b, kvh, seqlen, tl.maximum(tile_lo, pt) - pt, tile_hi - pt, qk_scale,  #
+                    stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+                    HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+                m_new = tl.maximum(m_i, m_o)
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                s_p = tl.math.exp2(m_i - m_use)
+                s_o = tl.math.exp2(m_o - m_use)
+                acc = acc * s_p[:, None] + acc_o * s_o[:, None]
+                l_i = l_i * s_p + l_o * s_o
+                m_i = m_new
+            else:
+                acc, m_i, l_i = attend_tiles(
+                    q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+                    stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+                    HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
             valid = hb * BLOCK_HO + offs_ho < GROUP
             final, acc, m_i, l_i = settle_piece(
                 acc, m_i, l_i, valid, WsAccO, WsMlO, CountersO,  #
                 t, start2, head_begin, head_end, stop, T2, high2, 0, 1, BLOCK_HO, HEAD_DIM)
             if final:
-                b_rows = tl.zeros([BLOCK_HO], tl.int32) + b
-                h_rows = kvh * GROUP + hb * BLOCK_HO + offs_ho
-                settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
-                            stride_ob, stride_oh, stride_lb, n_rows, 1, HAS_OWN, HQ, HEAD_DIM)
+                if CONCAT:
+                    store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
+                                GROUP, HEAD_DIM, BLOCK_HO)
+                else:
+                    b_rows = tl.zeros([BLOCK_HO], tl.int32) + b
+                    h_rows = kvh * GROUP + hb * BLOCK_HO + offs_ho
+                    settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
+                                stride_ob, stride_oh, stride_lb, n_rows, 1, HAS_OWN, HQ, HEAD_DIM)
             t = stop

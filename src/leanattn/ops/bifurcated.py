@@ -75,6 +75,7 @@ class _Plan:
             HEAD_DIM=D, BLOCK_N=bn, BLOCK_G=max(16, triton.next_power_of_2(G)),
             BLOCK_B=max(16, triton.next_power_of_2(B)), PAGE_SIZE=k.shape[1] if paged else 0,
             HAS_SEQLENS=seqlens is not None, HAS_PREFIX_LENS=has_plens, SINGLE_PREFIX=single, HAS_OWN=has_own,
+            CONCAT=has_own and n_max == 1,
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
             num_warps=warps, num_stages=stages)
@@ -116,13 +117,13 @@ class _Plan:
                 d, f = self.dummy_i32, torch.empty((1,), dtype=torch.float32, device=q.device)
                 kv = self.dummy_kv
                 compiled = bifurcated_decode_kernel.warmup(
-                    q, kv, kv, kv, kv, q, f, d, d, d, d, d, d, f, f, d, f, f, d, f, f, d, *self.tail,
+                    q, kv, kv, kv, kv, q, f, d, d, d, d, d, d, d, f, f, d, f, f, d, f, f, d, *self.tail,
                     grid=(1,), **self.meta)
                 occ = runtime.occupancy(compiled, q.device)
             workers = runtime.num_sms(q.device) * max(1, min(occ, self.ctas_per_sm))
         return max(1, workers // self.n_hb) * self.n_hb
 
-    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, groups, out, lse):
+    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, ids, groups, out, lse):
         d = self.dummy_i32
         if self.empty_prefix:
             pk = pv = self.dummy_kv
@@ -131,7 +132,7 @@ class _Plan:
         counts, starts, order = groups if groups is not None else (d, d, d)
         bifurcated_decode_kernel[self.grid](
             q, pk, pv, k, v, out, lse,
-            d if plens is None else plens, counts, starts, order,
+            d if plens is None else plens, counts, starts, order, d if ids is None else ids,
             d if seqlens is None else seqlens, block_table if self.own_paged else d,
             *self.ws, *self.tail, **self.meta)
 
@@ -163,6 +164,8 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
         prefix_lens = prefix_lens.contiguous()
     if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
         cache_seqlens = cache_seqlens.contiguous()
+    if prefix_ids is not None and prefix_ids.stride(0) != 1:
+        prefix_ids = prefix_ids.contiguous()
     single = prefix_ids is None
     groups = None
     if single:
@@ -185,7 +188,8 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
         plan = _Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens is not None,
                      single, n_max, softmax_scale, num_programs, block_h, block_n)
         _PLANS[key] = plan
-    plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, groups, out, lse)
+    plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
+             out, lse)
     return out, lse
 
 
