@@ -55,7 +55,7 @@ def run(rank: int, world_size: int, args) -> list[dict]:
     import torch.distributed as dist
 
     import leanattn
-    from leanattn.distributed import ShardedKVCache, ring_decode, tree_decode
+    from leanattn.distributed import ShardedKVCache
 
     dtype = getattr(torch, args.dtype)
     dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -87,10 +87,7 @@ def run(rank: int, world_size: int, args) -> list[dict]:
             torch.cuda.synchronize()
         dist.barrier()
         t0 = time.perf_counter()
-        if args.method == "ring":
-            out = ring_decode(q, **cache.shard())
-        else:
-            out = tree_decode(q, **cache.shard(), variant=args.method)
+        out = cache.decode(q, method=args.method)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         ms = (time.perf_counter() - t0) * 1e3

@@ -235,10 +235,18 @@ class ShardedKVCache:
         """Keyword arguments of :func:`tree_decode` / :func:`ring_decode` for this rank's shard."""
         return dict(k_shard=self.k, v_shard=self.v, shard_seqlens=self.shard_seqlens, block_table=self.block_table)
 
-    def decode(self, q: torch.Tensor, **kw):
-        """:func:`tree_decode` of ``q (B, Hq, D)`` over the whole cache (``kw`` as there)."""
-        from .tree import tree_decode
-        return tree_decode(q, **self.shard(), group=self.group, **kw)
+    def decode(self, q: torch.Tensor, method: str = "allgather", **kw):
+        """Attention of ``q (B, Hq, D)`` over the whole cache, every rank getting the result.
+
+        ``method``: ``"allgather"`` or ``"allreduce3"`` (:func:`tree_decode` with that variant) or
+        ``"ring"`` (:func:`ring_decode`); ``kw`` as there.
+        """
+        from .tree import VARIANTS, ring_decode, tree_decode
+        if method == "ring":
+            return ring_decode(q, **self.shard(), group=self.group, **kw)
+        if method not in VARIANTS:
+            raise ValueError(f"method: expected one of {VARIANTS + ('ring',)}, got {method!r}")
+        return tree_decode(q, **self.shard(), group=self.group, variant=method, **kw)
 
     def __repr__(self) -> str:
         return (f"ShardedKVCache(rank={self.rank}/{self.world_size}, {self.placement.kind}, B={self.batch}, "
