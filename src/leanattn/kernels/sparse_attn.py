@@ -104,6 +104,25 @@ def _block_range(Ranges, bh, blk, n_blocks):
 
 
 @triton.jit
+def _scores(
+    q, q_grp, q_pos, K, KPerm, KGroup, j, N, stride_kn, offs_d, qk_scale,  #
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Scores (log2 units) of the query tile against key tile ``j``, ``-inf`` where not visible.
+
+    Returns ``(qk, k, k_pos, valid_n)``. Full tiles (``MASKED=False``) hold only real keys
+    visible to every query: no masks there.
+    """
+    offs_n, valid_n, k_pos, k_grp = _tokens(KPerm, KGroup, j, N, BLOCK_N, -2, MASKED)
+    k = _rows(K, k_pos, valid_n, stride_kn, offs_d, UPCAST, MASKED)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if MASKED:
+        vis = (q_grp[:, None] == k_grp[None, :]) & (q_pos[:, None] >= k_pos[None, :])
+        qk = tl.where(vis, qk, float("-inf"))
+    return qk, k, k_pos, valid_n
+
+
+@triton.jit
 def _fwd_tiles(
     acc, m_i, l_i, q, q_grp, q_pos,  #
     K, V, KPerm, KGroup, lo, hi, N, stride_kn, stride_vn, qk_scale,  #
@@ -112,17 +131,12 @@ def _fwd_tiles(
 ):
     offs_d = tl.arange(0, HEAD_DIM)
     for j in range(lo, hi):
-        # full tiles (MASKED=False) hold only real, visible keys: no masks there
-        offs_n, valid_n, k_pos, k_grp = _tokens(KPerm, KGroup, j, N, BLOCK_N, -2, MASKED)
-        k = _rows(K, k_pos, valid_n, stride_kn, offs_d, UPCAST, MASKED)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        if MASKED:
-            vis = (q_grp[:, None] == k_grp[None, :]) & (q_pos[:, None] >= k_pos[None, :])
-            qk = tl.where(vis, qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
+        qk, k, k_pos, valid_n = _scores(q, q_grp, q_pos, K, KPerm, KGroup, j, N, stride_kn, offs_d, qk_scale,
+                                        BLOCK_N, MASKED, UPCAST, DOT_PRECISION)
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        if MASKED:  # a row with nothing visible yet keeps m = -inf
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
             m_use = m_new
         alpha = tl.math.exp2(m_i - m_use)
         p = tl.math.exp2(qk - m_use[:, None])
@@ -293,14 +307,10 @@ def _dq_tiles(
 ):
     offs_d = tl.arange(0, HEAD_DIM)
     for j in range(lo, hi):
-        offs_n, valid_n, k_pos, k_grp = _tokens(KPerm, KGroup, j, N, BLOCK_N, -2, MASKED)
-        k = _rows(K, k_pos, valid_n, stride_kn, offs_d, UPCAST, MASKED)
+        qk, k, k_pos, valid_n = _scores(q, q_grp, q_pos, K, KPerm, KGroup, j, N, stride_kn, offs_d, qk_scale,
+                                        BLOCK_N, MASKED, UPCAST, DOT_PRECISION)
+        p = tl.math.exp2(qk - lse[:, None])  # 0 where masked (-inf) and for empty rows (lse = +inf)
         v = _rows(V, k_pos, valid_n, stride_vn, offs_d, UPCAST, MASKED)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        p = tl.math.exp2(qk - lse[:, None])
-        if MASKED:
-            vis = (q_grp[:, None] == k_grp[None, :]) & (q_pos[:, None] >= k_pos[None, :])
-            p = tl.where(vis, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
