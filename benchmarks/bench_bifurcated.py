@@ -354,8 +354,8 @@ def main(argv=None):
             return 0
         picked = cases if (args.cases or args.quick) else [c for c in cases if c["name"] in SWEEP_CASES]
         res = sweep(picked, [c for c in args.configs.split(";") if c] or SWEEP_CONFIGS, log)
-        common.write_results(args.out, "bifurcated_sweep_" + info["device"].replace(" ", "_"), dict(env=info, sweep=res),
-                             "")
+        stem = "bifurcated_sweep_" + info["device"].replace(" ", "_")
+        common.write_results(args.out, stem, dict(env=info, sweep=res), "")
         return 0
     if cuda:
         bw = common.read_bandwidth_gbs()

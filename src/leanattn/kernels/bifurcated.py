@@ -27,13 +27,18 @@ prefix tile at about the same time: one HBM read, ``N_HB - 1`` L2 hits, and the 
 one tile per team. (The alternatives cost more: several accumulators per program overflow the
 register file beyond two 64-row blocks, and an order with the head block varying fastest cuts every
 head into one piece per tile, each a workspace round trip.) Members whose head block holds no real
-row of a prompt (smaller prompts) skip its tiles. The own phase uses every program independently.
+row of a prompt (smaller prompts) skip its tiles. The own phase uses every program independently,
+and odd teams run it first, so that programs sharing an SM overlap compute-heavy prefix tiles (many
+stacked rows) with bandwidth-bound own tiles.
 
 Merging prefix and own states (``settle_rows``): whichever finishes a query row first writes its
 normalised fp32 state to a per-row buffer and bumps the row's arrival counter; the second one
 merges both (always as ``prefix ⊕ own``, so the result does not depend on who came last), writes
 ``out``/``lse`` and resets the counter. Nobody waits, so no launch can hang; counters end at zero,
 so buffers stay valid across launches and CUDA-graph replays.
+
+Needs Triton >= 3.5: the per-row arrival counts use the values returned by a tensor
+``tl.atomic_add``, which older releases did not broadcast to replicated threads (triton#7402).
 
 Scores are in log2 units (``qk_scale = softmax_scale * log2(e)``); the LSE written is natural-log.
 """
@@ -271,107 +276,117 @@ def bifurcated_decode_kernel(
         end2 = start2 + T2 - (pid >= high2).to(tl.int32)
         off2 = 0
 
-    # ================= phase 1: the shared prefixes, one row block per team member =================
-    rows_p = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
-    t = start1
-    while t < tl.minimum(end1, total_p):  # no iteration with CONCAT (total_p = 0)
-        # -- which (prompt, kv head, tile) does tile t belong to --
-        g = tl.sum((cum_g <= t).to(tl.int32), 0)
-        sel = offs_g == g
-        base = tl.sum(tl.where(sel, cum_g - work_g, 0), 0)
-        tiles = tl.sum(tl.where(sel, tiles_g, 0), 0)
-        plen = tl.sum(tl.where(sel, plens, 0), 0)
-        n_g = tl.sum(tl.where(sel, counts, 0), 0)
-        first = tl.sum(tl.where(sel, firsts, 0), 0)
-        kvh = (t - base) // tiles
-        head_begin = base + kvh * tiles
-        head_end = head_begin + tiles
-        stop = tl.minimum(end1, head_end)
-        if member * BLOCK_HP < n_g * GROUP:
-            # -- the query rows of this block: sample j = row // GROUP of the prompt, head row % GROUP --
-            j = rows_p // GROUP
-            valid = j < n_g
-            if SINGLE_PREFIX:
-                b_rows = j
-            else:
-                b_rows = tl.load(Order + first + j, mask=valid, other=0)
-            h_rows = kvh * GROUP + rows_p % GROUP
-            q = tl.load(Q + b_rows.to(tl.int64)[:, None] * stride_qb + h_rows[:, None] * stride_qh + offs_d[None, :],
-                        mask=valid[:, None], other=0.0)
-            if UPCAST:
-                q = q.to(tl.float32)
-            tile_lo = t - head_begin
-            acc, m_i, l_i = attend_tiles(
-                q, PK, PV, BlockTable, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
-                stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-                HEAD_DIM, BLOCK_HP, BLOCK_N, 0, UPCAST, DOT_PRECISION)
-            final, acc, m_i, l_i = settle_piece(
-                acc, m_i, l_i, valid, WsAccP, WsMlP, CountersP,  #
-                t, start1, head_begin, head_end, stop, T1, high1, member, N_HB, BLOCK_HP, HEAD_DIM)
-            if final:
-                settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
-                            stride_ob, stride_oh, stride_lb, n_rows, 0, HAS_OWN, HQ, HEAD_DIM)
-        t = stop
-
-    # ================= phase 2: each sample's own tokens, as lean_decode_kernel =================
-    # own tile i is schedule position off2 + i
-    if HAS_OWN:
-        offs_ho = tl.arange(0, BLOCK_HO)
-        t = tl.maximum(start2, off2)
-        while t < end2:
-            local = t - off2
-            b = tl.sum((cum_b <= local).to(tl.int32), 0)
-            sel = offs_b == b
-            base = off2 + tl.sum(tl.where(sel, cum_b - work_b, 0), 0)
-            tiles = tl.sum(tl.where(sel, tiles_b, 0), 0)
-            seqlen = tl.sum(tl.where(sel, lens, 0), 0)
-            row = (t - base) // tiles
-            head_begin = base + row * tiles
-            head_end = head_begin + tiles
-            stop = tl.minimum(end2, head_end)
-            kvh = row // N_HBO
-            hb = row % N_HBO
-            q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_HO)
-            if UPCAST:
-                q = q.to(tl.float32)
-            tile_lo = t - head_begin
-            tile_hi = tile_lo + (stop - t)
-            if CONCAT:
-                # tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens
-                pt = tl.sum(tl.where(sel, ptiles_b, 0), 0)
-                gid = tl.sum(tl.where(sel, gid_b, 0), 0)
-                plen = tl.sum(tl.where(sel, plen_b, 0), 0)
-                acc, m_i, l_i = attend_tiles(
-                    q, PK, PV, BlockTable, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #
-                    stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-                    HEAD_DIM, BLOCK_HO, BLOCK_N, 0, UPCAST, DOT_PRECISION)
-                acc_o, m_o, l_o = attend_tiles(
-                    q, K, V, BlockTable, b, kvh, seqlen, tl.maximum(tile_lo, pt) - pt, tile_hi - pt, qk_scale,  #
-                    stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-                    HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
-                m_new = tl.maximum(m_i, m_o)
-                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-                s_p = tl.math.exp2(m_i - m_use)
-                s_o = tl.math.exp2(m_o - m_use)
-                acc = acc * s_p[:, None] + acc_o * s_o[:, None]
-                l_i = l_i * s_p + l_o * s_o
-                m_i = m_new
-            else:
-                acc, m_i, l_i = attend_tiles(
-                    q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
-                    stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-                    HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
-            valid = hb * BLOCK_HO + offs_ho < GROUP
-            final, acc, m_i, l_i = settle_piece(
-                acc, m_i, l_i, valid, WsAccO, WsMlO, CountersO,  #
-                t, start2, head_begin, head_end, stop, T2, high2, 0, 1, BLOCK_HO, HEAD_DIM)
-            if final:
-                if CONCAT:
-                    store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
-                                GROUP, HEAD_DIM, BLOCK_HO)
-                else:
-                    b_rows = tl.zeros([BLOCK_HO], tl.int32) + b
-                    h_rows = kvh * GROUP + hb * BLOCK_HO + offs_ho
-                    settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
-                                stride_ob, stride_oh, stride_lb, n_rows, 1, HAS_OWN, HQ, HEAD_DIM)
-            t = stop
+    # Phase order: in team mode odd teams do their own tokens first, so that programs sharing an SM
+    # overlap the compute-heavy prefix tiles (many stacked rows) with the bandwidth-bound own tiles.
+    # The phases never wait on each other, so any order is correct.
+    if N_HB == 1:
+        flip = 0
+    else:
+        flip = team % 2
+    for ph in range(2):
+        if ph == flip:
+            # ================= phase 1: the shared prefixes, one row block per team member =================
+            rows_p = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
+            t = start1
+            while t < tl.minimum(end1, total_p):  # no iteration with CONCAT (total_p = 0)
+                # -- which (prompt, kv head, tile) does tile t belong to --
+                g = tl.sum((cum_g <= t).to(tl.int32), 0)
+                sel = offs_g == g
+                base = tl.sum(tl.where(sel, cum_g - work_g, 0), 0)
+                tiles = tl.sum(tl.where(sel, tiles_g, 0), 0)
+                plen = tl.sum(tl.where(sel, plens, 0), 0)
+                n_g = tl.sum(tl.where(sel, counts, 0), 0)
+                first = tl.sum(tl.where(sel, firsts, 0), 0)
+                kvh = (t - base) // tiles
+                head_begin = base + kvh * tiles
+                head_end = head_begin + tiles
+                stop = tl.minimum(end1, head_end)
+                if member * BLOCK_HP < n_g * GROUP:
+                    # -- the query rows of this block: sample j = row // GROUP of the prompt, head row % GROUP --
+                    j = rows_p // GROUP
+                    valid = j < n_g
+                    if SINGLE_PREFIX:
+                        b_rows = j
+                    else:
+                        b_rows = tl.load(Order + first + j, mask=valid, other=0)
+                    h_rows = kvh * GROUP + rows_p % GROUP
+                    q_ptrs = Q + b_rows.to(tl.int64)[:, None] * stride_qb + h_rows[:, None] * stride_qh
+                    q = tl.load(q_ptrs + offs_d[None, :], mask=valid[:, None], other=0.0)
+                    if UPCAST:
+                        q = q.to(tl.float32)
+                    tile_lo = t - head_begin
+                    acc, m_i, l_i = attend_tiles(
+                        q, PK, PV, BlockTable, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+                        stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
+                        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, UPCAST, DOT_PRECISION)
+                    final, acc, m_i, l_i = settle_piece(
+                        acc, m_i, l_i, valid, WsAccP, WsMlP, CountersP,  #
+                        t, start1, head_begin, head_end, stop, T1, high1, member, N_HB, BLOCK_HP, HEAD_DIM)
+                    if final:
+                        settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
+                                    stride_ob, stride_oh, stride_lb, n_rows, 0, HAS_OWN, HQ, HEAD_DIM)
+                t = stop
+        else:
+            # ================= phase 2: each sample's own tokens, as lean_decode_kernel =================
+            # own tile i is schedule position off2 + i
+            if HAS_OWN:
+                offs_ho = tl.arange(0, BLOCK_HO)
+                t = tl.maximum(start2, off2)
+                while t < end2:
+                    local = t - off2
+                    b = tl.sum((cum_b <= local).to(tl.int32), 0)
+                    sel = offs_b == b
+                    base = off2 + tl.sum(tl.where(sel, cum_b - work_b, 0), 0)
+                    tiles = tl.sum(tl.where(sel, tiles_b, 0), 0)
+                    seqlen = tl.sum(tl.where(sel, lens, 0), 0)
+                    row = (t - base) // tiles
+                    head_begin = base + row * tiles
+                    head_end = head_begin + tiles
+                    stop = tl.minimum(end2, head_end)
+                    kvh = row // N_HBO
+                    hb = row % N_HBO
+                    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_HO)
+                    if UPCAST:
+                        q = q.to(tl.float32)
+                    tile_lo = t - head_begin
+                    tile_hi = tile_lo + (stop - t)
+                    if CONCAT:
+                        # tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens
+                        pt = tl.sum(tl.where(sel, ptiles_b, 0), 0)
+                        gid = tl.sum(tl.where(sel, gid_b, 0), 0)
+                        plen = tl.sum(tl.where(sel, plen_b, 0), 0)
+                        acc, m_i, l_i = attend_tiles(
+                            q, PK, PV, BlockTable, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #
+                            stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
+                            HEAD_DIM, BLOCK_HO, BLOCK_N, 0, UPCAST, DOT_PRECISION)
+                        acc_o, m_o, l_o = attend_tiles(
+                            q, K, V, BlockTable, b, kvh, seqlen,  #
+                            tl.maximum(tile_lo, pt) - pt, tile_hi - pt, qk_scale,  #
+                            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+                            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+                        m_new = tl.maximum(m_i, m_o)
+                        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                        s_p = tl.math.exp2(m_i - m_use)
+                        s_o = tl.math.exp2(m_o - m_use)
+                        acc = acc * s_p[:, None] + acc_o * s_o[:, None]
+                        l_i = l_i * s_p + l_o * s_o
+                        m_i = m_new
+                    else:
+                        acc, m_i, l_i = attend_tiles(
+                            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+                            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+                            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+                    valid = hb * BLOCK_HO + offs_ho < GROUP
+                    final, acc, m_i, l_i = settle_piece(
+                        acc, m_i, l_i, valid, WsAccO, WsMlO, CountersO,  #
+                        t, start2, head_begin, head_end, stop, T2, high2, 0, 1, BLOCK_HO, HEAD_DIM)
+                    if final:
+                        if CONCAT:
+                            store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
+                                        GROUP, HEAD_DIM, BLOCK_HO)
+                        else:
+                            b_rows = tl.zeros([BLOCK_HO], tl.int32) + b
+                            h_rows = kvh * GROUP + hb * BLOCK_HO + offs_ho
+                            settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
+                                        stride_ob, stride_oh, stride_lb, n_rows, 1, HAS_OWN, HQ, HEAD_DIM)
+                    t = stop

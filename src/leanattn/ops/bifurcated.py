@@ -99,15 +99,16 @@ class _Plan:
         self.own_paged = own_paged
         self.grid = (self._grid(cfg, q, workers),)
         n = self.grid[0]
+        rows = B * Hq if has_own else 1  # prefix/own states of each query row, merged by the second arriver
         self.ws = (runtime.workspace("bif_acc_p", device, (2 * n, block_hp, D), torch.float32),
                    runtime.workspace("bif_ml_p", device, (2 * n, 2, block_hp), torch.float32),
                    runtime.workspace("bif_counters_p", device, (n,), torch.int32, zero=True),
                    runtime.workspace("bif_acc_o", device, (2 * n, cfg.block_h, D), torch.float32),
                    runtime.workspace("bif_ml_o", device, (2 * n, 2, cfg.block_h), torch.float32),
                    runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True),
-                   runtime.workspace("bif_state_out", device, (2, B * Hq, D) if has_own else (1, 1, D), torch.float32),
-                   runtime.workspace("bif_state_lse", device, (2, B * Hq) if has_own else (1, 1), torch.float32),
-                   runtime.workspace("bif_arrivals", device, (B * Hq,) if has_own else (1,), torch.int32, zero=True))
+                   runtime.workspace("bif_state_out", device, (2, rows, D), torch.float32),
+                   runtime.workspace("bif_state_lse", device, (2, rows), torch.float32),
+                   runtime.workspace("bif_arrivals", device, (rows,), torch.int32, zero=True))
 
     def _grid(self, cfg, q, workers) -> int:
         """``N_HB`` team members times as many teams as fit (``SMs x occupancy`` programs in all)."""
