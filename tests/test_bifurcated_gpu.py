@@ -14,6 +14,7 @@ import torch
 
 import leanattn
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from test_decode_gpu import _paged
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -65,20 +66,7 @@ def test_multi_prompt_unequal():
 def test_paged_own(page):
     own = [900, 0, 3, 2049]
     q, pk, pv, k, v, sl = inputs(4, 32, 8, 128, 3000, own)
-    npages = [-(-n // page) for n in own]
-    perm = torch.randperm(sum(npages), device="cuda").int()
-    bt = torch.zeros(4, max(npages), dtype=torch.int32, device="cuda")
-    kp = torch.randn(sum(npages) + 1, page, 8, 128, dtype=q.dtype, device="cuda")
-    vp = torch.randn_like(kp)
-    off = 0
-    for b, (n, m) in enumerate(zip(own, npages)):
-        ids = perm[off:off + m]
-        bt[b, :m] = ids
-        for i in range(m):
-            lo, hi = i * page, min((i + 1) * page, n)
-            kp[ids[i], : hi - lo] = k[b, lo:hi]
-            vp[ids[i], : hi - lo] = v[b, lo:hi]
-        off += m
+    kp, vp, bt = _paged(k, v, own, page)
     out = leanattn.bifurcated_decode(q, pk, pv, kp, vp, sl, bt)
     ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl)
     assert_rel_close("paged", out, ref, TOLERANCE[torch.bfloat16])

@@ -142,13 +142,17 @@ _PLANS: dict = {}
 
 
 def _group_layout(prefix_ids: torch.Tensor, G: int):
-    """``(counts (G,), starts (G,), order (B,))`` int32: samples sorted by prompt, without a host sync."""
+    """``(counts (G,), starts (G,), order (B,))`` int32: samples sorted by prompt.
+
+    No host sync and no atomics (deterministic, capturable in a CUDA graph).
+    """
     ids = prefix_ids.long()
-    counts = torch.zeros(G, dtype=torch.int32, device=ids.device)
-    counts.index_add_(0, ids, torch.ones_like(prefix_ids, dtype=torch.int32))
-    starts = (torch.cumsum(counts, 0, dtype=torch.int32) - counts).to(torch.int32)
-    order = torch.argsort(ids, stable=True).to(torch.int32)
-    return counts, starts, order
+    order = torch.argsort(ids, stable=True)
+    prompts = torch.arange(G, dtype=torch.long, device=ids.device)
+    sorted_ids = ids[order]
+    starts = torch.searchsorted(sorted_ids, prompts)
+    counts = torch.searchsorted(sorted_ids, prompts, right=True) - starts
+    return counts.to(torch.int32), starts.to(torch.int32), order.to(torch.int32)
 
 
 def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
