@@ -231,8 +231,8 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on a CPU (interpreter) to test the script")
     ap.add_argument("--no-flex", action="store_true", help="skip the flex_attention peer")
     ap.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results"))
-    ap.add_argument("--budget-s", type=float, default=420.0,
-                    help="start no new (B, H, N) case after this many seconds (default 420)")
+    ap.add_argument("--budget-s", type=float, default=330.0,
+                    help="start no new (B, H, N) case after this many seconds (default 330)")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.smoke:
