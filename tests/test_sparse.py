@@ -305,6 +305,7 @@ def _good(device, N=8):
     ("keep_shape", ValueError, r"k_keep: expected shape \(1, 8, 2\)"),
     ("keep_type", TypeError, "q_keep: expected a torch.Tensor"),
     ("scale", TypeError, "softmax_scale: expected a float"),
+    ("grid", ValueError, "q: expected batch x heads <= 65535"),
 ])
 def test_qk_bad_inputs(device, case, exc, match):
     q, k, v, keep = _good(device)
@@ -329,6 +330,8 @@ def test_qk_bad_inputs(device, case, exc, match):
         a = [True] * 8
     elif case == "scale":
         kw = dict(softmax_scale="0.1")
+    elif case == "grid":
+        q, k, v = (torch.empty(256, 0, 257, 64, device=device) for _ in range(3))
     with pytest.raises(exc, match=match):
         leanattn.qk_sparse_attention(q, k, v, a, b, **kw)
 

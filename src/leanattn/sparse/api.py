@@ -187,6 +187,8 @@ def _validate_qkv(q, k, v, softmax_scale) -> float:
             raise ValueError(f"{name}: expected shape {tuple(q.shape)} (as q, (B, N, H, D)), got {tuple(x.shape)}")
     if q.shape[-1] not in HEAD_DIMS:
         raise ValueError(f"q: expected head dim in {HEAD_DIMS}, got {q.shape[-1]}")
+    if q.shape[0] * q.shape[2] > 65535:  # B*H is the second grid dimension
+        raise ValueError(f"q: expected batch x heads <= 65535, got {q.shape[0]} x {q.shape[2]}")
     for name, x in (("q", q), ("k", k), ("v", v)):
         checks.check_unit_stride(name, x)
     if softmax_scale is None:
