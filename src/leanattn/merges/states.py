@@ -10,8 +10,7 @@ from ..kernels.merge import merge_states_kernel
 __all__ = ["merge_states"]
 
 
-@torch.library.custom_op("leanattn::merge_states", mutates_args=())
-def _merge_states_op(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge_states_impl(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     S, B, H, D = outs.shape
     out = torch.empty((B, H, D), dtype=outs.dtype, device=outs.device)
     lse = torch.empty((B, H), dtype=torch.float32, device=outs.device)
@@ -30,6 +29,11 @@ def _merge_states_op(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tens
         o, ls, out, lse, S, M, o.stride(0), o.stride(1), ls.stride(0), ls.stride(1),
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
     return out, lse
+
+
+@torch.library.custom_op("leanattn::merge_states", mutates_args=())
+def _merge_states_op(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _merge_states_impl(outs, lses)
 
 
 @_merge_states_op.register_fake
@@ -80,4 +84,6 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, 
         raise ValueError(f"lses: expected shape {tuple(outs.shape[:3])} (outs.shape[:3]), got {tuple(lses.shape)}")
     if lses.device != outs.device:
         raise ValueError(f"lses: expected device {outs.device} (as outs), got {lses.device}")
-    return _merge_states_op(outs, lses)
+    # eager calls skip the dispatcher, as decode does; torch.compile sees the opaque custom op
+    op = _merge_states_op if torch.compiler.is_compiling() else _merge_states_impl
+    return op(outs, lses)
