@@ -394,3 +394,14 @@ def test_benchmark_tiny_smoke(tmp_path):
     assert main is not None
     assert main(["--tiny", "--cases", "gqa 8k x4", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "bifurcated_cpu_tiny.json").is_file() and (tmp_path / "bifurcated_cpu_tiny.md").is_file()
+
+
+def test_env_launch_override(monkeypatch):
+    # the benchmark sweep's knob: a 16-row cap forces head blocks and teams through the public API
+    from leanattn.ops import bifurcated as bif
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", "16,0,0,0,0")
+    q, k, v, lens, _ = make_inputs(6, 8, 2, 64, [3, 0, 20, 9, 16, 1])
+    pk, pv, _ = make_prefix(None, 40, 2, 64)
+    check(q, pk, pv, k, v, lens)
+    plan = [p for key, p in bif._PLANS.items() if key[-1] == "16,0,0,0,0"][-1]
+    assert plan.meta["BLOCK_HP"] == 16 and plan.n_hb == 2

@@ -73,7 +73,7 @@ class _Plan:
         self.meta = dict(
             HQ=Hq, HKV=Hkv, GROUP=group, BLOCK_HP=block_hp, N_HB=n_hb, BLOCK_HO=cfg.block_h, N_HBO=cfg.n_hb,
             HEAD_DIM=D, BLOCK_N=bn, BLOCK_G=max(16, triton.next_power_of_2(G)),
-            BLOCK_B=max(16, triton.next_power_of_2(B)), PAGE_SIZE=k.shape[1] if paged else 0,
+            BLOCK_B=max(16, triton.next_power_of_2(B)),
             HAS_SEQLENS=seqlens is not None, HAS_PREFIX_LENS=has_plens, SINGLE_PREFIX=single, HAS_OWN=has_own,
             CONCAT=has_own and n_max == 1,
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
@@ -87,7 +87,7 @@ class _Plan:
         k_s = self.dummy_kv if (not has_own or self.empty_own) else k
         v_s = self.dummy_kv if (not has_own or self.empty_own) else v
         own_paged = paged and not self.empty_own
-        self.meta["PAGE_SIZE"] = k.shape[1] if own_paged else 0
+        self.meta["PAGE_SIZE"] = k.shape[1] if own_paged else 0  # 0: contiguous own cache
         self.tail = (q.stride(0), q.stride(1),
                      pk_s.stride(0) if G > 1 and P else 0, pk_s.stride(1), pk_s.stride(2),
                      pv_s.stride(0) if G > 1 and P else 0, pv_s.stride(1), pv_s.stride(2),
