@@ -56,7 +56,7 @@ def settle_piece(
     acc, m_i, l_i, valid_h,  #
     WsAcc, WsMl, Counters,  #
     t, start, head_begin, head_end, stop, T, high, member,  #
-    NM: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr,
+    NM: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """Stream-K reduction of a piece ``[t, stop)`` of the head ``[head_begin, head_end)``.
 
@@ -64,6 +64,8 @@ def settle_piece(
     ``p * NM + member`` (``NM`` team members, 1 for a plain grid). Returns ``(final, acc, m, l)``:
     ``final`` is true in the program that holds the head's complete state (the whole head was
     in its range, or it was the last piece to arrive and merged all pieces in program order).
+    The merge loop is software-pipelined over ``MERGE_STAGES`` pieces; each stage holds a
+    ``BLOCK_H x HEAD_DIM`` fp32 piece in shared memory (3 stages of 128 rows would take 192 KB).
     """
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -88,7 +90,7 @@ def settle_piece(
             m_t = tl.full([BLOCK_H], float("-inf"), tl.float32)
             l_t = tl.zeros([BLOCK_H], tl.float32)
             acc_t = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-            for p in tl.range(host, last + 1, num_stages=3):
+            for p in tl.range(host, last + 1, num_stages=MERGE_STAGES):
                 p_start = range_start(p, T, high)
                 p_slot = 2 * (p * NM + member) + (tl.maximum(head_begin, p_start) != p_start).to(tl.int32)
                 a = tl.load(WsAcc + p_slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM
@@ -321,7 +323,8 @@ def bifurcated_decode_kernel(
                         HEAD_DIM, BLOCK_HP, BLOCK_N, 0, UPCAST, DOT_PRECISION)
                     final, acc, m_i, l_i = settle_piece(
                         acc, m_i, l_i, valid, WsAccP, WsMlP, CountersP,  #
-                        t, start1, head_begin, head_end, stop, T1, high1, member, N_HB, BLOCK_HP, HEAD_DIM)
+                        t, start1, head_begin, head_end, stop, T1, high1, member, N_HB, BLOCK_HP, HEAD_DIM,
+                        3 if BLOCK_HP <= 16 else 2)
                     if final:
                         settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
                                     stride_ob, stride_oh, stride_lb, n_rows, 0, HAS_OWN, HQ, HEAD_DIM)
@@ -379,7 +382,8 @@ def bifurcated_decode_kernel(
                     valid = hb * BLOCK_HO + offs_ho < GROUP
                     final, acc, m_i, l_i = settle_piece(
                         acc, m_i, l_i, valid, WsAccO, WsMlO, CountersO,  #
-                        t, start2, head_begin, head_end, stop, T2, high2, 0, 1, BLOCK_HO, HEAD_DIM)
+                        t, start2, head_begin, head_end, stop, T2, high2, 0, 1, BLOCK_HO, HEAD_DIM,
+                        3 if BLOCK_HO <= 16 else 2)
                     if final:
                         if CONCAT:
                             store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,

@@ -39,18 +39,19 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
     """``(decode config of the own phase, prefix rows per tl.dot, tile, warps, stages, ctas per SM)``.
 
     The prefix phase stacks all rows of a kv head up to 128 per ``tl.dot`` (64 at D=256): fewer head
-    blocks, fewer re-reads of each prefix tile. 128-row blocks take 64-token tiles and 8 warps (a
-    128 x 128 tile pair would need ~130 KB of shared memory, one program per SM).
+    blocks, fewer re-reads of each prefix tile. 128-row blocks take 64-token tiles, 8 warps and 3
+    stages (the decode sweep on H100: 64-token tiles with 8 warps need 3 stages to stream at full rate;
+    128 x 128 tiles would leave one program per SM). Otherwise the decode table applies.
     """
     cap_env, bn_env, warps_env, stages_env, cps_env = _env_config()
     cfg = decode_config(head_dim, group, device, block_n or bn_env or None)
     cap = cap_env or (64 if head_dim > 128 else 128)
     block_hp = block_h or max(16, min(cap, triton.next_power_of_2(max(rows, 1))))
-    bn, warps = cfg.block_n, cfg.num_warps
+    bn, warps, stages = cfg.block_n, cfg.num_warps, cfg.num_stages
     if block_hp > 64 and device.type == "cuda":
         bn = block_n or bn_env or min(bn, 64)
-        warps = max(warps, 8)
-    return (cfg, block_hp, bn, warps_env or warps, stages_env or cfg.num_stages, cps_env or cfg.ctas_per_sm)
+        warps, stages = max(warps, 8), max(stages, 3)
+    return (cfg, block_hp, bn, warps_env or warps, stages_env or stages, cps_env or cfg.ctas_per_sm)
 
 
 class _Plan:
