@@ -43,6 +43,9 @@ import time
 import traceback
 
 import torch
+
+# the backward is timed alone with retain_graph=True; compiled flex refuses that with donated buffers
+torch._functorch.config.donated_buffer = False
 import torch.nn.functional as F
 
 if not torch.cuda.is_available():  # --smoke on a CPU: kernels run under the interpreter
