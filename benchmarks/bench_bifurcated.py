@@ -19,7 +19,7 @@ the larger of the two.
     python benchmarks/bench_bifurcated.py [--quick] [--cases mha,gqa,8k,...] [--out DIR] [--mem-gb 60]
     python -m leanattn bench bifurcated --quick
     python benchmarks/bench_bifurcated.py --tiny     # CPU smoke run of the code paths (no timing value)
-    python benchmarks/bench_bifurcated.py --sweep [--configs 'cap,block_n,warps,stages,cps;...']
+    python benchmarks/bench_bifurcated.py --sweep [--configs 'cap,block_n,warps,stages,cps[,block_ptr];...']
 """
 from __future__ import annotations
 
@@ -281,13 +281,14 @@ def plot(rows, path):
 
 
 SWEEP_CASES = {"mha 8k x1", "mha 8k x32", "mha 8k x256", "gqa 8k x1", "gqa 8k x32", "gqa 8k x64", "gqa 32k x256"}
-SWEEP_CONFIGS = ["0,0,0,0,0", "64,0,0,0,0", "128,128,8,2,0", "128,64,8,3,0", "128,64,4,2,0", "0,64,0,0,0",
-                 "0,0,0,3,0", "0,0,0,0,2", "0,0,8,0,0", "32,0,0,0,0"]
+SWEEP_CONFIGS = ["0,0,0,0,0", "64,0,0,0,0", "128,64,8,2,0", "128,128,8,2,0", "128,64,4,2,0", "0,64,0,0,0",
+                 "0,0,0,3,0", "0,0,0,0,2", "32,0,0,0,0",
+                 "0,0,0,0,0,1", "64,0,0,0,0,1", "0,0,0,0,2,1", "0,64,0,3,0,1"]
 
 
 def sweep(cases, configs, log):
     """Time bifurcated_decode under ``LEANATTN_BIFURCATED_CONFIG`` overrides
-    (``block_h_cap,block_n,num_warps,num_stages,ctas_per_sm``, 0 = default)."""
+    (``block_h_cap,block_n,num_warps,num_stages,ctas_per_sm[,block_ptr]``, 0 = default)."""
     from bench_decode import graph_of
     from leanattn.ops import bifurcated as bif
     results = []
@@ -329,7 +330,7 @@ def main(argv=None):
     ap.add_argument("--mem-gb", type=float, default=60.0, help="largest per-sample copies a peer may hold (GB)")
     ap.add_argument("--tiny", action="store_true", help="interpreter-sized shapes: a CPU smoke run of the code")
     ap.add_argument("--sweep", action="store_true", help="time launch configs of bifurcated_decode instead")
-    ap.add_argument("--configs", default="", help="sweep only these: 'cap,block_n,warps,stages,cps;...'")
+    ap.add_argument("--configs", default="", help="sweep only these: 'cap,block_n,warps,stages,cps[,block_ptr];...'")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:

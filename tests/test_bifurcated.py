@@ -396,12 +396,22 @@ def test_benchmark_tiny_smoke(tmp_path):
     assert (tmp_path / "bifurcated_cpu_tiny.json").is_file() and (tmp_path / "bifurcated_cpu_tiny.md").is_file()
 
 
-def test_env_launch_override(monkeypatch):
-    # the benchmark sweep's knob: a 16-row cap forces head blocks and teams through the public API
+@pytest.mark.parametrize("cfg", ["16,0,0,0,0", "16,0,0,0,0,1", "0,0,0,0,0,1"])
+def test_env_launch_override(monkeypatch, cfg):
+    # the benchmark sweep's knob: a 16-row cap forces head blocks and teams through the public API;
+    # the sixth field switches contiguous caches to block pointers
     from leanattn.ops import bifurcated as bif
-    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", "16,0,0,0,0")
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", cfg)
     q, k, v, lens, _ = make_inputs(6, 8, 2, 64, [3, 0, 20, 9, 16, 1])
-    pk, pv, _ = make_prefix(None, 40, 2, 64)
-    check(q, pk, pv, k, v, lens)
-    plan = [p for key, p in bif._PLANS.items() if key[-1] == "16,0,0,0,0"][-1]
-    assert plan.meta["BLOCK_HP"] == 16 and plan.n_hb == 2
+    pk, pv, plens = make_prefix(2, 40, 2, 64, plens=[40, 13])
+    ids = ids_tensor([0, 1, 1, 0, 1, 1])
+    check(q, pk, pv, k, v, lens, plens=plens, ids=ids)
+    check(q, pk[0], pv[0], k, v, lens, name="single")
+    q1, k1, v1, lens1, bt1 = make_inputs(2, 8, 2, 64, [19, 0], page_size=16)
+    check(q1, pk, pv, k1, v1, lens1, bt1, plens=plens, ids=ids_tensor([1, 0]), name="one per prompt, paged")
+    k2, v2 = torch.randn(2, 19, 2, 64, dtype=q.dtype), torch.randn(2, 19, 2, 64, dtype=q.dtype)
+    check(q1, pk, pv, k2, v2, lens1, plens=plens, ids=ids_tensor([1, 0]), name="one per prompt, contiguous")
+    plan = [p for key, p in bif._PLANS.items() if key[-1] == cfg][-1]
+    assert plan.meta["BLOCK_PTR"] == cfg.endswith(",1")
+    if cfg.startswith("16,"):
+        assert plan.meta["BLOCK_HP"] == 16

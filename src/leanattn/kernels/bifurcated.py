@@ -52,6 +52,79 @@ from .decode import LN2, attend_tiles, load_q_rows, store_final
 
 
 @triton.jit
+def attend_contiguous(
+    q, K, V,  #
+    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """``attend_tiles`` of ``kernels/decode.py`` for a contiguous cache, through block pointers.
+
+    A block pointer carries one base address and the tile offset, where a tensor of pointers
+    holds a 64-bit address per element of the ``BLOCK_N x HEAD_DIM`` tile; the boundary check
+    against ``seqlen`` zero-fills the tail instead of a mask. Same ``(acc, m, l)`` result.
+    """
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    k_seq = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
+    v_seq = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
+    k_ptr = tl.make_block_ptr(k_seq, shape=(seqlen, HEAD_DIM), strides=(stride_kn, 1),
+                              offsets=(tile_lo * BLOCK_N, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
+    v_ptr = tl.make_block_ptr(v_seq, shape=(seqlen, HEAD_DIM), strides=(stride_vn, 1),
+                              offsets=(tile_lo * BLOCK_N, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
+    for j in range(tile_lo, tile_hi):
+        # -- scores --
+        k = tl.load(k_ptr, boundary_check=(0,), padding_option="zero")
+        if UPCAST:
+            k = k.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        mask_n = j * BLOCK_N + tl.arange(0, BLOCK_N) < seqlen
+        qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
+        # -- online softmax --
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(qk - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        # -- accumulate --
+        v = tl.load(v_ptr, boundary_check=(0,), padding_option="zero")
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+        k_ptr = tl.advance(k_ptr, (BLOCK_N, 0))
+        v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
+    return acc, m_i, l_i
+
+
+@triton.jit
+def attend_own(
+    q, K, V, BlockTable,  #
+    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_btb,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """A sample's own tiles: block pointers for a contiguous cache when ``BLOCK_PTR``, else decode's loop."""
+    if BLOCK_PTR and PAGE_SIZE == 0:
+        acc, m_i, l_i = attend_contiguous(
+            q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
+            HEAD_DIM, BLOCK_H, BLOCK_N, UPCAST, DOT_PRECISION)
+    else:
+        acc, m_i, l_i = attend_tiles(
+            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+    return acc, m_i, l_i
+
+
+@triton.jit
 def settle_piece(
     acc, m_i, l_i, valid_h,  #
     WsAcc, WsMl, Counters,  #
@@ -81,6 +154,8 @@ def settle_piece(
         tl.store(WsMl + slot * (2 * BLOCK_H) + BLOCK_H + offs_h, l_i)
         host = program_of(head_begin, T, high)
         last = program_of(head_end - 1, T, high)
+        # the piece is in the workspace now (the merge reads it back): free its registers
+        acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
         tl.debug_barrier()
         arrived = tl.atomic_add(Counters + host * NM + member, 1, sem="acq_rel")
         final = arrived == last - host
@@ -183,7 +258,7 @@ def bifurcated_decode_kernel(
     BLOCK_HP: tl.constexpr, N_HB: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
-    SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, CONCAT: tl.constexpr,  #
+    SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, CONCAT: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Prefix phase (teams of ``N_HB`` programs) then own-token phase (every program), one launch.
@@ -317,10 +392,16 @@ def bifurcated_decode_kernel(
                     if UPCAST:
                         q = q.to(tl.float32)
                     tile_lo = t - head_begin
-                    acc, m_i, l_i = attend_tiles(
-                        q, PK, PV, BlockTable, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
-                        stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-                        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, UPCAST, DOT_PRECISION)
+                    if BLOCK_PTR:
+                        acc, m_i, l_i = attend_contiguous(
+                            q, PK, PV, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+                            stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+                            HEAD_DIM, BLOCK_HP, BLOCK_N, UPCAST, DOT_PRECISION)
+                    else:
+                        acc, m_i, l_i = attend_tiles(
+                            q, PK, PV, BlockTable, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+                            stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
+                            HEAD_DIM, BLOCK_HP, BLOCK_N, 0, UPCAST, DOT_PRECISION)
                     final, acc, m_i, l_i = settle_piece(
                         acc, m_i, l_i, valid, WsAccP, WsMlP, CountersP,  #
                         t, start1, head_begin, head_end, stop, T1, high1, member, N_HB, BLOCK_HP, HEAD_DIM,
@@ -358,15 +439,21 @@ def bifurcated_decode_kernel(
                         pt = tl.sum(tl.where(sel, ptiles_b, 0), 0)
                         gid = tl.sum(tl.where(sel, gid_b, 0), 0)
                         plen = tl.sum(tl.where(sel, plen_b, 0), 0)
-                        acc, m_i, l_i = attend_tiles(
-                            q, PK, PV, BlockTable, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #
-                            stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-                            HEAD_DIM, BLOCK_HO, BLOCK_N, 0, UPCAST, DOT_PRECISION)
-                        acc_o, m_o, l_o = attend_tiles(
+                        if BLOCK_PTR:
+                            acc, m_i, l_i = attend_contiguous(
+                                q, PK, PV, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #
+                                stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+                                HEAD_DIM, BLOCK_HO, BLOCK_N, UPCAST, DOT_PRECISION)
+                        else:
+                            acc, m_i, l_i = attend_tiles(
+                                q, PK, PV, BlockTable, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #
+                                stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
+                                HEAD_DIM, BLOCK_HO, BLOCK_N, 0, UPCAST, DOT_PRECISION)
+                        acc_o, m_o, l_o = attend_own(
                             q, K, V, BlockTable, b, kvh, seqlen,  #
                             tl.maximum(tile_lo, pt) - pt, tile_hi - pt, qk_scale,  #
                             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-                            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+                            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
                         m_new = tl.maximum(m_i, m_o)
                         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
                         s_p = tl.math.exp2(m_i - m_use)
@@ -375,10 +462,10 @@ def bifurcated_decode_kernel(
                         l_i = l_i * s_p + l_o * s_o
                         m_i = m_new
                     else:
-                        acc, m_i, l_i = attend_tiles(
+                        acc, m_i, l_i = attend_own(
                             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
                             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-                            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+                            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
                     valid = hb * BLOCK_HO + offs_ho < GROUP
                     final, acc, m_i, l_i = settle_piece(
                         acc, m_i, l_i, valid, WsAccO, WsMlO, CountersO,  #

@@ -26,24 +26,29 @@ LOG2E = 1.4426950408889634
 
 
 def _env_config() -> tuple:
-    """``LEANATTN_BIFURCATED_CONFIG=block_h_cap,block_n,num_warps,num_stages,ctas_per_sm`` (0 = default):
-    launch overrides for benchmark sweeps."""
+    """``LEANATTN_BIFURCATED_CONFIG=block_h_cap,block_n,num_warps,num_stages,ctas_per_sm,block_ptr``
+    (0 = default): launch overrides for benchmark sweeps."""
     raw = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
     if not raw:
-        return (0, 0, 0, 0, 0)
+        return (0,) * 6
     vals = tuple(int(x) for x in raw.split(","))
-    return vals + (0,) * (5 - len(vals))
+    return vals + (0,) * (6 - len(vals))
 
 
 def launch_config(rows: int, head_dim: int, group: int, device: torch.device, block_h: int = 0, block_n: int = 0):
-    """``(decode config of the own phase, prefix rows per tl.dot, tile, warps, stages, ctas per SM)``.
+    """``(decode config of the own phase, prefix rows per tl.dot, tile, warps, stages, ctas per SM,
+    block pointers)``.
 
     The prefix phase stacks all rows of a kv head up to 128 per ``tl.dot`` (64 at D=256): fewer head
     blocks, fewer re-reads of each prefix tile. 128-row blocks take 64-token tiles, 8 warps and 3
     stages (the decode sweep on H100: 64-token tiles with 8 warps need 3 stages to stream at full rate;
     128 x 128 tiles would leave one program per SM). Otherwise the decode table applies.
+
+    Block pointers for contiguous caches (``block_ptr``, off by default): offline ``ptxas`` for sm_90a
+    shows decode's pointer-tensor loop at 32-56 registers with kilobytes of spills, the block-pointer
+    loop at 255 registers with almost none; which streams faster is for the sweep to say.
     """
-    cap_env, bn_env, warps_env, stages_env, cps_env = _env_config()
+    cap_env, bn_env, warps_env, stages_env, cps_env, bp_env = _env_config()
     cfg = decode_config(head_dim, group, device, block_n or bn_env or None)
     cap = cap_env or (64 if head_dim > 128 else 128)
     block_hp = block_h or max(16, min(cap, triton.next_power_of_2(max(rows, 1))))
@@ -51,7 +56,7 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
     if block_hp > 64 and device.type == "cuda":
         bn = block_n or bn_env or min(bn, 64)
         warps, stages = max(warps, 8), max(stages, 3)
-    return (cfg, block_hp, bn, warps_env or warps, stages_env or stages, cps_env or cfg.ctas_per_sm)
+    return (cfg, block_hp, bn, warps_env or warps, stages_env or stages, cps_env or cfg.ctas_per_sm, bool(bp_env))
 
 
 class _Plan:
@@ -64,8 +69,8 @@ class _Plan:
         device = q.device
         group = Hq // Hkv
         has_own = k is not None
-        cfg, block_hp, bn, warps, stages, self.ctas_per_sm = launch_config(n_max * group, D, group, device, block_h,
-                                                                            block_n)
+        cfg, block_hp, bn, warps, stages, self.ctas_per_sm, block_ptr = launch_config(n_max * group, D, group, device,
+                                                                                       block_h, block_n)
         self.n_hb = n_hb = triton.cdiv(n_max * group, block_hp)
         paged = block_table is not None
         self.dummy_i32 = torch.zeros((1, 1), dtype=torch.int32, device=device)
@@ -76,7 +81,7 @@ class _Plan:
             HEAD_DIM=D, BLOCK_N=bn, BLOCK_G=max(16, triton.next_power_of_2(G)),
             BLOCK_B=max(16, triton.next_power_of_2(B)),
             HAS_SEQLENS=seqlens is not None, HAS_PREFIX_LENS=has_plens, SINGLE_PREFIX=single, HAS_OWN=has_own,
-            CONCAT=has_own and n_max == 1,
+            CONCAT=has_own and n_max == 1, BLOCK_PTR=block_ptr,
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
             num_warps=warps, num_stages=stages)
