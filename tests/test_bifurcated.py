@@ -13,21 +13,28 @@ import torch
 import leanattn
 from leanattn import reference
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
-from test_decode import make_inputs
+from test_decode import make_inputs as _make_inputs
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # interpreter on CPU, compiled kernels on a GPU
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def make_inputs(*args, **kw):
+    """``test_decode.make_inputs`` on this module's device."""
+    return _make_inputs(*args, device=DEV, **kw)
 
 
 def make_prefix(G, P, Hkv, D, dtype=torch.float16, plens=None):
     """``(prefix_k, prefix_v, prefix_lens)``: ``(P, Hkv, D)`` when ``G`` is None, else ``(G, P, Hkv, D)``."""
     shape = (P, Hkv, D) if G is None else (G, P, Hkv, D)
-    pk, pv = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
-    lens = None if plens is None else torch.tensor(plens, dtype=torch.int32)
+    pk, pv = torch.randn(shape, dtype=dtype, device=DEV), torch.randn(shape, dtype=dtype, device=DEV)
+    lens = None if plens is None else torch.tensor(plens, dtype=torch.int32, device=DEV)
     return pk, pv, lens
 
 
 def ids_tensor(ids):
-    return None if ids is None else torch.tensor(ids, dtype=torch.int32)
+    return None if ids is None else torch.tensor(ids, dtype=torch.int32, device=DEV)
 
 
 def check(q, pk, pv, k, v, lens=None, bt=None, plens=None, ids=None, scale=None, name="bifurcated", op_args=None):
@@ -83,7 +90,7 @@ def test_one_sample():
 def test_one_sample_per_prompt():
     # nothing to stack: prefix and own tiles form one row per sample (CONCAT), paged own cache,
     # an empty prefix, an empty own cache, strided ids
-    ids = torch.tensor([2, 0, 1, 3, 0, 0], dtype=torch.int32)[::2]
+    ids = torch.tensor([2, 0, 1, 3, 0, 0], dtype=torch.int32, device=DEV)[::2]
     own = [17, 0, 40]
     q, k, v, lens, bt = make_inputs(3, 8, 2, 64, own, page_size=16)
     pk, pv, plens = make_prefix(4, 35, 2, 64, plens=[35, 0, 20, 1])
@@ -229,8 +236,8 @@ def test_deterministic():
 def test_broadcast_query():
     q, k, v, lens, _ = make_inputs(1, 8, 2, 64, [10])
     pk, pv, _ = make_prefix(None, 20, 2, 64)
-    k4, v4 = torch.randn(4, 16, 2, 64, dtype=q.dtype), torch.randn(4, 16, 2, 64, dtype=q.dtype)
-    check(q.expand(4, -1, -1), pk, pv, k4, v4, torch.tensor([16, 3, 0, 9], dtype=torch.int32))
+    k4, v4 = (torch.randn(4, 16, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
+    check(q.expand(4, -1, -1), pk, pv, k4, v4, torch.tensor([16, 3, 0, 9], dtype=torch.int32, device=DEV))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,7 +297,7 @@ def test_compile_fullgraph():
     ref_out, ref_lse = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, return_lse=True)
     assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
     # new lengths and ids, same shapes
-    lens2, ids2 = torch.tensor([3, 48, 0], dtype=torch.int32), ids_tensor([0, 0, 0])
+    lens2, ids2 = torch.tensor([3, 48, 0], dtype=torch.int32, device=DEV), ids_tensor([0, 0, 0])
     out = compiled(q, pk, pv, k, v, lens2, bt, plens, ids2)
     assert_rel_close("compiled", out, reference.bifurcated_decode(q, pk, pv, k, v, lens2, bt, plens, ids2)[0],
                       TOLERANCE[q.dtype])
@@ -409,7 +416,7 @@ def test_env_launch_override(monkeypatch, cfg):
     check(q, pk[0], pv[0], k, v, lens, name="single")
     q1, k1, v1, lens1, bt1 = make_inputs(2, 8, 2, 64, [19, 0], page_size=16)
     check(q1, pk, pv, k1, v1, lens1, bt1, plens=plens, ids=ids_tensor([1, 0]), name="one per prompt, paged")
-    k2, v2 = torch.randn(2, 19, 2, 64, dtype=q.dtype), torch.randn(2, 19, 2, 64, dtype=q.dtype)
+    k2, v2 = (torch.randn(2, 19, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
     check(q1, pk, pv, k2, v2, lens1, plens=plens, ids=ids_tensor([1, 0]), name="one per prompt, contiguous")
     plan = [p for key, p in bif._PLANS.items() if key[-1] == cfg][-1]
     assert plan.meta["BLOCK_PTR"] == cfg.endswith(",1")
