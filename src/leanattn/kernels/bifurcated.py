@@ -101,6 +101,17 @@ def attend_contiguous(
 
 
 @triton.jit
+def combine(acc_a, m_a, l_a, acc_b, m_b, l_b):
+    """Merge two unnormalised online-softmax states ``(acc, m, l)`` (log2 units); empty states
+    (``m = -inf``, ``l = 0``) are the identity."""
+    m_new = tl.maximum(m_a, m_b)
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    s_a = tl.math.exp2(m_a - m_use)
+    s_b = tl.math.exp2(m_b - m_use)
+    return acc_a * s_a[:, None] + acc_b * s_b[:, None], m_new, l_a * s_a + l_b * s_b
+
+
+@triton.jit
 def attend_own(
     q, K, V, BlockTable,  #
     b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
@@ -172,13 +183,7 @@ def settle_piece(
                             + offs_d[None, :], mask=valid_h[:, None], other=0.0, cache_modifier=".cg")
                 m = tl.load(WsMl + p_slot * (2 * BLOCK_H) + offs_h, cache_modifier=".cg")
                 l = tl.load(WsMl + p_slot * (2 * BLOCK_H) + BLOCK_H + offs_h, cache_modifier=".cg")
-                m_new = tl.maximum(m_t, m)
-                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-                s_old = tl.math.exp2(m_t - m_use)
-                s_new = tl.math.exp2(m - m_use)
-                acc_t = acc_t * s_old[:, None] + a * s_new[:, None]
-                l_t = l_t * s_old + l * s_new
-                m_t = m_new
+                acc_t, m_t, l_t = combine(acc_t, m_t, l_t, a, m, l)
             acc, m_i, l_i = acc_t, m_t, l_t
     return final, acc, m_i, l_i
 
@@ -454,13 +459,7 @@ def bifurcated_decode_kernel(
                             tl.maximum(tile_lo, pt) - pt, tile_hi - pt, qk_scale,  #
                             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
                             HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
-                        m_new = tl.maximum(m_i, m_o)
-                        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-                        s_p = tl.math.exp2(m_i - m_use)
-                        s_o = tl.math.exp2(m_o - m_use)
-                        acc = acc * s_p[:, None] + acc_o * s_o[:, None]
-                        l_i = l_i * s_p + l_o * s_o
-                        m_i = m_new
+                        acc, m_i, l_i = combine(acc, m_i, l_i, acc_o, m_o, l_o)
                     else:
                         acc, m_i, l_i = attend_own(
                             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
