@@ -167,7 +167,7 @@ def time_fn(fn, cuda):
     return ms, "graph" if g is not None else "eager"
 
 
-def run_case(c, ceilings, mem_gb, log, device):
+def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
     cuda = device == "cuda"
     prefix_b, own_b, qo_b, copied_b = case_bytes(c)
     copies = copied_b <= mem_gb * 1e9
@@ -183,6 +183,10 @@ def run_case(c, ceilings, mem_gb, log, device):
     tol = TOLERANCE[torch.bfloat16]
     for name, make in METHODS.items():
         if not cuda and name not in CPU_METHODS:
+            continue
+        if name != "bifurcated" and over_budget():
+            row["results"][name] = dict(error="skipped: past the --budget-s time budget")
+            log(f"  {c['name']:18s} {name:14s} skipped (time budget)")
             continue
         if name != "bifurcated" and not copies:
             row["results"][name] = dict(error=f"out of memory: per-sample copies need {copied_b / 1e9:.0f} GB "
@@ -329,6 +333,8 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results"))
     ap.add_argument("--mem-gb", type=float, default=60.0, help="largest per-sample copies a peer may hold (GB)")
     ap.add_argument("--tiny", action="store_true", help="interpreter-sized shapes: a CPU smoke run of the code")
+    ap.add_argument("--budget-s", type=float, default=330.0,
+                    help="after this many seconds, peers are skipped (ours still runs): the suite fits in 6 min")
     ap.add_argument("--sweep", action="store_true", help="time launch configs of bifurcated_decode instead")
     ap.add_argument("--configs", default="", help="sweep only these: 'cap,block_n,warps,stages,cps[,block_ptr];...'")
     args = ap.parse_args(argv)
@@ -365,7 +371,9 @@ def main(argv=None):
         ceilings = dict(read_gbs=1.0, matmul_tflops=1.0, bandwidth={})
     log(f"ceilings: {ceilings}")
     t0 = time.time()
-    rows = [run_case(c, ceilings, args.mem_gb, log, device) for c in cases]
+    start = time.time()
+    rows = [run_case(c, ceilings, args.mem_gb, log, device, lambda: time.time() - start > args.budget_s)
+            for c in cases]
     ge16 = [r["x_io_floor"] for r in rows if r["samples"] >= 16 and "x_io_floor" in r]
     ge16_floor = [r["x_floor"] for r in rows if r["samples"] >= 16 and "x_floor" in r]
 
