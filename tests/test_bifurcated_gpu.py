@@ -96,13 +96,16 @@ def test_deterministic_20_runs():
         assert torch.equal(o, first) and torch.equal(l, first_lse)
 
 
-@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("multi", ["single", "bound", "capture-bound"])
 def test_cuda_graph_new_lengths_and_ids(multi):
+    # "bound": max_group_size given; "capture-bound": none, so the capture assumes every sample may
+    # read the same prompt (B rows per kv head)
     n = 16
+    multi = None if multi == "single" else multi
     q, pk, pv, k, v, sl = inputs(n, 32, 8, 128, 5000, [256] * n, G=3 if multi else None)
     ids = torch.zeros(n, dtype=torch.int32, device="cuda") if multi else None
     plens = torch.tensor([5000, 10, 0], dtype=torch.int32, device="cuda") if multi else None
-    kw = dict(max_group_size=n) if multi else {}
+    kw = dict(max_group_size=n) if multi == "bound" else {}
     leanattn.bifurcated_decode(q, pk, pv, k, v, sl, None, plens, ids, **kw)  # compile and allocate outside capture
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
