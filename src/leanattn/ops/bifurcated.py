@@ -350,8 +350,13 @@ def bifurcated_decode(
     One launch: for each prompt and kv head, the query rows of all its samples are stacked
     (``samples x group`` rows) and every prefix tile is multiplied against all of them at once;
     each sample's own tokens are attended like :func:`leanattn.decode`; both passes are stream-K
-    over all SMs and their states are merged in-kernel. Registered as the custom op
-    ``torch.ops.leanattn.bifurcated_decode`` (``torch.compile(fullgraph=True)``, CUDA graphs).
+    over all SMs and their states are merged in-kernel. With at most one sample per prompt there is
+    nothing to share and the launch is :func:`leanattn.decode` over the concatenation, without
+    building it. Output is bitwise deterministic for fixed inputs and launch configuration.
+    Registered as the custom op ``torch.ops.leanattn.bifurcated_decode``
+    (``torch.compile(fullgraph=True)``, CUDA graphs: lengths, prefix ids and prefix lengths may
+    change between replays; with several prompts pass ``max_group_size`` and keep every prompt
+    within it, which is checked only when ``validate`` is on).
 
     Examples
     --------
