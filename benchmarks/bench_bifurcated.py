@@ -203,9 +203,12 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
                 raise RuntimeError(f"wrong result: rel err {err:.2e}")
             ms, timing = time_fn(fn, cuda)
             r = dict(us=ms * 1e3, err=err, form=getattr(fn, "form", ""), timing=timing)
-            if name == "bifurcated" and cuda:
-                r["us_eager"] = common.bench(fn) * 1e3
-                r["us_repeat"] = time_fn(fn, cuda)[0] * 1e3  # the noise
+            if name == "bifurcated":
+                from leanattn.ops import bifurcated as bif
+                r["launch"] = next(reversed(bif._PLANS.values())).info  # the plan this case built last
+                if cuda:
+                    r["us_eager"] = common.bench(fn) * 1e3
+                    r["us_repeat"] = time_fn(fn, cuda)[0] * 1e3  # the noise
             row["results"][name] = r
         except torch.OutOfMemoryError as e:
             row["results"][name] = dict(error=f"OutOfMemoryError: {str(e)[:120]}")
@@ -213,7 +216,8 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
             row["results"][name] = dict(error=f"{type(e).__name__}: {str(e)[:160]}")
         res = row["results"][name]
         log(f"  {c['name']:18s} {name:14s} " + (f"{res['us']:10.1f} us  err {res['err']:.1e}  ({res['timing']})"
-                                                if "us" in res else res["error"]))
+                                                if "us" in res else res["error"])
+            + (f"  {res['launch']}" if "launch" in res else ""))
     ours_r = row["results"].get("bifurcated", {})
     peers = {p: row["results"][p]["us"] for p in PEERS if "us" in row["results"].get(p, {})}
     if "us" in ours_r:

@@ -103,6 +103,7 @@ class _Plan:
                      block_table.stride(0) if own_paged else 0,
                      scale * LOG2E, B, G, P, cap)
         self.own_paged = own_paged
+        self.info = {}  # launch facts for benchmarks: grid, tiles, registers, spills, occupancy
         self.grid = (self._grid(cfg, q, workers),)
         n = self.grid[0]
         rows = B * Hq if has_own else 1  # prefix/own states of each query row, merged by the second arriver
@@ -127,8 +128,13 @@ class _Plan:
                     q, kv, kv, kv, kv, q, f, d, d, d, d, d, d, d, f, f, d, f, f, d, f, f, d, *self.tail,
                     grid=(1,), **self.meta)
                 occ = runtime.occupancy(compiled, q.device)
+                self.info.update(n_regs=getattr(compiled, "n_regs", None), n_spills=getattr(compiled, "n_spills", None),
+                                 shared=compiled.metadata.shared, occupancy=occ)
             workers = runtime.num_sms(q.device) * max(1, min(occ, self.ctas_per_sm))
-        return max(1, workers // self.n_hb) * self.n_hb
+        grid = max(1, workers // self.n_hb) * self.n_hb
+        self.info.update(grid=grid, teams=grid // self.n_hb, **{k: v for k, v in self.meta.items() if k in (
+            "BLOCK_HP", "N_HB", "BLOCK_HO", "BLOCK_N", "CONCAT", "BLOCK_PTR", "num_warps", "num_stages")})
+        return grid
 
     def run(self, q, pk, pv, k, v, seqlens, block_table, plens, ids, groups, out, lse):
         d = self.dummy_i32
