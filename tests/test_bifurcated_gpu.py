@@ -54,7 +54,8 @@ def test_many_samples_head_blocks(n, hq, hkv):
 
 
 def test_multi_prompt_unequal():
-    ids = torch.tensor([0] * 40 + [2] * 3 + [1] + [2] * 20, dtype=torch.int32, device="cuda")[torch.randperm(64)]
+    ids = torch.tensor([0] * 40 + [2] * 3 + [1] + [2] * 20, dtype=torch.int32, device="cuda")
+    ids = ids[torch.randperm(64, device="cuda")]  # prompts of 40, 1, 23 samples and an unused one, interleaved
     own = torch.randint(0, 600, (64,)).tolist()
     q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 7000, own, G=4)
     plens = torch.tensor([7000, 0, 3333, 100], dtype=torch.int32, device="cuda")
