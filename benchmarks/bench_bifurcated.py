@@ -98,6 +98,26 @@ def ours(c, inp):
     return fn
 
 
+def ours_with(config):
+    """Ours under a ``LEANATTN_BIFURCATED_CONFIG`` override (set around each call; plans are keyed by it)."""
+    def make(c, inp):
+        call = ours(c, inp)
+
+        def fn():
+            old = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
+            os.environ["LEANATTN_BIFURCATED_CONFIG"] = config
+            try:
+                return call()
+            finally:
+                if old is None:
+                    os.environ.pop("LEANATTN_BIFURCATED_CONFIG", None)
+                else:
+                    os.environ["LEANATTN_BIFURCATED_CONFIG"] = old
+        fn.form = f"shared prefix + own caches, config {config}"
+        return fn
+    return make
+
+
 def decode_copied(c, inp):
     args = (inp["q"], inp["kc"], inp["vc"], inp["lens_c"])
     fn = lambda: leanattn.decode(*args)  # noqa: E731
@@ -138,10 +158,11 @@ def flex(c, inp):
     return fn
 
 
-METHODS = {"bifurcated": ours, "decode_copied": decode_copied, "sdpa_flash": sdpa("FLASH_ATTENTION"),
-           "sdpa_cudnn": sdpa("CUDNN_ATTENTION"), "flex": flex}
+METHODS = {"bifurcated": ours, "bifurcated_bp": ours_with("0,0,0,0,0,1"), "decode_copied": decode_copied,
+           "sdpa_flash": sdpa("FLASH_ATTENTION"), "sdpa_cudnn": sdpa("CUDNN_ATTENTION"), "flex": flex}
 PEERS = ["decode_copied", "sdpa_flash", "sdpa_cudnn", "flex"]
-CPU_METHODS = {"bifurcated", "decode_copied"}
+OURS = ("bifurcated", "bifurcated_bp")  # the second: block-pointer loads (a launch option under evaluation)
+CPU_METHODS = {"bifurcated", "bifurcated_bp", "decode_copied"}
 
 
 def check_samples(n):
@@ -184,11 +205,11 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
     for name, make in METHODS.items():
         if not cuda and name not in CPU_METHODS:
             continue
-        if name != "bifurcated" and over_budget():
+        if name not in OURS and over_budget():
             row["results"][name] = dict(error="skipped: past the --budget-s time budget")
             log(f"  {c['name']:18s} {name:14s} skipped (time budget)")
             continue
-        if name != "bifurcated" and not copies:
+        if name not in OURS and not copies:
             row["results"][name] = dict(error=f"out of memory: per-sample copies need {copied_b / 1e9:.0f} GB "
                                               f"(> --mem-gb {mem_gb:g})")
             log(f"  {c['name']:18s} {name:14s} skipped: {row['results'][name]['error']}")
@@ -199,7 +220,7 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
             if cuda:
                 torch.cuda.synchronize()
             err = rel_err(out[idx], ref)
-            if not err <= (tol if name in ("bifurcated", "decode_copied") else 2 * tol):
+            if not err <= (tol if name in OURS + ("decode_copied",) else 2 * tol):
                 raise RuntimeError(f"wrong result: rel err {err:.2e}")
             ms, timing = time_fn(fn, cuda)
             r = dict(us=ms * 1e3, err=err, form=getattr(fn, "form", ""), timing=timing)
@@ -246,8 +267,9 @@ def matmul_tflops() -> float:
 
 
 def table(rows):
-    header = ["case", "KV held MB", "copies MB", "ours us", "IO floor us", "x IO floor", "x floor", "decode copied us",
-              "flash us", "cudnn us", "flex us", "best peer", "x best peer", "x decode copied", "err"]
+    header = ["case", "KV held MB", "copies MB", "ours us", "ours bp us", "IO floor us", "x IO floor", "x floor",
+              "decode copied us", "flash us", "cudnn us", "flex us", "best peer", "x best peer", "x decode copied",
+              "err"]
     out = []
     for r in rows:
         res = r["results"]
@@ -255,7 +277,7 @@ def table(rows):
         def us(n):
             x = res.get(n, {})
             return x["us"] if "us" in x else ("OOM" if "memory" in x.get("error", "") else "-")
-        out.append([r["case"], r["kv_held_mb"], r["copied_kv_mb"], us("bifurcated"), r["io_floor_us"],
+        out.append([r["case"], r["kv_held_mb"], r["copied_kv_mb"], us("bifurcated"), us("bifurcated_bp"), r["io_floor_us"],
                     r.get("x_io_floor", "-"), r.get("x_floor", "-"), us("decode_copied"), us("sdpa_flash"),
                     us("sdpa_cudnn"), us("flex"), r.get("best_peer", "-"), r.get("speedup_vs_best_peer", "-"),
                     r.get("speedup_vs_decode_copied", "-"), res.get("bifurcated", {}).get("err", "-")])
@@ -271,7 +293,7 @@ def plot(rows, path):
     for ax, (model, prefix) in zip(axes[0], groups):
         rs = sorted([r for r in rows if (r["model"], r["prefix"]) == (model, prefix)], key=lambda r: r["samples"])
         xs = [r["samples"] for r in rs]
-        for name, style in (("bifurcated", "o-"), ("decode_copied", "s--"), ("sdpa_flash", "^:"),
+        for name, style in (("bifurcated", "o-"), ("bifurcated_bp", "o--"), ("decode_copied", "s--"), ("sdpa_flash", "^:"),
                             ("sdpa_cudnn", "v:"), ("flex", "d:")):
             ys = [r["results"].get(name, {}).get("us", float("nan")) for r in rs]
             ax.plot(xs, ys, style, label=name)
@@ -390,6 +412,9 @@ def main(argv=None):
         min_speedup_vs_decode_copied=min([r["speedup_vs_decode_copied"] for r in rows
                                           if "speedup_vs_decode_copied" in r], default=None),
         geomean_vs_best_peer=common.geomean([r.get("speedup_vs_best_peer") for r in rows]),
+        geomean_default_over_block_ptr=common.geomean(
+            [r["results"]["bifurcated"]["us"] / r["results"]["bifurcated_bp"]["us"] for r in rows
+             if "us" in r["results"].get("bifurcated", {}) and "us" in r["results"].get("bifurcated_bp", {})]),
         wall_s=time.time() - t0)
     md = (f"# bifurcated decode benchmark\n\n{info['device']}, torch {info['torch']}, triton {info['triton']}, "
           f"{info['date']}; bf16, D=128, one prompt, {OWN if not args.tiny else 16} own tokens per sample. "
