@@ -24,6 +24,7 @@ the larger of the two.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -277,7 +278,8 @@ def table(rows):
         def us(n):
             x = res.get(n, {})
             return x["us"] if "us" in x else ("OOM" if "memory" in x.get("error", "") else "-")
-        out.append([r["case"], r["kv_held_mb"], r["copied_kv_mb"], us("bifurcated"), us("bifurcated_bp"), r["io_floor_us"],
+        out.append([r["case"], r["kv_held_mb"], r["copied_kv_mb"], us("bifurcated"), us("bifurcated_bp"),
+                    r["io_floor_us"],
                     r.get("x_io_floor", "-"), r.get("x_floor", "-"), us("decode_copied"), us("sdpa_flash"),
                     us("sdpa_cudnn"), us("flex"), r.get("best_peer", "-"), r.get("speedup_vs_best_peer", "-"),
                     r.get("speedup_vs_decode_copied", "-"), res.get("bifurcated", {}).get("err", "-")])
@@ -288,12 +290,16 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    groups = sorted({(r["model"], r["prefix"]) for r in rows})
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.2), squeeze=False)
-    for ax, (model, prefix) in zip(axes[0], groups):
+    models = sorted({r["model"] for r in rows})
+    prefixes = sorted({r["prefix"] for r in rows})
+    fig, axes = plt.subplots(len(models), len(prefixes), figsize=(4.5 * len(prefixes), 4.2 * len(models)),
+                             squeeze=False)
+    for (i, model), (j, prefix) in itertools.product(enumerate(models), enumerate(prefixes)):
+        ax = axes[i][j]
         rs = sorted([r for r in rows if (r["model"], r["prefix"]) == (model, prefix)], key=lambda r: r["samples"])
         xs = [r["samples"] for r in rs]
-        for name, style in (("bifurcated", "o-"), ("bifurcated_bp", "o--"), ("decode_copied", "s--"), ("sdpa_flash", "^:"),
+        for name, style in (("bifurcated", "o-"), ("bifurcated_bp", "o--"), ("decode_copied", "s--"),
+                            ("sdpa_flash", "^:"),
                             ("sdpa_cudnn", "v:"), ("flex", "d:")):
             ys = [r["results"].get(name, {}).get("us", float("nan")) for r in rs]
             ax.plot(xs, ys, style, label=name)
