@@ -297,6 +297,9 @@ def plot(rows, path):
     for (i, model), (j, prefix) in itertools.product(enumerate(models), enumerate(prefixes)):
         ax = axes[i][j]
         rs = sorted([r for r in rows if (r["model"], r["prefix"]) == (model, prefix)], key=lambda r: r["samples"])
+        if not rs:
+            ax.axis("off")
+            continue
         xs = [r["samples"] for r in rs]
         for name, style in (("bifurcated", "o-"), ("bifurcated_bp", "o--"), ("decode_copied", "s--"),
                             ("sdpa_flash", "^:"),
