@@ -198,6 +198,19 @@ def test_head_blocks_and_teams(block_h, num_programs):
           name=f"block_h={block_h} grid={num_programs}")
 
 
+@pytest.mark.parametrize("num_programs", [2, 6])
+def test_team_and_independent_prompts(num_programs):
+    # one prompt of 9 samples (18 rows: two 16-row head blocks, team list), prompts of 1 and 2
+    # samples (independent list) and an unused prompt, with paged own caches
+    ids = [0] * 9 + [1] + [2] * 2
+    ids = [ids[i] for i in torch.randperm(len(ids)).tolist()]
+    own = torch.randint(0, 40, (len(ids),)).tolist()
+    q, k, v, lens, bt = make_inputs(len(ids), 4, 2, 64, own, capacity=40, page_size=16)
+    pk, pv, plens = make_prefix(4, 45, 2, 64, plens=[45, 30, 0, 12])
+    check(q, pk, pv, k, v, lens, bt, plens=plens, ids=ids_tensor(ids), op_args=(0, num_programs, 16, 0),
+          name=f"ids={ids}")
+
+
 def test_head_blocks_single_prefix_paged():
     own = [0, 18, 7, 40, 1, 33]
     q, k, v, lens, bt = make_inputs(len(own), 4, 4, 64, own, page_size=16)

@@ -9,27 +9,28 @@ concatenation is the exact merge of two states, so the kernel computes
   GEMM). Rows are cut into ``N_HB`` head blocks of ``BLOCK_HP`` rows;
 * the **own state** exactly as ``lean_decode_kernel`` does (query heads of one GQA group per row);
 
-and merges the two in the same launch. Both phases are stream-K (equal contiguous ranges of KV
-tiles per program, pieces of a head merged in-kernel by the last arriver, see ``kernels/decode.py``),
-so a single prompt with a handful of samples is still spread over every SM. With one head block
-per kv head (up to ``BLOCK_HP`` rows: e.g. 128 samples of MHA, 32 of GQA-4) the two phases form one
-work list ``[prefix tiles | own tiles]`` cut into equal ranges, so the launch is balanced to one
-tile. With at most one sample per prompt there is nothing to stack (``CONCAT``): each sample's
-row is its prefix tiles followed by its own tiles, one head, so the launch is exactly
-``lean_decode_kernel`` over the concatenated cache, without copying it.
+and merges the two in the same launch. All work is stream-K (equal contiguous ranges of KV tiles
+per program, pieces of a head merged in-kernel by the last arriver, see ``kernels/decode.py``), so
+a single prompt with a handful of samples is still spread over every SM. The work lives in two lists:
 
-Head blocks (``N_HB > 1``, more than ``BLOCK_HP`` rows per kv head) re-read the prefix tiles once
-per head block. To make the re-reads hit L2, the prefix phase runs in *teams*: the grid is
-``N_TEAMS * N_HB`` programs, program ``pid`` is member ``pid % N_HB`` of team ``pid // N_HB``, the
-stream-K ranges are cut over teams, and every member of a team walks the same tile range for its
-own head block. Members are launched side by side and do identical work, so they load the same
-prefix tile at about the same time: one HBM read, ``N_HB - 1`` L2 hits, and the L2 working set is
-one tile per team. (The alternatives cost more: several accumulators per program overflow the
-register file beyond two 64-row blocks, and an order with the head block varying fastest cuts every
-head into one piece per tile, each a workspace round trip.) Members whose head block holds no real
-row of a prompt (smaller prompts) skip its tiles. The own phase uses every program independently,
-and odd teams run it first, so that programs sharing an SM overlap compute-heavy prefix tiles (many
-stacked rows) with bandwidth-bound own tiles.
+* the *independent list* ``[prefix tiles of prompts with one head block | own tiles]``, cut into
+  equal ranges over all programs, so it is balanced to one tile. With up to ``BLOCK_HP`` stacked
+  rows per kv head (e.g. 128 samples of MHA, 32 of GQA-4) everything is in this list. With at most
+  one sample per prompt there is nothing to stack (``CONCAT``): each sample's row is its prefix
+  tiles followed by its own tiles, one head, so the launch is exactly ``lean_decode_kernel`` over
+  the concatenated cache, without copying it;
+* the *team list*: prefix tiles of prompts with more rows than one head block. Head blocks
+  (``N_HB > 1``) re-read the prefix tiles once per block; to make the re-reads hit L2 this list is
+  cut over *teams*: the grid is ``N_TEAMS * N_HB`` programs, program ``pid`` is member
+  ``pid % N_HB`` of team ``pid // N_HB``, and every member of a team walks the same tile range for
+  its own head block. Members are launched side by side and do identical work, so they load the
+  same prefix tile at about the same time: one HBM read, ``N_HB - 1`` L2 hits, and the L2 working
+  set is one tile per team. (The alternatives cost more: several accumulators per program overflow
+  the register file beyond two 64-row blocks, and an order with the head block varying fastest cuts
+  every head into one piece per tile, each a workspace round trip.) Members whose block holds no
+  row of a prompt (a smaller prompt in the list) skip its tiles. Odd teams do their independent
+  range first, so that programs sharing an SM overlap compute-heavy team tiles with
+  bandwidth-bound own tiles.
 
 Merging prefix and own states (``settle_rows``): whichever finishes a query row first writes its
 normalised fp32 state to a per-row buffer and bumps the row's arrival counter; the second one
@@ -245,6 +246,73 @@ def settle_rows(
 
 
 @triton.jit
+def prefix_pieces(
+    t, t_end, start, T, high, member,  #
+    cum_g, work_g, tiles_g, plens, counts, firsts, offs_g,  #
+    Q, PK, PV, BlockTable, Order, Out, Lse,  #
+    WsAcc, WsMl, Counters, StOut, StLse, Arrivals,  #
+    stride_qb, stride_qh,  #
+    stride_pkg, stride_pkn, stride_pkh,  #
+    stride_pvg, stride_pvn, stride_pvh,  #
+    stride_ob, stride_oh, stride_lb,  #
+    qk_scale, n_rows,  #
+    NM: tl.constexpr, HQ: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr,  #
+    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The prefix tiles ``[t, t_end)`` of a work list ``work_g`` (HKV rows of ``tiles_g`` tiles per
+    prompt) in the range ``[start, ..)`` of schedule program ``(T, high)``; this program computes
+    head block ``member`` (rows ``member * BLOCK_HP + i`` of the prompt's stacked query rows)."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows_p = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
+    while t < t_end:
+        # -- which (prompt, kv head, tile) does tile t belong to --
+        g = tl.sum((cum_g <= t).to(tl.int32), 0)
+        sel = offs_g == g
+        base = tl.sum(tl.where(sel, cum_g - work_g, 0), 0)
+        tiles = tl.sum(tl.where(sel, tiles_g, 0), 0)
+        plen = tl.sum(tl.where(sel, plens, 0), 0)
+        n_g = tl.sum(tl.where(sel, counts, 0), 0)
+        first = tl.sum(tl.where(sel, firsts, 0), 0)
+        kvh = (t - base) // tiles
+        head_begin = base + kvh * tiles
+        head_end = head_begin + tiles
+        stop = tl.minimum(t_end, head_end)
+        if member * BLOCK_HP < n_g * GROUP:
+            # -- the query rows of this block: sample j = row // GROUP of the prompt, head row % GROUP --
+            j = rows_p // GROUP
+            valid = j < n_g
+            if SINGLE_PREFIX:
+                b_rows = j
+            else:
+                b_rows = tl.load(Order + first + j, mask=valid, other=0)
+            h_rows = kvh * GROUP + rows_p % GROUP
+            q_ptrs = Q + b_rows.to(tl.int64)[:, None] * stride_qb + h_rows[:, None] * stride_qh
+            q = tl.load(q_ptrs + offs_d[None, :], mask=valid[:, None], other=0.0)
+            if UPCAST:
+                q = q.to(tl.float32)
+            tile_lo = t - head_begin
+            if BLOCK_PTR:
+                acc, m_i, l_i = attend_contiguous(
+                    q, PK, PV, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+                    stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+                    HEAD_DIM, BLOCK_HP, BLOCK_N, UPCAST, DOT_PRECISION)
+            else:
+                acc, m_i, l_i = attend_tiles(
+                    q, PK, PV, BlockTable, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+                    stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
+                    HEAD_DIM, BLOCK_HP, BLOCK_N, 0, UPCAST, DOT_PRECISION)
+            final, acc, m_i, l_i = settle_piece(
+                acc, m_i, l_i, valid, WsAcc, WsMl, Counters,  #
+                t, start, head_begin, head_end, stop, T, high, member, NM, BLOCK_HP, HEAD_DIM,
+                3 if BLOCK_HP <= 16 else 2)
+            if final:
+                settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
+                            stride_ob, stride_oh, stride_lb, n_rows, 0, HAS_OWN, HQ, HEAD_DIM)
+        t = stop
+
+
+@triton.jit
 def bifurcated_decode_kernel(
     Q, PK, PV, K, V, Out, Lse,  #
     PrefixLens, GroupCount, GroupStart, Order, PrefixIds,  #
@@ -266,23 +334,25 @@ def bifurcated_decode_kernel(
     SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, CONCAT: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Prefix phase (teams of ``N_HB`` programs) then own-token phase (every program), one launch.
+    """Two work lists in one launch: the *team list* (prefix tiles of prompts with more stacked rows
+    than one head block, cut over teams of ``N_HB`` programs) and the *independent list* (prefix
+    tiles of the other prompts, then every sample's own tiles, cut over all programs).
 
     ``PK/PV (NG, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one prefix). Prompt ``g`` has
     ``GroupCount[g]`` samples, ``Order[GroupStart[g] + j]`` being its ``j``-th; with
-    ``SINGLE_PREFIX`` every sample reads prompt 0 and sample ``j`` is row block ``j``.
+    ``SINGLE_PREFIX`` every sample reads prompt 0 and sample ``j`` is row block ``j``. The prefix
+    workspaces hold ``4`` slots per program (2 per list) and ``2 * NPROG`` counters.
 
-    ``CONCAT`` (at most one sample per prompt, so nothing to stack): no prefix phase; each sample's
+    ``CONCAT`` (at most one sample per prompt, so nothing to stack): no prefix work; each sample's
     row is its prompt's prefix tiles followed by its own tiles, one head, exactly as
     ``lean_decode_kernel`` over the concatenated cache (prompt of sample ``b``: ``PrefixIds[b]``).
     """
     pid = tl.program_id(0)
     NPROG = tl.num_programs(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
-    offs_d = tl.arange(0, HEAD_DIM)
     n_rows = B * HQ
 
-    # -- work of the prefix phase: HKV rows of tiles per prompt --
+    # -- prefix work: HKV rows of tiles per prompt --
     offs_g = tl.arange(0, BLOCK_G)
     valid_g = offs_g < NG
     if HAS_PREFIX_LENS:
@@ -298,10 +368,16 @@ def bifurcated_decode_kernel(
         firsts = tl.load(GroupStart + offs_g, mask=valid_g, other=0)
     # a prompt without samples costs nothing; an empty prefix still owns one (empty) tile per kv head
     tiles_g = tl.where(valid_g & (counts > 0), tl.maximum(tl.cdiv(plens, BLOCK_N), 1), 0)
-    work_g = tiles_g * HKV
-    cum_g = tl.cumsum(work_g, 0)
-    total_p = tl.sum(work_g, 0)
-    # -- work of the own phase: HKV * N_HBO rows of tiles per sample, as lean_decode_kernel --
+    if CONCAT:
+        tiles_g = tiles_g * 0
+    team_g = counts * GROUP > BLOCK_HP  # needs several head blocks: team list
+    work_t = tl.where(team_g, tiles_g * HKV, 0)
+    cum_t = tl.cumsum(work_t, 0)
+    total_t = tl.sum(work_t, 0)
+    work_i = tl.where(team_g, 0, tiles_g * HKV)
+    cum_i = tl.cumsum(work_i, 0)
+    total_i = tl.sum(work_i, 0)
+    # -- own work: HKV * N_HBO rows of tiles per sample, as lean_decode_kernel --
     offs_b = tl.arange(0, BLOCK_B)
     valid_b = offs_b < B
     if HAS_SEQLENS:
@@ -322,7 +398,6 @@ def bifurcated_decode_kernel(
         plen_b = tl.minimum(plen_b, prefix_cap)
         ptiles_b = tl.cdiv(plen_b, BLOCK_N)
         tiles_b = tl.where(valid_b, tl.maximum(ptiles_b + tl.cdiv(lens, BLOCK_N), 1), 0)
-        total_p = 0
     else:
         tiles_b = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
     work_b = tiles_b * (HKV * N_HBO)
@@ -332,106 +407,71 @@ def bifurcated_decode_kernel(
     else:
         total_o = 0
 
-    # -- schedules --
-    # one head block (N_HB == 1): one stream-K cut of [prefix work | own work] over all programs, so
-    # the two phases together are balanced to one tile. Several head blocks: the prefix phase is cut
-    # over teams of N_HB programs (members walk the same tiles, see the module docstring) and the own
-    # phase separately over all programs.
-    if N_HB == 1:
-        T1 = tl.cdiv(total_p + total_o, NPROG)
-        high1 = total_p + total_o - (T1 - 1) * NPROG
-        start1 = range_start(pid, T1, high1)
-        end1 = start1 + T1 - (pid >= high1).to(tl.int32)
-        member = 0
-        T2, high2, start2, end2, off2 = T1, high1, start1, end1, total_p
-    else:
-        NT = NPROG // N_HB
-        team = pid // N_HB
-        member = pid % N_HB
-        T1 = tl.cdiv(total_p, NT)
-        high1 = total_p - (T1 - 1) * NT
-        start1 = range_start(team, T1, high1)
-        end1 = start1 + T1 - (team >= high1).to(tl.int32)
-        T2 = tl.cdiv(total_o, NPROG)
-        high2 = total_o - (T2 - 1) * NPROG
-        start2 = range_start(pid, T2, high2)
-        end2 = start2 + T2 - (pid >= high2).to(tl.int32)
-        off2 = 0
+    # -- schedules: the independent list [small-prompt prefix tiles | own tiles] over all programs
+    # (balanced to one tile); the team list over NPROG // N_HB teams --
+    T_i = tl.cdiv(total_i + total_o, NPROG)
+    high_i = total_i + total_o - (T_i - 1) * NPROG
+    start_i = range_start(pid, T_i, high_i)
+    end_i = start_i + T_i - (pid >= high_i).to(tl.int32)
+    NT = NPROG // N_HB
+    team = pid // N_HB
+    member = pid % N_HB
+    T_t = tl.cdiv(total_t, NT)
+    high_t = total_t - (T_t - 1) * NT
+    start_t = range_start(team, T_t, high_t)
+    end_t = start_t + T_t - (team >= high_t).to(tl.int32)
+    # each list has its own piece slots (2 per program) and counters in the prefix workspace
+    ws_acc_i = WsAccP + 2 * NPROG * BLOCK_HP * HEAD_DIM
+    ws_ml_i = WsMlP + 2 * NPROG * 2 * BLOCK_HP
+    counters_i = CountersP + NPROG
 
-    # Phase order: in team mode odd teams do their own tokens first, so that programs sharing an SM
-    # overlap the compute-heavy prefix tiles (many stacked rows) with the bandwidth-bound own tiles.
-    # The phases never wait on each other, so any order is correct.
+    # Order: odd teams start with the independent list, so that programs sharing an SM overlap
+    # compute-heavy team tiles (many stacked rows) with bandwidth-bound own tiles. The lists never
+    # wait on each other, so any order is correct.
     if N_HB == 1:
         flip = 0
     else:
         flip = team % 2
     for ph in range(2):
         if ph == flip:
-            # ================= phase 1: the shared prefixes, one row block per team member =================
-            rows_p = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
-            t = start1
-            while t < tl.minimum(end1, total_p):  # no iteration with CONCAT (total_p = 0)
-                # -- which (prompt, kv head, tile) does tile t belong to --
-                g = tl.sum((cum_g <= t).to(tl.int32), 0)
-                sel = offs_g == g
-                base = tl.sum(tl.where(sel, cum_g - work_g, 0), 0)
-                tiles = tl.sum(tl.where(sel, tiles_g, 0), 0)
-                plen = tl.sum(tl.where(sel, plens, 0), 0)
-                n_g = tl.sum(tl.where(sel, counts, 0), 0)
-                first = tl.sum(tl.where(sel, firsts, 0), 0)
-                kvh = (t - base) // tiles
-                head_begin = base + kvh * tiles
-                head_end = head_begin + tiles
-                stop = tl.minimum(end1, head_end)
-                if member * BLOCK_HP < n_g * GROUP:
-                    # -- the query rows of this block: sample j = row // GROUP of the prompt, head row % GROUP --
-                    j = rows_p // GROUP
-                    valid = j < n_g
-                    if SINGLE_PREFIX:
-                        b_rows = j
-                    else:
-                        b_rows = tl.load(Order + first + j, mask=valid, other=0)
-                    h_rows = kvh * GROUP + rows_p % GROUP
-                    q_ptrs = Q + b_rows.to(tl.int64)[:, None] * stride_qb + h_rows[:, None] * stride_qh
-                    q = tl.load(q_ptrs + offs_d[None, :], mask=valid[:, None], other=0.0)
-                    if UPCAST:
-                        q = q.to(tl.float32)
-                    tile_lo = t - head_begin
-                    if BLOCK_PTR:
-                        acc, m_i, l_i = attend_contiguous(
-                            q, PK, PV, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
-                            stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
-                            HEAD_DIM, BLOCK_HP, BLOCK_N, UPCAST, DOT_PRECISION)
-                    else:
-                        acc, m_i, l_i = attend_tiles(
-                            q, PK, PV, BlockTable, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
-                            stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-                            HEAD_DIM, BLOCK_HP, BLOCK_N, 0, UPCAST, DOT_PRECISION)
-                    final, acc, m_i, l_i = settle_piece(
-                        acc, m_i, l_i, valid, WsAccP, WsMlP, CountersP,  #
-                        t, start1, head_begin, head_end, stop, T1, high1, member, N_HB, BLOCK_HP, HEAD_DIM,
-                        3 if BLOCK_HP <= 16 else 2)
-                    if final:
-                        settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
-                                    stride_ob, stride_oh, stride_lb, n_rows, 0, HAS_OWN, HQ, HEAD_DIM)
-                t = stop
+            # ================= team list: one head block per member =================
+            if N_HB > 1:
+                prefix_pieces(
+                    start_t, end_t, start_t, T_t, high_t, member,  #
+                    cum_t, work_t, tiles_g, plens, counts, firsts, offs_g,  #
+                    Q, PK, PV, BlockTable, Order, Out, Lse,  #
+                    WsAccP, WsMlP, CountersP, StOut, StLse, Arrivals,  #
+                    stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+                    stride_ob, stride_oh, stride_lb, qk_scale, n_rows,  #
+                    N_HB, HQ, GROUP, BLOCK_HP, HEAD_DIM, BLOCK_N, SINGLE_PREFIX, HAS_OWN,  #
+                    BLOCK_PTR, UPCAST, DOT_PRECISION)
         else:
-            # ================= phase 2: each sample's own tokens, as lean_decode_kernel =================
-            # own tile i is schedule position off2 + i
+            # ================= independent list, part 1: prefixes of prompts with one head block =================
+            prefix_pieces(
+                start_i, tl.minimum(end_i, total_i), start_i, T_i, high_i, 0,  #
+                cum_i, work_i, tiles_g, plens, counts, firsts, offs_g,  #
+                Q, PK, PV, BlockTable, Order, Out, Lse,  #
+                ws_acc_i, ws_ml_i, counters_i, StOut, StLse, Arrivals,  #
+                stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+                stride_ob, stride_oh, stride_lb, qk_scale, n_rows,  #
+                1, HQ, GROUP, BLOCK_HP, HEAD_DIM, BLOCK_N, SINGLE_PREFIX, HAS_OWN,  #
+                BLOCK_PTR, UPCAST, DOT_PRECISION)
+            # ================= independent list, part 2: each sample's own tokens =================
+            # own tile i is list position total_i + i
             if HAS_OWN:
                 offs_ho = tl.arange(0, BLOCK_HO)
-                t = tl.maximum(start2, off2)
-                while t < end2:
-                    local = t - off2
+                t = tl.maximum(start_i, total_i)
+                while t < end_i:
+                    local = t - total_i
                     b = tl.sum((cum_b <= local).to(tl.int32), 0)
                     sel = offs_b == b
-                    base = off2 + tl.sum(tl.where(sel, cum_b - work_b, 0), 0)
+                    base = total_i + tl.sum(tl.where(sel, cum_b - work_b, 0), 0)
                     tiles = tl.sum(tl.where(sel, tiles_b, 0), 0)
                     seqlen = tl.sum(tl.where(sel, lens, 0), 0)
                     row = (t - base) // tiles
                     head_begin = base + row * tiles
                     head_end = head_begin + tiles
-                    stop = tl.minimum(end2, head_end)
+                    stop = tl.minimum(end_i, head_end)
                     kvh = row // N_HBO
                     hb = row % N_HBO
                     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_HO)
@@ -468,7 +508,7 @@ def bifurcated_decode_kernel(
                     valid = hb * BLOCK_HO + offs_ho < GROUP
                     final, acc, m_i, l_i = settle_piece(
                         acc, m_i, l_i, valid, WsAccO, WsMlO, CountersO,  #
-                        t, start2, head_begin, head_end, stop, T2, high2, 0, 1, BLOCK_HO, HEAD_DIM,
+                        t, start_i, head_begin, head_end, stop, T_i, high_i, 0, 1, BLOCK_HO, HEAD_DIM,
                         3 if BLOCK_HO <= 16 else 2)
                     if final:
                         if CONCAT:

@@ -107,9 +107,10 @@ class _Plan:
         self.grid = (self._grid(cfg, q, workers),)
         n = self.grid[0]
         rows = B * Hq if has_own else 1  # prefix/own states of each query row, merged by the second arriver
-        self.ws = (runtime.workspace("bif_acc_p", device, (2 * n, block_hp, D), torch.float32),
-                   runtime.workspace("bif_ml_p", device, (2 * n, 2, block_hp), torch.float32),
-                   runtime.workspace("bif_counters_p", device, (n,), torch.int32, zero=True),
+        # prefix pieces: 2 slots per program for the team list and 2 for the independent list
+        self.ws = (runtime.workspace("bif_acc_p", device, (4 * n, block_hp, D), torch.float32),
+                   runtime.workspace("bif_ml_p", device, (4 * n, 2, block_hp), torch.float32),
+                   runtime.workspace("bif_counters_p", device, (2 * n,), torch.int32, zero=True),
                    runtime.workspace("bif_acc_o", device, (2 * n, cfg.block_h, D), torch.float32),
                    runtime.workspace("bif_ml_o", device, (2 * n, 2, cfg.block_h), torch.float32),
                    runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True),
