@@ -54,3 +54,12 @@ def values_checkable(*tensors) -> bool:
     if torch.compiler.is_compiling():
         return False
     return all(t is None or t.device.type == "cpu" for t in tensors)
+
+
+def softmax_scale(value, head_dim: int) -> float:
+    """The scale to use: ``1 / sqrt(head_dim)`` for None, else ``value`` as a float."""
+    if value is None:
+        return 1.0 / head_dim ** 0.5
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        _fail(TypeError, "softmax_scale", "a float or None", type(value).__name__)
+    return float(value)

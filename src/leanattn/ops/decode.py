@@ -1,7 +1,6 @@
 """``leanattn.decode``: attention of one new token per sequence over a KV cache."""
 from __future__ import annotations
 
-import math
 from typing import Literal, Optional, overload
 
 import torch
@@ -186,10 +185,7 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
             raise ValueError(f"cache_seqlens: expected shape ({B},) (batch size of q), got {tuple(cache_seqlens.shape)}")
     if schedule not in ("lean", "split"):
         raise ValueError(f"schedule: expected 'lean' or 'split', got {schedule!r}")
-    if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(D)
-    elif not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool):
-        raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+    softmax_scale = checks.softmax_scale(softmax_scale, D)
     if validate is None:
         validate = checks.values_checkable(cache_seqlens, block_table)
     if validate and cache_seqlens is not None:

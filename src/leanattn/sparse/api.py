@@ -7,7 +7,6 @@ forward op.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -191,11 +190,7 @@ def _validate_qkv(q, k, v, softmax_scale) -> float:
         raise ValueError(f"q: expected batch x heads <= 65535, got {q.shape[0]} x {q.shape[2]}")
     for name, x in (("q", q), ("k", k), ("v", v)):
         checks.check_unit_stride(name, x)
-    if softmax_scale is None:
-        return 1.0 / math.sqrt(q.shape[-1])
-    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool):
-        raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
-    return float(softmax_scale)
+    return checks.softmax_scale(softmax_scale, q.shape[-1])
 
 
 def _check_per_token(name: str, x, q: torch.Tensor):
