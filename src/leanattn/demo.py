@@ -14,7 +14,6 @@ The kernel modules must be imported under ``TRITON_INTERPRET=1`` when there is n
 """
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import os
 import time
