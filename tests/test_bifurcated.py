@@ -373,6 +373,7 @@ BAD = [
     ("q rank", dict(q=half(3, 256)), ValueError, "q"),
     ("max_group_size too small", dict(max_group_size=1), ValueError, "max_group_size"),
     ("max_group_size negative", dict(max_group_size=-1), ValueError, "max_group_size"),
+    ("scale type", dict(softmax_scale="0.1"), TypeError, "softmax_scale"),
 ]
 
 
@@ -392,6 +393,7 @@ CASCADE_BAD = [
     ("level kv heads", lambda kw: dict(levels=[(half(20, 4, 64), half(20, 4, 64))]), ValueError, "levels[0]"),
     ("nothing", lambda kw: dict(levels=[], k_cache=None, v_cache=None, cache_seqlens=None), ValueError, "levels"),
     ("k without v", lambda kw: dict(levels=[], v_cache=None), ValueError, "k_cache"),
+    ("scale type", lambda kw: dict(levels=[], softmax_scale=True), TypeError, "softmax_scale"),
 ]
 
 

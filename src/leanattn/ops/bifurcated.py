@@ -7,7 +7,6 @@ sample's own tokens in the same launch (see ``kernels/bifurcated.py``).
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional, Sequence
 
@@ -385,14 +384,6 @@ def bifurcated_decode(
     return (out, lse) if return_lse else out
 
 
-def _scale(softmax_scale, D):
-    if softmax_scale is None:
-        return 1.0 / math.sqrt(D)
-    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool):
-        raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
-    return float(softmax_scale)
-
-
 def cascade_decode(
     q: torch.Tensor,
     levels: Sequence,
@@ -441,7 +432,7 @@ def cascade_decode(
         raise ValueError("levels: expected at least one level or an own cache (k_cache), got neither")
     B, Hq, D = q.shape
     checks.check_head_dim("q", D)
-    scale = _scale(softmax_scale, D)
+    scale = checks.softmax_scale(softmax_scale, D)
     parsed = []
     for i, level in enumerate(levels):
         if not isinstance(level, (tuple, list)) or len(level) not in (2, 4):
