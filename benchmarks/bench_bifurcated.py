@@ -184,9 +184,10 @@ def time_fn(fn, cuda):
         return (time.perf_counter() - t0) * 1e3, "cpu-interpreter (meaningless)"
     from bench_decode import graph_of
     g = graph_of(fn)
+    timing = "graph" if g is not None else "eager"
     ms = common.bench(g.replay if g is not None else fn)
-    del g
-    return ms, "graph" if g is not None else "eager"
+    del g  # free the graph's pool before the next case allocates
+    return ms, timing
 
 
 def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):

@@ -1,4 +1,4 @@
-"""Tree attention on 2 GPUs: tree_decode (one all-gather / three all-reduces) vs ring_decode vs one GPU.
+"""Tree attention on 2 or more GPUs: tree_decode (one all-gather / three all-reduces) vs ring_decode vs one GPU.
 
 One long sequence per batch row, its KV cache split in two equal contiguous halves (one per GPU).
 Cases (issue 5): B = 1 and 4; GQA 32/8 and MHA 32/32; D = 128; bf16; 128k, 512k, 1M and 2M tokens
@@ -48,13 +48,28 @@ K = 1024
 METHODS = ("single", "local", "tree-allgather", "tree-allreduce3", "ring")
 
 
-def suite(quick: bool, smoke: bool):
+ISSUE5_CONTEXTS = (128 * K, 512 * K, 1024 * K, 2048 * K)        # 2 GPUs
+ISSUE7_CONTEXTS = (512 * K, 1024 * K, 2048 * K, 4096 * K)       # 4 and 8 GPUs
+
+
+def parse_tokens(text: str) -> int:
+    """``"512k"`` -> 524288, ``"2M"`` -> 2097152, ``"100"`` -> 100."""
+    t = text.strip().lower()
+    scale = {"k": K, "m": K * K}.get(t[-1:], 1)
+    return int(float(t[:-1] if scale > 1 else t) * scale)
+
+
+def suite(quick: bool, smoke: bool, world: int = 2, contexts: str = ""):
+    """The cases: issue 5's contexts on 2 GPUs, issue 7's on 4 or more, or ``contexts`` if given."""
     if smoke:
         return [dict(B=b, hq=4, hkv=kv, d=64, ctx=n) for b in (1, 2) for kv in (2, 4) for n in (64, 160)]
+    if contexts:
+        ctxs = tuple(parse_tokens(x) for x in contexts.split(","))
+    else:
+        ctxs = ISSUE5_CONTEXTS if world <= 2 else ISSUE7_CONTEXTS
     if quick:
-        return [dict(B=1, hq=32, hkv=kv, d=128, ctx=n) for kv in (8, 32) for n in (512 * K, 1024 * K)]
-    return [dict(B=b, hq=32, hkv=kv, d=128, ctx=n) for b in (1, 4) for kv in (8, 32)
-            for n in (128 * K, 512 * K, 1024 * K, 2048 * K)]
+        return [dict(B=1, hq=32, hkv=kv, d=128, ctx=n) for kv in (8, 32) for n in ctxs[1:3]]
+    return [dict(B=b, hq=32, hkv=kv, d=128, ctx=n) for b in (1, 4) for kv in (8, 32) for n in ctxs]
 
 
 def case_name(c) -> str:
@@ -279,8 +294,12 @@ def run_case(env: Env, c, args, log):
     return row
 
 
-def collectives_bench(env: Env, smoke: bool) -> list[dict]:
-    """Time all-gather (bytes per rank), all-reduce and a ring send/recv over message sizes."""
+def collectives_bench(env: Env, smoke: bool, graphs: bool = False) -> list[dict]:
+    """Time all-gather (bytes per rank), all-reduce and a ring send/recv over message sizes.
+
+    With ``graphs`` (CUDA only) the all-gather and all-reduce are also timed as CUDA-graph replays
+    (``*_graph_us``): the cost inside a captured decode step, without the host's launch time.
+    """
     sizes = [256 * 4 ** i for i in range(4 if smoke else 10)]  # 256 B .. 64 MiB
     dev = env.dev if env.cuda else torch.device("cpu")
     p, r = env.world, env.rank
@@ -301,18 +320,56 @@ def collectives_bench(env: Env, smoke: bool) -> list[dict]:
         for name, fn in (("all_gather", lambda: ag(y, x)), ("all_reduce", lambda: dist.all_reduce(x)),
                          ("sendrecv", sendrecv)):
             row[name + "_us"] = 1e3 * env.time_ms(fn, 3 if smoke else 5, True, target_ms=5 if smoke else 10)
+            if graphs and env.cuda and name != "sendrecv":
+                try:
+                    row[name + "_graph_us"] = 1e3 * graph_ms(env, fn, 5, True)
+                except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+                    row[name + "_graph_error"] = f"{type(e).__name__}: {e}"[:200]
         rows.append(row)
     return rows
 
 
+def single_fit(rows, key: str):
+    """Line ``ms = a + b * bytes`` through the run's measured one-GPU rows (``key`` = ms or graph_ms)."""
+    from leanattn.distributed.cost_model import fit_line
+    pts = [(r["kv_bytes_total"], r["methods"]["single"][key]) for r in rows
+           if r["methods"].get("single", {}).get(key)]
+    return fit_line(*zip(*pts)) if len(pts) >= 2 else None
+
+
+def single_ms(row, rows, key: str):
+    """(ms, scaled): the one-GPU time of ``row``; scaled from the run's line when the cache did not fit."""
+    x = row["methods"].get("single", {}).get(key)
+    if x:
+        return x, False
+    line = single_fit(rows, key)
+    return (line[0] + line[1] * row["kv_bytes_total"], True) if line else (None, False)
+
+
+def speedups(row, rows) -> dict:
+    """tree-allgather over one GPU and over ring: from CUDA-graph times where both have them, else eager."""
+    m = row["methods"]
+    out = {}
+    for key in ("graph_ms", "ms"):
+        ag = m.get("tree-allgather", {}).get(key)
+        one, scaled = single_ms(row, rows, key)
+        if ag and one and "vs_single" not in out:
+            out.update(vs_single=one / ag, vs_single_timing=key, vs_single_scaled=scaled)
+    ag, ring = m.get("tree-allgather", {}).get("ms"), m.get("ring", {}).get("ms")
+    if ag and ring:
+        out["vs_ring"] = ring / ag  # ring is never captured (its P2P schedule is host-driven): eager vs eager
+    return out
+
+
 def table(rows) -> str:
-    header = ["case", "single ms", "local ms", "tree-AG ms", "tree-AR3 ms", "ring ms", "tree-AG vs single",
-              "tree-AG vs ring", "AG bytes/step", "ring bytes/step", "peak GiB/GPU (tree, ring, single)", "max err"]
+    header = ["case", "single ms", "local ms", "tree-AG ms", "tree-AR3 ms", "ring ms", "single graph ms",
+              "local graph ms", "tree-AG graph ms", "tree-AR3 graph ms", "tree-AG vs single", "tree-AG vs ring",
+              "AG bytes/step", "ring bytes/step", "peak GiB/GPU (tree, ring, single)", "max err"]
     out = []
 
-    def ms(m, name):
+    def ms(m, name, key="ms"):
         x = m.get(name, {})
-        return x.get("ms") if x.get("ms") is not None else ("skip" if "skipped" in x else "-")
+        return x.get(key) if x.get(key) is not None else ("skip" if "skipped" in x else "-")
 
     def peak(m, name):
         x = m.get(name, {}).get("peak_bytes_per_rank")
@@ -321,12 +378,19 @@ def table(rows) -> str:
 
     for row in rows:
         m = row["methods"]
-        ag, single, ring = ms(m, "tree-allgather"), ms(m, "single"), ms(m, "ring")
-        sp1 = f"{single / ag:.2f}x" if isinstance(single, float) and isinstance(ag, float) else "-"
-        sp2 = f"{ring / ag:.2f}x" if isinstance(ring, float) and isinstance(ag, float) else "-"
+        sp = speedups(row, rows)
+        sp1 = (f"{sp['vs_single']:.2f}x" + (" (graphs)" if sp["vs_single_timing"] == "graph_ms" else "") +
+               (" vs scaled" if sp["vs_single_scaled"] else "")) if "vs_single" in sp else "-"
+        sp2 = f"{sp['vs_ring']:.2f}x" if "vs_ring" in sp else "-"
+        single, scaled = single_ms(row, rows, "ms")
+        single_g, scaled_g = single_ms(row, rows, "graph_ms")
         errs = m.get("single", {}).get("err_vs_single", {})
         err = f"{max(errs.values()):.1e}" if errs else "-"
-        out.append([row["case"], single, ms(m, "local"), ag, ms(m, "tree-allreduce3"), ring, sp1, sp2,
+        out.append([row["case"], (f"~{single:.3g} (scaled)" if scaled else single) if single else ms(m, "single"),
+                    ms(m, "local"), ms(m, "tree-allgather"), ms(m, "tree-allreduce3"), ms(m, "ring"),
+                    (f"~{single_g:.3g} (scaled)" if scaled_g else single_g) if single_g else "-",
+                    ms(m, "local", "graph_ms"), ms(m, "tree-allgather", "graph_ms"),
+                    ms(m, "tree-allreduce3", "graph_ms"), sp1, sp2,
                     m.get("tree-allgather", {}).get("bytes_sent_per_rank", "-"),
                     m.get("ring", {}).get("bytes_sent_per_rank", "-"),
                     f"{peak(m, 'tree-allgather')}, {peak(m, 'ring')}, {peak(m, 'single')}", err])
@@ -341,12 +405,14 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
     for ax, grp in zip(axes[0], groups):
         sel = sorted([r for r in rows if (r["B"], r["hq"], r["hkv"]) == grp], key=lambda r: r["ctx"])
-        for name, style in (("single", "k-o"), ("tree-allgather", "C0-s"), ("tree-allreduce3", "C1-^"),
-                            ("ring", "C3-v"), ("local", "C7:")):
-            pts = [(r["ctx"], r["methods"].get(name, {}).get("ms")) for r in sel]
+        for name, key, style in (("single", "ms", "k-o"), ("tree-allgather", "ms", "C0-s"),
+                                 ("tree-allreduce3", "ms", "C1-^"), ("ring", "ms", "C3-v"), ("local", "ms", "C7:"),
+                                 ("single", "graph_ms", "k--o"), ("tree-allgather", "graph_ms", "C0--s")):
+            pts = [(r["ctx"], r["methods"].get(name, {}).get(key)) for r in sel]
             pts = [(x, y) for x, y in pts if y]
             if pts:
-                ax.plot(*zip(*pts), style, label=name)
+                ax.plot(*zip(*pts), style, label=name + (" (graph)" if key == "graph_ms" else ""),
+                        mfc="none" if key == "graph_ms" else None)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"B={grp[0]} heads {grp[1]}/{grp[2]}")
@@ -369,16 +435,20 @@ def worker(rank: int, world: int, args) -> dict | None:
                 nccl=".".join(map(str, torch.cuda.nccl.version())) if env.cuda else None)
     bw = common.read_bandwidth_gbs() if env.cuda else {}
     log(f"bench_tree: {info.get('device')} x{world}, read ceiling {bw.get('read_ceiling', float('nan')):.0f} GB/s")
-    coll = collectives_bench(env, args.smoke)
+    coll = collectives_bench(env, args.smoke, args.graphs)
     for c in coll:
         log(f"  {c['bytes']:>9d} B  all_gather {c['all_gather_us']:8.1f} us  all_reduce {c['all_reduce_us']:8.1f} us"
-            f"  sendrecv {c['sendrecv_us']:8.1f} us")
+            f"  sendrecv {c['sendrecv_us']:8.1f} us" +
+            (f"  graphs: all_gather {c['all_gather_graph_us']:7.1f} us" if "all_gather_graph_us" in c else "") +
+            (f" all_reduce {c['all_reduce_graph_us']:7.1f} us" if "all_reduce_graph_us" in c else ""))
     rows = []
-    for c in suite(args.quick, args.smoke):
+    for c in suite(args.quick, args.smoke, world, args.contexts):
         if args.cases and not any(s in case_name(c) for s in args.cases.split(",")):
             continue
         log(case_name(c))
         rows.append(run_case(env, c, args, log))
+    for row in rows:
+        row["speedups"] = speedups(row, rows)
     payload = dict(env=info, bandwidth=bw, collectives=coll, rows=rows, seconds=time.time() - t0,
                    command=" ".join(sys.argv))
     if rank == 0:
@@ -387,6 +457,9 @@ def worker(rank: int, world: int, args) -> dict | None:
               f"{info.get('date')}, torch {info.get('torch')}, triton {info.get('triton')}, "
               f"read ceiling {bw.get('read_ceiling', float('nan')):.0f} GB/s. Latency: median of back-to-back steps "
               f"(CUDA events, after a barrier), max over ranks. Bytes: sent per rank per step. "
+              f"Graph: the same step captured in a CUDA graph and replayed (no host time; ring is not captured). "
+              f"Speedups use graph times where both sides have them. '(scaled)': the cache does not fit in one "
+              f"GPU; the one-GPU time is the line through this run's measured one-GPU rows at its bytes. "
               f"max err: relative error of tree/ring outputs vs the one-GPU decode.\n\n" + table(rows))
         paths = common.write_results(args.out, "bench_tree", payload, md)
         try:
@@ -406,7 +479,9 @@ def _spawned(rank, world, args):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="benchmarks/results/tree", help="folder for bench_tree.{json,md,png}")
-    ap.add_argument("--quick", action="store_true", help="B=1, 512k and 1M only")
+    ap.add_argument("--quick", action="store_true", help="B=1, the middle two contexts only")
+    ap.add_argument("--contexts", default="", help="comma-separated total contexts, e.g. 512k,1M,2M,4M "
+                    "(default: 128k..2M on 2 GPUs, 512k..4M on 4 or more)")
     ap.add_argument("--graphs", action="store_true", help="also time CUDA-graph replays (tree, local, single)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--cases", default="", help="comma-separated substrings of case names to keep")

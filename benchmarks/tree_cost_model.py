@@ -70,21 +70,51 @@ def table(preds) -> str:
     return "\n".join(lines) + "\n"
 
 
-def versus_bench(hw, bench) -> str:
-    """The model at the bench's own points (2 GPUs) beside the measurements."""
+def points(hw, gpus) -> list[dict]:
+    """The model at every case of ``bench_tree.py``'s suite for each GPU count in ``gpus`` (microseconds)."""
+    import bench_tree
+    out = []
+    for p in gpus:
+        for c in bench_tree.suite(False, False, p):
+            pr = cm.predict(hw, p, c["ctx"], c["B"], c["hq"], c["hkv"], c["d"])
+            pr1 = cm.predict(hw, 1, c["ctx"], c["B"], c["hq"], c["hkv"], c["d"])
+            out.append(dict(gpus=p, case=bench_tree.case_name(c), **c, single=pr1["single"],
+                            **{k: pr[k] for k in ("tree-allgather", "tree-allreduce3", "ring")}))
+    return out
+
+
+def versus_bench(hw, bench, prior: list[dict] | None = None) -> tuple[str, list[dict]]:
+    """The model at the bench's own points beside the measurements (graph times where recorded).
+
+    ``prior``: predictions made before the run (``--points`` output), set beside the refitted model.
+    Returns the markdown table and its rows.
+    """
     with open(bench) as f:
         data = json.load(f)
     p = int(data["env"].get("world", 2))
-    lines = ["| case | method | measured us | model us |", "|---|---|---|---|"]
+    before = {(r["gpus"], r["case"]): r for r in prior or []}
+    lines = ["| case | method | timing | measured us | model us (refitted) | off | model us (before the run) | off |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for row in data["rows"]:
         pr = cm.predict(hw, p, row["ctx"], row["B"], row["hq"], row["hkv"], row["d"])
         pr1 = cm.predict(hw, 1, row["ctx"], row["B"], row["hq"], row["hkv"], row["d"])
+        pre = before.get((p, row["case"]), {})
         for name in ("single", "tree-allgather", "tree-allreduce3", "ring"):
-            ms = row["methods"].get(name, {}).get("ms")
-            if ms:
-                model = pr1["single"] if name == "single" else pr[name]
-                lines.append(f"| {row['case']} | {name} | {1e3 * ms:.0f} | {model:.0f} |")
-    return "\n".join(lines) + "\n"
+            m = row["methods"].get(name, {})
+            timing = "graph" if m.get("graph_ms") else "eager"
+            ms = m.get("graph_ms") or m.get("ms")
+            if not ms:
+                continue
+            model = pr1["single"] if name == "single" else pr[name]
+            r = dict(case=row["case"], method=name, timing=timing, measured_us=1e3 * ms, model_us=model,
+                     off=model / (1e3 * ms) - 1, prior_us=pre.get(name))
+            r["prior_off"] = r["prior_us"] / r["measured_us"] - 1 if r["prior_us"] else None
+            rows.append(r)
+            prior_cells = (f"{r['prior_us']:.0f} | {100 * r['prior_off']:+.0f}%" if r["prior_us"] else "- | -")
+            lines.append(f"| {row['case']} | {name} | {timing} | {r['measured_us']:.0f} | {model:.0f} | "
+                         f"{100 * r['off']:+.0f}% | {prior_cells} |")
+    return "\n".join(lines) + "\n", rows
 
 
 def plot(preds, contexts, path, title):
@@ -121,6 +151,10 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", default="32/8", help="query/kv heads (default 32/8)")
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--contexts", default="1,16,128", help="millions of tokens (default 1,16,128)")
+    ap.add_argument("--points", default="", help="GPU counts (e.g. 4,8): also write the model's predictions at "
+                    "every bench_tree.py case for them to tree_cost_model_points.json, before a run measures them")
+    ap.add_argument("--prior", default="", help="a tree_cost_model_points.json written before --bench was run: "
+                    "its predictions are set beside the measurements")
     args = ap.parse_args(argv)
     bench = args.bench
     if bench is None and not args.no_bench:
@@ -149,14 +183,34 @@ def main(argv=None) -> int:
           "it keeps shrinking with the GPU count until the collective's latency (`(p - 1) * alpha` for the "
           "ring all-gather, `log2` for NCCL's tree all-reduce) dominates; ring decode moves the whole cache "
           "through every link each step and, once it crosses nodes, runs at the NIC's bandwidth.\n"]
+    comparison = []
     if bench:
-        md += ["\n## Model vs measurement (the bench's own points)\n", versus_bench(hw, bench)]
+        prior = json.load(open(args.prior))["points"] if args.prior else None
+        text, comparison = versus_bench(hw, bench, prior)
+        md += ["\n## Model vs measurement (the bench's own points)\n",
+               "Measured: CUDA-graph replay times where the bench recorded them, else eager. 'off': model / "
+               "measured - 1. 'before the run': the prediction written by `--points` before this bench was run "
+               f"({os.path.relpath(args.prior, ROOT) if args.prior else 'none given'}).\n", text]
+        for label, k in (("refitted", "off"), ("before the run", "prior_off")):
+            offs = [abs(r[k]) for r in comparison if r[k] is not None and r["method"] != "single"]
+            if offs:
+                within = sum(o <= 0.25 for o in offs)
+                md.append(f"- {label}: {within}/{len(offs)} multi-GPU points within 25%, worst {100 * max(offs):.0f}%.")
+    if args.points:
+        pts = points(hw, [int(x) for x in args.points.split(",")])
+        with open(os.path.join(args.out, "tree_cost_model_points.json"), "w") as f:
+            json.dump(dict(hardware=hw.name, bench=bench, sources=hw.sources, points=pts), f, indent=1)
+        lines = ["| GPUs | case | single us | tree-allgather us | tree-allreduce3 us | ring us |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['gpus']} | {r['case']} | {r['single']:.0f} | {r['tree-allgather']:.0f} | "
+                  f"{r['tree-allreduce3']:.0f} | {r['ring']:.0f} |" for r in pts]
+        md += ["\n## Predictions at the bench's cases\n", "\n".join(lines) + "\n"]
     with open(os.path.join(args.out, "tree_cost_model.md"), "w") as f:
         f.write("\n".join(md))
     with open(os.path.join(args.out, "tree_cost_model.json"), "w") as f:
         json.dump(dict(hardware=hw.__dict__ | dict(intra=hw.intra.__dict__, inter=hw.inter.__dict__,
                                                       p2p=hw.p2p.__dict__), bench=bench,
-                       shape=dict(B=args.batch, Hq=Hq, Hkv=Hkv, D=args.head_dim), predictions=preds), f, indent=1)
+                       shape=dict(B=args.batch, Hq=Hq, Hkv=Hkv, D=args.head_dim), predictions=preds,
+                       versus_bench=comparison), f, indent=1)
     print("\n".join(md))
     print(f"wrote {png}")
     return 0

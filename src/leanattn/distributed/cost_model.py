@@ -224,8 +224,12 @@ def from_decode_results(hw: Hardware, pattern: Optional[str] = None) -> Hardware
                       hbm_gbs=1.0 / (b * 1e3), decode_us=a)
 
 
-def fit_bench(path: str, hw: Hardware = H200) -> Hardware:
+def fit_bench(path: str, hw: Hardware = H200, timing: str = "auto") -> Hardware:
     """Refit ``hw`` from a ``bench_tree.json`` (2 or more GPUs of one node).
+
+    ``timing``: ``"graph"`` fits the CUDA-graph replay times (the device's cost of a step, no host
+    launch time), ``"eager"`` the back-to-back eager times; ``"auto"`` takes graph times when the
+    bench recorded them (``--graphs``).
 
     - intra-node link: ``alpha``/``beta`` by least squares over the all-gather and all-reduce rows
       of the collective micro-benchmark (``t = steps * alpha + volume / beta`` with the ring's
@@ -238,16 +242,22 @@ def fit_bench(path: str, hw: Hardware = H200) -> Hardware:
     with open(path) as f:
         data = json.load(f)
     p = int(data["env"].get("world", 2))
-    src = f"measured: {os.path.basename(path)} ({data['env'].get('device')} x{p})"
     coll = data.get("collectives", [])
+    if timing == "auto":
+        timing = "graph" if any(r.get("all_gather_graph_us") for r in coll) else "eager"
+    if timing not in ("graph", "eager"):
+        raise ValueError(f"timing: expected 'auto', 'graph' or 'eager', got {timing!r}")
+    g = "_graph" if timing == "graph" else ""
+    key = "graph_ms" if g else "ms"
+    src = f"measured: {os.path.basename(path)} ({data['env'].get('device')} x{p}, {timing} times)"
     # -- links: t = s * alpha + v / beta, solved for (alpha, 1 / beta)
     obs = []
     for row in coll:
         m = row["bytes"]
-        if row.get("all_gather_us"):
-            obs.append((p - 1, (p - 1) * m, row["all_gather_us"]))
-        if row.get("all_reduce_us"):
-            obs.append((2 * (p - 1), 2 * (p - 1) / p * m, row["all_reduce_us"]))
+        if row.get(f"all_gather{g}_us"):
+            obs.append((p - 1, (p - 1) * m, row[f"all_gather{g}_us"]))
+        if row.get(f"all_reduce{g}_us"):
+            obs.append((2 * (p - 1), 2 * (p - 1) / p * m, row[f"all_reduce{g}_us"]))
     if len(obs) >= 2:
         alpha, inv_beta = _lstsq2(obs)
         hw = hw.replace(src + ", collective micro-benchmark", intra=Link(max(alpha, 0.1), 1.0 / max(inv_beta, 1e-9) / 1e3))
@@ -259,11 +269,14 @@ def fit_bench(path: str, hw: Hardware = H200) -> Hardware:
     pts = []
     for row in data.get("rows", []):
         single = row["methods"].get("single", {})
-        if single.get("ms"):
-            pts.append((row["kv_bytes_total"], 1e3 * single["ms"]))
+        if single.get(key):
+            pts.append((row["kv_bytes_total"], 1e3 * single[key]))
     if len(pts) < 3:
         for row in data.get("rows", []):
             loc = row["methods"].get("local", {})
+            if g and loc.get("graph_ms"):  # graph times are recorded for rank 0 only
+                pts.append((row["kv_bytes_per_rank"][0], 1e3 * loc["graph_ms"]))
+                continue
             for nbytes, ms in zip(row.get("kv_bytes_per_rank", []), loc.get("ms_per_rank") or []):
                 if ms:
                     pts.append((nbytes, 1e3 * ms))
@@ -274,7 +287,7 @@ def fit_bench(path: str, hw: Hardware = H200) -> Hardware:
     extra = []
     for row in data.get("rows", []):
         m = row["methods"]
-        ag, loc = m.get("tree-allgather", {}).get("ms"), m.get("local", {}).get("ms")
+        ag, loc = m.get("tree-allgather", {}).get(key), m.get("local", {}).get(key)
         if ag and loc:
             msg = row["B"] * row["hq"] * (row["d"] * 2 + 4)
             extra.append(1e3 * (ag - loc) - allgather_us(p, msg, hw))
