@@ -1,6 +1,6 @@
-"""GPU-only tree/ring decode tests: NCCL between 2 GPUs at realistic sizes, CUDA graphs.
+"""GPU-only tree/ring decode tests: NCCL between 2, 4 or 8 GPUs at realistic sizes, CUDA graphs.
 
-Skipped without 2 CUDA devices. Run on the device machine (``pytest tests/test_tree_gpu.py``).
+Each world size is skipped without that many CUDA devices. Run on the device machine (``pytest tests/test_tree_gpu.py``).
 """
 from __future__ import annotations
 
@@ -66,12 +66,16 @@ def _run(rank, world, q, shards, graphs):
     return res
 
 
+@pytest.mark.parametrize("world", [2, 4, 8])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("hq,hkv", [(32, 8), (32, 32)])
-def test_two_gpus_vs_reference(dtype, hq, hkv):
-    lens = [[30000, 0, 777], [12345, 5, 0]]  # unequal shards; sequences 1 and 2 live on one rank only
-    q, shards, whole = _shards(2, 3, hq, hkv, 128, lens, dtype)
-    results = spawn(_run, 2, (q, shards, True), backend="nccl", deadline=300)
+def test_gpus_vs_reference(world, dtype, hq, hkv):
+    if torch.cuda.device_count() < world:
+        pytest.skip(f"needs {world} CUDA devices, found {torch.cuda.device_count()}")
+    # unequal shards; sequences 1 and 2 live on one rank only
+    lens = [[30000, 0, 777], [12345, 5, 0]] + [[4000 * r + 1, 0, 0] for r in range(2, world)]
+    q, shards, whole = _shards(world, 3, hq, hkv, 128, lens, dtype)
+    results = spawn(_run, world, (q, shards, True), backend="nccl", deadline=300)
     ref_out, ref_lse = reference.decode(q, *whole)
     tol = TOLERANCE[dtype]
     for r, res in enumerate(results):
@@ -79,4 +83,5 @@ def test_two_gpus_vs_reference(dtype, hq, hkv):
             assert_rel_close(f"{name} rank {r}", out, ref_out, tol)
             assert_lse_close(f"{name} rank {r}", lse, ref_lse, atol=tol)
         assert torch.equal(res["graph"][0], res["allgather"][0]), "graph replay differs from eager"
-    assert torch.equal(results[0]["allgather"][0], results[1]["allgather"][0])
+    for r in range(1, world):
+        assert torch.equal(results[0]["allgather"][0], results[r]["allgather"][0]), f"rank {r} differs from rank 0"

@@ -234,7 +234,9 @@ def fit_bench(path: str, hw: Hardware = H200, timing: str = "auto") -> Hardware:
     - intra-node link: ``alpha``/``beta`` by least squares over the all-gather and all-reduce rows
       of the collective micro-benchmark (``t = steps * alpha + volume / beta`` with the ring's
       steps and volumes);
-    - P2P link: a line fit of the send/recv rows;
+    - P2P link: a line fit of the ring's measured hops (``(ring - decode(S) - combine) / (p - 1)``
+      against the shard bytes ``S``) when the bench timed ring decode, else of the send/recv rows
+      (the micro-benchmark stops at 64 MiB, far below the GiB shards a ring step moves);
     - ``hbm_gbs``/``decode_us``: a line fit of the one-GPU (``single``) rows, with the per-rank
       ``local`` rows when there are few;
     - ``combine_us``: median of ``tree-allgather - local - allgather(message)`` over the cases.
@@ -294,6 +296,17 @@ def fit_bench(path: str, hw: Hardware = H200, timing: str = "auto") -> Hardware:
     if extra:
         extra.sort()
         hw = hw.replace(src + ", tree-allgather minus local decode minus all-gather", combine_us=max(extra[len(extra) // 2], 0.0))
+    # -- the ring's hop, from its own rows (eager: the ring is never captured)
+    hops = []
+    for row in data.get("rows", []):
+        ring = row["methods"].get("ring", {}).get("ms")
+        if ring and p > 1:
+            S = max(row["kv_bytes_per_rank"])
+            hops.append((S, (1e3 * ring - decode_us(S, hw) - hw.combine_us) / (p - 1)))
+    if len(hops) >= 2:
+        a, b = fit_line(*zip(*hops))
+        hw = hw.replace(src + ", ring decode rows (per-hop time vs shard bytes)",
+                        p2p=Link(max(a, 0.1), 1.0 / max(b, 1e-12) / 1e3))
     return dataclasses.replace(hw, name=f"{data['env'].get('device')} (fitted)")
 
 
