@@ -22,7 +22,7 @@ from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
 from test_decode import make_inputs
 
 METHODS = ("allgather", "allreduce3", "ring")
-WORLD_SIZES = (1, 2, 3, 4)
+WORLD_SIZES = (1, 2, 3, 4, 8)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,10 +83,10 @@ def scenarios(world):
             for _ in range(world)]
     out["gqa-ragged-bf16"] = make_shards(world, 3, 8, 2, 64, lens, torch.bfloat16)
     # MQA 4/1, D=128: even ranks paged (random page order), odd ranks contiguous
-    lens = [[17 + 11 * r, 40 - 7 * r] for r in range(world)]
+    lens = [[17 + 11 * r, max(40 - 7 * r, 0)] for r in range(world)]
     out["mqa-paged-mixed"] = make_shards(world, 2, 4, 1, 128, lens, torch.float16, paged=range(0, world, 2))
     # fp32 without cache_seqlens: every shard counts its full capacity
-    lens = [[(9, 31, 1, 50)[r]] for r in range(world)]
+    lens = [[(9, 31, 1, 50, 2, 17, 40, 6)[r]] for r in range(world)]
     out["fp32-full-capacity"] = make_shards(world, 1, 4, 4, 64, lens, torch.float32, seqlens=False, capacity_extra=0)
     return out
 
