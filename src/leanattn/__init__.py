@@ -10,6 +10,10 @@ hash_sparse_attention  causal attention within hash buckets (sparse flash attent
 sparse            the sparse package (lsh_buckets)
 bifurcated_decode decode of many samples sharing a prompt: the shared prefix is read once per prompt
 cascade_decode    decode over nested shared KV levels (system prompt, document, own tokens)
+generate          generation for Llama-family models: SDPA prefill, paged leanattn decode, CUDA graphs
+models            the compact Llama decoder, checkpoint loader and named shapes used by generate
+
+The transformers plug-in is ``leanattn.integrations.transformers`` (imported on demand).
 """
 from . import reference
 from .merges import merge_states
@@ -18,8 +22,11 @@ from .ops.bifurcated import bifurcated_decode, cascade_decode
 from . import sparse
 from . import distributed  # tree_decode, ring_decode, ShardedKVCache (torch.distributed)
 from .sparse import hash_sparse_attention, qk_sparse_attention
+from . import models
+from .generate import generate
 
 __version__ = "0.1.0"
 __all__ = ["decode", "merge_states", "reference", "__version__"]
 __all__ += ["qk_sparse_attention", "hash_sparse_attention", "sparse"]
 __all__ += ["bifurcated_decode", "cascade_decode"]
+__all__ += ["generate", "models"]
