@@ -1,0 +1,155 @@
+"""transformers plug-in: ``attn_implementation="leanattn"`` for Llama-, Mistral-, Qwen2-, Gemma-family models.
+
+>>> import leanattn.integrations.transformers as lt
+>>> lt.register()
+>>> model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="leanattn")
+
+Decode steps (one query token per row) run :func:`leanattn.decode` directly on the model's own
+cache: transformers keeps keys as ``(B, Hkv, N, D)``; ``.transpose(1, 2)`` is the NHD view the
+kernel takes, so nothing is copied. Lengths come from the mask transformers builds:
+
+- no mask (a dynamic cache without padding): every cached key is valid, so the lengths are the
+  cache's size;
+- a boolean mask that is a prefix per row (a static cache, keys written left to right): the lengths
+  are the counts of True, found once per forward (one host sync, shared by all layers).
+
+Everything else (prefill, left-padded batches, sliding windows past their size, dropout, head dims
+or devices the kernels do not take) goes to transformers' own SDPA function with the mask from
+transformers' SDPA mask builder, which aligns the causal mask bottom-right when queries and keys
+differ in length.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from .. import checks, runtime
+from ..ops.decode import decode
+
+__all__ = ["register", "leanattn_attention_forward", "MIN_TRANSFORMERS"]
+
+MIN_TRANSFORMERS = "4.53"  # AttentionMaskInterface (masks built per attention implementation) appeared here
+
+# (weak reference to the last mask seen, its lengths or None): layers of one forward share the mask
+_LAST_MASK: list = [None, None]
+
+
+def _require():
+    """transformers' attention and mask interfaces, or ImportError saying what to install."""
+    hint = f"pip install 'transformers>={MIN_TRANSFORMERS}' (or leanattn[transformers])"
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError(f"leanattn.integrations.transformers needs transformers: {hint}") from e
+    from packaging.version import Version
+    if Version(transformers.__version__).release < Version(MIN_TRANSFORMERS).release:
+        raise ImportError(f"leanattn.integrations.transformers needs transformers >= {MIN_TRANSFORMERS}, "
+                          f"found {transformers.__version__}: {hint}")
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    return AttentionInterface, AttentionMaskInterface, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"], sdpa_attention_forward
+
+
+def _prefix_lengths(mask: torch.Tensor, batch: int):
+    """``(batch,)`` int32 lengths when every row of a ``(B|1, 1, 1, N)`` bool mask is True on a prefix
+    and False after it, else None. Memoised per mask tensor: the model passes the same mask to every
+    layer, so the check (one host sync) runs once per forward."""
+    ref = _LAST_MASK[0]
+    if ref is not None and ref() is mask:
+        return _LAST_MASK[1]
+    result = None
+    if mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
+        m = mask[:, 0, 0, :]
+        lens = m.sum(-1, dtype=torch.int32)
+        prefix = torch.arange(m.shape[-1], device=m.device)[None, :] < lens[:, None]
+        if bool((m == prefix).all()):
+            result = lens.expand(batch).contiguous()
+    _LAST_MASK[:] = [weakref.ref(mask), result]
+    return result
+
+
+def _decode_lengths(module, query, key, attention_mask, dropout, kwargs):
+    """``(True, lengths or None)`` when this call is a decode step the kernels cover, else ``(False, None)``."""
+    B, Hq, Lq, D = query.shape
+    if Lq != 1 or dropout or kwargs.get("cache") is not None or kwargs.get("position_bias") is not None:
+        return False, None
+    if D not in checks.SUPPORTED_HEAD_DIMS or query.dtype not in checks.SUPPORTED_DTYPES:
+        return False, None
+    if key.dtype != query.dtype or key.stride(-1) != 1 or query.device.type not in ("cuda", "cpu"):
+        return False, None
+    if query.device.type == "cpu" and not runtime.interpreting():
+        return False, None  # Triton kernels run on the CPU only under TRITON_INTERPRET=1
+    window = kwargs.get("sliding_window")
+    if attention_mask is None:
+        if window is not None and key.shape[2] > window:
+            return False, None
+        return True, None
+    if not isinstance(attention_mask, torch.Tensor):
+        return False, None  # flex BlockMask and the like
+    lens = _prefix_lengths(attention_mask, B)
+    return (lens is not None), lens
+
+
+def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                               attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers attention function (the ``AttentionInterface`` signature).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The attention module (transformers passes itself).
+    query : torch.Tensor
+        ``(B, Hq, Lq, D)``.
+    key, value : torch.Tensor
+        ``(B, Hkv, N, D)``: the whole cache of this layer after the new tokens were appended.
+    attention_mask : torch.Tensor or None
+        From the mask function registered with :func:`register` (transformers' SDPA mask): None, or a
+        ``(B, 1, Lq, N)`` bool mask, True = attend.
+    dropout, scaling, is_causal, **kwargs
+        As transformers passes them. ``softcap`` and attention sinks (``s_aux``) are not supported.
+
+    Returns
+    -------
+    out : torch.Tensor
+        ``(B, Lq, Hq, D)`` in ``query.dtype``.
+    weights : None
+    """
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        which = "softcap" if kwargs.get("softcap") is not None else "s_aux"
+        raise ValueError(f"{which}: expected None (leanattn does not implement logit soft-capping or attention "
+                         f"sinks; use attn_implementation='eager'), got {kwargs.get(which)!r}")
+    ok, lens = _decode_lengths(module, query, key, attention_mask, dropout, kwargs)
+    if ok:
+        # (B, Hkv, N, D) -> (B, N, Hkv, D): a view, unit stride on D as the kernel needs
+        out = decode(query[:, :, 0], key.transpose(1, 2), value.transpose(1, 2), cache_seqlens=lens,
+                     softmax_scale=None if scaling is None else float(scaling))
+        return out[:, None], None
+    _, _, _, sdpa_forward = _require()
+    return sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                        is_causal=is_causal, **kwargs)
+
+
+def register(name: str = "leanattn") -> str:
+    """Register ``attn_implementation=name`` with transformers' attention and mask interfaces.
+
+    Idempotent. Afterwards ``from_pretrained(..., attn_implementation=name)`` or
+    ``model.set_attn_implementation(name)`` selects leanattn for every Llama/Mistral/Qwen2/Gemma layer.
+
+    Returns
+    -------
+    str
+        ``name``.
+
+    Raises
+    ------
+    ImportError
+        transformers is missing or older than :data:`MIN_TRANSFORMERS`.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a non-empty str, got {name!r}")
+    attention_interface, mask_interface, sdpa_mask, _ = _require()
+    attention_interface.register(name, leanattn_attention_forward)
+    mask_interface.register(name, sdpa_mask)
+    return name

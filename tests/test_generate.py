@@ -1,0 +1,136 @@
+"""``leanattn.generate`` against the cache-free SDPA forward (tiny random models, fp32, interpreter).
+
+Greedy tokens must equal those of re-running the whole sequence through SDPA; a flip is allowed
+only where the reference's top two logits are within float32 noise (then later tokens differ
+legitimately and are not compared).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import leanattn
+from leanattn.cli import main as cli_main
+from leanattn.models import build_model
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+NEAR_TIE = 1e-4
+
+
+def tiny(shape="tiny", seed=None):
+    seed = int(torch.randint(0, 2**31 - 1, ())) if seed is None else seed
+    # std 0.1 (not 0.02) so that logits are spread and greedy ties are rare
+    return build_model(shape, DEV, torch.float32, seed=seed).init_random(
+        std=0.1, generator=torch.Generator(DEV).manual_seed(seed))
+
+
+def sdpa_greedy(model, prompt, n):
+    """Tokens and per-step logits of greedy decoding by re-running the full sequence."""
+    seq = torch.tensor([prompt], device=DEV)
+    toks, logits = [], []
+    for _ in range(n):
+        lg = model(seq)[0, -1]
+        nxt = int(lg.argmax())
+        toks.append(nxt)
+        logits.append(lg)
+        seq = torch.cat([seq, torch.tensor([[nxt]], device=DEV)], 1)
+    return toks, torch.stack(logits)
+
+
+def assert_same_greedy(name, got, ref, ref_logits):
+    for t, (a, b) in enumerate(zip(got, ref)):
+        if a != b:
+            top2 = ref_logits[t].topk(2).values
+            margin = float(top2[0] - top2[1])
+            assert margin < NEAR_TIE, f"{name}: token {t}: {a} != {b} (reference margin {margin:.2e})"
+            return
+
+
+@pytest.mark.parametrize("shape", ["tiny", "tiny-mha"])
+def test_greedy_matches_sdpa_unequal_prompts(shape):
+    model = tiny(shape)
+    V = model.config.vocab_size
+    prompts = [torch.randint(0, V, (n,)).tolist() for n in (21, 3, 9)]
+    n = 5
+    out = leanattn.generate(model, prompts, n, page_size=16, output_logits=True)
+    assert out.tokens.shape == (3, n)
+    for b, p in enumerate(prompts):
+        ref, ref_logits = sdpa_greedy(model, p, n)
+        assert_same_greedy(f"{shape} prompt {b}", out.tokens[b].tolist(), ref, ref_logits)
+        # the first token's logits come from the prefill, the rest from decode steps
+        torch.testing.assert_close(out.logits[b, 0], ref_logits[0].cpu(), rtol=1e-4, atol=1e-4)
+    assert len(out.step_ms) == n - 1 and out.kv_bytes > 0
+    assert "decode step median" in str(out)
+
+
+def test_chunked_prefill_matches_whole():
+    """Chunks shorter than the prompt take SDPA's lower-right causal path over the cache."""
+    model = tiny()
+    prompts = [torch.randint(0, 256, (n,)).tolist() for n in (13, 6)]
+    a = leanattn.generate(model, prompts, 2, prefill_chunk=5, page_size=4, output_logits=True)
+    b = leanattn.generate(model, prompts, 2, prefill_chunk=64, output_logits=True)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_samples_match_separate_rows():
+    """``samples=N``: the prompt's KV held once, attention through bifurcated_decode; the same
+    draws as decoding N copies of the prompt separately."""
+    model = tiny()
+    prompts = [torch.randint(0, 256, (n,)).tolist() for n in (19, 4)]
+    n, s = 4, 3
+    g = lambda: torch.Generator(DEV).manual_seed(7)  # noqa: E731
+    shared = leanattn.generate(model, prompts, n, samples=s, temperature=1.0, generator=g(), page_size=8,
+                               output_logits=True)
+    copies = [p for p in prompts for _ in range(s)]
+    separate = leanattn.generate(model, copies, n, temperature=1.0, generator=g(), page_size=8, output_logits=True)
+    torch.testing.assert_close(shared.logits, separate.logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(shared.tokens, separate.tokens)
+    assert len(set(map(tuple, shared.tokens[:s].tolist()))) > 1  # the samples do differ
+    # the prompt is stored once: less KV than the copies
+    assert shared.kv_bytes < separate.kv_bytes
+
+
+def test_greedy_samples_equal_single():
+    model = tiny()
+    prompt = torch.randint(0, 256, (11,)).tolist()
+    one = leanattn.generate(model, [prompt], 4)
+    many = leanattn.generate(model, [prompt], 4, samples=2)
+    assert torch.equal(many.tokens, one.tokens.expand(2, -1))
+
+
+def test_eos_repeats():
+    model = tiny()
+    prompt = torch.randint(0, 256, (5,)).tolist()
+    free = leanattn.generate(model, [prompt], 4)
+    eos = int(free.tokens[0, 1])
+    stopped = leanattn.generate(model, [prompt], 4, eos_token_id=eos)
+    first = free.tokens[0].tolist().index(eos)
+    assert stopped.tokens[0, :first + 1].tolist() == free.tokens[0, :first + 1].tolist()
+    assert (stopped.tokens[0, first:] == eos).all()
+
+
+def test_errors():
+    model = tiny()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        leanattn.generate(model, [[1, 2]], 0)
+    with pytest.raises(ValueError, match="samples"):
+        leanattn.generate(model, [[1, 2]], 2, samples=0)
+    with pytest.raises(ValueError, match=r"prompts: expected token ids in \[0, 256\)"):
+        leanattn.generate(model, [[1, 999]], 2)
+    with pytest.raises(ValueError, match="prompts"):
+        leanattn.generate(model, [[]], 2)
+    with pytest.raises(TypeError, match="model"):
+        leanattn.generate(object(), [[1]], 2)
+    with pytest.raises(ValueError, match="model: expected a checkpoint directory or a shape"):
+        leanattn.generate("no-such-shape", [[1]], 2)
+    if DEV == "cpu":
+        with pytest.raises(ValueError, match="use_cuda_graph"):
+            leanattn.generate(model, [[1, 2]], 2, use_cuda_graph=True)
+
+
+def test_cli_generate(capsys):
+    rc = cli_main(["generate", "tiny", "--prompt", "1,2,3", "--max-new-tokens", "3", "--dtype", "float32",
+                   "--samples", "2", "--temperature", "0.5", "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "2 rows x 3 tokens" in out and len(out.splitlines()[0].split(",")) == 3
