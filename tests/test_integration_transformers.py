@@ -1,0 +1,108 @@
+"""``attn_implementation="leanattn"`` in transformers models: greedy tokens equal to the SDPA models',
+decode steps really on leanattn.decode (counted), fallbacks where the kernels do not apply."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+import leanattn.integrations.transformers as lt  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, head_dim=64,
+             initializer_range=0.1, max_position_embeddings=256)
+NEW = 5
+
+
+@pytest.fixture
+def decode_calls(monkeypatch):
+    """Counts the calls the plug-in makes to leanattn.decode."""
+    calls = []
+    real = lt.decode
+
+    def counting(*args, **kw):
+        calls.append(kw.get("cache_seqlens"))
+        return real(*args, **kw)
+    monkeypatch.setattr(lt, "decode", counting)
+    return calls
+
+
+def make(family, heads, kv_heads):
+    lt.register()
+    cfg_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                          "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                          "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}[family]
+    cfg = cfg_cls(**SMALL, num_attention_heads=heads, num_key_value_heads=kv_heads)
+    return model_cls(cfg).to(DEV).eval()
+
+
+def greedy(model, impl, ids, **kw):
+    model.set_attn_implementation(impl)
+    out = model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True, pad_token_id=0, **kw)
+    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, 1)
+
+
+def assert_same(got, ref, ref_logits):
+    """Equal greedy tokens; a flip is tolerated only at a float32 near-tie of the reference."""
+    for b in range(ref.shape[0]):
+        for t in range(ref.shape[1]):
+            if got[b, t] != ref[b, t]:
+                top2 = ref_logits[b, t].topk(2).values
+                assert float(top2[0] - top2[1]) < 1e-4, f"row {b} token {t}: {got[b, t]} != {ref[b, t]}"
+                break
+
+
+@pytest.mark.parametrize("family,heads,kv_heads", [("llama", 4, 2), ("qwen2", 2, 2), ("mistral", 4, 1)])
+def test_greedy_matches_sdpa(family, heads, kv_heads, decode_calls):
+    model = make(family, heads, kv_heads)
+    ids = torch.randint(1, 128, (2, 11), device=DEV)
+    ref, ref_logits = greedy(model, "sdpa", ids)
+    got, logits = greedy(model, "leanattn", ids)
+    assert_same(got, ref, ref_logits)
+    torch.testing.assert_close(logits[:, 0], ref_logits[:, 0], rtol=1e-4, atol=1e-4)
+    # every decode step of every layer went to the kernel, with no mask (dynamic cache)
+    assert len(decode_calls) == (NEW - 1) * 2 and all(c is None for c in decode_calls)
+
+
+def test_static_cache_lengths_from_mask(decode_calls):
+    model = make("llama", 4, 2)
+    ids = torch.randint(1, 128, (1, 9), device=DEV)
+    ref, ref_logits = greedy(model, "sdpa", ids, cache_implementation="static")
+    got, _ = greedy(model, "leanattn", ids, cache_implementation="static")
+    assert_same(got, ref, ref_logits)
+    assert len(decode_calls) == (NEW - 1) * 2
+    assert [int(c[0]) for c in decode_calls[::2]] == list(range(10, 10 + NEW - 1))
+
+
+def test_padded_batch_falls_back_to_sdpa(decode_calls):
+    model = make("llama", 4, 2)
+    ids = torch.randint(1, 128, (2, 8), device=DEV)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding: keys are not a prefix, the kernels do not cover it
+    ref, ref_logits = greedy(model, "sdpa", ids, attention_mask=mask)
+    got, _ = greedy(model, "leanattn", ids, attention_mask=mask)
+    assert_same(got, ref, ref_logits)
+    assert decode_calls == []
+
+
+def test_softcap_rejected():
+    with pytest.raises(ValueError, match="softcap"):
+        lt.leanattn_attention_forward(None, torch.zeros(1, 2, 1, 64), torch.zeros(1, 2, 3, 64),
+                                      torch.zeros(1, 2, 3, 64), None, softcap=30.0)
+
+
+def test_register_idempotent_and_missing_transformers(monkeypatch):
+    assert lt.register() == lt.register() == "leanattn"
+    assert "leanattn" in transformers.AttentionInterface._global_mapping
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match="needs transformers"):
+        lt.register()
+
+
+def test_too_old_transformers(monkeypatch):
+    monkeypatch.setattr(transformers, "__version__", "4.40.0")
+    with pytest.raises(ImportError, match=r"needs transformers >= 4\.53, found 4\.40\.0"):
+        lt.register()

@@ -1,0 +1,69 @@
+"""The checkpoint loader round-trips models that transformers saves (config.json + safetensors)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from leanattn.models import LlamaConfig, load_model
+from leanattn.models.llama import rope_inv_freq
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+SMALL = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, head_dim=64,
+             initializer_range=0.1)
+
+
+def roundtrip(model, path, tokens):
+    model.eval().save_pretrained(path)
+    ours = load_model(str(path), device=DEV)
+    assert ours.dtype == torch.float32
+    with torch.no_grad():
+        ref = model.to(DEV)(tokens.to(DEV)).logits.float()
+    torch.testing.assert_close(ours(tokens.to(DEV)), ref, rtol=1e-4, atol=1e-4)
+    return ours
+
+
+def test_llama_gqa_llama3_rope(tmp_path):
+    rope = {"rope_type": "llama3", "rope_theta": 5000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    cfg = transformers.LlamaConfig(**SMALL, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=512, rope_parameters=rope)
+    model = transformers.LlamaForCausalLM(cfg)
+    # positions past the original context, where the llama3 bands differ from plain RoPE
+    tokens = torch.randint(0, 96, (2, 150))
+    ours = roundtrip(model, tmp_path, tokens)
+    assert ours.config.rope_scaling["rope_type"] == "llama3"
+    plain = rope_inv_freq(LlamaConfig(**{k: v for k, v in SMALL.items() if k != "initializer_range"},
+                                      num_attention_heads=4, rope_theta=5000.0))
+    assert not torch.allclose(ours.inv_freq.cpu(), plain)
+
+
+def test_qwen2_biases_tied_embeddings(tmp_path):
+    cfg = transformers.Qwen2Config(**SMALL, num_attention_heads=2, num_key_value_heads=2,
+                                   tie_word_embeddings=True, max_position_embeddings=256)
+    model = transformers.Qwen2ForCausalLM(cfg)
+    with torch.no_grad():  # non-zero biases, so that a dropped bias shows
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.bias.normal_(0, 0.1)
+            layer.self_attn.k_proj.bias.normal_(0, 0.1)
+    ours = roundtrip(model, tmp_path, torch.randint(0, 96, (1, 12)))
+    assert ours.lm_head is ours.embed
+
+
+def test_errors(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="model_type"):
+        load_model(str(tmp_path))
+    cfg = transformers.LlamaConfig(**SMALL, num_attention_heads=2)
+    (tmp_path / "config.json").write_text(cfg.to_json_string())
+    with pytest.raises(ValueError, match="safetensors"):
+        load_model(str(tmp_path))
+    from safetensors.torch import save_file
+    save_file({"model.embed_tokens.weight": torch.zeros(96, 64)}, os.path.join(tmp_path, "model.safetensors"))
+    with pytest.raises(ValueError, match="lacks"):
+        load_model(str(tmp_path))
