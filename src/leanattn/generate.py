@@ -45,6 +45,9 @@ class Generation:
     weight_bytes : int
     logits : torch.Tensor or None
         ``(B * samples, max_new_tokens, vocab)`` float32 logits each token was drawn from, when asked.
+    cache : PagedKVCache or None
+        With ``return_cache=True``: the cache holding the prompts (their KV at positions
+        ``[0, prompt_len)``), e.g. to hand the prefilled KV to another implementation.
     """
 
     tokens: torch.Tensor
@@ -55,6 +58,7 @@ class Generation:
     weight_bytes: int
     cuda_graph: bool = False
     logits: Optional[torch.Tensor] = field(default=None, repr=False)
+    cache: Optional[PagedKVCache] = field(default=None, repr=False)
 
     def summary(self) -> dict:
         """Per-step timing summary: median / mean / p10 / p90 ms, tokens per second, bytes."""
@@ -242,6 +246,7 @@ def generate(
     generator: Optional[torch.Generator] = None,
     progress: bool = False,
     output_logits: bool = False,
+    return_cache: bool = False,
     schedule: str = "lean",
     device: Union[str, torch.device, None] = None,
     dtype: Optional[torch.dtype] = None,
@@ -278,6 +283,8 @@ def generate(
         Show a progress bar (tqdm when installed).
     output_logits : bool
         Also return the logits each token was drawn from (memory: rows x tokens x vocab floats).
+    return_cache : bool
+        Keep the prompts' KV cache in the result (``Generation.cache``) instead of freeing it.
     schedule : {"lean", "split"}
         Decode schedule of :func:`leanattn.decode` (single-sample path).
     device, dtype : optional
@@ -383,4 +390,5 @@ def generate(
     return Generation(tokens=out.cpu(), prompt_lens=lens, prefill_s=prefill_s, step_ms=step_ms,
                       kv_bytes=sum(x.nbytes for x in caches), weight_bytes=model.weight_bytes(),
                       cuda_graph=stepper.graph is not None,
-                      logits=None if all_logits is None else all_logits.cpu())
+                      logits=None if all_logits is None else all_logits.cpu(),
+                      cache=caches[0] if return_cache else None)
