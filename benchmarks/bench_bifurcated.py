@@ -259,15 +259,6 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
     return row
 
 
-def matmul_tflops() -> float:
-    """Measured dense bf16 matmul rate (8192^3), the compute ceiling of the FLOP floor."""
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    b = torch.randn_like(a)
-    ms = common.bench(lambda: a @ b)
-    del a, b
-    return 2 * 8192 ** 3 / ms / 1e9
-
-
 def table(rows):
     header = ["case", "KV held MB", "copies MB", "ours us", "ours bp us", "IO floor us", "x IO floor", "x floor",
               "decode copied us", "flash us", "cudnn us", "flex us", "best peer", "x best peer", "x decode copied",
@@ -402,7 +393,7 @@ def main(argv=None):
         return 0
     if cuda:
         bw = common.read_bandwidth_gbs()
-        ceilings = dict(read_gbs=bw["read_ceiling"], matmul_tflops=matmul_tflops(), bandwidth=bw)
+        ceilings = dict(read_gbs=bw["read_ceiling"], matmul_tflops=common.matmul_tflops(), bandwidth=bw)
     else:
         ceilings = dict(read_gbs=1.0, matmul_tflops=1.0, bandwidth={})
     log(f"ceilings: {ceilings}")

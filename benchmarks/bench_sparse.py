@@ -43,6 +43,7 @@ import time
 import traceback
 
 import torch
+import torch._functorch.config
 
 # the backward is timed alone with retain_graph=True; compiled flex refuses that with donated buffers
 torch._functorch.config.donated_buffer = False
@@ -213,7 +214,9 @@ class Flex:
 # ----------------------------------------------------------------------------------------------
 
 
-def suite(quick: bool, smoke: bool):
+def suite(quick: bool, smoke: bool, only_shapes: str = "", only_ns: str = ""):
+    """(shapes, ns, configs); ``only_shapes`` ("8x12,4x48") and ``only_ns`` ("4k,16k") keep a part of
+    the full suite, so it can be run in pieces that each fit a device call."""
     if smoke:
         return [(1, 2)], [256], [("qk", 0.0), ("qk", 0.5), ("hash", 1), ("hash", 4)]
     shapes = [(4, 48)] if quick else [(4, 48), (8, 12)]
@@ -221,6 +224,12 @@ def suite(quick: bool, smoke: bool):
     drops = [0.5] if quick else [0.2, 0.5, 0.8]
     buckets = [16, 64] if quick else [2, 8, 16, 64]
     configs = [("qk", 0.0)] + [("qk", p) for p in drops] + [("hash", 1)] + [("hash", nb) for nb in buckets]
+    if only_shapes:
+        keep = {tuple(int(x) for x in s.split("x")) for s in only_shapes.split(",")}
+        shapes = [s for s in shapes if s in keep]
+    if only_ns:
+        keep = {int(x.lower().rstrip("k")) * K for x in only_ns.split(",")}
+        ns = [n for n in ns if n in keep]
     return shapes, ns, configs
 
 
@@ -233,6 +242,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="B=4,H=48; N 8k, 32k; drop 0.5; buckets 16, 64")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on a CPU (interpreter) to test the script")
     ap.add_argument("--no-flex", action="store_true", help="skip the flex_attention peer")
+    ap.add_argument("--shapes", default="", help="keep these (B, H) of the suite, e.g. 8x12")
+    ap.add_argument("--ns", default="", help="keep these sequence lengths of the suite, e.g. 4k,16k")
     ap.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results"))
     ap.add_argument("--budget-s", type=float, default=330.0,
                     help="start no new (B, H, N) case after this many seconds (default 330)")
@@ -242,7 +253,7 @@ def main():
         sys.exit("needs CUDA (or --smoke for a CPU plumbing check)")
     T = timer(device)
     torch.manual_seed(0)
-    shapes, ns, configs = suite(args.quick, args.smoke)
+    shapes, ns, configs = suite(args.quick, args.smoke, args.shapes, args.ns)
     from torch.nn.attention import SDPBackend
     dense_backends = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}
     if device == "cpu":
@@ -341,10 +352,14 @@ def main():
                 r[f"{key}_tflops"] = flop_fwd * mult / (r[f"{key}_ms"] * 1e-3) / 1e12
     from leanattn.sparse.api import sparse_config
     tiles = sparse_config(D, torch.device(device)).__dict__
-    payload = dict(env=common.env_info(), suite="sparse", args=vars(args), tiles=tiles, wall_s=time.time() - t_start,
+    ceilings = (dict(bandwidth=common.read_bandwidth_gbs(), matmul_tflops=common.matmul_tflops())
+                if device == "cuda" else {})
+    payload = dict(env=common.env_info(), suite="sparse", args=vars(args), tiles=tiles, ceilings=ceilings,
+                   wall_s=time.time() - t_start,
                    rows=rows, errors=errors, skipped=skipped, bars=bars(rows))
     stem = "sparse_" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S") + (
-        "_smoke" if args.smoke else "_quick" if args.quick else "")
+        "_smoke" if args.smoke else "_quick" if args.quick else "") + (
+        "_" + args.shapes.replace(",", "_") if args.shapes else "") + ("_" + args.ns.replace(",", "_") if args.ns else "")
     md = table(rows, payload)
     paths = common.write_results(args.out, stem, payload, md)
     png = os.path.join(args.out, stem + ".png")
@@ -388,7 +403,10 @@ def table(rows, payload) -> str:
              f"{env['date']})\n",
              "bf16, D=64, causal. Times in ms (median of do_bench); fwd+bwd includes compaction/sorting and "
              "block ranges for leanattn, and for flex_e2e also building the BlockMask and gathers. Speed-up is "
-             "sdpa_flash fwd+bwd / method fwd+bwd.\n"]
+             "sdpa_flash fwd+bwd / method fwd+bwd." + (
+                 f" Measured ceilings: bf16 matmul {payload['ceilings']['matmul_tflops']:.0f} TFLOP/s, "
+                 f"HBM read {payload['ceilings']['bandwidth']['read_ceiling']:.0f} GB/s."
+                 if payload.get("ceilings") else "") + "\n"]
     header = ["B", "H", "N", "pattern", "density", "ours fwd", "ours bwd", "ours fwd+bwd", "ours TFLOP/s",
               "ours atomic-dQ fwd+bwd", "FLASH fwd+bwd", "cuDNN fwd+bwd", "flex fwd+bwd", "flex e2e fwd+bwd",
               "speed-up ours", "speed-up ours atomic", "speed-up flex e2e"]

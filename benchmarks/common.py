@@ -75,6 +75,15 @@ def read_bandwidth_gbs(gib: float = 4.0) -> dict:
     return out
 
 
+def matmul_tflops(n: int = 8192) -> float:
+    """Measured dense bf16 matmul rate (``n``^3, TFLOP/s): the compute ceiling of FLOP floors."""
+    a = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn_like(a)
+    ms = bench(lambda: a @ b)
+    del a, b
+    return 2 * n ** 3 / ms / 1e9
+
+
 def write_results(out_dir: str, stem: str, payload: dict, table_md: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")]

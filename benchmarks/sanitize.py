@@ -1,6 +1,9 @@
-"""Small decode launches for compute-sanitizer (memcheck, racecheck): every kernel path once.
+"""Small launches of every kernel path, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize_decode.py
+    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [sparse] [bifurcated]
+
+With no argument every family runs. Shapes are small (the sanitizer slows kernels a
+thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
 """
 import os
 import sys
@@ -10,31 +13,85 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 import leanattn  # noqa: E402
 
-torch.manual_seed(0)
-lens = [3000, 0, 1, 517, 1024]
-B = len(lens)
-sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
-for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256), (64, 1, 64)):
-    q = torch.randn(B, hq, d, dtype=torch.bfloat16, device="cuda")
-    k = torch.randn(B, max(lens), hkv, d, dtype=torch.bfloat16, device="cuda")
-    v = torch.randn_like(k)
-    for schedule in ("lean", "split"):
-        leanattn.decode(q, k, v, sl, schedule=schedule, num_programs=37, num_splits=5)
-        leanattn.decode(q, k, v, sl, schedule=schedule)
-    page = 16
+# on a CPU (TRITON_INTERPRET=1) it is only an API check, in float16: the interpreter's bf16 dot is broken
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+BF16 = torch.bfloat16 if DEV == "cuda" else torch.float16
+
+
+def paged(lens, page, hkv, d):
+    """A paged cache (pages in random order) holding ``lens`` tokens per sequence."""
     npages = [-(-n // page) for n in lens]
-    bt = torch.zeros(B, max(npages), dtype=torch.int32, device="cuda")
-    ids = torch.randperm(sum(npages), device="cuda").int()
+    bt = torch.zeros(len(lens), max(max(npages), 1), dtype=torch.int32, device=DEV)
+    ids = torch.randperm(max(sum(npages), 1), device=DEV).int()
     off = 0
     for b, m in enumerate(npages):
         bt[b, :m] = ids[off:off + m]
         off += m
-    kp = torch.randn(sum(npages), page, hkv, d, dtype=torch.bfloat16, device="cuda")
-    vp = torch.randn_like(kp)
-    for schedule in ("lean", "split"):
-        leanattn.decode(q, kp, vp, sl, bt, schedule=schedule)
-outs = torch.randn(4, 3, 8, 128, dtype=torch.bfloat16, device="cuda")
-lses = torch.randn(4, 3, 8, device="cuda")
-leanattn.merge_states(outs, lses)
-torch.cuda.synchronize()
-print("sanitize_decode: all launches done")
+    kp = torch.randn(max(sum(npages), 1), page, hkv, d, dtype=BF16, device=DEV)
+    return kp, torch.randn_like(kp), bt
+
+
+def decode():
+    lens = [3000, 0, 1, 517, 1024]
+    B = len(lens)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256), (64, 1, 64)):
+        q = torch.randn(B, hq, d, dtype=BF16, device=DEV)
+        k = torch.randn(B, max(lens), hkv, d, dtype=BF16, device=DEV)
+        v = torch.randn_like(k)
+        for schedule in ("lean", "split"):
+            leanattn.decode(q, k, v, sl, schedule=schedule, num_programs=37, num_splits=5)
+            leanattn.decode(q, k, v, sl, schedule=schedule)
+        kp, vp, bt = paged(lens, 16, hkv, d)
+        for schedule in ("lean", "split"):
+            leanattn.decode(q, kp, vp, sl, bt, schedule=schedule)
+    outs = torch.randn(4, 3, 8, 128, dtype=BF16, device=DEV)
+    lses = torch.randn(4, 3, 8, device=DEV)
+    leanattn.merge_states(outs, lses)
+
+
+def sparse():
+    B, N, H = 2, 1000, 3  # N not a multiple of any tile
+    for d in (64, 128):
+        for det in (True, False):
+            q, k, v = (torch.randn(B, N, H, d, dtype=BF16, device=DEV, requires_grad=True) for _ in range(3))
+            keep_q = torch.rand(B, N, H, device=DEV) > 0.5
+            keep_k = torch.rand(B, N, H, device=DEV) > 0.5
+            keep_q[0, :, 0] = False  # a head with nothing kept
+            o = leanattn.qk_sparse_attention(q, k, v, keep_q, keep_k, deterministic=det)
+            o.backward(torch.randn_like(o))
+            qb = torch.randint(0, 7, (B, N, H), device=DEV)
+            kb = torch.randint(0, 7, (B, N, H), device=DEV)
+            o = leanattn.hash_sparse_attention(q, k, v, qb, kb, n_buckets=7, deterministic=det)
+            o.backward(torch.randn_like(o))
+
+
+def bifurcated():
+    own = [40, 0, 1, 333, 17, 64]
+    B = len(own)
+    sl = torch.tensor(own, dtype=torch.int32, device=DEV)
+    for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256)):
+        q = torch.randn(B, hq, d, dtype=BF16, device=DEV)
+        pk = torch.randn(3, 2500, hkv, d, dtype=BF16, device=DEV)
+        pv = torch.randn_like(pk)
+        plens = torch.tensor([2500, 0, 777], dtype=torch.int32, device=DEV)
+        pids = torch.tensor([0, 0, 1, 2, 2, 2], dtype=torch.int32, device=DEV)
+        k = torch.randn(B, max(own), hkv, d, dtype=BF16, device=DEV)
+        v = torch.randn_like(k)
+        leanattn.bifurcated_decode(q, pk, pv, k, v, sl, prefix_lens=plens, prefix_ids=pids)
+        leanattn.bifurcated_decode(q, pk[0], pv[0], k, v, sl, num_programs=11)
+        kp, vp, bt = paged(own, 16, hkv, d)
+        leanattn.bifurcated_decode(q, pk, pv, kp, vp, sl, bt, prefix_lens=plens, prefix_ids=pids)
+        sys_k = torch.randn(300, hkv, d, dtype=BF16, device=DEV)
+        leanattn.cascade_decode(q, [(sys_k, torch.randn_like(sys_k)), (pk, pv, plens, pids)], k, v, sl)
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    families = {"decode": decode, "sparse": sparse, "bifurcated": bifurcated}
+    chosen = sys.argv[1:] or list(families)
+    for name in chosen:
+        families[name]()
+        if DEV == "cuda":
+            torch.cuda.synchronize()
+        print(f"sanitize: {name} launches done")
