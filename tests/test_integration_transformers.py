@@ -103,6 +103,7 @@ def test_register_idempotent_and_missing_transformers(monkeypatch):
 
 
 def test_too_old_transformers(monkeypatch):
-    monkeypatch.setattr(transformers, "__version__", "4.40.0")
+    # the module registered now: an earlier save_pretrained can leave a new module object in sys.modules
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "4.40.0")
     with pytest.raises(ImportError, match=r"needs transformers >= 4\.53, found 4\.40\.0"):
         lt.register()
