@@ -31,9 +31,8 @@ def load_config(path: str) -> LlamaConfig:
         raise ValueError(f"config.json: expected model_type in {SUPPORTED_TYPES}, got {kind!r}")
     if kind == "qwen2":
         raw.setdefault("attention_bias", True)  # Qwen2 always has Q/K/V biases
-    if kind in ("mistral", "qwen2") and raw.get("sliding_window") and raw.get("use_sliding_window", kind == "mistral"):
-        # sequences longer than the window would be attended in full here; keep the value for callers
-        raw.setdefault("_sliding_window_note", "attention is full, not windowed")
+    # a sliding_window (Mistral v0.1) stays in config.extra: attention here is always full, which
+    # equals windowed attention only while sequences fit in the window
     return LlamaConfig.from_dict(raw)
 
 
@@ -131,9 +130,6 @@ def load_model(path: str, device: Union[str, torch.device] = "cpu", dtype: Optio
     missing = need - filled
     if missing:
         raise ValueError(f"path: checkpoint in {path!r} lacks {len(missing)} tensors, e.g. {sorted(map(str, missing))[:3]}")
-    if c.tie_word_embeddings and (None, "lm_head", None) in filled:
-        # checkpoints that store a tied head anyway: it was copied into the shared embedding; keep it
-        pass
     return model
 
 
