@@ -105,6 +105,9 @@ class _Plan:
 
 
 _PLANS: dict = {}
+# a cache that grows by one token per step (transformers' dynamic cache) makes a new key each step:
+# keep the newest plans only (dicts keep insertion order, so the first key is the oldest)
+_MAX_PLANS = 256
 
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
@@ -125,6 +128,8 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     plan = _PLANS.get(key)
     if plan is None:
         plan = _Plan(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, workers, block_n)
+        if len(_PLANS) >= _MAX_PLANS:
+            del _PLANS[next(iter(_PLANS))]
         _PLANS[key] = plan
     plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse)
     return out, lse
