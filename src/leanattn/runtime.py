@@ -69,6 +69,19 @@ def workspace(name: str, device: torch.device, shape: tuple, dtype: torch.dtype,
     key = (name, str(device), tuple(shape), dtype)
     buf = _WORKSPACES.get(key)
     if buf is None:
-        buf = (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=device)
+        make = (torch.zeros if zero else torch.empty)
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+            # torch.compile's CUDA-graph trees send the current stream's allocations to their private
+            # pool during warm-up, and refuse a live tensor there that no graph output owns: a buffer
+            # kept across calls is made on a side stream, whose allocations stay in the common pool
+            current = torch.cuda.current_stream(device)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                buf = make(shape, dtype=dtype, device=device)
+            current.wait_stream(side)
+        else:
+            buf = make(shape, dtype=dtype, device=device)
         _WORKSPACES[key] = buf
     return buf

@@ -72,8 +72,8 @@ class _Plan:
                                                                                        block_h, block_n)
         self.n_hb = n_hb = triton.cdiv(n_max * group, block_hp)
         paged = block_table is not None
-        self.dummy_i32 = torch.zeros((1, 1), dtype=torch.int32, device=device)
-        self.dummy_kv = torch.zeros((1, 1, Hkv, D), dtype=q.dtype, device=device)
+        self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
+        self.dummy_kv = runtime.workspace("dummy_kv", device, (1, 1, Hkv, D), q.dtype, zero=True)
         cap = _capacity(k, block_table) if has_own else 0
         self.meta = dict(
             HQ=Hq, HKV=Hkv, GROUP=group, BLOCK_HP=block_hp, N_HB=n_hb, BLOCK_HO=cfg.block_h, N_HBO=cfg.n_hb,

@@ -35,7 +35,7 @@ class _Plan:
         group = Hq // k_cache.shape[2]
         cfg = decode_config(D, group, device, block_n or None)
         paged = block_table is not None
-        self.dummy_i32 = torch.zeros((1, 1), dtype=torch.int32, device=device)
+        self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
         self.schedule = schedule
         self.cap = cap = _capacity(k_cache, block_table)
         bt_stride = block_table.stride(0) if paged else 0
