@@ -40,6 +40,11 @@ def occupancy(compiled, device: torch.device, limit: int = 32) -> int:
     if device.type != "cuda":
         return 1
     try:
+        # ``JITFunction.warmup`` returns a kernel whose binary is loaded lazily, and the register
+        # count is only known once it is: without this, n_regs is missing and we fell back to 2
+        init = getattr(compiled, "_init_handles", None)
+        if init is not None:
+            init()
         props = _cuda_props(device.index if device.index is not None else torch.cuda.current_device())
         num_warps = compiled.metadata.num_warps
         threads = 32 * num_warps
