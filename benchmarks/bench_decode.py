@@ -338,10 +338,12 @@ def sweep(cases, log, configs=None):
             except Exception as e:
                 err, us = float("nan"), float("nan")
                 log(f"    fail {bn},{warps},{stages},{cps}: {type(e).__name__} {str(e)[:80]}")
+            # the persistent grid actually launched (SMs x min(measured occupancy, cps))
+            programs = next((p.grid[0] for p in dec._PLANS.values() if p.schedule == "lean"), None)
             results.append(dict(case=case["name"], cfg=(bn, warps, stages, cps), us=us, err=err,
-                                gbs=kv_bytes(case) / us / 1e3))
+                                gbs=kv_bytes(case) / us / 1e3, programs=programs))
             log(f"  sweep {case['name']:22s} bn={bn:3d} w={warps} s={stages} cps={cps}: {us:8.1f} us "
-                f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e}")
+                f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e} programs {programs}")
         dc._CUDA_TABLE.update(base)
         dec._PLANS.clear()
         del inp
