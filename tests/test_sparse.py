@@ -231,7 +231,7 @@ def test_opcheck(device, mode):
     else:
         a = b = torch.randint(0, 2, (1, N, 2), dtype=torch.int32, device=device)
     cfg = api.sparse_config(64, q.device)
-    args = (q, k, v, a, b, 0.125, cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd, True)
+    args = (q, k, v, a, b, 0.125, [cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd, 1])
     torch.library.opcheck(torch.ops.leanattn.sparse_attn_fwd.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
                                       "test_aot_dispatch_dynamic"))

@@ -153,13 +153,14 @@ def _copy_order(SrcPerm, SrcGroup, Perm, Group, offs, N):
 def block_ranges_kernel(
     SrcQPerm, SrcQGroup, SrcKPerm, SrcKGroup,  #
     QPerm, QGroup, KPerm, KGroup, Live, QRanges, KVRanges,  #
-    N, n_q, n_kv, n_steps,  #
+    src_k_off, N, n_q, n_kv, n_steps,  #
     HAS_DEAD: tl.constexpr, COPY: tl.constexpr, CHUNK: tl.constexpr,  #
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M_BWD: tl.constexpr, BLOCK_N_BWD: tl.constexpr,
 ):
     """Block ranges of sorted positions ``[t * CHUNK, (t + 1) * CHUNK)`` of row ``bh``.
 
-    ``Src*``: the sorted order, ``(B*H, N)`` (any integer dtypes; positions and group ids).
+    ``Src*``: the sorted order, ``(B*H, N)`` (any integer dtypes; positions and group ids); the
+    key side's rows start ``src_k_off`` elements after ``SrcKPerm`` / ``SrcKGroup``.
     ``COPY``: also write that chunk of it as int32 into ``QPerm, QGroup, KPerm, KGroup``.
     ``HAS_DEAD`` (QK mode): only the first ``Live[bh]`` queries and ``Live[B*H + bh]`` keys of a
     row are live; the rest match nothing and are left out of the ranges. Otherwise every token
@@ -172,10 +173,11 @@ def block_ranges_kernel(
     bh = tl.program_id(1)
     BH = tl.num_programs(1)
     row = bh.to(tl.int64) * N
+    k_row = row + src_k_off
     if COPY:
         offs = t * CHUNK + tl.arange(0, CHUNK)
         _copy_order(SrcQPerm + row, SrcQGroup + row, QPerm + row, QGroup + row, offs, N)
-        _copy_order(SrcKPerm + row, SrcKGroup + row, KPerm + row, KGroup + row, offs, N)
+        _copy_order(SrcKPerm + k_row, SrcKGroup + k_row, KPerm + row, KGroup + row, offs, N)
     if HAS_DEAD:
         q_live = tl.load(Live + bh)
         k_live = tl.load(Live + BH + bh)
@@ -185,7 +187,7 @@ def block_ranges_kernel(
         if t == 0:  # every element of the layout buffer is written
             tl.store(Live + bh, N)
             tl.store(Live + BH + bh, N)
-    Qg, Qp, Kg, Kp = SrcQGroup + row, SrcQPerm + row, SrcKGroup + row, SrcKPerm + row
+    Qg, Qp, Kg, Kp = SrcQGroup + row, SrcQPerm + row, SrcKGroup + k_row, SrcKPerm + k_row
 
     # query blocks: keys visible to the block's live queries have composite keys in
     # [g_first * N, key_last]; keys visible to every query of a one-group block, [g * N, key_first]

@@ -58,42 +58,45 @@ def sparse_config(head_dim: int, device: torch.device) -> SparseConfig:
     return SparseConfig(128, 64, 32, 128)
 
 
+# The ops take the tiles and the backward mode as one int list ``config = [block_m, block_n,
+# block_m_bwd, block_n_bwd, deterministic]``: torch.library's autograd wrapper costs time
+# quadratic in the number of schema arguments on every call (``fill_defaults`` rebuilds the
+# argument list per argument), ~65 us at eleven arguments.
+
+
 @torch.library.custom_op("leanattn::sparse_attn_fwd", mutates_args=())
 def _fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_ids: torch.Tensor, k_ids: torch.Tensor,
-    softmax_scale: float, block_m: int, block_n: int, block_m_bwd: int, block_n_bwd: int, deterministic: bool,
+    softmax_scale: float, config: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Layout and forward of one call.
 
     ``q_ids, k_ids``: ``(B, N, H)`` bool keep masks (QK mode) or int32 bucket ids (hash mode).
     Returns ``out (B, N, H, D)``, the internal ``lse (B*H, N)`` float32 (log2 units, sorted
     order, ``+inf`` where a query sees no key) and ``meta``, the int32 layout buffer
-    (``plan.py``), which the backward reads. ``deterministic`` is only kept for the backward.
+    (``plan.py``), which the backward reads. ``config[4]`` (deterministic) is for the backward.
     """
-    return get_plan(q, k, v, (block_m, block_n, block_m_bwd, block_n_bwd)).forward(q, k, v, q_ids, k_ids,
-                                                                                  softmax_scale)
+    return get_plan(q, k, v, config).forward(q, k, v, q_ids, k_ids, softmax_scale)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, q_ids, k_ids, softmax_scale, block_m, block_n, block_m_bwd, block_n_bwd, deterministic):
+def _(q, k, v, q_ids, k_ids, softmax_scale, config):
     B, N, H, D = q.shape
-    meta = q.new_empty((sum(meta_sizes(B, H, N, block_m, block_n_bwd)),), dtype=torch.int32)
+    meta = q.new_empty((sum(meta_sizes(B, H, N, config[0], config[3])),), dtype=torch.int32)
     return torch.empty_like(q), q.new_empty((B * H, N), dtype=torch.float32), meta
 
 
 @torch.library.custom_op("leanattn::sparse_attn_bwd", mutates_args=())
 def _bwd_op(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    meta: torch.Tensor,
-    softmax_scale: float, block_m: int, block_n: int, block_m_bwd: int, block_n_bwd: int, deterministic: bool,
+    meta: torch.Tensor, softmax_scale: float, config: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)``, each ``(B, N, H, D)`` in the input dtype."""
-    plan = get_plan(q, k, v, (block_m, block_n, block_m_bwd, block_n_bwd))
-    return plan.backward(dout, q, k, v, out, lse, meta, softmax_scale, deterministic)
+    return get_plan(q, k, v, config).backward(dout, q, k, v, out, lse, meta, softmax_scale, bool(config[4]))
 
 
 @_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, meta, *rest):
+def _(dout, q, k, v, out, lse, meta, softmax_scale, config):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -103,13 +106,16 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, meta)
     ctx.params = inputs[5:]
     ctx.mark_non_differentiable(lse, meta)
+    ctx.set_materialize_grads(False)  # the unused grads of lse and meta stay None, not zero-filled buffers
 
 
 def _backward(ctx, dout, dlse, dmeta):
+    if dout is None:  # out did not reach the loss
+        return (None,) * 7
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     dq, dk, dv = _bwd_op(dout, *ctx.saved_tensors, *ctx.params)
-    return (dq, dk, dv) + (None,) * 8
+    return dq, dk, dv, None, None, None, None
 
 
 torch.library.register_autograd("leanattn::sparse_attn_fwd", _backward, setup_context=_setup_context)
@@ -169,9 +175,8 @@ def _check_buckets(name: str, x, q, n_buckets, validate) -> torch.Tensor:
 
 def _sparse_attention(q, k, v, q_ids, k_ids, scale, deterministic):
     cfg = sparse_config(q.shape[-1], q.device)
-    out, _, _ = _fwd_op(q, k, v, q_ids, k_ids, scale, cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd,
-                        bool(deterministic))
-    return out
+    config = [cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd, int(bool(deterministic))]
+    return _fwd_op(q, k, v, q_ids, k_ids, scale, config)[0]
 
 
 def qk_sparse_attention(

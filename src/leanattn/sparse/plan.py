@@ -112,18 +112,17 @@ class Plan:
             qk_compact_kernel[(self.BH, 2)](
                 q_ids, k_ids, m.q_perm, m.k_perm, m.q_group, m.k_group, m.live,
                 *_bnh(q_ids), *_bnh(k_ids), self.H, self.N, CHUNK=self.compact_chunk, num_warps=4)
-            src = (m.q_perm, m.q_group, m.k_perm, m.k_group)
+            src = (m.q_perm, m.q_group, m.k_perm, m.k_group, 0)
             has_dead, copy = True, False
         else:
             # one stable sort of both sides: (2, B, H, N) rows, positions kept in time order per group
             ids = torch.stack((q_ids.transpose(1, 2), k_ids.transpose(1, 2)))
             groups, perm = torch.sort(ids, dim=-1, stable=True)
-            (qg, kg), (qp, kp) = groups.unbind(0), perm.unbind(0)
-            src = (qp, qg, kp, kg)
+            src = (perm, groups, perm, groups, self.BH * self.N)  # keys: the second half
             has_dead, copy = False, True
         block_ranges_kernel[self.ranges_grid](
-            *src, m.q_perm, m.q_group, m.k_perm, m.k_group, m.live, m.q_ranges, m.kv_ranges, *self.ranges_args,
-            HAS_DEAD=has_dead, COPY=copy, **self.ranges_meta)
+            *src[:4], m.q_perm, m.q_group, m.k_perm, m.k_group, m.live, m.q_ranges, m.kv_ranges, src[4],
+            *self.ranges_args, HAS_DEAD=has_dead, COPY=copy, **self.ranges_meta)
 
     def forward(self, q, k, v, q_ids, k_ids, scale: float):
         """``(out (B, N, H, D), lse (BH, N) float32, meta (int32 layout buffer))``.
@@ -135,7 +134,7 @@ class Plan:
         meta = torch.empty((self.meta_numel,), dtype=torch.int32, device=q.device)
         if self.empty:
             return out, lse, meta
-        m = Meta(*meta.split(self.sizes))
+        m = Meta(*meta.split_with_sizes(self.sizes))
         self.layout(q_ids, k_ids, m)
         sparse_fwd_kernel[self.fwd_grid](
             q, k, v, out, lse, m.q_perm, m.q_group, m.k_perm, m.k_group, m.q_ranges,
@@ -156,7 +155,7 @@ class Plan:
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         if self.empty:
             return torch.zeros_like(q), dk, dv
-        m = Meta(*meta.split(self.sizes))
+        m = Meta(*meta.split_with_sizes(self.sizes))
         delta = torch.empty((self.BH, self.N), dtype=torch.float32, device=q.device)
         strides = (*self.qkv_strides, *_bnh(dout))
         tail = (scale, scale * LOG2E, self.H, self.N)
@@ -185,8 +184,9 @@ _PLANS: dict = {}
 _MAX_PLANS = 256  # a training run sees few signatures; drop the oldest past this
 
 
-def get_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: tuple) -> Plan:
-    """The cached :class:`Plan` of this signature."""
+def get_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles) -> Plan:
+    """The cached :class:`Plan` of this signature; ``tiles``: its first four entries are used."""
+    tiles = tuple(tiles[:4])
     key = (q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, tiles, runtime.interpreting())
     plan = _PLANS.get(key)
     if plan is None:
