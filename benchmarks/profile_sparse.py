@@ -122,7 +122,8 @@ def main():
     ap.add_argument("--B", type=int, default=8)
     ap.add_argument("--H", type=int, default=12)
     ap.add_argument("--N", type=int, default=4096)
-    ap.add_argument("--cases", default="qk:0.0,hash:1,qk:0.8", help="mode:param,... (qk: drop rate, hash: buckets)")
+    ap.add_argument("--cases", default="qk:0.0,hash:1,qk:0.8",
+                    help="mode:param,... (qk: drop rate, hash: buckets)")
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--json", default="", help="also write the summary here")
     args = ap.parse_args()

@@ -40,7 +40,7 @@ def _pattern(mode, B, N, H, device):
         return a, b
     if mode == "big":  # ids need not be contiguous: any int32 >= 0
         ids = torch.tensor([0, 7, 2**31 - 1, 123456789], dtype=torch.int32, device=device)
-        return ids[torch.randint(0, 4, (B, N, H), device=device)], ids[torch.randint(0, 4, (B, N, H), device=device)]
+        return tuple(ids[torch.randint(0, 4, (B, N, H), device=device)] for _ in range(2))
     nb = int(mode[4:])
     return (torch.randint(0, nb, (B, N, H), dtype=torch.int32, device=device),
             torch.randint(0, nb, (B, N, H), dtype=torch.int32, device=device))

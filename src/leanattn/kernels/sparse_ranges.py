@@ -66,10 +66,11 @@ def qk_compact_kernel(
     h = bh % H
     row = bh.to(tl.int64) * N
     if tl.program_id(1) == 0:
-        _compact(QKeep + b * stride_qb + h * stride_qh, stride_qn, QPerm + row, QGroup + row, Live + bh, N, 1, CHUNK)
+        keep = QKeep + b * stride_qb + h * stride_qh
+        _compact(keep, stride_qn, QPerm + row, QGroup + row, Live + bh, N, 1, CHUNK)
     else:
-        _compact(KKeep + b * stride_kb + h * stride_kh, stride_kn, KPerm + row, KGroup + row, Live + BH + bh, N, 2,
-                 CHUNK)
+        keep = KKeep + b * stride_kb + h * stride_kh
+        _compact(keep, stride_kn, KPerm + row, KGroup + row, Live + BH + bh, N, 2, CHUNK)
 
 
 @triton.jit

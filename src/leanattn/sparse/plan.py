@@ -4,8 +4,8 @@ A call at B=8, H=12, N=4k runs ~1 ms of forward kernels, so its host work must s
 that: everything that depends only on shapes, strides, dtype, device and tiles (grids, strides,
 kernel flags, the layout buffer's sizes) is computed once per signature and cached in a
 :class:`Plan`. A forward is then three allocations and three launches (QK mode: compaction,
-block ranges, attention) or two launches and two torch ops (hash mode: the stable sort of the
-bucket ids), and a backward three allocations and two launches.
+block ranges, attention) or two launches and two torch ops (hash mode: stacking and one stable
+sort of the bucket ids), and a backward four allocations and two launches.
 
 The layout of one call (``BH = B * H``) lives in one int32 buffer, the custom op's ``meta``
 output, so that the backward gets it as one saved tensor. Its segments, back to back (no
@@ -93,8 +93,8 @@ class Plan:
                                 BLOCK_N_BWD=self.bn_bwd, num_warps=4)
         self.compact_chunk = 1024
         # kernels
-        self.flags = dict(HEAD_DIM=D, UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,  # bf16 tl.dot is broken in the interpreter
-                          DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+        upcast = runtime.interpreting() and q.dtype == torch.bfloat16  # bf16 tl.dot is broken in the interpreter
+        self.flags = dict(HEAD_DIM=D, UPCAST=upcast, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
         self.out_strides = _bnh(torch.empty_like(q, device="meta"))  # out = empty_like(q)
         self.qkv_strides = (*_bnh(q), *_bnh(k), *_bnh(v))
         self.fwd_grid = (self.n_q, self.BH)
