@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import leanattn
 from leanattn import reference
-from leanattn.sparse import api, layout, lsh_buckets
+from leanattn.sparse import api, lsh_buckets
 from leanattn.testing import TOLERANCE, assert_rel_close
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -219,67 +219,19 @@ def test_strided_inputs_no_grad_and_determinism(device):
 
 
 # ----------------------------------------------------------------------------------------------
-# layout: block ranges against brute force
-
-
-@pytest.mark.parametrize("mode", ["qk", "hash1", "hash4", "hash40"])
-@pytest.mark.parametrize("blocks", [(16, 16), (32, 16), (16, 64)])
-def test_block_ranges_cover_exactly(mode, blocks):
-    torch.manual_seed(0)
-    B, N, H = 2, 150, 3
-    if mode == "qk":
-        qg, kg = layout.qk_groups(torch.rand(B, N, H) > 0.5, torch.rand(B, N, H) > 0.5)
-        lay = layout.build_layout(qg, kg, *layout.QK_DEAD)
-    else:
-        nb = int(mode[4:])
-        qg, kg = torch.randint(0, nb, (B, N, H)), torch.randint(0, nb, (B, N, H))
-        lay = layout.build_layout(qg, kg)
-    # positions are increasing inside each group (stable order)
-    assert (torch.diff(lay.q_key, dim=-1) > 0).all() and (torch.diff(lay.k_key, dim=-1) > 0).all()
-    vis = (lay.q_group[:, :, None] == lay.k_group[:, None, :]) & (lay.q_perm[:, :, None] >= lay.k_perm[:, None, :])
-    bm, bn = blocks
-    nq, nk = -(-N // bm), -(-N // bn)
-    pad = torch.zeros(B * H, nq * bm, nk * bn, dtype=torch.bool)
-    pad[:, :N, :N] = vis
-    tiles = pad.view(B * H, nq, bm, nk, bn)
-    any_vis = tiles.any(4).any(2)  # (BH, nq, nk)
-    valid = torch.zeros(nq * bm, nk * bn, dtype=torch.bool)
-    valid[:N, :N] = True
-    valid = valid.view(nq, bm, nk, bn)
-    all_vis = (tiles | ~valid).all(4).all(2) & valid.any(3).any(1)
-    for ranges, needed, full, transpose in (
-        (layout.block_ranges_q(lay, bm, bn), any_vis, all_vis, False),
-        (layout.block_ranges_kv(lay, bm, bn), any_vis.transpose(1, 2), all_vis.transpose(1, 2), True),
-    ):
-        lo, flo, fhi, hi = ranges.long().unbind(-1)
-        assert (lo <= flo).all() and (flo <= fhi).all() and (fhi <= hi).all()
-        idx = torch.arange(needed.shape[-1])
-        in_range = (idx >= lo[..., None]) & (idx < hi[..., None])
-        in_full = (idx >= flo[..., None]) & (idx < fhi[..., None])
-        assert not (needed & ~in_range).any(), "a tile with visible pairs is outside the range"
-        # tiles marked full really are full: only real tokens, all visible
-        assert not (in_full & ~full).any(), "an unmasked tile holds an invisible pair"
-        if mode in ("qk", "hash1"):  # groups in time order: ranges are tight, nothing to do = empty
-            assert ((hi > lo) == needed.any(-1)).all()
-    if mode == "hash1":  # one bucket: the full tiles are the causal off-diagonal tiles
-        lo, flo, fhi, hi = layout.block_ranges_q(lay, bm, bn).long().unbind(-1)
-        assert (fhi - flo).sum() > 0
-
-
-# ----------------------------------------------------------------------------------------------
 # torch.library registration
 
 
-def test_opcheck(device):
+@pytest.mark.parametrize("mode", ["qk", "hash"])
+def test_opcheck(device, mode):
     N = 20
     q, k, v = _inputs(1, N, 2, 64, torch.float32, device)
-    qb = torch.randint(0, 2, (1, N, 2), dtype=torch.int32, device=device)
-    lay = layout.build_layout(qb, qb)
+    if mode == "qk":
+        a, b = torch.rand(1, N, 2, device=device) > 0.3, torch.rand(1, N, 2, device=device) > 0.3
+    else:
+        a = b = torch.randint(0, 2, (1, N, 2), dtype=torch.int32, device=device)
     cfg = api.sparse_config(64, q.device)
-    qr = layout.block_ranges_q(lay, cfg.block_m, cfg.block_n)
-    kr = layout.block_ranges_kv(lay, cfg.block_m_bwd, cfg.block_n_bwd)
-    args = (q, k, v, lay.q_perm, lay.q_group, lay.k_perm, lay.k_group, qr, kr, 0.125,
-            cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd, True)
+    args = (q, k, v, a, b, 0.125, [cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd, 1])
     torch.library.opcheck(torch.ops.leanattn.sparse_attn_fwd.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
                                       "test_aot_dispatch_dynamic"))
@@ -405,7 +357,7 @@ def test_lsh_bad_inputs(device, kw, exc, match):
 
 
 def test_torch_compile_fullgraph(device):
-    # layout (sort, searchsorted) traces; the kernels stay inside the custom ops
+    # validation traces; the layout and the kernels run inside the custom ops
     f = torch.compile(lambda q, k, v, a, b: leanattn.hash_sparse_attention(q, k, v, a, b), fullgraph=True,
                       dynamic=True)
     for N in (24, 37):

@@ -1,9 +1,10 @@
 """Sparse causal flash attention kernels (SCFA): forward, backward preprocess, dK/dV, dQ.
 
-The tokens of every (batch, head) are visited in a sorted order (``sparse/layout.py``): row
-``r`` of a tile is the token at original position ``perm[r]``, loaded straight from the
-``(B, N, H, D)`` inputs (no gathered copies), and ``group[r]`` is its group id. The element
-mask is ``(q_group == k_group) & (q_pos >= k_pos)``, causal on original positions.
+The tokens of every (batch, head) are visited in a sorted order (``sparse/layout.py``, computed
+by ``kernels/sparse_ranges.py``): row ``r`` of a tile is the token at original position
+``perm[r]``, loaded straight from the ``(B, N, H, D)`` inputs (no gathered copies), and
+``group[r]`` is its group id. The element mask is ``(q_group == k_group) & (q_pos >= k_pos)``,
+causal on original positions.
 
 Each program reads its block range ``[lo, full_lo, full_hi, hi]`` (precomputed once per call)
 and runs three loops: masked ``[lo, full_lo)``, unmasked ``[full_lo, full_hi)``, masked
@@ -12,13 +13,15 @@ and runs three loops: masked ``[lo, full_lo)``, unmasked ``[full_lo, full_hi)``,
 * ``sparse_fwd_kernel``: grid ``(q blocks, B*H)``; FlashAttention-2 online softmax; writes the
   output rows at their original positions and the per-row LSE (log2 units, sorted order,
   ``+inf`` for a row that sees no key so that the backward's ``exp2(s - lse)`` is 0).
-* ``sparse_bwd_preprocess_kernel``: ``delta = rowsum(out * dout)`` in sorted order.
+* ``sparse_bwd_preprocess_kernel`` (atomic dQ only): ``delta = rowsum(out * dout)`` in sorted
+  order, and the float32 dQ zeroed.
 * ``sparse_dkdv_kernel``: grid ``(key blocks, B*H)``, as FlashAttention-2: each program owns a
   key block and loops over the query blocks that see it; dK, dV stay in registers.
 * ``sparse_dq_kernel``: grid ``(q blocks, B*H)``: a separate pass, so no atomics and the
-  gradients are bitwise deterministic (the default). ``deterministic=False`` instead adds dQ
-  with float32 atomics from the dK/dV programs, as FlashAttention-2 does: two fewer matmuls
-  per tile pair, at the price of run-to-run rounding differences in dQ.
+  gradients are bitwise deterministic (the default); it runs before dK/dV and writes delta
+  itself. ``deterministic=False`` instead adds dQ with float32 atomics from the dK/dV
+  programs, as FlashAttention-2 does: two fewer matmuls per tile pair, at the price of
+  run-to-run rounding differences in dQ.
 
 Scores are in log2 units: ``qk_scale = softmax_scale * log2(e)``.
 """
@@ -193,19 +196,24 @@ def sparse_fwd_kernel(
 
 @triton.jit
 def sparse_bwd_preprocess_kernel(
-    Out, DOut, Delta, QPerm,  #
+    Out, DOut, Delta, DQ, QPerm,  #
     stride_ob, stride_on, stride_oh,  #
     stride_db, stride_dn, stride_dh,  #
+    stride_qb, stride_qn, stride_qh,  #
     H, N,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """``Delta[bh, r] = sum_d out * dout`` of the ``r``-th sorted query, in float32."""
+    """For the atomic-dQ backward: ``Delta[bh, r] = sum_d out * dout`` of the ``r``-th sorted
+    query, in float32, and that query's row of the float32 ``DQ`` zeroed (the dK/dV pass adds
+    into it; every row is some sorted query's, so the whole of ``DQ`` is zeroed)."""
     blk, bh, b, h, row0 = _program(H, N, False)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_m, valid_m, pos, _ = _tokens(QPerm + row0, QPerm + row0, blk, N, BLOCK_M, 0)
     o = _rows(_head(Out, b, h, stride_ob, stride_oh), pos, valid_m, stride_on, offs_d, True)
     do = _rows(_head(DOut, b, h, stride_db, stride_dh), pos, valid_m, stride_dn, offs_d, True)
     tl.store(Delta + row0 + offs_m, tl.sum(o * do, 1), mask=valid_m)
+    dq_ptrs = _head(DQ, b, h, stride_qb, stride_qh) + pos.to(tl.int64)[:, None] * stride_qn + offs_d[None, :]
+    tl.store(dq_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], tl.float32), mask=valid_m[:, None])
 
 
 @triton.jit
@@ -320,18 +328,23 @@ def _dq_tiles(
 @triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
 @triton.jit
 def sparse_dq_kernel(
-    Q, K, V, DO, DQ, Lse, Delta,  #
+    Q, K, V, DO, DQ, Out, Lse, Delta,  #
     QPerm, QGroup, KPerm, KGroup, Ranges,  #
     stride_qb, stride_qn, stride_qh,  #
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
     stride_dob, stride_don, stride_doh,  #
     stride_dqb, stride_dqn, stride_dqh,  #
+    stride_ob, stride_on, stride_oh,  #
     sm_scale, qk_scale, H, N, n_blocks,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """dQ of one block of ``BLOCK_M`` sorted queries; ``Ranges`` are in key blocks of ``BLOCK_N``."""
+    """dQ of one block of ``BLOCK_M`` sorted queries; ``Ranges`` are in key blocks of ``BLOCK_N``.
+
+    Runs before the dK/dV pass: it computes its own rows' ``delta = rowsum(out * dout)`` (float32)
+    and writes them to ``Delta`` for that pass, so no separate preprocess launch is needed.
+    """
     blk, bh, b, h, row0 = _program(H, N, True)
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
@@ -339,8 +352,10 @@ def sparse_dq_kernel(
     offs_m, valid_m, q_pos, q_grp = _tokens(QPerm + row0, QGroup + row0, blk, N, BLOCK_M, -1)
     q = _rows(_head(Q, b, h, stride_qb, stride_qh), q_pos, valid_m, stride_qn, offs_d, UPCAST)
     do = _rows(_head(DO, b, h, stride_dob, stride_doh), q_pos, valid_m, stride_don, offs_d, UPCAST)
+    o = _rows(_head(Out, b, h, stride_ob, stride_oh), q_pos, valid_m, stride_on, offs_d, True)
+    delta = tl.sum(o * do.to(tl.float32), 1)
+    tl.store(Delta + row0 + offs_m, delta, mask=valid_m)
     lse = tl.load(Lse + row0 + offs_m, mask=valid_m, other=float("inf"))
-    delta = tl.load(Delta + row0 + offs_m, mask=valid_m, other=0.0)
     lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
 
     K_bh = _head(K, b, h, stride_kb, stride_kh)

@@ -1,9 +1,10 @@
 """``qk_sparse_attention`` and ``hash_sparse_attention``: exact sparse causal flash attention.
 
-Three layers, as elsewhere in leanattn: the Triton kernels (``kernels/sparse_attn.py``), two
-``torch.library`` custom ops (forward, backward) tied together with ``register_autograd``, and
-the public functions, which validate their inputs, sort the tokens (``layout.py``) and call the
-forward op.
+Three layers, as elsewhere in leanattn: the Triton kernels (``kernels/sparse_attn.py``, and
+``kernels/sparse_ranges.py`` for the layout), two ``torch.library`` custom ops (forward,
+backward) tied together with ``register_autograd``, whose launches are cached per signature in
+``plan.py``, and the public functions, which validate their inputs and call the forward op with
+the keep masks or bucket ids as they are: the forward op computes the layout itself.
 """
 from __future__ import annotations
 
@@ -12,20 +13,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import triton
 
-from .. import checks, runtime
-from ..kernels.sparse_attn import (
-    sparse_bwd_preprocess_kernel,
-    sparse_dkdv_kernel,
-    sparse_dq_kernel,
-    sparse_fwd_kernel,
-)
-from .layout import QK_DEAD, block_ranges_kv, block_ranges_q, build_layout, qk_groups
+from .. import checks
+from .plan import get_plan, meta_sizes
 
 __all__ = ["qk_sparse_attention", "hash_sparse_attention", "SparseConfig", "sparse_config"]
 
-LOG2E = 1.4426950408889634
 HEAD_DIMS = (64, 128)
 MAX_GROUP = 2**31 - 1
 
@@ -65,106 +58,64 @@ def sparse_config(head_dim: int, device: torch.device) -> SparseConfig:
     return SparseConfig(128, 64, 32, 128)
 
 
-def _kernel_flags(q: torch.Tensor) -> dict:
-    upcast = runtime.interpreting() and q.dtype == torch.bfloat16  # bf16 tl.dot is broken in the interpreter
-    return dict(HEAD_DIM=q.shape[-1], UPCAST=upcast,
-                DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
-
-
-def _strides(x: torch.Tensor):
-    # (B, N, H, D) -> batch, token, head strides
-    return x.stride(0), x.stride(1), x.stride(2)
+# The ops take the tiles and the backward mode as one int list ``config = [block_m, block_n,
+# block_m_bwd, block_n_bwd, deterministic]``: torch.library's autograd wrapper costs time
+# quadratic in the number of schema arguments on every call (``fill_defaults`` rebuilds the
+# argument list per argument), ~65 us at eleven arguments.
 
 
 @torch.library.custom_op("leanattn::sparse_attn_fwd", mutates_args=())
 def _fwd_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    q_perm: torch.Tensor, q_group: torch.Tensor, k_perm: torch.Tensor, k_group: torch.Tensor,
-    q_ranges: torch.Tensor, kv_ranges: torch.Tensor,
-    softmax_scale: float, block_m: int, block_n: int, block_m_bwd: int, block_n_bwd: int, deterministic: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns ``out (B, N, H, D)`` and the internal ``lse (B*H, N)`` float32 (log2 units, sorted
-    order, ``+inf`` where a query sees no key). ``kv_ranges`` is only kept for the backward."""
-    B, N, H, D = q.shape
-    out = torch.empty_like(q)
-    lse = torch.empty((B * H, N), dtype=torch.float32, device=q.device)
-    if out.numel() == 0:
-        return out, lse
-    n_blocks = triton.cdiv(N, block_m)
-    sparse_fwd_kernel[(n_blocks, B * H)](
-        q, k, v, out, lse, q_perm, q_group, k_perm, k_group, q_ranges,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        softmax_scale * LOG2E, H, N, n_blocks,
-        BLOCK_M=block_m, BLOCK_N=block_n, **_kernel_flags(q))
-    return out, lse
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_ids: torch.Tensor, k_ids: torch.Tensor,
+    softmax_scale: float, config: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layout and forward of one call.
+
+    ``q_ids, k_ids``: ``(B, N, H)`` bool keep masks (QK mode) or int32 bucket ids (hash mode).
+    Returns ``out (B, N, H, D)``, the internal ``lse (B*H, N)`` float32 (log2 units, sorted
+    order, ``+inf`` where a query sees no key) and ``meta``, the int32 layout buffer
+    (``plan.py``), which the backward reads. ``config[4]`` (deterministic) is for the backward.
+    """
+    return get_plan(q, k, v, config).forward(q, k, v, q_ids, k_ids, softmax_scale)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges, softmax_scale, block_m, block_n,
-      block_m_bwd, block_n_bwd, deterministic):
+def _(q, k, v, q_ids, k_ids, softmax_scale, config):
     B, N, H, D = q.shape
-    return torch.empty_like(q), q.new_empty((B * H, N), dtype=torch.float32)
+    meta = q.new_empty((sum(meta_sizes(B, H, N, config[0], config[3])),), dtype=torch.int32)
+    return torch.empty_like(q), q.new_empty((B * H, N), dtype=torch.float32), meta
 
 
 @torch.library.custom_op("leanattn::sparse_attn_bwd", mutates_args=())
 def _bwd_op(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    q_perm: torch.Tensor, q_group: torch.Tensor, k_perm: torch.Tensor, k_group: torch.Tensor,
-    q_ranges: torch.Tensor, kv_ranges: torch.Tensor,
-    softmax_scale: float, block_m: int, block_n: int, block_m_bwd: int, block_n_bwd: int, deterministic: bool,
+    meta: torch.Tensor, softmax_scale: float, config: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)``, each ``(B, N, H, D)`` in the input dtype."""
-    B, N, H, D = q.shape
-    dk, dv = torch.empty_like(k), torch.empty_like(v)
-    # deterministic: dQ by its own pass; otherwise float32 atomics from the dK/dV programs
-    dq = torch.empty_like(q) if deterministic else torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    if q.numel() == 0:
-        return dq.to(q.dtype), dk, dv
-    flags = _kernel_flags(q)
-    delta = torch.empty((B * H, N), dtype=torch.float32, device=q.device)
-    sparse_bwd_preprocess_kernel[(triton.cdiv(N, block_m), B * H)](
-        out, dout, delta, q_perm, *_strides(out), *_strides(dout), H, N,
-        HEAD_DIM=D, BLOCK_M=block_m, num_warps=4)
-    common = (*_strides(q), *_strides(k), *_strides(v), *_strides(dout))
-    n_kv = triton.cdiv(N, block_n_bwd)
-    sparse_dkdv_kernel[(n_kv, B * H)](
-        q, k, v, dout, dk, dv, lse, delta, q_perm, q_group, k_perm, k_group, kv_ranges,
-        *common, *_strides(dk), *_strides(dv), dq, *_strides(dq),
-        softmax_scale, softmax_scale * LOG2E, H, N, n_kv,
-        BLOCK_M=block_m_bwd, BLOCK_N=block_n_bwd, ATOMIC_DQ=not deterministic, **flags)
-    if not deterministic:
-        return dq.to(q.dtype), dk, dv
-    n_q = triton.cdiv(N, block_m)
-    sparse_dq_kernel[(n_q, B * H)](
-        q, k, v, dout, dq, lse, delta, q_perm, q_group, k_perm, k_group, q_ranges,
-        *common, *_strides(dq),
-        softmax_scale, softmax_scale * LOG2E, H, N, n_q,
-        BLOCK_M=block_m, BLOCK_N=block_n, **flags)
-    return dq, dk, dv
+    return get_plan(q, k, v, config).backward(dout, q, k, v, out, lse, meta, softmax_scale, bool(config[4]))
 
 
 @_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, *rest):
+def _(dout, q, k, v, out, lse, meta, softmax_scale, config):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges = inputs[:9]
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges)
-    ctx.params = inputs[9:]
-    ctx.mark_non_differentiable(lse)
+    q, k, v = inputs[:3]
+    out, lse, meta = output
+    ctx.save_for_backward(q, k, v, out, lse, meta)
+    ctx.params = inputs[5:]
+    ctx.mark_non_differentiable(lse, meta)
+    ctx.set_materialize_grads(False)  # the unused grads of lse and meta stay None, not zero-filled buffers
 
 
-def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges = ctx.saved_tensors
-    if kv_ranges.dim() != 3:
-        raise RuntimeError("sparse attention: the forward ran without grad mode, so no backward ranges were built")
+def _backward(ctx, dout, dlse, dmeta):
+    if dout is None:  # out did not reach the loss
+        return (None,) * 7
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
-    dq, dk, dv = _bwd_op(dout, q, k, v, out, lse, q_perm, q_group, k_perm, k_group, q_ranges, kv_ranges,
-                         *ctx.params)
-    return (dq, dk, dv) + (None,) * 12
+    dq, dk, dv = _bwd_op(dout, *ctx.saved_tensors, *ctx.params)
+    return dq, dk, dv, None, None, None, None
 
 
 torch.library.register_autograd("leanattn::sparse_attn_fwd", _backward, setup_context=_setup_context)
@@ -222,18 +173,10 @@ def _check_buckets(name: str, x, q, n_buckets, validate) -> torch.Tensor:
 # public functions
 
 
-def _sparse_attention(q, k, v, q_groups, k_groups, scale, deterministic, dead=(None, None)):
+def _sparse_attention(q, k, v, q_ids, k_ids, scale, deterministic):
     cfg = sparse_config(q.shape[-1], q.device)
-    layout = build_layout(q_groups, k_groups, *dead)
-    q_ranges = block_ranges_q(layout, cfg.block_m, cfg.block_n)
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if needs_grad:
-        kv_ranges = block_ranges_kv(layout, cfg.block_m_bwd, cfg.block_n_bwd)
-    else:
-        kv_ranges = q_ranges.new_empty((0,))
-    out, _ = _fwd_op(q, k, v, layout.q_perm, layout.q_group, layout.k_perm, layout.k_group, q_ranges, kv_ranges,
-                     scale, cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd, bool(deterministic))
-    return out
+    config = [cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd, int(bool(deterministic))]
+    return _fwd_op(q, k, v, q_ids, k_ids, scale, config)[0]
 
 
 def qk_sparse_attention(
@@ -278,11 +221,12 @@ def qk_sparse_attention(
 
     Notes
     -----
-    Kept tokens are compacted per (batch, head) by a stable sort (time order is kept), and the
-    kernels read the compacted rows in place through the resulting index. The key blocks each
-    query block needs are found by binary search once per call, so the work is about
-    ``(1 - drop)^2`` of dense causal attention. Backward: dK/dV by one program per key block
-    (FlashAttention-2), dQ by a separate pass (deterministic) or by atomics. No host sync. Forward
+    Kept tokens are compacted per (batch, head) by a prefix sum over the keep mask (a stable
+    order: time order is kept), and the kernels read the compacted rows in place through the
+    resulting index. The key blocks each query block needs are found by binary search once per
+    call, in the same Triton launch for all blocks, so the work is about ``(1 - drop)^2`` of
+    dense causal attention. Backward: dK/dV by one program per key block (FlashAttention-2), dQ
+    by a separate pass (deterministic) or by atomics. No host sync. Forward (with the layout)
     and backward are the custom ops ``torch.ops.leanattn.sparse_attn_fwd`` / ``_bwd``.
 
     Examples
@@ -296,8 +240,7 @@ def qk_sparse_attention(
         _check_per_token(name, x, q)
         if x.dtype != torch.bool:
             raise TypeError(f"{name}: expected dtype torch.bool, got {x.dtype}")
-    q_groups, k_groups = qk_groups(q_keep, k_keep)
-    return _sparse_attention(q, k, v, q_groups, k_groups, scale, deterministic, dead=QK_DEAD)
+    return _sparse_attention(q, k, v, q_keep, k_keep, scale, deterministic)
 
 
 def hash_sparse_attention(
@@ -351,10 +294,10 @@ def hash_sparse_attention(
 
     Notes
     -----
-    Tokens are sorted per (batch, head) by (bucket, position) with a stable sort, so each bucket
-    is a contiguous, time-ordered run; a query block needs only the key blocks overlapping its
-    buckets up to its last position, found by binary search once per call. With ``nb`` random
-    buckets the work is about ``1/nb`` of dense causal attention.
+    Tokens are sorted per (batch, head) by (bucket, position) with one stable sort of the query
+    and key ids together, so each bucket is a contiguous, time-ordered run; a query block needs
+    only the key blocks overlapping its buckets up to its last position, found by binary search
+    once per call. With ``nb`` random buckets the work is about ``1/nb`` of dense causal attention.
 
     Examples
     --------

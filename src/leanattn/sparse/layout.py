@@ -21,6 +21,11 @@ too; kernels skip the element mask there.
 
 All tensors here are ``(B * H, ...)`` with rows in (batch, head) order. Nothing syncs with
 the host, so the layout is usable under ``torch.compile`` and CUDA-graph capture.
+
+This module is the *reference* of the layout, in torch ops (about fifty small launches per
+call). The ops compute the same layout with two Triton launches (``kernels/sparse_ranges.py``,
+launched from ``plan.py``); tests check that both agree exactly, and the flex_attention peer of
+``benchmarks/bench_sparse.py`` builds its BlockMask from this one.
 """
 from __future__ import annotations
 
