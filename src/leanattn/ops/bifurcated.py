@@ -7,214 +7,27 @@ sample's own tokens in the same launch (see ``kernels/bifurcated.py``).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Optional, Sequence
 
 import torch
-import triton
 
 from .. import checks, runtime
-from ..kernels.bifurcated import bifurcated_decode_kernel
-from ..kernels.bifurcated_concat import concat_decode_kernel
 from ..merges.states import merge_states
-from .decode import _capacity, validate_decode
-from .decode_config import DecodeConfig, decode_config
+from .bifurcated_launch import Plan
+from .decode import validate_decode
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
-
-LOG2E = 1.4426950408889634
-
-
-_ENV_FIELDS = ("block_h_cap", "block_np", "num_warps", "num_stages", "ctas_per_sm", "block_ptr", "block_no", "order",
-               "evict")
-
-
-def _env_config() -> dict:
-    """``LEANATTN_BIFURCATED_CONFIG=block_h_cap,block_np,num_warps,num_stages,ctas_per_sm,block_ptr,block_no,order,evict``
-    (0 = default; ``order`` is ``ORDER + 1``, ``evict`` 1 = on, 2 = off): launch overrides for benchmark sweeps."""
-    raw = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
-    vals = tuple(int(x) for x in raw.split(",")) if raw else ()
-    vals = vals + (0,) * (len(_ENV_FIELDS) - len(vals))
-    return dict(zip(_ENV_FIELDS, vals))
-
-
-@dataclasses.dataclass(frozen=True)
-class LaunchConfig:
-    own: DecodeConfig   # the own-token pass (and the one-sample path): rows per dot, head blocks, tile
-    block_hp: int       # stacked prefix rows per tl.dot
-    block_np: int       # prefix tokens per tile
-    block_no: int       # own tokens per tile
-    num_warps: int
-    num_stages: int
-    ctas_per_sm: int    # cap on resident programs per SM
-    block_ptr: bool     # block pointers for contiguous caches
-    order: int          # ORDER of kernels/bifurcated.py: which list a program walks first
-    evict: str          # eviction policy of the streamed K/V loads
-
-
-def launch_config(rows: int, head_dim: int, group: int, device: torch.device, block_h: int = 0,
-                  block_n: int = 0) -> LaunchConfig:
-    """Launch configuration for ``rows`` stacked prefix rows per kv head.
-
-    The prefix pass stacks all rows of a kv head up to 128 per ``tl.dot`` (64 at D=256): fewer head
-    blocks, fewer re-reads of each prefix tile. 128-row blocks take 64-token tiles, 8 warps and 3
-    stages (the decode sweep on H100: 64-token tiles with 8 warps need 3 stages to stream at full rate;
-    128 x 128 tiles would leave one program per SM). Own tiles keep the decode table's size (128 at
-    D <= 128): 256 own tokens are two tiles. ``block_n`` (op argument, tests) sets both tile sizes.
-
-    Block pointers for contiguous caches (``block_ptr``, off by default): offline ``ptxas`` for sm_90a
-    shows decode's pointer-tensor loop at 32-56 registers with kilobytes of spills, the block-pointer
-    loop at 255 registers with almost none; which streams faster is for the sweep to say.
-    """
-    env = _env_config()
-    cfg = decode_config(head_dim, group, device, block_n or None)
-    cap = env["block_h_cap"] or (64 if head_dim > 128 else 128)
-    block_hp = block_h or max(16, min(cap, triton.next_power_of_2(max(rows, 1))))
-    bn, warps, stages = cfg.block_n, cfg.num_warps, cfg.num_stages
-    cuda = device.type == "cuda"
-    if block_hp > 64 and cuda:
-        bn = min(bn, 64)
-        warps, stages = max(warps, 8), max(stages, 3)
-    block_np = block_n or env["block_np"] or bn
-    block_no = block_n or env["block_no"] or cfg.block_n
-    order = env["order"] - 1 if env["order"] else 2
-    evict = {0: "evict_first" if cuda else "", 1: "evict_first", 2: ""}[env["evict"]]
-    return LaunchConfig(cfg, block_hp, block_np, block_no, env["num_warps"] or warps, env["num_stages"] or stages,
-                        env["ctas_per_sm"] or cfg.ctas_per_sm, bool(env["block_ptr"]), order, evict)
-
-
-def _occupancy_grid(kernel, args, meta, device, ctas_per_sm, info) -> int:
-    """``SMs x programs that fit on one SM`` (capped by ``ctas_per_sm``) for a persistent grid;
-    the compiled kernel's registers, spills and shared memory go into ``info``."""
-    occ = 1
-    if device.type == "cuda":
-        compiled = kernel.warmup(*args, grid=(1,), **meta)
-        occ = runtime.occupancy(compiled, device)
-        info.update(n_regs=getattr(compiled, "n_regs", None), n_spills=getattr(compiled, "n_spills", None),
-                    shared=compiled.metadata.shared, occupancy=occ)
-    return runtime.num_sms(device) * max(1, min(occ, ctas_per_sm))
-
-
-class _Plan:
-    """Launch constants of one call signature (shapes, strides, dtypes, options); cached.
-
-    Two kernels: with at most one sample per prompt and own tokens (``concat``) the decode schedule
-    over prefix + own (``kernels/bifurcated_concat.py``), else the two-list bifurcated kernel.
-    """
-
-    def __init__(self, q, pk, pv, k, v, seqlens, block_table, has_plens, single, n_max, scale, workers, block_h,
-                 block_n):
-        B, Hq, D = q.shape
-        G, P, Hkv = pk.shape[0], pk.shape[1], pk.shape[2]
-        device = q.device
-        group = Hq // Hkv
-        has_own = k is not None
-        self.concat = has_own and n_max == 1
-        lc = launch_config(n_max * group, D, group, device, block_h, block_n)
-        cfg = lc.own
-        self.n_hb = n_hb = 1 if self.concat else triton.cdiv(n_max * group, lc.block_hp)
-        paged = block_table is not None
-        self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
-        self.dummy_kv = runtime.workspace("dummy_kv", device, (1, 1, Hkv, D), q.dtype, zero=True)
-        cap = _capacity(k, block_table) if has_own else 0
-        common = dict(HEAD_DIM=D, HAS_SEQLENS=seqlens is not None, HAS_PREFIX_LENS=has_plens, SINGLE_PREFIX=single,
-                      BLOCK_PTR=lc.block_ptr, EVICT=lc.evict,
-                      UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
-                      DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
-        # empty caches are replaced by a one-token dummy (with zero length), so no pointer is dangling
-        self.empty_prefix = P == 0
-        self.empty_own = has_own and cap == 0
-        pk_s = self.dummy_kv if self.empty_prefix else pk
-        pv_s = self.dummy_kv if self.empty_prefix else pv
-        k_s = self.dummy_kv if (not has_own or self.empty_own) else k
-        v_s = self.dummy_kv if (not has_own or self.empty_own) else v
-        self.own_paged = own_paged = paged and not self.empty_own
-        page_size = k.shape[1] if own_paged else 0  # 0: contiguous own cache
-        strides = (q.stride(0), q.stride(1),
-                   pk_s.stride(0) if G > 1 and P else 0, pk_s.stride(1), pk_s.stride(2),
-                   pv_s.stride(0) if G > 1 and P else 0, pv_s.stride(1), pv_s.stride(2),
-                   k_s.stride(0), k_s.stride(1), k_s.stride(2),
-                   v_s.stride(0), v_s.stride(1), v_s.stride(2),
-                   Hq * D, D, Hq,  # out and lse are allocated contiguous
-                   block_table.stride(0) if own_paged else 0)
-        self.info = {}  # launch facts for benchmarks: grid, tiles, registers, spills, occupancy
-        d, f = self.dummy_i32, torch.empty((1,), dtype=torch.float32, device=device)
-        kv = self.dummy_kv
-        if self.concat:
-            # decode's launch (tile, warps, stages) unless the sweep overrides it
-            env = _env_config()
-            self.kernel = concat_decode_kernel
-            self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
-                             BLOCK_N=block_n or env["block_no"] or cfg.block_n,
-                             BLOCK_B=max(16, triton.next_power_of_2(B)), PAGE_SIZE=page_size,
-                             num_warps=env["num_warps"] or cfg.num_warps, num_stages=env["num_stages"] or cfg.num_stages)
-            self.tail = strides + (scale * LOG2E, B, P, cap)
-            n = workers if workers > 0 else _occupancy_grid(
-                concat_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, *self.tail), self.meta, device,
-                cfg.ctas_per_sm, self.info)
-            self.grid = (n,)
-            self.ws = (runtime.workspace("bif_acc_o", device, (2 * n, cfg.block_h, D), torch.float32),
-                       runtime.workspace("bif_ml_o", device, (2 * n, 2, cfg.block_h), torch.float32),
-                       runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True))
-        else:
-            self.kernel = bifurcated_decode_kernel
-            self.meta = dict(
-                common, HQ=Hq, HKV=Hkv, GROUP=group, BLOCK_HP=lc.block_hp, N_HB=n_hb, BLOCK_HO=cfg.block_h,
-                N_HBO=cfg.n_hb, BLOCK_NP=lc.block_np, BLOCK_NO=lc.block_no,
-                BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_B=max(16, triton.next_power_of_2(B)),
-                HAS_OWN=has_own, PAGE_SIZE=page_size, ORDER=lc.order, num_warps=lc.num_warps,
-                num_stages=lc.num_stages)
-            n_sm = runtime.num_sms(device)
-            self.tail = strides + (scale * LOG2E, B, G, P, cap, n_sm)
-            if workers <= 0:
-                workers = _occupancy_grid(
-                    bifurcated_decode_kernel,
-                    (q, kv, kv, kv, kv, q, f, d, d, d, d, d, d, f, f, d, f, f, d, f, f, d, *self.tail), self.meta,
-                    device, lc.ctas_per_sm, self.info)
-            # whole teams of N_HB programs
-            n = max(1, workers // n_hb) * n_hb
-            self.grid = (n,)
-            rows = B * Hq if has_own else 1  # prefix/own states of each query row, merged by the second arriver
-            self.ws = (runtime.workspace("bif_acc_p", device, (2 * n, lc.block_hp, D), torch.float32),
-                       runtime.workspace("bif_ml_p", device, (2 * n, 2, lc.block_hp), torch.float32),
-                       runtime.workspace("bif_counters_p", device, (n,), torch.int32, zero=True),
-                       runtime.workspace("bif_acc_o", device, (2 * n, cfg.block_h, D), torch.float32),
-                       runtime.workspace("bif_ml_o", device, (2 * n, 2, cfg.block_h), torch.float32),
-                       runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True),
-                       runtime.workspace("bif_state_out", device, (2, rows, D), torch.float32),
-                       runtime.workspace("bif_state_lse", device, (2, rows), torch.float32),
-                       runtime.workspace("bif_arrivals", device, (rows,), torch.int32, zero=True))
-        self.info.update(grid=self.grid[0], teams=self.grid[0] // self.n_hb, kernel=self.kernel.__name__,
-                         **{k: v for k, v in self.meta.items() if k in (
-                             "BLOCK_HP", "N_HB", "BLOCK_HO", "BLOCK_H", "BLOCK_N", "BLOCK_NP", "BLOCK_NO", "BLOCK_PTR",
-                             "ORDER", "EVICT", "num_warps", "num_stages")})
-
-    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, ids, groups, out, lse):
-        d = self.dummy_i32
-        if self.empty_prefix:
-            pk = pv = self.dummy_kv
-        if k is None or self.empty_own:
-            k = v = self.dummy_kv
-        plens = d if plens is None else plens
-        seqlens = d if seqlens is None else seqlens
-        bt = block_table if self.own_paged else d
-        if self.concat:
-            self.kernel[self.grid](q, pk, pv, k, v, out, lse, plens, d if ids is None else ids, seqlens, bt,
-                                   *self.ws, *self.tail, **self.meta)
-            return
-        counts, starts, order = groups if groups is not None else (d, d, d)
-        self.kernel[self.grid](q, pk, pv, k, v, out, lse, plens, counts, starts, order, seqlens, bt,
-                               *self.ws, *self.tail, **self.meta)
-
 
 _PLANS: dict = {}
 
 
 def _group_layout(prefix_ids: torch.Tensor, G: int):
-    """``(counts (G,), starts (G,), order (B,))`` int32: samples sorted by prompt.
+    """``(counts (G,), starts (G,), order (B,), rank (B,))`` int32: samples sorted by prompt.
 
-    No host sync and no atomics (deterministic, capturable in a CUDA graph).
+    Prompt ``g`` has ``counts[g]`` samples, its ``j``-th being ``order[starts[g] + j]``; sample ``b``
+    is the ``rank[b]``-th of its prompt. No host sync and no atomics (deterministic, capturable in a
+    CUDA graph).
     """
     ids = prefix_ids.long()
     order = torch.argsort(ids, stable=True)
@@ -222,7 +35,9 @@ def _group_layout(prefix_ids: torch.Tensor, G: int):
     sorted_ids = ids[order]
     starts = torch.searchsorted(sorted_ids, prompts)
     counts = torch.searchsorted(sorted_ids, prompts, right=True) - starts
-    return counts.to(torch.int32), starts.to(torch.int32), order.to(torch.int32)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.shape[0], device=ids.device) - starts[sorted_ids]
+    return counts.to(torch.int32), starts.to(torch.int32), order.to(torch.int32), rank.to(torch.int32)
 
 
 def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
@@ -260,8 +75,8 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
            os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens is not None,
-                     single, n_max, softmax_scale, num_programs, block_h, block_n)
+        plan = Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens is not None,
+                    single, n_max, softmax_scale, num_programs, block_h, block_n)
         _PLANS[key] = plan
     plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
              out, lse)
