@@ -54,38 +54,39 @@ def prefix_states_kernel(
     else:
         n_g = tl.load(GroupCount + g)
         first = tl.load(GroupStart + g)
-    # a block past the prompt's rows is never read: nothing to do
-    if member * BLOCK_HP < n_g * GROUP:
-        if HAS_PREFIX_LENS:
-            plen = tl.minimum(tl.load(PrefixLens + g), prefix_cap)
-        else:
-            plen = prefix_cap
-        lo = s * chunk
-        hi = tl.minimum(lo + chunk, tl.cdiv(plen, BLOCK_N))
-        # -- the block's query rows: sample j = row // GROUP of the prompt, head row % GROUP --
-        rows = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
-        offs_d = tl.arange(0, HEAD_DIM)
-        j = rows // GROUP
-        valid = j < n_g
-        if SINGLE_PREFIX:
-            b_rows = j
-        else:
-            b_rows = tl.load(Order + first + j, mask=valid, other=0)
-        h_rows = kvh * GROUP + rows % GROUP
-        q = tl.load(Q + b_rows.to(tl.int64)[:, None] * stride_qb + h_rows[:, None] * stride_qh + offs_d[None, :],
-                    mask=valid[:, None], other=0.0)
-        if UPCAST:
-            q = q.to(tl.float32)
-        # the prefix is contiguous (PAGE_SIZE 0): the block table argument is never read
-        acc, m_i, l_i = attend_any(
-            q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale,  #
-            stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-            HEAD_DIM, BLOCK_HP, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION, EVICT)
-        # -- normalised state; an empty split is (0, -inf), the merge's identity --
-        empty = l_i == 0.0
-        l_safe = tl.where(empty, 1.0, l_i)
-        o = acc / l_safe[:, None]
-        lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))
-        slot = ((g.to(tl.int64) * HKV + kvh) * S + s) * (N_HB * BLOCK_HP) + rows
-        tl.store(StO + slot[:, None] * HEAD_DIM + offs_d[None, :], o, mask=valid[:, None])
-        tl.store(StL + slot, lse2, mask=valid)
+    if HAS_PREFIX_LENS:
+        plen = tl.minimum(tl.load(PrefixLens + g), prefix_cap)
+    else:
+        plen = prefix_cap
+    lo = s * chunk
+    hi = tl.minimum(lo + chunk, tl.cdiv(plen, BLOCK_N))
+    # a block past the prompt's rows is never read: no tiles (an `if` around the loop would keep
+    # Triton from software-pipelining its loads)
+    hi = tl.where(member * BLOCK_HP < n_g * GROUP, hi, lo)
+    # -- the block's query rows: sample j = row // GROUP of the prompt, head row % GROUP --
+    rows = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
+    offs_d = tl.arange(0, HEAD_DIM)
+    j = rows // GROUP
+    valid = j < n_g
+    if SINGLE_PREFIX:
+        b_rows = j
+    else:
+        b_rows = tl.load(Order + first + j, mask=valid, other=0)
+    h_rows = kvh * GROUP + rows % GROUP
+    q = tl.load(Q + b_rows.to(tl.int64)[:, None] * stride_qb + h_rows[:, None] * stride_qh + offs_d[None, :],
+                mask=valid[:, None], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    # the prefix is contiguous (PAGE_SIZE 0): the block table argument is never read
+    acc, m_i, l_i = attend_any(
+        q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale,  #
+        stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
+        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION, EVICT)
+    # -- normalised state; an empty split is (0, -inf), the merge's identity --
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))
+    slot = ((g.to(tl.int64) * HKV + kvh) * S + s) * (N_HB * BLOCK_HP) + rows
+    tl.store(StO + slot[:, None] * HEAD_DIM + offs_d[None, :], o, mask=valid[:, None])
+    tl.store(StL + slot, lse2, mask=valid)

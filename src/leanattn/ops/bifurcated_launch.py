@@ -162,7 +162,7 @@ class Plan:
         if workers <= 0:
             occ = occupancy_of(concat_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, *self.tail),
                                self.meta, device, self.info)
-            workers = runtime.num_sms(device) * max(1, min(occ, cfg.ctas_per_sm))
+            workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
         n = workers
         self.grid = (n,)
         self.ws = (runtime.workspace("bif_acc_o", device, (2 * n, cfg.block_h, D), torch.float32),
