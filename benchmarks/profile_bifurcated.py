@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+from common import launch_latency_us, stream_read_us, time_graph  # noqa: E402
 from bench_bifurcated import K, case_bytes, case_flops, check_samples, make_inputs, reference_of  # noqa: E402
 
 import leanattn  # noqa: E402
@@ -86,42 +87,14 @@ def _precompile_worker(args):
     return len(names)
 
 
-def precompile(cases, configs, workers):
+def precompile(cases, configs, workers, phases=True):
     """Run every (case, config) once, spread over ``workers`` processes: fills Triton's cache."""
     import multiprocessing as mp
-    jobs = [([c], [cfg], ("both", "prefix", "own") if cfg == configs[0] else ("both",)) for c in cases
+    jobs = [([c], [cfg], ("both", "prefix", "own") if phases and cfg == configs[0] else ("both",)) for c in cases
             for cfg in configs]
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers) as pool:
         pool.map(_precompile_worker, jobs, chunksize=1)
-
-
-def time_graph(fn, warmup=10, rep=40):
-    from bench_decode import graph_of
-    g = graph_of(fn)
-    ms = common.bench(g.replay if g is not None else fn, warmup=warmup, rep=rep)
-    del g
-    return ms * 1e3
-
-
-def launch_latency_us():
-    """An empty kernel (one program) replayed from a CUDA graph, timed as the cases are."""
-    x = torch.zeros(1, device="cuda")
-    part = torch.empty(1, dtype=torch.float32, device="cuda")
-    return time_graph(lambda: common._read_kernel[(1,)](x, part, 0, BLOCK=128, ITERS=1, num_warps=4), rep=100)
-
-
-def stream_read_us(nbytes):
-    """One launch of the streaming read kernel over ``nbytes`` (bf16), L2 flushed: the practical floor."""
-    import triton
-    n = int(nbytes) // 2
-    x = torch.randn(n, dtype=torch.bfloat16, device="cuda")
-    block, iters = 4096, 4
-    grid = triton.cdiv(n, block * iters)
-    part = torch.empty(grid, dtype=torch.float32, device="cuda")
-    us = time_graph(lambda: common._read_kernel[(grid,)](x, part, n, BLOCK=block, ITERS=iters, num_warps=8))
-    del x
-    return us
 
 
 def profile_case(c, configs, ceilings, phases, log):
@@ -173,22 +146,29 @@ def profile_case(c, configs, ceilings, phases, log):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default=",".join(BAR_CASES))
+    ap.add_argument("--cases", default=",".join(BAR_CASES), help="comma-separated case names, or 'all' (the bench suite)")
     ap.add_argument("--configs", default="", help="';'-separated LEANATTN_BIFURCATED_CONFIG strings ('' = default)")
     ap.add_argument("--x1-configs", default=None, help="configs for 1-sample cases (default: --configs)")
     ap.add_argument("--precompile", type=int, default=0, help="worker processes that compile first (0: none)")
     ap.add_argument("--precompile-only", action="store_true")
     ap.add_argument("--no-phases", action="store_true")
     ap.add_argument("--label", default="new")
+    ap.add_argument("--best-out", default="", help="write the config with the lowest geometric-mean time over the "
+                                                   "multi-sample cases to this file")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args(argv)
-    cases = [parse_case(n.strip()) for n in args.cases.split(",") if n.strip()]
+    if args.cases == "all":
+        from bench_bifurcated import suite
+        cases = suite()
+    else:
+        cases = [parse_case(n.strip()) for n in args.cases.split(",") if n.strip()]
     configs = args.configs.split(";")
     x1_configs = configs if args.x1_configs is None else args.x1_configs.split(";")
     t0 = time.time()
     if args.precompile:
-        precompile([c["name"] for c in cases if c["samples"] > 1], configs, args.precompile)
-        precompile([c["name"] for c in cases if c["samples"] == 1], x1_configs, args.precompile)
+        phases = not args.no_phases
+        precompile([c["name"] for c in cases if c["samples"] > 1], configs, args.precompile, phases)
+        precompile([c["name"] for c in cases if c["samples"] == 1], x1_configs, args.precompile, phases)
         print(f"[{args.label}] precompiled in {time.time() - t0:.0f} s", flush=True)
     if args.precompile_only:
         return 0
@@ -213,6 +193,14 @@ def main(argv=None):
                      f"{ok.get(best, float('nan')) / r['io_floor_us']:5.2f} | "
                      f"{ok.get(best, float('nan')) / r['stream_read_us']:5.2f} | {ph}")
     print("\n".join(lines), flush=True)
+    if args.best_out:
+        multi = [r for r in rows if r["case"].split()[-1] != "x1"]
+        ok = [cfg for cfg in configs if all("us" in r["configs"].get(cfg, {}) for r in multi)]
+        if ok:
+            best = min(ok, key=lambda cfg: common.geomean([r["configs"][cfg]["us"] for r in multi]))
+            with open(args.best_out, "w") as f:
+                f.write(best)
+            print(f"[{args.label}] best config by geometric mean: {best!r}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"profile_bifurcated_{args.label}.json"), "w") as f:
         json.dump(dict(env=info, ceilings=ceilings, configs=configs, x1_configs=x1_configs, rows=rows,

@@ -496,3 +496,42 @@ def test_one_sample_takes_the_concat_path():
         pk, pv, _ = make_prefix(None, P, 2, 64)
         check(q, pk, pv, k, v, lens, op_args=(0, grid, 0, 0), name=f"P={P} own={own} grid={grid}")
         assert next(reversed(bif._PLANS.values())).path == "concat"
+
+
+@pytest.mark.parametrize("path", ["1", "2"])
+def test_plan_arguments_match_the_kernels(monkeypatch, path):
+    # every keyword a plan passes is a parameter of the kernel it launches (the interpreter ignores
+    # unknown keywords; a compiled launch or warmup() rejects them)
+    from leanattn.ops import bifurcated as bif
+    from leanattn.ops import bifurcated_launch as launch
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,0,0,0,0,{path}")
+    checked = []
+
+    def occupancy_of(kernel, args, meta, device, info, prefix=""):
+        # the warmup() call a GPU makes to size the grid binds these arguments
+        params = [a for a in kernel.arg_names if a not in meta]
+        assert len(args) == len(params), f"{kernel.__name__}: {len(args)} positional arguments for {params}"
+        assert not set(meta) - set(kernel.arg_names) - {"num_warps", "num_stages"}
+        checked.append(kernel.__name__)
+        return 1
+    monkeypatch.setattr(launch, "occupancy_of", occupancy_of)
+    bif._PLANS.clear()
+    q, k, v, lens, bt = make_inputs(3, 8, 2, 64, [3, 0, 20], page_size=16)
+    pk, pv, plens = make_prefix(2, 40, 2, 64, plens=[40, 13])
+    for args in ((None, None), (plens, ids_tensor([0, 1, 1])), (plens, ids_tensor([0, 1, 0]))):
+        leanattn.bifurcated_decode(q, pk if args[1] is not None else pk[0], pv if args[1] is not None else pv[0],
+                                   k, v, lens, bt, *args)
+    leanattn.bifurcated_decode(q[:1], pk[0], pv[0], k[:1], v[:1], lens[:1])
+    kernels = {"concat": [(launch.concat_decode_kernel, "meta")],
+               "split": [(launch.prefix_states_kernel, "meta_p"), (launch.own_merge_kernel, "meta")],
+               "fused": [(launch.bifurcated_decode_kernel, "meta")]}
+    seen = set()
+    for plan in bif._PLANS.values():
+        seen.add(plan.path)
+        for kernel, attr in kernels[plan.path]:
+            unknown = set(getattr(plan, attr)) - set(kernel.arg_names) - {"num_warps", "num_stages"}
+            assert not unknown, f"{plan.path}: {kernel.__name__} has no parameters {unknown}"
+    assert {"concat", "split" if path == "1" else "fused"} <= seen
+    assert "concat_decode_kernel" in checked
+    assert {"prefix_states_kernel", "own_merge_kernel"} <= set(checked) if path == "1" else \
+        "bifurcated_decode_kernel" in checked

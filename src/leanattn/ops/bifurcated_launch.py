@@ -152,11 +152,15 @@ class Plan:
     # ------------------------------------------------------------------------------------------
     def _setup_concat(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
         cfg, env, device = lc.own, env_config(), q.device
+        # decode's tile, with 8 warps and 3 stages at D <= 128 (one 139 KB program per SM): the H200
+        # sweep (benchmarks/results/profile_bifurcated_run2_H200.json) put it 10% ahead of decode's 4
+        # warps / 2 stages on GQA 8k x1 and level on MHA 8k x1, where fewer programs per head also mean
+        # shorter last-arriver merges
+        warps, stages = (8, 3) if D <= 128 and device.type == "cuda" else (cfg.num_warps, cfg.num_stages)
         self.meta = dict(self.common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=block_n or env["block_no"] or cfg.block_n, BLOCK_B=max(16, triton.next_power_of_2(B)),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens,
-                         # decode's launch unless the sweep overrides it
-                         num_warps=env["num_warps"] or cfg.num_warps, num_stages=env["num_stages"] or cfg.num_stages)
+                         num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
         self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
@@ -177,7 +181,8 @@ class Plan:
         rows_p = n_hb * block_hp
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         # -- launch 1: prefix split states, grid (S * N_HB, Hkv, G) --
-        self.meta_p = dict(self.common, HKV=Hkv, GROUP=group, BLOCK_HP=block_hp, N_HB=n_hb, BLOCK_N=lc.block_np,
+        common_p = {k: v for k, v in self.common.items() if k != "HAS_SEQLENS"}  # the prefix has no own lengths
+        self.meta_p = dict(common_p, HKV=Hkv, GROUP=group, BLOCK_HP=block_hp, N_HB=n_hb, BLOCK_N=lc.block_np,
                            HAS_PREFIX_LENS=has_plens, num_warps=lc.num_warps, num_stages=lc.num_stages)
         tiles_cap = max(triton.cdiv(P, lc.block_np), 1)
         splits = lc.splits
