@@ -444,7 +444,7 @@ def test_env_launch_override(monkeypatch, cfg):
     plans = [p for key, p in bif._PLANS.items() if key[-1] == cfg]
     assert [p.path for p in plans[-2:]] == ["concat", "concat"]
     plan = [p for p in plans if not p.concat][-1]
-    assert plan.path == ("fused" if fields[9] == 2 else "split")
+    assert plan.path == ("split" if fields[9] == 1 else "fused")
     assert plan.common["BLOCK_PTR"] == bool(fields[5])
     if cfg.startswith("16,"):
         assert plan.info["BLOCK_HP"] == 16
@@ -504,7 +504,7 @@ def test_plan_arguments_match_the_kernels(monkeypatch, path):
     # unknown keywords; a compiled launch or warmup() rejects them)
     from leanattn.ops import bifurcated as bif
     from leanattn.ops import bifurcated_launch as launch
-    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,0,0,0,0,{path}")
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,0,0,0,0,{path}")  # 1 split, 2 fused
     checked = []
 
     def occupancy_of(kernel, args, meta, device, info, prefix=""):

@@ -3,7 +3,8 @@
 Many samples of one prompt share the prompt's KV (parallel sampling, best-of-n, beams). Standard
 decode reads the shared prefix once per sample; here it is read once per prompt, with the
 prompt's queries stacked into the rows of the matrix product, and merged exactly with each
-sample's own tokens in the same launch (see ``kernels/bifurcated.py``).
+sample's own tokens in the same launch (see ``kernels/bifurcated.py``; launch plans and the other
+paths in ``ops/bifurcated_launch.py``).
 """
 from __future__ import annotations
 
@@ -230,8 +231,8 @@ def bifurcated_decode(
     (``samples x group`` rows) and every prefix tile is multiplied against all of them at once;
     each sample's own tokens are attended like :func:`leanattn.decode`; both passes are stream-K
     over all SMs and their states are merged in-kernel. With at most one sample per prompt there is
-    nothing to share and the launch is :func:`leanattn.decode` over the concatenation, without
-    building it. Output is bitwise deterministic for fixed inputs and launch configuration.
+    nothing to share and the launch is :func:`leanattn.decode`'s schedule over the concatenation,
+    without building it (``kernels/bifurcated_concat.py``). Output is bitwise deterministic for fixed inputs and launch configuration.
     Registered as the custom op ``torch.ops.leanattn.bifurcated_decode``
     (``torch.compile(fullgraph=True)``, CUDA graphs: lengths, prefix ids and prefix lengths may
     change between replays; with several prompts pass ``max_group_size`` and keep every prompt

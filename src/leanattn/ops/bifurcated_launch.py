@@ -4,11 +4,14 @@ Three paths, chosen per call signature:
 
 * ``concat`` (at most one sample per prompt, own tokens given): nothing to share, one launch of
   the decode schedule over prefix + own tokens (``kernels/bifurcated_concat.py``);
-* ``split`` (default otherwise): two launches, the prefix split states with stacked rows
-  (``kernels/bifurcated_prefix.py``), then the own tokens with the prefix merge fused in
-  (``kernels/bifurcated_own.py``);
-* ``fused`` (``LEANATTN_BIFURCATED_CONFIG`` path field 2): one launch of both passes, stream-K
-  with in-kernel last-arriver merges (``kernels/bifurcated.py``).
+* ``fused`` (default otherwise): one launch of both passes, two stream-K work lists with in-kernel
+  last-arriver merges (``kernels/bifurcated.py``);
+* ``split`` (``LEANATTN_BIFURCATED_CONFIG`` path field 1): two launches, fixed-split prefix states
+  with stacked rows (``kernels/bifurcated_prefix.py``), then the own tokens with the prefix merge
+  fused in (``kernels/bifurcated_own.py``). Measured on an H200 it lost to ``fused`` on most bar
+  cases (MHA 8k x16: 141 us against 76; GQA 8k x4: 91 against decode's 55) and won only GQA 8k x16
+  (55 us against 65, 16 splits, one own program per SM); see
+  ``benchmarks/results/profile_bifurcated_run3_H200.log``. Kept as an option for profiling.
 """
 from __future__ import annotations
 
@@ -36,8 +39,8 @@ def env_config() -> dict:
     """``LEANATTN_BIFURCATED_CONFIG``: comma-separated integers, 0 = default, in the order
     ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, block_ptr, block_no, order, evict,
     path, splits, sb`` (``order`` is ``ORDER + 1``; ``evict`` 1 on, 2 off; ``path`` 1 split, 2 fused;
-    ``splits`` prefix splits per head; ``sb`` prefix states merged per load): launch overrides for
-    benchmark sweeps."""
+    ``splits`` prefix splits per head of the split path; ``sb`` prefix states merged per load):
+    launch overrides for benchmark sweeps."""
     raw = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
     vals = tuple(int(x) for x in raw.split(",")) if raw else ()
     vals = vals + (0,) * (len(_ENV_FIELDS) - len(vals))
@@ -56,7 +59,7 @@ class LaunchConfig:
     block_ptr: bool     # block pointers for contiguous caches
     order: int          # ORDER of kernels/bifurcated.py (fused path): which list a program walks first
     evict: str          # eviction policy of the streamed K/V loads
-    path: str           # "split" or "fused" (with more than one sample per prompt)
+    path: str           # "fused" or "split" (with more than one sample per prompt)
     splits: int         # prefix splits per (prompt, kv head) of the split path (0: fill the GPU)
     sb: int             # prefix split states merged per load
 
@@ -65,28 +68,41 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
                   block_n: int = 0) -> LaunchConfig:
     """Launch configuration for ``rows`` stacked prefix rows per kv head.
 
-    The prefix pass stacks all rows of a kv head up to 128 per ``tl.dot`` (64 at D=256): fewer head
-    blocks, fewer re-reads of each prefix tile. 128-row blocks take 64-token tiles, 8 warps and 3
-    stages (the decode sweep on H100: 64-token tiles with 8 warps need 3 stages to stream at full rate;
-    128 x 128 tiles would leave one program per SM). Own tiles keep the decode table's size (128 at
-    D <= 128): 256 own tokens are two tiles. ``block_n`` (op argument, tests) sets both tile sizes.
+    The prefix pass stacks the rows of a kv head up to 128 per ``tl.dot`` for MHA, 64 for GQA and at
+    D=256 (see below). 128-row blocks take 64-token tiles, 8 warps and 3 stages (the decode sweep on
+    H100: 64-token tiles with 8 warps need 3 stages to stream at full rate; 128 x 128 tiles would
+    leave one program per SM). Own tiles keep the decode table's size (128 at D <= 128): 256 own
+    tokens are two tiles. ``block_n`` (op argument, tests) sets both tile sizes.
     """
     env = env_config()
     cfg = decode_config(head_dim, group, device, block_n or None)
-    cap = env["block_h_cap"] or (64 if head_dim > 128 else 128)
+    cuda = device.type == "cuda"
+    # GQA at D <= 128: 64-row prefix blocks of 64-token tiles, 4 warps, 3 stages (two programs per SM;
+    # more rows take more head blocks, whose members share each prefix tile through L2). The H200
+    # sweep (benchmarks/results/profile_bifurcated_run1_H200.json, config '64,64,4,3') put it at
+    # 72 us on GQA 8k x32 against 90 for 128-row blocks with 8 warps, and level or ahead on the other
+    # GQA bar cases; on MHA it lost (127 against 106 us at 8k x32), so MHA keeps 128-row blocks.
+    gqa_small = cuda and group > 1 and head_dim <= 128
+    cap = env["block_h_cap"] or (64 if head_dim > 128 or gqa_small else 128)
     block_hp = block_h or max(16, min(cap, triton.next_power_of_2(max(rows, 1))))
     bn, warps, stages = cfg.block_n, cfg.num_warps, cfg.num_stages
-    cuda = device.type == "cuda"
     if block_hp > 64 and cuda:
         bn = min(bn, 64)
         warps, stages = max(warps, 8), max(stages, 3)
+    elif gqa_small:
+        bn, warps, stages = min(bn, 64), 4, 3
+    # list order of the fused path: MHA walks the prefix list first (same sweep: 76/106/170 us on
+    # MHA 8k x16 / 8k x32 / 32k x16 against 81/115/174 alternating per wave); GQA alternates
+    order = env["order"] - 1 if env["order"] else (0 if group == 1 else 2)
     return LaunchConfig(
         own=cfg, block_hp=block_hp, block_np=block_n or env["block_np"] or bn,
         block_no=block_n or env["block_no"] or cfg.block_n, num_warps=env["num_warps"] or warps,
         num_stages=env["num_stages"] or stages, ctas_per_sm=env["ctas_per_sm"] or cfg.ctas_per_sm,
-        block_ptr=bool(env["block_ptr"]), order=env["order"] - 1 if env["order"] else 2,
+        block_ptr=bool(env["block_ptr"]), order=order,
+        # every KV byte is read once; evict_first keeps it from displacing the reused prefix tiles and
+        # workspaces in L2 (no measurable effect on the H200 bar cases either way)
         evict={0: "evict_first" if cuda else "", 1: "evict_first", 2: ""}[env["evict"]],
-        path="fused" if env["path"] == 2 else "split", splits=env["splits"],
+        path="split" if env["path"] == 1 else "fused", splits=env["splits"],
         sb=env["sb"] or max(1, 64 // cfg.block_h))
 
 
