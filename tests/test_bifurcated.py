@@ -428,7 +428,7 @@ def test_env_launch_override(monkeypatch, cfg):
     # the benchmark sweep's knob: a 16-row cap forces head blocks (and teams on the fused path); the
     # sixth field switches contiguous caches to block pointers; the tenth picks the path (1 split, 2
     # fused), the eleventh and twelfth the split path's prefix splits and states per merge load; the
-    # eighth the fused path's list order, the ninth the eviction policy
+    # eighth the fused path's list order (the ninth is reserved)
     from leanattn.ops import bifurcated as bif
     monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", cfg)
     fields = [int(x) for x in cfg.split(",")] + [0] * 12

@@ -52,7 +52,7 @@ import triton
 import triton.language as tl
 
 from ..schedules.stream_k import program_of, range_start
-from .decode import LN2, load_q_rows
+from .decode import LN2, attend_tiles, load_q_rows
 
 
 @triton.jit
@@ -62,9 +62,9 @@ def attend_contiguous(
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """``attend_kv`` for a contiguous cache, through block pointers.
+    """``attend_tiles`` of ``kernels/decode.py`` for a contiguous cache, through block pointers.
 
     A block pointer carries one base address and the tile offset, where a tensor of pointers
     holds a 64-bit address per element of the ``BLOCK_N x HEAD_DIM`` tile; the boundary check
@@ -81,7 +81,7 @@ def attend_contiguous(
                               offsets=(tile_lo * BLOCK_N, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
     for j in range(tile_lo, tile_hi):
         # -- scores --
-        k = tl.load(k_ptr, boundary_check=(0,), padding_option="zero", eviction_policy=EVICT)
+        k = tl.load(k_ptr, boundary_check=(0,), padding_option="zero")
         if UPCAST:
             k = k.to(tl.float32)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
@@ -94,88 +94,13 @@ def attend_contiguous(
         p = tl.math.exp2(qk - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         # -- accumulate --
-        v = tl.load(v_ptr, boundary_check=(0,), padding_option="zero", eviction_policy=EVICT)
+        v = tl.load(v_ptr, boundary_check=(0,), padding_option="zero")
         if UPCAST:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
         k_ptr = tl.advance(k_ptr, (BLOCK_N, 0))
         v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
-    return acc, m_i, l_i
-
-
-@triton.jit
-def attend_kv(
-    q, K, V, BlockTable,  #
-    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
-    stride_kb, stride_kn, stride_kh,  #
-    stride_vb, stride_vn, stride_vh,  #
-    stride_btb,  #
-    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
-):
-    """Online softmax of ``q [BLOCK_H, HEAD_DIM]`` over KV tiles ``[tile_lo, tile_hi)`` of row
-    ``(b, kvh)``; returns ``(acc, m, l)`` (unnormalised output, running max and sum, log2 units).
-
-    ``attend_tiles`` of ``kernels/decode.py`` with an eviction policy on the K/V loads: every KV
-    byte is read once per launch, so ``EVICT="evict_first"`` keeps it from pushing out of L2 what
-    is read again (prefix tiles shared by a team, the merge workspaces). ``PAGE_SIZE == 0``: a
-    contiguous cache (``stride_kb`` is the batch stride); else ``stride_kb`` is the page stride and
-    ``BlockTable[b, i]`` the ``i``-th page of sequence ``b``.
-    """
-    offs_d = tl.arange(0, HEAD_DIM)
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-    k_head = K + kvh.to(tl.int64) * stride_kh
-    v_head = V + kvh.to(tl.int64) * stride_vh
-    bt_row = BlockTable + b.to(tl.int64) * stride_btb
-    # page ids are fetched one tile ahead, so K/V addresses never wait on a dependent load
-    if PAGE_SIZE > 0:
-        if PAGE_SIZE % BLOCK_N == 0:
-            next_page = tl.load(bt_row + (tile_lo * BLOCK_N) // PAGE_SIZE, mask=tile_lo < tile_hi, other=0)
-        else:
-            offs_next = tile_lo * BLOCK_N + tl.arange(0, BLOCK_N)
-            next_page = tl.load(bt_row + offs_next // PAGE_SIZE, mask=offs_next < seqlen, other=0)
-    for j in range(tile_lo, tile_hi):
-        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < seqlen
-        # -- locate the tile's token rows --
-        if PAGE_SIZE == 0:
-            k_rows = b.to(tl.int64) * stride_kb + offs_n.to(tl.int64) * stride_kn
-            v_rows = b.to(tl.int64) * stride_vb + offs_n.to(tl.int64) * stride_vn
-        else:
-            page = next_page.to(tl.int64)
-            if PAGE_SIZE % BLOCK_N == 0:
-                # the whole tile lies inside one page: one page id per tile
-                in_page = ((j * BLOCK_N) % PAGE_SIZE + tl.arange(0, BLOCK_N)).to(tl.int64)
-                next_page = tl.load(bt_row + ((j + 1) * BLOCK_N) // PAGE_SIZE, mask=j + 1 < tile_hi, other=0)
-            else:
-                in_page = (offs_n % PAGE_SIZE).to(tl.int64)
-                offs_next = offs_n + BLOCK_N
-                next_page = tl.load(bt_row + offs_next // PAGE_SIZE, mask=offs_next < seqlen, other=0)
-            k_rows = page * stride_kb + in_page * stride_kn
-            v_rows = page * stride_vb + in_page * stride_vn
-        # -- scores --
-        k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0,
-                    eviction_policy=EVICT)
-        if UPCAST:
-            k = k.to(tl.float32)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
-        # -- online softmax --
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_use)
-        p = tl.math.exp2(qk - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        # -- accumulate --
-        v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0,
-                    eviction_policy=EVICT)
-        if UPCAST:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
     return acc, m_i, l_i
 
 
@@ -187,20 +112,20 @@ def attend_any(
     stride_vb, stride_vn, stride_vh,  #
     stride_btb,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
-    EVICT: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """``attend_kv``, through block pointers when ``BLOCK_PTR`` and the cache is contiguous."""
+    """``attend_tiles`` of ``kernels/decode.py``, through block pointers when ``BLOCK_PTR`` and the
+    cache is contiguous."""
     if BLOCK_PTR and PAGE_SIZE == 0:
         acc, m_i, l_i = attend_contiguous(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, UPCAST, DOT_PRECISION, EVICT)
+            HEAD_DIM, BLOCK_H, BLOCK_N, UPCAST, DOT_PRECISION)
     else:
-        acc, m_i, l_i = attend_kv(
+        acc, m_i, l_i = attend_tiles(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, EVICT)
+            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
     return acc, m_i, l_i
 
 
@@ -337,7 +262,7 @@ def prefix_pieces(
     qk_scale, n_rows,  #
     NM: tl.constexpr, HQ: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr,  #
-    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
+    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The prefix tiles ``[t, t_end)`` of a work list ``work_g`` (HKV rows of ``tiles_g`` tiles per
     prompt) in the range ``[start, ..)`` of schedule program ``(T, high)``; this program computes
@@ -375,7 +300,7 @@ def prefix_pieces(
             acc, m_i, l_i = attend_any(
                 q, PK, PV, Order, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
                 stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-                HEAD_DIM, BLOCK_HP, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION, EVICT)
+                HEAD_DIM, BLOCK_HP, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION)
             final, acc, m_i, l_i = settle_piece(
                 acc, m_i, l_i, valid, WsAcc, WsMl, Counters,  #
                 t, start, head_begin, head_end, stop, T, high, member, NM, BLOCK_HP, HEAD_DIM,
@@ -400,7 +325,7 @@ def own_pieces(
     qk_scale, n_rows,  #
     HQ: tl.constexpr, GROUP: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,  #
-    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
+    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The own tiles ``[t, t_end)`` of the own list (``HKV * N_HBO`` rows of ``tiles_b`` tiles per
     sample) in the range ``[start, ..)`` of program ``(T, high)``, as ``lean_decode_kernel``; a
@@ -425,7 +350,7 @@ def own_pieces(
         acc, m_i, l_i = attend_any(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION, EVICT)
+            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
         valid = hb * BLOCK_HO + offs_ho < GROUP
         final, acc, m_i, l_i = settle_piece(
             acc, m_i, l_i, valid, WsAcc, WsMl, Counters,  #
@@ -460,7 +385,7 @@ def bifurcated_decode_kernel(
     BLOCK_G: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
     SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
-    ORDER: tl.constexpr, EVICT: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ORDER: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Two work lists in one launch, each cut over all programs: the *prefix list* (cut over teams
     of ``N_HB`` programs, one head block each) and the *own list* (every sample's own tiles).
@@ -539,7 +464,7 @@ def bifurcated_decode_kernel(
                 stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
                 stride_ob, stride_oh, stride_lb, qk_scale, n_rows,  #
                 N_HB, HQ, GROUP, BLOCK_HP, HEAD_DIM, BLOCK_NP, SINGLE_PREFIX, HAS_OWN,  #
-                BLOCK_PTR, UPCAST, DOT_PRECISION, EVICT)
+                BLOCK_PTR, UPCAST, DOT_PRECISION)
         elif HAS_OWN:
             # ================= own list: each sample's own tokens =================
             own_pieces(
@@ -550,4 +475,4 @@ def bifurcated_decode_kernel(
                 stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
                 stride_ob, stride_oh, stride_lb, stride_btb, qk_scale, n_rows,  #
                 HQ, GROUP, BLOCK_HO, N_HBO, HEAD_DIM, BLOCK_NO, PAGE_SIZE,  #
-                BLOCK_PTR, UPCAST, DOT_PRECISION, EVICT)
+                BLOCK_PTR, UPCAST, DOT_PRECISION)

@@ -65,7 +65,7 @@ def own_merge_kernel(
     HKV: tl.constexpr, GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS_P: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     SB: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_OWN: tl.constexpr,  #
-    SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr, EVICT: tl.constexpr,  #
+    SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Stream-K decode of the own caches plus the prefix merge. ``HKV * N_HB`` scheduling rows per
@@ -121,7 +121,7 @@ def own_merge_kernel(
             acc, m_i, l_i = attend_any(
                 q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
                 stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-                HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION, EVICT)
+                HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
         else:
             m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_H], tl.float32)

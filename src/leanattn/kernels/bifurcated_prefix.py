@@ -33,7 +33,7 @@ def prefix_states_kernel(
     HKV: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr, N_HB: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,  #
     HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
-    EVICT: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Split ``s`` of prompt ``g``'s prefix for kv head ``h``, head block ``member``.
 
@@ -81,7 +81,7 @@ def prefix_states_kernel(
     acc, m_i, l_i = attend_any(
         q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale,  #
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION, EVICT)
+        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION)
     # -- normalised state; an empty split is (0, -inf), the merge's identity --
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)

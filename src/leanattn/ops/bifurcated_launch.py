@@ -32,13 +32,14 @@ from .decode_config import DecodeConfig, decode_config
 LOG2E = 1.4426950408889634
 
 _ENV_FIELDS = ("block_h_cap", "block_np", "num_warps", "num_stages", "ctas_per_sm", "block_ptr", "block_no", "order",
-               "evict", "path", "splits", "sb")
+               "reserved", "path", "splits", "sb")
 
 
 def env_config() -> dict:
     """``LEANATTN_BIFURCATED_CONFIG``: comma-separated integers, 0 = default, in the order
-    ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, block_ptr, block_no, order, evict,
-    path, splits, sb`` (``order`` is ``ORDER + 1``; ``evict`` 1 on, 2 off; ``path`` 1 split, 2 fused;
+    ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, block_ptr, block_no, order, reserved,
+    path, splits, sb`` (``order`` is ``ORDER + 1``; ``reserved`` was an eviction policy for the
+    K/V loads, measured without effect on the H200 and removed; ``path`` 1 split, 2 fused;
     ``splits`` prefix splits per head of the split path; ``sb`` prefix states merged per load):
     launch overrides for benchmark sweeps."""
     raw = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
@@ -58,7 +59,6 @@ class LaunchConfig:
     ctas_per_sm: int    # cap on resident programs per SM
     block_ptr: bool     # block pointers for contiguous caches
     order: int          # ORDER of kernels/bifurcated.py (fused path): which list a program walks first
-    evict: str          # eviction policy of the streamed K/V loads
     path: str           # "fused" or "split" (with more than one sample per prompt)
     splits: int         # prefix splits per (prompt, kv head) of the split path (0: fill the GPU)
     sb: int             # prefix split states merged per load
@@ -99,9 +99,6 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
         block_no=block_n or env["block_no"] or cfg.block_n, num_warps=env["num_warps"] or warps,
         num_stages=env["num_stages"] or stages, ctas_per_sm=env["ctas_per_sm"] or cfg.ctas_per_sm,
         block_ptr=bool(env["block_ptr"]), order=order,
-        # every KV byte is read once; evict_first keeps it from displacing the reused prefix tiles and
-        # workspaces in L2 (no measurable effect on the H200 bar cases either way)
-        evict={0: "evict_first" if cuda else "", 1: "evict_first", 2: ""}[env["evict"]],
         path="split" if env["path"] == 1 else "fused", splits=env["splits"],
         sb=env["sb"] or max(1, 64 // cfg.block_h))
 
@@ -155,7 +152,7 @@ class Plan:
                             Hq * D, D, Hq,  # out and lse are allocated contiguous
                             block_table.stride(0) if self.own_paged else 0)
         self.common = dict(HEAD_DIM=D, HAS_SEQLENS=seqlens is not None, SINGLE_PREFIX=single, BLOCK_PTR=lc.block_ptr,
-                           EVICT=lc.evict, UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
+                           UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
                            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
         self.page_size = k.shape[1] if self.own_paged else 0  # 0: contiguous own cache
         self.info = {}  # launch facts for benchmarks: path, grid, tiles, registers, spills, occupancy
