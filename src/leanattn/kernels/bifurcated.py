@@ -51,7 +51,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import program_of, range_start
+from ..schedules.stream_k import locate_tile, program_of, range_start
 from .decode import LN2, attend_tiles, load_q_rows
 
 
@@ -271,17 +271,10 @@ def prefix_pieces(
     rows_p = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
     while t < t_end:
         # -- which (prompt, kv head, tile) does tile t belong to --
-        g = tl.sum((cum_g <= t).to(tl.int32), 0)
-        sel = offs_g == g
-        base = tl.sum(tl.where(sel, cum_g - work_g, 0), 0)
-        tiles = tl.sum(tl.where(sel, tiles_g, 0), 0)
+        g, sel, kvh, head_begin, head_end, stop = locate_tile(t, t_end, cum_g, work_g, tiles_g, offs_g)
         plen = tl.sum(tl.where(sel, plens, 0), 0)
         n_g = tl.sum(tl.where(sel, counts, 0), 0)
         first = tl.sum(tl.where(sel, firsts, 0), 0)
-        kvh = (t - base) // tiles
-        head_begin = base + kvh * tiles
-        head_end = head_begin + tiles
-        stop = tl.minimum(t_end, head_end)
         if member * BLOCK_HP < n_g * GROUP:
             # -- the query rows of this block: sample j = row // GROUP of the prompt, head row % GROUP --
             j = rows_p // GROUP
@@ -332,15 +325,8 @@ def own_pieces(
     finished row state is merged with the prefix state by ``settle_rows``."""
     offs_ho = tl.arange(0, BLOCK_HO)
     while t < t_end:
-        b = tl.sum((cum_b <= t).to(tl.int32), 0)
-        sel = offs_b == b
-        base = tl.sum(tl.where(sel, cum_b - work_b, 0), 0)
-        tiles = tl.sum(tl.where(sel, tiles_b, 0), 0)
+        b, sel, row, head_begin, head_end, stop = locate_tile(t, t_end, cum_b, work_b, tiles_b, offs_b)
         seqlen = tl.sum(tl.where(sel, lens, 0), 0)
-        row = (t - base) // tiles
-        head_begin = base + row * tiles
-        head_end = head_begin + tiles
-        stop = tl.minimum(t_end, head_end)
         kvh = row // N_HBO
         hb = row % N_HBO
         q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_HO)

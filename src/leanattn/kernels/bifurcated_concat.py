@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import range_start
+from ..schedules.stream_k import locate_tile, range_start
 from .bifurcated import attend_any, combine, settle_piece
 from .decode import load_q_rows, store_final
 
@@ -79,18 +79,11 @@ def concat_decode_kernel(
     t = start
     while t < end:
         # -- which (sample, row, tile) does tile t belong to --
-        b = tl.sum((cum_incl <= t).to(tl.int32), 0)
-        sel = offs_b == b
-        base = tl.sum(tl.where(sel, cum_incl - work, 0), 0)
-        tiles_row = tl.sum(tl.where(sel, tiles, 0), 0)
+        b, sel, row, head_begin, head_end, stop = locate_tile(t, end, cum_incl, work, tiles, offs_b)
         seqlen = tl.sum(tl.where(sel, lens, 0), 0)
         pt = tl.sum(tl.where(sel, ptiles_b, 0), 0)
         gid = tl.sum(tl.where(sel, gid_b, 0), 0)
         plen = tl.sum(tl.where(sel, plen_b, 0), 0)
-        row = (t - base) // tiles_row
-        head_begin = base + row * tiles_row
-        head_end = head_begin + tiles_row
-        stop = tl.minimum(end, head_end)
         kvh = row // N_HB
         hb = row % N_HB
         tile_lo = t - head_begin

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import range_start
+from ..schedules.stream_k import locate_tile, range_start
 from .bifurcated import attend_any, settle_piece
 from .decode import load_q_rows, store_final
 
@@ -101,15 +101,8 @@ def own_merge_kernel(
     t = start
     while t < end:
         # -- which (sample, row, tile) does tile t belong to --
-        b = tl.sum((cum_incl <= t).to(tl.int32), 0)
-        sel = offs_b == b
-        base = tl.sum(tl.where(sel, cum_incl - work, 0), 0)
-        tiles_b = tl.sum(tl.where(sel, tiles, 0), 0)
+        b, sel, row, head_begin, head_end, stop = locate_tile(t, end, cum_incl, work, tiles, offs_b)
         seqlen = tl.sum(tl.where(sel, lens, 0), 0)
-        row = (t - base) // tiles_b
-        head_begin = base + row * tiles_b
-        head_end = head_begin + tiles_b
-        stop = tl.minimum(end, head_end)
         kvh = row // N_HB
         hb = row % N_HB
         tile_lo = t - head_begin
