@@ -51,7 +51,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import locate_tile, program_of, range_start
+from ..schedules.stream_k import locate_tile, program_of, program_range, range_start
 from .decode import LN2, attend_tiles, load_q_rows
 
 
@@ -408,10 +408,7 @@ def bifurcated_decode_kernel(
     NT = NPROG // N_HB
     team = pid // N_HB
     member = pid % N_HB
-    T_p = tl.cdiv(total_p, NT)
-    high_p = total_p - (T_p - 1) * NT
-    start_p = range_start(team, T_p, high_p)
-    end_p = start_p + T_p - (team >= high_p).to(tl.int32)
+    T_p, high_p, start_p, end_p = program_range(total_p, team, NT)
 
     # -- own list: HKV * N_HBO rows of tiles per sample, as lean_decode_kernel --
     if HAS_OWN:
@@ -426,10 +423,7 @@ def bifurcated_decode_kernel(
         work_b = tiles_b * (HKV * N_HBO)
         cum_b = tl.cumsum(work_b, 0)
         total_o = tl.sum(work_b, 0)
-        T_o = tl.cdiv(total_o, NPROG)
-        high_o = total_o - (T_o - 1) * NPROG
-        start_o = range_start(pid, T_o, high_o)
-        end_o = start_o + T_o - (pid >= high_o).to(tl.int32)
+        T_o, high_o, start_o, end_o = program_range(total_o, pid, NPROG)
 
     if ORDER == 0:
         own_first = 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import locate_tile, range_start
+from ..schedules.stream_k import locate_tile, program_range
 from .bifurcated import attend_any, combine, settle_piece
 from .decode import load_q_rows, store_final
 
@@ -70,10 +70,7 @@ def concat_decode_kernel(
     work = tiles * ROWS
     cum_incl = tl.cumsum(work, 0)
     total = tl.sum(work, 0)
-    T = tl.cdiv(total, G)
-    high = total - (T - 1) * G
-    start = range_start(pid, T, high)
-    end = start + T - (pid >= high).to(tl.int32)
+    T, high, start, end = program_range(total, pid, G)
 
     offs_h = tl.arange(0, BLOCK_H)
     t = start

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import locate_tile, range_start
+from ..schedules.stream_k import locate_tile, program_range
 from .bifurcated import attend_any, settle_piece
 from .decode import load_q_rows, store_final
 
@@ -92,10 +92,7 @@ def own_merge_kernel(
     work = tiles * (HKV * N_HB)
     cum_incl = tl.cumsum(work, 0)
     total = tl.sum(work, 0)
-    T = tl.cdiv(total, NPROG)
-    high = total - (T - 1) * NPROG
-    start = range_start(pid, T, high)
-    end = start + T - (pid >= high).to(tl.int32)
+    T, high, start, end = program_range(total, pid, NPROG)
 
     offs_h = tl.arange(0, BLOCK_H)
     t = start

@@ -116,6 +116,14 @@ def occupancy_of(kernel, args, meta, device, info, prefix="") -> int:
     return occ
 
 
+def own_workspaces(device, n: int, block_h: int, head_dim: int) -> tuple:
+    """Stream-K piece workspaces of ``n`` programs with ``block_h``-row pieces, as decode's: 2 slots
+    ``(block_h, head_dim)`` fp32 and their ``(m, l)`` per program, one zeroed counter per program."""
+    return (runtime.workspace("bif_acc_o", device, (2 * n, block_h, head_dim), torch.float32),
+            runtime.workspace("bif_ml_o", device, (2 * n, 2, block_h), torch.float32),
+            runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True))
+
+
 class Plan:
     """Launch constants of one call signature (shapes, strides, dtypes, options); built once, cached.
 
@@ -182,9 +190,7 @@ class Plan:
             workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
         n = workers
         self.grid = (n,)
-        self.ws = (runtime.workspace("bif_acc_o", device, (2 * n, cfg.block_h, D), torch.float32),
-                   runtime.workspace("bif_ml_o", device, (2 * n, 2, cfg.block_h), torch.float32),
-                   runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True))
+        self.ws = own_workspaces(device, n, cfg.block_h, D)
         self.info.update(grid=n, **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
 
     # ------------------------------------------------------------------------------------------
@@ -223,9 +229,7 @@ class Plan:
             workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
         n = workers
         self.grid = (n,)
-        self.ws = (runtime.workspace("bif_acc_o", device, (2 * n, cfg.block_h, D), torch.float32),
-                   runtime.workspace("bif_ml_o", device, (2 * n, 2, cfg.block_h), torch.float32),
-                   runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True))
+        self.ws = own_workspaces(device, n, cfg.block_h, D)
         self.info.update(grid=n, grid_prefix=self.grid_p, splits=S, chunk=chunk, BLOCK_HP=block_hp, N_HB=n_hb,
                          BLOCK_NP=lc.block_np, BLOCK_NO=lc.block_no, BLOCK_HO=cfg.block_h, SB=lc.sb,
                          prefix_warps=lc.num_warps, prefix_stages=lc.num_stages)
@@ -253,9 +257,7 @@ class Plan:
         self.ws = (runtime.workspace("bif_acc_p", device, (2 * n, lc.block_hp, D), torch.float32),
                    runtime.workspace("bif_ml_p", device, (2 * n, 2, lc.block_hp), torch.float32),
                    runtime.workspace("bif_counters_p", device, (n,), torch.int32, zero=True),
-                   runtime.workspace("bif_acc_o", device, (2 * n, cfg.block_h, D), torch.float32),
-                   runtime.workspace("bif_ml_o", device, (2 * n, 2, cfg.block_h), torch.float32),
-                   runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True),
+                   *own_workspaces(device, n, cfg.block_h, D),
                    runtime.workspace("bif_state_out", device, (2, rows, D), torch.float32),
                    runtime.workspace("bif_state_lse", device, (2, rows), torch.float32),
                    runtime.workspace("bif_arrivals", device, (rows,), torch.int32, zero=True))

@@ -37,6 +37,16 @@ def program_of(t, T, high):
 
 
 @triton.jit
+def program_range(total, pid, nprog):
+    """``(T, high, start, end)``: program ``pid`` of ``nprog`` takes positions ``[start, end)`` of
+    ``total``; the first ``high`` programs take ``T`` positions, the rest ``T - 1``."""
+    T = tl.cdiv(total, nprog)
+    high = total - (T - 1) * nprog
+    start = range_start(pid, T, high)
+    return T, high, start, start + T - (pid >= high).to(tl.int32)
+
+
+@triton.jit
 def locate_tile(t, t_end, cum_incl, work, tiles, offs):
     """Where list position ``t`` lies, in a list of ``work[i] = rows * tiles[i]`` positions per item
     (``cum_incl`` the inclusive prefix sum of ``work``, ``offs`` the item indices).
