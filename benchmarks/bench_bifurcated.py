@@ -99,26 +99,6 @@ def ours(c, inp):
     return fn
 
 
-def ours_with(config):
-    """Ours under a ``LEANATTN_BIFURCATED_CONFIG`` override (set around each call; plans are keyed by it)."""
-    def make(c, inp):
-        call = ours(c, inp)
-
-        def fn():
-            old = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
-            os.environ["LEANATTN_BIFURCATED_CONFIG"] = config
-            try:
-                return call()
-            finally:
-                if old is None:
-                    os.environ.pop("LEANATTN_BIFURCATED_CONFIG", None)
-                else:
-                    os.environ["LEANATTN_BIFURCATED_CONFIG"] = old
-        fn.form = f"shared prefix + own caches, config {config}"
-        return fn
-    return make
-
-
 def decode_copied(c, inp):
     args = (inp["q"], inp["kc"], inp["vc"], inp["lens_c"])
     fn = lambda: leanattn.decode(*args)  # noqa: E731
@@ -159,11 +139,11 @@ def flex(c, inp):
     return fn
 
 
-METHODS = {"bifurcated": ours, "bifurcated_bp": ours_with("0,0,0,0,0,1"), "decode_copied": decode_copied,
+METHODS = {"bifurcated": ours, "decode_copied": decode_copied,
            "sdpa_flash": sdpa("FLASH_ATTENTION"), "sdpa_cudnn": sdpa("CUDNN_ATTENTION"), "flex": flex}
 PEERS = ["decode_copied", "sdpa_flash", "sdpa_cudnn", "flex"]
-OURS = ("bifurcated", "bifurcated_bp")  # the second: block-pointer loads (a launch option under evaluation)
-CPU_METHODS = {"bifurcated", "bifurcated_bp", "decode_copied"}
+OURS = ("bifurcated",)  # launch options (block pointers, ...) are compared by --sweep / profile_bifurcated.py
+CPU_METHODS = {"bifurcated", "decode_copied"}
 
 
 def check_samples(n):
@@ -202,7 +182,9 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
     row = dict(case=c["name"], model=c["model"], hq=c["hq"], hkv=c["hkv"], d=c["d"], prefix=c["prefix"],
                samples=c["samples"], own=c["own"], prefix_mb=prefix_b / 1e6, own_mb=own_b / 1e6,
                kv_held_mb=(prefix_b + own_b) / 1e6, copied_kv_mb=copied_b / 1e6, io_floor_us=io_us,
-               flop_floor_us=flop_us, floor_us=max(io_us, flop_us), results={})
+               flop_floor_us=flop_us, floor_us=max(io_us, flop_us), results={},
+               # the same bytes streamed by one plain read kernel: the floor one launch reaches in practice
+               stream_read_us=common.stream_read_us(prefix_b + own_b + qo_b) if cuda else float("nan"))
     tol = TOLERANCE[torch.bfloat16]
     for name, make in METHODS.items():
         if not cuda and name not in CPU_METHODS:
@@ -245,6 +227,7 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
     peers = {p: row["results"][p]["us"] for p in PEERS if "us" in row["results"].get(p, {})}
     if "us" in ours_r:
         row["x_io_floor"] = ours_r["us"] / io_us
+        row["x_stream_read"] = ours_r["us"] / row["stream_read_us"]
         row["x_floor"] = ours_r["us"] / row["floor_us"]
         row["achieved_gbs"] = (prefix_b + own_b + qo_b) / ours_r["us"] / 1e3
         if peers:
@@ -260,7 +243,8 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
 
 
 def table(rows):
-    header = ["case", "KV held MB", "copies MB", "ours us", "ours bp us", "IO floor us", "x IO floor", "x floor",
+    header = ["case", "KV held MB", "copies MB", "ours us", "IO floor us", "stream read us", "x IO floor",
+              "x stream read", "x floor",
               "decode copied us", "flash us", "cudnn us", "flex us", "best peer", "x best peer", "x decode copied",
               "err"]
     out = []
@@ -270,9 +254,9 @@ def table(rows):
         def us(n):
             x = res.get(n, {})
             return x["us"] if "us" in x else ("OOM" if "memory" in x.get("error", "") else "-")
-        out.append([r["case"], r["kv_held_mb"], r["copied_kv_mb"], us("bifurcated"), us("bifurcated_bp"),
-                    r["io_floor_us"],
-                    r.get("x_io_floor", "-"), r.get("x_floor", "-"), us("decode_copied"), us("sdpa_flash"),
+        out.append([r["case"], r["kv_held_mb"], r["copied_kv_mb"], us("bifurcated"), r["io_floor_us"],
+                    r.get("stream_read_us", "-"), r.get("x_io_floor", "-"), r.get("x_stream_read", "-"),
+                    r.get("x_floor", "-"), us("decode_copied"), us("sdpa_flash"),
                     us("sdpa_cudnn"), us("flex"), r.get("best_peer", "-"), r.get("speedup_vs_best_peer", "-"),
                     r.get("speedup_vs_decode_copied", "-"), res.get("bifurcated", {}).get("err", "-")])
     return common.markdown_table(header, out)
@@ -293,7 +277,7 @@ def plot(rows, path):
             ax.axis("off")
             continue
         xs = [r["samples"] for r in rs]
-        for name, style in (("bifurcated", "o-"), ("bifurcated_bp", "o--"), ("decode_copied", "s--"),
+        for name, style in (("bifurcated", "o-"), ("decode_copied", "s--"),
                             ("sdpa_flash", "^:"),
                             ("sdpa_cudnn", "v:"), ("flex", "d:")):
             ys = [r["results"].get(name, {}).get("us", float("nan")) for r in rs]
@@ -393,7 +377,8 @@ def main(argv=None):
         return 0
     if cuda:
         bw = common.read_bandwidth_gbs()
-        ceilings = dict(read_gbs=bw["read_ceiling"], matmul_tflops=common.matmul_tflops(), bandwidth=bw)
+        ceilings = dict(read_gbs=bw["read_ceiling"], matmul_tflops=common.matmul_tflops(), bandwidth=bw,
+                        launch_us=common.launch_latency_us())
     else:
         ceilings = dict(read_gbs=1.0, matmul_tflops=1.0, bandwidth={})
     log(f"ceilings: {ceilings}")
@@ -413,13 +398,16 @@ def main(argv=None):
         min_speedup_vs_decode_copied=min([r["speedup_vs_decode_copied"] for r in rows
                                           if "speedup_vs_decode_copied" in r], default=None),
         geomean_vs_best_peer=common.geomean([r.get("speedup_vs_best_peer") for r in rows]),
-        geomean_default_over_block_ptr=common.geomean(
-            [r["results"]["bifurcated"]["us"] / r["results"]["bifurcated_bp"]["us"] for r in rows
-             if "us" in r["results"].get("bifurcated", {}) and "us" in r["results"].get("bifurcated_bp", {})]),
+        max_x_stream_read_ge16=max([r["x_stream_read"] for r in rows if r["samples"] >= 16 and "x_stream_read" in r],
+                                   default=None),
+        speedup_vs_decode_copied_x1={r["case"]: r.get("speedup_vs_decode_copied") for r in rows if r["samples"] == 1},
+        config=os.environ.get("LEANATTN_BIFURCATED_CONFIG", ""),
         wall_s=time.time() - t0)
     md = (f"# bifurcated decode benchmark\n\n{info['device']}, torch {info['torch']}, triton {info['triton']}, "
           f"{info['date']}; bf16, D=128, one prompt, {OWN if not args.tiny else 16} own tokens per sample. "
-          f"Read ceiling {ceilings['read_gbs']:.0f} GB/s, bf16 matmul {ceilings['matmul_tflops']:.0f} TFLOP/s. "
+          f"Read ceiling {ceilings['read_gbs']:.0f} GB/s, bf16 matmul {ceilings['matmul_tflops']:.0f} TFLOP/s, "
+          f"empty-kernel graph replay {ceilings.get('launch_us', float('nan')):.1f} us. 'stream read' = one launch of a "
+          f"plain streaming read kernel over the same bytes (the floor one launch reaches in practice). "
           f"Times: medians of triton do_bench (L2 flushed) of CUDA-graph replays. 'KV held' = prefix once + own "
           f"tokens (ours); 'copies' = per-sample caches with the prefix copied (peers); OOM = copies above "
           f"{args.mem_gb:g} GB, not run. 'x floor' = time over max(IO floor, FLOP floor).\n\n"

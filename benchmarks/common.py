@@ -107,3 +107,31 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 def geomean(xs) -> float:
     xs = [x for x in xs if x and x > 0]
     return statistics.geometric_mean(xs) if xs else float("nan")
+
+
+def time_graph(fn, warmup=10, rep=40):
+    """Median us of ``fn`` replayed from a CUDA graph (eager if capture fails), L2 flushed."""
+    from bench_decode import graph_of
+    g = graph_of(fn)
+    ms = bench(g.replay if g is not None else fn, warmup=warmup, rep=rep)
+    del g
+    return ms * 1e3
+
+
+def launch_latency_us():
+    """An empty kernel (one program) replayed from a CUDA graph, timed as the cases are."""
+    x = torch.zeros(1, device="cuda")
+    part = torch.empty(1, dtype=torch.float32, device="cuda")
+    return time_graph(lambda: _read_kernel[(1,)](x, part, 0, BLOCK=128, ITERS=1, num_warps=4), rep=100)
+
+
+def stream_read_us(nbytes):
+    """One launch of the streaming read kernel over ``nbytes`` (bf16), L2 flushed: the practical floor."""
+    n = int(nbytes) // 2
+    x = torch.randn(n, dtype=torch.bfloat16, device="cuda")
+    block, iters = 4096, 4
+    grid = triton.cdiv(n, block * iters)
+    part = torch.empty(grid, dtype=torch.float32, device="cuda")
+    us = time_graph(lambda: _read_kernel[(grid,)](x, part, n, BLOCK=block, ITERS=iters, num_warps=8))
+    del x
+    return us

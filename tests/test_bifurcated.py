@@ -418,12 +418,20 @@ def test_benchmark_tiny_smoke(tmp_path):
     assert (tmp_path / "bifurcated_cpu_tiny.json").is_file() and (tmp_path / "bifurcated_cpu_tiny.md").is_file()
 
 
-@pytest.mark.parametrize("cfg", ["16,0,0,0,0", "16,0,0,0,0,1", "0,0,0,0,0,1"])
+ENV_CFGS = ["16,0,0,0,0", "16,0,0,0,0,1", "0,0,0,0,0,1", "16,0,0,0,0,0,0,0,0,2", "0,0,0,0,0,1,0,0,0,2",
+            "0,0,0,0,0,0,0,0,0,1,3,1", "16,0,0,0,0,0,0,0,0,1,5,2", "16,0,0,0,0,0,0,1,2,2", "0,0,0,0,0,0,0,2,1,2",
+            "0,0,0,0,0,0,0,4,0,2"]
+
+
+@pytest.mark.parametrize("cfg", ENV_CFGS)
 def test_env_launch_override(monkeypatch, cfg):
-    # the benchmark sweep's knob: a 16-row cap forces head blocks and teams through the public API;
-    # the sixth field switches contiguous caches to block pointers
+    # the benchmark sweep's knob: a 16-row cap forces head blocks (and teams on the fused path); the
+    # sixth field switches contiguous caches to block pointers; the tenth picks the path (1 split, 2
+    # fused), the eleventh and twelfth the split path's prefix splits and states per merge load; the
+    # eighth the fused path's list order (the ninth is reserved)
     from leanattn.ops import bifurcated as bif
     monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", cfg)
+    fields = [int(x) for x in cfg.split(",")] + [0] * 12
     q, k, v, lens, _ = make_inputs(6, 8, 2, 64, [3, 0, 20, 9, 16, 1])
     pk, pv, plens = make_prefix(2, 40, 2, 64, plens=[40, 13])
     ids = ids_tensor([0, 1, 1, 0, 1, 1])
@@ -433,7 +441,97 @@ def test_env_launch_override(monkeypatch, cfg):
     check(q1, pk, pv, k1, v1, lens1, bt1, plens=plens, ids=ids_tensor([1, 0]), name="one per prompt, paged")
     k2, v2 = (torch.randn(2, 19, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
     check(q1, pk, pv, k2, v2, lens1, plens=plens, ids=ids_tensor([1, 0]), name="one per prompt, contiguous")
-    plan = [p for key, p in bif._PLANS.items() if key[-1] == cfg][-1]
-    assert plan.meta["BLOCK_PTR"] == cfg.endswith(",1")
+    plans = [p for key, p in bif._PLANS.items() if key[-1] == cfg]
+    assert [p.path for p in plans[-2:]] == ["concat", "concat"]
+    plan = [p for p in plans if not p.concat][-1]
+    assert plan.path == ("split" if fields[9] == 1 else "fused")
+    assert plan.common["BLOCK_PTR"] == bool(fields[5])
     if cfg.startswith("16,"):
-        assert plan.meta["BLOCK_HP"] == 16
+        assert plan.info["BLOCK_HP"] == 16
+    if fields[10]:
+        assert plan.splits <= fields[10] and plan.info["SB"] == fields[11]
+
+
+@pytest.mark.parametrize("splits,sb", [(1, 4), (3, 2), (7, 4), (9, 1)])
+def test_split_path_states(monkeypatch, splits, sb):
+    # the split path's prefix states: several splits merged per load (a partial last load), head
+    # blocks of 16 rows (10 samples x group 4 = 40 rows: 3 blocks), prompts of unequal size in
+    # shuffled order (the own pass finds a sample's rows by its rank in the prompt), unequal prefix
+    # lengths (empty trailing splits), an unused prompt and paged own caches
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"16,0,0,0,0,0,0,0,0,1,{splits},{sb}")
+    ids = [0] * 10 + [2] * 3 + [1]
+    ids = [ids[i] for i in torch.randperm(len(ids)).tolist()]
+    own = torch.randint(0, 40, (len(ids),)).tolist()
+    q, k, v, lens, bt = make_inputs(len(ids), 8, 2, 64, own, capacity=40, page_size=16)
+    pk, pv, plens = make_prefix(4, 150, 2, 64, plens=[150, 9, 70, 0])
+    check(q, pk, pv, k, v, lens, bt, plens=plens, ids=ids_tensor(ids), name=f"ids={ids}")
+    check(q, pk[0], pv[0], k, v, lens, bt, name="single prefix")
+    # without own tokens (a cascade level): the own launch only merges the prefix states
+    out, lse = torch.ops.leanattn.bifurcated_decode(q, pk, pv, None, None, None, None, plens, ids_tensor(ids),
+                                                    0.125, 0, 0, 0, 0)
+    ref, ref_lse = reference.cascade_decode(q, [(pk, pv, plens, ids_tensor(ids))], softmax_scale=0.125)
+    assert_rel_close("prefix only", out, ref, TOLERANCE[q.dtype])
+    assert_lse_close("prefix only", lse, ref_lse, atol=TOLERANCE[q.dtype])
+
+
+@pytest.mark.parametrize("path", ["split", "fused"])
+def test_paths_agree_with_reference(monkeypatch, path):
+    # the same multi-prompt, head-block, paged case through either path of the many-samples launch
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"16,0,0,0,0,0,0,0,0,{1 if path == 'split' else 2}")
+    ids = [0] * 9 + [1] + [2] * 2
+    own = torch.randint(0, 40, (len(ids),)).tolist()
+    q, k, v, lens, bt = make_inputs(len(ids), 4, 2, 64, own, capacity=40, page_size=16)
+    pk, pv, plens = make_prefix(4, 45, 2, 64, plens=[45, 30, 0, 12])
+    for grid in (2, 6):
+        check(q, pk, pv, k, v, lens, bt, plens=plens, ids=ids_tensor(ids), op_args=(0, grid, 16, 0),
+              name=f"{path} grid={grid}")
+
+
+def test_one_sample_takes_the_concat_path():
+    # one sample per prompt: the decode-style kernel over prefix + own (never the two-pass launch),
+    # with the prefix cut at a tile boundary and not, and rows cut into pieces by small grids
+    from leanattn.ops import bifurcated as bif
+    for P, own, grid in ((48, [5], 0), (37, [33], 3), (16, [0], 2)):
+        q, k, v, lens, _ = make_inputs(1, 8, 2, 64, own)
+        pk, pv, _ = make_prefix(None, P, 2, 64)
+        check(q, pk, pv, k, v, lens, op_args=(0, grid, 0, 0), name=f"P={P} own={own} grid={grid}")
+        assert next(reversed(bif._PLANS.values())).path == "concat"
+
+
+@pytest.mark.parametrize("path", ["1", "2"])
+def test_plan_arguments_match_the_kernels(monkeypatch, path):
+    # every keyword a plan passes is a parameter of the kernel it launches (the interpreter ignores
+    # unknown keywords; a compiled launch or warmup() rejects them)
+    from leanattn.ops import bifurcated as bif
+    from leanattn.ops import bifurcated_launch as launch
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,0,0,0,0,{path}")  # 1 split, 2 fused
+    checked = []
+
+    def occupancy_of(kernel, args, meta, device, info, prefix=""):
+        # the warmup() call a GPU makes to size the grid binds these arguments
+        params = [a for a in kernel.arg_names if a not in meta]
+        assert len(args) == len(params), f"{kernel.__name__}: {len(args)} positional arguments for {params}"
+        assert not set(meta) - set(kernel.arg_names) - {"num_warps", "num_stages"}
+        checked.append(kernel.__name__)
+        return 1
+    monkeypatch.setattr(launch, "occupancy_of", occupancy_of)
+    bif._PLANS.clear()
+    q, k, v, lens, bt = make_inputs(3, 8, 2, 64, [3, 0, 20], page_size=16)
+    pk, pv, plens = make_prefix(2, 40, 2, 64, plens=[40, 13])
+    for args in ((None, None), (plens, ids_tensor([0, 1, 1])), (plens, ids_tensor([0, 1, 0]))):
+        leanattn.bifurcated_decode(q, pk if args[1] is not None else pk[0], pv if args[1] is not None else pv[0],
+                                   k, v, lens, bt, *args)
+    leanattn.bifurcated_decode(q[:1], pk[0], pv[0], k[:1], v[:1], lens[:1])
+    kernels = {"concat": [(launch.concat_decode_kernel, "meta")],
+               "split": [(launch.prefix_states_kernel, "meta_p"), (launch.own_merge_kernel, "meta")],
+               "fused": [(launch.bifurcated_decode_kernel, "meta")]}
+    seen = set()
+    for plan in bif._PLANS.values():
+        seen.add(plan.path)
+        for kernel, attr in kernels[plan.path]:
+            unknown = set(getattr(plan, attr)) - set(kernel.arg_names) - {"num_warps", "num_stages"}
+            assert not unknown, f"{plan.path}: {kernel.__name__} has no parameters {unknown}"
+    assert {"concat", "split" if path == "1" else "fused"} <= seen
+    assert "concat_decode_kernel" in checked
+    assert {"prefix_states_kernel", "own_merge_kernel"} <= set(checked) if path == "1" else \
+        "bifurcated_decode_kernel" in checked

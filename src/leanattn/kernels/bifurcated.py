@@ -9,34 +9,37 @@ concatenation is the exact merge of two states, so the kernel computes
   GEMM). Rows are cut into ``N_HB`` head blocks of ``BLOCK_HP`` rows;
 * the **own state** exactly as ``lean_decode_kernel`` does (query heads of one GQA group per row);
 
-and merges the two in the same launch. All work is stream-K (equal contiguous ranges of KV tiles
-per program, pieces of a head merged in-kernel by the last arriver, see ``kernels/decode.py``), so
-a single prompt with a handful of samples is still spread over every SM. The work lives in two lists:
+and merges the two in the same launch. Each pass is a list of KV tiles cut stream-K style (equal
+contiguous ranges, pieces of a head merged in-kernel by the last arriver, see
+``kernels/decode.py``), and *every* program takes an equal share of *both* lists, so each list is
+balanced on its own whatever a prefix tile costs against an own tile (a prefix tile of 128
+stacked rows is matrix work, an own tile of 4 rows is a stream of bytes):
 
-* the *independent list* ``[prefix tiles of prompts with one head block | own tiles]``, cut into
-  equal ranges over all programs, so it is balanced to one tile. With up to ``BLOCK_HP`` stacked
-  rows per kv head (e.g. 128 samples of MHA, 32 of GQA-4) everything is in this list. With at most
-  one sample per prompt there is nothing to stack (``CONCAT``): each sample's row is its prefix
-  tiles followed by its own tiles, one head, so the launch is exactly ``lean_decode_kernel`` over
-  the concatenated cache, without copying it;
-* the *team list*: prefix tiles of prompts with more rows than one head block. Head blocks
-  (``N_HB > 1``) re-read the prefix tiles once per block; to make the re-reads hit L2 this list is
-  cut over *teams*: the grid is ``N_TEAMS * N_HB`` programs, program ``pid`` is member
-  ``pid % N_HB`` of team ``pid // N_HB``, and every member of a team walks the same tile range for
-  its own head block. Members are launched side by side and do identical work, so they load the
-  same prefix tile at about the same time: one HBM read, ``N_HB - 1`` L2 hits, and the L2 working
-  set is one tile per team. (The alternatives cost more: several accumulators per program overflow
-  the register file beyond two 64-row blocks, and an order with the head block varying fastest cuts
-  every head into one piece per tile, each a workspace round trip.) Members whose block holds no
-  row of a prompt (a smaller prompt in the list) skip its tiles. Odd teams do their independent
-  range first, so that programs sharing an SM overlap compute-heavy team tiles with
-  bandwidth-bound own tiles.
+* the *prefix list*: ``HKV`` rows of ``cdiv(P_g, BLOCK_NP)`` tiles per prompt, cut over *teams*:
+  the grid is ``N_TEAMS * N_HB`` programs, program ``pid`` is member ``pid % N_HB`` of team
+  ``pid // N_HB``, and every member of a team walks the same tile range for its own head block.
+  Members are launched side by side and do identical work, so they load the same prefix tile at
+  about the same time: one HBM read, ``N_HB - 1`` L2 hits. (Several accumulators per program
+  overflow the register file beyond two 64-row blocks; an order with the head block varying
+  fastest cuts every head into one piece per tile, each a workspace round trip.) Members whose
+  block holds no row of a prompt (a smaller prompt in the list) skip its tiles;
+* the *own list*: ``HKV * N_HBO`` rows of ``cdiv(len_b, BLOCK_NO)`` tiles per sample, cut over
+  all programs. Own tiles have their own size (``BLOCK_NO``): 256 own tokens are two 128-token
+  tiles, where the prefix pass of 128 stacked rows wants 64-token tiles.
+
+``ORDER`` picks which list a program walks first: 0 prefix, 1 own, 2 alternate per wave of
+``n_sm`` programs (programs ``p`` and ``p + n_sm`` usually share an SM, so one streams own tiles
+while the other does the prefix's matrix work), 3 alternate by ``pid`` parity. The lists never
+wait on each other, so any order is correct.
 
 Merging prefix and own states (``settle_rows``): whichever finishes a query row first writes its
 normalised fp32 state to a per-row buffer and bumps the row's arrival counter; the second one
 merges both (always as ``prefix ⊕ own``, so the result does not depend on who came last), writes
 ``out``/``lse`` and resets the counter. Nobody waits, so no launch can hang; counters end at zero,
 so buffers stay valid across launches and CUDA-graph replays.
+
+With at most one sample per prompt nothing is shared: ``kernels/bifurcated_concat.py`` runs the
+decode schedule over prefix + own tokens instead.
 
 Needs Triton >= 3.5: the per-row arrival counts use the values returned by a tensor
 ``tl.atomic_add``, which older releases did not broadcast to replicated threads (triton#7402).
@@ -48,8 +51,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import program_of, range_start
-from .decode import LN2, attend_tiles, load_q_rows, store_final
+from ..schedules.stream_k import locate_tile, program_of, program_range, range_start
+from .decode import LN2, attend_tiles, load_q_rows
 
 
 @triton.jit
@@ -102,18 +105,7 @@ def attend_contiguous(
 
 
 @triton.jit
-def combine(acc_a, m_a, l_a, acc_b, m_b, l_b):
-    """Merge two unnormalised online-softmax states ``(acc, m, l)`` (log2 units); empty states
-    (``m = -inf``, ``l = 0``) are the identity."""
-    m_new = tl.maximum(m_a, m_b)
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    s_a = tl.math.exp2(m_a - m_use)
-    s_b = tl.math.exp2(m_b - m_use)
-    return acc_a * s_a[:, None] + acc_b * s_b[:, None], m_new, l_a * s_a + l_b * s_b
-
-
-@triton.jit
-def attend_own(
+def attend_any(
     q, K, V, BlockTable,  #
     b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
     stride_kb, stride_kn, stride_kh,  #
@@ -122,7 +114,8 @@ def attend_own(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """A sample's own tiles: block pointers for a contiguous cache when ``BLOCK_PTR``, else decode's loop."""
+    """``attend_tiles`` of ``kernels/decode.py``, through block pointers when ``BLOCK_PTR`` and the
+    cache is contiguous."""
     if BLOCK_PTR and PAGE_SIZE == 0:
         acc, m_i, l_i = attend_contiguous(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
@@ -134,6 +127,17 @@ def attend_own(
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
     return acc, m_i, l_i
+
+
+@triton.jit
+def combine(acc_a, m_a, l_a, acc_b, m_b, l_b):
+    """Merge two unnormalised online-softmax states ``(acc, m, l)`` (log2 units); empty states
+    (``m = -inf``, ``l = 0``) are the identity."""
+    m_new = tl.maximum(m_a, m_b)
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    s_a = tl.math.exp2(m_a - m_use)
+    s_b = tl.math.exp2(m_b - m_use)
+    return acc_a * s_a[:, None] + acc_b * s_b[:, None], m_new, l_a * s_a + l_b * s_b
 
 
 @triton.jit
@@ -249,7 +253,7 @@ def settle_rows(
 def prefix_pieces(
     t, t_end, start, T, high, member,  #
     cum_g, work_g, tiles_g, plens, counts, firsts, offs_g,  #
-    Q, PK, PV, BlockTable, Order, Out, Lse,  #
+    Q, PK, PV, Order, Out, Lse,  #
     WsAcc, WsMl, Counters, StOut, StLse, Arrivals,  #
     stride_qb, stride_qh,  #
     stride_pkg, stride_pkn, stride_pkh,  #
@@ -267,17 +271,10 @@ def prefix_pieces(
     rows_p = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
     while t < t_end:
         # -- which (prompt, kv head, tile) does tile t belong to --
-        g = tl.sum((cum_g <= t).to(tl.int32), 0)
-        sel = offs_g == g
-        base = tl.sum(tl.where(sel, cum_g - work_g, 0), 0)
-        tiles = tl.sum(tl.where(sel, tiles_g, 0), 0)
+        g, sel, kvh, head_begin, head_end, stop = locate_tile(t, t_end, cum_g, work_g, tiles_g, offs_g)
         plen = tl.sum(tl.where(sel, plens, 0), 0)
         n_g = tl.sum(tl.where(sel, counts, 0), 0)
         first = tl.sum(tl.where(sel, firsts, 0), 0)
-        kvh = (t - base) // tiles
-        head_begin = base + kvh * tiles
-        head_end = head_begin + tiles
-        stop = tl.minimum(t_end, head_end)
         if member * BLOCK_HP < n_g * GROUP:
             # -- the query rows of this block: sample j = row // GROUP of the prompt, head row % GROUP --
             j = rows_p // GROUP
@@ -292,16 +289,11 @@ def prefix_pieces(
             if UPCAST:
                 q = q.to(tl.float32)
             tile_lo = t - head_begin
-            if BLOCK_PTR:
-                acc, m_i, l_i = attend_contiguous(
-                    q, PK, PV, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
-                    stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
-                    HEAD_DIM, BLOCK_HP, BLOCK_N, UPCAST, DOT_PRECISION)
-            else:
-                acc, m_i, l_i = attend_tiles(
-                    q, PK, PV, BlockTable, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
-                    stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-                    HEAD_DIM, BLOCK_HP, BLOCK_N, 0, UPCAST, DOT_PRECISION)
+            # the prefix is contiguous (PAGE_SIZE 0): the block table is never read
+            acc, m_i, l_i = attend_any(
+                q, PK, PV, Order, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+                stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
+                HEAD_DIM, BLOCK_HP, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION)
             final, acc, m_i, l_i = settle_piece(
                 acc, m_i, l_i, valid, WsAcc, WsMl, Counters,  #
                 t, start, head_begin, head_end, stop, T, high, member, NM, BLOCK_HP, HEAD_DIM,
@@ -313,9 +305,55 @@ def prefix_pieces(
 
 
 @triton.jit
+def own_pieces(
+    t, t_end, start, T, high,  #
+    cum_b, work_b, tiles_b, lens, offs_b,  #
+    Q, K, V, BlockTable, Out, Lse,  #
+    WsAcc, WsMl, Counters, StOut, StLse, Arrivals,  #
+    stride_qb, stride_qh,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_ob, stride_oh, stride_lb,  #
+    stride_btb,  #
+    qk_scale, n_rows,  #
+    HQ: tl.constexpr, GROUP: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,  #
+    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The own tiles ``[t, t_end)`` of the own list (``HKV * N_HBO`` rows of ``tiles_b`` tiles per
+    sample) in the range ``[start, ..)`` of program ``(T, high)``, as ``lean_decode_kernel``; a
+    finished row state is merged with the prefix state by ``settle_rows``."""
+    offs_ho = tl.arange(0, BLOCK_HO)
+    while t < t_end:
+        b, sel, row, head_begin, head_end, stop = locate_tile(t, t_end, cum_b, work_b, tiles_b, offs_b)
+        seqlen = tl.sum(tl.where(sel, lens, 0), 0)
+        kvh = row // N_HBO
+        hb = row % N_HBO
+        q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_HO)
+        if UPCAST:
+            q = q.to(tl.float32)
+        tile_lo = t - head_begin
+        acc, m_i, l_i = attend_any(
+            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
+        valid = hb * BLOCK_HO + offs_ho < GROUP
+        final, acc, m_i, l_i = settle_piece(
+            acc, m_i, l_i, valid, WsAcc, WsMl, Counters,  #
+            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_HO, HEAD_DIM,
+            3 if BLOCK_HO <= 16 else 2)
+        if final:
+            b_rows = tl.zeros([BLOCK_HO], tl.int32) + b
+            h_rows = kvh * GROUP + hb * BLOCK_HO + offs_ho
+            settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
+                        stride_ob, stride_oh, stride_lb, n_rows, 1, True, HQ, HEAD_DIM)
+        t = stop
+
+
+@triton.jit
 def bifurcated_decode_kernel(
     Q, PK, PV, K, V, Out, Lse,  #
-    PrefixLens, GroupCount, GroupStart, Order, PrefixIds,  #
+    PrefixLens, GroupCount, GroupStart, Order,  #
     Seqlens, BlockTable,  #
     WsAccP, WsMlP, CountersP, WsAccO, WsMlO, CountersO,  #
     StOut, StLse, Arrivals,  #
@@ -326,33 +364,29 @@ def bifurcated_decode_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb,  #
-    qk_scale, B, NG, prefix_cap, capacity,  #
+    qk_scale, B, NG, prefix_cap, capacity, n_sm,  #
     HQ: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr,  #
     BLOCK_HP: tl.constexpr, N_HB: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr,  #
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_B: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr, BLOCK_NP: tl.constexpr, BLOCK_NO: tl.constexpr,  #
+    BLOCK_G: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
-    SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, CONCAT: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
+    ORDER: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Two work lists in one launch: the *team list* (prefix tiles of prompts with more stacked rows
-    than one head block, cut over teams of ``N_HB`` programs) and the *independent list* (prefix
-    tiles of the other prompts, then every sample's own tiles, cut over all programs).
+    """Two work lists in one launch, each cut over all programs: the *prefix list* (cut over teams
+    of ``N_HB`` programs, one head block each) and the *own list* (every sample's own tiles).
 
     ``PK/PV (NG, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one prefix). Prompt ``g`` has
     ``GroupCount[g]`` samples, ``Order[GroupStart[g] + j]`` being its ``j``-th; with
-    ``SINGLE_PREFIX`` every sample reads prompt 0 and sample ``j`` is row block ``j``. The prefix
-    workspaces hold ``4`` slots per program (2 per list) and ``2 * NPROG`` counters.
-
-    ``CONCAT`` (at most one sample per prompt, so nothing to stack): no prefix work; each sample's
-    row is its prompt's prefix tiles followed by its own tiles, one head, exactly as
-    ``lean_decode_kernel`` over the concatenated cache (prompt of sample ``b``: ``PrefixIds[b]``).
+    ``SINGLE_PREFIX`` every sample reads prompt 0 and sample ``j`` is row block ``j``. Workspaces:
+    2 piece slots per program for each list, one counter per program for each list.
     """
     pid = tl.program_id(0)
     NPROG = tl.num_programs(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
     n_rows = B * HQ
 
-    # -- prefix work: HKV rows of tiles per prompt --
+    # -- prefix list: HKV rows of tiles per prompt --
     offs_g = tl.arange(0, BLOCK_G)
     valid_g = offs_g < NG
     if HAS_PREFIX_LENS:
@@ -367,156 +401,58 @@ def bifurcated_decode_kernel(
         counts = tl.load(GroupCount + offs_g, mask=valid_g, other=0)
         firsts = tl.load(GroupStart + offs_g, mask=valid_g, other=0)
     # a prompt without samples costs nothing; an empty prefix still owns one (empty) tile per kv head
-    tiles_g = tl.where(valid_g & (counts > 0), tl.maximum(tl.cdiv(plens, BLOCK_N), 1), 0)
-    if CONCAT:
-        tiles_g = tiles_g * 0
-    team_g = counts * GROUP > BLOCK_HP  # needs several head blocks: team list
-    work_t = tl.where(team_g, tiles_g * HKV, 0)
-    cum_t = tl.cumsum(work_t, 0)
-    total_t = tl.sum(work_t, 0)
-    work_i = tl.where(team_g, 0, tiles_g * HKV)
-    cum_i = tl.cumsum(work_i, 0)
-    total_i = tl.sum(work_i, 0)
-    # -- own work: HKV * N_HBO rows of tiles per sample, as lean_decode_kernel --
-    offs_b = tl.arange(0, BLOCK_B)
-    valid_b = offs_b < B
-    if HAS_SEQLENS:
-        lens = tl.load(Seqlens + offs_b, mask=valid_b, other=0)
-    else:
-        lens = tl.where(valid_b, capacity, 0)
-    lens = tl.minimum(lens, capacity)
-    if CONCAT:
-        # each sample's row: its prompt's prefix tiles, then its own tiles
-        if SINGLE_PREFIX:
-            gid_b = tl.zeros([BLOCK_B], tl.int32)
-        else:
-            gid_b = tl.load(PrefixIds + offs_b, mask=valid_b, other=0)
-        if HAS_PREFIX_LENS:
-            plen_b = tl.load(PrefixLens + gid_b, mask=valid_b, other=0)
-        else:
-            plen_b = tl.zeros([BLOCK_B], tl.int32) + prefix_cap
-        plen_b = tl.minimum(plen_b, prefix_cap)
-        ptiles_b = tl.cdiv(plen_b, BLOCK_N)
-        tiles_b = tl.where(valid_b, tl.maximum(ptiles_b + tl.cdiv(lens, BLOCK_N), 1), 0)
-    else:
-        tiles_b = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
-    work_b = tiles_b * (HKV * N_HBO)
-    cum_b = tl.cumsum(work_b, 0)
-    if HAS_OWN:
-        total_o = tl.sum(work_b, 0)
-    else:
-        total_o = 0
-
-    # -- schedules: the independent list [small-prompt prefix tiles | own tiles] over all programs
-    # (balanced to one tile); the team list over NPROG // N_HB teams --
-    T_i = tl.cdiv(total_i + total_o, NPROG)
-    high_i = total_i + total_o - (T_i - 1) * NPROG
-    start_i = range_start(pid, T_i, high_i)
-    end_i = start_i + T_i - (pid >= high_i).to(tl.int32)
+    tiles_g = tl.where(valid_g & (counts > 0), tl.maximum(tl.cdiv(plens, BLOCK_NP), 1), 0)
+    work_p = tiles_g * HKV
+    cum_p = tl.cumsum(work_p, 0)
+    total_p = tl.sum(work_p, 0)
     NT = NPROG // N_HB
     team = pid // N_HB
     member = pid % N_HB
-    T_t = tl.cdiv(total_t, NT)
-    high_t = total_t - (T_t - 1) * NT
-    start_t = range_start(team, T_t, high_t)
-    end_t = start_t + T_t - (team >= high_t).to(tl.int32)
-    # each list has its own piece slots (2 per program) and counters in the prefix workspace
-    ws_acc_i = WsAccP + 2 * NPROG * BLOCK_HP * HEAD_DIM
-    ws_ml_i = WsMlP + 2 * NPROG * 2 * BLOCK_HP
-    counters_i = CountersP + NPROG
+    T_p, high_p, start_p, end_p = program_range(total_p, team, NT)
 
-    # Order: odd teams start with the independent list, so that programs sharing an SM overlap
-    # compute-heavy team tiles (many stacked rows) with bandwidth-bound own tiles. The lists never
-    # wait on each other, so any order is correct.
-    if N_HB == 1:
-        flip = 0
-    else:
-        flip = team % 2
-    for ph in range(2):
-        if ph == flip:
-            # ================= team list: one head block per member =================
-            if N_HB > 1:
-                prefix_pieces(
-                    start_t, end_t, start_t, T_t, high_t, member,  #
-                    cum_t, work_t, tiles_g, plens, counts, firsts, offs_g,  #
-                    Q, PK, PV, BlockTable, Order, Out, Lse,  #
-                    WsAccP, WsMlP, CountersP, StOut, StLse, Arrivals,  #
-                    stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
-                    stride_ob, stride_oh, stride_lb, qk_scale, n_rows,  #
-                    N_HB, HQ, GROUP, BLOCK_HP, HEAD_DIM, BLOCK_N, SINGLE_PREFIX, HAS_OWN,  #
-                    BLOCK_PTR, UPCAST, DOT_PRECISION)
+    # -- own list: HKV * N_HBO rows of tiles per sample, as lean_decode_kernel --
+    if HAS_OWN:
+        offs_b = tl.arange(0, BLOCK_B)
+        valid_b = offs_b < B
+        if HAS_SEQLENS:
+            lens = tl.load(Seqlens + offs_b, mask=valid_b, other=0)
         else:
-            # ================= independent list, part 1: prefixes of prompts with one head block =================
+            lens = tl.where(valid_b, capacity, 0)
+        lens = tl.minimum(lens, capacity)
+        tiles_b = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_NO), 1), 0)
+        work_b = tiles_b * (HKV * N_HBO)
+        cum_b = tl.cumsum(work_b, 0)
+        total_o = tl.sum(work_b, 0)
+        T_o, high_o, start_o, end_o = program_range(total_o, pid, NPROG)
+
+    if ORDER == 0:
+        own_first = 0
+    elif ORDER == 1:
+        own_first = 1
+    elif ORDER == 2:
+        own_first = (pid // n_sm) % 2
+    else:
+        own_first = pid % 2
+    for ph in range(2):
+        if ph != own_first:
+            # ================= prefix list: one head block per team member =================
             prefix_pieces(
-                start_i, tl.minimum(end_i, total_i), start_i, T_i, high_i, 0,  #
-                cum_i, work_i, tiles_g, plens, counts, firsts, offs_g,  #
-                Q, PK, PV, BlockTable, Order, Out, Lse,  #
-                ws_acc_i, ws_ml_i, counters_i, StOut, StLse, Arrivals,  #
+                start_p, end_p, start_p, T_p, high_p, member,  #
+                cum_p, work_p, tiles_g, plens, counts, firsts, offs_g,  #
+                Q, PK, PV, Order, Out, Lse,  #
+                WsAccP, WsMlP, CountersP, StOut, StLse, Arrivals,  #
                 stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
                 stride_ob, stride_oh, stride_lb, qk_scale, n_rows,  #
-                1, HQ, GROUP, BLOCK_HP, HEAD_DIM, BLOCK_N, SINGLE_PREFIX, HAS_OWN,  #
+                N_HB, HQ, GROUP, BLOCK_HP, HEAD_DIM, BLOCK_NP, SINGLE_PREFIX, HAS_OWN,  #
                 BLOCK_PTR, UPCAST, DOT_PRECISION)
-            # ================= independent list, part 2: each sample's own tokens =================
-            # own tile i is list position total_i + i
-            if HAS_OWN:
-                offs_ho = tl.arange(0, BLOCK_HO)
-                t = tl.maximum(start_i, total_i)
-                while t < end_i:
-                    local = t - total_i
-                    b = tl.sum((cum_b <= local).to(tl.int32), 0)
-                    sel = offs_b == b
-                    base = total_i + tl.sum(tl.where(sel, cum_b - work_b, 0), 0)
-                    tiles = tl.sum(tl.where(sel, tiles_b, 0), 0)
-                    seqlen = tl.sum(tl.where(sel, lens, 0), 0)
-                    row = (t - base) // tiles
-                    head_begin = base + row * tiles
-                    head_end = head_begin + tiles
-                    stop = tl.minimum(end_i, head_end)
-                    kvh = row // N_HBO
-                    hb = row % N_HBO
-                    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_HO)
-                    if UPCAST:
-                        q = q.to(tl.float32)
-                    tile_lo = t - head_begin
-                    tile_hi = tile_lo + (stop - t)
-                    if CONCAT:
-                        # tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens
-                        pt = tl.sum(tl.where(sel, ptiles_b, 0), 0)
-                        gid = tl.sum(tl.where(sel, gid_b, 0), 0)
-                        plen = tl.sum(tl.where(sel, plen_b, 0), 0)
-                        if BLOCK_PTR:
-                            acc, m_i, l_i = attend_contiguous(
-                                q, PK, PV, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #
-                                stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
-                                HEAD_DIM, BLOCK_HO, BLOCK_N, UPCAST, DOT_PRECISION)
-                        else:
-                            acc, m_i, l_i = attend_tiles(
-                                q, PK, PV, BlockTable, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #
-                                stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-                                HEAD_DIM, BLOCK_HO, BLOCK_N, 0, UPCAST, DOT_PRECISION)
-                        acc_o, m_o, l_o = attend_own(
-                            q, K, V, BlockTable, b, kvh, seqlen,  #
-                            tl.maximum(tile_lo, pt) - pt, tile_hi - pt, qk_scale,  #
-                            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-                            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
-                        acc, m_i, l_i = combine(acc, m_i, l_i, acc_o, m_o, l_o)
-                    else:
-                        acc, m_i, l_i = attend_own(
-                            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
-                            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-                            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
-                    valid = hb * BLOCK_HO + offs_ho < GROUP
-                    final, acc, m_i, l_i = settle_piece(
-                        acc, m_i, l_i, valid, WsAccO, WsMlO, CountersO,  #
-                        t, start_i, head_begin, head_end, stop, T_i, high_i, 0, 1, BLOCK_HO, HEAD_DIM,
-                        3 if BLOCK_HO <= 16 else 2)
-                    if final:
-                        if CONCAT:
-                            store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
-                                        GROUP, HEAD_DIM, BLOCK_HO)
-                        else:
-                            b_rows = tl.zeros([BLOCK_HO], tl.int32) + b
-                            h_rows = kvh * GROUP + hb * BLOCK_HO + offs_ho
-                            settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
-                                        stride_ob, stride_oh, stride_lb, n_rows, 1, HAS_OWN, HQ, HEAD_DIM)
-                    t = stop
+        elif HAS_OWN:
+            # ================= own list: each sample's own tokens =================
+            own_pieces(
+                start_o, end_o, start_o, T_o, high_o,  #
+                cum_b, work_b, tiles_b, lens, offs_b,  #
+                Q, K, V, BlockTable, Out, Lse,  #
+                WsAccO, WsMlO, CountersO, StOut, StLse, Arrivals,  #
+                stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
+                stride_ob, stride_oh, stride_lb, stride_btb, qk_scale, n_rows,  #
+                HQ, GROUP, BLOCK_HO, N_HBO, HEAD_DIM, BLOCK_NO, PAGE_SIZE,  #
+                BLOCK_PTR, UPCAST, DOT_PRECISION)

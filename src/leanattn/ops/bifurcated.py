@@ -3,7 +3,8 @@
 Many samples of one prompt share the prompt's KV (parallel sampling, best-of-n, beams). Standard
 decode reads the shared prefix once per sample; here it is read once per prompt, with the
 prompt's queries stacked into the rows of the matrix product, and merged exactly with each
-sample's own tokens in the same launch (see ``kernels/bifurcated.py``).
+sample's own tokens in the same launch (see ``kernels/bifurcated.py``; launch plans and the other
+paths in ``ops/bifurcated_launch.py``).
 """
 from __future__ import annotations
 
@@ -11,152 +12,23 @@ import os
 from typing import Optional, Sequence
 
 import torch
-import triton
 
 from .. import checks, runtime
-from ..kernels.bifurcated import bifurcated_decode_kernel
 from ..merges.states import merge_states
-from .decode import _capacity, validate_decode
-from .decode_config import decode_config
+from .bifurcated_launch import Plan
+from .decode import validate_decode
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
-
-LOG2E = 1.4426950408889634
-
-
-def _env_config() -> tuple:
-    """``LEANATTN_BIFURCATED_CONFIG=block_h_cap,block_n,num_warps,num_stages,ctas_per_sm,block_ptr``
-    (0 = default): launch overrides for benchmark sweeps."""
-    raw = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
-    if not raw:
-        return (0,) * 6
-    vals = tuple(int(x) for x in raw.split(","))
-    return vals + (0,) * (6 - len(vals))
-
-
-def launch_config(rows: int, head_dim: int, group: int, device: torch.device, block_h: int = 0, block_n: int = 0):
-    """``(decode config of the own phase, prefix rows per tl.dot, tile, warps, stages, ctas per SM,
-    block pointers)``.
-
-    The prefix phase stacks all rows of a kv head up to 128 per ``tl.dot`` (64 at D=256): fewer head
-    blocks, fewer re-reads of each prefix tile. 128-row blocks take 64-token tiles, 8 warps and 3
-    stages (the decode sweep on H100: 64-token tiles with 8 warps need 3 stages to stream at full rate;
-    128 x 128 tiles would leave one program per SM). Otherwise the decode table applies.
-
-    Block pointers for contiguous caches (``block_ptr``, off by default): offline ``ptxas`` for sm_90a
-    shows decode's pointer-tensor loop at 32-56 registers with kilobytes of spills, the block-pointer
-    loop at 255 registers with almost none; which streams faster is for the sweep to say.
-    """
-    cap_env, bn_env, warps_env, stages_env, cps_env, bp_env = _env_config()
-    cfg = decode_config(head_dim, group, device, block_n or bn_env or None)
-    cap = cap_env or (64 if head_dim > 128 else 128)
-    block_hp = block_h or max(16, min(cap, triton.next_power_of_2(max(rows, 1))))
-    bn, warps, stages = cfg.block_n, cfg.num_warps, cfg.num_stages
-    if block_hp > 64 and device.type == "cuda":
-        bn = block_n or bn_env or min(bn, 64)
-        warps, stages = max(warps, 8), max(stages, 3)
-    return (cfg, block_hp, bn, warps_env or warps, stages_env or stages, cps_env or cfg.ctas_per_sm, bool(bp_env))
-
-
-class _Plan:
-    """Launch constants of one call signature (shapes, strides, dtypes, options); cached."""
-
-    def __init__(self, q, pk, pv, k, v, seqlens, block_table, has_plens, single, n_max, scale, workers, block_h,
-                 block_n):
-        B, Hq, D = q.shape
-        G, P, Hkv = pk.shape[0], pk.shape[1], pk.shape[2]
-        device = q.device
-        group = Hq // Hkv
-        has_own = k is not None
-        cfg, block_hp, bn, warps, stages, self.ctas_per_sm, block_ptr = launch_config(n_max * group, D, group, device,
-                                                                                       block_h, block_n)
-        self.n_hb = n_hb = triton.cdiv(n_max * group, block_hp)
-        paged = block_table is not None
-        self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
-        self.dummy_kv = runtime.workspace("dummy_kv", device, (1, 1, Hkv, D), q.dtype, zero=True)
-        cap = _capacity(k, block_table) if has_own else 0
-        self.meta = dict(
-            HQ=Hq, HKV=Hkv, GROUP=group, BLOCK_HP=block_hp, N_HB=n_hb, BLOCK_HO=cfg.block_h, N_HBO=cfg.n_hb,
-            HEAD_DIM=D, BLOCK_N=bn, BLOCK_G=max(16, triton.next_power_of_2(G)),
-            BLOCK_B=max(16, triton.next_power_of_2(B)),
-            HAS_SEQLENS=seqlens is not None, HAS_PREFIX_LENS=has_plens, SINGLE_PREFIX=single, HAS_OWN=has_own,
-            CONCAT=has_own and n_max == 1, BLOCK_PTR=block_ptr,
-            UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-            num_warps=warps, num_stages=stages)
-        # empty caches are replaced by a one-token dummy (with zero length), so no pointer is dangling
-        self.empty_prefix = P == 0
-        self.empty_own = has_own and cap == 0
-        pk_s = self.dummy_kv if self.empty_prefix else pk
-        pv_s = self.dummy_kv if self.empty_prefix else pv
-        k_s = self.dummy_kv if (not has_own or self.empty_own) else k
-        v_s = self.dummy_kv if (not has_own or self.empty_own) else v
-        own_paged = paged and not self.empty_own
-        self.meta["PAGE_SIZE"] = k.shape[1] if own_paged else 0  # 0: contiguous own cache
-        self.tail = (q.stride(0), q.stride(1),
-                     pk_s.stride(0) if G > 1 and P else 0, pk_s.stride(1), pk_s.stride(2),
-                     pv_s.stride(0) if G > 1 and P else 0, pv_s.stride(1), pv_s.stride(2),
-                     k_s.stride(0), k_s.stride(1), k_s.stride(2),
-                     v_s.stride(0), v_s.stride(1), v_s.stride(2),
-                     Hq * D, D, Hq,  # out and lse are allocated contiguous
-                     block_table.stride(0) if own_paged else 0,
-                     scale * LOG2E, B, G, P, cap)
-        self.own_paged = own_paged
-        self.info = {}  # launch facts for benchmarks: grid, tiles, registers, spills, occupancy
-        self.grid = (self._grid(cfg, q, workers),)
-        n = self.grid[0]
-        rows = B * Hq if has_own else 1  # prefix/own states of each query row, merged by the second arriver
-        # prefix pieces: 2 slots per program for the team list and 2 for the independent list
-        self.ws = (runtime.workspace("bif_acc_p", device, (4 * n, block_hp, D), torch.float32),
-                   runtime.workspace("bif_ml_p", device, (4 * n, 2, block_hp), torch.float32),
-                   runtime.workspace("bif_counters_p", device, (2 * n,), torch.int32, zero=True),
-                   runtime.workspace("bif_acc_o", device, (2 * n, cfg.block_h, D), torch.float32),
-                   runtime.workspace("bif_ml_o", device, (2 * n, 2, cfg.block_h), torch.float32),
-                   runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True),
-                   runtime.workspace("bif_state_out", device, (2, rows, D), torch.float32),
-                   runtime.workspace("bif_state_lse", device, (2, rows), torch.float32),
-                   runtime.workspace("bif_arrivals", device, (rows,), torch.int32, zero=True))
-
-    def _grid(self, cfg, q, workers) -> int:
-        """``N_HB`` team members times as many teams as fit (``SMs x occupancy`` programs in all)."""
-        if workers <= 0:
-            occ = 1
-            if q.device.type == "cuda":
-                d, f = self.dummy_i32, torch.empty((1,), dtype=torch.float32, device=q.device)
-                kv = self.dummy_kv
-                compiled = bifurcated_decode_kernel.warmup(
-                    q, kv, kv, kv, kv, q, f, d, d, d, d, d, d, d, f, f, d, f, f, d, f, f, d, *self.tail,
-                    grid=(1,), **self.meta)
-                occ = runtime.occupancy(compiled, q.device)
-                self.info.update(n_regs=getattr(compiled, "n_regs", None), n_spills=getattr(compiled, "n_spills", None),
-                                 shared=compiled.metadata.shared, occupancy=occ)
-            workers = runtime.num_sms(q.device) * max(1, min(occ, self.ctas_per_sm))
-        grid = max(1, workers // self.n_hb) * self.n_hb
-        self.info.update(grid=grid, teams=grid // self.n_hb, **{k: v for k, v in self.meta.items() if k in (
-            "BLOCK_HP", "N_HB", "BLOCK_HO", "BLOCK_N", "CONCAT", "BLOCK_PTR", "num_warps", "num_stages")})
-        return grid
-
-    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, ids, groups, out, lse):
-        d = self.dummy_i32
-        if self.empty_prefix:
-            pk = pv = self.dummy_kv
-        if k is None or self.empty_own:
-            k = v = self.dummy_kv
-        counts, starts, order = groups if groups is not None else (d, d, d)
-        bifurcated_decode_kernel[self.grid](
-            q, pk, pv, k, v, out, lse,
-            d if plens is None else plens, counts, starts, order, d if ids is None else ids,
-            d if seqlens is None else seqlens, block_table if self.own_paged else d,
-            *self.ws, *self.tail, **self.meta)
-
 
 _PLANS: dict = {}
 
 
 def _group_layout(prefix_ids: torch.Tensor, G: int):
-    """``(counts (G,), starts (G,), order (B,))`` int32: samples sorted by prompt.
+    """``(counts (G,), starts (G,), order (B,), rank (B,))`` int32: samples sorted by prompt.
 
-    No host sync and no atomics (deterministic, capturable in a CUDA graph).
+    Prompt ``g`` has ``counts[g]`` samples, its ``j``-th being ``order[starts[g] + j]``; sample ``b``
+    is the ``rank[b]``-th of its prompt. No host sync and no atomics (deterministic, capturable in a
+    CUDA graph).
     """
     ids = prefix_ids.long()
     order = torch.argsort(ids, stable=True)
@@ -164,7 +36,9 @@ def _group_layout(prefix_ids: torch.Tensor, G: int):
     sorted_ids = ids[order]
     starts = torch.searchsorted(sorted_ids, prompts)
     counts = torch.searchsorted(sorted_ids, prompts, right=True) - starts
-    return counts.to(torch.int32), starts.to(torch.int32), order.to(torch.int32)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.shape[0], device=ids.device) - starts[sorted_ids]
+    return counts.to(torch.int32), starts.to(torch.int32), order.to(torch.int32), rank.to(torch.int32)
 
 
 def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
@@ -202,8 +76,8 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
            os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens is not None,
-                     single, n_max, softmax_scale, num_programs, block_h, block_n)
+        plan = Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens is not None,
+                    single, n_max, softmax_scale, num_programs, block_h, block_n)
         _PLANS[key] = plan
     plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
              out, lse)
@@ -357,8 +231,8 @@ def bifurcated_decode(
     (``samples x group`` rows) and every prefix tile is multiplied against all of them at once;
     each sample's own tokens are attended like :func:`leanattn.decode`; both passes are stream-K
     over all SMs and their states are merged in-kernel. With at most one sample per prompt there is
-    nothing to share and the launch is :func:`leanattn.decode` over the concatenation, without
-    building it. Output is bitwise deterministic for fixed inputs and launch configuration.
+    nothing to share and the launch is :func:`leanattn.decode`'s schedule over the concatenation,
+    without building it (``kernels/bifurcated_concat.py``). Output is bitwise deterministic for fixed inputs and launch configuration.
     Registered as the custom op ``torch.ops.leanattn.bifurcated_decode``
     (``torch.compile(fullgraph=True)``, CUDA graphs: lengths, prefix ids and prefix lengths may
     change between replays; with several prompts pass ``max_group_size`` and keep every prompt

@@ -36,6 +36,36 @@ def program_of(t, T, high):
     return tl.where(t < split, t // T, high + (t - split) // tl.maximum(T - 1, 1))
 
 
+@triton.jit
+def program_range(total, pid, nprog):
+    """``(T, high, start, end)``: program ``pid`` of ``nprog`` takes positions ``[start, end)`` of
+    ``total``; the first ``high`` programs take ``T`` positions, the rest ``T - 1``."""
+    T = tl.cdiv(total, nprog)
+    high = total - (T - 1) * nprog
+    start = range_start(pid, T, high)
+    return T, high, start, start + T - (pid >= high).to(tl.int32)
+
+
+@triton.jit
+def locate_tile(t, t_end, cum_incl, work, tiles, offs):
+    """Where list position ``t`` lies, in a list of ``work[i] = rows * tiles[i]`` positions per item
+    (``cum_incl`` the inclusive prefix sum of ``work``, ``offs`` the item indices).
+
+    Returns ``(i, sel, row, head_begin, head_end, stop)``: the item ``i`` (``sel = offs == i`` picks
+    its entry of any other per-item vector), the row holding ``t``, that row's positions
+    ``[head_begin, head_end)`` and ``stop = min(t_end, head_end)``, the end of the piece starting at
+    ``t`` in a range ending at ``t_end``. ``lean_assignment`` is the Python mirror.
+    """
+    i = tl.sum((cum_incl <= t).to(tl.int32), 0)
+    sel = offs == i
+    base = tl.sum(tl.where(sel, cum_incl - work, 0), 0)
+    n = tl.sum(tl.where(sel, tiles, 0), 0)
+    row = (t - base) // n
+    head_begin = base + row * n
+    head_end = head_begin + n
+    return i, sel, row, head_begin, head_end, tl.minimum(t_end, head_end)
+
+
 # --------------------------------------------------------------------------------------------
 # Python side
 # --------------------------------------------------------------------------------------------

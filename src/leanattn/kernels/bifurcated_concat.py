@@ -1,0 +1,111 @@
+"""Shared-prefix decode with at most one sample per prompt: the decode schedule over prefix + own.
+
+With one sample per prompt there is nothing to stack into the rows of a matrix product, so
+bifurcation buys nothing. This kernel is ``lean_decode_kernel`` (``kernels/decode.py``) over the
+concatenation ``prefix[g] ++ own[b]`` without building it: row ``(b, kv head, head block)`` has
+``cdiv(P_g, BLOCK_N)`` prefix tiles followed by ``cdiv(len_b, BLOCK_N)`` own tiles, the rows are
+cut stream-K over a persistent grid, and a row cut into pieces is merged in-kernel by the last
+arriver in program order (bitwise deterministic, nobody waits). It holds only the decode loop's
+state, so it needs the registers of ``lean_decode_kernel`` rather than those of the two-list
+bifurcated kernel, and reads the same bytes as decode over copied caches.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..schedules.stream_k import locate_tile, program_range
+from .bifurcated import attend_any, combine, settle_piece
+from .decode import load_q_rows, store_final
+
+
+@triton.jit
+def concat_decode_kernel(
+    Q, PK, PV, K, V, Out, Lse,  #
+    PrefixLens, PrefixIds, Seqlens, BlockTable,  #
+    WsAcc, WsMl, Counters,  #
+    stride_qb, stride_qh,  #
+    stride_pkg, stride_pkn, stride_pkh,  #
+    stride_pvg, stride_pvn, stride_pvh,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_ob, stride_oh, stride_lb,  #
+    stride_btb,  #
+    qk_scale, B, prefix_cap, capacity,  #
+    GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
+    SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Stream-K decode of sample ``b`` over ``PK/PV[PrefixIds[b], :PrefixLens[g]]`` then its own cache.
+
+    ``PK/PV (NG, prefix_cap, Hkv, D)`` (``stride_pkg = 0`` and no ``PrefixIds`` with
+    ``SINGLE_PREFIX``); ``K/V`` contiguous ``(B, capacity, Hkv, D)`` or paged (``PAGE_SIZE > 0``).
+    ``ROWS = Hkv * N_HB`` scheduling rows per sample. Workspaces as ``lean_decode_kernel``: 2 piece
+    slots and one counter per program.
+    """
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    # -- schedule, from the real lengths (no host sync): prefix tiles then own tiles per row --
+    offs_b = tl.arange(0, BLOCK_B)
+    valid_b = offs_b < B
+    if HAS_SEQLENS:
+        lens = tl.load(Seqlens + offs_b, mask=valid_b, other=0)
+    else:
+        lens = tl.where(valid_b, capacity, 0)
+    lens = tl.minimum(lens, capacity)
+    if SINGLE_PREFIX:
+        gid_b = tl.zeros([BLOCK_B], tl.int32)
+    else:
+        gid_b = tl.load(PrefixIds + offs_b, mask=valid_b, other=0)
+    if HAS_PREFIX_LENS:
+        plen_b = tl.load(PrefixLens + gid_b, mask=valid_b, other=0)
+    else:
+        plen_b = tl.zeros([BLOCK_B], tl.int32) + prefix_cap
+    plen_b = tl.minimum(plen_b, prefix_cap)
+    ptiles_b = tl.cdiv(plen_b, BLOCK_N)
+    tiles = tl.where(valid_b, tl.maximum(ptiles_b + tl.cdiv(lens, BLOCK_N), 1), 0)
+    work = tiles * ROWS
+    cum_incl = tl.cumsum(work, 0)
+    total = tl.sum(work, 0)
+    T, high, start, end = program_range(total, pid, G)
+
+    offs_h = tl.arange(0, BLOCK_H)
+    t = start
+    while t < end:
+        # -- which (sample, row, tile) does tile t belong to --
+        b, sel, row, head_begin, head_end, stop = locate_tile(t, end, cum_incl, work, tiles, offs_b)
+        seqlen = tl.sum(tl.where(sel, lens, 0), 0)
+        pt = tl.sum(tl.where(sel, ptiles_b, 0), 0)
+        gid = tl.sum(tl.where(sel, gid_b, 0), 0)
+        plen = tl.sum(tl.where(sel, plen_b, 0), 0)
+        kvh = row // N_HB
+        hb = row % N_HB
+        tile_lo = t - head_begin
+        tile_hi = tile_lo + (stop - t)
+
+        q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H)
+        if UPCAST:
+            q = q.to(tl.float32)
+        # -- tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens --
+        acc, m_i, l_i = attend_any(
+            q, PK, PV, BlockTable, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #
+            stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
+            HEAD_DIM, BLOCK_H, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION)
+        if tile_hi > pt:
+            acc_o, m_o, l_o = attend_any(
+                q, K, V, BlockTable, b, kvh, seqlen, tl.maximum(tile_lo, pt) - pt, tile_hi - pt, qk_scale,  #
+                stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+                HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
+            acc, m_i, l_i = combine(acc, m_i, l_i, acc_o, m_o, l_o)
+
+        valid_h = hb * BLOCK_H + offs_h < GROUP
+        final, acc, m_i, l_i = settle_piece(
+            acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
+            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, 3)
+        if final:
+            store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
+                        GROUP, HEAD_DIM, BLOCK_H)
+        t = stop

@@ -1,0 +1,92 @@
+"""Bifurcated decode, launch 1 of 2: partial states of the shared prefixes, every prefix tile read once.
+
+For prompt ``g`` and kv head ``h`` the query rows of all the prompt's samples that read ``h``
+(``n_g * GROUP`` rows, sample-major: row ``r`` is query head ``h * GROUP + r % GROUP`` of the
+prompt's ``r // GROUP``-th sample) are stacked into the rows of one ``tl.dot`` (the
+bifurcated-attention GEMM), cut into ``N_HB`` head blocks of ``BLOCK_HP`` rows. The prefix tiles
+are cut into ``S`` fixed splits of ``chunk`` tiles (FlashDecoding's layout rather than stream-K:
+every split's state has a fixed slot, so the own-token launch can find and merge them without
+counters). Program ``(s * N_HB + member, h, g)`` writes the normalised state of split ``s`` for
+head block ``member``; head blocks of one split are adjacent in launch order, so they load the
+same prefix tile at about the same time (one HBM read, ``N_HB - 1`` L2 hits).
+
+State layout: ``StO (G, HKV, S, ROWS_P, D)`` fp32, the split's output normalised by its own sum,
+and ``StL (G, HKV, S, ROWS_P)`` fp32, its log2-sum-exp (``-inf`` and zeros for an empty split),
+with ``ROWS_P = N_HB * BLOCK_HP``. ``kernels/bifurcated_own.py`` merges them with the own tokens.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .bifurcated import attend_any
+
+
+@triton.jit
+def prefix_states_kernel(
+    Q, PK, PV, StO, StL,  #
+    PrefixLens, GroupCount, GroupStart, Order,  #
+    stride_qb, stride_qh,  #
+    stride_pkg, stride_pkn, stride_pkh,  #
+    stride_pvg, stride_pvn, stride_pvh,  #
+    qk_scale, B, prefix_cap, S, chunk,  #
+    HKV: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr, N_HB: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Split ``s`` of prompt ``g``'s prefix for kv head ``h``, head block ``member``.
+
+    ``PK/PV (G, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one prefix). Prompt ``g`` has
+    ``GroupCount[g]`` samples, ``Order[GroupStart[g] + j]`` being its ``j``-th (with
+    ``SINGLE_PREFIX``: ``B`` samples, the ``j``-th is ``j``). Split ``s`` covers prefix tiles
+    ``[s * chunk, (s + 1) * chunk)`` of ``BLOCK_N`` tokens.
+    """
+    pid = tl.program_id(0)
+    kvh = tl.program_id(1)
+    g = tl.program_id(2)
+    s = pid // N_HB
+    member = pid % N_HB
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    if SINGLE_PREFIX:
+        n_g = B
+        first = 0
+    else:
+        n_g = tl.load(GroupCount + g)
+        first = tl.load(GroupStart + g)
+    if HAS_PREFIX_LENS:
+        plen = tl.minimum(tl.load(PrefixLens + g), prefix_cap)
+    else:
+        plen = prefix_cap
+    lo = s * chunk
+    hi = tl.minimum(lo + chunk, tl.cdiv(plen, BLOCK_N))
+    # a block past the prompt's rows is never read: no tiles (an `if` around the loop would keep
+    # Triton from software-pipelining its loads)
+    hi = tl.where(member * BLOCK_HP < n_g * GROUP, hi, lo)
+    # -- the block's query rows: sample j = row // GROUP of the prompt, head row % GROUP --
+    rows = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
+    offs_d = tl.arange(0, HEAD_DIM)
+    j = rows // GROUP
+    valid = j < n_g
+    if SINGLE_PREFIX:
+        b_rows = j
+    else:
+        b_rows = tl.load(Order + first + j, mask=valid, other=0)
+    h_rows = kvh * GROUP + rows % GROUP
+    q = tl.load(Q + b_rows.to(tl.int64)[:, None] * stride_qb + h_rows[:, None] * stride_qh + offs_d[None, :],
+                mask=valid[:, None], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    # the prefix is contiguous (PAGE_SIZE 0): the block table argument is never read
+    acc, m_i, l_i = attend_any(
+        q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale,  #
+        stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
+        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION)
+    # -- normalised state; an empty split is (0, -inf), the merge's identity --
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))
+    slot = ((g.to(tl.int64) * HKV + kvh) * S + s) * (N_HB * BLOCK_HP) + rows
+    tl.store(StO + slot[:, None] * HEAD_DIM + offs_d[None, :], o, mask=valid[:, None])
+    tl.store(StL + slot, lse2, mask=valid)

@@ -1,0 +1,291 @@
+"""Launch plans of ``leanattn.bifurcated_decode``: which kernels, tile sizes, grids and workspaces.
+
+Three paths, chosen per call signature:
+
+* ``concat`` (at most one sample per prompt, own tokens given): nothing to share, one launch of
+  the decode schedule over prefix + own tokens (``kernels/bifurcated_concat.py``);
+* ``fused`` (default otherwise): one launch of both passes, two stream-K work lists with in-kernel
+  last-arriver merges (``kernels/bifurcated.py``);
+* ``split`` (``LEANATTN_BIFURCATED_CONFIG`` path field 1): two launches, fixed-split prefix states
+  with stacked rows (``kernels/bifurcated_prefix.py``), then the own tokens with the prefix merge
+  fused in (``kernels/bifurcated_own.py``). Measured on an H200 it lost to ``fused`` on most bar
+  cases (MHA 8k x16: 141 us against 76; GQA 8k x4: 91 against decode's 55) and won only GQA 8k x16
+  (55 us against 65, 16 splits, one own program per SM); see
+  ``benchmarks/results/profile_bifurcated_run3_H200.log``. Kept as an option for profiling.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import triton
+
+from .. import runtime
+from ..kernels.bifurcated import bifurcated_decode_kernel
+from ..kernels.bifurcated_concat import concat_decode_kernel
+from ..kernels.bifurcated_own import own_merge_kernel
+from ..kernels.bifurcated_prefix import prefix_states_kernel
+from .decode import _capacity
+from .decode_config import DecodeConfig, decode_config
+
+LOG2E = 1.4426950408889634
+
+_ENV_FIELDS = ("block_h_cap", "block_np", "num_warps", "num_stages", "ctas_per_sm", "block_ptr", "block_no", "order",
+               "reserved", "path", "splits", "sb")
+
+
+def env_config() -> dict:
+    """``LEANATTN_BIFURCATED_CONFIG``: comma-separated integers, 0 = default, in the order
+    ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, block_ptr, block_no, order, reserved,
+    path, splits, sb`` (``order`` is ``ORDER + 1``; ``reserved`` was an eviction policy for the
+    K/V loads, measured without effect on the H200 and removed; ``path`` 1 split, 2 fused;
+    ``splits`` prefix splits per head of the split path; ``sb`` prefix states merged per load):
+    launch overrides for benchmark sweeps."""
+    raw = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
+    vals = tuple(int(x) for x in raw.split(",")) if raw else ()
+    vals = vals + (0,) * (len(_ENV_FIELDS) - len(vals))
+    return dict(zip(_ENV_FIELDS, vals))
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    own: DecodeConfig   # the own-token pass (and the one-sample path): rows per dot, head blocks, tile
+    block_hp: int       # stacked prefix rows per tl.dot
+    block_np: int       # prefix tokens per tile
+    block_no: int       # own tokens per tile
+    num_warps: int      # of the prefix pass
+    num_stages: int
+    ctas_per_sm: int    # cap on resident programs per SM
+    block_ptr: bool     # block pointers for contiguous caches
+    order: int          # ORDER of kernels/bifurcated.py (fused path): which list a program walks first
+    path: str           # "fused" or "split" (with more than one sample per prompt)
+    splits: int         # prefix splits per (prompt, kv head) of the split path (0: fill the GPU)
+    sb: int             # prefix split states merged per load
+
+
+def launch_config(rows: int, head_dim: int, group: int, device: torch.device, block_h: int = 0,
+                  block_n: int = 0) -> LaunchConfig:
+    """Launch configuration for ``rows`` stacked prefix rows per kv head.
+
+    The prefix pass stacks the rows of a kv head up to 128 per ``tl.dot`` for MHA, 64 for GQA and at
+    D=256 (see below). 128-row blocks take 64-token tiles, 8 warps and 3 stages (the decode sweep on
+    H100: 64-token tiles with 8 warps need 3 stages to stream at full rate; 128 x 128 tiles would
+    leave one program per SM). Own tiles keep the decode table's size (128 at D <= 128): 256 own
+    tokens are two tiles. ``block_n`` (op argument, tests) sets both tile sizes.
+    """
+    env = env_config()
+    cfg = decode_config(head_dim, group, device, block_n or None)
+    cuda = device.type == "cuda"
+    # GQA at D <= 128: 64-row prefix blocks of 64-token tiles, 4 warps, 3 stages (two programs per SM;
+    # more rows take more head blocks, whose members share each prefix tile through L2). The H200
+    # sweep (benchmarks/results/profile_bifurcated_run1_H200.json, config '64,64,4,3') put it at
+    # 72 us on GQA 8k x32 against 90 for 128-row blocks with 8 warps, and level or ahead on the other
+    # GQA bar cases; on MHA it lost (127 against 106 us at 8k x32), so MHA keeps 128-row blocks.
+    gqa_small = cuda and group > 1 and head_dim <= 128
+    cap = env["block_h_cap"] or (64 if head_dim > 128 or gqa_small else 128)
+    block_hp = block_h or max(16, min(cap, triton.next_power_of_2(max(rows, 1))))
+    bn, warps, stages = cfg.block_n, cfg.num_warps, cfg.num_stages
+    if block_hp > 64 and cuda:
+        bn = min(bn, 64)
+        warps, stages = max(warps, 8), max(stages, 3)
+    elif gqa_small:
+        bn, warps, stages = min(bn, 64), 4, 3
+    # list order of the fused path: MHA walks the prefix list first (same sweep: 76/106/170 us on
+    # MHA 8k x16 / 8k x32 / 32k x16 against 81/115/174 alternating per wave); GQA alternates
+    order = env["order"] - 1 if env["order"] else (0 if group == 1 else 2)
+    return LaunchConfig(
+        own=cfg, block_hp=block_hp, block_np=block_n or env["block_np"] or bn,
+        block_no=block_n or env["block_no"] or cfg.block_n, num_warps=env["num_warps"] or warps,
+        num_stages=env["num_stages"] or stages, ctas_per_sm=env["ctas_per_sm"] or cfg.ctas_per_sm,
+        block_ptr=bool(env["block_ptr"]), order=order,
+        path="split" if env["path"] == 1 else "fused", splits=env["splits"],
+        sb=env["sb"] or max(1, 64 // cfg.block_h))
+
+
+def occupancy_of(kernel, args, meta, device, info, prefix="") -> int:
+    """Programs of ``kernel`` that fit on one SM (1 off the GPU); registers, spills and shared
+    memory of the compiled kernel go into ``info`` (keys prefixed with ``prefix``)."""
+    if device.type != "cuda":
+        return 1
+    compiled = kernel.warmup(*args, grid=(1,), **meta)
+    occ = runtime.occupancy(compiled, device)
+    info.update({prefix + "n_regs": getattr(compiled, "n_regs", None),
+                 prefix + "n_spills": getattr(compiled, "n_spills", None),
+                 prefix + "shared": compiled.metadata.shared, prefix + "occupancy": occ})
+    return occ
+
+
+def own_workspaces(device, n: int, block_h: int, head_dim: int) -> tuple:
+    """Stream-K piece workspaces of ``n`` programs with ``block_h``-row pieces, as decode's: 2 slots
+    ``(block_h, head_dim)`` fp32 and their ``(m, l)`` per program, one zeroed counter per program."""
+    return (runtime.workspace("bif_acc_o", device, (2 * n, block_h, head_dim), torch.float32),
+            runtime.workspace("bif_ml_o", device, (2 * n, 2, block_h), torch.float32),
+            runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True))
+
+
+class Plan:
+    """Launch constants of one call signature (shapes, strides, dtypes, options); built once, cached.
+
+    ``n_max`` is an upper bound on the samples of one prompt; ``workers`` the persistent programs
+    (0: SMs x measured occupancy).
+    """
+
+    def __init__(self, q, pk, pv, k, v, seqlens, block_table, has_plens, single, n_max, scale, workers, block_h,
+                 block_n):
+        B, Hq, D = q.shape
+        G, P, Hkv = pk.shape[0], pk.shape[1], pk.shape[2]
+        device = q.device
+        group = Hq // Hkv
+        has_own = k is not None
+        lc = launch_config(n_max * group, D, group, device, block_h, block_n)
+        self.path = "concat" if has_own and n_max == 1 else lc.path
+        self.concat = self.path == "concat"
+        self.n_hb = 1 if self.concat else triton.cdiv(n_max * group, lc.block_hp)
+        self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
+        self.dummy_kv = runtime.workspace("dummy_kv", device, (1, 1, Hkv, D), q.dtype, zero=True)
+        cap = _capacity(k, block_table) if has_own else 0
+        # empty caches are replaced by a one-token dummy (with zero length), so no pointer is dangling
+        self.empty_prefix = P == 0
+        self.empty_own = has_own and cap == 0
+        pk_s = self.dummy_kv if self.empty_prefix else pk
+        pv_s = self.dummy_kv if self.empty_prefix else pv
+        k_s = self.dummy_kv if (not has_own or self.empty_own) else k
+        v_s = self.dummy_kv if (not has_own or self.empty_own) else v
+        self.own_paged = block_table is not None and not self.empty_own
+        self.strides_q = (q.stride(0), q.stride(1))
+        self.strides_p = (pk_s.stride(0) if G > 1 and P else 0, pk_s.stride(1), pk_s.stride(2),
+                          pv_s.stride(0) if G > 1 and P else 0, pv_s.stride(1), pv_s.stride(2))
+        self.strides_own = (k_s.stride(0), k_s.stride(1), k_s.stride(2), v_s.stride(0), v_s.stride(1), v_s.stride(2),
+                            Hq * D, D, Hq,  # out and lse are allocated contiguous
+                            block_table.stride(0) if self.own_paged else 0)
+        self.common = dict(HEAD_DIM=D, HAS_SEQLENS=seqlens is not None, SINGLE_PREFIX=single, BLOCK_PTR=lc.block_ptr,
+                           UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
+                           DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+        self.page_size = k.shape[1] if self.own_paged else 0  # 0: contiguous own cache
+        self.info = {}  # launch facts for benchmarks: path, grid, tiles, registers, spills, occupancy
+        self.f32 = torch.empty((1,), dtype=torch.float32, device=device)
+        shape = dict(B=B, Hq=Hq, Hkv=Hkv, D=D, G=G, P=P, cap=cap, group=group, has_own=has_own,
+                     has_plens=has_plens, scale=scale, workers=workers, block_n=block_n)
+        getattr(self, "_setup_" + self.path)(q, lc, **shape)
+        self.info.update(path=self.path)
+
+    # ------------------------------------------------------------------------------------------
+    def _setup_concat(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
+        cfg, env, device = lc.own, env_config(), q.device
+        # decode's tile, with 8 warps and 3 stages at D <= 128 (one 139 KB program per SM): the H200
+        # sweep (benchmarks/results/profile_bifurcated_run2_H200.json) put it 10% ahead of decode's 4
+        # warps / 2 stages on GQA 8k x1 and level on MHA 8k x1, where fewer programs per head also mean
+        # shorter last-arriver merges
+        warps, stages = (8, 3) if D <= 128 and device.type == "cuda" else (cfg.num_warps, cfg.num_stages)
+        self.meta = dict(self.common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
+                         BLOCK_N=block_n or env["block_no"] or cfg.block_n, BLOCK_B=max(16, triton.next_power_of_2(B)),
+                         PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens,
+                         num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
+        self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap)
+        d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
+        if workers <= 0:
+            occ = occupancy_of(concat_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, *self.tail),
+                               self.meta, device, self.info)
+            workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
+        n = workers
+        self.grid = (n,)
+        self.ws = own_workspaces(device, n, cfg.block_h, D)
+        self.info.update(grid=n, **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
+
+    # ------------------------------------------------------------------------------------------
+    def _setup_split(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
+        cfg, device = lc.own, q.device
+        n_hb, block_hp = self.n_hb, lc.block_hp
+        rows_p = n_hb * block_hp
+        d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
+        # -- launch 1: prefix split states, grid (S * N_HB, Hkv, G) --
+        common_p = {k: v for k, v in self.common.items() if k != "HAS_SEQLENS"}  # the prefix has no own lengths
+        self.meta_p = dict(common_p, HKV=Hkv, GROUP=group, BLOCK_HP=block_hp, N_HB=n_hb, BLOCK_N=lc.block_np,
+                           HAS_PREFIX_LENS=has_plens, num_warps=lc.num_warps, num_stages=lc.num_stages)
+        tiles_cap = max(triton.cdiv(P, lc.block_np), 1)
+        splits = lc.splits
+        if splits <= 0:
+            # one wave: as many splits as there are program slots for this prompt x kv head x head block
+            occ = occupancy_of(prefix_states_kernel, (q, kv, kv, f, f, d, d, d, d, *self.strides_q, *self.strides_p,
+                                                      1.0, B, P, 1, 1), self.meta_p, device, self.info, "prefix_")
+            slots = (workers if workers > 0 else runtime.num_sms(device) * occ)
+            splits = max(1, slots // (G * Hkv * n_hb))
+        chunk = triton.cdiv(tiles_cap, min(splits, tiles_cap))
+        self.splits = S = triton.cdiv(tiles_cap, chunk)
+        self.tail_p = self.strides_q + self.strides_p + (scale * LOG2E, B, P, S, chunk)
+        self.grid_p = (S * n_hb, Hkv, G)
+        self.states = (runtime.workspace("bif_split_o", device, (G * Hkv * S * rows_p, D), torch.float32),
+                       runtime.workspace("bif_split_lse", device, (G * Hkv * S * rows_p,), torch.float32))
+        # -- launch 2: own tokens + prefix merge, persistent --
+        self.meta = dict(self.common, HKV=Hkv, GROUP=group, N_HB=cfg.n_hb, ROWS_P=rows_p, BLOCK_H=cfg.block_h,
+                         BLOCK_N=lc.block_no, BLOCK_B=max(16, triton.next_power_of_2(B)), SB=lc.sb,
+                         PAGE_SIZE=self.page_size, HAS_OWN=has_own, num_warps=cfg.num_warps,
+                         num_stages=cfg.num_stages)
+        self.tail = self.strides_q + self.strides_own + (scale * LOG2E, B, cap, S)
+        if workers <= 0:
+            occ = occupancy_of(own_merge_kernel, (q, kv, kv, q, f, d, d, d, d, f, f, f, f, d, *self.tail), self.meta,
+                               device, self.info)
+            workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
+        n = workers
+        self.grid = (n,)
+        self.ws = own_workspaces(device, n, cfg.block_h, D)
+        self.info.update(grid=n, grid_prefix=self.grid_p, splits=S, chunk=chunk, BLOCK_HP=block_hp, N_HB=n_hb,
+                         BLOCK_NP=lc.block_np, BLOCK_NO=lc.block_no, BLOCK_HO=cfg.block_h, SB=lc.sb,
+                         prefix_warps=lc.num_warps, prefix_stages=lc.num_stages)
+
+    # ------------------------------------------------------------------------------------------
+    def _setup_fused(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
+        cfg, device = lc.own, q.device
+        n_hb = self.n_hb
+        self.meta = dict(
+            self.common, HQ=Hq, HKV=Hkv, GROUP=group, BLOCK_HP=lc.block_hp, N_HB=n_hb, BLOCK_HO=cfg.block_h,
+            N_HBO=cfg.n_hb, BLOCK_NP=lc.block_np, BLOCK_NO=lc.block_no, BLOCK_G=max(16, triton.next_power_of_2(G)),
+            BLOCK_B=max(16, triton.next_power_of_2(B)), HAS_OWN=has_own, HAS_PREFIX_LENS=has_plens,
+            PAGE_SIZE=self.page_size, ORDER=lc.order, num_warps=lc.num_warps, num_stages=lc.num_stages)
+        self.tail = (self.strides_q + self.strides_p + self.strides_own
+                     + (scale * LOG2E, B, G, P, cap, runtime.num_sms(device)))
+        d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
+        if workers <= 0:
+            occ = occupancy_of(bifurcated_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, d, d, f, f, d, f, f, d,
+                                                          f, f, d, *self.tail), self.meta, device, self.info)
+            workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
+        # whole teams of N_HB programs
+        n = max(1, workers // n_hb) * n_hb
+        self.grid = (n,)
+        rows = B * Hq if has_own else 1  # prefix/own states of each query row, merged by the second arriver
+        self.ws = (runtime.workspace("bif_acc_p", device, (2 * n, lc.block_hp, D), torch.float32),
+                   runtime.workspace("bif_ml_p", device, (2 * n, 2, lc.block_hp), torch.float32),
+                   runtime.workspace("bif_counters_p", device, (n,), torch.int32, zero=True),
+                   *own_workspaces(device, n, cfg.block_h, D),
+                   runtime.workspace("bif_state_out", device, (2, rows, D), torch.float32),
+                   runtime.workspace("bif_state_lse", device, (2, rows), torch.float32),
+                   runtime.workspace("bif_arrivals", device, (rows,), torch.int32, zero=True))
+        self.info.update(grid=n, teams=n // n_hb, **{k: self.meta[k] for k in (
+            "BLOCK_HP", "N_HB", "BLOCK_HO", "BLOCK_NP", "BLOCK_NO", "ORDER", "num_warps", "num_stages")})
+
+    # ------------------------------------------------------------------------------------------
+    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, ids, groups, out, lse):
+        """Launch; ``groups = (counts, starts, order, rank)`` of ``ops.bifurcated.group_layout`` or None."""
+        d = self.dummy_i32
+        if self.empty_prefix:
+            pk = pv = self.dummy_kv
+        if k is None or self.empty_own:
+            k = v = self.dummy_kv
+        plens = d if plens is None else plens
+        seqlens = d if seqlens is None else seqlens
+        ids = d if ids is None else ids
+        bt = block_table if self.own_paged else d
+        counts, starts, order, rank = groups if groups is not None else (d, d, d, d)
+        if self.path == "concat":
+            concat_decode_kernel[self.grid](q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws, *self.tail,
+                                            **self.meta)
+        elif self.path == "split":
+            st_o, st_l = self.states
+            prefix_states_kernel[self.grid_p](q, pk, pv, st_o, st_l, plens, counts, starts, order, *self.tail_p,
+                                              **self.meta_p)
+            own_merge_kernel[self.grid](q, k, v, out, lse, seqlens, bt, ids, rank, st_o, st_l, *self.ws, *self.tail,
+                                        **self.meta)
+        else:
+            bifurcated_decode_kernel[self.grid](q, pk, pv, k, v, out, lse, plens, counts, starts, order, seqlens, bt,
+                                                *self.ws, *self.tail, **self.meta)
