@@ -164,7 +164,7 @@ class Plan:
                            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
         self.page_size = k.shape[1] if self.own_paged else 0  # 0: contiguous own cache
         self.info = {}  # launch facts for benchmarks: path, grid, tiles, registers, spills, occupancy
-        self.f32 = torch.empty((1,), dtype=torch.float32, device=device)
+        self.f32 = runtime.workspace("dummy_f32", device, (1,), torch.float32, zero=True)
         shape = dict(B=B, Hq=Hq, Hkv=Hkv, D=D, G=G, P=P, cap=cap, group=group, has_own=has_own,
                      has_plens=has_plens, scale=scale, workers=workers, block_n=block_n)
         getattr(self, "_setup_" + self.path)(q, lc, **shape)
