@@ -20,11 +20,11 @@ def test_schedule_summary():
     rows = demo.schedule_summary(SMALL, num_sms=132)
     for shape, r in zip(SMALL, rows):
         cfg = demo.gpu_config(shape["d"], shape["hq"] // shape["hkv"])
-        assert r["block_n"] == cfg.block_n and r["lean_grid"] == 132 * cfg.ctas_per_sm
+        assert r["block_n"] == cfg.block_n and r["lean_grid"] == 132 * demo.programs_per_sm(shape["d"], cfg)
         # both schedules do all the work, no more
         assert r["lean"].sum() == r["split"].sum() == r["tiles"]
-        # stream-K: programs differ by one tile at most, so SMs by ctas_per_sm tiles at most
-        assert r["lean"].max() - r["lean"].min() <= cfg.ctas_per_sm
+        # stream-K: programs differ by one tile at most, so SMs by programs-per-SM tiles at most
+        assert r["lean"].max() - r["lean"].min() <= demo.programs_per_sm(shape["d"], cfg)
         assert r["speedup"] == pytest.approx(r["split"].max() / r["lean"].max())
         assert r["split_imbalance"] >= 1.0 and r["lean_imbalance"] >= 1.0
     # one long sequence among short ones: split waits on the long heads, lean does not

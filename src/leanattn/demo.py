@@ -31,6 +31,10 @@ __all__ = ["SUITE_SHAPES", "check_kernels", "schedule_summary", "format_summary"
 
 K = 1024
 NUM_SMS = 132  # H100 SXM / H200
+# programs per SM the decode kernel's default config fits, by head dim, as runtime.occupancy
+# measured it on an H200 (programs launched in benchmarks/results/decode_sweep_NVIDIA_H200.json);
+# the grid is SMs x min(this, ctas_per_sm), which this machine cannot measure without a GPU
+MEASURED_OCCUPANCY = {64: 3, 128: 2, 256: 1}
 
 # A few shapes of the benchmark suite (benchmarks/bench_decode.py), bf16 caches padded to the longest.
 SUITE_SHAPES = [
@@ -115,6 +119,11 @@ def gpu_config(head_dim: int, group: int) -> DecodeConfig:
             os.environ["TRITON_INTERPRET"] = saved
 
 
+def programs_per_sm(head_dim: int, cfg: DecodeConfig) -> int:
+    """Persistent programs per SM of a GPU launch: the measured occupancy capped by ``ctas_per_sm``."""
+    return max(1, min(MEASURED_OCCUPANCY.get(head_dim, 1), cfg.ctas_per_sm))
+
+
 def sm_loads(program_tiles, num_sms: int) -> np.ndarray:
     """KV tiles each SM processes when programs are dispatched in launch order.
 
@@ -147,7 +156,7 @@ def _program_tiles(assignment) -> list[int]:
 def schedule_summary(shapes=SUITE_SHAPES, num_sms: int = NUM_SMS) -> list[dict]:
     """Per-SM KV-tile loads of the lean and split schedules, as ``decode`` launches them on a GPU.
 
-    Lean: ``num_sms x ctas_per_sm`` persistent programs over all tiles (``lean_assignment``).
+    Lean: ``num_sms x programs_per_sm`` persistent programs over all tiles (``lean_assignment``).
     Split: FlashAttention-2's heuristic picks the splits per head from the capacity (the longest
     sequence), as ``ops/decode.py`` does; the merge launch is not counted.
 
@@ -164,7 +173,7 @@ def schedule_summary(shapes=SUITE_SHAPES, num_sms: int = NUM_SMS) -> list[dict]:
         cfg = gpu_config(shape["d"], group)
         rows_per_seq = shape["hkv"] * cfg.n_hb
         lens = shape["lens"]
-        grid = num_sms * cfg.ctas_per_sm
+        grid = num_sms * programs_per_sm(shape["d"], cfg)
         lean = sm_loads(_program_tiles(lean_assignment(lens, rows_per_seq, cfg.block_n, grid)), num_sms)
         cap_tiles = max(-(-max(lens) // cfg.block_n), 1)
         splits = num_splits_heuristic(len(lens) * rows_per_seq, 2 * num_sms, cap_tiles)
