@@ -503,18 +503,19 @@ def test_plan_arguments_match_the_kernels(monkeypatch, path):
     # every keyword a plan passes is a parameter of the kernel it launches (the interpreter ignores
     # unknown keywords; a compiled launch or warmup() rejects them)
     from leanattn.ops import bifurcated as bif
+    from leanattn import runtime
     from leanattn.ops import bifurcated_launch as launch
     monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,0,0,0,0,{path}")  # 1 split, 2 fused
     checked = []
 
-    def occupancy_of(kernel, args, meta, device, info, prefix=""):
+    def kernel_occupancy(kernel, args, meta, device, info=None, prefix=""):
         # the warmup() call a GPU makes to size the grid binds these arguments
         params = [a for a in kernel.arg_names if a not in meta]
         assert len(args) == len(params), f"{kernel.__name__}: {len(args)} positional arguments for {params}"
         assert not set(meta) - set(kernel.arg_names) - {"num_warps", "num_stages"}
         checked.append(kernel.__name__)
         return 1
-    monkeypatch.setattr(launch, "occupancy_of", occupancy_of)
+    monkeypatch.setattr(runtime, "kernel_occupancy", kernel_occupancy)
     bif._PLANS.clear()
     q, k, v, lens, bt = make_inputs(3, 8, 2, 64, [3, 0, 20], page_size=16)
     pk, pv, plens = make_prefix(2, 40, 2, 64, plens=[40, 13])

@@ -267,3 +267,28 @@ def test_compile_fullgraph():
     lens2 = torch.tensor([3, 48, 0], dtype=torch.int32)
     out = compiled(q, k, v, lens2, bt)
     assert_rel_close("decode", out, reference.decode(q, k, v, lens2, bt)[0], TOLERANCE[q.dtype])
+
+
+@pytest.mark.parametrize("page_size", [None, 16])
+def test_lean_grid_warmup_matches_the_kernel(monkeypatch, page_size):
+    # the warmup() a GPU makes to size the persistent grid binds these arguments; the interpreter
+    # never compiles, so check here that they fit the kernel's parameters
+    from leanattn import runtime
+    from leanattn.kernels.decode import lean_decode_kernel
+    from leanattn.ops import decode as dec
+    checked = []
+
+    def kernel_occupancy(kernel, args, meta, device, info=None, prefix=""):
+        params = [a for a in kernel.arg_names if a not in meta]
+        assert kernel is lean_decode_kernel
+        assert len(args) == len(params), f"{len(args)} positional arguments for {params}"
+        assert not set(meta) - set(kernel.arg_names) - {"num_warps", "num_stages"}
+        checked.append(kernel)
+        return 1
+    monkeypatch.setattr(runtime, "kernel_occupancy", kernel_occupancy)
+    dec._PLANS.clear()
+    q, k, v, lens, bt = make_inputs(2, 8, 2, 64, [5, 30], page_size=page_size)
+    out = leanattn.decode(q, k, v, lens, bt)
+    ref, _ = reference.decode(q, k, v, lens, bt)
+    assert_rel_close("decode", out, ref, TOLERANCE[q.dtype])
+    assert checked == [lean_decode_kernel]

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-__all__ = ["interpreting", "num_sms", "workspace"]
+__all__ = ["interpreting", "num_sms", "occupancy", "kernel_occupancy", "workspace"]
 
 
 def interpreting() -> bool:
@@ -59,6 +59,25 @@ def occupancy(compiled, device: torch.device, limit: int = 32) -> int:
         return max(1, min(by_regs, by_smem, by_threads, limit))
     except Exception:  # pragma: no cover - metadata layout differs across Triton versions
         return 2
+
+
+def kernel_occupancy(kernel, args: tuple, meta: dict, device: torch.device, info: dict | None = None,
+                     prefix: str = "") -> int:
+    """Programs of the Triton ``kernel`` that fit on one SM when launched with ``args`` and ``meta``
+    (1 off the GPU), for sizing a persistent grid.
+
+    Compiles (``warmup``) without launching. Registers, spills, shared memory and the occupancy of
+    the compiled kernel go into ``info`` when given (keys prefixed with ``prefix``).
+    """
+    if device.type != "cuda":
+        return 1
+    compiled = kernel.warmup(*args, grid=(1,), **meta)
+    occ = occupancy(compiled, device)
+    if info is not None:
+        info.update({prefix + "n_regs": getattr(compiled, "n_regs", None),
+                     prefix + "n_spills": getattr(compiled, "n_spills", None),
+                     prefix + "shared": compiled.metadata.shared, prefix + "occupancy": occ})
+    return occ
 
 
 _WORKSPACES: dict = {}

@@ -103,19 +103,6 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
         sb=env["sb"] or max(1, 64 // cfg.block_h))
 
 
-def occupancy_of(kernel, args, meta, device, info, prefix="") -> int:
-    """Programs of ``kernel`` that fit on one SM (1 off the GPU); registers, spills and shared
-    memory of the compiled kernel go into ``info`` (keys prefixed with ``prefix``)."""
-    if device.type != "cuda":
-        return 1
-    compiled = kernel.warmup(*args, grid=(1,), **meta)
-    occ = runtime.occupancy(compiled, device)
-    info.update({prefix + "n_regs": getattr(compiled, "n_regs", None),
-                 prefix + "n_spills": getattr(compiled, "n_spills", None),
-                 prefix + "shared": compiled.metadata.shared, prefix + "occupancy": occ})
-    return occ
-
-
 def own_workspaces(device, n: int, block_h: int, head_dim: int) -> tuple:
     """Stream-K piece workspaces of ``n`` programs with ``block_h``-row pieces, as decode's: 2 slots
     ``(block_h, head_dim)`` fp32 and their ``(m, l)`` per program, one zeroed counter per program."""
@@ -185,7 +172,7 @@ class Plan:
         self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
-            occ = occupancy_of(concat_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, *self.tail),
+            occ = runtime.kernel_occupancy(concat_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, *self.tail),
                                self.meta, device, self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
         n = workers
@@ -207,7 +194,7 @@ class Plan:
         splits = lc.splits
         if splits <= 0:
             # one wave: as many splits as there are program slots for this prompt x kv head x head block
-            occ = occupancy_of(prefix_states_kernel, (q, kv, kv, f, f, d, d, d, d, *self.strides_q, *self.strides_p,
+            occ = runtime.kernel_occupancy(prefix_states_kernel, (q, kv, kv, f, f, d, d, d, d, *self.strides_q, *self.strides_p,
                                                       1.0, B, P, 1, 1), self.meta_p, device, self.info, "prefix_")
             slots = (workers if workers > 0 else runtime.num_sms(device) * occ)
             splits = max(1, slots // (G * Hkv * n_hb))
@@ -224,7 +211,7 @@ class Plan:
                          num_stages=cfg.num_stages)
         self.tail = self.strides_q + self.strides_own + (scale * LOG2E, B, cap, S)
         if workers <= 0:
-            occ = occupancy_of(own_merge_kernel, (q, kv, kv, q, f, d, d, d, d, f, f, f, f, d, *self.tail), self.meta,
+            occ = runtime.kernel_occupancy(own_merge_kernel, (q, kv, kv, q, f, d, d, d, d, f, f, f, f, d, *self.tail), self.meta,
                                device, self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
         n = workers
@@ -247,7 +234,7 @@ class Plan:
                      + (scale * LOG2E, B, G, P, cap, runtime.num_sms(device)))
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
-            occ = occupancy_of(bifurcated_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, d, d, f, f, d, f, f, d,
+            occ = runtime.kernel_occupancy(bifurcated_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, d, d, f, f, d, f, f, d,
                                                           f, f, d, *self.tail), self.meta, device, self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
         # whole teams of N_HB programs

@@ -76,14 +76,10 @@ class _Plan:
     def _lean_grid(self, cfg, q, k_cache, v_cache, workers) -> int:
         if workers > 0:
             return workers
-        occ = 1
-        if q.device.type == "cuda":
-            B, Hq, D = q.shape
-            d = self.dummy_i32
-            f = torch.empty((1,), dtype=torch.float32, device=q.device)
-            compiled = lean_decode_kernel.warmup(q, k_cache, v_cache, q, f, d, d, f, f, d, *self.tail,
-                                                 grid=(1,), **self.meta)
-            occ = runtime.occupancy(compiled, q.device)
+        d = self.dummy_i32
+        f = runtime.workspace("dummy_f32", q.device, (1,), torch.float32, zero=True)
+        occ = runtime.kernel_occupancy(lean_decode_kernel, (q, k_cache, v_cache, q, f, d, d, f, f, d, *self.tail),
+                                       self.meta, q.device)
         return runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
 
     def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse):
