@@ -316,7 +316,8 @@ def plot(rows, ceiling, path):
 
 
 def sweep(cases, log, configs=None):
-    """Time the lean schedule over launch configurations (tile, warps, stages, programs per SM)."""
+    """Time the lean schedule over launch configurations (tile, warps, stages, programs per SM[,
+    merge chunk, merge stages]); a tile of 0 keeps the head dim's default launch config."""
     from leanattn.ops import decode as dec
     from leanattn.ops import decode_config as dc
     results = []
@@ -327,8 +328,15 @@ def sweep(cases, log, configs=None):
         base = dict(dc._CUDA_TABLE)
         grid = configs or [(bn, w, st, c) for bn in (32, 64, 128) for w in (4, 8) for st in (2, 3) for c in (1, 2, 4)
                            if not (case["d"] == 256 and bn == 128)]
-        for bn, warps, stages, cps in grid:
+        for cfg in grid:
+            if cfg[0] == 0:
+                cfg = base[case["d"]] + tuple(cfg[4:])
+            bn, warps, stages, cps = cfg[:4]
             dc._CUDA_TABLE[case["d"]] = (bn, warps, stages, cps)
+            if len(cfg) > 4:
+                os.environ["LEANATTN_MERGE"] = f"{cfg[4]},{cfg[5]}"
+            else:
+                os.environ.pop("LEANATTN_MERGE", None)
             dec._PLANS.clear()
             try:
                 out = fn()
@@ -337,14 +345,15 @@ def sweep(cases, log, configs=None):
                 us = common.bench(g.replay if g is not None else fn, warmup=10, rep=40) * 1e3
             except Exception as e:
                 err, us = float("nan"), float("nan")
-                log(f"    fail {bn},{warps},{stages},{cps}: {type(e).__name__} {str(e)[:80]}")
+                log(f"    fail {cfg}: {type(e).__name__} {str(e)[:80]}")
             # the persistent grid actually launched (SMs x min(measured occupancy, cps))
             programs = next((p.grid[0] for p in dec._PLANS.values() if p.schedule == "lean"), None)
-            results.append(dict(case=case["name"], cfg=(bn, warps, stages, cps), us=us, err=err,
+            results.append(dict(case=case["name"], cfg=tuple(cfg), us=us, err=err,
                                 gbs=kv_bytes(case) / us / 1e3, programs=programs))
-            log(f"  sweep {case['name']:22s} bn={bn:3d} w={warps} s={stages} cps={cps}: {us:8.1f} us "
+            log(f"  sweep {case['name']:22s} {','.join(map(str, cfg)):14s}: {us:8.1f} us "
                 f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e} programs {programs}")
         dc._CUDA_TABLE.update(base)
+        os.environ.pop("LEANATTN_MERGE", None)
         dec._PLANS.clear()
         del inp
         torch.cuda.empty_cache()
@@ -357,7 +366,8 @@ def main(argv=None):
     ap.add_argument("--cases", default="", help="comma-separated case groups or names")
     ap.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results"))
     ap.add_argument("--sweep", action="store_true", help="sweep launch configs of the lean schedule instead")
-    ap.add_argument("--configs", default="", help="sweep only these: 'bn,warps,stages,cps;...'")
+    ap.add_argument("--tag", default="", help="appended to the result file names")
+    ap.add_argument("--configs", default="", help="sweep only these: 'bn,warps,stages,cps[,merge_chunk,merge_stages];...' (bn 0: default)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_decode: needs a CUDA GPU (nothing to time on the CPU interpreter)")
@@ -377,7 +387,7 @@ def main(argv=None):
     if args.sweep:
         configs = [tuple(int(x) for x in c.split(",")) for c in args.configs.split(";") if c]
         res = sweep(cases, log, configs or None)
-        stem = "decode_sweep_" + info["device"].replace(" ", "_")
+        stem = "decode_sweep_" + info["device"].replace(" ", "_") + args.tag
         common.write_results(args.out, stem, dict(env=info, sweep=res), "")
         return 0
     bw = common.read_bandwidth_gbs()
@@ -400,7 +410,7 @@ def main(argv=None):
           f"graph (GPU time; 'lean eager us' is the same kernel launched from Python); GB/s count real KV bytes; "
           f"peers get their best form (see JSON 'form').\n\n"
           + md + f"\nSummary: {summary}\n")
-    stem = "decode_" + info["device"].replace(" ", "_") + ("_quick" if args.quick else "")
+    stem = "decode_" + info["device"].replace(" ", "_") + ("_quick" if args.quick else "") + args.tag
     common.write_results(args.out, stem, dict(env=info, bandwidth=bw, summary=summary, rows=rows), md)
     try:
         plot(rows, ceiling, os.path.join(args.out, stem + ".png"))

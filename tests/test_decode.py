@@ -168,6 +168,22 @@ def test_lean_many_pieces_per_head():
         check_decode(q, k, v, seqlens, bt, schedule="lean", num_programs=grid, name=f"grid={grid}")
 
 
+@pytest.mark.parametrize("chunk,stages", [(1, 3), (1, 1), (2, 1), (8, 1)])
+def test_lean_merge_chunks(monkeypatch, chunk, stages):
+    # the last arriver merges CHUNK pieces per step: heads cut into more pieces than a chunk, and
+    # into fewer (partial chunks, masked), must give the same result whatever the chunk
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_MERGE", f"{chunk},{stages}")
+    dec._PLANS.clear()
+    lens = [300, 5, 77]
+    q, k, v, seqlens, bt = make_inputs(len(lens), 8, 2, 64, lens)
+    try:
+        for grid in (7, 29):
+            check_decode(q, k, v, seqlens, bt, schedule="lean", num_programs=grid, name=f"grid={grid}")
+    finally:
+        dec._PLANS.clear()
+
+
 @pytest.mark.parametrize("num_splits", [1, 2, 3, 5, 100])
 def test_split_num_splits(num_splits):
     # 3 and 5 leave the last split short or empty for shorter sequences; 100 is clamped to the tiles

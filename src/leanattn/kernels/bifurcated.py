@@ -11,7 +11,7 @@ concatenation is the exact merge of two states, so the kernel computes
 
 and merges the two in the same launch. Each pass is a list of KV tiles cut stream-K style (equal
 contiguous ranges, pieces of a head merged in-kernel by the last arriver, see
-``kernels/decode.py``), and *every* program takes an equal share of *both* lists, so each list is
+``kernels/piece_merge.py``), and *every* program takes an equal share of *both* lists, so each list is
 balanced on its own whatever a prefix tile costs against an own tile (a prefix tile of 128
 stacked rows is matrix work, an own tile of 4 rows is a stream of bytes):
 
@@ -51,8 +51,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import locate_tile, program_of, program_range, range_start
+from ..schedules.stream_k import load_lengths, locate_tile, program_range, row_tiles
 from .decode import LN2, attend_tiles, load_q_rows
+from .piece_merge import settle_piece
 
 
 @triton.jit
@@ -130,70 +131,6 @@ def attend_any(
 
 
 @triton.jit
-def combine(acc_a, m_a, l_a, acc_b, m_b, l_b):
-    """Merge two unnormalised online-softmax states ``(acc, m, l)`` (log2 units); empty states
-    (``m = -inf``, ``l = 0``) are the identity."""
-    m_new = tl.maximum(m_a, m_b)
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    s_a = tl.math.exp2(m_a - m_use)
-    s_b = tl.math.exp2(m_b - m_use)
-    return acc_a * s_a[:, None] + acc_b * s_b[:, None], m_new, l_a * s_a + l_b * s_b
-
-
-@triton.jit
-def settle_piece(
-    acc, m_i, l_i, valid_h,  #
-    WsAcc, WsMl, Counters,  #
-    t, start, head_begin, head_end, stop, T, high, member,  #
-    NM: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, MERGE_STAGES: tl.constexpr,
-):
-    """Stream-K reduction of a piece ``[t, stop)`` of the head ``[head_begin, head_end)``.
-
-    Ranges are cut over *schedule programs*; schedule program ``p`` is the real program
-    ``p * NM + member`` (``NM`` team members, 1 for a plain grid). Returns ``(final, acc, m, l)``:
-    ``final`` is true in the program that holds the head's complete state (the whole head was
-    in its range, or it was the last piece to arrive and merged all pieces in program order).
-    The merge loop is software-pipelined over ``MERGE_STAGES`` pieces; each stage holds a
-    ``BLOCK_H x HEAD_DIM`` fp32 piece in shared memory (3 stages of 128 rows would take 192 KB).
-    """
-    offs_h = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, HEAD_DIM)
-    final = (t == head_begin) & (stop == head_end)
-    partial = (t != head_begin) | (stop != head_end)
-    if partial:
-        # -- publish: slot 0 holds a piece starting the range, slot 1 the one ending it --
-        me = program_of(t, T, high) * NM + member
-        slot = 2 * me + (t != start).to(tl.int32)
-        acc_ptrs = WsAcc + slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(acc_ptrs, acc, mask=valid_h[:, None])
-        tl.store(WsMl + slot * (2 * BLOCK_H) + offs_h, m_i)
-        tl.store(WsMl + slot * (2 * BLOCK_H) + BLOCK_H + offs_h, l_i)
-        host = program_of(head_begin, T, high)
-        last = program_of(head_end - 1, T, high)
-        # the piece is in the workspace now (the merge reads it back): free its registers
-        acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-        tl.debug_barrier()
-        arrived = tl.atomic_add(Counters + host * NM + member, 1, sem="acq_rel")
-        final = arrived == last - host
-        if final:
-            # -- last piece to arrive: merge all pieces in program order --
-            tl.store(Counters + host * NM + member, 0)
-            m_t = tl.full([BLOCK_H], float("-inf"), tl.float32)
-            l_t = tl.zeros([BLOCK_H], tl.float32)
-            acc_t = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-            for p in tl.range(host, last + 1, num_stages=MERGE_STAGES):
-                p_start = range_start(p, T, high)
-                p_slot = 2 * (p * NM + member) + (tl.maximum(head_begin, p_start) != p_start).to(tl.int32)
-                a = tl.load(WsAcc + p_slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM
-                            + offs_d[None, :], mask=valid_h[:, None], other=0.0, cache_modifier=".cg")
-                m = tl.load(WsMl + p_slot * (2 * BLOCK_H) + offs_h, cache_modifier=".cg")
-                l = tl.load(WsMl + p_slot * (2 * BLOCK_H) + BLOCK_H + offs_h, cache_modifier=".cg")
-                acc_t, m_t, l_t = combine(acc_t, m_t, l_t, a, m, l)
-            acc, m_i, l_i = acc_t, m_t, l_t
-    return final, acc, m_i, l_i
-
-
-@triton.jit
 def settle_rows(
     acc, m_i, l_i, b_rows, h_rows, valid,  #
     Out, Lse, StOut, StLse, Arrivals,  #
@@ -262,7 +199,8 @@ def prefix_pieces(
     qk_scale, n_rows,  #
     NM: tl.constexpr, HQ: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr,  #
-    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """The prefix tiles ``[t, t_end)`` of a work list ``work_g`` (HKV rows of ``tiles_g`` tiles per
     prompt) in the range ``[start, ..)`` of schedule program ``(T, high)``; this program computes
@@ -297,7 +235,7 @@ def prefix_pieces(
             final, acc, m_i, l_i = settle_piece(
                 acc, m_i, l_i, valid, WsAcc, WsMl, Counters,  #
                 t, start, head_begin, head_end, stop, T, high, member, NM, BLOCK_HP, HEAD_DIM,
-                3 if BLOCK_HP <= 16 else 2)
+                MERGE_CHUNK, MERGE_STAGES)
             if final:
                 settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
                             stride_ob, stride_oh, stride_lb, n_rows, 0, HAS_OWN, HQ, HEAD_DIM)
@@ -318,7 +256,8 @@ def own_pieces(
     qk_scale, n_rows,  #
     HQ: tl.constexpr, GROUP: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,  #
-    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """The own tiles ``[t, t_end)`` of the own list (``HKV * N_HBO`` rows of ``tiles_b`` tiles per
     sample) in the range ``[start, ..)`` of program ``(T, high)``, as ``lean_decode_kernel``; a
@@ -340,8 +279,7 @@ def own_pieces(
         valid = hb * BLOCK_HO + offs_ho < GROUP
         final, acc, m_i, l_i = settle_piece(
             acc, m_i, l_i, valid, WsAcc, WsMl, Counters,  #
-            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_HO, HEAD_DIM,
-            3 if BLOCK_HO <= 16 else 2)
+            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_HO, HEAD_DIM, MERGE_CHUNK, MERGE_STAGES)
         if final:
             b_rows = tl.zeros([BLOCK_HO], tl.int32) + b
             h_rows = kvh * GROUP + hb * BLOCK_HO + offs_ho
@@ -371,7 +309,8 @@ def bifurcated_decode_kernel(
     BLOCK_G: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
     SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
-    ORDER: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ORDER: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_CHUNK_P: tl.constexpr, MERGE_STAGES_P: tl.constexpr,
 ):
     """Two work lists in one launch, each cut over all programs: the *prefix list* (cut over teams
     of ``N_HB`` programs, one head block each) and the *own list* (every sample's own tiles).
@@ -387,13 +326,7 @@ def bifurcated_decode_kernel(
     n_rows = B * HQ
 
     # -- prefix list: HKV rows of tiles per prompt --
-    offs_g = tl.arange(0, BLOCK_G)
-    valid_g = offs_g < NG
-    if HAS_PREFIX_LENS:
-        plens = tl.load(PrefixLens + offs_g, mask=valid_g, other=0)
-    else:
-        plens = tl.where(valid_g, prefix_cap, 0)
-    plens = tl.minimum(plens, prefix_cap)
+    offs_g, valid_g, plens = load_lengths(PrefixLens, NG, prefix_cap, BLOCK_G, HAS_PREFIX_LENS)
     if SINGLE_PREFIX:
         counts = tl.where(offs_g == 0, B, 0)
         firsts = tl.zeros([BLOCK_G], tl.int32)
@@ -401,7 +334,7 @@ def bifurcated_decode_kernel(
         counts = tl.load(GroupCount + offs_g, mask=valid_g, other=0)
         firsts = tl.load(GroupStart + offs_g, mask=valid_g, other=0)
     # a prompt without samples costs nothing; an empty prefix still owns one (empty) tile per kv head
-    tiles_g = tl.where(valid_g & (counts > 0), tl.maximum(tl.cdiv(plens, BLOCK_NP), 1), 0)
+    tiles_g = row_tiles(plens, valid_g & (counts > 0), BLOCK_NP)
     work_p = tiles_g * HKV
     cum_p = tl.cumsum(work_p, 0)
     total_p = tl.sum(work_p, 0)
@@ -412,14 +345,8 @@ def bifurcated_decode_kernel(
 
     # -- own list: HKV * N_HBO rows of tiles per sample, as lean_decode_kernel --
     if HAS_OWN:
-        offs_b = tl.arange(0, BLOCK_B)
-        valid_b = offs_b < B
-        if HAS_SEQLENS:
-            lens = tl.load(Seqlens + offs_b, mask=valid_b, other=0)
-        else:
-            lens = tl.where(valid_b, capacity, 0)
-        lens = tl.minimum(lens, capacity)
-        tiles_b = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_NO), 1), 0)
+        offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
+        tiles_b = row_tiles(lens, valid_b, BLOCK_NO)
         work_b = tiles_b * (HKV * N_HBO)
         cum_b = tl.cumsum(work_b, 0)
         total_o = tl.sum(work_b, 0)
@@ -444,7 +371,7 @@ def bifurcated_decode_kernel(
                 stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
                 stride_ob, stride_oh, stride_lb, qk_scale, n_rows,  #
                 N_HB, HQ, GROUP, BLOCK_HP, HEAD_DIM, BLOCK_NP, SINGLE_PREFIX, HAS_OWN,  #
-                BLOCK_PTR, UPCAST, DOT_PRECISION)
+                BLOCK_PTR, UPCAST, DOT_PRECISION, MERGE_CHUNK_P, MERGE_STAGES_P)
         elif HAS_OWN:
             # ================= own list: each sample's own tokens =================
             own_pieces(
@@ -455,4 +382,4 @@ def bifurcated_decode_kernel(
                 stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
                 stride_ob, stride_oh, stride_lb, stride_btb, qk_scale, n_rows,  #
                 HQ, GROUP, BLOCK_HO, N_HBO, HEAD_DIM, BLOCK_NO, PAGE_SIZE,  #
-                BLOCK_PTR, UPCAST, DOT_PRECISION)
+                BLOCK_PTR, UPCAST, DOT_PRECISION, MERGE_CHUNK, MERGE_STAGES)

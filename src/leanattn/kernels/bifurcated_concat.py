@@ -14,8 +14,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import locate_tile, program_range
-from .bifurcated import attend_any, combine, settle_piece
+from ..schedules.stream_k import load_lengths, locate_tile, program_range
+from .bifurcated import attend_any
+from .piece_merge import combine, settle_piece
 from .decode import load_q_rows, store_final
 
 
@@ -36,7 +37,7 @@ def concat_decode_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
     SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """Stream-K decode of sample ``b`` over ``PK/PV[PrefixIds[b], :PrefixLens[g]]`` then its own cache.
 
@@ -49,13 +50,7 @@ def concat_decode_kernel(
     G = tl.num_programs(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
     # -- schedule, from the real lengths (no host sync): prefix tiles then own tiles per row --
-    offs_b = tl.arange(0, BLOCK_B)
-    valid_b = offs_b < B
-    if HAS_SEQLENS:
-        lens = tl.load(Seqlens + offs_b, mask=valid_b, other=0)
-    else:
-        lens = tl.where(valid_b, capacity, 0)
-    lens = tl.minimum(lens, capacity)
+    offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
     if SINGLE_PREFIX:
         gid_b = tl.zeros([BLOCK_B], tl.int32)
     else:
@@ -104,7 +99,7 @@ def concat_decode_kernel(
         valid_h = hb * BLOCK_H + offs_h < GROUP
         final, acc, m_i, l_i = settle_piece(
             acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
-            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, 3)
+            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, MERGE_CHUNK, MERGE_STAGES)
         if final:
             store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
                         GROUP, HEAD_DIM, BLOCK_H)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import locate_tile, program_range
-from .bifurcated import attend_any, settle_piece
+from ..schedules.stream_k import load_lengths, locate_tile, program_range, row_tiles
+from .bifurcated import attend_any
+from .piece_merge import settle_piece
 from .decode import load_q_rows, store_final
 
 
@@ -66,7 +67,7 @@ def own_merge_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     SB: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_OWN: tl.constexpr,  #
     SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """Stream-K decode of the own caches plus the prefix merge. ``HKV * N_HB`` scheduling rows per
     sample (``N_HB`` blocks of ``BLOCK_H`` query heads per kv head).
@@ -81,14 +82,8 @@ def own_merge_kernel(
     NPROG = tl.num_programs(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
     # -- schedule, from the real lengths (no host sync) --
-    offs_b = tl.arange(0, BLOCK_B)
-    valid_b = offs_b < B
-    if HAS_OWN and HAS_SEQLENS:
-        lens = tl.load(Seqlens + offs_b, mask=valid_b, other=0)
-    else:
-        lens = tl.where(valid_b, capacity, 0)
-    lens = tl.minimum(lens, capacity)
-    tiles = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
+    offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_OWN and HAS_SEQLENS)
+    tiles = row_tiles(lens, valid_b, BLOCK_N)
     work = tiles * (HKV * N_HB)
     cum_incl = tl.cumsum(work, 0)
     total = tl.sum(work, 0)
@@ -119,7 +114,7 @@ def own_merge_kernel(
         valid_h = hb * BLOCK_H + offs_h < GROUP
         final, acc, m_i, l_i = settle_piece(
             acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
-            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, 3)
+            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, MERGE_CHUNK, MERGE_STAGES)
         if final:
             # -- the row's own state is complete: fold in its prefix's split states --
             if SINGLE_PREFIX:

@@ -6,11 +6,10 @@ into an online-softmax state for the query heads of one GQA group, stacked as th
 
 * ``lean_decode_kernel``: a persistent grid; program ``p`` takes an equal contiguous range of the
   global tile sequence (stream-K, see ``schedules/stream_k.py``), so a head may be cut into
-  unequal pieces by several programs. A head finished inside one program is written directly.
-  Otherwise every piece stores its state in the program's workspace slot and bumps a counter at
-  the head's host program; the piece that arrives last merges all pieces in program order and
-  resets the counter. Nobody waits, so no launch can hang, and the merge order is fixed, so the
-  output is bitwise deterministic.
+  unequal pieces by several programs. A head finished inside one program is written directly;
+  the pieces of a cut head are merged in-kernel by the last to arrive (``kernels/piece_merge.py``:
+  nobody waits, so no launch can hang; the merge order is fixed, so the output is bitwise
+  deterministic).
 * ``split_decode_kernel``: FlashDecoding's fixed number of splits per head; a second launch
   (``kernels/merge.py``) combines the splits.
 
@@ -22,7 +21,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import program_of, range_start
+from ..schedules.stream_k import load_lengths, locate_tile, program_range, row_tiles
+from .piece_merge import settle_piece
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -146,44 +146,26 @@ def lean_decode_kernel(
     qk_scale, B, capacity,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
-    """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence."""
+    """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
+    slots and one counter per program (``kernels/piece_merge.py``)."""
     pid = tl.program_id(0)
-    G = tl.num_programs(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
     # -- schedule, from the real lengths (no host sync) --
-    offs_b = tl.arange(0, BLOCK_B)
-    valid_b = offs_b < B
-    if HAS_SEQLENS:
-        lens = tl.load(Seqlens + offs_b, mask=valid_b, other=0)
-    else:
-        lens = tl.where(valid_b, capacity, 0)
-    lens = tl.minimum(lens, capacity)
-    tiles = tl.where(valid_b, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
+    offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
+    tiles = row_tiles(lens, valid_b, BLOCK_N)
     work = tiles * ROWS
     cum_incl = tl.cumsum(work, 0)
-    total = tl.sum(work, 0)
-    T = tl.cdiv(total, G)
-    high = total - (T - 1) * G
-    start = range_start(pid, T, high)
-    end = start + T - (pid >= high).to(tl.int32)
+    T, high, start, end = program_range(tl.sum(work, 0), pid, tl.num_programs(0))
 
     offs_h = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, HEAD_DIM)
     t = start
     while t < end:
         # -- which (sequence, row, tile) does tile t belong to --
-        b = tl.sum((cum_incl <= t).to(tl.int32), 0)
-        sel = offs_b == b
-        base = tl.sum(tl.where(sel, cum_incl - work, 0), 0)
-        tiles_b = tl.sum(tl.where(sel, tiles, 0), 0)
+        b, sel, row, head_begin, head_end, stop = locate_tile(t, end, cum_incl, work, tiles, offs_b)
         seqlen = tl.sum(tl.where(sel, lens, 0), 0)
-        local = t - base
-        row = local // tiles_b
-        head_begin = base + row * tiles_b
-        head_end = head_begin + tiles_b
-        stop = tl.minimum(end, head_end)
         kvh = row // N_HB
         hb = row % N_HB
         tile_lo = t - head_begin
@@ -195,47 +177,14 @@ def lean_decode_kernel(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
-
-        if (t == head_begin) & (stop == head_end):
-            # the whole head in this program: no reduction
+        # only the rows of real query heads travel through the workspace (1 of 16 for MHA)
+        valid_h = hb * BLOCK_H + offs_h < GROUP
+        final, acc, m_i, l_i = settle_piece(
+            acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
+            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, MERGE_CHUNK, MERGE_STAGES)
+        if final:
             store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
                         GROUP, HEAD_DIM, BLOCK_H)
-        else:
-            # -- publish this piece: slot 0 holds a piece starting the range, slot 1 the one ending it --
-            # only the rows of real query heads travel through the workspace (1 of 16 for MHA)
-            valid_h = (hb * BLOCK_H + offs_h < GROUP)[:, None]
-            slot = 2 * pid + (t != start).to(tl.int32)
-            acc_ptrs = WsAcc + slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM + offs_d[None, :]
-            tl.store(acc_ptrs, acc, mask=valid_h)
-            tl.store(WsMl + slot * (2 * BLOCK_H) + offs_h, m_i)
-            tl.store(WsMl + slot * (2 * BLOCK_H) + BLOCK_H + offs_h, l_i)
-            host = program_of(head_begin, T, high)
-            last = program_of(head_end - 1, T, high)
-            tl.debug_barrier()
-            arrived = tl.atomic_add(Counters + host, 1, sem="acq_rel")
-            if arrived == last - host:
-                # -- last piece to arrive: merge all pieces in program order --
-                tl.store(Counters + host, 0)
-                m_t = tl.full([BLOCK_H], float("-inf"), tl.float32)
-                l_t = tl.zeros([BLOCK_H], tl.float32)
-                acc_t = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-                # pipelined: a head cut into many pieces must not pay one L2 round trip per piece
-                for p in tl.range(host, last + 1, num_stages=3):
-                    p_start = range_start(p, T, high)
-                    p_slot = 2 * p + (tl.maximum(head_begin, p_start) != p_start).to(tl.int32)
-                    a = tl.load(WsAcc + p_slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM
-                                + offs_d[None, :], mask=valid_h, other=0.0, cache_modifier=".cg")
-                    m = tl.load(WsMl + p_slot * (2 * BLOCK_H) + offs_h, cache_modifier=".cg")
-                    l = tl.load(WsMl + p_slot * (2 * BLOCK_H) + BLOCK_H + offs_h, cache_modifier=".cg")
-                    m_new = tl.maximum(m_t, m)
-                    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-                    s_old = tl.math.exp2(m_t - m_use)
-                    s_new = tl.math.exp2(m - m_use)
-                    acc_t = acc_t * s_old[:, None] + a * s_new[:, None]
-                    l_t = l_t * s_old + l * s_new
-                    m_t = m_new
-                store_final(Out, Lse, acc_t, m_t, l_t, b, kvh, hb, stride_ob, stride_oh, stride_lb,
-                            GROUP, HEAD_DIM, BLOCK_H)
         t = stop
 
 

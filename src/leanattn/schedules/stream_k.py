@@ -24,6 +24,25 @@ __all__ = ["tiles_per_sequence", "lean_ranges", "lean_assignment"]
 # Triton side (used by kernels/decode.py)
 # --------------------------------------------------------------------------------------------
 @triton.jit
+def load_lengths(Lens, n, capacity, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr):
+    """``(offs, valid, lens)``: the ``n`` lengths ``Lens[:n]`` clamped to ``capacity`` in a
+    ``[BLOCK]`` vector (``capacity`` each without ``HAS_LENS``; 0 past ``n``)."""
+    offs = tl.arange(0, BLOCK)
+    valid = offs < n
+    if HAS_LENS:
+        lens = tl.load(Lens + offs, mask=valid, other=0)
+    else:
+        lens = tl.where(valid, capacity, 0)
+    return offs, valid, tl.minimum(lens, capacity)
+
+
+@triton.jit
+def row_tiles(lens, valid, BLOCK_N: tl.constexpr):
+    """KV tiles of ``BLOCK_N`` tokens per item; an empty item still owns one (empty) tile."""
+    return tl.where(valid, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
+
+
+@triton.jit
 def range_start(pid, T, high):
     """First tile of program ``pid``: ``pid*T`` for the first ``high`` programs, then ``T-1`` each."""
     return pid * T - tl.maximum(pid - high, 0)
