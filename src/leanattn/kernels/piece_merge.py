@@ -53,10 +53,9 @@ def settle_piece(
     complete state (the whole head was in its range, or it was the last piece to arrive and
     merged all pieces in program order).
 
-    The merge loads ``CHUNK`` pieces per step (``[CHUNK, BLOCK_H, HEAD_DIM]``): a head cut into
-    ``n`` pieces costs ``n / CHUNK`` dependent L2 round trips rather than ``n``, which is what a
-    head spread over a whole GPU (one sequence, few kv heads: ~33 pieces per head) waits for at
-    the end of the launch. ``MERGE_STAGES`` software-pipelines the chunk loop.
+    The merge loads ``CHUNK`` pieces per step (``[CHUNK, BLOCK_H, HEAD_DIM]``) and
+    software-pipelines ``MERGE_STAGES`` steps; ``merge_meta`` picks them (one piece per step
+    measured fastest).
     """
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -106,21 +105,19 @@ def settle_piece(
     return final, acc, m_i, l_i
 
 
-def merge_meta(block_h: int, head_dim: int, suffix: str = "", limit: int = 8192) -> dict:
+def merge_meta(block_h: int, head_dim: int, suffix: str = "") -> dict:
     """``{MERGE_CHUNK<suffix>, MERGE_STAGES<suffix>}``: the launch constants of ``settle_piece`` for
     ``block_h x head_dim`` pieces.
 
-    The chunk is as many fp32 pieces as fit in ``limit`` elements (32 KB: 64 registers a thread
-    at 4 warps), a power of two in ``[1, 8]``. A chunked loop has its parallelism inside each
-    step and runs unpipelined; one piece per step pipelines 3 steps (2 for pieces over 16 rows,
-    whose stages would not fit in shared memory). ``LEANATTN_MERGE=chunk,stages`` overrides
-    (benchmark sweeps).
+    One piece per step, software-pipelined over 3 steps (2 for pieces over 16 rows, whose stages
+    would not fit in shared memory). Chunks of several pieces measured slower everywhere on an
+    H200 (``benchmarks/results/decode_sweep_NVIDIA_H200_merge.json``: gqa B=1 32k 58 us at one piece,
+    78-132 us at 2-8): a ``[CHUNK, BLOCK_H, HEAD_DIM]`` tile of 64-bit pointers costs the whole
+    kernel registers. ``LEANATTN_MERGE=chunk,stages`` overrides (benchmark sweeps).
     """
     raw = os.environ.get("LEANATTN_MERGE")
     if raw:
         chunk, stages = (int(x) for x in raw.split(","))
     else:
-        c = max(1, min(8, limit // (block_h * head_dim)))
-        chunk = 1 << (c.bit_length() - 1)
-        stages = 1 if chunk > 1 else (3 if block_h <= 16 else 2)
+        chunk, stages = 1, (3 if block_h <= 16 else 2)
     return {"MERGE_CHUNK" + suffix: chunk, "MERGE_STAGES" + suffix: stages}
