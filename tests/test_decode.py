@@ -168,15 +168,17 @@ def test_lean_many_pieces_per_head():
         check_decode(q, k, v, seqlens, bt, schedule="lean", num_programs=grid, name=f"grid={grid}")
 
 
-@pytest.mark.parametrize("chunk,stages", [(1, 3), (1, 1), (2, 1), (8, 1)])
-def test_lean_merge_chunks(monkeypatch, chunk, stages):
-    # the last arriver merges CHUNK pieces per step: heads cut into more pieces than a chunk, and
-    # into fewer (partial chunks, masked), must give the same result whatever the chunk
+@pytest.mark.parametrize("factor,stages", [(1, 3), (1, 1), (2, 1), (4, 2)])
+@pytest.mark.parametrize("hq,hkv", [(8, 2), (4, 4), (12, 4)])
+def test_lean_merge_tiles(monkeypatch, factor, stages, hq, hkv):
+    # the last arriver merges the valid rows of MERGE_ROWS // VALID_ROWS pieces per step (16 MHA
+    # pieces, 4 of a 4-head group, 4 of a 3-head group padded to 4): heads cut into more pieces
+    # than a step holds and into fewer (partial, masked steps) give the same result
     from leanattn.ops import decode as dec
-    monkeypatch.setenv("LEANATTN_MERGE", f"{chunk},{stages}")
+    monkeypatch.setenv("LEANATTN_MERGE", f"{factor},{stages}")
     dec._PLANS.clear()
     lens = [300, 5, 77]
-    q, k, v, seqlens, bt = make_inputs(len(lens), 8, 2, 64, lens)
+    q, k, v, seqlens, bt = make_inputs(len(lens), hq, hkv, 64, lens)
     try:
         for grid in (7, 29):
             check_decode(q, k, v, seqlens, bt, schedule="lean", num_programs=grid, name=f"grid={grid}")

@@ -200,7 +200,7 @@ def prefix_pieces(
     NM: tl.constexpr, HQ: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr,  #
     BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
-    MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr,
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """The prefix tiles ``[t, t_end)`` of a work list ``work_g`` (HKV rows of ``tiles_g`` tiles per
     prompt) in the range ``[start, ..)`` of schedule program ``(T, high)``; this program computes
@@ -235,7 +235,7 @@ def prefix_pieces(
             final, acc, m_i, l_i = settle_piece(
                 acc, m_i, l_i, valid, WsAcc, WsMl, Counters,  #
                 t, start, head_begin, head_end, stop, T, high, member, NM, BLOCK_HP, HEAD_DIM,
-                MERGE_CHUNK, MERGE_STAGES)
+                VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
             if final:
                 settle_rows(acc, m_i, l_i, b_rows, h_rows, valid, Out, Lse, StOut, StLse, Arrivals,
                             stride_ob, stride_oh, stride_lb, n_rows, 0, HAS_OWN, HQ, HEAD_DIM)
@@ -257,7 +257,7 @@ def own_pieces(
     HQ: tl.constexpr, GROUP: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,  #
     BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
-    MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr,
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """The own tiles ``[t, t_end)`` of the own list (``HKV * N_HBO`` rows of ``tiles_b`` tiles per
     sample) in the range ``[start, ..)`` of program ``(T, high)``, as ``lean_decode_kernel``; a
@@ -279,7 +279,7 @@ def own_pieces(
         valid = hb * BLOCK_HO + offs_ho < GROUP
         final, acc, m_i, l_i = settle_piece(
             acc, m_i, l_i, valid, WsAcc, WsMl, Counters,  #
-            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_HO, HEAD_DIM, MERGE_CHUNK, MERGE_STAGES)
+            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_HO, HEAD_DIM, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
         if final:
             b_rows = tl.zeros([BLOCK_HO], tl.int32) + b
             h_rows = kvh * GROUP + hb * BLOCK_HO + offs_ho
@@ -310,7 +310,8 @@ def bifurcated_decode_kernel(
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
     SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
     ORDER: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
-    MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_CHUNK_P: tl.constexpr, MERGE_STAGES_P: tl.constexpr,
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,  #
+    VALID_ROWS_P: tl.constexpr, MERGE_ROWS_P: tl.constexpr, MERGE_STAGES_P: tl.constexpr,
 ):
     """Two work lists in one launch, each cut over all programs: the *prefix list* (cut over teams
     of ``N_HB`` programs, one head block each) and the *own list* (every sample's own tiles).
@@ -371,7 +372,7 @@ def bifurcated_decode_kernel(
                 stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
                 stride_ob, stride_oh, stride_lb, qk_scale, n_rows,  #
                 N_HB, HQ, GROUP, BLOCK_HP, HEAD_DIM, BLOCK_NP, SINGLE_PREFIX, HAS_OWN,  #
-                BLOCK_PTR, UPCAST, DOT_PRECISION, MERGE_CHUNK_P, MERGE_STAGES_P)
+                BLOCK_PTR, UPCAST, DOT_PRECISION, VALID_ROWS_P, MERGE_ROWS_P, MERGE_STAGES_P)
         elif HAS_OWN:
             # ================= own list: each sample's own tokens =================
             own_pieces(
@@ -382,4 +383,4 @@ def bifurcated_decode_kernel(
                 stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
                 stride_ob, stride_oh, stride_lb, stride_btb, qk_scale, n_rows,  #
                 HQ, GROUP, BLOCK_HO, N_HBO, HEAD_DIM, BLOCK_NO, PAGE_SIZE,  #
-                BLOCK_PTR, UPCAST, DOT_PRECISION, MERGE_CHUNK, MERGE_STAGES)
+                BLOCK_PTR, UPCAST, DOT_PRECISION, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)

@@ -37,7 +37,7 @@ def concat_decode_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
     SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """Stream-K decode of sample ``b`` over ``PK/PV[PrefixIds[b], :PrefixLens[g]]`` then its own cache.
 
@@ -99,7 +99,7 @@ def concat_decode_kernel(
         valid_h = hb * BLOCK_H + offs_h < GROUP
         final, acc, m_i, l_i = settle_piece(
             acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
-            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, MERGE_CHUNK, MERGE_STAGES)
+            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
         if final:
             store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
                         GROUP, HEAD_DIM, BLOCK_H)

@@ -67,7 +67,7 @@ def own_merge_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     SB: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_OWN: tl.constexpr,  #
     SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """Stream-K decode of the own caches plus the prefix merge. ``HKV * N_HB`` scheduling rows per
     sample (``N_HB`` blocks of ``BLOCK_H`` query heads per kv head).
@@ -114,7 +114,7 @@ def own_merge_kernel(
         valid_h = hb * BLOCK_H + offs_h < GROUP
         final, acc, m_i, l_i = settle_piece(
             acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
-            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, MERGE_CHUNK, MERGE_STAGES)
+            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
         if final:
             # -- the row's own state is complete: fold in its prefix's split states --
             if SINGLE_PREFIX:

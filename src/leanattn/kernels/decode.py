@@ -147,7 +147,7 @@ def lean_decode_kernel(
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
-    MERGE_CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr,
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``)."""
@@ -181,7 +181,7 @@ def lean_decode_kernel(
         valid_h = hb * BLOCK_H + offs_h < GROUP
         final, acc, m_i, l_i = settle_piece(
             acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
-            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, MERGE_CHUNK, MERGE_STAGES)
+            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
         if final:
             store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
                         GROUP, HEAD_DIM, BLOCK_H)

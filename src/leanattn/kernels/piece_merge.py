@@ -38,7 +38,7 @@ def settle_piece(
     WsAcc, WsMl, Counters,  #
     t, start, head_begin, head_end, stop, T, high, member,  #
     NM: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr,  #
-    CHUNK: tl.constexpr, MERGE_STAGES: tl.constexpr,
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """Stream-K reduction of a piece ``[t, stop)`` of the head ``[head_begin, head_end)``.
 
@@ -46,16 +46,20 @@ def settle_piece(
     ``p * NM + member`` (``NM`` team members, 1 for a plain grid). Workspaces: ``WsAcc`` holds
     ``BLOCK_H x HEAD_DIM`` fp32 per slot and ``WsMl`` ``2 x BLOCK_H`` (m, then l), two slots per
     program (slot 0 for a piece starting the program's range, slot 1 for the one ending it);
-    ``Counters`` one int32 per program, zero between launches. Only rows with ``valid_h`` travel
-    through the workspace.
+    ``Counters`` one int32 per program, zero between launches. Only rows with ``valid_h`` (a
+    prefix of the rows, at most ``VALID_ROWS``, a power of two) travel through the workspace.
 
     Returns ``(final, acc, m, l)``: ``final`` is true in the program that holds the head's
     complete state (the whole head was in its range, or it was the last piece to arrive and
-    merged all pieces in program order).
+    merged all pieces in program order). Rows past ``VALID_ROWS`` of a merged state are copies
+    of valid rows: callers store only valid rows.
 
-    The merge loads ``CHUNK`` pieces per step (``[CHUNK, BLOCK_H, HEAD_DIM]``) and
-    software-pipelines ``MERGE_STAGES`` steps; ``merge_meta`` picks them (one piece per step
-    measured fastest).
+    The merge is what a head cut over the whole GPU waits for at the end of the launch (one
+    sequence with 8 kv heads on 264 programs: 33 pieces a head, 9.6 of 58 us on an H200). It
+    loads ``MERGE_ROWS // VALID_ROWS`` pieces per step as one ``[MERGE_ROWS, HEAD_DIM]`` tile of
+    their valid rows (16 MHA pieces, or 4 pieces of a 4-head GQA group, in the registers one
+    16-row piece takes), so the dependent L2 round trips drop by that factor.
+    ``MERGE_STAGES`` software-pipelines the steps.
     """
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -71,53 +75,61 @@ def settle_piece(
         tl.store(WsMl + slot * (2 * BLOCK_H) + BLOCK_H + offs_h, l_i)
         host = program_of(head_begin, T, high)
         last = program_of(head_end - 1, T, high)
+        n_valid = tl.sum(valid_h.to(tl.int32), 0)
         # the piece is in the workspace now (the merge reads it back): free its registers
         acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
         tl.debug_barrier()
         arrived = tl.atomic_add(Counters + host * NM + member, 1, sem="acq_rel")
         final = arrived == last - host
         if final:
-            # -- last piece to arrive: merge all pieces in program order, CHUNK at a time --
+            # -- last piece to arrive: merge all pieces in program order, CHUNK per step --
             tl.store(Counters + host * NM + member, 0)
-            offs_c = tl.arange(0, CHUNK)
-            m_t = tl.full([BLOCK_H], float("-inf"), tl.float32)
-            l_t = tl.zeros([BLOCK_H], tl.float32)
-            acc_t = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+            CHUNK: tl.constexpr = MERGE_ROWS // VALID_ROWS
+            offs_r = tl.arange(0, MERGE_ROWS)
+            row = offs_r % VALID_ROWS  # tile row r is row r % VALID_ROWS of piece r // VALID_ROWS
+            m_t = tl.full([VALID_ROWS], float("-inf"), tl.float32)
+            l_t = tl.zeros([VALID_ROWS], tl.float32)
+            acc_t = tl.zeros([VALID_ROWS, HEAD_DIM], tl.float32)
             for c0 in tl.range(host, last + 1, CHUNK, num_stages=MERGE_STAGES):
-                p = c0 + offs_c
-                ok = p <= last
+                p = c0 + offs_r // VALID_ROWS
+                ok = (p <= last) & (row < n_valid)
                 p_start = range_start(p, T, high)
                 p_slot = 2 * (p * NM + member) + (tl.maximum(head_begin, p_start) != p_start).to(tl.int32)
-                ml = WsMl + p_slot[:, None] * (2 * BLOCK_H) + offs_h[None, :]
-                m = tl.load(ml, mask=ok[:, None], other=float("-inf"), cache_modifier=".cg")  # [CHUNK, BLOCK_H]
-                l = tl.load(ml + BLOCK_H, mask=ok[:, None], other=0.0, cache_modifier=".cg")
-                a = tl.load(WsAcc + p_slot.to(tl.int64)[:, None, None] * (BLOCK_H * HEAD_DIM)
-                            + offs_h[None, :, None] * HEAD_DIM + offs_d[None, None, :],
-                            mask=ok[:, None, None] & valid_h[None, :, None], other=0.0, cache_modifier=".cg")
-                m_new = tl.maximum(m_t, tl.max(m, 0))
+                ml = WsMl + p_slot * (2 * BLOCK_H) + row
+                m = tl.load(ml, mask=ok, other=float("-inf"), cache_modifier=".cg")
+                l = tl.load(ml + BLOCK_H, mask=ok, other=0.0, cache_modifier=".cg")
+                a = tl.load(WsAcc + p_slot.to(tl.int64)[:, None] * (BLOCK_H * HEAD_DIM) + row[:, None] * HEAD_DIM
+                            + offs_d[None, :], mask=ok[:, None], other=0.0, cache_modifier=".cg")
+                m_new = tl.maximum(m_t, tl.max(tl.reshape(m, [CHUNK, VALID_ROWS]), 0))
                 m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
                 alpha = tl.math.exp2(m_t - m_use)
-                w = tl.math.exp2(m - m_use[None, :])
-                acc_t = acc_t * alpha[:, None] + tl.sum(w[:, :, None] * a, 0)
-                l_t = l_t * alpha + tl.sum(w * l, 0)
+                w = tl.math.exp2(m - tl.reshape(tl.broadcast_to(m_use[None, :], [CHUNK, VALID_ROWS]), [MERGE_ROWS]))
+                acc_t = acc_t * alpha[:, None] + tl.sum(tl.reshape(a * w[:, None], [CHUNK, VALID_ROWS, HEAD_DIM]), 0)
+                l_t = l_t * alpha + tl.sum(tl.reshape(w * l, [CHUNK, VALID_ROWS]), 0)
                 m_t = m_new
-            acc, m_i, l_i = acc_t, m_t, l_t
+            # back to BLOCK_H rows: row r holds row r % VALID_ROWS
+            REP: tl.constexpr = BLOCK_H // VALID_ROWS
+            acc = tl.reshape(tl.broadcast_to(acc_t[None, :, :], [REP, VALID_ROWS, HEAD_DIM]), [BLOCK_H, HEAD_DIM])
+            m_i = tl.reshape(tl.broadcast_to(m_t[None, :], [REP, VALID_ROWS]), [BLOCK_H])
+            l_i = tl.reshape(tl.broadcast_to(l_t[None, :], [REP, VALID_ROWS]), [BLOCK_H])
     return final, acc, m_i, l_i
 
 
-def merge_meta(block_h: int, head_dim: int, suffix: str = "") -> dict:
-    """``{MERGE_CHUNK<suffix>, MERGE_STAGES<suffix>}``: the launch constants of ``settle_piece`` for
-    ``block_h x head_dim`` pieces.
+def merge_meta(block_h: int, head_dim: int, rows: int, suffix: str = "") -> dict:
+    """``{VALID_ROWS, MERGE_ROWS, MERGE_STAGES}<suffix>``: the launch constants of ``settle_piece``
+    for ``block_h x head_dim`` pieces of which at most ``rows`` rows are real.
 
-    One piece per step, software-pipelined over 3 steps (2 for pieces over 16 rows, whose stages
-    would not fit in shared memory). Chunks of several pieces measured slower everywhere on an
-    H200 (``benchmarks/results/decode_sweep_NVIDIA_H200_merge.json``: gqa B=1 32k 58 us at one piece,
-    78-132 us at 2-8): a ``[CHUNK, BLOCK_H, HEAD_DIM]`` tile of 64-bit pointers costs the whole
-    kernel registers. ``LEANATTN_MERGE=chunk,stages`` overrides (benchmark sweeps).
+    The merge tile has ``block_h`` rows (the registers of one piece), pipelined over 3 steps (2
+    for tiles over 16 rows, whose stages would not fit in shared memory). An earlier chunked
+    merge loaded ``[CHUNK, BLOCK_H, HEAD_DIM]`` tiles, padding rows included, and measured
+    1.1-2.3x slower overall on an H200 (``benchmarks/results/decode_sweep_NVIDIA_H200_merge.json``).
+    ``LEANATTN_MERGE=rows_factor,stages`` overrides (benchmark sweeps: ``MERGE_ROWS =
+    rows_factor * block_h``).
     """
+    valid = min(block_h, triton.next_power_of_2(max(1, rows)))
     raw = os.environ.get("LEANATTN_MERGE")
     if raw:
-        chunk, stages = (int(x) for x in raw.split(","))
+        factor, stages = (int(x) for x in raw.split(","))
     else:
-        chunk, stages = 1, (3 if block_h <= 16 else 2)
-    return {"MERGE_CHUNK" + suffix: chunk, "MERGE_STAGES" + suffix: stages}
+        factor, stages = 1, (3 if block_h <= 16 else 2)
+    return {"VALID_ROWS" + suffix: valid, "MERGE_ROWS" + suffix: factor * block_h, "MERGE_STAGES" + suffix: stages}

@@ -168,7 +168,7 @@ class Plan:
         warps, stages = (8, 3) if D <= 128 and device.type == "cuda" else (cfg.num_warps, cfg.num_stages)
         self.meta = dict(self.common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=block_n or env["block_no"] or cfg.block_n, BLOCK_B=max(16, triton.next_power_of_2(B)),
-                         PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D),
+                         PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
                          num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
         self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
@@ -208,7 +208,7 @@ class Plan:
         # -- launch 2: own tokens + prefix merge, persistent --
         self.meta = dict(self.common, HKV=Hkv, GROUP=group, N_HB=cfg.n_hb, ROWS_P=rows_p, BLOCK_H=cfg.block_h,
                          BLOCK_N=lc.block_no, BLOCK_B=max(16, triton.next_power_of_2(B)), SB=lc.sb,
-                         PAGE_SIZE=self.page_size, HAS_OWN=has_own, **merge_meta(cfg.block_h, D),
+                         PAGE_SIZE=self.page_size, HAS_OWN=has_own, **merge_meta(cfg.block_h, D, group),
                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         self.tail = self.strides_q + self.strides_own + (scale * LOG2E, B, cap, S)
         if workers <= 0:
@@ -230,8 +230,8 @@ class Plan:
             self.common, HQ=Hq, HKV=Hkv, GROUP=group, BLOCK_HP=lc.block_hp, N_HB=n_hb, BLOCK_HO=cfg.block_h,
             N_HBO=cfg.n_hb, BLOCK_NP=lc.block_np, BLOCK_NO=lc.block_no, BLOCK_G=max(16, triton.next_power_of_2(G)),
             BLOCK_B=max(16, triton.next_power_of_2(B)), HAS_OWN=has_own, HAS_PREFIX_LENS=has_plens,
-            PAGE_SIZE=self.page_size, ORDER=lc.order, **merge_meta(cfg.block_h, D),
-            **merge_meta(lc.block_hp, D, "_P"), num_warps=lc.num_warps, num_stages=lc.num_stages)
+            PAGE_SIZE=self.page_size, ORDER=lc.order, **merge_meta(cfg.block_h, D, group),
+            **merge_meta(lc.block_hp, D, lc.block_hp, "_P"), num_warps=lc.num_warps, num_stages=lc.num_stages)
         self.tail = (self.strides_q + self.strides_p + self.strides_own
                      + (scale * LOG2E, B, G, P, cap, runtime.num_sms(device)))
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv

@@ -54,7 +54,7 @@ class _Plan:
                    Hq * D, D, Hq)  # out and lse are allocated contiguous
         qk_scale = scale * LOG2E
         if schedule == "lean":
-            self.meta.update(BLOCK_B=max(16, triton.next_power_of_2(B)), **merge_meta(cfg.block_h, D))
+            self.meta.update(BLOCK_B=max(16, triton.next_power_of_2(B)), **merge_meta(cfg.block_h, D, group))
             self.tail = strides + (bt_stride, qk_scale, B, cap)
             self.grid = (self._lean_grid(cfg, q, k_cache, v_cache, workers),)
             self.ws = (runtime.workspace("decode_acc", device, (2 * self.grid[0], cfg.block_h, D), torch.float32),
