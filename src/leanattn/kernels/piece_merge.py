@@ -119,17 +119,21 @@ def merge_meta(block_h: int, head_dim: int, rows: int, suffix: str = "") -> dict
     """``{VALID_ROWS, MERGE_ROWS, MERGE_STAGES}<suffix>``: the launch constants of ``settle_piece``
     for ``block_h x head_dim`` pieces of which at most ``rows`` rows are real.
 
-    The merge tile has ``block_h`` rows (the registers of one piece), pipelined over 3 steps (2
-    for tiles over 16 rows, whose stages would not fit in shared memory). An earlier chunked
-    merge loaded ``[CHUNK, BLOCK_H, HEAD_DIM]`` tiles, padding rows included, and measured
-    1.1-2.3x slower overall on an H200 (``benchmarks/results/decode_sweep_NVIDIA_H200_merge.json``).
-    ``LEANATTN_MERGE=rows_factor,stages`` overrides (benchmark sweeps: ``MERGE_ROWS =
-    rows_factor * block_h``).
+    A merge step holds 4096 fp32 elements (``MERGE_ROWS = 4096 / head_dim``, at least
+    ``block_h``), unpipelined for pieces of up to 16 rows and over 2 steps above (as before).
+    From H200 sweeps (``benchmarks/results/decode_sweep_NVIDIA_H200_rows*.json``, same run):
+    gqa B=1 32k 52.6 us against 61.8 us at 2048 elements and 58.0 us for the one-piece-per-step
+    merge; 2 pipelined steps cost 2-5% and, at D=64, an occupancy step. An earlier chunked merge
+    that loaded ``[CHUNK, BLOCK_H, HEAD_DIM]`` tiles, padding rows included, measured 1.1-2.3x
+    slower overall (``..._merge.json``). ``LEANATTN_MERGE=rows_factor,stages`` overrides
+    (sweeps: ``MERGE_ROWS = rows_factor * block_h``).
     """
     valid = min(block_h, triton.next_power_of_2(max(1, rows)))
     raw = os.environ.get("LEANATTN_MERGE")
     if raw:
         factor, stages = (int(x) for x in raw.split(","))
+        merge_rows = factor * block_h
     else:
-        factor, stages = 1, (3 if block_h <= 16 else 2)
-    return {"VALID_ROWS" + suffix: valid, "MERGE_ROWS" + suffix: factor * block_h, "MERGE_STAGES" + suffix: stages}
+        merge_rows = max(block_h, 4096 // head_dim)
+        stages = 1 if block_h <= 16 else 2
+    return {"VALID_ROWS" + suffix: valid, "MERGE_ROWS" + suffix: merge_rows, "MERGE_STAGES" + suffix: stages}
