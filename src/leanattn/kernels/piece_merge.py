@@ -119,11 +119,13 @@ def merge_meta(block_h: int, head_dim: int, rows: int, suffix: str = "") -> dict
     """``{VALID_ROWS, MERGE_ROWS, MERGE_STAGES}<suffix>``: the launch constants of ``settle_piece``
     for ``block_h x head_dim`` pieces of which at most ``rows`` rows are real.
 
-    A merge step holds 4096 fp32 elements (``MERGE_ROWS = 4096 / head_dim``, at least
+    A merge step holds up to 8 pieces and at most 4096 fp32 elements (never fewer rows than
     ``block_h``), unpipelined for pieces of up to 16 rows and over 2 steps above (as before).
     From H200 sweeps (``benchmarks/results/decode_sweep_NVIDIA_H200_rows*.json``, same run):
-    gqa B=1 32k 52.6 us against 61.8 us at 2048 elements and 58.0 us for the one-piece-per-step
-    merge; 2 pipelined steps cost 2-5% and, at D=64, an occupancy step. An earlier chunked merge
+    gqa B=1 32k 52.6 us with 8 pieces a step against 61.8 us with 4 and 58.0 us for the
+    one-piece-per-step merge; MHA level at 16 and 32 pieces a step; 2 pipelined steps cost 2-5%
+    and, at D=64, an occupancy step. In the one-sample bifurcated kernel 32 MHA rows spilled
+    (255 registers) and ran 3% slower than 16. An earlier chunked merge
     that loaded ``[CHUNK, BLOCK_H, HEAD_DIM]`` tiles, padding rows included, measured 1.1-2.3x
     slower overall (``..._merge.json``). ``LEANATTN_MERGE=rows_factor,stages`` overrides
     (sweeps: ``MERGE_ROWS = rows_factor * block_h``).
@@ -134,6 +136,8 @@ def merge_meta(block_h: int, head_dim: int, rows: int, suffix: str = "") -> dict
         factor, stages = (int(x) for x in raw.split(","))
         merge_rows = factor * block_h
     else:
-        merge_rows = max(block_h, 4096 // head_dim)
+        # 8 pieces a step is enough (a head of one sequence with 8 kv heads is cut into ~33 pieces
+        # on 264 programs); more rows only cost registers (the one-sample bifurcated kernel spilled)
+        merge_rows = max(block_h, min(8 * valid, 4096 // head_dim))
         stages = 1 if block_h <= 16 else 2
     return {"VALID_ROWS" + suffix: valid, "MERGE_ROWS" + suffix: merge_rows, "MERGE_STAGES" + suffix: stages}
