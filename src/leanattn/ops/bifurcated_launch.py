@@ -161,11 +161,10 @@ class Plan:
     # ------------------------------------------------------------------------------------------
     def _setup_concat(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
         cfg, env, device = lc.own, env_config(), q.device
-        # decode's tile, with 8 warps and 3 stages at D <= 128 (one 139 KB program per SM): the H200
-        # sweep (benchmarks/results/profile_bifurcated_run2_H200.json) put it 10% ahead of decode's 4
-        # warps / 2 stages on GQA 8k x1 and level on MHA 8k x1, where fewer programs per head also mean
-        # shorter last-arriver merges
-        warps, stages = (8, 3) if D <= 128 and device.type == "cuda" else (cfg.num_warps, cfg.num_stages)
+        # decode's launch config: with the multi-piece merge the 8-warp / 3-stage config this path once
+        # had (fewer programs, so shorter merges) measured 1-8% slower on every one-sample case of the
+        # H200 run of 2026-11-30, side by side (benchmarks/results/bifurcated_H200_notes.md)
+        warps, stages = cfg.num_warps, cfg.num_stages
         self.meta = dict(self.common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=block_n or env["block_no"] or cfg.block_n, BLOCK_B=max(16, triton.next_power_of_2(B)),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
