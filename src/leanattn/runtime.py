@@ -11,12 +11,18 @@ import os
 
 import torch
 
-__all__ = ["interpreting", "num_sms", "occupancy", "kernel_occupancy", "workspace"]
+__all__ = ["interpreting", "gpu_target", "num_sms", "occupancy", "kernel_occupancy", "workspace"]
 
 
 def interpreting() -> bool:
     """True when Triton kernels run under ``TRITON_INTERPRET=1`` (CPU tensors, no GPU)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def gpu_target(device: torch.device) -> bool:
+    """True when kernels for tensors on ``device`` compile for a GPU (launch configs, persistent
+    grids); ``benchmarks/offline_resources.py`` answers True for CPU tensors to compile offline."""
+    return device.type == "cuda"
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,7 +75,7 @@ def kernel_occupancy(kernel, args: tuple, meta: dict, device: torch.device, info
     Compiles (``warmup``) without launching. Registers, spills, shared memory and the occupancy of
     the compiled kernel go into ``info`` when given (keys prefixed with ``prefix``).
     """
-    if device.type != "cuda":
+    if not gpu_target(device):
         return 1
     compiled = kernel.warmup(*args, grid=(1,), **meta)
     occ = occupancy(compiled, device)

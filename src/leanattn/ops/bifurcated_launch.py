@@ -77,7 +77,7 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
     """
     env = env_config()
     cfg = decode_config(head_dim, group, device, block_n or None)
-    cuda = device.type == "cuda"
+    cuda = runtime.gpu_target(device)
     # GQA at D <= 128: 64-row prefix blocks of 64-token tiles, 4 warps, 3 stages (two programs per SM;
     # more rows take more head blocks, whose members share each prefix tile through L2). The H200
     # sweep (benchmarks/results/profile_bifurcated_run1_H200.json, config '64,64,4,3') put it at

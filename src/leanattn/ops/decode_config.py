@@ -45,7 +45,7 @@ def _env_override(cfg: tuple) -> tuple:
 def decode_config(head_dim: int, group: int, device: torch.device, block_n: int | None = None) -> DecodeConfig:
     block_h = max(16, min(64, triton.next_power_of_2(group)))
     n_hb = triton.cdiv(group, block_h)
-    if runtime.interpreting() or device.type != "cuda":
+    if runtime.interpreting() or not runtime.gpu_target(device):
         return DecodeConfig(block_n or 16, block_h, n_hb, 4, 1, 1)
     bn, warps, stages, cps = _env_override(_CUDA_TABLE[head_dim])
     return DecodeConfig(block_n or bn, block_h, n_hb, warps, stages, cps)

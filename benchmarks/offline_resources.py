@@ -1,0 +1,142 @@
+"""Registers, spills, shared memory and occupancy of the GPU kernels, compiled offline (no GPU).
+
+    PYTHONPATH=/path/to/triton-3.6 python benchmarks/offline_resources.py [--ptx DIR] [decode] [bifurcated]
+
+Each case runs the public op on CPU tensors with the launch plan it would build for an H200
+(``runtime.gpu_target`` answers True, 132 SMs); where the plan compiles a kernel to size its
+persistent grid, the kernel is compiled by Triton for sm_90a instead, and ``cuobjdump`` reads the
+registers and spills of the cubin (the numbers the GPU reports, for the same Triton release; use
+the device image's Triton, 3.6). The launch itself then fails on the CPU and is skipped. With
+``--ptx DIR`` the PTX of every kernel is written there, to diff two revisions of a kernel
+(a refactor that leaves the PTX unchanged needs no new GPU measurement).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+import leanattn  # noqa: E402
+from leanattn import runtime  # noqa: E402
+
+# H200 (sm_90): per SM
+SMS, REGS, SMEM, THREADS = 132, 65536, 233472, 2048
+
+
+class _OfflineDriver:
+    """Enough of Triton's active driver for ``JITFunction.warmup`` to compile for sm_90a."""
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+
+def _resources(compiled) -> dict:
+    cubin = compiled.asm["cubin"]
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    regs = int(re.search(r"REG:(\d+)", out).group(1))
+    stack = int(re.search(r"STACK:(\d+)", out).group(1))
+    warps = compiled.metadata.num_warps
+    smem = compiled.metadata.shared
+    regs_per_warp = -(-regs * 32 // 256) * 256
+    occ = min(REGS // (regs_per_warp * warps), SMEM // (smem + 1024), THREADS // (32 * warps))
+    return dict(regs=regs, stack=stack, shared=smem, warps=warps, occupancy=max(occ, 0))
+
+
+RESULTS: list = []
+
+
+def _install(ptx_dir: str | None, label: list):
+    def kernel_occupancy(kernel, args, meta, device, info=None, prefix=""):
+        compiled = kernel.warmup(*args, grid=(1,), **meta)
+        r = _resources(compiled)
+        name = kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel)
+        RESULTS.append(dict(case=label[0], kernel=name, **r))
+        if ptx_dir:
+            tag = re.sub(r"[^A-Za-z0-9]+", "_", f"{label[0]}_{name}")
+            with open(os.path.join(ptx_dir, tag + ".ptx"), "w") as f:
+                # the first lines name the compiler: drop them so that two revisions diff cleanly
+                f.write("\n".join(compiled.asm["ptx"].splitlines()[4:]))
+        if info is not None:
+            info.update({prefix + "n_regs": r["regs"], prefix + "occupancy": r["occupancy"]})
+        return max(1, r["occupancy"])
+    runtime.gpu_target = lambda device: True
+    runtime.num_sms = lambda device: SMS
+    runtime.kernel_occupancy = kernel_occupancy
+    triton.runtime.driver.set_active(_OfflineDriver())
+
+
+def _try(fn):
+    try:
+        fn()
+    except Exception:  # the CPU cannot launch a CUDA kernel; the compile already happened
+        pass
+
+
+def decode_cases():
+    bf = torch.bfloat16
+    for hq, hkv, d, page in ((32, 32, 128, 0), (32, 8, 128, 0), (32, 8, 128, 16), (32, 32, 64, 0), (16, 8, 256, 0)):
+        name = f"decode {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")
+        q = torch.randn(2, hq, d, dtype=bf)
+        if page:
+            k = torch.randn(8, page, hkv, d, dtype=bf)
+            bt = torch.zeros(2, 4, dtype=torch.int32)
+        else:
+            k, bt = torch.randn(2, 64, hkv, d, dtype=bf), None
+        lens = torch.tensor([5, 60], dtype=torch.int32)
+        yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, block_table=bt)
+
+
+def bifurcated_cases():
+    bf = torch.bfloat16
+    for hq, hkv in ((32, 32), (32, 8)):
+        for samples in (1, 32):
+            q = torch.randn(samples, hq, 128, dtype=bf)
+            pk = torch.randn(512, hkv, 128, dtype=bf)
+            k = torch.randn(samples, 256, hkv, 128, dtype=bf)
+            lens = torch.full((samples,), 256, dtype=torch.int32)
+            yield (f"bifurcated {hq}/{hkv} x{samples}",
+                   lambda q=q, pk=pk, k=k, lens=lens: leanattn.bifurcated_decode(q, pk, pk, k, k, lens))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("families", nargs="*", default=["decode", "bifurcated"])
+    ap.add_argument("--ptx", default=None, help="write each kernel's PTX to this folder")
+    args = ap.parse_args(argv)
+    if args.ptx:
+        os.makedirs(args.ptx, exist_ok=True)
+    label = [""]
+    _install(args.ptx, label)
+    print(f"triton {triton.__version__}; sm_90a; occupancy for an H200 SM ({REGS} registers, {SMEM} B shared)")
+    families = {"decode": decode_cases, "bifurcated": bifurcated_cases}
+    for fam in args.families:
+        for name, fn in families[fam]():
+            label[0] = name
+            _try(fn)
+    print(f"{'case':32s} {'kernel':28s} regs stack shared warps occ")
+    for r in RESULTS:
+        print(f"{r['case']:32s} {r['kernel']:28s} {r['regs']:4d} {r['stack']:5d} {r['shared']:6d} {r['warps']:5d} {r['occupancy']:3d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
