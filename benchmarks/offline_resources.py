@@ -61,6 +61,15 @@ def _resources(compiled) -> dict:
     return dict(regs=regs, stack=stack, shared=smem, warps=warps, occupancy=max(occ, 0))
 
 
+def _comparable(ptx: str) -> str:
+    """The PTX without what changes when only source lines move: the compiler banner, ``.loc`` and
+    ``.file`` directives, the line-marker labels and the debug sections; two revisions whose kernels compile to the same
+    instructions give the same text."""
+    ptx = ptx.split(".section\t.debug", 1)[0]
+    keep = [ln for ln in ptx.splitlines()[4:] if not re.match(r"\s*(\.(loc|file)\b|\$L__tmp\d+:)", ln)]
+    return "\n".join(keep) + "\n"
+
+
 RESULTS: list = []
 
 
@@ -73,8 +82,7 @@ def _install(ptx_dir: str | None, label: list):
         if ptx_dir:
             tag = re.sub(r"[^A-Za-z0-9]+", "_", f"{label[0]}_{name}")
             with open(os.path.join(ptx_dir, tag + ".ptx"), "w") as f:
-                # the first lines name the compiler: drop them so that two revisions diff cleanly
-                f.write("\n".join(compiled.asm["ptx"].splitlines()[4:]))
+                f.write(_comparable(compiled.asm["ptx"]))
         if info is not None:
             info.update({prefix + "n_regs": r["regs"], prefix + "occupancy": r["occupancy"]})
         return max(1, r["occupancy"])
@@ -105,16 +113,34 @@ def decode_cases():
         yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, block_table=bt)
 
 
+def _with_env(value, fn):
+    def run():
+        old = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
+        if value:
+            os.environ["LEANATTN_BIFURCATED_CONFIG"] = value
+        try:
+            fn()
+        finally:
+            os.environ.pop("LEANATTN_BIFURCATED_CONFIG", None)
+            if old is not None:
+                os.environ["LEANATTN_BIFURCATED_CONFIG"] = old
+    return run
+
+
 def bifurcated_cases():
     bf = torch.bfloat16
-    for hq, hkv in ((32, 32), (32, 8)):
-        for samples in (1, 32):
-            q = torch.randn(samples, hq, 128, dtype=bf)
-            pk = torch.randn(512, hkv, 128, dtype=bf)
-            k = torch.randn(samples, 256, hkv, 128, dtype=bf)
-            lens = torch.full((samples,), 256, dtype=torch.int32)
-            yield (f"bifurcated {hq}/{hkv} x{samples}",
-                   lambda q=q, pk=pk, k=k, lens=lens: leanattn.bifurcated_decode(q, pk, pk, k, k, lens))
+    # the default launch, then block pointers (field 6) and the two-launch split path (field 10)
+    for variant, env in (("", ""), (" block-ptr", "0,0,0,0,0,1"), (" split-path", "0,0,0,0,0,0,0,0,0,1")):
+        for hq, hkv in ((32, 32), (32, 8)):
+            for samples in (1, 32):
+                if variant == " split-path" and samples == 1:
+                    continue  # one sample per prompt always takes the concat kernel
+                q = torch.randn(samples, hq, 128, dtype=bf)
+                pk = torch.randn(512, hkv, 128, dtype=bf)
+                k = torch.randn(samples, 256, hkv, 128, dtype=bf)
+                lens = torch.full((samples,), 256, dtype=torch.int32)
+                yield (f"bifurcated {hq}/{hkv} x{samples}{variant}", _with_env(
+                    env, lambda q=q, pk=pk, k=k, lens=lens: leanattn.bifurcated_decode(q, pk, pk, k, k, lens)))
 
 
 def main(argv=None):

@@ -51,8 +51,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import load_lengths, locate_tile, program_range, row_tiles
-from .decode import LN2, attend_tiles, load_q_rows
+from ..schedules.stream_k import cut_list, load_lengths, locate_tile, row_tiles
+from .decode import LN2, accumulate, attend_tiles, load_q_rows, softmax_step
 from .piece_merge import settle_piece
 
 
@@ -83,23 +83,11 @@ def attend_contiguous(
     for j in range(tile_lo, tile_hi):
         # -- scores --
         k = tl.load(k_ptr, boundary_check=(0,), padding_option="zero")
-        if UPCAST:
-            k = k.to(tl.float32)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         mask_n = j * BLOCK_N + tl.arange(0, BLOCK_N) < seqlen
-        qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
-        # -- online softmax --
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_use)
-        p = tl.math.exp2(qk - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
         # -- accumulate --
         v = tl.load(v_ptr, boundary_check=(0,), padding_option="zero")
-        if UPCAST:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
         k_ptr = tl.advance(k_ptr, (BLOCK_N, 0))
         v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
     return acc, m_i, l_i
@@ -336,22 +324,15 @@ def bifurcated_decode_kernel(
         firsts = tl.load(GroupStart + offs_g, mask=valid_g, other=0)
     # a prompt without samples costs nothing; an empty prefix still owns one (empty) tile per kv head
     tiles_g = row_tiles(plens, valid_g & (counts > 0), BLOCK_NP)
-    work_p = tiles_g * HKV
-    cum_p = tl.cumsum(work_p, 0)
-    total_p = tl.sum(work_p, 0)
-    NT = NPROG // N_HB
     team = pid // N_HB
     member = pid % N_HB
-    T_p, high_p, start_p, end_p = program_range(total_p, team, NT)
+    work_p, cum_p, T_p, high_p, start_p, end_p = cut_list(tiles_g, HKV, team, NPROG // N_HB)
 
     # -- own list: HKV * N_HBO rows of tiles per sample, as lean_decode_kernel --
     if HAS_OWN:
         offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
         tiles_b = row_tiles(lens, valid_b, BLOCK_NO)
-        work_b = tiles_b * (HKV * N_HBO)
-        cum_b = tl.cumsum(work_b, 0)
-        total_o = tl.sum(work_b, 0)
-        T_o, high_o, start_o, end_o = program_range(total_o, pid, NPROG)
+        work_b, cum_b, T_o, high_o, start_o, end_o = cut_list(tiles_b, HKV * N_HBO, pid, NPROG)
 
     if ORDER == 0:
         own_first = 0

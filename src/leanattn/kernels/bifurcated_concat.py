@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import load_lengths, locate_tile, program_range
+from ..schedules.stream_k import cut_list, load_lengths, locate_tile
 from .bifurcated import attend_any
 from .piece_merge import combine, settle_piece
 from .decode import load_q_rows, store_final
@@ -62,10 +62,7 @@ def concat_decode_kernel(
     plen_b = tl.minimum(plen_b, prefix_cap)
     ptiles_b = tl.cdiv(plen_b, BLOCK_N)
     tiles = tl.where(valid_b, tl.maximum(ptiles_b + tl.cdiv(lens, BLOCK_N), 1), 0)
-    work = tiles * ROWS
-    cum_incl = tl.cumsum(work, 0)
-    total = tl.sum(work, 0)
-    T, high, start, end = program_range(total, pid, G)
+    work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, G)
 
     offs_h = tl.arange(0, BLOCK_H)
     t = start

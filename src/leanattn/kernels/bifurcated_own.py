@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import load_lengths, locate_tile, program_range, row_tiles
+from ..schedules.stream_k import cut_list, load_lengths, locate_tile, row_tiles
 from .bifurcated import attend_any
 from .piece_merge import settle_piece
 from .decode import load_q_rows, store_final
@@ -84,10 +84,7 @@ def own_merge_kernel(
     # -- schedule, from the real lengths (no host sync) --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_OWN and HAS_SEQLENS)
     tiles = row_tiles(lens, valid_b, BLOCK_N)
-    work = tiles * (HKV * N_HB)
-    cum_incl = tl.cumsum(work, 0)
-    total = tl.sum(work, 0)
-    T, high, start, end = program_range(total, pid, NPROG)
+    work, cum_incl, T, high, start, end = cut_list(tiles, HKV * N_HB, pid, NPROG)
 
     offs_h = tl.arange(0, BLOCK_H)
     t = start

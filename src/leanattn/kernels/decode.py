@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import load_lengths, locate_tile, program_range, row_tiles
+from ..schedules.stream_k import cut_list, load_lengths, locate_tile, row_tiles
 from .piece_merge import settle_piece
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -38,6 +38,30 @@ def load_q_rows(
     heads = kvh * GROUP + offs_g
     ptrs = Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
     return tl.load(ptrs, mask=(offs_g < GROUP)[:, None], other=0.0)
+
+
+@triton.jit
+def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Scores of one KV tile ``k [BLOCK_N, D]`` (keys past ``mask_n`` at ``-inf``), folded into the
+    running max ``m_i`` and sum ``l_i``; returns ``(p, alpha, m_new, l_new)``: the tile's
+    probabilities under ``m_new`` and the factor that rescales the old state."""
+    if UPCAST:
+        k = k.to(tl.float32)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_use)
+    p = tl.math.exp2(qk - m_use[:, None])
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def accumulate(acc, p, alpha, v, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``."""
+    if UPCAST:
+        v = v.to(tl.float32)
+    return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -92,22 +116,10 @@ def attend_tiles(
             v_rows = page * stride_vb + in_page * stride_vn
         # -- scores --
         k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
-        # -- online softmax --
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_use)
-        p = tl.math.exp2(qk - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
         # -- accumulate --
         v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        if UPCAST:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
     return acc, m_i, l_i
 
 
@@ -156,9 +168,7 @@ def lean_decode_kernel(
     # -- schedule, from the real lengths (no host sync) --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
     tiles = row_tiles(lens, valid_b, BLOCK_N)
-    work = tiles * ROWS
-    cum_incl = tl.cumsum(work, 0)
-    T, high, start, end = program_range(tl.sum(work, 0), pid, tl.num_programs(0))
+    work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, tl.num_programs(0))
 
     offs_h = tl.arange(0, BLOCK_H)
     t = start

@@ -66,6 +66,17 @@ def program_range(total, pid, nprog):
 
 
 @triton.jit
+def cut_list(tiles, rows, pid, nprog):
+    """A work list of ``rows`` rows of ``tiles[i]`` tiles per item, cut over ``nprog`` programs:
+    ``(work, cum_incl, T, high, start, end)``, the per-item work and its inclusive prefix sum (for
+    ``locate_tile``) and ``program_range`` of program ``pid``."""
+    work = tiles * rows
+    cum_incl = tl.cumsum(work, 0)
+    T, high, start, end = program_range(tl.sum(work, 0), pid, nprog)
+    return work, cum_incl, T, high, start, end
+
+
+@triton.jit
 def locate_tile(t, t_end, cum_incl, work, tiles, offs):
     """Where list position ``t`` lies, in a list of ``work[i] = rows * tiles[i]`` positions per item
     (``cum_incl`` the inclusive prefix sum of ``work``, ``offs`` the item indices).
