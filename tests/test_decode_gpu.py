@@ -47,6 +47,30 @@ def test_decode_ragged_large(dtype, hq, hkv, d, schedule):
     assert torch.all(out[1] == 0)
 
 
+@pytest.mark.parametrize("merge", ["", "1,3", "1,1", "2,1", "4,2"])
+@pytest.mark.parametrize("hq,hkv", [(32, 8), (32, 32), (24, 8)])
+def test_decode_merge_tiles_large(monkeypatch, merge, hq, hkv):
+    # one long sequence over the whole GPU: ~33 pieces a head for 8 kv heads, merged several
+    # pieces a step (the default and the sweep's overrides), deterministic at each setting
+    from leanattn.ops import decode as dec
+    if merge:
+        monkeypatch.setenv("LEANATTN_MERGE", merge)
+    dec._PLANS.clear()
+    try:
+        lens = [32768, 5000]
+        q = torch.randn(2, hq, 128, dtype=torch.bfloat16, device="cuda")
+        k = torch.randn(2, max(lens), hkv, 128, dtype=torch.bfloat16, device="cuda")
+        v = torch.randn_like(k)
+        sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        out, lse = leanattn.decode(q, k, v, sl, return_lse=True)
+        ref, ref_lse = leanattn.reference.decode(q, k, v, sl)
+        assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
+        assert_lse_close("lse", lse, ref_lse, 1e-2)
+        assert torch.equal(leanattn.decode(q, k, v, sl), out)
+    finally:
+        dec._PLANS.clear()
+
+
 @pytest.mark.parametrize("page", [1, 16, 64, 256])
 @pytest.mark.parametrize("schedule", ["lean", "split"])
 def test_decode_paged_large(page, schedule):
