@@ -57,8 +57,8 @@ def settle_piece(
     The merge is what a head cut over the whole GPU waits for at the end of the launch (one
     sequence with 8 kv heads on 264 programs: 33 pieces a head, 9.6 of 58 us on an H200). It
     loads ``MERGE_ROWS // VALID_ROWS`` pieces per step as one ``[MERGE_ROWS, HEAD_DIM]`` tile of
-    their valid rows (16 MHA pieces, or 4 pieces of a 4-head GQA group, in the registers one
-    16-row piece takes), so the dependent L2 round trips drop by that factor.
+    their valid rows only (by default 16 MHA pieces in the 16 rows one padded piece would take,
+    8 pieces of a 4-head GQA group in 32 rows), so the dependent L2 round trips drop by that factor.
     ``MERGE_STAGES`` software-pipelines the steps.
     """
     offs_h = tl.arange(0, BLOCK_H)
@@ -119,8 +119,8 @@ def merge_meta(block_h: int, head_dim: int, rows: int, suffix: str = "") -> dict
     """``{VALID_ROWS, MERGE_ROWS, MERGE_STAGES}<suffix>``: the launch constants of ``settle_piece``
     for ``block_h x head_dim`` pieces of which at most ``rows`` rows are real.
 
-    A merge step holds up to 8 pieces and at most 4096 fp32 elements (never fewer rows than
-    ``block_h``), unpipelined for pieces of up to 16 rows and over 2 steps above (as before).
+    A merge step holds 8 pieces' valid rows, but never fewer rows than ``block_h`` (16 MHA pieces)
+    nor more than 4096 fp32 elements; unpipelined for pieces of up to 16 rows and over 2 steps above (as before).
     From H200 sweeps (``benchmarks/results/decode_sweep_NVIDIA_H200_rows*.json``, same run):
     gqa B=1 32k 52.6 us with 8 pieces a step against 61.8 us with 4 and 58.0 us for the
     one-piece-per-step merge; MHA level at 16 and 32 pieces a step; 2 pipelined steps cost 2-5%
