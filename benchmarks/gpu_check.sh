@@ -1,8 +1,26 @@
 #!/usr/bin/env bash
-# One device call: environment, GPU tests, compute-sanitizer, then a benchmark.
-# Usage (repo root, on the GPU machine): benchmarks/gpu_check.sh [tests|sanitize|bench ARGS...]...
+# One device call: environment, then the steps named, in order; results go to $OUT.
+# Usage (repo root, on the GPU machine): benchmarks/gpu_check.sh STEP...
+#   tests       GPU tests of decode and bifurcated (sanitizer tests excluded: see 'sanitize')
+#   tests-all   every GPU test file, sparse and tree (2 GPUs) included
+#   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
+#   decode      the decode suite (bench_decode.py), peers in the same run
+#   bifurcated  the bifurcated 8k cases (bench_bifurcated.py --cases 8k)
+# Each step prints one summary line; a failing step does not stop the others.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+PYTEST=(python3 -m pytest -q -p no:cacheprovider -p no:logging)
+for step in "$@"; do
+  echo "== $step"
+  case "$step" in
+    tests) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
+    tests-all) "${PYTEST[@]}" tests/*_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
+    sanitize) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py 2>&1 | tail -3 ;;
+    decode) python3 benchmarks/bench_decode.py --out "$OUT" 2>&1 | grep "Summary" ;;
+    bifurcated) python3 benchmarks/bench_bifurcated.py --cases 8k --out "$OUT" 2>&1 | grep "Summary" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
