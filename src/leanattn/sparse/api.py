@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .. import checks
+from .. import checks, runtime
 from .plan import get_plan, meta_sizes
 
 __all__ = ["qk_sparse_attention", "hash_sparse_attention", "SparseConfig", "sparse_config"]
@@ -51,7 +51,7 @@ def sparse_config(head_dim: int, device: torch.device) -> SparseConfig:
         if len(tiles) != 4 or any(t < 16 or t & (t - 1) for t in tiles):
             raise ValueError(f"LEANATTN_SPARSE_TILES: expected four powers of two >= 16, got {env!r}")
         return SparseConfig(*tiles)
-    if device.type != "cuda":
+    if not runtime.gpu_target(device):
         return SparseConfig(16, 16, 16, 16)
     if head_dim <= 64:
         return SparseConfig(128, 64, 64, 128)
