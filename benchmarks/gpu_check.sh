@@ -6,6 +6,8 @@
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
 #   decode      the decode suite (bench_decode.py), peers in the same run
 #   bifurcated  the bifurcated 8k cases (bench_bifurcated.py --cases 8k)
+#   bif-leads   8k x1 and x32 side by side under the default, block pointers (0,0,4,2,0,1) and
+#               2 stages (0,0,4,2): the offline screen's leads (benchmarks/results/bifurcated_H200_notes.md)
 # Each step prints one summary line; a failing step does not stop the others.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -21,6 +23,14 @@ for step in "$@"; do
     sanitize) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py 2>&1 | tail -3 ;;
     decode) python3 benchmarks/bench_decode.py --out "$OUT" 2>&1 | grep "Summary" ;;
     bifurcated) python3 benchmarks/bench_bifurcated.py --cases 8k --out "$OUT" 2>&1 | grep "Summary" ;;
+    bif-leads)
+      for cfg in "" 0,0,4,2,0,1 0,0,4,2; do
+        mkdir -p "$OUT/leads_${cfg:-default}"
+        LEANATTN_BIFURCATED_CONFIG=$cfg python3 benchmarks/bench_bifurcated.py --cases "mha 8k x1,gqa 8k x1,mha 8k x32,gqa 8k x32" \
+          --out "$OUT/leads_${cfg:-default}" 2>&1 \
+          | grep -E "x1 \||x32 \|" | awk -F'|' -v c="${cfg:-default}" '{print c, $2, "ours", $5, "decode-copied", $11, "x decode", $17}'
+        rm -f "$OUT/leads_${cfg:-default}"/*.png
+      done ;;
     *) echo "unknown step $step" ;;
   esac
 done
