@@ -52,8 +52,35 @@ import triton
 import triton.language as tl
 
 from ..schedules.stream_k import cut_list, load_lengths, locate_tile, row_tiles
-from .decode import LN2, accumulate, attend_tiles, load_q_rows, softmax_step
+from .decode import LN2, accumulate, attend_tiles, load_q_rows, locate_row, softmax_step
 from .piece_merge import settle_piece
+
+
+@triton.jit
+def load_stacked_q(
+    Q, Order, rows, first, n_g, kvh, stride_qb, stride_qh,  #
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SINGLE_PREFIX: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """The stacked query rows ``rows`` of kv head ``kvh`` of a prompt with ``n_g`` samples: row ``r``
+    is query head ``kvh * GROUP + r % GROUP`` of the prompt's sample ``r // GROUP``, the batch row
+    ``Order[first + r // GROUP]`` (``r // GROUP`` itself with ``SINGLE_PREFIX``).
+
+    Returns ``(q, b_rows, h_rows, valid)``: ``q [len(rows), HEAD_DIM]`` (zeros past the samples),
+    the batch and head index of each row and whether it is a real row.
+    """
+    offs_d = tl.arange(0, HEAD_DIM)
+    j = rows // GROUP
+    valid = j < n_g
+    if SINGLE_PREFIX:
+        b_rows = j
+    else:
+        b_rows = tl.load(Order + first + j, mask=valid, other=0)
+    h_rows = kvh * GROUP + rows % GROUP
+    q = tl.load(Q + b_rows.to(tl.int64)[:, None] * stride_qb + h_rows[:, None] * stride_qh + offs_d[None, :],
+                mask=valid[:, None], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    return q, b_rows, h_rows, valid
 
 
 @triton.jit
@@ -193,7 +220,6 @@ def prefix_pieces(
     """The prefix tiles ``[t, t_end)`` of a work list ``work_g`` (HKV rows of ``tiles_g`` tiles per
     prompt) in the range ``[start, ..)`` of schedule program ``(T, high)``; this program computes
     head block ``member`` (rows ``member * BLOCK_HP + i`` of the prompt's stacked query rows)."""
-    offs_d = tl.arange(0, HEAD_DIM)
     rows_p = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
     while t < t_end:
         # -- which (prompt, kv head, tile) does tile t belong to --
@@ -202,18 +228,8 @@ def prefix_pieces(
         n_g = tl.sum(tl.where(sel, counts, 0), 0)
         first = tl.sum(tl.where(sel, firsts, 0), 0)
         if member * BLOCK_HP < n_g * GROUP:
-            # -- the query rows of this block: sample j = row // GROUP of the prompt, head row % GROUP --
-            j = rows_p // GROUP
-            valid = j < n_g
-            if SINGLE_PREFIX:
-                b_rows = j
-            else:
-                b_rows = tl.load(Order + first + j, mask=valid, other=0)
-            h_rows = kvh * GROUP + rows_p % GROUP
-            q_ptrs = Q + b_rows.to(tl.int64)[:, None] * stride_qb + h_rows[:, None] * stride_qh
-            q = tl.load(q_ptrs + offs_d[None, :], mask=valid[:, None], other=0.0)
-            if UPCAST:
-                q = q.to(tl.float32)
+            q, b_rows, h_rows, valid = load_stacked_q(Q, Order, rows_p, first, n_g, kvh, stride_qb, stride_qh,  #
+                                                      GROUP, HEAD_DIM, SINGLE_PREFIX, UPCAST)
             tile_lo = t - head_begin
             # the prefix is contiguous (PAGE_SIZE 0): the block table is never read
             acc, m_i, l_i = attend_any(
@@ -252,13 +268,9 @@ def own_pieces(
     finished row state is merged with the prefix state by ``settle_rows``."""
     offs_ho = tl.arange(0, BLOCK_HO)
     while t < t_end:
-        b, sel, row, head_begin, head_end, stop = locate_tile(t, t_end, cum_b, work_b, tiles_b, offs_b)
-        seqlen = tl.sum(tl.where(sel, lens, 0), 0)
-        kvh = row // N_HBO
-        hb = row % N_HBO
-        q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_HO)
-        if UPCAST:
-            q = q.to(tl.float32)
+        b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, t_end, cum_b, work_b, tiles_b, offs_b, lens,
+                                                                         N_HBO)
+        q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_HO, UPCAST)
         tile_lo = t - head_begin
         acc, m_i, l_i = attend_any(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #

@@ -14,10 +14,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import cut_list, load_lengths, locate_tile
+from ..schedules.stream_k import cut_list, load_lengths
 from .bifurcated import attend_any
 from .piece_merge import combine, settle_piece
-from .decode import load_q_rows, store_final
+from .decode import load_q_rows, locate_row, store_final
 
 
 @triton.jit
@@ -68,19 +68,14 @@ def concat_decode_kernel(
     t = start
     while t < end:
         # -- which (sample, row, tile) does tile t belong to --
-        b, sel, row, head_begin, head_end, stop = locate_tile(t, end, cum_incl, work, tiles, offs_b)
-        seqlen = tl.sum(tl.where(sel, lens, 0), 0)
+        b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB)
         pt = tl.sum(tl.where(sel, ptiles_b, 0), 0)
         gid = tl.sum(tl.where(sel, gid_b, 0), 0)
         plen = tl.sum(tl.where(sel, plen_b, 0), 0)
-        kvh = row // N_HB
-        hb = row % N_HB
         tile_lo = t - head_begin
         tile_hi = tile_lo + (stop - t)
 
-        q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H)
-        if UPCAST:
-            q = q.to(tl.float32)
+        q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
         # -- tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens --
         acc, m_i, l_i = attend_any(
             q, PK, PV, BlockTable, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #

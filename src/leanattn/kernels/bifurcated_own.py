@@ -14,10 +14,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import cut_list, load_lengths, locate_tile, row_tiles
+from ..schedules.stream_k import cut_list, load_lengths, row_tiles
 from .bifurcated import attend_any
 from .piece_merge import settle_piece
-from .decode import load_q_rows, store_final
+from .decode import load_q_rows, locate_row, store_final
 
 
 @triton.jit
@@ -90,16 +90,11 @@ def own_merge_kernel(
     t = start
     while t < end:
         # -- which (sample, row, tile) does tile t belong to --
-        b, sel, row, head_begin, head_end, stop = locate_tile(t, end, cum_incl, work, tiles, offs_b)
-        seqlen = tl.sum(tl.where(sel, lens, 0), 0)
-        kvh = row // N_HB
-        hb = row % N_HB
+        b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB)
         tile_lo = t - head_begin
 
         if HAS_OWN:
-            q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H)
-            if UPCAST:
-                q = q.to(tl.float32)
+            q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
             acc, m_i, l_i = attend_any(
                 q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
                 stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #

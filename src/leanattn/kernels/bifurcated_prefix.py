@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .bifurcated import attend_any
+from .bifurcated import attend_any, load_stacked_q
 
 
 @triton.jit
@@ -66,17 +66,8 @@ def prefix_states_kernel(
     # -- the block's query rows: sample j = row // GROUP of the prompt, head row % GROUP --
     rows = member * BLOCK_HP + tl.arange(0, BLOCK_HP)
     offs_d = tl.arange(0, HEAD_DIM)
-    j = rows // GROUP
-    valid = j < n_g
-    if SINGLE_PREFIX:
-        b_rows = j
-    else:
-        b_rows = tl.load(Order + first + j, mask=valid, other=0)
-    h_rows = kvh * GROUP + rows % GROUP
-    q = tl.load(Q + b_rows.to(tl.int64)[:, None] * stride_qb + h_rows[:, None] * stride_qh + offs_d[None, :],
-                mask=valid[:, None], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q, b_rows, h_rows, valid = load_stacked_q(Q, Order, rows, first, n_g, kvh, stride_qb, stride_qh,  #
+                                              GROUP, HEAD_DIM, SINGLE_PREFIX, UPCAST)
     # the prefix is contiguous (PAGE_SIZE 0): the block table argument is never read
     acc, m_i, l_i = attend_any(
         q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale,  #

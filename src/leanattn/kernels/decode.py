@@ -28,16 +28,27 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
+def locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB: tl.constexpr):
+    """``locate_tile`` for a decode work list, whose rows are (kv head, head block) pairs of each
+    sequence: ``(b, sel, kvh, hb, seqlen, head_begin, head_end, stop)``."""
+    b, sel, row, head_begin, head_end, stop = locate_tile(t, end, cum_incl, work, tiles, offs_b)
+    return b, sel, row // N_HB, row % N_HB, tl.sum(tl.where(sel, lens, 0), 0), head_begin, head_end, stop
+
+
+@triton.jit
 def load_q_rows(
     Q, b, kvh, hb, stride_qb, stride_qh,  #
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """The query heads ``kvh*GROUP + hb*BLOCK_H + i`` of sequence ``b``: ``[BLOCK_H, HEAD_DIM]``."""
     offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
     heads = kvh * GROUP + offs_g
     ptrs = Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
-    return tl.load(ptrs, mask=(offs_g < GROUP)[:, None], other=0.0)
+    q = tl.load(ptrs, mask=(offs_g < GROUP)[:, None], other=0.0)
+    if UPCAST:  # bf16 tl.dot is broken in the interpreter
+        q = q.to(tl.float32)
+    return q
 
 
 @triton.jit
@@ -174,15 +185,10 @@ def lean_decode_kernel(
     t = start
     while t < end:
         # -- which (sequence, row, tile) does tile t belong to --
-        b, sel, row, head_begin, head_end, stop = locate_tile(t, end, cum_incl, work, tiles, offs_b)
-        seqlen = tl.sum(tl.where(sel, lens, 0), 0)
-        kvh = row // N_HB
-        hb = row % N_HB
+        b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB)
         tile_lo = t - head_begin
 
-        q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H)
-        if UPCAST:
-            q = q.to(tl.float32)
+        q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
         acc, m_i, l_i = attend_tiles(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
@@ -233,9 +239,7 @@ def split_decode_kernel(
     tiles = tl.maximum(tl.cdiv(seqlen, BLOCK_N), 1)
     lo = s * chunk
     hi = tl.minimum(lo + chunk, tiles)
-    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     acc, m_i, l_i = attend_tiles(
         q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
