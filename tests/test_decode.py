@@ -186,6 +186,14 @@ def test_lean_merge_tiles(monkeypatch, factor, stages, hq, hkv):
         dec._PLANS.clear()
 
 
+@pytest.mark.parametrize("raw", ["3,1", "2", "0,1", "2,0", "a,b"])
+def test_lean_merge_env_errors(monkeypatch, raw):
+    from leanattn.kernels.piece_merge import merge_meta
+    monkeypatch.setenv("LEANATTN_MERGE", raw)
+    with pytest.raises(ValueError, match="LEANATTN_MERGE"):
+        merge_meta(16, 64, 4)
+
+
 @pytest.mark.parametrize("num_splits", [1, 2, 3, 5, 100])
 def test_split_num_splits(num_splits):
     # 3 and 5 leave the last split short or empty for shorter sequences; 100 is clamped to the tiles

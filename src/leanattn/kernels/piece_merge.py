@@ -133,7 +133,13 @@ def merge_meta(block_h: int, head_dim: int, rows: int, suffix: str = "") -> dict
     valid = min(block_h, triton.next_power_of_2(max(1, rows)))
     raw = os.environ.get("LEANATTN_MERGE")
     if raw:
-        factor, stages = (int(x) for x in raw.split(","))
+        try:
+            factor, stages = (int(x) for x in raw.split(","))
+        except ValueError:
+            factor = stages = 0
+        if factor < 1 or factor & (factor - 1) or stages < 1:
+            raise ValueError(f"LEANATTN_MERGE: expected 'rows_factor,stages' with a power-of-two factor >= 1 "
+                             f"and stages >= 1, got {raw!r}")
         merge_rows = factor * block_h
     else:
         # 8 pieces a step is enough (a head of one sequence with 8 kv heads is cut into ~33 pieces
