@@ -19,7 +19,7 @@ the larger of the two.
     python benchmarks/bench_bifurcated.py [--quick] [--cases mha,gqa,8k,...] [--out DIR] [--mem-gb 60]
     python -m leanattn bench bifurcated --quick
     python benchmarks/bench_bifurcated.py --tiny     # CPU smoke run of the code paths (no timing value)
-    python benchmarks/bench_bifurcated.py --sweep [--configs 'cap,block_n,warps,stages,cps[,block_ptr];...']
+    python benchmarks/bench_bifurcated.py --sweep [--configs 'cap,block_n,warps,stages,cps[,load];...']
 """
 from __future__ import annotations
 
@@ -298,12 +298,13 @@ def plot(rows, path):
 SWEEP_CASES = {"mha 8k x1", "mha 8k x32", "mha 8k x256", "gqa 8k x1", "gqa 8k x32", "gqa 8k x64", "gqa 32k x256"}
 SWEEP_CONFIGS = ["0,0,0,0,0", "64,0,0,0,0", "128,64,8,2,0", "128,128,8,2,0", "128,64,4,2,0", "0,64,0,0,0",
                  "0,0,0,3,0", "0,0,0,0,2", "32,0,0,0,0",
-                 "0,0,0,0,0,1", "64,0,0,0,0,1", "0,0,0,0,2,1", "0,64,0,3,0,1"]
+                 "0,0,0,0,0,2", "64,0,0,0,0,2", "0,0,0,0,2,2", "0,64,0,3,0,2", "0,0,0,0,0,3"]
 
 
 def sweep(cases, configs, log):
     """Time bifurcated_decode under ``LEANATTN_BIFURCATED_CONFIG`` overrides
-    (``block_h_cap,block_n,num_warps,num_stages,ctas_per_sm[,block_ptr]``, 0 = default)."""
+    (``block_h_cap,block_n,num_warps,num_stages,ctas_per_sm[,load]``, 0 = default; load 1 pointers,
+    2 block pointers, 3 TMA)."""
     from bench_decode import graph_of
     from leanattn.ops import bifurcated as bif
     results = []
@@ -347,7 +348,7 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=330.0,
                     help="after this many seconds, peers are skipped (ours still runs): the suite fits in 6 min")
     ap.add_argument("--sweep", action="store_true", help="time launch configs of bifurcated_decode instead")
-    ap.add_argument("--configs", default="", help="sweep only these: 'cap,block_n,warps,stages,cps[,block_ptr];...'")
+    ap.add_argument("--configs", default="", help="sweep only these: 'cap,block_n,warps,stages,cps[,load];...'")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:

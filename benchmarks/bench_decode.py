@@ -317,7 +317,8 @@ def plot(rows, ceiling, path):
 
 def sweep(cases, log, configs=None):
     """Time the lean schedule over launch configurations (tile, warps, stages, programs per SM[,
-    merge chunk, merge stages]); a tile of 0 keeps the head dim's default launch config."""
+    merge rows factor, merge stages[, load path]]); a tile of 0 keeps the head dim's default launch
+    config, a merge factor of 0 the default merge; load 0 pointers, 1 block pointers, 2 TMA."""
     from leanattn.ops import decode as dec
     from leanattn.ops import decode_config as dc
     results = []
@@ -325,18 +326,24 @@ def sweep(cases, log, configs=None):
         inp = make_inputs(case)
         ref, _ = leanattn.reference.decode(inp["q"], inp["k"], inp["v"], inp["seqlens"])
         fn = ours("lean")(case, inp)
-        base = dict(dc._CUDA_TABLE)
+        paged = case.get("page") is not None
+        table = dc._CUDA_PAGED_TABLE if paged and case["d"] in dc._CUDA_PAGED_TABLE else dc._CUDA_TABLE
+        base = dict(table)
         grid = configs or [(bn, w, st, c) for bn in (32, 64, 128) for w in (4, 8) for st in (2, 3) for c in (1, 2, 4)
                            if not (case["d"] == 256 and bn == 128)]
         for cfg in grid:
             if cfg[0] == 0:
                 cfg = base[case["d"]] + tuple(cfg[4:])
             bn, warps, stages, cps = cfg[:4]
-            dc._CUDA_TABLE[case["d"]] = (bn, warps, stages, cps)
-            if len(cfg) > 4:
+            table[case["d"]] = (bn, warps, stages, cps)
+            if len(cfg) > 4 and cfg[4]:
                 os.environ["LEANATTN_MERGE"] = f"{cfg[4]},{cfg[5]}"
             else:
                 os.environ.pop("LEANATTN_MERGE", None)
+            if len(cfg) > 6:
+                os.environ["LEANATTN_DECODE_LOAD"] = str(cfg[6])
+            else:
+                os.environ.pop("LEANATTN_DECODE_LOAD", None)
             dec._PLANS.clear()
             try:
                 out = fn()
@@ -352,8 +359,9 @@ def sweep(cases, log, configs=None):
                                 gbs=kv_bytes(case) / us / 1e3, programs=programs))
             log(f"  sweep {case['name']:22s} {','.join(map(str, cfg)):14s}: {us:8.1f} us "
                 f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e} programs {programs}")
-        dc._CUDA_TABLE.update(base)
+        table.update(base)
         os.environ.pop("LEANATTN_MERGE", None)
+        os.environ.pop("LEANATTN_DECODE_LOAD", None)
         dec._PLANS.clear()
         del inp
         torch.cuda.empty_cache()
@@ -367,7 +375,7 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results"))
     ap.add_argument("--sweep", action="store_true", help="sweep launch configs of the lean schedule instead")
     ap.add_argument("--tag", default="", help="appended to the result file names")
-    ap.add_argument("--configs", default="", help="sweep only these: 'bn,warps,stages,cps[,merge_chunk,merge_stages];...' (bn 0: default)")
+    ap.add_argument("--configs", default="", help="sweep only these: 'bn,warps,stages,cps[,merge_factor,merge_stages[,load]];...' (0: default)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_decode: needs a CUDA GPU (nothing to time on the CPU interpreter)")

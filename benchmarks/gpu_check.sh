@@ -6,8 +6,10 @@
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
 #   decode      the decode suite (bench_decode.py), peers in the same run
 #   bifurcated  the bifurcated 8k cases (bench_bifurcated.py --cases 8k)
-#   bif-leads   8k x1 and x32 side by side under the default, block pointers (0,0,4,2,0,1) and
-#               2 stages (0,0,4,2): the offline screen's leads (benchmarks/results/bifurcated_H200_notes.md)
+#   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
+#               (LEANATTN_BIFURCATED_CONFIG sixth field: 2 block pointers, 3 TMA)
+#   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
+#               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
 # Each step prints one summary line; a failing step does not stop the others.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -24,13 +26,17 @@ for step in "$@"; do
     decode) python3 benchmarks/bench_decode.py --out "$OUT" 2>&1 | grep "Summary" ;;
     bifurcated) python3 benchmarks/bench_bifurcated.py --cases 8k --out "$OUT" 2>&1 | grep "Summary" ;;
     bif-leads)
-      for cfg in "" 0,0,4,2,0,1 0,0,4,2; do
-        mkdir -p "$OUT/leads_${cfg:-default}"
+      for cfg in "" 0,0,0,0,0,2 0,0,0,0,0,3 0,0,0,2,0,3; do
+        d="$OUT/leads_$(echo "${cfg:-default}" | tr , _)"; mkdir -p "$d"
         LEANATTN_BIFURCATED_CONFIG=$cfg python3 benchmarks/bench_bifurcated.py --cases "mha 8k x1,gqa 8k x1,mha 8k x32,gqa 8k x32" \
-          --out "$OUT/leads_${cfg:-default}" 2>&1 \
+          --out "$d" 2>&1 \
           | grep -E "x1 \||x32 \|" | awk -F'|' -v c="${cfg:-default}" '{print c, $2, "ours", $5, "decode-copied", $11, "x decode", $17}'
-        rm -f "$OUT/leads_${cfg:-default}"/*.png
+        rm -f "$d"/*.png
       done ;;
+    decode-load)
+      python3 benchmarks/bench_decode.py --sweep --tag _load --out "$OUT" \
+        --configs "0,0,0,0;0,0,0,0,0,0,1;0,0,0,0,0,0,2;128,4,2,2,0,0,2;128,4,3,4,0,0,2;64,4,3,4,0,0,2" 2>&1 \
+        | grep -E "sweep|fail" ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -418,7 +418,8 @@ def test_benchmark_tiny_smoke(tmp_path):
     assert (tmp_path / "bifurcated_cpu_tiny.json").is_file() and (tmp_path / "bifurcated_cpu_tiny.md").is_file()
 
 
-ENV_CFGS = ["16,0,0,0,0", "16,0,0,0,0,1", "0,0,0,0,0,1", "16,0,0,0,0,0,0,0,0,2", "0,0,0,0,0,1,0,0,0,2",
+ENV_CFGS = ["16,0,0,0,0", "16,0,0,0,0,2", "0,0,0,0,0,2", "0,0,0,0,0,3", "16,0,0,0,0,3", "0,0,0,0,0,1",
+            "16,0,0,0,0,0,0,0,0,2", "0,0,0,0,0,2,0,0,0,2", "0,0,0,0,0,3,0,0,0,1",
             "0,0,0,0,0,0,0,0,0,1,3,1", "16,0,0,0,0,0,0,0,0,1,5,2", "16,0,0,0,0,0,0,1,2,2", "0,0,0,0,0,0,0,2,1,2",
             "0,0,0,0,0,0,0,4,0,2"]
 
@@ -426,7 +427,7 @@ ENV_CFGS = ["16,0,0,0,0", "16,0,0,0,0,1", "0,0,0,0,0,1", "16,0,0,0,0,0,0,0,0,2",
 @pytest.mark.parametrize("cfg", ENV_CFGS)
 def test_env_launch_override(monkeypatch, cfg):
     # the benchmark sweep's knob: a 16-row cap forces head blocks (and teams on the fused path); the
-    # sixth field switches contiguous caches to block pointers; the tenth picks the path (1 split, 2
+    # sixth field picks the load path of contiguous caches (1 pointers, 2 block pointers, 3 TMA); the tenth picks the path (1 split, 2
     # fused), the eleventh and twelfth the split path's prefix splits and states per merge load; the
     # eighth the fused path's list order (the ninth is reserved)
     from leanattn.ops import bifurcated as bif
@@ -445,7 +446,7 @@ def test_env_launch_override(monkeypatch, cfg):
     assert [p.path for p in plans[-2:]] == ["concat", "concat"]
     plan = [p for p in plans if not p.concat][-1]
     assert plan.path == ("split" if fields[9] == 1 else "fused")
-    assert plan.common["BLOCK_PTR"] == bool(fields[5])
+    assert plan.common["LOAD"] == max(fields[5] - 1, 0)
     if cfg.startswith("16,"):
         assert plan.info["BLOCK_HP"] == 16
     if fields[10]:

@@ -194,6 +194,39 @@ def test_lean_merge_env_errors(monkeypatch, raw):
         merge_meta(16, 64, 4)
 
 
+@pytest.mark.parametrize("load", ["1", "2"], ids=["blockptr", "tma"])
+@pytest.mark.parametrize("layout", ["nhd", "hnd"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_load_paths(monkeypatch, load, layout, schedule):
+    # block pointers and TMA descriptors give the reference's result, with NaN in every cache
+    # tail past a length (zero-filled tiles must never meet p = 0 as 0 * NaN), empty rows
+    # included; a paged cache keeps tensors of pointers
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
+    dec._PLANS.clear()
+    try:
+        q, k, v, seqlens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, capacity=80, layout=layout)
+        for b, n in enumerate(RAGGED):
+            k[b, n:] = float("nan")
+            v[b, n:] = float("nan")
+        check_decode(q, k, v, seqlens, None, schedule=schedule, num_programs=7 if schedule == "lean" else 0)
+        assert [p.meta["LOAD"] for p in dec._PLANS.values()] == [int(load)]
+        q, k, v, seqlens, bt = make_inputs(3, 8, 2, 64, [40, 0, 17], page_size=16)
+        check_decode(q, k, v, seqlens, bt, schedule=schedule)
+        assert list(dec._PLANS.values())[-1].meta["LOAD"] == 0
+    finally:
+        dec._PLANS.clear()
+
+
+@pytest.mark.parametrize("raw,var", [("3", "LEANATTN_DECODE_LOAD"), ("x", "LEANATTN_DECODE_LOAD"),
+                                     ("128,4,2", "LEANATTN_DECODE_CONFIG"), ("128,4,2,4,3", "LEANATTN_DECODE_CONFIG")])
+def test_load_env_errors(monkeypatch, raw, var):
+    from leanattn.ops import decode_config as dc
+    monkeypatch.setenv(var, raw)
+    with pytest.raises(ValueError, match=var):
+        dc._env_load(0) if var == "LEANATTN_DECODE_LOAD" else dc._env_override((128, 4, 2, 4))
+
+
 @pytest.mark.parametrize("num_splits", [1, 2, 3, 5, 100])
 def test_split_num_splits(num_splits):
     # 3 and 5 leave the last split short or empty for shorter sequences; 100 is clamped to the tiles

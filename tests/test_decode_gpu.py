@@ -162,3 +162,37 @@ def test_opcheck_gpu():
     v = torch.randn_like(k)
     sl = torch.tensor([100, 3], dtype=torch.int32, device="cuda")
     torch.library.opcheck(torch.ops.leanattn.decode.default, (q, k, v, sl, None, 0.125, "lean", 0, 0, 0))
+
+
+@pytest.mark.parametrize("load", ["0", "1", "2"])
+@pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (32, 32, 128), (16, 8, 256), (32, 32, 64)])
+@pytest.mark.parametrize("schedule", ["lean", "split"])
+def test_decode_load_paths(monkeypatch, load, hq, hkv, d, schedule):
+    # pointers, block pointers and TMA descriptors agree with the reference; the cache tail past
+    # each length holds NaN, which a zero-filled tile must never let through (p = 0 times NaN)
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
+    dec._PLANS.clear()
+    lens = [9000, 0, 1, 129, 4097]
+    B, N = len(lens), max(lens) + 64
+    q = torch.randn(B, hq, d, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(B, hkv, N, d, dtype=torch.bfloat16, device="cuda").transpose(1, 2)  # (B, N, H, D) view
+    v = torch.randn(B, N, hkv, d, dtype=torch.bfloat16, device="cuda")
+    for b, n in enumerate(lens):
+        k[b, n:] = float("nan")
+        v[b, n:] = float("nan")
+    sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    out, lse = leanattn.decode(q, k, v, sl, return_lse=True, schedule=schedule)
+    ref, ref_lse = leanattn.reference.decode(q, k, v, sl)
+    assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
+    assert_lse_close("lse", lse, ref_lse, 1e-2)
+    plan = next(iter(dec._PLANS.values()))
+    assert plan.meta["LOAD"] == int(load)
+    # a base off the 16-byte grid falls back to pointers (TMA needs aligned row bases)
+    k_off = torch.randn(B * N * hkv * d + 1, dtype=torch.bfloat16, device="cuda")[1:].view(B, N, hkv, d)
+    k_off.copy_(k)
+    out2 = leanattn.decode(q, k_off, v, sl, schedule=schedule)
+    assert_rel_close("out", out2, ref, TOLERANCE[torch.bfloat16])
+    plan2 = list(dec._PLANS.values())[-1]
+    assert plan2.meta["LOAD"] == (0 if load == "2" else int(load))
+    dec._PLANS.clear()

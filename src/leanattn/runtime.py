@@ -115,3 +115,18 @@ def workspace(name: str, device: torch.device, shape: tuple, dtype: torch.dtype,
             buf = make(shape, dtype=dtype, device=device)
         _WORKSPACES[key] = buf
     return buf
+
+
+def tma_allocator() -> None:
+    """Give Triton the global scratch that kernels building TMA descriptors on the device need.
+
+    The scratch comes from the workspace cache, so a launch allocates nothing (CUDA-graph capture and
+    torch.compile's graph pools never see a new tensor once a size has been seen outside capture).
+    """
+    import triton
+
+    def alloc(size: int, alignment: int, stream):
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return workspace("tma_scratch", device, (max(size, alignment),), torch.int8)
+
+    triton.set_allocator(alloc)

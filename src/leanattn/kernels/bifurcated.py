@@ -52,7 +52,8 @@ import triton
 import triton.language as tl
 
 from ..schedules.stream_k import cut_list, load_lengths, locate_tile, row_tiles
-from .decode import LN2, accumulate, attend_tiles, load_q_rows, locate_row, softmax_step
+from .attend import attend_any
+from .decode import LN2, load_q_rows, locate_row
 from .piece_merge import settle_piece
 
 
@@ -81,68 +82,6 @@ def load_stacked_q(
     if UPCAST:
         q = q.to(tl.float32)
     return q, b_rows, h_rows, valid
-
-
-@triton.jit
-def attend_contiguous(
-    q, K, V,  #
-    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
-    stride_kb, stride_kn, stride_kh,  #
-    stride_vb, stride_vn, stride_vh,  #
-    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """``attend_tiles`` of ``kernels/decode.py`` for a contiguous cache, through block pointers.
-
-    A block pointer carries one base address and the tile offset, where a tensor of pointers
-    holds a 64-bit address per element of the ``BLOCK_N x HEAD_DIM`` tile; the boundary check
-    against ``seqlen`` zero-fills the tail instead of a mask. Same ``(acc, m, l)`` result.
-    """
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-    k_seq = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
-    v_seq = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
-    k_ptr = tl.make_block_ptr(k_seq, shape=(seqlen, HEAD_DIM), strides=(stride_kn, 1),
-                              offsets=(tile_lo * BLOCK_N, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
-    v_ptr = tl.make_block_ptr(v_seq, shape=(seqlen, HEAD_DIM), strides=(stride_vn, 1),
-                              offsets=(tile_lo * BLOCK_N, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
-    for j in range(tile_lo, tile_hi):
-        # -- scores --
-        k = tl.load(k_ptr, boundary_check=(0,), padding_option="zero")
-        mask_n = j * BLOCK_N + tl.arange(0, BLOCK_N) < seqlen
-        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
-        # -- accumulate --
-        v = tl.load(v_ptr, boundary_check=(0,), padding_option="zero")
-        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
-        k_ptr = tl.advance(k_ptr, (BLOCK_N, 0))
-        v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
-    return acc, m_i, l_i
-
-
-@triton.jit
-def attend_any(
-    q, K, V, BlockTable,  #
-    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
-    stride_kb, stride_kn, stride_kh,  #
-    stride_vb, stride_vn, stride_vh,  #
-    stride_btb,  #
-    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """``attend_tiles`` of ``kernels/decode.py``, through block pointers when ``BLOCK_PTR`` and the
-    cache is contiguous."""
-    if BLOCK_PTR and PAGE_SIZE == 0:
-        acc, m_i, l_i = attend_contiguous(
-            q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
-            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, UPCAST, DOT_PRECISION)
-    else:
-        acc, m_i, l_i = attend_tiles(
-            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
-            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
-    return acc, m_i, l_i
 
 
 @triton.jit
@@ -214,7 +153,7 @@ def prefix_pieces(
     qk_scale, n_rows,  #
     NM: tl.constexpr, HQ: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr,  #
-    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """The prefix tiles ``[t, t_end)`` of a work list ``work_g`` (HKV rows of ``tiles_g`` tiles per
@@ -235,7 +174,7 @@ def prefix_pieces(
             acc, m_i, l_i = attend_any(
                 q, PK, PV, Order, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
                 stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-                HEAD_DIM, BLOCK_HP, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION)
+                HEAD_DIM, BLOCK_HP, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION)
             final, acc, m_i, l_i = settle_piece(
                 acc, m_i, l_i, valid, WsAcc, WsMl, Counters,  #
                 t, start, head_begin, head_end, stop, T, high, member, NM, BLOCK_HP, HEAD_DIM,
@@ -260,7 +199,7 @@ def own_pieces(
     qk_scale, n_rows,  #
     HQ: tl.constexpr, GROUP: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,  #
-    BLOCK_PTR: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """The own tiles ``[t, t_end)`` of the own list (``HKV * N_HBO`` rows of ``tiles_b`` tiles per
@@ -275,7 +214,7 @@ def own_pieces(
         acc, m_i, l_i = attend_any(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
+            HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
         valid = hb * BLOCK_HO + offs_ho < GROUP
         final, acc, m_i, l_i = settle_piece(
             acc, m_i, l_i, valid, WsAcc, WsMl, Counters,  #
@@ -308,7 +247,7 @@ def bifurcated_decode_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_NP: tl.constexpr, BLOCK_NO: tl.constexpr,  #
     BLOCK_G: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
-    SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
+    SINGLE_PREFIX: tl.constexpr, HAS_OWN: tl.constexpr, LOAD: tl.constexpr,  #
     ORDER: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,  #
     VALID_ROWS_P: tl.constexpr, MERGE_ROWS_P: tl.constexpr, MERGE_STAGES_P: tl.constexpr,
@@ -365,7 +304,7 @@ def bifurcated_decode_kernel(
                 stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
                 stride_ob, stride_oh, stride_lb, qk_scale, n_rows,  #
                 N_HB, HQ, GROUP, BLOCK_HP, HEAD_DIM, BLOCK_NP, SINGLE_PREFIX, HAS_OWN,  #
-                BLOCK_PTR, UPCAST, DOT_PRECISION, VALID_ROWS_P, MERGE_ROWS_P, MERGE_STAGES_P)
+                LOAD, UPCAST, DOT_PRECISION, VALID_ROWS_P, MERGE_ROWS_P, MERGE_STAGES_P)
         elif HAS_OWN:
             # ================= own list: each sample's own tokens =================
             own_pieces(
@@ -376,4 +315,4 @@ def bifurcated_decode_kernel(
                 stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
                 stride_ob, stride_oh, stride_lb, stride_btb, qk_scale, n_rows,  #
                 HQ, GROUP, BLOCK_HO, N_HBO, HEAD_DIM, BLOCK_NO, PAGE_SIZE,  #
-                BLOCK_PTR, UPCAST, DOT_PRECISION, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
+                LOAD, UPCAST, DOT_PRECISION, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ..schedules.stream_k import cut_list, load_lengths
-from .bifurcated import attend_any
+from .attend import attend_any
 from .piece_merge import combine, settle_piece
 from .decode import load_q_rows, locate_row, store_final
 
@@ -36,7 +36,7 @@ def concat_decode_kernel(
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
-    SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
+    SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """Stream-K decode of sample ``b`` over ``PK/PV[PrefixIds[b], :PrefixLens[g]]`` then its own cache.
@@ -80,12 +80,12 @@ def concat_decode_kernel(
         acc, m_i, l_i = attend_any(
             q, PK, PV, BlockTable, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #
             stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION)
+            HEAD_DIM, BLOCK_H, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION)
         if tile_hi > pt:
             acc_o, m_o, l_o = attend_any(
                 q, K, V, BlockTable, b, kvh, seqlen, tl.maximum(tile_lo, pt) - pt, tile_hi - pt, qk_scale,  #
                 stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-                HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
+                HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
             acc, m_i, l_i = combine(acc, m_i, l_i, acc_o, m_o, l_o)
 
         valid_h = hb * BLOCK_H + offs_h < GROUP

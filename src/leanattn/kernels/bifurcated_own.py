@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ..schedules.stream_k import cut_list, load_lengths, row_tiles
-from .bifurcated import attend_any
+from .attend import attend_any
 from .piece_merge import settle_piece
 from .decode import load_q_rows, locate_row, store_final
 
@@ -66,7 +66,7 @@ def own_merge_kernel(
     HKV: tl.constexpr, GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS_P: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     SB: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_OWN: tl.constexpr,  #
-    SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
+    SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """Stream-K decode of the own caches plus the prefix merge. ``HKV * N_HB`` scheduling rows per
@@ -98,7 +98,7 @@ def own_merge_kernel(
             acc, m_i, l_i = attend_any(
                 q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
                 stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-                HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, BLOCK_PTR, UPCAST, DOT_PRECISION)
+                HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
         else:
             m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_H], tl.float32)

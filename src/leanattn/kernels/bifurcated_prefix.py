@@ -19,7 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .bifurcated import attend_any, load_stacked_q
+from .attend import attend_any
+from .bifurcated import load_stacked_q
 
 
 @triton.jit
@@ -32,7 +33,7 @@ def prefix_states_kernel(
     qk_scale, B, prefix_cap, S, chunk,  #
     HKV: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr, N_HB: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, BLOCK_PTR: tl.constexpr,  #
+    HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Split ``s`` of prompt ``g``'s prefix for kv head ``h``, head block ``member``.
@@ -72,7 +73,7 @@ def prefix_states_kernel(
     acc, m_i, l_i = attend_any(
         q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale,  #
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, BLOCK_PTR, UPCAST, DOT_PRECISION)
+        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION)
     # -- normalised state; an empty split is (0, -inf), the merge's identity --
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)

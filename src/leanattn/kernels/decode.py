@@ -1,8 +1,8 @@
 """Decode attention kernels: one query token per sequence against a (paged) KV cache.
 
-Both schedules share ``attend_tiles``, which folds a range of KV tiles of one (sequence, kv-head)
-into an online-softmax state for the query heads of one GQA group, stacked as the rows of a
-``tl.dot`` so that K and V are read once per group.
+Both schedules share ``attend_any`` (``kernels/attend.py``), which folds a range of KV tiles of one
+(sequence, kv-head) into an online-softmax state for the query heads of one GQA group, stacked as
+the rows of a ``tl.dot`` so that K and V are read once per group.
 
 * ``lean_decode_kernel``: a persistent grid; program ``p`` takes an equal contiguous range of the
   global tile sequence (stream-K, see ``schedules/stream_k.py``), so a head may be cut into
@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from ..schedules.stream_k import cut_list, load_lengths, locate_tile, row_tiles
+from .attend import attend_any
 from .piece_merge import settle_piece
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -49,89 +50,6 @@ def load_q_rows(
     if UPCAST:  # bf16 tl.dot is broken in the interpreter
         q = q.to(tl.float32)
     return q
-
-
-@triton.jit
-def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Scores of one KV tile ``k [BLOCK_N, D]`` (keys past ``mask_n`` at ``-inf``), folded into the
-    running max ``m_i`` and sum ``l_i``; returns ``(p, alpha, m_new, l_new)``: the tile's
-    probabilities under ``m_new`` and the factor that rescales the old state."""
-    if UPCAST:
-        k = k.to(tl.float32)
-    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-    qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.math.exp2(m_i - m_use)
-    p = tl.math.exp2(qk - m_use[:, None])
-    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
-
-
-@triton.jit
-def accumulate(acc, p, alpha, v, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``."""
-    if UPCAST:
-        v = v.to(tl.float32)
-    return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def attend_tiles(
-    q, K, V, BlockTable,  #
-    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
-    stride_kb, stride_kn, stride_kh,  #
-    stride_vb, stride_vn, stride_vh,  #
-    stride_btb,  #
-    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Online softmax over KV tiles ``[tile_lo, tile_hi)``; returns ``(acc, m, l)``.
-
-    ``acc [BLOCK_H, HEAD_DIM]`` is the unnormalised output, ``m [BLOCK_H]`` the running max of the
-    scores in log2 units and ``l [BLOCK_H]`` the sum of ``exp2(score - m)``. ``PAGE_SIZE == 0``
-    means a contiguous cache, where ``stride_kb`` is the batch stride; otherwise ``stride_kb``
-    is the page stride and ``BlockTable[b, i]`` names the i-th page of sequence ``b``.
-    """
-    offs_d = tl.arange(0, HEAD_DIM)
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-    k_head = K + kvh.to(tl.int64) * stride_kh
-    v_head = V + kvh.to(tl.int64) * stride_vh
-    bt_row = BlockTable + b.to(tl.int64) * stride_btb
-    # page ids are fetched one tile ahead, so K/V addresses never wait on a dependent load
-    if PAGE_SIZE > 0:
-        if PAGE_SIZE % BLOCK_N == 0:
-            next_page = tl.load(bt_row + (tile_lo * BLOCK_N) // PAGE_SIZE, mask=tile_lo < tile_hi, other=0)
-        else:
-            offs_next = tile_lo * BLOCK_N + tl.arange(0, BLOCK_N)
-            next_page = tl.load(bt_row + offs_next // PAGE_SIZE, mask=offs_next < seqlen, other=0)
-    for j in range(tile_lo, tile_hi):
-        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < seqlen
-        # -- locate the tile's token rows --
-        if PAGE_SIZE == 0:
-            k_rows = b.to(tl.int64) * stride_kb + offs_n.to(tl.int64) * stride_kn
-            v_rows = b.to(tl.int64) * stride_vb + offs_n.to(tl.int64) * stride_vn
-        else:
-            page = next_page.to(tl.int64)
-            if PAGE_SIZE % BLOCK_N == 0:
-                # the whole tile lies inside one page: one page id per tile
-                in_page = ((j * BLOCK_N) % PAGE_SIZE + tl.arange(0, BLOCK_N)).to(tl.int64)
-                next_page = tl.load(bt_row + ((j + 1) * BLOCK_N) // PAGE_SIZE, mask=j + 1 < tile_hi, other=0)
-            else:
-                in_page = (offs_n % PAGE_SIZE).to(tl.int64)
-                offs_next = offs_n + BLOCK_N
-                next_page = tl.load(bt_row + offs_next // PAGE_SIZE, mask=offs_next < seqlen, other=0)
-            k_rows = page * stride_kb + in_page * stride_kn
-            v_rows = page * stride_vb + in_page * stride_vn
-        # -- scores --
-        k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
-        # -- accumulate --
-        v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
-    return acc, m_i, l_i
 
 
 @triton.jit
@@ -169,7 +87,8 @@ def lean_decode_kernel(
     qk_scale, B, capacity,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
@@ -189,10 +108,10 @@ def lean_decode_kernel(
         tile_lo = t - head_begin
 
         q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
-        acc, m_i, l_i = attend_tiles(
+        acc, m_i, l_i = attend_any(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
         # only the rows of real query heads travel through the workspace (1 of 16 for MHA)
         valid_h = hb * BLOCK_H + offs_h < GROUP
         final, acc, m_i, l_i = settle_piece(
@@ -217,7 +136,8 @@ def split_decode_kernel(
     qk_scale, capacity, chunk,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row.
 
@@ -240,9 +160,9 @@ def split_decode_kernel(
     lo = s * chunk
     hi = tl.minimum(lo + chunk, tiles)
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
-    acc, m_i, l_i = attend_tiles(
+    acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
     store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
                 b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H)

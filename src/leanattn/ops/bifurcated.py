@@ -73,7 +73,9 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
            None if k_cache is None else (k_cache.shape, k_cache.stride(), v_cache.stride()),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
            prefix_lens is None, single, n_max, softmax_scale, num_programs, block_h, block_n, runtime.interpreting(),
-           os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
+           # TMA loads need 16-byte aligned bases (decode_config.load_path)
+           all(t.data_ptr() % 16 == 0 for t in (prefix_k, prefix_v, k_cache, v_cache) if t is not None),
+           os.environ.get("LEANATTN_DECODE_LOAD"), os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
     plan = _PLANS.get(key)
     if plan is None:
         plan = Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens is not None,

@@ -28,18 +28,19 @@ from ..kernels.bifurcated_own import own_merge_kernel
 from ..kernels.bifurcated_prefix import prefix_states_kernel
 from ..kernels.piece_merge import merge_meta
 from .decode import _capacity
-from .decode_config import DecodeConfig, decode_config
+from .decode_config import DecodeConfig, decode_config, load_path
 
 LOG2E = 1.4426950408889634
 
-_ENV_FIELDS = ("block_h_cap", "block_np", "num_warps", "num_stages", "ctas_per_sm", "block_ptr", "block_no", "order",
+_ENV_FIELDS = ("block_h_cap", "block_np", "num_warps", "num_stages", "ctas_per_sm", "load", "block_no", "order",
                "reserved", "path", "splits", "sb")
 
 
 def env_config() -> dict:
     """``LEANATTN_BIFURCATED_CONFIG``: comma-separated integers, 0 = default, in the order
-    ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, block_ptr, block_no, order, reserved,
-    path, splits, sb`` (``order`` is ``ORDER + 1``; ``reserved`` was an eviction policy for the
+    ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, load, block_no, order, reserved,
+    path, splits, sb`` (``load`` is ``LOAD + 1`` of ``kernels/attend.py``: 1 pointers, 2 block pointers,
+    3 TMA; ``order`` is ``ORDER + 1``; ``reserved`` was an eviction policy for the
     K/V loads, measured without effect on the H200 and removed; ``path`` 1 split, 2 fused;
     ``splits`` prefix splits per head of the split path; ``sb`` prefix states merged per load):
     launch overrides for benchmark sweeps."""
@@ -58,7 +59,7 @@ class LaunchConfig:
     num_warps: int      # of the prefix pass
     num_stages: int
     ctas_per_sm: int    # cap on resident programs per SM
-    block_ptr: bool     # block pointers for contiguous caches
+    load: int | None    # K/V load path of contiguous caches (LOAD of kernels/attend.py); None: the path's default
     order: int          # ORDER of kernels/bifurcated.py (fused path): which list a program walks first
     path: str           # "fused" or "split" (with more than one sample per prompt)
     splits: int         # prefix splits per (prompt, kv head) of the split path (0: fill the GPU)
@@ -99,7 +100,7 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
         own=cfg, block_hp=block_hp, block_np=block_n or env["block_np"] or bn,
         block_no=block_n or env["block_no"] or cfg.block_n, num_warps=env["num_warps"] or warps,
         num_stages=env["num_stages"] or stages, ctas_per_sm=env["ctas_per_sm"] or cfg.ctas_per_sm,
-        block_ptr=bool(env["block_ptr"]), order=order,
+        load=env["load"] - 1 if env["load"] else None, order=order,
         path="split" if env["path"] == 1 else "fused", splits=env["splits"],
         sb=env["sb"] or max(1, 64 // cfg.block_h))
 
@@ -147,7 +148,15 @@ class Plan:
         self.strides_own = (k_s.stride(0), k_s.stride(1), k_s.stride(2), v_s.stride(0), v_s.stride(1), v_s.stride(2),
                             Hq * D, D, Hq,  # out and lse are allocated contiguous
                             block_table.stride(0) if self.own_paged else 0)
-        self.common = dict(HEAD_DIM=D, HAS_SEQLENS=seqlens is not None, SINGLE_PREFIX=single, BLOCK_PTR=lc.block_ptr,
+        # the one-sample path reads through block pointers: 192 registers without spills against 255
+        # with 40 B of spills (GQA, offline screen), and side by side on an H200
+        # (benchmarks/results/bifurcated_leads_NVIDIA_H200_0_0_0_0_0_2.json) GQA 8k x1 25.4 us against
+        # 26.1, MHA 54.7 against 54.9 (decode over copied caches: 25.1 and 54.3)
+        load = lc.load if lc.load is not None else (1 if self.concat else lc.own.load)
+        load = load_path(load, pk_s, pv_s, False)
+        if has_own and not self.own_paged:
+            load = min(load, load_path(load, k_s, v_s, False))
+        self.common = dict(HEAD_DIM=D, HAS_SEQLENS=seqlens is not None, SINGLE_PREFIX=single, LOAD=load,
                            UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
                            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
         self.page_size = k.shape[1] if self.own_paged else 0  # 0: contiguous own cache

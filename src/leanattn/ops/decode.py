@@ -1,6 +1,7 @@
 """``leanattn.decode``: attention of one new token per sequence over a KV cache."""
 from __future__ import annotations
 
+import os
 from typing import Literal, Optional, overload
 
 import torch
@@ -11,7 +12,7 @@ from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.merge import merge_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
-from .decode_config import decode_config
+from .decode_config import decode_config, load_path
 
 __all__ = ["decode"]
 
@@ -34,8 +35,8 @@ class _Plan:
         B, Hq, D = q.shape
         device = q.device
         group = Hq // k_cache.shape[2]
-        cfg = decode_config(D, group, device, block_n or None)
         paged = block_table is not None
+        cfg = decode_config(D, group, device, block_n or None, paged)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
         self.schedule = schedule
         self.cap = cap = _capacity(k_cache, block_table)
@@ -44,6 +45,7 @@ class _Plan:
             GROUP=group, N_HB=cfg.n_hb, ROWS=k_cache.shape[2] * cfg.n_hb,
             HEAD_DIM=D, BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
             PAGE_SIZE=k_cache.shape[1] if paged else 0, HAS_SEQLENS=cache_seqlens is not None,
+            LOAD=load_path(cfg.load, k_cache, v_cache, paged),
             # bf16 tl.dot is broken in the interpreter: upcast there
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
@@ -121,7 +123,9 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     workers = num_programs if schedule == "lean" else num_splits
     key = (q.shape, q.stride(), q.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
-           softmax_scale, schedule, workers, block_n, runtime.interpreting())
+           softmax_scale, schedule, workers, block_n, runtime.interpreting(),
+           # TMA loads need 16-byte aligned bases (load_path)
+           k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0, os.environ.get("LEANATTN_DECODE_LOAD"))
     plan = _PLANS.get(key)
     if plan is None:
         plan = _Plan(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, workers, block_n)

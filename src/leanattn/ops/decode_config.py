@@ -22,6 +22,7 @@ class DecodeConfig:
     num_warps: int
     num_stages: int
     ctas_per_sm: int  # cap on resident programs per SM for the persistent grid
+    load: int = 0     # K/V load path of a contiguous cache: 0 pointers, 1 block pointers, 2 TMA
 
 
 # (head_dim) -> (block_n, num_warps, num_stages, ctas_per_sm) on CUDA. From the H100 sweeps in
@@ -34,18 +35,60 @@ _CUDA_TABLE = {
 }
 
 
+# Paged caches (tensors of pointers, one page id per token or per tile): 64-token tiles over 3 stages.
+# Same-run H200 sweep (benchmarks/results/decode_sweep_NVIDIA_H200_load.json), against the contiguous
+# default (128, 4, 2, 4): paged64 gqa B=4 32k 143.6 us against 150.9, paged64 ragged-tail 176.8 against
+# 187.7, paged16 147.6 against 151.5 and 184.5 against 187.1. Unmeasured head dims keep the table above.
+_CUDA_PAGED_TABLE = {
+    128: (64, 4, 3, 4),
+}
+
+
 def _env_override(cfg: tuple) -> tuple:
-    """``LEANATTN_DECODE_CONFIG=block_n,num_warps,num_stages,ctas_per_sm`` (benchmark sweeps)."""
+    """``LEANATTN_DECODE_CONFIG=block_n,num_warps,num_stages,ctas_per_sm[,load]`` (benchmark sweeps)."""
     raw = os.environ.get("LEANATTN_DECODE_CONFIG")
     if not raw:
         return cfg
-    return tuple(int(x) for x in raw.split(","))
+    try:
+        vals = tuple(int(x) for x in raw.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) not in (4, 5) or min(vals) < 0 or (len(vals) == 5 and vals[4] > 2):
+        raise ValueError("LEANATTN_DECODE_CONFIG: expected 'block_n,num_warps,num_stages,ctas_per_sm[,load]' "
+                         f"with load 0, 1 or 2, got {raw!r}")
+    return vals
 
 
-def decode_config(head_dim: int, group: int, device: torch.device, block_n: int | None = None) -> DecodeConfig:
+def load_path(load: int, k_cache: torch.Tensor, v_cache: torch.Tensor, paged: bool) -> int:
+    """The ``LOAD`` a launch can use: TMA (2) needs a contiguous cache whose row bases and token
+    stride are 16-byte aligned; otherwise tensors of pointers (0). Paged caches always take 0."""
+    if paged:
+        return 0
+    if load == 2:
+        for t in (k_cache, v_cache):
+            size = t.element_size()
+            if t.data_ptr() % 16 or any(s * size % 16 for s in t.stride()[:3]):
+                return 0
+        runtime.tma_allocator()
+    return load
+
+
+def decode_config(head_dim: int, group: int, device: torch.device, block_n: int | None = None,
+                  paged: bool = False) -> DecodeConfig:
     block_h = max(16, min(64, triton.next_power_of_2(group)))
     n_hb = triton.cdiv(group, block_h)
     if runtime.interpreting() or not runtime.gpu_target(device):
-        return DecodeConfig(block_n or 16, block_h, n_hb, 4, 1, 1)
-    bn, warps, stages, cps = _env_override(_CUDA_TABLE[head_dim])
-    return DecodeConfig(block_n or bn, block_h, n_hb, warps, stages, cps)
+        return DecodeConfig(block_n or 16, block_h, n_hb, 4, 1, 1, _env_load(0))
+    table = _CUDA_PAGED_TABLE if paged and head_dim in _CUDA_PAGED_TABLE else _CUDA_TABLE
+    bn, warps, stages, cps, *load = _env_override(table[head_dim])
+    return DecodeConfig(block_n or bn, block_h, n_hb, warps, stages, cps, _env_load(*load or (0,)))
+
+
+def _env_load(default: int) -> int:
+    """``LEANATTN_DECODE_LOAD=0|1|2`` overrides the load path (tests run each under the interpreter)."""
+    raw = os.environ.get("LEANATTN_DECODE_LOAD")
+    if raw is None:
+        return default
+    if raw not in ("0", "1", "2"):
+        raise ValueError(f"LEANATTN_DECODE_LOAD: expected 0, 1 or 2, got {raw!r}")
+    return int(raw)

@@ -1,0 +1,201 @@
+"""The KV tile loop every decode-style kernel shares: one query row block against a range of KV tiles.
+
+``attend_any`` folds KV tiles ``[tile_lo, tile_hi)`` of one (sequence, kv head) row into an online
+softmax state ``(acc, m, l)`` for the query heads stacked as the rows of ``q``, so K and V are read
+once per row block. Three load paths give the same state (``LOAD``): tensors of pointers
+(``attend_tiles``, any cache, paged included), block pointers and TMA descriptors (contiguous
+caches). Scores are in log2 units (``qk_scale = softmax_scale * log2(e)``).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Scores of one KV tile ``k [BLOCK_N, D]`` (keys past ``mask_n`` at ``-inf``), folded into the
+    running max ``m_i`` and sum ``l_i``; returns ``(p, alpha, m_new, l_new)``: the tile's
+    probabilities under ``m_new`` and the factor that rescales the old state."""
+    if UPCAST:
+        k = k.to(tl.float32)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_use)
+    p = tl.math.exp2(qk - m_use[:, None])
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def accumulate(acc, p, alpha, v, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``."""
+    if UPCAST:
+        v = v.to(tl.float32)
+    return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def attend_tiles(
+    q, K, V, BlockTable,  #
+    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_btb,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Online softmax over KV tiles ``[tile_lo, tile_hi)``; returns ``(acc, m, l)``.
+
+    ``acc [BLOCK_H, HEAD_DIM]`` is the unnormalised output, ``m [BLOCK_H]`` the running max of the
+    scores in log2 units and ``l [BLOCK_H]`` the sum of ``exp2(score - m)``. ``PAGE_SIZE == 0``
+    means a contiguous cache, where ``stride_kb`` is the batch stride; otherwise ``stride_kb``
+    is the page stride and ``BlockTable[b, i]`` names the i-th page of sequence ``b``.
+    """
+    offs_d = tl.arange(0, HEAD_DIM)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    k_head = K + kvh.to(tl.int64) * stride_kh
+    v_head = V + kvh.to(tl.int64) * stride_vh
+    bt_row = BlockTable + b.to(tl.int64) * stride_btb
+    # page ids are fetched one tile ahead, so K/V addresses never wait on a dependent load
+    if PAGE_SIZE > 0:
+        if PAGE_SIZE % BLOCK_N == 0:
+            next_page = tl.load(bt_row + (tile_lo * BLOCK_N) // PAGE_SIZE, mask=tile_lo < tile_hi, other=0)
+        else:
+            offs_next = tile_lo * BLOCK_N + tl.arange(0, BLOCK_N)
+            next_page = tl.load(bt_row + offs_next // PAGE_SIZE, mask=offs_next < seqlen, other=0)
+    for j in range(tile_lo, tile_hi):
+        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < seqlen
+        # -- locate the tile's token rows --
+        if PAGE_SIZE == 0:
+            k_rows = b.to(tl.int64) * stride_kb + offs_n.to(tl.int64) * stride_kn
+            v_rows = b.to(tl.int64) * stride_vb + offs_n.to(tl.int64) * stride_vn
+        else:
+            page = next_page.to(tl.int64)
+            if PAGE_SIZE % BLOCK_N == 0:
+                # the whole tile lies inside one page: one page id per tile
+                in_page = ((j * BLOCK_N) % PAGE_SIZE + tl.arange(0, BLOCK_N)).to(tl.int64)
+                next_page = tl.load(bt_row + ((j + 1) * BLOCK_N) // PAGE_SIZE, mask=j + 1 < tile_hi, other=0)
+            else:
+                in_page = (offs_n % PAGE_SIZE).to(tl.int64)
+                offs_next = offs_n + BLOCK_N
+                next_page = tl.load(bt_row + offs_next // PAGE_SIZE, mask=offs_next < seqlen, other=0)
+            k_rows = page * stride_kb + in_page * stride_kn
+            v_rows = page * stride_vb + in_page * stride_vn
+        # -- scores --
+        k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
+        # -- accumulate --
+        v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def attend_contiguous(
+    q, K, V,  #
+    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """``attend_tiles`` for a contiguous cache, through block pointers.
+
+    A block pointer carries one base address and the tile offset, where a tensor of pointers
+    holds a 64-bit address per element of the ``BLOCK_N x HEAD_DIM`` tile; the boundary check
+    against ``seqlen`` zero-fills the tail instead of a mask. Same ``(acc, m, l)`` result.
+    """
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    k_seq = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
+    v_seq = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
+    k_ptr = tl.make_block_ptr(k_seq, shape=(seqlen, HEAD_DIM), strides=(stride_kn, 1),
+                              offsets=(tile_lo * BLOCK_N, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
+    v_ptr = tl.make_block_ptr(v_seq, shape=(seqlen, HEAD_DIM), strides=(stride_vn, 1),
+                              offsets=(tile_lo * BLOCK_N, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
+    for j in range(tile_lo, tile_hi):
+        # -- scores --
+        k = tl.load(k_ptr, boundary_check=(0,), padding_option="zero")
+        mask_n = j * BLOCK_N + tl.arange(0, BLOCK_N) < seqlen
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
+        # -- accumulate --
+        v = tl.load(v_ptr, boundary_check=(0,), padding_option="zero")
+        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
+        k_ptr = tl.advance(k_ptr, (BLOCK_N, 0))
+        v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
+    return acc, m_i, l_i
+
+
+@triton.jit
+def attend_tma(
+    q, K, V,  #
+    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """``attend_tiles`` for a contiguous cache, through TMA tensor descriptors (sm90+).
+
+    One descriptor per (sequence, kv head) row of ``seqlen x HEAD_DIM`` elements: the copy engine
+    moves whole tiles into shared memory without per-element addresses in registers, and zero-fills
+    rows past ``seqlen``, so a stale cache tail never meets ``p = 0`` as ``0 * NaN``. Needs the row
+    base and the token stride 16-byte aligned (the op checks) and a Triton allocator for the
+    descriptors' global scratch (``runtime.tma_allocator``). Same ``(acc, m, l)`` result.
+    """
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    # an empty row owns one empty tile: skip it, a zero-row descriptor is not encodable
+    tile_hi = tl.where(seqlen > 0, tile_hi, tile_lo)
+    rows = tl.maximum(seqlen, 1)
+    k_desc = tl.make_tensor_descriptor(K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh,
+                                       shape=[rows, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    v_desc = tl.make_tensor_descriptor(V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh,
+                                       shape=[rows, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    for j in range(tile_lo, tile_hi):
+        # -- scores --
+        k = k_desc.load([j * BLOCK_N, 0])
+        mask_n = j * BLOCK_N + tl.arange(0, BLOCK_N) < seqlen
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
+        # -- accumulate --
+        v = v_desc.load([j * BLOCK_N, 0])
+        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def attend_any(
+    q, K, V, BlockTable,  #
+    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_btb,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """``attend_tiles`` with the K/V load path ``LOAD`` for a contiguous cache: 0 tensors of
+    pointers, 1 block pointers (``attend_contiguous``), 2 TMA descriptors (``attend_tma``). A paged
+    cache always takes tensors of pointers (its tiles gather rows of several pages)."""
+    if LOAD == 2 and PAGE_SIZE == 0:
+        acc, m_i, l_i = attend_tma(
+            q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
+            HEAD_DIM, BLOCK_H, BLOCK_N, UPCAST, DOT_PRECISION)
+    elif LOAD == 1 and PAGE_SIZE == 0:
+        acc, m_i, l_i = attend_contiguous(
+            q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
+            HEAD_DIM, BLOCK_H, BLOCK_N, UPCAST, DOT_PRECISION)
+    else:
+        acc, m_i, l_i = attend_tiles(
+            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+    return acc, m_i, l_i
