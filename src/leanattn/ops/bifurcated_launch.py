@@ -148,11 +148,12 @@ class Plan:
         self.strides_own = (k_s.stride(0), k_s.stride(1), k_s.stride(2), v_s.stride(0), v_s.stride(1), v_s.stride(2),
                             Hq * D, D, Hq,  # out and lse are allocated contiguous
                             block_table.stride(0) if self.own_paged else 0)
-        # the one-sample path reads through block pointers: 192 registers without spills against 255
-        # with 40 B of spills (GQA, offline screen), and side by side on an H200
-        # (benchmarks/results/bifurcated_leads_NVIDIA_H200_0_0_0_0_0_2.json) GQA 8k x1 25.4 us against
-        # 26.1, MHA 54.7 against 54.9 (decode over copied caches: 25.1 and 54.3)
-        load = lc.load if lc.load is not None else (1 if self.concat else lc.own.load)
+        # The one-sample path keeps tensors of pointers. Block pointers (sixth field 2) ran GQA 8k x1 in
+        # 25.4 us against 26.1 in a four-case run (192 registers, no spills; bifurcated_leads_*_0_0_0_0_0_2)
+        # and in a standalone process, but inside the full 8k suite the same launch compiled to 168
+        # registers with spills, 3 programs per SM, and ran 28.4 us (0.89x decode over copies), twice on
+        # one H200 (2026-11-30); the cause is not found, so the default stays with pointers.
+        load = lc.load if lc.load is not None else lc.own.load
         load = load_path(load, pk_s, pv_s, False)
         if has_own and not self.own_paged:
             load = min(load, load_path(load, k_s, v_s, False))
