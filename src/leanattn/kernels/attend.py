@@ -102,71 +102,54 @@ def attend_contiguous(
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TMA: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """``attend_tiles`` for a contiguous cache, through block pointers.
+    """``attend_tiles`` for a contiguous cache, through block pointers or (``TMA``) tensor
+    descriptors. Same ``(acc, m, l)`` result.
 
-    A block pointer carries one base address and the tile offset, where a tensor of pointers
-    holds a 64-bit address per element of the ``BLOCK_N x HEAD_DIM`` tile; the boundary check
-    against ``seqlen`` zero-fills the tail instead of a mask. Same ``(acc, m, l)`` result.
+    Either names the ``seqlen x HEAD_DIM`` rows of one (sequence, kv head) by one base address and
+    the tile offset, where a tensor of pointers holds a 64-bit address per element of the
+    ``BLOCK_N x HEAD_DIM`` tile, and zero-fills rows past ``seqlen`` instead of a mask, so a stale
+    cache tail never meets ``p = 0`` as ``0 * NaN``. A block pointer is lowered to ordinary loads; a
+    descriptor (sm90+) has the copy engine move whole tiles into shared memory. Descriptors need the
+    row base and the token stride 16-byte aligned (the op checks) and a Triton allocator for their
+    global scratch (``runtime.tma_allocator``).
     """
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-    k_seq = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
-    v_seq = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
-    k_ptr = tl.make_block_ptr(k_seq, shape=(seqlen, HEAD_DIM), strides=(stride_kn, 1),
-                              offsets=(tile_lo * BLOCK_N, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
-    v_ptr = tl.make_block_ptr(v_seq, shape=(seqlen, HEAD_DIM), strides=(stride_vn, 1),
-                              offsets=(tile_lo * BLOCK_N, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
+    if TMA:
+        # an empty row owns one empty tile: skip it, a zero-row descriptor is not encodable
+        tile_hi = tl.where(seqlen > 0, tile_hi, tile_lo)
+        rows = tl.maximum(seqlen, 1)
+        k_src = tl.make_tensor_descriptor(K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh,
+                                          shape=[rows, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        v_src = tl.make_tensor_descriptor(V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh,
+                                          shape=[rows, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    else:
+        k_seq = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
+        v_seq = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
+        k_src = tl.make_block_ptr(k_seq, shape=(seqlen, HEAD_DIM), strides=(stride_kn, 1),
+                                  offsets=(tile_lo * BLOCK_N, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
+        v_src = tl.make_block_ptr(v_seq, shape=(seqlen, HEAD_DIM), strides=(stride_vn, 1),
+                                  offsets=(tile_lo * BLOCK_N, 0), block_shape=(BLOCK_N, HEAD_DIM), order=(1, 0))
     for j in range(tile_lo, tile_hi):
         # -- scores --
-        k = tl.load(k_ptr, boundary_check=(0,), padding_option="zero")
+        if TMA:
+            k = k_src.load([j * BLOCK_N, 0])
+        else:
+            k = tl.load(k_src, boundary_check=(0,), padding_option="zero")
         mask_n = j * BLOCK_N + tl.arange(0, BLOCK_N) < seqlen
         p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
         # -- accumulate --
-        v = tl.load(v_ptr, boundary_check=(0,), padding_option="zero")
+        if TMA:
+            v = v_src.load([j * BLOCK_N, 0])
+        else:
+            v = tl.load(v_src, boundary_check=(0,), padding_option="zero")
         acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
-        k_ptr = tl.advance(k_ptr, (BLOCK_N, 0))
-        v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
-    return acc, m_i, l_i
-
-
-@triton.jit
-def attend_tma(
-    q, K, V,  #
-    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
-    stride_kb, stride_kn, stride_kh,  #
-    stride_vb, stride_vn, stride_vh,  #
-    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """``attend_tiles`` for a contiguous cache, through TMA tensor descriptors (sm90+).
-
-    One descriptor per (sequence, kv head) row of ``seqlen x HEAD_DIM`` elements: the copy engine
-    moves whole tiles into shared memory without per-element addresses in registers, and zero-fills
-    rows past ``seqlen``, so a stale cache tail never meets ``p = 0`` as ``0 * NaN``. Needs the row
-    base and the token stride 16-byte aligned (the op checks) and a Triton allocator for the
-    descriptors' global scratch (``runtime.tma_allocator``). Same ``(acc, m, l)`` result.
-    """
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-    # an empty row owns one empty tile: skip it, a zero-row descriptor is not encodable
-    tile_hi = tl.where(seqlen > 0, tile_hi, tile_lo)
-    rows = tl.maximum(seqlen, 1)
-    k_desc = tl.make_tensor_descriptor(K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh,
-                                       shape=[rows, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
-    v_desc = tl.make_tensor_descriptor(V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh,
-                                       shape=[rows, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
-    for j in range(tile_lo, tile_hi):
-        # -- scores --
-        k = k_desc.load([j * BLOCK_N, 0])
-        mask_n = j * BLOCK_N + tl.arange(0, BLOCK_N) < seqlen
-        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
-        # -- accumulate --
-        v = v_desc.load([j * BLOCK_N, 0])
-        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
+        if not TMA:
+            k_src = tl.advance(k_src, (BLOCK_N, 0))
+            v_src = tl.advance(v_src, (BLOCK_N, 0))
     return acc, m_i, l_i
 
 
@@ -181,18 +164,13 @@ def attend_any(
     PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """``attend_tiles`` with the K/V load path ``LOAD`` for a contiguous cache: 0 tensors of
-    pointers, 1 block pointers (``attend_contiguous``), 2 TMA descriptors (``attend_tma``). A paged
-    cache always takes tensors of pointers (its tiles gather rows of several pages)."""
-    if LOAD == 2 and PAGE_SIZE == 0:
-        acc, m_i, l_i = attend_tma(
-            q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
-            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, UPCAST, DOT_PRECISION)
-    elif LOAD == 1 and PAGE_SIZE == 0:
+    pointers, 1 block pointers, 2 TMA descriptors (``attend_contiguous``). A paged cache always
+    takes tensors of pointers (its tiles gather rows of several pages)."""
+    if LOAD > 0 and PAGE_SIZE == 0:
         acc, m_i, l_i = attend_contiguous(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, UPCAST, DOT_PRECISION)
+            HEAD_DIM, BLOCK_H, BLOCK_N, LOAD == 2, UPCAST, DOT_PRECISION)
     else:
         acc, m_i, l_i = attend_tiles(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
