@@ -424,6 +424,14 @@ ENV_CFGS = ["16,0,0,0,0", "16,0,0,0,0,2", "0,0,0,0,0,2", "0,0,0,0,0,3", "16,0,0,
             "0,0,0,0,0,0,0,4,0,2"]
 
 
+@pytest.mark.parametrize("load", [4, -1])
+def test_env_load_field_error(monkeypatch, load):
+    from leanattn.ops.bifurcated_launch import env_config
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,{load}")
+    with pytest.raises(ValueError, match="LEANATTN_BIFURCATED_CONFIG: expected the load field"):
+        env_config()
+
+
 @pytest.mark.parametrize("cfg", ENV_CFGS)
 def test_env_launch_override(monkeypatch, cfg):
     # the benchmark sweep's knob: a 16-row cap forces head blocks (and teams on the fused path); the

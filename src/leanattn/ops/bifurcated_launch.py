@@ -47,7 +47,11 @@ def env_config() -> dict:
     raw = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
     vals = tuple(int(x) for x in raw.split(",")) if raw else ()
     vals = vals + (0,) * (len(_ENV_FIELDS) - len(vals))
-    return dict(zip(_ENV_FIELDS, vals))
+    env = dict(zip(_ENV_FIELDS, vals))
+    if not 0 <= env["load"] <= 3:
+        raise ValueError(f"LEANATTN_BIFURCATED_CONFIG: expected the load field (sixth) in 0..3 "
+                         f"(0 default, 1 pointers, 2 block pointers, 3 TMA), got {env['load']}")
+    return env
 
 
 @dataclasses.dataclass(frozen=True)
