@@ -199,11 +199,12 @@ def _with_env(value, fn):
 
 def bifurcated_cases():
     bf = torch.bfloat16
-    # the default launch, then block pointers (field 6) and the two-launch split path (field 10)
-    for variant, env in (("", ""), (" block-ptr", "0,0,0,0,0,2"), (" tma", "0,0,0,0,0,3"), (" split-path", "0,0,0,0,0,0,0,0,0,1")):
+    # the default launch, then block pointers (field 6) and the multi-launch split and states paths (field 10)
+    for variant, env in (("", ""), (" block-ptr", "0,0,0,0,0,2"), (" tma", "0,0,0,0,0,3"), (" split-path", "0,0,0,0,0,0,0,0,0,1"),
+                         (" states-path", "0,0,0,0,0,0,0,0,0,3")):
         for hq, hkv in ((32, 32), (32, 8)):
             for samples in (1, 32):
-                if variant == " split-path" and samples == 1:
+                if variant.endswith("-path") and samples == 1:
                     continue  # one sample per prompt always takes the concat kernel
                 q = torch.randn(samples, hq, 128, dtype=bf)
                 pk = torch.randn(512, hkv, 128, dtype=bf)

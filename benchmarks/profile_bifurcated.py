@@ -70,6 +70,28 @@ def last_info():
     return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in plan.info.items()}
 
 
+def states_launches(inp):
+    """The launches of the last plan if it took the ``states`` path, each a callable: the prefix
+    states, the own tokens (decode's plan) and the merge."""
+    from leanattn.ops import bifurcated as bif
+    from leanattn.ops import bifurcated_launch as launch
+    plan = next(reversed(bif._PLANS.values()))
+    if plan.path != "states":
+        return {}
+    q, pk, pv, k, v, lens = (inp[x] for x in ("q", "pk", "pv", "k", "v", "lens"))
+    pk, pv = pk.unsqueeze(0), pv.unsqueeze(0)
+    st_o, st_l = plan.states
+    d = plan.dummy_i32
+    out, lse = torch.empty_like(q), torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+    parts = {"prefix": lambda: launch.prefix_states_kernel[plan.grid_p](q, pk, pv, st_o, st_l, d, d, d, d, *plan.tail_p,
+                                                                         **plan.meta_p),
+             "merge": lambda: launch.merge_states_kernel[plan.merge_grid](st_o, st_l, out, lse, *plan.merge_tail,
+                                                                          **plan.merge_meta)}
+    if plan.own_plan is not None:
+        parts["own"] = lambda: plan.own_plan.run(q, k, v, lens, None, st_o[-1], st_l[-1])
+    return parts
+
+
 def _precompile_worker(args):
     names, configs, phases = args
     torch.manual_seed(0)
@@ -115,8 +137,11 @@ def profile_case(c, configs, ceilings, phases, log):
             if not err <= tol:
                 raise RuntimeError(f"wrong result: rel err {err:.2e}")
             info = last_info()
+            parts = {name: time_graph(fn) for name, fn in states_launches(inp).items()}
             us = time_graph(lambda: call_ours(inp, cfg))
-            row["configs"][cfg] = dict(us=us, err=err, info=info)
+            row["configs"][cfg] = dict(us=us, err=err, info=info, launches=parts)
+            if parts:
+                info = dict(info, launches_us={n: round(t, 1) for n, t in parts.items()})
             log(f"  {c['name']:12s} cfg={cfg!r:24s} {us:8.1f} us  x{us / io_us:5.2f} IO floor  err {err:.1e}  {info}")
         except Exception as e:
             row["configs"][cfg] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")

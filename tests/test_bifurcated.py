@@ -483,10 +483,12 @@ def test_split_path_states(monkeypatch, splits, sb):
     assert_lse_close("prefix only", lse, ref_lse, atol=TOLERANCE[q.dtype])
 
 
-@pytest.mark.parametrize("path", ["split", "fused"])
+@pytest.mark.parametrize("path", ["split", "fused", "states", "states-split"])
 def test_paths_agree_with_reference(monkeypatch, path):
-    # the same multi-prompt, head-block, paged case through either path of the many-samples launch
-    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"16,0,0,0,0,0,0,0,0,{1 if path == 'split' else 2}")
+    # the same multi-prompt, head-block, paged case through every path of the many-samples launch
+    # (the states path with decode's lean and split schedules for the own tokens)
+    field = {"split": "1", "fused": "2", "states": "3", "states-split": "3,0,0,2"}[path]
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"16,0,0,0,0,0,0,0,0,{field}")
     ids = [0] * 9 + [1] + [2] * 2
     own = torch.randint(0, 40, (len(ids),)).tolist()
     q, k, v, lens, bt = make_inputs(len(ids), 4, 2, 64, own, capacity=40, page_size=16)
@@ -507,14 +509,14 @@ def test_one_sample_takes_the_concat_path():
         assert next(reversed(bif._PLANS.values())).path == "concat"
 
 
-@pytest.mark.parametrize("path", ["1", "2"])
+@pytest.mark.parametrize("path", ["1", "2", "3"])
 def test_plan_arguments_match_the_kernels(monkeypatch, path):
     # every keyword a plan passes is a parameter of the kernel it launches (the interpreter ignores
     # unknown keywords; a compiled launch or warmup() rejects them)
     from leanattn.ops import bifurcated as bif
     from leanattn import runtime
     from leanattn.ops import bifurcated_launch as launch
-    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,0,0,0,0,{path}")  # 1 split, 2 fused
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,0,0,0,0,{path}")  # 1 split, 2 fused, 3 states
     checked = []
 
     def kernel_occupancy(kernel, args, meta, device, info=None, prefix=""):
@@ -534,14 +536,16 @@ def test_plan_arguments_match_the_kernels(monkeypatch, path):
     leanattn.bifurcated_decode(q[:1], pk[0], pv[0], k[:1], v[:1], lens[:1])
     kernels = {"concat": [(launch.concat_decode_kernel, "meta")],
                "split": [(launch.prefix_states_kernel, "meta_p"), (launch.own_merge_kernel, "meta")],
-               "fused": [(launch.bifurcated_decode_kernel, "meta")]}
+               "fused": [(launch.bifurcated_decode_kernel, "meta")],
+               "states": [(launch.prefix_states_kernel, "meta_p"), (launch.merge_states_kernel, "merge_meta")]}
     seen = set()
     for plan in bif._PLANS.values():
         seen.add(plan.path)
         for kernel, attr in kernels[plan.path]:
             unknown = set(getattr(plan, attr)) - set(kernel.arg_names) - {"num_warps", "num_stages"}
             assert not unknown, f"{plan.path}: {kernel.__name__} has no parameters {unknown}"
-    assert {"concat", "split" if path == "1" else "fused"} <= seen
+    assert {"concat", {"1": "split", "2": "fused", "3": "states"}[path]} <= seen
     assert "concat_decode_kernel" in checked
-    assert {"prefix_states_kernel", "own_merge_kernel"} <= set(checked) if path == "1" else \
-        "bifurcated_decode_kernel" in checked
+    expected = {"1": {"prefix_states_kernel", "own_merge_kernel"}, "2": {"bifurcated_decode_kernel"},
+                "3": {"prefix_states_kernel", "lean_decode_kernel"}}[path]
+    assert expected <= set(checked)

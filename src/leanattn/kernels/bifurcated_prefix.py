@@ -13,6 +13,9 @@ same prefix tile at about the same time (one HBM read, ``N_HB - 1`` L2 hits).
 State layout: ``StO (G, HKV, S, ROWS_P, D)`` fp32, the split's output normalised by its own sum,
 and ``StL (G, HKV, S, ROWS_P)`` fp32, its log2-sum-exp (``-inf`` and zeros for an empty split),
 with ``ROWS_P = N_HB * BLOCK_HP``. ``kernels/bifurcated_own.py`` merges them with the own tokens.
+With ``BATCH_LAYOUT`` the states are those of ``merge_states`` instead: ``StO (S, B, HQ, D)`` and
+natural-log ``StL (S, B, HQ)``, each query row of each sample at its batch position (the ``states``
+path merges them with the own-token state by ``kernels/merge.py``).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import triton.language as tl
 
 from .attend import attend_any
 from .bifurcated import load_stacked_q
+from .merge import LN2
 
 
 @triton.jit
@@ -32,6 +36,7 @@ def prefix_states_kernel(
     stride_pvg, stride_pvn, stride_pvh,  #
     qk_scale, B, prefix_cap, S, chunk,  #
     HKV: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr, N_HB: tl.constexpr,  #
+    BATCH_LAYOUT: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,  #
     HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -79,6 +84,10 @@ def prefix_states_kernel(
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc / l_safe[:, None]
     lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))
-    slot = ((g.to(tl.int64) * HKV + kvh) * S + s) * (N_HB * BLOCK_HP) + rows
+    if BATCH_LAYOUT:
+        slot = (s.to(tl.int64) * B + b_rows) * (HKV * GROUP) + h_rows
+        lse2 = lse2 * LN2
+    else:
+        slot = ((g.to(tl.int64) * HKV + kvh) * S + s) * (N_HB * BLOCK_HP) + rows
     tl.store(StO + slot[:, None] * HEAD_DIM + offs_d[None, :], o, mask=valid[:, None])
     tl.store(StL + slot, lse2, mask=valid)

@@ -27,13 +27,15 @@ from ..kernels.bifurcated_concat import concat_decode_kernel
 from ..kernels.bifurcated_own import own_merge_kernel
 from ..kernels.bifurcated_prefix import prefix_states_kernel
 from ..kernels.piece_merge import merge_meta
+from ..kernels.merge import merge_states_kernel
 from .decode import _capacity
+from .decode import _Plan as _DecodePlan
 from .decode_config import DecodeConfig, decode_config, load_path
 
 LOG2E = 1.4426950408889634
 
 _ENV_FIELDS = ("block_h_cap", "block_np", "num_warps", "num_stages", "ctas_per_sm", "load", "block_no", "order",
-               "reserved", "path", "splits", "sb")
+               "reserved", "path", "splits", "sb", "own_splits")
 
 
 def env_config() -> dict:
@@ -65,8 +67,9 @@ class LaunchConfig:
     ctas_per_sm: int    # cap on resident programs per SM
     load: int | None    # K/V load path of contiguous caches (LOAD of kernels/attend.py); None: the path's default
     order: int          # ORDER of kernels/bifurcated.py (fused path): which list a program walks first
-    path: str           # "fused" or "split" (with more than one sample per prompt)
-    splits: int         # prefix splits per (prompt, kv head) of the split path (0: fill the GPU)
+    path: str           # "fused", "split" or "states" (with more than one sample per prompt)
+    splits: int         # prefix splits per (prompt, kv head) of the split and states paths (0: fill the GPU)
+    own_splits: int     # states path: 0 own tokens by decode's lean schedule, n > 0 its split schedule
     sb: int             # prefix split states merged per load
 
 
@@ -105,7 +108,7 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
         block_no=block_n or env["block_no"] or cfg.block_n, num_warps=env["num_warps"] or warps,
         num_stages=env["num_stages"] or stages, ctas_per_sm=env["ctas_per_sm"] or cfg.ctas_per_sm,
         load=env["load"] - 1 if env["load"] else None, order=order,
-        path="split" if env["path"] == 1 else "fused", splits=env["splits"],
+        path={1: "split", 3: "states"}.get(env["path"], "fused"), splits=env["splits"], own_splits=env["own_splits"],
         sb=env["sb"] or max(1, 64 // cfg.block_h))
 
 
@@ -169,7 +172,9 @@ class Plan:
         self.f32 = runtime.workspace("dummy_f32", device, (1,), torch.float32, zero=True)
         shape = dict(B=B, Hq=Hq, Hkv=Hkv, D=D, G=G, P=P, cap=cap, group=group, has_own=has_own,
                      has_plens=has_plens, scale=scale, workers=workers, block_n=block_n)
+        self.scale, self.has_plens, self.own_args = scale, has_plens, (k, v, seqlens, block_table)
         getattr(self, "_setup_" + self.path)(q, lc, **shape)
+        del self.own_args
         self.info.update(path=self.path)
 
     # ------------------------------------------------------------------------------------------
@@ -201,21 +206,8 @@ class Plan:
         rows_p = n_hb * block_hp
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         # -- launch 1: prefix split states, grid (S * N_HB, Hkv, G) --
-        common_p = {k: v for k, v in self.common.items() if k != "HAS_SEQLENS"}  # the prefix has no own lengths
-        self.meta_p = dict(common_p, HKV=Hkv, GROUP=group, BLOCK_HP=block_hp, N_HB=n_hb, BLOCK_N=lc.block_np,
-                           HAS_PREFIX_LENS=has_plens, num_warps=lc.num_warps, num_stages=lc.num_stages)
-        tiles_cap = max(triton.cdiv(P, lc.block_np), 1)
-        splits = lc.splits
-        if splits <= 0:
-            # one wave: as many splits as there are program slots for this prompt x kv head x head block
-            occ = runtime.kernel_occupancy(prefix_states_kernel, (q, kv, kv, f, f, d, d, d, d, *self.strides_q, *self.strides_p,
-                                                      1.0, B, P, 1, 1), self.meta_p, device, self.info, "prefix_")
-            slots = (workers if workers > 0 else runtime.num_sms(device) * occ)
-            splits = max(1, slots // (G * Hkv * n_hb))
-        chunk = triton.cdiv(tiles_cap, min(splits, tiles_cap))
-        self.splits = S = triton.cdiv(tiles_cap, chunk)
-        self.tail_p = self.strides_q + self.strides_p + (scale * LOG2E, B, P, S, chunk)
-        self.grid_p = (S * n_hb, Hkv, G)
+        self._prefix_splits(q, lc, B, Hkv, G, P, n_hb, workers, False)
+        S = self.splits
         self.states = (runtime.workspace("bif_split_o", device, (G * Hkv * S * rows_p, D), torch.float32),
                        runtime.workspace("bif_split_lse", device, (G * Hkv * S * rows_p,), torch.float32))
         # -- launch 2: own tokens + prefix merge, persistent --
@@ -231,9 +223,53 @@ class Plan:
         n = workers
         self.grid = (n,)
         self.ws = own_workspaces(device, n, cfg.block_h, D)
-        self.info.update(grid=n, grid_prefix=self.grid_p, splits=S, chunk=chunk, BLOCK_HP=block_hp, N_HB=n_hb,
-                         BLOCK_NP=lc.block_np, BLOCK_NO=lc.block_no, BLOCK_HO=cfg.block_h, SB=lc.sb,
-                         prefix_warps=lc.num_warps, prefix_stages=lc.num_stages)
+        self.info.update(grid=n, BLOCK_NO=lc.block_no, BLOCK_HO=cfg.block_h, SB=lc.sb)
+
+    # ------------------------------------------------------------------------------------------
+    def _prefix_splits(self, q, lc, B, Hkv, G, P, n_hb, workers, batch_layout) -> None:
+        """Launch 1 of the split and states paths: fixed-split prefix states, grid ``(S * N_HB, Hkv, G)``,
+        one wave (as many splits as there are program slots per prompt x kv head x head block)."""
+        d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
+        common_p = {k: v for k, v in self.common.items() if k != "HAS_SEQLENS"}  # the prefix has no own lengths
+        self.meta_p = dict(common_p, HKV=Hkv, GROUP=q.shape[1] // Hkv, BLOCK_HP=lc.block_hp, N_HB=n_hb,
+                           BLOCK_N=lc.block_np, BATCH_LAYOUT=batch_layout, HAS_PREFIX_LENS=self.has_plens,
+                           num_warps=lc.num_warps, num_stages=lc.num_stages)
+        tiles_cap = max(triton.cdiv(P, lc.block_np), 1)
+        splits = lc.splits
+        if splits <= 0:
+            occ = runtime.kernel_occupancy(prefix_states_kernel, (q, kv, kv, f, f, d, d, d, d, *self.strides_q, *self.strides_p,
+                                                      1.0, B, P, 1, 1), self.meta_p, q.device, self.info, "prefix_")
+            slots = (workers if workers > 0 else runtime.num_sms(q.device) * occ)
+            splits = max(1, slots // (G * Hkv * n_hb))
+        chunk = triton.cdiv(tiles_cap, min(splits, tiles_cap))
+        self.splits = S = triton.cdiv(tiles_cap, chunk)
+        self.tail_p = self.strides_q + self.strides_p + (self.scale * LOG2E, B, P, S, chunk)
+        self.grid_p = (S * n_hb, Hkv, G)
+        self.info.update(grid_prefix=self.grid_p, splits=S, chunk=chunk, BLOCK_HP=lc.block_hp, N_HB=n_hb,
+                         BLOCK_NP=lc.block_np, prefix_warps=lc.num_warps, prefix_stages=lc.num_stages)
+
+    def _setup_states(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
+        # launch 1: prefix states in merge_states' layout; launch 2: the own tokens by leanattn.decode's
+        # plan, its fp32 state written as one more slot; launch 3: merge_states over all slots
+        self._prefix_splits(q, lc, B, Hkv, G, P, self.n_hb, workers, True)
+        S = self.splits
+        self.own_plan = None
+        if has_own and not self.empty_own:
+            schedule = "split" if lc.own_splits > 0 else "lean"
+            k, v, seqlens, block_table = self.own_args
+            self.own_plan = _DecodePlan(q, k, v, seqlens, block_table, scale, schedule,
+                                        lc.own_splits if lc.own_splits > 0 else workers, block_n)
+            self.info.update(own_schedule=schedule, own_grid=self.own_plan.grid, BLOCK_NO=self.own_plan.meta["BLOCK_N"],
+                             own_warps=self.own_plan.meta["num_warps"], own_stages=self.own_plan.meta["num_stages"])
+        n_states = S + (self.own_plan is not None)
+        M = B * Hq
+        self.states = (runtime.workspace("bif_states_o", q.device, (n_states, B, Hq, D), torch.float32),
+                       runtime.workspace("bif_states_lse", q.device, (n_states, B, Hq), torch.float32))
+        block_m = max(1, min(64, 4096 // triton.next_power_of_2(D)))
+        self.merge_grid = (triton.cdiv(M, block_m),)
+        self.merge_tail = (n_states, M, M * D, D, M, 1)
+        self.merge_meta = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_D=triton.next_power_of_2(D), num_warps=4)
+        self.info.update(states=n_states)
 
     # ------------------------------------------------------------------------------------------
     def _setup_fused(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
@@ -282,6 +318,13 @@ class Plan:
         if self.path == "concat":
             concat_decode_kernel[self.grid](q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws, *self.tail,
                                             **self.meta)
+        elif self.path == "states":
+            st_o, st_l = self.states
+            prefix_states_kernel[self.grid_p](q, pk, pv, st_o, st_l, plens, counts, starts, order, *self.tail_p,
+                                              **self.meta_p)
+            if self.own_plan is not None:
+                self.own_plan.run(q, k, v, seqlens, block_table if self.own_paged else None, st_o[-1], st_l[-1])
+            merge_states_kernel[self.merge_grid](st_o, st_l, out, lse, *self.merge_tail, **self.merge_meta)
         elif self.path == "split":
             st_o, st_l = self.states
             prefix_states_kernel[self.grid_p](q, pk, pv, st_o, st_l, plens, counts, starts, order, *self.tail_p,
