@@ -71,8 +71,8 @@ def last_info():
 
 
 def states_launches(inp):
-    """The launches of the last plan if it took the ``states`` path, each a callable: the prefix
-    states, the own tokens (decode's plan) and the merge."""
+    """The two launches of the last plan if it took the ``states`` path, each a callable: the prefix
+    and own split states, and the merge."""
     from leanattn.ops import bifurcated as bif
     from leanattn.ops import bifurcated_launch as launch
     plan = next(reversed(bif._PLANS.values()))
@@ -83,13 +83,10 @@ def states_launches(inp):
     st_o, st_l = plan.states
     d = plan.dummy_i32
     out, lse = torch.empty_like(q), torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
-    parts = {"prefix": lambda: launch.prefix_states_kernel[plan.grid_p](q, pk, pv, st_o, st_l, d, d, d, d, *plan.tail_p,
-                                                                         **plan.meta_p),
-             "merge": lambda: launch.merge_states_kernel[plan.merge_grid](st_o, st_l, out, lse, *plan.merge_tail,
-                                                                          **plan.merge_meta)}
-    if plan.own_plan is not None:
-        parts["own"] = lambda: plan.own_plan.run(q, k, v, lens, None, st_o[-1], st_l[-1])
-    return parts
+    return {"states": lambda: launch.bifurcated_states_kernel[plan.grid](q, pk, pv, k, v, st_o, st_l, d, d, d, d, lens, d,
+                                                                         *plan.tail, **plan.meta),
+            "merge": lambda: launch.merge_states_kernel[plan.merge_grid](st_o, st_l, out, lse, *plan.merge_tail,
+                                                                         **plan.merge_meta)}
 
 
 def _precompile_worker(args):

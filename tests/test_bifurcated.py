@@ -486,8 +486,8 @@ def test_split_path_states(monkeypatch, splits, sb):
 @pytest.mark.parametrize("path", ["split", "fused", "states", "states-split"])
 def test_paths_agree_with_reference(monkeypatch, path):
     # the same multi-prompt, head-block, paged case through every path of the many-samples launch
-    # (the states path with decode's lean and split schedules for the own tokens)
-    field = {"split": "1", "fused": "2", "states": "3", "states-split": "3,0,0,2"}[path]
+    # (the states path also with 3 prefix splits and 2 own splits)
+    field = {"split": "1", "fused": "2", "states": "3", "states-split": "3,3,0,2"}[path]
     monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"16,0,0,0,0,0,0,0,0,{field}")
     ids = [0] * 9 + [1] + [2] * 2
     own = torch.randint(0, 40, (len(ids),)).tolist()
@@ -537,7 +537,7 @@ def test_plan_arguments_match_the_kernels(monkeypatch, path):
     kernels = {"concat": [(launch.concat_decode_kernel, "meta")],
                "split": [(launch.prefix_states_kernel, "meta_p"), (launch.own_merge_kernel, "meta")],
                "fused": [(launch.bifurcated_decode_kernel, "meta")],
-               "states": [(launch.prefix_states_kernel, "meta_p"), (launch.merge_states_kernel, "merge_meta")]}
+               "states": [(launch.bifurcated_states_kernel, "meta"), (launch.merge_states_kernel, "merge_meta")]}
     seen = set()
     for plan in bif._PLANS.values():
         seen.add(plan.path)
@@ -547,5 +547,5 @@ def test_plan_arguments_match_the_kernels(monkeypatch, path):
     assert {"concat", {"1": "split", "2": "fused", "3": "states"}[path]} <= seen
     assert "concat_decode_kernel" in checked
     expected = {"1": {"prefix_states_kernel", "own_merge_kernel"}, "2": {"bifurcated_decode_kernel"},
-                "3": {"prefix_states_kernel", "lean_decode_kernel"}}[path]
+                "3": {"bifurcated_states_kernel"}}[path]
     assert expected <= set(checked)

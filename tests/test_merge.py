@@ -32,8 +32,9 @@ def check_merge(outs, lses, name="merge"):
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("S,B,H,D", [(1, 1, 1, 64), (2, 3, 4, 128), (3, 2, 5, 256), (7, 4, 33, 64), (16, 1, 2, 96),
-                                     (5, 3, 70, 8)], ids=lambda x: str(x))
+                                     (5, 3, 70, 8), (40, 2, 3, 256), (3, 4, 300, 8)], ids=lambda x: str(x))
 def test_matches_reference(S, B, H, D, dtype):
+    # (40, .., 256): several loads of BLOCK_S states, the last partial; (3, 4, 300, 8): rows per program
     check_merge(*random_states(S, B, H, D, dtype))
 
 

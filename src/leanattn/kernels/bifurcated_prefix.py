@@ -28,7 +28,8 @@ from .merge import LN2
 
 
 @triton.jit
-def prefix_states_kernel(
+def prefix_states_program(
+    pid, kvh, g,  #
     Q, PK, PV, StO, StL,  #
     PrefixLens, GroupCount, GroupStart, Order,  #
     stride_qb, stride_qh,  #
@@ -48,12 +49,8 @@ def prefix_states_kernel(
     ``SINGLE_PREFIX``: ``B`` samples, the ``j``-th is ``j``). Split ``s`` covers prefix tiles
     ``[s * chunk, (s + 1) * chunk)`` of ``BLOCK_N`` tokens.
     """
-    pid = tl.program_id(0)
-    kvh = tl.program_id(1)
-    g = tl.program_id(2)
     s = pid // N_HB
     member = pid % N_HB
-    qk_scale = tl.cast(qk_scale, tl.float32)
     if SINGLE_PREFIX:
         n_g = B
         first = 0
@@ -91,3 +88,27 @@ def prefix_states_kernel(
         slot = ((g.to(tl.int64) * HKV + kvh) * S + s) * (N_HB * BLOCK_HP) + rows
     tl.store(StO + slot[:, None] * HEAD_DIM + offs_d[None, :], o, mask=valid[:, None])
     tl.store(StL + slot, lse2, mask=valid)
+
+
+@triton.jit
+def prefix_states_kernel(
+    Q, PK, PV, StO, StL,  #
+    PrefixLens, GroupCount, GroupStart, Order,  #
+    stride_qb, stride_qh,  #
+    stride_pkg, stride_pkn, stride_pkh,  #
+    stride_pvg, stride_pvn, stride_pvh,  #
+    qk_scale, B, prefix_cap, S, chunk,  #
+    HKV: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr, N_HB: tl.constexpr,  #
+    BATCH_LAYOUT: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Launch grid ``(S * N_HB, HKV, G)`` of ``prefix_states_program``."""
+    prefix_states_program(
+        tl.program_id(0), tl.program_id(1), tl.program_id(2), Q, PK, PV, StO, StL,  #
+        PrefixLens, GroupCount, GroupStart, Order, stride_qb, stride_qh,  #
+        stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+        tl.cast(qk_scale, tl.float32), B, prefix_cap, S, chunk,  #
+        HKV, GROUP, BLOCK_HP, N_HB, BATCH_LAYOUT, HEAD_DIM, BLOCK_N, HAS_PREFIX_LENS, SINGLE_PREFIX, LOAD,  #
+        UPCAST, DOT_PRECISION)

@@ -124,6 +124,45 @@ def lean_decode_kernel(
 
 
 @triton.jit
+def split_program(
+    bid, s, Q, K, V, Out, Lse,  #
+    Seqlens, BlockTable,  #
+    stride_qb, stride_qh,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_ob, stride_oh, stride_lb,  #
+    stride_os, stride_ls,  #
+    stride_btb,  #
+    qk_scale, capacity, chunk,  #
+    GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Split ``s`` of row ``bid`` (sequence ``bid // ROWS``, kv head and head block ``bid % ROWS``):
+    tiles ``[s*chunk, (s+1)*chunk)``, its normalised state written at ``Out + s*stride_os`` and
+    ``Lse + s*stride_ls``."""
+    b = bid // ROWS
+    row = bid % ROWS
+    kvh = row // N_HB
+    hb = row % N_HB
+    if HAS_SEQLENS:
+        seqlen = tl.minimum(tl.load(Seqlens + b), capacity)
+    else:
+        seqlen = capacity + 0 * b
+    tiles = tl.maximum(tl.cdiv(seqlen, BLOCK_N), 1)
+    lo = s * chunk
+    hi = tl.minimum(lo + chunk, tiles)
+    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
+    acc, m_i, l_i = attend_any(
+        q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale,  #
+        stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
+    store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
+                b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H)
+
+
+@triton.jit
 def split_decode_kernel(
     Q, K, V, Out, Lse,  #
     Seqlens, BlockTable,  #
@@ -145,24 +184,9 @@ def split_decode_kernel(
     normalised partial state at ``Out + s*stride_os`` and ``Lse + s*stride_ls`` (fp32), merged by
     a second launch.
     """
-    bid = tl.program_id(0)
-    s = tl.program_id(1)
-    qk_scale = tl.cast(qk_scale, tl.float32)
-    b = bid // ROWS
-    row = bid % ROWS
-    kvh = row // N_HB
-    hb = row % N_HB
-    if HAS_SEQLENS:
-        seqlen = tl.minimum(tl.load(Seqlens + b), capacity)
-    else:
-        seqlen = capacity + 0 * b
-    tiles = tl.maximum(tl.cdiv(seqlen, BLOCK_N), 1)
-    lo = s * chunk
-    hi = tl.minimum(lo + chunk, tiles)
-    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
-    acc, m_i, l_i = attend_any(
-        q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale,  #
-        stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
-    store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
-                b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H)
+    split_program(
+        tl.program_id(0), tl.program_id(1), Q, K, V, Out, Lse, Seqlens, BlockTable,  #
+        stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
+        stride_ob, stride_oh, stride_lb, stride_os, stride_ls, stride_btb,  #
+        tl.cast(qk_scale, tl.float32), capacity, chunk,  #
+        GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION)

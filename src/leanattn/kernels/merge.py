@@ -20,34 +20,56 @@ def merge_states_kernel(
     S, M,  #
     stride_os, stride_om,  #
     stride_ls, stride_lm,  #
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    """``Outs [S, M, HEAD_DIM]``, ``Lses [S, M]`` fp32 natural-log -> ``Out [M, HEAD_DIM]``, ``Lse [M]``."""
+    """``Outs [S, M, HEAD_DIM]``, ``Lses [S, M]`` fp32 natural-log -> ``Out [M, HEAD_DIM]``, ``Lse [M]``.
+
+    ``BLOCK_S`` states of ``BLOCK_M`` rows are loaded at once and folded in by an online-softmax
+    step: one memory round trip per ``BLOCK_S`` states (a loop of one state per step is a chain of
+    ``S`` dependent round trips, which is what a merge of a few rows costs).
+    """
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_s = tl.arange(0, BLOCK_S)
     mask_m = offs_m < M
-    mask = mask_m[:, None] & (offs_d < HEAD_DIM)[None, :]
-    # -- pass 1: the largest lse of each row --
+    mask_d = offs_d < HEAD_DIM
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    for s in range(S):
-        lse = tl.load(Lses + s * stride_ls + offs_m * stride_lm, mask=mask_m, other=float("-inf"))
-        m = tl.maximum(m, lse)
-    m_use = tl.where(m == float("-inf"), 0.0, m)
-    # -- pass 2: weighted sum --
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     den = tl.zeros([BLOCK_M], tl.float32)
-    o_ptrs = Outs + offs_m.to(tl.int64)[:, None] * stride_om + offs_d[None, :]
-    for s in range(S):
-        lse = tl.load(Lses + s * stride_ls + offs_m * stride_lm, mask=mask_m, other=float("-inf"))
-        w = tl.math.exp2((lse - m_use) * LOG2E)
-        o = tl.load(o_ptrs, mask=mask, other=0.0).to(tl.float32)
-        acc += tl.where(w[:, None] > 0.0, w[:, None] * o, 0.0)
-        den += w
-        o_ptrs += stride_os
+    for s0 in range(0, S, BLOCK_S):
+        ss = (s0 + offs_s).to(tl.int64)
+        mask = (ss < S)[:, None] & mask_m[None, :]  # [BLOCK_S, BLOCK_M]
+        lse = tl.load(Lses + ss[:, None] * stride_ls + offs_m[None, :] * stride_lm, mask=mask, other=float("-inf"))
+        o = tl.load(Outs + ss[:, None, None] * stride_os + offs_m.to(tl.int64)[None, :, None] * stride_om
+                    + offs_d[None, None, :], mask=mask[:, :, None] & mask_d[None, None, :], other=0.0).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(lse, 0))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        w = tl.math.exp2((lse - m_use[None, :]) * LOG2E)
+        alpha = tl.math.exp2((m - m_use) * LOG2E)
+        # an empty state (w = 0) adds nothing, whatever its o holds (even NaN)
+        acc = acc * alpha[:, None] + tl.sum(tl.where(w[:, :, None] > 0.0, w[:, :, None] * o, 0.0), 0)
+        den = den * alpha + tl.sum(w, 0)
+        m = m_new
+    m_use = tl.where(m == float("-inf"), 0.0, m)
     empty = den == 0.0
     den_safe = tl.where(empty, 1.0, den)
     out = acc / den_safe[:, None]
     lse_out = tl.where(empty, float("-inf"), m_use + tl.math.log2(den_safe) * LN2)
-    tl.store(Out + offs_m.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty), mask=mask)
+    tl.store(Out + offs_m.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=mask_m[:, None] & mask_d[None, :])
     tl.store(Lse + offs_m, lse_out, mask=mask_m)
+
+
+def merge_launch(S: int, M: int, head_dim: int) -> tuple[tuple, dict]:
+    """Grid and meta-parameters of ``merge_states_kernel`` for ``S`` states of ``M`` rows.
+
+    Up to 4096 fp32 values (``BLOCK_S x BLOCK_M x BLOCK_D``) per program of 4 warps; rows per program
+    only while there are more than 512 programs, since the merge of a few rows is latency-bound.
+    """
+    block_d = triton.next_power_of_2(head_dim)
+    block_s = min(triton.next_power_of_2(max(S, 1)), max(1, 4096 // block_d))
+    by_rows = max(1, M // 512)
+    block_m = max(1, min(4096 // (block_d * block_s), 1 << (by_rows.bit_length() - 1)))
+    return (triton.cdiv(M, block_m),), dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_S=block_s,
+                                            num_warps=4)

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import torch
-import triton
-
 from .. import checks
-from ..kernels.merge import merge_states_kernel
+from ..kernels.merge import merge_launch, merge_states_kernel
 
 __all__ = ["merge_states"]
 
@@ -23,11 +21,8 @@ def _merge_states_impl(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Te
     ls = lses.reshape(S, M)
     if o.stride(-1) != 1:
         o = o.contiguous()
-    block_d = triton.next_power_of_2(D)
-    block_m = max(1, min(64, 4096 // block_d))
-    merge_states_kernel[(triton.cdiv(M, block_m),)](
-        o, ls, out, lse, S, M, o.stride(0), o.stride(1), ls.stride(0), ls.stride(1),
-        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
+    grid, meta = merge_launch(S, M, D)
+    merge_states_kernel[grid](o, ls, out, lse, S, M, o.stride(0), o.stride(1), ls.stride(0), ls.stride(1), **meta)
     return out, lse
 
 

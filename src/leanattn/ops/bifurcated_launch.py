@@ -26,10 +26,10 @@ from ..kernels.bifurcated import bifurcated_decode_kernel
 from ..kernels.bifurcated_concat import concat_decode_kernel
 from ..kernels.bifurcated_own import own_merge_kernel
 from ..kernels.bifurcated_prefix import prefix_states_kernel
+from ..kernels.bifurcated_states import bifurcated_states_kernel
 from ..kernels.piece_merge import merge_meta
-from ..kernels.merge import merge_states_kernel
+from ..kernels.merge import merge_launch, merge_states_kernel
 from .decode import _capacity
-from .decode import _Plan as _DecodePlan
 from .decode_config import DecodeConfig, decode_config, load_path
 
 LOG2E = 1.4426950408889634
@@ -172,9 +172,8 @@ class Plan:
         self.f32 = runtime.workspace("dummy_f32", device, (1,), torch.float32, zero=True)
         shape = dict(B=B, Hq=Hq, Hkv=Hkv, D=D, G=G, P=P, cap=cap, group=group, has_own=has_own,
                      has_plens=has_plens, scale=scale, workers=workers, block_n=block_n)
-        self.scale, self.has_plens, self.own_args = scale, has_plens, (k, v, seqlens, block_table)
+        self.scale, self.has_plens = scale, has_plens
         getattr(self, "_setup_" + self.path)(q, lc, **shape)
-        del self.own_args
         self.info.update(path=self.path)
 
     # ------------------------------------------------------------------------------------------
@@ -206,7 +205,7 @@ class Plan:
         rows_p = n_hb * block_hp
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         # -- launch 1: prefix split states, grid (S * N_HB, Hkv, G) --
-        self._prefix_splits(q, lc, B, Hkv, G, P, n_hb, workers, False)
+        self._prefix_splits(q, lc, B, Hkv, G, P, n_hb, workers)
         S = self.splits
         self.states = (runtime.workspace("bif_split_o", device, (G * Hkv * S * rows_p, D), torch.float32),
                        runtime.workspace("bif_split_lse", device, (G * Hkv * S * rows_p,), torch.float32))
@@ -226,13 +225,13 @@ class Plan:
         self.info.update(grid=n, BLOCK_NO=lc.block_no, BLOCK_HO=cfg.block_h, SB=lc.sb)
 
     # ------------------------------------------------------------------------------------------
-    def _prefix_splits(self, q, lc, B, Hkv, G, P, n_hb, workers, batch_layout) -> None:
-        """Launch 1 of the split and states paths: fixed-split prefix states, grid ``(S * N_HB, Hkv, G)``,
+    def _prefix_splits(self, q, lc, B, Hkv, G, P, n_hb, workers) -> None:
+        """Launch 1 of the split path: fixed-split prefix states, grid ``(S * N_HB, Hkv, G)``,
         one wave (as many splits as there are program slots per prompt x kv head x head block)."""
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         common_p = {k: v for k, v in self.common.items() if k != "HAS_SEQLENS"}  # the prefix has no own lengths
         self.meta_p = dict(common_p, HKV=Hkv, GROUP=q.shape[1] // Hkv, BLOCK_HP=lc.block_hp, N_HB=n_hb,
-                           BLOCK_N=lc.block_np, BATCH_LAYOUT=batch_layout, HAS_PREFIX_LENS=self.has_plens,
+                           BLOCK_N=lc.block_np, BATCH_LAYOUT=False, HAS_PREFIX_LENS=self.has_plens,
                            num_warps=lc.num_warps, num_stages=lc.num_stages)
         tiles_cap = max(triton.cdiv(P, lc.block_np), 1)
         splits = lc.splits
@@ -249,27 +248,54 @@ class Plan:
                          BLOCK_NP=lc.block_np, prefix_warps=lc.num_warps, prefix_stages=lc.num_stages)
 
     def _setup_states(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
-        # launch 1: prefix states in merge_states' layout; launch 2: the own tokens by leanattn.decode's
-        # plan, its fp32 state written as one more slot; launch 3: merge_states over all slots
-        self._prefix_splits(q, lc, B, Hkv, G, P, self.n_hb, workers, True)
-        S = self.splits
-        self.own_plan = None
-        if has_own and not self.empty_own:
-            schedule = "split" if lc.own_splits > 0 else "lean"
-            k, v, seqlens, block_table = self.own_args
-            self.own_plan = _DecodePlan(q, k, v, seqlens, block_table, scale, schedule,
-                                        lc.own_splits if lc.own_splits > 0 else workers, block_n)
-            self.info.update(own_schedule=schedule, own_grid=self.own_plan.grid, BLOCK_NO=self.own_plan.meta["BLOCK_N"],
-                             own_warps=self.own_plan.meta["num_warps"], own_stages=self.own_plan.meta["num_stages"])
-        n_states = S + (self.own_plan is not None)
+        # one launch of prefix and own split states (kernels/bifurcated_states.py), then merge_states
+        cfg, device, n_hb = lc.own, q.device, self.n_hb
+        own = has_own and not self.empty_own
+        block_no = block_n or (lc.block_no if env_config()["block_no"] else lc.block_np)  # the prefix's tile: same stages
+        n_hbo = cfg.n_hb
+        self.meta = dict(self.common, HKV=Hkv, GROUP=group, BLOCK_HP=lc.block_hp, N_HB=n_hb, BLOCK_NP=lc.block_np,
+                         BLOCK_HO=cfg.block_h, N_HBO=n_hbo, BLOCK_NO=block_no, PAGE_SIZE=self.page_size,
+                         HAS_PREFIX_LENS=has_plens, num_warps=lc.num_warps, num_stages=lc.num_stages)
+        d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
+        tiles_p = max(triton.cdiv(P, lc.block_np), 1)
+        tiles_o = max(triton.cdiv(cap, block_no), 1)
+        own_rows = B * Hkv * n_hbo
+        stub = (*self.strides_q, *self.strides_p, *self.strides_own[:6], self.strides_own[-1], 1.0, B, P, 1, 1, 0, cap, 1,
+                own_rows)
+        if workers <= 0:
+            occ = runtime.kernel_occupancy(bifurcated_states_kernel, (q, kv, kv, kv, kv, f, f, d, d, d, d, d, d, *stub),
+                                           self.meta, device, self.info)
+            workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
+        # the launch's program slots are shared by bytes: prefix programs take the prefix's share
+        # (each prefix tile is read once per prompt), own programs the rest
+        prefix_bytes = G * P
+        own_bytes = B * cap if own else 0
+        share = prefix_bytes / max(prefix_bytes + own_bytes, 1)
+        S = lc.splits or round(workers * share / (G * Hkv * n_hb))
+        S = max(1, min(S, tiles_p))
+        chunk_p = triton.cdiv(tiles_p, S)
+        self.splits = S = triton.cdiv(tiles_p, chunk_p)
+        s_own = 0
+        if own:
+            s_own = lc.own_splits or round(workers * (1 - share) / own_rows)
+            s_own = max(1, min(s_own, tiles_o))
+            chunk_o = triton.cdiv(tiles_o, s_own)
+            s_own = triton.cdiv(tiles_o, chunk_o)
+        else:
+            chunk_o = 1
+        n_prefix = G * Hkv * S * n_hb
+        self.grid = (n_prefix + own_rows * s_own,)
+        self.tail = (*self.strides_q, *self.strides_p, *self.strides_own[:6], self.strides_own[-1], scale * LOG2E, B, P, S,
+                     chunk_p, n_prefix, cap, chunk_o, own_rows)
+        n_states = S + s_own
         M = B * Hq
-        self.states = (runtime.workspace("bif_states_o", q.device, (n_states, B, Hq, D), torch.float32),
-                       runtime.workspace("bif_states_lse", q.device, (n_states, B, Hq), torch.float32))
-        block_m = max(1, min(64, 4096 // triton.next_power_of_2(D)))
-        self.merge_grid = (triton.cdiv(M, block_m),)
+        self.states = (runtime.workspace("bif_states_o", device, (n_states, B, Hq, D), torch.float32),
+                       runtime.workspace("bif_states_lse", device, (n_states, B, Hq), torch.float32))
+        self.merge_grid, self.merge_meta = merge_launch(n_states, M, D)
         self.merge_tail = (n_states, M, M * D, D, M, 1)
-        self.merge_meta = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_D=triton.next_power_of_2(D), num_warps=4)
-        self.info.update(states=n_states)
+        self.info.update(grid=self.grid[0], prefix_programs=n_prefix, splits=S, own_splits=s_own, workers=workers,
+                         **{k: self.meta[k] for k in ("BLOCK_HP", "N_HB", "BLOCK_NP", "BLOCK_HO", "BLOCK_NO", "num_warps",
+                                                      "num_stages")})
 
     # ------------------------------------------------------------------------------------------
     def _setup_fused(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
@@ -320,10 +346,8 @@ class Plan:
                                             **self.meta)
         elif self.path == "states":
             st_o, st_l = self.states
-            prefix_states_kernel[self.grid_p](q, pk, pv, st_o, st_l, plens, counts, starts, order, *self.tail_p,
-                                              **self.meta_p)
-            if self.own_plan is not None:
-                self.own_plan.run(q, k, v, seqlens, block_table if self.own_paged else None, st_o[-1], st_l[-1])
+            bifurcated_states_kernel[self.grid](q, pk, pv, k, v, st_o, st_l, plens, counts, starts, order, seqlens, bt,
+                                                *self.tail, **self.meta)
             merge_states_kernel[self.merge_grid](st_o, st_l, out, lse, *self.merge_tail, **self.merge_meta)
         elif self.path == "split":
             st_o, st_l = self.states

@@ -9,7 +9,7 @@ import triton
 
 from .. import checks, runtime
 from ..kernels.decode import lean_decode_kernel, split_decode_kernel
-from ..kernels.merge import merge_states_kernel
+from ..kernels.merge import merge_launch, merge_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
 from .decode_config import decode_config, load_path
@@ -72,8 +72,7 @@ class _Plan:
             part = (B * Hq * D, B * Hq) if splits > 1 else (0, 0)
             self.tail = strides + part + (bt_stride, qk_scale, cap, triton.cdiv(cap_tiles, splits))
             M = B * Hq
-            self.merge_block_m = max(1, min(64, 4096 // triton.next_power_of_2(D)))
-            self.merge_grid = (triton.cdiv(M, self.merge_block_m),)
+            self.merge_grid, self.merge_meta = merge_launch(splits, M, D)
             self.merge_tail = (splits, M, M * D, D, M, 1)
 
     def _lean_grid(self, cfg, q, k_cache, v_cache, workers) -> int:
@@ -98,9 +97,7 @@ class _Plan:
         o = torch.empty((self.splits, B, Hq, D), dtype=torch.float32, device=q.device)
         ls = torch.empty((self.splits, B, Hq), dtype=torch.float32, device=q.device)
         split_decode_kernel[self.grid](q, k_cache, v_cache, o, ls, sl, bt, *self.tail, **self.meta)
-        merge_states_kernel[self.merge_grid](o, ls, out, lse, *self.merge_tail, HEAD_DIM=D,
-                                             BLOCK_M=self.merge_block_m, BLOCK_D=triton.next_power_of_2(D),
-                                             num_warps=4)
+        merge_states_kernel[self.merge_grid](o, ls, out, lse, *self.merge_tail, **self.merge_meta)
 
 
 _PLANS: dict = {}
