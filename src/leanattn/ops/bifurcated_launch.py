@@ -91,14 +91,17 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
     # sweep (benchmarks/results/profile_bifurcated_run1_H200.json, config '64,64,4,3') put it at
     # 72 us on GQA 8k x32 against 90 for 128-row blocks with 8 warps, and level or ahead on the other
     # GQA bar cases; on MHA it lost (127 against 106 us at 8k x32), so MHA keeps 128-row blocks.
-    gqa_small = cuda and group > 1 and head_dim <= 128
+    path = {1: "split", 3: "states"}.get(env["path"], "fused")
+    # the states path keeps 64-row blocks for MHA too: 128-row blocks (8 warps) or 64 rows of 128-token
+    # tiles fit one program per SM, and its prefix and own programs share the SM's slots
+    gqa_small = cuda and (group > 1 or path == "states") and head_dim <= 128
     cap = env["block_h_cap"] or (64 if head_dim > 128 or gqa_small else 128)
     block_hp = block_h or max(16, min(cap, triton.next_power_of_2(max(rows, 1))))
     bn, warps, stages = cfg.block_n, cfg.num_warps, cfg.num_stages
     if block_hp > 64 and cuda:
         bn = min(bn, 64)
         warps, stages = max(warps, 8), max(stages, 3)
-    elif gqa_small:
+    elif gqa_small and (group > 1 or block_hp == 64):
         bn, warps, stages = min(bn, 64), 4, 3
     # list order of the fused path: MHA walks the prefix list first (same sweep: 76/106/170 us on
     # MHA 8k x16 / 8k x32 / 32k x16 against 81/115/174 alternating per wave); GQA alternates
@@ -108,7 +111,7 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
         block_no=block_n or env["block_no"] or cfg.block_n, num_warps=env["num_warps"] or warps,
         num_stages=env["num_stages"] or stages, ctas_per_sm=env["ctas_per_sm"] or cfg.ctas_per_sm,
         load=env["load"] - 1 if env["load"] else None, order=order,
-        path={1: "split", 3: "states"}.get(env["path"], "fused"), splits=env["splits"], own_splits=env["own_splits"],
+        path=path, splits=env["splits"], own_splits=env["own_splits"],
         sb=env["sb"] or max(1, 64 // cfg.block_h))
 
 
@@ -266,18 +269,18 @@ class Plan:
             occ = runtime.kernel_occupancy(bifurcated_states_kernel, (q, kv, kv, kv, kv, f, f, d, d, d, d, d, d, *stub),
                                            self.meta, device, self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
-        # the launch's program slots are shared by bytes: prefix programs take the prefix's share
-        # (each prefix tile is read once per prompt), own programs the rest
-        prefix_bytes = G * P
-        own_bytes = B * cap if own else 0
-        share = prefix_bytes / max(prefix_bytes + own_bytes, 1)
-        S = lc.splits or round(workers * share / (G * Hkv * n_hb))
+        # a prefix program takes no more than a program slot's share of all the tiles the launch loads
+        # (prefix tiles count once per head block: the blocks after the first read them from L2, but
+        # spend the time); fewer, longer prefix programs are the launch's tail
+        columns = G * Hkv * n_hb
+        total = columns * P + (own_rows * cap if own else 0)
+        S = lc.splits or triton.cdiv(P * workers, max(total, 1))
         S = max(1, min(S, tiles_p))
         chunk_p = triton.cdiv(tiles_p, S)
         self.splits = S = triton.cdiv(tiles_p, chunk_p)
         s_own = 0
         if own:
-            s_own = lc.own_splits or round(workers * (1 - share) / own_rows)
+            s_own = lc.own_splits or triton.cdiv(cap * workers, total)
             s_own = max(1, min(s_own, tiles_o))
             chunk_o = triton.cdiv(tiles_o, s_own)
             s_own = triton.cdiv(tiles_o, chunk_o)
