@@ -201,7 +201,7 @@ def bifurcated_cases():
     bf = torch.bfloat16
     # the default launch, then block pointers (field 6) and the multi-launch split and states paths (field 10)
     for variant, env in (("", ""), (" block-ptr", "0,0,0,0,0,2"), (" tma", "0,0,0,0,0,3"), (" split-path", "0,0,0,0,0,0,0,0,0,1"),
-                         (" states-path", "0,0,0,0,0,0,0,0,0,3")):
+                         (" fused-path", "0,0,0,0,0,0,0,0,0,2")):
         for hq, hkv in ((32, 32), (32, 8)):
             for samples in (1, 32):
                 if variant.endswith("-path") and samples == 1:

@@ -71,8 +71,8 @@ def last_info():
 
 
 def states_launches(inp):
-    """The two launches of the last plan if it took the ``states`` path, each a callable: the prefix
-    and own split states, and the merge."""
+    """The launches of the last plan if it took the ``states`` path, each a callable: the prefix and
+    own split states (merged in-kernel by default), and the merge launch if it has one."""
     from leanattn.ops import bifurcated as bif
     from leanattn.ops import bifurcated_launch as launch
     plan = next(reversed(bif._PLANS.values()))
@@ -80,13 +80,15 @@ def states_launches(inp):
         return {}
     q, pk, pv, k, v, lens = (inp[x] for x in ("q", "pk", "pv", "k", "v", "lens"))
     pk, pv = pk.unsqueeze(0), pv.unsqueeze(0)
-    st_o, st_l = plan.states
+    st_o, st_l, arrivals = plan.states
     d = plan.dummy_i32
     out, lse = torch.empty_like(q), torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
-    return {"states": lambda: launch.bifurcated_states_kernel[plan.grid](q, pk, pv, k, v, st_o, st_l, d, d, d, d, lens, d,
-                                                                         *plan.tail, **plan.meta),
-            "merge": lambda: launch.merge_states_kernel[plan.merge_grid](st_o, st_l, out, lse, *plan.merge_tail,
-                                                                         **plan.merge_meta)}
+    parts = {"states": lambda: launch.bifurcated_states_kernel[plan.grid](
+        q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, d, d, d, d, lens, d, *plan.tail, **plan.meta)}
+    if plan.merge_launch:
+        parts["merge"] = lambda: launch.merge_states_kernel[plan.merge_grid](st_o, st_l, out, lse, *plan.merge_tail,
+                                                                             **plan.merge_meta)
+    return parts
 
 
 def _precompile_worker(args):

@@ -483,19 +483,24 @@ def test_split_path_states(monkeypatch, splits, sb):
     assert_lse_close("prefix only", lse, ref_lse, atol=TOLERANCE[q.dtype])
 
 
-@pytest.mark.parametrize("path", ["split", "fused", "states", "states-split"])
+@pytest.mark.parametrize("path", ["split", "fused", "states", "states-split", "states-launch"])
 def test_paths_agree_with_reference(monkeypatch, path):
     # the same multi-prompt, head-block, paged case through every path of the many-samples launch
-    # (the states path also with 3 prefix splits and 2 own splits)
-    field = {"split": "1", "fused": "2", "states": "3", "states-split": "3,3,0,2"}[path]
-    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"16,0,0,0,0,0,0,0,0,{field}")
+    # (the states path also with 3 prefix splits and 2 own splits, and with a merge launch)
+    # ninth field: merge_launch; tenth: path; then prefix splits, sb, own splits
+    field = {"split": "0,1", "fused": "0,2", "states": "0,3", "states-split": "0,3,3,0,2", "states-launch": "1,3"}[path]
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"16,0,0,0,0,0,0,0,{field}")
     ids = [0] * 9 + [1] + [2] * 2
     own = torch.randint(0, 40, (len(ids),)).tolist()
     q, k, v, lens, bt = make_inputs(len(ids), 4, 2, 64, own, capacity=40, page_size=16)
     pk, pv, plens = make_prefix(4, 45, 2, 64, plens=[45, 30, 0, 12])
+    from leanattn.ops import bifurcated as bif
     for grid in (2, 6):
         check(q, pk, pv, k, v, lens, bt, plens=plens, ids=ids_tensor(ids), op_args=(0, grid, 16, 0),
               name=f"{path} grid={grid}")
+        plan = next(reversed(bif._PLANS.values()))
+        if plan.path == "states":  # the in-kernel merge leaves its arrival counts at zero for the next call
+            assert not plan.states[2].any()
 
 
 def test_one_sample_takes_the_concat_path():

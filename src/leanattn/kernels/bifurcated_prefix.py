@@ -47,7 +47,8 @@ def prefix_states_program(
     ``PK/PV (G, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one prefix). Prompt ``g`` has
     ``GroupCount[g]`` samples, ``Order[GroupStart[g] + j]`` being its ``j``-th (with
     ``SINGLE_PREFIX``: ``B`` samples, the ``j``-th is ``j``). Split ``s`` covers prefix tiles
-    ``[s * chunk, (s + 1) * chunk)`` of ``BLOCK_N`` tokens.
+    ``[s * chunk, (s + 1) * chunk)`` of ``BLOCK_N`` tokens. Returns the batch and head index of each
+    row written and which rows are real.
     """
     s = pid // N_HB
     member = pid % N_HB
@@ -88,6 +89,7 @@ def prefix_states_program(
         slot = ((g.to(tl.int64) * HKV + kvh) * S + s) * (N_HB * BLOCK_HP) + rows
     tl.store(StO + slot[:, None] * HEAD_DIM + offs_d[None, :], o, mask=valid[:, None])
     tl.store(StL + slot, lse2, mask=valid)
+    return b_rows, h_rows, valid
 
 
 @triton.jit

@@ -59,7 +59,8 @@ def store_final(
 ):
     """Normalise a finished state and write ``out`` rows and their natural-log LSE.
 
-    A row that saw no key (``l == 0``) gets zeros and ``-inf``, never NaN.
+    A row that saw no key (``l == 0``) gets zeros and ``-inf``, never NaN. Returns the query heads
+    of the rows and which of them are real.
     """
     offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -72,6 +73,7 @@ def store_final(
     o_ptrs = Out + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_h[:, None])
     tl.store(Lse + b.to(tl.int64) * stride_lb + heads, lse, mask=mask_h)
+    return heads, mask_h
 
 
 @triton.jit
@@ -141,7 +143,7 @@ def split_program(
 ):
     """Split ``s`` of row ``bid`` (sequence ``bid // ROWS``, kv head and head block ``bid % ROWS``):
     tiles ``[s*chunk, (s+1)*chunk)``, its normalised state written at ``Out + s*stride_os`` and
-    ``Lse + s*stride_ls``."""
+    ``Lse + s*stride_ls``. Returns the sequence, the query heads written and which are real."""
     b = bid // ROWS
     row = bid % ROWS
     kvh = row // N_HB
@@ -158,8 +160,9 @@ def split_program(
         q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
-    store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
-                b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H)
+    heads, valid = store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
+                               b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H)
+    return b, heads, valid
 
 
 @triton.jit

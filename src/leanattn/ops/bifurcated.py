@@ -3,7 +3,7 @@
 Many samples of one prompt share the prompt's KV (parallel sampling, best-of-n, beams). Standard
 decode reads the shared prefix once per sample; here it is read once per prompt, with the
 prompt's queries stacked into the rows of the matrix product, and merged exactly with each
-sample's own tokens in the same launch (see ``kernels/bifurcated.py``; launch plans and the other
+sample's own tokens in the same launch (see ``kernels/bifurcated_states.py``; launch plans and the other
 paths in ``ops/bifurcated_launch.py``).
 """
 from __future__ import annotations

@@ -1,16 +1,20 @@
 """Launch plans of ``leanattn.bifurcated_decode``: which kernels, tile sizes, grids and workspaces.
 
-Three paths, chosen per call signature:
+Four paths, chosen per call signature:
 
 * ``concat`` (at most one sample per prompt, own tokens given): nothing to share, one launch of
   the decode schedule over prefix + own tokens (``kernels/bifurcated_concat.py``);
-* ``fused`` (default otherwise): one launch of both passes, two stream-K work lists with in-kernel
-  last-arriver merges (``kernels/bifurcated.py``);
-* ``split`` (``LEANATTN_BIFURCATED_CONFIG`` path field 1): two launches, fixed-split prefix states
-  with stacked rows (``kernels/bifurcated_prefix.py``), then the own tokens with the prefix merge
-  fused in (``kernels/bifurcated_own.py``). Measured on an H200 it lost to ``fused`` on most bar
-  cases (MHA 8k x16: 141 us against 76; GQA 8k x4: 91 against decode's 55) and won only GQA 8k x16
-  (55 us against 65, 16 splits, one own program per SM); see
+* ``states`` (default otherwise): one launch of fixed-split states, prefix splits with stacked rows
+  and own-token splits, each row merged in-kernel by its last arriving state
+  (``kernels/bifurcated_states.py``). Measured on an H200 on 2026-12-01 (same runs): GQA 8k x32
+  36.8 us against 71.6 for ``fused``, x64 54.7 against 103.0, MHA 8k x64 116 against 211
+  (``benchmarks/results/bifurcated_H200_notes.md`` section 7);
+* ``fused`` (``LEANATTN_BIFURCATED_CONFIG`` path field 2): one launch of both passes, two stream-K
+  work lists with in-kernel last-arriver merges of pieces (``kernels/bifurcated.py``);
+* ``split`` (path field 1): two launches, fixed-split prefix states with stacked rows
+  (``kernels/bifurcated_prefix.py``), then the own tokens with the prefix merge fused in
+  (``kernels/bifurcated_own.py``). Measured on an H200 it lost to ``fused`` on most bar cases (MHA
+  8k x16: 141 us against 76; GQA 8k x4: 91 against decode's 55); see
   ``benchmarks/results/profile_bifurcated_run3_H200.log``. Kept as an option for profiling.
 """
 from __future__ import annotations
@@ -35,17 +39,18 @@ from .decode_config import DecodeConfig, decode_config, load_path
 LOG2E = 1.4426950408889634
 
 _ENV_FIELDS = ("block_h_cap", "block_np", "num_warps", "num_stages", "ctas_per_sm", "load", "block_no", "order",
-               "reserved", "path", "splits", "sb", "own_splits")
+               "merge_launch", "path", "splits", "sb", "own_splits")
 
 
 def env_config() -> dict:
     """``LEANATTN_BIFURCATED_CONFIG``: comma-separated integers, 0 = default, in the order
-    ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, load, block_no, order, reserved,
-    path, splits, sb`` (``load`` is ``LOAD + 1`` of ``kernels/attend.py``: 1 pointers, 2 block pointers,
-    3 TMA; ``order`` is ``ORDER + 1``; ``reserved`` was an eviction policy for the
-    K/V loads, measured without effect on the H200 and removed; ``path`` 1 split, 2 fused;
-    ``splits`` prefix splits per head of the split path; ``sb`` prefix states merged per load):
-    launch overrides for benchmark sweeps."""
+    ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, load, block_no, order, merge_launch,
+    path, splits, sb, own_splits`` (``load`` is ``LOAD + 1`` of ``kernels/attend.py``: 1 pointers, 2 block
+    pointers, 3 TMA; ``order`` is ``ORDER + 1`` of the fused path; ``merge_launch`` 1: the states path
+    merges in a second launch instead of in-kernel; ``path`` 1 split, 2 fused, 3 states; ``splits``
+    prefix splits per head of the split and states paths; ``sb`` prefix states merged per load of the
+    split path; ``own_splits`` own-token splits per row of the states path): launch overrides for
+    benchmark sweeps."""
     raw = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
     vals = tuple(int(x) for x in raw.split(",")) if raw else ()
     vals = vals + (0,) * (len(_ENV_FIELDS) - len(vals))
@@ -69,7 +74,8 @@ class LaunchConfig:
     order: int          # ORDER of kernels/bifurcated.py (fused path): which list a program walks first
     path: str           # "fused", "split" or "states" (with more than one sample per prompt)
     splits: int         # prefix splits per (prompt, kv head) of the split and states paths (0: fill the GPU)
-    own_splits: int     # states path: 0 own tokens by decode's lean schedule, n > 0 its split schedule
+    own_splits: int     # own-token splits per row of the states path (0: sized by bytes)
+    merge_launch: bool  # states path: merge in a second launch instead of in-kernel
     sb: int             # prefix split states merged per load
 
 
@@ -91,7 +97,7 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
     # sweep (benchmarks/results/profile_bifurcated_run1_H200.json, config '64,64,4,3') put it at
     # 72 us on GQA 8k x32 against 90 for 128-row blocks with 8 warps, and level or ahead on the other
     # GQA bar cases; on MHA it lost (127 against 106 us at 8k x32), so MHA keeps 128-row blocks.
-    path = {1: "split", 3: "states"}.get(env["path"], "fused")
+    path = {1: "split", 2: "fused"}.get(env["path"], "states")
     # the states path keeps 64-row blocks for MHA too: 128-row blocks (8 warps) or 64 rows of 128-token
     # tiles fit one program per SM, and its prefix and own programs share the SM's slots
     gqa_small = cuda and (group > 1 or path == "states") and head_dim <= 128
@@ -111,7 +117,7 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
         block_no=block_n or env["block_no"] or cfg.block_n, num_warps=env["num_warps"] or warps,
         num_stages=env["num_stages"] or stages, ctas_per_sm=env["ctas_per_sm"] or cfg.ctas_per_sm,
         load=env["load"] - 1 if env["load"] else None, order=order,
-        path=path, splits=env["splits"], own_splits=env["own_splits"],
+        path=path, splits=env["splits"], own_splits=env["own_splits"], merge_launch=env["merge_launch"] == 1,
         sb=env["sb"] or max(1, 64 // cfg.block_h))
 
 
@@ -263,11 +269,12 @@ class Plan:
         tiles_p = max(triton.cdiv(P, lc.block_np), 1)
         tiles_o = max(triton.cdiv(cap, block_no), 1)
         own_rows = B * Hkv * n_hbo
-        stub = (*self.strides_q, *self.strides_p, *self.strides_own[:6], self.strides_own[-1], 1.0, B, P, 1, 1, 0, cap, 1,
-                own_rows)
+        stub = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:], *self.strides_own[6:9],
+                1.0, B, P, 1, 1, 0, cap, 1, own_rows, 1)
         if workers <= 0:
-            occ = runtime.kernel_occupancy(bifurcated_states_kernel, (q, kv, kv, kv, kv, f, f, d, d, d, d, d, d, *stub),
-                                           self.meta, device, self.info)
+            occ = runtime.kernel_occupancy(bifurcated_states_kernel, (q, kv, kv, kv, kv, f, f, d, q, f, d, d, d, d, d, d,
+                                                                      *stub), dict(self.meta, MERGE=not lc.merge_launch),
+                                           device, self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
         # a prefix program takes no more than a program slot's share of all the tiles the launch loads
         # (prefix tiles count once per head block: the blocks after the first read them from L2, but
@@ -288,12 +295,15 @@ class Plan:
             chunk_o = 1
         n_prefix = G * Hkv * S * n_hb
         self.grid = (n_prefix + own_rows * s_own,)
-        self.tail = (*self.strides_q, *self.strides_p, *self.strides_own[:6], self.strides_own[-1], scale * LOG2E, B, P, S,
-                     chunk_p, n_prefix, cap, chunk_o, own_rows)
         n_states = S + s_own
+        self.tail = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:],
+                     *self.strides_own[6:9], scale * LOG2E, B, P, S, chunk_p, n_prefix, cap, chunk_o, own_rows, n_states)
+        self.merge_launch = lc.merge_launch
+        self.meta["MERGE"] = not lc.merge_launch
         M = B * Hq
         self.states = (runtime.workspace("bif_states_o", device, (n_states, B, Hq, D), torch.float32),
-                       runtime.workspace("bif_states_lse", device, (n_states, B, Hq), torch.float32))
+                       runtime.workspace("bif_states_lse", device, (n_states, B, Hq), torch.float32),
+                       runtime.workspace("bif_arrivals", device, (B * Hq,), torch.int32, zero=True))
         self.merge_grid, self.merge_meta = merge_launch(n_states, M, D)
         self.merge_tail = (n_states, M, M * D, D, M, 1)
         self.info.update(grid=self.grid[0], prefix_programs=n_prefix, splits=S, own_splits=s_own, workers=workers,
@@ -348,10 +358,12 @@ class Plan:
             concat_decode_kernel[self.grid](q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws, *self.tail,
                                             **self.meta)
         elif self.path == "states":
-            st_o, st_l = self.states
-            bifurcated_states_kernel[self.grid](q, pk, pv, k, v, st_o, st_l, plens, counts, starts, order, seqlens, bt,
-                                                *self.tail, **self.meta)
-            merge_states_kernel[self.merge_grid](st_o, st_l, out, lse, *self.merge_tail, **self.merge_meta)
+            st_o, st_l, arrivals = self.states
+            bifurcated_states_kernel[self.grid](q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts,
+                                                order, seqlens, bt, *self.tail, **self.meta)
+            if self.merge_launch:
+                merge_states_kernel[self.merge_grid](st_o, st_l, out, lse, *self.merge_tail,
+                                                     **self.merge_meta)
         elif self.path == "split":
             st_o, st_l = self.states
             prefix_states_kernel[self.grid_p](q, pk, pv, st_o, st_l, plens, counts, starts, order, *self.tail_p,
