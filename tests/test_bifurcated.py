@@ -421,7 +421,7 @@ def test_benchmark_tiny_smoke(tmp_path):
 ENV_CFGS = ["16,0,0,0,0", "16,0,0,0,0,2", "0,0,0,0,0,2", "0,0,0,0,0,3", "16,0,0,0,0,3", "0,0,0,0,0,1",
             "16,0,0,0,0,0,0,0,0,2", "0,0,0,0,0,2,0,0,0,2", "0,0,0,0,0,3,0,0,0,1",
             "0,0,0,0,0,0,0,0,0,1,3,1", "16,0,0,0,0,0,0,0,0,1,5,2", "16,0,0,0,0,0,0,1,2,2", "0,0,0,0,0,0,0,2,1,2",
-            "0,0,0,0,0,0,0,4,0,2"]
+            "0,0,0,0,0,0,0,4,0,2", "16,0,0,0,0,0,0,0,1,0,3,0,2", "16,0,0,0,0,2,0,0,0,0,2,0,1"]
 
 
 @pytest.mark.parametrize("load", [4, -1])
@@ -435,9 +435,10 @@ def test_env_load_field_error(monkeypatch, load):
 @pytest.mark.parametrize("cfg", ENV_CFGS)
 def test_env_launch_override(monkeypatch, cfg):
     # the benchmark sweep's knob: a 16-row cap forces head blocks (and teams on the fused path); the
-    # sixth field picks the load path of contiguous caches (1 pointers, 2 block pointers, 3 TMA); the tenth picks the path (1 split, 2
-    # fused), the eleventh and twelfth the split path's prefix splits and states per merge load; the
-    # eighth the fused path's list order (the ninth is reserved)
+    # sixth field picks the load path of contiguous caches (1 pointers, 2 block pointers, 3 TMA); the
+    # tenth picks the path (1 split, 2 fused, else states), the eleventh the prefix splits, the twelfth
+    # the split path's states per merge load, the thirteenth the states path's own splits; the eighth
+    # the fused path's list order; the ninth (1) a merge launch on the states path
     from leanattn.ops import bifurcated as bif
     monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", cfg)
     fields = [int(x) for x in cfg.split(",")] + [0] * 12
@@ -453,12 +454,18 @@ def test_env_launch_override(monkeypatch, cfg):
     plans = [p for key, p in bif._PLANS.items() if key[-1] == cfg]
     assert [p.path for p in plans[-2:]] == ["concat", "concat"]
     plan = [p for p in plans if not p.concat][-1]
-    assert plan.path == ("split" if fields[9] == 1 else "fused")
+    assert plan.path == {1: "split", 2: "fused"}.get(fields[9], "states")
     assert plan.common["LOAD"] == max(fields[5] - 1, 0)
     if cfg.startswith("16,"):
         assert plan.info["BLOCK_HP"] == 16
     if fields[10]:
-        assert plan.splits <= fields[10] and plan.info["SB"] == fields[11]
+        assert plan.splits <= fields[10]
+    if plan.path == "split":
+        assert plan.info["SB"] == (fields[11] or plan.info["SB"])
+    if plan.path == "states":
+        assert plan.merge_launch == (fields[8] == 1)
+        if fields[12]:
+            assert plan.info["own_splits"] <= fields[12]
 
 
 @pytest.mark.parametrize("splits,sb", [(1, 4), (3, 2), (7, 4), (9, 1)])
