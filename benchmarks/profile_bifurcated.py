@@ -72,7 +72,7 @@ def last_info():
 
 def states_launches(inp):
     """The launches of the last plan if it took the ``states`` path, each a callable: the prefix and
-    own split states (merged in-kernel by default), and the merge launch if it has one."""
+    own split states, and the merge launch if the rows are not merged in-kernel."""
     from leanattn.ops import bifurcated as bif
     from leanattn.ops import bifurcated_launch as launch
     plan = next(reversed(bif._PLANS.values()))
@@ -85,7 +85,7 @@ def states_launches(inp):
     out, lse = torch.empty_like(q), torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
     parts = {"states": lambda: launch.bifurcated_states_kernel[plan.grid](
         q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, d, d, d, d, lens, d, *plan.tail, **plan.meta)}
-    if plan.merge_launch:
+    if not plan.merge_in_kernel:
         parts["merge"] = lambda: launch.merge_states_kernel[plan.merge_grid](st_o, st_l, out, lse, *plan.merge_tail,
                                                                              **plan.merge_meta)
     return parts

@@ -45,9 +45,10 @@ def decode():
         kp, vp, bt = paged(lens, 16, hkv, d)
         for schedule in ("lean", "split"):
             leanattn.decode(q, kp, vp, sl, bt, schedule=schedule)
-    outs = torch.randn(4, 3, 8, 128, dtype=BF16, device=DEV)
-    lses = torch.randn(4, 3, 8, device=DEV)
-    leanattn.merge_states(outs, lses)
+    for S, B, H in ((4, 3, 8), (9, 40, 32), (45, 2, 8)):  # few rows (4 warps) and many (one warp per row)
+        outs = torch.randn(S, B, H, 128, dtype=BF16, device=DEV)
+        lses = torch.randn(S, B, H, device=DEV)
+        leanattn.merge_states(outs, lses)
 
 
 def sparse():
@@ -67,6 +68,14 @@ def sparse():
 
 
 def bifurcated():
+    # the default launch plans, then the states path's in-kernel merge and the fused path
+    for env in ("", "0,0,0,0,0,0,0,0,2", "0,0,0,0,0,0,0,0,0,2"):
+        os.environ["LEANATTN_BIFURCATED_CONFIG"] = env
+        bifurcated_launches()
+    os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
+
+
+def bifurcated_launches():
     own = [40, 0, 1, 333, 17, 64]
     B = len(own)
     sl = torch.tensor(own, dtype=torch.int32, device=DEV)

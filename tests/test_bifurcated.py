@@ -421,7 +421,7 @@ def test_benchmark_tiny_smoke(tmp_path):
 ENV_CFGS = ["16,0,0,0,0", "16,0,0,0,0,2", "0,0,0,0,0,2", "0,0,0,0,0,3", "16,0,0,0,0,3", "0,0,0,0,0,1",
             "16,0,0,0,0,0,0,0,0,2", "0,0,0,0,0,2,0,0,0,2", "0,0,0,0,0,3,0,0,0,1",
             "0,0,0,0,0,0,0,0,0,1,3,1", "16,0,0,0,0,0,0,0,0,1,5,2", "16,0,0,0,0,0,0,1,2,2", "0,0,0,0,0,0,0,2,1,2",
-            "0,0,0,0,0,0,0,4,0,2", "16,0,0,0,0,0,0,0,1,0,3,0,2", "16,0,0,0,0,2,0,0,0,0,2,0,1"]
+            "0,0,0,0,0,0,0,4,0,2", "16,0,0,0,0,0,0,0,2,0,3,0,2", "16,0,0,0,0,2,0,0,0,0,2,0,1"]
 
 
 @pytest.mark.parametrize("load", [4, -1])
@@ -438,7 +438,7 @@ def test_env_launch_override(monkeypatch, cfg):
     # sixth field picks the load path of contiguous caches (1 pointers, 2 block pointers, 3 TMA); the
     # tenth picks the path (1 split, 2 fused, else states), the eleventh the prefix splits, the twelfth
     # the split path's states per merge load, the thirteenth the states path's own splits; the eighth
-    # the fused path's list order; the ninth (1) a merge launch on the states path
+    # the fused path's list order; the ninth (2) the states path's in-kernel merge
     from leanattn.ops import bifurcated as bif
     monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", cfg)
     fields = [int(x) for x in cfg.split(",")] + [0] * 12
@@ -463,7 +463,7 @@ def test_env_launch_override(monkeypatch, cfg):
     if plan.path == "split":
         assert plan.info["SB"] == (fields[11] or plan.info["SB"])
     if plan.path == "states":
-        assert plan.merge_launch == (fields[8] == 1)
+        assert plan.merge_in_kernel == (fields[8] == 2)
         if fields[12]:
             assert plan.info["own_splits"] <= fields[12]
 
@@ -490,12 +490,12 @@ def test_split_path_states(monkeypatch, splits, sb):
     assert_lse_close("prefix only", lse, ref_lse, atol=TOLERANCE[q.dtype])
 
 
-@pytest.mark.parametrize("path", ["split", "fused", "states", "states-split", "states-launch"])
+@pytest.mark.parametrize("path", ["split", "fused", "states", "states-split", "states-in-kernel"])
 def test_paths_agree_with_reference(monkeypatch, path):
     # the same multi-prompt, head-block, paged case through every path of the many-samples launch
-    # (the states path also with 3 prefix splits and 2 own splits, and with a merge launch)
-    # ninth field: merge_launch; tenth: path; then prefix splits, sb, own splits
-    field = {"split": "0,1", "fused": "0,2", "states": "0,3", "states-split": "0,3,3,0,2", "states-launch": "1,3"}[path]
+    # (the states path also with 3 prefix splits and 2 own splits, and with the in-kernel merge)
+    # ninth field: merge (2 in-kernel); tenth: path; then prefix splits, sb, own splits
+    field = {"split": "0,1", "fused": "0,2", "states": "0,3", "states-split": "0,3,3,0,2", "states-in-kernel": "2,3"}[path]
     monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"16,0,0,0,0,0,0,0,{field}")
     ids = [0] * 9 + [1] + [2] * 2
     own = torch.randint(0, 40, (len(ids),)).tolist()
@@ -506,7 +506,7 @@ def test_paths_agree_with_reference(monkeypatch, path):
         check(q, pk, pv, k, v, lens, bt, plens=plens, ids=ids_tensor(ids), op_args=(0, grid, 16, 0),
               name=f"{path} grid={grid}")
         plan = next(reversed(bif._PLANS.values()))
-        if plan.path == "states":  # the in-kernel merge leaves its arrival counts at zero for the next call
+        if plan.path == "states":  # an in-kernel merge leaves its arrival counts at zero for the next call
             assert not plan.states[2].any()
 
 

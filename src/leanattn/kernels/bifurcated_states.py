@@ -12,13 +12,13 @@ The grid holds two kinds of programs, prefix programs first:
 
 Each program writes its normalised state in ``merge_states``' layout, prefix split ``s`` at slot
 ``s`` and own split ``s`` at slot ``S + s`` of ``StO (S + S_OWN, B, HQ, D)`` fp32 and
-``StL (S + S_OWN, B, HQ)`` fp32 (natural log), then counts itself in for each of its query rows
-(``Arrivals (B * HQ,)``); whoever brings a row's count to ``S + S_OWN`` merges the row's states in
-slot order (so the result does not depend on who came last, bitwise), writes ``out``/``lse`` and
-resets the count. Nobody waits, so no launch can hang; counts end at zero, so the buffer stays valid
-across launches and CUDA-graph replays. With ``MERGE`` false the kernel only writes the states and
-a ``merge_states`` launch merges them. The split counts set how the launch's slots are shared
-between the two kinds (``ops/bifurcated_launch.py``).
+``StL (S + S_OWN, B, HQ)`` fp32 (natural log); by default a ``merge_states`` launch then merges the
+slots of each row. With ``MERGE`` (opt-in, measured slower on an H200) each program instead counts
+itself in for each of its query rows (``Arrivals (B * HQ,)``), and whoever brings a row's count to
+``S + S_OWN`` merges the row's states in slot order (so the result does not depend on who came last,
+bitwise), writes ``out``/``lse`` and resets the count; nobody waits, so no launch can hang, and
+counts end at zero, so the buffer stays valid across launches and CUDA-graph replays. The split
+counts set how the launch's slots are shared between the two kinds (``ops/bifurcated_launch.py``).
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ Four paths, chosen per call signature:
 * ``concat`` (at most one sample per prompt, own tokens given): nothing to share, one launch of
   the decode schedule over prefix + own tokens (``kernels/bifurcated_concat.py``);
 * ``states`` (default otherwise): one launch of fixed-split states, prefix splits with stacked rows
-  and own-token splits, each row merged in-kernel by its last arriving state
-  (``kernels/bifurcated_states.py``). Measured on an H200 on 2026-12-01 (same runs): GQA 8k x32
+  and own-token splits (``kernels/bifurcated_states.py``), merged by ``merge_states`` in a second
+  launch (or in-kernel by each row's last arriving state, ninth config field 2). Measured on an H200 on 2026-12-01 (same runs): GQA 8k x32
   36.8 us against 71.6 for ``fused``, x64 54.7 against 103.0, MHA 8k x64 116 against 211
   (``benchmarks/results/bifurcated_H200_notes.md`` section 7);
 * ``fused`` (``LEANATTN_BIFURCATED_CONFIG`` path field 2): one launch of both passes, two stream-K
@@ -39,15 +39,15 @@ from .decode_config import DecodeConfig, decode_config, load_path
 LOG2E = 1.4426950408889634
 
 _ENV_FIELDS = ("block_h_cap", "block_np", "num_warps", "num_stages", "ctas_per_sm", "load", "block_no", "order",
-               "merge_launch", "path", "splits", "sb", "own_splits")
+               "merge", "path", "splits", "sb", "own_splits")
 
 
 def env_config() -> dict:
     """``LEANATTN_BIFURCATED_CONFIG``: comma-separated integers, 0 = default, in the order
-    ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, load, block_no, order, merge_launch,
+    ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, load, block_no, order, merge,
     path, splits, sb, own_splits`` (``load`` is ``LOAD + 1`` of ``kernels/attend.py``: 1 pointers, 2 block
-    pointers, 3 TMA; ``order`` is ``ORDER + 1`` of the fused path; ``merge_launch`` 1: the states path
-    merges in a second launch instead of in-kernel; ``path`` 1 split, 2 fused, 3 states; ``splits``
+    pointers, 3 TMA; ``order`` is ``ORDER + 1`` of the fused path; ``merge`` 2: the states path merges
+    in-kernel (last arriver) instead of in a second launch; ``path`` 1 split, 2 fused, 3 states; ``splits``
     prefix splits per head of the split and states paths; ``sb`` prefix states merged per load of the
     split path; ``own_splits`` own-token splits per row of the states path): launch overrides for
     benchmark sweeps."""
@@ -75,7 +75,7 @@ class LaunchConfig:
     path: str           # "fused", "split" or "states" (with more than one sample per prompt)
     splits: int         # prefix splits per (prompt, kv head) of the split and states paths (0: fill the GPU)
     own_splits: int     # own-token splits per row of the states path (0: sized by bytes)
-    merge_launch: bool  # states path: merge in a second launch instead of in-kernel
+    merge_in_kernel: bool  # states path: each row merged by its last arriving state instead of a second launch
     sb: int             # prefix split states merged per load
 
 
@@ -117,7 +117,7 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
         block_no=block_n or env["block_no"] or cfg.block_n, num_warps=env["num_warps"] or warps,
         num_stages=env["num_stages"] or stages, ctas_per_sm=env["ctas_per_sm"] or cfg.ctas_per_sm,
         load=env["load"] - 1 if env["load"] else None, order=order,
-        path=path, splits=env["splits"], own_splits=env["own_splits"], merge_launch=env["merge_launch"] == 1,
+        path=path, splits=env["splits"], own_splits=env["own_splits"], merge_in_kernel=env["merge"] == 2,
         sb=env["sb"] or max(1, 64 // cfg.block_h))
 
 
@@ -273,7 +273,7 @@ class Plan:
                 1.0, B, P, 1, 1, 0, cap, 1, own_rows, 1)
         if workers <= 0:
             occ = runtime.kernel_occupancy(bifurcated_states_kernel, (q, kv, kv, kv, kv, f, f, d, q, f, d, d, d, d, d, d,
-                                                                      *stub), dict(self.meta, MERGE=not lc.merge_launch),
+                                                                      *stub), dict(self.meta, MERGE=lc.merge_in_kernel),
                                            device, self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
         # a prefix program takes no more than a program slot's share of all the tiles the launch loads
@@ -298,8 +298,11 @@ class Plan:
         n_states = S + s_own
         self.tail = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:],
                      *self.strides_own[6:9], scale * LOG2E, B, P, S, chunk_p, n_prefix, cap, chunk_o, own_rows, n_states)
-        self.merge_launch = lc.merge_launch
-        self.meta["MERGE"] = not lc.merge_launch
+        # merge_states in a second launch: the in-kernel merge (196 registers against 165 at GQA x32)
+        # measured slower on every bar case on an H200, side by side: GQA 8k x32 42.2 us against 34.3,
+        # x64 53.6 against 49.4, MHA 8k x64 118.6 against 111.4 (bifurcated_H200_notes.md section 7)
+        self.merge_in_kernel = lc.merge_in_kernel
+        self.meta["MERGE"] = lc.merge_in_kernel
         M = B * Hq
         self.states = (runtime.workspace("bif_states_o", device, (n_states, B, Hq, D), torch.float32),
                        runtime.workspace("bif_states_lse", device, (n_states, B, Hq), torch.float32),
@@ -361,7 +364,7 @@ class Plan:
             st_o, st_l, arrivals = self.states
             bifurcated_states_kernel[self.grid](q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts,
                                                 order, seqlens, bt, *self.tail, **self.meta)
-            if self.merge_launch:
+            if not self.merge_in_kernel:
                 merge_states_kernel[self.merge_grid](st_o, st_l, out, lse, *self.merge_tail,
                                                      **self.merge_meta)
         elif self.path == "split":
