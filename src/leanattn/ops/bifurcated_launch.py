@@ -6,8 +6,9 @@ Four paths, chosen per call signature:
   the decode schedule over prefix + own tokens (``kernels/bifurcated_concat.py``);
 * ``states`` (default otherwise): one launch of fixed-split states, prefix splits with stacked rows
   and own-token splits (``kernels/bifurcated_states.py``), merged by ``merge_states`` in a second
-  launch (or in-kernel by each row's last arriving state, ninth config field 2). Measured on an H200 on 2026-12-01 (same runs): GQA 8k x32
-  36.8 us against 71.6 for ``fused``, x64 54.7 against 103.0, MHA 8k x64 116 against 211
+  launch (or in-kernel by each row's last arriving state, ninth config field 2). Side by side on an
+  H200 (2026-12-01, ``benchmarks/results/profile_bifurcated_merge_H200.json``): GQA 8k x32 34.3 us
+  against 71.6 for ``fused``, x64 49.4 against 102.6, MHA 8k x64 111.4 against 212.5
   (``benchmarks/results/bifurcated_H200_notes.md`` section 7);
 * ``fused`` (``LEANATTN_BIFURCATED_CONFIG`` path field 2): one launch of both passes, two stream-K
   work lists with in-kernel last-arriver merges of pieces (``kernels/bifurcated.py``);
@@ -181,7 +182,6 @@ class Plan:
         self.f32 = runtime.workspace("dummy_f32", device, (1,), torch.float32, zero=True)
         shape = dict(B=B, Hq=Hq, Hkv=Hkv, D=D, G=G, P=P, cap=cap, group=group, has_own=has_own,
                      has_plens=has_plens, scale=scale, workers=workers, block_n=block_n)
-        self.scale, self.has_plens = scale, has_plens
         getattr(self, "_setup_" + self.path)(q, lc, **shape)
         self.info.update(path=self.path)
 
@@ -214,7 +214,7 @@ class Plan:
         rows_p = n_hb * block_hp
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         # -- launch 1: prefix split states, grid (S * N_HB, Hkv, G) --
-        self._prefix_splits(q, lc, B, Hkv, G, P, n_hb, workers)
+        self._prefix_splits(q, lc, B, Hkv, G, P, n_hb, workers, scale, has_plens)
         S = self.splits
         self.states = (runtime.workspace("bif_split_o", device, (G * Hkv * S * rows_p, D), torch.float32),
                        runtime.workspace("bif_split_lse", device, (G * Hkv * S * rows_p,), torch.float32))
@@ -234,13 +234,13 @@ class Plan:
         self.info.update(grid=n, BLOCK_NO=lc.block_no, BLOCK_HO=cfg.block_h, SB=lc.sb)
 
     # ------------------------------------------------------------------------------------------
-    def _prefix_splits(self, q, lc, B, Hkv, G, P, n_hb, workers) -> None:
+    def _prefix_splits(self, q, lc, B, Hkv, G, P, n_hb, workers, scale, has_plens) -> None:
         """Launch 1 of the split path: fixed-split prefix states, grid ``(S * N_HB, Hkv, G)``,
         one wave (as many splits as there are program slots per prompt x kv head x head block)."""
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         common_p = {k: v for k, v in self.common.items() if k != "HAS_SEQLENS"}  # the prefix has no own lengths
         self.meta_p = dict(common_p, HKV=Hkv, GROUP=q.shape[1] // Hkv, BLOCK_HP=lc.block_hp, N_HB=n_hb,
-                           BLOCK_N=lc.block_np, BATCH_LAYOUT=False, HAS_PREFIX_LENS=self.has_plens,
+                           BLOCK_N=lc.block_np, BATCH_LAYOUT=False, HAS_PREFIX_LENS=has_plens,
                            num_warps=lc.num_warps, num_stages=lc.num_stages)
         tiles_cap = max(triton.cdiv(P, lc.block_np), 1)
         splits = lc.splits
@@ -251,7 +251,7 @@ class Plan:
             splits = max(1, slots // (G * Hkv * n_hb))
         chunk = triton.cdiv(tiles_cap, min(splits, tiles_cap))
         self.splits = S = triton.cdiv(tiles_cap, chunk)
-        self.tail_p = self.strides_q + self.strides_p + (self.scale * LOG2E, B, P, S, chunk)
+        self.tail_p = self.strides_q + self.strides_p + (scale * LOG2E, B, P, S, chunk)
         self.grid_p = (S * n_hb, Hkv, G)
         self.info.update(grid_prefix=self.grid_p, splits=S, chunk=chunk, BLOCK_HP=lc.block_hp, N_HB=n_hb,
                          BLOCK_NP=lc.block_np, prefix_warps=lc.num_warps, prefix_stages=lc.num_stages)
