@@ -95,7 +95,7 @@ def ours(schedule):
             args = (inp["q"], inp["k_pages"], inp["v_pages"], inp["seqlens"], inp["block_table"])
         else:
             args = (inp["q"], inp["k"], inp["v"], inp["seqlens"])
-        return lambda: leanattn.decode(*args, schedule=schedule)
+        return common.compiled_as_at_start(lambda: leanattn.decode(*args, schedule=schedule))
     return make
 
 

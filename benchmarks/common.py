@@ -21,12 +21,47 @@ if os.path.join(ROOT, "src") not in sys.path:
     sys.path.insert(0, os.path.join(ROOT, "src"))
 
 
+# torch.compile's inductor points TRITON_PTXAS_PATH at torch's own ptxas for the rest of the process
+# the first time it compiles (torch/_inductor/runtime/compile_tasks.py, _set_triton_ptxas_path), so
+# in a benchmark our kernels would compile with Triton's ptxas before the flex peer first runs and
+# with torch's after it: on the H200 image one launch of ours took 192 registers under one and 168
+# with spills under the other (2026-12-01). Ours compile with what the process had at start.
+_PTXAS_AT_START = os.environ.get("TRITON_PTXAS_PATH")
+
+
+def compiled_as_at_start(fn):
+    """``fn`` whose first call (where Triton compiles) runs with the ``TRITON_PTXAS_PATH`` the process
+    started with; later calls (timed, or captured in a graph) are ``fn`` itself."""
+    state = {"first": True}
+
+    def call():
+        if not state["first"]:
+            return fn()
+        state["first"] = False
+        now = os.environ.get("TRITON_PTXAS_PATH")
+        _set_env("TRITON_PTXAS_PATH", _PTXAS_AT_START)
+        try:
+            return fn()
+        finally:
+            _set_env("TRITON_PTXAS_PATH", now)
+    call.form = getattr(fn, "form", "")
+    return call
+
+
+def _set_env(name, value):
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 def env_info() -> dict:
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": platform.python_version(),
+        "ptxas_ours": _PTXAS_AT_START or "triton's bundled ptxas",
     }
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)

@@ -177,3 +177,57 @@ def attend_any(
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
     return acc, m_i, l_i
+
+
+@triton.jit
+def attend_concat(
+    q, PK, PV, K, V, BlockTable,  #
+    gid, b, kvh, plen, seqlen, pt, tile_lo, tile_hi, qk_scale,  #
+    stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+    stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
+    stride_btb,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """``attend_tiles`` over the concatenation ``prefix ++ own`` without building it: tiles
+    ``[0, pt)`` of the row are the prefix ``PK/PV[gid, :plen, kvh]`` (contiguous), the rest the
+    own tokens ``K/V[b, :seqlen, kvh]`` (contiguous, or paged as in ``attend_tiles``).
+
+    One loop whose tile picks its source by scalar selects, rather than one loop per source: a
+    piece that straddles the boundary keeps one software pipeline and the registers of one loop,
+    which is what makes one-sample bifurcated decode as fast as decode over copied caches.
+    """
+    offs_d = tl.arange(0, HEAD_DIM)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    pk_head = PK + gid.to(tl.int64) * stride_pkg + kvh.to(tl.int64) * stride_pkh
+    pv_head = PV + gid.to(tl.int64) * stride_pvg + kvh.to(tl.int64) * stride_pvh
+    k_head = K + kvh.to(tl.int64) * stride_kh
+    v_head = V + kvh.to(tl.int64) * stride_vh
+    bt_row = BlockTable + b.to(tl.int64) * stride_btb
+    for j in range(tile_lo, tile_hi):
+        in_prefix = j < pt
+        jj = tl.where(in_prefix, j, j - pt)
+        offs_n = jj * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < tl.where(in_prefix, plen, seqlen)
+        # -- locate the tile's token rows in its source (scalar selects: the row vectors stay one) --
+        if PAGE_SIZE == 0:
+            k_base = tl.where(in_prefix, pk_head, k_head + b.to(tl.int64) * stride_kb)
+            v_base = tl.where(in_prefix, pv_head, v_head + b.to(tl.int64) * stride_vb)
+            k_ptrs = k_base + offs_n.to(tl.int64) * tl.where(in_prefix, stride_pkn, stride_kn)
+            v_ptrs = v_base + offs_n.to(tl.int64) * tl.where(in_prefix, stride_pvn, stride_vn)
+        else:
+            # prefix tiles look nothing up (masked page ids are 0, never used)
+            page = tl.load(bt_row + offs_n // PAGE_SIZE, mask=mask_n & (j >= pt), other=0).to(tl.int64)
+            in_page = (offs_n % PAGE_SIZE).to(tl.int64)
+            k_ptrs = tl.where(in_prefix, pk_head + offs_n.to(tl.int64) * stride_pkn,
+                              k_head + page * stride_kb + in_page * stride_kn)
+            v_ptrs = tl.where(in_prefix, pv_head + offs_n.to(tl.int64) * stride_pvn,
+                              v_head + page * stride_vb + in_page * stride_vn)
+        # -- scores, then accumulate --
+        k = tl.load(k_ptrs[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
+        v = tl.load(v_ptrs[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
+    return acc, m_i, l_i

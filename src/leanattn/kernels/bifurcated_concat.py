@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from ..schedules.stream_k import cut_list, load_lengths
-from .attend import attend_any
-from .piece_merge import combine, settle_piece
+from .attend import attend_concat
+from .piece_merge import settle_piece
 from .decode import load_q_rows, locate_row, store_final
 
 
@@ -36,7 +36,7 @@ def concat_decode_kernel(
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
-    SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
+    SINGLE_PREFIX: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
 ):
     """Stream-K decode of sample ``b`` over ``PK/PV[PrefixIds[b], :PrefixLens[g]]`` then its own cache.
@@ -77,16 +77,11 @@ def concat_decode_kernel(
 
         q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
         # -- tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens --
-        acc, m_i, l_i = attend_any(
-            q, PK, PV, BlockTable, gid, kvh, plen, tile_lo, tl.minimum(tile_hi, pt), qk_scale,  #
-            stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION)
-        if tile_hi > pt:
-            acc_o, m_o, l_o = attend_any(
-                q, K, V, BlockTable, b, kvh, seqlen, tl.maximum(tile_lo, pt) - pt, tile_hi - pt, qk_scale,  #
-                stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-                HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
-            acc, m_i, l_i = combine(acc, m_i, l_i, acc_o, m_o, l_o)
+        acc, m_i, l_i = attend_concat(
+            q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, tile_lo, tile_hi, qk_scale,  #
+            stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
 
         valid_h = hb * BLOCK_H + offs_h < GROUP
         final, acc, m_i, l_i = settle_piece(

@@ -165,11 +165,6 @@ class Plan:
         self.strides_own = (k_s.stride(0), k_s.stride(1), k_s.stride(2), v_s.stride(0), v_s.stride(1), v_s.stride(2),
                             Hq * D, D, Hq,  # out and lse are allocated contiguous
                             block_table.stride(0) if self.own_paged else 0)
-        # The one-sample path keeps tensors of pointers. Block pointers (sixth field 2) ran GQA 8k x1 in
-        # 25.4 us against 26.1 in a four-case run (192 registers, no spills; bifurcated_leads_*_0_0_0_0_0_2)
-        # and in a standalone process, but inside the full 8k suite the same launch compiled to 168
-        # registers with spills, 3 programs per SM, and ran 28.4 us (0.89x decode over copies), twice on
-        # one H200 (2026-11-30); the cause is not found, so the default stays with pointers.
         load = lc.load if lc.load is not None else lc.own.load
         load = load_path(load, pk_s, pv_s, False)
         if has_own and not self.own_paged:
@@ -192,7 +187,9 @@ class Plan:
         # had (fewer programs, so shorter merges) measured 1-8% slower on every one-sample case of the
         # H200 run of 2026-11-30, side by side (benchmarks/results/bifurcated_H200_notes.md)
         warps, stages = cfg.num_warps, cfg.num_stages
-        self.meta = dict(self.common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
+        # one tile loop over both sources, tensors of pointers (attend_concat): the load field is not read
+        common = {k: v for k, v in self.common.items() if k != "LOAD"}
+        self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=block_n or env["block_no"] or cfg.block_n, BLOCK_B=max(16, triton.next_power_of_2(B)),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
                          num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
