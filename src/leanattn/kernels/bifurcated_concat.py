@@ -62,6 +62,14 @@ def concat_decode_kernel(
     plen_b = tl.minimum(plen_b, prefix_cap)
     ptiles_b = tl.cdiv(plen_b, BLOCK_N)
     tiles = tl.where(valid_b, tl.maximum(ptiles_b + tl.cdiv(lens, BLOCK_N), 1), 0)
+    if SINGLE_PREFIX:
+        # every sample has the same prefix: its length is a scalar, not a per-piece reduction (three
+        # block-wide sums a piece cost ~0.4 us of a 25 us launch, GQA 8k x1 on an H200)
+        if HAS_PREFIX_LENS:
+            plen_one = tl.minimum(tl.load(PrefixLens), prefix_cap)
+        else:
+            plen_one = prefix_cap
+        pt_one = tl.cdiv(plen_one, BLOCK_N)
     work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, G)
 
     offs_h = tl.arange(0, BLOCK_H)
@@ -69,9 +77,12 @@ def concat_decode_kernel(
     while t < end:
         # -- which (sample, row, tile) does tile t belong to --
         b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB)
-        pt = tl.sum(tl.where(sel, ptiles_b, 0), 0)
-        gid = tl.sum(tl.where(sel, gid_b, 0), 0)
-        plen = tl.sum(tl.where(sel, plen_b, 0), 0)
+        if SINGLE_PREFIX:
+            pt, gid, plen = pt_one, b * 0, plen_one
+        else:
+            pt = tl.sum(tl.where(sel, ptiles_b, 0), 0)
+            gid = tl.sum(tl.where(sel, gid_b, 0), 0)
+            plen = tl.sum(tl.where(sel, plen_b, 0), 0)
         tile_lo = t - head_begin
         tile_hi = tile_lo + (stop - t)
 
