@@ -521,6 +521,20 @@ def test_one_sample_takes_the_concat_path():
         assert next(reversed(bif._PLANS.values())).path == "concat"
 
 
+@pytest.mark.parametrize("plen", [23, 0, 50])
+@pytest.mark.parametrize("page_size", [0, 8])
+def test_one_sample_one_prefix_with_length(plen, page_size):
+    # one prefix without prompt ids but with its length given (the one-sample kernel reads the length
+    # once, as a scalar), own cache contiguous or paged, rows cut into pieces around the boundary
+    from leanattn.ops import bifurcated as bif
+    q, k, v, lens, bt = make_inputs(1, 8, 2, 64, [19], page_size=page_size or None)
+    pk, pv, _ = make_prefix(None, 50, 2, 64)
+    plens = torch.tensor([plen], dtype=torch.int32, device=DEV)
+    for grid in (0, 3):
+        check(q, pk, pv, k, v, lens, bt, plens=plens, op_args=(0, grid, 0, 0), name=f"plen={plen} grid={grid}")
+        assert next(reversed(bif._PLANS.values())).path == "concat"
+
+
 @pytest.mark.parametrize("path", ["1", "2", "3"])
 def test_plan_arguments_match_the_kernels(monkeypatch, path):
     # every keyword a plan passes is a parameter of the kernel it launches (the interpreter ignores
