@@ -5,9 +5,11 @@ bifurcation buys nothing. This kernel is ``lean_decode_kernel`` (``kernels/decod
 concatenation ``prefix[g] ++ own[b]`` without building it: row ``(b, kv head, head block)`` has
 ``cdiv(P_g, BLOCK_N)`` prefix tiles followed by ``cdiv(len_b, BLOCK_N)`` own tiles, the rows are
 cut stream-K over a persistent grid, and a row cut into pieces is merged in-kernel by the last
-arriver in program order (bitwise deterministic, nobody waits). It holds only the decode loop's
-state, so it needs the registers of ``lean_decode_kernel`` rather than those of the two-list
-bifurcated kernel, and reads the same bytes as decode over copied caches.
+arriver in program order (bitwise deterministic, nobody waits). A piece is one tile loop whose
+tiles pick their source, prefix or own cache, by scalar selects (``attend_concat``), so a piece that
+straddles the boundary keeps one pipeline and the registers of decode's loop; the kernel reads the
+same bytes as decode over copied caches. The ``LOAD`` field of the launch config does not apply:
+tiles are always loaded through tensors of pointers.
 """
 from __future__ import annotations
 
