@@ -194,8 +194,10 @@ def attend_concat(
     own tokens ``K/V[b, :seqlen, kvh]`` (contiguous, or paged as in ``attend_tiles``).
 
     One loop whose tile picks its source by scalar selects, rather than one loop per source: a
-    piece that straddles the boundary keeps one software pipeline and the registers of one loop,
-    which is what makes one-sample bifurcated decode as fast as decode over copied caches.
+    piece that straddles the boundary keeps one software pipeline and the registers of one loop
+    (H200, 2026-12-01: 206-214 registers against 255 with spills for two loops; one-sample
+    bifurcated decode within 1% of decode over copied caches on five of six cases, GQA 8k 3.6% behind).
+    Paged page ids are loaded with their tile, not one tile ahead as in ``attend_tiles``.
     """
     offs_d = tl.arange(0, HEAD_DIM)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
