@@ -91,6 +91,11 @@ def bifurcated_launches():
         leanattn.bifurcated_decode(q, pk[0], pv[0], k, v, sl, num_programs=11)
         kp, vp, bt = paged(own, 16, hkv, d)
         leanattn.bifurcated_decode(q, pk, pv, kp, vp, sl, bt, prefix_lens=plens, prefix_ids=pids)
+        # one sample per prompt (the one-sample kernel), pages smaller than a tile and not
+        one_each = torch.tensor([2, 0, 1], dtype=torch.int32, device=DEV)
+        for ps in (16, 64, 256):
+            kp, vp, bt = paged(own[3:], ps, hkv, d)
+            leanattn.bifurcated_decode(q[3:], pk, pv, kp, vp, sl[3:], bt, prefix_lens=plens, prefix_ids=one_each)
         sys_k = torch.randn(300, hkv, d, dtype=BF16, device=DEV)
         leanattn.cascade_decode(q, [(sys_k, torch.randn_like(sys_k)), (pk, pv, plens, pids)], k, v, sl)
 

@@ -522,13 +522,16 @@ def test_one_sample_takes_the_concat_path():
 
 
 @pytest.mark.parametrize("plen", [23, 0, 50])
-@pytest.mark.parametrize("page_size", [0, 8])
-def test_one_sample_one_prefix_with_length(plen, page_size):
+@pytest.mark.parametrize("page_size", [0, 8, 32])
+@pytest.mark.parametrize("heads", [(8, 2), (4, 4)], ids=["gqa", "mha"])
+def test_one_sample_one_prefix_with_length(plen, page_size, heads):
     # one prefix without prompt ids but with its length given (the one-sample kernel reads the length
-    # once, as a scalar), own cache contiguous or paged, rows cut into pieces around the boundary
+    # once, as a scalar), own cache contiguous or paged (pages smaller than a tile and a multiple of
+    # it: MHA addresses a tile inside one page from its base), rows cut into pieces around the boundary
     from leanattn.ops import bifurcated as bif
-    q, k, v, lens, bt = make_inputs(1, 8, 2, 64, [19], page_size=page_size or None)
-    pk, pv, _ = make_prefix(None, 50, 2, 64)
+    hq, hkv = heads
+    q, k, v, lens, bt = make_inputs(1, hq, hkv, 64, [19], page_size=page_size or None)
+    pk, pv, _ = make_prefix(None, 50, hkv, 64)
     plens = torch.tensor([plen], dtype=torch.int32, device=DEV)
     for grid in (0, 3):
         check(q, pk, pv, k, v, lens, bt, plens=plens, op_args=(0, grid, 0, 0), name=f"plen={plen} grid={grid}")

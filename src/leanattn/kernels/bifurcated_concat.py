@@ -94,7 +94,8 @@ def concat_decode_kernel(
             q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, tile_lo, tile_hi, qk_scale,  #
             stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, UPCAST,
+            DOT_PRECISION)
 
         valid_h = hb * BLOCK_H + offs_h < GROUP
         final, acc, m_i, l_i = settle_piece(

@@ -183,6 +183,9 @@ class Plan:
     # ------------------------------------------------------------------------------------------
     def _setup_concat(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
         cfg, env, device = lc.own, env_config(), q.device
+        if self.page_size:
+            # decode's paged config (64-token tiles, 3 stages), as decode over the same paged cache gets
+            cfg = decode_config(D, group, device, block_n or None, paged=True)
         # decode's launch config: with the multi-piece merge the 8-warp / 3-stage config this path once
         # had (fewer programs, so shorter merges) measured 1-8% slower on every one-sample case of the
         # H200 run of 2026-11-30, side by side (benchmarks/results/bifurcated_H200_notes.md)
