@@ -73,6 +73,21 @@ def test_paged_own(page):
     assert_rel_close("paged", out, ref, TOLERANCE[torch.bfloat16])
 
 
+@pytest.mark.parametrize("page", [16, 64, 256])
+@pytest.mark.parametrize("hq,hkv", [(32, 32), (32, 8)])
+def test_one_sample_per_prompt_paged_own(page, hq, hkv):
+    # the one-sample kernel over paged own caches: pages smaller than a tile and multiples of it (MHA
+    # addresses those from the page base), prompts of unequal length, an empty own cache
+    own = [900, 0, 2049]
+    q, pk, pv, k, v, sl = inputs(3, hq, hkv, 128, 3000, own, G=3)
+    kp, vp, bt = _paged(k, v, own, page)
+    plens = torch.tensor([3000, 17, 0], dtype=torch.int32, device="cuda")
+    ids = torch.tensor([2, 0, 1], dtype=torch.int32, device="cuda")
+    check(q, pk, pv, kp, vp, sl, bt, plens=plens, ids=ids, name=f"one sample, page {page}")
+    single = check(q[:1], pk[0], pv[0], kp, vp, sl[:1], bt[:1], name=f"one prompt, page {page}")
+    assert single[0].shape == (1, hq, 128)
+
+
 def test_one_sample_equals_decode_over_concatenation():
     q, pk, pv, k, v, sl = inputs(1, 32, 32, 128, 8192, [256])
     out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
