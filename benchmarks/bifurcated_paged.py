@@ -35,15 +35,16 @@ def timed(fn):
     return bb.time_fn(fn, True)[0] * 1e3
 
 
-def paged(x, page_size, gen):
-    """``x (B, N, H, D)`` as pages ``(B * N / page_size, page_size, H, D)`` in random order and the
-    block table ``(B, N / page_size)`` int32."""
-    b, n, h, d = x.shape
+def paged(k, v, page_size, gen):
+    """``k, v (B, N, H, D)`` as pages ``(B * N / page_size, page_size, H, D)`` in one random order, and
+    the block table ``(B, N / page_size)`` int32."""
+    b, n, h, d = k.shape
     npg = n // page_size
-    perm = torch.randperm(b * npg, generator=gen).to(x.device)
-    pages = torch.empty(b * npg, page_size, h, d, dtype=x.dtype, device=x.device)
-    pages[perm] = x.reshape(b * npg, page_size, h, d)
-    return pages, perm.view(b, npg).int()
+    perm = torch.randperm(b * npg, generator=gen).to(k.device)
+    kp, vp = (torch.empty(b * npg, page_size, h, d, dtype=x.dtype, device=x.device) for x in (k, v))
+    kp[perm] = k.reshape(b * npg, page_size, h, d)
+    vp[perm] = v.reshape(b * npg, page_size, h, d)
+    return kp, vp, perm.view(b, npg).int()
 
 
 def main(argv=None):
@@ -66,12 +67,8 @@ def main(argv=None):
         inp = bb.make_inputs(c, "cuda")
         pb, ob, qb, _ = bb.case_bytes(c)
         for ps in (16, 64):
-            kp, tab = paged(inp["k"], ps, gen)
-            vp = torch.empty_like(kp)
-            vp[tab.flatten().long()] = inp["v"].reshape(-1, ps, *inp["v"].shape[2:])
-            kcp, tabc = paged(inp["kc"], ps, gen)
-            vcp = torch.empty_like(kcp)
-            vcp[tabc.flatten().long()] = inp["vc"].reshape(-1, ps, *inp["vc"].shape[2:])
+            kp, vp, tab = paged(inp["k"], inp["v"], ps, gen)
+            kcp, vcp, tabc = paged(inp["kc"], inp["vc"], ps, gen)
             ours = common.compiled_as_at_start(lambda: leanattn.bifurcated_decode(
                 inp["q"], inp["pk"], inp["pv"], kp, vp, inp["lens"], block_table=tab))
             dec = common.compiled_as_at_start(lambda: leanattn.decode(inp["q"], kcp, vcp, inp["lens_c"], block_table=tabc))
