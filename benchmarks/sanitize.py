@@ -31,8 +31,7 @@ def paged(lens, page, hkv, d):
     return kp, torch.randn_like(kp), bt
 
 
-def decode():
-    lens = [3000, 0, 1, 517, 1024]
+def decode_launches(lens):
     B = len(lens)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
     for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256), (64, 1, 64)):
@@ -45,6 +44,12 @@ def decode():
         kp, vp, bt = paged(lens, 16, hkv, d)
         for schedule in ("lean", "split"):
             leanattn.decode(q, kp, vp, sl, bt, schedule=schedule)
+
+
+def decode():
+    # ragged, then equal lengths (the kernels may cut over fewer programs, aligned with heads)
+    for lens in ([3000, 0, 1, 517, 1024], [2048, 2048], [4000]):
+        decode_launches(lens)
     for S, B, H in ((4, 3, 8), (9, 40, 32), (45, 2, 8)):  # few rows (4 warps) and many (one warp per row)
         outs = torch.randn(S, B, H, 128, dtype=BF16, device=DEV)
         lses = torch.randn(S, B, H, device=DEV)

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from leanattn.schedules import (lean_assignment, lean_ranges, num_splits_heuristic, split_assignment,
                                 tiles_per_sequence)
-from leanattn.schedules.stream_k import program_of, range_start
+from leanattn.schedules.stream_k import program_of, programs_used, programs_used_py, range_start
 
 
 def random_batch(max_batch=12, max_len=400):
@@ -86,6 +86,67 @@ def test_lean_assignment_invariants():
                     assert (b, row) not in hosts
                     hosts[(b, row)] = p
         assert len(hosts) == len(lens) * rows
+
+
+def test_aligned_assignment_invariants():
+    # equal lengths (often, so the aligned cut is taken) or ragged: every tile once, the programs in use
+    # first with loads differing by at most one tile, the rest idle, and an aligned cut never splits a
+    # head into pieces that cross another head
+    taken = 0
+    for _ in range(300):
+        lens, rows, block_n, grid = random_batch()
+        if torch.rand(()) < 0.7:
+            lens = [lens[0] + 1] * len(lens)
+        num_sms = int(torch.randint(1, grid + 1, ()))
+        assignment = lean_assignment(lens, rows, block_n, grid, num_sms)
+        assert len(assignment) == grid
+        assert_covers_exactly_once(assignment, lens, rows, block_n)
+        used = programs_used_py(tiles_per_sequence(lens, block_n), rows, grid, num_sms)
+        assert 1 <= used <= grid
+        loads = [sum(hi - lo for _, _, lo, hi in pieces) for pieces in assignment]
+        assert max(loads[:used]) - min(loads[:used]) <= 1 and not any(loads[used:])
+        if used < grid:
+            taken += 1
+            n = int(tiles_per_sequence(lens, block_n)[0])
+            # k pieces of n/k tiles per head, or m whole heads per program: every piece lies in one
+            # program and every range is whole pieces
+            assert all(len(p) == 1 for p in assignment[:used]) or all(
+                all((lo, hi) == (0, n) for _, _, lo, hi in p) for p in assignment[:used])
+    assert taken > 20
+
+
+@pytest.mark.parametrize("lens,rows,grid,sms,expected", [
+    ([4096], 32, 264, 132, 256),           # mha 4k of 128-token tiles: 8 pieces of 4 tiles a head
+    ([32768], 8, 396, 132, 256),           # gqa B=1 32k: 32 pieces of 8 tiles against 6 unaligned x 3 per SM
+    ([4096] * 64, 8, 264, 132, 256),       # gqa B=64 4k: two whole heads a program
+    ([131072] * 8, 8, 396, 132, 396),      # gqa B=8 128k: 166 tiles x 3 per SM beats 256 x 2 aligned
+    ([4096, 4096, 100], 8, 264, 132, 264),  # ragged: never aligned
+    ([4096], 32, 264, 0, 264),             # a grid the caller chose
+])
+def test_programs_used_known_values(lens, rows, grid, sms, expected):
+    assert programs_used_py(tiles_per_sequence(lens, 128), rows, grid, sms) == expected
+
+
+@triton.jit
+def _programs_used_probe(Tiles, Out, n, rows, nprog, n_sms, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    valid = offs < n
+    tiles = tl.load(Tiles + offs, mask=valid, other=0)
+    tl.store(Out, programs_used(tiles, valid, rows, nprog, n_sms))
+
+
+def test_programs_used_kernel_matches_python():
+    cases = [([32], 32, 264, 132), ([256], 8, 396, 132), ([32] * 64, 8, 264, 132), ([1024] * 8, 8, 396, 132),
+             ([32, 32, 1], 8, 264, 132), ([32], 32, 264, 0), ([7], 1, 300, 5), ([97] * 3, 5, 40, 7), ([1], 1, 1, 1)]
+    for _ in range(40):
+        B = int(torch.randint(1, 9, ()))
+        t = int(torch.randint(1, 300, ()))
+        cases.append(([t] * B, int(torch.randint(1, 9, ())), int(torch.randint(1, 400, ())), int(torch.randint(0, 140, ()))))
+    for tiles, rows, nprog, sms in cases:
+        out = torch.zeros(1, dtype=torch.int32)
+        _programs_used_probe[(1,)](torch.tensor(tiles, dtype=torch.int32), out, len(tiles), rows, nprog, sms,
+                                   BLOCK=max(16, triton.next_power_of_2(len(tiles))))
+        assert int(out) == programs_used_py(tiles, rows, nprog, sms), (tiles, rows, nprog, sms)
 
 
 def test_lean_assignment_splits_long_head():

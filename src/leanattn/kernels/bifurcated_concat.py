@@ -16,10 +16,42 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import cut_list, load_lengths
+from ..schedules.stream_k import cut_list, load_lengths, programs_used
 from .attend import attend_concat
 from .piece_merge import settle_piece
 from .decode import load_q_rows, locate_row, store_final
+
+@triton.jit(noinline=True)
+def concat_piece(
+    Q, PK, PV, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters,  #
+    b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
+    stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+    stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
+    stride_ob, stride_oh, stride_lb, stride_btb,  #
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
+):
+    """Piece ``[t, stop)`` of the row ``[head_begin, head_end)`` (sample ``b`` of prompt ``gid``,
+    whose first ``pt`` tiles are the prefix): attend, settle, and write the row where complete. A
+    call, not inlined, for the reason given at ``decode_piece`` (``kernels/decode.py``)."""
+    offs_h = tl.arange(0, BLOCK_H)
+    tile_lo = t - head_begin
+    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
+    # -- tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens --
+    acc, m_i, l_i = attend_concat(
+        q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, tile_lo, tile_lo + (stop - t), qk_scale,  #
+        stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+        stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, UPCAST,
+        DOT_PRECISION)
+    valid_h = hb * BLOCK_H + offs_h < GROUP
+    final, acc, m_i, l_i = settle_piece(
+        acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
+        t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
+    if final:
+        store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
+                    GROUP, HEAD_DIM, BLOCK_H)
 
 
 @triton.jit
@@ -34,7 +66,7 @@ def concat_decode_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb,  #
-    qk_scale, B, prefix_cap, capacity,  #
+    qk_scale, B, prefix_cap, capacity, n_sms,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
@@ -49,7 +81,6 @@ def concat_decode_kernel(
     slots and one counter per program.
     """
     pid = tl.program_id(0)
-    G = tl.num_programs(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
     # -- schedule, from the real lengths (no host sync): prefix tiles then own tiles per row --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
@@ -72,9 +103,10 @@ def concat_decode_kernel(
         else:
             plen_one = prefix_cap
         pt_one = tl.cdiv(plen_one, BLOCK_N)
+    # equal lengths: maybe fewer programs, so that ranges align with rows (as lean_decode_kernel)
+    G = programs_used(tiles, valid_b, ROWS, tl.num_programs(0), n_sms)
     work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, G)
 
-    offs_h = tl.arange(0, BLOCK_H)
     t = start
     while t < end:
         # -- which (sample, row, tile) does tile t belong to --
@@ -85,23 +117,12 @@ def concat_decode_kernel(
             pt = tl.sum(tl.where(sel, ptiles_b, 0), 0)
             gid = tl.sum(tl.where(sel, gid_b, 0), 0)
             plen = tl.sum(tl.where(sel, plen_b, 0), 0)
-        tile_lo = t - head_begin
-        tile_hi = tile_lo + (stop - t)
-
-        q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
-        # -- tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens --
-        acc, m_i, l_i = attend_concat(
-            q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, tile_lo, tile_hi, qk_scale,  #
-            stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
-            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, UPCAST,
-            DOT_PRECISION)
-
-        valid_h = hb * BLOCK_H + offs_h < GROUP
-        final, acc, m_i, l_i = settle_piece(
-            acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
-            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
-        if final:
-            store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
-                        GROUP, HEAD_DIM, BLOCK_H)
+        concat_piece(
+            Q, PK, PV, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters,  #
+            b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
+            stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
+            stride_ob, stride_oh, stride_lb, stride_btb,  #
+            GROUP, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION,  #
+            VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
         t = stop

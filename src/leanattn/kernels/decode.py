@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import cut_list, load_lengths, locate_tile, row_tiles
+from ..schedules.stream_k import cut_list, load_lengths, locate_tile, programs_used, row_tiles
 from .attend import attend_any
 from .piece_merge import settle_piece
 
@@ -75,6 +75,40 @@ def store_final(
     tl.store(Lse + b.to(tl.int64) * stride_lb + heads, lse, mask=mask_h)
     return heads, mask_h
 
+@triton.jit(noinline=True)
+def decode_piece(
+    Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters,  #
+    b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
+    stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
+    stride_ob, stride_oh, stride_lb, stride_btb,  #
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
+):
+    """Piece ``[t, stop)`` of the head ``[head_begin, head_end)`` (sequence ``b``, kv head ``kvh``,
+    head block ``hb``) of a stream-K program whose range starts at ``start``: attend its tiles, settle
+    the piece (``settle_piece``) and, where the head is complete, write it.
+
+    A call, not inlined (scalar arguments only): inlined in the program's loop over pieces, ptxas
+    kept 214-216 registers at D=128 (2 programs per SM); called, 166-168 and no spills (3 per SM;
+    Triton 3.6, sm_90a, ``benchmarks/offline_resources.py``).
+    """
+    offs_h = tl.arange(0, BLOCK_H)
+    tile_lo = t - head_begin
+    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
+    acc, m_i, l_i = attend_any(
+        q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+        stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
+    # only the rows of real query heads travel through the workspace (1 of 16 for MHA)
+    valid_h = hb * BLOCK_H + offs_h < GROUP
+    final, acc, m_i, l_i = settle_piece(
+        acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
+        t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
+    if final:
+        store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
+                    GROUP, HEAD_DIM, BLOCK_H)
+
 
 @triton.jit
 def lean_decode_kernel(
@@ -86,7 +120,7 @@ def lean_decode_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb,  #
-    qk_scale, B, capacity,  #
+    qk_scale, B, capacity, n_sms,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
@@ -100,28 +134,21 @@ def lean_decode_kernel(
     # -- schedule, from the real lengths (no host sync) --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
     tiles = row_tiles(lens, valid_b, BLOCK_N)
-    work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, tl.num_programs(0))
+    # equal lengths: maybe fewer programs, so that ranges align with heads
+    G = programs_used(tiles, valid_b, ROWS, tl.num_programs(0), n_sms)
+    work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, G)
 
-    offs_h = tl.arange(0, BLOCK_H)
     t = start
     while t < end:
         # -- which (sequence, row, tile) does tile t belong to --
         b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB)
-        tile_lo = t - head_begin
-
-        q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
-        acc, m_i, l_i = attend_any(
-            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
-            stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
-        # only the rows of real query heads travel through the workspace (1 of 16 for MHA)
-        valid_h = hb * BLOCK_H + offs_h < GROUP
-        final, acc, m_i, l_i = settle_piece(
-            acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
-            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
-        if final:
-            store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
-                        GROUP, HEAD_DIM, BLOCK_H)
+        decode_piece(
+            Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters,  #
+            b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
+            stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
+            stride_ob, stride_oh, stride_lb, stride_btb,  #
+            GROUP, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION,  #
+            VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
         t = stop
 
 

@@ -196,7 +196,9 @@ class Plan:
                          BLOCK_N=block_n or env["block_no"] or cfg.block_n, BLOCK_B=max(16, triton.next_power_of_2(B)),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
                          num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
-        self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap)
+        # the SM count lets the kernel align ranges with rows (as decode); 0 keeps a grid the caller chose
+        self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap,
+                                                                          0 if workers > 0 else runtime.num_sms(device))
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
             occ = runtime.kernel_occupancy(concat_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, *self.tail),

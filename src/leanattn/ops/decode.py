@@ -57,7 +57,9 @@ class _Plan:
         qk_scale = scale * LOG2E
         if schedule == "lean":
             self.meta.update(BLOCK_B=max(16, triton.next_power_of_2(B)), **merge_meta(cfg.block_h, D, group))
-            self.tail = strides + (bt_stride, qk_scale, B, cap)
+            # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
+            # 0 keeps a grid the caller chose
+            self.tail = strides + (bt_stride, qk_scale, B, cap, 0 if workers > 0 else runtime.num_sms(device))
             self.grid = (self._lean_grid(cfg, q, k_cache, v_cache, workers),)
             self.ws = (runtime.workspace("decode_acc", device, (2 * self.grid[0], cfg.block_h, D), torch.float32),
                        runtime.workspace("decode_ml", device, (2 * self.grid[0], 2, cfg.block_h), torch.float32),

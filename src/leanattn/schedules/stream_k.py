@@ -10,6 +10,12 @@ programs take ``T = ceil(total / G)`` tiles, the rest ``T - 1``. A range may sta
 a row, so one row can be split across several programs; the program holding the row's first tile
 is its *host*. An empty sequence still owns one (empty) tile per row, so that some program writes
 its zeros and ``lse = -inf``.
+
+When every row has the same number of tiles ``n`` (one sequence, or a batch of equal lengths),
+``programs_used`` may run the cut over fewer programs than the grid holds, so that ranges align
+with rows: ``k`` pieces of ``n / k`` tiles per row (``k`` divides ``n``), or ``m`` whole rows per
+program (``m`` divides the rows). A range that starts a second row mid-range restarts the tile
+pipeline and adds a piece to merge; aligned ranges have neither. The rest of the grid exits at once.
 """
 from __future__ import annotations
 
@@ -17,7 +23,18 @@ import numpy as np
 import triton
 import triton.language as tl
 
-__all__ = ["tiles_per_sequence", "lean_ranges", "lean_assignment"]
+__all__ = ["tiles_per_sequence", "lean_ranges", "lean_assignment", "programs_used"]
+
+# what a piece boundary inside a range costs, in tiles of streaming (a tile pipeline refilled and one
+# more piece to merge): H200, 2026-12-01, same run, lean over 256 aligned programs against 264
+# unaligned ones: mha 64k 254.0 against 260.0 us (62-63 against 64 tiles per program), gqa B=4 32k
+# 136.8 against 140.7, paged16 gqa B=4 32k 138.1 against 145.4 (benchmarks/results/decode_probes_H200_2026-12-01.md)
+PIECE_COST = 2
+# candidate piece counts tried at once (a vector, not a loop: the choice costs every program a few
+# instructions)
+CANDIDATES = 256
+_PIECE_COST: tl.constexpr = tl.constexpr(PIECE_COST)
+_CANDIDATES: tl.constexpr = tl.constexpr(CANDIDATES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,7 +90,37 @@ def cut_list(tiles, rows, pid, nprog):
     work = tiles * rows
     cum_incl = tl.cumsum(work, 0)
     T, high, start, end = program_range(tl.sum(work, 0), pid, nprog)
+    # programs past nprog (a grid larger than the cut, see programs_used) take nothing
+    end = tl.where(pid < nprog, end, start)
     return work, cum_incl, T, high, start, end
+
+
+@triton.jit
+def programs_used(tiles, valid, rows, nprog, n_sms):
+    """How many of the ``nprog`` programs (on ``n_sms`` SMs) to cut the work list over.
+
+    ``nprog`` unless every item has the same tile count ``n`` and an aligned cut is no slower by the
+    cost model: the tiles of the busiest SM, ``T * cdiv(G, n_sms)`` for ``G`` programs of ``T`` tiles,
+    plus ``PIECE_COST`` tiles when ranges cut rows unaligned. The aligned cuts: ``k`` pieces a row
+    (``k`` the largest divisor of ``n`` with ``rows_total * k <= nprog``), else ``m`` whole rows a
+    program (``m`` the smallest divisor of the row count with ``rows_total / m <= nprog``).
+    ``n_sms = 0`` keeps ``nprog`` (a grid the caller chose). ``programs_used_py`` is the Python mirror.
+    """
+    n = tl.max(tl.where(valid, tiles, 0), 0)
+    uniform = tl.min(tl.where(valid, tiles, n), 0) == n
+    heads = tl.maximum(tl.sum(valid.to(tl.int32), 0) * rows, 1)
+    total = heads * n
+    sms = tl.maximum(n_sms, 1)
+    cost_u = tl.cdiv(total, nprog) * tl.cdiv(nprog, sms) + _PIECE_COST
+    cand = tl.arange(0, _CANDIDATES)
+    ks = nprog // heads - cand
+    k = tl.max(tl.where((ks >= 1) & (n % tl.maximum(ks, 1) == 0), ks, 0), 0)
+    ms = tl.cdiv(heads, nprog) + cand
+    m = tl.min(tl.where(heads % ms == 0, ms, heads), 0)
+    g_a = tl.where(k >= 1, heads * k, heads // m)
+    t_a = tl.where(k >= 1, n // tl.maximum(k, 1), m * n)
+    use = uniform & (n > 0) & (n_sms > 0) & (t_a * tl.cdiv(g_a, sms) <= cost_u)
+    return tl.where(use, g_a, nprog)
 
 
 @triton.jit
@@ -117,7 +164,29 @@ def lean_ranges(total: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
     return start, end
 
 
-def lean_assignment(seqlens, rows_per_seq: int, block_n: int, grid: int) -> list[list[tuple[int, int, int, int]]]:
+def programs_used_py(tiles, rows: int, grid: int, num_sms: int) -> int:
+    """Mirror of the kernels' ``programs_used``: of ``grid`` programs on ``num_sms`` SMs, how many
+    the work list ``tiles`` (tiles per item) x ``rows`` rows is cut over."""
+    tiles = np.asarray(tiles, dtype=np.int64)
+    if len(tiles) == 0 or tiles.max() <= 0 or num_sms <= 0:
+        return grid
+    n = int(tiles.max())
+    heads = len(tiles) * rows
+    cost_u = -(-heads * n // grid) * -(-grid // num_sms) + PIECE_COST
+    ks = [k for k in range(grid // heads, max(grid // heads - CANDIDATES, 0), -1) if n % k == 0]
+    if ks:
+        g_a, t_a = heads * ks[0], n // ks[0]
+    else:
+        m0 = -(-heads // grid)
+        m = next((m for m in range(m0, m0 + CANDIDATES) if heads % m == 0), heads)
+        g_a, t_a = heads // m, m * n
+    if (tiles == n).all() and t_a * -(-g_a // num_sms) <= cost_u:
+        return g_a
+    return grid
+
+
+def lean_assignment(seqlens, rows_per_seq: int, block_n: int, grid: int,
+                    num_sms: int | None = None) -> list[list[tuple[int, int, int, int]]]:
     """Pieces each program computes: ``(b, row, first_tile, last_tile_exclusive)``.
 
     Parameters
@@ -131,11 +200,17 @@ def lean_assignment(seqlens, rows_per_seq: int, block_n: int, grid: int) -> list
         KV tokens per tile.
     grid : int
         Number of persistent programs.
+    num_sms : int, optional
+        SMs the grid runs on. Given, the tiles are cut over ``programs_used_py`` of the programs (as
+        the kernels do) and the rest get no pieces; otherwise over all ``grid``.
     """
     tiles = tiles_per_sequence(seqlens, block_n)
     work = tiles * rows_per_seq
     cum = np.concatenate([[0], np.cumsum(work)])
-    starts, ends = lean_ranges(int(cum[-1]), grid)
+    used = grid if num_sms is None else programs_used_py(tiles, rows_per_seq, grid, num_sms)
+    starts, ends = lean_ranges(int(cum[-1]), used)
+    starts = np.concatenate([starts, np.full(grid - used, cum[-1], dtype=np.int64)])
+    ends = np.concatenate([ends, np.full(grid - used, cum[-1], dtype=np.int64)])
     out = []
     for s, e in zip(starts.tolist(), ends.tolist()):
         pieces, t = [], s
