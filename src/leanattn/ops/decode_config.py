@@ -28,9 +28,15 @@ class DecodeConfig:
 # (head_dim) -> (block_n, num_warps, num_stages, ctas_per_sm) on CUDA. From the H100 sweeps in
 # benchmarks/results/decode_sweep*_NVIDIA_H100_80GB_HBM3.json (geometric mean over their cases):
 # the best configs are within 1-2% of each other on long contexts; short ones and D=64 separate them.
+#
+# D=128 is capped at 2 programs per SM although 3 fit since pieces became calls (kernels/decode.py:
+# decode_piece): with equal lengths the kernel cuts over fewer programs than it launches
+# (schedules/stream_k.programs_used), and the idle slots of a fuller grid leave SMs unevenly loaded.
+# H200, same run: mha 64k 262.5 us with 264 launched (256 used) against 280.6 with 396 launched
+# (256 used) and 263.8 over 264 unaligned; paged64 gqa B=4 32k 139.5 against 160.4 and 144.0.
 _CUDA_TABLE = {
     64: (128, 4, 2, 4),
-    128: (128, 4, 2, 4),
+    128: (128, 4, 2, 2),
     256: (32, 4, 3, 1),
 }
 
