@@ -24,7 +24,10 @@ def test_schedule_summary():
         # both schedules do all the work, no more
         assert r["lean"].sum() == r["split"].sum() == r["tiles"]
         # stream-K: programs differ by one tile at most, so SMs by programs-per-SM tiles at most
-        assert r["lean"].max() - r["lean"].min() <= demo.programs_per_sm(shape["d"], cfg)
+        # balanced to a tile a program, or (equal lengths, aligned cut over fewer programs) an idle
+        # slot on some SMs, never a busier SM than the split schedule's
+        assert (r["lean"].max() - r["lean"].min() <= demo.programs_per_sm(shape["d"], cfg)
+                or r["lean"].max() <= r["split"].max())
         assert r["speedup"] == pytest.approx(r["split"].max() / r["lean"].max())
         assert r["split_imbalance"] >= 1.0 and r["lean_imbalance"] >= 1.0
     # one long sequence among short ones: split waits on the long heads, lean does not
