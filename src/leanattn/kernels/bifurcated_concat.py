@@ -18,8 +18,7 @@ import triton.language as tl
 
 from ..schedules.stream_k import cut_list, load_lengths, programs_used
 from .attend import attend_concat
-from .piece_merge import settle_piece
-from .decode import load_q_rows, locate_row, store_final
+from .decode import load_q_rows, locate_row, settle_and_store
 
 @triton.jit(noinline=True)
 def concat_piece(
@@ -35,7 +34,6 @@ def concat_piece(
     """Piece ``[t, stop)`` of the row ``[head_begin, head_end)`` (sample ``b`` of prompt ``gid``,
     whose first ``pt`` tiles are the prefix): attend, settle, and write the row where complete. A
     call, not inlined, for the reason given at ``decode_piece`` (``kernels/decode.py``)."""
-    offs_h = tl.arange(0, BLOCK_H)
     tile_lo = t - head_begin
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     # -- tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens --
@@ -45,13 +43,9 @@ def concat_piece(
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, UPCAST,
         DOT_PRECISION)
-    valid_h = hb * BLOCK_H + offs_h < GROUP
-    final, acc, m_i, l_i = settle_piece(
-        acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
-        t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
-    if final:
-        store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
-                    GROUP, HEAD_DIM, BLOCK_H)
+    settle_and_store(
+        acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, b, kvh, hb, t, stop, head_begin, head_end, start, T, high,  #
+        stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
 
 
 @triton.jit

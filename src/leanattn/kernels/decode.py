@@ -93,15 +93,30 @@ def decode_piece(
     kept 214-216 registers at D=128 (2 programs per SM); called, 166-168 and no spills (3 per SM;
     Triton 3.6, sm_90a, ``benchmarks/offline_resources.py``).
     """
-    offs_h = tl.arange(0, BLOCK_H)
     tile_lo = t - head_begin
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
+    settle_and_store(
+        acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, b, kvh, hb, t, stop, head_begin, head_end, start, T, high,  #
+        stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
+
+
+@triton.jit
+def settle_and_store(
+    acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters,  #
+    b, kvh, hb, t, stop, head_begin, head_end, start, T, high,  #
+    stride_ob, stride_oh, stride_lb,  #
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,  #
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
+):
+    """The end of a piece ``[t, stop)`` of the row ``[head_begin, head_end)`` (sequence ``b``, kv head
+    ``kvh``, head block ``hb``): settle its state (``settle_piece``) and, where the row is complete,
+    write it (``store_final``)."""
     # only the rows of real query heads travel through the workspace (1 of 16 for MHA)
-    valid_h = hb * BLOCK_H + offs_h < GROUP
+    valid_h = hb * BLOCK_H + tl.arange(0, BLOCK_H) < GROUP
     final, acc, m_i, l_i = settle_piece(
         acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
         t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
