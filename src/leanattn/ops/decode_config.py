@@ -34,9 +34,15 @@ class DecodeConfig:
 # (schedules/stream_k.programs_used), and the idle slots of a fuller grid leave SMs unevenly loaded.
 # H200, same run: mha 64k 262.5 us with 264 launched (256 used) against 280.6 with 396 launched
 # (256 used) and 263.8 over 264 unaligned; paged64 gqa B=4 32k 139.5 against 160.4 and 144.0.
+#
+# D=128 takes 64-token tiles over 3 stages (two 96 KB pipelines per SM): same process, H200, 2026-12-01
+# (benchmarks/results/decode_probes_H200_2026-12-01.md), against 128-token tiles over 2 stages it is
+# ahead on 10 of 14 contiguous suite cases (mha 4k 31.9 against 32.8 us, gqa B=16 8k 139.3 against
+# 141.0, gqa B=1 32k 50.9 against 52.0; cuDNN 30.7 / 133.6 / 49.0) and at most 1.1% behind on the rest
+# (mha 64k 265.1 against 262.1, ragged 0.3-0.6%). 8 warps or 2 stages at 64 tokens lost everywhere.
 _CUDA_TABLE = {
     64: (128, 4, 2, 4),
-    128: (128, 4, 2, 2),
+    128: (64, 4, 3, 2),
     256: (32, 4, 3, 1),
 }
 
