@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import leanattn  # noqa: E402
-from leanattn.testing import rel_err  # noqa: E402
+from leanattn.testing import paged_kv, rel_err  # noqa: E402
 
 K = 1024
 
@@ -62,22 +61,7 @@ def make_inputs(case, dtype=torch.bfloat16):
     seqlens = torch.tensor(lens, dtype=torch.int32, device="cuda")
     inp = dict(q=q, k=k, v=v, seqlens=seqlens)
     if "page" in case:
-        ps = case["page"]
-        npages = [math.ceil(n / ps) for n in lens]
-        perm = torch.randperm(sum(npages), device="cuda").to(torch.int32)
-        bt = torch.zeros(B, max(npages), dtype=torch.int32, device="cuda")
-        kp = torch.empty(sum(npages), ps, case["hkv"], case["d"], dtype=dtype, device="cuda")
-        vp = torch.empty_like(kp)
-        off = 0
-        for b, (n, m) in enumerate(zip(lens, npages)):
-            ids = perm[off:off + m]
-            bt[b, :m] = ids
-            pad = m * ps - n
-            kb = torch.nn.functional.pad(k[b, :n], (0, 0, 0, 0, 0, pad)).view(m, ps, case["hkv"], case["d"])
-            vb = torch.nn.functional.pad(v[b, :n], (0, 0, 0, 0, 0, pad)).view(m, ps, case["hkv"], case["d"])
-            kp[ids.long()] = kb
-            vp[ids.long()] = vb
-            off += m
+        kp, vp, bt = paged_kv(k, v, lens, case["page"])
         inp.update(k_pages=kp, v_pages=vp, block_table=bt)
     return inp
 

@@ -25,6 +25,7 @@ import bench_bifurcated as bb  # noqa: E402
 import common  # noqa: E402
 
 import leanattn  # noqa: E402
+from leanattn.testing import paged_kv  # noqa: E402
 
 CASES = ("mha 8k x1", "gqa 8k x1", "mha 32k x1", "gqa 32k x1", "gqa 8k x16", "mha 8k x16")
 
@@ -33,18 +34,6 @@ def timed(fn):
     fn()
     torch.cuda.synchronize()
     return bb.time_fn(fn, True)[0] * 1e3
-
-
-def paged(k, v, page_size, gen):
-    """``k, v (B, N, H, D)`` as pages ``(B * N / page_size, page_size, H, D)`` in one random order, and
-    the block table ``(B, N / page_size)`` int32."""
-    b, n, h, d = k.shape
-    npg = n // page_size
-    perm = torch.randperm(b * npg, generator=gen).to(k.device)
-    kp, vp = (torch.empty(b * npg, page_size, h, d, dtype=x.dtype, device=x.device) for x in (k, v))
-    kp[perm] = k.reshape(b * npg, page_size, h, d)
-    vp[perm] = v.reshape(b * npg, page_size, h, d)
-    return kp, vp, perm.view(b, npg).int()
 
 
 def main(argv=None):
@@ -67,8 +56,8 @@ def main(argv=None):
         inp = bb.make_inputs(c, "cuda")
         pb, ob, qb, _ = bb.case_bytes(c)
         for ps in (16, 64):
-            kp, vp, tab = paged(inp["k"], inp["v"], ps, gen)
-            kcp, vcp, tabc = paged(inp["kc"], inp["vc"], ps, gen)
+            kp, vp, tab = paged_kv(inp["k"], inp["v"], None, ps, generator=gen)
+            kcp, vcp, tabc = paged_kv(inp["kc"], inp["vc"], None, ps, generator=gen)
             ours = common.compiled_as_at_start(lambda: leanattn.bifurcated_decode(
                 inp["q"], inp["pk"], inp["pv"], kp, vp, inp["lens"], block_table=tab))
             dec = common.compiled_as_at_start(lambda: leanattn.decode(inp["q"], kcp, vcp, inp["lens_c"], block_table=tabc))

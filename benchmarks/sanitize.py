@@ -12,23 +12,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 import leanattn  # noqa: E402
+from leanattn.testing import paged_kv  # noqa: E402
 
 # on a CPU (TRITON_INTERPRET=1) it is only an API check, in float16: the interpreter's bf16 dot is broken
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BF16 = torch.bfloat16 if DEV == "cuda" else torch.float16
-
-
-def paged(lens, page, hkv, d):
-    """A paged cache (pages in random order) holding ``lens`` tokens per sequence."""
-    npages = [-(-n // page) for n in lens]
-    bt = torch.zeros(len(lens), max(max(npages), 1), dtype=torch.int32, device=DEV)
-    ids = torch.randperm(max(sum(npages), 1), device=DEV).int()
-    off = 0
-    for b, m in enumerate(npages):
-        bt[b, :m] = ids[off:off + m]
-        off += m
-    kp = torch.randn(max(sum(npages), 1), page, hkv, d, dtype=BF16, device=DEV)
-    return kp, torch.randn_like(kp), bt
 
 
 def decode_launches(lens):
@@ -41,7 +29,7 @@ def decode_launches(lens):
         for schedule in ("lean", "split"):
             leanattn.decode(q, k, v, sl, schedule=schedule, num_programs=37, num_splits=5)
             leanattn.decode(q, k, v, sl, schedule=schedule)
-        kp, vp, bt = paged(lens, 16, hkv, d)
+        kp, vp, bt = paged_kv(k, v, lens, 16)
         for schedule in ("lean", "split"):
             leanattn.decode(q, kp, vp, sl, bt, schedule=schedule)
 
@@ -94,12 +82,12 @@ def bifurcated_launches():
         v = torch.randn_like(k)
         leanattn.bifurcated_decode(q, pk, pv, k, v, sl, prefix_lens=plens, prefix_ids=pids)
         leanattn.bifurcated_decode(q, pk[0], pv[0], k, v, sl, num_programs=11)
-        kp, vp, bt = paged(own, 16, hkv, d)
+        kp, vp, bt = paged_kv(k, v, own, 16)
         leanattn.bifurcated_decode(q, pk, pv, kp, vp, sl, bt, prefix_lens=plens, prefix_ids=pids)
         # one sample per prompt (the one-sample kernel), pages smaller than a tile and not
         one_each = torch.tensor([2, 0, 1], dtype=torch.int32, device=DEV)
         for ps in (16, 64, 256):
-            kp, vp, bt = paged(own[3:], ps, hkv, d)
+            kp, vp, bt = paged_kv(k[3:], v[3:], own[3:], ps)
             leanattn.bifurcated_decode(q[3:], pk, pv, kp, vp, sl[3:], bt, prefix_lens=plens, prefix_ids=one_each)
         sys_k = torch.randn(300, hkv, d, dtype=BF16, device=DEV)
         leanattn.cascade_decode(q, [(sys_k, torch.randn_like(sys_k)), (pk, pv, plens, pids)], k, v, sl)

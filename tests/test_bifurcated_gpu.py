@@ -13,8 +13,7 @@ import pytest
 import torch
 
 import leanattn
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
-from test_decode_gpu import _paged
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, paged_kv
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -67,7 +66,7 @@ def test_multi_prompt_unequal():
 def test_paged_own(page):
     own = [900, 0, 3, 2049]
     q, pk, pv, k, v, sl = inputs(4, 32, 8, 128, 3000, own)
-    kp, vp, bt = _paged(k, v, own, page)
+    kp, vp, bt = paged_kv(k, v, own, page, spare_pages=1)
     out = leanattn.bifurcated_decode(q, pk, pv, kp, vp, sl, bt)
     ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl)
     assert_rel_close("paged", out, ref, TOLERANCE[torch.bfloat16])
@@ -80,7 +79,7 @@ def test_one_sample_per_prompt_paged_own(page, hq, hkv):
     # addresses those from the page base), prompts of unequal length, an empty own cache
     own = [900, 0, 2049]
     q, pk, pv, k, v, sl = inputs(3, hq, hkv, 128, 3000, own, G=3)
-    kp, vp, bt = _paged(k, v, own, page)
+    kp, vp, bt = paged_kv(k, v, own, page, spare_pages=1)
     plens = torch.tensor([3000, 17, 0], dtype=torch.int32, device="cuda")
     ids = torch.tensor([2, 0, 1], dtype=torch.int32, device="cuda")
     check(q, pk, pv, kp, vp, sl, bt, plens=plens, ids=ids, name=f"one sample, page {page}")

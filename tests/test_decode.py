@@ -12,7 +12,7 @@ import torch
 
 import leanattn
 from leanattn import reference
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, paged_kv
 
 SCHEDULES = ["lean", "split"]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -100,6 +100,36 @@ def test_paged(page_size, schedule, layout):
     # 24 splits tiles across pages (per-token page lookup); 48 is a non-power-of-two multiple of the tile
     lens = [0, 1, 31, 100, 64]
     check_decode(*make_inputs(len(lens), 8, 2, 64, lens, page_size=page_size, layout=layout), schedule=schedule)
+
+
+@pytest.mark.parametrize("page_size,spare", [(1, 0), (16, 3), (24, 0)])
+def test_paged_kv_copies_the_real_tokens(page_size, spare):
+    # leanattn.testing.paged_kv (GPU tests and benchmarks page their caches with it): the pages of
+    # sequence b, read through its block-table row, hold exactly k[b, :lens[b]]
+    lens = [0, 1, 24, 50, 17]
+    k = torch.randn(len(lens), max(lens), 2, 8)
+    v = torch.randn_like(k)
+    kp, vp, bt = paged_kv(k, v, lens, page_size, spare_pages=spare, generator=torch.Generator().manual_seed(1))
+    pages = [-(-n // page_size) for n in lens]
+    assert kp.shape == (sum(pages) + spare, page_size, 2, 8) and vp.shape == kp.shape
+    assert bt.dtype == torch.int32 and bt.shape == (len(lens), max(pages))
+    used = torch.cat([bt[b, :m] for b, m in enumerate(pages)])
+    assert len(set(used.tolist())) == len(used)  # no page is shared
+    for b, n in enumerate(lens):
+        for x, xp in ((k, kp), (v, vp)):
+            got = xp[bt[b, :pages[b]].long()].reshape(-1, 2, 8)[:n]
+            assert torch.equal(got, x[b, :n])
+        assert (bt[b, pages[b]:] == 0).all()
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_paged_kv_decode_matches_contiguous(schedule):
+    lens = [0, 40, 7, 33]
+    q, k, v, sl, _ = make_inputs(len(lens), 8, 2, 64, lens)
+    kp, vp, bt = paged_kv(k, v, lens, 16)
+    out = leanattn.decode(q, kp, vp, sl, bt, schedule=schedule)
+    ref, _ = reference.decode(q, k, v, sl)
+    assert_rel_close("paged_kv", out, ref, TOLERANCE[q.dtype])
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

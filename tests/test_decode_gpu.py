@@ -6,28 +6,9 @@ import pytest
 import torch
 
 import leanattn
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, paged_kv
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-
-
-def _paged(k, v, lens, page):
-    B, N, H, D = k.shape
-    npages = [-(-n // page) for n in lens]
-    perm = torch.randperm(sum(npages), device=k.device).int()
-    bt = torch.zeros(B, max(max(npages), 1), dtype=torch.int32, device=k.device)
-    kp = torch.randn(sum(npages) + 1, page, H, D, dtype=k.dtype, device=k.device)
-    vp = torch.randn_like(kp)
-    off = 0
-    for b, (n, m) in enumerate(zip(lens, npages)):
-        ids = perm[off:off + m]
-        bt[b, :m] = ids
-        for i in range(m):
-            lo, hi = i * page, min((i + 1) * page, n)
-            kp[ids[i], : hi - lo] = k[b, lo:hi]
-            vp[ids[i], : hi - lo] = v[b, lo:hi]
-        off += m
-    return kp, vp, bt
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -79,7 +60,7 @@ def test_decode_paged_large(page, schedule):
     k = torch.randn(4, max(lens), 8, 128, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
     sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
-    kp, vp, bt = _paged(k, v, lens, page)
+    kp, vp, bt = paged_kv(k, v, lens, page, spare_pages=1)
     out = leanattn.decode(q, kp, vp, sl, bt, schedule=schedule)
     ref, _ = leanattn.reference.decode(q, k, v, sl)
     assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])

@@ -1,9 +1,9 @@
-"""Helpers for tests and benchmarks: error metrics against float64 references."""
+"""Helpers for tests and benchmarks: error metrics against float64 references, paged copies of caches."""
 from __future__ import annotations
 
 import torch
 
-__all__ = ["rel_err", "assert_rel_close", "TOLERANCE"]
+__all__ = ["rel_err", "assert_rel_close", "assert_lse_close", "paged_kv", "TOLERANCE"]
 
 # relative-error bars: the library's promise per dtype
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -33,3 +33,55 @@ def assert_lse_close(name: str, lse: torch.Tensor, ref: torch.Tensor, atol: floa
     if (~inf_ref).any():
         err = (lse - ref)[~inf_ref].abs().max().item()
         assert err <= atol, f"{name}: lse max abs error {err:.3e} > {atol:.1e}"
+
+
+def paged_kv(k: torch.Tensor, v: torch.Tensor, lens=None, page_size: int = 16, spare_pages: int = 0,
+             generator: torch.Generator | None = None):
+    """A paged copy of contiguous caches, pages in random order.
+
+    Parameters
+    ----------
+    k, v : ``(B, N, Hkv, D)`` tensors (any strides)
+        Contiguous caches; sequence ``b`` holds its first ``lens[b]`` tokens.
+    lens : sequence of int, optional
+        Real length of each sequence, in tokens (default ``N`` each).
+    page_size : int
+        Tokens per page.
+    spare_pages : int
+        Pages in the pool that no sequence uses.
+    generator : torch.Generator, optional
+        Draws the page order (on the generator's device); the default generator of ``k``'s device
+        otherwise.
+
+    Returns
+    -------
+    k_pages, v_pages : ``(P, page_size, Hkv, D)``, ``P = sum(ceil(lens / page_size)) + spare_pages``
+        (at least 1), ``k``'s dtype and device. Slots past a sequence's length and spare pages hold
+        random values, so a kernel that reads past a length is caught.
+    block_table : ``(B, max(max_pages, 1))`` int32
+        Sequence ``b``'s pages in order; entries past them are 0.
+    """
+    B, N, H, D = k.shape
+    lens = [N] * B if lens is None else [int(n) for n in lens]
+    npages = [-(-n // page_size) for n in lens]
+    P = max(sum(npages) + spare_pages, 1)
+    dev = generator.device if generator is not None else k.device
+    perm = torch.randperm(P, generator=generator, device=dev).to(device=k.device, dtype=torch.int32)
+    block_table = torch.zeros(B, max(max(npages, default=0), 1), dtype=torch.int32, device=k.device)
+    pages = []
+    for x in (k, v):
+        xp = torch.randn(P, page_size, H, D, dtype=x.dtype, device=x.device)
+        off = 0
+        for b, (n, m) in enumerate(zip(lens, npages)):
+            ids = perm[off:off + m].long()
+            full = n // page_size
+            xp[ids[:full]] = x[b, :full * page_size].reshape(full, page_size, H, D)
+            if n > full * page_size:
+                xp[ids[full], : n - full * page_size] = x[b, full * page_size:n]
+            off += m
+        pages.append(xp)
+    off = 0
+    for b, m in enumerate(npages):
+        block_table[b, :m] = perm[off:off + m]
+        off += m
+    return pages[0], pages[1], block_table
