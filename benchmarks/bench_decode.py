@@ -302,7 +302,10 @@ def plot(rows, ceiling, path):
 def sweep(cases, log, configs=None):
     """Time the lean schedule over launch configurations (tile, warps, stages, programs per SM[,
     merge rows factor, merge stages[, load path]]); a tile of 0 keeps the head dim's default launch
-    config, a merge factor of 0 the default merge; load 0 pointers, 1 block pointers, 2 TMA."""
+    config, a merge factor of 0 the default merge; load 0 pointers, 1 block pointers, 2 TMA.
+
+    cuDNN (its best form for the case) is timed in the same process before and after each case's
+    configs, so every config's ratio to the peer is a same-run ratio (``x_peer``)."""
     from leanattn.ops import decode as dec
     from leanattn.ops import decode_config as dc
     results = []
@@ -310,6 +313,18 @@ def sweep(cases, log, configs=None):
         inp = make_inputs(case)
         ref, _ = leanattn.reference.decode(inp["q"], inp["k"], inp["v"], inp["seqlens"])
         fn = ours("lean")(case, inp)
+        peer_us = []
+
+        def time_peer():
+            us = []
+            for name in ("sdpa_cudnn", "sdpa_cudnn_mask"):
+                try:
+                    us.append(common.time_graph(METHODS[name](case, inp)))
+                except Exception:
+                    pass  # the unmasked form needs equal lengths, the masked one unequal
+            if us:
+                peer_us.append(min(us))
+        time_peer()
         paged = case.get("page") is not None
         table = dc._CUDA_PAGED_TABLE if paged and case["d"] in dc._CUDA_PAGED_TABLE else dc._CUDA_TABLE
         base = dict(table)
@@ -343,6 +358,12 @@ def sweep(cases, log, configs=None):
                                 gbs=kv_bytes(case) / us / 1e3, programs=programs))
             log(f"  sweep {case['name']:22s} {','.join(map(str, cfg)):14s}: {us:8.1f} us "
                 f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e} programs {programs}")
+        time_peer()
+        peer = sum(peer_us) / len(peer_us) if peer_us else float("nan")
+        for r in results:
+            if r["case"] == case["name"]:
+                r.update(peer_us=peer, peer_us_runs=list(peer_us), x_peer=peer / r["us"])
+        log(f"  sweep {case['name']:22s} cuDNN: {peer:8.1f} us (runs {', '.join(f'{x:.1f}' for x in peer_us)})")
         table.update(base)
         os.environ.pop("LEANATTN_MERGE", None)
         os.environ.pop("LEANATTN_DECODE_LOAD", None)
