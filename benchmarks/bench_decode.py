@@ -313,18 +313,25 @@ def sweep(cases, log, configs=None):
         inp = make_inputs(case)
         ref, _ = leanattn.reference.decode(inp["q"], inp["k"], inp["v"], inp["seqlens"])
         fn = ours("lean")(case, inp)
-        peer_us = []
+        peer_us, first = [], len(results)
 
-        def time_peer():
+        def time_peer(check):
             us = []
             for name in ("sdpa_cudnn", "sdpa_cudnn_mask"):
                 try:
-                    us.append(common.time_graph(METHODS[name](case, inp)))
-                except Exception:
-                    pass  # the unmasked form needs equal lengths, the masked one unequal
+                    peer = METHODS[name](case, inp)
+                except RuntimeError:
+                    continue  # the masked form is only built for unequal lengths
+                try:
+                    err = rel_err(peer(), ref) if check else 0.0
+                    if err > 2e-2:
+                        raise RuntimeError(f"relative error {err:.1e}")
+                    us.append(common.time_graph(peer))
+                except Exception as e:
+                    log(f"    peer {name} failed: {type(e).__name__} {str(e)[:80]}")
             if us:
                 peer_us.append(min(us))
-        time_peer()
+        time_peer(check=True)
         paged = case.get("page") is not None
         table = dc._CUDA_PAGED_TABLE if paged and case["d"] in dc._CUDA_PAGED_TABLE else dc._CUDA_TABLE
         base = dict(table)
@@ -358,11 +365,10 @@ def sweep(cases, log, configs=None):
                                 gbs=kv_bytes(case) / us / 1e3, programs=programs))
             log(f"  sweep {case['name']:22s} {','.join(map(str, cfg)):14s}: {us:8.1f} us "
                 f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e} programs {programs}")
-        time_peer()
+        time_peer(check=False)
         peer = sum(peer_us) / len(peer_us) if peer_us else float("nan")
-        for r in results:
-            if r["case"] == case["name"]:
-                r.update(peer_us=peer, peer_us_runs=list(peer_us), x_peer=peer / r["us"])
+        for r in results[first:]:
+            r.update(peer_us=peer, peer_us_runs=list(peer_us), x_peer=peer / r["us"])
         log(f"  sweep {case['name']:22s} cuDNN: {peer:8.1f} us (runs {', '.join(f'{x:.1f}' for x in peer_us)})")
         table.update(base)
         os.environ.pop("LEANATTN_MERGE", None)

@@ -120,6 +120,9 @@ def test_paged_kv_copies_the_real_tokens(page_size, spare):
             got = xp[bt[b, :pages[b]].long()].reshape(-1, 2, 8)[:n]
             assert torch.equal(got, x[b, :n])
         assert (bt[b, pages[b]:] == 0).all()
+    for bad in (lens[:-1], lens[:-1] + [max(lens) + 1]):
+        with pytest.raises(ValueError, match="lens"):
+            paged_kv(k, v, bad, page_size)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

@@ -56,13 +56,16 @@ def paged_kv(k: torch.Tensor, v: torch.Tensor, lens=None, page_size: int = 16, s
     Returns
     -------
     k_pages, v_pages : ``(P, page_size, Hkv, D)``, ``P = sum(ceil(lens / page_size)) + spare_pages``
-        (at least 1), ``k``'s dtype and device. Slots past a sequence's length and spare pages hold
-        random values, so a kernel that reads past a length is caught.
+        (at least 1), in the dtype and on the device of ``k`` and ``v`` respectively. Slots past a
+        sequence's length and spare pages hold random values, so a kernel that reads past a length
+        is caught.
     block_table : ``(B, max(max_pages, 1))`` int32
         Sequence ``b``'s pages in order; entries past them are 0.
     """
     B, N, H, D = k.shape
     lens = [N] * B if lens is None else [int(n) for n in lens]
+    if len(lens) != B or any(not 0 <= n <= N for n in lens):
+        raise ValueError(f"lens: expected {B} lengths in [0, {N}], got {lens}")
     npages = [-(-n // page_size) for n in lens]
     P = max(sum(npages) + spare_pages, 1)
     dev = generator.device if generator is not None else k.device
