@@ -4,8 +4,12 @@
 #   tests       GPU tests of decode and bifurcated (sanitizer tests excluded: see 'sanitize')
 #   tests-all   every GPU test file, sparse and tree (2 GPUs) included
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
-#   decode      the decode suite (bench_decode.py), peers in the same run
+#   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200)
+#   racecheck   compute-sanitizer racecheck over the decode launches (shared-memory hazards)
+#   racecheck-bif  the same over the bifurcated launches
+#   decode      the decode suite (bench_decode.py), peers in the same run (~80 s)
 #   bifurcated  the bifurcated 8k cases (bench_bifurcated.py --cases 8k)
+#   bifurcated-all  the 36-case bifurcated suite (8k, 16k, 32k; ~120 s)
 #   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
 #               (LEANATTN_BIFURCATED_CONFIG sixth field: 2 block pointers, 3 TMA)
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
@@ -23,8 +27,12 @@ for step in "$@"; do
     tests) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-all) "${PYTEST[@]}" tests/*_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     sanitize) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py 2>&1 | tail -3 ;;
+    sanitize-db) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py decode bifurcated 2>&1 | tail -3 ;;
+    racecheck) compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py decode 2>&1 | tail -3 ;;
+    racecheck-bif) compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py bifurcated 2>&1 | tail -3 ;;
     decode) python3 benchmarks/bench_decode.py --out "$OUT" 2>&1 | grep "Summary" ;;
     bifurcated) python3 benchmarks/bench_bifurcated.py --cases 8k --out "$OUT" 2>&1 | grep "Summary" ;;
+    bifurcated-all) python3 benchmarks/bench_bifurcated.py --cases 8k,16k,32k --budget-s 260 --out "$OUT" 2>&1 | grep "Summary" ;;
     bif-leads)
       for cfg in "" 0,0,0,0,0,2 0,0,0,0,0,3 0,0,0,2,0,3; do
         d="$OUT/leads_$(echo "${cfg:-default}" | tr , _)"; mkdir -p "$d"
