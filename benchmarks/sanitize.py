@@ -29,6 +29,7 @@ def decode_launches(lens):
         for schedule in ("lean", "split"):
             leanattn.decode(q, k, v, sl, schedule=schedule, num_programs=37, num_splits=5)
             leanattn.decode(q, k, v, sl, schedule=schedule)
+        leanattn.decode(q, k, v)  # full cache: the lean grid is only the programs the cut uses
         kp, vp, bt = paged_kv(k, v, lens, 16)
         for schedule in ("lean", "split"):
             leanattn.decode(q, kp, vp, sl, bt, schedule=schedule)

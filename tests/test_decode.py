@@ -361,6 +361,29 @@ def test_compile_fullgraph():
     assert_rel_close("decode", out, reference.decode(q, k, v, lens2, bt)[0], TOLERANCE[q.dtype])
 
 
+@pytest.mark.parametrize("B,hkv,n", [(1, 2, 48), (3, 1, 40), (2, 4, 16), (1, 1, 200)])
+def test_full_cache_launches_only_the_programs_used(B, hkv, n):
+    # without cache_seqlens the host knows every length, so the lean grid is the kernel's aligned cut
+    # (schedules/stream_k.programs_used_py) rather than the persistent grid with idle programs; the
+    # ranges, hence the bits, are those of the same call with the lengths passed
+    from leanattn import runtime
+    from leanattn.ops import decode as dec
+    from leanattn.ops.decode_config import decode_config
+    from leanattn.schedules.stream_k import programs_used_py
+    q, k, v, _, _ = make_inputs(B, 4 * hkv, hkv, 64, None, capacity=n)
+    full = torch.full((B,), n, dtype=torch.int32)
+    dec._PLANS.clear()
+    out, lse = leanattn.decode(q, k, v, return_lse=True)
+    out_l, lse_l = leanattn.decode(q, k, v, full, return_lse=True)
+    assert torch.equal(out, out_l) and torch.equal(lse, lse_l)
+    cfg = decode_config(64, 4, q.device)
+    persistent = runtime.num_sms(q.device) * cfg.ctas_per_sm
+    used = programs_used_py([-(-n // cfg.block_n)] * B, hkv * cfg.n_hb, persistent, runtime.num_sms(q.device))
+    grids = sorted(p.grid[0] for p in dec._PLANS.values())
+    assert grids == sorted([used, persistent])
+    assert_rel_close("decode", out, reference.decode(q, k, v)[0], TOLERANCE[q.dtype])
+
+
 @pytest.mark.parametrize("page_size", [None, 16])
 def test_lean_grid_warmup_matches_the_kernel(monkeypatch, page_size):
     # the warmup() a GPU makes to size the persistent grid binds these arguments; the interpreter

@@ -12,6 +12,7 @@ from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.merge import merge_launch, merge_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
+from ..schedules.stream_k import programs_used_py
 from .decode_config import decode_config, load_path
 
 __all__ = ["decode"]
@@ -59,8 +60,17 @@ class _Plan:
             self.meta.update(BLOCK_B=max(16, triton.next_power_of_2(B)), **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
-            self.tail = strides + (bt_stride, qk_scale, B, cap, 0 if workers > 0 else runtime.num_sms(device))
-            self.grid = (self._lean_grid(cfg, q, k_cache, v_cache, workers),)
+            sms = 0 if workers > 0 else runtime.num_sms(device)
+            self.tail = strides + (bt_stride, qk_scale, B, cap, sms)
+            grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
+            if sms and cache_seqlens is None:
+                # every sequence fills the cache, so the host knows the programs the kernel would use:
+                # launch only those (H200, same process: 0.4-1.8 us faster than a grid with idle
+                # programs on four short uniform cases; benchmarks/results/decode_probes_H200_2026-12-01.md)
+                tiles = [max(triton.cdiv(cap, cfg.block_n), 1)] * B
+                grid = programs_used_py(tiles, self.meta["ROWS"], grid, sms)
+                self.tail = self.tail[:-1] + (0,)
+            self.grid = (grid,)
             self.ws = (runtime.workspace("decode_acc", device, (2 * self.grid[0], cfg.block_h, D), torch.float32),
                        runtime.workspace("decode_ml", device, (2 * self.grid[0], 2, cfg.block_h), torch.float32),
                        runtime.workspace("decode_counters", device, (self.grid[0],), torch.int32, zero=True))
