@@ -83,6 +83,15 @@ def ours(schedule):
     return make
 
 
+def ours_full_cache(case, inp):
+    """Lean without ``cache_seqlens`` on a cache every sequence fills: the host then knows the cut and
+    launches only the programs in use (``ops/decode.py``). Contiguous equal-length cases only."""
+    if "page" in case or len(set(case["lens"])) > 1:
+        raise RuntimeError("ragged or paged: the lengths must be passed")
+    args = (inp["q"], inp["k"], inp["v"])
+    return common.compiled_as_at_start(lambda: leanattn.decode(*args))
+
+
 def sdpa(backend_name):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     backend = getattr(SDPBackend, backend_name)
@@ -176,6 +185,7 @@ def varlen(case, inp):
 METHODS = {
     "lean": ours("lean"),
     "split": ours("split"),
+    "lean_full": ours_full_cache,
     "sdpa_flash": sdpa("FLASH_ATTENTION"),
     "sdpa_cudnn": sdpa("CUDNN_ATTENTION"),
     "sdpa_cudnn_mask": sdpa_masked("CUDNN_ATTENTION"),
@@ -252,7 +262,8 @@ def run_case(case, ceiling, log):
 
 
 def table(rows, ceiling):
-    header = ["case", "KV MB", "lean us", "lean GB/s", "% ceil", "lean eager us", "split us", "flash us", "cudnn us",
+    header = ["case", "KV MB", "lean us", "lean GB/s", "% ceil", "lean eager us", "lean no-lengths us", "split us",
+              "flash us", "cudnn us",
               "flex us", "varlen us", "best peer", "x best peer", "x split", "err"]
     out = []
     for r in rows:
@@ -264,7 +275,8 @@ def table(rows, ceiling):
         cudnn = min([x for x in (us("sdpa_cudnn"), us("sdpa_cudnn_mask")) if x != "-"], default="-")
         lean = res.get("lean", {})
         out.append([r["case"], r["kv_mb"], us("lean"), lean.get("gbs", "-"),
-                    100 * r.get("lean_frac_ceiling", float("nan")), lean.get("us_eager", "-"), us("split"),
+                    100 * r.get("lean_frac_ceiling", float("nan")), lean.get("us_eager", "-"), us("lean_full"),
+                    us("split"),
                     us("sdpa_flash"), cudnn, us("flex"), us("varlen"),
                     r.get("best_peer", "-"), r.get("speedup_vs_best_peer", "-"), r.get("speedup_vs_split", "-"),
                     lean.get("err", "-")])
@@ -426,7 +438,8 @@ def main(argv=None):
     md = (f"# decode benchmark\n\n{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date']}; "
           f"bf16; read ceiling {ceiling:.0f} GB/s (streaming read), copy {bw['copy_read_plus_write']:.0f} GB/s "
           f"(read+write). Times are medians of triton do_bench with L2 flushed, every method replayed from a CUDA "
-          f"graph (GPU time; 'lean eager us' is the same kernel launched from Python); GB/s count real KV bytes; "
+          f"graph (GPU time; 'lean eager us' is the same kernel launched from Python; 'lean no-lengths us' is lean "
+          f"called without cache_seqlens on equal-length contiguous cases); GB/s count real KV bytes; "
           f"peers get their best form (see JSON 'form').\n\n"
           + md + f"\nSummary: {summary}\n")
     stem = "decode_" + info["device"].replace(" ", "_") + ("_quick" if args.quick else "") + args.tag
