@@ -87,8 +87,8 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
     The prefix pass stacks the rows of a kv head up to 128 per ``tl.dot`` for MHA, 64 for GQA and at
     D=256 (see below). 128-row blocks take 64-token tiles, 8 warps and 3 stages (the decode sweep on
     H100: 64-token tiles with 8 warps need 3 stages to stream at full rate; 128 x 128 tiles would
-    leave one program per SM). Own tiles keep the decode table's size (128 at D <= 128): 256 own
-    tokens are two tiles. ``block_n`` (op argument, tests) sets both tile sizes.
+    leave one program per SM). Own tiles keep the decode table's size (64 tokens at D=128 since
+    2026-12-01, 128 at D=64): 256 own tokens are four or two tiles. ``block_n`` (op argument, tests) sets both tile sizes.
     """
     env = env_config()
     cfg = decode_config(head_dim, group, device, block_n or None)
