@@ -12,7 +12,7 @@ from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.merge import merge_launch, merge_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
-from ..schedules.stream_k import programs_used_py
+from ..schedules.stream_k import programs_used_py, tiles_per_sequence
 from .decode_config import decode_config, load_path
 
 __all__ = ["decode"]
@@ -67,8 +67,7 @@ class _Plan:
                 # every sequence fills the cache, so the host knows the programs the kernel would use:
                 # launch only those (H200, same process: 0.4-1.8 us faster than a grid with idle
                 # programs on four short uniform cases; benchmarks/results/decode_probes_H200_2026-12-01.md)
-                tiles = [max(triton.cdiv(cap, cfg.block_n), 1)] * B
-                grid = programs_used_py(tiles, self.meta["ROWS"], grid, sms)
+                grid = programs_used_py(tiles_per_sequence([cap] * B, cfg.block_n), self.meta["ROWS"], grid, sms)
                 self.tail = self.tail[:-1] + (0,)
             self.grid = (grid,)
             self.ws = (runtime.workspace("decode_acc", device, (2 * self.grid[0], cfg.block_h, D), torch.float32),
