@@ -260,6 +260,31 @@ def test_load_env_errors(monkeypatch, raw, var):
         dc._env_load(0) if var == "LEANATTN_DECODE_LOAD" else dc._env_override((128, 4, 2, 4))
 
 
+@pytest.mark.parametrize("D,kv_rows,capacity,paged,small", [
+    (64, 8, 8448, False, True),      # 128 KB of K and V per SM on 132 SMs: the bound itself
+    (64, 8, 8449, False, False),
+    (64, 8, 8448, True, False),      # paged caches keep their table
+    (128, 64, 256, False, True),
+    (256, 1, 256, False, False),     # D=256 keeps its table (measured level)
+])
+def test_small_launch_config(monkeypatch, D, kv_rows, capacity, paged, small):
+    # the config a GPU would get; the interpreter has its own
+    from leanattn import runtime
+    from leanattn.ops import decode_config as dc
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
+    monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
+    monkeypatch.setattr(runtime, "num_sms", lambda device: 132)
+    monkeypatch.delenv("LEANATTN_DECODE_CONFIG", raising=False)
+    cfg = dc.decode_config(D, 4, torch.device("cpu"), None, paged, kv_rows, capacity)
+    table = (dc._CUDA_PAGED_TABLE if paged and D in dc._CUDA_PAGED_TABLE else dc._CUDA_TABLE)[D]
+    got = (cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.ctas_per_sm)
+    assert got == (dc._CUDA_SMALL if small else table)
+    # a tile size the caller names, or the environment's config, wins
+    assert dc.decode_config(D, 4, torch.device("cpu"), 32, paged, kv_rows, capacity).block_n == 32
+    monkeypatch.setenv("LEANATTN_DECODE_CONFIG", "128,8,2,1")
+    assert dc.decode_config(D, 4, torch.device("cpu"), None, paged, kv_rows, capacity).num_warps == 8
+
+
 @pytest.mark.parametrize("num_splits", [1, 2, 3, 5, 100])
 def test_split_num_splits(num_splits):
     # 3 and 5 leave the last split short or empty for shorter sequences; 100 is clamped to the tiles

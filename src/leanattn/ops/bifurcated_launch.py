@@ -182,22 +182,13 @@ class Plan:
 
     # ------------------------------------------------------------------------------------------
     def _setup_concat(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
-        cfg, env, device = lc.own, env_config(), q.device
-        if self.page_size:
-            # decode's paged config (64-token tiles, 3 stages), as decode over the same paged cache gets
-            cfg = decode_config(D, group, device, block_n or None, paged=True)
-        # decode's launch config: with the multi-piece merge the 8-warp / 3-stage config this path once
-        # had (fewer programs, so shorter merges) measured 1-8% slower on every one-sample case of the
-        # H200 run of 2026-11-30, side by side (benchmarks/results/bifurcated_H200_notes.md)
-        warps, stages, cps = cfg.num_warps, cfg.num_stages, lc.ctas_per_sm
-        if (not self.page_size and not block_n and runtime.gpu_target(device)
-                and B * Hkv * cfg.n_hb * triton.cdiv(P + cap, cfg.block_n) <= 4 * runtime.num_sms(device)):
-            # at most two tiles a program at two per SM: 64-token tiles over 3 stages, two per SM, keep
-            # the loads in flight. H200, same run, GQA 8k x1: 24.8 us against 26.0 (decode over copies
-            # 25.6; 24.0 against 25.2 and 24.5 against 25.8 in two earlier runs); at 16k, over the bound,
-            # 36.9 against 36.6 (.gpu probes of 2026-12-01, benchmarks/results/bifurcated_H200_notes.md)
-            cfg = dataclasses.replace(cfg, block_n=64)
-            stages, cps = 3, 2
+        env, device = env_config(), q.device
+        # decode's config for the same work (decode over the copied caches: its tiles, stages, programs
+        # per SM), paged included. With the multi-piece merge the 8-warp / 3-stage config this path
+        # once had (fewer programs, so shorter merges) measured 1-8% slower on every one-sample case
+        # of the H200 run of 2026-11-30, side by side (benchmarks/results/bifurcated_H200_notes.md)
+        cfg = decode_config(D, group, device, block_n or None, bool(self.page_size), B * Hkv, P + cap)
+        warps, stages, cps = cfg.num_warps, cfg.num_stages, env["ctas_per_sm"] or cfg.ctas_per_sm
         # one tile loop over both sources, tensors of pointers (attend_concat): the load field is not read
         common = {k: v for k, v in self.common.items() if k != "LOAD"}
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,

@@ -60,6 +60,16 @@ _CUDA_PAGED_TABLE = {
 }
 
 
+# Small launches at D <= 128 (at most 128 KB of K and V at capacity per SM: two 64-token tiles per
+# program at two per SM) take 64-token tiles over 3 stages, two per SM, so each program keeps its few
+# loads in flight. H200, same process, D=64 decode against the table's 128-token, 2-stage tiles: 32/8
+# B=1 8448 tokens 20.4 us against 25.5, four shorter cases 4-14% faster (probe 7 of
+# benchmarks/results/decode_probes_H200_2026-12-01.md); D=256 measured level, so it keeps its table.
+# At D=128 it is the table's entry. The one-sample bifurcated path takes the same config.
+_CUDA_SMALL = (64, 4, 3, 2)
+_SMALL_ELEMS_PER_SM = 2 * 2 * 64 * 128
+
+
 def _env_override(cfg: tuple) -> tuple:
     """``LEANATTN_DECODE_CONFIG=block_n,num_warps,num_stages,ctas_per_sm[,load]`` (benchmark sweeps)."""
     raw = os.environ.get("LEANATTN_DECODE_CONFIG")
@@ -90,13 +100,23 @@ def load_path(load: int, k_cache: torch.Tensor, v_cache: torch.Tensor, paged: bo
 
 
 def decode_config(head_dim: int, group: int, device: torch.device, block_n: int | None = None,
-                  paged: bool = False) -> DecodeConfig:
+                  paged: bool = False, kv_rows: int = 0, capacity: int = 0) -> DecodeConfig:
+    """Launch configuration of ``head_dim``-wide decode with ``group`` query heads per kv head.
+
+    ``kv_rows`` (sequences x kv heads) and ``capacity`` (tokens per sequence), when given, size the
+    work at full capacity: small contiguous launches at D <= 128 take ``_CUDA_SMALL``. ``block_n``,
+    ``LEANATTN_DECODE_CONFIG`` and ``LEANATTN_DECODE_LOAD`` override.
+    """
     block_h = max(16, min(64, triton.next_power_of_2(group)))
     n_hb = triton.cdiv(group, block_h)
     if runtime.interpreting() or not runtime.gpu_target(device):
         return DecodeConfig(block_n or 16, block_h, n_hb, 4, 1, 1, _env_load(0))
     table = _CUDA_PAGED_TABLE if paged and head_dim in _CUDA_PAGED_TABLE else _CUDA_TABLE
-    bn, warps, stages, cps, *load = _env_override(table[head_dim])
+    entry = table[head_dim]
+    if (kv_rows and not paged and head_dim <= 128 and not block_n
+            and kv_rows * n_hb * capacity * head_dim <= _SMALL_ELEMS_PER_SM * runtime.num_sms(device)):
+        entry = _CUDA_SMALL
+    bn, warps, stages, cps, *load = _env_override(entry)
     return DecodeConfig(block_n or bn, block_h, n_hb, warps, stages, cps, _env_load(*load or (0,)))
 
 
