@@ -355,16 +355,19 @@ def sweep(cases, log, configs=None):
             if us:
                 peer_us.append(min(us))
         time_peer(check=True)
-        paged = case.get("page") is not None
-        table = dc._CUDA_PAGED_TABLE if paged and case["d"] in dc._CUDA_PAGED_TABLE else dc._CUDA_TABLE
-        base = dict(table)
         grid = configs or [(bn, w, st, c) for bn in (32, 64, 128) for w in (4, 8) for st in (2, 3) for c in (1, 2, 4)
                            if not (case["d"] == 256 and bn == 128)]
         for cfg in grid:
+            # LEANATTN_DECODE_CONFIG wins over every default (the table and the small-launch rule of
+            # ops/decode_config.py); a tile of 0 is the case's own default, recorded as launched
             if cfg[0] == 0:
-                cfg = base[case["d"]] + tuple(cfg[4:])
-            bn, warps, stages, cps = cfg[:4]
-            table[case["d"]] = (bn, warps, stages, cps)
+                os.environ.pop("LEANATTN_DECODE_CONFIG", None)
+                # (the capacity of a contiguous case; paged caches take no small-launch config)
+                d = dc.decode_config(case["d"], case["hq"] // case["hkv"], inp["q"].device, None,
+                                     case.get("page") is not None, len(case["lens"]) * case["hkv"], max(case["lens"]))
+                cfg = (d.block_n, d.num_warps, d.num_stages, d.ctas_per_sm) + tuple(cfg[4:])
+            else:
+                os.environ["LEANATTN_DECODE_CONFIG"] = ",".join(map(str, cfg[:4]))
             if len(cfg) > 4 and cfg[4]:
                 os.environ["LEANATTN_MERGE"] = f"{cfg[4]},{cfg[5]}"
             else:
@@ -393,7 +396,7 @@ def sweep(cases, log, configs=None):
         for r in results[first:]:
             r.update(peer_us=peer, peer_us_runs=list(peer_us), x_peer=peer / r["us"])
         log(f"  sweep {case['name']:22s} cuDNN: {peer:8.1f} us (runs {', '.join(f'{x:.1f}' for x in peer_us)})")
-        table.update(base)
+        os.environ.pop("LEANATTN_DECODE_CONFIG", None)
         os.environ.pop("LEANATTN_MERGE", None)
         os.environ.pop("LEANATTN_DECODE_LOAD", None)
         dec._PLANS.clear()

@@ -149,14 +149,16 @@ def _try(name, fn):
 
 def decode_cases():
     bf = torch.bfloat16
-    for hq, hkv, d, page in ((32, 32, 128, 0), (32, 8, 128, 0), (32, 8, 128, 16), (32, 32, 64, 0), (16, 8, 256, 0)):
-        name = f"decode {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")
+    # (capacity 64 is a small launch, ops/decode_config._CUDA_SMALL, at D <= 128; 2048 at D=64 is not)
+    for hq, hkv, d, page, cap in ((32, 32, 128, 0, 64), (32, 8, 128, 0, 64), (32, 8, 128, 16, 64),
+                                  (32, 32, 64, 0, 2048), (32, 32, 64, 0, 64), (16, 8, 256, 0, 64)):
+        name = f"decode {hq}/{hkv} D={d}" + (f" paged{page}" if page else "") + (" small" if d == 64 and cap == 64 else "")
         q = torch.randn(2, hq, d, dtype=bf)
         if page:
             k = torch.randn(8, page, hkv, d, dtype=bf)
             bt = torch.zeros(2, 4, dtype=torch.int32)
         else:
-            k, bt = torch.randn(2, 64, hkv, d, dtype=bf), None
+            k, bt = torch.randn(2, cap, hkv, d, dtype=bf), None
         lens = torch.tensor([5, 60], dtype=torch.int32)
         yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, block_table=bt)
         yield name + " split", lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(

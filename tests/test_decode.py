@@ -260,14 +260,15 @@ def test_load_env_errors(monkeypatch, raw, var):
         dc._env_load(0) if var == "LEANATTN_DECODE_LOAD" else dc._env_override((128, 4, 2, 4))
 
 
-@pytest.mark.parametrize("D,kv_rows,capacity,paged,small", [
-    (64, 8, 8448, False, True),      # 128 KB of K and V per SM on 132 SMs: the bound itself
-    (64, 8, 8449, False, False),
-    (64, 8, 8448, True, False),      # paged caches keep their table
-    (128, 64, 256, False, True),
-    (256, 1, 256, False, False),     # D=256 keeps its table (measured level)
+@pytest.mark.parametrize("D,group,kv_rows,capacity,paged,small", [
+    (64, 4, 8, 8448, False, True),      # 128 KB of K and V per SM on 132 SMs: the bound itself
+    (64, 4, 8, 8449, False, False),
+    (64, 4, 8, 8448, True, False),      # paged caches keep their table
+    (64, 128, 5, 8448, False, False),   # two head blocks per kv head: twice the work per row
+    (64, 128, 4, 8448, False, True),
+    (256, 4, 1, 256, False, False),     # D=256 keeps its table (measured level)
 ])
-def test_small_launch_config(monkeypatch, D, kv_rows, capacity, paged, small):
+def test_small_launch_config(monkeypatch, D, group, kv_rows, capacity, paged, small):
     # the config a GPU would get; the interpreter has its own
     from leanattn import runtime
     from leanattn.ops import decode_config as dc
@@ -275,14 +276,40 @@ def test_small_launch_config(monkeypatch, D, kv_rows, capacity, paged, small):
     monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
     monkeypatch.setattr(runtime, "num_sms", lambda device: 132)
     monkeypatch.delenv("LEANATTN_DECODE_CONFIG", raising=False)
-    cfg = dc.decode_config(D, 4, torch.device("cpu"), None, paged, kv_rows, capacity)
+    cpu = torch.device("cpu")
     table = (dc._CUDA_PAGED_TABLE if paged and D in dc._CUDA_PAGED_TABLE else dc._CUDA_TABLE)[D]
-    got = (cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.ctas_per_sm)
-    assert got == (dc._CUDA_SMALL if small else table)
-    # a tile size the caller names, or the environment's config, wins
-    assert dc.decode_config(D, 4, torch.device("cpu"), 32, paged, kv_rows, capacity).block_n == 32
+    assert dc._CUDA_SMALL != table  # else the case tells nothing
+
+    def launch(cfg):
+        return cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.ctas_per_sm
+    assert launch(dc.decode_config(D, group, cpu, None, paged, kv_rows, capacity)) == (dc._CUDA_SMALL if small else table)
+    # a tile size the caller names keeps the table's launch, and the environment's config wins over both
+    assert launch(dc.decode_config(D, group, cpu, 32, paged, kv_rows, capacity)) == (32, *table[1:4])
     monkeypatch.setenv("LEANATTN_DECODE_CONFIG", "128,8,2,1")
-    assert dc.decode_config(D, 4, torch.device("cpu"), None, paged, kv_rows, capacity).num_warps == 8
+    assert launch(dc.decode_config(D, group, cpu, None, paged, kv_rows, capacity)) == (128, 8, 2, 1)
+
+
+def test_small_launch_config_callers(monkeypatch):
+    # decode and the one-sample bifurcated path size the work as (sequences x kv heads, capacity):
+    # record what they pass (the interpreter then builds its own config)
+    from leanattn.ops import bifurcated_launch, decode as dec, decode_config as dc
+    seen = []
+    real = dc.decode_config
+
+    def spy(*args, **kw):
+        seen.append(args[5:7])
+        return real(*args, **kw)
+    monkeypatch.setattr(dec, "decode_config", spy)
+    monkeypatch.setattr(bifurcated_launch, "decode_config", spy)
+    dec._PLANS.clear()
+    q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [5, 0, 40], capacity=48)
+    leanattn.decode(q, k, v, lens)
+    # two prompts, one sample each: the one-sample (concat) path
+    pk, pv = torch.randn(2, 30, 2, 64, dtype=q.dtype), torch.randn(2, 30, 2, 64, dtype=q.dtype)
+    leanattn.bifurcated_decode(q[:2], pk, pv, k[:2], v[:2], lens[:2], prefix_lens=torch.tensor([30, 7], dtype=torch.int32),
+                               prefix_ids=torch.tensor([1, 0], dtype=torch.int32))
+    assert (3 * 2, 48) in seen      # decode: 3 sequences x 2 kv heads, 48 tokens
+    assert (2 * 2, 30 + 48) in seen  # one sample per prompt: prefix capacity + own capacity
 
 
 @pytest.mark.parametrize("num_splits", [1, 2, 3, 5, 100])

@@ -60,12 +60,13 @@ _CUDA_PAGED_TABLE = {
 }
 
 
-# Small launches at D <= 128 (at most 128 KB of K and V at capacity per SM: two 64-token tiles per
-# program at two per SM) take 64-token tiles over 3 stages, two per SM, so each program keeps its few
-# loads in flight. H200, same process, D=64 decode against the table's 128-token, 2-stage tiles: 32/8
-# B=1 8448 tokens 20.4 us against 25.5, four shorter cases 4-14% faster (probe 7 of
-# benchmarks/results/decode_probes_H200_2026-12-01.md); D=256 measured level, so it keeps its table.
-# At D=128 it is the table's entry. The one-sample bifurcated path takes the same config.
+# Small launches at D <= 128 take 64-token tiles over 3 stages, two per SM, so each program keeps its
+# few loads in flight. Small: at most 32768 elements of K per SM at capacity (128 KB of bf16 K and V;
+# two 64-token tiles per program at two per SM at D=128, four at D=64). H200, same process, D=64 decode
+# against the table's 128-token, 2-stage tiles: 32/8 B=1 8448 tokens 20.4 us against 25.5, four
+# shorter cases 4-14% faster (probe 7 of benchmarks/results/decode_probes_H200_2026-12-01.md); D=256
+# measured level, so it keeps its table. At D=128 it is the table's entry. The one-sample bifurcated
+# path takes the same config.
 _CUDA_SMALL = (64, 4, 3, 2)
 _SMALL_ELEMS_PER_SM = 2 * 2 * 64 * 128
 
