@@ -209,6 +209,8 @@ def from_decode_results(hw: Hardware, pattern: Optional[str] = None) -> Hardware
     for path in files:
         with open(path) as f:
             data = json.load(f)
+        if not isinstance(data, dict):  # a probe's list of rows, not a suite or sweep file
+            continue
         for row in data.get("sweep", []):
             if row.get("us") and row.get("gbs"):
                 key = row["case"]
