@@ -12,6 +12,8 @@
 #   bifurcated-all  the 36-case bifurcated suite (8k, 16k, 32k; ~120 s)
 #   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
 #               (LEANATTN_BIFURCATED_CONFIG sixth field: 2 block pointers, 3 TMA)
+#   d64-sweep   launch configs of the suite's D=64 case (the weakest against cuDNN), cuDNN in the same run;
+#               offline (Triton 3.6, sm_90a): 256-token tiles 206 registers at 4 warps / 128 at 8, 2 per SM
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
 # Each step prints one summary line; a failing step does not stop the others.
@@ -41,6 +43,9 @@ for step in "$@"; do
           | grep -E "x1 \||x32 \|" | awk -F'|' -v c="${cfg:-default}" '{print c, $2, "ours", $5, "decode-copied", $11, "x decode", $17}'
         rm -f "$d"/*.png
       done ;;
+    d64-sweep)
+      python3 benchmarks/bench_decode.py --sweep --tag _d64 --out "$OUT" --cases "d64 mha B=1 64k" \
+        --configs "0,0,0,0;256,4,2,2;256,8,2,2;128,4,3,3;128,8,2,2;128,4,2,2;0,0,0,0" 2>&1 | grep -E "sweep|fail" ;;
     decode-load)
       python3 benchmarks/bench_decode.py --sweep --tag _load --out "$OUT" \
         --configs "0,0,0,0;0,0,0,0,0,0,1;0,0,0,0,0,0,2;128,4,2,2,0,0,2;128,4,3,4,0,0,2;64,4,3,4,0,0,2" 2>&1 \
