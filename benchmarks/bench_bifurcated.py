@@ -14,7 +14,9 @@ Times are medians of ``triton.testing.do_bench`` (L2 flushed) over CUDA-graph re
 works (``bench_decode.graph_of``), else eager launches. The IO floor is the bytes that must be read
 once (prefix once, own tokens, queries and outputs) over the measured streaming-read bandwidth; the
 compute floor is the attention FLOPs over the measured bf16 matmul rate; ``x floor`` is time over
-the larger of the two.
+the larger of the two. Every method is also timed after an L2 flush that reads instead of writes
+(``common.bench(flush="read")``: do_bench's zeroing flush makes every call write back an L2 of dirty
+lines), against a read ceiling timed the same way: the 'read flush' columns.
 
     python benchmarks/bench_bifurcated.py [--quick] [--cases mha,gqa,8k,...] [--out DIR] [--mem-gb 60]
     python -m leanattn bench bifurcated --quick
@@ -209,14 +211,14 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
                 raise RuntimeError(f"wrong result: rel err {err:.2e}")
             ms, timing = time_fn(fn, cuda)
             r = dict(us=ms * 1e3, err=err, form=getattr(fn, "form", ""), timing=timing)
+            if cuda:  # after a flush that leaves no dirty lines to write back inside the call (common.bench)
+                r["us_clean"] = time_fn(fn, cuda, flush="read")[0] * 1e3
             if name == "bifurcated":
                 from leanattn.ops import bifurcated as bif
                 r["launch"] = next(reversed(bif._PLANS.values())).info  # the plan this case built last
                 if cuda:
                     r["us_eager"] = common.bench(fn) * 1e3
                     r["us_repeat"] = time_fn(fn, cuda)[0] * 1e3  # the noise
-                    # after a flush that leaves no dirty lines to write back inside the call (common.bench)
-                    r["us_clean"] = time_fn(fn, cuda, flush="read")[0] * 1e3
             row["results"][name] = r
         except torch.OutOfMemoryError as e:
             row["results"][name] = dict(error=f"OutOfMemoryError: {str(e)[:120]}")
@@ -235,6 +237,11 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
         row["achieved_gbs"] = (prefix_b + own_b + qo_b) / ours_r["us"] / 1e3
         if "us_clean" in ours_r:
             row["x_io_floor_clean"] = ours_r["us_clean"] / ((prefix_b + own_b + qo_b) / ceilings["read_gbs_clean"] / 1e3)
+            clean = {p: row["results"][p]["us_clean"] for p in peers if "us_clean" in row["results"][p]}
+            if clean:
+                row["speedup_vs_best_peer_clean"] = min(clean.values()) / ours_r["us_clean"]
+            if "decode_copied" in clean:
+                row["speedup_vs_decode_copied_clean"] = clean["decode_copied"] / ours_r["us_clean"]
         if peers:
             best = min(peers, key=peers.get)
             row["best_peer"], row["best_peer_us"] = best, peers[best]
@@ -251,7 +258,8 @@ def table(rows):
     header = ["case", "KV held MB", "copies MB", "ours us", "IO floor us", "stream read us", "x IO floor",
               "x stream read", "x floor",
               "decode copied us", "flash us", "cudnn us", "flex us", "best peer", "x best peer", "x decode copied",
-              "err", "ours us, read flush", "x IO floor, read flush"]
+              "err", "ours us, read flush", "x IO floor, read flush", "x best peer, read flush",
+              "x decode copied, read flush"]
     out = []
     for r in rows:
         res = r["results"]
@@ -264,7 +272,8 @@ def table(rows):
                     r.get("x_floor", "-"), us("decode_copied"), us("sdpa_flash"),
                     us("sdpa_cudnn"), us("flex"), r.get("best_peer", "-"), r.get("speedup_vs_best_peer", "-"),
                     r.get("speedup_vs_decode_copied", "-"), res.get("bifurcated", {}).get("err", "-"),
-                    res.get("bifurcated", {}).get("us_clean", "-"), r.get("x_io_floor_clean", "-")])
+                    res.get("bifurcated", {}).get("us_clean", "-"), r.get("x_io_floor_clean", "-"),
+                    r.get("speedup_vs_best_peer_clean", "-"), r.get("speedup_vs_decode_copied_clean", "-")])
     return common.markdown_table(header, out)
 
 
@@ -402,8 +411,15 @@ def main(argv=None):
                 if r["samples"] == n and r["prefix"] == (prefix if not args.tiny else prefix // 256)}
     summary = dict(
         max_x_io_floor_ge16=max(ge16, default=None), max_x_floor_ge16=max(ge16_floor, default=None),
-        x_io_floor_ge16_read_flush={r["case"]: r["x_io_floor_clean"] for r in rows
-                                    if r["samples"] >= 16 and "x_io_floor_clean" in r},
+        read_flush=dict(
+            x_io_floor_ge16={r["case"]: r["x_io_floor_clean"] for r in rows
+                             if r["samples"] >= 16 and "x_io_floor_clean" in r},
+            speedup_vs_best_peer_8k_x32={r["model"]: r.get("speedup_vs_best_peer_clean") for r in rows
+                                         if r["samples"] == 32 and r["prefix"] == 8 * K},
+            speedup_vs_best_peer_8k_x64={r["model"]: r.get("speedup_vs_best_peer_clean") for r in rows
+                                         if r["samples"] == 64 and r["prefix"] == 8 * K},
+            min_speedup_vs_decode_copied=min([r["speedup_vs_decode_copied_clean"] for r in rows
+                                              if "speedup_vs_decode_copied_clean" in r], default=None)),
         speedup_vs_best_peer_8k_x32=at(32), speedup_vs_best_peer_8k_x64=at(64),
         min_speedup_vs_decode_copied=min([r["speedup_vs_decode_copied"] for r in rows
                                           if "speedup_vs_decode_copied" in r], default=None),
@@ -420,9 +436,10 @@ def main(argv=None):
           f"plain streaming read kernel over the same bytes (the floor one launch reaches in practice). "
           f"Times: medians of triton do_bench (L2 flushed) of CUDA-graph replays. 'KV held' = prefix once + own "
           f"tokens (ours); 'copies' = per-sample caches with the prefix copied (peers); OOM = copies above "
-          f"{args.mem_gb:g} GB, not run. 'x floor' = time over max(IO floor, FLOP floor). 'read flush': the same "
-          f"replays after a flush that reads 256 MB instead of zeroing it (do_bench's zeroing leaves an L2 of dirty "
-          f"lines written back inside the timed call), against the read ceiling timed the same way "
+          f"{args.mem_gb:g} GB, not run. 'x floor' = time over max(IO floor, FLOP floor). 'read flush': every "
+          f"method's replays timed again after a flush that reads 256 MB instead of zeroing it (do_bench's "
+          f"zeroing leaves an L2 of dirty lines written back inside the timed call), against the read ceiling "
+          f"timed the same way "
           f"({ceilings.get('read_gbs_clean', float('nan')):.0f} GB/s).\n\n"
           + table(rows) + f"\nSummary: {summary}\n")
     stem = "bifurcated_" + info["device"].replace(" ", "_") + ("_quick" if args.quick else "") + \

@@ -6,7 +6,10 @@ ragged batches; paged caches (page 16 and 64, pages in random order); head dims 
 For each case: check every method against the float64 reference, then time it with
 ``triton.testing.do_bench`` (median, L2 flushed). Peers get the best form they support: one call
 on the padded cache when all lengths are equal, otherwise one call per sequence (SDPA) or a
-length mask (flex_attention, cuDNN with a boolean mask). Bytes are the real KV bytes.
+length mask (flex_attention, cuDNN with a boolean mask). Bytes are the real KV bytes. Every method
+is also timed after an L2 flush that reads instead of writes (``common.bench(flush="read")``:
+do_bench's zeroing flush makes every call write back an L2 of dirty lines), against a read ceiling
+timed the same way: the 'read flush' columns.
 
     python benchmarks/bench_decode.py [--quick] [--cases mha,gqa,...] [--out DIR] [--sweep]
 """
