@@ -7,9 +7,11 @@
 #   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200)
 #   racecheck   compute-sanitizer racecheck over the decode launches (shared-memory hazards)
 #   racecheck-bif  the same over the bifurcated launches
-#   decode      the decode suite (bench_decode.py), peers in the same run (~80 s)
+#   decode      the decode suite (bench_decode.py), peers in the same run (~115 s before the read-flush
+#               timings were added; expect more)
 #   bifurcated  the bifurcated 8k cases (bench_bifurcated.py --cases 8k)
-#   bifurcated-all  the 36-case bifurcated suite (8k, 16k, 32k; ~120 s)
+#   bifurcated-all  the 36-case bifurcated suite (8k, 16k, 32k; ~120 s before the read-flush timings were
+#               added; peers past --budget-s 260 are skipped)
 #   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
 #               (LEANATTN_BIFURCATED_CONFIG sixth field: 2 block pointers, 3 TMA)
 #   d64-sweep   launch configs of the suite's D=64 case (the weakest against cuDNN), cuDNN in the same run;
