@@ -5,8 +5,8 @@
 #   tests-all   every GPU test file, sparse and tree (2 GPUs) included
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
 #   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200)
-#   racecheck   compute-sanitizer racecheck over the decode launches (shared-memory hazards)
-#   racecheck-bif  the same over the bifurcated launches
+#   racecheck   compute-sanitizer racecheck over the decode launches (shared-memory hazards; 147 s on an H200)
+#   racecheck-bif  the same over the bifurcated launches (220 s on an H200)
 #   decode      the decode suite (bench_decode.py), peers in the same run (~115 s before the read-flush
 #               timings were added; expect more)
 #   bifurcated  the bifurcated 8k cases (bench_bifurcated.py --cases 8k)
