@@ -14,8 +14,10 @@
 #               added; peers past --budget-s 260 are skipped)
 #   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
 #               (LEANATTN_BIFURCATED_CONFIG sixth field: 2 block pointers, 3 TMA)
-#   d64-sweep   launch configs of the suite's D=64 case (the weakest against cuDNN), cuDNN in the same run;
-#               offline (Triton 3.6, sm_90a): 256-token tiles 206 registers at 4 warps / 128 at 8, 2 per SM
+#   headdim-sweep  launch configs of the suite's D=64 case (the weakest against cuDNN) and D=256 case (70% of
+#               the read ceiling; an older H200 sweep had TMA 128-token tiles 5% ahead), cuDNN in the same run.
+#               Offline (Triton 3.6, sm_90a): D=64 256-token tiles 206 registers at 4 warps / 128 at 8, 2 per
+#               SM; D=256 32-token tiles fit 3 per SM (the table caps 1), 64-token tiles 2 at 4 warps
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
 # Each step prints one summary line; a failing step does not stop the others.
@@ -45,9 +47,12 @@ for step in "$@"; do
           | grep -E "x1 \||x32 \|" | awk -F'|' -v c="${cfg:-default}" '{print c, $2, "ours", $5, "decode-copied", $11, "x decode", $17}'
         rm -f "$d"/*.png
       done ;;
-    d64-sweep)
+    headdim-sweep)
       python3 benchmarks/bench_decode.py --sweep --tag _d64 --out "$OUT" --cases "d64 mha B=1 64k" \
-        --configs "0,0,0,0;256,4,2,2;256,8,2,2;128,4,3,3;128,8,2,2;128,4,2,2;0,0,0,0" 2>&1 | grep -E "sweep|fail" ;;
+        --configs "0,0,0,0;256,4,2,2;256,8,2,2;128,4,3,3;128,8,2,2;128,4,2,2;0,0,0,0" 2>&1 | grep -E "sweep|fail"
+      python3 benchmarks/bench_decode.py --sweep --tag _d256 --out "$OUT" --cases "d256 16/8 B=1 32k" \
+        --configs "0,0,0,0;32,4,3,2;32,4,3,3;32,8,3,2;64,4,2,2;64,8,2,1;128,4,2,2,0,0,2;64,4,2,2,0,0,2;0,0,0,0" 2>&1 \
+        | grep -E "sweep|fail" ;;
     decode-load)
       python3 benchmarks/bench_decode.py --sweep --tag _load --out "$OUT" \
         --configs "0,0,0,0;0,0,0,0,0,0,1;0,0,0,0,0,0,2;128,4,2,2,0,0,2;128,4,3,4,0,0,2;64,4,3,4,0,0,2" 2>&1 \
