@@ -168,7 +168,7 @@ def time_fn(fn, cuda, flush="write"):
     from bench_decode import graph_of
     g = graph_of(fn)
     timing = "graph" if g is not None else "eager"
-    ms = common.bench(g.replay if g is not None else fn, **({} if flush == "write" else dict(rep=50, flush=flush)))
+    ms = common.bench(g.replay if g is not None else fn, flush=flush)
     del g  # free the graph's pool before the next case allocates
     return ms, timing
 

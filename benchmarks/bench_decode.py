@@ -239,7 +239,7 @@ def run_case(case, ceiling, log, ceiling_clean=None):
                      timing="graph" if g is not None else "eager")
             # the same replays after a flush that leaves no dirty lines (common.bench): do_bench's own
             # flush costs every method a write-back of the L2 inside the timed call
-            r["us_clean"] = common.bench(g.replay if g is not None else fn, rep=50, flush="read") * 1e3
+            r["us_clean"] = common.bench(g.replay if g is not None else fn, flush="read") * 1e3
             if name in ("lean", "split"):
                 r["us_eager"] = common.bench(fn) * 1e3
             if name == "lean":  # time it twice to know the noise
@@ -327,13 +327,13 @@ def plot(rows, ceiling, path):
 
 def sweep(cases, log, configs=None):
     """Time the lean schedule over launch configurations (tile, warps, stages, programs per SM[,
-    merge rows factor, merge stages[, load path]]); a tile of 0 keeps the head dim's default launch
-    config, a merge factor of 0 the default merge; load 0 pointers, 1 block pointers, 2 TMA.
+    merge rows factor, merge stages[, load path]]); a tile of 0 keeps the case's default launch config
+    (recorded as 'launched'), a merge factor of 0 the default merge; load 0 pointers, 1 block
+    pointers, 2 TMA.
 
     cuDNN (its best form for the case) is timed in the same process before and after each case's
     configs, so every config's ratio to the peer is a same-run ratio (``x_peer``)."""
     from leanattn.ops import decode as dec
-    from leanattn.ops import decode_config as dc
     results = []
     for case in cases:
         inp = make_inputs(case)
@@ -362,13 +362,9 @@ def sweep(cases, log, configs=None):
                            if not (case["d"] == 256 and bn == 128)]
         for cfg in grid:
             # LEANATTN_DECODE_CONFIG wins over every default (the table and the small-launch rule of
-            # ops/decode_config.py); a tile of 0 is the case's own default, recorded as launched
+            # ops/decode_config.py); a tile of 0 is the case's own default ('launched' records what ran)
             if cfg[0] == 0:
                 os.environ.pop("LEANATTN_DECODE_CONFIG", None)
-                # (the capacity of a contiguous case; paged caches take no small-launch config)
-                d = dc.decode_config(case["d"], case["hq"] // case["hkv"], inp["q"].device, None,
-                                     case.get("page") is not None, len(case["lens"]) * case["hkv"], max(case["lens"]))
-                cfg = (d.block_n, d.num_warps, d.num_stages, d.ctas_per_sm) + tuple(cfg[4:])
             else:
                 os.environ["LEANATTN_DECODE_CONFIG"] = ",".join(map(str, cfg[:4]))
             if len(cfg) > 4 and cfg[4]:
@@ -389,11 +385,13 @@ def sweep(cases, log, configs=None):
                 err, us = float("nan"), float("nan")
                 log(f"    fail {cfg}: {type(e).__name__} {str(e)[:80]}")
             # the persistent grid actually launched (SMs x min(measured occupancy, cps))
-            programs = next((p.grid[0] for p in dec._PLANS.values() if p.schedule == "lean"), None)
-            results.append(dict(case=case["name"], cfg=tuple(cfg), us=us, err=err,
+            plan = next((p for p in dec._PLANS.values() if p.schedule == "lean"), None)
+            programs = plan.grid[0] if plan else None
+            launched = tuple(plan.meta[k] for k in ("BLOCK_N", "num_warps", "num_stages")) if plan else None
+            results.append(dict(case=case["name"], cfg=tuple(cfg), launched=launched, us=us, err=err,
                                 gbs=kv_bytes(case) / us / 1e3, programs=programs))
             log(f"  sweep {case['name']:22s} {','.join(map(str, cfg)):14s}: {us:8.1f} us "
-                f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e} programs {programs}")
+                f"{kv_bytes(case) / us / 1e3:6.0f} GB/s err {err:.1e} launched {launched} programs {programs}")
         time_peer(check=False)
         peer = sum(peer_us) / len(peer_us) if peer_us else float("nan")
         for r in results[first:]:

@@ -84,13 +84,13 @@ def _read_kernel(X, Partial, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
     tl.store(Partial + pid, tl.sum(acc, 0))
 
 
-def bench(fn, warmup: int = 25, rep: int = 100, flush: str = "write") -> float:
+def bench(fn, warmup: int = 25, rep: int = 100, flush: str = "write", calls: int = 50) -> float:
     """Median time of ``fn`` in milliseconds, L2 flushed before every call.
 
     ``flush="write"``: triton's ``do_bench`` (``warmup``/``rep`` in ms), whose flush zeroes 256 MB, so an
     L2 full of dirty lines is written back while ``fn`` runs. ``flush="read"``: the flush streams 256 MB
-    through a read kernel instead (clean lines, nothing to write back), ``rep`` calls after 5 warm-up
-    calls. H200, same process: every decode case, ours and cuDNN alike, ran 8-9 us faster under the read
+    through a read kernel instead (clean lines, nothing to write back), ``calls`` timed calls after 5
+    warm-up calls. H200, same process: every decode case, ours and cuDNN alike, ran 8-9 us faster under the read
     flush; a 4 GiB read 0.8% faster (benchmarks/results/decode_probes_H200_2026-12-01.md, probe 8).
     """
     if flush == "write":
@@ -108,8 +108,8 @@ def bench(fn, warmup: int = 25, rep: int = 100, flush: str = "write") -> float:
     for _ in range(5):
         flush_l2()
         fn()
-    start = [torch.cuda.Event(enable_timing=True) for _ in range(rep)]
-    end = [torch.cuda.Event(enable_timing=True) for _ in range(rep)]
+    start = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+    end = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
     for s, e in zip(start, end):
         flush_l2()
         s.record()
@@ -134,7 +134,7 @@ def read_bandwidth_gbs(gib: float = 4.0) -> dict:
     ms = bench(read)
     out["triton_read"] = 2 * n / ms / 1e6
     # the same read timed after a clean (read) flush: the ceiling of times taken with flush="read"
-    out["read_ceiling_clean_flush"] = 2 * n / bench(read, rep=20, flush="read") / 1e6
+    out["read_ceiling_clean_flush"] = 2 * n / bench(read, flush="read", calls=20) / 1e6
     ms = bench(lambda: x.sum(dtype=torch.float32))
     out["torch_sum"] = 2 * n / ms / 1e6
     y = torch.empty_like(x)

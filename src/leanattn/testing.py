@@ -71,20 +71,18 @@ def paged_kv(k: torch.Tensor, v: torch.Tensor, lens=None, page_size: int = 16, s
     dev = generator.device if generator is not None else k.device
     perm = torch.randperm(P, generator=generator, device=dev).to(device=k.device, dtype=torch.int32)
     block_table = torch.zeros(B, max(max(npages, default=0), 1), dtype=torch.int32, device=k.device)
-    pages = []
-    for x in (k, v):
-        xp = torch.randn(P, page_size, H, D, dtype=x.dtype, device=x.device)
-        off = 0
-        for b, (n, m) in enumerate(zip(lens, npages)):
-            ids = perm[off:off + m].long()
-            full = n // page_size
-            xp[ids[:full]] = x[b, :full * page_size].reshape(full, page_size, H, D)
-            if n > full * page_size:
-                xp[ids[full], : n - full * page_size] = x[b, full * page_size:n]
-            off += m
-        pages.append(xp)
     off = 0
     for b, m in enumerate(npages):
         block_table[b, :m] = perm[off:off + m]
         off += m
+    pages = []
+    for x in (k, v):
+        xp = torch.randn(P, page_size, H, D, dtype=x.dtype, device=x.device)
+        for b, n in enumerate(lens):
+            ids = block_table[b].long()
+            full = n // page_size
+            xp[ids[:full]] = x[b, :full * page_size].reshape(full, page_size, H, D)
+            if n > full * page_size:
+                xp[ids[full], : n - full * page_size] = x[b, full * page_size:n]
+        pages.append(xp)
     return pages[0], pages[1], block_table

@@ -37,11 +37,10 @@ class _Plan:
         device = q.device
         group = Hq // k_cache.shape[2]
         paged = block_table is not None
-        cfg = decode_config(D, group, device, block_n or None, paged, B * k_cache.shape[2],
-                            _capacity(k_cache, block_table))
+        self.cap = cap = _capacity(k_cache, block_table)
+        cfg = decode_config(D, group, device, block_n or None, paged, B * k_cache.shape[2], cap)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
         self.schedule = schedule
-        self.cap = cap = _capacity(k_cache, block_table)
         bt_stride = block_table.stride(0) if paged else 0
         self.meta = dict(
             GROUP=group, N_HB=cfg.n_hb, ROWS=k_cache.shape[2] * cfg.n_hb,
