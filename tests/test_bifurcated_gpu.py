@@ -102,6 +102,21 @@ def test_empty_prefix_and_empty_own():
     check(q, pk, pv, k, v, sl)
 
 
+@pytest.mark.parametrize("n", [1, 8])
+def test_launcher_alignment(n):
+    # one sample (concat path) and several (states path, two launchers): q off a 16-byte boundary after
+    # the plan launches directly (runtime.Launcher) must go back through the JIT and stay exact
+    from leanattn.ops import bifurcated as opb
+    q, pk, pv, k, v, sl = inputs(n, 32, 8, 128, 3000, [300] * n)
+    qbuf = torch.randn(q.numel() + 8, dtype=q.dtype, device="cuda")
+    q_al, q_off = qbuf[:q.numel()].view(q.shape), qbuf[1:1 + q.numel()].view(q.shape)
+    opb._PLANS.clear()
+    for qq in [q_al, q_al, q_off, q_al]:
+        check(qq, pk, pv, k, v, sl)
+    (plan,) = opb._PLANS.values()
+    assert plan.launch.runner is not None
+
+
 def test_deterministic_20_runs():
     ids = torch.randint(0, 3, (48,), dtype=torch.int32, device="cuda")
     q, pk, pv, k, v, sl = inputs(48, 32, 8, 128, 6000, torch.randint(0, 500, (48,)).tolist(), G=3)

@@ -459,3 +459,61 @@ def test_lean_grid_warmup_matches_the_kernel(monkeypatch, page_size):
     ref, _ = reference.decode(q, k, v, lens, bt)
     assert_rel_close("decode", out, ref, TOLERANCE[q.dtype])
     assert checked == [lean_decode_kernel]
+
+
+class _FakeCompiled:
+    """Stands in for a Triton CompiledKernel: ``compiled[grid](*args)`` records the launch."""
+
+    function = object()
+
+    def __init__(self, log):
+        self.log = log
+
+    def __getitem__(self, grid):
+        return lambda *args: self.log.append(("direct", grid, args))
+
+
+class _FakeKernel:
+    """Stands in for a JITFunction with parameters ``a, b, n, C`` (``C`` constexpr)."""
+
+    params = [type("P", (), {"name": n})() for n in ("a", "b", "n", "C")]
+
+    def __init__(self):
+        self.log = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.log.append(("jit", grid, args, meta))
+            return _FakeCompiled(self.log)
+        return launch
+
+
+def test_launcher_direct_after_first_launch(monkeypatch):
+    # the launcher compiles through the JIT once, then calls the compiled kernel with the constants
+    # appended; a tensor off a 16-byte boundary (Triton specialises pointers on it) goes back through
+    # the JIT, and the direct path stays for aligned calls
+    from leanattn import runtime
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
+    kernel = _FakeKernel()
+    launch = runtime.Launcher(kernel, (7,), dict(C=3, num_warps=4))
+    buf = torch.zeros(64, dtype=torch.float16)
+    a, b = buf[:8], buf[16:24]
+    launch(a, b, 5)
+    launch(a, b, 5)
+    launch(buf[1:9], b, 5)  # 2 bytes off
+    launch(a, b, 5)
+    kinds = [e[0] for e in kernel.log]
+    assert kinds == ["jit", "direct", "jit", "direct"]
+    assert kernel.log[1][1] == (7, 1, 1) and kernel.log[1][2] == (a, b, 5, 3)
+    assert kernel.log[2][3] == dict(C=3, num_warps=4)
+
+
+def test_launcher_interpreted_always_jit(monkeypatch):
+    from leanattn import runtime
+    monkeypatch.setattr(runtime, "interpreting", lambda: True)
+    kernel = _FakeKernel()
+    launch = runtime.Launcher(kernel, (2, 3), dict(C=1))
+    x = torch.zeros(8)
+    for _ in range(3):
+        launch(x, x, 1)
+    assert [e[0] for e in kernel.log] == ["jit"] * 3

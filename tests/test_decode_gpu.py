@@ -75,6 +75,30 @@ def test_decode_transposed_cache():
     assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
 
 
+@pytest.mark.parametrize("schedule", ["lean", "split"])
+def test_decode_launcher_alignment(schedule):
+    # after its first launch a plan calls the compiled kernel directly (runtime.Launcher); q or the
+    # lengths off a 16-byte boundary (same plan: same shapes and strides) must go back through the JIT
+    from leanattn.ops import decode as dec
+    lens = [3000, 17, 0, 1025]
+    B, hq, hkv, d = len(lens), 32, 8, 128
+    qbuf = torch.randn(B * hq * d + 8, dtype=torch.bfloat16, device="cuda")
+    q_al, q_off = qbuf[:B * hq * d].view(B, hq, d), qbuf[1:1 + B * hq * d].view(B, hq, d)
+    k = torch.randn(B, max(lens), hkv, d, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    sbuf = torch.tensor([0] + lens, dtype=torch.int32, device="cuda")
+    s_al, s_off = sbuf[1:].clone(), sbuf[1:]
+    assert q_off.data_ptr() % 16 and s_off.data_ptr() % 16
+    dec._PLANS.clear()
+    for q, sl in [(q_al, s_al), (q_al, s_al), (q_off, s_al), (q_al, s_off), (q_off, s_off), (q_al, s_al)]:
+        out, lse = leanattn.decode(q, k, v, sl, return_lse=True, schedule=schedule)
+        ref, ref_lse = leanattn.reference.decode(q, k, v, sl)
+        assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
+        assert_lse_close("lse", lse, ref_lse, 1e-2)
+    (plan,) = dec._PLANS.values()
+    assert plan.launch.runner is not None
+
+
 def test_decode_deterministic_20_runs():
     lens = [65536, 1000, 30000, 7]
     q = torch.randn(4, 32, 128, dtype=torch.bfloat16, device="cuda")

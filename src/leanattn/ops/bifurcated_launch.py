@@ -179,6 +179,14 @@ class Plan:
                      has_plens=has_plens, scale=scale, workers=workers, block_n=block_n)
         getattr(self, "_setup_" + self.path)(q, lc, **shape)
         self.info.update(path=self.path)
+        # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
+        kernel = {"concat": concat_decode_kernel, "states": bifurcated_states_kernel, "split": own_merge_kernel,
+                  "fused": bifurcated_decode_kernel}[self.path]
+        self.launch = runtime.Launcher(kernel, self.grid, self.meta)
+        if self.path == "states":
+            self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta)
+        if self.path == "split":
+            self.launch_prefix = runtime.Launcher(prefix_states_kernel, self.grid_p, self.meta_p)
 
     # ------------------------------------------------------------------------------------------
     def _setup_concat(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
@@ -359,21 +367,16 @@ class Plan:
         bt = block_table if self.own_paged else d
         counts, starts, order, rank = groups if groups is not None else (d, d, d, d)
         if self.path == "concat":
-            concat_decode_kernel[self.grid](q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws, *self.tail,
-                                            **self.meta)
+            self.launch(q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws, *self.tail)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states
-            bifurcated_states_kernel[self.grid](q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts,
-                                                order, seqlens, bt, *self.tail, **self.meta)
+            self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt,
+                        *self.tail)
             if not self.merge_in_kernel:
-                merge_states_kernel[self.merge_grid](st_o, st_l, out, lse, *self.merge_tail,
-                                                     **self.merge_meta)
+                self.launch_merge(st_o, st_l, out, lse, *self.merge_tail)
         elif self.path == "split":
             st_o, st_l = self.states
-            prefix_states_kernel[self.grid_p](q, pk, pv, st_o, st_l, plens, counts, starts, order, *self.tail_p,
-                                              **self.meta_p)
-            own_merge_kernel[self.grid](q, k, v, out, lse, seqlens, bt, ids, rank, st_o, st_l, *self.ws, *self.tail,
-                                        **self.meta)
+            self.launch_prefix(q, pk, pv, st_o, st_l, plens, counts, starts, order, *self.tail_p)
+            self.launch(q, k, v, out, lse, seqlens, bt, ids, rank, st_o, st_l, *self.ws, *self.tail)
         else:
-            bifurcated_decode_kernel[self.grid](q, pk, pv, k, v, out, lse, plens, counts, starts, order, seqlens, bt,
-                                                *self.ws, *self.tail, **self.meta)
+            self.launch(q, pk, pv, k, v, out, lse, plens, counts, starts, order, seqlens, bt, *self.ws, *self.tail)

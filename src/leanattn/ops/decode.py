@@ -85,6 +85,11 @@ class _Plan:
             M = B * Hq
             self.merge_grid, self.merge_meta = merge_launch(splits, M, D)
             self.merge_tail = (splits, M, M * D, D, M, 1)
+        # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
+        self.launch = runtime.Launcher(lean_decode_kernel if schedule == "lean" else split_decode_kernel,
+                                       self.grid, self.meta)
+        if schedule != "lean":
+            self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta)
 
     def _lean_grid(self, cfg, q, k_cache, v_cache, workers) -> int:
         if workers > 0:
@@ -99,16 +104,16 @@ class _Plan:
         sl = self.dummy_i32 if cache_seqlens is None else cache_seqlens
         bt = self.dummy_i32 if block_table is None else block_table
         if self.schedule == "lean":
-            lean_decode_kernel[self.grid](q, k_cache, v_cache, out, lse, sl, bt, *self.ws, *self.tail, **self.meta)
+            self.launch(q, k_cache, v_cache, out, lse, sl, bt, *self.ws, *self.tail)
             return
         if self.splits == 1:
-            split_decode_kernel[self.grid](q, k_cache, v_cache, out, lse, sl, bt, *self.tail, **self.meta)
+            self.launch(q, k_cache, v_cache, out, lse, sl, bt, *self.tail)
             return
         B, Hq, D = q.shape
         o = torch.empty((self.splits, B, Hq, D), dtype=torch.float32, device=q.device)
         ls = torch.empty((self.splits, B, Hq), dtype=torch.float32, device=q.device)
-        split_decode_kernel[self.grid](q, k_cache, v_cache, o, ls, sl, bt, *self.tail, **self.meta)
-        merge_states_kernel[self.merge_grid](o, ls, out, lse, *self.merge_tail, **self.merge_meta)
+        self.launch(q, k_cache, v_cache, o, ls, sl, bt, *self.tail)
+        self.launch_merge(o, ls, out, lse, *self.merge_tail)
 
 
 _PLANS: dict = {}
