@@ -18,6 +18,7 @@
 #               the read ceiling; an older H200 sweep had TMA 128-token tiles 5% ahead), cuDNN in the same run.
 #               Offline (Triton 3.6, sm_90a): D=64 256-token tiles 206 registers at 4 warps / 128 at 8, 2 per
 #               SM; D=256 32-token tiles fit 3 per SM (the table caps 1), 64-token tiles 2 at 4 warps
+#               Run 2026-12-01 14:17 (decode probe 9): no config more than 1% (D=64) or 2.5% (D=256) ahead
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
 # Each step prints one summary line; a failing step does not stop the others.
