@@ -137,8 +137,8 @@ class Launcher:
 
     The first launch goes through the JIT (``kernel[grid](*args, **meta)``), which compiles. Later
     launches call the compiled kernel directly, skipping the JIT's per-call specialisation of every
-    argument and its cache lookup: on an H200 machine that is about half of the 60 us of host time of an
-    eager decode call (``benchmarks/results/decode_probes_H200_2026-12-01.md``, probe 10). Triton
+    argument and its cache lookup: 30-40 us of host time per launch on an H200 machine (an eager decode
+    call 80-92 -> 50-58 us; ``benchmarks/results/decode_probes_H200_2026-12-01.md``, probe 11). Triton
     specialises a tensor argument on its dtype and on whether its address is a multiple of 16 bytes;
     callers keep dtypes fixed (they key launchers on them), and a launch whose tensors are aligned
     differently from the first one's goes through the JIT again. Scalar arguments are part of the
