@@ -1,6 +1,6 @@
 """Registers, spills, shared memory and occupancy of the GPU kernels, compiled offline (no GPU).
 
-    PYTHONPATH=/path/to/triton-3.6 python benchmarks/offline_resources.py [--ptx DIR] [decode] [bifurcated]
+    PYTHONPATH=/path/to/triton-3.6 python benchmarks/offline_resources.py [--ptx DIR] [--cases A,B] [decode] [bifurcated]
 
 Each case runs the public op on CPU tensors with the launch plan it would build for an H200
 (``runtime.gpu_target`` answers True, 132 SMs); where the plan compiles a kernel to size its
@@ -220,6 +220,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("families", nargs="*", default=["decode", "bifurcated", "sparse"])
     ap.add_argument("--ptx", default=None, help="write each kernel's PTX to this folder")
+    ap.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
     args = ap.parse_args(argv)
     if args.ptx:
         os.makedirs(args.ptx, exist_ok=True)
@@ -229,6 +230,8 @@ def main(argv=None):
     families = {"decode": decode_cases, "bifurcated": bifurcated_cases, "sparse": sparse_cases}
     for fam in args.families:
         for name, fn in families[fam]():
+            if args.cases and name not in args.cases.split(","):
+                continue
             label[0] = name
             _try(name, fn)
     print(f"{'case':32s} {'kernel':30s} regs stack shared warps occ")

@@ -117,6 +117,16 @@ def test_launcher_alignment(n):
     assert plan.launch.runner is not None
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+@pytest.mark.parametrize("n", [1, 8])
+def test_tensors_off_the_current_device(n):
+    q, pk, pv, k, v, sl = (t.to("cuda:1") for t in inputs(n, 32, 8, 128, 3000, [300] * n))
+    with torch.cuda.device(0):
+        for _ in range(2):
+            check(q, pk, pv, k, v, sl)
+            assert torch.cuda.current_device() == 0
+
+
 def test_deterministic_20_runs():
     ids = torch.randint(0, 3, (48,), dtype=torch.int32, device="cuda")
     q, pk, pv, k, v, sl = inputs(48, 32, 8, 128, 6000, torch.randint(0, 500, (48,)).tolist(), G=3)

@@ -489,31 +489,54 @@ class _FakeKernel:
 
 
 def test_launcher_direct_after_first_launch(monkeypatch):
-    # the launcher compiles through the JIT once, then calls the compiled kernel with the constants
-    # appended; a tensor off a 16-byte boundary (Triton specialises pointers on it) goes back through
-    # the JIT, and the direct path stays for aligned calls
+    # the launcher compiles through the JIT once, then calls the compiled kernel with its scalars and
+    # constants appended; a tensor off a 16-byte boundary (Triton specialises pointers on it) goes back
+    # through the JIT, and the direct path stays for aligned calls
     from leanattn import runtime
     monkeypatch.setattr(runtime, "interpreting", lambda: False)
     kernel = _FakeKernel()
-    launch = runtime.Launcher(kernel, (7,), dict(C=3, num_warps=4))
+    launch = runtime.Launcher(kernel, (7,), dict(C=3, num_warps=4), (5,))
     buf = torch.zeros(64, dtype=torch.float16)
     a, b = buf[:8], buf[16:24]
-    launch(a, b, 5)
-    launch(a, b, 5)
-    launch(buf[1:9], b, 5)  # 2 bytes off
-    launch(a, b, 5)
-    kinds = [e[0] for e in kernel.log]
-    assert kinds == ["jit", "direct", "jit", "direct"]
+    launch(a, b)
+    launch(a, b)
+    launch(buf[1:9], b)  # 2 bytes off
+    launch(a, b)
+    assert [e[0] for e in kernel.log] == ["jit", "direct", "jit", "direct"]
+    assert kernel.log[0][2] == (a, b, 5) and kernel.log[0][3] == dict(C=3, num_warps=4)
     assert kernel.log[1][1] == (7, 1, 1) and kernel.log[1][2] == (a, b, 5, 3)
-    assert kernel.log[2][3] == dict(C=3, num_warps=4)
 
 
-def test_launcher_interpreted_always_jit(monkeypatch):
+def test_launcher_misaligned_first_launch(monkeypatch):
+    # the direct path is tied to the first launch's alignment, whichever it was
     from leanattn import runtime
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
+    kernel = _FakeKernel()
+    launch = runtime.Launcher(kernel, (2, 3), dict(C=1), (9,))
+    buf = torch.zeros(64, dtype=torch.float16)
+    off, al = buf[1:9], buf[:8]
+    for x in (off, off, al, off):
+        launch(x, al)
+    assert [e[0] for e in kernel.log] == ["jit", "direct", "jit", "direct"]
+    assert kernel.log[1][1] == (2, 3, 1)
+
+
+def test_launcher_keeps_jit(monkeypatch):
+    # under the interpreter, for a kernel without a parameter list (autotuned), and when a parameter
+    # is left to its default, every launch goes through the JIT
+    from leanattn import runtime
+    x = torch.zeros(8)
     monkeypatch.setattr(runtime, "interpreting", lambda: True)
     kernel = _FakeKernel()
-    launch = runtime.Launcher(kernel, (2, 3), dict(C=1))
-    x = torch.zeros(8)
+    launch = runtime.Launcher(kernel, (2,), dict(C=1), (1,))
     for _ in range(3):
-        launch(x, x, 1)
-    assert [e[0] for e in kernel.log] == ["jit"] * 3
+        launch(x, x)
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
+    no_params = _FakeKernel()
+    no_params.params = None
+    default = _FakeKernel()
+    for k, meta in ((no_params, dict(C=1)), (default, {})):
+        launch = runtime.Launcher(k, (2,), meta, (1,))
+        for _ in range(3):
+            launch(x, x)
+    assert all([e[0] for e in k.log] == ["jit"] * 3 for k in (kernel, no_params, default))

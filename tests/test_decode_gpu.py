@@ -99,6 +99,23 @@ def test_decode_launcher_alignment(schedule):
     assert plan.launch.runner is not None
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+@pytest.mark.parametrize("schedule", ["lean", "split"])
+def test_decode_tensors_off_the_current_device(schedule):
+    # Triton launches on the current device: the op makes the tensors' device current for its launches
+    lens = [5000, 3]
+    q = torch.randn(2, 32, 128, dtype=torch.bfloat16, device="cuda:1")
+    k = torch.randn(2, max(lens), 8, 128, dtype=torch.bfloat16, device="cuda:1")
+    v = torch.randn_like(k)
+    sl = torch.tensor(lens, dtype=torch.int32, device="cuda:1")
+    with torch.cuda.device(0):
+        for _ in range(2):  # the JIT launch, then the direct one
+            out = leanattn.decode(q, k, v, sl, schedule=schedule)
+            assert torch.cuda.current_device() == 0
+    ref, _ = leanattn.reference.decode(q, k, v, sl)
+    assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
+
+
 def test_decode_deterministic_20_runs():
     lens = [65536, 1000, 30000, 7]
     q = torch.randn(4, 32, 128, dtype=torch.bfloat16, device="cuda")

@@ -6,12 +6,13 @@ kernel itself, so a buffer allocated once stays valid across launches and CUDA-g
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
 import torch
 
-__all__ = ["interpreting", "gpu_target", "num_sms", "occupancy", "kernel_occupancy", "workspace", "Launcher"]
+__all__ = ["interpreting", "gpu_target", "num_sms", "occupancy", "kernel_occupancy", "workspace", "device_guard", "Launcher"]
 
 
 def interpreting() -> bool:
@@ -132,37 +133,49 @@ def tma_allocator() -> None:
     triton.set_allocator(alloc)
 
 
+def device_guard(device: torch.device):
+    """Make ``device`` the current CUDA device inside the ``with`` block, as flash-attn's device guard
+    does: Triton launches on the current device and stream, not on the tensors' device. A no-op (no
+    context switch) when it already is, and off CUDA."""
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 class Launcher:
     """One Triton kernel launched many times with the same grid, launch constants and scalar arguments.
 
-    The first launch goes through the JIT (``kernel[grid](*args, **meta)``), which compiles. Later
-    launches call the compiled kernel directly, skipping the JIT's per-call specialisation of every
-    argument and its cache lookup: 30-40 us of host time per launch on an H200 machine (an eager decode
-    call 80-92 -> 50-58 us; ``benchmarks/results/decode_probes_H200_2026-12-01.md``, probe 11). Triton
-    specialises a tensor argument on its dtype and on whether its address is a multiple of 16 bytes;
-    callers keep dtypes fixed (they key launchers on them), and a launch whose tensors are aligned
-    differently from the first one's goes through the JIT again. Scalar arguments are part of the
-    launcher: pass the same values every time. Under the interpreter every launch goes through the JIT.
+    ``Launcher(kernel, grid, meta, scalars)(*tensors)`` launches ``kernel[grid](*tensors, *scalars,
+    **meta)``: the tensors change from call to call, the scalars (strides, sizes, scales) are fixed with
+    the launcher. The first launch goes through the JIT, which compiles. Later launches call the compiled
+    kernel directly, skipping the JIT's per-call specialisation of every argument and its cache lookup:
+    30-40 us of host time per launch on an H200 machine (an eager decode call 80-92 -> 50-58 us;
+    ``benchmarks/results/decode_probes_H200_2026-12-01.md``, probe 11). Triton specialises a tensor
+    argument on its dtype and on whether its address is a multiple of 16 bytes, and a scalar on its
+    value (equal to 1, a multiple of 16, 32 or 64 bits), which the launcher fixes. Callers keep dtypes
+    fixed (they key launchers on them); a launch whose tensors are aligned differently from the first
+    one's goes through the JIT again. The direct path skips what the JIT does per call besides
+    specialising (pre-run hooks, the check that globals a kernel reads are unchanged, changes to
+    Triton's debug settings): leanattn's kernels use none of these. Under the interpreter, and for
+    kernels without a plain parameter list (autotuned, heuristics), every launch goes through the JIT.
     """
 
-    def __init__(self, kernel, grid: tuple, meta: dict):
-        self.kernel, self.grid, self.meta = kernel, tuple(grid), meta
+    def __init__(self, kernel, grid: tuple, meta: dict, scalars: tuple = ()):
+        self.kernel, self.grid, self.meta, self.scalars = kernel, tuple(grid), meta, tuple(scalars)
         self.runner = None
 
-    def __call__(self, *args) -> None:
+    def __call__(self, *tensors: torch.Tensor) -> None:
         runner = self.runner
         if runner is not None:
-            align = tuple(args[i].data_ptr() % 16 == 0 for i in self.tensors)
-            if align == self.align:
-                runner(*args, *self.constexprs)
+            if tuple(t.data_ptr() % 16 == 0 for t in tensors) == self.align:
+                runner(*tensors, *self.tail)
                 return
-        compiled = self.kernel[self.grid](*args, **self.meta)
-        if runner is None and not interpreting() and compiled is not None and hasattr(compiled, "function"):
-            names = [p.name for p in self.kernel.params]
-            rest = names[len(args):]
+        compiled = self.kernel[self.grid](*tensors, *self.scalars, **self.meta)
+        params = getattr(self.kernel, "params", None)
+        # only a kernel that can be launched directly (benchmarks/offline_resources.py returns stubs)
+        if runner is None and params is not None and not interpreting() and hasattr(type(compiled), "__getitem__"):
+            rest = [p.name for p in params][len(tensors) + len(self.scalars):]
             if all(n in self.meta for n in rest):  # otherwise a default fills a parameter: keep the JIT
-                self.constexprs = tuple(self.meta[n] for n in rest)
-                self.tensors = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
-                self.align = tuple(args[i].data_ptr() % 16 == 0 for i in self.tensors)
-                g = self.grid + (1,) * (3 - len(self.grid))
-                self.runner = compiled[g]
+                self.tail = self.scalars + tuple(self.meta[n] for n in rest)
+                self.align = tuple(t.data_ptr() % 16 == 0 for t in tensors)
+                self.runner = compiled[self.grid + (1,) * (3 - len(self.grid))]

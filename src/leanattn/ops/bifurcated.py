@@ -76,13 +76,14 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
            # TMA loads need 16-byte aligned bases (decode_config.load_path)
            all(t.data_ptr() % 16 == 0 for t in (prefix_k, prefix_v, k_cache, v_cache) if t is not None),
            os.environ.get("LEANATTN_DECODE_LOAD"), os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens is not None,
-                    single, n_max, softmax_scale, num_programs, block_h, block_n)
-        _PLANS[key] = plan
-    plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
-             out, lse)
+    with runtime.device_guard(q.device):
+        plan = _PLANS.get(key)
+        if plan is None:
+            plan = Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens is not None,
+                        single, n_max, softmax_scale, num_programs, block_h, block_n)
+            _PLANS[key] = plan
+        plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
+                 out, lse)
     return out, lse
 
 

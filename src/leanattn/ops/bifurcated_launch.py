@@ -182,11 +182,11 @@ class Plan:
         # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
         kernel = {"concat": concat_decode_kernel, "states": bifurcated_states_kernel, "split": own_merge_kernel,
                   "fused": bifurcated_decode_kernel}[self.path]
-        self.launch = runtime.Launcher(kernel, self.grid, self.meta)
+        self.launch = runtime.Launcher(kernel, self.grid, self.meta, self.tail)
         if self.path == "states":
-            self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta)
+            self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta, self.merge_tail)
         if self.path == "split":
-            self.launch_prefix = runtime.Launcher(prefix_states_kernel, self.grid_p, self.meta_p)
+            self.launch_prefix = runtime.Launcher(prefix_states_kernel, self.grid_p, self.meta_p, self.tail_p)
 
     # ------------------------------------------------------------------------------------------
     def _setup_concat(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
@@ -367,16 +367,15 @@ class Plan:
         bt = block_table if self.own_paged else d
         counts, starts, order, rank = groups if groups is not None else (d, d, d, d)
         if self.path == "concat":
-            self.launch(q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws, *self.tail)
+            self.launch(q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states
-            self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt,
-                        *self.tail)
+            self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt)
             if not self.merge_in_kernel:
-                self.launch_merge(st_o, st_l, out, lse, *self.merge_tail)
+                self.launch_merge(st_o, st_l, out, lse)
         elif self.path == "split":
             st_o, st_l = self.states
-            self.launch_prefix(q, pk, pv, st_o, st_l, plens, counts, starts, order, *self.tail_p)
-            self.launch(q, k, v, out, lse, seqlens, bt, ids, rank, st_o, st_l, *self.ws, *self.tail)
+            self.launch_prefix(q, pk, pv, st_o, st_l, plens, counts, starts, order)
+            self.launch(q, k, v, out, lse, seqlens, bt, ids, rank, st_o, st_l, *self.ws)
         else:
-            self.launch(q, pk, pv, k, v, out, lse, plens, counts, starts, order, seqlens, bt, *self.ws, *self.tail)
+            self.launch(q, pk, pv, k, v, out, lse, plens, counts, starts, order, seqlens, bt, *self.ws)

@@ -87,9 +87,10 @@ class _Plan:
             self.merge_tail = (splits, M, M * D, D, M, 1)
         # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
         self.launch = runtime.Launcher(lean_decode_kernel if schedule == "lean" else split_decode_kernel,
-                                       self.grid, self.meta)
+                                       self.grid, self.meta, self.tail)
         if schedule != "lean":
-            self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta)
+            self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta,
+                                                 self.merge_tail)
 
     def _lean_grid(self, cfg, q, k_cache, v_cache, workers) -> int:
         if workers > 0:
@@ -104,16 +105,16 @@ class _Plan:
         sl = self.dummy_i32 if cache_seqlens is None else cache_seqlens
         bt = self.dummy_i32 if block_table is None else block_table
         if self.schedule == "lean":
-            self.launch(q, k_cache, v_cache, out, lse, sl, bt, *self.ws, *self.tail)
+            self.launch(q, k_cache, v_cache, out, lse, sl, bt, *self.ws)
             return
         if self.splits == 1:
-            self.launch(q, k_cache, v_cache, out, lse, sl, bt, *self.tail)
+            self.launch(q, k_cache, v_cache, out, lse, sl, bt)
             return
         B, Hq, D = q.shape
         o = torch.empty((self.splits, B, Hq, D), dtype=torch.float32, device=q.device)
         ls = torch.empty((self.splits, B, Hq), dtype=torch.float32, device=q.device)
-        self.launch(q, k_cache, v_cache, o, ls, sl, bt, *self.tail)
-        self.launch_merge(o, ls, out, lse, *self.merge_tail)
+        self.launch(q, k_cache, v_cache, o, ls, sl, bt)
+        self.launch_merge(o, ls, out, lse)
 
 
 _PLANS: dict = {}
@@ -139,13 +140,14 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
            softmax_scale, schedule, workers, block_n, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0, os.environ.get("LEANATTN_DECODE_LOAD"))
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _Plan(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, workers, block_n)
-        if len(_PLANS) >= _MAX_PLANS:
-            del _PLANS[next(iter(_PLANS))]
-        _PLANS[key] = plan
-    plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse)
+    with runtime.device_guard(q.device):
+        plan = _PLANS.get(key)
+        if plan is None:
+            plan = _Plan(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, workers, block_n)
+            if len(_PLANS) >= _MAX_PLANS:
+                del _PLANS[next(iter(_PLANS))]
+            _PLANS[key] = plan
+        plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse)
     return out, lse
 
 
