@@ -98,6 +98,18 @@ def test_decode_launcher_alignment(schedule):
     (plan,) = dec._PLANS.values()
     assert plan.launch.runner is not None
 
+    class Counting:  # the JIT kernel, counting the launches that go through it
+        def __init__(self, kernel):
+            self.kernel, self.params, self.jit = kernel, kernel.params, 0
+
+        def __getitem__(self, grid):
+            self.jit += 1
+            return self.kernel[grid]
+    plan.launch.kernel = spy = Counting(plan.launch.kernel)
+    for q in (q_al, q_off, q_al, q_al):
+        leanattn.decode(q, k, v, s_al, schedule=schedule)
+    assert spy.jit == 1  # only the misaligned q
+
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 @pytest.mark.parametrize("schedule", ["lean", "split"])
