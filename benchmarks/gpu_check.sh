@@ -19,6 +19,10 @@
 #               Offline (Triton 3.6, sm_90a): D=64 256-token tiles 206 registers at 4 warps / 128 at 8, 2 per
 #               SM; D=256 32-token tiles fit 3 per SM (the table caps 1), 64-token tiles 2 at 4 warps
 #               Run 2026-12-01 14:17 (decode probe 9): no config more than 1% (D=64) or 2.5% (D=256) ahead
+#   bif-prefix-shapes  the split path (a prefix launch shaped apart from the own-token launch: 128-row,
+#               8-warp prefix blocks of 64- or 128-token tiles) against the default states path on the GQA
+#               cases furthest from the floor (bifurcated notes section 10). Offline (Triton 3.6, sm_90a): 113-230
+#               registers, no spills, 1-2 prefix programs per SM
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
 # Each step prints one summary line; a failing step does not stop the others.
@@ -54,6 +58,10 @@ for step in "$@"; do
       python3 benchmarks/bench_decode.py --sweep --tag _d256 --out "$OUT" --cases "d256 16/8 B=1 32k" \
         --configs "0,0,0,0;32,4,3,2;32,4,3,3;32,8,3,2;64,4,2,2;64,8,2,1;128,4,2,2,0,0,2;64,4,2,2,0,0,2;0,0,0,0" 2>&1 \
         | grep -E "sweep|fail" ;;
+    bif-prefix-shapes)
+      python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" \
+        --cases "gqa 8k x16,gqa 8k x64,gqa 32k x64,gqa 16k x256,mha 8k x64" \
+        --configs "0;0,0,0,0,0,0,0,0,0,1;128,0,8,3,0,0,0,0,0,1;128,128,8,2,0,0,0,0,0,1;0" 2>&1 | grep -E "sweep|fail" ;;
     decode-load)
       python3 benchmarks/bench_decode.py --sweep --tag _load --out "$OUT" \
         --configs "0,0,0,0;0,0,0,0,0,0,1;0,0,0,0,0,0,2;128,4,2,2,0,0,2;128,4,3,4,0,0,2;64,4,3,4,0,0,2" 2>&1 \
