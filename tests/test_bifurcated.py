@@ -578,3 +578,16 @@ def test_plan_arguments_match_the_kernels(monkeypatch, path):
     expected = {"1": {"prefix_states_kernel", "own_merge_kernel"}, "2": {"bifurcated_decode_kernel"},
                 "3": {"bifurcated_states_kernel"}}[path]
     assert expected <= set(checked)
+
+
+@pytest.mark.parametrize("columns,prefix_len,own_tokens,workers,splits", [
+    (32, 8192, 0, 264, 8),            # prefix alone: one wave (cdiv would give 9, 288 programs)
+    (128, 16384, 0, 132, 1),          # MHA x256 prefix alone: 128 programs on 132 slots, not 256
+    (32, 8192, 64 * 8 * 256, 264, 6),  # GQA 8k x64 with own tokens: the measured default
+    (8, 8192, 16 * 8 * 256, 264, 22),  # GQA 8k x16
+    (300, 8192, 0, 264, 1),           # more columns than slots
+    (4, 0, 100, 264, 1),              # empty prefix
+])
+def test_states_prefix_splits(columns, prefix_len, own_tokens, workers, splits):
+    from leanattn.ops.bifurcated_launch import states_prefix_splits
+    assert states_prefix_splits(columns, prefix_len, own_tokens, workers) == splits

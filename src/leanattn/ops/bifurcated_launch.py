@@ -62,6 +62,22 @@ def env_config() -> dict:
     return env
 
 
+def states_prefix_splits(columns: int, prefix_len: int, own_tokens: int, workers: int) -> int:
+    """Prefix splits per column of the states path (a column: one prompt, kv head and head block).
+
+    Each kind of program gets the share of the ``workers`` program slots that its tokens are of all
+    the tokens the launch loads (``columns * prefix_len`` prefix tokens, prefix tiles counted once per
+    head block, and ``own_tokens``), but the prefix programs never take more than one wave of slots:
+    a second, partial wave of them is the launch's tail. H200, 2026-12-01, no own tokens (the outer
+    levels of ``cascade_decode``), the prefix programs alone: GQA 8k x64 40.4 us with 9 splits (288
+    programs on 264 slots) against 28.8 us with 8 (256 programs); MHA 16k x256 226.2 against 174.8 us
+    (256 programs on 132 slots against 128; bifurcated_H200_notes.md section 11).
+    """
+    total = columns * prefix_len + own_tokens
+    share = triton.cdiv(prefix_len * workers, max(total, 1))
+    return max(1, min(share, workers // max(columns, 1)))
+
+
 @dataclasses.dataclass(frozen=True)
 class LaunchConfig:
     own: DecodeConfig   # the own-token pass (and the one-sample path): rows per dot, head blocks, tile
@@ -288,10 +304,9 @@ class Plan:
         # a prefix program takes no more than a program slot's share of all the tiles the launch loads
         # (prefix tiles count once per head block: the blocks after the first read them from L2, but
         # spend the time); fewer, longer prefix programs are the launch's tail
-        columns = G * Hkv * n_hb
-        total = columns * P + (own_rows * cap if own else 0)
-        S = lc.splits or triton.cdiv(P * workers, max(total, 1))
+        S = lc.splits or states_prefix_splits(G * Hkv * n_hb, P, own_rows * cap if own else 0, workers)
         S = max(1, min(S, tiles_p))
+        total = G * Hkv * n_hb * P + (own_rows * cap if own else 0)
         chunk_p = triton.cdiv(tiles_p, S)
         self.splits = S = triton.cdiv(tiles_p, chunk_p)
         s_own = 0
