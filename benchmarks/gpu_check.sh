@@ -22,7 +22,8 @@
 #   bif-prefix-shapes  the split path (a prefix launch shaped apart from the own-token launch: 128-row,
 #               8-warp prefix blocks of 64- or 128-token tiles) against the default states path on the GQA
 #               cases furthest from the floor (bifurcated notes section 10). Offline (Triton 3.6, sm_90a): 113-230
-#               registers, no spills, 1-2 prefix programs per SM
+#               registers, no spills, 1-2 prefix programs per SM. Run 2026-12-01 16:05: 1.5-4x slower than the states
+#               path, the split path's own launch dominating (bifurcated notes section 11)
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
 # Each step prints one summary line; a failing step does not stop the others.
