@@ -158,19 +158,33 @@ def reference_of(inp, idx):
     return leanattn.reference.bifurcated_decode(q, inp["pk"], inp["pv"], k, v, lens)[0]
 
 
-def time_fn(fn, cuda, flush="write"):
-    """(ms, timing) as CUDA-graph replays when capture works, else eager launches; ``flush`` as
-    ``common.bench``."""
+def replayer(fn, cuda):
+    """``(run, timing)``: ``fn`` captured once in a CUDA graph and ``run`` its replay when capture
+    works, else ``fn`` itself (eager launches; on the CPU, the interpreter). Time every variant of a
+    method (flushes, repeats) from the one ``run``; drop it before the next case allocates, so the
+    graph's memory pool is freed."""
     if not cuda:
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3, "cpu-interpreter (meaningless)"
+        return fn, "cpu-interpreter (meaningless)"
     from bench_decode import graph_of
     g = graph_of(fn)
-    timing = "graph" if g is not None else "eager"
-    ms = common.bench(g.replay if g is not None else fn, flush=flush)
-    del g  # free the graph's pool before the next case allocates
-    return ms, timing
+    return (g.replay, "graph") if g is not None else (fn, "eager")
+
+
+def time_run(run, cuda, flush="write"):
+    """Milliseconds of ``run`` (from ``replayer``): ``common.bench`` with ``flush`` on a GPU, one call
+    on the CPU."""
+    if not cuda:
+        t0 = time.perf_counter()
+        run()
+        return (time.perf_counter() - t0) * 1e3
+    return common.bench(run, flush=flush)
+
+
+def time_fn(fn, cuda, flush="write"):
+    """(ms, timing) of ``fn`` as CUDA-graph replays when capture works, else eager launches; ``flush``
+    as ``common.bench``. One capture per call: to time several variants, use ``replayer``."""
+    run, timing = replayer(fn, cuda)
+    return time_run(run, cuda, flush), timing
 
 
 def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
@@ -209,16 +223,17 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
             err = rel_err(out[idx], ref)
             if not err <= (tol if name in OURS + ("decode_copied",) else 2 * tol):
                 raise RuntimeError(f"wrong result: rel err {err:.2e}")
-            ms, timing = time_fn(fn, cuda)
-            r = dict(us=ms * 1e3, err=err, form=getattr(fn, "form", ""), timing=timing)
+            run, timing = replayer(fn, cuda)  # one capture serves every timing of this method
+            r = dict(us=time_run(run, cuda) * 1e3, err=err, form=getattr(fn, "form", ""), timing=timing)
             if cuda:  # after a flush that leaves no dirty lines to write back inside the call (common.bench)
-                r["us_clean"] = time_fn(fn, cuda, flush="read")[0] * 1e3
+                r["us_clean"] = time_run(run, cuda, flush="read") * 1e3
             if name == "bifurcated":
                 from leanattn.ops import bifurcated as bif
                 r["launch"] = next(reversed(bif._PLANS.values())).info  # the plan this case built last
                 if cuda:
                     r["us_eager"] = common.bench(fn) * 1e3
-                    r["us_repeat"] = time_fn(fn, cuda)[0] * 1e3  # the noise
+                    r["us_repeat"] = time_run(run, cuda) * 1e3  # the noise
+            del run
             row["results"][name] = r
         except torch.OutOfMemoryError as e:
             row["results"][name] = dict(error=f"OutOfMemoryError: {str(e)[:120]}")
