@@ -311,9 +311,10 @@ class Plan:
         # a prefix program takes no more than a program slot's share of all the tiles the launch loads
         # (prefix tiles count once per head block: the blocks after the first read them from L2, but
         # spend the time); fewer, longer prefix programs are the launch's tail
-        S = lc.splits or states_prefix_splits(G * Hkv * n_hb, P, own_rows * cap if own else 0, workers)
+        columns, own_tokens = G * Hkv * n_hb, (own_rows * cap if own else 0)
+        S = lc.splits or states_prefix_splits(columns, P, own_tokens, workers)
         S = max(1, min(S, tiles_p))
-        total = G * Hkv * n_hb * P + (own_rows * cap if own else 0)
+        total = columns * P + own_tokens
         chunk_p = triton.cdiv(tiles_p, S)
         self.splits = S = triton.cdiv(tiles_p, chunk_p)
         s_own = 0
@@ -326,7 +327,7 @@ class Plan:
             s_own = triton.cdiv(tiles_o, chunk_o)
         else:
             chunk_o = 1
-        n_prefix = G * Hkv * S * n_hb
+        n_prefix = columns * S
         self.grid = (n_prefix + (triton.cdiv(own_rows, rows_pp) if rows_pp > 1 else own_rows * s_own),)
         n_states = S + s_own
         self.tail = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:],
