@@ -24,9 +24,6 @@
 #               cases furthest from the floor (bifurcated notes section 10). Offline (Triton 3.6, sm_90a): 113-230
 #               registers, no spills, 1-2 prefix programs per SM. Run 2026-12-01 16:05: 1.5-4x slower than the states
 #               path, the split path's own launch dominating (bifurcated notes section 11)
-#   bif-own-rows  the states path with 2, 4, 8 and 16 own rows a program in one tile loop (kernels/own_rows.py,
-#               opt-in field 14) against the default on the bar cases. Offline (Triton 3.6, sm_90a): 128-165
-#               registers, no spills, 2 per SM, as the default
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
 # Each step prints one summary line; a failing step does not stop the others.
@@ -66,11 +63,6 @@ for step in "$@"; do
       python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" \
         --cases "gqa 8k x16,gqa 8k x64,gqa 32k x64,gqa 16k x256,mha 8k x64" \
         --configs "0;0,0,0,0,0,0,0,0,0,1;128,0,8,3,0,0,0,0,0,1;128,128,8,2,0,0,0,0,0,1;0" 2>&1 | grep -E "sweep|fail" ;;
-    bif-own-rows)
-      python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" \
-        --cases "gqa 8k x16,gqa 8k x32,gqa 8k x64,gqa 32k x64,gqa 16k x256,mha 8k x64" \
-        --configs "0;0,0,0,0,0,0,0,0,0,0,0,0,0,2;0,0,0,0,0,0,0,0,0,0,0,0,0,4;0,0,0,0,0,0,0,0,0,0,0,0,0,8;0,0,0,0,0,0,0,0,0,0,0,0,0,16;0" \
-        2>&1 | grep -E "sweep|fail" ;;
     decode-load)
       python3 benchmarks/bench_decode.py --sweep --tag _load --out "$OUT" \
         --configs "0,0,0,0;0,0,0,0,0,0,1;0,0,0,0,0,0,2;128,4,2,2,0,0,2;128,4,3,4,0,0,2;64,4,3,4,0,0,2" 2>&1 \

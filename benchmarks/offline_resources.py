@@ -202,11 +202,9 @@ def _with_env(value, fn):
 def bifurcated_cases():
     bf = torch.bfloat16
     # the default launch, then block pointers (field 6) and the multi-launch split and states paths (field 10);
-    # the split path also with 128-row, 8-warp prefix blocks (fields 1, 3, 4: a prefix launch shaped apart from the own one);
-    # the states path with four own rows a program in one tile loop (field 14)
+    # the split path also with 128-row, 8-warp prefix blocks (fields 1, 3, 4: a prefix launch shaped apart from the own one)
     for variant, env in (("", ""), (" block-ptr", "0,0,0,0,0,2"), (" tma", "0,0,0,0,0,3"), (" split-path", "0,0,0,0,0,0,0,0,0,1"),
-                         (" split-path 128-row", "128,0,8,3,0,0,0,0,0,1"), (" fused-path", "0,0,0,0,0,0,0,0,0,2"),
-                         (" own-rows-path", "0,0,0,0,0,0,0,0,0,3,0,0,0,4")):
+                         (" split-path 128-row", "128,0,8,3,0,0,0,0,0,1"), (" fused-path", "0,0,0,0,0,0,0,0,0,2")):
         for hq, hkv in ((32, 32), (32, 8)):
             for samples in (1, 32):
                 if variant.endswith("-path") and samples == 1:

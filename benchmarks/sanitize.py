@@ -62,9 +62,8 @@ def sparse():
 
 
 def bifurcated():
-    # the default launch plans, then the states path's in-kernel merge, the fused path and the states
-    # path's own rows in one loop (four a program)
-    for env in ("", "0,0,0,0,0,0,0,0,2", "0,0,0,0,0,0,0,0,0,2", "0,0,0,0,0,0,0,0,0,3,0,0,0,4"):
+    # the default launch plans, then the states path's in-kernel merge and the fused path
+    for env in ("", "0,0,0,0,0,0,0,0,2", "0,0,0,0,0,0,0,0,0,2"):
         os.environ["LEANATTN_BIFURCATED_CONFIG"] = env
         bifurcated_launches()
     os.environ.pop("LEANATTN_BIFURCATED_CONFIG")

@@ -9,7 +9,6 @@ import re
 
 import pytest
 import torch
-import triton
 
 import leanattn
 from leanattn import reference
@@ -592,26 +591,3 @@ def test_plan_arguments_match_the_kernels(monkeypatch, path):
 def test_states_prefix_splits(columns, prefix_len, own_tokens, workers, splits):
     from leanattn.ops.bifurcated_launch import states_prefix_splits
     assert states_prefix_splits(columns, prefix_len, own_tokens, workers) == splits
-
-
-@pytest.mark.parametrize("rows", [2, 3, 8])
-@pytest.mark.parametrize("hq,hkv", [(8, 2), (4, 4)])
-def test_own_rows_loop(monkeypatch, rows, hq, hkv):
-    # the states path's opt-in own-token loop over several rows a program (fourteenth field; 3 rounds
-    # up to 4): rows of unequal length, empty ones, a last program with fewer rows, and a row count
-    # that the rows per program does not divide; paged own caches and the in-kernel merge fall back
-    from leanattn.ops import bifurcated as bif
-    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", "0,0,0,0,0,0,0,0,0,3,0,0,0," + str(rows))
-    bif._PLANS.clear()
-    q, k, v, lens, _ = make_inputs(5, hq, hkv, 64, [3, 0, 20, 33, 16], capacity=40)
-    pk, pv, plens = make_prefix(2, 40, hkv, 64, plens=[40, 13])
-    ids = ids_tensor([0, 1, 1, 0, 1])
-    check(q, pk, pv, k, v, lens, plens=plens, ids=ids)
-    check(q, pk[0], pv[0], k, v, lens, name="single")
-    check(q, pk[0], pv[0], k, v, None, name="no lengths")
-    plans = list(bif._PLANS.values())
-    assert [p.meta["OWN_ROWS"] for p in plans] == [triton.next_power_of_2(rows)] * 3
-    q1, k1, v1, lens1, bt1 = make_inputs(3, hq, hkv, 64, [19, 0, 5], page_size=16)
-    check(q1, pk[0], pv[0], k1, v1, lens1, bt1, name="paged")
-    assert list(bif._PLANS.values())[-1].meta["OWN_ROWS"] == 1
-    bif._PLANS.clear()

@@ -28,7 +28,6 @@ import triton.language as tl
 from .bifurcated_prefix import prefix_states_program
 from .decode import split_program
 from .merge import LOG2E, finish_merge
-from .own_rows import own_rows_program
 
 
 @triton.jit
@@ -83,7 +82,7 @@ def bifurcated_states_kernel(
     BLOCK_NP: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr, BLOCK_NO: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr,  #
     HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MERGE: tl.constexpr, OWN_ROWS: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MERGE: tl.constexpr,
 ):
     """Prefix programs ``[0, n_prefix)`` then own programs (``n_own_rows`` rows of ``(sample, kv
     head, head block)`` per own split). ``PK/PV (G, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one
@@ -104,14 +103,6 @@ def bifurcated_states_kernel(
         if MERGE:
             settle_states(b_p, h_p, valid_p, StO, StL, Arrivals, Out, Lse, n_states, stride_ob, stride_oh,
                           stride_lb, rows, HQ, HEAD_DIM)
-    elif OWN_ROWS > 1:
-        # opt-in: OWN_ROWS (sample, kv head) rows per program, one tile loop (kernels/own_rows.py)
-        base = tl.cast(S, tl.int64) * rows
-        own_rows_program(
-            pid - n_prefix, Q, K, V, StO + base * HEAD_DIM, StL + base, Seqlens,  #
-            stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
-            HQ * HEAD_DIM, HEAD_DIM, HQ, qk_scale, capacity, n_own_rows,  #
-            GROUP, N_HBO, HKV * N_HBO, HEAD_DIM, BLOCK_HO, BLOCK_NO, HAS_SEQLENS, UPCAST, DOT_PRECISION, OWN_ROWS)
     else:
         o = pid - n_prefix
         base = tl.cast(S, tl.int64) * rows

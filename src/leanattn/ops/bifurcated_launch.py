@@ -40,18 +40,17 @@ from .decode_config import DecodeConfig, decode_config, load_path
 LOG2E = 1.4426950408889634
 
 _ENV_FIELDS = ("block_h_cap", "block_np", "num_warps", "num_stages", "ctas_per_sm", "load", "block_no", "order",
-               "merge", "path", "splits", "sb", "own_splits", "own_rows")
+               "merge", "path", "splits", "sb", "own_splits")
 
 
 def env_config() -> dict:
     """``LEANATTN_BIFURCATED_CONFIG``: comma-separated integers, 0 = default, in the order
     ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, load, block_no, order, merge,
-    path, splits, sb, own_splits, own_rows`` (``load`` is ``LOAD + 1`` of ``kernels/attend.py``: 1 pointers, 2 block
+    path, splits, sb, own_splits`` (``load`` is ``LOAD + 1`` of ``kernels/attend.py``: 1 pointers, 2 block
     pointers, 3 TMA; ``order`` is ``ORDER + 1`` of the fused path; ``merge`` 2: the states path merges
     in-kernel (last arriver) instead of in a second launch; ``path`` 1 split, 2 fused, 3 states; ``splits``
     prefix splits per head of the split and states paths; ``sb`` prefix states merged per load of the
-    split path; ``own_splits`` own-token splits per row of the states path; ``own_rows`` (opt-in, contiguous
-    own caches) own rows per program of the states path in one tile loop, ``kernels/own_rows.py``): launch overrides for
+    split path; ``own_splits`` own-token splits per row of the states path): launch overrides for
     benchmark sweeps."""
     raw = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
     vals = tuple(int(x) for x in raw.split(",")) if raw else ()
@@ -93,7 +92,6 @@ class LaunchConfig:
     path: str           # "fused", "split" or "states" (with more than one sample per prompt)
     splits: int         # prefix splits per (prompt, kv head) of the split and states paths (0: fill the GPU)
     own_splits: int     # own-token splits per row of the states path (0: sized by bytes)
-    own_rows: int       # own rows per program of the states path in one tile loop (0/1: one row, split)
     merge_in_kernel: bool  # states path: each row merged by its last arriving state instead of a second launch
     sb: int             # prefix split states merged per load
 
@@ -136,8 +134,7 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
         block_no=block_n or env["block_no"] or cfg.block_n, num_warps=env["num_warps"] or warps,
         num_stages=env["num_stages"] or stages, ctas_per_sm=env["ctas_per_sm"] or cfg.ctas_per_sm,
         load=env["load"] - 1 if env["load"] else None, order=order,
-        path=path, splits=env["splits"], own_splits=env["own_splits"], own_rows=env["own_rows"],
-        merge_in_kernel=env["merge"] == 2,
+        path=path, splits=env["splits"], own_splits=env["own_splits"], merge_in_kernel=env["merge"] == 2,
         sb=env["sb"] or max(1, 64 // cfg.block_h))
 
 
@@ -293,10 +290,6 @@ class Plan:
         self.meta = dict(self.common, HKV=Hkv, GROUP=group, BLOCK_HP=lc.block_hp, N_HB=n_hb, BLOCK_NP=lc.block_np,
                          BLOCK_HO=cfg.block_h, N_HBO=n_hbo, BLOCK_NO=block_no, PAGE_SIZE=self.page_size,
                          HAS_PREFIX_LENS=has_plens, num_warps=lc.num_warps, num_stages=lc.num_stages)
-        # own rows per program in one tile loop (opt-in; contiguous own caches, merge in a second launch)
-        rows_pp = triton.next_power_of_2(lc.own_rows) if (lc.own_rows > 1 and own and not self.page_size
-                                                          and not lc.merge_in_kernel) else 1
-        self.meta["OWN_ROWS"] = rows_pp
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         tiles_p = max(triton.cdiv(P, lc.block_np), 1)
         tiles_o = max(triton.cdiv(cap, block_no), 1)
@@ -318,9 +311,7 @@ class Plan:
         chunk_p = triton.cdiv(tiles_p, S)
         self.splits = S = triton.cdiv(tiles_p, chunk_p)
         s_own = 0
-        if own and rows_pp > 1:
-            s_own, chunk_o = 1, tiles_o
-        elif own:
+        if own:
             s_own = lc.own_splits or triton.cdiv(cap * workers, total)
             s_own = max(1, min(s_own, tiles_o))
             chunk_o = triton.cdiv(tiles_o, s_own)
@@ -328,7 +319,7 @@ class Plan:
         else:
             chunk_o = 1
         n_prefix = columns * S
-        self.grid = (n_prefix + (triton.cdiv(own_rows, rows_pp) if rows_pp > 1 else own_rows * s_own),)
+        self.grid = (n_prefix + own_rows * s_own,)
         n_states = S + s_own
         self.tail = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:],
                      *self.strides_own[6:9], scale * LOG2E, B, P, S, chunk_p, n_prefix, cap, chunk_o, own_rows, n_states)
@@ -343,8 +334,7 @@ class Plan:
                        runtime.workspace("bif_arrivals", device, (B * Hq,), torch.int32, zero=True))
         self.merge_grid, self.merge_meta = merge_launch(n_states, M, D)
         self.merge_tail = (n_states, M, M * D, D, M, 1)
-        self.info.update(grid=self.grid[0], prefix_programs=n_prefix, splits=S, own_splits=s_own, own_rows=rows_pp,
-                         workers=workers,
+        self.info.update(grid=self.grid[0], prefix_programs=n_prefix, splits=S, own_splits=s_own, workers=workers,
                          **{k: self.meta[k] for k in ("BLOCK_HP", "N_HB", "BLOCK_NP", "BLOCK_HO", "BLOCK_NO", "num_warps",
                                                       "num_stages")})
 
