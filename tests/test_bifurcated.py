@@ -256,8 +256,8 @@ def test_broadcast_query():
 # ------------------------------------------------------------------------------------------------
 # cascade
 # ------------------------------------------------------------------------------------------------
-def check_cascade(q, levels, k=None, v=None, lens=None, bt=None, name="cascade"):
-    out, lse = leanattn.cascade_decode(q, levels, k, v, lens, bt, return_lse=True)
+def check_cascade(q, levels, k=None, v=None, lens=None, bt=None, name="cascade", **kw):
+    out, lse = leanattn.cascade_decode(q, levels, k, v, lens, bt, return_lse=True, **kw)
     ref_out, ref_lse = reference.cascade_decode(q, levels, k, v, lens, bt)
     tol = TOLERANCE[q.dtype]
     assert out.shape == q.shape and lse.shape == q.shape[:2]
@@ -274,6 +274,17 @@ def test_cascade_three_levels():
     sk, sv, _ = make_prefix(None, 21, 2, 64)
     dk, dv, dlens = make_prefix(3, 30, 2, 64, plens=[30, 0, 11])
     check_cascade(q, [(sk, sv), (dk, dv, dlens, ids_tensor(ids))], k, v, lens, bt)
+
+
+def test_cascade_max_group_size():
+    # a bound on the samples per segment at every level: no host count of the groups
+    ids = [0, 0, 1, 2, 2, 2]
+    q, k, v, lens, _ = make_inputs(6, 8, 2, 64, [4, 0, 20, 16, 1, 33])
+    sk, sv, _ = make_prefix(None, 21, 2, 64)
+    dk, dv, dlens = make_prefix(3, 30, 2, 64, plens=[30, 0, 11])
+    check_cascade(q, [(sk, sv), (dk, dv, dlens, ids_tensor(ids))], k, v, lens, max_group_size=3, name="bound 3")
+    check_cascade(q, [(dk, dv, dlens, ids_tensor(ids)), (dk, dv, None, ids_tensor(ids[::-1]))], k, v, lens,
+                  max_group_size=6, name="two grouped levels, bound 6")
 
 
 def test_cascade_levels_only_and_own_only():
@@ -394,6 +405,10 @@ CASCADE_BAD = [
     ("nothing", lambda kw: dict(levels=[], k_cache=None, v_cache=None, cache_seqlens=None), ValueError, "levels"),
     ("k without v", lambda kw: dict(levels=[], v_cache=None), ValueError, "k_cache"),
     ("scale type", lambda kw: dict(levels=[], softmax_scale=True), TypeError, "softmax_scale"),
+    ("group bound too small", lambda kw: dict(levels=[(kw["prefix_k"], kw["prefix_v"], None, kw["prefix_ids"])],
+                                              max_group_size=1), ValueError, "max_group_size"),
+    ("group bound negative", lambda kw: dict(levels=[(kw["prefix_k"], kw["prefix_v"], None, kw["prefix_ids"])],
+                                             max_group_size=-1), ValueError, "max_group_size"),
 ]
 
 

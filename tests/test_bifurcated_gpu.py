@@ -136,6 +136,32 @@ def test_deterministic_20_runs():
         assert torch.equal(o, first) and torch.equal(l, first_lse)
 
 
+def test_cuda_graph_survives_a_larger_batch(monkeypatch):
+    """A graph captured at one batch size replays correctly after a larger batch has grown the
+    shared workspaces and pushed the captured plan out of the plan cache (runtime.workspace keeps
+    the buffers it replaced)."""
+    from leanattn import runtime
+    from leanattn.ops import bifurcated as opb
+    monkeypatch.setattr(opb, "_PLANS", runtime.PlanCache(limit=1))
+    q, pk, pv, k, v, sl = inputs(8, 32, 8, 128, 2048, [256] * 8)
+    leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+    big = inputs(64, 32, 8, 128, 2048, [256] * 64)
+    check(*big, name="larger batch")
+    assert len(opb._PLANS) == 1
+    torch.cuda.empty_cache()
+    for trial in range(3):
+        sl.copy_(torch.randint(0, 257, (8,), dtype=torch.int32))
+        q.normal_()
+        g.replay()
+        torch.cuda.synchronize()
+        ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl)
+        assert_rel_close(f"graph replay after growth {trial}", out, ref, TOLERANCE[torch.bfloat16])
+
+
 @pytest.mark.parametrize("multi", ["single", "bound", "capture-bound"])
 def test_cuda_graph_new_lengths_and_ids(multi):
     # "bound": max_group_size given; "capture-bound": none, so the capture assumes every sample may

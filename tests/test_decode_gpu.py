@@ -230,3 +230,24 @@ def test_decode_load_paths(monkeypatch, load, hq, hkv, d, schedule):
     plan2 = list(dec._PLANS.values())[-1]
     assert plan2.meta["LOAD"] == (0 if load == "2" else int(load))
     dec._PLANS.clear()
+
+
+def test_validate_on_cuda():
+    """CUDA values are checked only when asked (a device sync): lengths past capacity, page ids past
+    the pool, prefix ids past the prompts."""
+    q = torch.randn(2, 4, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(2, 64, 2, 128, dtype=torch.bfloat16, device="cuda")
+    lens = torch.tensor([65, 3], dtype=torch.int32, device="cuda")
+    leanattn.decode(q, k, k, lens)  # not checked by default: no sync
+    with pytest.raises(ValueError, match="cache_seqlens: expected lengths <= 64"):
+        leanattn.decode(q, k, k, lens, validate=True)
+    pages = torch.randn(4, 16, 2, 128, dtype=torch.bfloat16, device="cuda")
+    table = torch.tensor([[0, 1], [2, 9]], dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="block_table"):
+        leanattn.decode(q, pages, pages, torch.tensor([20, 20], dtype=torch.int32, device="cuda"), table,
+                        validate=True)
+    pk = torch.randn(1, 32, 2, 128, dtype=torch.bfloat16, device="cuda")
+    with pytest.raises(ValueError, match="prefix_ids"):
+        leanattn.bifurcated_decode(q, pk, pk, k, k, lens.clamp(max=64),
+                                   prefix_lens=torch.tensor([32], dtype=torch.int32, device="cuda"),
+                                   prefix_ids=torch.tensor([0, 1], dtype=torch.int32, device="cuda"), validate=True)

@@ -2,6 +2,9 @@
 and what was given."""
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -60,6 +63,7 @@ def softmax_scale(value, head_dim: int) -> float:
     """The scale to use: ``1 / sqrt(head_dim)`` for None, else ``value`` as a float."""
     if value is None:
         return 1.0 / head_dim ** 0.5
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    # any real scalar (numpy's included, as flash-attn takes them); a bool or a tensor is a mistake
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
         _fail(TypeError, "softmax_scale", "a float or None", type(value).__name__)
     return float(value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 
 import torch
@@ -87,19 +88,53 @@ def kernel_occupancy(kernel, args: tuple, meta: dict, device: torch.device, info
     return occ
 
 
+class PlanCache(dict):
+    """Launch plans by signature, at most ``limit`` of them, the oldest dropped first.
+
+    A cache that grows by one token per step (transformers' dynamic cache) or a server whose batch
+    size changes every step makes a new signature each step; dicts keep insertion order, so the first
+    key is the oldest.
+    """
+
+    def __init__(self, limit: int = 256):
+        super().__init__()
+        self.limit = limit
+
+    def get_or_make(self, key, make):
+        """The plan cached under ``key``, made by ``make()`` (and cached) when there is none."""
+        plan = self.get(key)
+        if plan is None:
+            plan = make()
+            while self and len(self) >= self.limit:
+                del self[next(iter(self))]
+            self[key] = plan
+        return plan
+
+
 _WORKSPACES: dict = {}
+# buffers a larger request replaced: a CUDA graph captured over one still reads it, so it stays allocated
+_RETIRED: list = []
 
 
 def workspace(name: str, device: torch.device, shape: tuple, dtype: torch.dtype, zero: bool = False) -> torch.Tensor:
-    """A buffer cached per (name, device, shape, dtype).
+    """A ``shape`` view of a buffer cached per (name, device, dtype).
+
+    Every shape asked for under one name shares one flat buffer, which grows (at least doubling) when
+    a request does not fit, so a server whose batch size changes every step holds at most twice the
+    largest buffer per name, not one buffer per size. A replaced buffer stays allocated, because a CUDA
+    graph captured over it still reads it.
 
     ``zero`` buffers are zeroed once when created; kernels that use them must leave them zeroed.
     Shared by every launch on the device, like FlashInfer's workspace: launches that use one must
     not run concurrently on two streams. Allocate (make a first call) before CUDA-graph capture.
     """
-    key = (name, str(device), tuple(shape), dtype)
+    key = (name, str(device), dtype)
+    numel = math.prod(shape)
     buf = _WORKSPACES.get(key)
-    if buf is None:
+    if buf is None or buf.numel() < numel:
+        size = numel if buf is None else max(numel, 2 * buf.numel())
+        if buf is not None:
+            _RETIRED.append(buf)
         make = (torch.zeros if zero else torch.empty)
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
@@ -110,12 +145,12 @@ def workspace(name: str, device: torch.device, shape: tuple, dtype: torch.dtype,
             side = torch.cuda.Stream(device)
             side.wait_stream(current)
             with torch.cuda.stream(side):
-                buf = make(shape, dtype=dtype, device=device)
+                buf = make((size,), dtype=dtype, device=device)
             current.wait_stream(side)
         else:
-            buf = make(shape, dtype=dtype, device=device)
+            buf = make((size,), dtype=dtype, device=device)
         _WORKSPACES[key] = buf
-    return buf
+    return buf[:numel].view(shape)
 
 
 def tma_allocator() -> None:

@@ -20,7 +20,7 @@ from .decode import validate_decode
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
 
-_PLANS: dict = {}
+_PLANS = runtime.PlanCache()
 
 
 def _group_layout(prefix_ids: torch.Tensor, G: int):
@@ -77,11 +77,9 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
            all(t.data_ptr() % 16 == 0 for t in (prefix_k, prefix_v, k_cache, v_cache) if t is not None),
            os.environ.get("LEANATTN_DECODE_LOAD"), os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
     with runtime.device_guard(q.device):
-        plan = _PLANS.get(key)
-        if plan is None:
-            plan = Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens is not None,
-                        single, n_max, softmax_scale, num_programs, block_h, block_n)
-            _PLANS[key] = plan
+        plan = _PLANS.get_or_make(key, lambda: Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
+                                                    prefix_lens is not None, single, n_max, softmax_scale,
+                                                    num_programs, block_h, block_n))
         plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
                  out, lse)
     return out, lse
@@ -271,6 +269,7 @@ def cascade_decode(
     softmax_scale: Optional[float] = None,
     return_lse: bool = False,
     *,
+    max_group_size: int = 0,
     num_programs: int = 0,
     validate: Optional[bool] = None,
 ):
@@ -290,6 +289,10 @@ def cascade_decode(
         :func:`bifurcated_decode`.
     k_cache, v_cache, cache_seqlens, block_table : optional
         Each sample's own tokens, as in :func:`leanattn.decode`; may be omitted (``None``).
+    max_group_size : int, keyword-only
+        A bound on the samples that read one segment, at every level with ``ids`` (as in
+        :func:`bifurcated_decode`): with it no level counts its groups on the host, so a call on CUDA
+        makes no device sync and a captured graph keeps the rows it needs. Default 0: counted.
     softmax_scale, return_lse, num_programs, validate
         As in :func:`bifurcated_decode`.
 
@@ -315,7 +318,7 @@ def cascade_decode(
         if not isinstance(level, (tuple, list)) or len(level) not in (2, 4):
             raise ValueError(f"levels[{i}]: expected a (k, v) or (k, v, lens, ids) tuple, got {level!r:.80}")
         k, v, lens, ids = (*level, None, None) if len(level) == 2 else level
-        Hkv = validate_prefix(q, k, v, lens, ids, 0, validate, name=f"levels[{i}]")
+        Hkv = validate_prefix(q, k, v, lens, ids, max_group_size, validate, name=f"levels[{i}]")
         parsed.append((k, v, lens, ids))
     if k_cache is not None or v_cache is not None:
         if k_cache is None or v_cache is None:
@@ -333,7 +336,7 @@ def cascade_decode(
         fuse_own = i == len(parsed) - 1 and k_cache is not None
         states.append(op(q, k, v, k_cache if fuse_own else None, v_cache if fuse_own else None,
                          cache_seqlens if fuse_own else None, block_table if fuse_own else None, lens, ids,
-                         scale, 0, int(num_programs), 0, 0))
+                         scale, max_group_size, int(num_programs), 0, 0))
     if not parsed:
         empty = q.new_zeros((0, Hkv, D))
         states.append(op(q, empty, empty, k_cache, v_cache, cache_seqlens, block_table, None, None, scale, 0,

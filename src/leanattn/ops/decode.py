@@ -117,10 +117,7 @@ class _Plan:
         self.launch_merge(o, ls, out, lse)
 
 
-_PLANS: dict = {}
-# a cache that grows by one token per step (transformers' dynamic cache) makes a new key each step:
-# keep the newest plans only (dicts keep insertion order, so the first key is the oldest)
-_MAX_PLANS = 256
+_PLANS = runtime.PlanCache()
 
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
@@ -141,12 +138,8 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0, os.environ.get("LEANATTN_DECODE_LOAD"))
     with runtime.device_guard(q.device):
-        plan = _PLANS.get(key)
-        if plan is None:
-            plan = _Plan(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, workers, block_n)
-            if len(_PLANS) >= _MAX_PLANS:
-                del _PLANS[next(iter(_PLANS))]
-            _PLANS[key] = plan
+        plan = _PLANS.get_or_make(key, lambda: _Plan(q, k_cache, v_cache, cache_seqlens, block_table,
+                                                     softmax_scale, schedule, workers, block_n))
         plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse)
     return out, lse
 

@@ -180,18 +180,11 @@ class Plan:
         return (dq, dk, dv) if deterministic else (dq.to(q.dtype), dk, dv)
 
 
-_PLANS: dict = {}
-_MAX_PLANS = 256  # a training run sees few signatures; drop the oldest past this
+_PLANS = runtime.PlanCache()  # a training run sees few signatures
 
 
 def get_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles) -> Plan:
     """The cached :class:`Plan` of this signature; ``tiles``: its first four entries are used."""
     tiles = tuple(tiles[:4])
     key = (q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, tiles, runtime.interpreting())
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = Plan(q, k, v, tiles)
-        if len(_PLANS) >= _MAX_PLANS:
-            del _PLANS[next(iter(_PLANS))]
-        _PLANS[key] = plan
-    return plan
+    return _PLANS.get_or_make(key, lambda: Plan(q, k, v, tiles))
