@@ -276,6 +276,18 @@ def test_cascade_three_levels():
     check_cascade(q, [(sk, sv), (dk, dv, dlens, ids_tensor(ids))], k, v, lens, bt)
 
 
+def test_no_own_cache():
+    # k_cache = v_cache = None: attention over the prefix alone, as cascade_decode's outer levels
+    q, _, _, _, _ = make_inputs(3, 4, 2, 64, [1, 1, 1])
+    pk, pv, plens = make_prefix(2, 20, 2, 64, plens=[20, 0])
+    ids = ids_tensor([1, 0, 0])
+    out, lse = leanattn.bifurcated_decode(q, pk, pv, None, None, prefix_lens=plens, prefix_ids=ids, return_lse=True)
+    ref, ref_lse = reference.bifurcated_decode(q, pk, pv, None, None, prefix_lens=plens, prefix_ids=ids)
+    assert_rel_close("no own cache", out, ref, TOLERANCE[q.dtype])
+    assert_lse_close("no own cache", lse, ref_lse, atol=TOLERANCE[q.dtype])
+    assert torch.all(out[0] == 0) and torch.all(lse[0] == float("-inf"))  # prompt 1 is empty
+
+
 def test_cascade_max_group_size():
     # a bound on the samples per segment at every level: no host count of the groups
     ids = [0, 0, 1, 2, 2, 2]
@@ -385,6 +397,9 @@ BAD = [
     ("max_group_size too small", dict(max_group_size=1), ValueError, "max_group_size"),
     ("max_group_size negative", dict(max_group_size=-1), ValueError, "max_group_size"),
     ("scale type", dict(softmax_scale="0.1"), TypeError, "softmax_scale"),
+    ("k without v", dict(v_cache=None), ValueError, "k_cache"),
+    ("lengths without own cache", dict(k_cache=None, v_cache=None), ValueError, "cache_seqlens"),
+    ("q rank, no own cache", dict(q=half(3, 256), k_cache=None, v_cache=None, cache_seqlens=None), ValueError, "q"),
 ]
 
 

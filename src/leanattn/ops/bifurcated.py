@@ -104,6 +104,14 @@ def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefi
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 
 
+def validate_query(q, softmax_scale) -> float:
+    """Checks of ``q`` alone (ops whose own cache may be absent); returns the softmax scale."""
+    checks.check_tensor("q", q, 3)
+    checks.check_dtype("q", q)
+    checks.check_head_dim("q", q.shape[-1])
+    return checks.softmax_scale(softmax_scale, q.shape[-1])
+
+
 def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate, name="prefix"):
     """Checks of a shared prefix against ``q``; the kv-head count is compared by the caller."""
     kn, vn, ln, idn = f"{name}_k", f"{name}_v", f"{name}_lens", f"{name}_ids"
@@ -167,8 +175,8 @@ def bifurcated_decode(
     q: torch.Tensor,
     prefix_k: torch.Tensor,
     prefix_v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    k_cache: Optional[torch.Tensor],
+    v_cache: Optional[torch.Tensor],
     cache_seqlens: Optional[torch.Tensor] = None,
     block_table: Optional[torch.Tensor] = None,
     prefix_lens: Optional[torch.Tensor] = None,
@@ -194,9 +202,10 @@ def bifurcated_decode(
     prefix_k, prefix_v : torch.Tensor
         One prefix shared by every sample, ``(P, Hkv, D)``, or ``G`` prefixes ``(G, P, Hkv, D)``;
         same dtype and device as ``q``, unit stride on ``D``. ``P = 0`` (no prefix) is allowed.
-    k_cache, v_cache : torch.Tensor
+    k_cache, v_cache : torch.Tensor or None
         Each sample's own tokens, exactly as in :func:`leanattn.decode`: contiguous
         ``(B, N, Hkv, D)`` or paged ``(num_pages, page_size, Hkv, D)`` with ``block_table``.
+        Both None: no own tokens (attention over the prefix alone).
     cache_seqlens : torch.Tensor, optional
         ``(B,)`` int32 own tokens per sample (default: the capacity); zero-length allowed.
     block_table : torch.Tensor, optional
@@ -228,12 +237,15 @@ def bifurcated_decode(
 
     Notes
     -----
-    One launch: for each prompt and kv head, the query rows of all its samples are stacked
-    (``samples x group`` rows) and every prefix tile is multiplied against all of them at once;
-    each sample's own tokens are attended like :func:`leanattn.decode`; both passes are stream-K
-    over all SMs and their states are merged in-kernel. With at most one sample per prompt there is
-    nothing to share and the launch is :func:`leanattn.decode`'s schedule over the concatenation,
-    without building it (``kernels/bifurcated_concat.py``). Output is bitwise deterministic for fixed inputs and launch configuration.
+    Two launches (``kernels/bifurcated_states.py``): for each prompt and kv head, the query rows of
+    all its samples are stacked (``samples x group`` rows) and every prefix tile is multiplied
+    against all of them at once, over prefix splits; each sample's own tokens are attended like
+    :func:`leanattn.decode`'s split schedule; the two kinds of programs share one launch, their
+    split counts sized so that together they fill every SM, and write partial states that one
+    :func:`leanattn.merge_states` launch merges. With at most one sample per prompt there is nothing
+    to share and the launch is :func:`leanattn.decode`'s stream-K schedule over the concatenation,
+    without building it (``kernels/bifurcated_concat.py``). Output is bitwise deterministic for
+    fixed inputs and launch configuration.
     Registered as the custom op ``torch.ops.leanattn.bifurcated_decode``
     (``torch.compile(fullgraph=True)``, CUDA graphs: lengths, prefix ids and prefix lengths may
     change between replays; with several prompts pass ``max_group_size`` and keep every prompt
@@ -247,9 +259,17 @@ def bifurcated_decode(
     >>> q = torch.randn(16, 32, 128, dtype=torch.bfloat16, device="cuda")
     >>> out = leanattn.bifurcated_decode(q, pk, pv, k, v)
     """
-    scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate)
+    if k_cache is None and v_cache is None:
+        scale = validate_query(q, softmax_scale)
+        for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):
+            if t is not None:
+                raise ValueError(f"{name}: expected None without an own cache (k_cache=None), got a tensor")
+    else:
+        if k_cache is None or v_cache is None:
+            raise ValueError("k_cache: expected k_cache and v_cache together (or neither), got only one of them")
+        scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate)
     Hkv = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate)
-    if Hkv != k_cache.shape[2]:
+    if k_cache is not None and Hkv != k_cache.shape[2]:
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
     if q.stride(-1) != 1:
         q = q.contiguous()
@@ -304,15 +324,12 @@ def cascade_decode(
     is associative, so the nesting order does not matter). ``L`` shared levels cost ``L``
     launches plus one merge.
     """
-    checks.check_tensor("q", q, 3)
-    checks.check_dtype("q", q)
+    scale = validate_query(q, softmax_scale)
     if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
         raise TypeError(f"levels: expected a list of (k, v[, lens, ids]) tuples, got {type(levels).__name__}")
     if len(levels) == 0 and k_cache is None:
         raise ValueError("levels: expected at least one level or an own cache (k_cache), got neither")
     B, Hq, D = q.shape
-    checks.check_head_dim("q", D)
-    scale = checks.softmax_scale(softmax_scale, D)
     parsed = []
     for i, level in enumerate(levels):
         if not isinstance(level, (tuple, list)) or len(level) not in (2, 4):
