@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -294,7 +295,8 @@ def test_cascade_max_group_size():
     q, k, v, lens, _ = make_inputs(6, 8, 2, 64, [4, 0, 20, 16, 1, 33])
     sk, sv, _ = make_prefix(None, 21, 2, 64)
     dk, dv, dlens = make_prefix(3, 30, 2, 64, plens=[30, 0, 11])
-    check_cascade(q, [(sk, sv), (dk, dv, dlens, ids_tensor(ids))], k, v, lens, max_group_size=3, name="bound 3")
+    check_cascade(q, [(sk, sv), (dk, dv, dlens, ids_tensor(ids))], k, v, lens, max_group_size=np.int64(3),
+                  name="bound 3")
     check_cascade(q, [(dk, dv, dlens, ids_tensor(ids)), (dk, dv, None, ids_tensor(ids[::-1]))], k, v, lens,
                   max_group_size=6, name="two grouped levels, bound 6")
 
@@ -424,6 +426,7 @@ CASCADE_BAD = [
                                               max_group_size=1), ValueError, "max_group_size"),
     ("group bound negative", lambda kw: dict(levels=[(kw["prefix_k"], kw["prefix_v"], None, kw["prefix_ids"])],
                                              max_group_size=-1), ValueError, "max_group_size"),
+    ("group bound, no levels", lambda kw: dict(levels=[], max_group_size="x"), ValueError, "max_group_size"),
 ]
 
 

@@ -12,13 +12,15 @@ from leanattn.ops import decode as dec
 from leanattn.testing import TOLERANCE, assert_rel_close
 
 
-def test_plan_cache_keeps_the_newest():
+def test_plan_cache_keeps_the_plans_in_use():
     cache = runtime.PlanCache(limit=3)
     made = []
     for key in range(5):
         cache.get_or_make(key, lambda key=key: made.append(key) or f"plan {key}")
     assert list(cache) == [2, 3, 4]
-    assert cache.get_or_make(4, lambda: "new") == "plan 4"  # a hit makes nothing
+    assert cache.get_or_make(2, lambda: "new") == "plan 2"  # a hit makes nothing, and is the newest now
+    cache.get_or_make(5, lambda: "plan 5")
+    assert list(cache) == [4, 2, 5]
     assert made == [0, 1, 2, 3, 4]
 
 
@@ -45,10 +47,10 @@ def test_workspace_grows_geometrically_and_keeps_what_it_replaced(fresh_workspac
     grown = runtime.workspace("z", dev, (11,), torch.int32, zero=True)
     assert grown.data_ptr() != first.data_ptr()
     assert torch.count_nonzero(grown) == 0
-    assert runtime._WORKSPACES[("z", "cpu", torch.int32)].numel() == 20  # doubled, not 11
+    assert runtime._WORKSPACES[("z", "cpu", torch.int32, True)].numel() == 20  # doubled, not 11
     assert runtime._RETIRED[0].data_ptr() == first.data_ptr()  # a captured graph may still read it
     for n in range(12, 21):  # sizes up to the doubled capacity take no new buffer
-        assert runtime.workspace("z", dev, (n,), torch.int32).data_ptr() == grown.data_ptr()
+        assert runtime.workspace("z", dev, (n,), torch.int32, zero=True).data_ptr() == grown.data_ptr()
 
 
 def test_bifurcated_memory_is_bounded_over_batch_sizes(fresh_workspaces, monkeypatch):
@@ -66,7 +68,7 @@ def test_bifurcated_memory_is_bounded_over_batch_sizes(fresh_workspaces, monkeyp
         ref, _ = reference.bifurcated_decode(q, pk, pv, k, v, lens)
         assert_rel_close(f"B={b}", out, ref, TOLERANCE[torch.float16])
     assert len(bif._PLANS) == 4
-    states = [buf for (name, _, _), buf in runtime._WORKSPACES.items() if name == "bif_states_o"]
+    states = [buf for (name, *_), buf in runtime._WORKSPACES.items() if name == "bif_states_o"]
     assert len(states) == 1
     largest = max(p.states[0].numel() for p in bif._PLANS.values())
     assert states[0].numel() <= 2 * largest

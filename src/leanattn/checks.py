@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -64,6 +63,13 @@ def softmax_scale(value, head_dim: int) -> float:
     if value is None:
         return 1.0 / head_dim ** 0.5
     # any real scalar (numpy's included, as flash-attn takes them); a bool or a tensor is a mistake
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         _fail(TypeError, "softmax_scale", "a float or None", type(value).__name__)
     return float(value)
+
+
+def max_group_size(value) -> int:
+    """``max_group_size`` as an int >= 0 (numpy integers included; 0 = count on the host)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"max_group_size: expected an int >= 0 (0 = count on the host), got {value!r}")
+    return int(value)

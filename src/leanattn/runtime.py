@@ -101,13 +101,14 @@ class PlanCache(dict):
         self.limit = limit
 
     def get_or_make(self, key, make):
-        """The plan cached under ``key``, made by ``make()`` (and cached) when there is none."""
-        plan = self.get(key)
+        """The plan cached under ``key``, made by ``make()`` (and cached) when there is none; either
+        way it becomes the newest, so the plans in use are the last to go."""
+        plan = self.pop(key, None)
         if plan is None:
             plan = make()
             while self and len(self) >= self.limit:
                 del self[next(iter(self))]
-            self[key] = plan
+        self[key] = plan
         return plan
 
 
@@ -120,24 +121,30 @@ def workspace(name: str, device: torch.device, shape: tuple, dtype: torch.dtype,
     """A ``shape`` view of a buffer cached per (name, device, dtype).
 
     Every shape asked for under one name shares one flat buffer, which grows (at least doubling) when
-    a request does not fit, so a server whose batch size changes every step holds at most twice the
-    largest buffer per name, not one buffer per size. A replaced buffer stays allocated, because a CUDA
-    graph captured over it still reads it.
+    a request does not fit, so a server whose batch size changes every step holds at most about four
+    times the largest request per name (the buffer and those it replaced), not one buffer per size. A
+    replaced buffer stays allocated, because a CUDA graph captured over it still reads it.
 
     ``zero`` buffers are zeroed once when created; kernels that use them must leave them zeroed.
     Shared by every launch on the device, like FlashInfer's workspace: launches that use one must
-    not run concurrently on two streams. Allocate (make a first call) before CUDA-graph capture.
+    not run concurrently on two streams, whatever their shapes. Allocate (make a first call) before
+    CUDA-graph capture: a request that does not fit during capture gets a buffer of its own, whose
+    zeros exist only once the graph replays, so it never becomes the shared one.
     """
-    key = (name, str(device), dtype)
+    key = (name, str(device), dtype, zero)
     numel = math.prod(shape)
     buf = _WORKSPACES.get(key)
     if buf is None or buf.numel() < numel:
+        make = (torch.zeros if zero else torch.empty)
+        device = torch.device(device)
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            own = make((numel,), dtype=dtype, device=device)
+            _RETIRED.append(own)
+            return own.view(shape)
         size = numel if buf is None else max(numel, 2 * buf.numel())
         if buf is not None:
             _RETIRED.append(buf)
-        make = (torch.zeros if zero else torch.empty)
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+        if device.type == "cuda":
             # torch.compile's CUDA-graph trees send the current stream's allocations to their private
             # pool during warm-up, and refuse a live tensor there that no graph output owns: a buffer
             # kept across calls is made on a side stream, whose allocations stay in the common pool

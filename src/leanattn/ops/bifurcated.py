@@ -149,8 +149,7 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
         checks.check_index(idn, prefix_ids, 1, q.device)
         if prefix_ids.shape[0] != B:
             raise ValueError(f"{idn}: expected shape ({B},) (batch size of q), got {tuple(prefix_ids.shape)}")
-    if not isinstance(max_group_size, int) or isinstance(max_group_size, bool) or max_group_size < 0:
-        raise ValueError(f"max_group_size: expected an int >= 0 (0 = count on the host), got {max_group_size!r}")
+    max_group_size = checks.max_group_size(max_group_size)
     if validate is None:
         validate = checks.values_checkable(prefix_lens, prefix_ids)
     if validate and prefix_lens is not None and G:
@@ -207,9 +206,10 @@ def bifurcated_decode(
         ``(B, N, Hkv, D)`` or paged ``(num_pages, page_size, Hkv, D)`` with ``block_table``.
         Both None: no own tokens (attention over the prefix alone).
     cache_seqlens : torch.Tensor, optional
-        ``(B,)`` int32 own tokens per sample (default: the capacity); zero-length allowed.
+        ``(B,)`` int32 own tokens per sample (default: the capacity); zero-length allowed. None
+        without an own cache.
     block_table : torch.Tensor, optional
-        ``(B, max_pages)`` int32 page table of the own cache.
+        ``(B, max_pages)`` int32 page table of the own cache. None without an own cache.
     prefix_lens : torch.Tensor, optional
         ``(G,)`` int32 tokens of each prefix (default ``P``); zero allowed.
     prefix_ids : torch.Tensor, optional
@@ -242,8 +242,8 @@ def bifurcated_decode(
     against all of them at once, over prefix splits; each sample's own tokens are attended like
     :func:`leanattn.decode`'s split schedule; the two kinds of programs share one launch, their
     split counts sized so that together they fill every SM, and write partial states that one
-    :func:`leanattn.merge_states` launch merges. With at most one sample per prompt there is nothing
-    to share and the launch is :func:`leanattn.decode`'s stream-K schedule over the concatenation,
+    :func:`leanattn.merge_states` launch merges. With at most one sample per prompt and an own cache
+    there is nothing to share and the launch is :func:`leanattn.decode`'s stream-K schedule over the concatenation,
     without building it (``kernels/bifurcated_concat.py``). Output is bitwise deterministic for
     fixed inputs and launch configuration.
     Registered as the custom op ``torch.ops.leanattn.bifurcated_decode``
@@ -325,6 +325,7 @@ def cascade_decode(
     launches plus one merge.
     """
     scale = validate_query(q, softmax_scale)
+    max_group_size = checks.max_group_size(max_group_size)
     if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
         raise TypeError(f"levels: expected a list of (k, v[, lens, ids]) tuples, got {type(levels).__name__}")
     if len(levels) == 0 and k_cache is None:
