@@ -400,6 +400,8 @@ BAD = [
     ("max_group_size negative", dict(max_group_size=-1), ValueError, "max_group_size"),
     ("scale type", dict(softmax_scale="0.1"), TypeError, "softmax_scale"),
     ("k without v", dict(v_cache=None), ValueError, "k_cache"),
+    ("prefix without kv heads", dict(prefix_k=half(2, 20, 0, 64), prefix_v=half(2, 20, 0, 64)), ValueError,
+     "prefix_k"),
     ("lengths without own cache", dict(k_cache=None, v_cache=None), ValueError, "cache_seqlens"),
     ("q rank, no own cache", dict(q=half(3, 256), k_cache=None, v_cache=None, cache_seqlens=None), ValueError, "q"),
 ]

@@ -43,6 +43,7 @@ DECODE_CASES = [
     ("head dim mismatch", replace(k_cache=half((2, 32, 2, 128)), v_cache=half((2, 32, 2, 128))), ValueError,
      "k_cache"),
     ("Hq not multiple of Hkv", replace(q=half((2, 5, 64))), ValueError, "q"),
+    ("no kv heads", replace(k_cache=half((2, 32, 0, 64)), v_cache=half((2, 32, 0, 64))), ValueError, "k_cache"),
     ("head dim 96", replace(q=half((2, 4, 96)), k_cache=half((2, 32, 2, 96)), v_cache=half((2, 32, 2, 96))),
      ValueError, "q"),
     ("float64", replace(**{n: (lambda kw, n=n: kw[n].double()) for n in ("q", "k_cache", "v_cache")}), TypeError, "q"),

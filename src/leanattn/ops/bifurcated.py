@@ -128,7 +128,9 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
     if prefix_k.shape[-1] != D:
         raise ValueError(f"{kn}: expected head dim {D} (as q), got {prefix_k.shape[-1]}")
     Hkv = prefix_k.shape[-2]
-    if Hkv == 0 or Hq % Hkv != 0:
+    if Hkv == 0:
+        raise ValueError(f"{kn}: expected at least one kv head, got shape {tuple(prefix_k.shape)}")
+    if Hq % Hkv != 0:
         raise ValueError(f"q: expected a number of heads that is a multiple of {kn}'s {Hkv} kv heads, got {Hq}")
     checks.check_unit_stride(kn, prefix_k)
     checks.check_unit_stride(vn, prefix_v)

@@ -178,7 +178,9 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
     Hkv, Dk = k_cache.shape[2], k_cache.shape[3]
     if Dk != D:
         raise ValueError(f"k_cache: expected head dim {D} (as q), got {Dk}")
-    if Hkv == 0 or Hq % Hkv != 0:
+    if Hkv == 0:
+        raise ValueError(f"k_cache: expected at least one kv head, got shape {tuple(k_cache.shape)}")
+    if Hq % Hkv != 0:
         raise ValueError(f"q: expected a number of heads that is a multiple of k_cache's {Hkv} kv heads, got {Hq}")
     checks.check_unit_stride("k_cache", k_cache)
     checks.check_unit_stride("v_cache", v_cache)
