@@ -148,13 +148,18 @@ def prefix_states(q, pk, pv, S, block_m=64, block_n=64, stages=3, scale=None):
 
 
 def main():
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--offline", action="store_true", help="compile for sm_90a on a machine without a GPU")
+    ap.add_argument("--configs", default="64,3", help="semicolon-separated block_n,stages pairs (default 64,3)")
+    args = ap.parse_args()
+    configs = [tuple(int(x) for x in c.split(",")) for c in args.configs.split(";")]
     off = None
-    if "--offline" in sys.argv:
-        sys.path.insert(0, "benchmarks")
+    if args.offline:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import offline_resources as off  # installs the offline driver
-        off._install("/tmp/gluon_ptx", [""])
-        os.makedirs("/tmp/gluon_ptx", exist_ok=True)
-    dev = "cpu" if "--offline" in sys.argv else "cuda"
+        off._install(None, [""])
+    dev = "cpu" if args.offline else "cuda"
     torch.manual_seed(0)
     res = []
     for name, B, Hq, Hkv, P, S in (("gqa 8k x64", 64, 32, 8, 8192, 8), ("gqa 32k x64", 64, 32, 8, 32768, 8),
@@ -162,37 +167,31 @@ def main():
         q = torch.randn(B, Hq, 128, dtype=torch.bfloat16, device=dev)
         pk = torch.randn(P, Hkv, 128, dtype=torch.bfloat16, device=dev)
         pv = torch.randn_like(pk)
-        launch, states = prefix_states(q, pk, pv, S)
-        launch()
-        if dev == "cpu":
-            print(name, "compiled", off.RESULTS[-1] if off.RESULTS else "(no compile recorded)")
-            continue
-        import leanattn
-        o, lse = states()
-        out, lse_m = leanattn.merge_states(o, lse)
-        ref, ref_lse = leanattn.bifurcated_decode(q, pk, pv, None, None, return_lse=True)
-        err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-        lerr = (lse_m - ref_lse).abs().max().item()
         flops = 4.0 * B * Hq * P * 128
-
-        def graph(fn):
-            fn()
-            torch.cuda.synchronize()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                fn()
-            return g.replay
-
-        g_ours = graph(launch)
-        g_merge = graph(lambda: leanattn.merge_states(*states()))
-        g_triton = graph(lambda: leanattn.bifurcated_decode(q, pk, pv, None, None))
         t = {}
-        for rnd in range(2):
-            for key, fn in (("gluon", g_ours), ("gluon_merge", g_merge), ("triton_states_prefix_only", g_triton)):
-                t.setdefault(key, []).append(triton.testing.do_bench(fn, warmup=25, rep=200) * 1e3)
-        r = dict(case=name, S=S, err=err, lse_err=lerr, us={k: min(v) for k, v in t.items()},
-                 tflops_gluon=flops / (min(t["gluon"]) * 1e-6) / 1e12,
-                 tflops_triton=flops / (min(t["triton_states_prefix_only"]) * 1e-6) / 1e12)
+        if dev == "cuda":
+            import leanattn
+            ref, ref_lse = leanattn.bifurcated_decode(q, pk, pv, None, None, return_lse=True)
+            t["triton_states_prefix_only"] = _graph(lambda: leanattn.bifurcated_decode(q, pk, pv, None, None))
+        errs = {}
+        for block_n, stages in configs:
+            launch, states = prefix_states(q, pk, pv, S, block_n=block_n, stages=stages)
+            launch()
+            tag = f"gluon_{block_n}_{stages}"
+            if dev == "cpu":
+                print(name, tag, off.RESULTS[-1] if off.RESULTS else "(no compile recorded)")
+                continue
+            out, lse_m = leanattn.merge_states(*states())
+            errs[tag] = (((out.float() - ref.float()).norm() / ref.float().norm()).item(),
+                         (lse_m - ref_lse).abs().max().item())
+            t[tag] = _graph(launch)
+        if dev == "cpu":
+            continue
+        us = {}
+        for _ in range(2):  # two interleaved rounds, the best kept
+            for key, fn in t.items():
+                us[key] = min(us.get(key, float("inf")), triton.testing.do_bench(fn, warmup=25, rep=200) * 1e3)
+        r = dict(case=name, S=S, err=errs, us=us, tflops={k: flops / (v * 1e-6) / 1e12 for k, v in us.items()})
         print(json.dumps(r))
         res.append(r)
     if dev == "cuda":
@@ -200,6 +199,16 @@ def main():
         with open(os.path.join(out_dir, "gluon_prefix_probe_H200.json"), "w") as f:
             json.dump(dict(torch=torch.__version__, triton=triton.__version__,
                            device=torch.cuda.get_device_name(), results=res), f, indent=1)
+
+
+def _graph(fn):
+    """``fn`` captured in a CUDA graph (after one eager call); returns the replay."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
 
 
 if __name__ == "__main__":
