@@ -429,6 +429,8 @@ CASCADE_BAD = [
     ("group bound negative", lambda kw: dict(levels=[(kw["prefix_k"], kw["prefix_v"], None, kw["prefix_ids"])],
                                              max_group_size=-1), ValueError, "max_group_size"),
     ("group bound, no levels", lambda kw: dict(levels=[], max_group_size="x"), ValueError, "max_group_size"),
+    ("lengths without own cache", lambda kw: dict(levels=[(kw["prefix_k"][0], kw["prefix_v"][0])], k_cache=None,
+                                                  v_cache=None), ValueError, "cache_seqlens"),
 ]
 
 

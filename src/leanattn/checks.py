@@ -73,3 +73,12 @@ def max_group_size(value) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
         raise ValueError(f"max_group_size: expected an int >= 0 (0 = count on the host), got {value!r}")
     return int(value)
+
+
+def query(q, scale) -> float:
+    """Checks of the query ``q (B, Hq, D)`` shared by every decode op; returns the softmax scale to use
+    for the given ``scale`` (``softmax_scale``)."""
+    check_tensor("q", q, 3)
+    check_dtype("q", q)
+    check_head_dim("q", q.shape[-1])
+    return softmax_scale(scale, q.shape[-1])

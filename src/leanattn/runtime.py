@@ -89,11 +89,11 @@ def kernel_occupancy(kernel, args: tuple, meta: dict, device: torch.device, info
 
 
 class PlanCache(dict):
-    """Launch plans by signature, at most ``limit`` of them, the oldest dropped first.
+    """Launch plans by signature, at most ``limit`` of them, the least recently used dropped first.
 
     A cache that grows by one token per step (transformers' dynamic cache) or a server whose batch
-    size changes every step makes a new signature each step; dicts keep insertion order, so the first
-    key is the oldest.
+    size changes every step makes a new signature each step; dicts keep insertion order and a hit is
+    moved to the end, so the first key is the least recently used.
     """
 
     def __init__(self, limit: int = 256):
@@ -113,7 +113,8 @@ class PlanCache(dict):
 
 
 _WORKSPACES: dict = {}
-# buffers a larger request replaced: a CUDA graph captured over one still reads it, so it stays allocated
+# buffers a larger request replaced, and those made during capture: a CUDA graph captured over one
+# still reads it, so it stays allocated
 _RETIRED: list = []
 
 

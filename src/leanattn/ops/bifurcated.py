@@ -104,12 +104,18 @@ def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefi
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 
 
-def validate_query(q, softmax_scale) -> float:
-    """Checks of ``q`` alone (ops whose own cache may be absent); returns the softmax scale."""
-    checks.check_tensor("q", q, 3)
-    checks.check_dtype("q", q)
-    checks.check_head_dim("q", q.shape[-1])
-    return checks.softmax_scale(softmax_scale, q.shape[-1])
+def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate) -> float:
+    """Checks of the own-token cache, which may be absent (``k_cache = v_cache = None``, and then no
+    lengths or page table either), as in :func:`leanattn.decode` otherwise; returns the softmax scale."""
+    if k_cache is None and v_cache is None:
+        scale = checks.query(q, softmax_scale)
+        for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):
+            if t is not None:
+                raise ValueError(f"{name}: expected None without an own cache (k_cache=None), got a tensor")
+        return scale
+    if k_cache is None or v_cache is None:
+        raise ValueError("k_cache: expected k_cache and v_cache together (or neither), got only one of them")
+    return validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate)
 
 
 def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate, name="prefix"):
@@ -261,15 +267,7 @@ def bifurcated_decode(
     >>> q = torch.randn(16, 32, 128, dtype=torch.bfloat16, device="cuda")
     >>> out = leanattn.bifurcated_decode(q, pk, pv, k, v)
     """
-    if k_cache is None and v_cache is None:
-        scale = validate_query(q, softmax_scale)
-        for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):
-            if t is not None:
-                raise ValueError(f"{name}: expected None without an own cache (k_cache=None), got a tensor")
-    else:
-        if k_cache is None or v_cache is None:
-            raise ValueError("k_cache: expected k_cache and v_cache together (or neither), got only one of them")
-        scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate)
+    scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate)
     Hkv = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate)
     if k_cache is not None and Hkv != k_cache.shape[2]:
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
@@ -326,7 +324,7 @@ def cascade_decode(
     is associative, so the nesting order does not matter). ``L`` shared levels cost ``L``
     launches plus one merge.
     """
-    scale = validate_query(q, softmax_scale)
+    scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate)
     max_group_size = checks.max_group_size(max_group_size)
     if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
         raise TypeError(f"levels: expected a list of (k, v[, lens, ids]) tuples, got {type(levels).__name__}")
@@ -340,10 +338,7 @@ def cascade_decode(
         k, v, lens, ids = (*level, None, None) if len(level) == 2 else level
         Hkv = validate_prefix(q, k, v, lens, ids, max_group_size, validate, name=f"levels[{i}]")
         parsed.append((k, v, lens, ids))
-    if k_cache is not None or v_cache is not None:
-        if k_cache is None or v_cache is None:
-            raise ValueError("k_cache: expected k_cache and v_cache together, got only one of them")
-        validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, "lean", validate)
+    if k_cache is not None:
         Hkv = k_cache.shape[2]
     for i, (k, *_rest) in enumerate(parsed):
         if k.shape[-2] != Hkv:

@@ -165,14 +165,12 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
 
     Returns the softmax scale to use.
     """
-    checks.check_tensor("q", q, 3)
+    scale = checks.query(q, softmax_scale)
     checks.check_tensor("k_cache", k_cache, 4)
     checks.check_tensor("v_cache", v_cache, 4)
-    checks.check_dtype("q", q)
     checks.check_same("k_cache", k_cache, "q", q)
     checks.check_same("v_cache", v_cache, "q", q)
     B, Hq, D = q.shape
-    checks.check_head_dim("q", D)
     if tuple(v_cache.shape) != tuple(k_cache.shape):
         raise ValueError(f"v_cache: expected shape {tuple(k_cache.shape)} (as k_cache), got {tuple(v_cache.shape)}")
     Hkv, Dk = k_cache.shape[2], k_cache.shape[3]
@@ -201,7 +199,6 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
             raise ValueError(f"cache_seqlens: expected shape ({B},) (batch size of q), got {tuple(cache_seqlens.shape)}")
     if schedule not in ("lean", "split"):
         raise ValueError(f"schedule: expected 'lean' or 'split', got {schedule!r}")
-    softmax_scale = checks.softmax_scale(softmax_scale, D)
     if validate is None:
         validate = checks.values_checkable(cache_seqlens, block_table)
     if validate and cache_seqlens is not None:
@@ -221,7 +218,7 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
         if int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]:
             raise ValueError(f"block_table: expected page ids in [0, {k_cache.shape[0]}) for the pages in use, "
                              f"got ids in [{int(ids.min())}, {int(ids.max())}]")
-    return float(softmax_scale)
+    return scale
 
 
 @overload
