@@ -26,6 +26,9 @@
 #               path, the split path's own launch dominating (bifurcated notes section 11)
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
+#   bif-overlap the overlap path (Gluon prefix on one stream, own tokens on another; the default on sm_90) against
+#               the Triton states path (LEANATTN_BIFURCATED_CONFIG path field 3), default first and last, on the
+#               8k cases of 4 samples or more and the long GQA cases (bench_bifurcated.py --sweep)
 # Each step prints one summary line; a failing step does not stop the others.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -45,6 +48,9 @@ for step in "$@"; do
     decode) python3 benchmarks/bench_decode.py --out "$OUT" 2>&1 | grep "Summary" ;;
     bifurcated) python3 benchmarks/bench_bifurcated.py --cases 8k --out "$OUT" 2>&1 | grep "Summary" ;;
     bifurcated-all) python3 benchmarks/bench_bifurcated.py --cases 8k,16k,32k --budget-s 260 --out "$OUT" 2>&1 | grep "Summary" ;;
+    bif-overlap)
+      python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" --cases "$(echo {mha,gqa}\ 8k\ x{4,16,32,64,256} | sed 's/ \([mg]\)/,\1/g'),gqa 32k x64,gqa 16k x256,mha 32k x16" \
+        --configs "0;0,0,0,0,0,0,0,0,0,3;0" 2>&1 | grep -E "sweep|fail" ;;
     bif-leads)
       for cfg in "" 0,0,0,0,0,2 0,0,0,0,0,3 0,0,0,2,0,3; do
         d="$OUT/leads_$(echo "${cfg:-default}" | tr , _)"; mkdir -p "$d"

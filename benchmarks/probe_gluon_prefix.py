@@ -28,7 +28,10 @@ LOG2E = 1.4426950408889634
 @gluon.jit
 def prefix_fa_kernel(q_desc, k_desc, v_desc, O, L, qk_scale, rows_total, n_hb, chunk,  #
                      HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                     STAGES: gl.constexpr, S: gl.constexpr):
+                     STAGES: gl.constexpr, S: gl.constexpr, TRIGGER: gl.constexpr = False):
+    if TRIGGER:
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
     pid = gl.program_id(0)
     s_id = pid % S
     col = pid // S  # (kv head, head block)
@@ -113,7 +116,7 @@ def prefix_fa_kernel(q_desc, k_desc, v_desc, O, L, qk_scale, rows_total, n_hb, c
     gl.store(L + rows, lse)
 
 
-def prefix_states(q, pk, pv, S, block_m=64, block_n=64, stages=3, scale=None):
+def prefix_states(q, pk, pv, S, block_m=64, block_n=64, stages=3, scale=None, trigger=False):
     """``q (B, Hq, D)``, ``pk/pv (P, Hkv, D)`` bf16 -> states ``(S, B, Hq, D)`` fp32, ``(S, B, Hq)``."""
     B, Hq, D = q.shape
     P, Hkv, _ = pk.shape
@@ -137,7 +140,7 @@ def prefix_states(q, pk, pv, S, block_m=64, block_n=64, stages=3, scale=None):
 
     def launch():
         prefix_fa_kernel[grid](q_desc, k_desc, v_desc, O, L, scale, rows_total, R // block_m, chunk,
-                               HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, S=S, num_warps=4)
+                               HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, S=S, TRIGGER=trigger, num_warps=4)
 
     def states():
         o = O.view(S, Hkv, B, G, D).permute(0, 2, 1, 3, 4).reshape(S, B, Hq, D)

@@ -62,8 +62,9 @@ def sparse():
 
 
 def bifurcated():
-    # the default launch plans, then the states path's in-kernel merge and the fused path
-    for env in ("", "0,0,0,0,0,0,0,0,2", "0,0,0,0,0,0,0,0,0,2"):
+    # the default launch plans, then the states path's in-kernel merge, the fused path and the overlap path
+    # (Gluon prefix and a side stream, where usable: sm_90, one prompt, D 64/128)
+    for env in ("", "0,0,0,0,0,0,0,0,2", "0,0,0,0,0,0,0,0,0,2", "0,0,0,0,0,0,0,0,0,4"):
         os.environ["LEANATTN_BIFURCATED_CONFIG"] = env
         bifurcated_launches()
     os.environ.pop("LEANATTN_BIFURCATED_CONFIG")

@@ -628,3 +628,23 @@ def test_plan_arguments_match_the_kernels(monkeypatch, path):
 def test_states_prefix_splits(columns, prefix_len, own_tokens, workers, splits):
     from leanattn.ops.bifurcated_launch import states_prefix_splits
     assert states_prefix_splits(columns, prefix_len, own_tokens, workers) == splits
+
+
+def test_overlap_path_split_counts_and_cpu_fallback():
+    # the Gluon overlap path never runs on the CPU (no interpreter for Gluon); its split rule: one
+    # prefix program per SM when the own tokens are a large share of the work, two when the prefix dominates
+    from leanattn.ops import bifurcated_overlap as ov
+    q = torch.randn(4, 8, 64)
+    pk = torch.randn(1, 100, 2, 64)
+    assert not ov.usable(q, pk, pk, True, False)
+    assert ov.preferred(256, 8192) and ov.preferred(16, 32768) and not ov.preferred(128, 8192)
+    S, chunk = ov.prefix_splits(32, 128, 4, 8192, 256, 132)   # GQA 8k x64: 32 columns, one per SM
+    assert (S, chunk) == (4, 32)
+    S, chunk = ov.prefix_splits(32, 512, 4, 32768, 256, 132)  # GQA 32k x64: two per SM
+    assert (S, chunk) == (8, 64)
+    S, chunk = ov.prefix_splits(32, 128, 4, 8192, 0, 132)     # prefix only: two per SM
+    assert (S, chunk) == (8, 16)
+    S, chunk = ov.prefix_splits(1000, 3, 1, 150, 256, 132)    # more columns than slots, a short prefix
+    assert (S, chunk) == (1, 3)
+    S, chunk = ov.prefix_splits(8, 10, 4, 600, 256, 132)      # splits cut so none is empty
+    assert S * chunk >= 10 and (S - 1) * chunk < 10

@@ -4,6 +4,7 @@ compute-sanitizer. Skipped without CUDA.
 
     PYTHONPATH=src python3 -m pytest -q tests/test_bifurcated_gpu.py
 """
+import contextlib
 import os
 import shutil
 import subprocess
@@ -125,6 +126,85 @@ def test_tensors_off_the_current_device(n):
         for _ in range(2):
             check(q, pk, pv, k, v, sl)
             assert torch.cuda.current_device() == 0
+
+
+def _last_plan():
+    from leanattn.ops import bifurcated as opb
+    return next(reversed(opb._PLANS.values()))
+
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@contextlib.contextmanager
+def _path(field):
+    """Force a bifurcated path (LEANATTN_BIFURCATED_CONFIG path field: 3 states, 4 overlap)."""
+    os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,0,0,0,0,0,0,0,{field}"
+    try:
+        yield
+    finally:
+        del os.environ["LEANATTN_BIFURCATED_CONFIG"]
+
+
+@pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,hq,hkv,d,P", [(64, 32, 8, 128, 8192), (5, 32, 8, 64, 1000), (100, 32, 32, 128, 4097),
+                                          (2, 8, 1, 128, 1), (33, 32, 4, 64, 63), (300, 16, 8, 128, 640)])
+def test_overlap_path(dtype, n, hq, hkv, d, P):
+    # the Gluon prefix (one or two programs per SM, a ragged last tile, rows that are not a multiple of
+    # 64) with the own tokens on a side stream, against the reference and against the Triton states path
+    own = torch.randint(0, 300, (n,)).tolist()
+    own[0] = 0
+    args = inputs(n, hq, hkv, d, P, own, dtype)
+    with _path(4):
+        out, lse = check(*args, name=f"overlap {n} {hq}/{hkv} d{d} P{P}")
+        assert _last_plan().path == "overlap"
+    with _path(3):
+        ref_out, ref_lse = leanattn.bifurcated_decode(*args, return_lse=True)
+        assert _last_plan().path == "states"
+    assert_rel_close("overlap against states", out, ref_out.double(), TOLERANCE[dtype])
+    assert_lse_close("overlap against states lse", lse, ref_lse.double(), 1e-2)
+
+
+@pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
+@pytest.mark.parametrize("n,hkv,P,path", [(64, 8, 8192, "overlap"), (16, 32, 32768, "overlap"),
+                                          (32, 8, 8192, "states"), (64, 32, 8192, "states")])
+def test_overlap_is_the_default_where_preferred(n, hkv, P, path):
+    check(*inputs(n, 32, hkv, 128, P, [256] * n), name=f"default {n} {hkv} {P}")
+    assert _last_plan().path == path
+
+
+@pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
+def test_overlap_prefix_only_and_strided_prefix():
+    q, pk, pv, k, v, sl = inputs(48, 32, 8, 128, 3000, [10] * 48)
+    with _path(4):
+        out, lse = leanattn.bifurcated_decode(q, pk, pv, None, None, return_lse=True)
+        assert _last_plan().path == "overlap"
+        ref, ref_lse = leanattn.reference.bifurcated_decode(q, pk, pv, None, None)
+        assert_rel_close("prefix only", out, ref, TOLERANCE[torch.bfloat16])
+        assert_lse_close("prefix only lse", lse, ref_lse, 1e-2)
+        # rows of a larger buffer (row stride > Hkv * D): still TMA-readable
+        big_k = torch.randn(3000, 16, 128, dtype=q.dtype, device="cuda")
+        big_v = torch.randn_like(big_k)
+        check(q, big_k[:, 2:10], big_v[:, 2:10], k, v, sl, name="strided prefix")
+        assert _last_plan().path == "overlap"
+        # heads not adjacent (stride(1) != D): the Triton states path
+        check(q, big_k[:, ::2], big_v[:, ::2], k, v, sl, name="head-strided prefix")
+        assert _last_plan().path == "states"
+
+
+@pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
+def test_overlap_deterministic_on_a_callers_stream():
+    q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 8192, torch.randint(0, 300, (64,)).tolist())
+    first = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+    assert _last_plan().path == "overlap"
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # a caller's own stream: the fork and join follow it
+        for _ in range(20):
+            q2 = q * 1.0  # produced on this stream just before the call
+            assert torch.equal(leanattn.bifurcated_decode(q2, pk, pv, k, v, sl), first)
+    torch.cuda.synchronize()
 
 
 def test_deterministic_20_runs():

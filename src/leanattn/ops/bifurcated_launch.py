@@ -12,6 +12,11 @@ Four paths, chosen per call signature:
   (``benchmarks/results/bifurcated_H200_notes.md`` section 7);
 * ``fused`` (``LEANATTN_BIFURCATED_CONFIG`` path field 2): one launch of both passes, two stream-K
   work lists with in-kernel last-arriver merges of pieces (``kernels/bifurcated.py``);
+* ``overlap`` (in place of ``states`` where ``ops/bifurcated_overlap.usable``, an sm_90 GPU, one
+  prompt, D 64/128, and ``preferred``, many rows or a long prefix; path field 3 forces ``states``,
+  4 ``overlap`` where usable): the prefix states in Gluon on the caller's
+  stream, the states kernel's own-token programs alone on a second stream at the same time, then
+  ``merge_states`` (``benchmarks/results/bifurcated_H200_notes.md`` section 15);
 * ``split`` (path field 1): two launches, fixed-split prefix states with stacked rows
   (``kernels/bifurcated_prefix.py``), then the own tokens with the prefix merge fused in
   (``kernels/bifurcated_own.py``). Measured on an H200 it lost to ``fused`` on most bar cases (MHA
@@ -27,6 +32,7 @@ import torch
 import triton
 
 from .. import runtime
+from ..schedules.fixed_split import num_splits_heuristic
 from ..kernels.bifurcated import bifurcated_decode_kernel
 from ..kernels.bifurcated_concat import concat_decode_kernel
 from ..kernels.bifurcated_own import own_merge_kernel
@@ -34,7 +40,9 @@ from ..kernels.bifurcated_prefix import prefix_states_kernel
 from ..kernels.bifurcated_states import bifurcated_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..kernels.merge import merge_launch, merge_states_kernel
+from . import bifurcated_overlap as overlap
 from .decode import _capacity
+from .decode import _Plan as DecodePlan
 from .decode_config import DecodeConfig, decode_config, load_path
 
 LOG2E = 1.4426950408889634
@@ -48,7 +56,8 @@ def env_config() -> dict:
     ``block_h_cap, block_np, num_warps, num_stages, ctas_per_sm, load, block_no, order, merge,
     path, splits, sb, own_splits`` (``load`` is ``LOAD + 1`` of ``kernels/attend.py``: 1 pointers, 2 block
     pointers, 3 TMA; ``order`` is ``ORDER + 1`` of the fused path; ``merge`` 2: the states path merges
-    in-kernel (last arriver) instead of in a second launch; ``path`` 1 split, 2 fused, 3 states; ``splits``
+    in-kernel (last arriver) instead of in a second launch; ``path`` 1 split, 2 fused, 3 states, 4 overlap
+    (where usable); ``splits``
     prefix splits per head of the split and states paths; ``sb`` prefix states merged per load of the
     split path; ``own_splits`` own-token splits per row of the states path): launch overrides for
     benchmark sweeps."""
@@ -162,6 +171,9 @@ class Plan:
         has_own = k is not None
         lc = launch_config(n_max * group, D, group, device, block_h, block_n)
         self.path = "concat" if has_own and n_max == 1 else lc.path
+        if (self.path == "states" and (env_config()["path"] == 4 or overlap.preferred(n_max * group, P))
+                and env_config()["path"] != 3 and overlap.usable(q, pk, pv, single, has_plens)):
+            self.path = "overlap"
         self.concat = self.path == "concat"
         self.n_hb = 1 if self.concat else triton.cdiv(n_max * group, lc.block_hp)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
@@ -193,13 +205,17 @@ class Plan:
         self.f32 = runtime.workspace("dummy_f32", device, (1,), torch.float32, zero=True)
         shape = dict(B=B, Hq=Hq, Hkv=Hkv, D=D, G=G, P=P, cap=cap, group=group, has_own=has_own,
                      has_plens=has_plens, scale=scale, workers=workers, block_n=block_n)
-        getattr(self, "_setup_" + self.path)(q, lc, **shape)
+        if self.path == "overlap":
+            self._setup_overlap(q, k_s, v_s, seqlens, block_table if self.own_paged else None, **shape)
+        else:
+            getattr(self, "_setup_" + self.path)(q, lc, **shape)
         self.info.update(path=self.path)
         # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
-        kernel = {"concat": concat_decode_kernel, "states": bifurcated_states_kernel, "split": own_merge_kernel,
-                  "fused": bifurcated_decode_kernel}[self.path]
-        self.launch = runtime.Launcher(kernel, self.grid, self.meta, self.tail)
-        if self.path == "states":
+        if self.path != "overlap":  # the overlap path's launches are its prefix's and its own plan's
+            kernel = {"concat": concat_decode_kernel, "states": bifurcated_states_kernel, "split": own_merge_kernel,
+                      "fused": bifurcated_decode_kernel}[self.path]
+            self.launch = runtime.Launcher(kernel, self.grid, self.meta, self.tail)
+        if self.path in ("states", "overlap"):
             self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta, self.merge_tail)
         if self.path == "split":
             self.launch_prefix = runtime.Launcher(prefix_states_kernel, self.grid_p, self.meta_p, self.tail_p)
@@ -339,6 +355,32 @@ class Plan:
                                                       "num_stages")})
 
     # ------------------------------------------------------------------------------------------
+    def _setup_overlap(self, q, k, v, seqlens, block_table, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens,
+                       scale, workers, block_n):
+        # the Gluon prefix states in slots [0, S); the own tokens by decode's split kernel (fewer registers
+        # and less shared memory than the states kernel, so it fits beside a Gluon program) in slots
+        # [S, S + own splits): one normalised state per split, merge_states' layout
+        device = q.device
+        sms = runtime.num_sms(device)
+        own = has_own and not self.empty_own
+        n_hb = triton.cdiv(B * group, overlap.pg.BLOCK_M)
+        S, chunk = overlap.prefix_splits(Hkv * n_hb, triton.cdiv(P, overlap.pg.BLOCK_N), group, P, cap if own else 0,
+                                         sms)
+        self.splits = S
+        self.own_plan = DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n) if own else None
+        n_states = S + (self.own_plan.splits if own else 0)
+        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E)
+        st_o = runtime.workspace("bif_states_o", device, (n_states, B, Hq, D), torch.float32)
+        st_l = runtime.workspace("bif_states_lse", device, (n_states, B, Hq), torch.float32)
+        self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
+        M = B * Hq
+        self.merge_grid, self.merge_meta = merge_launch(n_states, M, D)
+        self.merge_tail = (n_states, M, M * D, D, M, 1)
+        self.merge_in_kernel = False
+        self.info.update(prefix_programs=self.prefix.grid[0], splits=S, chunk=chunk,
+                         own_splits=self.own_plan.splits if own else 0, own_grid=self.own_plan.grid if own else None)
+
+    # ------------------------------------------------------------------------------------------
     def _setup_fused(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
         cfg, device = lc.own, q.device
         n_hb = self.n_hb
@@ -389,6 +431,19 @@ class Plan:
             self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt)
             if not self.merge_in_kernel:
                 self.launch_merge(st_o, st_l, out, lse)
+        elif self.path == "overlap":
+            st_o, st_l, own_o, own_l = self.states
+            if self.own_plan is not None:
+                cur = torch.cuda.current_stream(q.device)
+                side = overlap.side_stream(q.device)
+                side.wait_stream(cur)
+                self.prefix(q, pk, pv, st_o, st_l)  # first: its programs take one slot on every SM
+                with torch.cuda.stream(side):
+                    self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt)
+                cur.wait_stream(side)
+            else:
+                self.prefix(q, pk, pv, st_o, st_l)
+            self.launch_merge(st_o, st_l, out, lse)
         elif self.path == "split":
             st_o, st_l = self.states
             self.launch_prefix(q, pk, pv, st_o, st_l, plens, counts, starts, order)

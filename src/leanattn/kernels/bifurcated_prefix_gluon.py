@@ -1,0 +1,143 @@
+"""Prefix states of one shared prompt on Hopper, written in Gluon: each program's softmax of tile j
+runs while the tensor cores do tile j-1's P@V.
+
+Triton 3.6 waits on every wgmma as soon as it is issued, so in ``kernels/bifurcated_prefix.py``
+the QK^T product, the softmax and the P@V product of a tile run one after another and a program
+needs a second program on its SM to keep the tensor cores busy
+(``benchmarks/results/bifurcated_H200_notes.md`` sections 10 and 14). Here the wait on tile j's
+scores lets tile j-1's P@V stay in flight (``warpgroup_mma_wait(1)``), so one program per SM
+runs the prefix at close to two programs' rate and leaves the SM's other program slot to the own
+tokens, which ``ops/bifurcated_launch.py`` launches on a second stream at the same time (section 15).
+
+Gluon has no interpreter: this kernel runs only on sm_90 GPUs, and is tested there
+(``tests/test_bifurcated_gpu.py``). ``AVAILABLE`` is False when this Triton has no Gluon.
+"""
+from __future__ import annotations
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    AVAILABLE = True
+except ImportError:  # a Triton without Gluon: the op keeps the Triton states path
+    AVAILABLE = False
+
+BLOCK_M = 64  # stacked query rows per program: one warp group's wgmma
+BLOCK_N = 64  # prefix tokens per tile
+
+if AVAILABLE:
+    @gluon.jit
+    def prefix_gluon_kernel(
+        Q, k_desc, v_desc, StO, StL,  #
+        stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles,  #
+        HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+        STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr,
+    ):
+        """Program ``(kv head h, split s, head block hb)``, head blocks of a split adjacent (they read
+        the same tiles, so the later ones hit L2): query rows ``hb * 64 ..`` of kv head ``h``
+        (row ``r`` is ``q[r // GROUP, h * GROUP + r % GROUP]``, ``R = B * GROUP`` rows) against
+        prefix tiles ``[s * chunk, min((s + 1) * chunk, n_tiles))``; writes the normalised state to
+        slot ``s`` of ``StO (n_states, B, HQ, D)`` fp32 and ``StL (n_states, B, HQ)`` (natural log).
+        ``k_desc``/``v_desc``: TMA descriptors of the prefix seen as ``(P, Hkv * D)``, blocks
+        ``(64, D)``. ``qk_scale`` is the softmax scale times log2(e)."""
+        pid = gl.program_id(0)
+        hb = pid % n_hb
+        s = (pid // n_hb) % S
+        h = pid // (n_hb * S)
+        t0 = s * chunk
+        n_j = gl.minimum(chunk, n_tiles - t0)
+        dtype: gl.constexpr = k_desc.dtype
+
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BLOCK_N, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        q_load: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+
+        # the K/V ring first, so its loads are in flight while the query rows are gathered
+        k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+        kbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        vbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(kbar.index(i), count=1)
+            mbarrier.init(vbar.index(i), count=1)
+        col = h * HEAD_DIM
+        for i in gl.static_range(STAGES):
+            if i < n_j:
+                mbarrier.expect(kbar.index(i), k_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(k_desc, [(t0 + i) * BLOCK_N, col], kbar.index(i), k_smem.index(i))
+                mbarrier.expect(vbar.index(i), v_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(v_desc, [(t0 + i) * BLOCK_N, col], vbar.index(i), v_smem.index(i))
+
+        # the stacked query rows: gathered with plain loads (any q strides; rows past R are zeros)
+        rq = hb * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, q_load))
+        dq = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, q_load))
+        q_off = (rq // GROUP).to(gl.int64) * stride_qb + (h * GROUP + rq % GROUP) * stride_qh
+        qv = gl.load(Q + gl.expand_dims(q_off, 1) + gl.expand_dims(dq, 0), mask=gl.expand_dims(rq < R, 1), other=0.0)
+        q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], Q_SMEM, qv)
+        fence_async_shared()
+
+        offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+        # tile 0 of the range: its scores only
+        mbarrier.wait(kbar.index(0), 0)
+        st = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        sc = warpgroup_mma_wait(0, deps=(st,)) * qk_scale
+        if MASK_TAIL:
+            sc = gl.where(gl.expand_dims(t0 * BLOCK_N + offs_n < P, 0), sc, float("-inf"))
+        m_i = gl.max(sc, axis=1)
+        p = gl.exp2(sc - gl.expand_dims(m_i, 1))
+        l_i = gl.sum(p, axis=1)
+        p_prev = gl.convert_layout(p.to(dtype), p_layout)
+        acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+
+        for j in range(1, n_j):
+            slot = j % STAGES
+            prev = (j - 1) % STAGES
+            mbarrier.wait(kbar.index(slot), (j // STAGES) & 1)
+            st = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            mbarrier.wait(vbar.index(prev), ((j - 1) // STAGES) & 1)
+            acc_t = warpgroup_mma(p_prev, v_smem.index(prev), acc, is_async=True)
+            # tile j's scores are in; tile j-1's P@V is still running while the softmax runs
+            sc = warpgroup_mma_wait(1, deps=(st,)) * qk_scale
+            if MASK_TAIL:
+                sc = gl.where(gl.expand_dims((t0 + j) * BLOCK_N + offs_n < P, 0), sc, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(sc, axis=1))
+            alpha = gl.exp2(m_i - m_new)
+            p = gl.exp2(sc - gl.expand_dims(m_new, 1))
+            l_i = l_i * alpha + gl.sum(p, axis=1)
+            m_i = m_new
+            acc = warpgroup_mma_wait(0, deps=(acc_t,))
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+            p_prev = gl.convert_layout(p.to(dtype), p_layout)
+            # tile j-1's K and V are consumed: its slot takes tile j-1+STAGES
+            nxt = j - 1 + STAGES
+            if nxt < n_j:
+                mbarrier.expect(kbar.index(prev), k_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(k_desc, [(t0 + nxt) * BLOCK_N, col], kbar.index(prev),
+                                                k_smem.index(prev))
+                mbarrier.expect(vbar.index(prev), v_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(v_desc, [(t0 + nxt) * BLOCK_N, col], vbar.index(prev),
+                                                v_smem.index(prev))
+        last = (n_j - 1) % STAGES
+        mbarrier.wait(vbar.index(last), ((n_j - 1) // STAGES) & 1)
+        acc_t = warpgroup_mma(p_prev, v_smem.index(last), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc_t,))
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(kbar.index(i))
+            mbarrier.invalidate(vbar.index(i))
+
+        l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
+        out = acc / gl.expand_dims(l_o, 1)
+        ro = hb * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, o_layout))
+        do = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        # row (b, h * GROUP + g) of slot s in merge_states' layout
+        row = (s * B + ro // GROUP).to(gl.int64) * HQ + h * GROUP + ro % GROUP
+        gl.store(StO + gl.expand_dims(row * HEAD_DIM, 1) + gl.expand_dims(do, 0), out,
+                 mask=gl.expand_dims(ro < R, 1))
+        lse = (gl.convert_layout(m_i, gl.SliceLayout(1, o_layout)) + gl.log2(l_o)) * 0.6931471805599453
+        gl.store(StL + row, lse, mask=ro < R)

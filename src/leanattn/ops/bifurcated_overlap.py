@@ -1,0 +1,101 @@
+"""The ``overlap`` path of ``leanattn.bifurcated_decode`` on Hopper: the prefix pass in Gluon on the
+caller's stream and the own tokens on a second stream at the same time, then ``merge_states``.
+
+The prefix pass is compute-bound (every sample's query rows against every prefix tile) and the own
+tokens are memory-bound (each sample's cache read once). In one Triton launch (the ``states`` path)
+the two kinds of programs barely overlap: a Triton prefix program needs a second prefix program on
+its SM to hide its serial wgmma waits (``benchmarks/results/bifurcated_H200_notes.md`` section 10).
+The Gluon prefix kernel (``kernels/bifurcated_prefix_gluon.py``) overlaps its own softmax with its
+P@V, so one program per SM suffices and the own-token programs fill the SMs' other slots.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from .. import runtime
+from ..kernels import bifurcated_prefix_gluon as pg
+
+_SIDE_STREAMS: dict = {}
+
+
+def usable(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, single: bool, has_plens: bool) -> bool:
+    """Whether the overlap path can run this call: an sm_90 GPU, a Triton with Gluon, one prompt whose
+    length is the prefix tensor's (``pk/pv (1, P, Hkv, D)``), D of 64 or 128, fp16/bf16, and a prefix
+    TMA can read as ``(P, Hkv * D)`` (16-byte aligned base and row stride)."""
+    if not (pg.AVAILABLE and q.is_cuda and not runtime.interpreting() and single and not has_plens):
+        return False
+    if torch.cuda.get_device_capability(q.device) != (9, 0):
+        return False
+    G, P, Hkv, D = pk.shape
+    if G != 1 or P == 0 or D not in (64, 128) or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    for t in (pk, pv):
+        if t.stride(3) != 1 or t.stride(2) != D or (t.stride(1) * t.element_size()) % 16 or t.data_ptr() % 16:
+            return False
+    return True
+
+
+def preferred(rows: int, prefix_len: int) -> bool:
+    """Whether the overlap path is expected to beat the states path: ``rows = samples x group`` query
+    rows per kv head, a prefix of ``prefix_len`` tokens. On an H200 (2026-12-01, one process, 256 own
+    tokens a sample, notes section 15) it was 3.5-12% faster at 256 rows or more (GQA 8k x64 48.2
+    against 50.1 us, x256 138.1 against 157.6; MHA 8k x256 321.8 against 333.6) and with a 32k prefix
+    (MHA 32k x16 155.7 against 168.3; GQA 32k x64 100.5 against 109.9), and within 2.5% either way
+    below 256 rows at 8k (MHA 8k x64 114.1 against 111.4; GQA 8k x32 34.9 against 35.2).
+    """
+    return rows >= 256 or prefix_len >= 16384
+
+
+def prefix_splits(columns: int, tiles: int, group: int, prefix_len: int, own_len: int, sms: int) -> tuple:
+    """``(S, chunk)``: prefix splits per column (kv head x 64-row block) and tiles per split.
+
+    One Gluon prefix program per SM when the own tokens are a large share of the work, leaving each
+    SM's second slot to them; two per SM when the prefix dominates. The prefix's FLOPs over the own
+    tokens' bytes is ``group * prefix_len / own_len`` up to a constant; on an H200 (2026-12-01, one
+    process, section 15 of the notes) one per SM was faster at ratios 32-128 (GQA 8k x16-x64, MHA
+    8k x64: 42.6 against 47.7 us at GQA 8k x64) and two per SM at 256-512 (GQA 16k x256: 198.3
+    against 214.7 us; GQA 32k x64: 93.8 against 111.2).
+    """
+    per_sm = 1 if own_len and group * prefix_len <= 192 * own_len else 2
+    S = max(1, min(tiles, (per_sm * sms) // max(columns, 1)))
+    chunk = triton.cdiv(tiles, S)
+    return triton.cdiv(tiles, chunk), chunk
+
+
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for the own tokens (created once, reused: streams are not freed)."""
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device=device)
+    return _SIDE_STREAMS[key]
+
+
+class GluonPrefix:
+    """Launch constants of the Gluon prefix pass of one plan; ``__call__`` builds the TMA descriptors
+    of this call's prefix (their base addresses change between calls) and launches."""
+
+    def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, scale_log2: float):
+        B, Hq, D = q.shape
+        group = Hq // Hkv
+        R = B * group
+        n_hb = triton.cdiv(R, pg.BLOCK_M)
+        gl_dtype = {torch.bfloat16: pg.gl.bfloat16, torch.float16: pg.gl.float16}[q.dtype]
+        self.kv_layout = pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], gl_dtype)
+        q_smem = pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_M, D], gl_dtype)
+        tiles = triton.cdiv(P, pg.BLOCK_N)
+        self.grid = (Hkv * S * n_hb,)
+        self.scalars = (scale_log2, B, P, R, n_hb, S, chunk, tiles)
+        self.meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_M=pg.BLOCK_M, BLOCK_N=pg.BLOCK_N, STAGES=3, MASK_TAIL=P % pg.BLOCK_N != 0, Q_SMEM=q_smem,
+                         num_warps=4)
+        self.shape = (P, Hkv * D)
+        self.D = D
+
+    def __call__(self, q, pk, pv, st_o, st_l) -> None:
+        descs = []
+        for t in (pk, pv):
+            t2 = t[0].view(self.shape)
+            descs.append(pg.TensorDescriptor(t2, list(self.shape), [t2.stride(0), 1], [pg.BLOCK_N, self.D],
+                                             self.kv_layout))
+        pg.prefix_gluon_kernel[self.grid](q, descs[0], descs[1], st_o, st_l, q.stride(0), q.stride(1), *self.scalars,
+                                          **self.meta)
