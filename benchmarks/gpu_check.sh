@@ -29,6 +29,8 @@
 #   bif-overlap the overlap path (Gluon prefix on one stream, own tokens on another; the default on sm_90) against
 #               the Triton states path (LEANATTN_BIFURCATED_CONFIG path field 3), default first and last, on the
 #               8k cases of 4 samples or more and the long GQA cases (bench_bifurcated.py --sweep)
+#   bif-overlap-rule  the states path against the overlap path with one and with two Gluon prefix programs per SM
+#               on every suite case of 16 samples or more (the data behind ops/bifurcated_overlap.preferred)
 # Each step prints one summary line; a failing step does not stop the others.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -51,6 +53,9 @@ for step in "$@"; do
     bif-overlap)
       python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" --cases "$(echo {mha,gqa}\ 8k\ x{4,16,32,64,256} | sed 's/ \([mg]\)/,\1/g'),gqa 32k x64,gqa 16k x256,mha 32k x16" \
         --configs "0;0,0,0,0,0,0,0,0,0,3;0" 2>&1 | grep -E "sweep|fail" ;;
+    bif-overlap-rule)
+      python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" --cases "x16,x32,x64,x256" \
+        --configs "0,0,0,0,0,0,0,0,0,3;0,0,0,0,1,0,0,0,0,4;0,0,0,0,2,0,0,0,0,4" 2>&1 | grep -E "sweep|fail" ;;
     bif-leads)
       for cfg in "" 0,0,0,0,0,2 0,0,0,0,0,3 0,0,0,2,0,3; do
         d="$OUT/leads_$(echo "${cfg:-default}" | tr , _)"; mkdir -p "$d"

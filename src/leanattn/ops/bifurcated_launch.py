@@ -365,7 +365,7 @@ class Plan:
         own = has_own and not self.empty_own
         n_hb = triton.cdiv(B * group, overlap.pg.BLOCK_M)
         S, chunk = overlap.prefix_splits(Hkv * n_hb, triton.cdiv(P, overlap.pg.BLOCK_N), group, P, cap if own else 0,
-                                         sms)
+                                         sms, env_config()["ctas_per_sm"])
         self.splits = S
         self.own_plan = DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n) if own else None
         n_states = S + (self.own_plan.splits if own else 0)

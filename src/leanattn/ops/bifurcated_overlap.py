@@ -47,7 +47,8 @@ def preferred(rows: int, prefix_len: int) -> bool:
     return rows >= 256 or prefix_len >= 16384
 
 
-def prefix_splits(columns: int, tiles: int, group: int, prefix_len: int, own_len: int, sms: int) -> tuple:
+def prefix_splits(columns: int, tiles: int, group: int, prefix_len: int, own_len: int, sms: int,
+                  per_sm: int = 0) -> tuple:
     """``(S, chunk)``: prefix splits per column (kv head x 64-row block) and tiles per split.
 
     One Gluon prefix program per SM when the own tokens are a large share of the work, leaving each
@@ -55,9 +56,10 @@ def prefix_splits(columns: int, tiles: int, group: int, prefix_len: int, own_len
     tokens' bytes is ``group * prefix_len / own_len`` up to a constant; on an H200 (2026-12-01, one
     process, section 15 of the notes) one per SM was faster at ratios 32-128 (GQA 8k x16-x64, MHA
     8k x64: 42.6 against 47.7 us at GQA 8k x64) and two per SM at 256-512 (GQA 16k x256: 198.3
-    against 214.7 us; GQA 32k x64: 93.8 against 111.2).
+    against 214.7 us; GQA 32k x64: 93.8 against 111.2). ``per_sm`` (``LEANATTN_BIFURCATED_CONFIG``'s
+    fifth field on this path) overrides the choice.
     """
-    per_sm = 1 if own_len and group * prefix_len <= 192 * own_len else 2
+    per_sm = per_sm or (1 if own_len and group * prefix_len <= 192 * own_len else 2)
     S = max(1, min(tiles, (per_sm * sms) // max(columns, 1)))
     chunk = triton.cdiv(tiles, S)
     return triton.cdiv(tiles, chunk), chunk
