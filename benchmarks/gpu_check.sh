@@ -30,7 +30,7 @@
 #               the Triton states path (LEANATTN_BIFURCATED_CONFIG path field 3), default first and last, on the
 #               8k cases of 4 samples or more and the long GQA cases (bench_bifurcated.py --sweep)
 #   bif-overlap-rule  the states path against the overlap path with one and with two Gluon prefix programs per SM
-#               on every suite case of 16 samples or more (the data behind ops/bifurcated_overlap.preferred)
+#               on every suite case of 16, 32 and 64 samples (the data behind ops/bifurcated_overlap.preferred)
 # Each step prints one summary line; a failing step does not stop the others.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1

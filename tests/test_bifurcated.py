@@ -637,7 +637,8 @@ def test_overlap_path_split_counts_and_cpu_fallback():
     q = torch.randn(4, 8, 64)
     pk = torch.randn(1, 100, 2, 64)
     assert not ov.usable(q, pk, pk, True, False)
-    assert ov.preferred(256, 8192) and ov.preferred(16, 32768) and not ov.preferred(128, 8192)
+    assert ov.preferred(256, 4) and ov.preferred(16, 1) and ov.preferred(1024, 1)
+    assert not ov.preferred(128, 4) and not ov.preferred(64, 1) and not ov.preferred(16, 4) and not ov.preferred(4, 1)
     S, chunk = ov.prefix_splits(32, 128, 4, 8192, 256, 132)   # GQA 8k x64: 32 columns, one per SM
     assert (S, chunk) == (4, 32)
     S, chunk = ov.prefix_splits(32, 512, 4, 32768, 256, 132)  # GQA 32k x64: two per SM

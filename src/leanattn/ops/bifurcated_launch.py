@@ -13,7 +13,7 @@ Four paths, chosen per call signature:
 * ``fused`` (``LEANATTN_BIFURCATED_CONFIG`` path field 2): one launch of both passes, two stream-K
   work lists with in-kernel last-arriver merges of pieces (``kernels/bifurcated.py``);
 * ``overlap`` (in place of ``states`` where ``ops/bifurcated_overlap.usable``, an sm_90 GPU, one
-  prompt, D 64/128, and ``preferred``, many rows or a long prefix; path field 3 forces ``states``,
+  prompt, D 64/128, and ``preferred``, where it measured faster; path field 3 forces ``states``,
   4 ``overlap`` where usable): the prefix states in Gluon on the caller's
   stream, the states kernel's own-token programs alone on a second stream at the same time, then
   ``merge_states`` (``benchmarks/results/bifurcated_H200_notes.md`` section 15);
@@ -171,7 +171,7 @@ class Plan:
         has_own = k is not None
         lc = launch_config(n_max * group, D, group, device, block_h, block_n)
         self.path = "concat" if has_own and n_max == 1 else lc.path
-        if (self.path == "states" and (env_config()["path"] == 4 or overlap.preferred(n_max * group, P))
+        if (self.path == "states" and (env_config()["path"] == 4 or overlap.preferred(n_max * group, group))
                 and env_config()["path"] != 3 and overlap.usable(q, pk, pv, single, has_plens)):
             self.path = "overlap"
         self.concat = self.path == "concat"

@@ -36,15 +36,20 @@ def usable(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, single: bool, ha
     return True
 
 
-def preferred(rows: int, prefix_len: int) -> bool:
-    """Whether the overlap path is expected to beat the states path: ``rows = samples x group`` query
-    rows per kv head, a prefix of ``prefix_len`` tokens. On an H200 (2026-12-01, one process, 256 own
-    tokens a sample, notes section 15) it was 3.5-12% faster at 256 rows or more (GQA 8k x64 48.2
-    against 50.1 us, x256 138.1 against 157.6; MHA 8k x256 321.8 against 333.6) and with a 32k prefix
-    (MHA 32k x16 155.7 against 168.3; GQA 32k x64 100.5 against 109.9), and within 2.5% either way
-    below 256 rows at 8k (MHA 8k x64 114.1 against 111.4; GQA 8k x32 34.9 against 35.2).
+def preferred(rows: int, group: int) -> bool:
+    """Whether the overlap path is expected to beat the states path, for ``rows = samples x group``
+    query rows per kv head. H200, 2026-12-01, one process, 256 own tokens a sample, prefixes of 8k, 16k
+    and 32k (``benchmarks/results/bifurcated_sweep_NVIDIA_H200_overlap_rule.json`` and the suite run of
+    20:41; notes section 15):
+
+    * 256 rows or more: 4-14% faster on every case but one (GQA 8k x64 47.3 against 49.5 us, 32k x64
+      100.4 against 109.9, every x256 case; GQA 16k x64 70.1 against 67.4 is the exception);
+    * MHA with 16 samples: 4-8% faster (8k 65.7 against 68.4 us, 16k 95.9 against 101.1, 32k 155.9
+      against 169.0);
+    * otherwise level or slower (MHA x32/x64 up to 2.5%, GQA x16/x32 up to 13% at 32k x32), and MHA
+      or GQA with 4 samples level to 2% slower.
     """
-    return rows >= 256 or prefix_len >= 16384
+    return rows >= 256 or (group == 1 and 8 < rows <= 16)
 
 
 def prefix_splits(columns: int, tiles: int, group: int, prefix_len: int, own_len: int, sms: int,
