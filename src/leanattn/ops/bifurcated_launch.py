@@ -369,7 +369,9 @@ class Plan:
         self.splits = S
         self.own_plan = DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n) if own else None
         n_states = S + (self.own_plan.splits if own else 0)
-        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E)
+        # K/V ring of 3 stages (115 KB of shared memory at D=128: a split-kernel program fits beside it);
+        # LEANATTN_BIFURCATED_CONFIG's stages field overrides
+        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, env_config()["num_stages"] or 3)
         st_o = runtime.workspace("bif_states_o", device, (n_states, B, Hq, D), torch.float32)
         st_l = runtime.workspace("bif_states_lse", device, (n_states, B, Hq), torch.float32)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)

@@ -82,7 +82,7 @@ class GluonPrefix:
     """Launch constants of the Gluon prefix pass of one plan; ``__call__`` builds the TMA descriptors
     of this call's prefix (their base addresses change between calls) and launches."""
 
-    def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, scale_log2: float):
+    def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, scale_log2: float, stages: int = 3):
         B, Hq, D = q.shape
         group = Hq // Hkv
         R = B * group
@@ -93,7 +93,7 @@ class GluonPrefix:
         tiles = triton.cdiv(P, pg.BLOCK_N)
         self.grid = (Hkv * S * n_hb,)
         self.scalars = (scale_log2, B, P, R, n_hb, S, chunk, tiles)
-        self.meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_M=pg.BLOCK_M, BLOCK_N=pg.BLOCK_N, STAGES=3, MASK_TAIL=P % pg.BLOCK_N != 0, Q_SMEM=q_smem,
+        self.meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_M=pg.BLOCK_M, BLOCK_N=pg.BLOCK_N, STAGES=stages, MASK_TAIL=P % pg.BLOCK_N != 0, Q_SMEM=q_smem,
                          num_warps=4)
         self.shape = (P, Hkv * D)
         self.D = D
