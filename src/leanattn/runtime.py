@@ -185,11 +185,18 @@ def device_guard(device: torch.device):
     return contextlib.nullcontext()
 
 
+def _aligned(arg) -> bool:
+    """What Triton specialises a launch argument on besides its type: a tensor's 16-byte alignment. A
+    TMA descriptor (``kernels/bifurcated_prefix_gluon.py``) is specialised on its block shape and
+    layout, which a launcher's caller keeps fixed; its base must be 16-byte aligned in any case."""
+    return arg.data_ptr() % 16 == 0 if isinstance(arg, torch.Tensor) else True
+
+
 class Launcher:
     """One Triton kernel launched many times with the same grid, launch constants and scalar arguments.
 
     ``Launcher(kernel, grid, meta, scalars)(*tensors)`` launches ``kernel[grid](*tensors, *scalars,
-    **meta)``: the tensors change from call to call, the scalars (strides, sizes, scales) are fixed with
+    **meta)``: the tensors (or TMA descriptors) change from call to call, the scalars (strides, sizes, scales) are fixed with
     the launcher. The first launch goes through the JIT, which compiles. Later launches call the compiled
     kernel directly, skipping the JIT's per-call specialisation of every argument and its cache lookup:
     30-40 us of host time per launch on an H200 machine (an eager decode call 80-92 -> 50-58 us;
@@ -207,10 +214,10 @@ class Launcher:
         self.kernel, self.grid, self.meta, self.scalars = kernel, tuple(grid), meta, tuple(scalars)
         self.runner = None
 
-    def __call__(self, *tensors: torch.Tensor) -> None:
+    def __call__(self, *tensors) -> None:
         runner = self.runner
         if runner is not None:
-            if tuple(t.data_ptr() % 16 == 0 for t in tensors) == self.align:
+            if tuple(_aligned(t) for t in tensors) == self.align:
                 runner(*tensors, *self.tail)
                 return
         compiled = self.kernel[self.grid](*tensors, *self.scalars, **self.meta)
@@ -220,5 +227,5 @@ class Launcher:
             rest = [p.name for p in params][len(tensors) + len(self.scalars):]
             if all(n in self.meta for n in rest):  # otherwise a default fills a parameter: keep the JIT
                 self.tail = self.scalars + tuple(self.meta[n] for n in rest)
-                self.align = tuple(t.data_ptr() % 16 == 0 for t in tensors)
+                self.align = tuple(_aligned(t) for t in tensors)
                 self.runner = compiled[self.grid + (1,) * (3 - len(self.grid))]

@@ -79,8 +79,9 @@ def side_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 class GluonPrefix:
-    """Launch constants of the Gluon prefix pass of one plan; ``__call__`` builds the TMA descriptors
-    of this call's prefix (their base addresses change between calls) and launches."""
+    """Launch constants of the Gluon prefix pass of one plan; ``__call__`` launches it on this call's
+    prefix, through TMA descriptors kept while the prefix tensors stay the same (a decode loop passes
+    the same prefix every step), and after the first launch directly (``runtime.Launcher``)."""
 
     def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, scale_log2: float, stages: int = 3):
         B, Hq, D = q.shape
@@ -89,20 +90,21 @@ class GluonPrefix:
         n_hb = triton.cdiv(R, pg.BLOCK_M)
         gl_dtype = {torch.bfloat16: pg.gl.bfloat16, torch.float16: pg.gl.float16}[q.dtype]
         self.kv_layout = pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], gl_dtype)
-        q_smem = pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_M, D], gl_dtype)
-        tiles = triton.cdiv(P, pg.BLOCK_N)
+        meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_M=pg.BLOCK_M, BLOCK_N=pg.BLOCK_N, STAGES=stages,
+                    MASK_TAIL=P % pg.BLOCK_N != 0,
+                    Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_M, D], gl_dtype), num_warps=4)
         self.grid = (Hkv * S * n_hb,)
-        self.scalars = (scale_log2, B, P, R, n_hb, S, chunk, tiles)
-        self.meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_M=pg.BLOCK_M, BLOCK_N=pg.BLOCK_N, STAGES=stages, MASK_TAIL=P % pg.BLOCK_N != 0, Q_SMEM=q_smem,
-                         num_warps=4)
+        self.launch = runtime.Launcher(pg.prefix_gluon_kernel, self.grid, meta,
+                                       (q.stride(0), q.stride(1), scale_log2, B, P, R, n_hb, S, chunk,
+                                        triton.cdiv(P, pg.BLOCK_N)))
         self.shape = (P, Hkv * D)
         self.D = D
+        self.descs, self.desc_key = None, None
 
     def __call__(self, q, pk, pv, st_o, st_l) -> None:
-        descs = []
-        for t in (pk, pv):
-            t2 = t[0].view(self.shape)
-            descs.append(pg.TensorDescriptor(t2, list(self.shape), [t2.stride(0), 1], [pg.BLOCK_N, self.D],
-                                             self.kv_layout))
-        pg.prefix_gluon_kernel[self.grid](q, descs[0], descs[1], st_o, st_l, q.stride(0), q.stride(1), *self.scalars,
-                                          **self.meta)
+        key = (pk.data_ptr(), pk.stride(1), pv.data_ptr(), pv.stride(1))
+        if key != self.desc_key:
+            self.descs = [pg.TensorDescriptor(t2, list(self.shape), [t2.stride(0), 1], [pg.BLOCK_N, self.D],
+                                              self.kv_layout) for t2 in (pk[0].view(self.shape), pv[0].view(self.shape))]
+            self.desc_key = key
+        self.launch(q, self.descs[0], self.descs[1], st_o, st_l)
