@@ -4,6 +4,8 @@ pipelining, which Triton 3.6's own pipeliner does not do: bifurcated_H200_notes.
 against the states path's prefix-only launch (``leanattn.bifurcated_decode`` with no own cache) on the
 same inputs, and checked against it through ``leanattn.merge_states``. Prefix lengths must be whole
 multiples of ``S x 64`` tokens and the stacked rows of 64; no masking. Results: section 14 of the notes.
+The library's version, with masking, any row count and any q strides, is ``kernels/bifurcated_prefix_gluon.py``
+(the overlap path, section 15).
 
 GPU:     PYTHONPATH=src python benchmarks/probe_gluon_prefix.py          (writes $OUT/gluon_prefix_probe_H200.json)
 offline: PYTHONPATH=/path/to/triton-3.6:src python benchmarks/probe_gluon_prefix.py --offline   (compiles for sm_90a)

@@ -1,4 +1,7 @@
-"""Eager (no graph) time and host time per call of bifurcated_decode: overlap (default) against states (path 3)."""
+"""Probe: eager (no graph) time and host time per call of bifurcated_decode, the default path (overlap where
+preferred) against the states path (LEANATTN_BIFURCATED_CONFIG path field 3), three rounds per case. Host time:
+200 calls enqueued behind a 50 ms sleep kernel, so the GPU never holds the host back. Section 15 of the notes.
+GPU: python benchmarks/probe_overlap_eager.py (writes $OUT/eager_probe.json)"""
 import os, sys, time, json, torch, triton
 sys.path.insert(0, "src"); sys.path.insert(0, "benchmarks")
 import leanattn
