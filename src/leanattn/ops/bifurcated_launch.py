@@ -1,6 +1,6 @@
 """Launch plans of ``leanattn.bifurcated_decode``: which kernels, tile sizes, grids and workspaces.
 
-Four paths, chosen per call signature:
+Five paths, chosen per call signature:
 
 * ``concat`` (at most one sample per prompt, own tokens given): nothing to share, one launch of
   the decode schedule over prefix + own tokens (``kernels/bifurcated_concat.py``);
@@ -14,9 +14,10 @@ Four paths, chosen per call signature:
   work lists with in-kernel last-arriver merges of pieces (``kernels/bifurcated.py``);
 * ``overlap`` (in place of ``states`` where ``ops/bifurcated_overlap.usable``, an sm_90 GPU, one
   prompt, D 64/128, and ``preferred``, where it measured faster; path field 3 forces ``states``,
-  4 ``overlap`` where usable): the prefix states in Gluon on the caller's
-  stream, the states kernel's own-token programs alone on a second stream at the same time, then
-  ``merge_states`` (``benchmarks/results/bifurcated_H200_notes.md`` section 15);
+  4 ``overlap`` where usable): the prefix states in Gluon on the caller's stream
+  (``kernels/bifurcated_prefix_gluon.py``), decode's split kernel over the own tokens on a second
+  stream at the same time, then ``merge_states``. H200, same process: GQA 8k x64 47.3 us against
+  49.5, GQA 32k x64 100.4 against 109.9 (``benchmarks/results/bifurcated_H200_notes.md`` section 15);
 * ``split`` (path field 1): two launches, fixed-split prefix states with stacked rows
   (``kernels/bifurcated_prefix.py``), then the own tokens with the prefix merge fused in
   (``kernels/bifurcated_own.py``). Measured on an H200 it lost to ``fused`` on most bar cases (MHA
@@ -32,7 +33,6 @@ import torch
 import triton
 
 from .. import runtime
-from ..schedules.fixed_split import num_splits_heuristic
 from ..kernels.bifurcated import bifurcated_decode_kernel
 from ..kernels.bifurcated_concat import concat_decode_kernel
 from ..kernels.bifurcated_own import own_merge_kernel
