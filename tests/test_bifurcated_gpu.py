@@ -270,10 +270,17 @@ def test_cuda_graph_new_lengths_and_ids(multi):
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_torch_compile(mode):
+@pytest.mark.parametrize("prompts", ["multi", "single-overlap"])
+def test_torch_compile(mode, prompts):
+    # "single-overlap": one prompt and 64 GQA samples, the overlap path on sm_90 (its side stream inside
+    # torch.compile's CUDA graphs under reduce-overhead)
     torch._dynamo.reset()
-    ids = torch.tensor([1, 0, 1, 1], dtype=torch.int32, device="cuda")
-    q, pk, pv, k, v, sl = inputs(4, 32, 8, 128, 3000, [300, 0, 17, 256], G=2)
+    if prompts == "multi":
+        ids = torch.tensor([1, 0, 1, 1], dtype=torch.int32, device="cuda")
+        q, pk, pv, k, v, sl = inputs(4, 32, 8, 128, 3000, [300, 0, 17, 256], G=2)
+    else:
+        ids = None
+        q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 3000, torch.randint(0, 300, (64,)).tolist())
 
     def f(q, pk, pv, k, v, sl, ids):
         o, lse = leanattn.bifurcated_decode(q * 1.0, pk, pv, k, v, sl, prefix_ids=ids, return_lse=True)
@@ -282,6 +289,8 @@ def test_torch_compile(mode):
     cf = torch.compile(f, fullgraph=True, mode=mode)
     for _ in range(3):
         o, lse = cf(q, pk, pv, k, v, sl, ids)
+    if prompts != "multi" and HOPPER:
+        assert _last_plan().path == "overlap"
     ref, ref_lse = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, prefix_ids=ids)
     assert_rel_close("compiled", o / 2.0, ref, TOLERANCE[torch.bfloat16])
     assert_lse_close("compiled lse", lse, ref_lse, 1e-2)
