@@ -649,3 +649,26 @@ def test_overlap_path_split_counts_and_cpu_fallback():
     assert (S, chunk) == (1, 3)
     S, chunk = ov.prefix_splits(8, 10, 4, 600, 256, 132)      # splits cut so none is empty
     assert S * chunk >= 10 and (S - 1) * chunk < 10
+
+
+def test_overlap_path_kept_off_by_num_programs(monkeypatch):
+    # a caller's num_programs bounds a persistent grid, which the overlap path does not have: the states
+    # path runs instead (here on the CPU, with the overlap path pretended usable)
+    from leanattn.ops import bifurcated as opb
+    from leanattn.ops import bifurcated_overlap as ov
+    monkeypatch.setattr(ov, "usable", lambda *a: True)
+    B, hq, hkv, d = 64, 4, 1, 64  # 256 query rows per kv head: the overlap path is preferred
+    h = dict(dtype=torch.float16)
+    q = torch.randn(B, hq, d, **h)
+    pk, pv = torch.randn(8, hkv, d, **h), torch.randn(8, hkv, d, **h)
+    k, v = torch.randn(B, 2, hkv, d, **h), torch.randn(B, 2, hkv, d, **h)
+    sl = torch.randint(0, 3, (B,), dtype=torch.int32)
+    opb._PLANS.clear()
+    out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl, num_programs=5)
+    assert next(reversed(opb._PLANS.values())).path == "states"
+    ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl)
+    assert_rel_close("num_programs", out, ref, TOLERANCE[torch.float16])
+    with pytest.raises(Exception):  # the Gluon launch needs a GPU
+        leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+    assert next(reversed(opb._PLANS.values())).path == "overlap"
+    opb._PLANS.clear()

@@ -194,6 +194,32 @@ def test_overlap_prefix_only_and_strided_prefix():
 
 
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
+def test_overlap_plan_keys_on_the_prefix_alignment_and_keeps_no_prefix():
+    import gc
+    import weakref
+    q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 2048, [256] * 64)
+
+    def off16(t):  # the same values 2 bytes past a 16-byte boundary
+        buf = torch.empty(t.numel() + 8, dtype=t.dtype, device="cuda")
+        view = buf[1:1 + t.numel()].view(t.shape)
+        view.copy_(t)
+        return view
+    check(q, pk, pv, off16(k), off16(v), sl, name="own caches off 16 bytes")
+    assert _last_plan().path == "overlap"
+    # a prefix off 16 bytes with aligned own caches: once the same plan key, now the states path
+    check(q, off16(pk), off16(pv), k, v, sl, name="prefix off 16 bytes")
+    assert _last_plan().path == "states"
+    # a plan does not keep the caller's prefix alive (its TMA descriptors are built per call)
+    pk2, pv2 = pk.clone(), pv.clone()
+    leanattn.bifurcated_decode(q, pk2, pv2, k, v, sl)
+    assert _last_plan().path == "overlap"
+    ref = weakref.ref(pk2)
+    del pk2, pv2
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
 def test_overlap_deterministic_on_a_callers_stream():
     q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 8192, torch.randint(0, 300, (64,)).tolist())
     first = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)

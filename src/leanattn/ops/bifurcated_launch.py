@@ -171,8 +171,9 @@ class Plan:
         has_own = k is not None
         lc = launch_config(n_max * group, D, group, device, block_h, block_n)
         self.path = "concat" if has_own and n_max == 1 else lc.path
+        # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
         if (self.path == "states" and (env_config()["path"] == 4 or overlap.preferred(n_max * group, group))
-                and env_config()["path"] != 3 and overlap.usable(q, pk, pv, single, has_plens)):
+                and env_config()["path"] != 3 and workers <= 0 and overlap.usable(q, pk, pv, single, has_plens)):
             self.path = "overlap"
         self.concat = self.path == "concat"
         self.n_hb = 1 if self.concat else triton.cdiv(n_max * group, lc.block_hp)
@@ -370,8 +371,9 @@ class Plan:
         self.own_plan = DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n) if own else None
         n_states = S + (self.own_plan.splits if own else 0)
         # K/V ring of 3 stages (115 KB of shared memory at D=128: a split-kernel program fits beside it);
-        # LEANATTN_BIFURCATED_CONFIG's stages field overrides
-        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, env_config()["num_stages"] or 3)
+        # LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one stage would wait on a tile it
+        # only loads later in the same iteration)
+        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, max(2, env_config()["num_stages"] or 3))
         st_o = runtime.workspace("bif_states_o", device, (n_states, B, Hq, D), torch.float32)
         st_l = runtime.workspace("bif_states_lse", device, (n_states, B, Hq), torch.float32)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
@@ -439,10 +441,12 @@ class Plan:
                 cur = torch.cuda.current_stream(q.device)
                 side = overlap.side_stream(q.device)
                 side.wait_stream(cur)
-                self.prefix(q, pk, pv, st_o, st_l)  # first: its programs take one slot on every SM
-                with torch.cuda.stream(side):
-                    self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt)
-                cur.wait_stream(side)
+                try:
+                    self.prefix(q, pk, pv, st_o, st_l)  # first: its programs take one slot on every SM
+                    with torch.cuda.stream(side):
+                        self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt)
+                finally:  # joined even if a launch raises, so a graph capture is not left forked
+                    cur.wait_stream(side)
             else:
                 self.prefix(q, pk, pv, st_o, st_l)
             self.launch_merge(st_o, st_l, out, lse)

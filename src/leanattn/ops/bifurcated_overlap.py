@@ -79,9 +79,9 @@ def side_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 class GluonPrefix:
-    """Launch constants of the Gluon prefix pass of one plan; ``__call__`` launches it on this call's
-    prefix, through TMA descriptors kept while the prefix tensors stay the same (a decode loop passes
-    the same prefix every step), and after the first launch directly (``runtime.Launcher``)."""
+    """Launch constants of the Gluon prefix pass of one plan; ``__call__`` builds the TMA descriptors of
+    this call's prefix (a few microseconds of host time; a plan that kept them would keep the caller's
+    prefix tensors alive) and launches, directly after the first launch (``runtime.Launcher``)."""
 
     def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, scale_log2: float, stages: int = 3):
         B, Hq, D = q.shape
@@ -98,13 +98,9 @@ class GluonPrefix:
                                        (q.stride(0), q.stride(1), scale_log2, B, P, R, n_hb, S, chunk,
                                         triton.cdiv(P, pg.BLOCK_N)))
         self.shape = (P, Hkv * D)
-        self.D = D
-        self.descs, self.desc_key = None, None
+        self.block = [pg.BLOCK_N, D]
 
     def __call__(self, q, pk, pv, st_o, st_l) -> None:
-        key = (pk.data_ptr(), pk.stride(1), pv.data_ptr(), pv.stride(1))
-        if key != self.desc_key:
-            self.descs = [pg.TensorDescriptor(t2, list(self.shape), [t2.stride(0), 1], [pg.BLOCK_N, self.D],
-                                              self.kv_layout) for t2 in (pk[0].view(self.shape), pv[0].view(self.shape))]
-            self.desc_key = key
-        self.launch(q, self.descs[0], self.descs[1], st_o, st_l)
+        k2, v2 = pk[0].view(self.shape), pv[0].view(self.shape)
+        self.launch(q, pg.TensorDescriptor(k2, list(self.shape), [k2.stride(0), 1], self.block, self.kv_layout),
+                    pg.TensorDescriptor(v2, list(self.shape), [v2.stride(0), 1], self.block, self.kv_layout), st_o, st_l)
