@@ -7,6 +7,7 @@
 #   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200)
 #   racecheck   compute-sanitizer racecheck over the decode launches (shared-memory hazards; 147 s on an H200)
 #   racecheck-bif  the same over the bifurcated launches (220 s on an H200)
+#   sanitize-overlap  memcheck then racecheck over the overlap path's launches alone (sanitize.py overlap)
 #   decode      the decode suite (bench_decode.py), peers in the same run, both flushes (110-135 s of suite,
 #               125-157 s with start-up, on an H200)
 #   bifurcated  the bifurcated 8k cases (bench_bifurcated.py --cases 8k)
@@ -47,6 +48,9 @@ for step in "$@"; do
     sanitize-db) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py decode bifurcated 2>&1 | tail -3 ;;
     racecheck) compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py decode 2>&1 | tail -3 ;;
     racecheck-bif) compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py bifurcated 2>&1 | tail -3 ;;
+    sanitize-overlap)
+      compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py overlap 2>&1 | tail -2
+      compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py overlap 2>&1 | tail -2 ;;
     decode) python3 benchmarks/bench_decode.py --out "$OUT" 2>&1 | grep "Summary" ;;
     bifurcated) python3 benchmarks/bench_bifurcated.py --cases 8k --out "$OUT" 2>&1 | grep "Summary" ;;
     bifurcated-all) python3 benchmarks/bench_bifurcated.py --cases 8k,16k,32k --budget-s 260 --out "$OUT" 2>&1 | grep "Summary" ;;

@@ -1,6 +1,6 @@
 """Small launches of every kernel path, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [sparse] [bifurcated]
+    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [sparse] [bifurcated] [overlap]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -95,9 +95,26 @@ def bifurcated_launches():
         leanattn.cascade_decode(q, [(sys_k, torch.randn_like(sys_k)), (pk, pv, plens, pids)], k, v, sl)
 
 
+def overlap():
+    # the overlap path alone (Gluon prefix on sm_90, own tokens on a side stream): ragged last tiles, rows
+    # that are not a multiple of 64, D 64 and 128, MHA and GQA, with and without own tokens (2026-12-01 on an
+    # H200 as a stand-alone script: memcheck 0 errors, racecheck 0 hazards)
+    os.environ["LEANATTN_BIFURCATED_CONFIG"] = "0,0,0,0,0,0,0,0,0,4"
+    for n, hq, hkv, d, P in ((6, 32, 8, 128, 2500), (70, 32, 8, 64, 1000), (3, 32, 32, 128, 65)):
+        q = torch.randn(n, hq, d, dtype=BF16, device=DEV)
+        pk = torch.randn(P, hkv, d, dtype=BF16, device=DEV)
+        pv = torch.randn_like(pk)
+        k = torch.randn(n, 333, hkv, d, dtype=BF16, device=DEV)
+        v = torch.randn_like(k)
+        sl = torch.randint(0, 334, (n,), dtype=torch.int32, device=DEV)
+        leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+        leanattn.bifurcated_decode(q, pk, pv, None, None)
+    os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
-    families = {"decode": decode, "sparse": sparse, "bifurcated": bifurcated}
+    families = {"decode": decode, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap}
     chosen = sys.argv[1:] or list(families)
     for name in chosen:
         families[name]()
