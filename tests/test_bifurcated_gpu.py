@@ -268,12 +268,12 @@ def test_cuda_graph_survives_a_larger_batch(monkeypatch):
         assert_rel_close(f"graph replay after growth {trial}", out, ref, TOLERANCE[torch.bfloat16])
 
 
-@pytest.mark.parametrize("multi", ["single", "bound", "capture-bound"])
+@pytest.mark.parametrize("multi", ["single", "single-overlap", "bound", "capture-bound"])
 def test_cuda_graph_new_lengths_and_ids(multi):
     # "bound": max_group_size given; "capture-bound": none, so the capture assumes every sample may
-    # read the same prompt (B rows per kv head)
-    n = 16
-    multi = None if multi == "single" else multi
+    # read the same prompt (B rows per kv head); "single-overlap": 64 GQA samples, the overlap path on sm_90
+    n = 64 if multi == "single-overlap" else 16
+    multi = None if multi.startswith("single") else multi
     q, pk, pv, k, v, sl = inputs(n, 32, 8, 128, 5000, [256] * n, G=3 if multi else None)
     ids = torch.zeros(n, dtype=torch.int32, device="cuda") if multi else None
     plens = torch.tensor([5000, 10, 0], dtype=torch.int32, device="cuda") if multi else None
