@@ -1,13 +1,15 @@
 """Probe, not part of the library (section 15 of benchmarks/results/bifurcated_H200_notes.md): the Gluon prefix
-pass of probe_gluon_prefix.py at one or two programs per SM, run concurrently with the own tokens
-(leanattn.decode, lean or split schedule, with lse) on two streams forked in one graph, and with programmatic
-dependent launch (the prefix triggers at entry, the own kernel launched with launch_pdl). Prints us per variant,
-checks each against the op through merge_states, writes $OUT/overlap_probe.json. Needs stacked rows that are a
-multiple of 64 (the probe kernel's limit). GPU: PYTHONPATH=src python benchmarks/probe_overlap.py [case,...]"""
+pass (kernels/bifurcated_prefix_gluon.py, through probe_gluon_prefix.prefix_states) at one or two programs per
+SM, run after or concurrently with the own tokens (leanattn.decode, lean or split schedule, with lse) on two
+streams forked in one graph. Prints us per variant, checks each against the op through merge_states, writes
+$OUT/overlap_probe.json. GPU: PYTHONPATH=src python benchmarks/probe_overlap.py [case,...]
+
+The run of section 15 (raw bifurcated_probe_overlap_H200.json) used the probe's earlier kernel copy and also timed
+programmatic dependent launch (the prefix triggering its dependents at entry): ``git show 6d9c969:benchmarks/
+probe_overlap.py``. The library kernel has no trigger, so that variant is gone from this version."""
 import os, sys, json, time, torch, triton
 sys.path.insert(0, "src"); sys.path.insert(0, "benchmarks")
 import leanattn
-from leanattn.ops import decode as dec
 from profile_bifurcated import parse_case, call_ours
 from bench_bifurcated import make_inputs
 from common import time_graph
@@ -77,24 +79,6 @@ for name, S1 in CASES:
     mo = torch.cat([o, o[:1]], 0).contiguous()
     ml = torch.cat([l, l[:1]], 0).contiguous()
     rec["merge_S1p1"] = time_graph(lambda: leanattn.merge_states(mo, ml))
-    # programmatic dependent launch: prefix triggers at entry, own decode's kernel launched with launch_pdl
-    launch_t, states_t = prefix_states(q, pk, pv, S1, trigger=True)
-    launch_t()
-    for s, own in owns.items():
-        own()
-        plan = next(reversed(dec._PLANS.values()))
-        plan.launch.meta = dict(plan.launch.meta, launch_pdl=True)
-        plan.launch.runner = None
-        tag = f"S{S1}_{s}"
-        try:
-            rec[f"pdl_{tag}"] = time_graph(lambda: (launch_t(), own()))
-            fn = lambda: (launch_t(), own())
-            fn()
-            torch.cuda.synchronize()
-            check("pdl_" + tag, fn, states_t)
-        except Exception as e:  # noqa: BLE001
-            rec[f"pdl_{tag}"] = repr(e)[:200]
-        dec._PLANS.clear()
     print(json.dumps({k2: (round(v2, 2) if isinstance(v2, float) and v2 > 1e-2 else v2) for k2, v2 in rec.items()}),
           flush=True)
     rows.append(rec)
