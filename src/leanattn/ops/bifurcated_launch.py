@@ -345,15 +345,20 @@ class Plan:
         # x64 53.6 against 49.4, MHA 8k x64 118.6 against 111.4 (bifurcated_H200_notes.md section 7)
         self.merge_in_kernel = lc.merge_in_kernel
         self.meta["MERGE"] = lc.merge_in_kernel
-        M = B * Hq
-        self.states = (runtime.workspace("bif_states_o", device, (n_states, B, Hq, D), torch.float32),
-                       runtime.workspace("bif_states_lse", device, (n_states, B, Hq), torch.float32),
+        self.states = (*self._states_merge(device, n_states, B, Hq, D),
                        runtime.workspace("bif_arrivals", device, (B * Hq,), torch.int32, zero=True))
-        self.merge_grid, self.merge_meta = merge_launch(n_states, M, D)
-        self.merge_tail = (n_states, M, M * D, D, M, 1)
         self.info.update(grid=self.grid[0], prefix_programs=n_prefix, splits=S, own_splits=s_own, workers=workers,
                          **{k: self.meta[k] for k in ("BLOCK_HP", "N_HB", "BLOCK_NP", "BLOCK_HO", "BLOCK_NO", "num_warps",
                                                       "num_stages")})
+
+    def _states_merge(self, device, n_states: int, B: int, Hq: int, D: int) -> tuple:
+        """The states and overlap paths' ``n_states`` slots of ``merge_states``' layout (shared workspaces)
+        and the launch constants of the ``merge_states`` launch over them."""
+        M = B * Hq
+        self.merge_grid, self.merge_meta = merge_launch(n_states, M, D)
+        self.merge_tail = (n_states, M, M * D, D, M, 1)
+        return (runtime.workspace("bif_states_o", device, (n_states, B, Hq, D), torch.float32),
+                runtime.workspace("bif_states_lse", device, (n_states, B, Hq), torch.float32))
 
     # ------------------------------------------------------------------------------------------
     def _setup_overlap(self, q, k, v, seqlens, block_table, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens,
@@ -374,12 +379,8 @@ class Plan:
         # LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one stage would wait on a tile it
         # only loads later in the same iteration)
         self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, max(2, env_config()["num_stages"] or 3))
-        st_o = runtime.workspace("bif_states_o", device, (n_states, B, Hq, D), torch.float32)
-        st_l = runtime.workspace("bif_states_lse", device, (n_states, B, Hq), torch.float32)
+        st_o, st_l = self._states_merge(device, n_states, B, Hq, D)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
-        M = B * Hq
-        self.merge_grid, self.merge_meta = merge_launch(n_states, M, D)
-        self.merge_tail = (n_states, M, M * D, D, M, 1)
         self.merge_in_kernel = False
         self.info.update(prefix_programs=self.prefix.grid[0], splits=S, chunk=chunk,
                          own_splits=self.own_plan.splits if own else 0, own_grid=self.own_plan.grid if own else None)
