@@ -215,6 +215,14 @@ def bifurcated_cases():
                 lens = torch.full((samples,), 256, dtype=torch.int32)
                 yield (f"bifurcated {hq}/{hkv} x{samples}{variant}", _with_env(
                     env, lambda q=q, pk=pk, k=k, lens=lens: leanattn.bifurcated_decode(q, pk, pk, k, k, lens)))
+    # D=256 (the default launch; LEANATTN_BIFURCATED_CONFIG from the caller's environment applies)
+    for samples in (1, 32):
+        q = torch.randn(samples, 16, 256, dtype=bf)
+        pk = torch.randn(512, 8, 256, dtype=bf)
+        k = torch.randn(samples, 256, 8, 256, dtype=bf)
+        lens = torch.full((samples,), 256, dtype=torch.int32)
+        yield (f"bifurcated 16/8 D=256 x{samples}",
+               lambda q=q, pk=pk, k=k, lens=lens: leanattn.bifurcated_decode(q, pk, pk, k, k, lens))
 
 
 def main(argv=None):

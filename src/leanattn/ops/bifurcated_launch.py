@@ -116,7 +116,10 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
     2026-12-01, 128 at D=64): 256 own tokens are four or two tiles. ``block_n`` (op argument, tests) sets both tile sizes.
     """
     env = env_config()
-    cfg = decode_config(head_dim, group, device, block_n or None)
+    # D=256 keeps 32-token tiles, not decode's 64 (measured for one row block of a GQA group): with 64
+    # stacked prefix rows, 64-token tiles compile to 252-255 registers and 224 KB of shared memory against
+    # 204-222 and 128 KB (states path, Triton 3.6, sm_90a, benchmarks/offline_resources.py)
+    cfg = decode_config(head_dim, group, device, block_n or (32 if head_dim > 128 else None))
     cuda = runtime.gpu_target(device)
     # GQA at D <= 128: 64-row prefix blocks of 64-token tiles, 4 warps, 3 stages (two programs per SM;
     # more rows take more head blocks, whose members share each prefix tile through L2). The H200

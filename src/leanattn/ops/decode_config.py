@@ -40,10 +40,16 @@ class DecodeConfig:
 # ahead on 10 of 14 contiguous suite cases (mha 4k 31.9 against 32.8 us, gqa B=16 8k 139.3 against
 # 141.0, gqa B=1 32k 50.9 against 52.0; cuDNN 30.7 / 133.6 / 49.0) and at most 1.1% behind on the rest
 # (mha 64k 265.1 against 262.1, ragged 0.3-0.6%). 8 warps or 2 stages at 64 tokens lost everywhere.
+#
+# D=256 takes 64-token tiles over 3 stages at one program per SM (206 registers, 141 KB of shared memory):
+# same process, H200, 2026-12-01 (benchmarks/results/decode_sweep_NVIDIA_H200_d256_shapes.json), against
+# the 32-token tiles it had, it is ahead on all eight D=256 shapes measured, by 1% (16/8 B=1 8k, 33.8
+# against 34.1 us) to 9% (32/8 B=4 16k, 139.2 against 152.5; the suite's 16/8 B=1 32k 82.0 against 84.4;
+# ragged and paged64 8%). Two per SM (64-token tiles, 2 stages) won only the ragged tail (327 against 337).
 _CUDA_TABLE = {
     64: (128, 4, 2, 4),
     128: (64, 4, 3, 2),
-    256: (32, 4, 3, 1),
+    256: (64, 4, 3, 1),
 }
 
 
