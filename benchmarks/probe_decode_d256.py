@@ -1,7 +1,7 @@
 """Decode launch configs at D=256 over shapes beyond the suite's one, cuDNN in the same process.
 
-Each config is timed twice (first and last in the list) per shape through ``bench_decode.sweep`` (graph
-replays, do_bench medians, L2 flushed). The data behind the D=256 entry of ``ops/decode_config.py``
+Per shape through ``bench_decode.sweep`` (graph replays, do_bench medians, L2 flushed): the 32-token tiles D=256
+had before 2026-12-01 and the 64-token tiles it has now, each first and last, and two other configs between. The data behind the D=256 entry of ``ops/decode_config.py``
 (decode probe 14 in ``benchmarks/results/decode_probes_H200_2026-12-01.md``).
 
     PYTHONPATH=src python benchmarks/probe_decode_d256.py [--out DIR] [--cases NAME;NAME] [--configs 'a;b']
@@ -29,7 +29,7 @@ CASES = [
     dict(name="d256 16/8 paged64 B=4 16k", lens=[16 * K] * 4, hq=16, hkv=8, page=64),
 ]
 # tokens per tile, warps, stages, programs per SM[, merge factor, merge stages[, load]]; 0: the default
-CONFIGS = "0,0,0,0;64,4,3,1;64,4,2,2;64,4,3,1,0,0,1;32,4,3,1;0,0,0,0"
+CONFIGS = "32,4,3,1;64,4,3,1;64,4,2,2;64,4,3,1,0,0,1;32,4,3,1;64,4,3,1"
 
 
 def main(argv=None):

@@ -117,8 +117,8 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
     """
     env = env_config()
     # D=256 keeps 32-token tiles, not decode's 64 (measured for one row block of a GQA group): with 64
-    # stacked prefix rows, 64-token tiles compile to 252-255 registers and 224 KB of shared memory against
-    # 204-222 and 128 KB (states path, Triton 3.6, sm_90a, benchmarks/offline_resources.py)
+    # stacked prefix rows, 64-token tiles compile to 252-255 registers and 229 KB of shared memory against
+    # 204-222 and 131 KB (states path, Triton 3.6, sm_90a, benchmarks/offline_resources.py)
     cuda = runtime.gpu_target(device)
     on_gpu = cuda and not runtime.interpreting()  # the interpreter keeps decode_config's small tiles
     cfg = decode_config(head_dim, group, device, block_n or (32 if head_dim > 128 and on_gpu else None))
