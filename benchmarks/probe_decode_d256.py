@@ -1,8 +1,9 @@
 """Decode launch configs at D=256 over shapes beyond the suite's one, cuDNN in the same process.
 
-Per shape through ``bench_decode.sweep`` (graph replays, do_bench medians, L2 flushed): the 32-token tiles D=256
-had before 2026-12-01 and the 64-token tiles it has now, each first and last, and two other configs between. The data behind the D=256 entry of ``ops/decode_config.py``
-(decode probe 14 in ``benchmarks/results/decode_probes_H200_2026-12-01.md``).
+Per shape through ``bench_decode.sweep`` (graph replays, do_bench medians, L2 flushed): the 32-token
+tiles D=256 had before 2026-12-01 and the 64-token tiles it has now, each first and last, and two other
+configs between. The data behind the D=256 entry of ``ops/decode_config.py`` (decode probe 14 in
+``benchmarks/results/decode_probes_H200_2026-12-01.md``).
 
     PYTHONPATH=src python benchmarks/probe_decode_d256.py [--out DIR] [--cases NAME;NAME] [--configs 'a;b']
 """
@@ -42,10 +43,11 @@ def main(argv=None):
              if not args.cases or c["name"] in args.cases.split(";")]
     configs = [tuple(int(x) for x in c.split(",")) for c in args.configs.split(";") if c]
     res = bd.sweep(cases, lambda m: print(m, flush=True), configs)
+    env = bd.common.env_info()
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"decode_sweep_{bd.common.env_info()['device'].replace(' ', '_')}_d256_shapes.json")
+    path = os.path.join(args.out, f"decode_sweep_{env['device'].replace(' ', '_')}_d256_shapes.json")
     with open(path, "w") as f:
-        json.dump(dict(env=bd.common.env_info(), sweep=res), f, indent=1)
+        json.dump(dict(env=env, sweep=res), f, indent=1)
     print("wrote", path)
 
 

@@ -1,7 +1,7 @@
 """Short uniform decode cases: why ``schedule="split"`` can beat lean there (the cut or the merge).
 
-On gqa B=1 32k and mha 4k the suite run of 2026-12-01 22:31 timed split 3-5% ahead of lean. The two cut the work
-differently: split takes FlashAttention-2's split count (29 a head at gqa B=1 32k: 232 programs of 18 tiles)
+On gqa B=1 32k and mha 4k the suite run of 2026-12-01 22:31 timed split 3-5% ahead of lean. The two cut
+the work differently: split takes FlashAttention-2's split count (29 a head at gqa B=1 32k: 232 programs of 18 tiles)
 and merges in a second launch; lean takes 256 programs cut aligned with the heads (16 tiles each) and merges
 in-kernel (last arriver). This probe times, in one process and interleaved over three rounds:
 * lean and split at their defaults;
@@ -80,7 +80,8 @@ def main(argv=None):
             for name, g in graphs.items():
                 us.setdefault(name, []).append(round(common.bench(g.replay, warmup=10, rep=40) * 1e3, 2))
         med = {n: sorted(v)[1] for n, v in us.items()}
-        print(f"{case['name']:16s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items()) + f"  | {info}", flush=True)
+        times = "  ".join(f"{n} {t:.1f}" for n, t in med.items())
+        print(f"{case['name']:16s} {times}  | {info}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, **info))
         del inp, graphs
         torch.cuda.empty_cache()

@@ -22,7 +22,8 @@ def test_loss_falls(device, attention):
     idx = torch.randint(0, cfg.vocab, (2, 33), device=device)
     x, y = idx[:, :-1], idx[:, 1:]
     losses = []
-    for _ in range(12):  # 12 AdamW steps take the loss of this batch to ~0.3x its start (dense), half the CI time of 24
+    # 12 AdamW steps take the loss of this batch to ~0.3x its start (dense), in half the CI time of 24
+    for _ in range(12):
         loss = model(x, y)
         opt.zero_grad()
         loss.backward()

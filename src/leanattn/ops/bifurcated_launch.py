@@ -116,12 +116,13 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
     2026-12-01, 128 at D=64): 256 own tokens are four or two tiles. ``block_n`` (op argument, tests) sets both tile sizes.
     """
     env = env_config()
-    # D=256 keeps 32-token tiles, not decode's 64 (measured for one row block of a GQA group): with 64
-    # stacked prefix rows, 64-token tiles compile to 252-255 registers and 229 KB of shared memory against
-    # 204-222 and 131 KB (states path, Triton 3.6, sm_90a, benchmarks/offline_resources.py)
+    cfg = decode_config(head_dim, group, device, block_n or None)
+    if head_dim > 128 and not block_n:
+        # at most 32-token tiles at D=256, not decode's 64 (measured for one row block of a GQA group): with
+        # 64 stacked prefix rows, 64-token tiles compile to 252-255 registers and 229 KB of shared memory
+        # against 204-222 and 131 KB (states path, Triton 3.6, sm_90a, benchmarks/offline_resources.py)
+        cfg = dataclasses.replace(cfg, block_n=min(cfg.block_n, 32))
     cuda = runtime.gpu_target(device)
-    on_gpu = cuda and not runtime.interpreting()  # the interpreter keeps decode_config's small tiles
-    cfg = decode_config(head_dim, group, device, block_n or (32 if head_dim > 128 and on_gpu else None))
     # GQA at D <= 128: 64-row prefix blocks of 64-token tiles, 4 warps, 3 stages (two programs per SM;
     # more rows take more head blocks, whose members share each prefix tile through L2). The H200
     # sweep (benchmarks/results/profile_bifurcated_run1_H200.json, config '64,64,4,3') put it at
@@ -176,8 +177,9 @@ class Plan:
         lc = launch_config(n_max * group, D, group, device, block_h, block_n)
         self.path = "concat" if has_own and n_max == 1 else lc.path
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
-        if (self.path == "states" and (env_config()["path"] == 4 or overlap.preferred(n_max * group, group))
-                and env_config()["path"] != 3 and workers <= 0 and overlap.usable(q, pk, pv, single, has_plens)):
+        forced = env_config()["path"]
+        if (self.path == "states" and forced != 3 and (forced == 4 or overlap.preferred(n_max * group, group))
+                and workers <= 0 and overlap.usable(q, pk, pv, single, has_plens)):
             self.path = "overlap"
         self.concat = self.path == "concat"
         self.n_hb = 1 if self.concat else triton.cdiv(n_max * group, lc.block_hp)
@@ -370,19 +372,19 @@ class Plan:
         # the Gluon prefix states in slots [0, S); the own tokens by decode's split kernel (fewer registers
         # and less shared memory than the states kernel, so it fits beside a Gluon program) in slots
         # [S, S + own splits): one normalised state per split, merge_states' layout
-        device = q.device
+        device, env = q.device, env_config()
         sms = runtime.num_sms(device)
         own = has_own and not self.empty_own
         n_hb = triton.cdiv(B * group, overlap.pg.BLOCK_M)
         S, chunk = overlap.prefix_splits(Hkv * n_hb, triton.cdiv(P, overlap.pg.BLOCK_N), group, P, cap if own else 0,
-                                         sms, env_config()["ctas_per_sm"])
+                                         sms, env["ctas_per_sm"])
         self.splits = S
         self.own_plan = DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n) if own else None
         n_states = S + (self.own_plan.splits if own else 0)
         # K/V ring of 3 stages (115 KB of shared memory at D=128: a split-kernel program fits beside it);
         # LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one stage would wait on a tile it
         # only loads later in the same iteration)
-        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, max(2, env_config()["num_stages"] or 3))
+        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, max(2, env["num_stages"] or 3))
         st_o, st_l = self._states_merge(device, n_states, B, Hq, D)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
         self.merge_in_kernel = False
