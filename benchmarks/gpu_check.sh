@@ -24,6 +24,8 @@
 #               2026-12-01 22:2x: 64-token tiles at one per SM 1-9% ahead of 32-token tiles on all eight, ~45 s)
 #   decode-short  lean against split on short uniform cases, each over the other's cut (benchmarks/probe_decode_short.py;
 #               written 2026-12-01 after the 22:31 run timed split 3-5% ahead at gqa B=1 32k and mha 4k; not yet run)
+#   decode-merge  stream-K piece merge in-kernel against a merge launch, over the decode suite and the one-sample
+#               bifurcated cases (benchmarks/probe_decode_merge.py)
 #   bif-prefix-shapes  the split path (a prefix launch shaped apart from the own-token launch: 128-row,
 #               8-warp prefix blocks of 64- or 128-token tiles) against the default states path on the GQA
 #               cases furthest from the floor (bifurcated notes section 10). Offline (Triton 3.6, sm_90a): 113-230
@@ -79,6 +81,7 @@ for step in "$@"; do
         --configs "0,0,0,0;32,4,3,2;32,4,3,3;32,8,3,2;64,4,2,2;64,8,2,1;128,4,2,2,0,0,2;64,4,2,2,0,0,2;0,0,0,0" 2>&1 \
         | grep -E "sweep|fail" ;;
     decode-short) python3 benchmarks/probe_decode_short.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
+    decode-merge) python3 benchmarks/probe_decode_merge.py --out "$OUT" 2>&1 | grep -vi warning | tail -30 ;;
     d256-shapes) python3 benchmarks/probe_decode_d256.py --out "$OUT" 2>&1 | grep -E "sweep|fail|wrote" ;;
     bif-prefix-shapes)
       python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" \

@@ -22,14 +22,14 @@ from .decode import load_q_rows, locate_row, settle_and_store
 
 @triton.jit(noinline=True)
 def concat_piece(
-    Q, PK, PV, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters,  #
+    Q, PK, PV, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
     b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
     stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
     stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb, stride_btb,  #
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
-    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
+    GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,  #
+    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
 ):
     """Piece ``[t, stop)`` of the row ``[head_begin, head_end)`` (sample ``b`` of prompt ``gid``,
     whose first ``pt`` tiles are the prefix): attend, settle, and write the row where complete. A
@@ -44,15 +44,16 @@ def concat_piece(
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, UPCAST,
         DOT_PRECISION)
     settle_and_store(
-        acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, b, kvh, hb, t, stop, head_begin, head_end, start, T, high,  #
-        stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
+        acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
+        b, kvh, hb, t, stop, head_begin, head_end, start, T, high, stride_ob, stride_oh, stride_lb,  #
+        GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH)
 
 
 @triton.jit
 def concat_decode_kernel(
     Q, PK, PV, K, V, Out, Lse,  #
     PrefixLens, PrefixIds, Seqlens, BlockTable,  #
-    WsAcc, WsMl, Counters,  #
+    WsAcc, WsMl, Counters, RowInfo,  #
     stride_qb, stride_qh,  #
     stride_pkg, stride_pkn, stride_pkh,  #
     stride_pvg, stride_pvn, stride_pvh,  #
@@ -65,14 +66,15 @@ def concat_decode_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
     SINGLE_PREFIX: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
 ):
     """Stream-K decode of sample ``b`` over ``PK/PV[PrefixIds[b], :PrefixLens[g]]`` then its own cache.
 
     ``PK/PV (NG, prefix_cap, Hkv, D)`` (``stride_pkg = 0`` and no ``PrefixIds`` with
     ``SINGLE_PREFIX``); ``K/V`` contiguous ``(B, capacity, Hkv, D)`` or paged (``PAGE_SIZE > 0``).
     ``ROWS = Hkv * N_HB`` scheduling rows per sample. Workspaces as ``lean_decode_kernel``: 2 piece
-    slots and one counter per program.
+    slots and one counter per program, or ``RowInfo`` with ``MERGE_LAUNCH``.
     """
     pid = tl.program_id(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
@@ -112,11 +114,11 @@ def concat_decode_kernel(
             gid = tl.sum(tl.where(sel, gid_b, 0), 0)
             plen = tl.sum(tl.where(sel, plen_b, 0), 0)
         concat_piece(
-            Q, PK, PV, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters,  #
+            Q, PK, PV, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
             b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
             stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb,  #
-            GROUP, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION,  #
-            VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
+            GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION,  #
+            VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH)
         t = stop

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ..schedules.stream_k import cut_list, load_lengths, locate_tile, programs_used, row_tiles
 from .attend import attend_any
-from .piece_merge import settle_piece
+from .piece_merge import publish_piece, record_row, settle_piece
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -77,13 +77,14 @@ def store_final(
 
 @triton.jit(noinline=True)
 def decode_piece(
-    Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters,  #
+    Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
     b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
     stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb, stride_btb,  #
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
-    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
+    GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,  #
+    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr,  #
+    DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,  #
+    MERGE_LAUNCH: tl.constexpr,
 ):
     """Piece ``[t, stop)`` of the head ``[head_begin, head_end)`` (sequence ``b``, kv head ``kvh``,
     head block ``hb``) of a stream-K program whose range starts at ``start``: attend its tiles, settle
@@ -100,36 +101,49 @@ def decode_piece(
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
     settle_and_store(
-        acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, b, kvh, hb, t, stop, head_begin, head_end, start, T, high,  #
-        stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
+        acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
+        b, kvh, hb, t, stop, head_begin, head_end, start, T, high, stride_ob, stride_oh, stride_lb,  #
+        GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH)
 
 
 @triton.jit
 def settle_and_store(
-    acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters,  #
+    acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
     b, kvh, hb, t, stop, head_begin, head_end, start, T, high,  #
     stride_ob, stride_oh, stride_lb,  #
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,  #
-    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
+    GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,  #
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
 ):
     """The end of a piece ``[t, stop)`` of the row ``[head_begin, head_end)`` (sequence ``b``, kv head
-    ``kvh``, head block ``hb``): settle its state (``settle_piece``) and, where the row is complete,
-    write it (``store_final``)."""
+    ``kvh``, head block ``hb``): settle its state and, where the row is complete, write it
+    (``store_final``). ``MERGE_LAUNCH``: a cut row's pieces are only published, for the merge launch
+    (``piece_merge_kernel``, told by ``RowInfo``); otherwise the last to arrive merges them
+    (``settle_piece``)."""
     # only the rows of real query heads travel through the workspace (1 of 16 for MHA)
     valid_h = hb * BLOCK_H + tl.arange(0, BLOCK_H) < GROUP
-    final, acc, m_i, l_i = settle_piece(
-        acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
-        t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
-    if final:
-        store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
-                    GROUP, HEAD_DIM, BLOCK_H)
+    if MERGE_LAUNCH:
+        if t == head_begin:
+            record_row(RowInfo, b * ROWS + kvh * N_HB + hb, t, start, head_end, T, high)
+        if (t == head_begin) & (stop == head_end):
+            store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
+                        GROUP, HEAD_DIM, BLOCK_H)
+        else:
+            publish_piece(acc, m_i, l_i, valid_h, WsAcc, WsMl, t, start, T, high, 0, 1, BLOCK_H, HEAD_DIM)
+    else:
+        final, acc, m_i, l_i = settle_piece(
+            acc, m_i, l_i, valid_h, WsAcc, WsMl, Counters,  #
+            t, start, head_begin, head_end, stop, T, high, 0, 1, BLOCK_H, HEAD_DIM, VALID_ROWS, MERGE_ROWS,
+            MERGE_STAGES)
+        if final:
+            store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
+                        GROUP, HEAD_DIM, BLOCK_H)
 
 
 @triton.jit
 def lean_decode_kernel(
     Q, K, V, Out, Lse,  #
     Seqlens, BlockTable,  #
-    WsAcc, WsMl, Counters,  #
+    WsAcc, WsMl, Counters, RowInfo,  #
     stride_qb, stride_qh,  #
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
@@ -140,10 +154,11 @@ def lean_decode_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
-    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,
+    VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
-    slots and one counter per program (``kernels/piece_merge.py``)."""
+    slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
+    (2 int32 per row) for the merge launch that follows instead of the counters."""
     pid = tl.program_id(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
     # -- schedule, from the real lengths (no host sync) --
@@ -158,12 +173,12 @@ def lean_decode_kernel(
         # -- which (sequence, row, tile) does tile t belong to --
         b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB)
         decode_piece(
-            Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters,  #
+            Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
             b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
             stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb,  #
-            GROUP, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION,  #
-            VALID_ROWS, MERGE_ROWS, MERGE_STAGES)
+            GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION,  #
+            VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH)
         t = stop
 
 

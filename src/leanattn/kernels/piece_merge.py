@@ -20,6 +20,8 @@ import triton.language as tl
 
 from ..schedules.stream_k import program_of, range_start
 
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
 
 @triton.jit
 def combine(acc_a, m_a, l_a, acc_b, m_b, l_b):
@@ -30,6 +32,88 @@ def combine(acc_a, m_a, l_a, acc_b, m_b, l_b):
     s_a = tl.math.exp2(m_a - m_use)
     s_b = tl.math.exp2(m_b - m_use)
     return acc_a * s_a[:, None] + acc_b * s_b[:, None], m_new, l_a * s_a + l_b * s_b
+
+
+@triton.jit
+def publish_piece(
+    acc, m_i, l_i, valid_h, WsAcc, WsMl, t, start, T, high, member,  #
+    NM: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    """Write the unnormalised state of the piece starting at tile ``t`` to its program's slot: slot 0
+    of schedule program ``p`` (real program ``p * NM + member``) for a piece starting the program's
+    range (``t == start``), slot 1 for the one ending it. Only rows with ``valid_h`` are written."""
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, HEAD_DIM)
+    me = program_of(t, T, high) * NM + member
+    slot = 2 * me + (t != start).to(tl.int32)
+    acc_ptrs = WsAcc + slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(acc_ptrs, acc, mask=valid_h[:, None])
+    tl.store(WsMl + slot * (2 * BLOCK_H) + offs_h, m_i)
+    tl.store(WsMl + slot * (2 * BLOCK_H) + BLOCK_H + offs_h, l_i)
+
+
+@triton.jit
+def record_row(RowInfo, row_id, t, start, head_end, T, high):
+    """For the piece starting a row (``t`` its first tile): ``RowInfo[row_id] = (first slot, pieces)``,
+    the workspace slot of the row's first piece and how many pieces the row is cut into (1: the row
+    is whole in one program, which writes it). Every row has one first piece, so every launch writes
+    every row's entry: the entries never go stale."""
+    host = program_of(t, T, high)
+    tl.store(RowInfo + 2 * row_id, 2 * host + (t != start).to(tl.int32))
+    tl.store(RowInfo + 2 * row_id + 1, program_of(head_end - 1, T, high) - host + 1)
+
+
+@triton.jit
+def piece_merge_kernel(
+    WsAcc, WsMl, RowInfo, Out, Lse,  #
+    stride_ob, stride_oh, stride_lb,  #
+    GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
+    BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """The merge launch of a stream-K decode whose rows were cut into pieces (``record_row``,
+    ``publish_piece``): program ``(row_id, h)`` merges query head ``h`` of the row ``row_id = b * ROWS
+    + kv_head * N_HB + head_block`` over its pieces in program order, ``BLOCK_S`` pieces per load, and
+    writes ``Out[b, head]`` and its natural-log ``Lse``; rows whole in one program are left alone.
+
+    The in-kernel merge (``settle_piece``) leaves a row's pieces to one program of the main launch,
+    a chain of dependent L2 round trips over all its query heads at the end of the launch; here every
+    query head of every cut row is merged by its own program, in one round trip per ``BLOCK_S`` pieces.
+    """
+    rid = tl.program_id(0)
+    h = tl.program_id(1)
+    row = rid % ROWS
+    hb = row % N_HB
+    n = tl.load(RowInfo + 2 * rid + 1)
+    if (n > 1) & (hb * BLOCK_H + h < GROUP):
+        first = tl.load(RowInfo + 2 * rid)
+        host = first // 2
+        offs_s = tl.arange(0, BLOCK_S)
+        offs_d = tl.arange(0, HEAD_DIM)
+        m_t = tl.full([BLOCK_S], float("-inf"), tl.float32)
+        l_t = tl.zeros([BLOCK_S], tl.float32)
+        acc_t = tl.zeros([BLOCK_S, HEAD_DIM], tl.float32)
+        # lane-wise online softmax over steps, then one cross-lane fold: no reduction inside the loop
+        for s0 in range(0, n, BLOCK_S):
+            s = s0 + offs_s
+            ok = s < n
+            slot = tl.where(s == 0, first, 2 * (host + s))
+            m = tl.load(WsMl + slot * (2 * BLOCK_H) + h, mask=ok, other=float("-inf"))
+            l = tl.load(WsMl + slot * (2 * BLOCK_H) + BLOCK_H + h, mask=ok, other=0.0)
+            a = tl.load(WsAcc + slot.to(tl.int64)[:, None] * (BLOCK_H * HEAD_DIM) + h * HEAD_DIM + offs_d[None, :],
+                        mask=ok[:, None], other=0.0)
+            acc_t, m_t, l_t = combine(acc_t, m_t, l_t, a, m, l)
+        m_all = tl.max(m_t, 0)
+        m_use = tl.where(m_all == float("-inf"), 0.0, m_all)
+        w = tl.math.exp2(m_t - m_use)
+        acc = tl.sum(acc_t * w[:, None], 0)
+        l_sum = tl.sum(l_t * w, 0)
+        empty = l_sum == 0.0
+        l_safe = tl.where(empty, 1.0, l_sum)
+        b = rid // ROWS
+        head = (row // N_HB) * GROUP + hb * BLOCK_H + h
+        tl.store(Out + b.to(tl.int64) * stride_ob + head * stride_oh + offs_d, (acc / l_safe).to(Out.dtype.element_ty))
+        tl.store(Lse + b.to(tl.int64) * stride_lb + head,
+                 tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2))
 
 
 @triton.jit
@@ -61,18 +145,11 @@ def settle_piece(
     8 pieces of a 4-head GQA group in 32 rows), so the dependent L2 round trips drop by that factor.
     ``MERGE_STAGES`` software-pipelines the steps.
     """
-    offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
     final = (t == head_begin) & (stop == head_end)
     partial = (t != head_begin) | (stop != head_end)
     if partial:
-        # -- publish --
-        me = program_of(t, T, high) * NM + member
-        slot = 2 * me + (t != start).to(tl.int32)
-        acc_ptrs = WsAcc + slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + offs_h[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(acc_ptrs, acc, mask=valid_h[:, None])
-        tl.store(WsMl + slot * (2 * BLOCK_H) + offs_h, m_i)
-        tl.store(WsMl + slot * (2 * BLOCK_H) + BLOCK_H + offs_h, l_i)
+        publish_piece(acc, m_i, l_i, valid_h, WsAcc, WsMl, t, start, T, high, member, NM, BLOCK_H, HEAD_DIM)
         host = program_of(head_begin, T, high)
         last = program_of(head_end - 1, T, high)
         n_valid = tl.sum(valid_h.to(tl.int32), 0)
@@ -147,3 +224,15 @@ def merge_meta(block_h: int, head_dim: int, rows: int, suffix: str = "") -> dict
         merge_rows = max(block_h, min(8 * valid, 4096 // head_dim))
         stages = 1 if block_h <= 16 else 2
     return {"VALID_ROWS" + suffix: valid, "MERGE_ROWS" + suffix: merge_rows, "MERGE_STAGES" + suffix: stages}
+
+
+def piece_merge_launch(rows: int, group: int, n_hb: int, block_h: int, head_dim: int, programs: int,
+                       rows_per_seq: int) -> tuple[tuple, dict]:
+    """Grid and launch constants of ``piece_merge_kernel`` after a stream-K launch of ``programs``
+    programs over ``rows`` scheduling rows (``rows_per_seq`` per sequence, ``n_hb`` head blocks of
+    ``block_h`` query rows per kv head, ``group`` query heads per kv head). A row is cut into at most
+    ``programs`` pieces; one load takes up to 4096 fp32 values (``BLOCK_S x head_dim``)."""
+    block_s = min(triton.next_power_of_2(max(programs, 1)), max(1, 4096 // head_dim))
+    grid = (rows, min(group, block_h))
+    return grid, dict(GROUP=group, N_HB=n_hb, ROWS=rows_per_seq, BLOCK_H=block_h, HEAD_DIM=head_dim,
+                      BLOCK_S=block_s, num_warps=4)

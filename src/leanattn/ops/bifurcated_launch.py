@@ -38,12 +38,12 @@ from ..kernels.bifurcated_concat import concat_decode_kernel
 from ..kernels.bifurcated_own import own_merge_kernel
 from ..kernels.bifurcated_prefix import prefix_states_kernel
 from ..kernels.bifurcated_states import bifurcated_states_kernel
-from ..kernels.piece_merge import merge_meta
+from ..kernels.piece_merge import merge_meta, piece_merge_kernel, piece_merge_launch
 from ..kernels.merge import merge_launch, merge_states_kernel
 from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
-from .decode_config import DecodeConfig, decode_config, load_path
+from .decode_config import DecodeConfig, decode_config, load_path, merge_in_launch
 
 LOG2E = 1.4426950408889634
 
@@ -241,19 +241,26 @@ class Plan:
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=block_n or env["block_no"] or cfg.block_n, BLOCK_B=max(16, triton.next_power_of_2(B)),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
+                         MERGE_LAUNCH=merge_in_launch(device),
                          num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
         # the SM count lets the kernel align ranges with rows (as decode); 0 keeps a grid the caller chose
         self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap,
                                                                           0 if workers > 0 else runtime.num_sms(device))
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
-            occ = runtime.kernel_occupancy(concat_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, *self.tail),
+            occ = runtime.kernel_occupancy(concat_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, d, *self.tail),
                                self.meta, device, self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, cps))
         n = workers
         self.grid = (n,)
-        self.ws = own_workspaces(device, n, cfg.block_h, D)
-        self.info.update(grid=n, **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
+        rows = B * self.meta["ROWS"]
+        self.ws = own_workspaces(device, n, cfg.block_h, D) + (
+            runtime.workspace("bif_rows", device, (rows, 2), torch.int32),)
+        if self.meta["MERGE_LAUNCH"]:
+            mgrid, mmeta = piece_merge_launch(rows, group, cfg.n_hb, cfg.block_h, D, n, self.meta["ROWS"])
+            self.launch_merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, (Hq * D, D, Hq))
+        self.info.update(grid=n, merge_launch=self.meta["MERGE_LAUNCH"],
+                         **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
 
     # ------------------------------------------------------------------------------------------
     def _setup_split(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
@@ -437,6 +444,9 @@ class Plan:
         counts, starts, order, rank = groups if groups is not None else (d, d, d, d)
         if self.path == "concat":
             self.launch(q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws)
+            if self.meta["MERGE_LAUNCH"]:
+                ws_acc, ws_ml, _, rows = self.ws
+                self.launch_merge(ws_acc, ws_ml, rows, out, lse)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states
             self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt)

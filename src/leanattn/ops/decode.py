@@ -10,10 +10,10 @@ import triton
 from .. import checks, runtime
 from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.merge import merge_launch, merge_states_kernel
-from ..kernels.piece_merge import merge_meta
+from ..kernels.piece_merge import merge_meta, piece_merge_kernel, piece_merge_launch
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence
-from .decode_config import decode_config, load_path
+from .decode_config import decode_config, load_path, merge_in_launch
 
 __all__ = ["decode"]
 
@@ -57,7 +57,9 @@ class _Plan:
                    Hq * D, D, Hq)  # out and lse are allocated contiguous
         qk_scale = scale * LOG2E
         if schedule == "lean":
-            self.meta.update(BLOCK_B=max(16, triton.next_power_of_2(B)), **merge_meta(cfg.block_h, D, group))
+            self.merge_apart = merge_in_launch(device)
+            self.meta.update(BLOCK_B=max(16, triton.next_power_of_2(B)), MERGE_LAUNCH=self.merge_apart,
+                             **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
             sms = 0 if workers > 0 else runtime.num_sms(device)
@@ -72,7 +74,12 @@ class _Plan:
             self.grid = (grid,)
             self.ws = (runtime.workspace("decode_acc", device, (2 * self.grid[0], cfg.block_h, D), torch.float32),
                        runtime.workspace("decode_ml", device, (2 * self.grid[0], 2, cfg.block_h), torch.float32),
-                       runtime.workspace("decode_counters", device, (self.grid[0],), torch.int32, zero=True))
+                       runtime.workspace("decode_counters", device, (self.grid[0],), torch.int32, zero=True),
+                       runtime.workspace("decode_rows", device, (B * self.meta["ROWS"], 2), torch.int32))
+            if self.merge_apart:
+                mgrid, mmeta = piece_merge_launch(B * self.meta["ROWS"], group, cfg.n_hb, cfg.block_h, D, self.grid[0],
+                                                  self.meta["ROWS"])
+                self.launch_merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, (Hq * D, D, Hq))
         else:
             rows = B * self.meta["ROWS"]
             cap_tiles = max(triton.cdiv(cap, cfg.block_n), 1)
@@ -88,7 +95,7 @@ class _Plan:
         # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
         self.launch = runtime.Launcher(lean_decode_kernel if schedule == "lean" else split_decode_kernel,
                                        self.grid, self.meta, self.tail)
-        if schedule != "lean":
+        if schedule == "split":
             self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta,
                                                  self.merge_tail)
 
@@ -97,7 +104,7 @@ class _Plan:
             return workers
         d = self.dummy_i32
         f = runtime.workspace("dummy_f32", q.device, (1,), torch.float32, zero=True)
-        occ = runtime.kernel_occupancy(lean_decode_kernel, (q, k_cache, v_cache, q, f, d, d, f, f, d, *self.tail),
+        occ = runtime.kernel_occupancy(lean_decode_kernel, (q, k_cache, v_cache, q, f, d, d, f, f, d, d, *self.tail),
                                        self.meta, q.device)
         return runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
 
@@ -106,6 +113,8 @@ class _Plan:
         bt = self.dummy_i32 if block_table is None else block_table
         if self.schedule == "lean":
             self.launch(q, k_cache, v_cache, out, lse, sl, bt, *self.ws)
+            if self.merge_apart:
+                self.launch_merge(self.ws[0], self.ws[1], self.ws[3], out, lse)
             return
         if self.splits == 1:
             self.launch(q, k_cache, v_cache, out, lse, sl, bt)
@@ -136,7 +145,8 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
            softmax_scale, schedule, workers, block_n, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
-           k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0, os.environ.get("LEANATTN_DECODE_LOAD"))
+           k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0, os.environ.get("LEANATTN_DECODE_LOAD"),
+           os.environ.get("LEANATTN_DECODE_MERGE"))
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: _Plan(q, k_cache, v_cache, cache_seqlens, block_table,
                                                      softmax_scale, schedule, workers, block_n))

@@ -135,3 +135,15 @@ def _env_load(default: int) -> int:
     if raw not in ("0", "1", "2"):
         raise ValueError(f"LEANATTN_DECODE_LOAD: expected 0, 1 or 2, got {raw!r}")
     return int(raw)
+
+
+def merge_in_launch(device: torch.device) -> bool:
+    """Whether a stream-K launch merges the pieces of its cut rows in a second launch
+    (``kernels/piece_merge.py:piece_merge_kernel``) rather than in-kernel by the last to arrive
+    (``settle_piece``). ``LEANATTN_DECODE_MERGE=0`` (in-kernel) or ``1`` (launch) overrides."""
+    raw = os.environ.get("LEANATTN_DECODE_MERGE")
+    if raw is not None:
+        if raw not in ("0", "1"):
+            raise ValueError(f"LEANATTN_DECODE_MERGE: expected 0 or 1, got {raw!r}")
+        return raw == "1"
+    return False
