@@ -39,6 +39,11 @@ def decode():
     # ragged, then equal lengths (the kernels may cut over fewer programs, aligned with heads)
     for lens in ([3000, 0, 1, 517, 1024], [2048, 2048], [4000]):
         decode_launches(lens)
+    # every lean launch with its pieces merged by a second launch (the default only for one sequence)
+    os.environ["LEANATTN_DECODE_MERGE"] = "1"
+    for lens in ([3000, 0, 1, 517, 1024], [4000]):
+        decode_launches(lens)
+    os.environ.pop("LEANATTN_DECODE_MERGE")
     for S, B, H in ((4, 3, 8), (9, 40, 32), (45, 2, 8)):  # few rows (4 warps) and many (one warp per row)
         outs = torch.randn(S, B, H, 128, dtype=BF16, device=DEV)
         lses = torch.randn(S, B, H, device=DEV)

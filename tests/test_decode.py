@@ -219,6 +219,64 @@ def test_lean_merge_tiles(monkeypatch, factor, stages, hq, hkv):
         dec._PLANS.clear()
 
 
+@pytest.mark.parametrize("num_programs", [1, 3, 7, 29])
+def test_lean_merge_launch(monkeypatch, num_programs):
+    # pieces merged by a second launch (piece_merge_kernel): heads whole in one program, cut into two
+    # or into many pieces, empty sequences, GQA groups of 3 (a padded row block) and MHA
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", "1")
+    dec._PLANS.clear()
+    lens = [300, 0, 77, 5, 16]
+    try:
+        for hq, hkv in ((12, 4), (4, 4)):
+            q, k, v, seqlens, bt = make_inputs(len(lens), hq, hkv, 64, lens, page_size=16)
+            check_decode(q, k, v, seqlens, bt, schedule="lean", num_programs=num_programs, name=f"{hq}/{hkv}")
+        assert all(p.merge_apart for p in dec._PLANS.values())
+    finally:
+        dec._PLANS.clear()
+
+
+def test_lean_merge_launch_matches_in_kernel_merge(monkeypatch):
+    # the same pieces merged in the same order: the two merges agree to rounding
+    from leanattn.ops import decode as dec
+    q, k, v, seqlens, _ = make_inputs(3, 8, 2, 64, [200, 33, 0])
+    outs = []
+    for mode in ("0", "1"):
+        monkeypatch.setenv("LEANATTN_DECODE_MERGE", mode)
+        outs.append(leanattn.decode(q, k, v, seqlens, return_lse=True, num_programs=11))
+    dec._PLANS.clear()
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=2e-3, rtol=0)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("D,tiles,batch,rows,grid,expected", [
+    (128, 512, 1, 8, 264, True),     # gqa B=1 32k: 32 pieces a row
+    (128, 64, 1, 32, 264, False),    # mha B=1 4k: 8 pieces a row, aligned
+    (128, 132, 1, 32, 264, True),    # mha 8448 tokens: the cut is not aligned with rows
+    (256, 512, 1, 8, 132, True),     # d256 B=1 32k: 16 pieces a row
+    (128, 512, 4, 8, 264, False),    # several sequences keep the in-kernel merge
+    (64, 512, 1, 8, 528, False),     # D=64 keeps it (its occupancy)
+    (128, 4, 1, 8, 264, False),      # whole rows per program: nothing to merge
+])
+def test_merge_in_launch_rule(monkeypatch, D, tiles, batch, rows, grid, expected):
+    from leanattn import runtime
+    from leanattn.ops import decode_config as dc
+    monkeypatch.delenv("LEANATTN_DECODE_MERGE", raising=False)
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
+    monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
+    assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) is expected
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", "0")
+    assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) is False
+
+
+@pytest.mark.parametrize("raw", ["2", "yes", ""])
+def test_merge_launch_env_errors(monkeypatch, raw):
+    from leanattn.ops import decode_config as dc
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", raw)
+    with pytest.raises(ValueError, match="LEANATTN_DECODE_MERGE"):
+        dc.merge_in_launch(torch.device("cpu"), 128, 8, 1, 8, 16, 0)
+
+
 @pytest.mark.parametrize("raw", ["3,1", "2", "0,1", "2,0", "a,b"])
 def test_lean_merge_env_errors(monkeypatch, raw):
     from leanattn.kernels.piece_merge import merge_meta

@@ -128,30 +128,40 @@ def test_decode_tensors_off_the_current_device(schedule):
     assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
 
 
-def test_decode_deterministic_20_runs():
-    lens = [65536, 1000, 30000, 7]
-    q = torch.randn(4, 32, 128, dtype=torch.bfloat16, device="cuda")
-    k = torch.randn(4, max(lens), 8, 128, dtype=torch.bfloat16, device="cuda")
+@pytest.mark.parametrize("merge", ["0", "1"], ids=["in-kernel", "launch"])
+@pytest.mark.parametrize("lens", [[65536, 1000, 30000, 7], [50000]], ids=["B4", "B1"])
+def test_decode_deterministic_20_runs(monkeypatch, lens, merge):
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
+    B = len(lens)
+    q = torch.randn(B, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(B, max(lens), 8, 128, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
     sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
     first, first_lse = leanattn.decode(q, k, v, sl, return_lse=True)
+    ref, _ = leanattn.reference.decode(q, k, v, sl)
+    assert_rel_close("out", first, ref, TOLERANCE[torch.bfloat16])
     for _ in range(20):
         o, l = leanattn.decode(q, k, v, sl, return_lse=True)
         assert torch.equal(o, first) and torch.equal(l, first_lse)
 
 
-def test_decode_cuda_graph_new_lengths():
+@pytest.mark.parametrize("merge", ["0", "1"], ids=["in-kernel", "launch"])
+@pytest.mark.parametrize("B", [3, 1])
+def test_decode_cuda_graph_new_lengths(monkeypatch, B, merge):
+    # with one sequence the default merges in a second launch (ops/decode_config.merge_in_launch)
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
     N = 40000
-    q = torch.randn(3, 32, 128, dtype=torch.bfloat16, device="cuda")
-    k = torch.randn(3, N, 8, 128, dtype=torch.bfloat16, device="cuda")
+    q = torch.randn(B, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(B, N, 8, 128, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
-    sl = torch.tensor([N, 10, 500], dtype=torch.int32, device="cuda")
+    sl = torch.tensor([N, 10, 500][:B], dtype=torch.int32, device="cuda")
     leanattn.decode(q, k, v, sl)  # compile and allocate the workspace outside capture
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out = leanattn.decode(q, k, v, sl)
     for lens in ([N, 10, 500], [1, 0, N], [12345, 23456, 34567], [0, 0, 0]):
+        lens = lens[:B]
         sl.copy_(torch.tensor(lens, dtype=torch.int32))
         q.normal_()
         g.replay()

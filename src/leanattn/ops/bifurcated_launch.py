@@ -238,14 +238,18 @@ class Plan:
         warps, stages, cps = cfg.num_warps, cfg.num_stages, env["ctas_per_sm"] or cfg.ctas_per_sm
         # one tile loop over both sources, tensors of pointers (attend_concat): the load field is not read
         common = {k: v for k, v in self.common.items() if k != "LOAD"}
-        self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
-                         BLOCK_N=block_n or env["block_no"] or cfg.block_n, BLOCK_B=max(16, triton.next_power_of_2(B)),
-                         PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
-                         MERGE_LAUNCH=merge_in_launch(device),
-                         num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
+        bn = block_n or env["block_no"] or cfg.block_n
         # the SM count lets the kernel align ranges with rows (as decode); 0 keeps a grid the caller chose
-        self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap,
-                                                                          0 if workers > 0 else runtime.num_sms(device))
+        sms = 0 if workers > 0 else runtime.num_sms(device)
+        # merged as decode over the copied caches would be (ops/decode.py)
+        merge_apart = merge_in_launch(device, D, max(triton.cdiv(P, bn) + triton.cdiv(cap, bn), 1), B, Hkv * cfg.n_hb,
+                                      workers or sms * cps, sms)
+        self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
+                         BLOCK_N=bn, BLOCK_B=max(16, triton.next_power_of_2(B)),
+                         PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
+                         MERGE_LAUNCH=merge_apart, num_warps=env["num_warps"] or warps,
+                         num_stages=env["num_stages"] or stages)
+        self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap, sms)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
             occ = runtime.kernel_occupancy(concat_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, d, *self.tail),

@@ -57,12 +57,15 @@ class _Plan:
                    Hq * D, D, Hq)  # out and lse are allocated contiguous
         qk_scale = scale * LOG2E
         if schedule == "lean":
-            self.merge_apart = merge_in_launch(device)
+            sms = 0 if workers > 0 else runtime.num_sms(device)
+            # the grid the table allows (the kernel's occupancy, known only once it is compiled, is at least
+            # that at D >= 128, where a merge launch can be chosen; benchmarks/offline_resources.py)
+            self.merge_apart = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
+                                               k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
             self.meta.update(BLOCK_B=max(16, triton.next_power_of_2(B)), MERGE_LAUNCH=self.merge_apart,
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
-            sms = 0 if workers > 0 else runtime.num_sms(device)
             self.tail = strides + (bt_stride, qk_scale, B, cap, sms)
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
             if sms and cache_seqlens is None:

@@ -12,6 +12,7 @@ import torch
 import triton
 
 from .. import runtime
+from ..schedules.stream_k import programs_used_py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,13 +138,43 @@ def _env_load(default: int) -> int:
     return int(raw)
 
 
-def merge_in_launch(device: torch.device) -> bool:
+
+# One sequence whose rows are cut into at least this many pieces (or cut unaligned) is merged by a second
+# launch. H200, same process, 2026-12-01 (benchmarks/results/decode_probe_merge_launch.json), lean with
+# the merge launch against the in-kernel merge: gqa B=1 32k (8 rows of 32 pieces) 50.2 against 51.2 us,
+# decode over copied caches of gqa 8k+256 (33 pieces) 23.5 against 24.5, of mha 8k+256 (unaligned)
+# 53.0 against 54.2; d256 B=1 32k (16 pieces) 81.7 against 82.2. At 8 pieces a row (mha B=1 4k and 16k)
+# the in-kernel merge is 0.4-0.7% ahead, and with several sequences it is 0.7-2% ahead on every suite
+# case (gqa B=4 32k to B=64 4k, ragged, paged): their rows' merges fall at different times and overlap
+# other rows' tiles, where one sequence's rows all end, and wait on their merges, together.
+MERGE_LAUNCH_PIECES = 16
+
+
+def merge_in_launch(device: torch.device, head_dim: int, tiles: int, batch: int, rows_per_seq: int, grid: int,
+                    sms: int) -> bool:
     """Whether a stream-K launch merges the pieces of its cut rows in a second launch
     (``kernels/piece_merge.py:piece_merge_kernel``) rather than in-kernel by the last to arrive
-    (``settle_piece``). ``LEANATTN_DECODE_MERGE=0`` (in-kernel) or ``1`` (launch) overrides."""
+    (``settle_piece``), from the cut at full capacity: ``batch * rows_per_seq`` rows of ``tiles`` tiles
+    over the programs of ``grid`` on ``sms`` SMs that the kernel uses (``schedules/stream_k.programs_used``;
+    ``sms = 0``: all of them).
+
+    A second launch for one sequence (``batch == 1``) whose rows are cut into at least
+    ``MERGE_LAUNCH_PIECES`` pieces, or cut unaligned (a program whose range ends inside a row and goes on
+    into the next merges the first before it starts the second). Head dims below 128 keep the in-kernel
+    merge: at D=64 the kernel without it compiled to 142 registers (3 programs per SM instead of 4) and
+    d64 mha 64k ran 13% slower. ``LEANATTN_DECODE_MERGE=0`` (in-kernel) or ``1`` (launch) overrides.
+    """
     raw = os.environ.get("LEANATTN_DECODE_MERGE")
     if raw is not None:
         if raw not in ("0", "1"):
             raise ValueError(f"LEANATTN_DECODE_MERGE: expected 0 or 1, got {raw!r}")
         return raw == "1"
-    return False
+    if runtime.interpreting() or not runtime.gpu_target(device) or head_dim < 128 or tiles < 1 or batch != 1:
+        return False
+    used = programs_used_py([tiles], rows_per_seq, grid, sms) if sms else grid
+    total = rows_per_seq * tiles
+    per = -(-total // max(used, 1))  # tiles per program
+    if per >= tiles:  # whole rows per program, or at most two pieces a row: little to merge
+        return False
+    aligned = total % used == 0 and tiles % per == 0
+    return not aligned or tiles // per >= MERGE_LAUNCH_PIECES
