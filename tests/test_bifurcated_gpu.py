@@ -295,6 +295,30 @@ def test_cuda_graph_new_lengths_and_ids(multi):
         assert_rel_close(f"graph replay {trial}", out, ref, TOLERANCE[torch.bfloat16])
 
 
+@pytest.mark.parametrize("hkv", [8, 32])
+def test_one_sample_graph_merges_apart(hkv):
+    # one sample: eager calls merge in-kernel, a captured graph in a second launch (ops/stream_k_launch.py);
+    # both match the reference over new lengths, and eager calls stay bitwise deterministic
+    from leanattn.ops import bifurcated as bif
+    q, pk, pv, k, v, sl = inputs(1, 32, hkv, 128, 8192, [256])
+    first = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+    assert [p.merge_mode for p in bif._PLANS.values() if p.path == "concat"][-1] == 2  # GRAPHS
+    assert torch.equal(leanattn.bifurcated_decode(q, pk, pv, k, v, sl), first)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+    for own in (256, 1, 0, 200):
+        sl.fill_(own)
+        q.normal_()
+        g.replay()
+        torch.cuda.synchronize()
+        ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl)
+        assert_rel_close(f"graph replay own={own}", out, ref, TOLERANCE[torch.bfloat16])
+        assert_rel_close(f"eager own={own}", leanattn.bifurcated_decode(q, pk, pv, k, v, sl), ref,
+                         TOLERANCE[torch.bfloat16])
+
+
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 @pytest.mark.parametrize("prompts", ["multi", "single-overlap"])
 def test_torch_compile(mode, prompts):

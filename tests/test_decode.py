@@ -12,6 +12,7 @@ import torch
 
 import leanattn
 from leanattn import reference
+from leanattn.ops.stream_k_launch import GRAPHS, IN_KERNEL, LAUNCH
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, paged_kv
 
 SCHEDULES = ["lean", "split"]
@@ -231,7 +232,7 @@ def test_lean_merge_launch(monkeypatch, num_programs):
         for hq, hkv in ((12, 4), (4, 4)):
             q, k, v, seqlens, bt = make_inputs(len(lens), hq, hkv, 64, lens, page_size=16)
             check_decode(q, k, v, seqlens, bt, schedule="lean", num_programs=num_programs, name=f"{hq}/{hkv}")
-        assert all(p.merge_apart for p in dec._PLANS.values())
+        assert all(p.merge_mode == LAUNCH for p in dec._PLANS.values())
     finally:
         dec._PLANS.clear()
 
@@ -249,7 +250,7 @@ def test_lean_merge_launch_matches_in_kernel_merge(monkeypatch):
     torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("D,tiles,batch,rows,grid,expected", [
+@pytest.mark.parametrize("D,tiles,batch,rows,grid,graphs", [
     (128, 512, 1, 8, 264, True),     # gqa B=1 32k: 32 pieces a row
     (128, 64, 1, 32, 264, False),    # mha B=1 4k: 8 pieces a row, aligned
     (128, 132, 1, 32, 264, True),    # mha 8448 tokens: the cut is not aligned with rows
@@ -258,15 +259,17 @@ def test_lean_merge_launch_matches_in_kernel_merge(monkeypatch):
     (64, 512, 1, 8, 528, False),     # D=64 keeps it (its occupancy)
     (128, 4, 1, 8, 264, False),      # whole rows per program: nothing to merge
 ])
-def test_merge_in_launch_rule(monkeypatch, D, tiles, batch, rows, grid, expected):
+def test_merge_in_launch_rule(monkeypatch, D, tiles, batch, rows, grid, graphs):
+    # a second launch only under CUDA-graph capture (GRAPHS), where its host cost is paid once
     from leanattn import runtime
     from leanattn.ops import decode_config as dc
     monkeypatch.delenv("LEANATTN_DECODE_MERGE", raising=False)
     monkeypatch.setattr(runtime, "interpreting", lambda: False)
     monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
-    assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) is expected
-    monkeypatch.setenv("LEANATTN_DECODE_MERGE", "0")
-    assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) is False
+    assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) == (GRAPHS if graphs else IN_KERNEL)
+    for raw, mode in (("0", IN_KERNEL), ("1", LAUNCH)):
+        monkeypatch.setenv("LEANATTN_DECODE_MERGE", raw)
+        assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) == mode
 
 
 @pytest.mark.parametrize("raw", ["2", "yes", ""])

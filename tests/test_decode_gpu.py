@@ -128,10 +128,11 @@ def test_decode_tensors_off_the_current_device(schedule):
     assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
 
 
-@pytest.mark.parametrize("merge", ["0", "1"], ids=["in-kernel", "launch"])
+@pytest.mark.parametrize("merge", ["", "0", "1"], ids=["default", "in-kernel", "launch"])
 @pytest.mark.parametrize("lens", [[65536, 1000, 30000, 7], [50000]], ids=["B4", "B1"])
 def test_decode_deterministic_20_runs(monkeypatch, lens, merge):
-    monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
+    if merge:
+        monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
     B = len(lens)
     q = torch.randn(B, 32, 128, dtype=torch.bfloat16, device="cuda")
     k = torch.randn(B, max(lens), 8, 128, dtype=torch.bfloat16, device="cuda")
@@ -145,11 +146,12 @@ def test_decode_deterministic_20_runs(monkeypatch, lens, merge):
         assert torch.equal(o, first) and torch.equal(l, first_lse)
 
 
-@pytest.mark.parametrize("merge", ["0", "1"], ids=["in-kernel", "launch"])
+@pytest.mark.parametrize("merge", ["", "0", "1"], ids=["default", "in-kernel", "launch"])
 @pytest.mark.parametrize("B", [3, 1])
 def test_decode_cuda_graph_new_lengths(monkeypatch, B, merge):
-    # with one sequence the default merges in a second launch (ops/decode_config.merge_in_launch)
-    monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
+    # with one sequence the default merges in a second launch when captured (ops/stream_k_launch.py)
+    if merge:
+        monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
     N = 40000
     q = torch.randn(B, 32, 128, dtype=torch.bfloat16, device="cuda")
     k = torch.randn(B, N, 8, 128, dtype=torch.bfloat16, device="cuda")

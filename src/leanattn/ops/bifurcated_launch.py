@@ -38,12 +38,13 @@ from ..kernels.bifurcated_concat import concat_decode_kernel
 from ..kernels.bifurcated_own import own_merge_kernel
 from ..kernels.bifurcated_prefix import prefix_states_kernel
 from ..kernels.bifurcated_states import bifurcated_states_kernel
-from ..kernels.piece_merge import merge_meta, piece_merge_kernel, piece_merge_launch
+from ..kernels.piece_merge import merge_meta
 from ..kernels.merge import merge_launch, merge_states_kernel
 from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
 from .decode_config import DecodeConfig, decode_config, load_path, merge_in_launch
+from .stream_k_launch import LAUNCH, StreamKLaunch
 
 LOG2E = 1.4426950408889634
 
@@ -218,8 +219,9 @@ class Plan:
             getattr(self, "_setup_" + self.path)(q, lc, **shape)
         self.info.update(path=self.path)
         # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
-        if self.path != "overlap":  # the overlap path's launches are its prefix's and its own plan's
-            kernel = {"concat": concat_decode_kernel, "states": bifurcated_states_kernel, "split": own_merge_kernel,
+        # (the overlap path's launches are its prefix's and its own plan's; the concat path's its StreamKLaunch)
+        if self.path not in ("overlap", "concat"):
+            kernel = {"states": bifurcated_states_kernel, "split": own_merge_kernel,
                       "fused": bifurcated_decode_kernel}[self.path]
             self.launch = runtime.Launcher(kernel, self.grid, self.meta, self.tail)
         if self.path in ("states", "overlap"):
@@ -247,7 +249,7 @@ class Plan:
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=bn, BLOCK_B=max(16, triton.next_power_of_2(B)),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
-                         MERGE_LAUNCH=merge_apart, num_warps=env["num_warps"] or warps,
+                         MERGE_LAUNCH=merge_apart == LAUNCH, num_warps=env["num_warps"] or warps,
                          num_stages=env["num_stages"] or stages)
         self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap, sms)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
@@ -260,10 +262,10 @@ class Plan:
         rows = B * self.meta["ROWS"]
         self.ws = own_workspaces(device, n, cfg.block_h, D) + (
             runtime.workspace("bif_rows", device, (rows, 2), torch.int32),)
-        if self.meta["MERGE_LAUNCH"]:
-            mgrid, mmeta = piece_merge_launch(rows, group, cfg.n_hb, cfg.block_h, D, n, self.meta["ROWS"])
-            self.launch_merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, (Hq * D, D, Hq))
-        self.info.update(grid=n, merge_launch=self.meta["MERGE_LAUNCH"],
+        self.merge_mode = merge_apart
+        self.concat_launch = StreamKLaunch(concat_decode_kernel, self.grid, self.meta, self.tail, merge_apart,
+                                           (rows, group, cfg.n_hb, cfg.block_h, D, n, self.meta["ROWS"]), (Hq * D, D, Hq))
+        self.info.update(grid=n, merge_mode=merge_apart,
                          **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
 
     # ------------------------------------------------------------------------------------------
@@ -447,10 +449,9 @@ class Plan:
         bt = block_table if self.own_paged else d
         counts, starts, order, rank = groups if groups is not None else (d, d, d, d)
         if self.path == "concat":
-            self.launch(q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws)
-            if self.meta["MERGE_LAUNCH"]:
-                ws_acc, ws_ml, _, rows = self.ws
-                self.launch_merge(ws_acc, ws_ml, rows, out, lse)
+            ws_acc, ws_ml, _, rows = self.ws
+            self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws), ws_acc, ws_ml, rows,
+                               out, lse)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states
             self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt)

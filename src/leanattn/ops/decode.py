@@ -10,10 +10,11 @@ import triton
 from .. import checks, runtime
 from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.merge import merge_launch, merge_states_kernel
-from ..kernels.piece_merge import merge_meta, piece_merge_kernel, piece_merge_launch
+from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence
 from .decode_config import decode_config, load_path, merge_in_launch
+from .stream_k_launch import LAUNCH, StreamKLaunch
 
 __all__ = ["decode"]
 
@@ -60,9 +61,9 @@ class _Plan:
             sms = 0 if workers > 0 else runtime.num_sms(device)
             # the grid the table allows (the kernel's occupancy, known only once it is compiled, is at least
             # that at D >= 128, where a merge launch can be chosen; benchmarks/offline_resources.py)
-            self.merge_apart = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
-                                               k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
-            self.meta.update(BLOCK_B=max(16, triton.next_power_of_2(B)), MERGE_LAUNCH=self.merge_apart,
+            self.merge_mode = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
+                                              k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
+            self.meta.update(BLOCK_B=max(16, triton.next_power_of_2(B)), MERGE_LAUNCH=self.merge_mode == LAUNCH,
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
@@ -79,10 +80,9 @@ class _Plan:
                        runtime.workspace("decode_ml", device, (2 * self.grid[0], 2, cfg.block_h), torch.float32),
                        runtime.workspace("decode_counters", device, (self.grid[0],), torch.int32, zero=True),
                        runtime.workspace("decode_rows", device, (B * self.meta["ROWS"], 2), torch.int32))
-            if self.merge_apart:
-                mgrid, mmeta = piece_merge_launch(B * self.meta["ROWS"], group, cfg.n_hb, cfg.block_h, D, self.grid[0],
-                                                  self.meta["ROWS"])
-                self.launch_merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, (Hq * D, D, Hq))
+            self.launch = StreamKLaunch(
+                lean_decode_kernel, self.grid, self.meta, self.tail, self.merge_mode,
+                (B * self.meta["ROWS"], group, cfg.n_hb, cfg.block_h, D, self.grid[0], self.meta["ROWS"]), (Hq * D, D, Hq))
         else:
             rows = B * self.meta["ROWS"]
             cap_tiles = max(triton.cdiv(cap, cfg.block_n), 1)
@@ -95,10 +95,9 @@ class _Plan:
             M = B * Hq
             self.merge_grid, self.merge_meta = merge_launch(splits, M, D)
             self.merge_tail = (splits, M, M * D, D, M, 1)
-        # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
-        self.launch = runtime.Launcher(lean_decode_kernel if schedule == "lean" else split_decode_kernel,
-                                       self.grid, self.meta, self.tail)
         if schedule == "split":
+            # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
+            self.launch = runtime.Launcher(split_decode_kernel, self.grid, self.meta, self.tail)
             self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta,
                                                  self.merge_tail)
 
@@ -115,9 +114,7 @@ class _Plan:
         sl = self.dummy_i32 if cache_seqlens is None else cache_seqlens
         bt = self.dummy_i32 if block_table is None else block_table
         if self.schedule == "lean":
-            self.launch(q, k_cache, v_cache, out, lse, sl, bt, *self.ws)
-            if self.merge_apart:
-                self.launch_merge(self.ws[0], self.ws[1], self.ws[3], out, lse)
+            self.launch((q, k_cache, v_cache, out, lse, sl, bt, *self.ws), self.ws[0], self.ws[1], self.ws[3], out, lse)
             return
         if self.splits == 1:
             self.launch(q, k_cache, v_cache, out, lse, sl, bt)

@@ -13,6 +13,7 @@ import triton
 
 from .. import runtime
 from ..schedules.stream_k import programs_used_py
+from .stream_k_launch import GRAPHS, IN_KERNEL, LAUNCH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,30 +152,31 @@ MERGE_LAUNCH_PIECES = 16
 
 
 def merge_in_launch(device: torch.device, head_dim: int, tiles: int, batch: int, rows_per_seq: int, grid: int,
-                    sms: int) -> bool:
-    """Whether a stream-K launch merges the pieces of its cut rows in a second launch
-    (``kernels/piece_merge.py:piece_merge_kernel``) rather than in-kernel by the last to arrive
-    (``settle_piece``), from the cut at full capacity: ``batch * rows_per_seq`` rows of ``tiles`` tiles
-    over the programs of ``grid`` on ``sms`` SMs that the kernel uses (``schedules/stream_k.programs_used``;
-    ``sms = 0``: all of them).
+                    sms: int) -> int:
+    """How a stream-K launch merges the pieces of its cut rows (``ops/stream_k_launch.py``): in-kernel by
+    the last to arrive (``IN_KERNEL``), in a second launch (``LAUNCH``), or in a second launch only when
+    captured in a CUDA graph (``GRAPHS``), from the cut at full capacity: ``batch * rows_per_seq`` rows of
+    ``tiles`` tiles over the programs of ``grid`` on ``sms`` SMs that the kernel uses
+    (``schedules/stream_k.programs_used``; ``sms = 0``: all of them).
 
-    A second launch for one sequence (``batch == 1``) whose rows are cut into at least
-    ``MERGE_LAUNCH_PIECES`` pieces, or cut unaligned (a program whose range ends inside a row and goes on
-    into the next merges the first before it starts the second). Head dims below 128 keep the in-kernel
-    merge: at D=64 the kernel without it compiled to 142 registers (3 programs per SM instead of 4) and
-    d64 mha 64k ran 13% slower. ``LEANATTN_DECODE_MERGE=0`` (in-kernel) or ``1`` (launch) overrides.
+    ``GRAPHS`` for one sequence (``batch == 1``) whose rows are cut into at least ``MERGE_LAUNCH_PIECES``
+    pieces, or cut unaligned (a program whose range ends inside a row and goes on into the next merges
+    the first before it starts the second); ``IN_KERNEL`` otherwise. Head dims below 128 keep the
+    in-kernel merge: at D=64 the kernel without it compiled to 142 registers (3 programs per SM instead
+    of 4) and d64 mha 64k ran 13% slower. ``LEANATTN_DECODE_MERGE=0`` (in-kernel) or ``1`` (a second
+    launch, eager calls included) overrides.
     """
     raw = os.environ.get("LEANATTN_DECODE_MERGE")
     if raw is not None:
         if raw not in ("0", "1"):
             raise ValueError(f"LEANATTN_DECODE_MERGE: expected 0 or 1, got {raw!r}")
-        return raw == "1"
+        return LAUNCH if raw == "1" else IN_KERNEL
     if runtime.interpreting() or not runtime.gpu_target(device) or head_dim < 128 or tiles < 1 or batch != 1:
-        return False
+        return IN_KERNEL
     used = programs_used_py([tiles], rows_per_seq, grid, sms) if sms else grid
     total = rows_per_seq * tiles
     per = -(-total // max(used, 1))  # tiles per program
     if per >= tiles:  # whole rows per program, or at most two pieces a row: little to merge
-        return False
+        return IN_KERNEL
     aligned = total % used == 0 and tiles % per == 0
-    return not aligned or tiles // per >= MERGE_LAUNCH_PIECES
+    return GRAPHS if not aligned or tiles // per >= MERGE_LAUNCH_PIECES else IN_KERNEL

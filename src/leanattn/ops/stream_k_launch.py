@@ -1,0 +1,51 @@
+"""A stream-K launch and the merge of its cut rows: in-kernel, in a second launch, or chosen by capture.
+
+``kernels/piece_merge.py`` merges the pieces of a row cut over several programs either in-kernel (the
+last piece to arrive) or in a second launch (``piece_merge_kernel``). The second launch shortens the
+GPU time of one sequence cut into many pieces, but costs the host a second launch on every call: eager
+calls of a 50 us decode became host-bound (gqa B=1 32k on an H200: 98 us per eager call against 50 us,
+suite run of 2026-12-02 00:24). Under CUDA-graph capture that cost is paid once, so ``GRAPHS`` merges in
+a second launch when captured and in-kernel otherwise. The two merges fold the same pieces in a
+different order: each is bitwise deterministic, and they agree to rounding.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import runtime
+from ..kernels.piece_merge import piece_merge_kernel, piece_merge_launch
+
+IN_KERNEL, LAUNCH, GRAPHS = 0, 1, 2
+
+
+class StreamKLaunch:
+    """``kernel`` over ``grid`` with ``meta`` and ``tail`` (``runtime.Launcher``), its ``MERGE_LAUNCH``
+    constant set by ``mode`` (``IN_KERNEL``, ``LAUNCH`` or ``GRAPHS``), followed where it merges apart by
+    ``piece_merge_kernel`` over ``rows`` scheduling rows (``piece_merge_launch``'s other arguments in
+    ``merge_args``; ``out_strides`` the output's batch and head strides and the LSE's batch stride)."""
+
+    def __init__(self, kernel, grid: tuple, meta: dict, tail: tuple, mode: int, merge_args: tuple = (),
+                 out_strides: tuple = ()):
+        self.mode = mode
+        self.in_kernel = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=False), tail) if mode != LAUNCH else None
+        self.apart = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=True), tail) if mode != IN_KERNEL else None
+        if mode != IN_KERNEL:
+            mgrid, mmeta = piece_merge_launch(*merge_args)
+            self.merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, out_strides)
+        # GRAPHS: both variants run once outside capture (the first call), so that capture compiles nothing
+        self.warm = mode != GRAPHS
+
+    def __call__(self, tensors: tuple, ws_acc: torch.Tensor, ws_ml: torch.Tensor, rows: torch.Tensor,
+                 out: torch.Tensor, lse: torch.Tensor) -> None:
+        apart = self.mode == LAUNCH
+        if self.mode == GRAPHS:
+            apart = torch.cuda.is_current_stream_capturing()
+            if not self.warm and not apart:
+                self.apart(*tensors)
+                self.merge(ws_acc, ws_ml, rows, out, lse)
+                self.warm = True
+        if apart:
+            self.apart(*tensors)
+            self.merge(ws_acc, ws_ml, rows, out, lse)
+        else:
+            self.in_kernel(*tensors)
