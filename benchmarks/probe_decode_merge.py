@@ -10,7 +10,10 @@ rounds of CUDA-graph replays (do_bench medians, L2 flushed, us):
 * ``lean/launch``: lean with the merge launch (``LEANATTN_DECODE_MERGE=1``);
 * ``split`` and cuDNN (decode cases), or decode over copied caches in both modes (bifurcated cases).
 
-    PYTHONPATH=src python benchmarks/probe_decode_merge.py [--out DIR] [--cases SUBSTR,...]
+With ``--eager`` it times instead the default (no override: the merge launch only under graph capture) as
+an eager call and as a graph replay, to check that eager calls keep one launch's host cost.
+
+    PYTHONPATH=src python benchmarks/probe_decode_merge.py [--out DIR] [--cases SUBSTR,...] [--eager]
 """
 from __future__ import annotations
 
@@ -72,6 +75,21 @@ def bifurcated_variants(c, inp):
     return fns, ref
 
 
+def time_default(name, fn, ref):
+    """The default call eager and replayed from a graph, three interleaved rounds, us."""
+    err = bd.rel_err(fn(), ref)
+    if err > 1e-2:
+        raise RuntimeError(f"{name}: relative error {err:.1e}")
+    g = bd.graph_of(fn)
+    us = {"eager": [], "graph": []}
+    for _ in range(3):
+        us["eager"].append(round(common.bench(fn, warmup=10, rep=40) * 1e3, 2))
+        us["graph"].append(round(common.bench(g.replay, warmup=10, rep=40) * 1e3, 2))
+    med = {n: sorted(v)[1] for n, v in us.items()}
+    print(f"{name:22s} default: eager {med['eager']:.1f}  graph {med['graph']:.1f}", flush=True)
+    return dict(case=name, us=us, median=med)
+
+
 def time_case(name, fns, ref, info):
     graphs, us = {}, {}
     for label, fn in fns.items():
@@ -95,6 +113,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--cases", default="", help="comma-separated substrings of case names (default: all)")
+    ap.add_argument("--eager", action="store_true", help="time the default eager and as a graph instead")
     args = ap.parse_args(argv)
     keep = [s for s in args.cases.split(",") if s]
     pick = (lambda n: any(s in n for s in keep)) if keep else (lambda n: True)
@@ -105,7 +124,11 @@ def main(argv=None):
             continue
         inp = bd.make_inputs(case)
         fns, ref = decode_variants(case, inp)
-        out.append(time_case(case["name"], fns, ref, dict(kind="decode", bytes=bd.kv_bytes(case))))
+        if args.eager:
+            a = (inp["q"], inp["k"], inp["v"], inp["seqlens"])
+            out.append(time_default(case["name"], lambda: leanattn.decode(*a), ref))
+        else:
+            out.append(time_case(case["name"], fns, ref, dict(kind="decode", bytes=bd.kv_bytes(case))))
         del inp, fns
         torch.cuda.empty_cache()
     for c in bb.suite():
@@ -113,11 +136,15 @@ def main(argv=None):
             continue
         inp = bb.make_inputs(c, "cuda")
         fns, ref = bifurcated_variants(c, inp)
-        out.append(time_case("bif " + c["name"], fns, ref, dict(kind="bifurcated")))
+        if args.eager:
+            a = (inp["q"], inp["pk"], inp["pv"], inp["k"], inp["v"], inp["lens"])
+            out.append(time_default("bif " + c["name"], lambda: leanattn.bifurcated_decode(*a), ref))
+        else:
+            out.append(time_case("bif " + c["name"], fns, ref, dict(kind="bifurcated")))
         del inp, fns
         torch.cuda.empty_cache()
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "decode_probe_merge_launch.json")
+    path = os.path.join(args.out, "decode_probe_merge_" + ("eager.json" if args.eager else "launch.json"))
     with open(path, "w") as f:
         json.dump(dict(env=common.env_info(), cases=out), f, indent=1)
     print("wrote", path)

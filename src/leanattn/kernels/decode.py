@@ -7,9 +7,9 @@ the rows of a ``tl.dot`` so that K and V are read once per group.
 * ``lean_decode_kernel``: a persistent grid; program ``p`` takes an equal contiguous range of the
   global tile sequence (stream-K, see ``schedules/stream_k.py``), so a head may be cut into
   unequal pieces by several programs. A head finished inside one program is written directly;
-  the pieces of a cut head are merged in-kernel by the last to arrive (``kernels/piece_merge.py``:
-  nobody waits, so no launch can hang; the merge order is fixed, so the output is bitwise
-  deterministic).
+  the pieces of a cut head are merged in-kernel by the last to arrive or, with ``MERGE_LAUNCH``, by
+  a second launch (``kernels/piece_merge.py``; ``ops/stream_k_launch.py`` picks): nobody waits, so no
+  launch can hang; the merge order is fixed, so the output is bitwise deterministic.
 * ``split_decode_kernel``: FlashDecoding's fixed number of splits per head; a second launch
   (``kernels/merge.py``) combines the splits.
 

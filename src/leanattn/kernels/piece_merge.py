@@ -1,4 +1,5 @@
-"""The stream-K reduction shared by every persistent decode kernel: pieces of one head, merged in-kernel.
+"""The stream-K reduction shared by every persistent decode kernel: pieces of one head, merged in-kernel
+or by a second launch.
 
 A stream-K range may start or end inside a head, so one head's tiles can be cut into pieces
 computed by several programs. ``settle_piece`` publishes a piece's unnormalised state to its
@@ -6,7 +7,9 @@ program's workspace slot and bumps a counter at the head's *host* program (the o
 head's first tile); the piece that arrives last merges all pieces in program order and resets
 the counter. Nobody waits, so no launch can hang; the merge order is fixed, so the output is
 bitwise deterministic run to run; counters end at zero, so workspaces stay valid across launches
-and CUDA-graph replays.
+and CUDA-graph replays. Alternatively a kernel only publishes its pieces (``publish_piece``) and
+records where each row's pieces are (``record_row``), and ``piece_merge_kernel``, launched after it,
+merges every cut row, one program per query head (``ops/stream_k_launch.py`` chooses).
 
 States are ``(acc, m, l)``: ``acc [BLOCK_H, HEAD_DIM]`` the unnormalised output, ``m [BLOCK_H]``
 the running max of the scores in log2 units, ``l [BLOCK_H]`` the sum of ``exp2(score - m)``.

@@ -281,7 +281,8 @@ def decode(
     schedule : {"lean", "split"}
         ``"lean"``: stream-K; a persistent grid of ``SMs x occupancy`` programs, each taking an
         equal contiguous range of all KV tiles of all (sequence, kv-head) pairs, counted by real
-        length; partial heads are merged in-kernel in a fixed order (bitwise deterministic).
+        length; partial heads are merged in a fixed order (bitwise deterministic): in-kernel, or, for
+        one sequence cut into many pieces and captured in a CUDA graph, by a second launch.
         ``"split"``: FlashDecoding's fixed number of splits per head and a merge launch.
     num_programs : int, keyword-only
         Persistent programs for ``"lean"`` (0 = SMs x measured occupancy).
