@@ -41,9 +41,11 @@ def decode():
         decode_launches(lens)
     # every lean launch with its pieces merged by a second launch (the default only for one sequence)
     os.environ["LEANATTN_DECODE_MERGE"] = "1"
-    for lens in ([3000, 0, 1, 517, 1024], [4000]):
-        decode_launches(lens)
-    os.environ.pop("LEANATTN_DECODE_MERGE")
+    try:
+        for lens in ([3000, 0, 1, 517, 1024], [4000]):
+            decode_launches(lens)
+    finally:
+        os.environ.pop("LEANATTN_DECODE_MERGE")
     for S, B, H in ((4, 3, 8), (9, 40, 32), (45, 2, 8)):  # few rows (4 warps) and many (one warp per row)
         outs = torch.randn(S, B, H, 128, dtype=BF16, device=DEV)
         lses = torch.randn(S, B, H, device=DEV)
@@ -73,6 +75,12 @@ def bifurcated():
         os.environ["LEANATTN_BIFURCATED_CONFIG"] = env
         bifurcated_launches()
     os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
+    # the one-sample path with its pieces merged by a second launch
+    os.environ["LEANATTN_DECODE_MERGE"] = "1"
+    try:
+        bifurcated_launches()
+    finally:
+        os.environ.pop("LEANATTN_DECODE_MERGE")
 
 
 def bifurcated_launches():

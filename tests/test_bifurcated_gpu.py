@@ -115,7 +115,9 @@ def test_launcher_alignment(n):
     for qq in [q_al, q_al, q_off, q_al]:
         check(qq, pk, pv, k, v, sl)
     (plan,) = opb._PLANS.values()
-    assert plan.launch.runner is not None
+    # the concat path launches through its StreamKLaunch; eager calls take the in-kernel merge
+    launcher = plan.concat_launch.in_kernel if plan.path == "concat" else plan.launch
+    assert launcher.runner is not None
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
@@ -305,9 +307,13 @@ def test_one_sample_graph_merges_apart(hkv):
     assert [p.merge_mode for p in bif._PLANS.values() if p.path == "concat"][-1] == 2  # GRAPHS
     assert torch.equal(leanattn.bifurcated_decode(q, pk, pv, k, v, sl), first)
     torch.cuda.synchronize()
+    plan = [p for p in bif._PLANS.values() if p.path == "concat"][-1]
+    merges, real_merge = [], plan.concat_launch.merge
+    plan.concat_launch.merge = lambda *a: (merges.append(1), real_merge(*a))
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+    assert merges == [1]  # the graph holds the merge launch
     for own in (256, 1, 0, 200):
         sl.fill_(own)
         q.normal_()

@@ -96,7 +96,9 @@ def test_decode_launcher_alignment(schedule):
         assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
         assert_lse_close("lse", lse, ref_lse, 1e-2)
     (plan,) = dec._PLANS.values()
-    assert plan.launch.runner is not None
+    # the lean plan's launches: its in-kernel-merge launcher (B=4 never merges in a second launch)
+    launcher = plan.launch.in_kernel if schedule == "lean" else plan.launch
+    assert launcher.runner is not None
 
     class Counting:  # the JIT kernel, counting the launches that go through it
         def __init__(self, kernel):
@@ -105,7 +107,7 @@ def test_decode_launcher_alignment(schedule):
         def __getitem__(self, grid):
             self.jit += 1
             return self.kernel[grid]
-    plan.launch.kernel = spy = Counting(plan.launch.kernel)
+    launcher.kernel = spy = Counting(launcher.kernel)
     for q in (q_al, q_off, q_al, q_al):
         leanattn.decode(q, k, v, s_al, schedule=schedule)
     assert spy.jit == 1  # only the misaligned q
@@ -159,9 +161,18 @@ def test_decode_cuda_graph_new_lengths(monkeypatch, B, merge):
     sl = torch.tensor([N, 10, 500][:B], dtype=torch.int32, device="cuda")
     leanattn.decode(q, k, v, sl)  # compile and allocate the workspace outside capture
     torch.cuda.synchronize()
+    from leanattn.ops import decode as dec
+    plan = list(dec._PLANS.values())[-1]
+    merges = []
+    if plan.launch.mode != 0:  # count the merge launches captured
+        real_merge = plan.launch.merge
+        plan.launch.merge = lambda *a: (merges.append(1), real_merge(*a))
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out = leanattn.decode(q, k, v, sl)
+    # one sequence (default, or forced): its rows merged by a second launch in the graph; B=3 or forced off: none
+    assert len(merges) == (1 if merge == "1" or (merge == "" and B == 1) else 0)
+    assert plan is list(dec._PLANS.values())[-1]  # the capture reused the warmed plan
     for lens in ([N, 10, 500], [1, 0, N], [12345, 23456, 34567], [0, 0, 0]):
         lens = lens[:B]
         sl.copy_(torch.tensor(lens, dtype=torch.int32))

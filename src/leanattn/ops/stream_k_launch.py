@@ -39,7 +39,8 @@ class StreamKLaunch:
                  out: torch.Tensor, lse: torch.Tensor) -> None:
         apart = self.mode == LAUNCH
         if self.mode == GRAPHS:
-            apart = torch.cuda.is_current_stream_capturing()
+            # (off CUDA, as in benchmarks/offline_resources.py's compiles, nothing is being captured)
+            apart = tensors[0].is_cuda and torch.cuda.is_current_stream_capturing()
             if not self.warm and not apart:
                 self.apart(*tensors)
                 self.merge(ws_acc, ws_ml, rows, out, lse)
