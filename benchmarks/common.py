@@ -55,6 +55,19 @@ def _set_env(name, value):
         os.environ[name] = value
 
 
+def with_env(name, value, fn):
+    """``fn`` run with the environment variable ``name`` set to ``value`` (restored after): plans keyed
+    on it are made, and captured, under that value."""
+    def call():
+        before = os.environ.get(name)
+        _set_env(name, value)
+        try:
+            return fn()
+        finally:
+            _set_env(name, before)
+    return call
+
+
 def env_info() -> dict:
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -23,7 +23,8 @@
 #   d256-shapes the decode D=256 configs over eight D=256 shapes (benchmarks/probe_decode_d256.py; decode probe 14,
 #               2026-12-01 22:2x: 64-token tiles at one per SM 1-9% ahead of 32-token tiles on all eight, ~45 s)
 #   decode-short  lean against split on short uniform cases, each over the other's cut (benchmarks/probe_decode_short.py;
-#               written 2026-12-01 after the 22:31 run timed split 3-5% ahead at gqa B=1 32k and mha 4k; not yet run)
+#               run 2026-12-02 00:0x, decode probe 15: split over lean's cut 1-6% ahead), and lean with a lengths
+#               vector as wide as the batch (LEANATTN_DECODE_BLOCK_B_MIN=1, decode probe 17's lead; not yet run)
 #   decode-merge  stream-K piece merge in-kernel against a merge launch, over the decode suite and the one-sample
 #               bifurcated cases (benchmarks/probe_decode_merge.py)
 #   bif-prefix-shapes  the split path (a prefix launch shaped apart from the own-token launch: 128-row,

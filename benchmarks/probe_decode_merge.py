@@ -36,17 +36,7 @@ MODES = {"kernel": "0", "launch": "1"}
 
 def with_merge(mode, fn):
     """``fn`` run with ``LEANATTN_DECODE_MERGE`` set to ``mode`` (plans are keyed on it)."""
-    def call():
-        before = os.environ.get("LEANATTN_DECODE_MERGE")
-        os.environ["LEANATTN_DECODE_MERGE"] = MODES[mode]
-        try:
-            return fn()
-        finally:
-            if before is None:
-                os.environ.pop("LEANATTN_DECODE_MERGE", None)
-            else:
-                os.environ["LEANATTN_DECODE_MERGE"] = before
-    return call
+    return common.with_env("LEANATTN_DECODE_MERGE", MODES[mode], fn)
 
 
 def decode_variants(case, inp):

@@ -272,6 +272,34 @@ def test_merge_in_launch_rule(monkeypatch, D, tiles, batch, rows, grid, graphs):
         assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) == mode
 
 
+@pytest.mark.parametrize("floor", ["1", "4"])
+def test_length_block_floor(monkeypatch, floor):
+    # a lengths vector narrower than the default 16 (a probe's knob): one sequence, and three in a
+    # 4-wide vector, under both merges
+    from leanattn.ops import decode as dec
+    from leanattn.ops import decode_config as dc
+    monkeypatch.setenv("LEANATTN_DECODE_BLOCK_B_MIN", floor)
+    assert dc.length_block(1) == int(floor) and dc.length_block(3) == 4 and dc.length_block(17) == 32
+    dec._PLANS.clear()
+    try:
+        for lens in ([77], [300, 0, 45]):
+            q, k, v, seqlens, _ = make_inputs(len(lens), 8, 2, 64, lens)
+            for mode in ("0", "1"):
+                monkeypatch.setenv("LEANATTN_DECODE_MERGE", mode)
+                check_decode(q, k, v, seqlens, None, schedule="lean", num_programs=7, name=f"{lens} merge {mode}")
+        assert {p.meta["BLOCK_B"] for p in dec._PLANS.values()} == {int(floor), 4}
+    finally:
+        dec._PLANS.clear()
+
+
+@pytest.mark.parametrize("raw", ["0", "3", "x"])
+def test_length_block_env_errors(monkeypatch, raw):
+    from leanattn.ops import decode_config as dc
+    monkeypatch.setenv("LEANATTN_DECODE_BLOCK_B_MIN", raw)
+    with pytest.raises(ValueError, match="LEANATTN_DECODE_BLOCK_B_MIN"):
+        dc.length_block(1)
+
+
 @pytest.mark.parametrize("raw", ["2", "yes", ""])
 def test_merge_launch_env_errors(monkeypatch, raw):
     from leanattn.ops import decode_config as dc

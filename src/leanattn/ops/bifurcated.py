@@ -78,7 +78,7 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
            # the overlap path reads the prefix by TMA whatever the own caches' alignment (bifurcated_overlap.usable)
            prefix_k.data_ptr() % 16 == 0 and prefix_v.data_ptr() % 16 == 0,
            os.environ.get("LEANATTN_DECODE_LOAD"), os.environ.get("LEANATTN_DECODE_MERGE"),
-           os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
+           os.environ.get("LEANATTN_DECODE_BLOCK_B_MIN"), os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                                     prefix_lens is not None, single, n_max, softmax_scale,

@@ -43,7 +43,7 @@ from ..kernels.merge import merge_launch, merge_states_kernel
 from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
-from .decode_config import DecodeConfig, decode_config, load_path, merge_in_launch
+from .decode_config import DecodeConfig, decode_config, length_block, load_path, merge_in_launch
 from .stream_k_launch import LAUNCH, StreamKLaunch
 
 LOG2E = 1.4426950408889634
@@ -247,7 +247,7 @@ class Plan:
         merge_apart = merge_in_launch(device, D, max(triton.cdiv(P, bn) + triton.cdiv(cap, bn), 1), B, Hkv * cfg.n_hb,
                                       workers or sms * cps, sms)
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
-                         BLOCK_N=bn, BLOCK_B=max(16, triton.next_power_of_2(B)),
+                         BLOCK_N=bn, BLOCK_B=length_block(B),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
                          MERGE_LAUNCH=merge_apart == LAUNCH, num_warps=env["num_warps"] or warps,
                          num_stages=env["num_stages"] or stages)
@@ -281,7 +281,7 @@ class Plan:
                        runtime.workspace("bif_split_lse", device, (G * Hkv * S * rows_p,), torch.float32))
         # -- launch 2: own tokens + prefix merge, persistent --
         self.meta = dict(self.common, HKV=Hkv, GROUP=group, N_HB=cfg.n_hb, ROWS_P=rows_p, BLOCK_H=cfg.block_h,
-                         BLOCK_N=lc.block_no, BLOCK_B=max(16, triton.next_power_of_2(B)), SB=lc.sb,
+                         BLOCK_N=lc.block_no, BLOCK_B=length_block(B), SB=lc.sb,
                          PAGE_SIZE=self.page_size, HAS_OWN=has_own, **merge_meta(cfg.block_h, D, group),
                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         self.tail = self.strides_q + self.strides_own + (scale * LOG2E, B, cap, S)
@@ -411,7 +411,7 @@ class Plan:
         self.meta = dict(
             self.common, HQ=Hq, HKV=Hkv, GROUP=group, BLOCK_HP=lc.block_hp, N_HB=n_hb, BLOCK_HO=cfg.block_h,
             N_HBO=cfg.n_hb, BLOCK_NP=lc.block_np, BLOCK_NO=lc.block_no, BLOCK_G=max(16, triton.next_power_of_2(G)),
-            BLOCK_B=max(16, triton.next_power_of_2(B)), HAS_OWN=has_own, HAS_PREFIX_LENS=has_plens,
+            BLOCK_B=length_block(B), HAS_OWN=has_own, HAS_PREFIX_LENS=has_plens,
             PAGE_SIZE=self.page_size, ORDER=lc.order, **merge_meta(cfg.block_h, D, group),
             **merge_meta(lc.block_hp, D, lc.block_hp, "_P"), num_warps=lc.num_warps, num_stages=lc.num_stages)
         self.tail = (self.strides_q + self.strides_p + self.strides_own

@@ -13,7 +13,7 @@ from ..kernels.merge import merge_launch, merge_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence
-from .decode_config import decode_config, load_path, merge_in_launch
+from .decode_config import decode_config, length_block, load_path, merge_in_launch
 from .stream_k_launch import LAUNCH, StreamKLaunch
 
 __all__ = ["decode"]
@@ -63,7 +63,7 @@ class _Plan:
             # that at D >= 128, where a merge launch can be chosen; benchmarks/offline_resources.py)
             self.merge_mode = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
                                               k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
-            self.meta.update(BLOCK_B=max(16, triton.next_power_of_2(B)), MERGE_LAUNCH=self.merge_mode == LAUNCH,
+            self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=self.merge_mode == LAUNCH,
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
@@ -146,7 +146,7 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
            softmax_scale, schedule, workers, block_n, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0, os.environ.get("LEANATTN_DECODE_LOAD"),
-           os.environ.get("LEANATTN_DECODE_MERGE"))
+           os.environ.get("LEANATTN_DECODE_MERGE"), os.environ.get("LEANATTN_DECODE_BLOCK_B_MIN"))
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: _Plan(q, k_cache, v_cache, cache_seqlens, block_table,
                                                      softmax_scale, schedule, workers, block_n))

@@ -94,6 +94,17 @@ def _env_override(cfg: tuple) -> tuple:
     return vals
 
 
+def length_block(batch: int) -> int:
+    """``BLOCK_B``: the width of the lengths vector a persistent kernel computes its schedule from, a power
+    of two ``>= batch`` and at least 16. ``LEANATTN_DECODE_BLOCK_B_MIN`` (a power of two) overrides the
+    floor, for probes: with one sequence a 1-wide vector drops most of the block-wide reductions before the
+    first K/V load (decode probe 17; not timed yet)."""
+    raw = os.environ.get("LEANATTN_DECODE_BLOCK_B_MIN", "16")
+    if not raw.isdigit() or int(raw) < 1 or int(raw) & (int(raw) - 1):
+        raise ValueError(f"LEANATTN_DECODE_BLOCK_B_MIN: expected a power of two >= 1, got {raw!r}")
+    return max(int(raw), triton.next_power_of_2(max(batch, 1)))
+
+
 def load_path(load: int, k_cache: torch.Tensor, v_cache: torch.Tensor, paged: bool) -> int:
     """The ``LOAD`` a launch can use: TMA (2) needs a contiguous cache whose row bases and token
     stride are 16-byte aligned; otherwise tensors of pointers (0). Paged caches always take 0."""
