@@ -94,8 +94,8 @@ def time_case(name, fns, ref, info):
             us.setdefault(label, []).append(round(common.bench(g.replay, warmup=10, rep=40) * 1e3, 2))
     med = {n: sorted(v)[1] for n, v in us.items()}
     ratio = med["lean/kernel"] / med["lean/launch"]
-    print(f"{name:22s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items()) + f"  | kernel/launch {ratio:.3f}",
-          flush=True)
+    times = "  ".join(f"{n} {t:.1f}" for n, t in med.items())
+    print(f"{name:22s} {times}  | kernel/launch {ratio:.3f}", flush=True)
     return dict(case=name, us=us, median=med, kernel_over_launch=ratio, **info)
 
 

@@ -51,7 +51,8 @@ def variants(case, inp, sms):
     d = leanattn.decode
     return {
         "lean": lambda: d(q, k, v, sl),
-        # a lengths vector as wide as the batch, not 16 (probe 17: fewer block-wide reductions before the first load)
+        # a lengths vector as wide as the batch, not 16 (probe 17: fewer block-wide reductions before
+        # the first load)
         "lean, BLOCK_B=batch": common.with_env("LEANATTN_DECODE_BLOCK_B_MIN", "1", lambda: d(q, k, v, sl)),
         "split": lambda: d(q, k, v, sl, schedule="split"),
         f"lean, {rows * splits} programs": lambda: d(q, k, v, sl, num_programs=rows * splits),

@@ -113,7 +113,8 @@ def test_one_sample_merge_launch(monkeypatch):
         q, k, v, lens, bt = make_inputs(3, 8, 2, 64, [17, 0, 40], page_size=16)
         pk, pv, plens = make_prefix(4, 35, 2, 64, plens=[35, 0, 20, 1])
         for grid in (1, 3, 7):
-            check(q, pk, pv, k, v, lens, bt, plens=plens, ids=ids, op_args=(0, grid, 0, 0), name=f"grid={grid}")
+            check(q, pk, pv, k, v, lens, bt, plens=plens, ids=ids, op_args=(0, grid, 0, 0),
+                  name=f"grid={grid}")
         q1, k1, v1, lens1, _ = make_inputs(1, 4, 4, 128, [9], capacity=16)
         pk1, pv1, _ = make_prefix(None, 70, 4, 128)
         check(q1, pk1, pv1, k1, v1, lens1, op_args=(0, 5, 0, 0), name="B=1 grid=5")

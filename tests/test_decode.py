@@ -266,7 +266,8 @@ def test_merge_in_launch_rule(monkeypatch, D, tiles, batch, rows, grid, graphs):
     monkeypatch.delenv("LEANATTN_DECODE_MERGE", raising=False)
     monkeypatch.setattr(runtime, "interpreting", lambda: False)
     monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
-    assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) == (GRAPHS if graphs else IN_KERNEL)
+    expected = GRAPHS if graphs else IN_KERNEL
+    assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) == expected
     for raw, mode in (("0", IN_KERNEL), ("1", LAUNCH)):
         monkeypatch.setenv("LEANATTN_DECODE_MERGE", raw)
         assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) == mode
@@ -286,7 +287,8 @@ def test_length_block_floor(monkeypatch, floor):
             q, k, v, seqlens, _ = make_inputs(len(lens), 8, 2, 64, lens)
             for mode in ("0", "1"):
                 monkeypatch.setenv("LEANATTN_DECODE_MERGE", mode)
-                check_decode(q, k, v, seqlens, None, schedule="lean", num_programs=7, name=f"{lens} merge {mode}")
+                check_decode(q, k, v, seqlens, None, schedule="lean", num_programs=7,
+                             name=f"{lens} merge {mode}")
         assert {p.meta["BLOCK_B"] for p in dec._PLANS.values()} == {int(floor), 4}
     finally:
         dec._PLANS.clear()

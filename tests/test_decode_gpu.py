@@ -170,7 +170,8 @@ def test_decode_cuda_graph_new_lengths(monkeypatch, B, merge):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out = leanattn.decode(q, k, v, sl)
-    # one sequence (default, or forced): its rows merged by a second launch in the graph; B=3 or forced off: none
+    # one sequence (default, or forced): its rows merged by a second launch in the graph; B=3 or forced
+    # off: none
     assert len(merges) == (1 if merge == "1" or (merge == "" and B == 1) else 0)
     assert plan is list(dec._PLANS.values())[-1]  # the capture reused the warmed plan
     for lens in ([N, 10, 500], [1, 0, N], [12345, 23456, 34567], [0, 0, 0]):

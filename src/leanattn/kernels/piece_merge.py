@@ -102,8 +102,9 @@ def piece_merge_kernel(
             slot = tl.where(s == 0, first, 2 * (host + s))
             m = tl.load(WsMl + slot * (2 * BLOCK_H) + h, mask=ok, other=float("-inf"))
             l = tl.load(WsMl + slot * (2 * BLOCK_H) + BLOCK_H + h, mask=ok, other=0.0)
-            a = tl.load(WsAcc + slot.to(tl.int64)[:, None] * (BLOCK_H * HEAD_DIM) + h * HEAD_DIM + offs_d[None, :],
-                        mask=ok[:, None], other=0.0)
+            row_ptrs = WsAcc + slot.to(tl.int64) * (BLOCK_H * HEAD_DIM) + h * HEAD_DIM
+            a_ptrs = row_ptrs[:, None] + offs_d[None, :]
+            a = tl.load(a_ptrs, mask=ok[:, None], other=0.0)
             acc_t, m_t, l_t = combine(acc_t, m_t, l_t, a, m, l)
         m_all = tl.max(m_t, 0)
         m_use = tl.where(m_all == float("-inf"), 0.0, m_all)
@@ -114,7 +115,8 @@ def piece_merge_kernel(
         l_safe = tl.where(empty, 1.0, l_sum)
         b = rid // ROWS
         head = (row // N_HB) * GROUP + hb * BLOCK_H + h
-        tl.store(Out + b.to(tl.int64) * stride_ob + head * stride_oh + offs_d, (acc / l_safe).to(Out.dtype.element_ty))
+        tl.store(Out + b.to(tl.int64) * stride_ob + head * stride_oh + offs_d,
+                 (acc / l_safe).to(Out.dtype.element_ty))
         tl.store(Lse + b.to(tl.int64) * stride_lb + head,
                  tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2))
 

@@ -219,7 +219,8 @@ class Plan:
             getattr(self, "_setup_" + self.path)(q, lc, **shape)
         self.info.update(path=self.path)
         # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
-        # (the overlap path's launches are its prefix's and its own plan's; the concat path's its StreamKLaunch)
+        # (the overlap path's launches are its prefix's and its own plan's; the concat path's its
+        # StreamKLaunch)
         if self.path not in ("overlap", "concat"):
             kernel = {"states": bifurcated_states_kernel, "split": own_merge_kernel,
                       "fused": bifurcated_decode_kernel}[self.path]
@@ -244,8 +245,8 @@ class Plan:
         # the SM count lets the kernel align ranges with rows (as decode); 0 keeps a grid the caller chose
         sms = 0 if workers > 0 else runtime.num_sms(device)
         # merged as decode over the copied caches would be (ops/decode.py)
-        merge_apart = merge_in_launch(device, D, max(triton.cdiv(P, bn) + triton.cdiv(cap, bn), 1), B, Hkv * cfg.n_hb,
-                                      workers or sms * cps, sms)
+        row_tiles = max(triton.cdiv(P, bn) + triton.cdiv(cap, bn), 1)
+        merge_apart = merge_in_launch(device, D, row_tiles, B, Hkv * cfg.n_hb, workers or sms * cps, sms)
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=bn, BLOCK_B=length_block(B),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
@@ -254,7 +255,8 @@ class Plan:
         self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap, sms)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
-            occ = runtime.kernel_occupancy(concat_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, d, *self.tail),
+            args = (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, d, *self.tail)
+            occ = runtime.kernel_occupancy(concat_decode_kernel, args,
                                self.meta, device, self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, cps))
         n = workers
@@ -264,7 +266,8 @@ class Plan:
             runtime.workspace("bif_rows", device, (rows, 2), torch.int32),)
         self.merge_mode = merge_apart
         self.concat_launch = StreamKLaunch(concat_decode_kernel, self.grid, self.meta, self.tail, merge_apart,
-                                           (rows, group, cfg.n_hb, cfg.block_h, D, n, self.meta["ROWS"]), (Hq * D, D, Hq))
+                                           (rows, group, cfg.n_hb, cfg.block_h, D, n, self.meta["ROWS"]),
+                                           (Hq * D, D, Hq))
         self.info.update(grid=n, merge_mode=merge_apart,
                          **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
 
@@ -450,8 +453,8 @@ class Plan:
         counts, starts, order, rank = groups if groups is not None else (d, d, d, d)
         if self.path == "concat":
             ws_acc, ws_ml, _, rows = self.ws
-            self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws), ws_acc, ws_ml, rows,
-                               out, lse)
+            self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws),
+                               ws_acc, ws_ml, rows, out, lse)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states
             self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt)

@@ -62,7 +62,8 @@ class _Plan:
             # the grid the table allows (the kernel's occupancy, known only once it is compiled, is at least
             # that at D >= 128, where a merge launch can be chosen; benchmarks/offline_resources.py)
             self.merge_mode = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
-                                              k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
+                                              k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm,
+                                              sms)
             self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=self.merge_mode == LAUNCH,
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
@@ -82,7 +83,8 @@ class _Plan:
                        runtime.workspace("decode_rows", device, (B * self.meta["ROWS"], 2), torch.int32))
             self.launch = StreamKLaunch(
                 lean_decode_kernel, self.grid, self.meta, self.tail, self.merge_mode,
-                (B * self.meta["ROWS"], group, cfg.n_hb, cfg.block_h, D, self.grid[0], self.meta["ROWS"]), (Hq * D, D, Hq))
+                (B * self.meta["ROWS"], group, cfg.n_hb, cfg.block_h, D, self.grid[0], self.meta["ROWS"]),
+                (Hq * D, D, Hq))
         else:
             rows = B * self.meta["ROWS"]
             cap_tiles = max(triton.cdiv(cap, cfg.block_n), 1)
@@ -106,15 +108,16 @@ class _Plan:
             return workers
         d = self.dummy_i32
         f = runtime.workspace("dummy_f32", q.device, (1,), torch.float32, zero=True)
-        occ = runtime.kernel_occupancy(lean_decode_kernel, (q, k_cache, v_cache, q, f, d, d, f, f, d, d, *self.tail),
-                                       self.meta, q.device)
+        args = (q, k_cache, v_cache, q, f, d, d, f, f, d, d, *self.tail)
+        occ = runtime.kernel_occupancy(lean_decode_kernel, args, self.meta, q.device)
         return runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
 
     def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse):
         sl = self.dummy_i32 if cache_seqlens is None else cache_seqlens
         bt = self.dummy_i32 if block_table is None else block_table
         if self.schedule == "lean":
-            self.launch((q, k_cache, v_cache, out, lse, sl, bt, *self.ws), self.ws[0], self.ws[1], self.ws[3], out, lse)
+            ws_acc, ws_ml, _, rows = self.ws
+            self.launch((q, k_cache, v_cache, out, lse, sl, bt, *self.ws), ws_acc, ws_ml, rows, out, lse)
             return
         if self.splits == 1:
             self.launch(q, k_cache, v_cache, out, lse, sl, bt)
@@ -127,6 +130,8 @@ class _Plan:
 
 
 _PLANS = runtime.PlanCache()
+# environment variables a plan is made from (benchmark sweeps): part of the plan key
+_ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_BLOCK_B_MIN")
 
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
@@ -145,8 +150,8 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
            softmax_scale, schedule, workers, block_n, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
-           k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0, os.environ.get("LEANATTN_DECODE_LOAD"),
-           os.environ.get("LEANATTN_DECODE_MERGE"), os.environ.get("LEANATTN_DECODE_BLOCK_B_MIN"))
+           k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0,
+           *(os.environ.get(v) for v in _ENV_KNOBS))
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: _Plan(q, k_cache, v_cache, cache_seqlens, block_table,
                                                      softmax_scale, schedule, workers, block_n))

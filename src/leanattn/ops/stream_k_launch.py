@@ -27,8 +27,11 @@ class StreamKLaunch:
     def __init__(self, kernel, grid: tuple, meta: dict, tail: tuple, mode: int, merge_args: tuple = (),
                  out_strides: tuple = ()):
         self.mode = mode
-        self.in_kernel = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=False), tail) if mode != LAUNCH else None
-        self.apart = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=True), tail) if mode != IN_KERNEL else None
+        self.in_kernel = self.apart = None
+        if mode != LAUNCH:
+            self.in_kernel = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=False), tail)
+        if mode != IN_KERNEL:
+            self.apart = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=True), tail)
         if mode != IN_KERNEL:
             mgrid, mmeta = piece_merge_launch(*merge_args)
             self.merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, out_strides)
