@@ -120,7 +120,7 @@ def test_one_sample_merge_launch(monkeypatch):
         check(q1, pk1, pv1, k1, v1, lens1, op_args=(0, 5, 0, 0), name="B=1 grid=5")
         monkeypatch.setenv("LEANATTN_DECODE_BLOCK_B_MIN", "1")  # a 1-wide lengths vector (decode probe 17)
         check(q1, pk1, pv1, k1, v1, lens1, op_args=(0, 5, 0, 0), name="B=1 grid=5 BLOCK_B=1")
-        assert all(p.merge_mode == 1 for p in bif._PLANS.values() if p.path == "concat")  # LAUNCH
+        assert all(p.concat_launch.mode == 1 for p in bif._PLANS.values() if p.path == "concat")  # LAUNCH
     finally:
         bif._PLANS.clear()
 

@@ -304,7 +304,7 @@ def test_one_sample_graph_merges_apart(hkv):
     from leanattn.ops import bifurcated as bif
     q, pk, pv, k, v, sl = inputs(1, 32, hkv, 128, 8192, [256])
     first = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
-    assert [p.merge_mode for p in bif._PLANS.values() if p.path == "concat"][-1] == 2  # GRAPHS
+    assert [p.concat_launch.mode for p in bif._PLANS.values() if p.path == "concat"][-1] == 2  # GRAPHS
     assert torch.equal(leanattn.bifurcated_decode(q, pk, pv, k, v, sl), first)
     torch.cuda.synchronize()
     plan = [p for p in bif._PLANS.values() if p.path == "concat"][-1]

@@ -232,7 +232,7 @@ def test_lean_merge_launch(monkeypatch, num_programs):
         for hq, hkv in ((12, 4), (4, 4), (96, 1)):  # (96, 1): two head blocks per kv head
             q, k, v, seqlens, bt = make_inputs(len(lens), hq, hkv, 64, lens, page_size=16)
             check_decode(q, k, v, seqlens, bt, schedule="lean", num_programs=num_programs, name=f"{hq}/{hkv}")
-        assert all(p.merge_mode == LAUNCH for p in dec._PLANS.values())
+        assert all(p.launch.mode == LAUNCH for p in dec._PLANS.values())
     finally:
         dec._PLANS.clear()
 

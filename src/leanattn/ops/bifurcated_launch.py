@@ -256,16 +256,15 @@ class Plan:
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
             args = (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, d, *self.tail)
-            occ = runtime.kernel_occupancy(concat_decode_kernel, args,
-                               self.meta, device, self.info)
+            occ = runtime.kernel_occupancy(concat_decode_kernel, args, self.meta, device, self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, cps))
         n = workers
         self.grid = (n,)
         rows = B * self.meta["ROWS"]
         self.ws = own_workspaces(device, n, cfg.block_h, D) + (
             runtime.workspace("bif_rows", device, (rows, 2), torch.int32),)
-        self.merge_mode = merge_apart
         self.concat_launch = StreamKLaunch(concat_decode_kernel, self.grid, self.meta, self.tail, merge_apart,
+                                           (self.ws[0], self.ws[1], self.ws[3]),
                                            (rows, group, cfg.n_hb, cfg.block_h, D, n, self.meta["ROWS"]),
                                            (Hq * D, D, Hq))
         self.info.update(grid=n, merge_mode=merge_apart,
@@ -452,9 +451,7 @@ class Plan:
         bt = block_table if self.own_paged else d
         counts, starts, order, rank = groups if groups is not None else (d, d, d, d)
         if self.path == "concat":
-            ws_acc, ws_ml, _, rows = self.ws
-            self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws),
-                               ws_acc, ws_ml, rows, out, lse)
+            self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws), out, lse)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states
             self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt)

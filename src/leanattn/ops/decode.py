@@ -61,10 +61,9 @@ class _Plan:
             sms = 0 if workers > 0 else runtime.num_sms(device)
             # the grid the table allows (the kernel's occupancy, known only once it is compiled, is at least
             # that at D >= 128, where a merge launch can be chosen; benchmarks/offline_resources.py)
-            self.merge_mode = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
-                                              k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm,
-                                              sms)
-            self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=self.merge_mode == LAUNCH,
+            mode = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
+                                   k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
+            self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH,
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
@@ -82,7 +81,8 @@ class _Plan:
                        runtime.workspace("decode_counters", device, (self.grid[0],), torch.int32, zero=True),
                        runtime.workspace("decode_rows", device, (B * self.meta["ROWS"], 2), torch.int32))
             self.launch = StreamKLaunch(
-                lean_decode_kernel, self.grid, self.meta, self.tail, self.merge_mode,
+                lean_decode_kernel, self.grid, self.meta, self.tail, mode,
+                (self.ws[0], self.ws[1], self.ws[3]),
                 (B * self.meta["ROWS"], group, cfg.n_hb, cfg.block_h, D, self.grid[0], self.meta["ROWS"]),
                 (Hq * D, D, Hq))
         else:
@@ -116,8 +116,7 @@ class _Plan:
         sl = self.dummy_i32 if cache_seqlens is None else cache_seqlens
         bt = self.dummy_i32 if block_table is None else block_table
         if self.schedule == "lean":
-            ws_acc, ws_ml, _, rows = self.ws
-            self.launch((q, k_cache, v_cache, out, lse, sl, bt, *self.ws), ws_acc, ws_ml, rows, out, lse)
+            self.launch((q, k_cache, v_cache, out, lse, sl, bt, *self.ws), out, lse)
             return
         if self.splits == 1:
             self.launch(q, k_cache, v_cache, out, lse, sl, bt)

@@ -150,7 +150,6 @@ def _env_load(default: int) -> int:
     return int(raw)
 
 
-
 # One sequence whose rows are cut into at least this many pieces (or cut unaligned) is merged by a second
 # launch. H200, same process, 2026-12-01 (benchmarks/results/decode_probe_merge_launch.json), lean with
 # the merge launch against the in-kernel merge: gqa B=1 32k (8 rows of 32 pieces) 50.2 against 51.2 us,
