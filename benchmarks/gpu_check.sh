@@ -23,8 +23,9 @@
 #   d256-shapes the decode D=256 configs over eight D=256 shapes (benchmarks/probe_decode_d256.py; decode probe 14,
 #               2026-12-01 22:2x: 64-token tiles at one per SM 1-9% ahead of 32-token tiles on all eight, ~45 s)
 #   decode-short  lean against split on short uniform cases, each over the other's cut (benchmarks/probe_decode_short.py;
-#               run 2026-12-02 00:0x, decode probe 15: split over lean's cut 1-6% ahead), and lean with a lengths
-#               vector as wide as the batch (LEANATTN_DECODE_BLOCK_B_MIN=1, decode probe 17's lead; not yet run)
+#               run 2026-12-02 00:0x, decode probe 15: split over lean's cut 1-6% ahead), and lean with a 16-wide
+#               lengths vector (LEANATTN_DECODE_BLOCK_B_MIN=16; run 02:19: 0.3 us behind a 1-wide one at B=1)
+#   host        host time of eager calls, whole and in parts (benchmarks/host_overhead.py, decode probe 18; ~20 s)
 #   decode-merge  stream-K piece merge in-kernel against a merge launch, over the decode suite and the one-sample
 #               bifurcated cases (benchmarks/probe_decode_merge.py)
 #   bif-prefix-shapes  the split path (a prefix launch shaped apart from the own-token launch: 128-row,
@@ -82,6 +83,7 @@ for step in "$@"; do
         --configs "0,0,0,0;32,4,3,2;32,4,3,3;32,8,3,2;64,4,2,2;64,8,2,1;128,4,2,2,0,0,2;64,4,2,2,0,0,2;0,0,0,0" 2>&1 \
         | grep -E "sweep|fail" ;;
     decode-short) python3 benchmarks/probe_decode_short.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
+    host) python3 benchmarks/host_overhead.py --out "$OUT" 2>&1 | grep -vi warning | tail -5 ;;
     decode-merge) python3 benchmarks/probe_decode_merge.py --out "$OUT" 2>&1 | grep -vi warning | tail -30 ;;
     d256-shapes) python3 benchmarks/probe_decode_d256.py --out "$OUT" 2>&1 | grep -E "sweep|fail|wrote" ;;
     bif-prefix-shapes)

@@ -118,8 +118,8 @@ def test_one_sample_merge_launch(monkeypatch):
         q1, k1, v1, lens1, _ = make_inputs(1, 4, 4, 128, [9], capacity=16)
         pk1, pv1, _ = make_prefix(None, 70, 4, 128)
         check(q1, pk1, pv1, k1, v1, lens1, op_args=(0, 5, 0, 0), name="B=1 grid=5")
-        monkeypatch.setenv("LEANATTN_DECODE_BLOCK_B_MIN", "1")  # a 1-wide lengths vector (decode probe 17)
-        check(q1, pk1, pv1, k1, v1, lens1, op_args=(0, 5, 0, 0), name="B=1 grid=5 BLOCK_B=1")
+        monkeypatch.setenv("LEANATTN_DECODE_BLOCK_B_MIN", "16")  # a lengths vector wider than the batch
+        check(q1, pk1, pv1, k1, v1, lens1, op_args=(0, 5, 0, 0), name="B=1 grid=5 BLOCK_B=16")
         assert all(p.concat_launch.mode == 1 for p in bif._PLANS.values() if p.path == "concat")  # LAUNCH
     finally:
         bif._PLANS.clear()

@@ -186,6 +186,24 @@ def test_same_shapes_new_values(schedule):
                      name=f"lens={lens}")
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_out_without_lse(schedule):
+    # a call that does not return the LSE writes it to the plan's sink: the output is the same, and a
+    # later call that returns it gets a tensor of its own, not the sink
+    from leanattn.ops import decode as dec
+    q, k, v, seqlens, _ = make_inputs(3, 8, 2, 64, [40, 0, 17])
+    ref, ref_lse = reference.decode(q, k, v, seqlens)
+    dec._PLANS.clear()
+    out = leanattn.decode(q, k, v, seqlens, schedule=schedule)
+    assert_rel_close("out", out, ref, TOLERANCE[q.dtype])
+    (plan,) = dec._PLANS.values()
+    out2, lse = leanattn.decode(q, k, v, seqlens, schedule=schedule, return_lse=True)
+    assert torch.equal(out2, out) and lse.data_ptr() != plan.lse_sink.data_ptr()
+    assert_lse_close("lse", lse, ref_lse, TOLERANCE[q.dtype])
+    leanattn.decode(q, k, v, seqlens, schedule=schedule)
+    assert_lse_close("lse kept", lse, ref_lse, TOLERANCE[q.dtype])
+
+
 @pytest.mark.parametrize("num_programs", [1, 2, 3, 7, 50, 1000])
 def test_lean_num_programs(num_programs):
     # 1: one program does everything; 3, 7: heads cut into unequal pieces across programs;
@@ -273,14 +291,20 @@ def test_merge_in_launch_rule(monkeypatch, D, tiles, batch, rows, grid, graphs):
         assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) == mode
 
 
-@pytest.mark.parametrize("floor", ["1", "4"])
+def test_length_block_default(monkeypatch):
+    from leanattn.ops import decode_config as dc
+    monkeypatch.delenv("LEANATTN_DECODE_BLOCK_B_MIN", raising=False)
+    assert [dc.length_block(b) for b in (0, 1, 2, 3, 16, 17)] == [1, 1, 2, 4, 16, 32]
+
+
+@pytest.mark.parametrize("floor", ["1", "4", "16"])
 def test_length_block_floor(monkeypatch, floor):
-    # a lengths vector narrower than the default 16 (a probe's knob): one sequence, and three in a
-    # 4-wide vector, under both merges
+    # lengths vectors wider than the batch (a probe's knob): one sequence, and three in a 4-wide vector
+    # (or wider), under both merges
     from leanattn.ops import decode as dec
     from leanattn.ops import decode_config as dc
     monkeypatch.setenv("LEANATTN_DECODE_BLOCK_B_MIN", floor)
-    assert dc.length_block(1) == int(floor) and dc.length_block(3) == 4 and dc.length_block(17) == 32
+    assert dc.length_block(1) == int(floor) and dc.length_block(3) == max(4, int(floor)) and dc.length_block(17) == 32
     dec._PLANS.clear()
     try:
         for lens in ([77], [300, 0, 45]):
@@ -289,7 +313,7 @@ def test_length_block_floor(monkeypatch, floor):
                 monkeypatch.setenv("LEANATTN_DECODE_MERGE", mode)
                 check_decode(q, k, v, seqlens, None, schedule="lean", num_programs=7,
                              name=f"{lens} merge {mode}")
-        assert {p.meta["BLOCK_B"] for p in dec._PLANS.values()} == {int(floor), 4}
+        assert {p.meta["BLOCK_B"] for p in dec._PLANS.values()} == {int(floor), max(4, int(floor))}
     finally:
         dec._PLANS.clear()
 
@@ -564,19 +588,70 @@ class _FakeCompiled:
         return lambda *args: self.log.append(("direct", grid, args))
 
 
+class _FakeCompiledRaw(_FakeCompiled):
+    """A CompiledKernel with the driver launcher and the handles ``runtime._raw_launch`` calls it with."""
+
+    packed_metadata = "packed"
+
+    def run(self, *args):
+        self.log.append(("raw", args))
+
+
 class _FakeKernel:
     """Stands in for a JITFunction with parameters ``a, b, n, C`` (``C`` constexpr)."""
 
     params = [type("P", (), {"name": n})() for n in ("a", "b", "n", "C")]
 
-    def __init__(self):
-        self.log = []
+    def __init__(self, compiled=_FakeCompiled):
+        self.log, self.compiled = [], compiled
 
     def __getitem__(self, grid):
         def launch(*args, **meta):
             self.log.append(("jit", grid, args, meta))
-            return _FakeCompiled(self.log)
+            return self.compiled(self.log)
         return launch
+
+
+def test_launcher_raw_launch(monkeypatch):
+    # with the driver's handles at hand and no launch hook registered, launches after the first skip
+    # Triton's runner; a registered hook (a profiler's) sends them through the runner, which calls it
+    from leanattn import runtime
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
+    monkeypatch.setattr(runtime, "_stream_getter", lambda: lambda: "stream")
+    hooked = [False]
+    monkeypatch.setattr(runtime, "_launch_hooked", lambda: hooked[0])
+    kernel = _FakeKernel(_FakeCompiledRaw)
+    launch = runtime.Launcher(kernel, (7, 2), dict(C=3), (5,))
+    buf = torch.zeros(64, dtype=torch.float16)
+    a, b = buf[:8], buf[16:24]
+    launch(a, b)
+    launch(a, b)
+    hooked[0] = True
+    launch(a, b)
+    hooked[0] = False
+    launch(buf[1:9], b)  # 2 bytes off: the JIT
+    launch(a, b)
+    assert [e[0] for e in kernel.log] == ["jit", "raw", "direct", "jit", "raw"]
+    assert kernel.log[1][1] == (7, 2, 1, "stream", _FakeCompiled.function, "packed", None, None, None, a, b, 5, 3)
+    assert kernel.log[2][2] == (a, b, 5, 3)
+
+
+def test_launch_hooked():
+    # what runtime._launch_hooked reads: Triton's launch hooks, registered and removed
+    import triton
+    from leanattn import runtime
+    if not hasattr(getattr(triton.knobs.runtime, "launch_enter_hook", None), "add"):
+        pytest.skip("this Triton keeps launch hooks as plain attributes")
+    assert not runtime._launch_hooked()
+
+    def hook(metadata):
+        pass
+    triton.knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        assert runtime._launch_hooked()
+    finally:
+        triton.knobs.runtime.launch_enter_hook.remove(hook)
+    assert not runtime._launch_hooked()
 
 
 def test_launcher_direct_after_first_launch(monkeypatch):

@@ -13,6 +13,11 @@ import os
 
 import torch
 
+try:  # launch hooks (Launcher); Triton releases with knobs
+    from triton import knobs as _triton_knobs
+except ImportError:  # pragma: no cover
+    _triton_knobs = None
+
 __all__ = ["interpreting", "gpu_target", "num_sms", "occupancy", "kernel_occupancy", "workspace", "device_guard", "Launcher"]
 
 
@@ -192,12 +197,52 @@ def _aligned(arg) -> bool:
     return arg.data_ptr() % 16 == 0 if isinstance(arg, torch.Tensor) else True
 
 
+def _launch_hooked() -> bool:
+    """Whether a Triton launch hook is registered (a profiler's, such as proton's): Triton's own runner calls
+    them, ``_raw_launch`` does not."""
+    rt = _triton_knobs.runtime
+    enter, exit_ = rt.launch_enter_hook, rt.launch_exit_hook
+    # Triton >= 3.5 keeps hooks in a HookChain (never None); earlier ones hold a callable or None
+    return bool(getattr(enter, "calls", enter)) or bool(getattr(exit_, "calls", exit_))
+
+
+def _raw_launch(compiled, grid: tuple, tail: tuple):
+    """A launch of ``compiled`` over ``grid`` with ``tail`` appended to the arguments, through the driver's
+    launcher without Triton's per-call runner, which builds launch metadata for hooks and looks the driver
+    up again on every call (3.5 us of an eager decode call's host time on an H200 machine, 11.2 against 7.7 us
+    per launch; decode probe 18). ``None`` where ``compiled`` lacks the handles this needs."""
+    run = getattr(compiled, "run", None)
+    function = getattr(compiled, "function", None)
+    packed = getattr(compiled, "packed_metadata", None)
+    current_stream = _stream_getter()
+    if run is None or function is None or packed is None or _triton_knobs is None or current_stream is None:
+        return None
+    g0, g1, g2 = grid
+
+    def launch(*tensors):
+        run(g0, g1, g2, current_stream(), function, packed, None, None, None, *tensors, *tail)
+    return launch
+
+
+def _stream_getter():
+    """The current stream of the current device as Triton's runner looks it up (a raw handle), or ``None``
+    without a GPU driver."""
+    try:
+        from triton.runtime import driver
+        active = driver.active
+        stream, device = active.get_current_stream, active.get_current_device
+    except Exception:  # no active driver (CPU-only machines)
+        return None
+    return lambda: stream(device())
+
+
 class Launcher:
     """One Triton kernel launched many times with the same grid, launch constants and scalar arguments.
 
     ``Launcher(kernel, grid, meta, scalars)(*tensors)`` launches ``kernel[grid](*tensors, *scalars,
-    **meta)``: the tensors (or TMA descriptors) change from call to call, the scalars (strides, sizes, scales) are fixed with
-    the launcher. The first launch goes through the JIT, which compiles. Later launches call the compiled
+    **meta)``: the tensors (or TMA descriptors) change from call to call, the scalars (strides, sizes, scales, and
+    tensors a plan owns, such as workspaces, whose alignment is then not checked again) are fixed with the
+    launcher. The first launch goes through the JIT, which compiles. Later launches call the compiled
     kernel directly, skipping the JIT's per-call specialisation of every argument and its cache lookup:
     30-40 us of host time per launch on an H200 machine (an eager decode call 80-92 -> 50-58 us;
     ``benchmarks/results/decode_probes_H200_2026-12-01.md``, probe 11). Triton specialises a tensor
@@ -206,19 +251,31 @@ class Launcher:
     fixed (they key launchers on them); a launch whose tensors are aligned differently from the first
     one's goes through the JIT again. The direct path skips what the JIT does per call besides
     specialising (pre-run hooks, the check that globals a kernel reads are unchanged, changes to
-    Triton's debug settings): leanattn's kernels use none of these. Under the interpreter, and for
+    Triton's debug settings): leanattn's kernels use none of these. While no launch hook is registered it also
+    skips Triton's runner (``_raw_launch``). Under the interpreter, and for
     kernels without a plain parameter list (autotuned, heuristics), every launch goes through the JIT.
     """
 
     def __init__(self, kernel, grid: tuple, meta: dict, scalars: tuple = ()):
         self.kernel, self.grid, self.meta, self.scalars = kernel, tuple(grid), meta, tuple(scalars)
-        self.runner = None
+        self.runner = self.raw = None
 
     def __call__(self, *tensors) -> None:
         runner = self.runner
         if runner is not None:
-            if tuple(_aligned(t) for t in tensors) == self.align:
-                runner(*tensors, *self.tail)
+            if self.all_aligned:
+                # (an OR of the addresses: a third of the host time of comparing alignments one by one)
+                bits = 0
+                for t in tensors:
+                    bits |= t.data_ptr()
+                same = not bits & 15
+            else:
+                same = tuple(_aligned(t) for t in tensors) == self.align
+            if same:
+                if self.raw is not None and not _launch_hooked():
+                    self.raw(*tensors)
+                else:
+                    runner(*tensors, *self.tail)
                 return
         compiled = self.kernel[self.grid](*tensors, *self.scalars, **self.meta)
         params = getattr(self.kernel, "params", None)
@@ -228,4 +285,7 @@ class Launcher:
             if all(n in self.meta for n in rest):  # otherwise a default fills a parameter: keep the JIT
                 self.tail = self.scalars + tuple(self.meta[n] for n in rest)
                 self.align = tuple(_aligned(t) for t in tensors)
-                self.runner = compiled[self.grid + (1,) * (3 - len(self.grid))]
+                self.all_aligned = all(isinstance(t, torch.Tensor) for t in tensors) and all(self.align)
+                grid = self.grid + (1,) * (3 - len(self.grid))
+                self.runner = compiled[grid]
+                self.raw = _raw_launch(compiled, grid, self.tail)

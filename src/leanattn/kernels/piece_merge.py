@@ -68,7 +68,7 @@ def record_row(RowInfo, row_id, t, start, head_end, T, high):
 
 @triton.jit
 def piece_merge_kernel(
-    WsAcc, WsMl, RowInfo, Out, Lse,  #
+    Out, Lse, WsAcc, WsMl, RowInfo,  #
     stride_ob, stride_oh, stride_lb,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,

@@ -263,7 +263,7 @@ class Plan:
         rows = B * self.meta["ROWS"]
         self.ws = own_workspaces(device, n, cfg.block_h, D) + (
             runtime.workspace("bif_rows", device, (rows, 2), torch.int32),)
-        self.concat_launch = StreamKLaunch(concat_decode_kernel, self.grid, self.meta, self.tail, merge_apart,
+        self.concat_launch = StreamKLaunch(concat_decode_kernel, self.grid, self.meta, self.ws + self.tail, merge_apart,
                                            (self.ws[0], self.ws[1], self.ws[3]),
                                            (rows, group, cfg.n_hb, cfg.block_h, D, n, self.meta["ROWS"]),
                                            (Hq * D, D, Hq))
@@ -451,7 +451,7 @@ class Plan:
         bt = block_table if self.own_paged else d
         counts, starts, order, rank = groups if groups is not None else (d, d, d, d)
         if self.path == "concat":
-            self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt, *self.ws), out, lse)
+            self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt), out, lse)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states
             self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt)

@@ -19,8 +19,9 @@ IN_KERNEL, LAUNCH, GRAPHS = 0, 1, 2
 
 
 class StreamKLaunch:
-    """``kernel`` over ``grid`` with ``meta`` and ``tail`` (``runtime.Launcher``), its ``MERGE_LAUNCH``
-    constant set by ``mode`` (``IN_KERNEL``, ``LAUNCH`` or ``GRAPHS``), followed where it merges apart by
+    """``kernel`` over ``grid`` with ``meta`` and ``tail`` (``runtime.Launcher``; ``tail`` holds the arguments
+    after the tensors of each call, the plan's workspaces among them), its ``MERGE_LAUNCH`` constant set by
+    ``mode`` (``IN_KERNEL``, ``LAUNCH`` or ``GRAPHS``), followed where it merges apart by
     ``piece_merge_kernel`` over the piece workspaces ``(acc, ml, rows)`` the kernel writes
     (``piece_merge_launch``'s arguments in ``merge_args``; ``out_strides`` the output's batch and head
     strides and the LSE's batch stride)."""
@@ -34,23 +35,22 @@ class StreamKLaunch:
         if mode != IN_KERNEL:
             self.apart = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=True), tail)
             mgrid, mmeta = piece_merge_launch(*merge_args)
-            self.merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, out_strides)
-        self.workspaces = workspaces
+            self.merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, (*workspaces, *out_strides))
         # GRAPHS: both variants run once outside capture (the first call), so that capture compiles nothing
         self.warm = mode != GRAPHS
 
     def __call__(self, tensors: tuple, out: torch.Tensor, lse: torch.Tensor) -> None:
-        """Launch ``kernel`` over ``tensors`` (its tensor arguments), which write ``out`` and ``lse``."""
+        """Launch ``kernel`` over ``tensors`` (its arguments before ``tail``), which write ``out`` and ``lse``."""
         apart = self.mode == LAUNCH
         if self.mode == GRAPHS:
             # (off CUDA, as in benchmarks/offline_resources.py's compiles, nothing is being captured)
             apart = tensors[0].is_cuda and torch.cuda.is_current_stream_capturing()
             if not self.warm and not apart:
                 self.apart(*tensors)
-                self.merge(*self.workspaces, out, lse)
+                self.merge(out, lse)
                 self.warm = True
         if apart:
             self.apart(*tensors)
-            self.merge(*self.workspaces, out, lse)
+            self.merge(out, lse)
         else:
             self.in_kernel(*tensors)
