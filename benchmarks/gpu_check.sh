@@ -26,8 +26,12 @@
 #               run 2026-12-02 00:0x, decode probe 15: split over lean's cut 1-6% ahead), and lean with a 16-wide
 #               lengths vector (LEANATTN_DECODE_BLOCK_B_MIN=16; run 02:19: 0.3 us behind a 1-wide one at B=1)
 #   host        host time of eager calls, whole and in parts (benchmarks/host_overhead.py, decode probe 18; ~20 s)
+#   decode-eager  eager against graph timings after each step the suite's process goes through (graph capture,
+#               flex compiled, cuDNN run; benchmarks/probe_decode_eager.py, decode probe 19; not yet run)
 #   decode-merge  stream-K piece merge in-kernel against a merge launch, over the decode suite and the one-sample
 #               bifurcated cases (benchmarks/probe_decode_merge.py)
+#   decode-merge-d64  the same on the D=64 case alone: its merge launch is capped to 4 programs per SM since
+#               2026-12-02 (runtime.register_cap; 128 registers offline), not yet timed (~30 s)
 #   bif-prefix-shapes  the split path (a prefix launch shaped apart from the own-token launch: 128-row,
 #               8-warp prefix blocks of 64- or 128-token tiles) against the default states path on the GQA
 #               cases furthest from the floor (bifurcated notes section 10). Offline (Triton 3.6, sm_90a): 113-230
@@ -84,6 +88,8 @@ for step in "$@"; do
         | grep -E "sweep|fail" ;;
     decode-short) python3 benchmarks/probe_decode_short.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
     host) python3 benchmarks/host_overhead.py --out "$OUT" 2>&1 | grep -vi warning | tail -5 ;;
+    decode-eager) python3 benchmarks/probe_decode_eager.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
+    decode-merge-d64) python3 benchmarks/probe_decode_merge.py --cases d64 --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
     decode-merge) python3 benchmarks/probe_decode_merge.py --out "$OUT" 2>&1 | grep -vi warning | tail -30 ;;
     d256-shapes) python3 benchmarks/probe_decode_d256.py --out "$OUT" 2>&1 | grep -E "sweep|fail|wrote" ;;
     bif-prefix-shapes)

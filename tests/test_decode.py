@@ -291,6 +291,35 @@ def test_merge_in_launch_rule(monkeypatch, D, tiles, batch, rows, grid, graphs):
         assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) == mode
 
 
+def test_register_cap(monkeypatch):
+    # maxnreg for k programs of 4 warps per SM: 64K registers over k * 128 threads, down to a multiple of 8
+    from leanattn import runtime
+    monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
+
+    def no_device(index):
+        raise RuntimeError("no device")
+    monkeypatch.setattr(runtime, "_cuda_props", no_device)
+    cuda = torch.device("cuda", 0)
+    assert [runtime.register_cap(cuda, k, 4) for k in (1, 2, 3, 4, 5)] == [None, None, 168, 128, 96]
+    assert runtime.register_cap(cuda, 2, 8) == 128 and runtime.register_cap(cuda, 0, 4) is None
+    monkeypatch.setattr(runtime, "gpu_target", lambda device: False)
+    assert runtime.register_cap(cuda, 4, 4) is None
+
+
+def test_stream_k_launch_caps_the_apart_variant(monkeypatch):
+    # the variant that merges apart fits as many programs per SM as the grid was sized for
+    from leanattn import runtime
+    from leanattn.ops.stream_k_launch import StreamKLaunch
+    monkeypatch.setattr(runtime, "register_cap", lambda device, per_sm, warps: 128 if per_sm == 4 else None)
+    merge = (4, 1, 1, 16, 64, 528, 4)
+    for mode, sms, cap in ((LAUNCH, 132, 128), (GRAPHS, 132, 128), (LAUNCH, 264, None), (LAUNCH, 0, None)):
+        launch = StreamKLaunch(object(), (528,), dict(num_warps=4), (), mode, (None,) * 3, merge, (1, 1, 1),
+                               torch.device("cuda", 0), sms)
+        assert launch.apart.meta.get("maxnreg") == cap, (mode, sms)
+        assert launch.apart.meta["MERGE_LAUNCH"] and "maxnreg" not in getattr(launch.in_kernel, "meta", {})
+
+
 def test_length_block_default(monkeypatch):
     from leanattn.ops import decode_config as dc
     monkeypatch.delenv("LEANATTN_DECODE_BLOCK_B_MIN", raising=False)

@@ -18,7 +18,8 @@ try:  # launch hooks (Launcher); Triton releases with knobs
 except ImportError:  # pragma: no cover
     _triton_knobs = None
 
-__all__ = ["interpreting", "gpu_target", "num_sms", "occupancy", "kernel_occupancy", "workspace", "device_guard", "Launcher"]
+__all__ = ["interpreting", "gpu_target", "num_sms", "occupancy", "kernel_occupancy", "register_cap", "workspace",
+           "device_guard", "Launcher"]
 
 
 def interpreting() -> bool:
@@ -72,6 +73,21 @@ def occupancy(compiled, device: torch.device, limit: int = 32) -> int:
         return max(1, min(by_regs, by_smem, by_threads, limit))
     except Exception:  # pragma: no cover - metadata layout differs across Triton versions
         return 2
+
+
+def register_cap(device: torch.device, programs_per_sm: int, num_warps: int) -> int | None:
+    """``maxnreg`` for a kernel of ``num_warps`` warps of which ``programs_per_sm`` must fit on one SM of
+    ``device`` together: the largest multiple of 8 registers per thread that the register file holds that many
+    times (registers are allocated per warp in units of 256). ``None`` where no cap is needed (255 or more)
+    and off the GPU."""
+    if not gpu_target(device) or interpreting() or programs_per_sm < 1:
+        return None
+    try:
+        regs = _cuda_props(device.index if device.index is not None else torch.cuda.current_device()).regs_per_multiprocessor
+    except Exception:  # no device to ask (offline compiles): every sm_80/sm_90 SM holds 64K
+        regs = 65536
+    cap = regs // (programs_per_sm * num_warps * 32) // 8 * 8
+    return cap if cap < 255 else None
 
 
 def kernel_occupancy(kernel, args: tuple, meta: dict, device: torch.device, info: dict | None = None,

@@ -256,7 +256,9 @@ class Plan:
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
             args = (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, d, *self.tail)
-            occ = runtime.kernel_occupancy(concat_decode_kernel, args, self.meta, device, self.info)
+            # the in-kernel merge's occupancy: a variant that merges apart is capped to match (StreamKLaunch)
+            occ = runtime.kernel_occupancy(concat_decode_kernel, args, dict(self.meta, MERGE_LAUNCH=False), device,
+                                           self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, cps))
         n = workers
         self.grid = (n,)
@@ -266,7 +268,7 @@ class Plan:
         self.concat_launch = StreamKLaunch(concat_decode_kernel, self.grid, self.meta, self.ws + self.tail, merge_apart,
                                            (self.ws[0], self.ws[1], self.ws[3]),
                                            (rows, group, cfg.n_hb, cfg.block_h, D, n, self.meta["ROWS"]),
-                                           (Hq * D, D, Hq))
+                                           (Hq * D, D, Hq), device, sms)
         self.info.update(grid=n, merge_mode=merge_apart,
                          **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
 

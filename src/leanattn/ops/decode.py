@@ -86,7 +86,7 @@ class _Plan:
                 lean_decode_kernel, self.grid, self.meta, self.ws + self.tail, mode,
                 (self.ws[0], self.ws[1], self.ws[3]),
                 (B * self.meta["ROWS"], group, cfg.n_hb, cfg.block_h, D, self.grid[0], self.meta["ROWS"]),
-                (Hq * D, D, Hq))
+                (Hq * D, D, Hq), device, sms)
         else:
             rows = B * self.meta["ROWS"]
             cap_tiles = max(triton.cdiv(cap, cfg.block_n), 1)
@@ -111,7 +111,8 @@ class _Plan:
         d = self.dummy_i32
         f = runtime.workspace("dummy_f32", q.device, (1,), torch.float32, zero=True)
         args = (q, k_cache, v_cache, q, f, d, d, f, f, d, d, *self.tail)
-        occ = runtime.kernel_occupancy(lean_decode_kernel, args, self.meta, q.device)
+        # the in-kernel merge's occupancy: a variant that merges apart is capped to match (StreamKLaunch)
+        occ = runtime.kernel_occupancy(lean_decode_kernel, args, dict(self.meta, MERGE_LAUNCH=False), q.device)
         return runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
 
     def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse):

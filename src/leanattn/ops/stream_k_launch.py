@@ -24,16 +24,25 @@ class StreamKLaunch:
     ``mode`` (``IN_KERNEL``, ``LAUNCH`` or ``GRAPHS``), followed where it merges apart by
     ``piece_merge_kernel`` over the piece workspaces ``(acc, ml, rows)`` the kernel writes
     (``piece_merge_launch``'s arguments in ``merge_args``; ``out_strides`` the output's batch and head
-    strides and the LSE's batch stride)."""
+    strides and the LSE's batch stride).
+
+    ``grid`` is sized for the in-kernel variant's programs per SM (``device``'s SM count ``sms``; 0: a grid the
+    caller chose). The variant that merges apart compiles to more registers where they are scarce (D=64: 140
+    against 128, so 3 programs per SM instead of 4; Triton 3.6, sm_90a, ``benchmarks/offline_resources.py``), so
+    it is capped (``maxnreg``) to fit as many programs per SM as the grid was sized for."""
 
     def __init__(self, kernel, grid: tuple, meta: dict, tail: tuple, mode: int, workspaces: tuple,
-                 merge_args: tuple, out_strides: tuple):
+                 merge_args: tuple, out_strides: tuple, device: torch.device = None, sms: int = 0):
         self.mode = mode
         self.in_kernel = self.apart = None
         if mode != LAUNCH:
             self.in_kernel = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=False), tail)
         if mode != IN_KERNEL:
-            self.apart = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=True), tail)
+            apart = dict(meta, MERGE_LAUNCH=True)
+            cap = runtime.register_cap(device, -(-grid[0] // sms), meta["num_warps"]) if sms and device else None
+            if cap is not None:
+                apart["maxnreg"] = cap
+            self.apart = runtime.Launcher(kernel, grid, apart, tail)
             mgrid, mmeta = piece_merge_launch(*merge_args)
             self.merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, (*workspaces, *out_strides))
         # GRAPHS: both variants run once outside capture (the first call), so that capture compiles nothing
