@@ -660,7 +660,8 @@ def test_launcher_raw_launch(monkeypatch):
     hooked[0] = False
     launch(buf[1:9], b)  # 2 bytes off: the JIT
     launch(a, b)
-    assert [e[0] for e in kernel.log] == ["jit", "raw", "direct", "jit", "raw"]
+    launch(a, None)  # not a tensor where the first launch had one: the JIT
+    assert [e[0] for e in kernel.log] == ["jit", "raw", "direct", "jit", "raw", "jit"]
     assert kernel.log[1][1] == (7, 2, 1, "stream", _FakeCompiled.function, "packed", None, None, None, a, b, 5, 3)
     assert kernel.log[2][2] == (a, b, 5, 3)
 

@@ -98,7 +98,7 @@ def test_decode_launcher_alignment(schedule):
     (plan,) = dec._PLANS.values()
     # the lean plan's launches: its in-kernel-merge launcher (B=4 never merges in a second launch)
     launcher = plan.launch.in_kernel if schedule == "lean" else plan.launch
-    assert launcher.runner is not None
+    assert launcher.runner is not None and launcher.raw is not None  # the driver's launcher, no Triton runner
 
     class Counting:  # the JIT kernel, counting the launches that go through it
         def __init__(self, kernel):
@@ -111,6 +111,57 @@ def test_decode_launcher_alignment(schedule):
     for q in (q_al, q_off, q_al, q_al):
         leanattn.decode(q, k, v, s_al, schedule=schedule)
     assert spy.jit == 1  # only the misaligned q
+
+
+def test_decode_launch_hook_takes_tritons_runner():
+    # a registered Triton launch hook (a profiler's) sees every launch: the launcher leaves the driver's
+    # launcher for Triton's runner while one is registered
+    import triton
+    from leanattn import runtime
+    if not hasattr(getattr(triton.knobs.runtime, "launch_enter_hook", None), "add"):
+        pytest.skip("this Triton keeps launch hooks as plain attributes")
+    q = torch.randn(2, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(2, 3000, 8, 128, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor([3000, 17], dtype=torch.int32, device="cuda")
+    ref, _ = leanattn.reference.decode(q, k, v, sl)
+    leanattn.decode(q, k, v, sl)
+    seen = []
+
+    def hook(metadata):
+        seen.append(metadata.get()["name"] if hasattr(metadata, "get") else metadata)
+    triton.knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        assert runtime._launch_hooked()
+        out = leanattn.decode(q, k, v, sl)
+        torch.cuda.synchronize()
+    finally:
+        triton.knobs.runtime.launch_enter_hook.remove(hook)
+    assert len(seen) == 1
+    assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
+
+
+def test_decode_merge_launch_capped_at_d64(monkeypatch):
+    # D=64, one sequence, merged in a second launch over the default grid: the variant that merges apart is
+    # capped to the in-kernel variant's programs per SM (4 on an H100/H200: 128 registers) and stays exact
+    from leanattn import runtime
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", "1")
+    q = torch.randn(1, 32, 64, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(1, 65536, 32, 64, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor([60000], dtype=torch.int32, device="cuda")
+    dec._PLANS.clear()
+    try:
+        out, lse = leanattn.decode(q, k, v, sl, return_lse=True)
+        ref, ref_lse = leanattn.reference.decode(q, k, v, sl)
+        assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
+        assert_lse_close("lse", lse, ref_lse, 1e-2)
+        (plan,) = dec._PLANS.values()
+        per_sm = -(-plan.grid[0] // runtime.num_sms(q.device))
+        assert plan.launch.apart.meta.get("maxnreg") == runtime.register_cap(q.device, per_sm, plan.meta["num_warps"])
+    finally:
+        dec._PLANS.clear()
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")

@@ -282,8 +282,11 @@ class Launcher:
             if self.all_aligned:
                 # (an OR of the addresses: a third of the host time of comparing alignments one by one)
                 bits = 0
-                for t in tensors:
-                    bits |= t.data_ptr()
+                try:
+                    for t in tensors:
+                        bits |= t.data_ptr()
+                except AttributeError:  # not a tensor where the first launch had one: through the JIT
+                    bits = 1
                 same = not bits & 15
             else:
                 same = tuple(_aligned(t) for t in tensors) == self.align
