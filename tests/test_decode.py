@@ -312,10 +312,9 @@ def test_stream_k_launch_caps_the_apart_variant(monkeypatch):
     from leanattn import runtime
     from leanattn.ops.stream_k_launch import StreamKLaunch
     monkeypatch.setattr(runtime, "register_cap", lambda device, per_sm, warps: 128 if per_sm == 4 else None)
-    merge = (4, 1, 1, 16, 64, 528, 4)
+    meta = dict(num_warps=4, ROWS=4, GROUP=1, N_HB=1, HEAD_DIM=64, BLOCK_H=16)
     for mode, sms, cap in ((LAUNCH, 132, 128), (GRAPHS, 132, 128), (LAUNCH, 264, None), (LAUNCH, 0, None)):
-        launch = StreamKLaunch(object(), (528,), dict(num_warps=4), (), mode, (None,) * 3, merge, (1, 1, 1),
-                               torch.device("cuda", 0), sms)
+        launch = StreamKLaunch(object(), (528,), meta, (), mode, (None,) * 4, 1, torch.device("cuda", 0), sms)
         assert launch.apart.meta.get("maxnreg") == cap, (mode, sms)
         assert launch.apart.meta["MERGE_LAUNCH"] and "maxnreg" not in getattr(launch.in_kernel, "meta", {})
 

@@ -44,7 +44,7 @@ from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
 from .decode_config import DecodeConfig, decode_config, length_block, load_path, merge_in_launch
-from .stream_k_launch import LAUNCH, StreamKLaunch
+from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
 
 LOG2E = 1.4426950408889634
 
@@ -153,14 +153,6 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
         sb=env["sb"] or max(1, 64 // cfg.block_h))
 
 
-def own_workspaces(device, n: int, block_h: int, head_dim: int) -> tuple:
-    """Stream-K piece workspaces of ``n`` programs with ``block_h``-row pieces, as decode's: 2 slots
-    ``(block_h, head_dim)`` fp32 and their ``(m, l)`` per program, one zeroed counter per program."""
-    return (runtime.workspace("bif_acc_o", device, (2 * n, block_h, head_dim), torch.float32),
-            runtime.workspace("bif_ml_o", device, (2 * n, 2, block_h), torch.float32),
-            runtime.workspace("bif_counters_o", device, (n,), torch.int32, zero=True))
-
-
 class Plan:
     """Launch constants of one call signature (shapes, strides, dtypes, options); built once, cached.
 
@@ -263,12 +255,9 @@ class Plan:
         n = workers
         self.grid = (n,)
         rows = B * self.meta["ROWS"]
-        self.ws = own_workspaces(device, n, cfg.block_h, D) + (
-            runtime.workspace("bif_rows", device, (rows, 2), torch.int32),)
+        self.ws = piece_workspaces("bif_o", device, n, cfg.block_h, D, rows)
         self.concat_launch = StreamKLaunch(concat_decode_kernel, self.grid, self.meta, self.ws + self.tail, merge_apart,
-                                           (self.ws[0], self.ws[1], self.ws[3]),
-                                           (rows, group, cfg.n_hb, cfg.block_h, D, n, self.meta["ROWS"]),
-                                           (Hq * D, D, Hq), device, sms)
+                                           self.ws, B, device, sms)
         self.info.update(grid=n, merge_mode=merge_apart,
                          **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
 
@@ -295,7 +284,7 @@ class Plan:
             workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
         n = workers
         self.grid = (n,)
-        self.ws = own_workspaces(device, n, cfg.block_h, D)
+        self.ws = piece_workspaces("bif_o", device, n, cfg.block_h, D)
         self.info.update(grid=n, BLOCK_NO=lc.block_no, BLOCK_HO=cfg.block_h, SB=lc.sb)
 
     # ------------------------------------------------------------------------------------------
@@ -432,7 +421,7 @@ class Plan:
         self.ws = (runtime.workspace("bif_acc_p", device, (2 * n, lc.block_hp, D), torch.float32),
                    runtime.workspace("bif_ml_p", device, (2 * n, 2, lc.block_hp), torch.float32),
                    runtime.workspace("bif_counters_p", device, (n,), torch.int32, zero=True),
-                   *own_workspaces(device, n, cfg.block_h, D),
+                   *piece_workspaces("bif_o", device, n, cfg.block_h, D),
                    runtime.workspace("bif_state_out", device, (2, rows, D), torch.float32),
                    runtime.workspace("bif_state_lse", device, (2, rows), torch.float32),
                    runtime.workspace("bif_arrivals", device, (rows,), torch.int32, zero=True))

@@ -14,7 +14,7 @@ from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence
 from .decode_config import decode_config, length_block, load_path, merge_in_launch
-from .stream_k_launch import LAUNCH, StreamKLaunch
+from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
 
 __all__ = ["decode"]
 
@@ -78,15 +78,9 @@ class _Plan:
                 grid = programs_used_py(tiles_per_sequence([cap] * B, cfg.block_n), self.meta["ROWS"], grid, sms)
                 self.tail = self.tail[:-1] + (0,)
             self.grid = (grid,)
-            self.ws = (runtime.workspace("decode_acc", device, (2 * self.grid[0], cfg.block_h, D), torch.float32),
-                       runtime.workspace("decode_ml", device, (2 * self.grid[0], 2, cfg.block_h), torch.float32),
-                       runtime.workspace("decode_counters", device, (self.grid[0],), torch.int32, zero=True),
-                       runtime.workspace("decode_rows", device, (B * self.meta["ROWS"], 2), torch.int32))
-            self.launch = StreamKLaunch(
-                lean_decode_kernel, self.grid, self.meta, self.ws + self.tail, mode,
-                (self.ws[0], self.ws[1], self.ws[3]),
-                (B * self.meta["ROWS"], group, cfg.n_hb, cfg.block_h, D, self.grid[0], self.meta["ROWS"]),
-                (Hq * D, D, Hq), device, sms)
+            self.ws = piece_workspaces("decode", device, self.grid[0], cfg.block_h, D, B * self.meta["ROWS"])
+            self.launch = StreamKLaunch(lean_decode_kernel, self.grid, self.meta, self.ws + self.tail, mode, self.ws, B,
+                                        device, sms)
         else:
             rows = B * self.meta["ROWS"]
             cap_tiles = max(triton.cdiv(cap, cfg.block_n), 1)

@@ -18,21 +18,32 @@ from ..kernels.piece_merge import piece_merge_kernel, piece_merge_launch
 IN_KERNEL, LAUNCH, GRAPHS = 0, 1, 2
 
 
+def piece_workspaces(name: str, device: torch.device, programs: int, block_h: int, head_dim: int,
+                     rows: int = 0) -> tuple:
+    """The piece workspaces of a stream-K launch of ``programs`` programs with ``block_h``-row pieces:
+    ``(acc, ml, counters)``, 2 slots of ``(block_h, head_dim)`` fp32 and their ``(m, l)`` per program and one
+    zeroed counter per program, and with ``rows`` scheduling rows their ``(first slot, pieces)`` entries
+    (``record_row``), for a merge launch. Cached per ``name`` (``runtime.workspace``)."""
+    ws = (runtime.workspace(f"{name}_acc", device, (2 * programs, block_h, head_dim), torch.float32),
+          runtime.workspace(f"{name}_ml", device, (2 * programs, 2, block_h), torch.float32),
+          runtime.workspace(f"{name}_counters", device, (programs,), torch.int32, zero=True))
+    return ws + (runtime.workspace(f"{name}_rows", device, (rows, 2), torch.int32),) if rows else ws
+
+
 class StreamKLaunch:
     """``kernel`` over ``grid`` with ``meta`` and ``tail`` (``runtime.Launcher``; ``tail`` holds the arguments
-    after the tensors of each call, the plan's workspaces among them), its ``MERGE_LAUNCH`` constant set by
-    ``mode`` (``IN_KERNEL``, ``LAUNCH`` or ``GRAPHS``), followed where it merges apart by
-    ``piece_merge_kernel`` over the piece workspaces ``(acc, ml, rows)`` the kernel writes
-    (``piece_merge_launch``'s arguments in ``merge_args``; ``out_strides`` the output's batch and head
-    strides and the LSE's batch stride).
+    after the tensors of each call), its ``MERGE_LAUNCH`` constant set by ``mode`` (``IN_KERNEL``, ``LAUNCH`` or
+    ``GRAPHS``), followed where it merges apart by ``piece_merge_kernel`` over the workspaces ``(acc, ml, _,
+    rows)`` (``piece_workspaces``) the kernel writes, for ``batch`` sequences of ``meta["ROWS"]`` scheduling rows
+    into a contiguous ``(batch, Hq, HEAD_DIM)`` output and ``(batch, Hq)`` LSE.
 
     ``grid`` is sized for the in-kernel variant's programs per SM (``device``'s SM count ``sms``; 0: a grid the
     caller chose). The variant that merges apart compiles to more registers where they are scarce (D=64: 140
     against 128, so 3 programs per SM instead of 4; Triton 3.6, sm_90a, ``benchmarks/offline_resources.py``), so
     it is capped (``maxnreg``) to fit as many programs per SM as the grid was sized for."""
 
-    def __init__(self, kernel, grid: tuple, meta: dict, tail: tuple, mode: int, workspaces: tuple,
-                 merge_args: tuple, out_strides: tuple, device: torch.device = None, sms: int = 0):
+    def __init__(self, kernel, grid: tuple, meta: dict, tail: tuple, mode: int, workspaces: tuple, batch: int,
+                 device: torch.device = None, sms: int = 0):
         self.mode = mode
         self.in_kernel = self.apart = None
         if mode != LAUNCH:
@@ -43,8 +54,11 @@ class StreamKLaunch:
             if cap is not None:
                 apart["maxnreg"] = cap
             self.apart = runtime.Launcher(kernel, grid, apart, tail)
-            mgrid, mmeta = piece_merge_launch(*merge_args)
-            self.merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, (*workspaces, *out_strides))
+            rows, group, n_hb, d = meta["ROWS"], meta["GROUP"], meta["N_HB"], meta["HEAD_DIM"]
+            hq = group * (rows // n_hb)
+            mgrid, mmeta = piece_merge_launch(batch * rows, group, n_hb, meta["BLOCK_H"], d, grid[0], rows)
+            acc, ml, _, row_info = workspaces
+            self.merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, (acc, ml, row_info, hq * d, d, hq))
         # GRAPHS: both variants run once outside capture (the first call), so that capture compiles nothing
         self.warm = mode != GRAPHS
 
