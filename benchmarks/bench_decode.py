@@ -217,6 +217,24 @@ def graph_of(fn):
         return None
 
 
+def interleaved_graph_times(name, fns, ref, rounds=3):
+    """Each of ``fns`` (label -> call) checked against ``ref``, captured in a CUDA graph and timed over
+    ``rounds`` interleaved rounds of replays (do_bench medians, L2 flushed): ``({label: [us per round]},
+    {label: median us})``. For probes that compare variants of one case side by side."""
+    graphs, us = {}, {}
+    for label, fn in fns.items():
+        err = rel_err(fn(), ref)
+        if err > 1e-2:
+            raise RuntimeError(f"{name} {label}: relative error {err:.1e}")
+        graphs[label] = graph_of(fn)
+        if graphs[label] is None:
+            raise RuntimeError(f"{name} {label}: could not be captured in a CUDA graph")
+    for _ in range(rounds):
+        for label, g in graphs.items():
+            us.setdefault(label, []).append(round(common.bench(g.replay, warmup=10, rep=40) * 1e3, 2))
+    return us, {n: sorted(v)[len(v) // 2] for n, v in us.items()}
+
+
 def run_case(case, ceiling, log, ceiling_clean=None):
     inp = make_inputs(case)
     ref, _ = leanattn.reference.decode(inp["q"], inp["k"], inp["v"], inp["seqlens"])

@@ -81,18 +81,7 @@ def time_default(name, fn, ref):
 
 
 def time_case(name, fns, ref, info):
-    graphs, us = {}, {}
-    for label, fn in fns.items():
-        err = bd.rel_err(fn(), ref)
-        if err > 1e-2:
-            raise RuntimeError(f"{name} {label}: relative error {err:.1e}")
-        graphs[label] = bd.graph_of(fn)
-        if graphs[label] is None:
-            raise RuntimeError(f"{name} {label}: could not be captured in a CUDA graph")
-    for _ in range(3):
-        for label, g in graphs.items():
-            us.setdefault(label, []).append(round(common.bench(g.replay, warmup=10, rep=40) * 1e3, 2))
-    med = {n: sorted(v)[1] for n, v in us.items()}
+    us, med = bd.interleaved_graph_times(name, fns, ref)
     ratio = med["lean/kernel"] / med["lean/launch"]
     times = "  ".join(f"{n} {t:.1f}" for n, t in med.items())
     print(f"{name:22s} {times}  | kernel/launch {ratio:.3f}", flush=True)

@@ -73,22 +73,11 @@ def main(argv=None):
         ref, _ = leanattn.reference.decode(inp["q"], inp["k"], inp["v"], inp["seqlens"])
         fns, info = variants(case, inp, sms)
         fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
-        graphs, us = {}, {}
-        for name, fn in fns.items():
-            err = bd.rel_err(fn(), ref)
-            if err > 1e-2:
-                raise RuntimeError(f"{case['name']} {name}: relative error {err:.1e}")
-            graphs[name] = bd.graph_of(fn)
-            if graphs[name] is None:
-                raise RuntimeError(f"{case['name']} {name}: could not be captured in a CUDA graph")
-        for _ in range(3):
-            for name, g in graphs.items():
-                us.setdefault(name, []).append(round(common.bench(g.replay, warmup=10, rep=40) * 1e3, 2))
-        med = {n: sorted(v)[1] for n, v in us.items()}
+        us, med = bd.interleaved_graph_times(case["name"], fns, ref)
         times = "  ".join(f"{n} {t:.1f}" for n, t in med.items())
         print(f"{case['name']:16s} {times}  | {info}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, **info))
-        del inp, graphs
+        del inp, fns
         torch.cuda.empty_cache()
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "decode_probe_short_cut_or_merge.json")
