@@ -69,6 +69,23 @@ def test_single_prefix_dtypes_head_dims(dtype, D):
     check(q, pk, pv, k, v, lens)
 
 
+@pytest.mark.parametrize("n", [1, 4], ids=["concat", "states"])
+def test_out_without_lse(n):
+    # a call that does not return the LSE writes it to the plan's sink: the same output, and a later call
+    # that returns it gets a tensor of its own
+    q, k, v, lens, _ = make_inputs(n, 4, 2, 64, [0, 17, 3, 40][:n])
+    pk, pv, _ = make_prefix(None, 37, 2, 64)
+    ref, ref_lse = reference.bifurcated_decode(q, pk, pv, k, v, lens)
+    from leanattn.ops import bifurcated as bif
+    bif._PLANS.clear()
+    out = leanattn.bifurcated_decode(q, pk, pv, k, v, lens)
+    assert_rel_close("out", out, ref, TOLERANCE[q.dtype])
+    (plan,) = bif._PLANS.values()
+    out2, lse = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, return_lse=True)
+    assert torch.equal(out2, out) and lse.data_ptr() != plan.lse_sink.data_ptr()
+    assert_lse_close("lse", lse, ref_lse, TOLERANCE[q.dtype])
+
+
 GQA = [(4, 4), (8, 2), (8, 1), (6, 2), (64, 2), (96, 1)]
 
 

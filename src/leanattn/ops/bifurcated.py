@@ -42,12 +42,13 @@ def _group_layout(prefix_ids: torch.Tensor, G: int):
 
 
 def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
-                     softmax_scale, max_group_size, num_programs, block_h, block_n):
+                     softmax_scale, max_group_size, num_programs, block_h, block_n, *, need_lse: bool = True):
+    """``bifurcated_decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the
+    LSE goes to the plan's sink, which no kernel reads, as in ``ops.decode._decode_impl``."""
     B, Hq, D = q.shape
     out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device)
     if B == 0 or Hq == 0:
-        return out, lse
+        return out, torch.empty((B, Hq), dtype=torch.float32, device=q.device)
     if prefix_k.dim() == 3:
         prefix_k, prefix_v = prefix_k.unsqueeze(0), prefix_v.unsqueeze(0)
     G = prefix_k.shape[0]
@@ -83,6 +84,7 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
         plan = _PLANS.get_or_make(key, lambda: Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                                     prefix_lens is not None, single, n_max, softmax_scale,
                                                     num_programs, block_h, block_n))
+        lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
         plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
                  out, lse)
     return out, lse
@@ -276,9 +278,12 @@ def bifurcated_decode(
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
     if q.stride(-1) != 1:
         q = q.contiguous()
-    op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
-    out, lse = op(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
-                  scale, int(max_group_size), int(num_programs), 0, 0)
+    args = (q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, scale,
+            int(max_group_size), int(num_programs), 0, 0)
+    if torch.compiler.is_compiling():
+        out, lse = _bifurcated_op(*args)
+    else:
+        out, lse = _bifurcated_impl(*args, need_lse=return_lse)
     return (out, lse) if return_lse else out
 
 

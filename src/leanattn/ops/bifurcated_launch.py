@@ -177,6 +177,8 @@ class Plan:
         self.concat = self.path == "concat"
         self.n_hb = 1 if self.concat else triton.cdiv(n_max * group, lc.block_hp)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
+        # the LSE of calls that do not return it: written, never read (launches sharing it may overwrite it)
+        self.lse_sink = runtime.workspace("decode_lse_sink", device, (B, Hq), torch.float32)
         self.dummy_kv = runtime.workspace("dummy_kv", device, (1, 1, Hkv, D), q.dtype, zero=True)
         cap = _capacity(k, block_table) if has_own else 0
         # empty caches are replaced by a one-token dummy (with zero length), so no pointer is dangling
