@@ -179,6 +179,17 @@ def write_results(out_dir: str, stem: str, payload: dict, table_md: str) -> list
     return paths
 
 
+def write_probe(out_dir: str, name: str, **payload) -> str:
+    """Write a probe's ``payload`` with the environment (``env_info``) to ``out_dir/name`` as JSON; print and
+    return the path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    with open(path, "w") as f:
+        json.dump(dict(env=env_info(), **payload), f, indent=1)
+    print("wrote", path)
+    return path
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     def fmt(x):
         if isinstance(x, float):

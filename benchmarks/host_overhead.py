@@ -15,7 +15,6 @@ host time; on ``gqa B=1 32k`` (a 50 us kernel) it is the larger of the two. Part
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -91,11 +90,7 @@ def main():
     rows = {"tiny 256": decode_parts(256), "gqa B=1 32k": decode_parts(32768), "bifurcated 256+64": bifurcated_calls()}
     for case, parts in rows.items():
         print(f"{case:18s} " + "  ".join(f"{k} {v:.1f}" for k, v in parts.items()), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "decode_probe_host_parts.json")
-    with open(path, "w") as f:
-        json.dump(dict(env=common.env_info(), unit="us per call", rows=rows), f, indent=1)
-    print("wrote", path)
+    common.write_probe(args.out, "decode_probe_host_parts.json", unit="us per call", rows=rows)
 
 
 if __name__ == "__main__":

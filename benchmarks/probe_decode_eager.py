@@ -18,7 +18,6 @@ do_bench medians of gqa B=1 32k and mha B=1 4k (us).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -73,11 +72,7 @@ def main():
         F.scaled_dot_product_attention(q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2), enable_gqa=True)
     torch.cuda.synchronize()
     measure("4 cuDNN run")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "decode_probe_eager_steps.json")
-    with open(path, "w") as f:
-        json.dump(dict(env=common.env_info(), unit="us", rows=rows), f, indent=1)
-    print("wrote", path)
+    common.write_probe(args.out, "decode_probe_eager_steps.json", unit="us", rows=rows)
 
 
 if __name__ == "__main__":

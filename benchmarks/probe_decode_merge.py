@@ -18,7 +18,6 @@ an eager call and as a graph replay, to check that eager calls keep one launch's
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -122,11 +121,7 @@ def main(argv=None):
             out.append(time_case("bif " + c["name"], fns, ref, dict(kind="bifurcated")))
         del inp, fns
         torch.cuda.empty_cache()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "decode_probe_merge_" + ("eager.json" if args.eager else "launch.json"))
-    with open(path, "w") as f:
-        json.dump(dict(env=common.env_info(), cases=out), f, indent=1)
-    print("wrote", path)
+    common.write_probe(args.out, "decode_probe_merge_" + ("eager.json" if args.eager else "launch.json"), cases=out)
 
 
 if __name__ == "__main__":

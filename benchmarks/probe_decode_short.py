@@ -18,7 +18,6 @@ differs. Graph replays, do_bench medians (L2 flushed), us.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -79,11 +78,7 @@ def main(argv=None):
         out.append(dict(case=case["name"], us=us, median=med, **info))
         del inp, fns
         torch.cuda.empty_cache()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "decode_probe_short_cut_or_merge.json")
-    with open(path, "w") as f:
-        json.dump(dict(env=common.env_info(), cases=out), f, indent=1)
-    print("wrote", path)
+    common.write_probe(args.out, "decode_probe_short_cut_or_merge.json", cases=out)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 from .. import checks, runtime
 from ..merges.states import merge_states
 from .bifurcated_launch import Plan
+from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
 from .decode import validate_decode
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
@@ -78,8 +79,7 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
            all(t.data_ptr() % 16 == 0 for t in (prefix_k, prefix_v, k_cache, v_cache) if t is not None),
            # the overlap path reads the prefix by TMA whatever the own caches' alignment (bifurcated_overlap.usable)
            prefix_k.data_ptr() % 16 == 0 and prefix_v.data_ptr() % 16 == 0,
-           os.environ.get("LEANATTN_DECODE_LOAD"), os.environ.get("LEANATTN_DECODE_MERGE"),
-           os.environ.get("LEANATTN_DECODE_BLOCK_B_MIN"), os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
+           *(os.environ.get(v) for v in DECODE_ENV_KNOBS), os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                                     prefix_lens is not None, single, n_max, softmax_scale,

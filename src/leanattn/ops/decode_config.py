@@ -99,7 +99,7 @@ def length_block(batch: int) -> int:
     of two ``>= batch``. ``LEANATTN_DECODE_BLOCK_B_MIN`` (a power of two) sets a floor, for probes. A vector
     no wider than the batch keeps the block-wide reductions before the first K/V load short: with one
     sequence, 360 instead of 490 SASS lines and 4 instead of 40 shuffles (decode probe 17), 0.3 us faster
-    than a 16-wide vector on gqa B=1 32k and mha B=1 4k (H200, same process; decode probe 15, 2026-12-02)."""
+    than a 16-wide vector on gqa B=1 32k and mha B=1 4k (H200, same process; decode probe 17b, 2026-12-02)."""
     raw = os.environ.get("LEANATTN_DECODE_BLOCK_B_MIN", "1")
     if not raw.isdigit() or int(raw) < 1 or int(raw) & (int(raw) - 1):
         raise ValueError(f"LEANATTN_DECODE_BLOCK_B_MIN: expected a power of two >= 1, got {raw!r}")
@@ -175,8 +175,8 @@ def merge_in_launch(device: torch.device, head_dim: int, tiles: int, batch: int,
     the first before it starts the second); ``IN_KERNEL`` otherwise. Head dims below 128 keep the
     in-kernel merge: at D=64 the kernel without it compiled to 142 registers (3 programs per SM instead
     of 4, and a grid sized for 3) and d64 mha 64k ran 13% slower (decode probe 16). It is now capped to the
-    in-kernel merge's 4 programs per SM (128 registers, ``StreamKLaunch``) over the same grid; not timed yet. ``LEANATTN_DECODE_MERGE=0`` (in-kernel) or ``1`` (a second
-    launch, eager calls included) overrides.
+    in-kernel merge's 4 programs per SM (128 registers, ``StreamKLaunch``) over the same grid; not timed yet.
+    ``LEANATTN_DECODE_MERGE=0`` (in-kernel) or ``1`` (a second launch, eager calls included) overrides.
     """
     raw = os.environ.get("LEANATTN_DECODE_MERGE")
     if raw is not None:
