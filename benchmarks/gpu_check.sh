@@ -30,6 +30,8 @@
 #               flex compiled, cuDNN run; benchmarks/probe_decode_eager.py, decode probe 19; not yet run)
 #   decode-merge  stream-K piece merge in-kernel against a merge launch, over the decode suite and the one-sample
 #               bifurcated cases (benchmarks/probe_decode_merge.py)
+#   piece-inline  stream-K pieces called (noinline, the default) against inlined, decode suite cases and the
+#               one-sample bifurcated cases against decode over copies (benchmarks/probe_piece_inline.py, probe 20)
 #   decode-merge-d64  the same on the D=64 case alone: its merge launch is capped to 4 programs per SM since
 #               2026-12-02 (runtime.register_cap; 128 registers offline), not yet timed (~30 s)
 #   bif-prefix-shapes  the split path (a prefix launch shaped apart from the own-token launch: 128-row,
@@ -89,6 +91,7 @@ for step in "$@"; do
     decode-short) python3 benchmarks/probe_decode_short.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
     host) python3 benchmarks/host_overhead.py --out "$OUT" 2>&1 | grep -vi warning | tail -5 ;;
     decode-eager) python3 benchmarks/probe_decode_eager.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
+    piece-inline) python3 benchmarks/probe_piece_inline.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     decode-merge-d64) python3 benchmarks/probe_decode_merge.py --cases d64 --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
     decode-merge) python3 benchmarks/probe_decode_merge.py --out "$OUT" 2>&1 | grep -vi warning | tail -30 ;;
     d256-shapes) python3 benchmarks/probe_decode_d256.py --out "$OUT" 2>&1 | grep -E "sweep|fail|wrote" ;;

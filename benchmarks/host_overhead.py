@@ -66,6 +66,8 @@ def decode_parts(n_tok: int) -> dict:
         "driver launcher (raw)": (lambda: launcher.raw(*tensors)) if launcher.raw is not None else None,
         "sdpa": lambda: F.scaled_dot_product_attention(q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2),
                                                        enable_gqa=True),
+        # the first row again: the spread of a row within one process
+        "decode(), again": lambda: leanattn.decode(q, k, v, sl),
     }
     return {name: round(per_call_us(fn), 2) for name, fn in parts.items() if fn is not None}
 
