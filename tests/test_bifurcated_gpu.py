@@ -148,6 +148,18 @@ def _path(field):
         del os.environ["LEANATTN_BIFURCATED_CONFIG"]
 
 
+@pytest.mark.parametrize("field,path", [(1, "split"), (2, "fused"), (3, "states")])
+@pytest.mark.parametrize("n,hkv", [(2, 8), (5, 32), (8, 8), (17, 8)])
+def test_forced_paths_at_narrow_lengths_vectors(field, path, n, hkv):
+    # the schedule's lengths vector is as wide as the batch (ops/decode_config.length_block): 2, 8 and 32
+    # lanes here, and a batch that is not a power of two (5, 17), compiled for the GPU
+    own = torch.randint(0, 300, (n,)).tolist()
+    own[0] = 0
+    with _path(field):
+        check(*inputs(n, 32, hkv, 128, 3000, own), name=f"{path} x{n} hkv{hkv}")
+        assert _last_plan().path == path
+
+
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,hq,hkv,d,P", [(64, 32, 8, 128, 8192), (5, 32, 8, 64, 1000), (100, 32, 32, 128, 4097),
