@@ -250,9 +250,10 @@ class Plan:
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
             args = (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, d, *self.tail)
-            # the in-kernel merge's occupancy: a variant that merges apart is capped to match (StreamKLaunch)
+            # the in-kernel merge's occupancy: a variant that merges apart is capped to match (StreamKLaunch);
+            # info's registers are that variant's ("in_kernel_" keys), whichever merge the launch takes
             occ = runtime.kernel_occupancy(concat_decode_kernel, args, dict(self.meta, MERGE_LAUNCH=False), device,
-                                           self.info)
+                                           self.info, "in_kernel_")
             workers = runtime.num_sms(device) * max(1, min(occ, cps))
         n = workers
         self.grid = (n,)
