@@ -30,6 +30,9 @@
 #               flex compiled, cuDNN run; benchmarks/probe_decode_eager.py, decode probe 19; not yet run)
 #   decode-merge  stream-K piece merge in-kernel against a merge launch, over the decode suite and the one-sample
 #               bifurcated cases (benchmarks/probe_decode_merge.py)
+#   decode-d64  lean against split at D=64 outside the tile loop: lean's cut with and without its alignment search,
+#               over the full grid, split at lean's cut, and both with every length 0 (benchmarks/probe_decode_d64.py,
+#               decode probe 21; not yet run, ~30 s)
 #   piece-inline  stream-K pieces called (noinline, the default) against inlined, decode suite cases and the
 #               one-sample bifurcated cases against decode over copies (benchmarks/probe_piece_inline.py, probe 20)
 #   decode-merge-d64  the same on the D=64 case alone: its merge launch is capped to 4 programs per SM since
@@ -91,6 +94,7 @@ for step in "$@"; do
     decode-short) python3 benchmarks/probe_decode_short.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
     host) python3 benchmarks/host_overhead.py --out "$OUT" 2>&1 | grep -vi warning | tail -5 ;;
     decode-eager) python3 benchmarks/probe_decode_eager.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
+    decode-d64) python3 benchmarks/probe_decode_d64.py --out "$OUT" 2>&1 | grep -E "d64|fixed|wrote|Error" ;;
     piece-inline) python3 benchmarks/probe_piece_inline.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     decode-merge-d64) python3 benchmarks/probe_decode_merge.py --cases d64 --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
     decode-merge) python3 benchmarks/probe_decode_merge.py --out "$OUT" 2>&1 | grep -vi warning | tail -30 ;;
