@@ -27,16 +27,18 @@
 #               lengths vector (LEANATTN_DECODE_BLOCK_B_MIN=16; run 02:19: 0.3 us behind a 1-wide one at B=1)
 #   host        host time of eager calls, whole and in parts (benchmarks/host_overhead.py, decode probe 18; ~20 s)
 #   decode-eager  eager against graph timings after each step the suite's process goes through (graph capture,
-#               flex compiled, cuDNN run; benchmarks/probe_decode_eager.py, decode probe 19; not yet run)
+#               flex compiled, cuDNN run; benchmarks/probe_decode_eager.py, decode probe 19; run 2026-12-02 04:23:
+#               50.5-50.7 us eager after every step against 49.2 from a graph, ~40 s)
 #   decode-merge  stream-K piece merge in-kernel against a merge launch, over the decode suite and the one-sample
 #               bifurcated cases (benchmarks/probe_decode_merge.py)
 #   decode-d64  lean against split at D=64 outside the tile loop: lean's cut with and without its alignment search,
 #               over the full grid, split at lean's cut, and both with every length 0 (benchmarks/probe_decode_d64.py,
 #               decode probe 21; not yet run, ~30 s)
 #   piece-inline  stream-K pieces called (noinline, the default) against inlined, decode suite cases and the
-#               one-sample bifurcated cases against decode over copies (benchmarks/probe_piece_inline.py, probe 20)
+#               one-sample bifurcated cases against decode over copies (benchmarks/probe_piece_inline.py, probe 20;
+#               run 04:39: inlined 0.7-2% slower on decode, level on the one-sample path)
 #   decode-merge-d64  the same on the D=64 case alone: its merge launch is capped to 4 programs per SM since
-#               2026-12-02 (runtime.register_cap; 128 registers offline), not yet timed (~30 s)
+#               2026-12-02 (runtime.register_cap; 128 registers offline); run 04:2x: 142.3 us against 141.5 in-kernel (~30 s)
 #   bif-prefix-shapes  the split path (a prefix launch shaped apart from the own-token launch: 128-row,
 #               8-warp prefix blocks of 64- or 128-token tiles) against the default states path on the GQA
 #               cases furthest from the floor (bifurcated notes section 10). Offline (Triton 3.6, sm_90a): 113-230

@@ -133,8 +133,8 @@ _ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
                  num_splits, block_n, *, need_lse: bool = True):
     """``decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the LSE goes
-    to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call on an H200
-    machine (33.1 against 40.3 us; decode probe 18)."""
+    to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call in one process on
+    an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines."""
     B, Hq, D = q.shape
     out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
     if B == 0 or Hq == 0:

@@ -174,8 +174,9 @@ def merge_in_launch(device: torch.device, head_dim: int, tiles: int, batch: int,
     pieces, or cut unaligned (a program whose range ends inside a row and goes on into the next merges
     the first before it starts the second); ``IN_KERNEL`` otherwise. Head dims below 128 keep the
     in-kernel merge: at D=64 the kernel without it compiled to 142 registers (3 programs per SM instead
-    of 4, and a grid sized for 3) and d64 mha 64k ran 13% slower (decode probe 16). It is now capped to the
-    in-kernel merge's 4 programs per SM (128 registers, ``StreamKLaunch``) over the same grid; not timed yet.
+    of 4, and a grid sized for 3) and d64 mha 64k ran 13% slower (decode probe 16). Capped to the in-kernel
+    merge's 4 programs per SM (128 registers, ``StreamKLaunch``) over the same grid it no longer loses, but it
+    does not win either (141.5 us in-kernel against 142.3, decode probe 16b, 2026-12-02).
     ``LEANATTN_DECODE_MERGE=0`` (in-kernel) or ``1`` (a second launch, eager calls included) overrides.
     """
     raw = os.environ.get("LEANATTN_DECODE_MERGE")
