@@ -270,21 +270,24 @@ def test_lean_merge_launch_matches_in_kernel_merge(monkeypatch):
 
 @pytest.mark.parametrize("D,tiles,batch,rows,grid,graphs", [
     (128, 512, 1, 8, 264, True),     # gqa B=1 32k: 32 pieces a row
-    (128, 64, 1, 32, 264, False),    # mha B=1 4k: 8 pieces a row, aligned
+    (128, 64, 1, 32, 264, "pdl"),    # mha B=1 4k: 8 pieces a row, aligned: only with a dependent merge launch
     (128, 132, 1, 32, 264, True),    # mha 8448 tokens: the cut is not aligned with rows
     (256, 512, 1, 8, 132, True),     # d256 B=1 32k: 16 pieces a row
     (128, 512, 4, 8, 264, False),    # several sequences keep the in-kernel merge
     (64, 512, 1, 8, 528, False),     # D=64 keeps it (its occupancy)
     (128, 4, 1, 8, 264, False),      # whole rows per program: nothing to merge
 ])
-def test_merge_in_launch_rule(monkeypatch, D, tiles, batch, rows, grid, graphs):
-    # a second launch only under CUDA-graph capture (GRAPHS), where its host cost is paid once
+@pytest.mark.parametrize("pdl", [False, True], ids=["launch", "dependent-launch"])
+def test_merge_in_launch_rule(monkeypatch, D, tiles, batch, rows, grid, graphs, pdl):
+    # a second launch only under CUDA-graph capture (GRAPHS), where its host cost is paid once; from 8
+    # pieces a row instead of 16 where it is a programmatic dependent launch
     from leanattn import runtime
     from leanattn.ops import decode_config as dc
     monkeypatch.delenv("LEANATTN_DECODE_MERGE", raising=False)
     monkeypatch.setattr(runtime, "interpreting", lambda: False)
     monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
-    expected = GRAPHS if graphs else IN_KERNEL
+    monkeypatch.setattr(runtime, "dependent_launch", lambda device: pdl)
+    expected = GRAPHS if (graphs == "pdl" and pdl) or graphs is True else IN_KERNEL
     assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) == expected
     for raw, mode in (("0", IN_KERNEL), ("1", LAUNCH)):
         monkeypatch.setenv("LEANATTN_DECODE_MERGE", raw)

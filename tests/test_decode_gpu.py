@@ -164,6 +164,49 @@ def test_decode_merge_launch_capped_at_d64(monkeypatch):
         dec._PLANS.clear()
 
 
+@pytest.mark.parametrize("schedule,hkv,d", [("lean", 8, 128), ("lean", 32, 128), ("lean", 8, 256), ("split", 8, 128)])
+def test_decode_merge_launch_pdl_bitwise(monkeypatch, schedule, hkv, d):
+    # the merge launch as a programmatic dependent launch (sm_90 and later) waits for the decode launch's
+    # writes: eager and from a graph replayed with new lengths, it equals the merge launch without PDL bit
+    # for bit (the same pieces or splits folded in the same order)
+    from leanattn import runtime
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", "1")
+    N = 40000
+    q = torch.randn(1, 32, d, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(1, N, hkv, d, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor([N], dtype=torch.int32, device="cuda")
+    runs = {}
+    for pdl in ("0", "1"):
+        monkeypatch.setenv("LEANATTN_PDL", pdl)
+        dec._PLANS.clear()
+        sl.fill_(N)
+        eager = leanattn.decode(q, k, v, sl, return_lse=True, schedule=schedule)
+        (plan,) = dec._PLANS.values()
+        expect = pdl == "1" and torch.cuda.get_device_capability()[0] >= 9
+        first, merge = (plan.launch.apart, plan.launch.merge) if schedule == "lean" else (plan.launch, plan.launch_merge)
+        assert first.meta["PDL"] is expect and merge.meta["launch_pdl"] is expect
+        assert runtime.dependent_launch(q.device) is expect
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out, lse = leanattn.decode(q, k, v, sl, return_lse=True, schedule=schedule)
+        replays = []
+        for n in (N, 1, 0, 12345, 777):
+            sl.fill_(n)
+            g.replay()
+            torch.cuda.synchronize()
+            replays.append((out.clone(), lse.clone()))
+        runs[pdl] = (eager, replays)
+        del g
+    ref, ref_lse = leanattn.reference.decode(q, k, v, torch.tensor([N], dtype=torch.int32, device="cuda"))
+    assert_rel_close("out", runs["1"][0][0], ref, TOLERANCE[torch.bfloat16])
+    assert_lse_close("lse", runs["1"][0][1], ref_lse, 1e-2)
+    for (o0, l0), (o1, l1) in zip([runs["0"][0]] + runs["0"][1], [runs["1"][0]] + runs["1"][1]):
+        assert torch.equal(o0, o1) and torch.equal(l0, l1)
+    dec._PLANS.clear()
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 @pytest.mark.parametrize("schedule", ["lean", "split"])
 def test_decode_tensors_off_the_current_device(schedule):

@@ -18,8 +18,8 @@ try:  # launch hooks (Launcher); Triton releases with knobs
 except ImportError:  # pragma: no cover
     _triton_knobs = None
 
-__all__ = ["interpreting", "gpu_target", "num_sms", "occupancy", "kernel_occupancy", "register_cap", "workspace",
-           "device_guard", "Launcher"]
+__all__ = ["interpreting", "gpu_target", "num_sms", "dependent_launch", "occupancy", "kernel_occupancy",
+           "register_cap", "workspace", "device_guard", "Launcher"]
 
 
 def interpreting() -> bool:
@@ -43,6 +43,20 @@ def num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return _cuda_props(device.index if device.index is not None else torch.cuda.current_device()).multi_processor_count
     return 4
+
+
+def dependent_launch(device: torch.device) -> bool:
+    """Whether a launch that depends on the one before it on ``device`` may be a programmatic dependent launch
+    (PDL, sm_90 and later): launched with ``launch_pdl=True``, its programs start while the launch before it
+    still runs, wait at ``gdc_wait`` until that launch's writes are visible, and so skip the gap between two
+    launches. The launch before it lets them start early with ``gdc_launch_dependents``. Never under the
+    interpreter (no inline assembly there); ``LEANATTN_PDL=0`` turns it off (read when a plan is made)."""
+    if not gpu_target(device) or interpreting() or os.environ.get("LEANATTN_PDL", "1") == "0":
+        return False
+    try:
+        return _cuda_props(device.index if device.index is not None else torch.cuda.current_device()).major >= 9
+    except Exception:  # no device to ask (offline compiles)
+        return False
 
 
 def occupancy(compiled, device: torch.device, limit: int = 32) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 from ..schedules.stream_k import cut_list, load_lengths, programs_used
 from .attend import attend_concat
@@ -68,6 +69,7 @@ def concat_decode_kernel(
     SINGLE_PREFIX: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Stream-K decode of sample ``b`` over ``PK/PV[PrefixIds[b], :PrefixLens[g]]`` then its own cache.
 
@@ -76,6 +78,9 @@ def concat_decode_kernel(
     ``ROWS = Hkv * N_HB`` scheduling rows per sample. Workspaces as ``lean_decode_kernel``: 2 piece
     slots and one counter per program, or ``RowInfo`` with ``MERGE_LAUNCH``.
     """
+    if PDL:
+        # the merge launch after this one may start now: its programs wait for our writes (gdc_wait)
+        gdc_launch_dependents()
     pid = tl.program_id(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
     # -- schedule, from the real lengths (no host sync): prefix tiles then own tiles per row --

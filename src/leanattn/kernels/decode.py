@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 from ..schedules.stream_k import cut_list, load_lengths, locate_tile, programs_used, row_tiles
 from .attend import attend_any
@@ -155,10 +156,14 @@ def lean_decode_kernel(
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
     (2 int32 per row) for the merge launch that follows instead of the counters."""
+    if PDL:
+        # the merge launch after this one may start now: its programs wait for our writes (gdc_wait)
+        gdc_launch_dependents()
     pid = tl.program_id(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
     # -- schedule, from the real lengths (no host sync) --
@@ -236,14 +241,16 @@ def split_decode_kernel(
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
     """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row.
 
     With one split, ``Out``/``Lse`` are the final outputs; otherwise split ``s`` writes its
     normalised partial state at ``Out + s*stride_os`` and ``Lse + s*stride_ls`` (fp32), merged by
-    a second launch.
+    a second launch, which with ``PDL`` is a programmatic dependent launch allowed to start at once.
     """
+    if PDL:
+        gdc_launch_dependents()
     split_program(
         tl.program_id(0), tl.program_id(1), Q, K, V, Out, Lse, Seqlens, BlockTable,  #
         stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -30,7 +31,7 @@ def merge_states_kernel(
     S, M,  #
     stride_os, stride_om,  #
     stride_ls, stride_lm,  #
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):
     """``Outs [S, M, HEAD_DIM]``, ``Lses [S, M]`` fp32 natural-log -> ``Out [M, HEAD_DIM]``, ``Lse [M]``.
 
@@ -38,6 +39,8 @@ def merge_states_kernel(
     step: one memory round trip per ``BLOCK_S`` states (a loop of one state per step is a chain of
     ``S`` dependent round trips, which is what a merge of a few rows costs).
     """
+    if PDL:  # a programmatic dependent launch (runtime.dependent_launch): wait for the states' writes
+        gdc_wait()
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -67,14 +70,15 @@ def merge_states_kernel(
     tl.store(Lse + offs_m, lse_out, mask=mask_m)
 
 
-def merge_launch(S: int, M: int, head_dim: int) -> tuple[tuple, dict]:
+def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False) -> tuple[tuple, dict]:
     """Grid and meta-parameters of ``merge_states_kernel`` for ``S`` states of ``M`` rows.
 
     Few rows (under 1024): one row per program of 4 warps, up to 4096 fp32 values (``BLOCK_S x
     BLOCK_D``) per load, since the merge of a few rows is a chain of round trips. Many rows: one row per
     program of one warp, up to 8 states per load. (H200, 2026-12-01: 3 states of 8192 rows of 128 took
     10.4 us against 27.4 with 8 rows per 4-warp program, whose reduction over states crosses warps;
-    45 states of 128 rows 8.2 us with 32 states per load against 13.0 with 4.)
+    45 states of 128 rows 8.2 us with 32 states per load against 13.0 with 4.) ``pdl``: launched as a
+    programmatic dependent launch of the launch that writes the states (``runtime.dependent_launch``).
     """
     block_d = triton.next_power_of_2(head_dim)
     if M >= 1024:
@@ -83,4 +87,5 @@ def merge_launch(S: int, M: int, head_dim: int) -> tuple[tuple, dict]:
     else:
         block_s = min(triton.next_power_of_2(max(S, 1)), max(1, 4096 // block_d))
         warps = 4
-    return (M,), dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=block_s, num_warps=warps)
+    return (M,), dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=block_s, PDL=pdl, launch_pdl=pdl,
+                 num_warps=warps)

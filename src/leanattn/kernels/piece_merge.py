@@ -20,6 +20,7 @@ import os
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from ..schedules.stream_k import program_of, range_start
 
@@ -71,7 +72,7 @@ def piece_merge_kernel(
     Out, Lse, WsAcc, WsMl, RowInfo,  #
     stride_ob, stride_oh, stride_lb,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
-    BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):
     """The merge launch of a stream-K decode whose rows were cut into pieces (``record_row``,
     ``publish_piece``): program ``(row_id, h)`` merges query head ``h`` of the row ``row_id = b * ROWS
@@ -81,7 +82,12 @@ def piece_merge_kernel(
     The in-kernel merge (``settle_piece``) leaves a row's pieces to one program of the main launch,
     a chain of dependent L2 round trips over all its query heads at the end of the launch; here every
     query head of every cut row is merged by its own program, in one round trip per ``BLOCK_S`` pieces.
+
+    ``PDL``: launched as a programmatic dependent launch (``runtime.dependent_launch``), its programs may start
+    before the stream-K launch ends, so they first wait for its writes.
     """
+    if PDL:
+        gdc_wait()
     rid = tl.program_id(0)
     h = tl.program_id(1)
     row = rid % ROWS
@@ -232,12 +238,13 @@ def merge_meta(block_h: int, head_dim: int, rows: int, suffix: str = "") -> dict
 
 
 def piece_merge_launch(rows: int, group: int, n_hb: int, block_h: int, head_dim: int, programs: int,
-                       rows_per_seq: int) -> tuple[tuple, dict]:
+                       rows_per_seq: int, pdl: bool = False) -> tuple[tuple, dict]:
     """Grid and launch constants of ``piece_merge_kernel`` after a stream-K launch of ``programs``
     programs over ``rows`` scheduling rows (``rows_per_seq`` per sequence, ``n_hb`` head blocks of
     ``block_h`` query rows per kv head, ``group`` query heads per kv head). A row is cut into at most
-    ``programs`` pieces; one load takes up to 4096 fp32 values (``BLOCK_S x head_dim``)."""
+    ``programs`` pieces; one load takes up to 4096 fp32 values (``BLOCK_S x head_dim``). ``pdl``: launched as a
+    programmatic dependent launch (``runtime.dependent_launch``)."""
     block_s = min(triton.next_power_of_2(max(programs, 1)), max(1, 4096 // head_dim))
     grid = (rows, min(group, block_h))
     return grid, dict(GROUP=group, N_HB=n_hb, ROWS=rows_per_seq, BLOCK_H=block_h, HEAD_DIM=head_dim,
-                      BLOCK_S=block_s, num_warps=4)
+                      BLOCK_S=block_s, PDL=pdl, launch_pdl=pdl, num_warps=4)

@@ -244,7 +244,7 @@ class Plan:
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=bn, BLOCK_B=length_block(B),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
-                         MERGE_LAUNCH=merge_apart == LAUNCH, num_warps=env["num_warps"] or warps,
+                         MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, num_warps=env["num_warps"] or warps,
                          num_stages=env["num_stages"] or stages)
         self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap, sms)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
@@ -360,6 +360,9 @@ class Plan:
         # x64 53.6 against 49.4, MHA 8k x64 118.6 against 111.4 (bifurcated_H200_notes.md section 7)
         self.merge_in_kernel = lc.merge_in_kernel
         self.meta["MERGE"] = lc.merge_in_kernel
+        # not a programmatic dependent launch (runtime.dependent_launch): with the states kernel letting it
+        # start at once it measured 1.5-4% slower at GQA 8k x16 and x32, 0.5-4.7% faster at MHA 8k x32 and
+        # GQA 8k x64 (H200, same process, 2026-12-02, decode probe 22, benchmarks/probe_pdl.py)
         self.states = (*self._states_merge(device, n_states, B, Hq, D),
                        runtime.workspace("bif_arrivals", device, (B * Hq,), torch.int32, zero=True))
         self.info.update(grid=self.grid[0], prefix_programs=n_prefix, splits=S, own_splits=s_own, workers=workers,

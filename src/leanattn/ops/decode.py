@@ -65,7 +65,7 @@ class _Plan:
             # that at D >= 128, where a merge launch can be chosen; benchmarks/offline_resources.py)
             mode = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
                                    k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
-            self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH,
+            self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH, PDL=False,
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
@@ -91,7 +91,10 @@ class _Plan:
             part = (B * Hq * D, B * Hq) if splits > 1 else (0, 0)
             self.tail = strides + part + (bt_stride, qk_scale, cap, triton.cdiv(cap_tiles, splits))
             M = B * Hq
-            self.merge_grid, self.merge_meta = merge_launch(splits, M, D)
+            # the merge waits for the splits as a programmatic dependent launch where there is one
+            pdl = splits > 1 and runtime.dependent_launch(device)
+            self.meta["PDL"] = pdl
+            self.merge_grid, self.merge_meta = merge_launch(splits, M, D, pdl)
             self.merge_tail = (splits, M, M * D, D, M, 1)
         if schedule == "split":
             # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)

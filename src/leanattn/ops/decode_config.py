@@ -160,6 +160,12 @@ def _env_load(default: int) -> int:
 # case (gqa B=4 32k to B=64 4k, ragged, paged): their rows' merges fall at different times and overlap
 # other rows' tiles, where one sequence's rows all end, and wait on their merges, together.
 MERGE_LAUNCH_PIECES = 16
+# The same where the merge is a programmatic dependent launch (runtime.dependent_launch), which takes 0.6-0.7
+# us off the second launch: H200, same process, 2026-12-02 (decode probe 22, benchmarks/probe_pdl.py), the
+# merge launch with PDL against the in-kernel merge at 8 pieces a row: mha B=1 4k 31.1 against 31.4 us, 16k
+# 78.4 against 78.6, 64k 256.9 against 258.2. Several sequences still merge in-kernel (gqa B=16 8k: 140.1
+# against 137.3).
+MERGE_LAUNCH_PIECES_PDL = 8
 
 
 def merge_in_launch(device: torch.device, head_dim: int, tiles: int, batch: int, rows_per_seq: int, grid: int,
@@ -171,7 +177,7 @@ def merge_in_launch(device: torch.device, head_dim: int, tiles: int, batch: int,
     (``schedules/stream_k.programs_used``; ``sms = 0``: all of them).
 
     ``GRAPHS`` for one sequence (``batch == 1``) whose rows are cut into at least ``MERGE_LAUNCH_PIECES``
-    pieces, or cut unaligned (a program whose range ends inside a row and goes on into the next merges
+    pieces (``MERGE_LAUNCH_PIECES_PDL`` where the merge is a programmatic dependent launch), or cut unaligned (a program whose range ends inside a row and goes on into the next merges
     the first before it starts the second); ``IN_KERNEL`` otherwise. Head dims below 128 keep the
     in-kernel merge: at D=64 the kernel without it compiled to 142 registers (3 programs per SM instead
     of 4, and a grid sized for 3) and d64 mha 64k ran 13% slower (decode probe 16). Capped to the in-kernel
@@ -192,4 +198,5 @@ def merge_in_launch(device: torch.device, head_dim: int, tiles: int, batch: int,
     if per >= tiles:  # whole rows per program, or at most two pieces a row: little to merge
         return IN_KERNEL
     aligned = total % used == 0 and tiles % per == 0
-    return GRAPHS if not aligned or tiles // per >= MERGE_LAUNCH_PIECES else IN_KERNEL
+    least = MERGE_LAUNCH_PIECES_PDL if runtime.dependent_launch(device) else MERGE_LAUNCH_PIECES
+    return GRAPHS if not aligned or tiles // per >= least else IN_KERNEL

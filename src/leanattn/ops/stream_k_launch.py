@@ -40,23 +40,28 @@ class StreamKLaunch:
     ``grid`` is sized for the in-kernel variant's programs per SM (``device``'s SM count ``sms``; 0: a grid the
     caller chose). The variant that merges apart compiles to more registers where they are scarce (D=64: 140
     against 128, so 3 programs per SM instead of 4; Triton 3.6, sm_90a, ``benchmarks/offline_resources.py``), so
-    it is capped (``maxnreg``) to fit as many programs per SM as the grid was sized for."""
+    it is capped (``maxnreg``) to fit as many programs per SM as the grid was sized for.
+
+    On sm_90 and later the merge is a programmatic dependent launch (``runtime.dependent_launch``; the kernel's
+    ``PDL`` constant lets it start at once): its programs become resident while the stream-K launch runs and
+    wait for its writes, so the gap between the two launches is not paid."""
 
     def __init__(self, kernel, grid: tuple, meta: dict, tail: tuple, mode: int, workspaces: tuple, batch: int,
                  device: torch.device = None, sms: int = 0):
         self.mode = mode
         self.in_kernel = self.apart = None
         if mode != LAUNCH:
-            self.in_kernel = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=False), tail)
+            self.in_kernel = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=False, PDL=False), tail)
         if mode != IN_KERNEL:
-            apart = dict(meta, MERGE_LAUNCH=True)
+            pdl = device is not None and runtime.dependent_launch(device)
+            apart = dict(meta, MERGE_LAUNCH=True, PDL=pdl)
             cap = runtime.register_cap(device, -(-grid[0] // sms), meta["num_warps"]) if sms and device else None
             if cap is not None:
                 apart["maxnreg"] = cap
             self.apart = runtime.Launcher(kernel, grid, apart, tail)
             rows, group, n_hb, d = meta["ROWS"], meta["GROUP"], meta["N_HB"], meta["HEAD_DIM"]
             hq = group * (rows // n_hb)
-            mgrid, mmeta = piece_merge_launch(batch * rows, group, n_hb, meta["BLOCK_H"], d, grid[0], rows)
+            mgrid, mmeta = piece_merge_launch(batch * rows, group, n_hb, meta["BLOCK_H"], d, grid[0], rows, pdl)
             acc, ml, _, row_info = workspaces
             self.merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, (acc, ml, row_info, hq * d, d, hq))
         # GRAPHS: both variants run once outside capture (the first call), so that capture compiles nothing

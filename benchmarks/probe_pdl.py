@@ -1,0 +1,137 @@
+"""The merge launch as a programmatic dependent launch (decode probe 22).
+
+A stream-K decode that merges its cut rows apart is two launches (``ops/stream_k_launch.py``): the decode
+kernel, then ``piece_merge_kernel``. Between two launches of one stream the GPU drains the first before it
+starts the second. On sm_90 the second may be a programmatic dependent launch (PDL): the first kernel lets it
+start at once (``gdc_launch_dependents``), its programs become resident while the first runs and wait at
+``gdc_wait`` until the first's writes are visible. This probe times, in one process and interleaved over
+three rounds (graph replays, do_bench medians, L2 flushed, us), each case with its rows merged in-kernel
+(``LEANATTN_DECODE_MERGE=0``), in a merge launch without PDL (``LEANATTN_DECODE_MERGE=1 LEANATTN_PDL=0``) and
+with it (``LEANATTN_PDL=1``), cuDNN beside them; the one-sample bifurcated cases and decode over their copied
+caches the same way; the fixed cost of one short case with every length 0; and decode's split schedule (splits,
+then ``merge_states``) with PDL off and on. (Its run of 2026-12-02 06:5x also timed the multi-sample bifurcated
+states path, states then ``merge_states``, with the states kernel letting the merge start at once: 1.5-4% slower
+at GQA 8k x16 and x32, 0.5-4.7% faster at MHA 8k x32 and GQA 8k x64; that path keeps a plain launch.)
+
+    PYTHONPATH=src python benchmarks/probe_pdl.py [--out DIR] [--cases A,B]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_bifurcated as bb  # noqa: E402
+import bench_decode as bd  # noqa: E402
+import common  # noqa: E402
+
+import leanattn  # noqa: E402
+from leanattn import runtime  # noqa: E402
+from leanattn.ops import bifurcated as bif_ops, decode as dec_ops  # noqa: E402
+
+DECODE_CASES = ("mha B=1 4k", "mha B=1 16k", "mha B=1 64k", "gqa B=1 32k", "gqa B=1 128k", "gqa B=4 32k",
+                "gqa B=16 8k", "ragged-tail B=16", "d64 mha B=1 64k", "d256 16/8 B=1 32k")
+X1_CASES = ("gqa 8k x1", "mha 8k x1", "gqa 16k x1", "gqa 32k x1")
+SPLIT_CASES = ("gqa B=1 32k", "mha B=1 16k")  # decode's split schedule: splits, then merge_states
+PDL_ONLY = {"PDL off": {"LEANATTN_PDL": "0"}, "PDL on": {"LEANATTN_PDL": "1"}}
+VARIANTS = {"in-kernel": {"LEANATTN_DECODE_MERGE": "0", "LEANATTN_PDL": "0"},
+            "launch": {"LEANATTN_DECODE_MERGE": "1", "LEANATTN_PDL": "0"},
+            "launch+PDL": {"LEANATTN_DECODE_MERGE": "1", "LEANATTN_PDL": "1"}}
+
+
+def variant(env: dict, fn):
+    """``fn`` under the environment ``env``, through plan caches of its own (plans read ``LEANATTN_PDL`` when
+    they are made, by the check call before capture)."""
+    plans = runtime.PlanCache(), runtime.PlanCache()
+
+    def run():
+        saved_env = {k: os.environ.get(k) for k in env}
+        saved = dec_ops._PLANS, bif_ops._PLANS
+        os.environ.update(env)
+        dec_ops._PLANS, bif_ops._PLANS = plans
+        try:
+            return fn()
+        finally:
+            dec_ops._PLANS, bif_ops._PLANS = saved
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return run
+
+
+def report(name, med, pairs):
+    line = f"{name:18s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
+    line += "  | " + "  ".join(f"{a}/{b} {med[a] / med[b]:.3f}" for a, b in pairs)
+    print(line, flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    args = ap.parse_args(argv)
+    want = set(args.cases.split(",")) if args.cases else None
+    torch.manual_seed(0)
+    out = []
+    for case in bd.suite():
+        if case["name"] not in DECODE_CASES or (want and case["name"] not in want):
+            continue
+        inp = bd.make_inputs(case)
+        q, k, v, sl, bt = inp["q"], inp["k"], inp["v"], inp["seqlens"], inp.get("block_table")
+        ref, _ = leanattn.reference.decode(q, k, v, sl, block_table=bt)
+        call = lambda: leanattn.decode(q, k, v, sl, block_table=bt)  # noqa: E731
+        fns = {n: variant(e, call) for n, e in VARIANTS.items()}
+        fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
+        us, med = bd.interleaved_graph_times(case["name"], fns, ref)
+        report(case["name"], med, [("launch+PDL", "launch"), ("launch+PDL", "in-kernel"), ("launch+PDL", "cuDNN")])
+        out.append(dict(case=case["name"], us=us, median=med))
+        if case["name"] == "gqa B=1 32k":
+            zero = torch.zeros_like(sl)
+            zfns = {n: variant(e, lambda: leanattn.decode(q, k, v, zero)) for n, e in VARIANTS.items()}
+            us0, med0 = bd.interleaved_graph_times("lengths 0", zfns, torch.zeros_like(ref))
+            report("  lengths 0", med0, [("launch+PDL", "launch"), ("launch+PDL", "in-kernel")])
+            out.append(dict(case=case["name"] + ", every length 0", us=us0, median=med0))
+        del inp, fns
+        torch.cuda.empty_cache()
+    for case in bb.suite():
+        if case["name"] not in X1_CASES or (want and case["name"] not in want):
+            continue
+        inp = bb.make_inputs(case, "cuda")
+        ref = bb.reference_of(inp, [0])
+        ours = lambda: leanattn.bifurcated_decode(inp["q"], inp["pk"], inp["pv"], inp["k"], inp["v"], inp["lens"])  # noqa: E731
+        copied = lambda: leanattn.decode(inp["q"], inp["kc"], inp["vc"], inp["lens_c"])  # noqa: E731
+        fns = {}
+        for n, e in VARIANTS.items():
+            fns["ours " + n] = variant(e, ours)
+            fns["copied " + n] = variant(e, copied)
+        us, med = bd.interleaved_graph_times(case["name"], fns, ref)
+        report(case["name"], med, [("ours launch+PDL", "ours launch"), ("copied launch+PDL", "copied launch"),
+                                   ("ours launch+PDL", "copied launch+PDL")])
+        out.append(dict(case=case["name"], us=us, median=med))
+        del inp, fns
+        torch.cuda.empty_cache()
+    for case in bd.suite():
+        if case["name"] not in SPLIT_CASES or (want and "split " + case["name"] not in want):
+            continue
+        inp = bd.make_inputs(case)
+        q, k, v, sl = inp["q"], inp["k"], inp["v"], inp["seqlens"]
+        ref, _ = leanattn.reference.decode(q, k, v, sl)
+        call = lambda: leanattn.decode(q, k, v, sl, schedule="split")  # noqa: E731
+        fns = {n: variant(e, call) for n, e in PDL_ONLY.items()}
+        us, med = bd.interleaved_graph_times("split " + case["name"], fns, ref)
+        report("split " + case["name"], med, [("PDL on", "PDL off")])
+        out.append(dict(case="split " + case["name"], us=us, median=med))
+        del inp, fns
+        torch.cuda.empty_cache()
+    common.write_probe(args.out, "decode_probe_pdl.json",
+                       probe="merge launch without and with programmatic dependent launch, and the in-kernel merge",
+                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
+
+
+if __name__ == "__main__":
+    main()
