@@ -33,6 +33,8 @@
 #               bifurcated cases (benchmarks/probe_decode_merge.py)
 #   pdl         the merge launch with and without programmatic dependent launch, and the in-kernel merge, on decode
 #               suite cases and one-sample bifurcated cases (benchmarks/probe_pdl.py, decode probe 22)
+#   order       lean's programs of an aligned cut one row after another against across rows, on decode suite cases
+#               and one-sample bifurcated cases (benchmarks/probe_order.py, decode probe 23)
 #   decode-d64  lean against split at D=64 outside the tile loop: lean's cut with and without its alignment search,
 #               over the full grid, split at lean's cut, and both with every length 0 (benchmarks/probe_decode_d64.py,
 #               decode probe 21; not yet run, ~30 s)
@@ -99,6 +101,7 @@ for step in "$@"; do
     host) python3 benchmarks/host_overhead.py --out "$OUT" 2>&1 | grep -vi warning | tail -5 ;;
     decode-eager) python3 benchmarks/probe_decode_eager.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
     pdl) python3 benchmarks/probe_pdl.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    order) python3 benchmarks/probe_order.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     decode-d64) python3 benchmarks/probe_decode_d64.py --out "$OUT" 2>&1 | grep -E "d64|fixed|wrote|Error" ;;
     piece-inline) python3 benchmarks/probe_piece_inline.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     decode-merge-d64) python3 benchmarks/probe_decode_merge.py --cases d64 --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;

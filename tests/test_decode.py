@@ -255,6 +255,40 @@ def test_lean_merge_launch(monkeypatch, num_programs):
         dec._PLANS.clear()
 
 
+@pytest.mark.parametrize("merge", ["0", "1"], ids=["in-kernel", "launch"])
+def test_lean_across_rows_order_is_bitwise_equal(monkeypatch, merge):
+    # programs ordered across rows (schedules/stream_k.across_rows) run the same cut: equal lengths cut into
+    # 2 or 4 pieces a row (6 rows over 12 or 24 programs) give the same bits either way; ragged lengths and a
+    # grid that is no multiple of the rows keep the order
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
+    cases = [([128, 128, 128], 12), ([128, 128, 128], 24), ([128, 128, 128], 7), ([128, 40, 128], 12)]
+    try:
+        for lens, grid in cases:
+            q, k, v, seqlens, _ = make_inputs(len(lens), 4, 2, 64, lens)
+            outs = []
+            for order in ("0", "1"):
+                monkeypatch.setenv("LEANATTN_ACROSS_ROWS", order)
+                dec._PLANS.clear()
+                outs.append(leanattn.decode(q, k, v, seqlens, return_lse=True, num_programs=grid))
+                (plan,) = dec._PLANS.values()
+                assert plan.meta["ACROSS_ROWS"] is (order == "1")
+                assert (128 // plan.meta["BLOCK_N"]) % 4 == 0  # 4 pieces a row are aligned with tiles
+            assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), (lens, grid)
+            ref, ref_lse = reference.decode(q, k, v, seqlens)
+            assert_rel_close(f"{lens} over {grid}", outs[1][0], ref, TOLERANCE[q.dtype])
+    finally:
+        dec._PLANS.clear()
+
+
+@pytest.mark.parametrize("raw", ["2", "yes"])
+def test_across_rows_env_errors(monkeypatch, raw):
+    from leanattn.ops import decode_config as dc
+    monkeypatch.setenv("LEANATTN_ACROSS_ROWS", raw)
+    with pytest.raises(ValueError, match="LEANATTN_ACROSS_ROWS"):
+        dc.across_rows()
+
+
 def test_lean_merge_launch_matches_in_kernel_merge(monkeypatch):
     # the same pieces, folded in a different order by each merge: they agree to rounding
     from leanattn.ops import decode as dec

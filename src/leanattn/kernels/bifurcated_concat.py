@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents
 
-from ..schedules.stream_k import cut_list, load_lengths, programs_used
+from ..schedules.stream_k import across_rows, cut_list, load_lengths, programs_used
 from .attend import attend_concat
 from .decode import load_q_rows, locate_row, settle_and_store
 
@@ -69,7 +69,7 @@ def concat_decode_kernel(
     SINGLE_PREFIX: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr,
 ):
     """Stream-K decode of sample ``b`` over ``PK/PV[PrefixIds[b], :PrefixLens[g]]`` then its own cache.
 
@@ -106,6 +106,8 @@ def concat_decode_kernel(
         pt_one = tl.cdiv(plen_one, BLOCK_N)
     # equal lengths: maybe fewer programs, so that ranges align with rows (as lean_decode_kernel)
     G = programs_used(tiles, valid_b, ROWS, tl.num_programs(0), n_sms)
+    if ACROSS_ROWS:
+        pid = across_rows(pid, G, tiles, valid_b, ROWS)
     work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, G)
 
     t = start

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents
 
-from ..schedules.stream_k import cut_list, load_lengths, locate_tile, programs_used, row_tiles
+from ..schedules.stream_k import across_rows, cut_list, load_lengths, locate_tile, programs_used, row_tiles
 from .attend import attend_any
 from .piece_merge import publish_piece, record_row, settle_piece
 
@@ -156,7 +156,7 @@ def lean_decode_kernel(
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
@@ -171,6 +171,8 @@ def lean_decode_kernel(
     tiles = row_tiles(lens, valid_b, BLOCK_N)
     # equal lengths: maybe fewer programs, so that ranges align with heads
     G = programs_used(tiles, valid_b, ROWS, tl.num_programs(0), n_sms)
+    if ACROSS_ROWS:
+        pid = across_rows(pid, G, tiles, valid_b, ROWS)
     work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, G)
 
     t = start

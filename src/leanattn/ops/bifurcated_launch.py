@@ -43,7 +43,7 @@ from ..kernels.merge import merge_launch, merge_states_kernel
 from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
-from .decode_config import DecodeConfig, decode_config, length_block, load_path, merge_in_launch
+from .decode_config import DecodeConfig, across_rows, decode_config, length_block, load_path, merge_in_launch
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
 
 LOG2E = 1.4426950408889634
@@ -244,7 +244,7 @@ class Plan:
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=bn, BLOCK_B=length_block(B),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
-                         MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, num_warps=env["num_warps"] or warps,
+                         MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, ACROSS_ROWS=across_rows(), num_warps=env["num_warps"] or warps,
                          num_stages=env["num_stages"] or stages)
         self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap, sms)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv

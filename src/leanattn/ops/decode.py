@@ -13,7 +13,7 @@ from ..kernels.merge import merge_launch, merge_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence
-from .decode_config import decode_config, length_block, load_path, merge_in_launch
+from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
 
 __all__ = ["decode"]
@@ -66,6 +66,7 @@ class _Plan:
             mode = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
                                    k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
             self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH, PDL=False,
+                             ACROSS_ROWS=across_rows(),
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose

@@ -151,6 +151,16 @@ def _env_load(default: int) -> int:
     return int(raw)
 
 
+def across_rows() -> bool:
+    """Whether stream-K launches whose cut is aligned with rows order their programs across rows
+    (``schedules/stream_k.across_rows``). ``LEANATTN_ACROSS_ROWS=0`` keeps the programs of one row next to
+    each other (read when a plan is made)."""
+    raw = os.environ.get("LEANATTN_ACROSS_ROWS", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"LEANATTN_ACROSS_ROWS: expected 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
 # One sequence whose rows are cut into at least this many pieces (or cut unaligned) is merged by a second
 # launch. H200, same process, 2026-12-01 (benchmarks/results/decode_probe_merge_launch.json), lean with
 # the merge launch against the in-kernel merge: gqa B=1 32k (8 rows of 32 pieces) 50.2 against 51.2 us,

@@ -124,6 +124,23 @@ def programs_used(tiles, valid, rows, nprog, n_sms):
 
 
 @triton.jit
+def across_rows(pid, nprog, tiles, valid, rows):
+    """The schedule program that program ``pid`` of ``nprog`` runs when the cut is aligned with the rows,
+    ``k >= 2`` pieces a row (``programs_used``): programs next to each other take the same piece of
+    neighbouring rows, ``(pid % R) * k + pid // R`` for ``R`` rows, instead of neighbouring pieces of one row.
+    Programs start in the order of their ids, so the programs that start together then read the same
+    tokens of every head, which lie side by side in the cache (``(B, N, H, D)``), instead of one head's
+    128 to 512 bytes out of every token's row. Otherwise ``pid``. A permutation of the programs: the cut,
+    and so every result bit, is the same."""
+    n = tl.max(tl.where(valid, tiles, 0), 0)
+    uniform = tl.min(tl.where(valid, tiles, n), 0) == n
+    heads = tl.maximum(tl.sum(valid.to(tl.int32), 0) * rows, 1)
+    k = nprog // heads
+    ok = uniform & (k >= 2) & (k * heads == nprog) & (n % tl.maximum(k, 1) == 0) & (pid < nprog)
+    return tl.where(ok, (pid % heads) * k + pid // heads, pid)
+
+
+@triton.jit
 def locate_tile(t, t_end, cum_incl, work, tiles, offs):
     """Where list position ``t`` lies, in a list of ``work[i] = rows * tiles[i]`` positions per item
     (``cum_incl`` the inclusive prefix sum of ``work``, ``offs`` the item indices).

@@ -1,0 +1,84 @@
+"""Programs ordered across rows (decode probe 23).
+
+With equal lengths the stream-K cut is aligned with the rows (``schedules/stream_k.programs_used``): ``k``
+pieces a row, the ``k`` pieces of one row taken by programs next to each other. Programs start in the order
+of their ids, so the programs that start together read one head's 128 bytes (D=64) to 512 bytes (D=256) out of
+every token's row of the cache ``(B, N, H, D)``, while the other heads of those tokens are read by programs
+that started elsewhere. Ordered across rows (``schedules/stream_k.across_rows``) the programs that start
+together take the same piece of neighbouring rows: the same tokens of every head, side by side in memory,
+as FlashDecoding's grid ``(rows, splits)`` does. Split over lean's cut (16 pieces a head) runs level with
+cuDNN at D=64 where lean runs 3-4% behind (decode probe 21). This probe times, in one process and
+interleaved over three rounds (graph replays, do_bench medians, L2 flushed, us), lean with its programs one
+row after another (``LEANATTN_ACROSS_ROWS=0``) and across rows (``1``), cuDNN beside them, on the decode suite's
+uniform cases, and the one-sample bifurcated cases and decode over their copied caches the same way.
+
+    PYTHONPATH=src python benchmarks/probe_order.py [--out DIR] [--cases A,B]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_bifurcated as bb  # noqa: E402
+import bench_decode as bd  # noqa: E402
+import common  # noqa: E402
+from probe_pdl import report, variant  # noqa: E402
+
+import leanattn  # noqa: E402
+
+DECODE_CASES = ("d64 mha B=1 64k", "mha B=1 4k", "mha B=1 16k", "mha B=1 64k", "gqa B=1 32k", "gqa B=1 128k",
+                "gqa B=4 32k", "gqa B=16 8k", "gqa B=64 4k", "d256 16/8 B=1 32k", "ragged-tail B=16")
+X1_CASES = ("gqa 8k x1", "mha 8k x1", "gqa 16k x1")
+ORDERS = {"one row": {"LEANATTN_ACROSS_ROWS": "0"}, "across": {"LEANATTN_ACROSS_ROWS": "1"}}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    args = ap.parse_args(argv)
+    want = set(args.cases.split(",")) if args.cases else None
+    torch.manual_seed(0)
+    out = []
+    for case in bd.suite():
+        if case["name"] not in DECODE_CASES or (want and case["name"] not in want):
+            continue
+        inp = bd.make_inputs(case)
+        q, k, v, sl = inp["q"], inp["k"], inp["v"], inp["seqlens"]
+        ref, _ = leanattn.reference.decode(q, k, v, sl)
+        call = lambda: leanattn.decode(q, k, v, sl)  # noqa: E731
+        fns = {n: variant(e, call) for n, e in ORDERS.items()}
+        fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
+        us, med = bd.interleaved_graph_times(case["name"], fns, ref)
+        report(case["name"], med, [("across", "one row"), ("across", "cuDNN")])
+        out.append(dict(case=case["name"], us=us, median=med))
+        del inp, fns
+        torch.cuda.empty_cache()
+    for case in bb.suite():
+        if case["name"] not in X1_CASES or (want and case["name"] not in want):
+            continue
+        inp = bb.make_inputs(case, "cuda")
+        ref = bb.reference_of(inp, [0])
+        ours = lambda: leanattn.bifurcated_decode(inp["q"], inp["pk"], inp["pv"], inp["k"], inp["v"], inp["lens"])  # noqa: E731
+        copied = lambda: leanattn.decode(inp["q"], inp["kc"], inp["vc"], inp["lens_c"])  # noqa: E731
+        fns = {}
+        for n, e in ORDERS.items():
+            fns["ours " + n] = variant(e, ours)
+            fns["copied " + n] = variant(e, copied)
+        us, med = bd.interleaved_graph_times(case["name"], fns, ref)
+        report(case["name"], med, [("ours across", "ours one row"), ("copied across", "copied one row"),
+                                   ("ours across", "copied across")])
+        out.append(dict(case=case["name"], us=us, median=med))
+        del inp, fns
+        torch.cuda.empty_cache()
+    common.write_probe(args.out, "decode_probe_order.json",
+                       probe="stream-K programs of an aligned cut ordered one row after another against across rows",
+                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
+
+
+if __name__ == "__main__":
+    main()
