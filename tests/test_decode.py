@@ -281,12 +281,21 @@ def test_lean_across_rows_order_is_bitwise_equal(monkeypatch, merge):
         dec._PLANS.clear()
 
 
+def test_across_rows_rule(monkeypatch):
+    # by default only where one head's slice of a token is one 128-byte line
+    from leanattn.ops import decode_config as dc
+    monkeypatch.delenv("LEANATTN_ACROSS_ROWS", raising=False)
+    assert dc.across_rows(64, 2) and not dc.across_rows(128, 2) and not dc.across_rows(64, 4)
+    monkeypatch.setenv("LEANATTN_ACROSS_ROWS", "1")
+    assert dc.across_rows(256, 2)
+
+
 @pytest.mark.parametrize("raw", ["2", "yes"])
 def test_across_rows_env_errors(monkeypatch, raw):
     from leanattn.ops import decode_config as dc
     monkeypatch.setenv("LEANATTN_ACROSS_ROWS", raw)
     with pytest.raises(ValueError, match="LEANATTN_ACROSS_ROWS"):
-        dc.across_rows()
+        dc.across_rows(64, 2)
 
 
 def test_lean_merge_launch_matches_in_kernel_merge(monkeypatch):

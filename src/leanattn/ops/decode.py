@@ -66,7 +66,7 @@ class _Plan:
             mode = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
                                    k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
             self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH, PDL=False,
-                             ACROSS_ROWS=across_rows(),
+                             ACROSS_ROWS=across_rows(D, k_cache.element_size()),
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose

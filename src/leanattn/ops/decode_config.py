@@ -151,11 +151,15 @@ def _env_load(default: int) -> int:
     return int(raw)
 
 
-def across_rows() -> bool:
+def across_rows(head_dim: int, element_size: int) -> bool:
     """Whether stream-K launches whose cut is aligned with rows order their programs across rows
-    (``schedules/stream_k.across_rows``). ``LEANATTN_ACROSS_ROWS=0`` keeps the programs of one row next to
-    each other (read when a plan is made)."""
-    raw = os.environ.get("LEANATTN_ACROSS_ROWS", "1")
+    (``schedules/stream_k.across_rows``): where one head's slice of a token is one 128-byte line (D=64 in
+    16 bits). H200, same process, 2026-12-02 (decode probe 23, benchmarks/probe_order.py): d64 mha B=1 64k
+    143.8 against 145.8 us; at D=128 and 256 level or 0.1-0.6% slower (mha B=1 4k 31.6 against 31.4, d256
+    80.2 against 79.7). ``LEANATTN_ACROSS_ROWS=0`` or ``1`` overrides (read when a plan is made)."""
+    raw = os.environ.get("LEANATTN_ACROSS_ROWS")
+    if raw is None:
+        return head_dim * element_size <= 128
     if raw not in ("0", "1"):
         raise ValueError(f"LEANATTN_ACROSS_ROWS: expected 0 or 1, got {raw!r}")
     return raw == "1"
