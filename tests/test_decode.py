@@ -337,6 +337,39 @@ def test_merge_in_launch_rule(monkeypatch, D, tiles, batch, rows, grid, graphs, 
         assert dc.merge_in_launch(torch.device("cuda"), D, tiles, batch, rows, grid, 132) == mode
 
 
+def test_dependent_launch_plumbing(monkeypatch):
+    # PDL only on a GPU of sm_90 or later and never under the interpreter; where it is on, the stream-K
+    # launch's variant that merges apart lets the merge start (PDL) and the merge is launched with launch_pdl
+    # and waits (PDL); the in-kernel variant and merge_states' default launch do neither
+    from leanattn import runtime
+    from leanattn.kernels.decode import lean_decode_kernel
+    from leanattn.kernels.merge import merge_launch
+    from leanattn.ops.stream_k_launch import StreamKLaunch, piece_workspaces
+    assert not runtime.dependent_launch(torch.device("cpu"))
+
+    class Props:
+        major = 9
+    monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
+    monkeypatch.setattr(runtime, "_cuda_props", lambda index: Props)
+    cuda = torch.device("cuda", 0)
+    assert runtime.dependent_launch(cuda)
+    monkeypatch.setenv("LEANATTN_PDL", "0")
+    assert not runtime.dependent_launch(cuda)
+    monkeypatch.delenv("LEANATTN_PDL")
+    Props.major = 8
+    assert not runtime.dependent_launch(cuda)
+
+    monkeypatch.setattr(runtime, "dependent_launch", lambda device: True)
+    cpu = torch.device("cpu")
+    meta = dict(ROWS=8, GROUP=4, N_HB=1, HEAD_DIM=128, BLOCK_H=16, num_warps=4, MERGE_LAUNCH=False, PDL=False)
+    ws = piece_workspaces("pdl_test", cpu, 4, 16, 128, 8)
+    launch = StreamKLaunch(lean_decode_kernel, (4,), meta, ws, GRAPHS, ws, 1, cpu, 0)
+    assert launch.in_kernel.meta["PDL"] is False and launch.apart.meta["PDL"] is True
+    assert launch.merge.meta["PDL"] is True and launch.merge.meta["launch_pdl"] is True
+    assert merge_launch(4, 8, 128)[1]["PDL"] is False and merge_launch(4, 8, 128, True)[1]["launch_pdl"] is True
+
+
 def test_register_cap(monkeypatch):
     # maxnreg for k programs of 4 warps per SM: 64K registers over k * 128 threads, down to a multiple of 8
     from leanattn import runtime
