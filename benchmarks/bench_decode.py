@@ -217,6 +217,22 @@ def graph_of(fn):
         return None
 
 
+def probe_cases(names, want=None, **options):
+    """For the suite's cases named in ``names`` (and in ``want``, when given), for probes that time variants
+    side by side: ``(case, inp, ref, call)``, the inputs on the GPU, the float64 reference and a call of
+    ``leanattn.decode`` over the contiguous caches with ``options``. The caller drops ``inp`` and ``call``
+    before the next case allocates."""
+    for case in suite():
+        if case["name"] not in names or (want and case["name"] not in want):
+            continue
+        inp = make_inputs(case)
+        q, k, v, sl = inp["q"], inp["k"], inp["v"], inp["seqlens"]
+        ref, _ = leanattn.reference.decode(q, k, v, sl)
+        yield case, inp, ref, lambda: leanattn.decode(q, k, v, sl, **options)
+        del inp, q, k, v, sl
+        torch.cuda.empty_cache()
+
+
 def interleaved_graph_times(name, fns, ref, rounds=3):
     """Each of ``fns`` (label -> call) checked against ``ref``, captured in a CUDA graph and timed over
     ``rounds`` interleaved rounds of replays (do_bench medians, L2 flushed): ``({label: [us per round]},

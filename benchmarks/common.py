@@ -179,6 +179,17 @@ def write_results(out_dir: str, stem: str, payload: dict, table_md: str) -> list
     return paths
 
 
+def probe_args(doc: str, argv=None):
+    """A probe's command line (``--out DIR``, ``--cases A,B``; ``doc``'s first line the description):
+    ``(args, want)``, ``want`` the set of case names asked for or ``None`` for all."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    args = ap.parse_args(argv)
+    return args, set(args.cases.split(",")) if args.cases else None
+
+
 def write_probe(out_dir: str, name: str, **payload) -> str:
     """Write a probe's ``payload`` with the environment (``env_info``) to ``out_dir/name`` as JSON; print and
     return the path."""

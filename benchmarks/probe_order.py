@@ -16,7 +16,6 @@ uniform cases, and the one-sample bifurcated cases and decode over their copied 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -28,7 +27,6 @@ import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
 from probe_pdl import report, variant  # noqa: E402
 
-import leanattn  # noqa: E402
 
 DECODE_CASES = ("d64 mha B=1 64k", "mha B=1 4k", "mha B=1 16k", "mha B=1 64k", "gqa B=1 32k", "gqa B=1 128k",
                 "gqa B=4 32k", "gqa B=16 8k", "gqa B=64 4k", "d256 16/8 B=1 32k", "ragged-tail B=16")
@@ -37,44 +35,26 @@ ORDERS = {"one row": {"LEANATTN_ACROSS_ROWS": "0"}, "across": {"LEANATTN_ACROSS_
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
-    args = ap.parse_args(argv)
-    want = set(args.cases.split(",")) if args.cases else None
+    args, want = common.probe_args(__doc__, argv)
     torch.manual_seed(0)
     out = []
-    for case in bd.suite():
-        if case["name"] not in DECODE_CASES or (want and case["name"] not in want):
-            continue
-        inp = bd.make_inputs(case)
-        q, k, v, sl = inp["q"], inp["k"], inp["v"], inp["seqlens"]
-        ref, _ = leanattn.reference.decode(q, k, v, sl)
-        call = lambda: leanattn.decode(q, k, v, sl)  # noqa: E731
+    for case, inp, ref, call in bd.probe_cases(DECODE_CASES, want):
         fns = {n: variant(e, call) for n, e in ORDERS.items()}
         fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
         us, med = bd.interleaved_graph_times(case["name"], fns, ref)
         report(case["name"], med, [("across", "one row"), ("across", "cuDNN")])
         out.append(dict(case=case["name"], us=us, median=med))
-        del inp, fns
-        torch.cuda.empty_cache()
-    for case in bb.suite():
-        if case["name"] not in X1_CASES or (want and case["name"] not in want):
-            continue
-        inp = bb.make_inputs(case, "cuda")
-        ref = bb.reference_of(inp, [0])
-        ours = lambda: leanattn.bifurcated_decode(inp["q"], inp["pk"], inp["pv"], inp["k"], inp["v"], inp["lens"])  # noqa: E731
-        copied = lambda: leanattn.decode(inp["q"], inp["kc"], inp["vc"], inp["lens_c"])  # noqa: E731
+        del inp, call, fns
+    for name, ref, ours, copied in bb.one_sample_cases(X1_CASES, want):
         fns = {}
         for n, e in ORDERS.items():
             fns["ours " + n] = variant(e, ours)
             fns["copied " + n] = variant(e, copied)
-        us, med = bd.interleaved_graph_times(case["name"], fns, ref)
-        report(case["name"], med, [("ours across", "ours one row"), ("copied across", "copied one row"),
-                                   ("ours across", "copied across")])
-        out.append(dict(case=case["name"], us=us, median=med))
-        del inp, fns
-        torch.cuda.empty_cache()
+        us, med = bd.interleaved_graph_times(name, fns, ref)
+        report(name, med, [("ours across", "ours one row"), ("copied across", "copied one row"),
+                           ("ours across", "copied across")])
+        out.append(dict(case=name, us=us, median=med))
+        del ours, copied, fns
     common.write_probe(args.out, "decode_probe_order.json",
                        probe="stream-K programs of an aligned cut ordered one row after another against across rows",
                        timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)

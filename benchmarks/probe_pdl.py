@@ -17,7 +17,6 @@ at GQA 8k x16 and x32, 0.5-4.7% faster at MHA 8k x32 and GQA 8k x64; that path k
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -71,63 +70,39 @@ def report(name, med, pairs):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
-    args = ap.parse_args(argv)
-    want = set(args.cases.split(",")) if args.cases else None
+    args, want = common.probe_args(__doc__, argv)
     torch.manual_seed(0)
     out = []
-    for case in bd.suite():
-        if case["name"] not in DECODE_CASES or (want and case["name"] not in want):
-            continue
-        inp = bd.make_inputs(case)
-        q, k, v, sl, bt = inp["q"], inp["k"], inp["v"], inp["seqlens"], inp.get("block_table")
-        ref, _ = leanattn.reference.decode(q, k, v, sl, block_table=bt)
-        call = lambda: leanattn.decode(q, k, v, sl, block_table=bt)  # noqa: E731
+    for case, inp, ref, call in bd.probe_cases(DECODE_CASES, want):
         fns = {n: variant(e, call) for n, e in VARIANTS.items()}
         fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
         us, med = bd.interleaved_graph_times(case["name"], fns, ref)
         report(case["name"], med, [("launch+PDL", "launch"), ("launch+PDL", "in-kernel"), ("launch+PDL", "cuDNN")])
         out.append(dict(case=case["name"], us=us, median=med))
         if case["name"] == "gqa B=1 32k":
-            zero = torch.zeros_like(sl)
-            zfns = {n: variant(e, lambda: leanattn.decode(q, k, v, zero)) for n, e in VARIANTS.items()}
+            zero = torch.zeros_like(inp["seqlens"])
+            empty = lambda: leanattn.decode(inp["q"], inp["k"], inp["v"], zero)  # noqa: E731
+            zfns = {n: variant(e, empty) for n, e in VARIANTS.items()}
             us0, med0 = bd.interleaved_graph_times("lengths 0", zfns, torch.zeros_like(ref))
             report("  lengths 0", med0, [("launch+PDL", "launch"), ("launch+PDL", "in-kernel")])
             out.append(dict(case=case["name"] + ", every length 0", us=us0, median=med0))
-        del inp, fns
-        torch.cuda.empty_cache()
-    for case in bb.suite():
-        if case["name"] not in X1_CASES or (want and case["name"] not in want):
-            continue
-        inp = bb.make_inputs(case, "cuda")
-        ref = bb.reference_of(inp, [0])
-        ours = lambda: leanattn.bifurcated_decode(inp["q"], inp["pk"], inp["pv"], inp["k"], inp["v"], inp["lens"])  # noqa: E731
-        copied = lambda: leanattn.decode(inp["q"], inp["kc"], inp["vc"], inp["lens_c"])  # noqa: E731
+        del inp, call, fns
+    for name, ref, ours, copied in bb.one_sample_cases(X1_CASES, want):
         fns = {}
         for n, e in VARIANTS.items():
             fns["ours " + n] = variant(e, ours)
             fns["copied " + n] = variant(e, copied)
-        us, med = bd.interleaved_graph_times(case["name"], fns, ref)
-        report(case["name"], med, [("ours launch+PDL", "ours launch"), ("copied launch+PDL", "copied launch"),
-                                   ("ours launch+PDL", "copied launch+PDL")])
-        out.append(dict(case=case["name"], us=us, median=med))
-        del inp, fns
-        torch.cuda.empty_cache()
-    for case in bd.suite():
-        if case["name"] not in SPLIT_CASES or (want and "split " + case["name"] not in want):
-            continue
-        inp = bd.make_inputs(case)
-        q, k, v, sl = inp["q"], inp["k"], inp["v"], inp["seqlens"]
-        ref, _ = leanattn.reference.decode(q, k, v, sl)
-        call = lambda: leanattn.decode(q, k, v, sl, schedule="split")  # noqa: E731
+        us, med = bd.interleaved_graph_times(name, fns, ref)
+        report(name, med, [("ours launch+PDL", "ours launch"), ("copied launch+PDL", "copied launch"),
+                           ("ours launch+PDL", "copied launch+PDL")])
+        out.append(dict(case=name, us=us, median=med))
+        del ours, copied, fns
+    for case, inp, ref, call in bd.probe_cases(SPLIT_CASES, want, schedule="split"):
         fns = {n: variant(e, call) for n, e in PDL_ONLY.items()}
         us, med = bd.interleaved_graph_times("split " + case["name"], fns, ref)
         report("split " + case["name"], med, [("PDL on", "PDL off")])
         out.append(dict(case="split " + case["name"], us=us, median=med))
-        del inp, fns
-        torch.cuda.empty_cache()
+        del inp, call, fns
     common.write_probe(args.out, "decode_probe_pdl.json",
                        probe="merge launch without and with programmatic dependent launch, and the in-kernel merge",
                        timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)

@@ -14,7 +14,6 @@ each kernel called (the default) and inlined, loaded as a second copy of its mod
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import sys
@@ -26,7 +25,6 @@ import bench_bifurcated as bb  # noqa: E402
 import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
 
-import leanattn  # noqa: E402
 from leanattn import runtime  # noqa: E402
 from leanattn.kernels import bifurcated_concat, decode as decode_kernels  # noqa: E402
 from leanattn.ops import bifurcated as bif_ops, bifurcated_launch, decode as dec_ops  # noqa: E402
@@ -65,49 +63,31 @@ def with_kernels(lean, concat, fn):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
-    args = ap.parse_args(argv)
-    want = set(args.cases.split(",")) if args.cases else None
+    args, want = common.probe_args(__doc__, argv)
     called = (decode_kernels.lean_decode_kernel, bifurcated_concat.concat_decode_kernel)
     inl = (inlined(decode_kernels, "decode_piece").lean_decode_kernel,
            inlined(bifurcated_concat, "concat_piece").concat_decode_kernel)
     torch.manual_seed(0)
     out = []
-    for case in bd.suite():
-        if case["name"] not in DECODE_CASES or (want and case["name"] not in want):
-            continue
-        inp = bd.make_inputs(case)
-        q, k, v, sl = inp["q"], inp["k"], inp["v"], inp["seqlens"]
-        ref, _ = leanattn.reference.decode(q, k, v, sl)
-        call = lambda: leanattn.decode(q, k, v, sl)  # noqa: E731
+    for case, inp, ref, call in bd.probe_cases(DECODE_CASES, want):
         fns = {"lean called": with_kernels(*called, call), "lean inlined": with_kernels(*inl, call),
                "cuDNN": bd.METHODS["sdpa_cudnn"](case, inp)}
         us, med = bd.interleaved_graph_times(case["name"], fns, ref)
         print(f"{case['name']:18s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
               + f"  | inlined/called {med['lean inlined'] / med['lean called']:.3f}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med))
-        del inp, fns
-        torch.cuda.empty_cache()
-    for case in bb.suite():
-        if case["name"] not in X1_CASES or (want and case["name"] not in want):
-            continue
-        inp = bb.make_inputs(case, "cuda")
-        ref = bb.reference_of(inp, [0])
-        ours = lambda: leanattn.bifurcated_decode(inp["q"], inp["pk"], inp["pv"], inp["k"], inp["v"], inp["lens"])  # noqa: E731
-        copied = lambda: leanattn.decode(inp["q"], inp["kc"], inp["vc"], inp["lens_c"])  # noqa: E731
+        del inp, call, fns
+    for name, ref, ours, copied in bb.one_sample_cases(X1_CASES, want):
         fns = {"concat called": with_kernels(*called, ours), "concat inlined": with_kernels(*inl, ours),
                "decode copied, called": with_kernels(*called, copied),
                "decode copied, inlined": with_kernels(*inl, copied)}
-        us, med = bd.interleaved_graph_times(case["name"], fns, ref)
+        us, med = bd.interleaved_graph_times(name, fns, ref)
         dc = med["decode copied, called"]
-        print(f"{case['name']:18s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
+        print(f"{name:18s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
               + f"  | over decode copied: called {dc / med['concat called']:.3f}"
               f" inlined {dc / med['concat inlined']:.3f}", flush=True)
-        out.append(dict(case=case["name"], us=us, median=med))
-        del inp, fns
-        torch.cuda.empty_cache()
+        out.append(dict(case=name, us=us, median=med))
+        del ours, copied, fns
     common.write_probe(args.out, "decode_probe_piece_inline.json",
                        probe="stream-K pieces called (noinline) against inlined, decode and one-sample bifurcated",
                        timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
