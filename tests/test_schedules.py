@@ -11,7 +11,7 @@ import triton.language as tl
 
 from leanattn.schedules import (lean_assignment, lean_ranges, num_splits_heuristic, split_assignment,
                                 tiles_per_sequence)
-from leanattn.schedules.stream_k import program_of, programs_used, programs_used_py, range_start
+from leanattn.schedules.stream_k import across_rows, program_of, programs_used, programs_used_py, range_start
 
 
 def random_batch(max_batch=12, max_len=400):
@@ -147,6 +147,41 @@ def test_programs_used_kernel_matches_python():
         _programs_used_probe[(1,)](torch.tensor(tiles, dtype=torch.int32), out, len(tiles), rows, nprog, sms,
                                    BLOCK=max(16, triton.next_power_of_2(len(tiles))))
         assert int(out) == programs_used_py(tiles, rows, nprog, sms), (tiles, rows, nprog, sms)
+
+
+@triton.jit
+def _across_rows_probe(Tiles, Out, n, rows, nprog, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    valid = offs < n
+    tiles = tl.load(Tiles + offs, mask=valid, other=0)
+    pid = tl.program_id(0)
+    tl.store(Out + pid, across_rows(pid, nprog, tiles, valid, rows))
+
+
+@pytest.mark.parametrize("tiles,rows,nprog,across", [
+    ([8, 8, 8], 2, 12, True),     # 6 rows, 2 pieces a row
+    ([8, 8, 8], 2, 24, True),     # 4 pieces a row
+    ([8], 32, 256, True),         # mha B=1: 8 pieces a row
+    ([8, 8, 8], 2, 6, False),     # one piece a row: nothing to reorder
+    ([8, 8, 8], 2, 18, False),    # 3 pieces a row do not divide 8 tiles
+    ([8, 4, 8], 2, 12, False),    # ragged lengths
+    ([8, 8, 8], 2, 13, False),    # no multiple of the rows
+])
+def test_across_rows_permutes_aligned_cuts(tiles, rows, nprog, across):
+    # schedule program of each launched program: a permutation of [0, nprog) (programs past nprog keep their
+    # id), row-major over (piece, row) where the cut is aligned with k >= 2 pieces a row, else the identity
+    extra = 3
+    out = torch.full((nprog + extra,), -1, dtype=torch.int32)
+    _across_rows_probe[(nprog + extra,)](torch.tensor(tiles, dtype=torch.int32), out, len(tiles), rows, nprog,
+                                         BLOCK=16)
+    got = out.tolist()
+    assert sorted(got[:nprog]) == list(range(nprog)) and got[nprog:] == list(range(nprog, nprog + extra))
+    if across:
+        heads, k = len(tiles) * rows, nprog // (len(tiles) * rows)
+        assert got[:nprog] == [(p % heads) * k + p // heads for p in range(nprog)]
+        assert got[1] == k  # program 1 runs the first piece of row 1, not the second piece of row 0
+    else:
+        assert got[:nprog] == list(range(nprog))
 
 
 def test_lean_assignment_splits_long_head():

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents
 
 from ..schedules.stream_k import across_rows, cut_list, load_lengths, programs_used
 from .attend import attend_concat
 from .decode import load_q_rows, locate_row, settle_and_store
+from .grid_dependency import gdc_launch_dependents
+
 
 @triton.jit(noinline=True)
 def concat_piece(

@@ -4,8 +4,9 @@ Both schedules share ``attend_any`` (``kernels/attend.py``), which folds a range
 (sequence, kv-head) into an online-softmax state for the query heads of one GQA group, stacked as
 the rows of a ``tl.dot`` so that K and V are read once per group.
 
-* ``lean_decode_kernel``: a persistent grid; program ``p`` takes an equal contiguous range of the
-  global tile sequence (stream-K, see ``schedules/stream_k.py``), so a head may be cut into
+* ``lean_decode_kernel``: a persistent grid; schedule program ``p`` takes an equal contiguous range of the
+  global tile sequence (stream-K, see ``schedules/stream_k.py``; with ``ACROSS_ROWS`` the launched programs
+  run the schedule programs in the order of ``across_rows``), so a head may be cut into
   unequal pieces by several programs. A head finished inside one program is written directly;
   the pieces of a cut head are merged in-kernel by the last to arrive or, with ``MERGE_LAUNCH``, by
   a second launch (``kernels/piece_merge.py``; ``ops/stream_k_launch.py`` picks): nobody waits, so no
@@ -20,10 +21,10 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents
 
 from ..schedules.stream_k import across_rows, cut_list, load_lengths, locate_tile, programs_used, row_tiles
 from .attend import attend_any
+from .grid_dependency import gdc_launch_dependents
 from .piece_merge import publish_piece, record_row, settle_piece
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)

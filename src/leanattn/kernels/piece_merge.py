@@ -20,9 +20,9 @@ import os
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
 
 from ..schedules.stream_k import program_of, range_start
+from .grid_dependency import gdc_wait
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -44,8 +44,8 @@ def publish_piece(
     NM: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Write the unnormalised state of the piece starting at tile ``t`` to its program's slot: slot 0
-    of schedule program ``p`` (real program ``p * NM + member``) for a piece starting the program's
-    range (``t == start``), slot 1 for the one ending it. Only rows with ``valid_h`` are written."""
+    of schedule program ``p`` (slots ``2 * (p * NM + member)`` and the next) for a piece starting the
+    program's range (``t == start``), slot 1 for the one ending it. Only rows with ``valid_h`` are written."""
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
     me = program_of(t, T, high) * NM + member
@@ -137,8 +137,9 @@ def settle_piece(
 ):
     """Stream-K reduction of a piece ``[t, stop)`` of the head ``[head_begin, head_end)``.
 
-    Ranges are cut over *schedule programs*; schedule program ``p`` is the real program
-    ``p * NM + member`` (``NM`` team members, 1 for a plain grid). Workspaces: ``WsAcc`` holds
+    Ranges are cut over *schedule programs*; schedule program ``p`` owns the slots and counter of index
+    ``p * NM + member`` (``NM`` team members, 1 for a plain grid), whichever launched program runs it
+    (``schedules/stream_k.across_rows`` permutes them). Workspaces: ``WsAcc`` holds
     ``BLOCK_H x HEAD_DIM`` fp32 per slot and ``WsMl`` ``2 x BLOCK_H`` (m, then l), two slots per
     program (slot 0 for a piece starting the program's range, slot 1 for the one ending it);
     ``Counters`` one int32 per program, zero between launches. Only rows with ``valid_h`` (a
@@ -247,4 +248,4 @@ def piece_merge_launch(rows: int, group: int, n_hb: int, block_h: int, head_dim:
     block_s = min(triton.next_power_of_2(max(programs, 1)), max(1, 4096 // head_dim))
     grid = (rows, min(group, block_h))
     return grid, dict(GROUP=group, N_HB=n_hb, ROWS=rows_per_seq, BLOCK_H=block_h, HEAD_DIM=head_dim,
-                      BLOCK_S=block_s, PDL=pdl, launch_pdl=pdl, num_warps=4)
+                      BLOCK_S=block_s, PDL=pdl, num_warps=4, **({"launch_pdl": True} if pdl else {}))

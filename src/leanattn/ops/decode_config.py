@@ -191,8 +191,9 @@ def merge_in_launch(device: torch.device, head_dim: int, tiles: int, batch: int,
     (``schedules/stream_k.programs_used``; ``sms = 0``: all of them).
 
     ``GRAPHS`` for one sequence (``batch == 1``) whose rows are cut into at least ``MERGE_LAUNCH_PIECES``
-    pieces (``MERGE_LAUNCH_PIECES_PDL`` where the merge is a programmatic dependent launch), or cut unaligned (a program whose range ends inside a row and goes on into the next merges
-    the first before it starts the second); ``IN_KERNEL`` otherwise. Head dims below 128 keep the
+    pieces (``MERGE_LAUNCH_PIECES_PDL`` where the merge is a programmatic dependent launch), or cut unaligned
+    (a program whose range ends inside a row and goes on into the next merges the first before it starts the
+    second); ``IN_KERNEL`` otherwise. Head dims below 128 keep the
     in-kernel merge: at D=64 the kernel without it compiled to 142 registers (3 programs per SM instead
     of 4, and a grid sized for 3) and d64 mha 64k ran 13% slower (decode probe 16). Capped to the in-kernel
     merge's 4 programs per SM (128 registers, ``StreamKLaunch``) over the same grid it no longer loses, but it

@@ -42,8 +42,8 @@ class StreamKLaunch:
     against 128, so 3 programs per SM instead of 4; Triton 3.6, sm_90a, ``benchmarks/offline_resources.py``), so
     it is capped (``maxnreg``) to fit as many programs per SM as the grid was sized for.
 
-    On sm_90 and later the merge is a programmatic dependent launch (``runtime.dependent_launch``; the kernel's
-    ``PDL`` constant lets it start at once): its programs become resident while the stream-K launch runs and
+    On sm_90 and later the merge is a programmatic dependent launch (``runtime.dependent_launch``, off with
+    ``LEANATTN_PDL=0``; the kernel's ``PDL`` constant lets it start at once): its programs become resident while the stream-K launch runs and
     wait for its writes, so the gap between the two launches is not paid."""
 
     def __init__(self, kernel, grid: tuple, meta: dict, tail: tuple, mode: int, workspaces: tuple, batch: int,
