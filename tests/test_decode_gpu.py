@@ -207,6 +207,31 @@ def test_decode_merge_launch_pdl_bitwise(monkeypatch, schedule, hkv, d):
     dec._PLANS.clear()
 
 
+@pytest.mark.parametrize("merge", ["0", "1"], ids=["in-kernel", "launch"])
+@pytest.mark.parametrize("d", [64, 128])
+def test_decode_across_rows_bitwise(monkeypatch, merge, d):
+    # programs ordered across rows (the default at D=64) run the same cut as one row's programs side by side:
+    # the same bits, the merge in-kernel or in a (dependent) second launch, and close to the reference
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
+    q = torch.randn(1, 32, d, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(1, 65536, 32, d, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor([65536], dtype=torch.int32, device="cuda")
+    outs = []
+    for order in ("0", "1"):
+        monkeypatch.setenv("LEANATTN_ACROSS_ROWS", order)
+        dec._PLANS.clear()
+        outs.append(leanattn.decode(q, k, v, sl, return_lse=True))
+        (plan,) = dec._PLANS.values()
+        assert plan.meta["ACROSS_ROWS"] is (order == "1")
+    dec._PLANS.clear()
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    ref, ref_lse = leanattn.reference.decode(q, k, v, sl)
+    assert_rel_close("out", outs[1][0], ref, TOLERANCE[torch.bfloat16])
+    assert_lse_close("lse", outs[1][1], ref_lse, 1e-2)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 @pytest.mark.parametrize("schedule", ["lean", "split"])
 def test_decode_tensors_off_the_current_device(schedule):
