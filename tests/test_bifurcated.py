@@ -527,7 +527,9 @@ def test_env_launch_override(monkeypatch, cfg):
     check(q1, pk, pv, k1, v1, lens1, bt1, plens=plens, ids=ids_tensor([1, 0]), name="one per prompt, paged")
     k2, v2 = (torch.randn(2, 19, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
     check(q1, pk, pv, k2, v2, lens1, plens=plens, ids=ids_tensor([1, 0]), name="one per prompt, contiguous")
-    plans = [p for key, p in bif._PLANS.items() if key[-1] == cfg]
+    from leanattn.runtime import EnvReader
+    # the plan key ends with the knob's value as os.environ stores it (runtime.EnvReader)
+    plans = [p for key, p in bif._PLANS.items() if key[-1] == EnvReader.value(cfg)]
     assert [p.path for p in plans[-2:]] == ["concat", "concat"]
     plan = [p for p in plans if not p.concat][-1]
     assert plan.path == {1: "split", 2: "fused"}.get(fields[9], "states")

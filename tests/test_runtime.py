@@ -114,3 +114,31 @@ def test_validate_true_and_false_on_cpu():
     with pytest.raises(ValueError, match=r"prefix_ids: expected prefix indices in \[0, 1\)"):
         leanattn.bifurcated_decode(q, pk[None], pk[None], k, k, lens.clamp(max=16), prefix_lens=plens,
                                    prefix_ids=ids, validate=True)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["environ-mapping", "os.environ.get"])
+def test_env_reader_sees_every_change(monkeypatch, fast):
+    # plan keys read environment variables on every call: a change made through os.environ (monkeypatch
+    # included) is seen at the next read, set, changed or removed, by both read paths
+    from leanattn.runtime import EnvReader
+    monkeypatch.delenv("LEANATTN_TEST_A", raising=False)
+    monkeypatch.delenv("LEANATTN_TEST_B", raising=False)
+    read = EnvReader("LEANATTN_TEST_A", "LEANATTN_TEST_B")
+    if not fast:
+        read.fast, read.keys = False, read.names
+    assert read() == (None, None)
+    monkeypatch.setenv("LEANATTN_TEST_B", "1")
+    assert read() == (None, EnvReader.value("1") if fast else "1")
+    monkeypatch.setenv("LEANATTN_TEST_B", "2")
+    assert read()[1] == (EnvReader.value("2") if fast else "2") and read()[1] != EnvReader.value("1")
+    monkeypatch.delenv("LEANATTN_TEST_B")
+    assert read() == (None, None)
+
+
+def test_interpreting_follows_the_environment(monkeypatch):
+    from leanattn import runtime
+    for raw, expected in (("1", True), ("0", False), ("", False)):
+        monkeypatch.setenv("TRITON_INTERPRET", raw)
+        assert runtime.interpreting() is expected
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert runtime.interpreting() is False

@@ -8,7 +8,6 @@ paths in ``ops/bifurcated_launch.py``).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import torch
@@ -22,6 +21,8 @@ from .decode import validate_decode
 __all__ = ["bifurcated_decode", "cascade_decode"]
 
 _PLANS = runtime.PlanCache()
+# environment variables a plan is made from (benchmark sweeps): part of the plan key
+_ENV = runtime.EnvReader(*DECODE_ENV_KNOBS, "LEANATTN_BIFURCATED_CONFIG")
 
 
 def _group_layout(prefix_ids: torch.Tensor, G: int):
@@ -79,7 +80,7 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
            all(t.data_ptr() % 16 == 0 for t in (prefix_k, prefix_v, k_cache, v_cache) if t is not None),
            # the overlap path reads the prefix by TMA whatever the own caches' alignment (bifurcated_overlap.usable)
            prefix_k.data_ptr() % 16 == 0 and prefix_v.data_ptr() % 16 == 0,
-           *(os.environ.get(v) for v in DECODE_ENV_KNOBS), os.environ.get("LEANATTN_BIFURCATED_CONFIG"))
+           *_ENV())
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                                     prefix_lens is not None, single, n_max, softmax_scale,

@@ -1,7 +1,6 @@
 """``leanattn.decode``: attention of one new token per sequence over a KV cache."""
 from __future__ import annotations
 
-import os
 from typing import Literal, Optional, overload
 
 import torch
@@ -132,6 +131,7 @@ class _Plan:
 _PLANS = runtime.PlanCache()
 # environment variables a plan is made from (benchmark sweeps): part of the plan key
 _ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_BLOCK_B_MIN")
+_ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
@@ -153,7 +153,7 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
            softmax_scale, schedule, workers, block_n, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0,
-           *(os.environ.get(v) for v in _ENV_KNOBS))
+           *_ENV())
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: _Plan(q, k_cache, v_cache, cache_seqlens, block_table,
                                                      softmax_scale, schedule, workers, block_n))
