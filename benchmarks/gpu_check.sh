@@ -37,6 +37,8 @@
 #               and one-sample bifurcated cases (benchmarks/probe_order.py, decode probe 23)
 #   ncu-x1      Nsight Compute on one launch each of the one-sample kernel and decode over copied caches (GQA 16k
 #               x1; speed of light, memory, warp states, source counters; benchmarks/ncu_one_sample.py; ~60 s)
+#   grid-cap    lean's grid sized by occupancy against the aligned cut at full capacity, on one sequence at and
+#               below capacity and on ragged batches (benchmarks/probe_grid_at_capacity.py, decode probe 24; ~40 s)
 #   decode-d64  lean against split at D=64 outside the tile loop: lean's cut with and without its alignment search,
 #               over the full grid, split at lean's cut, and both with every length 0 (benchmarks/probe_decode_d64.py,
 #               decode probe 21; not yet run, ~30 s)
@@ -109,6 +111,7 @@ for step in "$@"; do
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SourceCounters \
         --section Occupancy --section LaunchStats python3 benchmarks/ncu_one_sample.py > "$OUT/ncu_one_sample.txt" 2>&1
       grep -E "concat_decode_kernel|lean_decode_kernel|Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Ipc|one-sample" "$OUT/ncu_one_sample.txt" | head -40 ;;
+    grid-cap) python3 benchmarks/probe_grid_at_capacity.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     decode-d64) python3 benchmarks/probe_decode_d64.py --out "$OUT" 2>&1 | grep -E "d64|fixed|wrote|Error" ;;
     piece-inline) python3 benchmarks/probe_piece_inline.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     decode-merge-d64) python3 benchmarks/probe_decode_merge.py --cases d64 --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
