@@ -43,8 +43,8 @@ class StreamKLaunch:
     it is capped (``maxnreg``) to fit as many programs per SM as the grid was sized for.
 
     On sm_90 and later the merge is a programmatic dependent launch (``runtime.dependent_launch``, off with
-    ``LEANATTN_PDL=0``; the kernel's ``PDL`` constant lets it start at once): its programs become resident while the stream-K launch runs and
-    wait for its writes, so the gap between the two launches is not paid."""
+    ``LEANATTN_PDL=0``; the kernel's ``PDL`` constant lets it start at once): its programs become resident
+    while the stream-K launch runs and wait for its writes, so the gap between the two launches is not paid."""
 
     def __init__(self, kernel, grid: tuple, meta: dict, tail: tuple, mode: int, workspaces: tuple, batch: int,
                  device: torch.device = None, sms: int = 0):

@@ -96,6 +96,16 @@ def cut_list(tiles, rows, pid, nprog):
 
 
 @triton.jit
+def uniform_rows(tiles, valid, rows):
+    """``(n, uniform, heads)`` of a work list of ``rows`` rows of ``tiles[i]`` tiles per valid item: the
+    largest tile count, whether every valid item has it, and the number of rows (at least 1)."""
+    n = tl.max(tl.where(valid, tiles, 0), 0)
+    uniform = tl.min(tl.where(valid, tiles, n), 0) == n
+    heads = tl.maximum(tl.sum(valid.to(tl.int32), 0) * rows, 1)
+    return n, uniform, heads
+
+
+@triton.jit
 def programs_used(tiles, valid, rows, nprog, n_sms):
     """How many of the ``nprog`` programs (on ``n_sms`` SMs) to cut the work list over.
 
@@ -106,9 +116,7 @@ def programs_used(tiles, valid, rows, nprog, n_sms):
     program (``m`` the smallest divisor of the row count with ``rows_total / m <= nprog``).
     ``n_sms = 0`` keeps ``nprog`` (a grid the caller chose). ``programs_used_py`` is the Python mirror.
     """
-    n = tl.max(tl.where(valid, tiles, 0), 0)
-    uniform = tl.min(tl.where(valid, tiles, n), 0) == n
-    heads = tl.maximum(tl.sum(valid.to(tl.int32), 0) * rows, 1)
+    n, uniform, heads = uniform_rows(tiles, valid, rows)
     total = heads * n
     sms = tl.maximum(n_sms, 1)
     cost_u = tl.cdiv(total, nprog) * tl.cdiv(nprog, sms) + _PIECE_COST
@@ -132,9 +140,7 @@ def across_rows(pid, nprog, tiles, valid, rows):
     tokens of every head, which lie side by side in the cache (``(B, N, H, D)``), instead of one head's
     128 to 512 bytes out of every token's row. Otherwise ``pid``. A permutation of the programs: the cut,
     and so every result bit, is the same."""
-    n = tl.max(tl.where(valid, tiles, 0), 0)
-    uniform = tl.min(tl.where(valid, tiles, n), 0) == n
-    heads = tl.maximum(tl.sum(valid.to(tl.int32), 0) * rows, 1)
+    n, uniform, heads = uniform_rows(tiles, valid, rows)
     k = nprog // heads
     ok = uniform & (k >= 2) & (k * heads == nprog) & (n % tl.maximum(k, 1) == 0) & (pid < nprog)
     return tl.where(ok, (pid % heads) * k + pid // heads, pid)
