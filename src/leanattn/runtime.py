@@ -34,11 +34,14 @@ class EnvReader:
     the next call. Where ``os.environ`` has no such mapping (not CPython), ``os.environ.get``.
     """
 
+    # CPython's os.environ: a dict of encoded names and values behind the mapping
+    _MAPPED = isinstance(getattr(os.environ, "_data", None), dict) and hasattr(os.environ, "encodekey") \
+        and hasattr(os.environ, "encodevalue")
+
     def __init__(self, *names: str):
         self.names = names
-        encode = getattr(os.environ, "encodekey", None)
-        self.fast = isinstance(getattr(os.environ, "_data", None), dict) and encode is not None
-        self.keys = tuple(encode(n) for n in names) if self.fast else names
+        self.fast = self._MAPPED
+        self.keys = tuple(os.environ.encodekey(n) for n in names) if self.fast else names
 
     def __call__(self) -> tuple:
         if self.fast:
@@ -46,11 +49,10 @@ class EnvReader:
             return tuple([get(k) for k in self.keys])
         return tuple([os.environ.get(n) for n in self.names])
 
-    @staticmethod
-    def value(text: str):
+    @classmethod
+    def value(cls, text: str):
         """``text`` in the form ``os.environ`` stores values (what ``EnvReader`` returns)."""
-        encode = getattr(os.environ, "encodevalue", None)
-        return encode(text) if encode is not None and isinstance(getattr(os.environ, "_data", None), dict) else text
+        return os.environ.encodevalue(text) if cls._MAPPED else text
 
 
 _INTERPRET = EnvReader("TRITON_INTERPRET")
