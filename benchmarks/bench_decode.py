@@ -16,6 +16,7 @@ timed the same way: the 'read flush' columns.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import sys
@@ -231,6 +232,36 @@ def probe_cases(names, want=None, **options):
         yield case, inp, ref, lambda: leanattn.decode(q, k, v, sl, **options)
         del inp, q, k, v, sl
         torch.cuda.empty_cache()
+
+
+def with_plans(fn, env=None, patches=()):
+    """``fn`` (a call of ``leanattn.decode`` or ``bifurcated_decode``) through plan caches of its own, under the
+    environment variables ``env`` and with the attributes ``patches`` (``(object, name, value)``) set while it
+    runs, for probes that time variants of one op side by side: a plan reads them when it is made (by the check
+    call, before capture) and is reused. The caches are ``run.plans``."""
+    from unittest import mock
+
+    from leanattn import runtime
+    from leanattn.ops import bifurcated as bif_ops, decode as dec_ops
+    plans = runtime.PlanCache(), runtime.PlanCache()
+
+    def run():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(mock.patch.dict(os.environ, env or {}))
+            stack.enter_context(mock.patch.object(dec_ops, "_PLANS", plans[0]))
+            stack.enter_context(mock.patch.object(bif_ops, "_PLANS", plans[1]))
+            for obj, name, value in patches:
+                stack.enter_context(mock.patch.object(obj, name, value))
+            return fn()
+    run.plans = plans
+    return run
+
+
+def report_ratios(name, med, pairs):
+    """Print a probe case's median times ``med`` (label -> us) and the ratios of the label ``pairs``."""
+    line = f"{name:18s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
+    line += "  | " + "  ".join(f"{a}/{b} {med[a] / med[b]:.3f}" for a, b in pairs)
+    print(line, flush=True)
 
 
 def interleaved_graph_times(name, fns, ref, rounds=3):

@@ -21,7 +21,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
-from probe_pdl import report  # noqa: E402
 
 import leanattn  # noqa: E402
 from leanattn import runtime  # noqa: E402
@@ -52,26 +51,6 @@ def _grid_at_capacity(self, cfg, q, k_cache, v_cache, workers):
     return programs_used_py(tiles, self.meta["ROWS"], grid, runtime.num_sms(q.device))
 
 
-def grid_variant(at_capacity: bool, fn):
-    """``fn`` through a plan cache of its own whose plans size the lean grid by default or at capacity (plans
-    are made by the check call, before capture)."""
-    plans = runtime.PlanCache()
-    grids = []
-
-    def run():
-        saved = dec_ops._PLANS, dec_ops._Plan._lean_grid
-        dec_ops._PLANS = plans
-        if at_capacity:
-            dec_ops._Plan._lean_grid = _grid_at_capacity
-        try:
-            return fn()
-        finally:
-            dec_ops._PLANS, dec_ops._Plan._lean_grid = saved
-            grids[:] = [p.grid[0] for p in plans.values()]
-    run.grids = grids
-    return run
-
-
 def main(argv=None):
     args, want = common.probe_args(__doc__, argv)
     torch.manual_seed(0)
@@ -86,10 +65,11 @@ def main(argv=None):
         sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
         ref, _ = leanattn.reference.decode(q, k, v, sl)
         call = lambda: leanattn.decode(q, k, v, sl)  # noqa: E731
-        fns = {"default grid": grid_variant(False, call), "grid at capacity": grid_variant(True, call)}
+        at_capacity = ((dec_ops._Plan, "_lean_grid", _grid_at_capacity),)
+        fns = {"default grid": bd.with_plans(call), "grid at capacity": bd.with_plans(call, patches=at_capacity)}
         us, med = bd.interleaved_graph_times(name, fns, ref)
-        grids = {n: f.grids[:] for n, f in fns.items()}
-        report(name, med, [("grid at capacity", "default grid")])
+        grids = {n: [p.grid[0] for p in f.plans[0].values()] for n, f in fns.items()}
+        bd.report_ratios(name, med, [("grid at capacity", "default grid")])
         print(f"{'':18s} grids {grids}", flush=True)
         out.append(dict(case=name, capacity=cap, lengths=lens, grids=grids, us=us, median=med))
         del q, k, v, sl, call, fns

@@ -25,8 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_bifurcated as bb  # noqa: E402
 import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
-from probe_pdl import report, variant  # noqa: E402
-
 
 DECODE_CASES = ("d64 mha B=1 64k", "mha B=1 4k", "mha B=1 16k", "mha B=1 64k", "gqa B=1 32k", "gqa B=1 128k",
                 "gqa B=4 32k", "gqa B=16 8k", "gqa B=64 4k", "d256 16/8 B=1 32k", "ragged-tail B=16")
@@ -39,20 +37,20 @@ def main(argv=None):
     torch.manual_seed(0)
     out = []
     for case, inp, ref, call in bd.probe_cases(DECODE_CASES, want):
-        fns = {n: variant(e, call) for n, e in ORDERS.items()}
+        fns = {n: bd.with_plans(call, e) for n, e in ORDERS.items()}
         fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
         us, med = bd.interleaved_graph_times(case["name"], fns, ref)
-        report(case["name"], med, [("across", "one row"), ("across", "cuDNN")])
+        bd.report_ratios(case["name"], med, [("across", "one row"), ("across", "cuDNN")])
         out.append(dict(case=case["name"], us=us, median=med))
         del inp, call, fns
     for name, ref, ours, copied in bb.one_sample_cases(X1_CASES, want):
         fns = {}
         for n, e in ORDERS.items():
-            fns["ours " + n] = variant(e, ours)
-            fns["copied " + n] = variant(e, copied)
+            fns["ours " + n] = bd.with_plans(ours, e)
+            fns["copied " + n] = bd.with_plans(copied, e)
         us, med = bd.interleaved_graph_times(name, fns, ref)
-        report(name, med, [("ours across", "ours one row"), ("copied across", "copied one row"),
-                           ("ours across", "copied across")])
+        bd.report_ratios(name, med, [("ours across", "ours one row"), ("copied across", "copied one row"),
+                                     ("ours across", "copied across")])
         out.append(dict(case=name, us=us, median=med))
         del ours, copied, fns
     common.write_probe(args.out, "decode_probe_order.json",

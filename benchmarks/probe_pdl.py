@@ -28,8 +28,6 @@ import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
 
 import leanattn  # noqa: E402
-from leanattn import runtime  # noqa: E402
-from leanattn.ops import bifurcated as bif_ops, decode as dec_ops  # noqa: E402
 
 DECODE_CASES = ("mha B=1 4k", "mha B=1 16k", "mha B=1 64k", "gqa B=1 32k", "gqa B=1 128k", "gqa B=4 32k",
                 "gqa B=16 8k", "ragged-tail B=16", "d64 mha B=1 64k", "d256 16/8 B=1 32k")
@@ -41,66 +39,39 @@ VARIANTS = {"in-kernel": {"LEANATTN_DECODE_MERGE": "0", "LEANATTN_PDL": "0"},
             "launch+PDL": {"LEANATTN_DECODE_MERGE": "1", "LEANATTN_PDL": "1"}}
 
 
-def variant(env: dict, fn):
-    """``fn`` under the environment ``env``, through plan caches of its own (plans read ``LEANATTN_PDL`` when
-    they are made, by the check call before capture)."""
-    plans = runtime.PlanCache(), runtime.PlanCache()
-
-    def run():
-        saved_env = {k: os.environ.get(k) for k in env}
-        saved = dec_ops._PLANS, bif_ops._PLANS
-        os.environ.update(env)
-        dec_ops._PLANS, bif_ops._PLANS = plans
-        try:
-            return fn()
-        finally:
-            dec_ops._PLANS, bif_ops._PLANS = saved
-            for k, v in saved_env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    return run
-
-
-def report(name, med, pairs):
-    line = f"{name:18s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
-    line += "  | " + "  ".join(f"{a}/{b} {med[a] / med[b]:.3f}" for a, b in pairs)
-    print(line, flush=True)
-
-
 def main(argv=None):
     args, want = common.probe_args(__doc__, argv)
     torch.manual_seed(0)
     out = []
     for case, inp, ref, call in bd.probe_cases(DECODE_CASES, want):
-        fns = {n: variant(e, call) for n, e in VARIANTS.items()}
+        fns = {n: bd.with_plans(call, e) for n, e in VARIANTS.items()}
         fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
         us, med = bd.interleaved_graph_times(case["name"], fns, ref)
-        report(case["name"], med, [("launch+PDL", "launch"), ("launch+PDL", "in-kernel"), ("launch+PDL", "cuDNN")])
+        bd.report_ratios(case["name"], med,
+                         [("launch+PDL", "launch"), ("launch+PDL", "in-kernel"), ("launch+PDL", "cuDNN")])
         out.append(dict(case=case["name"], us=us, median=med))
         if case["name"] == "gqa B=1 32k":
             zero = torch.zeros_like(inp["seqlens"])
             empty = lambda: leanattn.decode(inp["q"], inp["k"], inp["v"], zero)  # noqa: E731
-            zfns = {n: variant(e, empty) for n, e in VARIANTS.items()}
+            zfns = {n: bd.with_plans(empty, e) for n, e in VARIANTS.items()}
             us0, med0 = bd.interleaved_graph_times("lengths 0", zfns, torch.zeros_like(ref))
-            report("  lengths 0", med0, [("launch+PDL", "launch"), ("launch+PDL", "in-kernel")])
+            bd.report_ratios("  lengths 0", med0, [("launch+PDL", "launch"), ("launch+PDL", "in-kernel")])
             out.append(dict(case=case["name"] + ", every length 0", us=us0, median=med0))
         del inp, call, fns
     for name, ref, ours, copied in bb.one_sample_cases(X1_CASES, want):
         fns = {}
         for n, e in VARIANTS.items():
-            fns["ours " + n] = variant(e, ours)
-            fns["copied " + n] = variant(e, copied)
+            fns["ours " + n] = bd.with_plans(ours, e)
+            fns["copied " + n] = bd.with_plans(copied, e)
         us, med = bd.interleaved_graph_times(name, fns, ref)
-        report(name, med, [("ours launch+PDL", "ours launch"), ("copied launch+PDL", "copied launch"),
-                           ("ours launch+PDL", "copied launch+PDL")])
+        bd.report_ratios(name, med, [("ours launch+PDL", "ours launch"), ("copied launch+PDL", "copied launch"),
+                                     ("ours launch+PDL", "copied launch+PDL")])
         out.append(dict(case=name, us=us, median=med))
         del ours, copied, fns
     for case, inp, ref, call in bd.probe_cases(SPLIT_CASES, want, schedule="split"):
-        fns = {n: variant(e, call) for n, e in PDL_ONLY.items()}
+        fns = {n: bd.with_plans(call, e) for n, e in PDL_ONLY.items()}
         us, med = bd.interleaved_graph_times("split " + case["name"], fns, ref)
-        report("split " + case["name"], med, [("PDL on", "PDL off")])
+        bd.report_ratios("split " + case["name"], med, [("PDL on", "PDL off")])
         out.append(dict(case="split " + case["name"], us=us, median=med))
         del inp, call, fns
     common.write_probe(args.out, "decode_probe_pdl.json",

@@ -25,9 +25,8 @@ import bench_bifurcated as bb  # noqa: E402
 import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
 
-from leanattn import runtime  # noqa: E402
 from leanattn.kernels import bifurcated_concat, decode as decode_kernels  # noqa: E402
-from leanattn.ops import bifurcated as bif_ops, bifurcated_launch, decode as dec_ops  # noqa: E402
+from leanattn.ops import bifurcated_launch, decode as dec_ops  # noqa: E402
 
 K = 1024
 DECODE_CASES = ("gqa B=1 32k", "mha B=1 16k", "gqa B=16 8k", "ragged-tail B=16", "d64 mha B=1 64k")
@@ -46,20 +45,9 @@ def inlined(module, piece: str):
 
 
 def with_kernels(lean, concat, fn):
-    """``fn`` with the op modules launching ``lean`` and ``concat``, through plan caches of their own (a plan
-    is made by the check call, before capture, and reused)."""
-    plans = runtime.PlanCache(), runtime.PlanCache()
-
-    def run():
-        saved = (dec_ops.lean_decode_kernel, bifurcated_launch.concat_decode_kernel, dec_ops._PLANS, bif_ops._PLANS)
-        dec_ops.lean_decode_kernel, bifurcated_launch.concat_decode_kernel = lean, concat
-        dec_ops._PLANS, bif_ops._PLANS = plans
-        try:
-            return fn()
-        finally:
-            (dec_ops.lean_decode_kernel, bifurcated_launch.concat_decode_kernel, dec_ops._PLANS,
-             bif_ops._PLANS) = saved
-    return run
+    """``fn`` with the op modules launching ``lean`` and ``concat`` (``bench_decode.with_plans``)."""
+    return bd.with_plans(fn, patches=((dec_ops, "lean_decode_kernel", lean),
+                                      (bifurcated_launch, "concat_decode_kernel", concat)))
 
 
 def main(argv=None):
