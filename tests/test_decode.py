@@ -290,6 +290,14 @@ def test_across_rows_rule(monkeypatch):
     assert dc.across_rows(256, 2)
 
 
+@pytest.mark.parametrize("raw", ["2", "yes", ""])
+def test_pdl_env_errors(monkeypatch, raw):
+    from leanattn import runtime
+    monkeypatch.setenv("LEANATTN_PDL", raw)
+    with pytest.raises(ValueError, match="LEANATTN_PDL: expected 0 or 1"):
+        runtime.dependent_launch(torch.device("cpu"))
+
+
 @pytest.mark.parametrize("raw", ["2", "yes"])
 def test_across_rows_env_errors(monkeypatch, raw):
     from leanattn.ops import decode_config as dc

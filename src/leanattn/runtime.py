@@ -88,9 +88,12 @@ def dependent_launch(device: torch.device) -> bool:
     still runs, wait at ``gdc_wait`` until that launch's writes are visible, and so skip the gap between two
     launches. The launch before it lets them start early with ``gdc_launch_dependents``. Never under the
     interpreter (no inline assembly there) nor with a Triton before 3.4 (``kernels/grid_dependency.py``);
-    ``LEANATTN_PDL=0`` turns it off (read when a plan is made)."""
+    ``LEANATTN_PDL=0`` turns it off (read when a plan is made; ``1``, the default, leaves it on)."""
     from .kernels.grid_dependency import AVAILABLE
-    if not AVAILABLE or not gpu_target(device) or interpreting() or os.environ.get("LEANATTN_PDL", "1") == "0":
+    raw = os.environ.get("LEANATTN_PDL", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"LEANATTN_PDL: expected 0 or 1, got {raw!r}")
+    if not AVAILABLE or not gpu_target(device) or interpreting() or raw == "0":
         return False
     try:
         return _cuda_props(device.index if device.index is not None else torch.cuda.current_device()).major >= 9
