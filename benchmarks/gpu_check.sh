@@ -39,6 +39,10 @@
 #               x1; speed of light, memory, warp states, source counters; benchmarks/ncu_one_sample.py; ~60 s)
 #   grid-cap    lean's grid sized by occupancy against the aligned cut at full capacity, on one sequence at and
 #               below capacity and on ragged batches (benchmarks/probe_grid_at_capacity.py, decode probe 24; ~40 s)
+#   waves       lean over its default grid against 256-2048 programs (several waves), split over 4-16x rows programs,
+#               cuDNN, on six uniform suite cases (benchmarks/probe_waves.py, decode probe 25; ~90 s)
+#   ncu-balance Nsight Compute metrics of one lean and one cuDNN launch at gqa B=16 8k: SM active cycles (min, mean,
+#               max over the SMs) against elapsed cycles, DRAM throughput (benchmarks/ncu_balance.py; ~30 s)
 #   decode-d64  lean against split at D=64 outside the tile loop: lean's cut with and without its alignment search,
 #               over the full grid, split at lean's cut, and both with every length 0 (benchmarks/probe_decode_d64.py,
 #               decode probe 21; not yet run, ~30 s)
@@ -111,6 +115,11 @@ for step in "$@"; do
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SourceCounters \
         --section Occupancy --section LaunchStats python3 benchmarks/ncu_one_sample.py > "$OUT/ncu_one_sample.txt" 2>&1
       grep -E "concat_decode_kernel|lean_decode_kernel|Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Ipc|one-sample" "$OUT/ncu_one_sample.txt" | head -40 ;;
+    waves) python3 benchmarks/probe_waves.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    ncu-balance)
+      ncu --profile-from-start off --metrics gpu__time_duration.sum,gpc__cycles_elapsed.max,sm__cycles_active.min,sm__cycles_active.avg,sm__cycles_active.max,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size \
+        python3 benchmarks/ncu_balance.py > "$OUT/ncu_balance.txt" 2>&1
+      grep -vE "^==PROF==|^\s*$|^\s*-" "$OUT/ncu_balance.txt" | cut -c1-110 | head -40 ;;
     grid-cap) python3 benchmarks/probe_grid_at_capacity.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     decode-d64) python3 benchmarks/probe_decode_d64.py --out "$OUT" 2>&1 | grep -E "d64|fixed|wrote|Error" ;;
     piece-inline) python3 benchmarks/probe_piece_inline.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
