@@ -48,7 +48,7 @@ def main(argv=None):
         best = min((n for n in med if n != "cuDNN"), key=med.get)
         bd.report_ratios(case["name"], med, [(best, "lean"), ("lean", "cuDNN"), (best, "cuDNN")])
         out.append(dict(case=case["name"], rows=rows, us=us, median=med, best=best))
-        del inp, call, fns, q, k, v, sl
+        del inp, call, fns
     common.write_probe(args.out, "decode_probe_waves.json",
                        probe="lean over one wave (default grid) against several waves, split over more splits",
                        timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
