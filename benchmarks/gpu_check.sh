@@ -61,6 +61,9 @@
 #               path, the split path's own launch dominating (bifurcated notes section 11)
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
+#   overlap-priority  the overlap path with its Gluon prefix on a high-priority side stream (ops/bifurcated_overlap.
+#               PREFIX_PRIORITY) against the default arrangement, on the suite cases that take the path, then the GPU
+#               test of the arrangement (benchmarks/probe_overlap_priority.py, bifurcated probe 26; not yet run, ~120 s)
 #   bif-overlap the overlap path (Gluon prefix on one stream, own tokens on another; the default on sm_90) against
 #               the Triton states path (LEANATTN_BIFURCATED_CONFIG path field 3), default first and last, on the
 #               8k cases of 4 samples or more and the long GQA cases (bench_bifurcated.py --sweep)
@@ -126,6 +129,9 @@ for step in "$@"; do
     one-per-sm) python3 benchmarks/bench_decode.py --sweep --tag _one_per_sm --out "$OUT" \
         --cases "gqa B=16 8k,gqa B=4 32k,gqa B=64 4k" \
         --configs "0,0,0,0;128,8,3,1;64,8,6,1;64,4,6,1;128,8,3,1,0,0,2;0,0,0,0" 2>&1 | grep -E "sweep|fail" ;;
+    overlap-priority)
+      python3 benchmarks/probe_overlap_priority.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error"
+      "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "overlap" 2>&1 | tail -2 ;;
     grid-cap) python3 benchmarks/probe_grid_at_capacity.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     decode-d64) python3 benchmarks/probe_decode_d64.py --out "$OUT" 2>&1 | grep -E "d64|fixed|wrote|Error" ;;
     piece-inline) python3 benchmarks/probe_piece_inline.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;

@@ -247,6 +247,34 @@ def test_overlap_deterministic_on_a_callers_stream():
     torch.cuda.synchronize()
 
 
+@pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
+def test_overlap_prefix_priority_bitwise(monkeypatch):
+    # the prefix on a high-priority side stream and the own tokens on the caller's stream: the same launches as
+    # the default arrangement, so the same bits, eagerly and replayed from a graph with new lengths
+    from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
+    q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 8192, torch.randint(0, 300, (64,)).tolist())
+    default = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+    assert _last_plan().path == "overlap"
+    monkeypatch.setattr(ov, "PREFIX_PRIORITY", True)
+    monkeypatch.setattr(opb, "_PLANS", type(opb._PLANS)())
+    assert torch.equal(leanattn.bifurcated_decode(q, pk, pv, k, v, sl), default)
+    assert _last_plan().path == "overlap"
+    out = torch.empty_like(default)
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        out.copy_(leanattn.bifurcated_decode(q, pk, pv, k, v, sl))
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        out.copy_(leanattn.bifurcated_decode(q, pk, pv, k, v, sl))
+    sl.copy_(torch.randint(0, k.shape[1] + 1, (64,), dtype=torch.int32, device="cuda"))
+    g.replay()
+    monkeypatch.setattr(ov, "PREFIX_PRIORITY", False)
+    monkeypatch.setattr(opb, "_PLANS", type(opb._PLANS)())
+    assert torch.equal(out, leanattn.bifurcated_decode(q, pk, pv, k, v, sl))
+
+
 def test_deterministic_20_runs():
     ids = torch.randint(0, 3, (48,), dtype=torch.int32, device="cuda")
     q, pk, pv, k, v, sl = inputs(48, 32, 8, 128, 6000, torch.randint(0, 500, (48,)).tolist(), G=3)

@@ -458,11 +458,14 @@ class Plan:
             st_o, st_l, own_o, own_l = self.states
             if self.own_plan is not None:
                 cur = torch.cuda.current_stream(q.device)
-                side = overlap.side_stream(q.device)
+                first_side = overlap.PREFIX_PRIORITY
+                side = overlap.side_stream(q.device, high_priority=first_side)
                 side.wait_stream(cur)
                 try:
-                    self.prefix(q, pk, pv, st_o, st_l)  # first: its programs take one slot on every SM
-                    with torch.cuda.stream(side):
+                    # the prefix first: its programs take one slot on every SM
+                    with torch.cuda.stream(side if first_side else cur):
+                        self.prefix(q, pk, pv, st_o, st_l)
+                    with torch.cuda.stream(cur if first_side else side):
                         self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt)
                 finally:  # joined even if a launch raises, so a graph capture is not left forked
                     cur.wait_stream(side)

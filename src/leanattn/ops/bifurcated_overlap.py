@@ -18,6 +18,13 @@ from ..kernels import bifurcated_prefix_gluon as pg
 
 _SIDE_STREAMS: dict = {}
 
+# Where the two launches go. False: the prefix on the caller's stream, launched first, and the own tokens on a
+# side stream of default priority. True: the prefix on a side stream of the highest priority and the own tokens on
+# the caller's stream, so that the block scheduler hands freed SM slots to prefix programs before own-token
+# programs whatever order the two launches reach it in (torch >= 2.10 instantiates graphs with node priorities).
+# The same launches either way, so the same bits. Off until timed (benchmarks/probe_overlap_priority.py).
+PREFIX_PRIORITY = False
+
 
 def usable(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, single: bool, has_plens: bool) -> bool:
     """Whether the overlap path can run this call: an sm_90 GPU, a Triton with Gluon, one prompt whose
@@ -70,11 +77,14 @@ def prefix_splits(columns: int, tiles: int, group: int, prefix_len: int, own_len
     return triton.cdiv(tiles, chunk), chunk
 
 
-def side_stream(device: torch.device) -> torch.cuda.Stream:
-    """One side stream per device for the own tokens (created once, reused: streams are not freed)."""
-    key = device.index if device.index is not None else torch.cuda.current_device()
+def side_stream(device: torch.device, high_priority: bool = False) -> torch.cuda.Stream:
+    """One side stream per device and priority (created once, reused: streams are not freed): of default
+    priority for the own tokens, or of the highest priority the device has for the prefix
+    (``PREFIX_PRIORITY``)."""
+    key = (device.index if device.index is not None else torch.cuda.current_device(), high_priority)
     if key not in _SIDE_STREAMS:
-        _SIDE_STREAMS[key] = torch.cuda.Stream(device=device)
+        priority = torch.cuda.Stream.priority_range()[1] if high_priority else 0
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device=device, priority=priority)
     return _SIDE_STREAMS[key]
 
 
