@@ -9,7 +9,7 @@ first), and on the MHA x256 cases the path takes about the prefix's time plus th
 With ``PREFIX_PRIORITY`` the prefix goes to a side stream of the highest priority and the own tokens to the
 caller's stream: the block scheduler then hands freed slots to prefix programs first (torch >= 2.10 keeps node
 priorities in graphs). This probe times both arrangements in one process, three interleaved rounds of graph
-replays (do_bench medians, L2 flushed, us), on the suite's cases that take the overlap path.
+replays and then of eager calls (do_bench medians, L2 flushed, us), on the suite's cases that take the overlap path.
 
     PYTHONPATH=src python benchmarks/probe_overlap_priority.py [--out DIR] [--cases A,B]
 """
@@ -51,14 +51,21 @@ def main(argv=None):
             if err > 1e-2:
                 raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
         us, med = bd.interleaved_graph_times(case["name"], fns, None)
+        # eager too: whether a graph keeps the stream priority of a captured launch is up to torch and the
+        # driver, and these calls are long enough (65-500 us) that the host does not bound them
+        eager = {}
+        for _ in range(3):
+            for label, fn in fns.items():
+                eager.setdefault(label + ", eager", []).append(round(common.bench(fn, warmup=10, rep=40) * 1e3, 2))
+        med.update({n: sorted(v)[len(v) // 2] for n, v in eager.items()})
         paths = {n: next(iter(f.plans[1].values())).path for n, f in fns.items()}
-        bd.report_ratios(case["name"], med, [("prefix priority", "default")])
-        out.append(dict(case=case["name"], us=us, median=med, paths=paths))
+        bd.report_ratios(case["name"], med, [("prefix priority", "default"), ("prefix priority, eager", "default, eager")])
+        out.append(dict(case=case["name"], us=us, us_eager=eager, median=med, paths=paths))
         del inp, fns
         torch.cuda.empty_cache()
     common.write_probe(args.out, "bifurcated_probe_overlap_priority.json",
                        probe="overlap path: prefix on the caller's stream (default) against a high-priority side stream",
-                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
+                       timing="CUDA-graph replays and eager calls, do_bench medians (L2 flushed), 3 interleaved rounds each, us", cases=out)
 
 
 if __name__ == "__main__":

@@ -250,29 +250,41 @@ def test_overlap_deterministic_on_a_callers_stream():
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
 def test_overlap_prefix_priority_bitwise(monkeypatch):
     # the prefix on a high-priority side stream and the own tokens on the caller's stream: the same launches as
-    # the default arrangement, so the same bits, eagerly and replayed from a graph with new lengths
-    from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
+    # the default arrangement, so the same bits, eagerly and replayed from a graph with new queries and lengths.
+    # The plan's state slots are filled with NaN before each call, so a launch that ran outside the fork and
+    # join (the merge reading states not yet written) would not go unseen.
+    from leanattn.ops import bifurcated_overlap as ov
     q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 8192, torch.randint(0, 300, (64,)).tolist())
-    default = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+
+    def _nan_states():
+        for slot in _last_plan().states:
+            if slot is not None:
+                slot.fill_(float("nan"))
+
+    def call(priority):
+        monkeypatch.setattr(ov, "PREFIX_PRIORITY", priority)
+        _nan_states()
+        return leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+
+    leanattn.bifurcated_decode(q, pk, pv, k, v, sl)  # makes the plan
     assert _last_plan().path == "overlap"
-    monkeypatch.setattr(ov, "PREFIX_PRIORITY", True)
-    monkeypatch.setattr(opb, "_PLANS", type(opb._PLANS)())
-    assert torch.equal(leanattn.bifurcated_decode(q, pk, pv, k, v, sl), default)
-    assert _last_plan().path == "overlap"
+    default = call(False)
+    assert torch.equal(call(True), default) and not default.isnan().any()
+    assert any(key[1] for key in ov._SIDE_STREAMS)  # the high-priority side stream was used
     out = torch.empty_like(default)
-    g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        out.copy_(leanattn.bifurcated_decode(q, pk, pv, k, v, sl))
+        out.copy_(call(True))
     torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out.copy_(leanattn.bifurcated_decode(q, pk, pv, k, v, sl))
+    q.normal_()
     sl.copy_(torch.randint(0, k.shape[1] + 1, (64,), dtype=torch.int32, device="cuda"))
+    _nan_states()
     g.replay()
-    monkeypatch.setattr(ov, "PREFIX_PRIORITY", False)
-    monkeypatch.setattr(opb, "_PLANS", type(opb._PLANS)())
-    assert torch.equal(out, leanattn.bifurcated_decode(q, pk, pv, k, v, sl))
+    assert torch.equal(out, call(False)) and not out.isnan().any()
 
 
 def test_deterministic_20_runs():

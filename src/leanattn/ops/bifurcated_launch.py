@@ -459,7 +459,7 @@ class Plan:
             if self.own_plan is not None:
                 cur = torch.cuda.current_stream(q.device)
                 first_side = overlap.PREFIX_PRIORITY
-                side = overlap.side_stream(q.device, high_priority=first_side)
+                side = overlap.side_stream(q.device, high_priority=first_side, avoid=cur)
                 side.wait_stream(cur)
                 try:
                     # the prefix first: its programs take one slot on every SM

@@ -77,15 +77,19 @@ def prefix_splits(columns: int, tiles: int, group: int, prefix_len: int, own_len
     return triton.cdiv(tiles, chunk), chunk
 
 
-def side_stream(device: torch.device, high_priority: bool = False) -> torch.cuda.Stream:
-    """One side stream per device and priority (created once, reused: streams are not freed): of default
-    priority for the own tokens, or of the highest priority the device has for the prefix
-    (``PREFIX_PRIORITY``)."""
+def side_stream(device: torch.device, high_priority: bool = False,
+                avoid: torch.cuda.Stream = None) -> torch.cuda.Stream:
+    """A side stream per device and priority, reused across calls: of default priority for the own tokens, or of
+    the highest priority the device has for the prefix (``PREFIX_PRIORITY``). ``torch.cuda.Stream`` hands out
+    streams from a round-robin pool per priority, which a caller's stream may come from too: a side stream that
+    is ``avoid`` (the caller's stream) would run the two launches one after the other, so it is replaced by the
+    pool's next one."""
     key = (device.index if device.index is not None else torch.cuda.current_device(), high_priority)
-    if key not in _SIDE_STREAMS:
+    stream = _SIDE_STREAMS.get(key)
+    while stream is None or stream == avoid:
         priority = torch.cuda.Stream.priority_range()[1] if high_priority else 0
-        _SIDE_STREAMS[key] = torch.cuda.Stream(device=device, priority=priority)
-    return _SIDE_STREAMS[key]
+        stream = _SIDE_STREAMS[key] = torch.cuda.Stream(device=device, priority=priority)
+    return stream
 
 
 class GluonPrefix:
