@@ -43,9 +43,10 @@
 #               cuDNN, on six uniform suite cases (benchmarks/probe_waves.py, decode probe 25; ~90 s)
 #   ncu-balance Nsight Compute metrics of one lean and one cuDNN launch at gqa B=16 8k: SM active cycles (min, mean,
 #               max over the SMs) against elapsed cycles, DRAM throughput (benchmarks/ncu_balance.py; ~30 s)
-#   one-per-sm  the 537-1075 MB GQA cases under one program per SM (cuDNN's decomposition at gqa B=16 8k: 128
-#               programs, a whole (sequence, kv head) each, no merge; decode probe 25's ncu) against the default two,
-#               default first and last (bench_decode.py --sweep; not yet run, ~120 s)
+#   one-per-sm  lean at one program per SM (cuDNN's decomposition at gqa B=16 8k: 128 programs, a whole (sequence,
+#               kv head) each, no merge; decode probe 25's ncu) over its own grid and over exactly 128 programs,
+#               against the default two per SM and cuDNN (benchmarks/probe_one_per_sm.py, decode probe 27; not yet
+#               run, ~120 s)
 #   decode-d64  lean against split at D=64 outside the tile loop: lean's cut with and without its alignment search,
 #               over the full grid, split at lean's cut, and both with every length 0 (benchmarks/probe_decode_d64.py,
 #               decode probe 21; not yet run, ~30 s)
@@ -126,12 +127,7 @@ for step in "$@"; do
       ncu --profile-from-start off --metrics gpu__time_duration.sum,gpc__cycles_elapsed.max,sm__cycles_active.min,sm__cycles_active.avg,sm__cycles_active.max,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size \
         python3 benchmarks/ncu_balance.py > "$OUT/ncu_balance.txt" 2>&1
       grep -vE "^==PROF==|^\s*$|^\s*-" "$OUT/ncu_balance.txt" | cut -c1-110 | head -40 ;;
-    one-per-sm) python3 benchmarks/bench_decode.py --sweep --tag _one_per_sm --out "$OUT" \
-        --cases "gqa B=16 8k,gqa B=4 32k,gqa B=64 4k" \
-        --configs "0,0,0,0;128,8,3,1;64,8,6,1;64,4,6,1;128,8,3,1,0,0,2;0,0,0,0" 2>&1 | grep -E "sweep|fail" ;;
-    overlap-priority)
-      python3 benchmarks/probe_overlap_priority.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error"
-      "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "overlap" 2>&1 | tail -2 ;;
+    one-per-sm) python3 benchmarks/probe_one_per_sm.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     grid-cap) python3 benchmarks/probe_grid_at_capacity.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     decode-d64) python3 benchmarks/probe_decode_d64.py --out "$OUT" 2>&1 | grep -E "d64|fixed|wrote|Error" ;;
     piece-inline) python3 benchmarks/probe_piece_inline.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
