@@ -264,6 +264,14 @@ def report_ratios(name, med, pairs):
     print(line, flush=True)
 
 
+def report_best(name, med, base, peer="cuDNN"):
+    """``report_ratios`` for a probe of variants against a baseline ``base`` and a ``peer``: the fastest
+    variant (not the peer) against both, and the baseline against the peer. Returns the fastest variant."""
+    best = min((n for n in med if n != peer), key=med.get)
+    report_ratios(name, med, [(best, base), (base, peer), (best, peer)])
+    return best
+
+
 def interleaved_graph_times(name, fns, ref, rounds=3):
     """Each of ``fns`` (label -> call) checked against ``ref``, captured in a CUDA graph and timed over
     ``rounds`` interleaved rounds of replays (do_bench medians, L2 flushed): ``({label: [us per round]},

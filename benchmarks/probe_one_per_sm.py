@@ -43,8 +43,7 @@ def main(argv=None):
         fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
         us, med = bd.interleaved_graph_times(case["name"], fns, ref)
         grids = {n: [p.grid[0] for p in f.plans[0].values()] for n, f in fns.items() if hasattr(f, "plans")}
-        best = min((n for n in med if n != "cuDNN"), key=med.get)
-        bd.report_ratios(case["name"], med, [(best, "default"), ("default", "cuDNN"), (best, "cuDNN")])
+        best = bd.report_best(case["name"], med, "default")
         print(f"{'':18s} grids {grids}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, best=best, grids=grids))
         del inp, call, fns

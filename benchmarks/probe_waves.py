@@ -45,8 +45,7 @@ def main(argv=None):
             fns[f"split {n}"] = lambda s=max(n // rows, 1): leanattn.decode(q, k, v, sl, schedule="split", num_splits=s)
         fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
         us, med = bd.interleaved_graph_times(case["name"], fns, ref)
-        best = min((n for n in med if n != "cuDNN"), key=med.get)
-        bd.report_ratios(case["name"], med, [(best, "lean"), ("lean", "cuDNN"), (best, "cuDNN")])
+        best = bd.report_best(case["name"], med, "lean")
         out.append(dict(case=case["name"], rows=rows, us=us, median=med, best=best))
         del inp, call, fns
     common.write_probe(args.out, "decode_probe_waves.json",
