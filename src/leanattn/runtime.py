@@ -18,7 +18,7 @@ try:  # launch hooks (Launcher); Triton releases with knobs
 except ImportError:  # pragma: no cover
     _triton_knobs = None
 
-__all__ = ["EnvReader", "interpreting", "gpu_target", "num_sms", "dependent_launch", "occupancy", "kernel_occupancy",
+__all__ = ["EnvReader", "env_flag", "interpreting", "gpu_target", "num_sms", "dependent_launch", "occupancy", "kernel_occupancy",
            "register_cap", "workspace", "device_guard", "Launcher"]
 
 
@@ -53,6 +53,17 @@ class EnvReader:
     def value(cls, text: str):
         """``text`` in the form ``os.environ`` stores values (what ``EnvReader`` returns)."""
         return os.environ.encodevalue(text) if cls._MAPPED else text
+
+
+def env_flag(name: str):
+    """A ``0``/``1`` environment knob: ``None`` where unset, else ``False`` or ``True``; any other value is a
+    ``ValueError`` naming it."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    if raw not in ("0", "1"):
+        raise ValueError(f"{name}: expected 0 or 1, got {raw!r}")
+    return raw == "1"
 
 
 _INTERPRET = EnvReader("TRITON_INTERPRET")
@@ -90,10 +101,7 @@ def dependent_launch(device: torch.device) -> bool:
     interpreter (no inline assembly there) nor with a Triton before 3.4 (``kernels/grid_dependency.py``);
     ``LEANATTN_PDL=0`` turns it off (read when a plan is made; ``1``, the default, leaves it on)."""
     from .kernels.grid_dependency import AVAILABLE
-    raw = os.environ.get("LEANATTN_PDL", "1")
-    if raw not in ("0", "1"):
-        raise ValueError(f"LEANATTN_PDL: expected 0 or 1, got {raw!r}")
-    if not AVAILABLE or not gpu_target(device) or interpreting() or raw == "0":
+    if env_flag("LEANATTN_PDL") is False or not AVAILABLE or not gpu_target(device) or interpreting():
         return False
     try:
         return _cuda_props(device.index if device.index is not None else torch.cuda.current_device()).major >= 9

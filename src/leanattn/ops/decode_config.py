@@ -157,12 +157,8 @@ def across_rows(head_dim: int, element_size: int) -> bool:
     16 bits). H200, same process, 2026-12-02 (decode probe 23, benchmarks/probe_order.py): d64 mha B=1 64k
     143.8 against 145.8 us; at D=128 and 256 level or 0.1-0.6% slower (mha B=1 4k 31.6 against 31.4, d256
     80.2 against 79.7). ``LEANATTN_ACROSS_ROWS=0`` or ``1`` overrides (read when a plan is made)."""
-    raw = os.environ.get("LEANATTN_ACROSS_ROWS")
-    if raw is None:
-        return head_dim * element_size <= 128
-    if raw not in ("0", "1"):
-        raise ValueError(f"LEANATTN_ACROSS_ROWS: expected 0 or 1, got {raw!r}")
-    return raw == "1"
+    flag = runtime.env_flag("LEANATTN_ACROSS_ROWS")
+    return head_dim * element_size <= 128 if flag is None else flag
 
 
 # One sequence whose rows are cut into at least this many pieces (or cut unaligned) is merged by a second
@@ -200,11 +196,9 @@ def merge_in_launch(device: torch.device, head_dim: int, tiles: int, batch: int,
     does not win either (141.5 us in-kernel against 142.3, decode probe 16b, 2026-12-02).
     ``LEANATTN_DECODE_MERGE=0`` (in-kernel) or ``1`` (a second launch, eager calls included) overrides.
     """
-    raw = os.environ.get("LEANATTN_DECODE_MERGE")
-    if raw is not None:
-        if raw not in ("0", "1"):
-            raise ValueError(f"LEANATTN_DECODE_MERGE: expected 0 or 1, got {raw!r}")
-        return LAUNCH if raw == "1" else IN_KERNEL
+    flag = runtime.env_flag("LEANATTN_DECODE_MERGE")
+    if flag is not None:
+        return LAUNCH if flag else IN_KERNEL
     if runtime.interpreting() or not runtime.gpu_target(device) or head_dim < 128 or tiles < 1 or batch != 1:
         return IN_KERNEL
     used = programs_used_py([tiles], rows_per_seq, grid, sms) if sms else grid
