@@ -24,4 +24,12 @@ except ImportError:  # pragma: no cover - Triton < 3.4
     def gdc_launch_dependents():
         pass
 
-__all__ = ["AVAILABLE", "gdc_launch_dependents", "gdc_wait"]
+
+
+def launch_meta(pdl: bool) -> dict:
+    """The launch constants of a kernel with a constexpr ``PDL`` that waits with ``gdc_wait``: ``PDL`` and, only
+    where it is True, ``launch_pdl`` (backends without the option, the interpreter among them, refuse it)."""
+    return dict(PDL=pdl, launch_pdl=True) if pdl else dict(PDL=False)
+
+
+__all__ = ["AVAILABLE", "gdc_launch_dependents", "gdc_wait", "launch_meta"]

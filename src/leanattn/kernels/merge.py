@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .grid_dependency import gdc_wait
+from .grid_dependency import gdc_wait, launch_meta
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -88,5 +88,5 @@ def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False) -> tuple[tupl
     else:
         block_s = min(triton.next_power_of_2(max(S, 1)), max(1, 4096 // block_d))
         warps = 4
-    return (M,), dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=block_s, PDL=pdl,
-                 num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+    return (M,), dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=block_s, num_warps=warps,
+                      **launch_meta(pdl))

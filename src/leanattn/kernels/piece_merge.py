@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..schedules.stream_k import program_of, range_start
-from .grid_dependency import gdc_wait
+from .grid_dependency import gdc_wait, launch_meta
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -248,4 +248,4 @@ def piece_merge_launch(rows: int, group: int, n_hb: int, block_h: int, head_dim:
     block_s = min(triton.next_power_of_2(max(programs, 1)), max(1, 4096 // head_dim))
     grid = (rows, min(group, block_h))
     return grid, dict(GROUP=group, N_HB=n_hb, ROWS=rows_per_seq, BLOCK_H=block_h, HEAD_DIM=head_dim,
-                      BLOCK_S=block_s, PDL=pdl, num_warps=4, **({"launch_pdl": True} if pdl else {}))
+                      BLOCK_S=block_s, num_warps=4, **launch_meta(pdl))
