@@ -272,23 +272,35 @@ def report_best(name, med, base, peer="cuDNN"):
     return best
 
 
-def interleaved_graph_times(name, fns, ref, rounds=3):
-    """Each of ``fns`` (label -> call) checked against ``ref``, captured in a CUDA graph and timed over
-    ``rounds`` interleaved rounds of replays (do_bench medians, L2 flushed): ``({label: [us per round]},
-    {label: median us})``. For probes that compare variants of one case side by side. ``ref`` None: the
-    caller has checked the calls."""
-    graphs, us = {}, {}
+def interleaved_times(runs, rounds=3):
+    """Each of ``runs`` (label -> call) timed over ``rounds`` interleaved rounds (do_bench medians, L2 flushed):
+    ``({label: [us per round]}, {label: median us})``."""
+    us = {}
+    for _ in range(rounds):
+        for label, run in runs.items():
+            us.setdefault(label, []).append(round(common.bench(run, warmup=10, rep=40) * 1e3, 2))
+    return us, {n: sorted(v)[len(v) // 2] for n, v in us.items()}
+
+
+def interleaved_graph_times(name, fns, ref, rounds=3, pick=None):
+    """Each of ``fns`` (label -> call) checked against ``ref`` (its output's rows ``pick`` where given),
+    captured in a CUDA graph and its replays timed by ``interleaved_times``. For probes that compare variants
+    of one case side by side."""
+    graphs = {}
     for label, fn in fns.items():
-        err = rel_err(fn(), ref) if ref is not None else 0.0
+        out = fn()
+        err = rel_err(out if pick is None else out[pick], ref)
         if err > 1e-2:
             raise RuntimeError(f"{name} {label}: relative error {err:.1e}")
         graphs[label] = graph_of(fn)
         if graphs[label] is None:
             raise RuntimeError(f"{name} {label}: could not be captured in a CUDA graph")
-    for _ in range(rounds):
-        for label, g in graphs.items():
-            us.setdefault(label, []).append(round(common.bench(g.replay, warmup=10, rep=40) * 1e3, 2))
-    return us, {n: sorted(v)[len(v) // 2] for n, v in us.items()}
+    return interleaved_times({label: g.replay for label, g in graphs.items()}, rounds)
+
+
+def plan_grids(fns):
+    """The grids of the decode plans each of ``fns`` (``with_plans`` calls; others are skipped) has made."""
+    return {n: [p.grid[0] for p in f.plans[0].values()] for n, f in fns.items() if hasattr(f, "plans")}
 
 
 def run_case(case, ceiling, log, ceiling_clean=None):

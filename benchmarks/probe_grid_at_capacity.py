@@ -68,7 +68,7 @@ def main(argv=None):
         at_capacity = ((dec_ops._Plan, "_lean_grid", _grid_at_capacity),)
         fns = {"default grid": bd.with_plans(call), "grid at capacity": bd.with_plans(call, patches=at_capacity)}
         us, med = bd.interleaved_graph_times(name, fns, ref)
-        grids = {n: [p.grid[0] for p in f.plans[0].values()] for n, f in fns.items()}
+        grids = bd.plan_grids(fns)
         bd.report_ratios(name, med, [("grid at capacity", "default grid")])
         print(f"{'':18s} grids {grids}", flush=True)
         out.append(dict(case=name, capacity=cap, lengths=lens, grids=grids, us=us, median=med))

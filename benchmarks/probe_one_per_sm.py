@@ -42,7 +42,7 @@ def main(argv=None):
             fns[label + ", 128"] = bd.with_plans(exactly_128, env)
         fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
         us, med = bd.interleaved_graph_times(case["name"], fns, ref)
-        grids = {n: [p.grid[0] for p in f.plans[0].values()] for n, f in fns.items() if hasattr(f, "plans")}
+        grids = bd.plan_grids(fns)
         best = bd.report_best(case["name"], med, "default")
         print(f"{'':18s} grids {grids}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, best=best, grids=grids))
