@@ -39,6 +39,8 @@
 #               x1; speed of light, memory, warp states, source counters; benchmarks/ncu_one_sample.py; ~60 s)
 #   grid-cap    lean's grid sized by occupancy against the aligned cut at full capacity, on one sequence at and
 #               below capacity and on ragged batches (benchmarks/probe_grid_at_capacity.py, decode probe 24; ~40 s)
+#   ncu-x1-source  the same two launches under Nsight Compute's full set with source import: the report, the
+#               per-SASS-instruction source page as CSV and every section's details (stall reasons) under $OUT
 #   waves       lean over its default grid against 256-2048 programs (several waves), split over 4-16x rows programs,
 #               cuDNN, on six uniform suite cases (benchmarks/probe_waves.py, decode probe 25; ~90 s)
 #   ncu-balance Nsight Compute metrics of one lean and one cuDNN launch at gqa B=16 8k: SM active cycles (min, mean,
@@ -62,6 +64,9 @@
 #               path, the split path's own launch dominating (bifurcated notes section 11)
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
+#   exact-grid  lean over the programs of its cut at full capacity with lengths given, and at one program per SM
+#               (128-token tiles, 8 warps) at D=128, on the contiguous suite cases and the one-sample cases
+#               (benchmarks/probe_exact_grid.py, decode probe 28; ~180 s)
 #   overlap-priority  the overlap path with its Gluon prefix on a high-priority side stream (ops/bifurcated_overlap.
 #               PREFIX_PRIORITY) against the default arrangement, on the suite cases that take the path, then the GPU
 #               test of the arrangement (benchmarks/probe_overlap_priority.py, bifurcated probe 26; not yet run, ~120 s)
@@ -122,11 +127,23 @@ for step in "$@"; do
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SourceCounters \
         --section Occupancy --section LaunchStats python3 benchmarks/ncu_one_sample.py > "$OUT/ncu_one_sample.txt" 2>&1
       grep -E "concat_decode_kernel|lean_decode_kernel|Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Ipc|one-sample" "$OUT/ncu_one_sample.txt" | head -40 ;;
+    ncu-x1-source)
+      ncu -k "regex:concat_decode_kernel|lean_decode_kernel" --launch-skip 4 --launch-count 2 --set full \
+        --import-source yes -o "$OUT/x1_full" python3 benchmarks/ncu_one_sample.py > "$OUT/ncu_x1_full.log" 2>&1
+      tail -3 "$OUT/ncu_x1_full.log"
+      ncu -i "$OUT/x1_full.ncu-rep" --page source --csv --print-source sass > "$OUT/x1_sass.csv" 2>&1
+      echo "source page rc $? $(wc -c < "$OUT/x1_sass.csv") bytes"; head -c 400 "$OUT/x1_sass.csv"; echo
+      ncu -i "$OUT/x1_full.ncu-rep" --page details --print-details all > "$OUT/x1_details.txt" 2>&1
+      grep -iE "stall|warp cycles per issued|^  [a-z_]+_kernel" "$OUT/x1_details.txt" | head -60 ;;
     waves) python3 benchmarks/probe_waves.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     ncu-balance)
       ncu --profile-from-start off --metrics gpu__time_duration.sum,gpc__cycles_elapsed.max,sm__cycles_active.min,sm__cycles_active.avg,sm__cycles_active.max,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size \
         python3 benchmarks/ncu_balance.py > "$OUT/ncu_balance.txt" 2>&1
       grep -vE "^==PROF==|^\s*$|^\s*-" "$OUT/ncu_balance.txt" | cut -c1-110 | head -40 ;;
+    overlap-priority)
+      python3 benchmarks/probe_overlap_priority.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error"
+      "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k overlap 2>&1 | tail -2 ;;
+    exact-grid) python3 benchmarks/probe_exact_grid.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     one-per-sm) python3 benchmarks/probe_one_per_sm.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     grid-cap) python3 benchmarks/probe_grid_at_capacity.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     decode-d64) python3 benchmarks/probe_decode_d64.py --out "$OUT" 2>&1 | grep -E "d64|fixed|wrote|Error" ;;
