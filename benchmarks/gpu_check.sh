@@ -64,12 +64,8 @@
 #               path, the split path's own launch dominating (bifurcated notes section 11)
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
-#   exact-grid  lean over the programs of its cut at full capacity with lengths given, and at one program per SM
-#               (128-token tiles, 8 warps) at D=128, on the contiguous suite cases and the one-sample cases
-#               (benchmarks/probe_exact_grid.py, decode probe 28; ~180 s)
-#   overlap-priority  the overlap path with its Gluon prefix on a high-priority side stream (ops/bifurcated_overlap.
-#               PREFIX_PRIORITY) against the default arrangement, on the suite cases that take the path, then the GPU
-#               test of the arrangement (benchmarks/probe_overlap_priority.py, bifurcated probe 26; not yet run, ~120 s)
+#   x1-overhead the one-sample path against decode over copies at the case's work, the prefix alone, one tile a row and
+#               none, and the kernels of one eager call of each (benchmarks/probe_x1_overhead.py, probe 29; ~60 s)
 #   bif-overlap the overlap path (Gluon prefix on one stream, own tokens on another; the default on sm_90) against
 #               the Triton states path (LEANATTN_BIFURCATED_CONFIG path field 3), default first and last, on the
 #               8k cases of 4 samples or more and the long GQA cases (bench_bifurcated.py --sweep)
@@ -140,10 +136,7 @@ for step in "$@"; do
       ncu --profile-from-start off --metrics gpu__time_duration.sum,gpc__cycles_elapsed.max,sm__cycles_active.min,sm__cycles_active.avg,sm__cycles_active.max,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size \
         python3 benchmarks/ncu_balance.py > "$OUT/ncu_balance.txt" 2>&1
       grep -vE "^==PROF==|^\s*$|^\s*-" "$OUT/ncu_balance.txt" | cut -c1-110 | head -40 ;;
-    overlap-priority)
-      python3 benchmarks/probe_overlap_priority.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error"
-      "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k overlap 2>&1 | tail -2 ;;
-    exact-grid) python3 benchmarks/probe_exact_grid.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
+    x1-overhead) python3 benchmarks/probe_x1_overhead.py --out "$OUT" 2>&1 | grep -E "\||us:|kernels|wrote|Error" ;;
     one-per-sm) python3 benchmarks/probe_one_per_sm.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     grid-cap) python3 benchmarks/probe_grid_at_capacity.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     decode-d64) python3 benchmarks/probe_decode_d64.py --out "$OUT" 2>&1 | grep -E "d64|fixed|wrote|Error" ;;

@@ -40,12 +40,10 @@ from ..kernels.bifurcated_prefix import prefix_states_kernel
 from ..kernels.bifurcated_states import bifurcated_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..kernels.merge import merge_launch, merge_states_kernel
-from ..schedules.stream_k import programs_used_py
 from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
-from .decode_config import (DecodeConfig, across_rows, decode_config, exact_grid, length_block, load_path,
-                            merge_in_launch)
+from .decode_config import DecodeConfig, across_rows, decode_config, length_block, load_path, merge_in_launch
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
 
 LOG2E = 1.4426950408889634
@@ -257,10 +255,6 @@ class Plan:
             occ = runtime.kernel_occupancy(concat_decode_kernel, args, dict(self.meta, MERGE_LAUNCH=False), device,
                                            self.info, "in_kernel_")
             workers = runtime.num_sms(device) * max(1, min(occ, cps))
-            if exact_grid(cps):
-                # as decode over the copied caches (ops/decode.py): the programs of the cut at full capacity
-                workers = programs_used_py([row_tiles] * B, self.meta["ROWS"], workers, sms)
-                self.tail = self.tail[:-1] + (0,)
         n = workers
         self.grid = (n,)
         rows = B * self.meta["ROWS"]
@@ -464,14 +458,12 @@ class Plan:
             st_o, st_l, own_o, own_l = self.states
             if self.own_plan is not None:
                 cur = torch.cuda.current_stream(q.device)
-                first_side = overlap.PREFIX_PRIORITY
-                side = overlap.side_stream(q.device, high_priority=first_side, avoid=cur)
+                side = overlap.side_stream(q.device, avoid=cur)
                 side.wait_stream(cur)
                 try:
                     # the prefix first: its programs take one slot on every SM
-                    with torch.cuda.stream(side if first_side else cur):
-                        self.prefix(q, pk, pv, st_o, st_l)
-                    with torch.cuda.stream(cur if first_side else side):
+                    self.prefix(q, pk, pv, st_o, st_l)
+                    with torch.cuda.stream(side):
                         self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt)
                 finally:  # joined even if a launch raises, so a graph capture is not left forked
                     cur.wait_stream(side)

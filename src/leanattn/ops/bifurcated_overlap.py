@@ -18,13 +18,6 @@ from ..kernels import bifurcated_prefix_gluon as pg
 
 _SIDE_STREAMS: dict = {}
 
-# Where the two launches go. False: the prefix on the caller's stream, launched first, and the own tokens on a
-# side stream of default priority. True: the prefix on a side stream of the highest priority and the own tokens on
-# the caller's stream, so that the block scheduler hands freed SM slots to prefix programs before own-token
-# programs whatever order the two launches reach it in (torch >= 2.10 instantiates graphs with node priorities).
-# The same launches either way, so the same bits. Off until timed (benchmarks/probe_overlap_priority.py).
-PREFIX_PRIORITY = False
-
 
 def usable(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, single: bool, has_plens: bool) -> bool:
     """Whether the overlap path can run this call: an sm_90 GPU, a Triton with Gluon, one prompt whose
@@ -77,18 +70,20 @@ def prefix_splits(columns: int, tiles: int, group: int, prefix_len: int, own_len
     return triton.cdiv(tiles, chunk), chunk
 
 
-def side_stream(device: torch.device, high_priority: bool = False,
-                avoid: torch.cuda.Stream = None) -> torch.cuda.Stream:
-    """A side stream per device and priority, reused across calls: of default priority for the own tokens, or of
-    the highest priority the device has for the prefix (``PREFIX_PRIORITY``). ``torch.cuda.Stream`` hands out
-    streams from a round-robin pool per priority, which a caller's stream may come from too: a side stream that
-    is ``avoid`` (the caller's stream) would run the two launches one after the other, so it is replaced by the
-    pool's next one."""
-    key = (device.index if device.index is not None else torch.cuda.current_device(), high_priority)
+def side_stream(device: torch.device, avoid: torch.cuda.Stream = None) -> torch.cuda.Stream:
+    """The side stream of ``device`` for the own tokens, reused across calls. ``torch.cuda.Stream`` hands out
+    streams from a round-robin pool, which a caller's stream may come from too: a side stream that is ``avoid``
+    (the caller's stream) would run the two launches one after the other, so it is replaced by the pool's next one.
+
+    The launches' order decides where the prefix programs land (notes section 15: the overlap happens only when
+    they are dispatched first), so the prefix goes first, on the caller's stream. A prefix on a side stream of the
+    highest priority, own tokens on the caller's, measured level or slower (H200, 2026-12-02, bifurcated probe 26,
+    raw ``bifurcated_probe_overlap_priority.json``, graph replays: within 0.5% on seven cases, MHA 32k x256 540.0
+    against 520.1 us) and was removed."""
+    key = device.index if device.index is not None else torch.cuda.current_device()
     stream = _SIDE_STREAMS.get(key)
     while stream is None or stream == avoid:
-        priority = torch.cuda.Stream.priority_range()[1] if high_priority else 0
-        stream = _SIDE_STREAMS[key] = torch.cuda.Stream(device=device, priority=priority)
+        stream = _SIDE_STREAMS[key] = torch.cuda.Stream(device=device)
     return stream
 
 

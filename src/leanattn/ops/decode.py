@@ -12,7 +12,7 @@ from ..kernels.merge import merge_launch, merge_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence
-from .decode_config import across_rows, decode_config, exact_grid, length_block, load_path, merge_in_launch
+from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
 
 __all__ = ["decode"]
@@ -71,11 +71,10 @@ class _Plan:
             # 0 keeps a grid the caller chose
             self.tail = strides + (bt_stride, qk_scale, B, cap, sms)
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
-            if sms and (cache_seqlens is None or exact_grid(cfg.ctas_per_sm)):
+            if sms and cache_seqlens is None:
                 # every sequence fills the cache, so the host knows the programs the kernel would use:
                 # launch only those (H200, same process: 0.4-1.8 us faster than a grid with idle
-                # programs on four short uniform cases; benchmarks/results/decode_probes_H200_2026-12-01.md).
-                # With lengths, exact_grid: the cut at full capacity, over which the kernel cuts the real lengths
+                # programs on four short uniform cases; benchmarks/results/decode_probes_H200_2026-12-01.md)
                 grid = programs_used_py(tiles_per_sequence([cap] * B, cfg.block_n), self.meta["ROWS"], grid, sms)
                 self.tail = self.tail[:-1] + (0,)
             self.grid = (grid,)
@@ -131,8 +130,7 @@ class _Plan:
 
 _PLANS = runtime.PlanCache()
 # environment variables a plan is made from (benchmark sweeps): part of the plan key
-_ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_BLOCK_B_MIN",
-              "LEANATTN_DECODE_EXACT_GRID")
+_ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_BLOCK_B_MIN")
 _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 

@@ -161,15 +161,6 @@ def across_rows(head_dim: int, element_size: int) -> bool:
     return head_dim * element_size <= 128 if flag is None else flag
 
 
-def exact_grid(ctas_per_sm: int) -> bool:
-    """Whether a lean launch whose caller passes lengths still launches only the programs of the cut at full
-    capacity (``schedules/stream_k.programs_used_py``), as a launch without lengths does, instead of the whole
-    persistent grid with the kernel choosing among it. ``LEANATTN_DECODE_EXACT_GRID=0`` or ``1`` overrides (read
-    when a plan is made). Off until measured (decode probe 28, ``benchmarks/probe_exact_grid.py``)."""
-    flag = runtime.env_flag("LEANATTN_DECODE_EXACT_GRID")
-    return False if flag is None else flag
-
-
 # One sequence whose rows are cut into at least this many pieces (or cut unaligned) is merged by a second
 # launch. H200, same process, 2026-12-01 (benchmarks/results/decode_probe_merge_launch.json), lean with
 # the merge launch against the in-kernel merge: gqa B=1 32k (8 rows of 32 pieces) 50.2 against 51.2 us,
