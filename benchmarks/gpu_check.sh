@@ -2,9 +2,11 @@
 # One device call: environment, then the steps named, in order; results go to $OUT.
 # Usage (repo root, on the GPU machine): benchmarks/gpu_check.sh STEP...
 #   tests       GPU tests of decode and bifurcated (sanitizer tests excluded: see 'sanitize')
+#   tests-bif   the bifurcated GPU tests alone
 #   tests-all   every GPU test file, sparse and tree (2 GPUs) included
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
 #   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200)
+#   sanitize-bif  memcheck over the bifurcated launches only
 #   racecheck   compute-sanitizer racecheck over the decode launches (shared-memory hazards; 147 s on an H200)
 #   racecheck-bif  the same over the bifurcated launches (220 s on an H200)
 #   sanitize-overlap  memcheck then racecheck over the overlap path's launches alone (sanitize.py overlap)
@@ -64,6 +66,8 @@
 #               path, the split path's own launch dominating (bifurcated notes section 11)
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
+#   piece-offsets  tiles as a scalar base plus offsets fixed for the piece (LOAD 3; the one-sample path's SAME_STRIDE)
+#               against a 64-bit address per row, one-sample cases and decode D=128 cases (probe_piece_offsets.py, probe 30)
 #   x1-overhead the one-sample path against decode over copies at the case's work, the prefix alone, one tile a row and
 #               none, and the kernels of one eager call of each (benchmarks/probe_x1_overhead.py, probe 29; ~60 s)
 #   bif-overlap the overlap path (Gluon prefix on one stream, own tokens on another; the default on sm_90) against
@@ -82,10 +86,12 @@ for step in "$@"; do
   echo "== $step"
   case "$step" in
     tests) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
+    tests-bif) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-all) "${PYTEST[@]}" tests/*_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     sanitize) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py 2>&1 | tail -3 ;;
     sanitize-db) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py decode bifurcated 2>&1 | tail -3 ;;
     racecheck) compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py decode 2>&1 | tail -3 ;;
+    sanitize-bif) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated 2>&1 | tail -3 ;;
     racecheck-bif) compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py bifurcated 2>&1 | tail -3 ;;
     sanitize-overlap)
       compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py overlap 2>&1 | tail -2
@@ -137,6 +143,7 @@ for step in "$@"; do
         python3 benchmarks/ncu_balance.py > "$OUT/ncu_balance.txt" 2>&1
       grep -vE "^==PROF==|^\s*$|^\s*-" "$OUT/ncu_balance.txt" | cut -c1-110 | head -40 ;;
     x1-overhead) python3 benchmarks/probe_x1_overhead.py --out "$OUT" 2>&1 | grep -E "\||us:|kernels|wrote|Error" ;;
+    piece-offsets) python3 benchmarks/probe_piece_offsets.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     one-per-sm) python3 benchmarks/probe_one_per_sm.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     grid-cap) python3 benchmarks/probe_grid_at_capacity.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     decode-d64) python3 benchmarks/probe_decode_d64.py --out "$OUT" 2>&1 | grep -E "d64|fixed|wrote|Error" ;;

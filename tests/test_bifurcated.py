@@ -599,6 +599,24 @@ def test_one_sample_takes_the_concat_path():
         assert next(reversed(bif._PLANS.values())).path == "concat"
 
 
+@pytest.mark.parametrize("same", [True, False], ids=["offsets", "row-addresses"])
+def test_one_sample_tile_addressing(monkeypatch, same):
+    # tiles as a base address plus offsets fixed for the piece where the prefix and the own cache share their
+    # token strides (SAME_STRIDE), else a 64-bit address per row; an own cache laid out (B, H, N, D) shares none
+    from leanattn.ops import bifurcated as bif, bifurcated_launch as bl
+    monkeypatch.setattr(bl, "CONCAT_SAME_STRIDE", same)
+    bif._PLANS.clear()
+    try:
+        for layout in ("nhd", "hnd"):
+            q, k, v, lens, _ = make_inputs(1, 8, 2, 64, [33], layout=layout)
+            pk, pv, _ = make_prefix(None, 37, 2, 64)
+            check(q, pk, pv, k, v, lens, op_args=(0, 3, 0, 0), name=layout)
+            plan = next(reversed(bif._PLANS.values()))
+            assert plan.path == "concat" and plan.meta["SAME_STRIDE"] == (same and layout == "nhd")
+    finally:
+        bif._PLANS.clear()
+
+
 @pytest.mark.parametrize("plen", [23, 0, 50])
 @pytest.mark.parametrize("page_size", [0, 8, 32])
 @pytest.mark.parametrize("heads", [(8, 2), (4, 4)], ids=["gqa", "mha"])

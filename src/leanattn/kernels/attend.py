@@ -44,14 +44,16 @@ def attend_tiles(
     stride_vb, stride_vn, stride_vh,  #
     stride_btb,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PIECE_OFFSETS: tl.constexpr = False,
 ):
     """Online softmax over KV tiles ``[tile_lo, tile_hi)``; returns ``(acc, m, l)``.
 
     ``acc [BLOCK_H, HEAD_DIM]`` is the unnormalised output, ``m [BLOCK_H]`` the running max of the
     scores in log2 units and ``l [BLOCK_H]`` the sum of ``exp2(score - m)``. ``PAGE_SIZE == 0``
     means a contiguous cache, where ``stride_kb`` is the batch stride; otherwise ``stride_kb``
-    is the page stride and ``BlockTable[b, i]`` names the i-th page of sequence ``b``.
+    is the page stride and ``BlockTable[b, i]`` names the i-th page of sequence ``b``. ``PIECE_OFFSETS`` (a
+    contiguous cache whose ``BLOCK_N`` rows span less than 2**31 elements): a tile is a scalar base address plus
+    32-bit offsets computed once a piece, instead of a 64-bit address per row and tile.
     """
     offs_d = tl.arange(0, HEAD_DIM)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
@@ -60,6 +62,14 @@ def attend_tiles(
     k_head = K + kvh.to(tl.int64) * stride_kh
     v_head = V + kvh.to(tl.int64) * stride_vh
     bt_row = BlockTable + b.to(tl.int64) * stride_btb
+    if PAGE_SIZE == 0 and PIECE_OFFSETS:
+        rows = tl.arange(0, BLOCK_N)
+        k_off = (rows * stride_kn)[:, None] + offs_d[None, :]
+        v_off = (rows * stride_vn)[:, None] + offs_d[None, :]
+        k_seq = k_head + b.to(tl.int64) * stride_kb
+        v_seq = v_head + b.to(tl.int64) * stride_vb
+        skn = tl.cast(stride_kn, tl.int64)
+        svn = tl.cast(stride_vn, tl.int64)
     # page ids are fetched one tile ahead, so K/V addresses never wait on a dependent load
     if PAGE_SIZE > 0:
         if PAGE_SIZE % BLOCK_N == 0:
@@ -71,7 +81,10 @@ def attend_tiles(
         offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < seqlen
         # -- locate the tile's token rows --
-        if PAGE_SIZE == 0:
+        if PAGE_SIZE == 0 and PIECE_OFFSETS:
+            k_tile = k_seq + (j * BLOCK_N) * skn
+            v_tile = v_seq + (j * BLOCK_N) * svn
+        elif PAGE_SIZE == 0:
             k_rows = b.to(tl.int64) * stride_kb + offs_n.to(tl.int64) * stride_kn
             v_rows = b.to(tl.int64) * stride_vb + offs_n.to(tl.int64) * stride_vn
         else:
@@ -87,10 +100,16 @@ def attend_tiles(
             k_rows = page * stride_kb + in_page * stride_kn
             v_rows = page * stride_vb + in_page * stride_vn
         # -- scores --
-        k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        if PAGE_SIZE == 0 and PIECE_OFFSETS:
+            k = tl.load(k_tile + k_off, mask=mask_n[:, None], other=0.0)
+        else:
+            k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
         # -- accumulate --
-        v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        if PAGE_SIZE == 0 and PIECE_OFFSETS:
+            v = tl.load(v_tile + v_off, mask=mask_n[:, None], other=0.0)
+        else:
+            v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
     return acc, m_i, l_i
 
@@ -164,9 +183,10 @@ def attend_any(
     PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """``attend_tiles`` with the K/V load path ``LOAD`` for a contiguous cache: 0 tensors of
-    pointers, 1 block pointers, 2 TMA descriptors (``attend_contiguous``). A paged cache always
-    takes tensors of pointers (its tiles gather rows of several pages)."""
-    if LOAD > 0 and PAGE_SIZE == 0:
+    pointers, 1 block pointers, 2 TMA descriptors (``attend_contiguous``), 3 tensors of pointers formed from
+    offsets fixed for the piece (``attend_tiles``' ``PIECE_OFFSETS``). A paged cache always takes tensors of
+    pointers (its tiles gather rows of several pages)."""
+    if (LOAD == 1 or LOAD == 2) and PAGE_SIZE == 0:
         acc, m_i, l_i = attend_contiguous(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
@@ -175,7 +195,7 @@ def attend_any(
         acc, m_i, l_i = attend_tiles(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, LOAD == 3)
     return acc, m_i, l_i
 
 
@@ -187,7 +207,8 @@ def attend_concat(
     stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
     stride_btb,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, SAME_STRIDE: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """``attend_tiles`` over the concatenation ``prefix ++ own`` without building it: tiles
     ``[0, pt)`` of the row are the prefix ``PK/PV[gid, :plen, kvh]`` (contiguous), the rest the
@@ -213,6 +234,14 @@ def attend_concat(
     k_head = K + kvh.to(tl.int64) * stride_kh
     v_head = V + kvh.to(tl.int64) * stride_vh
     bt_row = BlockTable + b.to(tl.int64) * stride_btb
+    if PAGE_SIZE == 0 and SAME_STRIDE:
+        # prefix and own rows share their token strides: a tile is a scalar base address (the selected source's
+        # first row) plus offsets that are the same for every tile, computed once a piece
+        rows = tl.arange(0, BLOCK_N)
+        k_off = (rows * stride_kn)[:, None] + offs_d[None, :]
+        v_off = (rows * stride_vn)[:, None] + offs_d[None, :]
+        k_own = k_head + b.to(tl.int64) * stride_kb
+        v_own = v_head + b.to(tl.int64) * stride_vb
     if PAGE_SIZE > 0:
         # the page ids of the first tile (prefix tiles look nothing up: masked ids are 0, never used)
         jn = tl.maximum(tile_lo - pt, 0)
@@ -227,7 +256,12 @@ def attend_concat(
         offs_n = jj * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < tl.where(in_prefix, plen, seqlen)
         # -- locate the tile's token rows in its source (scalar selects: the row vectors stay one) --
-        if PAGE_SIZE == 0:
+        if PAGE_SIZE == 0 and SAME_STRIDE:
+            first = (jj * BLOCK_N).to(tl.int64)
+            k_tile = tl.where(in_prefix, pk_head, k_own) + first * stride_kn
+            v_tile = tl.where(in_prefix, pv_head, v_own) + first * stride_vn
+            mask_n = rows < tl.where(in_prefix, plen, seqlen) - jj * BLOCK_N
+        elif PAGE_SIZE == 0:
             k_base = tl.where(in_prefix, pk_head, k_head + b.to(tl.int64) * stride_kb)
             v_base = tl.where(in_prefix, pv_head, v_head + b.to(tl.int64) * stride_vb)
             k_ptrs = k_base + offs_n.to(tl.int64) * tl.where(in_prefix, stride_pkn, stride_kn)
@@ -258,8 +292,14 @@ def attend_concat(
             v_ptrs = tl.where(in_prefix, pv_head + offs_n.to(tl.int64) * stride_pvn,
                               v_head + page * stride_vb + in_page * stride_vn)
         # -- scores, then accumulate --
-        k = tl.load(k_ptrs[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        if PAGE_SIZE == 0 and SAME_STRIDE:
+            k = tl.load(k_tile + k_off, mask=mask_n[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
-        v = tl.load(v_ptrs[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        if PAGE_SIZE == 0 and SAME_STRIDE:
+            v = tl.load(v_tile + v_off, mask=mask_n[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
     return acc, m_i, l_i

@@ -31,6 +31,7 @@ def concat_piece(
     stride_ob, stride_oh, stride_lb, stride_btb,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,  #
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
+    SAME_STRIDE: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
 ):
     """Piece ``[t, stop)`` of the row ``[head_begin, head_end)`` (sample ``b`` of prompt ``gid``,
@@ -43,7 +44,7 @@ def concat_piece(
         q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, tile_lo, tile_lo + (stop - t), qk_scale,  #
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, UPCAST,
+        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, SAME_STRIDE, UPCAST,
         DOT_PRECISION)
     settle_and_store(
         acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
@@ -67,7 +68,7 @@ def concat_decode_kernel(
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
-    SINGLE_PREFIX: tl.constexpr,  #
+    SINGLE_PREFIX: tl.constexpr, SAME_STRIDE: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
     PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr,
@@ -127,6 +128,6 @@ def concat_decode_kernel(
             stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb,  #
-            GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION,  #
+            GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, SAME_STRIDE,  #
             VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH)
         t = stop

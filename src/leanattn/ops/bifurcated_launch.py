@@ -47,6 +47,9 @@ from .decode_config import DecodeConfig, across_rows, decode_config, length_bloc
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
 
 LOG2E = 1.4426950408889634
+# the one-sample kernel's tiles as a scalar base plus offsets fixed for the piece, where the prefix and the own
+# cache share their token strides (kernels/attend.attend_concat, SAME_STRIDE); probe 30 times it against off
+CONCAT_SAME_STRIDE = True
 
 _ENV_FIELDS = ("block_h_cap", "block_np", "num_warps", "num_stages", "ctas_per_sm", "load", "block_no", "order",
                "merge", "path", "splits", "sb", "own_splits")
@@ -196,9 +199,10 @@ class Plan:
                             Hq * D, D, Hq,  # out and lse are allocated contiguous
                             block_table.stride(0) if self.own_paged else 0)
         load = lc.load if lc.load is not None else lc.own.load
-        load = load_path(load, pk_s, pv_s, False)
+        tile = max(lc.block_np, lc.block_no)
+        load = load_path(load, pk_s, pv_s, False, tile)
         if has_own and not self.own_paged:
-            load = min(load, load_path(load, k_s, v_s, False))
+            load = min(load, load_path(load, k_s, v_s, False, tile))
         self.common = dict(HEAD_DIM=D, HAS_SEQLENS=seqlens is not None, SINGLE_PREFIX=single, LOAD=load,
                            UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
                            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
@@ -244,6 +248,9 @@ class Plan:
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=bn, BLOCK_B=length_block(B),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
+                         SAME_STRIDE=CONCAT_SAME_STRIDE and not self.page_size
+                         and self.strides_p[1] == self.strides_own[1] and self.strides_p[4] == self.strides_own[4]
+                         and max(self.strides_p[1], self.strides_p[4]) * bn + D < 2**31,
                          MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, ACROSS_ROWS=across_rows(D, q.element_size()),
                          num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
         self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap, sms)
