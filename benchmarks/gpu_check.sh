@@ -66,8 +66,8 @@
 #               path, the split path's own launch dominating (bifurcated notes section 11)
 #   decode-load the decode suite's lean schedule under each load path (0 pointers, 1 block pointers,
 #               2 TMA) and TMA launch variants, side by side (bench_decode.py --sweep)
-#   piece-offsets  tiles as a scalar base plus offsets fixed for the piece (LOAD 3; the one-sample path's SAME_STRIDE)
-#               against a 64-bit address per row, one-sample cases and decode D=128 cases (probe_piece_offsets.py, probe 30)
+#   piece-offsets  the one-sample path's tiles as a scalar base plus offsets fixed for the piece (SAME_STRIDE) against a
+#               64-bit address per row, and decode over copies, on the one-sample cases (probe_piece_offsets.py, probe 30)
 #   x1-overhead the one-sample path against decode over copies at the case's work, the prefix alone, one tile a row and
 #               none, and the kernels of one eager call of each (benchmarks/probe_x1_overhead.py, probe 29; ~60 s)
 #   bif-overlap the overlap path (Gluon prefix on one stream, own tokens on another; the default on sm_90) against

@@ -47,8 +47,11 @@ from .decode_config import DecodeConfig, across_rows, decode_config, length_bloc
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
 
 LOG2E = 1.4426950408889634
-# the one-sample kernel's tiles as a scalar base plus offsets fixed for the piece, where the prefix and the own
-# cache share their token strides (kernels/attend.attend_concat, SAME_STRIDE); probe 30 times it against off
+# The one-sample kernel's tiles as a scalar base plus 32-bit offsets fixed for the piece, where the prefix and the
+# own cache share their token strides (kernels/attend.attend_concat, SAME_STRIDE). H200, 2026-12-02, one process
+# (probe 30, benchmarks/probe_piece_offsets.py): 0.3-2.0% faster than a 64-bit address per row on the six
+# one-sample suite cases (GQA 16k x1 33.7 against 34.4 us; decode over the copied caches 33.4). The same form in
+# decode's loop measured level (-0.3% to +0.5% on ten D=128 cases) and was not kept.
 CONCAT_SAME_STRIDE = True
 
 _ENV_FIELDS = ("block_h_cap", "block_np", "num_warps", "num_stages", "ctas_per_sm", "load", "block_no", "order",
@@ -199,10 +202,9 @@ class Plan:
                             Hq * D, D, Hq,  # out and lse are allocated contiguous
                             block_table.stride(0) if self.own_paged else 0)
         load = lc.load if lc.load is not None else lc.own.load
-        tile = max(lc.block_np, lc.block_no)
-        load = load_path(load, pk_s, pv_s, False, tile)
+        load = load_path(load, pk_s, pv_s, False)
         if has_own and not self.own_paged:
-            load = min(load, load_path(load, k_s, v_s, False, tile))
+            load = min(load, load_path(load, k_s, v_s, False))
         self.common = dict(HEAD_DIM=D, HAS_SEQLENS=seqlens is not None, SINGLE_PREFIX=single, LOAD=load,
                            UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
                            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")

@@ -48,7 +48,7 @@ class _Plan:
             GROUP=group, N_HB=cfg.n_hb, ROWS=k_cache.shape[2] * cfg.n_hb,
             HEAD_DIM=D, BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
             PAGE_SIZE=k_cache.shape[1] if paged else 0, HAS_SEQLENS=cache_seqlens is not None,
-            LOAD=load_path(cfg.load, k_cache, v_cache, paged, cfg.block_n),
+            LOAD=load_path(cfg.load, k_cache, v_cache, paged),
             # bf16 tl.dot is broken in the interpreter: upcast there
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",

@@ -24,7 +24,7 @@ class DecodeConfig:
     num_warps: int
     num_stages: int
     ctas_per_sm: int  # cap on resident programs per SM for the persistent grid
-    load: int = 0     # K/V load path of a contiguous cache: 0 pointers, 1 block pointers, 2 TMA, 3 piece offsets
+    load: int = 0     # K/V load path of a contiguous cache: 0 pointers, 1 block pointers, 2 TMA
 
 
 # (head_dim) -> (block_n, num_warps, num_stages, ctas_per_sm) on CUDA. From the H100 sweeps in
@@ -88,9 +88,9 @@ def _env_override(cfg: tuple) -> tuple:
         vals = tuple(int(x) for x in raw.split(","))
     except ValueError:
         vals = ()
-    if len(vals) not in (4, 5) or min(vals) < 0 or (len(vals) == 5 and vals[4] > 3):
+    if len(vals) not in (4, 5) or min(vals) < 0 or (len(vals) == 5 and vals[4] > 2):
         raise ValueError("LEANATTN_DECODE_CONFIG: expected 'block_n,num_warps,num_stages,ctas_per_sm[,load]' "
-                         f"with load 0, 1, 2 or 3, got {raw!r}")
+                         f"with load 0, 1 or 2, got {raw!r}")
     return vals
 
 
@@ -106,13 +106,10 @@ def length_block(batch: int) -> int:
     return max(int(raw), triton.next_power_of_2(max(batch, 1)))
 
 
-def load_path(load: int, k_cache: torch.Tensor, v_cache: torch.Tensor, paged: bool, block_n: int = 0) -> int:
+def load_path(load: int, k_cache: torch.Tensor, v_cache: torch.Tensor, paged: bool) -> int:
     """The ``LOAD`` a launch can use: TMA (2) needs a contiguous cache whose row bases and token
-    stride are 16-byte aligned; otherwise tensors of pointers (0). Paged caches always take 0. Piece offsets (3)
-    need a tile of ``block_n`` rows to span less than 2**31 elements (32-bit offsets), else 0."""
+    stride are 16-byte aligned; otherwise tensors of pointers (0). Paged caches always take 0."""
     if paged:
-        return 0
-    if load == 3 and max(k_cache.stride(1), v_cache.stride(1)) * max(block_n, 1) + k_cache.shape[-1] >= 2**31:
         return 0
     if load == 2:
         for t in (k_cache, v_cache):
@@ -145,12 +142,12 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
 
 
 def _env_load(default: int) -> int:
-    """``LEANATTN_DECODE_LOAD=0|1|2|3`` overrides the load path (tests run each under the interpreter)."""
+    """``LEANATTN_DECODE_LOAD=0|1|2`` overrides the load path (tests run each under the interpreter)."""
     raw = os.environ.get("LEANATTN_DECODE_LOAD")
     if raw is None:
         return default
-    if raw not in ("0", "1", "2", "3"):
-        raise ValueError(f"LEANATTN_DECODE_LOAD: expected 0, 1, 2 or 3, got {raw!r}")
+    if raw not in ("0", "1", "2"):
+        raise ValueError(f"LEANATTN_DECODE_LOAD: expected 0, 1 or 2, got {raw!r}")
     return int(raw)
 
 
