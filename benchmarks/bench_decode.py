@@ -284,6 +284,10 @@ def interleaved_times(runs, rounds=3):
     return us, {n: sorted(v)[len(v) // 2] for n, v in us.items()}
 
 
+# what interleaved_graph_times' numbers are, for a probe's results file (common.write_probe's timing=)
+GRAPH_TIMING = "CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us"
+
+
 def interleaved_graph_times(name, fns, ref, rounds=3, pick=None):
     """Each of ``fns`` (label -> call) checked against ``ref`` (its output's rows ``pick`` where given),
     captured in a CUDA graph and its replays timed by ``interleaved_times``. For probes that compare variants

@@ -76,7 +76,7 @@ def main(argv=None):
     print("fixed cost       " + "  ".join(f"{n} {t:.1f}" for n, t in med0.items()), flush=True)
     common.write_probe(args.out, "decode_probe_d64.json", case=CASE["name"], us=us, median=med,
                        fixed_cost_us=us0, fixed_cost_median=med0,
-                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us")
+                       timing=bd.GRAPH_TIMING)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def main(argv=None):
         torch.cuda.empty_cache()
     common.write_probe(args.out, "decode_probe_grid_at_capacity.json",
                        probe="lean grid sized by occupancy (default) against the aligned cut at full capacity",
-                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
+                       timing=bd.GRAPH_TIMING, cases=out)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def main(argv=None):
         del inp, call, fns
     common.write_probe(args.out, "decode_probe_one_per_sm.json",
                        probe="lean at one program per SM (cuDNN's decomposition) against the default two per SM",
-                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
+                       timing=bd.GRAPH_TIMING, cases=out)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def main(argv=None):
         del ours, copied, fns
     common.write_probe(args.out, "decode_probe_order.json",
                        probe="stream-K programs of an aligned cut ordered one row after another against across rows",
-                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
+                       timing=bd.GRAPH_TIMING, cases=out)
 
 
 if __name__ == "__main__":

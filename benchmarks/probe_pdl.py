@@ -76,7 +76,7 @@ def main(argv=None):
         del inp, call, fns
     common.write_probe(args.out, "decode_probe_pdl.json",
                        probe="merge launch without and with programmatic dependent launch, and the in-kernel merge",
-                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
+                       timing=bd.GRAPH_TIMING, cases=out)
 
 
 if __name__ == "__main__":

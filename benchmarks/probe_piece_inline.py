@@ -78,7 +78,7 @@ def main(argv=None):
         del ours, copied, fns
     common.write_probe(args.out, "decode_probe_piece_inline.json",
                        probe="stream-K pieces called (noinline) against inlined, decode and one-sample bifurcated",
-                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
+                       timing=bd.GRAPH_TIMING, cases=out)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def main(argv=None):
         del ours, copied, fns
     common.write_probe(args.out, "bifurcated_probe_piece_offsets.json",
                        probe="one-sample path: tiles as a scalar base plus offsets fixed for the piece, against a 64-bit address per row",
-                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
+                       timing=bd.GRAPH_TIMING, cases=out)
 
 
 if __name__ == "__main__":

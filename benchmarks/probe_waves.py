@@ -50,7 +50,7 @@ def main(argv=None):
         del inp, call, fns
     common.write_probe(args.out, "decode_probe_waves.json",
                        probe="lean over one wave (default grid) against several waves, split over more splits",
-                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us", cases=out)
+                       timing=bd.GRAPH_TIMING, cases=out)
 
 
 if __name__ == "__main__":

@@ -100,8 +100,7 @@ def main(argv=None):
     common.write_probe(args.out, "bifurcated_probe_x1_overhead.json",
                        probe="one-sample path against decode over copied caches at the case's work, the prefix alone, "
                              "one tile a row and none",
-                       timing="CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us; kernels: "
-                              "torch.profiler device time per eager call", cases=out)
+                       timing=bd.GRAPH_TIMING + "; kernels: torch.profiler device time per eager call", cases=out)
 
 
 if __name__ == "__main__":
