@@ -7,6 +7,7 @@
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
 #   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200)
 #   sanitize-bif  memcheck over the bifurcated launches only
+#   sanitize-concat  memcheck then racecheck over the one-sample launches alone (sanitize.py concat)
 #   racecheck   compute-sanitizer racecheck over the decode launches (shared-memory hazards; 147 s on an H200)
 #   racecheck-bif  the same over the bifurcated launches (220 s on an H200)
 #   sanitize-overlap  memcheck then racecheck over the overlap path's launches alone (sanitize.py overlap)
@@ -92,6 +93,9 @@ for step in "$@"; do
     sanitize-db) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py decode bifurcated 2>&1 | tail -3 ;;
     racecheck) compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py decode 2>&1 | tail -3 ;;
     sanitize-bif) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated 2>&1 | tail -3 ;;
+    sanitize-concat)
+      compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py concat 2>&1 | tail -2
+      compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py concat 2>&1 | tail -2 ;;
     racecheck-bif) compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py bifurcated 2>&1 | tail -3 ;;
     sanitize-overlap)
       compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py overlap 2>&1 | tail -2

@@ -1,6 +1,6 @@
 """Small launches of every kernel path, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [sparse] [bifurcated] [overlap]
+    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [sparse] [bifurcated] [overlap] [concat]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -104,8 +104,31 @@ def bifurcated_launches():
         for ps in (16, 64, 256):
             kp, vp, bt = paged_kv(k[3:], v[3:], own[3:], ps)
             leanattn.bifurcated_decode(q[3:], pk, pv, kp, vp, sl[3:], bt, prefix_lens=plens, prefix_ids=one_each)
+        one_sample_launches(q, pk, pv, plens, k, v, sl)
         sys_k = torch.randn(300, hkv, d, dtype=BF16, device=DEV)
         leanattn.cascade_decode(q, [(sys_k, torch.randn_like(sys_k)), (pk, pv, plens, pids)], k, v, sl)
+
+
+def one_sample_launches(q, pk, pv, plens, k, v, sl):
+    """The one-sample kernel over contiguous own caches, whose tiles are a base plus offsets fixed for the piece
+    (``attend_concat``'s ``SAME_STRIDE``): one prefix per sample with partial and empty lengths, one prefix for
+    one sample (an empty own cache among them), and small grids that cut rows around the prefix's end."""
+    one_each = torch.tensor([2, 0, 1], dtype=torch.int32, device=DEV)
+    leanattn.bifurcated_decode(q[3:], pk, pv, k[3:], v[3:], sl[3:], prefix_lens=plens, prefix_ids=one_each)
+    for b in (0, 1, 3):
+        for grid in (0, 7):
+            leanattn.bifurcated_decode(q[b:b + 1], pk[2], pv[2], k[b:b + 1], v[b:b + 1], sl[b:b + 1], num_programs=grid)
+
+
+def concat():
+    # the one-sample launches alone (bifurcated() runs them too, among every other path)
+    for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256)):
+        q = torch.randn(6, hq, d, dtype=BF16, device=DEV)
+        pk = torch.randn(3, 2500, hkv, d, dtype=BF16, device=DEV)
+        k = torch.randn(6, 333, hkv, d, dtype=BF16, device=DEV)
+        plens = torch.tensor([2500, 0, 777], dtype=torch.int32, device=DEV)
+        sl = torch.tensor([40, 0, 1, 333, 17, 64], dtype=torch.int32, device=DEV)
+        one_sample_launches(q, pk, torch.randn_like(pk), plens, k, torch.randn_like(k), sl)
 
 
 def overlap():
@@ -127,7 +150,7 @@ def overlap():
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    families = {"decode": decode, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap}
+    families = {"decode": decode, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap, "concat": concat}
     chosen = sys.argv[1:] or list(families)
     for name in chosen:
         families[name]()
