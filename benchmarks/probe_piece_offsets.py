@@ -9,7 +9,7 @@ base per tile, the kernels compile offline (Triton 3.6, sm_90a, GQA 32/8 D=128) 
 instructions instead of 379 (one-sample) and 391 (decode), and 141 and 137 instructions before a piece's first
 load instead of 161 and 147. This probe times, in one process and interleaved over three rounds (graph replays,
 do_bench medians, L2 flushed, us), the one-sample path with them (``bifurcated_launch.CONCAT_SAME_STRIDE``, the
-default) and without, and decode over its copied caches. Its first run (H200, 2026-12-02 11:1x, raw
+default) and without, and decode over its copied caches. Its first run (H200, 2026-12-02 10:3x, raw
 ``probe_piece_offsets_H200.json``) also timed decode with the same form, which measured level and was removed.
 
     PYTHONPATH=src python benchmarks/probe_piece_offsets.py [--out DIR] [--cases A,B]

@@ -112,7 +112,7 @@ def bifurcated_launches():
 def one_sample_launches(q, pk, pv, plens, k, v, sl):
     """The one-sample kernel over contiguous own caches, whose tiles are a base plus offsets fixed for the piece
     (``attend_concat``'s ``SAME_STRIDE``): one prefix per sample with partial and empty lengths, one prefix for
-    one sample (an empty own cache among them), and small grids that cut rows around the prefix's end."""
+    one sample (an own length of 0 among them), and small grids that cut rows around the prefix's end."""
     one_each = torch.tensor([2, 0, 1], dtype=torch.int32, device=DEV)
     leanattn.bifurcated_decode(q[3:], pk, pv, k[3:], v[3:], sl[3:], prefix_lens=plens, prefix_ids=one_each)
     for b in (0, 1, 3):

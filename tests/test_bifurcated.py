@@ -617,6 +617,23 @@ def test_one_sample_tile_addressing(monkeypatch, same):
         bif._PLANS.clear()
 
 
+def test_one_sample_empty_prefix_or_own_cache():
+    # one sample whose prefix or own cache is empty: the plan puts a one-token dummy in its place, which shares the
+    # token strides of a contiguous cache, so the tiles still take the piece-offset form (SAME_STRIDE)
+    from leanattn.ops import bifurcated as bif
+    q, k, v, lens, _ = make_inputs(1, 8, 2, 64, [29])
+    pk, pv, _ = make_prefix(None, 0, 2, 64)
+    out, _ = check(q, pk, pv, k, v, lens, op_args=(0, 3, 0, 0), name="P=0")
+    assert_rel_close("P=0 = decode", out, leanattn.decode(q, k, v, lens), TOLERANCE[q.dtype])
+    plan = next(reversed(bif._PLANS.values()))
+    assert plan.path == "concat" and plan.meta["SAME_STRIDE"]
+    q, k, v, _, _ = make_inputs(1, 8, 2, 64, None, capacity=0)
+    pk, pv, _ = make_prefix(None, 41, 2, 64)
+    check(q, pk, pv, k, v, op_args=(0, 3, 0, 0), name="capacity 0")
+    plan = next(reversed(bif._PLANS.values()))
+    assert plan.path == "concat" and plan.meta["SAME_STRIDE"]
+
+
 @pytest.mark.parametrize("plen", [23, 0, 50])
 @pytest.mark.parametrize("page_size", [0, 8, 32])
 @pytest.mark.parametrize("heads", [(8, 2), (4, 4)], ids=["gqa", "mha"])

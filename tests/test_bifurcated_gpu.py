@@ -251,7 +251,9 @@ def test_overlap_deterministic_on_a_callers_stream():
 def test_overlap_states_written_inside_the_fork():
     # the plan's state slots are filled with NaN before each call, so a launch that ran outside the fork and join
     # (the merge reading states not yet written) would not go unseen; eagerly, and from a graph replayed with new
-    # queries and lengths, against an eager call on the same inputs (bitwise: the same launches)
+    # queries and lengths, against an eager call on the same inputs (bitwise: the same launches). The own tokens
+    # go to a side stream that is never the caller's (torch hands streams out of a shared pool)
+    from leanattn.ops import bifurcated_overlap as ov
     q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 8192, torch.randint(0, 300, (64,)).tolist())
 
     def _nan_states():
@@ -266,10 +268,12 @@ def test_overlap_states_written_inside_the_fork():
     leanattn.bifurcated_decode(q, pk, pv, k, v, sl)  # makes the plan
     assert _last_plan().path == "overlap"
     assert not call().isnan().any()
+    assert all(side != torch.cuda.current_stream() for side in ov._SIDE_STREAMS.values())
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         call()
+        assert all(side != s for side in ov._SIDE_STREAMS.values())
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):

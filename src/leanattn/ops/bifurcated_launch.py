@@ -49,7 +49,7 @@ from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
 LOG2E = 1.4426950408889634
 # The one-sample kernel's tiles as a scalar base plus 32-bit offsets fixed for the piece, where the prefix and the
 # own cache share their token strides (kernels/attend.attend_concat, SAME_STRIDE). H200, 2026-12-02, one process
-# (probe 30, benchmarks/probe_piece_offsets.py): 0.3-2.0% faster than a 64-bit address per row on the six
+# (probe 30, benchmarks/probe_piece_offsets.py): 0.3-1.9% faster than a 64-bit address per row on the six
 # one-sample suite cases (GQA 16k x1 33.7 against 34.4 us; decode over the copied caches 33.4). The same form in
 # decode's loop measured level (-0.3% to +0.5% on ten D=128 cases) and was not kept.
 CONCAT_SAME_STRIDE = True

@@ -78,7 +78,7 @@ def side_stream(device: torch.device, avoid: torch.cuda.Stream = None) -> torch.
     The launches' order decides where the prefix programs land (notes section 15: the overlap happens only when
     they are dispatched first), so the prefix goes first, on the caller's stream. A prefix on a side stream of the
     highest priority, own tokens on the caller's, measured level or slower (H200, 2026-12-02, bifurcated probe 26,
-    raw ``bifurcated_probe_overlap_priority.json``, graph replays: within 0.5% on seven cases, MHA 32k x256 540.0
+    raw ``bifurcated_probe_overlap_priority.json``, graph replays: within 0.6% on seven cases, MHA 32k x256 540.0
     against 520.1 us) and was removed."""
     key = device.index if device.index is not None else torch.cuda.current_device()
     stream = _SIDE_STREAMS.get(key)
