@@ -50,11 +50,12 @@
 #               max over the SMs) against elapsed cycles, DRAM throughput (benchmarks/ncu_balance.py; ~30 s)
 #   one-per-sm  lean at one program per SM (cuDNN's decomposition at gqa B=16 8k: 128 programs, a whole (sequence,
 #               kv head) each, no merge; decode probe 25's ncu) over its own grid and over exactly 128 programs,
-#               against the default two per SM and cuDNN (benchmarks/probe_one_per_sm.py, decode probe 27; not yet
-#               run, ~120 s)
+#               against the default two per SM and cuDNN (benchmarks/probe_one_per_sm.py, decode probe 27; run
+#               2026-12-02 10:07: 128-token tiles at 8 warps over exactly 128 programs 0.9-2.3% ahead on four cases,
+#               2.3% behind at gqa B=64 4k; ~70 s)
 #   decode-d64  lean against split at D=64 outside the tile loop: lean's cut with and without its alignment search,
 #               over the full grid, split at lean's cut, and both with every length 0 (benchmarks/probe_decode_d64.py,
-#               decode probe 21; not yet run, ~30 s)
+#               decode probe 21; run 2026-12-02 06:24, BENCHMARKS.md decode section; ~30 s)
 #   piece-inline  stream-K pieces called (noinline, the default) against inlined, decode suite cases and the
 #               one-sample bifurcated cases against decode over copies (benchmarks/probe_piece_inline.py, probe 20;
 #               run 04:39: inlined 0.7-2% slower on decode, level on the one-sample path)
