@@ -225,6 +225,23 @@ def time_graph(fn, warmup=10, rep=40):
     return ms * 1e3
 
 
+def warm_then_once(fns, profiler_range: bool = False) -> list:
+    """For Nsight Compute: two calls of each of ``fns`` (the first compiles, the second takes the direct launch
+    path), then one more of each, whose results are returned. ``profiler_range`` brackets those last calls in
+    ``cudaProfilerStart``/``Stop``, for ``ncu --profile-from-start off``."""
+    for _ in range(2):
+        for fn in fns:
+            fn()
+    torch.cuda.synchronize()
+    if profiler_range:
+        torch.cuda.cudart().cudaProfilerStart()
+    outs = [fn() for fn in fns]
+    torch.cuda.synchronize()
+    if profiler_range:
+        torch.cuda.cudart().cudaProfilerStop()
+    return outs
+
+
 def launch_latency_us():
     """An empty kernel (one program) replayed from a CUDA graph, timed as the cases are."""
     x = torch.zeros(1, device="cuda")

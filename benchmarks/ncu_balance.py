@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode as bd  # noqa: E402
+import common  # noqa: E402
 
 
 def main(argv=None):
@@ -26,16 +27,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     for case, inp, ref, call in bd.probe_cases((args.case,)):
-        cudnn = bd.METHODS["sdpa_cudnn"](case, inp)
-        for _ in range(2):
-            call()
-            cudnn()
-        torch.cuda.synchronize()
-        torch.cuda.cudart().cudaProfilerStart()
-        call()
-        cudnn()
-        torch.cuda.synchronize()
-        torch.cuda.cudart().cudaProfilerStop()
+        common.warm_then_once([call, bd.METHODS["sdpa_cudnn"](case, inp)], profiler_range=True)
         print(f"{args.case}: lean and cuDNN launched")
         return
     raise SystemExit(f"no decode suite case named {args.case!r}")

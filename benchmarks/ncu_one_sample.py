@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_bifurcated as bb  # noqa: E402
+import common  # noqa: E402
 
 
 def main(argv=None):
@@ -29,12 +30,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     for name, ref, ours, copied in bb.one_sample_cases((args.case,)):
-        for _ in range(2):  # warm-up: compiles, then the direct launches
-            ours()
-            copied()
-        torch.cuda.synchronize()
-        a, b = ours(), copied()
-        torch.cuda.synchronize()
+        a, b = common.warm_then_once([ours, copied])
         print(f"{name}: one-sample and decode over copies launched; max |diff| {(a - b).abs().max().item():.2e}")
         return
     raise SystemExit(f"no bifurcated suite case named {args.case!r}")

@@ -44,7 +44,8 @@ def main(argv=None):
         out.append(dict(case=name, us=us, median=med))
         del ours, copied, fns
     common.write_probe(args.out, "bifurcated_probe_piece_offsets.json",
-                       probe="one-sample path: tiles as a scalar base plus offsets fixed for the piece, against a 64-bit address per row",
+                       probe="one-sample path: tiles as a scalar base plus offsets fixed for the piece, against a "
+                             "64-bit address per row",
                        timing=bd.GRAPH_TIMING, cases=out)
 
 

@@ -42,7 +42,8 @@ def main(argv=None):
         for n in PROGRAMS:
             fns[f"lean {n}"] = lambda n=n: leanattn.decode(q, k, v, sl, num_programs=n)
         for n in SPLIT_PROGRAMS:
-            fns[f"split {n}"] = lambda s=max(n // rows, 1): leanattn.decode(q, k, v, sl, schedule="split", num_splits=s)
+            fns[f"split {n}"] = lambda s=max(n // rows, 1): leanattn.decode(q, k, v, sl, schedule="split",
+                                                                            num_splits=s)
         fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
         us, med = bd.interleaved_graph_times(case["name"], fns, ref)
         best = bd.report_best(case["name"], med, "lean")

@@ -117,7 +117,8 @@ def one_sample_launches(q, pk, pv, plens, k, v, sl):
     leanattn.bifurcated_decode(q[3:], pk, pv, k[3:], v[3:], sl[3:], prefix_lens=plens, prefix_ids=one_each)
     for b in (0, 1, 3):
         for grid in (0, 7):
-            leanattn.bifurcated_decode(q[b:b + 1], pk[2], pv[2], k[b:b + 1], v[b:b + 1], sl[b:b + 1], num_programs=grid)
+            one = slice(b, b + 1)
+            leanattn.bifurcated_decode(q[one], pk[2], pv[2], k[one], v[one], sl[one], num_programs=grid)
 
 
 def concat():

@@ -18,8 +18,8 @@ try:  # launch hooks (Launcher); Triton releases with knobs
 except ImportError:  # pragma: no cover
     _triton_knobs = None
 
-__all__ = ["EnvReader", "env_flag", "interpreting", "gpu_target", "num_sms", "dependent_launch", "occupancy", "kernel_occupancy",
-           "register_cap", "workspace", "device_guard", "Launcher"]
+__all__ = ["EnvReader", "env_flag", "interpreting", "gpu_target", "num_sms", "dependent_launch", "occupancy",
+           "kernel_occupancy", "register_cap", "workspace", "device_guard", "Launcher"]
 
 
 class EnvReader:

@@ -247,12 +247,15 @@ class Plan:
         # merged as decode over the copied caches would be (ops/decode.py)
         row_tiles = max(triton.cdiv(P, bn) + triton.cdiv(cap, bn), 1)
         merge_apart = merge_in_launch(device, D, row_tiles, B, Hkv * cfg.n_hb, workers or sms * cps, sms)
+        # token strides of K and V (fields 1 and 4 of both tuples), the same in both sources, and a tile's rows in
+        # 32-bit offsets
+        tokens_p, tokens_own = self.strides_p[1::3], self.strides_own[1:5:3]
+        same_stride = (CONCAT_SAME_STRIDE and not self.page_size and tokens_p == tokens_own
+                       and max(tokens_p) * bn + D < 2**31)
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=bn, BLOCK_B=length_block(B),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
-                         SAME_STRIDE=CONCAT_SAME_STRIDE and not self.page_size
-                         and self.strides_p[1] == self.strides_own[1] and self.strides_p[4] == self.strides_own[4]
-                         and max(self.strides_p[1], self.strides_p[4]) * bn + D < 2**31,
+                         SAME_STRIDE=same_stride,
                          MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, ACROSS_ROWS=across_rows(D, q.element_size()),
                          num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
         self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap, sms)
