@@ -1,0 +1,66 @@
+"""Launch configs of the overlap path's own-token kernel, beside the Gluon prefix (probe 32).
+
+On the overlap path (``ops/bifurcated_overlap.py``) the own tokens are read by decode's split kernel on a side
+stream, with decode's table config (64-token tiles, 4 warps, 3 stages: about 72 KB of shared memory, so one program
+fits beside a Gluon prefix program of 115 KB). At MHA x256 the own tokens are two thirds of the bytes and the case
+runs at 1.27x (16k) and 1.40x (32k) the IO floor; read alone they stream at about 85% of the read ceiling (notes
+section 11). Smaller programs (2 stages, or 32-token tiles) would fit two beside each prefix program and keep more
+loads in flight; 8 warps or 128-token tiles keep more in flight per program. This probe times, in one process and
+interleaved over five rounds (graph replays, do_bench medians, L2 flushed, us), the whole op under each own-token
+config (``LEANATTN_DECODE_CONFIG``, read when the plan is made; it reaches only the own-token plan on this path) on
+the overlap path's suite cases.
+
+    PYTHONPATH=src python benchmarks/probe_overlap_own.py [--out DIR] [--cases A,B]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_bifurcated as bb  # noqa: E402
+import bench_decode as bd  # noqa: E402
+import common  # noqa: E402
+
+import leanattn  # noqa: E402
+
+# the suite's cases that take the overlap path (ops/bifurcated_overlap.preferred)
+CASES = tuple(f"{m} {p} x{n}" for m, ns in (("mha", (16, 256)), ("gqa", (64, 256))) for n in ns
+              for p in ("8k", "16k", "32k"))
+# block_n, num_warps, num_stages, ctas_per_sm (the last does not bind the split schedule's grid). The first run
+# (H200, 2026-12-02 14:3x, five cases, three rounds) also timed 64,8,3 (2-6% slower on MHA x256), 128,4,2 and
+# 128,8,2 (level to 3% slower): dropped.
+CONFIGS = {"default": None, "64,4,2": "64,4,2,2", "32,4,3": "32,4,3,2", "32,4,2": "32,4,2,2"}
+
+
+def main(argv=None):
+    args, want = common.probe_args(__doc__, argv)
+    torch.manual_seed(0)
+    out = []
+    for case in bb.suite():
+        if case["name"] not in CASES or (want and case["name"] not in want):
+            continue
+        inp = bb.make_inputs(case, "cuda", copies=False)
+        q, pk, pv, k, v, lens = (inp[n] for n in ("q", "pk", "pv", "k", "v", "lens"))
+        idx = [0, case["samples"] - 1]
+        fns = {}
+        for label, cfg in CONFIGS.items():
+            env = {"LEANATTN_DECODE_CONFIG": cfg} if cfg else None
+            fns[label] = bd.with_plans(lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, lens), env=env)
+        us, med = bd.interleaved_graph_times(case["name"], fns, bb.reference_of(inp, idx), rounds=5,
+                                             pick=idx)
+        paths = {n: [(p.path, p.info.get("own_grid")) for p in f.plans[1].values()] for n, f in fns.items()}
+        bd.report_ratios(case["name"], med, [("default", n) for n in fns if n != "default"])
+        print(f"{'':18s} plans: {paths['default']}", flush=True)
+        out.append(dict(case=case["name"], us=us, median=med, paths=paths))
+        del inp, fns, q, pk, pv, k, v, lens
+        torch.cuda.empty_cache()
+    common.write_probe(args.out, "bifurcated_probe_overlap_own.json",
+                       probe="overlap path: the own-token split kernel's launch config beside the Gluon prefix",
+                       timing=bd.GRAPH_TIMING, configs=CONFIGS, cases=out)
+
+
+if __name__ == "__main__":
+    main()
