@@ -267,6 +267,7 @@ def test_overlap_states_written_inside_the_fork():
 
     leanattn.bifurcated_decode(q, pk, pv, k, v, sl)  # makes the plan
     assert _last_plan().path == "overlap"
+    assert _last_plan().own_plan.meta["num_stages"] == ov.OWN_STAGES  # two own programs fit beside a prefix one
     assert not call().isnan().any()
     assert all(side != torch.cuda.current_stream() for side in ov._SIDE_STREAMS.values())
     s = torch.cuda.Stream()

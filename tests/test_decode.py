@@ -517,8 +517,12 @@ def test_small_launch_config(monkeypatch, D, group, kv_rows, capacity, paged, sm
     assert launch(dc.decode_config(D, group, cpu, None, paged, kv_rows, capacity)) == (dc._CUDA_SMALL if small else table)
     # a tile size the caller names keeps the table's launch, and the environment's config wins over both
     assert launch(dc.decode_config(D, group, cpu, 32, paged, kv_rows, capacity)) == (32, *table[1:4])
+    # a pipeline depth the caller names (a launch sharing its SMs) replaces only the depth
+    base = dc._CUDA_SMALL if small else table
+    assert launch(dc.decode_config(D, group, cpu, None, paged, kv_rows, capacity, 2)) == (*base[:2], 2, base[3])
     monkeypatch.setenv("LEANATTN_DECODE_CONFIG", "128,8,2,1")
     assert launch(dc.decode_config(D, group, cpu, None, paged, kv_rows, capacity)) == (128, 8, 2, 1)
+    assert launch(dc.decode_config(D, group, cpu, None, paged, kv_rows, capacity, 3)) == (128, 8, 2, 1)
 
 
 def test_small_launch_config_callers(monkeypatch):

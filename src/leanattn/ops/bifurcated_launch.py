@@ -393,8 +393,8 @@ class Plan:
     # ------------------------------------------------------------------------------------------
     def _setup_overlap(self, q, k, v, seqlens, block_table, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens,
                        scale, workers, block_n):
-        # the Gluon prefix states in slots [0, S); the own tokens by decode's split kernel (fewer registers
-        # and less shared memory than the states kernel, so it fits beside a Gluon program) in slots
+        # the Gluon prefix states in slots [0, S); the own tokens by decode's split kernel at OWN_STAGES (fewer
+        # registers and less shared memory than the states kernel, so two fit beside a Gluon program) in slots
         # [S, S + own splits): one normalised state per split, merge_states' layout
         device, env = q.device, env_config()
         sms = runtime.num_sms(device)
@@ -403,9 +403,10 @@ class Plan:
         S, chunk = overlap.prefix_splits(Hkv * n_hb, triton.cdiv(P, overlap.pg.BLOCK_N), group, P, cap if own else 0,
                                          sms, env["ctas_per_sm"])
         self.splits = S
-        self.own_plan = DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n) if own else None
+        self.own_plan = (DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n, overlap.OWN_STAGES)
+                         if own else None)
         n_states = S + (self.own_plan.splits if own else 0)
-        # K/V ring of 3 stages (115 KB of shared memory at D=128: a split-kernel program fits beside it);
+        # K/V ring of 3 stages (115 KB of shared memory at D=128: two split-kernel programs fit beside it);
         # LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one stage would wait on a tile it
         # only loads later in the same iteration)
         self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, max(2, env["num_stages"] or 3))

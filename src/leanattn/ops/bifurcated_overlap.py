@@ -18,6 +18,16 @@ from ..kernels import bifurcated_prefix_gluon as pg
 
 _SIDE_STREAMS: dict = {}
 
+# Pipeline depth of the own-token kernel (decode's split kernel) beside the Gluon prefix: 2 stages (38 KB of
+# shared memory at D=128, 64-token tiles) fit two of its programs beside a Gluon program of 115 KB, where decode's
+# 3 stages (70 KB) fit one. H200, same process, 2026-12-02, every suite case the path takes, five interleaved
+# rounds of graph replays (bifurcated probe 32, benchmarks/probe_overlap_own.py, raw
+# bifurcated_probe_overlap_own_H200.json), medians against 3 stages: MHA x256 2.9-9.4% faster (16k 347.6 against
+# 380.3 us, 8k 304.8 against 318.1, 32k 490.2 against 504.2), GQA 8k x256 3.1%, GQA 16k and 32k x64 1-2%, MHA x16
+# and GQA 16k/32k x256 level; GQA 8k x64 1.0% slower (48.3 against 47.8). 32-token tiles (2 or 3 stages, 21-38 KB)
+# were as fast on MHA x256 and up to 5% slower on GQA x64.
+OWN_STAGES = 2
+
 
 def usable(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, single: bool, has_plens: bool) -> bool:
     """Whether the overlap path can run this call: an sm_90 GPU, a Triton with Gluon, one prompt whose

@@ -32,13 +32,14 @@ class _Plan:
     launch path of the same order would dominate).
     """
 
-    def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n):
+    def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
+                 num_stages=0):
         B, Hq, D = q.shape
         device = q.device
         group = Hq // k_cache.shape[2]
         paged = block_table is not None
         self.cap = cap = _capacity(k_cache, block_table)
-        cfg = decode_config(D, group, device, block_n or None, paged, B * k_cache.shape[2], cap)
+        cfg = decode_config(D, group, device, block_n or None, paged, B * k_cache.shape[2], cap, num_stages)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
         # the LSE of calls that do not return it: written, never read (launches sharing it may overwrite it)
         self.lse_sink = runtime.workspace("decode_lse_sink", device, (B, Hq), torch.float32)

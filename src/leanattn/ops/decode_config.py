@@ -121,12 +121,13 @@ def load_path(load: int, k_cache: torch.Tensor, v_cache: torch.Tensor, paged: bo
 
 
 def decode_config(head_dim: int, group: int, device: torch.device, block_n: int | None = None,
-                  paged: bool = False, kv_rows: int = 0, capacity: int = 0) -> DecodeConfig:
+                  paged: bool = False, kv_rows: int = 0, capacity: int = 0, num_stages: int = 0) -> DecodeConfig:
     """Launch configuration of ``head_dim``-wide decode with ``group`` query heads per kv head.
 
     ``kv_rows`` (sequences x kv heads) and ``capacity`` (tokens per sequence), when given, size the
-    work at full capacity: small contiguous launches at D <= 128 take ``_CUDA_SMALL``. ``block_n``,
-    ``LEANATTN_DECODE_CONFIG`` and ``LEANATTN_DECODE_LOAD`` override.
+    work at full capacity: small contiguous launches at D <= 128 take ``_CUDA_SMALL``. ``num_stages``
+    (a launch that shares its SMs with another kernel's, ``ops/bifurcated_overlap.OWN_STAGES``) replaces
+    the table's pipeline depth. ``block_n``, ``LEANATTN_DECODE_CONFIG`` and ``LEANATTN_DECODE_LOAD`` override.
     """
     block_h = max(16, min(64, triton.next_power_of_2(group)))
     n_hb = triton.cdiv(group, block_h)
@@ -137,6 +138,8 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
     if (kv_rows and not paged and head_dim <= 128 and not block_n
             and kv_rows * n_hb * capacity * head_dim <= _SMALL_ELEMS_PER_SM * runtime.num_sms(device)):
         entry = _CUDA_SMALL
+    if num_stages:
+        entry = entry[:2] + (num_stages,) + entry[3:]
     bn, warps, stages, cps, *load = _env_override(entry)
     return DecodeConfig(block_n or bn, block_h, n_hb, warps, stages, cps, _env_load(*load or (0,)))
 
