@@ -72,6 +72,12 @@
 #               64-bit address per row, and decode over copies, on the one-sample cases (probe_piece_offsets.py, probe 30)
 #   x1-overhead the one-sample path against decode over copies at the case's work, the prefix alone, one tile a row and
 #               none, and the kernels of one eager call of each (benchmarks/probe_x1_overhead.py, probe 29; ~60 s)
+#   x1-alloc    the one-sample path against decode over copies with the own cache allocated apart, in a 64 MB
+#               allocation and adjacent to the prefix, then ours first (benchmarks/probe_x1_alloc.py, probe 31; ~30 s)
+#   overlap-own the overlap path's own-token kernel under four launch configs on every suite case the path takes,
+#               five interleaved rounds (benchmarks/probe_overlap_own.py, probe 32; ~35 s)
+#   overlap-graphs  the overlap path at MHA x256 in four graphs, each timed with a short and a long do_bench window
+#               (benchmarks/probe_overlap_graphs.py, probe 33; ~30 s)
 #   bif-overlap the overlap path (Gluon prefix on one stream, own tokens on another; the default on sm_90) against
 #               the Triton states path (LEANATTN_BIFURCATED_CONFIG path field 3), default first and last, on the
 #               8k cases of 4 samples or more and the long GQA cases (bench_bifurcated.py --sweep)
@@ -150,6 +156,7 @@ for step in "$@"; do
     x1-overhead) python3 benchmarks/probe_x1_overhead.py --out "$OUT" 2>&1 | grep -E "\||us:|kernels|wrote|Error" ;;
     x1-alloc) python3 benchmarks/probe_x1_alloc.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     overlap-own) python3 benchmarks/probe_overlap_own.py --out "$OUT" 2>&1 | grep -E "\||plans|wrote|Error" ;;
+    overlap-graphs) python3 benchmarks/probe_overlap_graphs.py --out "$OUT" 2>&1 | grep -E "x256|wrote|Error" ;;
     piece-offsets) python3 benchmarks/probe_piece_offsets.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     one-per-sm) python3 benchmarks/probe_one_per_sm.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     grid-cap) python3 benchmarks/probe_grid_at_capacity.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;

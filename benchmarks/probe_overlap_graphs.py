@@ -1,0 +1,59 @@
+"""Why the overlap path's MHA x256 cases time differently in a probe and in the suite (probe 33).
+
+Probe 32 (``probe_overlap_own.py``, five interleaved rounds, ``do_bench(warmup=10, rep=40)`` per round) put the
+own-token kernel at 2 stages 9.4% ahead at MHA 16k x256 (347.6 against 380.3 us); the suite run that followed
+(``bench_bifurcated.py``, one ``do_bench(warmup=25, rep=100)`` per method) timed 374.5 us with it. The overlap
+path's prefix and own-token launches are two branches of one CUDA graph, and the order in which a replay dispatches
+them is the runtime's. This probe captures the op in several graphs and times each one both ways, in one process:
+if graphs differ from each other the branch order is the lead; if the long window is slower on every graph the
+lead is the window (clocks under sustained load).
+
+    PYTHONPATH=src python benchmarks/probe_overlap_graphs.py [--out DIR] [--cases A,B]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_bifurcated as bb  # noqa: E402
+import bench_decode as bd  # noqa: E402
+import common  # noqa: E402
+
+import leanattn  # noqa: E402
+
+CASES = ("mha 16k x256", "mha 32k x256", "mha 8k x256")
+GRAPHS = 4
+
+
+def main(argv=None):
+    args, want = common.probe_args(__doc__, argv)
+    torch.manual_seed(0)
+    out = []
+    for case in bb.suite():
+        if case["name"] not in CASES or (want and case["name"] not in want):
+            continue
+        inp = bb.make_inputs(case, "cuda", copies=False)
+        q, pk, pv, k, v, lens = (inp[n] for n in ("q", "pk", "pv", "k", "v", "lens"))
+        fn = lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, lens)  # noqa: E731
+        fn()
+        graphs = [bd.graph_of(fn) for _ in range(GRAPHS)]
+        res = {}
+        for rnd in range(2):
+            for i, g in enumerate(graphs):
+                res.setdefault(f"graph {i}, short", []).append(round(common.bench(g.replay, warmup=10, rep=40) * 1e3, 1))
+                res.setdefault(f"graph {i}, long", []).append(round(common.bench(g.replay) * 1e3, 1))
+        print(f"{case['name']:14s} " + "  ".join(f"{n}: {v}" for n, v in res.items()), flush=True)
+        out.append(dict(case=case["name"], us=res))
+        del inp, fn, graphs, q, pk, pv, k, v, lens
+        torch.cuda.empty_cache()
+    common.write_probe(args.out, "bifurcated_probe_overlap_graphs.json",
+                       probe="overlap path at MHA x256: several graphs of one op, each timed with do_bench(10, 40) "
+                             "and do_bench(25, 100), two rounds", timing="do_bench medians (L2 flushed), us",
+                       cases=out)
+
+
+if __name__ == "__main__":
+    main()
