@@ -161,20 +161,27 @@ def reference_of(inp, idx):
     return leanattn.reference.bifurcated_decode(q, inp["pk"], inp["pv"], k, v, lens)[0]
 
 
-def one_sample_cases(names, want=None):
-    """For the suite's cases named in ``names`` (and in ``want``, when given), for probes that time variants of the
-    one-sample path side by side: ``(name, ref, ours, copied)``, the float64 reference of sample 0 and calls of
-    ``bifurcated_decode`` and of ``leanattn.decode`` over the copied caches, inputs on the GPU. The caller drops
-    the calls before the next case allocates."""
+def probe_inputs(names, want=None, copies=True):
+    """For probes: ``(case, inputs)`` of the suite's cases named in ``names`` (and in ``want``, when given), on the
+    GPU, one case at a time. The caller drops what refers to the inputs before the next case allocates."""
     for case in suite():
         if case["name"] not in names or (want and case["name"] not in want):
             continue
-        inp = make_inputs(case, "cuda")
+        inp = make_inputs(case, "cuda", copies=copies)
+        yield case, inp
+        del inp
+        torch.cuda.empty_cache()
+
+
+def one_sample_cases(names, want=None):
+    """For probes that time variants of the one-sample path side by side, over ``probe_inputs``: ``(name, ref, ours,
+    copied)``, the float64 reference of sample 0 and calls of ``bifurcated_decode`` and of ``leanattn.decode`` over
+    the copied caches. The caller drops the calls before the next case allocates."""
+    for case, inp in probe_inputs(names, want):
         ours = lambda: leanattn.bifurcated_decode(inp["q"], inp["pk"], inp["pv"], inp["k"], inp["v"], inp["lens"])  # noqa: E731
         copied = lambda: leanattn.decode(inp["q"], inp["kc"], inp["vc"], inp["lens_c"])  # noqa: E731
         yield case["name"], reference_of(inp, [0]), ours, copied
         del inp, ours, copied
-        torch.cuda.empty_cache()
 
 
 def replayer(fn, cuda):

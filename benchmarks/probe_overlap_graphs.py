@@ -32,10 +32,7 @@ def main(argv=None):
     args, want = common.probe_args(__doc__, argv)
     torch.manual_seed(0)
     out = []
-    for case in bb.suite():
-        if case["name"] not in CASES or (want and case["name"] not in want):
-            continue
-        inp = bb.make_inputs(case, "cuda", copies=False)
+    for case, inp in bb.probe_inputs(CASES, want, copies=False):
         q, pk, pv, k, v, lens = (inp[n] for n in ("q", "pk", "pv", "k", "v", "lens"))
         fn = lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, lens)  # noqa: E731
         fn()
@@ -48,7 +45,6 @@ def main(argv=None):
         print(f"{case['name']:14s} " + "  ".join(f"{n}: {v}" for n, v in res.items()), flush=True)
         out.append(dict(case=case["name"], us=res))
         del inp, fn, graphs, q, pk, pv, k, v, lens
-        torch.cuda.empty_cache()
     common.write_probe(args.out, "bifurcated_probe_overlap_graphs.json",
                        probe="overlap path at MHA x256: several graphs of one op, each timed with do_bench(10, 40) "
                              "and do_bench(25, 100), two rounds", timing="do_bench medians (L2 flushed), us",

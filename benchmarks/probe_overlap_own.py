@@ -39,10 +39,7 @@ def main(argv=None):
     args, want = common.probe_args(__doc__, argv)
     torch.manual_seed(0)
     out = []
-    for case in bb.suite():
-        if case["name"] not in CASES or (want and case["name"] not in want):
-            continue
-        inp = bb.make_inputs(case, "cuda", copies=False)
+    for case, inp in bb.probe_inputs(CASES, want, copies=False):
         q, pk, pv, k, v, lens = (inp[n] for n in ("q", "pk", "pv", "k", "v", "lens"))
         idx = [0, case["samples"] - 1]
         fns = {}
@@ -56,7 +53,6 @@ def main(argv=None):
         print(f"{'':18s} plans: {paths['default']}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, paths=paths))
         del inp, fns, q, pk, pv, k, v, lens
-        torch.cuda.empty_cache()
     common.write_probe(args.out, "bifurcated_probe_overlap_own.json",
                        probe="overlap path: the own-token split kernel's launch config beside the Gluon prefix",
                        timing=bd.GRAPH_TIMING, configs=CONFIGS, cases=out)

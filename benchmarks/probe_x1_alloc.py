@@ -47,10 +47,7 @@ def main(argv=None):
     torch.manual_seed(0)
     out = []
     big = 32 * 2**20  # elements: 64 MB of bf16, from the large pool
-    for case in bb.suite():
-        if case["name"] not in CASES or (want and case["name"] not in want):
-            continue
-        inp = bb.make_inputs(case, "cuda")
+    for case, inp in bb.probe_inputs(CASES, want):
         q, pk, pv, k, v, lens = (inp[n] for n in ("q", "pk", "pv", "k", "v", "lens"))
         (k_big,), (v_big,) = in_buffer([k], big), in_buffer([v], big)
         pk1, k1 = in_buffer([pk, k], pk.numel() + k.numel())
@@ -69,7 +66,6 @@ def main(argv=None):
         out.append(dict(case=case["name"], own_bytes=k.numel() * k.element_size(), us=us, median=med,
                         ours_first=dict(us=us_o, median=med_o)))
         del inp, fns, pair, k_big, v_big, pk1, k1, pv1, v1
-        torch.cuda.empty_cache()
     common.write_probe(args.out, "bifurcated_probe_x1_alloc.json",
                        probe="one-sample path against decode over copies with the own cache allocated apart (small "
                              "pool on GQA), in a 64 MB allocation, and adjacent to the prefix in one allocation",

@@ -68,10 +68,7 @@ def main(argv=None):
     args, want = common.probe_args(__doc__, argv)
     torch.manual_seed(0)
     out = []
-    for case in bb.suite():
-        if case["name"] not in CASES or (want and case["name"] not in want):
-            continue
-        inp = bb.make_inputs(case, "cuda")
+    for case, inp in bb.probe_inputs(CASES, want):
         P = case["prefix"]
         runs = {}
         for label, (pl, ol) in {"as is": (None, None), "prefix only": (P, 0), "one tile": (64, 0),
@@ -96,7 +93,6 @@ def main(argv=None):
         print(f"{'':18s} kernels, eager, merges apart: {kern}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, kernels=kern))
         del inp, runs
-        torch.cuda.empty_cache()
     common.write_probe(args.out, "bifurcated_probe_x1_overhead.json",
                        probe="one-sample path against decode over copied caches at the case's work, the prefix alone, "
                              "one tile a row and none",
