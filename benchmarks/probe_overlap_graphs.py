@@ -6,7 +6,9 @@ own-token kernel at 2 stages 9.4% ahead at MHA 16k x256 (347.6 against 380.3 us)
 path's prefix and own-token launches are two branches of one CUDA graph, and the order in which a replay dispatches
 them is the runtime's. This probe captures the op in several graphs and times each one both ways, in one process:
 if graphs differ from each other the branch order is the lead; if the long window is slower on every graph the
-lead is the window (clocks under sustained load).
+lead is the window (clocks under sustained load). Run of 2026-12-02 (H200, raw
+``bifurcated_probe_overlap_graphs_H200.json``): neither; MHA 16k x256 352.7-404.4 us and 32k x256 495.0-570.3 across
+graphs, windows and rounds alike.
 
     PYTHONPATH=src python benchmarks/probe_overlap_graphs.py [--out DIR] [--cases A,B]
 """
@@ -38,10 +40,11 @@ def main(argv=None):
         fn()
         graphs = [bd.graph_of(fn) for _ in range(GRAPHS)]
         res = {}
-        for rnd in range(2):
+        for _ in range(2):
             for i, g in enumerate(graphs):
-                res.setdefault(f"graph {i}, short", []).append(round(common.bench(g.replay, warmup=10, rep=40) * 1e3, 1))
-                res.setdefault(f"graph {i}, long", []).append(round(common.bench(g.replay) * 1e3, 1))
+                short, long_ = common.bench(g.replay, warmup=10, rep=40), common.bench(g.replay)
+                res.setdefault(f"graph {i}, short", []).append(round(short * 1e3, 1))
+                res.setdefault(f"graph {i}, long", []).append(round(long_ * 1e3, 1))
         print(f"{case['name']:14s} " + "  ".join(f"{n}: {v}" for n, v in res.items()), flush=True)
         out.append(dict(case=case["name"], us=res))
         del inp, fn, graphs, q, pk, pv, k, v, lens

@@ -8,7 +8,9 @@ section 11). Smaller programs (2 stages, or 32-token tiles) would fit two beside
 loads in flight; 8 warps or 128-token tiles keep more in flight per program. This probe times, in one process and
 interleaved over five rounds (graph replays, do_bench medians, L2 flushed, us), the whole op under each own-token
 config (``LEANATTN_DECODE_CONFIG``, read when the plan is made; it reaches only the own-token plan on this path) on
-the overlap path's suite cases.
+the overlap path's suite cases. Run of 2026-12-02 14:3x (H200, raw ``bifurcated_probe_overlap_own_H200.json``):
+64-token tiles over 2 stages ahead or level on 11 of 12 cases (MHA 16k x256 347.6 against 380.3 us), kept as
+``ops/bifurcated_overlap.OWN_STAGES``.
 
     PYTHONPATH=src python benchmarks/probe_overlap_own.py [--out DIR] [--cases A,B]
 """

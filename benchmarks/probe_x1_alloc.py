@@ -9,7 +9,8 @@ and interleaved over three rounds (graph replays, do_bench medians, L2 flushed, 
 and the one-sample path over the same values in three placements: the suite's (own K and V allocated apart), own K
 and V as views of a 64 MB allocation each, and prefix and own tokens of K (and of V) as adjacent views of one
 allocation. The kernel is the same in all three. Then ours and decode over copies again, five rounds with ours first
-in each and graphs captured ours first, as the suite does.
+in each and graphs captured ours first, as the suite does. Runs of 2026-12-02 (H200, raw
+``bifurcated_probe_x1_alloc_H200*.json``): 0.991-1.010x in every placement and order over four runs on two machines.
 
     PYTHONPATH=src python benchmarks/probe_x1_alloc.py [--out DIR] [--cases A,B]
 """

@@ -8,7 +8,9 @@ rounds after each (graph replays, do_bench medians, L2 flushed, us): A, just cap
 of each (write flush, read flush, eager, write again); C, after the peers have run as the suite runs them (SDPA
 FLASH and cuDNN, flex compiled: each checked, captured and timed under both flushes); D, after the suite's ceilings
 (a 4 GiB streaming read, a matmul, an empty launch; the suite measures them before its first case). The step after
-which the ratio drops is the lead.
+which the ratio drops is the lead. Run of 2026-12-02 (H200, raw ``bifurcated_probe_x1_context_H200.json``): none
+(MHA 8k x1 1.000x after every step), while the suite over the same cases on that machine measured 0.989x: what the
+probe does not reproduce is the suite's order of allocations (notes section 22).
 
     PYTHONPATH=src python benchmarks/probe_x1_context.py [--out DIR] [--cases A,B]
 """
