@@ -41,8 +41,9 @@ from leanattn.testing import TOLERANCE, rel_err  # noqa: E402
 
 K = 1024
 OWN = 256
-# one sample: rounds of ours and decode over copies timed alternately after every method has run (their single
-# timings follow each other; H200, 2026-12-02: 0.989-1.002x in a suite run, 0.996-1.001x interleaved in probe 31)
+# one sample: rounds of ours and decode over copies timed alternately after every method has run (each is timed
+# once above, one after the other). H200, 2026-12-02: the 14:27 run 0.984-1.001x once, 0.988-1.002x alternately;
+# probes 31 and 34, whose inputs are allocated in another order, 0.993-1.007x (notes section 22)
 X1_ROUNDS = 5
 SAMPLES = (1, 4, 16, 32, 64, 256)
 PREFIXES = (8 * K, 16 * K, 32 * K)

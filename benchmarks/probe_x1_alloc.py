@@ -66,7 +66,7 @@ def main(argv=None):
         bd.report_ratios(case["name"] + ", ours first", med_o, [("copied", "ours, apart")])
         out.append(dict(case=case["name"], own_bytes=k.numel() * k.element_size(), us=us, median=med,
                         ours_first=dict(us=us_o, median=med_o)))
-        del inp, fns, pair, k_big, v_big, pk1, k1, pv1, v1
+        del inp, fns, pair, q, pk, pv, k, v, lens, k_big, v_big, pk1, k1, pv1, v1
     common.write_probe(args.out, "bifurcated_probe_x1_alloc.json",
                        probe="one-sample path against decode over copies with the own cache allocated apart (small "
                              "pool on GQA), in a 64 MB allocation, and adjacent to the prefix in one allocation",

@@ -1,12 +1,13 @@
 """What in the suite's process costs the one-sample path about 1% against decode over copies (probe 34).
 
-Probe 31 (``probe_x1_alloc.py``) measured the one-sample path level with decode over copied caches (0.991-1.007x over
+Probe 31 (``probe_x1_alloc.py``) measured the one-sample path level with decode over copied caches (0.993-1.007x over
 four runs, placement and order varied), while the suite (``bench_bifurcated.py``, whose ``x1_interleaved`` times the
 same pair alternately from its own replays after every method has run) measured 0.987-0.990x at 8k on the same
 machine minutes later. This probe follows the suite's steps for one case and times the pair in five alternating
 rounds after each (graph replays, do_bench medians, L2 flushed, us): A, just captured; B, after the suite's timings
-of each (write flush, read flush, eager, write again); C, after the peers have run as the suite runs them (SDPA
-FLASH and cuDNN, flex compiled: each checked, captured and timed under both flushes); D, after the suite's ceilings
+(write flush, read flush, eager, write again; of both methods, where the suite times the last two of ours only); C,
+after the peers have run as the suite runs them (SDPA FLASH and cuDNN, flex compiled: each checked, captured and
+timed under both flushes); D, after the suite's ceilings
 (a 4 GiB streaming read, a matmul, an empty launch; the suite measures them before its first case). The step after
 which the ratio drops is the lead. Run of 2026-12-02 (H200, raw ``bifurcated_probe_x1_context_H200.json``): none
 (MHA 8k x1 1.000x after every step), while the suite over the same cases on that machine measured 0.989x: what the
@@ -71,7 +72,7 @@ def main(argv=None):
         common.launch_latency_us()
         pair("D after the ceilings")
         out.append(dict(case=case["name"], stages=stages))
-        del fns, runs
+        del fns, runs, inp
     common.write_probe(args.out, "bifurcated_probe_x1_context.json",
                        probe="one-sample path against decode over copies, timed alternately after each of the suite's "
                              "steps", timing=bd.GRAPH_TIMING, cases=out)

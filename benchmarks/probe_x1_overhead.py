@@ -92,7 +92,7 @@ def main(argv=None):
             os.environ.pop("LEANATTN_DECODE_MERGE")
         print(f"{'':18s} kernels, eager, merges apart: {kern}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, kernels=kern))
-        del inp, runs
+        del inp, runs, ours, copied
     common.write_probe(args.out, "bifurcated_probe_x1_overhead.json",
                        probe="one-sample path against decode over copied caches at the case's work, the prefix alone, "
                              "one tile a row and none",

@@ -534,6 +534,7 @@ def test_small_launch_config_callers(monkeypatch):
 
     def spy(*args, **kw):
         seen.append(args[5:7])
+        assert not (any(args[7:]) or kw.get("num_stages"))  # the table's depth: only the overlap path names one
         return real(*args, **kw)
     monkeypatch.setattr(dec, "decode_config", spy)
     monkeypatch.setattr(bifurcated_launch, "decode_config", spy)
