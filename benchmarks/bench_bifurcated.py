@@ -45,6 +45,11 @@ OWN = 256
 # once above, one after the other). H200, 2026-12-02: the 14:27 run 0.984-1.001x once, 0.988-1.002x alternately;
 # probes 31 and 34, whose inputs are allocated in another order, 0.993-1.007x (notes section 22)
 X1_ROUNDS = 5
+# ... and over fresh copies of the inputs allocated in these orders: the two methods read the same bytes from different
+# buffers, and the buffers' placement alone moved MHA 8k x1 from 1.000x (a probe's process) to 0.989x (the suite's)
+# on one H200 (probe 34)
+X1_PLACEMENTS = (("pk", "pv", "k", "v", "kc", "vc"), ("kc", "vc", "pk", "pv", "k", "v"),
+                 ("k", "v", "kc", "vc", "pk", "pv"))
 SAMPLES = (1, 4, 16, 32, 64, 256)
 PREFIXES = (8 * K, 16 * K, 32 * K)
 MODELS = {"mha": (32, 32), "gqa": (32, 8)}
@@ -261,7 +266,7 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
                 if cuda:
                     r["us_eager"] = common.bench(fn) * 1e3
                     r["us_repeat"] = time_run(run, cuda) * 1e3  # the noise
-            if cuda and c["samples"] == 1 and name in ("bifurcated", "decode_copied"):
+            if c["samples"] == 1 and name in ("bifurcated", "decode_copied"):
                 kept[name] = run
             del run
             row["results"][name] = r
@@ -295,13 +300,46 @@ def run_case(c, ceilings, mem_gb, log, device, over_budget=lambda: False):
             row["speedup_vs_decode_copied"] = peers["decode_copied"] / ours_r["us"]
     if len(kept) == 2:
         # each was timed once above, one after the other; alternating rounds keep drift out of their ratio
-        from bench_decode import interleaved_times
-        us, med = interleaved_times({"ours": kept["bifurcated"], "copied": kept["decode_copied"]}, X1_ROUNDS)
-        row["x1_interleaved"] = dict(us=us, median=med, speedup_vs_decode_copied=med["copied"] / med["ours"])
+        try:
+            us, med = alternate({"ours": kept["bifurcated"], "copied": kept["decode_copied"]}, cuda)
+            row["x1_interleaved"] = dict(us=us, median=med, speedup_vs_decode_copied=med["copied"] / med["ours"])
+            kept.clear()  # the replays' graphs, freed before the fresh copies are made
+            row["x1_placements"] = x1_placements(c, inp, cuda)
+        except Exception as e:  # recorded, as a method's failure is
+            row["x1_error"] = f"{type(e).__name__}: {str(e)[:160]}"
     del inp, ref, kept
     if cuda:
         torch.cuda.empty_cache()
     return row
+
+
+def alternate(runs, cuda):
+    """``runs`` (label -> call from ``replayer``) timed in ``X1_ROUNDS`` alternating rounds (on a GPU with do_bench's
+    shorter windows, as the probes: ``bench_decode.interleaved_times``):
+    ``({label: [us per round]}, {label: median us})``."""
+    from bench_decode import interleaved_times
+    return interleaved_times(runs, X1_ROUNDS, None if cuda else (lambda run: time_run(run, False)))
+
+
+def x1_placements(c, inp, cuda):
+    """One sample: ours against decode over copies over fresh copies of the inputs allocated in each order of
+    ``X1_PLACEMENTS``, both captured and timed by ``alternate``: ``{"ratios": [...], "median": ...}``."""
+    ratios = []
+    for order in X1_PLACEMENTS:
+        fresh = dict(inp)
+        for name in order:
+            fresh[name] = inp[name].clone()
+        runs = {}
+        for name, make in (("ours", ours), ("copied", decode_copied)):
+            fn = make(c, fresh)
+            fn()
+            runs[name] = replayer(fn, cuda)[0]
+        _, med = alternate(runs, cuda)
+        ratios.append(med["copied"] / med["ours"])
+        del fresh, runs, fn
+        if cuda:
+            torch.cuda.empty_cache()
+    return dict(ratios=ratios, median=sorted(ratios)[len(ratios) // 2])
 
 
 def table(rows):
@@ -309,7 +347,7 @@ def table(rows):
               "x stream read", "x floor",
               "decode copied us", "flash us", "cudnn us", "flex us", "best peer", "x best peer", "x decode copied",
               "err", "ours us, read flush", "x IO floor, read flush", "x best peer, read flush",
-              "x decode copied, read flush", "x decode copied, interleaved"]
+              "x decode copied, read flush", "x decode copied, interleaved", "x decode copied, placements"]
     out = []
     for r in rows:
         res = r["results"]
@@ -324,7 +362,8 @@ def table(rows):
                     r.get("speedup_vs_decode_copied", "-"), res.get("bifurcated", {}).get("err", "-"),
                     res.get("bifurcated", {}).get("us_clean", "-"), r.get("x_io_floor_clean", "-"),
                     r.get("speedup_vs_best_peer_clean", "-"), r.get("speedup_vs_decode_copied_clean", "-"),
-                    r.get("x1_interleaved", {}).get("speedup_vs_decode_copied", "-")])
+                    r.get("x1_interleaved", {}).get("speedup_vs_decode_copied", "-"),
+                    r.get("x1_placements", {}).get("median", "-")])
     return common.markdown_table(header, out)
 
 
@@ -480,6 +519,8 @@ def main(argv=None):
         speedup_vs_decode_copied_x1={r["case"]: r.get("speedup_vs_decode_copied") for r in rows if r["samples"] == 1},
         speedup_vs_decode_copied_x1_interleaved={r["case"]: r["x1_interleaved"]["speedup_vs_decode_copied"]
                                                  for r in rows if "x1_interleaved" in r},
+        speedup_vs_decode_copied_x1_placements={r["case"]: r["x1_placements"]["median"]
+                                                for r in rows if "x1_placements" in r},
         config=os.environ.get("LEANATTN_BIFURCATED_CONFIG", ""),
         wall_s=time.time() - t0)
     md = (f"# bifurcated decode benchmark\n\n{info['device']}, torch {info['torch']}, triton {info['triton']}, "
@@ -494,7 +535,8 @@ def main(argv=None):
           f"zeroing leaves an L2 of dirty lines written back inside the timed call), against the read ceiling "
           f"timed the same way "
           f"({ceilings.get('read_gbs_clean', float('nan')):.0f} GB/s). 'interleaved' (one sample): ours and decode "
-          f"over copies timed again in {X1_ROUNDS} alternating rounds from the same replays, medians.\n\n"
+          f"over copies timed again in {X1_ROUNDS} alternating rounds from the same replays, medians; 'placements': "
+          f"the same over fresh copies of the inputs allocated in {len(X1_PLACEMENTS)} orders, the median ratio.\n\n"
           + table(rows) + f"\nSummary: {summary}\n")
     stem = "bifurcated_" + info["device"].replace(" ", "_") + ("_quick" if args.quick else "") + \
            ("_tiny" if args.tiny else "")

@@ -274,13 +274,14 @@ def report_best(name, med, base, peer="cuDNN"):
     return best
 
 
-def interleaved_times(runs, rounds=3):
-    """Each of ``runs`` (label -> call) timed over ``rounds`` interleaved rounds (do_bench medians, L2 flushed):
-    ``({label: [us per round]}, {label: median us})``."""
+def interleaved_times(runs, rounds=3, time_ms=None):
+    """Each of ``runs`` (label -> call) timed over ``rounds`` interleaved rounds (do_bench medians, L2 flushed; or
+    ``time_ms(run)``, milliseconds): ``({label: [us per round]}, {label: median us})``."""
+    time_ms = time_ms or (lambda run: common.bench(run, warmup=10, rep=40))
     us = {}
     for _ in range(rounds):
         for label, run in runs.items():
-            us.setdefault(label, []).append(round(common.bench(run, warmup=10, rep=40) * 1e3, 2))
+            us.setdefault(label, []).append(round(time_ms(run) * 1e3, 2))
     return us, {n: sorted(v)[len(v) // 2] for n, v in us.items()}
 
 

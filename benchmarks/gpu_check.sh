@@ -14,8 +14,8 @@
 #   decode      the decode suite (bench_decode.py), peers in the same run, both flushes (110-135 s of suite,
 #               125-157 s with start-up, on an H200)
 #   bifurcated  the bifurcated 8k cases (bench_bifurcated.py --cases 8k)
-#   bifurcated-all  the 36-case bifurcated suite (8k, 16k, 32k; 142 s of suite with both flushes on an H200;
-#               peers past --budget-s 260 are skipped)
+#   bifurcated-all  the 36-case bifurcated suite (8k, 16k, 32k; 142 s of suite with both flushes on an H200, before
+#               the one-sample re-timings over three placements, about 25 s more; peers past --budget-s 260 are skipped)
 #   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
 #               (LEANATTN_BIFURCATED_CONFIG sixth field: 2 block pointers, 3 TMA)
 #   headdim-sweep  launch configs of the suite's D=64 case (the weakest against cuDNN) and D=256 case (70% of

@@ -5,6 +5,7 @@ into several pieces; ``block_h`` (op argument) forces several head blocks (team 
 """
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -490,8 +491,12 @@ def test_benchmark_tiny_smoke(tmp_path):
     from leanattn import cli
     main = cli._load_benchmark("bifurcated")
     assert main is not None
-    assert main(["--tiny", "--cases", "gqa 8k x4", "--out", str(tmp_path)]) == 0
+    assert main(["--tiny", "--cases", "gqa 8k x4,gqa 8k x1", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "bifurcated_cpu_tiny.json").is_file() and (tmp_path / "bifurcated_cpu_tiny.md").is_file()
+    # one sample: ours and decode over copies timed again alternately, and over fresh placements of the inputs
+    rows = {r["case"]: r for r in json.loads((tmp_path / "bifurcated_cpu_tiny.json").read_text())["rows"]}
+    assert "x1_error" not in rows["gqa 8k x1"] and len(rows["gqa 8k x1"]["x1_placements"]["ratios"]) == 3
+    assert "x1_interleaved" in rows["gqa 8k x1"] and "x1_interleaved" not in rows["gqa 8k x4"]
 
 
 ENV_CFGS = ["16,0,0,0,0", "16,0,0,0,0,2", "0,0,0,0,0,2", "0,0,0,0,0,3", "16,0,0,0,0,3", "0,0,0,0,0,1",
