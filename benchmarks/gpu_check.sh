@@ -80,6 +80,9 @@
 #               (benchmarks/probe_overlap_graphs.py, probe 33; ~30 s)
 #   x1-context  the one-sample pair timed alternately after each of the suite's steps: just captured, after the
 #               suite's timings, after the peers, after the ceilings (benchmarks/probe_x1_context.py, probe 34; ~60 s)
+#   overlap-ordered  the overlap path with the own tokens as the prefix's programmatic dependent launch on one
+#               stream (ops/bifurcated_overlap.ORDERED) against two streams, every case the path takes, five rounds
+#               (benchmarks/probe_overlap_ordered.py, probe 35; not yet run; ~40 s)
 #   bif-overlap the overlap path (Gluon prefix on one stream, own tokens on another; the default on sm_90) against
 #               the Triton states path (LEANATTN_BIFURCATED_CONFIG path field 3), default first and last, on the
 #               8k cases of 4 samples or more and the long GQA cases (bench_bifurcated.py --sweep)
@@ -160,6 +163,7 @@ for step in "$@"; do
     overlap-own) python3 benchmarks/probe_overlap_own.py --out "$OUT" 2>&1 | grep -E "\||plans|wrote|Error" ;;
     overlap-graphs) python3 benchmarks/probe_overlap_graphs.py --out "$OUT" 2>&1 | grep -E "x256|wrote|Error" ;;
     x1-context) python3 benchmarks/probe_x1_context.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    overlap-ordered) python3 benchmarks/probe_overlap_ordered.py --out "$OUT" 2>&1 | grep -E "\||rounds|wrote|Error" ;;
     piece-offsets) python3 benchmarks/probe_piece_offsets.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     one-per-sm) python3 benchmarks/probe_one_per_sm.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
     grid-cap) python3 benchmarks/probe_grid_at_capacity.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;

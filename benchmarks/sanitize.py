@@ -135,17 +135,23 @@ def concat():
 def overlap():
     # the overlap path alone (Gluon prefix on sm_90, own tokens on a side stream): ragged last tiles, rows
     # that are not a multiple of 64, D 64 and 128, MHA and GQA, with and without own tokens (2026-12-01 on an
-    # H200 as a stand-alone script: memcheck 0 errors, racecheck 0 hazards)
+    # H200 as a stand-alone script: memcheck 0 errors, racecheck 0 hazards), then with the own tokens as the
+    # prefix's programmatic dependent launch on one stream (ops/bifurcated_overlap.ORDERED)
+    from leanattn import runtime
+    from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
     os.environ["LEANATTN_BIFURCATED_CONFIG"] = "0,0,0,0,0,0,0,0,0,4"
-    for n, hq, hkv, d, P in ((6, 32, 8, 128, 2500), (70, 32, 8, 64, 1000), (3, 32, 32, 128, 65)):
-        q = torch.randn(n, hq, d, dtype=BF16, device=DEV)
-        pk = torch.randn(P, hkv, d, dtype=BF16, device=DEV)
-        pv = torch.randn_like(pk)
-        k = torch.randn(n, 333, hkv, d, dtype=BF16, device=DEV)
-        v = torch.randn_like(k)
-        sl = torch.randint(0, 334, (n,), dtype=torch.int32, device=DEV)
-        leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
-        leanattn.bifurcated_decode(q, pk, pv, None, None)
+    for ordered in (False, True):
+        ov.ORDERED, opb._PLANS = ordered, runtime.PlanCache()
+        for n, hq, hkv, d, P in ((6, 32, 8, 128, 2500), (70, 32, 8, 64, 1000), (3, 32, 32, 128, 65)):
+            q = torch.randn(n, hq, d, dtype=BF16, device=DEV)
+            pk = torch.randn(P, hkv, d, dtype=BF16, device=DEV)
+            pv = torch.randn_like(pk)
+            k = torch.randn(n, 333, hkv, d, dtype=BF16, device=DEV)
+            v = torch.randn_like(k)
+            sl = torch.randint(0, 334, (n,), dtype=torch.int32, device=DEV)
+            leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+            leanattn.bifurcated_decode(q, pk, pv, None, None)
+    ov.ORDERED = False
     os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
 
 

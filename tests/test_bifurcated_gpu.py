@@ -248,6 +248,49 @@ def test_overlap_deterministic_on_a_callers_stream():
 
 
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
+@pytest.mark.parametrize("n,hq,hkv,d,P", [(64, 32, 8, 128, 8192), (256, 32, 32, 128, 2048), (5, 32, 8, 64, 1000),
+                                          (300, 16, 8, 128, 640)])
+def test_overlap_ordered(monkeypatch, n, hq, hkv, d, P):
+    # ops/bifurcated_overlap.ORDERED: the own tokens as the Gluon prefix's programmatic dependent launch on one
+    # stream. The state slots are NaN before each call, so a merge that ran before the prefix or the own tokens
+    # finished would show; 20 calls (the last arriver's counter resets) and a graph replayed with new queries and
+    # lengths give the same bits as an eager call on the same inputs
+    from leanattn import runtime
+    from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
+    monkeypatch.setattr(ov, "ORDERED", True)
+    monkeypatch.setattr(opb, "_PLANS", runtime.PlanCache())  # plans made with ORDERED off are not reused
+    own = torch.randint(0, 300, (n,)).tolist()
+    own[0] = 0
+    q, pk, pv, k, v, sl = args = inputs(n, hq, hkv, d, P, own)
+
+    def call():
+        for slot in _last_plan().states:
+            if slot is not None:
+                slot.fill_(float("nan"))
+        return leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+
+    with _path(4):
+        out, _ = check(*args, name=f"ordered {n} {hq}/{hkv} d{d} P{P}")
+        plan = _last_plan()
+        assert plan.path == "overlap" and plan.ordered
+        first = call()
+        assert torch.equal(first, out)
+        for _ in range(20):
+            assert torch.equal(call(), first)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            graphed = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+        q.normal_()
+        sl.copy_(torch.randint(0, k.shape[1] + 1, (n,), dtype=torch.int32, device="cuda"))
+        for slot in plan.states:
+            if slot is not None:
+                slot.fill_(float("nan"))
+        g.replay()
+        assert torch.equal(graphed, call()) and not graphed.isnan().any()
+        check(*args, name=f"ordered {n} {hq}/{hkv} d{d} P{P}, new lengths")
+
+
+@pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
 def test_overlap_states_written_inside_the_fork():
     # the plan's state slots are filled with NaN before each call, so a launch that ran outside the fork and join
     # (the merge reading states not yet written) would not go unseen; eagerly, and from a graph replayed with new

@@ -549,6 +549,19 @@ def test_small_launch_config_callers(monkeypatch):
     assert (2 * 2, 30 + 48) in seen  # one sample per prompt: prefix capacity + own capacity
 
 
+def test_split_after_prior_plan():
+    # the launch the ordered overlap path of bifurcated decode makes (a GPU-only programmatic dependent launch whose
+    # last program waits with inline assembly, which the interpreter has not): its launch options and counter
+    from leanattn.ops import decode as dec
+    q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [5, 0, 40])
+    plan = dec._Plan(q, k, v, lens, None, 0.125, "split", 0, 0, 0, True)
+    meta = plan.launch.meta
+    assert meta["AFTER_PRIOR"] is True and meta["launch_pdl"] is True
+    assert meta["PDL"] is False  # it lets nothing after it start early
+    assert plan.launch.scalars[0] is plan.arrivals and plan.arrivals.tolist() == [0]
+    assert dec._Plan(q, k, v, lens, None, 0.125, "split", 0, 0).launch.meta["AFTER_PRIOR"] is False
+
+
 @pytest.mark.parametrize("num_splits", [1, 2, 3, 5, 100])
 def test_split_num_splits(num_splits):
     # 3 and 5 leave the last split short or empty for shorter sequences; 100 is clamped to the tiles

@@ -33,7 +33,7 @@ if AVAILABLE:
         Q, k_desc, v_desc, StO, StL,  #
         stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles,  #
         HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-        STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr,
+        STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr,
     ):
         """Program ``(kv head h, split s, head block hb)``, head blocks of a split adjacent (they read
         the same tiles, so the later ones hit L2): query rows ``hb * 64 ..`` of kv head ``h``
@@ -41,7 +41,12 @@ if AVAILABLE:
         prefix tiles ``[s * chunk, min((s + 1) * chunk, n_tiles))``; writes the normalised state to
         slot ``s`` of ``StO (n_states, B, HQ, D)`` fp32 and ``StL (n_states, B, HQ)`` (natural log).
         ``k_desc``/``v_desc``: TMA descriptors of the prefix seen as ``(P, Hkv * D)``, blocks
-        ``(64, D)``. ``qk_scale`` is the softmax scale times log2(e)."""
+        ``(64, D)``. ``qk_scale`` is the softmax scale times log2(e). ``TRIGGER``: a programmatic dependent
+        launch after this one (the own tokens, ``ops/bifurcated_overlap.ORDERED``) may start once every
+        program of this one has started."""
+        if TRIGGER:
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
+                                      is_pure=False, pack=1)
         pid = gl.program_id(0)
         hb = pid % n_hb
         s = (pid // n_hb) % S

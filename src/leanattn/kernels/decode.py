@@ -12,7 +12,8 @@ the rows of a ``tl.dot`` so that K and V are read once per group.
   a second launch (``kernels/piece_merge.py``; ``ops/stream_k_launch.py`` picks): nobody waits, so no
   launch can hang; the merge order is fixed, so the output is bitwise deterministic.
 * ``split_decode_kernel``: FlashDecoding's fixed number of splits per head; a second launch
-  (``kernels/merge.py``) combines the splits.
+  (``kernels/merge.py``) combines the splits. With ``AFTER_PRIOR`` it runs beside the launch before it and
+  completes after it (the ordered overlap path of bifurcated decode).
 
 Scores are kept in log2 units (``qk_scale = softmax_scale * log2(e)``) so the exponentials are
 ``exp2``; the LSE written out is natural-log.
@@ -24,7 +25,7 @@ import triton.language as tl
 
 from ..schedules.stream_k import across_rows, cut_list, load_lengths, locate_tile, programs_used, row_tiles
 from .attend import attend_any
-from .grid_dependency import gdc_launch_dependents
+from .grid_dependency import gdc_launch_dependents, gdc_wait
 from .piece_merge import publish_piece, record_row, settle_piece
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -233,7 +234,7 @@ def split_program(
 @triton.jit
 def split_decode_kernel(
     Q, K, V, Out, Lse,  #
-    Seqlens, BlockTable,  #
+    Seqlens, BlockTable, Arrivals,  #
     stride_qb, stride_qh,  #
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
@@ -244,13 +245,20 @@ def split_decode_kernel(
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, AFTER_PRIOR: tl.constexpr,
 ):
     """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row.
 
     With one split, ``Out``/``Lse`` are the final outputs; otherwise split ``s`` writes its
     normalised partial state at ``Out + s*stride_os`` and ``Lse + s*stride_ls`` (fp32), merged by
     a second launch, which with ``PDL`` is a programmatic dependent launch allowed to start at once.
+
+    ``AFTER_PRIOR``: this launch is a programmatic dependent launch of the launch before it, whose results it
+    does not read (the ordered overlap path of bifurcated decode). Its programs start only once every program of
+    that launch has signalled (``gdc_launch_dependents``), so that launch's programs are all placed first, and the
+    last of its programs to finish waits (``gdc_wait``) until that launch has completed, so a launch after this
+    one on the stream follows both. ``Arrivals`` (one int32, zero between launches) counts the finished
+    programs; the last resets it. Unread otherwise.
     """
     if PDL:
         gdc_launch_dependents()
@@ -260,3 +268,9 @@ def split_decode_kernel(
         stride_ob, stride_oh, stride_lb, stride_os, stride_ls, stride_btb,  #
         tl.cast(qk_scale, tl.float32), capacity, chunk,  #
         GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION)
+    if AFTER_PRIOR:
+        # the others exit at once: only the last holds its slot while the launch before finishes
+        arrived = tl.atomic_add(Arrivals, 1, sem="acq_rel")
+        if arrived == tl.num_programs(0) * tl.num_programs(1) - 1:
+            tl.store(Arrivals, 0)
+            gdc_wait()

@@ -403,17 +403,20 @@ class Plan:
         S, chunk = overlap.prefix_splits(Hkv * n_hb, triton.cdiv(P, overlap.pg.BLOCK_N), group, P, cap if own else 0,
                                          sms, env["ctas_per_sm"])
         self.splits = S
-        self.own_plan = (DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n, overlap.OWN_STAGES)
-                         if own else None)
+        # ORDERED: the own tokens as the prefix's programmatic dependent launch on one stream, not a second stream
+        self.ordered = own and overlap.ORDERED and runtime.dependent_launch(device)
+        self.own_plan = (DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n, overlap.OWN_STAGES,
+                                    self.ordered) if own else None)
         n_states = S + (self.own_plan.splits if own else 0)
         # K/V ring of 3 stages (115 KB of shared memory at D=128: two split-kernel programs fit beside it);
         # LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one stage would wait on a tile it
         # only loads later in the same iteration)
-        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, max(2, env["num_stages"] or 3))
+        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, max(2, env["num_stages"] or 3),
+                                          self.ordered)
         st_o, st_l = self._states_merge(device, n_states, B, Hq, D)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
         self.merge_in_kernel = False
-        self.info.update(prefix_programs=self.prefix.grid[0], splits=S, chunk=chunk,
+        self.info.update(prefix_programs=self.prefix.grid[0], splits=S, chunk=chunk, ordered=self.ordered,
                          own_splits=self.own_plan.splits if own else 0, own_grid=self.own_plan.grid if own else None)
 
     # ------------------------------------------------------------------------------------------
@@ -469,7 +472,11 @@ class Plan:
                 self.launch_merge(st_o, st_l, out, lse)
         elif self.path == "overlap":
             st_o, st_l, own_o, own_l = self.states
-            if self.own_plan is not None:
+            if self.ordered:
+                # one stream: the own tokens start once every prefix program has, and end after the prefix
+                self.prefix(q, pk, pv, st_o, st_l)
+                self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt)
+            elif self.own_plan is not None:
                 cur = torch.cuda.current_stream(q.device)
                 side = overlap.side_stream(q.device, avoid=cur)
                 side.wait_stream(cur)

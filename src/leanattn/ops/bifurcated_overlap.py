@@ -28,6 +28,15 @@ _SIDE_STREAMS: dict = {}
 # were 1-2% ahead of it at MHA 8k and 16k x256, 4-6% behind at MHA 32k x256 and up to 7.6% behind on GQA x64.
 OWN_STAGES = 2
 
+# The two launches' order on the SMs. False: the own tokens on a side stream, forked and joined around the prefix
+# launch; the hardware then places the two grids' programs in an order that varies (MHA 16k x256 352.7-404.4 us and
+# 32k x256 495.0-570.3 between consecutive medians of one graph: H200, 2026-12-02, bifurcated probe 33), and the
+# overlap works when the prefix programs are placed first (notes section 15). True (not yet measured on a GPU):
+# one stream; the prefix signals at entry (its TRIGGER) and the own tokens are its programmatic dependent launch
+# (decode's split_decode_kernel with AFTER_PRIOR), so their programs start only once every prefix program has, and the last
+# of them waits for the prefix to finish, which orders the merge launch after both. Read when a plan is made.
+ORDERED = False
+
 
 def usable(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, single: bool, has_plens: bool) -> bool:
     """Whether the overlap path can run this call: an sm_90 GPU, a Triton with Gluon, one prompt whose
@@ -102,7 +111,8 @@ class GluonPrefix:
     this call's prefix (a few microseconds of host time; a plan that kept them would keep the caller's
     prefix tensors alive) and launches, directly after the first launch (``runtime.Launcher``)."""
 
-    def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, scale_log2: float, stages: int = 3):
+    def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, scale_log2: float, stages: int = 3,
+                 trigger: bool = False):
         B, Hq, D = q.shape
         group = Hq // Hkv
         R = B * group
@@ -110,7 +120,7 @@ class GluonPrefix:
         gl_dtype = {torch.bfloat16: pg.gl.bfloat16, torch.float16: pg.gl.float16}[q.dtype]
         self.kv_layout = pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], gl_dtype)
         meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_M=pg.BLOCK_M, BLOCK_N=pg.BLOCK_N, STAGES=stages,
-                    MASK_TAIL=P % pg.BLOCK_N != 0,
+                    MASK_TAIL=P % pg.BLOCK_N != 0, TRIGGER=trigger,
                     Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_M, D], gl_dtype), num_warps=4)
         self.grid = (Hkv * S * n_hb,)
         self.launch = runtime.Launcher(pg.prefix_gluon_kernel, self.grid, meta,

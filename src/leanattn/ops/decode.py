@@ -33,7 +33,7 @@ class _Plan:
     """
 
     def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
-                 num_stages=0):
+                 num_stages=0, after_prior=False):
         B, Hq, D = q.shape
         device = q.device
         group = Hq // k_cache.shape[2]
@@ -99,7 +99,15 @@ class _Plan:
             self.merge_tail = (splits, M, M * D, D, M, 1)
         if schedule == "split":
             # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
-            self.launch = runtime.Launcher(split_decode_kernel, self.grid, self.meta, self.tail)
+            self.meta["AFTER_PRIOR"] = after_prior
+            if after_prior:
+                # beside the launch before it and complete after it: a programmatic dependent launch that lets
+                # nothing after it start early
+                self.meta.update(PDL=False, launch_pdl=True)
+                self.arrivals = torch.zeros(1, dtype=torch.int32, device=device)
+            else:
+                self.arrivals = self.dummy_i32
+            self.launch = runtime.Launcher(split_decode_kernel, self.grid, self.meta, (self.arrivals,) + self.tail)
             self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta,
                                                  self.merge_tail)
 
