@@ -288,6 +288,17 @@ def test_overlap_ordered(monkeypatch, n, hq, hkv, d, P):
         g.replay()
         assert torch.equal(graphed, call()) and not graphed.isnan().any()
         check(*args, name=f"ordered {n} {hq}/{hkv} d{d} P{P}, new lengths")
+        # a plan first made inside a graph capture, with its buffers (the counter's zeros then exist only once the
+        # graph replays), called eagerly before any replay and then after
+        monkeypatch.setattr(opb, "_PLANS", runtime.PlanCache())
+        monkeypatch.setattr(runtime, "_WORKSPACES", {})
+        g2 = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g2):
+            leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+        assert _last_plan().ordered
+        check(*args, name=f"ordered {n} {hq}/{hkv} d{d} P{P}, plan made in a capture")
+        g2.replay()
+        check(*args, name=f"ordered {n} {hq}/{hkv} d{d} P{P}, plan made in a capture, after a replay")
 
 
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")

@@ -258,7 +258,7 @@ def split_decode_kernel(
     that launch has signalled (``gdc_launch_dependents``), so that launch's programs are all placed first, and the
     last of its programs to finish waits (``gdc_wait``) until that launch has completed, so a launch after this
     one on the stream follows both. ``Arrivals`` (one int32, zero between launches) counts the finished
-    programs; the last resets it. Unread otherwise.
+    programs, modulo their number; the one that completes a round waits. Unread otherwise.
     """
     if PDL:
         gdc_launch_dependents()
@@ -269,8 +269,11 @@ def split_decode_kernel(
         tl.cast(qk_scale, tl.float32), capacity, chunk,  #
         GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION)
     if AFTER_PRIOR:
-        # the others exit at once: only the last holds its slot while the launch before finishes
-        arrived = tl.atomic_add(Arrivals, 1, sem="acq_rel")
-        if arrived == tl.num_programs(0) * tl.num_programs(1) - 1:
-            tl.store(Arrivals, 0)
+        # one program waits, the others exit at once. The count is taken modulo the programs and put back by as
+        # many, so a counter that did not start at zero (a buffer first made inside a graph capture holds
+        # garbage until the graph replays) still elects exactly one waiter
+        total = tl.num_programs(0) * tl.num_programs(1)
+        arrived = tl.atomic_add(Arrivals, 1, sem="relaxed")
+        if (arrived % total + total) % total == total - 1:
+            tl.atomic_add(Arrivals, -total, sem="relaxed")
             gdc_wait()

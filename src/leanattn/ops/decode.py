@@ -93,7 +93,7 @@ class _Plan:
             self.tail = strides + part + (bt_stride, qk_scale, cap, triton.cdiv(cap_tiles, splits))
             M = B * Hq
             # the merge waits for the splits as a programmatic dependent launch where there is one
-            pdl = splits > 1 and runtime.dependent_launch(device)
+            pdl = splits > 1 and runtime.dependent_launch(device) and not after_prior
             self.meta["PDL"] = pdl
             self.merge_grid, self.merge_meta = merge_launch(splits, M, D, pdl)
             self.merge_tail = (splits, M, M * D, D, M, 1)
@@ -103,8 +103,8 @@ class _Plan:
             if after_prior:
                 # beside the launch before it and complete after it: a programmatic dependent launch that lets
                 # nothing after it start early
-                self.meta.update(PDL=False, launch_pdl=True)
-                self.arrivals = torch.zeros(1, dtype=torch.int32, device=device)
+                self.meta["launch_pdl"] = True
+                self.arrivals = runtime.workspace("decode_after_prior_arrivals", device, (1,), torch.int32, zero=True)
             else:
                 self.arrivals = self.dummy_i32
             self.launch = runtime.Launcher(split_decode_kernel, self.grid, self.meta, (self.arrivals,) + self.tail)
