@@ -148,6 +148,33 @@ def _path(field):
         del os.environ["LEANATTN_BIFURCATED_CONFIG"]
 
 
+def _nan_states():
+    """The last plan's state slots filled with NaN, so that a launch that ran before the states it reads were
+    written would not go unseen."""
+    for slot in _last_plan().states:
+        if slot is not None:
+            slot.fill_(float("nan"))
+
+
+def _nan_call(q, pk, pv, k, v, sl):
+    """``bifurcated_decode`` after ``_nan_states``."""
+    _nan_states()
+    return leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+
+
+def _check_graph_with_new_inputs(q, pk, pv, k, v, sl):
+    """The call captured in a CUDA graph, then new queries and lengths and NaN state slots: a replay equals an eager
+    call on the same inputs bitwise (the same launches) and holds no NaN."""
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
+    q.normal_()
+    sl.copy_(torch.randint(0, k.shape[1] + 1, sl.shape, dtype=torch.int32, device="cuda"))
+    _nan_states()
+    g.replay()
+    assert torch.equal(out, _nan_call(q, pk, pv, k, v, sl)) and not out.isnan().any()
+
+
 @pytest.mark.parametrize("field,path", [(1, "split"), (2, "fused"), (3, "states")])
 @pytest.mark.parametrize("n,hkv", [(2, 8), (5, 32), (8, 8), (17, 8)])
 def test_forced_paths_at_narrow_lengths_vectors(field, path, n, hkv):
@@ -262,31 +289,15 @@ def test_overlap_ordered(monkeypatch, n, hq, hkv, d, P):
     own = torch.randint(0, 300, (n,)).tolist()
     own[0] = 0
     q, pk, pv, k, v, sl = args = inputs(n, hq, hkv, d, P, own)
-
-    def call():
-        for slot in _last_plan().states:
-            if slot is not None:
-                slot.fill_(float("nan"))
-        return leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
-
     with _path(4):
         out, _ = check(*args, name=f"ordered {n} {hq}/{hkv} d{d} P{P}")
         plan = _last_plan()
         assert plan.path == "overlap" and plan.ordered
-        first = call()
+        first = _nan_call(*args)
         assert torch.equal(first, out)
         for _ in range(20):
-            assert torch.equal(call(), first)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            graphed = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
-        q.normal_()
-        sl.copy_(torch.randint(0, k.shape[1] + 1, (n,), dtype=torch.int32, device="cuda"))
-        for slot in plan.states:
-            if slot is not None:
-                slot.fill_(float("nan"))
-        g.replay()
-        assert torch.equal(graphed, call()) and not graphed.isnan().any()
+            assert torch.equal(_nan_call(*args), first)
+        _check_graph_with_new_inputs(*args)
         check(*args, name=f"ordered {n} {hq}/{hkv} d{d} P{P}, new lengths")
         # a plan first made inside a graph capture, with its buffers (the counter's zeros then exist only once the
         # graph replays), called eagerly before any replay and then after
@@ -308,36 +319,19 @@ def test_overlap_states_written_inside_the_fork():
     # queries and lengths, against an eager call on the same inputs (bitwise: the same launches). The own tokens
     # go to a side stream that is never the caller's (torch hands streams out of a shared pool)
     from leanattn.ops import bifurcated_overlap as ov
-    q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 8192, torch.randint(0, 300, (64,)).tolist())
-
-    def _nan_states():
-        for slot in _last_plan().states:
-            if slot is not None:
-                slot.fill_(float("nan"))
-
-    def call():
-        _nan_states()
-        return leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
-
+    args = q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 8192, torch.randint(0, 300, (64,)).tolist())
     leanattn.bifurcated_decode(q, pk, pv, k, v, sl)  # makes the plan
     assert _last_plan().path == "overlap"
     assert _last_plan().own_plan.meta["num_stages"] == ov.OWN_STAGES  # two own programs fit beside a prefix one
-    assert not call().isnan().any()
+    assert not _nan_call(*args).isnan().any()
     assert all(side != torch.cuda.current_stream() for side in ov._SIDE_STREAMS.values())
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        call()
+        _nan_call(*args)
         assert all(side != s for side in ov._SIDE_STREAMS.values())
     torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
-    q.normal_()
-    sl.copy_(torch.randint(0, k.shape[1] + 1, (64,), dtype=torch.int32, device="cuda"))
-    _nan_states()
-    g.replay()
-    assert torch.equal(out, call()) and not out.isnan().any()
+    _check_graph_with_new_inputs(*args)
 
 
 def test_deterministic_20_runs():

@@ -255,10 +255,10 @@ def split_decode_kernel(
 
     ``AFTER_PRIOR``: this launch is a programmatic dependent launch of the launch before it, whose results it
     does not read (the ordered overlap path of bifurcated decode). Its programs start only once every program of
-    that launch has signalled (``gdc_launch_dependents``), so that launch's programs are all placed first, and the
-    last of its programs to finish waits (``gdc_wait``) until that launch has completed, so a launch after this
-    one on the stream follows both. ``Arrivals`` (one int32, zero between launches) counts the finished
-    programs, modulo their number; the one that completes a round waits. Unread otherwise.
+    that launch has signalled (``gdc_launch_dependents``), so that launch's programs are all placed first, and one
+    of its programs waits (``gdc_wait``) until that launch has completed, so a launch after this one on the stream
+    follows both. ``Arrivals`` (one int32, zero between launches) counts the finished programs modulo their number;
+    the one whose arrival completes a round waits (from zero, the last to finish). Unread otherwise.
     """
     if PDL:
         gdc_launch_dependents()

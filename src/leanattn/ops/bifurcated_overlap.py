@@ -33,8 +33,8 @@ OWN_STAGES = 2
 # 32k x256 495.0-570.3 between consecutive medians of one graph: H200, 2026-12-02, bifurcated probe 33), and the
 # overlap works when the prefix programs are placed first (notes section 15). True (not yet measured on a GPU):
 # one stream; the prefix signals at entry (its TRIGGER) and the own tokens are its programmatic dependent launch
-# (decode's split_decode_kernel with AFTER_PRIOR), so their programs start only once every prefix program has, and the last
-# of them waits for the prefix to finish, which orders the merge launch after both. Read when a plan is made.
+# (decode's split_decode_kernel with AFTER_PRIOR), so their programs start only once every prefix program has, and
+# one of them waits for the prefix to finish, which orders the merge launch after both. Read when a plan is made.
 ORDERED = False
 
 
