@@ -36,7 +36,8 @@ def main(argv=None):
         q, pk, pv, k, v, lens = (inp[n] for n in ("q", "pk", "pv", "k", "v", "lens"))
         idx = [0, case["samples"] - 1]
         call = lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, lens)  # noqa: E731
-        fns = {"two streams": bd.with_plans(call), "ordered": bd.with_plans(call, patches=[(ov, "ORDERED", True)])}
+        fns = {name: bd.with_plans(call, patches=[(ov, "ORDERED", flag)])
+               for name, flag in (("two streams", False), ("ordered", True))}
         us, med = bd.interleaved_graph_times(case["name"], fns, bb.reference_of(inp, idx), rounds=5, pick=idx)
         info = {n: [p.info.get("ordered") for p in f.plans[1].values()] for n, f in fns.items()}
         bd.report_ratios(case["name"], med, [("two streams", "ordered")])

@@ -151,7 +151,7 @@ def overlap():
             sl = torch.randint(0, 334, (n,), dtype=torch.int32, device=DEV)
             leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
             leanattn.bifurcated_decode(q, pk, pv, None, None)
-    ov.ORDERED = False
+    ov.ORDERED = None
     os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
 
 

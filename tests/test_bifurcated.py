@@ -732,6 +732,18 @@ def test_overlap_path_split_counts_and_cpu_fallback():
     assert S * chunk >= 10 and (S - 1) * chunk < 10
 
 
+def test_overlap_order_rule(monkeypatch):
+    # the own tokens as the prefix's dependent launch up to ORDERED_MAX_PAIRS (sample, kv head) pairs (MHA x16,
+    # GQA x64 and x256 of the suite), on a side stream beyond (MHA x256); ORDERED forces either
+    from leanattn.ops import bifurcated_overlap as ov
+    assert ov.ORDERED is None
+    assert ov.ordered(16 * 32) and ov.ordered(64 * 8) and ov.ordered(256 * 8) and not ov.ordered(256 * 32)
+    monkeypatch.setattr(ov, "ORDERED", False)
+    assert not ov.ordered(1)
+    monkeypatch.setattr(ov, "ORDERED", True)
+    assert ov.ordered(10 ** 6)
+
+
 def test_overlap_path_kept_off_by_num_programs(monkeypatch):
     # a caller's num_programs bounds a persistent grid, which the overlap path does not have: the states
     # path runs instead (here on the CPU, with the overlap path pretended usable)

@@ -261,10 +261,15 @@ def test_overlap_plan_keys_on_the_prefix_alignment_and_keeps_no_prefix():
 
 
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
-def test_overlap_deterministic_on_a_callers_stream():
+@pytest.mark.parametrize("ordered", [False, True])
+def test_overlap_deterministic_on_a_callers_stream(monkeypatch, ordered):
+    from leanattn import runtime
+    from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
+    monkeypatch.setattr(ov, "ORDERED", ordered)
+    monkeypatch.setattr(opb, "_PLANS", runtime.PlanCache())
     q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 8192, torch.randint(0, 300, (64,)).tolist())
     first = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
-    assert _last_plan().path == "overlap"
+    assert _last_plan().path == "overlap" and _last_plan().ordered == ordered
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):  # a caller's own stream: the fork and join follow it
@@ -313,15 +318,18 @@ def test_overlap_ordered(monkeypatch, n, hq, hkv, d, P):
 
 
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
-def test_overlap_states_written_inside_the_fork():
+def test_overlap_states_written_inside_the_fork(monkeypatch):
     # the plan's state slots are filled with NaN before each call, so a launch that ran outside the fork and join
     # (the merge reading states not yet written) would not go unseen; eagerly, and from a graph replayed with new
     # queries and lengths, against an eager call on the same inputs (bitwise: the same launches). The own tokens
     # go to a side stream that is never the caller's (torch hands streams out of a shared pool)
-    from leanattn.ops import bifurcated_overlap as ov
+    from leanattn import runtime
+    from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
+    monkeypatch.setattr(ov, "ORDERED", False)  # 512 pairs: ordered by default (ov.ordered)
+    monkeypatch.setattr(opb, "_PLANS", runtime.PlanCache())
     args = q, pk, pv, k, v, sl = inputs(64, 32, 8, 128, 8192, torch.randint(0, 300, (64,)).tolist())
     leanattn.bifurcated_decode(q, pk, pv, k, v, sl)  # makes the plan
-    assert _last_plan().path == "overlap"
+    assert _last_plan().path == "overlap" and not _last_plan().ordered
     assert _last_plan().own_plan.meta["num_stages"] == ov.OWN_STAGES  # two own programs fit beside a prefix one
     assert not _nan_call(*args).isnan().any()
     assert all(side != torch.cuda.current_stream() for side in ov._SIDE_STREAMS.values())

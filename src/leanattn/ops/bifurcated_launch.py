@@ -404,7 +404,7 @@ class Plan:
                                          sms, env["ctas_per_sm"])
         self.splits = S
         # ORDERED: the own tokens as the prefix's programmatic dependent launch on one stream, not a second stream
-        self.ordered = own and overlap.ORDERED and runtime.dependent_launch(device)
+        self.ordered = own and overlap.ordered(B * Hkv) and runtime.dependent_launch(device)
         self.own_plan = (DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n, overlap.OWN_STAGES,
                                     self.ordered) if own else None)
         n_states = S + (self.own_plan.splits if own else 0)

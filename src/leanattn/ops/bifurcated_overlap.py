@@ -28,14 +28,26 @@ _SIDE_STREAMS: dict = {}
 # were 1-2% ahead of it at MHA 8k and 16k x256, 4-6% behind at MHA 32k x256 and up to 7.6% behind on GQA x64.
 OWN_STAGES = 2
 
-# The two launches' order on the SMs. False: the own tokens on a side stream, forked and joined around the prefix
-# launch; the hardware then places the two grids' programs in an order that varies (MHA 16k x256 352.7-404.4 us and
-# 32k x256 495.0-570.3 between consecutive medians of one graph: H200, 2026-12-02, bifurcated probe 33), and the
-# overlap works when the prefix programs are placed first (notes section 15). True (not yet measured on a GPU):
-# one stream; the prefix signals at entry (its TRIGGER) and the own tokens are its programmatic dependent launch
-# (decode's split_decode_kernel with AFTER_PRIOR), so their programs start only once every prefix program has, and
-# one of them waits for the prefix to finish, which orders the merge launch after both. Read when a plan is made.
-ORDERED = False
+# The two launches' order on the SMs. Two streams: the own tokens on a side stream, forked and joined around the
+# prefix launch; the hardware then places the two grids' programs in an order that varies (MHA 16k x256 352.7-404.4
+# us and 32k x256 495.0-570.3 between consecutive medians of one graph: H200, 2026-12-02, bifurcated probe 33).
+# Ordered: one stream; the prefix signals at entry (its TRIGGER) and the own tokens are its programmatic dependent
+# launch (decode's split_decode_kernel with AFTER_PRIOR), so their programs start only once every prefix program
+# has, and one of them waits for the prefix to finish, which orders the merge launch after both.
+# H200, 2026-12-02, every suite case the path takes, five interleaved rounds of graph replays in one process
+# (bifurcated probe 35, benchmarks/probe_overlap_ordered.py, raw bifurcated_probe_overlap_ordered_H200.json), two
+# streams over ordered: 0.8-2.4% slower at MHA x16 and GQA x64 (512 (sample, kv head) pairs; MHA 8k x16 65.3
+# against 63.8 us, GQA 8k x64 48.2 against 47.0), level (0.999-1.005) at GQA x256 (2048 pairs), 0.6-2.5% faster at
+# MHA x256 (8192 pairs; 16k 351.6 against 360.5, why is not measured). So ordered up to ORDERED_MAX_PAIRS pairs.
+# ORDERED None chooses by that rule, True or False forces one; read when a plan is made.
+ORDERED = None
+ORDERED_MAX_PAIRS = 4096
+
+
+def ordered(pairs: int) -> bool:
+    """Whether the own tokens of ``pairs = samples x kv heads`` (sequence, kv head) pairs run as the prefix's
+    programmatic dependent launch on the caller's stream (True) or on a side stream (False); ``ORDERED``."""
+    return pairs <= ORDERED_MAX_PAIRS if ORDERED is None else bool(ORDERED)
 
 
 def usable(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, single: bool, has_plens: bool) -> bool:
