@@ -720,15 +720,18 @@ def test_overlap_path_split_counts_and_cpu_fallback():
     assert not ov.usable(q, pk, pk, True, False)
     assert ov.preferred(256, 4) and ov.preferred(16, 1) and ov.preferred(1024, 1)
     assert not ov.preferred(128, 4) and not ov.preferred(64, 1) and not ov.preferred(16, 4) and not ov.preferred(4, 1)
-    S, chunk = ov.prefix_splits(32, 128, 4, 8192, 256, 132)   # GQA 8k x64: 32 columns, one per SM
+    assert ov.prefix_per_sm(4, 8192, 256) == 1 and ov.prefix_per_sm(4, 32768, 256) == 2  # GQA 8k, 32k x64
+    assert ov.prefix_per_sm(4, 8192, 0) == 2 and ov.prefix_per_sm(4, 8192, 256, per_sm=2) == 2  # prefix only, forced
+    assert ov.prefix_stages(1, 4) == 4 and ov.prefix_stages(1, 1) == 3 and ov.prefix_stages(2, 4) == 3
+    S, chunk = ov.prefix_splits(32, 128, 1, 132)   # GQA 8k x64: 32 columns, one per SM
     assert (S, chunk) == (4, 32)
-    S, chunk = ov.prefix_splits(32, 512, 4, 32768, 256, 132)  # GQA 32k x64: two per SM
+    S, chunk = ov.prefix_splits(32, 512, 2, 132)   # GQA 32k x64: two per SM
     assert (S, chunk) == (8, 64)
-    S, chunk = ov.prefix_splits(32, 128, 4, 8192, 0, 132)     # prefix only: two per SM
+    S, chunk = ov.prefix_splits(32, 128, 2, 132)   # prefix only: two per SM
     assert (S, chunk) == (8, 16)
-    S, chunk = ov.prefix_splits(1000, 3, 1, 150, 256, 132)    # more columns than slots, a short prefix
+    S, chunk = ov.prefix_splits(1000, 3, 1, 132)   # more columns than slots, a short prefix
     assert (S, chunk) == (1, 3)
-    S, chunk = ov.prefix_splits(8, 10, 4, 600, 256, 132)      # splits cut so none is empty
+    S, chunk = ov.prefix_splits(8, 10, 1, 132)     # splits cut so none is empty
     assert S * chunk >= 10 and (S - 1) * chunk < 10
 
 

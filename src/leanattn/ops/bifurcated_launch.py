@@ -400,23 +400,23 @@ class Plan:
         sms = runtime.num_sms(device)
         own = has_own and not self.empty_own
         n_hb = triton.cdiv(B * group, overlap.pg.BLOCK_M)
-        S, chunk = overlap.prefix_splits(Hkv * n_hb, triton.cdiv(P, overlap.pg.BLOCK_N), group, P, cap if own else 0,
-                                         sms, env["ctas_per_sm"])
+        per_sm = overlap.prefix_per_sm(group, P, cap if own else 0, env["ctas_per_sm"])
+        S, chunk = overlap.prefix_splits(Hkv * n_hb, triton.cdiv(P, overlap.pg.BLOCK_N), per_sm, sms)
         self.splits = S
         # ORDERED: the own tokens as the prefix's programmatic dependent launch on one stream, not a second stream
         self.ordered = own and overlap.ordered(B * Hkv) and runtime.dependent_launch(device)
         self.own_plan = (DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n, overlap.OWN_STAGES,
                                     self.ordered) if own else None)
         n_states = S + (self.own_plan.splits if own else 0)
-        # K/V ring of 3 stages (115 KB of shared memory at D=128: two split-kernel programs fit beside it);
-        # LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one stage would wait on a tile it
-        # only loads later in the same iteration)
-        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, max(2, env["num_stages"] or 3),
-                                          self.ordered)
+        # K/V ring of overlap.prefix_stages; LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one
+        # stage would wait on a tile it only loads later in the same iteration)
+        stages = max(2, env["num_stages"] or overlap.prefix_stages(per_sm, group))
+        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, stages, self.ordered)
         st_o, st_l = self._states_merge(device, n_states, B, Hq, D)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
         self.merge_in_kernel = False
         self.info.update(prefix_programs=self.prefix.grid[0], splits=S, chunk=chunk, ordered=self.ordered,
+                         prefix_stages=stages,
                          own_splits=self.own_plan.splits if own else 0, own_grid=self.own_plan.grid if own else None)
 
     # ------------------------------------------------------------------------------------------

@@ -83,19 +83,31 @@ def preferred(rows: int, group: int) -> bool:
     return rows >= 256 or (group == 1 and 8 < rows <= 16)
 
 
-def prefix_splits(columns: int, tiles: int, group: int, prefix_len: int, own_len: int, sms: int,
-                  per_sm: int = 0) -> tuple:
-    """``(S, chunk)``: prefix splits per column (kv head x 64-row block) and tiles per split.
+def prefix_per_sm(group: int, prefix_len: int, own_len: int, per_sm: int = 0) -> int:
+    """Gluon prefix programs per SM: one when the own tokens are a large share of the work, leaving each
+    SM's other slots to them; two when the prefix dominates. The prefix's FLOPs over the own tokens'
+    bytes is ``group * prefix_len / own_len`` up to a constant; on an H200 (2026-12-01, one process,
+    section 15 of the notes) one per SM was faster at ratios 32-128 (GQA 8k x16-x64, MHA 8k x64: 42.6
+    against 47.7 us at GQA 8k x64) and two per SM at 256-512 (GQA 16k x256: 198.3 against 214.7 us;
+    GQA 32k x64: 93.8 against 111.2). ``per_sm`` (``LEANATTN_BIFURCATED_CONFIG``'s fifth field on this
+    path) overrides the choice."""
+    return per_sm or (1 if own_len and group * prefix_len <= 192 * own_len else 2)
 
-    One Gluon prefix program per SM when the own tokens are a large share of the work, leaving each
-    SM's second slot to them; two per SM when the prefix dominates. The prefix's FLOPs over the own
-    tokens' bytes is ``group * prefix_len / own_len`` up to a constant; on an H200 (2026-12-01, one
-    process, section 15 of the notes) one per SM was faster at ratios 32-128 (GQA 8k x16-x64, MHA
-    8k x64: 42.6 against 47.7 us at GQA 8k x64) and two per SM at 256-512 (GQA 16k x256: 198.3
-    against 214.7 us; GQA 32k x64: 93.8 against 111.2). ``per_sm`` (``LEANATTN_BIFURCATED_CONFIG``'s
-    fifth field on this path) overrides the choice.
-    """
-    per_sm = per_sm or (1 if own_len and group * prefix_len <= 192 * own_len else 2)
+
+def prefix_stages(per_sm: int, group: int) -> int:
+    """Depth of the Gluon prefix program's K/V ring. Three stages (115 KB of shared memory at D=128) fit
+    two prefix programs per SM, or one beside two own-token programs of 38 KB. At one per SM a fourth
+    stage (147 KB) still fits beside two own-token programs; H200, 2026-12-02, graph replays, one process
+    (bifurcated probe 36, ``bifurcated_sweep_NVIDIA_H200_prefix_stages.json``): with a GQA group it was
+    6-7% faster at GQA 8k x64 (44.1 against 47.2 us) and 4% at GQA 8k x256 (128.2 against 133.2); MHA
+    level within 1% (8k x16 64.9 against 64.0-64.4, 8k x256 308.8-309.5 against 309.8). At two per SM
+    it leaves one (GQA 32k x256 406 against 322 us)."""
+    return 4 if per_sm == 1 and group > 1 else 3
+
+
+def prefix_splits(columns: int, tiles: int, per_sm: int, sms: int) -> tuple:
+    """``(S, chunk)``: prefix splits per column (kv head x 64-row block) and tiles per split, for
+    ``per_sm`` programs per SM (``prefix_per_sm``) over ``sms`` SMs."""
     S = max(1, min(tiles, (per_sm * sms) // max(columns, 1)))
     chunk = triton.cdiv(tiles, S)
     return triton.cdiv(tiles, chunk), chunk
