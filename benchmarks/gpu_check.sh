@@ -82,7 +82,8 @@
 #               suite's timings, after the peers, after the ceilings (benchmarks/probe_x1_context.py, probe 34; ~60 s)
 #   overlap-ordered  the overlap path with the own tokens as the prefix's programmatic dependent launch on one
 #               stream (ops/bifurcated_overlap.ORDERED) against two streams, every case the path takes, five rounds
-#               (benchmarks/probe_overlap_ordered.py, probe 35; not yet run; ~40 s)
+#               (benchmarks/probe_overlap_ordered.py, probe 35; run 2026-12-02 15:4x and 15:5x: ordered 1-2.4%
+#               ahead at MHA x16 and GQA x64, level at GQA x256, 0.6-2.5% behind at MHA x256; ~40 s)
 #   bif-overlap the overlap path (Gluon prefix on one stream, own tokens on another; the default on sm_90) against
 #               the Triton states path (LEANATTN_BIFURCATED_CONFIG path field 3), default first and last, on the
 #               8k cases of 4 samples or more and the long GQA cases (bench_bifurcated.py --sweep)

@@ -34,12 +34,13 @@ OWN_STAGES = 2
 # Ordered: one stream; the prefix signals at entry (its TRIGGER) and the own tokens are its programmatic dependent
 # launch (decode's split_decode_kernel with AFTER_PRIOR), so their programs start only once every prefix program
 # has, and one of them waits for the prefix to finish, which orders the merge launch after both.
-# H200, 2026-12-02, every suite case the path takes, five interleaved rounds of graph replays in one process
-# (bifurcated probe 35, benchmarks/probe_overlap_ordered.py, raw bifurcated_probe_overlap_ordered_H200.json), two
-# streams over ordered: 0.8-2.4% slower at MHA x16 and GQA x64 (512 (sample, kv head) pairs; MHA 8k x16 65.3
-# against 63.8 us, GQA 8k x64 48.2 against 47.0), level (0.999-1.005) at GQA x256 (2048 pairs), 0.6-2.5% faster at
-# MHA x256 (8192 pairs; 16k 351.6 against 360.5, why is not measured). So ordered up to ORDERED_MAX_PAIRS pairs.
-# ORDERED None chooses by that rule, True or False forces one; read when a plan is made.
+# H200, 2026-12-02, every suite case the path takes, two runs on two machines of five interleaved rounds of graph
+# replays each (bifurcated probe 35, benchmarks/probe_overlap_ordered.py, raw
+# bifurcated_probe_overlap_ordered_H200{_first,}.json), two streams over ordered: 1.1-2.4% slower at MHA x16, 0.1-2.4%
+# at GQA x64 (512 (sample, kv head) pairs; MHA 8k x16 65.3 against 63.8 us, GQA 8k x64 48.2 against 47.0), level
+# (0.999-1.008) at GQA x256 (2048 pairs), 0.6-2.5% faster at MHA x256 (8192 pairs; 16k 351.6 against 360.5, why is
+# not measured). So ordered up to ORDERED_MAX_PAIRS pairs. ORDERED None chooses by that rule, True or False forces
+# one; read when a plan is made.
 ORDERED = None
 ORDERED_MAX_PAIRS = 4096
 
