@@ -82,11 +82,11 @@
 #               suite's timings, after the peers, after the ceilings (benchmarks/probe_x1_context.py, probe 34; ~60 s)
 #   overlap-ordered  the overlap path with the own tokens as the prefix's programmatic dependent launch on one
 #               stream (ops/bifurcated_overlap.ORDERED) against two streams, every case the path takes, five rounds
-#               (benchmarks/probe_overlap_ordered.py, probe 35; run 2026-12-02 15:4x and 15:5x: ordered 1-2.4%
-#               ahead at MHA x16 and GQA x64, level at GQA x256, 0.6-2.5% behind at MHA x256; ~40 s)
-#   bif-overlap the overlap path (Gluon prefix on one stream, own tokens on another; the default on sm_90) against
-#               the Triton states path (LEANATTN_BIFURCATED_CONFIG path field 3), default first and last, on the
-#               8k cases of 4 samples or more and the long GQA cases (bench_bifurcated.py --sweep)
+#               (benchmarks/probe_overlap_ordered.py, probe 35; run 2026-12-02 15:4x and 16:00: ordered 1.1-2.4%
+#               ahead at MHA x16, 0.1-2.4% at GQA x64, level at GQA x256, 0.6-2.5% behind at MHA x256; ~40 s)
+#   bif-overlap the overlap path (Gluon prefix, own tokens beside it as its dependent launch or on another stream;
+#               the default on sm_90) against the Triton states path (LEANATTN_BIFURCATED_CONFIG path field 3),
+#               default first and last, on the 8k cases of 4 samples or more and the long GQA cases (--sweep)
 #   bif-overlap-rule  the states path against the overlap path with one and with two Gluon prefix programs per SM
 #               on every suite case of 16, 32 and 64 samples (the data behind ops/bifurcated_overlap.preferred)
 # Each step prints one summary line; a failing step does not stop the others.

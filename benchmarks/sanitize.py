@@ -151,7 +151,7 @@ def overlap():
             sl = torch.randint(0, 334, (n,), dtype=torch.int32, device=DEV)
             leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
             leanattn.bifurcated_decode(q, pk, pv, None, None)
-    ov.ORDERED = None
+    ov.ORDERED, opb._PLANS = None, runtime.PlanCache()
     os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
 
 

@@ -191,15 +191,22 @@ def test_forced_paths_at_narrow_lengths_vectors(field, path, n, hkv):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,hq,hkv,d,P", [(64, 32, 8, 128, 8192), (5, 32, 8, 64, 1000), (100, 32, 32, 128, 4097),
                                           (2, 8, 1, 128, 1), (33, 32, 4, 64, 63), (300, 16, 8, 128, 640)])
-def test_overlap_path(dtype, n, hq, hkv, d, P):
+@pytest.mark.parametrize("ordered", [False, None])
+def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered):
     # the Gluon prefix (one or two programs per SM, a ragged last tile, rows that are not a multiple of
-    # 64) with the own tokens on a side stream, against the reference and against the Triton states path
+    # 64) with the own tokens on a side stream (ORDERED False) or as the rule has it (None: every shape here
+    # has at most 4096 (sample, kv head) pairs, so the prefix's dependent launch), against the reference and
+    # against the Triton states path
+    from leanattn import runtime
+    from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
+    monkeypatch.setattr(ov, "ORDERED", ordered)
+    monkeypatch.setattr(opb, "_PLANS", runtime.PlanCache())
     own = torch.randint(0, 300, (n,)).tolist()
     own[0] = 0
     args = inputs(n, hq, hkv, d, P, own, dtype)
     with _path(4):
         out, lse = check(*args, name=f"overlap {n} {hq}/{hkv} d{d} P{P}")
-        assert _last_plan().path == "overlap"
+        assert _last_plan().path == "overlap" and (ordered is None or not _last_plan().ordered)
     with _path(3):
         ref_out, ref_lse = leanattn.bifurcated_decode(*args, return_lse=True)
         assert _last_plan().path == "states"
@@ -272,7 +279,7 @@ def test_overlap_deterministic_on_a_callers_stream(monkeypatch, ordered):
     assert _last_plan().path == "overlap" and _last_plan().ordered == ordered
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):  # a caller's own stream: the fork and join follow it
+    with torch.cuda.stream(s):  # a caller's own stream: the fork and join (or the dependent launch) follow it
         for _ in range(20):
             q2 = q * 1.0  # produced on this stream just before the call
             assert torch.equal(leanattn.bifurcated_decode(q2, pk, pv, k, v, sl), first)
@@ -290,7 +297,7 @@ def test_overlap_ordered(monkeypatch, n, hq, hkv, d, P):
     from leanattn import runtime
     from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
     monkeypatch.setattr(ov, "ORDERED", True)
-    monkeypatch.setattr(opb, "_PLANS", runtime.PlanCache())  # plans made with ORDERED off are not reused
+    monkeypatch.setattr(opb, "_PLANS", runtime.PlanCache())  # plans made under another ORDERED are not reused
     own = torch.randint(0, 300, (n,)).tolist()
     own[0] = 0
     q, pk, pv, k, v, sl = args = inputs(n, hq, hkv, d, P, own)

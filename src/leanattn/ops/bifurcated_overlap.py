@@ -100,8 +100,8 @@ def prefix_stages(per_sm: int, group: int) -> int:
     two prefix programs per SM, or one beside two own-token programs of 38 KB. At one per SM a fourth
     stage (147 KB) still fits beside two own-token programs; H200, 2026-12-02, graph replays, one process
     (bifurcated probe 36, ``bifurcated_sweep_NVIDIA_H200_prefix_stages.json``): with a GQA group it was
-    6-7% faster at GQA 8k x64 (44.1 against 47.2 us) and 4% at GQA 8k x256 (128.2 against 133.2); MHA
-    level within 1% (8k x16 64.9 against 64.0-64.4, 8k x256 308.8-309.5 against 309.8). At two per SM
+    6-8% faster at GQA 8k x64 (44.1 against 47.2 us) and 4% at GQA 8k x256 (128.2 against 133.2); MHA
+    level within 1.4% (8k x16 64.9 against 64.0-64.4, 8k x256 308.8-309.5 against 309.8). At two per SM
     it leaves one (GQA 32k x256 406 against 322 us)."""
     return 4 if per_sm == 1 and group > 1 else 3
 
