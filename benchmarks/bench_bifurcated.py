@@ -179,12 +179,25 @@ def probe_inputs(names, want=None, copies=True):
         torch.cuda.empty_cache()
 
 
+def ours_call(inp):
+    """A call of ``bifurcated_decode`` over a case's inputs (``make_inputs``), for probes to time or wrap."""
+    return lambda: leanattn.bifurcated_decode(inp["q"], inp["pk"], inp["pv"], inp["k"], inp["v"], inp["lens"])
+
+
+def interleaved_variants(case, inp, fns, rounds=5):
+    """``(us, med)`` of ``bench_decode.interleaved_graph_times`` over ``fns`` (variants of one call on ``inp``), each
+    checked first against the float64 reference of the case's first and last sample."""
+    from bench_decode import interleaved_graph_times
+    idx = [0, case["samples"] - 1]
+    return interleaved_graph_times(case["name"], fns, reference_of(inp, idx), rounds=rounds, pick=idx)
+
+
 def one_sample_cases(names, want=None):
     """For probes that time variants of the one-sample path side by side, over ``probe_inputs``: ``(name, ref, ours,
     copied)``, the float64 reference of sample 0 and calls of ``bifurcated_decode`` and of ``leanattn.decode`` over
     the copied caches. The caller drops the calls before the next case allocates."""
     for case, inp in probe_inputs(names, want):
-        ours = lambda: leanattn.bifurcated_decode(inp["q"], inp["pk"], inp["pv"], inp["k"], inp["v"], inp["lens"])  # noqa: E731
+        ours = ours_call(inp)
         copied = lambda: leanattn.decode(inp["q"], inp["kc"], inp["vc"], inp["lens_c"])  # noqa: E731
         yield case["name"], reference_of(inp, [0]), ours, copied
         del inp, ours, copied

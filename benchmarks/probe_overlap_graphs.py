@@ -24,7 +24,6 @@ import bench_bifurcated as bb  # noqa: E402
 import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
 
-import leanattn  # noqa: E402
 
 CASES = ("mha 16k x256", "mha 32k x256", "mha 8k x256")
 GRAPHS = 4
@@ -35,8 +34,7 @@ def main(argv=None):
     torch.manual_seed(0)
     out = []
     for case, inp in bb.probe_inputs(CASES, want, copies=False):
-        q, pk, pv, k, v, lens = (inp[n] for n in ("q", "pk", "pv", "k", "v", "lens"))
-        fn = lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, lens)  # noqa: E731
+        fn = bb.ours_call(inp)
         fn()
         graphs = [bd.graph_of(fn) for _ in range(GRAPHS)]
         res = {}
@@ -47,7 +45,7 @@ def main(argv=None):
                 res.setdefault(f"graph {i}, long", []).append(round(long_ * 1e3, 1))
         print(f"{case['name']:14s} " + "  ".join(f"{n}: {v}" for n, v in res.items()), flush=True)
         out.append(dict(case=case["name"], us=res))
-        del inp, fn, graphs, q, pk, pv, k, v, lens
+        del inp, fn, graphs
     common.write_probe(args.out, "bifurcated_probe_overlap_graphs.json",
                        probe="overlap path at MHA x256: several graphs of one op, each timed with do_bench(10, 40) "
                              "and do_bench(25, 100), two rounds", timing="do_bench medians (L2 flushed), us",

@@ -24,7 +24,6 @@ import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
 from probe_overlap_own import CASES  # noqa: E402
 
-import leanattn  # noqa: E402
 from leanattn.ops import bifurcated_overlap as ov  # noqa: E402
 
 
@@ -33,17 +32,15 @@ def main(argv=None):
     torch.manual_seed(0)
     out = []
     for case, inp in bb.probe_inputs(CASES, want, copies=False):
-        q, pk, pv, k, v, lens = (inp[n] for n in ("q", "pk", "pv", "k", "v", "lens"))
-        idx = [0, case["samples"] - 1]
-        call = lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, lens)  # noqa: E731
+        call = bb.ours_call(inp)
         fns = {name: bd.with_plans(call, patches=[(ov, "ORDERED", flag)])
                for name, flag in (("two streams", False), ("ordered", True))}
-        us, med = bd.interleaved_graph_times(case["name"], fns, bb.reference_of(inp, idx), rounds=5, pick=idx)
+        us, med = bb.interleaved_variants(case, inp, fns)
         info = {n: [p.info.get("ordered") for p in f.plans[1].values()] for n, f in fns.items()}
         bd.report_ratios(case["name"], med, [("two streams", "ordered")])
         print(f"{'':18s} rounds: {us}  ordered: {info}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, ordered=info))
-        del inp, fns, call, q, pk, pv, k, v, lens
+        del inp, fns, call
     common.write_probe(args.out, "bifurcated_probe_overlap_ordered.json",
                        probe="overlap path: own tokens as the prefix's programmatic dependent launch on one stream, "
                              "against a second stream",

@@ -31,7 +31,6 @@ import bench_bifurcated as bb  # noqa: E402
 import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
 
-import leanattn  # noqa: E402
 
 # the suite's cases that take the overlap path (ops/bifurcated_overlap.preferred)
 CASES = tuple(f"{m} {p} x{n}" for m, ns in (("mha", (16, 256)), ("gqa", (64, 256))) for n in ns
@@ -45,19 +44,15 @@ def main(argv=None):
     torch.manual_seed(0)
     out = []
     for case, inp in bb.probe_inputs(CASES, want, copies=False):
-        q, pk, pv, k, v, lens = (inp[n] for n in ("q", "pk", "pv", "k", "v", "lens"))
-        idx = [0, case["samples"] - 1]
-        fns = {}
-        for label, cfg in CONFIGS.items():
-            env = {"LEANATTN_DECODE_CONFIG": cfg} if cfg else None
-            fns[label] = bd.with_plans(lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, lens), env=env)
-        us, med = bd.interleaved_graph_times(case["name"], fns, bb.reference_of(inp, idx), rounds=5,
-                                             pick=idx)
+        call = bb.ours_call(inp)
+        fns = {label: bd.with_plans(call, env={"LEANATTN_DECODE_CONFIG": cfg} if cfg else None)
+               for label, cfg in CONFIGS.items()}
+        us, med = bb.interleaved_variants(case, inp, fns)
         paths = {n: [(p.path, p.info.get("own_grid")) for p in f.plans[1].values()] for n, f in fns.items()}
         bd.report_ratios(case["name"], med, [("default", n) for n in fns if n != "default"])
         print(f"{'':18s} plans: {paths['default']}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, paths=paths))
-        del inp, fns, q, pk, pv, k, v, lens
+        del inp, fns, call
     common.write_probe(args.out, "bifurcated_probe_overlap_own.json",
                        probe="overlap path: the own-token split kernel's launch config beside the Gluon prefix",
                        timing=bd.GRAPH_TIMING, configs=CONFIGS, cases=out)
