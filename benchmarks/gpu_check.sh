@@ -3,6 +3,7 @@
 # Usage (repo root, on the GPU machine): benchmarks/gpu_check.sh STEP...
 #   tests       GPU tests of decode and bifurcated (sanitizer tests excluded: see 'sanitize')
 #   tests-bif   the bifurcated GPU tests alone
+#   tests-overlap  the overlap path's GPU tests alone
 #   tests-all   every GPU test file, sparse and tree (2 GPUs) included
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
 #   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200)
@@ -16,6 +17,8 @@
 #   bifurcated  the bifurcated 8k cases (bench_bifurcated.py --cases 8k)
 #   bifurcated-all  the 36-case bifurcated suite (8k, 16k, 32k; 142 s of suite with both flushes on an H200, before
 #               the one-sample re-timings over three placements, about 25 s more; peers past --budget-s 260 are skipped)
+#   bif-prefix-rows  the overlap path's Gluon prefix at 128 rows a program (two warp groups sharing one K/V ring,
+#               2-4 stages, one per SM) against the default, on the path's cases and some the states path takes
 #   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
 #               (LEANATTN_BIFURCATED_CONFIG sixth field: 2 block pointers, 3 TMA)
 #   headdim-sweep  launch configs of the suite's D=64 case (the weakest against cuDNN) and D=256 case (70% of
@@ -101,6 +104,7 @@ for step in "$@"; do
   case "$step" in
     tests) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-bif) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
+    tests-overlap) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "overlap and not sanitizer" 2>&1 | tail -3 ;;
     tests-all) "${PYTEST[@]}" tests/*_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     sanitize) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py 2>&1 | tail -3 ;;
     sanitize-db) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py decode bifurcated 2>&1 | tail -3 ;;
@@ -122,6 +126,11 @@ for step in "$@"; do
     bif-overlap-rule)
       python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" --cases "x16,x32,x64,x256" \
         --configs "0,0,0,0,0,0,0,0,0,3;0,0,0,0,1,0,0,0,0,4;0,0,0,0,2,0,0,0,0,4" 2>&1 | grep -E "sweep|fail" ;;
+    bif-prefix-rows)
+      python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" \
+        --cases "x16,x256,gqa 8k x64,gqa 16k x64,gqa 32k x64,mha 8k x64,gqa 16k x32" \
+        --configs "0;0,0,8,3,1,0,0,0,0,4;0,0,8,4,1,0,0,0,0,4;0,0,8,2,1,0,0,0,0,4;0,0,0,0,0,0,0,0,0,4;0" 2>&1 \
+        | grep -E "sweep|fail" ;;
     bif-leads)
       for cfg in "" 0,0,0,0,0,2 0,0,0,0,0,3 0,0,0,2,0,3; do
         d="$OUT/leads_$(echo "${cfg:-default}" | tr , _)"; mkdir -p "$d"

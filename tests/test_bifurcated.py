@@ -723,6 +723,9 @@ def test_overlap_path_split_counts_and_cpu_fallback():
     assert ov.prefix_per_sm(4, 8192, 256) == 1 and ov.prefix_per_sm(4, 32768, 256) == 2  # GQA 8k, 32k x64
     assert ov.prefix_per_sm(4, 8192, 0) == 2 and ov.prefix_per_sm(4, 8192, 256, per_sm=2) == 2  # prefix only, forced
     assert ov.prefix_stages(1, 4) == 4 and ov.prefix_stages(1, 1) == 3 and ov.prefix_stages(2, 4) == 3
+    assert ov.prefix_rows(0) == ov.prefix_rows(4) == 64 and ov.prefix_rows(8) == 128
+    with pytest.raises(ValueError, match="num_warps field .* in \\(0, 4, 8\\), got 2"):
+        ov.prefix_rows(2)
     S, chunk = ov.prefix_splits(32, 128, 1, 132)   # GQA 8k x64: 32 columns, one per SM
     assert (S, chunk) == (4, 32)
     S, chunk = ov.prefix_splits(32, 512, 2, 132)   # GQA 32k x64: two per SM

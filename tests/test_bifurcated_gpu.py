@@ -139,9 +139,10 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 
 
 @contextlib.contextmanager
-def _path(field):
-    """Force a bifurcated path (LEANATTN_BIFURCATED_CONFIG path field: 3 states, 4 overlap)."""
-    os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,0,0,0,0,0,0,0,{field}"
+def _path(field, warps=0):
+    """Force a bifurcated path (LEANATTN_BIFURCATED_CONFIG path field: 3 states, 4 overlap) and, with ``warps``,
+    the num_warps field (on the overlap path 8: 128 prefix rows a program)."""
+    os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,{warps},0,0,0,0,0,0,{field}"
     try:
         yield
     finally:
@@ -191,12 +192,12 @@ def test_forced_paths_at_narrow_lengths_vectors(field, path, n, hkv):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,hq,hkv,d,P", [(64, 32, 8, 128, 8192), (5, 32, 8, 64, 1000), (100, 32, 32, 128, 4097),
                                           (2, 8, 1, 128, 1), (33, 32, 4, 64, 63), (300, 16, 8, 128, 640)])
-@pytest.mark.parametrize("ordered", [False, None])
-def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered):
+@pytest.mark.parametrize("ordered,rows", [(False, 64), (None, 64), (None, 128)])
+def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered, rows):
     # the Gluon prefix (one or two programs per SM, a ragged last tile, rows that are not a multiple of
-    # 64) with the own tokens on a side stream (ORDERED False) or as the rule has it (None: every shape here
-    # has at most 4096 (sample, kv head) pairs, so the prefix's dependent launch), against the reference and
-    # against the Triton states path
+    # 64 or 128, 64 rows a program or 128 over two warp groups sharing the K/V ring) with the own tokens on a
+    # side stream (ORDERED False) or as the rule has it (None: every shape here has at most 4096 (sample, kv
+    # head) pairs, so the prefix's dependent launch), against the reference and against the Triton states path
     from leanattn import runtime
     from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
     monkeypatch.setattr(ov, "ORDERED", ordered)
@@ -204,9 +205,10 @@ def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered):
     own = torch.randint(0, 300, (n,)).tolist()
     own[0] = 0
     args = inputs(n, hq, hkv, d, P, own, dtype)
-    with _path(4):
-        out, lse = check(*args, name=f"overlap {n} {hq}/{hkv} d{d} P{P}")
-        assert _last_plan().path == "overlap" and (ordered is None or not _last_plan().ordered)
+    with _path(4, rows // 16):
+        out, lse = check(*args, name=f"overlap {n} {hq}/{hkv} d{d} P{P} rows {rows}")
+        plan = _last_plan()
+        assert plan.path == "overlap" and (ordered is None or not plan.ordered) and plan.info["prefix_rows"] == rows
     with _path(3):
         ref_out, ref_lse = leanattn.bifurcated_decode(*args, return_lse=True)
         assert _last_plan().path == "states"

@@ -24,7 +24,7 @@ try:
 except ImportError:  # a Triton without Gluon: the op keeps the Triton states path
     AVAILABLE = False
 
-BLOCK_M = 64  # stacked query rows per program: one warp group's wgmma
+BLOCK_M = 64  # stacked query rows per warp group (its wgmma's M); a program of W warps takes 16 * W rows
 BLOCK_N = 64  # prefix tokens per tile
 
 if AVAILABLE:
@@ -36,12 +36,13 @@ if AVAILABLE:
         STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr,
     ):
         """Program ``(kv head h, split s, head block hb)``, head blocks of a split adjacent (they read
-        the same tiles, so the later ones hit L2): query rows ``hb * 64 ..`` of kv head ``h``
+        the same tiles, so the later ones hit L2): query rows ``hb * BLOCK_M ..`` of kv head ``h``
         (row ``r`` is ``q[r // GROUP, h * GROUP + r % GROUP]``, ``R = B * GROUP`` rows) against
         prefix tiles ``[s * chunk, min((s + 1) * chunk, n_tiles))``; writes the normalised state to
         slot ``s`` of ``StO (n_states, B, HQ, D)`` fp32 and ``StL (n_states, B, HQ)`` (natural log).
         ``k_desc``/``v_desc``: TMA descriptors of the prefix seen as ``(P, Hkv * D)``, blocks
-        ``(64, D)``. ``qk_scale`` is the softmax scale times log2(e). ``TRIGGER``: a programmatic dependent
+        ``(64, D)``. ``BLOCK_M``: 16 rows per warp (64 or 128: one or two warp groups, which share the
+        K/V ring). ``qk_scale`` is the softmax scale times log2(e). ``TRIGGER``: a programmatic dependent
         launch after this one (the own tokens, ``ops/bifurcated_overlap.ORDERED``) may start once every
         program of this one has started."""
         if TRIGGER:
@@ -55,12 +56,13 @@ if AVAILABLE:
         n_j = gl.minimum(chunk, n_tiles - t0)
         dtype: gl.constexpr = k_desc.dtype
 
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+        WARPS: gl.constexpr = BLOCK_M // 16
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                            instr_shape=[16, HEAD_DIM, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        q_load: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+        q_load: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
 
         # the K/V ring first, so its loads are in flight while the query rows are gathered
         k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
@@ -119,6 +121,9 @@ if AVAILABLE:
             acc = warpgroup_mma_wait(0, deps=(acc_t,))
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
             p_prev = gl.convert_layout(p.to(dtype), p_layout)
+            if WARPS > 4:
+                # the other warp group may still read tile j-1's slot: refill it only once both have waited
+                gl.thread_barrier()
             # tile j-1's K and V are consumed: its slot takes tile j-1+STAGES
             nxt = j - 1 + STAGES
             if nxt < n_j:

@@ -106,6 +106,16 @@ def prefix_stages(per_sm: int, group: int) -> int:
     return 4 if per_sm == 1 and group > 1 else 3
 
 
+def prefix_rows(num_warps: int = 0) -> int:
+    """Stacked query rows of one Gluon prefix program: 64 (one warp group of 4 warps), or 128 (two warp
+    groups sharing one K/V ring) when ``num_warps`` (``LEANATTN_BIFURCATED_CONFIG``'s third field on this path)
+    is 8."""
+    if num_warps not in (0, 4, 8):
+        raise ValueError(f"LEANATTN_BIFURCATED_CONFIG: expected the num_warps field (third) of the overlap path "
+                         f"in (0, 4, 8), got {num_warps}")
+    return 128 if num_warps == 8 else pg.BLOCK_M
+
+
 def prefix_splits(columns: int, tiles: int, per_sm: int, sms: int) -> tuple:
     """``(S, chunk)``: prefix splits per column (kv head x 64-row block) and tiles per split, for
     ``per_sm`` programs per SM (``prefix_per_sm``) over ``sms`` SMs."""
@@ -137,16 +147,16 @@ class GluonPrefix:
     prefix tensors alive) and launches, directly after the first launch (``runtime.Launcher``)."""
 
     def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, scale_log2: float, stages: int = 3,
-                 trigger: bool = False):
+                 trigger: bool = False, block_m: int = pg.BLOCK_M):
         B, Hq, D = q.shape
         group = Hq // Hkv
         R = B * group
-        n_hb = triton.cdiv(R, pg.BLOCK_M)
+        n_hb = triton.cdiv(R, block_m)
         gl_dtype = {torch.bfloat16: pg.gl.bfloat16, torch.float16: pg.gl.float16}[q.dtype]
         self.kv_layout = pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], gl_dtype)
-        meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_M=pg.BLOCK_M, BLOCK_N=pg.BLOCK_N, STAGES=stages,
+        meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=pg.BLOCK_N, STAGES=stages,
                     MASK_TAIL=P % pg.BLOCK_N != 0, TRIGGER=trigger,
-                    Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_M, D], gl_dtype), num_warps=4)
+                    Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([block_m, D], gl_dtype), num_warps=block_m // 16)
         self.grid = (Hkv * S * n_hb,)
         self.launch = runtime.Launcher(pg.prefix_gluon_kernel, self.grid, meta,
                                        (q.stride(0), q.stride(1), scale_log2, B, P, R, n_hb, S, chunk,
