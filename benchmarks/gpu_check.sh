@@ -19,6 +19,8 @@
 #               the one-sample re-timings over three placements, about 25 s more; peers past --budget-s 260 are skipped)
 #   bif-prefix-rows  the overlap path's Gluon prefix at 128 rows a program (two warp groups sharing one K/V ring,
 #               2-4 stages, one per SM) against the default, on the path's cases and some the states path takes
+#   prefix-rows the same, interleaved over five rounds, on those cases and prefixes between the suite's
+#               (benchmarks/probe_prefix_rows.py, probe 37; ~90 s)
 #   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
 #               (LEANATTN_BIFURCATED_CONFIG sixth field: 2 block pointers, 3 TMA)
 #   headdim-sweep  launch configs of the suite's D=64 case (the weakest against cuDNN) and D=256 case (70% of
@@ -173,6 +175,7 @@ for step in "$@"; do
     overlap-own) python3 benchmarks/probe_overlap_own.py --out "$OUT" 2>&1 | grep -E "\||plans|wrote|Error" ;;
     overlap-graphs) python3 benchmarks/probe_overlap_graphs.py --out "$OUT" 2>&1 | grep -E "x256|wrote|Error" ;;
     x1-context) python3 benchmarks/probe_x1_context.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    prefix-rows) python3 benchmarks/probe_prefix_rows.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     overlap-ordered) python3 benchmarks/probe_overlap_ordered.py --out "$OUT" 2>&1 | grep -E "\||rounds|wrote|Error" ;;
     piece-offsets) python3 benchmarks/probe_piece_offsets.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     one-per-sm) python3 benchmarks/probe_one_per_sm.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
