@@ -136,11 +136,12 @@ def overlap():
     # the overlap path alone (Gluon prefix on sm_90, own tokens on a side stream): ragged last tiles, rows
     # that are not a multiple of 64, D 64 and 128, MHA and GQA, with and without own tokens (2026-12-01 on an
     # H200 as a stand-alone script: memcheck 0 errors, racecheck 0 hazards), then with the own tokens as the
-    # prefix's programmatic dependent launch on one stream (ops/bifurcated_overlap.ORDERED)
+    # prefix's programmatic dependent launch on one stream (ops/bifurcated_overlap.ORDERED), and at 128 prefix rows
+    # a program
     from leanattn import runtime
     from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
-    os.environ["LEANATTN_BIFURCATED_CONFIG"] = "0,0,0,0,0,0,0,0,0,4"
-    for ordered in (False, True):
+    for ordered, warps in ((False, 0), (True, 0), (True, 8)):  # 8 warps: 128 prefix rows a program, two warp groups
+        os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,{warps},0,0,0,0,0,0,4"
         ov.ORDERED, opb._PLANS = ordered, runtime.PlanCache()
         for n, hq, hkv, d, P in ((6, 32, 8, 128, 2500), (70, 32, 8, 64, 1000), (3, 32, 32, 128, 65)):
             q = torch.randn(n, hq, d, dtype=BF16, device=DEV)

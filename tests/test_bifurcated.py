@@ -723,9 +723,7 @@ def test_overlap_path_split_counts_and_cpu_fallback():
     assert ov.prefix_per_sm(4, 8192, 256) == 1 and ov.prefix_per_sm(4, 32768, 256) == 2  # GQA 8k, 32k x64
     assert ov.prefix_per_sm(4, 8192, 0) == 2 and ov.prefix_per_sm(4, 8192, 256, per_sm=2) == 2  # prefix only, forced
     assert ov.prefix_stages(1, 4) == 4 and ov.prefix_stages(1, 1) == 3 and ov.prefix_stages(2, 4) == 3
-    assert ov.prefix_rows(0) == ov.prefix_rows(4) == 64 and ov.prefix_rows(8) == 128
-    with pytest.raises(ValueError, match="num_warps field .* in \\(0, 4, 8\\), got 2"):
-        ov.prefix_rows(2)
+    assert ov.prefix_stages(1, 4, 128) == 3 and ov.prefix_per_sm(4, 32768, 256, rows=128) == 1
     S, chunk = ov.prefix_splits(32, 128, 1, 132)   # GQA 8k x64: 32 columns, one per SM
     assert (S, chunk) == (4, 32)
     S, chunk = ov.prefix_splits(32, 512, 2, 132)   # GQA 32k x64: two per SM
@@ -736,6 +734,29 @@ def test_overlap_path_split_counts_and_cpu_fallback():
     assert (S, chunk) == (1, 3)
     S, chunk = ov.prefix_splits(8, 10, 1, 132)     # splits cut so none is empty
     assert S * chunk >= 10 and (S - 1) * chunk < 10
+
+
+@pytest.mark.parametrize("group,prefix_len,own,samples,d,rows", [
+    (4, 8192, 256, 256, 128, 128),    # GQA 8k x256: r = 128, 64 tiles a program
+    (4, 8192, 256, 64, 128, 64),      # GQA 8k x64: 16 tiles a program at 128 rows
+    (4, 12288, 256, 64, 128, 128),    # GQA 12k x64: r = 192, 24 tiles
+    (4, 16384, 256, 64, 128, 128),    # GQA 16k x64: r = 256
+    (4, 16384, 256, 64, 64, 64),      # the same at D=64 (not measured)
+    (4, 24576, 256, 64, 128, 64),     # GQA 24k x64: r = 384
+    (4, 32768, 256, 256, 128, 64),    # GQA 32k x256: r = 512
+    (1, 32768, 256, 256, 128, 128),   # MHA 32k x256: r = 128
+    (1, 16384, 256, 256, 128, 64),    # MHA 16k x256: r = 64
+    (1, 32768, 256, 16, 128, 64),     # MHA 32k x16: 16 rows per kv head
+    (4, 16384, 0, 64, 128, 64),       # no own tokens
+])
+def test_overlap_prefix_rows_rule(group, prefix_len, own, samples, d, rows):
+    from leanattn.ops import bifurcated_overlap as ov
+    hkv = 32 // group
+    assert ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132) == rows
+    assert ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=8) == 128
+    assert ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=4) == 64
+    with pytest.raises(ValueError, match="num_warps field .* in \\(0, 4, 8\\), got 2"):
+        ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=2)
 
 
 def test_overlap_order_rule(monkeypatch):

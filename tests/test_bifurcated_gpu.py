@@ -217,11 +217,13 @@ def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered, rows):
 
 
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
-@pytest.mark.parametrize("n,hkv,P,path", [(64, 8, 8192, "overlap"), (16, 32, 32768, "overlap"),
-                                          (32, 8, 8192, "states"), (64, 32, 8192, "states")])
-def test_overlap_is_the_default_where_preferred(n, hkv, P, path):
+@pytest.mark.parametrize("n,hkv,P,path,rows", [(64, 8, 8192, "overlap", 64), (16, 32, 32768, "overlap", 64),
+                                               (64, 8, 16384, "overlap", 128), (32, 8, 8192, "states", None),
+                                               (64, 32, 8192, "states", None)])
+def test_overlap_is_the_default_where_preferred(n, hkv, P, path, rows):
+    # and the Gluon prefix's rows a program by ops/bifurcated_overlap.prefix_rows (GQA 16k x64: 128)
     check(*inputs(n, 32, hkv, 128, P, [256] * n), name=f"default {n} {hkv} {P}")
-    assert _last_plan().path == path
+    assert _last_plan().path == path and _last_plan().info.get("prefix_rows") == rows
 
 
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")

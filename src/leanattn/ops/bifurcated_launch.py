@@ -399,9 +399,9 @@ class Plan:
         device, env = q.device, env_config()
         sms = runtime.num_sms(device)
         own = has_own and not self.empty_own
-        block_m = overlap.prefix_rows(env["num_warps"])
+        block_m = overlap.prefix_rows(group, P, cap if own else 0, B * group, D, Hkv, sms, env["num_warps"])
         n_hb = triton.cdiv(B * group, block_m)
-        per_sm = overlap.prefix_per_sm(group, P, cap if own else 0, env["ctas_per_sm"])
+        per_sm = overlap.prefix_per_sm(group, P, cap if own else 0, env["ctas_per_sm"], block_m)
         S, chunk = overlap.prefix_splits(Hkv * n_hb, triton.cdiv(P, overlap.pg.BLOCK_N), per_sm, sms)
         self.splits = S
         # ORDERED: the own tokens as the prefix's programmatic dependent launch on one stream, not a second stream
@@ -411,7 +411,7 @@ class Plan:
         n_states = S + (self.own_plan.splits if own else 0)
         # K/V ring of overlap.prefix_stages; LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one
         # stage would wait on a tile it only loads later in the same iteration)
-        stages = max(2, env["num_stages"] or overlap.prefix_stages(per_sm, group))
+        stages = max(2, env["num_stages"] or overlap.prefix_stages(per_sm, group, block_m))
         self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, stages, self.ordered, block_m)
         st_o, st_l = self._states_merge(device, n_states, B, Hq, D)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)

@@ -84,36 +84,60 @@ def preferred(rows: int, group: int) -> bool:
     return rows >= 256 or (group == 1 and 8 < rows <= 16)
 
 
-def prefix_per_sm(group: int, prefix_len: int, own_len: int, per_sm: int = 0) -> int:
+def prefix_per_sm(group: int, prefix_len: int, own_len: int, per_sm: int = 0, rows: int = 64) -> int:
     """Gluon prefix programs per SM: one when the own tokens are a large share of the work, leaving each
     SM's other slots to them; two when the prefix dominates. The prefix's FLOPs over the own tokens'
     bytes is ``group * prefix_len / own_len`` up to a constant; on an H200 (2026-12-01, one process,
     section 15 of the notes) one per SM was faster at ratios 32-128 (GQA 8k x16-x64, MHA 8k x64: 42.6
     against 47.7 us at GQA 8k x64) and two per SM at 256-512 (GQA 16k x256: 198.3 against 214.7 us;
-    GQA 32k x64: 93.8 against 111.2). ``per_sm`` (``LEANATTN_BIFURCATED_CONFIG``'s fifth field on this
-    path) overrides the choice."""
-    return per_sm or (1 if own_len and group * prefix_len <= 192 * own_len else 2)
+    GQA 32k x64: 93.8 against 111.2). A program of 128 rows (``prefix_rows``) is one per SM. ``per_sm``
+    (``LEANATTN_BIFURCATED_CONFIG``'s fifth field on this path) overrides the choice."""
+    return per_sm or (1 if rows > 64 or (own_len and group * prefix_len <= 192 * own_len) else 2)
 
 
-def prefix_stages(per_sm: int, group: int) -> int:
+def prefix_stages(per_sm: int, group: int, rows: int = 64) -> int:
     """Depth of the Gluon prefix program's K/V ring. Three stages (115 KB of shared memory at D=128) fit
     two prefix programs per SM, or one beside two own-token programs of 38 KB. At one per SM a fourth
     stage (147 KB) still fits beside two own-token programs; H200, 2026-12-02, graph replays, one process
     (bifurcated probe 36, ``bifurcated_sweep_NVIDIA_H200_prefix_stages.json``): with a GQA group it was
     6-8% faster at GQA 8k x64 (44.1 against 47.2 us) and 4% at GQA 8k x256 (128.2 against 133.2); MHA
     level within 1.4% (8k x16 64.9 against 64.0-64.4, 8k x256 308.8-309.5 against 309.8). At two per SM
-    it leaves one (GQA 32k x256 406 against 322 us)."""
-    return 4 if per_sm == 1 and group > 1 else 3
+    it leaves one (GQA 32k x256 406 against 322 us). At 128 rows (131 KB at 3 stages) a fourth stage leaves
+    room for one own-token program, not two: 0.8-13% slower where ``prefix_rows`` takes 128 rows (probe 37)."""
+    return 4 if per_sm == 1 and group > 1 and rows == 64 else 3
 
 
-def prefix_rows(num_warps: int = 0) -> int:
-    """Stacked query rows of one Gluon prefix program: 64 (one warp group of 4 warps), or 128 (two warp
-    groups sharing one K/V ring) when ``num_warps`` (``LEANATTN_BIFURCATED_CONFIG``'s third field on this path)
-    is 8."""
+def prefix_rows(group: int, prefix_len: int, own_len: int, rows: int, head_dim: int, kv_heads: int, sms: int,
+                num_warps: int = 0) -> int:
+    """Stacked query rows of one Gluon prefix program: 64 (one warp group of 4 warps, ``prefix_per_sm`` programs
+    per SM), or 128 (two warp groups of 4 warps sharing one K/V ring, one program per SM).
+
+    Two programs of 64 rows (115 KB each at D=128) fill an SM's shared memory, so where the prefix takes two per
+    SM the own tokens run only after it; one program of 128 rows (131 KB) keeps the tensor cores as busy and
+    leaves room for two own-token programs. H200, 2026-12-02, graph replays, one process (a launch sweep and
+    bifurcated probe 37, five interleaved rounds; ``bifurcated_sweep_NVIDIA_H200_prefix_rows.json``,
+    ``bifurcated_probe_prefix_rows_H200.json``), 128 rows over the default, by ``r = group * prefix_len /
+    own_len``, the prefix's FLOPs over the own tokens' bytes up to a constant:
+
+    * r = 128 to 256 (GQA 8k x256, 12k x64, 16k x64/x128/x256; MHA 32k x256): 0.886-0.975 (GQA 16k x64 60.1
+      against 67.8 us, MHA 32k x256 466.5 against 520.5);
+    * r = 384 to 512 (GQA 24k, 32k): the prefix dominates and the own-token programs beside it slow it down,
+      0.957 (GQA 24k x64) to 1.100 (GQA 32k x256);
+    * r = 32 to 64 (MHA 8k and 16k x256): level to 1.019;
+    * GQA 8k x64 (r = 128, 16 tiles a program at 128 rows): 47.9 against 44.3 us, so 128 rows only where each
+      program keeps 24 tiles or more; MHA with 16 samples (16 rows per kv head): 6-21% slower.
+
+    So 128 rows at D=128, 256 rows per kv head or more, r in [128, 256] and 24 tiles a program or more.
+    ``num_warps`` (``LEANATTN_BIFURCATED_CONFIG``'s third field on this path): 4 or 8 forces 64 or 128 rows."""
     if num_warps not in (0, 4, 8):
         raise ValueError(f"LEANATTN_BIFURCATED_CONFIG: expected the num_warps field (third) of the overlap path "
                          f"in (0, 4, 8), got {num_warps}")
-    return 128 if num_warps == 8 else pg.BLOCK_M
+    if num_warps:
+        return 16 * num_warps
+    if head_dim != 128 or rows < 256 or not own_len or not 128 * own_len <= group * prefix_len <= 256 * own_len:
+        return pg.BLOCK_M
+    _, chunk = prefix_splits(kv_heads * triton.cdiv(rows, 128), triton.cdiv(prefix_len, pg.BLOCK_N), 1, sms)
+    return 128 if chunk >= 24 else pg.BLOCK_M
 
 
 def prefix_splits(columns: int, tiles: int, per_sm: int, sms: int) -> tuple:
