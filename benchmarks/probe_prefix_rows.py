@@ -6,9 +6,9 @@ rows (two warp groups of 4 warps sharing one K/V ring, 131 KB at 3 stages, 164 K
 tensor cores as busy as two, and two own-token programs of 38 KB still fit beside it (one at 4 stages). A launch
 sweep (2026-12-02 19:5x, ``gpu_check.sh bif-prefix-rows``) had 128 rows 9-12% ahead at GQA 16k x64 and x256, 8% at
 MHA 32k x256 (the noisiest case), level at GQA 32k x64 and behind at GQA 32k x256, GQA 8k x64 and MHA x16. This
-probe times the variants interleaved over five rounds (its first run had the 64-row rule as the default; the
-default is now ``prefix_rows``' rule, and ``64 rows`` forces the rule before it) (graph replays, do_bench medians, L2 flushed, us) on those
-cases and on prefixes between the suite's (12k, 24k) and 128 samples, to place the rule's threshold:
+probe times the variants interleaved over five rounds (graph replays, do_bench medians, L2 flushed, us) on those
+cases and on prefixes between the suite's (12k, 24k) and 128 samples, to place the rule's threshold. Its first run
+had the 64-row rule as the default; the default is now ``prefix_rows``' rule and ``64 rows`` forces the one before.
 ``group x prefix / own tokens`` (the prefix FLOPs over the own bytes, up to a constant) is 128 at GQA 8k and MHA
 32k, 256 at GQA 16k, 384 at GQA 24k, 512 at GQA 32k.
 
