@@ -18,9 +18,11 @@
 #   bifurcated-all  the 36-case bifurcated suite (8k, 16k, 32k; 142 s of suite with both flushes on an H200, before
 #               the one-sample re-timings over three placements, about 25 s more; peers past --budget-s 260 are skipped)
 #   bif-prefix-rows  the overlap path's Gluon prefix at 128 rows a program (two warp groups sharing one K/V ring,
-#               2-4 stages, one per SM) against the default, on the path's cases and some the states path takes
+#               2-4 stages, one per SM) against the default, on the path's cases and some the states path takes.
+#               Run 2026-12-02 19:5x (raw bifurcated_sweep_NVIDIA_H200_prefix_rows.json; notes section 24)
 #   prefix-rows the same, interleaved over five rounds, on those cases and prefixes between the suite's
-#               (benchmarks/probe_prefix_rows.py, probe 37; ~90 s)
+#               (benchmarks/probe_prefix_rows.py, probe 37; ~30 s). Runs 2026-12-02 19:58 and 20:0x: the rule of
+#               ops/bifurcated_overlap.prefix_rows, 0.884-0.979 of 64 rows where it takes 128
 #   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
 #               (LEANATTN_BIFURCATED_CONFIG sixth field: 2 block pointers, 3 TMA)
 #   headdim-sweep  launch configs of the suite's D=64 case (the weakest against cuDNN) and D=256 case (70% of
