@@ -192,12 +192,13 @@ def test_forced_paths_at_narrow_lengths_vectors(field, path, n, hkv):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,hq,hkv,d,P", [(64, 32, 8, 128, 8192), (5, 32, 8, 64, 1000), (100, 32, 32, 128, 4097),
                                           (2, 8, 1, 128, 1), (33, 32, 4, 64, 63), (300, 16, 8, 128, 640)])
-@pytest.mark.parametrize("ordered,rows", [(False, 64), (None, 64), (None, 128)])
+@pytest.mark.parametrize("ordered,rows", [(False, 64), (None, 64), (False, 128), (None, 128)])
 def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered, rows):
     # the Gluon prefix (one or two programs per SM, a ragged last tile, rows that are not a multiple of
-    # 64 or 128, 64 rows a program or 128 over two warp groups sharing the K/V ring) with the own tokens on a
-    # side stream (ORDERED False) or as the rule has it (None: every shape here has at most 4096 (sample, kv
-    # head) pairs, so the prefix's dependent launch), against the reference and against the Triton states path
+    # 64 or 128, 64 rows a program or 128 over two warp groups sharing the K/V ring; the rule takes 128 rows on a
+    # side stream at MHA 32k x256) with the own tokens on a side stream (ORDERED False) or as the rule has it
+    # (None: every shape here has at most 4096 (sample, kv head) pairs, so the prefix's dependent launch), against
+    # the reference and against the Triton states path
     from leanattn import runtime
     from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
     monkeypatch.setattr(ov, "ORDERED", ordered)

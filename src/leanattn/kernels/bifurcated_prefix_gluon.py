@@ -24,7 +24,7 @@ try:
 except ImportError:  # a Triton without Gluon: the op keeps the Triton states path
     AVAILABLE = False
 
-BLOCK_M = 64  # stacked query rows per warp group (its wgmma's M); a program of W warps takes 16 * W rows
+BLOCK_M = 64  # stacked query rows of one warp group (its wgmma's M), the host's default; 128 over two warp groups
 BLOCK_N = 64  # prefix tokens per tile
 
 if AVAILABLE:
@@ -121,10 +121,9 @@ if AVAILABLE:
             acc = warpgroup_mma_wait(0, deps=(acc_t,))
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
             p_prev = gl.convert_layout(p.to(dtype), p_layout)
-            if WARPS > 4:
-                # the other warp group may still read tile j-1's slot: refill it only once both have waited
-                gl.thread_barrier()
-            # tile j-1's K and V are consumed: its slot takes tile j-1+STAGES
+            # tile j-1's K and V are consumed: its slot takes tile j-1+STAGES. With two warp groups the other may
+            # still read that slot; the block-wide barrier that the compiler's shared-memory analysis places after
+            # the wait above and before the refill (in the PTX at 64 and 128 rows, Triton 3.6 and 3.8) orders both
             nxt = j - 1 + STAGES
             if nxt < n_j:
                 mbarrier.expect(kbar.index(prev), k_desc.block_type.nbytes)

@@ -64,7 +64,7 @@ def env_config() -> dict:
     path, splits, sb, own_splits`` (``load`` is ``LOAD + 1`` of ``kernels/attend.py``: 1 pointers, 2 block
     pointers, 3 TMA; ``order`` is ``ORDER + 1`` of the fused path; ``merge`` 2: the states path merges
     in-kernel (last arriver) instead of in a second launch; ``path`` 1 split, 2 fused, 3 states, 4 overlap
-    (where usable); ``splits``
+    (where usable; there ``num_warps`` 4 or 8 gives its Gluon prefix 64 or 128 rows a program); ``splits``
     prefix splits per head of the split and states paths; ``sb`` prefix states merged per load of the
     split path; ``own_splits`` own-token splits per row of the states path): launch overrides for
     benchmark sweeps."""
@@ -399,7 +399,9 @@ class Plan:
         device, env = q.device, env_config()
         sms = runtime.num_sms(device)
         own = has_own and not self.empty_own
-        block_m = overlap.prefix_rows(group, P, cap if own else 0, B * group, D, Hkv, sms, env["num_warps"])
+        # the num_warps field is the states path's unless the path field forces this one
+        block_m = overlap.prefix_rows(group, P, cap if own else 0, B * group, D, Hkv, sms,
+                                      env["num_warps"] if env["path"] == 4 else 0)
         n_hb = triton.cdiv(B * group, block_m)
         per_sm = overlap.prefix_per_sm(group, P, cap if own else 0, env["ctas_per_sm"], block_m)
         S, chunk = overlap.prefix_splits(Hkv * n_hb, triton.cdiv(P, overlap.pg.BLOCK_N), per_sm, sms)

@@ -127,8 +127,10 @@ def prefix_rows(group: int, prefix_len: int, own_len: int, rows: int, head_dim: 
     * GQA 8k x64 (r = 128, 16 tiles a program at 128 rows): 47.9 against 44.3 us, so 128 rows only where each
       program keeps 24 tiles or more; MHA with 16 samples (16 rows per kv head): 6-21% slower.
 
-    So 128 rows at D=128, 256 rows per kv head or more, r in [128, 256] and 24 tiles a program or more.
-    ``num_warps`` (``LEANATTN_BIFURCATED_CONFIG``'s third field on this path): 4 or 8 forces 64 or 128 rows."""
+    So 128 rows at D=128, 256 rows per kv head or more, r in [128, 256] and 24 tiles a program or more (at one
+    program per SM: two programs of 128 rows do not fit on an SM, so a ``ctas_per_sm`` override of 2 only doubles
+    the splits). ``num_warps``: ``LEANATTN_BIFURCATED_CONFIG``'s third field where its path field forces this path
+    (4), 0 otherwise; 4 or 8 forces 64 or 128 rows."""
     if num_warps not in (0, 4, 8):
         raise ValueError(f"LEANATTN_BIFURCATED_CONFIG: expected the num_warps field (third) of the overlap path "
                          f"in (0, 4, 8), got {num_warps}")
@@ -141,7 +143,7 @@ def prefix_rows(group: int, prefix_len: int, own_len: int, rows: int, head_dim: 
 
 
 def prefix_splits(columns: int, tiles: int, per_sm: int, sms: int) -> tuple:
-    """``(S, chunk)``: prefix splits per column (kv head x 64-row block) and tiles per split, for
+    """``(S, chunk)``: prefix splits per column (kv head x block of ``prefix_rows`` rows) and tiles per split, for
     ``per_sm`` programs per SM (``prefix_per_sm``) over ``sms`` SMs."""
     S = max(1, min(tiles, (per_sm * sms) // max(columns, 1)))
     chunk = triton.cdiv(tiles, S)
