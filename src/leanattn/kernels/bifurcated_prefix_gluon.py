@@ -29,67 +29,34 @@ BLOCK_N = 64  # prefix tokens per tile
 
 if AVAILABLE:
     @gluon.jit
-    def prefix_gluon_kernel(
-        Q, k_desc, v_desc, StO, StL,  #
-        stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles,  #
-        HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-        STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr,
-    ):
-        """Program ``(kv head h, split s, head block hb)``, head blocks of a split adjacent (they read
-        the same tiles, so the later ones hit L2): query rows ``hb * BLOCK_M ..`` of kv head ``h``
-        (row ``r`` is ``q[r // GROUP, h * GROUP + r % GROUP]``, ``R = B * GROUP`` rows) against
-        prefix tiles ``[s * chunk, min((s + 1) * chunk, n_tiles))``; writes the normalised state to
-        slot ``s`` of ``StO (n_states, B, HQ, D)`` fp32 and ``StL (n_states, B, HQ)`` (natural log).
-        ``k_desc``/``v_desc``: TMA descriptors of the prefix seen as ``(P, Hkv * D)``, blocks
-        ``(64, D)``. ``BLOCK_M``: 16 rows per warp (64 or 128: one or two warp groups, which share the
-        K/V ring). ``qk_scale`` is the softmax scale times log2(e). ``TRIGGER``: a programmatic dependent
-        launch after this one (the own tokens, ``ops/bifurcated_overlap.ORDERED``) may start once every
-        program of this one has started."""
-        if TRIGGER:
-            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
-                                      is_pure=False, pack=1)
-        pid = gl.program_id(0)
-        hb = pid % n_hb
-        s = (pid // n_hb) % S
-        h = pid // (n_hb * S)
-        t0 = s * chunk
-        n_j = gl.minimum(chunk, n_tiles - t0)
-        dtype: gl.constexpr = k_desc.dtype
+    def _gather_q(Q, stride_qb, stride_qh, R, h, base, ROWS: gl.constexpr, WARPS: gl.constexpr, GROUP: gl.constexpr,
+                  HEAD_DIM: gl.constexpr):
+        """Stacked query rows ``base .. base + ROWS`` of kv head ``h`` (row ``r`` is ``q[r // GROUP, h * GROUP +
+        r % GROUP]``), gathered with plain loads (any q strides; rows past ``R`` are zeros)."""
+        q_load: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
+        rq = base + gl.arange(0, ROWS, layout=gl.SliceLayout(1, q_load))
+        dq = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, q_load))
+        q_off = (rq // GROUP).to(gl.int64) * stride_qb + (h * GROUP + rq % GROUP) * stride_qh
+        return gl.load(Q + gl.expand_dims(q_off, 1) + gl.expand_dims(dq, 0), mask=gl.expand_dims(rq < R, 1),
+                       other=0.0)
 
-        WARPS: gl.constexpr = BLOCK_M // 16
+    @gluon.jit
+    def _attend_prefix(q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, qk_scale, P, t0, n_j, col,
+                       ROWS: gl.constexpr, WARPS: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                       STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, RELEASE: gl.constexpr):
+        """``(acc, m, l)``: the unnormalised state (base 2) of the rows in ``q_smem`` against the split's ``n_j``
+        tiles from ``t0``, tile ``j`` in ring slot ``j % STAGES`` once ``kbar``/``vbar`` say it has landed. Each
+        iteration issues tile j's QK^T, then tile j-1's P@V, waits for the scores only and runs tile j's softmax
+        while the P@V runs. Tile j-1's slot is then refilled with tile j-1+STAGES by TMA, or, with ``RELEASE``,
+        released through ``free`` to a producer partition that refills it."""
+        dtype: gl.constexpr = q_smem.dtype
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                            instr_shape=[16, HEAD_DIM, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        q_load: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
-
-        # the K/V ring first, so its loads are in flight while the query rows are gathered
-        k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
-        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
-        kbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        vbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(kbar.index(i), count=1)
-            mbarrier.init(vbar.index(i), count=1)
-        col = h * HEAD_DIM
-        for i in gl.static_range(STAGES):
-            if i < n_j:
-                mbarrier.expect(kbar.index(i), k_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(k_desc, [(t0 + i) * BLOCK_N, col], kbar.index(i), k_smem.index(i))
-                mbarrier.expect(vbar.index(i), v_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(v_desc, [(t0 + i) * BLOCK_N, col], vbar.index(i), v_smem.index(i))
-
-        # the stacked query rows: gathered with plain loads (any q strides; rows past R are zeros)
-        rq = hb * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, q_load))
-        dq = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, q_load))
-        q_off = (rq // GROUP).to(gl.int64) * stride_qb + (h * GROUP + rq % GROUP) * stride_qh
-        qv = gl.load(Q + gl.expand_dims(q_off, 1) + gl.expand_dims(dq, 0), mask=gl.expand_dims(rq < R, 1), other=0.0)
-        q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], Q_SMEM, qv)
-        fence_async_shared()
-
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-        zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+        zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
         # tile 0 of the range: its scores only
         mbarrier.wait(kbar.index(0), 0)
         st = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
@@ -100,7 +67,7 @@ if AVAILABLE:
         p = gl.exp2(sc - gl.expand_dims(m_i, 1))
         l_i = gl.sum(p, axis=1)
         p_prev = gl.convert_layout(p.to(dtype), p_layout)
-        acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+        acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
 
         for j in range(1, n_j):
             slot = j % STAGES
@@ -119,30 +86,40 @@ if AVAILABLE:
             l_i = l_i * alpha + gl.sum(p, axis=1)
             m_i = m_new
             acc = warpgroup_mma_wait(0, deps=(acc_t,))
+            if RELEASE:
+                # this warp group is done with tile j-1's K and V (the arrive waits for all of its warps first)
+                mbarrier.arrive(free.index(prev), count=1)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
             p_prev = gl.convert_layout(p.to(dtype), p_layout)
-            # tile j-1's K and V are consumed: its slot takes tile j-1+STAGES. With two warp groups the other may
-            # still read that slot; the block-wide barrier that the compiler's shared-memory analysis places after
-            # the wait above and before the refill (in the PTX at 64 and 128 rows, Triton 3.6 and 3.8) orders both
-            nxt = j - 1 + STAGES
-            if nxt < n_j:
-                mbarrier.expect(kbar.index(prev), k_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(k_desc, [(t0 + nxt) * BLOCK_N, col], kbar.index(prev),
-                                                k_smem.index(prev))
-                mbarrier.expect(vbar.index(prev), v_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(v_desc, [(t0 + nxt) * BLOCK_N, col], vbar.index(prev),
-                                                v_smem.index(prev))
+            if not RELEASE:
+                # tile j-1's K and V are consumed: its slot takes tile j-1+STAGES. With two warp groups the other
+                # may still read that slot; the block-wide barrier that the compiler's shared-memory analysis places
+                # after the wait above and before the refill (in the PTX at 64 and 128 rows, Triton 3.6 and 3.8)
+                # orders both
+                nxt = j - 1 + STAGES
+                if nxt < n_j:
+                    mbarrier.expect(kbar.index(prev), k_desc.block_type.nbytes)
+                    tma.async_copy_global_to_shared(k_desc, [(t0 + nxt) * BLOCK_N, col], kbar.index(prev),
+                                                    k_smem.index(prev))
+                    mbarrier.expect(vbar.index(prev), v_desc.block_type.nbytes)
+                    tma.async_copy_global_to_shared(v_desc, [(t0 + nxt) * BLOCK_N, col], vbar.index(prev),
+                                                    v_smem.index(prev))
         last = (n_j - 1) % STAGES
         mbarrier.wait(vbar.index(last), ((n_j - 1) // STAGES) & 1)
         acc_t = warpgroup_mma(p_prev, v_smem.index(last), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc_t,))
-        for i in gl.static_range(STAGES):
-            mbarrier.invalidate(kbar.index(i))
-            mbarrier.invalidate(vbar.index(i))
+        return acc, m_i, l_i
 
+    @gluon.jit
+    def _store_state(StO, StL, acc, m_i, l_i, B, R, s, h, base, ROWS: gl.constexpr, WARPS: gl.constexpr,
+                     HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr):
+        """The normalised state of rows ``base .. base + ROWS`` (those below ``R``) in slot ``s`` of
+        ``merge_states``' layout, its lse in natural log."""
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
         l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
         out = acc / gl.expand_dims(l_o, 1)
-        ro = hb * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, o_layout))
+        ro = base + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
         do = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
         # row (b, h * GROUP + g) of slot s in merge_states' layout
         row = (s * B + ro // GROUP).to(gl.int64) * HQ + h * GROUP + ro % GROUP
@@ -150,3 +127,62 @@ if AVAILABLE:
                  mask=gl.expand_dims(ro < R, 1))
         lse = (gl.convert_layout(m_i, gl.SliceLayout(1, o_layout)) + gl.log2(l_o)) * 0.6931471805599453
         gl.store(StL + row, lse, mask=ro < R)
+
+    @gluon.jit
+    def _trigger_dependents():
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+    @gluon.jit
+    def prefix_gluon_kernel(
+        Q, k_desc, v_desc, StO, StL,  #
+        stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles,  #
+        HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+        STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr,
+    ):
+        """Program ``(kv head h, split s, head block hb)``, head blocks of a split adjacent (they read
+        the same tiles, so the later ones hit L2): query rows ``hb * BLOCK_M ..`` of kv head ``h``
+        (row ``r`` is ``q[r // GROUP, h * GROUP + r % GROUP]``, ``R = B * GROUP`` rows) against
+        prefix tiles ``[s * chunk, min((s + 1) * chunk, n_tiles))``; writes the normalised state to
+        slot ``s`` of ``StO (n_states, B, HQ, D)`` fp32 and ``StL (n_states, B, HQ)`` (natural log).
+        ``k_desc``/``v_desc``: TMA descriptors of the prefix seen as ``(P, Hkv * D)``, blocks
+        ``(64, D)``. ``BLOCK_M``: 16 rows per warp (64 or 128: one or two warp groups, which share the
+        K/V ring). ``qk_scale`` is the softmax scale times log2(e). ``TRIGGER``: a programmatic dependent
+        launch after this one (the own tokens, ``ops/bifurcated_overlap.ORDERED``) may start once every
+        program of this one has started."""
+        if TRIGGER:
+            _trigger_dependents()
+        pid = gl.program_id(0)
+        hb = pid % n_hb
+        s = (pid // n_hb) % S
+        h = pid // (n_hb * S)
+        t0 = s * chunk
+        n_j = gl.minimum(chunk, n_tiles - t0)
+        dtype: gl.constexpr = k_desc.dtype
+        WARPS: gl.constexpr = BLOCK_M // 16
+
+        # the K/V ring first, so its loads are in flight while the query rows are gathered
+        k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+        kbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        vbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(kbar.index(i), count=1)
+            mbarrier.init(vbar.index(i), count=1)
+        col = h * HEAD_DIM
+        for i in gl.static_range(STAGES):
+            if i < n_j:
+                mbarrier.expect(kbar.index(i), k_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(k_desc, [(t0 + i) * BLOCK_N, col], kbar.index(i), k_smem.index(i))
+                mbarrier.expect(vbar.index(i), v_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(v_desc, [(t0 + i) * BLOCK_N, col], vbar.index(i), v_smem.index(i))
+
+        qv = _gather_q(Q, stride_qb, stride_qh, R, h, hb * BLOCK_M, BLOCK_M, WARPS, GROUP, HEAD_DIM)
+        q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], Q_SMEM, qv)
+        fence_async_shared()
+        acc, m_i, l_i = _attend_prefix(q_smem, k_smem, v_smem, kbar, vbar, kbar, k_desc, v_desc, qk_scale, P, t0,
+                                       n_j, col, BLOCK_M, WARPS, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, False)
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(kbar.index(i))
+            mbarrier.invalidate(vbar.index(i))
+        _store_state(StO, StL, acc, m_i, l_i, B, R, s, h, hb * BLOCK_M, BLOCK_M, WARPS, HQ, GROUP, HEAD_DIM)
