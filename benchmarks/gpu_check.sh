@@ -23,9 +23,12 @@
 #   prefix-rows the same, interleaved over five rounds, on those cases and prefixes between the suite's
 #               (benchmarks/probe_prefix_rows.py, probe 37; ~30 s). Runs 2026-12-02 19:58 and 20:0x: the rule of
 #               ops/bifurcated_overlap.prefix_rows, 0.884-0.979 of 64 rows where it takes 128
-#   ws-prefix   a warp-specialized Gluon prefix (producer warp, two consumer warp groups as partitions) against the
-#               library's at 64 and 128 rows, prefix states only, prefix-bound GQA cases (probe_ws_prefix.py, probe 38;
-#               compiled offline only so far: 12 warps, 131 KB at 3 stages)
+#   ws-prefix   the warp-specialized Gluon prefix (prefix_gluon_ws_kernel: a loading warp, two consumer warp groups
+#               as partitions) against the plain one at 64 and 128 rows, prefix states only, prefix-bound GQA cases
+#               (probe_ws_prefix.py, probe 38; compiled offline only so far: 12 warps, 131 KB at 3 stages; a hang
+#               is cut at 180 s)
+#   bif-ws      the overlap path with the warp-specialized prefix (num_warps field 12) against the default, on the
+#               path's suite cases (a launch sweep)
 #   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
 #               (LEANATTN_BIFURCATED_CONFIG sixth field: 2 block pointers, 3 TMA)
 #   headdim-sweep  launch configs of the suite's D=64 case (the weakest against cuDNN) and D=256 case (70% of
@@ -181,7 +184,10 @@ for step in "$@"; do
     overlap-graphs) python3 benchmarks/probe_overlap_graphs.py --out "$OUT" 2>&1 | grep -E "x256|wrote|Error" ;;
     x1-context) python3 benchmarks/probe_x1_context.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     prefix-rows) python3 benchmarks/probe_prefix_rows.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
-    ws-prefix) python3 benchmarks/probe_ws_prefix.py --out "$OUT" 2>&1 | grep -E "TFLOP|wrote|Error" ;;
+    ws-prefix) timeout 180 python3 benchmarks/probe_ws_prefix.py --out "$OUT" 2>&1 | grep -E "TFLOP|wrote|Error" ;;
+    bif-ws)
+      timeout 240 python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" --cases "x256,gqa 8k x64,gqa 16k x64,gqa 32k x64" \
+        --configs "0;0,0,12,3,1,0,0,0,0,4;0,0,12,4,1,0,0,0,0,4;0" 2>&1 | grep -E "sweep|fail" ;;
     overlap-ordered) python3 benchmarks/probe_overlap_ordered.py --out "$OUT" 2>&1 | grep -E "\||rounds|wrote|Error" ;;
     piece-offsets) python3 benchmarks/probe_piece_offsets.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     one-per-sm) python3 benchmarks/probe_one_per_sm.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;

@@ -140,9 +140,9 @@ def overlap():
     # a program
     from leanattn import runtime
     from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
-    # 8 warps: 128 prefix rows a program over two warp groups, both orders; the 8192-token prefix refills each
-    # program's K/V ring slots several times (16 tiles a program at 128 rows)
-    for ordered, warps in ((False, 0), (True, 0), (True, 8), (False, 8)):
+    # 8 warps: 128 prefix rows a program over two warp groups, 12 the same warp-specialized, both orders; the
+    # 8192-token prefix refills each program's K/V ring slots several times (16 tiles a program at 128 rows)
+    for ordered, warps in ((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (False, 12)):
         os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,{warps},0,0,0,0,0,0,4"
         ov.ORDERED, opb._PLANS = ordered, runtime.PlanCache()
         for n, hq, hkv, d, P in ((6, 32, 8, 128, 2500), (70, 32, 8, 64, 1000), (3, 32, 32, 128, 65),

@@ -755,7 +755,9 @@ def test_overlap_prefix_rows_rule(group, prefix_len, own, samples, d, rows):
     assert ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132) == rows
     assert ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=8) == 128
     assert ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=4) == 64
-    with pytest.raises(ValueError, match="num_warps field .* in \\(0, 4, 8\\), got 2"):
+    assert ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=12) == 128
+    assert ov.prefix_warp_specialized(12) and not ov.prefix_warp_specialized(8) and not ov.prefix_warp_specialized(0)
+    with pytest.raises(ValueError, match="num_warps field .* in \\(0, 4, 8, 12\\), got 2"):
         ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=2)
 
 

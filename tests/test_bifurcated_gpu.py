@@ -192,11 +192,12 @@ def test_forced_paths_at_narrow_lengths_vectors(field, path, n, hkv):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,hq,hkv,d,P", [(64, 32, 8, 128, 8192), (5, 32, 8, 64, 1000), (100, 32, 32, 128, 4097),
                                           (2, 8, 1, 128, 1), (33, 32, 4, 64, 63), (300, 16, 8, 128, 640)])
-@pytest.mark.parametrize("ordered,rows", [(False, 64), (None, 64), (False, 128), (None, 128)])
-def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered, rows):
+@pytest.mark.parametrize("ordered,warps", [(False, 4), (None, 4), (False, 8), (None, 8), (False, 12), (None, 12)])
+def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered, warps):
     # the Gluon prefix (one or two programs per SM, a ragged last tile, rows that are not a multiple of
-    # 64 or 128, 64 rows a program or 128 over two warp groups sharing the K/V ring; the rule takes 128 rows on a
-    # side stream at MHA 32k x256) with the own tokens on a side stream (ORDERED False) or as the rule has it
+    # 64 or 128; 64 rows a program (4 warps), 128 over two warp groups sharing the K/V ring (8; the rule takes 128
+    # rows on a side stream at MHA 32k x256), or 128 warp-specialized (12: two consumer warp groups and a loading
+    # warp) with the own tokens on a side stream (ORDERED False) or as the rule has it
     # (None: every shape here has at most 4096 (sample, kv head) pairs, so the prefix's dependent launch), against
     # the reference and against the Triton states path
     from leanattn import runtime
@@ -206,10 +207,12 @@ def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered, rows):
     own = torch.randint(0, 300, (n,)).tolist()
     own[0] = 0
     args = inputs(n, hq, hkv, d, P, own, dtype)
-    with _path(4, rows // 16):
-        out, lse = check(*args, name=f"overlap {n} {hq}/{hkv} d{d} P{P} rows {rows}")
+    with _path(4, warps):
+        out, lse = check(*args, name=f"overlap {n} {hq}/{hkv} d{d} P{P} warps {warps}")
         plan = _last_plan()
-        assert plan.path == "overlap" and (ordered is None or not plan.ordered) and plan.info["prefix_rows"] == rows
+        assert plan.path == "overlap" and (ordered is None or not plan.ordered)
+        assert plan.info["prefix_rows"] == min(16 * warps, 128)
+        assert plan.info["prefix_warp_specialized"] == (warps == 12)
     with _path(3):
         ref_out, ref_lse = leanattn.bifurcated_decode(*args, return_lse=True)
         assert _last_plan().path == "states"

@@ -186,3 +186,91 @@ if AVAILABLE:
             mbarrier.invalidate(kbar.index(i))
             mbarrier.invalidate(vbar.index(i))
         _store_state(StO, StL, acc, m_i, l_i, B, R, s, h, hb * BLOCK_M, BLOCK_M, WARPS, HQ, GROUP, HEAD_DIM)
+
+    @gluon.jit
+    def _ws_rows(Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
+                 qk_scale, B, P, R, hb, s, h, t0, n_j, HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
+                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, HALF: gl.constexpr):
+        """One consumer warp group of ``prefix_gluon_ws_kernel``: rows ``hb * 128 + HALF * 64 ..``."""
+        base = hb * 128 + HALF * 64
+        q_half = q_smem.index(HALF)
+        q_half.store(_gather_q(Q, stride_qb, stride_qh, R, h, base, 64, 4, GROUP, HEAD_DIM))
+        fence_async_shared()
+        acc, m_i, l_i = _attend_prefix(q_half, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, qk_scale, P, t0, n_j,
+                                       h * HEAD_DIM, 64, 4, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, True)
+        _store_state(StO, StL, acc, m_i, l_i, B, R, s, h, base, 64, 4, HQ, GROUP, HEAD_DIM)
+
+    @gluon.jit
+    def _ws_first(Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
+                  qk_scale, B, P, R, hb, s, h, t0, n_j, HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
+                  BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASK_TAIL: gl.constexpr):
+        _ws_rows(Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
+                 qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, 0)
+
+    @gluon.jit
+    def _ws_second(Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
+                   qk_scale, B, P, R, hb, s, h, t0, n_j, HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
+                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASK_TAIL: gl.constexpr):
+        _ws_rows(Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
+                 qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, 1)
+
+    @gluon.jit
+    def _ws_producer(k_desc, v_desc, k_smem, v_smem, kbar, vbar, free, t0, n_j, col, BLOCK_N: gl.constexpr,
+                     STAGES: gl.constexpr):
+        """The loading warp of ``prefix_gluon_ws_kernel``: tile ``i`` into slot ``i % STAGES`` once both consumer
+        warp groups have released the slot's previous tile, ``i - STAGES``."""
+        for i in range(n_j):
+            slot = i % STAGES
+            if i >= STAGES:
+                mbarrier.wait(free.index(slot), ((i // STAGES) - 1) & 1)
+            mbarrier.expect(kbar.index(slot), k_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(k_desc, [(t0 + i) * BLOCK_N, col], kbar.index(slot), k_smem.index(slot))
+            mbarrier.expect(vbar.index(slot), v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(v_desc, [(t0 + i) * BLOCK_N, col], vbar.index(slot), v_smem.index(slot))
+
+    @gluon.jit
+    def prefix_gluon_ws_kernel(
+        Q, k_desc, v_desc, StO, StL,  #
+        stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles,  #
+        HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+        MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    ):
+        """``prefix_gluon_kernel``'s program at 128 rows, warp-specialized as in FlashAttention-3: the default
+        partition (4 warps) and a 4-warp worker each take 64 of the rows, and a 1-warp worker issues the TMA loads.
+        A consumer releases a ring slot through an mbarrier that both must arrive at and never waits on the other
+        consumer, so the two drift apart and one's softmax can run under the other's products (at 128 rows in
+        ``prefix_gluon_kernel`` the two meet at a block-wide barrier before each refill). ``Q_SMEM``: the layout
+        of a ``(64, D)`` block of query rows. ``CONSUMER_REGS``: the worker consumer's registers per thread."""
+        if TRIGGER:
+            _trigger_dependents()
+        pid = gl.program_id(0)
+        hb = pid % n_hb
+        s = (pid // n_hb) % S
+        h = pid // (n_hb * S)
+        t0 = s * chunk
+        n_j = gl.minimum(chunk, n_tiles - t0)
+        dtype: gl.constexpr = k_desc.dtype
+        k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+        q_smem = gl.allocate_shared_memory(dtype, [2, 64, HEAD_DIM], Q_SMEM)
+        kbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        vbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(kbar.index(i), count=1)
+            mbarrier.init(vbar.index(i), count=1)
+            mbarrier.init(free.index(i), count=2)
+        # the argument tuples are written out in the call: a tuple held in a variable loses its constexprs (3.6)
+        gl.warp_specialize([(_ws_first, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL,
+                                         stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
+                                         HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL)),
+                            (_ws_second, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL,
+                                          stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
+                                          HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL)),
+                            (_ws_producer, (k_desc, v_desc, k_smem, v_smem, kbar, vbar, free, t0, n_j, h * HEAD_DIM,
+                                            BLOCK_N, STAGES))],
+                           [4, 1], [CONSUMER_REGS, 24])
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(kbar.index(i))
+            mbarrier.invalidate(vbar.index(i))
+            mbarrier.invalidate(free.index(i))

@@ -400,8 +400,9 @@ class Plan:
         sms = runtime.num_sms(device)
         own = has_own and not self.empty_own
         # the num_warps field is the states path's unless the path field forces this one
-        block_m = overlap.prefix_rows(group, P, cap if own else 0, B * group, D, Hkv, sms,
-                                      env["num_warps"] if env["path"] == 4 else 0)
+        warps = env["num_warps"] if env["path"] == 4 else 0
+        block_m = overlap.prefix_rows(group, P, cap if own else 0, B * group, D, Hkv, sms, warps)
+        ws = overlap.prefix_warp_specialized(warps)
         n_hb = triton.cdiv(B * group, block_m)
         per_sm = overlap.prefix_per_sm(group, P, cap if own else 0, env["ctas_per_sm"], block_m)
         S, chunk = overlap.prefix_splits(Hkv * n_hb, triton.cdiv(P, overlap.pg.BLOCK_N), per_sm, sms)
@@ -414,12 +415,12 @@ class Plan:
         # K/V ring of overlap.prefix_stages; LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one
         # stage would wait on a tile it only loads later in the same iteration)
         stages = max(2, env["num_stages"] or overlap.prefix_stages(per_sm, group, block_m))
-        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, stages, self.ordered, block_m)
+        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, stages, self.ordered, block_m, ws)
         st_o, st_l = self._states_merge(device, n_states, B, Hq, D)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
         self.merge_in_kernel = False
         self.info.update(prefix_programs=self.prefix.grid[0], splits=S, chunk=chunk, ordered=self.ordered,
-                         prefix_stages=stages, prefix_rows=block_m,
+                         prefix_stages=stages, prefix_rows=block_m, prefix_warp_specialized=ws,
                          own_splits=self.own_plan.splits if own else 0, own_grid=self.own_plan.grid if own else None)
 
     # ------------------------------------------------------------------------------------------

@@ -130,16 +130,24 @@ def prefix_rows(group: int, prefix_len: int, own_len: int, rows: int, head_dim: 
     So 128 rows at D=128, 256 rows per kv head or more, r in [128, 256] and 24 tiles a program or more (at one
     program per SM: two programs of 128 rows do not fit on an SM, so a ``ctas_per_sm`` override of 2 only doubles
     the splits). ``num_warps``: ``LEANATTN_BIFURCATED_CONFIG``'s third field where its path field forces this path
-    (4), 0 otherwise; 4 or 8 forces 64 or 128 rows."""
-    if num_warps not in (0, 4, 8):
+    (4), 0 otherwise; 4 or 8 forces 64 or 128 rows, 12 the warp-specialized kernel's 128
+    (``prefix_warp_specialized``)."""
+    if num_warps not in (0, 4, 8, 12):
         raise ValueError(f"LEANATTN_BIFURCATED_CONFIG: expected the num_warps field (third) of the overlap path "
-                         f"in (0, 4, 8), got {num_warps}")
+                         f"in (0, 4, 8, 12), got {num_warps}")
     if num_warps:
-        return 16 * num_warps
+        return min(16 * num_warps, 128)
     if head_dim != 128 or rows < 256 or not own_len or not 128 * own_len <= group * prefix_len <= 256 * own_len:
         return pg.BLOCK_M
     _, chunk = prefix_splits(kv_heads * triton.cdiv(rows, 128), triton.cdiv(prefix_len, pg.BLOCK_N), 1, sms)
     return 128 if chunk >= 24 else pg.BLOCK_M
+
+
+def prefix_warp_specialized(num_warps: int = 0) -> bool:
+    """Whether the Gluon prefix runs warp-specialized (``kernels/bifurcated_prefix_gluon.prefix_gluon_ws_kernel``:
+    two consumer warp groups of 64 rows and a loading warp): only where ``num_warps`` (as for ``prefix_rows``) is
+    12. Compiled offline only (Triton 3.6, sm_90a: 12 warps, 131 KB at 3 stages); bifurcated probe 38 times it."""
+    return num_warps == 12
 
 
 def prefix_splits(columns: int, tiles: int, per_sm: int, sms: int) -> tuple:
@@ -173,18 +181,25 @@ class GluonPrefix:
     prefix tensors alive) and launches, directly after the first launch (``runtime.Launcher``)."""
 
     def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, scale_log2: float, stages: int = 3,
-                 trigger: bool = False, block_m: int = pg.BLOCK_M):
+                 trigger: bool = False, block_m: int = pg.BLOCK_M, warp_specialized: bool = False):
         B, Hq, D = q.shape
         group = Hq // Hkv
         R = B * group
+        block_m = 128 if warp_specialized else block_m
         n_hb = triton.cdiv(R, block_m)
         gl_dtype = {torch.bfloat16: pg.gl.bfloat16, torch.float16: pg.gl.float16}[q.dtype]
         self.kv_layout = pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], gl_dtype)
-        meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=pg.BLOCK_N, STAGES=stages,
-                    MASK_TAIL=P % pg.BLOCK_N != 0, TRIGGER=trigger,
-                    Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([block_m, D], gl_dtype), num_warps=block_m // 16)
+        meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_N=pg.BLOCK_N, STAGES=stages, MASK_TAIL=P % pg.BLOCK_N != 0,
+                    TRIGGER=trigger)
+        if warp_specialized:  # 4 warps here are the default partition's; the kernel adds its workers' 8
+            meta.update(Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([64, D], gl_dtype), CONSUMER_REGS=232,
+                        num_warps=4)
+        else:
+            meta.update(BLOCK_M=block_m, Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([block_m, D], gl_dtype),
+                        num_warps=block_m // 16)
         self.grid = (Hkv * S * n_hb,)
-        self.launch = runtime.Launcher(pg.prefix_gluon_kernel, self.grid, meta,
+        kernel = pg.prefix_gluon_ws_kernel if warp_specialized else pg.prefix_gluon_kernel
+        self.launch = runtime.Launcher(kernel, self.grid, meta,
                                        (q.stride(0), q.stride(1), scale_log2, B, P, R, n_hb, S, chunk,
                                         triton.cdiv(P, pg.BLOCK_N)))
         self.shape = (P, Hkv * D)
