@@ -129,6 +129,17 @@ if AVAILABLE:
         gl.store(StL + row, lse, mask=ro < R)
 
     @gluon.jit
+    def _program(n_hb, S, chunk, n_tiles):
+        """``(hb, s, h, t0, n_j)`` of this program: head block, split and kv head (head blocks of a split adjacent,
+        as they read the same tiles), the split's first tile and its tile count."""
+        pid = gl.program_id(0)
+        hb = pid % n_hb
+        s = (pid // n_hb) % S
+        h = pid // (n_hb * S)
+        t0 = s * chunk
+        return hb, s, h, t0, gl.minimum(chunk, n_tiles - t0)
+
+    @gluon.jit
     def _trigger_dependents():
         gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
                                   is_pure=False, pack=1)
@@ -152,12 +163,7 @@ if AVAILABLE:
         program of this one has started."""
         if TRIGGER:
             _trigger_dependents()
-        pid = gl.program_id(0)
-        hb = pid % n_hb
-        s = (pid // n_hb) % S
-        h = pid // (n_hb * S)
-        t0 = s * chunk
-        n_j = gl.minimum(chunk, n_tiles - t0)
+        hb, s, h, t0, n_j = _program(n_hb, S, chunk, n_tiles)
         dtype: gl.constexpr = k_desc.dtype
         WARPS: gl.constexpr = BLOCK_M // 16
 
@@ -201,20 +207,6 @@ if AVAILABLE:
         _store_state(StO, StL, acc, m_i, l_i, B, R, s, h, base, 64, 4, HQ, GROUP, HEAD_DIM)
 
     @gluon.jit
-    def _ws_first(Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
-                  qk_scale, B, P, R, hb, s, h, t0, n_j, HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
-                  BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASK_TAIL: gl.constexpr):
-        _ws_rows(Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
-                 qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, 0)
-
-    @gluon.jit
-    def _ws_second(Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
-                   qk_scale, B, P, R, hb, s, h, t0, n_j, HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
-                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASK_TAIL: gl.constexpr):
-        _ws_rows(Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
-                 qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, 1)
-
-    @gluon.jit
     def _ws_producer(k_desc, v_desc, k_smem, v_smem, kbar, vbar, free, t0, n_j, col, BLOCK_N: gl.constexpr,
                      STAGES: gl.constexpr):
         """The loading warp of ``prefix_gluon_ws_kernel``: tile ``i`` into slot ``i % STAGES`` once both consumer
@@ -243,12 +235,7 @@ if AVAILABLE:
         of a ``(64, D)`` block of query rows. ``CONSUMER_REGS``: the worker consumer's registers per thread."""
         if TRIGGER:
             _trigger_dependents()
-        pid = gl.program_id(0)
-        hb = pid % n_hb
-        s = (pid // n_hb) % S
-        h = pid // (n_hb * S)
-        t0 = s * chunk
-        n_j = gl.minimum(chunk, n_tiles - t0)
+        hb, s, h, t0, n_j = _program(n_hb, S, chunk, n_tiles)
         dtype: gl.constexpr = k_desc.dtype
         k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
         v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
@@ -261,12 +248,12 @@ if AVAILABLE:
             mbarrier.init(vbar.index(i), count=1)
             mbarrier.init(free.index(i), count=2)
         # the argument tuples are written out in the call: a tuple held in a variable loses its constexprs (3.6)
-        gl.warp_specialize([(_ws_first, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL,
-                                         stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
-                                         HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL)),
-                            (_ws_second, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL,
-                                          stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
-                                          HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL)),
+        gl.warp_specialize([(_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL,
+                                        stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
+                                        HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, 0)),
+                            (_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL,
+                                        stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
+                                        HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, 1)),
                             (_ws_producer, (k_desc, v_desc, k_smem, v_smem, kbar, vbar, free, t0, n_j, h * HEAD_DIM,
                                             BLOCK_N, STAGES))],
                            [4, 1], [CONSUMER_REGS, 24])
