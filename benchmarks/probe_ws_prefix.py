@@ -28,13 +28,14 @@ import triton
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from leanattn.kernels import bifurcated_prefix_gluon as pg  # noqa: E402
+from leanattn.ops import bifurcated_overlap as ov  # noqa: E402
 from leanattn.ops.bifurcated_overlap import GluonPrefix, prefix_splits  # noqa: E402
 
 LOG2E = 1.4426950408889634
 K = 1024
 CASES = [("gqa", 16 * K, 64), ("gqa", 16 * K, 256), ("gqa", 32 * K, 64), ("gqa", 32 * K, 256), ("mha", 32 * K, 256)]
 
-def library_states(q, pk, pv, rows, per_sm, stages, ws=False, sms=132):
+def library_states(q, pk, pv, rows, per_sm, stages, ws=False, sms=132, maxnreg=None):
     """The library's Gluon prefix (``GluonPrefix``) at ``rows`` a program, ``per_sm`` programs per SM, or its
     warp-specialized kernel (``ws``, 128 rows, one per SM): ``(launch, states)``, ``states()`` the launch's
     ``(S, B, Hq, D)`` fp32 and ``(S, B, Hq)`` states in ``merge_states``' layout."""
@@ -43,7 +44,12 @@ def library_states(q, pk, pv, rows, per_sm, stages, ws=False, sms=132):
     S, chunk = prefix_splits(Hkv * triton.cdiv(B * Hq // Hkv, rows), triton.cdiv(P, pg.BLOCK_N), per_sm, sms)
     O = torch.empty(S, B, Hq, D, dtype=torch.float32, device=q.device)
     L = torch.empty(S, B, Hq, dtype=torch.float32, device=q.device)
-    gp = GluonPrefix(q, P, Hkv, S, chunk, LOG2E / math.sqrt(D), stages, False, rows, ws)
+    old = ov.WS_MAXNREG
+    ov.WS_MAXNREG = maxnreg or old  # read when the launch constants are made
+    try:
+        gp = GluonPrefix(q, P, Hkv, S, chunk, LOG2E / math.sqrt(D), stages, False, rows, ws)
+    finally:
+        ov.WS_MAXNREG = old
     pk4, pv4 = pk.unsqueeze(0), pv.unsqueeze(0)
     return (lambda: gp(q, pk4, pv4, O, L)), (lambda: (O, L))
 
@@ -63,7 +69,9 @@ def main(argv=None):
     variants = {"64 rows, 2 per SM": lambda q, pk, pv: library_states(q, pk, pv, 64, 2, 3),
                 "128 rows": lambda q, pk, pv: library_states(q, pk, pv, 128, 1, 3),
                 "ws 128 rows, 3 stages": lambda q, pk, pv: library_states(q, pk, pv, 128, 1, 3, ws=True),
-                "ws 128 rows, 4 stages": lambda q, pk, pv: library_states(q, pk, pv, 128, 1, 4, ws=True)}
+                "ws 128 rows, 4 stages": lambda q, pk, pv: library_states(q, pk, pv, 128, 1, 4, ws=True),
+                "ws 128 rows, 3 stages, 168 registers": lambda q, pk, pv: library_states(q, pk, pv, 128, 1, 3, ws=True,
+                                                                                         maxnreg=168)}
     res = []
     for model, P, n in CASES:
         name = f"{model} {P // K}k x{n}"

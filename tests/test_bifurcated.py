@@ -761,6 +761,18 @@ def test_overlap_prefix_rows_rule(group, prefix_len, own, samples, d, rows):
         ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=2)
 
 
+def test_gluon_prefix_refuses_empty_splits():
+    # a split with no tile would wait forever on a tile never loaded (the warp-specialized kernel's consumers)
+    from leanattn.ops import bifurcated_overlap as ov
+    if not ov.pg.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    q = torch.randn(4, 8, 64, dtype=torch.float16)
+    ov.GluonPrefix(q, 640, 2, 5, 2, 0.1)  # 10 tiles in 5 splits of 2
+    for ws in (False, True):
+        with pytest.raises(ValueError, match="expected 6 splits of 2 tiles to leave none empty, got 5"):
+            ov.GluonPrefix(q, 640, 2, 6, 2, 0.1, warp_specialized=ws)
+
+
 def test_overlap_order_rule(monkeypatch):
     # the own tokens as the prefix's dependent launch up to ORDERED_MAX_PAIRS (sample, kv head) pairs (MHA x16,
     # GQA x64 and x256 of the suite), on a side stream beyond (MHA x256); ORDERED forces either

@@ -232,7 +232,10 @@ if AVAILABLE:
         A consumer releases a ring slot through an mbarrier that both must arrive at and never waits on the other
         consumer, so the two drift apart and one's softmax can run under the other's products (at 128 rows in
         ``prefix_gluon_kernel`` the two meet at a block-wide barrier before each refill). ``Q_SMEM``: the layout
-        of a ``(64, D)`` block of query rows. ``CONSUMER_REGS``: the worker consumer's registers per thread."""
+        of a ``(64, D)`` block of query rows. ``CONSUMER_REGS``: the worker consumer's registers per thread (launch it
+        with ``maxnreg``: ``ops/bifurcated_overlap.WS_MAXNREG``)."""
+        # one stage would wait on tile j with tile j-1, which frees the only slot, not yet released
+        gl.static_assert(STAGES >= 2)
         if TRIGGER:
             _trigger_dependents()
         hb, s, h, t0, n_j = _program(n_hb, S, chunk, n_tiles)

@@ -44,6 +44,13 @@ OWN_STAGES = 2
 ORDERED = None
 ORDERED_MAX_PAIRS = 4096
 
+# Registers per thread of the warp-specialized prefix program's 12 warps (its consumers get (3 x this - 24) / 2
+# each, the loading warp group 24). Without a cap ptxas gives 168, the whole register file for 384 threads, and
+# no own-token program (decode's split kernel, 90 registers at 4 warps) could run beside the prefix. At 104 two
+# fit; the consumers then have 144, above the 138 the plain kernel's 64-row loop takes, and no stack (offline,
+# Triton 3.6, sm_90a).
+WS_MAXNREG = 104
+
 
 def ordered(pairs: int) -> bool:
     """Whether the own tokens of ``pairs = samples x kv heads`` (sequence, kv head) pairs run as the prefix's
@@ -192,11 +199,14 @@ class GluonPrefix:
         meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_N=pg.BLOCK_N, STAGES=stages, MASK_TAIL=P % pg.BLOCK_N != 0,
                     TRIGGER=trigger)
         if warp_specialized:  # 4 warps here are the default partition's; the kernel adds its workers' 8
-            meta.update(Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([64, D], gl_dtype), CONSUMER_REGS=232,
-                        num_warps=4)
+            meta.update(Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([64, D], gl_dtype), num_warps=4,
+                        maxnreg=WS_MAXNREG, CONSUMER_REGS=(3 * WS_MAXNREG - 24) // 16 * 8)
         else:
             meta.update(BLOCK_M=block_m, Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([block_m, D], gl_dtype),
                         num_warps=block_m // 16)
+        if triton.cdiv(triton.cdiv(P, pg.BLOCK_N), chunk) != S:  # an empty split would wait on a tile never loaded
+            raise ValueError(f"GluonPrefix: expected {S} splits of {chunk} tiles to leave none empty, "
+                             f"got {triton.cdiv(triton.cdiv(P, pg.BLOCK_N), chunk)} non-empty")
         self.grid = (Hkv * S * n_hb,)
         kernel = pg.prefix_gluon_ws_kernel if warp_specialized else pg.prefix_gluon_kernel
         self.launch = runtime.Launcher(kernel, self.grid, meta,
