@@ -27,6 +27,10 @@
 #               as partitions) against the plain one at 64 and 128 rows, prefix states only, prefix-bound GQA cases
 #               (probe_ws_prefix.py, probe 38; compiled offline only so far: 12 warps, 131 KB at 3 stages; a hang
 #               is cut at 180 s)
+#   ws-stress   each variant of probe 38 launched 20 times eagerly and replayed 20 times from a graph, checked after each,
+#               each case in its own process (probe 38's timing run met an illegal address on 2026-12-03; ~60 s)
+#   racecheck-ws  racecheck over the warp-specialized prefix's launches alone, then over all overlap launches, the
+#               hazards written to $OUT (the overlap launches showed 16 hazards on 2026-12-03 once ws was among them)
 #   bif-ws      the overlap path with the warp-specialized prefix (num_warps field 12) against the default, on the
 #               path's suite cases (a launch sweep)
 #   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
@@ -185,6 +189,15 @@ for step in "$@"; do
     x1-context) python3 benchmarks/probe_x1_context.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     prefix-rows) python3 benchmarks/probe_prefix_rows.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     ws-prefix) timeout 180 python3 benchmarks/probe_ws_prefix.py --out "$OUT" 2>&1 | grep -E "TFLOP|wrote|Error" ;;
+    ws-stress)
+      for c in "gqa 16k x64" "gqa 16k x256" "gqa 32k x64" "gqa 32k x256" "mha 32k x256"; do
+        timeout 120 python3 benchmarks/probe_ws_prefix.py --stress 20 --cases "$c" 2>&1 | grep -E "checked|rounds|Error|error" | tail -8
+      done ;;
+    racecheck-ws)
+      compute-sanitizer --tool racecheck --print-limit 40 python3 benchmarks/sanitize.py overlap-ws > "$OUT/racecheck_ws.txt" 2>&1
+      grep -E "SUMMARY|launches done" "$OUT/racecheck_ws.txt"
+      compute-sanitizer --tool racecheck --print-limit 40 python3 benchmarks/sanitize.py overlap > "$OUT/racecheck_overlap.txt" 2>&1
+      grep -E "SUMMARY" "$OUT/racecheck_overlap.txt" ;;
     bif-ws)
       timeout 240 python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" --cases "x256,gqa 8k x64,gqa 16k x64,gqa 32k x64" \
         --configs "0;0,0,12,3,1,0,0,0,0,4;0,0,12,4,1,0,0,0,0,4;0" 2>&1 | grep -E "sweep|fail" ;;

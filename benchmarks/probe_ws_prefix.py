@@ -60,6 +60,9 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--cases", default="")
     ap.add_argument("--offline", action="store_true", help="compile for sm_90a on a machine without a GPU")
+    ap.add_argument("--stress", type=int, default=0, metavar="N",
+                    help="no timing: each variant launched N times eagerly, then N graph replays, synchronised and "
+                         "checked after each, with progress printed (to find which launch fails)")
     args = ap.parse_args(argv)
     if args.offline:
         import offline_resources as off
@@ -90,20 +93,42 @@ def main(argv=None):
         import leanattn
         from bench_decode import interleaved_times
         ref, ref_lse = leanattn.bifurcated_decode(q, pk, pv, None, None, return_lse=True)
-        graphs, errs = {}, {}
+        graphs, errs, keep = {}, {}, []
         for tag, make in variants.items():
             launch, states = make(q, pk, pv)
+            keep.append(launch)  # the graph writes to the launch's state tensors: they must outlive its replays
+
+            def check(when):
+                out, lse = leanattn.merge_states(*states())
+                errs[tag] = (((out.float() - ref.float()).norm() / ref.float().norm()).item(),
+                             (lse - ref_lse).abs().max().item())
+                if errs[tag][0] > 1e-2:
+                    raise RuntimeError(f"{name} {tag}: relative error {errs[tag][0]:.1e} {when}")
             launch()
-            out, lse = leanattn.merge_states(*states())
-            errs[tag] = (((out.float() - ref.float()).norm() / ref.float().norm()).item(),
-                         (lse - ref_lse).abs().max().item())
-            if errs[tag][0] > 1e-2:
-                raise RuntimeError(f"{name} {tag}: relative error {errs[tag][0]:.1e}")
+            check("after the first launch")
+            for i in range(args.stress):
+                launch()
+                torch.cuda.synchronize()
+                check(f"after eager launch {i + 2}")
             torch.cuda.synchronize()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 launch()
             graphs[tag] = g.replay
+            for i in range(args.stress):
+                g.replay()
+                torch.cuda.synchronize()
+                check(f"after graph replay {i + 1}")
+            if args.stress:
+                print(f"{name} {tag}: {args.stress} launches and {args.stress} replays checked, error "
+                      f"{errs[tag][0]:.1e}", flush=True)
+        if args.stress:
+            for _ in range(args.stress):
+                for replay in graphs.values():
+                    replay()
+            torch.cuda.synchronize()
+            print(f"{name}: {args.stress} interleaved rounds of replays done", flush=True)
+            continue
         us, med = interleaved_times(graphs, 3)
         r = dict(case=name, err=errs, us=us, median=med, tflops={k: flops / (v * 1e-6) / 1e12 for k, v in med.items()})
         print(f"{name:14s} " + "  ".join(f"{k} {v:.1f} us ({r['tflops'][k]:.0f} TFLOP/s)" for k, v in med.items()),
@@ -111,7 +136,7 @@ def main(argv=None):
         res.append(r)
         del graphs
         torch.cuda.empty_cache()
-    if dev == "cuda":
+    if dev == "cuda" and not args.stress:
         import common
         common.write_probe(args.out, "bifurcated_probe_ws_prefix.json",
                            probe="warp-specialized Gluon prefix (producer warp, two consumer warp groups) against the "

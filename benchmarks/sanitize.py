@@ -1,6 +1,6 @@
 """Small launches of every kernel path, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [sparse] [bifurcated] [overlap] [concat]
+    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [sparse] [bifurcated] [overlap] [concat] [overlap-ws]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -132,7 +132,7 @@ def concat():
         one_sample_launches(q, pk, torch.randn_like(pk), plens, k, torch.randn_like(k), sl)
 
 
-def overlap():
+def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (False, 12))):
     # the overlap path alone (Gluon prefix on sm_90, own tokens on a side stream): ragged last tiles, rows
     # that are not a multiple of 64, D 64 and 128, MHA and GQA, with and without own tokens (2026-12-01 on an
     # H200 as a stand-alone script: memcheck 0 errors, racecheck 0 hazards), then with the own tokens as the
@@ -142,7 +142,7 @@ def overlap():
     from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
     # 8 warps: 128 prefix rows a program over two warp groups, 12 the same warp-specialized, both orders; the
     # 8192-token prefix refills each program's K/V ring slots several times (16 tiles a program at 128 rows)
-    for ordered, warps in ((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (False, 12)):
+    for ordered, warps in configs:
         os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,{warps},0,0,0,0,0,0,4"
         ov.ORDERED, opb._PLANS = ordered, runtime.PlanCache()
         for n, hq, hkv, d, P in ((6, 32, 8, 128, 2500), (70, 32, 8, 64, 1000), (3, 32, 32, 128, 65),
@@ -161,7 +161,8 @@ def overlap():
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    families = {"decode": decode, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap, "concat": concat}
+    families = {"decode": decode, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap, "concat": concat,
+                "overlap-ws": lambda: overlap(((False, 12), (True, 12)))}
     chosen = sys.argv[1:] or list(families)
     for name in chosen:
         families[name]()
