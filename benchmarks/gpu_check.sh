@@ -31,6 +31,8 @@
 #               each case in its own process (probe 38's timing run met an illegal address on 2026-12-03; ~60 s)
 #   racecheck-ws  racecheck over the warp-specialized prefix's launches alone, then over all overlap launches, the
 #               hazards written to $OUT (the overlap launches showed 16 hazards on 2026-12-03 once ws was among them)
+#   racecheck-ws-minimal  racecheck over a Gluon kernel whose warp-specialized partitions touch no shared memory of
+#               their own (benchmarks/racecheck_ws_minimal.py): hazards there are Triton's partition dispatch
 #   bif-ws      the overlap path with the warp-specialized prefix (num_warps field 12) against the default, on the
 #               path's suite cases (a launch sweep)
 #   bif-leads   8k x1 and x32 side by side under the default and the load paths of contiguous caches
@@ -193,6 +195,9 @@ for step in "$@"; do
       for c in "gqa 16k x64" "gqa 16k x256" "gqa 32k x64" "gqa 32k x256" "mha 32k x256"; do
         timeout 120 python3 benchmarks/probe_ws_prefix.py --stress 20 --cases "$c" 2>&1 | grep -E "checked|rounds|Error|error" | tail -8
       done ;;
+    racecheck-ws-minimal)
+      compute-sanitizer --tool racecheck --print-limit 10 python3 benchmarks/racecheck_ws_minimal.py > "$OUT/racecheck_ws_minimal.txt" 2>&1
+      grep -E "SUMMARY|ws minimal|Race" "$OUT/racecheck_ws_minimal.txt" | head -6 ;;
     racecheck-ws)
       compute-sanitizer --tool racecheck --print-limit 40 python3 benchmarks/sanitize.py overlap-ws > "$OUT/racecheck_ws.txt" 2>&1
       grep -E "SUMMARY|launches done" "$OUT/racecheck_ws.txt"

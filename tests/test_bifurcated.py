@@ -736,27 +736,34 @@ def test_overlap_path_split_counts_and_cpu_fallback():
     assert S * chunk >= 10 and (S - 1) * chunk < 10
 
 
-@pytest.mark.parametrize("group,prefix_len,own,samples,d,rows", [
-    (4, 8192, 256, 256, 128, 128),    # GQA 8k x256: r = 128, 64 tiles a program
-    (4, 8192, 256, 64, 128, 64),      # GQA 8k x64: 16 tiles a program at 128 rows
-    (4, 12288, 256, 64, 128, 128),    # GQA 12k x64: r = 192, 24 tiles
-    (4, 16384, 256, 64, 128, 128),    # GQA 16k x64: r = 256
-    (4, 16384, 256, 64, 64, 64),      # the same at D=64 (not measured)
-    (4, 24576, 256, 64, 128, 64),     # GQA 24k x64: r = 384
-    (4, 32768, 256, 256, 128, 64),    # GQA 32k x256: r = 512
-    (1, 32768, 256, 256, 128, 128),   # MHA 32k x256: r = 128
-    (1, 16384, 256, 256, 128, 64),    # MHA 16k x256: r = 64
-    (1, 32768, 256, 16, 128, 64),     # MHA 32k x16: 16 rows per kv head
-    (4, 16384, 0, 64, 128, 64),       # no own tokens
+@pytest.mark.parametrize("group,prefix_len,own,samples,d,rows,ws", [
+    (4, 8192, 256, 256, 128, 128, 0),    # GQA 8k x256: r = 128, 64 tiles a program
+    (4, 8192, 256, 64, 128, 64, 0),      # GQA 8k x64: 16 tiles a program at 128 rows
+    (4, 12288, 256, 64, 128, 128, 0),    # GQA 12k x64: r = 192, 24 tiles
+    (4, 16384, 256, 64, 128, 128, 3),    # GQA 16k x64: r = 256 (warp-specialized, 3 stages)
+    (4, 16384, 256, 64, 64, 64, 0),      # the same at D=64 (not measured)
+    (4, 24576, 256, 64, 128, 64, 3),     # GQA 24k x64: r = 384
+    (4, 32768, 256, 256, 128, 64, 4),    # GQA 32k x256: r = 512 (warp-specialized, 4 stages)
+    (4, 32768, 256, 32, 128, 64, 0),     # GQA 32k x32: 128 rows per kv head
+    (1, 32768, 256, 256, 128, 128, 0),   # MHA 32k x256: r = 128
+    (1, 16384, 256, 256, 128, 64, 0),    # MHA 16k x256: r = 64
+    (1, 32768, 256, 16, 128, 64, 0),     # MHA 32k x16: 16 rows per kv head
+    (4, 16384, 0, 64, 128, 64, 4),       # no own tokens
 ])
-def test_overlap_prefix_rows_rule(group, prefix_len, own, samples, d, rows):
+def test_overlap_prefix_rows_rule(group, prefix_len, own, samples, d, rows, ws):
+    # rows: prefix_rows' choice for the plain kernel; ws: the warp-specialized kernel's stages where it is chosen
     from leanattn.ops import bifurcated_overlap as ov
     hkv = 32 // group
     assert ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132) == rows
     assert ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=8) == 128
     assert ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=4) == 64
     assert ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=12) == 128
-    assert ov.prefix_warp_specialized(12) and not ov.prefix_warp_specialized(8) and not ov.prefix_warp_specialized(0)
+    args = (group, prefix_len, own, samples * group, d, hkv, 132)
+    assert ov.prefix_warp_specialized(*args) == bool(ws)
+    assert ov.prefix_warp_specialized(*args, num_warps=12)
+    assert not ov.prefix_warp_specialized(*args, num_warps=8) and not ov.prefix_warp_specialized(*args, num_warps=4)
+    if ws:
+        assert ov.ws_prefix_stages(group, prefix_len, own) == ws
     with pytest.raises(ValueError, match="num_warps field .* in \\(0, 4, 8, 12\\), got 2"):
         ov.prefix_rows(group, prefix_len, own, samples * group, d, hkv, 132, num_warps=2)
 

@@ -114,6 +114,15 @@ def prefix_stages(per_sm: int, group: int, rows: int = 64) -> int:
     return 4 if per_sm == 1 and group > 1 and rows == 64 else 3
 
 
+def ws_prefix_stages(group: int, prefix_len: int, own_len: int) -> int:
+    """Depth of the warp-specialized prefix program's K/V ring (``prefix_warp_specialized``): four stages (164 KB at
+    D=128) where the prefix dominates (r = group * prefix_len / own_len of 512 or more, or no own tokens), since
+    they leave room for one own-token program beside it, not two; three (131 KB) otherwise. H200, 2026-12-03 (the
+    sweep of ``prefix_warp_specialized``): four stages 0.96-0.97 of three at GQA 32k x64/x256, 1.10 at GQA 16k
+    x64/x256, 1.02-1.07 at MHA x256; the prefix alone 0.96-1.02."""
+    return 4 if not own_len or group * prefix_len >= 512 * own_len else 3
+
+
 def prefix_rows(group: int, prefix_len: int, own_len: int, rows: int, head_dim: int, kv_heads: int, sms: int,
                 num_warps: int = 0) -> int:
     """Stacked query rows of one Gluon prefix program: 64 (one warp group of 4 warps, ``prefix_per_sm`` programs
@@ -150,11 +159,28 @@ def prefix_rows(group: int, prefix_len: int, own_len: int, rows: int, head_dim: 
     return 128 if chunk >= 24 else pg.BLOCK_M
 
 
-def prefix_warp_specialized(num_warps: int = 0) -> bool:
+def prefix_warp_specialized(group: int, prefix_len: int, own_len: int, rows: int, head_dim: int, kv_heads: int,
+                            sms: int, num_warps: int = 0) -> bool:
     """Whether the Gluon prefix runs warp-specialized (``kernels/bifurcated_prefix_gluon.prefix_gluon_ws_kernel``:
-    two consumer warp groups of 64 rows and a loading warp): only where ``num_warps`` (as for ``prefix_rows``) is
-    12. Compiled offline only (Triton 3.6, sm_90a: 12 warps, 131 KB at 3 stages); bifurcated probe 38 times it."""
-    return num_warps == 12
+    two consumer warp groups of 64 rows, each its own partition, and a loading warp; 128 rows a program, one per
+    SM). H200, 2026-12-03, graph replays, one process (a launch sweep, ``bifurcated_sweep_NVIDIA_H200_ws.json``;
+    bifurcated probe 38, ``bifurcated_probe_ws_prefix_H200.json``; notes section 25), over the default then:
+
+    * GQA with r = group * prefix_len / own_len of 256 to 512: 0.85-0.92 (16k x64 55.9 against 60.5 us, 16k x256
+      164.3 against 186.2, 32k x64 83.5 against 98.2 at 4 stages, 32k x256 274.9 against 325.1 at 4 stages);
+    * GQA 8k x256 (r = 128) 0.99, GQA 8k x64 (16 tiles a program) 1.07; MHA 8k-32k x256 level to 1.01;
+    * the prefix alone (no own tokens; probe 38): 0.89-0.99 of two 64-row programs per SM, 0.72-0.85 of
+      ``prefix_rows``' 128-row program, whose two warp groups meet at a block-wide barrier before each refill.
+
+    So at D=128 with 256 rows per kv head or more and 24 tiles a program or more, where a GQA group makes the
+    prefix the larger part of the work (r of 256 or more) or there are no own tokens. ``num_warps`` as for
+    ``prefix_rows``: 12 forces this kernel, any other value but 0 forbids it."""
+    if num_warps:
+        return num_warps == 12
+    if head_dim != 128 or rows < 256 or (own_len and (group == 1 or group * prefix_len < 256 * own_len)):
+        return False
+    _, chunk = prefix_splits(kv_heads * triton.cdiv(rows, 128), triton.cdiv(prefix_len, pg.BLOCK_N), 1, sms)
+    return chunk >= 24
 
 
 def prefix_splits(columns: int, tiles: int, per_sm: int, sms: int) -> tuple:
