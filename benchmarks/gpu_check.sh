@@ -196,8 +196,11 @@ for step in "$@"; do
         timeout 120 python3 benchmarks/probe_ws_prefix.py --stress 20 --cases "$c" 2>&1 | grep -E "checked|rounds|Error|error" | tail -8
       done ;;
     racecheck-ws-minimal)
-      compute-sanitizer --tool racecheck --print-limit 10 python3 benchmarks/racecheck_ws_minimal.py > "$OUT/racecheck_ws_minimal.txt" 2>&1
-      grep -E "SUMMARY|ws minimal|Race" "$OUT/racecheck_ws_minimal.txt" | head -6 ;;
+      for variant in plain barriers; do
+        compute-sanitizer --tool racecheck --print-limit 10 python3 benchmarks/racecheck_ws_minimal.py $variant \
+          > "$OUT/racecheck_ws_minimal_$variant.txt" 2>&1
+        grep -E "SUMMARY|ws minimal|Race|access" "$OUT/racecheck_ws_minimal_$variant.txt" | head -6
+      done ;;
     racecheck-ws)
       compute-sanitizer --tool racecheck --print-limit 40 python3 benchmarks/sanitize.py overlap-ws > "$OUT/racecheck_ws.txt" 2>&1
       grep -E "SUMMARY|launches done" "$OUT/racecheck_ws.txt"
