@@ -25,8 +25,7 @@
 #               ops/bifurcated_overlap.prefix_rows, 0.884-0.979 of 64 rows where it takes 128
 #   ws-prefix   the warp-specialized Gluon prefix (prefix_gluon_ws_kernel: a loading warp, two consumer warp groups
 #               as partitions) against the plain one at 64 and 128 rows, prefix states only, prefix-bound GQA cases
-#               (probe_ws_prefix.py, probe 38; compiled offline only so far: 12 warps, 131 KB at 3 stages; a hang
-#               is cut at 180 s)
+#               (probe_ws_prefix.py, probe 38; run 2026-12-03 03:2x: 0.89-0.99 of 64-row programs; ~35 s)
 #   ws-stress   each variant of probe 38 launched 20 times eagerly and replayed 20 times from a graph, checked after each,
 #               each case in its own process (probe 38's timing run met an illegal address on 2026-12-03; ~60 s)
 #   racecheck-ws  racecheck over the warp-specialized prefix's launches alone, then over all overlap launches, the
