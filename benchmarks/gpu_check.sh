@@ -30,6 +30,9 @@
 #               each case in its own process (probe 38's timing run met an illegal address on 2026-12-03; ~60 s)
 #   racecheck-ws  racecheck over the warp-specialized prefix's launches alone, then over all overlap launches, the
 #               hazards written to $OUT (the overlap launches showed 16 hazards on 2026-12-03 once ws was among them)
+#   pingpong    probe 38 with the ping-pong variants (the warp-specialized prefix's consumers taking turns issuing their
+#               products, ops/bifurcated_overlap.WS_PINGPONG; compiled offline only so far), then its GPU tests and
+#               memcheck over its launches (each cut by a timeout, in case it hangs; ~150 s)
 #   racecheck-ws-minimal  racecheck over a Gluon kernel whose warp-specialized partitions touch no shared memory of
 #               their own (benchmarks/racecheck_ws_minimal.py): hazards there are Triton's partition dispatch
 #   bif-ws      the overlap path with the warp-specialized prefix (num_warps field 12) against the default, on the
@@ -194,6 +197,10 @@ for step in "$@"; do
       for c in "gqa 16k x64" "gqa 16k x256" "gqa 32k x64" "gqa 32k x256" "mha 32k x256"; do
         timeout 120 python3 benchmarks/probe_ws_prefix.py --stress 20 --cases "$c" 2>&1 | grep -E "checked|rounds|Error|error" | tail -8
       done ;;
+    pingpong)
+      timeout 200 python3 benchmarks/probe_ws_prefix.py --out "$OUT" 2>&1 | grep -E "TFLOP|wrote|Error"
+      timeout 150 "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k pingpong 2>&1 | tail -2
+      compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py overlap-pingpong 2>&1 | tail -2 ;;
     racecheck-ws-minimal)
       for variant in plain barriers; do
         compute-sanitizer --tool racecheck --print-limit 10 python3 benchmarks/racecheck_ws_minimal.py $variant \

@@ -5,9 +5,11 @@ warp groups share one K/V ring and meet at a block-wide barrier before each refi
 because the same warps issue the TMA loads. In ``prefix_gluon_ws_kernel``, as in FlashAttention-3, one producer warp
 issues the loads and each 64-row consumer warp group is its own partition: a consumer releases a ring slot through an
 mbarrier (both must arrive) and never waits on the other, so the two drift apart and one's softmax can run under the
-other's products. On the overlap path it is ``LEANATTN_BIFURCATED_CONFIG``'s num_warps field 12 (path field 4).
-Offline (Triton 3.6, sm_90a) Gluon's ``warp_specialize`` compiles with a wgmma in a worker partition, and each
-partition's mbarrier arrive synchronises only its own 128 threads (notes section 24).
+other's products. On the overlap path ``ops/bifurcated_overlap.prefix_warp_specialized`` chooses it (since
+2026-12-03, from this probe's run and a launch sweep; notes section 25), and ``LEANATTN_BIFURCATED_CONFIG``'s
+num_warps field 12 (path field 4) forces it. The ping-pong variants make the two consumers take turns issuing their
+products (``ops/bifurcated_overlap.WS_PINGPONG``, FlashAttention-3's schedule); the uncapped-register variant of the
+first run (1-5% behind the cap of 104) is dropped.
 
 The prefix-bound suite cases (GQA 16k/32k x64/x256, MHA 32k x256) without own tokens: the states of each kernel
 through ``merge_states`` against ``leanattn.bifurcated_decode(q, pk, pv, None, None)``, then graph replays timed in
@@ -35,7 +37,7 @@ LOG2E = 1.4426950408889634
 K = 1024
 CASES = [("gqa", 16 * K, 64), ("gqa", 16 * K, 256), ("gqa", 32 * K, 64), ("gqa", 32 * K, 256), ("mha", 32 * K, 256)]
 
-def library_states(q, pk, pv, rows, per_sm, stages, ws=False, sms=132, maxnreg=None):
+def library_states(q, pk, pv, rows, per_sm, stages, ws=False, sms=132, maxnreg=None, pingpong=False):
     """The library's Gluon prefix (``GluonPrefix``) at ``rows`` a program, ``per_sm`` programs per SM, or its
     warp-specialized kernel (``ws``, 128 rows, one per SM): ``(launch, states)``, ``states()`` the launch's
     ``(S, B, Hq, D)`` fp32 and ``(S, B, Hq)`` states in ``merge_states``' layout."""
@@ -44,12 +46,12 @@ def library_states(q, pk, pv, rows, per_sm, stages, ws=False, sms=132, maxnreg=N
     S, chunk = prefix_splits(Hkv * triton.cdiv(B * Hq // Hkv, rows), triton.cdiv(P, pg.BLOCK_N), per_sm, sms)
     O = torch.empty(S, B, Hq, D, dtype=torch.float32, device=q.device)
     L = torch.empty(S, B, Hq, dtype=torch.float32, device=q.device)
-    old = ov.WS_MAXNREG
-    ov.WS_MAXNREG = maxnreg or old  # read when the launch constants are made
+    old = ov.WS_MAXNREG, ov.WS_PINGPONG
+    ov.WS_MAXNREG, ov.WS_PINGPONG = maxnreg or old[0], pingpong  # read when the launch constants are made
     try:
         gp = GluonPrefix(q, P, Hkv, S, chunk, LOG2E / math.sqrt(D), stages, False, rows, ws)
     finally:
-        ov.WS_MAXNREG = old
+        ov.WS_MAXNREG, ov.WS_PINGPONG = old
     pk4, pv4 = pk.unsqueeze(0), pv.unsqueeze(0)
     return (lambda: gp(q, pk4, pv4, O, L)), (lambda: (O, L))
 
@@ -73,8 +75,10 @@ def main(argv=None):
                 "128 rows": lambda q, pk, pv: library_states(q, pk, pv, 128, 1, 3),
                 "ws 128 rows, 3 stages": lambda q, pk, pv: library_states(q, pk, pv, 128, 1, 3, ws=True),
                 "ws 128 rows, 4 stages": lambda q, pk, pv: library_states(q, pk, pv, 128, 1, 4, ws=True),
-                "ws 128 rows, 3 stages, 168 registers": lambda q, pk, pv: library_states(q, pk, pv, 128, 1, 3, ws=True,
-                                                                                         maxnreg=168)}
+                "ws 128 rows, 3 stages, ping-pong": lambda q, pk, pv: library_states(q, pk, pv, 128, 1, 3, ws=True,
+                                                                                     pingpong=True),
+                "ws 128 rows, 4 stages, ping-pong": lambda q, pk, pv: library_states(q, pk, pv, 128, 1, 4, ws=True,
+                                                                                     pingpong=True)}
     res = []
     for model, P, n in CASES:
         name = f"{model} {P // K}k x{n}"

@@ -1,6 +1,7 @@
 """Small launches of every kernel path, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [sparse] [bifurcated] [overlap] [concat] [overlap-ws]
+    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [sparse] [bifurcated] [overlap] [concat]
+        [overlap-ws] [overlap-pingpong]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -132,7 +133,7 @@ def concat():
         one_sample_launches(q, pk, torch.randn_like(pk), plens, k, torch.randn_like(k), sl)
 
 
-def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (False, 12))):
+def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (False, 12)), pingpong=False):
     # the overlap path alone (Gluon prefix on sm_90, own tokens on a side stream): ragged last tiles, rows
     # that are not a multiple of 64, D 64 and 128, MHA and GQA, with and without own tokens (2026-12-01 on an
     # H200 as a stand-alone script: memcheck 0 errors, racecheck 0 hazards), then with the own tokens as the
@@ -142,6 +143,7 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
     from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
     # 8 warps: 128 prefix rows a program over two warp groups, 12 the same warp-specialized, both orders; the
     # 8192-token prefix refills each program's K/V ring slots several times (16 tiles a program at 128 rows)
+    ov.WS_PINGPONG = pingpong  # the warp-specialized prefix's consumers taking turns
     for ordered, warps in configs:
         os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,{warps},0,0,0,0,0,0,4"
         ov.ORDERED, opb._PLANS = ordered, runtime.PlanCache()
@@ -155,14 +157,15 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
             sl = torch.randint(0, 334, (n,), dtype=torch.int32, device=DEV)
             leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
             leanattn.bifurcated_decode(q, pk, pv, None, None)
-    ov.ORDERED, opb._PLANS = None, runtime.PlanCache()
+    ov.ORDERED, ov.WS_PINGPONG, opb._PLANS = None, False, runtime.PlanCache()
     os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
 
 
 if __name__ == "__main__":
     torch.manual_seed(0)
     families = {"decode": decode, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap, "concat": concat,
-                "overlap-ws": lambda: overlap(((False, 12), (True, 12)))}
+                "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
+                "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True)}
     chosen = sys.argv[1:] or list(families)
     for name in chosen:
         families[name]()

@@ -221,6 +221,29 @@ def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered, warps):
 
 
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
+@pytest.mark.parametrize("n,hq,hkv,d,P,stages", [(64, 32, 8, 128, 8192, 3), (64, 32, 8, 128, 8192, 4),
+                                                 (5, 32, 8, 64, 1000, 2), (100, 32, 32, 128, 4097, 3),
+                                                 (2, 8, 1, 128, 1, 3), (300, 16, 8, 128, 640, 4)])
+def test_overlap_ws_pingpong(monkeypatch, n, hq, hkv, d, P, stages):
+    # the warp-specialized prefix with its consumers taking turns (ops/bifurcated_overlap.WS_PINGPONG): one tile
+    # (no turn taken), ragged last tiles, 2-4 stages, with and without own tokens, against the reference
+    from leanattn import runtime
+    from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
+    monkeypatch.setattr(ov, "WS_PINGPONG", True)
+    monkeypatch.setattr(opb, "_PLANS", runtime.PlanCache())
+    own = torch.randint(0, 300, (n,)).tolist()
+    own[0] = 0
+    args = inputs(n, hq, hkv, d, P, own, torch.bfloat16)
+    os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,12,{stages},0,0,0,0,0,4"
+    try:
+        check(*args, name=f"ping-pong {n} {hq}/{hkv} d{d} P{P} stages {stages}")
+        assert _last_plan().info["prefix_warp_specialized"] and _last_plan().info["prefix_stages"] == stages
+        check(*args[:3], None, None, name=f"ping-pong prefix only {n} {hq}/{hkv} d{d} P{P}")
+    finally:
+        del os.environ["LEANATTN_BIFURCATED_CONFIG"]
+
+
+@pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
 @pytest.mark.parametrize("n,hkv,P,path,rows,ws", [
     (64, 8, 8192, "overlap", 64, False), (16, 32, 32768, "overlap", 64, False), (64, 8, 16384, "overlap", 128, True),
     (256, 8, 8192, "overlap", 128, False), (64, 8, 32768, "overlap", 128, True), (32, 8, 8192, "states", None, None),

@@ -19,3 +19,28 @@ def test_decode_split_case_compiles_both_kernels():
     rows = [line.split() for line in run.stdout.splitlines() if line.startswith("decode 32/32 D=64 split")]
     assert {r[4] for r in rows} == {"split_decode_kernel", "merge_states_kernel"}, run.stdout
     assert all(int(r[5]) > 0 for r in rows)  # registers read from the cubin
+
+
+def test_gluon_prefix_kernels_compile_for_sm90():
+    # every variant of bifurcated probe 38 (the plain Gluon prefix at 64 and 128 rows, the warp-specialized one at 3
+    # and 4 stages, with and without ping-pong turns) compiles for sm_90a: no stack, the register cap of the
+    # warp-specialized kernel (ops/bifurcated_overlap.WS_MAXNREG) and one program per SM at 128 rows
+    import ast
+
+    from leanattn.kernels import bifurcated_prefix_gluon as pg
+    from leanattn.ops import bifurcated_overlap as ov
+    if not pg.AVAILABLE:
+        import pytest
+        pytest.skip("this Triton has no Gluon")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.path.join(ROOT, "src")
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "probe_ws_prefix.py"), "--offline",
+                          "--cases", "gqa 16k x64"], capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {line[:line.index(" {")]: ast.literal_eval(line[line.index(" {") + 1:])
+            for line in run.stdout.splitlines() if line.startswith("gqa 16k x64") and " {" in line}
+    assert len(rows) == 6, run.stdout
+    for tag, r in rows.items():
+        assert r["stack"] == 0, (tag, r)
+        if " ws " in tag:
+            assert r["regs"] == ov.WS_MAXNREG and r["warps"] == 12 and r["occupancy"] == 1, (tag, r)

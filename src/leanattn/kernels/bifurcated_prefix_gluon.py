@@ -43,12 +43,16 @@ if AVAILABLE:
     @gluon.jit
     def _attend_prefix(q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, qk_scale, P, t0, n_j, col,
                        ROWS: gl.constexpr, WARPS: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-                       STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, RELEASE: gl.constexpr):
+                       STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, RELEASE: gl.constexpr, turn=None,
+                       PINGPONG: gl.constexpr = False, HALF: gl.constexpr = 0):
         """``(acc, m, l)``: the unnormalised state (base 2) of the rows in ``q_smem`` against the split's ``n_j``
         tiles from ``t0``, tile ``j`` in ring slot ``j % STAGES`` once ``kbar``/``vbar`` say it has landed. Each
         iteration issues tile j's QK^T, then tile j-1's P@V, waits for the scores only and runs tile j's softmax
         while the P@V runs. Tile j-1's slot is then refilled with tile j-1+STAGES by TMA, or, with ``RELEASE``,
-        released through ``free`` to a producer partition that refills it."""
+        released through ``free`` to a producer partition that refills it. ``PINGPONG`` (two consumer partitions,
+        this one ``HALF``): before issuing an iteration's two products a consumer waits for its turn on
+        ``turn.index(HALF)`` and after issuing them hands the turn to the other (FlashAttention-3's ping-pong), so
+        the tensor cores take one group's products while the other group's softmax runs."""
         dtype: gl.constexpr = q_smem.dtype
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
@@ -73,9 +77,15 @@ if AVAILABLE:
             slot = j % STAGES
             prev = (j - 1) % STAGES
             mbarrier.wait(kbar.index(slot), (j // STAGES) & 1)
+            if PINGPONG:
+                # turns alternate strictly: group 0's turn j is pre-armed at j = 1, then each is the other's hand-over
+                mbarrier.wait(turn.index(HALF), (j - 1) & 1)
             st = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
             mbarrier.wait(vbar.index(prev), ((j - 1) // STAGES) & 1)
             acc_t = warpgroup_mma(p_prev, v_smem.index(prev), acc, is_async=True)
+            if PINGPONG:
+                # both products are issued (the arrive waits for all of this group's warps)
+                mbarrier.arrive(turn.index(1 - HALF), count=1)
             # tile j's scores are in; tile j-1's P@V is still running while the softmax runs
             sc = warpgroup_mma_wait(1, deps=(st,)) * qk_scale
             if MASK_TAIL:
@@ -194,16 +204,18 @@ if AVAILABLE:
         _store_state(StO, StL, acc, m_i, l_i, B, R, s, h, hb * BLOCK_M, BLOCK_M, WARPS, HQ, GROUP, HEAD_DIM)
 
     @gluon.jit
-    def _ws_rows(Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
+    def _ws_rows(Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
                  qk_scale, B, P, R, hb, s, h, t0, n_j, HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
-                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, HALF: gl.constexpr):
+                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, PINGPONG: gl.constexpr,
+                 HALF: gl.constexpr):
         """One consumer warp group of ``prefix_gluon_ws_kernel``: rows ``hb * 128 + HALF * 64 ..``."""
         base = hb * 128 + HALF * 64
         q_half = q_smem.index(HALF)
         q_half.store(_gather_q(Q, stride_qb, stride_qh, R, h, base, 64, 4, GROUP, HEAD_DIM))
         fence_async_shared()
         acc, m_i, l_i = _attend_prefix(q_half, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, qk_scale, P, t0, n_j,
-                                       h * HEAD_DIM, 64, 4, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, True)
+                                       h * HEAD_DIM, 64, 4, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, True, turn, PINGPONG,
+                                       HALF)
         _store_state(StO, StL, acc, m_i, l_i, B, R, s, h, base, 64, 4, HQ, GROUP, HEAD_DIM)
 
     @gluon.jit
@@ -226,6 +238,7 @@ if AVAILABLE:
         stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles,  #
         HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
         MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+        PINGPONG: gl.constexpr = False,
     ):
         """``prefix_gluon_kernel``'s program at 128 rows, warp-specialized as in FlashAttention-3: the default
         partition (4 warps) and a 4-warp worker each take 64 of the rows, and a 1-warp worker issues the TMA loads.
@@ -233,7 +246,8 @@ if AVAILABLE:
         consumer, so the two drift apart and one's softmax can run under the other's products (at 128 rows in
         ``prefix_gluon_kernel`` the two meet at a block-wide barrier before each refill). ``Q_SMEM``: the layout
         of a ``(64, D)`` block of query rows. ``CONSUMER_REGS``: the worker consumer's registers per thread (launch it
-        with ``maxnreg``: ``ops/bifurcated_overlap.WS_MAXNREG``)."""
+        with ``maxnreg``: ``ops/bifurcated_overlap.WS_MAXNREG``). ``PINGPONG``: the two consumers take turns issuing
+        their products (``_attend_prefix``; ``ops/bifurcated_overlap.WS_PINGPONG``)."""
         # one stage would wait on tile j with tile j-1, which frees the only slot, not yet released
         gl.static_assert(STAGES >= 2)
         if TRIGGER:
@@ -246,17 +260,23 @@ if AVAILABLE:
         kbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         vbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(kbar.index(i), count=1)
             mbarrier.init(vbar.index(i), count=1)
             mbarrier.init(free.index(i), count=2)
+        if PINGPONG:
+            for i in gl.static_range(2):
+                mbarrier.init(turn.index(i), count=1)
+            # consumer 0 takes the first turn
+            mbarrier.arrive(turn.index(0), count=1)
         # the argument tuples are written out in the call: a tuple held in a variable loses its constexprs (3.6)
-        gl.warp_specialize([(_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL,
+        gl.warp_specialize([(_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, k_desc, v_desc, StO, StL,
                                         stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
-                                        HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, 0)),
-                            (_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, StO, StL,
+                                        HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, PINGPONG, 0)),
+                            (_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, k_desc, v_desc, StO, StL,
                                         stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
-                                        HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, 1)),
+                                        HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, PINGPONG, 1)),
                             (_ws_producer, (k_desc, v_desc, k_smem, v_smem, kbar, vbar, free, t0, n_j, h * HEAD_DIM,
                                             BLOCK_N, STAGES))],
                            [4, 1], [CONSUMER_REGS, 24])
@@ -264,3 +284,6 @@ if AVAILABLE:
             mbarrier.invalidate(kbar.index(i))
             mbarrier.invalidate(vbar.index(i))
             mbarrier.invalidate(free.index(i))
+        if PINGPONG:
+            for i in gl.static_range(2):
+                mbarrier.invalidate(turn.index(i))

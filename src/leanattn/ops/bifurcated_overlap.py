@@ -51,6 +51,11 @@ ORDERED_MAX_PAIRS = 4096
 # Triton 3.6, sm_90a).
 WS_MAXNREG = 104
 
+# Whether the warp-specialized prefix's two consumer warp groups take turns issuing their products
+# (FlashAttention-3's ping-pong; ``kernels/bifurcated_prefix_gluon._attend_prefix``). Off: compiled offline only
+# (2026-12-03); bifurcated probe 38 times both.
+WS_PINGPONG = False
+
 
 def ordered(pairs: int) -> bool:
     """Whether the own tokens of ``pairs = samples x kv heads`` (sequence, kv head) pairs run as the prefix's
@@ -226,7 +231,7 @@ class GluonPrefix:
                     TRIGGER=trigger)
         if warp_specialized:  # 4 warps here are the default partition's; the kernel adds its workers' 8
             meta.update(Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([64, D], gl_dtype), num_warps=4,
-                        maxnreg=WS_MAXNREG, CONSUMER_REGS=(3 * WS_MAXNREG - 24) // 16 * 8)
+                        maxnreg=WS_MAXNREG, CONSUMER_REGS=(3 * WS_MAXNREG - 24) // 16 * 8, PINGPONG=WS_PINGPONG)
         else:
             meta.update(BLOCK_M=block_m, Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([block_m, D], gl_dtype),
                         num_warps=block_m // 16)
