@@ -59,6 +59,9 @@ if AVAILABLE:
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                            instr_shape=[16, HEAD_DIM, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        if PINGPONG:
+            # turns need a second consumer partition, which only the releasing (warp-specialized) form has
+            gl.static_assert(RELEASE)
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
         # tile 0 of the range: its scores only
