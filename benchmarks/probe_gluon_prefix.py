@@ -102,6 +102,7 @@ def _graph(fn):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
+    g.keep = fn  # the graph writes to tensors that fn's closure holds: they must outlive its replays
     return g.replay
 
 
