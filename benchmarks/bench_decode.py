@@ -212,6 +212,7 @@ def graph_of(fn):
         with torch.cuda.graph(g):
             fn()
         torch.cuda.synchronize()
+        g.keep = fn  # the graph writes to tensors that fn's closure may hold: they must outlive its replays
         return g
     except Exception:
         torch.cuda.synchronize()

@@ -96,14 +96,9 @@ def main():
 
 
 def _graph(fn):
-    """``fn`` captured in a CUDA graph (after one eager call); returns the replay."""
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.keep = fn  # the graph writes to tensors that fn's closure holds: they must outlive its replays
-    return g.replay
+    """``fn`` captured in a CUDA graph (``bench_decode.graph_of``, which keeps ``fn`` alive); returns the replay."""
+    from bench_decode import graph_of
+    return graph_of(fn).replay
 
 
 if __name__ == "__main__":

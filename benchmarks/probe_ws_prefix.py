@@ -37,7 +37,7 @@ LOG2E = 1.4426950408889634
 K = 1024
 CASES = [("gqa", 16 * K, 64), ("gqa", 16 * K, 256), ("gqa", 32 * K, 64), ("gqa", 32 * K, 256), ("mha", 32 * K, 256)]
 
-def library_states(q, pk, pv, rows, per_sm, stages, ws=False, sms=132, maxnreg=None, pingpong=False):
+def library_states(q, pk, pv, rows, per_sm, stages, ws=False, sms=132, pingpong=False):
     """The library's Gluon prefix (``GluonPrefix``) at ``rows`` a program, ``per_sm`` programs per SM, or its
     warp-specialized kernel (``ws``, 128 rows, one per SM): ``(launch, states)``, ``states()`` the launch's
     ``(S, B, Hq, D)`` fp32 and ``(S, B, Hq)`` states in ``merge_states``' layout."""
@@ -46,12 +46,12 @@ def library_states(q, pk, pv, rows, per_sm, stages, ws=False, sms=132, maxnreg=N
     S, chunk = prefix_splits(Hkv * triton.cdiv(B * Hq // Hkv, rows), triton.cdiv(P, pg.BLOCK_N), per_sm, sms)
     O = torch.empty(S, B, Hq, D, dtype=torch.float32, device=q.device)
     L = torch.empty(S, B, Hq, dtype=torch.float32, device=q.device)
-    old = ov.WS_MAXNREG, ov.WS_PINGPONG
-    ov.WS_MAXNREG, ov.WS_PINGPONG = maxnreg or old[0], pingpong  # read when the launch constants are made
+    old = ov.WS_PINGPONG
+    ov.WS_PINGPONG = pingpong  # read when the launch constants are made
     try:
         gp = GluonPrefix(q, P, Hkv, S, chunk, LOG2E / math.sqrt(D), stages, False, rows, ws)
     finally:
-        ov.WS_MAXNREG, ov.WS_PINGPONG = old
+        ov.WS_PINGPONG = old
     pk4, pv4 = pk.unsqueeze(0), pv.unsqueeze(0)
     return (lambda: gp(q, pk4, pv4, O, L)), (lambda: (O, L))
 
@@ -95,12 +95,11 @@ def main(argv=None):
                 print(name, tag, off.RESULTS[-1] if off.RESULTS else "(no compile recorded)")
             continue
         import leanattn
-        from bench_decode import interleaved_times
+        from bench_decode import graph_of, interleaved_times
         ref, ref_lse = leanattn.bifurcated_decode(q, pk, pv, None, None, return_lse=True)
-        graphs, errs, keep = {}, {}, []
+        graphs, errs = {}, {}
         for tag, make in variants.items():
             launch, states = make(q, pk, pv)
-            keep.append(launch)  # the graph writes to the launch's state tensors: they must outlive its replays
 
             def check(when):
                 out, lse = leanattn.merge_states(*states())
@@ -114,10 +113,9 @@ def main(argv=None):
                 launch()
                 torch.cuda.synchronize()
                 check(f"after eager launch {i + 2}")
-            torch.cuda.synchronize()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                launch()
+            g = graph_of(launch)  # keeps the launch, and the state tensors its replays write to, alive
+            if g is None:
+                raise RuntimeError(f"{name} {tag}: could not be captured in a CUDA graph")
             graphs[tag] = g.replay
             for i in range(args.stress):
                 g.replay()

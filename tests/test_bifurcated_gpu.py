@@ -139,10 +139,11 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 
 
 @contextlib.contextmanager
-def _path(field, warps=0):
+def _path(field, warps=0, stages=0):
     """Force a bifurcated path (LEANATTN_BIFURCATED_CONFIG path field: 3 states, 4 overlap) and, with ``warps``,
-    the num_warps field (on the overlap path 8: 128 prefix rows a program)."""
-    os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,{warps},0,0,0,0,0,0,{field}"
+    the num_warps field (on the overlap path 8: 128 prefix rows a program, 12 warp-specialized), with ``stages``
+    the num_stages field (the overlap path's prefix ring)."""
+    os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,{warps},{stages},0,0,0,0,0,{field}"
     try:
         yield
     finally:
@@ -234,13 +235,10 @@ def test_overlap_ws_pingpong(monkeypatch, n, hq, hkv, d, P, stages):
     own = torch.randint(0, 300, (n,)).tolist()
     own[0] = 0
     args = inputs(n, hq, hkv, d, P, own, torch.bfloat16)
-    os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,12,{stages},0,0,0,0,0,4"
-    try:
+    with _path(4, 12, stages):
         check(*args, name=f"ping-pong {n} {hq}/{hkv} d{d} P{P} stages {stages}")
         assert _last_plan().info["prefix_warp_specialized"] and _last_plan().info["prefix_stages"] == stages
         check(*args[:3], None, None, name=f"ping-pong prefix only {n} {hq}/{hkv} d{d} P{P}")
-    finally:
-        del os.environ["LEANATTN_BIFURCATED_CONFIG"]
 
 
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")

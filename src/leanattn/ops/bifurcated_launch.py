@@ -401,10 +401,11 @@ class Plan:
         own = has_own and not self.empty_own
         # the num_warps field is the states path's unless the path field forces this one
         warps = env["num_warps"] if env["path"] == 4 else 0
-        ws = overlap.prefix_warp_specialized(group, P, cap if own else 0, B * group, D, Hkv, sms, warps)
-        block_m = 128 if ws else overlap.prefix_rows(group, P, cap if own else 0, B * group, D, Hkv, sms, warps)
+        own_len = cap if own else 0
+        ws = overlap.prefix_warp_specialized(group, P, own_len, B * group, D, Hkv, sms, warps)
+        block_m = 128 if ws else overlap.prefix_rows(group, P, own_len, B * group, D, Hkv, sms, warps)
         n_hb = triton.cdiv(B * group, block_m)
-        per_sm = overlap.prefix_per_sm(group, P, cap if own else 0, env["ctas_per_sm"], block_m)
+        per_sm = overlap.prefix_per_sm(group, P, own_len, env["ctas_per_sm"], block_m)
         S, chunk = overlap.prefix_splits(Hkv * n_hb, triton.cdiv(P, overlap.pg.BLOCK_N), per_sm, sms)
         self.splits = S
         # ORDERED: the own tokens as the prefix's programmatic dependent launch on one stream, not a second stream
@@ -414,7 +415,7 @@ class Plan:
         n_states = S + (self.own_plan.splits if own else 0)
         # K/V ring of overlap.prefix_stages; LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one
         # stage would wait on a tile it only loads later in the same iteration)
-        stages = max(2, env["num_stages"] or (overlap.ws_prefix_stages(group, P, cap if own else 0) if ws else
+        stages = max(2, env["num_stages"] or (overlap.ws_prefix_stages(group, P, own_len) if ws else
                                               overlap.prefix_stages(per_sm, group, block_m)))
         self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, stages, self.ordered, block_m, ws)
         st_o, st_l = self._states_merge(device, n_states, B, Hq, D)

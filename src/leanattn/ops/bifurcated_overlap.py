@@ -160,8 +160,7 @@ def prefix_rows(group: int, prefix_len: int, own_len: int, rows: int, head_dim: 
         return min(16 * num_warps, 128)
     if head_dim != 128 or rows < 256 or not own_len or not 128 * own_len <= group * prefix_len <= 256 * own_len:
         return pg.BLOCK_M
-    _, chunk = prefix_splits(kv_heads * triton.cdiv(rows, 128), triton.cdiv(prefix_len, pg.BLOCK_N), 1, sms)
-    return 128 if chunk >= 24 else pg.BLOCK_M
+    return 128 if _wide_program_tiles(prefix_len, rows, kv_heads, sms) >= 24 else pg.BLOCK_M
 
 
 def prefix_warp_specialized(group: int, prefix_len: int, own_len: int, rows: int, head_dim: int, kv_heads: int,
@@ -184,8 +183,13 @@ def prefix_warp_specialized(group: int, prefix_len: int, own_len: int, rows: int
         return num_warps == 12
     if head_dim != 128 or rows < 256 or (own_len and (group == 1 or group * prefix_len < 256 * own_len)):
         return False
-    _, chunk = prefix_splits(kv_heads * triton.cdiv(rows, 128), triton.cdiv(prefix_len, pg.BLOCK_N), 1, sms)
-    return chunk >= 24
+    return _wide_program_tiles(prefix_len, rows, kv_heads, sms) >= 24
+
+
+def _wide_program_tiles(prefix_len: int, rows: int, kv_heads: int, sms: int) -> int:
+    """Prefix tiles each program takes at 128 rows a program and one program per SM (``prefix_splits``' chunk):
+    below 24 neither 128-row kernel keeps its ring busy long enough (GQA 8k x64: 16)."""
+    return prefix_splits(kv_heads * triton.cdiv(rows, 128), triton.cdiv(prefix_len, pg.BLOCK_N), 1, sms)[1]
 
 
 def prefix_splits(columns: int, tiles: int, per_sm: int, sms: int) -> tuple:
