@@ -238,7 +238,7 @@ def test_overlap_ws_pingpong(monkeypatch, n, hq, hkv, d, P, stages):
     with _path(4, 12, stages):
         check(*args, name=f"ping-pong {n} {hq}/{hkv} d{d} P{P} stages {stages}")
         assert _last_plan().info["prefix_warp_specialized"] and _last_plan().info["prefix_stages"] == stages
-        check(*args[:3], None, None, name=f"ping-pong prefix only {n} {hq}/{hkv} d{d} P{P}")
+        check(*args[:3], None, None, None, name=f"ping-pong prefix only {n} {hq}/{hkv} d{d} P{P}")
 
 
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
