@@ -737,16 +737,18 @@ def test_overlap_path_split_counts_and_cpu_fallback():
 
 
 @pytest.mark.parametrize("group,prefix_len,own,samples,d,rows,ws", [
-    (4, 8192, 256, 256, 128, 128, 0),    # GQA 8k x256: r = 128, 64 tiles a program
+    (4, 8192, 256, 256, 128, 128, 3),    # GQA 8k x256: r = 128, 64 tiles a program
     (4, 8192, 256, 64, 128, 64, 0),      # GQA 8k x64: 16 tiles a program at 128 rows
-    (4, 12288, 256, 64, 128, 128, 0),    # GQA 12k x64: r = 192, 24 tiles
+    (4, 12288, 256, 64, 128, 128, 3),    # GQA 12k x64: r = 192, 24 tiles
     (4, 16384, 256, 64, 128, 128, 3),    # GQA 16k x64: r = 256 (warp-specialized, 3 stages)
     (4, 16384, 256, 64, 64, 64, 0),      # the same at D=64 (not measured)
     (4, 24576, 256, 64, 128, 64, 3),     # GQA 24k x64: r = 384
     (4, 32768, 256, 256, 128, 64, 4),    # GQA 32k x256: r = 512 (warp-specialized, 4 stages)
     (4, 32768, 256, 32, 128, 64, 0),     # GQA 32k x32: 128 rows per kv head
-    (1, 32768, 256, 256, 128, 128, 0),   # MHA 32k x256: r = 128
-    (1, 16384, 256, 256, 128, 64, 0),    # MHA 16k x256: r = 64
+    (1, 32768, 256, 256, 128, 128, 3),   # MHA 32k x256: r = 128
+    (1, 16384, 256, 256, 128, 64, 3),    # MHA 16k x256: r = 64
+    (1, 8192, 256, 256, 128, 64, 3),     # MHA 8k x256: r = 32
+    (1, 4096, 256, 256, 128, 64, 0),     # MHA 4k x256: r = 16, below what was measured
     (1, 32768, 256, 16, 128, 64, 0),     # MHA 32k x16: 16 rows per kv head
     (4, 16384, 0, 64, 128, 64, 4),       # no own tokens
 ])

@@ -244,11 +244,11 @@ def test_overlap_ws_pingpong(monkeypatch, n, hq, hkv, d, P, stages):
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
 @pytest.mark.parametrize("n,hkv,P,path,rows,ws", [
     (64, 8, 8192, "overlap", 64, False), (16, 32, 32768, "overlap", 64, False), (64, 8, 16384, "overlap", 128, True),
-    (256, 8, 8192, "overlap", 128, False), (64, 8, 32768, "overlap", 128, True), (32, 8, 8192, "states", None, None),
+    (256, 8, 8192, "overlap", 128, True), (64, 8, 32768, "overlap", 128, True), (32, 8, 8192, "states", None, None),
     (64, 32, 8192, "states", None, None)])
 def test_overlap_is_the_default_where_preferred(n, hkv, P, path, rows, ws):
     # and the Gluon prefix's rows a program and kernel by ops/bifurcated_overlap.prefix_rows and
-    # prefix_warp_specialized (GQA 16k and 32k x64: 128 rows warp-specialized; GQA 8k x256: 128 rows plain)
+    # prefix_warp_specialized (GQA 16k and 32k x64, GQA 8k x256: 128 rows warp-specialized)
     check(*inputs(n, 32, hkv, 128, P, [256] * n), name=f"default {n} {hkv} {P}")
     info = _last_plan().info
     assert _last_plan().path == path and info.get("prefix_rows") == rows

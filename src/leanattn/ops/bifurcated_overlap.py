@@ -176,12 +176,15 @@ def prefix_warp_specialized(group: int, prefix_len: int, own_len: int, rows: int
     * the prefix alone (no own tokens; probe 38): 0.89-0.99 of two 64-row programs per SM, 0.72-0.85 of
       ``prefix_rows``' 128-row program, whose two warp groups meet at a block-wide barrier before each refill.
 
-    So at D=128 with 256 rows per kv head or more and 24 tiles a program or more, where a GQA group makes the
-    prefix the larger part of the work (r of 256 or more) or there are no own tokens. ``num_warps`` as for
-    ``prefix_rows``: 12 forces this kernel, any other value but 0 forbids it."""
+    Bifurcated probe 39 (the same day, 05:5x-06:1x, ``bifurcated_probe_overlap_pingpong*_H200.json``; five
+    interleaved rounds, three runs) forced it on the x256 cases the rule above left out: GQA 8k x256 (r = 128)
+    0.983-0.989 of the default (128 plain rows), MHA 32k x256 (r = 128) 0.966-0.983, MHA 16k x256 (r = 64, 64 rows
+    by default) 0.989-0.999, MHA 8k x256 (r = 32) 0.996-0.997. So at D=128 with 256 rows per kv head or more and 24
+    tiles a program or more, where r is 32 or more (as far as measured) or there are no own tokens. ``num_warps`` as
+    for ``prefix_rows``: 12 forces this kernel, any other value but 0 forbids it."""
     if num_warps:
         return num_warps == 12
-    if head_dim != 128 or rows < 256 or (own_len and (group == 1 or group * prefix_len < 256 * own_len)):
+    if head_dim != 128 or rows < 256 or group * prefix_len < 32 * own_len:
         return False
     return _wide_program_tiles(prefix_len, rows, kv_heads, sms) >= 24
 
