@@ -107,6 +107,8 @@
 #               ahead at MHA x16, 0.1-2.4% at GQA x64, level at GQA x256, 0.6-2.5% behind at MHA x256; ~40 s)
 #   overlap-pingpong  the overlap path with the warp-specialized prefix's consumers taking turns (WS_PINGPONG) against
 #               without, and the default, on the cases the rule gives it and three it is forced on (probe 39; ~60 s)
+#   overlap-room  the overlap path on the x256 cases with room for a third own-token program beside the
+#               warp-specialized prefix (its ring at 2 stages, or 32-token own tiles) against the default (probe 40; ~40 s)
 #   bif-overlap the overlap path (Gluon prefix, own tokens beside it as its dependent launch or on another stream;
 #               the default on sm_90) against the Triton states path (LEANATTN_BIFURCATED_CONFIG path field 3),
 #               default first and last, on the 8k cases of 4 samples or more and the long GQA cases (--sweep)
@@ -218,6 +220,7 @@ for step in "$@"; do
       timeout 240 python3 benchmarks/bench_bifurcated.py --sweep --out "$OUT" --cases "x256,gqa 8k x64,gqa 16k x64,gqa 32k x64" \
         --configs "0;0,0,12,3,1,0,0,0,0,4;0,0,12,4,1,0,0,0,0,4;0" 2>&1 | grep -E "sweep|fail" ;;
     overlap-pingpong) timeout 300 python3 benchmarks/probe_overlap_pingpong.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    overlap-room) timeout 200 python3 benchmarks/probe_overlap_room.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     overlap-ordered) python3 benchmarks/probe_overlap_ordered.py --out "$OUT" 2>&1 | grep -E "\||rounds|wrote|Error" ;;
     piece-offsets) python3 benchmarks/probe_piece_offsets.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     one-per-sm) python3 benchmarks/probe_one_per_sm.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
