@@ -46,9 +46,10 @@ ORDERED_MAX_PAIRS = 4096
 
 # Registers per thread of the warp-specialized prefix program's 12 warps (its consumers get (3 x this - 24) / 2
 # each, the loading warp group 24). Without a cap ptxas gives 168, the whole register file for 384 threads, and
-# no own-token program (decode's split kernel, 90 registers at 4 warps) could run beside the prefix. At 104 two
-# fit; the consumers then have 144, above the 138 the plain kernel's 64-row loop takes, and no stack (offline,
-# Triton 3.6, sm_90a).
+# no own-token program could run beside the prefix. At 104 the registers leave room for three of decode's split
+# kernel at OWN_STAGES (64 registers x 128 threads, 38 KB; 2026-12-03), of which shared memory takes two at 3 prefix
+# stages (probe 40 times a third); the consumers then have 144, above the 138 the plain kernel's 64-row loop takes,
+# and no stack (offline, Triton 3.6, sm_90a).
 WS_MAXNREG = 104
 
 # Whether the warp-specialized prefix's two consumer warp groups take turns issuing their products
