@@ -192,6 +192,30 @@ def interleaved_variants(case, inp, fns, rounds=5):
     return interleaved_graph_times(case["name"], fns, reference_of(inp, idx), rounds=rounds, pick=idx)
 
 
+def variant_probe(doc, argv, cases, variants, info, file, probe, **payload):
+    """A probe of the overlap path's ``variants`` (label: ``(env, patches)`` of ``bench_decode.with_plans``), timed
+    side by side on the suite ``cases`` (or those of ``--cases``) by ``interleaved_variants``. Prints each case's
+    ratios to the first variant and ``info`` (name, function of a plan) of every variant's plans; writes ``file``
+    under ``--out`` with the description ``probe`` and ``payload``."""
+    import bench_decode as bd
+    args, want = common.probe_args(doc, argv)
+    torch.manual_seed(0)
+    out = []
+    first = next(iter(variants))
+    info_name, info_of = info
+    for case, inp in probe_inputs(cases, want, copies=False):
+        call = ours_call(inp)
+        fns = {name: bd.with_plans(call, env=env, patches=patches) for name, (env, patches) in variants.items()}
+        us, med = interleaved_variants(case, inp, fns)
+        seen = {n: [info_of(p) for p in f.plans[1].values()] for n, f in fns.items()}
+        bd.report_ratios(case["name"], med, [(first, n) for n in variants if n != first])
+        print(f"{'':18s} rounds: {us}  {info_name}: {seen}", flush=True)
+        out.append(dict(case=case["name"], us=us, median=med, **{info_name: seen}))
+        del inp, fns, call
+    common.write_probe(args.out, file, probe=probe, timing=bd.GRAPH_TIMING.replace("3 interleaved", "5 interleaved"),
+                       cases=out, **payload)
+
+
 def one_sample_cases(names, want=None):
     """For probes that time variants of the one-sample path side by side, over ``probe_inputs``: ``(name, ref, ours,
     copied)``, the float64 reference of sample 0 and calls of ``bifurcated_decode`` and of ``leanattn.decode`` over

@@ -24,12 +24,8 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_bifurcated as bb  # noqa: E402
-import bench_decode as bd  # noqa: E402
-import common  # noqa: E402
 
 
 # the suite's cases that take the overlap path (ops/bifurcated_overlap.preferred)
@@ -40,22 +36,11 @@ CONFIGS = {"default": None, "64,4,3": "64,4,3,2", "32,4,3": "32,4,3,2", "32,4,2"
 
 
 def main(argv=None):
-    args, want = common.probe_args(__doc__, argv)
-    torch.manual_seed(0)
-    out = []
-    for case, inp in bb.probe_inputs(CASES, want, copies=False):
-        call = bb.ours_call(inp)
-        fns = {label: bd.with_plans(call, env={"LEANATTN_DECODE_CONFIG": cfg} if cfg else None)
-               for label, cfg in CONFIGS.items()}
-        us, med = bb.interleaved_variants(case, inp, fns)
-        paths = {n: [(p.path, p.info.get("own_grid")) for p in f.plans[1].values()] for n, f in fns.items()}
-        bd.report_ratios(case["name"], med, [("default", n) for n in fns if n != "default"])
-        print(f"{'':18s} plans: {paths['default']}", flush=True)
-        out.append(dict(case=case["name"], us=us, median=med, paths=paths))
-        del inp, fns, call
-    common.write_probe(args.out, "bifurcated_probe_overlap_own.json",
-                       probe="overlap path: the own-token split kernel's launch config beside the Gluon prefix",
-                       timing=bd.GRAPH_TIMING, configs=CONFIGS, cases=out)
+    bb.variant_probe(__doc__, argv, CASES,
+                     {label: ({"LEANATTN_DECODE_CONFIG": cfg} if cfg else None, []) for label, cfg in CONFIGS.items()},
+                     ("paths", lambda p: (p.path, p.info.get("own_grid"))), "bifurcated_probe_overlap_own.json",
+                     "overlap path: the own-token split kernel's launch config beside the Gluon prefix",
+                     configs=CONFIGS)
 
 
 if __name__ == "__main__":

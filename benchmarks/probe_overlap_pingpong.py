@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_overlap_ordered import variant_probe  # noqa: E402
+import bench_bifurcated as bb  # noqa: E402
 
 from leanattn.ops import bifurcated_overlap as ov  # noqa: E402
 
@@ -26,11 +26,12 @@ WS = {"LEANATTN_BIFURCATED_CONFIG": "0,0,12,0,0,0,0,0,0,4"}
 
 
 def main(argv=None):
-    variant_probe(__doc__, argv, CASES, {"ws": (WS, [(ov, "WS_PINGPONG", False)]),
-                                         "ws ping-pong": (WS, [(ov, "WS_PINGPONG", True)]),
-                                         "default": (None, [])},
-                  "prefix_stages", "bifurcated_probe_overlap_pingpong.json",
-                  "overlap path with the warp-specialized prefix, its consumers taking turns or not, and the default")
+    bb.variant_probe(__doc__, argv, CASES, {"ws": (WS, [(ov, "WS_PINGPONG", False)]),
+                                            "ws ping-pong": (WS, [(ov, "WS_PINGPONG", True)]),
+                                            "default": (None, [])},
+                     ("prefix_stages", lambda p: p.info.get("prefix_stages")), "bifurcated_probe_overlap_pingpong.json",
+                     "overlap path with the warp-specialized prefix, its consumers taking turns or not, and the "
+                     "default")
 
 
 if __name__ == "__main__":

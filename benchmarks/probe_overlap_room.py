@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_overlap_ordered import variant_probe  # noqa: E402
+import bench_bifurcated as bb  # noqa: E402
 
 CASES = tuple(f"{m} {p} x256" for m in ("mha", "gqa") for p in ("8k", "16k", "32k"))
 # LEANATTN_BIFURCATED_CONFIG: the overlap path (field 10) with the warp-specialized prefix (num_warps 12) at the
@@ -31,8 +31,9 @@ VARIANTS = {
 
 
 def main(argv=None):
-    variant_probe(__doc__, argv, CASES, VARIANTS, "own_grid", "bifurcated_probe_overlap_room.json",
-                  "overlap path with the warp-specialized prefix: room for a third own-token program per SM")
+    bb.variant_probe(__doc__, argv, CASES, VARIANTS, ("own_grid", lambda p: p.info.get("own_grid")),
+                     "bifurcated_probe_overlap_room.json",
+                     "overlap path with the warp-specialized prefix: room for a third own-token program per SM")
 
 
 if __name__ == "__main__":
