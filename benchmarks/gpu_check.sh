@@ -221,6 +221,7 @@ for step in "$@"; do
         --configs "0;0,0,12,3,1,0,0,0,0,4;0,0,12,4,1,0,0,0,0,4;0" 2>&1 | grep -E "sweep|fail" ;;
     overlap-pingpong) timeout 300 python3 benchmarks/probe_overlap_pingpong.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     overlap-room) timeout 200 python3 benchmarks/probe_overlap_room.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    overlap-phases) timeout 300 python3 benchmarks/probe_overlap_phases.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     overlap-ordered) python3 benchmarks/probe_overlap_ordered.py --out "$OUT" 2>&1 | grep -E "\||rounds|wrote|Error" ;;
     piece-offsets) python3 benchmarks/probe_piece_offsets.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     one-per-sm) python3 benchmarks/probe_one_per_sm.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;

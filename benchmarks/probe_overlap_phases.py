@@ -1,0 +1,74 @@
+"""How much of the overlap path's two launches overlap (probe 41).
+
+On the overlap path (``ops/bifurcated_overlap.py``) the Gluon prefix (compute-bound where the group's rows are many)
+and decode's split kernel over the own tokens (memory-bound) run at once, so ideally a case takes about the longer
+of the two. This probe times, on the suite cases the path takes, in one process and five interleaved rounds (graph
+replays, do_bench medians, L2 flushed, us), four forms of one plan: both launches as the plan runs them, the prefix
+alone, the own tokens alone (each with the final merge), and the two one after the other on one stream without a
+programmatic dependent launch. ``overlap = (prefix + own - both) / min(prefix, own)``: 1 when the shorter launch
+hides entirely under the longer, 0 when they run as if in series.
+
+    PYTHONPATH=src python benchmarks/probe_overlap_phases.py [--out DIR] [--cases A,B]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_bifurcated as bb  # noqa: E402
+import bench_decode as bd  # noqa: E402
+import common  # noqa: E402
+from probe_overlap_own import CASES  # noqa: E402
+
+from leanattn.ops import bifurcated_overlap as ov  # noqa: E402
+
+
+def _same_stream(device, avoid=None):
+    return torch.cuda.current_stream(device)
+
+
+def main(argv=None):
+    args, want = common.probe_args(__doc__, argv)
+    torch.manual_seed(0)
+    out = []
+    for case, inp in bb.probe_inputs(CASES, want, copies=False):
+        call = bb.ours_call(inp)
+        idx = [0, case["samples"] - 1]
+        ref = bb.reference_of(inp, idx)
+        fns = {"both": bd.with_plans(call), "prefix": bd.with_plans(call), "own": bd.with_plans(call),
+               # two streams made one: the own tokens after the prefix, no dependent launch
+               "serial": bd.with_plans(call, patches=[(ov, "ORDERED", False), (ov, "side_stream", _same_stream)])}
+        graphs, info = {}, {}
+        for label, fn in fns.items():
+            o = fn()
+            (plan,) = fn.plans[1].values()
+            if plan.path != "overlap" or plan.own_plan is None:
+                raise RuntimeError(f"{case['name']}: expected the overlap path with own tokens, got {plan.path}")
+            if label in ("both", "serial"):
+                err = bd.rel_err(o[idx], ref)
+                if err > 1e-2:
+                    raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
+            elif label == "prefix":
+                plan.own_plan, plan.ordered = None, False
+            else:
+                plan.prefix = lambda *a: None
+            info[label] = {k: plan.info.get(k) for k in ("prefix_programs", "prefix_warp_specialized", "prefix_stages",
+                                                          "own_grid", "ordered")}
+            graphs[label] = bd.graph_of(fn)
+        us, med = bd.interleaved_times({label: g.replay for label, g in graphs.items()}, rounds=5)
+        p, o, b = med["prefix"], med["own"], med["both"]
+        frac = (p + o - b) / min(p, o)
+        print(f"{case['name']:18s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
+              + f"  | overlap {frac:.2f}  both/max {b / max(p, o):.3f}", flush=True)
+        out.append(dict(case=case["name"], us=us, median=med, overlap=frac, plan=info["both"]))
+        del inp, fns, call, graphs
+    common.write_probe(args.out, "bifurcated_probe_overlap_phases.json",
+                       probe="overlap path: both launches, each alone, and the two in series",
+                       timing=bd.GRAPH_TIMING.replace("3 interleaved", "5 interleaved"), cases=out)
+
+
+if __name__ == "__main__":
+    main()
