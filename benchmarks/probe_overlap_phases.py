@@ -4,8 +4,8 @@ On the overlap path (``ops/bifurcated_overlap.py``) the Gluon prefix (compute-bo
 and decode's split kernel over the own tokens (memory-bound) run at once, so ideally a case takes about the longer
 of the two. This probe times, on the suite cases the path takes, in one process and five interleaved rounds (graph
 replays, do_bench medians, L2 flushed, us), four forms of one plan: both launches as the plan runs them, the prefix
-alone, the own tokens alone (each with the final merge), and the two one after the other on one stream without a
-programmatic dependent launch. ``overlap = (prefix + own - both) / min(prefix, own)``: 1 when the shorter launch
+alone, the own tokens alone (each with the final merge), the two one after the other on one stream without a
+programmatic dependent launch, and both without the final merge (what the merge launch adds). ``overlap = (prefix + own - both) / min(prefix, own)``: 1 when the shorter launch
 hides entirely under the longer, 0 when they run as if in series.
 
     PYTHONPATH=src python benchmarks/probe_overlap_phases.py [--out DIR] [--cases A,B]
@@ -16,6 +16,7 @@ import os
 import sys
 
 import torch
+import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_bifurcated as bb  # noqa: E402
@@ -23,6 +24,8 @@ import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
 from probe_overlap_own import CASES  # noqa: E402
 
+from leanattn import runtime  # noqa: E402
+from leanattn.kernels.merge import merge_states_kernel  # noqa: E402
 from leanattn.ops import bifurcated_overlap as ov  # noqa: E402
 
 
@@ -40,7 +43,10 @@ def main(argv=None):
         ref = bb.reference_of(inp, idx)
         fns = {"both": bd.with_plans(call), "prefix": bd.with_plans(call), "own": bd.with_plans(call),
                # two streams made one: the own tokens after the prefix, no dependent launch
-               "serial": bd.with_plans(call, patches=[(ov, "ORDERED", False), (ov, "side_stream", _same_stream)])}
+               "serial": bd.with_plans(call, patches=[(ov, "ORDERED", False), (ov, "side_stream", _same_stream)]),
+               "no merge": bd.with_plans(call),
+               # the merge at 4 and 16 rows a program of 4 warps (merge_launch: one row a program of one warp)
+               "merge 4 rows": bd.with_plans(call), "merge 16 rows": bd.with_plans(call)}
         graphs, info = {}, {}
         for label, fn in fns.items():
             o = fn()
@@ -48,6 +54,17 @@ def main(argv=None):
             if plan.path != "overlap" or plan.own_plan is None:
                 raise RuntimeError(f"{case['name']}: expected the overlap path with own tokens, got {plan.path}")
             if label in ("both", "serial"):
+                err = bd.rel_err(o[idx], ref)
+                if err > 1e-2:
+                    raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
+            elif label == "no merge":
+                plan.launch_merge = lambda *a: None
+            elif label.startswith("merge "):
+                rows = int(label.split()[1])
+                meta = dict(plan.merge_meta, BLOCK_M=rows, num_warps=4)
+                plan.launch_merge = runtime.Launcher(merge_states_kernel, (triton.cdiv(plan.merge_grid[0], rows),),
+                                                     meta, plan.merge_tail)
+                o = fn()
                 err = bd.rel_err(o[idx], ref)
                 if err > 1e-2:
                     raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
@@ -62,7 +79,7 @@ def main(argv=None):
         p, o, b = med["prefix"], med["own"], med["both"]
         frac = (p + o - b) / min(p, o)
         print(f"{case['name']:18s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
-              + f"  | overlap {frac:.2f}  both/max {b / max(p, o):.3f}", flush=True)
+              + f"  | overlap {frac:.2f}  both/max {b / max(p, o):.3f}  merge {b - med['no merge']:.1f}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, overlap=frac, plan=info["both"]))
         del inp, fns, call, graphs
     common.write_probe(args.out, "bifurcated_probe_overlap_phases.json",
