@@ -25,8 +25,11 @@ import common  # noqa: E402
 from probe_overlap_own import CASES  # noqa: E402
 
 from leanattn import runtime  # noqa: E402
-from leanattn.kernels.merge import merge_states_kernel  # noqa: E402
+from leanattn.kernels.merge import merge_unrolled_kernel  # noqa: E402
 from leanattn.ops import bifurcated_overlap as ov  # noqa: E402
+
+
+UNROLLED = ("1/1", "4/4", "8/4")
 
 
 def _same_stream(device, avoid=None):
@@ -45,8 +48,8 @@ def main(argv=None):
                # two streams made one: the own tokens after the prefix, no dependent launch
                "serial": bd.with_plans(call, patches=[(ov, "ORDERED", False), (ov, "side_stream", _same_stream)]),
                "no merge": bd.with_plans(call),
-               # the merge at 4 and 16 rows a program of 4 warps (merge_launch: one row a program of one warp)
-               "merge 4 rows": bd.with_plans(call), "merge 16 rows": bd.with_plans(call)}
+               # the merge by merge_unrolled_kernel at rows/warps a program (merge_launch: merge_states_kernel)
+               **{f"unrolled {c}": bd.with_plans(call) for c in UNROLLED}}
         graphs, info = {}, {}
         for label, fn in fns.items():
             o = fn()
@@ -59,11 +62,13 @@ def main(argv=None):
                     raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
             elif label == "no merge":
                 plan.launch_merge = lambda *a: None
-            elif label.startswith("merge "):
-                rows = int(label.split()[1])
-                meta = dict(plan.merge_meta, BLOCK_M=rows, num_warps=4)
-                plan.launch_merge = runtime.Launcher(merge_states_kernel, (triton.cdiv(plan.merge_grid[0], rows),),
-                                                     meta, plan.merge_tail)
+            elif label.startswith("unrolled "):
+                rows, warps = (int(x) for x in label.split()[1].split("/"))
+                n_states, M = plan.merge_tail[:2]
+                meta = dict(S=n_states, HEAD_DIM=plan.merge_meta["HEAD_DIM"], BLOCK_M=rows,
+                            BLOCK_D=plan.merge_meta["BLOCK_D"], PDL=False, num_warps=warps)
+                plan.launch_merge = runtime.Launcher(merge_unrolled_kernel, (triton.cdiv(M, rows),), meta,
+                                                     plan.merge_tail[1:])
                 o = fn()
                 err = bd.rel_err(o[idx], ref)
                 if err > 1e-2:

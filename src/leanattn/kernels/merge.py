@@ -71,6 +71,46 @@ def merge_states_kernel(
     tl.store(Lse + offs_m, lse_out, mask=mask_m)
 
 
+@triton.jit
+def merge_unrolled_kernel(
+    Outs, Lses, Out, Lse,  #
+    M,  #
+    stride_os, stride_om,  #
+    stride_ls, stride_lm,  #
+    S: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+):
+    """``merge_states_kernel`` for a number of states ``S`` known when the launch is planned: one ``[BLOCK_M,
+    BLOCK_D]`` tile per state, the loop over states unrolled, so every state's loads issue before the first is
+    folded in and the fold stays within each thread (a ``[BLOCK_S, BLOCK_M, BLOCK_D]`` tile of several rows may
+    put the states of one row on different warps)."""
+    if PDL:
+        gdc_wait()
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < M
+    mask = mask_m[:, None] & (offs_d < HEAD_DIM)[None, :]
+    rows = offs_m.to(tl.int64)
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    den = tl.zeros([BLOCK_M], tl.float32)
+    for s in tl.static_range(S):
+        lse = tl.load(Lses + s * stride_ls.to(tl.int64) + rows * stride_lm, mask=mask_m, other=float("-inf"))
+        o = tl.load(Outs + s * stride_os.to(tl.int64) + rows[:, None] * stride_om + offs_d[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        m_new = tl.maximum(m, lse)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        w = tl.math.exp2((lse - m_use) * LOG2E)
+        alpha = tl.math.exp2((m - m_use) * LOG2E)
+        # an empty state (w = 0) adds nothing, whatever its o holds (even NaN)
+        acc = acc * alpha[:, None] + tl.where(w[:, None] > 0.0, w[:, None] * o, 0.0)
+        den = den * alpha + w
+        m = m_new
+    out, lse_out = finish_merge(m, acc, den)
+    tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty), mask=mask)
+    tl.store(Lse + offs_m, lse_out, mask=mask_m)
+
+
 def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False) -> tuple[tuple, dict]:
     """Grid and meta-parameters of ``merge_states_kernel`` for ``S`` states of ``M`` rows.
 
