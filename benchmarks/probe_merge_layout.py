@@ -1,6 +1,6 @@
-"""The merge of a few states per row: ``merge_states_kernel`` at ``merge_launch``'s config against
-``merge_unrolled_kernel`` (one tile per state, the loop over states unrolled) at several rows and warps a program
-(probe 42).
+"""The merge of a few states per row: ``merge_states_kernel`` loading ``BLOCK_S`` states at once (one row a
+program, ``merge_launch``'s config before 2026-12-03) against its unrolled loop (``UNROLL``: one tile per state)
+at several rows and warps a program (probe 42).
 
 Probe 41 (``probe_overlap_phases.py``) put the overlap path's final merge at 2.8-4.9 us of the x16/x64 cases and
 6-20 us of the x256 cases (8192 rows of 2-3 states), the launch that runs after both others. This probe times the
@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from bench_decode import graph_of  # noqa: E402
 
-from leanattn.kernels.merge import merge_launch, merge_states_kernel, merge_unrolled_kernel  # noqa: E402
+from leanattn.kernels import merge as mk  # noqa: E402
 
 # (rows M, states S): the overlap path's x256 (8192 rows, 2-3 states) and x16/x64 cases, and decode's split merges
 SHAPES = ((8192, 3), (8192, 2), (2048, 3), (512, 5), (2048, 7), (32, 45))
@@ -47,12 +47,15 @@ def main(argv=None):
         lse = torch.empty(M, device="cuda")
         ref = torch.logsumexp(ls, 0)
         ref_o = (torch.exp(ls - ref)[..., None] * o).sum(0)
-        grid, meta = merge_launch(S, M, D)
-        runs = {f"current {meta['BLOCK_S']}s/{meta['num_warps']}w": lambda: merge_states_kernel[grid](
+        unroll_max, mk.UNROLL_MAX = mk.UNROLL_MAX, 0
+        grid, meta = mk.merge_launch(S, M, D)
+        mk.UNROLL_MAX = unroll_max
+        runs = {f"blocked {meta['BLOCK_S']}s/{meta['num_warps']}w": lambda: mk.merge_states_kernel[grid](
             o, ls, out, lse, S, M, M * D, D, M, 1, **meta)}
         for bm, w in CONFIGS:
-            runs[f"unrolled {bm}r/{w}w"] = (lambda bm=bm, w=w: merge_unrolled_kernel[(triton.cdiv(M, bm),)](
-                o, ls, out, lse, M, M * D, D, M, 1, S=S, HEAD_DIM=D, BLOCK_M=bm, BLOCK_D=D, PDL=False, num_warps=w))
+            runs[f"unrolled {bm}r/{w}w"] = (lambda bm=bm, w=w: mk.merge_states_kernel[(triton.cdiv(M, bm),)](
+                o, ls, out, lse, S, M, M * D, D, M, 1, HEAD_DIM=D, BLOCK_M=bm, BLOCK_D=D, BLOCK_S=1, PDL=False,
+                UNROLL=S, num_warps=w))
         res = {}
         for label, fn in runs.items():
             out.zero_()
@@ -66,7 +69,7 @@ def main(argv=None):
               + f"  | best hot {best}", flush=True)
         rows.append(dict(M=M, S=S, us_flushed_hot=res))
         del o, ls, out, lse
-    common.write_probe(args.out, "probe_merge_layout.json", probe="merge of a few states: current against unrolled",
+    common.write_probe(args.out, "probe_merge_layout.json", probe="merge of a few states: BLOCK_S states a load against the unrolled loop",
                        timing="graph replays; one merge after an L2 flush / 20 back to back per replay, us",
                        head_dim=D, cases=rows)
 

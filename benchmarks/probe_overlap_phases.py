@@ -5,7 +5,9 @@ and decode's split kernel over the own tokens (memory-bound) run at once, so ide
 of the two. This probe times, on the suite cases the path takes, in one process and five interleaved rounds (graph
 replays, do_bench medians, L2 flushed, us), four forms of one plan: both launches as the plan runs them, the prefix
 alone, the own tokens alone (each with the final merge), the two one after the other on one stream without a
-programmatic dependent launch, and both without the final merge (what the merge launch adds). ``overlap = (prefix + own - both) / min(prefix, own)``: 1 when the shorter launch
+programmatic dependent launch, and both without the final merge (what the merge launch adds). Its second run
+(raw ``bifurcated_probe_overlap_phases_H200_merges.json``) also timed the merge unrolled over the states
+(``kernels/merge.merge_states_kernel``'s ``UNROLL``, then a kernel of its own) at 1, 4 and 8 rows a program. ``overlap = (prefix + own - both) / min(prefix, own)``: 1 when the shorter launch
 hides entirely under the longer, 0 when they run as if in series.
 
     PYTHONPATH=src python benchmarks/probe_overlap_phases.py [--out DIR] [--cases A,B]
@@ -16,7 +18,6 @@ import os
 import sys
 
 import torch
-import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_bifurcated as bb  # noqa: E402
@@ -24,12 +25,7 @@ import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
 from probe_overlap_own import CASES  # noqa: E402
 
-from leanattn import runtime  # noqa: E402
-from leanattn.kernels.merge import merge_unrolled_kernel  # noqa: E402
 from leanattn.ops import bifurcated_overlap as ov  # noqa: E402
-
-
-UNROLLED = ("1/1", "4/4", "8/4")
 
 
 def _same_stream(device, avoid=None):
@@ -47,9 +43,7 @@ def main(argv=None):
         fns = {"both": bd.with_plans(call), "prefix": bd.with_plans(call), "own": bd.with_plans(call),
                # two streams made one: the own tokens after the prefix, no dependent launch
                "serial": bd.with_plans(call, patches=[(ov, "ORDERED", False), (ov, "side_stream", _same_stream)]),
-               "no merge": bd.with_plans(call),
-               # the merge by merge_unrolled_kernel at rows/warps a program (merge_launch: merge_states_kernel)
-               **{f"unrolled {c}": bd.with_plans(call) for c in UNROLLED}}
+               "no merge": bd.with_plans(call)}
         graphs, info = {}, {}
         for label, fn in fns.items():
             o = fn()
@@ -62,17 +56,6 @@ def main(argv=None):
                     raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
             elif label == "no merge":
                 plan.launch_merge = lambda *a: None
-            elif label.startswith("unrolled "):
-                rows, warps = (int(x) for x in label.split()[1].split("/"))
-                n_states, M = plan.merge_tail[:2]
-                meta = dict(S=n_states, HEAD_DIM=plan.merge_meta["HEAD_DIM"], BLOCK_M=rows,
-                            BLOCK_D=plan.merge_meta["BLOCK_D"], PDL=False, num_warps=warps)
-                plan.launch_merge = runtime.Launcher(merge_unrolled_kernel, (triton.cdiv(M, rows),), meta,
-                                                     plan.merge_tail[1:])
-                o = fn()
-                err = bd.rel_err(o[idx], ref)
-                if err > 1e-2:
-                    raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
             elif label == "prefix":
                 plan.own_plan, plan.ordered = None, False
             else:
