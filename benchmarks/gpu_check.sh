@@ -223,6 +223,7 @@ for step in "$@"; do
     overlap-room) timeout 200 python3 benchmarks/probe_overlap_room.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     overlap-phases) timeout 300 python3 benchmarks/probe_overlap_phases.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     merge-layout) timeout 200 python3 benchmarks/probe_merge_layout.py --out "$OUT" 2>&1 | grep -E "M=|wrote|Error" ;;
+    overlap-pdl-merge) timeout 300 python3 benchmarks/probe_overlap_pdl_merge.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     overlap-ordered) python3 benchmarks/probe_overlap_ordered.py --out "$OUT" 2>&1 | grep -E "\||rounds|wrote|Error" ;;
     piece-offsets) python3 benchmarks/probe_piece_offsets.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     one-per-sm) python3 benchmarks/probe_one_per_sm.py --out "$OUT" 2>&1 | grep -E "\||grids|wrote|Error" ;;
