@@ -5,7 +5,9 @@ has room for two own-token programs of decode's split kernel at its overlap conf
 stages: 64 registers, 38 KB, offline with Triton 3.6 for sm_90a): shared memory binds. A third fits with the prefix's
 ring at 2 stages (98 KB), or with 32-token own tiles (58 registers, 21 KB). This probe times the overlap path on the
 suite's x256 cases (the own tokens the larger share of the bytes) in those forms against the default, in one
-process, five interleaved rounds (graph replays, do_bench medians, L2 flushed, us).
+process, five interleaved rounds (graph replays, do_bench medians, L2 flushed, us). Two runs of 2026-12-03 (H200, raw
+``bifurcated_probe_overlap_room_H200.json``, notes section 27): the default ahead on every case, the others 0.8-48%
+slower (a 2-stage ring 27-48% at GQA 16k/32k x256, where the prefix is the larger share).
 
     PYTHONPATH=src python benchmarks/probe_overlap_room.py [--out DIR] [--cases A,B]
 """

@@ -48,8 +48,9 @@ ORDERED_MAX_PAIRS = 4096
 # each, the loading warp group 24). Without a cap ptxas gives 168, the whole register file for 384 threads, and
 # no own-token program could run beside the prefix. At 104 the registers leave room for three of decode's split
 # kernel at OWN_STAGES (64 registers x 128 threads, 38 KB; 2026-12-03), of which shared memory takes two at 3 prefix
-# stages (probe 40 times a third); the consumers then have 144, above the 138 the plain kernel's 64-row loop takes,
-# and no stack (offline, Triton 3.6, sm_90a).
+# stages; the consumers then have 144, above the 138 the plain kernel's 64-row loop takes, and no stack (offline,
+# Triton 3.6, sm_90a). Room for a third (the prefix ring at 2 stages, or 32-token own tiles) was 0.8-48% slower on
+# every x256 case of the suite (H200, 2026-12-03, bifurcated probe 40, raw bifurcated_probe_overlap_room_H200.json).
 WS_MAXNREG = 104
 
 # Whether the warp-specialized prefix's two consumer warp groups take turns issuing their products
