@@ -27,7 +27,7 @@ import triton.language as tl
 
 from .bifurcated_prefix import prefix_states_program
 from .decode import split_program
-from .merge import LOG2E, finish_merge
+from .merge import finish_merge, fold_state
 
 
 @triton.jit
@@ -53,13 +53,7 @@ def settle_states(
             lse = tl.load(StL + at, mask=last, other=float("-inf"), cache_modifier=".cg")
             o = tl.load(StO + at[:, None] * HEAD_DIM + offs_d[None, :], mask=last[:, None], other=0.0,
                         cache_modifier=".cg")
-            m_new = tl.maximum(m, lse)
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            w = tl.math.exp2((lse - m_use) * LOG2E)
-            alpha = tl.math.exp2((m - m_use) * LOG2E)
-            acc = acc * alpha[:, None] + tl.where(w[:, None] > 0.0, w[:, None] * o, 0.0)
-            den = den * alpha + w
-            m = m_new
+            m, acc, den = fold_state(m, acc, den, lse, o)
         out, lse_out = finish_merge(m, acc, den)
         tl.store(Out + b_rows.to(tl.int64)[:, None] * stride_ob + h_rows[:, None] * stride_oh + offs_d[None, :],
                  out.to(Out.dtype.element_ty), mask=last[:, None])

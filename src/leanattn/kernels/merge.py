@@ -27,6 +27,17 @@ def finish_merge(m, acc, den):
 
 
 @triton.jit
+def fold_state(m, acc, den, lse, o):
+    """One state ``(o [rows, D], lse [rows])`` folded into ``(m, acc, den)`` (``finish_merge``'s); an empty state
+    (``lse = -inf``, weight 0) adds nothing, whatever its ``o`` holds (even NaN)."""
+    m_new = tl.maximum(m, lse)
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    w = tl.math.exp2((lse - m_use) * LOG2E)
+    alpha = tl.math.exp2((m - m_use) * LOG2E)
+    return m_new, acc * alpha[:, None] + tl.where(w[:, None] > 0.0, w[:, None] * o, 0.0), den * alpha + w
+
+
+@triton.jit
 def merge_states_kernel(
     Outs, Lses, Out, Lse,  #
     S, M,  #
@@ -61,14 +72,7 @@ def merge_states_kernel(
             lse = tl.load(Lses + s * stride_ls.to(tl.int64) + rows * stride_lm, mask=mask_m, other=float("-inf"))
             o = tl.load(Outs + s * stride_os.to(tl.int64) + rows[:, None] * stride_om + offs_d[None, :],
                         mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-            m_new = tl.maximum(m, lse)
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            w = tl.math.exp2((lse - m_use) * LOG2E)
-            alpha = tl.math.exp2((m - m_use) * LOG2E)
-            # an empty state (w = 0) adds nothing, whatever its o holds (even NaN)
-            acc = acc * alpha[:, None] + tl.where(w[:, None] > 0.0, w[:, None] * o, 0.0)
-            den = den * alpha + w
-            m = m_new
+            m, acc, den = fold_state(m, acc, den, lse, o)
     else:
         offs_s = tl.arange(0, BLOCK_S)
         for s0 in range(0, S, BLOCK_S):
