@@ -117,3 +117,15 @@ def test_decode_key_ranges_merge_to_full_decode(cuts, schedule):
     assert_lse_close("merged", lse, ref_lse, tol)
     assert_rel_close("merged vs full", out, full, tol)
     assert_lse_close("merged vs full", lse, full_lse, tol)
+
+
+def test_merge_launch_unrolls_few_states():
+    # up to UNROLL_MAX states the loop over them is unrolled: 4 rows a program of 4 warps from 2048 rows, else one
+    # row of one warp; more states load BLOCK_S at once, one row a program
+    from leanattn.kernels.merge import UNROLL_MAX, merge_launch
+    grid, meta = merge_launch(3, 8192, 128)
+    assert grid == (2048,) and (meta["UNROLL"], meta["BLOCK_M"], meta["num_warps"]) == (3, 4, 4)
+    grid, meta = merge_launch(UNROLL_MAX, 2047, 96)
+    assert grid == (2047,) and (meta["UNROLL"], meta["BLOCK_M"], meta["num_warps"], meta["BLOCK_D"]) == (8, 1, 1, 128)
+    grid, meta = merge_launch(UNROLL_MAX + 1, 100, 128)
+    assert grid == (100,) and meta.get("UNROLL", 0) == 0 and meta["BLOCK_S"] == 16 and meta["num_warps"] == 4
