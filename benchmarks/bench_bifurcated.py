@@ -216,6 +216,33 @@ def variant_probe(doc, argv, cases, variants, info, file, probe, **payload):
                        cases=out, **payload)
 
 
+def edited_plan_times(case, inp, variants, edit, checked, rounds=5):
+    """For probes that time a plan of the overlap path with parts of it changed: ``(us, med, plans)`` of
+    ``bifurcated_decode`` over ``inp`` under each of ``variants`` (label: ``patches`` of ``bench_decode.with_plans``).
+    After a variant's first call ``edit(label, plan)`` changes its plan (or raises); the labels in ``checked`` are
+    then compared three times against the float64 reference of the case's first and last sample (an edit that
+    drops part of the work cannot be); each is captured in a CUDA graph and the replays timed by
+    ``bench_decode.interleaved_times`` over ``rounds`` rounds. ``plans``: label -> the edited plan."""
+    import bench_decode as bd
+    call = ours_call(inp)
+    idx = [0, case["samples"] - 1]
+    ref = reference_of(inp, idx)
+    fns, graphs, plans = {}, {}, {}
+    for label, patches in variants.items():
+        fn = fns[label] = bd.with_plans(call, patches=patches)
+        fn()
+        (plan,) = fn.plans[1].values()
+        edit(label, plan)
+        for _ in range(3 if label in checked else 0):
+            err = bd.rel_err(fn()[idx], ref)
+            if err > 1e-2:
+                raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
+        plans[label] = plan
+        graphs[label] = bd.graph_of(fn)
+    us, med = bd.interleaved_times({label: g.replay for label, g in graphs.items()}, rounds)
+    return us, med, plans
+
+
 def one_sample_cases(names, want=None):
     """For probes that time variants of the one-sample path side by side, over ``probe_inputs``: ``(name, ref, ours,
     copied)``, the float64 reference of sample 0 and calls of ``bifurcated_decode`` and of ``leanattn.decode`` over

@@ -69,7 +69,8 @@ def main(argv=None):
               + f"  | best hot {best}", flush=True)
         rows.append(dict(M=M, S=S, us_flushed_hot=res))
         del o, ls, out, lse
-    common.write_probe(args.out, "probe_merge_layout.json", probe="merge of a few states: BLOCK_S states a load against the unrolled loop",
+    common.write_probe(args.out, "probe_merge_layout.json",
+                       probe="merge of a few states: BLOCK_S states a load against the unrolled loop",
                        timing="graph replays; one merge after an L2 flush / 20 back to back per replay, us",
                        head_dim=D, cases=rows)
 

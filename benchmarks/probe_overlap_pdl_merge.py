@@ -38,35 +38,27 @@ def _pdl_merge(plan):
                                          dict(plan.merge_meta, PDL=True, launch_pdl=True), plan.merge_tail)
 
 
+def _edit(case):
+    def edit(label, plan):
+        if label == "ordered, pdl merge":
+            if not plan.ordered:
+                raise RuntimeError(f"{case['name']}: expected the ordered overlap path")
+            _pdl_merge(plan)
+    return edit
+
+
 def main(argv=None):
     args, want = common.probe_args(__doc__, argv)
     torch.manual_seed(0)
     out = []
+    forced = [(ov, "ORDERED", True)]
+    variants = {"default": [], "ordered": forced, "ordered, pdl merge": forced}
     for case, inp in bb.probe_inputs(CASES, want, copies=False):
-        call = bb.ours_call(inp)
-        idx = [0, case["samples"] - 1]
-        ref = bb.reference_of(inp, idx)
-        forced = [(ov, "ORDERED", True)]
-        fns = {"default": bd.with_plans(call), "ordered": bd.with_plans(call, patches=forced),
-               "ordered, pdl merge": bd.with_plans(call, patches=forced)}
-        graphs, info = {}, {}
-        for label, fn in fns.items():
-            fn()
-            (plan,) = fn.plans[1].values()
-            if label == "ordered, pdl merge":
-                if not plan.ordered:
-                    raise RuntimeError(f"{case['name']}: expected the ordered overlap path")
-                _pdl_merge(plan)
-            for _ in range(3):  # the dependent merge reads what both launches wrote: check it more than once
-                err = bd.rel_err(fn()[idx], ref)
-                if err > 1e-2:
-                    raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
-            info[label] = plan.ordered
-            graphs[label] = bd.graph_of(fn)
-        us, med = bd.interleaved_times({label: g.replay for label, g in graphs.items()}, rounds=5)
+        # the dependent merge reads what both launches wrote: every variant is checked, three times
+        us, med, plans = bb.edited_plan_times(case, inp, variants, _edit(case), variants)
         bd.report_ratios(case["name"], med, [("default", "ordered, pdl merge"), ("ordered", "ordered, pdl merge")])
-        out.append(dict(case=case["name"], us=us, median=med, ordered=info))
-        del inp, fns, call, graphs
+        out.append(dict(case=case["name"], us=us, median=med, ordered={n: p.ordered for n, p in plans.items()}))
+        del inp, plans
     common.write_probe(args.out, "bifurcated_probe_overlap_pdl_merge.json",
                        probe="overlap path: the final merge as a programmatic dependent launch of the own tokens",
                        timing=bd.GRAPH_TIMING.replace("3 interleaved", "5 interleaved"), cases=out)

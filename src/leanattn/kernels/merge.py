@@ -111,9 +111,9 @@ def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False) -> tuple[tupl
     the states in the L2 (after an L2 flush) at D=128, unrolled against ``BLOCK_S``: 8192 rows of 3 states 4.0
     (9.7) against 6.8 (10.5), of 2 states 3.4 (8.4) against 6.5 (10.2), 2048 rows of 3 states 2.2 (6.6) against
     3.0 (7.0), 512 of 5 states 2.1 (5.8, one row a program) against 3.4 (7.2); 32 rows of 45 states (after a
-    flush) 8.1 with 32 states a load against 11.8-21.2 unrolled. Inside the overlap path (probe 41) the unrolled merge took 1-3 us
-    off the x256 cases and 0.4-1 us off the others. ``pdl``: launched as a programmatic dependent launch of the
-    launch that writes the states (``runtime.dependent_launch``).
+    flush) 8.1 with 32 states a load against 11.8-21.2 unrolled. Inside the overlap path (probe 41) the unrolled
+    merge took 1-3 us off the x256 cases and 0.4-1 us off the others. ``pdl``: launched as a programmatic dependent
+    launch of the launch that writes the states (``runtime.dependent_launch``).
     """
     block_d = triton.next_power_of_2(head_dim)
     if S <= UNROLL_MAX:
