@@ -12,9 +12,6 @@
 #   racecheck   compute-sanitizer racecheck over the decode launches (shared-memory hazards; 147 s on an H200)
 #   racecheck-bif  the same over the bifurcated launches (220 s on an H200)
 #   sanitize-overlap  memcheck then racecheck over the overlap path's launches alone (sanitize.py overlap)
-#   sanitize-in-launch  the same with the final merge in the two launches (sanitize.py overlap-in-launch)
-#   tests-in-launch  test_overlap_path alone (the merge in the launches and a merge launch)
-#   overlap-merge-in-launch  the final merge in the overlap path's two launches against a merge launch (probe 44)
 #   decode      the decode suite (bench_decode.py), peers in the same run, both flushes (110-135 s of suite,
 #               125-157 s with start-up, on an H200)
 #   bifurcated  the bifurcated 8k cases (bench_bifurcated.py --cases 8k)
@@ -226,11 +223,6 @@ for step in "$@"; do
     overlap-room) timeout 200 python3 benchmarks/probe_overlap_room.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     overlap-phases) timeout 300 python3 benchmarks/probe_overlap_phases.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     merge-layout) timeout 200 python3 benchmarks/probe_merge_layout.py --out "$OUT" 2>&1 | grep -E "M=|wrote|Error" ;;
-    overlap-merge-in-launch) timeout 300 python3 benchmarks/probe_overlap_merge_in_launch.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
-    sanitize-in-launch)
-      timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py overlap-in-launch 2>&1 | tail -2
-      timeout 400 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py overlap-in-launch 2>&1 | tail -2 ;;
-    tests-in-launch) timeout 400 "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "test_overlap_path" 2>&1 | tail -3 ;;
     overlap-pdl-merge) timeout 300 python3 benchmarks/probe_overlap_pdl_merge.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     overlap-ordered) python3 benchmarks/probe_overlap_ordered.py --out "$OUT" 2>&1 | grep -E "\||rounds|wrote|Error" ;;
     piece-offsets) python3 benchmarks/probe_piece_offsets.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;

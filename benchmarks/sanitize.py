@@ -1,7 +1,7 @@
 """Small launches of every kernel path, for compute-sanitizer (memcheck, racecheck).
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [sparse] [bifurcated] [overlap] [concat]
-        [overlap-ws] [overlap-pingpong] [overlap-in-launch] [overlap-merge-launch]
+        [overlap-ws] [overlap-pingpong]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -133,19 +133,19 @@ def concat():
         one_sample_launches(q, pk, torch.randn_like(pk), plens, k, torch.randn_like(k), sl)
 
 
-def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (False, 12)), pingpong=False, merge=0):
+def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (False, 12)), pingpong=False):
     # the overlap path alone (Gluon prefix on sm_90, own tokens on a side stream): ragged last tiles, rows
     # that are not a multiple of 64, D 64 and 128, MHA and GQA, with and without own tokens (2026-12-01 on an
     # H200 as a stand-alone script: memcheck 0 errors, racecheck 0 hazards), then with the own tokens as the
     # prefix's programmatic dependent launch on one stream (ops/bifurcated_overlap.ORDERED), and at 128 prefix rows
-    # a program; ``merge`` is the merge field (2: the final merge in the two launches, 1: a merge launch)
+    # a program
     from leanattn import runtime
     from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
     # 8 warps: 128 prefix rows a program over two warp groups, 12 the same warp-specialized, both orders; the
     # 8192-token prefix refills each program's K/V ring slots several times (16 tiles a program at 128 rows)
     ov.WS_PINGPONG = pingpong  # the warp-specialized prefix's consumers taking turns
     for ordered, warps in configs:
-        os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,{warps},0,0,0,0,0,{merge},4"
+        os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,{warps},0,0,0,0,0,0,4"
         ov.ORDERED, opb._PLANS = ordered, runtime.PlanCache()
         for n, hq, hkv, d, P in ((6, 32, 8, 128, 2500), (70, 32, 8, 64, 1000), (3, 32, 32, 128, 65),
                                  (64, 32, 8, 128, 8192)):
@@ -165,7 +165,6 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     families = {"decode": decode, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap, "concat": concat,
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
-                "overlap-in-launch": lambda: overlap(merge=2), "overlap-merge-launch": lambda: overlap(merge=1),
                 "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True)}
     chosen = sys.argv[1:] or list(families)
     for name in chosen:

@@ -815,38 +815,3 @@ def test_overlap_path_kept_off_by_num_programs(monkeypatch):
         leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
     assert next(reversed(opb._PLANS.values())).path == "overlap"
     opb._PLANS.clear()
-
-
-@pytest.mark.parametrize("page_size", [None, 16])
-def test_overlap_own_states_merge_in_launch(page_size):
-    # kernels/bifurcated_states.own_states_kernel, the overlap path's own tokens with the final merge in the launch:
-    # with the prefix's S states already counted in (the Gluon prefix, sm_90 only, counts its rows in the same
-    # counters), each row is merged by the own split that completes it and its counter is back at zero; with the
-    # prefix not yet in, nothing is written and each counter holds the row's own splits
-    from leanattn.ops.bifurcated_overlap import own_states_launch
-    from leanattn.ops.decode import _Plan
-    B, Hq, Hkv, D, P, S = 3, 8, 2, 64, 40, 2
-    q, k, v, lens, bt = make_inputs(B, Hq, Hkv, D, [50, 0, 23], page_size=page_size)
-    pk, pv, _ = make_prefix(None, P, Hkv, D)
-    plan = _Plan(q, k, v, lens, bt, D ** -0.5, "split", 3, 16)
-    n_states = S + plan.splits
-    st_o = torch.full((n_states, B, Hq, D), float("nan"), device=DEV)
-    st_l = torch.full((n_states, B, Hq), float("nan"), device=DEV)
-    for s, (lo, hi) in enumerate(((0, 24), (24, P))):  # the prefix's states, two splits
-        piece = [t[lo:hi].unsqueeze(0).expand(B, -1, -1, -1) for t in (pk, pv)]
-        o, lse = reference.decode(q, *piece)
-        st_o[s], st_l[s] = o.float(), lse.float()
-    ref_out, ref_lse = reference.bifurcated_decode(q, pk, pv, k, v, lens, bt)
-    for counted in (S, 0):
-        arrivals = torch.full((B * Hq,), counted, dtype=torch.int32, device=DEV)
-        out = torch.full_like(q, -7.0)
-        lse = torch.full((B, Hq), -7.0, device=DEV)
-        own_states_launch(plan, arrivals, S, n_states, st_o, st_l)(q, k, v, out, lse, lens,
-                                                                    plan.dummy_i32 if bt is None else bt)
-        if counted:
-            assert_rel_close("own states merged", out, ref_out, TOLERANCE[q.dtype])
-            assert_lse_close("own states merged", lse, ref_lse, atol=TOLERANCE[q.dtype])
-            assert not arrivals.any()
-        else:
-            assert (out == -7.0).all() and (lse == -7.0).all()
-            assert (arrivals == plan.splits).all()

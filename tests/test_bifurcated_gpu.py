@@ -139,12 +139,11 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 
 
 @contextlib.contextmanager
-def _path(field, warps=0, stages=0, merge=0):
+def _path(field, warps=0, stages=0):
     """Force a bifurcated path (LEANATTN_BIFURCATED_CONFIG path field: 3 states, 4 overlap) and, with ``warps``,
     the num_warps field (on the overlap path 8: 128 prefix rows a program, 12 warp-specialized), with ``stages``
-    the num_stages field (the overlap path's prefix ring), with ``merge`` the merge field (on the overlap path 1: a
-    merge launch, 2: the merge in the two launches)."""
-    os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,{warps},{stages},0,0,0,0,{merge},{field}"
+    the num_stages field (the overlap path's prefix ring)."""
+    os.environ["LEANATTN_BIFURCATED_CONFIG"] = f"0,0,{warps},{stages},0,0,0,0,0,{field}"
     try:
         yield
     finally:
@@ -195,32 +194,24 @@ def test_forced_paths_at_narrow_lengths_vectors(field, path, n, hkv):
 @pytest.mark.parametrize("n,hq,hkv,d,P", [(64, 32, 8, 128, 8192), (5, 32, 8, 64, 1000), (100, 32, 32, 128, 4097),
                                           (2, 8, 1, 128, 1), (33, 32, 4, 64, 63), (300, 16, 8, 128, 640)])
 @pytest.mark.parametrize("ordered,warps", [(False, 4), (None, 4), (False, 8), (None, 8), (False, 12), (None, 12)])
-@pytest.mark.parametrize("merge", [2, 1])
-def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered, warps, merge):
+def test_overlap_path(monkeypatch, dtype, n, hq, hkv, d, P, ordered, warps):
     # the Gluon prefix (one or two programs per SM, a ragged last tile, rows that are not a multiple of
     # 64 or 128; 64 rows a program (4 warps), 128 over two warp groups sharing the K/V ring (8; the rule takes 128
     # rows on a side stream at MHA 32k x256), or 128 warp-specialized (12: two consumer warp groups and a loading
     # warp) with the own tokens on a side stream (ORDERED False) or as the rule has it
-    # (None: every shape here has at most 4096 (sample, kv head) pairs, so the prefix's dependent launch), the final
-    # merge in the two launches (2) or a merge launch (1, bf16 only), against the reference and against the Triton
-    # states path
+    # (None: every shape here has at most 4096 (sample, kv head) pairs, so the prefix's dependent launch), against
+    # the reference and against the Triton states path
     from leanattn import runtime
     from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
-    if merge == 1 and dtype != torch.bfloat16:
-        pytest.skip("the merge launch is the same kernel whatever the dtype: bf16 only")
     monkeypatch.setattr(ov, "ORDERED", ordered)
     monkeypatch.setattr(opb, "_PLANS", runtime.PlanCache())
     own = torch.randint(0, 300, (n,)).tolist()
     own[0] = 0
     args = inputs(n, hq, hkv, d, P, own, dtype)
-    with _path(4, warps, merge=merge):
-        out, lse = check(*args, name=f"overlap {n} {hq}/{hkv} d{d} P{P} warps {warps} merge {merge}")
+    with _path(4, warps):
+        out, lse = check(*args, name=f"overlap {n} {hq}/{hkv} d{d} P{P} warps {warps}")
         plan = _last_plan()
         assert plan.path == "overlap" and (ordered is None or not plan.ordered)
-        assert plan.merge_in_kernel == (merge == 2)
-        if merge == 2:  # the prefix's programs alone complete each row
-            check(*args[:3], None, None, None, name=f"overlap prefix only {n} {hq}/{hkv} d{d} P{P} warps {warps}")
-            assert _last_plan().path == "overlap" and _last_plan().merge_in_kernel
         assert plan.info["prefix_rows"] == min(16 * warps, 128)
         assert plan.info["prefix_warp_specialized"] == (warps == 12)
     with _path(3):

@@ -20,8 +20,6 @@ try:
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                   warpgroup_mma_wait)
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: F401 (the host side builds them)
-
-    from .merge import finish_merge, fold_state
     AVAILABLE = True
 except ImportError:  # a Triton without Gluon: the op keeps the Triton states path
     AVAILABLE = False
@@ -144,62 +142,6 @@ if AVAILABLE:
         gl.store(StL + row, lse, mask=ro < R)
 
     @gluon.jit
-    def _settle_rows(StO, StL, Arrivals, Out, Lse, flags, B, R, h, base, n_states, stride_ob, stride_oh, stride_lb,
-                     ROWS: gl.constexpr, WARPS: gl.constexpr, HQ: gl.constexpr, GROUP: gl.constexpr,
-                     HEAD_DIM: gl.constexpr):
-        """Rows ``base .. base + ROWS`` of kv head ``h`` (those below ``R``) have their state in its slot: count each
-        in (``Arrivals (B * HQ,)`` int32), and merge the rows whose count this program completes to ``n_states``: all
-        their slots in slot order (so the result does not depend on who came last), written to ``Out (B, HQ, D)``
-        and ``Lse (B, HQ)`` (natural log), the count put back to zero. ``kernels/bifurcated_states.settle_states``
-        in Gluon. Called by the warps that stored the states: in a partition of ``gl.warp_specialize`` the barriers
-        here are the partition's own (a named barrier of its warps). ``flags``: ``ROWS`` int32 of shared memory.
-
-        The rows are counted in at once, and the rows this program completes are then merged ``2 * WARPS`` at a
-        time with ``UNROLL`` states' loads in flight (a ``(ROWS, D)`` tile and its states would not fit beside a
-        warp-specialized consumer's registers; a round trip per state of each chunk made the merge wait on its loads
-        one after another)."""
-        CH: gl.constexpr = 2 * WARPS
-        UNROLL: gl.constexpr = 4
-        layout: gl.constexpr = gl.BlockedLayout([1, HEAD_DIM // 32], [1, 32], [WARPS, 1], [1, 0])
-        rows_l: gl.constexpr = gl.SliceLayout(1, layout)
-        count_l: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
-        slot = B.to(gl.int64) * HQ
-        rr = base + gl.arange(0, ROWS, layout=count_l)
-        valid = rr < R
-        row = (rr // GROUP).to(gl.int64) * HQ + h * GROUP + rr % GROUP
-        # every thread's state stores before the arrivals, whose release then covers them (cumulativity)
-        gl.thread_barrier()
-        arrived = gl.atomic_add(Arrivals + row, valid.to(gl.int32), mask=valid, sem="acq_rel", scope="gpu")
-        last = valid & (arrived == n_states - 1)
-        if gl.sum(last.to(gl.int32), axis=0) > 0:
-            flags.store(last.to(gl.int32))
-            # the flags, and the arrivals' acquire, before any thread's loads of the other programs' states
-            gl.thread_barrier()
-            do = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
-            for c in gl.static_range(ROWS // CH):
-                mine = flags.slice(c * CH, CH).load(rows_l) != 0
-                rc = base + c * CH + gl.arange(0, CH, layout=rows_l)
-                b = (rc // GROUP).to(gl.int64)
-                hq = h * GROUP + rc % GROUP
-                row_c = b * HQ + hq
-                den = gl.zeros([CH], gl.float32, rows_l)
-                m = den - float("inf")
-                acc = gl.zeros([CH, HEAD_DIM], gl.float32, layout)
-                for s0 in range(0, n_states, UNROLL):
-                    for u in gl.static_range(UNROLL):
-                        use = mine & (s0 + u < n_states)
-                        at = (s0 + u) * slot + row_c
-                        lse = gl.load(StL + at, mask=use, other=float("-inf"), cache_modifier=".cg")
-                        o = gl.load(StO + gl.expand_dims(at * HEAD_DIM, 1) + gl.expand_dims(do, 0),
-                                    mask=gl.expand_dims(use, 1), other=0.0, cache_modifier=".cg")
-                        m, acc, den = fold_state(m, acc, den, lse, o)
-                out, lse_out = finish_merge(m, acc, den)
-                gl.store(Out + gl.expand_dims(b * stride_ob + hq * stride_oh, 1) + gl.expand_dims(do, 0),
-                         out.to(Out.dtype.element_ty), mask=gl.expand_dims(mine, 1))
-                gl.store(Lse + b * stride_lb + hq, lse_out, mask=mine)
-                gl.store(Arrivals + row_c, 0, mask=mine)
-
-    @gluon.jit
     def _program(n_hb, S, chunk, n_tiles):
         """``(hb, s, h, t0, n_j)`` of this program: head block, split and kv head (head blocks of a split adjacent,
         as they read the same tiles), the split's first tile and its tile count."""
@@ -217,10 +159,10 @@ if AVAILABLE:
 
     @gluon.jit
     def prefix_gluon_kernel(
-        Q, k_desc, v_desc, StO, StL, Out, Lse, Arrivals,  #
-        stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles, n_states, stride_ob, stride_oh, stride_lb,  #
+        Q, k_desc, v_desc, StO, StL,  #
+        stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles,  #
         HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-        STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr, MERGE: gl.constexpr,
+        STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr,
     ):
         """Program ``(kv head h, split s, head block hb)``, head blocks of a split adjacent (they read
         the same tiles, so the later ones hit L2): query rows ``hb * BLOCK_M ..`` of kv head ``h``
@@ -231,9 +173,7 @@ if AVAILABLE:
         ``(64, D)``. ``BLOCK_M``: 16 rows per warp (64 or 128: one or two warp groups, which share the
         K/V ring). ``qk_scale`` is the softmax scale times log2(e). ``TRIGGER``: a programmatic dependent
         launch after this one (the own tokens, ``ops/bifurcated_overlap.ORDERED``) may start once every
-        program of this one has started. ``MERGE``: each row's state is counted in, and the program that completes a
-        row's ``n_states`` states merges them into ``Out``/``Lse`` (``_settle_rows``; the own tokens' programs count
-        theirs in the same ``Arrivals``); otherwise ``Out``, ``Lse``, ``Arrivals`` and the strides are unread."""
+        program of this one has started."""
         if TRIGGER:
             _trigger_dependents()
         hb, s, h, t0, n_j = _program(n_hb, S, chunk, n_tiles)
@@ -265,16 +205,11 @@ if AVAILABLE:
             mbarrier.invalidate(kbar.index(i))
             mbarrier.invalidate(vbar.index(i))
         _store_state(StO, StL, acc, m_i, l_i, B, R, s, h, hb * BLOCK_M, BLOCK_M, WARPS, HQ, GROUP, HEAD_DIM)
-        if MERGE:
-            flags = gl.allocate_shared_memory(gl.int32, [BLOCK_M], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-            _settle_rows(StO, StL, Arrivals, Out, Lse, flags, B, R, h, hb * BLOCK_M, n_states, stride_ob, stride_oh,
-                         stride_lb, BLOCK_M, WARPS, HQ, GROUP, HEAD_DIM)
 
     @gluon.jit
-    def _ws_rows(Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, flags, k_desc, v_desc, StO, StL, Out, Lse, Arrivals,
-                 stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, n_states, stride_ob, stride_oh, stride_lb,
-                 HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-                 STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, PINGPONG: gl.constexpr, MERGE: gl.constexpr,
+    def _ws_rows(Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
+                 qk_scale, B, P, R, hb, s, h, t0, n_j, HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
+                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, PINGPONG: gl.constexpr,
                  HALF: gl.constexpr):
         """One consumer warp group of ``prefix_gluon_ws_kernel``: rows ``hb * 128 + HALF * 64 ..``."""
         base = hb * 128 + HALF * 64
@@ -285,9 +220,6 @@ if AVAILABLE:
                                        h * HEAD_DIM, 64, 4, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, True, turn, PINGPONG,
                                        HALF)
         _store_state(StO, StL, acc, m_i, l_i, B, R, s, h, base, 64, 4, HQ, GROUP, HEAD_DIM)
-        if MERGE:
-            _settle_rows(StO, StL, Arrivals, Out, Lse, flags.slice(HALF * 64, 64), B, R, h, base, n_states, stride_ob,
-                         stride_oh, stride_lb, 64, 4, HQ, GROUP, HEAD_DIM)
 
     @gluon.jit
     def _ws_producer(k_desc, v_desc, k_smem, v_smem, kbar, vbar, free, t0, n_j, col, BLOCK_N: gl.constexpr,
@@ -305,11 +237,11 @@ if AVAILABLE:
 
     @gluon.jit
     def prefix_gluon_ws_kernel(
-        Q, k_desc, v_desc, StO, StL, Out, Lse, Arrivals,  #
-        stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles, n_states, stride_ob, stride_oh, stride_lb,  #
+        Q, k_desc, v_desc, StO, StL,  #
+        stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles,  #
         HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-        MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr, MERGE: gl.constexpr,
-        CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False,
+        MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+        PINGPONG: gl.constexpr = False,
     ):
         """``prefix_gluon_kernel``'s program at 128 rows, warp-specialized as in FlashAttention-3: the default
         partition (4 warps) and a 4-warp worker each take 64 of the rows, and a 1-warp worker issues the TMA loads.
@@ -318,8 +250,7 @@ if AVAILABLE:
         ``prefix_gluon_kernel`` the two meet at a block-wide barrier before each refill). ``Q_SMEM``: the layout
         of a ``(64, D)`` block of query rows. ``CONSUMER_REGS``: the worker consumer's registers per thread (launch it
         with ``maxnreg``: ``ops/bifurcated_overlap.WS_MAXNREG``). ``PINGPONG``: the two consumers take turns issuing
-        their products (``_attend_prefix``; ``ops/bifurcated_overlap.WS_PINGPONG``). ``MERGE``: as
-        ``prefix_gluon_kernel``'s, each consumer settling its own 64 rows."""
+        their products (``_attend_prefix``; ``ops/bifurcated_overlap.WS_PINGPONG``)."""
         # one stage would wait on tile j with tile j-1, which frees the only slot, not yet released
         gl.static_assert(STAGES >= 2)
         if TRIGGER:
@@ -333,8 +264,6 @@ if AVAILABLE:
         vbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        # each consumer's 64 merge flags (MERGE; _settle_rows)
-        flags = gl.allocate_shared_memory(gl.int32, [128 if MERGE else 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         for i in gl.static_range(STAGES):
             mbarrier.init(kbar.index(i), count=1)
             mbarrier.init(vbar.index(i), count=1)
@@ -345,14 +274,12 @@ if AVAILABLE:
             # consumer 0 takes the first turn
             mbarrier.arrive(turn.index(0), count=1)
         # the argument tuples are written out in the call: a tuple held in a variable loses its constexprs (3.6)
-        gl.warp_specialize([(_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, flags, k_desc, v_desc,
-                                        StO, StL, Out, Lse, Arrivals, stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h,
-                                        t0, n_j, n_states, stride_ob, stride_oh, stride_lb, HQ, GROUP, HEAD_DIM,
-                                        BLOCK_N, STAGES, MASK_TAIL, PINGPONG, MERGE, 0)),
-                            (_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, flags, k_desc, v_desc,
-                                        StO, StL, Out, Lse, Arrivals, stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h,
-                                        t0, n_j, n_states, stride_ob, stride_oh, stride_lb, HQ, GROUP, HEAD_DIM,
-                                        BLOCK_N, STAGES, MASK_TAIL, PINGPONG, MERGE, 1)),
+        gl.warp_specialize([(_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, k_desc, v_desc, StO, StL,
+                                        stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
+                                        HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, PINGPONG, 0)),
+                            (_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, k_desc, v_desc, StO, StL,
+                                        stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
+                                        HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, PINGPONG, 1)),
                             (_ws_producer, (k_desc, v_desc, k_smem, v_smem, kbar, vbar, free, t0, n_j, h * HEAD_DIM,
                                             BLOCK_N, STAGES))],
                            [4, 1], [CONSUMER_REGS, 24])

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .bifurcated_prefix import prefix_states_program
-from .decode import split_program, wait_prior_once
+from .decode import split_program
 from .merge import finish_merge, fold_state
 
 
@@ -110,37 +110,3 @@ def bifurcated_states_kernel(
         if MERGE:
             settle_states(tl.zeros_like(h_o) + b_o, h_o, valid_o, StO, StL, Arrivals, Out, Lse, n_states, stride_ob,
                           stride_oh, stride_lb, rows, HQ, HEAD_DIM)
-
-
-@triton.jit
-def own_states_kernel(
-    Q, K, V, Out, Lse, Seqlens, BlockTable, StO, StL, RowArrivals, Arrivals,  #
-    stride_qb, stride_qh,  #
-    stride_kb, stride_kn, stride_kh,  #
-    stride_vb, stride_vn, stride_vh,  #
-    stride_ob, stride_oh, stride_lb, stride_btb,  #
-    qk_scale, capacity, chunk, B, first, n_states,  #
-    GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
-    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, AFTER_PRIOR: tl.constexpr,
-):
-    """The own tokens of the overlap path (``ops/bifurcated_overlap.py``) with the final merge in the launch:
-    decode's split kernel (``kernels/decode.split_decode_kernel``; program ``(row, s)``, ``ROWS = HKV * N_HB``),
-    own split ``s`` writing its state at slot ``first + s`` of ``StO (n_states, B, HQ, D)`` / ``StL (n_states, B,
-    HQ)``, then counting it in (``settle_states``, ``RowArrivals (B * HQ,)``): whoever completes a row's
-    ``n_states`` states, prefix program (the Gluon prefix's ``MERGE``) or own split, merges the row into ``Out``
-    ``(B, HQ, D)`` / ``Lse (B, HQ)``. ``AFTER_PRIOR`` and ``Arrivals`` as decode's split kernel's."""
-    HQ: tl.constexpr = ROWS // N_HB * GROUP
-    rows = tl.cast(B, tl.int64) * HQ  # one state slot
-    base = first * rows
-    b, h, valid = split_program(
-        tl.program_id(0), tl.program_id(1), Q, K, V, StO + base * HEAD_DIM, StL + base, Seqlens, BlockTable,  #
-        stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
-        HQ * HEAD_DIM, HEAD_DIM, HQ, rows * HEAD_DIM, rows, stride_btb,  #
-        tl.cast(qk_scale, tl.float32), capacity, chunk,  #
-        GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION)
-    settle_states(tl.zeros_like(h) + b, h, valid, StO, StL, RowArrivals, Out, Lse, n_states, stride_ob, stride_oh,
-                  stride_lb, rows, HQ, HEAD_DIM)
-    if AFTER_PRIOR:
-        wait_prior_once(Arrivals)

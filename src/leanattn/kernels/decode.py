@@ -269,17 +269,11 @@ def split_decode_kernel(
         tl.cast(qk_scale, tl.float32), capacity, chunk,  #
         GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION)
     if AFTER_PRIOR:
-        wait_prior_once(Arrivals)
-
-
-@triton.jit
-def wait_prior_once(Arrivals):
-    """The last program of this launch to get here waits (``gdc_wait``) for the launch this one is a programmatic
-    dependent of to complete; the others go on. ``Arrivals``: one int32 of the launch's own."""
-    # the count is taken modulo the programs and put back by as many, so a counter that did not start at zero
-    # (a buffer first made inside a graph capture holds garbage until the graph replays) still elects exactly one
-    total = tl.num_programs(0) * tl.num_programs(1)
-    arrived = tl.atomic_add(Arrivals, 1, sem="relaxed")
-    if (arrived % total + total) % total == total - 1:
-        tl.atomic_add(Arrivals, -total, sem="relaxed")
-        gdc_wait()
+        # one program waits, the others exit at once. The count is taken modulo the programs and put back by as
+        # many, so a counter that did not start at zero (a buffer first made inside a graph capture holds
+        # garbage until the graph replays) still elects exactly one waiter
+        total = tl.num_programs(0) * tl.num_programs(1)
+        arrived = tl.atomic_add(Arrivals, 1, sem="relaxed")
+        if (arrived % total + total) % total == total - 1:
+            tl.atomic_add(Arrivals, -total, sem="relaxed")
+            gdc_wait()

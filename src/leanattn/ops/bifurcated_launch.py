@@ -417,15 +417,10 @@ class Plan:
         # stage would wait on a tile it only loads later in the same iteration)
         stages = max(2, env["num_stages"] or (overlap.ws_prefix_stages(group, P, own_len) if ws else
                                               overlap.prefix_stages(per_sm, group, block_m)))
+        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, stages, self.ordered, block_m, ws)
         st_o, st_l = self._states_merge(device, n_states, B, Hq, D)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
-        # the merge in the two launches (overlap.MERGE_IN_LAUNCH; the merge field: 1 a merge launch, 2 in-launch)
-        self.merge_in_kernel = env["merge"] == 2 or (env["merge"] != 1 and overlap.MERGE_IN_LAUNCH)
-        arrivals = runtime.workspace("bif_arrivals", device, (B * Hq,), torch.int32, zero=True)
-        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, stages, self.ordered, block_m, ws,
-                                          (arrivals, n_states) if self.merge_in_kernel else None)
-        if own and self.merge_in_kernel:
-            self.own_launch = overlap.own_states_launch(self.own_plan, arrivals, S, n_states, st_o, st_l)
+        self.merge_in_kernel = False
         self.info.update(prefix_programs=self.prefix.grid[0], splits=S, chunk=chunk, ordered=self.ordered,
                          prefix_stages=stages, prefix_rows=block_m, prefix_warp_specialized=ws,
                          own_splits=self.own_plan.splits if own else 0, own_grid=self.own_plan.grid if own else None)
@@ -483,34 +478,24 @@ class Plan:
                 self.launch_merge(st_o, st_l, out, lse)
         elif self.path == "overlap":
             st_o, st_l, own_o, own_l = self.states
-            merged = self.merge_in_kernel
-            if self.own_plan is None:
-                own = None
-            elif merged:
-                def own():
-                    self.own_launch(q, k, v, out, lse, seqlens, bt)
-            else:
-                def own():
-                    self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt)
             if self.ordered:
                 # one stream: the own tokens start once every prefix program has, and end after the prefix
-                self.prefix(q, pk, pv, st_o, st_l, out, lse)
-                own()
-            elif own is not None:
+                self.prefix(q, pk, pv, st_o, st_l)
+                self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt)
+            elif self.own_plan is not None:
                 cur = torch.cuda.current_stream(q.device)
                 side = overlap.side_stream(q.device, avoid=cur)
                 side.wait_stream(cur)
                 try:
                     # the prefix first: its programs take one slot on every SM
-                    self.prefix(q, pk, pv, st_o, st_l, out, lse)
+                    self.prefix(q, pk, pv, st_o, st_l)
                     with torch.cuda.stream(side):
-                        own()
+                        self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt)
                 finally:  # joined even if a launch raises, so a graph capture is not left forked
                     cur.wait_stream(side)
             else:
-                self.prefix(q, pk, pv, st_o, st_l, out, lse)
-            if not merged:
-                self.launch_merge(st_o, st_l, out, lse)
+                self.prefix(q, pk, pv, st_o, st_l)
+            self.launch_merge(st_o, st_l, out, lse)
         elif self.path == "split":
             st_o, st_l = self.states
             self.launch_prefix(q, pk, pv, st_o, st_l, plens, counts, starts, order)

@@ -15,7 +15,6 @@ import triton
 
 from .. import runtime
 from ..kernels import bifurcated_prefix_gluon as pg
-from ..kernels.bifurcated_states import own_states_kernel
 
 _SIDE_STREAMS: dict = {}
 
@@ -58,12 +57,6 @@ WS_MAXNREG = 104
 # (FlashAttention-3's ping-pong; ``kernels/bifurcated_prefix_gluon._attend_prefix``). Off: H200, 2026-12-03, the
 # prefix alone -2.2% to +5.4% against without (probe 38), the overlap path level to 1.4% slower (probe 39).
 WS_PINGPONG = False
-
-# The final merge inside the two launches: each prefix program and each own split counts its rows' states in, and
-# whoever completes a row merges it (``kernels/bifurcated_prefix_gluon._settle_rows``,
-# ``kernels/bifurcated_states.own_states_kernel``), in place of a ``merge_states`` launch after both. Read when a
-# plan is made; ``LEANATTN_BIFURCATED_CONFIG``'s merge field overrides (1 a launch, 2 in the launches).
-MERGE_IN_LAUNCH = False
 
 
 def ordered(pairs: int) -> bool:
@@ -212,21 +205,6 @@ def prefix_splits(columns: int, tiles: int, per_sm: int, sms: int) -> tuple:
     return triton.cdiv(tiles, chunk), chunk
 
 
-def own_states_launch(plan, row_arrivals: torch.Tensor, first: int, n_states: int, st_o: torch.Tensor,
-                      st_l: torch.Tensor) -> runtime.Launcher:
-    """The launcher of ``own_states_kernel`` for the own tokens of decode's split plan ``plan`` (its grid,
-    constants and its AFTER_PRIOR counter): own split ``s`` at slot ``first + s`` of ``st_o``/``st_l``, each row
-    merged by whoever completes its ``n_states`` states (``row_arrivals``). Called as ``(q, k, v, out, lse,
-    seqlens, block_table)``."""
-    meta = {k: v for k, v in plan.meta.items() if k != "PDL"}  # its merge launch is not made
-    # decode's split tail: the q, k, v, out and lse strides (11), the split states' (2), then the block table's
-    # stride, the scale, the capacity and the chunk
-    tail = plan.tail
-    return runtime.Launcher(own_states_kernel, plan.grid, meta,
-                            (st_o, st_l, row_arrivals, plan.arrivals, *tail[:11], *tail[-4:], st_l.shape[1], first,
-                             n_states))
-
-
 def side_stream(device: torch.device, avoid: torch.cuda.Stream = None) -> torch.cuda.Stream:
     """The side stream of ``device`` for the own tokens, reused across calls. ``torch.cuda.Stream`` hands out
     streams from a round-robin pool, which a caller's stream may come from too: a side stream that is ``avoid``
@@ -247,15 +225,10 @@ def side_stream(device: torch.device, avoid: torch.cuda.Stream = None) -> torch.
 class GluonPrefix:
     """Launch constants of the Gluon prefix pass of one plan; ``__call__`` builds the TMA descriptors of
     this call's prefix (a few microseconds of host time; a plan that kept them would keep the caller's
-    prefix tensors alive) and launches, directly after the first launch (``runtime.Launcher``).
-
-    ``merge = (arrivals, n_states)``: the kernel's in-launch merge (its ``MERGE``): each row's state is counted in
-    ``arrivals (B * Hq,)`` int32 (zero between launches) and the program completing a row's ``n_states`` states
-    merges them into the ``out``/``lse`` of the call (contiguous ``(B, Hq, D)`` and ``(B, Hq)``). None: the states
-    only."""
+    prefix tensors alive) and launches, directly after the first launch (``runtime.Launcher``)."""
 
     def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, scale_log2: float, stages: int = 3,
-                 trigger: bool = False, block_m: int = pg.BLOCK_M, warp_specialized: bool = False, merge=None):
+                 trigger: bool = False, block_m: int = pg.BLOCK_M, warp_specialized: bool = False):
         B, Hq, D = q.shape
         group = Hq // Hkv
         R = B * group
@@ -264,7 +237,7 @@ class GluonPrefix:
         gl_dtype = {torch.bfloat16: pg.gl.bfloat16, torch.float16: pg.gl.float16}[q.dtype]
         self.kv_layout = pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], gl_dtype)
         meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_N=pg.BLOCK_N, STAGES=stages, MASK_TAIL=P % pg.BLOCK_N != 0,
-                    TRIGGER=trigger, MERGE=merge is not None)
+                    TRIGGER=trigger)
         if warp_specialized:  # 4 warps here are the default partition's; the kernel adds its workers' 8
             meta.update(Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([64, D], gl_dtype), num_warps=4,
                         maxnreg=WS_MAXNREG, CONSUMER_REGS=(3 * WS_MAXNREG - 24) // 16 * 8, PINGPONG=WS_PINGPONG)
@@ -276,15 +249,13 @@ class GluonPrefix:
                              f"got {triton.cdiv(triton.cdiv(P, pg.BLOCK_N), chunk)} non-empty")
         self.grid = (Hkv * S * n_hb,)
         kernel = pg.prefix_gluon_ws_kernel if warp_specialized else pg.prefix_gluon_kernel
-        arrivals, n_states = merge if merge is not None else (q, 0)  # unread without MERGE
         self.launch = runtime.Launcher(kernel, self.grid, meta,
-                                       (arrivals, q.stride(0), q.stride(1), scale_log2, B, P, R, n_hb, S, chunk,
-                                        triton.cdiv(P, pg.BLOCK_N), n_states, Hq * D, D, Hq))
+                                       (q.stride(0), q.stride(1), scale_log2, B, P, R, n_hb, S, chunk,
+                                        triton.cdiv(P, pg.BLOCK_N)))
         self.shape = (P, Hkv * D)
         self.block = [pg.BLOCK_N, D]
 
-    def __call__(self, q, pk, pv, st_o, st_l, out=None, lse=None) -> None:
+    def __call__(self, q, pk, pv, st_o, st_l) -> None:
         k2, v2 = pk[0].view(self.shape), pv[0].view(self.shape)
         self.launch(q, pg.TensorDescriptor(k2, list(self.shape), [k2.stride(0), 1], self.block, self.kv_layout),
-                    pg.TensorDescriptor(v2, list(self.shape), [v2.stride(0), 1], self.block, self.kv_layout),
-                    st_o, st_l, st_o if out is None else out, st_l if lse is None else lse)
+                    pg.TensorDescriptor(v2, list(self.shape), [v2.stride(0), 1], self.block, self.kv_layout), st_o, st_l)
