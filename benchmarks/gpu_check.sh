@@ -6,7 +6,8 @@
 #   tests-overlap  the overlap path's GPU tests alone
 #   tests-all   every GPU test file, sparse and tree (2 GPUs) included
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
-#   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200)
+#   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200 until 2026-12-02; on
+#               2026-12-03 cut by a 300 s timeout before it finished)
 #   sanitize-bif  memcheck over the bifurcated launches only
 #   sanitize-concat  memcheck then racecheck over the one-sample launches alone (sanitize.py concat)
 #   racecheck   compute-sanitizer racecheck over the decode launches (shared-memory hazards; 147 s on an H200)
