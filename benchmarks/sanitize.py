@@ -1,7 +1,7 @@
 """Small launches of every kernel path, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [sparse] [bifurcated] [overlap] [concat]
-        [overlap-ws] [overlap-pingpong]
+    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [merge] [sparse] [bifurcated] [overlap]
+        [concat] [overlap-ws] [overlap-pingpong]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -51,6 +51,32 @@ def decode():
         outs = torch.randn(S, B, H, 128, dtype=BF16, device=DEV)
         lses = torch.randn(S, B, H, device=DEV)
         leanattn.merge_states(outs, lses)
+
+
+def merges():
+    # every form of merge_states_kernel (kernels/merge.merge_launch): unrolled over 1-8 states at one row of one warp
+    # and at 4 rows of 4 warps (2048 rows or more; 2077 leaves a partial last program), then BLOCK_S states a load
+    # for few rows and many; D not a power of two included. Then the launches that take it: decode's split
+    # schedule (ragged, 3 and 12 splits) and the bifurcated states path (LEANATTN_BIFURCATED_CONFIG path field 3)
+    for S in (1, 2, 3, 5, 8, 9, 45):
+        for B, H in ((3, 8), (67, 31)):
+            for d in (64, 96, 128, 256):
+                outs = torch.randn(S, B, H, d, dtype=torch.float32, device=DEV)
+                lses = torch.randn(S, B, H, device=DEV)
+                lses[0, 0] = float("-inf")
+                leanattn.merge_states(outs, lses)
+    lens = [3000, 0, 1, 517]
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    q = torch.randn(len(lens), 32, 128, dtype=BF16, device=DEV)
+    k = torch.randn(len(lens), max(lens), 8, 128, dtype=BF16, device=DEV)
+    for splits in (3, 12):
+        leanattn.decode(q, k, k, sl, schedule="split", num_splits=splits)
+    os.environ["LEANATTN_BIFURCATED_CONFIG"] = "0,0,0,0,0,0,0,0,0,3"
+    try:
+        pk = torch.randn(2500, 8, 128, dtype=BF16, device=DEV)
+        leanattn.bifurcated_decode(q, pk, pk, k, k, sl)
+    finally:
+        os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
 
 
 def sparse():
@@ -163,7 +189,7 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    families = {"decode": decode, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap, "concat": concat,
+    families = {"decode": decode, "merge": merges, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap, "concat": concat,
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
                 "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True)}
     chosen = sys.argv[1:] or list(families)
