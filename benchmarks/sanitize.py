@@ -189,7 +189,8 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    families = {"decode": decode, "merge": merges, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap, "concat": concat,
+    families = {"decode": decode, "merge": merges, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap,
+                "concat": concat,
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
                 "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True)}
     chosen = sys.argv[1:] or list(families)
