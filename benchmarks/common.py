@@ -216,11 +216,11 @@ def geomean(xs) -> float:
     return statistics.geometric_mean(xs) if xs else float("nan")
 
 
-def time_graph(fn, warmup=10, rep=40):
-    """Median us of ``fn`` replayed from a CUDA graph (eager if capture fails), L2 flushed."""
+def time_graph(fn, warmup=10, rep=40, flush="write"):
+    """Median us of ``fn`` replayed from a CUDA graph (eager if capture fails), L2 flushed (``bench``'s ``flush``)."""
     from bench_decode import graph_of
     g = graph_of(fn)
-    ms = bench(g.replay if g is not None else fn, warmup=warmup, rep=rep)
+    ms = bench(g.replay if g is not None else fn, warmup=warmup, rep=rep, flush=flush)
     del g
     return ms * 1e3
 
@@ -249,13 +249,18 @@ def launch_latency_us():
     return time_graph(lambda: _read_kernel[(1,)](x, part, 0, BLOCK=128, ITERS=1, num_warps=4), rep=100)
 
 
-def stream_read_us(nbytes):
-    """One launch of the streaming read kernel over ``nbytes`` (bf16), L2 flushed: the practical floor."""
+def stream_read_us(nbytes, flushes=("write",)):
+    """One launch of the streaming read kernel over ``nbytes`` (bf16), replayed from a CUDA graph with the L2
+    flushed: the practical floor of a kernel that reads those bytes once, launch and ramp included.
+
+    Returns microseconds, a float for one flush (``bench``'s ``flush``) or a dict keyed by flush for several.
+    """
     n = int(nbytes) // 2
     x = torch.randn(n, dtype=torch.bfloat16, device="cuda")
     block, iters = 4096, 4
     grid = triton.cdiv(n, block * iters)
     part = torch.empty(grid, dtype=torch.float32, device="cuda")
-    us = time_graph(lambda: _read_kernel[(grid,)](x, part, n, BLOCK=block, ITERS=iters, num_warps=8))
+    us = {f: time_graph(lambda: _read_kernel[(grid,)](x, part, n, BLOCK=block, ITERS=iters, num_warps=8), flush=f)
+          for f in flushes}
     del x
-    return us
+    return us[flushes[0]] if len(flushes) == 1 else us
