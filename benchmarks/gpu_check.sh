@@ -52,6 +52,8 @@
 #               Run 2026-12-01 14:17 (decode probe 9): no config more than 1% (D=64) or 2.5% (D=256) ahead
 #   d256-shapes the decode D=256 configs over eight D=256 shapes (benchmarks/probe_decode_d256.py; decode probe 14,
 #               2026-12-01 22:2x: 64-token tiles at one per SM 1-9% ahead of 32-token tiles on all eight, ~45 s)
+#   read-gap    lean without cache_seqlens against split over the same cut and grid, each difference turned, a plain
+#               read of the bytes beside them, under the read flush (benchmarks/probe_decode_read_gap.py, probe 26)
 #   decode-short  lean against split on short uniform cases, each over the other's cut (benchmarks/probe_decode_short.py;
 #               run 2026-12-02 00:0x, decode probe 15: split over lean's cut 1-6% ahead), and lean with a 16-wide
 #               lengths vector (LEANATTN_DECODE_BLOCK_B_MIN=16; run 02:19: 0.3 us behind a 1-wide one at B=1)
@@ -176,6 +178,7 @@ for step in "$@"; do
       python3 benchmarks/bench_decode.py --sweep --tag _d256 --out "$OUT" --cases "d256 16/8 B=1 32k" \
         --configs "0,0,0,0;32,4,3,2;32,4,3,3;32,8,3,2;64,4,2,2;64,8,2,1;128,4,2,2,0,0,2;64,4,2,2,0,0,2;0,0,0,0" 2>&1 \
         | grep -E "sweep|fail" ;;
+    read-gap) timeout 300 python3 benchmarks/probe_decode_read_gap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     decode-short) python3 benchmarks/probe_decode_short.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
     host) python3 benchmarks/host_overhead.py --out "$OUT" 2>&1 | grep -vi warning | tail -5 ;;
     decode-eager) python3 benchmarks/probe_decode_eager.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;

@@ -1,0 +1,84 @@
+"""Lean against split over the same cut and grid, and a plain read of the same bytes (decode probe 26).
+
+Under the read flush a plain streaming read of the KV bytes reaches 90% of the read ceiling at 268 MB and lean
+83.3-83.6% (suite run of 2026-12-03 11:24: mha 16k 69.6 us, 69.1 without ``cache_seqlens``, against the read's
+64.3 and split's 68.0 over the same cut; the bar, 85%, is 68.45 us). Without ``cache_seqlens`` on full caches
+lean launches exactly the programs its aligned cut uses, so it and split run the same pieces on grids of the
+same size. This probe times, in one process and interleaved over five rounds (graph replays after the read flush,
+``common.bench(flush="read")`` medians of 50 calls, us), lean without ``cache_seqlens`` as it is and with each
+remaining difference from split turned: its programs across rows (split's order), its cut rows merged in-kernel
+instead of by ``piece_merge_kernel``, no programmatic dependent launch; split with and without it; lean with
+``cache_seqlens``, cuDNN and the plain read beside them. Every variant is checked against the float64 reference.
+
+    PYTHONPATH=src python benchmarks/probe_decode_read_gap.py [--out DIR] [--cases A,B]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_decode as bd  # noqa: E402
+import common  # noqa: E402
+
+import leanattn  # noqa: E402
+
+CASES = ("mha B=1 16k", "d256 16/8 B=1 32k", "mha B=1 4k", "gqa B=1 32k")
+FULL_KNOBS = {"full": {}, "full, across rows": {"LEANATTN_ACROSS_ROWS": "1"},
+              "full, in-kernel merge": {"LEANATTN_DECODE_MERGE": "0"}, "full, no PDL": {"LEANATTN_PDL": "0"}}
+SPLIT_KNOBS = {"split": {}, "split, no PDL": {"LEANATTN_PDL": "0"}}
+ROUNDS = 5
+
+
+def read_graph(nbytes):
+    """A graph of one launch of the ceiling's streaming read kernel over ``nbytes`` of fresh bf16."""
+    n = nbytes // 2
+    x = torch.randn(n, dtype=torch.bfloat16, device="cuda")
+    block, iters = 4096, 4
+    part = torch.empty(triton.cdiv(n, block * iters), dtype=torch.float32, device="cuda")
+    return bd.graph_of(lambda: common._read_kernel[(part.numel(),)](x, part, n, BLOCK=block, ITERS=iters,
+                                                                    num_warps=8))
+
+
+def main(argv=None):
+    args, want = common.probe_args(__doc__, argv)
+    torch.manual_seed(0)
+    out = []
+    ceiling = common.read_bandwidth_gbs()["read_ceiling_clean_flush"]
+    for case, inp, ref, call in bd.probe_cases(CASES, want):
+        args3 = (inp["q"], inp["k"], inp["v"])
+        full = lambda: leanattn.decode(*args3)  # noqa: E731
+        split = lambda: leanattn.decode(*args3, inp["seqlens"], schedule="split")  # noqa: E731
+        fns = {"lean": bd.with_plans(call)}
+        fns.update({n: bd.with_plans(full, e) for n, e in FULL_KNOBS.items()})
+        fns.update({n: bd.with_plans(split, e) for n, e in SPLIT_KNOBS.items()})
+        fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
+        graphs = {}
+        for label, fn in fns.items():
+            err = bd.rel_err(fn(), ref)
+            if err > 1e-2:
+                raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
+            graphs[label] = bd.graph_of(fn)
+        nbytes = bd.kv_bytes(case)
+        graphs["plain read"] = read_graph(nbytes)
+        us, med = bd.interleaved_times({lb: g.replay for lb, g in graphs.items()}, ROUNDS,
+                                       time_ms=lambda run: common.bench(run, flush="read", calls=50))
+        bar = nbytes / (0.85 * ceiling) / 1e3
+        grids = bd.plan_grids(fns)
+        print(f"{case['name']} (85% of the ceiling: {bar:.1f} us) | "
+              + "  ".join(f"{lb} {t:.1f}" for lb, t in med.items()), flush=True)
+        out.append(dict(case=case["name"], grids=grids, us=us, median=med, bar_us=bar))
+        del call, fns, graphs, full, split
+        torch.cuda.empty_cache()
+    common.write_probe(args.out, "decode_probe_read_gap.json",
+                       probe="lean without cache_seqlens against split over the same cut, knobs turned, read flush",
+                       read_ceiling_clean_flush=ceiling,
+                       timing=f"CUDA-graph replays after a 256 MB read flush, medians of 50 calls, {ROUNDS} "
+                              "interleaved rounds, us", cases=out)
+
+
+if __name__ == "__main__":
+    main()
