@@ -53,7 +53,7 @@
 #   d256-shapes the decode D=256 configs over eight D=256 shapes (benchmarks/probe_decode_d256.py; decode probe 14,
 #               2026-12-01 22:2x: 64-token tiles at one per SM 1-9% ahead of 32-token tiles on all eight, ~45 s)
 #   read-gap    lean without cache_seqlens against split over the same cut and grid, each difference turned, a plain
-#               read of the bytes beside them, under the read flush (benchmarks/probe_decode_read_gap.py, probe 26)
+#               read of the bytes beside them, under the read flush (benchmarks/probe_decode_read_gap.py, probe 45)
 #   decode-short  lean against split on short uniform cases, each over the other's cut (benchmarks/probe_decode_short.py;
 #               run 2026-12-02 00:0x, decode probe 15: split over lean's cut 1-6% ahead), and lean with a 16-wide
 #               lengths vector (LEANATTN_DECODE_BLOCK_B_MIN=16; run 02:19: 0.3 us behind a 1-wide one at B=1)

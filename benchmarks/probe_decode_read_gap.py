@@ -1,4 +1,4 @@
-"""Lean against split over the same cut and grid, and a plain read of the same bytes (decode probe 26).
+"""Lean against split over the same cut and grid, and a plain read of the same bytes (probe 45).
 
 Under the read flush a plain streaming read of the KV bytes reaches 90% of the read ceiling at 268 MB and lean
 83.3-83.6% (suite run of 2026-12-03 11:24: mha 16k 69.6 us, 69.1 without ``cache_seqlens``, against the read's
