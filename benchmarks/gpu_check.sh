@@ -54,6 +54,8 @@
 #               2026-12-01 22:2x: 64-token tiles at one per SM 1-9% ahead of 32-token tiles on all eight, ~45 s)
 #   read-gap    lean without cache_seqlens against split over the same cut and grid, each difference turned, a plain
 #               read of the bytes beside them, under the read flush (benchmarks/probe_decode_read_gap.py, probe 45)
+#   read-gap-cand  the same in three processes: the schedule's search over 256, 32 and 256 candidates
+#               (LEANATTN_SCHEDULE_CANDIDATES; 32 fit one warp: no block-wide barriers)
 #   decode-short  lean against split on short uniform cases, each over the other's cut (benchmarks/probe_decode_short.py;
 #               run 2026-12-02 00:0x, decode probe 15: split over lean's cut 1-6% ahead), and lean with a 16-wide
 #               lengths vector (LEANATTN_DECODE_BLOCK_B_MIN=16; run 02:19: 0.3 us behind a 1-wide one at B=1)
@@ -179,6 +181,9 @@ for step in "$@"; do
         --configs "0,0,0,0;32,4,3,2;32,4,3,3;32,8,3,2;64,4,2,2;64,8,2,1;128,4,2,2,0,0,2;64,4,2,2,0,0,2;0,0,0,0" 2>&1 \
         | grep -E "sweep|fail" ;;
     read-gap) timeout 300 python3 benchmarks/probe_decode_read_gap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    read-gap-cand)
+      for c in 256 32 256; do mkdir -p "$OUT/c$c"; echo "candidates $c"
+        LEANATTN_SCHEDULE_CANDIDATES=$c timeout 150 python3 benchmarks/probe_decode_read_gap.py --out "$OUT/c$c" 2>&1 | grep -E "\||Error"; done ;;
     decode-short) python3 benchmarks/probe_decode_short.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
     host) python3 benchmarks/host_overhead.py --out "$OUT" 2>&1 | grep -vi warning | tail -5 ;;
     decode-eager) python3 benchmarks/probe_decode_eager.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;

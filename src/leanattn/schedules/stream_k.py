@@ -19,6 +19,8 @@ pipeline and adds a piece to merge; aligned ranges have neither. The rest of the
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import triton
 import triton.language as tl
@@ -31,8 +33,13 @@ __all__ = ["tiles_per_sequence", "lean_ranges", "lean_assignment", "programs_use
 # 136.8 against 140.7, paged16 gqa B=4 32k 138.1 against 145.4 (benchmarks/results/decode_probes_H200_2026-12-01.md)
 PIECE_COST = 2
 # candidate piece counts tried at once (a vector, not a loop: the choice costs every program a few
-# instructions)
-CANDIDATES = 256
+# instructions). ``LEANATTN_SCHEDULE_CANDIDATES`` (a power of two, read at import) overrides it, for probes of the
+# search's cost: offline (Triton 3.6, sm_90a, decode 32/32 D=128) 256 candidates are spread over the program's 4
+# warps and their block-wide max and min take 6 barriers; 32 fit one warp (warp reductions, 1 barrier before the
+# piece) and the first K/V load comes about 70 instructions earlier.
+CANDIDATES = int(os.environ.get("LEANATTN_SCHEDULE_CANDIDATES", "256"))
+if CANDIDATES < 1 or CANDIDATES & (CANDIDATES - 1):
+    raise ValueError(f"LEANATTN_SCHEDULE_CANDIDATES: expected a power of two >= 1, got {CANDIDATES}")
 _PIECE_COST: tl.constexpr = tl.constexpr(PIECE_COST)
 _CANDIDATES: tl.constexpr = tl.constexpr(CANDIDATES)
 
