@@ -182,8 +182,8 @@ for step in "$@"; do
         | grep -E "sweep|fail" ;;
     read-gap) timeout 300 python3 benchmarks/probe_decode_read_gap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     read-gap-cand)
-      for c in 256 32 256; do mkdir -p "$OUT/c$c"; echo "candidates $c"
-        LEANATTN_SCHEDULE_CANDIDATES=$c timeout 150 python3 benchmarks/probe_decode_read_gap.py --out "$OUT/c$c" 2>&1 | grep -E "\||Error"; done ;;
+      for run in 1_256 2_32 3_256; do c=${run#*_}; mkdir -p "$OUT/run$run"; echo "candidates $c"
+        LEANATTN_SCHEDULE_CANDIDATES=$c timeout 150 python3 benchmarks/probe_decode_read_gap.py --out "$OUT/run$run" 2>&1 | grep -E "\||Error"; done ;;
     decode-short) python3 benchmarks/probe_decode_short.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
     host) python3 benchmarks/host_overhead.py --out "$OUT" 2>&1 | grep -vi warning | tail -5 ;;
     decode-eager) python3 benchmarks/probe_decode_eager.py --out "$OUT" 2>&1 | grep -vi warning | tail -6 ;;
