@@ -249,18 +249,18 @@ def launch_latency_us():
     return time_graph(lambda: _read_kernel[(1,)](x, part, 0, BLOCK=128, ITERS=1, num_warps=4), rep=100)
 
 
-def stream_read_us(nbytes, flushes=("write",)):
-    """One launch of the streaming read kernel over ``nbytes`` (bf16), replayed from a CUDA graph with the L2
-    flushed: the practical floor of a kernel that reads those bytes once, launch and ramp included.
-
-    Returns microseconds, a float for one flush (``bench``'s ``flush``) or a dict keyed by flush for several.
-    """
+def stream_read_fn(nbytes):
+    """One launch of the streaming read kernel over ``nbytes`` of fresh bf16, as a zero-argument call (its
+    closure holds the buffers): what a kernel that reads those bytes once takes, launch and ramp included."""
     n = int(nbytes) // 2
     x = torch.randn(n, dtype=torch.bfloat16, device="cuda")
     block, iters = 4096, 4
     grid = triton.cdiv(n, block * iters)
     part = torch.empty(grid, dtype=torch.float32, device="cuda")
-    us = {f: time_graph(lambda: _read_kernel[(grid,)](x, part, n, BLOCK=block, ITERS=iters, num_warps=8), flush=f)
-          for f in flushes}
-    del x
-    return us[flushes[0]] if len(flushes) == 1 else us
+    return lambda: _read_kernel[(grid,)](x, part, n, BLOCK=block, ITERS=iters, num_warps=8)
+
+
+def stream_read_us(nbytes, flush="write"):
+    """``stream_read_fn(nbytes)`` replayed from a CUDA graph with the L2 flushed (``bench``'s ``flush``), us:
+    the practical floor of a kernel that reads those bytes once."""
+    return time_graph(stream_read_fn(nbytes), flush=flush)

@@ -18,7 +18,6 @@ import os
 import sys
 
 import torch
-import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode as bd  # noqa: E402
@@ -31,16 +30,6 @@ FULL_KNOBS = {"full": {}, "full, across rows": {"LEANATTN_ACROSS_ROWS": "1"},
               "full, in-kernel merge": {"LEANATTN_DECODE_MERGE": "0"}, "full, no PDL": {"LEANATTN_PDL": "0"}}
 SPLIT_KNOBS = {"split": {}, "split, no PDL": {"LEANATTN_PDL": "0"}}
 ROUNDS = 5
-
-
-def read_graph(nbytes):
-    """A graph of one launch of the ceiling's streaming read kernel over ``nbytes`` of fresh bf16."""
-    n = nbytes // 2
-    x = torch.randn(n, dtype=torch.bfloat16, device="cuda")
-    block, iters = 4096, 4
-    part = torch.empty(triton.cdiv(n, block * iters), dtype=torch.float32, device="cuda")
-    return bd.graph_of(lambda: common._read_kernel[(part.numel(),)](x, part, n, BLOCK=block, ITERS=iters,
-                                                                    num_warps=8))
 
 
 def main(argv=None):
@@ -63,7 +52,7 @@ def main(argv=None):
                 raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
             graphs[label] = bd.graph_of(fn)
         nbytes = bd.kv_bytes(case)
-        graphs["plain read"] = read_graph(nbytes)
+        graphs["plain read"] = bd.graph_of(common.stream_read_fn(nbytes))
         us, med = bd.interleaved_times({lb: g.replay for lb, g in graphs.items()}, ROUNDS,
                                        time_ms=lambda run: common.bench(run, flush="read", calls=50))
         bar = nbytes / (0.85 * ceiling) / 1e3

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -260,3 +263,22 @@ def test_kernel_schedule_matches_python(total, grid):
     t = np.arange(total)
     p = prog[:total].numpy()
     assert ((py_start[p] <= t) & (t < py_end[p])).all()
+
+
+@pytest.mark.parametrize("raw", ["0", "3", "48", "abc", "-4", ""])
+def test_schedule_candidates_env_errors(raw):
+    # read when the module is imported, so each value is tried in a fresh interpreter
+    env = dict(os.environ, LEANATTN_SCHEDULE_CANDIDATES=raw)
+    run = subprocess.run([sys.executable, "-c", "import leanattn.schedules.stream_k"], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "ValueError: LEANATTN_SCHEDULE_CANDIDATES: expected a power of two >= 1" in run.stderr
+    assert repr(raw) in run.stderr
+
+
+def test_schedule_candidates_env_sets_the_width():
+    env = dict(os.environ, LEANATTN_SCHEDULE_CANDIDATES="32")
+    run = subprocess.run([sys.executable, "-c", "import leanattn.schedules.stream_k as s; print(s.CANDIDATES)"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "32"

@@ -37,9 +37,10 @@ PIECE_COST = 2
 # search's cost: offline (Triton 3.6, sm_90a, decode 32/32 D=128) 256 candidates are spread over the program's 4
 # warps and their block-wide max and min take 6 barriers; 32 fit one warp (warp reductions, 1 barrier before the
 # piece) and the first K/V load comes about 70 instructions earlier.
-CANDIDATES = int(os.environ.get("LEANATTN_SCHEDULE_CANDIDATES", "256"))
+_RAW_CANDIDATES = os.environ.get("LEANATTN_SCHEDULE_CANDIDATES", "256")
+CANDIDATES = int(_RAW_CANDIDATES) if _RAW_CANDIDATES.strip().isdigit() else 0
 if CANDIDATES < 1 or CANDIDATES & (CANDIDATES - 1):
-    raise ValueError(f"LEANATTN_SCHEDULE_CANDIDATES: expected a power of two >= 1, got {CANDIDATES}")
+    raise ValueError(f"LEANATTN_SCHEDULE_CANDIDATES: expected a power of two >= 1, got {_RAW_CANDIDATES!r}")
 _PIECE_COST: tl.constexpr = tl.constexpr(PIECE_COST)
 _CANDIDATES: tl.constexpr = tl.constexpr(CANDIDATES)
 
