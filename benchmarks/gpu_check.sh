@@ -3,6 +3,8 @@
 # Usage (repo root, on the GPU machine): benchmarks/gpu_check.sh STEP...
 #   tests       GPU tests of decode and bifurcated (sanitizer tests excluded: see 'sanitize')
 #   tests-bif   the bifurcated GPU tests alone
+#   tests-decode  the decode GPU tests alone (~150 s)
+#   tests-one-sample  the bifurcated GPU tests of the one-sample (concat) path alone
 #   tests-overlap  the overlap path's GPU tests alone
 #   tests-all   every GPU test file, sparse and tree (2 GPUs) included
 #   tests-tree-sparse  the tree (merges through merge_states; 2-GPU tests skip on one) and sparse GPU tests alone
@@ -77,6 +79,8 @@
 #               per-SASS-instruction source page as CSV and every section's details (stall reasons) under $OUT
 #   waves       lean over its default grid against 256-2048 programs (several waves), split over 4-16x rows programs,
 #               cuDNN, on six uniform suite cases (benchmarks/probe_waves.py, decode probe 25; ~90 s)
+#   ncu-gap     Nsight Compute counters of lean with and without cache_seqlens and split at mha B=1 16k: duration, SM
+#               active cycles, instructions, warp stalls (no instruction, long scoreboard, barrier, wait, branch)
 #   ncu-balance Nsight Compute metrics of one lean and one cuDNN launch at gqa B=16 8k: SM active cycles (min, mean,
 #               max over the SMs) against elapsed cycles, DRAM throughput (benchmarks/ncu_balance.py; ~30 s)
 #   one-per-sm  lean at one program per SM (cuDNN's decomposition at gqa B=16 8k: 128 programs, a whole (sequence,
@@ -136,6 +140,8 @@ for step in "$@"; do
   case "$step" in
     tests) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-bif) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
+    tests-decode) "${PYTEST[@]}" tests/test_decode_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
+    tests-one-sample) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "one_sample and not sanitizer" 2>&1 | tail -3 ;;
     tests-overlap) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "overlap and not sanitizer" 2>&1 | tail -3 ;;
     tests-all) "${PYTEST[@]}" tests/*_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-tree-sparse) "${PYTEST[@]}" tests/test_tree_gpu.py tests/test_sparse_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
@@ -207,6 +213,14 @@ for step in "$@"; do
       ncu --profile-from-start off --metrics gpu__time_duration.sum,gpc__cycles_elapsed.max,sm__cycles_active.min,sm__cycles_active.avg,sm__cycles_active.max,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size \
         python3 benchmarks/ncu_balance.py > "$OUT/ncu_balance.txt" 2>&1
       grep -vE "^==PROF==|^\s*$|^\s*-" "$OUT/ncu_balance.txt" | cut -c1-110 | head -40 ;;
+    ncu-gap)
+      # lean with and without cache_seqlens and split, merges in a second launch as in graphs (decode probe 46)
+      m=gpu__time_duration.sum,sm__cycles_active.min,sm__cycles_active.avg,sm__cycles_active.max,gpc__cycles_elapsed.max
+      m=$m,smsp__inst_executed.sum,launch__grid_size,launch__registers_per_thread,smsp__warps_launched.sum
+      for r in no_instruction long_scoreboard barrier wait branch_resolving; do m=$m,smsp__warps_issue_stalled_$r.sum; done
+      LEANATTN_DECODE_MERGE=1 ncu --profile-from-start off --metrics "$m" \
+        python3 benchmarks/ncu_balance.py --case "mha B=1 16k" --methods lean,lean_full,split > "$OUT/ncu_gap.txt" 2>&1
+      grep -vE "^==PROF==|^\s*$|^\s*-" "$OUT/ncu_gap.txt" | cut -c1-110 | head -80 ;;
     x1-overhead) python3 benchmarks/probe_x1_overhead.py --out "$OUT" 2>&1 | grep -E "\||us:|kernels|wrote|Error" ;;
     x1-alloc) python3 benchmarks/probe_x1_alloc.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     overlap-own) python3 benchmarks/probe_overlap_own.py --out "$OUT" 2>&1 | grep -E "\||plans|wrote|Error" ;;

@@ -255,6 +255,17 @@ def test_lean_merge_launch(monkeypatch, num_programs):
         dec._PLANS.clear()
 
 
+def test_piece_merge_launch_constants():
+    # a load holds a row's share of an even cut (one more piece than programs per row), so the many-piece rows of
+    # test_lean_merge_launch loop; up to 64 fp32 values a thread
+    from leanattn.kernels.piece_merge import piece_merge_launch
+    cases = {(32, 264, 128): (16, 1), (8, 264, 128): (32, 2), (8, 264, 256): (16, 2), (10, 29, 64): (4, 1),
+             (1, 1, 64): (2, 1), (2048, 264, 128): (2, 1)}
+    for (rows, programs, d), (block_s, warps) in cases.items():
+        grid, meta = piece_merge_launch(rows, 4, 1, 16, d, programs, rows)
+        assert grid == (rows, 4) and (meta["BLOCK_S"], meta["num_warps"]) == (block_s, warps), (rows, programs, d)
+
+
 @pytest.mark.parametrize("merge", ["0", "1"], ids=["in-kernel", "launch"])
 def test_lean_across_rows_order_is_bitwise_equal(monkeypatch, merge):
     # programs ordered across rows (schedules/stream_k.across_rows) run the same cut: equal lengths cut into

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import across_rows, cut_list, load_lengths, programs_used
+from ..schedules.stream_k import across_rows, cut_list, load_lengths, schedule_programs
 from .attend import attend_concat
 from .decode import load_q_rows, locate_row, settle_and_store
 from .grid_dependency import gdc_launch_dependents
@@ -71,7 +71,7 @@ def concat_decode_kernel(
     SINGLE_PREFIX: tl.constexpr, SAME_STRIDE: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
-    PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr,
+    PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr,
 ):
     """Stream-K decode of sample ``b`` over ``PK/PV[PrefixIds[b], :PrefixLens[g]]`` then its own cache.
 
@@ -107,7 +107,7 @@ def concat_decode_kernel(
             plen_one = prefix_cap
         pt_one = tl.cdiv(plen_one, BLOCK_N)
     # equal lengths: maybe fewer programs, so that ranges align with rows (as lean_decode_kernel)
-    G = programs_used(tiles, valid_b, ROWS, tl.num_programs(0), n_sms)
+    G = schedule_programs(tiles, valid_b, ROWS, n_sms, SEARCH)
     if ACROSS_ROWS:
         pid = across_rows(pid, G, tiles, valid_b, ROWS)
     work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, G)

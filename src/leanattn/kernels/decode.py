@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import across_rows, cut_list, load_lengths, locate_tile, programs_used, row_tiles
+from ..schedules.stream_k import across_rows, cut_list, load_lengths, locate_tile, row_tiles, schedule_programs
 from .attend import attend_any
 from .grid_dependency import gdc_launch_dependents, gdc_wait
 from .piece_merge import publish_piece, record_row, settle_piece
@@ -158,7 +158,7 @@ def lean_decode_kernel(
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
-    PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr,
+    PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
@@ -172,7 +172,7 @@ def lean_decode_kernel(
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
     tiles = row_tiles(lens, valid_b, BLOCK_N)
     # equal lengths: maybe fewer programs, so that ranges align with heads
-    G = programs_used(tiles, valid_b, ROWS, tl.num_programs(0), n_sms)
+    G = schedule_programs(tiles, valid_b, ROWS, n_sms, SEARCH)
     if ACROSS_ROWS:
         pid = across_rows(pid, G, tiles, valid_b, ROWS)
     work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, G)

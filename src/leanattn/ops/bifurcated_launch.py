@@ -255,7 +255,7 @@ class Plan:
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=bn, BLOCK_B=length_block(B),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
-                         SAME_STRIDE=same_stride,
+                         SAME_STRIDE=same_stride, SEARCH=sms > 0,
                          MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, ACROSS_ROWS=across_rows(D, q.element_size()),
                          num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
         self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap, sms)

@@ -66,7 +66,7 @@ class _Plan:
             mode = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
                                    k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
             self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH, PDL=False,
-                             ACROSS_ROWS=across_rows(D, k_cache.element_size()),
+                             ACROSS_ROWS=across_rows(D, k_cache.element_size()), SEARCH=sms > 0,
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
@@ -78,6 +78,8 @@ class _Plan:
                 # programs on four short uniform cases; benchmarks/results/decode_probes_H200_2026-12-01.md)
                 grid = programs_used_py(tiles_per_sequence([cap] * B, cfg.block_n), self.meta["ROWS"], grid, sms)
                 self.tail = self.tail[:-1] + (0,)
+                # and the kernel compiles no search (schedules/stream_k.schedule_programs)
+                self.meta["SEARCH"] = False
             self.grid = (grid,)
             self.ws = piece_workspaces("decode", device, self.grid[0], cfg.block_h, D, B * self.meta["ROWS"])
             self.launch = StreamKLaunch(lean_decode_kernel, self.grid, self.meta, self.ws + self.tail, mode, self.ws, B,

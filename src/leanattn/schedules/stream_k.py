@@ -25,7 +25,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-__all__ = ["tiles_per_sequence", "lean_ranges", "lean_assignment", "programs_used"]
+__all__ = ["tiles_per_sequence", "lean_ranges", "lean_assignment", "programs_used", "schedule_programs"]
 
 # what a piece boundary inside a range costs, in tiles of streaming (a tile pipeline refilled and one
 # more piece to merge): H200, 2026-12-01, same run, lean over 256 aligned programs against 264
@@ -137,6 +137,18 @@ def programs_used(tiles, valid, rows, nprog, n_sms):
     t_a = tl.where(k >= 1, n // tl.maximum(k, 1), m * n)
     use = uniform & (n > 0) & (n_sms > 0) & (t_a * tl.cdiv(g_a, sms) <= cost_u)
     return tl.where(use, g_a, nprog)
+
+
+@triton.jit
+def schedule_programs(tiles, valid, rows, n_sms, SEARCH: tl.constexpr):
+    """The programs to cut the work list over: ``programs_used`` of the grid with ``SEARCH``, else the whole
+    grid (the host chose it, ``n_sms = 0``). Without ``SEARCH`` no instruction of the search is compiled: it
+    sits between a program's start and its first K/V load."""
+    if SEARCH:
+        G = programs_used(tiles, valid, rows, tl.num_programs(0), n_sms)
+    else:
+        G = tl.num_programs(0)
+    return G
 
 
 @triton.jit
