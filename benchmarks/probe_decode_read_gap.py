@@ -10,8 +10,9 @@ flush, ``common.bench(flush="read")`` medians of 50 calls, us), lean without ``c
 each remaining difference from split turned: its programs across rows (split's order), its cut rows merged
 in-kernel instead of by ``piece_merge_kernel``, no programmatic dependent launch; split with and without it; lean
 with ``cache_seqlens``, cuDNN and the plain read beside them; then each cut on the other's grid: split with as
-many splits a row as lean's pieces, lean over split's rows x splits programs. Every variant is checked against
-the float64 reference.
+many splits a row as lean's pieces, lean over split's rows x splits programs; and lean with ``cache_seqlens`` over
+full's grid (given a grid, the kernel compiles no search: the lengths' load without the search). Every variant is
+checked against the float64 reference.
 
     PYTHONPATH=src python benchmarks/probe_decode_read_gap.py [--out DIR] [--cases A,B]
 """
@@ -63,7 +64,9 @@ def main(argv=None):
         pieces = next(iter(fns["full"].plans[0].values())).grid[0] // rows
         swapped = {"split, full's pieces": lambda: leanattn.decode(*args3, inp["seqlens"], schedule="split",
                                                                    num_splits=pieces),
-                   "full, split's grid": lambda: leanattn.decode(*args3, num_programs=rows * splits)}
+                   "full, split's grid": lambda: leanattn.decode(*args3, num_programs=rows * splits),
+                   # the lengths read but no search: a grid given is cut as it is
+                   "lean, full's grid": lambda: leanattn.decode(*args3, inp["seqlens"], num_programs=pieces * rows)}
         for label, fn in swapped.items():
             fns[label] = bd.with_plans(fn)
             check(case, label, fns[label], ref)
