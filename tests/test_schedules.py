@@ -14,7 +14,8 @@ import triton.language as tl
 
 from leanattn.schedules import (lean_assignment, lean_ranges, num_splits_heuristic, split_assignment,
                                 tiles_per_sequence)
-from leanattn.schedules.stream_k import across_rows, program_of, programs_used, programs_used_py, range_start
+from leanattn.schedules.stream_k import (across_rows, program_of, programs_used, programs_used_py, range_start,
+                                         search_launch)
 
 
 def random_batch(max_batch=12, max_len=400):
@@ -131,25 +132,42 @@ def test_programs_used_known_values(lens, rows, grid, sms, expected):
 
 
 @triton.jit
-def _programs_used_probe(Tiles, Out, n, rows, nprog, n_sms, BLOCK: tl.constexpr):
+def _programs_used_probe(Tiles, Out, n, rows, nprog, k0, g_m, m, waves, BLOCK: tl.constexpr, SMS: tl.constexpr,
+                         CAND: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     valid = offs < n
     tiles = tl.load(Tiles + offs, mask=valid, other=0)
-    tl.store(Out, programs_used(tiles, valid, rows, nprog, n_sms))
+    G, T = programs_used(tiles, valid, rows, nprog, k0, g_m, m, waves, SMS, CAND)
+    tl.store(Out, G)
+    tl.store(Out + 1, T)
 
 
 def test_programs_used_kernel_matches_python():
+    # the kernel's search, given the host's part (search_launch), picks the mirror's programs, and an aligned cut
+    # gives every program exactly T tiles
     cases = [([32], 32, 264, 132), ([256], 8, 396, 132), ([32] * 64, 8, 264, 132), ([1024] * 8, 8, 396, 132),
-             ([32, 32, 1], 8, 264, 132), ([32], 32, 264, 0), ([7], 1, 300, 5), ([97] * 3, 5, 40, 7), ([1], 1, 1, 1)]
+             ([32, 32, 1], 8, 264, 132), ([7], 1, 300, 5), ([97] * 3, 5, 40, 7), ([1], 1, 1, 1)]
     for _ in range(40):
         B = int(torch.randint(1, 9, ()))
         t = int(torch.randint(1, 300, ()))
-        cases.append(([t] * B, int(torch.randint(1, 9, ())), int(torch.randint(1, 400, ())), int(torch.randint(0, 140, ()))))
+        rows, nprog, sms = (int(torch.randint(1, hi, ())) for hi in (9, 400, 140))
+        cases.append(([t] * B, rows, nprog, sms))
     for tiles, rows, nprog, sms in cases:
-        out = torch.zeros(1, dtype=torch.int32)
-        _programs_used_probe[(1,)](torch.tensor(tiles, dtype=torch.int32), out, len(tiles), rows, nprog, sms,
-                                   BLOCK=max(16, triton.next_power_of_2(len(tiles))))
-        assert int(out) == programs_used_py(tiles, rows, nprog, sms), (tiles, rows, nprog, sms)
+        out = torch.zeros(2, dtype=torch.int32)
+        args, consts = search_launch(len(tiles), rows, nprog, sms)
+        assert consts["SEARCH"] and consts["SMS"] == sms
+        _programs_used_probe[(1,)](torch.tensor(tiles, dtype=torch.int32), out, len(tiles), rows, nprog, *args,
+                                   BLOCK=max(16, triton.next_power_of_2(len(tiles))), SMS=sms, CAND=consts["CAND"])
+        G, T = int(out[0]), int(out[1])
+        assert G == programs_used_py(tiles, rows, nprog, sms), (tiles, rows, nprog, sms)
+        total = sum(tiles) * rows
+        assert T == (total // G if G != nprog else -(-total // nprog)), (tiles, rows, nprog, sms)
+
+
+def test_search_launch_without_sms():
+    # a grid the host chose: no search compiled
+    args, consts = search_launch(4, 8, 100, 0)
+    assert not consts["SEARCH"] and len(args) == 4
 
 
 @triton.jit

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import across_rows, cut_list, load_lengths, schedule_programs
+from ..schedules.stream_k import across_rows, cut_list_at, load_lengths, schedule
 from .attend import attend_concat
 from .decode import load_q_rows, locate_row, settle_and_store
 from .grid_dependency import gdc_launch_dependents
@@ -52,7 +52,8 @@ def concat_piece(
         GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH)
 
 
-@triton.jit
+# the search's host-side arguments vary with the batch: one compile serves every value
+@triton.jit(do_not_specialize=["k0", "g_m", "m_rows", "waves"])
 def concat_decode_kernel(
     Q, PK, PV, K, V, Out, Lse,  #
     PrefixLens, PrefixIds, Seqlens, BlockTable,  #
@@ -64,14 +65,14 @@ def concat_decode_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb,  #
-    qk_scale, B, prefix_cap, capacity, n_sms,  #
+    qk_scale, B, prefix_cap, capacity, k0, g_m, m_rows, waves,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
     SINGLE_PREFIX: tl.constexpr, SAME_STRIDE: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
-    PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr,
+    PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr,
 ):
     """Stream-K decode of sample ``b`` over ``PK/PV[PrefixIds[b], :PrefixLens[g]]`` then its own cache.
 
@@ -107,10 +108,10 @@ def concat_decode_kernel(
             plen_one = prefix_cap
         pt_one = tl.cdiv(plen_one, BLOCK_N)
     # equal lengths: maybe fewer programs, so that ranges align with rows (as lean_decode_kernel)
-    G = schedule_programs(tiles, valid_b, ROWS, n_sms, SEARCH)
+    G, T = schedule(tiles, valid_b, ROWS, k0, g_m, m_rows, waves, SEARCH, SMS, CAND)
     if ACROSS_ROWS:
         pid = across_rows(pid, G, tiles, valid_b, ROWS)
-    work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, G)
+    work, cum_incl, T, high, start, end = cut_list_at(tiles, ROWS, pid, G, T)
 
     t = start
     while t < end:

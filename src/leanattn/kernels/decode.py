@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import across_rows, cut_list, load_lengths, locate_tile, row_tiles, schedule_programs
+from ..schedules.stream_k import across_rows, cut_list_at, load_lengths, locate_tile, row_tiles, schedule
 from .attend import attend_any
 from .grid_dependency import gdc_launch_dependents, gdc_wait
 from .piece_merge import publish_piece, record_row, settle_piece
@@ -142,7 +142,8 @@ def settle_and_store(
                         GROUP, HEAD_DIM, BLOCK_H)
 
 
-@triton.jit
+# the search's host-side arguments vary with the batch: one compile serves every value
+@triton.jit(do_not_specialize=["k0", "g_m", "m_rows", "waves"])
 def lean_decode_kernel(
     Q, K, V, Out, Lse,  #
     Seqlens, BlockTable,  #
@@ -152,13 +153,13 @@ def lean_decode_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb,  #
-    qk_scale, B, capacity, n_sms,  #
+    qk_scale, B, capacity, k0, g_m, m_rows, waves,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
-    PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr,
+    PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
@@ -172,10 +173,10 @@ def lean_decode_kernel(
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
     tiles = row_tiles(lens, valid_b, BLOCK_N)
     # equal lengths: maybe fewer programs, so that ranges align with heads
-    G = schedule_programs(tiles, valid_b, ROWS, n_sms, SEARCH)
+    G, T = schedule(tiles, valid_b, ROWS, k0, g_m, m_rows, waves, SEARCH, SMS, CAND)
     if ACROSS_ROWS:
         pid = across_rows(pid, G, tiles, valid_b, ROWS)
-    work, cum_incl, T, high, start, end = cut_list(tiles, ROWS, pid, G)
+    work, cum_incl, T, high, start, end = cut_list_at(tiles, ROWS, pid, G, T)
 
     t = start
     while t < end:

@@ -40,6 +40,7 @@ from ..kernels.bifurcated_prefix import prefix_states_kernel
 from ..kernels.bifurcated_states import bifurcated_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..kernels.merge import merge_launch, merge_states_kernel
+from ..schedules.stream_k import search_launch
 from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
@@ -255,10 +256,13 @@ class Plan:
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=bn, BLOCK_B=length_block(B),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
-                         SAME_STRIDE=same_stride, SEARCH=sms > 0,
+                         SAME_STRIDE=same_stride,
                          MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, ACROSS_ROWS=across_rows(D, q.element_size()),
                          num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
-        self.tail = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap, sms)
+        head = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap)
+        search, consts = search_launch(B, Hkv * cfg.n_hb, workers or sms * cps, sms)
+        self.meta.update(consts)
+        self.tail = head + search
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
             args = (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, d, *self.tail)
@@ -269,6 +273,10 @@ class Plan:
             workers = runtime.num_sms(device) * max(1, min(occ, cps))
         n = workers
         self.grid = (n,)
+        # the search's host-side arguments for the grid launched
+        search, consts = search_launch(B, Hkv * cfg.n_hb, n, sms)
+        self.meta.update(consts)
+        self.tail = head + search
         rows = B * self.meta["ROWS"]
         self.ws = piece_workspaces("bif_o", device, n, cfg.block_h, D, rows)
         self.concat_launch = StreamKLaunch(concat_decode_kernel, self.grid, self.meta, self.ws + self.tail, merge_apart,

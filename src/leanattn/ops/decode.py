@@ -11,7 +11,7 @@ from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.merge import merge_launch, merge_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
-from ..schedules.stream_k import programs_used_py, tiles_per_sequence
+from ..schedules.stream_k import programs_used_py, search_launch, tiles_per_sequence
 from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
 
@@ -66,20 +66,21 @@ class _Plan:
             mode = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
                                    k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
             self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH, PDL=False,
-                             ACROSS_ROWS=across_rows(D, k_cache.element_size()), SEARCH=sms > 0,
+                             ACROSS_ROWS=across_rows(D, k_cache.element_size()),
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
-            self.tail = strides + (bt_stride, qk_scale, B, cap, sms)
+            self._search(B, workers or sms * cfg.ctas_per_sm, sms, strides + (bt_stride, qk_scale, B, cap))
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
+            search_sms = sms
             if sms and cache_seqlens is None:
                 # every sequence fills the cache, so the host knows the programs the kernel would use:
                 # launch only those (H200, same process: 0.4-1.8 us faster than a grid with idle
-                # programs on four short uniform cases; benchmarks/results/decode_probes_H200_2026-12-01.md)
+                # programs on four short uniform cases; benchmarks/results/decode_probes_H200_2026-12-01.md),
+                # and the kernel compiles no search
                 grid = programs_used_py(tiles_per_sequence([cap] * B, cfg.block_n), self.meta["ROWS"], grid, sms)
-                self.tail = self.tail[:-1] + (0,)
-                # and the kernel compiles no search (schedules/stream_k.schedule_programs)
-                self.meta["SEARCH"] = False
+                search_sms = 0
+            self._search(B, grid, search_sms, self.tail[:-4])
             self.grid = (grid,)
             self.ws = piece_workspaces("decode", device, self.grid[0], cfg.block_h, D, B * self.meta["ROWS"])
             self.launch = StreamKLaunch(lean_decode_kernel, self.grid, self.meta, self.ws + self.tail, mode, self.ws, B,
@@ -112,6 +113,11 @@ class _Plan:
             self.launch = runtime.Launcher(split_decode_kernel, self.grid, self.meta, (self.arrivals,) + self.tail)
             self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta,
                                                  self.merge_tail)
+
+    def _search(self, B, grid, sms, head):
+        args, consts = search_launch(B, self.meta["ROWS"], grid, sms)
+        self.meta.update(consts)
+        self.tail = head + args
 
     def _lean_grid(self, cfg, q, k_cache, v_cache, workers) -> int:
         if workers > 0:

@@ -25,7 +25,8 @@ import numpy as np
 import triton
 import triton.language as tl
 
-__all__ = ["tiles_per_sequence", "lean_ranges", "lean_assignment", "programs_used", "schedule_programs"]
+__all__ = ["tiles_per_sequence", "lean_ranges", "lean_assignment", "programs_used", "schedule", "search_args",
+           "search_launch"]
 
 # what a piece boundary inside a range costs, in tiles of streaming (a tile pipeline refilled and one
 # more piece to merge): H200, 2026-12-01, same run, lean over 256 aligned programs against 264
@@ -81,26 +82,24 @@ def program_of(t, T, high):
 
 
 @triton.jit
-def program_range(total, pid, nprog):
-    """``(T, high, start, end)``: program ``pid`` of ``nprog`` takes positions ``[start, end)`` of
-    ``total``; the first ``high`` programs take ``T`` positions, the rest ``T - 1``."""
-    T = tl.cdiv(total, nprog)
-    high = total - (T - 1) * nprog
+def cut_list_at(tiles, rows, pid, nprog, T):
+    """A work list of ``rows`` rows of ``tiles[i]`` tiles per item, cut over ``nprog`` programs whose first
+    ``high`` take ``T`` tiles and the rest ``T - 1`` (``T = cdiv(total, nprog)``, given where the caller knows
+    it): ``(work, cum_incl, T, high, start, end)``, the per-item work and its inclusive prefix sum (for
+    ``locate_tile``) and the positions ``[start, end)`` of program ``pid``."""
+    work = tiles * rows
+    cum_incl = tl.cumsum(work, 0)
+    high = tl.sum(work, 0) - (T - 1) * nprog
     start = range_start(pid, T, high)
-    return T, high, start, start + T - (pid >= high).to(tl.int32)
+    end = start + T - (pid >= high).to(tl.int32)
+    # programs past nprog (a grid larger than the cut, see programs_used) take nothing
+    return work, cum_incl, T, high, start, tl.where(pid < nprog, end, start)
 
 
 @triton.jit
 def cut_list(tiles, rows, pid, nprog):
-    """A work list of ``rows`` rows of ``tiles[i]`` tiles per item, cut over ``nprog`` programs:
-    ``(work, cum_incl, T, high, start, end)``, the per-item work and its inclusive prefix sum (for
-    ``locate_tile``) and ``program_range`` of program ``pid``."""
-    work = tiles * rows
-    cum_incl = tl.cumsum(work, 0)
-    T, high, start, end = program_range(tl.sum(work, 0), pid, nprog)
-    # programs past nprog (a grid larger than the cut, see programs_used) take nothing
-    end = tl.where(pid < nprog, end, start)
-    return work, cum_incl, T, high, start, end
+    """``cut_list_at`` with ``T`` computed."""
+    return cut_list_at(tiles, rows, pid, nprog, tl.cdiv(tl.sum(tiles * rows, 0), nprog))
 
 
 @triton.jit
@@ -114,41 +113,45 @@ def uniform_rows(tiles, valid, rows):
 
 
 @triton.jit
-def programs_used(tiles, valid, rows, nprog, n_sms):
-    """How many of the ``nprog`` programs (on ``n_sms`` SMs) to cut the work list over.
+def programs_used(tiles, valid, rows, nprog, k0, g_m, m, waves, SMS: tl.constexpr, CAND: tl.constexpr):
+    """``(G, T)``: how many of the ``nprog`` programs (on ``SMS`` SMs) to cut the work list over, and the
+    tiles of its busiest programs.
 
     ``nprog`` unless every item has the same tile count ``n`` and an aligned cut is no slower by the
-    cost model: the tiles of the busiest SM, ``T * cdiv(G, n_sms)`` for ``G`` programs of ``T`` tiles,
+    cost model: the tiles of the busiest SM, ``T * cdiv(G, SMS)`` for ``G`` programs of ``T`` tiles,
     plus ``PIECE_COST`` tiles when ranges cut rows unaligned. The aligned cuts: ``k`` pieces a row
     (``k`` the largest divisor of ``n`` with ``rows_total * k <= nprog``), else ``m`` whole rows a
     program (``m`` the smallest divisor of the row count with ``rows_total / m <= nprog``).
-    ``n_sms = 0`` keeps ``nprog`` (a grid the caller chose). ``programs_used_py`` is the Python mirror.
+
+    What does not depend on the lengths comes from the host (``search_args``): ``k0 = nprog // rows_total``,
+    the first candidate ``k``, of ``CAND``; the whole-rows cut ``m`` and its ``g_m`` programs; ``waves =
+    cdiv(nprog, SMS)``. Every integer division left on the device sits between a program's start and its
+    first K/V load (H200, mha B=1 16k: the search computed in full there cost 1.3 us of 70, decode probe 45).
+    ``programs_used_py`` is the Python mirror.
     """
     n, uniform, heads = uniform_rows(tiles, valid, rows)
-    total = heads * n
-    sms = tl.maximum(n_sms, 1)
-    cost_u = tl.cdiv(total, nprog) * tl.cdiv(nprog, sms) + _PIECE_COST
-    cand = tl.arange(0, _CANDIDATES)
-    ks = nprog // heads - cand
+    # (with equal lengths the work is heads * n)
+    t_u = tl.cdiv(tl.sum(tiles * rows, 0), nprog)
+    ks = k0 - tl.arange(0, CAND)
     k = tl.max(tl.where((ks >= 1) & (n % tl.maximum(ks, 1) == 0), ks, 0), 0)
-    ms = tl.cdiv(heads, nprog) + cand
-    m = tl.min(tl.where(heads % ms == 0, ms, heads), 0)
-    g_a = tl.where(k >= 1, heads * k, heads // m)
+    g_a = tl.where(k >= 1, heads * k, g_m)
     t_a = tl.where(k >= 1, n // tl.maximum(k, 1), m * n)
-    use = uniform & (n > 0) & (n_sms > 0) & (t_a * tl.cdiv(g_a, sms) <= cost_u)
-    return tl.where(use, g_a, nprog)
+    use = uniform & (n > 0) & (t_a * tl.cdiv(g_a, SMS) <= t_u * waves + _PIECE_COST)
+    # an aligned cut is even: G programs of exactly t_a tiles
+    return tl.where(use, g_a, nprog), tl.where(use, t_a, t_u)
 
 
 @triton.jit
-def schedule_programs(tiles, valid, rows, n_sms, SEARCH: tl.constexpr):
-    """The programs to cut the work list over: ``programs_used`` of the grid with ``SEARCH``, else the whole
-    grid (the host chose it, ``n_sms = 0``). Without ``SEARCH`` no instruction of the search is compiled: it
-    sits between a program's start and its first K/V load."""
+def schedule(tiles, valid, rows, k0, g_m, m, waves, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr):
+    """``(G, T)`` for ``cut_list_at``: with ``SEARCH``, ``programs_used`` of the grid (``k0, g_m, m, waves, SMS,
+    CAND`` its host-side arguments, ``search_args``); else the whole grid (the host chose it) and its ``T``.
+    Without ``SEARCH`` no instruction of the search is compiled."""
     if SEARCH:
-        G = programs_used(tiles, valid, rows, tl.num_programs(0), n_sms)
+        G, T = programs_used(tiles, valid, rows, tl.num_programs(0), k0, g_m, m, waves, SMS, CAND)
     else:
         G = tl.num_programs(0)
-    return G
+        T = tl.cdiv(tl.sum(tiles * rows, 0), G)
+    return G, T
 
 
 @triton.jit
@@ -207,6 +210,29 @@ def lean_ranges(total: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
     return start, end
 
 
+def search_args(items: int, rows: int, grid: int, num_sms: int) -> dict:
+    """The host's part of ``programs_used`` for ``items`` items of ``rows`` rows on ``grid`` programs over
+    ``num_sms`` SMs, which no length changes: ``k0`` (the first candidate count of pieces a row) and ``CAND``
+    (candidates tried, a power of two), the whole-rows cut ``m`` (rows a program) and its ``g_m`` programs, and
+    ``waves`` (programs a SM)."""
+    heads = max(items * rows, 1)
+    k0 = grid // heads
+    m0 = -(-heads // grid)
+    m = next((m for m in range(m0, m0 + CANDIDATES) if heads % m == 0), heads)
+    return dict(k0=k0, CAND=min(triton.next_power_of_2(max(k0, 1)), CANDIDATES), m=m, g_m=heads // m,
+                waves=-(-grid // max(num_sms, 1)))
+
+
+def search_launch(items: int, rows: int, grid: int, num_sms: int) -> tuple[tuple, dict]:
+    """The arguments ``(k0, g_m, m, waves)`` and launch constants ``{SEARCH, SMS, CAND}`` a persistent kernel
+    passes to ``schedule`` for ``items`` items of ``rows`` rows on ``grid`` programs: the search with an SM
+    count, none with ``num_sms = 0`` (a grid the host chose)."""
+    if num_sms <= 0:
+        return (0, 1, 1, 1), dict(SEARCH=False, SMS=1, CAND=1)
+    a = search_args(items, rows, grid, num_sms)
+    return (a["k0"], a["g_m"], a["m"], a["waves"]), dict(SEARCH=True, SMS=num_sms, CAND=a["CAND"])
+
+
 def programs_used_py(tiles, rows: int, grid: int, num_sms: int) -> int:
     """Mirror of the kernels' ``programs_used``: of ``grid`` programs on ``num_sms`` SMs, how many
     the work list ``tiles`` (tiles per item) x ``rows`` rows is cut over."""
@@ -215,14 +241,13 @@ def programs_used_py(tiles, rows: int, grid: int, num_sms: int) -> int:
         return grid
     n = int(tiles.max())
     heads = len(tiles) * rows
-    cost_u = -(-heads * n // grid) * -(-grid // num_sms) + PIECE_COST
-    ks = [k for k in range(grid // heads, max(grid // heads - CANDIDATES, 0), -1) if n % k == 0]
+    a = search_args(len(tiles), rows, grid, num_sms)
+    cost_u = -(-heads * n // grid) * a["waves"] + PIECE_COST
+    ks = [k for k in range(a["k0"], max(a["k0"] - a["CAND"], 0), -1) if n % k == 0]
     if ks:
         g_a, t_a = heads * ks[0], n // ks[0]
     else:
-        m0 = -(-heads // grid)
-        m = next((m for m in range(m0, m0 + CANDIDATES) if heads % m == 0), heads)
-        g_a, t_a = heads // m, m * n
+        g_a, t_a = a["g_m"], a["m"] * n
     if (tiles == n).all() and t_a * -(-g_a // num_sms) <= cost_u:
         return g_a
     return grid
