@@ -54,8 +54,9 @@
 #               Run 2026-12-01 14:17 (decode probe 9): no config more than 1% (D=64) or 2.5% (D=256) ahead
 #   d256-shapes the decode D=256 configs over eight D=256 shapes (benchmarks/probe_decode_d256.py; decode probe 14,
 #               2026-12-01 22:2x: 64-token tiles at one per SM 1-9% ahead of 32-token tiles on all eight, ~45 s)
-#   read-gap    lean without cache_seqlens against split over the same cut and grid, each difference turned, a plain
-#               read of the bytes beside them, under the read flush (benchmarks/probe_decode_read_gap.py, probe 45)
+#   read-gap    lean with and without cache_seqlens against split, each difference turned, each cut on the other's
+#               grid, a plain read of the bytes beside them, under the read flush (benchmarks/probe_decode_read_gap.py,
+#               probe 45; ~55 s; run 2026-12-03 14:40: the search 0.5-1.3 us, split over lean's cut 0.3-1.1 us ahead)
 #   read-gap-cand  the same in three processes: the schedule's search over 256, 32 and 256 candidates
 #               (LEANATTN_SCHEDULE_CANDIDATES; 32 fit one warp: no block-wide barriers)
 #   decode-short  lean against split on short uniform cases, each over the other's cut (benchmarks/probe_decode_short.py;

@@ -16,6 +16,8 @@ When every row has the same number of tiles ``n`` (one sequence, or a batch of e
 with rows: ``k`` pieces of ``n / k`` tiles per row (``k`` divides ``n``), or ``m`` whole rows per
 program (``m`` divides the rows). A range that starts a second row mid-range restarts the tile
 pipeline and adds a piece to merge; aligned ranges have neither. The rest of the grid exits at once.
+What of that choice no length changes is computed on the host (``search_launch``): the rest runs in every
+program before its first K/V load. Where the host chose the grid, no search is compiled (``schedule``).
 """
 from __future__ import annotations
 
@@ -33,17 +35,16 @@ __all__ = ["tiles_per_sequence", "lean_ranges", "lean_assignment", "programs_use
 # unaligned ones: mha 64k 254.0 against 260.0 us (62-63 against 64 tiles per program), gqa B=4 32k
 # 136.8 against 140.7, paged16 gqa B=4 32k 138.1 against 145.4 (benchmarks/results/decode_probes_H200_2026-12-01.md)
 PIECE_COST = 2
-# candidate piece counts tried at once (a vector, not a loop: the choice costs every program a few
-# instructions). ``LEANATTN_SCHEDULE_CANDIDATES`` (a power of two, read at import) overrides it, for probes of the
-# search's cost: offline (Triton 3.6, sm_90a, decode 32/32 D=128) 256 candidates are spread over the program's 4
-# warps and their block-wide max and min take 6 barriers; 32 fit one warp (warp reductions, 1 barrier before the
-# piece) and the first K/V load comes about 70 instructions earlier.
+# the most candidate piece counts a row tried (a vector, not a loop: the choice costs every program a few
+# instructions); the kernel tries ``min(next_power_of_2(k0), CANDIDATES)`` (``search_args``), 8 at mha B=1 on 264
+# programs. ``LEANATTN_SCHEDULE_CANDIDATES`` (a power of two, read at import) overrides it, for probes of the
+# search's cost: when the whole search ran on the device, 32 candidates instead of 256 (one warp instead of 4,
+# 1 barrier instead of 6) moved lean by at most 0.2 us (H200, decode probe 45, 2026-12-03).
 _RAW_CANDIDATES = os.environ.get("LEANATTN_SCHEDULE_CANDIDATES", "256")
 CANDIDATES = int(_RAW_CANDIDATES) if _RAW_CANDIDATES.strip().isdigit() else 0
 if CANDIDATES < 1 or CANDIDATES & (CANDIDATES - 1):
     raise ValueError(f"LEANATTN_SCHEDULE_CANDIDATES: expected a power of two >= 1, got {_RAW_CANDIDATES!r}")
 _PIECE_COST: tl.constexpr = tl.constexpr(PIECE_COST)
-_CANDIDATES: tl.constexpr = tl.constexpr(CANDIDATES)
 
 
 # --------------------------------------------------------------------------------------------
