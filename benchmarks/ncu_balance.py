@@ -8,7 +8,7 @@ each, then one call of each between ``cudaProfilerStart`` and ``cudaProfilerStop
 minimum, mean and maximum active cycles over the SMs against the elapsed cycles).
 
 ``--methods lean,lean_full,split --case "mha B=1 16k"`` launches lean with and without ``cache_seqlens`` and split
-over the same cut (``gpu_check.sh ncu-gap``: where lean's time over split's goes, decode probe 46).
+(each over its own cut) (``gpu_check.sh ncu-gap``: where lean's time over split's goes, decode probe 46).
 
     PYTHONPATH=src python benchmarks/ncu_balance.py [--case "gqa B=16 8k"] [--methods lean,sdpa_cudnn]
 """

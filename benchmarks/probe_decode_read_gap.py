@@ -83,7 +83,8 @@ def main(argv=None):
         del call, fns, graphs, full, split, swapped
         torch.cuda.empty_cache()
     common.write_probe(args.out, "decode_probe_read_gap.json",
-                       probe="lean without cache_seqlens against split over the same cut, knobs turned, read flush",
+                       probe="lean with and without cache_seqlens against split, knobs turned, each cut on the "
+                             "other's grid, read flush",
                        read_ceiling_clean_flush=ceiling,
                        timing=f"CUDA-graph replays after a 256 MB read flush, medians of 50 calls, {ROUNDS} "
                               "interleaved rounds, us", cases=out)

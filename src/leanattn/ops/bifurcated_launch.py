@@ -40,12 +40,11 @@ from ..kernels.bifurcated_prefix import prefix_states_kernel
 from ..kernels.bifurcated_states import bifurcated_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..kernels.merge import merge_launch, merge_states_kernel
-from ..schedules.stream_k import search_launch
 from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
 from .decode_config import DecodeConfig, across_rows, decode_config, length_block, load_path, merge_in_launch
-from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
+from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
 
 LOG2E = 1.4426950408889634
 # The one-sample kernel's tiles as a scalar base plus 32-bit offsets fixed for the piece, where the prefix and the
@@ -260,9 +259,7 @@ class Plan:
                          MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, ACROSS_ROWS=across_rows(D, q.element_size()),
                          num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
         head = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap)
-        search, consts = search_launch(B, Hkv * cfg.n_hb, workers or sms * cps, sms)
-        self.meta.update(consts)
-        self.tail = head + search
+        self.tail = with_search(self.meta, head, B, Hkv * cfg.n_hb, workers or sms * cps, sms)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
             args = (q, kv, kv, kv, kv, q, f, d, d, d, d, f, f, d, d, *self.tail)
@@ -274,9 +271,7 @@ class Plan:
         n = workers
         self.grid = (n,)
         # the search's host-side arguments for the grid launched
-        search, consts = search_launch(B, Hkv * cfg.n_hb, n, sms)
-        self.meta.update(consts)
-        self.tail = head + search
+        self.tail = with_search(self.meta, head, B, Hkv * cfg.n_hb, n, sms)
         rows = B * self.meta["ROWS"]
         self.ws = piece_workspaces("bif_o", device, n, cfg.block_h, D, rows)
         self.concat_launch = StreamKLaunch(concat_decode_kernel, self.grid, self.meta, self.ws + self.tail, merge_apart,

@@ -11,9 +11,9 @@ from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.merge import merge_launch, merge_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
-from ..schedules.stream_k import programs_used_py, search_launch, tiles_per_sequence
+from ..schedules.stream_k import programs_used_py, tiles_per_sequence
 from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
-from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces
+from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
 
 __all__ = ["decode"]
 
@@ -70,7 +70,8 @@ class _Plan:
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
-            self._search(B, workers or sms * cfg.ctas_per_sm, sms, strides + (bt_stride, qk_scale, B, cap))
+            head = strides + (bt_stride, qk_scale, B, cap)
+            self.tail = with_search(self.meta, head, B, self.meta["ROWS"], workers or sms * cfg.ctas_per_sm, sms)
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
             search_sms = sms
             if sms and cache_seqlens is None:
@@ -80,7 +81,7 @@ class _Plan:
                 # and the kernel compiles no search
                 grid = programs_used_py(tiles_per_sequence([cap] * B, cfg.block_n), self.meta["ROWS"], grid, sms)
                 search_sms = 0
-            self._search(B, grid, search_sms, self.tail[:-4])
+            self.tail = with_search(self.meta, head, B, self.meta["ROWS"], grid, search_sms)
             self.grid = (grid,)
             self.ws = piece_workspaces("decode", device, self.grid[0], cfg.block_h, D, B * self.meta["ROWS"])
             self.launch = StreamKLaunch(lean_decode_kernel, self.grid, self.meta, self.ws + self.tail, mode, self.ws, B,
@@ -113,11 +114,6 @@ class _Plan:
             self.launch = runtime.Launcher(split_decode_kernel, self.grid, self.meta, (self.arrivals,) + self.tail)
             self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta,
                                                  self.merge_tail)
-
-    def _search(self, B, grid, sms, head):
-        args, consts = search_launch(B, self.meta["ROWS"], grid, sms)
-        self.meta.update(consts)
-        self.tail = head + args
 
     def _lean_grid(self, cfg, q, k_cache, v_cache, workers) -> int:
         if workers > 0:

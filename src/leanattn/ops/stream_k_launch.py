@@ -14,8 +14,18 @@ import torch
 
 from .. import runtime
 from ..kernels.piece_merge import piece_merge_kernel, piece_merge_launch
+from ..schedules.stream_k import search_launch
 
 IN_KERNEL, LAUNCH, GRAPHS = 0, 1, 2
+
+
+def with_search(meta: dict, head: tuple, items: int, rows: int, grid: int, sms: int) -> tuple:
+    """The scalar arguments of a stream-K kernel whose schedule (``schedules/stream_k.schedule``) cuts ``items``
+    items of ``rows`` rows over ``grid`` programs on ``sms`` SMs (0: no search, the grid is the host's): ``head``
+    followed by the search's host-side arguments (``search_launch``), whose launch constants go into ``meta``."""
+    args, consts = search_launch(items, rows, grid, sms)
+    meta.update(consts)
+    return head + args
 
 
 def piece_workspaces(name: str, device: torch.device, programs: int, block_h: int, head_dim: int,
