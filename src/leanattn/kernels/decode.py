@@ -23,11 +23,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import across_rows, cut_list_at, load_lengths, locate_tile, row_tiles, schedule
+from ..schedules.stream_k import across_rows, cut_list_at, load_lengths, locate_tile, place_idle, row_tiles, schedule
 from .attend import attend_any
 from .grid_dependency import gdc_launch_dependents, gdc_wait
 from .piece_merge import publish_piece, record_row, settle_piece
-from .prefetch import prefetch_first_tiles
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -143,8 +142,8 @@ def settle_and_store(
                         GROUP, HEAD_DIM, BLOCK_H)
 
 
-# the search's and the prefetch's host-side arguments vary with the batch: one compile serves every value
-@triton.jit(do_not_specialize=["k0", "g_m", "m_rows", "waves", "pf_g", "pf_t", "pf_high", "pf_n", "pf_k"])
+# the search's host-side arguments vary with the batch: one compile serves every value
+@triton.jit(do_not_specialize=["k0", "g_m", "m_rows", "waves"])
 def lean_decode_kernel(
     Q, K, V, Out, Lse,  #
     Seqlens, BlockTable,  #
@@ -154,20 +153,18 @@ def lean_decode_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb,  #
-    qk_scale, B, capacity, k0, g_m, m_rows, waves, pf_g, pf_t, pf_high, pf_n, pf_k,  #
+    qk_scale, B, capacity, k0, g_m, m_rows, waves,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
     PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    IDLE_ORDER: tl.constexpr = 0,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
-    (2 int32 per row) for the merge launch that follows instead of the counters. ``PREFETCH > 0``: the first
-    ``PREFETCH`` tiles of the cut of full caches (``pf_*``, ``kernels/prefetch.py``) are asked of the L2
-    before the schedule is computed."""
+    (2 int32 per row) for the merge launch that follows instead of the counters."""
     if PDL:
         # the merge launch after this one may start now: its programs wait for our writes (gdc_wait)
         gdc_launch_dependents()
@@ -175,13 +172,10 @@ def lean_decode_kernel(
     qk_scale = tl.cast(qk_scale, tl.float32)
     # -- schedule, from the real lengths (no host sync) --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
-    if PREFETCH > 0:
-        prefetch_first_tiles(K, V, pid, capacity, pf_g, pf_t, pf_high, pf_n, pf_k,  #
-                             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
-                             ROWS, N_HB, HEAD_DIM, BLOCK_N, PREFETCH)
     tiles = row_tiles(lens, valid_b, BLOCK_N)
     # equal lengths: maybe fewer programs, so that ranges align with heads
     G, T = schedule(tiles, valid_b, ROWS, k0, g_m, m_rows, waves, SEARCH, SMS, CAND)
+    pid = place_idle(pid, tl.num_programs(0), G, IDLE_ORDER)
     if ACROSS_ROWS:
         pid = across_rows(pid, G, tiles, valid_b, ROWS)
     work, cum_incl, T, high, start, end = cut_list_at(tiles, ROWS, pid, G, T)

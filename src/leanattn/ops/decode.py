@@ -1,6 +1,7 @@
 """``leanattn.decode``: attention of one new token per sequence over a KV cache."""
 from __future__ import annotations
 
+import os
 from typing import Literal, Optional, overload
 
 import torch
@@ -10,10 +11,9 @@ from .. import checks, runtime
 from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.merge import merge_launch, merge_states_kernel
 from ..kernels.piece_merge import merge_meta
-from ..kernels.prefetch import prefetch_args
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence
-from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch, prefetch_tiles
+from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
 
 __all__ = ["decode"]
@@ -68,26 +68,22 @@ class _Plan:
                                    k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
             self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH, PDL=False,
                              ACROSS_ROWS=across_rows(D, k_cache.element_size()),
-                             PREFETCH=prefetch_tiles(device, paged), **merge_meta(cfg.block_h, D, group))
+                             IDLE_ORDER=int(os.environ.get("LEANATTN_IDLE_ORDER", "0")),
+                             **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
             head = strides + (bt_stride, qk_scale, B, cap)
-            self.tail = with_search(self.meta, head, B, self.meta["ROWS"], workers or sms * cfg.ctas_per_sm,
-                                    sms) + (1, 1, 1, 1, 0)
+            self.tail = with_search(self.meta, head, B, self.meta["ROWS"], workers or sms * cfg.ctas_per_sm, sms)
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
-            # the cut of full caches: the programs used, and their first tiles for the prefetch
-            cap_tiles = tiles_per_sequence([cap] * B, cfg.block_n)
-            used = programs_used_py(cap_tiles, self.meta["ROWS"], grid, sms) if sms else grid
             search_sms = sms
             if sms and cache_seqlens is None:
                 # every sequence fills the cache, so the host knows the programs the kernel would use:
                 # launch only those (H200, same process: 0.4-1.8 us faster than a grid with idle
                 # programs on four short uniform cases; benchmarks/results/decode_probes_H200_2026-12-01.md),
                 # and the kernel compiles no search
-                grid = used
+                grid = programs_used_py(tiles_per_sequence([cap] * B, cfg.block_n), self.meta["ROWS"], grid, sms)
                 search_sms = 0
-            self.tail = with_search(self.meta, head, B, self.meta["ROWS"], grid, search_sms) + prefetch_args(
-                B, self.meta["ROWS"], int(cap_tiles[0]), used, self.meta["ACROSS_ROWS"])
+            self.tail = with_search(self.meta, head, B, self.meta["ROWS"], grid, search_sms)
             self.grid = (grid,)
             self.ws = piece_workspaces("decode", device, self.grid[0], cfg.block_h, D, B * self.meta["ROWS"])
             self.launch = StreamKLaunch(lean_decode_kernel, self.grid, self.meta, self.ws + self.tail, mode, self.ws, B,
@@ -150,7 +146,7 @@ class _Plan:
 _PLANS = runtime.PlanCache()
 # environment variables a plan is made from (benchmark sweeps): part of the plan key
 _ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_BLOCK_B_MIN",
-              "LEANATTN_DECODE_PREFETCH")
+              "LEANATTN_IDLE_ORDER")
 _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 

@@ -154,21 +154,6 @@ def _env_load(default: int) -> int:
     return int(raw)
 
 
-def prefetch_tiles(device: torch.device, paged: bool) -> int:
-    """``PREFETCH`` of a stream-K decode launch: how many of each program's first K/V tiles under the cut of
-    full caches it asks of the L2 before its schedule is known (``kernels/prefetch.py``); 0 for paged caches,
-    off the GPU and in the interpreter. ``LEANATTN_DECODE_PREFETCH`` (tiles, read when a plan is made)
-    overrides ``PREFETCH_TILES``."""
-    if paged or not runtime.gpu_target(device) or runtime.interpreting():
-        return 0
-    raw = os.environ.get("LEANATTN_DECODE_PREFETCH")
-    if raw is None:
-        return PREFETCH_TILES
-    if not raw.isdigit() or int(raw) > 8:
-        raise ValueError(f"LEANATTN_DECODE_PREFETCH: expected a tile count from 0 to 8, got {raw!r}")
-    return int(raw)
-
-
 def across_rows(head_dim: int, element_size: int) -> bool:
     """Whether stream-K launches whose cut is aligned with rows order their programs across rows
     (``schedules/stream_k.across_rows``): where one head's slice of a token is one 128-byte line (D=64 in
@@ -178,9 +163,6 @@ def across_rows(head_dim: int, element_size: int) -> bool:
     flag = runtime.env_flag("LEANATTN_ACROSS_ROWS")
     return head_dim * element_size <= 128 if flag is None else flag
 
-
-# K/V tiles of each program's first under the cut of full caches asked of the L2 before the schedule (prefetch_tiles)
-PREFETCH_TILES = 0
 
 # One sequence whose rows are cut into at least this many pieces (or cut unaligned) is merged by a second
 # launch. H200, same process, 2026-12-01 (benchmarks/results/decode_probe_merge_launch.json), lean with
