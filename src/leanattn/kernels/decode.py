@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import across_rows, cut_list_at, load_lengths, locate_tile, place_idle, row_tiles, schedule
+from ..schedules.stream_k import across_rows, cut_list_at, load_lengths, locate_tile, row_tiles, schedule
 from .attend import attend_any
 from .grid_dependency import gdc_launch_dependents, gdc_wait
 from .piece_merge import publish_piece, record_row, settle_piece
@@ -160,7 +160,6 @@ def lean_decode_kernel(
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
     PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr,
-    IDLE_ORDER: tl.constexpr = 0,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
@@ -175,7 +174,6 @@ def lean_decode_kernel(
     tiles = row_tiles(lens, valid_b, BLOCK_N)
     # equal lengths: maybe fewer programs, so that ranges align with heads
     G, T = schedule(tiles, valid_b, ROWS, k0, g_m, m_rows, waves, SEARCH, SMS, CAND)
-    pid = place_idle(pid, tl.num_programs(0), G, IDLE_ORDER)
     if ACROSS_ROWS:
         pid = across_rows(pid, G, tiles, valid_b, ROWS)
     work, cum_incl, T, high, start, end = cut_list_at(tiles, ROWS, pid, G, T)

@@ -1,7 +1,6 @@
 """``leanattn.decode``: attention of one new token per sequence over a KV cache."""
 from __future__ import annotations
 
-import os
 from typing import Literal, Optional, overload
 
 import torch
@@ -68,7 +67,6 @@ class _Plan:
                                    k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
             self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH, PDL=False,
                              ACROSS_ROWS=across_rows(D, k_cache.element_size()),
-                             IDLE_ORDER=int(os.environ.get("LEANATTN_IDLE_ORDER", "0")),
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
@@ -145,8 +143,7 @@ class _Plan:
 
 _PLANS = runtime.PlanCache()
 # environment variables a plan is made from (benchmark sweeps): part of the plan key
-_ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_BLOCK_B_MIN",
-              "LEANATTN_IDLE_ORDER")
+_ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_BLOCK_B_MIN")
 _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 

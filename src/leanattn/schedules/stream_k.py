@@ -156,21 +156,6 @@ def schedule(tiles, valid, rows, k0, g_m, m, waves, SEARCH: tl.constexpr, SMS: t
 
 
 @triton.jit
-def place_idle(pid, nprog, G, ORDER: tl.constexpr):
-    """The schedule program launched program ``pid`` of ``nprog`` runs when the cut uses ``G <= nprog``: with
-    ``ORDER`` 0 ``pid`` (programs ``G..nprog-1`` idle), 1 the idle ones spread evenly over the launch order,
-    2 the first ``nprog - G`` idle. Idle programs get ``G`` (no range)."""
-    idle = nprog - G
-    if ORDER == 1:
-        q0 = pid * idle // nprog
-        return tl.where((pid + 1) * idle // nprog > q0, G, pid - q0)
-    elif ORDER == 2:
-        return tl.where(pid < idle, G, pid - idle)
-    else:
-        return pid
-
-
-@triton.jit
 def across_rows(pid, nprog, tiles, valid, rows):
     """The schedule program that program ``pid`` of ``nprog`` runs when the cut is aligned with the rows,
     ``k >= 2`` pieces a row (``programs_used``): programs next to each other take the same piece of
