@@ -11,6 +11,7 @@
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
 #   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200 until 2026-12-02; on
 #               2026-12-03 cut by a 300 s timeout before it finished)
+#   sanitize-decode  memcheck over the decode launches alone (both schedules, the piece merge in-kernel and apart)
 #   sanitize-merge  memcheck over every form of the merge launch and the launches that take it (sanitize.py merge;
 #               0 errors on an H200, 2026-12-03 11:3x, ~40 s)
 #   racecheck-merge  racecheck over the same launches (shared-memory hazards of the merge's cross-warp folds;
@@ -151,6 +152,7 @@ for step in "$@"; do
     sanitize) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py 2>&1 | tail -3 ;;
     sanitize-merge) timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;
     racecheck-merge) timeout 300 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;
+    sanitize-decode) timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py decode 2>&1 | tail -3 ;;
     sanitize-db) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py decode bifurcated 2>&1 | tail -3 ;;
     racecheck) compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py decode 2>&1 | tail -3 ;;
     sanitize-bif) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated 2>&1 | tail -3 ;;
