@@ -6,13 +6,14 @@ search, 256 launched) at mha B=1 16k, gqa B=1 32k and d256. Probe 47 (L2 prefetc
 before the schedule) took nothing off: the time before the first load is not it. Two things differ: the search's
 instructions and the 8 idle programs. This probe adds 'lean, search over 128 SMs': the search as in 'lean' but
 told the GPU has 128 SMs, so the grid is the 256 programs it uses (d256, one program per SM: 128, all used).
-'lean' against it is the idle programs; it against 'lean, full's grid' is the search. 'lean, idle spread' and
-'lean, idle first' launch as 'lean' but leave idle the programs spread evenly over the launch order or the first
-ones instead of the last (``LEANATTN_IDLE_ORDER`` 1 and 2; ``schedules/stream_k.place_idle``). On the ragged cases,
+'lean' against it is the idle programs; it against 'lean, full's grid' is the search. On the ragged cases,
 'lean, full's grid' is the grid of the cut of full caches, the grid the host would launch if it always launched
-that one (probe 28, 2026-12-02: level on 14 suite cases). Timed in one process,
-interleaved over seven rounds (graph replays after the read flush, medians of 50 calls, us), each variant checked
-against the float64 reference.
+that one (probe 28, 2026-12-02: level on 14 suite cases). Timed in one process, interleaved over seven rounds
+(graph replays after the read flush, medians of 50 calls, us), each variant checked against the float64
+reference. The second run (2026-12-03 16:5x) also timed lean leaving idle the programs spread evenly over the
+launch order, or the first ones, instead of the last ('lean, idle spread', 'lean, idle first'): the kernel knob
+it took (``LEANATTN_IDLE_ORDER``, ``schedules/stream_k.place_idle``) is in ``b6033ab``, reverted after (no order
+was ahead on every case).
 
     PYTHONPATH=src python benchmarks/probe_decode_grid_search.py [--out DIR] [--cases A,B]
 """
@@ -43,8 +44,6 @@ def main(argv=None):
         args3 = (inp["q"], inp["k"], inp["v"])
         fns = {"lean": bd.with_plans(call),
                "lean, search over 128 SMs": bd.with_plans(call, patches=((runtime, "num_sms", lambda d: 128),)),
-               "lean, idle spread": bd.with_plans(call, {"LEANATTN_IDLE_ORDER": "1"}),
-               "lean, idle first": bd.with_plans(call, {"LEANATTN_IDLE_ORDER": "2"}),
                "full": bd.with_plans(lambda: leanattn.decode(*args3))}
         fns["full"]()  # the programs of the cut of full caches (on ragged caches not the case's result)
         used = next(iter(fns["full"].plans[0].values())).grid[0]
