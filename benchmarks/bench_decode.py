@@ -290,10 +290,10 @@ def interleaved_times(runs, rounds=3, time_ms=None):
 GRAPH_TIMING = "CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us"
 
 
-def interleaved_graph_times(name, fns, ref, rounds=3, pick=None):
+def interleaved_graph_times(name, fns, ref, rounds=3, pick=None, time_ms=None):
     """Each of ``fns`` (label -> call) checked against ``ref`` (its output's rows ``pick`` where given),
-    captured in a CUDA graph and its replays timed by ``interleaved_times``. For probes that compare variants
-    of one case side by side."""
+    captured in a CUDA graph and its replays timed by ``interleaved_times`` (``time_ms`` passed on). For probes
+    that compare variants of one case side by side."""
     graphs = {}
     for label, fn in fns.items():
         out = fn()
@@ -303,7 +303,7 @@ def interleaved_graph_times(name, fns, ref, rounds=3, pick=None):
         graphs[label] = graph_of(fn)
         if graphs[label] is None:
             raise RuntimeError(f"{name} {label}: could not be captured in a CUDA graph")
-    return interleaved_times({label: g.replay for label, g in graphs.items()}, rounds)
+    return interleaved_times({label: g.replay for label, g in graphs.items()}, rounds, time_ms)
 
 
 def plan_grids(fns):

@@ -50,20 +50,14 @@ def main(argv=None):
         if len(set(case["lens"])) > 1:
             del fns["full"]
         fns["lean, full's grid"] = bd.with_plans(lambda: leanattn.decode(*args3, inp["seqlens"], num_programs=used))
-        graphs = {}
-        for label, fn in fns.items():
-            err = bd.rel_err(fn(), ref)
-            if err > 1e-2:
-                raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
-            graphs[label] = bd.graph_of(fn)
-        us, med = bd.interleaved_times({lb: g.replay for lb, g in graphs.items()}, ROUNDS,
-                                       time_ms=lambda run: common.bench(run, flush="read", calls=50))
+        us, med = bd.interleaved_graph_times(case["name"], fns, ref, ROUNDS,
+                                             time_ms=lambda run: common.bench(run, flush="read", calls=50))
         bar = bd.kv_bytes(case) / (0.85 * ceiling) / 1e3
         grids = bd.plan_grids(fns)
         print(f"{case['name']} (85%: {bar:.1f} us; grids {grids}) | "
               + "  ".join(f"{lb} {t:.2f}" for lb, t in med.items()), flush=True)
         out.append(dict(case=case["name"], grids=grids, us=us, median=med, bar_us=bar))
-        del call, fns, graphs
+        del call, fns
         torch.cuda.empty_cache()
     common.write_probe(args.out, "decode_probe_grid_search.json",
                        probe="lean with cache_seqlens: the search over the grid it uses against the idle programs",
