@@ -60,6 +60,9 @@
 #               probe 45; ~55 s; run 2026-12-03 14:40: the search 0.5-1.3 us, split over lean's cut 0.3-1.1 us ahead)
 #   grid-search lean with cache_seqlens, its search over the grid it uses against over a grid with idle programs and
 #               against no search (benchmarks/probe_decode_grid_search.py, probe 48; with ragged cases)
+#   even        lean's cut of equal rows as even pieces on the split kernel (the default since probe 49) against the
+#               persistent kernel (LEANATTN_DECODE_EVEN=0), with and without cache_seqlens, uniform suite cases, cuDNN
+#               beside them, both flushes (benchmarks/probe_decode_even.py, probe 49)
 #   read-gap-cand  the same in three processes: the schedule's search over 256, 32 and 256 candidates
 #               (LEANATTN_SCHEDULE_CANDIDATES; 32 fit one warp: no block-wide barriers)
 #   decode-short  lean against split on short uniform cases, each over the other's cut (benchmarks/probe_decode_short.py;
@@ -192,6 +195,7 @@ for step in "$@"; do
         --configs "0,0,0,0;32,4,3,2;32,4,3,3;32,8,3,2;64,4,2,2;64,8,2,1;128,4,2,2,0,0,2;64,4,2,2,0,0,2;0,0,0,0" 2>&1 \
         | grep -E "sweep|fail" ;;
     read-gap) timeout 300 python3 benchmarks/probe_decode_read_gap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    even) timeout 400 python3 benchmarks/probe_decode_even.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     grid-search) timeout 300 python3 benchmarks/probe_decode_grid_search.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     read-gap-cand)
       for run in 1_256 2_32 3_256; do c=${run#*_}; mkdir -p "$OUT/run$run"; echo "candidates $c"

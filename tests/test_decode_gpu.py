@@ -147,6 +147,7 @@ def test_decode_merge_launch_capped_at_d64(monkeypatch):
     from leanattn import runtime
     from leanattn.ops import decode as dec
     monkeypatch.setenv("LEANATTN_DECODE_MERGE", "1")
+    monkeypatch.setenv("LEANATTN_DECODE_EVEN", "0")  # the persistent kernel (one sequence runs even pieces)
     q = torch.randn(1, 32, 64, dtype=torch.bfloat16, device="cuda")
     k = torch.randn(1, 65536, 32, 64, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
@@ -172,6 +173,7 @@ def test_decode_merge_launch_pdl_bitwise(monkeypatch, schedule, hkv, d):
     from leanattn import runtime
     from leanattn.ops import decode as dec
     monkeypatch.setenv("LEANATTN_DECODE_MERGE", "1")
+    monkeypatch.setenv("LEANATTN_DECODE_EVEN", "0")  # the persistent kernel (one sequence runs even pieces)
     N = 40000
     q = torch.randn(1, 32, d, dtype=torch.bfloat16, device="cuda")
     k = torch.randn(1, N, hkv, d, dtype=torch.bfloat16, device="cuda")
@@ -214,6 +216,7 @@ def test_decode_across_rows_bitwise(monkeypatch, merge, d):
     # the same bits, the merge in-kernel or in a (dependent) second launch, and close to the reference
     from leanattn.ops import decode as dec
     monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
+    monkeypatch.setenv("LEANATTN_DECODE_EVEN", "0")  # the persistent kernel (one sequence runs even pieces)
     q = torch.randn(1, 32, d, dtype=torch.bfloat16, device="cuda")
     k = torch.randn(1, 65536, 32, d, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
@@ -252,8 +255,9 @@ def test_decode_tensors_off_the_current_device(schedule):
 @pytest.mark.parametrize("merge", ["", "0", "1"], ids=["default", "in-kernel", "launch"])
 @pytest.mark.parametrize("lens", [[65536, 1000, 30000, 7], [50000]], ids=["B4", "B1"])
 def test_decode_deterministic_20_runs(monkeypatch, lens, merge):
-    if merge:
+    if merge:  # the persistent kernel's merges (by default one sequence runs even pieces)
         monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
+        monkeypatch.setenv("LEANATTN_DECODE_EVEN", "0")
     B = len(lens)
     q = torch.randn(B, 32, 128, dtype=torch.bfloat16, device="cuda")
     k = torch.randn(B, max(lens), 8, 128, dtype=torch.bfloat16, device="cuda")
@@ -270,9 +274,11 @@ def test_decode_deterministic_20_runs(monkeypatch, lens, merge):
 @pytest.mark.parametrize("merge", ["", "0", "1"], ids=["default", "in-kernel", "launch"])
 @pytest.mark.parametrize("B", [3, 1])
 def test_decode_cuda_graph_new_lengths(monkeypatch, B, merge):
-    # with one sequence the default merges in a second launch when captured (ops/stream_k_launch.py)
+    # with one sequence the persistent kernel merges in a second launch when captured (ops/stream_k_launch.py);
+    # by default one sequence runs even pieces on the split kernel ("" at B=1)
     if merge:
         monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
+        monkeypatch.setenv("LEANATTN_DECODE_EVEN", "0")
     N = 40000
     q = torch.randn(B, 32, 128, dtype=torch.bfloat16, device="cuda")
     k = torch.randn(B, N, 8, 128, dtype=torch.bfloat16, device="cuda")
@@ -283,14 +289,22 @@ def test_decode_cuda_graph_new_lengths(monkeypatch, B, merge):
     from leanattn.ops import decode as dec
     plan = list(dec._PLANS.values())[-1]
     merges = []
-    if plan.launch.mode != 0:  # count the merge launches captured
-        real_merge = plan.launch.merge
-        plan.launch.merge = lambda *a: (merges.append(1), real_merge(*a))
+    even = plan.schedule == "split"  # one sequence whose cut at capacity is even pieces a row
+    real_merge = plan.launch_merge if even else plan.launch.merge
+    if even or plan.launch.mode != 0:  # count the merge launches captured
+
+        def counted(*a):
+            merges.append(1)
+            return real_merge(*a)
+        if even:
+            plan.launch_merge = counted
+        else:
+            plan.launch.merge = counted
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out = leanattn.decode(q, k, v, sl)
-    # one sequence (default, or forced): its rows merged by a second launch in the graph; B=3 or forced
-    # off: none
+    # one sequence: its rows merged by a second launch in the graph (the persistent kernel's, forced or by
+    # default, or the even pieces'); B=3 or forced off: none
     assert len(merges) == (1 if merge == "1" or (merge == "" and B == 1) else 0)
     assert plan is list(dec._PLANS.values())[-1]  # the capture reused the warmed plan
     for lens in ([N, 10, 500], [1, 0, N], [12345, 23456, 34567], [0, 0, 0]):
@@ -301,6 +315,52 @@ def test_decode_cuda_graph_new_lengths(monkeypatch, B, merge):
         torch.cuda.synchronize()
         ref, _ = leanattn.reference.decode(q, k, v, sl)
         assert_rel_close(f"graph replay {lens}", out, ref, TOLERANCE[torch.bfloat16])
+
+
+@pytest.mark.parametrize("lengths", ["given", "none"])
+@pytest.mark.parametrize("hq,hkv,d,n", [(32, 8, 128, 32768), (32, 32, 128, 16384), (32, 32, 64, 65536),
+                                        (16, 8, 256, 32768), (32, 8, 128, 8192)])
+def test_decode_even_pieces(hq, hkv, d, n, lengths):
+    # rows of equal length (one sequence; or no cache_seqlens) whose cut at capacity is k pieces a row run as
+    # even pieces on the split kernel: exact, the same bits from a graph as eagerly, 20 runs alike, and a graph
+    # replayed with new lengths (the pieces recomputed on the device, some empty) stays exact
+    from leanattn.ops import decode as dec
+    B = 1 if lengths == "given" else 4
+    q = torch.randn(B, hq, d, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(B, n, hkv, d, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.full((B,), n, dtype=torch.int32, device="cuda") if lengths == "given" else None
+    dec._PLANS.clear()
+    try:
+        out, lse = leanattn.decode(q, k, v, sl, return_lse=True)
+        (plan,) = dec._PLANS.values()
+        if plan.schedule != "split":  # 132 SMs (H100, H200): every case here is cut into even pieces
+            pytest.skip(f"on {torch.cuda.get_device_name()} the cut at capacity is not even pieces a row")
+        assert plan.meta["EVEN"] and plan.splits > 1
+        ref, ref_lse = leanattn.reference.decode(q, k, v, sl)
+        assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
+        assert_lse_close("lse", lse, ref_lse, 1e-2)
+        for _ in range(20):
+            o, l = leanattn.decode(q, k, v, sl, return_lse=True)
+            assert torch.equal(o, out) and torch.equal(l, lse)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            go, gl = leanattn.decode(q, k, v, sl, return_lse=True)
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(go, out) and torch.equal(gl, lse)
+        if sl is None:
+            return
+        for m in (1, 0, 63, 64, 65, n // 3, n - 1):
+            sl.fill_(m)
+            q.normal_()
+            g.replay()
+            torch.cuda.synchronize()
+            ref, ref_lse = leanattn.reference.decode(q, k, v, sl)
+            assert_rel_close(f"graph replay {m}", go, ref, TOLERANCE[torch.bfloat16])
+            assert_lse_close(f"graph replay {m} lse", gl, ref_lse, 1e-2)
+    finally:
+        dec._PLANS.clear()
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])

@@ -106,7 +106,7 @@ def bifurcated_states_kernel(
             HQ * HEAD_DIM, HEAD_DIM, HQ, rows * HEAD_DIM, rows, stride_btb,  #
             qk_scale, capacity, chunk_o,  #
             GROUP, N_HBO, HKV * N_HBO, HEAD_DIM, BLOCK_HO, BLOCK_NO, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST,
-            DOT_PRECISION)
+            DOT_PRECISION, False)
         if MERGE:
             settle_states(tl.zeros_like(h_o) + b_o, h_o, valid_o, StO, StL, Arrivals, Out, Lse, n_states, stride_ob,
                           stride_oh, stride_lb, rows, HQ, HEAD_DIM)

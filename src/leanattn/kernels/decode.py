@@ -193,6 +193,16 @@ def lean_decode_kernel(
 
 
 @triton.jit
+def even_range(n, s, S):
+    """``[lo, hi)``: the ``s``-th of ``S`` ranges that cut ``n`` tiles in order, the first ``n % S`` of them
+    one tile longer (the stream-K cut of one row, ``schedules/stream_k.lean_ranges``)."""
+    base = n // S
+    rem = n % S
+    lo = s * base + tl.minimum(s, rem)
+    return lo, lo + base + (s < rem).to(tl.int32)
+
+
+@triton.jit
 def split_program(
     bid, s, Q, K, V, Out, Lse,  #
     Seqlens, BlockTable,  #
@@ -206,11 +216,13 @@ def split_program(
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN: tl.constexpr,
 ):
     """Split ``s`` of row ``bid`` (sequence ``bid // ROWS``, kv head and head block ``bid % ROWS``):
-    tiles ``[s*chunk, (s+1)*chunk)``, its normalised state written at ``Out + s*stride_os`` and
-    ``Lse + s*stride_ls``. Returns the sequence, the query heads written and which are real."""
+    tiles ``[s*chunk, (s+1)*chunk)`` or, with ``EVEN``, the ``s``-th of ``tl.num_programs(1)`` ranges of the
+    row's real tiles whose sizes differ by at most one (``even_range``); its normalised state written at
+    ``Out + s*stride_os`` and ``Lse + s*stride_ls``. Returns the sequence, the query heads written and which
+    are real."""
     b = bid // ROWS
     row = bid % ROWS
     kvh = row // N_HB
@@ -220,8 +232,11 @@ def split_program(
     else:
         seqlen = capacity + 0 * b
     tiles = tl.maximum(tl.cdiv(seqlen, BLOCK_N), 1)
-    lo = s * chunk
-    hi = tl.minimum(lo + chunk, tiles)
+    if EVEN:
+        lo, hi = even_range(tiles, s, tl.num_programs(1))
+    else:
+        lo = s * chunk
+        hi = tl.minimum(lo + chunk, tiles)
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale,  #
@@ -247,8 +262,11 @@ def split_decode_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, AFTER_PRIOR: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
-    """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row.
+    """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row; with ``EVEN``
+    the ``s``-th of as many even ranges of its real tiles as the grid has splits (``even_range``): lean's
+    cut of rows of equal length (``ops/decode.even_pieces``).
 
     With one split, ``Out``/``Lse`` are the final outputs; otherwise split ``s`` writes its
     normalised partial state at ``Out + s*stride_os`` and ``Lse + s*stride_ls`` (fp32), merged by
@@ -268,7 +286,7 @@ def split_decode_kernel(
         stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
         stride_ob, stride_oh, stride_lb, stride_os, stride_ls, stride_btb,  #
         tl.cast(qk_scale, tl.float32), capacity, chunk,  #
-        GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION)
+        GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION, EVEN)
     if AFTER_PRIOR:
         # one program waits, the others exit at once. The count is taken modulo the programs and put back by as
         # many, so a counter that did not start at zero (a buffer first made inside a graph capture holds
