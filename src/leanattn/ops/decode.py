@@ -64,7 +64,6 @@ class _Plan:
         if even:
             self.schedule = schedule = "split"
             workers = even
-        self.meta["EVEN"] = bool(even)
         if schedule == "lean":
             sms = 0 if workers > 0 else runtime.num_sms(device)
             # the grid the table allows (the kernel's occupancy, known only once it is compiled, is at least
@@ -89,7 +88,6 @@ class _Plan:
                 search_sms = 0
             self.tail = with_search(self.meta, head, B, self.meta["ROWS"], grid, search_sms)
             self.grid = (grid,)
-            del self.meta["EVEN"]
             self.ws = piece_workspaces("decode", device, self.grid[0], cfg.block_h, D, B * self.meta["ROWS"])
             self.launch = StreamKLaunch(lean_decode_kernel, self.grid, self.meta, self.ws + self.tail, mode, self.ws, B,
                                         device, sms)
@@ -105,7 +103,7 @@ class _Plan:
             M = B * Hq
             # the merge waits for the splits as a programmatic dependent launch where there is one
             pdl = splits > 1 and runtime.dependent_launch(device) and not after_prior
-            self.meta["PDL"] = pdl
+            self.meta.update(PDL=pdl, EVEN=bool(even))
             self.merge_grid, self.merge_meta = merge_launch(splits, M, D, pdl)
             self.merge_tail = (splits, M, M * D, D, M, 1)
         if schedule == "split":
