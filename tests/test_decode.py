@@ -675,12 +675,14 @@ def test_compile_fullgraph():
 
 
 @pytest.mark.parametrize("B,hkv,n", [(1, 2, 48), (3, 1, 40), (2, 4, 16), (1, 1, 200)])
-def test_full_cache_launches_only_the_programs_used(B, hkv, n):
+def test_full_cache_launches_only_the_programs_used(monkeypatch, B, hkv, n):
     # without cache_seqlens the host knows every length, so the lean grid is the kernel's aligned cut
     # (schedules/stream_k.programs_used_py) rather than the persistent grid with idle programs; the
-    # ranges, hence the bits, are those of the same call with the lengths passed
+    # ranges, hence the bits, are those of the same call with the lengths passed (the persistent kernel:
+    # where that cut is even pieces a row they run on the split kernel, test_even_pieces)
     from leanattn import runtime
     from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_EVEN", "0")
     from leanattn.ops.decode_config import decode_config
     from leanattn.schedules.stream_k import programs_used_py
     q, k, v, _, _ = make_inputs(B, 4 * hkv, hkv, 64, None, capacity=n)
@@ -695,6 +697,29 @@ def test_full_cache_launches_only_the_programs_used(B, hkv, n):
     grids = sorted(p.grid[0] for p in dec._PLANS.values())
     assert grids == sorted([used, persistent])
     assert_rel_close("decode", out, reference.decode(q, k, v)[0], TOLERANCE[q.dtype])
+
+
+@pytest.mark.parametrize("lens,page_size,hkv,d", [([96], None, 2, 64), ([37], None, 2, 64), ([0], None, 2, 64),
+                                                  ([1], 16, 1, 128), ([70], 16, 2, 64), (None, None, 1, 64)])
+def test_even_pieces(monkeypatch, lens, page_size, hkv, d):
+    # rows of equal length (one sequence; or no cache_seqlens) whose cut at capacity is k pieces a row run as
+    # k even pieces of the real tiles on the split kernel (ops/decode.even_pieces): exact, the same bits as
+    # eagerly again, and the persistent kernel (LEANATTN_DECODE_EVEN=0) agrees with the reference too
+    from leanattn.ops import decode as dec
+    B = 1 if lens is not None else 2
+    q, k, v, sl, bt = make_inputs(B, 4 * hkv, hkv, d, lens, capacity=96, page_size=page_size)
+    ref, ref_lse = reference.decode(q, k, v, sl, bt)
+    for even in ("1", "0"):
+        monkeypatch.setenv("LEANATTN_DECODE_EVEN", even)
+        dec._PLANS.clear()
+        out, lse = leanattn.decode(q, k, v, sl, bt, return_lse=True)
+        (plan,) = dec._PLANS.values()
+        assert (plan.schedule == "split") is (even == "1")
+        if even == "1":
+            assert plan.meta["EVEN"] and plan.splits > 1
+        assert_rel_close(f"even={even}", out, ref, TOLERANCE[q.dtype])
+        assert_lse_close(f"even={even} lse", lse, ref_lse, 1e-2)
+    dec._PLANS.clear()
 
 
 @pytest.mark.parametrize("page_size", [None, 16])

@@ -290,8 +290,8 @@ def test_decode_cuda_graph_new_lengths(monkeypatch, B, merge):
     plan = list(dec._PLANS.values())[-1]
     merges = []
     even = plan.schedule == "split"  # one sequence whose cut at capacity is even pieces a row
-    real_merge = plan.launch_merge if even else plan.launch.merge
     if even or plan.launch.mode != 0:  # count the merge launches captured
+        real_merge = plan.launch_merge if even else plan.launch.merge
 
         def counted(*a):
             merges.append(1)
