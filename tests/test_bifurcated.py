@@ -121,6 +121,24 @@ def test_one_sample_per_prompt():
         check(q1, pk1, pv1, k1, v1, lens1, op_args=(0, grid, 0, 0), name=f"B=1 grid={grid}")
 
 
+@pytest.mark.parametrize("P,plens,own,page_size,hkv", [(40, None, [20], None, 2), (40, [17], [0], None, 2),
+                                                    (64, None, [9], 16, 1), (0, None, [20], None, 2),
+                                                    (40, [40], None, None, 2)])
+def test_one_sample_even_pieces(monkeypatch, P, plens, own, page_size, hkv):
+    # one sample: every row has the same prefix + own tiles, and where the cut is even pieces of each row they run
+    # on concat_split_kernel with a merge launch; the persistent kernel (LEANATTN_DECODE_EVEN=0) agrees too
+    from leanattn.ops import bifurcated as bif
+    q, k, v, lens, bt = make_inputs(1, 4 * hkv, hkv, 64, own, capacity=24, page_size=page_size)
+    pk, pv, pl = make_prefix(None, P, hkv, 64, plens=plens)
+    for even in ("1", "0"):
+        monkeypatch.setenv("LEANATTN_DECODE_EVEN", even)
+        bif._PLANS.clear()
+        check(q, pk, pv, k, v, lens, bt, plens=pl, name=f"even={even}")
+        (plan,) = bif._PLANS.values()
+        assert plan.path == "concat" and (plan.even > 0) is (even == "1")
+    bif._PLANS.clear()
+
+
 def test_one_sample_merge_launch(monkeypatch):
     # the one-sample path with its pieces merged by a second launch (as decode over copies of one sequence)
     from leanattn.ops import bifurcated as bif
@@ -664,6 +682,7 @@ def test_plan_arguments_match_the_kernels(monkeypatch, path):
     from leanattn import runtime
     from leanattn.ops import bifurcated_launch as launch
     monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,0,0,0,0,{path}")  # 1 split, 2 fused, 3 states
+    monkeypatch.setenv("LEANATTN_DECODE_EVEN", "0")  # one sample on the persistent kernel, whose grid is sized
     checked = []
 
     def kernel_occupancy(kernel, args, meta, device, info=None, prefix=""):

@@ -115,8 +115,12 @@ def test_launcher_alignment(n):
     for qq in [q_al, q_al, q_off, q_al]:
         check(qq, pk, pv, k, v, sl)
     (plan,) = opb._PLANS.values()
-    # the concat path launches through its StreamKLaunch; eager calls take the in-kernel merge
-    launcher = plan.concat_launch.in_kernel if plan.path == "concat" else plan.launch
+    # the concat path launches through its StreamKLaunch (eager calls take the in-kernel merge) or, cut into even
+    # pieces, through its even launch
+    if plan.path == "concat":
+        launcher = plan.even_launch if plan.even else plan.concat_launch.in_kernel
+    else:
+        launcher = plan.launch
     assert launcher.runner is not None
 
 
@@ -444,19 +448,31 @@ def test_cuda_graph_new_lengths_and_ids(multi):
         assert_rel_close(f"graph replay {trial}", out, ref, TOLERANCE[torch.bfloat16])
 
 
+@pytest.mark.parametrize("even", ["1", "0"], ids=["even", "persistent"])
 @pytest.mark.parametrize("hkv", [8, 32])
-def test_one_sample_graph_merges_apart(hkv):
-    # one sample: eager calls merge in-kernel, a captured graph in a second launch (ops/stream_k_launch.py);
-    # both match the reference over new lengths, and eager calls stay bitwise deterministic
+def test_one_sample_graph_merges_apart(monkeypatch, hkv, even):
+    # one sample, 8192 + 256 tokens: cut into even pieces of each row (concat_split_kernel and a merge launch), or
+    # on the persistent kernel (LEANATTN_DECODE_EVEN=0), whose eager calls merge in-kernel and a captured graph in
+    # a second launch (ops/stream_k_launch.py); both match the reference over new lengths, and eager calls stay
+    # bitwise deterministic
     from leanattn.ops import bifurcated as bif
+    monkeypatch.setenv("LEANATTN_DECODE_EVEN", even)
+    bif._PLANS.clear()
     q, pk, pv, k, v, sl = inputs(1, 32, hkv, 128, 8192, [256])
     first = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
-    assert [p.concat_launch.mode for p in bif._PLANS.values() if p.path == "concat"][-1] == 2  # GRAPHS
+    plan = [p for p in bif._PLANS.values() if p.path == "concat"][-1]
+    assert (plan.even > 1) is (even == "1")
+    if even == "0":
+        assert plan.concat_launch.mode == 2  # GRAPHS
     assert torch.equal(leanattn.bifurcated_decode(q, pk, pv, k, v, sl), first)
     torch.cuda.synchronize()
-    plan = [p for p in bif._PLANS.values() if p.path == "concat"][-1]
-    merges, real_merge = [], plan.concat_launch.merge
-    plan.concat_launch.merge = lambda *a: (merges.append(1), real_merge(*a))
+    merges = []
+    if even == "1":
+        real_merge = plan.launch_merge
+        plan.launch_merge = lambda *a: (merges.append(1), real_merge(*a))
+    else:
+        real_merge = plan.concat_launch.merge
+        plan.concat_launch.merge = lambda *a: (merges.append(1), real_merge(*a))
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl)

@@ -10,6 +10,11 @@ tiles pick their source, prefix or own cache, by scalar selects (``attend_concat
 straddles the boundary keeps one pipeline and the registers of decode's loop; the kernel reads the
 same bytes as decode over copied caches. The ``LOAD`` field of the launch config does not apply:
 tiles are always loaded through tensors of pointers.
+
+``concat_split_kernel`` is the same work where every row has the same tiles (one sample) and the cut is even
+pieces of each row (``schedules/stream_k.even_pieces``), as ``split_decode_kernel`` with ``EVEN`` runs it for
+decode: program ``(row, s)`` takes the ``s``-th even range of the row's prefix + own tiles, and a merge launch
+follows.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import triton.language as tl
 
 from ..schedules.stream_k import across_rows, cut_list_at, load_lengths, schedule
 from .attend import attend_concat
-from .decode import load_q_rows, locate_row, settle_and_store
+from .decode import even_range, load_q_rows, locate_row, settle_and_store, store_final
 from .grid_dependency import gdc_launch_dependents
 
 
@@ -132,3 +137,57 @@ def concat_decode_kernel(
             GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, SAME_STRIDE,  #
             VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH)
         t = stop
+
+
+@triton.jit
+def concat_split_kernel(
+    Q, PK, PV, K, V, Out, Lse,  #
+    PrefixLens, PrefixIds, Seqlens, BlockTable,  #
+    stride_qb, stride_qh,  #
+    stride_pkg, stride_pkn, stride_pkh,  #
+    stride_pvg, stride_pvn, stride_pvh,  #
+    stride_kb, stride_kn, stride_kh,  #
+    stride_vb, stride_vn, stride_vh,  #
+    stride_ob, stride_oh, stride_lb,  #
+    stride_btb, stride_os, stride_ls,  #
+    qk_scale, prefix_cap, capacity,  #
+    GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
+    SINGLE_PREFIX: tl.constexpr, SAME_STRIDE: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
+):
+    """Program ``(row, s)``: the ``s``-th of ``tl.num_programs(1)`` even ranges (``even_range``) of the row's
+    tiles, ``cdiv(P_g, BLOCK_N)`` prefix tiles then the own tiles of sample ``row // ROWS``; its normalised state
+    written at ``Out + s*stride_os`` and ``Lse + s*stride_ls`` (the final output with one split), merged by a
+    second launch, which with ``PDL`` may start at once. Arguments as ``concat_decode_kernel``'s."""
+    if PDL:
+        gdc_launch_dependents()
+    bid = tl.program_id(0)
+    s = tl.program_id(1)
+    b = bid // ROWS
+    kvh = (bid % ROWS) // N_HB
+    hb = bid % N_HB
+    if HAS_SEQLENS:
+        seqlen = tl.minimum(tl.load(Seqlens + b), capacity)
+    else:
+        seqlen = capacity + 0 * b
+    if SINGLE_PREFIX:
+        gid = 0 * b
+    else:
+        gid = tl.load(PrefixIds + b)
+    if HAS_PREFIX_LENS:
+        plen = tl.minimum(tl.load(PrefixLens + gid), prefix_cap)
+    else:
+        plen = prefix_cap + 0 * b
+    pt = tl.cdiv(plen, BLOCK_N)
+    lo, hi = even_range(tl.maximum(pt + tl.cdiv(seqlen, BLOCK_N), 1), s, tl.num_programs(1))
+    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
+    acc, m_i, l_i = attend_concat(
+        q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, lo, hi, tl.cast(qk_scale, tl.float32),  #
+        stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
+        stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
+        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, SAME_STRIDE, UPCAST,
+        DOT_PRECISION)
+    store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i, b, kvh, hb,
+                stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H)

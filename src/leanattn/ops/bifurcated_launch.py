@@ -34,12 +34,13 @@ import triton
 
 from .. import runtime
 from ..kernels.bifurcated import bifurcated_decode_kernel
-from ..kernels.bifurcated_concat import concat_decode_kernel
+from ..kernels.bifurcated_concat import concat_decode_kernel, concat_split_kernel
 from ..kernels.bifurcated_own import own_merge_kernel
 from ..kernels.bifurcated_prefix import prefix_states_kernel
 from ..kernels.bifurcated_states import bifurcated_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..kernels.merge import merge_launch, merge_states_kernel
+from ..schedules import stream_k
 from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
@@ -181,6 +182,7 @@ class Plan:
                 and workers <= 0 and overlap.usable(q, pk, pv, single, has_plens)):
             self.path = "overlap"
         self.concat = self.path == "concat"
+        self.even = 0  # the concat path's even pieces a row (_setup_concat_even), 0 for its persistent kernel
         self.n_hb = 1 if self.concat else triton.cdiv(n_max * group, lc.block_hp)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
         # the LSE of calls that do not return it: written, never read (launches sharing it may overwrite it)
@@ -252,6 +254,15 @@ class Plan:
         tokens_p, tokens_own = self.strides_p[1::3], self.strides_own[1:5:3]
         same_stride = (CONCAT_SAME_STRIDE and not self.page_size and tokens_p == tokens_own
                        and max(tokens_p) * bn + D < 2**31)
+        # one sample: every row has the same tiles, and where the cut is even pieces of each row they run on
+        # concat_split_kernel (as decode's one sequence on split_decode_kernel, ops/decode.even_pieces)
+        even = 0
+        if B == 1 and workers <= 0 and runtime.env_flag("LEANATTN_DECODE_EVEN") is not False:
+            even = stream_k.even_pieces(row_tiles, Hkv * cfg.n_hb, sms * cps, sms)
+        if even:
+            self._setup_concat_even(q, cfg, common, even, B, Hq, Hkv, D, P, cap, group, has_plens, scale, bn,
+                                    same_stride)
+            return
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=bn, BLOCK_B=length_block(B),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
@@ -277,6 +288,26 @@ class Plan:
         self.concat_launch = StreamKLaunch(concat_decode_kernel, self.grid, self.meta, self.ws + self.tail, merge_apart,
                                            self.ws, B, device, sms)
         self.info.update(grid=n, merge_mode=merge_apart,
+                         **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
+
+    def _setup_concat_even(self, q, cfg, common, splits, B, Hq, Hkv, D, P, cap, group, has_plens, scale, bn,
+                           same_stride):
+        """The concat path as ``splits`` even pieces of each row (``concat_split_kernel``) and a merge launch."""
+        env, device = env_config(), q.device
+        M = B * Hq
+        pdl = splits > 1 and runtime.dependent_launch(device)
+        self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h, BLOCK_N=bn,
+                         PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, SAME_STRIDE=same_stride, PDL=pdl,
+                         num_warps=env["num_warps"] or cfg.num_warps, num_stages=env["num_stages"] or cfg.num_stages)
+        part = (M * D, M) if splits > 1 else (0, 0)
+        self.tail = self.strides_q + self.strides_p + self.strides_own + part + (scale * LOG2E, P, cap)
+        self.grid = (B * self.meta["ROWS"], splits)
+        self.even = splits
+        self.even_launch = runtime.Launcher(concat_split_kernel, self.grid, self.meta, self.tail)
+        self.merge_grid, self.merge_meta = merge_launch(splits, M, D, pdl)
+        self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta,
+                                             (splits, M, M * D, D, M, 1))
+        self.info.update(grid=self.grid[0] * splits, merge_mode="even pieces", splits=splits,
                          **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
 
     # ------------------------------------------------------------------------------------------
@@ -472,7 +503,14 @@ class Plan:
         ids = d if ids is None else ids
         bt = block_table if self.own_paged else d
         counts, starts, order, rank = groups if groups is not None else (d, d, d, d)
-        if self.path == "concat":
+        if self.path == "concat" and self.even > 1:
+            o = torch.empty((self.even,) + tuple(out.shape), dtype=torch.float32, device=q.device)
+            ls = torch.empty((self.even,) + tuple(lse.shape), dtype=torch.float32, device=q.device)
+            self.even_launch(q, pk, pv, k, v, o, ls, plens, ids, seqlens, bt)
+            self.launch_merge(o, ls, out, lse)
+        elif self.path == "concat" and self.even:
+            self.even_launch(q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt)
+        elif self.path == "concat":
             self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt), out, lse)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states

@@ -11,6 +11,7 @@ from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.merge import merge_launch, merge_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
+from ..schedules import stream_k
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence
 from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
@@ -150,21 +151,19 @@ def even_pieces(B: int, rows: int, cap: int, cfg, device: torch.device, has_lens
     """Pieces a row of ``schedule="lean"``'s cut where every row is known to have the same length, else 0.
 
     With one sequence, or without ``cache_seqlens`` (every sequence at capacity), the ``B * rows`` rows have
-    equal lengths, and where the persistent grid's aligned cut at capacity (``schedules/stream_k.programs_used``)
-    is ``k`` pieces a row, that cut is ``k`` even pieces of each row's real tiles: ``split_decode_kernel``'s grid
-    ``(B * rows, k)`` with ``EVEN`` (pieces differ by at most one tile, as in the stream-K cut), merged by a
-    second launch in a fixed order. It skips what the persistent kernel spends before its first K/V load (the
-    lengths of every sequence, the cut's search, locating its range) and its programs left idle by an aligned
-    cut: H200, same process, split over lean's cut against lean with ``cache_seqlens``, 68.1 against 70.1 us at
-    mha B=1 16k, 38.6 against 40.6 at gqa B=1 32k, 68.2 against 70.1 at d256 (decode probe 45), 139.4 against
-    145.3 at d64 mha 64k (probe 15). ``LEANATTN_DECODE_EVEN=0`` keeps the persistent kernel (read when a plan is
-    made)."""
+    equal lengths, and where the stream-K cut at capacity is even pieces of each row
+    (``schedules/stream_k.even_pieces``), ``k`` of them, it is run as ``k`` even pieces of each row's real tiles:
+    ``split_decode_kernel``'s grid ``(B * rows, k)`` with ``EVEN`` (pieces differ by at most one tile), merged
+    by a second launch in a fixed order. That skips what the persistent kernel spends before its first K/V load
+    (every sequence's length, the cut's search, locating its range) and the programs an aligned cut leaves idle:
+    H200, one process, read flush, against the persistent kernel with ``cache_seqlens`` (decode probe 49): mha
+    B=1 4k 24.0 against 25.3 us, 16k 69.9 against 70.8, gqa B=1 128k 128.9 against 131.1, d64 mha 64k 129.5
+    against 134.1, d256 69.5 against 71.2; from 64k tokens a head level. ``LEANATTN_DECODE_EVEN=0`` keeps the
+    persistent kernel (read when a plan is made)."""
     if (has_lens and B != 1) or runtime.env_flag("LEANATTN_DECODE_EVEN") is False:
         return 0
     sms = runtime.num_sms(device)
-    heads = B * rows
-    used = programs_used_py(tiles_per_sequence([cap] * B, cfg.block_n), rows, sms * cfg.ctas_per_sm, sms)
-    return used // heads if used >= heads and used % heads == 0 else 0
+    return stream_k.even_pieces(max(triton.cdiv(cap, cfg.block_n), 1), B * rows, sms * cfg.ctas_per_sm, sms)
 
 
 _PLANS = runtime.PlanCache()

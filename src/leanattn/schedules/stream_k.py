@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 __all__ = ["tiles_per_sequence", "lean_ranges", "lean_assignment", "programs_used", "schedule", "search_args",
-           "search_launch"]
+           "search_launch", "even_pieces"]
 
 # what a piece boundary inside a range costs, in tiles of streaming (a tile pipeline refilled and one
 # more piece to merge): H200, 2026-12-01, same run, lean over 256 aligned programs against 264
@@ -252,6 +252,27 @@ def programs_used_py(tiles, rows: int, grid: int, num_sms: int) -> int:
     if (tiles == n).all() and t_a * -(-g_a // num_sms) <= cost_u:
         return g_a
     return grid
+
+
+def even_pieces(n: int, heads: int, grid: int, num_sms: int) -> int:
+    """Pieces a row for ``heads`` rows of ``n`` tiles each (rows known to be equal: one sequence, or every one at
+    capacity) cut as even pieces of every row, ``lean_ranges(n, k)`` within each, or 0 for the stream-K cut.
+
+    The aligned cut ``programs_used_py`` picks where it picks one (``k`` pieces a row, ``k`` dividing ``n``).
+    Otherwise ``k = grid // heads`` uneven pieces (sizes differing by one tile), where the cost model of
+    ``programs_used`` (the busiest SM's tiles, ``PIECE_COST`` more for a cut across rows) finds them no slower
+    than the unaligned cut over the whole grid. 0 also where whole rows per program are cut (more rows than
+    programs). ``ops/decode.py`` runs these pieces on the split kernel (``EVEN``)."""
+    if n < 1 or heads < 1 or num_sms <= 0 or grid < heads:
+        return 0
+    used = programs_used_py([n], heads, grid, num_sms)
+    if used < grid and used % heads == 0 and n % (used // heads) == 0:
+        return used // heads
+    k = min(grid // heads, n)
+    waves = -(-grid // num_sms)
+    if -(-n // k) * -(-heads * k // num_sms) <= -(-heads * n // grid) * waves + PIECE_COST:
+        return k
+    return 0
 
 
 def lean_assignment(seqlens, rows_per_seq: int, block_n: int, grid: int,
