@@ -129,3 +129,16 @@ def test_merge_launch_unrolls_few_states():
     assert grid == (2047,) and (meta["UNROLL"], meta["BLOCK_M"], meta["num_warps"], meta["BLOCK_D"]) == (8, 1, 1, 128)
     grid, meta = merge_launch(UNROLL_MAX + 1, 100, 128)
     assert grid == (100,) and meta.get("UNROLL", 0) == 0 and meta["BLOCK_S"] == 16 and meta["num_warps"] == 4
+
+
+@pytest.mark.parametrize("S,M", [(1, 4), (3, 8192), (8, 100), (9, 100), (40, 5000)])
+def test_merge_launch_names_every_constant(S, M):
+    # runtime.Launcher launches a compiled kernel directly only when the launch names every constexpr parameter (a
+    # parameter left to its default sends each launch through the JIT: 60 us of host time per eager decode at D=256)
+    from leanattn.kernels.merge import merge_launch, merge_states_kernel
+    _, meta = merge_launch(S, M, 128, pdl=False)
+    import inspect
+    fn = merge_states_kernel.fn  # the Python function under the JIT or the interpreter
+    constants = {n for n, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)}
+    assert "UNROLL" in constants
+    assert constants <= set(meta), constants - set(meta)
