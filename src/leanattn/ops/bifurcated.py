@@ -258,7 +258,8 @@ def bifurcated_decode(
     split counts sized so that together they fill every SM, and write partial states that one
     :func:`leanattn.merge_states` launch merges. With at most one sample per prompt and an own cache
     there is nothing to share and the launch is :func:`leanattn.decode`'s stream-K schedule over the concatenation,
-    without building it (``kernels/bifurcated_concat.py``). Output is bitwise deterministic for
+    without building it (``kernels/bifurcated_concat.py``); for one sample whose cut is even pieces of each row,
+    as decode's one sequence, those pieces and a merge launch. Output is bitwise deterministic for
     fixed inputs and launch configuration.
     Registered as the custom op ``torch.ops.leanattn.bifurcated_decode``
     (``torch.compile(fullgraph=True)``, CUDA graphs: lengths, prefix ids and prefix lengths may

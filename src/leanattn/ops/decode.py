@@ -328,7 +328,10 @@ def decode(
         ``"lean"``: stream-K; a persistent grid of ``SMs x occupancy`` programs, each taking an
         equal contiguous range of all KV tiles of all (sequence, kv-head) pairs, counted by real
         length; partial heads are merged in a fixed order (bitwise deterministic): in-kernel, or, for
-        one sequence cut into many pieces and captured in a CUDA graph, by a second launch.
+        one sequence cut into many pieces and captured in a CUDA graph, by a second launch. Where every
+        row is known to have the same length (one sequence, or no ``cache_seqlens``) and that cut is
+        even pieces of each row, the pieces run as a ``(rows, pieces)`` grid of the split kernel, cut
+        on the GPU from the length, and a second launch merges them (``even_pieces``).
         ``"split"``: FlashDecoding's fixed number of splits per head and a merge launch.
     num_programs : int, keyword-only
         Persistent programs for ``"lean"`` (0 = SMs x measured occupancy).

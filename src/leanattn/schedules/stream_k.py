@@ -18,6 +18,10 @@ program (``m`` divides the rows). A range that starts a second row mid-range res
 pipeline and adds a piece to merge; aligned ranges have neither. The rest of the grid exits at once.
 What of that choice no length changes is computed on the host (``search_launch``): the rest runs in every
 program before its first K/V load. Where the host chose the grid, no search is compiled (``schedule``).
+
+Where the host knows every row has the same length (one sequence, or every one at capacity), ``even_pieces``
+decides whether the cut is even pieces of each row; ``ops/decode.py`` then runs it without this persistent
+kernel (the split kernel, each piece's range cut on the device from the row's length, ``lean_ranges`` within it).
 """
 from __future__ import annotations
 
