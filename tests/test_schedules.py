@@ -14,8 +14,9 @@ import triton.language as tl
 
 from leanattn.schedules import (lean_assignment, lean_ranges, num_splits_heuristic, split_assignment,
                                 tiles_per_sequence)
-from leanattn.schedules.stream_k import (across_rows, program_of, programs_used, programs_used_py, range_start,
-                                         search_launch)
+from leanattn.kernels.decode import even_range
+from leanattn.schedules.stream_k import (PIECE_COST, across_rows, even_pieces, program_of, programs_used,
+                                         programs_used_py, range_start, search_launch)
 
 
 def random_batch(max_batch=12, max_len=400):
@@ -300,3 +301,54 @@ def test_schedule_candidates_env_sets_the_width():
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "32"
+
+
+@triton.jit
+def _even_range_probe_kernel(Lo, Hi, n, S: tl.constexpr, N_PROG: tl.constexpr):
+    s = tl.arange(0, N_PROG)
+    lo, hi = even_range(n, s, S)
+    tl.store(Lo + s, lo, mask=s < S)
+    tl.store(Hi + s, hi, mask=s < S)
+
+
+@pytest.mark.parametrize("n,S", [(1, 1), (1, 8), (7, 3), (64, 8), (65, 8), (132, 33), (516, 33), (3, 16)])
+def test_even_range_is_lean_ranges_of_one_row(n, S):
+    # the split kernel's even pieces of a row of n tiles (EVEN) are the stream-K cut of that row over S programs:
+    # every tile once, in order, loads differing by at most one tile
+    lo = torch.empty(S, dtype=torch.int32)
+    hi = torch.empty(S, dtype=torch.int32)
+    _even_range_probe_kernel[(1,)](lo, hi, n, S=S, N_PROG=triton.next_power_of_2(S))
+    py_lo, py_hi = lean_ranges(n, S)
+    assert lo.tolist() == py_lo.tolist() and hi.tolist() == py_hi.tolist()
+    sizes = (hi - lo).tolist()
+    assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("n,heads,grid,expected", [
+    (256, 32, 264, 8),     # mha B=1 16k: the aligned cut, 8 pieces a head
+    (64, 32, 264, 8),      # mha B=1 4k
+    (512, 8, 264, 32),     # gqa B=1 32k: aligned at 32 (33 ties and does not divide)
+    (512, 32, 528, 16),    # d64 mha 64k, 4 programs per SM
+    (512, 8, 132, 16),     # d256, one per SM
+    (132, 32, 264, 8),     # mha 8k + 256 own tokens: no aligned cut, 8 uneven pieces no slower than unaligned
+    (516, 32, 264, 0),     # mha 32k + 256: uneven pieces slower by the cost model, the persistent kernel
+    (64, 512, 264, 0),     # gqa B=64 4k: whole rows a program
+    (256, 128, 264, 0),    # 128 rows of 256 tiles: 2 pieces a row cost more than the unaligned cut
+    (0, 8, 264, 0),
+])
+def test_even_pieces_known_values(n, heads, grid, expected):
+    assert even_pieces(n, heads, grid, 132) == expected
+
+
+def test_even_pieces_never_costlier_than_the_unaligned_cut():
+    # whatever it picks costs, by programs_used's model (the busiest SM's tiles), no more than the unaligned cut
+    # over the whole grid plus PIECE_COST, and fits the grid
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        n, heads, sms = int(rng.integers(1, 3000)), int(rng.integers(1, 300)), int(rng.integers(1, 200))
+        grid = sms * int(rng.integers(1, 5))
+        k = even_pieces(n, heads, grid, sms)
+        if k:
+            assert 1 <= k <= n and heads * k <= grid
+            waves = -(-grid // sms)
+            assert -(-n // k) * -(-heads * k // sms) <= -(-heads * n // grid) * waves + PIECE_COST
