@@ -156,9 +156,9 @@ def even_pieces(B: int, rows: int, cap: int, cfg, device: torch.device, has_lens
     ``split_decode_kernel``'s grid ``(B * rows, k)`` with ``EVEN`` (pieces differ by at most one tile), merged
     by a second launch in a fixed order. That skips what the persistent kernel spends before its first K/V load
     (every sequence's length, the cut's search, locating its range) and the programs an aligned cut leaves idle:
-    H200, one process, read flush, against the persistent kernel with ``cache_seqlens`` (decode probe 49): mha
-    B=1 4k 24.0 against 25.3 us, 16k 69.9 against 70.8, gqa B=1 128k 128.9 against 131.1, d64 mha 64k 129.5
-    against 134.1, d256 69.5 against 71.2; from 64k tokens a head level. ``LEANATTN_DECODE_EVEN=0`` keeps the
+    H200, one process, read flush, against the persistent kernel with ``cache_seqlens`` (decode probe 49, first
+    run): mha B=1 4k 24.0 against 25.3 us, 16k 69.9 against 70.8, gqa B=1 128k 128.9 against 131.1, d64 mha 64k
+    129.5 against 134.1, d256 69.5 against 71.2; from 64k tokens a head level. ``LEANATTN_DECODE_EVEN=0`` keeps the
     persistent kernel (read when a plan is made)."""
     if (has_lens and B != 1) or runtime.env_flag("LEANATTN_DECODE_EVEN") is False:
         return 0
