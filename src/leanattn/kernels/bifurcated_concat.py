@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ..schedules.stream_k import across_rows, cut_list_at, load_lengths, schedule
 from .attend import attend_concat
-from .decode import even_range, load_q_rows, locate_row, settle_and_store, store_final
+from .decode import even_range, load_q_rows, locate_row, row_length, settle_and_store, store_final
 from .grid_dependency import gdc_launch_dependents
 
 
@@ -168,10 +168,7 @@ def concat_split_kernel(
     b = bid // ROWS
     kvh = (bid % ROWS) // N_HB
     hb = bid % N_HB
-    if HAS_SEQLENS:
-        seqlen = tl.minimum(tl.load(Seqlens + b), capacity)
-    else:
-        seqlen = capacity + 0 * b
+    seqlen = row_length(Seqlens, b, capacity, HAS_SEQLENS)
     if SINGLE_PREFIX:
         gid = 0 * b
     else:

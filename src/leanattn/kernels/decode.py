@@ -193,6 +193,16 @@ def lean_decode_kernel(
 
 
 @triton.jit
+def row_length(Seqlens, b, capacity, HAS_SEQLENS: tl.constexpr):
+    """The length of sequence ``b``, ``Seqlens[b]`` clamped to ``capacity`` (``capacity`` without ``HAS_SEQLENS``)."""
+    if HAS_SEQLENS:
+        seqlen = tl.minimum(tl.load(Seqlens + b), capacity)
+    else:
+        seqlen = capacity + 0 * b
+    return seqlen
+
+
+@triton.jit
 def even_range(n, s, S):
     """``[lo, hi)``: the ``s``-th of ``S`` ranges that cut ``n`` tiles in order, the first ``n % S`` of them
     one tile longer (the stream-K cut of one row, ``schedules/stream_k.lean_ranges``)."""
@@ -227,10 +237,7 @@ def split_program(
     row = bid % ROWS
     kvh = row // N_HB
     hb = row % N_HB
-    if HAS_SEQLENS:
-        seqlen = tl.minimum(tl.load(Seqlens + b), capacity)
-    else:
-        seqlen = capacity + 0 * b
+    seqlen = row_length(Seqlens, b, capacity, HAS_SEQLENS)
     tiles = tl.maximum(tl.cdiv(seqlen, BLOCK_N), 1)
     if EVEN:
         lo, hi = even_range(tiles, s, tl.num_programs(1))
