@@ -235,6 +235,29 @@ def probe_cases(names, want=None, **options):
         torch.cuda.empty_cache()
 
 
+def read_flush_ms(run):
+    """``run`` timed under the read flush, the median of 50 calls (``common.bench``), ms: the probes' timing."""
+    return common.bench(run, flush="read", calls=50)
+
+
+def run_read_flush_probe(doc, argv, names, measure, filename, **payload):
+    """The loop of a probe held against the 85% bar: its command line (``common.probe_args``: ``--out``,
+    ``--cases``), the read ceiling under the read flush, then for each of the suite's cases ``names`` the dict
+    ``measure(case, inp, ref, call, bar)`` returns (``probe_cases``' arguments and the case's 85% bar in us, what
+    takes 85% of that ceiling to read its KV bytes), with the case's name and bar, all written by
+    ``common.write_probe`` to ``filename`` with ``payload``. Returns the path."""
+    args, want = common.probe_args(doc, argv)
+    torch.manual_seed(0)
+    ceiling = common.read_bandwidth_gbs()["read_ceiling_clean_flush"]
+    out = []
+    for case, inp, ref, call in probe_cases(names, want):
+        bar = kv_bytes(case) / (0.85 * ceiling) / 1e3
+        out.append(dict(case=case["name"], **measure(case, inp, ref, call, bar), bar_us=bar))
+        del inp, call  # probe_cases frees the case's inputs before the next one allocates
+        torch.cuda.empty_cache()
+    return common.write_probe(args.out, filename, read_ceiling_clean_flush=ceiling, cases=out, **payload)
+
+
 def with_plans(fn, env=None, patches=()):
     """``fn`` (a call of ``leanattn.decode`` or ``bifurcated_decode``) through plan caches of its own, under the
     environment variables ``env`` and with the attributes ``patches`` (``(object, name, value)``) set while it

@@ -16,11 +16,9 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode as bd  # noqa: E402
-import common  # noqa: E402
 
 import leanattn  # noqa: E402
 
@@ -30,34 +28,26 @@ PERSISTENT = {"LEANATTN_DECODE_EVEN": "0"}
 ROUNDS = 5
 
 
+def measure(case, inp, ref, call, bar):
+    args3 = (inp["q"], inp["k"], inp["v"])
+    full = lambda: leanattn.decode(*args3)  # noqa: E731
+    fns = {"lean": bd.with_plans(call), "lean, persistent": bd.with_plans(call, PERSISTENT),
+           "no lengths": bd.with_plans(full), "no lengths, persistent": bd.with_plans(full, PERSISTENT),
+           "cuDNN": bd.METHODS["sdpa_cudnn"](case, inp)}
+    read, med = bd.interleaved_graph_times(case["name"], fns, ref, ROUNDS, time_ms=bd.read_flush_ms)
+    write, med_w = bd.interleaved_graph_times(case["name"], fns, ref, 3)
+    grids = {n: [(p.schedule, p.grid) for p in f.plans[0].values()] for n, f in fns.items() if hasattr(f, "plans")}
+    print(f"{case['name']} (85%: {bar:.1f} us) read | " + "  ".join(f"{lb} {t:.2f}" for lb, t in med.items())
+          + " || do_bench | " + "  ".join(f"{lb} {t:.1f}" for lb, t in med_w.items()), flush=True)
+    return dict(grids=grids, us_read_flush=read, median_read_flush=med, us_do_bench=write, median_do_bench=med_w)
+
+
 def main(argv=None):
-    args, want = common.probe_args(__doc__, argv)
-    torch.manual_seed(0)
-    out = []
-    ceiling = common.read_bandwidth_gbs()["read_ceiling_clean_flush"]
-    for case, inp, ref, call in bd.probe_cases(CASES, want):
-        args3 = (inp["q"], inp["k"], inp["v"])
-        full = lambda: leanattn.decode(*args3)  # noqa: E731
-        fns = {"lean": bd.with_plans(call), "lean, persistent": bd.with_plans(call, PERSISTENT),
-               "no lengths": bd.with_plans(full), "no lengths, persistent": bd.with_plans(full, PERSISTENT),
-               "cuDNN": bd.METHODS["sdpa_cudnn"](case, inp)}
-        read, med = bd.interleaved_graph_times(case["name"], fns, ref, ROUNDS,
-                                               time_ms=lambda run: common.bench(run, flush="read", calls=50))
-        write, med_w = bd.interleaved_graph_times(case["name"], fns, ref, 3)
-        bar = bd.kv_bytes(case) / (0.85 * ceiling) / 1e3
-        grids = {n: [(p.schedule, p.grid) for p in f.plans[0].values()] for n, f in fns.items() if hasattr(f, "plans")}
-        print(f"{case['name']} (85%: {bar:.1f} us) read | " + "  ".join(f"{lb} {t:.2f}" for lb, t in med.items())
-              + " || do_bench | " + "  ".join(f"{lb} {t:.1f}" for lb, t in med_w.items()), flush=True)
-        out.append(dict(case=case["name"], grids=grids, us_read_flush=read, median_read_flush=med,
-                        us_do_bench=write, median_do_bench=med_w, bar_us=bar))
-        del call, fns, full
-        torch.cuda.empty_cache()
-    common.write_probe(args.out, "decode_probe_even.json",
-                       probe="lean's cut of equal rows as even pieces on the split kernel against the persistent "
-                             "kernel, with and without cache_seqlens",
-                       read_ceiling_clean_flush=ceiling,
-                       timing=f"CUDA-graph replays; read flush: medians of 50 calls, {ROUNDS} interleaved rounds; "
-                              "do_bench (zeroing flush): 3 interleaved rounds; us", cases=out)
+    bd.run_read_flush_probe(__doc__, argv, CASES, measure, "decode_probe_even.json",
+                            probe="lean's cut of equal rows as even pieces on the split kernel against the persistent "
+                                  "kernel, with and without cache_seqlens",
+                            timing=f"CUDA-graph replays; read flush: medians of 50 calls, {ROUNDS} interleaved rounds; "
+                                   "do_bench (zeroing flush): 3 interleaved rounds; us")
 
 
 if __name__ == "__main__":

@@ -22,11 +22,9 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode as bd  # noqa: E402
-import common  # noqa: E402
 
 import leanattn  # noqa: E402
 from leanattn import runtime  # noqa: E402
@@ -35,35 +33,28 @@ CASES = ("mha B=1 16k", "d256 16/8 B=1 32k", "mha B=1 4k", "gqa B=1 32k", "ragge
 ROUNDS = 7
 
 
+def measure(case, inp, ref, call, bar):
+    args3 = (inp["q"], inp["k"], inp["v"])
+    fns = {"lean": bd.with_plans(call),
+           "lean, search over 128 SMs": bd.with_plans(call, patches=((runtime, "num_sms", lambda d: 128),)),
+           "full": bd.with_plans(lambda: leanattn.decode(*args3))}
+    fns["full"]()  # the programs of the cut of full caches (on ragged caches not the case's result)
+    used = next(iter(fns["full"].plans[0].values())).grid[0]
+    if len(set(case["lens"])) > 1:
+        del fns["full"]
+    fns["lean, full's grid"] = bd.with_plans(lambda: leanattn.decode(*args3, inp["seqlens"], num_programs=used))
+    us, med = bd.interleaved_graph_times(case["name"], fns, ref, ROUNDS, time_ms=bd.read_flush_ms)
+    grids = bd.plan_grids(fns)
+    print(f"{case['name']} (85%: {bar:.1f} us; grids {grids}) | "
+          + "  ".join(f"{lb} {t:.2f}" for lb, t in med.items()), flush=True)
+    return dict(grids=grids, us=us, median=med)
+
+
 def main(argv=None):
-    args, want = common.probe_args(__doc__, argv)
-    torch.manual_seed(0)
-    out = []
-    ceiling = common.read_bandwidth_gbs()["read_ceiling_clean_flush"]
-    for case, inp, ref, call in bd.probe_cases(CASES, want):
-        args3 = (inp["q"], inp["k"], inp["v"])
-        fns = {"lean": bd.with_plans(call),
-               "lean, search over 128 SMs": bd.with_plans(call, patches=((runtime, "num_sms", lambda d: 128),)),
-               "full": bd.with_plans(lambda: leanattn.decode(*args3))}
-        fns["full"]()  # the programs of the cut of full caches (on ragged caches not the case's result)
-        used = next(iter(fns["full"].plans[0].values())).grid[0]
-        if len(set(case["lens"])) > 1:
-            del fns["full"]
-        fns["lean, full's grid"] = bd.with_plans(lambda: leanattn.decode(*args3, inp["seqlens"], num_programs=used))
-        us, med = bd.interleaved_graph_times(case["name"], fns, ref, ROUNDS,
-                                             time_ms=lambda run: common.bench(run, flush="read", calls=50))
-        bar = bd.kv_bytes(case) / (0.85 * ceiling) / 1e3
-        grids = bd.plan_grids(fns)
-        print(f"{case['name']} (85%: {bar:.1f} us; grids {grids}) | "
-              + "  ".join(f"{lb} {t:.2f}" for lb, t in med.items()), flush=True)
-        out.append(dict(case=case["name"], grids=grids, us=us, median=med, bar_us=bar))
-        del call, fns
-        torch.cuda.empty_cache()
-    common.write_probe(args.out, "decode_probe_grid_search.json",
-                       probe="lean with cache_seqlens: the search over the grid it uses against the idle programs",
-                       read_ceiling_clean_flush=ceiling,
-                       timing=f"CUDA-graph replays after a 256 MB read flush, medians of 50 calls, {ROUNDS} "
-                              "interleaved rounds, us", cases=out)
+    bd.run_read_flush_probe(__doc__, argv, CASES, measure, "decode_probe_grid_search.json",
+                            probe="lean with cache_seqlens: the search over the grid it uses against the idle programs",
+                            timing=f"CUDA-graph replays after a 256 MB read flush, medians of 50 calls, {ROUNDS} "
+                                   "interleaved rounds, us")
 
 
 if __name__ == "__main__":

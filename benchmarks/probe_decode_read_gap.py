@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode as bd  # noqa: E402
@@ -42,52 +41,44 @@ def check(case, label, fn, ref):
         raise RuntimeError(f"{case['name']} {label}: relative error {err:.1e}")
 
 
+def measure(case, inp, ref, call, bar):
+    args3 = (inp["q"], inp["k"], inp["v"])
+    full = lambda: leanattn.decode(*args3)  # noqa: E731
+    split = lambda: leanattn.decode(*args3, inp["seqlens"], schedule="split")  # noqa: E731
+    fns = {"lean": bd.with_plans(call)}
+    fns.update({n: bd.with_plans(full, e) for n, e in FULL_KNOBS.items()})
+    fns.update({n: bd.with_plans(split, e) for n, e in SPLIT_KNOBS.items()})
+    fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
+    graphs = {}
+    for label, fn in fns.items():
+        check(case, label, fn, ref)
+        graphs[label] = bd.graph_of(fn)
+    # each cut on the other's grid: split with lean's pieces a row, lean over split's rows x splits programs
+    rows, splits = next(iter(fns["split"].plans[0].values())).grid
+    pieces = next(iter(fns["full"].plans[0].values())).grid[0] // rows
+    swapped = {"split, full's pieces": lambda: leanattn.decode(*args3, inp["seqlens"], schedule="split",
+                                                               num_splits=pieces),
+               "full, split's grid": lambda: leanattn.decode(*args3, num_programs=rows * splits),
+               # the lengths read but no search: a grid given is cut as it is
+               "lean, full's grid": lambda: leanattn.decode(*args3, inp["seqlens"], num_programs=pieces * rows)}
+    for label, fn in swapped.items():
+        fns[label] = bd.with_plans(fn)
+        check(case, label, fns[label], ref)
+        graphs[label] = bd.graph_of(fns[label])
+    graphs["plain read"] = bd.graph_of(common.stream_read_fn(bd.kv_bytes(case)))
+    us, med = bd.interleaved_times({lb: g.replay for lb, g in graphs.items()}, ROUNDS, time_ms=bd.read_flush_ms)
+    grids = bd.plan_grids(fns)
+    print(f"{case['name']} (85% of the ceiling: {bar:.1f} us) | "
+          + "  ".join(f"{lb} {t:.1f}" for lb, t in med.items()), flush=True)
+    return dict(grids=grids, us=us, median=med)
+
+
 def main(argv=None):
-    args, want = common.probe_args(__doc__, argv)
-    torch.manual_seed(0)
-    out = []
-    ceiling = common.read_bandwidth_gbs()["read_ceiling_clean_flush"]
-    for case, inp, ref, call in bd.probe_cases(CASES, want):
-        args3 = (inp["q"], inp["k"], inp["v"])
-        full = lambda: leanattn.decode(*args3)  # noqa: E731
-        split = lambda: leanattn.decode(*args3, inp["seqlens"], schedule="split")  # noqa: E731
-        fns = {"lean": bd.with_plans(call)}
-        fns.update({n: bd.with_plans(full, e) for n, e in FULL_KNOBS.items()})
-        fns.update({n: bd.with_plans(split, e) for n, e in SPLIT_KNOBS.items()})
-        fns["cuDNN"] = bd.METHODS["sdpa_cudnn"](case, inp)
-        graphs = {}
-        for label, fn in fns.items():
-            check(case, label, fn, ref)
-            graphs[label] = bd.graph_of(fn)
-        # each cut on the other's grid: split with lean's pieces a row, lean over split's rows x splits programs
-        rows, splits = next(iter(fns["split"].plans[0].values())).grid
-        pieces = next(iter(fns["full"].plans[0].values())).grid[0] // rows
-        swapped = {"split, full's pieces": lambda: leanattn.decode(*args3, inp["seqlens"], schedule="split",
-                                                                   num_splits=pieces),
-                   "full, split's grid": lambda: leanattn.decode(*args3, num_programs=rows * splits),
-                   # the lengths read but no search: a grid given is cut as it is
-                   "lean, full's grid": lambda: leanattn.decode(*args3, inp["seqlens"], num_programs=pieces * rows)}
-        for label, fn in swapped.items():
-            fns[label] = bd.with_plans(fn)
-            check(case, label, fns[label], ref)
-            graphs[label] = bd.graph_of(fns[label])
-        nbytes = bd.kv_bytes(case)
-        graphs["plain read"] = bd.graph_of(common.stream_read_fn(nbytes))
-        us, med = bd.interleaved_times({lb: g.replay for lb, g in graphs.items()}, ROUNDS,
-                                       time_ms=lambda run: common.bench(run, flush="read", calls=50))
-        bar = nbytes / (0.85 * ceiling) / 1e3
-        grids = bd.plan_grids(fns)
-        print(f"{case['name']} (85% of the ceiling: {bar:.1f} us) | "
-              + "  ".join(f"{lb} {t:.1f}" for lb, t in med.items()), flush=True)
-        out.append(dict(case=case["name"], grids=grids, us=us, median=med, bar_us=bar))
-        del call, fns, graphs, full, split, swapped
-        torch.cuda.empty_cache()
-    common.write_probe(args.out, "decode_probe_read_gap.json",
-                       probe="lean with and without cache_seqlens against split, knobs turned, each cut on the "
-                             "other's grid, read flush",
-                       read_ceiling_clean_flush=ceiling,
-                       timing=f"CUDA-graph replays after a 256 MB read flush, medians of 50 calls, {ROUNDS} "
-                              "interleaved rounds, us", cases=out)
+    bd.run_read_flush_probe(__doc__, argv, CASES, measure, "decode_probe_read_gap.json",
+                            probe="lean with and without cache_seqlens against split, knobs turned, each cut on the "
+                                  "other's grid, read flush",
+                            timing=f"CUDA-graph replays after a 256 MB read flush, medians of 50 calls, {ROUNDS} "
+                                   "interleaved rounds, us")
 
 
 if __name__ == "__main__":
