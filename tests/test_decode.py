@@ -302,6 +302,20 @@ def test_across_rows_rule(monkeypatch):
 
 
 @pytest.mark.parametrize("raw", ["2", "yes", ""])
+def test_even_env_errors(monkeypatch, raw):
+    # LEANATTN_DECODE_EVEN is read when a plan is made, by decode and by the one-sample bifurcated path
+    from leanattn.ops import bifurcated as bif, decode as dec
+    q, k, v, sl, _ = make_inputs(1, 4, 2, 64, [40])
+    monkeypatch.setenv("LEANATTN_DECODE_EVEN", raw)
+    dec._PLANS.clear()
+    bif._PLANS.clear()
+    with pytest.raises(ValueError, match="LEANATTN_DECODE_EVEN: expected 0 or 1"):
+        leanattn.decode(q, k, v, sl)
+    with pytest.raises(ValueError, match="LEANATTN_DECODE_EVEN: expected 0 or 1"):
+        leanattn.bifurcated_decode(q, k[0], v[0], k, v, sl)
+
+
+@pytest.mark.parametrize("raw", ["2", "yes", ""])
 def test_pdl_env_errors(monkeypatch, raw):
     from leanattn import runtime
     monkeypatch.setenv("LEANATTN_PDL", raw)
