@@ -6,6 +6,7 @@ into several pieces; ``block_h`` (op argument) forces several head blocks (team 
 from __future__ import annotations
 
 import json
+import operator
 import re
 
 import numpy as np
@@ -681,6 +682,7 @@ def test_plan_arguments_match_the_kernels(monkeypatch, path):
     from leanattn.ops import bifurcated as bif
     from leanattn import runtime
     from leanattn.ops import bifurcated_launch as launch
+    from leanattn.kernels.merge import merge_states_kernel
     monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,0,0,0,0,{path}")  # 1 split, 2 fused, 3 states
     monkeypatch.setenv("LEANATTN_DECODE_EVEN", "0")  # one sample on the persistent kernel, whose grid is sized
     checked = []
@@ -703,12 +705,12 @@ def test_plan_arguments_match_the_kernels(monkeypatch, path):
     kernels = {"concat": [(launch.concat_decode_kernel, "meta")],
                "split": [(launch.prefix_states_kernel, "meta_p"), (launch.own_merge_kernel, "meta")],
                "fused": [(launch.bifurcated_decode_kernel, "meta")],
-               "states": [(launch.bifurcated_states_kernel, "meta"), (launch.merge_states_kernel, "merge_meta")]}
+               "states": [(launch.bifurcated_states_kernel, "meta"), (merge_states_kernel, "launch_merge.meta")]}
     seen = set()
     for plan in bif._PLANS.values():
         seen.add(plan.path)
         for kernel, attr in kernels[plan.path]:
-            unknown = set(getattr(plan, attr)) - set(kernel.arg_names) - {"num_warps", "num_stages"}
+            unknown = set(operator.attrgetter(attr)(plan)) - set(kernel.arg_names) - {"num_warps", "num_stages"}
             assert not unknown, f"{plan.path}: {kernel.__name__} has no parameters {unknown}"
     assert {"concat", {"1": "split", "2": "fused", "3": "states"}[path]} <= seen
     assert "concat_decode_kernel" in checked

@@ -39,12 +39,12 @@ from ..kernels.bifurcated_own import own_merge_kernel
 from ..kernels.bifurcated_prefix import prefix_states_kernel
 from ..kernels.bifurcated_states import bifurcated_states_kernel
 from ..kernels.piece_merge import merge_meta
-from ..kernels.merge import merge_launch, merge_states_kernel
 from ..schedules import stream_k
 from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
 from .decode_config import DecodeConfig, across_rows, decode_config, length_block, load_path, merge_in_launch
+from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
 
 LOG2E = 1.4426950408889634
@@ -227,8 +227,6 @@ class Plan:
             kernel = {"states": bifurcated_states_kernel, "split": own_merge_kernel,
                       "fused": bifurcated_decode_kernel}[self.path]
             self.launch = runtime.Launcher(kernel, self.grid, self.meta, self.tail)
-        if self.path in ("states", "overlap"):
-            self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta, self.merge_tail)
         if self.path == "split":
             self.launch_prefix = runtime.Launcher(prefix_states_kernel, self.grid_p, self.meta_p, self.tail_p)
 
@@ -304,9 +302,8 @@ class Plan:
         self.grid = (B * self.meta["ROWS"], splits)
         self.even = splits
         self.even_launch = runtime.Launcher(concat_split_kernel, self.grid, self.meta, self.tail)
-        self.merge_grid, self.merge_meta = merge_launch(splits, M, D, pdl)
-        self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta,
-                                             (splits, M, M * D, D, M, 1))
+        if splits > 1:  # the same workspaces as decode's even pieces: both run on the caller's stream
+            *self.partials, self.launch_merge = states_and_merge("split_states", device, splits, B, Hq, D, pdl)
         self.info.update(grid=self.grid[0] * splits, merge_mode="even pieces", splits=splits,
                          **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
 
@@ -409,20 +406,11 @@ class Plan:
         # not a programmatic dependent launch (runtime.dependent_launch): with the states kernel letting it
         # start at once it measured 1.5-4% slower at GQA 8k x16 and x32, 0.5-4.7% faster at MHA 8k x32 and
         # GQA 8k x64 (H200, same process, 2026-12-02, decode probe 22, benchmarks/probe_pdl.py)
-        self.states = (*self._states_merge(device, n_states, B, Hq, D),
-                       runtime.workspace("bif_arrivals", device, (B * Hq,), torch.int32, zero=True))
+        st_o, st_l, self.launch_merge = states_and_merge("bif_states", device, n_states, B, Hq, D)
+        self.states = (st_o, st_l, runtime.workspace("bif_arrivals", device, (B * Hq,), torch.int32, zero=True))
         self.info.update(grid=self.grid[0], prefix_programs=n_prefix, splits=S, own_splits=s_own, workers=workers,
                          **{k: self.meta[k] for k in ("BLOCK_HP", "N_HB", "BLOCK_NP", "BLOCK_HO", "BLOCK_NO", "num_warps",
                                                       "num_stages")})
-
-    def _states_merge(self, device, n_states: int, B: int, Hq: int, D: int) -> tuple:
-        """The states and overlap paths' ``n_states`` slots of ``merge_states``' layout (shared workspaces)
-        and the launch constants of the ``merge_states`` launch over them."""
-        M = B * Hq
-        self.merge_grid, self.merge_meta = merge_launch(n_states, M, D)
-        self.merge_tail = (n_states, M, M * D, D, M, 1)
-        return (runtime.workspace("bif_states_o", device, (n_states, B, Hq, D), torch.float32),
-                runtime.workspace("bif_states_lse", device, (n_states, B, Hq), torch.float32))
 
     # ------------------------------------------------------------------------------------------
     def _setup_overlap(self, q, k, v, seqlens, block_table, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens,
@@ -445,14 +433,14 @@ class Plan:
         # ORDERED: the own tokens as the prefix's programmatic dependent launch on one stream, not a second stream
         self.ordered = own and overlap.ordered(B * Hkv) and runtime.dependent_launch(device)
         self.own_plan = (DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n, overlap.OWN_STAGES,
-                                    self.ordered) if own else None)
+                                    self.ordered, merged=False) if own else None)
         n_states = S + (self.own_plan.splits if own else 0)
         # K/V ring of overlap.prefix_stages; LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one
         # stage would wait on a tile it only loads later in the same iteration)
         stages = max(2, env["num_stages"] or (overlap.ws_prefix_stages(group, P, own_len) if ws else
                                               overlap.prefix_stages(per_sm, group, block_m)))
         self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, stages, self.ordered, block_m, ws)
-        st_o, st_l = self._states_merge(device, n_states, B, Hq, D)
+        st_o, st_l, self.launch_merge = states_and_merge("bif_states", device, n_states, B, Hq, D)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
         self.merge_in_kernel = False
         self.info.update(prefix_programs=self.prefix.grid[0], splits=S, chunk=chunk, ordered=self.ordered,
@@ -504,8 +492,7 @@ class Plan:
         bt = block_table if self.own_paged else d
         counts, starts, order, rank = groups if groups is not None else (d, d, d, d)
         if self.path == "concat" and self.even > 1:
-            o = torch.empty((self.even,) + tuple(out.shape), dtype=torch.float32, device=q.device)
-            ls = torch.empty((self.even,) + tuple(lse.shape), dtype=torch.float32, device=q.device)
+            o, ls = self.partials
             self.even_launch(q, pk, pv, k, v, o, ls, plens, ids, seqlens, bt)
             self.launch_merge(o, ls, out, lse)
         elif self.path == "concat" and self.even:

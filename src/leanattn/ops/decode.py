@@ -8,12 +8,12 @@ import triton
 
 from .. import checks, runtime
 from ..kernels.decode import lean_decode_kernel, split_decode_kernel
-from ..kernels.merge import merge_launch, merge_states_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules import stream_k
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence
 from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
+from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
 
 __all__ = ["decode"]
@@ -34,7 +34,7 @@ class _Plan:
     """
 
     def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
-                 num_stages=0, after_prior=False):
+                 num_stages=0, after_prior=False, merged=True):
         B, Hq, D = q.shape
         device = q.device
         group = Hq // k_cache.shape[2]
@@ -101,12 +101,13 @@ class _Plan:
             self.grid = (rows, splits)
             part = (B * Hq * D, B * Hq) if splits > 1 else (0, 0)
             self.tail = strides + part + (bt_stride, qk_scale, cap, triton.cdiv(cap_tiles, splits))
-            M = B * Hq
             # the merge waits for the splits as a programmatic dependent launch where there is one
             pdl = splits > 1 and runtime.dependent_launch(device) and not after_prior
             self.meta.update(PDL=pdl, EVEN=bool(even))
-            self.merge_grid, self.merge_meta = merge_launch(splits, M, D, pdl)
-            self.merge_tail = (splits, M, M * D, D, M, 1)
+            # merged=False: the caller owns and merges the states the split kernel writes (bifurcated overlap path)
+            self.partials = self.launch_merge = None
+            if splits > 1 and merged:
+                *self.partials, self.launch_merge = states_and_merge("split_states", device, splits, B, Hq, D, pdl)
         if schedule == "split":
             # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
             self.meta["AFTER_PRIOR"] = after_prior
@@ -118,8 +119,6 @@ class _Plan:
             else:
                 self.arrivals = self.dummy_i32
             self.launch = runtime.Launcher(split_decode_kernel, self.grid, self.meta, (self.arrivals,) + self.tail)
-            self.launch_merge = runtime.Launcher(merge_states_kernel, self.merge_grid, self.merge_meta,
-                                                 self.merge_tail)
 
     def _lean_grid(self, cfg, q, k_cache, v_cache, workers) -> int:
         if workers > 0:
@@ -140,9 +139,7 @@ class _Plan:
         if self.splits == 1:
             self.launch(q, k_cache, v_cache, out, lse, sl, bt)
             return
-        B, Hq, D = q.shape
-        o = torch.empty((self.splits, B, Hq, D), dtype=torch.float32, device=q.device)
-        ls = torch.empty((self.splits, B, Hq), dtype=torch.float32, device=q.device)
+        o, ls = self.partials
         self.launch(q, k_cache, v_cache, o, ls, sl, bt)
         self.launch_merge(o, ls, out, lse)
 
