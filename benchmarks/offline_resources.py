@@ -163,6 +163,17 @@ def decode_cases():
         yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, block_table=bt)
         yield name + " split", lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(
             q, k, k, lens, block_table=bt, schedule="split", num_splits=3)
+    # float8 caches read in bf16 (kernels/attend.py)
+    for hq, hkv, d, page in ((32, 8, 128, 0), (32, 32, 128, 0), (32, 8, 128, 16), (32, 32, 64, 0), (16, 8, 256, 0)):
+        name = f"decode fp8 {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")
+        q = torch.randn(2, hq, d, dtype=bf)
+        shape = (8, page, hkv, d) if page else (2, 2048, hkv, d)
+        k = torch.randn(shape, dtype=bf).to(torch.float8_e4m3fn)
+        bt = torch.zeros(2, 4, dtype=torch.int32) if page else None
+        lens = torch.tensor([5, 60], dtype=torch.int32)
+        yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, block_table=bt, v_scale=0.5)
+        yield name + " split", lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(
+            q, k, k, lens, block_table=bt, schedule="split", num_splits=3, v_scale=0.5)
 
 
 def sparse_cases():

@@ -1,6 +1,6 @@
 """Small launches of every kernel path, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [merge] [sparse] [bifurcated] [overlap]
+    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
         [concat] [overlap-ws] [overlap-pingpong]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
@@ -51,6 +51,28 @@ def decode():
         outs = torch.randn(S, B, H, 128, dtype=BF16, device=DEV)
         lses = torch.randn(S, B, H, device=DEV)
         leanattn.merge_states(outs, lses)
+
+
+def fp8():
+    """Every decode path over float8 e4m3 caches: both schedules, ragged and one sequence (even pieces), contiguous
+    through each load path and paged."""
+    for lens in ([3000, 0, 1, 517, 1024], [4000]):
+        B = len(lens)
+        sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
+        for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256)):
+            q = torch.randn(B, hq, d, dtype=BF16, device=DEV)
+            k = torch.randn(B, max(lens), hkv, d, device=DEV).to(torch.float8_e4m3fn)
+            v = torch.randn(B, max(lens), hkv, d, device=DEV).to(torch.float8_e4m3fn)
+            for load in ("0", "1", "2"):
+                os.environ["LEANATTN_DECODE_LOAD"] = load
+                try:
+                    for schedule in ("lean", "split"):
+                        leanattn.decode(q, k, v, sl, schedule=schedule, k_scale=0.5, v_scale=2.0)
+                finally:
+                    os.environ.pop("LEANATTN_DECODE_LOAD")
+            kp, vp, bt = paged_kv(k.float(), v.float(), lens, 16)
+            for schedule in ("lean", "split"):
+                leanattn.decode(q, kp.to(k.dtype), vp.to(k.dtype), sl, bt, schedule=schedule, v_scale=0.5)
 
 
 def merges():
@@ -189,7 +211,7 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    families = {"decode": decode, "merge": merges, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap,
+    families = {"decode": decode, "fp8": fp8, "merge": merges, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap,
                 "concat": concat,
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
                 "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True)}

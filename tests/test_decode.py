@@ -670,8 +670,8 @@ def test_deterministic(schedule):
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_opcheck(schedule):
     q, k, v, lens, bt = make_inputs(3, 4, 2, 64, [40, 0, 17], page_size=16)
-    torch.library.opcheck(torch.ops.leanattn.decode.default, (q, k, v, lens, bt, 0.125, schedule, 3, 2, 0))
-    torch.library.opcheck(torch.ops.leanattn.decode.default, (q, k, v, None, bt, 0.125, schedule, 0, 0, 0))
+    torch.library.opcheck(torch.ops.leanattn.decode.default, (q, k, v, lens, bt, 0.125, schedule, 3, 2, 0, 1.0, 1.0))
+    torch.library.opcheck(torch.ops.leanattn.decode.default, (q, k, v, None, bt, 0.125, schedule, 0, 0, 0, 1.0, 1.0))
 
 
 def test_compile_fullgraph():

@@ -21,15 +21,27 @@ def base(paged=False):
                 cache_seqlens=torch.tensor([10, 20], dtype=torch.int32))
 
 
-def replace(paged=False, **changes):
-    """Valid inputs with some replaced; a callable change gets the inputs and returns the new value."""
-    kw = base(paged)
+def _apply(kw, changes):
     kw.update({name: change(kw) if callable(change) else change for name, change in changes.items()})
     return kw
 
 
+def replace(paged=False, **changes):
+    """Valid inputs with some replaced; a callable change gets the inputs and returns the new value."""
+    return _apply(base(paged), changes)
+
+
 def half(shape):
     return torch.randn(shape, dtype=torch.float16)
+
+
+E4M3 = torch.float8_e4m3fn
+
+
+def fp8(**changes):
+    """Valid inputs with float8 e4m3 caches, then ``changes`` as in ``replace``."""
+    return _apply(replace(k_cache=lambda kw: kw["k_cache"].to(E4M3), v_cache=lambda kw: kw["v_cache"].to(E4M3)),
+                  changes)
 
 
 # (id, inputs, error type, argument named first in the message)
@@ -82,6 +94,22 @@ DECODE_CASES = [
     ("scale as string", dict(base(), softmax_scale="0.1"), TypeError, "softmax_scale"),
     ("scale as bool", dict(base(), softmax_scale=True), TypeError, "softmax_scale"),
     ("scale as tensor", dict(base(), softmax_scale=torch.tensor(0.1)), TypeError, "softmax_scale"),
+    # float8 caches
+    ("q float8", replace(**{n: (lambda kw, n=n: kw[n].to(E4M3)) for n in ("q", "k_cache", "v_cache")}), TypeError,
+     "q"),
+    ("v float8, k not", replace(v_cache=lambda kw: kw["v_cache"].to(E4M3)), TypeError, "v_cache"),
+    ("k float8, v not", replace(k_cache=lambda kw: kw["k_cache"].to(E4M3)), TypeError, "v_cache"),
+    ("k e4m3, v e5m2", fp8(v_cache=lambda kw: kw["v_cache"].to(torch.float8_e5m2)), TypeError, "v_cache"),
+    ("float8 cache on another device", fp8(k_cache=lambda kw: kw["k_cache"].to("meta")), ValueError, "k_cache"),
+    ("k_scale with an fp16 cache", dict(base(), k_scale=0.5), ValueError, "k_scale"),
+    ("v_scale with an fp16 cache", dict(base(), v_scale=2.0), ValueError, "v_scale"),
+    ("k_scale zero", dict(fp8(), k_scale=0.0), ValueError, "k_scale"),
+    ("v_scale negative", dict(fp8(), v_scale=-1.0), ValueError, "v_scale"),
+    ("k_scale nan", dict(fp8(), k_scale=float("nan")), ValueError, "k_scale"),
+    ("v_scale inf", dict(fp8(), v_scale=float("inf")), ValueError, "v_scale"),
+    ("k_scale as tensor", dict(fp8(), k_scale=torch.tensor(0.5)), TypeError, "k_scale"),
+    ("v_scale as bool", dict(fp8(), v_scale=True), TypeError, "v_scale"),
+    ("k_scale as string", dict(fp8(), k_scale="0.5"), TypeError, "k_scale"),
 ]
 
 
@@ -95,6 +123,7 @@ def test_decode_rejects(kwargs, error, name):
 def test_valid_inputs_pass(paged):
     # the cases above fail because of their one change, not because the base inputs are wrong
     assert leanattn.decode(**base(paged)).shape == (2, 4, 64)
+    assert leanattn.decode(**fp8(k_scale=0.5, v_scale=2.0)).shape == (2, 4, 64)
 
 
 def test_unused_page_ids_are_not_checked():

@@ -398,7 +398,7 @@ def test_opcheck_gpu():
     k = torch.randn(2, 100, 2, 64, dtype=torch.float16, device="cuda")
     v = torch.randn_like(k)
     sl = torch.tensor([100, 3], dtype=torch.int32, device="cuda")
-    torch.library.opcheck(torch.ops.leanattn.decode.default, (q, k, v, sl, None, 0.125, "lean", 0, 0, 0))
+    torch.library.opcheck(torch.ops.leanattn.decode.default, (q, k, v, sl, None, 0.125, "lean", 0, 0, 0, 1.0, 1.0))
 
 
 @pytest.mark.parametrize("load", ["0", "1", "2"])

@@ -2,11 +2,14 @@
 and what was given."""
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# KV caches stored as float8 and read by leanattn.decode in the query's dtype
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 
 
@@ -49,6 +52,35 @@ def check_head_dim(name: str, d: int):
 def check_unit_stride(name: str, x: torch.Tensor):
     if x.stride(-1) != 1:
         _fail(ValueError, name, "unit stride on the last (head) dimension", f"strides {tuple(x.stride())}")
+
+
+def kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_scale=1.0, v_scale=1.0,
+             fp8: bool = False) -> tuple[float, float]:
+    """Device and dtype of ``k_cache``/``v_cache`` against ``q``: the query's dtype, or with ``fp8`` (ops that read
+    float8 caches) one of ``FP8_DTYPES`` for both, whose dequantisation scales ``k_scale``/``v_scale`` (the stored
+    value times the scale is the value) are finite floats > 0, and 1.0 for caches in the query's dtype. Returns the
+    scales as floats."""
+    if fp8 and k_cache.dtype in FP8_DTYPES:
+        if k_cache.device != q.device:
+            _fail(ValueError, "k_cache", f"device {q.device} (as q)", k_cache.device)
+        check_same("v_cache", v_cache, "k_cache", k_cache)
+    else:
+        if k_cache.dtype in FP8_DTYPES:
+            _fail(TypeError, "k_cache", f"dtype {q.dtype} (as q; float8 caches are read by leanattn.decode)",
+                  k_cache.dtype)
+        check_same("k_cache", k_cache, "q", q)
+        check_same("v_cache", v_cache, "q", q)
+    scales = []
+    for name, value in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            _fail(TypeError, name, "a float", type(value).__name__)
+        value = float(value)
+        if not (math.isfinite(value) and value > 0):
+            _fail(ValueError, name, "a finite float > 0", value)
+        if value != 1.0 and k_cache.dtype not in FP8_DTYPES:
+            _fail(ValueError, name, f"1.0 for a {k_cache.dtype} cache (scales dequantise float8 caches)", value)
+        scales.append(value)
+    return scales[0], scales[1]
 
 
 def values_checkable(*tensors) -> bool:

@@ -34,13 +34,17 @@ def gather_kv(cache: torch.Tensor, b: int, n: int, block_table: torch.Tensor | N
     """The first ``n`` tokens of sequence ``b``: ``(n, kv_heads, D)``, from a contiguous or paged cache."""
     if block_table is None:
         return cache[b, :n]
+    if cache.dtype.itemsize == 1 and cache.dtype.is_floating_point:
+        # float8: gathered as bytes (indexing need not support float8 on every device)
+        return gather_kv(cache.view(torch.uint8), b, n, block_table).view(cache.dtype)
     page_size = cache.shape[1]
     pages = block_table[b, : -(-n // page_size)].long()
     return cache[pages].reshape(-1, *cache.shape[2:])[:n]
 
 
-def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None):
-    """Reference for :func:`leanattn.decode`: ``(out (B, Hq, D) float64, lse (B, Hq) float64)``."""
+def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None, k_scale=1.0, v_scale=1.0):
+    """Reference for :func:`leanattn.decode`: ``(out (B, Hq, D) float64, lse (B, Hq) float64)``; attention over
+    ``k_cache * k_scale`` and ``v_cache * v_scale`` (the dequantisation of float8 caches)."""
     B, Hq, D = q.shape
     Hkv = k_cache.shape[2]
     group = Hq // Hkv
@@ -53,8 +57,8 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
     out = torch.zeros(B, Hq, D, dtype=torch.float64, device=q.device)
     lse = torch.full((B, Hq), float("-inf"), dtype=torch.float64, device=q.device)
     for b in range(B):
-        k = gather_kv(k_cache, b, lens[b], block_table)
-        v = gather_kv(v_cache, b, lens[b], block_table)
+        k = gather_kv(k_cache, b, lens[b], block_table).double() * k_scale
+        v = gather_kv(v_cache, b, lens[b], block_table).double() * v_scale
         for h in range(Hkv):
             heads = slice(h * group, (h + 1) * group)
             out[b, heads], lse[b, heads] = attend(q[b, heads], k[:, h], v[:, h], scale)

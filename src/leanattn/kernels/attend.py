@@ -5,6 +5,11 @@ softmax state ``(acc, m, l)`` for the query heads stacked as the rows of ``q``, 
 once per row block. Three load paths give the same state (``LOAD``): tensors of pointers
 (``attend_tiles``, any cache, paged included), block pointers and TMA descriptors (contiguous
 caches). Scores are in log2 units (``qk_scale = softmax_scale * log2(e)``).
+
+A float8 cache (e4m3 or e5m2) is read as it is stored, one byte an element, and each tile is converted to the
+query's dtype in registers before its products. Its dequantisation scales cost nothing in the loop: K's is folded
+into ``qk_scale`` by the caller, V's multiplies the tile's probabilities ``p`` (``BLOCK_H x BLOCK_N``) rather than
+the tile (``BLOCK_N x HEAD_DIM``). Caches in the query's dtype compile to the same code as before the scales.
 """
 from __future__ import annotations
 
@@ -16,7 +21,10 @@ import triton.language as tl
 def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Scores of one KV tile ``k [BLOCK_N, D]`` (keys past ``mask_n`` at ``-inf``), folded into the
     running max ``m_i`` and sum ``l_i``; returns ``(p, alpha, m_new, l_new)``: the tile's
-    probabilities under ``m_new`` and the factor that rescales the old state."""
+    probabilities under ``m_new`` and the factor that rescales the old state. A float8 ``k`` is taken in
+    ``q``'s dtype (its scale is in ``qk_scale``)."""
+    if k.dtype.is_fp8():
+        k = k.to(q.dtype)
     if UPCAST:
         k = k.to(tl.float32)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
@@ -29,8 +37,12 @@ def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
 
 
 @triton.jit
-def accumulate(acc, p, alpha, v, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``."""
+def accumulate(acc, p, alpha, v, q, v_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``; a float8 ``v`` is taken in ``q``'s dtype and its
+    dequantisation scale ``v_scale`` applied to ``p`` (``l`` sums the unscaled ``p``)."""
+    if v.dtype.is_fp8():
+        p = p * v_scale
+        v = v.to(q.dtype)
     if UPCAST:
         v = v.to(tl.float32)
     return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -39,7 +51,7 @@ def accumulate(acc, p, alpha, v, UPCAST: tl.constexpr, DOT_PRECISION: tl.constex
 @triton.jit
 def attend_tiles(
     q, K, V, BlockTable,  #
-    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+    b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
     stride_btb,  #
@@ -91,14 +103,14 @@ def attend_tiles(
         p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
         # -- accumulate --
         v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
+        acc = accumulate(acc, p, alpha, v, q, v_scale, UPCAST, DOT_PRECISION)
     return acc, m_i, l_i
 
 
 @triton.jit
 def attend_contiguous(
     q, K, V,  #
-    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+    b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
@@ -146,7 +158,7 @@ def attend_contiguous(
             v = v_src.load([j * BLOCK_N, 0])
         else:
             v = tl.load(v_src, boundary_check=(0,), padding_option="zero")
-        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
+        acc = accumulate(acc, p, alpha, v, q, v_scale, UPCAST, DOT_PRECISION)
         if not TMA:
             k_src = tl.advance(k_src, (BLOCK_N, 0))
             v_src = tl.advance(v_src, (BLOCK_N, 0))
@@ -156,7 +168,7 @@ def attend_contiguous(
 @triton.jit
 def attend_any(
     q, K, V, BlockTable,  #
-    b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+    b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
     stride_btb,  #
@@ -168,12 +180,12 @@ def attend_any(
     takes tensors of pointers (its tiles gather rows of several pages)."""
     if LOAD > 0 and PAGE_SIZE == 0:
         acc, m_i, l_i = attend_contiguous(
-            q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+            q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, LOAD == 2, UPCAST, DOT_PRECISION)
     else:
         acc, m_i, l_i = attend_tiles(
-            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale,  #
+            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
     return acc, m_i, l_i
@@ -182,7 +194,7 @@ def attend_any(
 @triton.jit
 def attend_concat(
     q, PK, PV, K, V, BlockTable,  #
-    gid, b, kvh, plen, seqlen, pt, tile_lo, tile_hi, qk_scale,  #
+    gid, b, kvh, plen, seqlen, pt, tile_lo, tile_hi, qk_scale, v_scale,  #
     stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
     stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
     stride_btb,  #
@@ -284,5 +296,5 @@ def attend_concat(
             v = tl.load(v_tile + v_off, mask=mask_n[:, None], other=0.0)
         else:
             v = tl.load(v_ptrs[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        acc = accumulate(acc, p, alpha, v, UPCAST, DOT_PRECISION)
+        acc = accumulate(acc, p, alpha, v, q, v_scale, UPCAST, DOT_PRECISION)
     return acc, m_i, l_i

@@ -172,7 +172,7 @@ def prefix_pieces(
             tile_lo = t - head_begin
             # the prefix is contiguous (PAGE_SIZE 0): the block table is never read
             acc, m_i, l_i = attend_any(
-                q, PK, PV, Order, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+                q, PK, PV, Order, g, kvh, plen, tile_lo, tile_lo + (stop - t), qk_scale, 1.0,  #
                 stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
                 HEAD_DIM, BLOCK_HP, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION)
             final, acc, m_i, l_i = settle_piece(
@@ -212,7 +212,7 @@ def own_pieces(
         q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_HO, UPCAST)
         tile_lo = t - head_begin
         acc, m_i, l_i = attend_any(
-            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+            q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale, 1.0,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
             HEAD_DIM, BLOCK_HO, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
         valid = hb * BLOCK_HO + offs_ho < GROUP

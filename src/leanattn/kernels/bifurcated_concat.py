@@ -46,7 +46,7 @@ def concat_piece(
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     # -- tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens --
     acc, m_i, l_i = attend_concat(
-        q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, tile_lo, tile_lo + (stop - t), qk_scale,  #
+        q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, tile_lo, tile_lo + (stop - t), qk_scale, 1.0,  #
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, SAME_STRIDE, UPCAST,
@@ -181,7 +181,7 @@ def concat_split_kernel(
     lo, hi = even_range(tl.maximum(pt + tl.cdiv(seqlen, BLOCK_N), 1), s, tl.num_programs(1))
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     acc, m_i, l_i = attend_concat(
-        q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, lo, hi, tl.cast(qk_scale, tl.float32),  #
+        q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, lo, hi, tl.cast(qk_scale, tl.float32), 1.0,  #
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, SAME_STRIDE, UPCAST,

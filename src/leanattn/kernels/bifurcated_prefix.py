@@ -74,7 +74,7 @@ def prefix_states_program(
                                               GROUP, HEAD_DIM, SINGLE_PREFIX, UPCAST)
     # the prefix is contiguous (PAGE_SIZE 0): the block table argument is never read
     acc, m_i, l_i = attend_any(
-        q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale,  #
+        q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale, 1.0,  #
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
         HEAD_DIM, BLOCK_HP, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION)
     # -- normalised state; an empty split is (0, -inf), the merge's identity --

@@ -104,7 +104,7 @@ def bifurcated_states_kernel(
             o % n_own_rows, o // n_own_rows, Q, K, V, StO + base * HEAD_DIM, StL + base, Seqlens, BlockTable,  #
             stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             HQ * HEAD_DIM, HEAD_DIM, HQ, rows * HEAD_DIM, rows, stride_btb,  #
-            qk_scale, capacity, chunk_o,  #
+            qk_scale, 1.0, capacity, chunk_o,  #
             GROUP, N_HBO, HKV * N_HBO, HEAD_DIM, BLOCK_HO, BLOCK_NO, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST,
             DOT_PRECISION, False)
         if MERGE:

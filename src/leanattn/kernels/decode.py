@@ -81,7 +81,7 @@ def store_final(
 @triton.jit(noinline=True)
 def decode_piece(
     Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
-    b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
+    b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale,  #
     stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb, stride_btb,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,  #
@@ -100,7 +100,7 @@ def decode_piece(
     tile_lo = t - head_begin
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     acc, m_i, l_i = attend_any(
-        q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale,  #
+        q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
     settle_and_store(
@@ -153,7 +153,7 @@ def lean_decode_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb,  #
-    qk_scale, B, capacity, k0, g_m, m_rows, waves,  #
+    qk_scale, v_scale, B, capacity, k0, g_m, m_rows, waves,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
@@ -169,6 +169,7 @@ def lean_decode_kernel(
         gdc_launch_dependents()
     pid = tl.program_id(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
+    v_scale = tl.cast(v_scale, tl.float32)
     # -- schedule, from the real lengths (no host sync) --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
     tiles = row_tiles(lens, valid_b, BLOCK_N)
@@ -184,7 +185,7 @@ def lean_decode_kernel(
         b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB)
         decode_piece(
             Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
-            b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
+            b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale,  #
             stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb,  #
             GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION,  #
@@ -222,7 +223,7 @@ def split_program(
     stride_ob, stride_oh, stride_lb,  #
     stride_os, stride_ls,  #
     stride_btb,  #
-    qk_scale, capacity, chunk,  #
+    qk_scale, v_scale, capacity, chunk,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
@@ -246,7 +247,7 @@ def split_program(
         hi = tl.minimum(lo + chunk, tiles)
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     acc, m_i, l_i = attend_any(
-        q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale,  #
+        q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
     heads, valid = store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
@@ -264,7 +265,7 @@ def split_decode_kernel(
     stride_ob, stride_oh, stride_lb,  #
     stride_os, stride_ls,  #
     stride_btb,  #
-    qk_scale, capacity, chunk,  #
+    qk_scale, v_scale, capacity, chunk,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
@@ -292,7 +293,7 @@ def split_decode_kernel(
         tl.program_id(0), tl.program_id(1), Q, K, V, Out, Lse, Seqlens, BlockTable,  #
         stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
         stride_ob, stride_oh, stride_lb, stride_os, stride_ls, stride_btb,  #
-        tl.cast(qk_scale, tl.float32), capacity, chunk,  #
+        tl.cast(qk_scale, tl.float32), tl.cast(v_scale, tl.float32), capacity, chunk,  #
         GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION, EVEN)
     if AFTER_PRIOR:
         # one program waits, the others exit at once. The count is taken modulo the programs and put back by as

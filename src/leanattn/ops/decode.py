@@ -34,7 +34,7 @@ class _Plan:
     """
 
     def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
-                 num_stages=0, after_prior=False, merged=True):
+                 num_stages=0, after_prior=False, merged=True, k_scale=1.0, v_scale=1.0):
         B, Hq, D = q.shape
         device = q.device
         group = Hq // k_cache.shape[2]
@@ -59,7 +59,8 @@ class _Plan:
                    k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                    v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
                    Hq * D, D, Hq)  # out and lse are allocated contiguous
-        qk_scale = scale * LOG2E
+        # a float8 cache's K scale is folded into the scores' scale (kernels/attend.py)
+        qk_scale = scale * k_scale * LOG2E
         even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], cap, cfg, device,
                                                                          cache_seqlens is not None)
         if even:
@@ -76,7 +77,7 @@ class _Plan:
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
-            head = strides + (bt_stride, qk_scale, B, cap)
+            head = strides + (bt_stride, qk_scale, v_scale, B, cap)
             self.tail = with_search(self.meta, head, B, self.meta["ROWS"], workers or sms * cfg.ctas_per_sm, sms)
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
             search_sms = sms
@@ -100,7 +101,7 @@ class _Plan:
             self.splits = splits = max(1, min(workers, cap_tiles))
             self.grid = (rows, splits)
             part = (B * Hq * D, B * Hq) if splits > 1 else (0, 0)
-            self.tail = strides + part + (bt_stride, qk_scale, cap, triton.cdiv(cap_tiles, splits))
+            self.tail = strides + part + (bt_stride, qk_scale, v_scale, cap, triton.cdiv(cap_tiles, splits))
             # the merge waits for the splits as a programmatic dependent launch where there is one
             pdl = splits > 1 and runtime.dependent_launch(device) and not after_prior
             self.meta.update(PDL=pdl, EVEN=bool(even))
@@ -170,7 +171,7 @@ _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                 num_splits, block_n, *, need_lse: bool = True):
+                 num_splits, block_n, k_scale=1.0, v_scale=1.0, *, need_lse: bool = True):
     """``decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the LSE goes
     to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call in one process on
     an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines."""
@@ -185,13 +186,14 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     workers = num_programs if schedule == "lean" else num_splits
     key = (q.shape, q.stride(), q.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
-           softmax_scale, schedule, workers, block_n, runtime.interpreting(),
+           softmax_scale, k_scale, v_scale, schedule, workers, block_n, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0,
            *_ENV())
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: _Plan(q, k_cache, v_cache, cache_seqlens, block_table,
-                                                     softmax_scale, schedule, workers, block_n))
+                                                     softmax_scale, schedule, workers, block_n,
+                                                     k_scale=k_scale, v_scale=v_scale))
         lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
         plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse)
     return out, lse
@@ -202,27 +204,30 @@ def _decode_op(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
     softmax_scale: float, schedule: str, num_programs: int, num_splits: int, block_n: int,
+    k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                        num_splits, block_n)
+                        num_splits, block_n, k_scale, v_scale)
 
 
 @_decode_op.register_fake
-def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, block_n):
+def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, block_n,
+      k_scale=1.0, v_scale=1.0):
     B, Hq, D = q.shape
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 
 
-def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate):
-    """Shape, dtype and device checks (always); length checks when they cost no device sync.
+def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate,
+                    k_scale=1.0, v_scale=1.0, fp8=False):
+    """Shape, dtype and device checks (always); length checks when they cost no device sync. ``fp8``: float8
+    caches are accepted, with their dequantisation scales (``checks.kv_cache``).
 
-    Returns the softmax scale to use.
+    Returns the softmax scale to use, or with ``fp8`` ``(softmax_scale, k_scale, v_scale)``.
     """
     scale = checks.query(q, softmax_scale)
     checks.check_tensor("k_cache", k_cache, 4)
     checks.check_tensor("v_cache", v_cache, 4)
-    checks.check_same("k_cache", k_cache, "q", q)
-    checks.check_same("v_cache", v_cache, "q", q)
+    kv_scales = checks.kv_cache(k_cache, v_cache, q, k_scale, v_scale, fp8)
     B, Hq, D = q.shape
     if tuple(v_cache.shape) != tuple(k_cache.shape):
         raise ValueError(f"v_cache: expected shape {tuple(k_cache.shape)} (as k_cache), got {tuple(v_cache.shape)}")
@@ -271,7 +276,7 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
         if int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]:
             raise ValueError(f"block_table: expected page ids in [0, {k_cache.shape[0]}) for the pages in use, "
                              f"got ids in [{int(ids.min())}, {int(ids.max())}]")
-    return scale
+    return (scale, *kv_scales) if fp8 else scale
 
 
 @overload
@@ -295,6 +300,8 @@ def decode(
     num_programs: int = 0,
     num_splits: int = 0,
     validate: Optional[bool] = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ):
     """Decode attention: one query token per sequence against its KV cache.
 
@@ -308,9 +315,11 @@ def decode(
         ``(B, Hq, D)``, float16, bfloat16 (or float32), ``D`` in {64, 128, 256}.
     k_cache, v_cache : torch.Tensor
         Contiguous cache ``(B, N, Hkv, D)`` or, with ``block_table``, paged cache
-        ``(num_pages, page_size, Hkv, D)``; same dtype and device as ``q``. Any strides with unit
-        stride on ``D`` are used without a copy (a ``(B, Hkv, N, D)`` cache seen through
-        ``.transpose(1, 2)`` works).
+        ``(num_pages, page_size, Hkv, D)``; same device as ``q``, and ``q``'s dtype or, for both,
+        ``torch.float8_e4m3fn`` or ``torch.float8_e5m2`` (read one byte an element and converted to ``q``'s
+        dtype in registers, as FlashInfer's fp8 decode; the value of an element is its stored value times
+        ``k_scale`` or ``v_scale``). Any strides with unit stride on ``D`` are used without a copy (a
+        ``(B, Hkv, N, D)`` cache seen through ``.transpose(1, 2)`` works).
     cache_seqlens : torch.Tensor, optional
         ``(B,)`` int32, tokens of each sequence in the cache. Default: the full capacity
         (``N``, or ``max_pages * page_size``). Zero-length sequences give zeros and ``lse = -inf``.
@@ -337,6 +346,11 @@ def decode(
     validate : bool, optional, keyword-only
         Check length and page-id values. Default: only when it needs no device sync (CPU tensors,
         outside ``torch.compile``); pass ``True`` to check CUDA inputs at the cost of a sync.
+    k_scale, v_scale : float, keyword-only
+        Dequantisation scales of a float8 ``k_cache`` and ``v_cache`` (per tensor, as FlashInfer's
+        ``k_scale``/``v_scale``): attention runs over ``k_cache * k_scale`` and ``v_cache * v_scale``. The
+        K scale is folded into the softmax scale and the V scale into each tile's probabilities, so
+        neither costs the kernel a pass over the cache. 1.0 (the default) for caches in ``q``'s dtype.
 
     Returns
     -------
@@ -359,10 +373,12 @@ def decode(
     >>> lens = torch.tensor([8192, 100, 0, 4000], dtype=torch.int32, device="cuda")
     >>> out, lse = leanattn.decode(q, k, v, cache_seqlens=lens, return_lse=True)
     """
-    scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate)
+    scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
+                                              validate, k_scale, v_scale, fp8=True)
     if q.stride(-1) != 1:
         q = q.contiguous()
-    args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, int(num_programs), int(num_splits), 0)
+    args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, int(num_programs), int(num_splits), 0,
+            k_scale, v_scale)
     # under torch.compile the custom op keeps the kernel opaque to Dynamo and Inductor; eager calls skip
     # the dispatcher (its overhead is comparable to a short decode kernel)
     if torch.compiler.is_compiling():

@@ -1,0 +1,108 @@
+"""``decode`` over float8 KV caches (e4m3, e5m2) with dequantisation scales, against the float64 reference over
+the dequantised caches: the real kernels under the interpreter."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import leanattn
+from leanattn import reference
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from test_decode import RAGGED, SCHEDULES, make_inputs
+
+FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+def check_fp8(q, k, v, lens, bt, fp8, k_scale, v_scale, name, **kw):
+    """Quantise the caches to ``fp8``, decode them with the scales and compare to the reference over
+    ``cache * scale`` (the stored values exactly); returns ``(out, lse)``."""
+    k8, v8 = k.to(fp8), v.to(fp8)
+    out, lse = leanattn.decode(q, k8, v8, lens, bt, return_lse=True, k_scale=k_scale, v_scale=v_scale, **kw)
+    ref, ref_lse = reference.decode(q, k8, v8, lens, bt, k_scale=k_scale, v_scale=v_scale)
+    assert out.dtype == q.dtype and lse.dtype == torch.float32
+    tol = TOLERANCE[q.dtype]
+    assert_rel_close(name, out, ref, tol)
+    assert_lse_close(name, lse, ref_lse, atol=tol)
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(out[empty], torch.zeros_like(out[empty])), f"{name}: empty rows are not zero"
+    return out, lse
+
+
+@pytest.mark.parametrize("fp8", FP8, ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_fp8_ragged(fp8, dtype, schedule):
+    q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, dtype=dtype)
+    check_fp8(q, k, v, lens, None, fp8, 0.5, 3.0, f"{fp8} {dtype} {schedule}", schedule=schedule)
+
+
+@pytest.mark.parametrize("hq,hkv,d", [(4, 4, 64), (8, 1, 128), (6, 2, 256)])
+@pytest.mark.parametrize("page_size", [None, 1, 16], ids=["contiguous", "page1", "page16"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_fp8_gqa_paged_head_dims(hq, hkv, d, page_size, schedule):
+    q, k, v, lens, bt = make_inputs(3, hq, hkv, d, [37, 0, 70], page_size=page_size)
+    check_fp8(q, k, v, lens, bt, torch.float8_e4m3fn, 1.7, 0.25, f"{hq}/{hkv} D={d} page {page_size}",
+              schedule=schedule)
+
+
+@pytest.mark.parametrize("lens", [[90], None], ids=["one sequence", "no lengths"])
+def test_fp8_equal_rows(lens):
+    # rows known to have equal lengths (the even pieces on the split kernel where the cut allows) and one sequence
+    # on the persistent kernel over a small grid
+    q, k, v, sl, _ = make_inputs(1 if lens else 2, 8, 2, 64, lens, capacity=90)
+    check_fp8(q, k, v, sl, None, torch.float8_e5m2, 2.0, 0.5, "equal rows")
+    check_fp8(q, k, v, sl, None, torch.float8_e5m2, 2.0, 0.5, "equal rows, 5 programs", num_programs=5)
+
+
+@pytest.mark.parametrize("load", ["1", "2"], ids=["blockptr", "tma"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_fp8_load_paths(monkeypatch, load, schedule):
+    # block pointers and TMA descriptors read float8 tiles as the tensors of pointers do, the zero-filled tail
+    # past each length included
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
+    dec._PLANS.clear()
+    try:
+        q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, capacity=80, layout="hnd")
+        check_fp8(q, k, v, lens, None, torch.float8_e4m3fn, 0.5, 2.0, f"load {load}", schedule=schedule,
+                  num_programs=7 if schedule == "lean" else 0)
+        assert [p.meta["LOAD"] for p in dec._PLANS.values()] == [int(load)]
+    finally:
+        dec._PLANS.clear()
+
+
+def test_fp8_unit_scales_match_dequantised_cache():
+    # the scales default to 1.0, and a scaled call equals decode over the dequantised cache in q's dtype (the
+    # values a float8 e4m3 element holds are exact in fp16, and so are their products by powers of two)
+    q, k, v, lens, bt = make_inputs(2, 8, 2, 64, [50, 13], page_size=16)
+    k8, v8 = k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn)
+    plain = leanattn.decode(q, k8, v8, lens, bt)
+    assert torch.equal(plain, leanattn.decode(q, k8.to(q.dtype), v8.to(q.dtype), lens, bt))
+    scaled = leanattn.decode(q, k8, v8, lens, bt, k_scale=0.5, v_scale=4.0)
+    expect = leanattn.decode(q, k8.to(q.dtype) * 0.5, v8.to(q.dtype) * 4.0, lens, bt)
+    assert_rel_close("scaled", scaled, expect.double(), TOLERANCE[q.dtype])
+
+
+def test_fp8_plan_keyed_on_scales():
+    # a new scale with the same shapes is not served a plan made for another
+    q, k, v, lens, _ = make_inputs(2, 4, 2, 64, [30, 9])
+    for k_scale, v_scale in ((1.0, 1.0), (0.25, 1.0), (0.25, 8.0)):
+        check_fp8(q, k, v, lens, None, torch.float8_e4m3fn, k_scale, v_scale, f"scales {k_scale}, {v_scale}")
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_fp8_opcheck(schedule):
+    q, k, v, lens, bt = make_inputs(3, 4, 2, 64, [40, 0, 17], page_size=16)
+    k8, v8 = k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn)
+    # (not test_schema: it compares the inputs before and after with allclose, which CPU float8 lacks)
+    torch.library.opcheck(torch.ops.leanattn.decode.default, (q, k8, v8, lens, bt, 0.125, schedule, 3, 2, 0, 0.5, 2.0),
+                          test_utils=("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_fp8_compile_fullgraph():
+    q, k, v, lens, bt = make_inputs(3, 4, 2, 64, [40, 0, 17], page_size=16)
+    k8, v8 = k.to(torch.float8_e5m2), v.to(torch.float8_e5m2)
+    torch._dynamo.reset()
+    compiled = torch.compile(leanattn.decode, fullgraph=True)
+    out = compiled(q, k8, v8, lens, bt, k_scale=0.5, v_scale=2.0)
+    assert torch.equal(out, leanattn.decode(q, k8, v8, lens, bt, k_scale=0.5, v_scale=2.0))
