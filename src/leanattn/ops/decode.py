@@ -184,7 +184,9 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
         cache_seqlens = cache_seqlens.contiguous()  # the kernels index the lengths with unit stride
     workers = num_programs if schedule == "lean" else num_splits
-    key = (q.shape, q.stride(), q.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
+    # (the cache's dtype too: a float8 cache's need not be q's, and a plan's launchers run the kernel compiled
+    # for the dtypes of their first launch)
+    key = (q.shape, q.stride(), q.dtype, k_cache.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
            softmax_scale, k_scale, v_scale, schedule, workers, block_n, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
