@@ -155,6 +155,33 @@ def table(rows) -> str:
     return common.markdown_table(header, out)
 
 
+def plot(rows, path):
+    """Time of each method per case, normalised to lean bf16 (lower is faster), as grouped bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    methods = [("lean_fp8", "leanattn, float8 e4m3 cache"), ("lean_bf16", "leanattn, bf16 cache"),
+               ("best_peer", "best SDPA peer, bf16 cache")]
+    fig, ax = plt.subplots(figsize=(max(10, 0.8 * len(rows)), 5))
+    width = 0.8 / len(methods)
+    for i, (name, label) in enumerate(methods):
+        ys = []
+        for r in rows:
+            base = r["results"].get("lean_bf16", {}).get("us")
+            us = r["best_peer_us"] if name == "best_peer" else r["results"].get(name, {}).get("us")
+            ys.append(us / base if us and base else float("nan"))
+        bars = ax.bar([j + (i - 1) * width for j in range(len(rows))], ys, width, label=label)
+        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=6)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["case"] for r in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("time / leanattn bf16 time (same run)")
+    ax.set_title("decode over float8 KV caches, bf16 queries, CUDA-graph replays with L2 flushed")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
@@ -186,6 +213,7 @@ def main(argv=None):
     for p in common.write_results(args.out, f"decode_fp8_{name}", dict(env=env, read_ceiling=bw, cases=rows,
                                                                      summary=summary), md):
         print("wrote", p)
+    plot(rows, os.path.join(args.out, f"decode_fp8_{name}.png"))
     print("Summary:", summary)
 
 
