@@ -8,6 +8,8 @@
 #   sanitize-fp8  memcheck then racecheck over decode's launches over float8 caches (sanitize.py fp8)
 #   fp8-diag    float8 conversions and decode over e4m3 and e5m2 caches of equal shapes, each load path
 #               (benchmarks/diag_fp8_convert.py; 2026-12-03 it found the plan key lacking the cache's dtype)
+#   fp8-tiles   float8 caches under the default launch config against larger tiles (probe_decode_fp8_tiles.py,
+#               decode probe 50; not yet run)
 #   fp8         decode over float8 e4m3 caches against bf16 caches and the SDPA peers (bench_decode_fp8.py)
 #   tests-one-sample  the bifurcated GPU tests of the one-sample (concat) path alone
 #   tests-overlap  the overlap path's GPU tests alone
@@ -158,6 +160,7 @@ for step in "$@"; do
       timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py fp8 2>&1 | tail -3
       timeout 300 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py fp8 2>&1 | tail -3 ;;
     fp8-diag) PYTHONPATH=src timeout 120 python3 benchmarks/diag_fp8_convert.py 2>&1 | grep -vi warn ;;
+    fp8-tiles) timeout 400 python3 benchmarks/probe_decode_fp8_tiles.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8) timeout 400 python3 benchmarks/bench_decode_fp8.py --out "$OUT" 2>&1 | grep -vi warn | tail -16 ;;
     tests-one-sample) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "one_sample and not sanitizer" 2>&1 | tail -3 ;;
     tests-overlap) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "overlap and not sanitizer" 2>&1 | tail -3 ;;
