@@ -70,7 +70,7 @@ def decode_parts(n_tok: int, hq: int = 32, hkv: int = 8, d: int = 128, batch: in
     parts = {
         "decode()": lambda: leanattn.decode(q, k, v, sl),
         "decode(return_lse=True)": lambda: leanattn.decode(q, k, v, sl, return_lse=True),
-        "validate_decode": lambda: dec.validate_decode(q, k, v, sl, None, None, "lean", None),
+        "validate_decode": lambda: dec.validate_decode(q, k, v, sl, None, None, "lean", None, 1.0, 1.0, fp8=True),
         "torch.empty x2": lambda: (torch.empty((batch, hq, d), dtype=q.dtype, device=q.device),
                                    torch.empty((batch, hq), dtype=torch.float32, device=q.device)),
         "torch.empty x2, pieces' states": (lambda: (

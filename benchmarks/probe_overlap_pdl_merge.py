@@ -34,8 +34,8 @@ from leanattn.ops import bifurcated_overlap as ov  # noqa: E402
 def _pdl_merge(plan):
     own = plan.own_plan
     own.launch = runtime.Launcher(split_decode_kernel, own.grid, dict(own.meta, PDL=True), (own.arrivals,) + own.tail)
-    plan.launch_merge = runtime.Launcher(merge_states_kernel, plan.merge_grid,
-                                         dict(plan.merge_meta, PDL=True, launch_pdl=True), plan.merge_tail)
+    m = plan.launch_merge
+    plan.launch_merge = runtime.Launcher(merge_states_kernel, m.grid, dict(m.meta, PDL=True, launch_pdl=True), m.scalars)
 
 
 def _edit(case):

@@ -86,8 +86,8 @@ def states_launches(inp):
     parts = {"states": lambda: launch.bifurcated_states_kernel[plan.grid](
         q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, d, d, d, d, lens, d, *plan.tail, **plan.meta)}
     if not plan.merge_in_kernel:
-        parts["merge"] = lambda: launch.merge_states_kernel[plan.merge_grid](st_o, st_l, out, lse, *plan.merge_tail,
-                                                                             **plan.merge_meta)
+        m = plan.launch_merge
+        parts["merge"] = lambda: m.kernel[m.grid](st_o, st_l, out, lse, *m.scalars, **m.meta)
     return parts
 
 

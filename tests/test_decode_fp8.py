@@ -18,7 +18,7 @@ def check_fp8(q, k, v, lens, bt, fp8, k_scale, v_scale, name, **kw):
     ``cache * scale`` (the stored values exactly); returns ``(out, lse)``."""
     k8, v8 = k.to(fp8), v.to(fp8)
     out, lse = leanattn.decode(q, k8, v8, lens, bt, return_lse=True, k_scale=k_scale, v_scale=v_scale, **kw)
-    ref, ref_lse = reference.decode(q, k8, v8, lens, bt, k_scale=k_scale, v_scale=v_scale)
+    ref, ref_lse = reference.decode(q, k8, v8, lens, bt, kw.get("softmax_scale"), k_scale=k_scale, v_scale=v_scale)
     assert out.dtype == q.dtype and lse.dtype == torch.float32
     tol = TOLERANCE[q.dtype]
     assert_rel_close(name, out, ref, tol)
@@ -83,6 +83,36 @@ def test_fp8_unit_scales_match_dequantised_cache():
     assert_rel_close("scaled", scaled, expect.double(), TOLERANCE[q.dtype])
 
 
+@pytest.mark.parametrize("v_scale", [1e-2, 1e-3])
+def test_fp8_small_v_scale_fp16(v_scale):
+    # one dominant key and many far smaller probabilities: V's scale is applied to the fp32 accumulator, not to
+    # the probabilities before their cast to fp16, where a small scale rounded them away (1-25% error before)
+    n = 4096
+    q = torch.zeros(1, 4, 64, dtype=torch.float16)
+    q[..., 0] = 4.0
+    k = torch.zeros(1, n, 1, 64)
+    k[0, 0, 0, 0] = 44.0  # its score 4 * 44 * k_scale 0.5 * softmax scale 0.125 = 11 nats above the others
+    v = (torch.rand(1, n, 1, 64) * 0.3 / v_scale).clamp(max=448)
+    lens = torch.tensor([n], dtype=torch.int32)
+    check_fp8(q, k, v, lens, None, torch.float8_e4m3fn, 0.5, v_scale, f"v_scale {v_scale}", softmax_scale=0.125)
+
+
+@pytest.mark.parametrize("merge", ["0", "1"], ids=["in-kernel", "launch"])
+def test_fp8_lean_piece_merges(monkeypatch, merge):
+    # heads cut over several programs, their pieces merged in-kernel and by the merge launch; splits merged by
+    # merge_states: V's scale applied once on every path
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
+    dec._PLANS.clear()
+    try:
+        q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [70, 0, 45])
+        check_fp8(q, k, v, lens, None, torch.float8_e4m3fn, 0.5, 0.125, "lean", num_programs=7)
+        assert [p.launch.mode for p in dec._PLANS.values()] == [int(merge)]
+        check_fp8(q, k, v, lens, None, torch.float8_e4m3fn, 0.5, 0.125, "split", schedule="split", num_splits=3)
+    finally:
+        dec._PLANS.clear()
+
+
 def test_fp8_plan_keyed_on_scales():
     # a new scale with the same shapes is not served a plan made for another
     q, k, v, lens, _ = make_inputs(2, 4, 2, 64, [30, 9])
@@ -119,3 +149,17 @@ def test_fp8_compile_fullgraph():
     compiled = torch.compile(leanattn.decode, fullgraph=True)
     out = compiled(q, k8, v8, lens, bt, k_scale=0.5, v_scale=2.0)
     assert torch.equal(out, leanattn.decode(q, k8, v8, lens, bt, k_scale=0.5, v_scale=2.0))
+
+
+def test_fp8_needs_sm89(monkeypatch):
+    # a GPU before sm_89 is refused with an error naming the cache (Triton would fail inside its compiler)
+    from leanattn import runtime
+    from leanattn.ops import decode as dec
+    q, k, v, lens, _ = make_inputs(2, 4, 2, 64, [30, 9])
+    k8, v8 = k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn)
+    monkeypatch.setattr(runtime, "capability", lambda device: (8, 0))
+    dec._PLANS.clear()
+    with pytest.raises(ValueError, match=r"^k_cache: expected a GPU of compute capability 8.9 or later"):
+        leanattn.decode(q, k8, v8, lens)
+    leanattn.decode(q, k, v, lens)  # a cache in q's dtype is not
+    dec._PLANS.clear()

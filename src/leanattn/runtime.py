@@ -93,6 +93,18 @@ def num_sms(device: torch.device) -> int:
     return 4
 
 
+def capability(device: torch.device) -> tuple[int, int] | None:
+    """``(major, minor)`` compute capability of a CUDA ``device``; None for other devices or where none can be
+    asked (offline compiles)."""
+    if device.type != "cuda":
+        return None
+    try:
+        p = _cuda_props(device.index if device.index is not None else torch.cuda.current_device())
+    except Exception:
+        return None
+    return p.major, p.minor
+
+
 def dependent_launch(device: torch.device) -> bool:
     """Whether a launch that depends on the one before it on ``device`` may be a programmatic dependent launch
     (PDL, sm_90 and later): launched with ``launch_pdl=True``, its programs start while the launch before it
@@ -103,10 +115,8 @@ def dependent_launch(device: torch.device) -> bool:
     from .kernels.grid_dependency import AVAILABLE
     if env_flag("LEANATTN_PDL") is False or not AVAILABLE or not gpu_target(device) or interpreting():
         return False
-    try:
-        return _cuda_props(device.index if device.index is not None else torch.cuda.current_device()).major >= 9
-    except Exception:  # no device to ask (offline compiles)
-        return False
+    cc = capability(device)
+    return cc is not None and cc[0] >= 9
 
 
 def occupancy(compiled, device: torch.device, limit: int = 32) -> int:

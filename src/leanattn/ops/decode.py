@@ -39,6 +39,11 @@ class _Plan:
         device = q.device
         group = Hq // k_cache.shape[2]
         paged = block_table is not None
+        cc = runtime.capability(device)
+        if k_cache.dtype in checks.FP8_DTYPES and cc is not None and cc < (8, 9):
+            # Triton converts float8 in hardware from sm_89 (Ada, Hopper) on
+            raise ValueError(f"k_cache: expected a GPU of compute capability 8.9 or later for a {k_cache.dtype} "
+                             f"cache, got {cc[0]}.{cc[1]}")
         self.cap = cap = _capacity(k_cache, block_table)
         cfg = decode_config(D, group, device, block_n or None, paged, B * k_cache.shape[2], cap, num_stages)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
