@@ -381,7 +381,7 @@ def test_dependent_launch_plumbing(monkeypatch):
     assert not runtime.dependent_launch(torch.device("cpu"))
 
     class Props:
-        major = 9
+        major, minor = 9, 0
     monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
     monkeypatch.setattr(runtime, "interpreting", lambda: False)
     monkeypatch.setattr(runtime, "_cuda_props", lambda index: Props)
