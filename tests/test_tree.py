@@ -424,3 +424,36 @@ def test_bench_tree_smoke_and_cost_model_refit(tmp_path):
     from leanattn.distributed import cost_model
     hw = cost_model.fit_bench(str(tmp_path / "bench_tree.json"))
     assert hw.intra.beta_gbs > 0 and hw.sources["intra"].startswith("measured")
+
+
+def _fp8_shards(rank, world, q, shards, scales):
+    ks, vs = scales[rank]
+    s = shards[rank]
+    return {m: tree_decode(q, s["k8"], s["v8"], s["shard_seqlens"], return_lse=True, timeout=60, variant=m,
+                           k_scale=ks, v_scale=vs) for m in ("allgather", "allreduce3")}
+
+
+def test_float8_shards_with_their_own_scales():
+    # each rank's shard stored as float8 e4m3 with scales of its own: the merge over ranks is exact against the
+    # float64 reference of the dequantised shards concatenated
+    world, scales = 2, [(0.5, 2.0), (2.0, 0.25)]
+    lens = [[23, 0, 9], [5, 17, 0]]
+    q, shards, _ = make_shards(world, 3, 8, 2, 64, lens, torch.float16)
+    whole_k, whole_v = [], []
+    for s, (ks, vs) in zip(shards, scales):
+        s["k8"], s["v8"] = s["k_shard"].to(torch.float8_e4m3fn), s["v_shard"].to(torch.float8_e4m3fn)
+        whole_k.append(s["k8"].double() * ks)
+        whole_v.append(s["v8"].double() * vs)
+    results = spawn(_fp8_shards, world, (q, shards, scales), deadline=120)
+    kw = torch.zeros(3, sum(max(r) + 3 for r in lens), 2, 64, dtype=torch.float64)
+    vw = torch.zeros_like(kw)
+    tot = []
+    for b in range(3):
+        ks = torch.cat([k[b, :lens[r][b]] for r, k in enumerate(whole_k)])
+        vs_ = torch.cat([v[b, :lens[r][b]] for r, v in enumerate(whole_v)])
+        kw[b, :len(ks)], vw[b, :len(vs_)] = ks, vs_
+        tot.append(len(ks))
+    whole = (kw, vw, torch.tensor(tot, dtype=torch.int32))
+    for r in range(world):
+        for m, (out, lse) in results[r].items():
+            check_against_reference(f"float8 {m} rank {r}", q, whole, out, lse)

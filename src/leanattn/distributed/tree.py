@@ -40,10 +40,13 @@ def _scale(q: torch.Tensor, softmax_scale) -> float:
     return softmax_scale
 
 
-def _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule):
-    """This rank's validation, returned rather than raised (it is raised after the shape exchange)."""
+def _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, k_scale=1.0, v_scale=1.0,
+                 fp8=False):
+    """This rank's validation (``leanattn.decode``'s; ``fp8``: float8 shards with their scales accepted), returned
+    rather than raised (it is raised after the shape exchange)."""
     try:
-        validate_decode(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, None)
+        validate_decode(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, None, k_scale,
+                        v_scale, fp8=fp8)
     except (ValueError, TypeError) as e:
         msg = str(e)
         for a, b in (("k_cache", "k_shard"), ("v_cache", "v_shard"), ("cache_seqlens", "shard_seqlens")):
@@ -83,6 +86,8 @@ def tree_decode(
     schedule: str = "lean",
     num_programs: int = 0,
     num_splits: int = 0,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ):
     """Exact decode attention over a KV cache sharded across the ranks of ``group`` (Tree Attention).
 
@@ -126,6 +131,9 @@ def tree_decode(
         each signature in this process; ``True``: every call; ``False``: never.
     schedule, num_programs, num_splits
         Passed to :func:`leanattn.decode` for the local shard.
+    k_scale, v_scale : float, keyword-only
+        Dequantisation scales of this rank's shard when it is stored as float8 (:func:`leanattn.decode`); ranks
+        may hold shards of different scales, each merged exactly. 1.0 for shards in ``q``'s dtype.
 
     Returns
     -------
@@ -166,10 +174,11 @@ def tree_decode(
         fields = _q_fields(q, k_shard, scale, VARIANTS.index(variant))
         key = None if check_shapes else ("tree", tuple(v for _, vals in fields for v in vals))
         if key is None or not _comm.checked(group, key):
-            err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
+            err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, k_scale,
+                               v_scale, fp8=True)
             _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
     out, lse = decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, schedule=schedule,
-                      num_programs=num_programs, num_splits=num_splits)
+                      num_programs=num_programs, num_splits=num_splits, k_scale=k_scale, v_scale=v_scale)
     if size > 1:
         combine = _combine_allgather if variant == "allgather" else _combine_allreduce3
         out, lse = combine(out, lse, group, size, timeout)
