@@ -6,26 +6,17 @@ import pytest
 import torch
 
 import leanattn
-from leanattn import reference
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
-from test_decode import RAGGED, SCHEDULES, make_inputs
+from leanattn.testing import TOLERANCE, assert_rel_close
+from test_decode import RAGGED, SCHEDULES, check_decode, make_inputs
 
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
 
 
 def check_fp8(q, k, v, lens, bt, fp8, k_scale, v_scale, name, **kw):
     """Quantise the caches to ``fp8``, decode them with the scales and compare to the reference over
-    ``cache * scale`` (the stored values exactly); returns ``(out, lse)``."""
-    k8, v8 = k.to(fp8), v.to(fp8)
-    out, lse = leanattn.decode(q, k8, v8, lens, bt, return_lse=True, k_scale=k_scale, v_scale=v_scale, **kw)
-    ref, ref_lse = reference.decode(q, k8, v8, lens, bt, kw.get("softmax_scale"), k_scale=k_scale, v_scale=v_scale)
-    assert out.dtype == q.dtype and lse.dtype == torch.float32
-    tol = TOLERANCE[q.dtype]
-    assert_rel_close(name, out, ref, tol)
-    assert_lse_close(name, lse, ref_lse, atol=tol)
-    empty = torch.isinf(ref_lse)
-    assert torch.equal(out[empty], torch.zeros_like(out[empty])), f"{name}: empty rows are not zero"
-    return out, lse
+    ``cache * scale`` (the stored values exactly; ``test_decode.check_decode``); returns ``(out, lse)``."""
+    softmax_scale = kw.pop("softmax_scale", None)
+    return check_decode(q, k.to(fp8), v.to(fp8), lens, bt, softmax_scale, name, k_scale=k_scale, v_scale=v_scale, **kw)
 
 
 @pytest.mark.parametrize("fp8", FP8, ids=["e4m3", "e5m2"])

@@ -356,8 +356,8 @@ def decode(
     k_scale, v_scale : float, keyword-only
         Dequantisation scales of a float8 ``k_cache`` and ``v_cache`` (per tensor, as FlashInfer's
         ``k_scale``/``v_scale``): attention runs over ``k_cache * k_scale`` and ``v_cache * v_scale``. The
-        K scale is folded into the softmax scale and the V scale into each tile's probabilities, so
-        neither costs the kernel a pass over the cache. 1.0 (the default) for caches in ``q``'s dtype.
+        K scale is folded into the softmax scale and the V scale multiplies each range's fp32
+        accumulator once, so neither costs the kernel a pass over the cache. 1.0 (the default) for caches in ``q``'s dtype.
 
     Returns
     -------
