@@ -88,6 +88,19 @@ def test_fp8_small_v_scale_fp16(v_scale):
     check_fp8(q, k, v, lens, None, torch.float8_e4m3fn, 0.5, v_scale, f"v_scale {v_scale}", softmax_scale=0.125)
 
 
+@pytest.mark.parametrize("magnitude", [1e-30, 1.0, 1e6, 1e30])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_fp8_bf16_query_magnitudes(magnitude, schedule):
+    # bf16 queries meet float8 tiles in fp16, each row scaled by a power of two first (kernels/attend.fp8_query):
+    # rows far outside fp16's range (1e6 and 1e30 overflow it, 1e-30 underflows) keep their scores, the softmax
+    # scale set so the scores are of order one
+    q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, dtype=torch.bfloat16)
+    q = (q.float() * magnitude).to(torch.bfloat16)
+    q[1, 3] *= 1e-3  # rows of one block at other magnitudes than the block's largest
+    check_fp8(q, k, v, lens, None, torch.float8_e4m3fn, 0.5, 2.0, f"|q| ~ {magnitude}", schedule=schedule,
+              softmax_scale=0.125 / magnitude)
+
+
 @pytest.mark.parametrize("merge", ["0", "1"], ids=["in-kernel", "launch"])
 def test_fp8_lean_piece_merges(monkeypatch, merge):
     # heads cut over several programs, their pieces merged in-kernel and by the merge launch; splits merged by
