@@ -34,7 +34,8 @@ from leanattn.testing import paged_kv, rel_err  # noqa: E402
 
 FP8 = torch.float8_e4m3fn
 CASES = ["mha B=1 16k", "mha B=1 64k", "mha B=1 256k", "gqa B=1 32k", "gqa B=1 128k", "gqa B=4 32k", "gqa B=64 4k",
-         "ragged-tail B=16", "ragged-uniform B=32", "paged16 gqa B=4 32k", "d64 mha B=1 64k", "d256 16/8 B=1 32k"]
+         "ragged-tail B=16", "ragged-uniform B=32", "paged16 gqa B=4 32k", "paged64 gqa B=4 32k", "d64 mha B=1 64k",
+         "d256 16/8 B=1 32k"]
 PEERS = ["sdpa_flash", "sdpa_cudnn", "sdpa_cudnn_mask"]
 
 

@@ -1,14 +1,13 @@
 """Launch configs for float8 caches (decode probe 50): are bf16's tiles too small once a token is half the bytes?
 
-``bench_decode_fp8.py`` (H200, 2026-12-03 19:09) measured decode over e4m3 caches at 42-65% of the read ceiling in
-float8 bytes, against 86-99% for bf16 caches from 537 MB up. The launch configs (``ops/decode_config.py``) are
-bf16's, so a float8 tile carries half the bytes. This probe times, on suite cases with float8 e4m3 caches
-(``bench_decode_fp8.fp8_inputs``), the default config against configs whose tiles hold as many bytes as bf16's
-(twice the tokens) or more, set through ``LEANATTN_DECODE_CONFIG`` (``block_n,num_warps,num_stages,ctas_per_sm``),
-and our bf16 decode of the dequantised cache beside them: each checked against the float64 reference, then CUDA-graph
-replays in interleaved rounds (do_bench, L2 flushed). Offline (Triton 3.6, sm_90a, GQA 32/8 and MHA at D=128),
-128-token tiles: at 4 warps the persistent kernel spills (255 registers, 24 B of stack at 3 stages, 8 B at 2) while
-the split kernel takes 168 (3 programs an SM); at 8 warps 170 and 102 registers, one and two programs an SM.
+``bench_decode_fp8.py`` (H200, 2026-12-03) measured decode over e4m3 caches at 42-65% of the read ceiling in float8
+bytes under bf16's launch configs (``ops/decode_config.py``), where a float8 tile carries half the bytes. This probe
+times, on suite cases with float8 e4m3 caches (``bench_decode_fp8.fp8_inputs``, paged ones included), the default
+config against others set through ``LEANATTN_DECODE_CONFIG`` (``block_n,num_warps,num_stages,ctas_per_sm``), and our
+bf16 decode of the dequantised cache beside them: each checked against the float64 reference, then CUDA-graph replays
+in interleaved rounds (do_bench, L2 flushed). Runs of 2026-12-03 (raw ``decode_probe_fp8_tiles_H200*.json``): with
+fp16 products, 128-token tiles at 4 warps over 3 stages 11-18% ahead of 64-token ones on the five D=128 contiguous
+cases, now ``_CUDA_FP8_TABLE``; offline (Triton 3.6, sm_90a) 249 registers, no spills, 2 programs an SM.
 
     PYTHONPATH=src python benchmarks/probe_decode_fp8_tiles.py [--out DIR] [--cases A,B]
 """
@@ -27,21 +26,24 @@ import common  # noqa: E402
 import leanattn  # noqa: E402
 
 CASES = ("mha B=1 64k", "gqa B=1 128k", "gqa B=4 32k", "gqa B=64 4k", "ragged-uniform B=32", "d64 mha B=1 64k",
-         "d256 16/8 B=1 32k")
-# per head dim: configs (block_n, num_warps, num_stages, ctas_per_sm) beside the default
+         "d256 16/8 B=1 32k", "paged16 gqa B=4 32k", "paged64 gqa B=4 32k", "paged64 ragged-tail")
+# per head dim: configs (block_n, num_warps, num_stages, ctas_per_sm) beside the default (at D=128 since 2026-12-03
+# 128,4,3,2 for contiguous caches, 64,4,3,2 for paged ones)
 CONFIGS = {64: ("256,4,2,4", "256,8,2,2", "128,4,3,4"),
-           128: ("128,4,3,2", "128,8,3,2", "128,4,2,2", "64,4,4,2"),
+           128: ("128,4,3,2", "64,4,3,2", "128,4,4,2", "256,8,2,1", "128,8,3,2"),
            256: ("128,4,2,1", "128,8,2,1", "64,4,4,1")}
 
 
 def measure(case) -> dict:
     inp = bf.fp8_inputs(case)
     q, sl = inp["q"], inp["seqlens"]
-    ref, _ = leanattn.reference.decode(q, inp["k8"], inp["v8"], sl, k_scale=inp["ks"], v_scale=inp["vs"])
-    fp8 = lambda: leanattn.decode(q, inp["k8"], inp["v8"], sl, k_scale=inp["ks"], v_scale=inp["vs"])  # noqa: E731
+    bt = inp["block_table8"]
+    ref, _ = leanattn.reference.decode(q, inp["k8"], inp["v8"], sl, bt, k_scale=inp["ks"], v_scale=inp["vs"])
+    fp8 = lambda: leanattn.decode(q, inp["k8"], inp["v8"], sl, bt, k_scale=inp["ks"], v_scale=inp["vs"])  # noqa: E731
+    k, v = (inp["k_pages"], inp["v_pages"]) if bt is not None else (inp["k"], inp["v"])
     fns = {"default": bd.with_plans(fp8),
            **{cfg: bd.with_plans(fp8, {"LEANATTN_DECODE_CONFIG": cfg}) for cfg in CONFIGS[case["d"]]},
-           "bf16 cache": bd.with_plans(lambda: leanattn.decode(q, inp["k"], inp["v"], sl))}
+           "bf16 cache": bd.with_plans(lambda: leanattn.decode(q, k, v, sl, bt))}
     us, med = bd.interleaved_graph_times(case["name"], fns, ref, rounds=3)
     best = min((n for n in med if n != "bf16 cache"), key=med.get)
     print(f"{case['name']:20s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())

@@ -167,3 +167,34 @@ def test_fp8_needs_sm89(monkeypatch):
         leanattn.decode(q, k8, v8, lens)
     leanattn.decode(q, k, v, lens)  # a cache in q's dtype is not
     dec._PLANS.clear()
+
+
+def test_fp8_launch_config(monkeypatch):
+    # the config a GPU would get: contiguous float8 caches at D=128 take their own table (twice bf16's tile tokens),
+    # paged ones and other head dims keep bf16's; decode passes the cache's kind
+    from leanattn import runtime
+    from leanattn.ops import decode as dec, decode_config as dc
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
+    monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
+    monkeypatch.setattr(runtime, "num_sms", lambda device: 132)
+    monkeypatch.delenv("LEANATTN_DECODE_CONFIG", raising=False)
+    cpu = torch.device("cpu")
+
+    def launch(*args, **kw):
+        cfg = dc.decode_config(*args, **kw)
+        return cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.ctas_per_sm
+    assert launch(128, 4, cpu, fp8=True) == dc._CUDA_FP8_TABLE[128] != dc._CUDA_TABLE[128]
+    assert launch(128, 4, cpu) == dc._CUDA_TABLE[128]
+    assert launch(128, 4, cpu, paged=True, fp8=True) == dc._CUDA_PAGED_TABLE[128]
+    assert launch(64, 4, cpu, fp8=True) == dc._CUDA_TABLE[64]
+    assert launch(128, 4, cpu, block_n=32, fp8=True) == (32, *dc._CUDA_FP8_TABLE[128][1:])
+    monkeypatch.undo()
+    seen = []
+    real = dc.decode_config
+    monkeypatch.setattr(dec, "decode_config", lambda *a, **kw: seen.append(a[8]) or real(*a, **kw))
+    dec._PLANS.clear()
+    q, k, v, lens, _ = make_inputs(2, 4, 2, 64, [30, 9])
+    leanattn.decode(q, k, v, lens)
+    leanattn.decode(q, k.to(torch.float8_e5m2), v.to(torch.float8_e5m2), lens)
+    assert seen == [False, True]
+    dec._PLANS.clear()

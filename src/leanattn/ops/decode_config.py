@@ -68,6 +68,18 @@ _CUDA_PAGED_TABLE = {
 }
 
 
+# Contiguous float8 caches (one byte an element, converted to fp16 in registers) at D=128 take 128-token tiles over
+# 3 stages, as many bytes a tile as bf16's 64-token tiles. Same process, H200, 2026-12-03 (decode probe 50,
+# benchmarks/results/decode_probe_fp8_tiles_H200.json), e4m3 caches, against the bf16 table's (64, 4, 3, 2):
+# mha B=1 64k 165.8 us against 195.6, gqa B=1 128k 94.6 against 104.7, gqa B=4 32k 94.7 against 106.4, gqa
+# B=64 4k 196.1 against 220.3, ragged-uniform B=32 277.0 against 323.1 (11-18%); 8 warps or 2 stages lost
+# everywhere. D=64 and D=256 measured best on their bf16 entries (256-token tiles at D=64 10-17% slower,
+# 128-token tiles at D=256 27-33% slower). Paged caches are unmeasured and keep their table.
+_CUDA_FP8_TABLE = {
+    128: (128, 4, 3, 2),
+}
+
+
 # Small launches at D <= 128 take 64-token tiles over 3 stages, two per SM, so each program keeps its
 # few loads in flight. Small: at most 32768 elements of K per SM at capacity (128 KB of bf16 K and V;
 # two 64-token tiles per program at two per SM at D=128, four at D=64). H200, same process, D=64 decode
@@ -121,19 +133,23 @@ def load_path(load: int, k_cache: torch.Tensor, v_cache: torch.Tensor, paged: bo
 
 
 def decode_config(head_dim: int, group: int, device: torch.device, block_n: int | None = None,
-                  paged: bool = False, kv_rows: int = 0, capacity: int = 0, num_stages: int = 0) -> DecodeConfig:
+                  paged: bool = False, kv_rows: int = 0, capacity: int = 0, num_stages: int = 0,
+                  fp8: bool = False) -> DecodeConfig:
     """Launch configuration of ``head_dim``-wide decode with ``group`` query heads per kv head.
 
     ``kv_rows`` (sequences x kv heads) and ``capacity`` (tokens per sequence), when given, size the
     work at full capacity: small contiguous launches at D <= 128 take ``_CUDA_SMALL``. ``num_stages``
     (a launch that shares its SMs with another kernel's, ``ops/bifurcated_overlap.OWN_STAGES``) replaces
-    the table's pipeline depth. ``block_n``, ``LEANATTN_DECODE_CONFIG`` and ``LEANATTN_DECODE_LOAD`` override.
+    the table's pipeline depth. ``fp8`` (a float8 cache) takes ``_CUDA_FP8_TABLE`` where it has the head dim.
+    ``block_n``, ``LEANATTN_DECODE_CONFIG`` and ``LEANATTN_DECODE_LOAD`` override.
     """
     block_h = max(16, min(64, triton.next_power_of_2(group)))
     n_hb = triton.cdiv(group, block_h)
     if runtime.interpreting() or not runtime.gpu_target(device):
         return DecodeConfig(block_n or 16, block_h, n_hb, 4, 1, 1, _env_load(0))
     table = _CUDA_PAGED_TABLE if paged and head_dim in _CUDA_PAGED_TABLE else _CUDA_TABLE
+    if fp8 and not paged and head_dim in _CUDA_FP8_TABLE:
+        table = _CUDA_FP8_TABLE
     entry = table[head_dim]
     if (kv_rows and not paged and head_dim <= 128 and not block_n
             and kv_rows * n_hb * capacity * head_dim <= _SMALL_ELEMS_PER_SM * runtime.num_sms(device)):
