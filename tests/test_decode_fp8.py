@@ -170,8 +170,8 @@ def test_fp8_needs_sm89(monkeypatch):
 
 
 def test_fp8_launch_config(monkeypatch):
-    # the config a GPU would get: contiguous float8 caches at D=128 take their own table (twice bf16's tile tokens),
-    # paged ones and other head dims keep bf16's; decode passes the cache's kind
+    # the config a GPU would get: float8 caches at D=128 take their own table (twice bf16's tile tokens) unless
+    # paged in pages of 64 tokens; other head dims keep bf16's; decode passes the cache's kind
     from leanattn import runtime
     from leanattn.ops import decode as dec, decode_config as dc
     monkeypatch.setattr(runtime, "interpreting", lambda: False)
@@ -185,7 +185,9 @@ def test_fp8_launch_config(monkeypatch):
         return cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.ctas_per_sm
     assert launch(128, 4, cpu, fp8=True) == dc._CUDA_FP8_TABLE[128] != dc._CUDA_TABLE[128]
     assert launch(128, 4, cpu) == dc._CUDA_TABLE[128]
-    assert launch(128, 4, cpu, paged=True, fp8=True) == dc._CUDA_PAGED_TABLE[128]
+    assert launch(128, 4, cpu, paged=True, fp8=True, page_size=64) == dc._CUDA_PAGED_TABLE[128]
+    assert launch(128, 4, cpu, paged=True, fp8=True, page_size=16) == dc._CUDA_FP8_TABLE[128]
+    assert launch(128, 4, cpu, paged=True, page_size=16) == dc._CUDA_PAGED_TABLE[128]
     assert launch(64, 4, cpu, fp8=True) == dc._CUDA_TABLE[64]
     assert launch(128, 4, cpu, block_n=32, fp8=True) == (32, *dc._CUDA_FP8_TABLE[128][1:])
     monkeypatch.undo()

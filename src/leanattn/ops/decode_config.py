@@ -74,7 +74,10 @@ _CUDA_PAGED_TABLE = {
 # mha B=1 64k 165.8 us against 195.6, gqa B=1 128k 94.6 against 104.7, gqa B=4 32k 94.7 against 106.4, gqa
 # B=64 4k 196.1 against 220.3, ragged-uniform B=32 277.0 against 323.1 (11-18%); 8 warps or 2 stages lost
 # everywhere. D=64 and D=256 measured best on their bf16 entries (256-token tiles at D=64 10-17% slower,
-# 128-token tiles at D=256 27-33% slower). Paged caches are unmeasured and keep their table.
+# 128-token tiles at D=256 27-33% slower). Paged caches whose pages a 64-token tile does not fit (a page id per
+# token) take the same: paged16 gqa B=4 32k 118.0 us against 143.6 (bf16 cache 144.1; same process, raw
+# decode_probe_fp8_tiles_H200_128_token_default.json); pages of 64 keep the paged table's 64-token tiles, one page a
+# tile (paged64 gqa B=4 32k 108.1 against 118.0 at 128 tokens, ragged tail 137.7 against 157.8).
 _CUDA_FP8_TABLE = {
     128: (128, 4, 3, 2),
 }
@@ -134,13 +137,14 @@ def load_path(load: int, k_cache: torch.Tensor, v_cache: torch.Tensor, paged: bo
 
 def decode_config(head_dim: int, group: int, device: torch.device, block_n: int | None = None,
                   paged: bool = False, kv_rows: int = 0, capacity: int = 0, num_stages: int = 0,
-                  fp8: bool = False) -> DecodeConfig:
+                  fp8: bool = False, page_size: int = 0) -> DecodeConfig:
     """Launch configuration of ``head_dim``-wide decode with ``group`` query heads per kv head.
 
     ``kv_rows`` (sequences x kv heads) and ``capacity`` (tokens per sequence), when given, size the
     work at full capacity: small contiguous launches at D <= 128 take ``_CUDA_SMALL``. ``num_stages``
     (a launch that shares its SMs with another kernel's, ``ops/bifurcated_overlap.OWN_STAGES``) replaces
-    the table's pipeline depth. ``fp8`` (a float8 cache) takes ``_CUDA_FP8_TABLE`` where it has the head dim.
+    the table's pipeline depth. ``fp8`` (a float8 cache) takes ``_CUDA_FP8_TABLE`` where it has the head dim,
+    paged caches only where ``page_size`` is not a multiple of 64.
     ``block_n``, ``LEANATTN_DECODE_CONFIG`` and ``LEANATTN_DECODE_LOAD`` override.
     """
     block_h = max(16, min(64, triton.next_power_of_2(group)))
@@ -148,7 +152,7 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
     if runtime.interpreting() or not runtime.gpu_target(device):
         return DecodeConfig(block_n or 16, block_h, n_hb, 4, 1, 1, _env_load(0))
     table = _CUDA_PAGED_TABLE if paged and head_dim in _CUDA_PAGED_TABLE else _CUDA_TABLE
-    if fp8 and not paged and head_dim in _CUDA_FP8_TABLE:
+    if fp8 and head_dim in _CUDA_FP8_TABLE and (not paged or page_size % 64):
         table = _CUDA_FP8_TABLE
     entry = table[head_dim]
     if (kv_rows and not paged and head_dim <= 128 and not block_n
