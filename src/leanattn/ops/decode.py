@@ -324,9 +324,9 @@ def decode(
     k_cache, v_cache : torch.Tensor
         Contiguous cache ``(B, N, Hkv, D)`` or, with ``block_table``, paged cache
         ``(num_pages, page_size, Hkv, D)``; same device as ``q``, and ``q``'s dtype or, for both,
-        ``torch.float8_e4m3fn`` or ``torch.float8_e5m2`` (read one byte an element and converted to ``q``'s
-        dtype in registers, as FlashInfer's fp8 decode; the value of an element is its stored value times
-        ``k_scale`` or ``v_scale``). Any strides with unit stride on ``D`` are used without a copy (a
+        ``torch.float8_e4m3fn`` or ``torch.float8_e5m2`` (read one byte an element and converted to fp16 in
+        registers, as FlashInfer's fp8 decode, bf16 query rows scaled exactly into fp16's range; fp32 queries
+        take fp32 products; the value of an element is its stored value times ``k_scale`` or ``v_scale``). Any strides with unit stride on ``D`` are used without a copy (a
         ``(B, Hkv, N, D)`` cache seen through ``.transpose(1, 2)`` works).
     cache_seqlens : torch.Tensor, optional
         ``(B,)`` int32, tokens of each sequence in the cache. Default: the full capacity
