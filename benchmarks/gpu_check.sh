@@ -2,15 +2,17 @@
 # One device call: environment, then the steps named, in order; results go to $OUT.
 # Usage (repo root, on the GPU machine): benchmarks/gpu_check.sh STEP...
 #   tests       GPU tests of decode and bifurcated (sanitizer tests excluded: see 'sanitize')
-#   tests-bif   the bifurcated GPU tests alone
+#   tests-bif   the bifurcated GPU tests alone (more than 290 s on an H200 since 2026-12-03: about half ran by then)
 #   tests-decode  the decode GPU tests alone, float8 caches included (~150 s before them)
-#   tests-fp8   the GPU tests of decode over float8 caches alone
+#   tests-fp8   the GPU tests of decode over float8 caches alone (~65-100 s)
 #   sanitize-fp8  memcheck then racecheck over decode's launches over float8 caches (sanitize.py fp8)
 #   fp8-diag    float8 conversions and decode over e4m3 and e5m2 caches of equal shapes, each load path
 #               (benchmarks/diag_fp8_convert.py; 2026-12-03 it found the plan key lacking the cache's dtype)
-#   fp8-tiles   float8 caches under the default launch config against larger tiles (probe_decode_fp8_tiles.py,
-#               decode probe 50; not yet run)
-#   fp8         decode over float8 e4m3 caches against bf16 caches and the SDPA peers (bench_decode_fp8.py)
+#   fp8-tiles   float8 caches under the default launch config against other tiles, paged caches included
+#               (probe_decode_fp8_tiles.py, decode probe 50; runs 2026-12-03 21:5x-22:2x: 128-token tiles 11-22% ahead
+#               on D=128 contiguous and paged16, now ops/decode_config._CUDA_FP8_TABLE; ~100 s)
+#   fp8         decode over float8 e4m3 caches against bf16 caches and the SDPA peers (bench_decode_fp8.py; ~80 s;
+#               2026-12-03 22:30: 1.26-1.65x our bf16 decode)
 #   tests-one-sample  the bifurcated GPU tests of the one-sample (concat) path alone
 #   tests-overlap  the overlap path's GPU tests alone
 #   tests-all   every GPU test file, sparse and tree (2 GPUs) included
