@@ -3,6 +3,7 @@
 # Usage (repo root, on the GPU machine): benchmarks/gpu_check.sh STEP...
 #   tests       GPU tests of decode and bifurcated (sanitizer tests excluded: see 'sanitize')
 #   tests-bif   the bifurcated GPU tests alone (more than 290 s on an H200 since 2026-12-03: about half ran by then)
+#   tests-bif-0, tests-bif-1  each half of them (interleaved: LEANATTN_TEST_SHARD in tests/conftest.py)
 #   tests-decode  the decode GPU tests alone, float8 caches included (~150 s before them)
 #   tests-fp8   the GPU tests of decode over float8 caches alone (~65-100 s)
 #   sanitize-fp8  memcheck then racecheck over decode's launches over float8 caches (sanitize.py fp8)
@@ -156,6 +157,8 @@ for step in "$@"; do
   case "$step" in
     tests) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-bif) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
+    tests-bif-0|tests-bif-1) LEANATTN_TEST_SHARD=${step#tests-bif-}/2 "${PYTEST[@]}" tests/test_bifurcated_gpu.py \
+      -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-decode) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_decode_fp8_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-fp8) "${PYTEST[@]}" tests/test_decode_fp8_gpu.py 2>&1 | tail -3 ;;
     sanitize-fp8)
