@@ -40,6 +40,5 @@ def pytest_collection_modifyitems(config, items):
         index, count = -1, 0
     if not 0 <= index < count:
         raise pytest.UsageError(f"LEANATTN_TEST_SHARD: expected 'i/n' with 0 <= i < n, got {raw!r}")
-    keep = items[index::count]
-    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
-    items[:] = keep
+    config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i % count != index])
+    items[:] = items[index::count]

@@ -88,6 +88,24 @@ def test_fp8_small_v_scale_fp16(v_scale):
     check_fp8(q, k, v, lens, None, torch.float8_e4m3fn, 0.5, v_scale, f"v_scale {v_scale}", softmax_scale=0.125)
 
 
+@pytest.mark.parametrize("gap", [12.0, 18.0, 22.0])
+def test_fp8_far_probabilities_fp16(gap):
+    # one key ``gap`` nats above 4095 others, its V zero: the output is the others' probabilities times their V.
+    # Products over float8 tiles run in fp16, and probabilities below 2**-24 of the running max would be fp16
+    # zeros (relative error 1.0 from 17 nats); they are taken against the max minus 15 (in log2) instead
+    # (kernels/attend.softmax_step), which fp16 holds down to 2**-39
+    n = 4096
+    q = torch.zeros(1, 4, 64, dtype=torch.float16)
+    q[..., 0] = 4.0
+    k = torch.zeros(1, n, 1, 64)
+    k[0, 0, 0, 0] = gap / (4.0 * 0.5 * 0.125)  # its score: q 4 * k * k_scale 0.5 * softmax scale 0.125
+    v = torch.rand(1, n, 1, 64)
+    v[0, 0] = 0.0
+    lens = torch.tensor([n], dtype=torch.int32)
+    # V's scale keeps the output (about 4096 * e**-gap * 0.5 of it) out of fp16's subnormals
+    check_fp8(q, k, v, lens, None, torch.float8_e4m3fn, 0.5, 1024.0, f"gap {gap}", softmax_scale=0.125)
+
+
 @pytest.mark.parametrize("magnitude", [1e-30, 1.0, 1e6, 1e30])
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_fp8_bf16_query_magnitudes(magnitude, schedule):
@@ -193,10 +211,14 @@ def test_fp8_launch_config(monkeypatch):
     monkeypatch.undo()
     seen = []
     real = dc.decode_config
-    monkeypatch.setattr(dec, "decode_config", lambda *a, **kw: seen.append(a[8]) or real(*a, **kw))
+    monkeypatch.setattr(dec, "decode_config", lambda *a, **kw: seen.append(a[8:]) or real(*a, **kw))
     dec._PLANS.clear()
-    q, k, v, lens, _ = make_inputs(2, 4, 2, 64, [30, 9])
-    leanattn.decode(q, k, v, lens)
-    leanattn.decode(q, k.to(torch.float8_e5m2), v.to(torch.float8_e5m2), lens)
-    assert seen == [False, True]
+    q, k, v, lens, bt = make_inputs(2, 4, 2, 64, [30, 9], page_size=16)
+    k8, v8 = k.to(torch.float8_e5m2), v.to(torch.float8_e5m2)
+    leanattn.decode(q, k, v, lens, bt)
+    leanattn.decode(q, k8, v8, lens, bt)
+    leanattn.decode(q.float(), k8, v8, lens, bt)  # fp32 queries keep bf16's tiles
+    q, k, v, lens, bt = make_inputs(2, 4, 2, 64, [30, 9], page_size=8)
+    leanattn.decode(q, k.to(torch.float8_e5m2), v.to(torch.float8_e5m2), lens, bt)
+    assert seen == [(False, 16), (True, 16), (False, 16), (True, 8)]
     dec._PLANS.clear()

@@ -16,9 +16,9 @@ def fp8_cache(B, N, hkv, d, fp8, scale):
     return (torch.randn(B, N, hkv, d, device="cuda") / scale).to(fp8)
 
 
-def check(q, k, v, sl, bt, ks, vs, **kw):
-    out, lse = leanattn.decode(q, k, v, sl, bt, return_lse=True, k_scale=ks, v_scale=vs, **kw)
-    ref, ref_lse = leanattn.reference.decode(q, k, v, sl, bt, k_scale=ks, v_scale=vs)
+def check(q, k, v, sl, bt, ks, vs, softmax_scale=None, **kw):
+    out, lse = leanattn.decode(q, k, v, sl, bt, softmax_scale, return_lse=True, k_scale=ks, v_scale=vs, **kw)
+    ref, ref_lse = leanattn.reference.decode(q, k, v, sl, bt, softmax_scale, k_scale=ks, v_scale=vs)
     assert_rel_close("out", out, ref, TOLERANCE[q.dtype])
     assert_lse_close("lse", lse, ref_lse, 1e-2)
     return out, lse
@@ -95,3 +95,34 @@ def test_fp8_cuda_graph_new_lengths(B):
         torch.cuda.synchronize()
         ref, _ = leanattn.reference.decode(q, k, v, sl, k_scale=0.25, v_scale=0.25)
         assert_rel_close(f"replay {lens[:B]}", out, ref, TOLERANCE[torch.bfloat16])
+
+
+@pytest.mark.parametrize("magnitude", [1e-30, 1.0, 1e6, 1e30])
+@pytest.mark.parametrize("schedule", ["lean", "split"])
+def test_fp8_bf16_query_magnitudes(magnitude, schedule):
+    # bf16 queries meet float8 tiles in fp16, each row scaled by a power of two first (kernels/attend.fp8_query):
+    # rows far outside fp16's range keep their scores (the interpreter's tests take these products in fp32)
+    lens = [5000, 0, 129, 20000]
+    q = (torch.randn(len(lens), 32, 128, device="cuda") * magnitude).to(torch.bfloat16)
+    q[0, 5] *= 1e-3  # a row of the block at another magnitude than its largest
+    k = fp8_cache(len(lens), max(lens), 8, 128, torch.float8_e4m3fn, 0.1)
+    v = fp8_cache(len(lens), max(lens), 8, 128, torch.float8_e4m3fn, 0.5)
+    sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    check(q, k, v, sl, None, 0.1, 0.5, schedule=schedule, softmax_scale=0.088 / magnitude)
+
+
+@pytest.mark.parametrize("gap", [12.0, 18.0, 22.0])
+@pytest.mark.parametrize("schedule", ["lean", "split"])
+def test_fp8_far_probabilities(gap, schedule):
+    # one key ``gap`` nats above 65535 others, its V zero: the output is the others' fp16 probabilities times their
+    # V, taken against the max minus 15 in log2 (kernels/attend.fp8_shift), not rounded to zero from 17 nats
+    n = 65536
+    q = torch.zeros(2, 8, 128, dtype=torch.bfloat16, device="cuda")
+    q[..., 0] = 4.0
+    k = torch.zeros(2, n, 2, 128, device="cuda")
+    k[:, 7, :, 0] = gap / (4.0 * 0.5 * 0.125)
+    v = torch.rand(2, n, 2, 128, device="cuda")
+    v[:, 7] = 0.0
+    sl = torch.tensor([n, n - 3], dtype=torch.int32, device="cuda")
+    check(q, k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn), sl, None, 0.5, 1.0, schedule=schedule,
+          softmax_scale=0.125)

@@ -24,7 +24,9 @@ def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     """Scores of one KV tile ``k [BLOCK_N, D]`` (keys past ``mask_n`` at ``-inf``), folded into the
     running max ``m_i`` and sum ``l_i``; returns ``(p, alpha, m_new, l_new)``: the tile's
     probabilities under ``m_new`` and the factor that rescales the old state. A float8 ``k`` is taken in
-    ``q``'s dtype (its scale is in ``qk_scale``)."""
+    ``q``'s dtype (its scale is in ``qk_scale``), and the probabilities and ``l`` are ``2**fp8_shift(k)`` times their
+    values."""
+    shift = fp8_shift(k)
     if k.dtype.is_fp8():
         k = k.to(q.dtype)
     if UPCAST:
@@ -34,8 +36,27 @@ def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.math.exp2(m_i - m_use)
-    p = tl.math.exp2(qk - m_use[:, None])
+    p = tl.math.exp2(qk - (m_use - shift)[:, None])
     return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def fp8_shift(K):
+    """log2 of the factor on the probabilities of a range over a float8 cache (``K`` a tile or a pointer), 0 otherwise.
+
+    Why: products over float8 tiles run in fp16 (``fp8_query``), where probabilities under 2**-24 of the running max
+    (17 nats) would be zeros or lose bits, while ``l`` sums them in fp32 (relative error up to 1.0 with a dominant
+    key whose V is small; review, 2026-12-03). Taken against the max minus 15 they reach 2**15 at most, under fp16's
+    65504, and keep full precision down to 2**-29 of the max; the range's ``m`` is returned minus 15 so that every
+    merge after it sees the true state.
+    """
+    if K.dtype.is_ptr():
+        fp8 = K.dtype.element_ty.is_fp8()
+    else:
+        fp8 = K.dtype.is_fp8()
+    if fp8:
+        return 15.0
+    return 0.0
 
 
 @triton.jit
@@ -226,7 +247,7 @@ def attend_any(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
-    return acc, m_i, l_i
+    return acc, m_i - fp8_shift(K), l_i
 
 
 @triton.jit

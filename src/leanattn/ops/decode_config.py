@@ -143,8 +143,9 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
     ``kv_rows`` (sequences x kv heads) and ``capacity`` (tokens per sequence), when given, size the
     work at full capacity: small contiguous launches at D <= 128 take ``_CUDA_SMALL``. ``num_stages``
     (a launch that shares its SMs with another kernel's, ``ops/bifurcated_overlap.OWN_STAGES``) replaces
-    the table's pipeline depth. ``fp8`` (a float8 cache) takes ``_CUDA_FP8_TABLE`` where it has the head dim,
-    paged caches only where ``page_size`` is not a multiple of 64.
+    the table's pipeline depth. ``fp8`` (a float8 cache read with 16-bit queries: fp32 ones convert its tiles to
+    fp32, twice the registers) takes ``_CUDA_FP8_TABLE`` where it has the head dim, paged caches only where
+    ``page_size`` is not a multiple of 64.
     ``block_n``, ``LEANATTN_DECODE_CONFIG`` and ``LEANATTN_DECODE_LOAD`` override.
     """
     block_h = max(16, min(64, triton.next_power_of_2(group)))
