@@ -102,8 +102,8 @@ def _run_methods(rank, world, cases):
     return res
 
 
-def check_against_reference(name, q, whole, out, lse):
-    ref_out, ref_lse = reference.decode(q, *whole)
+def check_against_reference(name, q, whole, out, lse, softcap=0.0):
+    ref_out, ref_lse = reference.decode(q, *whole, softcap=softcap)
     tol = TOLERANCE[q.dtype]
     assert out.shape == q.shape and out.dtype == q.dtype, name
     assert lse.shape == q.shape[:2] and lse.dtype == torch.float32, name
@@ -266,6 +266,7 @@ def _disagree(rank, world):
         "dtype": dict(over=dict(dtype=torch.bfloat16)),
         "softmax_scale": dict(kw=dict(softmax_scale=0.5)),
         "variant": dict(kw=dict(variant="allreduce3")),
+        "softcap": dict(kw=dict(softcap=2.0)),
         "invalid": dict(seqlens=torch.tensor([1, 2], dtype=torch.int64)),
         "ring batch": dict(over=dict(B=3), ring=True),
     }
@@ -298,7 +299,7 @@ def _disagree(rank, world):
 def test_ranks_disagree_raise_on_every_rank():
     res = spawn(_disagree, 2, deadline=120)
     expect = {"batch": "q shape", "heads": "q shape", "kv heads": "kv heads", "dtype": "dtype",
-              "softmax_scale": "softmax_scale", "variant": "variant", "ring batch": "q shape"}
+              "softmax_scale": "softmax_scale", "variant": "variant", "softcap": "softcap", "ring batch": "q shape"}
     for r in range(2):
         for name, field in expect.items():
             typ, msg = res[r][name]
@@ -457,3 +458,19 @@ def test_float8_shards_with_their_own_scales():
     for r in range(world):
         for m, (out, lse) in results[r].items():
             check_against_reference(f"float8 {m} rank {r}", q, whole, out, lse)
+
+
+def _softcapped(rank, world, q, shards):
+    return {m: tree_decode(q, **shards[rank], return_lse=True, timeout=60, variant=m, softmax_scale=2.0, softcap=1.5)
+            for m in ("allgather", "allreduce3")}
+
+
+def test_softcap():
+    # logit soft-capping on every rank: the capped states merge exactly (scores of order 10 under a cap of 1.5)
+    world = 2
+    q, shards, whole = make_shards(world, 3, 8, 2, 64, [[23, 0, 9], [5, 17, 0]], torch.float16)
+    results = spawn(_softcapped, world, (q, shards), deadline=120)
+    whole_scaled = (*whole, None, 2.0)
+    for r in range(world):
+        for m, (out, lse) in results[r].items():
+            check_against_reference(f"softcap {m} rank {r}", q, whole_scaled, out, lse, softcap=1.5)

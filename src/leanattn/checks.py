@@ -100,6 +100,16 @@ def softmax_scale(value, head_dim: int) -> float:
     return float(value)
 
 
+def softcap(value) -> float:
+    """``softcap`` (logit soft-capping) as a float: 0 for none, else finite and > 0."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        _fail(TypeError, "softcap", "a float", type(value).__name__)
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        _fail(ValueError, "softcap", "a finite float >= 0 (0: no capping)", value)
+    return value
+
+
 def max_group_size(value) -> int:
     """``max_group_size`` as an int >= 0 (numpy integers included; 0 = count on the host)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:

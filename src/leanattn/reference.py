@@ -13,14 +13,17 @@ import torch
 __all__ = ["decode", "gather_kv", "merge_states", "attend"]
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None):
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None,
+           softcap: float = 0.0):
     """Softmax attention of ``q [M, D]`` over ``k, v [N, D]`` in float64.
 
-    ``mask [M, N]`` bool, True = attend. Returns ``(out [M, D], lse [M])``; rows with no key give
-    zeros and ``-inf``.
+    ``mask [M, N]`` bool, True = attend. ``softcap > 0``: scores ``s`` become ``softcap * tanh(s / softcap)``.
+    Returns ``(out [M, D], lse [M])``; rows with no key give zeros and ``-inf``.
     """
     q, k, v = q.double(), k.double(), v.double()
     s = (q @ k.T) * scale
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(s, dim=-1) if s.shape[-1] > 0 else torch.full(s.shape[:-1], float("-inf"), dtype=s.dtype,
@@ -42,9 +45,11 @@ def gather_kv(cache: torch.Tensor, b: int, n: int, block_table: torch.Tensor | N
     return cache[pages].reshape(-1, *cache.shape[2:])[:n]
 
 
-def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None, k_scale=1.0, v_scale=1.0):
+def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None, k_scale=1.0, v_scale=1.0,
+           softcap=0.0):
     """Reference for :func:`leanattn.decode`: ``(out (B, Hq, D) float64, lse (B, Hq) float64)``; attention over
-    ``k_cache * k_scale`` and ``v_cache * v_scale`` (the dequantisation of float8 caches)."""
+    ``k_cache * k_scale`` and ``v_cache * v_scale`` (the dequantisation of float8 caches), scores soft-capped
+    by ``softcap`` where it is > 0."""
     B, Hq, D = q.shape
     Hkv = k_cache.shape[2]
     group = Hq // Hkv
@@ -61,7 +66,7 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
         v = gather_kv(v_cache, b, lens[b], block_table).double() * v_scale
         for h in range(Hkv):
             heads = slice(h * group, (h + 1) * group)
-            out[b, heads], lse[b, heads] = attend(q[b, heads], k[:, h], v[:, h], scale)
+            out[b, heads], lse[b, heads] = attend(q[b, heads], k[:, h], v[:, h], scale, softcap=softcap)
     return out, lse
 
 

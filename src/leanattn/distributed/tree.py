@@ -55,12 +55,12 @@ def _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale,
     return None
 
 
-def _q_fields(q, k_shard, scale, variant_code) -> list:
+def _q_fields(q, k_shard, scale, variant_code, softcap=0.0) -> list:
     # what must be equal on every rank for the collectives to match and the merge to be exact
     B, Hq, D = q.shape
     return [("q shape (B, Hq, D)", (B, Hq, D)), ("kv heads", (k_shard.shape[2],)),
             ("dtype", (_comm.dtype_code(q.dtype),)), ("softmax_scale", (_comm.float_bits(scale),)),
-            ("variant", (variant_code,))]
+            ("variant", (variant_code,)), ("softcap", (_comm.float_bits(softcap),))]
 
 
 def _basic_types(q, k_shard, v_shard):
@@ -88,6 +88,7 @@ def tree_decode(
     num_splits: int = 0,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    softcap: float = 0.0,
 ):
     """Exact decode attention over a KV cache sharded across the ranks of ``group`` (Tree Attention).
 
@@ -134,6 +135,9 @@ def tree_decode(
     k_scale, v_scale : float, keyword-only
         Dequantisation scales of this rank's shard when it is stored as float8 (:func:`leanattn.decode`); ranks
         may hold shards of different scales, each merged exactly. 1.0 for shards in ``q``'s dtype.
+    softcap : float, keyword-only
+        Logit soft-capping, as :func:`leanattn.decode`'s (the capped scores' states merge exactly); the same on
+        every rank.
 
     Returns
     -------
@@ -146,7 +150,7 @@ def tree_decode(
     Raises
     ------
     ValueError
-        Ranks disagree on ``q``'s shape, kv heads, dtype, scale or ``variant`` (raised on every
+        Ranks disagree on ``q``'s shape, kv heads, dtype, scale, ``variant`` or ``softcap`` (raised on every
         rank), or a local input is invalid.
     TimeoutError
         A collective did not complete within ``timeout`` (a peer is missing or stuck).
@@ -170,15 +174,17 @@ def tree_decode(
     _basic_types(q, k_shard, v_shard)
     rank, size = _comm.world(group)
     scale = _scale(q, softmax_scale)
+    softcap = checks.softcap(softcap)
     if size > 1 and check_shapes is not False:
-        fields = _q_fields(q, k_shard, scale, VARIANTS.index(variant))
+        fields = _q_fields(q, k_shard, scale, VARIANTS.index(variant), softcap)
         key = None if check_shapes else ("tree", tuple(v for _, vals in fields for v in vals))
         if key is None or not _comm.checked(group, key):
             err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, k_scale,
                                v_scale, fp8=True)
             _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
     out, lse = decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, schedule=schedule,
-                      num_programs=num_programs, num_splits=num_splits, k_scale=k_scale, v_scale=v_scale)
+                      num_programs=num_programs, num_splits=num_splits, k_scale=k_scale, v_scale=v_scale,
+                      softcap=softcap)
     if size > 1:
         combine = _combine_allgather if variant == "allgather" else _combine_allreduce3
         out, lse = combine(out, lse, group, size, timeout)

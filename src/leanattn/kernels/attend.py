@@ -20,19 +20,26 @@ import triton.language as tl
 
 
 @triton.jit
-def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 softcap=0.0, SOFTCAP: tl.constexpr = False):
     """Scores of one KV tile ``k [BLOCK_N, D]`` (keys past ``mask_n`` at ``-inf``), folded into the
     running max ``m_i`` and sum ``l_i``; returns ``(p, alpha, m_new, l_new)``: the tile's
     probabilities under ``m_new`` and the factor that rescales the old state. A float8 ``k`` is taken in
-    ``q``'s dtype (its scale is in ``qk_scale``), and the probabilities and ``l`` are ``2**fp8_shift(k)`` times their
-    values."""
+    ``q``'s dtype (its scale is in ``qk_scale``), and the probabilities and ``l`` are ``2**fp8_shift(k)`` times
+    their values. With ``SOFTCAP`` the scores are ``softcap * tanh(q.k * qk_scale)``: ``qk_scale`` then holds the
+    softmax scale over the cap (natural units) and ``softcap`` the cap in log2 units (Gemma-2's logit soft-capping).
+    """
     shift = fp8_shift(k)
     if k.dtype.is_fp8():
         k = k.to(q.dtype)
     if UPCAST:
         k = k.to(tl.float32)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-    qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
+    if SOFTCAP:
+        qk = softcap * tanh(qk * qk_scale)
+    else:
+        qk = qk * qk_scale
+    qk = tl.where(mask_n[None, :], qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.math.exp2(m_i - m_use)
@@ -57,6 +64,12 @@ def fp8_shift(K):
     if fp8:
         return 15.0
     return 0.0
+
+
+@triton.jit
+def tanh(x):
+    """``tanh(x)`` in fp32 from one ``exp2`` (saturates to +-1; absolute error about 1e-7 near 0)."""
+    return 1.0 - 2.0 / (tl.math.exp2(x * 2.8853900817779268) + 1.0)
 
 
 @triton.jit
@@ -115,6 +128,7 @@ def attend_tiles(
     stride_btb,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    softcap=0.0, SOFTCAP: tl.constexpr = False,
 ):
     """Online softmax over KV tiles ``[tile_lo, tile_hi)``; returns ``(acc, m, l)``.
 
@@ -158,7 +172,8 @@ def attend_tiles(
             v_rows = page * stride_vb + in_page * stride_vn
         # -- scores --
         k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION,
+                                                softcap, SOFTCAP)
         # -- accumulate --
         v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION)
@@ -173,6 +188,7 @@ def attend_contiguous(
     stride_vb, stride_vn, stride_vh,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     TMA: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    softcap=0.0, SOFTCAP: tl.constexpr = False,
 ):
     """``attend_tiles`` for a contiguous cache, through block pointers or (``TMA``) tensor
     descriptors. Same ``(acc, m, l)`` result.
@@ -210,7 +226,8 @@ def attend_contiguous(
         else:
             k = tl.load(k_src, boundary_check=(0,), padding_option="zero")
         mask_n = j * BLOCK_N + tl.arange(0, BLOCK_N) < seqlen
-        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION,
+                                                softcap, SOFTCAP)
         # -- accumulate --
         if TMA:
             v = v_src.load([j * BLOCK_N, 0])
@@ -232,6 +249,7 @@ def attend_any(
     stride_btb,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    softcap=0.0, SOFTCAP: tl.constexpr = False,
 ):
     """``attend_tiles`` with the K/V load path ``LOAD`` for a contiguous cache: 0 tensors of
     pointers, 1 block pointers, 2 TMA descriptors (``attend_contiguous``). A paged cache always
@@ -241,12 +259,12 @@ def attend_any(
         acc, m_i, l_i = attend_contiguous(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, LOAD == 2, UPCAST, DOT_PRECISION)
+            HEAD_DIM, BLOCK_H, BLOCK_N, LOAD == 2, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
     else:
         acc, m_i, l_i = attend_tiles(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION)
+            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
     return acc, m_i - fp8_shift(K), l_i
 
 

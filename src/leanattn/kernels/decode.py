@@ -87,7 +87,7 @@ def decode_piece(
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,  #
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr,  #
     DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,  #
-    MERGE_LAUNCH: tl.constexpr,
+    MERGE_LAUNCH: tl.constexpr, softcap, SOFTCAP: tl.constexpr,
 ):
     """Piece ``[t, stop)`` of the head ``[head_begin, head_end)`` (sequence ``b``, kv head ``kvh``,
     head block ``hb``) of a stream-K program whose range starts at ``start``: attend its tiles, settle
@@ -102,7 +102,7 @@ def decode_piece(
     acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
+        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
     settle_and_store(
         acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
         b, kvh, hb, t, stop, head_begin, head_end, start, T, high, stride_ob, stride_oh, stride_lb,  #
@@ -153,13 +153,14 @@ def lean_decode_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb,  #
-    qk_scale, v_scale, B, capacity, k0, g_m, m_rows, waves,  #
+    qk_scale, v_scale, softcap, B, capacity, k0, g_m, m_rows, waves,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
     PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
@@ -170,6 +171,7 @@ def lean_decode_kernel(
     pid = tl.program_id(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
     v_scale = tl.cast(v_scale, tl.float32)
+    softcap = tl.cast(softcap, tl.float32)
     # -- schedule, from the real lengths (no host sync) --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
     tiles = row_tiles(lens, valid_b, BLOCK_N)
@@ -189,7 +191,7 @@ def lean_decode_kernel(
             stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb,  #
             GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION,  #
-            VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH)
+            VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH, softcap, SOFTCAP)
         t = stop
 
 
@@ -228,6 +230,7 @@ def split_program(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN: tl.constexpr,
+    softcap=0.0, SOFTCAP: tl.constexpr = False,
 ):
     """Split ``s`` of row ``bid`` (sequence ``bid // ROWS``, kv head and head block ``bid % ROWS``):
     tiles ``[s*chunk, (s+1)*chunk)`` or, with ``EVEN``, the ``s``-th of ``tl.num_programs(1)`` ranges of the
@@ -249,7 +252,7 @@ def split_program(
     acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION)
+        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
     heads, valid = store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
                                b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H)
     return b, heads, valid
@@ -265,12 +268,12 @@ def split_decode_kernel(
     stride_ob, stride_oh, stride_lb,  #
     stride_os, stride_ls,  #
     stride_btb,  #
-    qk_scale, v_scale, capacity, chunk,  #
+    qk_scale, v_scale, softcap, capacity, chunk,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, AFTER_PRIOR: tl.constexpr,
-    EVEN: tl.constexpr,
+    EVEN: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row; with ``EVEN``
     the ``s``-th of as many even ranges of its real tiles as the grid has splits (``even_range``): lean's
@@ -294,7 +297,8 @@ def split_decode_kernel(
         stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
         stride_ob, stride_oh, stride_lb, stride_os, stride_ls, stride_btb,  #
         tl.cast(qk_scale, tl.float32), tl.cast(v_scale, tl.float32), capacity, chunk,  #
-        GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION, EVEN)
+        GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION, EVEN,
+        tl.cast(softcap, tl.float32), SOFTCAP)
     if AFTER_PRIOR:
         # one program waits, the others exit at once. The count is taken modulo the programs and put back by as
         # many, so a counter that did not start at zero (a buffer first made inside a graph capture holds

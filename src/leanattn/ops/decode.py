@@ -34,7 +34,7 @@ class _Plan:
     """
 
     def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
-                 num_stages=0, after_prior=False, merged=True, k_scale=1.0, v_scale=1.0):
+                 num_stages=0, after_prior=False, merged=True, k_scale=1.0, v_scale=1.0, softcap=0.0):
         B, Hq, D = q.shape
         device = q.device
         group = Hq // k_cache.shape[2]
@@ -60,14 +60,16 @@ class _Plan:
             LOAD=load_path(cfg.load, k_cache, v_cache, paged),
             # bf16 tl.dot is broken in the interpreter: upcast there
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SOFTCAP=softcap > 0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         strides = (q.stride(0), q.stride(1),
                    k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                    v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
                    Hq * D, D, Hq)  # out and lse are allocated contiguous
-        # a float8 cache's K scale is folded into the scores' scale (kernels/attend.py)
-        qk_scale = scale * k_scale * LOG2E
+        # a float8 cache's K scale is folded into the scores' scale (kernels/attend.py); with a soft cap the kernel
+        # takes tanh of the scores over the cap, then the cap in log2 units
+        qk_scale = scale * k_scale / softcap if softcap > 0 else scale * k_scale * LOG2E
+        softcap = softcap * LOG2E
         even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], cap, cfg, device,
                                                                          cache_seqlens is not None)
         if even:
@@ -84,7 +86,7 @@ class _Plan:
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
-            head = strides + (bt_stride, qk_scale, v_scale, B, cap)
+            head = strides + (bt_stride, qk_scale, v_scale, softcap, B, cap)
             self.tail = with_search(self.meta, head, B, self.meta["ROWS"], workers or sms * cfg.ctas_per_sm, sms)
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
             search_sms = sms
@@ -108,7 +110,7 @@ class _Plan:
             self.splits = splits = max(1, min(workers, cap_tiles))
             self.grid = (rows, splits)
             part = (B * Hq * D, B * Hq) if splits > 1 else (0, 0)
-            self.tail = strides + part + (bt_stride, qk_scale, v_scale, cap, triton.cdiv(cap_tiles, splits))
+            self.tail = strides + part + (bt_stride, qk_scale, v_scale, softcap, cap, triton.cdiv(cap_tiles, splits))
             # the merge waits for the splits as a programmatic dependent launch where there is one
             pdl = splits > 1 and runtime.dependent_launch(device) and not after_prior
             self.meta.update(PDL=pdl, EVEN=bool(even))
@@ -178,7 +180,7 @@ _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                 num_splits, block_n, k_scale=1.0, v_scale=1.0, *, need_lse: bool = True):
+                 num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, *, need_lse: bool = True):
     """``decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the LSE goes
     to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call in one process on
     an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines."""
@@ -195,14 +197,14 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     # for the dtypes of their first launch)
     key = (q.shape, q.stride(), q.dtype, k_cache.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
-           softmax_scale, k_scale, v_scale, schedule, workers, block_n, runtime.interpreting(),
+           softmax_scale, k_scale, v_scale, softcap, schedule, workers, block_n, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0,
            *_ENV())
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: _Plan(q, k_cache, v_cache, cache_seqlens, block_table,
                                                      softmax_scale, schedule, workers, block_n,
-                                                     k_scale=k_scale, v_scale=v_scale))
+                                                     k_scale=k_scale, v_scale=v_scale, softcap=softcap))
         lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
         plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse)
     return out, lse
@@ -213,15 +215,15 @@ def _decode_op(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
     softmax_scale: float, schedule: str, num_programs: int, num_splits: int, block_n: int,
-    k_scale: float = 1.0, v_scale: float = 1.0,
+    k_scale: float = 1.0, v_scale: float = 1.0, softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                        num_splits, block_n, k_scale, v_scale)
+                        num_splits, block_n, k_scale, v_scale, softcap)
 
 
 @_decode_op.register_fake
 def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, block_n,
-      k_scale=1.0, v_scale=1.0):
+      k_scale=1.0, v_scale=1.0, softcap=0.0):
     B, Hq, D = q.shape
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 
@@ -311,6 +313,7 @@ def decode(
     validate: Optional[bool] = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    softcap: float = 0.0,
 ):
     """Decode attention: one query token per sequence against its KV cache.
 
@@ -327,8 +330,9 @@ def decode(
         ``(num_pages, page_size, Hkv, D)``; same device as ``q``, and ``q``'s dtype or, for both,
         ``torch.float8_e4m3fn`` or ``torch.float8_e5m2`` (read one byte an element and converted to fp16 in
         registers, as FlashInfer's fp8 decode, bf16 query rows scaled exactly into fp16's range; fp32 queries
-        take fp32 products; the value of an element is its stored value times ``k_scale`` or ``v_scale``). Any strides with unit stride on ``D`` are used without a copy (a
-        ``(B, Hkv, N, D)`` cache seen through ``.transpose(1, 2)`` works).
+        take fp32 products; the value of an element is its stored value times ``k_scale`` or ``v_scale``). Any
+        strides with unit stride on ``D`` are used without a copy (a ``(B, Hkv, N, D)`` cache seen through
+        ``.transpose(1, 2)`` works).
     cache_seqlens : torch.Tensor, optional
         ``(B,)`` int32, tokens of each sequence in the cache. Default: the full capacity
         (``N``, or ``max_pages * page_size``). Zero-length sequences give zeros and ``lse = -inf``.
@@ -359,7 +363,12 @@ def decode(
         Dequantisation scales of a float8 ``k_cache`` and ``v_cache`` (per tensor, as FlashInfer's
         ``k_scale``/``v_scale``): attention runs over ``k_cache * k_scale`` and ``v_cache * v_scale``. The
         K scale is folded into the softmax scale and the V scale multiplies each range's fp32
-        accumulator once, so neither costs the kernel a pass over the cache. 1.0 (the default) for caches in ``q``'s dtype.
+        accumulator once, so neither costs the kernel a pass over the cache. 1.0 (the default) for caches in
+        ``q``'s dtype.
+    softcap : float, keyword-only
+        Logit soft-capping (Gemma-2; flash-attn's ``softcap``, FlashInfer's ``logits_soft_cap``): scores
+        ``s = q.k * softmax_scale`` become ``softcap * tanh(s / softcap)`` before the softmax, and the LSE is
+        that of the capped scores. 0 (the default) leaves them uncapped.
 
     Returns
     -------
@@ -384,10 +393,11 @@ def decode(
     """
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
                                               validate, k_scale, v_scale, fp8=True)
+    softcap = checks.softcap(softcap)
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, int(num_programs), int(num_splits), 0,
-            k_scale, v_scale)
+            k_scale, v_scale, softcap)
     # under torch.compile the custom op keeps the kernel opaque to Dynamo and Inductor; eager calls skip
     # the dispatcher (its overhead is comparable to a short decode kernel)
     if torch.compiler.is_compiling():
