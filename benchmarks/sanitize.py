@@ -55,7 +55,7 @@ def decode():
 
 def fp8():
     """Every decode path over float8 e4m3 caches: both schedules, ragged and one sequence (even pieces), contiguous
-    through each load path and paged."""
+    through each load path and paged; the contiguous ones also with a logit soft cap."""
     for lens in ([3000, 0, 1, 517, 1024], [4000]):
         B = len(lens)
         sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
@@ -68,6 +68,7 @@ def fp8():
                 try:
                     for schedule in ("lean", "split"):
                         leanattn.decode(q, k, v, sl, schedule=schedule, k_scale=0.5, v_scale=2.0)
+                        leanattn.decode(q, k, v, sl, schedule=schedule, k_scale=0.5, softcap=30.0)
                 finally:
                     os.environ.pop("LEANATTN_DECODE_LOAD")
             kp, vp, bt = paged_kv(k.float(), v.float(), lens, 16)
