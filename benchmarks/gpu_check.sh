@@ -4,10 +4,11 @@
 #   tests       GPU tests of decode and bifurcated (sanitizer tests excluded: see 'sanitize')
 #   tests-bif   the bifurcated GPU tests alone (more than 290 s on an H200 since 2026-12-03: about half ran by then)
 #   tests-bif-0, tests-bif-1  each half of them (interleaved: LEANATTN_TEST_SHARD in tests/conftest.py)
-#   tests-decode  the decode GPU tests alone, float8 caches included (~150 s before them)
+#   tests-decode  the decode GPU tests alone, float8 caches and soft caps included (273 s on an H200 before the soft
+#               cap's tests, 2026-12-03)
 #   tests-fp8   the GPU tests of decode over float8 caches alone (~65-100 s)
-#   sanitize-fp8  memcheck then racecheck over decode's launches over float8 caches, soft-capped ones too (sanitize.py fp8;
-#               0 errors, 0 hazards on an H200, 2026-12-03 21:5x, before the soft cap)
+#   sanitize-fp8  memcheck then racecheck over decode's launches over float8 caches, soft-capped ones too
+#               (sanitize.py fp8; 0 errors, 0 hazards on an H200, 2026-12-03 21:5x, before the soft cap)
 #   fp8-diag    float8 conversions and decode over e4m3 and e5m2 caches of equal shapes, each load path
 #               (benchmarks/diag_fp8_convert.py; 2026-12-03 it found the plan key lacking the cache's dtype)
 #   fp8-tiles   float8 caches under the default launch config against other tiles, paged caches included
