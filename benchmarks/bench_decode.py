@@ -314,13 +314,13 @@ GRAPH_TIMING = "CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved
 
 
 def interleaved_graph_times(name, fns, ref, rounds=3, pick=None, time_ms=None):
-    """Each of ``fns`` (label -> call) checked against ``ref`` (its output's rows ``pick`` where given),
-    captured in a CUDA graph and its replays timed by ``interleaved_times`` (``time_ms`` passed on). For probes
-    that compare variants of one case side by side."""
+    """Each of ``fns`` (label -> call) checked against ``ref`` (its output's rows ``pick`` where given; a dict:
+    label -> its own reference), captured in a CUDA graph and its replays timed by ``interleaved_times``
+    (``time_ms`` passed on). For probes that compare variants of one case side by side."""
     graphs = {}
     for label, fn in fns.items():
         out = fn()
-        err = rel_err(out if pick is None else out[pick], ref)
+        err = rel_err(out if pick is None else out[pick], ref[label] if isinstance(ref, dict) else ref)
         if err > 1e-2:
             raise RuntimeError(f"{name} {label}: relative error {err:.1e}")
         graphs[label] = graph_of(fn)

@@ -14,6 +14,8 @@
 #   fp8-tiles   float8 caches under the default launch config against other tiles, paged caches included
 #               (probe_decode_fp8_tiles.py, decode probe 50; runs 2026-12-03 21:5x-22:2x: 128-token tiles 11-22% ahead
 #               on D=128 contiguous and paged16, now ops/decode_config._CUDA_FP8_TABLE; ~100 s)
+#   softcap     decode with softcap=50 against none on bf16 and float8 caches, cuDNN beside them
+#               (benchmarks/probe_decode_softcap.py, decode probe 51; not yet run)
 #   fp8         decode over float8 e4m3 caches against bf16 caches and the SDPA peers (bench_decode_fp8.py; ~80 s;
 #               2026-12-03 22:30: 1.26-1.65x our bf16 decode)
 #   tests-one-sample  the bifurcated GPU tests of the one-sample (concat) path alone
@@ -168,6 +170,7 @@ for step in "$@"; do
       timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py fp8 2>&1 | tail -3
       timeout 300 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py fp8 2>&1 | tail -3 ;;
     fp8-diag) PYTHONPATH=src timeout 120 python3 benchmarks/diag_fp8_convert.py 2>&1 | grep -vi warn ;;
+    softcap) timeout 300 python3 benchmarks/probe_decode_softcap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8-tiles) timeout 400 python3 benchmarks/probe_decode_fp8_tiles.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8) timeout 400 python3 benchmarks/bench_decode_fp8.py --out "$OUT" 2>&1 | grep -vi warn | tail -16 ;;
     tests-one-sample) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "one_sample and not sanitizer" 2>&1 | tail -3 ;;
