@@ -39,10 +39,21 @@ def test_softcap_load_paths(monkeypatch, load):
         dec._PLANS.clear()
 
 
-def test_softcap_fp8_cache():
-    q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_softcap_fp8_cache(dtype):
+    # bf16 queries over float8 tiles are scaled per row (kernels/attend.fp8_query) inside the tanh's argument
+    q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, dtype=dtype)
     fp8 = torch.float8_e4m3fn
     check_decode(q, k.to(fp8), v.to(fp8), lens, None, 2.0, "fp8", k_scale=0.5, v_scale=2.0, softcap=3.0)
+    check_decode(q[:1], k[:1].to(fp8), v[:1].to(fp8), None, None, 2.0, "fp8 one sequence", k_scale=0.5,
+                 softcap=3.0)
+
+
+@pytest.mark.parametrize("softcap", [1e4, 1e6, 1e8])
+def test_softcap_large(softcap):
+    # a cap far above the scores leaves them as they are: tanh keeps its relative precision near 0
+    q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, dtype=torch.float32)
+    check_decode(q, k, v, lens, None, 3.0, f"softcap {softcap:g}", softcap=softcap)
 
 
 def test_softcap_zero_is_plain_decode():

@@ -267,6 +267,7 @@ def _disagree(rank, world):
         "softmax_scale": dict(kw=dict(softmax_scale=0.5)),
         "variant": dict(kw=dict(variant="allreduce3")),
         "softcap": dict(kw=dict(softcap=2.0)),
+        "invalid softcap": dict(kw=dict(softcap=-1.0)),
         "invalid": dict(seqlens=torch.tensor([1, 2], dtype=torch.int64)),
         "ring batch": dict(over=dict(B=3), ring=True),
     }
@@ -307,6 +308,9 @@ def test_ranks_disagree_raise_on_every_rank():
             assert "rank 0" in msg and "rank 1" in msg
     assert res[1]["invalid"][0] == "TypeError" and "shard_seqlens: expected dtype" in res[1]["invalid"][1]
     assert res[0]["invalid"][0] == "ValueError" and "rank(s) [1] rejected" in res[0]["invalid"][1]
+    # an invalid soft cap on one rank: raised there, and the other rank told rather than left waiting
+    assert res[1]["invalid softcap"][0] == "ValueError" and "softcap: expected" in res[1]["invalid softcap"][1]
+    assert res[0]["invalid softcap"][0] == "ValueError" and "rank(s) [1] rejected" in res[0]["invalid softcap"][1]
     assert res[0]["calls"] == (1, 2), res[0]["calls"]  # first call checks, second cached, True checks again
 
 

@@ -174,14 +174,19 @@ def tree_decode(
     _basic_types(q, k_shard, v_shard)
     rank, size = _comm.world(group)
     scale = _scale(q, softmax_scale)
-    softcap = checks.softcap(softcap)
+    try:
+        softcap, cap_err = checks.softcap(softcap), None
+    except (ValueError, TypeError) as e:  # raised after the exchange, so that no rank waits on this one
+        softcap, cap_err = 0.0, e
     if size > 1 and check_shapes is not False:
         fields = _q_fields(q, k_shard, scale, VARIANTS.index(variant), softcap)
         key = None if check_shapes else ("tree", tuple(v for _, vals in fields for v in vals))
         if key is None or not _comm.checked(group, key):
-            err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, k_scale,
-                               v_scale, fp8=True)
+            err = cap_err or _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule,
+                                          k_scale, v_scale, fp8=True)
             _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
+    if cap_err is not None:
+        raise cap_err
     out, lse = decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, schedule=schedule,
                       num_programs=num_programs, num_splits=num_splits, k_scale=k_scale, v_scale=v_scale,
                       softcap=softcap)

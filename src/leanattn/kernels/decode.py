@@ -15,8 +15,8 @@ the rows of a ``tl.dot`` so that K and V are read once per group.
   (``kernels/merge.py``) combines the splits. With ``AFTER_PRIOR`` it runs beside the launch before it and
   completes after it (the ordered overlap path of bifurcated decode).
 
-Scores are kept in log2 units (``qk_scale = softmax_scale * log2(e)``) so the exponentials are
-``exp2``; the LSE written out is natural-log.
+Scores are kept in log2 units (``qk_scale = softmax_scale * log2(e)``; with a soft cap, ``attend.softmax_step``)
+so the exponentials are ``exp2``; the LSE written out is natural-log.
 """
 from __future__ import annotations
 
