@@ -174,6 +174,16 @@ def decode_cases():
         yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, block_table=bt, v_scale=0.5)
         yield name + " split", lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(
             q, k, k, lens, block_table=bt, schedule="split", num_splits=3, v_scale=0.5)
+    # logit soft-capping (a tanh a score)
+    for hq, hkv, d, fp8 in ((32, 8, 128, False), (32, 32, 128, False), (32, 8, 128, True)):
+        name = f"decode softcap {hq}/{hkv} D={d}" + (" fp8" if fp8 else "")
+        q = torch.randn(2, hq, d, dtype=bf)
+        k = torch.randn(2, 2048, hkv, d, dtype=bf)
+        k = k.to(torch.float8_e4m3fn) if fp8 else k
+        lens = torch.tensor([5, 60], dtype=torch.int32)
+        yield name, lambda q=q, k=k, lens=lens: leanattn.decode(q, k, k, lens, softcap=30.0)
+        yield name + " split", lambda q=q, k=k, lens=lens: leanattn.decode(q, k, k, lens, schedule="split",
+                                                                            num_splits=3, softcap=30.0)
 
 
 def sparse_cases():
