@@ -150,9 +150,12 @@ def _try(name, fn):
 def decode_cases():
     bf = torch.bfloat16
     # (capacity 64 is a small launch, ops/decode_config._CUDA_SMALL, at D <= 128; 2048 at D=64 is not)
+    # ("long": a capacity whose split chunk is not 1, which Triton would specialise into a loop-free kernel)
     for hq, hkv, d, page, cap in ((32, 32, 128, 0, 64), (32, 8, 128, 0, 64), (32, 8, 128, 16, 64),
-                                  (32, 32, 64, 0, 2048), (32, 32, 64, 0, 64), (16, 8, 256, 0, 64)):
-        name = f"decode {hq}/{hkv} D={d}" + (f" paged{page}" if page else "") + (" small" if d == 64 and cap == 64 else "")
+                                  (32, 32, 64, 0, 2048), (32, 32, 64, 0, 64), (16, 8, 256, 0, 64),
+                                  (32, 32, 128, 0, 2048)):
+        name = (f"decode {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")
+                + (" small" if d == 64 and cap == 64 else "") + (" long" if d > 64 and cap > 64 else ""))
         q = torch.randn(2, hq, d, dtype=bf)
         if page:
             k = torch.randn(8, page, hkv, d, dtype=bf)
