@@ -88,10 +88,37 @@ def test_padded_batch_falls_back_to_sdpa(decode_calls):
     assert decode_calls == []
 
 
-def test_softcap_rejected():
+@pytest.mark.parametrize("padded", [False, True], ids=["dynamic", "left-padded"])
+def test_gemma2_softcap_matches_eager(padded, decode_calls):
+    # Gemma-2 caps its attention logits (attn_logit_softcapping; a cap of 0.1 here, so that the cap decides the
+    # scores): decode steps on the kernels with softcap, prefill (and padded decode) on the capped PyTorch path,
+    # greedy tokens as transformers' eager attention, which is what Gemma-2 asks for
+    lt.register()
+    cfg = transformers.Gemma2Config(**SMALL, num_attention_heads=4, num_key_value_heads=2, query_pre_attn_scalar=64,
+                                    attn_logit_softcapping=0.1, sliding_window=6)
+    model = transformers.Gemma2ForCausalLM(cfg).to(DEV).eval()
+    ids = torch.randint(1, 128, (2, 9), device=DEV)
+    kw = {}
+    if padded:
+        kw["attention_mask"] = torch.ones_like(ids)
+        kw["attention_mask"][1, :3] = 0
+    ref, ref_logits = greedy(model, "eager", ids, **kw)
+    got, logits = greedy(model, "leanattn", ids, **kw)
+    assert_same(got, ref, ref_logits)
+    # every step's logits, decode steps included (with the cap dropped from the decode call, 79% of them differ)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    if not padded:
+        # every decode step of both layers on the kernel: the sliding layer's cache keeps its last 6 keys, a prefix
+        # of the mask, read with cache_seqlens
+        assert len(decode_calls) == (NEW - 1) * 2
+
+
+def test_sinks_and_bad_softcap_rejected():
+    args = (None, torch.zeros(1, 2, 1, 64), torch.zeros(1, 2, 3, 64), torch.zeros(1, 2, 3, 64), None)
+    with pytest.raises(ValueError, match="s_aux"):
+        lt.leanattn_attention_forward(*args, s_aux=torch.zeros(2))
     with pytest.raises(ValueError, match="softcap"):
-        lt.leanattn_attention_forward(None, torch.zeros(1, 2, 1, 64), torch.zeros(1, 2, 3, 64),
-                                      torch.zeros(1, 2, 3, 64), None, softcap=30.0)
+        lt.leanattn_attention_forward(*args, softcap=-1.0)
 
 
 def test_register_idempotent_and_missing_transformers(monkeypatch):

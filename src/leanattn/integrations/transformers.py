@@ -16,7 +16,9 @@ kernel takes, so nothing is copied. Lengths come from the mask transformers buil
 Everything else (prefill, left-padded batches, sliding windows past their size, dropout, head dims
 or devices the kernels do not take) goes to transformers' own SDPA function with the mask from
 transformers' SDPA mask builder, which aligns the causal mask bottom-right when queries and keys
-differ in length.
+differ in length. Logit soft-capping (Gemma-2's ``attn_logit_softcapping``, passed as ``softcap``) runs on
+the kernels in decode steps; the other calls take a PyTorch attention that caps the scores as transformers'
+eager Gemma-2 attention does (its SDPA function has no soft cap).
 """
 from __future__ import annotations
 
@@ -108,7 +110,8 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
         From the mask function registered with :func:`register` (transformers' SDPA mask): None, or a
         ``(B, 1, Lq, N)`` bool mask, True = attend.
     dropout, scaling, is_causal, **kwargs
-        As transformers passes them. ``softcap`` and attention sinks (``s_aux``) are not supported.
+        As transformers passes them; ``softcap`` caps the scores (Gemma-2). Attention sinks (``s_aux``) are not
+        supported.
 
     Returns
     -------
@@ -116,19 +119,52 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
         ``(B, Lq, Hq, D)`` in ``query.dtype``.
     weights : None
     """
-    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
-        which = "softcap" if kwargs.get("softcap") is not None else "s_aux"
-        raise ValueError(f"{which}: expected None (leanattn does not implement logit soft-capping or attention "
-                         f"sinks; use attn_implementation='eager'), got {kwargs.get(which)!r}")
+    if kwargs.get("s_aux") is not None:
+        raise ValueError("s_aux: expected None (leanattn does not implement attention sinks; use "
+                         f"attn_implementation='eager'), got {kwargs.get('s_aux')!r}")
+    softcap = checks.softcap(kwargs.get("softcap") or 0.0)
     ok, lens = _decode_lengths(module, query, key, attention_mask, dropout, kwargs)
     if ok:
         # (B, Hkv, N, D) -> (B, N, Hkv, D): a view, unit stride on D as the kernel needs
         out = decode(query[:, :, 0], key.transpose(1, 2), value.transpose(1, 2), cache_seqlens=lens,
-                     softmax_scale=None if scaling is None else float(scaling))
+                     softmax_scale=None if scaling is None else float(scaling), softcap=softcap)
         return out[:, None], None
+    if softcap:
+        if dropout:
+            raise ValueError(f"dropout: expected 0 with softcap (leanattn's soft-capped fallback has no dropout), "
+                             f"got {dropout}")
+        return _softcapped_attention(query, key, value, attention_mask, scaling, softcap,
+                                     kwargs.get("sliding_window")), None
     _, _, _, sdpa_forward = _require()
     return sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                         is_causal=is_causal, **kwargs)
+
+
+def _softcapped_attention(query, key, value, attention_mask, scaling, softcap: float, window=None):
+    """``(B, Lq, Hq, D)`` attention of the calls the kernels do not take, with the scores ``s`` soft-capped to
+    ``softcap * tanh(s / softcap)`` in float32, as transformers' eager Gemma-2 attention computes them. The mask
+    is the SDPA mask builder's (bool, True = attend; or additive); without one, keys are causal, aligned
+    bottom-right, within ``window`` of the query where given."""
+    B, Hq, Lq, D = query.shape
+    group = Hq // key.shape[1]
+    k = key.repeat_interleave(group, dim=1).float()
+    v = value.repeat_interleave(group, dim=1)
+    s = (query.float() @ k.transpose(-1, -2)) * (D ** -0.5 if scaling is None else float(scaling))
+    s = softcap * torch.tanh(s / softcap)
+    N = k.shape[2]
+    if attention_mask is None:
+        i = torch.arange(Lq, device=s.device)[:, None] + (N - Lq)
+        j = torch.arange(N, device=s.device)[None, :]
+        keep = (j <= i) & ((j > i - window) if window is not None else True)
+        s = s.masked_fill(~keep, float("-inf"))
+    elif attention_mask.dtype == torch.bool:
+        s = s.masked_fill(~attention_mask, float("-inf"))
+    else:
+        s = s + attention_mask
+    # a query that sees no key (a left-padding position) gets zeros, not NaN, which the next layer's keys and values
+    # at that position would carry into every row (0 * NaN)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0).to(v.dtype)
+    return (p @ v).transpose(1, 2).contiguous()
 
 
 def register(name: str = "leanattn") -> str:
