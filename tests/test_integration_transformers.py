@@ -88,8 +88,9 @@ def test_padded_batch_falls_back_to_sdpa(decode_calls):
     assert decode_calls == []
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["dynamic", "left-padded"])
-def test_gemma2_softcap_matches_eager(padded, decode_calls):
+@pytest.mark.parametrize("padded,cache", [(False, None), (True, None), (False, "static")],
+                         ids=["dynamic", "left-padded", "static"])
+def test_gemma2_softcap_matches_eager(padded, cache, decode_calls):
     # Gemma-2 caps its attention logits (attn_logit_softcapping; a cap of 0.1 here, so that the cap decides the
     # scores): decode steps on the kernels with softcap, prefill (and padded decode) on the capped PyTorch path,
     # greedy tokens as transformers' eager attention, which is what Gemma-2 asks for
@@ -98,7 +99,7 @@ def test_gemma2_softcap_matches_eager(padded, decode_calls):
                                     attn_logit_softcapping=0.1, sliding_window=6)
     model = transformers.Gemma2ForCausalLM(cfg).to(DEV).eval()
     ids = torch.randint(1, 128, (2, 9), device=DEV)
-    kw = {}
+    kw = {} if cache is None else dict(cache_implementation=cache)  # static: a prefill with no mask (top-left)
     if padded:
         kw["attention_mask"] = torch.ones_like(ids)
         kw["attention_mask"][1, :3] = 0
@@ -107,10 +108,26 @@ def test_gemma2_softcap_matches_eager(padded, decode_calls):
     assert_same(got, ref, ref_logits)
     # every step's logits, decode steps included (with the cap dropped from the decode call, 79% of them differ)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
-    if not padded:
+    if not padded and cache is None:
         # every decode step of both layers on the kernel: the sliding layer's cache keeps its last 6 keys, a prefix
         # of the mask, read with cache_seqlens
         assert len(decode_calls) == (NEW - 1) * 2
+
+
+def test_softcapped_fallback_not_causal():
+    # without a mask, a call that is not causal (T5Gemma's encoder, cross-attention) sees every key
+    q, k, v = torch.randn(1, 4, 3, 64), torch.randn(1, 2, 7, 64), torch.randn(1, 2, 7, 64)
+    module = torch.nn.Module()
+    module.is_causal = False
+    out, _ = lt.leanattn_attention_forward(module, q, k, v, None, scaling=0.125, softcap=2.0)
+    s = 2.0 * torch.tanh(q.double() @ k.double().repeat_interleave(2, 1).transpose(-1, -2) * 0.125 / 2.0)
+    ref = (s.softmax(-1) @ v.double().repeat_interleave(2, 1)).transpose(1, 2)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    # and a causal one without a mask is aligned top-left, as SDPA's is_causal
+    out, _ = lt.leanattn_attention_forward(None, q, k, v, None, scaling=0.125, softcap=2.0, is_causal=True)
+    s = s.masked_fill(torch.ones(3, 7, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(out.double(), (s.softmax(-1) @ v.double().repeat_interleave(2, 1)).transpose(1, 2),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_sinks_and_bad_softcap_rejected():

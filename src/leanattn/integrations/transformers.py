@@ -133,18 +133,22 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
         if dropout:
             raise ValueError(f"dropout: expected 0 with softcap (leanattn's soft-capped fallback has no dropout), "
                              f"got {dropout}")
+        # causal without a mask as transformers' SDPA function decides it (T5Gemma's encoder and cross-attention
+        # pass is_causal=False)
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
         return _softcapped_attention(query, key, value, attention_mask, scaling, softcap,
-                                     kwargs.get("sliding_window")), None
+                                     query.shape[2] > 1 and attention_mask is None and bool(causal)), None
     _, _, _, sdpa_forward = _require()
     return sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                         is_causal=is_causal, **kwargs)
 
 
-def _softcapped_attention(query, key, value, attention_mask, scaling, softcap: float, window=None):
+def _softcapped_attention(query, key, value, attention_mask, scaling, softcap: float, causal: bool):
     """``(B, Lq, Hq, D)`` attention of the calls the kernels do not take, with the scores ``s`` soft-capped to
     ``softcap * tanh(s / softcap)`` in float32, as transformers' eager Gemma-2 attention computes them. The mask
-    is the SDPA mask builder's (bool, True = attend; or additive); without one, keys are causal, aligned
-    bottom-right, within ``window`` of the query where given."""
+    is the SDPA mask builder's (bool, True = attend; or additive); without one, ``causal`` masks as SDPA's
+    ``is_causal`` does (aligned top-left: transformers skips the mask only where that is right, e.g. the prefill
+    of an empty static cache, whose trailing keys are empty slots)."""
     B, Hq, Lq, D = query.shape
     group = Hq // key.shape[1]
     k = key.repeat_interleave(group, dim=1).float()
@@ -152,11 +156,11 @@ def _softcapped_attention(query, key, value, attention_mask, scaling, softcap: f
     s = (query.float() @ k.transpose(-1, -2)) * (D ** -0.5 if scaling is None else float(scaling))
     s = softcap * torch.tanh(s / softcap)
     N = k.shape[2]
-    if attention_mask is None:
-        i = torch.arange(Lq, device=s.device)[:, None] + (N - Lq)
-        j = torch.arange(N, device=s.device)[None, :]
-        keep = (j <= i) & ((j > i - window) if window is not None else True)
+    if causal:
+        keep = torch.arange(N, device=s.device)[None, :] <= torch.arange(Lq, device=s.device)[:, None]
         s = s.masked_fill(~keep, float("-inf"))
+    elif attention_mask is None:
+        pass
     elif attention_mask.dtype == torch.bool:
         s = s.masked_fill(~attention_mask, float("-inf"))
     else:
