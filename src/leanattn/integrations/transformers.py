@@ -148,7 +148,8 @@ def _softcapped_attention(query, key, value, attention_mask, scaling, softcap: f
     ``softcap * tanh(s / softcap)`` in float32, as transformers' eager Gemma-2 attention computes them. The mask
     is the SDPA mask builder's (bool, True = attend; or additive); without one, ``causal`` masks as SDPA's
     ``is_causal`` does (aligned top-left: transformers skips the mask only where that is right, e.g. the prefill
-    of an empty static cache, whose trailing keys are empty slots)."""
+    of an empty static cache, whose trailing keys are empty slots). It holds ``B x Hq x Lq x N`` float32 scores,
+    as eager attention holds them in the model's dtype: a long prompt's prefill needs that much memory."""
     B, Hq, Lq, D = query.shape
     group = Hq // key.shape[1]
     k = key.repeat_interleave(group, dim=1).float()
