@@ -160,12 +160,8 @@ def _softcapped_attention(query, key, value, attention_mask, scaling, softcap: f
     if causal:
         keep = torch.arange(N, device=s.device)[None, :] <= torch.arange(Lq, device=s.device)[:, None]
         s = s.masked_fill(~keep, float("-inf"))
-    elif attention_mask is None:
-        pass
-    elif attention_mask.dtype == torch.bool:
-        s = s.masked_fill(~attention_mask, float("-inf"))
-    else:
-        s = s + attention_mask
+    elif attention_mask is not None:
+        s = s.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool else s + attention_mask
     # a query that sees no key (a left-padding position) gets zeros, not NaN, which the next layer's keys and values
     # at that position would carry into every row (0 * NaN)
     p = torch.softmax(s, dim=-1).nan_to_num(0.0).to(v.dtype)

@@ -177,8 +177,8 @@ def attend_tiles(
             v_rows = page * stride_vb + in_page * stride_vn
         # -- scores --
         k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION,
-                                                softcap, SOFTCAP)
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION, softcap,
+                                          SOFTCAP)
         # -- accumulate --
         v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION)
@@ -231,8 +231,8 @@ def attend_contiguous(
         else:
             k = tl.load(k_src, boundary_check=(0,), padding_option="zero")
         mask_n = j * BLOCK_N + tl.arange(0, BLOCK_N) < seqlen
-        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION,
-                                                softcap, SOFTCAP)
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION, softcap,
+                                          SOFTCAP)
         # -- accumulate --
         if TMA:
             v = v_src.load([j * BLOCK_N, 0])

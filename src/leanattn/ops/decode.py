@@ -69,7 +69,7 @@ class _Plan:
         # a float8 cache's K scale is folded into the scores' scale (kernels/attend.py); with a soft cap the kernel
         # takes tanh of the scores over the cap, then the cap in log2 units
         qk_scale = scale * k_scale / softcap if softcap > 0 else scale * k_scale * LOG2E
-        softcap = softcap * LOG2E
+        softcap_log2 = softcap * LOG2E
         even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], cap, cfg, device,
                                                                          cache_seqlens is not None)
         if even:
@@ -86,7 +86,7 @@ class _Plan:
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
-            head = strides + (bt_stride, qk_scale, v_scale, softcap, B, cap)
+            head = strides + (bt_stride, qk_scale, v_scale, softcap_log2, B, cap)
             self.tail = with_search(self.meta, head, B, self.meta["ROWS"], workers or sms * cfg.ctas_per_sm, sms)
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
             search_sms = sms
@@ -110,7 +110,8 @@ class _Plan:
             self.splits = splits = max(1, min(workers, cap_tiles))
             self.grid = (rows, splits)
             part = (B * Hq * D, B * Hq) if splits > 1 else (0, 0)
-            self.tail = strides + part + (bt_stride, qk_scale, v_scale, softcap, cap, triton.cdiv(cap_tiles, splits))
+            self.tail = strides + part + (bt_stride, qk_scale, v_scale, softcap_log2, cap,
+                                          triton.cdiv(cap_tiles, splits))
             # the merge waits for the splits as a programmatic dependent launch where there is one
             pdl = splits > 1 and runtime.dependent_launch(device) and not after_prior
             self.meta.update(PDL=pdl, EVEN=bool(even))
