@@ -17,6 +17,11 @@
 #               on D=128 contiguous and paged16, now ops/decode_config._CUDA_FP8_TABLE; ~100 s)
 #   softcap     decode with softcap=50 against none on bf16 and float8 caches, cuDNN beside them
 #               (benchmarks/probe_decode_softcap.py, decode probe 51; 2026-12-04: 0.1-1.3% on bf16, 9-13% on float8)
+#   tests-bif-softcap  the GPU tests of bifurcated and cascade decode with soft caps alone
+#   sanitize-bif-softcap  memcheck then racecheck over bifurcated and cascade launches with a soft cap
+#               (sanitize.py bifurcated-softcap)
+#   bif-softcap bifurcated decode with softcap=50 against none, default and states paths
+#               (benchmarks/probe_bifurcated_softcap.py, bifurcated probe 52)
 #   fp8         decode over float8 e4m3 caches against bf16 caches and the SDPA peers (bench_decode_fp8.py; ~80 s;
 #               2026-12-03 22:30: 1.26-1.65x our bf16 decode)
 #   tests-one-sample  the bifurcated GPU tests of the one-sample (concat) path alone
@@ -167,6 +172,11 @@ for step in "$@"; do
     tests-decode) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_decode_fp8_gpu.py tests/test_decode_softcap_gpu.py \
       -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-fp8) "${PYTEST[@]}" tests/test_decode_fp8_gpu.py 2>&1 | tail -3 ;;
+    tests-bif-softcap) "${PYTEST[@]}" tests/test_bifurcated_softcap_gpu.py 2>&1 | tail -3 ;;
+    sanitize-bif-softcap)
+      timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-softcap 2>&1 | tail -3
+      timeout 300 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py bifurcated-softcap 2>&1 | tail -3 ;;
+    bif-softcap) timeout 300 python3 benchmarks/probe_bifurcated_softcap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     sanitize-fp8)
       timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py fp8 2>&1 | tail -3
       timeout 400 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py fp8 2>&1 | tail -3 ;;

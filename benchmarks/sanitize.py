@@ -133,7 +133,10 @@ def bifurcated():
         os.environ.pop("LEANATTN_DECODE_MERGE")
 
 
-def bifurcated_launches():
+def bifurcated_launches(softcap=0.0):
+    """The states, one-sample and cascade launches over ragged own caches, MHA and GQA, D 64-256, capped by
+    ``softcap`` where it is > 0."""
+    cap = dict(softcap=softcap)
     own = [40, 0, 1, 333, 17, 64]
     B = len(own)
     sl = torch.tensor(own, dtype=torch.int32, device=DEV)
@@ -145,30 +148,33 @@ def bifurcated_launches():
         pids = torch.tensor([0, 0, 1, 2, 2, 2], dtype=torch.int32, device=DEV)
         k = torch.randn(B, max(own), hkv, d, dtype=BF16, device=DEV)
         v = torch.randn_like(k)
-        leanattn.bifurcated_decode(q, pk, pv, k, v, sl, prefix_lens=plens, prefix_ids=pids)
-        leanattn.bifurcated_decode(q, pk[0], pv[0], k, v, sl, num_programs=11)
+        leanattn.bifurcated_decode(q, pk, pv, k, v, sl, prefix_lens=plens, prefix_ids=pids, **cap)
+        leanattn.bifurcated_decode(q, pk[0], pv[0], k, v, sl, num_programs=11, **cap)
         kp, vp, bt = paged_kv(k, v, own, 16)
-        leanattn.bifurcated_decode(q, pk, pv, kp, vp, sl, bt, prefix_lens=plens, prefix_ids=pids)
+        leanattn.bifurcated_decode(q, pk, pv, kp, vp, sl, bt, prefix_lens=plens, prefix_ids=pids, **cap)
         # one sample per prompt (the one-sample kernel), pages smaller than a tile and not
         one_each = torch.tensor([2, 0, 1], dtype=torch.int32, device=DEV)
         for ps in (16, 64, 256):
             kp, vp, bt = paged_kv(k[3:], v[3:], own[3:], ps)
-            leanattn.bifurcated_decode(q[3:], pk, pv, kp, vp, sl[3:], bt, prefix_lens=plens, prefix_ids=one_each)
-        one_sample_launches(q, pk, pv, plens, k, v, sl)
+            leanattn.bifurcated_decode(q[3:], pk, pv, kp, vp, sl[3:], bt, prefix_lens=plens, prefix_ids=one_each,
+                                       **cap)
+        one_sample_launches(q, pk, pv, plens, k, v, sl, softcap)
         sys_k = torch.randn(300, hkv, d, dtype=BF16, device=DEV)
-        leanattn.cascade_decode(q, [(sys_k, torch.randn_like(sys_k)), (pk, pv, plens, pids)], k, v, sl)
+        leanattn.cascade_decode(q, [(sys_k, torch.randn_like(sys_k)), (pk, pv, plens, pids)], k, v, sl, **cap)
 
 
-def one_sample_launches(q, pk, pv, plens, k, v, sl):
+def one_sample_launches(q, pk, pv, plens, k, v, sl, softcap=0.0):
     """The one-sample kernel over contiguous own caches, whose tiles are a base plus offsets fixed for the piece
     (``attend_concat``'s ``SAME_STRIDE``): one prefix per sample with partial and empty lengths, one prefix for
     one sample (an own length of 0 among them), and small grids that cut rows around the prefix's end."""
     one_each = torch.tensor([2, 0, 1], dtype=torch.int32, device=DEV)
-    leanattn.bifurcated_decode(q[3:], pk, pv, k[3:], v[3:], sl[3:], prefix_lens=plens, prefix_ids=one_each)
+    leanattn.bifurcated_decode(q[3:], pk, pv, k[3:], v[3:], sl[3:], prefix_lens=plens, prefix_ids=one_each,
+                               softcap=softcap)
     for b in (0, 1, 3):
         for grid in (0, 7):
             one = slice(b, b + 1)
-            leanattn.bifurcated_decode(q[one], pk[2], pv[2], k[one], v[one], sl[one], num_programs=grid)
+            leanattn.bifurcated_decode(q[one], pk[2], pv[2], k[one], v[one], sl[one], num_programs=grid,
+                                       softcap=softcap)
 
 
 def concat():
@@ -213,7 +219,7 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
 if __name__ == "__main__":
     torch.manual_seed(0)
     families = {"decode": decode, "fp8": fp8, "merge": merges, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap,
-                "concat": concat,
+                "concat": concat, "bifurcated-softcap": lambda: bifurcated_launches(30.0),
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
                 "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True)}
     chosen = sys.argv[1:] or list(families)

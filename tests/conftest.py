@@ -2,9 +2,19 @@
 
 TRITON_INTERPRET must be set before any kernel module is imported, hence here.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
-import torch
+# torch.compile's on-disk caches outlive a run and do not key on a custom op's schema: a graph compiled against an
+# older signature of leanattn::bifurcated_decode was replayed in CI and called it with one argument too many. Each
+# test session compiles into its own directory (xdist workers share it; the variable is inherited).
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="leanattn-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], True)
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -141,9 +141,11 @@ def _segment(k: torch.Tensor, lens, ids, b: int) -> tuple[int, int]:
     return g, n
 
 
-def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, block_table=None, softmax_scale=None):
+def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, block_table=None, softmax_scale=None,
+                   softcap=0.0):
     """Reference for :func:`leanattn.cascade_decode`: attention of each sample over the concatenation
-    of its segment of every level (outermost first) and its own tokens. Float64 ``(out, lse)``."""
+    of its segment of every level (outermost first) and its own tokens, scores capped by ``softcap`` where it is
+    > 0. Float64 ``(out, lse)``."""
     B, Hq, D = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
     levels = [(tuple(lv) + (None, None))[:4] for lv in levels]
@@ -166,16 +168,16 @@ def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, bl
         k, v = torch.cat(ks), torch.cat(vs)
         for h in range(Hkv):
             heads = slice(h * group, (h + 1) * group)
-            out[b, heads], lse[b, heads] = attend(q[b, heads], k[:, h], v[:, h], scale)
+            out[b, heads], lse[b, heads] = attend(q[b, heads], k[:, h], v[:, h], scale, softcap=softcap)
     return out, lse
 
 
 def bifurcated_decode(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens=None, block_table=None,
-                      prefix_lens=None, prefix_ids=None, softmax_scale=None):
+                      prefix_lens=None, prefix_ids=None, softmax_scale=None, softcap=0.0):
     """Reference for :func:`leanattn.bifurcated_decode`: decode over ``prefix[prefix_ids[b]]``
     followed by the sample's own tokens. Float64 ``(out, lse)``."""
     return cascade_decode(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache, cache_seqlens,
-                          block_table, softmax_scale)
+                          block_table, softmax_scale, softcap)
 
 
 __all__ += ["bifurcated_decode", "cascade_decode"]

@@ -282,7 +282,7 @@ def attend_concat(
     stride_btb,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, SAME_STRIDE: tl.constexpr, UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, softcap=0.0, SOFTCAP: tl.constexpr = False,
 ):
     """``attend_tiles`` over the concatenation ``prefix ++ own`` without building it: tiles
     ``[0, pt)`` of the row are the prefix ``PK/PV[gid, :plen, kvh]`` (contiguous), the rest the
@@ -373,7 +373,8 @@ def attend_concat(
             k = tl.load(k_tile + k_off, mask=mask_n[:, None], other=0.0)
         else:
             k = tl.load(k_ptrs[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION)
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION, softcap,
+                                          SOFTCAP)
         if PAGE_SIZE == 0 and SAME_STRIDE:
             v = tl.load(v_tile + v_off, mask=mask_n[:, None], other=0.0)
         else:

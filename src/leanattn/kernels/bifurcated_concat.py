@@ -30,7 +30,7 @@ from .grid_dependency import gdc_launch_dependents
 @triton.jit(noinline=True)
 def concat_piece(
     Q, PK, PV, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
-    b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
+    b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale, softcap,  #
     stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
     stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb, stride_btb,  #
@@ -38,6 +38,7 @@ def concat_piece(
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     SAME_STRIDE: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     """Piece ``[t, stop)`` of the row ``[head_begin, head_end)`` (sample ``b`` of prompt ``gid``,
     whose first ``pt`` tiles are the prefix): attend, settle, and write the row where complete. A
@@ -50,7 +51,7 @@ def concat_piece(
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, SAME_STRIDE, UPCAST,
-        DOT_PRECISION)
+        DOT_PRECISION, softcap, SOFTCAP)
     settle_and_store(
         acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
         b, kvh, hb, t, stop, head_begin, head_end, start, T, high, stride_ob, stride_oh, stride_lb,  #
@@ -70,7 +71,7 @@ def concat_decode_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb,  #
-    qk_scale, B, prefix_cap, capacity, k0, g_m, m_rows, waves,  #
+    qk_scale, softcap, B, prefix_cap, capacity, k0, g_m, m_rows, waves,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
@@ -78,6 +79,7 @@ def concat_decode_kernel(
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
     PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     """Stream-K decode of sample ``b`` over ``PK/PV[PrefixIds[b], :PrefixLens[g]]`` then its own cache.
 
@@ -91,6 +93,7 @@ def concat_decode_kernel(
         gdc_launch_dependents()
     pid = tl.program_id(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
+    softcap = tl.cast(softcap, tl.float32)
     # -- schedule, from the real lengths (no host sync): prefix tiles then own tiles per row --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
     if SINGLE_PREFIX:
@@ -130,12 +133,12 @@ def concat_decode_kernel(
             plen = tl.sum(tl.where(sel, plen_b, 0), 0)
         concat_piece(
             Q, PK, PV, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
-            b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale,  #
+            b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale, softcap,  #
             stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb,  #
             GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, SAME_STRIDE,  #
-            VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH)
+            VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH, SOFTCAP)
         t = stop
 
 
@@ -150,12 +153,12 @@ def concat_split_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb, stride_os, stride_ls,  #
-    qk_scale, prefix_cap, capacity,  #
+    qk_scale, softcap, prefix_cap, capacity,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
     SINGLE_PREFIX: tl.constexpr, SAME_STRIDE: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     """Program ``(row, s)``: the ``s``-th of ``tl.num_programs(1)`` even ranges (``even_range``) of the row's
     tiles, ``cdiv(P_g, BLOCK_N)`` prefix tiles then the own tiles of sample ``row // ROWS``; its normalised state
@@ -185,6 +188,6 @@ def concat_split_kernel(
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, SAME_STRIDE, UPCAST,
-        DOT_PRECISION)
+        DOT_PRECISION, tl.cast(softcap, tl.float32), SOFTCAP)
     store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i, b, kvh, hb,
                 stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H)

@@ -40,7 +40,7 @@ def prefix_states_program(
     BATCH_LAYOUT: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,  #
     HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, softcap=0.0, SOFTCAP: tl.constexpr = False,
 ):
     """Split ``s`` of prompt ``g``'s prefix for kv head ``h``, head block ``member``.
 
@@ -76,7 +76,7 @@ def prefix_states_program(
     acc, m_i, l_i = attend_any(
         q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale, 1.0,  #
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION)
+        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
     # -- normalised state; an empty split is (0, -inf), the merge's identity --
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)

@@ -44,7 +44,8 @@ def _group_layout(prefix_ids: torch.Tensor, G: int):
 
 
 def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
-                     softmax_scale, max_group_size, num_programs, block_h, block_n, *, need_lse: bool = True):
+                     softmax_scale, max_group_size, num_programs, block_h, block_n, softcap=0.0, *,
+                     need_lse: bool = True):
     """``bifurcated_decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the
     LSE goes to the plan's sink, which no kernel reads, as in ``ops.decode._decode_impl``."""
     B, Hq, D = q.shape
@@ -75,7 +76,8 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
     key = (q.shape, q.stride(), q.dtype, q.device, prefix_k.shape, prefix_k.stride(), prefix_v.stride(),
            None if k_cache is None else (k_cache.shape, k_cache.stride(), v_cache.stride()),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
-           prefix_lens is None, single, n_max, softmax_scale, num_programs, block_h, block_n, runtime.interpreting(),
+           prefix_lens is None, single, n_max, softmax_scale, softcap, num_programs, block_h, block_n,
+           runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (decode_config.load_path)
            all(t.data_ptr() % 16 == 0 for t in (prefix_k, prefix_v, k_cache, v_cache) if t is not None),
            # the overlap path reads the prefix by TMA whatever the own caches' alignment (bifurcated_overlap.usable)
@@ -84,7 +86,7 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                                     prefix_lens is not None, single, n_max, softmax_scale,
-                                                    num_programs, block_h, block_n))
+                                                    num_programs, block_h, block_n, softcap))
         lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
         plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
                  out, lse)
@@ -97,15 +99,15 @@ def _bifurcated_op(
     k_cache: Optional[torch.Tensor], v_cache: Optional[torch.Tensor],
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
     prefix_lens: Optional[torch.Tensor], prefix_ids: Optional[torch.Tensor],
-    softmax_scale: float, max_group_size: int, num_programs: int, block_h: int, block_n: int,
+    softmax_scale: float, max_group_size: int, num_programs: int, block_h: int, block_n: int, softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens,
-                            prefix_ids, softmax_scale, max_group_size, num_programs, block_h, block_n)
+                            prefix_ids, softmax_scale, max_group_size, num_programs, block_h, block_n, softcap)
 
 
 @_bifurcated_op.register_fake
 def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, softmax_scale,
-      max_group_size, num_programs, block_h, block_n):
+      max_group_size, num_programs, block_h, block_n, softcap=0.0):
     B, Hq, D = q.shape
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 
@@ -197,6 +199,7 @@ def bifurcated_decode(
     softmax_scale: Optional[float] = None,
     return_lse: bool = False,
     *,
+    softcap: float = 0.0,
     max_group_size: int = 0,
     num_programs: int = 0,
     validate: Optional[bool] = None,
@@ -233,6 +236,9 @@ def bifurcated_decode(
         Default ``1 / sqrt(D)``.
     return_lse : bool
         Also return the natural-log sum of exponentiated scores over prefix and own tokens.
+    softcap : float, keyword-only
+        Logit soft-capping, as :func:`leanattn.decode`'s (Gemma-2): scores ``s`` become
+        ``softcap * tanh(s / softcap)`` before the softmax, over prefix and own tokens alike; 0 (default) is none.
     max_group_size : int, keyword-only
         Upper bound on the samples of one prompt (multi-prompt only). 0: counted on the host
         (one device sync), or ``B`` while a CUDA graph is being captured. Pass it to capture
@@ -275,13 +281,14 @@ def bifurcated_decode(
     >>> out = leanattn.bifurcated_decode(q, pk, pv, k, v)
     """
     scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate)
+    softcap = checks.softcap(softcap)
     Hkv = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate)
     if k_cache is not None and Hkv != k_cache.shape[2]:
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, scale,
-            int(max_group_size), int(num_programs), 0, 0)
+            int(max_group_size), int(num_programs), 0, 0, softcap)
     if torch.compiler.is_compiling():
         out, lse = _bifurcated_op(*args)
     else:
@@ -299,6 +306,7 @@ def cascade_decode(
     softmax_scale: Optional[float] = None,
     return_lse: bool = False,
     *,
+    softcap: float = 0.0,
     max_group_size: int = 0,
     num_programs: int = 0,
     validate: Optional[bool] = None,
@@ -323,7 +331,7 @@ def cascade_decode(
         A bound on the samples that read one segment, at every level with ``ids`` (as in
         :func:`bifurcated_decode`): with it no level counts its groups on the host, so a call on CUDA
         makes no device sync and a captured graph keeps the rows it needs. Default 0: counted.
-    softmax_scale, return_lse, num_programs, validate
+    softmax_scale, return_lse, softcap, num_programs, validate
         As in :func:`bifurcated_decode`.
 
     Notes
@@ -335,6 +343,7 @@ def cascade_decode(
     launches plus one merge.
     """
     scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate)
+    softcap = checks.softcap(softcap)
     max_group_size = checks.max_group_size(max_group_size)
     if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
         raise TypeError(f"levels: expected a list of (k, v[, lens, ids]) tuples, got {type(levels).__name__}")
@@ -361,11 +370,11 @@ def cascade_decode(
         fuse_own = i == len(parsed) - 1 and k_cache is not None
         states.append(op(q, k, v, k_cache if fuse_own else None, v_cache if fuse_own else None,
                          cache_seqlens if fuse_own else None, block_table if fuse_own else None, lens, ids,
-                         scale, max_group_size, int(num_programs), 0, 0))
+                         scale, max_group_size, int(num_programs), 0, 0, softcap))
     if not parsed:
         empty = q.new_zeros((0, Hkv, D))
         states.append(op(q, empty, empty, k_cache, v_cache, cache_seqlens, block_table, None, None, scale, 0,
-                         int(num_programs), 0, 0))
+                         int(num_programs), 0, 0, softcap))
     if len(states) == 1:
         out, lse = states[0]
     else:

@@ -43,11 +43,11 @@ from ..schedules import stream_k
 from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
+from .decode import score_scales
 from .decode_config import DecodeConfig, across_rows, decode_config, length_block, load_path, merge_in_launch
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
 
-LOG2E = 1.4426950408889634
 # The one-sample kernel's tiles as a scalar base plus 32-bit offsets fixed for the piece, where the prefix and the
 # own cache share their token strides (kernels/attend.attend_concat, SAME_STRIDE). H200, 2026-12-02, one process
 # (probe 30, benchmarks/probe_piece_offsets.py): 0.3-1.9% faster than a 64-bit address per row on the six
@@ -168,7 +168,7 @@ class Plan:
     """
 
     def __init__(self, q, pk, pv, k, v, seqlens, block_table, has_plens, single, n_max, scale, workers, block_h,
-                 block_n):
+                 block_n, softcap=0.0):
         B, Hq, D = q.shape
         G, P, Hkv = pk.shape[0], pk.shape[1], pk.shape[2]
         device = q.device
@@ -176,10 +176,15 @@ class Plan:
         has_own = k is not None
         lc = launch_config(n_max * group, D, group, device, block_h, block_n)
         self.path = "concat" if has_own and n_max == 1 else lc.path
+        # the soft cap is in the Triton kernels of the concat and states paths only: the fused and split paths
+        # (benchmark options) give way to states, and the overlap path's Gluon prefix is not taken
+        self.qk_scale, self.softcap = score_scales(scale, 1.0, softcap)
+        if softcap > 0 and self.path in ("fused", "split"):
+            self.path = "states"
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
         forced = env_config()["path"]
         if (self.path == "states" and forced != 3 and (forced == 4 or overlap.preferred(n_max * group, group))
-                and workers <= 0 and overlap.usable(q, pk, pv, single, has_plens)):
+                and workers <= 0 and not softcap and overlap.usable(q, pk, pv, single, has_plens)):
             self.path = "overlap"
         self.concat = self.path == "concat"
         self.even = 0  # the concat path's even pieces a row (_setup_concat_even), 0 for its persistent kernel
@@ -266,8 +271,9 @@ class Plan:
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
                          SAME_STRIDE=same_stride,
                          MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, ACROSS_ROWS=across_rows(D, q.element_size()),
-                         num_warps=env["num_warps"] or warps, num_stages=env["num_stages"] or stages)
-        head = self.strides_q + self.strides_p + self.strides_own + (scale * LOG2E, B, P, cap)
+                         SOFTCAP=self.softcap > 0, num_warps=env["num_warps"] or warps,
+                         num_stages=env["num_stages"] or stages)
+        head = self.strides_q + self.strides_p + self.strides_own + (self.qk_scale, self.softcap, B, P, cap)
         self.tail = with_search(self.meta, head, B, Hkv * cfg.n_hb, workers or sms * cps, sms)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
@@ -296,9 +302,10 @@ class Plan:
         pdl = splits > 1 and runtime.dependent_launch(device)
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h, BLOCK_N=bn,
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, SAME_STRIDE=same_stride, PDL=pdl,
-                         num_warps=env["num_warps"] or cfg.num_warps, num_stages=env["num_stages"] or cfg.num_stages)
+                         SOFTCAP=self.softcap > 0, num_warps=env["num_warps"] or cfg.num_warps,
+                         num_stages=env["num_stages"] or cfg.num_stages)
         part = (M * D, M) if splits > 1 else (0, 0)
-        self.tail = self.strides_q + self.strides_p + self.strides_own + part + (scale * LOG2E, P, cap)
+        self.tail = self.strides_q + self.strides_p + self.strides_own + part + (self.qk_scale, self.softcap, P, cap)
         self.grid = (B * self.meta["ROWS"], splits)
         self.even = splits
         self.even_launch = runtime.Launcher(concat_split_kernel, self.grid, self.meta, self.tail)
@@ -323,7 +330,7 @@ class Plan:
                          BLOCK_N=lc.block_no, BLOCK_B=length_block(B), SB=lc.sb,
                          PAGE_SIZE=self.page_size, HAS_OWN=has_own, **merge_meta(cfg.block_h, D, group),
                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        self.tail = self.strides_q + self.strides_own + (scale * LOG2E, B, cap, S)
+        self.tail = self.strides_q + self.strides_own + (self.qk_scale, B, cap, S)
         if workers <= 0:
             occ = runtime.kernel_occupancy(own_merge_kernel, (q, kv, kv, q, f, d, d, d, d, f, f, f, f, d, *self.tail), self.meta,
                                device, self.info)
@@ -351,7 +358,7 @@ class Plan:
             splits = max(1, slots // (G * Hkv * n_hb))
         chunk = triton.cdiv(tiles_cap, min(splits, tiles_cap))
         self.splits = S = triton.cdiv(tiles_cap, chunk)
-        self.tail_p = self.strides_q + self.strides_p + (scale * LOG2E, B, P, S, chunk)
+        self.tail_p = self.strides_q + self.strides_p + (self.qk_scale, B, P, S, chunk)
         self.grid_p = (S * n_hb, Hkv, G)
         self.info.update(grid_prefix=self.grid_p, splits=S, chunk=chunk, BLOCK_HP=lc.block_hp, N_HB=n_hb,
                          BLOCK_NP=lc.block_np, prefix_warps=lc.num_warps, prefix_stages=lc.num_stages)
@@ -364,13 +371,14 @@ class Plan:
         n_hbo = cfg.n_hb
         self.meta = dict(self.common, HKV=Hkv, GROUP=group, BLOCK_HP=lc.block_hp, N_HB=n_hb, BLOCK_NP=lc.block_np,
                          BLOCK_HO=cfg.block_h, N_HBO=n_hbo, BLOCK_NO=block_no, PAGE_SIZE=self.page_size,
-                         HAS_PREFIX_LENS=has_plens, num_warps=lc.num_warps, num_stages=lc.num_stages)
+                         HAS_PREFIX_LENS=has_plens, SOFTCAP=self.softcap > 0, num_warps=lc.num_warps,
+                         num_stages=lc.num_stages)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         tiles_p = max(triton.cdiv(P, lc.block_np), 1)
         tiles_o = max(triton.cdiv(cap, block_no), 1)
         own_rows = B * Hkv * n_hbo
         stub = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:], *self.strides_own[6:9],
-                1.0, B, P, 1, 1, 0, cap, 1, own_rows, 1)
+                1.0, 0.0, B, P, 1, 1, 0, cap, 1, own_rows, 1)
         if workers <= 0:
             occ = runtime.kernel_occupancy(bifurcated_states_kernel, (q, kv, kv, kv, kv, f, f, d, q, f, d, d, d, d, d, d,
                                                                       *stub), dict(self.meta, MERGE=lc.merge_in_kernel),
@@ -397,7 +405,8 @@ class Plan:
         self.grid = (n_prefix + own_rows * s_own,)
         n_states = S + s_own
         self.tail = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:],
-                     *self.strides_own[6:9], scale * LOG2E, B, P, S, chunk_p, n_prefix, cap, chunk_o, own_rows, n_states)
+                     *self.strides_own[6:9], self.qk_scale, self.softcap, B, P, S, chunk_p, n_prefix, cap, chunk_o,
+                     own_rows, n_states)
         # merge_states in a second launch: the in-kernel merge (196 registers against 165 at GQA x32)
         # measured slower on every bar case on an H200, side by side: GQA 8k x32 42.2 us against 34.3,
         # x64 53.6 against 49.4, MHA 8k x64 118.6 against 111.4 (bifurcated_H200_notes.md section 7)
@@ -439,7 +448,7 @@ class Plan:
         # stage would wait on a tile it only loads later in the same iteration)
         stages = max(2, env["num_stages"] or (overlap.ws_prefix_stages(group, P, own_len) if ws else
                                               overlap.prefix_stages(per_sm, group, block_m)))
-        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, scale * LOG2E, stages, self.ordered, block_m, ws)
+        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, self.qk_scale, stages, self.ordered, block_m, ws)
         st_o, st_l, self.launch_merge = states_and_merge("bif_states", device, n_states, B, Hq, D)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
         self.merge_in_kernel = False
@@ -458,7 +467,7 @@ class Plan:
             PAGE_SIZE=self.page_size, ORDER=lc.order, **merge_meta(cfg.block_h, D, group),
             **merge_meta(lc.block_hp, D, lc.block_hp, "_P"), num_warps=lc.num_warps, num_stages=lc.num_stages)
         self.tail = (self.strides_q + self.strides_p + self.strides_own
-                     + (scale * LOG2E, B, G, P, cap, runtime.num_sms(device)))
+                     + (self.qk_scale, B, G, P, cap, runtime.num_sms(device)))
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
             occ = runtime.kernel_occupancy(bifurcated_decode_kernel, (q, kv, kv, kv, kv, q, f, d, d, d, d, d, d, f, f, d, f, f, d,

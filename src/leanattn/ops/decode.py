@@ -25,6 +25,15 @@ def _capacity(k_cache: torch.Tensor, block_table: Optional[torch.Tensor]) -> int
     return k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
 
 
+def score_scales(scale: float, k_scale: float = 1.0, softcap: float = 0.0) -> tuple[float, float]:
+    """``(qk_scale, softcap)`` as the kernels take them (``kernels/attend.softmax_step``): the scores' factor in
+    log2 units, or with a soft cap ``softcap > 0`` the factor inside the tanh (natural units) and the cap in log2
+    units. A float8 cache's K scale ``k_scale`` is folded into the factor."""
+    if softcap > 0:
+        return scale * k_scale / softcap, softcap * LOG2E
+    return scale * k_scale * LOG2E, 0.0
+
+
 class _Plan:
     """Everything about a launch that depends only on shapes, strides, dtypes and options.
 
@@ -66,10 +75,7 @@ class _Plan:
                    k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                    v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
                    Hq * D, D, Hq)  # out and lse are allocated contiguous
-        # a float8 cache's K scale is folded into the scores' scale (kernels/attend.py); with a soft cap the kernel
-        # takes tanh of the scores over the cap, then the cap in log2 units
-        qk_scale = scale * k_scale / softcap if softcap > 0 else scale * k_scale * LOG2E
-        softcap_log2 = softcap * LOG2E
+        qk_scale, softcap_log2 = score_scales(scale, k_scale, softcap)
         even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], cap, cfg, device,
                                                                          cache_seqlens is not None)
         if even:

@@ -1,0 +1,79 @@
+"""GPU-only tests of ``bifurcated_decode`` and ``cascade_decode`` with logit soft-capping: bf16 at realistic sizes on
+the states and one-sample (concat) paths, where an uncapped call would take the overlap path, CUDA-graph replay
+with new lengths. Skipped without CUDA."""
+import pytest
+import torch
+
+import leanattn
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, paged_kv
+from test_bifurcated_gpu import inputs
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+CAP, SCALE = 30.0, 0.3  # softmax scale 0.3 over randn: scores of order 10-20 against the cap (Gemma-2's is 50)
+
+
+def check(q, pk, pv, k, v, sl, bt=None, plens=None, ids=None, name="softcap"):
+    from leanattn.ops import bifurcated as bif
+    out, lse = leanattn.bifurcated_decode(q, pk, pv, k, v, sl, bt, plens, ids, SCALE, return_lse=True, softcap=CAP)
+    ref, ref_lse = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, bt, plens, ids, SCALE, softcap=CAP)
+    assert_rel_close(name, out, ref, TOLERANCE[q.dtype])
+    assert_lse_close(name + " lse", lse, ref_lse, 1e-2)
+    return next(reversed(bif._PLANS.values()))
+
+
+@pytest.mark.parametrize("n,hq,hkv,d", [(16, 32, 8, 128), (64, 32, 8, 128), (32, 32, 32, 128), (8, 16, 8, 256),
+                                        (16, 32, 32, 64)])
+def test_softcap_single_prompt(n, hq, hkv, d):
+    own = torch.randint(0, 600, (n,)).tolist()
+    own[0] = 0
+    plan = check(*inputs(n, hq, hkv, d, 9000, own), name=f"{n} x {hq}/{hkv} D={d}")
+    assert plan.path == "states"  # where the overlap path's Gluon prefix, which has no cap, would run uncapped
+
+
+def test_softcap_multi_prompt_paged():
+    ids = torch.tensor([0] * 20 + [2] * 3 + [1] + [2] * 8, dtype=torch.int32, device="cuda")
+    ids = ids[torch.randperm(len(ids), device="cuda")]
+    own = torch.randint(0, 600, (len(ids),)).tolist()
+    q, pk, pv, k, v, sl = inputs(len(ids), 32, 8, 128, 7000, own, G=4)
+    plens = torch.tensor([7000, 4000, 1, 0], dtype=torch.int32, device="cuda")
+    kp, vp, bt = paged_kv(k, v, own, 16)
+    check(q, pk, pv, kp, vp, sl, bt, plens, ids, name="multi-prompt paged")
+
+
+@pytest.mark.parametrize("hq,hkv", [(32, 8), (32, 32)])
+def test_softcap_one_sample(hq, hkv):
+    # one sample: even pieces of each row (one prompt) and the persistent stream-K kernel (one sample per prompt)
+    plan = check(*inputs(1, hq, hkv, 128, 20000, [3000]), name="one sample")
+    assert plan.path == "concat"
+    ids = torch.tensor([1, 0, 2], dtype=torch.int32, device="cuda")
+    q, pk, pv, k, v, sl = inputs(3, hq, hkv, 128, 9000, [5000, 0, 77], G=3)
+    plan = check(q, pk, pv, k, v, sl, ids=ids, name="one sample per prompt")
+    assert plan.path == "concat"
+
+
+def test_softcap_cascade():
+    ids = torch.tensor([0, 0, 1, 1, 1, 2], dtype=torch.int32, device="cuda")
+    q, sk, sv, k, v, sl = inputs(6, 32, 8, 128, 3000, [100, 0, 900, 7, 60, 333])
+    dk = torch.randn(3, 5000, 8, 128, dtype=torch.bfloat16, device="cuda")
+    dv = torch.randn_like(dk)
+    levels = [(sk, sv), (dk, dv, None, ids)]
+    out, lse = leanattn.cascade_decode(q, levels, k, v, sl, softmax_scale=SCALE, return_lse=True, softcap=CAP)
+    ref, ref_lse = leanattn.reference.cascade_decode(q, levels, k, v, sl, softmax_scale=SCALE, softcap=CAP)
+    assert_rel_close("cascade", out, ref, TOLERANCE[q.dtype])
+    assert_lse_close("cascade lse", lse, ref_lse, 1e-2)
+
+
+def test_softcap_cuda_graph_new_lengths():
+    q, pk, pv, k, v, sl = inputs(16, 32, 8, 128, 8192, [256] * 16)
+    call = lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, sl, softmax_scale=SCALE, softcap=CAP)  # noqa: E731
+    call()  # compile and allocate outside capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = call()
+    for lens in ([256] * 16, [0] * 8 + [256] * 8, list(range(0, 256, 16))):
+        sl.copy_(torch.tensor(lens, dtype=torch.int32))
+        g.replay()
+        torch.cuda.synchronize()
+        ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, softmax_scale=SCALE, softcap=CAP)
+        assert_rel_close(f"replay {lens[:4]}", out, ref, TOLERANCE[torch.bfloat16])
