@@ -1,12 +1,12 @@
 """GPU-only tests of ``bifurcated_decode`` and ``cascade_decode`` with logit soft-capping: bf16 at realistic sizes on
-the states and one-sample (concat) paths, where an uncapped call would take the overlap path, CUDA-graph replay
-with new lengths. Skipped without CUDA."""
+the path an uncapped call takes, the Gluon prefix of the overlap path in each of its forms (Hopper), the one-sample
+(concat) paths, CUDA-graph replay with new lengths. Skipped without CUDA."""
 import pytest
 import torch
 
 import leanattn
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, paged_kv
-from test_bifurcated_gpu import inputs
+from test_bifurcated_gpu import HOPPER, _path, inputs
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CAP, SCALE = 30.0, 0.3  # softmax scale 0.3 over randn: scores of order 10-20 against the cap (Gemma-2's is 50)
@@ -26,8 +26,32 @@ def check(q, pk, pv, k, v, sl, bt=None, plens=None, ids=None, name="softcap"):
 def test_softcap_single_prompt(n, hq, hkv, d):
     own = torch.randint(0, 600, (n,)).tolist()
     own[0] = 0
-    plan = check(*inputs(n, hq, hkv, d, 9000, own), name=f"{n} x {hq}/{hkv} D={d}")
-    assert plan.path == "states"  # where the overlap path's Gluon prefix, which has no cap, would run uncapped
+    args = inputs(n, hq, hkv, d, 9000, own)
+    plan = check(*args, name=f"{n} x {hq}/{hkv} D={d}")
+    leanattn.bifurcated_decode(*args, softmax_scale=SCALE)
+    from leanattn.ops import bifurcated as bif
+    assert plan.path == next(reversed(bif._PLANS.values())).path  # a cap leaves the path as it is
+
+
+@pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
+@pytest.mark.parametrize("n,hq,hkv,d,P", [(64, 32, 8, 128, 8192), (5, 32, 8, 64, 1000), (33, 32, 4, 64, 63),
+                                          (100, 32, 32, 128, 4097)])
+@pytest.mark.parametrize("warps,pingpong", [(4, False), (8, False), (12, False), (12, True)])
+def test_softcap_overlap(monkeypatch, n, hq, hkv, d, P, warps, pingpong):
+    # the Gluon prefix at 64 rows a program, 128 over two warp groups, 128 warp-specialized, with ping-pong turns;
+    # a ragged last tile, with and without own tokens
+    from leanattn import runtime
+    from leanattn.ops import bifurcated as bif, bifurcated_overlap as ov
+    monkeypatch.setattr(ov, "WS_PINGPONG", pingpong)
+    monkeypatch.setattr(bif, "_PLANS", runtime.PlanCache())
+    own = torch.randint(0, 300, (n,)).tolist()
+    own[0] = 0
+    args = inputs(n, hq, hkv, d, P, own)
+    with _path(4, warps):
+        plan = check(*args, name=f"overlap {n} {hq}/{hkv} D={d} P={P} warps {warps}")
+        assert plan.path == "overlap" and plan.info["prefix_warp_specialized"] == (warps == 12)
+        plan = check(*args[:3], None, None, None, name=f"overlap prefix only {n} {hq}/{hkv} D={d} P={P}")
+        assert plan.path == "overlap"
 
 
 def test_softcap_multi_prompt_paged():

@@ -24,6 +24,8 @@ try:
 except ImportError:  # a Triton without Gluon: the op keeps the Triton states path
     AVAILABLE = False
 
+from .attend import tanh
+
 BLOCK_M = 64  # stacked query rows of one warp group (its wgmma's M), the host's default; 128 over two warp groups
 BLOCK_N = 64  # prefix tokens per tile
 
@@ -44,7 +46,8 @@ if AVAILABLE:
     def _attend_prefix(q_smem, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, qk_scale, P, t0, n_j, col,
                        ROWS: gl.constexpr, WARPS: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                        STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, RELEASE: gl.constexpr, turn=None,
-                       PINGPONG: gl.constexpr = False, HALF: gl.constexpr = 0):
+                       PINGPONG: gl.constexpr = False, HALF: gl.constexpr = 0, softcap=0.0,
+                       SOFTCAP: gl.constexpr = False):
         """``(acc, m, l)``: the unnormalised state (base 2) of the rows in ``q_smem`` against the split's ``n_j``
         tiles from ``t0``, tile ``j`` in ring slot ``j % STAGES`` once ``kbar``/``vbar`` say it has landed. Each
         iteration issues tile j's QK^T, then tile j-1's P@V, waits for the scores only and runs tile j's softmax
@@ -52,7 +55,8 @@ if AVAILABLE:
         released through ``free`` to a producer partition that refills it. ``PINGPONG`` (two consumer partitions,
         this one ``HALF``): before issuing an iteration's two products a consumer waits for its turn on
         ``turn.index(HALF)`` and after issuing them hands the turn to the other (FlashAttention-3's ping-pong), so
-        the tensor cores take one group's products while the other group's softmax runs."""
+        the tensor cores take one group's products while the other group's softmax runs. ``qk_scale``, ``softcap``
+        and ``SOFTCAP`` as ``kernels/attend.softmax_step`` takes them."""
         dtype: gl.constexpr = q_smem.dtype
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
@@ -67,7 +71,7 @@ if AVAILABLE:
         # tile 0 of the range: its scores only
         mbarrier.wait(kbar.index(0), 0)
         st = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        sc = warpgroup_mma_wait(0, deps=(st,)) * qk_scale
+        sc = _scores(warpgroup_mma_wait(0, deps=(st,)), qk_scale, softcap, SOFTCAP)
         if MASK_TAIL:
             sc = gl.where(gl.expand_dims(t0 * BLOCK_N + offs_n < P, 0), sc, float("-inf"))
         m_i = gl.max(sc, axis=1)
@@ -90,7 +94,7 @@ if AVAILABLE:
                 # both products are issued (the arrive waits for all of this group's warps)
                 mbarrier.arrive(turn.index(1 - HALF), count=1)
             # tile j's scores are in; tile j-1's P@V is still running while the softmax runs
-            sc = warpgroup_mma_wait(1, deps=(st,)) * qk_scale
+            sc = _scores(warpgroup_mma_wait(1, deps=(st,)), qk_scale, softcap, SOFTCAP)
             if MASK_TAIL:
                 sc = gl.where(gl.expand_dims((t0 + j) * BLOCK_N + offs_n < P, 0), sc, float("-inf"))
             m_new = gl.maximum(m_i, gl.max(sc, axis=1))
@@ -122,6 +126,15 @@ if AVAILABLE:
         acc_t = warpgroup_mma(p_prev, v_smem.index(last), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc_t,))
         return acc, m_i, l_i
+
+    @gluon.jit
+    def _scores(s, qk_scale, softcap, SOFTCAP: gl.constexpr):
+        """Scores in log2 units from the products ``s``, capped with ``SOFTCAP`` (``kernels/attend.softmax_step``)."""
+        if SOFTCAP:
+            s = softcap * tanh(s * qk_scale)
+        else:
+            s = s * qk_scale
+        return s
 
     @gluon.jit
     def _store_state(StO, StL, acc, m_i, l_i, B, R, s, h, base, ROWS: gl.constexpr, WARPS: gl.constexpr,
@@ -160,9 +173,10 @@ if AVAILABLE:
     @gluon.jit
     def prefix_gluon_kernel(
         Q, k_desc, v_desc, StO, StL,  #
-        stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles,  #
+        stride_qb, stride_qh, qk_scale, softcap, B, P, R, n_hb, S, chunk, n_tiles,  #
         HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
         STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr,
+        SOFTCAP: gl.constexpr = False,
     ):
         """Program ``(kv head h, split s, head block hb)``, head blocks of a split adjacent (they read
         the same tiles, so the later ones hit L2): query rows ``hb * BLOCK_M ..`` of kv head ``h``
@@ -171,7 +185,8 @@ if AVAILABLE:
         slot ``s`` of ``StO (n_states, B, HQ, D)`` fp32 and ``StL (n_states, B, HQ)`` (natural log).
         ``k_desc``/``v_desc``: TMA descriptors of the prefix seen as ``(P, Hkv * D)``, blocks
         ``(64, D)``. ``BLOCK_M``: 16 rows per warp (64 or 128: one or two warp groups, which share the
-        K/V ring). ``qk_scale`` is the softmax scale times log2(e). ``TRIGGER``: a programmatic dependent
+        K/V ring). ``qk_scale`` is the softmax scale times log2(e); with ``SOFTCAP`` (logit soft-capping) the
+        scale over the cap, and ``softcap`` the cap times log2(e) (``kernels/attend.softmax_step``). ``TRIGGER``: a programmatic dependent
         launch after this one (the own tokens, ``ops/bifurcated_overlap.ORDERED``) may start once every
         program of this one has started."""
         if TRIGGER:
@@ -200,7 +215,8 @@ if AVAILABLE:
         q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], Q_SMEM, qv)
         fence_async_shared()
         acc, m_i, l_i = _attend_prefix(q_smem, k_smem, v_smem, kbar, vbar, kbar, k_desc, v_desc, qk_scale, P, t0,
-                                       n_j, col, BLOCK_M, WARPS, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, False)
+                                       n_j, col, BLOCK_M, WARPS, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, False,
+                                       softcap=softcap, SOFTCAP=SOFTCAP)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(kbar.index(i))
             mbarrier.invalidate(vbar.index(i))
@@ -208,9 +224,9 @@ if AVAILABLE:
 
     @gluon.jit
     def _ws_rows(Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, k_desc, v_desc, StO, StL, stride_qb, stride_qh,
-                 qk_scale, B, P, R, hb, s, h, t0, n_j, HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
-                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, PINGPONG: gl.constexpr,
-                 HALF: gl.constexpr):
+                 qk_scale, softcap, B, P, R, hb, s, h, t0, n_j, HQ: gl.constexpr, GROUP: gl.constexpr,
+                 HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASK_TAIL: gl.constexpr,
+                 PINGPONG: gl.constexpr, HALF: gl.constexpr, SOFTCAP: gl.constexpr):
         """One consumer warp group of ``prefix_gluon_ws_kernel``: rows ``hb * 128 + HALF * 64 ..``."""
         base = hb * 128 + HALF * 64
         q_half = q_smem.index(HALF)
@@ -218,7 +234,7 @@ if AVAILABLE:
         fence_async_shared()
         acc, m_i, l_i = _attend_prefix(q_half, k_smem, v_smem, kbar, vbar, free, k_desc, v_desc, qk_scale, P, t0, n_j,
                                        h * HEAD_DIM, 64, 4, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, True, turn, PINGPONG,
-                                       HALF)
+                                       HALF, softcap, SOFTCAP)
         _store_state(StO, StL, acc, m_i, l_i, B, R, s, h, base, 64, 4, HQ, GROUP, HEAD_DIM)
 
     @gluon.jit
@@ -238,10 +254,10 @@ if AVAILABLE:
     @gluon.jit
     def prefix_gluon_ws_kernel(
         Q, k_desc, v_desc, StO, StL,  #
-        stride_qb, stride_qh, qk_scale, B, P, R, n_hb, S, chunk, n_tiles,  #
+        stride_qb, stride_qh, qk_scale, softcap, B, P, R, n_hb, S, chunk, n_tiles,  #
         HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
         MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-        PINGPONG: gl.constexpr = False,
+        PINGPONG: gl.constexpr = False, SOFTCAP: gl.constexpr = False,
     ):
         """``prefix_gluon_kernel``'s program at 128 rows, warp-specialized as in FlashAttention-3: the default
         partition (4 warps) and a 4-warp worker each take 64 of the rows, and a 1-warp worker issues the TMA loads.
@@ -275,11 +291,11 @@ if AVAILABLE:
             mbarrier.arrive(turn.index(0), count=1)
         # the argument tuples are written out in the call: a tuple held in a variable loses its constexprs (3.6)
         gl.warp_specialize([(_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, k_desc, v_desc, StO, StL,
-                                        stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
-                                        HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, PINGPONG, 0)),
+                                        stride_qb, stride_qh, qk_scale, softcap, B, P, R, hb, s, h, t0, n_j, HQ,
+                                        GROUP, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, PINGPONG, 0, SOFTCAP)),
                             (_ws_rows, (Q, q_smem, k_smem, v_smem, kbar, vbar, free, turn, k_desc, v_desc, StO, StL,
-                                        stride_qb, stride_qh, qk_scale, B, P, R, hb, s, h, t0, n_j, HQ, GROUP,
-                                        HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, PINGPONG, 1)),
+                                        stride_qb, stride_qh, qk_scale, softcap, B, P, R, hb, s, h, t0, n_j, HQ,
+                                        GROUP, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, PINGPONG, 1, SOFTCAP)),
                             (_ws_producer, (k_desc, v_desc, k_smem, v_smem, kbar, vbar, free, t0, n_j, h * HEAD_DIM,
                                             BLOCK_N, STAGES))],
                            [4, 1], [CONSUMER_REGS, 24])

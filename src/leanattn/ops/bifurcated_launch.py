@@ -24,8 +24,8 @@ Five paths, chosen per call signature:
   8k x16: 141 us against 76; GQA 8k x4: 91 against decode's 55); see
   ``benchmarks/results/profile_bifurcated_run3_H200.log``. Kept as an option for profiling.
 
-A call with ``softcap > 0`` runs on ``concat`` or ``states`` only: ``fused`` and ``split``, which were not given a
-cap, turn into ``states``, and ``overlap`` is never taken (its Gluon prefix has no cap). Bifurcated probe 52 (H200, 2026-12-04):
+A call with ``softcap > 0`` runs on ``concat``, ``states`` or ``overlap``: ``fused`` and ``split``, which were not
+given a cap, turn into ``states``. Bifurcated probe 52 (H200, 2026-12-04):
 capped over uncapped on the same path 1.01-1.08x to 32 samples, 1.16-1.33x at GQA x64 (the tanh of 256 stacked
 score rows a prefix tile), and 1.06-1.30x more where the default would have overlapped.
 """
@@ -181,15 +181,14 @@ class Plan:
         has_own = k is not None
         lc = launch_config(n_max * group, D, group, device, block_h, block_n)
         self.path = "concat" if has_own and n_max == 1 else lc.path
-        # the soft cap is in the Triton kernels of the concat and states paths only: the fused and split paths
-        # (benchmark options) give way to states, and the overlap path's Gluon prefix is not taken
+        # the fused and split paths (benchmark options) have no soft cap: they give way to states
         self.qk_scale, self.softcap = score_scales(scale, 1.0, softcap)
         if softcap > 0 and self.path in ("fused", "split"):
             self.path = "states"
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
         forced = env_config()["path"]
         if (self.path == "states" and forced != 3 and (forced == 4 or overlap.preferred(n_max * group, group))
-                and workers <= 0 and not softcap and overlap.usable(q, pk, pv, single, has_plens)):
+                and workers <= 0 and overlap.usable(q, pk, pv, single, has_plens)):
             self.path = "overlap"
         self.concat = self.path == "concat"
         self.even = 0  # the concat path's even pieces a row (_setup_concat_even), 0 for its persistent kernel
@@ -226,7 +225,7 @@ class Plan:
         shape = dict(B=B, Hq=Hq, Hkv=Hkv, D=D, G=G, P=P, cap=cap, group=group, has_own=has_own,
                      has_plens=has_plens, scale=scale, workers=workers, block_n=block_n)
         if self.path == "overlap":
-            self._setup_overlap(q, k_s, v_s, seqlens, block_table if self.own_paged else None, **shape)
+            self._setup_overlap(q, k_s, v_s, seqlens, block_table if self.own_paged else None, softcap, **shape)
         else:
             getattr(self, "_setup_" + self.path)(q, lc, **shape)
         self.info.update(path=self.path)
@@ -427,8 +426,8 @@ class Plan:
                                                       "num_stages")})
 
     # ------------------------------------------------------------------------------------------
-    def _setup_overlap(self, q, k, v, seqlens, block_table, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens,
-                       scale, workers, block_n):
+    def _setup_overlap(self, q, k, v, seqlens, block_table, softcap, B, Hq, Hkv, D, G, P, cap, group, has_own,
+                       has_plens, scale, workers, block_n):
         # the Gluon prefix states in slots [0, S); the own tokens by decode's split kernel at OWN_STAGES (fewer
         # registers and less shared memory than the states kernel, so two fit beside a Gluon program) in slots
         # [S, S + own splits): one normalised state per split, merge_states' layout
@@ -447,13 +446,14 @@ class Plan:
         # ORDERED: the own tokens as the prefix's programmatic dependent launch on one stream, not a second stream
         self.ordered = own and overlap.ordered(B * Hkv) and runtime.dependent_launch(device)
         self.own_plan = (DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n, overlap.OWN_STAGES,
-                                    self.ordered, merged=False) if own else None)
+                                    self.ordered, merged=False, softcap=softcap) if own else None)
         n_states = S + (self.own_plan.splits if own else 0)
         # K/V ring of overlap.prefix_stages; LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one
         # stage would wait on a tile it only loads later in the same iteration)
         stages = max(2, env["num_stages"] or (overlap.ws_prefix_stages(group, P, own_len) if ws else
                                               overlap.prefix_stages(per_sm, group, block_m)))
-        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, self.qk_scale, stages, self.ordered, block_m, ws)
+        self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, self.qk_scale, stages, self.ordered, block_m, ws,
+                                          self.softcap)
         st_o, st_l, self.launch_merge = states_and_merge("bif_states", device, n_states, B, Hq, D)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
         self.merge_in_kernel = False

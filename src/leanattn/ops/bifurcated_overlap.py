@@ -225,10 +225,12 @@ def side_stream(device: torch.device, avoid: torch.cuda.Stream = None) -> torch.
 class GluonPrefix:
     """Launch constants of the Gluon prefix pass of one plan; ``__call__`` builds the TMA descriptors of
     this call's prefix (a few microseconds of host time; a plan that kept them would keep the caller's
-    prefix tensors alive) and launches, directly after the first launch (``runtime.Launcher``)."""
+    prefix tensors alive) and launches, directly after the first launch (``runtime.Launcher``). ``qk_scale`` and
+    ``softcap`` (> 0: logit soft-capping) as ``ops/decode.score_scales`` gives them."""
 
-    def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, scale_log2: float, stages: int = 3,
-                 trigger: bool = False, block_m: int = pg.BLOCK_M, warp_specialized: bool = False):
+    def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, qk_scale: float, stages: int = 3,
+                 trigger: bool = False, block_m: int = pg.BLOCK_M, warp_specialized: bool = False,
+                 softcap: float = 0.0):
         B, Hq, D = q.shape
         group = Hq // Hkv
         R = B * group
@@ -237,7 +239,7 @@ class GluonPrefix:
         gl_dtype = {torch.bfloat16: pg.gl.bfloat16, torch.float16: pg.gl.float16}[q.dtype]
         self.kv_layout = pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], gl_dtype)
         meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_N=pg.BLOCK_N, STAGES=stages, MASK_TAIL=P % pg.BLOCK_N != 0,
-                    TRIGGER=trigger)
+                    TRIGGER=trigger, SOFTCAP=softcap > 0)
         if warp_specialized:  # 4 warps here are the default partition's; the kernel adds its workers' 8
             meta.update(Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([64, D], gl_dtype), num_warps=4,
                         maxnreg=WS_MAXNREG, CONSUMER_REGS=(3 * WS_MAXNREG - 24) // 16 * 8, PINGPONG=WS_PINGPONG)
@@ -250,7 +252,7 @@ class GluonPrefix:
         self.grid = (Hkv * S * n_hb,)
         kernel = pg.prefix_gluon_ws_kernel if warp_specialized else pg.prefix_gluon_kernel
         self.launch = runtime.Launcher(kernel, self.grid, meta,
-                                       (q.stride(0), q.stride(1), scale_log2, B, P, R, n_hb, S, chunk,
+                                       (q.stride(0), q.stride(1), qk_scale, softcap, B, P, R, n_hb, S, chunk,
                                         triton.cdiv(P, pg.BLOCK_N)))
         self.shape = (P, Hkv * D)
         self.block = [pg.BLOCK_N, D]
