@@ -745,6 +745,8 @@ def test_overlap_path_split_counts_and_cpu_fallback():
     assert not ov.usable(q, pk, pk, True, False)
     assert ov.preferred(256, 4) and ov.preferred(16, 1) and ov.preferred(1024, 1)
     assert not ov.preferred(128, 4) and not ov.preferred(64, 1) and not ov.preferred(16, 4) and not ov.preferred(4, 1)
+    # capped calls: from 256 rows only (MHA x16 lost 1.5x on the overlap path, bifurcated probe 52)
+    assert ov.preferred(256, 4, True) and ov.preferred(1024, 1, True) and not ov.preferred(16, 1, True)
     assert ov.prefix_per_sm(4, 8192, 256) == 1 and ov.prefix_per_sm(4, 32768, 256) == 2  # GQA 8k, 32k x64
     assert ov.prefix_per_sm(4, 8192, 0) == 2 and ov.prefix_per_sm(4, 8192, 256, per_sm=2) == 2  # prefix only, forced
     assert ov.prefix_stages(1, 4) == 4 and ov.prefix_stages(1, 1) == 3 and ov.prefix_stages(2, 4) == 3

@@ -24,10 +24,11 @@ Five paths, chosen per call signature:
   8k x16: 141 us against 76; GQA 8k x4: 91 against decode's 55); see
   ``benchmarks/results/profile_bifurcated_run3_H200.log``. Kept as an option for profiling.
 
-A call with ``softcap > 0`` runs on ``concat``, ``states`` or ``overlap``: ``fused`` and ``split``, which were not
-given a cap, turn into ``states``. Bifurcated probe 52 (H200, 2026-12-04):
-capped over uncapped on the same path 1.01-1.08x to 32 samples, 1.16-1.33x at GQA x64 (the tanh of 256 stacked
-score rows a prefix tile), and 1.06-1.30x more where the default would have overlapped.
+A call with ``softcap > 0`` runs on ``concat``, ``states`` or ``overlap`` (where ``overlap.preferred`` says so for
+capped calls): ``fused`` and ``split``, which were not given a cap, turn into ``states``. Bifurcated probe 52 (H200,
+2026-12-04): capped over uncapped on the same path 1.01-1.08x to 32 samples; at GQA x64, where 256 stacked score
+rows a prefix tile make the tanh outweigh the bytes, 1.16-1.34x on the states path and 1.16-1.50x on the overlap
+path.
 """
 from __future__ import annotations
 
@@ -187,8 +188,9 @@ class Plan:
             self.path = "states"
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
         forced = env_config()["path"]
-        if (self.path == "states" and forced != 3 and (forced == 4 or overlap.preferred(n_max * group, group))
-                and workers <= 0 and overlap.usable(q, pk, pv, single, has_plens)):
+        preferred = overlap.preferred(n_max * group, group, softcap > 0)
+        if (self.path == "states" and forced != 3 and (forced == 4 or preferred) and workers <= 0
+                and overlap.usable(q, pk, pv, single, has_plens)):
             self.path = "overlap"
         self.concat = self.path == "concat"
         self.even = 0  # the concat path's even pieces a row (_setup_concat_even), 0 for its persistent kernel

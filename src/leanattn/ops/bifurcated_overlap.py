@@ -82,7 +82,7 @@ def usable(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, single: bool, ha
     return True
 
 
-def preferred(rows: int, group: int) -> bool:
+def preferred(rows: int, group: int, capped: bool = False) -> bool:
     """Whether the overlap path is expected to beat the states path, for ``rows = samples x group``
     query rows per kv head. H200, 2026-12-01, one process, 256 own tokens a sample, prefixes of 8k, 16k
     and 32k (``benchmarks/results/bifurcated_sweep_NVIDIA_H200_overlap_rule.json`` and the suite run of
@@ -94,7 +94,14 @@ def preferred(rows: int, group: int) -> bool:
       against 169.0);
     * otherwise level or slower (MHA x32/x64 up to 2.5%, GQA x16/x32 up to 13% at 32k x32), and MHA
       or GQA with 4 samples level to 2% slower.
+
+    With logit soft-capping (``capped``) from 256 rows only: a Gluon program takes 64 rows whether or not they are
+    real, and the tanh of every score in them is on its critical path. H200, 2026-12-04, ``softcap=50``, one process
+    (bifurcated probe 52): MHA 16k x16 150.4 us against 99.8 on the states path; GQA 8k x64 50.6 against 58.3, 32k
+    x64 124.2 against 145.4.
     """
+    if capped:
+        return rows >= 256
     return rows >= 256 or (group == 1 and 8 < rows <= 16)
 
 
