@@ -17,11 +17,15 @@
 #               on D=128 contiguous and paged16, now ops/decode_config._CUDA_FP8_TABLE; ~100 s)
 #   softcap     decode with softcap=50 against none on bf16 and float8 caches, cuDNN beside them
 #               (benchmarks/probe_decode_softcap.py, decode probe 51; 2026-12-04: 0.1-1.3% on bf16, 9-13% on float8)
-#   tests-bif-softcap  the GPU tests of bifurcated and cascade decode with soft caps alone
+#   tests-bif-softcap  the GPU tests of bifurcated and cascade decode with soft caps alone (26 tests, the Gluon
+#               prefix's forms included, all passed on an H200 2026-12-04 10:38 in under 110 s)
 #   sanitize-bif-softcap  memcheck then racecheck over bifurcated and cascade launches with a soft cap
-#               (sanitize.py bifurcated-softcap)
+#               (sanitize.py bifurcated-softcap; 0 errors, 0 hazards on an H200, 2026-12-04 10:25)
+#   sanitize-overlap-softcap  memcheck, then racecheck, over the overlap path's launches with a soft cap (sanitize.py
+#               overlap-softcap; the warp-specialized launches among them show Triton's partition-dispatch hazards,
+#               see racecheck-ws-minimal)
 #   bif-softcap bifurcated decode with softcap=50 against none, default and states paths
-#               (benchmarks/probe_bifurcated_softcap.py, bifurcated probe 52)
+#               (benchmarks/probe_bifurcated_softcap.py, bifurcated probe 52; 4 cases ~100 s)
 #   fp8         decode over float8 e4m3 caches against bf16 caches and the SDPA peers (bench_decode_fp8.py; ~80 s;
 #               2026-12-03 22:30: 1.26-1.65x our bf16 decode)
 #   tests-one-sample  the bifurcated GPU tests of the one-sample (concat) path alone
@@ -176,6 +180,9 @@ for step in "$@"; do
     sanitize-bif-softcap)
       timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-softcap 2>&1 | tail -3
       timeout 300 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py bifurcated-softcap 2>&1 | tail -3 ;;
+    sanitize-overlap-softcap)
+      timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py overlap-softcap 2>&1 | tail -2
+      timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py overlap-softcap 2>&1 | tail -2 ;;
     bif-softcap) timeout 300 python3 benchmarks/probe_bifurcated_softcap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     sanitize-fp8)
       timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py fp8 2>&1 | tail -3

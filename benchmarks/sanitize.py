@@ -1,7 +1,7 @@
 """Small launches of every kernel path, for compute-sanitizer (memcheck, racecheck).
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
-        [concat] [overlap-ws] [overlap-pingpong]
+        [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -188,7 +188,8 @@ def concat():
         one_sample_launches(q, pk, torch.randn_like(pk), plens, k, torch.randn_like(k), sl)
 
 
-def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (False, 12)), pingpong=False):
+def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (False, 12)), pingpong=False,
+            softcap=0.0):
     # the overlap path alone (Gluon prefix on sm_90, own tokens on a side stream): ragged last tiles, rows
     # that are not a multiple of 64, D 64 and 128, MHA and GQA, with and without own tokens (2026-12-01 on an
     # H200 as a stand-alone script: memcheck 0 errors, racecheck 0 hazards), then with the own tokens as the
@@ -210,8 +211,8 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
             k = torch.randn(n, 333, hkv, d, dtype=BF16, device=DEV)
             v = torch.randn_like(k)
             sl = torch.randint(0, 334, (n,), dtype=torch.int32, device=DEV)
-            leanattn.bifurcated_decode(q, pk, pv, k, v, sl)
-            leanattn.bifurcated_decode(q, pk, pv, None, None)
+            leanattn.bifurcated_decode(q, pk, pv, k, v, sl, softcap=softcap)
+            leanattn.bifurcated_decode(q, pk, pv, None, None, softcap=softcap)
     ov.ORDERED, ov.WS_PINGPONG, opb._PLANS = None, False, runtime.PlanCache()
     os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
 
@@ -221,7 +222,8 @@ if __name__ == "__main__":
     families = {"decode": decode, "fp8": fp8, "merge": merges, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap,
                 "concat": concat, "bifurcated-softcap": lambda: bifurcated_launches(30.0),
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
-                "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True)}
+                "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True),
+                "overlap-softcap": lambda: overlap(softcap=30.0)}
     chosen = sys.argv[1:] or list(families)
     for name in chosen:
         families[name]()
