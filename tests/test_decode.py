@@ -519,12 +519,12 @@ def test_load_env_errors(monkeypatch, raw, var):
 
 
 @pytest.mark.parametrize("D,group,kv_rows,capacity,paged,small", [
-    (64, 4, 8, 8448, False, True),      # 128 KB of K and V per SM on 132 SMs: the bound itself
-    (64, 4, 8, 8449, False, False),
-    (64, 4, 8, 8448, True, False),      # paged caches keep their table
-    (64, 128, 5, 8448, False, False),   # two head blocks per kv head: twice the work per row
-    (64, 128, 4, 8448, False, True),
-    (256, 4, 1, 256, False, False),     # D=256 keeps its table (measured level)
+    (64, 4, 8, 8448, 0, True),      # 128 KB of K and V per SM on 132 SMs: the bound itself
+    (64, 4, 8, 8449, 0, False),
+    (64, 4, 8, 8448, 16, False),    # paged caches (16 tokens a page) keep their table
+    (64, 128, 5, 8448, 0, False),   # two head blocks per kv head: twice the work per row
+    (64, 128, 4, 8448, 0, True),
+    (256, 4, 1, 256, 0, False),     # D=256 keeps its table (measured level)
 ])
 def test_small_launch_config(monkeypatch, D, group, kv_rows, capacity, paged, small):
     # the config a GPU would get; the interpreter has its own

@@ -206,15 +206,15 @@ def test_fp8_launch_config(monkeypatch):
         return cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.ctas_per_sm
     assert launch(128, 4, cpu, fp8=True) == dc._CUDA_FP8_TABLE[128] != dc._CUDA_TABLE[128]
     assert launch(128, 4, cpu) == dc._CUDA_TABLE[128]
-    assert launch(128, 4, cpu, paged=True, fp8=True, page_size=64) == dc._CUDA_PAGED_TABLE[128]
-    assert launch(128, 4, cpu, paged=True, fp8=True, page_size=16) == dc._CUDA_FP8_TABLE[128]
-    assert launch(128, 4, cpu, paged=True, page_size=16) == dc._CUDA_PAGED_TABLE[128]
+    assert launch(128, 4, cpu, page_size=64, fp8=True) == dc._CUDA_PAGED_TABLE[128]
+    assert launch(128, 4, cpu, page_size=16, fp8=True) == dc._CUDA_FP8_TABLE[128]
+    assert launch(128, 4, cpu, page_size=16) == dc._CUDA_PAGED_TABLE[128]
     assert launch(64, 4, cpu, fp8=True) == dc._CUDA_TABLE[64]
     assert launch(128, 4, cpu, block_n=32, fp8=True) == (32, *dc._CUDA_FP8_TABLE[128][1:])
     monkeypatch.undo()
     seen = []
     real = dc.decode_config
-    monkeypatch.setattr(dec, "decode_config", lambda *a, **kw: seen.append(a[8:]) or real(*a, **kw))
+    monkeypatch.setattr(dec, "decode_config", lambda *a, **kw: seen.append((a[8], a[4])) or real(*a, **kw))
     dec._PLANS.clear()
     q, k, v, lens, bt = make_inputs(2, 4, 2, 64, [30, 9], page_size=16)
     k8, v8 = k.to(torch.float8_e5m2), v.to(torch.float8_e5m2)

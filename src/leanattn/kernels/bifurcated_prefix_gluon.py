@@ -186,9 +186,9 @@ if AVAILABLE:
         ``k_desc``/``v_desc``: TMA descriptors of the prefix seen as ``(P, Hkv * D)``, blocks
         ``(64, D)``. ``BLOCK_M``: 16 rows per warp (64 or 128: one or two warp groups, which share the
         K/V ring). ``qk_scale`` is the softmax scale times log2(e); with ``SOFTCAP`` (logit soft-capping) the
-        scale over the cap, and ``softcap`` the cap times log2(e) (``kernels/attend.softmax_step``). ``TRIGGER``: a programmatic dependent
-        launch after this one (the own tokens, ``ops/bifurcated_overlap.ORDERED``) may start once every
-        program of this one has started."""
+        scale over the cap, and ``softcap`` the cap times log2(e) (``kernels/attend.softmax_step``).
+        ``TRIGGER``: a programmatic dependent launch after this one (the own tokens,
+        ``ops/bifurcated_overlap.ORDERED``) may start once every program of this one has started."""
         if TRIGGER:
             _trigger_dependents()
         hb, s, h, t0, n_j = _program(n_hb, S, chunk, n_tiles)

@@ -248,7 +248,7 @@ class Plan:
         # per SM), paged included. With the multi-piece merge the 8-warp / 3-stage config this path
         # once had (fewer programs, so shorter merges) measured 1-8% slower on every one-sample case
         # of the H200 run of 2026-11-30, side by side (benchmarks/results/bifurcated_H200_notes.md)
-        cfg = decode_config(D, group, device, block_n or None, bool(self.page_size), B * Hkv, P + cap)
+        cfg = decode_config(D, group, device, block_n or None, self.page_size, B * Hkv, P + cap)
         warps, stages, cps = cfg.num_warps, cfg.num_stages, env["ctas_per_sm"] or cfg.ctas_per_sm
         # one tile loop over both sources, tensors of pointers (attend_concat): the load field is not read
         common = {k: v for k, v in self.common.items() if k != "LOAD"}

@@ -54,9 +54,8 @@ class _Plan:
             raise ValueError(f"k_cache: expected a GPU of compute capability 8.9 or later for a {k_cache.dtype} "
                              f"cache, got {cc[0]}.{cc[1]}")
         self.cap = cap = _capacity(k_cache, block_table)
-        cfg = decode_config(D, group, device, block_n or None, paged, B * k_cache.shape[2], cap, num_stages,
-                            k_cache.dtype in checks.FP8_DTYPES and q.dtype != torch.float32,
-                            k_cache.shape[1] if paged else 0)
+        cfg = decode_config(D, group, device, block_n or None, k_cache.shape[1] if paged else 0, B * k_cache.shape[2],
+                            cap, num_stages, k_cache.dtype in checks.FP8_DTYPES and q.dtype != torch.float32)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
         # the LSE of calls that do not return it: written, never read (launches sharing it may overwrite it)
         self.lse_sink = runtime.workspace("decode_lse_sink", device, (B, Hq), torch.float32)

@@ -136,9 +136,10 @@ def load_path(load: int, k_cache: torch.Tensor, v_cache: torch.Tensor, paged: bo
 
 
 def decode_config(head_dim: int, group: int, device: torch.device, block_n: int | None = None,
-                  paged: bool = False, kv_rows: int = 0, capacity: int = 0, num_stages: int = 0,
-                  fp8: bool = False, page_size: int = 0) -> DecodeConfig:
-    """Launch configuration of ``head_dim``-wide decode with ``group`` query heads per kv head.
+                  page_size: int = 0, kv_rows: int = 0, capacity: int = 0, num_stages: int = 0,
+                  fp8: bool = False) -> DecodeConfig:
+    """Launch configuration of ``head_dim``-wide decode with ``group`` query heads per kv head over a paged cache
+    of ``page_size`` tokens a page, or a contiguous one (0).
 
     ``kv_rows`` (sequences x kv heads) and ``capacity`` (tokens per sequence), when given, size the
     work at full capacity: small contiguous launches at D <= 128 take ``_CUDA_SMALL``. ``num_stages``
@@ -152,6 +153,7 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
     n_hb = triton.cdiv(group, block_h)
     if runtime.interpreting() or not runtime.gpu_target(device):
         return DecodeConfig(block_n or 16, block_h, n_hb, 4, 1, 1, _env_load(0))
+    paged = page_size > 0
     table = _CUDA_PAGED_TABLE if paged and head_dim in _CUDA_PAGED_TABLE else _CUDA_TABLE
     if fp8 and head_dim in _CUDA_FP8_TABLE and (not paged or page_size % 64):
         table = _CUDA_FP8_TABLE
