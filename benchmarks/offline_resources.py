@@ -247,6 +247,15 @@ def bifurcated_cases():
         lens = torch.full((samples,), 256, dtype=torch.int32)
         yield (f"bifurcated 16/8 D=256 x{samples}",
                lambda q=q, pk=pk, k=k, lens=lens: leanattn.bifurcated_decode(q, pk, pk, k, k, lens))
+    # float8 caches (e4m3, one pair of scales): the concat kernel (one sample) and the states kernel
+    for hq, hkv in ((32, 32), (32, 8)):
+        for samples in (1, 32):
+            q = torch.randn(samples, hq, 128, dtype=bf)
+            pk = torch.randn(512, hkv, 128, dtype=bf).to(torch.float8_e4m3fn)
+            k = torch.randn(samples, 256, hkv, 128, dtype=bf).to(torch.float8_e4m3fn)
+            lens = torch.full((samples,), 256, dtype=torch.int32)
+            yield (f"bifurcated fp8 {hq}/{hkv} x{samples}", lambda q=q, pk=pk, k=k, lens=lens: leanattn.bifurcated_decode(
+                q, pk, pk, k, k, lens, k_scale=0.5, v_scale=2.0))
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """Small launches of every kernel path, for compute-sanitizer (memcheck, racecheck).
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
-        [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap]
+        [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap] [bifurcated-fp8]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -133,10 +133,13 @@ def bifurcated():
         os.environ.pop("LEANATTN_DECODE_MERGE")
 
 
-def bifurcated_launches(softcap=0.0):
+def bifurcated_launches(softcap=0.0, fp8=None):
     """The states, one-sample and cascade launches over ragged own caches, MHA and GQA, D 64-256, capped by
-    ``softcap`` where it is > 0."""
-    cap = dict(softcap=softcap)
+    ``softcap`` where it is > 0, over caches stored as ``fp8`` (with scales) where it is given."""
+    cap = dict(softcap=softcap, **(dict(k_scale=0.5, v_scale=2.0) if fp8 else {}))
+
+    def store(*tensors):
+        return tuple(t.to(fp8) for t in tensors) if fp8 else tensors
     own = [40, 0, 1, 333, 17, 64]
     B = len(own)
     sl = torch.tensor(own, dtype=torch.int32, device=DEV)
@@ -148,33 +151,34 @@ def bifurcated_launches(softcap=0.0):
         pids = torch.tensor([0, 0, 1, 2, 2, 2], dtype=torch.int32, device=DEV)
         k = torch.randn(B, max(own), hkv, d, dtype=BF16, device=DEV)
         v = torch.randn_like(k)
+        kp, vp, bt = paged_kv(k, v, own, 16)
+        pk, pv, k, v, kp, vp = store(pk, pv, k, v, kp, vp)
         leanattn.bifurcated_decode(q, pk, pv, k, v, sl, prefix_lens=plens, prefix_ids=pids, **cap)
         leanattn.bifurcated_decode(q, pk[0], pv[0], k, v, sl, num_programs=11, **cap)
-        kp, vp, bt = paged_kv(k, v, own, 16)
         leanattn.bifurcated_decode(q, pk, pv, kp, vp, sl, bt, prefix_lens=plens, prefix_ids=pids, **cap)
         # one sample per prompt (the one-sample kernel), pages smaller than a tile and not
         one_each = torch.tensor([2, 0, 1], dtype=torch.int32, device=DEV)
         for ps in (16, 64, 256):
-            kp, vp, bt = paged_kv(k[3:], v[3:], own[3:], ps)
+            kp, vp, bt = paged_kv(k[3:].to(BF16), v[3:].to(BF16), own[3:], ps)
+            kp, vp = store(kp, vp)
             leanattn.bifurcated_decode(q[3:], pk, pv, kp, vp, sl[3:], bt, prefix_lens=plens, prefix_ids=one_each,
                                        **cap)
-        one_sample_launches(q, pk, pv, plens, k, v, sl, softcap)
-        sys_k = torch.randn(300, hkv, d, dtype=BF16, device=DEV)
-        leanattn.cascade_decode(q, [(sys_k, torch.randn_like(sys_k)), (pk, pv, plens, pids)], k, v, sl, **cap)
+        one_sample_launches(q, pk, pv, plens, k, v, sl, **cap)
+        sys_k, sys_v = store(torch.randn(300, hkv, d, dtype=BF16, device=DEV), torch.randn(300, hkv, d, dtype=BF16,
+                                                                                           device=DEV))
+        leanattn.cascade_decode(q, [(sys_k, sys_v), (pk, pv, plens, pids)], k, v, sl, **cap)
 
 
-def one_sample_launches(q, pk, pv, plens, k, v, sl, softcap=0.0):
+def one_sample_launches(q, pk, pv, plens, k, v, sl, **kw):
     """The one-sample kernel over contiguous own caches, whose tiles are a base plus offsets fixed for the piece
     (``attend_concat``'s ``SAME_STRIDE``): one prefix per sample with partial and empty lengths, one prefix for
     one sample (an own length of 0 among them), and small grids that cut rows around the prefix's end."""
     one_each = torch.tensor([2, 0, 1], dtype=torch.int32, device=DEV)
-    leanattn.bifurcated_decode(q[3:], pk, pv, k[3:], v[3:], sl[3:], prefix_lens=plens, prefix_ids=one_each,
-                               softcap=softcap)
+    leanattn.bifurcated_decode(q[3:], pk, pv, k[3:], v[3:], sl[3:], prefix_lens=plens, prefix_ids=one_each, **kw)
     for b in (0, 1, 3):
         for grid in (0, 7):
             one = slice(b, b + 1)
-            leanattn.bifurcated_decode(q[one], pk[2], pv[2], k[one], v[one], sl[one], num_programs=grid,
-                                       softcap=softcap)
+            leanattn.bifurcated_decode(q[one], pk[2], pv[2], k[one], v[one], sl[one], num_programs=grid, **kw)
 
 
 def concat():
@@ -223,7 +227,8 @@ if __name__ == "__main__":
                 "concat": concat, "bifurcated-softcap": lambda: bifurcated_launches(30.0),
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
                 "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True),
-                "overlap-softcap": lambda: overlap(softcap=30.0)}
+                "overlap-softcap": lambda: overlap(softcap=30.0),
+                "bifurcated-fp8": lambda: bifurcated_launches(fp8=torch.float8_e4m3fn)}
     chosen = sys.argv[1:] or list(families)
     for name in chosen:
         families[name]()

@@ -453,8 +453,9 @@ BAD = [
     ("lens too long", dict(prefix_lens=i32(21, 5)), ValueError, "prefix_lens"),
     ("lens negative", dict(prefix_lens=i32(-1, 5)), ValueError, "prefix_lens"),
     ("own cache batch", dict(k_cache=half(2, 16, 2, 64), v_cache=half(2, 16, 2, 64)), ValueError, "k_cache"),
+    # float8 own caches beside a 16-bit prefix (tests/test_bifurcated_fp8.py: both float8)
     ("own cache float8", dict(k_cache=half(3, 16, 2, 64).to(torch.float8_e4m3fn),
-                              v_cache=half(3, 16, 2, 64).to(torch.float8_e4m3fn)), TypeError, "k_cache"),
+                              v_cache=half(3, 16, 2, 64).to(torch.float8_e4m3fn)), TypeError, "prefix_k"),
     ("prefix float8", dict(prefix_k=half(2, 20, 2, 64).to(torch.float8_e4m3fn),
                            prefix_v=half(2, 20, 2, 64).to(torch.float8_e4m3fn)), TypeError, "prefix_k"),
     ("own length beyond capacity", dict(cache_seqlens=i32(3, 0, 17)), ValueError, "cache_seqlens"),

@@ -55,21 +55,22 @@ def check_unit_stride(name: str, x: torch.Tensor):
 
 
 def kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_scale=1.0, v_scale=1.0,
-             fp8: bool = False) -> tuple[float, float]:
-    """Device and dtype of ``k_cache``/``v_cache`` against ``q``: the query's dtype, or with ``fp8`` (ops that read
-    float8 caches) one of ``FP8_DTYPES`` for both, whose dequantisation scales ``k_scale``/``v_scale`` (the stored
-    value times the scale is the value) are finite floats > 0, and 1.0 for caches in the query's dtype. Returns the
-    scales as floats."""
+             fp8: bool = False, names=("k_cache", "v_cache")) -> tuple[float, float]:
+    """Device and dtype of ``k_cache``/``v_cache`` (called ``names`` in errors) against ``q``: the query's dtype, or
+    with ``fp8`` (ops that read float8 caches) one of ``FP8_DTYPES`` for both, whose dequantisation scales
+    ``k_scale``/``v_scale`` (the stored value times the scale is the value) are finite floats > 0, and 1.0 for caches
+    in the query's dtype. Returns the scales as floats."""
+    kn, vn = names
     if fp8 and k_cache.dtype in FP8_DTYPES:
         if k_cache.device != q.device:
-            _fail(ValueError, "k_cache", f"device {q.device} (as q)", k_cache.device)
-        check_same("v_cache", v_cache, "k_cache", k_cache)
+            _fail(ValueError, kn, f"device {q.device} (as q)", k_cache.device)
+        check_same(vn, v_cache, kn, k_cache)
     else:
         if k_cache.dtype in FP8_DTYPES:
-            _fail(TypeError, "k_cache", f"dtype {q.dtype} (as q; float8 caches are read by leanattn.decode)",
-                  k_cache.dtype)
-        check_same("k_cache", k_cache, "q", q)
-        check_same("v_cache", v_cache, "q", q)
+            _fail(TypeError, kn, f"dtype {q.dtype} (as q; float8 caches are read by leanattn.decode, "
+                  "bifurcated_decode and cascade_decode)", k_cache.dtype)
+        check_same(kn, k_cache, "q", q)
+        check_same(vn, v_cache, "q", q)
     scales = []
     for name, value in (("k_scale", k_scale), ("v_scale", v_scale)):
         if not isinstance(value, numbers.Real) or isinstance(value, bool):

@@ -142,10 +142,10 @@ def _segment(k: torch.Tensor, lens, ids, b: int) -> tuple[int, int]:
 
 
 def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, block_table=None, softmax_scale=None,
-                   softcap=0.0):
+                   softcap=0.0, k_scale=1.0, v_scale=1.0):
     """Reference for :func:`leanattn.cascade_decode`: attention of each sample over the concatenation
     of its segment of every level (outermost first) and its own tokens, scores capped by ``softcap`` where it is
-    > 0. Float64 ``(out, lse)``."""
+    > 0, keys and values times ``k_scale`` and ``v_scale`` (float8 caches). Float64 ``(out, lse)``."""
     B, Hq, D = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
     levels = [(tuple(lv) + (None, None))[:4] for lv in levels]
@@ -160,12 +160,12 @@ def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, bl
         ks, vs = [], []
         for k, v, lens, ids in levels:
             g, n = _segment(k, lens, ids, b)
-            ks.append((k if k.dim() == 4 else k[None])[g, :n])
-            vs.append((v if v.dim() == 4 else v[None])[g, :n])
+            ks.append((k if k.dim() == 4 else k[None])[g, :n].double())
+            vs.append((v if v.dim() == 4 else v[None])[g, :n].double())
         if k_cache is not None:
-            ks.append(gather_kv(k_cache, b, own_lens[b], block_table))
-            vs.append(gather_kv(v_cache, b, own_lens[b], block_table))
-        k, v = torch.cat(ks), torch.cat(vs)
+            ks.append(gather_kv(k_cache, b, own_lens[b], block_table).double())
+            vs.append(gather_kv(v_cache, b, own_lens[b], block_table).double())
+        k, v = torch.cat(ks) * k_scale, torch.cat(vs) * v_scale
         for h in range(Hkv):
             heads = slice(h * group, (h + 1) * group)
             out[b, heads], lse[b, heads] = attend(q[b, heads], k[:, h], v[:, h], scale, softcap=softcap)
@@ -173,11 +173,11 @@ def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, bl
 
 
 def bifurcated_decode(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens=None, block_table=None,
-                      prefix_lens=None, prefix_ids=None, softmax_scale=None, softcap=0.0):
+                      prefix_lens=None, prefix_ids=None, softmax_scale=None, softcap=0.0, k_scale=1.0, v_scale=1.0):
     """Reference for :func:`leanattn.bifurcated_decode`: decode over ``prefix[prefix_ids[b]]``
     followed by the sample's own tokens. Float64 ``(out, lse)``."""
     return cascade_decode(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache, cache_seqlens,
-                          block_table, softmax_scale, softcap)
+                          block_table, softmax_scale, softcap, k_scale, v_scale)
 
 
 __all__ += ["bifurcated_decode", "cascade_decode"]

@@ -300,8 +300,10 @@ def attend_concat(
     against 58.3 (decode 55.4). The kernel sets it for MHA only. ``SAME_STRIDE`` (a contiguous own cache whose
     token strides are the prefix's, ``BLOCK_N`` rows spanning less than 2**31 elements): a tile is the selected
     source's first row plus 32-bit offsets computed once a piece, which leaves the loop 332 SASS instructions
-    instead of 379 (GQA 32/8, D=128, Triton 3.6) and shortens the code before a piece's first load.
+    instead of 379 (GQA 32/8, D=128, Triton 3.6) and shortens the code before a piece's first load. Float8 caches
+    (prefix and own of one dtype) as in ``attend_any``.
     """
+    q, qk_scale = fp8_query(q, PK, qk_scale, UPCAST)
     offs_d = tl.arange(0, HEAD_DIM)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
@@ -380,4 +382,4 @@ def attend_concat(
         else:
             v = tl.load(v_ptrs[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION)
-    return v_scaled(acc, V, v_scale), m_i, l_i
+    return v_scaled(acc, PV, v_scale), m_i - fp8_shift(PK), l_i

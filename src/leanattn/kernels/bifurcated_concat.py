@@ -30,7 +30,7 @@ from .grid_dependency import gdc_launch_dependents
 @triton.jit(noinline=True)
 def concat_piece(
     Q, PK, PV, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
-    b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale, softcap,  #
+    b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale, softcap,  #
     stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
     stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb, stride_btb,  #
@@ -47,7 +47,7 @@ def concat_piece(
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     # -- tiles [0, pt) of the row are the prompt's prefix, the rest the sample's own tokens --
     acc, m_i, l_i = attend_concat(
-        q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, tile_lo, tile_lo + (stop - t), qk_scale, 1.0,  #
+        q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, tile_lo, tile_lo + (stop - t), qk_scale, v_scale,  #
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, SAME_STRIDE, UPCAST,
@@ -71,7 +71,7 @@ def concat_decode_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb,  #
-    qk_scale, softcap, B, prefix_cap, capacity, k0, g_m, m_rows, waves,  #
+    qk_scale, v_scale, softcap, B, prefix_cap, capacity, k0, g_m, m_rows, waves,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
@@ -93,6 +93,7 @@ def concat_decode_kernel(
         gdc_launch_dependents()
     pid = tl.program_id(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
+    v_scale = tl.cast(v_scale, tl.float32)
     softcap = tl.cast(softcap, tl.float32)
     # -- schedule, from the real lengths (no host sync): prefix tiles then own tiles per row --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
@@ -133,7 +134,8 @@ def concat_decode_kernel(
             plen = tl.sum(tl.where(sel, plen_b, 0), 0)
         concat_piece(
             Q, PK, PV, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
-            b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale, softcap,  #
+            b, gid, kvh, hb, plen, seqlen, pt, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale,
+            softcap,  #
             stride_qb, stride_qh, stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb,  #
@@ -153,7 +155,7 @@ def concat_split_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb, stride_os, stride_ls,  #
-    qk_scale, softcap, prefix_cap, capacity,  #
+    qk_scale, v_scale, softcap, prefix_cap, capacity,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, HAS_PREFIX_LENS: tl.constexpr,  #
@@ -184,7 +186,8 @@ def concat_split_kernel(
     lo, hi = even_range(tl.maximum(pt + tl.cdiv(seqlen, BLOCK_N), 1), s, tl.num_programs(1))
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     acc, m_i, l_i = attend_concat(
-        q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, lo, hi, tl.cast(qk_scale, tl.float32), 1.0,  #
+        q, PK, PV, K, V, BlockTable, gid, b, kvh, plen, seqlen, pt, lo, hi, tl.cast(qk_scale, tl.float32),
+        tl.cast(v_scale, tl.float32),  #
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0 and GROUP == 1, SAME_STRIDE, UPCAST,

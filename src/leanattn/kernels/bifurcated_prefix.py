@@ -40,7 +40,7 @@ def prefix_states_program(
     BATCH_LAYOUT: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,  #
     HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, softcap=0.0, SOFTCAP: tl.constexpr = False,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, softcap=0.0, SOFTCAP: tl.constexpr = False, v_scale=1.0,
 ):
     """Split ``s`` of prompt ``g``'s prefix for kv head ``h``, head block ``member``.
 
@@ -74,7 +74,7 @@ def prefix_states_program(
                                               GROUP, HEAD_DIM, SINGLE_PREFIX, UPCAST)
     # the prefix is contiguous (PAGE_SIZE 0): the block table argument is never read
     acc, m_i, l_i = attend_any(
-        q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale, 1.0,  #
+        q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale, v_scale,  #
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
         HEAD_DIM, BLOCK_HP, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
     # -- normalised state; an empty split is (0, -inf), the merge's identity --

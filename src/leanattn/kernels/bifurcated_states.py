@@ -71,7 +71,7 @@ def bifurcated_states_kernel(
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
     stride_btb, stride_ob, stride_oh, stride_lb,  #
-    qk_scale, softcap, B, prefix_cap, S, chunk_p, n_prefix, capacity, chunk_o, n_own_rows, n_states,  #
+    qk_scale, v_scale, softcap, B, prefix_cap, S, chunk_p, n_prefix, capacity, chunk_o, n_own_rows, n_states,  #
     HKV: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr, N_HB: tl.constexpr,  #
     BLOCK_NP: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr, BLOCK_NO: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr,  #
@@ -83,6 +83,7 @@ def bifurcated_states_kernel(
     prefix); ``K/V`` as ``leanattn.decode``'s caches."""
     pid = tl.program_id(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
+    v_scale = tl.cast(v_scale, tl.float32)
     softcap = tl.cast(softcap, tl.float32)
     HQ: tl.constexpr = HKV * GROUP
     rows = tl.cast(B, tl.int64) * HQ  # one state slot
@@ -94,7 +95,7 @@ def bifurcated_states_kernel(
             stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
             qk_scale, B, prefix_cap, S, chunk_p,  #
             HKV, GROUP, BLOCK_HP, N_HB, True, HEAD_DIM, BLOCK_NP, HAS_PREFIX_LENS, SINGLE_PREFIX, LOAD,  #
-            UPCAST, DOT_PRECISION, softcap, SOFTCAP)
+            UPCAST, DOT_PRECISION, softcap, SOFTCAP, v_scale)
         if MERGE:
             settle_states(b_p, h_p, valid_p, StO, StL, Arrivals, Out, Lse, n_states, stride_ob, stride_oh,
                           stride_lb, rows, HQ, HEAD_DIM)
@@ -105,7 +106,7 @@ def bifurcated_states_kernel(
             o % n_own_rows, o // n_own_rows, Q, K, V, StO + base * HEAD_DIM, StL + base, Seqlens, BlockTable,  #
             stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             HQ * HEAD_DIM, HEAD_DIM, HQ, rows * HEAD_DIM, rows, stride_btb,  #
-            qk_scale, 1.0, capacity, chunk_o,  #
+            qk_scale, v_scale, capacity, chunk_o,  #
             GROUP, N_HBO, HKV * N_HBO, HEAD_DIM, BLOCK_HO, BLOCK_NO, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST,
             DOT_PRECISION, False, softcap, SOFTCAP)
         if MERGE:

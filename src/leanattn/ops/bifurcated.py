@@ -44,8 +44,8 @@ def _group_layout(prefix_ids: torch.Tensor, G: int):
 
 
 def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
-                     softmax_scale, max_group_size, num_programs, block_h, block_n, softcap=0.0, *,
-                     need_lse: bool = True):
+                     softmax_scale, max_group_size, num_programs, block_h, block_n, softcap=0.0, k_scale=1.0,
+                     v_scale=1.0, *, need_lse: bool = True):
     """``bifurcated_decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the
     LSE goes to the plan's sink, which no kernel reads, as in ``ops.decode._decode_impl``."""
     B, Hq, D = q.shape
@@ -73,10 +73,11 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
             n_max = B  # no sync while capturing: every prompt may hold every sample
         else:
             n_max = max(int(groups[0].max()), 1)
-    key = (q.shape, q.stride(), q.dtype, q.device, prefix_k.shape, prefix_k.stride(), prefix_v.stride(),
-           None if k_cache is None else (k_cache.shape, k_cache.stride(), v_cache.stride()),
+    key = (q.shape, q.stride(), q.dtype, q.device, prefix_k.shape, prefix_k.stride(), prefix_v.stride(), prefix_k.dtype,
+           None if k_cache is None else (k_cache.shape, k_cache.stride(), v_cache.stride(), k_cache.dtype),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
-           prefix_lens is None, single, n_max, softmax_scale, softcap, num_programs, block_h, block_n,
+           prefix_lens is None, single, n_max, softmax_scale, softcap, k_scale, v_scale, num_programs, block_h,
+           block_n,
            runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (decode_config.load_path)
            all(t.data_ptr() % 16 == 0 for t in (prefix_k, prefix_v, k_cache, v_cache) if t is not None),
@@ -86,7 +87,7 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                                     prefix_lens is not None, single, n_max, softmax_scale,
-                                                    num_programs, block_h, block_n, softcap))
+                                                    num_programs, block_h, block_n, softcap, k_scale, v_scale))
         lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
         plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
                  out, lse)
@@ -100,21 +101,24 @@ def _bifurcated_op(
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
     prefix_lens: Optional[torch.Tensor], prefix_ids: Optional[torch.Tensor],
     softmax_scale: float, max_group_size: int, num_programs: int, block_h: int, block_n: int, softcap: float = 0.0,
+    k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens,
-                            prefix_ids, softmax_scale, max_group_size, num_programs, block_h, block_n, softcap)
+                            prefix_ids, softmax_scale, max_group_size, num_programs, block_h, block_n, softcap,
+                            k_scale, v_scale)
 
 
 @_bifurcated_op.register_fake
 def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, softmax_scale,
-      max_group_size, num_programs, block_h, block_n, softcap=0.0):
+      max_group_size, num_programs, block_h, block_n, softcap=0.0, k_scale=1.0, v_scale=1.0):
     B, Hq, D = q.shape
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 
 
-def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate) -> float:
+def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate):
     """Checks of the own-token cache, which may be absent (``k_cache = v_cache = None``, and then no
-    lengths or page table either), as in :func:`leanattn.decode` otherwise; returns the softmax scale."""
+    lengths or page table either), as in :func:`leanattn.decode` otherwise (float8 caches included; their scales
+    are checked with the prefix's, ``validate_prefix``); returns the softmax scale."""
     if k_cache is None and v_cache is None:
         scale = checks.query(q, softmax_scale)
         for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):
@@ -123,19 +127,23 @@ def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
         return scale
     if k_cache is None or v_cache is None:
         raise ValueError("k_cache: expected k_cache and v_cache together (or neither), got only one of them")
-    return validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate)
+    return validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate,
+                           fp8=True)[0]
 
 
-def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate, name="prefix"):
-    """Checks of a shared prefix against ``q``; the kv-head count is compared by the caller."""
+def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate, name="prefix",
+                    kv_dtype=None, kv_name="k_cache"):
+    """Checks of a shared prefix against ``q``: its dtype ``q``'s or a float8 one, equal to ``kv_dtype`` (that of
+    ``kv_name``, the own cache or another level) where given; the kv-head count is compared by the caller."""
     kn, vn, ln, idn = f"{name}_k", f"{name}_v", f"{name}_lens", f"{name}_ids"
     checks.check_tensor(kn, prefix_k)
     checks.check_tensor(vn, prefix_v)
     if prefix_k.dim() not in (3, 4):
         raise ValueError(f"{kn}: expected a 3-D (P, Hkv, D) or 4-D (G, P, Hkv, D) tensor, got shape "
                          f"{tuple(prefix_k.shape)}")
-    checks.check_same(kn, prefix_k, "q", q)
-    checks.check_same(vn, prefix_v, "q", q)
+    checks.kv_cache(prefix_k, prefix_v, q, fp8=True, names=(kn, vn))
+    if kv_dtype is not None and prefix_k.dtype != kv_dtype:
+        raise TypeError(f"{kn}: expected dtype {kv_dtype} (as {kv_name}), got {prefix_k.dtype}")
     if tuple(prefix_v.shape) != tuple(prefix_k.shape):
         raise ValueError(f"{vn}: expected shape {tuple(prefix_k.shape)} (as {kn}), got {tuple(prefix_v.shape)}")
     B, Hq, D = q.shape
@@ -200,6 +208,8 @@ def bifurcated_decode(
     return_lse: bool = False,
     *,
     softcap: float = 0.0,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
     max_group_size: int = 0,
     num_programs: int = 0,
     validate: Optional[bool] = None,
@@ -217,11 +227,12 @@ def bifurcated_decode(
         {64, 128, 256}.
     prefix_k, prefix_v : torch.Tensor
         One prefix shared by every sample, ``(P, Hkv, D)``, or ``G`` prefixes ``(G, P, Hkv, D)``;
-        same dtype and device as ``q``, unit stride on ``D``. ``P = 0`` (no prefix) is allowed.
+        ``q``'s dtype, or float8 (``torch.float8_e4m3fn``, ``torch.float8_e5m2``) as the own cache's dtype; ``q``'s
+        device, unit stride on ``D``. ``P = 0`` (no prefix) is allowed.
     k_cache, v_cache : torch.Tensor or None
         Each sample's own tokens, exactly as in :func:`leanattn.decode`: contiguous
-        ``(B, N, Hkv, D)`` or paged ``(num_pages, page_size, Hkv, D)`` with ``block_table``.
-        Both None: no own tokens (attention over the prefix alone).
+        ``(B, N, Hkv, D)`` or paged ``(num_pages, page_size, Hkv, D)`` with ``block_table``, in the
+        prefix's dtype. Both None: no own tokens (attention over the prefix alone).
     cache_seqlens : torch.Tensor, optional
         ``(B,)`` int32 own tokens per sample (default: the capacity); zero-length allowed. None
         without an own cache.
@@ -239,6 +250,9 @@ def bifurcated_decode(
     softcap : float, keyword-only
         Logit soft-capping, as :func:`leanattn.decode`'s (Gemma-2): scores ``s`` become
         ``softcap * tanh(s / softcap)`` before the softmax, over prefix and own tokens alike; 0 (default) is none.
+    k_scale, v_scale : float, keyword-only
+        Dequantisation scales of float8 caches (a stored value times its scale is the value), one pair for prefix
+        and own tokens, as :func:`leanattn.decode`'s; 1.0 (and only 1.0) for caches in ``q``'s dtype.
     max_group_size : int, keyword-only
         Upper bound on the samples of one prompt (multi-prompt only). 0: counted on the host
         (one device sync), or ``B`` while a CUDA graph is being captured. Pass it to capture
@@ -282,13 +296,15 @@ def bifurcated_decode(
     """
     scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate)
     softcap = checks.softcap(softcap)
-    Hkv = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate)
+    Hkv = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate,
+                          kv_dtype=None if k_cache is None else k_cache.dtype)
+    k_scale, v_scale = checks.kv_cache(prefix_k, prefix_v, q, k_scale, v_scale, True, ("prefix_k", "prefix_v"))
     if k_cache is not None and Hkv != k_cache.shape[2]:
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, scale,
-            int(max_group_size), int(num_programs), 0, 0, softcap)
+            int(max_group_size), int(num_programs), 0, 0, softcap, k_scale, v_scale)
     if torch.compiler.is_compiling():
         out, lse = _bifurcated_op(*args)
     else:
@@ -307,6 +323,8 @@ def cascade_decode(
     return_lse: bool = False,
     *,
     softcap: float = 0.0,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
     max_group_size: int = 0,
     num_programs: int = 0,
     validate: Optional[bool] = None,
@@ -331,8 +349,9 @@ def cascade_decode(
         A bound on the samples that read one segment, at every level with ``ids`` (as in
         :func:`bifurcated_decode`): with it no level counts its groups on the host, so a call on CUDA
         makes no device sync and a captured graph keeps the rows it needs. Default 0: counted.
-    softmax_scale, return_lse, softcap, num_programs, validate
-        As in :func:`bifurcated_decode`.
+    softmax_scale, return_lse, softcap, k_scale, v_scale, num_programs, validate
+        As in :func:`bifurcated_decode`: every level and the own cache in one dtype, ``q``'s or a float8 one, with
+        one pair of scales.
 
     Notes
     -----
@@ -355,8 +374,13 @@ def cascade_decode(
         if not isinstance(level, (tuple, list)) or len(level) not in (2, 4):
             raise ValueError(f"levels[{i}]: expected a (k, v) or (k, v, lens, ids) tuple, got {level!r:.80}")
         k, v, lens, ids = (*level, None, None) if len(level) == 2 else level
-        Hkv = validate_prefix(q, k, v, lens, ids, max_group_size, validate, name=f"levels[{i}]")
+        kv_dtype, kv_name = ((k_cache.dtype, "k_cache") if k_cache is not None else
+                             (parsed[0][0].dtype, "levels[0]_k") if parsed else (None, None))
+        Hkv = validate_prefix(q, k, v, lens, ids, max_group_size, validate, f"levels[{i}]", kv_dtype, kv_name)
         parsed.append((k, v, lens, ids))
+    scaled = (parsed[0][0], parsed[0][1], "levels[0]_k", "levels[0]_v") if parsed else (k_cache, v_cache, "k_cache",
+                                                                                          "v_cache")
+    k_scale, v_scale = checks.kv_cache(scaled[0], scaled[1], q, k_scale, v_scale, True, scaled[2:])
     if k_cache is not None:
         Hkv = k_cache.shape[2]
     for i, (k, *_rest) in enumerate(parsed):
@@ -370,11 +394,11 @@ def cascade_decode(
         fuse_own = i == len(parsed) - 1 and k_cache is not None
         states.append(op(q, k, v, k_cache if fuse_own else None, v_cache if fuse_own else None,
                          cache_seqlens if fuse_own else None, block_table if fuse_own else None, lens, ids,
-                         scale, max_group_size, int(num_programs), 0, 0, softcap))
+                         scale, max_group_size, int(num_programs), 0, 0, softcap, k_scale, v_scale))
     if not parsed:
-        empty = q.new_zeros((0, Hkv, D))
+        empty = q.new_zeros((0, Hkv, D), dtype=k_cache.dtype)
         states.append(op(q, empty, empty, k_cache, v_cache, cache_seqlens, block_table, None, None, scale, 0,
-                         int(num_programs), 0, 0, softcap))
+                         int(num_programs), 0, 0, softcap, k_scale, v_scale))
     if len(states) == 1:
         out, lse = states[0]
     else:

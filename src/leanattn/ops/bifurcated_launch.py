@@ -29,6 +29,9 @@ capped calls): ``fused`` and ``split``, which were not given a cap, turn into ``
 2026-12-04): capped over uncapped on the same path 1.01-1.08x to 32 samples; at GQA x64, where 256 stacked score
 rows a prefix tile make the tanh outweigh the bytes, 1.16-1.34x on the states path and 1.16-1.50x on the overlap
 path.
+
+A call over float8 caches (prefix and own in one dtype, ``k_scale``/``v_scale`` as decode's) runs on ``concat`` or
+``states``: ``fused`` and ``split`` turn into ``states``, and ``overlap.usable`` refuses a float8 prefix.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ import torch
 import triton
 
 from .. import runtime
+from ..checks import FP8_DTYPES
 from ..kernels.bifurcated import bifurcated_decode_kernel
 from ..kernels.bifurcated_concat import concat_decode_kernel, concat_split_kernel
 from ..kernels.bifurcated_own import own_merge_kernel
@@ -49,7 +53,7 @@ from ..schedules import stream_k
 from . import bifurcated_overlap as overlap
 from .decode import _capacity
 from .decode import _Plan as DecodePlan
-from .decode import score_scales
+from .decode import fp8_capable, score_scales
 from .decode_config import DecodeConfig, across_rows, decode_config, length_block, load_path, merge_in_launch
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
@@ -174,7 +178,7 @@ class Plan:
     """
 
     def __init__(self, q, pk, pv, k, v, seqlens, block_table, has_plens, single, n_max, scale, workers, block_h,
-                 block_n, softcap=0.0):
+                 block_n, softcap=0.0, k_scale=1.0, v_scale=1.0):
         B, Hq, D = q.shape
         G, P, Hkv = pk.shape[0], pk.shape[1], pk.shape[2]
         device = q.device
@@ -182,9 +186,13 @@ class Plan:
         has_own = k is not None
         lc = launch_config(n_max * group, D, group, device, block_h, block_n)
         self.path = "concat" if has_own and n_max == 1 else lc.path
-        # the fused and split paths (benchmark options) have no soft cap: they give way to states
-        self.qk_scale, self.softcap = score_scales(scale, 1.0, softcap)
-        if softcap > 0 and self.path in ("fused", "split"):
+        # the fused and split paths (benchmark options) have no soft cap and read no float8 caches: they give way to
+        # states (the overlap path's Gluon prefix reads no float8 either: bifurcated_overlap.usable)
+        self.qk_scale, self.softcap = score_scales(scale, k_scale, softcap)
+        self.v_scale = v_scale
+        fp8 = pk.dtype in FP8_DTYPES
+        fp8_capable("prefix_k", pk.dtype, device)
+        if (softcap > 0 or fp8) and self.path in ("fused", "split"):
             self.path = "states"
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
         forced = env_config()["path"]
@@ -198,7 +206,8 @@ class Plan:
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
         # the LSE of calls that do not return it: written, never read (launches sharing it may overwrite it)
         self.lse_sink = runtime.workspace("decode_lse_sink", device, (B, Hq), torch.float32)
-        self.dummy_kv = runtime.workspace("dummy_kv", device, (1, 1, Hkv, D), q.dtype, zero=True)
+        # in the caches' dtype: the concat kernel selects between prefix and own pointers, which must agree
+        self.dummy_kv = runtime.workspace(f"dummy_kv_{pk.dtype}", device, (1, 1, Hkv, D), pk.dtype, zero=True)
         cap = _capacity(k, block_table) if has_own else 0
         # empty caches are replaced by a one-token dummy (with zero length), so no pointer is dangling
         self.empty_prefix = P == 0
@@ -279,7 +288,8 @@ class Plan:
                          MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, ACROSS_ROWS=across_rows(D, q.element_size()),
                          SOFTCAP=self.softcap > 0, num_warps=env["num_warps"] or warps,
                          num_stages=env["num_stages"] or stages)
-        head = self.strides_q + self.strides_p + self.strides_own + (self.qk_scale, self.softcap, B, P, cap)
+        head = self.strides_q + self.strides_p + self.strides_own + (self.qk_scale, self.v_scale, self.softcap, B, P,
+                                                                     cap)
         self.tail = with_search(self.meta, head, B, Hkv * cfg.n_hb, workers or sms * cps, sms)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         if workers <= 0:
@@ -311,7 +321,8 @@ class Plan:
                          SOFTCAP=self.softcap > 0, num_warps=env["num_warps"] or cfg.num_warps,
                          num_stages=env["num_stages"] or cfg.num_stages)
         part = (M * D, M) if splits > 1 else (0, 0)
-        self.tail = self.strides_q + self.strides_p + self.strides_own + part + (self.qk_scale, self.softcap, P, cap)
+        self.tail = (self.strides_q + self.strides_p + self.strides_own + part
+                     + (self.qk_scale, self.v_scale, self.softcap, P, cap))
         self.grid = (B * self.meta["ROWS"], splits)
         self.even = splits
         self.even_launch = runtime.Launcher(concat_split_kernel, self.grid, self.meta, self.tail)
@@ -384,7 +395,7 @@ class Plan:
         tiles_o = max(triton.cdiv(cap, block_no), 1)
         own_rows = B * Hkv * n_hbo
         stub = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:], *self.strides_own[6:9],
-                1.0, 0.0, B, P, 1, 1, 0, cap, 1, own_rows, 1)
+                1.0, 1.0, 0.0, B, P, 1, 1, 0, cap, 1, own_rows, 1)
         if workers <= 0:
             occ = runtime.kernel_occupancy(bifurcated_states_kernel, (q, kv, kv, kv, kv, f, f, d, q, f, d, d, d, d, d, d,
                                                                       *stub), dict(self.meta, MERGE=lc.merge_in_kernel),
@@ -411,7 +422,8 @@ class Plan:
         self.grid = (n_prefix + own_rows * s_own,)
         n_states = S + s_own
         self.tail = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:],
-                     *self.strides_own[6:9], self.qk_scale, self.softcap, B, P, S, chunk_p, n_prefix, cap, chunk_o,
+                     *self.strides_own[6:9], self.qk_scale, self.v_scale, self.softcap, B, P, S, chunk_p, n_prefix,
+                     cap, chunk_o,
                      own_rows, n_states)
         # merge_states in a second launch: the in-kernel merge (196 registers against 165 at GQA x32)
         # measured slower on every bar case on an H200, side by side: GQA 8k x32 42.2 us against 34.3,

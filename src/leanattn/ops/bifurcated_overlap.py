@@ -67,14 +67,16 @@ def ordered(pairs: int) -> bool:
 
 def usable(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, single: bool, has_plens: bool) -> bool:
     """Whether the overlap path can run this call: an sm_90 GPU, a Triton with Gluon, one prompt whose
-    length is the prefix tensor's (``pk/pv (1, P, Hkv, D)``), D of 64 or 128, fp16/bf16, and a prefix
-    TMA can read as ``(P, Hkv * D)`` (16-byte aligned base and row stride)."""
+    length is the prefix tensor's (``pk/pv (1, P, Hkv, D)``), D of 64 or 128, fp16/bf16 (not float8
+    caches), and a prefix TMA can read as ``(P, Hkv * D)`` (16-byte aligned base and row stride)."""
     if not (pg.AVAILABLE and q.is_cuda and not runtime.interpreting() and single and not has_plens):
         return False
     if torch.cuda.get_device_capability(q.device) != (9, 0):
         return False
     G, P, Hkv, D = pk.shape
     if G != 1 or P == 0 or D not in (64, 128) or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if pk.dtype != q.dtype:  # a float8 prefix
         return False
     for t in (pk, pv):
         if t.stride(3) != 1 or t.stride(2) != D or (t.stride(1) * t.element_size()) % 16 or t.data_ptr() % 16:

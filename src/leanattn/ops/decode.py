@@ -34,6 +34,15 @@ def score_scales(scale: float, k_scale: float = 1.0, softcap: float = 0.0) -> tu
     return scale * k_scale * LOG2E, 0.0
 
 
+def fp8_capable(name: str, dtype: torch.dtype, device: torch.device) -> None:
+    """Raise ``ValueError`` naming ``name`` for a float8 cache on a GPU older than sm_89: Triton converts float8 in
+    hardware from sm_89 (Ada, Hopper) on."""
+    cc = runtime.capability(device)
+    if dtype in checks.FP8_DTYPES and cc is not None and cc < (8, 9):
+        raise ValueError(f"{name}: expected a GPU of compute capability 8.9 or later for a {dtype} "
+                         f"cache, got {cc[0]}.{cc[1]}")
+
+
 class _Plan:
     """Everything about a launch that depends only on shapes, strides, dtypes and options.
 
@@ -48,11 +57,7 @@ class _Plan:
         device = q.device
         group = Hq // k_cache.shape[2]
         paged = block_table is not None
-        cc = runtime.capability(device)
-        if k_cache.dtype in checks.FP8_DTYPES and cc is not None and cc < (8, 9):
-            # Triton converts float8 in hardware from sm_89 (Ada, Hopper) on
-            raise ValueError(f"k_cache: expected a GPU of compute capability 8.9 or later for a {k_cache.dtype} "
-                             f"cache, got {cc[0]}.{cc[1]}")
+        fp8_capable("k_cache", k_cache.dtype, device)
         self.cap = cap = _capacity(k_cache, block_table)
         cfg = decode_config(D, group, device, block_n or None, k_cache.shape[1] if paged else 0, B * k_cache.shape[2],
                             cap, num_stages, k_cache.dtype in checks.FP8_DTYPES and q.dtype != torch.float32)
