@@ -101,12 +101,20 @@ def test_softcap_cascade():
 
 
 def test_softcap_zero_is_plain():
-    # 0 is no capping: the same bits as a call without it; a cap changes the result
+    # 0 is no capping: a call without it takes the same plan (no SOFTCAP) and gives the uncapped reference; a cap
+    # makes a plan of its own and changes the result
+    from leanattn.ops import bifurcated as bif
+    bif._PLANS.clear()
     q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [30, 0, 45])
     pk, pv, _ = make_prefix(None, 20, 2, 64)
-    plain = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, softmax_scale=2.0)
-    assert torch.equal(leanattn.bifurcated_decode(q, pk, pv, k, v, lens, softmax_scale=2.0, softcap=0.0), plain)
+    plain = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, softmax_scale=2.0, softcap=0.0)
+    assert len(bif._PLANS) == 1 and not next(iter(bif._PLANS.values())).meta["SOFTCAP"]
+    assert_rel_close("softcap 0", plain, reference.bifurcated_decode(q, pk, pv, k, v, lens, softmax_scale=2.0)[0],
+                     TOLERANCE[q.dtype])
+    leanattn.bifurcated_decode(q, pk, pv, k, v, lens, softmax_scale=2.0)
+    assert len(bif._PLANS) == 1
     assert not torch.equal(leanattn.bifurcated_decode(q, pk, pv, k, v, lens, softmax_scale=2.0, softcap=1.0), plain)
+    assert len(bif._PLANS) == 2
 
 
 def test_softcap_compiled():
@@ -119,7 +127,7 @@ def test_softcap_compiled():
 
 
 @pytest.mark.parametrize("value,error", [(-1.0, ValueError), (float("inf"), ValueError), (float("nan"), ValueError),
-                                         ("1", TypeError), (True, TypeError)])
+                                         (3e38, ValueError), ("1", TypeError), (True, TypeError)])
 def test_softcap_errors(value, error):
     q, k, v, lens, _ = make_inputs(2, 4, 2, 64, [5, 9])
     pk, pv, _ = make_prefix(None, 20, 2, 64)

@@ -66,7 +66,8 @@ def test_softcap_zero_is_plain_decode():
 
 
 @pytest.mark.parametrize("value,error", [(-1.0, ValueError), (float("inf"), ValueError), (float("nan"), ValueError),
-                                         ("1", TypeError), (True, TypeError), (torch.tensor(1.0), TypeError)])
+                                         (3e38, ValueError), (1.1e30, ValueError), ("1", TypeError), (True, TypeError),
+                                         (torch.tensor(1.0), TypeError)])
 def test_softcap_errors(value, error):
     q, k, v, lens, _ = make_inputs(2, 4, 2, 64, [5, 9])
     with pytest.raises(error, match="softcap"):

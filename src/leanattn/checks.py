@@ -101,13 +101,18 @@ def softmax_scale(value, head_dim: int) -> float:
     return float(value)
 
 
+SOFTCAP_MAX = 1e30
+
+
 def softcap(value) -> float:
-    """``softcap`` (logit soft-capping) as a float: 0 for none, else finite and > 0."""
+    """``softcap`` (logit soft-capping) as a float: 0 for none, else > 0 and at most ``SOFTCAP_MAX``. Why the bound:
+    kernels hold the cap times log2(e) and the softmax scale over the cap in fp32, where a cap of 3e38 overflowed
+    to inf (NaN outputs) and one of 1e37 took the scale below fp32's normal range (review, 2026-12-04)."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         _fail(TypeError, "softcap", "a float", type(value).__name__)
     value = float(value)
-    if not (math.isfinite(value) and value >= 0):
-        _fail(ValueError, "softcap", "a finite float >= 0 (0: no capping)", value)
+    if not (math.isfinite(value) and 0 <= value <= SOFTCAP_MAX):
+        _fail(ValueError, "softcap", f"a float in [0, {SOFTCAP_MAX:g}] (0: no capping)", value)
     return value
 
 

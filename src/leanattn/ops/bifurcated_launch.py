@@ -124,7 +124,7 @@ class LaunchConfig:
 
 
 def launch_config(rows: int, head_dim: int, group: int, device: torch.device, block_h: int = 0,
-                  block_n: int = 0) -> LaunchConfig:
+                  block_n: int = 0, path: str = "") -> LaunchConfig:
     """Launch configuration for ``rows`` stacked prefix rows per kv head.
 
     The prefix pass stacks the rows of a kv head up to 128 per ``tl.dot`` for MHA, 64 for GQA and at
@@ -132,6 +132,7 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
     H100: 64-token tiles with 8 warps need 3 stages to stream at full rate; 128 x 128 tiles would
     leave one program per SM). Own tiles keep the decode table's size (64 tokens at D=128 since
     2026-12-01, 128 at D=64): 256 own tokens are four or two tiles. ``block_n`` (op argument, tests) sets both tile sizes.
+    ``path`` overrides the path that ``LEANATTN_BIFURCATED_CONFIG`` asks for (a call that path cannot run).
     """
     env = env_config()
     cfg = decode_config(head_dim, group, device, block_n or None)
@@ -146,7 +147,7 @@ def launch_config(rows: int, head_dim: int, group: int, device: torch.device, bl
     # sweep (benchmarks/results/profile_bifurcated_run1_H200.json, config '64,64,4,3') put it at
     # 72 us on GQA 8k x32 against 90 for 128-row blocks with 8 warps, and level or ahead on the other
     # GQA bar cases; on MHA it lost (127 against 106 us at 8k x32), so MHA keeps 128-row blocks.
-    path = {1: "split", 2: "fused"}.get(env["path"], "states")
+    path = path or {1: "split", 2: "fused"}.get(env["path"], "states")
     # the states path keeps 64-row blocks for MHA too: 128-row blocks (8 warps) or 64 rows of 128-token
     # tiles fit one program per SM, and its prefix and own programs share the SM's slots
     gqa_small = cuda and (group > 1 or path == "states") and head_dim <= 128
@@ -191,8 +192,13 @@ class Plan:
         self.qk_scale, self.softcap = score_scales(scale, k_scale, softcap)
         self.v_scale = v_scale
         fp8 = pk.dtype in FP8_DTYPES
-        fp8_capable("prefix_k", pk.dtype, device)
+        # cascade_decode's call over own tokens alone passes an empty prefix in the caches' dtype
+        fp8_capable("prefix_k" if P or not has_own else "k_cache", pk.dtype, device)
+        # float8 caches read with 16-bit queries take decode's float8 tiles on the concat path (decode_config)
+        self.fp8_tiles = fp8 and q.dtype != torch.float32
+        self.kv_element = pk.element_size()
         if (softcap > 0 or fp8) and self.path in ("fused", "split"):
+            lc = launch_config(n_max * group, D, group, device, block_h, block_n, "states")
             self.path = "states"
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
         forced = env_config()["path"]
@@ -257,7 +263,7 @@ class Plan:
         # per SM), paged included. With the multi-piece merge the 8-warp / 3-stage config this path
         # once had (fewer programs, so shorter merges) measured 1-8% slower on every one-sample case
         # of the H200 run of 2026-11-30, side by side (benchmarks/results/bifurcated_H200_notes.md)
-        cfg = decode_config(D, group, device, block_n or None, self.page_size, B * Hkv, P + cap)
+        cfg = decode_config(D, group, device, block_n or None, self.page_size, B * Hkv, P + cap, 0, self.fp8_tiles)
         warps, stages, cps = cfg.num_warps, cfg.num_stages, env["ctas_per_sm"] or cfg.ctas_per_sm
         # one tile loop over both sources, tensors of pointers (attend_concat): the load field is not read
         common = {k: v for k, v in self.common.items() if k != "LOAD"}
@@ -285,7 +291,7 @@ class Plan:
                          BLOCK_N=bn, BLOCK_B=length_block(B),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
                          SAME_STRIDE=same_stride,
-                         MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, ACROSS_ROWS=across_rows(D, q.element_size()),
+                         MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, ACROSS_ROWS=across_rows(D, self.kv_element),
                          SOFTCAP=self.softcap > 0, num_warps=env["num_warps"] or warps,
                          num_stages=env["num_stages"] or stages)
         head = self.strides_q + self.strides_p + self.strides_own + (self.qk_scale, self.v_scale, self.softcap, B, P,
