@@ -26,6 +26,7 @@ lines), against a read ceiling timed the same way: the 'read flush' columns.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import sys
@@ -192,26 +193,35 @@ def interleaved_variants(case, inp, fns, rounds=5):
     return interleaved_graph_times(case["name"], fns, reference_of(inp, idx), rounds=rounds, pick=idx)
 
 
-def variant_probe(doc, argv, cases, variants, info, file, probe, **payload):
-    """A probe of the overlap path's ``variants`` (label: ``(env, patches)`` of ``bench_decode.with_plans``), timed
-    side by side on the suite ``cases`` (or those of ``--cases``) by ``interleaved_variants``. Prints each case's
-    ratios to the first variant and ``info`` (name, function of a plan) of every variant's plans; writes ``file``
-    under ``--out`` with the description ``probe`` and ``payload``."""
+def variant_probe(doc, argv, cases, variants, info, file, probe, pairs=None, **payload):
+    """A probe of ``variants`` of the call over a case's inputs, timed side by side on the suite ``cases`` (or those
+    of ``--cases``): label -> ``(env, patches)`` of ``bench_decode.with_plans`` for the default call
+    (``ours_call``), or ``(env, patches, make)`` where ``make(inp, idx)`` gives ``(call, reference of samples
+    idx)`` for another call over the case's inputs (other arguments, other caches). Each is checked against its
+    reference of the case's first and last sample, then CUDA-graph replays timed in five interleaved rounds. Prints
+    each case's ratios of the label ``pairs`` (default: the first variant to each other) and ``info`` (name,
+    function of a plan) of every variant's plans; writes ``file`` under ``--out`` with the description ``probe`` and
+    ``payload``."""
     import bench_decode as bd
     args, want = common.probe_args(doc, argv)
     torch.manual_seed(0)
     out = []
     first = next(iter(variants))
+    pairs = pairs or [(first, n) for n in variants if n != first]
     info_name, info_of = info
     for case, inp in probe_inputs(cases, want, copies=False):
-        call = ours_call(inp)
-        fns = {name: bd.with_plans(call, env=env, patches=patches) for name, (env, patches) in variants.items()}
-        us, med = interleaved_variants(case, inp, fns)
+        idx = [0, case["samples"] - 1]
+        default = ours_call(inp), reference_of(inp, idx)
+        fns, refs = {}, {}
+        for name, (env, patches, *make) in variants.items():
+            call, refs[name] = make[0](inp, idx) if make else default
+            fns[name] = bd.with_plans(call, env=env, patches=patches)
+        us, med = bd.interleaved_graph_times(case["name"], fns, refs, rounds=5, pick=idx)
         seen = {n: [info_of(p) for p in f.plans[1].values()] for n, f in fns.items()}
-        bd.report_ratios(case["name"], med, [(first, n) for n in variants if n != first])
+        bd.report_ratios(case["name"], med, pairs)
         print(f"{'':18s} rounds: {us}  {info_name}: {seen}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, **{info_name: seen}))
-        del inp, fns, call
+        del inp, fns, refs, default, call
     common.write_probe(args.out, file, probe=probe, timing=bd.GRAPH_TIMING.replace("3 interleaved", "5 interleaved"),
                        cases=out, **payload)
 
@@ -249,7 +259,7 @@ def one_sample_cases(names, want=None):
     the copied caches. The caller drops the calls before the next case allocates."""
     for case, inp in probe_inputs(names, want):
         ours = ours_call(inp)
-        copied = lambda: leanattn.decode(inp["q"], inp["kc"], inp["vc"], inp["lens_c"])  # noqa: E731
+        copied = functools.partial(leanattn.decode, inp["q"], inp["kc"], inp["vc"], inp["lens_c"])
         yield case["name"], reference_of(inp, [0]), ours, copied
         del inp, ours, copied
 

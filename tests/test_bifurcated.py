@@ -40,6 +40,40 @@ def ids_tensor(ids):
     return None if ids is None else torch.tensor(ids, dtype=torch.int32, device=DEV)
 
 
+def forced_path_inputs(monkeypatch, path):
+    """Under ``LEANATTN_BIFURCATED_CONFIG`` path field ``path`` (1 split, 2 fused, 3 states), plans cleared before
+    and after: yields once ``(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens)``, 4 samples of 4/2 heads
+    (one with no own tokens) over a 20-token prefix."""
+    from leanattn.ops import bifurcated as bif
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,0,0,0,0,{path}")
+    bif._PLANS.clear()
+    try:
+        q, k, v, lens, _ = make_inputs(4, 4, 2, 64, [5, 0, 12, 30])
+        pk, pv, _ = make_prefix(None, 20, 2, 64)
+        yield q, pk, pv, k, v, lens
+    finally:
+        bif._PLANS.clear()
+
+
+def one_sample_cases(monkeypatch, even, page_size):
+    """The concat path's calls, for tests of its options: one sample of one prompt (29 own tokens after a 37-token
+    prefix) on the even pieces of one sequence (``even`` "1") or the persistent stream-K kernel ("0"), then one
+    sample for each of three of four prompts (prefixes of 35, 0, 20 and 1 tokens; an empty own cache among them) over
+    3 programs, whose pieces straddle the prefix's end. Yields ``(args, kwargs, name)`` of ``bifurcated_decode``."""
+    from leanattn.ops import bifurcated as bif
+    monkeypatch.setenv("LEANATTN_DECODE_EVEN", even)
+    bif._PLANS.clear()
+    try:
+        q, k, v, lens, bt = make_inputs(1, 8, 2, 64, [29], capacity=32, page_size=page_size)
+        pk, pv, _ = make_prefix(None, 37, 2, 64)
+        yield (q, pk, pv, k, v, lens, bt), {}, f"even={even}"
+        q, k, v, lens, bt = make_inputs(3, 8, 2, 64, [17, 0, 40], page_size=page_size)
+        pk, pv, plens = make_prefix(4, 35, 2, 64, plens=[35, 0, 20, 1])
+        yield (q, pk, pv, k, v, lens, bt, plens, ids_tensor([2, 0, 1])), {"num_programs": 3}, "one sample per prompt"
+    finally:
+        bif._PLANS.clear()
+
+
 def check(q, pk, pv, k, v, lens=None, bt=None, plens=None, ids=None, scale=None, name="bifurcated", op_args=None):
     """Compare ``out`` and ``lse`` with the reference; ``op_args`` = (max_group_size, num_programs, block_h,
     block_n) calls the custom op directly."""

@@ -9,7 +9,7 @@ import torch
 import leanattn
 from leanattn import reference
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
-from test_bifurcated import ids_tensor, make_inputs, make_prefix
+from test_bifurcated import forced_path_inputs, ids_tensor, make_inputs, make_prefix, one_sample_cases
 
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
 E4M3 = torch.float8_e4m3fn
@@ -61,23 +61,10 @@ def test_fp8_multi_prompt_paged(hq, hkv, d):
 @pytest.mark.parametrize("even", ["1", "0"], ids=["even-pieces", "persistent"])
 @pytest.mark.parametrize("page_size", [None, 16], ids=["contiguous", "page16"])
 def test_fp8_one_sample(monkeypatch, even, page_size):
-    # one sample per prompt: the concat path's kernels over prefix + own tokens, the even pieces of one sequence
-    # and the persistent stream-K kernel, whose pieces straddle the prefix's end
-    from leanattn.ops import bifurcated as bif
-    monkeypatch.setenv("LEANATTN_DECODE_EVEN", even)
-    bif._PLANS.clear()
-    try:
-        q, k, v, lens, bt = make_inputs(1, 8, 2, 64, [29], capacity=32, page_size=page_size)
-        pk, pv, _ = make_prefix(None, 37, 2, 64)
-        plan = check(q, pk, pv, k, v, lens, bt, fp8=torch.float8_e5m2, name=f"even={even}")
-        assert plan.path == "concat" and (plan.even > 0) is (even == "1")
-        q, k, v, lens, bt = make_inputs(3, 8, 2, 64, [17, 0, 40], page_size=page_size)
-        pk, pv, plens = make_prefix(4, 35, 2, 64, plens=[35, 0, 20, 1])
-        plan = check(q, pk, pv, k, v, lens, bt, plens, ids_tensor([2, 0, 1]), name="one sample per prompt",
-                     num_programs=3)
-        assert plan.path == "concat"
-    finally:
-        bif._PLANS.clear()
+    # one sample per prompt: the concat path's kernels over prefix + own tokens
+    for i, (args, kw, name) in enumerate(one_sample_cases(monkeypatch, even, page_size)):
+        plan = check(*args, fp8=torch.float8_e5m2, name=name, **kw)
+        assert plan.path == "concat" and (i > 0 or (plan.even > 0) is (even == "1"))
 
 
 def test_fp8_prefix_only_and_empty_prefix():
@@ -93,15 +80,8 @@ def test_fp8_prefix_only_and_empty_prefix():
 @pytest.mark.parametrize("path", ["1", "2"], ids=["split", "fused"])
 def test_fp8_other_paths_give_way_to_states(monkeypatch, path):
     # the split and fused paths (benchmark options, LEANATTN_BIFURCATED_CONFIG's tenth field) read no float8 caches
-    from leanattn.ops import bifurcated as bif
-    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", f"0,0,0,0,0,0,0,0,0,{path}")
-    bif._PLANS.clear()
-    try:
-        q, k, v, lens, _ = make_inputs(4, 4, 2, 64, [5, 0, 12, 30])
-        pk, pv, _ = make_prefix(None, 20, 2, 64)
-        assert check(q, pk, pv, k, v, lens, name=f"path {path}").path == "states"
-    finally:
-        bif._PLANS.clear()
+    for args in forced_path_inputs(monkeypatch, path):
+        assert check(*args, name=f"path {path}").path == "states"
 
 
 def test_fp8_softcap():

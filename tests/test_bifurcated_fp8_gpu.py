@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import leanattn
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, paged_kv
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from test_bifurcated_gpu import REPLAY_LENGTHS, check_replays, multi_prompt_paged
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -46,15 +47,9 @@ def test_fp8_single_prompt(fp8, n, hq, hkv, d):
     assert plan.path == "states"
 
 
-def test_fp8_multi_prompt_paged():
-    ids = torch.tensor([0] * 20 + [2] * 3 + [1] + [2] * 8, dtype=torch.int32, device="cuda")
-    ids = ids[torch.randperm(len(ids), device="cuda")]
-    own = torch.randint(0, 600, (len(ids),)).tolist()
-    q, pk, pv, k, v, sl = inputs(len(ids), 32, 8, 128, 7000, own, G=4)
-    plens = torch.tensor([7000, 4000, 1, 0], dtype=torch.int32, device="cuda")
-    for page in (16, 64):
-        kp, vp, bt = paged_kv(k.float(), v.float(), own, page)
-        check(q, pk, pv, kp.to(k.dtype), vp.to(v.dtype), sl, bt, plens, ids, name=f"multi-prompt paged {page}")
+@pytest.mark.parametrize("page", [16, 64])
+def test_fp8_multi_prompt_paged(page):
+    check(*multi_prompt_paged(inputs, page), name=f"multi-prompt paged {page}")
 
 
 @pytest.mark.parametrize("hq,hkv", [(32, 8), (32, 32)])
@@ -84,16 +79,4 @@ def test_fp8_cascade():
 
 
 def test_fp8_cuda_graph_new_lengths():
-    q, pk, pv, k, v, sl = inputs(16, 32, 8, 128, 8192, [256] * 16)
-    call = lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, sl, k_scale=KS, v_scale=VS)  # noqa: E731
-    call()  # compile and allocate outside capture
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = call()
-    for lens in ([256] * 16, [0] * 8 + [256] * 8, list(range(0, 256, 16))):
-        sl.copy_(torch.tensor(lens, dtype=torch.int32))
-        g.replay()
-        torch.cuda.synchronize()
-        ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, k_scale=KS, v_scale=VS)
-        assert_rel_close(f"replay {lens[:4]}", out, ref, TOLERANCE[torch.bfloat16])
+    check_replays(*inputs(16, 32, 8, 128, 8192, [256] * 16), REPLAY_LENGTHS, k_scale=KS, v_scale=VS)

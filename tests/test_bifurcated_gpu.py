@@ -38,6 +38,41 @@ def check(q, pk, pv, k, v, sl, bt=None, plens=None, ids=None, name="bifurcated",
     return out, lse
 
 
+def multi_prompt_paged(make_inputs, page):
+    """32 samples of four prompts (20, 1, 11 and none of them, shuffled; prefixes of 7000, 4000, 1 and 0 tokens), own
+    caches of up to 600 tokens in pages of ``page``, from ``make_inputs`` (``inputs``' signature, caches in any
+    dtype): the arguments of ``bifurcated_decode`` up to ``prefix_ids``."""
+    ids = torch.tensor([0] * 20 + [2] * 3 + [1] + [2] * 8, dtype=torch.int32, device="cuda")
+    ids = ids[torch.randperm(len(ids), device="cuda")]
+    own = torch.randint(0, 600, (len(ids),)).tolist()
+    q, pk, pv, k, v, sl = make_inputs(len(ids), 32, 8, 128, 7000, own, G=4)
+    plens = torch.tensor([7000, 4000, 1, 0], dtype=torch.int32, device="cuda")
+    kp, vp, bt = paged_kv(k.float(), v.float(), own, page)  # float8 caches page through fp32, exactly
+    return q, pk, pv, kp.to(k.dtype), vp.to(v.dtype), sl, bt, plens, ids
+
+
+# own lengths of 16 samples of up to 256 tokens, for check_replays
+REPLAY_LENGTHS = ([256] * 16, [0] * 8 + [256] * 8, list(range(0, 256, 16)))
+
+
+def check_replays(q, pk, pv, k, v, sl, lengths, **kw):
+    """``bifurcated_decode(q, pk, pv, k, v, sl, **kw)`` captured in a CUDA graph, replayed with each of ``lengths``
+    copied into ``sl`` and checked against the reference with the same keywords (softmax scale, soft cap, float8
+    scales)."""
+    call = lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, sl, **kw)  # noqa: E731
+    call()  # compile and allocate outside capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = call()
+    for lens in lengths:
+        sl.copy_(torch.tensor(lens, dtype=torch.int32))
+        g.replay()
+        torch.cuda.synchronize()
+        ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, **kw)
+        assert_rel_close(f"replay {lens[:4]}", out, ref, TOLERANCE[q.dtype])
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("hq,hkv,d", [(32, 32, 128), (32, 8, 128), (32, 1, 128), (16, 8, 256), (32, 32, 64),
                                       (64, 2, 64)])

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import leanattn
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, paged_kv
-from test_bifurcated_gpu import HOPPER, _path, inputs
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from test_bifurcated_gpu import HOPPER, REPLAY_LENGTHS, _path, check_replays, inputs, multi_prompt_paged
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CAP, SCALE = 30.0, 0.3  # softmax scale 0.3 over randn: scores of order 10-20 against the cap (Gemma-2's is 50)
@@ -54,13 +54,7 @@ def test_softcap_overlap(monkeypatch, n, hq, hkv, d, P, warps, pingpong):
 
 
 def test_softcap_multi_prompt_paged():
-    ids = torch.tensor([0] * 20 + [2] * 3 + [1] + [2] * 8, dtype=torch.int32, device="cuda")
-    ids = ids[torch.randperm(len(ids), device="cuda")]
-    own = torch.randint(0, 600, (len(ids),)).tolist()
-    q, pk, pv, k, v, sl = inputs(len(ids), 32, 8, 128, 7000, own, G=4)
-    plens = torch.tensor([7000, 4000, 1, 0], dtype=torch.int32, device="cuda")
-    kp, vp, bt = paged_kv(k, v, own, 16)
-    check(q, pk, pv, kp, vp, sl, bt, plens, ids, name="multi-prompt paged")
+    check(*multi_prompt_paged(inputs, 16), name="multi-prompt paged")
 
 
 @pytest.mark.parametrize("hq,hkv", [(32, 8), (32, 32)])
@@ -87,16 +81,4 @@ def test_softcap_cascade():
 
 
 def test_softcap_cuda_graph_new_lengths():
-    q, pk, pv, k, v, sl = inputs(16, 32, 8, 128, 8192, [256] * 16)
-    call = lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, sl, softmax_scale=SCALE, softcap=CAP)  # noqa: E731
-    call()  # compile and allocate outside capture
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = call()
-    for lens in ([256] * 16, [0] * 8 + [256] * 8, list(range(0, 256, 16))):
-        sl.copy_(torch.tensor(lens, dtype=torch.int32))
-        g.replay()
-        torch.cuda.synchronize()
-        ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, softmax_scale=SCALE, softcap=CAP)
-        assert_rel_close(f"replay {lens[:4]}", out, ref, TOLERANCE[torch.bfloat16])
+    check_replays(*inputs(16, 32, 8, 128, 8192, [256] * 16), REPLAY_LENGTHS, softmax_scale=SCALE, softcap=CAP)
