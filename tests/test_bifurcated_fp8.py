@@ -84,8 +84,10 @@ def test_fp8_other_paths_give_way_to_states(monkeypatch, path):
         assert check(*args, name=f"path {path}").path == "states"
 
 
-def test_fp8_softcap():
-    q, k, v, lens, bt = make_inputs(5, 8, 2, 64, [3, 0, 40, 17, 25], page_size=16)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_fp8_softcap(dtype):
+    # bf16 queries: scaled into fp16 rows (attend.fp8_query) before the capped scores, on the states and concat paths
+    q, k, v, lens, bt = make_inputs(5, 8, 2, 64, [3, 0, 40, 17, 25], page_size=16, dtype=dtype)
     pk, pv, _ = make_prefix(None, 45, 2, 64)
     check(q, pk, pv, k, v, lens, bt, name="softcap", softcap=2.0, softmax_scale=1.0)
     check(q[:1], pk, pv, k, v, lens[:1], bt[:1], name="softcap, one sample", softcap=2.0, softmax_scale=1.0)
