@@ -77,8 +77,7 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
            None if k_cache is None else (k_cache.shape, k_cache.stride(), v_cache.stride(), k_cache.dtype),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
            prefix_lens is None, single, n_max, softmax_scale, softcap, k_scale, v_scale, num_programs, block_h,
-           block_n,
-           runtime.interpreting(),
+           block_n, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (decode_config.load_path)
            all(t.data_ptr() % 16 == 0 for t in (prefix_k, prefix_v, k_cache, v_cache) if t is not None),
            # the overlap path reads the prefix by TMA whatever the own caches' alignment (bifurcated_overlap.usable)
