@@ -114,33 +114,35 @@ def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefi
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 
 
-def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate):
+def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate, k_scale=1.0, v_scale=1.0):
     """Checks of the own-token cache, which may be absent (``k_cache = v_cache = None``, and then no
-    lengths or page table either), as in :func:`leanattn.decode` otherwise (float8 caches included; their scales
-    are checked with the prefix's, ``validate_prefix``); returns the softmax scale."""
+    lengths or page table either), as in :func:`leanattn.decode` otherwise (float8 caches and their scales
+    included); returns ``(softmax scale, k_scale, v_scale)``, the scales as given without an own cache (the
+    prefix's checks take them: ``validate_prefix``)."""
     if k_cache is None and v_cache is None:
         scale = checks.query(q, softmax_scale)
         for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):
             if t is not None:
                 raise ValueError(f"{name}: expected None without an own cache (k_cache=None), got a tensor")
-        return scale
+        return scale, k_scale, v_scale
     if k_cache is None or v_cache is None:
         raise ValueError("k_cache: expected k_cache and v_cache together (or neither), got only one of them")
     return validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate,
-                           fp8=True)[0]
+                           k_scale, v_scale, fp8=True)
 
 
 def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate, name="prefix",
-                    kv_dtype=None, kv_name="k_cache"):
+                    kv_dtype=None, kv_name="k_cache", k_scale=1.0, v_scale=1.0):
     """Checks of a shared prefix against ``q``: its dtype ``q``'s or a float8 one, equal to ``kv_dtype`` (that of
-    ``kv_name``, the own cache or another level) where given; the kv-head count is compared by the caller."""
+    ``kv_name``, the own cache or another level) where given, and the dequantisation scales against it
+    (``checks.kv_cache``); returns ``(Hkv, k_scale, v_scale)``. The kv-head count is compared by the caller."""
     kn, vn, ln, idn = f"{name}_k", f"{name}_v", f"{name}_lens", f"{name}_ids"
     checks.check_tensor(kn, prefix_k)
     checks.check_tensor(vn, prefix_v)
     if prefix_k.dim() not in (3, 4):
         raise ValueError(f"{kn}: expected a 3-D (P, Hkv, D) or 4-D (G, P, Hkv, D) tensor, got shape "
                          f"{tuple(prefix_k.shape)}")
-    checks.kv_cache(prefix_k, prefix_v, q, fp8=True, names=(kn, vn))
+    k_scale, v_scale = checks.kv_cache(prefix_k, prefix_v, q, k_scale, v_scale, True, (kn, vn))
     if kv_dtype is not None and prefix_k.dtype != kv_dtype:
         raise TypeError(f"{kn}: expected dtype {kv_dtype} (as {kv_name}), got {prefix_k.dtype}")
     if tuple(prefix_v.shape) != tuple(prefix_k.shape):
@@ -190,7 +192,7 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
             if most > max_group_size:
                 raise ValueError(f"max_group_size: expected >= the largest number of samples per prefix ({most}), "
                                  f"got {max_group_size}")
-    return Hkv
+    return Hkv, k_scale, v_scale
 
 
 def bifurcated_decode(
@@ -293,11 +295,12 @@ def bifurcated_decode(
     >>> q = torch.randn(16, 32, 128, dtype=torch.bfloat16, device="cuda")
     >>> out = leanattn.bifurcated_decode(q, pk, pv, k, v)
     """
-    scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate)
+    scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
+                                           k_scale, v_scale)
     softcap = checks.softcap(softcap)
-    Hkv = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate,
-                          kv_dtype=None if k_cache is None else k_cache.dtype)
-    k_scale, v_scale = checks.kv_cache(prefix_k, prefix_v, q, k_scale, v_scale, True, ("prefix_k", "prefix_v"))
+    Hkv, k_scale, v_scale = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate,
+                                            kv_dtype=None if k_cache is None else k_cache.dtype, k_scale=k_scale,
+                                            v_scale=v_scale)
     if k_cache is not None and Hkv != k_cache.shape[2]:
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
     if q.stride(-1) != 1:
@@ -360,7 +363,8 @@ def cascade_decode(
     is associative, so the nesting order does not matter). ``L`` shared levels cost ``L``
     launches plus one merge.
     """
-    scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate)
+    scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
+                                           k_scale, v_scale)
     softcap = checks.softcap(softcap)
     max_group_size = checks.max_group_size(max_group_size)
     if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
@@ -375,11 +379,9 @@ def cascade_decode(
         k, v, lens, ids = (*level, None, None) if len(level) == 2 else level
         kv_dtype, kv_name = ((k_cache.dtype, "k_cache") if k_cache is not None else
                              (parsed[0][0].dtype, "levels[0]_k") if parsed else (None, None))
-        Hkv = validate_prefix(q, k, v, lens, ids, max_group_size, validate, f"levels[{i}]", kv_dtype, kv_name)
+        Hkv, k_scale, v_scale = validate_prefix(q, k, v, lens, ids, max_group_size, validate, f"levels[{i}]",
+                                                kv_dtype, kv_name, k_scale, v_scale)
         parsed.append((k, v, lens, ids))
-    scaled = (parsed[0][0], parsed[0][1], "levels[0]_k", "levels[0]_v") if parsed else (k_cache, v_cache, "k_cache",
-                                                                                          "v_cache")
-    k_scale, v_scale = checks.kv_cache(scaled[0], scaled[1], q, k_scale, v_scale, True, scaled[2:])
     if k_cache is not None:
         Hkv = k_cache.shape[2]
     for i, (k, *_rest) in enumerate(parsed):

@@ -185,10 +185,6 @@ class Plan:
         device = q.device
         group = Hq // Hkv
         has_own = k is not None
-        lc = launch_config(n_max * group, D, group, device, block_h, block_n)
-        self.path = "concat" if has_own and n_max == 1 else lc.path
-        # the fused and split paths (benchmark options) have no soft cap and read no float8 caches: they give way to
-        # states (the overlap path's Gluon prefix reads no float8 either: bifurcated_overlap.usable)
         self.qk_scale, self.softcap = score_scales(scale, k_scale, softcap)
         self.v_scale = v_scale
         fp8 = pk.dtype in FP8_DTYPES
@@ -197,9 +193,11 @@ class Plan:
         # float8 caches read with 16-bit queries take decode's float8 tiles on the concat path (decode_config)
         self.fp8_tiles = fp8 and q.dtype != torch.float32
         self.kv_element = pk.element_size()
-        if (softcap > 0 or fp8) and self.path in ("fused", "split"):
-            lc = launch_config(n_max * group, D, group, device, block_h, block_n, "states")
-            self.path = "states"
+        # the fused and split paths (benchmark options) have no soft cap and read no float8 caches: such calls take
+        # the states path whatever LEANATTN_BIFURCATED_CONFIG asks (the overlap path's Gluon prefix reads no float8
+        # either: bifurcated_overlap.usable)
+        lc = launch_config(n_max * group, D, group, device, block_h, block_n, "states" if softcap > 0 or fp8 else "")
+        self.path = "concat" if has_own and n_max == 1 else lc.path
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
         forced = env_config()["path"]
         preferred = overlap.preferred(n_max * group, group, softcap > 0)
@@ -429,8 +427,7 @@ class Plan:
         n_states = S + s_own
         self.tail = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:],
                      *self.strides_own[6:9], self.qk_scale, self.v_scale, self.softcap, B, P, S, chunk_p, n_prefix,
-                     cap, chunk_o,
-                     own_rows, n_states)
+                     cap, chunk_o, own_rows, n_states)
         # merge_states in a second launch: the in-kernel merge (196 registers against 165 at GQA x32)
         # measured slower on every bar case on an H200, side by side: GQA 8k x32 42.2 us against 34.3,
         # x64 53.6 against 49.4, MHA 8k x64 118.6 against 111.4 (bifurcated_H200_notes.md section 7)
