@@ -40,6 +40,16 @@ def ids_tensor(ids):
     return None if ids is None else torch.tensor(ids, dtype=torch.int32, device=DEV)
 
 
+def multi_prompt_paged_inputs(hq, hkv, d):
+    """Unequal groups (12 samples of four prompts: 9, 1, none and 2), own caches of up to 40 tokens in pages of 16,
+    prefixes of 45, 30, 0 and 12 tokens: the arguments of ``bifurcated_decode`` up to ``prefix_ids``."""
+    ids = [0] * 9 + [1] + [3] * 2
+    own = torch.randint(0, 40, (len(ids),)).tolist()
+    q, k, v, lens, bt = make_inputs(len(ids), hq, hkv, d, own, capacity=40, page_size=16)
+    pk, pv, plens = make_prefix(4, 45, hkv, d, plens=[45, 30, 0, 12])
+    return q, pk, pv, k, v, lens, bt, plens, ids_tensor(ids)
+
+
 def forced_path_inputs(monkeypatch, path):
     """Under ``LEANATTN_BIFURCATED_CONFIG`` path field ``path`` (1 split, 2 fused, 3 states), plans cleared before
     and after: yields once ``(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens)``, 4 samples of 4/2 heads

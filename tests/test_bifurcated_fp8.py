@@ -9,7 +9,8 @@ import torch
 import leanattn
 from leanattn import reference
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
-from test_bifurcated import forced_path_inputs, ids_tensor, make_inputs, make_prefix, one_sample_cases
+from test_bifurcated import (forced_path_inputs, ids_tensor, make_inputs, make_prefix, multi_prompt_paged_inputs,
+                             one_sample_cases)
 
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
 E4M3 = torch.float8_e4m3fn
@@ -49,13 +50,9 @@ def test_fp8_shared_prefix(fp8, dtype):
 @pytest.mark.parametrize("hq,hkv,d", [(4, 4, 64), (8, 1, 128), (4, 2, 256)])
 def test_fp8_multi_prompt_paged(hq, hkv, d):
     # unequal groups (9 samples, 1, none, 2), paged own caches, prefixes of unequal length; a small grid
-    ids = [0] * 9 + [1] + [3] * 2
-    own = torch.randint(0, 40, (len(ids),)).tolist()
-    q, k, v, lens, bt = make_inputs(len(ids), hq, hkv, d, own, capacity=40, page_size=16)
-    pk, pv, plens = make_prefix(4, 45, hkv, d, plens=[45, 30, 0, 12])
+    args = multi_prompt_paged_inputs(hq, hkv, d)
     for grid in (0, 5):
-        check(q, pk, pv, k, v, lens, bt, plens, ids_tensor(ids), k_scale=1.7, v_scale=0.25,
-              name=f"{hq}/{hkv} D={d} grid {grid}", num_programs=grid)
+        check(*args, k_scale=1.7, v_scale=0.25, name=f"{hq}/{hkv} D={d} grid {grid}", num_programs=grid)
 
 
 @pytest.mark.parametrize("even", ["1", "0"], ids=["even-pieces", "persistent"])

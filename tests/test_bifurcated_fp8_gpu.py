@@ -7,7 +7,7 @@ import torch
 
 import leanattn
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
-from test_bifurcated_gpu import REPLAY_LENGTHS, check_replays, multi_prompt_paged
+from test_bifurcated_gpu import REPLAY_LENGTHS, check_cascade, check_replays, multi_prompt_paged
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -68,14 +68,7 @@ def test_fp8_softcap_and_prefix_only():
 
 
 def test_fp8_cascade():
-    ids = torch.tensor([0, 0, 1, 1, 1, 2], dtype=torch.int32, device="cuda")
-    q, sk, sv, k, v, sl = inputs(6, 32, 8, 128, 3000, [100, 0, 900, 7, 60, 333])
-    _, dk, dv, *_ = inputs(1, 32, 8, 128, 5000, [1], G=3)
-    levels = [(sk, sv), (dk, dv, None, ids)]
-    out, lse = leanattn.cascade_decode(q, levels, k, v, sl, return_lse=True, k_scale=KS, v_scale=VS)
-    ref, ref_lse = leanattn.reference.cascade_decode(q, levels, k, v, sl, k_scale=KS, v_scale=VS)
-    assert_rel_close("cascade", out, ref, TOLERANCE[q.dtype])
-    assert_lse_close("cascade lse", lse, ref_lse, 1e-2)
+    check_cascade(inputs, k_scale=KS, v_scale=VS)
 
 
 def test_fp8_cuda_graph_new_lengths():

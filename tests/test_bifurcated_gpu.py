@@ -51,6 +51,20 @@ def multi_prompt_paged(make_inputs, page):
     return q, pk, pv, kp.to(k.dtype), vp.to(v.dtype), sl, bt, plens, ids
 
 
+def check_cascade(make_inputs, **kw):
+    """``cascade_decode`` over a 3000-token system prompt for 6 samples, one of 3 documents of 5000 tokens per group
+    of them and ragged own tokens (an empty one among them), caches from ``make_inputs`` (``inputs``' signature),
+    against the reference with the same keywords (softmax scale, soft cap, float8 scales)."""
+    ids = torch.tensor([0, 0, 1, 1, 1, 2], dtype=torch.int32, device="cuda")
+    q, sk, sv, k, v, sl = make_inputs(6, 32, 8, 128, 3000, [100, 0, 900, 7, 60, 333])
+    _, dk, dv, *_ = make_inputs(1, 32, 8, 128, 5000, [1], G=3)
+    levels = [(sk, sv), (dk, dv, None, ids)]
+    out, lse = leanattn.cascade_decode(q, levels, k, v, sl, return_lse=True, **kw)
+    ref, ref_lse = leanattn.reference.cascade_decode(q, levels, k, v, sl, **kw)
+    assert_rel_close("cascade", out, ref, TOLERANCE[q.dtype])
+    assert_lse_close("cascade lse", lse, ref_lse, 1e-2)
+
+
 # own lengths of 16 samples of up to 256 tokens, for check_replays
 REPLAY_LENGTHS = ([256] * 16, [0] * 8 + [256] * 8, list(range(0, 256, 16)))
 

@@ -8,7 +8,8 @@ import torch
 import leanattn
 from leanattn import reference
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
-from test_bifurcated import forced_path_inputs, ids_tensor, make_inputs, make_prefix, one_sample_cases
+from test_bifurcated import (forced_path_inputs, ids_tensor, make_inputs, make_prefix, multi_prompt_paged_inputs,
+                             one_sample_cases)
 
 
 def check(q, pk, pv, k, v, lens=None, bt=None, plens=None, ids=None, scale=2.0, softcap=3.0, name="", **kw):
@@ -37,13 +38,9 @@ def test_softcap_shared_prefix(softcap, dtype):
 def test_softcap_multi_prompt_paged(hq, hkv, d):
     # unequal groups (a prompt of 9 samples, one of 1, an empty one), paged own caches, prefixes of unequal length;
     # a small grid and 3 prefix splits cut the rows into pieces
-    ids = [0] * 9 + [1] + [3] * 2
-    own = torch.randint(0, 40, (len(ids),)).tolist()
-    q, k, v, lens, bt = make_inputs(len(ids), hq, hkv, d, own, capacity=40, page_size=16)
-    pk, pv, plens = make_prefix(4, 45, hkv, d, plens=[45, 30, 0, 12])
+    args = multi_prompt_paged_inputs(hq, hkv, d)
     for grid in (0, 5):
-        check(q, pk, pv, k, v, lens, bt, plens, ids_tensor(ids), name=f"{hq}/{hkv} D={d} grid {grid}",
-              num_programs=grid)
+        check(*args, name=f"{hq}/{hkv} D={d} grid {grid}", num_programs=grid)
 
 
 @pytest.mark.parametrize("even", ["1", "0"], ids=["even-pieces", "persistent"])

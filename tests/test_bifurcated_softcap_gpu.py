@@ -6,7 +6,7 @@ import torch
 
 import leanattn
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
-from test_bifurcated_gpu import HOPPER, REPLAY_LENGTHS, _path, check_replays, inputs, multi_prompt_paged
+from test_bifurcated_gpu import HOPPER, REPLAY_LENGTHS, _path, check_cascade, check_replays, inputs, multi_prompt_paged
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CAP, SCALE = 30.0, 0.3  # softmax scale 0.3 over randn: scores of order 10-20 against the cap (Gemma-2's is 50)
@@ -69,15 +69,7 @@ def test_softcap_one_sample(hq, hkv):
 
 
 def test_softcap_cascade():
-    ids = torch.tensor([0, 0, 1, 1, 1, 2], dtype=torch.int32, device="cuda")
-    q, sk, sv, k, v, sl = inputs(6, 32, 8, 128, 3000, [100, 0, 900, 7, 60, 333])
-    dk = torch.randn(3, 5000, 8, 128, dtype=torch.bfloat16, device="cuda")
-    dv = torch.randn_like(dk)
-    levels = [(sk, sv), (dk, dv, None, ids)]
-    out, lse = leanattn.cascade_decode(q, levels, k, v, sl, softmax_scale=SCALE, return_lse=True, softcap=CAP)
-    ref, ref_lse = leanattn.reference.cascade_decode(q, levels, k, v, sl, softmax_scale=SCALE, softcap=CAP)
-    assert_rel_close("cascade", out, ref, TOLERANCE[q.dtype])
-    assert_lse_close("cascade lse", lse, ref_lse, 1e-2)
+    check_cascade(inputs, softmax_scale=SCALE, softcap=CAP)
 
 
 def test_softcap_cuda_graph_new_lengths():
