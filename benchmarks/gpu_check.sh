@@ -24,11 +24,16 @@
 #   sanitize-overlap-softcap  memcheck, then racecheck, over the overlap path's launches with a soft cap (sanitize.py
 #               overlap-softcap; the warp-specialized launches among them show Triton's partition-dispatch hazards,
 #               see racecheck-ws-minimal)
-#   tests-bif-fp8  the GPU tests of bifurcated and cascade decode over float8 caches alone (not yet run)
+#   tests-bif-fp8  the GPU tests of bifurcated and cascade decode over float8 caches alone, the Gluon prefix over
+#               float8 tiles among them
 #   sanitize-bif-fp8  memcheck then racecheck over bifurcated and cascade launches over float8 caches
-#               (sanitize.py bifurcated-fp8; not yet run)
-#   bif-fp8     bifurcated decode over float8 e4m3 caches against bf16 ones (benchmarks/probe_bifurcated_fp8.py,
-#               bifurcated probe 53; not yet run)
+#               (sanitize.py bifurcated-fp8; H200 2026-12-04: 0 errors, 0 hazards)
+#   sanitize-overlap-fp8  memcheck then racecheck over the overlap path's launches over float8 caches (sanitize.py
+#               overlap-fp8)
+#   overlap-fp8  the Gluon prefix's launch shapes over float8 tiles (benchmarks/probe_overlap_fp8.py, bifurcated
+#               probe 54)
+#   bif-fp8     bifurcated decode over float8 e4m3 caches against bf16 ones, default and states paths
+#               (benchmarks/probe_bifurcated_fp8.py, bifurcated probe 53)
 #   bif-softcap bifurcated decode with softcap=50 against none, default and states paths
 #               (benchmarks/probe_bifurcated_softcap.py, bifurcated probe 52; 4 cases ~100 s)
 #   fp8         decode over float8 e4m3 caches against bf16 caches and the SDPA peers (bench_decode_fp8.py; ~80 s;
@@ -189,6 +194,10 @@ for step in "$@"; do
     sanitize-bif-fp8)
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-fp8 2>&1 | tail -2
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py bifurcated-fp8 2>&1 | tail -2 ;;
+    sanitize-overlap-fp8)
+      timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py overlap-fp8 2>&1 | tail -2
+      timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py overlap-fp8 2>&1 | tail -2 ;;
+    overlap-fp8) timeout 300 python3 benchmarks/probe_overlap_fp8.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     bif-fp8) timeout 300 python3 benchmarks/probe_bifurcated_fp8.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     sanitize-overlap-softcap)
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py overlap-softcap 2>&1 | tail -2

@@ -1,6 +1,7 @@
 """Registers, spills, shared memory and occupancy of the GPU kernels, compiled offline (no GPU).
 
     PYTHONPATH=/path/to/triton-3.6 python benchmarks/offline_resources.py [--ptx DIR] [--cases A,B] [decode] [bifurcated]
+        [sparse] [overlap]
 
 Each case runs the public op on CPU tensors with the launch plan it would build for an H200
 (``runtime.gpu_target`` answers True, 132 SMs); where the plan compiles a kernel to size its
@@ -8,7 +9,8 @@ persistent grid, the kernel is compiled by Triton for sm_90a instead, and ``cuob
 registers and spills of the cubin (the numbers the GPU reports, for the same Triton release; use
 the device image's Triton, 3.6). The launch itself then fails on the CPU and is skipped. With
 ``--ptx DIR`` the PTX of every kernel is written there, to diff two revisions of a kernel
-(a refactor that leaves the PTX unchanged needs no new GPU measurement).
+(a refactor that leaves the PTX unchanged needs no new GPU measurement). The ``overlap`` family compiles the
+overlap path's Gluon prefix kernels directly (its launches need a GPU even to be planned), 16-bit and float8.
 """
 from __future__ import annotations
 
@@ -258,6 +260,39 @@ def bifurcated_cases():
                 q, pk, pk, k, k, lens, k_scale=0.5, v_scale=2.0))
 
 
+def overlap_cases():
+    """The Gluon prefix kernels (``ops/bifurcated_overlap.GluonPrefix``) as the overlap path launches them: 16-bit
+    prefixes at 64 and 128 rows and warp-specialized, float8 ones at 64 rows over two and four stages, 128 rows,
+    converting a tile ahead, e5m2 with fp16 queries at D=64, and capped."""
+    from leanattn.kernels import bifurcated_prefix_gluon as pg
+    from leanattn.ops import bifurcated_overlap as ov
+    if not pg.AVAILABLE:
+        return
+    bf, e4, e5 = torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2
+
+    def compile_prefix(kv, qd, rows, stages, d=128, ws=False, softcap=0.0, ahead=False):
+        B, hq, hkv, P = 64, 32, 8, 8192
+        q = torch.randn(B, hq, d, dtype=qd)
+        prefix = torch.randn(P, hkv * d).to(kv)
+        saved, ov.FP8_AHEAD = ov.FP8_AHEAD, ahead
+        try:
+            gp = ov.GluonPrefix(q, P, hkv, 16, 8, 0.1, stages, False, rows, ws, softcap, kv, 0.5)
+        finally:
+            ov.FP8_AHEAD = saved
+        desc = pg.TensorDescriptor(prefix, list(gp.shape), [prefix.stride(0), 1], gp.block, gp.kv_layout)
+        st_o, st_l = torch.empty(16, B, hq, d), torch.empty(16, B, hq)
+        L = gp.launch
+        L.kernel.warmup(q, desc, desc, st_o, st_l, *L.scalars, grid=L.grid, **L.meta)
+
+    for name, args in (("bf16 64r 3st", (bf, bf, 64, 3)), ("bf16 128r 3st", (bf, bf, 128, 3)),
+                       ("bf16 ws 4st", (bf, bf, 128, 4, 128, True)), ("fp8 64r 2st", (e4, bf, 64, 2)),
+                       ("fp8 64r 4st", (e4, bf, 64, 4)), ("fp8 128r 4st", (e4, bf, 128, 4)),
+                       ("fp8 ahead 64r 3st", (e4, bf, 64, 3, 128, False, 0.0, True)),
+                       ("fp8 e5m2 fp16 D=64", (e5, torch.float16, 64, 4, 64)),
+                       ("fp8 capped 64r 4st", (e4, bf, 64, 4, 128, False, 50.0))):
+        yield f"overlap {name}", lambda args=args: compile_prefix(*args)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("families", nargs="*", default=["decode", "bifurcated", "sparse"])
@@ -269,7 +304,8 @@ def main(argv=None):
     label = [""]
     _install(args.ptx, label)
     print(f"triton {triton.__version__}; sm_90a; occupancy for an H200 SM ({REGS} registers, {SMEM} B shared)")
-    families = {"decode": decode_cases, "bifurcated": bifurcated_cases, "sparse": sparse_cases}
+    families = {"decode": decode_cases, "bifurcated": bifurcated_cases, "sparse": sparse_cases,
+                "overlap": overlap_cases}
     for fam in args.families:
         for name, fn in families[fam]():
             if args.cases and name not in args.cases.split(","):

@@ -1,9 +1,10 @@
 """Bifurcated decode over float8 caches against bf16 caches (bifurcated probe 53), same process.
 
 On suite cases of ``bench_bifurcated`` (bf16 queries, 256 own tokens per sample), prefix and own caches quantised to
-e4m3 with per-tensor scales (``amax / 448``), three variants: the default call over the bf16 caches (the overlap
-path where it is preferred), the states path over the bf16 caches (``LEANATTN_BIFURCATED_CONFIG`` path field 3,
-the path float8 calls with several samples take), and the default call over the float8 caches; each checked against
+e4m3 with per-tensor scales (``amax / 448``), four variants: the default call over the bf16 caches (the overlap
+path where it is preferred), the states path over the bf16 caches (``LEANATTN_BIFURCATED_CONFIG`` path field 3),
+the default call over the float8 caches (the overlap path where a bf16 call takes it, its Gluon prefix converting
+the float8 tiles), and the states path over them; each checked against
 the float64 reference (over the bf16 caches, or over the stored float8 values times the scales) of the first and
 last sample, then CUDA-graph replays timed in five interleaved rounds (do_bench, L2 flushed;
 ``bench_bifurcated.variant_probe``). The float8 caches hold half the bytes of the bf16 ones.
@@ -23,7 +24,7 @@ import bench_bifurcated as bb  # noqa: E402
 
 import leanattn  # noqa: E402
 
-CASES = ("gqa 8k x1", "gqa 8k x16", "gqa 8k x64", "mha 8k x32", "gqa 32k x64", "mha 16k x16")
+CASES = ("gqa 8k x1", "gqa 8k x16", "gqa 8k x64", "mha 8k x32", "gqa 32k x64", "mha 16k x16", "gqa 8k x256")
 STATES = {"LEANATTN_BIFURCATED_CONFIG": "0,0,0,0,0,0,0,0,0,3"}  # the states path
 
 
@@ -41,10 +42,11 @@ def quantised(inp, idx):
 
 
 def main(argv=None):
-    variants = {"bf16": (None, ()), "bf16, states path": (STATES, ()), "fp8": (None, (), quantised)}
+    variants = {"bf16": (None, ()), "bf16, states path": (STATES, ()), "fp8": (None, (), quantised),
+                "fp8, states path": (STATES, (), quantised)}
     bb.variant_probe(__doc__, argv, CASES, variants, ("paths", lambda p: p.path), "bifurcated_probe_fp8.json",
                      "bifurcated decode over float8 e4m3 caches against bf16 (default and states paths)",
-                     pairs=[("fp8", "bf16"), ("fp8", "bf16, states path")])
+                     pairs=[("fp8", "bf16"), ("fp8", "fp8, states path"), ("fp8, states path", "bf16, states path")])
 
 
 if __name__ == "__main__":

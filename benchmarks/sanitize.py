@@ -2,6 +2,7 @@
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
         [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap] [bifurcated-fp8]
+        [overlap-fp8]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -193,12 +194,12 @@ def concat():
 
 
 def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (False, 12)), pingpong=False,
-            softcap=0.0):
+            softcap=0.0, fp8=None):
     # the overlap path alone (Gluon prefix on sm_90, own tokens on a side stream): ragged last tiles, rows
     # that are not a multiple of 64, D 64 and 128, MHA and GQA, with and without own tokens (2026-12-01 on an
     # H200 as a stand-alone script: memcheck 0 errors, racecheck 0 hazards), then with the own tokens as the
     # prefix's programmatic dependent launch on one stream (ops/bifurcated_overlap.ORDERED), and at 128 prefix rows
-    # a program
+    # a program; over caches stored as ``fp8`` (with scales) where it is given
     from leanattn import runtime
     from leanattn.ops import bifurcated as opb, bifurcated_overlap as ov
     # 8 warps: 128 prefix rows a program over two warp groups, 12 the same warp-specialized, both orders; the
@@ -215,10 +216,25 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
             k = torch.randn(n, 333, hkv, d, dtype=BF16, device=DEV)
             v = torch.randn_like(k)
             sl = torch.randint(0, 334, (n,), dtype=torch.int32, device=DEV)
-            leanattn.bifurcated_decode(q, pk, pv, k, v, sl, softcap=softcap)
-            leanattn.bifurcated_decode(q, pk, pv, None, None, softcap=softcap)
+            kw = dict(softcap=softcap)
+            if fp8:
+                pk, pv, k, v = (t.to(fp8) for t in (pk, pv, k, v))
+                kw.update(k_scale=0.5, v_scale=2.0)
+            leanattn.bifurcated_decode(q, pk, pv, k, v, sl, **kw)
+            leanattn.bifurcated_decode(q, pk, pv, None, None, **kw)
     ov.ORDERED, ov.WS_PINGPONG, opb._PLANS = None, False, runtime.PlanCache()
     os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
+
+
+def overlap_fp8():
+    # float8 takes the plain Gluon kernel at 64 and 128 rows (the field 12 would too), converting each tile before
+    # its products and a tile ahead (FP8_AHEAD)
+    from leanattn.ops import bifurcated_overlap as ov
+    default = ov.FP8_AHEAD
+    for ahead in (False, True):
+        ov.FP8_AHEAD = ahead
+        overlap(((False, 0), (True, 0), (True, 8), (False, 8)), fp8=torch.float8_e4m3fn)
+    ov.FP8_AHEAD = default
 
 
 if __name__ == "__main__":
@@ -228,7 +244,9 @@ if __name__ == "__main__":
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
                 "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True),
                 "overlap-softcap": lambda: overlap(softcap=30.0),
-                "bifurcated-fp8": lambda: bifurcated_launches(fp8=torch.float8_e4m3fn)}
+                "bifurcated-fp8": lambda: bifurcated_launches(fp8=torch.float8_e4m3fn),
+                # float8 takes the plain Gluon kernel at 64 and 128 rows (the field 12 would too)
+                "overlap-fp8": overlap_fp8}
     chosen = sys.argv[1:] or list(families)
     for name in chosen:
         families[name]()

@@ -796,6 +796,8 @@ def test_overlap_path_split_counts_and_cpu_fallback():
     assert ov.prefix_per_sm(4, 8192, 0) == 2 and ov.prefix_per_sm(4, 8192, 256, per_sm=2) == 2  # prefix only, forced
     assert ov.prefix_stages(1, 4) == 4 and ov.prefix_stages(1, 1) == 3 and ov.prefix_stages(2, 4) == 3
     assert ov.prefix_stages(1, 4, 128) == 3 and ov.prefix_per_sm(4, 32768, 256, rows=128) == 1
+    assert ov.fp8_stages(2) == 2 and ov.fp8_stages(1) == 4  # float8 rings: two programs an SM fit at two stages
+    assert not ov.FP8_AHEAD  # measured level or slower (bifurcated probe 54)
     S, chunk = ov.prefix_splits(32, 128, 1, 132)   # GQA 8k x64: 32 columns, one per SM
     assert (S, chunk) == (4, 32)
     S, chunk = ov.prefix_splits(32, 512, 2, 132)   # GQA 32k x64: two per SM
@@ -852,6 +854,11 @@ def test_gluon_prefix_refuses_empty_splits():
     for ws in (False, True):
         with pytest.raises(ValueError, match="expected 6 splits of 2 tiles to leave none empty, got 5"):
             ov.GluonPrefix(q, 640, 2, 6, 2, 0.1, warp_specialized=ws)
+    # float8 prefixes take the plain kernel, whose warps convert the tiles
+    ov.GluonPrefix(q, 640, 2, 5, 2, 0.1, kv_dtype=torch.float8_e4m3fn, v_scale=0.5)
+    with pytest.raises(ValueError, match="expected a 16-bit prefix on the warp-specialized kernel, got "
+                                         "torch.float8_e5m2"):
+        ov.GluonPrefix(q, 640, 2, 5, 2, 0.1, warp_specialized=True, kv_dtype=torch.float8_e5m2)
 
 
 def test_overlap_order_rule(monkeypatch):

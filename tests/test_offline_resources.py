@@ -44,3 +44,25 @@ def test_gluon_prefix_kernels_compile_for_sm90():
         assert r["stack"] == 0, (tag, r)
         if " ws " in tag:
             assert r["regs"] == ov.WS_MAXNREG and r["warps"] == 12 and r["occupancy"] == 1, (tag, r)
+
+
+def test_gluon_prefix_float8_kernels_compile_for_sm90():
+    # the Gluon prefix over float8 tiles (ops/bifurcated_overlap.GluonPrefix, kernels/bifurcated_prefix_gluon) beside
+    # the 16-bit kernels: no stack, and two programs an SM at 64 rows over two stages (the shape
+    # bifurcated_overlap.fp8_stages gives where two programs share an SM)
+    from leanattn.kernels import bifurcated_prefix_gluon as pg
+    if not pg.AVAILABLE:
+        import pytest
+        pytest.skip("this Triton has no Gluon")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.path.join(ROOT, "src")
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "offline_resources.py"), "overlap"],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "stopped at" not in run.stdout, run.stdout
+    rows = {line[:32].strip(): line[32:].split() for line in run.stdout.splitlines() if line.startswith("overlap ")}
+    assert len(rows) == 9, run.stdout
+    for case, (kernel, regs, stack, shared, warps, occ) in rows.items():
+        assert int(stack) == 0 and int(regs) > 0, (case, regs, stack)
+    assert rows["overlap fp8 64r 2st"][5] == "2" and rows["overlap bf16 64r 3st"][5] == "2"
+    assert rows["overlap fp8 128r 4st"][4] == "8" and rows["overlap bf16 ws 4st"][4] == "12"

@@ -111,17 +111,24 @@ def fp8_query(q, K, qk_scale, UPCAST: tl.constexpr):
     ``UPCAST`` (the interpreter's bf16 queries, arriving in fp32) the rows take the same fp16 values, back in fp32.
     """
     if K.dtype.element_ty.is_fp8() and (q.dtype.is_bf16() or UPCAST):
-        qf = q.to(tl.float32)
-        amax = tl.max(tl.abs(qf), 1)
-        exponent = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-        n = tl.minimum(tl.maximum(13 - exponent, -126), 126)
-        scale = ((127 + n) << 23).to(tl.float32, bitcast=True)
-        inverse = ((127 - n) << 23).to(tl.float32, bitcast=True)
-        q = (qf * scale[:, None]).to(tl.float16)
+        q, inverse = fp16_rows(q)
         if UPCAST:
             q = q.to(tl.float32)
         qk_scale = qk_scale * inverse[:, None]
     return q, qk_scale
+
+
+@triton.jit
+def fp16_rows(q):
+    """``(rows, inverse)``: the rows of ``q [ROWS, D]`` in fp16, each scaled by the power of two that brings its
+    largest magnitude into ``[2**13, 2**14)``, and the inverse of each scale (``[ROWS]`` fp32); ``fp8_query``."""
+    qf = q.to(tl.float32)
+    amax = tl.max(tl.abs(qf), 1)
+    exponent = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    n = tl.minimum(tl.maximum(13 - exponent, -126), 126)
+    scale = ((127 + n) << 23).to(tl.float32, bitcast=True)
+    inverse = ((127 - n) << 23).to(tl.float32, bitcast=True)
+    return (qf * scale[:, None]).to(tl.float16), inverse
 
 
 @triton.jit

@@ -280,7 +280,10 @@ def bifurcated_decode(
     :func:`leanattn.merge_states` launch merges. With at most one sample per prompt and an own cache
     there is nothing to share and the launch is :func:`leanattn.decode`'s stream-K schedule over the concatenation,
     without building it (``kernels/bifurcated_concat.py``); for one sample whose cut is even pieces of each row,
-    as decode's one sequence, those pieces and a merge launch. Output is bitwise deterministic for
+    as decode's one sequence, those pieces and a merge launch. On Hopper, with 256 stacked rows per kv head or more
+    (or MHA with 16 samples), the prefix pass runs in Gluon (``kernels/bifurcated_prefix_gluon.py``) with the own
+    tokens beside it (``ops/bifurcated_overlap.py``). Over float8 caches every path computes its products in fp16
+    (the Gluon prefix converts each tile once a program). Output is bitwise deterministic for
     fixed inputs and launch configuration.
     Registered as the custom op ``torch.ops.leanattn.bifurcated_decode``
     (``torch.compile(fullgraph=True)``, CUDA graphs: lengths, prefix ids and prefix lengths may

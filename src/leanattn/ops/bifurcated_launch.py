@@ -186,16 +186,15 @@ class Plan:
         group = Hq // Hkv
         has_own = k is not None
         self.qk_scale, self.softcap = score_scales(scale, k_scale, softcap)
-        self.v_scale = v_scale
+        self.k_scale, self.v_scale = k_scale, v_scale
         fp8 = pk.dtype in FP8_DTYPES
         # cascade_decode's call over own tokens alone passes an empty prefix in the caches' dtype
         fp8_capable("prefix_k" if P or not has_own else "k_cache", pk.dtype, device)
         # float8 caches read with 16-bit queries take decode's float8 tiles on the concat path (decode_config)
         self.fp8_tiles = fp8 and q.dtype != torch.float32
-        self.kv_element = pk.element_size()
+        self.kv_element, self.kv_dtype = pk.element_size(), pk.dtype
         # the fused and split paths (benchmark options) have no soft cap and read no float8 caches: such calls take
-        # the states path whatever LEANATTN_BIFURCATED_CONFIG asks (the overlap path's Gluon prefix reads no float8
-        # either: bifurcated_overlap.usable)
+        # the states path whatever LEANATTN_BIFURCATED_CONFIG asks (the overlap path takes both)
         lc = launch_config(n_max * group, D, group, device, block_h, block_n, "states" if softcap > 0 or fp8 else "")
         self.path = "concat" if has_own and n_max == 1 else lc.path
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
@@ -454,7 +453,10 @@ class Plan:
         # the num_warps field is the states path's unless the path field forces this one
         warps = env["num_warps"] if env["path"] == 4 else 0
         own_len = cap if own else 0
-        ws = overlap.prefix_warp_specialized(group, P, own_len, B * group, D, Hkv, sms, warps)
+        # float8 prefixes take the plain kernel, whose warps convert the tiles (the warp-specialized one has no
+        # converting partition)
+        fp8 = self.kv_dtype in FP8_DTYPES
+        ws = not fp8 and overlap.prefix_warp_specialized(group, P, own_len, B * group, D, Hkv, sms, warps)
         block_m = 128 if ws else overlap.prefix_rows(group, P, own_len, B * group, D, Hkv, sms, warps)
         n_hb = triton.cdiv(B * group, block_m)
         per_sm = overlap.prefix_per_sm(group, P, own_len, env["ctas_per_sm"], block_m)
@@ -463,14 +465,20 @@ class Plan:
         # ORDERED: the own tokens as the prefix's programmatic dependent launch on one stream, not a second stream
         self.ordered = own and overlap.ordered(B * Hkv) and runtime.dependent_launch(device)
         self.own_plan = (DecodePlan(q, k, v, seqlens, block_table, scale, "split", 0, block_n, overlap.OWN_STAGES,
-                                    self.ordered, merged=False, softcap=softcap) if own else None)
+                                    self.ordered, merged=False, k_scale=self.k_scale, v_scale=self.v_scale,
+                                    softcap=softcap) if own else None)
         n_states = S + (self.own_plan.splits if own else 0)
         # K/V ring of overlap.prefix_stages; LEANATTN_BIFURCATED_CONFIG's stages field overrides, from 2 (one
         # stage would wait on a tile it only loads later in the same iteration)
-        stages = max(2, env["num_stages"] or (overlap.ws_prefix_stages(group, P, own_len) if ws else
-                                              overlap.prefix_stages(per_sm, group, block_m)))
+        if fp8:
+            stages = overlap.fp8_stages(per_sm)
+        elif ws:
+            stages = overlap.ws_prefix_stages(group, P, own_len)
+        else:
+            stages = overlap.prefix_stages(per_sm, group, block_m)
+        stages = max(2, env["num_stages"] or stages)
         self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, self.qk_scale, stages, self.ordered, block_m, ws,
-                                          self.softcap)
+                                          self.softcap, self.kv_dtype, self.v_scale)
         st_o, st_l, self.launch_merge = states_and_merge("bif_states", device, n_states, B, Hq, D)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
         self.merge_in_kernel = False

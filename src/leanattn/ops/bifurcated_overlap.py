@@ -14,9 +14,13 @@ import torch
 import triton
 
 from .. import runtime
+from ..checks import FP8_DTYPES
 from ..kernels import bifurcated_prefix_gluon as pg
 
 _SIDE_STREAMS: dict = {}
+# Gluon's dtypes of the prefix caches the Gluon kernel reads
+_GL_DTYPES = ({torch.bfloat16: pg.gl.bfloat16, torch.float16: pg.gl.float16, torch.float8_e4m3fn: pg.gl.float8e4nv,
+               torch.float8_e5m2: pg.gl.float8e5} if pg.AVAILABLE else {})
 
 # Pipeline depth of the own-token kernel (decode's split kernel) beside the Gluon prefix: 2 stages (38 KB of
 # shared memory at D=128, 64-token tiles) fit two of its programs beside a Gluon program of 115 KB, where decode's
@@ -67,8 +71,9 @@ def ordered(pairs: int) -> bool:
 
 def usable(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, single: bool, has_plens: bool) -> bool:
     """Whether the overlap path can run this call: an sm_90 GPU, a Triton with Gluon, one prompt whose
-    length is the prefix tensor's (``pk/pv (1, P, Hkv, D)``), D of 64 or 128, fp16/bf16 (not float8
-    caches), and a prefix TMA can read as ``(P, Hkv * D)`` (16-byte aligned base and row stride)."""
+    length is the prefix tensor's (``pk/pv (1, P, Hkv, D)``), D of 64 or 128, fp16/bf16 queries over a prefix in
+    their dtype or in float8, and a prefix TMA can read as ``(P, Hkv * D)`` (16-byte aligned base and row
+    stride)."""
     if not (pg.AVAILABLE and q.is_cuda and not runtime.interpreting() and single and not has_plens):
         return False
     if torch.cuda.get_device_capability(q.device) != (9, 0):
@@ -76,7 +81,7 @@ def usable(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, single: bool, ha
     G, P, Hkv, D = pk.shape
     if G != 1 or P == 0 or D not in (64, 128) or q.dtype not in (torch.float16, torch.bfloat16):
         return False
-    if pk.dtype != q.dtype:  # a float8 prefix
+    if pk.dtype != q.dtype and pk.dtype not in FP8_DTYPES:
         return False
     for t in (pk, pv):
         if t.stride(3) != 1 or t.stride(2) != D or (t.stride(1) * t.element_size()) % 16 or t.data_ptr() % 16:
@@ -231,38 +236,58 @@ def side_stream(device: torch.device, avoid: torch.cuda.Stream = None) -> torch.
     return stream
 
 
+# Whether the Gluon prefix over float8 tiles converts tile j+1's K during iteration j's softmax (AHEAD in
+# ``kernels/bifurcated_prefix_gluon._attend_prefix``) rather than before issuing tile j's products.
+FP8_AHEAD = False
+
+
+def fp8_stages(per_sm: int) -> int:
+    """Depth of the float8 ring of the Gluon prefix program over a float8 prefix (16 KB a stage at D=128, beside its
+    64 KB of fp16 buffers): two where two programs share an SM (112 KB each at 64 rows), four at one per SM."""
+    return 2 if per_sm > 1 else 4
+
+
 class GluonPrefix:
     """Launch constants of the Gluon prefix pass of one plan; ``__call__`` builds the TMA descriptors of
     this call's prefix (a few microseconds of host time; a plan that kept them would keep the caller's
     prefix tensors alive) and launches, directly after the first launch (``runtime.Launcher``). ``qk_scale`` and
-    ``softcap`` (> 0: logit soft-capping) as ``ops/decode.score_scales`` gives them."""
+    ``softcap`` (> 0: logit soft-capping) as ``ops/decode.score_scales`` gives them. ``kv_dtype``: the prefix's
+    dtype, the query's or float8 (``v_scale`` its values' scale), which the warp-specialized kernel does not read."""
 
     def __init__(self, q, P: int, Hkv: int, S: int, chunk: int, qk_scale: float, stages: int = 3,
                  trigger: bool = False, block_m: int = pg.BLOCK_M, warp_specialized: bool = False,
-                 softcap: float = 0.0):
+                 softcap: float = 0.0, kv_dtype: torch.dtype = None, v_scale: float = 1.0):
         B, Hq, D = q.shape
         group = Hq // Hkv
         R = B * group
         block_m = 128 if warp_specialized else block_m
         n_hb = triton.cdiv(R, block_m)
-        gl_dtype = {torch.bfloat16: pg.gl.bfloat16, torch.float16: pg.gl.float16}[q.dtype]
-        self.kv_layout = pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], gl_dtype)
+        kv_gl = _GL_DTYPES[kv_dtype or q.dtype]
+        fp8 = kv_gl.is_fp8()
+        if fp8 and warp_specialized:
+            raise ValueError(f"GluonPrefix: expected a 16-bit prefix on the warp-specialized kernel, got {kv_dtype}")
+        # the products' dtype: fp16 over float8 tiles
+        q_gl = pg.gl.float16 if fp8 else _GL_DTYPES[q.dtype]
+        self.kv_layout = pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], kv_gl)
         meta = dict(HQ=Hq, GROUP=group, HEAD_DIM=D, BLOCK_N=pg.BLOCK_N, STAGES=stages, MASK_TAIL=P % pg.BLOCK_N != 0,
                     TRIGGER=trigger, SOFTCAP=softcap > 0)
         if warp_specialized:  # 4 warps here are the default partition's; the kernel adds its workers' 8
-            meta.update(Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([64, D], gl_dtype), num_warps=4,
+            meta.update(Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([64, D], q_gl), num_warps=4,
                         maxnreg=WS_MAXNREG, CONSUMER_REGS=(3 * WS_MAXNREG - 24) // 16 * 8, PINGPONG=WS_PINGPONG)
         else:
-            meta.update(BLOCK_M=block_m, Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([block_m, D], gl_dtype),
+            meta.update(BLOCK_M=block_m, Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([block_m, D], q_gl),
                         num_warps=block_m // 16)
+            if fp8:
+                meta.update(KV16_SMEM=pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], pg.gl.float16),
+                            AHEAD=FP8_AHEAD)
         if triton.cdiv(triton.cdiv(P, pg.BLOCK_N), chunk) != S:  # an empty split would wait on a tile never loaded
             raise ValueError(f"GluonPrefix: expected {S} splits of {chunk} tiles to leave none empty, "
                              f"got {triton.cdiv(triton.cdiv(P, pg.BLOCK_N), chunk)} non-empty")
         self.grid = (Hkv * S * n_hb,)
         kernel = pg.prefix_gluon_ws_kernel if warp_specialized else pg.prefix_gluon_kernel
         self.launch = runtime.Launcher(kernel, self.grid, meta,
-                                       (q.stride(0), q.stride(1), qk_scale, softcap, B, P, R, n_hb, S, chunk,
-                                        triton.cdiv(P, pg.BLOCK_N)))
+                                       (q.stride(0), q.stride(1), qk_scale, softcap, v_scale, B, P, R, n_hb, S,
+                                        chunk, triton.cdiv(P, pg.BLOCK_N)))
         self.shape = (P, Hkv * D)
         self.block = [pg.BLOCK_N, D]
 
