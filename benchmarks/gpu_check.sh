@@ -22,14 +22,15 @@
 #   sanitize-bif-softcap  memcheck then racecheck over bifurcated and cascade launches with a soft cap
 #               (sanitize.py bifurcated-softcap; 0 errors, 0 hazards on an H200, 2026-12-04 10:25)
 #   sanitize-overlap-softcap  memcheck, then racecheck, over the overlap path's launches with a soft cap (sanitize.py
-#               overlap-softcap; the warp-specialized launches among them show Triton's partition-dispatch hazards,
+#               overlap-softcap; H200 2026-12-04: 0 errors, 16 hazards, the uncapped launches' count; the
+#               warp-specialized launches among them show Triton's partition-dispatch hazards,
 #               see racecheck-ws-minimal)
 #   tests-bif-fp8  the GPU tests of bifurcated and cascade decode over float8 caches alone, the Gluon prefix over
 #               float8 tiles among them
 #   sanitize-bif-fp8  memcheck then racecheck over bifurcated and cascade launches over float8 caches
 #               (sanitize.py bifurcated-fp8; H200 2026-12-04: 0 errors, 0 hazards)
 #   sanitize-overlap-fp8  memcheck then racecheck over the overlap path's launches over float8 caches (sanitize.py
-#               overlap-fp8)
+#               overlap-fp8; H200 2026-12-04: 0 errors, 0 hazards)
 #   overlap-fp8  the Gluon prefix's launch shapes over float8 tiles (benchmarks/probe_overlap_fp8.py, bifurcated
 #               probe 54)
 #   bif-fp8     bifurcated decode over float8 e4m3 caches against bf16 ones, default and states paths
