@@ -123,8 +123,8 @@ if AVAILABLE:
                 # turns alternate strictly: group 0's turn j is pre-armed at j = 1, then each is the other's hand-over
                 mbarrier.wait(turn.index(HALF), (j - 1) & 1)
             if FP8:
-                # the barrier also says every warp is done with tile j-1's float8 slot and with the products of
-                # tile j-2 (whose fp16 buffers tiles j and, AHEAD, j+1 take)
+                # the barrier also says every warp is done with tile j-1's float8 slot and with the products whose
+                # fp16 buffers are written next: tile j-2's (tile j's K, V) and, AHEAD, tile j-1's QK^T (tile j+1's K)
                 if AHEAD:
                     fence_async_shared()
                     _cta_barrier()

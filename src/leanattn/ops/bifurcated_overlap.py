@@ -243,7 +243,9 @@ FP8_AHEAD = False
 
 def fp8_stages(per_sm: int) -> int:
     """Depth of the float8 ring of the Gluon prefix program over a float8 prefix (16 KB a stage at D=128, beside its
-    64 KB of fp16 buffers): two where two programs share an SM (112 KB each at 64 rows), four at one per SM."""
+    64 KB of fp16 buffers): two where two programs share an SM (112 KB each at 64 rows), four at one per SM. H200,
+    2026-12-04 (bifurcated probe 54, ``--shapes``): at 128 rows three stages level with four (0.99-1.02); at 64
+    rows one an SM over four stages level with the default where one an SM is the default."""
     return 2 if per_sm > 1 else 4
 
 
