@@ -263,22 +263,18 @@ def bifurcated_cases():
 def overlap_cases():
     """The Gluon prefix kernels (``ops/bifurcated_overlap.GluonPrefix``) as the overlap path launches them: 16-bit
     prefixes at 64 and 128 rows and warp-specialized, float8 ones at 64 rows over two and four stages, 128 rows,
-    converting a tile ahead, e5m2 with fp16 queries at D=64, and capped."""
+    e5m2 with fp16 queries at D=64, and capped."""
     from leanattn.kernels import bifurcated_prefix_gluon as pg
     from leanattn.ops import bifurcated_overlap as ov
     if not pg.AVAILABLE:
         return
     bf, e4, e5 = torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2
 
-    def compile_prefix(kv, qd, rows, stages, d=128, ws=False, softcap=0.0, ahead=False):
+    def compile_prefix(kv, qd, rows, stages, d=128, ws=False, softcap=0.0):
         B, hq, hkv, P = 64, 32, 8, 8192
         q = torch.randn(B, hq, d, dtype=qd)
         prefix = torch.randn(P, hkv * d).to(kv)
-        saved, ov.FP8_AHEAD = ov.FP8_AHEAD, ahead
-        try:
-            gp = ov.GluonPrefix(q, P, hkv, 16, 8, 0.1, stages, False, rows, ws, softcap, kv, 0.5)
-        finally:
-            ov.FP8_AHEAD = saved
+        gp = ov.GluonPrefix(q, P, hkv, 16, 8, 0.1, stages, False, rows, ws, softcap, kv, 0.5)
         desc = pg.TensorDescriptor(prefix, list(gp.shape), [prefix.stride(0), 1], gp.block, gp.kv_layout)
         st_o, st_l = torch.empty(16, B, hq, d), torch.empty(16, B, hq)
         L = gp.launch
@@ -287,7 +283,6 @@ def overlap_cases():
     for name, args in (("bf16 64r 3st", (bf, bf, 64, 3)), ("bf16 128r 3st", (bf, bf, 128, 3)),
                        ("bf16 ws 4st", (bf, bf, 128, 4, 128, True)), ("fp8 64r 2st", (e4, bf, 64, 2)),
                        ("fp8 64r 4st", (e4, bf, 64, 4)), ("fp8 128r 4st", (e4, bf, 128, 4)),
-                       ("fp8 ahead 64r 3st", (e4, bf, 64, 3, 128, False, 0.0, True)),
                        ("fp8 e5m2 fp16 D=64", (e5, torch.float16, 64, 4, 64)),
                        ("fp8 capped 64r 4st", (e4, bf, 64, 4, 128, False, 50.0))):
         yield f"overlap {name}", lambda args=args: compile_prefix(*args)

@@ -226,17 +226,6 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
     os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
 
 
-def overlap_fp8():
-    # float8 takes the plain Gluon kernel at 64 and 128 rows (the field 12 would too), converting each tile before
-    # its products and a tile ahead (FP8_AHEAD)
-    from leanattn.ops import bifurcated_overlap as ov
-    default = ov.FP8_AHEAD
-    for ahead in (False, True):
-        ov.FP8_AHEAD = ahead
-        overlap(((False, 0), (True, 0), (True, 8), (False, 8)), fp8=torch.float8_e4m3fn)
-    ov.FP8_AHEAD = default
-
-
 if __name__ == "__main__":
     torch.manual_seed(0)
     families = {"decode": decode, "fp8": fp8, "merge": merges, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap,
@@ -246,7 +235,9 @@ if __name__ == "__main__":
                 "overlap-softcap": lambda: overlap(softcap=30.0),
                 "bifurcated-fp8": lambda: bifurcated_launches(fp8=torch.float8_e4m3fn),
                 # float8 takes the plain Gluon kernel at 64 and 128 rows (the field 12 would too)
-                "overlap-fp8": overlap_fp8}
+                # float8 takes the plain Gluon kernel at 64 and 128 rows (the field 12 would too)
+                "overlap-fp8": lambda: overlap(((False, 0), (True, 0), (True, 8), (False, 8)),
+                                               fp8=torch.float8_e4m3fn)}
     chosen = sys.argv[1:] or list(families)
     for name in chosen:
         families[name]()

@@ -797,7 +797,6 @@ def test_overlap_path_split_counts_and_cpu_fallback():
     assert ov.prefix_stages(1, 4) == 4 and ov.prefix_stages(1, 1) == 3 and ov.prefix_stages(2, 4) == 3
     assert ov.prefix_stages(1, 4, 128) == 3 and ov.prefix_per_sm(4, 32768, 256, rows=128) == 1
     assert ov.fp8_stages(2) == 2 and ov.fp8_stages(1) == 4  # float8 rings: two programs an SM fit at two stages
-    assert not ov.FP8_AHEAD  # measured level or slower (bifurcated probe 54)
     S, chunk = ov.prefix_splits(32, 128, 1, 132)   # GQA 8k x64: 32 columns, one per SM
     assert (S, chunk) == (4, 32)
     S, chunk = ov.prefix_splits(32, 512, 2, 132)   # GQA 32k x64: two per SM

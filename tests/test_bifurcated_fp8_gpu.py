@@ -76,24 +76,6 @@ def test_fp8_overlap(monkeypatch, fp8, n, hq, hkv, d, P, warps, stages):
 
 
 @pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
-@pytest.mark.parametrize("n,hq,hkv,d,P", [(64, 32, 8, 128, 8192), (5, 32, 8, 64, 1000), (33, 32, 4, 64, 63)])
-@pytest.mark.parametrize("warps,stages", [(4, 2), (4, 3), (8, 4)])
-def test_fp8_overlap_ahead(monkeypatch, n, hq, hkv, d, P, warps, stages):
-    # the float8 Gluon prefix converting tile j+1's K during tile j's softmax (ops/bifurcated_overlap.FP8_AHEAD)
-    from leanattn import runtime
-    from leanattn.ops import bifurcated as bif, bifurcated_overlap as ov
-    monkeypatch.setattr(bif, "_PLANS", runtime.PlanCache())
-    monkeypatch.setattr(ov, "FP8_AHEAD", True)
-    own = torch.randint(0, 300, (n,)).tolist()
-    own[0] = 0
-    args = inputs(n, hq, hkv, d, P, own)
-    with _path(4, warps, stages):
-        plan = check(*args, name=f"overlap ahead {n} {hq}/{hkv} D={d} P={P} warps {warps} stages {stages}")
-        assert plan.path == "overlap"
-        check(*args[:3], None, None, None, name="overlap ahead prefix only")
-
-
-@pytest.mark.skipif(not HOPPER, reason="the overlap path runs on sm_90 only")
 @pytest.mark.parametrize("n,hq,hkv,P", [(64, 32, 8, 32768), (16, 32, 32, 9000), (256, 32, 8, 1000)])
 def test_fp8_overlap_default(n, hq, hkv, P):
     # the overlap path's own choices over float8 (two programs an SM and two stages at GQA 32k x64) with fp16 and

@@ -55,7 +55,7 @@ if AVAILABLE:
                        STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, RELEASE: gl.constexpr, turn=None,
                        PINGPONG: gl.constexpr = False, HALF: gl.constexpr = 0, softcap=0.0,
                        SOFTCAP: gl.constexpr = False, k16=None, v16=None, FP8: gl.constexpr = False,
-                       ROW_SCALE: gl.constexpr = False, AHEAD: gl.constexpr = False):
+                       ROW_SCALE: gl.constexpr = False):
         """``(acc, m, l)``: the unnormalised state (base 2) of the rows in ``q_smem`` against the split's ``n_j``
         tiles from ``t0``, tile ``j`` in ring slot ``j % STAGES`` once ``kbar``/``vbar`` say it has landed. Each
         iteration issues tile j's QK^T, then tile j-1's P@V, waits for the scores only and runs tile j's softmax
@@ -69,10 +69,7 @@ if AVAILABLE:
         buffers ``k16``/``v16`` (two tiles each, tile j in buffer ``j % 2``) before the products read them; the
         float8 slot of tile j-1 is refilled as soon as every warp has passed the barrier after tile j's K
         conversion, so it has no ``RELEASE`` form. The returned ``m`` is then the max minus 15 (the probabilities'
-        shift, ``kernels/attend.fp8_shift``). ``AHEAD`` (float8): tile j+1's K is converted in iteration j, after its
-        softmax, and tile j's V before it, both while the products run, so an iteration's products are issued as
-        soon as its barrier is passed; tile j+1 is then waited for one iteration earlier (a ring of two stages
-        would wait on the load just issued)."""
+        shift, ``kernels/attend.fp8_shift``)."""
         dtype: gl.constexpr = q_smem.dtype
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
@@ -85,8 +82,6 @@ if AVAILABLE:
         if FP8:
             # a slot is refilled in the iteration after its tile's conversion, so two at least
             gl.static_assert(not RELEASE and STAGES >= 2)
-        else:
-            gl.static_assert(not AHEAD)
         if ROW_SCALE:
             qk_scale = gl.expand_dims(gl.convert_layout(qk_scale, gl.SliceLayout(1, s_layout)), 1)
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
@@ -107,37 +102,27 @@ if AVAILABLE:
         if FP8:
             mbarrier.wait(vbar.index(0), 0)
             _to_fp16(v_smem.index(0), v16.index(0), WARPS, BLOCK_N, HEAD_DIM, False)
-            if AHEAD:
-                if n_j > 1:
-                    mbarrier.wait(kbar.index(1 % STAGES), (1 // STAGES) & 1)
-                    _to_fp16(k_smem.index(1 % STAGES), k16.index(1), WARPS, BLOCK_N, HEAD_DIM, False)
         p_prev = gl.convert_layout(p.to(dtype), p_layout)
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
 
         for j in range(1, n_j):
             slot = j % STAGES
             prev = (j - 1) % STAGES
-            if not AHEAD:
-                mbarrier.wait(kbar.index(slot), (j // STAGES) & 1)
+            mbarrier.wait(kbar.index(slot), (j // STAGES) & 1)
             if PINGPONG:
                 # turns alternate strictly: group 0's turn j is pre-armed at j = 1, then each is the other's hand-over
                 mbarrier.wait(turn.index(HALF), (j - 1) & 1)
             if FP8:
-                # the barrier also says every warp is done with tile j-1's float8 slot and with the products whose
-                # fp16 buffers are written next: tile j-2's (tile j's K, V) and, AHEAD, tile j-1's QK^T (tile j+1's K)
-                if AHEAD:
-                    fence_async_shared()
-                    _cta_barrier()
-                else:
-                    _to_fp16(k_smem.index(slot), k16.index(j % 2), WARPS, BLOCK_N, HEAD_DIM)
+                # the barrier in _to_fp16 also says every warp is done with tile j-1's float8 slot and with the
+                # products of tile j-2 (whose fp16 buffers tile j takes). Converting tile j+1's K during tile j's
+                # softmax instead, so that no conversion stands between the barrier and the products, measured
+                # level or slower (bifurcated probe 54; notes section 29)
+                _to_fp16(k_smem.index(slot), k16.index(j % 2), WARPS, BLOCK_N, HEAD_DIM)
                 st = warpgroup_mma(q_smem, k16.index(j % 2).permute((1, 0)), zero_s, use_acc=False, is_async=True)
                 acc_t = warpgroup_mma(p_prev, v16.index((j - 1) % 2), acc, is_async=True)
                 nxt = j - 1 + STAGES
                 if nxt < n_j:
                     _load_tile(k_desc, v_desc, k_smem, v_smem, kbar, vbar, prev, (t0 + nxt) * BLOCK_N, col)
-                if AHEAD:
-                    mbarrier.wait(vbar.index(slot), (j // STAGES) & 1)
-                    _to_fp16(v_smem.index(slot), v16.index(j % 2), WARPS, BLOCK_N, HEAD_DIM, False)
             else:
                 st = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
                 mbarrier.wait(vbar.index(prev), ((j - 1) // STAGES) & 1)
@@ -155,15 +140,9 @@ if AVAILABLE:
             l_i = l_i * alpha + gl.sum(p, axis=1)
             m_i = m_new
             if FP8:
-                if AHEAD:
-                    if j + 1 < n_j:
-                        nk = (j + 1) % STAGES
-                        mbarrier.wait(kbar.index(nk), ((j + 1) // STAGES) & 1)
-                        _to_fp16(k_smem.index(nk), k16.index((j + 1) % 2), WARPS, BLOCK_N, HEAD_DIM, False)
-                else:
-                    # tile j's V while tile j-1's P@V runs
-                    mbarrier.wait(vbar.index(slot), (j // STAGES) & 1)
-                    _to_fp16(v_smem.index(slot), v16.index(j % 2), WARPS, BLOCK_N, HEAD_DIM, False)
+                # tile j's V while tile j-1's P@V runs
+                mbarrier.wait(vbar.index(slot), (j // STAGES) & 1)
+                _to_fp16(v_smem.index(slot), v16.index(j % 2), WARPS, BLOCK_N, HEAD_DIM, False)
             acc = warpgroup_mma_wait(0, deps=(acc_t,))
             if RELEASE:
                 # this warp group is done with tile j-1's K and V (the arrive waits for all of its warps first)
@@ -270,7 +249,7 @@ if AVAILABLE:
         stride_qb, stride_qh, qk_scale, softcap, v_scale, B, P, R, n_hb, S, chunk, n_tiles,  #
         HQ: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
         STAGES: gl.constexpr, MASK_TAIL: gl.constexpr, Q_SMEM: gl.constexpr, TRIGGER: gl.constexpr,
-        SOFTCAP: gl.constexpr = False, KV16_SMEM: gl.constexpr = None, AHEAD: gl.constexpr = False,
+        SOFTCAP: gl.constexpr = False, KV16_SMEM: gl.constexpr = None,
     ):
         """Program ``(kv head h, split s, head block hb)``, head blocks of a split adjacent (they read
         the same tiles, so the later ones hit L2): query rows ``hb * BLOCK_M ..`` of kv head ``h``
@@ -284,8 +263,8 @@ if AVAILABLE:
         ``TRIGGER``: a programmatic dependent launch after this one (the own tokens,
         ``ops/bifurcated_overlap.ORDERED``) may start once every program of this one has started. Float8
         descriptors: the tiles are converted into two fp16 buffers of K and two of V in layout ``KV16_SMEM``
-        (``_attend_prefix``, ``AHEAD`` as it takes it), ``Q_SMEM`` is an fp16 layout, and the outputs are multiplied
-        by ``v_scale`` (K's scale is in ``qk_scale``)."""
+        (``_attend_prefix``), ``Q_SMEM`` is an fp16 layout, and the outputs are multiplied by ``v_scale`` (K's scale
+        is in ``qk_scale``)."""
         if TRIGGER:
             _trigger_dependents()
         hb, s, h, t0, n_j = _program(n_hb, S, chunk, n_tiles)
@@ -323,7 +302,7 @@ if AVAILABLE:
         acc, m_i, l_i = _attend_prefix(q_smem, k_smem, v_smem, kbar, vbar, kbar, k_desc, v_desc, qk_scale, P, t0,
                                        n_j, col, BLOCK_M, WARPS, HEAD_DIM, BLOCK_N, STAGES, MASK_TAIL, False,
                                        softcap=softcap, SOFTCAP=SOFTCAP, k16=k16, v16=v16, FP8=FP8,
-                                       ROW_SCALE=ROW_SCALE, AHEAD=AHEAD)
+                                       ROW_SCALE=ROW_SCALE)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(kbar.index(i))
             mbarrier.invalidate(vbar.index(i))

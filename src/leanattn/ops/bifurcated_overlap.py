@@ -236,15 +236,10 @@ def side_stream(device: torch.device, avoid: torch.cuda.Stream = None) -> torch.
     return stream
 
 
-# Whether the Gluon prefix over float8 tiles converts tile j+1's K during iteration j's softmax (AHEAD in
-# ``kernels/bifurcated_prefix_gluon._attend_prefix``) rather than before issuing tile j's products.
-FP8_AHEAD = False
-
-
 def fp8_stages(per_sm: int) -> int:
     """Depth of the float8 ring of the Gluon prefix program over a float8 prefix (16 KB a stage at D=128, beside its
     64 KB of fp16 buffers): two where two programs share an SM (112 KB each at 64 rows), four at one per SM. H200,
-    2026-12-04 (bifurcated probe 54, ``--shapes``): at 128 rows three stages level with four (0.99-1.02); at 64
+    2026-12-04 (bifurcated probe 54): at 128 rows three stages level with four (0.99-1.02); at 64
     rows one an SM over four stages level with the default where one an SM is the default."""
     return 2 if per_sm > 1 else 4
 
@@ -280,8 +275,7 @@ class GluonPrefix:
             meta.update(BLOCK_M=block_m, Q_SMEM=pg.gl.NVMMASharedLayout.get_default_for([block_m, D], q_gl),
                         num_warps=block_m // 16)
             if fp8:
-                meta.update(KV16_SMEM=pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], pg.gl.float16),
-                            AHEAD=FP8_AHEAD)
+                meta.update(KV16_SMEM=pg.gl.NVMMASharedLayout.get_default_for([pg.BLOCK_N, D], pg.gl.float16))
         if triton.cdiv(triton.cdiv(P, pg.BLOCK_N), chunk) != S:  # an empty split would wait on a tile never loaded
             raise ValueError(f"GluonPrefix: expected {S} splits of {chunk} tiles to leave none empty, "
                              f"got {triton.cdiv(triton.cdiv(P, pg.BLOCK_N), chunk)} non-empty")
