@@ -201,7 +201,7 @@ def variant_probe(doc, argv, cases, variants, info, file, probe, pairs=None, **p
     reference of the case's first and last sample, then CUDA-graph replays timed in five interleaved rounds. Prints
     each case's ratios of the label ``pairs`` (default: the first variant to each other) and ``info`` (name,
     function of a plan) of every variant's plans; writes ``file`` under ``--out`` with the description ``probe`` and
-    ``payload``."""
+    ``payload``, and returns its path."""
     import bench_decode as bd
     args, want = common.probe_args(doc, argv)
     torch.manual_seed(0)
@@ -222,8 +222,8 @@ def variant_probe(doc, argv, cases, variants, info, file, probe, pairs=None, **p
         print(f"{'':18s} rounds: {us}  {info_name}: {seen}", flush=True)
         out.append(dict(case=case["name"], us=us, median=med, **{info_name: seen}))
         del inp, fns, refs, default, call
-    common.write_probe(args.out, file, probe=probe, timing=bd.GRAPH_TIMING.replace("3 interleaved", "5 interleaved"),
-                       cases=out, **payload)
+    return common.write_probe(args.out, file, probe=probe,
+                              timing=bd.GRAPH_TIMING.replace("3 interleaved", "5 interleaved"), cases=out, **payload)
 
 
 def edited_plan_times(case, inp, variants, edit, checked, rounds=5):

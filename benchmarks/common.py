@@ -201,6 +201,37 @@ def write_probe(out_dir: str, name: str, **payload) -> str:
     return path
 
 
+def plot_probe(json_path: str, base: str, png_path: str, title: str) -> str:
+    """Grouped bars of a variant probe's medians (``write_probe``'s ``cases``, each with ``median``: variant -> us),
+    each over variant ``base``'s median in the same case (lower is faster); written to ``png_path``, returned."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(json_path) as f:
+        probe = json.load(f)
+    cases = probe["cases"]
+    variants = list(cases[0]["median"])
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(cases)), 4.5))
+    width = 0.8 / len(variants)
+    for i, name in enumerate(variants):
+        ys = [c["median"][name] / c["median"][base] for c in cases]
+        bars = ax.bar([j + (i - (len(variants) - 1) / 2) * width for j in range(len(cases))], ys, width, label=name)
+        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=6)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([c["case"] for c in cases], fontsize=8)
+    ax.set_ylabel(f"time / {base} (same run)")
+    env = probe.get("env", {})
+    ax.set_title(f"{title}\n{env.get('device', '')}, {env.get('date', '')[:16]}, torch {env.get('torch', '')}, "
+                 f"triton {env.get('triton', '')}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    print("wrote", png_path)
+    return png_path
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     def fmt(x):
         if isinstance(x, float):

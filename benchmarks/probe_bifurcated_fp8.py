@@ -10,6 +10,7 @@ last sample, then CUDA-graph replays timed in five interleaved rounds (do_bench,
 ``bench_bifurcated.variant_probe``). The float8 caches hold half the bytes of the bf16 ones.
 
     PYTHONPATH=src python benchmarks/probe_bifurcated_fp8.py [--out DIR] [--cases A,B]
+    PYTHONPATH=src python benchmarks/probe_bifurcated_fp8.py --plot RESULT.json   (its plot, beside it)
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_bifurcated as bb  # noqa: E402
+import common  # noqa: E402
 
 import leanattn  # noqa: E402
 
@@ -41,12 +43,21 @@ def quantised(inp, idx):
     return functools.partial(leanattn.bifurcated_decode, q, pk8, pv8, k8, v8, lens, k_scale=ks, v_scale=vs), ref
 
 
+TITLE = "bifurcated decode over float8 e4m3 caches, bf16 queries, CUDA-graph replays with L2 flushed"
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--plot"]:  # the plot of a result file: --plot FILE.json
+        common.plot_probe(argv[1], "bf16", argv[1].replace(".json", ".png"), TITLE)
+        return
     variants = {"bf16": (None, ()), "bf16, states path": (STATES, ()), "fp8": (None, (), quantised),
                 "fp8, states path": (STATES, (), quantised)}
-    bb.variant_probe(__doc__, argv, CASES, variants, ("paths", lambda p: p.path), "bifurcated_probe_fp8.json",
-                     "bifurcated decode over float8 e4m3 caches against bf16 (default and states paths)",
-                     pairs=[("fp8", "bf16"), ("fp8", "fp8, states path"), ("fp8, states path", "bf16, states path")])
+    path = bb.variant_probe(__doc__, argv, CASES, variants, ("paths", lambda p: p.path), "bifurcated_probe_fp8.json",
+                            "bifurcated decode over float8 e4m3 caches against bf16 (default and states paths)",
+                            pairs=[("fp8", "bf16"), ("fp8", "fp8, states path"),
+                                   ("fp8, states path", "bf16, states path")])
+    common.plot_probe(path, "bf16", path.replace(".json", ".png"), TITLE)
 
 
 if __name__ == "__main__":
