@@ -225,3 +225,24 @@ def test_fp8_launch_config(monkeypatch):
     leanattn.decode(q, k.to(torch.float8_e5m2), v.to(torch.float8_e5m2), lens, bt)
     assert seen == [(False, 16), (True, 16), (False, 16), (True, 8)]
     dec._PLANS.clear()
+
+
+def test_fp8_v_pairs_form():
+    # kernels/attend.FP8_V_PAIRS (read at import, so in a process of its own): float8 V converted along D pairs,
+    # the experiment of decode probe 55, gives the reference's result on both schedules, e4m3 and e5m2, bf16 queries
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import torch, sys; sys.path.insert(0, 'tests')\n"
+        "from leanattn.kernels import attend; assert attend.FP8_V_PAIRS\n"
+        "from test_decode_fp8 import check_fp8; from test_decode import make_inputs\n"
+        "for fp8 in (torch.float8_e4m3fn, torch.float8_e5m2):\n"
+        "    for schedule in ('lean', 'split'):\n"
+        "        q, k, v, lens, bt = make_inputs(3, 8, 2, 64, [37, 0, 70], dtype=torch.bfloat16, page_size=16)\n"
+        "        check_fp8(q, k, v, lens, bt, fp8, 0.5, 3.0, 'v pairs', schedule=schedule)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, LEANATTN_FP8_V_PAIRS="1", TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([os.path.join(root, "src"), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]

@@ -16,8 +16,18 @@ interpreter). Caches in the query's dtype compile to the same code as before the
 """
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+
+# Float8 V tiles converted to the query's dtype in a layout that pairs their elements along D (``tl.split`` then
+# ``tl.join``), rather than in the layout of the P@V product's operand. That operand (``mma.sync``'s B) needs pairs
+# of tokens per register, which Triton 3.6 loads from shared memory one byte at a time (``LDS.U8``; BENCHMARKS.md,
+# decode float8 section). Offline (sm_90a) this form has no byte loads and fewer registers, but stages the fp16
+# tile in shared memory (72 -> 104 KB for 128-token tiles at D=128). Not yet timed: on with
+# ``LEANATTN_FP8_V_PAIRS=1`` when this module is imported, for decode probe 55 (``benchmarks/probe_fp8_v_pairs.py``).
+FP8_V_PAIRS = tl.constexpr(os.environ.get("LEANATTN_FP8_V_PAIRS", "0") == "1")
 
 
 @triton.jit
@@ -82,7 +92,13 @@ def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.cons
     """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``; a float8 ``v`` is taken in ``q``'s dtype (its scale
     is applied by ``v_scaled``)."""
     if v.dtype.is_fp8():
-        v = v.to(q.dtype)
+        if FP8_V_PAIRS:
+            N: tl.constexpr = v.shape[0]
+            D: tl.constexpr = v.shape[1]
+            even, odd = tl.split(tl.reshape(v, [N, D // 2, 2]))
+            v = tl.reshape(tl.join(even.to(q.dtype), odd.to(q.dtype)), [N, D])
+        else:
+            v = v.to(q.dtype)
     if UPCAST:
         v = v.to(tl.float32)
     return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
