@@ -35,6 +35,8 @@
 #               decode and bifurcated float8 cases, one process per form, three rounds (benchmarks/probe_fp8_v_pairs.py,
 #               decode probe 55; not yet run)
 #   tests-fp8-v-pairs  the decode and bifurcated float8 GPU tests with LEANATTN_FP8_V_PAIRS=1 (not yet run)
+#   sanitize-fp8-v-pairs  memcheck then racecheck over the decode and bifurcated float8 launches with
+#               LEANATTN_FP8_V_PAIRS=1 (sanitize.py fp8 bifurcated-fp8; not yet run)
 #   overlap-fp8  the Gluon prefix's launch shapes over float8 tiles (benchmarks/probe_overlap_fp8.py, bifurcated
 #               probe 54)
 #   bif-fp8     bifurcated decode over float8 e4m3 caches against bf16 ones, default and states paths
@@ -205,6 +207,11 @@ for step in "$@"; do
     fp8-v-pairs) timeout 420 python3 benchmarks/probe_fp8_v_pairs.py --out "$OUT" 2>&1 | grep -E "\||wrote|failed|Error" ;;
     tests-fp8-v-pairs) LEANATTN_FP8_V_PAIRS=1 "${PYTEST[@]}" tests/test_decode_fp8_gpu.py tests/test_bifurcated_fp8_gpu.py \
       2>&1 | tail -3 ;;
+    sanitize-fp8-v-pairs)
+      LEANATTN_FP8_V_PAIRS=1 timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py fp8 \
+        bifurcated-fp8 2>&1 | tail -2
+      LEANATTN_FP8_V_PAIRS=1 timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py fp8 \
+        bifurcated-fp8 2>&1 | tail -2 ;;
     overlap-fp8) timeout 300 python3 benchmarks/probe_overlap_fp8.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     bif-fp8) timeout 300 python3 benchmarks/probe_bifurcated_fp8.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     sanitize-overlap-softcap)
