@@ -7,7 +7,7 @@ import torch
 
 import leanattn
 from leanattn.testing import TOLERANCE, assert_rel_close
-from test_decode import RAGGED, SCHEDULES, check_decode, make_inputs
+from test_decode import RAGGED, SCHEDULES, check_decode, in_process_with_forms, make_inputs
 
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
 
@@ -228,11 +228,9 @@ def test_fp8_launch_config(monkeypatch):
 
 
 def test_fp8_v_pairs_form():
-    # kernels/attend.FP8_V_PAIRS (read at import, so in a process of its own): float8 V converted along D pairs,
-    # the experiment of decode probe 55, gives the reference's result on both schedules, e4m3 and e5m2, bf16 queries
-    import os
-    import subprocess
-    import sys
+    # kernels/attend.FP8_V_PAIRS (LEANATTN_KERNEL_FORMS, read at import, so in a process of its own): float8 V
+    # converted along D pairs, the experiment of decode probe 55, gives the reference's result on both schedules,
+    # e4m3 and e5m2, bf16 queries
     code = (
         "import torch, sys; sys.path.insert(0, 'tests')\n"
         "from leanattn.kernels import attend; assert attend.FP8_V_PAIRS\n"
@@ -241,8 +239,5 @@ def test_fp8_v_pairs_form():
         "    for schedule in ('lean', 'split'):\n"
         "        q, k, v, lens, bt = make_inputs(3, 8, 2, 64, [37, 0, 70], dtype=torch.bfloat16, page_size=16)\n"
         "        check_fp8(q, k, v, lens, bt, fp8, 0.5, 3.0, 'v pairs', schedule=schedule)\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, LEANATTN_FP8_V_PAIRS="1", TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([os.path.join(root, "src"), os.environ.get("PYTHONPATH", "")]))
-    run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    run = in_process_with_forms("fp8_v_pairs", code)
     assert run.returncode == 0, run.stderr[-3000:]
