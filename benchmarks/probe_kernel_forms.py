@@ -36,8 +36,6 @@ FORMS = {
 
 def worker(form, cases):
     """One process: ``{case: (us, rel err)}`` of ``form``'s cases among ``cases``, as one JSON line on stdout."""
-    import functools
-
     import torch
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -46,11 +44,13 @@ def worker(form, cases):
     import bench_decode_fp8 as bf8
     import common
     from probe_bifurcated_fp8 import quantised
+    from probe_bifurcated_softcap import CAP as BIF_CAP, capped
 
     import leanattn
     from leanattn.testing import rel_err
 
     fp8_cases, bf16_cases, bif_cases, cap = FORMS[form]
+    assert BIF_CAP == CAP or form == "fp8_v_pairs"
 
     def timed(fn, ref, pick=None):
         out = fn()
@@ -74,7 +74,8 @@ def worker(form, cases):
             else:
                 inp = bd.make_inputs(case)
                 bt = inp.get("block_table")
-                k, v, kw = (inp["k_pages"], inp["v_pages"]) if bt is not None else (inp["k"], inp["v"]), {}
+                k, v = (inp["k_pages"], inp["v_pages"]) if bt is not None else (inp["k"], inp["v"])
+                kw = {}
             q, sl = inp["q"], inp["seqlens"]
             ref, _ = leanattn.reference.decode(q, k, v, sl, bt, None, kw.get("k_scale", 1.0), kw.get("v_scale", 1.0),
                                                softcap=cap)
@@ -84,14 +85,10 @@ def worker(form, cases):
             torch.cuda.empty_cache()
     for case, inp in bb.probe_inputs([c for c in bif_cases if c in cases], copies=False):
         idx = [0, case["samples"] - 1]
-        if form == "fp8_v_pairs":
-            call, ref = quantised(inp, idx)
-        else:
-            q, pk, pv, k, v, lens = (inp[x] for x in ("q", "pk", "pv", "k", "v", "lens"))
-            ref = leanattn.reference.bifurcated_decode(q[idx], pk, pv, k[idx], v[idx], lens[idx], softcap=cap)[0]
-            call = functools.partial(leanattn.bifurcated_decode, q, pk, pv, k, v, lens, softcap=cap)
+        # the call over the case's caches stored as e4m3, or capped at 50 (probe 52's), and its reference
+        call, ref = (quantised if form == "fp8_v_pairs" else capped)(inp, idx)
         res[case["name"]] = timed(call, ref, idx)
-        del call, ref
+        del call, ref, inp
     print(json.dumps(res), flush=True)
 
 
@@ -120,7 +117,8 @@ def main(argv=None):
             if run.returncode != 0:
                 print(f"round {r} {side}: worker failed\n{run.stderr[-3000:]}", flush=True)
                 return 1
-            rounds[side].append(json.loads(run.stdout.strip().splitlines()[-1]))
+            # the worker's last line that is a JSON object (a library may print after it)
+            rounds[side].append(json.loads([ln for ln in run.stdout.splitlines() if ln.startswith("{")][-1]))
     out = []
     for name in rounds["default"][0]:
         us = {side: [rd[name][0] for rd in rounds[side]] for side in sides}
@@ -129,7 +127,7 @@ def main(argv=None):
         ratio = med[args.form] / med["default"] if None not in med.values() else None
         out.append(dict(case=name, us=us, median=med, max_rel_err=err, form_over_default=ratio))
         print(f"{name:22s} " + "  ".join(f"{s} {m:.1f}" if m else f"{s} WRONG" for s, m in med.items())
-              + (f"  | {args.form} / default {ratio:.3f}" if ratio else "") + f"  rounds {us}", flush=True)
+              + (f"  | {args.form} / default {ratio:.3f}" if ratio else "  | no ratio") + f"  rounds {us}", flush=True)
     common.write_probe(args.out, f"decode_probe_form_{args.form}.json",
                        probe=f"kernel form {args.form} against the default" + (f", softcap={CAP:g}" if
                                                                                  FORMS[args.form][3] else ""),
