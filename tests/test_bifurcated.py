@@ -40,6 +40,15 @@ def ids_tensor(ids):
     return None if ids is None else torch.tensor(ids, dtype=torch.int32, device=DEV)
 
 
+def shared_prefix_inputs(dtype):
+    """One prompt's ragged samples (own tokens 3, 0, 40, 17 and 25; 8/2 heads, D=64) over a 45-token prefix, in
+    ``dtype``: ``(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens)``."""
+    own = [3, 0, 40, 17, 25]
+    q, k, v, lens, _ = make_inputs(len(own), 8, 2, 64, own, dtype=dtype)
+    pk, pv, _ = make_prefix(None, 45, 2, 64, dtype=dtype)
+    return q, pk, pv, k, v, lens
+
+
 def multi_prompt_paged_inputs(hq, hkv, d):
     """Unequal groups (12 samples of four prompts: 9, 1, none and 2), own caches of up to 40 tokens in pages of 16,
     prefixes of 45, 30, 0 and 12 tokens: the arguments of ``bifurcated_decode`` up to ``prefix_ids``."""

@@ -10,7 +10,7 @@ import leanattn
 from leanattn import reference
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
 from test_bifurcated import (forced_path_inputs, ids_tensor, make_inputs, make_prefix, multi_prompt_paged_inputs,
-                             one_sample_cases)
+                             one_sample_cases, shared_prefix_inputs)
 
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
 E4M3 = torch.float8_e4m3fn
@@ -40,10 +40,7 @@ def check(q, pk, pv, k, v, lens=None, bt=None, plens=None, ids=None, fp8=E4M3, k
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16], ids=["fp16", "fp32", "bf16"])
 def test_fp8_shared_prefix(fp8, dtype):
     # one prompt, ragged own tokens (an empty one among them): the states path, prefix rows stacked
-    own = [3, 0, 40, 17, 25]
-    q, k, v, lens, _ = make_inputs(len(own), 8, 2, 64, own, dtype=dtype)
-    pk, pv, _ = make_prefix(None, 45, 2, 64, dtype=dtype)
-    plan = check(q, pk, pv, k, v, lens, fp8=fp8, name=f"{fp8} {dtype}")
+    plan = check(*shared_prefix_inputs(dtype), fp8=fp8, name=f"{fp8} {dtype}")
     assert plan.path == "states"
 
 

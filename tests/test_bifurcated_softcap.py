@@ -9,7 +9,7 @@ import leanattn
 from leanattn import reference
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
 from test_bifurcated import (forced_path_inputs, ids_tensor, make_inputs, make_prefix, multi_prompt_paged_inputs,
-                             one_sample_cases)
+                             one_sample_cases, shared_prefix_inputs)
 
 
 def check(q, pk, pv, k, v, lens=None, bt=None, plens=None, ids=None, scale=2.0, softcap=3.0, name="", **kw):
@@ -27,10 +27,7 @@ def check(q, pk, pv, k, v, lens=None, bt=None, plens=None, ids=None, scale=2.0, 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16], ids=["fp16", "fp32", "bf16"])
 def test_softcap_shared_prefix(softcap, dtype):
     # scores of order 10 (softmax scale 2): a cap of 0.5 flattens them, one of 1e6 leaves them as they are
-    own = [3, 0, 40, 17, 25]
-    q, k, v, lens, _ = make_inputs(len(own), 8, 2, 64, own, dtype=dtype)
-    pk, pv, _ = make_prefix(None, 45, 2, 64, dtype=dtype)
-    plan = check(q, pk, pv, k, v, lens, softcap=softcap, name=f"cap {softcap}")
+    plan = check(*shared_prefix_inputs(dtype), softcap=softcap, name=f"cap {softcap}")
     assert plan.path == "states" and plan.meta["SOFTCAP"]
 
 

@@ -98,12 +98,11 @@ def test_softcap_tanh_rational_form():
         "    check_decode(q, k, v, lens, None, 3.0, 'rational large cap', softcap=1e6)\n"
         "fp8 = torch.float8_e4m3fn\n"
         "check_decode(q.bfloat16(), k.to(fp8), v.to(fp8), lens, None, 2.0, 'rational fp8', k_scale=0.5, softcap=3.0)\n")
-    run = in_process_with_forms("tanh_rational", code)
-    assert run.returncode == 0, run.stderr[-3000:]
+    in_process_with_forms("tanh_rational", code)
 
 
 def test_kernel_forms_errors():
     # an unknown name in LEANATTN_KERNEL_FORMS fails the import, naming the variable
-    run = in_process_with_forms("tanh_rational,fast", "import leanattn")
+    run = in_process_with_forms("tanh_rational,fast", "import leanattn", succeed=False)
     assert run.returncode != 0
     assert "LEANATTN_KERNEL_FORMS: expected names among fp8_v_pairs, tanh_rational, got ['fast']" in run.stderr

@@ -76,6 +76,10 @@ def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
 
 
+# log2 of the factor on the probabilities of a range over a float8 cache (``fp8_shift``)
+FP8_SHIFT = tl.constexpr(15.0)
+
+
 @triton.jit
 def fp8_shift(K):
     """log2 of the factor on the probabilities of a range over a float8 cache (``K`` a tile or a pointer), 0 otherwise.
@@ -91,7 +95,7 @@ def fp8_shift(K):
     else:
         fp8 = K.dtype.is_fp8()
     if fp8:
-        return 15.0
+        return FP8_SHIFT
     return 0.0
 
 

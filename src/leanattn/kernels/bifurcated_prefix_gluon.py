@@ -31,7 +31,7 @@ try:
 except ImportError:  # a Triton without Gluon: the op keeps the Triton states path
     AVAILABLE = False
 
-from .attend import fp16_rows, tanh
+from .attend import FP8_SHIFT, fp16_rows, tanh
 
 BLOCK_M = 64  # stacked query rows of one warp group (its wgmma's M), the host's default; 128 over two warp groups
 BLOCK_N = 64  # prefix tokens per tile
@@ -170,10 +170,10 @@ if AVAILABLE:
 
     @gluon.jit
     def _shifted(m, FP8: gl.constexpr):
-        """The max the probabilities are taken against: 15 below the true one over float8 tiles
+        """The max the probabilities are taken against: ``FP8_SHIFT`` (log2) below the true one over float8 tiles
         (``kernels/attend.fp8_shift``)."""
         if FP8:
-            m = m - 15.0
+            m = m - FP8_SHIFT
         return m
 
     @gluon.jit

@@ -30,8 +30,9 @@ capped calls): ``fused`` and ``split``, which were not given a cap, turn into ``
 rows a prefix tile make the tanh outweigh the bytes, 1.16-1.34x on the states path and 1.16-1.50x on the overlap
 path.
 
-A call over float8 caches (prefix and own in one dtype, ``k_scale``/``v_scale`` as decode's) runs on ``concat`` or
-``states``: ``fused`` and ``split`` turn into ``states``, and ``overlap.usable`` refuses a float8 prefix.
+A call over float8 caches (prefix and own in one dtype, ``k_scale``/``v_scale`` as decode's) runs on ``concat``,
+``states`` or ``overlap`` (the plain Gluon prefix, converting the tiles): ``fused`` and ``split`` turn into
+``states``.
 """
 from __future__ import annotations
 
@@ -192,7 +193,7 @@ class Plan:
         fp8_capable("prefix_k" if P or not has_own else "k_cache", pk.dtype, device)
         # float8 caches read with 16-bit queries take decode's float8 tiles on the concat path (decode_config)
         self.fp8_tiles = fp8 and q.dtype != torch.float32
-        self.kv_element, self.kv_dtype = pk.element_size(), pk.dtype
+        self.kv_dtype = pk.dtype
         # the fused and split paths (benchmark options) have no soft cap and read no float8 caches: such calls take
         # the states path whatever LEANATTN_BIFURCATED_CONFIG asks (the overlap path takes both)
         lc = launch_config(n_max * group, D, group, device, block_h, block_n, "states" if softcap > 0 or fp8 else "")
@@ -287,8 +288,8 @@ class Plan:
         self.meta = dict(common, GROUP=group, N_HB=cfg.n_hb, ROWS=Hkv * cfg.n_hb, BLOCK_H=cfg.block_h,
                          BLOCK_N=bn, BLOCK_B=length_block(B),
                          PAGE_SIZE=self.page_size, HAS_PREFIX_LENS=has_plens, **merge_meta(cfg.block_h, D, group),
-                         SAME_STRIDE=same_stride,
-                         MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False, ACROSS_ROWS=across_rows(D, self.kv_element),
+                         SAME_STRIDE=same_stride, MERGE_LAUNCH=merge_apart == LAUNCH, PDL=False,
+                         ACROSS_ROWS=across_rows(D, self.kv_dtype.itemsize),
                          SOFTCAP=self.softcap > 0, num_warps=env["num_warps"] or warps,
                          num_stages=env["num_stages"] or stages)
         head = self.strides_q + self.strides_p + self.strides_own + (self.qk_scale, self.v_scale, self.softcap, B, P,
