@@ -31,17 +31,6 @@
 #               (sanitize.py bifurcated-fp8; H200 2026-12-04: 0 errors, 0 hazards)
 #   sanitize-overlap-fp8  memcheck then racecheck over the overlap path's launches over float8 caches (sanitize.py
 #               overlap-fp8; H200 2026-12-04: 0 errors, 0 hazards)
-#   fp8-v-pairs  float8 V converted along D pairs (LEANATTN_KERNEL_FORMS=fp8_v_pairs) against the default
-#               conversion, decode and bifurcated float8 cases, one process per side, three rounds
-#               (benchmarks/probe_kernel_forms.py fp8_v_pairs, decode probe 55; not yet run)
-#   tests-fp8-v-pairs  the decode and bifurcated float8 GPU tests with that form (not yet run)
-#   sanitize-fp8-v-pairs  memcheck then racecheck over the decode and bifurcated float8 launches with that form
-#               (sanitize.py fp8 bifurcated-fp8; not yet run)
-#   tanh-rational  the soft cap's tanh as a rational function (LEANATTN_KERNEL_FORMS=tanh_rational) against the
-#               default, softcap=50 on decode and bifurcated cases (probe_kernel_forms.py tanh_rational, probe 56;
-#               not yet run)
-#   tests-tanh-rational  the decode and bifurcated soft-cap GPU tests with that form, the Gluon prefix's included
-#               (not yet run)
 #   overlap-fp8  the Gluon prefix's launch shapes over float8 tiles (benchmarks/probe_overlap_fp8.py, bifurcated
 #               probe 54)
 #   bif-fp8     bifurcated decode over float8 e4m3 caches against bf16 ones, default and states paths
@@ -209,17 +198,6 @@ for step in "$@"; do
     sanitize-overlap-fp8)
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py overlap-fp8 2>&1 | tail -2
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py overlap-fp8 2>&1 | tail -2 ;;
-    fp8-v-pairs|tanh-rational) timeout 420 python3 benchmarks/probe_kernel_forms.py "${step//-/_}" --out "$OUT" 2>&1 \
-      | grep -E "\||wrote|failed|Error" ;;
-    tests-fp8-v-pairs) LEANATTN_KERNEL_FORMS=fp8_v_pairs "${PYTEST[@]}" tests/test_decode_fp8_gpu.py \
-      tests/test_bifurcated_fp8_gpu.py 2>&1 | tail -3 ;;
-    tests-tanh-rational) LEANATTN_KERNEL_FORMS=tanh_rational "${PYTEST[@]}" tests/test_decode_softcap_gpu.py \
-      tests/test_bifurcated_softcap_gpu.py 2>&1 | tail -3 ;;
-    sanitize-fp8-v-pairs)
-      LEANATTN_KERNEL_FORMS=fp8_v_pairs timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py \
-        fp8 bifurcated-fp8 2>&1 | tail -2
-      LEANATTN_KERNEL_FORMS=fp8_v_pairs timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py \
-        fp8 bifurcated-fp8 2>&1 | tail -2 ;;
     overlap-fp8) timeout 300 python3 benchmarks/probe_overlap_fp8.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     bif-fp8) timeout 300 python3 benchmarks/probe_bifurcated_fp8.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     sanitize-overlap-softcap)

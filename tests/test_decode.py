@@ -893,17 +893,3 @@ def test_launcher_keeps_jit(monkeypatch):
         for _ in range(3):
             launch(x, x)
     assert all([e[0] for e in k.log] == ["jit"] * 3 for k in (kernel, no_params, default))
-
-
-def in_process_with_forms(forms, code, succeed=True):
-    """Run ``code`` under the interpreter in a process whose ``LEANATTN_KERNEL_FORMS`` is ``forms`` (read when
-    ``kernels/attend`` is imported); with ``succeed`` assert that it exits cleanly. Returns the completed process."""
-    import os
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, LEANATTN_KERNEL_FORMS=forms, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([os.path.join(root, "src"), os.environ.get("PYTHONPATH", "")]))
-    run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert not succeed or run.returncode == 0, run.stderr[-3000:]
-    return run

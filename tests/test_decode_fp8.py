@@ -7,7 +7,7 @@ import torch
 
 import leanattn
 from leanattn.testing import TOLERANCE, assert_rel_close
-from test_decode import RAGGED, SCHEDULES, check_decode, in_process_with_forms, make_inputs
+from test_decode import RAGGED, SCHEDULES, check_decode, make_inputs
 
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
 
@@ -225,18 +225,3 @@ def test_fp8_launch_config(monkeypatch):
     leanattn.decode(q, k.to(torch.float8_e5m2), v.to(torch.float8_e5m2), lens, bt)
     assert seen == [(False, 16), (True, 16), (False, 16), (True, 8)]
     dec._PLANS.clear()
-
-
-def test_fp8_v_pairs_form():
-    # kernels/attend.FP8_V_PAIRS (LEANATTN_KERNEL_FORMS, read at import, so in a process of its own): float8 V
-    # converted along D pairs, the experiment of decode probe 55, gives the reference's result on both schedules,
-    # e4m3 and e5m2, bf16 queries
-    code = (
-        "import torch, sys; sys.path.insert(0, 'tests')\n"
-        "from leanattn.kernels import attend; assert attend.FP8_V_PAIRS\n"
-        "from test_decode_fp8 import check_fp8; from test_decode import make_inputs\n"
-        "for fp8 in (torch.float8_e4m3fn, torch.float8_e5m2):\n"
-        "    for schedule in ('lean', 'split'):\n"
-        "        q, k, v, lens, bt = make_inputs(3, 8, 2, 64, [37, 0, 70], dtype=torch.bfloat16, page_size=16)\n"
-        "        check_fp8(q, k, v, lens, bt, fp8, 0.5, 3.0, 'v pairs', schedule=schedule)\n")
-    in_process_with_forms("fp8_v_pairs", code)

@@ -16,36 +16,8 @@ interpreter). Caches in the query's dtype compile to the same code as before the
 """
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
-
-
-def _forms(raw: str) -> set:
-    """The experimental kernel forms named in ``LEANATTN_KERNEL_FORMS`` (comma-separated); read once, when this
-    module is imported, since the kernels take them as compile-time constants."""
-    names = {f for f in raw.split(",") if f}
-    unknown = names - {"fp8_v_pairs", "tanh_rational"}
-    if unknown:
-        raise ValueError(f"LEANATTN_KERNEL_FORMS: expected names among fp8_v_pairs, tanh_rational, got "
-                         f"{sorted(unknown)}")
-    return names
-
-
-_FORMS = _forms(os.environ.get("LEANATTN_KERNEL_FORMS", ""))
-# fp8_v_pairs: float8 V tiles converted to the query's dtype in a layout that pairs their elements along D
-# (``tl.split`` then ``tl.join``), rather than in the layout of the P@V product's operand. That operand
-# (``mma.sync``'s B) needs pairs of tokens per register, which Triton 3.6 loads from shared memory one byte at a time
-# (``LDS.U8``; BENCHMARKS.md, decode float8 section). Offline (sm_90a) this form has no byte loads and fewer
-# registers, but stages the fp16 tile in shared memory (72 -> 104 KB for 128-token tiles at D=128). Not yet timed
-# (decode probe 55, ``benchmarks/probe_kernel_forms.py fp8_v_pairs``).
-FP8_V_PAIRS = tl.constexpr("fp8_v_pairs" in _FORMS)
-# tanh_rational: ``tanh`` as a rational function (one MUFU reciprocal) in place of ``exp2`` and a reciprocal (two);
-# the capped prefix pass at GQA x64 spends about 0.6 ns a score on the cap, of which the two MUFU operations take
-# 0.48 at 16 a clock (BENCHMARKS.md, soft-capping section). Not yet timed (probe 56, ``probe_kernel_forms.py
-# tanh_rational``).
-TANH_RATIONAL = tl.constexpr("tanh_rational" in _FORMS)
 
 
 @triton.jit
@@ -103,23 +75,11 @@ def fp8_shift(K):
 def tanh(x):
     """``tanh(x)`` in fp32, to a relative error of about 1e-6: ``1 - 2 / (exp(2x) + 1)`` from one ``exp2`` (saturates
     to +-1), and below ``|x| = 1/8``, where that cancels (a cap of 1e6 over scores of order 10 lost 1.4% of the
-    output; review), its odd Taylor polynomial to ``x**7`` (truncation under 1e-9 relative). With ``TANH_RATIONAL``
-    a rational function instead (within 3.4e-7)."""
-    if TANH_RATIONAL:
-        # x * P(x^2) / Q(x^2) on [-9, 9] (tanh(9) is 1 in fp32), both of degree 4 in x^2: a relative-error fit (Loeb
-        # iterations with Lawson weights, numpy) whose fp32 Horner evaluation is within 3.4e-7 of tanh over
-        # [-12, 12] and down to |x| = 1e-30 (BENCHMARKS.md, soft-capping section)
-        xc = tl.clamp(x, -9.0, 9.0, propagate_nan=tl.PropagateNan.ALL)
-        t = xc * xc
-        p = 1.0 + t * (0.13381850719451904 + t * (0.0034965446684509516 + t * (2.0623649106710218e-05
-                                                                           + t * 1.3372290830204747e-08)))
-        q = 1.0 + t * (0.4671516418457031 + t * (0.025880685076117516 + t * (0.0003287151048425585
-                                                                         + t * 7.784331614857365e-07)))
-        y = xc * p / q
-    else:
-        x2 = x * x
-        small = x * (1.0 + x2 * (-0.3333333333333333 + x2 * (0.13333333333333333 + x2 * -0.05396825396825397)))
-        y = tl.where(tl.abs(x) < 0.125, small, 1.0 - 2.0 / (tl.math.exp2(x * 2.8853900817779268) + 1.0))
+    output; review), its odd Taylor polynomial to ``x**7`` (truncation under 1e-9 relative). A rational form with one
+    MUFU operation fewer measured 1.00-1.33x this one's time on an H200 (probe 56, 2026-12-04)."""
+    x2 = x * x
+    small = x * (1.0 + x2 * (-0.3333333333333333 + x2 * (0.13333333333333333 + x2 * -0.05396825396825397)))
+    y = tl.where(tl.abs(x) < 0.125, small, 1.0 - 2.0 / (tl.math.exp2(x * 2.8853900817779268) + 1.0))
     return y
 
 
@@ -128,13 +88,9 @@ def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.cons
     """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``; a float8 ``v`` is taken in ``q``'s dtype (its scale
     is applied by ``v_scaled``)."""
     if v.dtype.is_fp8():
-        if FP8_V_PAIRS:
-            N: tl.constexpr = v.shape[0]
-            D: tl.constexpr = v.shape[1]
-            even, odd = tl.split(tl.reshape(v, [N, D // 2, 2]))
-            v = tl.reshape(tl.join(even.to(q.dtype), odd.to(q.dtype)), [N, D])
-        else:
-            v = v.to(q.dtype)
+        # converted in the product operand's layout, which Triton 3.6 fills from shared memory a byte at a time;
+        # converting along D pairs (split/join) avoids that but measured 1.18-1.38x slower (probe 55, H200)
+        v = v.to(q.dtype)
     if UPCAST:
         v = v.to(tl.float32)
     return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
