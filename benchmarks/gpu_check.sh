@@ -31,6 +31,11 @@
 #               (sanitize.py bifurcated-fp8; H200 2026-12-04: 0 errors, 0 hazards)
 #   sanitize-overlap-fp8  memcheck then racecheck over the overlap path's launches over float8 caches (sanitize.py
 #               overlap-fp8; H200 2026-12-04: 0 errors, 0 hazards)
+#   tests-window  the GPU tests of decode with a sliding window (tests/test_decode_window_gpu.py)
+#   sanitize-window  memcheck then racecheck over decode's launches with a sliding window, paged ones with the
+#               pages before each window freed (sanitize.py window)
+#   window      sliding-window decode against the window copied, full attention, SDPA and flex
+#               (benchmarks/bench_decode_window.py)
 #   overlap-fp8  the Gluon prefix's launch shapes over float8 tiles (benchmarks/probe_overlap_fp8.py, bifurcated
 #               probe 54)
 #   bif-fp8     bifurcated decode over float8 e4m3 caches against bf16 ones, default and states paths
@@ -198,6 +203,11 @@ for step in "$@"; do
     sanitize-overlap-fp8)
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py overlap-fp8 2>&1 | tail -2
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py overlap-fp8 2>&1 | tail -2 ;;
+    tests-window) "${PYTEST[@]}" tests/test_decode_window_gpu.py 2>&1 | tail -3 ;;
+    sanitize-window)
+      timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py window 2>&1 | tail -2
+      timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py window 2>&1 | tail -2 ;;
+    window) timeout 400 python3 benchmarks/bench_decode_window.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     overlap-fp8) timeout 300 python3 benchmarks/probe_overlap_fp8.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     bif-fp8) timeout 300 python3 benchmarks/probe_bifurcated_fp8.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     sanitize-overlap-softcap)

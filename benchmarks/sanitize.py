@@ -2,7 +2,7 @@
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
         [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap] [bifurcated-fp8]
-        [overlap-fp8]
+        [overlap-fp8] [window]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -75,6 +75,34 @@ def fp8():
             kp, vp, bt = paged_kv(k.float(), v.float(), lens, 16)
             for schedule in ("lean", "split"):
                 leanattn.decode(q, kp.to(k.dtype), vp.to(k.dtype), sl, bt, schedule=schedule, v_scale=0.5)
+
+
+def window():
+    """Every decode path with a sliding window: both schedules, ragged (shorter than the window, past it) and one
+    sequence (even pieces), contiguous through each load path, and paged with the pages before each window freed
+    (ids -1: a read of one would be out of bounds)."""
+    for lens in ([3000, 0, 1, 517, 1024], [4000]):
+        B = len(lens)
+        sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
+        for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256)):
+            q = torch.randn(B, hq, d, dtype=BF16, device=DEV)
+            k = torch.randn(B, max(lens), hkv, d, dtype=BF16, device=DEV)
+            v = torch.randn_like(k)
+            for load in ("0", "1", "2"):
+                os.environ["LEANATTN_DECODE_LOAD"] = load
+                try:
+                    for schedule in ("lean", "split"):
+                        leanattn.decode(q, k, v, sl, schedule=schedule, window_left=700)
+                        leanattn.decode(q, k, v, sl, schedule=schedule, window_left=0, num_programs=37, num_splits=5)
+                finally:
+                    os.environ.pop("LEANATTN_DECODE_LOAD")
+            leanattn.decode(q, k, v, window_left=700)
+            for page in (1, 16, 64):
+                kp, vp, bt = paged_kv(k, v, lens, page)
+                for b, n in enumerate(lens):
+                    bt[b, :max(n - 1 - 700, 0) // page] = -1
+                for schedule in ("lean", "split"):
+                    leanattn.decode(q, kp, vp, sl, bt, schedule=schedule, window_left=700)
 
 
 def merges():
@@ -228,13 +256,12 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    families = {"decode": decode, "fp8": fp8, "merge": merges, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap,
+    families = {"decode": decode, "fp8": fp8, "window": window, "merge": merges, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap,
                 "concat": concat, "bifurcated-softcap": lambda: bifurcated_launches(30.0),
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
                 "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True),
                 "overlap-softcap": lambda: overlap(softcap=30.0),
                 "bifurcated-fp8": lambda: bifurcated_launches(fp8=torch.float8_e4m3fn),
-                # float8 takes the plain Gluon kernel at 64 and 128 rows (the field 12 would too)
                 # float8 takes the plain Gluon kernel at 64 and 128 rows (the field 12 would too)
                 "overlap-fp8": lambda: overlap(((False, 0), (True, 0), (True, 8), (False, 8)),
                                                fp8=torch.float8_e4m3fn)}

@@ -116,6 +116,16 @@ def softcap(value) -> float:
     return value
 
 
+def window_left(value) -> int:
+    """``window_left`` (a sliding window's keys before the query) as an int >= -1 (numpy integers included; -1 for
+    no window)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        _fail(TypeError, "window_left", "an int", type(value).__name__)
+    if value < -1:
+        _fail(ValueError, "window_left", "an int >= -1 (-1: no window)", value)
+    return int(value)
+
+
 def max_group_size(value) -> int:
     """``max_group_size`` as an int >= 0 (numpy integers included; 0 = count on the host)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:

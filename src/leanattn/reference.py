@@ -46,10 +46,11 @@ def gather_kv(cache: torch.Tensor, b: int, n: int, block_table: torch.Tensor | N
 
 
 def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None, k_scale=1.0, v_scale=1.0,
-           softcap=0.0):
+           softcap=0.0, window_left=-1):
     """Reference for :func:`leanattn.decode`: ``(out (B, Hq, D) float64, lse (B, Hq) float64)``; attention over
     ``k_cache * k_scale`` and ``v_cache * v_scale`` (the dequantisation of float8 caches), scores soft-capped
-    by ``softcap`` where it is > 0."""
+    by ``softcap`` where it is > 0, over the last ``window_left + 1`` keys of each sequence where
+    ``window_left >= 0``."""
     B, Hq, D = q.shape
     Hkv = k_cache.shape[2]
     group = Hq // Hkv
@@ -62,8 +63,9 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
     out = torch.zeros(B, Hq, D, dtype=torch.float64, device=q.device)
     lse = torch.full((B, Hq), float("-inf"), dtype=torch.float64, device=q.device)
     for b in range(B):
-        k = gather_kv(k_cache, b, lens[b], block_table).double() * k_scale
-        v = gather_kv(v_cache, b, lens[b], block_table).double() * v_scale
+        first = max(lens[b] - 1 - window_left, 0) if window_left >= 0 else 0
+        k = gather_kv(k_cache, b, lens[b], block_table)[first:].double() * k_scale
+        v = gather_kv(v_cache, b, lens[b], block_table)[first:].double() * v_scale
         for h in range(Hkv):
             heads = slice(h * group, (h + 1) * group)
             out[b, heads], lse[b, heads] = attend(q[b, heads], k[:, h], v[:, h], scale, softcap=softcap)

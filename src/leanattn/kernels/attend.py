@@ -140,6 +140,15 @@ def fp16_rows(q):
 
 
 @triton.jit
+def key_mask(offs_n, seqlen, kv_lo, WINDOW: tl.constexpr):
+    """The keys ``offs_n`` a query attends: below ``seqlen`` and, with ``WINDOW``, from ``kv_lo`` on."""
+    mask = offs_n < seqlen
+    if WINDOW:
+        mask = mask & (offs_n >= kv_lo)
+    return mask
+
+
+@triton.jit
 def attend_tiles(
     q, K, V, BlockTable,  #
     b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
@@ -148,14 +157,16 @@ def attend_tiles(
     stride_btb,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    softcap=0.0, SOFTCAP: tl.constexpr = False,
+    softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
 ):
     """Online softmax over KV tiles ``[tile_lo, tile_hi)``; returns ``(acc, m, l)``.
 
     ``acc [BLOCK_H, HEAD_DIM]`` is the unnormalised output, ``m [BLOCK_H]`` the running max of the
     scores in log2 units and ``l [BLOCK_H]`` the sum of ``exp2(score - m)``. ``PAGE_SIZE == 0``
     means a contiguous cache, where ``stride_kb`` is the batch stride; otherwise ``stride_kb``
-    is the page stride and ``BlockTable[b, i]`` names the i-th page of sequence ``b``.
+    is the page stride and ``BlockTable[b, i]`` names the i-th page of sequence ``b``. With ``WINDOW`` (a
+    sliding window) the keys below ``kv_lo`` are masked as those past ``seqlen`` are: never loaded, so the pages
+    that held them may be gone.
     """
     offs_d = tl.arange(0, HEAD_DIM)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
@@ -173,7 +184,7 @@ def attend_tiles(
             next_page = tl.load(bt_row + offs_next // PAGE_SIZE, mask=offs_next < seqlen, other=0)
     for j in range(tile_lo, tile_hi):
         offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < seqlen
+        mask_n = key_mask(offs_n, seqlen, kv_lo, WINDOW)
         # -- locate the tile's token rows --
         if PAGE_SIZE == 0:
             k_rows = b.to(tl.int64) * stride_kb + offs_n.to(tl.int64) * stride_kn
@@ -208,7 +219,7 @@ def attend_contiguous(
     stride_vb, stride_vn, stride_vh,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     TMA: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    softcap=0.0, SOFTCAP: tl.constexpr = False,
+    softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
 ):
     """``attend_tiles`` for a contiguous cache, through block pointers or (``TMA``) tensor
     descriptors. Same ``(acc, m, l)`` result.
@@ -245,7 +256,7 @@ def attend_contiguous(
             k = k_src.load([j * BLOCK_N, 0])
         else:
             k = tl.load(k_src, boundary_check=(0,), padding_option="zero")
-        mask_n = j * BLOCK_N + tl.arange(0, BLOCK_N) < seqlen
+        mask_n = key_mask(j * BLOCK_N + tl.arange(0, BLOCK_N), seqlen, kv_lo, WINDOW)
         p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION, softcap,
                                           SOFTCAP)
         # -- accumulate --
@@ -269,22 +280,23 @@ def attend_any(
     stride_btb,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    softcap=0.0, SOFTCAP: tl.constexpr = False,
+    softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
 ):
     """``attend_tiles`` with the K/V load path ``LOAD`` for a contiguous cache: 0 tensors of
     pointers, 1 block pointers, 2 TMA descriptors (``attend_contiguous``). A paged cache always
-    takes tensors of pointers (its tiles gather rows of several pages)."""
+    takes tensors of pointers (its tiles gather rows of several pages). ``kv_lo`` and ``WINDOW``: a sliding
+    window's first key (``window_start``)."""
     q, qk_scale = fp8_query(q, K, qk_scale, UPCAST)
     if LOAD > 0 and PAGE_SIZE == 0:
         acc, m_i, l_i = attend_contiguous(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, LOAD == 2, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
+            HEAD_DIM, BLOCK_H, BLOCK_N, LOAD == 2, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW)
     else:
         acc, m_i, l_i = attend_tiles(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
+            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW)
     return acc, m_i - fp8_shift(K), l_i
 
 

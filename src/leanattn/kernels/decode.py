@@ -23,7 +23,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..schedules.stream_k import across_rows, cut_list_at, load_lengths, locate_tile, row_tiles, schedule
+from ..schedules.stream_k import (across_rows, cut_list_at, first_tile, load_lengths, locate_tile, row_tiles, schedule,
+                                  window_start)
 from .attend import attend_any
 from .grid_dependency import gdc_launch_dependents, gdc_wait
 from .piece_merge import publish_piece, record_row, settle_piece
@@ -87,22 +88,24 @@ def decode_piece(
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,  #
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr,  #
     DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,  #
-    MERGE_LAUNCH: tl.constexpr, softcap, SOFTCAP: tl.constexpr,
+    MERGE_LAUNCH: tl.constexpr, softcap, SOFTCAP: tl.constexpr, window, WINDOW: tl.constexpr,
 ):
     """Piece ``[t, stop)`` of the head ``[head_begin, head_end)`` (sequence ``b``, kv head ``kvh``,
     head block ``hb``) of a stream-K program whose range starts at ``start``: attend its tiles, settle
-    the piece (``settle_piece``) and, where the head is complete, write it.
+    the piece (``settle_piece``) and, where the head is complete, write it. With ``WINDOW`` (a sliding window of
+    ``window`` keys before the query) the head's tiles start at the one holding the window's first key.
 
     A call, not inlined (scalar arguments only): inlined in the program's loop over pieces, ptxas
     kept 214-216 registers at D=128 (2 programs per SM); called, 166-168 and no spills (3 per SM;
     Triton 3.6, sm_90a, ``benchmarks/offline_resources.py``).
     """
-    tile_lo = t - head_begin
+    tile_lo = t - head_begin + first_tile(seqlen, BLOCK_N, window, WINDOW)
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
+        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP,
+        window_start(seqlen, window, WINDOW), WINDOW)
     settle_and_store(
         acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
         b, kvh, hb, t, stop, head_begin, head_end, start, T, high, stride_ob, stride_oh, stride_lb,  #
@@ -143,7 +146,7 @@ def settle_and_store(
 
 
 # the search's host-side arguments vary with the batch: one compile serves every value
-@triton.jit(do_not_specialize=["k0", "g_m", "m_rows", "waves"])
+@triton.jit(do_not_specialize=["k0", "g_m", "m_rows", "waves", "window"])
 def lean_decode_kernel(
     Q, K, V, Out, Lse,  #
     Seqlens, BlockTable,  #
@@ -153,18 +156,19 @@ def lean_decode_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb,  #
-    qk_scale, v_scale, softcap, B, capacity, k0, g_m, m_rows, waves,  #
+    qk_scale, v_scale, softcap, window, B, capacity, k0, g_m, m_rows, waves,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
     PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr,
-    SOFTCAP: tl.constexpr,
+    SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
-    (2 int32 per row) for the merge launch that follows instead of the counters."""
+    (2 int32 per row) for the merge launch that follows instead of the counters. With ``WINDOW`` (a sliding
+    window of ``window`` keys before each query) a row's work is the tiles of its window (``row_tiles``)."""
     if PDL:
         # the merge launch after this one may start now: its programs wait for our writes (gdc_wait)
         gdc_launch_dependents()
@@ -174,7 +178,7 @@ def lean_decode_kernel(
     softcap = tl.cast(softcap, tl.float32)
     # -- schedule, from the real lengths (no host sync) --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
-    tiles = row_tiles(lens, valid_b, BLOCK_N)
+    tiles = row_tiles(lens, valid_b, BLOCK_N, window, WINDOW)
     # equal lengths: maybe fewer programs, so that ranges align with heads
     G, T = schedule(tiles, valid_b, ROWS, k0, g_m, m_rows, waves, SEARCH, SMS, CAND)
     if ACROSS_ROWS:
@@ -191,7 +195,7 @@ def lean_decode_kernel(
             stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb,  #
             GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION,  #
-            VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH, softcap, SOFTCAP)
+            VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH, softcap, SOFTCAP, window, WINDOW)
         t = stop
 
 
@@ -230,35 +234,40 @@ def split_program(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN: tl.constexpr,
-    softcap=0.0, SOFTCAP: tl.constexpr = False,
+    softcap=0.0, SOFTCAP: tl.constexpr = False, window=0, WINDOW: tl.constexpr = False,
 ):
     """Split ``s`` of row ``bid`` (sequence ``bid // ROWS``, kv head and head block ``bid % ROWS``):
     tiles ``[s*chunk, (s+1)*chunk)`` or, with ``EVEN``, the ``s``-th of ``tl.num_programs(1)`` ranges of the
     row's real tiles whose sizes differ by at most one (``even_range``); its normalised state written at
-    ``Out + s*stride_os`` and ``Lse + s*stride_ls``. Returns the sequence, the query heads written and which
-    are real."""
+    ``Out + s*stride_os`` and ``Lse + s*stride_ls``. With ``WINDOW`` the row's tiles are those of its sliding
+    window (``first_tile`` on), and ``chunk`` counts from there. Returns the sequence, the query heads written
+    and which are real."""
     b = bid // ROWS
     row = bid % ROWS
     kvh = row // N_HB
     hb = row % N_HB
     seqlen = row_length(Seqlens, b, capacity, HAS_SEQLENS)
-    tiles = tl.maximum(tl.cdiv(seqlen, BLOCK_N), 1)
+    first = first_tile(seqlen, BLOCK_N, window, WINDOW)
+    tiles = tl.maximum(tl.cdiv(seqlen, BLOCK_N) - first, 1)
     if EVEN:
         lo, hi = even_range(tiles, s, tl.num_programs(1))
     else:
         lo = s * chunk
         hi = tl.minimum(lo + chunk, tiles)
+    lo += first
+    hi += first
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST)
     acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
+        HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP,
+        window_start(seqlen, window, WINDOW), WINDOW)
     heads, valid = store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
                                b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H)
     return b, heads, valid
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["window"])
 def split_decode_kernel(
     Q, K, V, Out, Lse,  #
     Seqlens, BlockTable, Arrivals,  #
@@ -268,12 +277,12 @@ def split_decode_kernel(
     stride_ob, stride_oh, stride_lb,  #
     stride_os, stride_ls,  #
     stride_btb,  #
-    qk_scale, v_scale, softcap, capacity, chunk,  #
+    qk_scale, v_scale, softcap, window, capacity, chunk,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, AFTER_PRIOR: tl.constexpr,
-    EVEN: tl.constexpr, SOFTCAP: tl.constexpr,
+    EVEN: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
 ):
     """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row; with ``EVEN``
     the ``s``-th of as many even ranges of its real tiles as the grid has splits (``even_range``): lean's
@@ -298,7 +307,7 @@ def split_decode_kernel(
         stride_ob, stride_oh, stride_lb, stride_os, stride_ls, stride_btb,  #
         tl.cast(qk_scale, tl.float32), tl.cast(v_scale, tl.float32), capacity, chunk,  #
         GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION, EVEN,
-        tl.cast(softcap, tl.float32), SOFTCAP)
+        tl.cast(softcap, tl.float32), SOFTCAP, window, WINDOW)
     if AFTER_PRIOR:
         # one program waits, the others exit at once. The count is taken modulo the programs and put back by as
         # many, so a counter that did not start at zero (a buffer first made inside a graph capture holds

@@ -11,7 +11,7 @@ from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.piece_merge import merge_meta
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules import stream_k
-from ..schedules.stream_k import programs_used_py, tiles_per_sequence
+from ..schedules.stream_k import programs_used_py, tiles_per_sequence, window_tokens
 from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
@@ -52,15 +52,20 @@ class _Plan:
     """
 
     def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
-                 num_stages=0, after_prior=False, merged=True, k_scale=1.0, v_scale=1.0, softcap=0.0):
+                 num_stages=0, after_prior=False, merged=True, k_scale=1.0, v_scale=1.0, softcap=0.0,
+                 window_left=-1):
         B, Hq, D = q.shape
         device = q.device
         group = Hq // k_cache.shape[2]
         paged = block_table is not None
         fp8_capable("k_cache", k_cache.dtype, device)
         self.cap = cap = _capacity(k_cache, block_table)
+        # a sliding window bounds every row's work, whatever the capacity: the launch is sized for the window
         cfg = decode_config(D, group, device, block_n or None, k_cache.shape[1] if paged else 0, B * k_cache.shape[2],
-                            cap, num_stages, k_cache.dtype in checks.FP8_DTYPES and q.dtype != torch.float32)
+                            window_tokens(cap, 1, window_left), num_stages,
+                            k_cache.dtype in checks.FP8_DTYPES and q.dtype != torch.float32)
+        work_cap = window_tokens(cap, cfg.block_n, window_left)
+        window = max(window_left, 0)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
         # the LSE of calls that do not return it: written, never read (launches sharing it may overwrite it)
         self.lse_sink = runtime.workspace("decode_lse_sink", device, (B, Hq), torch.float32)
@@ -73,14 +78,14 @@ class _Plan:
             LOAD=load_path(cfg.load, k_cache, v_cache, paged),
             # bf16 tl.dot is broken in the interpreter: upcast there
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SOFTCAP=softcap > 0,
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SOFTCAP=softcap > 0, WINDOW=window_left >= 0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         strides = (q.stride(0), q.stride(1),
                    k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                    v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
                    Hq * D, D, Hq)  # out and lse are allocated contiguous
         qk_scale, softcap_log2 = score_scales(scale, k_scale, softcap)
-        even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], cap, cfg, device,
+        even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], work_cap, cfg, device,
                                                                          cache_seqlens is not None)
         if even:
             self.schedule = schedule = "split"
@@ -89,14 +94,14 @@ class _Plan:
             sms = 0 if workers > 0 else runtime.num_sms(device)
             # the grid the table allows (the kernel's occupancy, known only once it is compiled, is at least
             # that at D >= 128, where a merge launch can be chosen; benchmarks/offline_resources.py)
-            mode = merge_in_launch(device, D, max(triton.cdiv(cap, cfg.block_n), 1), B,
+            mode = merge_in_launch(device, D, max(triton.cdiv(work_cap, cfg.block_n), 1), B,
                                    k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
             self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH, PDL=False,
                              ACROSS_ROWS=across_rows(D, k_cache.element_size()),
                              **merge_meta(cfg.block_h, D, group))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
-            head = strides + (bt_stride, qk_scale, v_scale, softcap_log2, B, cap)
+            head = strides + (bt_stride, qk_scale, v_scale, softcap_log2, window, B, cap)
             self.tail = with_search(self.meta, head, B, self.meta["ROWS"], workers or sms * cfg.ctas_per_sm, sms)
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
             search_sms = sms
@@ -105,7 +110,8 @@ class _Plan:
                 # launch only those (H200, same process: 0.4-1.8 us faster than a grid with idle
                 # programs on four short uniform cases; benchmarks/results/decode_probes_H200_2026-12-01.md),
                 # and the kernel compiles no search
-                grid = programs_used_py(tiles_per_sequence([cap] * B, cfg.block_n), self.meta["ROWS"], grid, sms)
+                grid = programs_used_py(tiles_per_sequence([cap] * B, cfg.block_n, window_left), self.meta["ROWS"],
+                                        grid, sms)
                 search_sms = 0
             self.tail = with_search(self.meta, head, B, self.meta["ROWS"], grid, search_sms)
             self.grid = (grid,)
@@ -114,13 +120,13 @@ class _Plan:
                                         device, sms)
         else:
             rows = B * self.meta["ROWS"]
-            cap_tiles = max(triton.cdiv(cap, cfg.block_n), 1)
+            cap_tiles = max(triton.cdiv(work_cap, cfg.block_n), 1)
             if workers <= 0:
                 workers = num_splits_heuristic(rows, 2 * runtime.num_sms(device), cap_tiles)
             self.splits = splits = max(1, min(workers, cap_tiles))
             self.grid = (rows, splits)
             part = (B * Hq * D, B * Hq) if splits > 1 else (0, 0)
-            self.tail = strides + part + (bt_stride, qk_scale, v_scale, softcap_log2, cap,
+            self.tail = strides + part + (bt_stride, qk_scale, v_scale, softcap_log2, window, cap,
                                           triton.cdiv(cap_tiles, splits))
             # the merge waits for the splits as a programmatic dependent launch where there is one
             pdl = splits > 1 and runtime.dependent_launch(device) and not after_prior
@@ -191,7 +197,7 @@ _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                 num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, *, need_lse: bool = True):
+                 num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, *, need_lse: bool = True):
     """``decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the LSE goes
     to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call in one process on
     an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines."""
@@ -208,14 +214,15 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     # for the dtypes of their first launch)
     key = (q.shape, q.stride(), q.dtype, k_cache.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
-           softmax_scale, k_scale, v_scale, softcap, schedule, workers, block_n, runtime.interpreting(),
+           softmax_scale, k_scale, v_scale, softcap, window_left, schedule, workers, block_n, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0,
            *_ENV())
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: _Plan(q, k_cache, v_cache, cache_seqlens, block_table,
                                                      softmax_scale, schedule, workers, block_n,
-                                                     k_scale=k_scale, v_scale=v_scale, softcap=softcap))
+                                                     k_scale=k_scale, v_scale=v_scale, softcap=softcap,
+                                                     window_left=window_left))
         lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
         plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse)
     return out, lse
@@ -226,23 +233,24 @@ def _decode_op(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
     softmax_scale: float, schedule: str, num_programs: int, num_splits: int, block_n: int,
-    k_scale: float = 1.0, v_scale: float = 1.0, softcap: float = 0.0,
+    k_scale: float = 1.0, v_scale: float = 1.0, softcap: float = 0.0, window_left: int = -1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                        num_splits, block_n, k_scale, v_scale, softcap)
+                        num_splits, block_n, k_scale, v_scale, softcap, window_left)
 
 
 @_decode_op.register_fake
 def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, block_n,
-      k_scale=1.0, v_scale=1.0, softcap=0.0):
+      k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1):
     B, Hq, D = q.shape
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 
 
 def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate,
-                    k_scale=1.0, v_scale=1.0, fp8=False):
+                    k_scale=1.0, v_scale=1.0, fp8=False, window_left=-1):
     """Shape, dtype and device checks (always); length checks when they cost no device sync. ``fp8``: float8
-    caches are accepted, with their dequantisation scales (``checks.kv_cache``).
+    caches are accepted, with their dequantisation scales (``checks.kv_cache``). ``window_left``: only the pages
+    of each sequence's sliding window need valid ids.
 
     Returns the softmax scale to use, or with ``fp8`` ``(softmax_scale, k_scale, v_scale)``.
     """
@@ -293,8 +301,9 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
         lens = cache_seqlens if cache_seqlens is not None else torch.full((B,), _capacity(k_cache, block_table),
                                                                           dtype=torch.int32, device=q.device)
         used = (lens.long() + k_cache.shape[1] - 1) // k_cache.shape[1]
+        first = (lens.long() - 1 - window_left).clamp(min=0) // k_cache.shape[1] if window_left >= 0 else 0 * used
         cols = torch.arange(block_table.shape[1], device=q.device)[None, :]
-        ids = torch.where(cols < used[:, None], block_table.long(), 0)
+        ids = torch.where((cols < used[:, None]) & (cols >= first[:, None]), block_table.long(), 0)
         if int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]:
             raise ValueError(f"block_table: expected page ids in [0, {k_cache.shape[0]}) for the pages in use, "
                              f"got ids in [{int(ids.min())}, {int(ids.max())}]")
@@ -325,6 +334,7 @@ def decode(
     k_scale: float = 1.0,
     v_scale: float = 1.0,
     softcap: float = 0.0,
+    window_left: int = -1,
 ):
     """Decode attention: one query token per sequence against its KV cache.
 
@@ -380,6 +390,13 @@ def decode(
         Logit soft-capping (Gemma-2; flash-attn's ``softcap``, FlashInfer's ``logits_soft_cap``): scores
         ``s = q.k * softmax_scale`` become ``softcap * tanh(s / softcap)`` before the softmax, and the LSE is
         that of the capped scores. 0 (the default) leaves them uncapped.
+    window_left : int, keyword-only
+        Sliding-window attention (Mistral, Gemma-2/3 local layers): the query, at position
+        ``cache_seqlens[b] - 1``, attends the ``window_left`` keys before it and itself, keys
+        ``[max(cache_seqlens[b] - 1 - window_left, 0), cache_seqlens[b])`` (FlashInfer's ``window_left``,
+        flash-attn's ``window_size[0]``; transformers' ``sliding_window`` is ``window_left + 1``). -1 (the default):
+        every key. The work scheduled is the window's tiles, not the whole sequence's, and keys before the window are
+        never read, so their pages may be freed or reused.
 
     Returns
     -------
@@ -402,13 +419,14 @@ def decode(
     >>> lens = torch.tensor([8192, 100, 0, 4000], dtype=torch.int32, device="cuda")
     >>> out, lse = leanattn.decode(q, k, v, cache_seqlens=lens, return_lse=True)
     """
+    window_left = checks.window_left(window_left)
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
-                                              validate, k_scale, v_scale, fp8=True)
+                                              validate, k_scale, v_scale, fp8=True, window_left=window_left)
     softcap = checks.softcap(softcap)
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, int(num_programs), int(num_splits), 0,
-            k_scale, v_scale, softcap)
+            k_scale, v_scale, softcap, window_left)
     # under torch.compile the custom op keeps the kernel opaque to Dynamo and Inductor; eager calls skip
     # the dispatcher (its overhead is comparable to a short decode kernel)
     if torch.compiler.is_compiling():

@@ -68,9 +68,29 @@ def load_lengths(Lens, n, capacity, BLOCK: tl.constexpr, HAS_LENS: tl.constexpr)
 
 
 @triton.jit
-def row_tiles(lens, valid, BLOCK_N: tl.constexpr):
-    """KV tiles of ``BLOCK_N`` tokens per item; an empty item still owns one (empty) tile."""
-    return tl.where(valid, tl.maximum(tl.cdiv(lens, BLOCK_N), 1), 0)
+def row_tiles(lens, valid, BLOCK_N: tl.constexpr, window=0, WINDOW: tl.constexpr = False):
+    """KV tiles of ``BLOCK_N`` tokens per item; an empty item still owns one (empty) tile. With ``WINDOW`` only the
+    tiles from the one holding the sliding window's first key (``first_tile``) count."""
+    return tl.where(valid, tl.maximum(tl.cdiv(lens, BLOCK_N) - first_tile(lens, BLOCK_N, window, WINDOW), 1), 0)
+
+
+@triton.jit
+def window_start(seqlen, window, WINDOW: tl.constexpr):
+    """The first key a query at position ``seqlen - 1`` attends: ``max(seqlen - 1 - window, 0)`` with ``WINDOW``
+    (a sliding window of ``window`` keys before the query, flash-attn's ``window_size[0]``), 0 otherwise;
+    ``seqlen`` a scalar or a vector."""
+    if WINDOW:
+        lo = tl.maximum(seqlen - 1 - window, 0)
+    else:
+        lo = 0 * seqlen
+    return lo
+
+
+@triton.jit
+def first_tile(lens, BLOCK_N: tl.constexpr, window, WINDOW: tl.constexpr):
+    """The tile holding the first key of the sliding window of items of lengths ``lens`` (0 without ``WINDOW``):
+    the tiles a row's work counts start there."""
+    return window_start(lens, window, WINDOW) // BLOCK_N
 
 
 @triton.jit
@@ -197,10 +217,19 @@ def locate_tile(t, t_end, cum_incl, work, tiles, offs):
 # --------------------------------------------------------------------------------------------
 # Python side
 # --------------------------------------------------------------------------------------------
-def tiles_per_sequence(seqlens, block_n: int) -> np.ndarray:
-    """KV tiles of ``block_n`` tokens per sequence; an empty sequence counts one (empty) tile."""
+def tiles_per_sequence(seqlens, block_n: int, window_left: int = -1) -> np.ndarray:
+    """KV tiles of ``block_n`` tokens per sequence; an empty sequence counts one (empty) tile. With a sliding
+    window (``window_left >= 0``) only the tiles from the one holding its first key count (``row_tiles``)."""
     seqlens = np.asarray(seqlens, dtype=np.int64)
-    return np.maximum(-(-seqlens // block_n), 1)
+    first = np.maximum(seqlens - 1 - window_left, 0) // block_n if window_left >= 0 else 0
+    return np.maximum(-(-seqlens // block_n) - first, 1)
+
+
+def window_tokens(capacity: int, block_n: int, window_left: int = -1) -> int:
+    """Tokens that bound the tiles of any row of a cache of ``capacity`` tokens: ``capacity`` or, with a sliding
+    window, ``window_left + block_n`` if fewer (the ``window_left + 1`` keys of a window span at most
+    ``ceil(window_left / block_n) + 1`` tiles)."""
+    return capacity if window_left < 0 else min(capacity, window_left + block_n)
 
 
 def lean_ranges(total: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
