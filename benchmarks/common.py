@@ -210,16 +210,18 @@ def plot_probe(json_path: str, base: str, png_path: str, title: str) -> str:
     with open(json_path) as f:
         probe = json.load(f)
     cases = probe["cases"]
-    variants = list(cases[0]["median"])
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(cases)), 4.5))
+    # every variant any case ran, in first-seen order; a case without one leaves its bar out
+    variants = list(dict.fromkeys(n for c in cases for n in c["median"]))
+    fig, ax = plt.subplots(figsize=(max(8, 0.2 * len(variants) * len(cases)), 4.5))
     width = 0.8 / len(variants)
     for i, name in enumerate(variants):
-        ys = [c["median"][name] / c["median"][base] for c in cases]
-        bars = ax.bar([j + (i - (len(variants) - 1) / 2) * width for j in range(len(cases))], ys, width, label=name)
-        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=6)
+        at = [(j, c["median"][name] / c["median"][base]) for j, c in enumerate(cases) if name in c["median"]]
+        bars = ax.bar([j + (i - (len(variants) - 1) / 2) * width for j, _ in at], [y for _, y in at], width,
+                      label=name)
+        ax.bar_label(bars, labels=[f"{y:.2f}" for _, y in at], fontsize=6)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(range(len(cases)))
-    ax.set_xticklabels([c["case"] for c in cases], fontsize=8)
+    ax.set_xticklabels([c["case"] for c in cases], fontsize=8, rotation=20, ha="right")
     ax.set_ylabel(f"time / {base} (same run)")
     env = probe.get("env", {})
     ax.set_title(f"{title}\n{env.get('device', '')}, {env.get('date', '')[:16]}, torch {env.get('torch', '')}, "
