@@ -130,6 +130,35 @@ def test_softcapped_fallback_not_causal():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["no mask", "windowed mask"])
+def test_sliding_window_decode_on_the_kernel(masked, decode_calls):
+    # a layer with sliding_window=5 over 11 cached keys: the query (the last key's position) sees keys 6..10, as
+    # transformers' sliding_window_overlay says (kv_idx > q_idx - sliding_window); on the kernel with
+    # window_left=4, with or without the SDPA builder's windowed mask (row 1 shorter: keys 2..6 of 7)
+    if DEV == "cpu" and not lt.runtime.interpreting():
+        pytest.skip("the kernels run on the CPU only under TRITON_INTERPRET=1")
+    q = torch.randn(2, 4, 1, 64, device=DEV)
+    k, v = torch.randn(2, 2, 11, 64, device=DEV), torch.randn(2, 2, 11, 64, device=DEV)
+    lens = [11, 7] if masked else [11, 11]
+    keys = torch.arange(11, device=DEV)
+    keep = torch.stack([(keys < n) & (keys >= n - 5) for n in lens])[:, None, None, :]
+    out, _ = lt.leanattn_attention_forward(None, q, k, v, keep if masked else None, scaling=0.125, sliding_window=5)
+    s = (q.double() @ k.double().repeat_interleave(2, 1).transpose(-1, -2)) * 0.125
+    ref = (s.masked_fill(~keep, float("-inf")).softmax(-1) @ v.double().repeat_interleave(2, 1)).transpose(1, 2)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    assert len(decode_calls) == 1
+    # a mask that is not a window of a prefix (a hole) goes to SDPA
+    keep[0, 0, 0, 8] = False
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    out, _ = lt.leanattn_attention_forward(module, q, k, v, keep.clone(), scaling=0.125, sliding_window=5)
+    ref = (s.masked_fill(~keep, float("-inf")).softmax(-1) @ v.double().repeat_interleave(2, 1)).transpose(1, 2)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    assert len(decode_calls) == 1
+    with pytest.raises(ValueError, match="sliding_window"):
+        lt.leanattn_attention_forward(None, q, k, v, None, sliding_window=0)
+
+
 def test_sinks_and_bad_softcap_rejected():
     args = (None, torch.zeros(1, 2, 1, 64), torch.zeros(1, 2, 3, 64), torch.zeros(1, 2, 3, 64), None)
     with pytest.raises(ValueError, match="s_aux"):

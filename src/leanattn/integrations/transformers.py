@@ -10,10 +10,12 @@ kernel takes, so nothing is copied. Lengths come from the mask transformers buil
 
 - no mask (a dynamic cache without padding): every cached key is valid, so the lengths are the
   cache's size;
-- a boolean mask that is a prefix per row (a static cache, keys written left to right): the lengths
-  are the counts of True, found once per forward (one host sync, shared by all layers).
+- a boolean mask that is a prefix per row (a static cache, keys written left to right), or, in a layer with a
+  sliding window, the window's part of that prefix: the lengths are the end of each row's run of True, found once
+  per forward (one host sync, shared by all layers that get the mask).
 
-Everything else (prefill, left-padded batches, sliding windows past their size, dropout, head dims
+A layer's ``sliding_window`` (transformers: the query sees itself and the ``sliding_window - 1`` keys before it)
+becomes ``window_left = sliding_window - 1``. Everything else (prefill, left-padded batches, dropout, head dims
 or devices the kernels do not take) goes to transformers' own SDPA function with the mask from
 transformers' SDPA mask builder, which aligns the causal mask bottom-right when queries and keys
 differ in length. Logit soft-capping (Gemma-2's ``attn_logit_softcapping``, passed as ``softcap``) runs on
@@ -22,6 +24,7 @@ eager Gemma-2 attention does (its SDPA function has no soft cap).
 """
 from __future__ import annotations
 
+import numbers
 import weakref
 
 import torch
@@ -33,8 +36,9 @@ __all__ = ["register", "leanattn_attention_forward", "MIN_TRANSFORMERS"]
 
 MIN_TRANSFORMERS = "4.53"  # AttentionMaskInterface (masks built per attention implementation) appeared here
 
-# (weak reference to the last mask seen, its lengths or None): layers of one forward share the mask
-_LAST_MASK: list = [None, None]
+# (weak reference to the last mask seen, the window it was read with, its lengths or None): layers of one forward
+# share the mask
+_LAST_MASK: list = [None, None, None]
 
 
 def _require():
@@ -54,21 +58,25 @@ def _require():
     return AttentionInterface, AttentionMaskInterface, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"], sdpa_attention_forward
 
 
-def _prefix_lengths(mask: torch.Tensor, batch: int):
-    """``(batch,)`` int32 lengths when every row of a ``(B|1, 1, 1, N)`` bool mask is True on a prefix
-    and False after it, else None. Memoised per mask tensor: the model passes the same mask to every
-    layer, so the check (one host sync) runs once per forward."""
+def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
+    """``(batch,)`` int32 lengths when every row of a ``(B|1, 1, 1, N)`` bool mask is True on a prefix and False
+    after it or, with a sliding ``window`` (transformers' ``sliding_window``), True on the last ``window`` keys of
+    such a prefix only; else None. A row's length is the end of its run of True. Memoised per mask tensor: the model
+    passes the same mask to every layer of a kind, so the check (one host sync) runs once per forward."""
     ref = _LAST_MASK[0]
-    if ref is not None and ref() is mask:
-        return _LAST_MASK[1]
+    if ref is not None and ref() is mask and _LAST_MASK[1] == window:
+        return _LAST_MASK[2]
     result = None
     if mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
         m = mask[:, 0, 0, :]
-        lens = m.sum(-1, dtype=torch.int32)
-        prefix = torch.arange(m.shape[-1], device=m.device)[None, :] < lens[:, None]
-        if bool((m == prefix).all()):
+        keys = torch.arange(m.shape[-1], device=m.device)
+        lens = (torch.where(m, keys, -1).amax(-1) + 1).to(torch.int32)
+        expected = keys[None, :] < lens[:, None]
+        if window is not None:
+            expected &= keys[None, :] >= (lens - window)[:, None]
+        if bool((m == expected).all()):
             result = lens.expand(batch).contiguous()
-    _LAST_MASK[:] = [weakref.ref(mask), result]
+    _LAST_MASK[:] = [weakref.ref(mask), window, result]
     return result
 
 
@@ -83,15 +91,22 @@ def _decode_lengths(module, query, key, attention_mask, dropout, kwargs):
         return False, None
     if query.device.type == "cpu" and not runtime.interpreting():
         return False, None  # Triton kernels run on the CPU only under TRITON_INTERPRET=1
-    window = kwargs.get("sliding_window")
     if attention_mask is None:
-        if window is not None and key.shape[2] > window:
-            return False, None
         return True, None
     if not isinstance(attention_mask, torch.Tensor):
         return False, None  # flex BlockMask and the like
-    lens = _prefix_lengths(attention_mask, B)
+    lens = _prefix_lengths(attention_mask, B, _window(kwargs))
     return (lens is not None), lens
+
+
+def _window(kwargs):
+    """The layer's ``sliding_window`` (keys a query sees, itself included) as an int, or None."""
+    window = kwargs.get("sliding_window")
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
+        raise ValueError(f"sliding_window: expected None or an int >= 1, got {window!r}")
+    return int(window)
 
 
 def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -126,8 +141,10 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
     ok, lens = _decode_lengths(module, query, key, attention_mask, dropout, kwargs)
     if ok:
         # (B, Hkv, N, D) -> (B, N, Hkv, D): a view, unit stride on D as the kernel needs
+        window = _window(kwargs)
         out = decode(query[:, :, 0], key.transpose(1, 2), value.transpose(1, 2), cache_seqlens=lens,
-                     softmax_scale=None if scaling is None else float(scaling), softcap=softcap)
+                     softmax_scale=None if scaling is None else float(scaling), softcap=softcap,
+                     window_left=-1 if window is None else window - 1)
         return out[:, None], None
     if softcap:
         if dropout:
