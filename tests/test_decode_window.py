@@ -48,6 +48,40 @@ def test_window_load_paths(monkeypatch, load):
         dec._PLANS.clear()
 
 
+@pytest.mark.parametrize("load", ["0", "1", "2"], ids=["pointers", "blockptr", "tma"])
+@pytest.mark.parametrize("fp8", [False, True], ids=["fp16", "fp8"])
+def test_window_nan_before_it(monkeypatch, load, fp8):
+    # keys before each window hold NaN (a reused page, a cache written elsewhere): the block-pointer and TMA paths
+    # load the window's first tile whole, and must not carry those rows into the product as 0 * NaN (found in
+    # review: NaN outputs before the V rows were zeroed)
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
+    dec._PLANS.clear()
+    try:
+        q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [70, 45, 33], capacity=80)
+        ref = reference.decode(q, k, v, lens, window_left=17)
+        if fp8:
+            k, v = k.to(torch.float8_e5m2), v.to(torch.float8_e5m2)  # e5m2 holds NaN and inf
+            ref = reference.decode(q, k, v, lens, window_left=17)
+        for b, n in enumerate(lens.tolist()):
+            k[b, :n - 18] = float("nan")
+            v[b, :n - 18] = float("nan")
+        for schedule in SCHEDULES:
+            out = leanattn.decode(q, k, v, lens, schedule=schedule, window_left=17)
+            assert_rel_close(f"load {load} {schedule}", out, ref[0], 2e-2 if fp8 else TOLERANCE[q.dtype])
+    finally:
+        dec._PLANS.clear()
+
+
+def test_window_past_the_capacity_is_none():
+    # a window holding the whole cache is no window (the same plan and bits), however large the int
+    q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [70, 45, 33])
+    plain = leanattn.decode(q, k, v, lens)
+    for window in (69, 70, 2**40, 2**70):
+        assert torch.equal(leanattn.decode(q, k, v, lens, window_left=window), plain)
+    assert not torch.equal(leanattn.decode(q, k, v, lens, window_left=68), plain)
+
+
 @pytest.mark.parametrize("window", [0, 5, 30])
 @pytest.mark.parametrize("B", [1, 3])
 def test_window_full_capacity(window, B):
@@ -57,6 +91,21 @@ def test_window_full_capacity(window, B):
     check_decode(q, k, v, None, None, None, f"B={B} at capacity", window_left=window)
     check_decode(q, k, v, torch.full((B,), 75, dtype=torch.int32), None, None, f"B={B} with lengths",
                  window_left=window)
+
+
+def test_window_plan_tiles(monkeypatch):
+    # the host plans from each row's exact tiles where every sequence fills the cache (80 tokens, a window of 32
+    # keys: tiles 2 and 4 of 16 tokens, 2 tiles), from the window's bound otherwise (3 tiles)
+    from leanattn.ops import decode as dec
+    seen = []
+    real = dec.even_pieces
+    monkeypatch.setattr(dec, "even_pieces", lambda B, rows, tiles, *a: seen.append(tiles) or real(B, rows, tiles, *a))
+    dec._PLANS.clear()
+    q, k, v, _, _ = make_inputs(1, 8, 2, 64, [80])
+    check_decode(q, k, v, None, None, None, "at capacity", window_left=31)
+    check_decode(q, k, v, torch.tensor([80], dtype=torch.int32), None, None, "with lengths", window_left=31)
+    assert seen == [2, 3]
+    dec._PLANS.clear()
 
 
 @pytest.mark.parametrize("page_size", [1, 16, 64])

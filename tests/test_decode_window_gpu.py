@@ -40,8 +40,15 @@ def test_window_load_paths(monkeypatch, load):
         q = torch.randn(3, 32, 128, dtype=torch.bfloat16, device="cuda")
         k = torch.randn(3, 8, max(lens), 128, dtype=torch.bfloat16, device="cuda").transpose(1, 2)
         v = torch.randn_like(k)
+        sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
         for window in (0, 1000, 4095):
-            check(q, k, v, torch.tensor(lens, dtype=torch.int32, device="cuda"), window=window)
+            check(q, k, v, sl, window=window)
+        # keys before the windows hold NaN: nothing of them reaches the output (whole tiles are loaded here)
+        out = check(q, k, v, sl, window=1000)
+        for b, n in enumerate(lens):
+            k[b, :max(n - 1001, 0)] = float("nan")
+            v[b, :max(n - 1001, 0)] = float("nan")
+        assert torch.equal(leanattn.decode(q, k, v, sl, window_left=1000), out)
     finally:
         dec._PLANS.clear()
 

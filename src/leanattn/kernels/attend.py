@@ -227,7 +227,8 @@ def attend_contiguous(
     Either names the ``seqlen x HEAD_DIM`` rows of one (sequence, kv head) by one base address and
     the tile offset, where a tensor of pointers holds a 64-bit address per element of the
     ``BLOCK_N x HEAD_DIM`` tile, and zero-fills rows past ``seqlen`` instead of a mask, so a stale
-    cache tail never meets ``p = 0`` as ``0 * NaN``. A block pointer is lowered to ordinary loads; a
+    cache tail never meets ``p = 0`` as ``0 * NaN``; with ``WINDOW`` the rows of the first tile before ``kv_lo`` are
+    loaded and their V rows zeroed, for the same reason. A block pointer is lowered to ordinary loads; a
     descriptor (sm90+) has the copy engine move whole tiles into shared memory. Descriptors need the
     row base and the token stride 16-byte aligned (the op checks) and a Triton allocator for their
     global scratch (``runtime.tma_allocator``).
@@ -264,6 +265,10 @@ def attend_contiguous(
             v = v_src.load([j * BLOCK_N, 0])
         else:
             v = tl.load(v_src, boundary_check=(0,), padding_option="zero")
+        if WINDOW:
+            # whole tiles are read: the rows before the window may hold anything (NaN in a reused page), and their
+            # p = 0 would still carry it into the product as 0 * NaN
+            v = tl.where(mask_n[:, None], v, 0.0)
         acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION)
         if not TMA:
             k_src = tl.advance(k_src, (BLOCK_N, 0))

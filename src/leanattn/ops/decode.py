@@ -64,7 +64,9 @@ class _Plan:
         cfg = decode_config(D, group, device, block_n or None, k_cache.shape[1] if paged else 0, B * k_cache.shape[2],
                             window_tokens(cap, 1, window_left), num_stages,
                             k_cache.dtype in checks.FP8_DTYPES and q.dtype != torch.float32)
-        work_cap = window_tokens(cap, cfg.block_n, window_left)
+        # the most tiles a row can have: exact where every sequence fills the cache, else the window's bound
+        row_tiles = (int(tiles_per_sequence([cap], cfg.block_n, window_left)[0]) if cache_seqlens is None
+                     else max(triton.cdiv(window_tokens(cap, cfg.block_n, window_left), cfg.block_n), 1))
         window = max(window_left, 0)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
         # the LSE of calls that do not return it: written, never read (launches sharing it may overwrite it)
@@ -85,7 +87,7 @@ class _Plan:
                    v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
                    Hq * D, D, Hq)  # out and lse are allocated contiguous
         qk_scale, softcap_log2 = score_scales(scale, k_scale, softcap)
-        even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], work_cap, cfg, device,
+        even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], row_tiles, cfg, device,
                                                                          cache_seqlens is not None)
         if even:
             self.schedule = schedule = "split"
@@ -94,7 +96,7 @@ class _Plan:
             sms = 0 if workers > 0 else runtime.num_sms(device)
             # the grid the table allows (the kernel's occupancy, known only once it is compiled, is at least
             # that at D >= 128, where a merge launch can be chosen; benchmarks/offline_resources.py)
-            mode = merge_in_launch(device, D, max(triton.cdiv(work_cap, cfg.block_n), 1), B,
+            mode = merge_in_launch(device, D, row_tiles, B,
                                    k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
             self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH, PDL=False,
                              ACROSS_ROWS=across_rows(D, k_cache.element_size()),
@@ -120,7 +122,7 @@ class _Plan:
                                         device, sms)
         else:
             rows = B * self.meta["ROWS"]
-            cap_tiles = max(triton.cdiv(work_cap, cfg.block_n), 1)
+            cap_tiles = row_tiles
             if workers <= 0:
                 workers = num_splits_heuristic(rows, 2 * runtime.num_sms(device), cap_tiles)
             self.splits = splits = max(1, min(workers, cap_tiles))
@@ -171,11 +173,12 @@ class _Plan:
         self.launch_merge(o, ls, out, lse)
 
 
-def even_pieces(B: int, rows: int, cap: int, cfg, device: torch.device, has_lens: bool) -> int:
+def even_pieces(B: int, rows: int, tiles: int, cfg, device: torch.device, has_lens: bool) -> int:
     """Pieces a row of ``schedule="lean"``'s cut where every row is known to have the same length, else 0.
 
     With one sequence, or without ``cache_seqlens`` (every sequence at capacity), the ``B * rows`` rows have
-    equal lengths, and where the stream-K cut at capacity is even pieces of each row
+    equal lengths (``tiles`` each: at capacity, or a sliding window's), and where the stream-K cut is even pieces of
+    each row
     (``schedules/stream_k.even_pieces``), ``k`` of them, it is run as ``k`` even pieces of each row's real tiles:
     ``split_decode_kernel``'s grid ``(B * rows, k)`` with ``EVEN`` (pieces differ by at most one tile), merged
     by a second launch in a fixed order. That skips what the persistent kernel spends before its first K/V load
@@ -187,7 +190,7 @@ def even_pieces(B: int, rows: int, cap: int, cfg, device: torch.device, has_lens
     if (has_lens and B != 1) or runtime.env_flag("LEANATTN_DECODE_EVEN") is False:
         return 0
     sms = runtime.num_sms(device)
-    return stream_k.even_pieces(max(triton.cdiv(cap, cfg.block_n), 1), B * rows, sms * cfg.ctas_per_sm, sms)
+    return stream_k.even_pieces(tiles, B * rows, sms * cfg.ctas_per_sm, sms)
 
 
 _PLANS = runtime.PlanCache()
@@ -395,8 +398,9 @@ def decode(
         ``cache_seqlens[b] - 1``, attends the ``window_left`` keys before it and itself, keys
         ``[max(cache_seqlens[b] - 1 - window_left, 0), cache_seqlens[b])`` (FlashInfer's ``window_left``,
         flash-attn's ``window_size[0]``; transformers' ``sliding_window`` is ``window_left + 1``). -1 (the default):
-        every key. The work scheduled is the window's tiles, not the whole sequence's, and keys before the window are
-        never read, so their pages may be freed or reused.
+        every key. The work scheduled is the window's tiles, not the whole sequence's. Keys before the window are never
+        used: a paged cache never loads them, so their pages may be freed or reused (their ``block_table`` ids are not
+        read as pages); a contiguous cache may load those of the window's first tile, whatever they hold.
 
     Returns
     -------
@@ -420,6 +424,8 @@ def decode(
     >>> out, lse = leanattn.decode(q, k, v, cache_seqlens=lens, return_lse=True)
     """
     window_left = checks.window_left(window_left)
+    if window_left >= _capacity(k_cache, block_table) - 1:
+        window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
                                               validate, k_scale, v_scale, fp8=True, window_left=window_left)
     softcap = checks.softcap(softcap)
