@@ -80,6 +80,9 @@ def test_window_past_the_capacity_is_none():
     for window in (69, 70, 2**40, 2**70):
         assert torch.equal(leanattn.decode(q, k, v, lens, window_left=window), plain)
     assert not torch.equal(leanattn.decode(q, k, v, lens, window_left=68), plain)
+    q, k, v, lens, bt = make_inputs(3, 8, 2, 64, [70, 45, 33], page_size=16)
+    assert torch.equal(leanattn.decode(q, k, v, lens, bt, window_left=2**70, validate=True),
+                       leanattn.decode(q, k, v, lens, bt))
 
 
 @pytest.mark.parametrize("window", [0, 5, 30])

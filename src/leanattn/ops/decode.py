@@ -304,7 +304,8 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
         lens = cache_seqlens if cache_seqlens is not None else torch.full((B,), _capacity(k_cache, block_table),
                                                                           dtype=torch.int32, device=q.device)
         used = (lens.long() + k_cache.shape[1] - 1) // k_cache.shape[1]
-        first = (lens.long() - 1 - window_left).clamp(min=0) // k_cache.shape[1] if window_left >= 0 else 0 * used
+        window = min(window_left, _capacity(k_cache, block_table))  # an int the tensors hold
+        first = (lens.long() - 1 - window).clamp(min=0) // k_cache.shape[1] if window >= 0 else 0 * used
         cols = torch.arange(block_table.shape[1], device=q.device)[None, :]
         ids = torch.where((cols < used[:, None]) & (cols >= first[:, None]), block_table.long(), 0)
         if int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]:
@@ -424,10 +425,10 @@ def decode(
     >>> out, lse = leanattn.decode(q, k, v, cache_seqlens=lens, return_lse=True)
     """
     window_left = checks.window_left(window_left)
-    if window_left >= _capacity(k_cache, block_table) - 1:
-        window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
                                               validate, k_scale, v_scale, fp8=True, window_left=window_left)
+    if window_left >= _capacity(k_cache, block_table) - 1:
+        window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
     softcap = checks.softcap(softcap)
     if q.stride(-1) != 1:
         q = q.contiguous()
