@@ -31,6 +31,9 @@
 #               (sanitize.py bifurcated-fp8; H200 2026-12-04: 0 errors, 0 hazards)
 #   sanitize-overlap-fp8  memcheck then racecheck over the overlap path's launches over float8 caches (sanitize.py
 #               overlap-fp8; H200 2026-12-04: 0 errors, 0 hazards)
+#   tests-transformers  the transformers plug-in's tests on the GPU (tests/test_integration_transformers.py; H200,
+#               transformers 5.17, 2026-12-04: 12 passed, 2 failed, the static-cache cases, whose compiled generate
+#               finds decode's workspaces in its cudagraph pool)
 #   tests-window  the GPU tests of decode with a sliding window (tests/test_decode_window_gpu.py)
 #   sanitize-window  memcheck then racecheck over decode's launches with a sliding window, paged ones with the
 #               pages before each window freed (sanitize.py window)
@@ -204,6 +207,7 @@ for step in "$@"; do
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py overlap-fp8 2>&1 | tail -2
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py overlap-fp8 2>&1 | tail -2 ;;
     tests-window) "${PYTEST[@]}" tests/test_decode_window_gpu.py 2>&1 | tail -3 ;;
+    tests-transformers) "${PYTEST[@]}" tests/test_integration_transformers.py 2>&1 | tail -4 ;;
     sanitize-window)
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py window 2>&1 | tail -2
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py window 2>&1 | tail -2 ;;
