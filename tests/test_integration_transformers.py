@@ -155,8 +155,17 @@ def test_sliding_window_decode_on_the_kernel(masked, decode_calls):
     ref = (s.masked_fill(~keep, float("-inf")).softmax(-1) @ v.double().repeat_interleave(2, 1)).transpose(1, 2)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     assert len(decode_calls) == 1
-    with pytest.raises(ValueError, match="sliding_window"):
-        lt.leanattn_attention_forward(None, q, k, v, None, sliding_window=0)
+    # one mask row broadcast to a batch of two, then the same mask at a batch of one: a memo of its own, not the
+    # lengths of two rows
+    row = keep[1:].clone()
+    lt.leanattn_attention_forward(module, q, k, v, row, scaling=0.125, sliding_window=5)
+    out, _ = lt.leanattn_attention_forward(module, q[:1], k[:1], v[:1], row, scaling=0.125, sliding_window=5)
+    one = (s[:1].masked_fill(~row, float("-inf")).softmax(-1) @ v[:1].double().repeat_interleave(2, 1))
+    torch.testing.assert_close(out.double(), one.transpose(1, 2), rtol=1e-5, atol=1e-5)
+    # a window transformers does not build goes to its SDPA function, as other calls the kernels do not take
+    calls = len(decode_calls)
+    lt.leanattn_attention_forward(module, q, k, v, None, sliding_window=0)
+    assert len(decode_calls) == calls
 
 
 def test_sinks_and_bad_softcap_rejected():

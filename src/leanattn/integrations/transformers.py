@@ -36,9 +36,10 @@ __all__ = ["register", "leanattn_attention_forward", "MIN_TRANSFORMERS"]
 
 MIN_TRANSFORMERS = "4.53"  # AttentionMaskInterface (masks built per attention implementation) appeared here
 
-# (weak reference to the last mask seen, the window it was read with, its lengths or None): layers of one forward
-# share the mask
-_LAST_MASK: list = [None, None, None]
+# (weak reference to a mask, the window and batch it was read with, its lengths or None) for the last few masks seen:
+# layers of one forward share a mask per kind (full and sliding layers, interleaved in Gemma-2/3)
+_MASKS: list = []
+_MASKS_KEPT = 4
 
 
 def _require():
@@ -61,11 +62,12 @@ def _require():
 def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
     """``(batch,)`` int32 lengths when every row of a ``(B|1, 1, 1, N)`` bool mask is True on a prefix and False
     after it or, with a sliding ``window`` (transformers' ``sliding_window``), True on the last ``window`` keys of
-    such a prefix only; else None. A row's length is the end of its run of True. Memoised per mask tensor: the model
-    passes the same mask to every layer of a kind, so the check (one host sync) runs once per forward."""
-    ref = _LAST_MASK[0]
-    if ref is not None and ref() is mask and _LAST_MASK[1] == window:
-        return _LAST_MASK[2]
+    such a prefix only; else None. A row's length is the end of its run of True. Memoised per mask tensor (by
+    identity: a mask edited in place is not read again), window and batch: the model passes the same mask to every
+    layer of a kind, so the check (one host sync) runs once per forward and kind of layer."""
+    for ref, w, b, lens in _MASKS:
+        if ref() is mask and w == window and b == batch:
+            return lens
     result = None
     if mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
         m = mask[:, 0, 0, :]
@@ -76,7 +78,8 @@ def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
             expected &= keys[None, :] >= (lens - window)[:, None]
         if bool((m == expected).all()):
             result = lens.expand(batch).contiguous()
-    _LAST_MASK[:] = [weakref.ref(mask), window, result]
+    _MASKS[:] = [e for e in _MASKS if e[0]() is not None][-(_MASKS_KEPT - 1):] + [(weakref.ref(mask), window, batch,
+                                                                                    result)]
     return result
 
 
@@ -91,22 +94,17 @@ def _decode_lengths(module, query, key, attention_mask, dropout, kwargs):
         return False, None
     if query.device.type == "cpu" and not runtime.interpreting():
         return False, None  # Triton kernels run on the CPU only under TRITON_INTERPRET=1
+    window = kwargs.get("sliding_window")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1):
+        return False, None  # not a window transformers builds: its SDPA function decides
     if attention_mask is None:
+        # a sliding layer without a mask (transformers builds one once its cache holds the window) still attends
+        # only its window: decode takes it as window_left
         return True, None
     if not isinstance(attention_mask, torch.Tensor):
         return False, None  # flex BlockMask and the like
-    lens = _prefix_lengths(attention_mask, B, _window(kwargs))
+    lens = _prefix_lengths(attention_mask, B, window)
     return (lens is not None), lens
-
-
-def _window(kwargs):
-    """The layer's ``sliding_window`` (keys a query sees, itself included) as an int, or None."""
-    window = kwargs.get("sliding_window")
-    if window is None:
-        return None
-    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
-        raise ValueError(f"sliding_window: expected None or an int >= 1, got {window!r}")
-    return int(window)
 
 
 def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -141,10 +139,10 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
     ok, lens = _decode_lengths(module, query, key, attention_mask, dropout, kwargs)
     if ok:
         # (B, Hkv, N, D) -> (B, N, Hkv, D): a view, unit stride on D as the kernel needs
-        window = _window(kwargs)
+        window = kwargs.get("sliding_window")
         out = decode(query[:, :, 0], key.transpose(1, 2), value.transpose(1, 2), cache_seqlens=lens,
                      softmax_scale=None if scaling is None else float(scaling), softcap=softcap,
-                     window_left=-1 if window is None else window - 1)
+                     window_left=-1 if window is None else int(window) - 1)
         return out[:, None], None
     if softcap:
         if dropout:
