@@ -63,6 +63,42 @@ def test_greedy_matches_sdpa_unequal_prompts(shape):
     assert "decode step median" in str(out)
 
 
+@pytest.mark.parametrize("schedule", ["lean", "split"])
+def test_sliding_window_matches_sdpa(schedule):
+    # a window of 8 keys (Mistral v0.1's kind): chunked prefill under SDPA's windowed mask, decode steps on the
+    # kernels with window_left=7, against re-running the windowed SDPA forward; the window changes the result
+    model = tiny()
+    model.config.sliding_window = 8
+    V, n = model.config.vocab_size, 6
+    prompts = [torch.randint(0, V, (k,)).tolist() for k in (21, 3, 9)]
+    out = leanattn.generate(model, prompts, n, page_size=4, prefill_chunk=5, output_logits=True, schedule=schedule)
+    for b, p in enumerate(prompts):
+        ref, ref_logits = sdpa_greedy(model, p, n)
+        assert_same_greedy(f"window, prompt {b}", out.tokens[b].tolist(), ref, ref_logits)
+        torch.testing.assert_close(out.logits[b, 0], ref_logits[0].cpu(), rtol=1e-4, atol=1e-4)
+        # decode steps: the logits of the reference's tokens, where the greedy tokens agree
+        agree = next((t for t, (a, r) in enumerate(zip(out.tokens[b].tolist(), ref)) if a != r), n)
+        torch.testing.assert_close(out.logits[b, :agree], ref_logits[:agree].cpu(), rtol=1e-4, atol=1e-4)
+    model.config.sliding_window = None
+    full = leanattn.generate(model, prompts, n, page_size=4, output_logits=True)
+    assert not torch.allclose(full.logits[0], out.logits[0], rtol=1e-3, atol=1e-3)
+
+
+def test_sliding_window_sdpa_causal():
+    # the windowed mask against its definition: query i (position Lk - Lq + i) sees keys in (pos - window, pos]
+    from leanattn.models.llama import sdpa_causal
+    q, k, v = torch.randn(2, 5, 4, 64), torch.randn(2, 12, 2, 64), torch.randn(2, 12, 2, 64)
+    out = sdpa_causal(q, k, v, 0.125, window=3)
+    kk, vv = k.double().repeat_interleave(2, 2), v.double().repeat_interleave(2, 2)
+    for i in range(5):
+        pos = 12 - 5 + i
+        s = torch.einsum("bhd,bkhd->bhk", q[:, i].double(), kk[:, pos - 2:pos + 1]) * 0.125
+        ref = torch.einsum("bhk,bkhd->bhd", s.softmax(-1), vv[:, pos - 2:pos + 1])
+        torch.testing.assert_close(out[:, i].double(), ref, rtol=1e-5, atol=1e-5)
+    # a window holding every key is plain causal attention
+    torch.testing.assert_close(sdpa_causal(q, k, v, 0.125, window=12), sdpa_causal(q, k, v, 0.125))
+
+
 def test_chunked_prefill_matches_whole():
     """Chunks shorter than the prompt take SDPA's lower-right causal path over the cache."""
     model = tiny()
@@ -115,6 +151,11 @@ def test_errors():
         leanattn.generate(model, [[1, 2]], 0)
     with pytest.raises(ValueError, match="samples"):
         leanattn.generate(model, [[1, 2]], 2, samples=0)
+    model.config.sliding_window = 3
+    with pytest.raises(ValueError, match="samples: expected 1 for a model with a sliding window of 3 keys"):
+        leanattn.generate(model, [[1, 2]], 2, samples=2)
+    leanattn.generate(model, [[1]], 2, samples=2)  # the sequences fit the window: bifurcated decode is exact
+    model.config.sliding_window = None
     with pytest.raises(ValueError, match=r"prompts: expected token ids in \[0, 256\)"):
         leanattn.generate(model, [[1, 999]], 2)
     with pytest.raises(ValueError, match="prompts"):

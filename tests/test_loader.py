@@ -55,6 +55,32 @@ def test_qwen2_biases_tied_embeddings(tmp_path):
     assert ours.lm_head is ours.embed
 
 
+def test_mistral_sliding_window(tmp_path):
+    # a window of 8 keys over 30 tokens: our forward as transformers' Mistral computes it, which differs from full
+    # attention (checked), so the window is read from config.json and applied as transformers means it
+    cfg = transformers.MistralConfig(**SMALL, num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+                                     max_position_embeddings=256)
+    model = transformers.MistralForCausalLM(cfg)
+    tokens = torch.randint(0, 96, (2, 30))
+    ours = roundtrip(model, tmp_path, tokens)
+    assert ours.config.sliding_window == 8
+    window = ours(tokens.to(DEV))
+    ours.config.sliding_window = None
+    assert not torch.allclose(ours(tokens.to(DEV)), window, rtol=1e-3, atol=1e-3)
+
+
+def test_qwen2_sliding_window(tmp_path):
+    # Qwen2 names a window it does not use unless use_sliding_window, and then only in some layers: refused
+    cfg = transformers.Qwen2Config(**SMALL, num_attention_heads=2, num_key_value_heads=2, sliding_window=8,
+                                   use_sliding_window=False, max_position_embeddings=256)
+    ours = roundtrip(transformers.Qwen2ForCausalLM(cfg), tmp_path, torch.randint(0, 96, (1, 20)))
+    assert ours.config.sliding_window is None
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, use_sliding_window=True)))
+    with pytest.raises(ValueError, match="use_sliding_window"):
+        load_model(str(tmp_path), device=DEV)
+
+
 def test_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match="model_type"):

@@ -144,7 +144,7 @@ def _prefill(model: LlamaModel, cache: PagedKVCache, tokens: torch.Tensor, lens:
             kc, vc = cache.seq_view(i)
             kc[:, o:o + c] = k
             vc[:, o:o + c] = v
-            return sdpa_causal(q, kc[:, :o + c], vc[:, :o + c], model.scale)
+            return sdpa_causal(q, kc[:, :o + c], vc[:, :o + c], model.scale, model.config.sliding_window)
         h = model.hidden(tokens[:, o:o + c], pos, attend)
         for b, n in enumerate(lens):
             if o <= n - 1 < o + c:
@@ -172,13 +172,16 @@ class _Stepper:
             self.prefix_ids = torch.arange(prefix.batch, dtype=torch.int32, device=dev).repeat_interleave(samples)
             self.prefix_lens = prefix.seqlens  # fixed after prefill
             self.prefix_pos = self.prefix_lens.long().repeat_interleave(samples)
+        window = model.config.sliding_window
+        self.window_left = -1 if window is None else window - 1
         self.graph = None
 
     def _attend(self, i, q, k, v):
         c = self.cache
         c.write(i, k[:, 0], v[:, 0], self._pos_own)
         if self.prefix is None:
-            out = decode(q[:, 0], c.k[i], c.v[i], self._lens_after, c.block_table, schedule=self.schedule)
+            out = decode(q[:, 0], c.k[i], c.v[i], self._lens_after, c.block_table, schedule=self.schedule,
+                         window_left=self.window_left)
         else:
             pk, pv = self.prefix.seq_view(i)
             out = bifurcated_decode(q[:, 0], pk, pv, c.k[i], c.v[i], self._lens_after, c.block_table,
@@ -325,6 +328,10 @@ def generate(
                          f"[{int(tokens.min())}, {int(tokens.max())}]")
     c = model.config
     B, L = tokens.shape
+    if samples > 1 and c.sliding_window is not None and L + max_new_tokens > c.sliding_window:
+        raise ValueError(f"samples: expected 1 for a model with a sliding window of {c.sliding_window} keys over "
+                         f"sequences of up to {L + max_new_tokens} tokens (bifurcated_decode has no window), "
+                         f"got {samples}")
     rows = B * samples
     kv = dict(num_layers=c.num_hidden_layers, kv_heads=c.num_key_value_heads, head_dim=c.head_dim,
               page_size=page_size, dtype=model.dtype, device=dev)

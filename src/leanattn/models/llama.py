@@ -1,4 +1,4 @@
-"""A compact Llama-family decoder (Llama 2/3, Mistral without sliding window, Qwen2-style biases,
+"""A compact Llama-family decoder (Llama 2/3, Mistral, with its sliding window, Qwen2-style biases,
 Phi-3 once split): RMSNorm, rotary embeddings (with llama3 / linear scaling), GQA, SwiGLU.
 
 The model owns only weights and the per-layer arithmetic. Where keys and values go and how a layer
@@ -40,6 +40,8 @@ class LlamaConfig:
     attention_bias: bool = False
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[object] = None
+    # keys a query attends, itself included, in every layer (Mistral v0.1, Phi-3; transformers' meaning); None: all
+    sliding_window: Optional[int] = None
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -47,6 +49,9 @@ class LlamaConfig:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.sliding_window is not None and (isinstance(self.sliding_window, bool)
+                                                or not isinstance(self.sliding_window, int) or self.sliding_window < 1):
+            raise ValueError(f"sliding_window: expected None or an int >= 1, got {self.sliding_window!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_key_value_heads: expected a divisor of num_attention_heads "
                              f"({self.num_attention_heads}), got {self.num_key_value_heads}")
@@ -110,18 +115,26 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos[:, :, None, :] + rot * sin[:, :, None, :]
 
 
-def sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+def sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                window: Optional[int] = None) -> torch.Tensor:
     """Causal attention of ``q (B, Lq, Hq, D)`` over ``k, v (B, Lk, Hkv, D)``, ``Lk >= Lq``, the
-    mask aligned bottom-right (query ``i`` sees keys ``<= Lk - Lq + i``). Returns ``(B, Lq, Hq, D)``.
+    mask aligned bottom-right (query ``i`` sees keys ``<= Lk - Lq + i``), and with a sliding ``window`` only the
+    last ``window`` of those (itself included). Returns ``(B, Lq, Hq, D)``.
 
-    ``Lq == Lk`` takes SDPA's ``is_causal`` (flash kernel, GQA without expanding). Otherwise SDPA's
-    own causal flag would align top-left, so the lower-right causal bias is used; its fused kernels
-    do not take GQA, so kv heads are expanded first.
+    ``Lq == Lk`` without a window takes SDPA's ``is_causal`` (flash kernel, GQA without expanding). Otherwise
+    SDPA's own causal flag would align top-left, so a lower-right mask is used; its fused kernels do not take GQA,
+    so kv heads are expanded first.
     """
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     Lq, Lk = q.shape[1], k.shape[1]
     group = q.shape[2] // k.shape[2]
-    if Lq == Lk:
+    if window is not None and window < Lk:
+        if group > 1:
+            kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
+        pos = torch.arange(Lk - Lq, Lk, device=q.device)[:, None]
+        keys = torch.arange(Lk, device=q.device)[None, :]
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=(keys <= pos) & (keys > pos - window), scale=scale)
+    elif Lq == Lk:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=group > 1)
     else:
         from torch.nn.attention.bias import causal_lower_right
@@ -241,4 +254,5 @@ class LlamaModel(nn.Module):
         """
         B, L = tokens.shape
         pos = torch.arange(L, device=tokens.device).expand(B, L)
-        return self.logits(self.hidden(tokens, pos, lambda i, q, k, v: sdpa_causal(q, k, v, self.scale)))
+        window = self.config.sliding_window
+        return self.logits(self.hidden(tokens, pos, lambda i, q, k, v: sdpa_causal(q, k, v, self.scale, window)))

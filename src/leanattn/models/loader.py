@@ -31,8 +31,12 @@ def load_config(path: str) -> LlamaConfig:
         raise ValueError(f"config.json: expected model_type in {SUPPORTED_TYPES}, got {kind!r}")
     if kind == "qwen2":
         raw.setdefault("attention_bias", True)  # Qwen2 always has Q/K/V biases
-    # a sliding_window (Mistral v0.1) stays in config.extra: attention here is always full, which
-    # equals windowed attention only while sequences fit in the window
+        # Qwen2 names a window it uses only with use_sliding_window, and then in some layers only
+        if raw.get("use_sliding_window"):
+            raise ValueError("config.json: expected use_sliding_window false for qwen2 (windows in some layers "
+                             "only are not supported), got true")
+        raw.pop("sliding_window", None)
+    # a sliding_window (Mistral v0.1, Phi-3) applies to every layer: decode reads only each window
     return LlamaConfig.from_dict(raw)
 
 
