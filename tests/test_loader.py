@@ -69,6 +69,15 @@ def test_mistral_sliding_window(tmp_path):
     assert not torch.allclose(ours(tokens.to(DEV)), window, rtol=1e-3, atol=1e-3)
 
 
+def test_phi3_sliding_window(tmp_path):
+    # Phi-3 (fused QKV and gate/up, split on load) with a window of 8 keys over 30 tokens, as transformers computes it
+    small = {k: v for k, v in SMALL.items() if k != "head_dim"}
+    cfg = transformers.Phi3Config(**small, num_attention_heads=1, num_key_value_heads=1, sliding_window=8,
+                                  max_position_embeddings=256, pad_token_id=0)
+    ours = roundtrip(transformers.Phi3ForCausalLM(cfg), tmp_path, torch.randint(0, 96, (2, 30)))
+    assert ours.config.sliding_window == 8
+
+
 def test_qwen2_sliding_window(tmp_path):
     # Qwen2 names a window it does not use unless use_sliding_window, and then only in some layers: refused
     cfg = transformers.Qwen2Config(**SMALL, num_attention_heads=2, num_key_value_heads=2, sliding_window=8,
