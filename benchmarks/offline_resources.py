@@ -189,6 +189,16 @@ def decode_cases():
         yield name, lambda q=q, k=k, lens=lens: leanattn.decode(q, k, k, lens, softcap=30.0)
         yield name + " split", lambda q=q, k=k, lens=lens: leanattn.decode(q, k, k, lens, schedule="split",
                                                                             num_splits=3, softcap=30.0)
+    # sliding windows (a lower bound a key, and V rows before the window zeroed on whole-tile loads)
+    for hq, hkv, d, page in ((32, 8, 128, 0), (32, 32, 128, 0), (32, 8, 128, 16)):
+        name = f"decode window {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")
+        q = torch.randn(2, hq, d, dtype=bf)
+        k = torch.randn(8, page, hkv, d, dtype=bf) if page else torch.randn(2, 2048, hkv, d, dtype=bf)
+        bt = torch.zeros(2, 4, dtype=torch.int32) if page else None
+        lens = torch.tensor([5, 60], dtype=torch.int32)
+        yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, bt, window_left=20)
+        yield name + " split", lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(
+            q, k, k, lens, bt, schedule="split", num_splits=3, window_left=20)
 
 
 def sparse_cases():
