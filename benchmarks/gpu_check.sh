@@ -32,8 +32,9 @@
 #   sanitize-overlap-fp8  memcheck then racecheck over the overlap path's launches over float8 caches (sanitize.py
 #               overlap-fp8; H200 2026-12-04: 0 errors, 0 hazards)
 #   tests-transformers  the transformers plug-in's tests on the GPU (tests/test_integration_transformers.py; H200,
-#               transformers 5.17, 2026-12-04: 12 passed, 2 failed, the static-cache cases, whose compiled generate
-#               reports 2 tensors in its cudagraph pool not tracked as outputs: likely decode's workspaces, unverified)
+#               transformers 5.17, 2026-12-04 at 1651c90: 12 passed, 2 failed, the static-cache cases, whose
+#               compiled generate reported 2 tensors in its cudagraph pool not tracked as outputs: the plug-in's
+#               memoised lengths and the test's record of them, both now kept outside the pools; not yet rerun)
 #   tests-window  the GPU tests of decode with a sliding window (tests/test_decode_window_gpu.py)
 #   sanitize-window  memcheck then racecheck over decode's launches with a sliding window, paged ones with the
 #               pages before each window freed (sanitize.py window)

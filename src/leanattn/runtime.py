@@ -240,20 +240,28 @@ def workspace(name: str, device: torch.device, shape: tuple, dtype: torch.dtype,
         size = numel if buf is None else max(numel, 2 * buf.numel())
         if buf is not None:
             _RETIRED.append(buf)
-        if device.type == "cuda":
-            # torch.compile's CUDA-graph trees send the current stream's allocations to their private
-            # pool during warm-up, and refuse a live tensor there that no graph output owns: a buffer
-            # kept across calls is made on a side stream, whose allocations stay in the common pool
-            current = torch.cuda.current_stream(device)
-            side = torch.cuda.Stream(device)
-            side.wait_stream(current)
-            with torch.cuda.stream(side):
-                buf = make((size,), dtype=dtype, device=device)
-            current.wait_stream(side)
-        else:
-            buf = make((size,), dtype=dtype, device=device)
+        buf = kept(device, lambda: make((size,), dtype=dtype, device=device))
         _WORKSPACES[key] = buf
     return buf[:numel].view(shape)
+
+
+def kept(device: torch.device, make):
+    """``make()``, a tensor that outlives the call, made outside torch.compile's CUDA-graph pools.
+
+    torch.compile's CUDA-graph trees send the current stream's allocations to their private pool during warm-up,
+    and refuse a live tensor there that no graph output owns. So on CUDA ``make`` runs on a side stream, whose
+    allocations stay in the common pool, ordered after the current stream's work before it and before its work
+    after it (what ``make`` reads is ready, and not freed for reuse until it is done)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return make()
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        out = make()
+    current.wait_stream(side)
+    return out
 
 
 def tma_allocator() -> None:

@@ -77,7 +77,8 @@ def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
         if window is not None:
             expected &= keys[None, :] >= (lens - window)[:, None]
         if bool((m == expected).all()):
-            result = lens.expand(batch).contiguous()
+            # kept for the next layers: made outside the CUDA-graph pools of a compiled generate
+            result = runtime.kept(lens.device, lambda: lens.expand(batch).clone(memory_format=torch.contiguous_format))
     _MASKS[:] = [e for e in _MASKS if e[0]() is not None][-(_MASKS_KEPT - 1):] + [(weakref.ref(mask), window, batch,
                                                                                     result)]
     return result
