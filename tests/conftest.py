@@ -29,6 +29,20 @@ def device():
     return DEVICE
 
 
+@pytest.fixture
+def decode_load(monkeypatch):
+    """``decode_load(load)``: decode plans made from then on take the K/V load path ``load`` (``"0"`` tensors of
+    pointers, ``"1"`` block pointers, ``"2"`` TMA; ``LEANATTN_DECODE_LOAD``, read when a plan is made). The plan
+    cache is emptied then and after the test, so no plan of the test's path outlives it."""
+    from leanattn.ops import decode as dec
+
+    def use(load: str):
+        monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
+        dec._PLANS.clear()
+    yield use
+    dec._PLANS.clear()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
     # fresh random inputs each run, but reproducible from the printed seed on failure

@@ -488,25 +488,21 @@ def test_lean_merge_env_errors(monkeypatch, raw):
 @pytest.mark.parametrize("load", ["1", "2"], ids=["blockptr", "tma"])
 @pytest.mark.parametrize("layout", ["nhd", "hnd"])
 @pytest.mark.parametrize("schedule", SCHEDULES)
-def test_load_paths(monkeypatch, load, layout, schedule):
+def test_load_paths(decode_load, load, layout, schedule):
     # block pointers and TMA descriptors give the reference's result, with NaN in every cache
     # tail past a length (zero-filled tiles must never meet p = 0 as 0 * NaN), empty rows
     # included; a paged cache keeps tensors of pointers
     from leanattn.ops import decode as dec
-    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
-    dec._PLANS.clear()
-    try:
-        q, k, v, seqlens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, capacity=80, layout=layout)
-        for b, n in enumerate(RAGGED):
-            k[b, n:] = float("nan")
-            v[b, n:] = float("nan")
-        check_decode(q, k, v, seqlens, None, schedule=schedule, num_programs=7 if schedule == "lean" else 0)
-        assert [p.meta["LOAD"] for p in dec._PLANS.values()] == [int(load)]
-        q, k, v, seqlens, bt = make_inputs(3, 8, 2, 64, [40, 0, 17], page_size=16)
-        check_decode(q, k, v, seqlens, bt, schedule=schedule)
-        assert list(dec._PLANS.values())[-1].meta["LOAD"] == 0
-    finally:
-        dec._PLANS.clear()
+    decode_load(load)
+    q, k, v, seqlens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, capacity=80, layout=layout)
+    for b, n in enumerate(RAGGED):
+        k[b, n:] = float("nan")
+        v[b, n:] = float("nan")
+    check_decode(q, k, v, seqlens, None, schedule=schedule, num_programs=7 if schedule == "lean" else 0)
+    assert [p.meta["LOAD"] for p in dec._PLANS.values()] == [int(load)]
+    q, k, v, seqlens, bt = make_inputs(3, 8, 2, 64, [40, 0, 17], page_size=16)
+    check_decode(q, k, v, seqlens, bt, schedule=schedule)
+    assert list(dec._PLANS.values())[-1].meta["LOAD"] == 0
 
 
 @pytest.mark.parametrize("raw,var", [("3", "LEANATTN_DECODE_LOAD"), ("x", "LEANATTN_DECODE_LOAD"),

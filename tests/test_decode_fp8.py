@@ -47,19 +47,15 @@ def test_fp8_equal_rows(lens):
 
 @pytest.mark.parametrize("load", ["1", "2"], ids=["blockptr", "tma"])
 @pytest.mark.parametrize("schedule", SCHEDULES)
-def test_fp8_load_paths(monkeypatch, load, schedule):
+def test_fp8_load_paths(decode_load, load, schedule):
     # block pointers and TMA descriptors read float8 tiles as the tensors of pointers do, the zero-filled tail
     # past each length included
     from leanattn.ops import decode as dec
-    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
-    dec._PLANS.clear()
-    try:
-        q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, capacity=80, layout="hnd")
-        check_fp8(q, k, v, lens, None, torch.float8_e4m3fn, 0.5, 2.0, f"load {load}", schedule=schedule,
-                  num_programs=7 if schedule == "lean" else 0)
-        assert [p.meta["LOAD"] for p in dec._PLANS.values()] == [int(load)]
-    finally:
-        dec._PLANS.clear()
+    decode_load(load)
+    q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, capacity=80, layout="hnd")
+    check_fp8(q, k, v, lens, None, torch.float8_e4m3fn, 0.5, 2.0, f"load {load}", schedule=schedule,
+              num_programs=7 if schedule == "lean" else 0)
+    assert [p.meta["LOAD"] for p in dec._PLANS.values()] == [int(load)]
 
 
 def test_fp8_unit_scales_match_dequantised_cache():

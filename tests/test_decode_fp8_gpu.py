@@ -49,20 +49,15 @@ def test_fp8_paged_large(page, schedule):
 
 @pytest.mark.parametrize("load", ["0", "1", "2"], ids=["pointers", "blockptr", "tma"])
 @pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (32, 32, 64), (16, 8, 256)])
-def test_fp8_load_paths(monkeypatch, load, hq, hkv, d):
-    from leanattn.ops import decode as dec
-    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
-    dec._PLANS.clear()
-    try:
-        lens = [30000, 7, 0, 4096]
-        q = torch.randn(len(lens), hq, d, dtype=torch.bfloat16, device="cuda")
-        k = fp8_cache(len(lens), max(lens), hkv, d, torch.float8_e4m3fn, 0.1)
-        v = fp8_cache(len(lens), max(lens), hkv, d, torch.float8_e4m3fn, 0.1)
-        sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
-        for schedule in ("lean", "split"):
-            check(q, k, v, sl, None, 0.1, 0.1, schedule=schedule)
-    finally:
-        dec._PLANS.clear()
+def test_fp8_load_paths(decode_load, load, hq, hkv, d):
+    decode_load(load)
+    lens = [30000, 7, 0, 4096]
+    q = torch.randn(len(lens), hq, d, dtype=torch.bfloat16, device="cuda")
+    k = fp8_cache(len(lens), max(lens), hkv, d, torch.float8_e4m3fn, 0.1)
+    v = fp8_cache(len(lens), max(lens), hkv, d, torch.float8_e4m3fn, 0.1)
+    sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    for schedule in ("lean", "split"):
+        check(q, k, v, sl, None, 0.1, 0.1, schedule=schedule)
 
 
 @pytest.mark.parametrize("lengths", ["given", "none"])

@@ -404,12 +404,11 @@ def test_opcheck_gpu():
 @pytest.mark.parametrize("load", ["0", "1", "2"])
 @pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (32, 32, 128), (16, 8, 256), (32, 32, 64)])
 @pytest.mark.parametrize("schedule", ["lean", "split"])
-def test_decode_load_paths(monkeypatch, load, hq, hkv, d, schedule):
+def test_decode_load_paths(decode_load, load, hq, hkv, d, schedule):
     # pointers, block pointers and TMA descriptors agree with the reference; the cache tail past
     # each length holds NaN, which a zero-filled tile must never let through (p = 0 times NaN)
     from leanattn.ops import decode as dec
-    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
-    dec._PLANS.clear()
+    decode_load(load)
     lens = [9000, 0, 1, 129, 4097]
     B, N = len(lens), max(lens) + 64
     q = torch.randn(B, hq, d, dtype=torch.bfloat16, device="cuda")

@@ -27,16 +27,11 @@ def test_softcap_gqa_paged_head_dims(hq, hkv, d, page_size):
 
 
 @pytest.mark.parametrize("load", ["1", "2"], ids=["blockptr", "tma"])
-def test_softcap_load_paths(monkeypatch, load):
-    from leanattn.ops import decode as dec
-    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
-    dec._PLANS.clear()
-    try:
-        q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, capacity=80, layout="hnd")
-        for schedule in SCHEDULES:
-            check_decode(q, k, v, lens, None, 2.0, f"load {load}", schedule=schedule, softcap=2.0)
-    finally:
-        dec._PLANS.clear()
+def test_softcap_load_paths(decode_load, load):
+    decode_load(load)
+    q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, capacity=80, layout="hnd")
+    for schedule in SCHEDULES:
+        check_decode(q, k, v, lens, None, 2.0, f"load {load}", schedule=schedule, softcap=2.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

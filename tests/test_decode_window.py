@@ -36,41 +36,31 @@ def test_window_gqa_paged_head_dims(hq, hkv, d, page_size):
 
 
 @pytest.mark.parametrize("load", ["1", "2"], ids=["blockptr", "tma"])
-def test_window_load_paths(monkeypatch, load):
-    from leanattn.ops import decode as dec
-    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
-    dec._PLANS.clear()
-    try:
-        q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, capacity=80, layout="hnd")
-        for schedule in SCHEDULES:
-            check_decode(q, k, v, lens, None, None, f"load {load}", schedule=schedule, window_left=17)
-    finally:
-        dec._PLANS.clear()
+def test_window_load_paths(decode_load, load):
+    decode_load(load)
+    q, k, v, lens, _ = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, capacity=80, layout="hnd")
+    for schedule in SCHEDULES:
+        check_decode(q, k, v, lens, None, None, f"load {load}", schedule=schedule, window_left=17)
 
 
 @pytest.mark.parametrize("load", ["0", "1", "2"], ids=["pointers", "blockptr", "tma"])
 @pytest.mark.parametrize("fp8", [False, True], ids=["fp16", "fp8"])
-def test_window_nan_before_it(monkeypatch, load, fp8):
+def test_window_nan_before_it(decode_load, load, fp8):
     # keys before each window hold NaN (a reused page, a cache written elsewhere): the block-pointer and TMA paths
     # load the window's first tile whole, and must not carry those rows into the product as 0 * NaN (found in
     # review: NaN outputs before the V rows were zeroed)
-    from leanattn.ops import decode as dec
-    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
-    dec._PLANS.clear()
-    try:
-        q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [70, 45, 33], capacity=80)
+    decode_load(load)
+    q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [70, 45, 33], capacity=80)
+    ref = reference.decode(q, k, v, lens, window_left=17)
+    if fp8:
+        k, v = k.to(torch.float8_e5m2), v.to(torch.float8_e5m2)  # e5m2 holds NaN and inf
         ref = reference.decode(q, k, v, lens, window_left=17)
-        if fp8:
-            k, v = k.to(torch.float8_e5m2), v.to(torch.float8_e5m2)  # e5m2 holds NaN and inf
-            ref = reference.decode(q, k, v, lens, window_left=17)
-        for b, n in enumerate(lens.tolist()):
-            k[b, :n - 18] = float("nan")
-            v[b, :n - 18] = float("nan")
-        for schedule in SCHEDULES:
-            out = leanattn.decode(q, k, v, lens, schedule=schedule, window_left=17)
-            assert_rel_close(f"load {load} {schedule}", out, ref[0], 2e-2 if fp8 else TOLERANCE[q.dtype])
-    finally:
-        dec._PLANS.clear()
+    for b, n in enumerate(lens.tolist()):
+        k[b, :n - 18] = float("nan")
+        v[b, :n - 18] = float("nan")
+    for schedule in SCHEDULES:
+        out = leanattn.decode(q, k, v, lens, schedule=schedule, window_left=17)
+        assert_rel_close(f"load {load} {schedule}", out, ref[0], 2e-2 if fp8 else TOLERANCE[q.dtype])
 
 
 def test_window_past_the_capacity_is_none():

@@ -31,26 +31,21 @@ def test_window_ragged_large(hq, hkv, d, schedule):
 
 
 @pytest.mark.parametrize("load", ["0", "1", "2"], ids=["pointers", "blockptr", "tma"])
-def test_window_load_paths(monkeypatch, load):
-    from leanattn.ops import decode as dec
-    monkeypatch.setenv("LEANATTN_DECODE_LOAD", load)
-    dec._PLANS.clear()
-    try:
-        lens = [30000, 5, 4200]
-        q = torch.randn(3, 32, 128, dtype=torch.bfloat16, device="cuda")
-        k = torch.randn(3, 8, max(lens), 128, dtype=torch.bfloat16, device="cuda").transpose(1, 2)
-        v = torch.randn_like(k)
-        sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
-        for window in (0, 1000, 4095):
-            check(q, k, v, sl, window=window)
-        # keys before the windows hold NaN: nothing of them reaches the output (whole tiles are loaded here)
-        out = check(q, k, v, sl, window=1000)
-        for b, n in enumerate(lens):
-            k[b, :max(n - 1001, 0)] = float("nan")
-            v[b, :max(n - 1001, 0)] = float("nan")
-        assert torch.equal(leanattn.decode(q, k, v, sl, window_left=1000), out)
-    finally:
-        dec._PLANS.clear()
+def test_window_load_paths(decode_load, load):
+    decode_load(load)
+    lens = [30000, 5, 4200]
+    q = torch.randn(3, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(3, 8, max(lens), 128, dtype=torch.bfloat16, device="cuda").transpose(1, 2)
+    v = torch.randn_like(k)
+    sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    for window in (0, 1000, 4095):
+        check(q, k, v, sl, window=window)
+    # keys before the windows hold NaN: nothing of them reaches the output (whole tiles are loaded here)
+    out = check(q, k, v, sl, window=1000)
+    for b, n in enumerate(lens):
+        k[b, :max(n - 1001, 0)] = float("nan")
+        v[b, :max(n - 1001, 0)] = float("nan")
+    assert torch.equal(leanattn.decode(q, k, v, sl, window_left=1000), out)
 
 
 @pytest.mark.parametrize("page", [1, 16, 64, 256])
