@@ -112,8 +112,7 @@ class _Plan:
                 # launch only those (H200, same process: 0.4-1.8 us faster than a grid with idle
                 # programs on four short uniform cases; benchmarks/results/decode_probes_H200_2026-12-01.md),
                 # and the kernel compiles no search
-                grid = programs_used_py(tiles_per_sequence([cap] * B, cfg.block_n, window_left), self.meta["ROWS"],
-                                        grid, sms)
+                grid = programs_used_py([row_tiles] * B, self.meta["ROWS"], grid, sms)
                 search_sms = 0
             self.tail = with_search(self.meta, head, B, self.meta["ROWS"], grid, search_sms)
             self.grid = (grid,)
@@ -122,14 +121,13 @@ class _Plan:
                                         device, sms)
         else:
             rows = B * self.meta["ROWS"]
-            cap_tiles = row_tiles
             if workers <= 0:
-                workers = num_splits_heuristic(rows, 2 * runtime.num_sms(device), cap_tiles)
-            self.splits = splits = max(1, min(workers, cap_tiles))
+                workers = num_splits_heuristic(rows, 2 * runtime.num_sms(device), row_tiles)
+            self.splits = splits = max(1, min(workers, row_tiles))
             self.grid = (rows, splits)
             part = (B * Hq * D, B * Hq) if splits > 1 else (0, 0)
             self.tail = strides + part + (bt_stride, qk_scale, v_scale, softcap_log2, window, cap,
-                                          triton.cdiv(cap_tiles, splits))
+                                          triton.cdiv(row_tiles, splits))
             # the merge waits for the splits as a programmatic dependent launch where there is one
             pdl = splits > 1 and runtime.dependent_launch(device) and not after_prior
             self.meta.update(PDL=pdl, EVEN=bool(even))
