@@ -102,3 +102,7 @@ def test_errors(tmp_path):
     save_file({"model.embed_tokens.weight": torch.zeros(96, 64)}, os.path.join(tmp_path, "model.safetensors"))
     with pytest.raises(ValueError, match="lacks"):
         load_model(str(tmp_path))
+    small = {k: v for k, v in SMALL.items() if k != "initializer_range"}
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(ValueError, match=rf"^sliding_window: expected None or an int >= 1, got {bad!r}$"):
+            LlamaConfig(**small, num_attention_heads=2, sliding_window=bad)
