@@ -34,12 +34,16 @@
 #   tests-transformers  the transformers plug-in's tests on the GPU (tests/test_integration_transformers.py; H200,
 #               transformers 5.17, 2026-12-04 at 1651c90: 12 passed, 2 failed, the static-cache cases, whose
 #               compiled generate reported 2 tensors in its cudagraph pool not tracked as outputs: the plug-in's
-#               memoised lengths and the test's record of them, both now kept outside the pools; not yet rerun)
+#               memoised lengths and the test's record of them, both now kept outside the pools; at 13262a7: 14 passed)
 #   tests-window  the GPU tests of decode with a sliding window (tests/test_decode_window_gpu.py)
 #   sanitize-window  memcheck then racecheck over decode's launches with a sliding window, paged ones with the
 #               pages before each window freed (sanitize.py window)
 #   window      sliding-window decode against the window copied, full attention, SDPA and flex
 #               (benchmarks/bench_decode_window.py)
+#   tests-tokens  the GPU tests of decode with several query tokens a sequence (tests/test_decode_tokens_gpu.py)
+#   sanitize-tokens  memcheck over decode's launches with several query tokens a sequence (sanitize.py tokens)
+#   tokens      decode of several query tokens a sequence against one-token decode, per-token calls, SDPA and flex
+#               (benchmarks/bench_decode_tokens.py)
 #   overlap-fp8  the Gluon prefix's launch shapes over float8 tiles (benchmarks/probe_overlap_fp8.py, bifurcated
 #               probe 54)
 #   bif-fp8     bifurcated decode over float8 e4m3 caches against bf16 ones, default and states paths
@@ -209,6 +213,10 @@ for step in "$@"; do
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py overlap-fp8 2>&1 | tail -2 ;;
     tests-window) "${PYTEST[@]}" tests/test_decode_window_gpu.py 2>&1 | tail -3 ;;
     tests-transformers) "${PYTEST[@]}" tests/test_integration_transformers.py 2>&1 | tail -4 ;;
+    tests-tokens) "${PYTEST[@]}" tests/test_decode_tokens_gpu.py 2>&1 | tail -3 ;;
+    sanitize-tokens)
+      timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py tokens 2>&1 | tail -3 ;;
+    tokens) timeout 500 python3 benchmarks/bench_decode_tokens.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     sanitize-window)
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py window 2>&1 | tail -2
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py window 2>&1 | tail -2 ;;

@@ -2,7 +2,7 @@
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
         [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap] [bifurcated-fp8]
-        [overlap-fp8] [window]
+        [overlap-fp8] [window] [tokens]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -103,6 +103,31 @@ def window():
                     bt[b, :max(n - 1 - 700, 0) // page] = -1
                 for schedule in ("lean", "split"):
                     leanattn.decode(q, kp, vp, sl, bt, schedule=schedule, window_left=700)
+
+
+def tokens():
+    """Every decode path with several query tokens a sequence (causal, with a window, and not): both schedules,
+    ragged (fewer keys than tokens, long) and one sequence, contiguous through each load path, and paged."""
+    for lens in ([3000, 0, 1, 517, 1024], [4000]):
+        B = len(lens)
+        sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
+        for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256)):
+            q = torch.randn(B, 4, hq, d, dtype=BF16, device=DEV)
+            k = torch.randn(B, max(lens), hkv, d, dtype=BF16, device=DEV)
+            v = torch.randn_like(k)
+            for load in ("0", "1", "2"):
+                os.environ["LEANATTN_DECODE_LOAD"] = load
+                try:
+                    for schedule in ("lean", "split"):
+                        leanattn.decode(q, k, v, sl, schedule=schedule, causal=True)
+                        leanattn.decode(q, k, v, sl, schedule=schedule, window_left=700, num_programs=37, num_splits=5)
+                finally:
+                    os.environ.pop("LEANATTN_DECODE_LOAD")
+            leanattn.decode(q, k, v, causal=True)
+            for page in (1, 16, 64):
+                kp, vp, bt = paged_kv(k, v, lens, page)
+                for schedule in ("lean", "split"):
+                    leanattn.decode(q, kp, vp, sl, bt, schedule=schedule, causal=True, window_left=700)
 
 
 def merges():
@@ -256,7 +281,8 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    families = {"decode": decode, "fp8": fp8, "window": window, "merge": merges, "sparse": sparse, "bifurcated": bifurcated, "overlap": overlap,
+    families = {"decode": decode, "fp8": fp8, "window": window, "tokens": tokens, "merge": merges, "sparse": sparse,
+                "bifurcated": bifurcated, "overlap": overlap,
                 "concat": concat, "bifurcated-softcap": lambda: bifurcated_launches(30.0),
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
                 "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True),

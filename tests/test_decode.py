@@ -61,9 +61,10 @@ def check_decode(q, k, v, seqlens, block_table, softmax_scale=None, name="decode
     """Run ``leanattn.decode`` with ``return_lse`` and compare both outputs to the reference."""
     out, lse = leanattn.decode(q, k, v, seqlens, block_table, softmax_scale, return_lse=True, **kw)
     ref_out, ref_lse = reference.decode(q, k, v, seqlens, block_table, softmax_scale, kw.get("k_scale", 1.0),
-                                        kw.get("v_scale", 1.0), kw.get("softcap", 0.0), kw.get("window_left", -1))
+                                        kw.get("v_scale", 1.0), kw.get("softcap", 0.0), kw.get("window_left", -1),
+                                        kw.get("causal", False))
     assert out.shape == q.shape and out.dtype == q.dtype
-    assert lse.shape == q.shape[:2] and lse.dtype == torch.float32
+    assert lse.shape == q.shape[:-1] and lse.dtype == torch.float32
     tol = TOLERANCE[q.dtype]
     assert_rel_close(name, out, ref_out, tol)
     assert_lse_close(name, lse, ref_lse, atol=tol)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -126,6 +127,13 @@ def window_left(value) -> int:
     return int(value)
 
 
+def flag(name: str, value) -> bool:
+    """A boolean option ``name`` (numpy's bools included) as a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        _fail(TypeError, name, "a bool", type(value).__name__)
+    return bool(value)
+
+
 def max_group_size(value) -> int:
     """``max_group_size`` as an int >= 0 (numpy integers included; 0 = count on the host)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
@@ -133,10 +141,14 @@ def max_group_size(value) -> int:
     return int(value)
 
 
-def query(q, scale) -> float:
-    """Checks of the query ``q (B, Hq, D)`` shared by every decode op; returns the softmax scale to use
-    for the given ``scale`` (``softmax_scale``)."""
-    check_tensor("q", q, 3)
+def query(q, scale, tokens: bool = False) -> float:
+    """Checks of the query ``q (B, Hq, D)`` shared by every decode op (with ``tokens``, also ``(B, Lq, Hq, D)``:
+    ``Lq`` query tokens a sequence); returns the softmax scale to use for the given ``scale`` (``softmax_scale``)."""
+    if tokens and isinstance(q, torch.Tensor) and q.dim() != 3:
+        if q.dim() != 4:
+            _fail(ValueError, "q", "a 3-D (B, Hq, D) or 4-D (B, Lq, Hq, D) tensor", f"shape {tuple(q.shape)}")
+    else:
+        check_tensor("q", q, 3)
     check_dtype("q", q)
     check_head_dim("q", q.shape[-1])
     return softmax_scale(scale, q.shape[-1])

@@ -46,12 +46,17 @@ def gather_kv(cache: torch.Tensor, b: int, n: int, block_table: torch.Tensor | N
 
 
 def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None, k_scale=1.0, v_scale=1.0,
-           softcap=0.0, window_left=-1):
-    """Reference for :func:`leanattn.decode`: ``(out (B, Hq, D) float64, lse (B, Hq) float64)``; attention over
-    ``k_cache * k_scale`` and ``v_cache * v_scale`` (the dequantisation of float8 caches), scores soft-capped
-    by ``softcap`` where it is > 0, over the last ``window_left + 1`` keys of each sequence where
-    ``window_left >= 0``."""
-    B, Hq, D = q.shape
+           softcap=0.0, window_left=-1, causal=False):
+    """Reference for :func:`leanattn.decode`: ``(out, lse)`` float64 of ``q``'s shape without and with ``D``;
+    attention over ``k_cache * k_scale`` and ``v_cache * v_scale`` (the dequantisation of float8 caches), scores
+    soft-capped by ``softcap`` where it is > 0. A query ``(B, Lq, Hq, D)`` holds the last ``Lq`` positions of each
+    sequence, token ``s`` at ``cache_seqlens[b] - Lq + s``; ``(B, Hq, D)`` is ``Lq = 1``. Each token attends the keys
+    ``[pos - window_left, pos]`` where ``window_left >= 0``, with ``causal`` none after ``pos``."""
+    if q.dim() == 3:
+        out, lse = decode(q[:, None], k_cache, v_cache, cache_seqlens, block_table, softmax_scale, k_scale, v_scale,
+                          softcap, window_left, causal)
+        return out[:, 0], lse[:, 0]
+    B, Lq, Hq, D = q.shape
     Hkv = k_cache.shape[2]
     group = Hq // Hkv
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
@@ -60,15 +65,21 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
         lens = [cap] * B
     else:
         lens = cache_seqlens.tolist()
-    out = torch.zeros(B, Hq, D, dtype=torch.float64, device=q.device)
-    lse = torch.full((B, Hq), float("-inf"), dtype=torch.float64, device=q.device)
+    out = torch.zeros(B, Lq, Hq, D, dtype=torch.float64, device=q.device)
+    lse = torch.full((B, Lq, Hq), float("-inf"), dtype=torch.float64, device=q.device)
     for b in range(B):
-        first = max(lens[b] - 1 - window_left, 0) if window_left >= 0 else 0
-        k = gather_kv(k_cache, b, lens[b], block_table)[first:].double() * k_scale
-        v = gather_kv(v_cache, b, lens[b], block_table)[first:].double() * v_scale
+        k = gather_kv(k_cache, b, lens[b], block_table).double() * k_scale
+        v = gather_kv(v_cache, b, lens[b], block_table).double() * v_scale
+        keys = torch.arange(lens[b], device=q.device)
+        pos = lens[b] - Lq + torch.arange(Lq, device=q.device)
+        mask = torch.ones(Lq, lens[b], dtype=torch.bool, device=q.device)
+        if causal:
+            mask &= keys[None, :] <= pos[:, None]
+        if window_left >= 0:
+            mask &= keys[None, :] >= pos[:, None] - window_left
         for h in range(Hkv):
-            heads = slice(h * group, (h + 1) * group)
-            out[b, heads], lse[b, heads] = attend(q[b, heads], k[:, h], v[:, h], scale, softcap=softcap)
+            for g in range(h * group, (h + 1) * group):
+                out[b, :, g], lse[b, :, g] = attend(q[b, :, g], k[:, h], v[:, h], scale, mask, softcap=softcap)
     return out, lse
 
 

@@ -21,9 +21,10 @@ import triton.language as tl
 
 
 @triton.jit
-def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  softcap=0.0, SOFTCAP: tl.constexpr = False):
-    """Scores of one KV tile ``k [BLOCK_N, D]`` (keys past ``mask_n`` at ``-inf``), folded into the
+    """Scores of one KV tile ``k [BLOCK_N, D]`` (those outside ``mask_s``, ``[1, BLOCK_N]`` for every row alike or
+    ``[BLOCK_H, BLOCK_N]``, at ``-inf``), folded into the
     running max ``m_i`` and sum ``l_i``; returns ``(p, alpha, m_new, l_new)``: the tile's
     probabilities under ``m_new`` and the factor that rescales the old state. A float8 ``k`` is taken in
     ``q``'s dtype (its scale is in ``qk_scale``), and the probabilities and ``l`` are ``2**fp8_shift(k)`` times
@@ -40,7 +41,7 @@ def softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
         qk = softcap * tanh(qk * qk_scale)
     else:
         qk = qk * qk_scale
-    qk = tl.where(mask_n[None, :], qk, float("-inf"))
+    qk = tl.where(mask_s, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.math.exp2(m_i - m_use)
@@ -149,6 +150,16 @@ def key_mask(offs_n, seqlen, kv_lo, WINDOW: tl.constexpr):
 
 
 @triton.jit
+def score_mask(mask_n, offs_n, row_lo, row_hi, ROW_MASK: tl.constexpr):
+    """The scores a tile keeps: ``mask_n`` (the keys loaded) for every row or, with ``ROW_MASK`` (several query
+    tokens in the rows, ``kernels/decode.key_ranges``), also each row's keys ``[row_lo, row_hi)``."""
+    mask = mask_n[None, :]
+    if ROW_MASK:
+        mask = mask & (offs_n[None, :] >= row_lo[:, None]) & (offs_n[None, :] < row_hi[:, None])
+    return mask
+
+
+@triton.jit
 def attend_tiles(
     q, K, V, BlockTable,  #
     b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
@@ -158,6 +169,7 @@ def attend_tiles(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
+    row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False,
 ):
     """Online softmax over KV tiles ``[tile_lo, tile_hi)``; returns ``(acc, m, l)``.
 
@@ -166,7 +178,8 @@ def attend_tiles(
     means a contiguous cache, where ``stride_kb`` is the batch stride; otherwise ``stride_kb``
     is the page stride and ``BlockTable[b, i]`` names the i-th page of sequence ``b``. With ``WINDOW`` (a
     sliding window) the keys below ``kv_lo`` are masked as those past ``seqlen`` are: never loaded, so the pages
-    that held them may be gone.
+    that held them may be gone. With ``ROW_MASK`` row ``i`` keeps only the scores of keys ``[row_lo[i], row_hi[i])``
+    (``score_mask``).
     """
     offs_d = tl.arange(0, HEAD_DIM)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
@@ -203,8 +216,8 @@ def attend_tiles(
             v_rows = page * stride_vb + in_page * stride_vn
         # -- scores --
         k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION, softcap,
-                                          SOFTCAP)
+        p, alpha, m_i, l_i = softmax_step(q, k, score_mask(mask_n, offs_n, row_lo, row_hi, ROW_MASK), m_i, l_i,
+                                          qk_scale, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
         # -- accumulate --
         v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION)
@@ -220,6 +233,7 @@ def attend_contiguous(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     TMA: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
+    row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False,
 ):
     """``attend_tiles`` for a contiguous cache, through block pointers or (``TMA``) tensor
     descriptors. Same ``(acc, m, l)`` result.
@@ -257,9 +271,10 @@ def attend_contiguous(
             k = k_src.load([j * BLOCK_N, 0])
         else:
             k = tl.load(k_src, boundary_check=(0,), padding_option="zero")
-        mask_n = key_mask(j * BLOCK_N + tl.arange(0, BLOCK_N), seqlen, kv_lo, WINDOW)
-        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION, softcap,
-                                          SOFTCAP)
+        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = key_mask(offs_n, seqlen, kv_lo, WINDOW)
+        p, alpha, m_i, l_i = softmax_step(q, k, score_mask(mask_n, offs_n, row_lo, row_hi, ROW_MASK), m_i, l_i,
+                                          qk_scale, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
         # -- accumulate --
         if TMA:
             v = v_src.load([j * BLOCK_N, 0])
@@ -286,22 +301,26 @@ def attend_any(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
+    row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False,
 ):
     """``attend_tiles`` with the K/V load path ``LOAD`` for a contiguous cache: 0 tensors of
     pointers, 1 block pointers, 2 TMA descriptors (``attend_contiguous``). A paged cache always
     takes tensors of pointers (its tiles gather rows of several pages). ``kv_lo`` and ``WINDOW``: a sliding
-    window's first key (``window_start``)."""
+    window's first key (``window_start``); ``kv_lo`` the first key of any row. ``row_lo``, ``row_hi`` and
+    ``ROW_MASK``: each row's keys (``score_mask``)."""
     q, qk_scale = fp8_query(q, K, qk_scale, UPCAST)
     if LOAD > 0 and PAGE_SIZE == 0:
         acc, m_i, l_i = attend_contiguous(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, LOAD == 2, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW)
+            HEAD_DIM, BLOCK_H, BLOCK_N, LOAD == 2, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW,
+            row_lo, row_hi, ROW_MASK)
     else:
         acc, m_i, l_i = attend_tiles(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
-            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW)
+            HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW,
+            row_lo, row_hi, ROW_MASK)
     return acc, m_i - fp8_shift(K), l_i
 
 
@@ -407,8 +426,8 @@ def attend_concat(
             k = tl.load(k_tile + k_off, mask=mask_n[:, None], other=0.0)
         else:
             k = tl.load(k_ptrs[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        p, alpha, m_i, l_i = softmax_step(q, k, mask_n, m_i, l_i, qk_scale, UPCAST, DOT_PRECISION, softcap,
-                                          SOFTCAP)
+        p, alpha, m_i, l_i = softmax_step(q, k, mask_n[None, :], m_i, l_i, qk_scale, UPCAST, DOT_PRECISION,
+                                          softcap, SOFTCAP)
         if PAGE_SIZE == 0 and SAME_STRIDE:
             v = tl.load(v_tile + v_off, mask=mask_n[:, None], other=0.0)
         else:

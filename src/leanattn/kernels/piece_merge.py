@@ -23,6 +23,7 @@ import triton.language as tl
 
 from ..schedules.stream_k import program_of, range_start
 from .grid_dependency import gdc_wait, launch_meta
+from .query_rows import row_offsets
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -70,9 +71,9 @@ def record_row(RowInfo, row_id, t, start, head_end, T, high):
 @triton.jit
 def piece_merge_kernel(
     Out, Lse, WsAcc, WsMl, RowInfo,  #
-    stride_ob, stride_oh, stride_lb,  #
+    stride_ob, stride_oh, stride_lb, stride_ot, stride_lt,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
-    BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr, QLEN: tl.constexpr,
 ):
     """The merge launch of a stream-K decode whose rows were cut into pieces (``record_row``,
     ``publish_piece``): program ``(row_id, h)`` merges query head ``h`` of the row ``row_id = b * ROWS
@@ -84,7 +85,8 @@ def piece_merge_kernel(
     query head of every cut row is merged by its own program, in one round trip per ``BLOCK_S`` pieces.
 
     ``PDL``: launched as a programmatic dependent launch (``runtime.dependent_launch``), its programs may start
-    before the stream-K launch ends, so they first wait for its writes.
+    before the stream-K launch ends, so they first wait for its writes. ``QLEN`` query tokens a sequence: a row
+    block's query rows are (token, head) pairs (``kernels/query_rows.py``), ``h`` one of them.
     """
     if PDL:
         gdc_wait()
@@ -95,7 +97,7 @@ def piece_merge_kernel(
     # both entries in one load: the first slot loaded once the row is known to be cut was one more L2 round trip on
     # the launch's critical path (the compiler sinks a separate load of it below the test)
     first, n = tl.split(tl.load(RowInfo + 2 * rid + tl.arange(0, 2)))
-    if (n > 1) & (hb * BLOCK_H + h < GROUP):
+    if (n > 1) & (hb * BLOCK_H + h < GROUP * QLEN):
         host = first // 2
         offs_s = tl.arange(0, BLOCK_S)
         offs_d = tl.arange(0, HEAD_DIM)
@@ -121,10 +123,10 @@ def piece_merge_kernel(
         empty = l_sum == 0.0
         l_safe = tl.where(empty, 1.0, l_sum)
         b = rid // ROWS
-        head = (row // N_HB) * GROUP + hb * BLOCK_H + h
-        tl.store(Out + b.to(tl.int64) * stride_ob + head * stride_oh + offs_d,
-                 (acc / l_safe).to(Out.dtype.element_ty))
-        tl.store(Lse + b.to(tl.int64) * stride_lb + head,
+        kvh = row // N_HB
+        o_row = row_offsets(kvh, hb * BLOCK_H + h, stride_ot, stride_oh, GROUP, QLEN)
+        tl.store(Out + b.to(tl.int64) * stride_ob + o_row + offs_d, (acc / l_safe).to(Out.dtype.element_ty))
+        tl.store(Lse + b.to(tl.int64) * stride_lb + row_offsets(kvh, hb * BLOCK_H + h, stride_lt, 1, GROUP, QLEN),
                  tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2))
 
 
@@ -240,11 +242,11 @@ def merge_meta(block_h: int, head_dim: int, rows: int, suffix: str = "") -> dict
 
 
 def piece_merge_launch(rows: int, group: int, n_hb: int, block_h: int, head_dim: int, programs: int,
-                       rows_per_seq: int, pdl: bool = False) -> tuple[tuple, dict]:
+                       rows_per_seq: int, pdl: bool = False, qlen: int = 1) -> tuple[tuple, dict]:
     """Grid and launch constants of ``piece_merge_kernel`` after a stream-K launch of ``programs``
     programs over ``rows`` scheduling rows (``rows_per_seq`` per sequence, ``n_hb`` head blocks of
-    ``block_h`` query rows per kv head, ``group`` query heads per kv head). ``pdl``: launched as a programmatic
-    dependent launch (``runtime.dependent_launch``).
+    ``block_h`` query rows per kv head, ``group`` query heads per kv head, ``qlen`` query tokens a sequence). ``pdl``:
+    launched as a programmatic dependent launch (``runtime.dependent_launch``).
 
     One load takes ``BLOCK_S`` pieces, enough for a row's share of an even cut (``cdiv(programs, rows) + 1``
     pieces), at most 4096 fp32 values (``BLOCK_S x head_dim``); a row cut into more loops. Up to 64 of those
@@ -254,6 +256,6 @@ def piece_merge_launch(rows: int, group: int, n_hb: int, block_h: int, head_dim:
     share = -(-max(programs, 1) // max(rows, 1)) + 1
     block_s = min(triton.next_power_of_2(share), max(1, 4096 // head_dim))
     warps = min(4, max(1, block_s * head_dim // (64 * 32)))
-    grid = (rows, min(group, block_h))
+    grid = (rows, min(group * qlen, block_h))
     return grid, dict(GROUP=group, N_HB=n_hb, ROWS=rows_per_seq, BLOCK_H=block_h, HEAD_DIM=head_dim,
-                      BLOCK_S=block_s, num_warps=warps, **launch_meta(pdl))
+                      BLOCK_S=block_s, num_warps=warps, QLEN=qlen, **launch_meta(pdl))

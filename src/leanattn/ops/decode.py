@@ -1,4 +1,4 @@
-"""``leanattn.decode``: attention of one new token per sequence over a KV cache."""
+"""``leanattn.decode``: attention of the new token (or the last few tokens) of each sequence over a KV cache."""
 from __future__ import annotations
 
 from typing import Literal, Optional, overload
@@ -53,15 +53,20 @@ class _Plan:
 
     def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
                  num_stages=0, after_prior=False, merged=True, k_scale=1.0, v_scale=1.0, softcap=0.0,
-                 window_left=-1):
-        B, Hq, D = q.shape
+                 window_left=-1, causal=False):
+        B, Hq, D = q.shape[0], q.shape[-2], q.shape[-1]
+        # a 4-D query holds qlen tokens a sequence, stacked with the group's heads in the rows (kernels/query_rows)
+        qlen = q.shape[1] if q.dim() == 4 else 1
         device = q.device
         group = Hq // k_cache.shape[2]
+        # the keys of a row's tiles: the union of its tokens' windows
+        window_left = window_left + qlen - 1 if window_left >= 0 else -1
         paged = block_table is not None
         fp8_capable("k_cache", k_cache.dtype, device)
         self.cap = cap = _capacity(k_cache, block_table)
         # a sliding window bounds every row's work, whatever the capacity: the launch is sized for the window
-        cfg = decode_config(D, group, device, block_n or None, k_cache.shape[1] if paged else 0, B * k_cache.shape[2],
+        cfg = decode_config(D, group * qlen, device, block_n or None, k_cache.shape[1] if paged else 0,
+                            B * k_cache.shape[2],
                             window_tokens(cap, 1, window_left), num_stages,
                             k_cache.dtype in checks.FP8_DTYPES and q.dtype != torch.float32)
         # the most tiles a row can have: exact where every sequence fills the cache, else the window's bound
@@ -70,7 +75,9 @@ class _Plan:
         window = max(window_left, 0)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
         # the LSE of calls that do not return it: written, never read (launches sharing it may overwrite it)
-        self.lse_sink = runtime.workspace("decode_lse_sink", device, (B, Hq), torch.float32)
+        self.lse_sink = runtime.workspace("decode_lse_sink", device, (B, qlen, Hq), torch.float32)
+        if q.dim() == 3:
+            self.lse_sink = self.lse_sink[:, 0]
         self.schedule = schedule
         bt_stride = block_table.stride(0) if paged else 0
         self.meta = dict(
@@ -81,11 +88,13 @@ class _Plan:
             # bf16 tl.dot is broken in the interpreter: upcast there
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SOFTCAP=softcap > 0, WINDOW=window_left >= 0,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        strides = (q.stride(0), q.stride(1),
+            QLEN=qlen, CAUSAL=causal and qlen > 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        strides = (q.stride(0), q.stride(-2),
                    k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                    v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-                   Hq * D, D, Hq)  # out and lse are allocated contiguous
+                   qlen * Hq * D, D, qlen * Hq)  # out and lse are allocated contiguous
+        # the token strides of q, out and lse (unread with one token)
+        token_strides = (q.stride(1) if qlen > 1 else 0, Hq * D, Hq)
         qk_scale, softcap_log2 = score_scales(scale, k_scale, softcap)
         even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], row_tiles, cfg, device,
                                                                          cache_seqlens is not None)
@@ -100,10 +109,10 @@ class _Plan:
                                    k_cache.shape[2] * cfg.n_hb, workers or sms * cfg.ctas_per_sm, sms)
             self.meta.update(BLOCK_B=length_block(B), MERGE_LAUNCH=mode == LAUNCH, PDL=False,
                              ACROSS_ROWS=across_rows(D, k_cache.element_size()),
-                             **merge_meta(cfg.block_h, D, group))
+                             **merge_meta(cfg.block_h, D, group * qlen))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
-            head = strides + (bt_stride, qk_scale, v_scale, softcap_log2, window, B, cap)
+            head = strides + (bt_stride, *token_strides, qk_scale, v_scale, softcap_log2, window, B, cap)
             self.tail = with_search(self.meta, head, B, self.meta["ROWS"], workers or sms * cfg.ctas_per_sm, sms)
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
             search_sms = sms
@@ -125,8 +134,8 @@ class _Plan:
                 workers = num_splits_heuristic(rows, 2 * runtime.num_sms(device), row_tiles)
             self.splits = splits = max(1, min(workers, row_tiles))
             self.grid = (rows, splits)
-            part = (B * Hq * D, B * Hq) if splits > 1 else (0, 0)
-            self.tail = strides + part + (bt_stride, qk_scale, v_scale, softcap_log2, window, cap,
+            part = (B * qlen * Hq * D, B * qlen * Hq) if splits > 1 else (0, 0)
+            self.tail = strides + part + (bt_stride, *token_strides, qk_scale, v_scale, softcap_log2, window, cap,
                                           triton.cdiv(row_tiles, splits))
             # the merge waits for the splits as a programmatic dependent launch where there is one
             pdl = splits > 1 and runtime.dependent_launch(device) and not after_prior
@@ -134,7 +143,8 @@ class _Plan:
             # merged=False: the caller owns and merges the states the split kernel writes (bifurcated overlap path)
             self.partials = self.launch_merge = None
             if splits > 1 and merged:
-                *self.partials, self.launch_merge = states_and_merge("split_states", device, splits, B, Hq, D, pdl)
+                *self.partials, self.launch_merge = states_and_merge("split_states", device, splits, B * qlen, Hq, D,
+                                                                     pdl)
         if schedule == "split":
             # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
             self.meta["AFTER_PRIOR"] = after_prior
@@ -198,16 +208,16 @@ _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                 num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, *, need_lse: bool = True):
+                 num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False, *,
+                 need_lse: bool = True):
     """``decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the LSE goes
     to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call in one process on
     an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines."""
-    B, Hq, D = q.shape
-    out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
-    if B == 0 or Hq == 0:
-        return out, torch.empty((B, Hq), dtype=torch.float32, device=q.device)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out, torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     if _capacity(k_cache, block_table) == 0:
-        return out.zero_(), torch.full((B, Hq), float("-inf"), dtype=torch.float32, device=q.device)
+        return out.zero_(), torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
     if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
         cache_seqlens = cache_seqlens.contiguous()  # the kernels index the lengths with unit stride
     workers = num_programs if schedule == "lean" else num_splits
@@ -215,7 +225,8 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     # for the dtypes of their first launch)
     key = (q.shape, q.stride(), q.dtype, k_cache.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
-           softmax_scale, k_scale, v_scale, softcap, window_left, schedule, workers, block_n, runtime.interpreting(),
+           softmax_scale, k_scale, v_scale, softcap, window_left, causal, schedule, workers, block_n,
+           runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0,
            *_ENV())
@@ -223,8 +234,8 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
         plan = _PLANS.get_or_make(key, lambda: _Plan(q, k_cache, v_cache, cache_seqlens, block_table,
                                                      softmax_scale, schedule, workers, block_n,
                                                      k_scale=k_scale, v_scale=v_scale, softcap=softcap,
-                                                     window_left=window_left))
-        lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
+                                                     window_left=window_left, causal=causal))
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
         plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse)
     return out, lse
 
@@ -234,32 +245,31 @@ def _decode_op(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
     softmax_scale: float, schedule: str, num_programs: int, num_splits: int, block_n: int,
-    k_scale: float = 1.0, v_scale: float = 1.0, softcap: float = 0.0, window_left: int = -1,
+    k_scale: float = 1.0, v_scale: float = 1.0, softcap: float = 0.0, window_left: int = -1, causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                        num_splits, block_n, k_scale, v_scale, softcap, window_left)
+                        num_splits, block_n, k_scale, v_scale, softcap, window_left, causal)
 
 
 @_decode_op.register_fake
 def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, block_n,
-      k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1):
-    B, Hq, D = q.shape
-    return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
+      k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate,
                     k_scale=1.0, v_scale=1.0, fp8=False, window_left=-1):
     """Shape, dtype and device checks (always); length checks when they cost no device sync. ``fp8``: float8
     caches are accepted, with their dequantisation scales (``checks.kv_cache``). ``window_left``: only the pages
-    of each sequence's sliding window need valid ids.
+    of each sequence's sliding window need valid ids (with several query tokens, the first token's window).
 
     Returns the softmax scale to use, or with ``fp8`` ``(softmax_scale, k_scale, v_scale)``.
     """
-    scale = checks.query(q, softmax_scale)
+    scale = checks.query(q, softmax_scale, tokens=True)
     checks.check_tensor("k_cache", k_cache, 4)
     checks.check_tensor("v_cache", v_cache, 4)
     kv_scales = checks.kv_cache(k_cache, v_cache, q, k_scale, v_scale, fp8)
-    B, Hq, D = q.shape
+    B, Hq, D = q.shape[0], q.shape[-2], q.shape[-1]
     if tuple(v_cache.shape) != tuple(k_cache.shape):
         raise ValueError(f"v_cache: expected shape {tuple(k_cache.shape)} (as k_cache), got {tuple(v_cache.shape)}")
     Hkv, Dk = k_cache.shape[2], k_cache.shape[3]
@@ -337,8 +347,9 @@ def decode(
     v_scale: float = 1.0,
     softcap: float = 0.0,
     window_left: int = -1,
+    causal: bool = False,
 ):
-    """Decode attention: one query token per sequence against its KV cache.
+    """Decode attention: the new query token (or the last few) of each sequence against its KV cache.
 
     Exact softmax attention ``softmax(q k^T * softmax_scale) v`` over the first
     ``cache_seqlens[b]`` tokens of each sequence. Query head ``h`` reads kv head
@@ -347,7 +358,12 @@ def decode(
     Parameters
     ----------
     q : torch.Tensor
-        ``(B, Hq, D)``, float16, bfloat16 (or float32), ``D`` in {64, 128, 256}.
+        ``(B, Hq, D)``: one query token a sequence, at position ``cache_seqlens[b] - 1``; or ``(B, Lq, Hq, D)``:
+        ``Lq`` query tokens a sequence, the last ``Lq`` positions of its cache (their keys already appended),
+        token ``s`` at position ``cache_seqlens[b] - Lq + s`` (flash-attn's ``flash_attn_with_kvcache`` with
+        ``seqlen_q = Lq``: speculative decoding's verification step, chunked prefill). The ``Lq`` tokens of a GQA
+        group are stacked with its heads in the rows of one product, so K and V are read once for all of them.
+        float16, bfloat16 (or float32), ``D`` in {64, 128, 256}.
     k_cache, v_cache : torch.Tensor
         Contiguous cache ``(B, N, Hkv, D)`` or, with ``block_table``, paged cache
         ``(num_pages, page_size, Hkv, D)``; same device as ``q``, and ``q``'s dtype or, for both,
@@ -399,14 +415,20 @@ def decode(
         flash-attn's ``window_size[0]``; transformers' ``sliding_window`` is ``window_left + 1``). -1 (the default):
         every key. The work scheduled is the window's tiles, not the whole sequence's. Keys before the window are never
         used: a paged cache never loads them, so their pages may be freed or reused (their ``block_table`` ids are not
-        read as pages); a contiguous cache may load those of the window's first tile, whatever they hold.
+        read as pages); a contiguous cache may load those of the window's first tile, whatever they hold. With ``Lq``
+        query tokens each has its own window, ending at its position.
+    causal : bool, keyword-only
+        With ``Lq > 1`` query tokens: each attends only the keys up to its own position (the causal mask aligned
+        to the bottom right, as flash-attn's ``causal``). False (the default, as flash-attn's): each attends every
+        key of the sequence. Without effect for one token.
 
     Returns
     -------
     out : torch.Tensor
-        ``(B, Hq, D)`` in ``q.dtype``.
+        ``q``'s shape, ``(B, Hq, D)`` or ``(B, Lq, Hq, D)``, in ``q.dtype``.
     lse : torch.Tensor
-        ``(B, Hq)`` float32, natural log; only with ``return_lse=True``.
+        ``(B, Hq)`` or ``(B, Lq, Hq)`` float32, natural log; only with ``return_lse=True``. A query token that
+        attends no key (an empty sequence, or with ``causal`` a position before the cache) gets zeros and ``-inf``.
 
     Notes
     -----
@@ -421,17 +443,32 @@ def decode(
     >>> v = torch.randn_like(k)
     >>> lens = torch.tensor([8192, 100, 0, 4000], dtype=torch.int32, device="cuda")
     >>> out, lse = leanattn.decode(q, k, v, cache_seqlens=lens, return_lse=True)
+
+    Four draft tokens a sequence, verified in one call (their keys already written at ``lens - 4 .. lens - 1``):
+
+    >>> q4 = torch.randn(4, 4, 32, 128, dtype=torch.bfloat16, device="cuda")
+    >>> out4 = leanattn.decode(q4, k, v, cache_seqlens=lens, causal=True)   # (4, 4, 32, 128)
     """
     window_left = checks.window_left(window_left)
+    causal = checks.flag("causal", causal)
+    qlen = q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
+    # the first token's window holds every page in use
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
-                                              validate, k_scale, v_scale, fp8=True, window_left=window_left)
+                                              validate, k_scale, v_scale, fp8=True,
+                                              window_left=window_left + qlen - 1 if window_left >= 0 else -1)
     if window_left >= _capacity(k_cache, block_table) - 1:
         window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
     softcap = checks.softcap(softcap)
+    if q.dim() == 4 and qlen == 1:
+        # one token: the 3-D call, its outputs seen with the token axis
+        res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,
+                     num_programs=num_programs, num_splits=num_splits, validate=False, k_scale=k_scale,
+                     v_scale=v_scale, softcap=softcap, window_left=window_left)
+        return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, int(num_programs), int(num_splits), 0,
-            k_scale, v_scale, softcap, window_left)
+            k_scale, v_scale, softcap, window_left, causal and qlen > 1)
     # under torch.compile the custom op keeps the kernel opaque to Dynamo and Inductor; eager calls skip
     # the dispatcher (its overhead is comparable to a short decode kernel)
     if torch.compiler.is_compiling():

@@ -45,7 +45,8 @@ class StreamKLaunch:
     after the tensors of each call), its ``MERGE_LAUNCH`` constant set by ``mode`` (``IN_KERNEL``, ``LAUNCH`` or
     ``GRAPHS``), followed where it merges apart by ``piece_merge_kernel`` over the workspaces ``(acc, ml, _,
     rows)`` (``piece_workspaces``) the kernel writes, for ``batch`` sequences of ``meta["ROWS"]`` scheduling rows
-    into a contiguous ``(batch, Hq, HEAD_DIM)`` output and ``(batch, Hq)`` LSE.
+    into a contiguous ``(batch, QLEN, Hq, HEAD_DIM)`` output and ``(batch, QLEN, Hq)`` LSE (``QLEN`` query tokens a
+    sequence, 1 where ``meta`` has none).
 
     ``grid`` is sized for the in-kernel variant's programs per SM (``device``'s SM count ``sms``; 0: a grid the
     caller chose). The variant that merges apart compiles to more registers where they are scarce (D=64: 140
@@ -70,10 +71,12 @@ class StreamKLaunch:
                 apart["maxnreg"] = cap
             self.apart = runtime.Launcher(kernel, grid, apart, tail)
             rows, group, n_hb, d = meta["ROWS"], meta["GROUP"], meta["N_HB"], meta["HEAD_DIM"]
+            qlen = meta.get("QLEN", 1)
             hq = group * (rows // n_hb)
-            mgrid, mmeta = piece_merge_launch(batch * rows, group, n_hb, meta["BLOCK_H"], d, grid[0], rows, pdl)
+            mgrid, mmeta = piece_merge_launch(batch * rows, group, n_hb, meta["BLOCK_H"], d, grid[0], rows, pdl, qlen)
             acc, ml, _, row_info = workspaces
-            self.merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta, (acc, ml, row_info, hq * d, d, hq))
+            self.merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta,
+                                          (acc, ml, row_info, qlen * hq * d, d, qlen * hq, hq * d, hq))
         # GRAPHS: both variants run once outside capture (the first call), so that capture compiles nothing
         self.warm = mode != GRAPHS
 

@@ -1,0 +1,42 @@
+"""How the query rows of a decode-style kernel map onto tensors and keys.
+
+A kernel stacks the query heads of one GQA group as the rows of a ``tl.dot`` so that K and V are read once per
+group. With several query tokens a sequence (``QLEN``, as in speculative decoding's verification step) the rows are
+every (token, head) pair of the group, token-major: row ``i`` is token ``i // GROUP`` and query head
+``kv_head * GROUP + i % GROUP``, and the tokens are the last ``QLEN`` positions of the sequence.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def row_offsets(kvh, offs_g, stride_t, stride_h, GROUP: tl.constexpr, QLEN: tl.constexpr):
+    """Offsets of the query rows ``offs_g`` of kv head ``kvh`` in a tensor of strides ``stride_t`` (query token)
+    and ``stride_h`` (head): row ``i`` is token ``i // GROUP``, query head ``kvh*GROUP + i % GROUP``, so the
+    ``QLEN`` tokens of a GQA group share the rows of one ``tl.dot`` and its K and V reads."""
+    if QLEN == 1:
+        offs = (kvh * GROUP + offs_g) * stride_h
+    else:
+        offs = (offs_g // GROUP) * stride_t + (kvh * GROUP + offs_g % GROUP) * stride_h
+    return offs
+
+
+@triton.jit
+def key_ranges(seqlen, hb, window, GROUP: tl.constexpr, QLEN: tl.constexpr, BLOCK_H: tl.constexpr,
+               CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+    """``(lo, hi)``, ``[BLOCK_H]`` each: the keys ``[lo, hi)`` each query row of head block ``hb`` attends when a
+    sequence of ``seqlen`` keys ends with its ``QLEN`` query tokens (``QLEN > 1``; token ``s`` at position
+    ``seqlen - QLEN + s``). ``CAUSAL``: up to its position; ``WINDOW``: from ``window`` keys before the first
+    token's position plus ``s`` (the launch's ``window`` is the row's union: ``window_left + QLEN - 1``)."""
+    tok = (hb * BLOCK_H + tl.arange(0, BLOCK_H)) // GROUP
+    if CAUSAL:
+        hi = seqlen - (QLEN - 1) + tok
+    else:
+        hi = seqlen + 0 * tok
+    if WINDOW:
+        lo = seqlen - 1 - window + tok
+    else:
+        lo = 0 * tok
+    return lo, hi
