@@ -95,8 +95,8 @@ def test_padded_batch_falls_back_to_sdpa(decode_calls):
                          ids=["dynamic", "left-padded", "static"])
 def test_gemma2_softcap_matches_eager(padded, cache, decode_calls):
     # Gemma-2 caps its attention logits (attn_logit_softcapping; a cap of 0.1 here, so that the cap decides the
-    # scores): decode steps on the kernels with softcap, prefill (and padded decode) on the capped PyTorch path,
-    # greedy tokens as transformers' eager attention, which is what Gemma-2 asks for
+    # scores): decode steps on the kernels with softcap, the full layer's prefill (no mask) and padded calls on the
+    # capped PyTorch path, greedy tokens as transformers' eager attention, which is what Gemma-2 asks for
     lt.register()
     cfg = transformers.Gemma2Config(**SMALL, num_attention_heads=4, num_key_value_heads=2, query_pre_attn_scalar=64,
                                     attn_logit_softcapping=0.1, sliding_window=6)
@@ -112,9 +112,36 @@ def test_gemma2_softcap_matches_eager(padded, cache, decode_calls):
     # every step's logits, decode steps included (with the cap dropped from the decode call, 79% of them differ)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
     if not padded and cache is None:
-        # every decode step of both layers on the kernel: the sliding layer's cache keeps its last 6 keys, a prefix
-        # of the mask, read with cache_seqlens
-        assert len(decode_calls) == (NEW - 1) * 2
+        # every decode step of both layers on the kernel (the sliding layer's cache keeps its last 6 keys, a prefix
+        # of the mask, read with cache_seqlens), and the sliding layer's prefill: 9 tokens whose windowed causal mask
+        # ends each row's keys (18 query rows a kv head, one row block of the kernel)
+        assert len(decode_calls) == (NEW - 1) * 2 + 1 and decode_calls[0] == [9, 9]
+
+
+@pytest.mark.parametrize("family,window", [("llama", None), ("mistral", 6)])
+def test_several_tokens_over_a_cache_on_the_kernel(family, window, monkeypatch):
+    # assisted generation's verification step: a few new tokens over the cache, under a causal mask that ends each
+    # row's keys, run on the kernel as one call of Lq query tokens (decode's q (B, Lq, Hq, D), causal)
+    lt.register()
+    cfg_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                          "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}[family]
+    extra = {} if window is None else dict(sliding_window=window)
+    model = model_cls(cfg_cls(**SMALL, num_attention_heads=4, num_key_value_heads=1, **extra)).to(DEV).eval()
+    ids = torch.randint(1, 128, (2, 14), device=DEV)
+    shapes = []
+    real = lt.decode
+    monkeypatch.setattr(lt, "decode", lambda q, *a, **kw: shapes.append(tuple(q.shape)) or real(q, *a, **kw))
+
+    def logits(impl):
+        model.set_attn_implementation(impl)
+        cache = transformers.DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(ids[:, :10], past_key_values=cache, use_cache=True)
+            return model(ids[:, 10:], past_key_values=cache, use_cache=True).logits
+    ref = logits("sdpa")
+    got = logits("leanattn")
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert shapes.count((2, 4, 4, 64)) == 2  # both layers' 4 new tokens
 
 
 def test_softcapped_fallback_not_causal():

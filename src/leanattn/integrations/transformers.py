@@ -60,22 +60,26 @@ def _require():
 
 
 def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
-    """``(batch,)`` int32 lengths when every row of a ``(B|1, 1, 1, N)`` bool mask is True on a prefix and False
-    after it or, with a sliding ``window`` (transformers' ``sliding_window``), True on the last ``window`` keys of
-    such a prefix only; else None. A row's length is the end of its run of True. Memoised per mask tensor (by
-    identity: a mask edited in place is not read again), window and batch: the model passes the same mask to every
-    layer of a kind, so the check (one host sync) runs once per forward and kind of layer."""
+    """``(batch,)`` int32 lengths when a ``(B|1, 1, Lq, N)`` bool mask is the bottom-right causal mask of ``Lq``
+    query tokens that end a prefix of each row's keys: query ``s`` True on the keys ``[0, len - Lq + s]`` and False
+    after or, with a sliding ``window`` (transformers' ``sliding_window``), True on the last ``window`` of those only;
+    else None. A row's length is the end of its last query's run of True. Memoised per mask tensor (by identity: a
+    mask edited in place is not read again), window and batch: the model passes the same mask to every layer of a
+    kind, so the check (one host sync) runs once per forward and kind of layer."""
     for ref, w, b, lens in _MASKS:
         if ref() is mask and w == window and b == batch:
             return lens
     result = None
-    if mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
-        m = mask[:, 0, 0, :]
+    if mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1:
+        m = mask[:, 0]
+        lq = m.shape[1]
         keys = torch.arange(m.shape[-1], device=m.device)
-        lens = (torch.where(m, keys, -1).amax(-1) + 1).to(torch.int32)
-        expected = keys[None, :] < lens[:, None]
+        lens = (torch.where(m[:, -1], keys, -1).amax(-1) + 1).to(torch.int32)
+        # the end of each query's keys: lens for the last, one fewer for each query before it
+        ends = lens[:, None] - (lq - 1) + torch.arange(lq, device=m.device)[None, :]
+        expected = keys[None, None, :] < ends[:, :, None]
         if window is not None:
-            expected &= keys[None, :] >= (lens - window)[:, None]
+            expected &= keys[None, None, :] >= (ends - window)[:, :, None]
         if bool((m == expected).all()):
             # kept for the next layers: made outside the CUDA-graph pools of a compiled generate
             result = runtime.kept(lens.device, lambda: lens.expand(batch).clone(memory_format=torch.contiguous_format))
@@ -84,10 +88,18 @@ def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
     return result
 
 
+# the most query rows (tokens x heads a kv head) a call of several query tokens takes to the kernels: one row block,
+# so K and V are read once (kernels/query_rows.py); longer ones (prefills) are SDPA's
+MAX_TOKEN_ROWS = 64
+
+
 def _decode_lengths(module, query, key, attention_mask, dropout, kwargs):
-    """``(True, lengths or None)`` when this call is a decode step the kernels cover, else ``(False, None)``."""
+    """``(True, lengths or None)`` when this call is a decode step the kernels cover (one query token, or a few
+    ending a masked prefix: the verification step of assisted generation), else ``(False, None)``."""
     B, Hq, Lq, D = query.shape
-    if Lq != 1 or dropout or kwargs.get("cache") is not None or kwargs.get("position_bias") is not None:
+    if Lq != 1 and (attention_mask is None or Lq * (Hq // key.shape[1]) > MAX_TOKEN_ROWS):
+        return False, None
+    if dropout or kwargs.get("cache") is not None or kwargs.get("position_bias") is not None:
         return False, None
     if D not in checks.SUPPORTED_HEAD_DIMS or query.dtype not in checks.SUPPORTED_DTYPES:
         return False, None
@@ -141,10 +153,10 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
     if ok:
         # (B, Hkv, N, D) -> (B, N, Hkv, D): a view, unit stride on D as the kernel needs
         window = kwargs.get("sliding_window")
-        out = decode(query[:, :, 0], key.transpose(1, 2), value.transpose(1, 2), cache_seqlens=lens,
+        out = decode(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), cache_seqlens=lens,
                      softmax_scale=None if scaling is None else float(scaling), softcap=softcap,
-                     window_left=-1 if window is None else int(window) - 1)
-        return out[:, None], None
+                     window_left=-1 if window is None else int(window) - 1, causal=True)
+        return out, None
     if softcap:
         if dropout:
             raise ValueError(f"dropout: expected 0 with softcap (leanattn's soft-capped fallback has no dropout), "

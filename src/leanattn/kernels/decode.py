@@ -51,8 +51,12 @@ def load_q_rows(
     HEAD_DIM]``, zeros past the ``GROUP * QLEN`` real rows."""
     offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
-    rows = row_offsets(kvh, offs_g, stride_qt, stride_qh, GROUP, QLEN)
-    ptrs = Q + b.to(tl.int64) * stride_qb + rows[:, None] + offs_d[None, :]
+    if QLEN == 1:
+        heads = kvh * GROUP + offs_g
+        ptrs = Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
+    else:
+        ptrs = Q + b.to(tl.int64) * stride_qb + row_offsets(kvh, offs_g, stride_qt, stride_qh, GROUP, QLEN)[:, None] \
+            + offs_d[None, :]
     q = tl.load(ptrs, mask=(offs_g < GROUP * QLEN)[:, None], other=0.0)
     if UPCAST:  # bf16 tl.dot is broken in the interpreter
         q = q.to(tl.float32)
@@ -73,13 +77,18 @@ def store_final(
     offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
     mask_h = offs_g < GROUP * QLEN
+    # (one token: the expressions of before the tokens, which compile to the same instructions in the same order)
+    l_rows = kvh * GROUP + offs_g
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
-    o_rows = row_offsets(kvh, offs_g, stride_ot, stride_oh, GROUP, QLEN)
-    l_rows = row_offsets(kvh, offs_g, stride_lt, 1, GROUP, QLEN)
-    o_ptrs = Out + b.to(tl.int64) * stride_ob + o_rows[:, None] + offs_d[None, :]
+    if QLEN == 1:
+        o_ptrs = Out + b.to(tl.int64) * stride_ob + l_rows[:, None] * stride_oh + offs_d[None, :]
+    else:
+        o_ptrs = Out + b.to(tl.int64) * stride_ob + row_offsets(kvh, offs_g, stride_ot, stride_oh, GROUP, QLEN)[:, None] \
+            + offs_d[None, :]
+        l_rows = row_offsets(kvh, offs_g, stride_lt, 1, GROUP, QLEN)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_h[:, None])
     tl.store(Lse + b.to(tl.int64) * stride_lb + l_rows, lse, mask=mask_h)
     return l_rows, mask_h

@@ -123,10 +123,15 @@ def piece_merge_kernel(
         empty = l_sum == 0.0
         l_safe = tl.where(empty, 1.0, l_sum)
         b = rid // ROWS
-        kvh = row // N_HB
-        o_row = row_offsets(kvh, hb * BLOCK_H + h, stride_ot, stride_oh, GROUP, QLEN)
+        if QLEN == 1:
+            head = (row // N_HB) * GROUP + hb * BLOCK_H + h
+            o_row = head * stride_oh
+            l_row = head
+        else:
+            o_row = row_offsets(row // N_HB, hb * BLOCK_H + h, stride_ot, stride_oh, GROUP, QLEN)
+            l_row = row_offsets(row // N_HB, hb * BLOCK_H + h, stride_lt, 1, GROUP, QLEN)
         tl.store(Out + b.to(tl.int64) * stride_ob + o_row + offs_d, (acc / l_safe).to(Out.dtype.element_ty))
-        tl.store(Lse + b.to(tl.int64) * stride_lb + row_offsets(kvh, hb * BLOCK_H + h, stride_lt, 1, GROUP, QLEN),
+        tl.store(Lse + b.to(tl.int64) * stride_lb + l_row,
                  tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2))
 
 
