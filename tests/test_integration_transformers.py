@@ -144,6 +144,20 @@ def test_several_tokens_over_a_cache_on_the_kernel(family, window, monkeypatch):
     assert shapes.count((2, 4, 4, 64)) == 2  # both layers' 4 new tokens
 
 
+def test_broadcast_mask_over_several_tokens_is_sdpa():
+    # a user's (B, 1, 1, N) prefix mask broadcasts over 4 query tokens: every token sees every key of its prefix, which
+    # is not the causal call the kernels make, so SDPA takes it (found in review: it was run causal)
+    lt.register()
+    from types import SimpleNamespace
+    module = SimpleNamespace(is_causal=True, num_key_value_groups=2, training=False)
+    q = torch.randn(2, 4, 4, 64, device=DEV)
+    k, v = torch.randn(2, 2, 20, 64, device=DEV), torch.randn(2, 2, 20, 64, device=DEV)
+    mask = (torch.arange(20, device=DEV)[None] < torch.tensor([15, 20], device=DEV)[:, None])[:, None, None]
+    got = lt.leanattn_attention_forward(module, q, k, v, mask)[0]
+    ref = lt._require()[3](module, q, k, v, mask)[0]
+    torch.testing.assert_close(got, ref)
+
+
 def test_softcapped_fallback_not_causal():
     # without a mask, a call that is not causal (T5Gemma's encoder, cross-attention) sees every key
     q, k, v = torch.randn(1, 4, 3, 64), torch.randn(1, 2, 7, 64), torch.randn(1, 2, 7, 64)

@@ -116,6 +116,10 @@ def _decode_lengths(module, query, key, attention_mask, dropout, kwargs):
         return True, None
     if not isinstance(attention_mask, torch.Tensor):
         return False, None  # flex BlockMask and the like
+    if attention_mask.dim() != 4 or attention_mask.shape[0] not in (1, B) or attention_mask.shape[2] != Lq \
+            or attention_mask.shape[-1] != key.shape[2]:
+        # a user's mask that broadcasts over the queries or keys (one row for every query: no causal pattern) is SDPA's
+        return False, None
     lens = _prefix_lengths(attention_mask, B, window)
     return (lens is not None), lens
 

@@ -363,7 +363,8 @@ def decode(
         token ``s`` at position ``cache_seqlens[b] - Lq + s`` (flash-attn's ``flash_attn_with_kvcache`` with
         ``seqlen_q = Lq``: speculative decoding's verification step, chunked prefill). The ``Lq`` tokens of a GQA
         group are stacked with its heads in the rows of one product, so K and V are read once for all of them.
-        float16, bfloat16 (or float32), ``D`` in {64, 128, 256}.
+        Sequences with fewer tokens to verify pad at the front: the first rows sit before their real tokens, and
+        their outputs are to be ignored. float16, bfloat16 (or float32), ``D`` in {64, 128, 256}.
     k_cache, v_cache : torch.Tensor
         Contiguous cache ``(B, N, Hkv, D)`` or, with ``block_table``, paged cache
         ``(num_pages, page_size, Hkv, D)``; same device as ``q``, and ``q``'s dtype or, for both,
