@@ -199,6 +199,16 @@ def decode_cases():
         yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, bt, window_left=20)
         yield name + " split", lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(
             q, k, k, lens, bt, schedule="split", num_splits=3, window_left=20)
+    # several query tokens a sequence (per-row key ranges; 4 tokens x 4 heads fill GQA 32/8's 16 rows, 16 tokens its 64)
+    for hq, hkv, d, lq, page in ((32, 8, 128, 4, 0), (32, 8, 128, 16, 0), (32, 32, 128, 4, 0), (32, 8, 128, 4, 16)):
+        name = f"decode tokens {lq} {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")
+        q = torch.randn(2, lq, hq, d, dtype=bf)
+        k = torch.randn(8, page, hkv, d, dtype=bf) if page else torch.randn(2, 2048, hkv, d, dtype=bf)
+        bt = torch.zeros(2, 4, dtype=torch.int32) if page else None
+        lens = torch.tensor([5, 60], dtype=torch.int32)
+        yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, bt, causal=True)
+        yield name + " split", lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(
+            q, k, k, lens, bt, schedule="split", num_splits=3, causal=True)
 
 
 def sparse_cases():
