@@ -51,7 +51,7 @@ def test_plot_schedules(tmp_path):
 
 def test_check_kernels_cpu():
     results = demo.check_kernels(torch.device("cpu"), log=lambda *_: None)
-    assert [r["schedule"] for r in results] == ["lean", "split"]
+    assert [r["schedule"] for r in results] == ["lean", "split", "lean, 4 tokens"]
     assert all(r["ok"] and r["deterministic"] for r in results)
 
 

@@ -71,36 +71,39 @@ def check_kernels(device: torch.device, log=print) -> list[dict]:
 
     The batch: 6 sequences of 0 to 300 tokens (an empty one, a one-token one, lengths off the tile
     grid), Hq/Hkv = 16/4, D = 128, pages of 16 tokens in random order; fp16 on the CPU
-    interpreter, bf16 on a GPU.
+    interpreter, bf16 on a GPU. Then the lean schedule again with 4 query tokens a sequence, causal (the
+    verification step of speculative decoding).
 
     Returns
     -------
     list of dict
-        Per schedule: ``schedule``, ``rel_err`` (output), ``lse_err`` (max abs, finite entries),
-        ``tol``, ``deterministic`` (two runs bitwise equal), ``seconds``, ``ok``.
+        Per run (``schedule``: "lean", "split", "lean, 4 tokens"): ``rel_err`` (output), ``lse_err`` (max abs,
+        finite entries), ``tol``, ``deterministic`` (two runs bitwise equal), ``seconds``, ``ok``.
     """
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float16
     lens = [300, 0, 1, 77, 16, 130]
     torch.manual_seed(0)
     q, k, v, seqlens, block_table = _paged_batch(lens, 16, 4, 128, 16, dtype, device)
-    ref_out, ref_lse = reference.decode(q, k, v, seqlens, block_table)
-    finite = torch.isfinite(ref_lse)
+    q4 = torch.randn(len(lens), 4, 16, 128, dtype=dtype, device=device)
     tol = TOLERANCE[dtype]
     log(f"decode on {device.type}{' (Triton interpreter)' if device.type == 'cpu' else ''}: "
         f"lengths {lens}, Hq/Hkv 16/4, D 128, {dtype}, paged (16 tokens, random order)")
     results = []
-    for schedule in ("lean", "split"):
+    for label, schedule, query, causal in (("lean", "lean", q, False), ("split", "split", q, False),
+                                           ("lean, 4 tokens", "lean", q4, True)):
+        ref_out, ref_lse = reference.decode(query, k, v, seqlens, block_table, causal=causal)
+        finite = torch.isfinite(ref_lse)
         t0 = time.perf_counter()
-        out, lse = decode(q, k, v, seqlens, block_table, return_lse=True, schedule=schedule)
+        out, lse = decode(query, k, v, seqlens, block_table, return_lse=True, schedule=schedule, causal=causal)
         seconds = time.perf_counter() - t0
-        again = decode(q, k, v, seqlens, block_table, return_lse=True, schedule=schedule)
-        res = dict(schedule=schedule, rel_err=rel_err(out, ref_out), tol=tol, seconds=seconds,
+        again = decode(query, k, v, seqlens, block_table, return_lse=True, schedule=schedule, causal=causal)
+        res = dict(schedule=label, rel_err=rel_err(out, ref_out), tol=tol, seconds=seconds,
                    lse_err=(lse.double() - ref_lse.to(lse.device))[finite].abs().max().item(),
                    lse_inf_ok=bool(torch.equal(torch.isinf(lse).cpu(), ~finite.cpu())),
                    deterministic=torch.equal(out, again[0]) and torch.equal(lse, again[1]))
         res["ok"] = res["rel_err"] <= tol and res["lse_err"] <= tol and res["lse_inf_ok"]
         results.append(res)
-        log(f"  {schedule:5s}  rel err {res['rel_err']:.1e} (tolerance {tol:.0e})  lse max err {res['lse_err']:.1e}  "
+        log(f"  {label:14s}  rel err {res['rel_err']:.1e} (tolerance {tol:.0e})  lse max err {res['lse_err']:.1e}  "
             f"empty rows -inf: {'yes' if res['lse_inf_ok'] else 'NO'}  bitwise deterministic: "
             f"{'yes' if res['deterministic'] else 'NO'}  {seconds:.2f} s  {'OK' if res['ok'] else 'FAIL'}")
     return results
