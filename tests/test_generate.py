@@ -6,6 +6,7 @@ legitimately and are not compared).
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,3 +176,74 @@ def test_cli_generate(capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "2 rows x 3 tokens" in out and len(out.splitlines()[0].split(",")) == 3
+
+
+@pytest.mark.parametrize("drafts", ["lookup", "oracle", "wrong"])
+def test_speculative_is_greedy(drafts, monkeypatch):
+    # speculative steps verify 3 drafts a row in one forward of 4 tokens (decode with 4 causal query tokens): the
+    # tokens are the greedy ones whatever the drafts. "oracle" drafts are the greedy continuation itself (every draft
+    # accepted: 4 tokens a step), "wrong" ones never match (1 token a step), "lookup" the prompt-lookup drafts
+    import sys
+    gen = sys.modules["leanattn.generate"]  # (leanattn.generate is the function)
+    model = tiny()
+    V, n, k = model.config.vocab_size, 9, 3
+    base = torch.randint(0, V, (4,)).tolist()
+    prompts = [base * 5 + [1], base * 2, torch.randint(0, V, (7,)).tolist()]  # repeats for the lookup to find
+    refs = [sdpa_greedy(model, p, n + k) for p in prompts]
+    if drafts != "lookup":
+        def fake(seq, kk):
+            b = next(i for i, p in enumerate(prompts) if len(seq) >= len(p) and seq[:len(p)].tolist() == p
+                     and (len(seq) - len(p)) <= n)
+            cont = refs[b][0][len(seq) - len(prompts[b]):][:kk]
+            return np.array(cont if drafts == "oracle" else [(t + 1) % V for t in cont], dtype=np.int64)
+        monkeypatch.setattr(gen, "lookup_drafts", fake)
+    out = leanattn.generate(model, prompts, n, page_size=4, speculate=k, output_logits=True)
+    assert out.tokens.shape == (3, n)
+    for b, p in enumerate(prompts):
+        ref, ref_logits = refs[b]
+        assert_same_greedy(f"{drafts} prompt {b}", out.tokens[b].tolist(), ref[:n], ref_logits)
+        agree = next((t for t, (a, r) in enumerate(zip(out.tokens[b].tolist(), ref)) if a != r), n)
+        torch.testing.assert_close(out.logits[b, :agree], ref_logits[:agree].cpu(), rtol=1e-4, atol=1e-4)
+    assert all(1 <= t <= k + 1 for t in out.step_tokens) and len(out.step_tokens) == len(out.step_ms)
+    if drafts == "oracle":
+        assert out.step_tokens[0] == k + 1 and len(out.step_ms) <= 3  # 8 tokens after the first, 4 a step
+    if drafts == "wrong":
+        assert out.step_tokens == [1.0] * (n - 1)
+    assert "tokens/s" in str(out) and out.summary()["tokens_per_step"] >= 1
+
+
+def test_speculative_window_and_eos():
+    model = tiny()
+    model.config.sliding_window = 8
+    V, n = model.config.vocab_size, 7
+    prompts = [torch.randint(0, V, (k,)).tolist() for k in (21, 3, 9)]
+    out = leanattn.generate(model, prompts, n, page_size=4, speculate=2, output_logits=True)
+    for b, p in enumerate(prompts):
+        ref, ref_logits = sdpa_greedy(model, p, n)
+        assert_same_greedy(f"window, prompt {b}", out.tokens[b].tolist(), ref, ref_logits)
+    model.config.sliding_window = None
+    free = leanattn.generate(model, [prompts[0]], 6)
+    eos = int(free.tokens[0, 2])
+    stopped = leanattn.generate(model, [prompts[0]], 6, eos_token_id=eos, speculate=3)
+    first = free.tokens[0].tolist().index(eos)
+    assert stopped.tokens[0, :first + 1].tolist() == free.tokens[0, :first + 1].tolist()
+    assert (stopped.tokens[0, first:] == eos).all()
+
+
+def test_lookup_drafts():
+    from leanattn.generate import lookup_drafts
+    seq = np.array([5, 6, 7, 8, 9, 5, 6, 7])
+    assert lookup_drafts(seq, 3).tolist() == [8, 9, 5]  # after the earlier 5 6 7
+    assert lookup_drafts(np.array([1, 2, 3, 2]), 3).tolist() == [3, 2, 2]  # after the earlier 2, padded
+    assert lookup_drafts(np.array([1, 2, 3]), 2).tolist() == [3, 3]  # no earlier 3: the last token repeated
+    assert lookup_drafts(np.array([4]), 2).tolist() == [4, 4]
+
+
+def test_speculate_errors():
+    model = tiny()
+    for kw, match in ((dict(speculate=-1), "speculate: expected an int >= 0"),
+                      (dict(speculate=True), "speculate: expected an int >= 0"),
+                      (dict(speculate=2, samples=2), "speculate: expected 0 with samples > 1"),
+                      (dict(speculate=2, temperature=0.7), "speculate: expected 0 with samples > 1")):
+        with pytest.raises(ValueError, match=match):
+            leanattn.generate(model, [[1, 2]], 3, **kw)

@@ -5,6 +5,12 @@ Prefill runs through SDPA in chunks straight into a paged KV cache; every decode
 over each prompt's KV (stored once) plus each sample's own pages. The decode step keeps lengths and
 positions in device tensors and never syncs with the host, so on a GPU it is captured once in a
 CUDA graph and replayed: one launch per token instead of a few hundred.
+
+With ``speculate=K`` (greedy only) each step instead verifies ``K`` draft tokens looked up in the row's own text
+(prompt lookup: the tokens that followed the latest earlier occurrence of its last n-gram) in one forward of
+``K + 1`` tokens, whose attention is one ``leanattn.decode`` call with ``q (rows, K + 1, Hq, D)``, ``causal=True``:
+the drafts the model agrees with, and its own next token, are all kept, so a step emits 1 to ``K + 1`` tokens and the
+output is the greedy output.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from .models.kv_cache import PagedKVCache
@@ -48,6 +55,9 @@ class Generation:
     cache : PagedKVCache or None
         With ``return_cache=True``: the cache holding the prompts (their KV at positions
         ``[0, prompt_len)``), e.g. to hand the prefilled KV to another implementation.
+    step_tokens : list of float
+        With ``speculate``: the tokens each step emitted, averaged over the rows still generating (1 to
+        ``speculate + 1``); empty otherwise (one a step).
     """
 
     tokens: torch.Tensor
@@ -59,6 +69,7 @@ class Generation:
     cuda_graph: bool = False
     logits: Optional[torch.Tensor] = field(default=None, repr=False)
     cache: Optional[PagedKVCache] = field(default=None, repr=False)
+    step_tokens: list = field(default_factory=list)
 
     def summary(self) -> dict:
         """Per-step timing summary: median / mean / p10 / p90 ms, tokens per second, bytes."""
@@ -70,6 +81,11 @@ class Generation:
             med = statistics.median(s)
             out.update(step_ms_median=med, step_ms_mean=statistics.fmean(s), step_ms_p10=s[len(s) // 10],
                        step_ms_p90=s[min(len(s) - 1, (9 * len(s)) // 10)], tokens_per_s=rows * 1e3 / med)
+            if self.step_tokens:
+                # speculative steps emit several tokens: the rate is the tokens over the steps' time
+                per_step = statistics.fmean(self.step_tokens)
+                out.update(tokens_per_step=per_step,
+                           tokens_per_s=rows * per_step * 1e3 / statistics.fmean(s))
         return out
 
     def __str__(self) -> str:
@@ -223,6 +239,52 @@ class _Stepper:
             self.step()
 
 
+class _Verifier(_Stepper):
+    """One speculative step over static buffers: ``tokens (R, K + 1)`` (each row's last token, then ``K`` drafts) in,
+    ``logits (R, K + 1, vocab)`` out. The ``K + 1`` new keys and values are written at the rows' next positions and
+    attended in one :func:`leanattn.decode` call with ``K + 1`` causal query tokens; the lengths are left for the
+    caller to advance by what it accepts (keys past that are overwritten by the next step)."""
+
+    def __init__(self, model: LlamaModel, cache: PagedKVCache, drafts: int, schedule: str = "lean"):
+        super().__init__(model, cache, schedule=schedule)
+        R = cache.batch
+        self.tokens = torch.zeros(R, drafts + 1, dtype=torch.long, device=model.device)
+        self.logits = torch.empty(R, drafts + 1, model.config.vocab_size, dtype=torch.float32, device=model.device)
+        self.offsets = torch.arange(drafts + 1, device=model.device)
+
+    def _attend(self, i, q, k, v):
+        c = self.cache
+        for j in range(k.shape[1]):
+            c.write(i, k[:, j], v[:, j], self._pos_own + j)
+        return decode(q, c.k[i], c.v[i], self._lens_after, c.block_table, schedule=self.schedule,
+                      window_left=self.window_left, causal=True)
+
+    def step(self):
+        own = self.cache.seqlens
+        self._pos_own = own
+        self._lens_after = own + self.tokens.shape[1]
+        h = self.model.hidden(self.tokens, own.long()[:, None] + self.offsets, self._attend)
+        self.logits.copy_(self.model.logits(h))
+
+
+# the longest n-gram a speculative step looks up in its row's text
+LOOKUP_NGRAM = 3
+
+
+def lookup_drafts(seq: np.ndarray, k: int, ngram: int = LOOKUP_NGRAM) -> np.ndarray:
+    """``k`` draft tokens for the int64 token sequence ``seq`` (prompt lookup decoding): the tokens that followed the
+    latest earlier occurrence of its last ``ngram`` tokens (else of fewer, down to one), padded with the last of
+    them; the last token repeated where none occurs."""
+    n = len(seq)
+    for g in range(min(ngram, n - 1), 0, -1):
+        windows = np.lib.stride_tricks.sliding_window_view(seq[:n - 1], g)
+        hits = np.flatnonzero((windows == seq[n - g:]).all(1))
+        if hits.size:
+            follow = seq[hits[-1] + g:hits[-1] + g + k]
+            return np.concatenate([follow, np.full(k - len(follow), follow[-1], dtype=seq.dtype)])
+    return np.full(k, seq[-1], dtype=seq.dtype)
+
+
 def _sample(logits: torch.Tensor, temperature: float, top_k: int, generator) -> torch.Tensor:
     """``(R,)`` int64 token ids from ``(R, vocab)`` float32 logits (greedy when temperature <= 0)."""
     if temperature <= 0:
@@ -251,6 +313,7 @@ def generate(
     output_logits: bool = False,
     return_cache: bool = False,
     schedule: str = "lean",
+    speculate: int = 0,
     device: Union[str, torch.device, None] = None,
     dtype: Optional[torch.dtype] = None,
 ) -> Generation:
@@ -290,6 +353,13 @@ def generate(
         Keep the prompts' KV cache in the result (``Generation.cache``) instead of freeing it.
     schedule : {"lean", "split"}
         Decode schedule of :func:`leanattn.decode` (single-sample path).
+    speculate : int
+        Greedy speculative decoding with ``speculate`` draft tokens a step, looked up in each row's own text (prompt
+        lookup: what followed the latest earlier occurrence of its last 3, 2 or 1 tokens) and verified in one forward
+        of ``speculate + 1`` tokens a row, whose attention reads each row's cache once (``leanattn.decode`` with
+        several causal query tokens). The tokens are the greedy ones; a step emits 1 to ``speculate + 1`` of them
+        (``Generation.step_tokens``), and costs one host sync. 0 (default): one token a step. Needs
+        ``temperature=0`` and ``samples=1``.
     device, dtype : optional
         Where to put a model given by name or path (default: CUDA when available; bfloat16 for shapes).
 
@@ -316,6 +386,11 @@ def generate(
         raise ValueError(f"samples: expected an int >= 1, got {samples!r}")
     if prefill_chunk < 1:
         raise ValueError(f"prefill_chunk: expected >= 1, got {prefill_chunk}")
+    if isinstance(speculate, bool) or not isinstance(speculate, int) or speculate < 0:
+        raise ValueError(f"speculate: expected an int >= 0, got {speculate!r}")
+    if speculate and (samples != 1 or temperature > 0):
+        raise ValueError(f"speculate: expected 0 with samples > 1 or temperature > 0 (speculative steps are greedy "
+                         f"and single-sample), got {speculate} with samples={samples}, temperature={temperature}")
     dev = model.device
     cuda = dev.type == "cuda"
     if use_cuda_graph is None:
@@ -343,9 +418,10 @@ def generate(
 
     t0 = now()
     if samples == 1:
-        cache = PagedKVCache(batch=B, capacity=L + max_new_tokens, **kv)
+        # a speculative step writes its drafts' keys past the last token kept
+        cache = PagedKVCache(batch=B, capacity=L + max_new_tokens + speculate, **kv)
         logits = _prefill(model, cache, tokens, lens, prefill_chunk)
-        stepper = _Stepper(model, cache, schedule=schedule)
+        stepper = _Verifier(model, cache, speculate, schedule) if speculate else _Stepper(model, cache, schedule=schedule)
         caches = [cache]
     else:
         prefix = PagedKVCache(batch=B, capacity=L, **kv)
@@ -367,6 +443,19 @@ def generate(
             all_logits[:, t] = lg
         stepper.tokens.copy_(tok)
 
+    if speculate:
+        # (emit's stepper.tokens.copy_ is the one-token loop's; the speculative loop feeds its verifier itself)
+        out[:, 0] = _sample(logits, temperature, top_k, generator)
+        if all_logits is not None:
+            all_logits[:, 0] = logits
+        prefill_s = now() - t0
+        step_ms, step_tokens = _speculative_loop(stepper, tokens, lens, out, all_logits, eos_token_id,
+                                                 use_cuda_graph and max_new_tokens > 1, progress)
+        return Generation(tokens=out.cpu(), prompt_lens=lens, prefill_s=prefill_s, step_ms=step_ms,
+                          kv_bytes=sum(x.nbytes for x in caches), weight_bytes=model.weight_bytes(),
+                          cuda_graph=stepper.graph is not None,
+                          logits=None if all_logits is None else all_logits.cpu(),
+                          cache=caches[0] if return_cache else None, step_tokens=step_tokens)
     emit(0, logits)
     prefill_s = now() - t0
     if use_cuda_graph and max_new_tokens > 1:
@@ -399,3 +488,57 @@ def generate(
                       cuda_graph=stepper.graph is not None,
                       logits=None if all_logits is None else all_logits.cpu(),
                       cache=caches[0] if return_cache else None)
+
+
+def _speculative_loop(verifier: _Verifier, tokens: torch.Tensor, lens: list, out: torch.Tensor,
+                      all_logits: Optional[torch.Tensor], eos_token_id: Optional[int], graph: bool,
+                      progress: bool) -> tuple[list, list]:
+    """Fill ``out (R, n)`` from column 1 on (column 0 holds the prefill's token) by greedy speculative steps of
+    ``verifier``; returns each step's milliseconds and the tokens it emitted per generating row. Each step: drafts
+    looked up on the host, one forward of every row's last token and drafts, then each row keeps its drafts up to the
+    first the model disagrees with, plus the model's own token there, and its length advances by as many."""
+    R, n = out.shape
+    k = verifier.tokens.shape[1] - 1
+    dev = out.device
+    text = [np.concatenate([tokens[b, :lens[b]].cpu().numpy(), out[b, :1].cpu().numpy()]) for b in range(R)]
+    made = [1] * R
+    if eos_token_id is not None:
+        for b in range(R):
+            if int(text[b][-1]) == eos_token_id:  # the prefill's token ends the row
+                out[b, 1:] = eos_token_id
+                made[b] = n
+    if graph:
+        verifier.capture()
+    bar = _Progress(n - 1, progress)
+    step_ms, step_tokens = [], []
+    while min(made) < n:
+        drafts = np.stack([lookup_drafts(t, k) for t in text])
+        fed = np.concatenate([np.stack([t[-1:] for t in text]), drafts], 1)
+        w0 = time.perf_counter()
+        verifier.tokens.copy_(torch.from_numpy(fed).to(dev))
+        verifier.run()
+        pred = verifier.logits.argmax(-1).cpu().numpy()  # the host sync of the step
+        step_ms.append((time.perf_counter() - w0) * 1e3)
+        agree = np.cumprod(pred[:, :k] == drafts, axis=1).sum(1)
+        advance = torch.zeros(R, dtype=torch.int32)
+        emitted = []
+        for b in range(R):
+            if made[b] >= n:
+                continue
+            new = np.concatenate([drafts[b, :agree[b]], pred[b, agree[b]:agree[b] + 1]])[:n - made[b]]
+            if eos_token_id is not None and eos_token_id in new:
+                new = new[:int(np.flatnonzero(new == eos_token_id)[0]) + 1]
+                out[b, made[b] + len(new):] = eos_token_id
+            out[b, made[b]:made[b] + len(new)] = torch.from_numpy(new).to(dev)
+            if all_logits is not None:
+                all_logits[b, made[b]:made[b] + len(new)] = verifier.logits[b, :len(new)]
+            text[b] = np.concatenate([text[b], new])
+            made[b] = n if eos_token_id is not None and new[-1] == eos_token_id else made[b] + len(new)
+            advance[b] = len(new)
+            emitted.append(len(new))
+        verifier.cache.seqlens += advance.to(dev)
+        step_tokens.append(statistics.fmean(emitted))
+        for _ in range(int(sum(emitted) / len(emitted))):
+            bar.update()
+    bar.close()
+    return step_ms, step_tokens
