@@ -421,7 +421,8 @@ def generate(
         # a speculative step writes its drafts' keys past the last token kept
         cache = PagedKVCache(batch=B, capacity=L + max_new_tokens + speculate, **kv)
         logits = _prefill(model, cache, tokens, lens, prefill_chunk)
-        stepper = _Verifier(model, cache, speculate, schedule) if speculate else _Stepper(model, cache, schedule=schedule)
+        stepper = (_Verifier(model, cache, speculate, schedule) if speculate
+                   else _Stepper(model, cache, schedule=schedule))
         caches = [cache]
     else:
         prefix = PagedKVCache(batch=B, capacity=L, **kv)
