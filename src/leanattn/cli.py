@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                      help="weights and cache dtype for shapes (default: bfloat16; checkpoints keep theirs unless given)")
     gen.add_argument("--page-size", type=int, default=64)
+    gen.add_argument("--speculate", type=int, default=0,
+                     help="greedy prompt-lookup speculative decoding with this many drafts a step (default: 0)")
     gen.add_argument("--no-cuda-graph", action="store_true", help="run decode steps eagerly on a GPU")
     gen.add_argument("--no-progress", action="store_true")
     bench = sub.add_parser("bench", help="run benchmarks/bench_NAME.py (e.g. `leanattn bench decode --quick`)")
@@ -89,6 +91,7 @@ def _generate(args) -> int:
         prompts = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt_len), generator=gen,
                                 device=device)
     out = generate(model, prompts, args.max_new_tokens, samples=args.samples, temperature=args.temperature,
+                   speculate=args.speculate,
                    top_k=args.top_k, page_size=args.page_size, use_cuda_graph=False if args.no_cuda_graph else None,
                    generator=gen, progress=not args.no_progress)
     for row in out.tokens[:8].tolist():
