@@ -207,7 +207,8 @@ def test_speculative_is_greedy(drafts, monkeypatch):
         assert_same_greedy(f"{drafts} prompt {b}", out.tokens[b].tolist(), ref[:n], ref_logits)
         agree = next((t for t, (a, r) in enumerate(zip(out.tokens[b].tolist(), ref)) if a != r), n)
         torch.testing.assert_close(out.logits[b, :agree], ref_logits[:agree].cpu(), rtol=1e-4, atol=1e-4)
-    assert all(1 <= t <= k + 1 for t in out.step_tokens) and len(out.step_tokens) == len(out.step_ms)
+    assert all(0 < t <= k + 1 for t in out.step_tokens) and len(out.step_tokens) == len(out.step_ms)
+    assert sum(out.step_tokens) == pytest.approx(n - 1)  # every row's tokens after the prefill's, averaged over rows
     if drafts == "oracle":
         assert out.step_tokens[0] == k + 1 and len(out.step_ms) <= 3  # 8 tokens after the first, 4 a step
     if drafts == "wrong":
@@ -227,10 +228,12 @@ def test_speculative_window_and_eos():
     model.config.sliding_window = None
     free = leanattn.generate(model, [prompts[0]], 6)
     eos = int(free.tokens[0, 2])
-    stopped = leanattn.generate(model, [prompts[0]], 6, eos_token_id=eos, speculate=3)
+    stopped = leanattn.generate(model, [prompts[0]], 6, eos_token_id=eos, speculate=3, output_logits=True)
     first = free.tokens[0].tolist().index(eos)
     assert stopped.tokens[0, :first + 1].tolist() == free.tokens[0, :first + 1].tolist()
     assert (stopped.tokens[0, first:] == eos).all()
+    # after eos, the logits eos was drawn from (found in review: uninitialised memory before)
+    assert torch.equal(stopped.logits[0, first:], stopped.logits[0, first].expand(6 - first, -1))
 
 
 def test_lookup_drafts():

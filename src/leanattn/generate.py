@@ -46,7 +46,8 @@ class Generation:
         Wall seconds of the prefill (through the first token's logits).
     step_ms : list of float
         Milliseconds of each decode step (model forward over one token per row, plus sampling); CUDA
-        event times on a GPU, wall times on the CPU.
+        event times on a GPU, wall times on the CPU. With ``speculate``: wall times of each speculative step,
+        its host sync included.
     kv_bytes : int
         Bytes of KV cache allocated (prompt caches once, plus the samples' own pages).
     weight_bytes : int
@@ -56,8 +57,8 @@ class Generation:
         With ``return_cache=True``: the cache holding the prompts (their KV at positions
         ``[0, prompt_len)``), e.g. to hand the prefilled KV to another implementation.
     step_tokens : list of float
-        With ``speculate``: the tokens each step emitted, averaged over the rows still generating (1 to
-        ``speculate + 1``); empty otherwise (one a step).
+        With ``speculate``: the tokens each step emitted, averaged over all rows (a generating row emits 1 to
+        ``speculate + 1``, a stopped one 0); empty otherwise (one a step).
     """
 
     tokens: torch.Tensor
@@ -82,7 +83,7 @@ class Generation:
             out.update(step_ms_median=med, step_ms_mean=statistics.fmean(s), step_ms_p10=s[len(s) // 10],
                        step_ms_p90=s[min(len(s) - 1, (9 * len(s)) // 10)], tokens_per_s=rows * 1e3 / med)
             if self.step_tokens:
-                # speculative steps emit several tokens: the rate is the tokens over the steps' time
+                # speculative steps emit several tokens a row: the rate is every row's tokens over the steps' time
                 per_step = statistics.fmean(self.step_tokens)
                 out.update(tokens_per_step=per_step,
                            tokens_per_s=rows * per_step * 1e3 / statistics.fmean(s))
@@ -507,6 +508,8 @@ def _speculative_loop(verifier: _Verifier, tokens: torch.Tensor, lens: list, out
         for b in range(R):
             if int(text[b][-1]) == eos_token_id:  # the prefill's token ends the row
                 out[b, 1:] = eos_token_id
+                if all_logits is not None:
+                    all_logits[b, 1:] = all_logits[b, 0]
                 made[b] = n
     if graph:
         verifier.capture()
@@ -522,24 +525,26 @@ def _speculative_loop(verifier: _Verifier, tokens: torch.Tensor, lens: list, out
         step_ms.append((time.perf_counter() - w0) * 1e3)
         agree = np.cumprod(pred[:, :k] == drafts, axis=1).sum(1)
         advance = torch.zeros(R, dtype=torch.int32)
-        emitted = []
+        emitted = [0] * R
         for b in range(R):
             if made[b] >= n:
                 continue
             new = np.concatenate([drafts[b, :agree[b]], pred[b, agree[b]:agree[b] + 1]])[:n - made[b]]
-            if eos_token_id is not None and eos_token_id in new:
+            stop = eos_token_id is not None and eos_token_id in new
+            if stop:
                 new = new[:int(np.flatnonzero(new == eos_token_id)[0]) + 1]
                 out[b, made[b] + len(new):] = eos_token_id
             out[b, made[b]:made[b] + len(new)] = torch.from_numpy(new).to(dev)
             if all_logits is not None:
                 all_logits[b, made[b]:made[b] + len(new)] = verifier.logits[b, :len(new)]
+                if stop:  # the repeated eos tokens after it: the logits eos was drawn from (none are computed)
+                    all_logits[b, made[b] + len(new):] = verifier.logits[b, len(new) - 1]
             text[b] = np.concatenate([text[b], new])
             made[b] = n if eos_token_id is not None and new[-1] == eos_token_id else made[b] + len(new)
-            advance[b] = len(new)
-            emitted.append(len(new))
+            advance[b] = emitted[b] = len(new)
         verifier.cache.seqlens += advance.to(dev)
         step_tokens.append(statistics.fmean(emitted))
-        for _ in range(int(sum(emitted) / len(emitted))):
+        for _ in range(max(emitted)):
             bar.update()
     bar.close()
     return step_ms, step_tokens
