@@ -77,57 +77,49 @@ def fp8():
                 leanattn.decode(q, kp.to(k.dtype), vp.to(k.dtype), sl, bt, schedule=schedule, v_scale=0.5)
 
 
-def window():
-    """Every decode path with a sliding window: both schedules, ragged (shorter than the window, past it) and one
-    sequence (even pieces), contiguous through each load path, and paged with the pages before each window freed
-    (ids -1: a read of one would be out of bounds)."""
+def _decode_paths(qlen, runs, whole, paged, stale=None):
+    """``leanattn.decode`` on ragged batches and one sequence, GQA 32/8, MHA D=64 and 16/8 D=256, bf16: each of
+    ``runs`` (keyword sets) over a contiguous cache through each load path and both schedules, ``whole`` once without
+    lengths, ``paged`` over pages of 1, 16 and 64 tokens with both schedules, where with ``stale`` (a window's
+    ``window_left``) the pages before each window are freed (ids -1: a read of one would be out of bounds). ``qlen``:
+    query tokens a sequence (0: a 3-D query)."""
     for lens in ([3000, 0, 1, 517, 1024], [4000]):
         B = len(lens)
         sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
         for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256)):
-            q = torch.randn(B, hq, d, dtype=BF16, device=DEV)
+            q = torch.randn((B,) + ((qlen,) if qlen else ()) + (hq, d), dtype=BF16, device=DEV)
             k = torch.randn(B, max(lens), hkv, d, dtype=BF16, device=DEV)
             v = torch.randn_like(k)
             for load in ("0", "1", "2"):
                 os.environ["LEANATTN_DECODE_LOAD"] = load
                 try:
                     for schedule in ("lean", "split"):
-                        leanattn.decode(q, k, v, sl, schedule=schedule, window_left=700)
-                        leanattn.decode(q, k, v, sl, schedule=schedule, window_left=0, num_programs=37, num_splits=5)
+                        for kw in runs:
+                            leanattn.decode(q, k, v, sl, schedule=schedule, **kw)
                 finally:
                     os.environ.pop("LEANATTN_DECODE_LOAD")
-            leanattn.decode(q, k, v, window_left=700)
+            leanattn.decode(q, k, v, **whole)
             for page in (1, 16, 64):
                 kp, vp, bt = paged_kv(k, v, lens, page)
-                for b, n in enumerate(lens):
-                    bt[b, :max(n - 1 - 700, 0) // page] = -1
+                if stale is not None:
+                    for b, n in enumerate(lens):
+                        bt[b, :max(n - 1 - stale, 0) // page] = -1
                 for schedule in ("lean", "split"):
-                    leanattn.decode(q, kp, vp, sl, bt, schedule=schedule, window_left=700)
+                    leanattn.decode(q, kp, vp, sl, bt, schedule=schedule, **paged)
+
+
+def window():
+    """Every decode path with a sliding window: both schedules, ragged (shorter than the window, past it) and one
+    sequence (even pieces), contiguous through each load path, and paged with the pages before each window freed."""
+    _decode_paths(0, [dict(window_left=700), dict(window_left=0, num_programs=37, num_splits=5)],
+                  dict(window_left=700), dict(window_left=700), stale=700)
 
 
 def tokens():
     """Every decode path with several query tokens a sequence (causal, with a window, and not): both schedules,
     ragged (fewer keys than tokens, long) and one sequence, contiguous through each load path, and paged."""
-    for lens in ([3000, 0, 1, 517, 1024], [4000]):
-        B = len(lens)
-        sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
-        for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256)):
-            q = torch.randn(B, 4, hq, d, dtype=BF16, device=DEV)
-            k = torch.randn(B, max(lens), hkv, d, dtype=BF16, device=DEV)
-            v = torch.randn_like(k)
-            for load in ("0", "1", "2"):
-                os.environ["LEANATTN_DECODE_LOAD"] = load
-                try:
-                    for schedule in ("lean", "split"):
-                        leanattn.decode(q, k, v, sl, schedule=schedule, causal=True)
-                        leanattn.decode(q, k, v, sl, schedule=schedule, window_left=700, num_programs=37, num_splits=5)
-                finally:
-                    os.environ.pop("LEANATTN_DECODE_LOAD")
-            leanattn.decode(q, k, v, causal=True)
-            for page in (1, 16, 64):
-                kp, vp, bt = paged_kv(k, v, lens, page)
-                for schedule in ("lean", "split"):
-                    leanattn.decode(q, kp, vp, sl, bt, schedule=schedule, causal=True, window_left=700)
+    _decode_paths(4, [dict(causal=True), dict(window_left=700, num_programs=37, num_splits=5)],
+                  dict(causal=True), dict(causal=True, window_left=700))
 
 
 def merges():
