@@ -147,11 +147,18 @@ def sdpa_masked(backend_name):
 _FLEX = {}
 
 
-def flex(case, inp):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def compiled_flex():
+    """``flex_attention`` compiled once a process with ``dynamic=True`` (compiled per shape, it falls back to eager
+    after 8 recompiles)."""
     if "fn" not in _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
         _FLEX["fn"] = torch.compile(flex_attention, dynamic=True)
-    fa = _FLEX["fn"]
+    return _FLEX["fn"]
+
+
+def flex(case, inp):
+    from torch.nn.attention.flex_attention import create_block_mask
+    fa = compiled_flex()
     q, k, v, lens = inp["q"], inp["k"], inp["v"], inp["seqlens"]
     B, N = k.shape[0], k.shape[1]
     block_mask = None
@@ -233,6 +240,39 @@ def probe_cases(names, want=None, **options):
         yield case, inp, ref, lambda: leanattn.decode(q, k, v, sl, **options)
         del inp, q, k, v, sl
         torch.cuda.empty_cache()
+
+
+def add_peers(fns, refs, peers, ref):
+    """Each of ``peers`` (label -> call) that runs added to ``fns`` with ``ref`` as its reference in ``refs``; returns
+    those that raised (label -> error): a backend that refuses a form is reported, not fatal."""
+    skipped = {}
+    for label, fn in peers.items():
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            skipped[label] = f"{type(e).__name__}: {str(e)[:200]}"
+            continue
+        fns[label], refs[label] = fn, ref
+    return skipped
+
+
+def run_case_variants(doc, argv, cases, measure, filename, probe):
+    """The loop of a benchmark over ``cases``, (suite case name, parameter) pairs: its command line
+    (``common.probe_args``), the read ceiling, then ``measure(case, parameter, ceiling)`` for each pair whose case
+    is asked for, all written by ``common.write_probe`` to ``filename`` with the timing and the ``probe`` line."""
+    args, want = common.probe_args(doc, argv)
+    torch.manual_seed(0)
+    ceilings = common.read_bandwidth_gbs()
+    ceiling = ceilings["read_ceiling"]
+    by_name = {c["name"]: c for c in suite()}
+    out = []
+    for name, param in cases:
+        if want and name not in want:
+            continue
+        out.append(measure(by_name[name], param, ceiling))
+        torch.cuda.empty_cache()
+    return common.write_probe(args.out, filename, cases=out, timing=GRAPH_TIMING, read_ceiling_gbs=ceiling,
+                              read_bandwidth=ceilings, probe=probe)
 
 
 def read_flush_ms(run):

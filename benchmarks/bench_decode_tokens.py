@@ -28,7 +28,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode as bd  # noqa: E402
-import common  # noqa: E402
 
 import leanattn  # noqa: E402
 
@@ -69,15 +68,12 @@ def peers(case, inp, q4):
             return torch.cat([F.scaled_dot_product_attention(a, b_, c, attn_mask=m, enable_gqa=gqa)
                               for (a, b_, c), m in zip(views, masks)]).transpose(1, 2)
     out = {"sdpa lower-right" + suffix: lower_right, "sdpa cudnn mask" + suffix: cudnn}
-    if "fn" not in bd._FLEX:
-        from torch.nn.attention.flex_attention import flex_attention
-        bd._FLEX["fn"] = torch.compile(flex_attention, dynamic=True)
     sl = inp["seqlens"]
 
     def mask_mod(b, h, q_idx, kv_idx):
         return (kv_idx < sl[b]) & (kv_idx <= sl[b] - lq + q_idx)
     block_mask = create_block_mask(mask_mod, len(lens), None, lq, k.shape[1], device="cuda")
-    out["flex"] = lambda: bd._FLEX["fn"](qt, kt, vt, block_mask=block_mask, enable_gqa=gqa).transpose(1, 2)
+    out["flex"] = lambda: bd.compiled_flex()(qt, kt, vt, block_mask=block_mask, enable_gqa=gqa).transpose(1, 2)
     return out
 
 
@@ -96,14 +92,7 @@ def measure(case, lq, ceiling):
            "one token": lambda: leanattn.decode(q4[:, -1], k, v, sl, bt),
            "per token": per_token}
     refs = {"tokens": ref, "one token": one_ref, "per token": ref}
-    skipped = {}
-    for label, fn in peers(case, inp, q4).items():
-        try:  # a backend that refuses the form is reported, not fatal
-            fn()
-        except Exception as e:  # noqa: BLE001
-            skipped[label] = f"{type(e).__name__}: {str(e)[:200]}"
-            continue
-        fns[label], refs[label] = fn, ref
+    skipped = bd.add_peers(fns, refs, peers(case, inp, q4), ref)
     name = f"{case['name']} Lq={lq}"
     us, med = bd.interleaved_graph_times(name, fns, refs, rounds=3)
     nbytes = token_bytes(case, lq)
@@ -122,21 +111,9 @@ def measure(case, lq, ceiling):
 
 
 def main(argv=None):
-    args, want = common.probe_args(__doc__, argv)
-    torch.manual_seed(0)
-    ceilings = common.read_bandwidth_gbs()
-    ceiling = ceilings["read_ceiling"]
-    suite = {c["name"]: c for c in bd.suite()}
-    out = []
-    for name, lq in CASES:
-        if want and name not in want:
-            continue
-        out.append(measure(suite[name], lq, ceiling))
-        torch.cuda.empty_cache()
-    common.write_probe(args.out, "decode_tokens.json", cases=out, timing=bd.GRAPH_TIMING, read_ceiling_gbs=ceiling,
-                       read_bandwidth=ceilings,
-                       probe="decode of several query tokens a sequence (causal) against one-token decode, per-token "
-                             "calls and the peers")
+    return bd.run_case_variants(__doc__, argv, CASES, measure, "decode_tokens.json",
+                                "decode of several query tokens a sequence (causal) against one-token decode, "
+                                "per-token calls and the peers")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode as bd  # noqa: E402
-import common  # noqa: E402
 
 import leanattn  # noqa: E402
 
@@ -64,15 +63,12 @@ def peers(case, inp, window):
                     return torch.cat([F.scaled_dot_product_attention(a, b_, c, enable_gqa=gqa)
                                       for a, b_, c in views]).squeeze(2)
             out[label + " per seq"] = per_seq
-    if "fn" not in bd._FLEX:
-        from torch.nn.attention.flex_attention import flex_attention
-        bd._FLEX["fn"] = torch.compile(flex_attention, dynamic=True)
     sl = inp["seqlens"]
 
     def mask_mod(b, h, q_idx, kv_idx):
         return (kv_idx < sl[b]) & (kv_idx >= sl[b] - 1 - window)
     block_mask = create_block_mask(mask_mod, len(lens), None, 1, k.shape[1], device="cuda")
-    out["flex"] = lambda: bd._FLEX["fn"](q4, kt, vt, block_mask=block_mask, enable_gqa=gqa).squeeze(2)
+    out["flex"] = lambda: bd.compiled_flex()(q4, kt, vt, block_mask=block_mask, enable_gqa=gqa).squeeze(2)
     return out
 
 
@@ -94,14 +90,7 @@ def measure(case, window, ceiling):
            "window copied": lambda: leanattn.decode(q, kw, vw, wl),
            "full": lambda: leanattn.decode(q, k, v, sl, bt)}
     refs = {"window": ref, "window copied": ref, "full": full_ref}
-    skipped = {}
-    for label, fn in peers(case, inp, window).items():
-        try:  # a backend that refuses the form is reported, not fatal
-            fn()
-        except Exception as e:  # noqa: BLE001
-            skipped[label] = f"{type(e).__name__}: {str(e)[:200]}"
-            continue
-        fns[label], refs[label] = fn, ref
+    skipped = bd.add_peers(fns, refs, peers(case, inp, window), ref)
     name = f"{case['name']} W={window + 1}"
     us, med = bd.interleaved_graph_times(name, fns, refs, rounds=3)
     nbytes = window_bytes(case, window)
@@ -119,20 +108,8 @@ def measure(case, window, ceiling):
 
 
 def main(argv=None):
-    args, want = common.probe_args(__doc__, argv)
-    torch.manual_seed(0)
-    ceilings = common.read_bandwidth_gbs()
-    ceiling = ceilings["read_ceiling"]
-    suite = {c["name"]: c for c in bd.suite()}
-    out = []
-    for name, window in CASES:
-        if want and name not in want:
-            continue
-        out.append(measure(suite[name], window, ceiling))
-        torch.cuda.empty_cache()
-    common.write_probe(args.out, "decode_window.json", cases=out, timing=bd.GRAPH_TIMING, read_ceiling_gbs=ceiling,
-                       read_bandwidth=ceilings,
-                       probe="decode with a sliding window against the window copied, full attention and the peers")
+    return bd.run_case_variants(__doc__, argv, CASES, measure, "decode_window.json",
+                                "decode with a sliding window against the window copied, full attention and the peers")
 
 
 if __name__ == "__main__":
