@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import leanattn
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, paged_kv
+from leanattn.testing import TOLERANCE, assert_graph_replays, assert_lse_close, assert_rel_close, paged_kv
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -80,21 +80,8 @@ def test_tokens_one_sequence(n, lq):
 def test_tokens_cuda_graph_new_lengths_deterministic_compile():
     N = 40000
     q, k, v, sl = inputs([N, 10, 500], 4)
-    leanattn.decode(q, k, v, sl, causal=True)  # compile and allocate outside capture
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = leanattn.decode(q, k, v, sl, causal=True)
-    for lens in ([N, 10, 500], [1, 0, N], [12345, 2, 34567]):
-        sl.copy_(torch.tensor(lens, dtype=torch.int32))
-        g.replay()
-        torch.cuda.synchronize()
-        ref, _ = leanattn.reference.decode(q, k, v, sl, causal=True)
-        assert_rel_close(f"replay {lens}", out, ref, TOLERANCE[torch.bfloat16])
-    first = out.clone()
-    for _ in range(20):
-        g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, first)
+    assert_graph_replays(lambda: leanattn.decode(q, k, v, sl, causal=True), sl,
+                         ([N, 10, 500], [1, 0, N], [12345, 2, 34567]),
+                         lambda: leanattn.reference.decode(q, k, v, sl, causal=True)[0], TOLERANCE[torch.bfloat16])
     compiled = torch.compile(lambda *a: leanattn.decode(*a, causal=True), fullgraph=True)
     assert torch.equal(compiled(q, k, v, sl), leanattn.decode(q, k, v, sl, causal=True))

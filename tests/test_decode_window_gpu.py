@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import leanattn
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, paged_kv
+from leanattn.testing import TOLERANCE, assert_graph_replays, assert_lse_close, assert_rel_close, paged_kv
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -83,19 +83,7 @@ def test_window_cuda_graph_new_lengths_deterministic():
     k = torch.randn(3, N, 8, 128, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
     sl = torch.tensor([N, 10, 500], dtype=torch.int32, device="cuda")
-    leanattn.decode(q, k, v, sl, window_left=4095)  # compile and allocate outside capture
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = leanattn.decode(q, k, v, sl, window_left=4095)
-    for lens in ([N, 10, 500], [1, 0, N], [12345, 23456, 34567]):
-        sl.copy_(torch.tensor(lens, dtype=torch.int32))
-        g.replay()
-        torch.cuda.synchronize()
-        ref, _ = leanattn.reference.decode(q, k, v, sl, None, None, window_left=4095)
-        assert_rel_close(f"replay {lens}", out, ref, TOLERANCE[torch.bfloat16])
-    first = out.clone()
-    for _ in range(20):
-        g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, first)
+    assert_graph_replays(lambda: leanattn.decode(q, k, v, sl, window_left=4095), sl,
+                         ([N, 10, 500], [1, 0, N], [12345, 23456, 34567]),
+                         lambda: leanattn.reference.decode(q, k, v, sl, None, None, window_left=4095)[0],
+                         TOLERANCE[torch.bfloat16])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rel_err", "assert_rel_close", "assert_lse_close", "paged_kv", "TOLERANCE"]
+__all__ = ["rel_err", "assert_rel_close", "assert_lse_close", "assert_graph_replays", "paged_kv", "TOLERANCE"]
 
 # relative-error bars: the library's promise per dtype
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -33,6 +33,29 @@ def assert_lse_close(name: str, lse: torch.Tensor, ref: torch.Tensor, atol: floa
     if (~inf_ref).any():
         err = (lse - ref)[~inf_ref].abs().max().item()
         assert err <= atol, f"{name}: lse max abs error {err:.3e} > {atol:.1e}"
+
+
+def assert_graph_replays(call, seqlens: torch.Tensor, lengths, reference, tol: float, replays: int = 20):
+    """``call()`` (a decode over the lengths ``seqlens``) captured in a CUDA graph after one eager call (which
+    compiles and allocates outside the capture), then replayed with each of ``lengths`` copied into ``seqlens``: each
+    output within ``tol`` of ``reference()`` (its float64 output then); then ``replays`` more replays bitwise equal.
+    Returns the graph's output."""
+    call()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = call()
+    for lens in lengths:
+        seqlens.copy_(torch.tensor(lens, dtype=torch.int32))
+        g.replay()
+        torch.cuda.synchronize()
+        assert_rel_close(f"replay {lens}", out, reference(), tol)
+    first = out.clone()
+    for _ in range(replays):
+        g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, first)
+    return out
 
 
 def paged_kv(k: torch.Tensor, v: torch.Tensor, lens=None, page_size: int = 16, spare_pages: int = 0,
