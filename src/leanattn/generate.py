@@ -502,12 +502,14 @@ def _speculative_loop(verifier: _Verifier, tokens: torch.Tensor, lens: list, out
     R, n = out.shape
     k = verifier.tokens.shape[1] - 1
     dev = out.device
-    text = [np.concatenate([tokens[b, :lens[b]].cpu().numpy(), out[b, :1].cpu().numpy()]) for b in range(R)]
+    # the tokens are chosen on the host: kept there, and copied to the device once at the end
+    host = out.cpu()
+    text = [np.concatenate([tokens[b, :lens[b]].cpu().numpy(), host[b, :1].numpy()]) for b in range(R)]
     made = [1] * R
     if eos_token_id is not None:
         for b in range(R):
             if int(text[b][-1]) == eos_token_id:  # the prefill's token ends the row
-                out[b, 1:] = eos_token_id
+                host[b, 1:] = eos_token_id
                 if all_logits is not None:
                     all_logits[b, 1:] = all_logits[b, 0]
                 made[b] = n
@@ -533,8 +535,8 @@ def _speculative_loop(verifier: _Verifier, tokens: torch.Tensor, lens: list, out
             stop = eos_token_id is not None and eos_token_id in new
             if stop:
                 new = new[:int(np.flatnonzero(new == eos_token_id)[0]) + 1]
-                out[b, made[b] + len(new):] = eos_token_id
-            out[b, made[b]:made[b] + len(new)] = torch.from_numpy(new).to(dev)
+                host[b, made[b] + len(new):] = eos_token_id
+            host[b, made[b]:made[b] + len(new)] = torch.from_numpy(new)
             if all_logits is not None:
                 all_logits[b, made[b]:made[b] + len(new)] = verifier.logits[b, :len(new)]
                 if stop:  # the repeated eos tokens after it: the logits eos was drawn from (none are computed)
@@ -547,4 +549,5 @@ def _speculative_loop(verifier: _Verifier, tokens: torch.Tensor, lens: list, out
         for _ in range(max(emitted)):
             bar.update()
     bar.close()
+    out.copy_(host)
     return step_ms, step_tokens
