@@ -41,6 +41,7 @@
 #   window      sliding-window decode against the window copied, full attention, SDPA and flex
 #               (benchmarks/bench_decode_window.py)
 #   tests-tokens  the GPU tests of decode with several query tokens a sequence (tests/test_decode_tokens_gpu.py)
+#   tests-generate  leanattn.generate on the GPU (tests/test_generate.py): one-token, windowed and speculative loops, CUDA graphs
 #   sanitize-tokens  memcheck over decode's launches with several query tokens a sequence (sanitize.py tokens)
 #   tokens      decode of several query tokens a sequence against one-token decode, per-token calls, SDPA and flex
 #               (benchmarks/bench_decode_tokens.py)
@@ -214,6 +215,7 @@ for step in "$@"; do
     tests-window) "${PYTEST[@]}" tests/test_decode_window_gpu.py 2>&1 | tail -3 ;;
     tests-transformers) "${PYTEST[@]}" tests/test_integration_transformers.py 2>&1 | tail -4 ;;
     tests-tokens) "${PYTEST[@]}" tests/test_decode_tokens_gpu.py 2>&1 | tail -3 ;;
+    tests-generate) "${PYTEST[@]}" tests/test_generate.py 2>&1 | tail -3 ;;
     sanitize-tokens)
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py tokens 2>&1 | tail -3 ;;
     tokens) timeout 500 python3 benchmarks/bench_decode_tokens.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
