@@ -10,7 +10,8 @@ each case runs three kinds of drafts on the same prompt:
 Reported per run: the step's median time (wall, its draft lookup, host sync and bookkeeping included), tokens a
 step, milliseconds per token over the run (every step's time over the tokens after the first) and its speedup over
 the one-token run of the same prompt (``generate`` without ``speculate``, its steps in a CUDA graph, CUDA-event
-times), and whether the tokens equal that run's (bf16 near-ties may part them).
+times), and for how many tokens they equal that run's: bf16 near-ties of this random model part them (after
+which oracle drafts are wrong), so the steps before that are reported on their own.
 
 Peer: transformers ``generate(prompt_lookup_num_tokens=K)`` (its prompt-lookup decoding, greedy) with SDPA and with
 the leanattn plug-in, and its ``generate`` without drafts, on the same weights (views of ours); ms per token =
@@ -65,12 +66,12 @@ def drafts(kind: str, prompts: torch.Tensor, greedy: torch.Tensor, vocab: int):
         cont = ref[rows[tuple(seq[:min(64, P)].tolist())], len(seq) - P:][:k]
         cont = np.concatenate([cont, np.full(k - len(cont), cont[-1] if len(cont) else 0, dtype=ref.dtype)])
         return cont if kind == "oracle" else (cont + 1) % vocab
-    saved = GEN.lookup_drafts
-    GEN.lookup_drafts = fake
+    saved = GEN.PromptLookup.drafts
+    GEN.PromptLookup.drafts = lambda self, b, k: fake(self.row(b), k)
     try:
         yield
     finally:
-        GEN.lookup_drafts = saved
+        GEN.PromptLookup.drafts = saved
 
 
 def agree_upto(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -102,6 +103,15 @@ def ours(model, cfg, B, ctx, ks):
                        ms_per_token=per_token, speedup=base_ms / per_token, cuda_graph=gen.cuda_graph,
                        tokens_equal=agree_upto(gen.tokens, base.tokens))
             row["step_vs_one_token"] = row["step_ms"] / base_ms
+            # bf16 near-ties part the runs' tokens (and oracle drafts go wrong after): the steps before that
+            done, steps = 0.0, 0
+            for t in gen.step_tokens:
+                if done + t > row["tokens_equal"] - 1:
+                    break
+                done, steps = done + t, steps + 1
+            if steps:
+                row.update(agree_steps=steps, agree_tokens_per_step=done / steps,
+                           agree_ms_per_token=sum(gen.step_ms[:steps]) / done)
             rows.append(row)
             bench_e2e.log(f"  B={B} ctx={ctx} K={k} {kind:6s}: step {row['step_ms']:.3f} ms "
                           f"({row['step_vs_one_token']:.3f}x), {row['tokens_per_step']:.2f} tokens/step, "
@@ -148,7 +158,7 @@ def table(rows) -> str:
         return f"{x // K}k" if x >= K else str(x)
     ref = {(r["batch"], r["context"]): r["ms_per_token"] for r in rows if r["method"] == "leanattn one token a step"}
     h = ["B", "context", "method", "K", "step ms", "step / one-token step", "tokens/step", "ms/token",
-         "speedup vs leanattn one token", "tokens equal", "note"]
+         "speedup vs leanattn one token", "tokens equal", "while equal: steps, tokens/step, ms/token", "note"]
     t = []
     for r in rows:
         sp = r.get("speedup")
@@ -157,7 +167,8 @@ def table(rows) -> str:
         t.append([r["batch"], kk(r["context"]), r["method"], r["K"], r.get("step_ms", "-"),
                   r.get("step_vs_one_token", "-"), r.get("tokens_per_step", "-"), r.get("ms_per_token", "-"),
                   sp if sp is not None else "-", f"{r['tokens_equal']}/{r['new_tokens']}" if "tokens_equal" in r
-                  else "-", r.get("error", "")])
+                  else "-", f"{r['agree_steps']}, {r['agree_tokens_per_step']:.2f}, {r['agree_ms_per_token']:.3g}"
+                  if "agree_steps" in r else "-", r.get("error", "")])
     return common.markdown_table(h, t)
 
 

@@ -43,6 +43,7 @@
 #   tests-tokens  the GPU tests of decode with several query tokens a sequence (tests/test_decode_tokens_gpu.py)
 #   tests-generate  leanattn.generate on the GPU (tests/test_generate.py): one-token, windowed and speculative loops, CUDA graphs
 #   sanitize-tokens  memcheck over decode's launches with several query tokens a sequence (sanitize.py tokens)
+#   verify-step  a speculative verify step against a one-token step: graph replay time, kernels by kind (probe)
 #   speculate   generate(speculate=K) against one-token steps and transformers' prompt lookup (bench_speculate.py)
 #   tokens      decode of several query tokens a sequence against one-token decode, per-token calls, SDPA and flex
 #               (benchmarks/bench_decode_tokens.py)
@@ -220,6 +221,7 @@ for step in "$@"; do
     sanitize-tokens)
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py tokens 2>&1 | tail -3 ;;
     tokens) timeout 500 python3 benchmarks/bench_decode_tokens.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    verify-step) timeout 200 python3 benchmarks/probe_verify_step.py --out "$OUT" 2>&1 | grep -E "\||K=|wrote|Error" ;;
     speculate) timeout 540 python3 benchmarks/bench_speculate.py --out "$OUT" 2>&1 | grep -vi warn ;;
     sanitize-window)
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py window 2>&1 | tail -2

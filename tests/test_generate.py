@@ -199,7 +199,7 @@ def test_speculative_is_greedy(drafts, monkeypatch):
                      and (len(seq) - len(p)) <= n)
             cont = refs[b][0][len(seq) - len(prompts[b]):][:kk]
             return np.array(cont if drafts == "oracle" else [(t + 1) % V for t in cont], dtype=np.int64)
-        monkeypatch.setattr(gen, "lookup_drafts", fake)
+        monkeypatch.setattr(gen.PromptLookup, "drafts", lambda self, b, kk: fake(self.row(b), kk))
     out = leanattn.generate(model, prompts, n, page_size=4, speculate=k, output_logits=True)
     assert out.tokens.shape == (3, n)
     for b, p in enumerate(prompts):
@@ -243,6 +243,25 @@ def test_lookup_drafts():
     assert lookup_drafts(np.array([1, 2, 3, 2]), 3).tolist() == [3, 2, 2]  # after the earlier 2, padded
     assert lookup_drafts(np.array([1, 2, 3]), 2).tolist() == [3, 3]  # no earlier 3: the last token repeated
     assert lookup_drafts(np.array([4]), 2).tolist() == [4, 4]
+
+
+@pytest.mark.parametrize("vocab", [2, 5, 50])
+def test_prompt_lookup_index(vocab):
+    # the incremental index gives lookup_drafts' drafts after every extension, over rows with many repeats (small
+    # vocabularies), extensions of 1 to 5 tokens and n-grams of 1 to 4
+    from leanattn.generate import PromptLookup, lookup_drafts
+    rng = np.random.default_rng(vocab)
+    for ngram in (1, 2, 3, 4):
+        rows = [rng.integers(0, vocab, size=int(n)) for n in (1, 2, 7, 40)]
+        index = PromptLookup(rows, 80, ngram)
+        for _ in range(12):
+            for b, r in enumerate(rows):
+                for k in (1, 3, 6):
+                    assert index.drafts(b, k).tolist() == lookup_drafts(r, k, ngram).tolist(), (b, r, k, ngram)
+                new = rng.integers(0, vocab, size=int(rng.integers(1, 6)))
+                rows[b] = np.concatenate([r, new])
+                index.extend(b, new)
+                assert index.row(b).tolist() == rows[b].tolist()
 
 
 def test_speculate_errors():

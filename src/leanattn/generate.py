@@ -195,7 +195,7 @@ class _Stepper:
 
     def _attend(self, i, q, k, v):
         c = self.cache
-        c.write(i, k[:, 0], v[:, 0], self._pos_own)
+        c.write(i, k[:, 0], v[:, 0], self._where)
         if self.prefix is None:
             out = decode(q[:, 0], c.k[i], c.v[i], self._lens_after, c.block_table, schedule=self.schedule,
                          window_left=self.window_left)
@@ -209,7 +209,7 @@ class _Stepper:
     def step(self):
         """Eager step: attend, write the new keys/values, advance the lengths (all on the device)."""
         own = self.cache.seqlens
-        self._pos_own = own
+        self._where = self.cache.locate(own)
         self._lens_after = own + 1
         pos = own.long() if self.prefix is None else self.prefix_pos + own.long()
         h = self.model.hidden(self.tokens[:, None], pos[:, None], self._attend)
@@ -255,16 +255,16 @@ class _Verifier(_Stepper):
 
     def _attend(self, i, q, k, v):
         c = self.cache
-        for j in range(k.shape[1]):
-            c.write(i, k[:, j], v[:, j], self._pos_own + j)
+        c.write(i, k, v, self._where)  # all K + 1 tokens in one indexed store
         return decode(q, c.k[i], c.v[i], self._lens_after, c.block_table, schedule=self.schedule,
                       window_left=self.window_left, causal=True)
 
     def step(self):
         own = self.cache.seqlens
-        self._pos_own = own
+        pos = own.long()[:, None] + self.offsets
+        self._where = self.cache.locate(pos)
         self._lens_after = own + self.tokens.shape[1]
-        h = self.model.hidden(self.tokens, own.long()[:, None] + self.offsets, self._attend)
+        h = self.model.hidden(self.tokens, pos, self._attend)
         self.logits.copy_(self.model.logits(h))
 
 
@@ -284,6 +284,62 @@ def lookup_drafts(seq: np.ndarray, k: int, ngram: int = LOOKUP_NGRAM) -> np.ndar
             follow = seq[hits[-1] + g:hits[-1] + g + k]
             return np.concatenate([follow, np.full(k - len(follow), follow[-1], dtype=seq.dtype)])
     return np.full(k, seq[-1], dtype=seq.dtype)
+
+
+class PromptLookup:
+    """:func:`lookup_drafts` for rows of tokens that grow, in time independent of their length: each row keeps an index
+    of its n-grams (1 to ``ngram`` tokens), each mapped to its latest start that has a token after it, and extends it
+    as tokens are appended (a rescan of a 128k-token row costs milliseconds a step).
+
+    Parameters
+    ----------
+    rows : sequence of np.ndarray
+        Each row's int64 tokens so far (prompt and first token).
+    capacity : int
+        The most tokens a row will hold.
+    ngram : int
+        The longest n-gram looked up.
+    """
+
+    def __init__(self, rows, capacity: int, ngram: int = LOOKUP_NGRAM):
+        self.ngram = ngram
+        self.buf, self.size, self.index = [], [], []
+        for r in rows:
+            buf = np.empty(max(capacity, len(r)), dtype=np.int64)
+            buf[:len(r)] = r
+            self.buf.append(buf)
+            self.size.append(0)
+            self.index.append([{} for _ in range(ngram)])
+            self.extend(len(self.buf) - 1, r, copied=True)
+
+    def row(self, b: int) -> np.ndarray:
+        """Row ``b``'s tokens so far (a view)."""
+        return self.buf[b][:self.size[b]]
+
+    def extend(self, b: int, new: np.ndarray, copied: bool = False) -> None:
+        """Append ``new`` tokens to row ``b`` and index the n-grams they give a next token to."""
+        n0, buf = self.size[b], self.buf[b]
+        n1 = n0 + len(new)
+        if not copied:
+            buf[n0:n1] = new
+        self.size[b] = n1
+        for g in range(1, self.ngram + 1):
+            lo, hi = max(0, n0 - g), n1 - g  # starts i with i + g <= n - 1 now, not before
+            if hi <= lo:
+                continue
+            win = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(buf[lo:hi + g - 1], g))
+            keys = win.view(np.dtype((np.void, 8 * g))).ravel().tolist()
+            self.index[b][g - 1].update(zip(keys, range(lo, hi)))  # later starts overwrite: the latest is kept
+
+    def drafts(self, b: int, k: int) -> np.ndarray:
+        """``lookup_drafts(self.row(b), k, ngram)``."""
+        n, buf = self.size[b], self.buf[b]
+        for g in range(min(self.ngram, n - 1), 0, -1):
+            i = self.index[b][g - 1].get(buf[n - g:n].tobytes())
+            if i is not None:
+                follow = buf[i + g:min(i + g + k, n)]
+                return np.concatenate([follow, np.full(k - len(follow), follow[-1], dtype=np.int64)])
+        return np.full(k, buf[n - 1], dtype=np.int64)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int, generator) -> torch.Tensor:
@@ -504,11 +560,12 @@ def _speculative_loop(verifier: _Verifier, tokens: torch.Tensor, lens: list, out
     dev = out.device
     # the tokens are chosen on the host: kept there, and copied to the device once at the end
     host = out.cpu()
-    text = [np.concatenate([tokens[b, :lens[b]].cpu().numpy(), host[b, :1].numpy()]) for b in range(R)]
+    text = PromptLookup([np.concatenate([tokens[b, :lens[b]].cpu().numpy(), host[b, :1].numpy()]) for b in range(R)],
+                        max(lens) + n)
     made = [1] * R
     if eos_token_id is not None:
         for b in range(R):
-            if int(text[b][-1]) == eos_token_id:  # the prefill's token ends the row
+            if int(text.row(b)[-1]) == eos_token_id:  # the prefill's token ends the row
                 host[b, 1:] = eos_token_id
                 if all_logits is not None:
                     all_logits[b, 1:] = all_logits[b, 0]
@@ -519,8 +576,8 @@ def _speculative_loop(verifier: _Verifier, tokens: torch.Tensor, lens: list, out
     step_ms, step_tokens = [], []
     while min(made) < n:
         w0 = time.perf_counter()  # a step's time is all of it: the host's lookup and bookkeeping too
-        drafts = np.stack([lookup_drafts(t, k) for t in text])
-        fed = np.concatenate([np.stack([t[-1:] for t in text]), drafts], 1)
+        drafts = np.stack([text.drafts(b, k) for b in range(R)])
+        fed = np.concatenate([np.stack([text.row(b)[-1:] for b in range(R)]), drafts], 1)
         verifier.tokens.copy_(torch.from_numpy(fed).to(dev))
         verifier.run()
         pred = verifier.logits.argmax(-1).cpu().numpy()  # the host sync of the step
@@ -540,7 +597,7 @@ def _speculative_loop(verifier: _Verifier, tokens: torch.Tensor, lens: list, out
                 all_logits[b, made[b]:made[b] + len(new)] = verifier.logits[b, :len(new)]
                 if stop:  # the repeated eos tokens after it: the logits eos was drawn from (none are computed)
                     all_logits[b, made[b] + len(new):] = verifier.logits[b, len(new) - 1]
-            text[b] = np.concatenate([text[b], new])
+            text.extend(b, new)
             made[b] = n if eos_token_id is not None and new[-1] == eos_token_id else made[b] + len(new)
             advance[b] = emitted[b] = len(new)
         verifier.cache.seqlens += advance.to(dev)

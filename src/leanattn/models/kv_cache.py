@@ -62,13 +62,18 @@ class PagedKVCache:
         shape = (self.batch, self.capacity) + tuple(self.k[layer].shape[2:])
         return self.k[layer].view(shape), self.v[layer].view(shape)
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
-        """Store one token per sequence: ``k, v (batch, kv_heads, head_dim)`` at ``positions (batch,)``.
-
-        Index arithmetic on the device only (no host sync; capturable in a CUDA graph).
-        """
+    def locate(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(page, slot)`` int64 tensors, each of ``positions``' shape, holding token ``positions[b, ...]`` of
+        sequence ``b``; ``positions`` is ``(batch,)`` or ``(batch, L)``. Index arithmetic on the device only (no host
+        sync; capturable in a CUDA graph), and the same for every layer: a step computes it once."""
         pos = positions.long()
-        page = self.block_table.gather(1, (pos // self.page_size)[:, None])[:, 0].long()
-        slot = pos % self.page_size
+        page = self.block_table.gather(1, (pos // self.page_size).view(self.batch, -1)).view(pos.shape).long()
+        return page, pos % self.page_size
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+              where: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Store ``k, v`` (``(batch, kv_heads, head_dim)``, or ``(batch, L, kv_heads, head_dim)`` for ``L`` tokens a
+        sequence) in ``layer`` at ``where``, the :meth:`locate` of their positions."""
+        page, slot = where
         self.k[layer][page, slot] = k
         self.v[layer][page, slot] = v
