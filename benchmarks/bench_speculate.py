@@ -129,7 +129,7 @@ def hf_rows(hf, prompts, greedy, cfg, ks, B, ctx):
     case = dict(batch=B, context=ctx, new_tokens=T)
     runs = [("sdpa", 0)] + [(impl, k) for k in ks for impl in ("sdpa", "leanattn")]
     for impl, k in runs:
-        name = f"transformers {impl}" + (f", prompt lookup" if k else ", one token a step")
+        name = f"transformers {impl}" + (", prompt lookup" if k else ", one token a step")
         try:
             hf.set_attn_implementation(impl)
             extra = dict(prompt_lookup_num_tokens=k) if k else {}
