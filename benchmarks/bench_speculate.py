@@ -187,11 +187,16 @@ def plot(rows, path):
                    and r["method"].endswith(f"{kind} drafts")]
             if pts:
                 ax.plot(*zip(*pts), style, label=f"speculate, {kind} drafts")
+        best = [(r["K"], r["agree_ms_per_token"]) for r in rows if (r["batch"], r["context"]) == (B, ctx)
+                and r["method"].endswith("oracle drafts") and "agree_ms_per_token" in r]
+        if best:
+            ax.plot(*zip(*best), "^:", color="tab:orange", mfc="none", label="oracle drafts, while the tokens agree")
         hf = [(r["K"], r["ms_per_token"]) for r in rows if (r["batch"], r["context"]) == (B, ctx)
               and r["method"] == "transformers sdpa, prompt lookup" and "ms_per_token" in r]
         if hf:
             ax.plot(*zip(*hf), "s:", label="transformers sdpa, prompt lookup")
         ax.axhline(one, color="k", lw=0.8, label="one token a step")
+        ax.set_yscale("log")
         ax.set(xlabel="drafts a step (K)", ylabel="ms per token", title=f"B={B}, context {ctx // K}k"
                if ctx >= K else f"B={B}, context {ctx}")
         ax.legend(fontsize=6)
