@@ -208,6 +208,18 @@ def part_a(ours, cfg, ceiling, budget_left, flash_ok):
                    gen.step_ms, prefill_s=gen.prefill_s)
         except Exception as e:  # noqa: BLE001 - record and go on
             record("leanattn.generate", error=f"{type(e).__name__}: {e}"[:300])
+        if cfg.get("fused_ops"):
+            ours.fused_ops = True  # the norms, rotary embedding and SwiGLU as one Triton kernel each
+            try:
+                fused = leanattn.generate(ours, prompt, T + 1, prefill_chunk=cfg["prefill_chunk"],
+                                          page_size=cfg["page_size"])
+                record("leanattn.generate fused_ops", fused.step_ms, prefill_s=fused.prefill_s,
+                       tokens_equal_unfused=int((fused.tokens == gen.tokens).all(0).long().cumprod(0).sum())
+                       if gen is not None else None)
+            except Exception as e:  # noqa: BLE001
+                record("leanattn.generate fused_ops", error=f"{type(e).__name__}: {e}"[:300])
+            ours.fused_ops = False
+            fused = None
         if gen is None or gen.cache is None:
             continue
         first = gen.tokens[0, 0].to(ours.device)
@@ -395,6 +407,8 @@ def main(argv=None):
                     help="after this many seconds transformers cells are skipped (ours still runs)")
     ap.add_argument("--contexts", default="", help="comma-separated contexts in tokens (default 16k,64k,128k)")
     ap.add_argument("--samples", default="", help="comma-separated sample counts (default 16,32)")
+    ap.add_argument("--fused-ops", action="store_true",
+                    help="Part A also runs leanattn.generate with the model's fused_ops (one more prefill a context)")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.smoke:
@@ -406,6 +420,7 @@ def main(argv=None):
                                 for x in args.contexts.split(","))
     if args.samples:
         cfg["samples"] = tuple(int(x) for x in args.samples.split(","))
+    cfg["fused_ops"] = args.fused_ops
     start = time.time()
 
     def budget_left():

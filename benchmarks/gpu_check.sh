@@ -43,7 +43,10 @@
 #   tests-tokens  the GPU tests of decode with several query tokens a sequence (tests/test_decode_tokens_gpu.py)
 #   tests-generate  leanattn.generate on the GPU (tests/test_generate.py): one-token, windowed and speculative loops, CUDA graphs
 #   sanitize-tokens  memcheck over decode's launches with several query tokens a sequence (sanitize.py tokens)
-#   verify-step  a speculative verify step against a one-token step: graph replay time, kernels by kind (probe)
+#   verify-step  a speculative verify step against a one-token step, with and without the model's fused_ops:
+#               graph replay time, kernels by kind (probe)
+#   e2e-fused   bench_e2e.py with Part A also under the model's fused_ops (4k, 32k, 128k; x16 samples)
+#   tests-fused  the model's fused elementwise kernels on the GPU (bf16, llama-3-8b sizes; tests/test_fused_ops*.py)
 #   speculate   generate(speculate=K) against one-token steps and transformers' prompt lookup (bench_speculate.py)
 #   tokens      decode of several query tokens a sequence against one-token decode, per-token calls, SDPA and flex
 #               (benchmarks/bench_decode_tokens.py)
@@ -218,10 +221,13 @@ for step in "$@"; do
     tests-transformers) "${PYTEST[@]}" tests/test_integration_transformers.py 2>&1 | tail -4 ;;
     tests-tokens) "${PYTEST[@]}" tests/test_decode_tokens_gpu.py 2>&1 | tail -3 ;;
     tests-generate) "${PYTEST[@]}" tests/test_generate.py 2>&1 | tail -3 ;;
+    e2e-fused) timeout 500 python3 benchmarks/bench_e2e.py --fused-ops --contexts 4k,32k,128k --samples 16 --budget-s 200 \
+      --out "$OUT" 2>&1 | grep -E "^  A|^  B|wrote|Error" ;;
+    tests-fused) "${PYTEST[@]}" tests/test_fused_ops_gpu.py tests/test_fused_ops.py 2>&1 | tail -3 ;;
     sanitize-tokens)
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py tokens 2>&1 | tail -3 ;;
     tokens) timeout 500 python3 benchmarks/bench_decode_tokens.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
-    verify-step) timeout 200 python3 benchmarks/probe_verify_step.py --out "$OUT" 2>&1 | grep -E "\||K=|wrote|Error" ;;
+    verify-step) timeout 300 python3 benchmarks/probe_verify_step.py --fused-ops --out "$OUT" 2>&1 | grep -E "\||K=|wrote|Error" ;;
     speculate) timeout 540 python3 benchmarks/bench_speculate.py --out "$OUT" 2>&1 | grep -vi warn ;;
     sanitize-window)
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py window 2>&1 | tail -2

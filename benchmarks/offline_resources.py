@@ -1,7 +1,7 @@
 """Registers, spills, shared memory and occupancy of the GPU kernels, compiled offline (no GPU).
 
     PYTHONPATH=/path/to/triton-3.6 python benchmarks/offline_resources.py [--ptx DIR] [--cases A,B] [decode] [bifurcated]
-        [sparse] [overlap]
+        [sparse] [overlap] [model]
 
 Each case runs the public op on CPU tensors with the launch plan it would build for an H200
 (``runtime.gpu_target`` answers True, 132 SMs); where the plan compiles a kernel to size its
@@ -10,7 +10,8 @@ registers and spills of the cubin (the numbers the GPU reports, for the same Tri
 the device image's Triton, 3.6). The launch itself then fails on the CPU and is skipped. With
 ``--ptx DIR`` the PTX of every kernel is written there, to diff two revisions of a kernel
 (a refactor that leaves the PTX unchanged needs no new GPU measurement). The ``overlap`` family compiles the
-overlap path's Gluon prefix kernels directly (its launches need a GPU even to be planned), 16-bit and float8.
+overlap path's Gluon prefix kernels directly (its launches need a GPU even to be planned), 16-bit and float8; the
+``model`` family the decoder's fused elementwise kernels (``leanattn.models.fused_ops``) at llama-3-8b sizes.
 """
 from __future__ import annotations
 
@@ -308,6 +309,18 @@ def overlap_cases():
         yield f"overlap {name}", lambda args=args: compile_prefix(*args)
 
 
+def model_cases():
+    from leanattn.models.fused_ops import add_rms_norm, rope_qk, silu_mul
+    bf = torch.bfloat16
+    H, hq, hkv, d, inter = 4096, 32, 8, 128, 14336  # llama-3-8b
+    h = torch.randn(5, H, dtype=bf)
+    cs = torch.randn(1, 5, d, dtype=bf)
+    yield "model add_rms_norm 4096", lambda: add_rms_norm(h, h[0], 1e-5, delta=h)
+    yield "model rms_norm 4096", lambda: add_rms_norm(h, h[0], 1e-5)
+    yield "model rope_qk 32/8 D=128", lambda: rope_qk(torch.randn(1, 5, (hq + 2 * hkv) * d, dtype=bf), cs, cs, hq, hkv)
+    yield "model silu_mul 14336", lambda: silu_mul(torch.randn(5, 2 * inter, dtype=bf))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("families", nargs="*", default=["decode", "bifurcated", "sparse"])
@@ -320,7 +333,7 @@ def main(argv=None):
     _install(args.ptx, label)
     print(f"triton {triton.__version__}; sm_90a; occupancy for an H200 SM ({REGS} registers, {SMEM} B shared)")
     families = {"decode": decode_cases, "bifurcated": bifurcated_cases, "sparse": sparse_cases,
-                "overlap": overlap_cases}
+                "overlap": overlap_cases, "model": model_cases}
     for fam in args.families:
         for name, fn in families[fam]():
             if args.cases and name not in args.cases.split(","):

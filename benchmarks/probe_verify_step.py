@@ -2,9 +2,10 @@
 
 For K = 0 (the one-token ``_Stepper``) and K = 2, 4, 8 (``_Verifier``, K + 1 tokens a row): the CUDA-graph replay time
 (median of 50, CUDA events) and, from one eager step under ``torch.profiler``, the kernel count and the kernel time
-per kind (matmul, leanattn Triton kernels, index/copy, the rest). One GPU, ~1 min.
+per kind (matmul, leanattn Triton kernels, index/copy, the rest). ``--fused-ops``: each K also with the model's
+``fused_ops`` (norms, rotary embedding and SwiGLU as one Triton kernel each), the two interleaved. One GPU, ~1 min.
 
-    python benchmarks/probe_verify_step.py [--context 4096] [--out DIR]
+    python benchmarks/probe_verify_step.py [--context 4096] [--fused-ops] [--out DIR]
 """
 from __future__ import annotations
 
@@ -48,12 +49,14 @@ def replay_ms(step, n=50):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--context", type=int, default=4096)
+    ap.add_argument("--fused-ops", action="store_true", help="also with LlamaModel.fused_ops")
     ap.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results"))
     args = ap.parse_args(argv)
     model = build_model("llama-3-8b", "cuda", torch.bfloat16, seed=0)
     c = model.config
     rows = []
-    for k in (0, 2, 4, 8):
+    for k, fused in [(k, f) for k in (0, 2, 4, 8) for f in ((False, True) if args.fused_ops else (False,))]:
+        model.fused_ops = fused
         cache = PagedKVCache(num_layers=c.num_hidden_layers, batch=1, capacity=args.context + 64,
                              kv_heads=c.num_key_value_heads, head_dim=c.head_dim, page_size=256,
                              dtype=torch.bfloat16, device="cuda")
@@ -78,14 +81,14 @@ def main(argv=None):
             step.capture()
             cache.seqlens.fill_(args.context)
             ms = replay_ms(step)
-        rows.append([k, ms, count] + [by.get(x, 0.0) for x in
+        rows.append([k, fused, ms, count] + [by.get(x, 0.0) for x in
                                       ("matmul", "attention (leanattn)", "index/copy", "other")])
-        print(f"K={k}: replay {ms:.3f} ms, {count} kernels, " + ", ".join(f"{a} {b:.3f} ms" for a, b in by.items()),
-              flush=True)
+        print(f"K={k} fused_ops={fused}: replay {ms:.3f} ms, {count} kernels, "
+              + ", ".join(f"{a} {b:.3f} ms" for a, b in by.items()), flush=True)
         step = cache = None
         torch.cuda.empty_cache()
-    md = common.markdown_table(["K", "graph replay ms", "kernels", "matmul ms", "attention ms", "index/copy ms",
-                                "other ms"], rows)
+    md = common.markdown_table(["K", "fused_ops", "graph replay ms", "kernels", "matmul ms", "attention ms",
+                                "index/copy ms", "other ms"], rows)
     print(md)
     common.write_results(args.out, "probe_verify_step", dict(env=common.env_info(), context=args.context,
                                                              rows=rows), md)

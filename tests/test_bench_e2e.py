@@ -13,11 +13,12 @@ import bench_e2e  # noqa: E402
 
 
 def test_smoke(tmp_path):
-    assert bench_e2e.main(["--smoke", "--out", str(tmp_path), "--contexts", "40", "--samples", "2"]) == 0
+    assert bench_e2e.main(["--smoke", "--out", str(tmp_path), "--contexts", "40", "--samples", "2", "--fused-ops"]) == 0
     (js,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
     res = json.load(open(tmp_path / js))
     methods_a = {r["method"]: r for r in res["part_a"]}
     assert "step_ms" in methods_a["transformers leanattn (dynamic cache)"]
     assert "step_ms" in methods_a["transformers sdpa (static cache)"]
+    assert methods_a["leanattn.generate fused_ops"]["tokens_equal_unfused"] == 5  # fp32: the same greedy tokens
     assert all("step_ms" in r for r in res["part_b"])
     assert (tmp_path / js.replace(".json", ".md")).exists()

@@ -47,13 +47,16 @@ def assert_same_greedy(name, got, ref, ref_logits):
             return
 
 
-@pytest.mark.parametrize("shape", ["tiny", "tiny-mha"])
-def test_greedy_matches_sdpa_unequal_prompts(shape):
+@pytest.mark.parametrize("shape,fused_ops", [("tiny", False), ("tiny-mha", False), ("tiny", True)])
+def test_greedy_matches_sdpa_unequal_prompts(shape, fused_ops):
+    # fused_ops: the norms, rotary embedding and SwiGLU as Triton kernels (the reference keeps the PyTorch ops)
     model = tiny(shape)
     V = model.config.vocab_size
     prompts = [torch.randint(0, V, (n,)).tolist() for n in (21, 3, 9)]
     n = 5
+    model.fused_ops = fused_ops
     out = leanattn.generate(model, prompts, n, page_size=16, output_logits=True)
+    model.fused_ops = False
     assert out.tokens.shape == (3, n)
     for b, p in enumerate(prompts):
         ref, ref_logits = sdpa_greedy(model, p, n)
@@ -181,8 +184,9 @@ def test_cli_generate(capsys):
     assert rc == 0 and "1 rows x 4 tokens" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("drafts", ["lookup", "oracle", "wrong"])
-def test_speculative_is_greedy(drafts, monkeypatch):
+@pytest.mark.parametrize("drafts,fused_ops", [("lookup", False), ("oracle", False), ("wrong", False),
+                                              ("oracle", True)])
+def test_speculative_is_greedy(drafts, fused_ops, monkeypatch):
     # speculative steps verify 3 drafts a row in one forward of 4 tokens (decode with 4 causal query tokens): the
     # tokens are the greedy ones whatever the drafts. "oracle" drafts are the greedy continuation itself (every draft
     # accepted: 4 tokens a step), "wrong" ones never match (1 token a step), "lookup" the prompt-lookup drafts
@@ -200,7 +204,9 @@ def test_speculative_is_greedy(drafts, monkeypatch):
             cont = refs[b][0][len(seq) - len(prompts[b]):][:kk]
             return np.array(cont if drafts == "oracle" else [(t + 1) % V for t in cont], dtype=np.int64)
         monkeypatch.setattr(gen.PromptLookup, "drafts", lambda self, b, kk: fake(self.row(b), kk))
+    model.fused_ops = fused_ops
     out = leanattn.generate(model, prompts, n, page_size=4, speculate=k, output_logits=True)
+    model.fused_ops = False
     assert out.tokens.shape == (3, n)
     for b, p in enumerate(prompts):
         ref, ref_logits = refs[b]

@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime import interpreting
+from .fused_ops import add_rms_norm, rope_qk, silu_mul
+
 __all__ = ["LlamaConfig", "LlamaModel", "rope_inv_freq", "sdpa_causal"]
 
 
@@ -170,10 +173,15 @@ class LlamaModel(nn.Module):
     config : LlamaConfig
     device, dtype : optional
         Where and in what dtype the weights live (uninitialised: load or call :meth:`init_random`).
+    fused_ops : bool
+        Run the norms (with the residual adds), the rotary embedding and SwiGLU as one Triton kernel each
+        (:mod:`leanattn.models.fused_ops`) on CUDA tensors and under the Triton interpreter. Off by default: not yet
+        measured on a GPU. An attribute, so it can be switched on a built model.
     """
 
-    def __init__(self, config: LlamaConfig, device=None, dtype=None):
+    def __init__(self, config: LlamaConfig, device=None, dtype=None, fused_ops: bool = False):
         super().__init__()
+        self.fused_ops = fused_ops
         c = self.config = config
         kw = dict(device=device, dtype=dtype)
         self.embed = nn.Parameter(torch.empty(c.vocab_size, c.hidden_size, **kw), requires_grad=False)
@@ -228,6 +236,8 @@ class LlamaModel(nn.Module):
         B, L = tokens.shape
         h = F.embedding(tokens, self.embed)
         cos, sin = self.rope(positions)
+        if self.fused_ops and (h.is_cuda or interpreting()):
+            return self._hidden_fused(h, cos, sin, attend)
         nq, nkv = c.num_attention_heads, c.num_key_value_heads
         for i, layer in enumerate(self.layers):
             x = rms_norm(h, layer.attn_norm, c.rms_norm_eps)
@@ -241,6 +251,23 @@ class LlamaModel(nn.Module):
             gate, up = F.linear(x, layer.w_gate_up).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, layer.w_down)
         return rms_norm(h, self.norm, c.rms_norm_eps)
+
+    def _hidden_fused(self, h, cos, sin, attend):
+        """:meth:`hidden`'s layer loop with :mod:`fused_ops`: each norm takes the residual add before it, so a
+        layer is its four matmuls, its attention, one rotary kernel, one SwiGLU kernel and two norm kernels."""
+        c = self.config
+        B, L = h.shape[:2]
+        nq, nkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        eps = c.rms_norm_eps
+        norms = [layer.attn_norm for layer in self.layers[1:]] + [self.norm]
+        h, x = add_rms_norm(h, self.layers[0].attn_norm, eps)
+        for i, layer in enumerate(self.layers):
+            qkv = F.linear(x, layer.wqkv, layer.bqkv)
+            q, k = rope_qk(qkv, cos, sin, nq, nkv)
+            o = attend(i, q, k, qkv[..., (nq + nkv) * d:].view(B, L, nkv, d))
+            h, x = add_rms_norm(h, layer.mlp_norm, eps, delta=F.linear(o.reshape(B, L, nq * d), layer.wo))
+            h, x = add_rms_norm(h, norms[i], eps, delta=F.linear(silu_mul(F.linear(x, layer.w_gate_up)), layer.w_down))
+        return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(..., vocab)`` float32 logits of final hidden states."""

@@ -1,0 +1,72 @@
+"""``leanattn.models.fused_ops`` (interpreter, fp32/fp16) against the PyTorch code of ``llama.py`` they replace.
+
+Each kernel rounds where the PyTorch code rounds, so the residual sums and the rotary embedding are equal, and the
+norm and SwiGLU agree to a float32 rounding of their statistics. bf16 is GPU-only (the interpreter truncates bf16
+casts): ``test_fused_ops_gpu.py``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leanattn.models import build_model
+from leanattn.models.fused_ops import add_rms_norm, rope_qk, silu_mul
+from leanattn.models.llama import apply_rope, rms_norm
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=1e-3, atol=1e-3)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("H", [64, 80, 96])
+@pytest.mark.parametrize("lead", [(1,), (3, 5), (0,)])
+def test_add_rms_norm(dtype, H, lead):
+    h, d = (torch.randn(*lead, H, dtype=dtype, device=DEV) for _ in range(2))
+    w = torch.randn(H, dtype=dtype, device=DEV)
+    s, y = add_rms_norm(h, w, 1e-5, delta=d)
+    assert s.shape == y.shape == h.shape and torch.equal(s, h + d)
+    torch.testing.assert_close(y, rms_norm(h + d, w, 1e-5), **TOL[dtype])
+    s, y = add_rms_norm(h, w, 1e-6)
+    assert s is h or torch.equal(s, h)
+    torch.testing.assert_close(y, rms_norm(h, w, 1e-6), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("D,hq,hkv", [(64, 4, 2), (32, 3, 1), (96, 2, 2), (16, 8, 8)])
+def test_rope_qk(dtype, D, hq, hkv):
+    B, L = 2, 3
+    qkv = torch.randn(B, L, (hq + 2 * hkv) * D, dtype=dtype, device=DEV)
+    pos = torch.randint(0, 100_000, (B, L), device=DEV)
+    inv = 1.0 / (500_000 ** (torch.arange(0, D, 2, device=DEV).float() / D))
+    ang = pos.float()[..., None] * inv
+    ang = torch.cat((ang, ang), dim=-1)
+    cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+    q, k = rope_qk(qkv, cos, sin, hq, hkv)
+    assert torch.equal(q, apply_rope(qkv[..., :hq * D].view(B, L, hq, D), cos, sin))
+    assert torch.equal(k, apply_rope(qkv[..., hq * D:(hq + hkv) * D].view(B, L, hkv, D), cos, sin))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("inter", [64, 80, 5000])
+def test_silu_mul(dtype, inter):
+    gu = torch.randn(2, 3, 2 * inter, dtype=dtype, device=DEV) * 4
+    gate, up = gu.chunk(2, dim=-1)
+    out = silu_mul(gu)
+    assert out.shape == (2, 3, inter)
+    torch.testing.assert_close(out, F.silu(gate) * up, **TOL[dtype])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_model_forward_fused(bias):
+    # the whole layer loop: fused against the PyTorch ops, on a prefill-shaped forward (SDPA attention)
+    model = build_model("tiny", DEV, torch.float32, seed=3).init_random(
+        std=0.1, generator=torch.Generator(DEV).manual_seed(3))
+    if bias:
+        model.config.attention_bias = True
+        for layer in model.layers:
+            layer.bqkv = torch.nn.Parameter(torch.randn(layer.wqkv.shape[0], device=DEV) * 0.1, requires_grad=False)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 11), device=DEV)
+    ref = model(tokens)
+    model.fused_ops = True
+    torch.testing.assert_close(model(tokens), ref, rtol=1e-4, atol=1e-4)
