@@ -104,9 +104,11 @@ def ours(model, cfg, B, ctx, ks):
                        ms_per_token=per_token, speedup=base_ms / per_token, cuda_graph=gen.cuda_graph,
                        tokens_equal=agree_upto(gen.tokens, base.tokens))
             row["step_vs_one_token"] = row["step_ms"] / base_ms
-            # bf16 near-ties part the runs' tokens (and oracle drafts go wrong after): the steps before that
+            # bf16 near-ties part the runs' tokens (and oracle drafts go wrong after): the steps before that. Only for
+            # oracle drafts, which keep the rows in step (step_tokens is a mean over rows: with other drafts rows
+            # advance apart, and the mean would pass a row's parting point late)
             done, steps = 0.0, 0
-            for t in gen.step_tokens:
+            for t in gen.step_tokens if kind == "oracle" else ():
                 if done + t > row["tokens_equal"] - 1:
                     break
                 done, steps = done + t, steps + 1
