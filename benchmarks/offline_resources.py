@@ -318,6 +318,7 @@ def model_cases():
     yield "model add_rms_norm 4096", lambda: add_rms_norm(h, h[0], 1e-5, delta=h)
     yield "model rms_norm 4096", lambda: add_rms_norm(h, h[0], 1e-5)
     yield "model rope_qk 32/8 D=128", lambda: rope_qk(torch.randn(1, 5, (hq + 2 * hkv) * d, dtype=bf), cs, cs, hq, hkv)
+    yield "model rope_qk fp32", lambda: rope_qk(torch.randn(1, 5, (hq + 2 * hkv) * d), cs.float(), cs.float(), hq, hkv)
     yield "model silu_mul 14336", lambda: silu_mul(torch.randn(5, 2 * inter, dtype=bf))
 
 

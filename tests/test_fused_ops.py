@@ -70,3 +70,13 @@ def test_model_forward_fused(bias):
     ref = model(tokens)
     model.fused_ops = True
     torch.testing.assert_close(model(tokens), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_model_without_layers():
+    # no layer: the fused path is the final norm alone, as the PyTorch one (review: it indexed layer 0)
+    model = build_model("tiny", DEV, torch.float32, seed=4).init_random(std=0.1)
+    model.layers = torch.nn.ModuleList()
+    tokens = torch.randint(0, model.config.vocab_size, (1, 5), device=DEV)
+    ref = model(tokens)
+    model.fused_ops = True
+    torch.testing.assert_close(model(tokens), ref, rtol=1e-5, atol=1e-5)

@@ -3,8 +3,9 @@
 At batch 1 a decode step of an 8B model is ~1,300 kernels, ~900 of them small elementwise ones around the norms, the
 rotary embedding and SwiGLU (``benchmarks/probe_verify_step.py``: 1.8 ms of a 7.3 ms step on an H200, besides the
 gaps between launches). These kernels round where the PyTorch code in ``llama.py`` rounds (every product and sum of
-model-dtype tensors back to the model dtype; the norm's statistics in float32), so they agree with it to a rounding of
-the float32 intermediates, not bitwise.
+model-dtype tensors back to the model dtype; the norm's statistics in float32): residual sums and rotary outputs are
+equal to it (the rotary kernel is compiled without fused multiply-adds), the norm and SwiGLU agree to a rounding of
+their float32 intermediates.
 
 All take rows of a ``(N, ...)`` view with a unit last stride and return new tensors.
 """
@@ -15,6 +16,8 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+
+from ..runtime import device_guard
 
 __all__ = ["add_rms_norm", "rope_qk", "silu_mul"]
 
@@ -60,9 +63,10 @@ def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float,
     s = h2 if delta is None else torch.empty_like(h2)
     out = torch.empty_like(h2)
     if h2.shape[0]:
-        _add_rms_norm_kernel[(h2.shape[0],)](h2, d2, weight, s, out, H, eps, h2.stride(0), d2.stride(0), s.stride(0),
-                                             out.stride(0), HAS_DELTA=delta is not None,
-                                             BLOCK=triton.next_power_of_2(H), num_warps=4 if H <= 4096 else 8)
+        with device_guard(h.device):
+            _add_rms_norm_kernel[(h2.shape[0],)](
+                h2, d2, weight, s, out, H, eps, h2.stride(0), d2.stride(0), s.stride(0), out.stride(0),
+                HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(H), num_warps=4 if H <= 4096 else 8)
     return s.view(h.shape), out.view(h.shape)
 
 
@@ -70,7 +74,7 @@ def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float,
 def _rope_qk_kernel(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, stride_x, stride_c, stride_q, stride_k, HQ, HEADS,
                     HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_H: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    heads = tl.arange(0, BLOCK_H)[:, None]
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
     i = tl.arange(0, BLOCK_HALF)[None, :]
     mask = (heads < HEADS) & (i < HALF)
     x_ptr = qkv_ptr + row * stride_x + heads * (2 * HALF) + i  # q heads, then k heads, as the fused projection
@@ -119,10 +123,14 @@ def rope_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_q_heads
     q = torch.empty(B, L, num_q_heads, D, dtype=qkv.dtype, device=qkv.device)
     k = torch.empty(B, L, num_kv_heads, D, dtype=qkv.dtype, device=qkv.device)
     heads = num_q_heads + num_kv_heads
+    block_h = min(16, triton.next_power_of_2(heads))  # 16 heads a program: many heads (Llama-405B's 136) spill less
     if B * L:
-        _rope_qk_kernel[(B * L,)](x, c, s, q, k, x.stride(0), c.stride(0), num_q_heads * D, num_kv_heads * D,
-                                  num_q_heads, heads, HALF=D // 2, BLOCK_HALF=triton.next_power_of_2(D // 2),
-                                  BLOCK_H=triton.next_power_of_2(heads), num_warps=4)
+        # no fused multiply-adds: PyTorch rounds each product before the sum (in float32 the casts are no-ops)
+        with device_guard(qkv.device):
+            _rope_qk_kernel[(B * L, triton.cdiv(heads, block_h))](
+                x, c, s, q, k, x.stride(0), c.stride(0), num_q_heads * D, num_kv_heads * D, num_q_heads, heads,
+                HALF=D // 2, BLOCK_HALF=triton.next_power_of_2(D // 2), BLOCK_H=block_h, num_warps=4,
+                enable_fp_fusion=False)
     return q, k
 
 
@@ -146,6 +154,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = torch.empty(x.shape[0], inter, dtype=gate_up.dtype, device=gate_up.device)
     block = min(4096, triton.next_power_of_2(inter))
     if x.shape[0]:
-        _silu_mul_kernel[(x.shape[0], triton.cdiv(inter, block))](x, out, inter, x.stride(0), out.stride(0),
-                                                                  BLOCK=block, num_warps=4)
+        with device_guard(gate_up.device):
+            _silu_mul_kernel[(x.shape[0], triton.cdiv(inter, block))](x, out, inter, x.stride(0), out.stride(0),
+                                                                      BLOCK=block, num_warps=4)
     return out.view(*gate_up.shape[:-1], inter)

@@ -260,7 +260,7 @@ class LlamaModel(nn.Module):
         nq, nkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         eps = c.rms_norm_eps
         norms = [layer.attn_norm for layer in self.layers[1:]] + [self.norm]
-        h, x = add_rms_norm(h, self.layers[0].attn_norm, eps)
+        h, x = add_rms_norm(h, self.layers[0].attn_norm if len(self.layers) else self.norm, eps)
         for i, layer in enumerate(self.layers):
             qkv = F.linear(x, layer.wqkv, layer.bqkv)
             q, k = rope_qk(qkv, cos, sin, nq, nkv)
