@@ -180,7 +180,7 @@ def test_cli_generate(capsys):
     out = capsys.readouterr().out
     assert "2 rows x 3 tokens" in out and len(out.splitlines()[0].split(",")) == 3
     rc = cli_main(["generate", "tiny", "--prompt", "1,2,3,1,2", "--max-new-tokens", "4", "--dtype", "float32",
-                   "--speculate", "2", "--no-progress"])
+                   "--speculate", "2", "--fused-ops", "--no-progress"])
     assert rc == 0 and "1 rows x 4 tokens" in capsys.readouterr().out
 
 

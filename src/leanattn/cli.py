@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--speculate", type=int, default=0,
                      help="greedy prompt-lookup speculative decoding with this many drafts a step (default: 0)")
     gen.add_argument("--no-cuda-graph", action="store_true", help="run decode steps eagerly on a GPU")
+    gen.add_argument("--fused-ops", action="store_true",
+                     help="the model's norms, rotary embedding and SwiGLU as one Triton kernel each")
     gen.add_argument("--no-progress", action="store_true")
     bench = sub.add_parser("bench", help="run benchmarks/bench_NAME.py (e.g. `leanattn bench decode --quick`)")
     bench.add_argument("name", help="benchmark name: decode runs benchmarks/bench_decode.py")
@@ -84,6 +86,7 @@ def _generate(args) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype) if (args.model in SHAPES or args.dtype != "bfloat16") else None
     model = get_model(args.model, device, dtype, seed=args.seed)
+    model.fused_ops = args.fused_ops
     gen = torch.Generator(device=device).manual_seed(args.seed)
     if args.prompt:
         prompts = [[int(t) for t in args.prompt.split(",")]] * args.batch
