@@ -4,7 +4,8 @@
 forward of ``K + 1`` tokens, whose attention is one ``leanattn.decode`` call with ``K + 1`` causal query tokens. How
 many drafts a step keeps depends on the text and the model; with random weights it says nothing about real text. So
 each case runs three kinds of drafts on the same prompt:
-  - ``lookup``: the real prompt-lookup drafts (what this random model happens to accept);
+  - ``lookup``: the real prompt-lookup drafts (what this random model happens to accept; a step where no row finds
+    any runs one token a row);
   - ``oracle``: the one-token run's greedy continuation (every draft kept while the tokens agree): the best case;
   - ``wrong``: drafts that never match (one token a step): the whole cost of a ``K + 1``-token step.
 Reported per run: the step's median time (wall, its draft lookup, host sync and bookkeeping included), tokens a

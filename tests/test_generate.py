@@ -185,11 +185,12 @@ def test_cli_generate(capsys):
 
 
 @pytest.mark.parametrize("drafts,fused_ops", [("lookup", False), ("oracle", False), ("wrong", False),
-                                              ("oracle", True)])
+                                              ("oracle", True), ("none", False), ("some", False)])
 def test_speculative_is_greedy(drafts, fused_ops, monkeypatch):
     # speculative steps verify 3 drafts a row in one forward of 4 tokens (decode with 4 causal query tokens): the
     # tokens are the greedy ones whatever the drafts. "oracle" drafts are the greedy continuation itself (every draft
-    # accepted: 4 tokens a step), "wrong" ones never match (1 token a step), "lookup" the prompt-lookup drafts
+    # accepted: 4 tokens a step), "wrong" ones never match (1 token a step), "lookup" the prompt-lookup drafts;
+    # "none": no row finds any (steps of one token a row), "some": only the first row finds them (oracle drafts)
     import sys
     gen = sys.modules["leanattn.generate"]  # (leanattn.generate is the function)
     model = tiny()
@@ -202,8 +203,13 @@ def test_speculative_is_greedy(drafts, fused_ops, monkeypatch):
             b = next(i for i, p in enumerate(prompts) if len(seq) >= len(p) and seq[:len(p)].tolist() == p
                      and (len(seq) - len(p)) <= n)
             cont = refs[b][0][len(seq) - len(prompts[b]):][:kk]
-            return np.array(cont if drafts == "oracle" else [(t + 1) % V for t in cont], dtype=np.int64)
+            if drafts == "none" or (drafts == "some" and b > 0):
+                return None
+            return np.array(cont if drafts in ("oracle", "some") else [(t + 1) % V for t in cont], dtype=np.int64)
         monkeypatch.setattr(gen.PromptLookup, "drafts", lambda self, b, kk: fake(self.row(b), kk))
+    widths = []  # tokens a row of each step's forward
+    run = gen._Verifier.run
+    monkeypatch.setattr(gen._Verifier, "run", lambda self: widths.append(self.tokens.shape[1]) or run(self))
     model.fused_ops = fused_ops
     out = leanattn.generate(model, prompts, n, page_size=4, speculate=k, output_logits=True)
     model.fused_ops = False
@@ -217,8 +223,12 @@ def test_speculative_is_greedy(drafts, fused_ops, monkeypatch):
     assert sum(out.step_tokens) == pytest.approx(n - 1)  # every row's tokens after the prefill's, averaged over rows
     if drafts == "oracle":
         assert out.step_tokens[0] == k + 1 and len(out.step_ms) <= 3  # 8 tokens after the first, 4 a step
-    if drafts == "wrong":
+    if drafts in ("wrong", "none"):
         assert out.step_tokens == [1.0] * (n - 1)
+        assert set(widths) == {k + 1 if drafts == "wrong" else 1}
+    if drafts == "some":
+        assert len(out.step_ms) == n - 1  # the rows without drafts make one token a step
+        assert widths[0] == k + 1 and widths[-1] == 1  # one-token steps once the row with drafts is done
     assert "tokens/s" in str(out) and out.summary()["tokens_per_step"] >= 1
 
 
@@ -253,8 +263,8 @@ def test_lookup_drafts():
 
 @pytest.mark.parametrize("vocab", [2, 5, 50])
 def test_prompt_lookup_index(vocab):
-    # the incremental index gives lookup_drafts' drafts after every extension, over rows with many repeats (small
-    # vocabularies), extensions of 1 to 5 tokens and n-grams of 1 to 4
+    # the incremental index gives lookup_drafts' drafts after every extension (None where they fall back), over rows
+    # with many repeats (small vocabularies), extensions of 1 to 5 tokens and n-grams of 1 to 4
     from leanattn.generate import PromptLookup, lookup_drafts
     rng = np.random.default_rng(vocab)
     for ngram in (1, 2, 3, 4):
@@ -263,7 +273,10 @@ def test_prompt_lookup_index(vocab):
         for _ in range(12):
             for b, r in enumerate(rows):
                 for k in (1, 3, 6):
-                    assert index.drafts(b, k).tolist() == lookup_drafts(r, k, ngram).tolist(), (b, r, k, ngram)
+                    got, want = index.drafts(b, k), lookup_drafts(r, k, ngram).tolist()
+                    # None exactly where lookup_drafts falls back: the last token occurs nowhere before
+                    assert (got is None) == (r[-1] not in r[:-1]), (b, r, k, ngram)
+                    assert (got.tolist() if got is not None else [r[-1]] * k) == want, (b, r, k, ngram)
                 new = rng.integers(0, vocab, size=int(rng.integers(1, 6)))
                 rows[b] = np.concatenate([r, new])
                 index.extend(b, new)
