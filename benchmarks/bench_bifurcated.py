@@ -614,12 +614,8 @@ def main(argv=None):
           + table(rows) + f"\nSummary: {summary}\n")
     stem = "bifurcated_" + info["device"].replace(" ", "_") + ("_quick" if args.quick else "") + \
            ("_tiny" if args.tiny else "")
-    paths = common.write_results(args.out, stem, dict(env=info, ceilings=ceilings, summary=summary, rows=rows), md)
-    try:
-        plot(rows, os.path.join(args.out, stem + ".png"))
-        paths.append(os.path.join(args.out, stem + ".png"))
-    except Exception as e:
-        log(f"plot failed: {e}")
+    paths = common.write_results(args.out, stem, dict(env=info, ceilings=ceilings, summary=summary, rows=rows), md,
+                                 plot=lambda png: plot(rows, png))
     print(md)
     log(f"wrote {paths}")
     return 0

@@ -651,11 +651,8 @@ def main(argv=None):
           f"peers get their best form (see JSON 'form').\n\n"
           + md + f"\nSummary: {summary}\n")
     stem = "decode_" + info["device"].replace(" ", "_") + ("_quick" if args.quick else "") + args.tag
-    common.write_results(args.out, stem, dict(env=info, bandwidth=bw, summary=summary, rows=rows), md)
-    try:
-        plot(rows, ceiling, os.path.join(args.out, stem + ".png"))
-    except Exception as e:
-        log(f"plot failed: {e}")
+    common.write_results(args.out, stem, dict(env=info, bandwidth=bw, summary=summary, rows=rows), md,
+                         plot=lambda png: plot(rows, ceiling, png))
     print(md)
     return 0
 

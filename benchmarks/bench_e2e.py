@@ -67,6 +67,13 @@ def free():
         torch.cuda.empty_cache()
 
 
+def random_model(cfg: dict, device: str, smoke: bool):
+    """The benchmark's model: ``cfg``'s shape and dtype, random weights of seed 0 (std 0.1 for smoke runs, so the
+    tiny model's logits are spread)."""
+    model = build_model(cfg["shape"], device, cfg["dtype"], seed=0)
+    return model.init_random(std=0.1) if smoke else model
+
+
 def kv_bytes_per_token(model) -> int:
     c = model.config
     return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.embed.element_size()
@@ -430,9 +437,7 @@ def main(argv=None):
     device = "cuda" if cuda else "cpu"
     torch.manual_seed(0)
     ceiling = common.read_bandwidth_gbs()["read_ceiling"] if cuda else None
-    ours = build_model(cfg["shape"], device, cfg["dtype"], seed=0)
-    if args.smoke:
-        ours.init_random(std=0.1)
+    ours = random_model(cfg, device, args.smoke)
     log(f"model {cfg['shape']}: {ours.weight_bytes() / 1e9:.2f} GB weights, {kv_bytes_per_token(ours)} KV bytes/token; "
         f"read ceiling {ceiling} GB/s")
     flash_ok = cuda and not info["flash_attn"].startswith("not installed")
@@ -462,12 +467,7 @@ def main(argv=None):
     stem = "e2e_" + info["device"].replace(" ", "_") + ("_smoke" if args.smoke else "")
     payload = dict(env=info, config={k: (str(v) if k == "dtype" else v) for k, v in cfg.items()}, ceiling_gbs=ceiling,
                    summary=summary, part_a=rows_a, part_b=rows_b)
-    paths = common.write_results(args.out, stem, payload, md)
-    try:
-        plot(rows_a, rows_b, os.path.join(args.out, stem + ".png"))
-        paths.append(os.path.join(args.out, stem + ".png"))
-    except Exception as e:  # noqa: BLE001
-        log(f"plot failed: {e}")
+    paths = common.write_results(args.out, stem, payload, md, plot=lambda png: plot(rows_a, rows_b, png))
     print(md)
     log(f"wrote {paths} in {wall:.0f} s")
     return 0

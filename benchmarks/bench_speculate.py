@@ -41,7 +41,6 @@ import bench_e2e  # noqa: E402
 import common  # noqa: E402
 
 import leanattn  # noqa: E402
-from leanattn.models import build_model  # noqa: E402
 
 K = 1024
 GEN = sys.modules["leanattn.generate"]  # the module (leanattn.generate is the function)
@@ -222,9 +221,7 @@ def main(argv=None):
     info = dict(common.env_info(), **bench_e2e.hf_versions())
     bench_e2e.log(f"{info}")
     torch.manual_seed(0)
-    model = build_model(cfg["shape"], "cuda" if cuda else "cpu", cfg["dtype"], seed=0)
-    if args.smoke:
-        model.init_random(std=0.1)
+    model = bench_e2e.random_model(cfg, "cuda" if cuda else "cpu", args.smoke)
     hf = None
     if not args.no_hf and not info["transformers"].startswith("not installed"):
         import leanattn.integrations.transformers as lt
@@ -249,12 +246,7 @@ def main(argv=None):
     stem = "speculate_" + info["device"].replace(" ", "_") + ("_smoke" if args.smoke else "")
     payload = dict(env=info, config={k: (str(v) if k == "dtype" else v) for k, v in cfg.items()}, rows=rows,
                    wall_s=round(wall, 1))
-    paths = common.write_results(args.out, stem, payload, md)
-    try:
-        plot(rows, os.path.join(args.out, stem + ".png"))
-        paths.append(os.path.join(args.out, stem + ".png"))
-    except Exception as e:  # noqa: BLE001
-        bench_e2e.log(f"plot failed: {e}")
+    paths = common.write_results(args.out, stem, payload, md, plot=lambda png: plot(rows, png))
     print(md)
     bench_e2e.log(f"wrote {paths} in {wall:.0f} s")
     return 0

@@ -169,13 +169,22 @@ def matmul_tflops(n: int = 8192) -> float:
     return 2 * n ** 3 / ms / 1e9
 
 
-def write_results(out_dir: str, stem: str, payload: dict, table_md: str) -> list[str]:
+def write_results(out_dir: str, stem: str, payload: dict, table_md: str, plot=None) -> list[str]:
+    """Write ``stem.json`` and ``stem.md`` under ``out_dir`` and, with ``plot`` (a function of the PNG path),
+    ``stem.png``; a plot that fails is reported and left out. Returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")]
     with open(paths[0], "w") as f:
         json.dump(payload, f, indent=1, default=str)
     with open(paths[1], "w") as f:
         f.write(table_md)
+    if plot is not None:
+        png = os.path.join(out_dir, f"{stem}.png")
+        try:
+            plot(png)
+            paths.append(png)
+        except Exception as e:  # noqa: BLE001 - the numbers are written; a plot is not worth failing the run for
+            print(f"plot failed: {e}", flush=True)
     return paths
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import leanattn
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, paged_kv
+from leanattn.testing import TOLERANCE, assert_graph_replays, assert_lse_close, assert_rel_close, paged_kv
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -73,18 +73,9 @@ def check_replays(q, pk, pv, k, v, sl, lengths, **kw):
     """``bifurcated_decode(q, pk, pv, k, v, sl, **kw)`` captured in a CUDA graph, replayed with each of ``lengths``
     copied into ``sl`` and checked against the reference with the same keywords (softmax scale, soft cap, float8
     scales)."""
-    call = lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, sl, **kw)  # noqa: E731
-    call()  # compile and allocate outside capture
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = call()
-    for lens in lengths:
-        sl.copy_(torch.tensor(lens, dtype=torch.int32))
-        g.replay()
-        torch.cuda.synchronize()
-        ref, _ = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, **kw)
-        assert_rel_close(f"replay {lens[:4]}", out, ref, TOLERANCE[q.dtype])
+    assert_graph_replays(lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, sl, **kw), sl, lengths,
+                         lambda: leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, **kw)[0],
+                         TOLERANCE[q.dtype], replays=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
