@@ -305,23 +305,20 @@ class PromptLookup:
         self.ngram = ngram
         self.buf, self.size, self.index = [], [], []
         for r in rows:
-            buf = np.empty(max(capacity, len(r)), dtype=np.int64)
-            buf[:len(r)] = r
-            self.buf.append(buf)
+            self.buf.append(np.empty(max(capacity, len(r)), dtype=np.int64))
             self.size.append(0)
             self.index.append([{} for _ in range(ngram)])
-            self.extend(len(self.buf) - 1, r, copied=True)
+            self.extend(len(self.buf) - 1, r)
 
     def row(self, b: int) -> np.ndarray:
         """Row ``b``'s tokens so far (a view)."""
         return self.buf[b][:self.size[b]]
 
-    def extend(self, b: int, new: np.ndarray, copied: bool = False) -> None:
+    def extend(self, b: int, new: np.ndarray) -> None:
         """Append ``new`` tokens to row ``b`` and index the n-grams they give a next token to."""
         n0, buf = self.size[b], self.buf[b]
         n1 = n0 + len(new)
-        if not copied:
-            buf[n0:n1] = new
+        buf[n0:n1] = new
         self.size[b] = n1
         for g in range(1, self.ngram + 1):
             lo, hi = max(0, n0 - g), n1 - g  # starts i with i + g <= n - 1 now, not before
