@@ -80,3 +80,10 @@ def test_model_without_layers():
     ref = model(tokens)
     model.fused_ops = True
     torch.testing.assert_close(model(tokens), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_ops_flag_error():
+    from leanattn.models import LlamaConfig, LlamaModel
+    from leanattn.models.shapes import shape_config
+    with pytest.raises(TypeError, match="fused_ops: expected a bool, got str"):
+        LlamaModel(LlamaConfig.from_dict(shape_config("tiny")), fused_ops="yes")

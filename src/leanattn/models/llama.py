@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checks
 from ..runtime import interpreting
 from .fused_ops import add_rms_norm, rope_qk, silu_mul
 
@@ -181,7 +182,7 @@ class LlamaModel(nn.Module):
 
     def __init__(self, config: LlamaConfig, device=None, dtype=None, fused_ops: bool = False):
         super().__init__()
-        self.fused_ops = fused_ops
+        self.fused_ops = checks.flag("fused_ops", fused_ops)
         c = self.config = config
         kw = dict(device=device, dtype=dtype)
         self.embed = nn.Parameter(torch.empty(c.vocab_size, c.hidden_size, **kw), requires_grad=False)
