@@ -210,6 +210,19 @@ def decode_cases():
         yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, bt, causal=True)
         yield name + " split", lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(
             q, k, k, lens, bt, schedule="split", num_splits=3, causal=True)
+    # a packed query of up to 4 tokens a sequence (cu_seqlens_q: rows found per sequence, the slots before its first
+    # token masked)
+    for hq, hkv, d, page in ((32, 8, 128, 0), (32, 32, 128, 0), (32, 8, 128, 16)):
+        name = f"decode varlen 4 {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")
+        q = torch.randn(5, hq, d, dtype=bf)
+        cu = torch.tensor([0, 1, 5], dtype=torch.int32)
+        k = torch.randn(8, page, hkv, d, dtype=bf) if page else torch.randn(2, 2048, hkv, d, dtype=bf)
+        bt = torch.zeros(2, 4, dtype=torch.int32) if page else None
+        lens = torch.tensor([5, 60], dtype=torch.int32)
+        kw = dict(causal=True, cu_seqlens_q=cu, max_seqlen_q=4)
+        yield name, lambda q=q, k=k, bt=bt, lens=lens, kw=kw: leanattn.decode(q, k, k, lens, bt, **kw)
+        yield name + " split", lambda q=q, k=k, bt=bt, lens=lens, kw=kw: leanattn.decode(
+            q, k, k, lens, bt, schedule="split", num_splits=3, **kw)
 
 
 def sparse_cases():

@@ -62,7 +62,7 @@ def check_decode(q, k, v, seqlens, block_table, softmax_scale=None, name="decode
     out, lse = leanattn.decode(q, k, v, seqlens, block_table, softmax_scale, return_lse=True, **kw)
     ref_out, ref_lse = reference.decode(q, k, v, seqlens, block_table, softmax_scale, kw.get("k_scale", 1.0),
                                         kw.get("v_scale", 1.0), kw.get("softcap", 0.0), kw.get("window_left", -1),
-                                        kw.get("causal", False))
+                                        kw.get("causal", False), kw.get("cu_seqlens_q"))
     assert out.shape == q.shape and out.dtype == q.dtype
     assert lse.shape == q.shape[:-1] and lse.dtype == torch.float32
     tol = TOLERANCE[q.dtype]

@@ -127,6 +127,47 @@ def window_left(value) -> int:
     return int(value)
 
 
+def packed_query(q, cu_seqlens_q, max_seqlen_q, validate) -> tuple[int, int]:
+    """Checks of a packed query ``q (total_q, Hq, D)`` whose sequence ``b`` is rows ``[cu_seqlens_q[b],
+    cu_seqlens_q[b + 1])`` (int32, ``(B + 1,)``, flash-attn's and FlashInfer's ``qo_indptr`` form); returns ``(B,
+    max_seqlen_q)``. ``max_seqlen_q`` None: read from the offsets, a device sync, refused while compiling or capturing
+    a CUDA graph. The offsets' values (from 0, non-decreasing, ending at ``total_q``, no step above ``max_seqlen_q``)
+    are checked when ``validate`` is True, or when it is None and that needs no sync (``values_checkable``), or when
+    the offsets are read anyway."""
+    if not isinstance(q, torch.Tensor) or q.dim() != 3:
+        _fail(ValueError, "q", "a 3-D (total_q, Hq, D) tensor with cu_seqlens_q",
+              f"shape {tuple(q.shape)}" if isinstance(q, torch.Tensor) else type(q).__name__)
+    check_index("cu_seqlens_q", cu_seqlens_q, 1, q.device)
+    if cu_seqlens_q.shape[0] < 1:
+        _fail(ValueError, "cu_seqlens_q", "at least one offset (B + 1 for B sequences)", "shape (0,)")
+    if max_seqlen_q is None:
+        if torch.compiler.is_compiling() or (cu_seqlens_q.is_cuda and torch.cuda.is_current_stream_capturing()):
+            _fail(ValueError, "max_seqlen_q", "an int while compiling or capturing a CUDA graph (reading it from "
+                  "cu_seqlens_q needs a device sync)", None)
+        validate = True
+    elif not isinstance(max_seqlen_q, numbers.Integral) or isinstance(max_seqlen_q, bool):
+        _fail(TypeError, "max_seqlen_q", "an int", type(max_seqlen_q).__name__)
+    elif max_seqlen_q < 0:
+        _fail(ValueError, "max_seqlen_q", "an int >= 0", max_seqlen_q)
+    if validate is None:
+        validate = values_checkable(cu_seqlens_q)
+    if validate:
+        cu = cu_seqlens_q.tolist()
+        steps = [b - a for a, b in zip(cu, cu[1:])]
+        if cu[0] != 0:
+            _fail(ValueError, "cu_seqlens_q", "offsets starting at 0", f"{cu[0]} first")
+        if steps and min(steps) < 0:
+            _fail(ValueError, "cu_seqlens_q", "non-decreasing offsets", f"a step of {min(steps)}")
+        if cu[-1] != q.shape[0]:
+            _fail(ValueError, "cu_seqlens_q", f"offsets ending at q's {q.shape[0]} rows", f"{cu[-1]} last")
+        longest = max(steps, default=0)
+        if max_seqlen_q is None:
+            max_seqlen_q = longest
+        elif longest > max_seqlen_q:
+            _fail(ValueError, "max_seqlen_q", f"at least the longest sequence's {longest} query tokens", max_seqlen_q)
+    return cu_seqlens_q.shape[0] - 1, int(max_seqlen_q)
+
+
 def flag(name: str, value) -> bool:
     """A boolean option ``name`` (numpy's bools included) as a bool."""
     if not isinstance(value, (bool, np.bool_)):

@@ -46,12 +46,30 @@ def gather_kv(cache: torch.Tensor, b: int, n: int, block_table: torch.Tensor | N
 
 
 def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None, k_scale=1.0, v_scale=1.0,
-           softcap=0.0, window_left=-1, causal=False):
+           softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None):
     """Reference for :func:`leanattn.decode`: ``(out, lse)`` float64 of ``q``'s shape without and with ``D``;
     attention over ``k_cache * k_scale`` and ``v_cache * v_scale`` (the dequantisation of float8 caches), scores
     soft-capped by ``softcap`` where it is > 0. A query ``(B, Lq, Hq, D)`` holds the last ``Lq`` positions of each
     sequence, token ``s`` at ``cache_seqlens[b] - Lq + s``; ``(B, Hq, D)`` is ``Lq = 1``. Each token attends the keys
-    ``[pos - window_left, pos]`` where ``window_left >= 0``, with ``causal`` none after ``pos``."""
+    ``[pos - window_left, pos]`` where ``window_left >= 0``, with ``causal`` none after ``pos``. With
+    ``cu_seqlens_q`` (``(B + 1,)``), ``q (total_q, Hq, D)`` is packed: sequence ``b`` is its rows ``[cu[b], cu[b+1])``,
+    attending as a ``(1, n_b, Hq, D)`` query of that sequence alone."""
+    if cu_seqlens_q is not None:
+        cu = cu_seqlens_q.tolist()
+        outs = [q.new_zeros((0, *q.shape[1:]), dtype=torch.float64)]
+        lses = [q.new_zeros((0, q.shape[1]), dtype=torch.float64)]
+        for b in range(len(cu) - 1):
+            if cu[b + 1] == cu[b]:
+                continue
+            one = slice(b, b + 1)
+            o, lse = decode(q[None, cu[b]:cu[b + 1]], k_cache if block_table is not None else k_cache[one],
+                            v_cache if block_table is not None else v_cache[one],
+                            None if cache_seqlens is None else cache_seqlens[one],
+                            None if block_table is None else block_table[one], softmax_scale, k_scale, v_scale,
+                            softcap, window_left, causal)
+            outs.append(o[0])
+            lses.append(lse[0])
+        return torch.cat(outs), torch.cat(lses)
     if q.dim() == 3:
         out, lse = decode(q[:, None], k_cache, v_cache, cache_seqlens, block_table, softmax_scale, k_scale, v_scale,
                           softcap, window_left, causal)

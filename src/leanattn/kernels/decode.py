@@ -28,7 +28,7 @@ from ..schedules.stream_k import (across_rows, cut_list_at, first_tile, load_len
 from .attend import attend_any
 from .grid_dependency import gdc_launch_dependents, gdc_wait
 from .piece_merge import publish_piece, record_row, settle_piece
-from .query_rows import key_ranges, row_offsets
+from .query_rows import key_ranges, packed_slots, row_offsets
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -45,19 +45,26 @@ def locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB: tl.constexpr):
 def load_q_rows(
     Q, b, kvh, hb, stride_qb, stride_qh,  #
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, UPCAST: tl.constexpr,
-    stride_qt=0, QLEN: tl.constexpr = 1,
+    stride_qt=0, QLEN: tl.constexpr = 1, CuQ=None, VARLEN: tl.constexpr = False,
 ):
     """The query rows ``hb*BLOCK_H + i`` of kv head ``kvh`` of sequence ``b`` (``row_offsets``): ``[BLOCK_H,
-    HEAD_DIM]``, zeros past the ``GROUP * QLEN`` real rows."""
+    HEAD_DIM]``, zeros past the ``GROUP * QLEN`` real rows. ``VARLEN``: a packed query (``packed_slots``), zeros in
+    the slots before the sequence's first token too."""
     offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
-    if QLEN == 1:
+    if VARLEN:
+        start, first = packed_slots(CuQ, b, QLEN)
+        ptrs = Q + start * stride_qt + row_offsets(kvh, offs_g, stride_qt, stride_qh, GROUP, QLEN)[:, None] \
+            + offs_d[None, :]
+        q = tl.load(ptrs, mask=((offs_g >= GROUP * first) & (offs_g < GROUP * QLEN))[:, None], other=0.0)
+    elif QLEN == 1:
         heads = kvh * GROUP + offs_g
         ptrs = Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
     else:
         ptrs = Q + b.to(tl.int64) * stride_qb + row_offsets(kvh, offs_g, stride_qt, stride_qh, GROUP, QLEN)[:, None] \
             + offs_d[None, :]
-    q = tl.load(ptrs, mask=(offs_g < GROUP * QLEN)[:, None], other=0.0)
+    if not VARLEN:
+        q = tl.load(ptrs, mask=(offs_g < GROUP * QLEN)[:, None], other=0.0)
     if UPCAST:  # bf16 tl.dot is broken in the interpreter
         q = q.to(tl.float32)
     return q
@@ -67,9 +74,10 @@ def load_q_rows(
 def store_final(
     Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,  #
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
-    stride_ot=0, stride_lt=0, QLEN: tl.constexpr = 1,
+    stride_ot=0, stride_lt=0, QLEN: tl.constexpr = 1, CuQ=None, VARLEN: tl.constexpr = False,
 ):
-    """Normalise a finished state and write ``out`` rows and their natural-log LSE (rows as ``row_offsets``).
+    """Normalise a finished state and write ``out`` rows and their natural-log LSE (rows as ``row_offsets``;
+    ``VARLEN``: of a packed query, ``packed_slots``).
 
     A row that saw no key (``l == 0``) gets zeros and ``-inf``, never NaN. Returns the query rows' offsets in
     ``Lse`` past the sequence's and which of them are real.
@@ -83,19 +91,28 @@ def store_final(
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
-    if QLEN == 1:
+    if VARLEN:
+        start, first = packed_slots(CuQ, b, QLEN)
+        mask_h = mask_h & (offs_g >= GROUP * first)
+        o_ptrs = Out + start * stride_ot + row_offsets(kvh, offs_g, stride_ot, stride_oh, GROUP, QLEN)[:, None] \
+            + offs_d[None, :]
+        l_rows = row_offsets(kvh, offs_g, stride_lt, 1, GROUP, QLEN)
+    elif QLEN == 1:
         o_ptrs = Out + b.to(tl.int64) * stride_ob + l_rows[:, None] * stride_oh + offs_d[None, :]
     else:
         o_ptrs = Out + b.to(tl.int64) * stride_ob + row_offsets(kvh, offs_g, stride_ot, stride_oh, GROUP, QLEN)[:, None] \
             + offs_d[None, :]
         l_rows = row_offsets(kvh, offs_g, stride_lt, 1, GROUP, QLEN)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_h[:, None])
-    tl.store(Lse + b.to(tl.int64) * stride_lb + l_rows, lse, mask=mask_h)
+    if VARLEN:
+        tl.store(Lse + start * stride_lt + l_rows, lse, mask=mask_h)
+    else:
+        tl.store(Lse + b.to(tl.int64) * stride_lb + l_rows, lse, mask=mask_h)
     return l_rows, mask_h
 
 @triton.jit(noinline=True)
 def decode_piece(
-    Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
+    Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ,  #
     b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale,  #
     stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb, stride_btb, stride_qt, stride_ot, stride_lt,  #
@@ -103,20 +120,21 @@ def decode_piece(
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr,  #
     DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,  #
     MERGE_LAUNCH: tl.constexpr, softcap, SOFTCAP: tl.constexpr, window, WINDOW: tl.constexpr,  #
-    QLEN: tl.constexpr, CAUSAL: tl.constexpr,
+    QLEN: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
 ):
     """Piece ``[t, stop)`` of the head ``[head_begin, head_end)`` (sequence ``b``, kv head ``kvh``,
     head block ``hb``) of a stream-K program whose range starts at ``start``: attend its tiles, settle
     the piece (``settle_piece``) and, where the head is complete, write it. With ``WINDOW`` (a sliding window of
     ``window`` keys before the query) the head's tiles start at the one holding the window's first key. ``QLEN``
-    query tokens a sequence share the rows (``row_offsets``), each attending its keys (``key_ranges``).
+    query tokens a sequence share the rows (``row_offsets``), each attending its keys (``key_ranges``); ``VARLEN``:
+    of a packed query (``packed_slots``).
 
     A call, not inlined (scalar arguments only): inlined in the program's loop over pieces, ptxas
     kept 214-216 registers at D=128 (2 programs per SM); called, 166-168 and no spills (3 per SM;
     Triton 3.6, sm_90a, ``benchmarks/offline_resources.py``).
     """
     tile_lo = t - head_begin + first_tile(seqlen, BLOCK_N, window, WINDOW)
-    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST, stride_qt, QLEN)
+    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST, stride_qt, QLEN, CuQ, VARLEN)
     row_lo, row_hi = key_ranges(seqlen, hb, window, GROUP, QLEN, BLOCK_H, CAUSAL, WINDOW)
     acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale, v_scale,  #
@@ -127,7 +145,7 @@ def decode_piece(
         acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
         b, kvh, hb, t, stop, head_begin, head_end, start, T, high, stride_ob, stride_oh, stride_lb,  #
         GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH,
-        stride_ot, stride_lt, QLEN)
+        stride_ot, stride_lt, QLEN, CuQ, VARLEN)
 
 
 @triton.jit
@@ -137,7 +155,7 @@ def settle_and_store(
     stride_ob, stride_oh, stride_lb,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
-    stride_ot=0, stride_lt=0, QLEN: tl.constexpr = 1,
+    stride_ot=0, stride_lt=0, QLEN: tl.constexpr = 1, CuQ=None, VARLEN: tl.constexpr = False,
 ):
     """The end of a piece ``[t, stop)`` of the row ``[head_begin, head_end)`` (sequence ``b``, kv head
     ``kvh``, head block ``hb``): settle its state and, where the row is complete, write it
@@ -151,7 +169,7 @@ def settle_and_store(
             record_row(RowInfo, b * ROWS + kvh * N_HB + hb, t, start, head_end, T, high)
         if (t == head_begin) & (stop == head_end):
             store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
-                        GROUP, HEAD_DIM, BLOCK_H, stride_ot, stride_lt, QLEN)
+                        GROUP, HEAD_DIM, BLOCK_H, stride_ot, stride_lt, QLEN, CuQ, VARLEN)
         else:
             publish_piece(acc, m_i, l_i, valid_h, WsAcc, WsMl, t, start, T, high, 0, 1, BLOCK_H, HEAD_DIM)
     else:
@@ -161,14 +179,14 @@ def settle_and_store(
             MERGE_STAGES)
         if final:
             store_final(Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,
-                        GROUP, HEAD_DIM, BLOCK_H, stride_ot, stride_lt, QLEN)
+                        GROUP, HEAD_DIM, BLOCK_H, stride_ot, stride_lt, QLEN, CuQ, VARLEN)
 
 
 # the search's host-side arguments vary with the batch: one compile serves every value
 @triton.jit(do_not_specialize=["k0", "g_m", "m_rows", "waves", "window"])
 def lean_decode_kernel(
     Q, K, V, Out, Lse,  #
-    Seqlens, BlockTable,  #
+    Seqlens, BlockTable, CuQ,  #
     WsAcc, WsMl, Counters, RowInfo,  #
     stride_qb, stride_qh,  #
     stride_kb, stride_kn, stride_kh,  #
@@ -182,13 +200,14 @@ def lean_decode_kernel(
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,  #
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
     PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr,
-    SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, QLEN: tl.constexpr, CAUSAL: tl.constexpr,
+    SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, QLEN: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
     (2 int32 per row) for the merge launch that follows instead of the counters. With ``WINDOW`` (a sliding
     window of ``window`` keys before each query) a row's work is the tiles of its window (``row_tiles``). ``QLEN``
-    query tokens a sequence (strides ``stride_qt``, ``stride_ot``, ``stride_lt``), ``CAUSAL`` or not: ``key_ranges``."""
+    query tokens a sequence (strides ``stride_qt``, ``stride_ot``, ``stride_lt``), ``CAUSAL`` or not: ``key_ranges``;
+    ``VARLEN``: a packed query, sequence ``b``'s tokens rows ``[CuQ[b], CuQ[b+1])`` (``packed_slots``)."""
     if PDL:
         # the merge launch after this one may start now: its programs wait for our writes (gdc_wait)
         gdc_launch_dependents()
@@ -210,12 +229,12 @@ def lean_decode_kernel(
         # -- which (sequence, row, tile) does tile t belong to --
         b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB)
         decode_piece(
-            Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo,  #
+            Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ,  #
             b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale,  #
             stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb, stride_qt, stride_ot, stride_lt,  #
             GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION,  #
-            VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH, softcap, SOFTCAP, window, WINDOW, QLEN, CAUSAL)
+            VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH, softcap, SOFTCAP, window, WINDOW, QLEN, CAUSAL, VARLEN)
         t = stop
 
 
@@ -256,13 +275,15 @@ def split_program(
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, window=0, WINDOW: tl.constexpr = False,
     stride_qt=0, stride_ot=0, stride_lt=0, QLEN: tl.constexpr = 1, CAUSAL: tl.constexpr = False,
+    CuQ=None, VARLEN: tl.constexpr = False,
 ):
     """Split ``s`` of row ``bid`` (sequence ``bid // ROWS``, kv head and head block ``bid % ROWS``):
     tiles ``[s*chunk, (s+1)*chunk)`` or, with ``EVEN``, the ``s``-th of ``tl.num_programs(1)`` ranges of the
     row's real tiles whose sizes differ by at most one (``even_range``); its normalised state written at
     ``Out + s*stride_os`` and ``Lse + s*stride_ls``. With ``WINDOW`` the row's tiles are those of its sliding
     window (``first_tile`` on), and ``chunk`` counts from there. ``QLEN`` query tokens a sequence as
-    ``decode_piece``. Returns the sequence, the rows' LSE offsets (``store_final``) and which are real."""
+    ``decode_piece`` (``VARLEN``: packed). Returns the sequence, the rows' LSE offsets (``store_final``) and which are
+    real."""
     b = bid // ROWS
     row = bid % ROWS
     kvh = row // N_HB
@@ -277,7 +298,7 @@ def split_program(
         hi = tl.minimum(lo + chunk, tiles)
     lo += first
     hi += first
-    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST, stride_qt, QLEN)
+    q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST, stride_qt, QLEN, CuQ, VARLEN)
     row_lo, row_hi = key_ranges(seqlen, hb, window, GROUP, QLEN, BLOCK_H, CAUSAL, WINDOW)
     acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale, v_scale,  #
@@ -286,14 +307,14 @@ def split_program(
         window_start(seqlen, window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1)
     heads, valid = store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
                                b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H,
-                               stride_ot, stride_lt, QLEN)
+                               stride_ot, stride_lt, QLEN, CuQ, VARLEN)
     return b, heads, valid
 
 
 @triton.jit(do_not_specialize=["window"])
 def split_decode_kernel(
     Q, K, V, Out, Lse,  #
-    Seqlens, BlockTable, Arrivals,  #
+    Seqlens, BlockTable, CuQ, Arrivals,  #
     stride_qb, stride_qh,  #
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
@@ -306,6 +327,7 @@ def split_decode_kernel(
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, AFTER_PRIOR: tl.constexpr,
     EVEN: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, QLEN: tl.constexpr, CAUSAL: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row; with ``EVEN``
     the ``s``-th of as many even ranges of its real tiles as the grid has splits (``even_range``): lean's
@@ -314,6 +336,9 @@ def split_decode_kernel(
     With one split, ``Out``/``Lse`` are the final outputs; otherwise split ``s`` writes its
     normalised partial state at ``Out + s*stride_os`` and ``Lse + s*stride_ls`` (fp32), merged by
     a second launch, which with ``PDL`` is a programmatic dependent launch allowed to start at once.
+
+    ``VARLEN``: a packed query, rows ``[CuQ[b], CuQ[b+1])`` sequence ``b``'s (``packed_slots``); partial states
+    are written in its layout.
 
     ``AFTER_PRIOR``: this launch is a programmatic dependent launch of the launch before it, whose results it
     does not read (the ordered overlap path of bifurcated decode). Its programs start only once every program of
@@ -330,7 +355,8 @@ def split_decode_kernel(
         stride_ob, stride_oh, stride_lb, stride_os, stride_ls, stride_btb,  #
         tl.cast(qk_scale, tl.float32), tl.cast(v_scale, tl.float32), capacity, chunk,  #
         GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION, EVEN,
-        tl.cast(softcap, tl.float32), SOFTCAP, window, WINDOW, stride_qt, stride_ot, stride_lt, QLEN, CAUSAL)
+        tl.cast(softcap, tl.float32), SOFTCAP, window, WINDOW, stride_qt, stride_ot, stride_lt, QLEN, CAUSAL,
+        CuQ, VARLEN)
     if AFTER_PRIOR:
         # one program waits, the others exit at once. The count is taken modulo the programs and put back by as
         # many, so a counter that did not start at zero (a buffer first made inside a graph capture holds

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ..schedules.stream_k import program_of, range_start
 from .grid_dependency import gdc_wait, launch_meta
-from .query_rows import row_offsets
+from .query_rows import packed_slots, row_offsets
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -70,10 +70,11 @@ def record_row(RowInfo, row_id, t, start, head_end, T, high):
 
 @triton.jit
 def piece_merge_kernel(
-    Out, Lse, WsAcc, WsMl, RowInfo,  #
+    Out, Lse, CuQ, WsAcc, WsMl, RowInfo,  #
     stride_ob, stride_oh, stride_lb, stride_ot, stride_lt,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr, QLEN: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     """The merge launch of a stream-K decode whose rows were cut into pieces (``record_row``,
     ``publish_piece``): program ``(row_id, h)`` merges query head ``h`` of the row ``row_id = b * ROWS
@@ -86,7 +87,8 @@ def piece_merge_kernel(
 
     ``PDL``: launched as a programmatic dependent launch (``runtime.dependent_launch``), its programs may start
     before the stream-K launch ends, so they first wait for its writes. ``QLEN`` query tokens a sequence: a row
-    block's query rows are (token, head) pairs (``kernels/query_rows.py``), ``h`` one of them.
+    block's query rows are (token, head) pairs (``kernels/query_rows.py``), ``h`` one of them; ``VARLEN``: of a
+    packed query (``packed_slots``), whose slots before a sequence's first token are not written.
     """
     if PDL:
         gdc_wait()
@@ -123,16 +125,25 @@ def piece_merge_kernel(
         empty = l_sum == 0.0
         l_safe = tl.where(empty, 1.0, l_sum)
         b = rid // ROWS
-        if QLEN == 1:
+        if VARLEN:
+            start, first = packed_slots(CuQ, b, QLEN)
+            o_row = row_offsets(row // N_HB, hb * BLOCK_H + h, stride_ot, stride_oh, GROUP, QLEN)
+            l_row = row_offsets(row // N_HB, hb * BLOCK_H + h, stride_lt, 1, GROUP, QLEN)
+            real = hb * BLOCK_H + h >= GROUP * first
+            tl.store(Out + start * stride_ot + o_row + offs_d, (acc / l_safe).to(Out.dtype.element_ty), mask=real)
+            tl.store(Lse + start * stride_lt + l_row,
+                     tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2), mask=real)
+        elif QLEN == 1:
             head = (row // N_HB) * GROUP + hb * BLOCK_H + h
             o_row = head * stride_oh
             l_row = head
         else:
             o_row = row_offsets(row // N_HB, hb * BLOCK_H + h, stride_ot, stride_oh, GROUP, QLEN)
             l_row = row_offsets(row // N_HB, hb * BLOCK_H + h, stride_lt, 1, GROUP, QLEN)
-        tl.store(Out + b.to(tl.int64) * stride_ob + o_row + offs_d, (acc / l_safe).to(Out.dtype.element_ty))
-        tl.store(Lse + b.to(tl.int64) * stride_lb + l_row,
-                 tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2))
+        if not VARLEN:
+            tl.store(Out + b.to(tl.int64) * stride_ob + o_row + offs_d, (acc / l_safe).to(Out.dtype.element_ty))
+            tl.store(Lse + b.to(tl.int64) * stride_lb + l_row,
+                     tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2))
 
 
 @triton.jit
@@ -247,10 +258,11 @@ def merge_meta(block_h: int, head_dim: int, rows: int, suffix: str = "") -> dict
 
 
 def piece_merge_launch(rows: int, group: int, n_hb: int, block_h: int, head_dim: int, programs: int,
-                       rows_per_seq: int, pdl: bool = False, qlen: int = 1) -> tuple[tuple, dict]:
+                       rows_per_seq: int, pdl: bool = False, qlen: int = 1, varlen: bool = False) -> tuple[tuple, dict]:
     """Grid and launch constants of ``piece_merge_kernel`` after a stream-K launch of ``programs``
     programs over ``rows`` scheduling rows (``rows_per_seq`` per sequence, ``n_hb`` head blocks of
-    ``block_h`` query rows per kv head, ``group`` query heads per kv head, ``qlen`` query tokens a sequence). ``pdl``:
+    ``block_h`` query rows per kv head, ``group`` query heads per kv head, ``qlen`` query tokens a sequence;
+    ``varlen``: a packed query). ``pdl``:
     launched as a programmatic dependent launch (``runtime.dependent_launch``).
 
     One load takes ``BLOCK_S`` pieces, enough for a row's share of an even cut (``cdiv(programs, rows) + 1``
@@ -263,4 +275,4 @@ def piece_merge_launch(rows: int, group: int, n_hb: int, block_h: int, head_dim:
     warps = min(4, max(1, block_s * head_dim // (64 * 32)))
     grid = (rows, min(group * qlen, block_h))
     return grid, dict(GROUP=group, N_HB=n_hb, ROWS=rows_per_seq, BLOCK_H=block_h, HEAD_DIM=head_dim,
-                      BLOCK_S=block_s, num_warps=warps, QLEN=qlen, **launch_meta(pdl))
+                      BLOCK_S=block_s, num_warps=warps, QLEN=qlen, VARLEN=varlen, **launch_meta(pdl))

@@ -40,3 +40,16 @@ def key_ranges(seqlen, hb, window, GROUP: tl.constexpr, QLEN: tl.constexpr, BLOC
     else:
         lo = 0 * tok
     return lo, hi
+
+
+@triton.jit
+def packed_slots(CuQ, b, QLEN: tl.constexpr):
+    """``(start, first)`` of sequence ``b`` of a packed query (``cu_seqlens_q``: its tokens are rows
+    ``[CuQ[b], CuQ[b+1])`` of a ``(total_q, Hq, D)`` tensor). Its ``QLEN`` query slots are right-aligned on its
+    tokens, slot ``s`` being row ``start + s`` (``start = CuQ[b+1] - QLEN``, int64, negative for a short first
+    sequence), so that slot ``s`` sits at position ``seqlen - QLEN + s`` as in a padded query and ``key_ranges``
+    serves both; the slots before ``first = QLEN - (CuQ[b+1] - CuQ[b])`` hold no token of ``b`` and are neither
+    loaded nor written."""
+    end = tl.load(CuQ + b + 1)
+    first = QLEN - (end - tl.load(CuQ + b))
+    return (end - QLEN).to(tl.int64), first

@@ -53,10 +53,15 @@ class _Plan:
 
     def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
                  num_stages=0, after_prior=False, merged=True, k_scale=1.0, v_scale=1.0, softcap=0.0,
-                 window_left=-1, causal=False):
-        B, Hq, D = q.shape[0], q.shape[-2], q.shape[-1]
-        # a 4-D query holds qlen tokens a sequence, stacked with the group's heads in the rows (kernels/query_rows)
-        qlen = q.shape[1] if q.dim() == 4 else 1
+                 window_left=-1, causal=False, max_q=0):
+        Hq, D = q.shape[-2], q.shape[-1]
+        # a 4-D query holds qlen tokens a sequence, stacked with the group's heads in the rows (kernels/query_rows);
+        # max_q > 0: a packed (total_q, Hq, D) query of up to max_q tokens a sequence (kernels/query_rows.packed_slots)
+        varlen = max_q > 0
+        qlen = max_q if varlen else q.shape[1] if q.dim() == 4 else 1
+        # (packed: the sequences are the cache's)
+        B = (k_cache.shape[0] if block_table is None else block_table.shape[0]) if varlen else q.shape[0]
+        rows_q = q.shape[0] if varlen else B * qlen  # query tokens of the batch, the rows of out and lse
         device = q.device
         group = Hq // k_cache.shape[2]
         # the keys of a row's tiles: the union of its tokens' windows
@@ -75,9 +80,7 @@ class _Plan:
         window = max(window_left, 0)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
         # the LSE of calls that do not return it: written, never read (launches sharing it may overwrite it)
-        self.lse_sink = runtime.workspace("decode_lse_sink", device, (B, qlen, Hq), torch.float32)
-        if q.dim() == 3:
-            self.lse_sink = self.lse_sink[:, 0]
+        self.lse_sink = runtime.workspace("decode_lse_sink", device, q.shape[:-1], torch.float32)
         self.schedule = schedule
         bt_stride = block_table.stride(0) if paged else 0
         self.meta = dict(
@@ -88,13 +91,13 @@ class _Plan:
             # bf16 tl.dot is broken in the interpreter: upcast there
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SOFTCAP=softcap > 0, WINDOW=window_left >= 0,
-            QLEN=qlen, CAUSAL=causal and qlen > 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        strides = (q.stride(0), q.stride(-2),
+            QLEN=qlen, CAUSAL=causal and qlen > 1, VARLEN=varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        strides = (0 if varlen else q.stride(0), q.stride(-2),
                    k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                    v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-                   qlen * Hq * D, D, qlen * Hq)  # out and lse are allocated contiguous
-        # the token strides of q, out and lse (unread with one token)
-        token_strides = (q.stride(1) if qlen > 1 else 0, Hq * D, Hq)
+                   qlen * Hq * D, D, qlen * Hq)  # out and lse are allocated contiguous (packed: unread)
+        # the token strides of q, out and lse (unread with one token, unless packed)
+        token_strides = (q.stride(0) if varlen else q.stride(1) if qlen > 1 else 0, Hq * D, Hq)
         qk_scale, softcap_log2 = score_scales(scale, k_scale, softcap)
         even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], row_tiles, cfg, device,
                                                                          cache_seqlens is not None)
@@ -134,7 +137,7 @@ class _Plan:
                 workers = num_splits_heuristic(rows, 2 * runtime.num_sms(device), row_tiles)
             self.splits = splits = max(1, min(workers, row_tiles))
             self.grid = (rows, splits)
-            part = (B * qlen * Hq * D, B * qlen * Hq) if splits > 1 else (0, 0)
+            part = (rows_q * Hq * D, rows_q * Hq) if splits > 1 else (0, 0)
             self.tail = strides + part + (bt_stride, *token_strides, qk_scale, v_scale, softcap_log2, window, cap,
                                           triton.cdiv(row_tiles, splits))
             # the merge waits for the splits as a programmatic dependent launch where there is one
@@ -143,7 +146,7 @@ class _Plan:
             # merged=False: the caller owns and merges the states the split kernel writes (bifurcated overlap path)
             self.partials = self.launch_merge = None
             if splits > 1 and merged:
-                *self.partials, self.launch_merge = states_and_merge("split_states", device, splits, B * qlen, Hq, D,
+                *self.partials, self.launch_merge = states_and_merge("split_states", device, splits, rows_q, Hq, D,
                                                                      pdl)
         if schedule == "split":
             # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
@@ -162,22 +165,23 @@ class _Plan:
             return workers
         d = self.dummy_i32
         f = runtime.workspace("dummy_f32", q.device, (1,), torch.float32, zero=True)
-        args = (q, k_cache, v_cache, q, f, d, d, f, f, d, d, *self.tail)
+        args = (q, k_cache, v_cache, q, f, d, d, d, f, f, d, d, *self.tail)
         # the in-kernel merge's occupancy: a variant that merges apart is capped to match (StreamKLaunch)
         occ = runtime.kernel_occupancy(lean_decode_kernel, args, dict(self.meta, MERGE_LAUNCH=False), q.device)
         return runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
 
-    def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse):
+    def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q=None):
         sl = self.dummy_i32 if cache_seqlens is None else cache_seqlens
         bt = self.dummy_i32 if block_table is None else block_table
+        cu = self.dummy_i32 if cu_seqlens_q is None else cu_seqlens_q
         if self.schedule == "lean":
-            self.launch((q, k_cache, v_cache, out, lse, sl, bt), out, lse)
+            self.launch((q, k_cache, v_cache, out, lse, sl, bt, cu), out, lse, cu)
             return
         if self.splits == 1:
-            self.launch(q, k_cache, v_cache, out, lse, sl, bt)
+            self.launch(q, k_cache, v_cache, out, lse, sl, bt, cu)
             return
         o, ls = self.partials
-        self.launch(q, k_cache, v_cache, o, ls, sl, bt)
+        self.launch(q, k_cache, v_cache, o, ls, sl, bt, cu)
         self.launch_merge(o, ls, out, lse)
 
 
@@ -208,8 +212,8 @@ _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                 num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False, *,
-                 need_lse: bool = True):
+                 num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False,
+                 cu_seqlens_q=None, max_seqlen_q=0, *, need_lse: bool = True):
     """``decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the LSE goes
     to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call in one process on
     an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines."""
@@ -220,12 +224,15 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
         return out.zero_(), torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
     if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
         cache_seqlens = cache_seqlens.contiguous()  # the kernels index the lengths with unit stride
+    if cu_seqlens_q is not None and cu_seqlens_q.stride(0) != 1:
+        cu_seqlens_q = cu_seqlens_q.contiguous()
+    max_q = max_seqlen_q if cu_seqlens_q is not None else 0
     workers = num_programs if schedule == "lean" else num_splits
     # (the cache's dtype too: a float8 cache's need not be q's, and a plan's launchers run the kernel compiled
     # for the dtypes of their first launch)
     key = (q.shape, q.stride(), q.dtype, k_cache.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
-           softmax_scale, k_scale, v_scale, softcap, window_left, causal, schedule, workers, block_n,
+           softmax_scale, k_scale, v_scale, softcap, window_left, causal, schedule, workers, block_n, max_q,
            runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0,
@@ -234,9 +241,9 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
         plan = _PLANS.get_or_make(key, lambda: _Plan(q, k_cache, v_cache, cache_seqlens, block_table,
                                                      softmax_scale, schedule, workers, block_n,
                                                      k_scale=k_scale, v_scale=v_scale, softcap=softcap,
-                                                     window_left=window_left, causal=causal))
+                                                     window_left=window_left, causal=causal, max_q=max_q))
         lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
-        plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse)
+        plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q)
     return out, lse
 
 
@@ -246,22 +253,25 @@ def _decode_op(
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
     softmax_scale: float, schedule: str, num_programs: int, num_splits: int, block_n: int,
     k_scale: float = 1.0, v_scale: float = 1.0, softcap: float = 0.0, window_left: int = -1, causal: bool = False,
+    cu_seqlens_q: Optional[torch.Tensor] = None, max_seqlen_q: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                        num_splits, block_n, k_scale, v_scale, softcap, window_left, causal)
+                        num_splits, block_n, k_scale, v_scale, softcap, window_left, causal, cu_seqlens_q, max_seqlen_q)
 
 
 @_decode_op.register_fake
 def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, block_n,
-      k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False):
+      k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None, max_seqlen_q=0):
     return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate,
-                    k_scale=1.0, v_scale=1.0, fp8=False, window_left=-1):
+                    k_scale=1.0, v_scale=1.0, fp8=False, window_left=-1, batch=None):
     """Shape, dtype and device checks (always); length checks when they cost no device sync. ``fp8``: float8
     caches are accepted, with their dequantisation scales (``checks.kv_cache``). ``window_left``: only the pages
     of each sequence's sliding window need valid ids (with several query tokens, the first token's window).
+    ``batch``: the number of sequences of a packed query (``(total_q, Hq, D)``, ``cu_seqlens_q``), else ``q``'s first
+    dimension.
 
     Returns the softmax scale to use, or with ``fp8`` ``(softmax_scale, k_scale, v_scale)``.
     """
@@ -269,7 +279,8 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
     checks.check_tensor("k_cache", k_cache, 4)
     checks.check_tensor("v_cache", v_cache, 4)
     kv_scales = checks.kv_cache(k_cache, v_cache, q, k_scale, v_scale, fp8)
-    B, Hq, D = q.shape[0], q.shape[-2], q.shape[-1]
+    B, Hq, D = q.shape[0] if batch is None else batch, q.shape[-2], q.shape[-1]
+    what_b = "batch size of q" if batch is None else "sequences of cu_seqlens_q"
     if tuple(v_cache.shape) != tuple(k_cache.shape):
         raise ValueError(f"v_cache: expected shape {tuple(k_cache.shape)} (as k_cache), got {tuple(v_cache.shape)}")
     Hkv, Dk = k_cache.shape[2], k_cache.shape[3]
@@ -283,11 +294,11 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
     checks.check_unit_stride("v_cache", v_cache)
     if block_table is None:
         if k_cache.shape[0] != B:
-            raise ValueError(f"k_cache: expected batch size {B} (as q), got {k_cache.shape[0]}")
+            raise ValueError(f"k_cache: expected batch size {B} ({what_b}), got {k_cache.shape[0]}")
     else:
         checks.check_index("block_table", block_table, 2, q.device)
         if block_table.shape[0] != B:
-            raise ValueError(f"block_table: expected {B} rows (batch size of q), got {block_table.shape[0]}")
+            raise ValueError(f"block_table: expected {B} rows ({what_b}), got {block_table.shape[0]}")
         if block_table.stride(-1) != 1:
             raise ValueError(f"block_table: expected unit stride on the last dimension, got {tuple(block_table.stride())}")
         if k_cache.shape[1] < 1:
@@ -295,7 +306,7 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
     if cache_seqlens is not None:
         checks.check_index("cache_seqlens", cache_seqlens, 1, q.device)
         if cache_seqlens.shape[0] != B:
-            raise ValueError(f"cache_seqlens: expected shape ({B},) (batch size of q), got {tuple(cache_seqlens.shape)}")
+            raise ValueError(f"cache_seqlens: expected shape ({B},) ({what_b}), got {tuple(cache_seqlens.shape)}")
     if schedule not in ("lean", "split"):
         raise ValueError(f"schedule: expected 'lean' or 'split', got {schedule!r}")
     if validate is None:
@@ -348,6 +359,8 @@ def decode(
     softcap: float = 0.0,
     window_left: int = -1,
     causal: bool = False,
+    cu_seqlens_q: Optional[torch.Tensor] = None,
+    max_seqlen_q: Optional[int] = None,
 ):
     """Decode attention: the new query token (or the last few) of each sequence against its KV cache.
 
@@ -422,14 +435,25 @@ def decode(
         With ``Lq > 1`` query tokens: each attends only the keys up to its own position (the causal mask aligned
         to the bottom right, as flash-attn's ``causal``). False (the default, as flash-attn's): each attends every
         key of the sequence. Without effect for one token.
+    cu_seqlens_q : torch.Tensor, optional, keyword-only
+        ``(B + 1,)`` int32: a packed query of a different number of tokens a sequence (flash-attn's
+        ``flash_attn_with_kvcache(cu_seqlens_q=)``, FlashInfer's ``qo_indptr``). ``q`` is then ``(total_q, Hq, D)``,
+        sequence ``b``'s tokens being rows ``[cu_seqlens_q[b], cu_seqlens_q[b + 1])``, the last positions of its cache
+        as above (token ``s`` of ``n_b`` at ``cache_seqlens[b] - n_b + s``), ``B`` taken from the cache. A sequence
+        may have none. The kernels stack ``max_seqlen_q`` token slots a sequence as for a ``(B, Lq, Hq, D)`` query,
+        right-aligned on its tokens, and read and write only its tokens' rows: no copy of ``q`` or of the outputs.
+    max_seqlen_q : int, optional, keyword-only
+        With ``cu_seqlens_q``: at least the most tokens of a sequence (the launch's token slots; a plan is made per
+        value). None: read from ``cu_seqlens_q``, a device sync, refused while compiling or capturing a CUDA graph.
 
     Returns
     -------
     out : torch.Tensor
-        ``q``'s shape, ``(B, Hq, D)`` or ``(B, Lq, Hq, D)``, in ``q.dtype``.
+        ``q``'s shape, ``(B, Hq, D)``, ``(B, Lq, Hq, D)`` or packed ``(total_q, Hq, D)``, in ``q.dtype``.
     lse : torch.Tensor
-        ``(B, Hq)`` or ``(B, Lq, Hq)`` float32, natural log; only with ``return_lse=True``. A query token that
-        attends no key (an empty sequence, or with ``causal`` a position before the cache) gets zeros and ``-inf``.
+        ``(B, Hq)``, ``(B, Lq, Hq)`` or ``(total_q, Hq)`` float32, natural log; only with ``return_lse=True``. A query
+        token that attends no key (an empty sequence, or with ``causal`` a position before the cache) gets zeros and
+        ``-inf``.
 
     Notes
     -----
@@ -449,14 +473,29 @@ def decode(
 
     >>> q4 = torch.randn(4, 4, 32, 128, dtype=torch.bfloat16, device="cuda")
     >>> out4 = leanattn.decode(q4, k, v, cache_seqlens=lens, causal=True)   # (4, 4, 32, 128)
+
+    A different number of tokens a sequence (3, 1, 0 and 2), packed:
+
+    >>> cu = torch.tensor([0, 3, 4, 4, 6], dtype=torch.int32, device="cuda")
+    >>> qp = torch.randn(6, 32, 128, dtype=torch.bfloat16, device="cuda")
+    >>> outp = leanattn.decode(qp, k, v, cache_seqlens=lens, causal=True, cu_seqlens_q=cu, max_seqlen_q=3)
     """
     window_left = checks.window_left(window_left)
     causal = checks.flag("causal", causal)
-    qlen = q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
+    batch = None
+    if cu_seqlens_q is not None:
+        batch, qlen = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
+        if qlen == 0 and q.shape[0]:
+            raise ValueError(f"max_seqlen_q: expected an int >= 1 for a q of {q.shape[0]} rows, got 0")
+    elif max_seqlen_q is not None:
+        raise ValueError(f"max_seqlen_q: expected None without cu_seqlens_q, got {max_seqlen_q!r}")
+    else:
+        qlen = q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
     # the first token's window holds every page in use
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
                                               validate, k_scale, v_scale, fp8=True,
-                                              window_left=window_left + qlen - 1 if window_left >= 0 else -1)
+                                              window_left=window_left + qlen - 1 if window_left >= 0 else -1,
+                                              batch=batch)
     if window_left >= _capacity(k_cache, block_table) - 1:
         window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
     softcap = checks.softcap(softcap)
@@ -469,7 +508,7 @@ def decode(
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, int(num_programs), int(num_splits), 0,
-            k_scale, v_scale, softcap, window_left, causal and qlen > 1)
+            k_scale, v_scale, softcap, window_left, causal and qlen > 1, cu_seqlens_q, qlen)
     # under torch.compile the custom op keeps the kernel opaque to Dynamo and Inductor; eager calls skip
     # the dispatcher (its overhead is comparable to a short decode kernel)
     if torch.compiler.is_compiling():

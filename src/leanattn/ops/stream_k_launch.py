@@ -46,7 +46,7 @@ class StreamKLaunch:
     ``GRAPHS``), followed where it merges apart by ``piece_merge_kernel`` over the workspaces ``(acc, ml, _,
     rows)`` (``piece_workspaces``) the kernel writes, for ``batch`` sequences of ``meta["ROWS"]`` scheduling rows
     into a contiguous ``(batch, QLEN, Hq, HEAD_DIM)`` output and ``(batch, QLEN, Hq)`` LSE (``QLEN`` query tokens a
-    sequence, 1 where ``meta`` has none).
+    sequence, 1 where ``meta`` has none), or with ``meta["VARLEN"]`` a packed ``(total_q, Hq, HEAD_DIM)`` one.
 
     ``grid`` is sized for the in-kernel variant's programs per SM (``device``'s SM count ``sms``; 0: a grid the
     caller chose). The variant that merges apart compiles to more registers where they are scarce (D=64: 140
@@ -61,6 +61,7 @@ class StreamKLaunch:
                  device: torch.device = None, sms: int = 0):
         self.mode = mode
         self.in_kernel = self.apart = None
+        self.no_cu = None  # where there is no packed query, a stand-in for its offsets that the merge does not read
         if mode != LAUNCH:
             self.in_kernel = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=False, PDL=False), tail)
         if mode != IN_KERNEL:
@@ -71,27 +72,33 @@ class StreamKLaunch:
                 apart["maxnreg"] = cap
             self.apart = runtime.Launcher(kernel, grid, apart, tail)
             rows, group, n_hb, d = meta["ROWS"], meta["GROUP"], meta["N_HB"], meta["HEAD_DIM"]
-            qlen = meta.get("QLEN", 1)
+            qlen, varlen = meta.get("QLEN", 1), meta.get("VARLEN", False)
             hq = group * (rows // n_hb)
-            mgrid, mmeta = piece_merge_launch(batch * rows, group, n_hb, meta["BLOCK_H"], d, grid[0], rows, pdl, qlen)
+            mgrid, mmeta = piece_merge_launch(batch * rows, group, n_hb, meta["BLOCK_H"], d, grid[0], rows, pdl, qlen,
+                                              varlen)
             acc, ml, _, row_info = workspaces
             self.merge = runtime.Launcher(piece_merge_kernel, mgrid, mmeta,
                                           (acc, ml, row_info, qlen * hq * d, d, qlen * hq, hq * d, hq))
         # GRAPHS: both variants run once outside capture (the first call), so that capture compiles nothing
         self.warm = mode != GRAPHS
 
-    def __call__(self, tensors: tuple, out: torch.Tensor, lse: torch.Tensor) -> None:
-        """Launch ``kernel`` over ``tensors`` (its arguments before ``tail``), which write ``out`` and ``lse``."""
+    def __call__(self, tensors: tuple, out: torch.Tensor, lse: torch.Tensor, cu_q: torch.Tensor = None) -> None:
+        """Launch ``kernel`` over ``tensors`` (its arguments before ``tail``), which write ``out`` and ``lse`` (with
+        ``meta["VARLEN"]``, of the packed query whose offsets are ``cu_q``)."""
+        if cu_q is None and self.mode != IN_KERNEL:
+            if self.no_cu is None:
+                self.no_cu = runtime.workspace("dummy_i32", out.device, (1, 1), torch.int32, zero=True)
+            cu_q = self.no_cu
         apart = self.mode == LAUNCH
         if self.mode == GRAPHS:
             # (off CUDA, as in benchmarks/offline_resources.py's compiles, nothing is being captured)
             apart = tensors[0].is_cuda and torch.cuda.is_current_stream_capturing()
             if not self.warm and not apart:
                 self.apart(*tensors)
-                self.merge(out, lse)
+                self.merge(out, lse, cu_q)
                 self.warm = True
         if apart:
             self.apart(*tensors)
-            self.merge(out, lse)
+            self.merge(out, lse, cu_q)
         else:
             self.in_kernel(*tensors)
