@@ -43,6 +43,9 @@
 #   tests-tokens  the GPU tests of decode with several query tokens a sequence (tests/test_decode_tokens_gpu.py)
 #   tests-generate  leanattn.generate on the GPU (tests/test_generate.py): one-token, windowed and speculative loops, CUDA graphs
 #   sanitize-tokens  memcheck over decode's launches with several query tokens a sequence (sanitize.py tokens)
+#   tests-varlen  the GPU tests of decode over a packed query (cu_seqlens_q; tests/test_decode_varlen_gpu.py)
+#   sanitize-varlen  memcheck over decode's launches with a packed query (sanitize.py varlen)
+#   varlen      decode over a packed query against the padded query and the peers (benchmarks/bench_decode_varlen.py)
 #   verify-step  a speculative verify step against a one-token step, with and without the model's fused_ops:
 #               graph replay time, kernels by kind (probe)
 #   e2e-fused   bench_e2e.py with Part A also under the model's fused_ops (4k, 32k, 128k; x16 samples)
@@ -220,6 +223,10 @@ for step in "$@"; do
     tests-window) "${PYTEST[@]}" tests/test_decode_window_gpu.py 2>&1 | tail -3 ;;
     tests-transformers) "${PYTEST[@]}" tests/test_integration_transformers.py 2>&1 | tail -4 ;;
     tests-tokens) "${PYTEST[@]}" tests/test_decode_tokens_gpu.py 2>&1 | tail -3 ;;
+    tests-varlen) "${PYTEST[@]}" tests/test_decode_varlen_gpu.py 2>&1 | tail -3 ;;
+    sanitize-varlen)
+      timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py varlen 2>&1 | tail -3 ;;
+    varlen) timeout 500 python3 benchmarks/bench_decode_varlen.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     tests-generate) "${PYTEST[@]}" tests/test_generate.py 2>&1 | tail -3 ;;
     e2e-fused) timeout 500 python3 benchmarks/bench_e2e.py --fused-ops --contexts 4k,32k,128k --samples 16 --budget-s 200 \
       --out "$OUT" 2>&1 | grep -E "^  A|^  B|wrote|Error" ;;

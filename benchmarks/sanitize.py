@@ -2,7 +2,7 @@
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
         [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap] [bifurcated-fp8]
-        [overlap-fp8] [window] [tokens]
+        [overlap-fp8] [window] [tokens] [varlen]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -120,6 +120,35 @@ def tokens():
     ragged (fewer keys than tokens, long) and one sequence, contiguous through each load path, and paged."""
     _decode_paths(4, [dict(causal=True), dict(window_left=700, num_programs=37, num_splits=5)],
                   dict(causal=True), dict(causal=True, window_left=700))
+
+
+def varlen():
+    """Every decode path over a packed query (``cu_seqlens_q``; the first sequence shorter than the slots, so its
+    slot rows sit before the tensor's start and must be masked): both schedules, ragged with a sequence of no tokens,
+    one sequence with its pieces merged in-kernel and by the merge launch, contiguous through each load path, paged,
+    with a window."""
+    for lens, counts in (([3000, 0, 1, 517, 1024], [2, 0, 3, 1, 4]), ([4000], [3])):
+        sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
+        cu = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
+        for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256)):
+            q = torch.randn(sum(counts), hq, d, dtype=BF16, device=DEV)
+            k = torch.randn(len(lens), max(lens), hkv, d, dtype=BF16, device=DEV)
+            v = torch.randn_like(k)
+            kw = dict(cu_seqlens_q=cu, max_seqlen_q=4)
+            for load, merge in (("0", "0"), ("1", "1"), ("2", "0")):
+                os.environ["LEANATTN_DECODE_LOAD"], os.environ["LEANATTN_DECODE_MERGE"] = load, merge
+                try:
+                    for schedule in ("lean", "split"):
+                        leanattn.decode(q, k, v, sl, schedule=schedule, causal=True, **kw)
+                        leanattn.decode(q, k, v, sl, schedule=schedule, window_left=700, num_programs=37,
+                                        num_splits=5, **kw)
+                finally:
+                    os.environ.pop("LEANATTN_DECODE_LOAD")
+                    os.environ.pop("LEANATTN_DECODE_MERGE")
+            for page in (1, 16, 64):
+                kp, vp, bt = paged_kv(k, v, lens, page)
+                for schedule in ("lean", "split"):
+                    leanattn.decode(q, kp, vp, sl, bt, schedule=schedule, causal=True, window_left=700, **kw)
 
 
 def merges():
@@ -273,7 +302,8 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    families = {"decode": decode, "fp8": fp8, "window": window, "tokens": tokens, "merge": merges, "sparse": sparse,
+    families = {"decode": decode, "fp8": fp8, "window": window, "tokens": tokens, "varlen": varlen, "merge": merges,
+                "sparse": sparse,
                 "bifurcated": bifurcated, "overlap": overlap,
                 "concat": concat, "bifurcated-softcap": lambda: bifurcated_launches(30.0),
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
