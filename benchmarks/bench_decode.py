@@ -256,15 +256,16 @@ def add_peers(fns, refs, peers, ref):
     return skipped
 
 
-def run_case_variants(doc, argv, cases, measure, filename, probe):
+def run_case_variants(doc, argv, cases, measure, filename, probe, cases_of=None):
     """The loop of a benchmark over ``cases``, (suite case name, parameter) pairs: its command line
     (``common.probe_args``), the read ceiling, then ``measure(case, parameter, ceiling)`` for each pair whose case
-    is asked for, all written by ``common.write_probe`` to ``filename`` with the timing and the ``probe`` line."""
+    is asked for, all written by ``common.write_probe`` to ``filename`` with the timing and the ``probe`` line.
+    ``cases_of``: the suite the names are of (default: this benchmark's)."""
     args, want = common.probe_args(doc, argv)
     torch.manual_seed(0)
     ceilings = common.read_bandwidth_gbs()
     ceiling = ceilings["read_ceiling"]
-    by_name = {c["name"]: c for c in suite()}
+    by_name = {c["name"]: c for c in (cases_of or suite)()}
     out = []
     for name, param in cases:
         if want and name not in want:

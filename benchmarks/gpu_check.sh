@@ -46,6 +46,10 @@
 #   tests-varlen  the GPU tests of decode over a packed query (cu_seqlens_q; tests/test_decode_varlen_gpu.py)
 #   sanitize-varlen  memcheck over decode's launches with a packed query (sanitize.py varlen)
 #   varlen      decode over a packed query against the padded query and the peers (benchmarks/bench_decode_varlen.py)
+#   tests-bif-tokens  the GPU tests of bifurcated/cascade decode with several query tokens a sample
+#               (tests/test_bifurcated_tokens_gpu.py)
+#   bif-tokens  bifurcated decode of several query tokens a sample against the one-token call, decode over copied
+#               caches and SDPA (benchmarks/bench_bifurcated_tokens.py)
 #   verify-step  a speculative verify step against a one-token step, with and without the model's fused_ops:
 #               graph replay time, kernels by kind (probe)
 #   e2e-fused   bench_e2e.py with Part A also under the model's fused_ops (4k, 32k, 128k; x16 samples)
@@ -224,6 +228,8 @@ for step in "$@"; do
     tests-transformers) "${PYTEST[@]}" tests/test_integration_transformers.py 2>&1 | tail -4 ;;
     tests-tokens) "${PYTEST[@]}" tests/test_decode_tokens_gpu.py 2>&1 | tail -3 ;;
     tests-varlen) "${PYTEST[@]}" tests/test_decode_varlen_gpu.py 2>&1 | tail -3 ;;
+    tests-bif-tokens) "${PYTEST[@]}" tests/test_bifurcated_tokens_gpu.py 2>&1 | tail -3 ;;
+    bif-tokens) timeout 500 python3 benchmarks/bench_bifurcated_tokens.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     sanitize-varlen)
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py varlen 2>&1 | tail -3 ;;
     varlen) timeout 500 python3 benchmarks/bench_decode_varlen.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;

@@ -33,6 +33,24 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask
     return p @ v, lse
 
 
+def attend_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor,
+                  softcap: float = 0.0):
+    """:func:`attend` of the tokens ``q [Lq, Hq, D]`` of one sequence over ``k, v [N, Hkv, D]``, query head ``h``
+    reading kv head ``h // (Hq // Hkv)``, ``mask [Lq, N]`` each token's keys. Returns ``(out [Lq, Hq, D], lse [Lq,
+    Hq])``."""
+    Lq, Hq, D = q.shape
+    Hkv = k.shape[1]
+    group = Hq // Hkv
+    out = torch.empty(Lq, Hq, D, dtype=torch.float64, device=q.device)
+    lse = torch.empty(Lq, Hq, dtype=torch.float64, device=q.device)
+    rows_mask = mask.repeat_interleave(group, 0)  # a group's heads of each token, token-major
+    for h in range(Hkv):
+        heads = slice(h * group, (h + 1) * group)
+        o, l_ = attend(q[:, heads].reshape(Lq * group, D), k[:, h], v[:, h], scale, rows_mask, softcap=softcap)
+        out[:, heads], lse[:, heads] = o.view(Lq, group, D), l_.view(Lq, group)
+    return out, lse
+
+
 def gather_kv(cache: torch.Tensor, b: int, n: int, block_table: torch.Tensor | None) -> torch.Tensor:
     """The first ``n`` tokens of sequence ``b``: ``(n, kv_heads, D)``, from a contiguous or paged cache."""
     if block_table is None:
@@ -75,8 +93,6 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
                           softcap, window_left, causal)
         return out[:, 0], lse[:, 0]
     B, Lq, Hq, D = q.shape
-    Hkv = k_cache.shape[2]
-    group = Hq // Hkv
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
     if cache_seqlens is None:
         cap = k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
@@ -95,9 +111,7 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
             mask &= keys[None, :] <= pos[:, None]
         if window_left >= 0:
             mask &= keys[None, :] >= pos[:, None] - window_left
-        for h in range(Hkv):
-            for g in range(h * group, (h + 1) * group):
-                out[b, :, g], lse[b, :, g] = attend(q[b, :, g], k[:, h], v[:, h], scale, mask, softcap=softcap)
+        out[b], lse[b] = attend_groups(q[b], k, v, scale, mask, softcap)
     return out, lse
 
 
@@ -173,42 +187,54 @@ def _segment(k: torch.Tensor, lens, ids, b: int) -> tuple[int, int]:
 
 
 def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, block_table=None, softmax_scale=None,
-                   softcap=0.0, k_scale=1.0, v_scale=1.0):
+                   softcap=0.0, k_scale=1.0, v_scale=1.0, causal=False):
     """Reference for :func:`leanattn.cascade_decode`: attention of each sample over the concatenation
     of its segment of every level (outermost first) and its own tokens, scores capped by ``softcap`` where it is
-    > 0, keys and values times ``k_scale`` and ``v_scale`` (float8 caches). Float64 ``(out, lse)``."""
-    B, Hq, D = q.shape
+    > 0, keys and values times ``k_scale`` and ``v_scale`` (float8 caches). A query ``(B, Lq, Hq, D)`` holds the last
+    ``Lq`` positions of each sample's own tokens: every token attends every shared key and, with ``causal``, the own
+    keys up to its position (``cache_seqlens[b] - Lq + s``). Float64 ``(out, lse)`` of ``q``'s shape without and with
+    ``D``."""
+    if q.dim() == 3:
+        out, lse = cascade_decode(q[:, None], levels, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
+                                  softcap, k_scale, v_scale, causal)
+        return out[:, 0], lse[:, 0]
+    B, Lq, Hq, D = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
     levels = [(tuple(lv) + (None, None))[:4] for lv in levels]
-    Hkv = k_cache.shape[2] if k_cache is not None else levels[0][0].shape[-2]
-    group = Hq // Hkv
     if k_cache is not None:
         cap = k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
         own_lens = [cap] * B if cache_seqlens is None else cache_seqlens.tolist()
-    out = torch.zeros(B, Hq, D, dtype=torch.float64, device=q.device)
-    lse = torch.full((B, Hq), float("-inf"), dtype=torch.float64, device=q.device)
+    out = torch.zeros(B, Lq, Hq, D, dtype=torch.float64, device=q.device)
+    lse = torch.full((B, Lq, Hq), float("-inf"), dtype=torch.float64, device=q.device)
     for b in range(B):
         ks, vs = [], []
         for k, v, lens, ids in levels:
             g, n = _segment(k, lens, ids, b)
             ks.append((k if k.dim() == 4 else k[None])[g, :n].double())
             vs.append((v if v.dim() == 4 else v[None])[g, :n].double())
+        shared = sum(x.shape[0] for x in ks)
+        own = 0
         if k_cache is not None:
-            ks.append(gather_kv(k_cache, b, own_lens[b], block_table).double())
-            vs.append(gather_kv(v_cache, b, own_lens[b], block_table).double())
+            own = own_lens[b]
+            ks.append(gather_kv(k_cache, b, own, block_table).double())
+            vs.append(gather_kv(v_cache, b, own, block_table).double())
         k, v = torch.cat(ks) * k_scale, torch.cat(vs) * v_scale
-        for h in range(Hkv):
-            heads = slice(h * group, (h + 1) * group)
-            out[b, heads], lse[b, heads] = attend(q[b, heads], k[:, h], v[:, h], scale, softcap=softcap)
+        mask = torch.ones(Lq, shared + own, dtype=torch.bool, device=q.device)
+        if causal:
+            pos = own - Lq + torch.arange(Lq, device=q.device)
+            mask[:, shared:] &= torch.arange(own, device=q.device)[None, :] <= pos[:, None]
+        out[b], lse[b] = attend_groups(q[b], k, v, scale, mask, softcap)
     return out, lse
 
 
 def bifurcated_decode(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens=None, block_table=None,
-                      prefix_lens=None, prefix_ids=None, softmax_scale=None, softcap=0.0, k_scale=1.0, v_scale=1.0):
+                      prefix_lens=None, prefix_ids=None, softmax_scale=None, softcap=0.0, k_scale=1.0, v_scale=1.0,
+                      causal=False):
     """Reference for :func:`leanattn.bifurcated_decode`: decode over ``prefix[prefix_ids[b]]``
-    followed by the sample's own tokens. Float64 ``(out, lse)``."""
+    followed by the sample's own tokens (several query tokens a sample as :func:`cascade_decode`). Float64
+    ``(out, lse)``."""
     return cascade_decode(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache, cache_seqlens,
-                          block_table, softmax_scale, softcap, k_scale, v_scale)
+                          block_table, softmax_scale, softcap, k_scale, v_scale, causal)
 
 
 __all__ += ["bifurcated_decode", "cascade_decode"]

@@ -16,7 +16,7 @@ from .. import checks, runtime
 from ..merges.states import merge_states
 from .bifurcated_launch import Plan
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
-from .decode import validate_decode
+from .decode import decode, validate_decode
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
 
@@ -120,7 +120,7 @@ def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     included); returns ``(softmax scale, k_scale, v_scale)``, the scales as given without an own cache (the
     prefix's checks take them: ``validate_prefix``)."""
     if k_cache is None and v_cache is None:
-        scale = checks.query(q, softmax_scale)
+        scale = checks.query(q, softmax_scale, tokens=True)
         for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):
             if t is not None:
                 raise ValueError(f"{name}: expected None without an own cache (k_cache=None), got a tensor")
@@ -147,7 +147,7 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
         raise TypeError(f"{kn}: expected dtype {kv_dtype} (as {kv_name}), got {prefix_k.dtype}")
     if tuple(prefix_v.shape) != tuple(prefix_k.shape):
         raise ValueError(f"{vn}: expected shape {tuple(prefix_k.shape)} (as {kn}), got {tuple(prefix_v.shape)}")
-    B, Hq, D = q.shape
+    B, Hq, D = q.shape[0], q.shape[-2], q.shape[-1]
     if prefix_k.shape[-1] != D:
         raise ValueError(f"{kn}: expected head dim {D} (as q), got {prefix_k.shape[-1]}")
     Hkv = prefix_k.shape[-2]
@@ -195,6 +195,37 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
     return Hkv, k_scale, v_scale
 
 
+def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size, num_programs,
+                  softcap, k_scale, v_scale, causal):
+    """``(out, lse)`` of ``q (B, Lq, Hq, D)``, ``Lq`` query tokens a sample (past validation): every token attends
+    every shared key, so each level is one bifurcated pass over ``B * Lq`` query rows (a sample's tokens read the
+    segment as ``Lq`` samples would, stacked with the rest in the rows of its products); the own tokens are one
+    :func:`leanattn.decode` call with ``causal``; one :func:`leanattn.merge_states` merges the states, as vLLM's and
+    FlashInfer's cascade attention do."""
+    B, Lq, Hq, D = q.shape
+    if B * Lq == 0 or Hq == 0:
+        return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    rows = q.reshape(B * Lq, Hq, D)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
+    outs, lses = [], []
+    for k, v, lens, ids in levels:
+        # (no sync: the repeat count is a host int)
+        ids = None if ids is None else ids.repeat_interleave(Lq)
+        o, lse = op(rows, k, v, None, None, None, None, lens, ids, scale, max_group_size * Lq, num_programs, 0, 0,
+                    softcap, k_scale, v_scale)
+        outs.append(o)
+        lses.append(lse)
+    if k_cache is not None:
+        o, lse = decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, True, num_programs=num_programs,
+                        validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap, causal=causal)
+        outs.append(o.view(B * Lq, Hq, D))
+        lses.append(lse.view(B * Lq, Hq))
+    out, lse = (outs[0], lses[0]) if len(outs) == 1 else merge_states(torch.stack(outs), torch.stack(lses))
+    return out.view(B, Lq, Hq, D), lse.view(B, Lq, Hq)
+
+
 def bifurcated_decode(
     q: torch.Tensor,
     prefix_k: torch.Tensor,
@@ -214,6 +245,7 @@ def bifurcated_decode(
     max_group_size: int = 0,
     num_programs: int = 0,
     validate: Optional[bool] = None,
+    causal: bool = False,
 ):
     """Decode attention for samples that share a prompt: the shared prefix is read once per prompt.
 
@@ -225,7 +257,9 @@ def bifurcated_decode(
     ----------
     q : torch.Tensor
         ``(B, Hq, D)``, one query token per sample; float16, bfloat16 (or float32), ``D`` in
-        {64, 128, 256}.
+        {64, 128, 256}. Or ``(B, Lq, Hq, D)``: ``Lq`` query tokens a sample (speculative decoding of parallel
+        samples), the last ``Lq`` of its own tokens (their keys already in ``k_cache``), as in
+        :func:`leanattn.decode`; each attends the whole prefix and, with ``causal``, its own tokens up to its position.
     prefix_k, prefix_v : torch.Tensor
         One prefix shared by every sample, ``(P, Hkv, D)``, or ``G`` prefixes ``(G, P, Hkv, D)``;
         ``q``'s dtype, or float8 (``torch.float8_e4m3fn``, ``torch.float8_e5m2``) as the own cache's dtype; ``q``'s
@@ -262,13 +296,16 @@ def bifurcated_decode(
         Persistent programs (0 = SMs x measured occupancy, rounded down to whole teams).
     validate : bool, optional, keyword-only
         Check length, id and page values (default: only when that needs no device sync).
+    causal : bool, keyword-only
+        With ``Lq > 1`` query tokens: each attends its own tokens only up to its position (the prefix whole), as
+        :func:`leanattn.decode`'s ``causal``. False (the default): every own token.
 
     Returns
     -------
     out : torch.Tensor
-        ``(B, Hq, D)`` in ``q.dtype``.
+        ``q``'s shape, ``(B, Hq, D)`` or ``(B, Lq, Hq, D)``, in ``q.dtype``.
     lse : torch.Tensor
-        ``(B, Hq)`` float32, natural log; only with ``return_lse=True``.
+        ``(B, Hq)`` or ``(B, Lq, Hq)`` float32, natural log; only with ``return_lse=True``.
 
     Notes
     -----
@@ -290,6 +327,11 @@ def bifurcated_decode(
     change between replays; with several prompts pass ``max_group_size`` and keep every prompt
     within it, which is checked only when ``validate`` is on).
 
+    With ``Lq > 1`` query tokens a sample the prefix pass takes the ``B * Lq`` token rows as samples (each prefix
+    tile still read once per prompt, multiplied against all of them), the own tokens are one
+    :func:`leanattn.decode` call, and one :func:`leanattn.merge_states` launch merges the two (vLLM's and
+    FlashInfer's cascade form); the one-token call's fused launch does not take several tokens.
+
     Examples
     --------
     >>> # 16 samples of one 8k-token prompt, 256 own tokens each
@@ -306,6 +348,18 @@ def bifurcated_decode(
                                             v_scale=v_scale)
     if k_cache is not None and Hkv != k_cache.shape[2]:
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
+    causal = checks.flag("causal", causal)
+    if q.dim() == 4:
+        if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
+            res = bifurcated_decode(q[:, 0], prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
+                                    prefix_lens, prefix_ids, scale, return_lse, softcap=softcap, k_scale=k_scale,
+                                    v_scale=v_scale, max_group_size=max_group_size, num_programs=num_programs,
+                                    validate=False)
+            return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
+        out, lse = _token_states(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache,
+                                 cache_seqlens, block_table, scale, int(max_group_size), int(num_programs), softcap,
+                                 k_scale, v_scale, causal)
+        return (out, lse) if return_lse else out
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, scale,
@@ -333,6 +387,7 @@ def cascade_decode(
     max_group_size: int = 0,
     num_programs: int = 0,
     validate: Optional[bool] = None,
+    causal: bool = False,
 ):
     """Decode over nested shared KV: e.g. a system prompt for every sample, a document per group,
     then each sample's own tokens.
@@ -342,7 +397,7 @@ def cascade_decode(
     Parameters
     ----------
     q : torch.Tensor
-        ``(B, Hq, D)``.
+        ``(B, Hq, D)``, or ``(B, Lq, Hq, D)``: ``Lq`` query tokens a sample, as in :func:`bifurcated_decode`.
     levels : sequence of tuples
         ``(k, v)`` or ``(k, v, lens, ids)`` per level, outermost first. ``k, v`` are ``(P, Hkv, D)``
         (one segment read by every sample) or ``(G, P, Hkv, D)`` with ``ids (B,)`` int32 naming
@@ -354,9 +409,9 @@ def cascade_decode(
         A bound on the samples that read one segment, at every level with ``ids`` (as in
         :func:`bifurcated_decode`): with it no level counts its groups on the host, so a call on CUDA
         makes no device sync and a captured graph keeps the rows it needs. Default 0: counted.
-    softmax_scale, return_lse, softcap, k_scale, v_scale, num_programs, validate
+    softmax_scale, return_lse, softcap, k_scale, v_scale, num_programs, validate, causal
         As in :func:`bifurcated_decode`: every level and the own cache in one dtype, ``q``'s or a float8 one, with
-        one pair of scales.
+        one pair of scales; ``causal`` masks the own tokens after each query token's position (every level whole).
 
     Notes
     -----
@@ -374,7 +429,8 @@ def cascade_decode(
         raise TypeError(f"levels: expected a list of (k, v[, lens, ids]) tuples, got {type(levels).__name__}")
     if len(levels) == 0 and k_cache is None:
         raise ValueError("levels: expected at least one level or an own cache (k_cache), got neither")
-    B, Hq, D = q.shape
+    causal = checks.flag("causal", causal)
+    D = q.shape[-1]
     parsed = []
     for i, level in enumerate(levels):
         if not isinstance(level, (tuple, list)) or len(level) not in (2, 4):
@@ -390,6 +446,15 @@ def cascade_decode(
     for i, (k, *_rest) in enumerate(parsed):
         if k.shape[-2] != Hkv:
             raise ValueError(f"levels[{i}]: expected {Hkv} kv heads, got {k.shape[-2]}")
+    if q.dim() == 4:
+        if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
+            res = cascade_decode(q[:, 0], levels, k_cache, v_cache, cache_seqlens, block_table, scale, return_lse,
+                                 softcap=softcap, k_scale=k_scale, v_scale=v_scale, max_group_size=max_group_size,
+                                 num_programs=num_programs, validate=False)
+            return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
+        out, lse = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
+                                 int(num_programs), softcap, k_scale, v_scale, causal)
+        return (out, lse) if return_lse else out
     if q.stride(-1) != 1:
         q = q.contiguous()
     op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
