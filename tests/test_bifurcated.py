@@ -15,7 +15,7 @@ import torch
 
 import leanattn
 from leanattn import reference
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, assert_states_match
 from test_decode import make_inputs as _make_inputs
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # interpreter on CPU, compiled kernels on a GPU
@@ -102,13 +102,7 @@ def check(q, pk, pv, k, v, lens=None, bt=None, plens=None, ids=None, scale=None,
         s = scale if scale is not None else q.shape[-1] ** -0.5
         out, lse = torch.ops.leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, s, *op_args)
     ref_out, ref_lse = reference.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, scale)
-    assert out.shape == q.shape and out.dtype == q.dtype
-    assert lse.shape == q.shape[:2] and lse.dtype == torch.float32
-    tol = TOLERANCE[q.dtype]
-    assert_rel_close(name, out, ref_out, tol)
-    assert_lse_close(name, lse, ref_lse, atol=tol)
-    empty = torch.isinf(ref_lse)
-    assert torch.equal(out[empty], torch.zeros_like(out[empty])), f"{name}: rows without keys are not zero"
+    assert_states_match(name, q, out, lse, ref_out, ref_lse)
     return out, lse
 
 

@@ -8,7 +8,7 @@ import torch
 
 import leanattn
 from leanattn import reference
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, assert_states_match
 from test_bifurcated import DEV, ids_tensor, make_inputs, make_prefix, multi_prompt_paged_inputs
 
 
@@ -21,13 +21,7 @@ def tokens(q: torch.Tensor, lq: int) -> torch.Tensor:
 def check(q, pk, pv, k, v, lens=None, bt=None, plens=None, ids=None, causal=True, name="tokens", **kw):
     out, lse = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, return_lse=True, causal=causal, **kw)
     ref_out, ref_lse = reference.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, causal=causal)
-    assert out.shape == q.shape and out.dtype == q.dtype
-    assert lse.shape == q.shape[:-1] and lse.dtype == torch.float32
-    tol = TOLERANCE[q.dtype]
-    assert_rel_close(name, out, ref_out, tol)
-    assert_lse_close(name, lse, ref_lse, atol=tol)
-    empty = torch.isinf(ref_lse)
-    assert torch.equal(out[empty], torch.zeros_like(out[empty])), f"{name}: rows without keys are not zero"
+    assert_states_match(name, q, out, lse, ref_out, ref_lse)
     return out, lse
 
 

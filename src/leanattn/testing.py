@@ -35,6 +35,20 @@ def assert_lse_close(name: str, lse: torch.Tensor, ref: torch.Tensor, atol: floa
         assert err <= atol, f"{name}: lse max abs error {err:.3e} > {atol:.1e}"
 
 
+def assert_states_match(name: str, q: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, ref_out: torch.Tensor,
+                        ref_lse: torch.Tensor):
+    """An op's ``(out, lse)`` for the query ``q`` against its float64 reference: ``out`` of ``q``'s shape and dtype,
+    ``lse`` float32 of ``q``'s shape without ``D``, both within ``TOLERANCE[q.dtype]``, and the rows that see no key
+    exactly zero."""
+    assert out.shape == q.shape and out.dtype == q.dtype, f"{name}: out {tuple(out.shape)} {out.dtype}"
+    assert lse.shape == q.shape[:-1] and lse.dtype == torch.float32, f"{name}: lse {tuple(lse.shape)} {lse.dtype}"
+    tol = TOLERANCE[q.dtype]
+    assert_rel_close(name, out, ref_out, tol)
+    assert_lse_close(name, lse, ref_lse, atol=tol)
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(out[empty], torch.zeros_like(out[empty])), f"{name}: rows without keys are not zero"
+
+
 def assert_graph_replays(call, seqlens: torch.Tensor, lengths, reference, tol: float, replays: int = 20):
     """``call()`` (a decode over the lengths ``seqlens``) captured in a CUDA graph after one eager call (which
     compiles and allocates outside the capture), then replayed with each of ``lengths`` copied into ``seqlens``: each
