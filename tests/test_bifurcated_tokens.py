@@ -98,6 +98,48 @@ def test_tokens_cascade_levels():
     assert_rel_close("levels only", levels_only, reference.cascade_decode(q4, levels)[0], TOLERANCE[q.dtype])
 
 
+def packed_tokens(q: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random packed query of ``counts[b]`` tokens for sample ``b`` (heads and dims of ``q (B, Hq, D)``) and its
+    ``cu_seqlens_q``."""
+    cu = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), dtype=torch.int32, device=q.device)
+    return torch.randn(sum(counts), *q.shape[1:], dtype=q.dtype, device=q.device), cu
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_packed_multi_prompt_paged(causal):
+    # unequal groups, a prompt with an empty prefix, samples with no tokens and with more tokens than own keys
+    q, pk, pv, k, v, lens, bt, plens, ids = multi_prompt_paged_inputs(8, 2, 64)
+    counts = [(3 * b) % 5 for b in range(q.shape[0])]
+    qp, cu = packed_tokens(q, counts)
+    for kw in (dict(), dict(max_seqlen_q=6, max_group_size=9)):
+        out, lse = leanattn.bifurcated_decode(qp, pk, pv, k, v, lens, bt, plens, ids, return_lse=True, causal=causal,
+                                              cu_seqlens_q=cu, **kw)
+        ref_out, ref_lse = reference.bifurcated_decode(qp, pk, pv, k, v, lens, bt, plens, ids, causal=causal,
+                                                       cu_seqlens_q=cu)
+        assert_states_match(f"packed {kw}", qp, out, lse, ref_out, ref_lse)
+    # each sample's rows are those of its padded call
+    cuts = cu.tolist()
+    for b in (0, 4, 9):
+        n = cuts[b + 1] - cuts[b]
+        if n:
+            one = leanattn.bifurcated_decode(qp[None, cuts[b]:cuts[b + 1]], pk, pv, k, v, lens[b:b + 1], bt[b:b + 1],
+                                             plens, ids[b:b + 1], causal=causal)
+            assert_rel_close(f"sample {b}", out[cuts[b]:cuts[b + 1]], one[0].double(), TOLERANCE[q.dtype])
+
+
+def test_packed_cascade_and_no_own():
+    q, k, v, lens, bt = make_inputs(4, 8, 2, 64, [7, 0, 20, 3], page_size=16)
+    sys_k, sys_v, _ = make_prefix(None, 19, 2, 64)
+    doc_k, doc_v, doc_lens = make_prefix(2, 33, 2, 64, plens=[33, 14])
+    levels = [(sys_k, sys_v), (doc_k, doc_v, doc_lens, ids_tensor([0, 1, 1, 0]))]
+    qp, cu = packed_tokens(q, [2, 3, 0, 4])
+    out, lse = leanattn.cascade_decode(qp, levels, k, v, lens, bt, return_lse=True, causal=True, cu_seqlens_q=cu)
+    assert_states_match("cascade", qp, out, lse, *reference.cascade_decode(qp, levels, k, v, lens, bt, causal=True,
+                                                                           cu_seqlens_q=cu))
+    out, lse = leanattn.cascade_decode(qp, levels, return_lse=True, cu_seqlens_q=cu, max_seqlen_q=4)
+    assert_states_match("levels only", qp, out, lse, *reference.cascade_decode(qp, levels, cu_seqlens_q=cu))
+
+
 def test_tokens_compile_fullgraph():
     q, k, v, lens, _ = make_inputs(3, 4, 2, 64, [9, 0, 17])
     pk, pv, _ = make_prefix(None, 20, 2, 64)
@@ -107,6 +149,21 @@ def test_tokens_compile_fullgraph():
     out, lse = compiled(q4, pk, pv, k, v, lens)
     ref_out, ref_lse = leanattn.bifurcated_decode(q4, pk, pv, k, v, lens, return_lse=True, causal=True)
     assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+
+
+def test_packed_errors():
+    q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [9, 0, 17])
+    pk, pv, _ = make_prefix(None, 20, 2, 64)
+    qp, cu = packed_tokens(q, [1, 2, 1])
+    with pytest.raises(ValueError, match=r"k_cache: expected batch size 2 \(sequences of cu_seqlens_q\)"):
+        leanattn.bifurcated_decode(qp, pk, pv, k, v, lens, cu_seqlens_q=torch.tensor([0, 1, 4], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"prefix_ids: expected shape \(3,\) \(samples of cu_seqlens_q\)"):
+        leanattn.bifurcated_decode(qp, pk[None], pv[None], k, v, lens, prefix_ids=torch.zeros(4, dtype=torch.int32),
+                                   cu_seqlens_q=cu)
+    with pytest.raises(ValueError, match="max_seqlen_q: expected at least the longest sequence's 2"):
+        leanattn.cascade_decode(qp, [(pk, pv)], k, v, lens, cu_seqlens_q=cu, max_seqlen_q=1)
+    with pytest.raises(ValueError, match="max_seqlen_q: expected None without cu_seqlens_q"):
+        leanattn.bifurcated_decode(q, pk, pv, k, v, lens, max_seqlen_q=2)
 
 
 @pytest.mark.parametrize("name,kw,error,match", [

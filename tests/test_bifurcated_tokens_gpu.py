@@ -1,5 +1,5 @@
 """GPU-only tests of ``bifurcated_decode`` / ``cascade_decode`` with several query tokens a sample (``q (B, Lq, Hq,
-D)``): bf16 at realistic sizes (the prefix pass then takes the Gluon overlap path where it would for as many samples),
+D)``, or packed with ``cu_seqlens_q``): bf16 at realistic sizes (the prefix pass then takes the Gluon overlap path where it would for as many samples),
 one and several prompts, paged own caches, CUDA-graph replay with new lengths, determinism, torch.compile. Skipped
 without CUDA."""
 import pytest
@@ -48,6 +48,24 @@ def test_tokens_multi_prompt_paged(page):
     ids = torch.tensor(ids, dtype=torch.int32, device="cuda")
     check(q, pk, pv, kp, vp, sl, bt, plens, ids)
     check(q, pk, pv, kp, vp, sl, bt, plens, ids, max_group_size=9)
+
+
+def test_packed_multi_prompt():
+    # a different number of tokens a sample (none included), several prompts of unequal groups
+    ids = [0] * 9 + [2] * 6 + [1]
+    own = [(37 * i) % 300 + 1 for i in range(len(ids))]
+    counts = [i % 5 for i in range(len(ids))]
+    _, pk, pv, k, v, sl = inputs(len(ids), 1, 32, 8, 128, 5000, own, G=3)
+    q = torch.randn(sum(counts), 32, 128, dtype=torch.bfloat16, device="cuda")
+    cu = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    plens = torch.tensor([5000, 0, 1234], dtype=torch.int32, device="cuda")
+    ids = torch.tensor(ids, dtype=torch.int32, device="cuda")
+    out, lse = leanattn.bifurcated_decode(q, pk, pv, k, v, sl, None, plens, ids, return_lse=True, causal=True,
+                                          cu_seqlens_q=cu, max_seqlen_q=4, max_group_size=9)
+    ref, ref_lse = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, None, plens, ids, causal=True,
+                                                        cu_seqlens_q=cu)
+    assert_rel_close("packed", out, ref, TOLERANCE[q.dtype])
+    assert_lse_close("packed lse", lse, ref_lse, 1e-2)
 
 
 def test_tokens_cascade():

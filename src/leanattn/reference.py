@@ -63,6 +63,29 @@ def gather_kv(cache: torch.Tensor, b: int, n: int, block_table: torch.Tensor | N
     return cache[pages].reshape(-1, *cache.shape[2:])[:n]
 
 
+def _per_sequence(q: torch.Tensor, cu_seqlens_q: torch.Tensor, one):
+    """A packed query ``q (total_q, Hq, D)`` attended a sequence at a time: ``one(b, q_b)`` gives the float64 ``(out,
+    lse)`` of sequence ``b``'s rows as a ``(1, n_b, Hq, D)`` query; they are concatenated in ``q``'s order."""
+    cu = cu_seqlens_q.tolist()
+    outs = [q.new_zeros((0, *q.shape[1:]), dtype=torch.float64)]
+    lses = [q.new_zeros((0, q.shape[1]), dtype=torch.float64)]
+    for b in range(len(cu) - 1):
+        if cu[b + 1] > cu[b]:
+            o, lse = one(b, q[None, cu[b]:cu[b + 1]])
+            outs.append(o[0])
+            lses.append(lse[0])
+    return torch.cat(outs), torch.cat(lses)
+
+
+def _sequence_caches(b: int, k_cache, v_cache, cache_seqlens, block_table) -> tuple:
+    """``(k_cache, v_cache, cache_seqlens, block_table)`` of sequence ``b`` alone (a paged cache keeps its pages and
+    takes the row of the table; absent parts stay None)."""
+    one = slice(b, b + 1)
+    paged = block_table is not None
+    k, v = ((c if c is None or paged else c[one]) for c in (k_cache, v_cache))
+    return k, v, None if cache_seqlens is None else cache_seqlens[one], block_table[one] if paged else None
+
+
 def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None, k_scale=1.0, v_scale=1.0,
            softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None):
     """Reference for :func:`leanattn.decode`: ``(out, lse)`` float64 of ``q``'s shape without and with ``D``;
@@ -73,21 +96,9 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
     ``cu_seqlens_q`` (``(B + 1,)``), ``q (total_q, Hq, D)`` is packed: sequence ``b`` is its rows ``[cu[b], cu[b+1])``,
     attending as a ``(1, n_b, Hq, D)`` query of that sequence alone."""
     if cu_seqlens_q is not None:
-        cu = cu_seqlens_q.tolist()
-        outs = [q.new_zeros((0, *q.shape[1:]), dtype=torch.float64)]
-        lses = [q.new_zeros((0, q.shape[1]), dtype=torch.float64)]
-        for b in range(len(cu) - 1):
-            if cu[b + 1] == cu[b]:
-                continue
-            one = slice(b, b + 1)
-            o, lse = decode(q[None, cu[b]:cu[b + 1]], k_cache if block_table is not None else k_cache[one],
-                            v_cache if block_table is not None else v_cache[one],
-                            None if cache_seqlens is None else cache_seqlens[one],
-                            None if block_table is None else block_table[one], softmax_scale, k_scale, v_scale,
-                            softcap, window_left, causal)
-            outs.append(o[0])
-            lses.append(lse[0])
-        return torch.cat(outs), torch.cat(lses)
+        return _per_sequence(q, cu_seqlens_q, lambda b, q_b: decode(
+            q_b, *_sequence_caches(b, k_cache, v_cache, cache_seqlens, block_table), softmax_scale, k_scale, v_scale,
+            softcap, window_left, causal))
     if q.dim() == 3:
         out, lse = decode(q[:, None], k_cache, v_cache, cache_seqlens, block_table, softmax_scale, k_scale, v_scale,
                           softcap, window_left, causal)
@@ -187,13 +198,20 @@ def _segment(k: torch.Tensor, lens, ids, b: int) -> tuple[int, int]:
 
 
 def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, block_table=None, softmax_scale=None,
-                   softcap=0.0, k_scale=1.0, v_scale=1.0, causal=False):
+                   softcap=0.0, k_scale=1.0, v_scale=1.0, causal=False, cu_seqlens_q=None):
     """Reference for :func:`leanattn.cascade_decode`: attention of each sample over the concatenation
     of its segment of every level (outermost first) and its own tokens, scores capped by ``softcap`` where it is
     > 0, keys and values times ``k_scale`` and ``v_scale`` (float8 caches). A query ``(B, Lq, Hq, D)`` holds the last
     ``Lq`` positions of each sample's own tokens: every token attends every shared key and, with ``causal``, the own
-    keys up to its position (``cache_seqlens[b] - Lq + s``). Float64 ``(out, lse)`` of ``q``'s shape without and with
-    ``D``."""
+    keys up to its position (``cache_seqlens[b] - Lq + s``). With ``cu_seqlens_q``, ``q (total_q, Hq, D)`` is packed,
+    sample ``b`` its rows ``[cu[b], cu[b+1])`` as a ``(1, n_b, Hq, D)`` query of that sample alone. Float64 ``(out,
+    lse)`` of ``q``'s shape without and with ``D``."""
+    if cu_seqlens_q is not None:
+        levels = [(tuple(lv) + (None, None))[:4] for lv in levels]
+        return _per_sequence(q, cu_seqlens_q, lambda b, q_b: cascade_decode(
+            q_b, [(k, v, lens, None if ids is None else ids[b:b + 1]) for k, v, lens, ids in levels],
+            *_sequence_caches(b, k_cache, v_cache, cache_seqlens, block_table), softmax_scale, softcap, k_scale,
+            v_scale, causal))
     if q.dim() == 3:
         out, lse = cascade_decode(q[:, None], levels, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
                                   softcap, k_scale, v_scale, causal)
@@ -229,12 +247,12 @@ def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, bl
 
 def bifurcated_decode(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens=None, block_table=None,
                       prefix_lens=None, prefix_ids=None, softmax_scale=None, softcap=0.0, k_scale=1.0, v_scale=1.0,
-                      causal=False):
+                      causal=False, cu_seqlens_q=None):
     """Reference for :func:`leanattn.bifurcated_decode`: decode over ``prefix[prefix_ids[b]]``
-    followed by the sample's own tokens (several query tokens a sample as :func:`cascade_decode`). Float64
-    ``(out, lse)``."""
+    followed by the sample's own tokens (several query tokens a sample, or packed, as :func:`cascade_decode`).
+    Float64 ``(out, lse)``."""
     return cascade_decode(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache, cache_seqlens,
-                          block_table, softmax_scale, softcap, k_scale, v_scale, causal)
+                          block_table, softmax_scale, softcap, k_scale, v_scale, causal, cu_seqlens_q)
 
 
 __all__ += ["bifurcated_decode", "cascade_decode"]

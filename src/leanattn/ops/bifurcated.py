@@ -114,11 +114,12 @@ def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefi
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 
 
-def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate, k_scale=1.0, v_scale=1.0):
+def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate, k_scale=1.0, v_scale=1.0,
+                 batch=None):
     """Checks of the own-token cache, which may be absent (``k_cache = v_cache = None``, and then no
     lengths or page table either), as in :func:`leanattn.decode` otherwise (float8 caches and their scales
-    included); returns ``(softmax scale, k_scale, v_scale)``, the scales as given without an own cache (the
-    prefix's checks take them: ``validate_prefix``)."""
+    included; ``batch``: the samples of a packed query, as ``validate_decode``'s); returns ``(softmax scale, k_scale,
+    v_scale)``, the scales as given without an own cache (the prefix's checks take them: ``validate_prefix``)."""
     if k_cache is None and v_cache is None:
         scale = checks.query(q, softmax_scale, tokens=True)
         for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):
@@ -128,14 +129,15 @@ def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     if k_cache is None or v_cache is None:
         raise ValueError("k_cache: expected k_cache and v_cache together (or neither), got only one of them")
     return validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate,
-                           k_scale, v_scale, fp8=True)
+                           k_scale, v_scale, fp8=True, batch=batch)
 
 
 def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate, name="prefix",
-                    kv_dtype=None, kv_name="k_cache", k_scale=1.0, v_scale=1.0):
+                    kv_dtype=None, kv_name="k_cache", k_scale=1.0, v_scale=1.0, batch=None):
     """Checks of a shared prefix against ``q``: its dtype ``q``'s or a float8 one, equal to ``kv_dtype`` (that of
     ``kv_name``, the own cache or another level) where given, and the dequantisation scales against it
-    (``checks.kv_cache``); returns ``(Hkv, k_scale, v_scale)``. The kv-head count is compared by the caller."""
+    (``checks.kv_cache``); returns ``(Hkv, k_scale, v_scale)``. The kv-head count is compared by the caller.
+    ``batch``: the samples of a packed query (else ``q``'s first dimension)."""
     kn, vn, ln, idn = f"{name}_k", f"{name}_v", f"{name}_lens", f"{name}_ids"
     checks.check_tensor(kn, prefix_k)
     checks.check_tensor(vn, prefix_v)
@@ -147,7 +149,7 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
         raise TypeError(f"{kn}: expected dtype {kv_dtype} (as {kv_name}), got {prefix_k.dtype}")
     if tuple(prefix_v.shape) != tuple(prefix_k.shape):
         raise ValueError(f"{vn}: expected shape {tuple(prefix_k.shape)} (as {kn}), got {tuple(prefix_v.shape)}")
-    B, Hq, D = q.shape[0], q.shape[-2], q.shape[-1]
+    B, Hq, D = q.shape[0] if batch is None else batch, q.shape[-2], q.shape[-1]
     if prefix_k.shape[-1] != D:
         raise ValueError(f"{kn}: expected head dim {D} (as q), got {prefix_k.shape[-1]}")
     Hkv = prefix_k.shape[-2]
@@ -173,7 +175,8 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
     else:
         checks.check_index(idn, prefix_ids, 1, q.device)
         if prefix_ids.shape[0] != B:
-            raise ValueError(f"{idn}: expected shape ({B},) (batch size of q), got {tuple(prefix_ids.shape)}")
+            what = "batch size of q" if batch is None else "samples of cu_seqlens_q"
+            raise ValueError(f"{idn}: expected shape ({B},) ({what}), got {tuple(prefix_ids.shape)}")
     max_group_size = checks.max_group_size(max_group_size)
     if validate is None:
         validate = checks.values_checkable(prefix_lens, prefix_ids)
@@ -196,34 +199,42 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
 
 
 def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size, num_programs,
-                  softcap, k_scale, v_scale, causal):
-    """``(out, lse)`` of ``q (B, Lq, Hq, D)``, ``Lq`` query tokens a sample (past validation): every token attends
-    every shared key, so each level is one bifurcated pass over ``B * Lq`` query rows (a sample's tokens read the
-    segment as ``Lq`` samples would, stacked with the rest in the rows of its products); the own tokens are one
-    :func:`leanattn.decode` call with ``causal``; one :func:`leanattn.merge_states` merges the states, as vLLM's and
-    FlashInfer's cascade attention do."""
-    B, Lq, Hq, D = q.shape
-    if B * Lq == 0 or Hq == 0:
+                  softcap, k_scale, v_scale, causal, cu_seqlens_q=None, max_seqlen_q=0):
+    """``(out, lse)`` of ``q (B, Lq, Hq, D)``, ``Lq`` query tokens a sample, or of a packed ``q (total_q, Hq, D)``
+    (``cu_seqlens_q``, up to ``max_seqlen_q`` tokens a sample), past validation: every token attends every shared
+    key, so each level is one bifurcated pass over the query rows (a sample's tokens read the segment as that many
+    samples would, stacked with the rest in the rows of its products); the own tokens are one :func:`leanattn.decode`
+    call with ``causal``; one :func:`leanattn.merge_states` merges the states, as vLLM's and FlashInfer's cascade
+    attention do."""
+    Hq, D = q.shape[-2], q.shape[-1]
+    if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
-    rows = q.reshape(B * Lq, Hq, D)
+    if cu_seqlens_q is None:
+        B, per = q.shape[0], q.shape[1]
+        rows = q.reshape(B * per, Hq, D)
+        expand = lambda ids: ids.repeat_interleave(per)  # noqa: E731
+    else:
+        per, rows = max_seqlen_q, q
+        counts = cu_seqlens_q.diff()
+        # (no sync: the output size is q's)
+        expand = lambda ids: ids.repeat_interleave(counts, output_size=q.shape[0])  # noqa: E731
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
     outs, lses = [], []
     for k, v, lens, ids in levels:
-        # (no sync: the repeat count is a host int)
-        ids = None if ids is None else ids.repeat_interleave(Lq)
-        o, lse = op(rows, k, v, None, None, None, None, lens, ids, scale, max_group_size * Lq, num_programs, 0, 0,
-                    softcap, k_scale, v_scale)
+        o, lse = op(rows, k, v, None, None, None, None, lens, None if ids is None else expand(ids), scale,
+                    max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale)
         outs.append(o)
         lses.append(lse)
     if k_cache is not None:
+        packed = {} if cu_seqlens_q is None else dict(cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q)
         o, lse = decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, True, num_programs=num_programs,
-                        validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap, causal=causal)
-        outs.append(o.view(B * Lq, Hq, D))
-        lses.append(lse.view(B * Lq, Hq))
+                        validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap, causal=causal, **packed)
+        outs.append(o.view(rows.shape))
+        lses.append(lse.view(rows.shape[:-1]))
     out, lse = (outs[0], lses[0]) if len(outs) == 1 else merge_states(torch.stack(outs), torch.stack(lses))
-    return out.view(B, Lq, Hq, D), lse.view(B, Lq, Hq)
+    return out.view(q.shape), lse.view(q.shape[:-1])
 
 
 def bifurcated_decode(
@@ -246,6 +257,8 @@ def bifurcated_decode(
     num_programs: int = 0,
     validate: Optional[bool] = None,
     causal: bool = False,
+    cu_seqlens_q: Optional[torch.Tensor] = None,
+    max_seqlen_q: Optional[int] = None,
 ):
     """Decode attention for samples that share a prompt: the shared prefix is read once per prompt.
 
@@ -299,13 +312,16 @@ def bifurcated_decode(
     causal : bool, keyword-only
         With ``Lq > 1`` query tokens: each attends its own tokens only up to its position (the prefix whole), as
         :func:`leanattn.decode`'s ``causal``. False (the default): every own token.
+    cu_seqlens_q, max_seqlen_q : keyword-only
+        A packed query ``q (total_q, Hq, D)`` of a different number of tokens a sample (sample ``b``'s rows
+        ``[cu_seqlens_q[b], cu_seqlens_q[b + 1])``, the last of its own tokens), as :func:`leanattn.decode`'s.
 
     Returns
     -------
     out : torch.Tensor
-        ``q``'s shape, ``(B, Hq, D)`` or ``(B, Lq, Hq, D)``, in ``q.dtype``.
+        ``q``'s shape, ``(B, Hq, D)``, ``(B, Lq, Hq, D)`` or packed ``(total_q, Hq, D)``, in ``q.dtype``.
     lse : torch.Tensor
-        ``(B, Hq)`` or ``(B, Lq, Hq)`` float32, natural log; only with ``return_lse=True``.
+        ``q``'s shape without ``D``, float32, natural log; only with ``return_lse=True``.
 
     Notes
     -----
@@ -340,15 +356,21 @@ def bifurcated_decode(
     >>> q = torch.randn(16, 32, 128, dtype=torch.bfloat16, device="cuda")
     >>> out = leanattn.bifurcated_decode(q, pk, pv, k, v)
     """
+    batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
-                                           k_scale, v_scale)
+                                           k_scale, v_scale, batch)
     softcap = checks.softcap(softcap)
     Hkv, k_scale, v_scale = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate,
                                             kv_dtype=None if k_cache is None else k_cache.dtype, k_scale=k_scale,
-                                            v_scale=v_scale)
+                                            v_scale=v_scale, batch=batch)
     if k_cache is not None and Hkv != k_cache.shape[2]:
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
     causal = checks.flag("causal", causal)
+    if batch is not None:
+        out, lse = _token_states(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache,
+                                 cache_seqlens, block_table, scale, int(max_group_size), int(num_programs), softcap,
+                                 k_scale, v_scale, causal, cu_seqlens_q, max_q)
+        return (out, lse) if return_lse else out
     if q.dim() == 4:
         if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
             res = bifurcated_decode(q[:, 0], prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
@@ -388,6 +410,8 @@ def cascade_decode(
     num_programs: int = 0,
     validate: Optional[bool] = None,
     causal: bool = False,
+    cu_seqlens_q: Optional[torch.Tensor] = None,
+    max_seqlen_q: Optional[int] = None,
 ):
     """Decode over nested shared KV: e.g. a system prompt for every sample, a document per group,
     then each sample's own tokens.
@@ -409,7 +433,7 @@ def cascade_decode(
         A bound on the samples that read one segment, at every level with ``ids`` (as in
         :func:`bifurcated_decode`): with it no level counts its groups on the host, so a call on CUDA
         makes no device sync and a captured graph keeps the rows it needs. Default 0: counted.
-    softmax_scale, return_lse, softcap, k_scale, v_scale, num_programs, validate, causal
+    softmax_scale, return_lse, softcap, k_scale, v_scale, num_programs, validate, causal, cu_seqlens_q, max_seqlen_q
         As in :func:`bifurcated_decode`: every level and the own cache in one dtype, ``q``'s or a float8 one, with
         one pair of scales; ``causal`` masks the own tokens after each query token's position (every level whole).
 
@@ -421,8 +445,9 @@ def cascade_decode(
     is associative, so the nesting order does not matter). ``L`` shared levels cost ``L``
     launches plus one merge.
     """
+    batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
-                                           k_scale, v_scale)
+                                           k_scale, v_scale, batch)
     softcap = checks.softcap(softcap)
     max_group_size = checks.max_group_size(max_group_size)
     if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
@@ -439,13 +464,17 @@ def cascade_decode(
         kv_dtype, kv_name = ((k_cache.dtype, "k_cache") if k_cache is not None else
                              (parsed[0][0].dtype, "levels[0]_k") if parsed else (None, None))
         Hkv, k_scale, v_scale = validate_prefix(q, k, v, lens, ids, max_group_size, validate, f"levels[{i}]",
-                                                kv_dtype, kv_name, k_scale, v_scale)
+                                                kv_dtype, kv_name, k_scale, v_scale, batch)
         parsed.append((k, v, lens, ids))
     if k_cache is not None:
         Hkv = k_cache.shape[2]
     for i, (k, *_rest) in enumerate(parsed):
         if k.shape[-2] != Hkv:
             raise ValueError(f"levels[{i}]: expected {Hkv} kv heads, got {k.shape[-2]}")
+    if batch is not None:
+        out, lse = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
+                                 int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)
+        return (out, lse) if return_lse else out
     if q.dim() == 4:
         if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
             res = cascade_decode(q[:, 0], levels, k_cache, v_cache, cache_seqlens, block_table, scale, return_lse,

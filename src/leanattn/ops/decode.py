@@ -482,14 +482,8 @@ def decode(
     """
     window_left = checks.window_left(window_left)
     causal = checks.flag("causal", causal)
-    batch = None
-    if cu_seqlens_q is not None:
-        batch, qlen = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
-        if qlen == 0 and q.shape[0]:
-            raise ValueError(f"max_seqlen_q: expected an int >= 1 for a q of {q.shape[0]} rows, got 0")
-    elif max_seqlen_q is not None:
-        raise ValueError(f"max_seqlen_q: expected None without cu_seqlens_q, got {max_seqlen_q!r}")
-    else:
+    batch, qlen = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
+    if batch is None:
         qlen = q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
     # the first token's window holds every page in use
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
