@@ -1,7 +1,7 @@
 """GPU-only tests of ``bifurcated_decode`` / ``cascade_decode`` with several query tokens a sample (``q (B, Lq, Hq,
-D)``, or packed with ``cu_seqlens_q``): bf16 at realistic sizes (the prefix pass then takes the Gluon overlap path where it would for as many samples),
-one and several prompts, paged own caches, CUDA-graph replay with new lengths, determinism, torch.compile. Skipped
-without CUDA."""
+D)``, or packed with ``cu_seqlens_q``): bf16 at realistic sizes (the prefix pass then takes the Gluon overlap path
+where it would for as many samples), one and several prompts, paged own caches, CUDA-graph replay with new lengths,
+determinism, torch.compile. Skipped without CUDA."""
 import pytest
 import torch
 
