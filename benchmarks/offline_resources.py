@@ -223,6 +223,9 @@ def decode_cases():
         yield name, lambda q=q, k=k, bt=bt, lens=lens, kw=kw: leanattn.decode(q, k, k, lens, bt, **kw)
         yield name + " split", lambda q=q, k=k, bt=bt, lens=lens, kw=kw: leanattn.decode(
             q, k, k, lens, bt, schedule="split", num_splits=3, **kw)
+        # the merge launch's packed rows (piece_merge_kernel with VARLEN)
+        yield name + " merge launch", _with_env("1", lambda q=q, k=k, bt=bt, lens=lens, kw=kw: leanattn.decode(
+            q, k, k, lens, bt, **kw), "LEANATTN_DECODE_MERGE")
 
 
 def sparse_cases():
@@ -245,17 +248,17 @@ def sparse_cases():
             yield f"sparse hash {tag}", hashed
 
 
-def _with_env(value, fn):
+def _with_env(value, fn, name="LEANATTN_BIFURCATED_CONFIG"):
     def run():
-        old = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
+        old = os.environ.get(name)
         if value:
-            os.environ["LEANATTN_BIFURCATED_CONFIG"] = value
+            os.environ[name] = value
         try:
             fn()
         finally:
-            os.environ.pop("LEANATTN_BIFURCATED_CONFIG", None)
+            os.environ.pop(name, None)
             if old is not None:
-                os.environ["LEANATTN_BIFURCATED_CONFIG"] = old
+                os.environ[name] = old
     return run
 
 
