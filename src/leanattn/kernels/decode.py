@@ -28,7 +28,7 @@ from ..schedules.stream_k import (across_rows, cut_list_at, first_tile, load_len
 from .attend import attend_any
 from .grid_dependency import gdc_launch_dependents, gdc_wait
 from .piece_merge import publish_piece, record_row, settle_piece
-from .query_rows import key_ranges, packed_slots, row_offsets
+from .query_rows import key_ranges, packed_slots, packed_window, row_offsets
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -133,14 +133,17 @@ def decode_piece(
     kept 214-216 registers at D=128 (2 programs per SM); called, 166-168 and no spills (3 per SM;
     Triton 3.6, sm_90a, ``benchmarks/offline_resources.py``).
     """
-    tile_lo = t - head_begin + first_tile(seqlen, BLOCK_N, window, WINDOW)
+    own_window = window  # (a packed query's sequence: the union of its real tokens' windows, packed_window)
+    if VARLEN and WINDOW:
+        own_window = packed_window(CuQ, b, window, QLEN)
+    tile_lo = t - head_begin + first_tile(seqlen, BLOCK_N, own_window, WINDOW)
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST, stride_qt, QLEN, CuQ, VARLEN)
     row_lo, row_hi = key_ranges(seqlen, hb, window, GROUP, QLEN, BLOCK_H, CAUSAL, WINDOW)
     acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP,
-        window_start(seqlen, window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1)
+        window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1)
     settle_and_store(
         acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
         b, kvh, hb, t, stop, head_begin, head_end, start, T, high, stride_ob, stride_oh, stride_lb,  #
@@ -217,7 +220,10 @@ def lean_decode_kernel(
     softcap = tl.cast(softcap, tl.float32)
     # -- schedule, from the real lengths (no host sync) --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
-    tiles = row_tiles(lens, valid_b, BLOCK_N, window, WINDOW)
+    if VARLEN and WINDOW:
+        tiles = row_tiles(lens, valid_b, BLOCK_N, packed_window(CuQ, offs_b, window, QLEN, valid_b), WINDOW)
+    else:
+        tiles = row_tiles(lens, valid_b, BLOCK_N, window, WINDOW)
     # equal lengths: maybe fewer programs, so that ranges align with heads
     G, T = schedule(tiles, valid_b, ROWS, k0, g_m, m_rows, waves, SEARCH, SMS, CAND)
     if ACROSS_ROWS:
@@ -289,7 +295,10 @@ def split_program(
     kvh = row // N_HB
     hb = row % N_HB
     seqlen = row_length(Seqlens, b, capacity, HAS_SEQLENS)
-    first = first_tile(seqlen, BLOCK_N, window, WINDOW)
+    own_window = window  # (as decode_piece's)
+    if VARLEN and WINDOW:
+        own_window = packed_window(CuQ, b, window, QLEN)
+    first = first_tile(seqlen, BLOCK_N, own_window, WINDOW)
     tiles = tl.maximum(tl.cdiv(seqlen, BLOCK_N) - first, 1)
     if EVEN:
         lo, hi = even_range(tiles, s, tl.num_programs(1))
@@ -304,7 +313,7 @@ def split_program(
         q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP,
-        window_start(seqlen, window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1)
+        window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1)
     heads, valid = store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
                                b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H,
                                stride_ot, stride_lt, QLEN, CuQ, VARLEN)

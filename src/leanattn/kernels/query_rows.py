@@ -53,3 +53,14 @@ def packed_slots(CuQ, b, QLEN: tl.constexpr):
     end = tl.load(CuQ + b + 1)
     first = QLEN - (end - tl.load(CuQ + b))
     return (end - QLEN).to(tl.int64), first
+
+
+@triton.jit
+def packed_window(CuQ, b, window, QLEN: tl.constexpr, valid=True):
+    """The sliding window whose keys hold those of every real token of sequence ``b`` of a packed query (``b`` a
+    scalar, or a vector with ``valid`` its real entries): ``window`` (the launch's, ``window_left + QLEN - 1``, the
+    union over ``QLEN`` slots) less the slots before its first token, ``window_left + max(n_b, 1) - 1``. A row's tiles
+    start at this window's first key, so keys before the first real token's window are never loaded (their pages
+    may be freed) however many slots the launch has; the per-row ranges (``key_ranges``) keep the launch's."""
+    n = tl.load(CuQ + b + 1, mask=valid, other=0) - tl.load(CuQ + b, mask=valid, other=0)
+    return window - tl.minimum(QLEN - n, QLEN - 1)

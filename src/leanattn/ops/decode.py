@@ -266,12 +266,15 @@ def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, 
 
 
 def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate,
-                    k_scale=1.0, v_scale=1.0, fp8=False, window_left=-1, batch=None):
+                    k_scale=1.0, v_scale=1.0, fp8=False, window_left=-1, batch=None, cu_seqlens_q=None,
+                    max_seqlen_q=1):
     """Shape, dtype and device checks (always); length checks when they cost no device sync. ``fp8``: float8
     caches are accepted, with their dequantisation scales (``checks.kv_cache``). ``window_left``: only the pages
     of each sequence's sliding window need valid ids (with several query tokens, the first token's window).
     ``batch``: the number of sequences of a packed query (``(total_q, Hq, D)``, ``cu_seqlens_q``), else ``q``'s first
-    dimension.
+    dimension; with the offsets ``cu_seqlens_q`` given, ``window_left`` is that of the launch's ``max_seqlen_q`` token
+    slots, and each sequence's pages in use are those of its own first token's window
+    (``kernels/query_rows.packed_window``).
 
     Returns the softmax scale to use, or with ``fp8`` ``(softmax_scale, k_scale, v_scale)``.
     """
@@ -324,7 +327,10 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
                                                                           dtype=torch.int32, device=q.device)
         used = (lens.long() + k_cache.shape[1] - 1) // k_cache.shape[1]
         window = min(window_left, _capacity(k_cache, block_table))  # an int the tensors hold
-        first = (lens.long() - 1 - window).clamp(min=0) // k_cache.shape[1] if window >= 0 else 0 * used
+        if window_left >= 0 and cu_seqlens_q is not None:
+            tokens = cu_seqlens_q.diff().long().clamp(min=1)
+            window = (window_left - max_seqlen_q + tokens).clamp(max=_capacity(k_cache, block_table))
+        first = (lens.long() - 1 - window).clamp(min=0) // k_cache.shape[1] if window_left >= 0 else 0 * used
         cols = torch.arange(block_table.shape[1], device=q.device)[None, :]
         ids = torch.where((cols < used[:, None]) & (cols >= first[:, None]), block_table.long(), 0)
         if int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]:
@@ -489,7 +495,7 @@ def decode(
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
                                               validate, k_scale, v_scale, fp8=True,
                                               window_left=window_left + qlen - 1 if window_left >= 0 else -1,
-                                              batch=batch)
+                                              batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen)
     if window_left >= _capacity(k_cache, block_table) - 1:
         window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
     softcap = checks.softcap(softcap)
