@@ -147,6 +147,10 @@ def varlen():
                     os.environ.pop("LEANATTN_DECODE_MERGE")
             for page in (1, 16, 64):
                 kp, vp, bt = paged_kv(k, v, lens, page)
+                # the pages before each sequence's own first token's window freed (ids -1: a read would be out of
+                # bounds), however many slots the launch has
+                for b, (n, c) in enumerate(zip(lens, counts)):
+                    bt[b, :max(n - max(c, 1) - 700, 0) // page] = -1
                 for schedule in ("lean", "split"):
                     leanattn.decode(q, kp, vp, sl, bt, schedule=schedule, causal=True, window_left=700, **kw)
 

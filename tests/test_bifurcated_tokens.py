@@ -155,7 +155,7 @@ def test_packed_errors():
     q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [9, 0, 17])
     pk, pv, _ = make_prefix(None, 20, 2, 64)
     qp, cu = packed_tokens(q, [1, 2, 1])
-    with pytest.raises(ValueError, match=r"k_cache: expected batch size 2 \(sequences of cu_seqlens_q\)"):
+    with pytest.raises(ValueError, match=r"cu_seqlens_q: expected shape \(4,\) \(one offset more than k_cache's 3"):
         leanattn.bifurcated_decode(qp, pk, pv, k, v, lens, cu_seqlens_q=torch.tensor([0, 1, 4], dtype=torch.int32))
     with pytest.raises(ValueError, match=r"prefix_ids: expected shape \(3,\) \(samples of cu_seqlens_q\)"):
         leanattn.bifurcated_decode(qp, pk[None], pv[None], k, v, lens, prefix_ids=torch.zeros(4, dtype=torch.int32),

@@ -179,7 +179,8 @@ def _cu(*xs):
     ("cu dtype", dict(cu_seqlens_q=torch.tensor([0, 3, 6])), TypeError, "cu_seqlens_q: expected dtype torch.int32"),
     ("cu rank", dict(cu_seqlens_q=_cu(0, 3, 6)[None]), ValueError, "cu_seqlens_q: expected a 1-D"),
     ("cu empty", dict(cu_seqlens_q=_cu()), ValueError, "cu_seqlens_q: expected at least one offset"),
-    ("cu batch", dict(cu_seqlens_q=_cu(0, 2, 4, 6)), ValueError, r"k_cache: expected batch size 3 \(sequences of cu"),
+    ("cu batch", dict(cu_seqlens_q=_cu(0, 2, 4, 6)), ValueError,
+     r"cu_seqlens_q: expected shape \(3,\) \(one offset more than k_cache's 2 sequences\), got \(4,\)"),
     ("cu start", dict(cu_seqlens_q=_cu(1, 3, 6)), ValueError, "cu_seqlens_q: expected offsets starting at 0"),
     ("cu order", dict(cu_seqlens_q=_cu(0, 4, 3)), ValueError, "cu_seqlens_q: expected non-decreasing"),
     ("cu end", dict(cu_seqlens_q=_cu(0, 3, 5)), ValueError, "cu_seqlens_q: expected offsets ending at q's 6 rows"),
@@ -196,3 +197,9 @@ def test_varlen_errors(name, kw, error, match):
     args = dict(q=torch.randn(6, 4, 64, dtype=torch.float16), cu_seqlens_q=_cu(0, 3, 6), causal=True) | kw
     with pytest.raises(error, match=match):
         leanattn.decode(args.pop("q"), k, v, lens, **args)
+
+
+def test_varlen_count_error_names_the_offsets_on_a_paged_cache():
+    _, k, v, lens, bt = make_inputs(2, 4, 2, 64, [5, 9], page_size=16)
+    with pytest.raises(ValueError, match=r"cu_seqlens_q: expected shape \(3,\) \(one offset more than block_table's 2"):
+        leanattn.decode(torch.randn(6, 4, 64, dtype=torch.float16), k, v, lens, bt, cu_seqlens_q=_cu(0, 2, 4, 6))

@@ -284,6 +284,13 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
     kv_scales = checks.kv_cache(k_cache, v_cache, q, k_scale, v_scale, fp8)
     B, Hq, D = q.shape[0] if batch is None else batch, q.shape[-2], q.shape[-1]
     what_b = "batch size of q" if batch is None else "sequences of cu_seqlens_q"
+    if batch is not None:
+        # a packed query's sequences are the cache's: a count that differs is cu_seqlens_q's length
+        name, cache_b = ("block_table", block_table.shape[0]) if isinstance(block_table, torch.Tensor) and \
+            block_table.dim() == 2 else ("k_cache", k_cache.shape[0])
+        if cache_b != batch:
+            raise ValueError(f"cu_seqlens_q: expected shape ({cache_b + 1},) (one offset more than {name}'s {cache_b} "
+                             f"sequences), got ({batch + 1},)")
     if tuple(v_cache.shape) != tuple(k_cache.shape):
         raise ValueError(f"v_cache: expected shape {tuple(k_cache.shape)} (as k_cache), got {tuple(v_cache.shape)}")
     Hkv, Dk = k_cache.shape[2], k_cache.shape[3]
@@ -451,6 +458,9 @@ def decode(
     max_seqlen_q : int, optional, keyword-only
         With ``cu_seqlens_q``: at least the most tokens of a sequence (the launch's token slots; a plan is made per
         value). None: read from ``cu_seqlens_q``, a device sync, refused while compiling or capturing a CUDA graph.
+        Given, the offsets are checked against it and ``q`` only when ``validate`` says so (on CUDA: ``True``); a
+        sequence of more tokens than ``max_seqlen_q`` gets its first rows unwritten, offsets past ``q``'s rows index
+        outside it.
 
     Returns
     -------
