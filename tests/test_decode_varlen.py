@@ -119,6 +119,16 @@ def test_varlen_window_pages_of_the_real_tokens(schedule):
     assert torch.equal(again, out)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_varlen_chunk_among_one_token_sequences(schedule):
+    # 20 slots of 4 heads: several head blocks a kv head, all but the last of them padding for the one-token
+    # sequences (their tiles are not read, kernels/query_rows.padding_only)
+    _, k, v, lens, bt = make_inputs(5, 8, 2, 64, [40, 70, 17, 0, 33], page_size=16)
+    q, cu = packed([1, 20, 1, 0, 1], 8, 64)
+    for kw in (dict(), dict(num_programs=5, num_splits=3), dict(window_left=9)):
+        check_varlen(q, k, v, lens, bt, cu, f"chunk {kw}", schedule=schedule, causal=True, **kw)
+
+
 def test_varlen_slack_and_one_slot():
     # max_seqlen_q above the longest sequence (more slots, the same rows), and one slot a sequence
     _, k, v, lens, bt = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, page_size=16)

@@ -28,7 +28,7 @@ from ..schedules.stream_k import (across_rows, cut_list_at, first_tile, load_len
 from .attend import attend_any
 from .grid_dependency import gdc_launch_dependents, gdc_wait
 from .piece_merge import publish_piece, record_row, settle_piece
-from .query_rows import key_ranges, packed_slots, packed_window, row_offsets
+from .query_rows import key_ranges, packed_slots, packed_window, padding_only, row_offsets
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -139,8 +139,11 @@ def decode_piece(
     tile_lo = t - head_begin + first_tile(seqlen, BLOCK_N, own_window, WINDOW)
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST, stride_qt, QLEN, CuQ, VARLEN)
     row_lo, row_hi = key_ranges(seqlen, hb, window, GROUP, QLEN, BLOCK_H, CAUSAL, WINDOW)
+    # (the tile count inline, where it was before packed queries: the same instructions in the same order without)
     acc, m_i, l_i = attend_any(
-        q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_lo + (stop - t), qk_scale, v_scale,  #
+        q, K, V, BlockTable, b, kvh, seqlen, tile_lo,
+        tile_lo + (tl.where(padding_only(CuQ, b, hb, GROUP, BLOCK_H, QLEN), 0, stop - t) if VARLEN else stop - t),
+        qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP,
         window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1)
@@ -307,6 +310,8 @@ def split_program(
         hi = tl.minimum(lo + chunk, tiles)
     lo += first
     hi += first
+    if VARLEN:
+        hi = tl.where(padding_only(CuQ, b, hb, GROUP, BLOCK_H, QLEN), lo, hi)
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST, stride_qt, QLEN, CuQ, VARLEN)
     row_lo, row_hi = key_ranges(seqlen, hb, window, GROUP, QLEN, BLOCK_H, CAUSAL, WINDOW)
     acc, m_i, l_i = attend_any(

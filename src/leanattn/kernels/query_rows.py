@@ -56,6 +56,16 @@ def packed_slots(CuQ, b, QLEN: tl.constexpr):
 
 
 @triton.jit
+def padding_only(CuQ, b, hb, GROUP: tl.constexpr, BLOCK_H: tl.constexpr, QLEN: tl.constexpr):
+    """Whether head block ``hb`` of sequence ``b`` of a packed query holds only slots before the sequence's first
+    token (``packed_slots``): none of its rows is written, so its tiles need not be read. With many slots (a prefill
+    chunk among one-token sequences) most head blocks of the short sequences are such; the schedule still counts
+    their tiles, which then cost their programs no loads."""
+    _, pad = packed_slots(CuQ, b, QLEN)
+    return (hb + 1) * BLOCK_H <= GROUP * pad
+
+
+@triton.jit
 def packed_window(CuQ, b, window, QLEN: tl.constexpr, valid=True):
     """The sliding window whose keys hold those of every real token of sequence ``b`` of a packed query (``b`` a
     scalar, or a vector with ``valid`` its real entries): ``window`` (the launch's, ``window_left + QLEN - 1``, the
