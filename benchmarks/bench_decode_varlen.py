@@ -32,13 +32,16 @@ import bench_decode as bd  # noqa: E402
 
 import leanattn  # noqa: E402
 
-# (suite case, most query tokens a sequence)
+# (suite case, most query tokens a sequence; negative: one prefill chunk of that many tokens among one-token sequences)
 CASES = (("gqa B=16 8k", 4), ("gqa B=16 8k", 8), ("gqa B=64 4k", 4), ("gqa B=4 32k", 16), ("ragged-tail B=16", 8),
-         ("ragged-uniform B=32", 4), ("paged64 ragged-tail", 8))
+         ("ragged-uniform B=32", 4), ("paged64 ragged-tail", 8), ("gqa B=16 8k", -64), ("ragged-tail B=16", -64))
 
 
 def counts_for(case, most):
-    """Query tokens of each sequence, uniform in ``[1, most]`` (seed 0), none above the sequence's length."""
+    """Query tokens of each sequence, uniform in ``[1, most]`` (seed 0), none above the sequence's length; for
+    ``most < 0`` one token each but ``-most`` for the first sequence (chunked prefill beside decodes)."""
+    if most < 0:
+        return [min(-most, case["lens"][0])] + [1] * (len(case["lens"]) - 1)
     g = torch.Generator().manual_seed(0)
     drawn = torch.randint(1, most + 1, (len(case["lens"]),), generator=g).tolist()
     return [min(c, n) for c, n in zip(drawn, case["lens"])]
@@ -97,11 +100,12 @@ def peers(case, inp, qp, counts, cu):
     return out
 
 
-def measure(case, most, ceiling):
+def measure(case, spec, ceiling):
     inp = bd.make_inputs(case)
     sl = inp["seqlens"]
     k, v, bt = inp.get("k_pages", inp["k"]), inp.get("v_pages", inp["v"]), inp.get("block_table")
-    counts = counts_for(case, most)
+    counts = counts_for(case, spec)
+    most = max(counts)
     cu = torch.tensor([0] + list(itertools.accumulate(counts)), dtype=torch.int32, device="cuda")
     total = cu[-1].item()
     qp = torch.randn(total, case["hq"], case["d"], dtype=torch.bfloat16, device="cuda")
@@ -117,7 +121,7 @@ def measure(case, most, ceiling):
            "one token": lambda: leanattn.decode(last, k, v, sl, bt)}
     refs = {"packed": ref, "padded": pad_ref, "one token": one_ref}
     skipped = bd.add_peers(fns, refs, peers(case, inp, qp, counts, cu), ref)
-    name = f"{case['name']} Lq<={most}"
+    name = f"{case['name']} " + (f"chunk {most} + 1s" if spec < 0 else f"Lq<={most}")
     us, med = bd.interleaved_graph_times(name, fns, refs, rounds=3)
     nbytes = varlen_bytes(case, total)
     floor = nbytes / ceiling / 1e3
