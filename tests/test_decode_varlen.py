@@ -213,3 +213,13 @@ def test_varlen_count_error_names_the_offsets_on_a_paged_cache():
     _, k, v, lens, bt = make_inputs(2, 4, 2, 64, [5, 9], page_size=16)
     with pytest.raises(ValueError, match=r"cu_seqlens_q: expected shape \(3,\) \(one offset more than block_table's 2"):
         leanattn.decode(torch.randn(6, 4, 64, dtype=torch.float16), k, v, lens, bt, cu_seqlens_q=_cu(0, 2, 4, 6))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_varlen_opcheck(schedule):
+    # the custom op with the packed query's offsets (its fake implementation, schema and autograd registration)
+    _, k, v, lens, bt = make_inputs(3, 4, 2, 64, [40, 0, 17], page_size=16)
+    q, cu = packed([2, 0, 3], 4, 64)
+    q = q.contiguous()
+    args = (q, k, v, lens, bt, 0.125, schedule, 3, 2, 0, 1.0, 1.0, 0.0, -1, True, cu, 3)
+    torch.library.opcheck(torch.ops.leanattn.decode.default, args)
