@@ -52,18 +52,19 @@ def load_q_rows(
     the slots before the sequence's first token too."""
     offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
-    if VARLEN:
-        start, first = packed_slots(CuQ, b, QLEN)
-        ptrs = Q + start * stride_qt + row_offsets(kvh, offs_g, stride_qt, stride_qh, GROUP, QLEN)[:, None] \
-            + offs_d[None, :]
-        q = tl.load(ptrs, mask=((offs_g >= GROUP * first) & (offs_g < GROUP * QLEN))[:, None], other=0.0)
-    elif QLEN == 1:
+    if QLEN == 1 and not VARLEN:
         heads = kvh * GROUP + offs_g
         ptrs = Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
     else:
-        ptrs = Q + b.to(tl.int64) * stride_qb + row_offsets(kvh, offs_g, stride_qt, stride_qh, GROUP, QLEN)[:, None] \
-            + offs_d[None, :]
-    if not VARLEN:
+        if VARLEN:
+            start, first = packed_slots(CuQ, b, QLEN)
+            base = start * stride_qt
+        else:
+            base = b.to(tl.int64) * stride_qb
+        ptrs = Q + base + row_offsets(kvh, offs_g, stride_qt, stride_qh, GROUP, QLEN)[:, None] + offs_d[None, :]
+    if VARLEN:
+        q = tl.load(ptrs, mask=((offs_g >= GROUP * first) & (offs_g < GROUP * QLEN))[:, None], other=0.0)
+    else:
         q = tl.load(ptrs, mask=(offs_g < GROUP * QLEN)[:, None], other=0.0)
     if UPCAST:  # bf16 tl.dot is broken in the interpreter
         q = q.to(tl.float32)
@@ -91,17 +92,16 @@ def store_final(
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
-    if VARLEN:
-        start, first = packed_slots(CuQ, b, QLEN)
-        mask_h = mask_h & (offs_g >= GROUP * first)
-        o_ptrs = Out + start * stride_ot + row_offsets(kvh, offs_g, stride_ot, stride_oh, GROUP, QLEN)[:, None] \
-            + offs_d[None, :]
-        l_rows = row_offsets(kvh, offs_g, stride_lt, 1, GROUP, QLEN)
-    elif QLEN == 1:
+    if QLEN == 1 and not VARLEN:
         o_ptrs = Out + b.to(tl.int64) * stride_ob + l_rows[:, None] * stride_oh + offs_d[None, :]
     else:
-        o_ptrs = Out + b.to(tl.int64) * stride_ob + row_offsets(kvh, offs_g, stride_ot, stride_oh, GROUP, QLEN)[:, None] \
-            + offs_d[None, :]
+        if VARLEN:
+            start, first = packed_slots(CuQ, b, QLEN)
+            mask_h = mask_h & (offs_g >= GROUP * first)
+            base = start * stride_ot
+        else:
+            base = b.to(tl.int64) * stride_ob
+        o_ptrs = Out + base + row_offsets(kvh, offs_g, stride_ot, stride_oh, GROUP, QLEN)[:, None] + offs_d[None, :]
         l_rows = row_offsets(kvh, offs_g, stride_lt, 1, GROUP, QLEN)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_h[:, None])
     if VARLEN:

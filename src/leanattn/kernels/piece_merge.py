@@ -125,22 +125,20 @@ def piece_merge_kernel(
         empty = l_sum == 0.0
         l_safe = tl.where(empty, 1.0, l_sum)
         b = rid // ROWS
-        if VARLEN:
-            start, pad = packed_slots(CuQ, b, QLEN)  # (pad: slots before the sequence's first token)
-            o_row = row_offsets(row // N_HB, hb * BLOCK_H + h, stride_ot, stride_oh, GROUP, QLEN)
-            l_row = row_offsets(row // N_HB, hb * BLOCK_H + h, stride_lt, 1, GROUP, QLEN)
-            real = hb * BLOCK_H + h >= GROUP * pad
-            tl.store(Out + start * stride_ot + o_row + offs_d, (acc / l_safe).to(Out.dtype.element_ty), mask=real)
-            tl.store(Lse + start * stride_lt + l_row,
-                     tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2), mask=real)
-        elif QLEN == 1:
+        if QLEN == 1 and not VARLEN:
             head = (row // N_HB) * GROUP + hb * BLOCK_H + h
             o_row = head * stride_oh
             l_row = head
         else:
             o_row = row_offsets(row // N_HB, hb * BLOCK_H + h, stride_ot, stride_oh, GROUP, QLEN)
             l_row = row_offsets(row // N_HB, hb * BLOCK_H + h, stride_lt, 1, GROUP, QLEN)
-        if not VARLEN:
+        if VARLEN:
+            start, pad = packed_slots(CuQ, b, QLEN)  # (pad: slots before the sequence's first token)
+            real = hb * BLOCK_H + h >= GROUP * pad
+            tl.store(Out + start * stride_ot + o_row + offs_d, (acc / l_safe).to(Out.dtype.element_ty), mask=real)
+            tl.store(Lse + start * stride_lt + l_row,
+                     tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2), mask=real)
+        else:
             tl.store(Out + b.to(tl.int64) * stride_ob + o_row + offs_d, (acc / l_safe).to(Out.dtype.element_ty))
             tl.store(Lse + b.to(tl.int64) * stride_lb + l_row,
                      tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2))

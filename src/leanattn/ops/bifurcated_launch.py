@@ -538,7 +538,7 @@ class Plan:
         elif self.path == "concat" and self.even:
             self.even_launch(q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt)
         elif self.path == "concat":
-            self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt), out, lse)
+            self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt), out, lse, self.dummy_i32)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states
             self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt)

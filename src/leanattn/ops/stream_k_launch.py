@@ -61,7 +61,6 @@ class StreamKLaunch:
                  device: torch.device = None, sms: int = 0):
         self.mode = mode
         self.in_kernel = self.apart = None
-        self.no_cu = None  # where there is no packed query, a stand-in for its offsets that the merge does not read
         if mode != LAUNCH:
             self.in_kernel = runtime.Launcher(kernel, grid, dict(meta, MERGE_LAUNCH=False, PDL=False), tail)
         if mode != IN_KERNEL:
@@ -82,13 +81,9 @@ class StreamKLaunch:
         # GRAPHS: both variants run once outside capture (the first call), so that capture compiles nothing
         self.warm = mode != GRAPHS
 
-    def __call__(self, tensors: tuple, out: torch.Tensor, lse: torch.Tensor, cu_q: torch.Tensor = None) -> None:
+    def __call__(self, tensors: tuple, out: torch.Tensor, lse: torch.Tensor, cu_q: torch.Tensor) -> None:
         """Launch ``kernel`` over ``tensors`` (its arguments before ``tail``), which write ``out`` and ``lse`` (with
-        ``meta["VARLEN"]``, of the packed query whose offsets are ``cu_q``)."""
-        if cu_q is None and self.mode != IN_KERNEL:
-            if self.no_cu is None:
-                self.no_cu = runtime.workspace("dummy_i32", out.device, (1, 1), torch.int32, zero=True)
-            cu_q = self.no_cu
+        ``meta["VARLEN"]``, of the packed query whose offsets are ``cu_q``; without it any int32 tensor, unread)."""
         apart = self.mode == LAUNCH
         if self.mode == GRAPHS:
             # (off CUDA, as in benchmarks/offline_resources.py's compiles, nothing is being captured)
