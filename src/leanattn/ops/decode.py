@@ -283,9 +283,9 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
     checks.check_tensor("v_cache", v_cache, 4)
     kv_scales = checks.kv_cache(k_cache, v_cache, q, k_scale, v_scale, fp8)
     B, Hq, D = q.shape[0] if batch is None else batch, q.shape[-2], q.shape[-1]
-    what_b = "batch size of q" if batch is None else "sequences of cu_seqlens_q"
     if batch is not None:
-        # a packed query's sequences are the cache's: a count that differs is cu_seqlens_q's length
+        # a packed query's sequences are the cache's: a count that differs is cu_seqlens_q's length (the cache's
+        # batch checks below then hold)
         name, cache_b = ("block_table", block_table.shape[0]) if isinstance(block_table, torch.Tensor) and \
             block_table.dim() == 2 else ("k_cache", k_cache.shape[0])
         if cache_b != batch:
@@ -304,11 +304,11 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
     checks.check_unit_stride("v_cache", v_cache)
     if block_table is None:
         if k_cache.shape[0] != B:
-            raise ValueError(f"k_cache: expected batch size {B} ({what_b}), got {k_cache.shape[0]}")
+            raise ValueError(f"k_cache: expected batch size {B} (as q), got {k_cache.shape[0]}")
     else:
         checks.check_index("block_table", block_table, 2, q.device)
         if block_table.shape[0] != B:
-            raise ValueError(f"block_table: expected {B} rows ({what_b}), got {block_table.shape[0]}")
+            raise ValueError(f"block_table: expected {B} rows (batch size of q), got {block_table.shape[0]}")
         if block_table.stride(-1) != 1:
             raise ValueError(f"block_table: expected unit stride on the last dimension, got {tuple(block_table.stride())}")
         if k_cache.shape[1] < 1:
@@ -316,7 +316,8 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
     if cache_seqlens is not None:
         checks.check_index("cache_seqlens", cache_seqlens, 1, q.device)
         if cache_seqlens.shape[0] != B:
-            raise ValueError(f"cache_seqlens: expected shape ({B},) ({what_b}), got {tuple(cache_seqlens.shape)}")
+            what = "batch size of q" if batch is None else "sequences of cu_seqlens_q"
+            raise ValueError(f"cache_seqlens: expected shape ({B},) ({what}), got {tuple(cache_seqlens.shape)}")
     if schedule not in ("lean", "split"):
         raise ValueError(f"schedule: expected 'lean' or 'split', got {schedule!r}")
     if validate is None:
