@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from .. import checks
 from . import _comm
 
 __all__ = ["PLACEMENTS", "Placement", "shard_cache", "ShardedKVCache"]
@@ -94,6 +95,27 @@ class Placement:
         owned_full = ((full - rank + W - 1) // W).clamp(min=0)        # pages g < full with g % W == rank
         partial = torch.where(full % W == rank, rem, torch.zeros_like(rem))
         return owned_full * P + partial
+
+    def token_seqlens(self, length: torch.Tensor, num_tokens: int, rank: int) -> torch.Tensor:
+        """Per-token shard lengths of a causal step: the tokens rank ``rank`` holds that each of the last
+        ``num_tokens`` positions of sequences of global lengths ``length`` attends (itself included).
+
+        Parameters
+        ----------
+        length : torch.Tensor
+            ``(B,)`` ints, global tokens per sequence, the query tokens' own included.
+        num_tokens : int
+            ``Lq``, query tokens a sequence, at positions ``length - Lq .. length - 1``.
+        rank : int
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, Lq)`` int64, :func:`tree_decode`'s per-token ``shard_seqlens`` (as int32). A position before the
+            sequence's first token attends nothing (0).
+        """
+        ends = length.to(torch.int64)[:, None] - num_tokens + 1 + torch.arange(num_tokens, device=length.device)
+        return self.local_length(ends.clamp(min=0), rank)
 
 
 def shard_cache(k: torch.Tensor, v: torch.Tensor, cache_seqlens: Optional[torch.Tensor], placement: Placement,
@@ -235,18 +257,35 @@ class ShardedKVCache:
         """Keyword arguments of :func:`tree_decode` / :func:`ring_decode` for this rank's shard."""
         return dict(k_shard=self.k, v_shard=self.v, shard_seqlens=self.shard_seqlens, block_table=self.block_table)
 
-    def decode(self, q: torch.Tensor, method: str = "allgather", **kw):
-        """Attention of ``q (B, Hq, D)`` over the whole cache, every rank getting the result.
+    def token_seqlens(self, num_tokens: int) -> torch.Tensor:
+        """``(B, num_tokens)`` int32 on the cache's device: this rank's tokens that each of the last ``num_tokens``
+        appended tokens attends causally (:meth:`Placement.token_seqlens`)."""
+        return self.placement.token_seqlens(self.lengths, num_tokens, self.rank).to(self.k.device, torch.int32)
 
-        ``method``: ``"allgather"`` or ``"allreduce3"`` (:func:`tree_decode` with that variant) or
-        ``"ring"`` (:func:`ring_decode`); ``kw`` as there.
+    def decode(self, q: torch.Tensor, method: str = "allgather", causal: bool = False, **kw):
+        """Attention of ``q`` over the whole cache, every rank getting the result.
+
+        Parameters
+        ----------
+        q : torch.Tensor
+            ``(B, Hq, D)``, or ``(B, Lq, Hq, D)``: several query tokens a sequence.
+        method : {"allgather", "allreduce3", "ring"}
+            :func:`tree_decode` with that variant, or :func:`ring_decode`.
+        causal : bool
+            With a 4-D ``q``: its tokens are the last ``Lq`` appended, and each attends the tokens up to its own
+            position (:meth:`token_seqlens`). False: every token attends the whole cache.
+        **kw
+            As :func:`tree_decode` / :func:`ring_decode`.
         """
         from .tree import VARIANTS, ring_decode, tree_decode
+        shard = self.shard()
+        if checks.flag("causal", causal) and isinstance(q, torch.Tensor) and q.dim() == 4:
+            shard["shard_seqlens"] = self.token_seqlens(q.shape[1])
         if method == "ring":
-            return ring_decode(q, **self.shard(), group=self.group, **kw)
+            return ring_decode(q, **shard, group=self.group, **kw)
         if method not in VARIANTS:
             raise ValueError(f"method: expected one of {VARIANTS + ('ring',)}, got {method!r}")
-        return tree_decode(q, **self.shard(), group=self.group, variant=method, **kw)
+        return tree_decode(q, **shard, group=self.group, variant=method, **kw)
 
     def __repr__(self) -> str:
         return (f"ShardedKVCache(rank={self.rank}/{self.world_size}, {self.placement.kind}, B={self.batch}, "

@@ -25,9 +25,10 @@ import torch.distributed as dist
 
 from .. import checks
 from ..merges import merge_states
-from ..ops.decode import decode, validate_decode
+from ..ops.decode import validate_decode
 from . import _comm
 from ._comm import Timeout
+from .shard_states import check_token_seqlens, shard_states
 
 __all__ = ["tree_decode", "ring_decode", "VARIANTS", "comm_bytes"]
 
@@ -35,7 +36,7 @@ VARIANTS = ("allgather", "allreduce3")
 
 
 def _scale(q: torch.Tensor, softmax_scale) -> float:
-    if softmax_scale is None and isinstance(q, torch.Tensor) and q.dim() == 3:
+    if softmax_scale is None and isinstance(q, torch.Tensor) and q.dim() in (3, 4):
         return 1.0 / math.sqrt(q.shape[-1])
     return softmax_scale
 
@@ -45,6 +46,9 @@ def _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale,
     """This rank's validation (``leanattn.decode``'s; ``fp8``: float8 shards with their scales accepted), returned
     rather than raised (it is raised after the shape exchange)."""
     try:
+        if isinstance(shard_seqlens, torch.Tensor) and shard_seqlens.dim() == 2:
+            check_token_seqlens(q, shard_seqlens)
+            shard_seqlens = shard_seqlens.amax(1) if shard_seqlens.shape[1] else shard_seqlens[:, 0]
         validate_decode(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, None, k_scale,
                         v_scale, fp8=fp8)
     except (ValueError, TypeError) as e:
@@ -57,15 +61,18 @@ def _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale,
 
 def _q_fields(q, k_shard, scale, variant_code, softcap=0.0) -> list:
     # what must be equal on every rank for the collectives to match and the merge to be exact
-    B, Hq, D = q.shape
-    return [("q shape (B, Hq, D)", (B, Hq, D)), ("kv heads", (k_shard.shape[2],)),
+    B, Hq, D = q.shape[0], q.shape[-2], q.shape[-1]
+    Lq = q.shape[1] if q.dim() == 4 else -1
+    return [("q shape (B, Lq or -1, Hq, D)", (B, Lq, Hq, D)), ("kv heads", (k_shard.shape[2],)),
             ("dtype", (_comm.dtype_code(q.dtype),)), ("softmax_scale", (_comm.float_bits(scale),)),
             ("variant", (variant_code,)), ("softcap", (_comm.float_bits(softcap),))]
 
 
 def _basic_types(q, k_shard, v_shard):
     # errors that stop us from even describing the inputs are raised at once (on every rank alike)
-    checks.check_tensor("q", q, 3)
+    checks.check_tensor("q", q)
+    if q.dim() not in (3, 4):
+        raise ValueError(f"q: expected a 3-D (B, Hq, D) or 4-D (B, Lq, Hq, D) tensor, got shape {tuple(q.shape)}")
     checks.check_tensor("k_shard", k_shard, 4)
     checks.check_tensor("v_shard", v_shard, 4)
 
@@ -100,14 +107,23 @@ def tree_decode(
     Parameters
     ----------
     q : torch.Tensor
-        ``(B, Hq, D)``, float16, bfloat16 or float32, identical on every rank.
+        ``(B, Hq, D)``, float16, bfloat16 or float32, identical on every rank; or ``(B, Lq, Hq, D)``: ``Lq``
+        query tokens a sequence (speculative decoding's draft tokens, multi-token prediction), every rank's shard
+        read once for all of them. Without per-token ``shard_seqlens`` each token attends every key.
     k_shard, v_shard : torch.Tensor
         This rank's part of the cache in a :func:`leanattn.decode` layout: contiguous
         ``(B, N_r, Hkv, D)`` or, with ``block_table``, paged ``(num_pages_r, page_size, Hkv, D)``.
         ``N_r``, page counts and page sizes may differ between ranks; ``Hkv`` and ``D`` may not.
     shard_seqlens : torch.Tensor, optional
         ``(B,)`` int32, tokens of each sequence held on this rank (0 allowed). Default: the shard's
-        full capacity.
+        full capacity. With a 4-D ``q``, also ``(B, Lq)`` int32: query token ``t`` of sequence ``b`` attends the
+        first ``shard_seqlens[b, t]`` tokens of this rank's part of it, the causal mask of a sharded cache (a
+        rank's slots hold positions in increasing order, so a token attends a prefix of every shard).
+        :meth:`Placement.token_seqlens` gives them for query tokens at the end of the sequences, and
+        :meth:`ShardedKVCache.decode` with ``causal=True`` passes them. A token attends at most ``Lq - 1``
+        tokens more than the sequence's first: ``shard_seqlens[b, 0] <= shard_seqlens[b, t] <=
+        shard_seqlens[b, 0] + Lq - 1`` (checked on CPU tensors). The shard is read once for the tokens all of them
+        attend; the rest (the draft tokens' own keys on this rank) is gathered and attended per token.
     block_table : torch.Tensor, optional
         ``(B, max_pages_r)`` int32 into this rank's page pool.
     group : torch.distributed.ProcessGroup, optional
@@ -142,10 +158,10 @@ def tree_decode(
     Returns
     -------
     out : torch.Tensor
-        ``(B, Hq, D)`` in ``q.dtype``, the same on every rank.
+        ``q``'s shape, ``(B, Hq, D)`` or ``(B, Lq, Hq, D)``, in ``q.dtype``, the same on every rank.
     lse : torch.Tensor
-        ``(B, Hq)`` float32, natural log; only with ``return_lse=True``. A sequence with no token
-        on any rank gives zeros and ``-inf``.
+        ``q.shape[:-1]`` float32, natural log; only with ``return_lse=True``. A query token that attends no
+        token on any rank gives zeros and ``-inf``.
 
     Raises
     ------
@@ -158,7 +174,7 @@ def tree_decode(
     Notes
     -----
     Communication per step and rank: ``"allgather"`` contributes ``B * Hq * (D * itemsize + 4)``
-    bytes and receives ``world - 1`` times that; ``"allreduce3"`` reduces ``4 * B * Hq * (D + 2)``
+    bytes (times ``Lq`` for several query tokens) and receives ``world - 1`` times that; ``"allreduce3"`` reduces ``4 * B * Hq * (D + 2)``
     bytes in three collectives, two of them back to back. Neither depends on the context length.
     Packing ``out`` in ``q.dtype`` loses nothing: :func:`leanattn.decode` has already rounded it,
     and the merge accumulates in float32 and rounds once.
@@ -167,6 +183,11 @@ def tree_decode(
     --------
     >>> # torchrun --nproc-per-node 2 ...; each rank holds half of every sequence
     >>> out = leanattn.distributed.tree_decode(q, k_half, v_half, half_lens)
+
+    Four draft tokens a sequence, appended to a :class:`ShardedKVCache` and verified causally:
+
+    >>> cache.append(k_draft, v_draft)                     # (B, 4, Hkv, D) each, on every rank
+    >>> out = cache.decode(q_draft, causal=True)           # q_draft (B, 4, Hq, D) -> (B, 4, Hq, D)
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
@@ -187,12 +208,14 @@ def tree_decode(
             _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
     if cap_err is not None:
         raise cap_err
-    out, lse = decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, schedule=schedule,
-                      num_programs=num_programs, num_splits=num_splits, k_scale=k_scale, v_scale=v_scale,
-                      softcap=softcap)
+    out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, schedule=schedule,
+                            num_programs=num_programs, num_splits=num_splits, k_scale=k_scale, v_scale=v_scale,
+                            softcap=softcap)
     if size > 1:
         combine = _combine_allgather if variant == "allgather" else _combine_allreduce3
-        out, lse = combine(out, lse, group, size, timeout)
+        # the query tokens of a sequence are rows of their own to the merge
+        o, ls = combine(out.reshape(-1, *out.shape[-2:]), lse.reshape(-1, lse.shape[-1]), group, size, timeout)
+        out, lse = o.view(out.shape), ls.view(lse.shape)
     return (out, lse) if return_lse else out
 
 
@@ -245,7 +268,7 @@ def _combine_allreduce3(out, lse, group, size, timeout):
 
 def _shard_fields(k_shard, shard_seqlens, block_table) -> tuple[int, ...]:
     bt = (-1, -1) if block_table is None else tuple(block_table.shape)
-    return tuple(k_shard.shape) + (int(shard_seqlens is not None),) + bt
+    return tuple(k_shard.shape) + (0 if shard_seqlens is None else shard_seqlens.dim(),) + bt
 
 
 def ring_decode(
@@ -280,7 +303,7 @@ def ring_decode(
     Returns
     -------
     out : torch.Tensor
-        ``(B, Hq, D)`` in ``q.dtype``; ``lse`` ``(B, Hq)`` float32 with ``return_lse=True``.
+        ``q``'s shape and dtype; ``lse`` ``q.shape[:-1]`` float32 with ``return_lse=True``.
 
     Notes
     -----
@@ -294,7 +317,7 @@ def ring_decode(
     scale = _scale(q, softmax_scale)
     kw = dict(schedule=schedule, num_programs=num_programs, num_splits=num_splits)
     if size == 1:
-        out, lse = decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, **kw)
+        out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, **kw)
         return (out, lse) if return_lse else out
     # -- every rank's shard shapes (needed to receive them) and the agreement on q
     err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
@@ -315,7 +338,7 @@ def ring_decode(
         if step < size - 1:
             # -- post: send what we hold to rank + 1, receive the next shard from rank - 1
             src = (rank - step - 1) % size
-            incoming = _empty_shard(shapes[src], q.shape[0], k_shard, dev)
+            incoming = _empty_shard(shapes[src], q.shape[0], q.shape[1] if q.dim() == 4 else 1, k_shard, dev)
             ops = []
             for tag, (x, y) in enumerate(zip(cur, incoming)):
                 if x is not None and x.numel():
@@ -324,23 +347,25 @@ def ring_decode(
                     ops.append(dist.P2POp(dist.irecv, y, prv, group, tag))
             works = dist.batch_isend_irecv(ops) if ops else []
         # -- compute on the shard we hold while the next one arrives
-        o, ls = decode(q, *[None if x is None else x.to(q.device) for x in cur], scale, return_lse=True, **kw)
+        o, ls = shard_states(q, *[None if x is None else x.to(q.device) for x in cur], scale, **kw)
         outs.append(o)
         lses.append(ls)
         for w in works:
             _comm.wait(w, f"ring_decode: step {step} send/recv of KV shards", group, timeout)
         if step < size - 1:
             cur = incoming
-    out, lse = merge_states(torch.stack(outs), torch.stack(lses))
+    # the query tokens of a sequence are rows of their own to the merge
+    out, lse = merge_states(torch.stack(outs).flatten(1, -3), torch.stack(lses).flatten(1, -2))
+    out, lse = out.view(outs[0].shape), lse.view(lses[0].shape)
     return (out, lse) if return_lse else out
 
 
-def _empty_shard(shape, B: int, like: torch.Tensor, device):
+def _empty_shard(shape, B: int, Lq: int, like: torch.Tensor, device):
     """Receive buffers ``[k, v, seqlens or None, block_table or None]`` for a shard described by ``shape``."""
-    kshape, has_sl, bt = tuple(shape[:4]), shape[4], tuple(shape[5:7])
+    kshape, sl_dims, bt = tuple(shape[:4]), shape[4], tuple(shape[5:7])
     k = torch.empty(kshape, dtype=like.dtype, device=device)
     v = torch.empty(kshape, dtype=like.dtype, device=device)
-    sl = torch.empty((B,), dtype=torch.int32, device=device) if has_sl else None
+    sl = torch.empty((B, Lq)[:sl_dims], dtype=torch.int32, device=device) if sl_dims else None
     table = None if bt[0] < 0 else torch.empty(bt, dtype=torch.int32, device=device)
     return [k, v, sl, table]
 

@@ -1,0 +1,124 @@
+"""A rank's partial attention state over its shard of a sharded KV cache, for one or several query tokens.
+
+With one length a sequence (``shard_seqlens (B,)``) the state is one :func:`leanattn.decode`. With one length a
+query token (``shard_seqlens (B, Lq)``, a causal mask over a sharded cache, see :func:`check_token_seqlens`) it is
+two decodes and a merge:
+
+- the **common part**, the first ``shard_seqlens[b, 0]`` tokens of the shard, which every query token of ``b``
+  attends: one multi-token decode, the ``Lq`` tokens stacked with the GQA group's heads, so the shard is read once;
+- the **remainder**, the at most ``Lq - 1`` tokens after it, which token ``t`` attends the first
+  ``shard_seqlens[b, t] - shard_seqlens[b, 0]`` of: gathered into a small page pool (page size 1) and attended as
+  ``B * Lq`` one-token sequences of their own lengths;
+- merged with :func:`leanattn.merge_states` (the key sets are disjoint).
+
+Whatever the placement of tokens on ranks, a rank's slots are in the order of the positions they hold, so a query
+token attends a prefix of each shard: its length is all the mask needs.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import checks
+from ..merges import merge_states
+from ..ops.decode import decode
+
+__all__ = ["check_token_seqlens", "shard_states"]
+
+
+def check_token_seqlens(q: torch.Tensor, shard_seqlens, validate: Optional[bool] = None) -> None:
+    """Checks of per-token shard lengths ``shard_seqlens (B, Lq)`` against ``q (B, Lq, Hq, D)``.
+
+    Each row must hold ``shard_seqlens[b, 0] <= shard_seqlens[b, t] <= shard_seqlens[b, 0] + Lq - 1``: beyond the
+    tokens every query token of the sequence attends, a token attends only some of the ``Lq`` query tokens' own
+    keys. Values are checked when that costs no device sync (``validate=None``) or when ``validate`` is True.
+    """
+    if not (isinstance(q, torch.Tensor) and q.dim() == 4):
+        shape = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
+        raise ValueError(f"shard_seqlens: expected a 1-D (B,) tensor for q of shape {shape} (per-token lengths "
+                         f"(B, Lq) need q (B, Lq, Hq, D))")
+    checks.check_index("shard_seqlens", shard_seqlens, 2, q.device)
+    B, Lq = q.shape[:2]
+    if tuple(shard_seqlens.shape) != (B, Lq):
+        raise ValueError(f"shard_seqlens: expected shape ({B}, {Lq}) (q's sequences and tokens), "
+                         f"got {tuple(shard_seqlens.shape)}")
+    if validate is None:
+        validate = checks.values_checkable(shard_seqlens)
+    if validate and shard_seqlens.numel():
+        extra = shard_seqlens.to(torch.int64) - shard_seqlens[:, :1]
+        bad = (extra < 0) | (extra > Lq - 1)
+        if bool(bad.any()):
+            b, t = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"shard_seqlens: expected shard_seqlens[b, t] in [shard_seqlens[b, 0], "
+                             f"shard_seqlens[b, 0] + {Lq - 1}] (a query token attends at most the {Lq} query "
+                             f"tokens' own keys beyond the first token's), got {int(shard_seqlens[b, t])} at "
+                             f"[{b}, {t}] with shard_seqlens[{b}, 0] = {int(shard_seqlens[b, 0])}")
+
+
+def _gather_slots(cache: torch.Tensor, block_table: Optional[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
+    """``cache``'s tokens at ``slots (B, R)`` of each sequence, as a page pool ``(B * R, 1, Hkv, D)``.
+
+    Slots past the cache, and their pages, are clamped into range: those tokens are gathered but never attended.
+    """
+    B, R = slots.shape
+    if block_table is None:
+        rows = torch.arange(B, device=slots.device)[:, None].expand(B, R)
+        offs = slots.clamp(0, max(cache.shape[1] - 1, 0))
+    else:
+        P = cache.shape[1]
+        page = (slots // P).clamp(0, max(block_table.shape[1] - 1, 0))
+        rows = block_table.gather(1, page).clamp(0, max(cache.shape[0] - 1, 0))
+        offs = slots % P
+    if cache.shape[0] == 0 or cache.shape[1] == 0:  # an empty shard: nothing to attend, any values do
+        return cache.new_zeros(B * R, 1, *cache.shape[2:])
+    return cache[rows.reshape(-1), offs.reshape(-1)][:, None]                          # (B * R, 1, Hkv, D)
+
+
+def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, shard_seqlens, block_table,
+                 scale: float, **decode_kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's ``(out, lse)`` over its shard.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        ``(B, Hq, D)`` or ``(B, Lq, Hq, D)``.
+    k_shard, v_shard, block_table
+        A :func:`leanattn.decode` cache.
+    shard_seqlens : torch.Tensor or None
+        ``(B,)`` int32: every query token of sequence ``b`` attends the shard's first ``shard_seqlens[b]`` tokens.
+        ``(B, Lq)`` int32 (with a 4-D ``q``): token ``t`` attends the first ``shard_seqlens[b, t]``
+        (:func:`check_token_seqlens`). None: the shard's capacity.
+    scale : float
+        Softmax scale.
+    **decode_kw
+        Passed to :func:`leanattn.decode` (schedule, num_programs, num_splits, k_scale, v_scale, softcap).
+
+    Returns
+    -------
+    out : torch.Tensor
+        ``q``'s shape and dtype.
+    lse : torch.Tensor
+        ``q.shape[:-1]`` float32, natural log.
+    """
+    if shard_seqlens is None or shard_seqlens.dim() != 2:
+        return decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, **decode_kw)
+    check_token_seqlens(q, shard_seqlens)
+    B, Lq, Hq, D = q.shape
+    common = shard_seqlens[:, 0].contiguous()
+    out, lse = decode(q, k_shard, v_shard, common, block_table, scale, return_lse=True, **decode_kw)
+    if Lq == 1:
+        return out, lse
+    R = Lq - 1
+    slots = common[:, None].to(torch.int64) + torch.arange(R, device=q.device)         # (B, R)
+    k_rest = _gather_slots(k_shard, block_table, slots)
+    v_rest = _gather_slots(v_shard, block_table, slots)
+    # token t of sequence b is one-token sequence b * Lq + t over pages b * R .. b * R + R - 1
+    table = (torch.arange(B, device=q.device, dtype=torch.int32)[:, None] * R
+             + torch.arange(R, device=q.device, dtype=torch.int32)).repeat_interleave(Lq, dim=0)    # (B * Lq, R)
+    lens = (shard_seqlens - shard_seqlens[:, :1]).clamp(0, R).reshape(-1).to(torch.int32)         # (B * Lq,)
+    out_r, lse_r = decode(q.reshape(B * Lq, Hq, D), k_rest, v_rest, lens, table, scale, return_lse=True,
+                          validate=False, **decode_kw)
+    o, ls = merge_states(torch.stack([out.reshape(B * Lq, Hq, D), out_r]), torch.stack([lse.reshape(B * Lq, Hq),
+                                                                                        lse_r]))
+    return o.view(B, Lq, Hq, D), ls.view(B, Lq, Hq)
