@@ -22,9 +22,12 @@ import torch
 
 from .. import checks
 from ..merges import merge_states
-from ..ops.decode import decode
+from ..ops.decode import decode, validate_decode
 
-__all__ = ["check_token_seqlens", "shard_states"]
+__all__ = ["check_token_seqlens", "validate_shard", "shard_states"]
+
+# decode's argument names, as a shard's are called
+_SHARD_NAMES = (("k_cache", "k_shard"), ("v_cache", "v_shard"), ("cache_seqlens", "shard_seqlens"))
 
 
 def check_token_seqlens(q: torch.Tensor, shard_seqlens, validate: Optional[bool] = None) -> None:
@@ -54,6 +57,24 @@ def check_token_seqlens(q: torch.Tensor, shard_seqlens, validate: Optional[bool]
                              f"shard_seqlens[b, 0] + {Lq - 1}] (a query token attends at most the {Lq} query "
                              f"tokens' own keys beyond the first token's), got {int(shard_seqlens[b, t])} at "
                              f"[{b}, {t}] with shard_seqlens[{b}, 0] = {int(shard_seqlens[b, 0])}")
+
+
+def validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule="lean", k_scale=1.0,
+                   v_scale=1.0, fp8=False, validate: Optional[bool] = None) -> None:
+    """:func:`leanattn.decode`'s validation of a shard, its errors naming the shard's arguments. Per-token lengths
+    (:func:`check_token_seqlens`) are then checked as decode's lengths by their maximum, which bounds the pages in
+    use."""
+    try:
+        if isinstance(shard_seqlens, torch.Tensor) and shard_seqlens.dim() == 2:
+            check_token_seqlens(q, shard_seqlens, validate)
+            shard_seqlens = shard_seqlens.amax(1) if shard_seqlens.shape[1] else shard_seqlens[:, 0]
+        validate_decode(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, validate, k_scale,
+                        v_scale, fp8=fp8)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        for a, b in _SHARD_NAMES:
+            msg = msg.replace(a, b)
+        raise type(e)(msg) from None
 
 
 def _gather_slots(cache: torch.Tensor, block_table: Optional[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
@@ -103,10 +124,11 @@ def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, 
     """
     if shard_seqlens is None or shard_seqlens.dim() != 2:
         return decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, **decode_kw)
-    check_token_seqlens(q, shard_seqlens)
+    validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, scale, decode_kw.get("schedule", "lean"),
+                   decode_kw.get("k_scale", 1.0), decode_kw.get("v_scale", 1.0), fp8=True)
     B, Lq, Hq, D = q.shape
     common = shard_seqlens[:, 0].contiguous()
-    out, lse = decode(q, k_shard, v_shard, common, block_table, scale, return_lse=True, **decode_kw)
+    out, lse = decode(q, k_shard, v_shard, common, block_table, scale, return_lse=True, validate=False, **decode_kw)
     if Lq == 1:
         return out, lse
     R = Lq - 1

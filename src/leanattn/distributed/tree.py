@@ -25,10 +25,9 @@ import torch.distributed as dist
 
 from .. import checks
 from ..merges import merge_states
-from ..ops.decode import validate_decode
 from . import _comm
 from ._comm import Timeout
-from .shard_states import check_token_seqlens, shard_states
+from .shard_states import shard_states, validate_shard
 
 __all__ = ["tree_decode", "ring_decode", "VARIANTS", "comm_bytes"]
 
@@ -46,16 +45,10 @@ def _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale,
     """This rank's validation (``leanattn.decode``'s; ``fp8``: float8 shards with their scales accepted), returned
     rather than raised (it is raised after the shape exchange)."""
     try:
-        if isinstance(shard_seqlens, torch.Tensor) and shard_seqlens.dim() == 2:
-            check_token_seqlens(q, shard_seqlens)
-            shard_seqlens = shard_seqlens.amax(1) if shard_seqlens.shape[1] else shard_seqlens[:, 0]
-        validate_decode(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, None, k_scale,
-                        v_scale, fp8=fp8)
+        validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, k_scale, v_scale,
+                       fp8=fp8)
     except (ValueError, TypeError) as e:
-        msg = str(e)
-        for a, b in (("k_cache", "k_shard"), ("v_cache", "v_shard"), ("cache_seqlens", "shard_seqlens")):
-            msg = msg.replace(a, b)
-        return type(e)(msg)
+        return e
     return None
 
 
