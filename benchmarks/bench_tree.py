@@ -59,8 +59,16 @@ def parse_tokens(text: str) -> int:
     return int(float(t[:-1] if scale > 1 else t) * scale)
 
 
-def suite(quick: bool, smoke: bool, world: int = 2, contexts: str = ""):
-    """The cases: issue 5's contexts on 2 GPUs, issue 7's on 4 or more, or ``contexts`` if given."""
+def suite(quick: bool, smoke: bool, world: int = 2, contexts: str = "", tokens: int = 1):
+    """The cases: issue 5's contexts on 2 GPUs, issue 7's on 4 or more, or ``contexts`` if given; ``tokens`` query
+    tokens a sequence (> 1: a causal verification step of that many draft tokens)."""
+    cases = _suite(quick, smoke, world, contexts)
+    for c in cases:
+        c["tokens"] = tokens
+    return cases
+
+
+def _suite(quick: bool, smoke: bool, world: int, contexts: str):
     if smoke:
         return [dict(B=b, hq=4, hkv=kv, d=64, ctx=n) for b in (1, 2) for kv in (2, 4) for n in (64, 160)]
     if contexts:
@@ -76,7 +84,8 @@ def case_name(c) -> str:
     n = c["ctx"]
     size = f"{n // (1024 * K)}M" if n >= 1024 * K and n % (1024 * K) == 0 else (f"{n // K}k" if n >= K else str(n))
     kind = "mha" if c["hq"] == c["hkv"] else "gqa"
-    return f"{kind} {c['hq']}/{c['hkv']} B={c['B']} {size}"
+    toks = f" x{c['tokens']} tokens" if c.get("tokens", 1) > 1 else ""
+    return f"{kind} {c['hq']}/{c['hkv']} B={c['B']} {size}{toks}"
 
 
 class Env:
@@ -194,9 +203,10 @@ def make_kv(env: Env, B, n, hkv, d, seed):
 def run_case(env: Env, c, args, log):
     from leanattn import decode
     from leanattn.distributed import comm_bytes, ring_decode, tree_decode
+    from leanattn.distributed.shard_states import shard_states
     from leanattn.testing import rel_err
 
-    B, hq, hkv, d, n = c["B"], c["hq"], c["hkv"], c["d"], c["ctx"]
+    B, hq, hkv, d, n, Lq = c["B"], c["hq"], c["hkv"], c["d"], c["ctx"], c.get("tokens", 1)
     p, r = env.world, env.rank
     bounds = [n * i // p for i in range(p + 1)]
     mine = bounds[r + 1] - bounds[r]
@@ -205,7 +215,12 @@ def run_case(env: Env, c, args, log):
     full_bytes = 2 * B * n * hkv * d * item
     row = dict(case=case_name(c), **c, world=p, kv_bytes_total=full_bytes, kv_bytes_per_rank=shard_bytes, methods={})
     gq = torch.Generator(device=env.dev).manual_seed(1234)
-    q = torch.randn(B, hq, d, dtype=env.dtype, device=env.dev, generator=gq)
+    q = torch.randn(*(B, Lq)[:1 if Lq == 1 else 2], hq, d, dtype=env.dtype, device=env.dev, generator=gq)
+    # drafts: the last Lq positions, all in the last rank's half; each attends the positions up to its own
+    tok = None
+    if Lq > 1:
+        ends = torch.arange(Lq, device=env.dev) + (mine - Lq + 1 if r == p - 1 else mine)
+        tok = ends.clamp(0, mine).to(torch.int32)[None].expand(B, Lq).contiguous()
     reps = args.reps
     # -- phase 1: every rank holds its half
     fits_shard = env.max_all(float(max(shard_bytes) + (4 << 30) - env.free_bytes())) <= 0
@@ -213,14 +228,14 @@ def run_case(env: Env, c, args, log):
     if fits_shard:
         k, v = make_kv(env, B, mine, hkv, d, seed=100 + r)
         env.barrier()
-        plans = [("local", lambda: decode(q, k, v, return_lse=True), False),
-                 ("tree-allgather", lambda: tree_decode(q, k, v, variant="allgather"), True),
-                 ("tree-allreduce3", lambda: tree_decode(q, k, v, variant="allreduce3"), True)]
+        plans = [("local", lambda: shard_states(q, k, v, tok, None, d ** -0.5), False),
+                 ("tree-allgather", lambda: tree_decode(q, k, v, tok, variant="allgather"), True),
+                 ("tree-allreduce3", lambda: tree_decode(q, k, v, tok, variant="allreduce3"), True)]
         # ring double-buffers: the shard it holds and the one arriving (the own shard is already allocated)
         in_flight = (1 if p == 2 else 2) * max(shard_bytes)
         fits_ring = env.max_all(float(in_flight + (4 << 30) - 0.9 * env.free_bytes())) <= 0
         if fits_ring:
-            plans.append(("ring", lambda: ring_decode(q, k, v), True))
+            plans.append(("ring", lambda: ring_decode(q, k, v, tok), True))
         else:
             row["methods"]["ring"] = dict(skipped=f"shards in flight ({in_flight / 2**30:.1f} GiB) do not fit")
         for name, fn, coll in plans:
@@ -246,8 +261,9 @@ def run_case(env: Env, c, args, log):
                 res["bytes_sent_per_rank"] = 0
             else:
                 meth = "ring" if name == "ring" else name.split("-")[1]
-                res["bytes_sent_per_rank"] = comm_bytes(meth, B, hq, d, p, shard_bytes, r, item)["sent"]
-                res["collectives"] = comm_bytes(meth, B, hq, d, p, shard_bytes=shard_bytes)["collectives"]
+                # each query token is a row of its own to the merge
+                res["bytes_sent_per_rank"] = comm_bytes(meth, B * Lq, hq, d, p, shard_bytes, r, item)["sent"]
+                res["collectives"] = comm_bytes(meth, B * Lq, hq, d, p, shard_bytes=shard_bytes)["collectives"]
             row["methods"][name] = res
             log(f"  {name:16s} {res.get('ms') or float('nan'):9.3f} ms" +
                 (f"  graph {res['graph_ms']:.3f} ms" if "graph_ms" in res else ""))
@@ -268,7 +284,7 @@ def run_case(env: Env, c, args, log):
             for i in range(p):
                 fill_kv(kf, vf, bounds[i], bounds[i + 1], seed=100 + i)
             env.reset_peak()
-            fn = lambda: decode(q, kf, vf)  # noqa: E731
+            fn = lambda: decode(q, kf, vf, causal=Lq > 1)  # noqa: E731
             ref = fn()
             res["ms"] = env.time_ms(fn, reps, False)
             if args.graphs and env.cuda:
@@ -442,7 +458,7 @@ def worker(rank: int, world: int, args) -> dict | None:
             (f"  graphs: all_gather {c['all_gather_graph_us']:7.1f} us" if "all_gather_graph_us" in c else "") +
             (f" all_reduce {c['all_reduce_graph_us']:7.1f} us" if "all_reduce_graph_us" in c else ""))
     rows = []
-    for c in suite(args.quick, args.smoke, world, args.contexts):
+    for c in suite(args.quick, args.smoke, world, args.contexts, args.tokens):
         if args.cases and not any(s in case_name(c) for s in args.cases.split(",")):
             continue
         log(case_name(c))
@@ -484,6 +500,8 @@ def main(argv=None) -> int:
                     "(default: 128k..2M on 2 GPUs, 512k..4M on 4 or more)")
     ap.add_argument("--graphs", action="store_true", help="also time CUDA-graph replays (tree, local, single)")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=1, help="query tokens a sequence: > 1 times a causal "
+                    "verification step of that many draft tokens (speculative decoding, multi-token prediction)")
     ap.add_argument("--cases", default="", help="comma-separated substrings of case names to keep")
     ap.add_argument("--smoke", action="store_true", help="CPU: gloo, Triton interpreter, tiny sizes")
     args = ap.parse_args(argv)

@@ -85,3 +85,68 @@ def test_gpus_vs_reference(world, dtype, hq, hkv):
         assert torch.equal(res["graph"][0], res["allgather"][0]), "graph replay differs from eager"
     for r in range(1, world):
         assert torch.equal(results[0]["allgather"][0], results[r]["allgather"][0]), f"rank {r} differs from rank 0"
+
+
+def _run_tokens(rank, world, q, shards, tok, graphs):
+    dev = torch.device("cuda", torch.cuda.current_device())
+    k, v, _ = (x.to(dev) for x in shards[rank])
+    q, sl = q.to(dev), tok[rank].to(dev)
+    res = {}
+    for name, fn in (("allgather", lambda: tree_decode(q, k, v, sl, variant="allgather", return_lse=True)),
+                     ("allreduce3", lambda: tree_decode(q, k, v, sl, variant="allreduce3", return_lse=True)),
+                     ("ring", lambda: ring_decode(q, k, v, sl, return_lse=True))):
+        out, lse = fn()
+        res[name] = (out.cpu(), lse.cpu())
+    if graphs:  # the per-token path (gather, two decodes, merge, all-gather) captured, replayed
+        fn = lambda: tree_decode(q, k, v, sl, return_lse=True)  # noqa: E731
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+        torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out, lse = fn()
+        g.replay()
+        torch.cuda.synchronize()
+        res["graph"] = (out.cpu(), lse.cpu())
+    return res
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("hq,hkv", [(32, 8), (32, 32)])
+def test_gpus_draft_tokens_vs_reference(dtype, hq, hkv):
+    # 4 draft tokens a sequence, causal, split over the two ranks as round-robin pages of 2 would split them:
+    # rank r holds drafts r*2 .. r*2+1 after its share of the context
+    world, Lq, B = 2, 4, 2
+    lens = [[20000 + 2, 3000 + 2], [20000 + 2, 3000 + 2]]
+    q, shards, _ = _shards(world, B, hq, hkv, 128, lens, dtype)
+    q4 = torch.randn(B, Lq, hq, 128, generator=torch.Generator().manual_seed(1)).to(dtype)
+    t = torch.arange(Lq)
+    # token t sees rank 0's context and its drafts 0, 1 (those up to t), rank 1's context and drafts 2, 3
+    tok = [torch.stack([torch.tensor(lens[r][b]) - 2 + ((t + 1) - 2 * r).clamp(0, 2) for b in range(B)]).to(torch.int32)
+           for r in range(world)]
+    results = spawn(_run_tokens, world, (q4, shards, tok, True), backend="nccl", deadline=300)
+    # reference: the whole cache in position order (context r0, context r1, drafts r0, drafts r1), causal
+    hk = [s[0] for s in shards]
+    hv = [s[1] for s in shards]
+    ks, vs = [], []
+    for b in range(B):
+        parts = [(x[b, :lens[r][b] - 2], y[b, :lens[r][b] - 2]) for r, (x, y) in enumerate(zip(hk, hv))]
+        parts += [(x[b, lens[r][b] - 2:lens[r][b]], y[b, lens[r][b] - 2:lens[r][b]]) for r, (x, y) in
+                  enumerate(zip(hk, hv))]
+        ks.append(torch.cat([a for a, _ in parts]))
+        vs.append(torch.cat([c for _, c in parts]))
+    n = [x.shape[0] for x in ks]
+    kw = torch.zeros(B, max(n), hkv, 128, dtype=dtype)
+    vw = torch.zeros_like(kw)
+    for b in range(B):
+        kw[b, :n[b]], vw[b, :n[b]] = ks[b], vs[b]
+    ref_out, ref_lse = reference.decode(q4, kw, vw, torch.tensor(n, dtype=torch.int32), causal=True)
+    tol = TOLERANCE[dtype]
+    for r, res in enumerate(results):
+        for name, (out, lse) in res.items():
+            assert_rel_close(f"{name} rank {r}", out, ref_out, tol)
+            assert_lse_close(f"{name} rank {r}", lse, ref_lse, atol=tol)
+        assert torch.equal(res["graph"][0], res["allgather"][0]), "graph replay differs from eager"

@@ -167,10 +167,10 @@ def tree_decode(
     Notes
     -----
     Communication per step and rank: ``"allgather"`` contributes ``B * Hq * (D * itemsize + 4)``
-    bytes (times ``Lq`` for several query tokens) and receives ``world - 1`` times that; ``"allreduce3"`` reduces ``4 * B * Hq * (D + 2)``
-    bytes in three collectives, two of them back to back. Neither depends on the context length.
-    Packing ``out`` in ``q.dtype`` loses nothing: :func:`leanattn.decode` has already rounded it,
-    and the merge accumulates in float32 and rounds once.
+    bytes (times ``Lq`` for several query tokens) and receives ``world - 1`` times that; ``"allreduce3"``
+    reduces ``4 * B * Hq * (D + 2)`` bytes (times ``Lq``) in three collectives, two of them back to back. Neither
+    depends on the context length. Packing ``out`` in ``q.dtype`` loses nothing: :func:`leanattn.decode` has
+    already rounded it, and the merge accumulates in float32 and rounds once.
 
     Examples
     --------
