@@ -198,23 +198,24 @@ def _segment(k: torch.Tensor, lens, ids, b: int) -> tuple[int, int]:
 
 
 def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, block_table=None, softmax_scale=None,
-                   softcap=0.0, k_scale=1.0, v_scale=1.0, causal=False, cu_seqlens_q=None):
+                   softcap=0.0, k_scale=1.0, v_scale=1.0, causal=False, cu_seqlens_q=None, window_left=-1):
     """Reference for :func:`leanattn.cascade_decode`: attention of each sample over the concatenation
     of its segment of every level (outermost first) and its own tokens, scores capped by ``softcap`` where it is
     > 0, keys and values times ``k_scale`` and ``v_scale`` (float8 caches). A query ``(B, Lq, Hq, D)`` holds the last
     ``Lq`` positions of each sample's own tokens: every token attends every shared key and, with ``causal``, the own
     keys up to its position (``cache_seqlens[b] - Lq + s``). With ``cu_seqlens_q``, ``q (total_q, Hq, D)`` is packed,
-    sample ``b`` its rows ``[cu[b], cu[b+1])`` as a ``(1, n_b, Hq, D)`` query of that sample alone. Float64 ``(out,
-    lse)`` of ``q``'s shape without and with ``D``."""
+    sample ``b`` its rows ``[cu[b], cu[b+1])`` as a ``(1, n_b, Hq, D)`` query of that sample alone. With
+    ``window_left >= 0`` token ``s``, at position ``shared + own - Lq + s`` of the concatenation, attends no key
+    before ``pos - window_left``. Float64 ``(out, lse)`` of ``q``'s shape without and with ``D``."""
     if cu_seqlens_q is not None:
         levels = [(tuple(lv) + (None, None))[:4] for lv in levels]
         return _per_sequence(q, cu_seqlens_q, lambda b, q_b: cascade_decode(
             q_b, [(k, v, lens, None if ids is None else ids[b:b + 1]) for k, v, lens, ids in levels],
             *_sequence_caches(b, k_cache, v_cache, cache_seqlens, block_table), softmax_scale, softcap, k_scale,
-            v_scale, causal))
+            v_scale, causal, window_left=window_left))
     if q.dim() == 3:
         out, lse = cascade_decode(q[:, None], levels, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
-                                  softcap, k_scale, v_scale, causal)
+                                  softcap, k_scale, v_scale, causal, window_left=window_left)
         return out[:, 0], lse[:, 0]
     B, Lq, Hq, D = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
@@ -238,21 +239,23 @@ def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, bl
             vs.append(gather_kv(v_cache, b, own, block_table).double())
         k, v = torch.cat(ks) * k_scale, torch.cat(vs) * v_scale
         mask = torch.ones(Lq, shared + own, dtype=torch.bool, device=q.device)
+        pos = own - Lq + torch.arange(Lq, device=q.device)
         if causal:
-            pos = own - Lq + torch.arange(Lq, device=q.device)
             mask[:, shared:] &= torch.arange(own, device=q.device)[None, :] <= pos[:, None]
+        if window_left >= 0:
+            mask &= torch.arange(shared + own, device=q.device)[None, :] >= (shared + pos - window_left)[:, None]
         out[b], lse[b] = attend_groups(q[b], k, v, scale, mask, softcap)
     return out, lse
 
 
 def bifurcated_decode(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens=None, block_table=None,
                       prefix_lens=None, prefix_ids=None, softmax_scale=None, softcap=0.0, k_scale=1.0, v_scale=1.0,
-                      causal=False, cu_seqlens_q=None):
+                      causal=False, cu_seqlens_q=None, window_left=-1):
     """Reference for :func:`leanattn.bifurcated_decode`: decode over ``prefix[prefix_ids[b]]``
     followed by the sample's own tokens (several query tokens a sample, or packed, as :func:`cascade_decode`).
     Float64 ``(out, lse)``."""
     return cascade_decode(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache, cache_seqlens,
-                          block_table, softmax_scale, softcap, k_scale, v_scale, causal, cu_seqlens_q)
+                          block_table, softmax_scale, softcap, k_scale, v_scale, causal, cu_seqlens_q, window_left)
 
 
 __all__ += ["bifurcated_decode", "cascade_decode"]

@@ -15,6 +15,7 @@ import torch
 from .. import checks, runtime
 from ..merges.states import merge_states
 from .bifurcated_launch import Plan
+from .bifurcated_window import window_states
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
 from .decode import decode, validate_decode
 
@@ -198,6 +199,20 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
     return Hkv, k_scale, v_scale
 
 
+def _pass_op():
+    """The bifurcated pass: its custom op while compiling, else the implementation."""
+    return _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
+
+
+def _window(window_left, prefixes, k_cache, block_table) -> int:
+    """``window_left`` checked, and -1 where the window holds every key a sequence can have."""
+    window_left = checks.window_left(window_left)
+    longest = sum(k.shape[-3] for k in prefixes)
+    if k_cache is not None:
+        longest += k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
+    return -1 if window_left >= longest - 1 else window_left
+
+
 def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size, num_programs,
                   softcap, k_scale, v_scale, causal, cu_seqlens_q=None, max_seqlen_q=0):
     """``(out, lse)`` of ``q (B, Lq, Hq, D)``, ``Lq`` query tokens a sample, or of a packed ``q (total_q, Hq, D)``
@@ -220,7 +235,7 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
         expand = lambda ids: ids.repeat_interleave(counts, output_size=q.shape[0])  # noqa: E731
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
-    op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
+    op = _pass_op()
     outs, lses = [], []
     for k, v, lens, ids in levels:
         o, lse = op(rows, k, v, None, None, None, None, lens, None if ids is None else expand(ids), scale,
@@ -259,6 +274,7 @@ def bifurcated_decode(
     causal: bool = False,
     cu_seqlens_q: Optional[torch.Tensor] = None,
     max_seqlen_q: Optional[int] = None,
+    window_left: int = -1,
 ):
     """Decode attention for samples that share a prompt: the shared prefix is read once per prompt.
 
@@ -315,6 +331,14 @@ def bifurcated_decode(
     cu_seqlens_q, max_seqlen_q : keyword-only
         A packed query ``q (total_q, Hq, D)`` of a different number of tokens a sample (sample ``b``'s rows
         ``[cu_seqlens_q[b], cu_seqlens_q[b + 1])``, the last of its own tokens), as :func:`leanattn.decode`'s.
+    window_left : int, keyword-only
+        Sliding-window attention (Mistral, Gemma-2/3 local layers), as :func:`leanattn.decode`'s: a query token at
+        position ``pos`` of its sample's sequence, prefix then own tokens (``prefix_len + cache_seqlens[b] - Lq +
+        s``; without an own cache the last ``Lq`` prefix positions), attends keys ``[pos - window_left, pos]`` (with
+        ``causal=False``, the own keys after it too). -1 (the default): every key. The part of each prompt's
+        window that all its samples attend is gathered (``G x min(window_left + Lq, P)`` tokens copied) and read
+        once for all of them; what only some samples attend (their own lengths differ) is read per sample; the own
+        tokens are one windowed :func:`leanattn.decode` (``ops/bifurcated_window.py``).
 
     Returns
     -------
@@ -366,6 +390,12 @@ def bifurcated_decode(
     if k_cache is not None and Hkv != k_cache.shape[2]:
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
     causal = checks.flag("causal", causal)
+    window_left = _window(window_left, [prefix_k], k_cache, block_table)
+    if window_left >= 0:
+        out, lse = window_states(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache, cache_seqlens,
+                                 block_table, scale, window_left, int(max_group_size), int(num_programs), softcap,
+                                 k_scale, v_scale, causal, cu_seqlens_q, max_q, op=_pass_op())
+        return (out, lse) if return_lse else out
     if batch is not None:
         out, lse = _token_states(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache,
                                  cache_seqlens, block_table, scale, int(max_group_size), int(num_programs), softcap,
@@ -412,6 +442,7 @@ def cascade_decode(
     causal: bool = False,
     cu_seqlens_q: Optional[torch.Tensor] = None,
     max_seqlen_q: Optional[int] = None,
+    window_left: int = -1,
 ):
     """Decode over nested shared KV: e.g. a system prompt for every sample, a document per group,
     then each sample's own tokens.
@@ -436,6 +467,8 @@ def cascade_decode(
     softmax_scale, return_lse, softcap, k_scale, v_scale, num_programs, validate, causal, cu_seqlens_q, max_seqlen_q
         As in :func:`bifurcated_decode`: every level and the own cache in one dtype, ``q``'s or a float8 one, with
         one pair of scales; ``causal`` masks the own tokens after each query token's position (every level whole).
+    window_left : int, keyword-only
+        A sliding window, as in :func:`bifurcated_decode`, over the concatenation of the levels and the own tokens.
 
     Notes
     -----
@@ -471,6 +504,12 @@ def cascade_decode(
     for i, (k, *_rest) in enumerate(parsed):
         if k.shape[-2] != Hkv:
             raise ValueError(f"levels[{i}]: expected {Hkv} kv heads, got {k.shape[-2]}")
+    window_left = _window(window_left, [lv[0] for lv in parsed], k_cache, block_table)
+    if window_left >= 0:
+        out, lse = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
+                                 max_group_size, int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q,
+                                 max_q, op=_pass_op())
+        return (out, lse) if return_lse else out
     if batch is not None:
         out, lse = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
                                  int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)

@@ -1,0 +1,125 @@
+"""Shared-prefix decode with a sliding window: ``bifurcated_decode`` / ``cascade_decode`` with ``window_left``.
+
+A query token at position ``pos`` of its sample's sequence (the shared segments, outermost first, then its own
+tokens) attends the keys from ``pos - window_left`` on. Of a shared segment it therefore attends a suffix
+``[start, P_g)``, whose start differs between the samples of a prompt (their own lengths differ) and between the
+tokens of a sample. Each level is computed in two parts, and every state merged at the end:
+
+- **what all readers of a segment attend**, ``[S_g, P_g)`` with ``S_g`` the latest start among the query rows that
+  read segment ``g``: gathered into a dense tail (``G x min(window_left + Lq, P)`` tokens copied) and read once by
+  the bifurcated pass, the readers' rows stacked in its products, as without a window;
+- **the rest of each row's window**, ``[start, S_g)``: a :func:`leanattn.decode` of each query row over a page
+  table of one-token pages laid on the segment from ``S_g - 1`` backwards, so the row's length counts exactly its
+  keys (attention does not depend on the order of its keys). Rows of samples with equal own lengths (samples
+  decoded in step) have none, and read nothing.
+
+The own tokens are one :func:`leanattn.decode` with ``window_left`` (each token's window ends at its position,
+``causal`` as given), and one :func:`leanattn.merge_states` merges the states. No step syncs with the host.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..merges.states import merge_states
+from .decode import decode
+
+__all__ = ["window_states"]
+
+
+def _token_pool(k: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``k (G, P, Hkv, D)`` seen as a pool of one-token pages ``(N, 1, Hkv, D)`` without a copy where its strides
+    allow, and the page index step between segments: token ``p`` of segment ``g`` is page ``g * step + p``."""
+    G, P, Hkv, D = k.shape
+    s0, s1, s2, s3 = k.stride()
+    if G == 1 or (s1 > 0 and s0 % s1 == 0):
+        step = s0 // s1 if G > 1 else P
+        n = (G - 1) * step + P
+        return k.as_strided((n, 1, Hkv, D), (s1, s1, s2, s3), k.storage_offset()), step
+    return k.contiguous().view(G * P, 1, Hkv, D), P
+
+
+def _rows(q, cu_seqlens_q, max_seqlen_q):
+    """``(rows (R, Hq, D), sample (R,), token (R,), tokens (R,) or int, per)``: the query rows, the sample of each,
+    its index among that sample's tokens, the sample's tokens, and the most tokens a sample has."""
+    Hq, D = q.shape[-2], q.shape[-1]
+    dev = q.device
+    if cu_seqlens_q is not None:
+        B = cu_seqlens_q.shape[0] - 1
+        counts = cu_seqlens_q.diff().long()
+        sample = torch.arange(B, device=dev).repeat_interleave(counts, output_size=q.shape[0])
+        token = torch.arange(q.shape[0], device=dev) - cu_seqlens_q.long()[sample]
+        return q, sample, token, counts[sample], max_seqlen_q
+    if q.dim() == 4:
+        B, per = q.shape[:2]
+        sample = torch.arange(B, device=dev).repeat_interleave(per)
+        return q.reshape(B * per, Hq, D), sample, torch.arange(per, device=dev).repeat(B), per, per
+    B = q.shape[0]
+    return q, torch.arange(B, device=dev), torch.zeros(B, dtype=torch.long, device=dev), 1, 1
+
+
+def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale, window_left, max_group_size,
+                  num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q=None, max_seqlen_q=0, *, op):
+    """``(out, lse)`` of ``q`` (``(B, Hq, D)``, ``(B, Lq, Hq, D)`` or packed) over ``levels`` (``(k, v, lens, ids)``
+    each, past validation) and the own cache, under a sliding window of ``window_left >= 0`` keys before each token.
+    ``op``: the bifurcated pass (``_bifurcated_impl``, or its custom op while compiling)."""
+    if q.numel() == 0:
+        return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    dev = q.device
+    rows, sample, token, tokens, per = _rows(q, cu_seqlens_q, max_seqlen_q)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    B = q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1
+    # -- each row's position in its sample's sequence, and the first key its window holds
+    if k_cache is None:
+        own = torch.zeros(B, dtype=torch.long, device=dev)
+    elif cache_seqlens is None:
+        cap = k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
+        own = torch.full((B,), cap, dtype=torch.long, device=dev)
+    else:
+        own = cache_seqlens.long()
+    parsed = []
+    shared = torch.zeros(B, dtype=torch.long, device=dev)
+    for k, v, lens, ids in levels:
+        k, v = (k, v) if k.dim() == 4 else (k[None], v[None])
+        G, P = k.shape[:2]
+        seg = lens.long() if lens is not None else torch.full((G,), P, dtype=torch.long, device=dev)
+        gid = ids.long() if ids is not None else torch.zeros(B, dtype=torch.long, device=dev)
+        parsed.append((k, v, seg, gid, ids, shared.clone()))
+        shared += seg[gid]
+    start = (shared + own)[sample] - tokens + token - window_left                          # (R,)
+    states = []
+    for k, v, seg, gid, ids, offset in parsed:
+        G, P = k.shape[:2]
+        W = min(window_left + per, P)  # no row attends more of a segment (window_left + 1 keys, less padding rows')
+        if W <= 0:
+            continue
+        g_row = gid[sample]
+        first = torch.minimum((start - offset[sample]).clamp(min=0), seg[g_row])           # (R,) in [0, P_g]
+        latest = torch.zeros(G, dtype=torch.long, device=dev).scatter_reduce(0, g_row, first, "amax")
+        # -- [latest_g, P_g): every reader's, gathered once a segment and read once for all of them
+        at = (latest[:, None] + torch.arange(W, device=dev)).clamp(max=P - 1)              # (G, W)
+        segs = torch.arange(G, device=dev)[:, None]
+        tail_k, tail_v = k[segs, at], v[segs, at]                                          # (G, W, Hkv, D)
+        tail_lens = (seg - latest).clamp(0, W).to(torch.int32)
+        states.append(op(rows, tail_k, tail_v, None, None, None, None, tail_lens,
+                         None if ids is None else g_row.to(torch.int32), scale, max_group_size * per, num_programs,
+                         0, 0, softcap, k_scale, v_scale))
+        # -- [first, latest_g): each row's own rest, one-token pages from latest_g - 1 down
+        pool_k, step = _token_pool(k)
+        pool_v, _ = _token_pool(v)
+        back = (latest[g_row][:, None] - 1 - torch.arange(W, device=dev)).clamp(min=0)      # (R, W)
+        table = (g_row[:, None] * step + back).to(torch.int32)
+        rest = (latest[g_row] - first).to(torch.int32)
+        states.append(decode(rows, pool_k, pool_v, rest, table, scale, True, num_programs=num_programs,
+                             validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap))
+    if k_cache is not None:
+        packed = {} if cu_seqlens_q is None else dict(cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q)
+        o, lse = decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, True, num_programs=num_programs,
+                        validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap, causal=causal,
+                        window_left=window_left, **packed)
+        states.append((o.view(rows.shape), lse.view(rows.shape[:-1])))
+    if not states:  # nothing in any window: every segment empty, no own cache
+        return q.new_zeros(q.shape), torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=dev)
+    out, lse = states[0] if len(states) == 1 else merge_states(torch.stack([s[0] for s in states]),
+                                                               torch.stack([s[1] for s in states]))
+    return out.view(q.shape), lse.view(q.shape[:-1])
