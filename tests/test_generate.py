@@ -112,10 +112,13 @@ def test_chunked_prefill_matches_whole():
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
 
 
-def test_samples_match_separate_rows():
+@pytest.mark.parametrize("window", [None, 6])
+def test_samples_match_separate_rows(window):
     """``samples=N``: the prompt's KV held once, attention through bifurcated_decode; the same
-    draws as decoding N copies of the prompt separately."""
+    draws as decoding N copies of the prompt separately (with a sliding window of 6 keys too, which the first
+    prompt is longer than and the second grows past)."""
     model = tiny()
+    model.config.sliding_window = window
     prompts = [torch.randint(0, 256, (n,)).tolist() for n in (19, 4)]
     n, s = 4, 3
     g = lambda: torch.Generator(DEV).manual_seed(7)  # noqa: E731
@@ -128,6 +131,7 @@ def test_samples_match_separate_rows():
     assert len(set(map(tuple, shared.tokens[:s].tolist()))) > 1  # the samples do differ
     # the prompt is stored once: less KV than the copies
     assert shared.kv_bytes < separate.kv_bytes
+    model.config.sliding_window = None
 
 
 def test_greedy_samples_equal_single():
@@ -155,11 +159,6 @@ def test_errors():
         leanattn.generate(model, [[1, 2]], 0)
     with pytest.raises(ValueError, match="samples"):
         leanattn.generate(model, [[1, 2]], 2, samples=0)
-    model.config.sliding_window = 3
-    with pytest.raises(ValueError, match="samples: expected 1 for a model with a sliding window of 3 keys"):
-        leanattn.generate(model, [[1, 2]], 2, samples=2)
-    leanattn.generate(model, [[1]], 2, samples=2)  # the sequences fit the window: bifurcated decode is exact
-    model.config.sliding_window = None
     with pytest.raises(ValueError, match=r"prompts: expected token ids in \[0, 256\)"):
         leanattn.generate(model, [[1, 999]], 2)
     with pytest.raises(ValueError, match="prompts"):

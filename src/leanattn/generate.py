@@ -203,7 +203,7 @@ class _Stepper:
             pk, pv = self.prefix.seq_view(i)
             out = bifurcated_decode(q[:, 0], pk, pv, c.k[i], c.v[i], self._lens_after, c.block_table,
                                     prefix_lens=self.prefix_lens, prefix_ids=self.prefix_ids,
-                                    max_group_size=self.samples)
+                                    max_group_size=self.samples, window_left=self.window_left)
         return out[:, None]
 
     def step(self):
@@ -459,10 +459,6 @@ def generate(
                          f"[{int(tokens.min())}, {int(tokens.max())}]")
     c = model.config
     B, L = tokens.shape
-    if samples > 1 and c.sliding_window is not None and L + max_new_tokens > c.sliding_window:
-        raise ValueError(f"samples: expected 1 for a model with a sliding window of {c.sliding_window} keys over "
-                         f"sequences of up to {L + max_new_tokens} tokens (bifurcated_decode has no window), "
-                         f"got {samples}")
     rows = B * samples
     kv = dict(num_layers=c.num_hidden_layers, kv_heads=c.num_key_value_heads, head_dim=c.head_dim,
               page_size=page_size, dtype=model.dtype, device=dev)

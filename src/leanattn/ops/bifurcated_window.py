@@ -34,7 +34,7 @@ def _token_pool(k: torch.Tensor) -> tuple[torch.Tensor, int]:
     if G == 1 or (s1 > 0 and s0 % s1 == 0):
         step = s0 // s1 if G > 1 else P
         n = (G - 1) * step + P
-        return k.as_strided((n, 1, Hkv, D), (s1, s1, s2, s3), k.storage_offset()), step
+        return k.as_strided((n, 1, Hkv, D), (s1, s1, s2, s3)), step  # (from k's storage offset)
     return k.contiguous().view(G * P, 1, Hkv, D), P
 
 

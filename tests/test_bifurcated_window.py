@@ -1,0 +1,161 @@
+"""``bifurcated_decode`` and ``cascade_decode`` with a sliding window (``window_left``) against the float64 reference
+under the interpreter: one and several prompts, own lengths that differ within a prompt and samples in step, one
+token, several and packed, causal and not, paged and absent own caches, empty prefixes, nested levels, float8 and a
+soft cap, prefix layouts seen without a copy and with one, and the errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import leanattn
+from leanattn import reference
+from leanattn.ops.bifurcated_window import _token_pool
+from leanattn.testing import assert_states_match
+from test_bifurcated import DEV, ids_tensor, make_inputs, make_prefix, multi_prompt_paged_inputs
+from test_bifurcated_tokens import tokens
+
+# windows that end in the own tokens, reach into the prefix a little, a lot, and past its start
+WINDOWS = [0, 4, 19, 50]
+
+
+def check(q, pk, pv, k, v, lens=None, bt=None, plens=None, ids=None, window=4, causal=False, name="", **kw):
+    out, lse = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, return_lse=True, causal=causal,
+                                          window_left=window, **kw)
+    same = {n: kw[n] for n in ("cu_seqlens_q", "softcap", "k_scale", "v_scale") if n in kw}
+    ref_out, ref_lse = reference.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, causal=causal,
+                                                   window_left=window, **same)
+    assert_states_match(f"{name} window {window}", q, out, lse, ref_out, ref_lse)
+    return out, lse
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("D,dtype", [(64, torch.float16), (128, torch.float32), (256, torch.float16)],
+                         ids=["D64-fp16", "D128-fp32", "D256-fp16"])
+def test_one_prompt_ragged_samples(D, dtype, window):
+    # own lengths 3, 0, 40, 17 and 25: the samples' windows start at different prefix positions, or past it
+    own = [3, 0, 40, 17, 25]
+    q, k, v, lens, _ = make_inputs(len(own), 8, 2, D, own, dtype=dtype)
+    pk, pv, _ = make_prefix(None, 45, 2, D, dtype=dtype)
+    check(q, pk, pv, k, v, lens, window=window, name=f"D={D}")
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_samples_in_step(window):
+    # equal own lengths (samples decoded together): the whole prefix window is shared, no row has a rest
+    q, k, v, lens, _ = make_inputs(6, 4, 4, 64, [7] * 6)
+    pk, pv, _ = make_prefix(None, 33, 4, 64)
+    check(q, pk, pv, k, v, lens, window=window, name="in step")
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("hq,hkv,d", [(4, 4, 64), (8, 2, 64), (6, 1, 128)])
+def test_multi_prompt_paged(hq, hkv, d, window):
+    q, pk, pv, k, v, lens, bt, plens, ids = multi_prompt_paged_inputs(hq, hkv, d)
+    check(q, pk, pv, k, v, lens, bt, plens, ids, window=window, name=f"{hq}/{hkv}")
+    check(q, pk, pv, k, v, lens, bt, plens, ids, window=window, name="bounded groups", max_group_size=9,
+          num_programs=3)
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_tokens_and_packed(causal, window):
+    q, pk, pv, k, v, lens, bt, plens, ids = multi_prompt_paged_inputs(8, 2, 64)
+    check(tokens(q, 3), pk, pv, k, v, lens, bt, plens, ids, window=window, causal=causal, name="3 tokens")
+    # packed: 0-3 tokens a sample
+    counts = torch.tensor([2, 0, 3, 1, 1, 3, 0, 2, 1, 3, 1, 2])
+    cu = torch.zeros(13, dtype=torch.int32)
+    cu[1:] = counts.cumsum(0)
+    qp = torch.randn(int(cu[-1]), 8, 64, dtype=q.dtype, device=DEV)
+    check(qp, pk, pv, k, v, lens, bt, plens, ids, window=window, causal=causal, name="packed",
+          cu_seqlens_q=cu.to(DEV), max_seqlen_q=4)
+
+
+def test_no_own_cache_empty_prefixes_and_float8():
+    q, k, v, lens, _ = make_inputs(3, 8, 2, 64, [12, 0, 5])
+    pk, pv, plens = make_prefix(2, 30, 2, 64, plens=[30, 0])
+    ids = ids_tensor([1, 0, 1])
+    for w in (0, 9, 29):  # the prefix alone: the query is its last position
+        check(q, pk, pv, None, None, plens=plens, ids=ids, window=w, name="no own")
+    empty = pk[0, :0]
+    check(q, empty, empty, k, v, lens, window=3, name="empty prefix")
+    # float8 prefix and own cache, one pair of scales, and a soft cap
+    f8 = torch.float8_e4m3fn
+    check(q, (pk / 2).to(f8), (pv / 3).to(f8), (k / 2).to(f8), (v / 3).to(f8), lens, plens=plens, ids=ids, window=6,
+          name="float8", k_scale=2.0, v_scale=3.0, softcap=5.0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "hnd", "sliced", "prompt-minor"])
+def test_prefix_layouts(layout):
+    # the one-token pages are laid over the prefix without a copy where its strides allow (hnd: (G, Hkv, P, D) seen
+    # through a transpose; sliced: a window of a larger cache, at an offset), with one otherwise ((P, G, Hkv, D) seen
+    # through a transpose)
+    own = [3, 0, 22, 9]
+    q, k, v, lens, _ = make_inputs(4, 4, 2, 64, own)
+    G, P = 2, 26
+    base = {"contiguous": (G, P, 2, 64), "hnd": (G, 2, P, 64), "sliced": (G + 1, P + 5, 2, 64),
+            "prompt-minor": (P, G, 2, 64)}[layout]
+    pk, pv = (torch.randn(base, dtype=torch.float16, device=DEV) for _ in range(2))
+    if layout == "hnd":
+        pk, pv = pk.transpose(1, 2), pv.transpose(1, 2)
+    if layout == "sliced":
+        pk, pv = pk[1:, 3:3 + P], pv[1:, 3:3 + P]
+    if layout == "prompt-minor":
+        pk, pv = pk.transpose(0, 1), pv.transpose(0, 1)
+    pool, step = _token_pool(pk)
+    assert torch.equal(pool[step + 5, 0], pk[1, 5]) and torch.equal(pool[P - 1, 0], pk[0, P - 1])
+    assert torch.equal(pool[0, 0], pk[0, 0])
+    assert (pool.data_ptr() == pk.data_ptr()) == (layout != "prompt-minor")
+    plens = torch.tensor([26, 11], dtype=torch.int32, device=DEV)
+    for w in (2, 15, 40):
+        check(q, pk, pv, k, v, lens, plens=plens, ids=ids_tensor([0, 1, 1, 0]), window=w, name=layout)
+
+
+def test_cascade_levels():
+    # a system prompt for all, a document per group, then own tokens: windows ending in each of them
+    own = [5, 0, 13, 8]
+    q, k, v, lens, bt = make_inputs(4, 8, 2, 64, own, capacity=16, page_size=4)
+    sk, sv, _ = make_prefix(None, 14, 2, 64)
+    dk, dv, dlens = make_prefix(3, 20, 2, 64, plens=[20, 7, 0])
+    levels = [(sk, sv), (dk, dv, dlens, ids_tensor([2, 0, 1, 0]))]
+    for w in (0, 6, 20, 30, 60):
+        for q_ in (q, tokens(q, 2)):
+            out, lse = leanattn.cascade_decode(q_, levels, k, v, lens, bt, return_lse=True, window_left=w,
+                                               causal=True)
+            ref_out, ref_lse = reference.cascade_decode(q_, levels, k, v, lens, bt, window_left=w, causal=True)
+            assert_states_match(f"cascade window {w} {tuple(q_.shape)}", q_, out, lse, ref_out, ref_lse)
+
+
+def test_window_holding_everything_is_no_window():
+    q, pk, pv, k, v, lens, bt, plens, ids = multi_prompt_paged_inputs(8, 2, 64)
+    full = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, return_lse=True)
+    longest = pk.shape[1] + bt.shape[1] * k.shape[1]
+    same = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, return_lse=True,
+                                      window_left=longest - 1)
+    assert torch.equal(full[0], same[0]) and torch.equal(full[1], same[1])
+    # one key less: the windowed path, which agrees where no window cuts anything
+    near = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, return_lse=True,
+                                      window_left=longest - 2)
+    assert torch.allclose(near[0].float(), full[0].float(), atol=2e-3) and torch.allclose(near[1], full[1], atol=1e-3)
+
+
+def test_compile_fullgraph():
+    q, pk, pv, k, v, lens, bt, plens, ids = multi_prompt_paged_inputs(8, 2, 64)
+
+    def f(q, lens):
+        return leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, return_lse=True, window_left=9,
+                                          max_group_size=9)
+
+    out, lse = torch.compile(f, fullgraph=True)(q, lens)
+    ref_out, ref_lse = reference.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, window_left=9)
+    assert_states_match("compiled", q, out, lse, ref_out, ref_lse)
+
+
+def test_window_errors():
+    q, k, v, lens, _ = make_inputs(2, 4, 2, 64, [3, 5])
+    pk, pv, _ = make_prefix(None, 8, 2, 64)
+    with pytest.raises(ValueError, match=r"window_left: expected an int >= -1 \(-1: no window\), got -2"):
+        leanattn.bifurcated_decode(q, pk, pv, k, v, lens, window_left=-2)
+    with pytest.raises(TypeError, match="window_left: expected an int, got float"):
+        leanattn.bifurcated_decode(q, pk, pv, k, v, lens, window_left=4.0)
+    with pytest.raises(TypeError, match="window_left: expected an int, got bool"):
+        leanattn.cascade_decode(q, [(pk, pv)], k, v, lens, window_left=True)
