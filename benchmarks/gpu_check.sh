@@ -50,6 +50,11 @@
 #               (tests/test_bifurcated_tokens_gpu.py)
 #   bif-tokens  bifurcated decode of several query tokens a sample against the one-token call, decode over copied
 #               caches and SDPA (benchmarks/bench_bifurcated_tokens.py)
+#   tests-bif-window  the GPU tests of bifurcated/cascade decode with a sliding window
+#               (tests/test_bifurcated_window_gpu.py)
+#   bif-window  bifurcated decode with a sliding window against no window, windowed decode over copies and SDPA
+#               (benchmarks/bench_bifurcated_window.py)
+#   sanitize-bif-window  memcheck over bifurcated/cascade launches with sliding windows (sanitize.py bifurcated-window)
 #   verify-step  a speculative verify step against a one-token step, with and without the model's fused_ops:
 #               graph replay time, kernels by kind (probe)
 #   e2e-fused   bench_e2e.py with Part A also under the model's fused_ops (4k, 32k, 128k; x16 samples)
@@ -230,6 +235,10 @@ for step in "$@"; do
     tests-varlen) "${PYTEST[@]}" tests/test_decode_varlen_gpu.py 2>&1 | tail -3 ;;
     tests-bif-tokens) "${PYTEST[@]}" tests/test_bifurcated_tokens_gpu.py 2>&1 | tail -3 ;;
     bif-tokens) timeout 500 python3 benchmarks/bench_bifurcated_tokens.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    tests-bif-window) "${PYTEST[@]}" tests/test_bifurcated_window_gpu.py 2>&1 | tail -3 ;;
+    bif-window) timeout 500 python3 benchmarks/bench_bifurcated_window.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    sanitize-bif-window)
+      timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-window 2>&1 | tail -3 ;;
     sanitize-varlen)
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py varlen 2>&1 | tail -3 ;;
     varlen) timeout 500 python3 benchmarks/bench_decode_varlen.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;

@@ -2,7 +2,7 @@
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
         [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap] [bifurcated-fp8]
-        [overlap-fp8] [window] [tokens] [varlen]
+        [overlap-fp8] [window] [tokens] [varlen] [bifurcated-window]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -212,10 +212,11 @@ def bifurcated():
         os.environ.pop("LEANATTN_DECODE_MERGE")
 
 
-def bifurcated_launches(softcap=0.0, fp8=None):
+def bifurcated_launches(softcap=0.0, fp8=None, window_left=-1):
     """The states, one-sample and cascade launches over ragged own caches, MHA and GQA, D 64-256, capped by
-    ``softcap`` where it is > 0, over caches stored as ``fp8`` (with scales) where it is given."""
-    cap = dict(softcap=softcap, **(dict(k_scale=0.5, v_scale=2.0) if fp8 else {}))
+    ``softcap`` where it is > 0, over caches stored as ``fp8`` (with scales) where it is given, under a sliding window
+    of ``window_left`` keys where it is >= 0 (``ops/bifurcated_window.py``)."""
+    cap = dict(softcap=softcap, window_left=window_left, **(dict(k_scale=0.5, v_scale=2.0) if fp8 else {}))
 
     def store(*tensors):
         return tuple(t.to(fp8) for t in tensors) if fp8 else tensors
@@ -314,6 +315,7 @@ if __name__ == "__main__":
                 "overlap-pingpong": lambda: overlap(((False, 12), (True, 12)), pingpong=True),
                 "overlap-softcap": lambda: overlap(softcap=30.0),
                 "bifurcated-fp8": lambda: bifurcated_launches(fp8=torch.float8_e4m3fn),
+                "bifurcated-window": lambda: [bifurcated_launches(window_left=w) for w in (0, 300, 2000)],
                 # float8 takes the plain Gluon kernel at 64 and 128 rows (the field 12 would too)
                 "overlap-fp8": lambda: overlap(((False, 0), (True, 0), (True, 8), (False, 8)),
                                                fp8=torch.float8_e4m3fn)}
