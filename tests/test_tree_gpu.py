@@ -39,9 +39,13 @@ def _shards(world, B, hq, hkv, d, lens, dtype):
     return q, shards, (kw, vw, torch.tensor(tot, dtype=torch.int32))
 
 
-def _run(rank, world, q, shards, graphs):
+def _run(rank, world, q, shards, graphs, token_seqlens=None):
+    """Every method on this rank's shard, and with ``graphs`` a replay of the all-gather tree; ``token_seqlens``:
+    per rank, per-token lengths ``(B, Lq)`` in place of the shard's."""
     dev = torch.device("cuda", torch.cuda.current_device())
     k, v, sl = (x.to(dev) for x in shards[rank])
+    if token_seqlens is not None:
+        sl = token_seqlens[rank].to(dev)
     q = q.to(dev)
     res = {}
     for name, fn in (("allgather", lambda: tree_decode(q, k, v, sl, variant="allgather", return_lse=True)),
@@ -50,20 +54,25 @@ def _run(rank, world, q, shards, graphs):
         out, lse = fn()
         res[name] = (out.cpu(), lse.cpu())
     if graphs:  # tree_decode (after its first, checked call) captures into a CUDA graph
-        fn = lambda: tree_decode(q, k, v, sl, return_lse=True)  # noqa: E731
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-        torch.cuda.current_stream().wait_stream(s)
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            out, lse = fn()
-        g.replay()
-        torch.cuda.synchronize()
-        res["graph"] = (out.cpu(), lse.cpu())
+        res["graph"] = _replayed(lambda: tree_decode(q, k, v, sl, return_lse=True))
     return res
+
+
+def _replayed(fn):
+    """``fn()``'s ``(out, lse)`` on the CPU from one replay of a CUDA graph it was captured in (after a warm-up call
+    on a side stream)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out, lse = fn()
+    g.replay()
+    torch.cuda.synchronize()
+    return out.cpu(), lse.cpu()
 
 
 @pytest.mark.parametrize("world", [2, 4, 8])
@@ -76,42 +85,19 @@ def test_gpus_vs_reference(world, dtype, hq, hkv):
     lens = [[30000, 0, 777], [12345, 5, 0]] + [[4000 * r + 1, 0, 0] for r in range(2, world)]
     q, shards, whole = _shards(world, 3, hq, hkv, 128, lens, dtype)
     results = spawn(_run, world, (q, shards, True), backend="nccl", deadline=300)
-    ref_out, ref_lse = reference.decode(q, *whole)
-    tol = TOLERANCE[dtype]
+    check_results(results, *reference.decode(q, *whole), TOLERANCE[dtype])
+
+
+def check_results(results, ref_out, ref_lse, tol):
+    """Every rank's every method within ``tol`` of the reference, its graph replay equal to its eager all-gather,
+    and every rank's all-gather equal to rank 0's."""
     for r, res in enumerate(results):
         for name, (out, lse) in res.items():
             assert_rel_close(f"{name} rank {r}", out, ref_out, tol)
             assert_lse_close(f"{name} rank {r}", lse, ref_lse, atol=tol)
         assert torch.equal(res["graph"][0], res["allgather"][0]), "graph replay differs from eager"
-    for r in range(1, world):
+    for r in range(1, len(results)):
         assert torch.equal(results[0]["allgather"][0], results[r]["allgather"][0]), f"rank {r} differs from rank 0"
-
-
-def _run_tokens(rank, world, q, shards, tok, graphs):
-    dev = torch.device("cuda", torch.cuda.current_device())
-    k, v, _ = (x.to(dev) for x in shards[rank])
-    q, sl = q.to(dev), tok[rank].to(dev)
-    res = {}
-    for name, fn in (("allgather", lambda: tree_decode(q, k, v, sl, variant="allgather", return_lse=True)),
-                     ("allreduce3", lambda: tree_decode(q, k, v, sl, variant="allreduce3", return_lse=True)),
-                     ("ring", lambda: ring_decode(q, k, v, sl, return_lse=True))):
-        out, lse = fn()
-        res[name] = (out.cpu(), lse.cpu())
-    if graphs:  # the per-token path (gather, two decodes, merge, all-gather) captured, replayed
-        fn = lambda: tree_decode(q, k, v, sl, return_lse=True)  # noqa: E731
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-        torch.cuda.current_stream().wait_stream(s)
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            out, lse = fn()
-        g.replay()
-        torch.cuda.synchronize()
-        res["graph"] = (out.cpu(), lse.cpu())
-    return res
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -127,7 +113,7 @@ def test_gpus_draft_tokens_vs_reference(dtype, hq, hkv):
     # token t sees rank 0's context and its drafts 0, 1 (those up to t), rank 1's context and drafts 2, 3
     tok = [torch.stack([torch.tensor(lens[r][b]) - 2 + ((t + 1) - 2 * r).clamp(0, 2) for b in range(B)]).to(torch.int32)
            for r in range(world)]
-    results = spawn(_run_tokens, world, (q4, shards, tok, True), backend="nccl", deadline=300)
+    results = spawn(_run, world, (q4, shards, True, tok), backend="nccl", deadline=300)
     # reference: the whole cache in position order (context r0, context r1, drafts r0, drafts r1), causal
     hk = [s[0] for s in shards]
     hv = [s[1] for s in shards]
@@ -143,10 +129,5 @@ def test_gpus_draft_tokens_vs_reference(dtype, hq, hkv):
     vw = torch.zeros_like(kw)
     for b in range(B):
         kw[b, :n[b]], vw[b, :n[b]] = ks[b], vs[b]
-    ref_out, ref_lse = reference.decode(q4, kw, vw, torch.tensor(n, dtype=torch.int32), causal=True)
-    tol = TOLERANCE[dtype]
-    for r, res in enumerate(results):
-        for name, (out, lse) in res.items():
-            assert_rel_close(f"{name} rank {r}", out, ref_out, tol)
-            assert_lse_close(f"{name} rank {r}", lse, ref_lse, atol=tol)
-        assert torch.equal(res["graph"][0], res["allgather"][0]), "graph replay differs from eager"
+    check_results(results, *reference.decode(q4, kw, vw, torch.tensor(n, dtype=torch.int32), causal=True),
+                  TOLERANCE[dtype])
