@@ -212,12 +212,44 @@ def test_sliding_window_decode_on_the_kernel(masked, decode_calls):
     assert len(decode_calls) == calls
 
 
-def test_sinks_and_bad_softcap_rejected():
+def test_bad_sinks_and_softcap_rejected():
     args = (None, torch.zeros(1, 2, 1, 64), torch.zeros(1, 2, 3, 64), torch.zeros(1, 2, 3, 64), None)
-    with pytest.raises(ValueError, match="s_aux"):
-        lt.leanattn_attention_forward(*args, s_aux=torch.zeros(2))
+    with pytest.raises(ValueError, match=r"sinks: expected shape \(2,\) \(one logit per query head\), got \(3,\)"):
+        lt.leanattn_attention_forward(*args, s_aux=torch.zeros(3))
+    with pytest.raises(ValueError, match="dropout: expected 0 with softcap or s_aux"):
+        lt.leanattn_attention_forward(None, torch.zeros(1, 2, 4, 64), torch.zeros(1, 2, 4, 64),
+                                      torch.zeros(1, 2, 4, 64), None, dropout=0.1, s_aux=torch.zeros(2))
     with pytest.raises(ValueError, match="softcap"):
         lt.leanattn_attention_forward(*args, softcap=-1.0)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["dynamic", "left-padded"])
+def test_gpt_oss_sinks_match_eager(padded, decode_calls):
+    # gpt-oss: a learnable sink logit per head in every softmax, sliding (window 4) and full layers alternating:
+    # decode steps on the kernels with sinks=, the prefill and padded calls on the PyTorch path with the sinks,
+    # greedy tokens and logits as transformers' eager attention (what gpt-oss asks for)
+    lt.register()
+    cfg = transformers.GptOssConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=64, sliding_window=4,
+                                    num_local_experts=2, num_experts_per_tok=1, initializer_range=0.1,
+                                    max_position_embeddings=256, layer_types=["sliding_attention",
+                                                                              "full_attention"])
+    torch.manual_seed(0)
+    model = transformers.GptOssForCausalLM(cfg).to(DEV).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.sinks.normal_(0.0, 2.0)  # sinks that matter
+    ids = torch.randint(1, 128, (2, 9), device=DEV)
+    kw = {}
+    if padded:
+        kw["attention_mask"] = torch.ones_like(ids)
+        kw["attention_mask"][1, :3] = 0
+    ref, ref_logits = greedy(model, "eager", ids, **kw)
+    got, logits = greedy(model, "leanattn", ids, **kw)
+    assert_same(got, ref, ref_logits)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    if not padded:
+        assert len(decode_calls) >= (NEW - 1) * 2  # every decode step of both layers on the kernel
 
 
 def test_register_idempotent_and_missing_transformers(monkeypatch):

@@ -14,11 +14,12 @@ __all__ = ["decode", "gather_kv", "merge_states", "attend"]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None,
-           softcap: float = 0.0):
+           softcap: float = 0.0, sink: torch.Tensor | None = None):
     """Softmax attention of ``q [M, D]`` over ``k, v [N, D]`` in float64.
 
     ``mask [M, N]`` bool, True = attend. ``softcap > 0``: scores ``s`` become ``softcap * tanh(s / softcap)``.
-    Returns ``(out [M, D], lse [M])``; rows with no key give zeros and ``-inf``.
+    ``sink [M]``: one more score a row, of a key whose value is zero (attention sinks), in the softmax and the LSE.
+    Returns ``(out [M, D], lse [M])``; rows with no key give zeros and ``-inf`` (or their sink).
     """
     q, k, v = q.double(), k.double(), v.double()
     s = (q @ k.T) * scale
@@ -26,6 +27,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask
         s = softcap * torch.tanh(s / softcap)
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
+    if sink is not None:
+        s = torch.cat([s, sink.double().to(s.device)[:, None]], 1)
+        v = torch.cat([v, v.new_zeros(1, v.shape[1])])
     lse = torch.logsumexp(s, dim=-1) if s.shape[-1] > 0 else torch.full(s.shape[:-1], float("-inf"), dtype=s.dtype,
                                                                         device=s.device)
     finite = torch.isfinite(lse)
@@ -34,10 +38,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask
 
 
 def attend_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor,
-                  softcap: float = 0.0):
+                  softcap: float = 0.0, sinks: torch.Tensor | None = None):
     """:func:`attend` of the tokens ``q [Lq, Hq, D]`` of one sequence over ``k, v [N, Hkv, D]``, query head ``h``
-    reading kv head ``h // (Hq // Hkv)``, ``mask [Lq, N]`` each token's keys. Returns ``(out [Lq, Hq, D], lse [Lq,
-    Hq])``."""
+    reading kv head ``h // (Hq // Hkv)``, ``mask [Lq, N]`` each token's keys, ``sinks [Hq]`` each head's sink logit
+    (or None). Returns ``(out [Lq, Hq, D], lse [Lq, Hq])``."""
     Lq, Hq, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -46,7 +50,9 @@ def attend_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     rows_mask = mask.repeat_interleave(group, 0)  # a group's heads of each token, token-major
     for h in range(Hkv):
         heads = slice(h * group, (h + 1) * group)
-        o, l_ = attend(q[:, heads].reshape(Lq * group, D), k[:, h], v[:, h], scale, rows_mask, softcap=softcap)
+        sink = None if sinks is None else sinks[heads].repeat(Lq)
+        o, l_ = attend(q[:, heads].reshape(Lq * group, D), k[:, h], v[:, h], scale, rows_mask, softcap=softcap,
+                       sink=sink)
         out[:, heads], lse[:, heads] = o.view(Lq, group, D), l_.view(Lq, group)
     return out, lse
 
@@ -87,21 +93,22 @@ def _sequence_caches(b: int, k_cache, v_cache, cache_seqlens, block_table) -> tu
 
 
 def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None, k_scale=1.0, v_scale=1.0,
-           softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None):
+           softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None, sinks=None):
     """Reference for :func:`leanattn.decode`: ``(out, lse)`` float64 of ``q``'s shape without and with ``D``;
     attention over ``k_cache * k_scale`` and ``v_cache * v_scale`` (the dequantisation of float8 caches), scores
     soft-capped by ``softcap`` where it is > 0. A query ``(B, Lq, Hq, D)`` holds the last ``Lq`` positions of each
     sequence, token ``s`` at ``cache_seqlens[b] - Lq + s``; ``(B, Hq, D)`` is ``Lq = 1``. Each token attends the keys
     ``[pos - window_left, pos]`` where ``window_left >= 0``, with ``causal`` none after ``pos``. With
     ``cu_seqlens_q`` (``(B + 1,)``), ``q (total_q, Hq, D)`` is packed: sequence ``b`` is its rows ``[cu[b], cu[b+1])``,
-    attending as a ``(1, n_b, Hq, D)`` query of that sequence alone."""
+    attending as a ``(1, n_b, Hq, D)`` query of that sequence alone. ``sinks (Hq,)``: each head's sink logit, a key
+    of value zero in every token's softmax."""
     if cu_seqlens_q is not None:
         return _per_sequence(q, cu_seqlens_q, lambda b, q_b: decode(
             q_b, *_sequence_caches(b, k_cache, v_cache, cache_seqlens, block_table), softmax_scale, k_scale, v_scale,
-            softcap, window_left, causal))
+            softcap, window_left, causal, sinks=sinks))
     if q.dim() == 3:
         out, lse = decode(q[:, None], k_cache, v_cache, cache_seqlens, block_table, softmax_scale, k_scale, v_scale,
-                          softcap, window_left, causal)
+                          softcap, window_left, causal, sinks=sinks)
         return out[:, 0], lse[:, 0]
     B, Lq, Hq, D = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
@@ -122,7 +129,7 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
             mask &= keys[None, :] <= pos[:, None]
         if window_left >= 0:
             mask &= keys[None, :] >= pos[:, None] - window_left
-        out[b], lse[b] = attend_groups(q[b], k, v, scale, mask, softcap)
+        out[b], lse[b] = attend_groups(q[b], k, v, scale, mask, softcap, sinks)
     return out, lse
 
 
@@ -198,7 +205,7 @@ def _segment(k: torch.Tensor, lens, ids, b: int) -> tuple[int, int]:
 
 
 def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, block_table=None, softmax_scale=None,
-                   softcap=0.0, k_scale=1.0, v_scale=1.0, causal=False, cu_seqlens_q=None, window_left=-1):
+                   softcap=0.0, k_scale=1.0, v_scale=1.0, causal=False, cu_seqlens_q=None, window_left=-1, sinks=None):
     """Reference for :func:`leanattn.cascade_decode`: attention of each sample over the concatenation
     of its segment of every level (outermost first) and its own tokens, scores capped by ``softcap`` where it is
     > 0, keys and values times ``k_scale`` and ``v_scale`` (float8 caches). A query ``(B, Lq, Hq, D)`` holds the last
@@ -206,16 +213,17 @@ def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, bl
     keys up to its position (``cache_seqlens[b] - Lq + s``). With ``cu_seqlens_q``, ``q (total_q, Hq, D)`` is packed,
     sample ``b`` its rows ``[cu[b], cu[b+1])`` as a ``(1, n_b, Hq, D)`` query of that sample alone. With
     ``window_left >= 0`` token ``s``, at position ``shared + own - Lq + s`` of the concatenation, attends no key
-    before ``pos - window_left``. Float64 ``(out, lse)`` of ``q``'s shape without and with ``D``."""
+    before ``pos - window_left``. ``sinks (Hq,)``: each head's sink logit, as :func:`decode`'s. Float64 ``(out,
+    lse)`` of ``q``'s shape without and with ``D``."""
     if cu_seqlens_q is not None:
         levels = [(tuple(lv) + (None, None))[:4] for lv in levels]
         return _per_sequence(q, cu_seqlens_q, lambda b, q_b: cascade_decode(
             q_b, [(k, v, lens, None if ids is None else ids[b:b + 1]) for k, v, lens, ids in levels],
             *_sequence_caches(b, k_cache, v_cache, cache_seqlens, block_table), softmax_scale, softcap, k_scale,
-            v_scale, causal, window_left=window_left))
+            v_scale, causal, window_left=window_left, sinks=sinks))
     if q.dim() == 3:
         out, lse = cascade_decode(q[:, None], levels, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
-                                  softcap, k_scale, v_scale, causal, window_left=window_left)
+                                  softcap, k_scale, v_scale, causal, window_left=window_left, sinks=sinks)
         return out[:, 0], lse[:, 0]
     B, Lq, Hq, D = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
@@ -244,18 +252,19 @@ def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, bl
             mask[:, shared:] &= torch.arange(own, device=q.device)[None, :] <= pos[:, None]
         if window_left >= 0:
             mask &= torch.arange(shared + own, device=q.device)[None, :] >= (shared + pos - window_left)[:, None]
-        out[b], lse[b] = attend_groups(q[b], k, v, scale, mask, softcap)
+        out[b], lse[b] = attend_groups(q[b], k, v, scale, mask, softcap, sinks)
     return out, lse
 
 
 def bifurcated_decode(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens=None, block_table=None,
                       prefix_lens=None, prefix_ids=None, softmax_scale=None, softcap=0.0, k_scale=1.0, v_scale=1.0,
-                      causal=False, cu_seqlens_q=None, window_left=-1):
+                      causal=False, cu_seqlens_q=None, window_left=-1, sinks=None):
     """Reference for :func:`leanattn.bifurcated_decode`: decode over ``prefix[prefix_ids[b]]``
     followed by the sample's own tokens (several query tokens a sample, or packed, as :func:`cascade_decode`).
     Float64 ``(out, lse)``."""
     return cascade_decode(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache, cache_seqlens,
-                          block_table, softmax_scale, softcap, k_scale, v_scale, causal, cu_seqlens_q, window_left)
+                          block_table, softmax_scale, softcap, k_scale, v_scale, causal, cu_seqlens_q, window_left,
+                          sinks)
 
 
 __all__ += ["bifurcated_decode", "cascade_decode"]

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from .. import checks
 from ..merges import merge_states
+from ..merges.sinks import apply_sinks, check_sinks
 from . import _comm
 from ._comm import Timeout
 from .shard_states import shard_states, validate_shard
@@ -89,6 +90,7 @@ def tree_decode(
     k_scale: float = 1.0,
     v_scale: float = 1.0,
     softcap: float = 0.0,
+    sinks: Optional[torch.Tensor] = None,
 ):
     """Exact decode attention over a KV cache sharded across the ranks of ``group`` (Tree Attention).
 
@@ -147,6 +149,9 @@ def tree_decode(
     softcap : float, keyword-only
         Logit soft-capping, as :func:`leanattn.decode`'s (the capped scores' states merge exactly); the same on
         every rank.
+    sinks : torch.Tensor, optional, keyword-only
+        ``(Hq,)`` attention sinks (gpt-oss), as :func:`leanattn.decode`'s, the same on every rank: merged once, into
+        the state merged across ranks (not into each rank's).
 
     Returns
     -------
@@ -201,6 +206,7 @@ def tree_decode(
             _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
     if cap_err is not None:
         raise cap_err
+    check_sinks(sinks, q.shape[-2], q.device)
     out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, schedule=schedule,
                             num_programs=num_programs, num_splits=num_splits, k_scale=k_scale, v_scale=v_scale,
                             softcap=softcap)
@@ -209,6 +215,8 @@ def tree_decode(
         # the query tokens of a sequence are rows of their own to the merge
         o, ls = combine(out.reshape(-1, *out.shape[-2:]), lse.reshape(-1, lse.shape[-1]), group, size, timeout)
         out, lse = o.view(out.shape), ls.view(lse.shape)
+    if sinks is not None:
+        out, lse = apply_sinks(out, lse, sinks)
     return (out, lse) if return_lse else out
 
 
@@ -279,6 +287,7 @@ def ring_decode(
     schedule: str = "lean",
     num_programs: int = 0,
     num_splits: int = 0,
+    sinks: Optional[torch.Tensor] = None,
 ):
     """Exact decode over a sharded KV cache by Ring Attention: shards travel, states stay.
 
@@ -288,10 +297,10 @@ def ring_decode(
     one is in flight (double buffering). The ``world`` partial states are merged with
     :func:`leanattn.merge_states`.
 
-    Parameters are those of :func:`tree_decode` (without ``variant``). Shards may differ in
-    length, layout (contiguous or paged) and page count between ranks: every call first
-    all-gathers each rank's shard shapes (a few integers), which also checks that the ranks agree
-    on ``q``; ``check_shapes=False`` skips only the agreement test, not the exchange.
+    Parameters are those of :func:`tree_decode` (without ``variant``, float8 shards and ``softcap``). Shards may
+    differ in length, layout (contiguous or paged) and page count between ranks: every call first all-gathers each
+    rank's shard shapes (a few integers), which also checks that the ranks agree on ``q``; ``check_shapes=False``
+    skips only the agreement test, not the exchange.
 
     Returns
     -------
@@ -309,8 +318,11 @@ def ring_decode(
     rank, size = _comm.world(group)
     scale = _scale(q, softmax_scale)
     kw = dict(schedule=schedule, num_programs=num_programs, num_splits=num_splits)
+    check_sinks(sinks, q.shape[-2], q.device)
     if size == 1:
         out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, **kw)
+        if sinks is not None:
+            out, lse = apply_sinks(out, lse, sinks)
         return (out, lse) if return_lse else out
     # -- every rank's shard shapes (needed to receive them) and the agreement on q
     err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
@@ -350,6 +362,8 @@ def ring_decode(
     # the query tokens of a sequence are rows of their own to the merge
     out, lse = merge_states(torch.stack(outs).flatten(1, -3), torch.stack(lses).flatten(1, -2))
     out, lse = out.view(outs[0].shape), lse.view(lses[0].shape)
+    if sinks is not None:
+        out, lse = apply_sinks(out, lse, sinks)
     return (out, lse) if return_lse else out
 
 

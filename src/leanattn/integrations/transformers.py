@@ -18,9 +18,10 @@ A layer's ``sliding_window`` (transformers: the query sees itself and the ``slid
 becomes ``window_left = sliding_window - 1``. Everything else (prefill, left-padded batches, dropout, head dims
 or devices the kernels do not take) goes to transformers' own SDPA function with the mask from
 transformers' SDPA mask builder, which aligns the causal mask bottom-right when queries and keys
-differ in length. Logit soft-capping (Gemma-2's ``attn_logit_softcapping``, passed as ``softcap``) runs on
-the kernels in decode steps; the other calls take a PyTorch attention that caps the scores as transformers'
-eager Gemma-2 attention does (its SDPA function has no soft cap).
+differ in length. Logit soft-capping (Gemma-2's ``attn_logit_softcapping``, passed as ``softcap``) and attention
+sinks (gpt-oss's ``sinks``, passed as ``s_aux``) run on the kernels in decode steps; the other calls take a PyTorch
+attention that caps the scores and adds the sinks as transformers' eager Gemma-2 and gpt-oss attention do (its SDPA
+function has neither).
 """
 from __future__ import annotations
 
@@ -140,8 +141,8 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
         From the mask function registered with :func:`register` (transformers' SDPA mask): None, or a
         ``(B, 1, Lq, N)`` bool mask, True = attend.
     dropout, scaling, is_causal, **kwargs
-        As transformers passes them; ``softcap`` caps the scores (Gemma-2). Attention sinks (``s_aux``) are not
-        supported.
+        As transformers passes them; ``softcap`` caps the scores (Gemma-2); ``s_aux`` ``(Hq,)`` are attention sinks
+        (gpt-oss: a logit per head that joins the softmax as a key of value zero).
 
     Returns
     -------
@@ -149,35 +150,35 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
         ``(B, Lq, Hq, D)`` in ``query.dtype``.
     weights : None
     """
-    if kwargs.get("s_aux") is not None:
-        raise ValueError("s_aux: expected None (leanattn does not implement attention sinks; use "
-                         f"attn_implementation='eager'), got {kwargs.get('s_aux')!r}")
     softcap = checks.softcap(kwargs.get("softcap") or 0.0)
+    sinks = kwargs.get("s_aux")
     ok, lens = _decode_lengths(module, query, key, attention_mask, dropout, kwargs)
     if ok:
         # (B, Hkv, N, D) -> (B, N, Hkv, D): a view, unit stride on D as the kernel needs
         window = kwargs.get("sliding_window")
         out = decode(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), cache_seqlens=lens,
                      softmax_scale=None if scaling is None else float(scaling), softcap=softcap,
-                     window_left=-1 if window is None else int(window) - 1, causal=True)
+                     window_left=-1 if window is None else int(window) - 1, causal=True, sinks=sinks)
         return out, None
-    if softcap:
+    if softcap or sinks is not None:
         if dropout:
-            raise ValueError(f"dropout: expected 0 with softcap (leanattn's soft-capped fallback has no dropout), "
-                             f"got {dropout}")
+            raise ValueError(f"dropout: expected 0 with softcap or s_aux (leanattn's fallback for them has no "
+                             f"dropout), got {dropout}")
         # causal without a mask as transformers' SDPA function decides it (T5Gemma's encoder and cross-attention
         # pass is_causal=False)
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        return _softcapped_attention(query, key, value, attention_mask, scaling, softcap,
-                                     query.shape[2] > 1 and attention_mask is None and bool(causal)), None
+        return _explicit_attention(query, key, value, attention_mask, scaling, softcap,
+                                   query.shape[2] > 1 and attention_mask is None and bool(causal), sinks), None
     _, _, _, sdpa_forward = _require()
     return sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                         is_causal=is_causal, **kwargs)
 
 
-def _softcapped_attention(query, key, value, attention_mask, scaling, softcap: float, causal: bool):
-    """``(B, Lq, Hq, D)`` attention of the calls the kernels do not take, with the scores ``s`` soft-capped to
-    ``softcap * tanh(s / softcap)`` in float32, as transformers' eager Gemma-2 attention computes them. The mask
+def _explicit_attention(query, key, value, attention_mask, scaling, softcap: float, causal: bool, sinks=None):
+    """``(B, Lq, Hq, D)`` attention of the calls the kernels do not take, in float32: with ``softcap`` the scores
+    ``s`` soft-capped to ``softcap * tanh(s / softcap)``, as transformers' eager Gemma-2 attention computes them; with
+    ``sinks (Hq,)`` each head's sink logit in the softmax as a key of value zero, as its eager gpt-oss attention. The
+    mask
     is the SDPA mask builder's (bool, True = attend; or additive); without one, ``causal`` masks as SDPA's
     ``is_causal`` does (aligned top-left: transformers skips the mask only where that is right, e.g. the prefill
     of an empty static cache, whose trailing keys are empty slots). It holds ``B x Hq x Lq x N`` float32 scores,
@@ -187,16 +188,19 @@ def _softcapped_attention(query, key, value, attention_mask, scaling, softcap: f
     k = key.repeat_interleave(group, dim=1).float()
     v = value.repeat_interleave(group, dim=1)
     s = (query.float() @ k.transpose(-1, -2)) * (D ** -0.5 if scaling is None else float(scaling))
-    s = softcap * torch.tanh(s / softcap)
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
     N = k.shape[2]
     if causal:
         keep = torch.arange(N, device=s.device)[None, :] <= torch.arange(Lq, device=s.device)[:, None]
         s = s.masked_fill(~keep, float("-inf"))
     elif attention_mask is not None:
         s = s.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool else s + attention_mask
+    if sinks is not None:
+        s = torch.cat([s, sinks.float().view(1, Hq, 1, 1).expand(B, Hq, Lq, 1)], -1)
     # a query that sees no key (a left-padding position) gets zeros, not NaN, which the next layer's keys and values
     # at that position would carry into every row (0 * NaN)
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0).to(v.dtype)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)[..., :N].to(v.dtype)
     return (p @ v).transpose(1, 2).contiguous()
 
 

@@ -1,4 +1,5 @@
 """Merges of partial attention states: in-kernel (see kernels/decode.py), stacked (Triton), collective."""
+from .sinks import apply_sinks
 from .states import merge_states
 
-__all__ = ["merge_states"]
+__all__ = ["merge_states", "apply_sinks"]

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from .. import checks, runtime
+from ..merges.sinks import apply_sinks, check_sinks
 from ..merges.states import merge_states
 from .bifurcated_launch import Plan
 from .bifurcated_window import window_states
@@ -275,6 +276,7 @@ def bifurcated_decode(
     cu_seqlens_q: Optional[torch.Tensor] = None,
     max_seqlen_q: Optional[int] = None,
     window_left: int = -1,
+    sinks: Optional[torch.Tensor] = None,
 ):
     """Decode attention for samples that share a prompt: the shared prefix is read once per prompt.
 
@@ -339,6 +341,9 @@ def bifurcated_decode(
         window that all its samples attend is gathered (``G x min(window_left + Lq, P)`` tokens copied) and read
         once for all of them; what only some samples attend (their own lengths differ) is read per sample; the own
         tokens are one windowed :func:`leanattn.decode` (``ops/bifurcated_window.py``).
+    sinks : torch.Tensor, optional, keyword-only
+        ``(Hq,)`` attention sinks (gpt-oss), as :func:`leanattn.decode`'s: merged once into the final state, after
+        the prefix, own and level states.
 
     Returns
     -------
@@ -380,6 +385,16 @@ def bifurcated_decode(
     >>> q = torch.randn(16, 32, 128, dtype=torch.bfloat16, device="cuda")
     >>> out = leanattn.bifurcated_decode(q, pk, pv, k, v)
     """
+    if sinks is not None:
+        checks.check_tensor("q", q)
+        check_sinks(sinks, q.shape[-2], q.device)
+        out, lse = bifurcated_decode(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens,
+                                     prefix_ids, softmax_scale, True, softcap=softcap, k_scale=k_scale,
+                                     v_scale=v_scale, max_group_size=max_group_size, num_programs=num_programs,
+                                     validate=validate, causal=causal, cu_seqlens_q=cu_seqlens_q,
+                                     max_seqlen_q=max_seqlen_q, window_left=window_left)
+        out, lse = apply_sinks(out, lse, sinks)
+        return (out, lse) if return_lse else out
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
                                            k_scale, v_scale, batch)
@@ -443,6 +458,7 @@ def cascade_decode(
     cu_seqlens_q: Optional[torch.Tensor] = None,
     max_seqlen_q: Optional[int] = None,
     window_left: int = -1,
+    sinks: Optional[torch.Tensor] = None,
 ):
     """Decode over nested shared KV: e.g. a system prompt for every sample, a document per group,
     then each sample's own tokens.
@@ -469,6 +485,9 @@ def cascade_decode(
         one pair of scales; ``causal`` masks the own tokens after each query token's position (every level whole).
     window_left : int, keyword-only
         A sliding window, as in :func:`bifurcated_decode`, over the concatenation of the levels and the own tokens.
+    sinks : torch.Tensor, optional, keyword-only
+        ``(Hq,)`` attention sinks (gpt-oss), as :func:`leanattn.decode`'s: merged once into the final state, after
+        the prefix, own and level states.
 
     Notes
     -----
@@ -478,6 +497,15 @@ def cascade_decode(
     is associative, so the nesting order does not matter). ``L`` shared levels cost ``L``
     launches plus one merge.
     """
+    if sinks is not None:
+        checks.check_tensor("q", q)
+        check_sinks(sinks, q.shape[-2], q.device)
+        out, lse = cascade_decode(q, levels, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, True,
+                                  softcap=softcap, k_scale=k_scale, v_scale=v_scale, max_group_size=max_group_size,
+                                  num_programs=num_programs, validate=validate, causal=causal,
+                                  cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, window_left=window_left)
+        out, lse = apply_sinks(out, lse, sinks)
+        return (out, lse) if return_lse else out
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
                                            k_scale, v_scale, batch)

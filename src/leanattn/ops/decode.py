@@ -9,6 +9,7 @@ import triton
 from .. import checks, runtime
 from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.piece_merge import merge_meta
+from ..merges.sinks import apply_sinks, check_sinks
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules import stream_k
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence, window_tokens
@@ -375,6 +376,7 @@ def decode(
     causal: bool = False,
     cu_seqlens_q: Optional[torch.Tensor] = None,
     max_seqlen_q: Optional[int] = None,
+    sinks: Optional[torch.Tensor] = None,
 ):
     """Decode attention: the new query token (or the last few) of each sequence against its KV cache.
 
@@ -462,6 +464,12 @@ def decode(
         Given, the offsets are checked against it and ``q`` only when ``validate`` says so (on CUDA: ``True``); a
         sequence of more tokens than ``max_seqlen_q`` gets its first rows unwritten, offsets past ``q``'s rows index
         outside it.
+    sinks : torch.Tensor, optional, keyword-only
+        ``(Hq,)`` attention sinks (gpt-oss; FlashInfer's and vLLM's ``sinks``, transformers' ``s_aux``): one logit per
+        query head that joins every query token's softmax as a key of value zero, in the units of the scaled (and
+        soft-capped) scores; float32, float16 or bfloat16. Merged once into the final state
+        (``merges/sinks.py``): the LSE returned includes it, and a token that attends no key gets zeros and its
+        head's sink. None (the default): no sink.
 
     Returns
     -------
@@ -497,6 +505,15 @@ def decode(
     >>> qp = torch.randn(6, 32, 128, dtype=torch.bfloat16, device="cuda")
     >>> outp = leanattn.decode(qp, k, v, cache_seqlens=lens, causal=True, cu_seqlens_q=cu, max_seqlen_q=3)
     """
+    if sinks is not None:
+        checks.check_tensor("q", q)
+        check_sinks(sinks, q.shape[-2], q.device)
+        out, lse = decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, True, schedule,
+                          num_programs=num_programs, num_splits=num_splits, validate=validate, k_scale=k_scale,
+                          v_scale=v_scale, softcap=softcap, window_left=window_left, causal=causal,
+                          cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q)
+        out, lse = apply_sinks(out, lse, sinks)
+        return (out, lse) if return_lse else out
     window_left = checks.window_left(window_left)
     causal = checks.flag("causal", causal)
     batch, qlen = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
