@@ -55,6 +55,8 @@
 #   bif-window  bifurcated decode with a sliding window against no window, windowed decode over copies and SDPA
 #               (benchmarks/bench_bifurcated_window.py)
 #   sanitize-bif-window  memcheck over bifurcated/cascade launches with sliding windows (sanitize.py bifurcated-window)
+#   tests-sinks  the GPU tests of attention sinks (tests/test_sinks_gpu.py)
+#   sinks       decode with and without attention sinks at gpt-oss-20b's attention shape (probe_decode_sinks.py)
 #   verify-step  a speculative verify step against a one-token step, with and without the model's fused_ops:
 #               graph replay time, kernels by kind (probe)
 #   e2e-fused   bench_e2e.py with Part A also under the model's fused_ops (4k, 32k, 128k; x16 samples)
@@ -237,6 +239,8 @@ for step in "$@"; do
     bif-tokens) timeout 500 python3 benchmarks/bench_bifurcated_tokens.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     tests-bif-window) "${PYTEST[@]}" tests/test_bifurcated_window_gpu.py 2>&1 | tail -3 ;;
     bif-window) timeout 500 python3 benchmarks/bench_bifurcated_window.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    tests-sinks) "${PYTEST[@]}" tests/test_sinks_gpu.py 2>&1 | tail -3 ;;
+    sinks) timeout 300 python3 benchmarks/probe_decode_sinks.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error" ;;
     sanitize-bif-window)
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-window 2>&1 | tail -3 ;;
     sanitize-varlen)

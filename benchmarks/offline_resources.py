@@ -169,6 +169,11 @@ def decode_cases():
         yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, block_table=bt)
         yield name + " split", lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(
             q, k, k, lens, block_table=bt, schedule="split", num_splits=3)
+    # attention sinks (gpt-oss: 64/8 heads, D=64, a window of 128), merged by one launch after the decode
+    q, k = torch.randn(2, 64, 64, dtype=bf), torch.randn(2, 2048, 8, 64, dtype=bf)
+    sinks = torch.randn(64, dtype=bf)
+    yield "decode sinks 64/8 D=64", lambda: leanattn.decode(q, k, k, torch.tensor([5, 600], dtype=torch.int32),
+                                                            window_left=127, sinks=sinks)
     # float8 caches read in bf16 (kernels/attend.py)
     for hq, hkv, d, page in ((32, 8, 128, 0), (32, 32, 128, 0), (32, 8, 128, 16), (32, 32, 64, 0), (16, 8, 256, 0)):
         name = f"decode fp8 {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")

@@ -12,8 +12,10 @@ into each part would be counted once a part.
 from __future__ import annotations
 
 import torch
+import triton
 
 from .. import checks
+from ..kernels.sinks import sinks_kernel
 
 __all__ = ["check_sinks", "apply_sinks"]
 
@@ -31,8 +33,35 @@ def check_sinks(sinks, heads: int, device: torch.device) -> None:
         raise ValueError(f"sinks: expected device {device} (as q), got {sinks.device}")
 
 
+def _apply_sinks_impl(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    D, H = out.shape[-1], sinks.shape[0]
+    o = out.reshape(-1, D)
+    if o.stride(-1) != 1:
+        o = o.contiguous()
+    ls = lse.reshape(-1).contiguous()
+    new_out = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+    new_lse = torch.empty(lse.shape, dtype=torch.float32, device=out.device)
+    M = ls.shape[0]
+    if M:
+        block_m = 16
+        sinks_kernel[(triton.cdiv(M, block_m),)](o, ls, sinks.contiguous(), new_out, new_lse, M, H, o.stride(0), D,
+                                                 HEAD_DIM=D, BLOCK_M=block_m, BLOCK_D=triton.next_power_of_2(D),
+                                                 num_warps=4)
+    return new_out, new_lse
+
+
+@torch.library.custom_op("leanattn::apply_sinks", mutates_args=())
+def _apply_sinks_op(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _apply_sinks_impl(out, lse, sinks)
+
+
+@_apply_sinks_op.register_fake
+def _(out, lse, sinks):
+    return out.new_empty(out.shape), lse.new_empty(lse.shape, dtype=torch.float32)
+
+
 def apply_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The state ``(out, lse)`` of attention over some keys, with the sinks merged in.
+    """The state ``(out, lse)`` of attention over some keys, with the sinks merged in (one launch).
 
     Parameters
     ----------
@@ -41,17 +70,16 @@ def apply_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tu
     lse : torch.Tensor
         ``(..., Hq)`` float32, natural log; ``-inf`` where no key was attended.
     sinks : torch.Tensor
-        ``(Hq,)``: each head's sink logit, in the units of the scaled (and soft-capped) scores.
+        ``(Hq,)``: each head's sink logit, in the units of the scaled (and soft-capped) scores; any float dtype.
 
     Returns
     -------
     out : torch.Tensor
-        ``out``'s shape and dtype, scaled in float32 and rounded once.
+        ``out``'s shape and dtype, merged in float32 and rounded once.
     lse : torch.Tensor
-        float32: the sink included. A query that attended no key gets zeros and its head's sink.
+        float32: the sink included. A query that attended no key gets zeros and its head's sink (zeros and ``-inf``
+        where the sink is ``-inf`` too).
     """
-    s = sinks.float()
-    total = torch.logaddexp(lse, s)
-    # a sink of -inf is none: the weight of the keys stays 1 (and 0 where there are no keys either)
-    w = torch.where(total == float("-inf"), 0.0, torch.exp(lse - total))
-    return (out.float() * w[..., None]).to(out.dtype), total
+    # eager calls skip the dispatcher, as merge_states does; torch.compile sees the opaque custom op
+    op = _apply_sinks_op if torch.compiler.is_compiling() else _apply_sinks_impl
+    return op(out, lse, sinks)

@@ -1,0 +1,63 @@
+"""GPU-only tests of attention sinks (``sinks=``): gpt-oss's attention shape (64/8 heads, D=64, bf16) at realistic
+lengths, full and sliding (128 keys), paged, several query tokens; CUDA-graph replay with new lengths, determinism,
+torch.compile; bifurcated decode. Skipped without CUDA."""
+import pytest
+import torch
+
+import leanattn
+from leanattn.testing import TOLERANCE, assert_graph_replays, assert_lse_close, assert_rel_close, paged_kv
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+HQ, HKV, D = 64, 8, 64
+
+
+def inputs(B, n):
+    q = torch.randn(B, HQ, D, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(B, n, HKV, D, dtype=torch.bfloat16, device="cuda")
+    sinks = torch.randn(HQ, dtype=torch.bfloat16, device="cuda") * 2
+    return q, k, torch.randn_like(k), sinks
+
+
+@pytest.mark.parametrize("schedule", ["lean", "split"])
+@pytest.mark.parametrize("window", [-1, 127])
+def test_decode(window, schedule):
+    own = [30000, 0, 17, 4096, 129, 1]
+    q, k, v, sinks = inputs(len(own), max(own))
+    sl = torch.tensor(own, dtype=torch.int32, device="cuda")
+    kp, vp, bt = paged_kv(k, v, own, 16)
+    for kk, vv, table in ((k, v, None), (kp, vp, bt)):
+        out, lse = leanattn.decode(q, kk, vv, sl, table, return_lse=True, window_left=window, sinks=sinks,
+                                   schedule=schedule)
+        ref, ref_lse = leanattn.reference.decode(q, kk, vv, sl, table, window_left=window, sinks=sinks.float())
+        assert_rel_close("out", out, ref, TOLERANCE[q.dtype])
+        assert_lse_close("lse", lse, ref_lse, 1e-2)
+    q4 = torch.randn(len(own), 4, HQ, D, dtype=torch.bfloat16, device="cuda")
+    out = leanattn.decode(q4, k, v, sl, window_left=window, sinks=sinks, causal=True, schedule=schedule)
+    ref = leanattn.reference.decode(q4, k, v, sl, window_left=window, sinks=sinks.float(), causal=True)[0]
+    assert_rel_close("tokens", out, ref, TOLERANCE[q.dtype])
+
+
+def test_graph_replays_deterministic_compile():
+    q, k, v, sinks = inputs(16, 8192)
+    sl = torch.full((16,), 8192, dtype=torch.int32, device="cuda")
+    call = lambda: leanattn.decode(q, k, v, sl, window_left=127, sinks=sinks)  # noqa: E731
+    assert_graph_replays(call, sl, ([8192] * 16, [1, 0, 5000] * 5 + [3], list(range(0, 8192, 512))),
+                         lambda: leanattn.reference.decode(q, k, v, sl, window_left=127, sinks=sinks.float())[0],
+                         TOLERANCE[torch.bfloat16])
+    first = call()
+    for _ in range(20):
+        assert torch.equal(call(), first)
+    compiled = torch.compile(lambda *a: leanattn.decode(*a, window_left=127, sinks=sinks), fullgraph=True)
+    assert torch.equal(compiled(q, k, v, sl), first)
+
+
+def test_bifurcated():
+    q, k, v, sinks = inputs(16, 256)
+    sl = torch.full((16,), 256, dtype=torch.int32, device="cuda")
+    pk = torch.randn(8192, HKV, D, dtype=torch.bfloat16, device="cuda")
+    pv = torch.randn_like(pk)
+    for window in (-1, 127, 1023):
+        out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl, window_left=window, sinks=sinks)
+        ref = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, window_left=window, sinks=sinks.float())[0]
+        assert_rel_close(f"bifurcated window {window}", out, ref, TOLERANCE[q.dtype])
