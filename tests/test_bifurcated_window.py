@@ -9,7 +9,7 @@ import torch
 
 import leanattn
 from leanattn import reference
-from leanattn.ops.bifurcated_window import _token_pool
+from leanattn.ops.token_pages import token_pool
 from leanattn.testing import assert_states_match
 from test_bifurcated import DEV, ids_tensor, make_inputs, make_prefix, multi_prompt_paged_inputs
 from test_bifurcated_tokens import tokens
@@ -101,7 +101,7 @@ def test_prefix_layouts(layout):
         pk, pv = pk[1:, 3:3 + P], pv[1:, 3:3 + P]
     if layout == "prompt-minor":
         pk, pv = pk.transpose(0, 1), pv.transpose(0, 1)
-    pool, step = _token_pool(pk)
+    pool, step = token_pool(pk)
     assert torch.equal(pool[step + 5, 0], pk[1, 5]) and torch.equal(pool[P - 1, 0], pk[0, P - 1])
     assert torch.equal(pool[0, 0], pk[0, 0])
     assert (pool.data_ptr() == pk.data_ptr()) == (layout != "prompt-minor")

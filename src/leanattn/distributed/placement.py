@@ -117,6 +117,18 @@ class Placement:
         ends = length.to(torch.int64)[:, None] - num_tokens + 1 + torch.arange(num_tokens, device=length.device)
         return self.local_length(ends.clamp(min=0), rank)
 
+    def window_starts(self, length: torch.Tensor, num_tokens: int, window_left: int, rank: int) -> torch.Tensor:
+        """Where a sliding window starts in rank ``rank``'s shard for each of the last ``num_tokens`` positions of
+        sequences of global lengths ``length``: the tokens the rank holds before position ``pos - window_left``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, num_tokens)`` int64, :func:`tree_decode`'s ``shard_starts`` (as int32).
+        """
+        pos = length.to(torch.int64)[:, None] - num_tokens + torch.arange(num_tokens, device=length.device)
+        return self.local_length((pos - window_left).clamp(min=0), rank)
+
 
 def shard_cache(k: torch.Tensor, v: torch.Tensor, cache_seqlens: Optional[torch.Tensor], placement: Placement,
                 rank: int):
@@ -262,7 +274,7 @@ class ShardedKVCache:
         appended tokens attends causally (:meth:`Placement.token_seqlens`)."""
         return self.placement.token_seqlens(self.lengths, num_tokens, self.rank).to(self.k.device, torch.int32)
 
-    def decode(self, q: torch.Tensor, method: str = "allgather", causal: bool = False, **kw):
+    def decode(self, q: torch.Tensor, method: str = "allgather", causal: bool = False, window_left: int = -1, **kw):
         """Attention of ``q`` over the whole cache, every rank getting the result.
 
         Parameters
@@ -274,13 +286,25 @@ class ShardedKVCache:
         causal : bool
             With a 4-D ``q``: its tokens are the last ``Lq`` appended, and each attends the tokens up to its own
             position (:meth:`token_seqlens`). False: every token attends the whole cache.
+        window_left : int
+            A sliding window (as :func:`leanattn.decode`'s): a query token at position ``pos`` (the last ``Lq``
+            appended) attends no token before ``pos - window_left`` (:meth:`Placement.window_starts`). -1: none.
+            Not with ``"ring"``.
         **kw
             As :func:`tree_decode` / :func:`ring_decode`.
         """
         from .tree import VARIANTS, ring_decode, tree_decode
         shard = self.shard()
-        if checks.flag("causal", causal) and isinstance(q, torch.Tensor) and q.dim() == 4:
-            shard["shard_seqlens"] = self.token_seqlens(q.shape[1])
+        tokens = q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
+        if checks.flag("causal", causal) and tokens > 1:
+            shard["shard_seqlens"] = self.token_seqlens(tokens)
+        if checks.window_left(window_left) >= 0:
+            if method == "ring":
+                raise ValueError(f"window_left: expected -1 with method 'ring' (ring_decode has no window), got "
+                                 f"{window_left}")
+            starts = self.placement.window_starts(self.lengths, tokens, window_left, self.rank)
+            shard.update(shard_starts=(starts if tokens > 1 else starts[:, 0]).to(self.k.device, torch.int32),
+                         window_left=window_left)
         if method == "ring":
             return ring_decode(q, **shard, group=self.group, **kw)
         if method not in VARIANTS:

@@ -22,7 +22,8 @@ import torch
 
 from .. import checks
 from ..merges import merge_states
-from ..ops.decode import decode, validate_decode
+from ..ops.decode import _capacity, decode, validate_decode
+from .shard_window import check_shard_starts, window_states
 
 __all__ = ["check_token_seqlens", "validate_shard", "shard_states"]
 
@@ -60,16 +61,24 @@ def check_token_seqlens(q: torch.Tensor, shard_seqlens, validate: Optional[bool]
 
 
 def validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule="lean", k_scale=1.0,
-                   v_scale=1.0, fp8=False, validate: Optional[bool] = None) -> None:
+                   v_scale=1.0, fp8=False, validate: Optional[bool] = None, shard_starts=None,
+                   window_left: int = -1) -> None:
     """:func:`leanattn.decode`'s validation of a shard, its errors naming the shard's arguments. Per-token lengths
     (:func:`check_token_seqlens`) are then checked as decode's lengths by their maximum, which bounds the pages in
-    use."""
+    use; a window's ``shard_starts`` by ``shard_window.check_shard_starts``."""
     try:
+        window_left = checks.window_left(window_left)
+        lens = shard_seqlens
         if isinstance(shard_seqlens, torch.Tensor) and shard_seqlens.dim() == 2:
             check_token_seqlens(q, shard_seqlens, validate)
-            shard_seqlens = shard_seqlens.amax(1) if shard_seqlens.shape[1] else shard_seqlens[:, 0]
-        validate_decode(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, validate, k_scale,
+            lens = shard_seqlens.amax(1) if shard_seqlens.shape[1] else shard_seqlens[:, 0]
+        validate_decode(q, k_shard, v_shard, lens, block_table, softmax_scale, schedule, validate, k_scale,
                         v_scale, fp8=fp8)
+        if shard_starts is not None:
+            check_shard_starts(q, shard_seqlens, shard_starts, window_left, _capacity(k_shard, block_table), validate)
+        elif window_left >= 0:
+            raise ValueError("shard_starts: expected a (B,) or (B, Lq) int32 tensor with window_left >= 0 (where each "
+                             "token's window starts in this shard: Placement.window_starts), got None")
     except (ValueError, TypeError) as e:
         msg = str(e)
         for a, b in _SHARD_NAMES:
@@ -97,7 +106,8 @@ def _gather_slots(cache: torch.Tensor, block_table: Optional[torch.Tensor], slot
 
 
 def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, shard_seqlens, block_table,
-                 scale: float, **decode_kw) -> tuple[torch.Tensor, torch.Tensor]:
+                 scale: float, shard_starts=None, window_left: int = -1,
+                 **decode_kw) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's ``(out, lse)`` over its shard.
 
     Parameters
@@ -112,6 +122,11 @@ def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, 
         (:func:`check_token_seqlens`). None: the shard's capacity.
     scale : float
         Softmax scale.
+    shard_starts : torch.Tensor, optional
+        ``(B,)`` or ``(B, Lq)`` int32: a sliding window's first token in this shard, each query token attending
+        ``[shard_starts, shard_seqlens)`` (``shard_window.py``). None: from the shard's first token.
+    window_left : int
+        With ``shard_starts``: the window's keys before the query, bounding the tokens a query attends.
     **decode_kw
         Passed to :func:`leanattn.decode` (schedule, num_programs, num_splits, k_scale, v_scale, softcap).
 
@@ -122,6 +137,12 @@ def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, 
     lse : torch.Tensor
         ``q.shape[:-1]`` float32, natural log.
     """
+    if shard_starts is not None or window_left >= 0:
+        validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, scale, decode_kw.get("schedule", "lean"),
+                       decode_kw.get("k_scale", 1.0), decode_kw.get("v_scale", 1.0), fp8=True,
+                       shard_starts=shard_starts, window_left=window_left)
+        return window_states(q, k_shard, v_shard, shard_seqlens, shard_starts, block_table, scale, window_left,
+                             **decode_kw)
     if shard_seqlens is None or shard_seqlens.dim() != 2:
         return decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, **decode_kw)
     validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, scale, decode_kw.get("schedule", "lean"),

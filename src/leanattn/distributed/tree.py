@@ -42,12 +42,12 @@ def _scale(q: torch.Tensor, softmax_scale) -> float:
 
 
 def _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, k_scale=1.0, v_scale=1.0,
-                 fp8=False):
+                 fp8=False, shard_starts=None, window_left=-1):
     """This rank's validation (``leanattn.decode``'s; ``fp8``: float8 shards with their scales accepted), returned
     rather than raised (it is raised after the shape exchange)."""
     try:
         validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, k_scale, v_scale,
-                       fp8=fp8)
+                       fp8=fp8, shard_starts=shard_starts, window_left=window_left)
     except (ValueError, TypeError) as e:
         return e
     return None
@@ -91,6 +91,8 @@ def tree_decode(
     v_scale: float = 1.0,
     softcap: float = 0.0,
     sinks: Optional[torch.Tensor] = None,
+    shard_starts: Optional[torch.Tensor] = None,
+    window_left: int = -1,
 ):
     """Exact decode attention over a KV cache sharded across the ranks of ``group`` (Tree Attention).
 
@@ -152,6 +154,14 @@ def tree_decode(
     sinks : torch.Tensor, optional, keyword-only
         ``(Hq,)`` attention sinks (gpt-oss), as :func:`leanattn.decode`'s, the same on every rank: merged once, into
         the state merged across ranks (not into each rank's).
+    shard_starts, window_left : keyword-only
+        A sliding window (Mistral, Gemma-2/3 and gpt-oss local layers) over the sharded cache: ``shard_starts``
+        ``(B,)`` int32 (or ``(B, Lq)``, per query token) is the first of this rank's tokens the window holds, each
+        query attending ``[shard_starts, shard_seqlens)`` of this rank's part, at most ``window_left + 1`` tokens (the
+        window's keys: they bound what is read, ``window_left`` as :func:`leanattn.decode`'s). Only those tokens are
+        read, through one-token pages laid over the shard (``distributed/shard_window.py``).
+        :meth:`Placement.window_starts` gives the starts for query tokens at the end of the sequences, and
+        :meth:`ShardedKVCache.decode` with ``window_left`` passes them. Default: no window.
 
     Returns
     -------
@@ -202,14 +212,15 @@ def tree_decode(
         key = None if check_shapes else ("tree", tuple(v for _, vals in fields for v in vals))
         if key is None or not _comm.checked(group, key):
             err = cap_err or _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule,
-                                          k_scale, v_scale, fp8=True)
+                                          k_scale, v_scale, fp8=True, shard_starts=shard_starts,
+                                          window_left=window_left)
             _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
     if cap_err is not None:
         raise cap_err
     check_sinks(sinks, q.shape[-2], q.device)
-    out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, schedule=schedule,
-                            num_programs=num_programs, num_splits=num_splits, k_scale=k_scale, v_scale=v_scale,
-                            softcap=softcap)
+    out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, shard_starts, window_left,
+                            schedule=schedule, num_programs=num_programs, num_splits=num_splits, k_scale=k_scale,
+                            v_scale=v_scale, softcap=softcap)
     if size > 1:
         combine = _combine_allgather if variant == "allgather" else _combine_allreduce3
         # the query tokens of a sequence are rows of their own to the merge

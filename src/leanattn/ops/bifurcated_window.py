@@ -22,20 +22,9 @@ import torch
 
 from ..merges.states import merge_states
 from .decode import decode
+from .token_pages import backward_table, token_pages, token_pool
 
 __all__ = ["window_states"]
-
-
-def _token_pool(k: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``k (G, P, Hkv, D)`` seen as a pool of one-token pages ``(N, 1, Hkv, D)`` without a copy where its strides
-    allow, and the page index step between segments: token ``p`` of segment ``g`` is page ``g * step + p``."""
-    G, P, Hkv, D = k.shape
-    s0, s1, s2, s3 = k.stride()
-    if G == 1 or (s1 > 0 and s0 % s1 == 0):
-        step = s0 // s1 if G > 1 else P
-        n = (G - 1) * step + P
-        return k.as_strided((n, 1, Hkv, D), (s1, s1, s2, s3)), step  # (from k's storage offset)
-    return k.contiguous().view(G * P, 1, Hkv, D), P
 
 
 def _rows(q, cu_seqlens_q, max_seqlen_q):
@@ -105,10 +94,10 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
                          None if ids is None else g_row.to(torch.int32), scale, max_group_size * per, num_programs,
                          0, 0, softcap, k_scale, v_scale))
         # -- [first, latest_g): each row's own rest, one-token pages from latest_g - 1 down
-        pool_k, step = _token_pool(k)
-        pool_v, _ = _token_pool(v)
-        back = (latest[g_row][:, None] - 1 - torch.arange(W, device=dev)).clamp(min=0)      # (R, W)
-        table = (g_row[:, None] * step + back).to(torch.int32)
+        pool_k, step = token_pool(k)
+        pool_v, _ = token_pool(v)
+        back = backward_table(latest[g_row], W)                                             # (R, W)
+        table = token_pages(back, step, None, g_row[:, None].expand_as(back), P)
         rest = (latest[g_row] - first).to(torch.int32)
         states.append(decode(rows, pool_k, pool_v, rest, table, scale, True, num_programs=num_programs,
                              validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap))

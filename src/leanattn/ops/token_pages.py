@@ -1,0 +1,46 @@
+"""One-token pages laid over a KV tensor, so that :func:`leanattn.decode` reads any set of its tokens.
+
+A ``(X, Y, Hkv, D)`` tensor (a contiguous cache ``(B, N, ...)``, a page pool ``(pages, page_size, ...)``, shared
+prefixes ``(G, P, ...)``) is seen, without a copy where its strides allow, as a pool of pages of one token,
+``(rows, 1, Hkv, D)``, token ``(x, y)`` being page ``x * step + y``. A page table over it names any tokens in any
+order, and a sequence's length counts how many of them it attends: the attention over a run of tokens that ends
+where it likes (a sliding window's part of a segment or a shard) is a table laid backwards from the run's end, its
+length the run's (the order of its keys does not matter to attention).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+__all__ = ["token_pool", "token_pages", "backward_table"]
+
+
+def token_pool(k: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``k (X, Y, Hkv, D)`` as a pool of one-token pages ``(rows, 1, Hkv, D)`` and the step between its rows: token
+    ``(x, y)`` is page ``x * step + y``. A view where the strides allow (``stride(0)`` a multiple of ``stride(1)``:
+    contiguous, transposed ``(X, Hkv, Y, D)``, a slice of a larger tensor), else a contiguous copy."""
+    X, Y, Hkv, D = k.shape
+    s0, s1, s2, s3 = k.stride()
+    if X == 1 or (s1 > 0 and s0 % s1 == 0):
+        step = s0 // s1 if X > 1 else Y
+        rows = (X - 1) * step + Y
+        return k.as_strided((rows, 1, Hkv, D), (s1, s1, s2, s3)), step  # (from k's storage offset)
+    return k.contiguous().view(X * Y, 1, Hkv, D), Y
+
+
+def token_pages(slots: torch.Tensor, step: int, block_table: Optional[torch.Tensor], rows: torch.Tensor,
+                page_size: int) -> torch.Tensor:
+    """int32 pages of :func:`token_pool` holding tokens ``slots`` (int64, any shape) of sequences ``rows`` (the same
+    shape): of a contiguous cache (``block_table`` None, ``rows`` its first index), or of a paged one (each slot's
+    page from ``block_table[rows, slot // page_size]``). Slots must be >= 0."""
+    if block_table is None:
+        return (rows * step + slots).to(torch.int32)
+    page = block_table[rows, (slots // page_size).clamp(max=block_table.shape[1] - 1)].long()
+    return (page * step + slots % page_size).to(torch.int32)
+
+
+def backward_table(ends: torch.Tensor, width: int) -> torch.Tensor:
+    """Slots ``ends - 1, ends - 2, ...`` (``(..., width)`` int64, clamped at 0): a run of tokens ending at ``ends``
+    (``(...)`` int64), as many of them as a length counts."""
+    return (ends[..., None] - 1 - torch.arange(width, device=ends.device)).clamp(min=0)
