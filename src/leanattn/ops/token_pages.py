@@ -21,6 +21,8 @@ def token_pool(k: torch.Tensor) -> tuple[torch.Tensor, int]:
     ``(x, y)`` is page ``x * step + y``. A view where the strides allow (``stride(0)`` a multiple of ``stride(1)``:
     contiguous, transposed ``(X, Hkv, Y, D)``, a slice of a larger tensor), else a contiguous copy."""
     X, Y, Hkv, D = k.shape
+    if k.numel() == 0:  # nothing to attend: one page no length reaches
+        return k.new_zeros(1, 1, Hkv, D), 0
     s0, s1, s2, s3 = k.stride()
     if X == 1 or (s1 > 0 and s0 % s1 == 0):
         step = s0 // s1 if X > 1 else Y
