@@ -39,22 +39,26 @@ def _shards(world, B, hq, hkv, d, lens, dtype):
     return q, shards, (kw, vw, torch.tensor(tot, dtype=torch.int32))
 
 
-def _run(rank, world, q, shards, graphs, token_seqlens=None):
+def _run(rank, world, q, shards, graphs, token_seqlens=None, starts=None, window_left=-1):
     """Every method on this rank's shard, and with ``graphs`` a replay of the all-gather tree; ``token_seqlens``:
-    per rank, per-token lengths ``(B, Lq)`` in place of the shard's."""
+    per rank, per-token lengths ``(B, Lq)`` in place of the shard's; ``starts``: per rank, a sliding window's
+    ``shard_starts`` (the ring, which has no window, then left out)."""
     dev = torch.device("cuda", torch.cuda.current_device())
     k, v, sl = (x.to(dev) for x in shards[rank])
     if token_seqlens is not None:
         sl = token_seqlens[rank].to(dev)
     q = q.to(dev)
+    win = {} if starts is None else dict(shard_starts=starts[rank].to(dev), window_left=window_left)
+    methods = [("allgather", lambda: tree_decode(q, k, v, sl, variant="allgather", return_lse=True, **win)),
+               ("allreduce3", lambda: tree_decode(q, k, v, sl, variant="allreduce3", return_lse=True, **win))]
+    if starts is None:
+        methods.append(("ring", lambda: ring_decode(q, k, v, sl, return_lse=True)))
     res = {}
-    for name, fn in (("allgather", lambda: tree_decode(q, k, v, sl, variant="allgather", return_lse=True)),
-                     ("allreduce3", lambda: tree_decode(q, k, v, sl, variant="allreduce3", return_lse=True)),
-                     ("ring", lambda: ring_decode(q, k, v, sl, return_lse=True))):
+    for name, fn in methods:
         out, lse = fn()
         res[name] = (out.cpu(), lse.cpu())
     if graphs:  # tree_decode (after its first, checked call) captures into a CUDA graph
-        res["graph"] = _replayed(lambda: tree_decode(q, k, v, sl, return_lse=True))
+        res["graph"] = _replayed(lambda: tree_decode(q, k, v, sl, return_lse=True, **win))
     return res
 
 
@@ -131,3 +135,29 @@ def test_gpus_draft_tokens_vs_reference(dtype, hq, hkv):
         kw[b, :n[b]], vw[b, :n[b]] = ks[b], vs[b]
     check_results(results, *reference.decode(q4, kw, vw, torch.tensor(n, dtype=torch.int32), causal=True),
                   TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("window", [127, 4095])
+def test_gpus_sliding_window_vs_reference(window):
+    # a window over two contiguous halves (rank 0 the first tokens, rank 1 the rest): one token and 4 causal draft
+    # tokens; the window reaches into rank 0's half or not, by sequence
+    world, B, dtype = 2, 3, torch.bfloat16
+    lens = [[20000, 100, 3000], [20000, 50, 0]]
+    q, shards, whole = _shards(world, B, 32, 8, 128, lens, dtype)
+    total = torch.tensor([a + b for a, b in zip(*lens)])
+    # each rank's tokens of a sequence are one run of positions, from the sum of the ranks' before it: a token's
+    # window starts on a rank at the tokens of the run before its window's first position
+    for lq in (1, 4):
+        qq = q if lq == 1 else torch.randn(B, lq, 32, 128, generator=torch.Generator().manual_seed(2)).to(dtype)
+        ends, starts = [], []
+        for r in range(world):
+            first = torch.tensor([sum(lens[i][b] for i in range(r)) for b in range(B)])     # global first position
+            pos = total[:, None] - lq + torch.arange(lq)
+            hi = (pos + 1 - first[:, None]).clamp(0, None).clamp(max=torch.tensor(lens[r])[:, None])
+            lo = (pos - window - first[:, None]).clamp(0, None).clamp(max=torch.tensor(lens[r])[:, None])
+            ends.append(hi.to(torch.int32) if lq > 1 else None)
+            starts.append((lo if lq > 1 else lo[:, 0]).to(torch.int32).contiguous())
+        tok = ends if lq > 1 else None
+        results = spawn(_run, world, (qq, shards, True, tok, starts, window), backend="nccl", deadline=300)
+        ref = reference.decode(qq, *whole, causal=True, window_left=window)
+        check_results(results, *ref, TOLERANCE[dtype])
