@@ -243,3 +243,24 @@ def test_bench_tree_draft_tokens_smoke(tmp_path):
     for m in ("single", "local", "tree-allgather", "tree-allreduce3", "ring"):
         assert row["methods"][m].get("ms"), (m, row["methods"][m])
     assert max(row["methods"]["single"]["err_vs_single"].values()) < 2e-3
+
+
+def test_review_edges():
+    # found by a review's fuzzing: a rank with no pages at all, a negative first length, a 3-D length tensor, no
+    # query token, and float8 shards on the ring in one process
+    q = torch.randn(2, 3, 4, 64, dtype=torch.float16)
+    pool = torch.randn(3, 4, 2, 64, dtype=torch.float16)
+    no_pages = torch.zeros(2, 0, dtype=torch.int32)
+    for fn in (tree_decode, ring_decode):
+        out, lse = fn(q, pool, pool, torch.zeros(2, 3, dtype=torch.int32), no_pages, return_lse=True)
+        assert not out.any() and torch.isinf(lse).all()
+    cache = ShardedKVCache(2, 2, 64, 0, paged=True, page_size=4)
+    assert not cache.decode(q, causal=True).any()
+    _, k, v, _, _ = make_inputs(2, 4, 2, 64, [8, 8], torch.float16)
+    with pytest.raises(ValueError, match="shard_seqlens: expected lengths >= 0, got a minimum of -1"):
+        tree_decode(q, k, v, torch.tensor([[-1, 0, 0], [2, 2, 2]], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"shard_seqlens: expected a \(B,\) or, with q \(B, Lq, Hq, D\), \(B, Lq\)"):
+        tree_decode(q, k, v, torch.zeros(2, 3, 1, dtype=torch.int32))
+    assert tree_decode(q[:, :0], k, v, torch.zeros(2, 0, dtype=torch.int32)).shape == (2, 0, 4, 64)
+    with pytest.raises(TypeError, match="k_shard"):
+        ring_decode(q, k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn))

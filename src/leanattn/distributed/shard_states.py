@@ -50,6 +50,8 @@ def check_token_seqlens(q: torch.Tensor, shard_seqlens, validate: Optional[bool]
     if validate is None:
         validate = checks.values_checkable(shard_seqlens)
     if validate and shard_seqlens.numel():
+        if int(shard_seqlens.min()) < 0:
+            raise ValueError(f"shard_seqlens: expected lengths >= 0, got a minimum of {int(shard_seqlens.min())}")
         extra = shard_seqlens.to(torch.int64) - shard_seqlens[:, :1]
         bad = (extra < 0) | (extra > Lq - 1)
         if bool(bad.any()):
@@ -71,7 +73,7 @@ def validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scal
         lens = shard_seqlens
         if isinstance(shard_seqlens, torch.Tensor) and shard_seqlens.dim() == 2:
             check_token_seqlens(q, shard_seqlens, validate)
-            lens = shard_seqlens.amax(1) if shard_seqlens.shape[1] else shard_seqlens[:, 0]
+            lens = shard_seqlens.amax(1) if shard_seqlens.shape[1] else shard_seqlens.new_zeros(q.shape[0])
         validate_decode(q, k_shard, v_shard, lens, block_table, softmax_scale, schedule, validate, k_scale,
                         v_scale, fp8=fp8)
         if shard_starts is not None:
@@ -92,6 +94,8 @@ def _gather_slots(cache: torch.Tensor, block_table: Optional[torch.Tensor], slot
     Slots past the cache, and their pages, are clamped into range: those tokens are gathered but never attended.
     """
     B, R = slots.shape
+    if cache.shape[0] == 0 or cache.shape[1] == 0 or (block_table is not None and block_table.shape[1] == 0):
+        return cache.new_zeros(B * R, 1, *cache.shape[2:])  # an empty shard: nothing to attend, any values do
     if block_table is None:
         rows = torch.arange(B, device=slots.device)[:, None].expand(B, R)
         offs = slots.clamp(0, max(cache.shape[1] - 1, 0))
@@ -100,8 +104,6 @@ def _gather_slots(cache: torch.Tensor, block_table: Optional[torch.Tensor], slot
         page = (slots // P).clamp(0, max(block_table.shape[1] - 1, 0))
         rows = block_table.gather(1, page).clamp(0, max(cache.shape[0] - 1, 0))
         offs = slots % P
-    if cache.shape[0] == 0 or cache.shape[1] == 0:  # an empty shard: nothing to attend, any values do
-        return cache.new_zeros(B * R, 1, *cache.shape[2:])
     return cache[rows.reshape(-1), offs.reshape(-1)][:, None]                          # (B * R, 1, Hkv, D)
 
 
@@ -137,6 +139,11 @@ def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, 
     lse : torch.Tensor
         ``q.shape[:-1]`` float32, natural log.
     """
+    if isinstance(shard_seqlens, torch.Tensor) and shard_seqlens.dim() not in (1, 2):
+        raise ValueError(f"shard_seqlens: expected a (B,) or, with q (B, Lq, Hq, D), (B, Lq) int32 tensor, got shape "
+                         f"{tuple(shard_seqlens.shape)}")
+    if q.dim() == 4 and q.shape[1] == 0:  # no query token
+        return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
     if shard_starts is not None or window_left >= 0:
         validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, scale, decode_kw.get("schedule", "lean"),
                        decode_kw.get("k_scale", 1.0), decode_kw.get("v_scale", 1.0), fp8=True,

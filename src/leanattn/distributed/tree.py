@@ -331,6 +331,9 @@ def ring_decode(
     kw = dict(schedule=schedule, num_programs=num_programs, num_splits=num_splits)
     check_sinks(sinks, q.shape[-2], q.device)
     if size == 1:
+        err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
+        if err is not None:  # (as the ranks of a group raise it: float8 shards included)
+            raise err
         out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, **kw)
         if sinks is not None:
             out, lse = apply_sinks(out, lse, sinks)

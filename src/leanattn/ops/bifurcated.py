@@ -337,7 +337,9 @@ def bifurcated_decode(
         Sliding-window attention (Mistral, Gemma-2/3 local layers), as :func:`leanattn.decode`'s: a query token at
         position ``pos`` of its sample's sequence, prefix then own tokens (``prefix_len + cache_seqlens[b] - Lq +
         s``; without an own cache the last ``Lq`` prefix positions), attends keys ``[pos - window_left, pos]`` (with
-        ``causal=False``, the own keys after it too). -1 (the default): every key. The part of each prompt's
+        ``causal=False``, the own keys after it too; a token whose position lies in the prefix, without an own cache
+        or before its sample's own tokens, the prefix keys after it too, as every token attends the whole prefix
+        without a window). -1 (the default): every key. The part of each prompt's
         window that all its samples attend is gathered (``G x min(window_left + Lq, P)`` tokens copied) and read
         once for all of them; what only some samples attend (their own lengths differ) is read per sample; the own
         tokens are one windowed :func:`leanattn.decode` (``ops/bifurcated_window.py``).

@@ -10,8 +10,9 @@ tokens of a sample. Each level is computed in two parts, and every state merged 
   the bifurcated pass, the readers' rows stacked in its products, as without a window;
 - **the rest of each row's window**, ``[start, S_g)``: a :func:`leanattn.decode` of each query row over a page
   table of one-token pages laid on the segment from ``S_g - 1`` backwards, so the row's length counts exactly its
-  keys (attention does not depend on the order of its keys). Rows of samples with equal own lengths (samples
-  decoded in step) have none, and read nothing.
+  keys (attention does not depend on the order of its keys). With one query token a sample, rows of samples whose
+  sequences are equally long before and in the level (samples of one prompt decoded in step) have none, and read
+  nothing; several tokens a sample have rests of up to ``Lq - 1`` keys, their windows starting one key apart.
 
 The own tokens are one :func:`leanattn.decode` with ``window_left`` (each token's window ends at its position,
 ``causal`` as given), and one :func:`leanattn.merge_states` merges the states. No step syncs with the host.

@@ -38,6 +38,8 @@ def token_pages(slots: torch.Tensor, step: int, block_table: Optional[torch.Tens
     page from ``block_table[rows, slot // page_size]``). Slots must be >= 0."""
     if block_table is None:
         return (rows * step + slots).to(torch.int32)
+    if block_table.shape[1] == 0:  # no page: no length reaches a slot
+        return torch.zeros(slots.shape, dtype=torch.int32, device=slots.device)
     page = block_table[rows, (slots // page_size).clamp(max=block_table.shape[1] - 1)].long()
     return (page * step + slots % page_size).to(torch.int32)
 
