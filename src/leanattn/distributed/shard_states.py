@@ -7,8 +7,8 @@ two decodes and a merge:
 - the **common part**, the first ``shard_seqlens[b, 0]`` tokens of the shard, which every query token of ``b``
   attends: one multi-token decode, the ``Lq`` tokens stacked with the GQA group's heads, so the shard is read once;
 - the **remainder**, the at most ``Lq - 1`` tokens after it, which token ``t`` attends the first
-  ``shard_seqlens[b, t] - shard_seqlens[b, 0]`` of: gathered into a small page pool (page size 1) and attended as
-  ``B * Lq`` one-token sequences of their own lengths;
+  ``shard_seqlens[b, t] - shard_seqlens[b, 0]`` of: attended as ``B * Lq`` one-token sequences of their own lengths,
+  through one-token pages laid over the shard (``ops/token_pages.py``, no copy);
 - merged with :func:`leanattn.merge_states` (the key sets are disjoint).
 
 Whatever the placement of tokens on ranks, a rank's slots are in the order of the positions they hold, so a query
@@ -21,9 +21,8 @@ from typing import Optional
 import torch
 
 from .. import checks
-from ..merges import merge_states
 from ..ops.decode import _capacity, decode, validate_decode
-from .shard_window import check_shard_starts, window_states
+from .shard_window import check_shard_starts, window_states, with_token_rests
 
 __all__ = ["check_token_seqlens", "validate_shard", "shard_states"]
 
@@ -88,25 +87,6 @@ def validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scal
         raise type(e)(msg) from None
 
 
-def _gather_slots(cache: torch.Tensor, block_table: Optional[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
-    """``cache``'s tokens at ``slots (B, R)`` of each sequence, as a page pool ``(B * R, 1, Hkv, D)``.
-
-    Slots past the cache, and their pages, are clamped into range: those tokens are gathered but never attended.
-    """
-    B, R = slots.shape
-    if cache.shape[0] == 0 or cache.shape[1] == 0 or (block_table is not None and block_table.shape[1] == 0):
-        return cache.new_zeros(B * R, 1, *cache.shape[2:])  # an empty shard: nothing to attend, any values do
-    if block_table is None:
-        rows = torch.arange(B, device=slots.device)[:, None].expand(B, R)
-        offs = slots.clamp(0, max(cache.shape[1] - 1, 0))
-    else:
-        P = cache.shape[1]
-        page = (slots // P).clamp(0, max(block_table.shape[1] - 1, 0))
-        rows = block_table.gather(1, page).clamp(0, max(cache.shape[0] - 1, 0))
-        offs = slots % P
-    return cache[rows.reshape(-1), offs.reshape(-1)][:, None]                          # (B * R, 1, Hkv, D)
-
-
 def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, shard_seqlens, block_table,
                  scale: float, shard_starts=None, window_left: int = -1,
                  **decode_kw) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,16 +139,7 @@ def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, 
     out, lse = decode(q, k_shard, v_shard, common, block_table, scale, return_lse=True, validate=False, **decode_kw)
     if Lq == 1:
         return out, lse
-    R = Lq - 1
-    slots = common[:, None].to(torch.int64) + torch.arange(R, device=q.device)         # (B, R)
-    k_rest = _gather_slots(k_shard, block_table, slots)
-    v_rest = _gather_slots(v_shard, block_table, slots)
-    # token t of sequence b is one-token sequence b * Lq + t over pages b * R .. b * R + R - 1
-    table = (torch.arange(B, device=q.device, dtype=torch.int32)[:, None] * R
-             + torch.arange(R, device=q.device, dtype=torch.int32)).repeat_interleave(Lq, dim=0)    # (B * Lq, R)
-    lens = (shard_seqlens - shard_seqlens[:, :1]).clamp(0, R).reshape(-1).to(torch.int32)         # (B * Lq,)
-    out_r, lse_r = decode(q.reshape(B * Lq, Hq, D), k_rest, v_rest, lens, table, scale, return_lse=True,
-                          validate=False, **decode_kw)
-    o, ls = merge_states(torch.stack([out.reshape(B * Lq, Hq, D), out_r]), torch.stack([lse.reshape(B * Lq, Hq),
-                                                                                        lse_r]))
-    return o.view(B, Lq, Hq, D), ls.view(B, Lq, Hq)
+    # each token's rest: the drafts' keys after the common part, up to its own
+    slots = (common[:, None].long() + torch.arange(Lq - 1, device=q.device))[:, None].expand(B, Lq, Lq - 1)
+    counts = (shard_seqlens - shard_seqlens[:, :1]).clamp(0, Lq - 1)
+    return with_token_rests(q, out, lse, k_shard, v_shard, block_table, slots, counts, scale, **decode_kw)

@@ -22,7 +22,7 @@ from ..merges import merge_states
 from ..ops.decode import _capacity, decode
 from ..ops.token_pages import backward_table, token_pages, token_pool
 
-__all__ = ["check_shard_starts", "window_states"]
+__all__ = ["check_shard_starts", "window_states", "with_token_rests"]
 
 
 def check_shard_starts(q, shard_seqlens, shard_starts, window_left: int, capacity: int,
@@ -83,7 +83,7 @@ def window_states(q, k_shard, v_shard, shard_seqlens, shard_starts, block_table,
     if hi.dim() == 1 and lo.dim() == 1:  # one run a sequence, for every token
         table = token_pages(backward_table(hi, W), step, block_table, seqs[:, None].expand(B, W), P)
         return decode(q, pool_k, pool_v, (hi - lo).clamp(0, W).to(torch.int32), table, scale, True, **kw)
-    Lq, Hq, D = q.shape[1:]
+    Lq = q.shape[1]
     hi2, lo2 = (hi if hi.dim() == 2 else hi[:, None]), (lo if lo.dim() == 2 else lo[:, None])
     hi2, lo2 = (x.expand(B, Lq) for x in torch.broadcast_tensors(hi2, lo2))
     latest, earliest = lo2.amax(1), hi2.amin(1)
@@ -93,16 +93,28 @@ def window_states(q, k_shard, v_shard, shard_seqlens, shard_starts, block_table,
     if Lq == 1:
         return out, lse
     # -- each token's rest: before that run [start, latest) and after it [max(earliest, latest), end)
-    R = 2 * (Lq - 1)
     below = (torch.minimum(latest[:, None], hi2) - lo2).clamp(0, Lq - 1)                 # (B, Lq)
     after_from = torch.maximum(earliest, latest)[:, None]
     above = (hi2 - after_from).clamp(0, Lq - 1)
-    i = torch.arange(R, device=dev)
+    i = torch.arange(2 * (Lq - 1), device=dev)
     slots = torch.where(i < below[..., None], lo2[..., None] + i, after_from[..., None] + i - below[..., None])
-    slots = slots.clamp(0, max(cap - 1, 0))                                               # (B, Lq, R)
-    table = token_pages(slots, step, block_table, seqs[:, None, None].expand_as(slots), P).view(B * Lq, R)
-    out_r, lse_r = decode(q.reshape(B * Lq, Hq, D), pool_k, pool_v, (below + above).view(-1).to(torch.int32), table,
-                          scale, True, **kw)
+    return with_token_rests(q, out, lse, k_shard, v_shard, block_table, slots, below + above, scale, **decode_kw)
+
+
+def with_token_rests(q, out, lse, k_shard, v_shard, block_table, slots, counts, scale,
+                     **decode_kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state ``(out, lse)`` of ``q (B, Lq, Hq, D)`` over a run of keys every token attends, merged with each
+    token's rest: the first ``counts[b, t]`` of this rank's tokens ``slots[b, t, :]`` (``(B, Lq, R)`` int64 slots,
+    ``(B, Lq)`` counts), attended as ``B * Lq`` one-token sequences over one-token pages of the shard (no copy)."""
+    B, Lq, Hq, D = q.shape
+    R = slots.shape[-1]
+    pool_k, step = token_pool(k_shard)
+    pool_v, _ = token_pool(v_shard)
+    slots = slots.clamp(0, max(_capacity(k_shard, block_table) - 1, 0))
+    rows = torch.arange(B, device=q.device)[:, None, None].expand_as(slots)
+    table = token_pages(slots, step, block_table, rows, k_shard.shape[1]).view(B * Lq, R)
+    out_r, lse_r = decode(q.reshape(B * Lq, Hq, D), pool_k, pool_v, counts.reshape(-1).to(torch.int32), table, scale,
+                          True, validate=False, **decode_kw)
     o, ls = merge_states(torch.stack([out.reshape(B * Lq, Hq, D), out_r]),
                          torch.stack([lse.reshape(B * Lq, Hq), lse_r]))
     return o.view(B, Lq, Hq, D), ls.view(B, Lq, Hq)
