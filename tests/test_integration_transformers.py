@@ -91,6 +91,20 @@ def test_padded_batch_falls_back_to_sdpa(decode_calls):
     assert decode_calls == []
 
 
+def matches_eager(model, padded: bool, cache=None):
+    """Greedy tokens and every step's logits of two 9-token prompts (the second left-padded by 3 with ``padded``; a
+    static cache with ``cache="static"``) under leanattn as under transformers' eager attention."""
+    ids = torch.randint(1, 128, (2, 9), device=DEV)
+    kw = {} if cache is None else dict(cache_implementation=cache)  # static: a prefill with no mask (top-left)
+    if padded:
+        kw["attention_mask"] = torch.ones_like(ids)
+        kw["attention_mask"][1, :3] = 0
+    ref, ref_logits = greedy(model, "eager", ids, **kw)
+    got, logits = greedy(model, "leanattn", ids, **kw)
+    assert_same(got, ref, ref_logits)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("padded,cache", [(False, None), (True, None), (False, "static")],
                          ids=["dynamic", "left-padded", "static"])
 def test_gemma2_softcap_matches_eager(padded, cache, decode_calls):
@@ -101,16 +115,8 @@ def test_gemma2_softcap_matches_eager(padded, cache, decode_calls):
     cfg = transformers.Gemma2Config(**SMALL, num_attention_heads=4, num_key_value_heads=2, query_pre_attn_scalar=64,
                                     attn_logit_softcapping=0.1, sliding_window=6)
     model = transformers.Gemma2ForCausalLM(cfg).to(DEV).eval()
-    ids = torch.randint(1, 128, (2, 9), device=DEV)
-    kw = {} if cache is None else dict(cache_implementation=cache)  # static: a prefill with no mask (top-left)
-    if padded:
-        kw["attention_mask"] = torch.ones_like(ids)
-        kw["attention_mask"][1, :3] = 0
-    ref, ref_logits = greedy(model, "eager", ids, **kw)
-    got, logits = greedy(model, "leanattn", ids, **kw)
-    assert_same(got, ref, ref_logits)
     # every step's logits, decode steps included (with the cap dropped from the decode call, 79% of them differ)
-    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    matches_eager(model, padded, cache)
     if not padded and cache is None:
         # every decode step of both layers on the kernel (the sliding layer's cache keeps its last 6 keys, a prefix
         # of the mask, read with cache_seqlens), and the sliding layer's prefill: 9 tokens whose windowed causal mask
@@ -239,15 +245,7 @@ def test_gpt_oss_sinks_match_eager(padded, decode_calls):
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.sinks.normal_(0.0, 2.0)  # sinks that matter
-    ids = torch.randint(1, 128, (2, 9), device=DEV)
-    kw = {}
-    if padded:
-        kw["attention_mask"] = torch.ones_like(ids)
-        kw["attention_mask"][1, :3] = 0
-    ref, ref_logits = greedy(model, "eager", ids, **kw)
-    got, logits = greedy(model, "leanattn", ids, **kw)
-    assert_same(got, ref, ref_logits)
-    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    matches_eager(model, padded)
     if not padded:
         assert len(decode_calls) >= (NEW - 1) * 2  # every decode step of both layers on the kernel
 
