@@ -17,7 +17,7 @@ import triton
 from .. import checks
 from ..kernels.sinks import sinks_kernel
 
-__all__ = ["check_sinks", "apply_sinks"]
+__all__ = ["check_sinks", "apply_sinks", "with_sinks"]
 
 
 def check_sinks(sinks, heads: int, device: torch.device) -> None:
@@ -31,6 +31,15 @@ def check_sinks(sinks, heads: int, device: torch.device) -> None:
         raise ValueError(f"sinks: expected shape ({heads},) (one logit per query head), got {tuple(sinks.shape)}")
     if sinks.device != device:
         raise ValueError(f"sinks: expected device {device} (as q), got {sinks.device}")
+
+
+def with_sinks(q, sinks: torch.Tensor, return_lse: bool, states):
+    """An op's result with ``sinks`` merged in: ``sinks`` checked against ``q``'s heads, then ``states()`` (the op's
+    ``(out, lse)`` without sinks) merged with them; ``out``, or ``(out, lse)`` with ``return_lse``."""
+    checks.check_tensor("q", q)
+    check_sinks(sinks, q.shape[-2], q.device)
+    out, lse = apply_sinks(*states(), sinks)
+    return (out, lse) if return_lse else out
 
 
 def _apply_sinks_impl(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

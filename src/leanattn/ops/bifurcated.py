@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 import torch
 
 from .. import checks, runtime
-from ..merges.sinks import apply_sinks, check_sinks
+from ..merges.sinks import with_sinks
 from ..merges.states import merge_states
 from .bifurcated_launch import Plan
-from .bifurcated_window import window_states
+from .bifurcated_window import query_rows, window_states
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
 from .decode import decode, validate_decode
 
@@ -222,18 +222,10 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     samples would, stacked with the rest in the rows of its products); the own tokens are one :func:`leanattn.decode`
     call with ``causal``; one :func:`leanattn.merge_states` merges the states, as vLLM's and FlashInfer's cascade
     attention do."""
-    Hq, D = q.shape[-2], q.shape[-1]
     if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
-    if cu_seqlens_q is None:
-        B, per = q.shape[0], q.shape[1]
-        rows = q.reshape(B * per, Hq, D)
-        expand = lambda ids: ids.repeat_interleave(per)  # noqa: E731
-    else:
-        per, rows = max_seqlen_q, q
-        counts = cu_seqlens_q.diff()
-        # (no sync: the output size is q's)
-        expand = lambda ids: ids.repeat_interleave(counts, output_size=q.shape[0])  # noqa: E731
+    rows, sample, _, _, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
+    expand = lambda ids: ids[sample]  # noqa: E731  (each row reads its sample's segment)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     op = _pass_op()
@@ -388,15 +380,11 @@ def bifurcated_decode(
     >>> out = leanattn.bifurcated_decode(q, pk, pv, k, v)
     """
     if sinks is not None:
-        checks.check_tensor("q", q)
-        check_sinks(sinks, q.shape[-2], q.device)
-        out, lse = bifurcated_decode(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens,
-                                     prefix_ids, softmax_scale, True, softcap=softcap, k_scale=k_scale,
-                                     v_scale=v_scale, max_group_size=max_group_size, num_programs=num_programs,
-                                     validate=validate, causal=causal, cu_seqlens_q=cu_seqlens_q,
-                                     max_seqlen_q=max_seqlen_q, window_left=window_left)
-        out, lse = apply_sinks(out, lse, sinks)
-        return (out, lse) if return_lse else out
+        return with_sinks(q, sinks, return_lse, lambda: bifurcated_decode(
+            q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
+            softmax_scale, True, softcap=softcap, k_scale=k_scale, v_scale=v_scale, max_group_size=max_group_size,
+            num_programs=num_programs, validate=validate, causal=causal, cu_seqlens_q=cu_seqlens_q,
+            max_seqlen_q=max_seqlen_q, window_left=window_left))
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
                                            k_scale, v_scale, batch)
@@ -500,14 +488,11 @@ def cascade_decode(
     launches plus one merge.
     """
     if sinks is not None:
-        checks.check_tensor("q", q)
-        check_sinks(sinks, q.shape[-2], q.device)
-        out, lse = cascade_decode(q, levels, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, True,
-                                  softcap=softcap, k_scale=k_scale, v_scale=v_scale, max_group_size=max_group_size,
-                                  num_programs=num_programs, validate=validate, causal=causal,
-                                  cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, window_left=window_left)
-        out, lse = apply_sinks(out, lse, sinks)
-        return (out, lse) if return_lse else out
+        return with_sinks(q, sinks, return_lse, lambda: cascade_decode(
+            q, levels, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, True, softcap=softcap,
+            k_scale=k_scale, v_scale=v_scale, max_group_size=max_group_size, num_programs=num_programs,
+            validate=validate, causal=causal, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
+            window_left=window_left))
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
                                            k_scale, v_scale, batch)

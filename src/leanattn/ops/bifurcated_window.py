@@ -25,10 +25,10 @@ from ..merges.states import merge_states
 from .decode import decode
 from .token_pages import backward_table, token_pages, token_pool
 
-__all__ = ["window_states"]
+__all__ = ["query_rows", "window_states"]
 
 
-def _rows(q, cu_seqlens_q, max_seqlen_q):
+def query_rows(q, cu_seqlens_q, max_seqlen_q):
     """``(rows (R, Hq, D), sample (R,), token (R,), tokens (R,) or int, per)``: the query rows, the sample of each,
     its index among that sample's tokens, the sample's tokens, and the most tokens a sample has."""
     Hq, D = q.shape[-2], q.shape[-1]
@@ -55,7 +55,7 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
     dev = q.device
-    rows, sample, token, tokens, per = _rows(q, cu_seqlens_q, max_seqlen_q)
+    rows, sample, token, tokens, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     B = q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1

@@ -9,7 +9,7 @@ import triton
 from .. import checks, runtime
 from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.piece_merge import merge_meta
-from ..merges.sinks import apply_sinks, check_sinks
+from ..merges.sinks import with_sinks
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules import stream_k
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence, window_tokens
@@ -506,14 +506,10 @@ def decode(
     >>> outp = leanattn.decode(qp, k, v, cache_seqlens=lens, causal=True, cu_seqlens_q=cu, max_seqlen_q=3)
     """
     if sinks is not None:
-        checks.check_tensor("q", q)
-        check_sinks(sinks, q.shape[-2], q.device)
-        out, lse = decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, True, schedule,
-                          num_programs=num_programs, num_splits=num_splits, validate=validate, k_scale=k_scale,
-                          v_scale=v_scale, softcap=softcap, window_left=window_left, causal=causal,
-                          cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q)
-        out, lse = apply_sinks(out, lse, sinks)
-        return (out, lse) if return_lse else out
+        return with_sinks(q, sinks, return_lse, lambda: decode(
+            q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, True, schedule, num_programs=num_programs,
+            num_splits=num_splits, validate=validate, k_scale=k_scale, v_scale=v_scale, softcap=softcap,
+            window_left=window_left, causal=causal, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q))
     window_left = checks.window_left(window_left)
     causal = checks.flag("causal", causal)
     batch, qlen = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
