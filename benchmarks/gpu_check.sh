@@ -57,6 +57,10 @@
 #   sanitize-bif-window  memcheck over bifurcated/cascade launches with sliding windows (sanitize.py bifurcated-window)
 #   tests-sinks  the GPU tests of attention sinks (tests/test_sinks_gpu.py)
 #   sinks       decode with and without attention sinks at gpt-oss-20b's attention shape (probe_decode_sinks.py)
+#   tests-alibi  the GPU tests of ALiBi in decode (tests/test_decode_alibi_gpu.py)
+#   sanitize-alibi  memcheck over decode's launches with ALiBi slopes (sanitize.py alibi)
+#   alibi       decode with and without ALiBi at BLOOM/MPT's attention shape, against flex and SDPA with the bias
+#               (probe_decode_alibi.py)
 #   verify-step  a speculative verify step against a one-token step, with and without the model's fused_ops:
 #               graph replay time, kernels by kind (probe)
 #   e2e-fused   bench_e2e.py with Part A also under the model's fused_ops (4k, 32k, 128k; x16 samples)
@@ -241,6 +245,9 @@ for step in "$@"; do
     bif-window) timeout 500 python3 benchmarks/bench_bifurcated_window.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     tests-sinks) "${PYTEST[@]}" tests/test_sinks_gpu.py 2>&1 | tail -3 ;;
     sinks) timeout 300 python3 benchmarks/probe_decode_sinks.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error" ;;
+    tests-alibi) "${PYTEST[@]}" tests/test_decode_alibi_gpu.py 2>&1 | tail -3 ;;
+    sanitize-alibi) timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py alibi 2>&1 | tail -3 ;;
+    alibi) timeout 300 python3 benchmarks/probe_decode_alibi.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error|failed" ;;
     sanitize-bif-window)
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-window 2>&1 | tail -3 ;;
     sanitize-varlen)

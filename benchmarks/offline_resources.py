@@ -174,6 +174,13 @@ def decode_cases():
     sinks = torch.randn(64, dtype=bf)
     yield "decode sinks 64/8 D=64", lambda: leanattn.decode(q, k, k, torch.tensor([5, 600], dtype=torch.int32),
                                                             window_left=127, sinks=sinks)
+    # ALiBi (BLOOM/MPT: 32/32 heads, D=128), its bias added to each tile's scores (kernels/attend.softmax_step)
+    q, k = torch.randn(2, 32, 128, dtype=bf), torch.randn(2, 2048, 32, 128, dtype=bf)
+    slopes = torch.rand(32)
+    yield "decode alibi 32/32 D=128", lambda: leanattn.decode(q, k, k, torch.tensor([5, 600], dtype=torch.int32),
+                                                              alibi_slopes=slopes)
+    yield "decode alibi 32/32 D=128 split", lambda: leanattn.decode(
+        q, k, k, torch.tensor([5, 600], dtype=torch.int32), alibi_slopes=slopes, schedule="split", num_splits=3)
     # float8 caches read in bf16 (kernels/attend.py)
     for hq, hkv, d, page in ((32, 8, 128, 0), (32, 32, 128, 0), (32, 8, 128, 16), (32, 32, 64, 0), (16, 8, 256, 0)):
         name = f"decode fp8 {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")

@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 import leanattn  # noqa: E402
-from leanattn.testing import paged_kv  # noqa: E402
+from leanattn.testing import alibi_slopes, paged_kv  # noqa: E402
 
 # on a CPU (TRITON_INTERPRET=1) it is only an API check, in float16: the interpreter's bf16 dot is broken
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -77,12 +77,12 @@ def fp8():
                 leanattn.decode(q, kp.to(k.dtype), vp.to(k.dtype), sl, bt, schedule=schedule, v_scale=0.5)
 
 
-def _decode_paths(qlen, runs, whole, paged, stale=None):
+def _decode_paths(qlen, runs, whole, paged, stale=None, alibi=False):
     """``leanattn.decode`` on ragged batches and one sequence, GQA 32/8, MHA D=64 and 16/8 D=256, bf16: each of
     ``runs`` (keyword sets) over a contiguous cache through each load path and both schedules, ``whole`` once without
     lengths, ``paged`` over pages of 1, 16 and 64 tokens with both schedules, where with ``stale`` (a window's
     ``window_left``) the pages before each window are freed (ids -1: a read of one would be out of bounds). ``qlen``:
-    query tokens a sequence (0: a 3-D query)."""
+    query tokens a sequence (0: a 3-D query). ``alibi``: every call with ALiBi slopes, one row a sequence."""
     for lens in ([3000, 0, 1, 517, 1024], [4000]):
         B = len(lens)
         sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
@@ -90,22 +90,23 @@ def _decode_paths(qlen, runs, whole, paged, stale=None):
             q = torch.randn((B,) + ((qlen,) if qlen else ()) + (hq, d), dtype=BF16, device=DEV)
             k = torch.randn(B, max(lens), hkv, d, dtype=BF16, device=DEV)
             v = torch.randn_like(k)
+            slopes = dict(alibi_slopes=alibi_slopes(hq).to(DEV).repeat(B, 1)) if alibi else {}
             for load in ("0", "1", "2"):
                 os.environ["LEANATTN_DECODE_LOAD"] = load
                 try:
                     for schedule in ("lean", "split"):
                         for kw in runs:
-                            leanattn.decode(q, k, v, sl, schedule=schedule, **kw)
+                            leanattn.decode(q, k, v, sl, schedule=schedule, **kw, **slopes)
                 finally:
                     os.environ.pop("LEANATTN_DECODE_LOAD")
-            leanattn.decode(q, k, v, **whole)
+            leanattn.decode(q, k, v, **whole, **slopes)
             for page in (1, 16, 64):
                 kp, vp, bt = paged_kv(k, v, lens, page)
                 if stale is not None:
                     for b, n in enumerate(lens):
                         bt[b, :max(n - 1 - stale, 0) // page] = -1
                 for schedule in ("lean", "split"):
-                    leanattn.decode(q, kp, vp, sl, bt, schedule=schedule, **paged)
+                    leanattn.decode(q, kp, vp, sl, bt, schedule=schedule, **paged, **slopes)
 
 
 def window():
@@ -120,6 +121,14 @@ def tokens():
     ragged (fewer keys than tokens, long) and one sequence, contiguous through each load path, and paged."""
     _decode_paths(4, [dict(causal=True), dict(window_left=700, num_programs=37, num_splits=5)],
                   dict(causal=True), dict(causal=True, window_left=700))
+
+
+def alibi():
+    """Every decode path with ALiBi slopes (one row a sequence), with one query token and with four (causal, and with
+    a window)."""
+    _decode_paths(0, [{}, dict(num_programs=37, num_splits=5)], {}, {}, alibi=True)
+    _decode_paths(4, [dict(causal=True), dict(window_left=700, num_programs=37, num_splits=5)],
+                  dict(causal=True), dict(causal=True, window_left=700), stale=703, alibi=True)
 
 
 def varlen():
@@ -307,7 +316,8 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    families = {"decode": decode, "fp8": fp8, "window": window, "tokens": tokens, "varlen": varlen, "merge": merges,
+    families = {"decode": decode, "fp8": fp8, "window": window, "tokens": tokens, "varlen": varlen, "alibi": alibi,
+                "merge": merges,
                 "sparse": sparse,
                 "bifurcated": bifurcated, "overlap": overlap,
                 "concat": concat, "bifurcated-softcap": lambda: bifurcated_launches(30.0),

@@ -117,6 +117,25 @@ def softcap(value) -> float:
     return value
 
 
+def alibi_slopes(value, batch: int, heads: int, device: torch.device, validate: bool):
+    """``alibi_slopes`` (ALiBi, flash-attn's ``alibi_slopes``), None or a float32 ``(heads,)`` or ``(batch, heads)``
+    tensor on ``device``, with unit stride on the heads. Values are checked finite where ``validate`` (a non-finite
+    slope gives NaN outputs)."""
+    if value is None:
+        return None
+    check_tensor("alibi_slopes", value)
+    if value.dtype != torch.float32:
+        _fail(TypeError, "alibi_slopes", "dtype torch.float32", value.dtype)
+    if value.shape not in ((heads,), (batch, heads)):
+        _fail(ValueError, "alibi_slopes", f"shape ({heads},) or ({batch}, {heads}) (query heads, or sequences and "
+              "query heads)", tuple(value.shape))
+    if value.device != device:
+        _fail(ValueError, "alibi_slopes", f"device {device} (as q)", value.device)
+    if validate and not bool(torch.isfinite(value).all()):
+        _fail(ValueError, "alibi_slopes", "finite values", "inf or NaN")
+    return value if value.stride(-1) == 1 else value.contiguous()
+
+
 def window_left(value) -> int:
     """``window_left`` (a sliding window's keys before the query) as an int >= -1 (numpy integers included; -1 for
     no window)."""

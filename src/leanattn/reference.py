@@ -14,17 +14,20 @@ __all__ = ["decode", "gather_kv", "merge_states", "attend"]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None,
-           softcap: float = 0.0, sink: torch.Tensor | None = None):
+           softcap: float = 0.0, sink: torch.Tensor | None = None, bias: torch.Tensor | None = None):
     """Softmax attention of ``q [M, D]`` over ``k, v [N, D]`` in float64.
 
     ``mask [M, N]`` bool, True = attend. ``softcap > 0``: scores ``s`` become ``softcap * tanh(s / softcap)``.
-    ``sink [M]``: one more score a row, of a key whose value is zero (attention sinks), in the softmax and the LSE.
+    ``bias [M, N]``: added to the (capped) scores (ALiBi). ``sink [M]``: one more score a row, of a key whose value
+    is zero (attention sinks), in the softmax and the LSE.
     Returns ``(out [M, D], lse [M])``; rows with no key give zeros and ``-inf`` (or their sink).
     """
     q, k, v = q.double(), k.double(), v.double()
     s = (q @ k.T) * scale
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)
+    if bias is not None:
+        s = s + bias.double()
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
     if sink is not None:
@@ -38,10 +41,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask
 
 
 def attend_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor,
-                  softcap: float = 0.0, sinks: torch.Tensor | None = None):
+                  softcap: float = 0.0, sinks: torch.Tensor | None = None, bias: torch.Tensor | None = None):
     """:func:`attend` of the tokens ``q [Lq, Hq, D]`` of one sequence over ``k, v [N, Hkv, D]``, query head ``h``
     reading kv head ``h // (Hq // Hkv)``, ``mask [Lq, N]`` each token's keys, ``sinks [Hq]`` each head's sink logit
-    (or None). Returns ``(out [Lq, Hq, D], lse [Lq, Hq])``."""
+    (or None), ``bias [Lq, Hq, N]`` added to the scores (or None). Returns ``(out [Lq, Hq, D], lse [Lq, Hq])``."""
     Lq, Hq, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -52,7 +55,7 @@ def attend_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
         heads = slice(h * group, (h + 1) * group)
         sink = None if sinks is None else sinks[heads].repeat(Lq)
         o, l_ = attend(q[:, heads].reshape(Lq * group, D), k[:, h], v[:, h], scale, rows_mask, softcap=softcap,
-                       sink=sink)
+                       sink=sink, bias=None if bias is None else bias[:, heads].reshape(Lq * group, -1))
         out[:, heads], lse[:, heads] = o.view(Lq, group, D), l_.view(Lq, group)
     return out, lse
 
@@ -93,7 +96,7 @@ def _sequence_caches(b: int, k_cache, v_cache, cache_seqlens, block_table) -> tu
 
 
 def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None, k_scale=1.0, v_scale=1.0,
-           softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None, sinks=None):
+           softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None, sinks=None, alibi_slopes=None):
     """Reference for :func:`leanattn.decode`: ``(out, lse)`` float64 of ``q``'s shape without and with ``D``;
     attention over ``k_cache * k_scale`` and ``v_cache * v_scale`` (the dequantisation of float8 caches), scores
     soft-capped by ``softcap`` where it is > 0. A query ``(B, Lq, Hq, D)`` holds the last ``Lq`` positions of each
@@ -101,14 +104,18 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
     ``[pos - window_left, pos]`` where ``window_left >= 0``, with ``causal`` none after ``pos``. With
     ``cu_seqlens_q`` (``(B + 1,)``), ``q (total_q, Hq, D)`` is packed: sequence ``b`` is its rows ``[cu[b], cu[b+1])``,
     attending as a ``(1, n_b, Hq, D)`` query of that sequence alone. ``sinks (Hq,)``: each head's sink logit, a key
-    of value zero in every token's softmax."""
+    of value zero in every token's softmax. ``alibi_slopes (Hq,)`` or ``(B, Hq)``: the bias ``-slope * |pos - key|``
+    added to the (capped) scores."""
+    if alibi_slopes is not None and alibi_slopes.dim() == 1:
+        alibi_slopes = alibi_slopes[None].expand(len(cu_seqlens_q) - 1 if cu_seqlens_q is not None else q.shape[0], -1)
     if cu_seqlens_q is not None:
         return _per_sequence(q, cu_seqlens_q, lambda b, q_b: decode(
             q_b, *_sequence_caches(b, k_cache, v_cache, cache_seqlens, block_table), softmax_scale, k_scale, v_scale,
-            softcap, window_left, causal, sinks=sinks))
+            softcap, window_left, causal, sinks=sinks,
+            alibi_slopes=None if alibi_slopes is None else alibi_slopes[b:b + 1]))
     if q.dim() == 3:
         out, lse = decode(q[:, None], k_cache, v_cache, cache_seqlens, block_table, softmax_scale, k_scale, v_scale,
-                          softcap, window_left, causal, sinks=sinks)
+                          softcap, window_left, causal, sinks=sinks, alibi_slopes=alibi_slopes)
         return out[:, 0], lse[:, 0]
     B, Lq, Hq, D = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
@@ -129,7 +136,10 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
             mask &= keys[None, :] <= pos[:, None]
         if window_left >= 0:
             mask &= keys[None, :] >= pos[:, None] - window_left
-        out[b], lse[b] = attend_groups(q[b], k, v, scale, mask, softcap, sinks)
+        bias = None
+        if alibi_slopes is not None:
+            bias = -alibi_slopes[b].double()[None, :, None] * (pos[:, None] - keys[None, :]).abs()[:, None, :].double()
+        out[b], lse[b] = attend_groups(q[b], k, v, scale, mask, softcap, sinks, bias)
     return out, lse
 
 

@@ -1,9 +1,13 @@
-"""Helpers for tests and benchmarks: error metrics against float64 references, paged copies of caches."""
+"""Helpers for tests and benchmarks: error metrics against float64 references, paged copies of caches, ALiBi
+slopes."""
 from __future__ import annotations
+
+import math
 
 import torch
 
-__all__ = ["rel_err", "assert_rel_close", "assert_lse_close", "assert_graph_replays", "paged_kv", "TOLERANCE"]
+__all__ = ["rel_err", "assert_rel_close", "assert_lse_close", "assert_graph_replays", "paged_kv", "TOLERANCE",
+           "alibi_slopes"]
 
 # relative-error bars: the library's promise per dtype
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -123,3 +127,12 @@ def paged_kv(k: torch.Tensor, v: torch.Tensor, lens=None, page_size: int = 16, s
                 xp[ids[full], : n - full * page_size] = x[b, full * page_size:n]
         pages.append(xp)
     return pages[0], pages[1], block_table
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """The ALiBi paper's (and BLOOM's) slopes for ``heads`` heads, ``(heads,)`` float32: ``2**(-8 i / n)`` for
+    ``i = 1..n`` with ``n`` the largest power of two up to ``heads``, then the odd ones of ``2n``'s sequence."""
+    n = 2 ** math.floor(math.log2(heads))
+    base = [2 ** (-8 * (i + 1) / n) for i in range(n)]
+    extra = [2 ** (-4 * (2 * i + 1) / n) for i in range(heads - n)]
+    return torch.tensor(base + extra, dtype=torch.float32)

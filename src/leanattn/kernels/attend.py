@@ -22,7 +22,8 @@ import triton.language as tl
 
 @triton.jit
 def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                 softcap=0.0, SOFTCAP: tl.constexpr = False):
+                 softcap=0.0, SOFTCAP: tl.constexpr = False, slope=0.0, q_pos=0, offs_n=0,
+                 ALIBI: tl.constexpr = False):
     """Scores of one KV tile ``k [BLOCK_N, D]`` (those outside ``mask_s``, ``[1, BLOCK_N]`` for every row alike or
     ``[BLOCK_H, BLOCK_N]``, at ``-inf``), folded into the
     running max ``m_i`` and sum ``l_i``; returns ``(p, alpha, m_new, l_new)``: the tile's
@@ -30,6 +31,8 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     ``q``'s dtype (its scale is in ``qk_scale``), and the probabilities and ``l`` are ``2**fp8_shift(k)`` times
     their values. With ``SOFTCAP`` the scores are ``softcap * tanh(q.k * qk_scale)``: ``qk_scale`` then holds the
     softmax scale over the cap (natural units) and ``softcap`` the cap in log2 units (Gemma-2's logit soft-capping).
+    With ``ALIBI`` each row's scores then take ``-slope * |q_pos - offs_n|`` (``slope`` and ``q_pos`` ``[BLOCK_H]``,
+    the slope in log2 units; ``offs_n`` the tile's key positions), flash-attn's ALiBi bias.
     """
     shift = fp8_shift(k)
     if k.dtype.is_fp8():
@@ -41,6 +44,10 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
         qk = softcap * tanh(qk * qk_scale)
     else:
         qk = qk * qk_scale
+    if ALIBI:
+        # the distance stays an integer until here, so the bias of a key far back (slope * 1e5 and more) is exact
+        # to fp32's rounding of one product, not of a difference of two large positions' biases
+        qk = qk - slope[:, None] * tl.abs(q_pos[:, None] - offs_n[None, :]).to(tl.float32)
     qk = tl.where(mask_s, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -169,7 +176,7 @@ def attend_tiles(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
-    row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False,
+    row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False, slope=0.0, q_pos=0, ALIBI: tl.constexpr = False,
 ):
     """Online softmax over KV tiles ``[tile_lo, tile_hi)``; returns ``(acc, m, l)``.
 
@@ -179,7 +186,8 @@ def attend_tiles(
     is the page stride and ``BlockTable[b, i]`` names the i-th page of sequence ``b``. With ``WINDOW`` (a
     sliding window) the keys below ``kv_lo`` are masked as those past ``seqlen`` are: never loaded, so the pages
     that held them may be gone. With ``ROW_MASK`` row ``i`` keeps only the scores of keys ``[row_lo[i], row_hi[i])``
-    (``score_mask``).
+    (``score_mask``). With ``ALIBI`` row ``i`` at position ``q_pos[i]`` takes ALiBi slope ``slope[i]`` (log2 units;
+    ``softmax_step``).
     """
     offs_d = tl.arange(0, HEAD_DIM)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
@@ -217,7 +225,8 @@ def attend_tiles(
         # -- scores --
         k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         p, alpha, m_i, l_i = softmax_step(q, k, score_mask(mask_n, offs_n, row_lo, row_hi, ROW_MASK), m_i, l_i,
-                                          qk_scale, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
+                                          qk_scale, UPCAST, DOT_PRECISION, softcap, SOFTCAP, slope, q_pos, offs_n,
+                                          ALIBI)
         # -- accumulate --
         v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION)
@@ -233,7 +242,7 @@ def attend_contiguous(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     TMA: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
-    row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False,
+    row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False, slope=0.0, q_pos=0, ALIBI: tl.constexpr = False,
 ):
     """``attend_tiles`` for a contiguous cache, through block pointers or (``TMA``) tensor
     descriptors. Same ``(acc, m, l)`` result.
@@ -274,7 +283,8 @@ def attend_contiguous(
         offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = key_mask(offs_n, seqlen, kv_lo, WINDOW)
         p, alpha, m_i, l_i = softmax_step(q, k, score_mask(mask_n, offs_n, row_lo, row_hi, ROW_MASK), m_i, l_i,
-                                          qk_scale, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
+                                          qk_scale, UPCAST, DOT_PRECISION, softcap, SOFTCAP, slope, q_pos, offs_n,
+                                          ALIBI)
         # -- accumulate --
         if TMA:
             v = v_src.load([j * BLOCK_N, 0])
@@ -301,26 +311,27 @@ def attend_any(
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
-    row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False,
+    row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False, slope=0.0, q_pos=0, ALIBI: tl.constexpr = False,
 ):
     """``attend_tiles`` with the K/V load path ``LOAD`` for a contiguous cache: 0 tensors of
     pointers, 1 block pointers, 2 TMA descriptors (``attend_contiguous``). A paged cache always
     takes tensors of pointers (its tiles gather rows of several pages). ``kv_lo`` and ``WINDOW``: a sliding
     window's first key (``window_start``); ``kv_lo`` the first key of any row. ``row_lo``, ``row_hi`` and
-    ``ROW_MASK``: each row's keys (``score_mask``)."""
+    ``ROW_MASK``: each row's keys (``score_mask``); ``slope``, ``q_pos`` and ``ALIBI``: each row's ALiBi bias
+    (``softmax_step``)."""
     q, qk_scale = fp8_query(q, K, qk_scale, UPCAST)
     if LOAD > 0 and PAGE_SIZE == 0:
         acc, m_i, l_i = attend_contiguous(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, LOAD == 2, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW,
-            row_lo, row_hi, ROW_MASK)
+            row_lo, row_hi, ROW_MASK, slope, q_pos, ALIBI)
     else:
         acc, m_i, l_i = attend_tiles(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW,
-            row_lo, row_hi, ROW_MASK)
+            row_lo, row_hi, ROW_MASK, slope, q_pos, ALIBI)
     return acc, m_i - fp8_shift(K), l_i
 
 

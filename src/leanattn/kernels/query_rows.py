@@ -43,6 +43,21 @@ def key_ranges(seqlen, hb, window, GROUP: tl.constexpr, QLEN: tl.constexpr, BLOC
 
 
 @triton.jit
+def alibi_rows(Alibi, b, kvh, hb, seqlen, stride_ab, GROUP: tl.constexpr, QLEN: tl.constexpr, BLOCK_H: tl.constexpr,
+               ALIBI: tl.constexpr):
+    """``(slope, pos)``, ``[BLOCK_H]`` each: the ALiBi slope of each query row's head, ``Alibi[b * stride_ab + head]``
+    in log2 units (0 past the real rows), and the row's position, ``seqlen - QLEN + token`` (a packed query's
+    slots are right-aligned on its tokens, ``packed_slots``, so the same). ``(0.0, 0)`` without ``ALIBI``."""
+    if ALIBI:
+        offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+        slope = tl.load(Alibi + b.to(tl.int64) * stride_ab + kvh * GROUP + offs_g % GROUP, mask=offs_g < GROUP * QLEN,
+                        other=0.0)
+        return slope * 1.4426950408889634, seqlen - QLEN + offs_g // GROUP
+    else:
+        return 0.0, 0
+
+
+@triton.jit
 def packed_slots(CuQ, b, QLEN: tl.constexpr):
     """``(start, first)`` of sequence ``b`` of a packed query (``cu_seqlens_q``: its tokens are rows
     ``[CuQ[b], CuQ[b+1])`` of a ``(total_q, Hq, D)`` tensor). Its ``QLEN`` query slots are right-aligned on its

@@ -54,7 +54,7 @@ class _Plan:
 
     def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
                  num_stages=0, after_prior=False, merged=True, k_scale=1.0, v_scale=1.0, softcap=0.0,
-                 window_left=-1, causal=False, max_q=0):
+                 window_left=-1, causal=False, max_q=0, alibi_stride=-1):
         Hq, D = q.shape[-2], q.shape[-1]
         # a 4-D query holds qlen tokens a sequence, stacked with the group's heads in the rows (kernels/query_rows);
         # max_q > 0: a packed (total_q, Hq, D) query of up to max_q tokens a sequence (kernels/query_rows.packed_slots)
@@ -92,13 +92,16 @@ class _Plan:
             # bf16 tl.dot is broken in the interpreter: upcast there
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SOFTCAP=softcap > 0, WINDOW=window_left >= 0,
-            QLEN=qlen, CAUSAL=causal and qlen > 1, VARLEN=varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            QLEN=qlen, CAUSAL=causal and qlen > 1, VARLEN=varlen, ALIBI=alibi_stride >= 0, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages)
         strides = (0 if varlen else q.stride(0), q.stride(-2),
                    k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                    v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
                    qlen * Hq * D, D, qlen * Hq)  # out and lse are allocated contiguous (packed: unread)
         # the token strides of q, out and lse (unread with one token, unless packed)
         token_strides = (q.stride(0) if varlen else q.stride(1) if qlen > 1 else 0, Hq * D, Hq)
+        # ALiBi slopes: alibi_stride between sequences (0: one (Hq,) row for all), -1 none
+        token_strides += (max(alibi_stride, 0),)
         qk_scale, softcap_log2 = score_scales(scale, k_scale, softcap)
         even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], row_tiles, cfg, device,
                                                                          cache_seqlens is not None)
@@ -166,23 +169,25 @@ class _Plan:
             return workers
         d = self.dummy_i32
         f = runtime.workspace("dummy_f32", q.device, (1,), torch.float32, zero=True)
-        args = (q, k_cache, v_cache, q, f, d, d, d, f, f, d, d, *self.tail)
+        # (ALiBi slopes are float32; their stand-in is run's, so that the launch reuses this compile)
+        args = (q, k_cache, v_cache, q, f, d, d, d, f if self.meta["ALIBI"] else d, f, f, d, d, *self.tail)
         # the in-kernel merge's occupancy: a variant that merges apart is capped to match (StreamKLaunch)
         occ = runtime.kernel_occupancy(lean_decode_kernel, args, dict(self.meta, MERGE_LAUNCH=False), q.device)
         return runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
 
-    def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q=None):
+    def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q=None, alibi_slopes=None):
         sl = self.dummy_i32 if cache_seqlens is None else cache_seqlens
         bt = self.dummy_i32 if block_table is None else block_table
         cu = self.dummy_i32 if cu_seqlens_q is None else cu_seqlens_q
+        al = self.dummy_i32 if alibi_slopes is None else alibi_slopes
         if self.schedule == "lean":
-            self.launch((q, k_cache, v_cache, out, lse, sl, bt, cu), out, lse, cu)
+            self.launch((q, k_cache, v_cache, out, lse, sl, bt, cu, al), out, lse, cu)
             return
         if self.splits == 1:
-            self.launch(q, k_cache, v_cache, out, lse, sl, bt, cu)
+            self.launch(q, k_cache, v_cache, out, lse, sl, bt, cu, al)
             return
         o, ls = self.partials
-        self.launch(q, k_cache, v_cache, o, ls, sl, bt, cu)
+        self.launch(q, k_cache, v_cache, o, ls, sl, bt, cu, al)
         self.launch_merge(o, ls, out, lse)
 
 
@@ -214,7 +219,7 @@ _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
                  num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False,
-                 cu_seqlens_q=None, max_seqlen_q=0, *, need_lse: bool = True):
+                 cu_seqlens_q=None, max_seqlen_q=0, alibi_slopes=None, *, need_lse: bool = True):
     """``decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the LSE goes
     to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call in one process on
     an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines."""
@@ -228,13 +233,15 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     if cu_seqlens_q is not None and cu_seqlens_q.stride(0) != 1:
         cu_seqlens_q = cu_seqlens_q.contiguous()
     max_q = max_seqlen_q if cu_seqlens_q is not None else 0
+    # (the slopes have unit stride on the heads: checks.alibi_slopes)
+    alibi_stride = -1 if alibi_slopes is None else alibi_slopes.stride(0) if alibi_slopes.dim() == 2 else 0
     workers = num_programs if schedule == "lean" else num_splits
     # (the cache's dtype too: a float8 cache's need not be q's, and a plan's launchers run the kernel compiled
     # for the dtypes of their first launch)
     key = (q.shape, q.stride(), q.dtype, k_cache.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
            softmax_scale, k_scale, v_scale, softcap, window_left, causal, schedule, workers, block_n, max_q,
-           runtime.interpreting(),
+           alibi_stride, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0,
            *_ENV())
@@ -242,9 +249,10 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
         plan = _PLANS.get_or_make(key, lambda: _Plan(q, k_cache, v_cache, cache_seqlens, block_table,
                                                      softmax_scale, schedule, workers, block_n,
                                                      k_scale=k_scale, v_scale=v_scale, softcap=softcap,
-                                                     window_left=window_left, causal=causal, max_q=max_q))
+                                                     window_left=window_left, causal=causal, max_q=max_q,
+                                                     alibi_stride=alibi_stride))
         lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
-        plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q)
+        plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q, alibi_slopes)
     return out, lse
 
 
@@ -254,15 +262,17 @@ def _decode_op(
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
     softmax_scale: float, schedule: str, num_programs: int, num_splits: int, block_n: int,
     k_scale: float = 1.0, v_scale: float = 1.0, softcap: float = 0.0, window_left: int = -1, causal: bool = False,
-    cu_seqlens_q: Optional[torch.Tensor] = None, max_seqlen_q: int = 0,
+    cu_seqlens_q: Optional[torch.Tensor] = None, max_seqlen_q: int = 0, alibi_slopes: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                        num_splits, block_n, k_scale, v_scale, softcap, window_left, causal, cu_seqlens_q, max_seqlen_q)
+                        num_splits, block_n, k_scale, v_scale, softcap, window_left, causal, cu_seqlens_q, max_seqlen_q,
+                        alibi_slopes)
 
 
 @_decode_op.register_fake
 def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, block_n,
-      k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None, max_seqlen_q=0):
+      k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None, max_seqlen_q=0,
+      alibi_slopes=None):
     return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
@@ -377,6 +387,7 @@ def decode(
     cu_seqlens_q: Optional[torch.Tensor] = None,
     max_seqlen_q: Optional[int] = None,
     sinks: Optional[torch.Tensor] = None,
+    alibi_slopes: Optional[torch.Tensor] = None,
 ):
     """Decode attention: the new query token (or the last few) of each sequence against its KV cache.
 
@@ -470,6 +481,12 @@ def decode(
         soft-capped) scores; float32, float16 or bfloat16. Merged once into the final state
         (``merges/sinks.py``): the LSE returned includes it, and a token that attends no key gets zeros and its
         head's sink. None (the default): no sink.
+    alibi_slopes : torch.Tensor, optional, keyword-only
+        ``(Hq,)`` or ``(B, Hq)`` float32 ALiBi slopes (BLOOM, MPT; flash-attn's ``alibi_slopes``): the score of a
+        query token at position ``i`` and key ``j`` takes the bias ``-slope * |i - j|`` (natural units, added after
+        the scale and any soft cap; with ``cu_seqlens_q``, ``B`` is its sequences). Added to each tile's scores in
+        registers, from the integer distance, so keys far back lose no precision; the LSE returned includes it.
+        None (the default): no bias.
 
     Returns
     -------
@@ -509,7 +526,8 @@ def decode(
         return with_sinks(q, sinks, return_lse, lambda: decode(
             q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, True, schedule, num_programs=num_programs,
             num_splits=num_splits, validate=validate, k_scale=k_scale, v_scale=v_scale, softcap=softcap,
-            window_left=window_left, causal=causal, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q))
+            window_left=window_left, causal=causal, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
+            alibi_slopes=alibi_slopes))
     window_left = checks.window_left(window_left)
     causal = checks.flag("causal", causal)
     batch, qlen = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
@@ -523,16 +541,20 @@ def decode(
     if window_left >= _capacity(k_cache, block_table) - 1:
         window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
     softcap = checks.softcap(softcap)
+    if validate is None:
+        validate = checks.values_checkable(cache_seqlens, block_table)
+    alibi_slopes = checks.alibi_slopes(alibi_slopes, q.shape[0] if batch is None else batch, q.shape[-2], q.device,
+                                       validate)
     if q.dim() == 4 and qlen == 1:
         # one token: the 3-D call, its outputs seen with the token axis
         res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,
                      num_programs=num_programs, num_splits=num_splits, validate=False, k_scale=k_scale,
-                     v_scale=v_scale, softcap=softcap, window_left=window_left)
+                     v_scale=v_scale, softcap=softcap, window_left=window_left, alibi_slopes=alibi_slopes)
         return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, int(num_programs), int(num_splits), 0,
-            k_scale, v_scale, softcap, window_left, causal and qlen > 1, cu_seqlens_q, qlen)
+            k_scale, v_scale, softcap, window_left, causal and qlen > 1, cu_seqlens_q, qlen, alibi_slopes)
     # under torch.compile the custom op keeps the kernel opaque to Dynamo and Inductor; eager calls skip
     # the dispatcher (its overhead is comparable to a short decode kernel)
     if torch.compiler.is_compiling():
