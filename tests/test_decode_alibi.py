@@ -116,3 +116,15 @@ def test_packed_batch_is_the_sequences():
     qp = torch.randn(3, 4, 64, dtype=q.dtype)
     with pytest.raises(ValueError, match=r"alibi_slopes: expected shape \(4,\) or \(2, 4\)"):
         leanattn.decode(qp, k, v, sl, cu_seqlens_q=cu, max_seqlen_q=2, alibi_slopes=torch.ones(3, 4))
+
+
+def test_custom_op_and_compile_fullgraph():
+    q, k, v, lens, bt = make_inputs(3, 4, 2, 64, [40, 0, 17], page_size=16)
+    s = alibi_slopes(4)
+    torch.library.opcheck(torch.ops.leanattn.decode.default,
+                          (q, k, v, lens, bt, 0.125, "lean", 3, 2, 0, 1.0, 1.0, 0.0, -1, False, None, 0, s))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: leanattn.decode(*a, alibi_slopes=s, return_lse=True), fullgraph=True)
+    out, lse = compiled(q, k, v, lens, bt)
+    ref_out, ref_lse = leanattn.decode(q, k, v, lens, bt, alibi_slopes=s, return_lse=True)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
