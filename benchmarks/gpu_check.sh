@@ -56,7 +56,8 @@
 #               (benchmarks/bench_bifurcated_window.py)
 #   sanitize-bif-window  memcheck over bifurcated/cascade launches with sliding windows (sanitize.py bifurcated-window)
 #   tests-sinks  the GPU tests of attention sinks (tests/test_sinks_gpu.py)
-#   sinks       decode with and without attention sinks at gpt-oss-20b's attention shape (probe_decode_sinks.py)
+#   sinks       decode without sinks, with them in-kernel and merged by a launch apart, at gpt-oss-20b's attention
+#               shape (probe_decode_sinks.py)
 #   tests-alibi  the GPU tests of ALiBi in decode (tests/test_decode_alibi_gpu.py)
 #   sanitize-alibi  memcheck over decode's launches with ALiBi slopes (sanitize.py alibi)
 #   alibi       decode with and without ALiBi at BLOOM/MPT's attention shape, against flex and SDPA with the bias

@@ -26,7 +26,8 @@ def test_decode(hq, hkv, d, page, schedule):
     kw = dict(schedule=schedule, num_programs=5, num_splits=3)
     out, lse = leanattn.decode(q, k, v, sl, bt, return_lse=True, sinks=s, **kw)
     assert_states_match("one token", q, out, lse, *reference.decode(q, k, v, sl, bt, sinks=s))
-    assert torch.equal(lse[1], s) and not out[1].any()
+    torch.testing.assert_close(lse[1], s)  # (the sink passes through log2 units: equal to an ulp)
+    assert not out[1].any()
     q4 = torch.randn(4, 3, hq, d, dtype=q.dtype)
     for causal, window in ((True, -1), (True, 5), (False, 11)):
         out, lse = leanattn.decode(q4, k, v, sl, bt, return_lse=True, sinks=s, causal=causal, window_left=window, **kw)
@@ -42,6 +43,29 @@ def test_decode(hq, hkv, d, page, schedule):
     assert torch.equal(leanattn.decode(q, k, v, sl, bt, sinks=s, **kw), leanattn.decode(q, k, v, sl, bt,
                                                                                         return_lse=True, sinks=s,
                                                                                         **kw)[0])
+
+
+@pytest.mark.parametrize("merge,even", [("0", "0"), ("1", "0"), ("0", "1")])
+def test_decode_launch_forms(monkeypatch, merge, even):
+    # the sink rides on each row's first piece: pieces merged in-kernel or by the merge launch, or one sequence cut
+    # into even pieces on the split kernel (LEANATTN_DECODE_EVEN) with its merge launch
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
+    monkeypatch.setenv("LEANATTN_DECODE_EVEN", even)
+    q, k, v, _, _ = make_inputs(1, 8, 2, 64, None, capacity=200)
+    s = sinks_for(8, seed=3)
+    for programs in (0, 7):
+        out, lse = leanattn.decode(q, k, v, return_lse=True, sinks=s, num_programs=programs)
+        assert_states_match(f"merge {merge} even {even} programs {programs}", q, out, lse,
+                            *reference.decode(q, k, v, sinks=s))
+
+
+def test_decode_empty_cache():
+    # a cache of no tokens: zeros, and the LSE is the sink
+    q = torch.randn(2, 4, 64, dtype=torch.float16)
+    k = torch.zeros(2, 0, 2, 64, dtype=torch.float16)
+    s = sinks_for(4, seed=4).half()
+    out, lse = leanattn.decode(q, k, k, return_lse=True, sinks=s)
+    assert not out.any() and torch.equal(lse, s.float().expand(2, 4))
 
 
 def test_decode_float8_softcap_and_sink_dtypes():

@@ -148,6 +148,25 @@ def fp16_rows(q):
 
 
 @triton.jit
+def initial_state(K, sink, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, SINK: tl.constexpr):
+    """``(acc, m, l)`` a range starts from: empty or, with ``SINK``, each row's attention sink, a key of value zero
+    whose score is ``sink`` (``[BLOCK_H]``, log2 units; ``-inf`` for none), with ``l`` at ``2**fp8_shift(K)`` as its
+    probabilities would be (``softmax_step``).
+
+    Why here: a sink is one more partial state and the merges are associative, so the one range of a row that
+    starts at its first tile can carry it while the others start empty: no launch after the merges
+    (``merges/sinks.py``), and a row that attends no key ends with zeros and its sink."""
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    if SINK:
+        m = sink
+        l_init = tl.where(sink > float("-inf"), tl.math.exp2(tl.zeros([BLOCK_H], tl.float32) + fp8_shift(K)), 0.0)
+    else:
+        m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+        l_init = tl.zeros([BLOCK_H], tl.float32)
+    return acc, m, l_init
+
+
+@triton.jit
 def key_mask(offs_n, seqlen, kv_lo, WINDOW: tl.constexpr):
     """The keys ``offs_n`` a query attends: below ``seqlen`` and, with ``WINDOW``, from ``kv_lo`` on."""
     mask = offs_n < seqlen
@@ -177,6 +196,7 @@ def attend_tiles(
     PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
     row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False, slope=0.0, q_pos=0, ALIBI: tl.constexpr = False,
+    sink=0.0, SINK: tl.constexpr = False,
 ):
     """Online softmax over KV tiles ``[tile_lo, tile_hi)``; returns ``(acc, m, l)``.
 
@@ -187,12 +207,10 @@ def attend_tiles(
     sliding window) the keys below ``kv_lo`` are masked as those past ``seqlen`` are: never loaded, so the pages
     that held them may be gone. With ``ROW_MASK`` row ``i`` keeps only the scores of keys ``[row_lo[i], row_hi[i])``
     (``score_mask``). With ``ALIBI`` row ``i`` at position ``q_pos[i]`` takes ALiBi slope ``slope[i]`` (log2 units;
-    ``softmax_step``).
+    ``softmax_step``). ``SINK``: the state starts from each row's sink (``initial_state``).
     """
     offs_d = tl.arange(0, HEAD_DIM)
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    acc, m_i, l_i = initial_state(K, sink, BLOCK_H, HEAD_DIM, SINK)
     k_head = K + kvh.to(tl.int64) * stride_kh
     v_head = V + kvh.to(tl.int64) * stride_vh
     bt_row = BlockTable + b.to(tl.int64) * stride_btb
@@ -243,6 +261,7 @@ def attend_contiguous(
     TMA: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
     row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False, slope=0.0, q_pos=0, ALIBI: tl.constexpr = False,
+    sink=0.0, SINK: tl.constexpr = False,
 ):
     """``attend_tiles`` for a contiguous cache, through block pointers or (``TMA``) tensor
     descriptors. Same ``(acc, m, l)`` result.
@@ -256,9 +275,7 @@ def attend_contiguous(
     row base and the token stride 16-byte aligned (the op checks) and a Triton allocator for their
     global scratch (``runtime.tma_allocator``).
     """
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    acc, m_i, l_i = initial_state(K, sink, BLOCK_H, HEAD_DIM, SINK)
     if TMA:
         # an empty row owns one empty tile: skip it, a zero-row descriptor is not encodable
         tile_hi = tl.where(seqlen > 0, tile_hi, tile_lo)
@@ -312,26 +329,27 @@ def attend_any(
     PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
     row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False, slope=0.0, q_pos=0, ALIBI: tl.constexpr = False,
+    sink=0.0, SINK: tl.constexpr = False,
 ):
     """``attend_tiles`` with the K/V load path ``LOAD`` for a contiguous cache: 0 tensors of
     pointers, 1 block pointers, 2 TMA descriptors (``attend_contiguous``). A paged cache always
     takes tensors of pointers (its tiles gather rows of several pages). ``kv_lo`` and ``WINDOW``: a sliding
     window's first key (``window_start``); ``kv_lo`` the first key of any row. ``row_lo``, ``row_hi`` and
     ``ROW_MASK``: each row's keys (``score_mask``); ``slope``, ``q_pos`` and ``ALIBI``: each row's ALiBi bias
-    (``softmax_step``)."""
+    (``softmax_step``); ``sink`` and ``SINK``: each row's attention sink (``initial_state``)."""
     q, qk_scale = fp8_query(q, K, qk_scale, UPCAST)
     if LOAD > 0 and PAGE_SIZE == 0:
         acc, m_i, l_i = attend_contiguous(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, LOAD == 2, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW,
-            row_lo, row_hi, ROW_MASK, slope, q_pos, ALIBI)
+            row_lo, row_hi, ROW_MASK, slope, q_pos, ALIBI, sink, SINK)
     else:
         acc, m_i, l_i = attend_tiles(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW,
-            row_lo, row_hi, ROW_MASK, slope, q_pos, ALIBI)
+            row_lo, row_hi, ROW_MASK, slope, q_pos, ALIBI, sink, SINK)
     return acc, m_i - fp8_shift(K), l_i
 
 

@@ -28,7 +28,7 @@ from ..schedules.stream_k import (across_rows, cut_list_at, first_tile, load_len
 from .attend import attend_any
 from .grid_dependency import gdc_launch_dependents, gdc_wait
 from .piece_merge import publish_piece, record_row, settle_piece
-from .query_rows import alibi_rows, key_ranges, packed_slots, packed_window, padding_only, row_offsets
+from .query_rows import alibi_rows, key_ranges, packed_slots, packed_window, padding_only, row_offsets, sink_rows
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -112,7 +112,7 @@ def store_final(
 
 @triton.jit(noinline=True)
 def decode_piece(
-    Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi,  #
+    Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi, Sinks,  #
     b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale,  #
     stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb, stride_btb, stride_qt, stride_ot, stride_lt, stride_ab,  #
@@ -120,7 +120,7 @@ def decode_piece(
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr,  #
     DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,  #
     MERGE_LAUNCH: tl.constexpr, softcap, SOFTCAP: tl.constexpr, window, WINDOW: tl.constexpr,  #
-    QLEN: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr, ALIBI: tl.constexpr,
+    QLEN: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr, ALIBI: tl.constexpr, SINK: tl.constexpr,
 ):
     """Piece ``[t, stop)`` of the head ``[head_begin, head_end)`` (sequence ``b``, kv head ``kvh``,
     head block ``hb``) of a stream-K program whose range starts at ``start``: attend its tiles, settle
@@ -128,7 +128,8 @@ def decode_piece(
     ``window`` keys before the query) the head's tiles start at the one holding the window's first key. ``QLEN``
     query tokens a sequence share the rows (``row_offsets``), each attending its keys (``key_ranges``); ``VARLEN``:
     of a packed query (``packed_slots``). ``ALIBI``: each query head's ALiBi slope is ``Alibi[b * stride_ab + head]``
-    (``alibi_rows``).
+    (``alibi_rows``). ``SINK``: each query head's attention sink is ``Sinks[head]``, carried by the row's first piece
+    (``sink_rows``).
 
     A call, not inlined (scalar arguments only): inlined in the program's loop over pieces, ptxas
     kept 214-216 registers at D=128 (2 programs per SM); called, 166-168 and no spills (3 per SM;
@@ -141,6 +142,7 @@ def decode_piece(
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST, stride_qt, QLEN, CuQ, VARLEN)
     row_lo, row_hi = key_ranges(seqlen, hb, window, GROUP, QLEN, BLOCK_H, CAUSAL, WINDOW)
     slope, q_pos = alibi_rows(Alibi, b, kvh, hb, seqlen, stride_ab, GROUP, QLEN, BLOCK_H, ALIBI)
+    sink = sink_rows(Sinks, kvh, hb, t == head_begin, GROUP, QLEN, BLOCK_H, SINK)
     # (the tile count inline, where it was before packed queries: the same instructions in the same order without)
     acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, tile_lo,
@@ -148,7 +150,7 @@ def decode_piece(
         qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP,
-        window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1, slope, q_pos, ALIBI)
+        window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1, slope, q_pos, ALIBI, sink, SINK)
     settle_and_store(
         acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
         b, kvh, hb, t, stop, head_begin, head_end, start, T, high, stride_ob, stride_oh, stride_lb,  #
@@ -194,7 +196,7 @@ def settle_and_store(
 @triton.jit(do_not_specialize=["k0", "g_m", "m_rows", "waves", "window"])
 def lean_decode_kernel(
     Q, K, V, Out, Lse,  #
-    Seqlens, BlockTable, CuQ, Alibi,  #
+    Seqlens, BlockTable, CuQ, Alibi, Sinks,  #
     WsAcc, WsMl, Counters, RowInfo,  #
     stride_qb, stride_qh,  #
     stride_kb, stride_kn, stride_kh,  #
@@ -209,7 +211,7 @@ def lean_decode_kernel(
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
     PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, QLEN: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
-    ALIBI: tl.constexpr,
+    ALIBI: tl.constexpr, SINK: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
@@ -217,7 +219,8 @@ def lean_decode_kernel(
     window of ``window`` keys before each query) a row's work is the tiles of its window (``row_tiles``). ``QLEN``
     query tokens a sequence (strides ``stride_qt``, ``stride_ot``, ``stride_lt``), ``CAUSAL`` or not: ``key_ranges``;
     ``VARLEN``: a packed query, sequence ``b``'s tokens rows ``[CuQ[b], CuQ[b+1])`` (``packed_slots``). ``ALIBI``:
-    ALiBi slopes ``Alibi`` (float32, ``stride_ab`` between sequences; ``alibi_rows``)."""
+    ALiBi slopes ``Alibi`` (float32, ``stride_ab`` between sequences; ``alibi_rows``). ``SINK``: attention sinks
+    ``Sinks`` (one a query head; ``sink_rows``)."""
     if PDL:
         # the merge launch after this one may start now: its programs wait for our writes (gdc_wait)
         gdc_launch_dependents()
@@ -242,13 +245,13 @@ def lean_decode_kernel(
         # -- which (sequence, row, tile) does tile t belong to --
         b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB)
         decode_piece(
-            Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi,  #
+            Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi, Sinks,  #
             b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale,  #
             stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb, stride_qt, stride_ot, stride_lt, stride_ab,  #
             GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION,  #
             VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH, softcap, SOFTCAP, window, WINDOW, QLEN, CAUSAL, VARLEN,
-            ALIBI)
+            ALIBI, SINK)
         t = stop
 
 
@@ -290,13 +293,15 @@ def split_program(
     softcap=0.0, SOFTCAP: tl.constexpr = False, window=0, WINDOW: tl.constexpr = False,
     stride_qt=0, stride_ot=0, stride_lt=0, QLEN: tl.constexpr = 1, CAUSAL: tl.constexpr = False,
     CuQ=None, VARLEN: tl.constexpr = False, Alibi=None, stride_ab=0, ALIBI: tl.constexpr = False,
+    Sinks=None, SINK: tl.constexpr = False,
 ):
     """Split ``s`` of row ``bid`` (sequence ``bid // ROWS``, kv head and head block ``bid % ROWS``):
     tiles ``[s*chunk, (s+1)*chunk)`` or, with ``EVEN``, the ``s``-th of ``tl.num_programs(1)`` ranges of the
     row's real tiles whose sizes differ by at most one (``even_range``); its normalised state written at
     ``Out + s*stride_os`` and ``Lse + s*stride_ls``. With ``WINDOW`` the row's tiles are those of its sliding
     window (``first_tile`` on), and ``chunk`` counts from there. ``QLEN`` query tokens a sequence as
-    ``decode_piece`` (``VARLEN``: packed; ``ALIBI``: ALiBi slopes, ``alibi_rows``). Returns the sequence, the rows'
+    ``decode_piece`` (``VARLEN``: packed; ``ALIBI``: ALiBi slopes, ``alibi_rows``; ``SINK``: attention sinks, carried
+    by split 0, ``sink_rows``). Returns the sequence, the rows'
     LSE offsets (``store_final``) and which are real."""
     b = bid // ROWS
     row = bid % ROWS
@@ -320,11 +325,12 @@ def split_program(
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST, stride_qt, QLEN, CuQ, VARLEN)
     row_lo, row_hi = key_ranges(seqlen, hb, window, GROUP, QLEN, BLOCK_H, CAUSAL, WINDOW)
     slope, q_pos = alibi_rows(Alibi, b, kvh, hb, seqlen, stride_ab, GROUP, QLEN, BLOCK_H, ALIBI)
+    sink = sink_rows(Sinks, kvh, hb, s == 0, GROUP, QLEN, BLOCK_H, SINK)
     acc, m_i, l_i = attend_any(
         q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP,
-        window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1, slope, q_pos, ALIBI)
+        window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1, slope, q_pos, ALIBI, sink, SINK)
     heads, valid = store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
                                b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H,
                                stride_ot, stride_lt, QLEN, CuQ, VARLEN)
@@ -334,7 +340,7 @@ def split_program(
 @triton.jit(do_not_specialize=["window"])
 def split_decode_kernel(
     Q, K, V, Out, Lse,  #
-    Seqlens, BlockTable, CuQ, Alibi, Arrivals,  #
+    Seqlens, BlockTable, CuQ, Alibi, Sinks, Arrivals,  #
     stride_qb, stride_qh,  #
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
@@ -347,7 +353,7 @@ def split_decode_kernel(
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, AFTER_PRIOR: tl.constexpr,
     EVEN: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, QLEN: tl.constexpr, CAUSAL: tl.constexpr,
-    VARLEN: tl.constexpr, ALIBI: tl.constexpr,
+    VARLEN: tl.constexpr, ALIBI: tl.constexpr, SINK: tl.constexpr,
 ):
     """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row; with ``EVEN``
     the ``s``-th of as many even ranges of its real tiles as the grid has splits (``even_range``): lean's
@@ -358,7 +364,8 @@ def split_decode_kernel(
     a second launch, which with ``PDL`` is a programmatic dependent launch allowed to start at once.
 
     ``VARLEN``: a packed query, rows ``[CuQ[b], CuQ[b+1])`` sequence ``b``'s (``packed_slots``); partial states
-    are written in its layout. ``ALIBI``: ALiBi slopes ``Alibi`` (``alibi_rows``).
+    are written in its layout. ``ALIBI``: ALiBi slopes ``Alibi`` (``alibi_rows``). ``SINK``: attention sinks ``Sinks``,
+    carried by split 0 (``sink_rows``).
 
     ``AFTER_PRIOR``: this launch is a programmatic dependent launch of the launch before it, whose results it
     does not read (the ordered overlap path of bifurcated decode). Its programs start only once every program of
@@ -376,7 +383,7 @@ def split_decode_kernel(
         tl.cast(qk_scale, tl.float32), tl.cast(v_scale, tl.float32), capacity, chunk,  #
         GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION, EVEN,
         tl.cast(softcap, tl.float32), SOFTCAP, window, WINDOW, stride_qt, stride_ot, stride_lt, QLEN, CAUSAL,
-        CuQ, VARLEN, Alibi, stride_ab, ALIBI)
+        CuQ, VARLEN, Alibi, stride_ab, ALIBI, Sinks, SINK)
     if AFTER_PRIOR:
         # one program waits, the others exit at once. The count is taken modulo the programs and put back by as
         # many, so a counter that did not start at zero (a buffer first made inside a graph capture holds

@@ -58,6 +58,21 @@ def alibi_rows(Alibi, b, kvh, hb, seqlen, stride_ab, GROUP: tl.constexpr, QLEN: 
 
 
 @triton.jit
+def sink_rows(Sinks, kvh, hb, first, GROUP: tl.constexpr, QLEN: tl.constexpr, BLOCK_H: tl.constexpr,
+              SINK: tl.constexpr):
+    """``[BLOCK_H]``: each query row's attention sink, ``Sinks[head]`` in log2 units, in the range that starts its
+    row (``first``) and ``-inf`` in the others and past the real rows (``kernels/attend.initial_state``); ``0.0``
+    without ``SINK``."""
+    if SINK:
+        offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+        sink = tl.load(Sinks + kvh * GROUP + offs_g % GROUP, mask=(offs_g < GROUP * QLEN) & first,
+                       other=float("-inf"))
+        return sink.to(tl.float32) * 1.4426950408889634
+    else:
+        return 0.0
+
+
+@triton.jit
 def packed_slots(CuQ, b, QLEN: tl.constexpr):
     """``(start, first)`` of sequence ``b`` of a packed query (``cu_seqlens_q``: its tokens are rows
     ``[CuQ[b], CuQ[b+1])`` of a ``(total_q, Hq, D)`` tensor). Its ``QLEN`` query slots are right-aligned on its

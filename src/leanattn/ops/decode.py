@@ -9,7 +9,7 @@ import triton
 from .. import checks, runtime
 from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.piece_merge import merge_meta
-from ..merges.sinks import with_sinks
+from ..merges.sinks import check_sinks
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules import stream_k
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence, window_tokens
@@ -54,7 +54,7 @@ class _Plan:
 
     def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
                  num_stages=0, after_prior=False, merged=True, k_scale=1.0, v_scale=1.0, softcap=0.0,
-                 window_left=-1, causal=False, max_q=0, alibi_stride=-1):
+                 window_left=-1, causal=False, max_q=0, alibi_stride=-1, sink_dtype=None):
         Hq, D = q.shape[-2], q.shape[-1]
         # a 4-D query holds qlen tokens a sequence, stacked with the group's heads in the rows (kernels/query_rows);
         # max_q > 0: a packed (total_q, Hq, D) query of up to max_q tokens a sequence (kernels/query_rows.packed_slots)
@@ -80,6 +80,7 @@ class _Plan:
                      else max(triton.cdiv(window_tokens(cap, cfg.block_n, window_left), cfg.block_n), 1))
         window = max(window_left, 0)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
+        self.sink_dtype = sink_dtype
         # the LSE of calls that do not return it: written, never read (launches sharing it may overwrite it)
         self.lse_sink = runtime.workspace("decode_lse_sink", device, q.shape[:-1], torch.float32)
         self.schedule = schedule
@@ -92,7 +93,8 @@ class _Plan:
             # bf16 tl.dot is broken in the interpreter: upcast there
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SOFTCAP=softcap > 0, WINDOW=window_left >= 0,
-            QLEN=qlen, CAUSAL=causal and qlen > 1, VARLEN=varlen, ALIBI=alibi_stride >= 0, num_warps=cfg.num_warps,
+            QLEN=qlen, CAUSAL=causal and qlen > 1, VARLEN=varlen, ALIBI=alibi_stride >= 0, SINK=sink_dtype is not None,
+            num_warps=cfg.num_warps,
             num_stages=cfg.num_stages)
         strides = (0 if varlen else q.stride(0), q.stride(-2),
                    k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -169,25 +171,29 @@ class _Plan:
             return workers
         d = self.dummy_i32
         f = runtime.workspace("dummy_f32", q.device, (1,), torch.float32, zero=True)
-        # (ALiBi slopes are float32; their stand-in is run's, so that the launch reuses this compile)
-        args = (q, k_cache, v_cache, q, f, d, d, d, f if self.meta["ALIBI"] else d, f, f, d, d, *self.tail)
+        # (the stand-ins for ALiBi slopes (float32) and sinks have run's dtypes, so that the launch reuses this compile)
+        sk = runtime.workspace("dummy_sink", q.device, (1,), self.sink_dtype, zero=True) if self.sink_dtype \
+            else d
+        args = (q, k_cache, v_cache, q, f, d, d, d, f if self.meta["ALIBI"] else d, sk, f, f, d, d, *self.tail)
         # the in-kernel merge's occupancy: a variant that merges apart is capped to match (StreamKLaunch)
         occ = runtime.kernel_occupancy(lean_decode_kernel, args, dict(self.meta, MERGE_LAUNCH=False), q.device)
         return runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
 
-    def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q=None, alibi_slopes=None):
+    def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q=None, alibi_slopes=None,
+            sinks=None):
         sl = self.dummy_i32 if cache_seqlens is None else cache_seqlens
         bt = self.dummy_i32 if block_table is None else block_table
         cu = self.dummy_i32 if cu_seqlens_q is None else cu_seqlens_q
         al = self.dummy_i32 if alibi_slopes is None else alibi_slopes
+        sk = self.dummy_i32 if sinks is None else sinks
         if self.schedule == "lean":
-            self.launch((q, k_cache, v_cache, out, lse, sl, bt, cu, al), out, lse, cu)
+            self.launch((q, k_cache, v_cache, out, lse, sl, bt, cu, al, sk), out, lse, cu)
             return
         if self.splits == 1:
-            self.launch(q, k_cache, v_cache, out, lse, sl, bt, cu, al)
+            self.launch(q, k_cache, v_cache, out, lse, sl, bt, cu, al, sk)
             return
         o, ls = self.partials
-        self.launch(q, k_cache, v_cache, o, ls, sl, bt, cu, al)
+        self.launch(q, k_cache, v_cache, o, ls, sl, bt, cu, al, sk)
         self.launch_merge(o, ls, out, lse)
 
 
@@ -219,7 +225,7 @@ _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
                  num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False,
-                 cu_seqlens_q=None, max_seqlen_q=0, alibi_slopes=None, *, need_lse: bool = True):
+                 cu_seqlens_q=None, max_seqlen_q=0, alibi_slopes=None, sinks=None, *, need_lse: bool = True):
     """``decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the LSE goes
     to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call in one process on
     an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines."""
@@ -227,7 +233,8 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     if out.numel() == 0:
         return out, torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     if _capacity(k_cache, block_table) == 0:
-        return out.zero_(), torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+        lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+        return out.zero_(), lse if sinks is None else lse.copy_(sinks.expand(q.shape[:-1]))
     if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
         cache_seqlens = cache_seqlens.contiguous()  # the kernels index the lengths with unit stride
     if cu_seqlens_q is not None and cu_seqlens_q.stride(0) != 1:
@@ -241,7 +248,7 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     key = (q.shape, q.stride(), q.dtype, k_cache.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
            softmax_scale, k_scale, v_scale, softcap, window_left, causal, schedule, workers, block_n, max_q,
-           alibi_stride, runtime.interpreting(),
+           alibi_stride, None if sinks is None else sinks.dtype, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0,
            *_ENV())
@@ -250,9 +257,10 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
                                                      softmax_scale, schedule, workers, block_n,
                                                      k_scale=k_scale, v_scale=v_scale, softcap=softcap,
                                                      window_left=window_left, causal=causal, max_q=max_q,
-                                                     alibi_stride=alibi_stride))
+                                                     alibi_stride=alibi_stride,
+                                                     sink_dtype=None if sinks is None else sinks.dtype))
         lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
-        plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q, alibi_slopes)
+        plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q, alibi_slopes, sinks)
     return out, lse
 
 
@@ -263,16 +271,17 @@ def _decode_op(
     softmax_scale: float, schedule: str, num_programs: int, num_splits: int, block_n: int,
     k_scale: float = 1.0, v_scale: float = 1.0, softcap: float = 0.0, window_left: int = -1, causal: bool = False,
     cu_seqlens_q: Optional[torch.Tensor] = None, max_seqlen_q: int = 0, alibi_slopes: Optional[torch.Tensor] = None,
+    sinks: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
                         num_splits, block_n, k_scale, v_scale, softcap, window_left, causal, cu_seqlens_q, max_seqlen_q,
-                        alibi_slopes)
+                        alibi_slopes, sinks)
 
 
 @_decode_op.register_fake
 def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, block_n,
       k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None, max_seqlen_q=0,
-      alibi_slopes=None):
+      alibi_slopes=None, sinks=None):
     return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
@@ -478,9 +487,9 @@ def decode(
     sinks : torch.Tensor, optional, keyword-only
         ``(Hq,)`` attention sinks (gpt-oss; FlashInfer's and vLLM's ``sinks``, transformers' ``s_aux``): one logit per
         query head that joins every query token's softmax as a key of value zero, in the units of the scaled (and
-        soft-capped) scores; float32, float16 or bfloat16. Merged once into the final state
-        (``merges/sinks.py``): the LSE returned includes it, and a token that attends no key gets zeros and its
-        head's sink. None (the default): no sink.
+        soft-capped) scores; float32, float16 or bfloat16. The state of each row's first piece starts from it
+        (``kernels/attend.initial_state``), so the merges count it once and no launch is added: the LSE returned
+        includes it, and a token that attends no key gets zeros and its head's sink. None (the default): no sink.
     alibi_slopes : torch.Tensor, optional, keyword-only
         ``(Hq,)`` or ``(B, Hq)`` float32 ALiBi slopes (BLOOM, MPT; flash-attn's ``alibi_slopes``): the score of a
         query token at position ``i`` and key ``j`` takes the bias ``-slope * |i - j|`` (natural units, added after
@@ -522,12 +531,6 @@ def decode(
     >>> qp = torch.randn(6, 32, 128, dtype=torch.bfloat16, device="cuda")
     >>> outp = leanattn.decode(qp, k, v, cache_seqlens=lens, causal=True, cu_seqlens_q=cu, max_seqlen_q=3)
     """
-    if sinks is not None:
-        return with_sinks(q, sinks, return_lse, lambda: decode(
-            q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, True, schedule, num_programs=num_programs,
-            num_splits=num_splits, validate=validate, k_scale=k_scale, v_scale=v_scale, softcap=softcap,
-            window_left=window_left, causal=causal, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
-            alibi_slopes=alibi_slopes))
     window_left = checks.window_left(window_left)
     causal = checks.flag("causal", causal)
     batch, qlen = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
@@ -545,16 +548,19 @@ def decode(
         validate = checks.values_checkable(cache_seqlens, block_table)
     alibi_slopes = checks.alibi_slopes(alibi_slopes, q.shape[0] if batch is None else batch, q.shape[-2], q.device,
                                        validate)
+    check_sinks(sinks, q.shape[-2], q.device)
+    if sinks is not None and sinks.stride(0) != 1:
+        sinks = sinks.contiguous()
     if q.dim() == 4 and qlen == 1:
         # one token: the 3-D call, its outputs seen with the token axis
         res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,
                      num_programs=num_programs, num_splits=num_splits, validate=False, k_scale=k_scale,
-                     v_scale=v_scale, softcap=softcap, window_left=window_left, alibi_slopes=alibi_slopes)
+                     v_scale=v_scale, softcap=softcap, window_left=window_left, alibi_slopes=alibi_slopes, sinks=sinks)
         return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, int(num_programs), int(num_splits), 0,
-            k_scale, v_scale, softcap, window_left, causal and qlen > 1, cu_seqlens_q, qlen, alibi_slopes)
+            k_scale, v_scale, softcap, window_left, causal and qlen > 1, cu_seqlens_q, qlen, alibi_slopes, sinks)
     # under torch.compile the custom op keeps the kernel opaque to Dynamo and Inductor; eager calls skip
     # the dispatcher (its overhead is comparable to a short decode kernel)
     if torch.compiler.is_compiling():
