@@ -354,6 +354,30 @@ def interleaved_times(runs, rounds=3, time_ms=None):
 GRAPH_TIMING = "CUDA-graph replays, do_bench medians (L2 flushed), 3 interleaved rounds, us"
 
 
+def drop_failing(name, fns):
+    """``fns`` (label -> call) without the calls that raise when called once, each reported: a peer that cannot
+    run a case is skipped, not timed."""
+    kept = {}
+    for label, fn in fns.items():
+        try:
+            fn()
+        except Exception as exc:  # (any failure of a peer's library)
+            print(f"{name}: {label} failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+            continue
+        kept[label] = fn
+    return kept
+
+
+def peer_summary(med, peers, ours):
+    """``"  sdpa 12.3  flex 14.0 | best peer / lean 1.23x"``: the medians (us) of the ``peers`` timed in ``med`` and
+    the best one's over ``med[ours]``; empty where none was timed."""
+    timed = [p for p in peers if p in med]
+    if not timed:
+        return ""
+    best = min(timed, key=med.get)
+    return "  " + "  ".join(f"{p} {med[p]:.1f}" for p in timed) + f" | best peer / {ours} {med[best] / med[ours]:.2f}x"
+
+
 def interleaved_graph_times(name, fns, ref, rounds=3, pick=None, time_ms=None):
     """Each of ``fns`` (label -> call) checked against ``ref`` (its output's rows ``pick`` where given; a dict:
     label -> its own reference), captured in a CUDA graph and its replays timed by ``interleaved_times``

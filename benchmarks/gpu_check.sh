@@ -59,6 +59,9 @@
 #   sinks       decode without sinks, with them in-kernel and merged by a launch apart, at gpt-oss-20b's attention
 #               shape (probe_decode_sinks.py)
 #   tests-alibi  the GPU tests of ALiBi in decode (tests/test_decode_alibi_gpu.py)
+#   tests-mla   the GPU tests of MLA decode (tests/test_mla_gpu.py)
+#   sanitize-mla  memcheck over MLA decode's launches (sanitize.py mla)
+#   mla         MLA decode against SDPA and flex over the concatenated cache (bench_mla.py)
 #   sanitize-alibi  memcheck over decode's launches with ALiBi slopes (sanitize.py alibi)
 #   alibi       decode with and without ALiBi at BLOOM/MPT's attention shape, against flex and SDPA with the bias
 #               (probe_decode_alibi.py)
@@ -247,6 +250,9 @@ for step in "$@"; do
     tests-sinks) "${PYTEST[@]}" tests/test_sinks_gpu.py 2>&1 | tail -3 ;;
     sinks) timeout 300 python3 benchmarks/probe_decode_sinks.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error" ;;
     tests-alibi) "${PYTEST[@]}" tests/test_decode_alibi_gpu.py 2>&1 | tail -3 ;;
+    tests-mla) "${PYTEST[@]}" tests/test_mla_gpu.py 2>&1 | tail -3 ;;
+    sanitize-mla) timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py mla 2>&1 | tail -3 ;;
+    mla) timeout 400 python3 benchmarks/bench_mla.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error|failed" ;;
     sanitize-alibi) timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py alibi 2>&1 | tail -3 ;;
     alibi) timeout 300 python3 benchmarks/probe_decode_alibi.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error|failed" ;;
     sanitize-bif-window)

@@ -181,6 +181,19 @@ def decode_cases():
                                                               alibi_slopes=slopes)
     yield "decode alibi 32/32 D=128 split", lambda: leanattn.decode(
         q, k, k, torch.tensor([5, 600], dtype=torch.int32), alibi_slopes=slopes, schedule="split", num_splits=3)
+    # MLA (DeepSeek: a 512-wide latent and 64 rotary columns, 16 heads a GPU at TP=8 and 128 at TP=1), contiguous and
+    # paged (FlashMLA's 64-token pages of one 576-wide cache, split into the two views), one and two query tokens
+    for heads, page, tokens in ((16, 0, 1), (16, 64, 1), (128, 64, 1), (16, 64, 2)):
+        name = f"mla {heads} heads" + (f" paged{page}" if page else "") + (f" tokens {tokens}" if tokens > 1 else "")
+        shape = (2, tokens, heads) if tokens > 1 else (2, heads)
+        qn, qp = torch.randn(*shape, 512, dtype=bf), torch.randn(*shape, 64, dtype=bf)
+        cache = torch.randn(8, 64, 1, 576, dtype=bf) if page else torch.randn(2, 256, 1, 576, dtype=bf)
+        bt = torch.arange(8, dtype=torch.int32).view(2, 4) if page else None
+        for schedule in ("lean", "split"):
+            yield name + (" split" if schedule == "split" else ""), \
+                lambda qn=qn, qp=qp, cache=cache, bt=bt, schedule=schedule: leanattn.mla_decode(
+                    qn, qp, cache[..., :512], cache[..., 512:], torch.tensor([5, 200], dtype=torch.int32), bt,
+                    schedule=schedule, num_splits=3, causal=True)
     # float8 caches read in bf16 (kernels/attend.py)
     for hq, hkv, d, page in ((32, 8, 128, 0), (32, 32, 128, 0), (32, 8, 128, 16), (32, 32, 64, 0), (16, 8, 256, 0)):
         name = f"decode fp8 {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")

@@ -70,21 +70,13 @@ def main(argv=None):
         fns = {"no alibi": lambda: leanattn.decode(q, k, v, lens),
                "alibi": lambda: leanattn.decode(q, k, v, lens, alibi_slopes=slopes),
                "flex alibi": flex_alibi(q, k, v, slopes, n), "sdpa bias": sdpa_bias(q, k, v, slopes, n)}
-        for label in list(fns):
-            try:
-                fns[label]()
-            except Exception as exc:  # a peer that cannot run the case is reported, not timed
-                print(f"{name}: {label} failed: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
-                del fns[label]
+        fns = bd.drop_failing(name, fns)
         us, med = bd.interleaved_graph_times(name, fns, refs, rounds=3, pick=idx)
         nbytes = 2 * B * n * hkv * D * 2
         floor = nbytes / ceiling / 1e3
-        peers = [p for p in ("flex alibi", "sdpa bias") if p in med]
-        best = min(peers, key=med.get) if peers else None
         print(f"{name:14s} no alibi {med['no alibi']:.1f}  alibi {med['alibi']:.1f} us "
-              f"({med['alibi'] / med['no alibi']:.3f}x)  floor {floor:.1f}  "
-              + "  ".join(f"{p} {med[p]:.1f}" for p in peers)
-              + (f" | best peer / ours {med[best] / med['alibi']:.2f}x" if best else ""), flush=True)
+              f"({med['alibi'] / med['no alibi']:.3f}x)  floor {floor:.1f}"
+              + bd.peer_summary(med, ("flex alibi", "sdpa bias"), "alibi"), flush=True)
         rows.append(dict(case=name, batch=B, context=n, hq=hq, hkv=hkv, d=D, bytes=nbytes, floor_us=floor, us=us,
                          median=med, ratio=med["alibi"] / med["no alibi"],
                          gbs=nbytes / med["alibi"] / 1e3))

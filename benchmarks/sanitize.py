@@ -131,6 +131,24 @@ def alibi():
                   dict(causal=True), dict(causal=True, window_left=700), stale=703, alibi=True)
 
 
+def mla():
+    """MLA decode (512 + 64, 16 and 128 heads): both schedules, ragged and one sequence, FlashMLA's paged layout
+    (pages of 1, 16 and 64 tokens) and contiguous views of one wide cache, one and two query tokens."""
+    for lens in ([3000, 0, 1, 517, 1024], [4000]):
+        sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
+        for heads in (16, 128):
+            for tokens in (0, 2):
+                lead = (len(lens), tokens) if tokens else (len(lens),)
+                qn = torch.randn(*lead, heads, 512, dtype=BF16, device=DEV)
+                qp = torch.randn(*lead, heads, 64, dtype=BF16, device=DEV)
+                wide = torch.randn(len(lens), max(lens), 1, 576, dtype=BF16, device=DEV)
+                caches = [(wide, None)] + [paged_kv(wide, wide, lens, page)[::2] for page in (1, 16, 64)]
+                for cache, table in caches:
+                    for schedule in ("lean", "split"):
+                        leanattn.mla_decode(qn, qp, cache[..., :512], cache[..., 512:], sl, table, schedule=schedule,
+                                            causal=True)
+
+
 def varlen():
     """Every decode path over a packed query (``cu_seqlens_q``; the first sequence shorter than the slots, so its
     slot rows sit before the tensor's start and must be masked): both schedules, ragged with a sequence of no tokens,
@@ -317,7 +335,7 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
 if __name__ == "__main__":
     torch.manual_seed(0)
     families = {"decode": decode, "fp8": fp8, "window": window, "tokens": tokens, "varlen": varlen, "alibi": alibi,
-                "merge": merges,
+                "mla": mla, "merge": merges,
                 "sparse": sparse,
                 "bifurcated": bifurcated, "overlap": overlap,
                 "concat": concat, "bifurcated-softcap": lambda: bifurcated_launches(30.0),

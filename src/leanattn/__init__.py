@@ -10,6 +10,7 @@ hash_sparse_attention  causal attention within hash buckets (sparse flash attent
 sparse            the sparse package (lsh_buckets)
 bifurcated_decode decode of many samples sharing a prompt: the shared prefix is read once per prompt
 cascade_decode    decode over nested shared KV levels (system prompt, document, own tokens)
+mla_decode        multi-head latent attention (DeepSeek) decode: every query head against one latent cache
 generate          generation for Llama-family models: SDPA prefill, paged leanattn decode, CUDA graphs
 models            the compact Llama decoder, checkpoint loader and named shapes used by generate
 
@@ -19,6 +20,7 @@ from . import reference
 from .merges import merge_states
 from .ops.decode import decode
 from .ops.bifurcated import bifurcated_decode, cascade_decode
+from .ops.mla import mla_decode
 from . import sparse
 from . import distributed  # tree_decode, ring_decode, ShardedKVCache (torch.distributed)
 from .sparse import hash_sparse_attention, qk_sparse_attention
@@ -28,5 +30,5 @@ from .generate import generate
 __version__ = "0.1.0"
 __all__ = ["decode", "merge_states", "reference", "__version__"]
 __all__ += ["qk_sparse_attention", "hash_sparse_attention", "sparse"]
-__all__ += ["bifurcated_decode", "cascade_decode"]
+__all__ += ["bifurcated_decode", "cascade_decode", "mla_decode"]
 __all__ += ["generate", "models"]

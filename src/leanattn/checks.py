@@ -45,9 +45,9 @@ def check_index(name: str, x, ndim: int, device: torch.device):
         _fail(ValueError, name, f"device {device}", x.device)
 
 
-def check_head_dim(name: str, d: int):
-    if d not in SUPPORTED_HEAD_DIMS:
-        _fail(ValueError, name, f"head dim in {SUPPORTED_HEAD_DIMS}", d)
+def check_head_dim(name: str, d: int, allowed=SUPPORTED_HEAD_DIMS):
+    if d not in allowed:
+        _fail(ValueError, name, f"head dim in {allowed}", d)
 
 
 def check_unit_stride(name: str, x: torch.Tensor):
@@ -208,14 +208,15 @@ def max_group_size(value) -> int:
     return int(value)
 
 
-def query(q, scale, tokens: bool = False) -> float:
+def query(q, scale, tokens: bool = False, name: str = "q", head_dims=SUPPORTED_HEAD_DIMS) -> float:
     """Checks of the query ``q (B, Hq, D)`` shared by every decode op (with ``tokens``, also ``(B, Lq, Hq, D)``:
-    ``Lq`` query tokens a sequence); returns the softmax scale to use for the given ``scale`` (``softmax_scale``)."""
+    ``Lq`` query tokens a sequence; ``name`` in errors, ``D`` in ``head_dims``); returns the softmax scale to use
+    for the given ``scale`` (``softmax_scale``)."""
     if tokens and isinstance(q, torch.Tensor) and q.dim() != 3:
         if q.dim() != 4:
-            _fail(ValueError, "q", "a 3-D (B, Hq, D) or 4-D (B, Lq, Hq, D) tensor", f"shape {tuple(q.shape)}")
+            _fail(ValueError, name, "a 3-D (B, Hq, D) or 4-D (B, Lq, Hq, D) tensor", f"shape {tuple(q.shape)}")
     else:
-        check_tensor("q", q, 3)
-    check_dtype("q", q)
-    check_head_dim("q", q.shape[-1])
+        check_tensor(name, q, 3)
+    check_dtype(name, q)
+    check_head_dim(name, q.shape[-1], head_dims)
     return softmax_scale(scale, q.shape[-1])

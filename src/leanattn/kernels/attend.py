@@ -23,7 +23,7 @@ import triton.language as tl
 @triton.jit
 def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  softcap=0.0, SOFTCAP: tl.constexpr = False, slope=0.0, q_pos=0, offs_n=0,
-                 ALIBI: tl.constexpr = False):
+                 ALIBI: tl.constexpr = False, q_pe=0, k_pe=0, ROPE: tl.constexpr = False):
     """Scores of one KV tile ``k [BLOCK_N, D]`` (those outside ``mask_s``, ``[1, BLOCK_N]`` for every row alike or
     ``[BLOCK_H, BLOCK_N]``, at ``-inf``), folded into the
     running max ``m_i`` and sum ``l_i``; returns ``(p, alpha, m_new, l_new)``: the tile's
@@ -32,7 +32,8 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     their values. With ``SOFTCAP`` the scores are ``softcap * tanh(q.k * qk_scale)``: ``qk_scale`` then holds the
     softmax scale over the cap (natural units) and ``softcap`` the cap in log2 units (Gemma-2's logit soft-capping).
     With ``ALIBI`` each row's scores then take ``-slope * |q_pos - offs_n|`` (``slope`` and ``q_pos`` ``[BLOCK_H]``,
-    the slope in log2 units; ``offs_n`` the tile's key positions), flash-attn's ALiBi bias.
+    the slope in log2 units; ``offs_n`` the tile's key positions), flash-attn's ALiBi bias. With ``ROPE`` (MLA) the
+    scores are ``q.k + q_pe.k_pe``: the latent part and the decoupled rotary part, two products of one tile's rows.
     """
     shift = fp8_shift(k)
     if k.dtype.is_fp8():
@@ -40,6 +41,10 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     if UPCAST:
         k = k.to(tl.float32)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    if ROPE:
+        if UPCAST:
+            k_pe = k_pe.to(tl.float32)
+        qk += tl.dot(q_pe, tl.trans(k_pe), input_precision=DOT_PRECISION)
     if SOFTCAP:
         qk = softcap * tanh(qk * qk_scale)
     else:
@@ -196,7 +201,8 @@ def attend_tiles(
     PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
     row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False, slope=0.0, q_pos=0, ALIBI: tl.constexpr = False,
-    sink=0.0, SINK: tl.constexpr = False,
+    sink=0.0, SINK: tl.constexpr = False, q_pe=0, KPE=None, stride_pkb=0, stride_pkn=0, ROPE_DIM: tl.constexpr = 0,
+    V_IS_K: tl.constexpr = False,
 ):
     """Online softmax over KV tiles ``[tile_lo, tile_hi)``; returns ``(acc, m, l)``.
 
@@ -207,7 +213,9 @@ def attend_tiles(
     sliding window) the keys below ``kv_lo`` are masked as those past ``seqlen`` are: never loaded, so the pages
     that held them may be gone. With ``ROW_MASK`` row ``i`` keeps only the scores of keys ``[row_lo[i], row_hi[i])``
     (``score_mask``). With ``ALIBI`` row ``i`` at position ``q_pos[i]`` takes ALiBi slope ``slope[i]`` (log2 units;
-    ``softmax_step``). ``SINK``: the state starts from each row's sink (``initial_state``).
+    ``softmax_step``). ``SINK``: the state starts from each row's sink (``initial_state``). ``ROPE_DIM > 0`` (MLA, one
+    kv head): the scores add ``q_pe`` against the rows of ``KPE`` (token strides ``stride_pkb``, ``stride_pkn``, as
+    ``K``'s), and with ``V_IS_K`` the values are the keys' tile itself (the latent cache, read once for both).
     """
     offs_d = tl.arange(0, HEAD_DIM)
     acc, m_i, l_i = initial_state(K, sink, BLOCK_H, HEAD_DIM, SINK)
@@ -228,6 +236,7 @@ def attend_tiles(
         if PAGE_SIZE == 0:
             k_rows = b.to(tl.int64) * stride_kb + offs_n.to(tl.int64) * stride_kn
             v_rows = b.to(tl.int64) * stride_vb + offs_n.to(tl.int64) * stride_vn
+            pe_rows = b.to(tl.int64) * stride_pkb + offs_n.to(tl.int64) * stride_pkn
         else:
             page = next_page.to(tl.int64)
             if PAGE_SIZE % BLOCK_N == 0:
@@ -240,13 +249,20 @@ def attend_tiles(
                 next_page = tl.load(bt_row + offs_next // PAGE_SIZE, mask=offs_next < seqlen, other=0)
             k_rows = page * stride_kb + in_page * stride_kn
             v_rows = page * stride_vb + in_page * stride_vn
+            pe_rows = page * stride_pkb + in_page * stride_pkn
         # -- scores --
         k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        k_pe = 0
+        if ROPE_DIM > 0:
+            k_pe = tl.load(KPE + pe_rows[:, None] + tl.arange(0, ROPE_DIM)[None, :], mask=mask_n[:, None], other=0.0)
         p, alpha, m_i, l_i = softmax_step(q, k, score_mask(mask_n, offs_n, row_lo, row_hi, ROW_MASK), m_i, l_i,
                                           qk_scale, UPCAST, DOT_PRECISION, softcap, SOFTCAP, slope, q_pos, offs_n,
-                                          ALIBI)
+                                          ALIBI, q_pe, k_pe, ROPE_DIM > 0)
         # -- accumulate --
-        v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        if V_IS_K:
+            v = k
+        else:
+            v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION)
     return v_scaled(acc, V, v_scale), m_i, l_i
 
@@ -329,16 +345,18 @@ def attend_any(
     PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
     row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False, slope=0.0, q_pos=0, ALIBI: tl.constexpr = False,
-    sink=0.0, SINK: tl.constexpr = False,
+    sink=0.0, SINK: tl.constexpr = False, q_pe=0, KPE=None, stride_pkb=0, stride_pkn=0, ROPE_DIM: tl.constexpr = 0,
+    V_IS_K: tl.constexpr = False,
 ):
     """``attend_tiles`` with the K/V load path ``LOAD`` for a contiguous cache: 0 tensors of
     pointers, 1 block pointers, 2 TMA descriptors (``attend_contiguous``). A paged cache always
     takes tensors of pointers (its tiles gather rows of several pages). ``kv_lo`` and ``WINDOW``: a sliding
     window's first key (``window_start``); ``kv_lo`` the first key of any row. ``row_lo``, ``row_hi`` and
     ``ROW_MASK``: each row's keys (``score_mask``); ``slope``, ``q_pos`` and ``ALIBI``: each row's ALiBi bias
-    (``softmax_step``); ``sink`` and ``SINK``: each row's attention sink (``initial_state``)."""
+    (``softmax_step``); ``sink`` and ``SINK``: each row's attention sink (``initial_state``); ``q_pe`` to
+    ``V_IS_K``: MLA's rotary part and shared latent (``attend_tiles``, which takes them whatever ``LOAD``)."""
     q, qk_scale = fp8_query(q, K, qk_scale, UPCAST)
-    if LOAD > 0 and PAGE_SIZE == 0:
+    if LOAD > 0 and PAGE_SIZE == 0 and ROPE_DIM == 0:
         acc, m_i, l_i = attend_contiguous(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
@@ -349,7 +367,8 @@ def attend_any(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW,
-            row_lo, row_hi, ROW_MASK, slope, q_pos, ALIBI, sink, SINK)
+            row_lo, row_hi, ROW_MASK, slope, q_pos, ALIBI, sink, SINK, q_pe, KPE, stride_pkb, stride_pkn, ROPE_DIM,
+            V_IS_K)
     return acc, m_i - fp8_shift(K), l_i
 
 

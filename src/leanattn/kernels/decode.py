@@ -72,6 +72,20 @@ def load_q_rows(
 
 
 @triton.jit
+def rope_rows(
+    QPE, b, kvh, hb, stride_qb, stride_qh,  #
+    GROUP: tl.constexpr, ROPE_DIM: tl.constexpr, BLOCK_H: tl.constexpr, UPCAST: tl.constexpr,
+    stride_qt=0, QLEN: tl.constexpr = 1, CuQ=None, VARLEN: tl.constexpr = False,
+):
+    """MLA's rotary query rows ``[BLOCK_H, ROPE_DIM]`` (``load_q_rows`` of ``QPE``); ``0`` where ``ROPE_DIM == 0``."""
+    if ROPE_DIM > 0:
+        return load_q_rows(QPE, b, kvh, hb, stride_qb, stride_qh, GROUP, ROPE_DIM, BLOCK_H, UPCAST, stride_qt, QLEN,
+                           CuQ, VARLEN)
+    else:
+        return 0
+
+
+@triton.jit
 def store_final(
     Out, Lse, acc, m_i, l_i, b, kvh, hb, stride_ob, stride_oh, stride_lb,  #
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -112,15 +126,17 @@ def store_final(
 
 @triton.jit(noinline=True)
 def decode_piece(
-    Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi, Sinks,  #
+    Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi, Sinks, QPE, KPE,  #
     b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale,  #
     stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb, stride_btb, stride_qt, stride_ot, stride_lt, stride_ab,  #
+    stride_pqb, stride_pqh, stride_pqt, stride_pkb, stride_pkn,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,  #
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, LOAD: tl.constexpr, UPCAST: tl.constexpr,  #
     DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,  #
     MERGE_LAUNCH: tl.constexpr, softcap, SOFTCAP: tl.constexpr, window, WINDOW: tl.constexpr,  #
     QLEN: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr, ALIBI: tl.constexpr, SINK: tl.constexpr,
+    ROPE_DIM: tl.constexpr, V_IS_K: tl.constexpr,
 ):
     """Piece ``[t, stop)`` of the head ``[head_begin, head_end)`` (sequence ``b``, kv head ``kvh``,
     head block ``hb``) of a stream-K program whose range starts at ``start``: attend its tiles, settle
@@ -129,7 +145,8 @@ def decode_piece(
     query tokens a sequence share the rows (``row_offsets``), each attending its keys (``key_ranges``); ``VARLEN``:
     of a packed query (``packed_slots``). ``ALIBI``: each query head's ALiBi slope is ``Alibi[b * stride_ab + head]``
     (``alibi_rows``). ``SINK``: each query head's attention sink is ``Sinks[head]``, carried by the row's first piece
-    (``sink_rows``).
+    (``sink_rows``). ``ROPE_DIM > 0``: MLA, the query's rotary part ``QPE`` (strides ``stride_pq*``) against ``KPE``
+    (``stride_pk*``), and with ``V_IS_K`` values that are the keys (``kernels/attend.attend_tiles``).
 
     A call, not inlined (scalar arguments only): inlined in the program's loop over pieces, ptxas
     kept 214-216 registers at D=128 (2 programs per SM); called, 166-168 and no spills (3 per SM;
@@ -140,6 +157,8 @@ def decode_piece(
         own_window = packed_window(CuQ, b, window, QLEN)
     tile_lo = t - head_begin + first_tile(seqlen, BLOCK_N, own_window, WINDOW)
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST, stride_qt, QLEN, CuQ, VARLEN)
+    q_pe = rope_rows(QPE, b, kvh, hb, stride_pqb, stride_pqh, GROUP, ROPE_DIM, BLOCK_H, UPCAST, stride_pqt, QLEN, CuQ,
+                     VARLEN)
     row_lo, row_hi = key_ranges(seqlen, hb, window, GROUP, QLEN, BLOCK_H, CAUSAL, WINDOW)
     slope, q_pos = alibi_rows(Alibi, b, kvh, hb, seqlen, stride_ab, GROUP, QLEN, BLOCK_H, ALIBI)
     sink = sink_rows(Sinks, kvh, hb, t == head_begin, GROUP, QLEN, BLOCK_H, SINK)
@@ -150,7 +169,8 @@ def decode_piece(
         qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP,
-        window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1, slope, q_pos, ALIBI, sink, SINK)
+        window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1, slope, q_pos, ALIBI, sink, SINK,
+        q_pe, KPE, stride_pkb, stride_pkn, ROPE_DIM, V_IS_K)
     settle_and_store(
         acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
         b, kvh, hb, t, stop, head_begin, head_end, start, T, high, stride_ob, stride_oh, stride_lb,  #
@@ -196,13 +216,14 @@ def settle_and_store(
 @triton.jit(do_not_specialize=["k0", "g_m", "m_rows", "waves", "window"])
 def lean_decode_kernel(
     Q, K, V, Out, Lse,  #
-    Seqlens, BlockTable, CuQ, Alibi, Sinks,  #
+    Seqlens, BlockTable, CuQ, Alibi, Sinks, QPE, KPE,  #
     WsAcc, WsMl, Counters, RowInfo,  #
     stride_qb, stride_qh,  #
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_btb, stride_qt, stride_ot, stride_lt, stride_ab,  #
+    stride_pqb, stride_pqh, stride_pqt, stride_pkb, stride_pkn,  #
     qk_scale, v_scale, softcap, window, B, capacity, k0, g_m, m_rows, waves,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,  #
@@ -211,7 +232,7 @@ def lean_decode_kernel(
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
     PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, QLEN: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
-    ALIBI: tl.constexpr, SINK: tl.constexpr,
+    ALIBI: tl.constexpr, SINK: tl.constexpr, ROPE_DIM: tl.constexpr, V_IS_K: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
@@ -220,7 +241,7 @@ def lean_decode_kernel(
     query tokens a sequence (strides ``stride_qt``, ``stride_ot``, ``stride_lt``), ``CAUSAL`` or not: ``key_ranges``;
     ``VARLEN``: a packed query, sequence ``b``'s tokens rows ``[CuQ[b], CuQ[b+1])`` (``packed_slots``). ``ALIBI``:
     ALiBi slopes ``Alibi`` (float32, ``stride_ab`` between sequences; ``alibi_rows``). ``SINK``: attention sinks
-    ``Sinks`` (one a query head; ``sink_rows``)."""
+    ``Sinks`` (one a query head; ``sink_rows``). ``ROPE_DIM``, ``V_IS_K``: MLA (``decode_piece``)."""
     if PDL:
         # the merge launch after this one may start now: its programs wait for our writes (gdc_wait)
         gdc_launch_dependents()
@@ -245,13 +266,14 @@ def lean_decode_kernel(
         # -- which (sequence, row, tile) does tile t belong to --
         b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB)
         decode_piece(
-            Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi, Sinks,  #
+            Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi, Sinks, QPE, KPE,  #
             b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale,  #
             stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb, stride_qt, stride_ot, stride_lt, stride_ab,  #
+            stride_pqb, stride_pqh, stride_pqt, stride_pkb, stride_pkn,  #
             GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION,  #
             VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH, softcap, SOFTCAP, window, WINDOW, QLEN, CAUSAL, VARLEN,
-            ALIBI, SINK)
+            ALIBI, SINK, ROPE_DIM, V_IS_K)
         t = stop
 
 
@@ -293,7 +315,8 @@ def split_program(
     softcap=0.0, SOFTCAP: tl.constexpr = False, window=0, WINDOW: tl.constexpr = False,
     stride_qt=0, stride_ot=0, stride_lt=0, QLEN: tl.constexpr = 1, CAUSAL: tl.constexpr = False,
     CuQ=None, VARLEN: tl.constexpr = False, Alibi=None, stride_ab=0, ALIBI: tl.constexpr = False,
-    Sinks=None, SINK: tl.constexpr = False,
+    Sinks=None, SINK: tl.constexpr = False, QPE=None, KPE=None, stride_pqb=0, stride_pqh=0, stride_pqt=0, stride_pkb=0,
+    stride_pkn=0, ROPE_DIM: tl.constexpr = 0, V_IS_K: tl.constexpr = False,
 ):
     """Split ``s`` of row ``bid`` (sequence ``bid // ROWS``, kv head and head block ``bid % ROWS``):
     tiles ``[s*chunk, (s+1)*chunk)`` or, with ``EVEN``, the ``s``-th of ``tl.num_programs(1)`` ranges of the
@@ -301,7 +324,7 @@ def split_program(
     ``Out + s*stride_os`` and ``Lse + s*stride_ls``. With ``WINDOW`` the row's tiles are those of its sliding
     window (``first_tile`` on), and ``chunk`` counts from there. ``QLEN`` query tokens a sequence as
     ``decode_piece`` (``VARLEN``: packed; ``ALIBI``: ALiBi slopes, ``alibi_rows``; ``SINK``: attention sinks, carried
-    by split 0, ``sink_rows``). Returns the sequence, the rows'
+    by split 0, ``sink_rows``; ``ROPE_DIM``, ``V_IS_K``: MLA). Returns the sequence, the rows'
     LSE offsets (``store_final``) and which are real."""
     b = bid // ROWS
     row = bid % ROWS
@@ -323,6 +346,8 @@ def split_program(
     if VARLEN:
         hi = tl.where(padding_only(CuQ, b, hb, GROUP, BLOCK_H, QLEN), lo, hi)
     q = load_q_rows(Q, b, kvh, hb, stride_qb, stride_qh, GROUP, HEAD_DIM, BLOCK_H, UPCAST, stride_qt, QLEN, CuQ, VARLEN)
+    q_pe = rope_rows(QPE, b, kvh, hb, stride_pqb, stride_pqh, GROUP, ROPE_DIM, BLOCK_H, UPCAST, stride_pqt, QLEN, CuQ,
+                     VARLEN)
     row_lo, row_hi = key_ranges(seqlen, hb, window, GROUP, QLEN, BLOCK_H, CAUSAL, WINDOW)
     slope, q_pos = alibi_rows(Alibi, b, kvh, hb, seqlen, stride_ab, GROUP, QLEN, BLOCK_H, ALIBI)
     sink = sink_rows(Sinks, kvh, hb, s == 0, GROUP, QLEN, BLOCK_H, SINK)
@@ -330,7 +355,8 @@ def split_program(
         q, K, V, BlockTable, b, kvh, seqlen, lo, hi, qk_scale, v_scale,  #
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP,
-        window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1, slope, q_pos, ALIBI, sink, SINK)
+        window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1, slope, q_pos, ALIBI, sink, SINK,
+        q_pe, KPE, stride_pkb, stride_pkn, ROPE_DIM, V_IS_K)
     heads, valid = store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
                                b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H,
                                stride_ot, stride_lt, QLEN, CuQ, VARLEN)
@@ -340,20 +366,21 @@ def split_program(
 @triton.jit(do_not_specialize=["window"])
 def split_decode_kernel(
     Q, K, V, Out, Lse,  #
-    Seqlens, BlockTable, CuQ, Alibi, Sinks, Arrivals,  #
+    Seqlens, BlockTable, CuQ, Alibi, Sinks, QPE, KPE, Arrivals,  #
     stride_qb, stride_qh,  #
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb,  #
     stride_os, stride_ls,  #
     stride_btb, stride_qt, stride_ot, stride_lt, stride_ab,  #
+    stride_pqb, stride_pqh, stride_pqt, stride_pkb, stride_pkn,  #
     qk_scale, v_scale, softcap, window, capacity, chunk,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,  #
     PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, AFTER_PRIOR: tl.constexpr,
     EVEN: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, QLEN: tl.constexpr, CAUSAL: tl.constexpr,
-    VARLEN: tl.constexpr, ALIBI: tl.constexpr, SINK: tl.constexpr,
+    VARLEN: tl.constexpr, ALIBI: tl.constexpr, SINK: tl.constexpr, ROPE_DIM: tl.constexpr, V_IS_K: tl.constexpr,
 ):
     """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row; with ``EVEN``
     the ``s``-th of as many even ranges of its real tiles as the grid has splits (``even_range``): lean's
@@ -365,7 +392,7 @@ def split_decode_kernel(
 
     ``VARLEN``: a packed query, rows ``[CuQ[b], CuQ[b+1])`` sequence ``b``'s (``packed_slots``); partial states
     are written in its layout. ``ALIBI``: ALiBi slopes ``Alibi`` (``alibi_rows``). ``SINK``: attention sinks ``Sinks``,
-    carried by split 0 (``sink_rows``).
+    carried by split 0 (``sink_rows``). ``ROPE_DIM``, ``V_IS_K``: MLA (``decode_piece``).
 
     ``AFTER_PRIOR``: this launch is a programmatic dependent launch of the launch before it, whose results it
     does not read (the ordered overlap path of bifurcated decode). Its programs start only once every program of
@@ -383,7 +410,8 @@ def split_decode_kernel(
         tl.cast(qk_scale, tl.float32), tl.cast(v_scale, tl.float32), capacity, chunk,  #
         GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION, EVEN,
         tl.cast(softcap, tl.float32), SOFTCAP, window, WINDOW, stride_qt, stride_ot, stride_lt, QLEN, CAUSAL,
-        CuQ, VARLEN, Alibi, stride_ab, ALIBI, Sinks, SINK)
+        CuQ, VARLEN, Alibi, stride_ab, ALIBI, Sinks, SINK, QPE, KPE, stride_pqb, stride_pqh, stride_pqt, stride_pkb,
+        stride_pkn, ROPE_DIM, V_IS_K)
     if AFTER_PRIOR:
         # one program waits, the others exit at once. The count is taken modulo the programs and put back by as
         # many, so a counter that did not start at zero (a buffer first made inside a graph capture holds

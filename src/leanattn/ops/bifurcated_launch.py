@@ -549,7 +549,7 @@ class Plan:
             if self.ordered:
                 # one stream: the own tokens start once every prefix program has, and end after the prefix
                 self.prefix(q, pk, pv, st_o, st_l)
-                self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt, *(self.own_plan.dummy_i32,) * 2)
+                self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt, *self.own_plan.extras())
             elif self.own_plan is not None:
                 cur = torch.cuda.current_stream(q.device)
                 side = overlap.side_stream(q.device, avoid=cur)
@@ -558,7 +558,7 @@ class Plan:
                     # the prefix first: its programs take one slot on every SM
                     self.prefix(q, pk, pv, st_o, st_l)
                     with torch.cuda.stream(side):
-                        self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt, *(self.own_plan.dummy_i32,) * 2)
+                        self.own_plan.launch(q, k, v, own_o, own_l, seqlens, bt, *self.own_plan.extras())
                 finally:  # joined even if a launch raises, so a graph capture is not left forked
                     cur.wait_stream(side)
             else:

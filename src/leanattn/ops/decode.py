@@ -54,7 +54,7 @@ class _Plan:
 
     def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
                  num_stages=0, after_prior=False, merged=True, k_scale=1.0, v_scale=1.0, softcap=0.0,
-                 window_left=-1, causal=False, max_q=0, alibi_stride=-1, sink_dtype=None):
+                 window_left=-1, causal=False, max_q=0, alibi_stride=-1, sink_dtype=None, rope=None):
         Hq, D = q.shape[-2], q.shape[-1]
         # a 4-D query holds qlen tokens a sequence, stacked with the group's heads in the rows (kernels/query_rows);
         # max_q > 0: a packed (total_q, Hq, D) query of up to max_q tokens a sequence (kernels/query_rows.packed_slots)
@@ -94,8 +94,12 @@ class _Plan:
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SOFTCAP=softcap > 0, WINDOW=window_left >= 0,
             QLEN=qlen, CAUSAL=causal and qlen > 1, VARLEN=varlen, ALIBI=alibi_stride >= 0, SINK=sink_dtype is not None,
+            # MLA (ops/mla.py): the rotary query and key parts, and values that are the keys (the latent cache)
+            ROPE_DIM=0 if rope is None else rope[1].shape[-1], V_IS_K=rope is not None,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages)
+        if rope is not None:
+            self.meta["LOAD"] = 0  # (the rotary rows are loaded beside the latent ones: tensors of pointers)
         strides = (0 if varlen else q.stride(0), q.stride(-2),
                    k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                    v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -104,6 +108,14 @@ class _Plan:
         token_strides = (q.stride(0) if varlen else q.stride(1) if qlen > 1 else 0, Hq * D, Hq)
         # ALiBi slopes: alibi_stride between sequences (0: one (Hq,) row for all), -1 none
         token_strides += (max(alibi_stride, 0),)
+        # MLA: the rotary query's (sequence, head, token) strides and the rotary cache's (sequence or page, token)
+        if rope is None:
+            token_strides += (0,) * 5
+        else:
+            q_pe, kpe = rope
+            token_strides += (0 if varlen else q_pe.stride(0), q_pe.stride(-2),
+                              q_pe.stride(0) if varlen else q_pe.stride(1) if qlen > 1 else 0, kpe.stride(0),
+                              kpe.stride(1))
         qk_scale, softcap_log2 = score_scales(scale, k_scale, softcap)
         even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], row_tiles, cfg, device,
                                                                          cache_seqlens is not None)
@@ -174,27 +186,30 @@ class _Plan:
         # (the stand-ins for ALiBi slopes (float32) and sinks have run's dtypes, so that the launch reuses this compile)
         sk = runtime.workspace("dummy_sink", q.device, (1,), self.sink_dtype, zero=True) if self.sink_dtype \
             else d
-        args = (q, k_cache, v_cache, q, f, d, d, d, f if self.meta["ALIBI"] else d, sk, f, f, d, d, *self.tail)
+        pe = (q, k_cache) if self.meta["ROPE_DIM"] else (d, d)
+        args = (q, k_cache, v_cache, q, f, d, d, d, f if self.meta["ALIBI"] else d, sk, *pe, f, f, d, d, *self.tail)
         # the in-kernel merge's occupancy: a variant that merges apart is capped to match (StreamKLaunch)
         occ = runtime.kernel_occupancy(lean_decode_kernel, args, dict(self.meta, MERGE_LAUNCH=False), q.device)
         return runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
 
     def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q=None, alibi_slopes=None,
-            sinks=None):
+            sinks=None, q_pe=None, kpe_cache=None):
         sl = self.dummy_i32 if cache_seqlens is None else cache_seqlens
         bt = self.dummy_i32 if block_table is None else block_table
-        cu = self.dummy_i32 if cu_seqlens_q is None else cu_seqlens_q
-        al = self.dummy_i32 if alibi_slopes is None else alibi_slopes
-        sk = self.dummy_i32 if sinks is None else sinks
+        extras = self.extras(cu_seqlens_q, alibi_slopes, sinks, q_pe, kpe_cache)
         if self.schedule == "lean":
-            self.launch((q, k_cache, v_cache, out, lse, sl, bt, cu, al, sk), out, lse, cu)
+            self.launch((q, k_cache, v_cache, out, lse, sl, bt, *extras), out, lse, extras[0])
             return
         if self.splits == 1:
-            self.launch(q, k_cache, v_cache, out, lse, sl, bt, cu, al, sk)
+            self.launch(q, k_cache, v_cache, out, lse, sl, bt, *extras)
             return
         o, ls = self.partials
-        self.launch(q, k_cache, v_cache, o, ls, sl, bt, cu, al, sk)
+        self.launch(q, k_cache, v_cache, o, ls, sl, bt, *extras)
         self.launch_merge(o, ls, out, lse)
+
+    def extras(self, cu_seqlens_q=None, alibi_slopes=None, sinks=None, q_pe=None, kpe_cache=None) -> tuple:
+        """The kernels' optional tensors after the block table, a stand-in for each one absent."""
+        return tuple(self.dummy_i32 if t is None else t for t in (cu_seqlens_q, alibi_slopes, sinks, q_pe, kpe_cache))
 
 
 def even_pieces(B: int, rows: int, tiles: int, cfg, device: torch.device, has_lens: bool) -> int:
@@ -225,10 +240,12 @@ _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
                  num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False,
-                 cu_seqlens_q=None, max_seqlen_q=0, alibi_slopes=None, sinks=None, *, need_lse: bool = True):
+                 cu_seqlens_q=None, max_seqlen_q=0, alibi_slopes=None, sinks=None, q_pe=None, kpe_cache=None, *,
+                 need_lse: bool = True):
     """``decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the LSE goes
     to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call in one process on
-    an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines."""
+    an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines.
+    ``q_pe`` and ``kpe_cache``: MLA's rotary parts (``ops/mla.py``), whose ``v_cache`` is ``k_cache``."""
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out, torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
@@ -249,6 +266,7 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
            softmax_scale, k_scale, v_scale, softcap, window_left, causal, schedule, workers, block_n, max_q,
            alibi_stride, None if sinks is None else sinks.dtype, runtime.interpreting(),
+           None if q_pe is None else (q_pe.shape, q_pe.stride(), kpe_cache.shape, kpe_cache.stride()),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0,
            *_ENV())
@@ -258,9 +276,11 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
                                                      k_scale=k_scale, v_scale=v_scale, softcap=softcap,
                                                      window_left=window_left, causal=causal, max_q=max_q,
                                                      alibi_stride=alibi_stride,
-                                                     sink_dtype=None if sinks is None else sinks.dtype))
+                                                     sink_dtype=None if sinks is None else sinks.dtype,
+                                                     rope=None if q_pe is None else (q_pe, kpe_cache)))
         lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
-        plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q, alibi_slopes, sinks)
+        plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q, alibi_slopes, sinks, q_pe,
+                 kpe_cache)
     return out, lse
 
 
@@ -287,18 +307,18 @@ def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, 
 
 def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate,
                     k_scale=1.0, v_scale=1.0, fp8=False, window_left=-1, batch=None, cu_seqlens_q=None,
-                    max_seqlen_q=1):
+                    max_seqlen_q=1, head_dims=checks.SUPPORTED_HEAD_DIMS):
     """Shape, dtype and device checks (always); length checks when they cost no device sync. ``fp8``: float8
     caches are accepted, with their dequantisation scales (``checks.kv_cache``). ``window_left``: only the pages
     of each sequence's sliding window need valid ids (with several query tokens, the first token's window).
     ``batch``: the number of sequences of a packed query (``(total_q, Hq, D)``, ``cu_seqlens_q``), else ``q``'s first
     dimension; with the offsets ``cu_seqlens_q`` given, ``window_left`` is that of the launch's ``max_seqlen_q`` token
     slots, and each sequence's pages in use are those of its own first token's window
-    (``kernels/query_rows.packed_window``).
+    (``kernels/query_rows.packed_window``). ``head_dims``: the query head dims accepted (MLA's latent widths).
 
     Returns the softmax scale to use, or with ``fp8`` ``(softmax_scale, k_scale, v_scale)``.
     """
-    scale = checks.query(q, softmax_scale, tokens=True)
+    scale = checks.query(q, softmax_scale, tokens=True, head_dims=head_dims)
     checks.check_tensor("k_cache", k_cache, 4)
     checks.check_tensor("v_cache", v_cache, 4)
     kv_scales = checks.kv_cache(k_cache, v_cache, q, k_scale, v_scale, fp8)

@@ -52,6 +52,9 @@ _CUDA_TABLE = {
     64: (128, 4, 2, 4),
     128: (64, 4, 3, 2),
     256: (64, 4, 3, 1),
+    # MLA's 512-wide latent (ops/mla.py; its 64 rotary columns ride along): not yet measured on a GPU, chosen
+    # offline as the largest tiles without spills (benchmarks/offline_resources.py mla)
+    512: (32, 8, 2, 2),
 }
 
 
@@ -149,7 +152,9 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
     ``page_size`` is not a multiple of 64.
     ``block_n``, ``LEANATTN_DECODE_CONFIG`` and ``LEANATTN_DECODE_LOAD`` override.
     """
-    block_h = max(16, min(64, triton.next_power_of_2(group)))
+    # (at MLA's 512-wide latent 64 rows spill: 255 registers and 328 bytes of stack, where 32 rows take 234 and none;
+    # Triton 3.6, sm_90a, offline)
+    block_h = max(16, min(64 if head_dim <= 256 else 32, triton.next_power_of_2(group)))
     n_hb = triton.cdiv(group, block_h)
     if runtime.interpreting() or not runtime.gpu_target(device):
         return DecodeConfig(block_n or 16, block_h, n_hb, 4, 1, 1, _env_load(0))
