@@ -74,6 +74,15 @@ def test_far_positions():
     assert_states_match("30k keys", q, out, lse, *reference.decode(q, k, v, sl, bt, alibi_slopes=s))
 
 
+def test_huge_slopes():
+    # a slope past 2.3e38 overflows log2 units: bounded, the query's own key keeps bias 0, not inf * 0 = NaN (review)
+    q, k, v, sl, _ = make_inputs(2, 4, 2, 64, [10, 3], dtype=torch.float32)
+    s = torch.full((4,), 3e38)
+    for schedule in ("lean", "split"):
+        out, lse = leanattn.decode(q, k, v, sl, return_lse=True, alibi_slopes=s, schedule=schedule)
+        assert_states_match(f"huge slopes {schedule}", q, out, lse, *reference.decode(q, k, v, sl, alibi_slopes=s))
+
+
 def test_slope_layouts():
     # a plan is made per slope layout: (Hq,) and (B, Hq) calls on one shape do not share one
     q, k, v, sl, _ = make_inputs(2, 4, 2, 64, [9, 17])

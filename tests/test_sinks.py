@@ -59,6 +59,18 @@ def test_decode_launch_forms(monkeypatch, merge, even):
                             *reference.decode(q, k, v, sinks=s))
 
 
+def test_decode_huge_sinks():
+    # magnitudes past 2e38 are taken as 2e38 (log2 units stay finite): no NaN, the sink takes every row's weight
+    q, k, v, sl, _ = make_inputs(2, 4, 2, 64, [10, 0], dtype=torch.float32)
+    for schedule in ("lean", "split"):
+        out, lse = leanattn.decode(q, k, v, sl, return_lse=True, sinks=torch.full((4,), 3e38), schedule=schedule)
+        assert not out.any() and torch.allclose(lse, torch.full_like(lse, 2e38))
+        out, lse = leanattn.decode(q, k, v, sl, return_lse=True, sinks=torch.full((4,), -3e38), schedule=schedule)
+        assert_states_match(f"very negative sinks {schedule}", q[:1], out[:1], lse[:1],
+                            *reference.decode(q[:1], k[:1], v[:1], sl[:1]))
+        assert not out[1].any() and (lse[1] <= -2e38).all()  # (the empty row: its sink, bounded)
+
+
 def test_decode_empty_cache():
     # a cache of no tokens: zeros, and the LSE is the sink
     q = torch.randn(2, 4, 64, dtype=torch.float16)

@@ -42,6 +42,17 @@ def key_ranges(seqlen, hb, window, GROUP: tl.constexpr, QLEN: tl.constexpr, BLOC
     return lo, hi
 
 
+# the largest magnitude taken into log2 units (times log2(e) < 3.4e38, fp32's largest)
+LOG2_LIMIT = tl.constexpr(2e38)
+
+
+@triton.jit
+def finite_log2(x):
+    """``x`` (natural-log units, fp32) in log2 units, its magnitude first bounded by ``LOG2_LIMIT`` so that the
+    product stays finite (an inf state or slope turns into NaN at its first rescale or zero distance)."""
+    return tl.minimum(tl.maximum(x, -LOG2_LIMIT), LOG2_LIMIT) * 1.4426950408889634
+
+
 @triton.jit
 def alibi_rows(Alibi, b, kvh, hb, seqlen, stride_ab, GROUP: tl.constexpr, QLEN: tl.constexpr, BLOCK_H: tl.constexpr,
                ALIBI: tl.constexpr):
@@ -52,7 +63,9 @@ def alibi_rows(Alibi, b, kvh, hb, seqlen, stride_ab, GROUP: tl.constexpr, QLEN: 
         offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
         slope = tl.load(Alibi + b.to(tl.int64) * stride_ab + kvh * GROUP + offs_g % GROUP, mask=offs_g < GROUP * QLEN,
                         other=0.0)
-        return slope * 1.4426950408889634, seqlen - QLEN + offs_g // GROUP
+        # bounded so that log2 units stay finite: a slope past 2.3e38 became inf, and inf * 0 (the query's own key)
+        # NaN (review); the keys one step away or more keep a bias of -inf or near it, as they would
+        return finite_log2(slope), seqlen - QLEN + offs_g // GROUP
     else:
         return 0.0, 0
 
@@ -67,7 +80,8 @@ def sink_rows(Sinks, kvh, hb, first, GROUP: tl.constexpr, QLEN: tl.constexpr, BL
         offs_g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
         sink = tl.load(Sinks + kvh * GROUP + offs_g % GROUP, mask=(offs_g < GROUP * QLEN) & first,
                        other=float("-inf"))
-        return sink.to(tl.float32) * 1.4426950408889634
+        # (-inf stays -inf: no sink)
+        return tl.where(sink == float("-inf"), sink, finite_log2(sink.to(tl.float32)))
     else:
         return 0.0
 

@@ -509,7 +509,8 @@ def decode(
         query head that joins every query token's softmax as a key of value zero, in the units of the scaled (and
         soft-capped) scores; float32, float16 or bfloat16. The state of each row's first piece starts from it
         (``kernels/attend.initial_state``), so the merges count it once and no launch is added: the LSE returned
-        includes it, and a token that attends no key gets zeros and its head's sink. None (the default): no sink.
+        includes it, and a token that attends no key gets zeros and its head's sink (magnitudes past 2e38 are taken as
+        2e38, so that the kernels' log2 units stay finite; ``-inf`` is no sink). None (the default): no sink.
     alibi_slopes : torch.Tensor, optional, keyword-only
         ``(Hq,)`` or ``(B, Hq)`` float32 ALiBi slopes (BLOOM, MPT; flash-attn's ``alibi_slopes``): the score of a
         query token at position ``i`` and key ``j`` takes the bias ``-slope * |i - j|`` (natural units, added after
