@@ -52,9 +52,11 @@ _CUDA_TABLE = {
     64: (128, 4, 2, 4),
     128: (64, 4, 3, 2),
     256: (64, 4, 3, 1),
-    # MLA's 512-wide latent (ops/mla.py; its 64 rotary columns ride along): not yet measured on a GPU, chosen
-    # offline as the largest tiles without spills (benchmarks/offline_resources.py mla)
-    512: (32, 8, 2, 2),
+    # MLA's 512-wide latent (ops/mla.py; its 64 rotary columns ride along): 64-token tiles, one program per SM.
+    # H200, 2026-12-05, bench_mla.py, lean, one process a config: 16 heads B=1 32k 47.7 us against 63.8 with
+    # (32, 8, 2, 2) and 61.2 with (32, 4, 2, 2); 16 heads B=32 4k 71.3 against 86.9 and 69.5; 128 heads B=1 32k
+    # 84.8 against 120.4 and 92.8 (benchmarks/results/mla_H200*.json, BENCHMARKS.md). 144-241 registers, no spills
+    512: (64, 8, 2, 1),
 }
 
 
