@@ -58,7 +58,7 @@ def decode_parts(n_tok: int, hq: int = 32, hkv: int = 8, d: int = 128, batch: in
     if plan.schedule == "lean":  # the persistent kernel
         launch = plan.launch
         launcher = launch.in_kernel if launch.in_kernel is not None else launch.apart
-        tensors = (q, k, v, out, lse, sl, plan.dummy_i32)
+        tensors = (q, k, v, out, lse, sl, plan.dummy_i32, *plan.extras())
         splits = 0
     else:  # one sequence as even pieces on the split kernel, then a merge launch
         splits = plan.splits
@@ -66,7 +66,8 @@ def decode_parts(n_tok: int, hq: int = 32, hkv: int = 8, d: int = 128, batch: in
         o, ls = getattr(plan, "partials", None) or (torch.empty(splits, batch, hq, d, device="cuda"),
                                                      torch.empty(splits, batch, hq, device="cuda"))
         launcher = plan.launch
-        tensors = (q, k, v, o, ls, sl, plan.dummy_i32) if splits > 1 else (q, k, v, out, lse, sl, plan.dummy_i32)
+        tensors = (q, k, v, o, ls, sl, plan.dummy_i32, *plan.extras()) if splits > 1 else \
+            (q, k, v, out, lse, sl, plan.dummy_i32, *plan.extras())
     parts = {
         "decode()": lambda: leanattn.decode(q, k, v, sl),
         "decode(return_lse=True)": lambda: leanattn.decode(q, k, v, sl, return_lse=True),

@@ -307,56 +307,58 @@ def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, 
 
 def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate,
                     k_scale=1.0, v_scale=1.0, fp8=False, window_left=-1, batch=None, cu_seqlens_q=None,
-                    max_seqlen_q=1, head_dims=checks.SUPPORTED_HEAD_DIMS):
+                    max_seqlen_q=1, head_dims=checks.SUPPORTED_HEAD_DIMS, names=("q", "k_cache", "v_cache")):
     """Shape, dtype and device checks (always); length checks when they cost no device sync. ``fp8``: float8
     caches are accepted, with their dequantisation scales (``checks.kv_cache``). ``window_left``: only the pages
     of each sequence's sliding window need valid ids (with several query tokens, the first token's window).
     ``batch``: the number of sequences of a packed query (``(total_q, Hq, D)``, ``cu_seqlens_q``), else ``q``'s first
     dimension; with the offsets ``cu_seqlens_q`` given, ``window_left`` is that of the launch's ``max_seqlen_q`` token
     slots, and each sequence's pages in use are those of its own first token's window
-    (``kernels/query_rows.packed_window``). ``head_dims``: the query head dims accepted (MLA's latent widths).
+    (``kernels/query_rows.packed_window``). ``head_dims``: the query head dims accepted (MLA's latent widths);
+    ``names``: the query's and caches' names in errors.
 
     Returns the softmax scale to use, or with ``fp8`` ``(softmax_scale, k_scale, v_scale)``.
     """
-    scale = checks.query(q, softmax_scale, tokens=True, head_dims=head_dims)
-    checks.check_tensor("k_cache", k_cache, 4)
-    checks.check_tensor("v_cache", v_cache, 4)
-    kv_scales = checks.kv_cache(k_cache, v_cache, q, k_scale, v_scale, fp8)
+    qn, kn, vn = names
+    scale = checks.query(q, softmax_scale, tokens=True, name=qn, head_dims=head_dims)
+    checks.check_tensor(kn, k_cache, 4)
+    checks.check_tensor(vn, v_cache, 4)
+    kv_scales = checks.kv_cache(k_cache, v_cache, q, k_scale, v_scale, fp8, names=(kn, vn))
     B, Hq, D = q.shape[0] if batch is None else batch, q.shape[-2], q.shape[-1]
     if batch is not None:
         # a packed query's sequences are the cache's: a count that differs is cu_seqlens_q's length (the cache's
         # batch checks below then hold)
         name, cache_b = ("block_table", block_table.shape[0]) if isinstance(block_table, torch.Tensor) and \
-            block_table.dim() == 2 else ("k_cache", k_cache.shape[0])
+            block_table.dim() == 2 else (kn, k_cache.shape[0])
         if cache_b != batch:
             raise ValueError(f"cu_seqlens_q: expected shape ({cache_b + 1},) (one offset more than {name}'s {cache_b} "
                              f"sequences), got ({batch + 1},)")
     if tuple(v_cache.shape) != tuple(k_cache.shape):
-        raise ValueError(f"v_cache: expected shape {tuple(k_cache.shape)} (as k_cache), got {tuple(v_cache.shape)}")
+        raise ValueError(f"{vn}: expected shape {tuple(k_cache.shape)} (as {kn}), got {tuple(v_cache.shape)}")
     Hkv, Dk = k_cache.shape[2], k_cache.shape[3]
     if Dk != D:
-        raise ValueError(f"k_cache: expected head dim {D} (as q), got {Dk}")
+        raise ValueError(f"{kn}: expected head dim {D} (as {qn}), got {Dk}")
     if Hkv == 0:
-        raise ValueError(f"k_cache: expected at least one kv head, got shape {tuple(k_cache.shape)}")
+        raise ValueError(f"{kn}: expected at least one kv head, got shape {tuple(k_cache.shape)}")
     if Hq % Hkv != 0:
-        raise ValueError(f"q: expected a number of heads that is a multiple of k_cache's {Hkv} kv heads, got {Hq}")
-    checks.check_unit_stride("k_cache", k_cache)
-    checks.check_unit_stride("v_cache", v_cache)
+        raise ValueError(f"{qn}: expected a number of heads that is a multiple of {kn}'s {Hkv} kv heads, got {Hq}")
+    checks.check_unit_stride(kn, k_cache)
+    checks.check_unit_stride(vn, v_cache)
     if block_table is None:
         if k_cache.shape[0] != B:
-            raise ValueError(f"k_cache: expected batch size {B} (as q), got {k_cache.shape[0]}")
+            raise ValueError(f"{kn}: expected batch size {B} (as {qn}), got {k_cache.shape[0]}")
     else:
         checks.check_index("block_table", block_table, 2, q.device)
         if block_table.shape[0] != B:
-            raise ValueError(f"block_table: expected {B} rows (batch size of q), got {block_table.shape[0]}")
+            raise ValueError(f"block_table: expected {B} rows (batch size of {qn}), got {block_table.shape[0]}")
         if block_table.stride(-1) != 1:
             raise ValueError(f"block_table: expected unit stride on the last dimension, got {tuple(block_table.stride())}")
         if k_cache.shape[1] < 1:
-            raise ValueError(f"k_cache: expected a page size >= 1, got {k_cache.shape[1]}")
+            raise ValueError(f"{kn}: expected a page size >= 1, got {k_cache.shape[1]}")
     if cache_seqlens is not None:
         checks.check_index("cache_seqlens", cache_seqlens, 1, q.device)
         if cache_seqlens.shape[0] != B:
-            what = "batch size of q" if batch is None else "sequences of cu_seqlens_q"
+            what = f"batch size of {qn}" if batch is None else "sequences of cu_seqlens_q"
             raise ValueError(f"cache_seqlens: expected shape ({B},) ({what}), got {tuple(cache_seqlens.shape)}")
     if schedule not in ("lean", "split"):
         raise ValueError(f"schedule: expected 'lean' or 'split', got {schedule!r}")
@@ -368,7 +370,7 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
         if lo < 0:
             raise ValueError(f"cache_seqlens: expected lengths >= 0, got a minimum of {lo}")
         if hi > cap:
-            what = "block_table pages x page size" if block_table is not None else "k_cache capacity"
+            what = "block_table pages x page size" if block_table is not None else f"{kn} capacity"
             raise ValueError(f"cache_seqlens: expected lengths <= {cap} ({what}), got a maximum of {hi}")
     if validate and block_table is not None and block_table.numel():
         lens = cache_seqlens if cache_seqlens is not None else torch.full((B,), _capacity(k_cache, block_table),

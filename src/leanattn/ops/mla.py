@@ -59,7 +59,7 @@ def _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, so
         # the scores sum products over both parts (FlashMLA's default)
         softmax_scale = (q_nope.shape[-1] + q_pe.shape[-1]) ** -0.5
     scale = validate_decode(q_nope, ckv, ckv, cache_seqlens, block_table, softmax_scale, schedule, validate,
-                            head_dims=LATENT_DIMS)
+                            head_dims=LATENT_DIMS, names=("q_nope", "ckv_cache", "ckv_cache"))
     return scale, ckv, kpe
 
 
@@ -122,7 +122,8 @@ def mla_decode(
         As in :func:`leanattn.decode`: ``(B,)`` int32 lengths (default: full capacity), ``(B, max_pages)`` int32
         pages, any page size.
     softmax_scale : float, optional
-        Default ``1 / sqrt(Dc + Dr)`` (FlashMLA's). DeepSeek-V3 uses ``1 / sqrt(192)`` times its YaRN factor.
+        Default ``1 / sqrt(Dc + Dr)`` (FlashMLA's). DeepSeek-V3 uses ``1 / sqrt(192)`` times YaRN's ``mscale``
+        squared (``mscale = 0.1 * mscale_all_dim * ln(factor) + 1``), not the factor itself.
     return_lse : bool
         Also return the natural-log sum of exponentiated scores.
     schedule : {"lean", "split"}
@@ -138,8 +139,15 @@ def mla_decode(
         ``q_nope``'s shape, in its dtype: the attention output in the latent space (the caller applies the
         absorbed value up-projection).
     lse : torch.Tensor
-        ``q_nope``'s shape without ``Dc``, float32, natural log; only with ``return_lse=True``. Empty sequences give
-        zeros and ``-inf``.
+        ``q_nope``'s shape without ``Dc`` (``(B, H)`` or ``(B, Lq, H)``, as :func:`leanattn.decode`'s; FlashMLA's
+        ``softmax_lse`` is laid out ``(B, H, Lq)``), float32, natural log; only with ``return_lse=True``. Empty
+        sequences give zeros and ``-inf``.
+
+    Notes
+    -----
+    The lengths come before the block table, as in :func:`leanattn.decode` (FlashMLA takes ``block_table`` first);
+    swapped, the int32 checks of their shapes fail. A packed query (FlashInfer's ``qo_indptr``) is not taken: pad
+    to ``(B, Lq, H, D)``.
 
     Examples
     --------
@@ -149,6 +157,11 @@ def mla_decode(
     >>> table = torch.arange(512, dtype=torch.int32, device="cuda").view(8, 64)
     >>> lens = torch.full((8,), 4000, dtype=torch.int32, device="cuda")
     >>> out = leanattn.mla_decode(q_nope, q_pe, cache[..., :512], cache[..., 512:], lens, table)
+
+    A 576-wide query splits the same way, without a copy:
+
+    >>> q = torch.randn(8, 16, 576, dtype=torch.bfloat16, device="cuda")
+    >>> out = leanattn.mla_decode(q[..., :512], q[..., 512:], cache[..., :512], cache[..., 512:], lens, table)
     """
     scale, ckv, kpe = _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, softmax_scale,
                                 schedule, validate)
