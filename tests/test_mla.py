@@ -66,6 +66,22 @@ def test_tokens(causal):
     assert torch.equal(out[:, 0], leanattn.mla_decode(qn[:, 0], qp[:, 0], *rest))
 
 
+@pytest.mark.parametrize("schedule", ["lean", "split"])
+def test_packed(schedule):
+    # 2, 0, 3 and 1 tokens a sequence (FlashInfer's qo_indptr), the query a view of one wide tensor
+    qn, qp, ckv, kpe, sl, bt = inputs(4, 8, 128, 32, [12, 7, 30, 1], page=4, wide=True, seed=4)
+    cu = torch.tensor([0, 2, 2, 5, 6], dtype=torch.int32)
+    q = torch.randn(6, 8, 160).half()
+    out, lse = leanattn.mla_decode(q[..., :128], q[..., 128:], ckv, kpe, sl, bt, return_lse=True, causal=True,
+                                   cu_seqlens_q=cu, max_seqlen_q=3, schedule=schedule, num_splits=2)
+    ref = reference.mla_decode(q[..., :128], q[..., 128:], ckv, kpe, sl, bt, causal=True, cu_seqlens_q=cu)
+    assert_states_match("packed", q[..., :128], out, lse, *ref)
+    with pytest.raises(ValueError, match="cu_seqlens_q: expected offsets ending at q_nope's 6 rows"):
+        leanattn.mla_decode(q[..., :128], q[..., 128:], ckv, kpe, sl, bt, cu_seqlens_q=cu.clone().fill_(0))
+    with pytest.raises(ValueError, match=r"q_pe: expected shape \(6, 8, 32\)"):
+        leanattn.mla_decode(q[..., :128], q[:5, :, 128:], ckv, kpe, sl, bt, cu_seqlens_q=cu, max_seqlen_q=3)
+
+
 def test_latent_512_bf16_scale_and_no_lse():
     args = inputs(2, 16, 512, 64, [70, 3], dtype=torch.bfloat16, page=16, wide=True, seed=3)
     check("DeepSeek dims", *args, softmax_scale=0.1352)

@@ -146,20 +146,20 @@ def window_left(value) -> int:
     return int(value)
 
 
-def packed_query(q, cu_seqlens_q, max_seqlen_q, validate) -> tuple[int | None, int]:
+def packed_query(q, cu_seqlens_q, max_seqlen_q, validate, name: str = "q") -> tuple[int | None, int]:
     """Checks of a packed query ``q (total_q, Hq, D)`` whose sequence ``b`` is rows ``[cu_seqlens_q[b],
     cu_seqlens_q[b + 1])`` (int32, ``(B + 1,)``, flash-attn's and FlashInfer's ``qo_indptr`` form); returns ``(B,
     max_seqlen_q)``. ``max_seqlen_q`` None: read from the offsets, a device sync, refused while compiling or capturing
     a CUDA graph. The offsets' values (from 0, non-decreasing, ending at ``total_q``, no step above ``max_seqlen_q``)
     are checked when ``validate`` is True, or when it is None and that needs no sync (``values_checkable``), or when
     the offsets are read anyway. Without offsets (``cu_seqlens_q`` None): ``(None, 0)``, and ``max_seqlen_q`` must be
-    None."""
+    None. ``name``: the query's in errors."""
     if cu_seqlens_q is None:
         if max_seqlen_q is not None:
             _fail(ValueError, "max_seqlen_q", "None without cu_seqlens_q", repr(max_seqlen_q))
         return None, 0
     if not isinstance(q, torch.Tensor) or q.dim() != 3:
-        _fail(ValueError, "q", "a 3-D (total_q, Hq, D) tensor with cu_seqlens_q",
+        _fail(ValueError, name, "a 3-D (total_q, Hq, D) tensor with cu_seqlens_q",
               f"shape {tuple(q.shape)}" if isinstance(q, torch.Tensor) else type(q).__name__)
     check_index("cu_seqlens_q", cu_seqlens_q, 1, q.device)
     if cu_seqlens_q.shape[0] < 1:
@@ -183,14 +183,14 @@ def packed_query(q, cu_seqlens_q, max_seqlen_q, validate) -> tuple[int | None, i
         if steps and min(steps) < 0:
             _fail(ValueError, "cu_seqlens_q", "non-decreasing offsets", f"a step of {min(steps)}")
         if cu[-1] != q.shape[0]:
-            _fail(ValueError, "cu_seqlens_q", f"offsets ending at q's {q.shape[0]} rows", f"{cu[-1]} last")
+            _fail(ValueError, "cu_seqlens_q", f"offsets ending at {name}'s {q.shape[0]} rows", f"{cu[-1]} last")
         longest = max(steps, default=0)
         if max_seqlen_q is None:
             max_seqlen_q = longest
         elif longest > max_seqlen_q:
             _fail(ValueError, "max_seqlen_q", f"at least the longest sequence's {longest} query tokens", max_seqlen_q)
     if max_seqlen_q == 0 and q.shape[0]:
-        _fail(ValueError, "max_seqlen_q", f"an int >= 1 for a q of {q.shape[0]} rows", 0)
+        _fail(ValueError, "max_seqlen_q", f"an int >= 1 for a {name} of {q.shape[0]} rows", 0)
     return cu_seqlens_q.shape[0] - 1, int(max_seqlen_q)
 
 

@@ -36,7 +36,13 @@ def _latent_cache(name: str, cache, width_name: str, widths) -> torch.Tensor:
     return cache.unsqueeze(2)
 
 
-def _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, softmax_scale, schedule, validate):
+def _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, softmax_scale, schedule, validate,
+              cu_seqlens_q, max_seqlen_q):
+    """Returns ``(softmax_scale, ckv, kpe, batch, qlen)``: the caches as 4-D one-head views, and the sequences and
+    token slots of a packed query (``(None, Lq)`` otherwise)."""
+    batch, qlen = checks.packed_query(q_nope, cu_seqlens_q, max_seqlen_q, validate, name="q_nope")
+    if batch is None:
+        qlen = q_nope.shape[1] if isinstance(q_nope, torch.Tensor) and q_nope.dim() == 4 else 1
     checks.query(q_nope, 1.0, tokens=True, name="q_nope", head_dims=LATENT_DIMS)
     checks.query(q_pe, 1.0, tokens=True, name="q_pe", head_dims=ROPE_DIMS)
     if q_pe.shape[:-1] != q_nope.shape[:-1]:
@@ -59,22 +65,26 @@ def _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, so
         # the scores sum products over both parts (FlashMLA's default)
         softmax_scale = (q_nope.shape[-1] + q_pe.shape[-1]) ** -0.5
     scale = validate_decode(q_nope, ckv, ckv, cache_seqlens, block_table, softmax_scale, schedule, validate,
-                            head_dims=LATENT_DIMS, names=("q_nope", "ckv_cache", "ckv_cache"))
-    return scale, ckv, kpe
+                            batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen, head_dims=LATENT_DIMS,
+                            names=("q_nope", "ckv_cache", "ckv_cache"))
+    return scale, ckv, kpe, batch, qlen
 
 
 @torch.library.custom_op("leanattn::mla_decode", mutates_args=())
 def _mla_decode_op(
     q_nope: torch.Tensor, q_pe: torch.Tensor, ckv: torch.Tensor, kpe: torch.Tensor,
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor], softmax_scale: float, schedule: str,
-    num_programs: int, num_splits: int, causal: bool,
+    num_programs: int, num_splits: int, causal: bool, cu_seqlens_q: Optional[torch.Tensor] = None,
+    max_seqlen_q: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _decode_impl(q_nope, ckv, ckv, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                        num_splits, 0, causal=causal, q_pe=q_pe, kpe_cache=kpe)
+                        num_splits, 0, causal=causal, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, q_pe=q_pe,
+                        kpe_cache=kpe)
 
 
 @_mla_decode_op.register_fake
-def _(q_nope, q_pe, ckv, kpe, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, causal):
+def _(q_nope, q_pe, ckv, kpe, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, causal,
+      cu_seqlens_q=None, max_seqlen_q=0):
     return q_nope.new_empty(q_nope.shape), q_nope.new_empty(q_nope.shape[:-1], dtype=torch.float32)
 
 
@@ -93,6 +103,8 @@ def mla_decode(
     num_programs: int = 0,
     num_splits: int = 0,
     validate: Optional[bool] = None,
+    cu_seqlens_q: Optional[torch.Tensor] = None,
+    max_seqlen_q: Optional[int] = None,
 ):
     """MLA decode (DeepSeek-V2/V3's multi-head latent attention, up-projections absorbed): every query head attends
     the one latent cache.
@@ -132,6 +144,9 @@ def mla_decode(
         With ``Lq > 1``: each token attends the keys up to its own position (bottom-right aligned).
     num_programs, num_splits, validate : keyword-only
         As in :func:`leanattn.decode`.
+    cu_seqlens_q, max_seqlen_q : keyword-only
+        A packed query, as in :func:`leanattn.decode` (FlashInfer's ``qo_indptr``): ``q_nope (total_q, H, Dc)`` and
+        ``q_pe (total_q, H, Dr)``, sequence ``b``'s tokens their rows ``[cu_seqlens_q[b], cu_seqlens_q[b + 1])``.
 
     Returns
     -------
@@ -146,8 +161,7 @@ def mla_decode(
     Notes
     -----
     The lengths come before the block table, as in :func:`leanattn.decode` (FlashMLA takes ``block_table`` first);
-    swapped, the int32 checks of their shapes fail. A packed query (FlashInfer's ``qo_indptr``) is not taken: pad
-    to ``(B, Lq, H, D)``.
+    swapped, the int32 checks of their shapes fail.
 
     Examples
     --------
@@ -163,23 +177,24 @@ def mla_decode(
     >>> q = torch.randn(8, 16, 576, dtype=torch.bfloat16, device="cuda")
     >>> out = leanattn.mla_decode(q[..., :512], q[..., 512:], cache[..., :512], cache[..., 512:], lens, table)
     """
-    scale, ckv, kpe = _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, softmax_scale,
-                                schedule, validate)
+    scale, ckv, kpe, batch, qlen = _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table,
+                                             softmax_scale, schedule, validate, cu_seqlens_q, max_seqlen_q)
     causal = checks.flag("causal", causal)
-    qlen = q_nope.shape[1] if q_nope.dim() == 4 else 1
+    packed = batch is not None
     if q_nope.dim() == 4 and qlen == 1:
         res = mla_decode(q_nope[:, 0], q_pe[:, 0], ckv_cache, kpe_cache, cache_seqlens, block_table, scale,
                          return_lse, schedule, num_programs=num_programs, num_splits=num_splits, validate=False)
         return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
     q_nope = q_nope if q_nope.stride(-1) == 1 else q_nope.contiguous()
     q_pe = q_pe if q_pe.stride(-1) == 1 else q_pe.contiguous()
+    cu, max_q = (cu_seqlens_q, qlen) if packed else (None, 0)
     args = (q_nope, q_pe, ckv, kpe, cache_seqlens, block_table, scale, schedule, int(num_programs), int(num_splits),
-            causal and qlen > 1)
+            causal and qlen > 1, cu, max_q)
     if torch.compiler.is_compiling():
         out, lse = _mla_decode_op(*args)
     else:
         # (eager calls skip the dispatcher, as decode's)
         out, lse = _decode_impl(q_nope, ckv, ckv, cache_seqlens, block_table, scale, schedule, int(num_programs),
-                                int(num_splits), 0, causal=causal and qlen > 1, q_pe=q_pe, kpe_cache=kpe,
-                                need_lse=return_lse)
+                                int(num_splits), 0, causal=causal and qlen > 1, cu_seqlens_q=cu, max_seqlen_q=max_q,
+                                q_pe=q_pe, kpe_cache=kpe, need_lse=return_lse)
     return (out, lse) if return_lse else out
