@@ -32,6 +32,21 @@ CASES = (("16 heads B=1 32k", 1, 32768, 16), ("16 heads B=8 8k", 8, 8192, 16), (
          ("128 heads B=16 4k", 16, 4096, 128))
 
 
+def make_case(B, n, heads):
+    """Inputs of one case: ``qn (B, H, 512)``, ``qp (B, H, 64)``, the wide cache ``(B, n, 1, 576)``, the lengths, its
+    paged views ``ckv``/``kpe`` and their block table, the rows checked (first and last sequence) and their float64
+    reference output."""
+    qn = torch.randn(B, heads, DC, dtype=torch.bfloat16, device="cuda")
+    qp = torch.randn(B, heads, DR, dtype=torch.bfloat16, device="cuda")
+    wide = torch.randn(B, n, 1, DC + DR, dtype=torch.bfloat16, device="cuda") / 4
+    lens = torch.full((B,), n, dtype=torch.int32, device="cuda")
+    pages = wide.view(B * n // PAGE, PAGE, 1, DC + DR)
+    table = torch.arange(B * n // PAGE, dtype=torch.int32, device="cuda").view(B, -1)
+    idx = [0, B - 1]
+    ref = leanattn.reference.mla_decode(qn[idx], qp[idx], wide[idx, ..., :DC], wide[idx, ..., DC:], lens[idx])[0]
+    return qn, qp, wide, lens, pages[..., :DC], pages[..., DC:], table, idx, ref
+
+
 def main(argv=None):
     args, want = common.probe_args(__doc__, argv)
     torch.manual_seed(0)
@@ -40,16 +55,8 @@ def main(argv=None):
     for name, B, n, heads in CASES:
         if want and name not in want:
             continue
-        qn = torch.randn(B, heads, DC, dtype=torch.bfloat16, device="cuda")
-        qp = torch.randn(B, heads, DR, dtype=torch.bfloat16, device="cuda")
-        wide = torch.randn(B, n, 1, DC + DR, dtype=torch.bfloat16, device="cuda") / 4
-        lens = torch.full((B,), n, dtype=torch.int32, device="cuda")
-        pages = wide.view(B * n // PAGE, PAGE, 1, DC + DR)
-        table = torch.arange(B * n // PAGE, dtype=torch.int32, device="cuda").view(B, -1)
-        ckv, kpe = pages[..., :DC], pages[..., DC:]
+        qn, qp, wide, lens, ckv, kpe, table, idx, ref = make_case(B, n, heads)
         scale = (DC + DR) ** -0.5
-        idx = [0, B - 1]
-        ref = leanattn.reference.mla_decode(qn[idx], qp[idx], wide[idx, ..., :DC], wide[idx, ..., DC:], lens[idx])[0]
         q4 = torch.cat([qn, qp], -1).unsqueeze(2)                      # (B, H, 1, 576)
         k4 = wide.transpose(1, 2)                                       # (B, 1, N, 576)
         v4 = wide[..., :DC].transpose(1, 2)                             # (B, 1, N, 512)

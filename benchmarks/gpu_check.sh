@@ -62,6 +62,7 @@
 #   tests-mla   the GPU tests of MLA decode (tests/test_mla_gpu.py)
 #   sanitize-mla  memcheck over MLA decode's launches (sanitize.py mla)
 #   mla         MLA decode against SDPA and flex over the concatenated cache (bench_mla.py)
+#   mla-probe   MLA decode variants side by side: values loaded apart, tiles, merge in-kernel, splits (probe_mla.py)
 #   sanitize-alibi  memcheck over decode's launches with ALiBi slopes (sanitize.py alibi)
 #   alibi       decode with and without ALiBi at BLOOM/MPT's attention shape, against flex and SDPA with the bias
 #               (probe_decode_alibi.py)
@@ -253,6 +254,7 @@ for step in "$@"; do
     tests-mla) "${PYTEST[@]}" tests/test_mla_gpu.py 2>&1 | tail -3 ;;
     sanitize-mla) timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py mla 2>&1 | tail -3 ;;
     mla) timeout 400 python3 benchmarks/bench_mla.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error|failed" ;;
+    mla-probe) timeout 400 python3 benchmarks/probe_mla.py --out "$OUT" 2>&1 | grep -E "floor|wrote|Error|failed" ;;
     sanitize-alibi) timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py alibi 2>&1 | tail -3 ;;
     alibi) timeout 300 python3 benchmarks/probe_decode_alibi.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error|failed" ;;
     sanitize-bif-window)

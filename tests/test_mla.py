@@ -82,6 +82,18 @@ def test_packed(schedule):
         leanattn.mla_decode(q[..., :128], q[:5, :, 128:], ckv, kpe, sl, bt, cu_seqlens_q=cu, max_seqlen_q=3)
 
 
+def test_values_loaded_apart(monkeypatch):
+    # LEANATTN_MLA_SHARED_V=0 (a probe's variant) loads the latent rows again as values: the same result
+    args = inputs(3, 8, 128, 16, [20, 0, 9], page=4, wide=True, seed=5)
+    shared = leanattn.mla_decode(*args, num_programs=3)
+    monkeypatch.setenv("LEANATTN_MLA_SHARED_V", "0")
+    apart = check("values apart", *args, num_programs=3)[0]
+    assert (apart.float() - shared.float()).abs().max() < 1e-3
+    from leanattn.ops import decode as dec
+    metas = [p.meta for p in dec._PLANS.values() if p.meta["ROPE_DIM"]]
+    assert any(m["V_IS_K"] for m in metas) and any(not m["V_IS_K"] for m in metas)
+
+
 def test_latent_512_bf16_scale_and_no_lse():
     args = inputs(2, 16, 512, 64, [70, 3], dtype=torch.bfloat16, page=16, wide=True, seed=3)
     check("DeepSeek dims", *args, softmax_scale=0.1352)

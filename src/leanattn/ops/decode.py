@@ -94,8 +94,10 @@ class _Plan:
             UPCAST=runtime.interpreting() and q.dtype == torch.bfloat16,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SOFTCAP=softcap > 0, WINDOW=window_left >= 0,
             QLEN=qlen, CAUSAL=causal and qlen > 1, VARLEN=varlen, ALIBI=alibi_stride >= 0, SINK=sink_dtype is not None,
-            # MLA (ops/mla.py): the rotary query and key parts, and values that are the keys (the latent cache)
-            ROPE_DIM=0 if rope is None else rope[1].shape[-1], V_IS_K=rope is not None,
+            # MLA (ops/mla.py): the rotary query and key parts, and values that are the keys (the latent cache; with
+            # LEANATTN_MLA_SHARED_V=0 the same rows loaded again as values, for probes)
+            ROPE_DIM=0 if rope is None else rope[1].shape[-1],
+            V_IS_K=rope is not None and runtime.env_flag("LEANATTN_MLA_SHARED_V") is not False,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages)
         if rope is not None:
@@ -234,7 +236,8 @@ def even_pieces(B: int, rows: int, tiles: int, cfg, device: torch.device, has_le
 
 _PLANS = runtime.PlanCache()
 # environment variables a plan is made from (benchmark sweeps): part of the plan key
-_ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_BLOCK_B_MIN", "LEANATTN_DECODE_EVEN")
+_ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_BLOCK_B_MIN", "LEANATTN_DECODE_EVEN",
+              "LEANATTN_MLA_SHARED_V")
 _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 
