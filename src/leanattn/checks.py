@@ -194,6 +194,15 @@ def packed_query(q, cu_seqlens_q, max_seqlen_q, validate, name: str = "q") -> tu
     return cu_seqlens_q.shape[0] - 1, int(max_seqlen_q)
 
 
+def query_slots(q, cu_seqlens_q, max_seqlen_q, validate, name: str = "q") -> tuple[int | None, int]:
+    """``(B, query token slots a sequence)`` of a decode query: :func:`packed_query`'s for a packed one, else
+    ``(None, Lq)`` of ``(B, Lq, Hq, D)`` (1 for ``(B, Hq, D)``)."""
+    batch, slots = packed_query(q, cu_seqlens_q, max_seqlen_q, validate, name)
+    if batch is None:
+        slots = q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
+    return batch, slots
+
+
 def flag(name: str, value) -> bool:
     """A boolean option ``name`` (numpy's bools included) as a bool."""
     if not isinstance(value, (bool, np.bool_)):

@@ -108,16 +108,16 @@ class _Plan:
                    qlen * Hq * D, D, qlen * Hq)  # out and lse are allocated contiguous (packed: unread)
         # the token strides of q, out and lse (unread with one token, unless packed)
         token_strides = (q.stride(0) if varlen else q.stride(1) if qlen > 1 else 0, Hq * D, Hq)
-        # ALiBi slopes: alibi_stride between sequences (0: one (Hq,) row for all), -1 none
-        token_strides += (max(alibi_stride, 0),)
-        # MLA: the rotary query's (sequence, head, token) strides and the rotary cache's (sequence or page, token)
+        # the optional inputs' strides: ALiBi slopes' between sequences (0: one (Hq,) row for all, or none), then
+        # MLA's rotary query's (sequence, head, token) and rotary cache's (sequence or page, token)
+        option_strides = (max(alibi_stride, 0),)
         if rope is None:
-            token_strides += (0,) * 5
+            option_strides += (0,) * 5
         else:
             q_pe, kpe = rope
-            token_strides += (0 if varlen else q_pe.stride(0), q_pe.stride(-2),
-                              q_pe.stride(0) if varlen else q_pe.stride(1) if qlen > 1 else 0, kpe.stride(0),
-                              kpe.stride(1))
+            option_strides += (0 if varlen else q_pe.stride(0), q_pe.stride(-2),
+                               q_pe.stride(0) if varlen else q_pe.stride(1) if qlen > 1 else 0, kpe.stride(0),
+                               kpe.stride(1))
         qk_scale, softcap_log2 = score_scales(scale, k_scale, softcap)
         even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], row_tiles, cfg, device,
                                                                          cache_seqlens is not None)
@@ -135,7 +135,8 @@ class _Plan:
                              **merge_meta(cfg.block_h, D, group * qlen))
             # the SM count lets the kernel align ranges with heads (schedules/stream_k.programs_used);
             # 0 keeps a grid the caller chose
-            head = strides + (bt_stride, *token_strides, qk_scale, v_scale, softcap_log2, window, B, cap)
+            head = strides + (bt_stride, *token_strides, *option_strides, qk_scale, v_scale, softcap_log2, window, B,
+                              cap)
             self.tail = with_search(self.meta, head, B, self.meta["ROWS"], workers or sms * cfg.ctas_per_sm, sms)
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
             search_sms = sms
@@ -158,8 +159,8 @@ class _Plan:
             self.splits = splits = max(1, min(workers, row_tiles))
             self.grid = (rows, splits)
             part = (rows_q * Hq * D, rows_q * Hq) if splits > 1 else (0, 0)
-            self.tail = strides + part + (bt_stride, *token_strides, qk_scale, v_scale, softcap_log2, window, cap,
-                                          triton.cdiv(row_tiles, splits))
+            self.tail = strides + part + (bt_stride, *token_strides, *option_strides, qk_scale, v_scale, softcap_log2,
+                                          window, cap, triton.cdiv(row_tiles, splits))
             # the merge waits for the splits as a programmatic dependent launch where there is one
             pdl = splits > 1 and runtime.dependent_launch(device) and not after_prior
             self.meta.update(PDL=pdl, EVEN=bool(even))
@@ -559,9 +560,7 @@ def decode(
     """
     window_left = checks.window_left(window_left)
     causal = checks.flag("causal", causal)
-    batch, qlen = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
-    if batch is None:
-        qlen = q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
+    batch, qlen = checks.query_slots(q, cu_seqlens_q, max_seqlen_q, validate)
     # the first token's window holds every page in use
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
                                               validate, k_scale, v_scale, fp8=True,

@@ -40,9 +40,7 @@ def _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, so
               cu_seqlens_q, max_seqlen_q):
     """Returns ``(softmax_scale, ckv, kpe, batch, qlen)``: the caches as 4-D one-head views, and the sequences and
     token slots of a packed query (``(None, Lq)`` otherwise)."""
-    batch, qlen = checks.packed_query(q_nope, cu_seqlens_q, max_seqlen_q, validate, name="q_nope")
-    if batch is None:
-        qlen = q_nope.shape[1] if isinstance(q_nope, torch.Tensor) and q_nope.dim() == 4 else 1
+    batch, qlen = checks.query_slots(q_nope, cu_seqlens_q, max_seqlen_q, validate, name="q_nope")
     checks.query(q_nope, 1.0, tokens=True, name="q_nope", head_dims=LATENT_DIMS)
     checks.query(q_pe, 1.0, tokens=True, name="q_pe", head_dims=ROPE_DIMS)
     if q_pe.shape[:-1] != q_nope.shape[:-1]:
