@@ -92,6 +92,9 @@ def test_values_loaded_apart(monkeypatch):
     from leanattn.ops import decode as dec
     metas = [p.meta for p in dec._PLANS.values() if p.meta["ROPE_DIM"]]
     assert any(m["V_IS_K"] for m in metas) and any(not m["V_IS_K"] for m in metas)
+    monkeypatch.setenv("LEANATTN_MLA_SHARED_V", "2")
+    with pytest.raises(ValueError, match="LEANATTN_MLA_SHARED_V: expected 0 or 1, got '2'"):
+        leanattn.mla_decode(*args, num_programs=3)
 
 
 def test_latent_512_bf16_scale_and_no_lse():
