@@ -350,6 +350,11 @@ def test_argument_errors():
         ring_decode(q, k, k, timeout=0)
     with pytest.raises(TypeError, match="k_shard: expected a torch.Tensor"):
         tree_decode(q, None, k)
+    # decode's checks name the shard's arguments: v_shard (as k_shard), shard_seqlens beyond the shard's capacity
+    with pytest.raises(ValueError, match=r"v_shard: expected shape \(1, 10, 2, 64\) \(as k_shard\)"):
+        tree_decode(q, k, k[:, :9])
+    with pytest.raises(ValueError, match=r"shard_seqlens: expected lengths <= 10 \(k_shard capacity\)"):
+        tree_decode(q, k, k, torch.tensor([11], dtype=torch.int32))
     with pytest.raises(RuntimeError, match="not initialised"):
         tree_decode(q, k, k, group=object())
 

@@ -27,9 +27,6 @@ from .shard_window import check_shard_starts, window_states, with_token_rests
 __all__ = ["check_token_seqlens", "validate_shard", "shard_states"]
 
 # decode's argument names, as a shard's are called
-_SHARD_NAMES = (("k_cache", "k_shard"), ("v_cache", "v_shard"), ("cache_seqlens", "shard_seqlens"))
-
-
 def check_token_seqlens(q: torch.Tensor, shard_seqlens, validate: Optional[bool] = None) -> None:
     """Checks of per-token shard lengths ``shard_seqlens (B, Lq)`` against ``q (B, Lq, Hq, D)``.
 
@@ -61,30 +58,31 @@ def check_token_seqlens(q: torch.Tensor, shard_seqlens, validate: Optional[bool]
                              f"[{b}, {t}] with shard_seqlens[{b}, 0] = {int(shard_seqlens[b, 0])}")
 
 
+def _check_rank(shard_seqlens) -> None:
+    if isinstance(shard_seqlens, torch.Tensor) and shard_seqlens.dim() not in (1, 2):
+        raise ValueError(f"shard_seqlens: expected a (B,) or, with q (B, Lq, Hq, D), (B, Lq) int32 tensor, got shape "
+                         f"{tuple(shard_seqlens.shape)}")
+
+
 def validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule="lean", k_scale=1.0,
                    v_scale=1.0, fp8=False, validate: Optional[bool] = None, shard_starts=None,
                    window_left: int = -1) -> None:
     """:func:`leanattn.decode`'s validation of a shard, its errors naming the shard's arguments. Per-token lengths
     (:func:`check_token_seqlens`) are then checked as decode's lengths by their maximum, which bounds the pages in
     use; a window's ``shard_starts`` by ``shard_window.check_shard_starts``."""
-    try:
-        window_left = checks.window_left(window_left)
-        lens = shard_seqlens
-        if isinstance(shard_seqlens, torch.Tensor) and shard_seqlens.dim() == 2:
-            check_token_seqlens(q, shard_seqlens, validate)
-            lens = shard_seqlens.amax(1) if shard_seqlens.shape[1] else shard_seqlens.new_zeros(q.shape[0])
-        validate_decode(q, k_shard, v_shard, lens, block_table, softmax_scale, schedule, validate, k_scale,
-                        v_scale, fp8=fp8)
-        if shard_starts is not None:
-            check_shard_starts(q, shard_seqlens, shard_starts, window_left, _capacity(k_shard, block_table), validate)
-        elif window_left >= 0:
-            raise ValueError("shard_starts: expected a (B,) or (B, Lq) int32 tensor with window_left >= 0 (where each "
-                             "token's window starts in this shard: Placement.window_starts), got None")
-    except (ValueError, TypeError) as e:
-        msg = str(e)
-        for a, b in _SHARD_NAMES:
-            msg = msg.replace(a, b)
-        raise type(e)(msg) from None
+    window_left = checks.window_left(window_left)
+    _check_rank(shard_seqlens)
+    lens = shard_seqlens
+    if isinstance(shard_seqlens, torch.Tensor) and shard_seqlens.dim() == 2:
+        check_token_seqlens(q, shard_seqlens, validate)
+        lens = shard_seqlens.amax(1) if shard_seqlens.shape[1] else shard_seqlens.new_zeros(q.shape[0])
+    validate_decode(q, k_shard, v_shard, lens, block_table, softmax_scale, schedule, validate, k_scale,
+                    v_scale, fp8=fp8, names=("q", "k_shard", "v_shard", "shard_seqlens"))
+    if shard_starts is not None:
+        check_shard_starts(q, shard_seqlens, shard_starts, window_left, _capacity(k_shard, block_table), validate)
+    elif window_left >= 0:
+        raise ValueError("shard_starts: expected a (B,) or (B, Lq) int32 tensor with window_left >= 0 (where each "
+                         "token's window starts in this shard: Placement.window_starts), got None")
 
 
 def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, shard_seqlens, block_table,
@@ -119,9 +117,7 @@ def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, 
     lse : torch.Tensor
         ``q.shape[:-1]`` float32, natural log.
     """
-    if isinstance(shard_seqlens, torch.Tensor) and shard_seqlens.dim() not in (1, 2):
-        raise ValueError(f"shard_seqlens: expected a (B,) or, with q (B, Lq, Hq, D), (B, Lq) int32 tensor, got shape "
-                         f"{tuple(shard_seqlens.shape)}")
+    _check_rank(shard_seqlens)
     if q.dim() == 4 and q.shape[1] == 0:  # no query token
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
     if shard_starts is not None or window_left >= 0:

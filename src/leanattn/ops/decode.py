@@ -311,7 +311,8 @@ def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, 
 
 def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate,
                     k_scale=1.0, v_scale=1.0, fp8=False, window_left=-1, batch=None, cu_seqlens_q=None,
-                    max_seqlen_q=1, head_dims=checks.SUPPORTED_HEAD_DIMS, names=("q", "k_cache", "v_cache")):
+                    max_seqlen_q=1, head_dims=checks.SUPPORTED_HEAD_DIMS,
+                    names=("q", "k_cache", "v_cache", "cache_seqlens")):
     """Shape, dtype and device checks (always); length checks when they cost no device sync. ``fp8``: float8
     caches are accepted, with their dequantisation scales (``checks.kv_cache``). ``window_left``: only the pages
     of each sequence's sliding window need valid ids (with several query tokens, the first token's window).
@@ -319,11 +320,12 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
     dimension; with the offsets ``cu_seqlens_q`` given, ``window_left`` is that of the launch's ``max_seqlen_q`` token
     slots, and each sequence's pages in use are those of its own first token's window
     (``kernels/query_rows.packed_window``). ``head_dims``: the query head dims accepted (MLA's latent widths);
-    ``names``: the query's and caches' names in errors.
+    ``names``: the names of the query, the caches and the lengths in errors (a tensor parallel shard's
+    ``k_shard``, ``shard_seqlens``).
 
     Returns the softmax scale to use, or with ``fp8`` ``(softmax_scale, k_scale, v_scale)``.
     """
-    qn, kn, vn = names
+    qn, kn, vn, sn = names
     scale = checks.query(q, softmax_scale, tokens=True, name=qn, head_dims=head_dims)
     checks.check_tensor(kn, k_cache, 4)
     checks.check_tensor(vn, v_cache, 4)
@@ -360,10 +362,10 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
         if k_cache.shape[1] < 1:
             raise ValueError(f"{kn}: expected a page size >= 1, got {k_cache.shape[1]}")
     if cache_seqlens is not None:
-        checks.check_index("cache_seqlens", cache_seqlens, 1, q.device)
+        checks.check_index(sn, cache_seqlens, 1, q.device)
         if cache_seqlens.shape[0] != B:
             what = f"batch size of {qn}" if batch is None else "sequences of cu_seqlens_q"
-            raise ValueError(f"cache_seqlens: expected shape ({B},) ({what}), got {tuple(cache_seqlens.shape)}")
+            raise ValueError(f"{sn}: expected shape ({B},) ({what}), got {tuple(cache_seqlens.shape)}")
     if schedule not in ("lean", "split"):
         raise ValueError(f"schedule: expected 'lean' or 'split', got {schedule!r}")
     if validate is None:
@@ -372,10 +374,10 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
         cap = _capacity(k_cache, block_table)
         lo, hi = int(cache_seqlens.min()) if B else 0, int(cache_seqlens.max()) if B else 0
         if lo < 0:
-            raise ValueError(f"cache_seqlens: expected lengths >= 0, got a minimum of {lo}")
+            raise ValueError(f"{sn}: expected lengths >= 0, got a minimum of {lo}")
         if hi > cap:
             what = "block_table pages x page size" if block_table is not None else f"{kn} capacity"
-            raise ValueError(f"cache_seqlens: expected lengths <= {cap} ({what}), got a maximum of {hi}")
+            raise ValueError(f"{sn}: expected lengths <= {cap} ({what}), got a maximum of {hi}")
     if validate and block_table is not None and block_table.numel():
         lens = cache_seqlens if cache_seqlens is not None else torch.full((B,), _capacity(k_cache, block_table),
                                                                           dtype=torch.int32, device=q.device)

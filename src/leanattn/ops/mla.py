@@ -64,7 +64,7 @@ def _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, so
         softmax_scale = (q_nope.shape[-1] + q_pe.shape[-1]) ** -0.5
     scale = validate_decode(q_nope, ckv, ckv, cache_seqlens, block_table, softmax_scale, schedule, validate,
                             batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen, head_dims=LATENT_DIMS,
-                            names=("q_nope", "ckv_cache", "ckv_cache"))
+                            names=("q_nope", "ckv_cache", "ckv_cache", "cache_seqlens"))
     return scale, ckv, kpe, batch, qlen
 
 
