@@ -8,7 +8,7 @@ Each case runs the public op on CPU tensors with the launch plan it would build 
 persistent grid, the kernel is compiled by Triton for sm_90a instead, and ``cuobjdump`` reads the
 registers and spills of the cubin (the numbers the GPU reports, for the same Triton release; use
 the device image's Triton, 3.6). The launch itself then fails on the CPU and is skipped. With
-``--ptx DIR`` the PTX of every kernel is written there, to diff two revisions of a kernel
+``--ptx DIR`` the PTX (and Triton's TTGIR) of every kernel is written there, to diff two revisions of a kernel
 (a refactor that leaves the PTX unchanged needs no new GPU measurement). The ``overlap`` family compiles the
 overlap path's Gluon prefix kernels directly (its launches need a GPU even to be planned), 16-bit and float8; the
 ``model`` family the decoder's fused elementwise kernels (``leanattn.models.fused_ops``) at llama-3-8b sizes.
@@ -120,6 +120,9 @@ def _install(ptx_dir: str | None, label: list):
                 tag = re.sub(r"[^A-Za-z0-9#]+", "_", f"{label[0]}_{name}").replace("#", "_")
                 with open(os.path.join(ptx_dir, tag + ".ptx"), "w") as f:
                     f.write(_comparable(compiled.asm["ptx"]))
+                # Triton's GPU IR beside it: layouts, shared buffers and what the pipeliner made asynchronous
+                with open(os.path.join(ptx_dir, tag + ".ttgir"), "w") as f:
+                    f.write(compiled.asm["ttgir"])
         return r
 
     def do_compile(self, key, signature, device, constexprs, options, attrs, warmup):
@@ -194,6 +197,13 @@ def decode_cases():
                 lambda qn=qn, qp=qp, cache=cache, bt=bt, schedule=schedule: leanattn.mla_decode(
                     qn, qp, cache[..., :512], cache[..., 512:], torch.tensor([5, 200], dtype=torch.int32), bt,
                     schedule=schedule, num_splits=3, causal=True)
+    # one long sequence: even pieces on every SM, merged 128 columns a program (kernels/merge.py), and the lean
+    # kernel's pieces merged by the merge launch (kernels/piece_merge.py)
+    qn, qp = torch.randn(1, 16, 512, dtype=bf), torch.randn(1, 16, 64, dtype=bf)
+    cache = torch.randn(1, 32768, 1, 576, dtype=bf)
+    yield "mla 16 heads 32k", lambda: leanattn.mla_decode(qn, qp, cache[..., :512], cache[..., 512:])
+    yield "mla 16 heads 32k split 33", lambda: leanattn.mla_decode(qn, qp, cache[..., :512], cache[..., 512:],
+                                                                   schedule="split", num_splits=33)
     # float8 caches read in bf16 (kernels/attend.py)
     for hq, hkv, d, page in ((32, 8, 128, 0), (32, 32, 128, 0), (32, 8, 128, 16), (32, 32, 64, 0), (16, 8, 256, 0)):
         name = f"decode fp8 {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")

@@ -6,8 +6,9 @@ interleaved rounds (do_bench medians, L2 flushed):
 * ``lean``, ``split``: the defaults;
 * ``values apart``: the latent rows loaded a second time as values (``LEANATTN_MLA_SHARED_V=0``), against the one
   tile feeding both products (does sharing it stall Triton's pipeline?);
-* tiles: ``LEANATTN_DECODE_CONFIG`` = 64-token tiles over 3 stages, 4 warps, 128-token tiles, 32-token tiles at two
-  programs an SM;
+* tiles: ``LEANATTN_DECODE_CONFIG`` = the 64-token tiles over 2 stages measured on 2026-12-05 (one shared buffer:
+  no load overlaps a product; the default now takes 3 stages), 32-token tiles over 4 and 5 stages (3 and 4 buffers),
+  64-token tiles of 4 warps, 128-token tiles, 32-token tiles at two programs an SM;
 * ``merge in-kernel``: one sequence's pieces merged by the last to arrive (``LEANATTN_DECODE_MERGE=0``) instead of
   the merge launch, whose 16 programs fold every piece of the one row (``kernels/piece_merge.py``);
 * ``split x8``: FlashDecoding with 8 splits a row (few pieces to merge).
@@ -32,7 +33,9 @@ import leanattn  # noqa: E402
 
 CASES = (("16 heads B=1 32k", 1, 32768, 16), ("16 heads B=32 4k", 32, 4096, 16), ("128 heads B=1 32k", 1, 32768, 128))
 VARIANTS = {"lean": {}, "values apart": {"LEANATTN_MLA_SHARED_V": "0"},
-            "tiles 64x3 stages": {"LEANATTN_DECODE_CONFIG": "64,8,3,1"},
+            "tiles 64x2 stages (before)": {"LEANATTN_DECODE_CONFIG": "64,8,2,1"},
+            "tiles 32x4 stages": {"LEANATTN_DECODE_CONFIG": "32,8,4,1"},
+            "tiles 32x5 stages": {"LEANATTN_DECODE_CONFIG": "32,8,5,1"},
             "tiles 64, 4 warps": {"LEANATTN_DECODE_CONFIG": "64,4,2,1"},
             "tiles 128": {"LEANATTN_DECODE_CONFIG": "128,8,2,1"},
             "tiles 32, 2 a SM": {"LEANATTN_DECODE_CONFIG": "32,8,2,2"},

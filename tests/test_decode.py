@@ -254,11 +254,14 @@ def test_piece_merge_launch_constants():
     # a load holds a row's share of an even cut (one more piece than programs per row), so the many-piece rows of
     # test_lean_merge_launch loop; up to 64 fp32 values a thread
     from leanattn.kernels.piece_merge import piece_merge_launch
-    cases = {(32, 264, 128): (16, 1), (8, 264, 128): (32, 2), (8, 264, 256): (16, 2), (10, 29, 64): (4, 1),
-             (1, 1, 64): (2, 1), (2048, 264, 128): (2, 1)}
-    for (rows, programs, d), (block_s, warps) in cases.items():
+    # heads wider than 128 are merged 128 columns a program, over a third grid axis
+    cases = {(32, 264, 128): (16, 1, 1), (8, 264, 128): (32, 2, 1), (8, 264, 256): (32, 2, 2), (10, 29, 64): (4, 1, 1),
+             (1, 1, 64): (2, 1, 1), (2048, 264, 128): (2, 1, 1), (1, 132, 512): (32, 2, 4)}
+    for (rows, programs, d), (block_s, warps, chunks) in cases.items():
         grid, meta = piece_merge_launch(rows, 4, 1, 16, d, programs, rows)
-        assert grid == (rows, 4) and (meta["BLOCK_S"], meta["num_warps"]) == (block_s, warps), (rows, programs, d)
+        assert grid == (rows, 4) + ((chunks,) if chunks > 1 else ()), (rows, programs, d, grid)
+        got = (meta["BLOCK_S"], meta["num_warps"], meta["BLOCK_D"] * chunks)
+        assert got == (block_s, warps, d), (rows, programs, d)
 
 
 @pytest.mark.parametrize("merge", ["0", "1"], ids=["in-kernel", "launch"])

@@ -32,11 +32,13 @@ def check_merge(outs, lses, name="merge"):
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("S,B,H,D", [(1, 1, 1, 64), (2, 3, 4, 128), (3, 2, 5, 256), (7, 4, 33, 64), (16, 1, 2, 96),
-                                     (5, 3, 70, 8), (40, 2, 3, 256), (3, 4, 300, 8), (2, 1, 2051, 8), (9, 1, 5, 64)],
+                                     (5, 3, 70, 8), (40, 2, 3, 256), (3, 4, 300, 8), (2, 1, 2051, 8), (9, 1, 5, 64),
+                                     (140, 1, 3, 512), (33, 1, 2, 320)],
                          ids=lambda x: str(x))
 def test_matches_reference(S, B, H, D, dtype):
     # up to UNROLL_MAX states the unrolled loop, (2, 1, 2051, 8) at 4 rows a program with a partial last one;
-    # (40, .., 256) and (9, ..): BLOCK_S states a load, at 40 several loads, the last partial
+    # (40, .., 256) and (9, ..): BLOCK_S states a load, at 40 several loads, the last partial; from D=256 128 columns a
+    # program (320: the last 64 columns masked)
     check_merge(*random_states(S, B, H, D, dtype))
 
 
@@ -129,6 +131,11 @@ def test_merge_launch_unrolls_few_states():
     assert grid == (2047,) and (meta["UNROLL"], meta["BLOCK_M"], meta["num_warps"], meta["BLOCK_D"]) == (8, 1, 1, 128)
     grid, meta = merge_launch(UNROLL_MAX + 1, 100, 128)
     assert grid == (100,) and meta.get("UNROLL", 0) == 0 and meta["BLOCK_S"] == 16 and meta["num_warps"] == 4
+    # a wide head over few rows: 128 columns a program, more states a step (MLA's one sequence of 16 heads)
+    grid, meta = merge_launch(132, 16, 512)
+    assert grid == (16, 4) and (meta["BLOCK_D"], meta["BLOCK_S"]) == (128, 32)
+    grid, meta = merge_launch(132, 4096, 512)
+    assert grid == (4096,) and meta["BLOCK_D"] == 512
 
 
 @pytest.mark.parametrize("S,M", [(1, 4), (3, 8192), (8, 100), (9, 100), (40, 5000)])

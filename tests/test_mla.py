@@ -97,6 +97,23 @@ def test_values_loaded_apart(monkeypatch):
         leanattn.mla_decode(*args, num_programs=3)
 
 
+@pytest.mark.parametrize("merge", ["0", "1"], ids=["in-kernel", "launch"])
+def test_latent_512_merged_in_column_blocks(monkeypatch, merge):
+    # 512-wide pieces merged 128 columns a program (kernels/merge.py, kernels/piece_merge.py): two sequences cut
+    # over 7 programs, and one sequence in 12 even pieces, more than the unrolled merge takes
+    from leanattn.ops import decode as dec
+    monkeypatch.setenv("LEANATTN_DECODE_MERGE", merge)
+    dec._PLANS.clear()
+    try:
+        args = inputs(2, 16, 512, 64, [200, 90], page=16, wide=True, seed=6)
+        check("two sequences", *args, num_programs=7)
+        one = inputs(1, 16, 512, 64, [200], seed=7)
+        check("one sequence", *one, num_programs=12)
+        check("one sequence, split", *one, schedule="split", num_splits=12)
+    finally:
+        dec._PLANS.clear()
+
+
 def test_latent_512_bf16_scale_and_no_lse():
     args = inputs(2, 16, 512, 64, [70, 3], dtype=torch.bfloat16, page=16, wide=True, seed=3)
     check("DeepSeek dims", *args, softmax_scale=0.1352)

@@ -54,13 +54,16 @@ def merge_states_kernel(
     (the number of states, known when the launch is planned): one ``[BLOCK_M, BLOCK_D]`` tile per state,
     the loop unrolled, so every state's loads issue before the first is folded in and the fold stays
     within each thread, whatever ``BLOCK_M`` (a ``[BLOCK_S, BLOCK_M, BLOCK_D]`` tile of several rows may
-    put the states of one row on different warps).
+    put the states of one row on different warps). Program ``(i, j)`` merges columns ``[j * BLOCK_D, (j + 1) *
+    BLOCK_D)`` of its rows (a wide head split over several programs); the ``j = 0`` programs write ``Lse``.
     """
     if PDL:  # a programmatic dependent launch (runtime.dependent_launch): wait for the states' writes
         gdc_wait()
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    # (resolved at compile time: a head in one program compiles as before the split)
+    col = tl.program_id(1) * BLOCK_D if BLOCK_D < HEAD_DIM else 0
+    offs_d = col + tl.arange(0, BLOCK_D)
     mask_m = offs_m < M
     mask_d = offs_d < HEAD_DIM
     rows = offs_m.to(tl.int64)
@@ -93,6 +96,8 @@ def merge_states_kernel(
     out, lse_out = finish_merge(m, acc, den)
     tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
              mask=mask_m[:, None] & mask_d[None, :])
+    if BLOCK_D < HEAD_DIM:
+        mask_m = mask_m & (col == 0)  # one column block writes the LSE
     tl.store(Lse + offs_m, lse_out, mask=mask_m)
 
 
@@ -114,6 +119,10 @@ def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False) -> tuple[tupl
     flush) 8.1 with 32 states a load against 11.8-21.2 unrolled. Inside the overlap path (probe 41) the unrolled
     merge took 1-3 us off the x256 cases and 0.4-1 us off the others. ``pdl``: launched as a programmatic dependent
     launch of the launch that writes the states (``runtime.dependent_launch``).
+
+    Heads wider than 128 merged over few rows (MLA's 512-wide latent, D=256) are split into 128-column programs,
+    each loading 4 times (D=512) as many states a step: one sequence of 16 MLA heads cut into 132 pieces was 16
+    programs folding 8 pieces a step, 17 dependent L2 round trips; it is 64 programs of 5 steps (not yet timed).
     """
     block_d = triton.next_power_of_2(head_dim)
     if S <= UNROLL_MAX:
@@ -124,10 +133,13 @@ def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False) -> tuple[tupl
         block_s = min(triton.next_power_of_2(S), max(1, 8 * 128 // block_d))
         warps = 1
     else:
+        block_d = min(block_d, 128)
         block_s = min(triton.next_power_of_2(S), max(1, 4096 // block_d))
         warps = 4
+    chunks = triton.cdiv(head_dim, block_d)
     # UNROLL given (not left to its default), so that runtime.Launcher launches the compiled kernel directly after
     # the first launch: with a parameter filled by its default every launch went through the JIT (d256 decode,
     # 16 states, eager 138 us against 79 from a graph, H200 2026-12-03)
-    return (M,), dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=block_s, num_warps=warps, UNROLL=0,
+    grid = (M,) if chunks == 1 else (M, chunks)
+    return grid, dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=block_s, num_warps=warps, UNROLL=0,
                       **launch_meta(pdl))

@@ -74,12 +74,13 @@ def piece_merge_kernel(
     stride_ob, stride_oh, stride_lb, stride_ot, stride_lt,  #
     GROUP: tl.constexpr, N_HB: tl.constexpr, ROWS: tl.constexpr,  #
     BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr, QLEN: tl.constexpr,
-    VARLEN: tl.constexpr,
+    VARLEN: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """The merge launch of a stream-K decode whose rows were cut into pieces (``record_row``,
     ``publish_piece``): program ``(row_id, h)`` merges query head ``h`` of the row ``row_id = b * ROWS
     + kv_head * N_HB + head_block`` over its pieces in program order, ``BLOCK_S`` pieces per load, and
-    writes ``Out[b, head]`` and its natural-log ``Lse``; rows whole in one program are left alone.
+    writes ``Out[b, head]`` and its natural-log ``Lse``; rows whole in one program are left alone. With a third grid
+    axis, program ``(row_id, h, j)`` merges columns ``[j * BLOCK_D, (j + 1) * BLOCK_D)`` (``j = 0`` writes ``Lse``).
 
     The in-kernel merge (``settle_piece``) leaves a row's pieces to one program of the main launch,
     a chain of dependent L2 round trips over all its query heads at the end of the launch; here every
@@ -94,6 +95,12 @@ def piece_merge_kernel(
         gdc_wait()
     rid = tl.program_id(0)
     h = tl.program_id(1)
+    if BLOCK_D < HEAD_DIM:  # (resolved at compile time: a head in one program compiles as before the split)
+        col = tl.program_id(2) * BLOCK_D
+        first_col = col == 0
+    else:
+        col = 0
+        first_col = True
     row = rid % ROWS
     hb = row % N_HB
     # both entries in one load: the first slot loaded once the row is known to be cut was one more L2 round trip on
@@ -102,10 +109,10 @@ def piece_merge_kernel(
     if (n > 1) & (hb * BLOCK_H + h < GROUP * QLEN):
         host = first // 2
         offs_s = tl.arange(0, BLOCK_S)
-        offs_d = tl.arange(0, HEAD_DIM)
+        offs_d = col + tl.arange(0, BLOCK_D)
         m_t = tl.full([BLOCK_S], float("-inf"), tl.float32)
         l_t = tl.zeros([BLOCK_S], tl.float32)
-        acc_t = tl.zeros([BLOCK_S, HEAD_DIM], tl.float32)
+        acc_t = tl.zeros([BLOCK_S, BLOCK_D], tl.float32)
         # lane-wise online softmax over steps, then one cross-lane fold: no reduction inside the loop
         for s0 in range(0, n, BLOCK_S):
             s = s0 + offs_s
@@ -137,11 +144,11 @@ def piece_merge_kernel(
             real = hb * BLOCK_H + h >= GROUP * pad
             tl.store(Out + start * stride_ot + o_row + offs_d, (acc / l_safe).to(Out.dtype.element_ty), mask=real)
             tl.store(Lse + start * stride_lt + l_row,
-                     tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2), mask=real)
+                     tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2), mask=real & first_col)
         else:
             tl.store(Out + b.to(tl.int64) * stride_ob + o_row + offs_d, (acc / l_safe).to(Out.dtype.element_ty))
             tl.store(Lse + b.to(tl.int64) * stride_lb + l_row,
-                     tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2))
+                     tl.where(empty, float("-inf"), (m_use + tl.math.log2(l_safe)) * LN2), mask=first_col)
 
 
 @triton.jit
@@ -267,10 +274,12 @@ def piece_merge_launch(rows: int, group: int, n_hb: int, block_h: int, head_dim:
     pieces), at most 4096 fp32 values (``BLOCK_S x head_dim``); a row cut into more loops. Up to 64 of those
     values a thread (1 warp for 16 pieces at D=128): the fold over the pieces then stays inside each thread,
     where 4 warps over 32 pieces folded through shared memory (H200, ncu, mha B=1 16k, 8 pieces a row: 5036 SM
-    cycles against the 2217 of ``merge_states_kernel`` over 7 splits; decode probe 46)."""
+    cycles against the 2217 of ``merge_states_kernel`` over 7 splits; decode probe 46). Heads wider than 128 (MLA's
+    512-wide latent, D=256) are merged 128 columns a program (``merge_launch``'s reason; not yet timed)."""
     share = -(-max(programs, 1) // max(rows, 1)) + 1
-    block_s = min(triton.next_power_of_2(share), max(1, 4096 // head_dim))
-    warps = min(4, max(1, block_s * head_dim // (64 * 32)))
-    grid = (rows, min(group * qlen, block_h))
+    block_d = min(head_dim, 128)
+    block_s = min(triton.next_power_of_2(share), max(1, 4096 // block_d))
+    warps = min(4, max(1, block_s * block_d // (64 * 32)))
+    grid = (rows, min(group * qlen, block_h)) + ((head_dim // block_d,) if head_dim > block_d else ())
     return grid, dict(GROUP=group, N_HB=n_hb, ROWS=rows_per_seq, BLOCK_H=block_h, HEAD_DIM=head_dim,
-                      BLOCK_S=block_s, num_warps=warps, QLEN=qlen, VARLEN=varlen, **launch_meta(pdl))
+                      BLOCK_S=block_s, num_warps=warps, QLEN=qlen, VARLEN=varlen, BLOCK_D=block_d, **launch_meta(pdl))
