@@ -63,6 +63,8 @@
 #   sanitize-mla  memcheck over MLA decode's launches (sanitize.py mla)
 #   mla         MLA decode against SDPA and flex over the concatenated cache (bench_mla.py)
 #   mla-probe   MLA decode variants side by side: values loaded apart, tiles, merge in-kernel, splits (probe_mla.py)
+#   ncu-mla     Nsight Compute on one MLA launch at 2 and at 3 pipeline stages (16 heads B=32 4k; speed of light,
+#               memory, warp states, source counters; benchmarks/ncu_mla.py)
 #   sanitize-alibi  memcheck over decode's launches with ALiBi slopes (sanitize.py alibi)
 #   alibi       decode with and without ALiBi at BLOOM/MPT's attention shape, against flex and SDPA with the bias
 #               (probe_decode_alibi.py)
@@ -255,6 +257,11 @@ for step in "$@"; do
     sanitize-mla) timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py mla 2>&1 | tail -3 ;;
     mla) timeout 400 python3 benchmarks/bench_mla.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error|failed" ;;
     mla-probe) timeout 400 python3 benchmarks/probe_mla.py --out "$OUT" 2>&1 | grep -E "floor|wrote|Error|failed" ;;
+    ncu-mla)
+      ncu -k "regex:lean_decode_kernel" --launch-skip 4 --launch-count 2 --section SpeedOfLight \
+        --section MemoryWorkloadAnalysis --section WarpStateStats --section SourceCounters --section Occupancy \
+        --section LaunchStats python3 benchmarks/ncu_mla.py > "$OUT/ncu_mla.txt" 2>&1
+      grep -E "lean_decode_kernel|Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Ipc|launched" "$OUT/ncu_mla.txt" | head -40 ;;
     sanitize-alibi) timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py alibi 2>&1 | tail -3 ;;
     alibi) timeout 300 python3 benchmarks/probe_decode_alibi.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error|failed" ;;
     sanitize-bif-window)
