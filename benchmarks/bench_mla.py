@@ -48,9 +48,7 @@ def make_case(B, n, heads):
 
 
 def main(argv=None):
-    args, want = common.probe_args(__doc__, argv)
-    torch.manual_seed(0)
-    ceiling = common.read_bandwidth_gbs()["read_ceiling"]
+    args, want, ceiling = common.probe_start(__doc__, argv)
     rows = []
     for name, B, n, heads in CASES:
         if want and name not in want:

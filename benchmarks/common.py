@@ -199,6 +199,14 @@ def probe_args(doc: str, argv=None):
     return args, set(args.cases.split(",")) if args.cases else None
 
 
+def probe_start(doc: str, argv=None):
+    """A probe's start: its command line (``probe_args``), the default generator seeded with 0, and the read ceiling
+    measured in this process (GB/s): ``(args, want, ceiling)``."""
+    args, want = probe_args(doc, argv)
+    torch.manual_seed(0)
+    return args, want, read_bandwidth_gbs()["read_ceiling"]
+
+
 def write_probe(out_dir: str, name: str, **payload) -> str:
     """Write a probe's ``payload`` with the environment (``env_info``) to ``out_dir/name`` as JSON; print and
     return the path."""

@@ -50,6 +50,9 @@
 #               (tests/test_bifurcated_tokens_gpu.py)
 #   bif-tokens  bifurcated decode of several query tokens a sample against the one-token call, decode over copied
 #               caches and SDPA (benchmarks/bench_bifurcated_tokens.py)
+#   tests-bif-paged  the GPU tests of shared prefixes in a page pool (tests/test_bifurcated_paged_gpu.py)
+#   bif-paged   a paged shared prefix against the dense one and decode over prefix + own pages
+#               (benchmarks/probe_bifurcated_paged.py)
 #   tests-bif-window  the GPU tests of bifurcated/cascade decode with a sliding window
 #               (tests/test_bifurcated_window_gpu.py)
 #   bif-window  bifurcated decode with a sliding window against no window, windowed decode over copies and SDPA
@@ -248,6 +251,8 @@ for step in "$@"; do
     tests-varlen) "${PYTEST[@]}" tests/test_decode_varlen_gpu.py 2>&1 | tail -3 ;;
     tests-bif-tokens) "${PYTEST[@]}" tests/test_bifurcated_tokens_gpu.py 2>&1 | tail -3 ;;
     bif-tokens) timeout 500 python3 benchmarks/bench_bifurcated_tokens.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    tests-bif-paged) "${PYTEST[@]}" tests/test_bifurcated_paged_gpu.py 2>&1 | tail -3 ;;
+    bif-paged) timeout 500 python3 benchmarks/probe_bifurcated_paged.py --out "$OUT" 2>&1 | grep -E "floor|wrote|Error|failed" ;;
     tests-bif-window) "${PYTEST[@]}" tests/test_bifurcated_window_gpu.py 2>&1 | tail -3 ;;
     bif-window) timeout 500 python3 benchmarks/bench_bifurcated_window.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     tests-sinks) "${PYTEST[@]}" tests/test_sinks_gpu.py 2>&1 | tail -3 ;;

@@ -50,9 +50,7 @@ def sdpa_bias(q, k, v, slopes, n):
 
 
 def main(argv=None):
-    args, want = common.probe_args(__doc__, argv)
-    torch.manual_seed(0)
-    ceiling = common.read_bandwidth_gbs()["read_ceiling"]
+    args, want, ceiling = common.probe_start(__doc__, argv)
     rows = []
     for name, B, n, hq, hkv in CASES:
         if want and name not in want:

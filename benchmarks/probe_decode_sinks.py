@@ -32,9 +32,7 @@ CASES = (("B=1 4k full", 1, 4096, -1), ("B=1 32k full", 1, 32768, -1), ("B=1 32k
 
 
 def main(argv=None):
-    args, want = common.probe_args(__doc__, argv)
-    torch.manual_seed(0)
-    ceiling = common.read_bandwidth_gbs()["read_ceiling"]
+    args, want, ceiling = common.probe_start(__doc__, argv)
     rows = []
     for name, B, n, window in CASES:
         if want and name not in want:

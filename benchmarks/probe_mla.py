@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode as bd  # noqa: E402
@@ -43,9 +42,7 @@ VARIANTS = {"lean": {}, "values apart": {"LEANATTN_MLA_SHARED_V": "0"},
 
 
 def main(argv=None):
-    args, want = common.probe_args(__doc__, argv)
-    torch.manual_seed(0)
-    ceiling = common.read_bandwidth_gbs()["read_ceiling"]
+    args, want, ceiling = common.probe_start(__doc__, argv)
     rows = []
     for name, B, n, heads in CASES:
         if want and name not in want:

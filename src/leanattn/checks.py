@@ -85,6 +85,19 @@ def kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_sc
     return scales[0], scales[1]
 
 
+def pages_in_use(name: str, block_table: torch.Tensor, first, used: torch.Tensor, num_pages: int) -> None:
+    """Page ids ``block_table[i, first[i]:used[i]]`` (the pages row ``i`` reads; ``first`` a tensor or 0) in
+    ``[0, num_pages)``; the table is called ``name`` in the error. A device sync: call it when values are checked."""
+    cols = torch.arange(block_table.shape[1], device=block_table.device)[None, :]
+    keep = cols < used[:, None]
+    if isinstance(first, torch.Tensor):
+        keep = keep & (cols >= first[:, None])
+    ids = torch.where(keep, block_table.long(), 0)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= num_pages:
+        _fail(ValueError, name, f"page ids in [0, {num_pages}) for the pages in use", f"ids in [{lo}, {hi}]")
+
+
 def values_checkable(*tensors) -> bool:
     """Whether value checks cost no device sync: CPU tensors, outside compile and graph capture."""
     if torch.compiler.is_compiling():

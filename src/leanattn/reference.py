@@ -222,11 +222,18 @@ __all__ += ["masked_attention", "qk_sparse_mask", "hash_sparse_mask", "qk_sparse
 # shared-prefix decode (leanattn.bifurcated_decode / cascade_decode)
 
 
-def _segment(k: torch.Tensor, lens, ids, b: int) -> tuple[int, int]:
-    """``(prefix index, length)`` of the shared segment that sample ``b`` reads."""
+def _segment(k: torch.Tensor, lens, ids, b: int, table=None) -> tuple[int, int]:
+    """``(prefix index, length)`` of the shared segment that sample ``b`` reads (``table``: of a paged level, whose
+    capacity is its pages times the page size)."""
     g = 0 if ids is None else int(ids[b])
-    n = k.shape[-3] if lens is None else int(lens[g])
+    cap = k.shape[-3] if table is None else table.shape[1] * k.shape[1]
+    n = cap if lens is None else int(lens[g])
     return g, n
+
+
+def _levels(levels) -> list:
+    """Each level as ``(k, v, lens, ids, block_table)``, the optional entries None where not given."""
+    return [(tuple(lv) + (None, None, None))[:5] for lv in levels]
 
 
 def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, block_table=None, softmax_scale=None,
@@ -238,12 +245,13 @@ def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, bl
     keys up to its position (``cache_seqlens[b] - Lq + s``). With ``cu_seqlens_q``, ``q (total_q, Hq, D)`` is packed,
     sample ``b`` its rows ``[cu[b], cu[b+1])`` as a ``(1, n_b, Hq, D)`` query of that sample alone. With
     ``window_left >= 0`` token ``s``, at position ``shared + own - Lq + s`` of the concatenation, attends no key
-    before ``pos - window_left``. ``sinks (Hq,)``: each head's sink logit, as :func:`decode`'s. Float64 ``(out,
-    lse)`` of ``q``'s shape without and with ``D``."""
+    before ``pos - window_left``. ``sinks (Hq,)``: each head's sink logit, as :func:`decode`'s. A level
+    ``(k, v, lens, ids, block_table)`` is paged: ``k, v`` page pools ``(pages, page_size, Hkv, D)``, segment ``g`` the
+    pages ``block_table[g]``. Float64 ``(out, lse)`` of ``q``'s shape without and with ``D``."""
+    levels = _levels(levels)
     if cu_seqlens_q is not None:
-        levels = [(tuple(lv) + (None, None))[:4] for lv in levels]
         return _per_sequence(q, cu_seqlens_q, lambda b, q_b: cascade_decode(
-            q_b, [(k, v, lens, None if ids is None else ids[b:b + 1]) for k, v, lens, ids in levels],
+            q_b, [(k, v, lens, None if ids is None else ids[b:b + 1], t) for k, v, lens, ids, t in levels],
             *_sequence_caches(b, k_cache, v_cache, cache_seqlens, block_table), softmax_scale, softcap, k_scale,
             v_scale, causal, window_left=window_left, sinks=sinks))
     if q.dim() == 3:
@@ -252,7 +260,6 @@ def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, bl
         return out[:, 0], lse[:, 0]
     B, Lq, Hq, D = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
-    levels = [(tuple(lv) + (None, None))[:4] for lv in levels]
     if k_cache is not None:
         cap = k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
         own_lens = [cap] * B if cache_seqlens is None else cache_seqlens.tolist()
@@ -260,8 +267,12 @@ def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, bl
     lse = torch.full((B, Lq, Hq), float("-inf"), dtype=torch.float64, device=q.device)
     for b in range(B):
         ks, vs = [], []
-        for k, v, lens, ids in levels:
-            g, n = _segment(k, lens, ids, b)
+        for k, v, lens, ids, table in levels:
+            g, n = _segment(k, lens, ids, b, table)
+            if table is not None:
+                ks.append(gather_kv(k, g, n, table).double())
+                vs.append(gather_kv(v, g, n, table).double())
+                continue
             ks.append((k if k.dim() == 4 else k[None])[g, :n].double())
             vs.append((v if v.dim() == 4 else v[None])[g, :n].double())
         shared = sum(x.shape[0] for x in ks)
@@ -283,13 +294,13 @@ def cascade_decode(q, levels, k_cache=None, v_cache=None, cache_seqlens=None, bl
 
 def bifurcated_decode(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens=None, block_table=None,
                       prefix_lens=None, prefix_ids=None, softmax_scale=None, softcap=0.0, k_scale=1.0, v_scale=1.0,
-                      causal=False, cu_seqlens_q=None, window_left=-1, sinks=None):
+                      causal=False, cu_seqlens_q=None, window_left=-1, sinks=None, prefix_block_table=None):
     """Reference for :func:`leanattn.bifurcated_decode`: decode over ``prefix[prefix_ids[b]]``
-    followed by the sample's own tokens (several query tokens a sample, or packed, as :func:`cascade_decode`).
-    Float64 ``(out, lse)``."""
-    return cascade_decode(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache, cache_seqlens,
-                          block_table, softmax_scale, softcap, k_scale, v_scale, causal, cu_seqlens_q, window_left,
-                          sinks)
+    followed by the sample's own tokens (several query tokens a sample, or packed, as :func:`cascade_decode`;
+    ``prefix_block_table``: the prefixes are pages of the pools ``prefix_k/v``). Float64 ``(out, lse)``."""
+    return cascade_decode(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids, prefix_block_table)], k_cache, v_cache,
+                          cache_seqlens, block_table, softmax_scale, softcap, k_scale, v_scale, causal, cu_seqlens_q,
+                          window_left, sinks)
 
 
 __all__ += ["bifurcated_decode", "cascade_decode"]

@@ -16,6 +16,7 @@ from .. import checks, runtime
 from ..merges.sinks import with_sinks
 from ..merges.states import merge_states
 from .bifurcated_launch import Plan
+from .bifurcated_paged import paged_level_states
 from .bifurcated_window import query_rows, window_states
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
 from .decode import decode, validate_decode
@@ -135,15 +136,26 @@ def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
 
 
 def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate, name="prefix",
-                    kv_dtype=None, kv_name="k_cache", k_scale=1.0, v_scale=1.0, batch=None):
+                    kv_dtype=None, kv_name="k_cache", k_scale=1.0, v_scale=1.0, batch=None, block_table=None):
     """Checks of a shared prefix against ``q``: its dtype ``q``'s or a float8 one, equal to ``kv_dtype`` (that of
     ``kv_name``, the own cache or another level) where given, and the dequantisation scales against it
     (``checks.kv_cache``); returns ``(Hkv, k_scale, v_scale)``. The kv-head count is compared by the caller.
-    ``batch``: the samples of a packed query (else ``q``'s first dimension)."""
-    kn, vn, ln, idn = f"{name}_k", f"{name}_v", f"{name}_lens", f"{name}_ids"
+    ``batch``: the samples of a packed query (else ``q``'s first dimension). ``block_table`` (``{name}_block_table``):
+    the prefixes are pages of the pools ``prefix_k/v (num_pages, page_size, Hkv, D)``, prefix ``g`` the pages
+    ``block_table[g]``, whose ids are checked for the pages in use as :func:`leanattn.decode` checks its own."""
+    kn, vn, ln, idn, tn = f"{name}_k", f"{name}_v", f"{name}_lens", f"{name}_ids", f"{name}_block_table"
     checks.check_tensor(kn, prefix_k)
     checks.check_tensor(vn, prefix_v)
-    if prefix_k.dim() not in (3, 4):
+    if block_table is not None:
+        if prefix_k.dim() != 4:
+            raise ValueError(f"{kn}: expected a 4-D (num_pages, page_size, Hkv, D) page pool with {tn}, got shape "
+                             f"{tuple(prefix_k.shape)}")
+        checks.check_index(tn, block_table, 2, q.device)
+        if block_table.stride(-1) != 1:
+            raise ValueError(f"{tn}: expected unit stride on the last dimension, got {tuple(block_table.stride())}")
+        if prefix_k.shape[1] < 1:
+            raise ValueError(f"{kn}: expected a page size >= 1, got {prefix_k.shape[1]}")
+    elif prefix_k.dim() not in (3, 4):
         raise ValueError(f"{kn}: expected a 3-D (P, Hkv, D) or 4-D (G, P, Hkv, D) tensor, got shape "
                          f"{tuple(prefix_k.shape)}")
     k_scale, v_scale = checks.kv_cache(prefix_k, prefix_v, q, k_scale, v_scale, True, (kn, vn))
@@ -161,18 +173,24 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
         raise ValueError(f"q: expected a number of heads that is a multiple of {kn}'s {Hkv} kv heads, got {Hq}")
     checks.check_unit_stride(kn, prefix_k)
     checks.check_unit_stride(vn, prefix_v)
-    G = 1 if prefix_k.dim() == 3 else prefix_k.shape[0]
-    P = prefix_k.shape[-3]
-    if G == 0:
-        raise ValueError(f"{kn}: expected at least one prefix, got shape {tuple(prefix_k.shape)}")
+    if block_table is not None:
+        G, P = block_table.shape[0], block_table.shape[1] * prefix_k.shape[1]
+        if G == 0:
+            raise ValueError(f"{tn}: expected at least one prefix (row), got shape {tuple(block_table.shape)}")
+    else:
+        G = 1 if prefix_k.dim() == 3 else prefix_k.shape[0]
+        P = prefix_k.shape[-3]
+        if G == 0:
+            raise ValueError(f"{kn}: expected at least one prefix, got shape {tuple(prefix_k.shape)}")
+    holds = f"{tn} holds" if block_table is not None else f"{kn} holds"
     if prefix_lens is not None:
         checks.check_index(ln, prefix_lens, 1, q.device)
         if prefix_lens.shape[0] != G:
-            raise ValueError(f"{ln}: expected shape ({G},) (one length per prefix of {kn}), got "
-                             f"{tuple(prefix_lens.shape)}")
+            raise ValueError(f"{ln}: expected shape ({G},) (one length per prefix of "
+                             f"{tn if block_table is not None else kn}), got {tuple(prefix_lens.shape)}")
     if prefix_ids is None:
         if G > 1:
-            raise ValueError(f"{idn}: expected a ({B},) int32 tensor naming each sample's prefix when {kn} holds "
+            raise ValueError(f"{idn}: expected a ({B},) int32 tensor naming each sample's prefix when {holds} "
                              f"{G} prefixes, got None")
     else:
         checks.check_index(idn, prefix_ids, 1, q.device)
@@ -181,13 +199,19 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
             raise ValueError(f"{idn}: expected shape ({B},) ({what}), got {tuple(prefix_ids.shape)}")
     max_group_size = checks.max_group_size(max_group_size)
     if validate is None:
-        validate = checks.values_checkable(prefix_lens, prefix_ids)
+        validate = checks.values_checkable(prefix_lens, prefix_ids, block_table)
     if validate and prefix_lens is not None and G:
         lo, hi = int(prefix_lens.min()), int(prefix_lens.max())
         if lo < 0:
             raise ValueError(f"{ln}: expected lengths >= 0, got a minimum of {lo}")
         if hi > P:
-            raise ValueError(f"{ln}: expected lengths <= {P} ({kn} capacity), got a maximum of {hi}")
+            what = f"{tn} pages x page size" if block_table is not None else f"{kn} capacity"
+            raise ValueError(f"{ln}: expected lengths <= {P} ({what}), got a maximum of {hi}")
+    if validate and block_table is not None and block_table.numel():
+        page = prefix_k.shape[1]
+        used = (prefix_lens.long() + page - 1) // page if prefix_lens is not None else \
+            torch.full((G,), block_table.shape[1], dtype=torch.long, device=q.device)
+        checks.pages_in_use(tn, block_table, 0, used, prefix_k.shape[0])
     if validate and prefix_ids is not None and B:
         lo, hi = int(prefix_ids.min()), int(prefix_ids.max())
         if lo < 0 or hi >= G:
@@ -205,10 +229,11 @@ def _pass_op():
     return _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
 
 
-def _window(window_left, prefixes, k_cache, block_table) -> int:
-    """``window_left`` checked, and -1 where the window holds every key a sequence can have."""
+def _window(window_left, levels, k_cache, block_table) -> int:
+    """``window_left`` checked, and -1 where the window holds every key a sequence can have (``levels``: ``(k, v,
+    lens, ids, block_table)`` each)."""
     window_left = checks.window_left(window_left)
-    longest = sum(k.shape[-3] for k in prefixes)
+    longest = sum(k.shape[-3] if pages is None else pages.shape[1] * k.shape[1] for k, _, _, _, pages in levels)
     if k_cache is not None:
         longest += k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
     return -1 if window_left >= longest - 1 else window_left
@@ -221,7 +246,8 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     key, so each level is one bifurcated pass over the query rows (a sample's tokens read the segment as that many
     samples would, stacked with the rest in the rows of its products); the own tokens are one :func:`leanattn.decode`
     call with ``causal``; one :func:`leanattn.merge_states` merges the states, as vLLM's and FlashInfer's cascade
-    attention do."""
+    attention do. ``levels``: ``(k, v, lens, ids, block_table)`` each; a level with a block table is in a page pool
+    (``ops/bifurcated_paged.py``), and ``q`` may then also be ``(B, Hq, D)``."""
     if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
     rows, sample, _, _, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
@@ -230,9 +256,13 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
         rows = rows.contiguous()
     op = _pass_op()
     outs, lses = [], []
-    for k, v, lens, ids in levels:
-        o, lse = op(rows, k, v, None, None, None, None, lens, None if ids is None else expand(ids), scale,
-                    max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale)
+    for k, v, lens, ids, pages in levels:
+        if pages is not None:
+            o, lse = paged_level_states(rows, k, v, lens, None if ids is None else expand(ids), pages, scale,
+                                        max_group_size * per, num_programs, softcap, k_scale, v_scale)
+        else:
+            o, lse = op(rows, k, v, None, None, None, None, lens, None if ids is None else expand(ids), scale,
+                        max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale)
         outs.append(o)
         lses.append(lse)
     if k_cache is not None:
@@ -269,6 +299,7 @@ def bifurcated_decode(
     max_seqlen_q: Optional[int] = None,
     window_left: int = -1,
     sinks: Optional[torch.Tensor] = None,
+    prefix_block_table: Optional[torch.Tensor] = None,
 ):
     """Decode attention for samples that share a prompt: the shared prefix is read once per prompt.
 
@@ -338,6 +369,13 @@ def bifurcated_decode(
     sinks : torch.Tensor, optional, keyword-only
         ``(Hq,)`` attention sinks (gpt-oss), as :func:`leanattn.decode`'s: merged once into the final state, after
         the prefix, own and level states.
+    prefix_block_table : torch.Tensor, optional, keyword-only
+        ``(G, max_pages)`` int32: the prefixes live in a page pool, as a serving engine keeps them (the pool may be
+        ``k_cache``/``v_cache`` themselves): ``prefix_k/v`` are ``(num_pages, page_size, Hkv, D)`` and prefix
+        ``g`` is the pages ``prefix_block_table[g]`` in order, ``prefix_lens[g]`` tokens of them (default: all);
+        ``prefix_ids`` as above. Nothing is copied: each prefix is read once per kv head for all its samples by
+        :func:`leanattn.decode` taking them as the query tokens of one sequence (``ops/bifurcated_paged.py``), then
+        merged with the own tokens' states.
 
     Returns
     -------
@@ -384,27 +422,27 @@ def bifurcated_decode(
             q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
             softmax_scale, True, softcap=softcap, k_scale=k_scale, v_scale=v_scale, max_group_size=max_group_size,
             num_programs=num_programs, validate=validate, causal=causal, cu_seqlens_q=cu_seqlens_q,
-            max_seqlen_q=max_seqlen_q, window_left=window_left))
+            max_seqlen_q=max_seqlen_q, window_left=window_left, prefix_block_table=prefix_block_table))
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
                                            k_scale, v_scale, batch)
     softcap = checks.softcap(softcap)
     Hkv, k_scale, v_scale = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate,
                                             kv_dtype=None if k_cache is None else k_cache.dtype, k_scale=k_scale,
-                                            v_scale=v_scale, batch=batch)
+                                            v_scale=v_scale, batch=batch, block_table=prefix_block_table)
     if k_cache is not None and Hkv != k_cache.shape[2]:
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
     causal = checks.flag("causal", causal)
-    window_left = _window(window_left, [prefix_k], k_cache, block_table)
+    level = (prefix_k, prefix_v, prefix_lens, prefix_ids, prefix_block_table)
+    window_left = _window(window_left, [level], k_cache, block_table)
     if window_left >= 0:
-        out, lse = window_states(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache, cache_seqlens,
-                                 block_table, scale, window_left, int(max_group_size), int(num_programs), softcap,
-                                 k_scale, v_scale, causal, cu_seqlens_q, max_q, op=_pass_op())
+        out, lse = window_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
+                                 int(max_group_size), int(num_programs), softcap, k_scale, v_scale, causal,
+                                 cu_seqlens_q, max_q, op=_pass_op())
         return (out, lse) if return_lse else out
-    if batch is not None:
-        out, lse = _token_states(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache,
-                                 cache_seqlens, block_table, scale, int(max_group_size), int(num_programs), softcap,
-                                 k_scale, v_scale, causal, cu_seqlens_q, max_q)
+    if batch is not None or prefix_block_table is not None:
+        out, lse = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
+                                 int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)
         return (out, lse) if return_lse else out
     if q.dim() == 4:
         if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
@@ -413,9 +451,8 @@ def bifurcated_decode(
                                     v_scale=v_scale, max_group_size=max_group_size, num_programs=num_programs,
                                     validate=False)
             return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
-        out, lse = _token_states(q, [(prefix_k, prefix_v, prefix_lens, prefix_ids)], k_cache, v_cache,
-                                 cache_seqlens, block_table, scale, int(max_group_size), int(num_programs), softcap,
-                                 k_scale, v_scale, causal)
+        out, lse = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
+                                 int(num_programs), softcap, k_scale, v_scale, causal)
         return (out, lse) if return_lse else out
     if q.stride(-1) != 1:
         q = q.contiguous()
@@ -460,10 +497,12 @@ def cascade_decode(
     q : torch.Tensor
         ``(B, Hq, D)``, or ``(B, Lq, Hq, D)``: ``Lq`` query tokens a sample, as in :func:`bifurcated_decode`.
     levels : sequence of tuples
-        ``(k, v)`` or ``(k, v, lens, ids)`` per level, outermost first. ``k, v`` are ``(P, Hkv, D)``
-        (one segment read by every sample) or ``(G, P, Hkv, D)`` with ``ids (B,)`` int32 naming
-        each sample's segment and optional ``lens (G,)`` int32, as ``prefix_*`` of
-        :func:`bifurcated_decode`.
+        ``(k, v)``, ``(k, v, lens, ids)`` or ``(k, v, lens, ids, block_table)`` per level, outermost first. ``k, v``
+        are ``(P, Hkv, D)`` (one segment read by every sample) or ``(G, P, Hkv, D)`` with ``ids (B,)`` int32 naming
+        each sample's segment and optional ``lens (G,)`` int32, as ``prefix_*`` of :func:`bifurcated_decode`. With a
+        ``block_table (G, max_pages)`` int32 the level's segments are pages of the pools ``k, v (num_pages,
+        page_size, Hkv, D)``, as ``prefix_block_table`` of :func:`bifurcated_decode` (``lens`` and ``ids`` may be
+        None).
     k_cache, v_cache, cache_seqlens, block_table : optional
         Each sample's own tokens, as in :func:`leanattn.decode`; may be omitted (``None``).
     max_group_size : int, keyword-only
@@ -499,33 +538,35 @@ def cascade_decode(
     softcap = checks.softcap(softcap)
     max_group_size = checks.max_group_size(max_group_size)
     if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
-        raise TypeError(f"levels: expected a list of (k, v[, lens, ids]) tuples, got {type(levels).__name__}")
+        raise TypeError(f"levels: expected a list of (k, v[, lens, ids[, block_table]]) tuples, got "
+                        f"{type(levels).__name__}")
     if len(levels) == 0 and k_cache is None:
         raise ValueError("levels: expected at least one level or an own cache (k_cache), got neither")
     causal = checks.flag("causal", causal)
     D = q.shape[-1]
     parsed = []
     for i, level in enumerate(levels):
-        if not isinstance(level, (tuple, list)) or len(level) not in (2, 4):
-            raise ValueError(f"levels[{i}]: expected a (k, v) or (k, v, lens, ids) tuple, got {level!r:.80}")
-        k, v, lens, ids = (*level, None, None) if len(level) == 2 else level
+        if not isinstance(level, (tuple, list)) or len(level) not in (2, 4, 5):
+            raise ValueError(f"levels[{i}]: expected a (k, v), (k, v, lens, ids) or (k, v, lens, ids, block_table) "
+                             f"tuple, got {level!r:.80}")
+        k, v, lens, ids, pages = (tuple(level) + (None, None, None))[:5]
         kv_dtype, kv_name = ((k_cache.dtype, "k_cache") if k_cache is not None else
                              (parsed[0][0].dtype, "levels[0]_k") if parsed else (None, None))
         Hkv, k_scale, v_scale = validate_prefix(q, k, v, lens, ids, max_group_size, validate, f"levels[{i}]",
-                                                kv_dtype, kv_name, k_scale, v_scale, batch)
-        parsed.append((k, v, lens, ids))
+                                                kv_dtype, kv_name, k_scale, v_scale, batch, pages)
+        parsed.append((k, v, lens, ids, pages))
     if k_cache is not None:
         Hkv = k_cache.shape[2]
     for i, (k, *_rest) in enumerate(parsed):
         if k.shape[-2] != Hkv:
             raise ValueError(f"levels[{i}]: expected {Hkv} kv heads, got {k.shape[-2]}")
-    window_left = _window(window_left, [lv[0] for lv in parsed], k_cache, block_table)
+    window_left = _window(window_left, parsed, k_cache, block_table)
     if window_left >= 0:
         out, lse = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
                                  max_group_size, int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q,
                                  max_q, op=_pass_op())
         return (out, lse) if return_lse else out
-    if batch is not None:
+    if batch is not None or any(lv[4] is not None for lv in parsed):
         out, lse = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
                                  int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)
         return (out, lse) if return_lse else out
@@ -542,7 +583,7 @@ def cascade_decode(
         q = q.contiguous()
     op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
     states = []
-    for i, (k, v, lens, ids) in enumerate(parsed):
+    for i, (k, v, lens, ids, _) in enumerate(parsed):
         fuse_own = i == len(parsed) - 1 and k_cache is not None
         states.append(op(q, k, v, k_cache if fuse_own else None, v_cache if fuse_own else None,
                          cache_seqlens if fuse_own else None, block_table if fuse_own else None, lens, ids,

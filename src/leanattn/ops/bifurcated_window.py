@@ -49,8 +49,9 @@ def query_rows(q, cu_seqlens_q, max_seqlen_q):
 
 def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale, window_left, max_group_size,
                   num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q=None, max_seqlen_q=0, *, op):
-    """``(out, lse)`` of ``q`` (``(B, Hq, D)``, ``(B, Lq, Hq, D)`` or packed) over ``levels`` (``(k, v, lens, ids)``
-    each, past validation) and the own cache, under a sliding window of ``window_left >= 0`` keys before each token.
+    """``(out, lse)`` of ``q`` (``(B, Hq, D)``, ``(B, Lq, Hq, D)`` or packed) over ``levels`` (``(k, v, lens, ids,
+    block_table)`` each, past validation; ``block_table`` None for a dense segment, else that of a page pool) and the
+    own cache, under a sliding window of ``window_left >= 0`` keys before each token.
     ``op``: the bifurcated pass (``_bifurcated_impl``, or its custom op while compiling)."""
     if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
@@ -69,36 +70,41 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
         own = cache_seqlens.long()
     parsed = []
     shared = torch.zeros(B, dtype=torch.long, device=dev)
-    for k, v, lens, ids in levels:
+    for k, v, lens, ids, pages in levels:
         k, v = (k, v) if k.dim() == 4 else (k[None], v[None])
-        G, P = k.shape[:2]
+        # a paged segment (pages: its block table) holds its pages' tokens; a dense one its second dimension
+        G, P = (pages.shape[0], pages.shape[1] * k.shape[1]) if pages is not None else k.shape[:2]
         seg = lens.long() if lens is not None else torch.full((G,), P, dtype=torch.long, device=dev)
         gid = ids.long() if ids is not None else torch.zeros(B, dtype=torch.long, device=dev)
-        parsed.append((k, v, seg, gid, ids, shared.clone()))
+        parsed.append((k, v, seg, gid, ids, pages, G, P, shared.clone()))
         shared += seg[gid]
     start = (shared + own)[sample] - tokens + token - window_left                          # (R,)
     states = []
-    for k, v, seg, gid, ids, offset in parsed:
-        G, P = k.shape[:2]
+    for k, v, seg, gid, ids, pages, G, P, offset in parsed:
         W = min(window_left + per, P)  # no row attends more of a segment (window_left + 1 keys, less padding rows')
         if W <= 0:
             continue
         g_row = gid[sample]
         first = torch.minimum((start - offset[sample]).clamp(min=0), seg[g_row])           # (R,) in [0, P_g]
         latest = torch.zeros(G, dtype=torch.long, device=dev).scatter_reduce(0, g_row, first, "amax")
+        pool_k, step = token_pool(k)
+        pool_v, _ = token_pool(v)
+        page_size = P if pages is None else k.shape[1]
         # -- [latest_g, P_g): every reader's, gathered once a segment and read once for all of them
         at = (latest[:, None] + torch.arange(W, device=dev)).clamp(max=P - 1)              # (G, W)
         segs = torch.arange(G, device=dev)[:, None]
-        tail_k, tail_v = k[segs, at], v[segs, at]                                          # (G, W, Hkv, D)
+        if pages is None:
+            tail_k, tail_v = k[segs, at], v[segs, at]                                      # (G, W, Hkv, D)
+        else:
+            tokens_at = token_pages(at, step, pages, segs.expand_as(at), page_size).long()
+            tail_k, tail_v = pool_k[tokens_at, 0], pool_v[tokens_at, 0]
         tail_lens = (seg - latest).clamp(0, W).to(torch.int32)
         states.append(op(rows, tail_k, tail_v, None, None, None, None, tail_lens,
                          None if ids is None else g_row.to(torch.int32), scale, max_group_size * per, num_programs,
                          0, 0, softcap, k_scale, v_scale))
         # -- [first, latest_g): each row's own rest, one-token pages from latest_g - 1 down
-        pool_k, step = token_pool(k)
-        pool_v, _ = token_pool(v)
         back = backward_table(latest[g_row], W)                                             # (R, W)
-        table = token_pages(back, step, None, g_row[:, None].expand_as(back), P)
+        table = token_pages(back, step, pages, g_row[:, None].expand_as(back), page_size)
         rest = (latest[g_row] - first).to(torch.int32)
         states.append(decode(rows, pool_k, pool_v, rest, table, scale, True, num_programs=num_programs,
                              validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap))

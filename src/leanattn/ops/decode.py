@@ -386,12 +386,8 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
         if window_left >= 0 and cu_seqlens_q is not None:
             tokens = cu_seqlens_q.diff().long().clamp(min=1)
             window = (window_left - max_seqlen_q + tokens).clamp(max=_capacity(k_cache, block_table))
-        first = (lens.long() - 1 - window).clamp(min=0) // k_cache.shape[1] if window_left >= 0 else 0 * used
-        cols = torch.arange(block_table.shape[1], device=q.device)[None, :]
-        ids = torch.where((cols < used[:, None]) & (cols >= first[:, None]), block_table.long(), 0)
-        if int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]:
-            raise ValueError(f"block_table: expected page ids in [0, {k_cache.shape[0]}) for the pages in use, "
-                             f"got ids in [{int(ids.min())}, {int(ids.max())}]")
+        first = (lens.long() - 1 - window).clamp(min=0) // k_cache.shape[1] if window_left >= 0 else 0
+        checks.pages_in_use("block_table", block_table, first, used, k_cache.shape[0])
     return (scale, *kv_scales) if fp8 else scale
 
 

@@ -1,0 +1,74 @@
+"""Probe: a shared prefix held in the page pool of every sample's own tokens (``bifurcated_decode(prefix_block_table=)``)
+against the same prefix as dense tensors (the bifurcated kernels' own paths) and against ``leanattn.decode`` over
+each sample's block table of prefix pages then own pages (what a paged engine runs without cascade: no copy, the
+prefix read once per sample). One 8k prompt, 256 own tokens a sample, bf16, D=128; each call checked against the
+float64 reference (first and last sample), captured in a CUDA graph, 3 interleaved do_bench rounds (L2 flushed).
+The IO floor is the prefix's bytes once plus the own tokens' over the read ceiling measured in the same process.
+
+    PYTHONPATH=src python benchmarks/probe_bifurcated_paged.py [--out DIR] [--cases A,B]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_decode as bd  # noqa: E402
+import common  # noqa: E402
+
+import leanattn  # noqa: E402
+
+PREFIX, OWN, D = 8192, 256, 128
+CASES = [(f"{kind} x{n} page{page}", hq, hkv, n, page) for kind, hq, hkv in (("gqa", 32, 8), ("mha", 32, 32))
+         for n, page in ((4, 16), (16, 16), (64, 16), (64, 64), (256, 16))]
+
+
+def make_case(hq, hkv, n, page):
+    """The pool holding the prefix's pages and every sample's, in random order: ``(q, pool_k, pool_v, prefix_table
+    (1, P / page), own_table (n, OWN / page), own_lens, combined_table (n, (P + OWN) / page), picked rows, their
+    reference output)``."""
+    pp, op = PREFIX // page, OWN // page
+    pages = pp + n * op
+    pool_k = torch.randn(pages, page, hkv, D, dtype=torch.bfloat16, device="cuda") / 4
+    pool_v = torch.randn_like(pool_k)
+    perm = torch.randperm(pages, device="cuda").to(torch.int32)
+    ptab = perm[:pp].view(1, pp).contiguous()
+    otab = perm[pp:].view(n, op).contiguous()
+    both = torch.cat([ptab.expand(n, pp), otab], 1).contiguous()
+    q = torch.randn(n, hq, D, dtype=torch.bfloat16, device="cuda")
+    lens = torch.full((n,), OWN, dtype=torch.int32, device="cuda")
+    idx = [0, n - 1]
+    ref = leanattn.reference.bifurcated_decode(q[idx], pool_k, pool_v, pool_k, pool_v, lens[idx], otab[idx],
+                                               prefix_block_table=ptab)[0]
+    return q, pool_k, pool_v, ptab, otab, lens, both, idx, ref
+
+
+def main(argv=None):
+    args, want, ceiling = common.probe_start(__doc__, argv)
+    rows = []
+    for name, hq, hkv, n, page in CASES:
+        if want and name not in want:
+            continue
+        q, pool_k, pool_v, ptab, otab, lens, both, idx, ref = make_case(hq, hkv, n, page)
+        dense_k = pool_k[ptab[0].long()].reshape(PREFIX, hkv, D)
+        dense_v = pool_v[ptab[0].long()].reshape(PREFIX, hkv, D)
+        fns = {"paged prefix": lambda: leanattn.bifurcated_decode(q, pool_k, pool_v, pool_k, pool_v, lens, otab,
+                                                                  prefix_block_table=ptab),
+               "dense prefix": lambda: leanattn.bifurcated_decode(q, dense_k, dense_v, pool_k, pool_v, lens, otab),
+               "decode over pages": lambda: leanattn.decode(q, pool_k, pool_v, lens + PREFIX, both)}
+        fns = bd.drop_failing(name, fns)
+        us, med = bd.interleaved_graph_times(name, fns, ref, rounds=3, pick=idx)
+        token = hkv * D * 2 * 2  # K and V bytes of one token
+        io = (PREFIX + n * OWN) * token
+        floor = io / ceiling / 1e3
+        print(f"{name}: IO floor {floor:.1f} us | " + "  ".join(f"{k} {v:.1f}" for k, v in med.items()), flush=True)
+        rows.append(dict(case=name, hq=hq, hkv=hkv, samples=n, page_size=page, prefix=PREFIX, own=OWN, io_bytes=io,
+                         copied_bytes=n * (PREFIX + OWN) * token, io_floor_us=floor, us=us, median=med))
+    common.write_probe(args.out, "probe_bifurcated_paged.json", probe="paged shared prefix against dense and decode",
+                       timing=bd.GRAPH_TIMING, read_ceiling_gbs=ceiling, cases=rows)
+
+
+if __name__ == "__main__":
+    main()
