@@ -373,9 +373,9 @@ def bifurcated_decode(
         ``(G, max_pages)`` int32: the prefixes live in a page pool, as a serving engine keeps them (the pool may be
         ``k_cache``/``v_cache`` themselves): ``prefix_k/v`` are ``(num_pages, page_size, Hkv, D)`` and prefix
         ``g`` is the pages ``prefix_block_table[g]`` in order, ``prefix_lens[g]`` tokens of them (default: all);
-        ``prefix_ids`` as above. Nothing is copied: each prefix is read once per kv head for all its samples by
-        :func:`leanattn.decode` taking them as the query tokens of one sequence (``ops/bifurcated_paged.py``), then
-        merged with the own tokens' states.
+        ``prefix_ids`` as above. Nothing is copied: :func:`leanattn.decode` takes a prefix's samples as the query
+        tokens of one sequence, stacked in the rows of its products (up to 64 a block), so each page is read once per
+        kv head and row block (``ops/bifurcated_paged.py``); its states are then merged with the own tokens'.
 
     Returns
     -------
