@@ -160,7 +160,7 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
     ``block_n``, ``LEANATTN_DECODE_CONFIG`` and ``LEANATTN_DECODE_LOAD`` override.
     """
     # (at MLA's 512-wide latent 64 rows spill: 255 registers and 328 bytes of stack, where 32 rows take 234 and none;
-    # Triton 3.6, sm_90a, offline)
+    # Triton 3.6, sm_90a, offline, 2 stages; at 3 stages 32 rows take 254 and none)
     block_h = max(16, min(64 if head_dim <= 256 else 32, triton.next_power_of_2(group)))
     n_hb = triton.cdiv(group, block_h)
     if runtime.interpreting() or not runtime.gpu_target(device):
