@@ -68,7 +68,23 @@ def _resources(compiled) -> dict:
     smem = compiled.metadata.shared
     regs_per_warp = -(-regs * 32 // 256) * 256
     occ = min(REGS // (regs_per_warp * warps), SMEM // (smem + 1024), THREADS // (32 * warps))
-    return dict(regs=regs, stack=stack, shared=smem, warps=warps, occupancy=max(occ, 0))
+    return dict(regs=regs, stack=stack, shared=smem, warps=warps, occupancy=max(occ, 0), ring=_ring(compiled))
+
+
+def _ring(compiled) -> int:
+    """Buffers of the deepest ring of tiles the kernel keeps in shared memory (the leading dimension of its largest
+    allocated 3-D or higher 16- or 8-bit buffer, from Triton's GPU IR); 0 without one. Why: Triton's pipeliner gives
+    ``num_stages`` S rings of S - 1 buffers, and one buffer at one program an SM overlaps no load with a product
+    (MLA's 2-stage kernel, 2026-12-05)."""
+    best = (0, 0)
+    for m in re.finditer(r"local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+)x([\dx]+)x(bf16|f16|f8\w*)",
+                         compiled.asm.get("ttgir", "")):
+        dims = [int(m.group(1))] + [int(x) for x in m.group(2).split("x")]
+        size = 1
+        for d in dims:
+            size *= d
+        best = max(best, (size, dims[0]))
+    return best[1]
 
 
 def _comparable(ptx: str) -> str:
@@ -392,9 +408,10 @@ def main(argv=None):
                 continue
             label[0] = name
             _try(name, fn)
-    print(f"{'case':32s} {'kernel':30s} regs stack shared warps occ")
+    print(f"{'case':32s} {'kernel':30s} regs stack shared warps occ ring")
     for r in RESULTS:
-        print(f"{r['case']:32s} {r['kernel']:30s} {r['regs']:4d} {r['stack']:5d} {r['shared']:6d} {r['warps']:5d} {r['occupancy']:3d}")
+        print(f"{r['case']:32s} {r['kernel']:30s} {r['regs']:4d} {r['stack']:5d} {r['shared']:6d} {r['warps']:5d} "
+              f"{r['occupancy']:3d} {r['ring']:4d}")
     return 0
 
 
