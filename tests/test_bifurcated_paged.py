@@ -93,6 +93,43 @@ def test_tokens_packed_and_windows(causal):
               causal=causal, window_left=window)
 
 
+def test_window_reads_no_unset_table_entry():
+    # a window whose tail would run past a prefix's pages: the table entries after them (left unset: -1, or past the
+    # pool) are never dereferenced; review, 2026-12-05: the tail gather read them (an index error on the CPU)
+    own = [5, 9]
+    pool_k, pool_v, ptab, otab, _, _ = unified_pool([3, 10], own, 2, 64, 4, seed=7)
+    table = torch.cat([ptab, ptab.new_full((2, 2), -1)], 1)
+    table[0, 1:] = pool_k.shape[0] + 1000  # prefix 0 has 3 tokens: one page
+    q = torch.randn(2, 8, 64, dtype=torch.float16, device=DEV)
+    for window in (2, 6, 40):
+        check(f"window {window}", q, pool_k, pool_v, table, i32([3, 10]), i32([0, 1]), pool_k, pool_v, i32(own),
+              otab, window_left=window)
+
+
+def test_k_and_v_pools_of_different_layouts():
+    # v's pages a slice of a larger buffer (another page stride than k's): windows gather both through one token
+    # stride (review, 2026-12-05: v was indexed with k's)
+    own = [6, 11]
+    pool_k, pool_v, ptab, otab, _, _ = unified_pool([14, 7], own, 2, 64, 4, seed=8)
+    wide = torch.randn(pool_v.shape[0], 8, 2, 64, dtype=pool_v.dtype, device=DEV)
+    wide[:, :4] = pool_v
+    v_view = wide[:, :4]
+    q = torch.randn(2, 8, 64, dtype=torch.float16, device=DEV)
+    for window in (-1, 3, 12):
+        check(f"window {window}", q, pool_k, v_view, ptab, i32([14, 7]), i32([1, 0]), pool_k, v_view, i32(own), otab,
+              window_left=window)
+
+
+def test_empty_pool():
+    # a pool without pages, every prefix empty: nothing in use, so no page id is checked
+    pool = torch.zeros(0, 4, 2, 64, dtype=torch.float16, device=DEV)
+    table = i32([[7, -3]])
+    q = torch.randn(2, 8, 64, dtype=torch.float16, device=DEV)
+    out, lse = leanattn.bifurcated_decode(q, pool, pool, None, None, prefix_lens=i32([0]), return_lse=True,
+                                          prefix_block_table=table)
+    assert not out.any() and torch.isinf(lse).all() and (lse < 0).all()
+
+
 def test_max_group_size_sinks_softcap():
     own = [4, 9, 1, 0]
     pool_k, pool_v, ptab, otab, _, _ = unified_pool([17, 30], own, 2, 64, 8, seed=2)

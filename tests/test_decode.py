@@ -544,6 +544,21 @@ def test_small_launch_config(monkeypatch, D, group, kv_rows, capacity, paged, sm
     assert launch(dc.decode_config(D, group, cpu, None, paged, kv_rows, capacity, 3)) == (128, 8, 2, 1)
 
 
+@pytest.mark.parametrize("cap,stages", [((9, 0), 3), ((10, 0), 3), ((8, 0), 2), ((8, 9), 2), (None, 3)])
+def test_mla_config_fits_the_shared_memory(monkeypatch, cap, stages):
+    # MLA's 512-wide latent: two 72 KB buffers (3 stages) where sm_90 and later give a program that much shared
+    # memory; one buffer (2 stages) on earlier GPUs (an A100 gives 163 KB); offline compiles (no capability) take 3
+    from leanattn import runtime
+    from leanattn.ops import decode_config as dc
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
+    monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
+    monkeypatch.setattr(runtime, "capability", lambda device: cap)
+    monkeypatch.delenv("LEANATTN_DECODE_CONFIG", raising=False)
+    cfg = dc.decode_config(512, 16, torch.device("cpu"), page_size=64)
+    assert (cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.ctas_per_sm) == (64, 8, stages, 1)
+    assert dc.decode_config(128, 4, torch.device("cpu")).num_stages == dc._CUDA_TABLE[128][2]  # others unchanged
+
+
 def test_small_launch_config_callers(monkeypatch):
     # decode and the one-sample bifurcated path size the work as (sequences x kv heads, capacity):
     # record what they pass (the interpreter then builds its own config)

@@ -288,6 +288,13 @@ def _disagree(rank, world):
     tree_decode(q, k, v, timeout=30, check_shapes=True)
     tree_decode(q, k, v, timeout=30, check_shapes=False)
     seen["calls"] = (first_two, len(calls))
+    # a shape checked before (so no exchange) with lengths past the shard on every rank: each rank raises, naming
+    # the shard's arguments as the exchange's check does
+    try:
+        tree_decode(q, k, v, torch.tensor([21, 3], dtype=torch.int32), timeout=30)
+        seen["cached lengths"] = ("no error", "")
+    except ValueError as e:
+        seen["cached lengths"] = (type(e).__name__, str(e))
     return seen
 
 
@@ -306,6 +313,9 @@ def test_ranks_disagree_raise_on_every_rank():
     assert res[1]["invalid softcap"][0] == "ValueError" and "softcap: expected" in res[1]["invalid softcap"][1]
     assert res[0]["invalid softcap"][0] == "ValueError" and "rank(s) [1] rejected" in res[0]["invalid softcap"][1]
     assert res[0]["calls"] == (1, 2), res[0]["calls"]  # first call checks, second cached, True checks again
+    for r in range(2):
+        msg = res[r]["cached lengths"][1]
+        assert msg.startswith("shard_seqlens: expected lengths <= 20 (k_shard capacity)"), (r, msg)
 
 
 def _missing_peer(rank, world, method, peer):

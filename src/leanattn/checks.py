@@ -92,7 +92,9 @@ def pages_in_use(name: str, block_table: torch.Tensor, first, used: torch.Tensor
     keep = cols < used[:, None]
     if isinstance(first, torch.Tensor):
         keep = keep & (cols >= first[:, None])
-    ids = torch.where(keep, block_table.long(), 0)
+    ids = block_table.long()[keep]
+    if ids.numel() == 0:  # no page in use (an empty pool may then have none)
+        return
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= num_pages:
         _fail(ValueError, name, f"page ids in [0, {num_pages}) for the pages in use", f"ids in [{lo}, {hi}]")

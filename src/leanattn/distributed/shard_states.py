@@ -120,16 +120,17 @@ def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, 
     _check_rank(shard_seqlens)
     if q.dim() == 4 and q.shape[1] == 0:  # no query token
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    # every call, so that errors name the shard's arguments (a group checks its shapes together only on its first
+    # call of a shape: tree.py); decode then checks only shapes again
+    validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, scale, decode_kw.get("schedule", "lean"),
+                   decode_kw.get("k_scale", 1.0), decode_kw.get("v_scale", 1.0), fp8=True,
+                   shard_starts=shard_starts, window_left=window_left)
     if shard_starts is not None or window_left >= 0:
-        validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, scale, decode_kw.get("schedule", "lean"),
-                       decode_kw.get("k_scale", 1.0), decode_kw.get("v_scale", 1.0), fp8=True,
-                       shard_starts=shard_starts, window_left=window_left)
         return window_states(q, k_shard, v_shard, shard_seqlens, shard_starts, block_table, scale, window_left,
                              **decode_kw)
     if shard_seqlens is None or shard_seqlens.dim() != 2:
-        return decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, **decode_kw)
-    validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, scale, decode_kw.get("schedule", "lean"),
-                   decode_kw.get("k_scale", 1.0), decode_kw.get("v_scale", 1.0), fp8=True)
+        return decode(q, k_shard, v_shard, shard_seqlens, block_table, scale, return_lse=True, validate=False,
+                      **decode_kw)
     B, Lq, Hq, D = q.shape
     common = shard_seqlens[:, 0].contiguous()
     out, lse = decode(q, k_shard, v_shard, common, block_table, scale, return_lse=True, validate=False, **decode_kw)

@@ -215,12 +215,6 @@ def tree_decode(
                                           k_scale, v_scale, fp8=True, shard_starts=shard_starts,
                                           window_left=window_left)
             _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
-    elif size == 1 and cap_err is None:
-        # no exchange to wait on: raised at once, naming the shard's arguments as a group's ranks do
-        err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule, k_scale,
-                           v_scale, fp8=True, shard_starts=shard_starts, window_left=window_left)
-        if err is not None:
-            raise err
     if cap_err is not None:
         raise cap_err
     check_sinks(sinks, q.shape[-2], q.device)

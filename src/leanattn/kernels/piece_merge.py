@@ -278,6 +278,7 @@ def piece_merge_launch(rows: int, group: int, n_hb: int, block_h: int, head_dim:
     512-wide latent, D=256) are merged 128 columns a program (``merge_launch``'s reason; not yet timed)."""
     share = -(-max(programs, 1) // max(rows, 1)) + 1
     block_d = min(head_dim, 128)
+    assert head_dim % block_d == 0, f"head_dim {head_dim}: its column blocks of {block_d} must tile it (no mask)"
     block_s = min(triton.next_power_of_2(share), max(1, 4096 // block_d))
     warps = min(4, max(1, block_s * block_d // (64 * 32)))
     grid = (rows, min(group * qlen, block_h)) + ((head_dim // block_d,) if head_dim > block_d else ())

@@ -373,7 +373,8 @@ def bifurcated_decode(
         ``(G, max_pages)`` int32: the prefixes live in a page pool, as a serving engine keeps them (the pool may be
         ``k_cache``/``v_cache`` themselves): ``prefix_k/v`` are ``(num_pages, page_size, Hkv, D)`` and prefix
         ``g`` is the pages ``prefix_block_table[g]`` in order, ``prefix_lens[g]`` tokens of them (default: all);
-        ``prefix_ids`` as above. Nothing is copied: :func:`leanattn.decode` takes a prefix's samples as the query
+        ``prefix_ids`` as above. Nothing is copied (with a window, each prompt's window tail is, as for dense
+        prefixes): :func:`leanattn.decode` takes a prefix's samples as the query
         tokens of one sequence, stacked in the rows of its products (up to 64 a block), so each page is read once per
         kv head and row block (``ops/bifurcated_paged.py``); its states are then merged with the own tokens'.
 
@@ -524,7 +525,9 @@ def cascade_decode(
     stacked into the rows); the innermost level and the own tokens share one launch and are
     merged in it; the level states are then merged with :func:`leanattn.merge_states` (the merge
     is associative, so the nesting order does not matter). ``L`` shared levels cost ``L``
-    launches plus one merge.
+    launches plus one merge. With a paged level (or several query tokens) each paged level is a
+    :func:`leanattn.decode` of its readers (``ops/bifurcated_paged.py``), each dense one a bifurcated pass, the own
+    tokens one more decode, then the merge.
     """
     if sinks is not None:
         return with_sinks(q, sinks, return_lse, lambda: cascade_decode(

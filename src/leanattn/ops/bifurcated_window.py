@@ -88,7 +88,11 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
         first = torch.minimum((start - offset[sample]).clamp(min=0), seg[g_row])           # (R,) in [0, P_g]
         latest = torch.zeros(G, dtype=torch.long, device=dev).scatter_reduce(0, g_row, first, "amax")
         pool_k, step = token_pool(k)
-        pool_v, _ = token_pool(v)
+        pool_v, step_v = token_pool(v)
+        if step_v != step or pool_v.shape != pool_k.shape:
+            # k and v laid out differently: both seen through one token stride (a copy of the one that differs)
+            pool_k, step = token_pool(k.contiguous())
+            pool_v, _ = token_pool(v.contiguous())
         page_size = P if pages is None else k.shape[1]
         # -- [latest_g, P_g): every reader's, gathered once a segment and read once for all of them
         at = (latest[:, None] + torch.arange(W, device=dev)).clamp(max=P - 1)              # (G, W)
@@ -96,7 +100,10 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
         if pages is None:
             tail_k, tail_v = k[segs, at], v[segs, at]                                      # (G, W, Hkv, D)
         else:
+            # a tail slot past its prefix (attended by no row: tail_lens) may name a table entry the caller left
+            # unset: its token is clamped into the pool, read and masked
             tokens_at = token_pages(at, step, pages, segs.expand_as(at), page_size).long()
+            tokens_at = tokens_at.clamp_(0, pool_k.shape[0] - 1)
             tail_k, tail_v = pool_k[tokens_at, 0], pool_v[tokens_at, 0]
         tail_lens = (seg - latest).clamp(0, W).to(torch.int32)
         states.append(op(rows, tail_k, tail_v, None, None, None, None, tail_lens,

@@ -65,6 +65,11 @@ _CUDA_TABLE = {
 }
 
 
+# Entries whose shared memory only sm_90 and later give a program (MLA's two 72 KB buffers: 164-184 KB; an A100 gives
+# 163 KB, sm_86/89 99 KB), and what the others take instead: one buffer, 94-115 KB (offline, sm_90a).
+_SMEM_HEAVY = {512: (64, 8, 2, 1)}
+
+
 # Paged caches (tensors of pointers, one page id per token or per tile): 64-token tiles over 3 stages.
 # Same-run H200 sweep (benchmarks/results/decode_sweep_NVIDIA_H200_load.json), against the contiguous
 # default (128, 4, 2, 4): paged64 gqa B=4 32k 143.6 us against 150.9, paged64 ragged-tail 176.8 against
@@ -170,6 +175,8 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
     if fp8 and head_dim in _CUDA_FP8_TABLE and (not paged or page_size % 64):
         table = _CUDA_FP8_TABLE
     entry = table[head_dim]
+    if head_dim in _SMEM_HEAVY and (runtime.capability(device) or (9, 0)) < (9, 0):
+        entry = _SMEM_HEAVY[head_dim]
     if (kv_rows and not paged and head_dim <= 128 and not block_n
             and kv_rows * n_hb * capacity * head_dim <= _SMALL_ELEMS_PER_SM * runtime.num_sms(device)):
         entry = _CUDA_SMALL
