@@ -172,8 +172,9 @@ def test_compile_fullgraph():
     q = torch.randn(2, 8, 64, dtype=torch.float16, device=DEV)
     args = (q, pool_k, pool_v, pool_k, pool_v, i32(own), otab, i32([12, 7]), i32([1, 0]))
     torch._dynamo.reset()
+    # fullgraph tracing is what is checked here (Inductor's CPU code generation took 20 s of CI; the GPU test runs it)
     compiled = torch.compile(lambda *a: leanattn.bifurcated_decode(
-        *a, return_lse=True, prefix_block_table=ptab, max_group_size=2), fullgraph=True)
+        *a, return_lse=True, prefix_block_table=ptab, max_group_size=2), fullgraph=True, backend="aot_eager")
     out, lse = compiled(*args)
     ref = leanattn.bifurcated_decode(*args, return_lse=True, prefix_block_table=ptab, max_group_size=2)
     assert torch.equal(out, ref[0]) and torch.equal(lse, ref[1])

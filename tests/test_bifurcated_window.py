@@ -56,8 +56,8 @@ def test_multi_prompt_paged(hq, hkv, d, window):
           num_programs=3)
 
 
-@pytest.mark.parametrize("window", WINDOWS)
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+# each window once, with causal and non-causal own tokens alternating (every pair cost CI 12 s)
+@pytest.mark.parametrize("causal,window", [(False, 0), (True, 4), (False, 19), (True, 50)])
 def test_tokens_and_packed(causal, window):
     q, pk, pv, k, v, lens, bt, plens, ids = multi_prompt_paged_inputs(8, 2, 64)
     check(tokens(q, 3), pk, pv, k, v, lens, bt, plens, ids, window=window, causal=causal, name="3 tokens")

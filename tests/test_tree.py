@@ -93,9 +93,12 @@ def scenarios(world):
 
 def _run_methods(rank, world, cases):
     res = {}
+    # ring decode (the baseline) decodes every shard on every rank: at 8 ranks 8 of every 10 interpreted decodes,
+    # most of the test's time in CI; 2-4 ranks cover it
+    methods = [m for m in METHODS if m != "ring" or world <= 4]
     for name, (q, shards, _) in cases.items():
         s = shards[rank]
-        for m in METHODS:
+        for m in methods:
             fn = ring_decode if m == "ring" else tree_decode
             kw = {} if m == "ring" else dict(variant=m)
             res[name, m] = fn(q, **s, return_lse=True, timeout=60, **kw)
