@@ -194,6 +194,10 @@ def test_errors():
         call(table=ptab.long())
     with pytest.raises(ValueError, match="prefix_block_table: expected a 2-D tensor"):
         call(table=ptab[0])
+    with pytest.raises(ValueError, match="prefix_block_table: expected unit stride on the last dimension"):
+        call(table=torch.cat([ptab, ptab], 1)[:, ::2])
+    with pytest.raises(ValueError, match="prefix_k: expected a page size >= 1, got 0"):
+        call(pk=pool_k[:, :0])
     with pytest.raises(ValueError, match=r"prefix_lens: expected shape \(2,\) \(one length per prefix of "
                                          r"prefix_block_table\)"):
         call(pl=plens[:1])

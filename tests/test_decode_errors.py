@@ -82,6 +82,10 @@ DECODE_CASES = [
     # 2 pages of 8 tokens cannot hold 20 tokens: the lengths exceed what the block table maps
     ("block table too few pages", replace(True, block_table=lambda kw: kw["block_table"][:, :2].contiguous()),
      ValueError, "cache_seqlens"),
+    ("block table strided", replace(True, block_table=lambda kw: kw["block_table"].repeat(1, 2)[:, ::2]), ValueError,
+     "block_table"),
+    ("page size 0", replace(True, k_cache=lambda kw: kw["k_cache"][:, :0], v_cache=lambda kw: kw["v_cache"][:, :0],
+                            cache_seqlens=None), ValueError, "k_cache"),
     ("page id too large", replace(True, block_table=torch.tensor([[3, 1, 6], [0, 8, 7]], dtype=torch.int32)),
      ValueError, "block_table"),
     ("page id negative", replace(True, block_table=torch.tensor([[-1, 1, 6], [0, 2, 7]], dtype=torch.int32)),
@@ -117,6 +121,15 @@ DECODE_CASES = [
 def test_decode_rejects(kwargs, error, name):
     with pytest.raises(error, match=rf"^{re.escape(name)}: expected"):
         leanattn.decode(**kwargs)
+
+
+def test_page_table_layout_messages():
+    # checks.page_table, shared with bifurcated_decode's prefix_block_table: what each layout error says
+    with pytest.raises(ValueError, match=r"block_table: expected unit stride on the last dimension, got \(6, 2\)"):
+        leanattn.decode(**replace(True, block_table=lambda kw: kw["block_table"].repeat(1, 2)[:, ::2]))
+    with pytest.raises(ValueError, match="k_cache: expected a page size >= 1, got 0"):
+        leanattn.decode(**replace(True, k_cache=lambda kw: kw["k_cache"][:, :0],
+                                  v_cache=lambda kw: kw["v_cache"][:, :0], cache_seqlens=None))
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])

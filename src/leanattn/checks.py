@@ -85,6 +85,16 @@ def kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_sc
     return scales[0], scales[1]
 
 
+def page_table(name: str, block_table, pool_name: str, pool: torch.Tensor, device) -> None:
+    """A page table ``block_table`` (called ``name``; 2-D int32 on ``device``, unit stride on its last dimension) over
+    the page pool ``pool (num_pages, page_size, ...)`` (called ``pool_name``), whose page size must be >= 1."""
+    check_index(name, block_table, 2, device)
+    if block_table.stride(-1) != 1:
+        _fail(ValueError, name, "unit stride on the last dimension", tuple(block_table.stride()))
+    if pool.shape[1] < 1:
+        _fail(ValueError, pool_name, "a page size >= 1", pool.shape[1])
+
+
 def pages_in_use(name: str, block_table: torch.Tensor, first, used: torch.Tensor, num_pages: int) -> None:
     """Page ids ``block_table[i, first[i]:used[i]]`` (the pages row ``i`` reads; ``first`` a tensor or 0) in
     ``[0, num_pages)``; the table is called ``name`` in the error. A device sync: call it when values are checked."""

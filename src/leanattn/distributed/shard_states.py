@@ -26,7 +26,7 @@ from .shard_window import check_shard_starts, window_states, with_token_rests
 
 __all__ = ["check_token_seqlens", "validate_shard", "shard_states"]
 
-# decode's argument names, as a shard's are called
+
 def check_token_seqlens(q: torch.Tensor, shard_seqlens, validate: Optional[bool] = None) -> None:
     """Checks of per-token shard lengths ``shard_seqlens (B, Lq)`` against ``q (B, Lq, Hq, D)``.
 

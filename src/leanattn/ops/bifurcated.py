@@ -150,11 +150,7 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
         if prefix_k.dim() != 4:
             raise ValueError(f"{kn}: expected a 4-D (num_pages, page_size, Hkv, D) page pool with {tn}, got shape "
                              f"{tuple(prefix_k.shape)}")
-        checks.check_index(tn, block_table, 2, q.device)
-        if block_table.stride(-1) != 1:
-            raise ValueError(f"{tn}: expected unit stride on the last dimension, got {tuple(block_table.stride())}")
-        if prefix_k.shape[1] < 1:
-            raise ValueError(f"{kn}: expected a page size >= 1, got {prefix_k.shape[1]}")
+        checks.page_table(tn, block_table, kn, prefix_k, q.device)
     elif prefix_k.dim() not in (3, 4):
         raise ValueError(f"{kn}: expected a 3-D (P, Hkv, D) or 4-D (G, P, Hkv, D) tensor, got shape "
                          f"{tuple(prefix_k.shape)}")
@@ -182,15 +178,15 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
         P = prefix_k.shape[-3]
         if G == 0:
             raise ValueError(f"{kn}: expected at least one prefix, got shape {tuple(prefix_k.shape)}")
-    holds = f"{tn} holds" if block_table is not None else f"{kn} holds"
+    owner = tn if block_table is not None else kn  # the argument whose first dimension counts the prefixes
     if prefix_lens is not None:
         checks.check_index(ln, prefix_lens, 1, q.device)
         if prefix_lens.shape[0] != G:
-            raise ValueError(f"{ln}: expected shape ({G},) (one length per prefix of "
-                             f"{tn if block_table is not None else kn}), got {tuple(prefix_lens.shape)}")
+            raise ValueError(f"{ln}: expected shape ({G},) (one length per prefix of {owner}), got "
+                             f"{tuple(prefix_lens.shape)}")
     if prefix_ids is None:
         if G > 1:
-            raise ValueError(f"{idn}: expected a ({B},) int32 tensor naming each sample's prefix when {holds} "
+            raise ValueError(f"{idn}: expected a ({B},) int32 tensor naming each sample's prefix when {owner} holds "
                              f"{G} prefixes, got None")
     else:
         checks.check_index(idn, prefix_ids, 1, q.device)

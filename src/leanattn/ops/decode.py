@@ -354,13 +354,9 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
         if k_cache.shape[0] != B:
             raise ValueError(f"{kn}: expected batch size {B} (as {qn}), got {k_cache.shape[0]}")
     else:
-        checks.check_index("block_table", block_table, 2, q.device)
+        checks.page_table("block_table", block_table, kn, k_cache, q.device)
         if block_table.shape[0] != B:
             raise ValueError(f"block_table: expected {B} rows (batch size of {qn}), got {block_table.shape[0]}")
-        if block_table.stride(-1) != 1:
-            raise ValueError(f"block_table: expected unit stride on the last dimension, got {tuple(block_table.stride())}")
-        if k_cache.shape[1] < 1:
-            raise ValueError(f"{kn}: expected a page size >= 1, got {k_cache.shape[1]}")
     if cache_seqlens is not None:
         checks.check_index(sn, cache_seqlens, 1, q.device)
         if cache_seqlens.shape[0] != B:
