@@ -348,6 +348,25 @@ def bifurcated_cases():
                 q, pk, pk, k, k, lens, k_scale=0.5, v_scale=2.0))
 
 
+def window_cases():
+    """Shared-prefix windows: the plan kernels (``kernels/window_plan.py``) over a dense prefix (one sample row per
+    query) and a paged one of several prompts (packed query rows); the passes stop where they read a launch's output."""
+    bf = torch.bfloat16
+    q = torch.randn(16, 32, 128, dtype=bf)
+    pk = torch.randn(8192, 8, 128, dtype=bf)
+    k = torch.randn(16, 256, 8, 128, dtype=bf)
+    lens = torch.full((16,), 256, dtype=torch.int32)
+    yield "window dense x16", lambda: leanattn.bifurcated_decode(q, pk, pk, k, k, lens, window_left=4096)
+    pool = torch.randn(64, 16, 8, 128, dtype=bf)
+    table = torch.arange(64, dtype=torch.int32).view(2, 32)
+    cu = torch.tensor([0, 2, 3, 6, 8], dtype=torch.int32)
+    qp = torch.randn(8, 32, 128, dtype=bf)
+    ids = torch.tensor([0, 1, 1, 0], dtype=torch.int32)
+    yield "window paged packed", lambda: leanattn.bifurcated_decode(
+        qp, pool, pool, k[:4], k[:4], lens[:4], prefix_block_table=table, prefix_ids=ids, window_left=100,
+        cu_seqlens_q=cu, max_seqlen_q=3, max_group_size=4)
+
+
 def overlap_cases():
     """The Gluon prefix kernels (``ops/bifurcated_overlap.GluonPrefix``) as the overlap path launches them: 16-bit
     prefixes at 64 and 128 rows and warp-specialized, float8 ones at 64 rows over two and four stages, 128 rows,
@@ -401,7 +420,8 @@ def main(argv=None):
     _install(args.ptx, label)
     print(f"triton {triton.__version__}; sm_90a; occupancy for an H200 SM ({REGS} registers, {SMEM} B shared)")
     families = {"decode": decode_cases, "bifurcated": bifurcated_cases, "sparse": sparse_cases,
-                "overlap": overlap_cases, "model": model_cases}
+                "overlap": overlap_cases, "model": model_cases,
+                "window": window_cases}
     for fam in args.families:
         for name, fn in families[fam]():
             if args.cases and name not in args.cases.split(","):

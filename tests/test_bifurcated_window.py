@@ -159,3 +159,13 @@ def test_window_errors():
         leanattn.bifurcated_decode(q, pk, pv, k, v, lens, window_left=4.0)
     with pytest.raises(TypeError, match="window_left: expected an int, got bool"):
         leanattn.cascade_decode(q, [(pk, pv)], k, v, lens, window_left=True)
+
+
+def test_more_rows_and_prompts_than_a_plan_block():
+    # 300 samples over 260 prompts: the plan kernel's loops over samples, rows and prompts take two blocks of 256
+    gen = torch.Generator().manual_seed(7)
+    own = torch.randint(0, 6, (300,), generator=gen).tolist()
+    q, k, v, lens, _ = make_inputs(300, 2, 1, 64, own)
+    pk, pv, plens = make_prefix(260, 7, 1, 64, plens=torch.randint(0, 8, (260,), generator=gen).tolist())
+    ids = torch.randint(0, 260, (300,), generator=gen).to(torch.int32).to(DEV)
+    check(q, pk, pv, k, v, lens, plens=plens, ids=ids, window=5, name="300 rows")

@@ -15,7 +15,10 @@ tokens of a sample. Each level is computed in two parts, and every state merged 
   nothing; several tokens a sample have rests of up to ``Lq - 1`` keys, their windows starting one key apart.
 
 The own tokens are one :func:`leanattn.decode` with ``window_left`` (each token's window ends at its position,
-``causal`` as given), and one :func:`leanattn.merge_states` merges the states. No step syncs with the host.
+``causal`` as given), and one :func:`leanattn.merge_states` merges the states. No step syncs with the host. A
+segment's starts, tail and tables are planned in two launches (``ops/window_plan.py``): as torch ops they took about
+30 small launches a segment, which cost more than the attention itself when replayed from a CUDA graph (H200,
+2026-12-05: 156 us against 30 without a window, at 16 samples of one 8k prompt and a 4096-key window).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import torch
 
 from ..merges.states import merge_states
 from .decode import decode
-from .token_pages import backward_table, token_pages, token_pool
+from .token_pages import token_pool
+from .window_plan import window_plan
 
 __all__ = ["query_rows", "window_states"]
 
@@ -56,63 +60,44 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
     dev = q.device
-    rows, sample, token, tokens, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
+    if cu_seqlens_q is not None:
+        rows, sample, token, tokens, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
+        rows_of, per_row, B = (sample, token, tokens), 1, cu_seqlens_q.shape[0] - 1
+    else:
+        per = q.shape[1] if q.dim() == 4 else 1
+        rows, rows_of, per_row, B = q.reshape(-1, *q.shape[-2:]), None, per, q.shape[0]
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
-    B = q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1
-    # -- each row's position in its sample's sequence, and the first key its window holds
+    R = rows.shape[0]
+    # -- the keys after each segment, innermost first: the own cache's, then each segment's added
     if k_cache is None:
-        own = torch.zeros(B, dtype=torch.long, device=dev)
+        after, own_const = None, 0
     elif cache_seqlens is None:
-        cap = k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
-        own = torch.full((B,), cap, dtype=torch.long, device=dev)
+        after, own_const = None, k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
     else:
-        own = cache_seqlens.long()
-    parsed = []
-    shared = torch.zeros(B, dtype=torch.long, device=dev)
-    for k, v, lens, ids, pages in levels:
+        after, own_const = cache_seqlens, 0
+    states = []
+    for k, v, lens, ids, pages in reversed(levels):
         k, v = (k, v) if k.dim() == 4 else (k[None], v[None])
         # a paged segment (pages: its block table) holds its pages' tokens; a dense one its second dimension
         G, P = (pages.shape[0], pages.shape[1] * k.shape[1]) if pages is not None else k.shape[:2]
-        seg = lens.long() if lens is not None else torch.full((G,), P, dtype=torch.long, device=dev)
-        gid = ids.long() if ids is not None else torch.zeros(B, dtype=torch.long, device=dev)
-        parsed.append((k, v, seg, gid, ids, pages, G, P, shared.clone()))
-        shared += seg[gid]
-    start = (shared + own)[sample] - tokens + token - window_left                          # (R,)
-    states = []
-    for k, v, seg, gid, ids, pages, G, P, offset in parsed:
         W = min(window_left + per, P)  # no row attends more of a segment (window_left + 1 keys, less padding rows')
-        if W <= 0:
+        if W <= 0:  # a segment of no capacity: no key, and nothing added to the keys after the outer ones
             continue
-        g_row = gid[sample]
-        first = torch.minimum((start - offset[sample]).clamp(min=0), seg[g_row])           # (R,) in [0, P_g]
-        latest = torch.zeros(G, dtype=torch.long, device=dev).scatter_reduce(0, g_row, first, "amax")
         pool_k, step = token_pool(k)
         pool_v, step_v = token_pool(v)
         if step_v != step or pool_v.shape != pool_k.shape:
             # k and v laid out differently: both seen through one token stride (a copy of the one that differs)
             pool_k, step = token_pool(k.contiguous())
             pool_v, _ = token_pool(v.contiguous())
-        page_size = P if pages is None else k.shape[1]
-        # -- [latest_g, P_g): every reader's, gathered once a segment and read once for all of them
-        at = (latest[:, None] + torch.arange(W, device=dev)).clamp(max=P - 1)              # (G, W)
-        segs = torch.arange(G, device=dev)[:, None]
-        if pages is None:
-            tail_k, tail_v = k[segs, at], v[segs, at]                                      # (G, W, Hkv, D)
-        else:
-            # a tail slot past its prefix (attended by no row: tail_lens) may name a table entry the caller left
-            # unset: its token is clamped into the pool, read and masked
-            tokens_at = token_pages(at, step, pages, segs.expand_as(at), page_size).long()
-            tokens_at = tokens_at.clamp_(0, pool_k.shape[0] - 1)
-            tail_k, tail_v = pool_k[tokens_at, 0], pool_v[tokens_at, 0]
-        tail_lens = (seg - latest).clamp(0, W).to(torch.int32)
-        states.append(op(rows, tail_k, tail_v, None, None, None, None, tail_lens,
-                         None if ids is None else g_row.to(torch.int32), scale, max_group_size * per, num_programs,
-                         0, 0, softcap, k_scale, v_scale))
-        # -- [first, latest_g): each row's own rest, one-token pages from latest_g - 1 down
-        back = backward_table(latest[g_row], W)                                             # (R, W)
-        table = token_pages(back, step, pages, g_row[:, None].expand_as(back), page_size)
-        rest = (latest[g_row] - first).to(torch.int32)
+        # every row's first key in the segment, [latest_g, P_g) gathered once a segment (every reader attends
+        # it), and each row's rest [first, latest_g) as one-token pages from latest_g - 1 down
+        after, g_row, rest, table, tail_k, tail_v, tail_lens = window_plan(
+            after, own_const, ids, lens, P, rows_of, per_row, B, R, G, window_left, W, P, pool_k, pool_v, step,
+            P if pages is None else k.shape[1], pages)
+        own_const = 0
+        states.append(op(rows, tail_k, tail_v, None, None, None, None, tail_lens, None if ids is None else g_row,
+                         scale, max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale))
         states.append(decode(rows, pool_k, pool_v, rest, table, scale, True, num_programs=num_programs,
                              validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap))
     if k_cache is not None:

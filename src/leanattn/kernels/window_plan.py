@@ -1,0 +1,140 @@
+"""A sliding window's plan over one shared segment, in two launches (``ops/window_plan.py``).
+
+Each query row attends a suffix ``[first, P_g)`` of its segment ``g``. :func:`window_bounds_kernel` finds every row's
+``first``, every segment's latest ``first`` among its readers, and the lengths that follow from them;
+:func:`window_tables_kernel` lays the one-token page tables and gathers the segment tails. Computed with torch ops
+this took about 30 small launches a level, each a few microseconds even when replayed from a CUDA graph.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _segment(Ids, Seg, sample, mask, seg_const, HAS_IDS: tl.constexpr, HAS_SEG: tl.constexpr, BLOCK: tl.constexpr):
+    # samples' segment ids (or 0) and those segments' lengths (or seg_const), int64
+    if HAS_IDS:
+        g = tl.load(Ids + sample, mask=mask, other=0).to(tl.int64)
+    else:
+        g = tl.zeros([BLOCK], tl.int64)
+    if HAS_SEG:
+        seg = tl.load(Seg + g, mask=mask, other=0).to(tl.int64)
+    else:
+        seg = tl.zeros([BLOCK], tl.int64) + seg_const
+    return g, seg
+
+
+@triton.jit
+def window_bounds_kernel(
+    AfterIn, Ids, Seg, RowSample, RowToken, RowTokens,  #
+    AfterOut, Latest, First, GRow, TailLens, Rest,  #
+    B, R, G, per, own_const, seg_const, window_left, W,  #
+    HAS_AFTER: tl.constexpr, HAS_IDS: tl.constexpr, HAS_SEG: tl.constexpr, PACKED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One program. ``AfterIn [B]``: each sample's keys after this segment (its inner segments' and own; or
+    ``own_const``); ``Ids [B]`` its segment (or 0); ``Seg [G]`` the segments' lengths (or ``seg_const``). Row ``r``
+    is token ``RowToken[r]`` of ``RowTokens[r]`` of sample ``RowSample[r]`` (packed), else token ``r % per`` of
+    ``per`` of sample ``r // per``. Writes int32 ``AfterOut [B]`` (``AfterIn`` plus this segment), ``First [R]``
+    (in ``[0, Seg[g]]``), ``Latest [G]`` (the readers' greatest ``First``, 0 without readers), ``GRow [R]``,
+    ``TailLens [G] = clamp(Seg - Latest, 0, W)`` and ``Rest [R] = Latest[GRow] - First``."""
+    offs = tl.arange(0, BLOCK)
+    for b0 in range(0, B, BLOCK):
+        b = b0 + offs
+        mb = b < B
+        if HAS_AFTER:
+            after = tl.load(AfterIn + b, mask=mb, other=0).to(tl.int64)
+        else:
+            after = tl.zeros([BLOCK], tl.int64) + own_const
+        _, seg = _segment(Ids, Seg, b, mb, seg_const, HAS_IDS, HAS_SEG, BLOCK)
+        tl.store(AfterOut + b, (after + seg).to(tl.int32), mask=mb)
+    for g0 in range(0, G, BLOCK):
+        tl.store(Latest + g0 + offs, tl.zeros([BLOCK], tl.int32), mask=g0 + offs < G)
+    # the stores above are read back by other threads of this program: a CTA barrier orders global memory
+    tl.debug_barrier()
+    for r0 in range(0, R, BLOCK):
+        r = r0 + offs
+        mr = r < R
+        if PACKED:
+            sample = tl.load(RowSample + r, mask=mr, other=0).to(tl.int64)
+            token = tl.load(RowToken + r, mask=mr, other=0).to(tl.int64)
+            tokens = tl.load(RowTokens + r, mask=mr, other=1).to(tl.int64)
+        else:
+            sample = (r // per).to(tl.int64)
+            token = (r % per).to(tl.int64)
+            tokens = tl.zeros([BLOCK], tl.int64) + per
+        after = tl.load(AfterOut + sample, mask=mr, other=0, volatile=True).to(tl.int64)
+        g, seg = _segment(Ids, Seg, sample, mr, seg_const, HAS_IDS, HAS_SEG, BLOCK)
+        # the row's position in the sequence is after - tokens + token counted from this segment's start
+        first = tl.minimum(tl.maximum(after - tokens + token - window_left, 0), seg).to(tl.int32)
+        tl.store(First + r, first, mask=mr)
+        tl.store(GRow + r, g.to(tl.int32), mask=mr)
+        tl.atomic_max(Latest + g, first, mask=mr)
+    tl.debug_barrier()
+    for g0 in range(0, G, BLOCK):
+        g = g0 + offs
+        mg = g < G
+        latest = tl.load(Latest + g, mask=mg, other=0, volatile=True)
+        if HAS_SEG:
+            seg = tl.load(Seg + g, mask=mg, other=0)
+        else:
+            seg = tl.zeros([BLOCK], tl.int32) + seg_const
+        tl.store(TailLens + g, tl.minimum(tl.maximum(seg - latest, 0), W), mask=mg)
+    for r0 in range(0, R, BLOCK):
+        r = r0 + offs
+        mr = r < R
+        g = tl.load(GRow + r, mask=mr, other=0, volatile=True)
+        latest = tl.load(Latest + g, mask=mr, other=0, volatile=True)
+        first = tl.load(First + r, mask=mr, other=0, volatile=True)
+        tl.store(Rest + r, latest - first, mask=mr)
+
+
+@triton.jit
+def _token_ids(g, slot, BlockTable, stride_bt, max_pages, step, page_size, PAGED: tl.constexpr):
+    # token (g, slot) of the segments as a page of the one-token pool (ops/token_pages.py)
+    if PAGED:
+        page = tl.load(BlockTable + g * stride_bt + tl.minimum(slot // page_size, max_pages - 1)).to(tl.int64)
+        return page * step + slot % page_size
+    return g * step + slot
+
+
+@triton.jit
+def window_tables_kernel(
+    Latest, GRow, BlockTable, Table, PoolK, PoolV, TailK, TailV,  #
+    R, W, P, step, page_size, max_pages, pool_rows, stride_bt,  #
+    stride_kt, stride_kh, stride_kd, stride_vt, stride_vh, stride_vd, HKV, D,  #
+    PAGED: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_HD: tl.constexpr,
+):
+    """Grid ``(R + G, cdiv(W, BLOCK_W))``. Program row ``i < R``: ``Table [R, W]`` int32, row ``i``'s one-token
+    pages from its segment's ``Latest - 1`` backwards (slots clamped at 0). Row ``R + g``: segment ``g``'s tokens
+    ``Latest[g] + j`` (clamped at ``P - 1``, and into the pool) copied from ``PoolK``/``PoolV`` (``[pool_rows, HKV,
+    D]`` by the given strides) into ``TailK``/``TailV [G, W, HKV, D]`` contiguous."""
+    i = tl.program_id(0)
+    j = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    mj = j < W
+    if i < R:
+        g = tl.load(GRow + i).to(tl.int64)
+        latest = tl.load(Latest + g).to(tl.int64)
+        slot = tl.maximum(latest - 1 - j, 0)
+        tok = _token_ids(g, slot, BlockTable, stride_bt, max_pages, step, page_size, PAGED)
+        tok = tl.minimum(tl.maximum(tok, 0), pool_rows - 1)
+        tl.store(Table + i.to(tl.int64) * W + j, tok.to(tl.int32), mask=mj)
+    else:
+        g = (i - R).to(tl.int64)
+        latest = tl.load(Latest + g).to(tl.int64)
+        slot = tl.minimum(latest + j, P - 1)
+        tok = _token_ids(g, slot, BlockTable, stride_bt, max_pages, step, page_size, PAGED)
+        # a slot past its segment (no row attends it) may name a table entry the caller left unset
+        tok = tl.minimum(tl.maximum(tok, 0), pool_rows - 1)
+        dst = (g * W + j).to(tl.int64)[:, None] * (HKV * D)
+        for hd0 in range(0, HKV * D, BLOCK_HD):
+            hd = hd0 + tl.arange(0, BLOCK_HD)
+            m = mj[:, None] & (hd < HKV * D)[None, :]
+            h = hd // D
+            d = hd % D
+            # both loads before either store: a store may alias a later load, which would serialise them
+            kk = tl.load(PoolK + tok[:, None] * stride_kt + (h * stride_kh + d * stride_kd)[None, :], mask=m)
+            vv = tl.load(PoolV + tok[:, None] * stride_vt + (h * stride_vh + d * stride_vd)[None, :], mask=m)
+            tl.store(TailK + dst + hd[None, :], kk, mask=m)
+            tl.store(TailV + dst + hd[None, :], vv, mask=m)
