@@ -57,7 +57,8 @@
 #               (tests/test_bifurcated_window_gpu.py)
 #   bif-window  bifurcated decode with a sliding window against no window, windowed decode over copies and SDPA
 #               (benchmarks/bench_bifurcated_window.py)
-#   sanitize-bif-window  memcheck over bifurcated/cascade launches with sliding windows (sanitize.py bifurcated-window)
+#   sanitize-bif-window  memcheck over bifurcated/cascade launches with a 300-key window (sanitize.py bifurcated-window)
+#   sanitize-bif-window-edges  the same with windows of 0 and 2000 keys (sanitize.py bifurcated-window-edges)
 #   tests-sinks  the GPU tests of attention sinks (tests/test_sinks_gpu.py)
 #   sinks       decode without sinks, with them in-kernel and merged by a launch apart, at gpt-oss-20b's attention
 #               shape (probe_decode_sinks.py)
@@ -271,6 +272,8 @@ for step in "$@"; do
     alibi) timeout 300 python3 benchmarks/probe_decode_alibi.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error|failed" ;;
     sanitize-bif-window)
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-window 2>&1 | tail -3 ;;
+    sanitize-bif-window-edges)
+      timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-window-edges 2>&1 | tail -3 ;;
     sanitize-varlen)
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py varlen 2>&1 | tail -3 ;;
     varlen) timeout 500 python3 benchmarks/bench_decode_varlen.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
