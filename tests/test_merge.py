@@ -154,3 +154,22 @@ def test_merge_launch_names_every_constant(S, M):
     constants = {n for n, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)}
     assert "UNROLL" in constants
     assert constants <= set(meta), constants - set(meta)
+
+
+@pytest.mark.parametrize("S,M,D", [(2, 7, 64), (3, 2100, 16), (4, 3, 512), (5, 4, 64)], ids=lambda x: str(x))
+def test_state_list_matches_stacked_merge_bitwise(S, M, D):
+    # merge_state_list's launch (2-4 states read where they lie; 5 stacked) folds as the stacked merge does; strided
+    # states, empty rows (with NaN outputs) and a row empty in every state
+    from leanattn.merges.states import merge_state_list
+    outs = [torch.randn(M, 2 * D, dtype=torch.float16)[:, ::2].unsqueeze(1) for _ in range(S)]
+    lses = [torch.randn(M, 1) * 4 for _ in range(S)]
+    lses[0][0] = float("-inf")
+    for s in range(S):
+        lses[s][1] = float("-inf")
+    outs[1][2] = float("nan")
+    lses[1][2] = float("-inf")
+    out, lse = merge_state_list(outs, lses)
+    ref_out, ref_lse = leanattn.merge_states(torch.stack(outs), torch.stack(lses))
+    assert out.shape == (M, 1, D) and lse.shape == (M, 1)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+    assert merge_state_list(outs[:1], lses[:1])[0] is outs[0]

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .. import checks
-from ..merges import merge_states
+from ..merges.states import merge_state_list
 from ..ops.decode import _capacity, decode
 from ..ops.token_pages import backward_table, token_pages, token_pool
 
@@ -115,6 +115,5 @@ def with_token_rests(q, out, lse, k_shard, v_shard, block_table, slots, counts, 
     table = token_pages(slots, step, block_table, rows, k_shard.shape[1]).view(B * Lq, R)
     out_r, lse_r = decode(q.reshape(B * Lq, Hq, D), pool_k, pool_v, counts.reshape(-1).to(torch.int32), table, scale,
                           True, validate=False, **decode_kw)
-    o, ls = merge_states(torch.stack([out.reshape(B * Lq, Hq, D), out_r]),
-                         torch.stack([lse.reshape(B * Lq, Hq), lse_r]))
+    o, ls = merge_state_list([out.reshape(B * Lq, Hq, D), out_r], [lse.reshape(B * Lq, Hq), lse_r])
     return o.view(B, Lq, Hq, D), ls.view(B, Lq, Hq)

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from .. import checks
 from ..merges import merge_states
+from ..merges.states import merge_state_list
 from ..merges.sinks import apply_sinks, check_sinks
 from . import _comm
 from ._comm import Timeout
@@ -374,8 +375,7 @@ def ring_decode(
         if step < size - 1:
             cur = incoming
     # the query tokens of a sequence are rows of their own to the merge
-    out, lse = merge_states(torch.stack(outs).flatten(1, -3), torch.stack(lses).flatten(1, -2))
-    out, lse = out.view(outs[0].shape), lse.view(lses[0].shape)
+    out, lse = merge_state_list(outs, lses)
     if sinks is not None:
         out, lse = apply_sinks(out, lse, sinks)
     return (out, lse) if return_lse else out

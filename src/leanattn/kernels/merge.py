@@ -27,6 +27,13 @@ def finish_merge(m, acc, den):
 
 
 @triton.jit
+def empty_fold(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``(m, acc, den)`` of a merge that has folded no state yet (``fold_state``, ``finish_merge``)."""
+    return (tl.full([BLOCK_M], float("-inf"), tl.float32), tl.zeros([BLOCK_M, BLOCK_D], tl.float32),
+            tl.zeros([BLOCK_M], tl.float32))
+
+
+@triton.jit
 def fold_state(m, acc, den, lse, o):
     """One state ``(o [rows, D], lse [rows])`` folded into ``(m, acc, den)`` (``finish_merge``'s); an empty state
     (``lse = -inf``, weight 0) adds nothing, whatever its ``o`` holds (even NaN)."""
@@ -67,9 +74,7 @@ def merge_states_kernel(
     mask_m = offs_m < M
     mask_d = offs_d < HEAD_DIM
     rows = offs_m.to(tl.int64)
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    den = tl.zeros([BLOCK_M], tl.float32)
+    m, acc, den = empty_fold(BLOCK_M, BLOCK_D)
     if UNROLL:
         for s in tl.static_range(UNROLL):
             lse = tl.load(Lses + s * stride_ls.to(tl.int64) + rows * stride_lm, mask=mask_m, other=float("-inf"))
@@ -143,3 +148,41 @@ def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False) -> tuple[tupl
     grid = (M,) if chunks == 1 else (M, chunks)
     return grid, dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=block_s, num_warps=warps, UNROLL=0,
                       **launch_meta(pdl))
+
+
+@triton.jit
+def _load_state(O, L, stride_om, rows, offs_d, mask_m, mask_d):
+    lse = tl.load(L + rows, mask=mask_m, other=float("-inf"))
+    o = tl.load(O + rows[:, None] * stride_om + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    return lse, o.to(tl.float32)
+
+
+@triton.jit
+def merge_list_kernel(
+    O0, L0, O1, L1, O2, L2, O3, L3, Out, Lse,  #
+    M, stride_0, stride_1, stride_2, stride_3,  #
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr,
+):
+    """``merge_states_kernel``'s unrolled merge of ``N`` (2 to 4) states held apart, not stacked: ``O<s> [M,
+    HEAD_DIM]`` (row stride ``stride_<s>``, unit column stride), ``L<s> [M]`` fp32 natural-log -> ``Out [M,
+    HEAD_DIM]``, ``Lse [M]``. Every state's loads issue before the first fold (no store between them)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < M
+    mask_d = offs_d < HEAD_DIM
+    rows = offs_m.to(tl.int64)
+    m, acc, den = empty_fold(BLOCK_M, BLOCK_D)
+    lse, o = _load_state(O0, L0, stride_0, rows, offs_d, mask_m, mask_d)
+    m, acc, den = fold_state(m, acc, den, lse, o)
+    lse, o = _load_state(O1, L1, stride_1, rows, offs_d, mask_m, mask_d)
+    m, acc, den = fold_state(m, acc, den, lse, o)
+    if N > 2:
+        lse, o = _load_state(O2, L2, stride_2, rows, offs_d, mask_m, mask_d)
+        m, acc, den = fold_state(m, acc, den, lse, o)
+    if N > 3:
+        lse, o = _load_state(O3, L3, stride_3, rows, offs_d, mask_m, mask_d)
+        m, acc, den = fold_state(m, acc, den, lse, o)
+    out, lse_out = finish_merge(m, acc, den)
+    tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(Lse + offs_m, lse_out, mask=mask_m)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .merge import finish_merge, fold_state
+from .merge import empty_fold, finish_merge, fold_state
 
 
 @triton.jit
@@ -26,9 +26,7 @@ def sinks_kernel(
     lse = tl.load(Lse + rows, mask=mask_m, other=float("-inf"))
     o = tl.load(Out + rows[:, None] * stride_om + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
     sink = tl.load(Sinks + offs_m % H, mask=mask_m, other=float("-inf")).to(tl.float32)
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    den = tl.zeros([BLOCK_M], tl.float32)
+    m, acc, den = empty_fold(BLOCK_M, BLOCK_D)
     m, acc, den = fold_state(m, acc, den, lse, o)
     m, acc, den = fold_state(m, acc, den, sink, tl.zeros_like(o))
     out, new_lse = finish_merge(m, acc, den)

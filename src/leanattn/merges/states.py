@@ -1,11 +1,15 @@
 """``merge_states``: combine partial attention states computed over disjoint key sets."""
 from __future__ import annotations
 
-import torch
-from .. import checks
-from ..kernels.merge import merge_launch, merge_states_kernel
+from typing import Sequence
 
-__all__ = ["merge_states"]
+import torch
+import triton
+
+from .. import checks
+from ..kernels.merge import merge_launch, merge_list_kernel, merge_states_kernel
+
+__all__ = ["merge_states", "merge_state_list"]
 
 
 def _merge_states_impl(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,3 +86,30 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, 
     # eager calls skip the dispatcher, as decode does; torch.compile sees the opaque custom op
     op = _merge_states_op if torch.compiler.is_compiling() else _merge_states_impl
     return op(outs, lses)
+
+
+def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`merge_states` of states held apart, past validation: ``outs[s]`` of one shape ``(..., D)``, ``lses[s]``
+    of ``(...)`` float32, in one device and dtype. Two to four states are merged in one launch that reads each where
+    it lies (``merge_list_kernel``): stacking them first cost two more launches, a few microseconds each even
+    replayed from a CUDA graph. One state is returned as it is; more, or while compiling, are stacked."""
+    if len(outs) == 1:
+        return outs[0], lses[0]
+    shape, D = outs[0].shape, outs[0].shape[-1]
+    if len(outs) > 4 or torch.compiler.is_compiling() or outs[0].numel() == 0:
+        out, lse = merge_states(torch.stack([o.reshape(-1, 1, D) for o in outs]),
+                                torch.stack([ls.reshape(-1, 1) for ls in lses]))
+        return out.view(shape), lse.view(shape[:-1])
+    M = outs[0].numel() // D
+    os_ = [o.reshape(M, D) for o in outs]
+    os_ = [o if o.stride(-1) == 1 else o.contiguous() for o in os_]
+    ls_ = [ls.reshape(M).contiguous() for ls in lses]
+    out = torch.empty(shape, dtype=outs[0].dtype, device=outs[0].device)
+    lse = torch.empty(shape[:-1], dtype=torch.float32, device=outs[0].device)
+    pad = (os_ + [os_[0]] * 2)[:4], (ls_ + [ls_[0]] * 2)[:4]  # unused slots: never read (N)
+    rows, warps = (4, 4) if M >= 2048 else (1, 1)
+    merge_list_kernel[(triton.cdiv(M, rows),)](
+        pad[0][0], pad[1][0], pad[0][1], pad[1][1], pad[0][2], pad[1][2], pad[0][3], pad[1][3], out, lse, M,
+        *(o.stride(0) for o in pad[0]), HEAD_DIM=D, BLOCK_M=rows, BLOCK_D=triton.next_power_of_2(D), N=len(outs),
+        num_warps=warps)
+    return out, lse

@@ -14,7 +14,7 @@ import torch
 
 from .. import checks, runtime
 from ..merges.sinks import with_sinks
-from ..merges.states import merge_states
+from ..merges.states import merge_state_list
 from .bifurcated_launch import Plan
 from .bifurcated_paged import paged_level_states
 from .bifurcated_window import query_rows, window_states
@@ -267,7 +267,7 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
                         validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap, causal=causal, **packed)
         outs.append(o.view(rows.shape))
         lses.append(lse.view(rows.shape[:-1]))
-    out, lse = (outs[0], lses[0]) if len(outs) == 1 else merge_states(torch.stack(outs), torch.stack(lses))
+    out, lse = merge_state_list(outs, lses)
     return out.view(q.shape), lse.view(q.shape[:-1])
 
 
@@ -591,8 +591,5 @@ def cascade_decode(
         empty = q.new_zeros((0, Hkv, D), dtype=k_cache.dtype)
         states.append(op(q, empty, empty, k_cache, v_cache, cache_seqlens, block_table, None, None, scale, 0,
                          int(num_programs), 0, 0, softcap, k_scale, v_scale))
-    if len(states) == 1:
-        out, lse = states[0]
-    else:
-        out, lse = merge_states(torch.stack([s[0] for s in states]), torch.stack([s[1] for s in states]))
+    out, lse = merge_state_list([s[0] for s in states], [s[1] for s in states])
     return (out, lse) if return_lse else out

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..merges.states import merge_states
+from ..merges.states import merge_state_list
 from .decode import decode
 from .token_pages import token_pool
 from .window_plan import window_plan
@@ -108,6 +108,5 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
         states.append((o.view(rows.shape), lse.view(rows.shape[:-1])))
     if not states:  # nothing in any window: every segment empty, no own cache
         return q.new_zeros(q.shape), torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=dev)
-    out, lse = states[0] if len(states) == 1 else merge_states(torch.stack([s[0] for s in states]),
-                                                               torch.stack([s[1] for s in states]))
+    out, lse = merge_state_list([s[0] for s in states], [s[1] for s in states])
     return out.view(q.shape), lse.view(q.shape[:-1])
