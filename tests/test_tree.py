@@ -16,8 +16,8 @@ import torch
 
 import leanattn
 from leanattn import reference
-from leanattn.distributed import (Placement, RankError, ShardedKVCache, balance, comm_bytes, ring_decode, shard_cache,
-                                  spawn, tree_decode)
+from leanattn.distributed import (VARIANTS, Placement, RankError, ShardedKVCache, balance, comm_bytes, ring_decode,
+                                  shard_cache, spawn, tree_decode)
 from leanattn.testing import assert_lse_close, assert_rel_close, assert_states_match
 from test_decode import make_inputs
 
@@ -298,6 +298,15 @@ def _disagree(rank, world):
         seen["cached lengths"] = ("no error", "")
     except ValueError as e:
         seen["cached lengths"] = (type(e).__name__, str(e))
+    # the same with bad lengths on rank 1 only: it raises; rank 0 is not left waiting but gets NaN
+    for variant in VARIANTS:
+        tree_decode(q, k, v, timeout=30, variant=variant)  # (the variant's shapes checked and cached)
+        sl = torch.tensor([21 if rank == 1 else 5, 3], dtype=torch.int32)
+        try:
+            out = tree_decode(q, k, v, sl, timeout=30, variant=variant)
+            seen[f"one rank's lengths {variant}"] = ("no error", bool(out.isnan().all()))
+        except ValueError as e:
+            seen[f"one rank's lengths {variant}"] = (type(e).__name__, str(e))
     return seen
 
 
@@ -319,6 +328,10 @@ def test_ranks_disagree_raise_on_every_rank():
     for r in range(2):
         msg = res[r]["cached lengths"][1]
         assert msg.startswith("shard_seqlens: expected lengths <= 20 (k_shard capacity)"), (r, msg)
+    for variant in VARIANTS:
+        assert res[0][f"one rank's lengths {variant}"] == ("no error", True), res[0]
+        typ, msg = res[1][f"one rank's lengths {variant}"]
+        assert typ == "ValueError" and msg.startswith("shard_seqlens: expected lengths <= 20"), (typ, msg)
 
 
 def _missing_peer(rank, world, method, peer):

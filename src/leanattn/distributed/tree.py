@@ -143,7 +143,10 @@ def tree_decode(
     check_shapes : bool, optional, keyword-only
         All-gather a small descriptor (shapes, dtype, scale, variant) and raise the same
         ``ValueError`` on every rank when they disagree. ``None`` (default): on the first call of
-        each signature in this process; ``True``: every call; ``False``: never.
+        each signature in this process; ``True``: every call; ``False``: never. An error in this rank's values
+        found where the signature's check was not repeated (lengths past the shard: values are checked where that
+        needs no device sync, on CPU tensors) is raised on this rank only; its peers still complete the call, with
+        NaN results, rather than wait out ``timeout``.
     schedule, num_programs, num_splits
         Passed to :func:`leanattn.decode` for the local shard.
     k_scale, v_scale : float, keyword-only
@@ -219,14 +222,26 @@ def tree_decode(
     if cap_err is not None:
         raise cap_err
     check_sinks(sinks, q.shape[-2], q.device)
-    out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, shard_starts, window_left,
-                            schedule=schedule, num_programs=num_programs, num_splits=num_splits, k_scale=k_scale,
-                            v_scale=v_scale, softcap=softcap)
+    local_err = None
+    try:
+        out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, shard_starts, window_left,
+                                schedule=schedule, num_programs=num_programs, num_splits=num_splits,
+                                k_scale=k_scale, v_scale=v_scale, softcap=softcap)
+    except (ValueError, TypeError) as e:
+        if size == 1:
+            raise
+        # an error only this rank sees (values past a group's cached check): it still takes part in the combine,
+        # with a NaN state that makes every peer's result NaN, so that no peer waits out its timeout; then raises
+        local_err = e
+        out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=q.device)
+        lse = torch.full(q.shape[:-1], float("nan"), dtype=torch.float32, device=q.device)
     if size > 1:
         combine = _combine_allgather if variant == "allgather" else _combine_allreduce3
         # the query tokens of a sequence are rows of their own to the merge
         o, ls = combine(out.reshape(-1, *out.shape[-2:]), lse.reshape(-1, lse.shape[-1]), group, size, timeout)
         out, lse = o.view(out.shape), ls.view(lse.shape)
+    if local_err is not None:
+        raise local_err
     if sinks is not None:
         out, lse = apply_sinks(out, lse, sinks)
     return (out, lse) if return_lse else out
@@ -269,9 +284,10 @@ def _combine_allreduce3(out, lse, group, size, timeout):
     w_den = _comm.all_reduce(den, dist.ReduceOp.SUM, group, "", timeout, wait_now=False)
     _comm.wait(w_num, "tree_decode: all_reduce(sum) of numerators", group, timeout)
     _comm.wait(w_den, "tree_decode: all_reduce(sum) of denominators", group, timeout)
-    some = den > 0
-    o = torch.where(some[..., None], num / torch.where(some, den, 1.0)[..., None], 0.0)
-    lse = torch.where(some, m_safe + torch.log(torch.where(some, den, 1.0)), float("-inf"))
+    # (a NaN sum, from a rank that contributed a NaN state, stays NaN)
+    empty = den == 0
+    o = torch.where(empty[..., None], 0.0, num / torch.where(empty, 1.0, den)[..., None])
+    lse = torch.where(empty, float("-inf"), m_safe + torch.log(torch.where(empty, 1.0, den)))
     return o.to(out.device, out.dtype), lse.to(out.device)
 
 
