@@ -169,3 +169,33 @@ def test_more_rows_and_prompts_than_a_plan_block():
     pk, pv, plens = make_prefix(260, 7, 1, 64, plens=torch.randint(0, 8, (260,), generator=gen).tolist())
     ids = torch.randint(0, 260, (300,), generator=gen).to(torch.int32).to(DEV)
     check(q, pk, pv, k, v, lens, plens=plens, ids=ids, window=5, name="300 rows")
+
+
+def test_strided_and_expanded_index_tensors():
+    # lengths and prefix ids as strided or expanded views (the plan kernel reads them with unit stride, so they are
+    # made contiguous first; found by fuzzing)
+    q, k, v, lens, _ = make_inputs(2, 2, 1, 64, [1, 4])
+    pk, pv, plens = make_prefix(3, 8, 1, 64, plens=[8, 5, 2])
+    strided = torch.stack([lens, torch.zeros_like(lens)], 1).reshape(-1)[::2]
+    check(q, pk, pv, k, v, strided, plens=plens, ids=ids_tensor([2, 0]), window=3, name="strided lengths")
+    spl = torch.stack([plens, torch.zeros_like(plens)], 1).reshape(-1)[::2]
+    check(q, pk, pv, k, v, lens, plens=spl, ids=ids_tensor([2, 0]), window=3, name="strided prefix lengths")
+    check(q, pk, pv, k, v, lens, plens=plens, ids=ids_tensor([2]).expand(2), window=3, name="expanded ids")
+
+
+def test_one_token_pages_of_different_layouts():
+    # page size (or prefix length) 1 with k a head-major view and v token-major: a size-1 dimension's stride is
+    # arbitrary, which made their one-token pools differ (found by fuzzing)
+    q, k, v, lens, _ = make_inputs(2, 2, 2, 64, [0, 6])
+    pk = torch.randn(2, 2, 1, 64, dtype=q.dtype, device=DEV).transpose(1, 2)
+    pv = torch.randn(2, 1, 2, 64, dtype=q.dtype, device=DEV)
+    for w in (0, 2):
+        check(q, pk, pv, k, v, lens, ids=ids_tensor([1, 0]), window=w, name="dense P=1")
+    pool_k = torch.randn(8, 2, 1, 64, dtype=q.dtype, device=DEV).transpose(1, 2)
+    pool_v = torch.randn(8, 1, 2, 64, dtype=q.dtype, device=DEV)
+    out, lse = leanattn.bifurcated_decode(q[:1], pool_k, pool_v, k[:1], v[:1], lens[1:], window_left=2,
+                                          prefix_block_table=torch.arange(8, dtype=torch.int32, device=DEV)[None],
+                                          return_lse=True)
+    ref_out, ref_lse = reference.bifurcated_decode(q[:1], pool_k, pool_v, k[:1], v[:1], lens[1:], window_left=2,
+                                                   prefix_block_table=torch.arange(8, dtype=torch.int32)[None])
+    assert_states_match("paged page 1", q[:1], out, lse, ref_out, ref_lse)

@@ -24,6 +24,8 @@ def token_pool(k: torch.Tensor) -> tuple[torch.Tensor, int]:
     if k.numel() == 0:  # nothing to attend: one page no length reaches
         return k.new_zeros(1, 1, Hkv, D), 0
     s0, s1, s2, s3 = k.stride()
+    if Y == 1:  # a size-1 dimension's stride is arbitrary (even after .contiguous()): the step is the first one's
+        return k.as_strided((X, 1, Hkv, D), (s0, s0, s2, s3)), 1
     if X == 1 or (s1 > 0 and s0 % s1 == 0):
         step = s0 // s1 if X > 1 else Y
         rows = (X - 1) * step + Y

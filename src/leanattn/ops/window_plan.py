@@ -20,6 +20,10 @@ def _plan_impl(after_in: Optional[torch.Tensor], own_const: int, ids: Optional[t
                row_token: Optional[torch.Tensor], row_tokens: Optional[torch.Tensor], per: int, B: int, R: int,
                G: int, window_left: int, W: int, P: int, pool_k: torch.Tensor, pool_v: torch.Tensor, step: int,
                page_size: int, block_table: Optional[torch.Tensor]) -> list[torch.Tensor]:
+    # (one step and one clamp serve both pools)
+    assert pool_k.shape[:2] == pool_v.shape[:2], (tuple(pool_k.shape), tuple(pool_v.shape))
+    # the kernel reads these with unit stride (a caller's view may be strided, or expanded)
+    after_in, ids, seg = (None if t is None else t.contiguous() for t in (after_in, ids, seg))
     dev = pool_k.device
     i32 = dict(dtype=torch.int32, device=dev)
     after_out, latest, first = torch.empty(B, **i32), torch.empty(G, **i32), torch.empty(R, **i32)
