@@ -12,17 +12,20 @@ import triton.language as tl
 
 
 @triton.jit
-def _segment(Ids, Seg, sample, mask, seg_const, HAS_IDS: tl.constexpr, HAS_SEG: tl.constexpr, BLOCK: tl.constexpr):
-    # samples' segment ids (or 0) and those segments' lengths (or seg_const), int64
+def _segment(Ids, Seg, sample, mask, seg_const, G, HAS_IDS: tl.constexpr, HAS_SEG: tl.constexpr,
+             BLOCK: tl.constexpr):
+    # samples' segment ids (or 0) and those segments' lengths (or seg_const), int64; an id out of [0, G) (unchecked
+    # input) reads and writes nothing
     if HAS_IDS:
         g = tl.load(Ids + sample, mask=mask, other=0).to(tl.int64)
     else:
         g = tl.zeros([BLOCK], tl.int64)
+    mask = mask & (g >= 0) & (g < G)
     if HAS_SEG:
         seg = tl.load(Seg + g, mask=mask, other=0).to(tl.int64)
     else:
         seg = tl.zeros([BLOCK], tl.int64) + seg_const
-    return g, seg
+    return g, seg, mask
 
 
 @triton.jit
@@ -47,7 +50,7 @@ def window_bounds_kernel(
             after = tl.load(AfterIn + b, mask=mb, other=0).to(tl.int64)
         else:
             after = tl.zeros([BLOCK], tl.int64) + own_const
-        _, seg = _segment(Ids, Seg, b, mb, seg_const, HAS_IDS, HAS_SEG, BLOCK)
+        _, seg, _ = _segment(Ids, Seg, b, mb, seg_const, G, HAS_IDS, HAS_SEG, BLOCK)
         tl.store(AfterOut + b, (after + seg).to(tl.int32), mask=mb)
     for g0 in range(0, G, BLOCK):
         tl.store(Latest + g0 + offs, tl.zeros([BLOCK], tl.int32), mask=g0 + offs < G)
@@ -65,12 +68,12 @@ def window_bounds_kernel(
             token = (r % per).to(tl.int64)
             tokens = tl.zeros([BLOCK], tl.int64) + per
         after = tl.load(AfterOut + sample, mask=mr, other=0, volatile=True).to(tl.int64)
-        g, seg = _segment(Ids, Seg, sample, mr, seg_const, HAS_IDS, HAS_SEG, BLOCK)
+        g, seg, ok = _segment(Ids, Seg, sample, mr, seg_const, G, HAS_IDS, HAS_SEG, BLOCK)
         # the row's position in the sequence is after - tokens + token counted from this segment's start
         first = tl.minimum(tl.maximum(after - tokens + token - window_left, 0), seg).to(tl.int32)
         tl.store(First + r, first, mask=mr)
-        tl.store(GRow + r, g.to(tl.int32), mask=mr)
-        tl.atomic_max(Latest + g, first, mask=mr)
+        tl.store(GRow + r, tl.minimum(tl.maximum(g, 0), tl.maximum(G - 1, 0)).to(tl.int32), mask=mr)
+        tl.atomic_max(Latest + g, first, mask=ok)
     tl.debug_barrier()
     for g0 in range(0, G, BLOCK):
         g = g0 + offs
