@@ -63,6 +63,18 @@ def test_multi_prompt_paged_tokens_packed(page):
               max_group_size=9)
 
 
+def test_more_samples_and_prompts_than_a_plan_block():
+    # 600 samples over 300 prompts: the plan kernel's one program loops over samples, rows and prompts in blocks of
+    # 256, its stores read back by other threads after a CTA barrier and its atomics (kernels/window_plan.py)
+    gen = torch.Generator().manual_seed(3)
+    own = torch.randint(0, 200, (600,), generator=gen).tolist()
+    q, pk, pv, k, v, sl = inputs(600, 8, 2, 128, 700, own, G=300)
+    plens = torch.randint(0, 701, (300,), generator=gen).to(torch.int32).cuda()
+    ids = torch.randint(0, 300, (600,), generator=gen).to(torch.int32).cuda()
+    for w in (0, 150, 650):
+        check(q, pk, pv, k, v, sl, plens=plens, ids=ids, window=w, max_group_size=600)
+
+
 def test_cascade():
     q, pk, pv, k, v, sl = inputs(8, 32, 8, 128, 3000, [200] * 8)
     dk = torch.randn(2, 2000, 8, 128, dtype=torch.bfloat16, device="cuda")
