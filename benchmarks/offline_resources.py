@@ -350,7 +350,8 @@ def bifurcated_cases():
 
 def window_cases():
     """Shared-prefix windows: the plan kernels (``kernels/window_plan.py``) over a dense prefix (one sample row per
-    query) and a paged one of several prompts (packed query rows); the passes stop where they read a launch's output."""
+    query) and a paged one of several prompts (packed query rows); the passes stop where they read a launch's output.
+    And a paged prefix of several prompts without a window (``kernels/group_rows.py``)."""
     bf = torch.bfloat16
     q = torch.randn(16, 32, 128, dtype=bf)
     pk = torch.randn(8192, 8, 128, dtype=bf)
@@ -365,6 +366,9 @@ def window_cases():
     yield "window paged packed", lambda: leanattn.bifurcated_decode(
         qp, pool, pool, k[:4], k[:4], lens[:4], prefix_block_table=table, prefix_ids=ids, window_left=100,
         cu_seqlens_q=cu, max_seqlen_q=3, max_group_size=4)
+    # the paged prefix pass without a window: the rows grouped by prompt in one launch (kernels/group_rows.py)
+    yield "paged prompts grouped", lambda: leanattn.bifurcated_decode(
+        q[:4], pool, pool, k[:4], k[:4], lens[:4], prefix_block_table=table, prefix_ids=ids, max_group_size=4)
 
 
 def overlap_cases():

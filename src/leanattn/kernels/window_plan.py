@@ -10,6 +10,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .group_rows import zero_counters
+
 
 @triton.jit
 def _segment(Ids, Seg, sample, mask, seg_const, G, HAS_IDS: tl.constexpr, HAS_SEG: tl.constexpr,
@@ -52,10 +54,8 @@ def window_bounds_kernel(
             after = tl.zeros([BLOCK], tl.int64) + own_const
         _, seg, _ = _segment(Ids, Seg, b, mb, seg_const, G, HAS_IDS, HAS_SEG, BLOCK)
         tl.store(AfterOut + b, (after + seg).to(tl.int32), mask=mb)
-    for g0 in range(0, G, BLOCK):
-        tl.store(Latest + g0 + offs, tl.zeros([BLOCK], tl.int32), mask=g0 + offs < G)
-    # the stores above are read back by other threads of this program: a CTA barrier orders global memory
-    tl.debug_barrier()
+    # (the AfterOut stores above are read back by other threads too: the barrier orders them as well)
+    zero_counters(Latest, G, BLOCK)
     for r0 in range(0, R, BLOCK):
         r = r0 + offs
         mr = r < R
@@ -141,3 +141,4 @@ def window_tables_kernel(
             vv = tl.load(PoolV + tok[:, None] * stride_vt + (h * stride_vh + d * stride_vd)[None, :], mask=m)
             tl.store(TailK + dst + hd[None, :], kk, mask=m)
             tl.store(TailV + dst + hd[None, :], vv, mask=m)
+

@@ -254,8 +254,9 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     outs, lses = [], []
     for k, v, lens, ids, pages in levels:
         if pages is not None:
-            o, lse = paged_level_states(rows, k, v, lens, None if ids is None else expand(ids), pages, scale,
-                                        max_group_size * per, num_programs, softcap, k_scale, v_scale)
+            o, lse = paged_level_states(rows, k, v, lens, ids, pages, scale, max_group_size * per, num_programs,
+                                        softcap, k_scale, v_scale, per=per,
+                                        row_sample=None if cu_seqlens_q is None else sample)
         else:
             o, lse = op(rows, k, v, None, None, None, None, lens, None if ids is None else expand(ids), scale,
                         max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale)

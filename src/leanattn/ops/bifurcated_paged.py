@@ -11,16 +11,42 @@ of each segment grouped; the states go back to the rows' order and are merged wi
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
+from ..kernels.group_rows import group_rows_kernel
 from .decode import decode
 
 __all__ = ["paged_level_states"]
 
 
+def _group_impl(ids: torch.Tensor, row_sample: Optional[torch.Tensor], R: int, G: int,
+                per: int) -> list[torch.Tensor]:
+    dev = ids.device
+    order, back = torch.empty(R, dtype=torch.int64, device=dev), torch.empty(R, dtype=torch.int64, device=dev)
+    cu, scratch = torch.empty(G + 1, dtype=torch.int32, device=dev), torch.empty(G, dtype=torch.int32, device=dev)
+    ids = ids.contiguous()  # read with unit stride
+    group_rows_kernel[(1,)](ids, ids if row_sample is None else row_sample.contiguous(), scratch, order, back, cu,
+                            R, G, per, PACKED=row_sample is not None, BLOCK=128, num_warps=4)
+    return [order, back, cu]
+
+
+@torch.library.custom_op("leanattn::group_rows", mutates_args=())
+def _group_op(ids: torch.Tensor, row_sample: Optional[torch.Tensor], R: int, G: int, per: int) -> list[torch.Tensor]:
+    return _group_impl(ids, row_sample, R, G, per)
+
+
+@_group_op.register_fake
+def _(ids, row_sample, R, G, per):
+    return [ids.new_empty(R, dtype=torch.int64), ids.new_empty(R, dtype=torch.int64),
+            ids.new_empty(G + 1, dtype=torch.int32)]
+
+
 def paged_level_states(rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, ids, block_table: torch.Tensor,
                        scale: float, max_group_size: int, num_programs: int, softcap: float, k_scale: float,
-                       v_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                       v_scale: float, per: int = 1,
+                       row_sample: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)`` of the query rows over their paged shared segment, past validation.
 
     Parameters
@@ -32,12 +58,14 @@ def paged_level_states(rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     lens : torch.Tensor or None
         ``(G,)`` int32 tokens of each segment; None: its pages' capacity.
     ids : torch.Tensor or None
-        ``(R,)`` the segment each row reads (any integer dtype); None: segment 0 for every row.
+        ``(B,)`` the segment each sample reads (any integer dtype); None: segment 0 for every row.
     block_table : torch.Tensor
         ``(G, max_pages)`` int32, segment ``g``'s pages.
     max_group_size : int
         A bound on the rows that read one segment (0: counted on the host, one device sync, or ``R`` while a graph
         is captured or compiled): the launch's query slots a segment.
+    per, row_sample
+        Row ``r`` is of sample ``row_sample[r]`` (``(R,)`` int64, a packed query) or, without it, ``r // per``.
 
     Returns
     -------
@@ -53,18 +81,15 @@ def paged_level_states(rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
         out, lse = decode(rows[None], k, v, None if lens is None else lens[:1], block_table[:1], scale, True, **kw)
         return out[0], lse[0]
     G = block_table.shape[0]
-    ids = ids.long()
     # the rows of each segment together (stable: a segment's rows in their order), as one packed query
-    order = torch.argsort(ids, stable=True)
-    counts = torch.zeros(G, dtype=torch.long, device=rows.device).scatter_add_(0, ids, torch.ones_like(ids))
-    cu = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32)
+    op = _group_op if torch.compiler.is_compiling() else _group_impl
+    order, back, cu = op(ids, row_sample, R, G, per)
     if max_group_size > 0:
         slots = max_group_size
     elif torch.compiler.is_compiling() or (rows.is_cuda and torch.cuda.is_current_stream_capturing()):
         slots = R  # no sync: one segment may hold every row
     else:
-        slots = int(counts.max()) if G else 0
+        slots = int(cu.diff().max()) if G else 0
     out, lse = decode(rows[order], k, v, lens, block_table, scale, True, cu_seqlens_q=cu,
                       max_seqlen_q=max(slots, 1), **kw)
-    back = torch.empty_like(order).scatter_(0, order, torch.arange(R, device=rows.device))
     return out[back], lse[back]
