@@ -246,8 +246,13 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     (``ops/bifurcated_paged.py``), and ``q`` may then also be ``(B, Hq, D)``."""
     if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
-    rows, sample, _, _, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
-    expand = lambda ids: ids[sample]  # noqa: E731  (each row reads its sample's segment)
+    if cu_seqlens_q is not None:
+        rows, sample, _, _, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
+        expand = lambda ids: ids[sample]  # noqa: E731  (each row reads its sample's segment)
+    else:  # row r of sample r // per: no index tensors to build
+        per = q.shape[1] if q.dim() == 4 else 1
+        rows, sample = q.reshape(-1, *q.shape[-2:]), None
+        expand = lambda ids: ids if per == 1 else ids.repeat_interleave(per)  # noqa: E731
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     op = _pass_op()
