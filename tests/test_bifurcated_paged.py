@@ -225,7 +225,11 @@ def test_errors():
 @pytest.mark.parametrize("B,G,per,packed", [(5, 3, 1, False), (300, 140, 2, False), (200, 7, 1, True)],
                          ids=lambda x: str(x))
 def test_rows_grouped_stably_by_segment(B, G, per, packed):
-    # the grouping kernel (one program, blocks of 128 rows and segments) against a stable argsort
+    check_grouping(B, G, per, packed, DEV)
+
+
+def check_grouping(B, G, per, packed, device):
+    """The grouping kernel (one program, blocks of 128 rows and segments) against a stable argsort."""
     from leanattn.ops.bifurcated_paged import _group_impl
     gen = torch.Generator().manual_seed(B)
     ids = torch.randint(0, G, (B,), generator=gen).to(torch.int32)
@@ -235,7 +239,8 @@ def test_rows_grouped_stably_by_segment(B, G, per, packed):
     else:
         sample = None
         seg = ids.long().repeat_interleave(per)
-    order, back, cu = _group_impl(ids.to(DEV), None if sample is None else sample.to(DEV), seg.numel(), G, per)
+    order, back, cu = _group_impl(ids.to(device), None if sample is None else sample.to(device), seg.numel(), G,
+                                  per)
     want = torch.argsort(seg, stable=True)
     assert torch.equal(order.cpu(), want)
     assert torch.equal(back.cpu(), torch.argsort(want))

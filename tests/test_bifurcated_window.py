@@ -199,3 +199,15 @@ def test_one_token_pages_of_different_layouts():
     ref_out, ref_lse = reference.bifurcated_decode(q[:1], pool_k, pool_v, k[:1], v[:1], lens[1:], window_left=2,
                                                    prefix_block_table=torch.arange(8, dtype=torch.int32)[None])
     assert_states_match("paged page 1", q[:1], out, lse, ref_out, ref_lse)
+
+
+def test_window_plan_opcheck():
+    from leanattn.ops.token_pages import token_pool
+    from leanattn.ops.window_plan import _plan_op
+    k = torch.randn(2, 9, 2, 64, dtype=torch.float16, device=DEV)
+    pool, step = token_pool(k)
+    lens = torch.tensor([9, 4], dtype=torch.int32, device=DEV)
+    ids = torch.tensor([1, 0, 1], dtype=torch.int32, device=DEV)
+    own = torch.tensor([3, 0, 5], dtype=torch.int32, device=DEV)
+    torch.library.opcheck(_plan_op, (own, 0, ids, lens, 9, None, None, None, 2, 3, 6, 2, 4, 5, 9, pool, pool, step, 9,
+                                     None))

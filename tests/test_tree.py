@@ -307,6 +307,12 @@ def _disagree(rank, world):
             seen[f"one rank's lengths {variant}"] = ("no error", bool(out.isnan().all()))
         except ValueError as e:
             seen[f"one rank's lengths {variant}"] = (type(e).__name__, str(e))
+    # sinks of the wrong size on rank 1 only (sinks are not among the exchanged fields): the same
+    try:
+        out = tree_decode(q, k, v, timeout=30, sinks=torch.zeros(q.shape[-2] + (rank == 1)))
+        seen["one rank's sinks"] = ("no error", bool(out.isnan().all()))
+    except ValueError as e:
+        seen["one rank's sinks"] = (type(e).__name__, str(e))
     return seen
 
 
@@ -332,6 +338,8 @@ def test_ranks_disagree_raise_on_every_rank():
         assert res[0][f"one rank's lengths {variant}"] == ("no error", True), res[0]
         typ, msg = res[1][f"one rank's lengths {variant}"]
         assert typ == "ValueError" and msg.startswith("shard_seqlens: expected lengths <= 20"), (typ, msg)
+    assert res[0]["one rank's sinks"] == ("no error", True), res[0]
+    assert res[1]["one rank's sinks"][0] == "ValueError" and "sinks" in res[1]["one rank's sinks"][1]
 
 
 def _missing_peer(rank, world, method, peer):

@@ -221,9 +221,9 @@ def tree_decode(
             _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
     if cap_err is not None:
         raise cap_err
-    check_sinks(sinks, q.shape[-2], q.device)
     local_err = None
     try:
+        check_sinks(sinks, q.shape[-2], q.device)
         out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, shard_starts, window_left,
                                 schedule=schedule, num_programs=num_programs, num_splits=num_splits,
                                 k_scale=k_scale, v_scale=v_scale, softcap=softcap)
@@ -238,7 +238,12 @@ def tree_decode(
     if size > 1:
         combine = _combine_allgather if variant == "allgather" else _combine_allreduce3
         # the query tokens of a sequence are rows of their own to the merge
-        o, ls = combine(out.reshape(-1, *out.shape[-2:]), lse.reshape(-1, lse.shape[-1]), group, size, timeout)
+        try:
+            o, ls = combine(out.reshape(-1, *out.shape[-2:]), lse.reshape(-1, lse.shape[-1]), group, size, timeout)
+        except Exception as e:
+            if local_err is not None:
+                raise local_err from e
+            raise
         out, lse = o.view(out.shape), ls.view(lse.shape)
     if local_err is not None:
         raise local_err

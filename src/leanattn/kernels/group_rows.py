@@ -24,7 +24,7 @@ def _row_segment(Ids, RowSample, r, mr, per, G, PACKED: tl.constexpr):
     else:
         sample = (r // per).to(tl.int64)
     g = tl.load(Ids + sample, mask=mr, other=0).to(tl.int64)
-    return tl.minimum(tl.maximum(g, 0), G - 1)
+    return tl.minimum(tl.maximum(g, 0), tl.maximum(G - 1, 0)).to(tl.int32)
 
 
 @triton.jit

@@ -17,7 +17,8 @@ from .group_rows import zero_counters
 def _segment(Ids, Seg, sample, mask, seg_const, G, HAS_IDS: tl.constexpr, HAS_SEG: tl.constexpr,
              BLOCK: tl.constexpr):
     # samples' segment ids (or 0) and those segments' lengths (or seg_const), int64; an id out of [0, G) (unchecked
-    # input) reads and writes nothing
+    # input) reads no length and moves no segment's latest start (its row is then given a clamped id: a wrong
+    # result, no access out of bounds)
     if HAS_IDS:
         g = tl.load(Ids + sample, mask=mask, other=0).to(tl.int64)
     else:

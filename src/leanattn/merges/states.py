@@ -95,6 +95,7 @@ def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor])
     replayed from a CUDA graph. One state is returned as it is; more, or while compiling, are stacked."""
     if len(outs) == 1:
         return outs[0], lses[0]
+    assert all(o.dtype == outs[0].dtype for o in outs), [o.dtype for o in outs]
     shape, D = outs[0].shape, outs[0].shape[-1]
     if len(outs) > 4 or torch.compiler.is_compiling() or outs[0].numel() == 0:
         out, lse = merge_states(torch.stack([o.reshape(-1, 1, D) for o in outs]),
