@@ -173,3 +173,33 @@ def test_state_list_matches_stacked_merge_bitwise(S, M, D):
     assert out.shape == (M, 1, D) and lse.shape == (M, 1)
     assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
     assert merge_state_list(outs[:1], lses[:1])[0] is outs[0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("shape", [(3, 4, 64), (2, 5, 3, 128), (1, 2051, 16)], ids=str)
+def test_merge_state_of_two(shape, dtype):
+    outs = [torch.randn(shape).to(dtype) for _ in range(2)]
+    lses = [torch.randn(shape[:-1]) * 4 for _ in range(2)]
+    lses[1].view(-1)[:3] = float("-inf")  # rows where b attended no key: a's state
+    out, lse = leanattn.merge_state(outs[0], lses[0], outs[1], lses[1])
+    ref_out, ref_lse = reference.merge_states(torch.stack(outs).flatten(1, -3), torch.stack(lses).flatten(1, -2))
+    assert out.shape == shape and out.dtype == dtype and lse.shape == shape[:-1] and lse.dtype == torch.float32
+    assert_rel_close("merge_state", out.flatten(0, -3), ref_out, TOLERANCE[dtype])
+    assert_lse_close("merge_state", lse.flatten(0, -2), ref_lse, LSE_ATOL)
+
+
+def test_merge_state_errors():
+    o = torch.randn(2, 3, 8)
+    ls = torch.randn(2, 3)
+    cases = [((o.tolist(), ls, o, ls), TypeError, "out_a: expected a torch.Tensor"),
+             ((o[0, 0], ls, o, ls), ValueError, "out_a: expected a \\(..., H, D\\) tensor"),
+             ((o.double(), ls, o.double(), ls), TypeError, "out_a: expected dtype in"),
+             ((o, ls, o.half(), ls), TypeError, "out_b: expected dtype torch.float32 \\(as out_a\\)"),
+             ((o, ls, o[:1], ls), ValueError, "out_b: expected shape \\(2, 3, 8\\) \\(as out_a\\)"),
+             ((o, ls.half(), o, ls), TypeError, "lse_a: expected dtype in float32"),
+             ((o, ls, o, ls[:, :2]), ValueError, "lse_b: expected shape \\(2, 3\\)"),
+             ((o, ls, o, "x"), TypeError, "lse_b: expected a torch.Tensor"),
+             ((o, ls, o, ls.to("meta")), ValueError, "lse_b: expected device cpu \\(as out_a\\)")]
+    for args, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            leanattn.merge_state(*args)

@@ -9,7 +9,7 @@ import triton
 from .. import checks
 from ..kernels.merge import merge_launch, merge_list_kernel, merge_states_kernel
 
-__all__ = ["merge_states", "merge_state_list"]
+__all__ = ["merge_states", "merge_state", "merge_state_list"]
 
 
 def _merge_states_impl(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,3 +114,50 @@ def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor])
         *(o.stride(0) for o in pad[0]), HEAD_DIM=D, BLOCK_M=rows, BLOCK_D=triton.next_power_of_2(D), N=len(outs),
         num_warps=warps)
     return out, lse
+
+
+def merge_state(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
+                lse_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two partial attention states, exactly (FlashInfer's ``merge_state``, natural-log LSE).
+
+    :func:`merge_states` of ``[(out_a, lse_a), (out_b, lse_b)]`` without stacking them: one launch reads each state
+    where it lies. Over disjoint key sets the result is attention over their union; ``(0, -inf)`` is the identity.
+
+    Parameters
+    ----------
+    out_a, out_b : torch.Tensor
+        ``(..., H, D)`` of one shape, device and dtype (float16, bfloat16 or float32).
+    lse_a, lse_b : torch.Tensor
+        ``(..., H)`` float32, natural log (``-inf`` where a state attended no key).
+
+    Returns
+    -------
+    out : torch.Tensor
+        ``out_a``'s shape and dtype (accumulated in float32).
+    lse : torch.Tensor
+        ``lse_a``'s shape, float32, natural log.
+
+    Examples
+    --------
+    >>> o1, l1 = leanattn.decode(q, k[:, :n], v[:, :n], return_lse=True)
+    >>> o2, l2 = leanattn.decode(q, k[:, n:], v[:, n:], return_lse=True)
+    >>> out, lse = leanattn.merge_state(o1, l1, o2, l2)
+    """
+    checks.check_tensor("out_a", out_a)
+    if out_a.dim() < 2:
+        raise ValueError(f"out_a: expected a (..., H, D) tensor of at least 2 dimensions, got shape "
+                         f"{tuple(out_a.shape)}")
+    checks.check_dtype("out_a", out_a)
+    checks.check_tensor("out_b", out_b)
+    checks.check_same("out_b", out_b, "out_a", out_a)
+    if out_b.shape != out_a.shape:
+        raise ValueError(f"out_b: expected shape {tuple(out_a.shape)} (as out_a), got {tuple(out_b.shape)}")
+    for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
+        checks.check_tensor(name, lse)
+        checks.check_dtype(name, lse, (torch.float32,))
+        if lse.shape != out_a.shape[:-1]:
+            raise ValueError(f"{name}: expected shape {tuple(out_a.shape[:-1])} (out_a.shape[:-1]), got "
+                             f"{tuple(lse.shape)}")
+        if lse.device != out_a.device:
+            raise ValueError(f"{name}: expected device {out_a.device} (as out_a), got {lse.device}")
+    return merge_state_list([out_a, out_b], [lse_a, lse_b])
