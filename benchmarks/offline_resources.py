@@ -366,6 +366,11 @@ def window_cases():
     yield "window paged packed", lambda: leanattn.bifurcated_decode(
         qp, pool, pool, k[:4], k[:4], lens[:4], prefix_block_table=table, prefix_ids=ids, window_left=100,
         cu_seqlens_q=cu, max_seqlen_q=3, max_group_size=4)
+    # a rank's shard under a window (distributed/shard_window.py): one launch lays each sequence's run table
+    from leanattn.distributed.shard_states import shard_states
+    starts = torch.full((4,), 200, dtype=torch.int32)
+    yield "tree shard window", lambda: shard_states(qp[:4], pool, pool, lens[:4], table.repeat(2, 1), 0.1,
+                                                    shard_starts=starts, window_left=100)
     # the paged prefix pass without a window: the rows grouped by prompt in one launch (kernels/group_rows.py)
     yield "paged prompts grouped", lambda: leanattn.bifurcated_decode(
         q[:4], pool, pool, k[:4], k[:4], lens[:4], prefix_block_table=table, prefix_ids=ids, max_group_size=4)

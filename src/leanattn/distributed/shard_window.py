@@ -20,7 +20,8 @@ import torch
 from .. import checks
 from ..merges.states import merge_state_list
 from ..ops.decode import _capacity, decode
-from ..ops.token_pages import backward_table, token_pages, token_pool
+from ..ops.token_pages import token_pages, token_pool
+from ..ops.window_plan import run_tables
 
 __all__ = ["check_shard_starts", "window_states", "with_token_rests"]
 
@@ -70,26 +71,25 @@ def window_states(q, k_shard, v_shard, shard_seqlens, shard_starts, block_table,
     dev = q.device
     B = q.shape[0]
     cap = _capacity(k_shard, block_table)
-    W = min(window_left + 1, cap)
-    hi = torch.full((B,), cap, dtype=torch.long, device=dev) if shard_seqlens is None else shard_seqlens.long()
-    lo = shard_starts.long()
+    W = max(min(window_left + 1, cap), 1)  # (an empty shard: one page no length reaches)
     pool_k, step = token_pool(k_shard)
     pool_v, _ = token_pool(v_shard)
     P = k_shard.shape[1]
-    seqs = torch.arange(B, device=dev)
     kw = dict(validate=False, **decode_kw)
-    if W <= 0:  # an empty shard: no token to attend
-        W = 1
-    if hi.dim() == 1 and lo.dim() == 1:  # one run a sequence, for every token
-        table = token_pages(backward_table(hi, W), step, block_table, seqs[:, None].expand(B, W), P)
-        return decode(q, pool_k, pool_v, (hi - lo).clamp(0, W).to(torch.int32), table, scale, True, **kw)
+    runs = dict(cap=cap, W=W, pool_rows=pool_k.shape[0], step=step, page_size=P, block_table=block_table)
+    if (shard_seqlens is None or shard_seqlens.dim() == 1) and shard_starts.dim() == 1:
+        # one run a sequence, for every token: one launch lays its table and length
+        table, lens = run_tables(shard_seqlens, shard_starts, **runs)
+        return decode(q, pool_k, pool_v, lens, table, scale, True, **kw)
+    hi = torch.full((B,), cap, dtype=torch.long, device=dev) if shard_seqlens is None else shard_seqlens.long()
+    lo = shard_starts.long()
     Lq = q.shape[1]
     hi2, lo2 = (hi if hi.dim() == 2 else hi[:, None]), (lo if lo.dim() == 2 else lo[:, None])
     hi2, lo2 = (x.expand(B, Lq) for x in torch.broadcast_tensors(hi2, lo2))
     latest, earliest = lo2.amax(1), hi2.amin(1)
     # -- the run every token of the sequence attends, read once for all of them
-    table = token_pages(backward_table(earliest, W), step, block_table, seqs[:, None].expand(B, W), P)
-    out, lse = decode(q, pool_k, pool_v, (earliest - latest).clamp(0, W).to(torch.int32), table, scale, True, **kw)
+    table, lens = run_tables(earliest, latest, **runs)
+    out, lse = decode(q, pool_k, pool_v, lens, table, scale, True, **kw)
     if Lq == 1:
         return out, lse
     # -- each token's rest: before that run [start, latest) and after it [max(earliest, latest), end)

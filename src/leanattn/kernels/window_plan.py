@@ -143,3 +143,26 @@ def window_tables_kernel(
             tl.store(TailK + dst + hd[None, :], kk, mask=m)
             tl.store(TailV + dst + hd[None, :], vv, mask=m)
 
+
+
+@triton.jit
+def run_tables_kernel(
+    Hi, Lo, BlockTable, Table, Lens,  #
+    W, cap, step, page_size, max_pages, pool_rows, stride_bt,  #
+    HAS_HI: tl.constexpr, PAGED: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """Grid ``(B, cdiv(W, BLOCK_W))``: sequence ``b``'s run of tokens ``[Lo[b], Hi[b])`` (``Hi`` or ``cap``) as
+    one-token pages of its own slots from ``Hi[b] - 1`` backwards, ``Table [B, W]`` int32 (slots clamped at 0, ids
+    into the pool), and ``Lens [B] = clamp(Hi - Lo, 0, W)`` int32."""
+    b = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    if HAS_HI:
+        hi = tl.load(Hi + b).to(tl.int64)
+    else:
+        hi = tl.zeros([], tl.int64) + cap
+    slot = tl.maximum(hi - 1 - j, 0)
+    tok = _token_ids(b, slot, BlockTable, stride_bt, max_pages, step, page_size, PAGED)
+    tl.store(Table + b * W + j, tl.minimum(tl.maximum(tok, 0), pool_rows - 1).to(tl.int32), mask=j < W)
+    if tl.program_id(1) == 0:
+        lo = tl.load(Lo + b).to(tl.int64)
+        tl.store(Lens + b, tl.minimum(tl.maximum(hi - lo, 0), W).to(tl.int32))

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["token_pool", "token_pages", "backward_table"]
+__all__ = ["token_pool", "token_pages"]
 
 
 def token_pool(k: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -45,8 +45,3 @@ def token_pages(slots: torch.Tensor, step: int, block_table: Optional[torch.Tens
     page = block_table[rows, (slots // page_size).clamp(max=block_table.shape[1] - 1)].long()
     return (page * step + slots % page_size).to(torch.int32)
 
-
-def backward_table(ends: torch.Tensor, width: int) -> torch.Tensor:
-    """Slots ``ends - 1, ends - 2, ...`` (``(..., width)`` int64, clamped at 0): a run of tokens ending at ``ends``
-    (``(...)`` int64), as many of them as a length counts."""
-    return (ends[..., None] - 1 - torch.arange(width, device=ends.device)).clamp(min=0)

@@ -8,9 +8,9 @@ from typing import Optional
 import torch
 import triton
 
-from ..kernels.window_plan import window_bounds_kernel, window_tables_kernel
+from ..kernels.window_plan import run_tables_kernel, window_bounds_kernel, window_tables_kernel
 
-__all__ = ["window_plan"]
+__all__ = ["window_plan", "run_tables"]
 
 _BLOCK_W = 32
 
@@ -103,3 +103,39 @@ def window_plan(after_in, own_const: int, ids, seg, seg_const: int, rows_of, per
     op = _plan_op if torch.compiler.is_compiling() else _plan_impl
     return op(after_in, own_const, ids, seg, seg_const, sample, token, tokens, per, B, R, G, window_left, W, P,
               pool_k, pool_v, step, page_size, block_table)
+
+
+def _run_tables_impl(hi: Optional[torch.Tensor], lo: torch.Tensor, cap: int, W: int, pool_rows: int, step: int,
+                     page_size: int, block_table: Optional[torch.Tensor]) -> list[torch.Tensor]:
+    B = lo.shape[0]
+    table = torch.empty(B, W, dtype=torch.int32, device=lo.device)
+    lens = torch.empty(B, dtype=torch.int32, device=lo.device)
+    if B and W:
+        hi, lo = (None if hi is None else hi.contiguous()), lo.contiguous()
+        paged = block_table is not None
+        run_tables_kernel[(B, triton.cdiv(W, _BLOCK_W))](
+            lo if hi is None else hi, lo, block_table if paged else lo, table, lens, W, cap, step, page_size,
+            block_table.shape[1] if paged else 1, pool_rows, block_table.stride(0) if paged else 0,
+            HAS_HI=hi is not None, PAGED=paged, BLOCK_W=_BLOCK_W, num_warps=1)
+    return [table, lens]
+
+
+@torch.library.custom_op("leanattn::run_tables", mutates_args=())
+def _run_tables_op(hi: Optional[torch.Tensor], lo: torch.Tensor, cap: int, W: int, pool_rows: int, step: int,
+                   page_size: int, block_table: Optional[torch.Tensor]) -> list[torch.Tensor]:
+    return _run_tables_impl(hi, lo, cap, W, pool_rows, step, page_size, block_table)
+
+
+@_run_tables_op.register_fake
+def _(hi, lo, cap, W, pool_rows, step, page_size, block_table):
+    return [lo.new_empty(lo.shape[0], W, dtype=torch.int32), lo.new_empty(lo.shape[0], dtype=torch.int32)]
+
+
+def run_tables(hi, lo: torch.Tensor, cap: int, W: int, pool_rows: int, step: int, page_size: int,
+               block_table) -> list[torch.Tensor]:
+    """Each sequence's run of tokens ``[lo[b], hi[b])`` (``hi`` None: ``cap``) as a :func:`leanattn.decode` table of
+    ``W`` one-token pages of its own slots, laid from ``hi[b] - 1`` backwards, and its length: ``[table (B, W),
+    lens (B,)]`` int32. A sequence's slot ``s`` is page ``b * step + s`` of the one-token pool (``pool_rows`` pages),
+    or ``block_table[b, s // page_size] * step + s % page_size``; ``lens = clamp(hi - lo, 0, W)``."""
+    op = _run_tables_op if torch.compiler.is_compiling() else _run_tables_impl
+    return op(hi, lo, cap, W, pool_rows, step, page_size, block_table)
