@@ -138,3 +138,17 @@ def test_window_errors():
     cache = ShardedKVCache(2, HKV, D, 16)
     with pytest.raises(ValueError, match="window_left: expected -1 with method 'ring'"):
         cache.decode(q, "ring", window_left=3)
+
+
+def test_run_tables_opcheck_and_values():
+    # one launch lays each sequence's run [lo, hi) as one-token pages from hi - 1 backwards, and its length
+    from leanattn.ops.window_plan import _run_tables_op, run_tables
+    hi = torch.tensor([5, 0, 9], dtype=torch.int32)
+    lo = torch.tensor([2, 0, 1], dtype=torch.int32)
+    table, lens = run_tables(hi, lo, 10, 4, 30, 10, 10, None)
+    assert lens.tolist() == [3, 0, 4]
+    assert table.tolist() == [[4, 3, 2, 1], [10, 10, 10, 10], [28, 27, 26, 25]]  # (an empty run: slot 0, unread)
+    bt = torch.tensor([[2, 0], [1, 2], [0, 1]], dtype=torch.int32)
+    table, lens = run_tables(None, lo, 8, 3, 12, 4, 4, bt)  # pages of 4 tokens, hi = the capacity 8
+    assert lens.tolist() == [3, 3, 3] and table.tolist() == [[3, 2, 1], [11, 10, 9], [7, 6, 5]]
+    torch.library.opcheck(_run_tables_op, (hi, lo, 10, 4, 30, 10, 10, None))
