@@ -47,7 +47,7 @@ def parts(q, pk, pv, k, v, lens, w):
     op = _pass_op()
 
     def plan():
-        return window_plan(lens, 0, None, None, P, None, 1, B, B, 1, w, W, P, pool_k, pool_v, step, P, None)
+        return window_plan(lens, 0, None, None, None, 1, B, B, 1, w, W, P, pool_k, pool_v, step, P, None)
 
     _, _, rest, table, tail_k, tail_v, tail_lens = plan()
 

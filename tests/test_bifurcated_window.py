@@ -209,5 +209,5 @@ def test_window_plan_opcheck():
     lens = torch.tensor([9, 4], dtype=torch.int32, device=DEV)
     ids = torch.tensor([1, 0, 1], dtype=torch.int32, device=DEV)
     own = torch.tensor([3, 0, 5], dtype=torch.int32, device=DEV)
-    torch.library.opcheck(_plan_op, (own, 0, ids, lens, 9, None, None, None, 2, 3, 6, 2, 4, 5, 9, pool, pool, step, 9,
+    torch.library.opcheck(_plan_op, (own, 0, ids, lens, None, None, None, 2, 3, 6, 2, 4, 5, 9, pool, pool, step, 9,
                                      None))

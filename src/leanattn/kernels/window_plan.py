@@ -95,12 +95,24 @@ def window_bounds_kernel(
 
 
 @triton.jit
-def _token_ids(g, slot, BlockTable, stride_bt, max_pages, step, page_size, PAGED: tl.constexpr):
-    # token (g, slot) of the segments as a page of the one-token pool (ops/token_pages.py)
+def _token_ids(g, slot, BlockTable, stride_bt, max_pages, step, page_size, pool_rows, PAGED: tl.constexpr):
+    # token (g, slot) of the segments as a page of the one-token pool (ops/token_pages.py), clamped into the pool:
+    # a slot no length reaches may name a table entry the caller left unset
     if PAGED:
         page = tl.load(BlockTable + g * stride_bt + tl.minimum(slot // page_size, max_pages - 1)).to(tl.int64)
-        return page * step + slot % page_size
-    return g * step + slot
+        tok = page * step + slot % page_size
+    else:
+        tok = g * step + slot
+    return tl.minimum(tl.maximum(tok, 0), pool_rows - 1)
+
+
+@triton.jit
+def _store_backward(TableRow, g, end, j, W, BlockTable, stride_bt, max_pages, step, page_size, pool_rows,
+                    PAGED: tl.constexpr):
+    # entries j of a one-token page table laid from slot end - 1 of segment g backwards (slots clamped at 0)
+    tok = _token_ids(g, tl.maximum(end - 1 - j, 0), BlockTable, stride_bt, max_pages, step, page_size, pool_rows,
+                     PAGED)
+    tl.store(TableRow + j, tok.to(tl.int32), mask=j < W)
 
 
 @triton.jit
@@ -120,17 +132,13 @@ def window_tables_kernel(
     if i < R:
         g = tl.load(GRow + i).to(tl.int64)
         latest = tl.load(Latest + g).to(tl.int64)
-        slot = tl.maximum(latest - 1 - j, 0)
-        tok = _token_ids(g, slot, BlockTable, stride_bt, max_pages, step, page_size, PAGED)
-        tok = tl.minimum(tl.maximum(tok, 0), pool_rows - 1)
-        tl.store(Table + i.to(tl.int64) * W + j, tok.to(tl.int32), mask=mj)
+        _store_backward(Table + i.to(tl.int64) * W, g, latest, j, W, BlockTable, stride_bt, max_pages, step,
+                        page_size, pool_rows, PAGED)
     else:
         g = (i - R).to(tl.int64)
         latest = tl.load(Latest + g).to(tl.int64)
-        slot = tl.minimum(latest + j, P - 1)
-        tok = _token_ids(g, slot, BlockTable, stride_bt, max_pages, step, page_size, PAGED)
-        # a slot past its segment (no row attends it) may name a table entry the caller left unset
-        tok = tl.minimum(tl.maximum(tok, 0), pool_rows - 1)
+        tok = _token_ids(g, tl.minimum(latest + j, P - 1), BlockTable, stride_bt, max_pages, step, page_size,
+                         pool_rows, PAGED)
         dst = (g * W + j).to(tl.int64)[:, None] * (HKV * D)
         for hd0 in range(0, HKV * D, BLOCK_HD):
             hd = hd0 + tl.arange(0, BLOCK_HD)
@@ -160,9 +168,7 @@ def run_tables_kernel(
         hi = tl.load(Hi + b).to(tl.int64)
     else:
         hi = tl.zeros([], tl.int64) + cap
-    slot = tl.maximum(hi - 1 - j, 0)
-    tok = _token_ids(b, slot, BlockTable, stride_bt, max_pages, step, page_size, PAGED)
-    tl.store(Table + b * W + j, tl.minimum(tl.maximum(tok, 0), pool_rows - 1).to(tl.int32), mask=j < W)
+    _store_backward(Table + b * W, b, hi, j, W, BlockTable, stride_bt, max_pages, step, page_size, pool_rows, PAGED)
     if tl.program_id(1) == 0:
         lo = tl.load(Lo + b).to(tl.int64)
         tl.store(Lens + b, tl.minimum(tl.maximum(hi - lo, 0), W).to(tl.int32))

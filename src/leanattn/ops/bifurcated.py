@@ -246,13 +246,11 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     (``ops/bifurcated_paged.py``), and ``q`` may then also be ``(B, Hq, D)``."""
     if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
-    if cu_seqlens_q is not None:
-        rows, sample, _, _, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
-        expand = lambda ids: ids[sample]  # noqa: E731  (each row reads its sample's segment)
-    else:  # row r of sample r // per: no index tensors to build
-        per = q.shape[1] if q.dim() == 4 else 1
-        rows, sample = q.reshape(-1, *q.shape[-2:]), None
-        expand = lambda ids: ids if per == 1 else ids.repeat_interleave(per)  # noqa: E731
+    rows, rows_of, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
+    sample = None if rows_of is None else rows_of[0]
+
+    def expand(ids):  # each row reads its sample's segment (row r of sample r // per unless packed)
+        return ids[sample] if sample is not None else ids if per == 1 else ids.repeat_interleave(per)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     op = _pass_op()
@@ -261,7 +259,7 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
         if pages is not None:
             o, lse = paged_level_states(rows, k, v, lens, ids, pages, scale, max_group_size * per, num_programs,
                                         softcap, k_scale, v_scale, per=per,
-                                        row_sample=None if cu_seqlens_q is None else sample)
+                                        row_sample=sample)
         else:
             o, lse = op(rows, k, v, None, None, None, None, lens, None if ids is None else expand(ids), scale,
                         max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale)

@@ -33,22 +33,18 @@ __all__ = ["query_rows", "window_states"]
 
 
 def query_rows(q, cu_seqlens_q, max_seqlen_q):
-    """``(rows (R, Hq, D), sample (R,), token (R,), tokens (R,) or int, per)``: the query rows, the sample of each,
-    its index among that sample's tokens, the sample's tokens, and the most tokens a sample has."""
-    Hq, D = q.shape[-2], q.shape[-1]
+    """``(rows (R, Hq, D), rows_of, per)``: the query rows and the most tokens a sample has. A packed query's
+    ``rows_of`` is ``(sample, token, tokens)``, ``(R,)`` int64 each: the sample of each row, its index among that
+    sample's tokens and the sample's tokens. Otherwise None: row ``r`` is token ``r % per`` of sample ``r // per``,
+    and no index tensor is built."""
+    if cu_seqlens_q is None:
+        return q.reshape(-1, *q.shape[-2:]), None, q.shape[1] if q.dim() == 4 else 1
     dev = q.device
-    if cu_seqlens_q is not None:
-        B = cu_seqlens_q.shape[0] - 1
-        counts = cu_seqlens_q.diff().long()
-        sample = torch.arange(B, device=dev).repeat_interleave(counts, output_size=q.shape[0])
-        token = torch.arange(q.shape[0], device=dev) - cu_seqlens_q.long()[sample]
-        return q, sample, token, counts[sample], max_seqlen_q
-    if q.dim() == 4:
-        B, per = q.shape[:2]
-        sample = torch.arange(B, device=dev).repeat_interleave(per)
-        return q.reshape(B * per, Hq, D), sample, torch.arange(per, device=dev).repeat(B), per, per
-    B = q.shape[0]
-    return q, torch.arange(B, device=dev), torch.zeros(B, dtype=torch.long, device=dev), 1, 1
+    B = cu_seqlens_q.shape[0] - 1
+    counts = cu_seqlens_q.diff().long()
+    sample = torch.arange(B, device=dev).repeat_interleave(counts, output_size=q.shape[0])
+    token = torch.arange(q.shape[0], device=dev) - cu_seqlens_q.long()[sample]
+    return q, (sample, token, counts[sample]), max_seqlen_q
 
 
 def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale, window_left, max_group_size,
@@ -60,12 +56,8 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
     dev = q.device
-    if cu_seqlens_q is not None:
-        rows, sample, token, tokens, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
-        rows_of, per_row, B = (sample, token, tokens), 1, cu_seqlens_q.shape[0] - 1
-    else:
-        per = q.shape[1] if q.dim() == 4 else 1
-        rows, rows_of, per_row, B = q.reshape(-1, *q.shape[-2:]), None, per, q.shape[0]
+    rows, rows_of, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
+    per_row, B = (per, q.shape[0]) if rows_of is None else (1, cu_seqlens_q.shape[0] - 1)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     R = rows.shape[0]
@@ -93,7 +85,7 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
         # every row's first key in the segment, [latest_g, P_g) gathered once a segment (every reader attends
         # it), and each row's rest [first, latest_g) as one-token pages from latest_g - 1 down
         after, g_row, rest, table, tail_k, tail_v, tail_lens = window_plan(
-            after, own_const, ids, lens, P, rows_of, per_row, B, R, G, window_left, W, P, pool_k, pool_v, step,
+            after, own_const, ids, lens, rows_of, per_row, B, R, G, window_left, W, P, pool_k, pool_v, step,
             P if pages is None else k.shape[1], pages)
         own_const = 0
         states.append(op(rows, tail_k, tail_v, None, None, None, None, tail_lens, None if ids is None else g_row,

@@ -16,7 +16,7 @@ _BLOCK_W = 32
 
 
 def _plan_impl(after_in: Optional[torch.Tensor], own_const: int, ids: Optional[torch.Tensor],
-               seg: Optional[torch.Tensor], seg_const: int, row_sample: Optional[torch.Tensor],
+               seg: Optional[torch.Tensor], row_sample: Optional[torch.Tensor],
                row_token: Optional[torch.Tensor], row_tokens: Optional[torch.Tensor], per: int, B: int, R: int,
                G: int, window_left: int, W: int, P: int, pool_k: torch.Tensor, pool_v: torch.Tensor, step: int,
                page_size: int, block_table: Optional[torch.Tensor]) -> list[torch.Tensor]:
@@ -37,7 +37,7 @@ def _plan_impl(after_in: Optional[torch.Tensor], own_const: int, ids: Optional[t
         dummy if after_in is None else after_in, dummy if ids is None else ids, dummy if seg is None else seg,
         dummy if row_sample is None else row_sample, dummy if row_token is None else row_token,
         dummy if row_tokens is None else row_tokens, after_out, latest, first, g_row, tail_lens, rest,
-        B, R, G, per, own_const, seg_const, window_left, W, HAS_AFTER=after_in is not None,
+        B, R, G, per, own_const, P, window_left, W, HAS_AFTER=after_in is not None,
         HAS_IDS=ids is not None, HAS_SEG=seg is not None, PACKED=row_sample is not None, BLOCK=256, num_warps=4)
     if (R + G) and W:
         paged = block_table is not None
@@ -53,16 +53,16 @@ def _plan_impl(after_in: Optional[torch.Tensor], own_const: int, ids: Optional[t
 
 @torch.library.custom_op("leanattn::window_plan", mutates_args=())
 def _plan_op(after_in: Optional[torch.Tensor], own_const: int, ids: Optional[torch.Tensor],
-             seg: Optional[torch.Tensor], seg_const: int, row_sample: Optional[torch.Tensor],
+             seg: Optional[torch.Tensor], row_sample: Optional[torch.Tensor],
              row_token: Optional[torch.Tensor], row_tokens: Optional[torch.Tensor], per: int, B: int, R: int, G: int,
              window_left: int, W: int, P: int, pool_k: torch.Tensor, pool_v: torch.Tensor, step: int, page_size: int,
              block_table: Optional[torch.Tensor]) -> list[torch.Tensor]:
-    return _plan_impl(after_in, own_const, ids, seg, seg_const, row_sample, row_token, row_tokens, per, B, R, G,
+    return _plan_impl(after_in, own_const, ids, seg, row_sample, row_token, row_tokens, per, B, R, G,
                       window_left, W, P, pool_k, pool_v, step, page_size, block_table)
 
 
 @_plan_op.register_fake
-def _(after_in, own_const, ids, seg, seg_const, row_sample, row_token, row_tokens, per, B, R, G, window_left, W, P,
+def _(after_in, own_const, ids, seg, row_sample, row_token, row_tokens, per, B, R, G, window_left, W, P,
       pool_k, pool_v, step, page_size, block_table):
     i32 = dict(dtype=torch.int32)
     Hkv, D = pool_k.shape[2], pool_k.shape[3]
@@ -71,7 +71,7 @@ def _(after_in, own_const, ids, seg, seg_const, row_sample, row_token, row_token
             pool_k.new_empty(G, **i32)]
 
 
-def window_plan(after_in, own_const: int, ids, seg, seg_const: int, rows_of, per: int, B: int, R: int, G: int,
+def window_plan(after_in, own_const: int, ids, seg, rows_of, per: int, B: int, R: int, G: int,
                 window_left: int, W: int, P: int, pool_k: torch.Tensor, pool_v: torch.Tensor, step: int,
                 page_size: int, block_table) -> list[torch.Tensor]:
     """One segment's window plan.
@@ -82,7 +82,7 @@ def window_plan(after_in, own_const: int, ids, seg, seg_const: int, rows_of, per
         ``(B,)`` int: each sample's keys after this segment (its inner segments' and its own); None: ``own_const``
         each.
     ids, seg : torch.Tensor or None
-        ``(B,)`` each sample's segment (None: 0) and ``(G,)`` the segments' lengths (None: ``seg_const`` each).
+        ``(B,)`` each sample's segment (None: 0) and ``(G,)`` the segments' lengths (None: ``P`` each).
     rows_of : tuple or None
         ``(sample, token, tokens)``, ``(R,)`` int64 each, of a packed query; None: row ``r`` is token ``r % per`` of
         sample ``r // per``.
@@ -101,7 +101,7 @@ def window_plan(after_in, own_const: int, ids, seg, seg_const: int, rows_of, per
     """
     sample, token, tokens = rows_of if rows_of is not None else (None, None, None)
     op = _plan_op if torch.compiler.is_compiling() else _plan_impl
-    return op(after_in, own_const, ids, seg, seg_const, sample, token, tokens, per, B, R, G, window_left, W, P,
+    return op(after_in, own_const, ids, seg, sample, token, tokens, per, B, R, G, window_left, W, P,
               pool_k, pool_v, step, page_size, block_table)
 
 
