@@ -5,8 +5,8 @@ timed in 3 interleaved rounds (do_bench medians, L2 flushed):
 
 * ``call``: the whole windowed call, checked against the float64 reference;
 * ``no window``: the unwindowed call (its reference the unwindowed one);
-* ``plan``: the two plan launches (``ops/window_plan.py``: starts, tables, the prefix tail gathered);
-* ``tail pass``: the bifurcated pass over the gathered tail (every sample's rows stacked);
+* ``plan``: the two plan launches (``ops/window_plan.py``: starts and tables; the dense prefix's tail is not copied);
+* ``tail pass``: the bifurcated pass over the prefix's tail where it lies (every sample's rows stacked);
 * ``rest decode``: each sample's rest before the tail over one-token pages (no keys for samples in step);
 * ``own decode``: the own tokens' windowed decode;
 * ``merge``: the three states merged (``merge_state_list``).
@@ -47,12 +47,13 @@ def parts(q, pk, pv, k, v, lens, w):
     op = _pass_op()
 
     def plan():
-        return window_plan(lens, 0, None, None, None, 1, B, B, 1, w, W, P, pool_k, pool_v, step, P, None)
+        return window_plan(lens, 0, None, None, None, 1, B, B, 1, w, W, P, pool_k, pool_v, step, P, None,
+                           gather=False)
 
-    _, _, rest, table, tail_k, tail_v, tail_lens = plan()
+    _, _, rest, table, _, _, tail_end, latest = plan()
 
     def tail_pass():
-        return op(q, tail_k, tail_v, None, None, None, None, tail_lens, None, scale, 0, 0, 0, 0, 0.0, 1.0, 1.0)
+        return op(q, pk, pv, None, None, None, None, tail_end, None, scale, 0, 0, 0, 0, 0.0, 1.0, 1.0, latest, W)
 
     def rest_decode():
         return leanattn.decode(q, pool_k, pool_v, rest, table, scale, True, validate=False)

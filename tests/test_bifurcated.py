@@ -429,6 +429,10 @@ def test_opcheck():
     torch.library.opcheck(op, (q, pk, pv, k, v, lens, bt, plens, ids, 0.125, 0, 3, 0, 0))
     torch.library.opcheck(op, (q, pk[0], pv[0], k, v, None, bt, None, None, 0.125, 0, 0, 16, 0))
     torch.library.opcheck(op, (q, pk, pv, None, None, None, None, plens, ids, 0.125, 0, 0, 0, 0))
+    # each prompt's keys from a first one on (a window's tail read where it lies: ops/bifurcated_window.py)
+    starts = torch.tensor([5, 2], dtype=torch.int32, device=DEV)
+    torch.library.opcheck(op, (q, pk, pv, None, None, None, None, plens, ids, 0.125, 0, 0, 0, 0, 0.0, 1.0, 1.0,
+                               starts, 15))
 
 
 def test_compile_fullgraph():

@@ -209,5 +209,28 @@ def test_window_plan_opcheck():
     lens = torch.tensor([9, 4], dtype=torch.int32, device=DEV)
     ids = torch.tensor([1, 0, 1], dtype=torch.int32, device=DEV)
     own = torch.tensor([3, 0, 5], dtype=torch.int32, device=DEV)
-    torch.library.opcheck(_plan_op, (own, 0, ids, lens, None, None, None, 2, 3, 6, 2, 4, 5, 9, pool, pool, step, 9,
-                                     None))
+    for gather in (True, False):  # a paged segment's tail copied out; a dense one's read where it lies
+        torch.library.opcheck(_plan_op, (own, 0, ids, lens, None, None, None, 2, 3, 6, 2, 4, 5, 9, pool, pool, step,
+                                         9, None, gather))
+
+
+@pytest.mark.parametrize("single", [True, False], ids=["one-prompt", "three-prompts"])
+def test_pass_reads_tail_in_place(single):
+    # the bifurcated pass over [prefix_starts[g], prefix_lens[g]) of a dense prefix (a window's tail, read where it
+    # lies), starts off the tile grid and spans from empty to the whole span
+    from leanattn.ops.bifurcated import _bifurcated_impl
+    G, P, Hkv, group, D, span = (1 if single else 3), 45, 2, 3, 64, 19
+    B = 4 if single else 7
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    q = torch.randn(B, Hkv * group, D, generator=gen).to(torch.float16).to(DEV)
+    pk, pv = (torch.randn(G, P, Hkv, D, generator=gen).to(torch.float16).to(DEV) for _ in range(2))
+    starts = torch.tensor([3, 27, 45][:G] if not single else [13], dtype=torch.int32, device=DEV)
+    ends = torch.tensor([3 + span, 27 + 11, 45][:G] if not single else [13 + span], dtype=torch.int32, device=DEV)
+    ids = None if single else torch.tensor([2, 0, 1, 0, 0, 1, 2], dtype=torch.int32, device=DEV)
+    out, lse = _bifurcated_impl(q, pk[0] if single else pk, pv[0] if single else pv, None, None, None, None, ends,
+                                ids, D ** -0.5, 0, 0, 0, 0, 0.0, 1.0, 1.0, starts, span)
+    for b in range(B):
+        g = 0 if single else int(ids[b])
+        s, e = int(starts[g]), int(ends[g])
+        ref_out, ref_lse = reference.decode(q[b:b + 1], pk[g:g + 1, s:e], pv[g:g + 1, s:e])
+        assert_states_match(f"sample {b} keys [{s}, {e})", q[b:b + 1], out[b:b + 1], lse[b:b + 1], ref_out, ref_lse)

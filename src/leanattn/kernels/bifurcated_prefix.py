@@ -41,14 +41,16 @@ def prefix_states_program(
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,  #
     HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, softcap=0.0, SOFTCAP: tl.constexpr = False, v_scale=1.0,
+    PrefixStarts=None, HAS_STARTS: tl.constexpr = False,
 ):
     """Split ``s`` of prompt ``g``'s prefix for kv head ``h``, head block ``member``.
 
     ``PK/PV (G, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one prefix). Prompt ``g`` has
     ``GroupCount[g]`` samples, ``Order[GroupStart[g] + j]`` being its ``j``-th (with
     ``SINGLE_PREFIX``: ``B`` samples, the ``j``-th is ``j``). Split ``s`` covers prefix tiles
-    ``[s * chunk, (s + 1) * chunk)`` of ``BLOCK_N`` tokens. Returns the batch and head index of each
-    row written and which rows are real.
+    ``[s * chunk, (s + 1) * chunk)`` of ``BLOCK_N`` tokens; with ``HAS_STARTS`` the prompt's keys are
+    ``[PrefixStarts[g], PrefixLens[g])`` and the splits count tiles from the one holding the first. Returns the
+    batch and head index of each row written and which rows are real.
     """
     s = pid // N_HB
     member = pid % N_HB
@@ -62,7 +64,12 @@ def prefix_states_program(
         plen = tl.minimum(tl.load(PrefixLens + g), prefix_cap)
     else:
         plen = prefix_cap
-    lo = s * chunk
+    if HAS_STARTS:
+        # (a window's tail read where it lies: ops/bifurcated_window.py)
+        kv_lo = tl.load(PrefixStarts + g)
+    else:
+        kv_lo = 0
+    lo = kv_lo // BLOCK_N + s * chunk
     hi = tl.minimum(lo + chunk, tl.cdiv(plen, BLOCK_N))
     # a block past the prompt's rows is never read: no tiles (an `if` around the loop would keep
     # Triton from software-pipelining its loads)
@@ -76,7 +83,7 @@ def prefix_states_program(
     acc, m_i, l_i = attend_any(
         q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale, v_scale,  #
         stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP)
+        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, HAS_STARTS)
     # -- normalised state; an empty split is (0, -inf), the merge's identity --
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)

@@ -64,7 +64,7 @@ def settle_states(
 @triton.jit
 def bifurcated_states_kernel(
     Q, PK, PV, K, V, StO, StL, Arrivals, Out, Lse,  #
-    PrefixLens, GroupCount, GroupStart, Order, Seqlens, BlockTable,  #
+    PrefixLens, GroupCount, GroupStart, Order, Seqlens, BlockTable, PrefixStarts,  #
     stride_qb, stride_qh,  #
     stride_pkg, stride_pkn, stride_pkh,  #
     stride_pvg, stride_pvn, stride_pvh,  #
@@ -77,10 +77,12 @@ def bifurcated_states_kernel(
     HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr,  #
     HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MERGE: tl.constexpr, SOFTCAP: tl.constexpr,
+    HAS_STARTS: tl.constexpr = False,
 ):
     """Prefix programs ``[0, n_prefix)`` then own programs (``n_own_rows`` rows of ``(sample, kv
     head, head block)`` per own split). ``PK/PV (G, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one
-    prefix); ``K/V`` as ``leanattn.decode``'s caches."""
+    prefix); ``K/V`` as ``leanattn.decode``'s caches; ``PrefixStarts (G,)`` int32 with ``HAS_STARTS``: each prompt's
+    first key (``prefix_states_program``)."""
     pid = tl.program_id(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
     v_scale = tl.cast(v_scale, tl.float32)
@@ -95,7 +97,7 @@ def bifurcated_states_kernel(
             stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
             qk_scale, B, prefix_cap, S, chunk_p,  #
             HKV, GROUP, BLOCK_HP, N_HB, True, HEAD_DIM, BLOCK_NP, HAS_PREFIX_LENS, SINGLE_PREFIX, LOAD,  #
-            UPCAST, DOT_PRECISION, softcap, SOFTCAP, v_scale)
+            UPCAST, DOT_PRECISION, softcap, SOFTCAP, v_scale, PrefixStarts, HAS_STARTS)
         if MERGE:
             settle_states(b_p, h_p, valid_p, StO, StL, Arrivals, Out, Lse, n_states, stride_ob, stride_oh,
                           stride_lb, rows, HQ, HEAD_DIM)

@@ -37,14 +37,15 @@ def window_bounds_kernel(
     AfterOut, Latest, First, GRow, TailLens, Rest,  #
     B, R, G, per, own_const, seg_const, window_left, W,  #
     HAS_AFTER: tl.constexpr, HAS_IDS: tl.constexpr, HAS_SEG: tl.constexpr, PACKED: tl.constexpr,
-    BLOCK: tl.constexpr,
+    TAIL_END: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """One program. ``AfterIn [B]``: each sample's keys after this segment (its inner segments' and own; or
     ``own_const``); ``Ids [B]`` its segment (or 0); ``Seg [G]`` the segments' lengths (or ``seg_const``). Row ``r``
     is token ``RowToken[r]`` of ``RowTokens[r]`` of sample ``RowSample[r]`` (packed), else token ``r % per`` of
     ``per`` of sample ``r // per``. Writes int32 ``AfterOut [B]`` (``AfterIn`` plus this segment), ``First [R]``
     (in ``[0, Seg[g]]``), ``Latest [G]`` (the readers' greatest ``First``, 0 without readers), ``GRow [R]``,
-    ``TailLens [G] = clamp(Seg - Latest, 0, W)`` and ``Rest [R] = Latest[GRow] - First``."""
+    ``TailLens [G] = clamp(Seg - Latest, 0, W)`` (with ``TAIL_END`` the tail's end, ``Latest`` plus that) and
+    ``Rest [R] = Latest[GRow] - First``."""
     offs = tl.arange(0, BLOCK)
     for b0 in range(0, B, BLOCK):
         b = b0 + offs
@@ -84,7 +85,10 @@ def window_bounds_kernel(
             seg = tl.load(Seg + g, mask=mg, other=0)
         else:
             seg = tl.zeros([BLOCK], tl.int32) + seg_const
-        tl.store(TailLens + g, tl.minimum(tl.maximum(seg - latest, 0), W), mask=mg)
+        tail = tl.minimum(tl.maximum(seg - latest, 0), W)
+        if TAIL_END:
+            tail += latest
+        tl.store(TailLens + g, tail, mask=mg)
     for r0 in range(0, R, BLOCK):
         r = r0 + offs
         mr = r < R
@@ -122,8 +126,9 @@ def window_tables_kernel(
     stride_kt, stride_kh, stride_kd, stride_vt, stride_vh, stride_vd, HKV, D,  #
     PAGED: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_HD: tl.constexpr,
 ):
-    """Grid ``(R + G, cdiv(W, BLOCK_W))``. Program row ``i < R``: ``Table [R, W]`` int32, row ``i``'s one-token
-    pages from its segment's ``Latest - 1`` backwards (slots clamped at 0). Row ``R + g``: segment ``g``'s tokens
+    """Grid ``(R + G, cdiv(W, BLOCK_W))`` (``(R, ...)`` where nothing is gathered). Program row ``i < R``: ``Table
+    [R, W]`` int32, row ``i``'s one-token pages from its segment's ``Latest - 1`` backwards (slots clamped at 0). Row
+    ``R + g``: segment ``g``'s tokens
     ``Latest[g] + j`` (clamped at ``P - 1``, and into the pool) copied from ``PoolK``/``PoolV`` (``[pool_rows, HKV,
     D]`` by the given strides) into ``TailK``/``TailV [G, W, HKV, D]`` contiguous."""
     i = tl.program_id(0)

@@ -48,9 +48,11 @@ def _group_layout(prefix_ids: torch.Tensor, G: int):
 
 def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
                      softmax_scale, max_group_size, num_programs, block_h, block_n, softcap=0.0, k_scale=1.0,
-                     v_scale=1.0, *, need_lse: bool = True):
+                     v_scale=1.0, prefix_starts=None, prefix_span=0, *, need_lse: bool = True):
     """``bifurcated_decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the
-    LSE goes to the plan's sink, which no kernel reads, as in ``ops.decode._decode_impl``."""
+    LSE goes to the plan's sink, which no kernel reads, as in ``ops.decode._decode_impl``. ``prefix_starts (G,)``
+    int32 (with ``prefix_lens``, no own cache): prompt ``g``'s keys are ``[prefix_starts[g], prefix_lens[g])``, at
+    most ``prefix_span`` of them (a window's tail, read where it lies: ``ops/bifurcated_window.py``)."""
     B, Hq, D = q.shape
     out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
     if B == 0 or Hq == 0:
@@ -64,6 +66,10 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
         cache_seqlens = cache_seqlens.contiguous()
     if prefix_ids is not None and prefix_ids.stride(0) != 1:
         prefix_ids = prefix_ids.contiguous()
+    if prefix_starts is None:
+        prefix_span = 0
+    elif prefix_starts.stride(0) != 1:
+        prefix_starts = prefix_starts.contiguous()
     single = prefix_ids is None
     groups = None
     if single:
@@ -80,7 +86,7 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
            None if k_cache is None else (k_cache.shape, k_cache.stride(), v_cache.stride(), k_cache.dtype),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
            prefix_lens is None, single, n_max, softmax_scale, softcap, k_scale, v_scale, num_programs, block_h,
-           block_n, runtime.interpreting(),
+           block_n, prefix_span, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (decode_config.load_path)
            all(t.data_ptr() % 16 == 0 for t in (prefix_k, prefix_v, k_cache, v_cache) if t is not None),
            # the overlap path reads the prefix by TMA whatever the own caches' alignment (bifurcated_overlap.usable)
@@ -89,10 +95,11 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
     with runtime.device_guard(q.device):
         plan = _PLANS.get_or_make(key, lambda: Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                                     prefix_lens is not None, single, n_max, softmax_scale,
-                                                    num_programs, block_h, block_n, softcap, k_scale, v_scale))
+                                                    num_programs, block_h, block_n, softcap, k_scale, v_scale,
+                                                    prefix_span))
         lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
         plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
-                 out, lse)
+                 out, lse, prefix_starts)
     return out, lse
 
 
@@ -103,16 +110,17 @@ def _bifurcated_op(
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
     prefix_lens: Optional[torch.Tensor], prefix_ids: Optional[torch.Tensor],
     softmax_scale: float, max_group_size: int, num_programs: int, block_h: int, block_n: int, softcap: float = 0.0,
-    k_scale: float = 1.0, v_scale: float = 1.0,
+    k_scale: float = 1.0, v_scale: float = 1.0, prefix_starts: Optional[torch.Tensor] = None, prefix_span: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens,
                             prefix_ids, softmax_scale, max_group_size, num_programs, block_h, block_n, softcap,
-                            k_scale, v_scale)
+                            k_scale, v_scale, prefix_starts, prefix_span)
 
 
 @_bifurcated_op.register_fake
 def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, softmax_scale,
-      max_group_size, num_programs, block_h, block_n, softcap=0.0, k_scale=1.0, v_scale=1.0):
+      max_group_size, num_programs, block_h, block_n, softcap=0.0, k_scale=1.0, v_scale=1.0, prefix_starts=None,
+      prefix_span=0):
     B, Hq, D = q.shape
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 

@@ -180,7 +180,7 @@ class Plan:
     """
 
     def __init__(self, q, pk, pv, k, v, seqlens, block_table, has_plens, single, n_max, scale, workers, block_h,
-                 block_n, softcap=0.0, k_scale=1.0, v_scale=1.0):
+                 block_n, softcap=0.0, k_scale=1.0, v_scale=1.0, span=0):
         B, Hq, D = q.shape
         G, P, Hkv = pk.shape[0], pk.shape[1], pk.shape[2]
         device = q.device
@@ -196,12 +196,15 @@ class Plan:
         self.kv_dtype = pk.dtype
         # the fused and split paths (benchmark options) have no soft cap and read no float8 caches: such calls take
         # the states path whatever LEANATTN_BIFURCATED_CONFIG asks (the overlap path takes both)
-        lc = launch_config(n_max * group, D, group, device, block_h, block_n, "states" if softcap > 0 or fp8 else "")
+        # so do calls with each prompt's first key (span > 0: no prompt holds more keys than span from it on)
+        self.span = span
+        lc = launch_config(n_max * group, D, group, device, block_h, block_n,
+                           "states" if softcap > 0 or fp8 or span else "")
         self.path = "concat" if has_own and n_max == 1 else lc.path
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
         forced = env_config()["path"]
         preferred = overlap.preferred(n_max * group, group, softcap > 0)
-        if (self.path == "states" and forced != 3 and (forced == 4 or preferred) and workers <= 0
+        if (self.path == "states" and forced != 3 and (forced == 4 or preferred) and workers <= 0 and not span
                 and overlap.usable(q, pk, pv, single, has_plens)):
             self.path = "overlap"
         self.concat = self.path == "concat"
@@ -392,26 +395,28 @@ class Plan:
         n_hbo = cfg.n_hb
         self.meta = dict(self.common, HKV=Hkv, GROUP=group, BLOCK_HP=lc.block_hp, N_HB=n_hb, BLOCK_NP=lc.block_np,
                          BLOCK_HO=cfg.block_h, N_HBO=n_hbo, BLOCK_NO=block_no, PAGE_SIZE=self.page_size,
-                         HAS_PREFIX_LENS=has_plens, SOFTCAP=self.softcap > 0, num_warps=lc.num_warps,
-                         num_stages=lc.num_stages)
+                         HAS_PREFIX_LENS=has_plens, SOFTCAP=self.softcap > 0, HAS_STARTS=self.span > 0,
+                         num_warps=lc.num_warps, num_stages=lc.num_stages)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
-        tiles_p = max(triton.cdiv(P, lc.block_np), 1)
+        # a run of span keys from any first key lies in at most cdiv(span) + 1 tiles
+        tiles_p = max(triton.cdiv(P, lc.block_np), 1) if not self.span else triton.cdiv(self.span, lc.block_np) + 1
         tiles_o = max(triton.cdiv(cap, block_no), 1)
         own_rows = B * Hkv * n_hbo
         stub = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:], *self.strides_own[6:9],
                 1.0, 1.0, 0.0, B, P, 1, 1, 0, cap, 1, own_rows, 1)
         if workers <= 0:
-            occ = runtime.kernel_occupancy(bifurcated_states_kernel, (q, kv, kv, kv, kv, f, f, d, q, f, d, d, d, d, d, d,
-                                                                      *stub), dict(self.meta, MERGE=lc.merge_in_kernel),
+            args = (q, kv, kv, kv, kv, f, f, d, q, f, d, d, d, d, d, d, d, *stub)
+            occ = runtime.kernel_occupancy(bifurcated_states_kernel, args, dict(self.meta, MERGE=lc.merge_in_kernel),
                                            device, self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
         # a prefix program takes no more than a program slot's share of all the tiles the launch loads
         # (prefix tiles count once per head block: the blocks after the first read them from L2, but
         # spend the time); fewer, longer prefix programs are the launch's tail
         columns, own_tokens = G * Hkv * n_hb, (own_rows * cap if own else 0)
-        S = lc.splits or states_prefix_splits(columns, P, own_tokens, workers)
+        keys = min(P, self.span) if self.span else P  # the most keys one column reads
+        S = lc.splits or states_prefix_splits(columns, keys, own_tokens, workers)
         S = max(1, min(S, tiles_p))
-        total = columns * P + own_tokens
+        total = columns * keys + own_tokens
         chunk_p = triton.cdiv(tiles_p, S)
         self.splits = S = triton.cdiv(tiles_p, chunk_p)
         s_own = 0
@@ -519,8 +524,9 @@ class Plan:
             "BLOCK_HP", "N_HB", "BLOCK_HO", "BLOCK_NP", "BLOCK_NO", "ORDER", "num_warps", "num_stages")})
 
     # ------------------------------------------------------------------------------------------
-    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, ids, groups, out, lse):
-        """Launch; ``groups = (counts, starts, order, rank)`` of ``ops.bifurcated.group_layout`` or None."""
+    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, ids, groups, out, lse, first=None):
+        """Launch; ``groups = (counts, starts, order, rank)`` of ``ops.bifurcated.group_layout`` or None;
+        ``first (G,)`` int32: each prompt's first key (a plan made with ``span``)."""
         d = self.dummy_i32
         if self.empty_prefix:
             pk = pv = self.dummy_kv
@@ -541,7 +547,8 @@ class Plan:
             self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt), out, lse, self.dummy_i32)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states
-            self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt)
+            self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt,
+                        d if first is None else first)
             if not self.merge_in_kernel:
                 self.launch_merge(st_o, st_l, out, lse)
         elif self.path == "overlap":
