@@ -91,13 +91,10 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
             after, own_const, ids, lens, rows_of, per_row, B, R, G, window_left, W, P, pool_k, pool_v, step,
             P if dense else k.shape[1], pages, gather=not dense)
         own_const = 0
-        ids_row = None if ids is None else g_row
-        if dense:  # [latest, end) of k/v where they lie, end in place of the lengths
-            states.append(op(rows, k, v, None, None, None, None, tail_end, ids_row, scale, max_group_size * per,
-                             num_programs, 0, 0, softcap, k_scale, v_scale, latest, W))
-        else:
-            states.append(op(rows, tail_k, tail_v, None, None, None, None, tail_end, ids_row, scale,
-                             max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale))
+        # a dense segment's [latest, end) where it lies (end in place of the lengths), else the gathered tails
+        src_k, src_v, starts = (k, v, latest) if dense else (tail_k, tail_v, None)
+        states.append(op(rows, src_k, src_v, None, None, None, None, tail_end, None if ids is None else g_row,
+                         scale, max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale, starts, W))
         states.append(decode(rows, pool_k, pool_v, rest, table, scale, True, num_programs=num_programs,
                              validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap))
     if k_cache is not None:

@@ -44,4 +44,3 @@ def token_pages(slots: torch.Tensor, step: int, block_table: Optional[torch.Tens
         return torch.zeros(slots.shape, dtype=torch.int32, device=slots.device)
     page = block_table[rows, (slots // page_size).clamp(max=block_table.shape[1] - 1)].long()
     return (page * step + slots % page_size).to(torch.int32)
-
