@@ -57,6 +57,8 @@
 #               (tests/test_bifurcated_window_gpu.py)
 #   bif-window  bifurcated decode with a sliding window against no window, windowed decode over copies and SDPA
 #               (benchmarks/bench_bifurcated_window.py)
+#   sanitize-bif-paged  memcheck over bifurcated/cascade launches over prefixes in a page pool (sanitize.py
+#               bifurcated-paged)
 #   sanitize-bif-window  memcheck over bifurcated/cascade launches with a 300-key window (sanitize.py bifurcated-window)
 #   sanitize-bif-window-edges  the same with windows of 0 and 2000 keys (sanitize.py bifurcated-window-edges)
 #   bif-window-parts  a windowed shared-prefix call and each of its parts, side by side (probe_bifurcated_window_parts.py)
@@ -276,6 +278,8 @@ for step in "$@"; do
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-window 2>&1 | tail -3 ;;
     sanitize-bif-window-edges)
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-window-edges 2>&1 | tail -3 ;;
+    sanitize-bif-paged)
+      timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-paged 2>&1 | tail -3 ;;
     sanitize-varlen)
       timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py varlen 2>&1 | tail -3 ;;
     varlen) timeout 500 python3 benchmarks/bench_decode_varlen.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;

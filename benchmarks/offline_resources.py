@@ -351,7 +351,7 @@ def bifurcated_cases():
 def window_cases():
     """Shared-prefix windows: the plan kernels (``kernels/window_plan.py``) over a dense prefix (one sample row per
     query) and a paged one of several prompts (packed query rows); the passes stop where they read a launch's output.
-    And a paged prefix of several prompts without a window (``kernels/group_rows.py``)."""
+    And a paged prefix of several prompts without a window (the states kernel reading its pages)."""
     bf = torch.bfloat16
     q = torch.randn(16, 32, 128, dtype=bf)
     pk = torch.randn(8192, 8, 128, dtype=bf)
@@ -371,8 +371,8 @@ def window_cases():
     starts = torch.full((4,), 200, dtype=torch.int32)
     yield "tree shard window", lambda: shard_states(qp[:4], pool, pool, lens[:4], table.repeat(2, 1), 0.1,
                                                     shard_starts=starts, window_left=100)
-    # the paged prefix pass without a window: the rows grouped by prompt in one launch (kernels/group_rows.py)
-    yield "paged prompts grouped", lambda: leanattn.bifurcated_decode(
+    # the paged prefix pass without a window: the states kernel over the prompts' pages
+    yield "paged prompts", lambda: leanattn.bifurcated_decode(
         q[:4], pool, pool, k[:4], k[:4], lens[:4], prefix_block_table=table, prefix_ids=ids, max_group_size=4)
 
 

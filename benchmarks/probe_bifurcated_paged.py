@@ -1,8 +1,8 @@
 """Probe: a shared prefix held in the page pool of every sample's own tokens (``bifurcated_decode(prefix_block_table=)``)
 against the same prefix as dense tensors (the bifurcated kernels' own paths) and against ``leanattn.decode`` over
 each sample's block table of prefix pages then own pages (what a paged engine runs without cascade: no copy, the
-prefix read once per sample). One 8k prompt, or 4 and 8 of them with their samples interleaved (the rows grouped
-by prompt in one launch), 256 own tokens a sample, bf16, D=128; each call checked against the
+prefix read once per sample). One 8k prompt, or 4 and 8 of them with their samples interleaved, 256 own tokens a
+sample, bf16, D=128; each call checked against the
 float64 reference (first and last sample), captured in a CUDA graph, 3 interleaved do_bench rounds (L2 flushed).
 The IO floor is the prefix's bytes once plus the own tokens' over the read ceiling measured in the same process.
 
@@ -24,7 +24,7 @@ import leanattn  # noqa: E402
 PREFIX, OWN, D = 8192, 256, 128
 CASES = [(f"{kind} x{n} page{page}", hq, hkv, n, page, 1) for kind, hq, hkv in (("gqa", 32, 8), ("mha", 32, 32))
          for n, page in ((4, 16), (16, 16), (64, 16), (64, 64), (256, 16))]
-# several prompts of PREFIX tokens each, their samples interleaved (the rows grouped by prompt: kernels/group_rows.py)
+# several prompts of PREFIX tokens each, their samples interleaved
 CASES += [(f"gqa {g} prompts x{n} page16", 32, 8, n, 16, g) for g, n in ((4, 16), (8, 64))]
 
 

@@ -47,10 +47,9 @@ def parts(q, pk, pv, k, v, lens, w):
     op = _pass_op()
 
     def plan():
-        return window_plan(lens, 0, None, None, None, 1, B, B, 1, w, W, P, pool_k, pool_v, step, P, None,
-                           gather=False)
+        return window_plan(lens, 0, None, None, None, 1, B, B, 1, w, W, P, pool_k, step, P, None)
 
-    _, _, rest, table, _, _, tail_end, latest = plan()
+    _, _, rest, table, tail_end, latest = plan()
 
     def tail_pass():
         return op(q, pk, pv, None, None, None, None, tail_end, None, scale, 0, 0, 0, 0, 0.0, 1.0, 1.0, latest, W)

@@ -3,7 +3,7 @@
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
         [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap] [bifurcated-fp8]
         [overlap-fp8] [window] [tokens] [varlen] [bifurcated-window]
-        [bifurcated-window-edges]
+        [bifurcated-window-edges] [bifurcated-paged]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -277,6 +277,30 @@ def bifurcated_launches(softcap=0.0, fp8=None, window_left=-1):
         leanattn.cascade_decode(q, [(sys_k, sys_v), (pk, pv, plens, pids)], k, v, sl, **cap)
 
 
+def paged_prefix_launches():
+    """Prefixes held in a page pool (``prefix_block_table``, the states kernel's prefix programs reading pages): three
+    prompts (2500, 0 and 777 tokens) and one, pages of 16 and 64 tokens in random order, ragged own caches in the same
+    pool, without and with a window (300 keys: each prompt's tail read where it lies), and a paged cascade level."""
+    own = [40, 0, 1, 333, 17, 64]
+    B = len(own)
+    sl = torch.tensor(own, dtype=torch.int32, device=DEV)
+    pids = torch.tensor([0, 0, 1, 2, 2, 2], dtype=torch.int32, device=DEV)
+    for hq, hkv, d in ((32, 8, 128), (32, 32, 64), (16, 8, 256)):
+        q = torch.randn(B, hq, d, dtype=BF16, device=DEV)
+        k = torch.randn(3 + B, 2500, hkv, d, dtype=BF16, device=DEV)
+        for page in (16, 64):
+            pool_k, pool_v, table = paged_kv(k, torch.randn_like(k), [2500, 0, 777] + own, page)
+            ptab, otab = table[:3].contiguous(), table[3:].contiguous()
+            plens = torch.tensor([2500, 0, 777], dtype=torch.int32, device=DEV)
+            for w in (-1, 300):
+                leanattn.bifurcated_decode(q, pool_k, pool_v, pool_k, pool_v, sl, otab, plens, pids,
+                                           prefix_block_table=ptab, window_left=w)
+                leanattn.bifurcated_decode(q, pool_k, pool_v, pool_k, pool_v, sl, otab, prefix_block_table=ptab[:1],
+                                           window_left=w)
+            leanattn.cascade_decode(q, [(pool_k, pool_v, None, None, ptab[:1]), (pool_k, pool_v, plens, pids, ptab)],
+                                    pool_k, pool_v, sl, otab)
+
+
 def one_sample_launches(q, pk, pv, plens, k, v, sl, **kw):
     """The one-sample kernel over contiguous own caches, whose tiles are a base plus offsets fixed for the piece
     (``attend_concat``'s ``SAME_STRIDE``): one prefix per sample with partial and empty lengths, one prefix for
@@ -347,6 +371,7 @@ if __name__ == "__main__":
                 # three windows in one run outlasted a 400 s call under memcheck (2026-12-05): one each run
                 "bifurcated-window": lambda: bifurcated_launches(window_left=300),
                 "bifurcated-window-edges": lambda: [bifurcated_launches(window_left=w) for w in (0, 2000)],
+                "bifurcated-paged": paged_prefix_launches,
                 # float8 takes the plain Gluon kernel at 64 and 128 rows (the field 12 would too)
                 "overlap-fp8": lambda: overlap(((False, 0), (True, 0), (True, 8), (False, 8)),
                                                fp8=torch.float8_e4m3fn)}

@@ -433,6 +433,9 @@ def test_opcheck():
     starts = torch.tensor([5, 2], dtype=torch.int32, device=DEV)
     torch.library.opcheck(op, (q, pk, pv, None, None, None, None, plens, ids, 0.125, 0, 0, 0, 0, 0.0, 1.0, 1.0,
                                starts, 15))
+    # the prompts as pages of the own cache's pool (prefix_block_table)
+    ptab = bt[:2, :2].flip(0).contiguous()
+    torch.library.opcheck(op, (q, k, v, k, v, lens, bt, plens, ids, 0.125, 0, 0, 0, 0, 0.0, 1.0, 1.0, None, 0, ptab))
 
 
 def test_compile_fullgraph():

@@ -220,36 +220,3 @@ def test_errors():
         leanattn.cascade_decode(q, [(pool_k, pool_v, None)])
     with pytest.raises(TypeError, match="levels\\[0\\]_block_table: expected dtype torch.int32"):
         leanattn.cascade_decode(q, [(pool_k, pool_v, None, None, ptab[:1].float())])
-
-
-@pytest.mark.parametrize("B,G,per,packed", [(5, 3, 1, False), (300, 140, 2, False), (200, 7, 1, True)],
-                         ids=lambda x: str(x))
-def test_rows_grouped_stably_by_segment(B, G, per, packed):
-    check_grouping(B, G, per, packed, DEV)
-
-
-def check_grouping(B, G, per, packed, device):
-    """The grouping kernel (one program, blocks of 128 rows and segments) against a stable argsort."""
-    from leanattn.ops.bifurcated_paged import _group_impl
-    gen = torch.Generator().manual_seed(B)
-    ids = torch.randint(0, G, (B,), generator=gen).to(torch.int32)
-    if packed:
-        sample = torch.randint(0, B, (3 * B,), generator=gen).sort().values
-        seg = ids.long()[sample]
-    else:
-        sample = None
-        seg = ids.long().repeat_interleave(per)
-    order, back, cu = _group_impl(ids.to(device), None if sample is None else sample.to(device), seg.numel(), G,
-                                  per)
-    want = torch.argsort(seg, stable=True)
-    assert torch.equal(order.cpu(), want)
-    assert torch.equal(back.cpu(), torch.argsort(want))
-    counts = torch.zeros(G, dtype=torch.long).scatter_add_(0, seg, torch.ones_like(seg))
-    assert torch.equal(cu.cpu().long(), torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
-
-
-def test_group_rows_opcheck():
-    from leanattn.ops.bifurcated_paged import _group_op
-    ids = torch.tensor([2, 0, 2, 1], dtype=torch.int32, device=DEV)
-    torch.library.opcheck(_group_op, (ids, None, 8, 3, 2))
-    torch.library.opcheck(_group_op, (ids, torch.tensor([0, 0, 2, 3], device=DEV), 4, 3, 1))

@@ -7,7 +7,7 @@ import torch
 
 import leanattn
 from leanattn.testing import TOLERANCE, assert_graph_replays, assert_lse_close, assert_rel_close
-from test_bifurcated_paged import check_grouping, unified_pool
+from test_bifurcated_paged import unified_pool
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -72,13 +72,6 @@ def test_graph_replay_and_compile():
                              fullgraph=True)
     args = (q, pool_k, pool_v, pool_k, pool_v, sl, otab, plens, pids)
     assert torch.equal(compiled(*args), leanattn.bifurcated_decode(*args, prefix_block_table=ptab, max_group_size=6))
-
-
-@pytest.mark.parametrize("B,G,per,packed", [(1000, 300, 1, False), (400, 130, 3, False), (700, 50, 1, True)],
-                         ids=lambda x: str(x))
-def test_rows_grouped_on_the_gpu(B, G, per, packed):
-    # the one-program grouping kernel's barriers and atomics on the hardware, over several blocks
-    check_grouping(B, G, per, packed, "cuda")
 
 
 @pytest.mark.parametrize("S", [2, 3, 4])

@@ -209,16 +209,20 @@ def test_window_plan_opcheck():
     lens = torch.tensor([9, 4], dtype=torch.int32, device=DEV)
     ids = torch.tensor([1, 0, 1], dtype=torch.int32, device=DEV)
     own = torch.tensor([3, 0, 5], dtype=torch.int32, device=DEV)
-    for gather in (True, False):  # a paged segment's tail copied out; a dense one's read where it lies
-        torch.library.opcheck(_plan_op, (own, 0, ids, lens, None, None, None, 2, 3, 6, 2, 4, 5, 9, pool, pool, step,
-                                         9, None, gather))
+    torch.library.opcheck(_plan_op, (own, 0, ids, lens, None, None, None, 2, 3, 6, 2, 4, 5, 9, pool, step, 9, None))
+    # the segments as pages of 3 tokens in a pool, the table's rows in another order
+    table = torch.tensor([[4, 0, 2], [1, 5, 3]], dtype=torch.int32, device=DEV)
+    pool, step = token_pool(k.reshape(6, 3, 2, 64))
+    torch.library.opcheck(_plan_op, (own, 0, ids, lens, None, None, None, 2, 3, 6, 2, 4, 5, 9, pool, step, 3, table))
 
 
-@pytest.mark.parametrize("single", [True, False], ids=["one-prompt", "three-prompts"])
-def test_pass_reads_tail_in_place(single):
-    # the bifurcated pass over [prefix_starts[g], prefix_lens[g]) of a dense prefix (a window's tail, read where it
-    # lies), starts off the tile grid and spans from empty to the whole span
+@pytest.mark.parametrize("single,page", [(True, 0), (False, 0), (True, 32), (False, 4)],
+                         ids=["one-prompt", "three-prompts", "one-prompt-pages32", "three-prompts-pages4"])
+def test_pass_reads_tail_in_place(single, page):
+    # the bifurcated pass over [prefix_starts[g], prefix_lens[g]) of a prefix (a window's tail, read where it lies,
+    # dense or in pages of a pool), starts off the tile grid and spans from empty to the whole span
     from leanattn.ops.bifurcated import _bifurcated_impl
+    from leanattn.testing import paged_kv
     G, P, Hkv, group, D, span = (1 if single else 3), 45, 2, 3, 64, 19
     B = 4 if single else 7
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
@@ -227,8 +231,13 @@ def test_pass_reads_tail_in_place(single):
     starts = torch.tensor([3, 27, 45][:G] if not single else [13], dtype=torch.int32, device=DEV)
     ends = torch.tensor([3 + span, 27 + 11, 45][:G] if not single else [13 + span], dtype=torch.int32, device=DEV)
     ids = None if single else torch.tensor([2, 0, 1, 0, 0, 1, 2], dtype=torch.int32, device=DEV)
-    out, lse = _bifurcated_impl(q, pk[0] if single else pk, pv[0] if single else pv, None, None, None, None, ends,
-                                ids, D ** -0.5, 0, 0, 0, 0, 0.0, 1.0, 1.0, starts, span)
+    if page:
+        pool_k, pool_v, table = paged_kv(pk, pv, None, page, spare_pages=2, generator=gen)
+        src = (pool_k, pool_v)
+    else:
+        src, table = ((pk[0], pv[0]) if single else (pk, pv)), None
+    out, lse = _bifurcated_impl(q, *src, None, None, None, None, ends, ids, D ** -0.5, 0, 0, 0, 0, 0.0, 1.0, 1.0,
+                                starts, span, table)
     for b in range(B):
         g = 0 if single else int(ids[b])
         s, e = int(starts[g]), int(ends[g])

@@ -41,11 +41,14 @@ def prefix_states_program(
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,  #
     HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, softcap=0.0, SOFTCAP: tl.constexpr = False, v_scale=1.0,
-    PrefixStarts=None, HAS_STARTS: tl.constexpr = False,
+    PrefixStarts=None, HAS_STARTS: tl.constexpr = False, PrefixTable=None, stride_ptb=0,
+    PREFIX_PAGE: tl.constexpr = 0,
 ):
     """Split ``s`` of prompt ``g``'s prefix for kv head ``h``, head block ``member``.
 
-    ``PK/PV (G, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one prefix). Prompt ``g`` has
+    ``PK/PV (G, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one prefix) or, with ``PREFIX_PAGE`` (a page size),
+    page pools ``(num_pages, PREFIX_PAGE, HKV, D)`` (``stride_pkg`` the page stride) whose prompt ``g`` is the
+    pages ``PrefixTable[g]`` (``stride_ptb`` a row), read where they lie as decode reads a paged cache. Prompt ``g`` has
     ``GroupCount[g]`` samples, ``Order[GroupStart[g] + j]`` being its ``j``-th (with
     ``SINGLE_PREFIX``: ``B`` samples, the ``j``-th is ``j``). Split ``s`` covers prefix tiles
     ``[s * chunk, (s + 1) * chunk)`` of ``BLOCK_N`` tokens; with ``HAS_STARTS`` the prompt's keys are
@@ -79,11 +82,14 @@ def prefix_states_program(
     offs_d = tl.arange(0, HEAD_DIM)
     q, b_rows, h_rows, valid = load_stacked_q(Q, Order, rows, first, n_g, kvh, stride_qb, stride_qh,  #
                                               GROUP, HEAD_DIM, SINGLE_PREFIX, UPCAST)
-    # the prefix is contiguous (PAGE_SIZE 0): the block table argument is never read
+    if PREFIX_PAGE > 0:
+        table = PrefixTable
+    else:  # a contiguous prefix (PAGE_SIZE 0): the block table argument is never read
+        table = Order
     acc, m_i, l_i = attend_any(
-        q, PK, PV, Order, g, kvh, plen, lo, hi, qk_scale, v_scale,  #
-        stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, 0,  #
-        HEAD_DIM, BLOCK_HP, BLOCK_N, 0, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, HAS_STARTS)
+        q, PK, PV, table, g, kvh, plen, lo, hi, qk_scale, v_scale,  #
+        stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh, stride_ptb,  #
+        HEAD_DIM, BLOCK_HP, BLOCK_N, PREFIX_PAGE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, HAS_STARTS)
     # -- normalised state; an empty split is (0, -inf), the merge's identity --
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)

@@ -64,7 +64,7 @@ def settle_states(
 @triton.jit
 def bifurcated_states_kernel(
     Q, PK, PV, K, V, StO, StL, Arrivals, Out, Lse,  #
-    PrefixLens, GroupCount, GroupStart, Order, Seqlens, BlockTable, PrefixStarts,  #
+    PrefixLens, GroupCount, GroupStart, Order, Seqlens, BlockTable, PrefixStarts, PrefixTable,  #
     stride_qb, stride_qh,  #
     stride_pkg, stride_pkn, stride_pkh,  #
     stride_pvg, stride_pvn, stride_pvh,  #
@@ -72,17 +72,19 @@ def bifurcated_states_kernel(
     stride_vb, stride_vn, stride_vh,  #
     stride_btb, stride_ob, stride_oh, stride_lb,  #
     qk_scale, v_scale, softcap, B, prefix_cap, S, chunk_p, n_prefix, capacity, chunk_o, n_own_rows, n_states,  #
+    stride_ptb,  #
     HKV: tl.constexpr, GROUP: tl.constexpr, BLOCK_HP: tl.constexpr, N_HB: tl.constexpr,  #
     BLOCK_NP: tl.constexpr, BLOCK_HO: tl.constexpr, N_HBO: tl.constexpr, BLOCK_NO: tl.constexpr,  #
     HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_SEQLENS: tl.constexpr,  #
     HAS_PREFIX_LENS: tl.constexpr, SINGLE_PREFIX: tl.constexpr, LOAD: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MERGE: tl.constexpr, SOFTCAP: tl.constexpr,
-    HAS_STARTS: tl.constexpr = False,
+    HAS_STARTS: tl.constexpr = False, PREFIX_PAGE: tl.constexpr = 0,
 ):
     """Prefix programs ``[0, n_prefix)`` then own programs (``n_own_rows`` rows of ``(sample, kv
     head, head block)`` per own split). ``PK/PV (G, prefix_cap, HKV, D)`` (``stride_pkg = 0`` for one
-    prefix); ``K/V`` as ``leanattn.decode``'s caches; ``PrefixStarts (G,)`` int32 with ``HAS_STARTS``: each prompt's
-    first key (``prefix_states_program``)."""
+    prefix), or page pools whose prompt ``g`` is the pages ``PrefixTable[g]`` with ``PREFIX_PAGE``; ``K/V`` as
+    ``leanattn.decode``'s caches; ``PrefixStarts (G,)`` int32 with ``HAS_STARTS``: each prompt's first key
+    (``prefix_states_program``)."""
     pid = tl.program_id(0)
     qk_scale = tl.cast(qk_scale, tl.float32)
     v_scale = tl.cast(v_scale, tl.float32)
@@ -97,7 +99,8 @@ def bifurcated_states_kernel(
             stride_pkg, stride_pkn, stride_pkh, stride_pvg, stride_pvn, stride_pvh,  #
             qk_scale, B, prefix_cap, S, chunk_p,  #
             HKV, GROUP, BLOCK_HP, N_HB, True, HEAD_DIM, BLOCK_NP, HAS_PREFIX_LENS, SINGLE_PREFIX, LOAD,  #
-            UPCAST, DOT_PRECISION, softcap, SOFTCAP, v_scale, PrefixStarts, HAS_STARTS)
+            UPCAST, DOT_PRECISION, softcap, SOFTCAP, v_scale, PrefixStarts, HAS_STARTS, PrefixTable, stride_ptb,
+            PREFIX_PAGE)
         if MERGE:
             settle_states(b_p, h_p, valid_p, StO, StL, Arrivals, Out, Lse, n_states, stride_ob, stride_oh,
                           stride_lb, rows, HQ, HEAD_DIM)

@@ -2,15 +2,23 @@
 
 Each query row attends a suffix ``[first, P_g)`` of its segment ``g``. :func:`window_bounds_kernel` finds every row's
 ``first``, every segment's latest ``first`` among its readers, and the lengths that follow from them;
-:func:`window_tables_kernel` lays the one-token page tables and gathers the segment tails. Computed with torch ops
-this took about 30 small launches a level, each a few microseconds even when replayed from a CUDA graph.
+:func:`window_tables_kernel` lays the one-token page tables. Computed with torch ops this took about 30 small
+launches a level, each a few microseconds even when replayed from a CUDA graph.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .group_rows import zero_counters
+
+@triton.jit
+def zero_counters(Counters, G, BLOCK: tl.constexpr):
+    """``Counters [G]`` int32 zeroed by one program, then a CTA barrier: other threads of the program read and
+    update them next (a CTA barrier orders global memory within the program)."""
+    offs = tl.arange(0, BLOCK)
+    for g0 in range(0, G, BLOCK):
+        tl.store(Counters + g0 + offs, tl.zeros([BLOCK], tl.int32), mask=g0 + offs < G)
+    tl.debug_barrier()
 
 
 @triton.jit
@@ -34,17 +42,17 @@ def _segment(Ids, Seg, sample, mask, seg_const, G, HAS_IDS: tl.constexpr, HAS_SE
 @triton.jit
 def window_bounds_kernel(
     AfterIn, Ids, Seg, RowSample, RowToken, RowTokens,  #
-    AfterOut, Latest, First, GRow, TailLens, Rest,  #
+    AfterOut, Latest, First, GRow, TailEnd, Rest,  #
     B, R, G, per, own_const, seg_const, window_left, W,  #
     HAS_AFTER: tl.constexpr, HAS_IDS: tl.constexpr, HAS_SEG: tl.constexpr, PACKED: tl.constexpr,
-    TAIL_END: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """One program. ``AfterIn [B]``: each sample's keys after this segment (its inner segments' and own; or
     ``own_const``); ``Ids [B]`` its segment (or 0); ``Seg [G]`` the segments' lengths (or ``seg_const``). Row ``r``
     is token ``RowToken[r]`` of ``RowTokens[r]`` of sample ``RowSample[r]`` (packed), else token ``r % per`` of
     ``per`` of sample ``r // per``. Writes int32 ``AfterOut [B]`` (``AfterIn`` plus this segment), ``First [R]``
     (in ``[0, Seg[g]]``), ``Latest [G]`` (the readers' greatest ``First``, 0 without readers), ``GRow [R]``,
-    ``TailLens [G] = clamp(Seg - Latest, 0, W)`` (with ``TAIL_END`` the tail's end, ``Latest`` plus that) and
+    ``TailEnd [G] = Latest + clamp(Seg - Latest, 0, W)`` (the end of the tail every reader attends) and
     ``Rest [R] = Latest[GRow] - First``."""
     offs = tl.arange(0, BLOCK)
     for b0 in range(0, B, BLOCK):
@@ -85,10 +93,7 @@ def window_bounds_kernel(
             seg = tl.load(Seg + g, mask=mg, other=0)
         else:
             seg = tl.zeros([BLOCK], tl.int32) + seg_const
-        tail = tl.minimum(tl.maximum(seg - latest, 0), W)
-        if TAIL_END:
-            tail += latest
-        tl.store(TailLens + g, tail, mask=mg)
+        tl.store(TailEnd + g, latest + tl.minimum(tl.maximum(seg - latest, 0), W), mask=mg)
     for r0 in range(0, R, BLOCK):
         r = r0 + offs
         mr = r < R
@@ -121,41 +126,18 @@ def _store_backward(TableRow, g, end, j, W, BlockTable, stride_bt, max_pages, st
 
 @triton.jit
 def window_tables_kernel(
-    Latest, GRow, BlockTable, Table, PoolK, PoolV, TailK, TailV,  #
-    R, W, P, step, page_size, max_pages, pool_rows, stride_bt,  #
-    stride_kt, stride_kh, stride_kd, stride_vt, stride_vh, stride_vd, HKV, D,  #
-    PAGED: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_HD: tl.constexpr,
+    Latest, GRow, BlockTable, Table,  #
+    W, step, page_size, max_pages, pool_rows, stride_bt,  #
+    PAGED: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """Grid ``(R + G, cdiv(W, BLOCK_W))`` (``(R, ...)`` where nothing is gathered). Program row ``i < R``: ``Table
-    [R, W]`` int32, row ``i``'s one-token pages from its segment's ``Latest - 1`` backwards (slots clamped at 0). Row
-    ``R + g``: segment ``g``'s tokens
-    ``Latest[g] + j`` (clamped at ``P - 1``, and into the pool) copied from ``PoolK``/``PoolV`` (``[pool_rows, HKV,
-    D]`` by the given strides) into ``TailK``/``TailV [G, W, HKV, D]`` contiguous."""
+    """Grid ``(R, cdiv(W, BLOCK_W))``: ``Table [R, W]`` int32, row ``i``'s one-token pages from its segment's
+    ``Latest - 1`` backwards (slots clamped at 0)."""
     i = tl.program_id(0)
     j = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-    mj = j < W
-    if i < R:
-        g = tl.load(GRow + i).to(tl.int64)
-        latest = tl.load(Latest + g).to(tl.int64)
-        _store_backward(Table + i.to(tl.int64) * W, g, latest, j, W, BlockTable, stride_bt, max_pages, step,
-                        page_size, pool_rows, PAGED)
-    else:
-        g = (i - R).to(tl.int64)
-        latest = tl.load(Latest + g).to(tl.int64)
-        tok = _token_ids(g, tl.minimum(latest + j, P - 1), BlockTable, stride_bt, max_pages, step, page_size,
-                         pool_rows, PAGED)
-        dst = (g * W + j).to(tl.int64)[:, None] * (HKV * D)
-        for hd0 in range(0, HKV * D, BLOCK_HD):
-            hd = hd0 + tl.arange(0, BLOCK_HD)
-            m = mj[:, None] & (hd < HKV * D)[None, :]
-            h = hd // D
-            d = hd % D
-            # both loads before either store: a store may alias a later load, which would serialise them
-            kk = tl.load(PoolK + tok[:, None] * stride_kt + (h * stride_kh + d * stride_kd)[None, :], mask=m)
-            vv = tl.load(PoolV + tok[:, None] * stride_vt + (h * stride_vh + d * stride_vd)[None, :], mask=m)
-            tl.store(TailK + dst + hd[None, :], kk, mask=m)
-            tl.store(TailV + dst + hd[None, :], vv, mask=m)
-
+    g = tl.load(GRow + i).to(tl.int64)
+    latest = tl.load(Latest + g).to(tl.int64)
+    _store_backward(Table + i.to(tl.int64) * W, g, latest, j, W, BlockTable, stride_bt, max_pages, step, page_size,
+                    pool_rows, PAGED)
 
 
 @triton.jit

@@ -16,7 +16,6 @@ from .. import checks, runtime
 from ..merges.sinks import with_sinks
 from ..merges.states import merge_state_list
 from .bifurcated_launch import Plan
-from .bifurcated_paged import paged_level_states
 from .bifurcated_window import query_rows, window_states
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
 from .decode import decode, validate_decode
@@ -48,18 +47,22 @@ def _group_layout(prefix_ids: torch.Tensor, G: int):
 
 def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
                      softmax_scale, max_group_size, num_programs, block_h, block_n, softcap=0.0, k_scale=1.0,
-                     v_scale=1.0, prefix_starts=None, prefix_span=0, *, need_lse: bool = True):
+                     v_scale=1.0, prefix_starts=None, prefix_span=0, prefix_block_table=None, *,
+                     need_lse: bool = True):
     """``bifurcated_decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the
     LSE goes to the plan's sink, which no kernel reads, as in ``ops.decode._decode_impl``. ``prefix_starts (G,)``
     int32 (with ``prefix_lens``, no own cache): prompt ``g``'s keys are ``[prefix_starts[g], prefix_lens[g])``, at
-    most ``prefix_span`` of them (a window's tail, read where it lies: ``ops/bifurcated_window.py``)."""
+    most ``prefix_span`` of them (a window's tail, read where it lies: ``ops/bifurcated_window.py``).
+    ``prefix_block_table (G, max_pages)`` int32: ``prefix_k/v`` are page pools, prompt ``g`` the pages of row ``g``."""
     B, Hq, D = q.shape
     out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
     if B == 0 or Hq == 0:
         return out, torch.empty((B, Hq), dtype=torch.float32, device=q.device)
     if prefix_k.dim() == 3:
         prefix_k, prefix_v = prefix_k.unsqueeze(0), prefix_v.unsqueeze(0)
-    G = prefix_k.shape[0]
+    if prefix_block_table is not None and prefix_block_table.stride(1) != 1:
+        prefix_block_table = prefix_block_table.contiguous()
+    G = prefix_k.shape[0] if prefix_block_table is None else prefix_block_table.shape[0]
     if prefix_lens is not None and prefix_lens.stride(0) != 1:
         prefix_lens = prefix_lens.contiguous()
     if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
@@ -85,6 +88,7 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
     key = (q.shape, q.stride(), q.dtype, q.device, prefix_k.shape, prefix_k.stride(), prefix_v.stride(), prefix_k.dtype,
            None if k_cache is None else (k_cache.shape, k_cache.stride(), v_cache.stride(), k_cache.dtype),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
+           None if prefix_block_table is None else (prefix_block_table.shape, prefix_block_table.stride()),
            prefix_lens is None, single, n_max, softmax_scale, softcap, k_scale, v_scale, num_programs, block_h,
            block_n, prefix_span, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (decode_config.load_path)
@@ -96,10 +100,10 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
         plan = _PLANS.get_or_make(key, lambda: Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                                     prefix_lens is not None, single, n_max, softmax_scale,
                                                     num_programs, block_h, block_n, softcap, k_scale, v_scale,
-                                                    prefix_span))
+                                                    prefix_span, prefix_block_table))
         lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
         plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
-                 out, lse, prefix_starts)
+                 out, lse, prefix_starts, prefix_block_table)
     return out, lse
 
 
@@ -111,16 +115,17 @@ def _bifurcated_op(
     prefix_lens: Optional[torch.Tensor], prefix_ids: Optional[torch.Tensor],
     softmax_scale: float, max_group_size: int, num_programs: int, block_h: int, block_n: int, softcap: float = 0.0,
     k_scale: float = 1.0, v_scale: float = 1.0, prefix_starts: Optional[torch.Tensor] = None, prefix_span: int = 0,
+    prefix_block_table: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens,
                             prefix_ids, softmax_scale, max_group_size, num_programs, block_h, block_n, softcap,
-                            k_scale, v_scale, prefix_starts, prefix_span)
+                            k_scale, v_scale, prefix_starts, prefix_span, prefix_block_table)
 
 
 @_bifurcated_op.register_fake
 def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, softmax_scale,
       max_group_size, num_programs, block_h, block_n, softcap=0.0, k_scale=1.0, v_scale=1.0, prefix_starts=None,
-      prefix_span=0):
+      prefix_span=0, prefix_block_table=None):
     B, Hq, D = q.shape
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 
@@ -250,8 +255,8 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     key, so each level is one bifurcated pass over the query rows (a sample's tokens read the segment as that many
     samples would, stacked with the rest in the rows of its products); the own tokens are one :func:`leanattn.decode`
     call with ``causal``; one :func:`leanattn.merge_states` merges the states, as vLLM's and FlashInfer's cascade
-    attention do. ``levels``: ``(k, v, lens, ids, block_table)`` each; a level with a block table is in a page pool
-    (``ops/bifurcated_paged.py``), and ``q`` may then also be ``(B, Hq, D)``."""
+    attention do. ``levels``: ``(k, v, lens, ids, block_table)`` each; a level with a block table is in a page
+    pool."""
     if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
     rows, rows_of, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
@@ -264,13 +269,8 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     op = _pass_op()
     outs, lses = [], []
     for k, v, lens, ids, pages in levels:
-        if pages is not None:
-            o, lse = paged_level_states(rows, k, v, lens, ids, pages, scale, max_group_size * per, num_programs,
-                                        softcap, k_scale, v_scale, per=per,
-                                        row_sample=sample)
-        else:
-            o, lse = op(rows, k, v, None, None, None, None, lens, None if ids is None else expand(ids), scale,
-                        max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale)
+        o, lse = op(rows, k, v, None, None, None, None, lens, None if ids is None else expand(ids), scale,
+                    max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, pages)
         outs.append(o)
         lses.append(lse)
     if k_cache is not None:
@@ -371,9 +371,9 @@ def bifurcated_decode(
         ``causal=False``, the own keys after it too; a token whose position lies in the prefix, without an own cache
         or before its sample's own tokens, the prefix keys after it too, as every token attends the whole prefix
         without a window). -1 (the default): every key. The part of each prompt's
-        window that all its samples attend is gathered (``G x min(window_left + Lq, P)`` tokens copied) and read
-        once for all of them; what only some samples attend (their own lengths differ) is read per sample; the own
-        tokens are one windowed :func:`leanattn.decode` (``ops/bifurcated_window.py``).
+        window that all its samples attend is read once for all of them, where it lies; what only some samples
+        attend (their own lengths differ) is read per sample; the own tokens are one windowed
+        :func:`leanattn.decode` (``ops/bifurcated_window.py``).
     sinks : torch.Tensor, optional, keyword-only
         ``(Hq,)`` attention sinks (gpt-oss), as :func:`leanattn.decode`'s: merged once into the final state, after
         the prefix, own and level states.
@@ -381,10 +381,9 @@ def bifurcated_decode(
         ``(G, max_pages)`` int32: the prefixes live in a page pool, as a serving engine keeps them (the pool may be
         ``k_cache``/``v_cache`` themselves): ``prefix_k/v`` are ``(num_pages, page_size, Hkv, D)`` and prefix
         ``g`` is the pages ``prefix_block_table[g]`` in order, ``prefix_lens[g]`` tokens of them (default: all);
-        ``prefix_ids`` as above. Nothing is copied (with a window, each prompt's window tail is, as for dense
-        prefixes): :func:`leanattn.decode` takes a prefix's samples as the query
-        tokens of one sequence, stacked in the rows of its products (up to 64 a block), so each page is read once per
-        kv head and row block (``ops/bifurcated_paged.py``); its states are then merged with the own tokens'.
+        ``prefix_ids`` as above. Nothing is copied: the prefix programs read each prompt's pages where they lie,
+        as :func:`leanattn.decode` reads a paged cache, each page once per prompt, kv head and row block, in the
+        same launch as the own tokens.
 
     Returns
     -------
@@ -405,7 +404,9 @@ def bifurcated_decode(
     without building it (``kernels/bifurcated_concat.py``); for one sample whose cut is even pieces of each row,
     as decode's one sequence, those pieces and a merge launch. On Hopper, with 256 stacked rows per kv head or more
     (or MHA with 16 samples), the prefix pass runs in Gluon (``kernels/bifurcated_prefix_gluon.py``) with the own
-    tokens beside it (``ops/bifurcated_overlap.py``). Over float8 caches every path computes its products in fp16
+    tokens beside it (``ops/bifurcated_overlap.py``). A paged prefix always takes the first form (its prefix
+    programs read pages; the other kernels read dense prefixes). Over float8 caches every path computes its products
+    in fp16
     (the Gluon prefix converts each tile once a program). Output is bitwise deterministic for
     fixed inputs and launch configuration.
     Registered as the custom op ``torch.ops.leanattn.bifurcated_decode``
@@ -449,7 +450,7 @@ def bifurcated_decode(
                                  int(max_group_size), int(num_programs), softcap, k_scale, v_scale, causal,
                                  cu_seqlens_q, max_q, op=_pass_op())
         return (out, lse) if return_lse else out
-    if batch is not None or prefix_block_table is not None:
+    if batch is not None:
         out, lse = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
                                  int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)
         return (out, lse) if return_lse else out
@@ -458,7 +459,7 @@ def bifurcated_decode(
             res = bifurcated_decode(q[:, 0], prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                     prefix_lens, prefix_ids, scale, return_lse, softcap=softcap, k_scale=k_scale,
                                     v_scale=v_scale, max_group_size=max_group_size, num_programs=num_programs,
-                                    validate=False)
+                                    validate=False, prefix_block_table=prefix_block_table)
             return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
         out, lse = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
                                  int(num_programs), softcap, k_scale, v_scale, causal)
@@ -466,7 +467,7 @@ def bifurcated_decode(
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, scale,
-            int(max_group_size), int(num_programs), 0, 0, softcap, k_scale, v_scale)
+            int(max_group_size), int(num_programs), 0, 0, softcap, k_scale, v_scale, None, 0, prefix_block_table)
     if torch.compiler.is_compiling():
         out, lse = _bifurcated_op(*args)
     else:
@@ -533,9 +534,8 @@ def cascade_decode(
     stacked into the rows); the innermost level and the own tokens share one launch and are
     merged in it; the level states are then merged with :func:`leanattn.merge_states` (the merge
     is associative, so the nesting order does not matter). ``L`` shared levels cost ``L``
-    launches plus one merge. With a paged level (or several query tokens) each paged level is a
-    :func:`leanattn.decode` of its readers (``ops/bifurcated_paged.py``), each dense one a bifurcated pass, the own
-    tokens one more decode, then the merge.
+    launches plus one merge. A paged level is the same pass over its pages. With several query tokens each level is
+    a bifurcated pass, the own tokens one more decode, then the merge.
     """
     if sinks is not None:
         return with_sinks(q, sinks, return_lse, lambda: cascade_decode(
@@ -577,7 +577,7 @@ def cascade_decode(
                                  max_group_size, int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q,
                                  max_q, op=_pass_op())
         return (out, lse) if return_lse else out
-    if batch is not None or any(lv[4] is not None for lv in parsed):
+    if batch is not None:
         out, lse = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
                                  int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)
         return (out, lse) if return_lse else out
@@ -594,11 +594,11 @@ def cascade_decode(
         q = q.contiguous()
     op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
     states = []
-    for i, (k, v, lens, ids, _) in enumerate(parsed):
+    for i, (k, v, lens, ids, pages) in enumerate(parsed):
         fuse_own = i == len(parsed) - 1 and k_cache is not None
         states.append(op(q, k, v, k_cache if fuse_own else None, v_cache if fuse_own else None,
                          cache_seqlens if fuse_own else None, block_table if fuse_own else None, lens, ids,
-                         scale, max_group_size, int(num_programs), 0, 0, softcap, k_scale, v_scale))
+                         scale, max_group_size, int(num_programs), 0, 0, softcap, k_scale, v_scale, None, 0, pages))
     if not parsed:
         empty = q.new_zeros((0, Hkv, D), dtype=k_cache.dtype)
         states.append(op(q, empty, empty, k_cache, v_cache, cache_seqlens, block_table, None, None, scale, 0,

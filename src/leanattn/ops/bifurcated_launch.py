@@ -180,9 +180,14 @@ class Plan:
     """
 
     def __init__(self, q, pk, pv, k, v, seqlens, block_table, has_plens, single, n_max, scale, workers, block_h,
-                 block_n, softcap=0.0, k_scale=1.0, v_scale=1.0, span=0):
+                 block_n, softcap=0.0, k_scale=1.0, v_scale=1.0, span=0, prefix_table=None):
         B, Hq, D = q.shape
-        G, P, Hkv = pk.shape[0], pk.shape[1], pk.shape[2]
+        # a paged prefix (prefix_table (G, max_pages)): pools of pages, prompt g the pages of table row g
+        self.prefix_page = pk.shape[1] if prefix_table is not None else 0
+        if self.prefix_page:
+            G, P, Hkv = prefix_table.shape[0], prefix_table.shape[1] * pk.shape[1], pk.shape[2]
+        else:
+            G, P, Hkv = pk.shape[0], pk.shape[1], pk.shape[2]
         device = q.device
         group = Hq // Hkv
         has_own = k is not None
@@ -196,16 +201,17 @@ class Plan:
         self.kv_dtype = pk.dtype
         # the fused and split paths (benchmark options) have no soft cap and read no float8 caches: such calls take
         # the states path whatever LEANATTN_BIFURCATED_CONFIG asks (the overlap path takes both)
-        # so do calls with each prompt's first key (span > 0: no prompt holds more keys than span from it on)
+        # so do calls with each prompt's first key (span > 0: no prompt holds more keys than span from it on) and
+        # paged prefixes, which only the states path's prefix programs read
         self.span = span
         lc = launch_config(n_max * group, D, group, device, block_h, block_n,
-                           "states" if softcap > 0 or fp8 or span else "")
-        self.path = "concat" if has_own and n_max == 1 else lc.path
+                           "states" if softcap > 0 or fp8 or span or self.prefix_page else "")
+        self.path = "concat" if has_own and n_max == 1 and not self.prefix_page else lc.path
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
         forced = env_config()["path"]
         preferred = overlap.preferred(n_max * group, group, softcap > 0)
         if (self.path == "states" and forced != 3 and (forced == 4 or preferred) and workers <= 0 and not span
-                and overlap.usable(q, pk, pv, single, has_plens)):
+                and not self.prefix_page and overlap.usable(q, pk, pv, single, has_plens)):
             self.path = "overlap"
         self.concat = self.path == "concat"
         self.even = 0  # the concat path's even pieces a row (_setup_concat_even), 0 for its persistent kernel
@@ -225,8 +231,11 @@ class Plan:
         v_s = self.dummy_kv if (not has_own or self.empty_own) else v
         self.own_paged = block_table is not None and not self.empty_own
         self.strides_q = (q.stride(0), q.stride(1))
-        self.strides_p = (pk_s.stride(0) if G > 1 and P else 0, pk_s.stride(1), pk_s.stride(2),
-                          pv_s.stride(0) if G > 1 and P else 0, pv_s.stride(1), pv_s.stride(2))
+        # a paged prefix's first stride is its pools' page stride
+        spread = (G > 1 or self.prefix_page) and P
+        self.strides_p = (pk_s.stride(0) if spread else 0, pk_s.stride(1), pk_s.stride(2),
+                          pv_s.stride(0) if spread else 0, pv_s.stride(1), pv_s.stride(2))
+        self.stride_ptb = prefix_table.stride(0) if self.prefix_page and P else 0
         self.strides_own = (k_s.stride(0), k_s.stride(1), k_s.stride(2), v_s.stride(0), v_s.stride(1), v_s.stride(2),
                             Hq * D, D, Hq,  # out and lse are allocated contiguous
                             block_table.stride(0) if self.own_paged else 0)
@@ -396,16 +405,16 @@ class Plan:
         self.meta = dict(self.common, HKV=Hkv, GROUP=group, BLOCK_HP=lc.block_hp, N_HB=n_hb, BLOCK_NP=lc.block_np,
                          BLOCK_HO=cfg.block_h, N_HBO=n_hbo, BLOCK_NO=block_no, PAGE_SIZE=self.page_size,
                          HAS_PREFIX_LENS=has_plens, SOFTCAP=self.softcap > 0, HAS_STARTS=self.span > 0,
-                         num_warps=lc.num_warps, num_stages=lc.num_stages)
+                         PREFIX_PAGE=self.prefix_page if P else 0, num_warps=lc.num_warps, num_stages=lc.num_stages)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         # a run of span keys from any first key lies in at most cdiv(span) + 1 tiles
         tiles_p = max(triton.cdiv(P, lc.block_np), 1) if not self.span else triton.cdiv(self.span, lc.block_np) + 1
         tiles_o = max(triton.cdiv(cap, block_no), 1)
         own_rows = B * Hkv * n_hbo
         stub = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:], *self.strides_own[6:9],
-                1.0, 1.0, 0.0, B, P, 1, 1, 0, cap, 1, own_rows, 1)
+                1.0, 1.0, 0.0, B, P, 1, 1, 0, cap, 1, own_rows, 1, self.stride_ptb)
         if workers <= 0:
-            args = (q, kv, kv, kv, kv, f, f, d, q, f, d, d, d, d, d, d, d, *stub)
+            args = (q, kv, kv, kv, kv, f, f, d, q, f, d, d, d, d, d, d, d, d, *stub)
             occ = runtime.kernel_occupancy(bifurcated_states_kernel, args, dict(self.meta, MERGE=lc.merge_in_kernel),
                                            device, self.info)
             workers = runtime.num_sms(device) * max(1, min(occ, lc.ctas_per_sm))
@@ -432,7 +441,7 @@ class Plan:
         n_states = S + s_own
         self.tail = (*self.strides_q, *self.strides_p, *self.strides_own[:6], *self.strides_own[-1:],
                      *self.strides_own[6:9], self.qk_scale, self.v_scale, self.softcap, B, P, S, chunk_p, n_prefix,
-                     cap, chunk_o, own_rows, n_states)
+                     cap, chunk_o, own_rows, n_states, self.stride_ptb)
         # merge_states in a second launch: the in-kernel merge (196 registers against 165 at GQA x32)
         # measured slower on every bar case on an H200, side by side: GQA 8k x32 42.2 us against 34.3,
         # x64 53.6 against 49.4, MHA 8k x64 118.6 against 111.4 (bifurcated_H200_notes.md section 7)
@@ -524,9 +533,10 @@ class Plan:
             "BLOCK_HP", "N_HB", "BLOCK_HO", "BLOCK_NP", "BLOCK_NO", "ORDER", "num_warps", "num_stages")})
 
     # ------------------------------------------------------------------------------------------
-    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, ids, groups, out, lse, first=None):
+    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, ids, groups, out, lse, first=None, prefix_table=None):
         """Launch; ``groups = (counts, starts, order, rank)`` of ``ops.bifurcated.group_layout`` or None;
-        ``first (G,)`` int32: each prompt's first key (a plan made with ``span``)."""
+        ``first (G,)`` int32: each prompt's first key (a plan made with ``span``); ``prefix_table (G, max_pages)``
+        int32: each prompt's pages (a plan made with one)."""
         d = self.dummy_i32
         if self.empty_prefix:
             pk = pv = self.dummy_kv
@@ -547,8 +557,9 @@ class Plan:
             self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt), out, lse, self.dummy_i32)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states
+            table = prefix_table if self.prefix_page and not self.empty_prefix else d
             self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt,
-                        d if first is None else first)
+                        d if first is None else first, table)
             if not self.merge_in_kernel:
                 self.launch_merge(st_o, st_l, out, lse)
         elif self.path == "overlap":

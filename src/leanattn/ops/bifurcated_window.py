@@ -6,9 +6,9 @@ tokens) attends the keys from ``pos - window_left`` on. Of a shared segment it t
 tokens of a sample. Each level is computed in two parts, and every state merged at the end:
 
 - **what all readers of a segment attend**, ``[S_g, P_g)`` with ``S_g`` the latest start among the query rows that
-  read segment ``g``: read once by the bifurcated pass from ``S_g`` on, where it lies, the readers' rows stacked in
-  its products, as without a window (a paged segment's tail is gathered into a dense one first, ``G x
-  min(window_left + Lq, P)`` tokens copied: on an H100 on 2026-12-05 that copy took more time than the pass);
+  read segment ``g``: read once by the bifurcated pass from ``S_g`` on, where it lies (in its pages for a paged
+  segment), the readers' rows stacked in its products, as without a window (until 2026-12-05 the tail was copied
+  out first, which on an H100 took more time than the pass);
 - **the rest of each row's window**, ``[start, S_g)``: a :func:`leanattn.decode` of each query row over a page
   table of one-token pages laid on the segment from ``S_g - 1`` backwards, so the row's length counts exactly its
   keys (attention does not depend on the order of its keys). With one query token a sample, rows of samples whose
@@ -83,18 +83,15 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
             # k and v laid out differently: both seen through one token stride (a copy of the one that differs)
             pool_k, step = token_pool(k.contiguous())
             pool_v, _ = token_pool(v.contiguous())
-        # every row's first key in the segment, [latest_g, P_g) read once a segment (every reader attends it;
-        # a paged segment's gathered first), and each row's rest [first, latest_g) as one-token pages from
-        # latest_g - 1 down
-        dense = pages is None
-        after, g_row, rest, table, tail_k, tail_v, tail_end, latest = window_plan(
-            after, own_const, ids, lens, rows_of, per_row, B, R, G, window_left, W, P, pool_k, pool_v, step,
-            P if dense else k.shape[1], pages, gather=not dense)
+        # every row's first key in the segment, [latest_g, end_g) read once a segment where it lies (every reader
+        # attends it; the end in place of the lengths), and each row's rest [first, latest_g) as one-token pages
+        # from latest_g - 1 down
+        after, g_row, rest, table, tail_end, latest = window_plan(
+            after, own_const, ids, lens, rows_of, per_row, B, R, G, window_left, W, P, pool_k, step,
+            P if pages is None else k.shape[1], pages)
         own_const = 0
-        # a dense segment's [latest, end) where it lies (end in place of the lengths), else the gathered tails
-        src_k, src_v, starts = (k, v, latest) if dense else (tail_k, tail_v, None)
-        states.append(op(rows, src_k, src_v, None, None, None, None, tail_end, None if ids is None else g_row,
-                         scale, max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale, starts, W))
+        states.append(op(rows, k, v, None, None, None, None, tail_end, None if ids is None else g_row, scale,
+                         max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale, latest, W, pages))
         states.append(decode(rows, pool_k, pool_v, rest, table, scale, True, num_programs=num_programs,
                              validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap))
     if k_cache is not None:

@@ -1,6 +1,6 @@
 """One shared segment's part of a sliding-window shared-prefix decode (``ops/bifurcated_window.py``), planned in
 two launches (``kernels/window_plan.py``): which of its tokens each query row attends, the tail every reader of the
-segment attends gathered once, and each row's one-token page table for the rest of its window."""
+segment attends, and each row's one-token page table for the rest of its window."""
 from __future__ import annotations
 
 from typing import Optional
@@ -18,64 +18,51 @@ _BLOCK_W = 32
 def _plan_impl(after_in: Optional[torch.Tensor], own_const: int, ids: Optional[torch.Tensor],
                seg: Optional[torch.Tensor], row_sample: Optional[torch.Tensor],
                row_token: Optional[torch.Tensor], row_tokens: Optional[torch.Tensor], per: int, B: int, R: int,
-               G: int, window_left: int, W: int, P: int, pool_k: torch.Tensor, pool_v: torch.Tensor, step: int,
-               page_size: int, block_table: Optional[torch.Tensor], gather: bool = True) -> list[torch.Tensor]:
-    # (one step and one clamp serve both pools)
-    assert pool_k.shape[:2] == pool_v.shape[:2], (tuple(pool_k.shape), tuple(pool_v.shape))
+               G: int, window_left: int, W: int, P: int, pool_k: torch.Tensor, step: int,
+               page_size: int, block_table: Optional[torch.Tensor]) -> list[torch.Tensor]:
     # the kernel reads these with unit stride (a caller's view may be strided, or expanded)
     after_in, ids, seg = (None if t is None else t.contiguous() for t in (after_in, ids, seg))
-    dev = pool_k.device
-    i32 = dict(dtype=torch.int32, device=dev)
+    i32 = dict(dtype=torch.int32, device=pool_k.device)
     after_out, latest, first = torch.empty(B, **i32), torch.empty(G, **i32), torch.empty(R, **i32)
-    g_row, tail_lens, rest = torch.empty(R, **i32), torch.empty(G, **i32), torch.empty(R, **i32)
+    g_row, tail_end, rest = torch.empty(R, **i32), torch.empty(G, **i32), torch.empty(R, **i32)
     table = torch.empty(R, W, **i32)
-    Hkv, D = pool_k.shape[2], pool_k.shape[3]
-    n_tails = G if gather else 0
-    tail_k = torch.empty(n_tails, W, Hkv, D, dtype=pool_k.dtype, device=dev)
-    tail_v = torch.empty(n_tails, W, Hkv, D, dtype=pool_v.dtype, device=dev)
     dummy = first  # never read: its flag is off
     window_bounds_kernel[(1,)](
         dummy if after_in is None else after_in, dummy if ids is None else ids, dummy if seg is None else seg,
         dummy if row_sample is None else row_sample, dummy if row_token is None else row_token,
-        dummy if row_tokens is None else row_tokens, after_out, latest, first, g_row, tail_lens, rest,
+        dummy if row_tokens is None else row_tokens, after_out, latest, first, g_row, tail_end, rest,
         B, R, G, per, own_const, P, window_left, W, HAS_AFTER=after_in is not None,
-        HAS_IDS=ids is not None, HAS_SEG=seg is not None, PACKED=row_sample is not None, TAIL_END=not gather,
-        BLOCK=256, num_warps=4)
-    if (R + n_tails) and W:
+        HAS_IDS=ids is not None, HAS_SEG=seg is not None, PACKED=row_sample is not None, BLOCK=256, num_warps=4)
+    if R and W:
         paged = block_table is not None
-        hd = triton.next_power_of_2(Hkv * D)
-        window_tables_kernel[(R + n_tails, triton.cdiv(W, _BLOCK_W))](
-            latest, g_row, block_table if paged else g_row, table, pool_k, pool_v, tail_k, tail_v,
-            R, W, P, step, page_size, block_table.shape[1] if paged else 1, pool_k.shape[0],
-            block_table.stride(0) if paged else 0, pool_k.stride(0), pool_k.stride(2), pool_k.stride(3),
-            pool_v.stride(0), pool_v.stride(2), pool_v.stride(3), Hkv, D, PAGED=paged, BLOCK_W=_BLOCK_W,
-            BLOCK_HD=min(hd, 128), num_warps=4)
-    return [after_out, g_row, rest, table, tail_k, tail_v, tail_lens, latest]
+        window_tables_kernel[(R, triton.cdiv(W, _BLOCK_W))](
+            latest, g_row, block_table if paged else g_row, table, W, step, page_size,
+            block_table.shape[1] if paged else 1, pool_k.shape[0], block_table.stride(0) if paged else 0,
+            PAGED=paged, BLOCK_W=_BLOCK_W, num_warps=1)
+    return [after_out, g_row, rest, table, tail_end, latest]
 
 
 @torch.library.custom_op("leanattn::window_plan", mutates_args=())
 def _plan_op(after_in: Optional[torch.Tensor], own_const: int, ids: Optional[torch.Tensor],
              seg: Optional[torch.Tensor], row_sample: Optional[torch.Tensor],
              row_token: Optional[torch.Tensor], row_tokens: Optional[torch.Tensor], per: int, B: int, R: int, G: int,
-             window_left: int, W: int, P: int, pool_k: torch.Tensor, pool_v: torch.Tensor, step: int, page_size: int,
-             block_table: Optional[torch.Tensor], gather: bool = True) -> list[torch.Tensor]:
+             window_left: int, W: int, P: int, pool_k: torch.Tensor, step: int, page_size: int,
+             block_table: Optional[torch.Tensor]) -> list[torch.Tensor]:
     return _plan_impl(after_in, own_const, ids, seg, row_sample, row_token, row_tokens, per, B, R, G,
-                      window_left, W, P, pool_k, pool_v, step, page_size, block_table, gather)
+                      window_left, W, P, pool_k, step, page_size, block_table)
 
 
 @_plan_op.register_fake
 def _(after_in, own_const, ids, seg, row_sample, row_token, row_tokens, per, B, R, G, window_left, W, P,
-      pool_k, pool_v, step, page_size, block_table, gather=True):
+      pool_k, step, page_size, block_table):
     i32 = dict(dtype=torch.int32)
-    Hkv, D, n_tails = pool_k.shape[2], pool_k.shape[3], G if gather else 0
     return [pool_k.new_empty(B, **i32), pool_k.new_empty(R, **i32), pool_k.new_empty(R, **i32),
-            pool_k.new_empty(R, W, **i32), pool_k.new_empty(n_tails, W, Hkv, D), pool_v.new_empty(n_tails, W, Hkv, D),
-            pool_k.new_empty(G, **i32), pool_k.new_empty(G, **i32)]
+            pool_k.new_empty(R, W, **i32), pool_k.new_empty(G, **i32), pool_k.new_empty(G, **i32)]
 
 
 def window_plan(after_in, own_const: int, ids, seg, rows_of, per: int, B: int, R: int, G: int,
-                window_left: int, W: int, P: int, pool_k: torch.Tensor, pool_v: torch.Tensor, step: int,
-                page_size: int, block_table, gather: bool = True) -> list[torch.Tensor]:
+                window_left: int, W: int, P: int, pool_k: torch.Tensor, step: int, page_size: int,
+                block_table) -> list[torch.Tensor]:
     """One segment's window plan.
 
     Parameters
@@ -90,25 +77,22 @@ def window_plan(after_in, own_const: int, ids, seg, rows_of, per: int, B: int, R
         sample ``r // per``.
     window_left, W, P : int
         The window's keys before a token; the tail's width (``min(window_left + tokens, P)``); a segment's capacity.
-    pool_k, pool_v : torch.Tensor
+    pool_k : torch.Tensor
         The segments as one-token pages ``(rows, 1, Hkv, D)``, token ``(g, slot)`` at ``g * step + slot`` or, with
         ``block_table (G, pages)``, ``block_table[g, slot // page_size] * step + slot % page_size``.
-    gather : bool
-        Copy each segment's tail out (a paged segment's); otherwise it is read where it lies, from ``latest`` to
-        the end returned in place of its length (a dense segment's).
 
     Returns
     -------
     list of torch.Tensor
-        ``after_out (B,)`` (``after_in`` plus this segment: the next outer segment's ``after_in``), ``g_row (R,)``,
-        ``rest (R,)`` (each row's keys before the tail), ``table (R, W)`` (one-token pages from the tail's start
-        backwards), ``tail_k``, ``tail_v`` (``(G, W, Hkv, D)``; ``(0, W, Hkv, D)`` without ``gather``), ``tail_lens
-        (G,)`` (without ``gather`` the tail's end) and ``latest (G,)`` (the tail's start); int32 but the tails.
+        int32: ``after_out (B,)`` (``after_in`` plus this segment: the next outer segment's ``after_in``), ``g_row
+        (R,)``, ``rest (R,)`` (each row's keys before the tail), ``table (R, W)`` (one-token pages from the tail's
+        start backwards), ``tail_end (G,)`` and ``latest (G,)``: the tail every reader attends, ``[latest,
+        tail_end)``, read where it lies.
     """
     sample, token, tokens = rows_of if rows_of is not None else (None, None, None)
     op = _plan_op if torch.compiler.is_compiling() else _plan_impl
     return op(after_in, own_const, ids, seg, sample, token, tokens, per, B, R, G, window_left, W, P,
-              pool_k, pool_v, step, page_size, block_table, gather)
+              pool_k, step, page_size, block_table)
 
 
 def _run_tables_impl(hi: Optional[torch.Tensor], lo: torch.Tensor, cap: int, W: int, pool_rows: int, step: int,
