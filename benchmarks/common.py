@@ -188,21 +188,24 @@ def write_results(out_dir: str, stem: str, payload: dict, table_md: str, plot=No
     return paths
 
 
-def probe_args(doc: str, argv=None):
-    """A probe's command line (``--out DIR``, ``--cases A,B``; ``doc``'s first line the description):
-    ``(args, want)``, ``want`` the set of case names asked for or ``None`` for all."""
+def probe_args(doc: str, argv=None, extra=()):
+    """A probe's command line (``--out DIR``, ``--cases A,B``, and ``extra``: ``(flag, add_argument keywords)``
+    pairs; ``doc``'s first line the description): ``(args, want)``, ``want`` the set of case names asked for or
+    ``None`` for all."""
     import argparse
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    for flag, kw in extra:
+        ap.add_argument(flag, **kw)
     args = ap.parse_args(argv)
     return args, set(args.cases.split(",")) if args.cases else None
 
 
-def probe_start(doc: str, argv=None):
+def probe_start(doc: str, argv=None, extra=()):
     """A probe's start: its command line (``probe_args``), the default generator seeded with 0, and the read ceiling
     measured in this process (GB/s): ``(args, want, ceiling)``."""
-    args, want = probe_args(doc, argv)
+    args, want = probe_args(doc, argv, extra)
     torch.manual_seed(0)
     return args, want, read_bandwidth_gbs()["read_ceiling"]
 

@@ -53,6 +53,7 @@
 #   tests-bif-paged  the GPU tests of shared prefixes in a page pool (tests/test_bifurcated_paged_gpu.py)
 #   bif-paged   a paged shared prefix against the dense one and decode over prefix + own pages
 #               (benchmarks/probe_bifurcated_paged.py)
+#   bif-paged-window  the same under a 4096-key window (probe_bifurcated_paged.py --window 4096)
 #   tests-bif-window  the GPU tests of bifurcated/cascade decode with a sliding window
 #               (tests/test_bifurcated_window_gpu.py)
 #   bif-window  bifurcated decode with a sliding window against no window, windowed decode over copies and SDPA
@@ -257,6 +258,8 @@ for step in "$@"; do
     bif-tokens) timeout 500 python3 benchmarks/bench_bifurcated_tokens.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     tests-bif-paged) "${PYTEST[@]}" tests/test_bifurcated_paged_gpu.py 2>&1 | tail -3 ;;
     bif-paged) timeout 500 python3 benchmarks/probe_bifurcated_paged.py --out "$OUT" 2>&1 | grep -E "floor|wrote|Error|failed" ;;
+    bif-paged-window) timeout 400 python3 benchmarks/probe_bifurcated_paged.py --window 4096 --out "$OUT" 2>&1 \
+      | grep -E "floor|wrote|Error|failed" ;;
     tests-bif-window) "${PYTEST[@]}" tests/test_bifurcated_window_gpu.py 2>&1 | tail -3 ;;
     bif-window) timeout 500 python3 benchmarks/bench_bifurcated_window.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     bif-window-parts) timeout 400 python3 benchmarks/probe_bifurcated_window_parts.py --out "$OUT" 2>&1 | grep -E "parts|wrote|Error" ;;
