@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m leanattn demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --timeout 900 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal --timeout 900 tests
 
 bench: $(STAMP)
 	$(PY) -m leanattn bench decode

@@ -161,14 +161,17 @@ def test_window_errors():
         leanattn.cascade_decode(q, [(pk, pv)], k, v, lens, window_left=True)
 
 
-def test_more_rows_and_prompts_than_a_plan_block():
-    # 300 samples over 260 prompts: the plan kernel's loops over samples, rows and prompts take two blocks of 256
+def test_more_rows_and_prompts_than_a_plan_block(monkeypatch):
+    # 40 samples over 35 prompts with the plan kernel's block at 32 (256 in use): its loops over samples, rows and
+    # prompts take two blocks (300 samples over 260 prompts at 256 cost CI 41 s)
+    from leanattn.ops import window_plan
+    monkeypatch.setattr(window_plan, "_BLOCK_ROWS", 32)
     gen = torch.Generator().manual_seed(7)
-    own = torch.randint(0, 6, (300,), generator=gen).tolist()
-    q, k, v, lens, _ = make_inputs(300, 2, 1, 64, own)
-    pk, pv, plens = make_prefix(260, 7, 1, 64, plens=torch.randint(0, 8, (260,), generator=gen).tolist())
-    ids = torch.randint(0, 260, (300,), generator=gen).to(torch.int32).to(DEV)
-    check(q, pk, pv, k, v, lens, plens=plens, ids=ids, window=5, name="300 rows")
+    own = torch.randint(0, 6, (40,), generator=gen).tolist()
+    q, k, v, lens, _ = make_inputs(40, 2, 1, 64, own)
+    pk, pv, plens = make_prefix(35, 7, 1, 64, plens=torch.randint(0, 8, (35,), generator=gen).tolist())
+    ids = torch.randint(0, 35, (40,), generator=gen).to(torch.int32).to(DEV)
+    check(q, pk, pv, k, v, lens, plens=plens, ids=ids, window=5, name="40 rows")
 
 
 def test_strided_and_expanded_index_tensors():

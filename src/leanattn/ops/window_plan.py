@@ -13,6 +13,8 @@ from ..kernels.window_plan import run_tables_kernel, window_bounds_kernel, windo
 __all__ = ["window_plan", "run_tables"]
 
 _BLOCK_W = 32
+# samples, rows and segments the bounds kernel takes a step (its loops take several steps past it)
+_BLOCK_ROWS = 256
 
 
 def _plan_impl(after_in: Optional[torch.Tensor], own_const: int, ids: Optional[torch.Tensor],
@@ -32,7 +34,8 @@ def _plan_impl(after_in: Optional[torch.Tensor], own_const: int, ids: Optional[t
         dummy if row_sample is None else row_sample, dummy if row_token is None else row_token,
         dummy if row_tokens is None else row_tokens, after_out, latest, first, g_row, tail_end, rest,
         B, R, G, per, own_const, P, window_left, W, HAS_AFTER=after_in is not None,
-        HAS_IDS=ids is not None, HAS_SEG=seg is not None, PACKED=row_sample is not None, BLOCK=256, num_warps=4)
+        HAS_IDS=ids is not None, HAS_SEG=seg is not None, PACKED=row_sample is not None, BLOCK=_BLOCK_ROWS,
+        num_warps=4)
     if R and W:
         paged = block_table is not None
         window_tables_kernel[(R, triton.cdiv(W, _BLOCK_W))](
