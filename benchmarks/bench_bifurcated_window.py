@@ -4,8 +4,8 @@ other ways, one process.
 
 Each case is a bifurcated suite shape (bf16, D=128, 256 own tokens a sample, in step) with a window of ``w`` keys.
 Of the prefix, a sample's window holds the last ``w - 256`` tokens (none from ``w <= 256``): the windowed path
-gathers that tail once (``G x min(w, P)`` tokens copied) and reads it once for all samples; the own tokens are a
-windowed decode. Every method is checked against the float64 reference (first and last sample), captured in a CUDA
+reads that tail once for all samples, where it lies (until 2026-12-05 13:58 it was copied out first); the own tokens
+are a windowed decode. Every method is checked against the float64 reference (first and last sample), captured in a CUDA
 graph and timed in 3 interleaved rounds (do_bench medians, L2 flushed):
 
 * ``window``: ``leanattn.bifurcated_decode(..., window_left=w - 1)``;

@@ -84,7 +84,7 @@ def states_launches(inp):
     d = plan.dummy_i32
     out, lse = torch.empty_like(q), torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
     parts = {"states": lambda: launch.bifurcated_states_kernel[plan.grid](
-        q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, d, d, d, d, lens, d, d, *plan.tail, **plan.meta)}
+        q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, d, d, d, d, lens, d, d, d, *plan.tail, **plan.meta)}
     if not plan.merge_in_kernel:
         m = plan.launch_merge
         parts["merge"] = lambda: m.kernel[m.grid](st_o, st_l, out, lse, *m.scalars, **m.meta)

@@ -381,9 +381,11 @@ def bifurcated_decode(
         ``(G, max_pages)`` int32: the prefixes live in a page pool, as a serving engine keeps them (the pool may be
         ``k_cache``/``v_cache`` themselves): ``prefix_k/v`` are ``(num_pages, page_size, Hkv, D)`` and prefix
         ``g`` is the pages ``prefix_block_table[g]`` in order, ``prefix_lens[g]`` tokens of them (default: all);
-        ``prefix_ids`` as above. Nothing is copied: the prefix programs read each prompt's pages where they lie,
-        as :func:`leanattn.decode` reads a paged cache, each page once per prompt, kv head and row block, in the
-        same launch as the own tokens.
+        ``prefix_ids`` as above. The prefix programs read each prompt's pages where they lie, as
+        :func:`leanattn.decode` reads a paged cache, each page once per prompt, kv head and row block; with one
+        query token a sample and no window, in the same launch as the own tokens (otherwise the own tokens are a
+        :func:`leanattn.decode` call apart, as for dense prefixes). Nothing is copied, except under a window when the K
+        and V pools are laid out differently: one is then copied, so that both share one token stride.
 
     Returns
     -------
