@@ -46,8 +46,8 @@ def test_tokens_gqa_paged_head_dims(hq, hkv, d, lq, page_size):
 
 
 @pytest.mark.parametrize("window", [0, 1, BLOCK_N - 1, BLOCK_N, 40])
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-@pytest.mark.parametrize("schedule", SCHEDULES)
+# each schedule with causal and full tokens once between them, at every window (the cross product cost CI 15 s more)
+@pytest.mark.parametrize("causal,schedule", [(True, "lean"), (False, "split")], ids=["causal-lean", "full-split"])
 def test_tokens_window(window, causal, schedule):
     # each token's window ends at its own position; the pages before the first token's window may be gone
     q, k, v, lens, bt = make_inputs(len(RAGGED), 8, 2, 64, RAGGED, page_size=16)
