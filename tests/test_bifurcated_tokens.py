@@ -25,9 +25,10 @@ def check(q, pk, pv, k, v, lens=None, bt=None, plens=None, ids=None, causal=True
     return out, lse
 
 
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-@pytest.mark.parametrize("D", [64, 128, 256], ids=lambda d: f"D{d}")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+# each head dim, dtype and causal flag at least once (the cross product of 12 cost CI about 20 s more)
+@pytest.mark.parametrize("dtype,D,causal", [(torch.float16, 64, True), (torch.float32, 128, False),
+                                            (torch.float16, 256, True), (torch.float32, 64, False)],
+                         ids=["fp16-D64-causal", "fp32-D128-full", "fp16-D256-causal", "fp32-D64-full"])
 def test_tokens_single_prefix(dtype, D, causal):
     # own lengths below the tokens (1, 0): causal tokens before the own cache see the prefix alone
     own = [3, 0, 40, 17, 1]

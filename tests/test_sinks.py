@@ -17,8 +17,9 @@ def sinks_for(hq, scale=3.0, seed=0):
     return torch.randn(hq, generator=torch.Generator().manual_seed(seed)) * scale
 
 
-@pytest.mark.parametrize("schedule", ["lean", "split"])
-@pytest.mark.parametrize("hq,hkv,d,page", [(8, 2, 64, None), (4, 4, 128, 4), (6, 1, 64, 1)])
+# the schedules turn over the layouts, each meeting a contiguous and a paged cache (both on every layout cost CI 15 s)
+@pytest.mark.parametrize("hq,hkv,d,page,schedule", [(8, 2, 64, None, "lean"), (4, 4, 128, 4, "split"),
+                                                    (6, 1, 64, 1, "lean"), (8, 2, 64, None, "split")], ids=str)
 def test_decode(hq, hkv, d, page, schedule):
     # empty sequence 1: its heads' output is zero and its LSE the sink
     q, k, v, sl, bt = make_inputs(4, hq, hkv, d, [30, 0, 7, 19], page_size=page)
