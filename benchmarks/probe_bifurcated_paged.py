@@ -83,8 +83,8 @@ def main(argv=None):
         rows.append(dict(case=name, hq=hq, hkv=hkv, samples=n, prompts=prompts, page_size=page, prefix=PREFIX,
                          own=OWN, io_bytes=io,
                          copied_bytes=n * (PREFIX + OWN) * token, io_floor_us=floor, us=us, median=med))
-    name = "probe_bifurcated_paged.json" if w < 0 else f"probe_bifurcated_paged_window{w}.json"
-    common.write_probe(args.out, name, window_left=w, probe="paged shared prefix against dense and decode",
+    out_name = "probe_bifurcated_paged.json" if w < 0 else f"probe_bifurcated_paged_window{w}.json"
+    common.write_probe(args.out, out_name, window_left=w, probe="paged shared prefix against dense and decode",
                        timing=bd.GRAPH_TIMING, read_ceiling_gbs=ceiling, cases=rows)
 
 

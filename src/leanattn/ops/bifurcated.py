@@ -408,9 +408,8 @@ def bifurcated_decode(
     (or MHA with 16 samples), the prefix pass runs in Gluon (``kernels/bifurcated_prefix_gluon.py``) with the own
     tokens beside it (``ops/bifurcated_overlap.py``). A paged prefix always takes the first form (its prefix
     programs read pages; the other kernels read dense prefixes). Over float8 caches every path computes its products
-    in fp16
-    (the Gluon prefix converts each tile once a program). Output is bitwise deterministic for
-    fixed inputs and launch configuration.
+    in fp16 (the Gluon prefix converts each tile once a program). Output is bitwise deterministic for fixed inputs
+    and launch configuration.
     Registered as the custom op ``torch.ops.leanattn.bifurcated_decode``
     (``torch.compile(fullgraph=True)``, CUDA graphs: lengths, prefix ids and prefix lengths may
     change between replays; with several prompts pass ``max_group_size`` and keep every prompt

@@ -183,11 +183,13 @@ class Plan:
                  block_n, softcap=0.0, k_scale=1.0, v_scale=1.0, span=0, prefix_table=None):
         B, Hq, D = q.shape
         # a paged prefix (prefix_table (G, max_pages)): pools of pages, prompt g the pages of table row g
-        self.prefix_page = pk.shape[1] if prefix_table is not None else 0
-        if self.prefix_page:
+        paged = prefix_table is not None
+        if paged:
             G, P, Hkv = prefix_table.shape[0], prefix_table.shape[1] * pk.shape[1], pk.shape[2]
         else:
             G, P, Hkv = pk.shape[0], pk.shape[1], pk.shape[2]
+        # the kernels' page size: an empty paged prefix is read as an empty dense one, the dummy cache
+        self.prefix_page = pk.shape[1] if paged and P else 0
         device = q.device
         group = Hq // Hkv
         has_own = k is not None
@@ -205,13 +207,13 @@ class Plan:
         # paged prefixes, which only the states path's prefix programs read
         self.span = span
         lc = launch_config(n_max * group, D, group, device, block_h, block_n,
-                           "states" if softcap > 0 or fp8 or span or self.prefix_page else "")
-        self.path = "concat" if has_own and n_max == 1 and not self.prefix_page else lc.path
+                           "states" if softcap > 0 or fp8 or span or paged else "")
+        self.path = "concat" if has_own and n_max == 1 and not paged else lc.path
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
         forced = env_config()["path"]
         preferred = overlap.preferred(n_max * group, group, softcap > 0)
         if (self.path == "states" and forced != 3 and (forced == 4 or preferred) and workers <= 0 and not span
-                and not self.prefix_page and overlap.usable(q, pk, pv, single, has_plens)):
+                and not paged and overlap.usable(q, pk, pv, single, has_plens)):
             self.path = "overlap"
         self.concat = self.path == "concat"
         self.even = 0  # the concat path's even pieces a row (_setup_concat_even), 0 for its persistent kernel
@@ -232,10 +234,10 @@ class Plan:
         self.own_paged = block_table is not None and not self.empty_own
         self.strides_q = (q.stride(0), q.stride(1))
         # a paged prefix's first stride is its pools' page stride
-        spread = (G > 1 or self.prefix_page) and P
+        spread = (G > 1 and P) or self.prefix_page
         self.strides_p = (pk_s.stride(0) if spread else 0, pk_s.stride(1), pk_s.stride(2),
                           pv_s.stride(0) if spread else 0, pv_s.stride(1), pv_s.stride(2))
-        self.stride_ptb = prefix_table.stride(0) if self.prefix_page and P else 0
+        self.stride_ptb = prefix_table.stride(0) if self.prefix_page else 0
         self.strides_own = (k_s.stride(0), k_s.stride(1), k_s.stride(2), v_s.stride(0), v_s.stride(1), v_s.stride(2),
                             Hq * D, D, Hq,  # out and lse are allocated contiguous
                             block_table.stride(0) if self.own_paged else 0)
@@ -405,7 +407,7 @@ class Plan:
         self.meta = dict(self.common, HKV=Hkv, GROUP=group, BLOCK_HP=lc.block_hp, N_HB=n_hb, BLOCK_NP=lc.block_np,
                          BLOCK_HO=cfg.block_h, N_HBO=n_hbo, BLOCK_NO=block_no, PAGE_SIZE=self.page_size,
                          HAS_PREFIX_LENS=has_plens, SOFTCAP=self.softcap > 0, HAS_STARTS=self.span > 0,
-                         PREFIX_PAGE=self.prefix_page if P else 0, num_warps=lc.num_warps, num_stages=lc.num_stages)
+                         PREFIX_PAGE=self.prefix_page, num_warps=lc.num_warps, num_stages=lc.num_stages)
         d, f, kv = self.dummy_i32, self.f32, self.dummy_kv
         # a run of span keys from any first key lies in at most cdiv(span) + 1 tiles
         tiles_p = max(triton.cdiv(P, lc.block_np), 1) if not self.span else triton.cdiv(self.span, lc.block_np) + 1
@@ -557,9 +559,8 @@ class Plan:
             self.concat_launch((q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt), out, lse, self.dummy_i32)
         elif self.path == "states":
             st_o, st_l, arrivals = self.states
-            table = prefix_table if self.prefix_page and not self.empty_prefix else d
             self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt,
-                        d if first is None else first, table)
+                        d if first is None else first, prefix_table if self.prefix_page else d)
             if not self.merge_in_kernel:
                 self.launch_merge(st_o, st_l, out, lse)
         elif self.path == "overlap":
