@@ -54,6 +54,10 @@
 #   bif-paged   a paged shared prefix against the dense one and decode over prefix + own pages
 #               (benchmarks/probe_bifurcated_paged.py)
 #   bif-paged-window  the same under a 4096-key window (probe_bifurcated_paged.py --window 4096)
+#   states-few  the states path at few samples a prompt under launch settings, the prefix alone and a plain read
+#               (benchmarks/probe_states_few.py, compiled first in 12 processes)
+#   ncu-states-few  Nsight Compute on the states kernel of 4 GQA prompts x4 and of one MHA prompt x4 (same bytes;
+#               speed of light, memory, warp states, occupancy)
 #   tests-bif-window  the GPU tests of bifurcated/cascade decode with a sliding window
 #               (tests/test_bifurcated_window_gpu.py)
 #   bif-window  bifurcated decode with a sliding window against no window, windowed decode over copies and SDPA
@@ -260,6 +264,14 @@ for step in "$@"; do
     bif-paged) timeout 500 python3 benchmarks/probe_bifurcated_paged.py --out "$OUT" 2>&1 | grep -E "floor|wrote|Error|failed" ;;
     bif-paged-window) timeout 400 python3 benchmarks/probe_bifurcated_paged.py --window 4096 --out "$OUT" 2>&1 \
       | grep -E "floor|wrote|Error|failed" ;;
+    states-few) timeout 550 python3 benchmarks/probe_states_few.py --precompile 12 --out "$OUT" 2>&1 \
+      | grep -E "floor|    |wrote|Error|failed" ;;
+    ncu-states-few)
+      ncu -k "regex:bifurcated_states_kernel" --launch-count 2 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        --section WarpStateStats --section Occupancy --section LaunchStats python3 benchmarks/probe_states_few.py \
+        --call-only --cases "gqa 4 prompts x16,mha x4" > "$OUT/ncu_states_few.txt" 2>&1
+      grep -E "bifurcated_states|Duration|DRAM Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Grid Size|Stall|L2 Hit|L1/TEX Hit" \
+        "$OUT/ncu_states_few.txt" | head -60 ;;
     tests-bif-window) "${PYTEST[@]}" tests/test_bifurcated_window_gpu.py 2>&1 | tail -3 ;;
     bif-window) timeout 500 python3 benchmarks/bench_bifurcated_window.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     bif-window-parts) timeout 400 python3 benchmarks/probe_bifurcated_window_parts.py --out "$OUT" 2>&1 | grep -E "parts|wrote|Error" ;;

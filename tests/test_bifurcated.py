@@ -272,6 +272,21 @@ def test_multi_prompt_unequal_groups():
     check(q, pk, pv, k, v, lens, plens=plens, ids=ids_tensor(ids))
 
 
+@pytest.mark.parametrize("B,G", [(1, 1), (16, 4), (130, 7), (300, 300), (64, 1), (17, 40)])
+def test_group_layout_is_a_stable_sort(B, G):
+    # the one-launch counting sort against torch's stable argsort, over more than one block of ids and of prompts
+    from leanattn.ops.bifurcated import _group_layout
+    ids = torch.randint(0, G, (B,), dtype=torch.int32, device=DEV)
+    order = torch.argsort(ids.long(), stable=True)
+    counts = torch.bincount(ids.long(), minlength=G)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(B, device=DEV) - starts[ids.long()[order]]
+    got = _group_layout(ids, G)
+    for name, a, b in zip(("counts", "starts", "order", "rank"), got, (counts, starts, order, rank)):
+        assert a.dtype == torch.int32 and torch.equal(a.long(), b), name
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 def test_multi_prompt_paged_mha(dtype):
     ids = [1, 1, 0, 1, 0]

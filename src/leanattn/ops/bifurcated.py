@@ -8,11 +8,14 @@ paths in ``ops/bifurcated_launch.py``).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
+import triton
 
 from .. import checks, runtime
+from ..kernels.group_layout import group_layout_kernel
 from ..merges.sinks import with_sinks
 from ..merges.states import merge_state_list
 from .bifurcated_launch import Plan
@@ -27,22 +30,26 @@ _PLANS = runtime.PlanCache()
 _ENV = runtime.EnvReader(*DECODE_ENV_KNOBS, "LEANATTN_BIFURCATED_CONFIG")
 
 
+@functools.lru_cache(maxsize=64)
+def _group_launcher(B: int, G: int, device: torch.device) -> runtime.Launcher:
+    block = max(16, min(128, triton.next_power_of_2(max(B, G))))
+    return runtime.Launcher(group_layout_kernel, (1,), dict(BLOCK=block, num_warps=4), (B, G))
+
+
 def _group_layout(prefix_ids: torch.Tensor, G: int):
     """``(counts (G,), starts (G,), order (B,), rank (B,))`` int32: samples sorted by prompt.
 
     Prompt ``g`` has ``counts[g]`` samples, its ``j``-th being ``order[starts[g] + j]``; sample ``b``
-    is the ``rank[b]``-th of its prompt. No host sync and no atomics (deterministic, capturable in a
-    CUDA graph).
+    is the ``rank[b]``-th of its prompt. One launch (``kernels/group_layout.py``), no host sync and no atomics
+    (deterministic, capturable in a CUDA graph).
     """
-    ids = prefix_ids.long()
-    order = torch.argsort(ids, stable=True)
-    prompts = torch.arange(G, dtype=torch.long, device=ids.device)
-    sorted_ids = ids[order]
-    starts = torch.searchsorted(sorted_ids, prompts)
-    counts = torch.searchsorted(sorted_ids, prompts, right=True) - starts
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.shape[0], device=ids.device) - starts[sorted_ids]
-    return counts.to(torch.int32), starts.to(torch.int32), order.to(torch.int32), rank.to(torch.int32)
+    B = prefix_ids.shape[0]
+    g4, b4 = -(-G // 4) * 4, -(-B // 4) * 4  # each part 16-byte aligned, as the launcher's first launch saw
+    buf = torch.empty(2 * (g4 + b4), dtype=torch.int32, device=prefix_ids.device)
+    counts, starts, order, rank = (t[:n] for t, n in zip(buf.split((g4, g4, b4, b4)), (G, G, B, B)))
+    with runtime.device_guard(prefix_ids.device):
+        _group_launcher(B, G, prefix_ids.device)(prefix_ids, counts, starts, order, rank)
+    return counts, starts, order, rank
 
 
 def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
