@@ -270,8 +270,8 @@ for step in "$@"; do
       ncu -k "regex:bifurcated_states_kernel" --launch-count 2 --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy --section LaunchStats python3 benchmarks/probe_states_few.py \
         --call-only --cases "gqa 4 prompts x16,mha x4" > "$OUT/ncu_states_few.txt" 2>&1
-      grep -E "bifurcated_states|Duration|DRAM Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Grid Size|Stall|L2 Hit|L1/TEX Hit" \
-        "$OUT/ncu_states_few.txt" | head -60 ;;
+      grep -E -e "bifurcated_states|Duration|DRAM Throughput|Memory Throughput|Registers Per|Achieved Occupancy" \
+        -e "Warp Cycles Per Issued|Grid Size|Stall|L2 Hit|L1/TEX Hit" "$OUT/ncu_states_few.txt" | head -60 ;;
     tests-bif-window) "${PYTEST[@]}" tests/test_bifurcated_window_gpu.py 2>&1 | tail -3 ;;
     bif-window) timeout 500 python3 benchmarks/bench_bifurcated_window.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     bif-window-parts) timeout 400 python3 benchmarks/probe_bifurcated_window_parts.py --out "$OUT" 2>&1 | grep -E "parts|wrote|Error" ;;
