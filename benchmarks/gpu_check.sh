@@ -56,6 +56,7 @@
 #   bif-paged-window  the same under a 4096-key window (probe_bifurcated_paged.py --window 4096)
 #   states-few  the states path at few samples a prompt under launch settings, the prefix alone and a plain read
 #               (benchmarks/probe_states_few.py, compiled first in 12 processes)
+#   launch-audit  the GPU launches of one call of each public op and path (benchmarks/launch_audit.py)
 #   ncu-states-few  Nsight Compute on the states kernel of 4 GQA prompts x4 and of one MHA prompt x4 (same bytes;
 #               speed of light, memory, warp states, occupancy)
 #   tests-bif-window  the GPU tests of bifurcated/cascade decode with a sliding window
@@ -266,6 +267,7 @@ for step in "$@"; do
       | grep -E "floor|wrote|Error|failed" ;;
     states-few) timeout 550 python3 benchmarks/probe_states_few.py --precompile 12 --out "$OUT" 2>&1 \
       | grep -E "floor|    |wrote|Error|failed" ;;
+    launch-audit) timeout 500 python3 benchmarks/launch_audit.py --out "$OUT" 2>&1 | grep -E "launches|FAILED|wrote|Error" ;;
     ncu-states-few)
       ncu -k "regex:bifurcated_states_kernel" --launch-count 2 --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy --section LaunchStats python3 benchmarks/probe_states_few.py \
