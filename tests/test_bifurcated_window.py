@@ -48,6 +48,16 @@ def test_samples_in_step(window):
     check(q, pk, pv, k, v, lens, window=window, name="in step")
 
 
+@pytest.mark.parametrize("n,window", [(1, 23), (1, 22), (3, 23), (3, 22)])
+def test_own_tokens_in_the_segment_pass(n, window):
+    # own capacity 24: a window of 23 keys before the token holds every own token, which the segment pass then
+    # reads (one sample included, which otherwise takes the concat kernel); 22 can cut them, so they take a decode
+    q, k, v, lens, _ = make_inputs(n, 8, 2, 64, [24, 5, 0][:n])
+    pk, pv, _ = make_prefix(None, 40, 2, 64)
+    check(q, pk, pv, k, v, lens, window=window, name=f"{n} samples")
+    check(q, pk, pv, k, v, None, window=window, name=f"{n} samples at capacity")
+
+
 # each window once and each head layout at least once (the cross product cost CI about 120 s more)
 @pytest.mark.parametrize("hq,hkv,d,window", [(4, 4, 64, 0), (8, 2, 64, 4), (6, 1, 128, 19), (8, 2, 64, 50)])
 def test_multi_prompt_paged(hq, hkv, d, window):

@@ -58,8 +58,9 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
                      need_lse: bool = True):
     """``bifurcated_decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the
     LSE goes to the plan's sink, which no kernel reads, as in ``ops.decode._decode_impl``. ``prefix_starts (G,)``
-    int32 (with ``prefix_lens``, no own cache): prompt ``g``'s keys are ``[prefix_starts[g], prefix_lens[g])``, at
-    most ``prefix_span`` of them (a window's tail, read where it lies: ``ops/bifurcated_window.py``).
+    int32 (with ``prefix_lens``): prompt ``g``'s keys are ``[prefix_starts[g], prefix_lens[g])``, at most
+    ``prefix_span`` of them (a window's tail, read where it lies: ``ops/bifurcated_window.py``); an own cache beside
+    them is read whole (the window holds every own token), on the states path.
     ``prefix_block_table (G, max_pages)`` int32: ``prefix_k/v`` are page pools, prompt ``g`` the pages of row ``g``."""
     B, Hq, D = q.shape
     out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)

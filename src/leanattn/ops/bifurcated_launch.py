@@ -208,7 +208,8 @@ class Plan:
         self.span = span
         lc = launch_config(n_max * group, D, group, device, block_h, block_n,
                            "states" if softcap > 0 or fp8 or span or paged else "")
-        self.path = "concat" if has_own and n_max == 1 and not paged else lc.path
+        # (the concat kernel reads every prefix from its first key: calls with first keys take the states path)
+        self.path = "concat" if has_own and n_max == 1 and not paged and not span else lc.path
         # a caller's num_programs (workers) bounds a persistent grid: the overlap path has none, so keeps off
         forced = env_config()["path"]
         preferred = overlap.preferred(n_max * group, group, softcap > 0)

@@ -16,7 +16,9 @@ tokens of a sample. Each level is computed in two parts, and every state merged 
   nothing; several tokens a sample have rests of up to ``Lq - 1`` keys, their windows starting one key apart.
 
 The own tokens are one :func:`leanattn.decode` with ``window_left`` (each token's window ends at its position,
-``causal`` as given), and one :func:`leanattn.merge_states` merges the states. No step syncs with the host. A
+``causal`` as given), and one :func:`leanattn.merge_states` merges the states. With one query token a sample and a
+window that holds every own token (``window_left`` at least the own capacity less one), the own tokens are read by
+the first segment pass instead, in the same launch, as without a window. No step syncs with the host. A
 segment's starts, tail and tables are planned in two launches (``ops/window_plan.py``): as torch ops they took about
 30 small launches a segment, a few microseconds each even replayed from a CUDA graph (H200, 2026-12-05: the call
 took 156 us against 30 without a window, at 16 samples of one 8k prompt and a 4096-key window).
@@ -26,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ..merges.states import merge_state_list
-from .decode import decode
+from .decode import _capacity, decode
 from .token_pages import token_pool
 from .window_plan import window_plan
 
@@ -66,9 +68,14 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     if k_cache is None:
         after, own_const = None, 0
     elif cache_seqlens is None:
-        after, own_const = None, k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
+        after, own_const = None, _capacity(k_cache, block_table)
     else:
         after, own_const = cache_seqlens, 0
+    # one token a sample whose window holds every own token (window_left >= the own capacity - 1): the own tokens
+    # join the first segment pass made, as without a window, instead of taking a decode launch of their own
+    fuse_own = k_cache is not None and rows_of is None and per == 1 and window_left >= _capacity(k_cache,
+                                                                                                 block_table) - 1
+    own_fused = False
     states = []
     for k, v, lens, ids, pages in reversed(levels):
         k, v = (k, v) if k.dim() == 4 else (k[None], v[None])
@@ -90,11 +97,13 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
             after, own_const, ids, lens, rows_of, per_row, B, R, G, window_left, W, P, pool_k, step,
             P if pages is None else k.shape[1], pages)
         own_const = 0
-        states.append(op(rows, k, v, None, None, None, None, tail_end, None if ids is None else g_row, scale,
+        own = (k_cache, v_cache, cache_seqlens, block_table) if fuse_own and not own_fused else (None,) * 4
+        states.append(op(rows, k, v, *own, tail_end, None if ids is None else g_row, scale,
                          max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale, latest, W, pages))
+        own_fused = own_fused or fuse_own
         states.append(decode(rows, pool_k, pool_v, rest, table, scale, True, num_programs=num_programs,
                              validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap))
-    if k_cache is not None:
+    if k_cache is not None and not own_fused:
         packed = {} if cu_seqlens_q is None else dict(cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q)
         o, lse = decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, True, num_programs=num_programs,
                         validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap, causal=causal,
