@@ -49,13 +49,26 @@ def test_samples_in_step(window):
 
 
 @pytest.mark.parametrize("n,window", [(1, 23), (1, 22), (3, 23), (3, 22)])
-def test_own_tokens_in_the_segment_pass(n, window):
+def test_own_tokens_in_the_segment_pass(monkeypatch, n, window):
     # own capacity 24: a window of 23 keys before the token holds every own token, which the segment pass then
     # reads (one sample included, which otherwise takes the concat kernel); 22 can cut them, so they take a decode
+    import leanattn.ops.bifurcated_window as bw
+    decodes = []
+    monkeypatch.setattr(bw, "decode", lambda *a, **kw: decodes.append(1) or leanattn.decode(*a, **kw))
     q, k, v, lens, _ = make_inputs(n, 8, 2, 64, [24, 5, 0][:n])
     pk, pv, _ = make_prefix(None, 40, 2, 64)
     check(q, pk, pv, k, v, lens, window=window, name=f"{n} samples")
     check(q, pk, pv, k, v, None, window=window, name=f"{n} samples at capacity")
+    # one decode a call for each row's rest of the segment, one more for own tokens the window may cut
+    assert len(decodes) == (2 if window == 23 else 4)
+    # nested levels whose innermost holds no key: the own tokens join the outer level's pass
+    decodes.clear()
+    empty_k, empty_v, _ = make_prefix(None, 0, 2, 64)
+    levels = [(pk, pv), (empty_k, empty_v)]
+    out, lse = leanattn.cascade_decode(q, levels, k, v, lens, return_lse=True, window_left=window)
+    ref_out, ref_lse = reference.cascade_decode(q, levels, k, v, lens, window_left=window)
+    assert_states_match("empty innermost level", q, out, lse, ref_out, ref_lse)
+    assert len(decodes) == (1 if window == 23 else 2)
 
 
 # each window once and each head layout at least once (the cross product cost CI about 120 s more)

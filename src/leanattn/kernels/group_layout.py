@@ -12,18 +12,20 @@ import triton.language as tl
 
 
 @triton.jit
-def group_layout_kernel(Ids, Counts, Starts, Order, Rank, B, G, BLOCK: tl.constexpr):
+def group_layout_kernel(Ids, Counts, Starts, Order, Rank, B, G, BLOCK_B: tl.constexpr, BLOCK_G: tl.constexpr):
     """One program. ``Ids (B,)`` int32 prompt of each sample; writes ``Counts (G,)`` samples of each prompt,
     ``Starts (G,)`` their exclusive prefix sum, ``Rank (B,)`` each sample's place among its prompt's samples (in
     batch order) and ``Order (B,)`` the samples sorted by prompt, ``Order[Starts[g] + Rank[b]] = b``, all int32.
-    Ids outside ``[0, G)`` belong to no prompt: rank 0, counted and placed nowhere."""
-    offs = tl.arange(0, BLOCK)
-    for g0 in range(0, G, BLOCK):
-        tl.store(Counts + g0 + offs, 0, mask=g0 + offs < G)
+    Ids outside ``[0, G)`` belong to no prompt: rank 0, counted and placed nowhere. ``BLOCK_B`` ids and ``BLOCK_G``
+    prompts a step."""
+    offs = tl.arange(0, BLOCK_B)
+    offs_g = tl.arange(0, BLOCK_G)
+    for g0 in range(0, G, BLOCK_G):
+        tl.store(Counts + g0 + offs_g, 0, mask=g0 + offs_g < G)
     tl.debug_barrier()
     # Counts holds each prompt's samples seen so far; a block's lanes read it, then the last lane of each prompt
     # in the block raises it (one writer an address), with a barrier between, so no atomics are needed
-    for b0 in range(0, B, BLOCK):
+    for b0 in range(0, B, BLOCK_B):
         in_b = b0 + offs < B
         ids = tl.load(Ids + b0 + offs, mask=in_b, other=-1)
         real = in_b & (ids >= 0) & (ids < G)
@@ -37,13 +39,13 @@ def group_layout_kernel(Ids, Counts, Starts, Order, Rank, B, G, BLOCK: tl.conste
         tl.store(Counts + ids, rank + 1, mask=real & (after == 0))
         tl.debug_barrier()
     carry = 0
-    for g0 in range(0, G, BLOCK):
-        in_g = g0 + offs < G
-        c = tl.load(Counts + g0 + offs, mask=in_g, other=0, cache_modifier=".cg")
-        tl.store(Starts + g0 + offs, carry + tl.cumsum(c, 0) - c, mask=in_g)
+    for g0 in range(0, G, BLOCK_G):
+        in_g = g0 + offs_g < G
+        c = tl.load(Counts + g0 + offs_g, mask=in_g, other=0, cache_modifier=".cg")
+        tl.store(Starts + g0 + offs_g, carry + tl.cumsum(c, 0) - c, mask=in_g)
         carry += tl.sum(c, 0)
     tl.debug_barrier()
-    for b0 in range(0, B, BLOCK):
+    for b0 in range(0, B, BLOCK_B):
         in_b = b0 + offs < B
         ids = tl.load(Ids + b0 + offs, mask=in_b, other=-1)
         real = in_b & (ids >= 0) & (ids < G)

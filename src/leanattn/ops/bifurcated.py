@@ -30,10 +30,11 @@ _PLANS = runtime.PlanCache()
 _ENV = runtime.EnvReader(*DECODE_ENV_KNOBS, "LEANATTN_BIFURCATED_CONFIG")
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)  # (as many as runtime.PlanCache keeps plans)
 def _group_launcher(B: int, G: int, device: torch.device) -> runtime.Launcher:
-    block = max(16, min(128, triton.next_power_of_2(max(B, G))))
-    return runtime.Launcher(group_layout_kernel, (1,), dict(BLOCK=block, num_warps=4), (B, G))
+    meta = dict(BLOCK_B=max(16, min(128, triton.next_power_of_2(B))),
+                BLOCK_G=max(16, min(1024, triton.next_power_of_2(G))), num_warps=4)
+    return runtime.Launcher(group_layout_kernel, (1,), meta, (B, G))
 
 
 def _group_layout(prefix_ids: torch.Tensor, G: int):
@@ -41,7 +42,8 @@ def _group_layout(prefix_ids: torch.Tensor, G: int):
 
     Prompt ``g`` has ``counts[g]`` samples, its ``j``-th being ``order[starts[g] + j]``; sample ``b``
     is the ``rank[b]``-th of its prompt. One launch (``kernels/group_layout.py``), no host sync and no atomics
-    (deterministic, capturable in a CUDA graph).
+    (deterministic, capturable in a CUDA graph). An id outside ``[0, G)`` (possible only unvalidated) belongs to no
+    prompt: that sample's output is undefined.
     """
     B = prefix_ids.shape[0]
     g4, b4 = -(-G // 4) * 4, -(-B // 4) * 4  # each part 16-byte aligned, as the launcher's first launch saw
@@ -381,7 +383,9 @@ def bifurcated_decode(
         without a window). -1 (the default): every key. The part of each prompt's
         window that all its samples attend is read once for all of them, where it lies; what only some samples
         attend (their own lengths differ) is read per sample; the own tokens are one windowed
-        :func:`leanattn.decode` (``ops/bifurcated_window.py``).
+        :func:`leanattn.decode`, or, with one query token a sample and a window that holds every own token
+        (``window_left`` at least the own capacity less one), read in the same launch as the prefix
+        (``ops/bifurcated_window.py``).
     sinks : torch.Tensor, optional, keyword-only
         ``(Hq,)`` attention sinks (gpt-oss), as :func:`leanattn.decode`'s: merged once into the final state, after
         the prefix, own and level states.
@@ -391,8 +395,8 @@ def bifurcated_decode(
         ``g`` is the pages ``prefix_block_table[g]`` in order, ``prefix_lens[g]`` tokens of them (default: all);
         ``prefix_ids`` as above. The prefix programs read each prompt's pages where they lie, as
         :func:`leanattn.decode` reads a paged cache, each page once per prompt, kv head and row block; with one
-        query token a sample and no window, in the same launch as the own tokens (otherwise the own tokens are a
-        :func:`leanattn.decode` call apart, as for dense prefixes). Nothing is copied, except under a window when the K
+        query token a sample, in the same launch as the own tokens where no window or one holding every own token
+        is given (otherwise the own tokens are a :func:`leanattn.decode` call apart, as for dense prefixes). Nothing is copied, except under a window when the K
         and V pools are laid out differently: one is then copied, so that both share one token stride.
 
     Returns
@@ -541,7 +545,7 @@ def cascade_decode(
     -----
     Every level is one pass of the bifurcated kernel (each segment read once, its readers' queries
     stacked into the rows); the innermost level and the own tokens share one launch and are
-    merged in it; the level states are then merged with :func:`leanattn.merge_states` (the merge
+    merged in it (under a window, the innermost level that holds keys, where the window holds every own token); the level states are then merged with :func:`leanattn.merge_states` (the merge
     is associative, so the nesting order does not matter). ``L`` shared levels cost ``L``
     launches plus one merge. A paged level is the same pass over its pages. With several query tokens each level is
     a bifurcated pass, the own tokens one more decode, then the merge.

@@ -2,8 +2,8 @@
 
 Five paths, chosen per call signature:
 
-* ``concat`` (at most one sample per prompt, own tokens given): nothing to share, one launch of
-  the decode schedule over prefix + own tokens (``kernels/bifurcated_concat.py``);
+* ``concat`` (at most one sample per prompt, own tokens given, every prefix read from its first key): nothing to
+  share, one launch of the decode schedule over prefix + own tokens (``kernels/bifurcated_concat.py``);
 * ``states`` (default otherwise): one launch of fixed-split states, prefix splits with stacked rows
   and own-token splits (``kernels/bifurcated_states.py``), merged by ``merge_states`` in a second
   launch (or in-kernel by each row's last arriving state, ninth config field 2). Side by side on an
