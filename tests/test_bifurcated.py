@@ -272,9 +272,10 @@ def test_multi_prompt_unequal_groups():
     check(q, pk, pv, k, v, lens, plens=plens, ids=ids_tensor(ids))
 
 
-@pytest.mark.parametrize("B,G", [(1, 1), (16, 4), (130, 7), (300, 300), (64, 1), (17, 40)])
+@pytest.mark.parametrize("B,G", [(1, 1), (16, 4), (130, 7), (300, 300), (64, 1), (17, 40), (40, 1500)])
 def test_group_layout_is_a_stable_sort(B, G):
-    # the one-launch counting sort against torch's stable argsort, over more than one block of ids and of prompts
+    # the one-launch counting sort against torch's stable argsort, over more than one block of ids (128) and of
+    # prompts (1024)
     from leanattn.ops.bifurcated import _group_layout
     ids = torch.randint(0, G, (B,), dtype=torch.int32, device=DEV)
     order = torch.argsort(ids.long(), stable=True)
