@@ -396,8 +396,9 @@ def bifurcated_decode(
         ``prefix_ids`` as above. The prefix programs read each prompt's pages where they lie, as
         :func:`leanattn.decode` reads a paged cache, each page once per prompt, kv head and row block; with one
         query token a sample, in the same launch as the own tokens where no window or one holding every own token
-        is given (otherwise the own tokens are a :func:`leanattn.decode` call apart, as for dense prefixes). Nothing is copied, except under a window when the K
-        and V pools are laid out differently: one is then copied, so that both share one token stride.
+        is given (otherwise the own tokens are a :func:`leanattn.decode` call apart, as for dense prefixes).
+        Nothing is copied, except under a window when the K and V pools are laid out differently: one is then
+        copied, so that both share one token stride.
 
     Returns
     -------
@@ -545,9 +546,9 @@ def cascade_decode(
     -----
     Every level is one pass of the bifurcated kernel (each segment read once, its readers' queries
     stacked into the rows); the innermost level and the own tokens share one launch and are
-    merged in it (under a window, the innermost level that holds keys, where the window holds every own token); the level states are then merged with :func:`leanattn.merge_states` (the merge
-    is associative, so the nesting order does not matter). ``L`` shared levels cost ``L``
-    launches plus one merge. A paged level is the same pass over its pages. With several query tokens each level is
+    merged in it (under a window, the innermost level that holds keys, where the window holds every own token);
+    the level states are then merged with :func:`leanattn.merge_states` (the merge is associative, so the
+    nesting order does not matter). ``L`` shared levels cost ``L`` launches plus one merge. A paged level is the same pass over its pages. With several query tokens each level is
     a bifurcated pass, the own tokens one more decode, then the merge.
     """
     if sinks is not None:
