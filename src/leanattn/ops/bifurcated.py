@@ -548,7 +548,8 @@ def cascade_decode(
     stacked into the rows); the innermost level and the own tokens share one launch and are
     merged in it (under a window, the innermost level that holds keys, where the window holds every own token);
     the level states are then merged with :func:`leanattn.merge_states` (the merge is associative, so the
-    nesting order does not matter). ``L`` shared levels cost ``L`` launches plus one merge. A paged level is the
+    nesting order does not matter). Each of ``L`` shared levels costs a pass (two launches on most paths:
+    the pass and the merge of its pieces), and one launch merges the levels. A paged level is the
     same pass over its pages. With several query tokens each level is a bifurcated pass, the own tokens one more
     decode, then the merge.
     """
