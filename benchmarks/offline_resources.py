@@ -1,7 +1,7 @@
 """Registers, spills, shared memory and occupancy of the GPU kernels, compiled offline (no GPU).
 
     PYTHONPATH=/path/to/triton-3.6 python benchmarks/offline_resources.py [--ptx DIR] [--cases A,B] [decode] [bifurcated]
-        [sparse] [overlap] [model]
+        [sparse] [overlap] [model] [window] [merge]
 
 Each case runs the public op on CPU tensors with the launch plan it would build for an H200
 (``runtime.gpu_target`` answers True, 132 SMs); where the plan compiles a kernel to size its
@@ -376,6 +376,21 @@ def window_cases():
         q[:4], pool, pool, k[:4], k[:4], lens[:4], prefix_block_table=table, prefix_ids=ids, max_group_size=4)
 
 
+def merge_cases():
+    """The merges held apart (``merge_state`` of two, ``merge_state_list`` of three and four, ``kernels/merge.py``) and
+    the grouping of samples by prompt (``kernels/group_layout.py``) at few and at many samples and prompts."""
+    from leanattn.merges.states import merge_state_list
+    from leanattn.ops.bifurcated import _group_layout
+    outs = [torch.randn(64, 32, 128, dtype=torch.bfloat16) for _ in range(4)]
+    lses = [torch.randn(64, 32) for _ in range(4)]
+    yield "merge_state", lambda: leanattn.merge_state(outs[0], lses[0], outs[1], lses[1])
+    yield "merge list of 3", lambda: merge_state_list(outs[:3], lses[:3])
+    yield "merge list of 4", lambda: merge_state_list(outs, lses)
+    for b, g in ((16, 4), (4096, 2000)):
+        ids = torch.randint(0, g, (b,), dtype=torch.int32)
+        yield f"group layout B={b} G={g}", lambda ids=ids, g=g: _group_layout(ids, g)
+
+
 def overlap_cases():
     """The Gluon prefix kernels (``ops/bifurcated_overlap.GluonPrefix``) as the overlap path launches them: 16-bit
     prefixes at 64 and 128 rows and warp-specialized, float8 ones at 64 rows over two and four stages, 128 rows,
@@ -430,7 +445,7 @@ def main(argv=None):
     print(f"triton {triton.__version__}; sm_90a; occupancy for an H200 SM ({REGS} registers, {SMEM} B shared)")
     families = {"decode": decode_cases, "bifurcated": bifurcated_cases, "sparse": sparse_cases,
                 "overlap": overlap_cases, "model": model_cases,
-                "window": window_cases}
+                "window": window_cases, "merge": merge_cases}
     for fam in args.families:
         for name, fn in families[fam]():
             if args.cases and name not in args.cases.split(","):
