@@ -65,16 +65,11 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
         rows = rows.contiguous()
     R = rows.shape[0]
     # -- the keys after each segment, innermost first: the own cache's, then each segment's added
-    if k_cache is None:
-        after, own_const = None, 0
-    elif cache_seqlens is None:
-        after, own_const = None, _capacity(k_cache, block_table)
-    else:
-        after, own_const = cache_seqlens, 0
+    own_cap = 0 if k_cache is None else _capacity(k_cache, block_table)
+    after, own_const = (cache_seqlens, 0) if cache_seqlens is not None and k_cache is not None else (None, own_cap)
     # one token a sample whose window holds every own token (window_left >= the own capacity - 1): the own tokens
     # join the first segment pass made, as without a window, instead of taking a decode launch of their own
-    fuse_own = k_cache is not None and rows_of is None and per == 1 and window_left >= _capacity(k_cache,
-                                                                                                 block_table) - 1
+    fuse_own = k_cache is not None and rows_of is None and per == 1 and window_left >= own_cap - 1
     own_fused = False
     states = []
     for k, v, lens, ids, pages in reversed(levels):
@@ -100,7 +95,7 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
         own = (k_cache, v_cache, cache_seqlens, block_table) if fuse_own and not own_fused else (None,) * 4
         states.append(op(rows, k, v, *own, tail_end, None if ids is None else g_row, scale,
                          max_group_size * per, num_programs, 0, 0, softcap, k_scale, v_scale, latest, W, pages))
-        own_fused = own_fused or fuse_own
+        own_fused = fuse_own  # (from the first pass made on: later ones see own_fused)
         states.append(decode(rows, pool_k, pool_v, rest, table, scale, True, num_programs=num_programs,
                              validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap))
     if k_cache is not None and not own_fused:
