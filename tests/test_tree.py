@@ -313,6 +313,18 @@ def _disagree(rank, world):
         seen["one rank's sinks"] = ("no error", bool(out.isnan().all()))
     except ValueError as e:
         seen["one rank's sinks"] = (type(e).__name__, str(e))
+    # an error of another kind on rank 1 only (out of memory, a kernel's resources: ranks plan for their own shards)
+    from leanattn.distributed import tree as tree_mod
+    states = tree_mod.shard_states
+    if rank == 1:
+        tree_mod.shard_states = lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("out of memory (simulated)"))
+    try:
+        out = tree_decode(q, k, v, timeout=30)
+        seen["one rank's runtime error"] = ("no error", bool(out.isnan().all()))
+    except RuntimeError as e:
+        seen["one rank's runtime error"] = (type(e).__name__, str(e))
+    finally:
+        tree_mod.shard_states = states
     return seen
 
 
@@ -340,6 +352,8 @@ def test_ranks_disagree_raise_on_every_rank():
         assert typ == "ValueError" and msg.startswith("shard_seqlens: expected lengths <= 20"), (typ, msg)
     assert res[0]["one rank's sinks"] == ("no error", True), res[0]
     assert res[1]["one rank's sinks"][0] == "ValueError" and "sinks" in res[1]["one rank's sinks"][1]
+    assert res[0]["one rank's runtime error"] == ("no error", True), res[0]
+    assert res[1]["one rank's runtime error"] == ("RuntimeError", "out of memory (simulated)"), res[1]
 
 
 def _missing_peer(rank, world, method, peer):

@@ -161,3 +161,23 @@ def test_gpus_sliding_window_vs_reference(window):
         results = spawn(_run, world, (qq, shards, True, tok, starts, window), backend="nccl", deadline=300)
         ref = reference.decode(qq, *whole, causal=True, window_left=window)
         check_results(results, *ref, TOLERANCE[dtype])
+
+
+def test_single_process_on_another_device():
+    # tensors on cuda:1 while cuda:0 is current (no torch.cuda.set_device): every launch follows q's device
+    B, dtype = 3, torch.bfloat16
+    q, shards, _ = _shards(1, B, 32, 8, 128, [[3000, 1, 0]], dtype)
+    k, v, lens = (t.to("cuda:1") for t in shards[0])
+    q = q.to("cuda:1")
+    with torch.cuda.device(0):
+        for fn in (tree_decode, ring_decode):
+            out, lse = fn(q, k, v, lens, return_lse=True)
+            ref, ref_lse = reference.decode(q, k, v, lens)
+            assert out.device == q.device
+            assert_rel_close(fn.__name__, out, ref, TOLERANCE[dtype])
+            assert_lse_close(fn.__name__, lse, ref_lse, 1e-2)
+        # a window of 901 keys: each sequence's first key on the (only) rank is its last less 900
+        first = (lens - 901).clamp(min=0).to(torch.int32)
+        out = tree_decode(q, k, v, lens, shard_starts=first, window_left=900)
+        ref = reference.decode(q, k, v, lens, window_left=900)[0]
+        assert_rel_close("window", out, ref, TOLERANCE[dtype])

@@ -118,6 +118,14 @@ def test_empty_shard_and_single_process():
     zero = torch.zeros(2, dtype=torch.int32)
     out, lse = tree_decode(q, empty, empty, zero, return_lse=True, shard_starts=zero, window_left=5)
     assert not out.any() and torch.isinf(lse).all()
+    # a paged shard of no pages (a rank that holds nothing yet), one run a sequence and one a token: its run tables
+    # once indexed a table row of no entries
+    pool = torch.randn(3, 4, HKV, D, dtype=torch.float16)
+    no_pages = torch.zeros(2, 0, dtype=torch.int32)
+    q3 = torch.randn(2, 3, HQ, D, dtype=torch.float16)
+    for lens, first in ((zero, zero), (torch.zeros(2, 3, dtype=torch.int32), torch.zeros(2, 3, dtype=torch.int32))):
+        out, lse = tree_decode(q3, pool, pool, lens, no_pages, return_lse=True, shard_starts=first, window_left=5)
+        assert not out.any() and torch.isinf(lse).all()
 
 
 def test_window_errors():

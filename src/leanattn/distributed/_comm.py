@@ -50,10 +50,18 @@ def world(group) -> tuple[int, int]:
 
 
 def comm_device(group, like: torch.device) -> torch.device:
-    """Where tensors for ``group``'s collectives live: ``like`` for NCCL, the CPU for gloo/others."""
-    if like.type == "cuda" and dist.get_backend(group) in ("nccl", dist.Backend.NCCL):
-        return like
-    return like if like.type == "cpu" else torch.device("cpu")
+    """Where tensors for ``group``'s collectives live: ``like`` where the group reduces ``like``'s device type with
+    NCCL, else the CPU (gloo and others). The group's backend configuration names a backend a device type
+    (``"cpu:gloo,cuda:nccl"`` for a group made without a backend, whose ``get_backend`` is ``"undefined"``, or
+    ``"cuda:nccl"``): matching the backend's name alone sent CUDA states of such groups through the CPU."""
+    if like.type != "cuda":
+        return like if like.type == "cpu" else torch.device("cpu")
+    try:
+        config = dict(part.split(":", 1) for part in dist.get_backend_config(group).split(",") if ":" in part)
+        on_device = config.get("cuda") == "nccl"
+    except (AttributeError, RuntimeError, ValueError):  # no configuration (an older torch): the backend's name
+        on_device = dist.get_backend(group) in ("nccl", dist.Backend.NCCL)
+    return like if on_device else torch.device("cpu")
 
 
 def wait(work, what: str, group, timeout: Optional[datetime.timedelta]) -> None:

@@ -71,7 +71,11 @@ def window_states(q, k_shard, v_shard, shard_seqlens, shard_starts, block_table,
     dev = q.device
     B = q.shape[0]
     cap = _capacity(k_shard, block_table)
-    W = max(min(window_left + 1, cap), 1)  # (an empty shard: one page no length reaches)
+    if cap == 0:
+        # a shard of no capacity (a table of no pages: a rank that holds nothing yet) has no key in any window; its
+        # tables would index a table row of no entries (decided by shapes alone, so CUDA-graph safe)
+        return q.new_zeros(q.shape), torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=dev)
+    W = min(window_left + 1, cap)
     pool_k, step = token_pool(k_shard)
     pool_v, _ = token_pool(v_shard)
     P = k_shard.shape[1]

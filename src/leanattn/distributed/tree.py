@@ -17,13 +17,15 @@ travels is the whole cache, ``(world - 1) / world`` of it through every rank.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from .. import checks
+from .. import checks, runtime
 from ..merges import merge_states
 from ..merges.states import merge_state_list
 from ..merges.sinks import apply_sinks, check_sinks
@@ -63,8 +65,21 @@ def _q_fields(q, k_shard, scale, variant_code, softcap=0.0) -> list:
             ("variant", (variant_code,)), ("softcap", (_comm.float_bits(softcap),))]
 
 
+def _on_q_device(fn):
+    """``fn`` run with ``q``'s CUDA device current (``runtime.device_guard``): Triton launches on the current device,
+    so a rank whose tensors are on ``cuda:r`` but which never called ``torch.cuda.set_device(r)`` would launch its
+    kernels on device 0 over device ``r``'s memory."""
+    @functools.wraps(fn)
+    def on_device(q, *args, **kwargs):
+        guard = runtime.device_guard(q.device) if isinstance(q, torch.Tensor) else contextlib.nullcontext()
+        with guard:
+            return fn(q, *args, **kwargs)
+    return on_device
+
+
 def _basic_types(q, k_shard, v_shard):
-    # errors that stop us from even describing the inputs are raised at once (on every rank alike)
+    # errors that stop us from even describing the inputs are raised at once, before any exchange: the same caller's
+    # code on every rank passes tensors of the same kinds and ranks, so each rank raises them alike
     checks.check_tensor("q", q)
     if q.dim() not in (3, 4):
         raise ValueError(f"q: expected a 3-D (B, Hq, D) or 4-D (B, Lq, Hq, D) tensor, got shape {tuple(q.shape)}")
@@ -72,6 +87,7 @@ def _basic_types(q, k_shard, v_shard):
     checks.check_tensor("v_shard", v_shard, 4)
 
 
+@_on_q_device
 def tree_decode(
     q: torch.Tensor,
     k_shard: torch.Tensor,
@@ -227,11 +243,12 @@ def tree_decode(
         out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, shard_starts, window_left,
                                 schedule=schedule, num_programs=num_programs, num_splits=num_splits,
                                 k_scale=k_scale, v_scale=v_scale, softcap=softcap)
-    except (ValueError, TypeError) as e:
+    except Exception as e:
         if size == 1:
             raise
-        # an error only this rank sees (values past a group's cached check): it still takes part in the combine,
-        # with a NaN state that makes every peer's result NaN, so that no peer waits out its timeout; then raises
+        # an error only this rank sees (values past a group's cached check; out of memory or of a kernel's resources,
+        # as ranks plan for shards of their own lengths): it still takes part in the combine, with a NaN state that
+        # makes every peer's result NaN, so that no peer waits out its timeout; then raises
         local_err = e
         out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=q.device)
         lse = torch.full(q.shape[:-1], float("nan"), dtype=torch.float32, device=q.device)
@@ -305,6 +322,7 @@ def _shard_fields(k_shard, shard_seqlens, block_table) -> tuple[int, ...]:
     return tuple(k_shard.shape) + (0 if shard_seqlens is None else shard_seqlens.dim(),) + bt
 
 
+@_on_q_device
 def ring_decode(
     q: torch.Tensor,
     k_shard: torch.Tensor,
