@@ -202,7 +202,8 @@ def test_merge_state_errors():
              ((o, ls.half(), o, ls), TypeError, "lse_a: expected dtype in float32"),
              ((o, ls, o, ls[:, :2]), ValueError, "lse_b: expected shape \\(2, 3\\)"),
              ((o, ls, o, "x"), TypeError, "lse_b: expected a torch.Tensor"),
-             ((o, ls, o, ls.to("meta")), ValueError, "lse_b: expected device cpu \\(as out_a\\)")]
+             ((o, ls, o, ls.to("meta")), ValueError, "lse_b: expected device cpu \\(as out_a\\)"),
+             ((o[..., :0], ls, o[..., :0], ls), ValueError, "out_a: expected a head dim >= 1")]
     for args, err, msg in cases:
         with pytest.raises(err, match=msg):
             leanattn.merge_state(*args)

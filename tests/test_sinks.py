@@ -72,6 +72,16 @@ def test_decode_huge_sinks():
         assert not out[1].any() and (lse[1] <= -2e38).all()  # (the empty row: its sink, bounded)
 
 
+def test_huge_sinks_on_an_empty_cache():
+    # a cache of no capacity takes the sinks as the kernels do: magnitudes bounded by 2e38, -inf no sink
+    q = torch.randn(1, 3, 64, dtype=torch.float16)
+    s = torch.tensor([float("inf"), -3e38, float("-inf")])
+    for n in (0, 1):
+        k = torch.randn(1, n, 1, 64, dtype=torch.float16)
+        out, lse = leanattn.decode(q, k, k, torch.zeros(1, dtype=torch.int32), return_lse=True, sinks=s)
+        assert not out.any() and torch.equal(lse, torch.tensor([[2e38, -2e38, float("-inf")]])), (n, lse)
+
+
 def test_decode_empty_cache():
     # a cache of no tokens: zeros, and the LSE is the sink
     q = torch.randn(2, 4, 64, dtype=torch.float16)
@@ -187,8 +197,15 @@ def test_sink_errors():
             call(torch.zeros(2))
         with pytest.raises(ValueError, match="sinks: expected a 1-D tensor"):
             call(torch.zeros(1, 4))
-        with pytest.raises(TypeError, match="sinks: expected a float32, float16 or bfloat16 tensor, got dtype "
-                                            "torch.int32"):
+        with pytest.raises(TypeError, match="sinks: expected a float32, float16, bfloat16 or float64 tensor, got "
+                                            "dtype torch.int32"):
             call(torch.zeros(4, dtype=torch.int32))
         with pytest.raises(TypeError, match="sinks: expected a torch.Tensor"):
             call([0.0] * 4)
+        with pytest.raises(ValueError, match="sinks: expected logits or -inf"):
+            call(torch.tensor([0.0, float("nan"), 1.0, 2.0]))
+    # launch counts of the shared-prefix ops
+    for call in (lambda n: leanattn.bifurcated_decode(q, pk, pk, k, v, sl, num_programs=n),
+                 lambda n: leanattn.cascade_decode(q, [(pk, pk)], k, v, sl, num_programs=n)):
+        with pytest.raises(ValueError, match=r"num_programs: expected an int >= 0 \(0 = fill the GPU\), got -1"):
+            call(-1)

@@ -235,11 +235,22 @@ def flag(name: str, value) -> bool:
     return bool(value)
 
 
+def count(name: str, value, zero: str) -> int:
+    """``value`` as an int >= 0 (numpy integers included; ``zero``: what 0 means, for the error)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name}: expected an int >= 0 (0 = {zero}), got {value!r}")
+    return int(value)
+
+
 def max_group_size(value) -> int:
     """``max_group_size`` as an int >= 0 (numpy integers included; 0 = count on the host)."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"max_group_size: expected an int >= 0 (0 = count on the host), got {value!r}")
-    return int(value)
+    return count("max_group_size", value, "count on the host")
+
+
+def launch_counts(num_programs, num_splits=0) -> tuple[int, int]:
+    """``num_programs`` and ``num_splits`` of the decode ops as ints >= 0 (0: the library's choice): a negative count
+    reached the schedule's search as a grid of no program."""
+    return count("num_programs", num_programs, "fill the GPU"), count("num_splits", num_splits, "the heuristic")
 
 
 def query(q, scale, tokens: bool = False, name: str = "q", head_dims=SUPPORTED_HEAD_DIMS) -> float:

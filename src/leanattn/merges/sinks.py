@@ -21,16 +21,19 @@ __all__ = ["check_sinks", "apply_sinks", "with_sinks"]
 
 
 def check_sinks(sinks, heads: int, device: torch.device) -> None:
-    """``sinks``: a floating ``(heads,)`` tensor on ``device``, or None."""
+    """``sinks``: a floating ``(heads,)`` tensor on ``device``, or None; no NaN, where its values can be read without
+    a device sync (``checks.values_checkable``: a NaN sink gave each of its rows an LSE of -2e38)."""
     if sinks is None:
         return
     checks.check_tensor("sinks", sinks, 1)
     if not sinks.dtype.is_floating_point or sinks.dtype.itemsize == 1:
-        raise TypeError(f"sinks: expected a float32, float16 or bfloat16 tensor, got dtype {sinks.dtype}")
+        raise TypeError(f"sinks: expected a float32, float16, bfloat16 or float64 tensor, got dtype {sinks.dtype}")
     if sinks.shape[0] != heads:
         raise ValueError(f"sinks: expected shape ({heads},) (one logit per query head), got {tuple(sinks.shape)}")
     if sinks.device != device:
         raise ValueError(f"sinks: expected device {device} (as q), got {sinks.device}")
+    if checks.values_checkable(sinks) and bool(sinks.isnan().any()):
+        raise ValueError("sinks: expected logits or -inf (no sink), got NaN")
 
 
 def with_sinks(q, sinks: torch.Tensor, return_lse: bool, states):

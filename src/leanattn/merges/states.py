@@ -79,6 +79,8 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, 
     checks.check_tensor("lses", lses, 3)
     checks.check_dtype("outs", outs)
     checks.check_dtype("lses", lses, (torch.float32,))
+    if outs.shape[3] == 0:
+        raise ValueError(f"outs: expected a head dim >= 1, got shape {tuple(outs.shape)}")
     if tuple(lses.shape) != tuple(outs.shape[:3]):
         raise ValueError(f"lses: expected shape {tuple(outs.shape[:3])} (outs.shape[:3]), got {tuple(lses.shape)}")
     if lses.device != outs.device:
@@ -148,6 +150,8 @@ def merge_state(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
         raise ValueError(f"out_a: expected a (..., H, D) tensor of at least 2 dimensions, got shape "
                          f"{tuple(out_a.shape)}")
     checks.check_dtype("out_a", out_a)
+    if out_a.shape[-1] == 0:
+        raise ValueError(f"out_a: expected a head dim >= 1, got shape {tuple(out_a.shape)}")
     checks.check_tensor("out_b", out_b)
     checks.check_same("out_b", out_b, "out_a", out_a)
     if out_b.shape != out_a.shape:

@@ -448,6 +448,7 @@ def bifurcated_decode(
             num_programs=num_programs, validate=validate, causal=causal, cu_seqlens_q=cu_seqlens_q,
             max_seqlen_q=max_seqlen_q, window_left=window_left, prefix_block_table=prefix_block_table))
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
+    num_programs = checks.launch_counts(num_programs)[0]
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
                                            k_scale, v_scale, batch)
     softcap = checks.softcap(softcap)
@@ -461,12 +462,12 @@ def bifurcated_decode(
     window_left = _window(window_left, [level], k_cache, block_table)
     if window_left >= 0:
         out, lse = window_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
-                                 int(max_group_size), int(num_programs), softcap, k_scale, v_scale, causal,
+                                 int(max_group_size), num_programs, softcap, k_scale, v_scale, causal,
                                  cu_seqlens_q, max_q, op=_pass_op())
         return (out, lse) if return_lse else out
     if batch is not None:
         out, lse = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
-                                 int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)
+                                 num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)
         return (out, lse) if return_lse else out
     if q.dim() == 4:
         if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
@@ -476,12 +477,12 @@ def bifurcated_decode(
                                     validate=False, prefix_block_table=prefix_block_table)
             return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
         out, lse = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
-                                 int(num_programs), softcap, k_scale, v_scale, causal)
+                                 num_programs, softcap, k_scale, v_scale, causal)
         return (out, lse) if return_lse else out
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, scale,
-            int(max_group_size), int(num_programs), 0, 0, softcap, k_scale, v_scale, None, 0, prefix_block_table)
+            int(max_group_size), num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, prefix_block_table)
     if torch.compiler.is_compiling():
         out, lse = _bifurcated_op(*args)
     else:
@@ -560,6 +561,7 @@ def cascade_decode(
             validate=validate, causal=causal, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
             window_left=window_left))
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
+    num_programs = checks.launch_counts(num_programs)[0]
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
                                            k_scale, v_scale, batch)
     softcap = checks.softcap(softcap)
@@ -590,12 +592,12 @@ def cascade_decode(
     window_left = _window(window_left, parsed, k_cache, block_table)
     if window_left >= 0:
         out, lse = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
-                                 max_group_size, int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q,
+                                 max_group_size, num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q,
                                  max_q, op=_pass_op())
         return (out, lse) if return_lse else out
     if batch is not None:
         out, lse = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
-                                 int(num_programs), softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)
+                                 num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)
         return (out, lse) if return_lse else out
     if q.dim() == 4:
         if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
@@ -604,7 +606,7 @@ def cascade_decode(
                                  num_programs=num_programs, validate=False)
             return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
         out, lse = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
-                                 int(num_programs), softcap, k_scale, v_scale, causal)
+                                 num_programs, softcap, k_scale, v_scale, causal)
         return (out, lse) if return_lse else out
     if q.stride(-1) != 1:
         q = q.contiguous()
@@ -614,10 +616,10 @@ def cascade_decode(
         fuse_own = i == len(parsed) - 1 and k_cache is not None
         states.append(op(q, k, v, k_cache if fuse_own else None, v_cache if fuse_own else None,
                          cache_seqlens if fuse_own else None, block_table if fuse_own else None, lens, ids,
-                         scale, max_group_size, int(num_programs), 0, 0, softcap, k_scale, v_scale, None, 0, pages))
+                         scale, max_group_size, num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, pages))
     if not parsed:
         empty = q.new_zeros((0, Hkv, D), dtype=k_cache.dtype)
         states.append(op(q, empty, empty, k_cache, v_cache, cache_seqlens, block_table, None, None, scale, 0,
-                         int(num_programs), 0, 0, softcap, k_scale, v_scale))
+                         num_programs, 0, 0, softcap, k_scale, v_scale))
     out, lse = merge_state_list([s[0] for s in states], [s[1] for s in states])
     return (out, lse) if return_lse else out

@@ -255,7 +255,10 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
         return out, torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     if _capacity(k_cache, block_table) == 0:
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
-        return out.zero_(), lse if sinks is None else lse.copy_(sinks.expand(q.shape[:-1]))
+        if sinks is not None:  # as the kernels take them: magnitudes bounded by 2e38 (finite_log2), -inf no sink
+            s = sinks.float()
+            lse.copy_(torch.where(s == float("-inf"), s, s.clamp(-2e38, 2e38)).expand(q.shape[:-1]))
+        return out.zero_(), lse
     if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
         cache_seqlens = cache_seqlens.contiguous()  # the kernels index the lengths with unit stride
     if cu_seqlens_q is not None and cu_seqlens_q.stride(0) != 1:
@@ -554,6 +557,7 @@ def decode(
     """
     window_left = checks.window_left(window_left)
     causal = checks.flag("causal", causal)
+    num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     batch, qlen = checks.query_slots(q, cu_seqlens_q, max_seqlen_q, validate)
     # the first token's window holds every page in use
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
@@ -578,7 +582,7 @@ def decode(
         return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
     if q.stride(-1) != 1:
         q = q.contiguous()
-    args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, int(num_programs), int(num_splits), 0,
+    args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, num_programs, num_splits, 0,
             k_scale, v_scale, softcap, window_left, causal and qlen > 1, cu_seqlens_q, qlen, alibi_slopes, sinks)
     # under torch.compile the custom op keeps the kernel opaque to Dynamo and Inductor; eager calls skip
     # the dispatcher (its overhead is comparable to a short decode kernel)

@@ -178,6 +178,7 @@ def mla_decode(
     scale, ckv, kpe, batch, qlen = _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table,
                                              softmax_scale, schedule, validate, cu_seqlens_q, max_seqlen_q)
     causal = checks.flag("causal", causal)
+    num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     packed = batch is not None
     if q_nope.dim() == 4 and qlen == 1:
         res = mla_decode(q_nope[:, 0], q_pe[:, 0], ckv_cache, kpe_cache, cache_seqlens, block_table, scale,
@@ -186,13 +187,13 @@ def mla_decode(
     q_nope = q_nope if q_nope.stride(-1) == 1 else q_nope.contiguous()
     q_pe = q_pe if q_pe.stride(-1) == 1 else q_pe.contiguous()
     cu, max_q = (cu_seqlens_q, qlen) if packed else (None, 0)
-    args = (q_nope, q_pe, ckv, kpe, cache_seqlens, block_table, scale, schedule, int(num_programs), int(num_splits),
+    args = (q_nope, q_pe, ckv, kpe, cache_seqlens, block_table, scale, schedule, num_programs, num_splits,
             causal and qlen > 1, cu, max_q)
     if torch.compiler.is_compiling():
         out, lse = _mla_decode_op(*args)
     else:
         # (eager calls skip the dispatcher, as decode's)
-        out, lse = _decode_impl(q_nope, ckv, ckv, cache_seqlens, block_table, scale, schedule, int(num_programs),
-                                int(num_splits), 0, causal=causal and qlen > 1, cu_seqlens_q=cu, max_seqlen_q=max_q,
+        out, lse = _decode_impl(q_nope, ckv, ckv, cache_seqlens, block_table, scale, schedule, num_programs,
+                                num_splits, 0, causal=causal and qlen > 1, cu_seqlens_q=cu, max_seqlen_q=max_q,
                                 q_pe=q_pe, kpe_cache=kpe, need_lse=return_lse)
     return (out, lse) if return_lse else out
