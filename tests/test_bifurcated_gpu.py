@@ -606,3 +606,30 @@ def test_compute_sanitizer(tool, tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "all launches done" in r.stdout
+
+
+def test_one_query_row():
+    # B * Hq = 1: Triton makes a stride of 1 a constant (a Python int), which the merge's int64 cast of it could not
+    # take (a CompilationError on GPUs only; found by a review's fuzzing on an H100): the windowed call (states path
+    # and its merge), a prefix alone, a cascade of two levels, one sample's even pieces, and merge_states itself
+    d, dt = "cuda", torch.bfloat16
+    q = torch.randn(1, 1, 64, device=d, dtype=dt)
+    pk, pv = torch.randn(2, 3000, 1, 64, device=d, dtype=dt), torch.randn(2, 3000, 1, 64, device=d, dtype=dt)
+    k, v = torch.randn(1, 16, 1, 64, device=d, dtype=dt), torch.randn(1, 16, 1, 64, device=d, dtype=dt)
+    i32 = lambda x: torch.tensor(x, device=d, dtype=torch.int32)  # noqa: E731
+    lens, plens = i32([3]), i32([2994])
+    calls = {"window": ((q, pk[0], pv[0], k, v, lens, None, plens), dict(window_left=5)),
+             "prefix alone": ((q, pk[0], pv[0], None, None), {}),
+             "one sample": ((q, pk[0], pv[0], k, v, lens), {})}
+    for name, (args, kw) in calls.items():
+        out, lse = leanattn.bifurcated_decode(*args, return_lse=True, **kw)
+        ref, ref_lse = leanattn.reference.bifurcated_decode(*args, **kw)
+        assert_rel_close(name, out, ref, TOLERANCE[dt])
+        assert_lse_close(name, lse, ref_lse, 1e-2)
+    levels = [(pk[0], pv[0]), (pk, pv, i32([3000, 10]), i32([1]))]
+    out = leanattn.cascade_decode(q, levels, k, v, lens)
+    assert_rel_close("cascade", out, leanattn.reference.cascade_decode(q, levels, k, v, lens)[0], TOLERANCE[dt])
+    outs, lses = torch.randn(3, 1, 1, 64, device=d, dtype=dt), torch.randn(3, 1, 1, device=d)
+    out, lse = leanattn.merge_states(outs, lses)
+    w = torch.softmax(lses.double(), 0)
+    assert_rel_close("merge_states", out, (w[..., None] * outs.double()).sum(0), TOLERANCE[dt])

@@ -77,8 +77,8 @@ def merge_states_kernel(
     m, acc, den = empty_fold(BLOCK_M, BLOCK_D)
     if UNROLL:
         for s in tl.static_range(UNROLL):
-            lse = tl.load(Lses + s * stride_ls.to(tl.int64) + rows * stride_lm, mask=mask_m, other=float("-inf"))
-            o = tl.load(Outs + s * stride_os.to(tl.int64) + rows[:, None] * stride_om + offs_d[None, :],
+            lse = tl.load(Lses + s * tl.cast(stride_ls, tl.int64) + rows * stride_lm, mask=mask_m, other=float("-inf"))
+            o = tl.load(Outs + s * tl.cast(stride_os, tl.int64) + rows[:, None] * stride_om + offs_d[None, :],
                         mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
             m, acc, den = fold_state(m, acc, den, lse, o)
     else:
