@@ -437,6 +437,61 @@ def model_cases():
     yield "model silu_mul 14336", lambda: silu_mul(torch.randn(5, 2 * inter, dtype=bf))
 
 
+def one_row_cases():
+    """Every public op at one query row (B = Hq = Hkv = 1, D=64): Triton passes an integer argument equal to 1 as a
+    constant, a Python int, so a kernel that treats one as a tensor (``.to()``) compiles for other shapes and fails at
+    this one, on GPUs only (the interpreter does not specialise). 2026-12-05: ``merge_states_kernel``'s slot strides,
+    found by a review's fuzzing on an H100."""
+    bf, i32 = torch.bfloat16, torch.int32
+    q, q3 = torch.randn(1, 1, 64, dtype=bf), torch.randn(1, 3, 1, 64, dtype=bf)
+    k, pages = torch.randn(1, 300, 1, 64, dtype=bf), torch.randn(300, 1, 1, 64, dtype=bf)
+    lens, table = torch.tensor([290], dtype=i32), torch.arange(300, dtype=i32).view(1, 300)
+    one = torch.ones(1)
+    for sched in ("lean", "split"):
+        kw = dict(schedule=sched)
+        yield f"one row decode {sched}", lambda kw=kw: leanattn.decode(q, k, k, lens, **kw)
+        yield f"one row decode {sched} page 1", lambda kw=kw: leanattn.decode(q, pages, pages, lens, table, **kw)
+        yield f"one row decode {sched} window", lambda kw=kw: leanattn.decode(q, k, k, lens, window_left=5, **kw)
+        yield f"one row decode {sched} tokens", lambda kw=kw: leanattn.decode(q3, k, k, lens, causal=True, **kw)
+        yield f"one row decode {sched} extras", lambda kw=kw: leanattn.decode(
+            q, k, k, lens, sinks=one, alibi_slopes=one, softcap=30.0, **kw)
+        yield f"one row decode {sched} fp8", lambda kw=kw: leanattn.decode(
+            q, k.to(torch.float8_e4m3fn), k.to(torch.float8_e4m3fn), lens, k_scale=0.5, **kw)
+    # two sequences of one head: the persistent stream-K kernels (one sequence is cut into even pieces)
+    k2, lens2 = torch.randn(2, 300, 1, 64, dtype=bf), torch.tensor([290, 7], dtype=i32)
+    q2 = torch.randn(2, 1, 64, dtype=bf)
+    yield "one head decode B=2", lambda: leanattn.decode(q2, k2, k2, lens2)
+    yield "one head bifurcated 2 prompts x1", lambda: leanattn.bifurcated_decode(
+        q2, torch.randn(2, 400, 1, 64, dtype=bf), torch.randn(2, 400, 1, 64, dtype=bf), k2, k2, lens2, None,
+        torch.tensor([400, 7], dtype=i32), torch.tensor([1, 0], dtype=i32))
+    yield "one row decode packed", lambda: leanattn.decode(q3[0], k, k, lens, cu_seqlens_q=torch.tensor([0, 3], dtype=i32),
+                                                           max_seqlen_q=3, causal=True)
+    qn, qp = torch.randn(1, 1, 512, dtype=bf), torch.randn(1, 1, 64, dtype=bf)
+    ckv = torch.randn(1, 300, 1, 576, dtype=bf)
+    yield "one row mla", lambda: leanattn.mla_decode(qn, qp, ckv[..., :512], ckv[..., 512:], lens)
+    pk = torch.randn(2, 400, 1, 64, dtype=bf)
+    plens, ids = torch.tensor([400, 7], dtype=i32), torch.tensor([1], dtype=i32)
+    own = (k[:, :16], k[:, :16], torch.tensor([9], dtype=i32))
+    yield "one row bifurcated", lambda: leanattn.bifurcated_decode(q, pk[0], pk[0], *own)
+    yield "one row bifurcated prefix alone", lambda: leanattn.bifurcated_decode(q, pk[0], pk[0], None, None)
+    yield "one row bifurcated prompts", lambda: leanattn.bifurcated_decode(q, pk, pk, *own, None, plens, ids)
+    yield "one row bifurcated window", lambda: leanattn.bifurcated_decode(q, pk[0], pk[0], *own, window_left=5)
+    yield "one row bifurcated tokens", lambda: leanattn.bifurcated_decode(q3, pk[0], pk[0], *own, causal=True)
+    yield "one row bifurcated paged", lambda: leanattn.bifurcated_decode(
+        q, pages, pages, *own, prefix_block_table=table, prefix_lens=torch.tensor([300], dtype=i32))
+    yield "one row cascade", lambda: leanattn.cascade_decode(q, [(pk[0], pk[0]), (pk, pk, plens, ids)], *own)
+    yield "one row merge_state", lambda: leanattn.merge_state(q.float(), one[None], q.float(), one[None])
+    for s in (3, 20):
+        yield f"one row merge_states {s}", lambda s=s: leanattn.merge_states(torch.randn(s, 1, 1, 64, dtype=bf),
+                                                                             torch.randn(s, 1, 1))
+    x = torch.randn(1, 256, 1, 64, dtype=bf, requires_grad=True)
+
+    def sparse():
+        keep = torch.rand(1, 256, 1) > 0.5
+        leanattn.qk_sparse_attention(x, x, x, keep, keep).sum().backward()
+    yield "one row sparse qk", sparse
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("families", nargs="*", default=["decode", "bifurcated", "sparse"])
@@ -450,7 +505,7 @@ def main(argv=None):
     print(f"triton {triton.__version__}; sm_90a; occupancy for an H200 SM ({REGS} registers, {SMEM} B shared)")
     families = {"decode": decode_cases, "bifurcated": bifurcated_cases, "sparse": sparse_cases,
                 "overlap": overlap_cases, "model": model_cases,
-                "window": window_cases, "merge": merge_cases}
+                "window": window_cases, "merge": merge_cases, "one-row": one_row_cases}
     for fam in args.families:
         for name, fn in families[fam]():
             if args.cases and name not in args.cases.split(","):

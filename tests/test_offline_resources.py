@@ -66,3 +66,18 @@ def test_gluon_prefix_float8_kernels_compile_for_sm90():
         assert int(stack) == 0 and int(regs) > 0, (case, regs, stack)
     assert rows["overlap fp8 64r 2st"][5] == "2" and rows["overlap bf16 64r 3st"][5] == "2"
     assert rows["overlap fp8 128r 4st"][4] == "8" and rows["overlap bf16 ws 4st"][4] == "12"
+
+
+def test_one_query_row_compiles():
+    # an integer argument equal to 1 reaches a kernel as a constant (a Python int) on GPUs only: the merge of one
+    # query row's states once failed to compile there (merge_states_kernel's slot strides; review, 2026-12-05)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.path.join(ROOT, "src")
+    cases = "one row merge_states 3,one row bifurcated prefix alone,one row bifurcated window"
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "offline_resources.py"), "one-row",
+                          "--cases", cases], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "stopped at" not in run.stdout, run.stdout
+    kernels = {w.split("#")[0] for line in run.stdout.splitlines() if line.startswith("one row")
+               for w in line.split() if "_kernel" in w}
+    assert {"merge_states_kernel", "bifurcated_states_kernel", "merge_list_kernel"} <= kernels, run.stdout
