@@ -69,6 +69,8 @@
 #   sanitize-bif-window-edges  the same with windows of 0 and 2000 keys (sanitize.py bifurcated-window-edges)
 #   bif-window-parts  a windowed shared-prefix call and each of its parts, side by side (probe_bifurcated_window_parts.py)
 #   tests-sinks  the GPU tests of attention sinks (tests/test_sinks_gpu.py)
+#   bif-sinks   the shared-prefix ops with attention sinks folded into their merge launch, against no sinks and
+#               against sinks merged by a launch apart (benchmarks/probe_bifurcated_sinks.py)
 #   sinks       decode without sinks, with them in-kernel and merged by a launch apart, at gpt-oss-20b's attention
 #               shape (probe_decode_sinks.py)
 #   tests-alibi  the GPU tests of ALiBi in decode (tests/test_decode_alibi_gpu.py)
@@ -278,6 +280,8 @@ for step in "$@"; do
     bif-window) timeout 500 python3 benchmarks/bench_bifurcated_window.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     bif-window-parts) timeout 400 python3 benchmarks/probe_bifurcated_window_parts.py --out "$OUT" 2>&1 | grep -E "parts|wrote|Error" ;;
     tests-sinks) "${PYTEST[@]}" tests/test_sinks_gpu.py 2>&1 | tail -3 ;;
+    bif-sinks) timeout 400 python3 benchmarks/probe_bifurcated_sinks.py --out "$OUT" 2>&1 \
+        | grep -E "floor|wrote|Error|failed" ;;
     sinks) timeout 300 python3 benchmarks/probe_decode_sinks.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error" ;;
     tests-alibi) "${PYTEST[@]}" tests/test_decode_alibi_gpu.py 2>&1 | tail -3 ;;
     tests-mla) "${PYTEST[@]}" tests/test_mla_gpu.py 2>&1 | tail -3 ;;

@@ -51,11 +51,11 @@ def main(argv=None):
         grid, meta = mk.merge_launch(S, M, D)
         mk.UNROLL_MAX = unroll_max
         runs = {f"blocked {meta['BLOCK_S']}s/{meta['num_warps']}w": lambda: mk.merge_states_kernel[grid](
-            o, ls, out, lse, S, M, M * D, D, M, 1, **meta)}
+            o, ls, out, lse, lse, S, M, M * D, D, M, 1, **meta)}
         for bm, w in CONFIGS:
             runs[f"unrolled {bm}r/{w}w"] = (lambda bm=bm, w=w: mk.merge_states_kernel[(triton.cdiv(M, bm),)](
-                o, ls, out, lse, S, M, M * D, D, M, 1, HEAD_DIM=D, BLOCK_M=bm, BLOCK_D=D, BLOCK_S=1, PDL=False,
-                UNROLL=S, num_warps=w))
+                o, ls, out, lse, lse, S, M, M * D, D, M, 1, HEAD_DIM=D, BLOCK_M=bm, BLOCK_D=D, BLOCK_S=1,
+                PDL=False, UNROLL=S, SINK_HEADS=0, num_warps=w))
         res = {}
         for label, fn in runs.items():
             out.zero_()

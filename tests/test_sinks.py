@@ -80,6 +80,9 @@ def test_huge_sinks_on_an_empty_cache():
         k = torch.randn(1, n, 1, 64, dtype=torch.float16)
         out, lse = leanattn.decode(q, k, k, torch.zeros(1, dtype=torch.int32), return_lse=True, sinks=s)
         assert not out.any() and torch.equal(lse, torch.tensor([[2e38, -2e38, float("-inf")]])), (n, lse)
+    # the merges' sinks alike (merge_list_kernel: apply_sinks, the shared-prefix ops' last merge)
+    o, ls = apply_sinks(torch.ones(2, 3, 64), torch.zeros(2, 3), s)
+    assert torch.equal(ls, torch.tensor([[2e38, 0.0, 0.0]] * 2)) and not o[:, 0].any() and (o[:, 1:] == 1).all()
 
 
 def test_decode_empty_cache():
@@ -119,6 +122,48 @@ def test_shared_prefix_ops():
     out, lse = leanattn.cascade_decode(q4, levels, k, v, sl, bt, return_lse=True, sinks=s, causal=True)
     assert_states_match("cascade tokens", q4, out, lse, *reference.cascade_decode(q4, levels, k, v, sl, bt, sinks=s,
                                                                                  causal=True))
+
+
+@pytest.mark.parametrize("form", ["states", "states merged in kernel", "split", "fused", "one sample",
+                                  "one sample even"])
+def test_shared_prefix_paths(monkeypatch, form):
+    # the sinks ride in the last merge launch of the paths that have one, and take a launch of their own elsewhere
+    from leanattn.ops import bifurcated as bif
+    config = {"states merged in kernel": "0,0,0,0,0,0,0,0,2,3", "split": "0,0,0,0,0,0,0,0,0,1",
+              "fused": "0,0,0,0,0,0,0,0,0,2"}
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", config.get(form, ""))
+    monkeypatch.setenv("LEANATTN_DECODE_EVEN", "1" if form == "one sample even" else "0")
+    apart = []
+    monkeypatch.setattr(bif, "apply_sinks", lambda *a: apart.append(a) or apply_sinks(*a))
+    bif._PLANS.clear()
+    try:
+        lens = [29] if form.startswith("one sample") else [5, 0, 12, 30]
+        q, k, v, sl, bt = make_inputs(len(lens), 4, 1, 64, lens, capacity=32, page_size=None if "split" in form
+                                      or "fused" in form else 4)
+        pk, pv = torch.randn(37, 1, 64, dtype=q.dtype), torch.randn(37, 1, 64, dtype=q.dtype)
+        s = sinks_for(4, seed=6)
+        out, lse = leanattn.bifurcated_decode(q, pk, pv, k, v, sl, bt, return_lse=True, sinks=s)
+        assert_states_match(form, q, out, lse, *reference.bifurcated_decode(q, pk, pv, k, v, sl, bt, sinks=s))
+        (plan,) = bif._PLANS.values()
+        assert len(apart) == (not plan.sinks_merged)
+        assert plan.sinks_merged is (form in ("states", "one sample even")), form  # (4 even pieces a row)
+    finally:
+        bif._PLANS.clear()
+
+
+def test_cascade_forms():
+    # no level, one (its pass folds the sinks), two (the merge of the levels does) and a prefix of no key
+    q, k, v, sl, bt = make_inputs(3, 4, 2, 64, [6, 0, 11], page_size=4)
+    pk, pv = torch.randn(2, 9, 2, 64, dtype=q.dtype), torch.randn(2, 9, 2, 64, dtype=q.dtype)
+    lens, ids = torch.tensor([9, 4], dtype=torch.int32), torch.tensor([1, 0, 1], dtype=torch.int32)
+    empty = torch.zeros(0, 2, 64, dtype=q.dtype)
+    s = sinks_for(4, seed=7)
+    for name, levels, own in (("own only", [], (k, v, sl, bt)), ("one level", [(pk, pv, lens, ids)], (k, v, sl, bt)),
+                              ("two levels", [(pk[0], pv[0]), (pk, pv, lens, ids)], (k, v, sl, bt)),
+                              ("two levels, no own", [(pk[1], pv[1]), (pk, pv, lens, ids)], ()),
+                              ("empty prefix, no own", [(empty, empty)], ())):
+        out, lse = leanattn.cascade_decode(q, levels, *own, return_lse=True, sinks=s)
+        assert_states_match(name, q, out, lse, *reference.cascade_decode(q, levels, *own, sinks=s))
 
 
 def _tree_steps(rank, world, s):
@@ -183,6 +228,18 @@ def test_compile_fullgraph():
     s = sinks_for(8)
     f = torch.compile(lambda q, sl, s: leanattn.decode(q, k, v, sl, bt, return_lse=True, sinks=s), fullgraph=True)
     assert_states_match("compiled", q, *f(q, sl, s), *reference.decode(q, k, v, sl, bt, sinks=s))
+    # the shared-prefix ops: the sinks through the pass's custom op, and through the merge of two levels
+    pk, pv = torch.randn(2, 9, 2, 64, dtype=q.dtype), torch.randn(2, 9, 2, 64, dtype=q.dtype)
+    lens, ids = torch.tensor([9, 4], dtype=torch.int32), torch.tensor([1, 0, 1], dtype=torch.int32)
+    levels = [(pk[0], pv[0]), (pk, pv, lens, ids)]
+    f = torch.compile(lambda q, sl, s: (leanattn.bifurcated_decode(q, pk, pv, k, v, sl, bt, lens, ids, return_lse=True,
+                                                                   sinks=s),
+                                        leanattn.cascade_decode(q, levels, k, v, sl, bt, return_lse=True, sinks=s)),
+                      fullgraph=True)
+    one, two = f(q, sl, s)
+    assert_states_match("compiled bifurcated", q, *one, *reference.bifurcated_decode(q, pk, pv, k, v, sl, bt, lens,
+                                                                                     ids, sinks=s))
+    assert_states_match("compiled cascade", q, *two, *reference.cascade_decode(q, levels, k, v, sl, bt, sinks=s))
 
 
 def test_sink_errors():

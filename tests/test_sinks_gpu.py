@@ -61,3 +61,33 @@ def test_bifurcated():
         out = leanattn.bifurcated_decode(q, pk, pv, k, v, sl, window_left=window, sinks=sinks)
         ref = leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, window_left=window, sinks=sinks.float())[0]
         assert_rel_close(f"bifurcated window {window}", out, ref, TOLERANCE[q.dtype])
+
+
+@pytest.mark.parametrize("samples", [1, 16, 64])
+def test_bifurcated_paths(samples):
+    # one sample (the concat path), 16 (states) and 64 (512 stacked rows: the overlap path on Hopper), the sinks in
+    # the merge launch where the path has one; a cascade of two levels, merged with the sinks in one launch; graphs
+    from leanattn.ops import bifurcated as bif
+    q, k, v, sinks = inputs(samples, 256)
+    sl = torch.randint(0, 257, (samples,), dtype=torch.int32, device="cuda")
+    pk = torch.randn(2, 4096, HKV, D, dtype=torch.bfloat16, device="cuda")
+    pv = torch.randn_like(pk)
+    plens = torch.tensor([4096, 1500], dtype=torch.int32, device="cuda")
+    ids = (torch.arange(samples, device="cuda") % 2).to(torch.int32)
+    ref = leanattn.reference.bifurcated_decode(q, pk[0], pv[0], k, v, sl, sinks=sinks.float())
+    bif._PLANS.clear()
+    out, lse = leanattn.bifurcated_decode(q, pk[0], pv[0], k, v, sl, return_lse=True, sinks=sinks)
+    assert_rel_close(f"bifurcated x{samples}", out, ref[0], TOLERANCE[q.dtype])
+    assert_lse_close("lse", lse, ref[1], 1e-2)
+    (plan,) = bif._PLANS.values()
+    assert plan.sinks_merged is (plan.path in ("states", "overlap") or plan.even > 1), (plan.path, plan.even)
+    levels = [(pk[0, :700], pv[0, :700]), (pk, pv, plens, ids)]
+    out = leanattn.cascade_decode(q, levels, k, v, sl, sinks=sinks)
+    ref = leanattn.reference.cascade_decode(q, levels, k, v, sl, sinks=sinks.float())[0]
+    assert_rel_close("cascade", out, ref, TOLERANCE[q.dtype])
+    call = lambda: leanattn.bifurcated_decode(q, pk, pv, k, v, sl, None, plens, ids, sinks=sinks,  # noqa: E731
+                                              max_group_size=samples)
+    assert_graph_replays(call, sl, ([256] * samples, [0, 3, 256, 17] * (samples // 4) + [5] * (samples % 4)),
+                         lambda: leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, None, plens, ids,
+                                                                      sinks=sinks.float())[0],
+                         TOLERANCE[torch.bfloat16])

@@ -45,15 +45,30 @@ def fold_state(m, acc, den, lse, o):
 
 
 @triton.jit
+def fold_sinks(m, acc, den, Sinks, offs_m, mask_m, SINK_HEADS: tl.constexpr):
+    """With ``SINK_HEADS > 0``, each row's attention sink folded into ``(m, acc, den)``: the state ``(0,
+    Sinks[row % SINK_HEADS])`` (rows ``(..., SINK_HEADS)`` flattened; natural-log units of the scaled scores), its
+    magnitude bounded by 2e38 as decode's kernels take it (``query_rows.finite_log2``: an inf sink gave NaN), -inf
+    kept (no sink)."""
+    if SINK_HEADS:
+        sink = tl.load(Sinks + offs_m % SINK_HEADS, mask=mask_m, other=float("-inf")).to(tl.float32)
+        sink = tl.where(sink == float("-inf"), sink, tl.minimum(tl.maximum(sink, -2e38), 2e38))
+        m, acc, den = fold_state(m, acc, den, sink, tl.zeros_like(acc))
+    return m, acc, den
+
+
+@triton.jit
 def merge_states_kernel(
-    Outs, Lses, Out, Lse,  #
+    Outs, Lses, Out, Lse, Sinks,  #
     S, M,  #
     stride_os, stride_om,  #
     stride_ls, stride_lm,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
-    UNROLL: tl.constexpr = 0,
+    UNROLL: tl.constexpr, SINK_HEADS: tl.constexpr,
 ):
-    """``Outs [S, M, HEAD_DIM]``, ``Lses [S, M]`` fp32 natural-log -> ``Out [M, HEAD_DIM]``, ``Lse [M]``.
+    """``Outs [S, M, HEAD_DIM]``, ``Lses [S, M]`` fp32 natural-log -> ``Out [M, HEAD_DIM]``, ``Lse [M]``; with
+    ``SINK_HEADS > 0`` each row's sink ``Sinks[row % SINK_HEADS]`` is folded in after its states (``fold_sinks``),
+    so an op with attention sinks takes no launch of its own for them.
 
     ``UNROLL = 0``: ``BLOCK_S`` states of ``BLOCK_M`` rows are loaded at once and folded in by an
     online-softmax step: one memory round trip per ``BLOCK_S`` states (a loop of one state per step is a
@@ -98,6 +113,7 @@ def merge_states_kernel(
             acc = acc * alpha[:, None] + tl.sum(tl.where(w[:, :, None] > 0.0, w[:, :, None] * o, 0.0), 0)
             den = den * alpha + tl.sum(w, 0)
             m = m_new
+    m, acc, den = fold_sinks(m, acc, den, Sinks, offs_m, mask_m, SINK_HEADS)
     out, lse_out = finish_merge(m, acc, den)
     tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
              mask=mask_m[:, None] & mask_d[None, :])
@@ -110,7 +126,7 @@ def merge_states_kernel(
 UNROLL_MAX = 8
 
 
-def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False) -> tuple[tuple, dict]:
+def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False, sink_heads: int = 0) -> tuple[tuple, dict]:
     """Grid and meta-parameters of ``merge_states_kernel`` for ``S`` states of ``M`` rows.
 
     Up to ``UNROLL_MAX`` states: the unrolled loop (``UNROLL = S``), 4 rows a program of 4 warps from 2048 rows,
@@ -133,7 +149,8 @@ def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False) -> tuple[tupl
     if S <= UNROLL_MAX:
         rows, warps = (4, 4) if M >= 2048 else (1, 1)
         return (triton.cdiv(M, rows),), dict(HEAD_DIM=head_dim, BLOCK_M=rows, BLOCK_D=block_d, BLOCK_S=1,
-                                             num_warps=warps, UNROLL=max(S, 1), **launch_meta(pdl))
+                                             num_warps=warps, UNROLL=max(S, 1), SINK_HEADS=sink_heads,
+                                             **launch_meta(pdl))
     if M >= 1024:
         block_s = min(triton.next_power_of_2(S), max(1, 8 * 128 // block_d))
         warps = 1
@@ -147,7 +164,7 @@ def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False) -> tuple[tupl
     # 16 states, eager 138 us against 79 from a graph, H200 2026-12-03)
     grid = (M,) if chunks == 1 else (M, chunks)
     return grid, dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=block_s, num_warps=warps, UNROLL=0,
-                      **launch_meta(pdl))
+                      SINK_HEADS=sink_heads, **launch_meta(pdl))
 
 
 @triton.jit
@@ -159,13 +176,14 @@ def _load_state(O, L, stride_om, rows, offs_d, mask_m, mask_d):
 
 @triton.jit
 def merge_list_kernel(
-    O0, L0, O1, L1, O2, L2, O3, L3, Out, Lse,  #
+    O0, L0, O1, L1, O2, L2, O3, L3, Out, Lse, Sinks,  #
     M, stride_0, stride_1, stride_2, stride_3,  #
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr, SINK_HEADS: tl.constexpr,
 ):
-    """``merge_states_kernel``'s unrolled merge of ``N`` (2 to 4) states held apart, not stacked: ``O<s> [M,
+    """``merge_states_kernel``'s unrolled merge of ``N`` (1 to 4) states held apart, not stacked: ``O<s> [M,
     HEAD_DIM]`` (row stride ``stride_<s>``, unit column stride), ``L<s> [M]`` fp32 natural-log -> ``Out [M,
-    HEAD_DIM]``, ``Lse [M]``. Every state's loads issue before the first fold (no store between them)."""
+    HEAD_DIM]``, ``Lse [M]``. Every state's loads issue before the first fold (no store between them).
+    ``SINK_HEADS > 0``: attention sinks folded in last (``fold_sinks``; one state and its sinks: ``apply_sinks``)."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < M
@@ -174,14 +192,16 @@ def merge_list_kernel(
     m, acc, den = empty_fold(BLOCK_M, BLOCK_D)
     lse, o = _load_state(O0, L0, stride_0, rows, offs_d, mask_m, mask_d)
     m, acc, den = fold_state(m, acc, den, lse, o)
-    lse, o = _load_state(O1, L1, stride_1, rows, offs_d, mask_m, mask_d)
-    m, acc, den = fold_state(m, acc, den, lse, o)
+    if N > 1:
+        lse, o = _load_state(O1, L1, stride_1, rows, offs_d, mask_m, mask_d)
+        m, acc, den = fold_state(m, acc, den, lse, o)
     if N > 2:
         lse, o = _load_state(O2, L2, stride_2, rows, offs_d, mask_m, mask_d)
         m, acc, den = fold_state(m, acc, den, lse, o)
     if N > 3:
         lse, o = _load_state(O3, L3, stride_3, rows, offs_d, mask_m, mask_d)
         m, acc, den = fold_state(m, acc, den, lse, o)
+    m, acc, den = fold_sinks(m, acc, den, Sinks, offs_m, mask_m, SINK_HEADS)
     out, lse_out = finish_merge(m, acc, den)
     tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
              mask=mask_m[:, None] & mask_d[None, :])

@@ -7,17 +7,19 @@ keys::
     lse' = log(exp(lse) + exp(sink))          out' = exp(lse - lse') * out
 
 It is merged once, after every other merge (of pieces, levels or ranks): the merge is associative, and a sink merged
-into each part would be counted once a part.
+into each part would be counted once a part. Where an op's last launch merges states (``merge_states_kernel``,
+``merge_list_kernel``), that launch folds the sinks in after them (``kernels/merge.fold_sinks``): the op takes no
+launch for them, and its output is rounded to its dtype once. Decode's kernels start each row's first piece from its
+sink instead (``kernels/attend.initial_state``). Elsewhere :func:`apply_sinks` merges them in a launch of their own.
 """
 from __future__ import annotations
 
 import torch
-import triton
 
 from .. import checks
-from ..kernels.sinks import sinks_kernel
+from .states import merge_state_list
 
-__all__ = ["check_sinks", "apply_sinks", "with_sinks"]
+__all__ = ["check_sinks", "apply_sinks"]
 
 
 def check_sinks(sinks, heads: int, device: torch.device) -> None:
@@ -34,42 +36,6 @@ def check_sinks(sinks, heads: int, device: torch.device) -> None:
         raise ValueError(f"sinks: expected device {device} (as q), got {sinks.device}")
     if checks.values_checkable(sinks) and bool(sinks.isnan().any()):
         raise ValueError("sinks: expected logits or -inf (no sink), got NaN")
-
-
-def with_sinks(q, sinks: torch.Tensor, return_lse: bool, states):
-    """An op's result with ``sinks`` merged in: ``sinks`` checked against ``q``'s heads, then ``states()`` (the op's
-    ``(out, lse)`` without sinks) merged with them; ``out``, or ``(out, lse)`` with ``return_lse``."""
-    checks.check_tensor("q", q)
-    check_sinks(sinks, q.shape[-2], q.device)
-    out, lse = apply_sinks(*states(), sinks)
-    return (out, lse) if return_lse else out
-
-
-def _apply_sinks_impl(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    D, H = out.shape[-1], sinks.shape[0]
-    o = out.reshape(-1, D)
-    if o.stride(-1) != 1:
-        o = o.contiguous()
-    ls = lse.reshape(-1).contiguous()
-    new_out = torch.empty(out.shape, dtype=out.dtype, device=out.device)
-    new_lse = torch.empty(lse.shape, dtype=torch.float32, device=out.device)
-    M = ls.shape[0]
-    if M:
-        block_m = 16
-        sinks_kernel[(triton.cdiv(M, block_m),)](o, ls, sinks.contiguous(), new_out, new_lse, M, H, o.stride(0), D,
-                                                 HEAD_DIM=D, BLOCK_M=block_m, BLOCK_D=triton.next_power_of_2(D),
-                                                 num_warps=4)
-    return new_out, new_lse
-
-
-@torch.library.custom_op("leanattn::apply_sinks", mutates_args=())
-def _apply_sinks_op(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _apply_sinks_impl(out, lse, sinks)
-
-
-@_apply_sinks_op.register_fake
-def _(out, lse, sinks):
-    return out.new_empty(out.shape), lse.new_empty(lse.shape, dtype=torch.float32)
 
 
 def apply_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +58,5 @@ def apply_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tu
         float32: the sink included. A query that attended no key gets zeros and its head's sink (zeros and ``-inf``
         where the sink is ``-inf`` too).
     """
-    # eager calls skip the dispatcher, as merge_states does; torch.compile sees the opaque custom op
-    op = _apply_sinks_op if torch.compiler.is_compiling() else _apply_sinks_impl
-    return op(out, lse, sinks)
+    # one merge_list_kernel launch of one state, the sinks folded in (while compiling, a custom op: merges/states.py)
+    return merge_state_list([out], [lse], sinks=sinks)

@@ -26,7 +26,7 @@ def _merge_states_impl(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Te
     if o.stride(-1) != 1:
         o = o.contiguous()
     grid, meta = merge_launch(S, M, D)
-    merge_states_kernel[grid](o, ls, out, lse, S, M, o.stride(0), o.stride(1), ls.stride(0), ls.stride(1), **meta)
+    merge_states_kernel[grid](o, ls, out, lse, lse, S, M, o.stride(0), o.stride(1), ls.stride(0), ls.stride(1), **meta)
     return out, lse
 
 
@@ -90,32 +90,58 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, 
     return op(outs, lses)
 
 
-def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`merge_states` of states held apart, past validation: ``outs[s]`` of one shape ``(..., D)``, ``lses[s]``
-    of ``(...)`` float32, in one device and dtype. Two to four states are merged in one launch that reads each where
-    it lies (``merge_list_kernel``): stacking them first cost two more launches, a few microseconds each even
-    replayed from a CUDA graph. One state is returned as it is; more, or while compiling, are stacked."""
-    if len(outs) == 1:
+def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
+                     sinks: torch.Tensor = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`merge_states` of states held apart, past validation: ``outs[s]`` of one shape ``(..., H, D)``,
+    ``lses[s]`` of ``(..., H)`` float32, in one device and dtype. Up to four states are merged in one launch that
+    reads each where it lies (``merge_list_kernel``): stacking them first cost two more launches, a few microseconds
+    each even replayed from a CUDA graph. One state is returned as it is; more, or while compiling, are stacked.
+
+    ``sinks (H,)``: attention sinks, folded in by the same launch after every state (``merges/sinks.py``); one state
+    with sinks is one launch."""
+    if sinks is None and len(outs) == 1:
         return outs[0], lses[0]
     assert all(o.dtype == outs[0].dtype for o in outs), [o.dtype for o in outs]
     shape, D = outs[0].shape, outs[0].shape[-1]
-    if len(outs) > 4 or torch.compiler.is_compiling() or outs[0].numel() == 0:
-        out, lse = merge_states(torch.stack([o.reshape(-1, 1, D) for o in outs]),
-                                torch.stack([ls.reshape(-1, 1) for ls in lses]))
-        return out.view(shape), lse.view(shape[:-1])
-    M = outs[0].numel() // D
+    M = shape.numel() // D if D else 0
+    if M == 0 or D == 0 or torch.compiler.is_compiling() or len(outs) > 4:
+        if len(outs) > 1:
+            out, lse = merge_states(torch.stack([o.reshape(M, 1, D) for o in outs]),
+                                    torch.stack([ls.reshape(M, 1) for ls in lses]))
+            out, lse = out.view(shape), lse.view(shape[:-1])
+        else:
+            out, lse = outs[0], lses[0]
+        if sinks is None:
+            return out, lse
+        if M and D and torch.compiler.is_compiling():
+            return _sinks_op(out, lse, sinks)
+        if M and D:
+            return merge_state_list([out], [lse], sinks)
+        # no row, or rows of no column: only the LSE takes the sink
+        return out.clone(), torch.logaddexp(lse, sinks.float().expand_as(lse))
     os_ = [o.reshape(M, D) for o in outs]
     os_ = [o if o.stride(-1) == 1 else o.contiguous() for o in os_]
     ls_ = [ls.reshape(M).contiguous() for ls in lses]
     out = torch.empty(shape, dtype=outs[0].dtype, device=outs[0].device)
     lse = torch.empty(shape[:-1], dtype=torch.float32, device=outs[0].device)
-    pad = (os_ + [os_[0]] * 2)[:4], (ls_ + [ls_[0]] * 2)[:4]  # unused slots: never read (N)
+    pad = (os_ + [os_[0]] * 3)[:4], (ls_ + [ls_[0]] * 3)[:4]  # unused slots: never read (N)
     rows, warps = (4, 4) if M >= 2048 else (1, 1)
     merge_list_kernel[(triton.cdiv(M, rows),)](
-        pad[0][0], pad[1][0], pad[0][1], pad[1][1], pad[0][2], pad[1][2], pad[0][3], pad[1][3], out, lse, M,
-        *(o.stride(0) for o in pad[0]), HEAD_DIM=D, BLOCK_M=rows, BLOCK_D=triton.next_power_of_2(D), N=len(outs),
+        pad[0][0], pad[1][0], pad[0][1], pad[1][1], pad[0][2], pad[1][2], pad[0][3], pad[1][3], out, lse,
+        lse if sinks is None else sinks.contiguous(), M, *(o.stride(0) for o in pad[0]), HEAD_DIM=D, BLOCK_M=rows,
+        BLOCK_D=triton.next_power_of_2(D), N=len(outs), SINK_HEADS=0 if sinks is None else sinks.shape[0],
         num_warps=warps)
     return out, lse
+
+
+@torch.library.custom_op("leanattn::apply_sinks", mutates_args=())
+def _sinks_op(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return merge_state_list([out], [lse], sinks)
+
+
+@_sinks_op.register_fake
+def _(out, lse, sinks):
+    return out.new_empty(out.shape), lse.new_empty(lse.shape, dtype=torch.float32)
 
 
 def merge_state(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,

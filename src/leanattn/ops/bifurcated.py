@@ -16,7 +16,7 @@ import triton
 
 from .. import checks, runtime
 from ..kernels.group_layout import group_layout_kernel
-from ..merges.sinks import with_sinks
+from ..merges.sinks import apply_sinks, check_sinks
 from ..merges.states import merge_state_list
 from .bifurcated_launch import Plan
 from .bifurcated_window import query_rows, window_states
@@ -56,14 +56,16 @@ def _group_layout(prefix_ids: torch.Tensor, G: int):
 
 def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
                      softmax_scale, max_group_size, num_programs, block_h, block_n, softcap=0.0, k_scale=1.0,
-                     v_scale=1.0, prefix_starts=None, prefix_span=0, prefix_block_table=None, *,
+                     v_scale=1.0, prefix_starts=None, prefix_span=0, prefix_block_table=None, sinks=None, *,
                      need_lse: bool = True):
     """``bifurcated_decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the
     LSE goes to the plan's sink, which no kernel reads, as in ``ops.decode._decode_impl``. ``prefix_starts (G,)``
     int32 (with ``prefix_lens``): prompt ``g``'s keys are ``[prefix_starts[g], prefix_lens[g])``, at most
     ``prefix_span`` of them (a window's tail, read where it lies: ``ops/bifurcated_window.py``); an own cache beside
     them is read whole (the window holds every own token), on the states path.
-    ``prefix_block_table (G, max_pages)`` int32: ``prefix_k/v`` are page pools, prompt ``g`` the pages of row ``g``."""
+    ``prefix_block_table (G, max_pages)`` int32: ``prefix_k/v`` are page pools, prompt ``g`` the pages of row ``g``.
+    ``sinks (Hq,)``: attention sinks, folded in by the path's merge launch where it has one, else by a launch
+    after."""
     B, Hq, D = q.shape
     out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
     if B == 0 or Hq == 0:
@@ -100,7 +102,7 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
            None if prefix_block_table is None else (prefix_block_table.shape, prefix_block_table.stride()),
            prefix_lens is None, single, n_max, softmax_scale, softcap, k_scale, v_scale, num_programs, block_h,
-           block_n, prefix_span, runtime.interpreting(),
+           block_n, prefix_span, sinks is not None, runtime.interpreting(),
            # TMA loads need 16-byte aligned bases (decode_config.load_path)
            all(t.data_ptr() % 16 == 0 for t in (prefix_k, prefix_v, k_cache, v_cache) if t is not None),
            # the overlap path reads the prefix by TMA whatever the own caches' alignment (bifurcated_overlap.usable)
@@ -110,10 +112,12 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
         plan = _PLANS.get_or_make(key, lambda: Plan(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                                     prefix_lens is not None, single, n_max, softmax_scale,
                                                     num_programs, block_h, block_n, softcap, k_scale, v_scale,
-                                                    prefix_span, prefix_block_table))
+                                                    prefix_span, prefix_block_table, sinks is not None))
         lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
         plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
-                 out, lse, prefix_starts, prefix_block_table)
+                 out, lse, prefix_starts, prefix_block_table, sinks)
+    if sinks is not None and not plan.sinks_merged:
+        out, lse = apply_sinks(out, lse, sinks)
     return out, lse
 
 
@@ -125,17 +129,17 @@ def _bifurcated_op(
     prefix_lens: Optional[torch.Tensor], prefix_ids: Optional[torch.Tensor],
     softmax_scale: float, max_group_size: int, num_programs: int, block_h: int, block_n: int, softcap: float = 0.0,
     k_scale: float = 1.0, v_scale: float = 1.0, prefix_starts: Optional[torch.Tensor] = None, prefix_span: int = 0,
-    prefix_block_table: Optional[torch.Tensor] = None,
+    prefix_block_table: Optional[torch.Tensor] = None, sinks: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens,
                             prefix_ids, softmax_scale, max_group_size, num_programs, block_h, block_n, softcap,
-                            k_scale, v_scale, prefix_starts, prefix_span, prefix_block_table)
+                            k_scale, v_scale, prefix_starts, prefix_span, prefix_block_table, sinks)
 
 
 @_bifurcated_op.register_fake
 def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, softmax_scale,
       max_group_size, num_programs, block_h, block_n, softcap=0.0, k_scale=1.0, v_scale=1.0, prefix_starts=None,
-      prefix_span=0, prefix_block_table=None):
+      prefix_span=0, prefix_block_table=None, sinks=None):
     B, Hq, D = q.shape
     return q.new_empty((B, Hq, D)), q.new_empty((B, Hq), dtype=torch.float32)
 
@@ -259,14 +263,14 @@ def _window(window_left, levels, k_cache, block_table) -> int:
 
 
 def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size, num_programs,
-                  softcap, k_scale, v_scale, causal, cu_seqlens_q=None, max_seqlen_q=0):
+                  softcap, k_scale, v_scale, causal, cu_seqlens_q=None, max_seqlen_q=0, sinks=None):
     """``(out, lse)`` of ``q (B, Lq, Hq, D)``, ``Lq`` query tokens a sample, or of a packed ``q (total_q, Hq, D)``
     (``cu_seqlens_q``, up to ``max_seqlen_q`` tokens a sample), past validation: every token attends every shared
     key, so each level is one bifurcated pass over the query rows (a sample's tokens read the segment as that many
     samples would, stacked with the rest in the rows of its products); the own tokens are one :func:`leanattn.decode`
     call with ``causal``; one :func:`leanattn.merge_states` merges the states, as vLLM's and FlashInfer's cascade
-    attention do. ``levels``: ``(k, v, lens, ids, block_table)`` each; a level with a block table is in a page
-    pool."""
+    attention do, the ``sinks (Hq,)`` folded in last. ``levels``: ``(k, v, lens, ids, block_table)`` each; a level
+    with a block table is in a page pool."""
     if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
     rows, rows_of, per = query_rows(q, cu_seqlens_q, max_seqlen_q)
@@ -289,7 +293,7 @@ def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
                         validate=False, k_scale=k_scale, v_scale=v_scale, softcap=softcap, causal=causal, **packed)
         outs.append(o.view(rows.shape))
         lses.append(lse.view(rows.shape[:-1]))
-    out, lse = merge_state_list(outs, lses)
+    out, lse = merge_state_list(outs, lses, sinks)
     return out.view(q.shape), lse.view(q.shape[:-1])
 
 
@@ -388,7 +392,8 @@ def bifurcated_decode(
         (``ops/bifurcated_window.py``).
     sinks : torch.Tensor, optional, keyword-only
         ``(Hq,)`` attention sinks (gpt-oss), as :func:`leanattn.decode`'s: merged once into the final state, after
-        the prefix, own and level states.
+        the prefix, own and level states, by the launch that merges those (a launch of their own on the paths whose
+        kernels merge in place: one sample a prompt, the in-kernel merge).
     prefix_block_table : torch.Tensor, optional, keyword-only
         ``(G, max_pages)`` int32: the prefixes live in a page pool, as a serving engine keeps them (the pool may be
         ``k_cache``/``v_cache`` themselves): ``prefix_k/v`` are ``(num_pages, page_size, Hkv, D)`` and prefix
@@ -441,13 +446,8 @@ def bifurcated_decode(
     >>> q = torch.randn(16, 32, 128, dtype=torch.bfloat16, device="cuda")
     >>> out = leanattn.bifurcated_decode(q, pk, pv, k, v)
     """
-    if sinks is not None:
-        return with_sinks(q, sinks, return_lse, lambda: bifurcated_decode(
-            q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
-            softmax_scale, True, softcap=softcap, k_scale=k_scale, v_scale=v_scale, max_group_size=max_group_size,
-            num_programs=num_programs, validate=validate, causal=causal, cu_seqlens_q=cu_seqlens_q,
-            max_seqlen_q=max_seqlen_q, window_left=window_left, prefix_block_table=prefix_block_table))
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
+    check_sinks(sinks, q.shape[-2], q.device)
     num_programs = checks.launch_counts(num_programs)[0]
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
                                            k_scale, v_scale, batch)
@@ -463,26 +463,27 @@ def bifurcated_decode(
     if window_left >= 0:
         out, lse = window_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
                                  int(max_group_size), num_programs, softcap, k_scale, v_scale, causal,
-                                 cu_seqlens_q, max_q, op=_pass_op())
+                                 cu_seqlens_q, max_q, op=_pass_op(), sinks=sinks)
         return (out, lse) if return_lse else out
     if batch is not None:
         out, lse = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
-                                 num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)
+                                 num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q, sinks)
         return (out, lse) if return_lse else out
     if q.dim() == 4:
         if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
             res = bifurcated_decode(q[:, 0], prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                     prefix_lens, prefix_ids, scale, return_lse, softcap=softcap, k_scale=k_scale,
                                     v_scale=v_scale, max_group_size=max_group_size, num_programs=num_programs,
-                                    validate=False, prefix_block_table=prefix_block_table)
+                                    validate=False, prefix_block_table=prefix_block_table, sinks=sinks)
             return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
         out, lse = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
-                                 num_programs, softcap, k_scale, v_scale, causal)
+                                 num_programs, softcap, k_scale, v_scale, causal, sinks=sinks)
         return (out, lse) if return_lse else out
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, scale,
-            int(max_group_size), num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, prefix_block_table)
+            int(max_group_size), num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, prefix_block_table,
+            sinks)
     if torch.compiler.is_compiling():
         out, lse = _bifurcated_op(*args)
     else:
@@ -541,7 +542,8 @@ def cascade_decode(
         A sliding window, as in :func:`bifurcated_decode`, over the concatenation of the levels and the own tokens.
     sinks : torch.Tensor, optional, keyword-only
         ``(Hq,)`` attention sinks (gpt-oss), as :func:`leanattn.decode`'s: merged once into the final state, after
-        the prefix, own and level states.
+        the prefix, own and level states, by the launch that merges those (a launch of their own on the paths whose
+        kernels merge in place: one sample a prompt, the in-kernel merge).
 
     Notes
     -----
@@ -554,13 +556,8 @@ def cascade_decode(
     same pass over its pages. With several query tokens each level is a bifurcated pass, the own tokens one more
     decode, then the merge.
     """
-    if sinks is not None:
-        return with_sinks(q, sinks, return_lse, lambda: cascade_decode(
-            q, levels, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, True, softcap=softcap,
-            k_scale=k_scale, v_scale=v_scale, max_group_size=max_group_size, num_programs=num_programs,
-            validate=validate, causal=causal, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
-            window_left=window_left))
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
+    check_sinks(sinks, q.shape[-2], q.device)
     num_programs = checks.launch_counts(num_programs)[0]
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
                                            k_scale, v_scale, batch)
@@ -593,33 +590,37 @@ def cascade_decode(
     if window_left >= 0:
         out, lse = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
                                  max_group_size, num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q,
-                                 max_q, op=_pass_op())
+                                 max_q, op=_pass_op(), sinks=sinks)
         return (out, lse) if return_lse else out
     if batch is not None:
         out, lse = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
-                                 num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q)
+                                 num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q, sinks)
         return (out, lse) if return_lse else out
     if q.dim() == 4:
         if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
             res = cascade_decode(q[:, 0], levels, k_cache, v_cache, cache_seqlens, block_table, scale, return_lse,
                                  softcap=softcap, k_scale=k_scale, v_scale=v_scale, max_group_size=max_group_size,
-                                 num_programs=num_programs, validate=False)
+                                 num_programs=num_programs, validate=False, sinks=sinks)
             return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
         out, lse = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
-                                 num_programs, softcap, k_scale, v_scale, causal)
+                                 num_programs, softcap, k_scale, v_scale, causal, sinks=sinks)
         return (out, lse) if return_lse else out
     if q.stride(-1) != 1:
         q = q.contiguous()
     op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
     states = []
+    # one pass folds the sinks into its own merge; several leave them to the merge of the levels
+    pass_sinks = sinks if len(parsed) <= 1 else None
     for i, (k, v, lens, ids, pages) in enumerate(parsed):
         fuse_own = i == len(parsed) - 1 and k_cache is not None
         states.append(op(q, k, v, k_cache if fuse_own else None, v_cache if fuse_own else None,
                          cache_seqlens if fuse_own else None, block_table if fuse_own else None, lens, ids,
-                         scale, max_group_size, num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, pages))
+                         scale, max_group_size, num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, pages,
+                         pass_sinks))
     if not parsed:
         empty = q.new_zeros((0, Hkv, D), dtype=k_cache.dtype)
         states.append(op(q, empty, empty, k_cache, v_cache, cache_seqlens, block_table, None, None, scale, 0,
-                         num_programs, 0, 0, softcap, k_scale, v_scale))
-    out, lse = merge_state_list([s[0] for s in states], [s[1] for s in states])
+                         num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, None, pass_sinks))
+    out, lse = merge_state_list([s[0] for s in states], [s[1] for s in states],
+                                None if pass_sinks is not None else sinks)
     return (out, lse) if return_lse else out

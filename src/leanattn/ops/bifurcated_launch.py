@@ -180,8 +180,9 @@ class Plan:
     """
 
     def __init__(self, q, pk, pv, k, v, seqlens, block_table, has_plens, single, n_max, scale, workers, block_h,
-                 block_n, softcap=0.0, k_scale=1.0, v_scale=1.0, span=0, prefix_table=None):
+                 block_n, softcap=0.0, k_scale=1.0, v_scale=1.0, span=0, prefix_table=None, sinks=False):
         B, Hq, D = q.shape
+        self.sinks = sinks  # attention sinks: folded in by the merge launch of paths that have one (sinks_merged)
         # a paged prefix (prefix_table (G, max_pages)): pools of pages, prompt g the pages of table row g
         paged = prefix_table is not None
         if paged:
@@ -258,6 +259,9 @@ class Plan:
             self._setup_overlap(q, k_s, v_s, seqlens, block_table if self.own_paged else None, softcap, **shape)
         else:
             getattr(self, "_setup_" + self.path)(q, lc, **shape)
+        # the paths whose last launch merges states fold the sinks in it; the others leave them to the caller
+        self.sinks_merged = (self.path == "overlap" or (self.path == "concat" and self.even > 1)
+                             or (self.path == "states" and not self.merge_in_kernel))
         self.info.update(path=self.path)
         # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
         # (the overlap path's launches are its prefix's and its own plan's; the concat path's its
@@ -346,7 +350,8 @@ class Plan:
         self.even = splits
         self.even_launch = runtime.Launcher(concat_split_kernel, self.grid, self.meta, self.tail)
         if splits > 1:  # the same workspaces as decode's even pieces: both run on the caller's stream
-            *self.partials, self.launch_merge = states_and_merge("split_states", device, splits, B, Hq, D, pdl)
+            *self.partials, self.launch_merge = states_and_merge("split_states", device, splits, B, Hq, D, pdl,
+                                                                    self.sinks)
         self.info.update(grid=self.grid[0] * splits, merge_mode="even pieces", splits=splits,
                          **{k: self.meta[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")})
 
@@ -453,7 +458,7 @@ class Plan:
         # not a programmatic dependent launch (runtime.dependent_launch): with the states kernel letting it
         # start at once it measured 1.5-4% slower at GQA 8k x16 and x32, 0.5-4.7% faster at MHA 8k x32 and
         # GQA 8k x64 (H200, same process, 2026-12-02, decode probe 22, benchmarks/probe_pdl.py)
-        st_o, st_l, self.launch_merge = states_and_merge("bif_states", device, n_states, B, Hq, D)
+        st_o, st_l, self.launch_merge = states_and_merge("bif_states", device, n_states, B, Hq, D, sinks=self.sinks)
         self.states = (st_o, st_l, runtime.workspace("bif_arrivals", device, (B * Hq,), torch.int32, zero=True))
         self.info.update(grid=self.grid[0], prefix_programs=n_prefix, splits=S, own_splits=s_own, workers=workers,
                          **{k: self.meta[k] for k in ("BLOCK_HP", "N_HB", "BLOCK_NP", "BLOCK_HO", "BLOCK_NO", "num_warps",
@@ -497,7 +502,7 @@ class Plan:
         stages = max(2, env["num_stages"] or stages)
         self.prefix = overlap.GluonPrefix(q, P, Hkv, S, chunk, self.qk_scale, stages, self.ordered, block_m, ws,
                                           self.softcap, self.kv_dtype, self.v_scale)
-        st_o, st_l, self.launch_merge = states_and_merge("bif_states", device, n_states, B, Hq, D)
+        st_o, st_l, self.launch_merge = states_and_merge("bif_states", device, n_states, B, Hq, D, sinks=self.sinks)
         self.states = (st_o, st_l, st_o[S] if own else None, st_l[S] if own else None)
         self.merge_in_kernel = False
         self.info.update(prefix_programs=self.prefix.grid[0], splits=S, chunk=chunk, ordered=self.ordered,
@@ -536,10 +541,13 @@ class Plan:
             "BLOCK_HP", "N_HB", "BLOCK_HO", "BLOCK_NP", "BLOCK_NO", "ORDER", "num_warps", "num_stages")})
 
     # ------------------------------------------------------------------------------------------
-    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, ids, groups, out, lse, first=None, prefix_table=None):
+    def run(self, q, pk, pv, k, v, seqlens, block_table, plens, ids, groups, out, lse, first=None, prefix_table=None,
+            sinks=None):
         """Launch; ``groups = (counts, starts, order, rank)`` of ``ops.bifurcated.group_layout`` or None;
         ``first (G,)`` int32: each prompt's first key (a plan made with ``span``); ``prefix_table (G, max_pages)``
-        int32: each prompt's pages (a plan made with one)."""
+        int32: each prompt's pages (a plan made with one); ``sinks (Hq,)``: attention sinks, with a plan made for them
+        whose path folds them in (``sinks_merged``)."""
+        s = lse if sinks is None else sinks  # (the merge's sinks: not read by a plan made without them)
         d = self.dummy_i32
         if self.empty_prefix:
             pk = pv = self.dummy_kv
@@ -553,7 +561,7 @@ class Plan:
         if self.path == "concat" and self.even > 1:
             o, ls = self.partials
             self.even_launch(q, pk, pv, k, v, o, ls, plens, ids, seqlens, bt)
-            self.launch_merge(o, ls, out, lse)
+            self.launch_merge(o, ls, out, lse, s)
         elif self.path == "concat" and self.even:
             self.even_launch(q, pk, pv, k, v, out, lse, plens, ids, seqlens, bt)
         elif self.path == "concat":
@@ -563,7 +571,7 @@ class Plan:
             self.launch(q, pk, pv, k, v, st_o, st_l, arrivals, out, lse, plens, counts, starts, order, seqlens, bt,
                         d if first is None else first, prefix_table if self.prefix_page else d)
             if not self.merge_in_kernel:
-                self.launch_merge(st_o, st_l, out, lse)
+                self.launch_merge(st_o, st_l, out, lse, s)
         elif self.path == "overlap":
             st_o, st_l, own_o, own_l = self.states
             if self.ordered:
@@ -583,7 +591,7 @@ class Plan:
                     cur.wait_stream(side)
             else:
                 self.prefix(q, pk, pv, st_o, st_l)
-            self.launch_merge(st_o, st_l, out, lse)
+            self.launch_merge(st_o, st_l, out, lse, s)
         elif self.path == "split":
             st_o, st_l = self.states
             self.launch_prefix(q, pk, pv, st_o, st_l, plens, counts, starts, order)

@@ -51,11 +51,13 @@ def query_rows(q, cu_seqlens_q, max_seqlen_q):
 
 
 def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale, window_left, max_group_size,
-                  num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q=None, max_seqlen_q=0, *, op):
+                  num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q=None, max_seqlen_q=0, *, op,
+                  sinks=None):
     """``(out, lse)`` of ``q`` (``(B, Hq, D)``, ``(B, Lq, Hq, D)`` or packed) over ``levels`` (``(k, v, lens, ids,
     block_table)`` each, past validation; ``block_table`` None for a dense segment, else that of a page pool) and the
     own cache, under a sliding window of ``window_left >= 0`` keys before each token.
-    ``op``: the bifurcated pass (``_bifurcated_impl``, or its custom op while compiling)."""
+    ``op``: the bifurcated pass (``_bifurcated_impl``, or its custom op while compiling); ``sinks (Hq,)``: attention
+    sinks, folded in by the last merge."""
     if q.numel() == 0:
         return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
     dev = q.device
@@ -105,6 +107,7 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
                         window_left=window_left, **packed)
         states.append((o.view(rows.shape), lse.view(rows.shape[:-1])))
     if not states:  # nothing in any window: every segment empty, no own cache
-        return q.new_zeros(q.shape), torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=dev)
-    out, lse = merge_state_list([s[0] for s in states], [s[1] for s in states])
+        states.append((q.new_zeros(rows.shape), torch.full(rows.shape[:-1], float("-inf"), dtype=torch.float32,
+                                                                 device=dev)))
+    out, lse = merge_state_list([s[0] for s in states], [s[1] for s in states], sinks)
     return out.view(q.shape), lse.view(q.shape[:-1])

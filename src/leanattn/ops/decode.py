@@ -208,7 +208,7 @@ class _Plan:
             return
         o, ls = self.partials
         self.launch(q, k_cache, v_cache, o, ls, sl, bt, *extras)
-        self.launch_merge(o, ls, out, lse)
+        self.launch_merge(o, ls, out, lse, ls)  # (no sinks in this merge: split 0 carried them)
 
     def extras(self, cu_seqlens_q=None, alibi_slopes=None, sinks=None, q_pe=None, kpe_cache=None) -> tuple:
         """The kernels' optional tensors after the block table, a stand-in for each one absent."""
