@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 import leanattn  # noqa: E402
+from leanattn.merges.states import merge_state_list  # noqa: E402
 from leanattn.testing import alibi_slopes, paged_kv  # noqa: E402
 
 # on a CPU (TRITON_INTERPRET=1) it is only an API check, in float16: the interpreter's bf16 dot is broken
@@ -195,6 +196,15 @@ def merges():
                 lses = torch.randn(S, B, H, device=DEV)
                 lses[0, 0] = float("-inf")
                 leanattn.merge_states(outs, lses)
+    # merge_list_kernel: 1-4 states held apart, without and with sinks (folded after them), at one query row (its
+    # strides passed as Python ints) and at 2079 rows (4 rows a program, a partial last one)
+    for n in (1, 2, 3, 4):
+        for B, H in ((1, 1), (297, 7)):
+            outs = [torch.randn(B, H, 96, dtype=BF16, device=DEV) for _ in range(n)]
+            lses = [torch.randn(B, H, device=DEV) for _ in range(n)]
+            lses[0][0] = float("-inf")
+            for sinks in (None, torch.randn(H, device=DEV)):
+                merge_state_list(outs, lses, sinks)
     lens = [3000, 0, 1, 517]
     sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
     q = torch.randn(len(lens), 32, 128, dtype=BF16, device=DEV)
@@ -205,6 +215,7 @@ def merges():
     try:
         pk = torch.randn(2500, 8, 128, dtype=BF16, device=DEV)
         leanattn.bifurcated_decode(q, pk, pk, k, k, sl)
+        leanattn.bifurcated_decode(q, pk, pk, k, k, sl, sinks=torch.randn(32, device=DEV))  # SINK_HEADS in the merge
     finally:
         os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
 
