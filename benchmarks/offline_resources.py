@@ -386,6 +386,7 @@ def merge_cases():
     yield "merge_state", lambda: leanattn.merge_state(outs[0], lses[0], outs[1], lses[1])
     yield "merge list of 3", lambda: merge_state_list(outs[:3], lses[:3])
     yield "merge list of 4", lambda: merge_state_list(outs, lses)
+    yield "merge_state_in_place", lambda: leanattn.merge_state_in_place(outs[2], lses[2], outs[3], lses[3])
     # attention sinks folded in: three states, one state (apply_sinks), and the states path's merge launch
     sinks = torch.randn(32)
     yield "merge list of 3, sinks", lambda: merge_state_list(outs[:3], lses[:3], sinks)
@@ -485,6 +486,8 @@ def one_row_cases():
         q, pages, pages, *own, prefix_block_table=table, prefix_lens=torch.tensor([300], dtype=i32))
     yield "one row cascade", lambda: leanattn.cascade_decode(q, [(pk[0], pk[0]), (pk, pk, plens, ids)], *own)
     yield "one row merge_state", lambda: leanattn.merge_state(q.float(), one[None], q.float(), one[None])
+    yield "one row merge_state_in_place", lambda: leanattn.merge_state_in_place(q.float(), one[None].clone(),
+                                                                                 q.float(), one[None])
     for s in (3, 20):
         yield f"one row merge_states {s}", lambda s=s: leanattn.merge_states(torch.randn(s, 1, 1, 64, dtype=bf),
                                                                              torch.randn(s, 1, 1))

@@ -393,6 +393,21 @@ def test_merge_states_gpu():
     assert_lse_close("merge lse", lse, ref_lse, 1e-4)
 
 
+@pytest.mark.parametrize("rows,d", [(1, 64), (7 * 32, 128), (300 * 32, 128), (4100, 16)], ids=str)
+def test_merge_state_in_place_gpu(rows, d):
+    # written over (v, s), bit for bit merge_state's result, at one row (strides of 1 passed as ints), one row a
+    # program, 4 rows of 4 warps, and D=16 (a layout that spreads a row's LSE over threads): the barrier before
+    # the stores; 20 merges in a row, each into the last one's result
+    v = torch.randn(rows, d, dtype=torch.bfloat16, device="cuda").view(-1, 1, d)
+    s = torch.randn(rows, 1, device="cuda") * 4
+    s[:3] = float("-inf")
+    for _ in range(20):
+        other, s_other = torch.randn_like(v), torch.randn_like(s) * 4
+        want_out, want_lse = leanattn.merge_state(v, s, other, s_other)
+        leanattn.merge_state_in_place(v, s, other, s_other)
+        assert torch.equal(v, want_out) and torch.equal(s, want_lse)
+
+
 def test_opcheck_gpu():
     q = torch.randn(2, 8, 64, dtype=torch.float16, device="cuda")
     k = torch.randn(2, 100, 2, 64, dtype=torch.float16, device="cuda")

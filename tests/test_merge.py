@@ -207,3 +207,65 @@ def test_merge_state_errors():
     for args, err, msg in cases:
         with pytest.raises(err, match=msg):
             leanattn.merge_state(*args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 5, 3, 128), (1, 2051, 16)], ids=str)
+def test_merge_state_in_place(shape, dtype):
+    # written over (v, s): equal bit for bit to merge_state, the other state strided; rows where either state is
+    # empty; 2051 rows take 4 rows a program (the barrier before the stores)
+    v = torch.randn(shape).to(dtype)
+    s = torch.randn(shape[:-1]) * 4
+    other = torch.randn(shape[:-1] + (2 * shape[-1],)).to(dtype)[..., ::2]
+    s_other = torch.randn(shape[:-1]) * 4
+    s.view(-1)[:1] = float("-inf")
+    s_other.view(-1)[1:3] = float("-inf")
+    want_out, want_lse = leanattn.merge_state(v, s, other, s_other)
+    ref_out, ref_lse = reference.merge_states(torch.stack([v, other]).flatten(1, -3), torch.stack([s, s_other])
+                                              .flatten(1, -2))
+    v_ptr = v.data_ptr()
+    assert leanattn.merge_state_in_place(v, s, other, s_other) is None
+    assert v.data_ptr() == v_ptr and torch.equal(v, want_out) and torch.equal(s, want_lse)
+    assert_rel_close("merge_state_in_place", v.flatten(0, -3), ref_out, TOLERANCE[dtype])
+    assert_lse_close("merge_state_in_place", s.flatten(0, -2), ref_lse, LSE_ATOL)
+
+
+def test_merge_state_in_place_mask():
+    # rows masked out keep (v, s) bit for bit; the others merge
+    v, s = torch.randn(6, 4, 64, dtype=torch.float16), torch.randn(6, 4) * 4
+    other, s_other = torch.randn(6, 4, 64, dtype=torch.float16), torch.randn(6, 4) * 4
+    mask = torch.tensor([True, False, True, False, False, True])
+    want_out, want_lse = leanattn.merge_state(v, s, other, s_other)
+    v0, s0 = v.clone(), s.clone()
+    leanattn.merge_state_in_place(v, s, other, s_other, mask=mask)
+    assert torch.equal(v[~mask], v0[~mask]) and torch.equal(s[~mask], s0[~mask])
+    assert torch.equal(v[mask], want_out[mask]) and torch.equal(s[mask], want_lse[mask])
+
+
+def test_merge_state_in_place_compiles():
+    # torch.compile(fullgraph=True) sees the mutating custom op; no row is a no-op
+    v, s = torch.randn(3, 2, 64), torch.randn(3, 2)
+    other, s_other = torch.randn(3, 2, 64), torch.randn(3, 2)
+    want_out, want_lse = leanattn.merge_state(v, s, other, s_other)
+    torch.compile(leanattn.merge_state_in_place, fullgraph=True)(v, s, other, s_other)
+    assert torch.equal(v, want_out) and torch.equal(s, want_lse)
+    empty = torch.randn(0, 2, 64)
+    leanattn.merge_state_in_place(empty, torch.randn(0, 2), empty.clone(), torch.randn(0, 2))
+    torch.library.opcheck(torch.ops.leanattn.merge_state_in_place, (v.clone(), s.clone(), other, s_other))
+
+
+def test_merge_state_in_place_errors():
+    o, ls = torch.randn(2, 3, 8), torch.randn(2, 3)
+    cases = [((o.tolist(), ls, o, ls), TypeError, "v: expected a torch.Tensor"),
+             ((o, ls, o.half(), ls), TypeError, "v_other: expected dtype torch.float32 \\(as v\\)"),
+             ((o, ls, o, ls[:, :2]), ValueError, "s_other: expected shape \\(2, 3\\) \\(v.shape\\[:-1\\]\\)"),
+             ((o.transpose(0, 1), ls.t(), o.transpose(0, 1), ls.t()), ValueError, "v: expected a contiguous tensor"),
+             ((o, ls.t().contiguous().t(), o, ls), ValueError, "s: expected a contiguous tensor")]
+    for args, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            leanattn.merge_state_in_place(*args)
+    for mask, err, msg in ((torch.ones(2), TypeError, "mask: expected dtype torch.bool"),
+                           (torch.ones(3, dtype=torch.bool), ValueError, "mask: expected shape \\(2,\\)"),
+                           ([True, False], TypeError, "mask: expected a torch.Tensor")):
+        with pytest.raises(err, match=msg):
+            leanattn.merge_state_in_place(o, ls, o, ls, mask=mask)

@@ -5,6 +5,7 @@ Public API
 decode            stream-K (LeanAttention) decode over contiguous or paged, ragged, GQA caches
 merge_states      exact merge of partial attention states (out, lse)
 merge_state       the same of two states held apart (FlashInfer's merge_state, natural-log LSE)
+merge_state_in_place  the second state merged into the first, in place (FlashInfer's merge_state_in_place)
 reference         float64 references of every op
 qk_sparse_attention    causal attention with dropped queries/keys (sparse flash attention)
 hash_sparse_attention  causal attention within hash buckets (sparse flash attention)
@@ -18,7 +19,7 @@ models            the compact Llama decoder, checkpoint loader and named shapes 
 The transformers plug-in is ``leanattn.integrations.transformers`` (imported on demand).
 """
 from . import reference
-from .merges import merge_state, merge_states
+from .merges import merge_state, merge_state_in_place, merge_states
 from .ops.decode import decode
 from .ops.bifurcated import bifurcated_decode, cascade_decode
 from .ops.mla import mla_decode
@@ -29,7 +30,7 @@ from . import models
 from .generate import generate
 
 __version__ = "0.1.0"
-__all__ = ["decode", "merge_states", "merge_state", "reference", "__version__"]
+__all__ = ["decode", "merge_states", "merge_state", "merge_state_in_place", "reference", "__version__"]
 __all__ += ["qk_sparse_attention", "hash_sparse_attention", "sparse"]
 __all__ += ["bifurcated_decode", "cascade_decode", "mla_decode"]
 __all__ += ["generate", "models"]

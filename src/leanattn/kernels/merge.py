@@ -179,11 +179,15 @@ def merge_list_kernel(
     O0, L0, O1, L1, O2, L2, O3, L3, Out, Lse, Sinks,  #
     M, stride_0, stride_1, stride_2, stride_3,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr, SINK_HEADS: tl.constexpr,
+    IN_PLACE: tl.constexpr,
 ):
     """``merge_states_kernel``'s unrolled merge of ``N`` (1 to 4) states held apart, not stacked: ``O<s> [M,
     HEAD_DIM]`` (row stride ``stride_<s>``, unit column stride), ``L<s> [M]`` fp32 natural-log -> ``Out [M,
     HEAD_DIM]``, ``Lse [M]``. Every state's loads issue before the first fold (no store between them).
-    ``SINK_HEADS > 0``: attention sinks folded in last (``fold_sinks``; one state and its sinks: ``apply_sinks``)."""
+    ``SINK_HEADS > 0``: attention sinks folded in last (``fold_sinks``; one state and its sinks: ``apply_sinks``).
+    ``IN_PLACE``: ``Out``/``Lse`` are ``O0``/``L0`` (``merge_state_in_place``). Every thread that holds part of a
+    row loads the row's LSE, and a layout may spread a row over warps, while one thread stores it: a barrier after
+    the folds keeps a store from landing before another warp has loaded that row."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < M
@@ -203,6 +207,8 @@ def merge_list_kernel(
         m, acc, den = fold_state(m, acc, den, lse, o)
     m, acc, den = fold_sinks(m, acc, den, Sinks, offs_m, mask_m, SINK_HEADS)
     out, lse_out = finish_merge(m, acc, den)
+    if IN_PLACE:
+        tl.debug_barrier()
     tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
              mask=mask_m[:, None] & mask_d[None, :])
     tl.store(Lse + offs_m, lse_out, mask=mask_m)

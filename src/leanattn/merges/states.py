@@ -9,7 +9,7 @@ import triton
 from .. import checks
 from ..kernels.merge import merge_launch, merge_list_kernel, merge_states_kernel
 
-__all__ = ["merge_states", "merge_state", "merge_state_list"]
+__all__ = ["merge_states", "merge_state", "merge_state_in_place", "merge_state_list"]
 
 
 def _merge_states_impl(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,14 +91,15 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
-                     sinks: torch.Tensor = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     sinks: torch.Tensor = None, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`merge_states` of states held apart, past validation: ``outs[s]`` of one shape ``(..., H, D)``,
     ``lses[s]`` of ``(..., H)`` float32, in one device and dtype. Up to four states are merged in one launch that
     reads each where it lies (``merge_list_kernel``): stacking them first cost two more launches, a few microseconds
     each even replayed from a CUDA graph. One state is returned as it is; more, or while compiling, are stacked.
 
     ``sinks (H,)``: attention sinks, folded in by the same launch after every state (``merges/sinks.py``); one state
-    with sinks is one launch."""
+    with sinks is one launch. ``in_place``: the result is written over ``outs[0]`` and ``lses[0]`` (contiguous, of at
+    least one row and column, two to four states, not while compiling: ``merge_state_in_place`` sees to it)."""
     if sinks is None and len(outs) == 1:
         return outs[0], lses[0]
     assert all(o.dtype == outs[0].dtype for o in outs), [o.dtype for o in outs]
@@ -122,15 +123,18 @@ def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
     os_ = [o.reshape(M, D) for o in outs]
     os_ = [o if o.stride(-1) == 1 else o.contiguous() for o in os_]
     ls_ = [ls.reshape(M).contiguous() for ls in lses]
-    out = torch.empty(shape, dtype=outs[0].dtype, device=outs[0].device)
-    lse = torch.empty(shape[:-1], dtype=torch.float32, device=outs[0].device)
+    if in_place:
+        out, lse = outs[0], lses[0]
+    else:
+        out = torch.empty(shape, dtype=outs[0].dtype, device=outs[0].device)
+        lse = torch.empty(shape[:-1], dtype=torch.float32, device=outs[0].device)
     pad = (os_ + [os_[0]] * 3)[:4], (ls_ + [ls_[0]] * 3)[:4]  # unused slots: never read (N)
     rows, warps = (4, 4) if M >= 2048 else (1, 1)
     merge_list_kernel[(triton.cdiv(M, rows),)](
         pad[0][0], pad[1][0], pad[0][1], pad[1][1], pad[0][2], pad[1][2], pad[0][3], pad[1][3], out, lse,
         lse if sinks is None else sinks.contiguous(), M, *(o.stride(0) for o in pad[0]), HEAD_DIM=D, BLOCK_M=rows,
         BLOCK_D=triton.next_power_of_2(D), N=len(outs), SINK_HEADS=0 if sinks is None else sinks.shape[0],
-        num_warps=warps)
+        IN_PLACE=in_place, num_warps=warps)
     return out, lse
 
 
@@ -142,6 +146,30 @@ def _sinks_op(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tupl
 @_sinks_op.register_fake
 def _(out, lse, sinks):
     return out.new_empty(out.shape), lse.new_empty(lse.shape, dtype=torch.float32)
+
+
+def _check_two_states(out_a, lse_a, out_b, lse_b, names=("out_a", "lse_a", "out_b", "lse_b")) -> None:
+    """``merge_state``'s checks of two states ``(..., H, D)``, ``(..., H)``, under the caller's argument names."""
+    na, nla, nb, nlb = names
+    checks.check_tensor(na, out_a)
+    if out_a.dim() < 2:
+        raise ValueError(f"{na}: expected a (..., H, D) tensor of at least 2 dimensions, got shape "
+                         f"{tuple(out_a.shape)}")
+    checks.check_dtype(na, out_a)
+    if out_a.shape[-1] == 0:
+        raise ValueError(f"{na}: expected a head dim >= 1, got shape {tuple(out_a.shape)}")
+    checks.check_tensor(nb, out_b)
+    checks.check_same(nb, out_b, na, out_a)
+    if out_b.shape != out_a.shape:
+        raise ValueError(f"{nb}: expected shape {tuple(out_a.shape)} (as {na}), got {tuple(out_b.shape)}")
+    for name, lse in ((nla, lse_a), (nlb, lse_b)):
+        checks.check_tensor(name, lse)
+        checks.check_dtype(name, lse, (torch.float32,))
+        if lse.shape != out_a.shape[:-1]:
+            raise ValueError(f"{name}: expected shape {tuple(out_a.shape[:-1])} ({na}.shape[:-1]), got "
+                             f"{tuple(lse.shape)}")
+        if lse.device != out_a.device:
+            raise ValueError(f"{name}: expected device {out_a.device} (as {na}), got {lse.device}")
 
 
 def merge_state(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
@@ -171,23 +199,67 @@ def merge_state(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
     >>> o2, l2 = leanattn.decode(q, k[:, n:], v[:, n:], return_lse=True)
     >>> out, lse = leanattn.merge_state(o1, l1, o2, l2)
     """
-    checks.check_tensor("out_a", out_a)
-    if out_a.dim() < 2:
-        raise ValueError(f"out_a: expected a (..., H, D) tensor of at least 2 dimensions, got shape "
-                         f"{tuple(out_a.shape)}")
-    checks.check_dtype("out_a", out_a)
-    if out_a.shape[-1] == 0:
-        raise ValueError(f"out_a: expected a head dim >= 1, got shape {tuple(out_a.shape)}")
-    checks.check_tensor("out_b", out_b)
-    checks.check_same("out_b", out_b, "out_a", out_a)
-    if out_b.shape != out_a.shape:
-        raise ValueError(f"out_b: expected shape {tuple(out_a.shape)} (as out_a), got {tuple(out_b.shape)}")
-    for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
-        checks.check_tensor(name, lse)
-        checks.check_dtype(name, lse, (torch.float32,))
-        if lse.shape != out_a.shape[:-1]:
-            raise ValueError(f"{name}: expected shape {tuple(out_a.shape[:-1])} (out_a.shape[:-1]), got "
-                             f"{tuple(lse.shape)}")
-        if lse.device != out_a.device:
-            raise ValueError(f"{name}: expected device {out_a.device} (as out_a), got {lse.device}")
+    _check_two_states(out_a, lse_a, out_b, lse_b)
     return merge_state_list([out_a, out_b], [lse_a, lse_b])
+
+
+def _merge_in_place_impl(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor, s_other: torch.Tensor) -> None:
+    if v.numel():
+        merge_state_list([v, v_other], [s, s_other], in_place=True)
+
+
+@torch.library.custom_op("leanattn::merge_state_in_place", mutates_args=("v", "s"))
+def _merge_in_place_op(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor, s_other: torch.Tensor) -> None:
+    _merge_in_place_impl(v, s, v_other, s_other)
+
+
+@_merge_in_place_op.register_fake
+def _(v, s, v_other, s_other):
+    return None
+
+
+def merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor, s_other: torch.Tensor,
+                         mask: torch.Tensor = None) -> None:
+    """Merge the state ``(v_other, s_other)`` into ``(v, s)``, in place (FlashInfer's ``merge_state_in_place``,
+    natural-log LSE).
+
+    After the call ``(v, s)`` holds :func:`merge_state` of the two states: one launch that reads both and writes
+    over ``v`` and ``s``, nothing allocated (a cascade's levels folded into one running state, or a state kept in a
+    static buffer across CUDA-graph replays).
+
+    Parameters
+    ----------
+    v : torch.Tensor
+        ``(..., H, D)``, float16, bfloat16 or float32, contiguous; overwritten with the merged output.
+    s : torch.Tensor
+        ``(..., H)`` float32, natural log, contiguous; overwritten with the merged LSE.
+    v_other, s_other : torch.Tensor
+        The other state: ``v``'s shape, device and dtype (any strides with a unit stride on ``D``), and ``s``'s
+        shape, float32. ``s_other = -inf`` (no key attended) leaves the row as it was.
+    mask : torch.Tensor, optional
+        ``v.shape[:-2]`` bool: where False, the row keeps ``(v, s)`` bit for bit (the other state is taken as the
+        identity ``(0, -inf)``, at the cost of one small elementwise launch). A row whose ``s`` is ``-inf``
+        ends as zeros either way.
+
+    Examples
+    --------
+    >>> o, s = leanattn.decode(q, k[:, :n], v[:, :n], return_lse=True)
+    >>> o2, s2 = leanattn.decode(q, k[:, n:], v[:, n:], return_lse=True)
+    >>> leanattn.merge_state_in_place(o, s, o2, s2)  # o, s: attention over all the keys
+    """
+    _check_two_states(v, s, v_other, s_other, ("v", "s", "v_other", "s_other"))
+    for name, t in (("v", v), ("s", s)):
+        if not t.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous tensor (the merge is written over it), got strides "
+                             f"{t.stride()} for shape {tuple(t.shape)}")
+    if mask is not None:
+        checks.check_tensor("mask", mask)
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask: expected dtype torch.bool, got {mask.dtype}")
+        if mask.shape != v.shape[:-2]:
+            raise ValueError(f"mask: expected shape {tuple(v.shape[:-2])} (v.shape[:-2]), got {tuple(mask.shape)}")
+        if mask.device != v.device:
+            raise ValueError(f"mask: expected device {v.device} (as v), got {mask.device}")
+        s_other = torch.where(mask[..., None], s_other, float("-inf"))
+    op = _merge_in_place_op if torch.compiler.is_compiling() else _merge_in_place_impl
+    op(v, s, v_other, s_other)
