@@ -1,5 +1,6 @@
-"""Merge benchmark: ``leanattn.merge_states`` (stacked states) and ``leanattn.merge_state`` (two states held apart)
-against the merge a PyTorch user writes (``torch.logsumexp`` and a weighted sum in float32), eager and compiled.
+"""Merge benchmark: ``leanattn.merge_states`` (stacked states), ``leanattn.merge_state`` (two states held apart) and
+``leanattn.merge_state_in_place`` against the merge a PyTorch user writes (``torch.logsumexp`` and a weighted sum in
+float32), eager and compiled.
 
 A merge reads every state once and writes one: it is memory-bound, its floor the bytes read and written
 (``S`` states of ``rows x D`` in bf16 and their float32 LSEs, one state out) over the read ceiling measured in the
@@ -30,7 +31,8 @@ CASES = (("tree 8 shards B=1", "merge_states", 8, 1, 32, 128),
          ("splits 2 B=256 D=64", "merge_states", 2, 256, 64, 64),
          ("two states B=64", "merge_state", 2, 64, 32, 128),
          ("two states B=1024", "merge_state", 2, 1024, 32, 128),
-         ("two states B=4096", "merge_state", 2, 4096, 32, 128))
+         ("two states B=4096", "merge_state", 2, 4096, 32, 128),
+         ("in place B=1024", "merge_state_in_place", 2, 1024, 32, 128))
 PEERS = ("torch", "torch.compile")
 
 
@@ -52,16 +54,19 @@ def main(argv=None):
         lses = torch.randn(S, B, H, device="cuda") * 4
         lses[torch.rand_like(lses) < 0.03] = float("-inf")
         ref = leanattn.reference.merge_states(outs, lses)[0]
-        if op == "merge_states":
-            def ours():
-                return leanattn.merge_states(outs, lses)[0]
-        else:
+        if op != "merge_states":
             # two states held apart, as two launches leave them: the peers stack them first, as they must
             a, b = outs[0].clone(), outs[1].clone()
             la, lb = lses[0].clone(), lses[1].clone()
+            a2, la2 = a.clone(), la.clone()  # written over by the in-place merge, checked on its first call
 
-            def ours():
+        def ours():
+            if op == "merge_states":
+                return leanattn.merge_states(outs, lses)[0]
+            if op == "merge_state":
                 return leanattn.merge_state(a, la, b, lb)[0]
+            leanattn.merge_state_in_place(a2, la2, b, lb)
+            return a2
         stacked = (lambda: (outs, lses)) if op == "merge_states" else (
             lambda: (torch.stack([a, b]), torch.stack([la, lb])))
         fns = {"leanattn": ours, "torch": lambda: torch_merge(*stacked())[0],
