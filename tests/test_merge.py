@@ -209,8 +209,9 @@ def test_merge_state_errors():
             leanattn.merge_state(*args)
 
 
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 5, 3, 128), (1, 2051, 16)], ids=str)
+# a dtype a shape: the 2051-row case takes 10-14 s under the interpreter
+@pytest.mark.parametrize("shape,dtype", [((1, 1, 64), torch.float32), ((2, 5, 3, 128), torch.bfloat16),
+                                         ((1, 2051, 16), torch.float16)], ids=str)
 def test_merge_state_in_place(shape, dtype):
     # written over (v, s): equal bit for bit to merge_state, the other state strided; rows where either state is
     # empty; 2051 rows take 4 rows a program (the barrier before the stores)
