@@ -267,6 +267,8 @@ def test_merge_state_in_place_errors():
             leanattn.merge_state_in_place(*args)
     for mask, err, msg in ((torch.ones(2), TypeError, "mask: expected dtype torch.bool"),
                            (torch.ones(3, dtype=torch.bool), ValueError, "mask: expected shape \\(2,\\)"),
-                           ([True, False], TypeError, "mask: expected a torch.Tensor")):
+                           ([True, False], TypeError, "mask: expected a torch.Tensor"),
+                           (torch.ones(2, dtype=torch.bool, device="meta"), ValueError,
+                            "mask: expected device cpu \\(as v\\)")):
         with pytest.raises(err, match=msg):
             leanattn.merge_state_in_place(o, ls, o, ls, mask=mask)

@@ -105,7 +105,7 @@ def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
     assert all(o.dtype == outs[0].dtype for o in outs), [o.dtype for o in outs]
     shape, D = outs[0].shape, outs[0].shape[-1]
     M = shape.numel() // D if D else 0
-    if M == 0 or D == 0 or torch.compiler.is_compiling() or len(outs) > 4:
+    if M == 0 or torch.compiler.is_compiling() or len(outs) > 4:  # (M is 0 where D is)
         if len(outs) > 1:
             out, lse = merge_states(torch.stack([o.reshape(M, 1, D) for o in outs]),
                                     torch.stack([ls.reshape(M, 1) for ls in lses]))
@@ -114,9 +114,9 @@ def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
             out, lse = outs[0], lses[0]
         if sinks is None:
             return out, lse
-        if M and D and torch.compiler.is_compiling():
+        if M and torch.compiler.is_compiling():
             return _sinks_op(out, lse, sinks)
-        if M and D:
+        if M:
             return merge_state_list([out], [lse], sinks)
         # no row, or rows of no column: only the LSE takes the sink
         return out.clone(), torch.logaddexp(lse, sinks.float().expand_as(lse))
