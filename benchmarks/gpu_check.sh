@@ -70,6 +70,8 @@
 #   bif-window-parts  a windowed shared-prefix call and each of its parts, side by side (probe_bifurcated_window_parts.py)
 #   tests-sinks  the GPU tests of attention sinks (tests/test_sinks_gpu.py)
 #   merge       merge_states and merge_state against PyTorch's merge, eager and compiled (benchmarks/bench_merge.py)
+#   merge-config  merge_list_kernel (merge_state, its in-place form, sinks) at rows and warps a program other than
+#               the default's (benchmarks/probe_merge_list_config.py, decode probe 52; ~60 s)
 #   bif-sinks   the shared-prefix ops with attention sinks folded into their merge launch, against no sinks and
 #               against sinks merged by a launch apart (benchmarks/probe_bifurcated_sinks.py)
 #   sinks       decode without sinks, with them in-kernel and merged by a launch apart, at gpt-oss-20b's attention
@@ -282,6 +284,7 @@ for step in "$@"; do
     bif-window-parts) timeout 400 python3 benchmarks/probe_bifurcated_window_parts.py --out "$OUT" 2>&1 | grep -E "parts|wrote|Error" ;;
     tests-sinks) "${PYTEST[@]}" tests/test_sinks_gpu.py 2>&1 | tail -3 ;;
     merge) timeout 300 python3 benchmarks/bench_merge.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error" ;;
+    merge-config) timeout 200 python3 benchmarks/probe_merge_list_config.py --out "$OUT" 2>&1 | grep -E "M=|wrote|Error" ;;
     bif-sinks) timeout 400 python3 benchmarks/probe_bifurcated_sinks.py --out "$OUT" 2>&1 \
         | grep -E "floor|wrote|Error|failed" ;;
     sinks) timeout 300 python3 benchmarks/probe_decode_sinks.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error" ;;
