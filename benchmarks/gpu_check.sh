@@ -110,9 +110,9 @@
 #               2026-12-03 cut by a 300 s timeout before it finished)
 #   sanitize-decode  memcheck over the decode launches alone (both schedules, the piece merge in-kernel and apart)
 #   sanitize-merge  memcheck over every form of the merge launch and the launches that take it (sanitize.py merge;
-#               0 errors on an H200, 2026-12-03 11:3x, ~40 s)
+#               0 errors on an H200, 2026-12-03 11:3x, ~40 s; on an H100 2026-12-06 04:4x, 33 s)
 #   racecheck-merge  racecheck over the same launches (shared-memory hazards of the merge's cross-warp folds;
-#               0 hazards on an H200, 2026-12-03 11:4x)
+#               0 hazards on an H200, 2026-12-03 11:4x; on an H100 2026-12-06 04:4x, 19 s)
 #   sanitize-bif  memcheck over the bifurcated launches only
 #   sanitize-concat  memcheck then racecheck over the one-sample launches alone (sanitize.py concat)
 #   racecheck   compute-sanitizer racecheck over the decode launches (shared-memory hazards; 147 s on an H200)

@@ -197,9 +197,10 @@ def merges():
                 lses[0, 0] = float("-inf")
                 leanattn.merge_states(outs, lses)
     # merge_list_kernel: 1-4 states held apart, without and with sinks (folded after them), at one query row (its
-    # strides passed as Python ints) and at 2079 rows (4 rows a program, a partial last one)
+    # strides passed as Python ints), at 2079 rows (4 rows a program, a partial last one) and at 16429 (8 rows a
+    # program over 2 warps, a partial last one)
     for n in (1, 2, 3, 4):
-        for B, H in ((1, 1), (297, 7)):
+        for B, H in ((1, 1), (297, 7), (2347, 7)):
             outs = [torch.randn(B, H, 96, dtype=BF16, device=DEV) for _ in range(n)]
             lses = [torch.randn(B, H, device=DEV) for _ in range(n)]
             lses[0][0] = float("-inf")

@@ -178,6 +178,32 @@ def test_state_list_matches_stacked_merge_bitwise(S, M, D):
     assert merge_state_list(outs[:1], lses[:1])[0] is outs[0]
 
 
+@pytest.mark.parametrize("S", [1, 2, 4])
+def test_state_list_each_launch_config(S, monkeypatch):
+    # every (rows, warps) of merge_state_list's LIST_CONFIGS, reached at few rows with lowered thresholds: equal bit
+    # for bit to the stacked merge, sinks folded in, the in-place form, a partial last program
+    from leanattn.merges import states
+    sinks = torch.randn(1)
+    for M in (7, 21, 53):  # (1, 1), (4, 4) and (8, 2), the last two ending in a partial program
+        outs = [torch.randn(M, 1, 32, dtype=torch.float16) for _ in range(S)]
+        lses = [torch.randn(M, 1) * 4 for _ in range(S)]
+        lses[0][0] = float("-inf")
+        one_row = states.merge_state_list(outs, lses, sinks)  # one row a program at these rows by default
+        ref = states.merge_states(torch.stack(outs), torch.stack(lses))
+        with monkeypatch.context() as mp:
+            mp.setattr(states, "LIST_CONFIGS", ((48, 8, 2), (12, 4, 4), (0, 1, 1)))
+            got = states.merge_state_list(outs, lses, sinks)
+            plain = states.merge_state_list(outs, lses)
+        assert torch.equal(got[0], one_row[0]) and torch.equal(got[1], one_row[1])
+        if S > 1:  # one state without sinks is returned as it is
+            assert torch.equal(plain[0], ref[0]) and torch.equal(plain[1], ref[1])
+        if S == 2:
+            with monkeypatch.context() as mp:
+                mp.setattr(states, "LIST_CONFIGS", ((48, 8, 2), (12, 4, 4), (0, 1, 1)))
+                leanattn.merge_state_in_place(outs[0], lses[0], outs[1], lses[1])
+            assert torch.equal(outs[0], ref[0]) and torch.equal(lses[0], ref[1])
+
+
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("shape", [(3, 4, 64), (2, 5, 3, 128), (1, 2051, 16)], ids=str)
 def test_merge_state_of_two(shape, dtype):

@@ -90,6 +90,12 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, 
     return op(outs, lses)
 
 
+# merge_list_kernel's (rows a program, warps) from a number of rows on: one row a program for few rows; 8 rows over
+# 2 warps (16-byte loads at D=128) from 16384 rows, level with 4 rows over 4 warps to 14% ahead there (2 and 4 states,
+# D 64 to 256, sinks), 15% behind at 2048 rows (H100, 2026-12-06, benchmarks/probe_merge_list_config.py)
+LIST_CONFIGS = ((16384, 8, 2), (2048, 4, 4), (0, 1, 1))
+
+
 def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
                      sinks: torch.Tensor = None, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`merge_states` of states held apart, past validation: ``outs[s]`` of one shape ``(..., H, D)``,
@@ -129,7 +135,7 @@ def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
         out = torch.empty(shape, dtype=outs[0].dtype, device=outs[0].device)
         lse = torch.empty(shape[:-1], dtype=torch.float32, device=outs[0].device)
     pad = (os_ + [os_[0]] * 3)[:4], (ls_ + [ls_[0]] * 3)[:4]  # unused slots: never read (N)
-    rows, warps = (4, 4) if M >= 2048 else (1, 1)
+    rows, warps = next((r, w) for least, r, w in LIST_CONFIGS if M >= least)
     merge_list_kernel[(triton.cdiv(M, rows),)](
         pad[0][0], pad[1][0], pad[0][1], pad[1][1], pad[0][2], pad[1][2], pad[0][3], pad[1][3], out, lse,
         lse if sinks is None else sinks.contiguous(), M, *(o.stride(0) for o in pad[0]), HEAD_DIM=D, BLOCK_M=rows,
