@@ -92,7 +92,7 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, 
 
 # merge_list_kernel's (rows a program, warps) from a number of rows on: one row a program for few rows; 8 rows over
 # 2 warps (16-byte loads at D=128) from 16384 rows, level with 4 rows over 4 warps to 14% ahead there (2 and 4 states,
-# D 64 to 256, sinks), 15% behind at 2048 rows (H100, 2026-12-06, benchmarks/probe_merge_list_config.py)
+# D 64 to 256, sinks), 14% behind at 2048 rows (H100, 2026-12-06, benchmarks/probe_merge_list_config.py)
 LIST_CONFIGS = ((16384, 8, 2), (2048, 4, 4), (0, 1, 1))
 
 
