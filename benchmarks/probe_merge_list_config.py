@@ -24,8 +24,12 @@ from leanattn.kernels.merge import merge_list_kernel  # noqa: E402
 
 # (rows M, states N, head dim D, sinks)
 SHAPES = ((2048, 2, 128, False), (32768, 2, 128, False), (131072, 2, 128, False), (32768, 4, 128, False),
-          (16384, 2, 64, False), (32768, 2, 256, False), (32768, 1, 128, True), (131072, 2, 128, True))
-CONFIGS = ((4, 4), (8, 4), (16, 4), (8, 8), (16, 8), (32, 8), (4, 1), (8, 2), (2, 1))
+          (16384, 2, 64, False), (32768, 2, 256, False), (32768, 1, 128, True), (131072, 2, 128, True),
+          # the last merge of a shared-prefix window at 16 samples of 64 heads, D=64 (three states), without and
+          # with sinks: probe_bifurcated_sinks.py's window case took 0.8 us more with sinks (2026-12-06 05:4x)
+          (1024, 3, 64, False), (1024, 3, 64, True))
+# (1, 1): merge_state_list's config below 2048 rows
+CONFIGS = ((4, 4), (8, 4), (16, 4), (8, 8), (16, 8), (32, 8), (4, 1), (8, 2), (2, 1), (1, 1))
 
 
 def main(argv=None):

@@ -91,3 +91,25 @@ def test_bifurcated_paths(samples):
                          lambda: leanattn.reference.bifurcated_decode(q, pk, pv, k, v, sl, None, plens, ids,
                                                                       sinks=sinks.float())[0],
                          TOLERANCE[torch.bfloat16])
+
+
+@pytest.mark.parametrize("schedule", ["lean", "split"])
+def test_caches_of_no_capacity(schedule):
+    # no key at all: the output is zeros and the LSE the sink, bounded by 2e38 as the kernels take it (-inf: no
+    # sink); a one-token cache of length 0 alike; a shared prefix of no tokens and own caches of no capacity
+    q = torch.randn(2, 4, D, dtype=torch.bfloat16, device="cuda")
+    s = torch.tensor([float("inf"), -3e38, float("-inf"), 1.5], device="cuda")
+    want = torch.tensor([2e38, -2e38, float("-inf"), 1.5], device="cuda").expand(2, 4)
+    for n in (0, 1):
+        k = torch.randn(2, n, 2, D, dtype=torch.bfloat16, device="cuda")
+        sl = torch.zeros(2, dtype=torch.int32, device="cuda")
+        out, lse = leanattn.decode(q, k, k, sl, return_lse=True, sinks=s, schedule=schedule)
+        assert not out.any() and torch.equal(lse, want), (n, lse)
+    empty = torch.zeros(2, 0, 2, D, dtype=torch.bfloat16, device="cuda")
+    out, lse = leanattn.decode(q, empty, empty, return_lse=True, sinks=s[3:].expand(4).contiguous(),
+                               schedule=schedule)
+    assert not out.any() and torch.equal(lse, torch.full_like(lse, 1.5))
+    pk = torch.zeros(0, 2, D, dtype=torch.bfloat16, device="cuda")
+    for window in (-1, 5):
+        out, lse = leanattn.bifurcated_decode(q, pk, pk, empty, empty, return_lse=True, sinks=s, window_left=window)
+        assert not out.any() and torch.equal(lse, want), (window, lse)
