@@ -51,8 +51,8 @@ def main(argv=None):
         def launch(bm, w):
             merge_list_kernel[(triton.cdiv(M, bm),)](
                 pad[0][0], pad[1][0], pad[0][1], pad[1][1], pad[0][2], pad[1][2], pad[0][3], pad[1][3], out, lse,
-                lse if sinks is None else sinks, M, D, D, D, D, HEAD_DIM=D, BLOCK_M=bm, BLOCK_D=D, N=N,
-                SINK_HEADS=0 if sinks is None else 32, IN_PLACE=False, num_warps=w)
+                lse if sinks is None else sinks, lse, M, 32, D, D, D, D, HEAD_DIM=D, BLOCK_M=bm, BLOCK_D=D, N=N,
+                SINK_HEADS=0 if sinks is None else 32, IN_PLACE=False, ROW_MASK=False, num_warps=w)
         nbytes = (N + 1) * M * (D * 2 + 4)
         res = {}
         for bm, w in CONFIGS:

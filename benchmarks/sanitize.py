@@ -208,6 +208,9 @@ def merges():
                 merge_state_list(outs, lses, sinks)
             if n == 2:
                 leanattn.merge_state_in_place(outs[0], lses[0], outs[1], lses[1])
+                # a row mask: masked rows neither read nor written
+                leanattn.merge_state_in_place(outs[0], lses[0], outs[1], lses[1],
+                                              mask=torch.arange(B, device=DEV) % 3 != 1)
     lens = [3000, 0, 1, 517]
     sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
     q = torch.randn(len(lens), 32, 128, dtype=BF16, device=DEV)

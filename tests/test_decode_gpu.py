@@ -406,6 +406,14 @@ def test_merge_state_in_place_gpu(rows, d):
         want_out, want_lse = leanattn.merge_state(v, s, other, s_other)
         leanattn.merge_state_in_place(v, s, other, s_other)
         assert torch.equal(v, want_out) and torch.equal(s, want_lse)
+    # a row mask: masked rows keep their bits, the others merge
+    mask = torch.arange(rows, device="cuda") % 3 != 1
+    other, s_other = torch.randn_like(v), torch.randn_like(s) * 4
+    want_out, want_lse = leanattn.merge_state(v, s, other, s_other)
+    v0, s0 = v.clone(), s.clone()
+    leanattn.merge_state_in_place(v, s, other, s_other, mask=mask)
+    assert torch.equal(v[~mask].view(torch.int16), v0[~mask].view(torch.int16)) and torch.equal(s[~mask], s0[~mask])
+    assert torch.equal(v[mask], want_out[mask]) and torch.equal(s[mask], want_lse[mask])
 
 
 def test_opcheck_gpu():

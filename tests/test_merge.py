@@ -257,16 +257,88 @@ def test_merge_state_in_place(shape, dtype):
     assert_lse_close("merge_state_in_place", s.flatten(0, -2), ref_lse, LSE_ATOL)
 
 
-def test_merge_state_in_place_mask():
-    # rows masked out keep (v, s) bit for bit; the others merge
-    v, s = torch.randn(6, 4, 64, dtype=torch.float16), torch.randn(6, 4) * 4
-    other, s_other = torch.randn(6, 4, 64, dtype=torch.float16), torch.randn(6, 4) * 4
-    mask = torch.tensor([True, False, True, False, False, True])
+@pytest.mark.parametrize("config", [(0, 1, 1), (0, 4, 4), (0, 8, 2)], ids=str)
+def test_merge_state_in_place_mask(config, monkeypatch):
+    # rows masked out are neither read nor written: they keep (v, s) bit for bit, -0.0 and NaN included (the fold
+    # starts from +0.0, so a merged -0.0 would come back as +0.0); the others merge, under each launch config (a
+    # program's rows spread over masked and unmasked entries); a mask of two dimensions
+    from leanattn.merges import states
+    monkeypatch.setattr(states, "LIST_CONFIGS", (config,))
+    v, s = torch.randn(2, 3, 5, 40, dtype=torch.float16), torch.randn(2, 3, 5) * 4
+    other, s_other = torch.randn(2, 3, 5, 40, dtype=torch.float16), torch.randn(2, 3, 5) * 4
+    v[0, 1, :, ::2] = -0.0
+    v[1, 0, 2] = float("nan")
+    s[1, 2, 1] = float("-inf")
+    mask = torch.tensor([[True, False, True], [False, False, True]])
     want_out, want_lse = leanattn.merge_state(v, s, other, s_other)
     v0, s0 = v.clone(), s.clone()
     leanattn.merge_state_in_place(v, s, other, s_other, mask=mask)
-    assert torch.equal(v[~mask], v0[~mask]) and torch.equal(s[~mask], s0[~mask])
+    assert torch.equal(v[~mask].view(torch.int16), v0[~mask].view(torch.int16))
+    assert torch.equal(s[~mask].view(torch.int32), s0[~mask].view(torch.int32))
     assert torch.equal(v[mask], want_out[mask]) and torch.equal(s[mask], want_lse[mask])
+    v1, s1 = v0.clone(), s0.clone()
+    torch.compile(leanattn.merge_state_in_place, fullgraph=True)(v1, s1, other, s_other, mask)
+    assert torch.equal(v1.view(torch.int16), v.view(torch.int16)) and torch.equal(s1, s)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the interpreter multiplies the NaNs it drops
+@pytest.mark.parametrize("config", [(0, 1, 1), (0, 4, 4), (0, 8, 2)], ids=str)
+@pytest.mark.parametrize("S", [1, 2, 4])
+@pytest.mark.parametrize("D", [3, 160])
+@pytest.mark.parametrize("sink_dtype", [None, torch.float16, torch.float64], ids=str)
+def test_state_list_odd_heads_and_sinks(config, S, D, sink_dtype, monkeypatch):
+    # each launch config against float64 with head dims that are not powers of two (masked columns), strided
+    # states, NaN in an empty state, a row empty in every state, a partial last program (15 rows of 3 heads), and
+    # sinks of each dtype: +inf taken as 2e38, -inf no sink
+    from leanattn.merges import states
+    if S == 1 and sink_dtype is None:
+        pytest.skip("one state without sinks is returned as it is")
+    torch.manual_seed(D + S)
+    monkeypatch.setattr(states, "LIST_CONFIGS", (config,))
+    outs = [torch.randn(5, 3, 2 * D, dtype=torch.float16)[..., ::2] for _ in range(S)]
+    lses = [torch.randn(5, 3) * 6 for _ in range(S)]
+    for ls in lses:
+        ls[-1, -1] = float("-inf")
+    lses[-1][1, 1] = float("-inf")
+    outs[-1][1, 1] = float("nan")
+    sinks = None if sink_dtype is None else torch.tensor([float("inf"), float("-inf"), 0.7]).to(sink_dtype)
+    out, lse = states.merge_state_list(outs, lses, sinks)
+    L, O = torch.stack(lses).double(), torch.stack(outs).double()
+    if sinks is not None:
+        bounded = sinks.double().clamp(-2e38, 2e38).where(sinks.double() != float("-inf"), sinks.double())
+        L, O = torch.cat([L, bounded.expand(1, 5, 3)]), torch.cat([O, torch.zeros_like(O[:1])])
+    ref_lse = torch.logsumexp(L, 0)
+    w = torch.exp(L - ref_lse.where(ref_lse != float("-inf"), 0.0))
+    ref_out = (w[..., None] * O.where(w[..., None] > 0, 0.0)).sum(0)
+    assert not out.isnan().any() and not lse.isnan().any()
+    assert torch.allclose(out.double(), ref_out, rtol=2e-3, atol=2e-3)
+    assert torch.allclose(lse.double(), ref_lse, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("S", [2, 5])
+def test_state_list_compiled_with_sinks_equals_eager(S):
+    # compiled, two to four states go through the custom op around the eager launch and more through the stacked
+    # merge with the sinks folded in: the output is rounded once either way, as eagerly (equal bit for bit)
+    from leanattn.merges.states import merge_state_list
+    outs = [torch.randn(8, 4, 32, dtype=torch.float16) for _ in range(S)]
+    lses = [torch.randn(8, 4) * 3 for _ in range(S)]
+    sinks = torch.randn(4)
+    f = lambda o, ls, sk: merge_state_list(o, ls, sk)  # noqa: E731
+    eager, compiled = f(outs, lses, sinks), torch.compile(f, fullgraph=True)(outs, lses, sinks)
+    assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[1], compiled[1])
+    ref = apply_sinks_reference(torch.stack(outs).double(), torch.stack(lses).double(), sinks.double())
+    assert_rel_close("sinks after the states", eager[0], ref.to(eager[0].dtype), TOLERANCE[torch.float16])
+    # rows of no column: only the LSEs merge (the sink included)
+    out, lse = merge_state_list([o[..., :0] for o in outs], lses, sinks)
+    assert out.shape == (8, 4, 0) and torch.allclose(lse, torch.logsumexp(torch.cat([torch.stack(lses),
+                                                                                     sinks.expand(1, 8, 4)]), 0))
+
+
+def apply_sinks_reference(outs, lses, sinks):
+    """float64 output of the states ``(S, ..., H, D)``, ``(S, ..., H)`` merged with the sinks ``(H,)``."""
+    L = torch.cat([lses, sinks.expand(1, *lses.shape[1:])])
+    w = torch.exp(L - torch.logsumexp(L, 0))
+    return (w[:-1, ..., None] * outs).sum(0)
 
 
 def test_merge_state_in_place_compiles():
@@ -279,6 +351,11 @@ def test_merge_state_in_place_compiles():
     empty = torch.randn(0, 2, 64)
     leanattn.merge_state_in_place(empty, torch.randn(0, 2), empty.clone(), torch.randn(0, 2))
     torch.library.opcheck(torch.ops.leanattn.merge_state_in_place, (v.clone(), s.clone(), other, s_other))
+    torch.library.opcheck(torch.ops.leanattn.merge_state_in_place, (v.clone(), s.clone(), other, s_other,
+                                                                     torch.tensor([True, False, True])))
+    torch.library.opcheck(torch.ops.leanattn.merge_state_list, ([v, other], [s, s_other], torch.randn(2)))
+    torch.library.opcheck(torch.ops.leanattn.merge_states, (torch.stack([v, other]), torch.stack([s, s_other]),
+                                                            torch.randn(2)))
 
 
 def test_merge_state_in_place_errors():

@@ -101,7 +101,7 @@ def merge_states_kernel(
         for s0 in range(0, S, BLOCK_S):
             ss = (s0 + offs_s).to(tl.int64)
             mask = (ss < S)[:, None] & mask_m[None, :]  # [BLOCK_S, BLOCK_M]
-            lse = tl.load(Lses + ss[:, None] * stride_ls + offs_m[None, :] * stride_lm, mask=mask,
+            lse = tl.load(Lses + ss[:, None] * stride_ls + rows[None, :] * stride_lm, mask=mask,
                           other=float("-inf"))
             o = tl.load(Outs + ss[:, None, None] * stride_os + rows[None, :, None] * stride_om
                         + offs_d[None, None, :], mask=mask[:, :, None] & mask_d[None, None, :],
@@ -176,10 +176,10 @@ def _load_state(O, L, stride_om, rows, offs_d, mask_m, mask_d):
 
 @triton.jit
 def merge_list_kernel(
-    O0, L0, O1, L1, O2, L2, O3, L3, Out, Lse, Sinks,  #
-    M, stride_0, stride_1, stride_2, stride_3,  #
+    O0, L0, O1, L1, O2, L2, O3, L3, Out, Lse, Sinks, RowMask,  #
+    M, H, stride_0, stride_1, stride_2, stride_3,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr, SINK_HEADS: tl.constexpr,
-    IN_PLACE: tl.constexpr,
+    IN_PLACE: tl.constexpr, ROW_MASK: tl.constexpr,
 ):
     """``merge_states_kernel``'s unrolled merge of ``N`` (1 to 4) states held apart, not stacked: ``O<s> [M,
     HEAD_DIM]`` (row stride ``stride_<s>``, unit column stride), ``L<s> [M]`` fp32 natural-log -> ``Out [M,
@@ -187,10 +187,14 @@ def merge_list_kernel(
     ``SINK_HEADS > 0``: attention sinks folded in last (``fold_sinks``; one state and its sinks: ``apply_sinks``).
     ``IN_PLACE``: ``Out``/``Lse`` are ``O0``/``L0`` (``merge_state_in_place``). Every thread that holds part of a
     row loads the row's LSE, and a layout may spread a row over warps, while one thread stores it: a barrier after
-    the folds keeps a store from landing before another warp has loaded that row."""
+    the folds keeps a store from landing before another warp has loaded that row. ``ROW_MASK``: row ``r`` (of ``H``
+    heads a mask entry) is read and written only where the byte ``RowMask[r // H]`` is not 0, so a masked row keeps
+    its bits (FlashInfer's ``merge_state_in_place(mask=)``)."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < M
+    if ROW_MASK:
+        mask_m = mask_m & (tl.load(RowMask + offs_m // H, mask=mask_m, other=0) != 0)
     mask_d = offs_d < HEAD_DIM
     rows = offs_m.to(tl.int64)
     m, acc, den = empty_fold(BLOCK_M, BLOCK_D)

@@ -1,7 +1,7 @@
 """``merge_states``: combine partial attention states computed over disjoint key sets."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import triton
@@ -12,31 +12,41 @@ from ..kernels.merge import merge_launch, merge_list_kernel, merge_states_kernel
 __all__ = ["merge_states", "merge_state", "merge_state_in_place", "merge_state_list"]
 
 
-def _merge_states_impl(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _bounded_sinks(sinks: torch.Tensor) -> torch.Tensor:
+    """float32 sinks bounded as the kernels take them (``kernels/merge.fold_sinks``): magnitudes past 2e38 at 2e38,
+    -inf kept (no sink)."""
+    s = sinks.float()
+    return torch.where(s == float("-inf"), s, s.clamp(-2e38, 2e38))
+
+
+def _merge_states_impl(outs: torch.Tensor, lses: torch.Tensor,
+                       sinks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     S, B, H, D = outs.shape
     out = torch.empty((B, H, D), dtype=outs.dtype, device=outs.device)
     lse = torch.empty((B, H), dtype=torch.float32, device=outs.device)
     M = B * H
     if M == 0:
         return out, lse
-    if S == 0:
-        return out.zero_(), lse.fill_(float("-inf"))
+    if S == 0:  # no state: the identity, or each row's sink alone
+        return out.zero_(), (lse.fill_(float("-inf")) if sinks is None else lse.copy_(_bounded_sinks(sinks)))
     o = outs.reshape(S, M, D)
     ls = lses.reshape(S, M)
     if o.stride(-1) != 1:
         o = o.contiguous()
-    grid, meta = merge_launch(S, M, D)
-    merge_states_kernel[grid](o, ls, out, lse, lse, S, M, o.stride(0), o.stride(1), ls.stride(0), ls.stride(1), **meta)
+    grid, meta = merge_launch(S, M, D, sink_heads=0 if sinks is None else sinks.shape[0])
+    merge_states_kernel[grid](o, ls, out, lse, lse if sinks is None else sinks.contiguous(), S, M, o.stride(0),
+                              o.stride(1), ls.stride(0), ls.stride(1), **meta)
     return out, lse
 
 
 @torch.library.custom_op("leanattn::merge_states", mutates_args=())
-def _merge_states_op(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _merge_states_impl(outs, lses)
+def _merge_states_op(outs: torch.Tensor, lses: torch.Tensor,
+                     sinks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _merge_states_impl(outs, lses, sinks)
 
 
 @_merge_states_op.register_fake
-def _(outs, lses):
+def _(outs, lses, sinks=None):
     S, B, H, D = outs.shape
     return outs.new_empty((B, H, D)), lses.new_empty((B, H), dtype=torch.float32)
 
@@ -97,35 +107,44 @@ LIST_CONFIGS = ((16384, 8, 2), (2048, 4, 4), (0, 1, 1))
 
 
 def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
-                     sinks: torch.Tensor = None, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     sinks: torch.Tensor = None, in_place: bool = False,
+                     row_mask: torch.Tensor = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`merge_states` of states held apart, past validation: ``outs[s]`` of one shape ``(..., H, D)``,
     ``lses[s]`` of ``(..., H)`` float32, in one device and dtype. Up to four states are merged in one launch that
-    reads each where it lies (``merge_list_kernel``): stacking them first cost two more launches, a few microseconds
-    each even replayed from a CUDA graph. One state is returned as it is; more, or while compiling, are stacked.
+    reads each where it lies (``merge_list_kernel``; while compiling, the custom op ``leanattn::merge_state_list``
+    around it): stacking them first cost two more launches, a few microseconds each even replayed from a CUDA graph.
+    One state is returned as it is; more than four are stacked (``merge_states_kernel``).
 
-    ``sinks (H,)``: attention sinks, folded in by the same launch after every state (``merges/sinks.py``); one state
-    with sinks is one launch. ``in_place``: the result is written over ``outs[0]`` and ``lses[0]`` (contiguous, of at
-    least one row and column, two to four states, not while compiling: ``merge_state_in_place`` sees to it)."""
+    ``sinks (H,)``: attention sinks, folded in by the same launch after every state (``merges/sinks.py``), so the
+    output is rounded once; one state with sinks is one launch. ``in_place``: the result is written over ``outs[0]``
+    and ``lses[0]`` (contiguous, of at least one row and column, two to four states, not while compiling:
+    ``merge_state_in_place`` sees to it); with ``row_mask`` (``(...)`` bool, ``outs[0].shape[:-2]``, contiguous), a
+    row whose entry is False is neither read nor written."""
     if sinks is None and len(outs) == 1:
         return outs[0], lses[0]
     assert all(o.dtype == outs[0].dtype for o in outs), [o.dtype for o in outs]
     shape, D = outs[0].shape, outs[0].shape[-1]
     M = shape.numel() // D if D else 0
-    if M == 0 or torch.compiler.is_compiling() or len(outs) > 4:  # (M is 0 where D is)
-        if len(outs) > 1:
-            out, lse = merge_states(torch.stack([o.reshape(M, 1, D) for o in outs]),
-                                    torch.stack([ls.reshape(M, 1) for ls in lses]))
-            out, lse = out.view(shape), lse.view(shape[:-1])
-        else:
-            out, lse = outs[0], lses[0]
-        if sinks is None:
-            return out, lse
-        if M and torch.compiler.is_compiling():
-            return _sinks_op(out, lse, sinks)
-        if M:
-            return merge_state_list([out], [lse], sinks)
-        # no row, or rows of no column: only the LSE takes the sink
-        return out.clone(), torch.logaddexp(lse, sinks.float().expand_as(lse))
+    if M == 0:  # no row, or rows of no column: only the LSEs merge
+        lse = torch.logsumexp(torch.stack([ls.float() for ls in lses]), 0)
+        if sinks is not None:
+            lse = torch.logaddexp(lse, _bounded_sinks(sinks).expand_as(lse))
+        return outs[0].new_empty(shape), lse
+    if len(outs) > 4:
+        op = _merge_states_op if torch.compiler.is_compiling() else _merge_states_impl
+        out, lse = op(torch.stack([o.reshape(M, 1, D) for o in outs]), torch.stack([ls.reshape(M, 1) for ls in lses]),
+                      sinks)
+        return out.view(shape), lse.view(shape[:-1])
+    if torch.compiler.is_compiling():
+        assert not in_place
+        return _list_op(list(outs), list(lses), sinks)
+    return _list_impl(outs, lses, sinks, in_place, row_mask)
+
+
+def _list_impl(outs, lses, sinks=None, in_place=False, row_mask=None):
+    """``merge_state_list``'s launch of two to four states, or of one with sinks, of at least one row and column."""
+    shape, D = outs[0].shape, outs[0].shape[-1]
+    M = shape.numel() // D
     os_ = [o.reshape(M, D) for o in outs]
     os_ = [o if o.stride(-1) == 1 else o.contiguous() for o in os_]
     ls_ = [ls.reshape(M).contiguous() for ls in lses]
@@ -138,20 +157,22 @@ def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
     rows, warps = next((r, w) for least, r, w in LIST_CONFIGS if M >= least)
     merge_list_kernel[(triton.cdiv(M, rows),)](
         pad[0][0], pad[1][0], pad[0][1], pad[1][1], pad[0][2], pad[1][2], pad[0][3], pad[1][3], out, lse,
-        lse if sinks is None else sinks.contiguous(), M, *(o.stride(0) for o in pad[0]), HEAD_DIM=D, BLOCK_M=rows,
-        BLOCK_D=triton.next_power_of_2(D), N=len(outs), SINK_HEADS=0 if sinks is None else sinks.shape[0],
-        IN_PLACE=in_place, num_warps=warps)
+        lse if sinks is None else sinks.contiguous(), lse if row_mask is None else row_mask.view(torch.uint8), M,
+        shape[-2], *(o.stride(0) for o in pad[0]), HEAD_DIM=D, BLOCK_M=rows, BLOCK_D=triton.next_power_of_2(D),
+        N=len(outs), SINK_HEADS=0 if sinks is None else sinks.shape[0], IN_PLACE=in_place,
+        ROW_MASK=row_mask is not None, num_warps=warps)
     return out, lse
 
 
-@torch.library.custom_op("leanattn::apply_sinks", mutates_args=())
-def _sinks_op(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return merge_state_list([out], [lse], sinks)
+@torch.library.custom_op("leanattn::merge_state_list", mutates_args=())
+def _list_op(outs: list[torch.Tensor], lses: list[torch.Tensor],
+             sinks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _list_impl(outs, lses, sinks)
 
 
-@_sinks_op.register_fake
-def _(out, lse, sinks):
-    return out.new_empty(out.shape), lse.new_empty(lse.shape, dtype=torch.float32)
+@_list_op.register_fake
+def _(outs, lses, sinks=None):
+    return outs[0].new_empty(outs[0].shape), lses[0].new_empty(lses[0].shape, dtype=torch.float32)
 
 
 def _check_two_states(out_a, lse_a, out_b, lse_b, names=("out_a", "lse_a", "out_b", "lse_b")) -> None:
@@ -209,18 +230,20 @@ def merge_state(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
     return merge_state_list([out_a, out_b], [lse_a, lse_b])
 
 
-def _merge_in_place_impl(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor, s_other: torch.Tensor) -> None:
+def _merge_in_place_impl(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor, s_other: torch.Tensor,
+                         mask: Optional[torch.Tensor] = None) -> None:
     if v.numel():
-        merge_state_list([v, v_other], [s, s_other], in_place=True)
+        _list_impl([v, v_other], [s, s_other], in_place=True, row_mask=None if mask is None else mask.contiguous())
 
 
 @torch.library.custom_op("leanattn::merge_state_in_place", mutates_args=("v", "s"))
-def _merge_in_place_op(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor, s_other: torch.Tensor) -> None:
-    _merge_in_place_impl(v, s, v_other, s_other)
+def _merge_in_place_op(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor, s_other: torch.Tensor,
+                       mask: Optional[torch.Tensor] = None) -> None:
+    _merge_in_place_impl(v, s, v_other, s_other, mask)
 
 
 @_merge_in_place_op.register_fake
-def _(v, s, v_other, s_other):
+def _(v, s, v_other, s_other, mask=None):
     return None
 
 
@@ -243,9 +266,9 @@ def merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor
         The other state: ``v``'s shape, device and dtype (any strides with a unit stride on ``D``), and ``s``'s
         shape, float32. ``s_other = -inf`` (no key attended) leaves the row as it was.
     mask : torch.Tensor, optional
-        ``v.shape[:-2]`` bool: where False, the row keeps ``(v, s)`` bit for bit (the other state is taken as the
-        identity ``(0, -inf)``, at the cost of one small elementwise launch). A row whose ``s`` is ``-inf``
-        ends as zeros either way.
+        ``v.shape[:-2]`` bool: where False, the row keeps ``(v, s)`` bit for bit (the launch neither reads nor
+        writes it). Elsewhere a row whose ``s`` is ``-inf`` takes the other state, and zeros and ``-inf`` where
+        both are ``-inf``.
 
     Examples
     --------
@@ -266,6 +289,5 @@ def merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor
             raise ValueError(f"mask: expected shape {tuple(v.shape[:-2])} (v.shape[:-2]), got {tuple(mask.shape)}")
         if mask.device != v.device:
             raise ValueError(f"mask: expected device {v.device} (as v), got {mask.device}")
-        s_other = torch.where(mask[..., None], s_other, float("-inf"))
     op = _merge_in_place_op if torch.compiler.is_compiling() else _merge_in_place_impl
-    op(v, s, v_other, s_other)
+    op(v, s, v_other, s_other, mask)
