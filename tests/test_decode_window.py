@@ -120,6 +120,15 @@ def test_window_pages_before_it_are_never_read(page_size, schedule):
     # without the window those ids are in use, and refused
     with pytest.raises(ValueError, match="block_table: expected page ids"):
         leanattn.decode(q, k, v, lens, stale, schedule=schedule, validate=True)
+    # a query of no token (B, 0, Hq, D) or packed with none, under the smallest window: no page is read, and none
+    # refused (its window was taken as none, found by a fuzzer)
+    cu = torch.zeros(4, dtype=torch.int32)
+    for b, n in enumerate(lens.tolist()):
+        stale[b, :max(n - 1, 0) // page_size] = -1  # all but the last token's page
+    for q0, kw in ((q.new_empty(3, 0, 8, 64), {}), (q[:0], dict(cu_seqlens_q=cu, max_seqlen_q=1))):
+        out = leanattn.decode(q0, k, v, lens, stale, schedule=schedule, window_left=0, causal=True, validate=True,
+                              **kw)
+        assert out.shape == q0.shape
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

@@ -66,7 +66,7 @@ class _Plan:
         device = q.device
         group = Hq // k_cache.shape[2]
         # the keys of a row's tiles: the union of its tokens' windows
-        window_left = window_left + qlen - 1 if window_left >= 0 else -1
+        window_left = window_left + max(qlen, 1) - 1 if window_left >= 0 else -1
         paged = block_table is not None
         fp8_capable("k_cache", k_cache.dtype, device)
         self.cap = cap = _capacity(k_cache, block_table)
@@ -557,10 +557,11 @@ def decode(
     causal = checks.flag("causal", causal)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     batch, qlen = checks.query_slots(q, cu_seqlens_q, max_seqlen_q, validate)
-    # the first token's window holds every page in use
+    # the first token's window holds every page in use (a query of no token: a window still, not -1, so the pages
+    # before it may be freed)
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
                                               validate, k_scale, v_scale, fp8=True,
-                                              window_left=window_left + qlen - 1 if window_left >= 0 else -1,
+                                              window_left=window_left + max(qlen, 1) - 1 if window_left >= 0 else -1,
                                               batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen)
     if window_left >= _capacity(k_cache, block_table) - 1:
         window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
