@@ -107,8 +107,7 @@ LIST_CONFIGS = ((16384, 8, 2), (2048, 4, 4), (0, 1, 1))
 
 
 def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
-                     sinks: torch.Tensor = None, in_place: bool = False,
-                     row_mask: torch.Tensor = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     sinks: torch.Tensor = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`merge_states` of states held apart, past validation: ``outs[s]`` of one shape ``(..., H, D)``,
     ``lses[s]`` of ``(..., H)`` float32, in one device and dtype. Up to four states are merged in one launch that
     reads each where it lies (``merge_list_kernel``; while compiling, the custom op ``leanattn::merge_state_list``
@@ -116,10 +115,7 @@ def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
     One state is returned as it is; more than four are stacked (``merge_states_kernel``).
 
     ``sinks (H,)``: attention sinks, folded in by the same launch after every state (``merges/sinks.py``), so the
-    output is rounded once; one state with sinks is one launch. ``in_place``: the result is written over ``outs[0]``
-    and ``lses[0]`` (contiguous, of at least one row and column, two to four states, not while compiling:
-    ``merge_state_in_place`` sees to it); with ``row_mask`` (``(...)`` bool, ``outs[0].shape[:-2]``, contiguous), a
-    row whose entry is False is neither read nor written."""
+    output is rounded once; one state with sinks is one launch."""
     if sinks is None and len(outs) == 1:
         return outs[0], lses[0]
     assert all(o.dtype == outs[0].dtype for o in outs), [o.dtype for o in outs]
@@ -136,13 +132,15 @@ def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
                       sinks)
         return out.view(shape), lse.view(shape[:-1])
     if torch.compiler.is_compiling():
-        assert not in_place
         return _list_op(list(outs), list(lses), sinks)
-    return _list_impl(outs, lses, sinks, in_place, row_mask)
+    return _list_impl(outs, lses, sinks)
 
 
 def _list_impl(outs, lses, sinks=None, in_place=False, row_mask=None):
-    """``merge_state_list``'s launch of two to four states, or of one with sinks, of at least one row and column."""
+    """``merge_state_list``'s launch of two to four states, or of one with sinks, of at least one row and column.
+    ``in_place``: the result is written over ``outs[0]`` and ``lses[0]`` (contiguous, two states:
+    ``merge_state_in_place``); with ``row_mask`` (bool, ``outs[0].shape[:-2]``, contiguous), a row whose entry is
+    False is neither read nor written."""
     shape, D = outs[0].shape, outs[0].shape[-1]
     M = shape.numel() // D
     os_ = [o.reshape(M, D) for o in outs]
