@@ -12,13 +12,6 @@ from ..kernels.merge import merge_launch, merge_list_kernel, merge_states_kernel
 __all__ = ["merge_states", "merge_state", "merge_state_in_place", "merge_state_list"]
 
 
-def _bounded_sinks(sinks: torch.Tensor) -> torch.Tensor:
-    """float32 sinks bounded as the kernels take them (``kernels/merge.fold_sinks``): magnitudes past 2e38 at 2e38,
-    -inf kept (no sink)."""
-    s = sinks.float()
-    return torch.where(s == float("-inf"), s, s.clamp(-2e38, 2e38))
-
-
 def _merge_states_impl(outs: torch.Tensor, lses: torch.Tensor,
                        sinks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     S, B, H, D = outs.shape
@@ -27,8 +20,8 @@ def _merge_states_impl(outs: torch.Tensor, lses: torch.Tensor,
     M = B * H
     if M == 0:
         return out, lse
-    if S == 0:  # no state: the identity, or each row's sink alone
-        return out.zero_(), (lse.fill_(float("-inf")) if sinks is None else lse.copy_(_bounded_sinks(sinks)))
+    if S == 0:  # (sinks come only with more than four states: merge_state_list)
+        return out.zero_(), lse.fill_(float("-inf"))
     o = outs.reshape(S, M, D)
     ls = lses.reshape(S, M)
     if o.stride(-1) != 1:
@@ -123,8 +116,9 @@ def merge_state_list(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
     M = shape.numel() // D if D else 0
     if M == 0:  # no row, or rows of no column: only the LSEs merge
         lse = torch.logsumexp(torch.stack([ls.float() for ls in lses]), 0)
-        if sinks is not None:
-            lse = torch.logaddexp(lse, _bounded_sinks(sinks).expand_as(lse))
+        if sinks is not None:  # bounded as the kernels take them (kernels/merge.fold_sinks), -inf no sink
+            sk = sinks.float()
+            lse = torch.logaddexp(lse, torch.where(sk == float("-inf"), sk, sk.clamp(-2e38, 2e38)).expand_as(lse))
         return outs[0].new_empty(shape), lse
     if len(outs) > 4:
         op = _merge_states_op if torch.compiler.is_compiling() else _merge_states_impl

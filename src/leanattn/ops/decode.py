@@ -44,6 +44,12 @@ def fp8_capable(name: str, dtype: torch.dtype, device: torch.device) -> None:
                          f"cache, got {cc[0]}.{cc[1]}")
 
 
+def rows_window(window_left: int, qlen: int) -> int:
+    """The keys a row of ``qlen`` query tokens attends before its last key: the union of its tokens' windows of
+    ``window_left`` keys each (-1: no window). A query of no token keeps its window (-1 would be none)."""
+    return window_left + max(qlen, 1) - 1 if window_left >= 0 else -1
+
+
 class _Plan:
     """Everything about a launch that depends only on shapes, strides, dtypes and options.
 
@@ -65,8 +71,7 @@ class _Plan:
         rows_q = q.shape[0] if varlen else B * qlen  # query tokens of the batch, the rows of out and lse
         device = q.device
         group = Hq // k_cache.shape[2]
-        # the keys of a row's tiles: the union of its tokens' windows
-        window_left = window_left + max(qlen, 1) - 1 if window_left >= 0 else -1
+        window_left = rows_window(window_left, qlen)
         paged = block_table is not None
         fp8_capable("k_cache", k_cache.dtype, device)
         self.cap = cap = _capacity(k_cache, block_table)
@@ -557,11 +562,10 @@ def decode(
     causal = checks.flag("causal", causal)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     batch, qlen = checks.query_slots(q, cu_seqlens_q, max_seqlen_q, validate)
-    # the first token's window holds every page in use (a query of no token: a window still, not -1, so the pages
-    # before it may be freed)
+    # the first token's window holds every page in use
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
                                               validate, k_scale, v_scale, fp8=True,
-                                              window_left=window_left + max(qlen, 1) - 1 if window_left >= 0 else -1,
+                                              window_left=rows_window(window_left, qlen),
                                               batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen)
     if window_left >= _capacity(k_cache, block_table) - 1:
         window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
