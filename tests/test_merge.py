@@ -303,13 +303,7 @@ def test_state_list_odd_heads_and_sinks(config, S, D, sink_dtype, monkeypatch):
     outs[-1][1, 1] = float("nan")
     sinks = None if sink_dtype is None else torch.tensor([float("inf"), float("-inf"), 0.7]).to(sink_dtype)
     out, lse = states.merge_state_list(outs, lses, sinks)
-    L, O = torch.stack(lses).double(), torch.stack(outs).double()
-    if sinks is not None:
-        bounded = sinks.double().clamp(-2e38, 2e38).where(sinks.double() != float("-inf"), sinks.double())
-        L, O = torch.cat([L, bounded.expand(1, 5, 3)]), torch.cat([O, torch.zeros_like(O[:1])])
-    ref_lse = torch.logsumexp(L, 0)
-    w = torch.exp(L - ref_lse.where(ref_lse != float("-inf"), 0.0))
-    ref_out = (w[..., None] * O.where(w[..., None] > 0, 0.0)).sum(0)
+    ref_out, ref_lse = reference_with_sinks(torch.stack(outs), torch.stack(lses), sinks)
     assert not out.isnan().any() and not lse.isnan().any()
     assert torch.allclose(out.double(), ref_out, rtol=2e-3, atol=2e-3)
     assert torch.allclose(lse.double(), ref_lse, rtol=1e-6, atol=1e-5)
@@ -326,7 +320,7 @@ def test_state_list_compiled_with_sinks_equals_eager(S):
     f = lambda o, ls, sk: merge_state_list(o, ls, sk)  # noqa: E731
     eager, compiled = f(outs, lses, sinks), torch.compile(f, fullgraph=True)(outs, lses, sinks)
     assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[1], compiled[1])
-    ref = apply_sinks_reference(torch.stack(outs).double(), torch.stack(lses).double(), sinks.double())
+    ref = reference_with_sinks(torch.stack(outs), torch.stack(lses), sinks)[0]
     assert_rel_close("sinks after the states", eager[0], ref.to(eager[0].dtype), TOLERANCE[torch.float16])
     # rows of no column: only the LSEs merge (the sink included)
     out, lse = merge_state_list([o[..., :0] for o in outs], lses, sinks)
@@ -334,11 +328,16 @@ def test_state_list_compiled_with_sinks_equals_eager(S):
                                                                                      sinks.expand(1, 8, 4)]), 0))
 
 
-def apply_sinks_reference(outs, lses, sinks):
-    """float64 output of the states ``(S, ..., H, D)``, ``(S, ..., H)`` merged with the sinks ``(H,)``."""
-    L = torch.cat([lses, sinks.expand(1, *lses.shape[1:])])
-    w = torch.exp(L - torch.logsumexp(L, 0))
-    return (w[:-1, ..., None] * outs).sum(0)
+def reference_with_sinks(outs, lses, sinks=None):
+    """float64 ``reference.merge_states`` of the states ``(S, ..., H, D)``, ``(S, ..., H)`` and, given, the sinks
+    ``(H,)`` as one more state ``(0, sink)`` each, bounded as the kernels take them (magnitudes past 2e38 at 2e38,
+    -inf no sink)."""
+    if sinks is not None:
+        sk = sinks.double()
+        sk = torch.where(sk == float("-inf"), sk, sk.clamp(-2e38, 2e38))
+        outs = torch.cat([outs, torch.zeros_like(outs[:1])])
+        lses = torch.cat([lses, sk.expand(1, *lses.shape[1:])])
+    return reference.merge_states(outs, lses)
 
 
 def test_merge_state_in_place_compiles():
