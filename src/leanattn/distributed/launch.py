@@ -40,6 +40,9 @@ def _child(rank, world_size, fn, args, init_file, backend, group_timeout_s, resu
             torch.cuda.set_device(rank % torch.cuda.device_count())
         dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=group_timeout_s))
+        # a rank that raised at once and left would close its sockets while a peer still builds its
+        # connections, and the peer's init would fail too: no rank runs fn before every rank is joined
+        dist.barrier(device_ids=[torch.cuda.current_device()] if backend == "nccl" else None)
         payload = fn(rank, world_size, *args)
     except BaseException:  # noqa: BLE001 - reported to the parent
         status, payload = "error", traceback.format_exc()
