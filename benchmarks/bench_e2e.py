@@ -29,6 +29,7 @@ with their error; transformers cells are skipped past ``--budget-s``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import statistics
 import sys
@@ -167,13 +168,15 @@ def hf_decode_ms(hf, impl: str, cache, first_tok: torch.Tensor, steps: int) -> l
     tok = first_tok.view(-1, 1)
     times = []
     cuda = torch.cuda.is_available()
+    # transformers 5.x renames forward's past_key_values to cache (the old name goes in 5.40)
+    name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
     for _ in range(steps):
         if cuda:
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
         else:
             w = time.perf_counter()
-        out = hf(input_ids=tok, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = hf(input_ids=tok, use_cache=True, logits_to_keep=1, **{name: cache})
         tok = out.logits[:, -1].argmax(-1, keepdim=True)
         if cuda:
             b.record()

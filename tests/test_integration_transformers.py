@@ -2,6 +2,7 @@
 decode steps really on leanattn.decode (counted), fallbacks where the kernels do not apply."""
 from __future__ import annotations
 
+import inspect
 import sys
 
 import pytest
@@ -140,10 +141,12 @@ def test_several_tokens_over_a_cache_on_the_kernel(family, window, monkeypatch):
 
     def logits(impl):
         model.set_attn_implementation(impl)
-        cache = transformers.DynamicCache(config=model.config)
+        # transformers 5.x renames forward's past_key_values to cache (the old name goes in 5.40)
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        kw = {name: transformers.DynamicCache(config=model.config), "use_cache": True}
         with torch.no_grad():
-            model(ids[:, :10], past_key_values=cache, use_cache=True)
-            return model(ids[:, 10:], past_key_values=cache, use_cache=True).logits
+            model(ids[:, :10], **kw)
+            return model(ids[:, 10:], **kw).logits
     ref = logits("sdpa")
     got = logits("leanattn")
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
