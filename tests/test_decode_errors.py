@@ -98,6 +98,8 @@ DECODE_CASES = [
     ("scale as string", dict(base(), softmax_scale="0.1"), TypeError, "softmax_scale"),
     ("scale as bool", dict(base(), softmax_scale=True), TypeError, "softmax_scale"),
     ("scale as tensor", dict(base(), softmax_scale=torch.tensor(0.1)), TypeError, "softmax_scale"),
+    ("scale nan", dict(base(), softmax_scale=float("nan")), ValueError, "softmax_scale"),
+    ("scale inf", dict(base(), softmax_scale=float("inf")), ValueError, "softmax_scale"),
     # float8 caches
     ("q float8", replace(**{n: (lambda kw, n=n: kw[n].to(E4M3)) for n in ("q", "k_cache", "v_cache")}), TypeError,
      "q"),

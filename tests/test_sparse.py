@@ -2,6 +2,7 @@
 
 Runs on the CPU under the Triton interpreter (tiny shapes, 16x16 tiles) or on a GPU.
 """
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,38 @@ def test_atomic_dq(device, config, dtype, mode):
     else:
         a = torch.randint(0, 3, (1, N, 2), device=device)
         _check(_hash, reference.hash_sparse_attention, q, k, v, a, a, deterministic=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_atomic_dq_padding_keys_of_a_full_tile(device, dtype):
+    # the last key block (keys 0..7 of bucket 1, then padding) is seen in full by queries 16..31, whose every score
+    # is very negative: a padding key's exp2(0 - lse) overflows, and the atomic dQ once took inf * 0 = NaN from it
+    N, a = 40, (2.0 if dtype == torch.float16 else 4.0)
+    q = (a + 0.1 * torch.randn(1, N, 1, 64, device=device)).to(dtype).requires_grad_()
+    k = (-a + 0.1 * torch.randn(1, N, 1, 64, device=device)).to(dtype).requires_grad_()
+    v = torch.randn(1, N, 1, 64, device=device, dtype=dtype).requires_grad_()
+    qb = torch.ones(1, N, 1, dtype=torch.int32, device=device)
+    kb = torch.zeros_like(qb)
+    kb[:, :8] = 1
+    # scores of -32 to -64 rounded to fp16 leave dQ at ~7e-3 of the reference on both dQ paths: fp16 gets bf16's bound
+    tol = TOLERANCE[torch.bfloat16] if dtype == torch.float16 else None
+    for det in (True, False):
+        _check(_hash, reference.hash_sparse_attention, q, k, v, qb, kb, tol=tol, deterministic=det)
+
+
+def test_head_stride_beyond_int32(device):
+    # heads 2**30 + 64 elements apart (a (B, H, N, D) buffer seen as (B, N, H, D)): head 2 starts past 2**31, which
+    # an int32 head offset wrapped. The storage is left unwritten but for the rows read (lazily mapped pages).
+    N, H, D, sh = 16, 3, 64, 2**30 + 64
+    views = []
+    for _ in range(3):
+        x = torch.as_strided(torch.empty(2 * sh + N * D, dtype=torch.float16, device=device), (1, N, H, D),
+                             (0, D, sh, 1))
+        x.copy_(torch.randn(1, N, H, D))
+        views.append(x.requires_grad_())
+    keep = torch.rand(1, N, H, device=device) > 0.2
+    keep[:, :, 2] = True
+    _check(_qk, reference.qk_sparse_attention, *views, keep, keep)
 
 
 @pytest.mark.parametrize("mode", ["qk", "hash"])
@@ -340,8 +373,13 @@ def test_lsh_buckets(device):
     g.manual_seed(1)
     ids = lsh_buckets(same, 8, generator=g)
     assert (ids == ids[:, :1]).all()
-    # half precision input works
+    # half precision input works; so does a numpy integer count, here and in hash_sparse_attention
     assert lsh_buckets(x.half(), 16).max() < 16
+    ids = lsh_buckets(x, np.int64(4))
+    assert ids.max() < 4
+    q = x[:, :, :, :].requires_grad_()
+    out = leanattn.hash_sparse_attention(q, q, q, ids, ids, n_buckets=np.int64(4))
+    assert_rel_close("out", out, reference.hash_sparse_attention(q, q, q, ids, ids), TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize("kw, exc, match", [

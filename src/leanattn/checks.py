@@ -124,6 +124,8 @@ def softmax_scale(value, head_dim: int) -> float:
     # any real scalar (numpy's included, as flash-attn takes them); a bool or a tensor is a mistake
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         _fail(TypeError, "softmax_scale", "a float or None", type(value).__name__)
+    if not math.isfinite(value):  # nan or inf turns every output into NaN
+        _fail(ValueError, "softmax_scale", "a finite float", value)
     return float(value)
 
 

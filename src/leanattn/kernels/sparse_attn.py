@@ -97,7 +97,8 @@ def _program(H, N, REVERSE: tl.constexpr):
 
 @triton.jit
 def _head(X, b, h, stride_b, stride_h):
-    return X + b.to(tl.int64) * stride_b + h * stride_h
+    # int64: a head stride below 2**31 (so passed as int32) times h can pass it (a (B, H, N, D) buffer seen as NHD)
+    return X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
 
 
 @triton.jit
@@ -284,6 +285,12 @@ def sparse_dkdv_kernel(
     k = _rows(_head(K, b, h, stride_kb, stride_kh), k_pos, valid_n, stride_kn, offs_d, UPCAST)
     v = _rows(_head(V, b, h, stride_vb, stride_vh), k_pos, valid_n, stride_vn, offs_d, UPCAST)
     lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
+    if ATOMIC_DQ:
+        # the padding keys of a partial last block (k = v = 0) are not masked in full tiles: their
+        # exp2(0 - lse) can overflow, and inf * 0 in the tile's dQ is NaN for every query in it
+        partial = (blk + 1) * BLOCK_N > N
+        flo = tl.where(partial, hi, flo)
+        fhi = tl.where(partial, hi, fhi)
 
     Q_bh = _head(Q, b, h, stride_qb, stride_qh)
     DO_bh = _head(DO, b, h, stride_dob, stride_doh)

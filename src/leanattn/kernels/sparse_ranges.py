@@ -63,7 +63,7 @@ def qk_compact_kernel(
     bh = tl.program_id(0)
     BH = tl.num_programs(0)
     b = (bh // H).to(tl.int64)
-    h = bh % H
+    h = (bh % H).to(tl.int64)
     row = bh.to(tl.int64) * N
     if tl.program_id(1) == 0:
         keep = QKeep + b * stride_qb + h * stride_qh

@@ -8,6 +8,7 @@ the keep masks or bucket ids as they are: the forward op computes the layout its
 """
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -305,8 +306,10 @@ def hash_sparse_attention(
     >>> out = leanattn.hash_sparse_attention(q, k, v, buckets, buckets)
     """
     scale = _validate_qkv(q, k, v, softmax_scale)
-    if n_buckets is not None and (not isinstance(n_buckets, int) or isinstance(n_buckets, bool) or n_buckets < 1):
+    if n_buckets is not None and (not isinstance(n_buckets, numbers.Integral) or isinstance(n_buckets, bool)
+                                  or n_buckets < 1):
         raise ValueError(f"n_buckets: expected a positive int or None, got {n_buckets!r}")
+    n_buckets = None if n_buckets is None else int(n_buckets)
     qb = _check_buckets("q_buckets", q_buckets, q, n_buckets, validate)
     kb = _check_buckets("k_buckets", k_buckets, q, n_buckets, validate)
     return _sparse_attention(q, k, v, qb, kb, scale, deterministic)

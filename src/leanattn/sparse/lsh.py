@@ -1,6 +1,8 @@
 """Angular locality-sensitive hashing (Reformer, Kitaev et al. 2020; as used by SCFA)."""
 from __future__ import annotations
 
+import numbers
+
 from typing import Optional
 
 import torch
@@ -36,8 +38,9 @@ def lsh_buckets(x: torch.Tensor, n_buckets: int, generator: Optional[torch.Gener
     checks.check_tensor("x", x, 4)
     if not x.is_floating_point():
         raise TypeError(f"x: expected a floating-point dtype, got {x.dtype}")
-    if not isinstance(n_buckets, int) or isinstance(n_buckets, bool) or n_buckets < 2 or n_buckets % 2:
+    if not isinstance(n_buckets, numbers.Integral) or isinstance(n_buckets, bool) or n_buckets < 2 or n_buckets % 2:
         raise ValueError(f"n_buckets: expected an even int >= 2, got {n_buckets!r}")
+    n_buckets = int(n_buckets)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     B, N, H, D = x.shape
