@@ -98,6 +98,7 @@ DECODE_CASES = [
     ("scale as string", dict(base(), softmax_scale="0.1"), TypeError, "softmax_scale"),
     ("scale as bool", dict(base(), softmax_scale=True), TypeError, "softmax_scale"),
     ("scale as tensor", dict(base(), softmax_scale=torch.tensor(0.1)), TypeError, "softmax_scale"),
+    ("validate as string", dict(base(), validate="yes"), TypeError, "validate"),
     ("scale nan", dict(base(), softmax_scale=float("nan")), ValueError, "softmax_scale"),
     ("scale inf", dict(base(), softmax_scale=float("inf")), ValueError, "softmax_scale"),
     # float8 caches
@@ -153,6 +154,22 @@ def test_unused_page_ids_are_not_checked():
     # page ids past a sequence's length are never read (vLLM pads block tables with garbage)
     kw = replace(True, block_table=torch.tensor([[3, 1, 99], [0, 2, 7]], dtype=torch.int32))
     assert leanattn.decode(**kw).shape == (2, 4, 64)
+
+
+def test_validate_true_inside_fullgraph_compile():
+    # the value checks read lengths on the host: fullgraph=True says so, without it they run after a graph break
+    kw = base()
+    lens = kw.pop("cache_seqlens")
+    for fullgraph in (True, False):
+        torch._dynamo.reset()
+        f = torch.compile(lambda sl: leanattn.decode(cache_seqlens=sl, validate=True, **kw), fullgraph=fullgraph)
+        if fullgraph:
+            with pytest.raises(torch._dynamo.exc.Unsupported, match="validate=True reads lengths and ids on the host"):
+                f(lens)
+        else:
+            assert torch.equal(f(lens), leanattn.decode(cache_seqlens=lens, **kw))
+            with pytest.raises(ValueError, match="cache_seqlens: expected lengths <="):
+                f(lens + 1000)
 
 
 def states(S=3, B=2, H=4, D=64):

@@ -117,6 +117,21 @@ def values_checkable(*tensors) -> bool:
     return all(t is None or t.device.type == "cpu" for t in tensors)
 
 
+def value_checks(validate, *tensors) -> bool:
+    """Whether to check the values of ``tensors`` (lengths, ids, offsets): ``validate`` (a bool) if given, else
+    :func:`values_checkable`. The checks read values on the host, which ``torch.compile`` cannot trace: with
+    ``validate=True`` it breaks the graph there, and ``fullgraph=True`` fails with a message saying so."""
+    if validate is None:
+        return values_checkable(*tensors)
+    if not isinstance(validate, (bool, np.bool_)):
+        _fail(TypeError, "validate", "a bool or None", type(validate).__name__)
+    if validate and torch.compiler.is_compiling():
+        # the checks run eagerly after a graph break; fullgraph=True stops here with this message
+        torch._dynamo.graph_break("validate=True reads lengths and ids on the host: pass validate=None or False "
+                                  "inside torch.compile(fullgraph=True)")
+    return bool(validate)
+
+
 def softmax_scale(value, head_dim: int) -> float:
     """The scale to use: ``1 / sqrt(head_dim)`` for None, else ``value`` as a float."""
     if value is None:
@@ -200,8 +215,7 @@ def packed_query(q, cu_seqlens_q, max_seqlen_q, validate, name: str = "q") -> tu
         _fail(TypeError, "max_seqlen_q", "an int", type(max_seqlen_q).__name__)
     elif max_seqlen_q < 0:
         _fail(ValueError, "max_seqlen_q", "an int >= 0", max_seqlen_q)
-    if validate is None:
-        validate = values_checkable(cu_seqlens_q)
+    validate = value_checks(validate, cu_seqlens_q)
     if validate:
         cu = cu_seqlens_q.tolist()
         steps = [b - a for a, b in zip(cu, cu[1:])]

@@ -43,8 +43,7 @@ def check_token_seqlens(q: torch.Tensor, shard_seqlens, validate: Optional[bool]
     if tuple(shard_seqlens.shape) != (B, Lq):
         raise ValueError(f"shard_seqlens: expected shape ({B}, {Lq}) (q's sequences and tokens), "
                          f"got {tuple(shard_seqlens.shape)}")
-    if validate is None:
-        validate = checks.values_checkable(shard_seqlens)
+    validate = checks.value_checks(validate, shard_seqlens)
     if validate and shard_seqlens.numel():
         if int(shard_seqlens.min()) < 0:
             raise ValueError(f"shard_seqlens: expected lengths >= 0, got a minimum of {int(shard_seqlens.min())}")

@@ -42,8 +42,7 @@ def check_shard_starts(q, shard_seqlens, shard_starts, window_left: int, capacit
         raise ValueError(f"shard_starts: expected shape {' or '.join(map(str, shapes))} (as shard_seqlens), got "
                          f"{tuple(shard_starts.shape)}")
     checks.check_index("shard_starts", shard_starts, shard_starts.dim(), q.device)
-    if validate is None:
-        validate = checks.values_checkable(shard_starts, shard_seqlens)
+    validate = checks.value_checks(validate, shard_starts, shard_seqlens)
     if not validate or not shard_starts.numel():
         return
     lo = shard_starts.long()

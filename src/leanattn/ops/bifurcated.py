@@ -221,8 +221,7 @@ def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_si
             what = "batch size of q" if batch is None else "samples of cu_seqlens_q"
             raise ValueError(f"{idn}: expected shape ({B},) ({what}), got {tuple(prefix_ids.shape)}")
     max_group_size = checks.max_group_size(max_group_size)
-    if validate is None:
-        validate = checks.values_checkable(prefix_lens, prefix_ids, block_table)
+    validate = checks.value_checks(validate, prefix_lens, prefix_ids, block_table)
     if validate and prefix_lens is not None and G:
         lo, hi = int(prefix_lens.min()), int(prefix_lens.max())
         if lo < 0:

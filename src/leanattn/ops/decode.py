@@ -370,8 +370,7 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
             raise ValueError(f"{sn}: expected shape ({B},) ({what}), got {tuple(cache_seqlens.shape)}")
     if schedule not in ("lean", "split"):
         raise ValueError(f"schedule: expected 'lean' or 'split', got {schedule!r}")
-    if validate is None:
-        validate = checks.values_checkable(cache_seqlens, block_table)
+    validate = checks.value_checks(validate, cache_seqlens, block_table)
     if validate and cache_seqlens is not None:
         cap = _capacity(k_cache, block_table)
         lo, hi = int(cache_seqlens.min()) if B else 0, int(cache_seqlens.max()) if B else 0
@@ -570,8 +569,7 @@ def decode(
     if window_left >= _capacity(k_cache, block_table) - 1:
         window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
     softcap = checks.softcap(softcap)
-    if validate is None:
-        validate = checks.values_checkable(cache_seqlens, block_table)
+    validate = checks.value_checks(validate, cache_seqlens, block_table)
     alibi_slopes = checks.alibi_slopes(alibi_slopes, q.shape[0] if batch is None else batch, q.shape[-2], q.device,
                                        validate)
     check_sinks(sinks, q.shape[-2], q.device)

@@ -157,8 +157,7 @@ def _check_buckets(name: str, x, q, n_buckets, validate) -> torch.Tensor:
     _check_per_token(name, x, q)
     if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
         raise TypeError(f"{name}: expected an integer dtype (int32 or int64 bucket ids), got {x.dtype}")
-    if validate is None:
-        validate = checks.values_checkable(x)
+    validate = checks.value_checks(validate, x)
     if validate and x.numel():
         lo, hi = int(x.min()), int(x.max())
         limit = MAX_GROUP if n_buckets is None else n_buckets - 1
