@@ -92,6 +92,42 @@ def test_padded_batch_falls_back_to_sdpa(decode_calls):
     assert decode_calls == []
 
 
+def test_mask_edited_in_place_is_read_again():
+    # a caller's preallocated (B, 1, 1, N) mask, opened one key further at each step, is the same tensor every time
+    mask = torch.zeros(2, 1, 1, 12, dtype=torch.bool, device=DEV)
+    for n in (7, 8, 9):
+        mask[..., :n] = True
+        assert lt._prefix_lengths(mask, 2).tolist() == [n, n]
+    with torch.inference_mode():
+        frozen = torch.zeros(1, 1, 1, 12, dtype=torch.bool, device=DEV)
+        for n in (3, 4):  # no version counter: never memoised
+            frozen[..., :n] = True
+            assert lt._prefix_lengths(frozen, 1).tolist() == [n]
+
+
+def test_steps_autograd_records_are_sdpa(decode_calls):
+    # the kernels have no backward: with grad enabled and trainable projections a decode step is SDPA's, and the
+    # gradient reaches the attention projections as under SDPA
+    model = make("llama", 4, 2)
+    ids = torch.randint(1, 128, (2, 9), device=DEV)
+    grads = {}
+    for impl in ("sdpa", "leanattn"):
+        model.set_attn_implementation(impl)
+        model.zero_grad()
+        kw = {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values":
+              transformers.DynamicCache(config=model.config)}
+        model(ids[:, :8], **kw)
+        model(ids[:, 8:], **kw).logits.square().sum().backward()
+        grads[impl] = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+    torch.testing.assert_close(grads["leanattn"], grads["sdpa"], rtol=1e-4, atol=1e-5)
+    assert decode_calls == []
+    with torch.no_grad():
+        kw = {k: transformers.DynamicCache(config=model.config) for k in kw}
+        model(ids[:, :8], **kw)
+        model(ids[:, 8:], **kw)
+    assert len(decode_calls) == 2  # both layers' step, without autograd
+
+
 def matches_eager(model, padded: bool, cache=None):
     """Greedy tokens and every step's logits of two 9-token prompts (the second left-padded by 3 with ``padded``; a
     static cache with ``cache="static"``) under leanattn as under transformers' eager attention."""

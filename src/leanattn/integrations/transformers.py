@@ -15,8 +15,9 @@ kernel takes, so nothing is copied. Lengths come from the mask transformers buil
   per forward (one host sync, shared by all layers that get the mask).
 
 A layer's ``sliding_window`` (transformers: the query sees itself and the ``sliding_window - 1`` keys before it)
-becomes ``window_left = sliding_window - 1``. Everything else (prefill, left-padded batches, dropout, head dims
-or devices the kernels do not take) goes to transformers' own SDPA function with the mask from
+becomes ``window_left = sliding_window - 1``. Everything else (prefill, left-padded batches, dropout, steps
+autograd records (the kernels have no backward), head dims or devices the kernels do not take) goes to
+transformers' own SDPA function with the mask from
 transformers' SDPA mask builder, which aligns the causal mask bottom-right when queries and keys
 differ in length. Logit soft-capping (Gemma-2's ``attn_logit_softcapping``, passed as ``softcap``) and attention
 sinks (gpt-oss's ``sinks``, passed as ``s_aux``) run on the kernels in decode steps; the other calls take a PyTorch
@@ -64,11 +65,16 @@ def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
     """``(batch,)`` int32 lengths when a ``(B|1, 1, Lq, N)`` bool mask is the bottom-right causal mask of ``Lq``
     query tokens that end a prefix of each row's keys: query ``s`` True on the keys ``[0, len - Lq + s]`` and False
     after or, with a sliding ``window`` (transformers' ``sliding_window``), True on the last ``window`` of those only;
-    else None. A row's length is the end of its last query's run of True. Memoised per mask tensor (by identity: a
-    mask edited in place is not read again), window and batch: the model passes the same mask to every layer of a
-    kind, so the check (one host sync) runs once per forward and kind of layer."""
-    for ref, w, b, lens in _MASKS:
-        if ref() is mask and w == window and b == batch:
+    else None. A row's length is the end of its last query's run of True. Memoised per mask tensor and its version
+    (a mask edited in place is read again), window and batch: the model passes the same mask to every layer of a
+    kind, so the check (one host sync) runs once per forward and kind of layer. An inference tensor has no version
+    counter, so its check runs at every call."""
+    try:
+        version = mask._version
+    except RuntimeError:  # an inference tensor: an edit in place cannot be seen
+        version = None
+    for ref, w, b, v, lens in _MASKS:
+        if version is not None and ref() is mask and (w, b, v) == (window, batch, version):
             return lens
     result = None
     if mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1:
@@ -85,7 +91,7 @@ def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
             # kept for the next layers: made outside the CUDA-graph pools of a compiled generate
             result = runtime.kept(lens.device, lambda: lens.expand(batch).clone(memory_format=torch.contiguous_format))
     _MASKS[:] = [e for e in _MASKS if e[0]() is not None][-(_MASKS_KEPT - 1):] + [(weakref.ref(mask), window, batch,
-                                                                                    result)]
+                                                                                    version, result)]
     return result
 
 
@@ -94,7 +100,7 @@ def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
 MAX_TOKEN_ROWS = 64
 
 
-def _decode_lengths(module, query, key, attention_mask, dropout, kwargs):
+def _decode_lengths(module, query, key, value, attention_mask, dropout, kwargs):
     """``(True, lengths or None)`` when this call is a decode step the kernels cover (one query token, or a few
     ending a masked prefix: the verification step of assisted generation), else ``(False, None)``."""
     B, Hq, Lq, D = query.shape
@@ -102,6 +108,9 @@ def _decode_lengths(module, query, key, attention_mask, dropout, kwargs):
         return False, None
     if dropout or kwargs.get("cache") is not None or kwargs.get("position_bias") is not None:
         return False, None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (query, key, value, kwargs.get("s_aux"))):
+        return False, None  # the kernels have no backward: a step that autograd records is SDPA's
     if D not in checks.SUPPORTED_HEAD_DIMS or query.dtype not in checks.SUPPORTED_DTYPES:
         return False, None
     if key.dtype != query.dtype or key.stride(-1) != 1 or query.device.type not in ("cuda", "cpu"):
@@ -152,7 +161,7 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
     """
     softcap = checks.softcap(kwargs.get("softcap") or 0.0)
     sinks = kwargs.get("s_aux")
-    ok, lens = _decode_lengths(module, query, key, attention_mask, dropout, kwargs)
+    ok, lens = _decode_lengths(module, query, key, value, attention_mask, dropout, kwargs)
     if ok:
         # (B, Hkv, N, D) -> (B, N, Hkv, D): a view, unit stride on D as the kernel needs
         window = kwargs.get("sliding_window")
