@@ -413,6 +413,8 @@ def bifurcated_decode(
 
     Notes
     -----
+    Inference only, like :func:`leanattn.decode`: no backward, no gradient in the output.
+
     Two launches (``kernels/bifurcated_states.py``): for each prompt and kv head, the query rows of
     all its samples are stacked (``samples x group`` rows) and every prefix tile is multiplied
     against all of them at once, over prefix splits; each sample's own tokens are attended like
@@ -546,6 +548,8 @@ def cascade_decode(
 
     Notes
     -----
+    Inference only, like :func:`leanattn.decode`: no backward, no gradient in the output.
+
     Every level is one pass of the bifurcated kernel (each segment read once, its readers' queries
     stacked into the rows); the innermost level and the own tokens share one launch and are
     merged in it (under a window, the innermost level that holds keys, where the window holds every own token);

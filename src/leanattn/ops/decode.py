@@ -536,7 +536,8 @@ def decode(
     -----
     The schedule is computed on the device from ``cache_seqlens``: there is no host sync, and a
     captured CUDA graph stays correct when the lengths change between replays. Registered as the
-    custom op ``torch.ops.leanattn.decode`` (works under ``torch.compile(fullgraph=True)``).
+    custom op ``torch.ops.leanattn.decode`` (works under ``torch.compile(fullgraph=True)``). Inference
+    only, as flash-attn's ``flash_attn_with_kvcache``: there is no backward, and ``out`` carries no gradient.
 
     Examples
     --------

@@ -158,6 +158,8 @@ def mla_decode(
 
     Notes
     -----
+    Inference only, like :func:`leanattn.decode`: no backward, no gradient in the output.
+
     The lengths come before the block table, as in :func:`leanattn.decode` (FlashMLA takes ``block_table`` first);
     swapped, the int32 checks of their shapes fail.
 
