@@ -29,7 +29,6 @@ with their error; transformers cells are skipped past ``--budget-s``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import statistics
 import sys
@@ -168,8 +167,8 @@ def hf_decode_ms(hf, impl: str, cache, first_tok: torch.Tensor, steps: int) -> l
     tok = first_tok.view(-1, 1)
     times = []
     cuda = torch.cuda.is_available()
-    # transformers 5.x renames forward's past_key_values to cache (the old name goes in 5.40)
-    name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    from leanattn.integrations.transformers import cache_keyword
+    name = cache_keyword(hf)
     for _ in range(steps):
         if cuda:
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

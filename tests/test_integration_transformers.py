@@ -2,7 +2,6 @@
 decode steps really on leanattn.decode (counted), fallbacks where the kernels do not apply."""
 from __future__ import annotations
 
-import inspect
 import sys
 
 import pytest
@@ -114,8 +113,7 @@ def test_steps_autograd_records_are_sdpa(decode_calls):
     for impl in ("sdpa", "leanattn"):
         model.set_attn_implementation(impl)
         model.zero_grad()
-        kw = {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values":
-              transformers.DynamicCache(config=model.config)}
+        kw = {lt.cache_keyword(model): transformers.DynamicCache(config=model.config)}
         model(ids[:, :8], **kw)
         model(ids[:, 8:], **kw).logits.square().sum().backward()
         grads[impl] = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
@@ -177,9 +175,7 @@ def test_several_tokens_over_a_cache_on_the_kernel(family, window, monkeypatch):
 
     def logits(impl):
         model.set_attn_implementation(impl)
-        # transformers 5.x renames forward's past_key_values to cache (the old name goes in 5.40)
-        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        kw = {name: transformers.DynamicCache(config=model.config), "use_cache": True}
+        kw = {lt.cache_keyword(model): transformers.DynamicCache(config=model.config), "use_cache": True}
         with torch.no_grad():
             model(ids[:, :10], **kw)
             return model(ids[:, 10:], **kw).logits

@@ -26,6 +26,7 @@ function has neither).
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 import weakref
 
@@ -59,6 +60,12 @@ def _require():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     return AttentionInterface, AttentionMaskInterface, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"], sdpa_attention_forward
+
+
+def cache_keyword(model) -> str:
+    """The keyword ``model``'s ``forward`` takes its KV cache under: ``"cache"`` (transformers 5.x, where
+    ``past_key_values`` is deprecated and goes in 5.40) or ``"past_key_values"`` (before)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
