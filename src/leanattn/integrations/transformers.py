@@ -33,6 +33,7 @@ import weakref
 import torch
 
 from .. import checks, runtime
+from ..merges.sinks import check_sinks
 from ..ops.decode import decode
 
 __all__ = ["register", "leanattn_attention_forward", "MIN_TRANSFORMERS"]
@@ -180,6 +181,7 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
         if dropout:
             raise ValueError(f"dropout: expected 0 with softcap or s_aux (leanattn's fallback for them has no "
                              f"dropout), got {dropout}")
+        check_sinks(sinks, query.shape[1], query.device)  # as decode checks them, on every device
         # causal without a mask as transformers' SDPA function decides it (T5Gemma's encoder and cross-attention
         # pass is_causal=False)
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
