@@ -185,6 +185,24 @@ def test_window_errors():
         leanattn.cascade_decode(q, [(pk, pv)], k, v, lens, window_left=True)
 
 
+@pytest.mark.parametrize("op", ["bifurcated", "cascade"])
+def test_own_pages_unset_outside_the_window(op):
+    # as decode: an own page table's ids need only be valid for the pages the window reaches (unset: -1)
+    q = torch.randn(2, 8, 64, dtype=torch.float16, device=DEV)
+    pool_k = torch.randn(20, 4, 2, 64, dtype=torch.float16, device=DEV)
+    pool_v = torch.randn_like(pool_k)
+    lens = torch.tensor([16, 13], dtype=torch.int32, device=DEV)
+    table = torch.tensor([[-1, -1, 2, 3], [-1, 5, 6, 7]], dtype=torch.int32, device=DEV)
+    pk, pv, _ = make_prefix(None, 10, 2, 64)
+    ref = reference.bifurcated_decode(q, pk, pv, pool_k, pool_v, lens, table, window_left=5)
+    call = (leanattn.bifurcated_decode(q, pk, pv, pool_k, pool_v, lens, table, window_left=5, return_lse=True)
+            if op == "bifurcated" else
+            leanattn.cascade_decode(q, [(pk, pv)], pool_k, pool_v, lens, table, window_left=5, return_lse=True))
+    assert_states_match(op, q, *call, *ref)
+    with pytest.raises(ValueError, match=r"block_table: expected page ids in \[0, 20\) for the pages in use"):
+        leanattn.bifurcated_decode(q, pk, pv, pool_k, pool_v, lens, table, window_left=8)  # reaches page 1
+
+
 def test_more_rows_and_prompts_than_a_plan_block(monkeypatch):
     # 40 samples over 35 prompts with the plan kernel's block at 32 (256 in use): its loops over samples, rows and
     # prompts take two blocks (300 samples over 260 prompts at 256 cost CI 41 s)

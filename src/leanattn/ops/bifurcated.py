@@ -21,7 +21,7 @@ from ..merges.states import merge_state_list
 from .bifurcated_launch import Plan
 from .bifurcated_window import query_rows, window_states
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
-from .decode import decode, validate_decode
+from .decode import decode, rows_window, validate_decode
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
 
@@ -145,11 +145,13 @@ def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefi
 
 
 def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate, k_scale=1.0, v_scale=1.0,
-                 batch=None):
+                 batch=None, window_left=-1, cu_seqlens_q=None, max_seqlen_q=0):
     """Checks of the own-token cache, which may be absent (``k_cache = v_cache = None``, and then no
     lengths or page table either), as in :func:`leanattn.decode` otherwise (float8 caches and their scales
     included; ``batch``: the samples of a packed query, as ``validate_decode``'s); returns ``(softmax scale, k_scale,
-    v_scale)``, the scales as given without an own cache (the prefix's checks take them: ``validate_prefix``)."""
+    v_scale)``, the scales as given without an own cache (the prefix's checks take them: ``validate_prefix``).
+    ``window_left`` (an int), ``cu_seqlens_q`` and ``max_seqlen_q`` (``packed_query``'s): as in decode, only the pages
+    of each sample's window need valid ids, the own tokens being the tail of the keys a window reaches."""
     if k_cache is None and v_cache is None:
         scale = checks.query(q, softmax_scale, tokens=True)
         for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):
@@ -158,8 +160,11 @@ def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
         return scale, k_scale, v_scale
     if k_cache is None or v_cache is None:
         raise ValueError("k_cache: expected k_cache and v_cache together (or neither), got only one of them")
+    slots = max_seqlen_q if cu_seqlens_q is not None else \
+        q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
     return validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate,
-                           k_scale, v_scale, fp8=True, batch=batch)
+                           k_scale, v_scale, fp8=True, window_left=rows_window(window_left, slots), batch=batch,
+                           cu_seqlens_q=cu_seqlens_q, max_seqlen_q=slots)
 
 
 def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate, name="prefix",
@@ -448,10 +453,11 @@ def bifurcated_decode(
     >>> out = leanattn.bifurcated_decode(q, pk, pv, k, v)
     """
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
-    check_sinks(sinks, q.shape[-2], q.device)
     num_programs = checks.launch_counts(num_programs)[0]
+    window_left = checks.window_left(window_left)
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
-                                           k_scale, v_scale, batch)
+                                           k_scale, v_scale, batch, window_left, cu_seqlens_q, max_q)
+    check_sinks(sinks, q.shape[-2], q.device)
     softcap = checks.softcap(softcap)
     Hkv, k_scale, v_scale = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate,
                                             kv_dtype=None if k_cache is None else k_cache.dtype, k_scale=k_scale,
@@ -560,10 +566,11 @@ def cascade_decode(
     decode, then the merge.
     """
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
-    check_sinks(sinks, q.shape[-2], q.device)
     num_programs = checks.launch_counts(num_programs)[0]
+    window_left = checks.window_left(window_left)
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
-                                           k_scale, v_scale, batch)
+                                           k_scale, v_scale, batch, window_left, cu_seqlens_q, max_q)
+    check_sinks(sinks, q.shape[-2], q.device)
     softcap = checks.softcap(softcap)
     max_group_size = checks.max_group_size(max_group_size)
     if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
@@ -584,11 +591,11 @@ def cascade_decode(
         Hkv, k_scale, v_scale = validate_prefix(q, k, v, lens, ids, max_group_size, validate, f"levels[{i}]",
                                                 kv_dtype, kv_name, k_scale, v_scale, batch, pages)
         parsed.append((k, v, lens, ids, pages))
-    if k_cache is not None:
-        Hkv = k_cache.shape[2]
+    # every level's kv heads are the own cache's, else the first level's
+    Hkv, as_name = (k_cache.shape[2], "k_cache") if k_cache is not None else (parsed[0][0].shape[-2], "levels[0]")
     for i, (k, *_rest) in enumerate(parsed):
         if k.shape[-2] != Hkv:
-            raise ValueError(f"levels[{i}]: expected {Hkv} kv heads, got {k.shape[-2]}")
+            raise ValueError(f"levels[{i}]: expected {Hkv} kv heads (as {as_name}), got {k.shape[-2]}")
     window_left = _window(window_left, parsed, k_cache, block_table)
     if window_left >= 0:
         out, lse = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
