@@ -149,6 +149,13 @@ def test_varlen_empty():
     q, cu = packed([0, 0, 0], 8, 64)
     out, lse = leanattn.decode(q, k, v, lens, bt, return_lse=True, cu_seqlens_q=cu)
     assert out.shape == (0, 8, 64) and lse.shape == (0, 8)
+    # no token reads a page: under a window, the pages before a length's last key may be freed (as with one token)
+    _, k, v, lens, bt = make_inputs(1, 1, 1, 64, [3], page_size=2, spare_pages=0)
+    bt[0, 0] = -1
+    for max_seqlen_q in (0, None, 1):
+        out = leanattn.decode(q[:, :1], k, v, lens, bt, cu_seqlens_q=cu[:2], max_seqlen_q=max_seqlen_q, window_left=0,
+                              validate=True)
+        assert out.shape == (0, 1, 64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

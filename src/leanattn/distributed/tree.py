@@ -159,7 +159,10 @@ def tree_decode(
     check_shapes : bool, optional, keyword-only
         All-gather a small descriptor (shapes, dtype, scale, variant) and raise the same
         ``ValueError`` on every rank when they disagree. ``None`` (default): on the first call of
-        each signature in this process; ``True``: every call; ``False``: never. An error in this rank's values
+        each signature in this process; ``True``: every call; ``False``: never. Under ``None`` each rank decides
+        from its own signature, so a rank whose shapes change while its peers call with signatures already checked
+        is not caught: the collectives then differ (gloo aborts, NCCL waits out its timeout). Pass ``True`` where
+        ranks may disagree after a first call. An error in this rank's values
         found where the signature's check was not repeated (lengths past the shard: values are checked where that
         needs no device sync, on CPU tensors) is raised on this rank only; its peers still complete the call, with
         NaN results, rather than wait out ``timeout``.

@@ -386,7 +386,7 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
         window = min(window_left, _capacity(k_cache, block_table))  # an int the tensors hold
         if window_left >= 0 and cu_seqlens_q is not None:
             tokens = cu_seqlens_q.diff().long().clamp(min=1)
-            window = (window_left - max_seqlen_q + tokens).clamp(max=_capacity(k_cache, block_table))
+            window = (window_left - max(max_seqlen_q, 1) + tokens).clamp(max=_capacity(k_cache, block_table))
         first = (lens.long() - 1 - window).clamp(min=0) // k_cache.shape[1] if window_left >= 0 else 0
         checks.pages_in_use("block_table", block_table, first, used, k_cache.shape[0])
     return (scale, *kv_scales) if fp8 else scale
