@@ -57,6 +57,43 @@ def test_silu_mul(dtype, inter):
     torch.testing.assert_close(out, F.silu(gate) * up, **TOL[dtype])
 
 
+def test_views_of_other_strides():
+    # a view without a unit last stride, or a strided weight, is read as its values (the kernels take unit strides)
+    h, d = torch.randn(16, 6, device=DEV).T, torch.randn(16, 6, device=DEV).T  # (6, 16), last stride 6
+    w = torch.randn(32, device=DEV)[::2]
+    s, y = add_rms_norm(h, w, 1e-5, delta=d)
+    assert torch.equal(s, h + d)
+    torch.testing.assert_close(y, rms_norm(h + d, w, 1e-5), **TOL[torch.float32])
+    gu = torch.randn(20, 3, device=DEV).T  # (3, 20)
+    torch.testing.assert_close(silu_mul(gu), F.silu(gu[:, :10]) * gu[:, 10:], **TOL[torch.float32])
+    B, L, hq, hkv, D = 1, 2, 2, 1, 8
+    qkv = torch.randn((hq + 2 * hkv) * D, L, B, device=DEV).permute(2, 1, 0)
+    cos, sin = torch.randn(B, L, D, device=DEV), torch.randn(B, L, D, device=DEV)
+    cos, sin = torch.cat((cos[..., :4], cos[..., :4]), -1), torch.cat((sin[..., :4], sin[..., :4]), -1)
+    q, k = rope_qk(qkv, cos, sin, hq, hkv)
+    assert torch.equal(q, apply_rope(qkv[..., :hq * D].reshape(B, L, hq, D), cos, sin))
+    assert torch.equal(k, apply_rope(qkv[..., hq * D:(hq + hkv) * D].reshape(B, L, hkv, D), cos, sin))
+
+
+def test_bad_shapes():
+    h = torch.randn(3, 4)
+    cos = torch.randn(1, 3, 8)
+    cases = [(lambda: add_rms_norm(h, torch.randn(2), 1e-6), r"weight: expected shape \(4,\)"),
+             (lambda: add_rms_norm(h, torch.randn(4), 1e-6, delta=torch.randn(4, 3)),
+              r"delta: expected shape \(3, 4\)"),
+             (lambda: add_rms_norm(torch.randn(3, 0), torch.randn(0), 1e-6), "h: expected a last dimension >= 1"),
+             (lambda: silu_mul(torch.randn(2, 5)), "gate_up: expected an even last dimension"),
+             (lambda: rope_qk(torch.randn(1, 3, 32), cos, cos, 3, 1), r"qkv: expected shape \(1, 3, 40\)"),
+             (lambda: rope_qk(torch.randn(1, 3, 31), cos, cos, 2, 1), r"qkv: expected shape \(1, 3, 32\)"),
+             (lambda: rope_qk(torch.randn(1, 3, 28), cos[..., :7], cos[..., :7], 2, 1), "cos: expected an even"),
+             (lambda: rope_qk(torch.randn(2, 3, 32), cos, cos, 2, 1), r"cos: expected shape \(2, 3, 8\)"),
+             (lambda: rope_qk(torch.randn(1, 3, 32), cos, cos[..., :6], 2, 1), r"sin: expected shape \(1, 3, 8\)"),
+             (lambda: rope_qk(torch.randn(3, 32), cos, cos, 2, 1), "qkv: expected a 3-D")]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_model_forward_fused(bias):
     # the whole layer loop: fused against the PyTorch ops, on a prefill-shaped forward (SDPA attention)

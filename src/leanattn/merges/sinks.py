@@ -58,5 +58,6 @@ def apply_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tu
         float32: the sink included. A query that attended no key gets zeros and its head's sink (zeros and ``-inf``
         where the sink is ``-inf`` too).
     """
+    check_sinks(sinks, out.shape[-2], out.device)
     # one merge_list_kernel launch of one state, the sinks folded in (while compiling, a custom op: merges/states.py)
     return merge_state_list([out], [lse], sinks=sinks)

@@ -256,7 +256,9 @@ def merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor
         ``(..., H)`` float32, natural log, contiguous; overwritten with the merged LSE.
     v_other, s_other : torch.Tensor
         The other state: ``v``'s shape, device and dtype (any strides with a unit stride on ``D``), and ``s``'s
-        shape, float32. ``s_other = -inf`` (no key attended) leaves the row as it was.
+        shape, float32. ``s_other = -inf`` (no key attended) leaves the row as it was. They may be ``v`` and ``s``
+        themselves, but not views that overlap them at an offset: rows written early would be read late (not
+        checked, as in FlashInfer).
     mask : torch.Tensor, optional
         ``v.shape[:-2]`` bool: where False, the row keeps ``(v, s)`` bit for bit (the launch neither reads nor
         writes it). Elsewhere a row whose ``s`` is ``-inf`` takes the other state, and zeros and ``-inf`` where

@@ -22,6 +22,20 @@ from ..runtime import device_guard
 __all__ = ["add_rms_norm", "rope_qk", "silu_mul"]
 
 
+def _rows(name: str, t: torch.Tensor, width: int) -> torch.Tensor:
+    """``t (..., width)`` as rows ``(N, width)`` of unit last stride, the kernels' layout (a copy where the view has
+    another)."""
+    if width < 1:
+        raise ValueError(f"{name}: expected a last dimension >= 1, got shape {tuple(t.shape)}")
+    x = t.reshape(-1, width)
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _same_shape(name: str, t: torch.Tensor, shape, of: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} ({of}), got {tuple(t.shape)}")
+
+
 @triton.jit
 def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, sum_ptr, out_ptr, H, eps, stride_h, stride_d, stride_s, stride_o,
                          HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
@@ -58,10 +72,14 @@ def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float,
         ``s = h + delta`` (``h`` itself when ``delta`` is None) and ``y = weight * rms_norm(s)``, ``h``'s shape.
     """
     H = h.shape[-1]
-    h2 = h.reshape(-1, H)
-    d2 = h2 if delta is None else delta.reshape(-1, H)
-    s = h2 if delta is None else torch.empty_like(h2)
-    out = torch.empty_like(h2)
+    _same_shape("weight", weight, (H,), "h's last dimension")
+    if delta is not None:
+        _same_shape("delta", delta, h.shape, "as h")
+    h2 = _rows("h", h, H)
+    d2 = h2 if delta is None else _rows("delta", delta, H)
+    weight = weight.contiguous()
+    s = h2 if delta is None else torch.empty(h2.shape, dtype=h.dtype, device=h.device)
+    out = torch.empty(h2.shape, dtype=h.dtype, device=h.device)
     if h2.shape[0]:
         with device_guard(h.device):
             _add_rms_norm_kernel[(h2.shape[0],)](
@@ -116,9 +134,16 @@ def rope_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_q_heads
     (q, k) : tuple of torch.Tensor
         ``(B, L, Hq, D)`` and ``(B, L, Hkv, D)``, contiguous, rotated.
     """
+    if qkv.dim() != 3:
+        raise ValueError(f"qkv: expected a 3-D (B, L, (Hq + 2 Hkv) D) tensor, got shape {tuple(qkv.shape)}")
     B, L, width = qkv.shape
     D = cos.shape[-1]
-    x = qkv.reshape(B * L, width)
+    if D < 2 or D % 2:
+        raise ValueError(f"cos: expected an even head dim D >= 2 as its last dimension, got shape {tuple(cos.shape)}")
+    _same_shape("cos", cos, (B, L, D), "qkv's (B, L) and the head dim")
+    _same_shape("sin", sin, (B, L, D), "as cos")
+    _same_shape("qkv", qkv, (B, L, (num_q_heads + 2 * num_kv_heads) * D), "(Hq + 2 Hkv) heads of cos's head dim")
+    x = _rows("qkv", qkv, width)
     c, s = cos.reshape(B * L, D).contiguous(), sin.reshape(B * L, D).contiguous()
     q = torch.empty(B, L, num_q_heads, D, dtype=qkv.dtype, device=qkv.device)
     k = torch.empty(B, L, num_kv_heads, D, dtype=qkv.dtype, device=qkv.device)
@@ -149,7 +174,9 @@ def _silu_mul_kernel(x_ptr, out_ptr, inter, stride_x, stride_o, BLOCK: tl.conste
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """SwiGLU's ``silu(gate) * up`` of a fused projection ``(..., 2 I)`` (gate first); returns ``(..., I)``."""
     width = gate_up.shape[-1]
-    x = gate_up.reshape(-1, width)
+    if width % 2:
+        raise ValueError(f"gate_up: expected an even last dimension (gate, then up), got shape {tuple(gate_up.shape)}")
+    x = _rows("gate_up", gate_up, width)
     inter = width // 2
     out = torch.empty(x.shape[0], inter, dtype=gate_up.dtype, device=gate_up.device)
     block = min(4096, triton.next_power_of_2(inter))
