@@ -9,6 +9,7 @@ import leanattn
 from leanattn import reference
 from leanattn.distributed import Placement, ShardedKVCache, ring_decode, spawn, tree_decode
 from leanattn.merges import apply_sinks
+from leanattn.merges.sinks import with_sinks
 from leanattn.testing import assert_states_match
 from test_decode import make_inputs
 
@@ -134,7 +135,7 @@ def test_shared_prefix_paths(monkeypatch, form):
     monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", config.get(form, ""))
     monkeypatch.setenv("LEANATTN_DECODE_EVEN", "1" if form == "one sample even" else "0")
     apart = []
-    monkeypatch.setattr(bif, "apply_sinks", lambda *a: apart.append(a) or apply_sinks(*a))
+    monkeypatch.setattr(bif, "with_sinks", lambda *a: apart.append(a) or with_sinks(*a))
     bif._PLANS.clear()
     try:
         lens = [29] if form.startswith("one sample") else [5, 0, 12, 30]

@@ -239,9 +239,13 @@ def query_slots(q, cu_seqlens_q, max_seqlen_q, validate, name: str = "q") -> tup
     """``(B, query token slots a sequence)`` of a decode query: :func:`packed_query`'s for a packed one, else
     ``(None, Lq)`` of ``(B, Lq, Hq, D)`` (1 for ``(B, Hq, D)``)."""
     batch, slots = packed_query(q, cu_seqlens_q, max_seqlen_q, validate, name)
-    if batch is None:
-        slots = q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
-    return batch, slots
+    return batch, (token_slots(q) if batch is None else slots)
+
+
+def token_slots(q) -> int:
+    """Query token slots a sequence of a query that is not packed: ``Lq`` of ``(B, Lq, Hq, D)``, 1 of ``(B, Hq, D)``
+    (and of anything else, which the query's checks refuse)."""
+    return q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
 
 
 def flag(name: str, value) -> bool:

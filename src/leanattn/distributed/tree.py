@@ -28,7 +28,7 @@ import torch.distributed as dist
 from .. import checks, runtime
 from ..merges import merge_states
 from ..merges.states import merge_state_list
-from ..merges.sinks import apply_sinks, check_sinks
+from ..merges.sinks import check_sinks, with_sinks
 from . import _comm
 from ._comm import Timeout
 from .shard_states import shard_states, validate_shard
@@ -268,7 +268,7 @@ def tree_decode(
     if local_err is not None:
         raise local_err
     if sinks is not None:
-        out, lse = apply_sinks(out, lse, sinks)
+        out, lse = with_sinks(out, lse, sinks)
     return (out, lse) if return_lse else out
 
 
@@ -379,7 +379,7 @@ def ring_decode(
             raise err
         out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, **kw)
         if sinks is not None:
-            out, lse = apply_sinks(out, lse, sinks)
+            out, lse = with_sinks(out, lse, sinks)
         return (out, lse) if return_lse else out
     # -- every rank's shard shapes (needed to receive them) and the agreement on q
     err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
@@ -419,7 +419,7 @@ def ring_decode(
     # the query tokens of a sequence are rows of their own to the merge
     out, lse = merge_state_list(outs, lses)
     if sinks is not None:
-        out, lse = apply_sinks(out, lse, sinks)
+        out, lse = with_sinks(out, lse, sinks)
     return (out, lse) if return_lse else out
 
 

@@ -19,7 +19,7 @@ import torch
 from .. import checks
 from .states import merge_state_list
 
-__all__ = ["check_sinks", "apply_sinks"]
+__all__ = ["check_sinks", "apply_sinks", "with_sinks"]
 
 
 def check_sinks(sinks, heads: int, device: torch.device) -> None:
@@ -59,5 +59,10 @@ def apply_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tu
         where the sink is ``-inf`` too).
     """
     check_sinks(sinks, out.shape[-2], out.device)
+    return with_sinks(out, lse, sinks)
+
+
+def with_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`apply_sinks` without its checks of ``sinks``, for the ops that checked them on entry."""
     # one merge_list_kernel launch of one state, the sinks folded in (while compiling, a custom op: merges/states.py)
     return merge_state_list([out], [lse], sinks=sinks)

@@ -16,7 +16,7 @@ import triton
 
 from .. import checks, runtime
 from ..kernels.group_layout import group_layout_kernel
-from ..merges.sinks import apply_sinks, check_sinks
+from ..merges.sinks import check_sinks, with_sinks
 from ..merges.states import merge_state_list
 from .bifurcated_launch import Plan
 from .bifurcated_window import query_rows, window_states
@@ -117,7 +117,7 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
         plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
                  out, lse, prefix_starts, prefix_block_table, sinks)
     if sinks is not None and not plan.sinks_merged:
-        out, lse = apply_sinks(out, lse, sinks)
+        out, lse = with_sinks(out, lse, sinks)
     return out, lse
 
 
@@ -160,8 +160,7 @@ def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
         return scale, k_scale, v_scale
     if k_cache is None or v_cache is None:
         raise ValueError("k_cache: expected k_cache and v_cache together (or neither), got only one of them")
-    slots = max_seqlen_q if cu_seqlens_q is not None else \
-        q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
+    slots = max_seqlen_q if cu_seqlens_q is not None else checks.token_slots(q)
     return validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate,
                            k_scale, v_scale, fp8=True, window_left=rows_window(window_left, slots), batch=batch,
                            cu_seqlens_q=cu_seqlens_q, max_seqlen_q=slots)
@@ -257,9 +256,8 @@ def _pass_op():
 
 
 def _window(window_left, levels, k_cache, block_table) -> int:
-    """``window_left`` checked, and -1 where the window holds every key a sequence can have (``levels``: ``(k, v,
-    lens, ids, block_table)`` each)."""
-    window_left = checks.window_left(window_left)
+    """``window_left`` (``checks.window_left``'s, by the op on entry), or -1 where the window holds every key a
+    sequence can have (``levels``: ``(k, v, lens, ids, block_table)`` each)."""
     longest = sum(k.shape[-3] if pages is None else pages.shape[1] * k.shape[1] for k, _, _, _, pages in levels)
     if k_cache is not None:
         longest += k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
@@ -588,8 +586,8 @@ def cascade_decode(
         k, v, lens, ids, pages = (tuple(level) + (None, None, None))[:5]
         kv_dtype, kv_name = ((k_cache.dtype, "k_cache") if k_cache is not None else
                              (parsed[0][0].dtype, "levels[0]_k") if parsed else (None, None))
-        Hkv, k_scale, v_scale = validate_prefix(q, k, v, lens, ids, max_group_size, validate, f"levels[{i}]",
-                                                kv_dtype, kv_name, k_scale, v_scale, batch, pages)
+        _, k_scale, v_scale = validate_prefix(q, k, v, lens, ids, max_group_size, validate, f"levels[{i}]",
+                                              kv_dtype, kv_name, k_scale, v_scale, batch, pages)
         parsed.append((k, v, lens, ids, pages))
     # every level's kv heads are the own cache's, else the first level's
     Hkv, as_name = (k_cache.shape[2], "k_cache") if k_cache is not None else (parsed[0][0].shape[-2], "levels[0]")

@@ -9,7 +9,7 @@ import triton
 from .. import checks, runtime
 from ..kernels.decode import lean_decode_kernel, split_decode_kernel
 from ..kernels.piece_merge import merge_meta
-from ..merges.sinks import apply_sinks, check_sinks
+from ..merges.sinks import check_sinks, with_sinks
 from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules import stream_k
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence, window_tokens
@@ -261,7 +261,7 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     if _capacity(k_cache, block_table) == 0:
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
         # the sinks merged into the empty state as every merge takes them (bounded by 2e38, -inf no sink)
-        return (out.zero_(), lse) if sinks is None else apply_sinks(out.zero_(), lse, sinks)
+        return (out.zero_(), lse) if sinks is None else with_sinks(out.zero_(), lse, sinks)
     if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
         cache_seqlens = cache_seqlens.contiguous()  # the kernels index the lengths with unit stride
     if cu_seqlens_q is not None and cu_seqlens_q.stride(0) != 1:
