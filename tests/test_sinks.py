@@ -222,6 +222,10 @@ def test_apply_sinks_edges():
     assert torch.allclose(o[0, 0], torch.full((4,), 0.5)) and torch.allclose(ls[0, 0], torch.tensor(0.6931472))
     assert not o[:, 1].any() and torch.isinf(ls[:, 1]).all() and not torch.isnan(o).any()
     assert torch.equal(o[:, 2], out[:, 2]) and torch.equal(ls[:, 2], lse[:, 2])
+    with pytest.raises(ValueError, match=r"sinks: expected shape \(3,\) \(one logit per query head\), got \(2,\)"):
+        apply_sinks(out, lse, sinks[:2])
+    with pytest.raises(ValueError, match="sinks: expected logits or -inf"):
+        apply_sinks(out, lse, torch.tensor([0.0, float("nan"), 1.0]))
 
 
 def test_compile_fullgraph():
