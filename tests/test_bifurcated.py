@@ -533,6 +533,8 @@ BAD = [
     ("q rank", dict(q=half(3, 256)), ValueError, "q"),
     ("max_group_size too small", dict(max_group_size=1), ValueError, "max_group_size"),
     ("max_group_size negative", dict(max_group_size=-1), ValueError, "max_group_size"),
+    ("max_group_size float", dict(max_group_size=2.0), TypeError, "max_group_size"),
+    ("return_lse not a bool", dict(return_lse=1), TypeError, "return_lse"),
     ("scale type", dict(softmax_scale="0.1"), TypeError, "softmax_scale"),
     ("k without v", dict(v_cache=None), ValueError, "k_cache"),
     ("prefix without kv heads", dict(prefix_k=half(2, 20, 0, 64), prefix_v=half(2, 20, 0, 64)), ValueError,
@@ -567,7 +569,8 @@ CASCADE_BAD = [
                                               max_group_size=1), ValueError, "max_group_size"),
     ("group bound negative", lambda kw: dict(levels=[(kw["prefix_k"], kw["prefix_v"], None, kw["prefix_ids"])],
                                              max_group_size=-1), ValueError, "max_group_size"),
-    ("group bound, no levels", lambda kw: dict(levels=[], max_group_size="x"), ValueError, "max_group_size"),
+    ("group bound, no levels", lambda kw: dict(levels=[], max_group_size="x"), TypeError, "max_group_size"),
+    ("return_lse not a bool", lambda kw: dict(levels=[], return_lse="no"), TypeError, "return_lse"),
     ("lengths without own cache", lambda kw: dict(levels=[(kw["prefix_k"][0], kw["prefix_v"][0])], k_cache=None,
                                                   v_cache=None), ValueError, "cache_seqlens"),
 ]

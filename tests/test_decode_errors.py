@@ -117,14 +117,17 @@ DECODE_CASES = [
     ("k_scale as tensor", dict(fp8(), k_scale=torch.tensor(0.5)), TypeError, "k_scale"),
     ("v_scale as bool", dict(fp8(), v_scale=True), TypeError, "v_scale"),
     ("k_scale as string", dict(fp8(), k_scale="0.5"), TypeError, "k_scale"),
-    # launch counts: a negative one reached the schedule's search as a grid of no program (a ZeroDivisionError)
+    # launch counts (TypeError for another type): a negative one reached the schedule's search as a grid of no
+    # program (a ZeroDivisionError)
     ("num_programs negative", dict(base(), num_programs=-100), ValueError, "num_programs"),
-    ("num_programs float", dict(base(), num_programs=2.7), ValueError, "num_programs"),
-    ("num_programs None", dict(base(), num_programs=None), ValueError, "num_programs"),
-    ("num_programs string", dict(base(), num_programs="3"), ValueError, "num_programs"),
+    ("num_programs float", dict(base(), num_programs=2.7), TypeError, "num_programs"),
+    ("num_programs None", dict(base(), num_programs=None), TypeError, "num_programs"),
+    ("num_programs string", dict(base(), num_programs="3"), TypeError, "num_programs"),
     ("num_splits negative", dict(base(), schedule="split", num_splits=-3), ValueError, "num_splits"),
-    ("num_splits bool", dict(base(), schedule="split", num_splits=True), ValueError, "num_splits"),
+    ("num_splits bool", dict(base(), schedule="split", num_splits=True), TypeError, "num_splits"),
     ("sinks NaN", dict(base(), sinks=torch.tensor([0.0, float("nan"), 1.0, 2.0])), ValueError, "sinks"),
+    ("return_lse not a bool", dict(base(), return_lse="yes"), TypeError, "return_lse"),
+    ("return_lse None", dict(base(), return_lse=None), TypeError, "return_lse"),
 ]
 
 

@@ -150,6 +150,7 @@ def _errors():
         (dict(cache_seqlens=sl.long()), TypeError, "cache_seqlens: expected dtype torch.int32"),
         (dict(cache_seqlens=torch.tensor([9, 18], dtype=torch.int32)), ValueError, "cache_seqlens: expected lengths"),
         (dict(causal=1), TypeError, "causal"),
+        (dict(return_lse=0), TypeError, "return_lse: expected a bool"),
         (dict(ckv_cache=torch.randn(3, 17, 128, dtype=qn.dtype), kpe_cache=torch.randn(3, 17, 16, dtype=qn.dtype)),
          ValueError, r"ckv_cache: expected batch size 2 \(as q_nope\)"),
         (dict(cache_seqlens=torch.tensor([9, 18], dtype=torch.int32)), ValueError, r"\(ckv_cache capacity\)"),

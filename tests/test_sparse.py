@@ -291,6 +291,7 @@ def _good(device, N=8):
     ("keep_type", TypeError, "q_keep: expected a torch.Tensor"),
     ("scale", TypeError, "softmax_scale: expected a float"),
     ("grid", ValueError, "q: expected batch x heads <= 65535"),
+    ("deterministic", TypeError, "deterministic: expected a bool"),
 ])
 def test_qk_bad_inputs(device, case, exc, match):
     q, k, v, keep = _good(device)
@@ -317,6 +318,8 @@ def test_qk_bad_inputs(device, case, exc, match):
         kw = dict(softmax_scale="0.1")
     elif case == "grid":
         q, k, v = (torch.empty(256, 0, 257, 64, device=device) for _ in range(3))
+    elif case == "deterministic":
+        kw = dict(deterministic="yes")
     with pytest.raises(exc, match=match):
         leanattn.qk_sparse_attention(q, k, v, a, b, **kw)
 

@@ -221,6 +221,9 @@ def test_token_seqlens_errors():
     cache = ShardedKVCache(2, 2, 64, 16)
     with pytest.raises(TypeError, match="causal: expected a bool"):
         cache.decode(q4, causal=1)
+    for fn in (tree_decode, ring_decode):
+        with pytest.raises(TypeError, match="return_lse: expected a bool"):
+            fn(q4, k, v, good, return_lse="yes")
 
 
 def test_shard_cache_token_seqlens_match_local_lengths():

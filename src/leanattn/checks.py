@@ -257,7 +257,9 @@ def flag(name: str, value) -> bool:
 
 def count(name: str, value, zero: str) -> int:
     """``value`` as an int >= 0 (numpy integers included; ``zero``: what 0 means, for the error)."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name}: expected an int >= 0 (0 = {zero}), got {type(value).__name__} {value!r}")
+    if value < 0:
         raise ValueError(f"{name}: expected an int >= 0 (0 = {zero}), got {value!r}")
     return int(value)
 

@@ -227,19 +227,20 @@ def tree_decode(
     rank, size = _comm.world(group)
     scale = _scale(q, softmax_scale)
     try:
-        softcap, cap_err = checks.softcap(softcap), None
+        softcap, arg_err = checks.softcap(softcap), None
+        return_lse = checks.flag("return_lse", return_lse)
     except (ValueError, TypeError) as e:  # raised after the exchange, so that no rank waits on this one
-        softcap, cap_err = 0.0, e
+        softcap, arg_err = 0.0, e
     if size > 1 and check_shapes is not False:
         fields = _q_fields(q, k_shard, scale, VARIANTS.index(variant), softcap)
         key = None if check_shapes else ("tree", tuple(v for _, vals in fields for v in vals))
         if key is None or not _comm.checked(group, key):
-            err = cap_err or _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule,
+            err = arg_err or _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule,
                                           k_scale, v_scale, fp8=True, shard_starts=shard_starts,
                                           window_left=window_left)
             _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
-    if cap_err is not None:
-        raise cap_err
+    if arg_err is not None:
+        raise arg_err
     local_err = None
     try:
         check_sinks(sinks, q.shape[-2], q.device)
@@ -373,6 +374,7 @@ def ring_decode(
     scale = _scale(q, softmax_scale)
     kw = dict(schedule=schedule, num_programs=num_programs, num_splits=num_splits)
     check_sinks(sinks, q.shape[-2], q.device)
+    return_lse = checks.flag("return_lse", return_lse)
     if size == 1:
         err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
         if err is not None:  # (as the ranks of a group raise it: float8 shards included)

@@ -463,6 +463,7 @@ def bifurcated_decode(
     if k_cache is not None and Hkv != k_cache.shape[2]:
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
     causal = checks.flag("causal", causal)
+    return_lse = checks.flag("return_lse", return_lse)
     level = (prefix_k, prefix_v, prefix_lens, prefix_ids, prefix_block_table)
     window_left = _window(window_left, [level], k_cache, block_table)
     if window_left >= 0:
@@ -577,6 +578,7 @@ def cascade_decode(
     if len(levels) == 0 and k_cache is None:
         raise ValueError("levels: expected at least one level or an own cache (k_cache), got neither")
     causal = checks.flag("causal", causal)
+    return_lse = checks.flag("return_lse", return_lse)
     D = q.shape[-1]
     parsed = []
     for i, level in enumerate(levels):

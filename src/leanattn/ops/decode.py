@@ -560,6 +560,7 @@ def decode(
     """
     window_left = checks.window_left(window_left)
     causal = checks.flag("causal", causal)
+    return_lse = checks.flag("return_lse", return_lse)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     batch, qlen = checks.query_slots(q, cu_seqlens_q, max_seqlen_q, validate)
     # the first token's window holds every page in use

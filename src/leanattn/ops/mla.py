@@ -180,6 +180,7 @@ def mla_decode(
     scale, ckv, kpe, batch, qlen = _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table,
                                              softmax_scale, schedule, validate, cu_seqlens_q, max_seqlen_q)
     causal = checks.flag("causal", causal)
+    return_lse = checks.flag("return_lse", return_lse)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     packed = batch is not None
     if q_nope.dim() == 4 and qlen == 1:

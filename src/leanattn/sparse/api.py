@@ -174,6 +174,7 @@ def _check_buckets(name: str, x, q, n_buckets, validate) -> torch.Tensor:
 
 
 def _sparse_attention(q, k, v, q_ids, k_ids, scale, deterministic):
+    deterministic = checks.flag("deterministic", deterministic)
     cfg = sparse_config(q.shape[-1], q.device)
     config = [cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd, int(bool(deterministic))]
     return _fwd_op(q, k, v, q_ids, k_ids, scale, config)[0]
