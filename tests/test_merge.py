@@ -80,6 +80,23 @@ def test_all_empty_rows():
     assert torch.isfinite(lse[1]).all()
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the interpreter multiplies the NaNs it drops
+@pytest.mark.parametrize("S", [2, 3, 10], ids=["two", "unrolled", "blocked"])
+def test_infinite_lse_row(S):
+    # a state of lse = +inf (out of the domain) gives its row the reference's (0, +inf), not NaN; other rows as before
+    outs, lses = random_states(S, 2, 3, 64)
+    lses[S - 1, 0, 1] = float("inf")
+    lses[0, 1, 2] = float("inf")
+    lses[1, 1, 2] = float("inf")
+    out, lse = check_merge(outs, lses)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert torch.equal(out[0, 1], torch.zeros(64)) and lse[0, 1] == float("inf") and lse[1, 2] == float("inf")
+    two, two_lse = leanattn.merge_state(outs[0], lses[0], outs[1], lses[1])
+    ref, ref_lse = reference.merge_states(outs[:2], lses[:2])
+    assert_rel_close("merge_state", two, ref, TOLERANCE[outs.dtype])
+    assert_lse_close("merge_state", two_lse, ref_lse, LSE_ATOL)
+
+
 def test_no_states():
     out, lse = leanattn.merge_states(torch.empty(0, 2, 3, 64), torch.empty(0, 2, 3))
     assert torch.equal(out, torch.zeros(2, 3, 64)) and torch.isneginf(lse).all()

@@ -3,7 +3,8 @@
     lse = log(sum_s exp(lse_s));   o = sum_s exp(lse_s - lse) * o_s
 
 ``(0, -inf)`` is the identity: a state with ``lse = -inf`` contributes nothing, whatever its
-``o`` holds, and a row whose states are all empty gives ``(0, -inf)``.
+``o`` holds, and a row whose states are all empty gives ``(0, -inf)``. A state of ``lse = +inf`` (no finite
+scores give one) makes its row ``(0, +inf)``, as the float64 reference does.
 """
 from __future__ import annotations
 
@@ -19,11 +20,16 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 @triton.jit
 def finish_merge(m, acc, den):
     """``(out, lse)`` of a merge folded into ``(m, acc, den)`` (natural-log ``m``, weights
-    ``exp(lse_s - m)``): zeros and ``-inf`` for a row whose states were all empty."""
+    ``exp(lse_s - m)``): zeros and ``-inf`` for a row whose states were all empty; zeros and ``+inf`` for a row
+    with a state of ``lse = +inf``, as ``reference.merge_states`` gives (its weight, ``exp(inf - inf)``, made the
+    row NaN)."""
     m_use = tl.where(m == float("-inf"), 0.0, m)
     empty = den == 0.0
     den_safe = tl.where(empty, 1.0, den)
-    return acc / den_safe[:, None], tl.where(empty, float("-inf"), m_use + tl.math.log2(den_safe) * LN2)
+    # (the running max is +inf from the first +inf state on, whatever follows)
+    top = m == float("inf")
+    out = tl.where(top[:, None], 0.0, acc / den_safe[:, None])
+    return out, tl.where(top, float("inf"), tl.where(empty, float("-inf"), m_use + tl.math.log2(den_safe) * LN2))
 
 
 @triton.jit
