@@ -383,14 +383,22 @@ def test_decode_torch_compile(mode):
     assert_lse_close("compiled lse", lse, ref_lse, 1e-2)
 
 
-def test_merge_states_gpu():
-    outs = torch.randn(5, 7, 32, 128, dtype=torch.bfloat16, device="cuda")
-    lses = torch.randn(5, 7, 32, device="cuda") * 10
-    lses[2] = float("-inf")
+@pytest.mark.parametrize("S", [2, 5, 12], ids=["two", "unrolled", "blocked"])
+def test_merge_states_gpu(S):
+    # an empty state, and rows with a state of lse = +inf: the reference's (0, +inf), no NaN; merge_state of two
+    outs = torch.randn(S, 7, 32, 128, dtype=torch.bfloat16, device="cuda")
+    lses = torch.randn(S, 7, 32, device="cuda") * 10
+    lses[S // 2] = float("-inf")
+    lses[S - 1, 3, 5] = lses[0, 6, 0] = float("inf")
     out, lse = leanattn.merge_states(outs, lses)
     ref, ref_lse = leanattn.reference.merge_states(outs, lses)
     assert_rel_close("merge", out, ref, TOLERANCE[torch.bfloat16])
     assert_lse_close("merge lse", lse, ref_lse, 1e-4)
+    assert lse[3, 5] == lse[6, 0] == float("inf") and not out[3, 5].any() and not out[6, 0].any()
+    two, two_lse = leanattn.merge_state(outs[0], lses[0], outs[1], lses[1])
+    ref, ref_lse = leanattn.reference.merge_states(outs[:2], lses[:2])
+    assert_rel_close("merge_state", two, ref, TOLERANCE[torch.bfloat16])
+    assert_lse_close("merge_state lse", two_lse, ref_lse, 1e-4)
 
 
 @pytest.mark.parametrize("rows,d", [(1, 64), (7 * 32, 128), (300 * 32, 128), (4100, 16)], ids=str)
