@@ -56,7 +56,8 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, 
 
     The merge is associative and commutative; ``(0, -inf)`` (an empty key set) is its identity,
     whatever ``outs`` holds there. A row whose states are all empty yields zeros and ``-inf``,
-    never NaN.
+    never NaN. A row with a state of ``lse = +inf`` (which no finite scores give) yields zeros and
+    ``+inf``, as :func:`leanattn.reference.merge_states` does.
 
     Parameters
     ----------
