@@ -128,6 +128,7 @@ DECODE_CASES = [
     ("sinks NaN", dict(base(), sinks=torch.tensor([0.0, float("nan"), 1.0, 2.0])), ValueError, "sinks"),
     ("return_lse not a bool", dict(base(), return_lse="yes"), TypeError, "return_lse"),
     ("return_lse None", dict(base(), return_lse=None), TypeError, "return_lse"),
+    ("schedule None", dict(base(), schedule=None), TypeError, "schedule"),
 ]
 
 

@@ -226,6 +226,17 @@ def test_apply_sinks_edges():
         apply_sinks(out, lse, sinks[:2])
     with pytest.raises(ValueError, match="sinks: expected logits or -inf"):
         apply_sinks(out, lse, torch.tensor([0.0, float("nan"), 1.0]))
+    # the state is checked as merge_state checks its states; no sinks: the state as it is
+    for bad, err, match in (((None, lse), TypeError, "out: expected a torch.Tensor"),
+                            ((out[0, 0], lse), ValueError, "out: expected a .* of at least 2 dimensions"),
+                            ((out.long(), lse), TypeError, "out: expected dtype"),
+                            ((out, lse[:, 0]), ValueError, r"lse: expected shape \(2, 3\)"),
+                            ((out, lse.double()), TypeError, "lse: expected dtype in float32"),
+                            ((out, lse.to("meta")), ValueError, "lse: expected device cpu")):
+        with pytest.raises(err, match=match):
+            apply_sinks(*bad, sinks)
+    o, ls = apply_sinks(out, lse, None)
+    assert torch.equal(o, out) and torch.equal(ls, lse)
 
 
 def test_compile_fullgraph():

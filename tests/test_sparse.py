@@ -332,6 +332,7 @@ def test_qk_bad_inputs(device, case, exc, match):
     ("bool_ids", TypeError, "k_buckets: expected an integer dtype"),
     ("shape", ValueError, r"q_buckets: expected shape \(1, 8, 2\)"),
     ("n_buckets", ValueError, "n_buckets: expected a positive int"),
+    ("n_buckets_type", TypeError, "n_buckets: expected a positive int or None, got str"),
 ])
 def test_hash_bad_inputs(device, case, exc, match):
     q, k, v, _ = _good(device)
@@ -352,6 +353,8 @@ def test_hash_bad_inputs(device, case, exc, match):
         a = a[:, :, :1]
     elif case == "n_buckets":
         kw = dict(n_buckets=0)
+    elif case == "n_buckets_type":
+        kw = dict(n_buckets="4")
     with pytest.raises(exc, match=match):
         leanattn.hash_sparse_attention(q, k, v, a, b, validate=True, **kw)
 
@@ -386,8 +389,11 @@ def test_lsh_buckets(device):
 
 
 @pytest.mark.parametrize("kw, exc, match", [
-    (dict(n_buckets=3), ValueError, "n_buckets: expected an even int >= 2, got 3"),
+    (dict(n_buckets=3), ValueError, r"n_buckets: expected an even int in \[2, 2\*\*31\], got 3"),
     (dict(n_buckets=0), ValueError, "n_buckets: expected an even int"),
+    (dict(n_buckets=2**40), ValueError, "n_buckets: expected an even int in"),
+    (dict(n_buckets=4.0), TypeError, "n_buckets: expected an even int"),
+    (dict(n_buckets=None), TypeError, "n_buckets: expected an even int"),
     (dict(n_buckets=4, generator=1), TypeError, "generator: expected a torch.Generator"),
 ])
 def test_lsh_bad_inputs(device, kw, exc, match):

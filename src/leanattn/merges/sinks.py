@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .. import checks
-from .states import merge_state_list
+from .states import check_state, merge_state_list
 
 __all__ = ["check_sinks", "apply_sinks", "with_sinks"]
 
@@ -47,8 +47,9 @@ def apply_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tu
         ``(..., Hq, D)``.
     lse : torch.Tensor
         ``(..., Hq)`` float32, natural log; ``-inf`` where no key was attended.
-    sinks : torch.Tensor
+    sinks : torch.Tensor or None
         ``(Hq,)``: each head's sink logit, in the units of the scaled (and soft-capped) scores; any float dtype.
+        None: the state as it is.
 
     Returns
     -------
@@ -58,6 +59,7 @@ def apply_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tu
         float32: the sink included. A query that attended no key gets zeros and its head's sink (zeros and ``-inf``
         where the sink is ``-inf`` too).
     """
+    check_state(out, lse)
     check_sinks(sinks, out.shape[-2], out.device)
     return with_sinks(out, lse, sinks)
 

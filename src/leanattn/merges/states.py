@@ -168,28 +168,38 @@ def _(outs, lses, sinks=None):
     return outs[0].new_empty(outs[0].shape), lses[0].new_empty(lses[0].shape, dtype=torch.float32)
 
 
+def check_state(out, lse, names=("out", "lse")) -> None:
+    """Checks of one state ``out (..., H, D)``, ``lse (..., H)`` float32, under the caller's argument names."""
+    no, nl = names
+    checks.check_tensor(no, out)
+    if out.dim() < 2:
+        raise ValueError(f"{no}: expected a (..., H, D) tensor of at least 2 dimensions, got shape "
+                         f"{tuple(out.shape)}")
+    checks.check_dtype(no, out)
+    if out.shape[-1] == 0:
+        raise ValueError(f"{no}: expected a head dim >= 1, got shape {tuple(out.shape)}")
+    _check_lse(nl, lse, no, out)
+
+
+def _check_lse(name, lse, out_name, out) -> None:
+    checks.check_tensor(name, lse)
+    checks.check_dtype(name, lse, (torch.float32,))
+    if lse.shape != out.shape[:-1]:
+        raise ValueError(f"{name}: expected shape {tuple(out.shape[:-1])} ({out_name}.shape[:-1]), got "
+                         f"{tuple(lse.shape)}")
+    if lse.device != out.device:
+        raise ValueError(f"{name}: expected device {out.device} (as {out_name}), got {lse.device}")
+
+
 def _check_two_states(out_a, lse_a, out_b, lse_b, names=("out_a", "lse_a", "out_b", "lse_b")) -> None:
     """``merge_state``'s checks of two states ``(..., H, D)``, ``(..., H)``, under the caller's argument names."""
     na, nla, nb, nlb = names
-    checks.check_tensor(na, out_a)
-    if out_a.dim() < 2:
-        raise ValueError(f"{na}: expected a (..., H, D) tensor of at least 2 dimensions, got shape "
-                         f"{tuple(out_a.shape)}")
-    checks.check_dtype(na, out_a)
-    if out_a.shape[-1] == 0:
-        raise ValueError(f"{na}: expected a head dim >= 1, got shape {tuple(out_a.shape)}")
+    check_state(out_a, lse_a, (na, nla))
     checks.check_tensor(nb, out_b)
     checks.check_same(nb, out_b, na, out_a)
     if out_b.shape != out_a.shape:
         raise ValueError(f"{nb}: expected shape {tuple(out_a.shape)} (as {na}), got {tuple(out_b.shape)}")
-    for name, lse in ((nla, lse_a), (nlb, lse_b)):
-        checks.check_tensor(name, lse)
-        checks.check_dtype(name, lse, (torch.float32,))
-        if lse.shape != out_a.shape[:-1]:
-            raise ValueError(f"{name}: expected shape {tuple(out_a.shape[:-1])} ({na}.shape[:-1]), got "
-                             f"{tuple(lse.shape)}")
-        if lse.device != out_a.device:
-            raise ValueError(f"{name}: expected device {out_a.device} (as {na}), got {lse.device}")
+    _check_lse(nlb, lse_b, na, out_a)
 
 
 def merge_state(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,

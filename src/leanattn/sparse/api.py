@@ -306,8 +306,9 @@ def hash_sparse_attention(
     >>> out = leanattn.hash_sparse_attention(q, k, v, buckets, buckets)
     """
     scale = _validate_qkv(q, k, v, softmax_scale)
-    if n_buckets is not None and (not isinstance(n_buckets, numbers.Integral) or isinstance(n_buckets, bool)
-                                  or n_buckets < 1):
+    if n_buckets is not None and (not isinstance(n_buckets, numbers.Integral) or isinstance(n_buckets, bool)):
+        raise TypeError(f"n_buckets: expected a positive int or None, got {type(n_buckets).__name__} {n_buckets!r}")
+    if n_buckets is not None and n_buckets < 1:
         raise ValueError(f"n_buckets: expected a positive int or None, got {n_buckets!r}")
     n_buckets = None if n_buckets is None else int(n_buckets)
     qb = _check_buckets("q_buckets", q_buckets, q, n_buckets, validate)

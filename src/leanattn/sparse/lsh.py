@@ -37,8 +37,11 @@ def lsh_buckets(x: torch.Tensor, n_buckets: int, generator: Optional[torch.Gener
     checks.check_tensor("x", x, 4)
     if not x.is_floating_point():
         raise TypeError(f"x: expected a floating-point dtype, got {x.dtype}")
-    if not isinstance(n_buckets, numbers.Integral) or isinstance(n_buckets, bool) or n_buckets < 2 or n_buckets % 2:
-        raise ValueError(f"n_buckets: expected an even int >= 2, got {n_buckets!r}")
+    if not isinstance(n_buckets, numbers.Integral) or isinstance(n_buckets, bool):
+        raise TypeError(f"n_buckets: expected an even int >= 2, got {type(n_buckets).__name__} {n_buckets!r}")
+    if n_buckets < 2 or n_buckets % 2 or n_buckets > 2**31:
+        # (ids are int32: n_buckets // 2 projections a head, 2**40 asked the allocator for terabytes)
+        raise ValueError(f"n_buckets: expected an even int in [2, 2**31], got {n_buckets!r}")
     n_buckets = int(n_buckets)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
