@@ -6,11 +6,13 @@ spawns once and runs several cases inside. The ground truth is the float64
 """
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -239,6 +241,30 @@ def test_placement_and_cache_errors():
         cache.append(torch.randn(2, 3, 1, 64), torch.randn(2, 3, 1, 64), counts=torch.tensor([4, 0]))
     with pytest.raises(ValueError, match="capacity"):
         cache.append(torch.randn(2, 11, 1, 64), torch.randn(2, 11, 1, 64))
+    # argument types and values (found by a sweep: raw errors of torch, truthy strings, truncated float counts)
+    good = dict(batch=2, kv_heads=1, head_dim=64, capacity=10)
+    for over, err, name in ((dict(batch=-1), ValueError, "batch"), (dict(batch=1.5), TypeError, "batch"),
+                            (dict(kv_heads=0), ValueError, "kv_heads"), (dict(head_dim="64"), TypeError, "head_dim"),
+                            (dict(head_dim=48), ValueError, "head_dim"), (dict(capacity=True), TypeError, "capacity"),
+                            (dict(capacity=None), TypeError, "capacity"), (dict(page_size=1.5), TypeError, "page_size"),
+                            (dict(placement=None), TypeError, "placement"), (dict(paged="no"), TypeError, "paged"),
+                            (dict(dtype=torch.int64), TypeError, "dtype"), (dict(dtype="float16"), TypeError, "dtype"),
+                            (dict(device="gpu0"), ValueError, "device")):
+        with pytest.raises(err, match=f"^{name}: expected"):
+            ShardedKVCache(**{**good, **over})
+    assert ShardedKVCache(**{**good, "capacity": np.int64(10)}).placement.capacity == 10
+    k1 = torch.randn(2, 3, 1, 64)
+    for args, err, name in (((None, k1), TypeError, "k_new"), ((k1, [1.0]), TypeError, "v_new"),
+                            ((k1[0, 0, 0], k1), ValueError, "k_new"), ((k1.long(), k1), TypeError, "k_new"),
+                            ((k1, k1, [1, 1]), TypeError, "counts"), ((k1, k1, torch.tensor([0.5, 1.0])), TypeError,
+                                                                      "counts")):
+        with pytest.raises(err, match=f"^{name}: expected"):
+            cache.append(*args)
+    for n, err in ((-1, ValueError), (1.5, TypeError), (None, TypeError)):
+        with pytest.raises(err, match="^num_tokens: expected"):
+            cache.token_seqlens(n)
+    with pytest.raises(TypeError, match="^method: expected"):
+        cache.decode(torch.randn(2, 2, 64, dtype=torch.float16), method=None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -405,6 +431,28 @@ def test_argument_errors():
         tree_decode(q, k, k, torch.tensor([11], dtype=torch.int32))
     with pytest.raises(RuntimeError, match="not initialised"):
         tree_decode(q, k, k, group=object())
+    for fn in (tree_decode, ring_decode):
+        for timeout, err in ((float("inf"), ValueError), (1e20, ValueError), (float("nan"), ValueError),
+                             (datetime.timedelta(seconds=-1), ValueError), (True, TypeError)):
+            with pytest.raises(err, match="^timeout: expected"):
+                fn(q, k, k, timeout=timeout)
+        fn(q, k, k, timeout=np.int64(3))
+        with pytest.raises(TypeError, match="^check_shapes: expected a bool or None"):
+            fn(q, k, k, check_shapes="yes")
+        # no query token: the arguments are checked as any call's
+        q0 = torch.randn(1, 0, 2, 64, dtype=torch.float16)
+        for bad, err, name in ((dict(num_programs=-1), ValueError, "num_programs"),
+                               (dict(schedule="bogus"), ValueError, "schedule"),
+                               (dict(softmax_scale="x"), TypeError, "softmax_scale")):
+            with pytest.raises(err, match=f"^{name}: expected"):
+                fn(q0, k, k, **bad)
+        assert fn(q0, k, k).shape == q0.shape
+    with pytest.raises(TypeError, match="^variant: expected one of"):
+        tree_decode(q, k, k, variant=None)
+    # a numpy int as window_left reached the window kernels as one
+    kw = dict(shard_starts=torch.tensor([4], dtype=torch.int32), window_left=np.int64(5))
+    out = tree_decode(q, k, k, torch.tensor([10], dtype=torch.int32), **kw)
+    assert torch.equal(out, tree_decode(q, k, k, torch.tensor([10], dtype=torch.int32), **{**kw, "window_left": 5}))
 
 
 # ------------------------------------------------------------------------------------------------

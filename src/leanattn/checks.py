@@ -255,13 +255,19 @@ def flag(name: str, value) -> bool:
     return bool(value)
 
 
+def int_at_least(name: str, value, least: int, note: str = "") -> int:
+    """``value`` as an int >= ``least`` (numpy integers included, bools refused; ``note``: added to the error)."""
+    what = f"an int >= {least}{note}"
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}")
+    if value < least:
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return int(value)
+
+
 def count(name: str, value, zero: str) -> int:
     """``value`` as an int >= 0 (numpy integers included; ``zero``: what 0 means, for the error)."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name}: expected an int >= 0 (0 = {zero}), got {type(value).__name__} {value!r}")
-    if value < 0:
-        raise ValueError(f"{name}: expected an int >= 0 (0 = {zero}), got {value!r}")
-    return int(value)
+    return int_at_least(name, value, 0, f" (0 = {zero})")
 
 
 def max_group_size(value) -> int:

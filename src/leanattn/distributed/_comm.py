@@ -17,9 +17,11 @@ raises the same ``ValueError`` when they differ, so no rank is left waiting.
 from __future__ import annotations
 
 import datetime
+import numbers
 import struct
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -30,12 +32,17 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 def as_timedelta(name: str, timeout: Timeout) -> Optional[datetime.timedelta]:
     """``None``, seconds (float/int) or a ``timedelta`` -> ``timedelta`` or ``None``."""
-    if timeout is None or isinstance(timeout, datetime.timedelta):
+    if timeout is None:
         return timeout
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+    if isinstance(timeout, datetime.timedelta):
+        if timeout <= datetime.timedelta(0):
+            raise ValueError(f"{name}: expected a positive timedelta, got {timeout!r}")
+        return timeout
+    if isinstance(timeout, (bool, np.bool_)) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"{name}: expected seconds (float), a datetime.timedelta or None, got {type(timeout).__name__}")
-    if not timeout > 0:
-        raise ValueError(f"{name}: expected a positive number of seconds, got {timeout}")
+    # (inf or past timedelta's range: OverflowError; pass None for no timeout)
+    if not 0 < timeout < datetime.timedelta.max.total_seconds():
+        raise ValueError(f"{name}: expected a positive, finite number of seconds (None: no timeout), got {timeout}")
     return datetime.timedelta(seconds=float(timeout))
 
 

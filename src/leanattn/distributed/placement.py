@@ -51,14 +51,13 @@ class Placement:
     page_size: int = 16
 
     def __post_init__(self):
+        if not isinstance(self.kind, str):
+            raise TypeError(f"placement: expected one of {PLACEMENTS}, got {type(self.kind).__name__}")
         if self.kind not in PLACEMENTS:
             raise ValueError(f"placement: expected one of {PLACEMENTS}, got {self.kind!r}")
-        for name in ("world_size", "page_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
-        if not isinstance(self.capacity, int) or self.capacity < 0:
-            raise ValueError(f"capacity: expected an int >= 0, got {self.capacity!r}")
+        for name, least in (("world_size", 1), ("page_size", 1), ("capacity", 0)):
+            # (numpy integers taken as ints, bools refused)
+            object.__setattr__(self, name, checks.int_at_least(name, getattr(self, name), least))  # (frozen)
 
     @property
     def block(self) -> int:
@@ -201,12 +200,21 @@ class ShardedKVCache:
     def __init__(self, batch: int, kv_heads: int, head_dim: int, capacity: int, *, placement: str = "round_robin",
                  page_size: int = 16, paged: bool = False, group=None, dtype: torch.dtype = torch.float16,
                  device=None):
+        batch, kv_heads = checks.int_at_least("batch", batch, 0), checks.int_at_least("kv_heads", kv_heads, 1)
+        head_dim = checks.int_at_least("head_dim", head_dim, 1)
+        checks.check_head_dim("head_dim", head_dim)
+        paged = checks.flag("paged", paged)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype: expected a floating torch.dtype (the cache's), got {dtype!r}")
+        try:
+            device = torch.device(device) if device is not None else torch.device("cpu")
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device: expected a torch.device or a device string, got {device!r} ({e})") from None
         self.group = group
         self.rank, self.world_size = _comm.world(group)
         self.placement = Placement(placement, self.world_size, capacity, page_size)
         self.batch, self.kv_heads, self.head_dim = batch, kv_heads, head_dim
         self.paged = paged
-        device = torch.device(device) if device is not None else torch.device("cpu")
         cap = self.placement.local_capacity()
         if paged:
             pages = -(-cap // page_size)
@@ -233,12 +241,21 @@ class ShardedKVCache:
             ``(B,)`` ints: only the first ``counts[b]`` of the ``T`` tokens of sequence ``b`` are
             real (ragged prompts). Default: all ``T``.
         """
+        checks.check_tensor("k_new", k_new, 4)
+        checks.check_tensor("v_new", v_new)
+        for name, x in (("k_new", k_new), ("v_new", v_new)):
+            if not x.dtype.is_floating_point:
+                raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
         B, T = k_new.shape[:2]
         if tuple(k_new.shape) != (self.batch, T, self.kv_heads, self.head_dim):
             raise ValueError(f"k_new: expected shape ({self.batch}, T, {self.kv_heads}, {self.head_dim}), "
                              f"got {tuple(k_new.shape)}")
         if tuple(v_new.shape) != tuple(k_new.shape):
             raise ValueError(f"v_new: expected shape {tuple(k_new.shape)} (as k_new), got {tuple(v_new.shape)}")
+        if counts is not None:
+            checks.check_tensor("counts", counts)
+            if counts.dtype.is_floating_point or counts.dtype.is_complex or counts.dtype == torch.bool:
+                raise TypeError(f"counts: expected an integer dtype, got {counts.dtype}")
         counts = torch.full((B,), T, dtype=torch.int64) if counts is None else counts.cpu().to(torch.int64)
         if counts.shape != (B,) or (B and (int(counts.min()) < 0 or int(counts.max()) > T)):
             raise ValueError(f"counts: expected shape ({B},) with values in [0, {T}], got {counts.tolist()}")
@@ -272,6 +289,7 @@ class ShardedKVCache:
     def token_seqlens(self, num_tokens: int) -> torch.Tensor:
         """``(B, num_tokens)`` int32 on the cache's device: this rank's tokens that each of the last ``num_tokens``
         appended tokens attends causally (:meth:`Placement.token_seqlens`)."""
+        num_tokens = checks.int_at_least("num_tokens", num_tokens, 0)
         return self.placement.token_seqlens(self.lengths, num_tokens, self.rank).to(self.k.device, torch.int32)
 
     def decode(self, q: torch.Tensor, method: str = "allgather", causal: bool = False, window_left: int = -1, **kw):
@@ -294,11 +312,14 @@ class ShardedKVCache:
             As :func:`tree_decode` / :func:`ring_decode`.
         """
         from .tree import VARIANTS, ring_decode, tree_decode
+        if not isinstance(method, str):
+            raise TypeError(f"method: expected one of {VARIANTS + ('ring',)}, got {type(method).__name__}")
         shard = self.shard()
         tokens = q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
         if checks.flag("causal", causal) and tokens > 1:
             shard["shard_seqlens"] = self.token_seqlens(tokens)
-        if checks.window_left(window_left) >= 0:
+        window_left = checks.window_left(window_left)
+        if window_left >= 0:
             if method == "ring":
                 raise ValueError(f"window_left: expected -1 with method 'ring' (ring_decode has no window), got "
                                  f"{window_left}")

@@ -117,13 +117,15 @@ def shard_states(q: torch.Tensor, k_shard: torch.Tensor, v_shard: torch.Tensor, 
         ``q.shape[:-1]`` float32, natural log.
     """
     _check_rank(shard_seqlens)
-    if q.dim() == 4 and q.shape[1] == 0:  # no query token
-        return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    window_left = checks.window_left(window_left)  # (a numpy int reached the window kernels as one)
     # every call, so that errors name the shard's arguments (a group checks its shapes together only on its first
     # call of a shape: tree.py); decode then checks only shapes again
     validate_shard(q, k_shard, v_shard, shard_seqlens, block_table, scale, decode_kw.get("schedule", "lean"),
                    decode_kw.get("k_scale", 1.0), decode_kw.get("v_scale", 1.0), fp8=True,
                    shard_starts=shard_starts, window_left=window_left)
+    if q.dim() == 4 and q.shape[1] == 0:  # no query token (checked as any call: its arguments were not before)
+        checks.launch_counts(decode_kw.get("num_programs", 0), decode_kw.get("num_splits", 0))
+        return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
     if shard_starts is not None or window_left >= 0:
         return window_states(q, k_shard, v_shard, shard_seqlens, shard_starts, block_table, scale, window_left,
                              **decode_kw)

@@ -22,6 +22,7 @@ import functools
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -75,6 +76,11 @@ def _on_q_device(fn):
         with guard:
             return fn(q, *args, **kwargs)
     return on_device
+
+
+def _check_shapes_flag(value) -> None:
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"check_shapes: expected a bool or None, got {type(value).__name__}")
 
 
 def _basic_types(q, k_shard, v_shard):
@@ -220,8 +226,11 @@ def tree_decode(
     >>> cache.append(k_draft, v_draft)                     # (B, 4, Hkv, D) each, on every rank
     >>> out = cache.decode(q_draft, causal=True)           # q_draft (B, 4, Hq, D) -> (B, 4, Hq, D)
     """
+    if not isinstance(variant, str):
+        raise TypeError(f"variant: expected one of {VARIANTS}, got {type(variant).__name__} {variant!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    _check_shapes_flag(check_shapes)
     timeout = _comm.as_timedelta("timeout", timeout)
     _basic_types(q, k_shard, v_shard)
     rank, size = _comm.world(group)
@@ -369,6 +378,7 @@ def ring_decode(
     shards, plus lengths and block tables. Peak memory is the own shard plus two in flight.
     """
     timeout = _comm.as_timedelta("timeout", timeout)
+    _check_shapes_flag(check_shapes)
     _basic_types(q, k_shard, v_shard)
     rank, size = _comm.world(group)
     scale = _scale(q, softmax_scale)
