@@ -101,6 +101,7 @@ DECODE_CASES = [
     ("validate as string", dict(base(), validate="yes"), TypeError, "validate"),
     ("scale nan", dict(base(), softmax_scale=float("nan")), ValueError, "softmax_scale"),
     ("scale inf", dict(base(), softmax_scale=float("inf")), ValueError, "softmax_scale"),
+    ("scale past fp32 with log2(e)", dict(base(), softmax_scale=-3e38), ValueError, "softmax_scale"),
     # float8 caches
     ("q float8", replace(**{n: (lambda kw, n=n: kw[n].to(E4M3)) for n in ("q", "k_cache", "v_cache")}), TypeError,
      "q"),
@@ -114,6 +115,7 @@ DECODE_CASES = [
     ("v_scale negative", dict(fp8(), v_scale=-1.0), ValueError, "v_scale"),
     ("k_scale nan", dict(fp8(), k_scale=float("nan")), ValueError, "k_scale"),
     ("v_scale inf", dict(fp8(), v_scale=float("inf")), ValueError, "v_scale"),
+    ("k_scale past fp32", dict(fp8(), k_scale=1e39), ValueError, "k_scale"),
     ("k_scale as tensor", dict(fp8(), k_scale=torch.tensor(0.5)), TypeError, "k_scale"),
     ("v_scale as bool", dict(fp8(), v_scale=True), TypeError, "v_scale"),
     ("k_scale as string", dict(fp8(), k_scale="0.5"), TypeError, "k_scale"),

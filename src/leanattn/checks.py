@@ -77,8 +77,8 @@ def kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_sc
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
             _fail(TypeError, name, "a float", type(value).__name__)
         value = float(value)
-        if not (math.isfinite(value) and value > 0):
-            _fail(ValueError, name, "a finite float > 0", value)
+        if not (math.isfinite(value) and 0 < value <= SOFTCAP_MAX):  # (fp32 in the kernels: 1e39 was inf, NaN out)
+            _fail(ValueError, name, f"a finite float in (0, {SOFTCAP_MAX:g}]", value)
         if value != 1.0 and k_cache.dtype not in FP8_DTYPES:
             _fail(ValueError, name, f"1.0 for a {k_cache.dtype} cache (scales dequantise float8 caches)", value)
         scales.append(value)
@@ -139,8 +139,10 @@ def softmax_scale(value, head_dim: int) -> float:
     # any real scalar (numpy's included, as flash-attn takes them); a bool or a tensor is a mistake
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         _fail(TypeError, "softmax_scale", "a float or None", type(value).__name__)
-    if not math.isfinite(value):  # nan or inf turns every output into NaN
-        _fail(ValueError, "softmax_scale", "a finite float", value)
+    # nan or inf turns every output into NaN, and so does a scale whose product with log2(e), which the kernels hold
+    # in fp32, overflows (above 2.3e38); the bound is softcap's. Scores past fp32's range give NaN too (data)
+    if not (math.isfinite(value) and abs(value) <= SOFTCAP_MAX):
+        _fail(ValueError, "softmax_scale", f"a finite float of magnitude at most {SOFTCAP_MAX:g}", value)
     return float(value)
 
 

@@ -456,7 +456,8 @@ def decode(
         ``(B, max_pages)`` int32: ``block_table[b, i]`` is the page holding tokens
         ``[i * page_size, (i + 1) * page_size)`` of sequence ``b``. Any page size.
     softmax_scale : float, optional
-        Default ``1 / sqrt(D)``.
+        Default ``1 / sqrt(D)``. Finite, of magnitude at most 1e30 (the kernels hold it times log2(e) in fp32); scaled
+        scores past fp32's range give NaN.
     return_lse : bool
         Also return the natural-log sum of exponentiated scores, for merging partial results.
     schedule : {"lean", "split"}
@@ -480,7 +481,7 @@ def decode(
         ``k_scale``/``v_scale``): attention runs over ``k_cache * k_scale`` and ``v_cache * v_scale``. The
         K scale is folded into the softmax scale and the V scale multiplies each range's fp32
         accumulator once, so neither costs the kernel a pass over the cache. 1.0 (the default) for caches in
-        ``q``'s dtype.
+        ``q``'s dtype; else in ``(0, 1e30]``.
     softcap : float, keyword-only
         Logit soft-capping (Gemma-2; flash-attn's ``softcap``, FlashInfer's ``logits_soft_cap``): scores
         ``s = q.k * softmax_scale`` become ``softcap * tanh(s / softcap)`` before the softmax, and the LSE is
