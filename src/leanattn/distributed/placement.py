@@ -217,6 +217,7 @@ class ShardedKVCache:
         self.paged = paged
         cap = self.placement.local_capacity()
         if paged:
+            page_size = self.placement.page_size  # (checked there)
             pages = -(-cap // page_size)
             shape = (batch * pages, page_size, kv_heads, head_dim)
             ids = torch.arange(batch * pages - 1, -1, -1, dtype=torch.int32).view(batch, pages)
