@@ -249,7 +249,7 @@ def test_placement_and_cache_errors():
                             (dict(capacity=None), TypeError, "capacity"), (dict(page_size=1.5), TypeError, "page_size"),
                             (dict(placement=None), TypeError, "placement"), (dict(paged="no"), TypeError, "paged"),
                             (dict(dtype=torch.int64), TypeError, "dtype"), (dict(dtype="float16"), TypeError, "dtype"),
-                            (dict(device="gpu0"), ValueError, "device")):
+                            (dict(device="gpu0"), ValueError, "device"), (dict(device=1.5), TypeError, "device")):
         with pytest.raises(err, match=f"^{name}: expected"):
             ShardedKVCache(**{**good, **over})
     assert ShardedKVCache(**{**good, "capacity": np.int64(10)}).placement.capacity == 10
@@ -339,6 +339,17 @@ def _disagree(rank, world):
         seen["one rank's sinks"] = ("no error", bool(out.isnan().all()))
     except ValueError as e:
         seen["one rank's sinks"] = (type(e).__name__, str(e))
+    # a bad return_lse on rank 1 only, past the cached check (tree: NaN on rank 0) and in ring_decode (whose every
+    # call exchanges shapes: rank 0 told); numpy's False taken as False (no exchange on either rank)
+    for name, fn in (("tree", tree_decode), ("ring", ring_decode)):
+        try:
+            out = fn(q, k, v, timeout=30, return_lse=None if rank == 1 else False)
+            seen[f"one rank's return_lse {name}"] = ("no error", bool(out.isnan().all()))
+        except (ValueError, TypeError) as e:
+            seen[f"one rank's return_lse {name}"] = (type(e).__name__, str(e))
+    calls.clear()
+    tree_decode(q, k, v, timeout=30, check_shapes=np.False_ if rank == 1 else False)
+    seen["numpy False"] = ("no error", len(calls))
     # an error of another kind on rank 1 only (out of memory, a kernel's resources: ranks plan for their own shards)
     from leanattn.distributed import tree as tree_mod
     states = tree_mod.shard_states
@@ -379,6 +390,14 @@ def test_ranks_disagree_raise_on_every_rank():
     assert res[0]["one rank's sinks"] == ("no error", True), res[0]
     assert res[1]["one rank's sinks"][0] == "ValueError" and "sinks" in res[1]["one rank's sinks"][1]
     assert res[0]["one rank's runtime error"] == ("no error", True), res[0]
+    assert res[0]["one rank's return_lse tree"] == ("no error", True), res[0]
+    assert res[0]["one rank's return_lse ring"][0] == "ValueError", res[0]
+    assert "rank(s) [1] rejected" in res[0]["one rank's return_lse ring"][1], res[0]
+    for r in range(2):
+        assert res[r]["numpy False"] == ("no error", 0), res[r]
+    for name in ("tree", "ring"):
+        typ, msg = res[1][f"one rank's return_lse {name}"]
+        assert typ == "TypeError" and msg.startswith("return_lse: expected a bool"), (name, typ, msg)
     assert res[1]["one rank's runtime error"] == ("RuntimeError", "out of memory (simulated)"), res[1]
 
 

@@ -206,10 +206,13 @@ class ShardedKVCache:
         paged = checks.flag("paged", paged)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating torch.dtype (the cache's), got {dtype!r}")
+        if device is not None and (not isinstance(device, (str, int, torch.device)) or isinstance(device, bool)):
+            raise TypeError(f"device: expected a torch.device, a device string or index, got {type(device).__name__}")
         try:
             device = torch.device(device) if device is not None else torch.device("cpu")
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"device: expected a torch.device or a device string, got {device!r} ({e})") from None
+        except RuntimeError as e:
+            raise ValueError(f"device: expected a torch.device, a device string or index, got {device!r} ({e})") \
+                from None
         self.group = group
         self.rank, self.world_size = _comm.world(group)
         self.placement = Placement(placement, self.world_size, capacity, page_size)

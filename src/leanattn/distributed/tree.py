@@ -78,9 +78,11 @@ def _on_q_device(fn):
     return on_device
 
 
-def _check_shapes_flag(value) -> None:
+def _check_shapes_flag(value) -> Optional[bool]:
+    """``check_shapes`` as None or a bool (numpy's ``False`` is not ``False``: the ops test ``is not False``)."""
     if value is not None and not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"check_shapes: expected a bool or None, got {type(value).__name__}")
+    return None if value is None else bool(value)
 
 
 def _basic_types(q, k_shard, v_shard):
@@ -230,7 +232,7 @@ def tree_decode(
         raise TypeError(f"variant: expected one of {VARIANTS}, got {type(variant).__name__} {variant!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
-    _check_shapes_flag(check_shapes)
+    check_shapes = _check_shapes_flag(check_shapes)
     timeout = _comm.as_timedelta("timeout", timeout)
     _basic_types(q, k_shard, v_shard)
     rank, size = _comm.world(group)
@@ -248,10 +250,12 @@ def tree_decode(
                                           k_scale, v_scale, fp8=True, shard_starts=shard_starts,
                                           window_left=window_left)
             _comm.agree(fields, err, group, q.device, "tree_decode", timeout, cache_key=key)
-    if arg_err is not None:
-        raise arg_err
     local_err = None
     try:
+        if arg_err is not None:
+            # (the exchange above raised it on every rank where it ran; where it did not, a group's cached check or
+            # check_shapes=False, this rank joins the combine with a NaN state below, so that no peer waits on it)
+            raise arg_err
         check_sinks(sinks, q.shape[-2], q.device)
         out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, shard_starts, window_left,
                                 schedule=schedule, num_programs=num_programs, num_splits=num_splits,
@@ -378,15 +382,20 @@ def ring_decode(
     shards, plus lengths and block tables. Peak memory is the own shard plus two in flight.
     """
     timeout = _comm.as_timedelta("timeout", timeout)
-    _check_shapes_flag(check_shapes)
+    check_shapes = _check_shapes_flag(check_shapes)
     _basic_types(q, k_shard, v_shard)
     rank, size = _comm.world(group)
     scale = _scale(q, softmax_scale)
     kw = dict(schedule=schedule, num_programs=num_programs, num_splits=num_splits)
-    check_sinks(sinks, q.shape[-2], q.device)
-    return_lse = checks.flag("return_lse", return_lse)
+    try:  # raised after the exchange of shapes (every call has one), so that no rank waits on this one
+        check_sinks(sinks, q.shape[-2], q.device)
+        return_lse = checks.flag("return_lse", return_lse)
+        checks.launch_counts(num_programs, num_splits)
+        arg_err = None
+    except (ValueError, TypeError) as e:
+        arg_err = e
     if size == 1:
-        err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
+        err = arg_err or _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
         if err is not None:  # (as the ranks of a group raise it: float8 shards included)
             raise err
         out, lse = shard_states(q, k_shard, v_shard, shard_seqlens, block_table, scale, **kw)
@@ -394,7 +403,7 @@ def ring_decode(
             out, lse = with_sinks(out, lse, sinks)
         return (out, lse) if return_lse else out
     # -- every rank's shard shapes (needed to receive them) and the agreement on q
-    err = _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
+    err = arg_err or _check_local(q, k_shard, v_shard, shard_seqlens, block_table, softmax_scale, schedule)
     fields = _q_fields(q, k_shard, scale, 0) if check_shapes is not False else []
     mine = _shard_fields(k_shard, shard_seqlens, block_table)
     rows = _comm.gather_descriptors([int(err is not None)] + [v for _, vals in fields for v in vals] + list(mine),
