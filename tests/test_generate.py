@@ -170,6 +170,20 @@ def test_errors():
     if DEV == "cpu":
         with pytest.raises(ValueError, match="use_cuda_graph"):
             leanattn.generate(model, [[1, 2]], 2, use_cuda_graph=True)
+    # types and values of the other arguments, before any work (a bool was a count, a string flag taken by its truth)
+    for kw, err in ((dict(max_new_tokens=True), TypeError), (dict(max_new_tokens=2.0), TypeError),
+                    (dict(samples=True), TypeError), (dict(prefill_chunk="8"), TypeError),
+                    (dict(prefill_chunk=0), ValueError), (dict(top_k=-1), ValueError), (dict(page_size=0), ValueError),
+                    (dict(eos_token_id=-2), ValueError), (dict(eos_token_id=1.0), TypeError),
+                    (dict(temperature="0.5"), TypeError), (dict(temperature=-1.0), ValueError),
+                    (dict(temperature=float("nan")), ValueError), (dict(progress="no"), TypeError),
+                    (dict(output_logits=1), TypeError), (dict(return_cache=None), TypeError),
+                    (dict(use_cuda_graph="yes"), TypeError), (dict(schedule="stream-k"), ValueError),
+                    (dict(schedule=None), TypeError), (dict(speculate=True), TypeError)):
+        name = next(iter(kw))
+        with pytest.raises(err, match=f"^{name}: expected"):
+            leanattn.generate(model, [[1, 2]], **{"max_new_tokens": 2, **kw})
+    assert leanattn.generate(model, [[1, 2]], np.int64(2), samples=np.int64(1)).tokens.shape == (1, 2)
 
 
 def test_cli_generate(capsys):
@@ -286,7 +300,7 @@ def test_prompt_lookup_index(vocab):
 def test_speculate_errors():
     model = tiny()
     for kw, match in ((dict(speculate=-1), "speculate: expected an int >= 0"),
-                      (dict(speculate=True), "speculate: expected an int >= 0"),
+                      (dict(speculate=-2), "speculate: expected an int >= 0"),
                       (dict(speculate=2, samples=2), "speculate: expected 0 with samples > 1"),
                       (dict(speculate=2, temperature=0.7), "speculate: expected 0 with samples > 1")):
         with pytest.raises(ValueError, match=match):

@@ -14,6 +14,8 @@ output is the greedy output.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import statistics
 import sys
 import time
@@ -23,6 +25,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from . import checks
 from .models.kv_cache import PagedKVCache
 from .models.llama import LlamaModel, sdpa_causal
 from .models.loader import get_model
@@ -436,14 +439,26 @@ def generate(
     if not isinstance(model, LlamaModel):
         raise TypeError(f"model: expected a leanattn LlamaModel, a checkpoint path or a shape name, "
                         f"got {type(model).__name__}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples: expected an int >= 1, got {samples!r}")
-    if prefill_chunk < 1:
-        raise ValueError(f"prefill_chunk: expected >= 1, got {prefill_chunk}")
-    if isinstance(speculate, bool) or not isinstance(speculate, int) or speculate < 0:
-        raise ValueError(f"speculate: expected an int >= 0, got {speculate!r}")
+    # (TypeError for another type, numpy integers taken; a bool was taken as a count, an unchecked flag by its truth)
+    max_new_tokens = checks.int_at_least("max_new_tokens", max_new_tokens, 1)
+    samples = checks.int_at_least("samples", samples, 1)
+    prefill_chunk = checks.int_at_least("prefill_chunk", prefill_chunk, 1)
+    speculate = checks.int_at_least("speculate", speculate, 0)
+    top_k = checks.int_at_least("top_k", top_k, 0)
+    page_size = checks.int_at_least("page_size", page_size, 1)
+    if eos_token_id is not None:
+        eos_token_id = checks.int_at_least("eos_token_id", eos_token_id, 0)
+    if not isinstance(temperature, numbers.Real) or isinstance(temperature, bool):
+        raise TypeError(f"temperature: expected a float >= 0, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature: expected a finite float >= 0 (0: greedy), got {temperature}")
+    progress, output_logits = checks.flag("progress", progress), checks.flag("output_logits", output_logits)
+    return_cache = checks.flag("return_cache", return_cache)
+    if use_cuda_graph is not None:
+        use_cuda_graph = checks.flag("use_cuda_graph", use_cuda_graph)
+    if schedule not in ("lean", "split"):  # (decode checks it too, but only after the prefill)
+        raise (TypeError if not isinstance(schedule, str) else ValueError)(
+            f"schedule: expected 'lean' or 'split', got {schedule!r}")
     if speculate and (samples != 1 or temperature > 0):
         raise ValueError(f"speculate: expected 0 with samples > 1 or temperature > 0 (speculative steps are greedy "
                          f"and single-sample), got {speculate} with samples={samples}, temperature={temperature}")
