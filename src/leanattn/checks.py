@@ -121,15 +121,14 @@ def value_checks(validate, *tensors) -> bool:
     """Whether to check the values of ``tensors`` (lengths, ids, offsets): ``validate`` (a bool) if given, else
     :func:`values_checkable`. The checks read values on the host, which ``torch.compile`` cannot trace: with
     ``validate=True`` it breaks the graph there, and ``fullgraph=True`` fails with a message saying so."""
+    validate = optional_flag("validate", validate)
     if validate is None:
         return values_checkable(*tensors)
-    if not isinstance(validate, (bool, np.bool_)):
-        _fail(TypeError, "validate", "a bool or None", type(validate).__name__)
     if validate and torch.compiler.is_compiling():
         # the checks run eagerly after a graph break; fullgraph=True stops here with this message
         torch._dynamo.graph_break("validate=True reads lengths and ids on the host: pass validate=None or False "
                                   "inside torch.compile(fullgraph=True)")
-    return bool(validate)
+    return validate
 
 
 def softmax_scale(value, head_dim: int) -> float:
@@ -255,6 +254,23 @@ def flag(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         _fail(TypeError, name, "a bool", type(value).__name__)
     return bool(value)
+
+
+def optional_flag(name: str, value) -> bool | None:
+    """A boolean option ``name`` that may be None (the library's choice), as None or a bool: numpy's ``False`` is not
+    ``False``, which callers may test with ``is``."""
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        _fail(TypeError, name, "a bool or None", type(value).__name__)
+    return None if value is None else bool(value)
+
+
+def schedule(value) -> str:
+    """Decode's ``schedule``, ``"lean"`` or ``"split"``."""
+    if not isinstance(value, str):
+        raise TypeError(f"schedule: expected 'lean' or 'split', got {type(value).__name__} {value!r}")
+    if value not in ("lean", "split"):
+        raise ValueError(f"schedule: expected 'lean' or 'split', got {value!r}")
+    return value
 
 
 def int_at_least(name: str, value, least: int, note: str = "") -> int:

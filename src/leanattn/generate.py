@@ -454,11 +454,8 @@ def generate(
         raise ValueError(f"temperature: expected a finite float >= 0 (0: greedy), got {temperature}")
     progress, output_logits = checks.flag("progress", progress), checks.flag("output_logits", output_logits)
     return_cache = checks.flag("return_cache", return_cache)
-    if use_cuda_graph is not None:
-        use_cuda_graph = checks.flag("use_cuda_graph", use_cuda_graph)
-    if schedule not in ("lean", "split"):  # (decode checks it too, but only after the prefill)
-        raise (TypeError if not isinstance(schedule, str) else ValueError)(
-            f"schedule: expected 'lean' or 'split', got {schedule!r}")
+    use_cuda_graph = checks.optional_flag("use_cuda_graph", use_cuda_graph)
+    schedule = checks.schedule(schedule)  # (decode checks it too, but only after the prefill)
     if speculate and (samples != 1 or temperature > 0):
         raise ValueError(f"speculate: expected 0 with samples > 1 or temperature > 0 (speculative steps are greedy "
                          f"and single-sample), got {speculate} with samples={samples}, temperature={temperature}")

@@ -22,7 +22,6 @@ import functools
 import math
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -76,13 +75,6 @@ def _on_q_device(fn):
         with guard:
             return fn(q, *args, **kwargs)
     return on_device
-
-
-def _check_shapes_flag(value) -> Optional[bool]:
-    """``check_shapes`` as None or a bool (numpy's ``False`` is not ``False``: the ops test ``is not False``)."""
-    if value is not None and not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"check_shapes: expected a bool or None, got {type(value).__name__}")
-    return None if value is None else bool(value)
 
 
 def _basic_types(q, k_shard, v_shard):
@@ -232,7 +224,7 @@ def tree_decode(
         raise TypeError(f"variant: expected one of {VARIANTS}, got {type(variant).__name__} {variant!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
-    check_shapes = _check_shapes_flag(check_shapes)
+    check_shapes = checks.optional_flag("check_shapes", check_shapes)
     timeout = _comm.as_timedelta("timeout", timeout)
     _basic_types(q, k_shard, v_shard)
     rank, size = _comm.world(group)
@@ -382,7 +374,7 @@ def ring_decode(
     shards, plus lengths and block tables. Peak memory is the own shard plus two in flight.
     """
     timeout = _comm.as_timedelta("timeout", timeout)
-    check_shapes = _check_shapes_flag(check_shapes)
+    check_shapes = checks.optional_flag("check_shapes", check_shapes)
     _basic_types(q, k_shard, v_shard)
     rank, size = _comm.world(group)
     scale = _scale(q, softmax_scale)

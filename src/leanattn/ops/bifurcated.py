@@ -159,9 +159,8 @@ def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
                 raise ValueError(f"{name}: expected None without an own cache (k_cache=None), got a tensor")
         return scale, k_scale, v_scale
     if k_cache is None or v_cache is None:
-        missing = "v_cache" if v_cache is None else "k_cache"
-        raise ValueError(f"{missing}: expected k_cache and v_cache together (or neither), got only "
-                         f"{'k_cache' if v_cache is None else 'v_cache'}")
+        missing, given = ("v_cache", "k_cache") if v_cache is None else ("k_cache", "v_cache")
+        raise ValueError(f"{missing}: expected k_cache and v_cache together (or neither), got only {given}")
     slots = max_seqlen_q if cu_seqlens_q is not None else checks.token_slots(q)
     return validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate,
                            k_scale, v_scale, fp8=True, window_left=rows_window(window_left, slots), batch=batch,

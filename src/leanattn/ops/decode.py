@@ -368,10 +368,7 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
         if cache_seqlens.shape[0] != B:
             what = f"batch size of {qn}" if batch is None else "sequences of cu_seqlens_q"
             raise ValueError(f"{sn}: expected shape ({B},) ({what}), got {tuple(cache_seqlens.shape)}")
-    if not isinstance(schedule, str):
-        raise TypeError(f"schedule: expected 'lean' or 'split', got {type(schedule).__name__} {schedule!r}")
-    if schedule not in ("lean", "split"):
-        raise ValueError(f"schedule: expected 'lean' or 'split', got {schedule!r}")
+    checks.schedule(schedule)
     validate = checks.value_checks(validate, cache_seqlens, block_table)
     if validate and cache_seqlens is not None:
         cap = _capacity(k_cache, block_table)
