@@ -474,6 +474,34 @@ def test_argument_errors():
     assert torch.equal(out, tree_decode(q, k, k, torch.tensor([10], dtype=torch.int32), **{**kw, "window_left": 5}))
 
 
+# states no decode produces: each combine against the reference merge
+
+_INF, _NAN = float("inf"), float("nan")
+# per rank, one lse a head: finite, +inf with finite, +inf twice, empty twice, NaN with finite, empty with finite
+_EDGE_LSES = ((1.0, _INF, _INF, -_INF, _NAN, -_INF, 2.0), (0.5, 0.3, _INF, -_INF, 0.2, 3.0, -_INF))
+
+
+def _combine_edges(rank, world):
+    from leanattn.distributed import tree
+    out = torch.randn(1, len(_EDGE_LSES[0]), 8, generator=torch.Generator().manual_seed(rank)).half()
+    lse = torch.tensor([_EDGE_LSES[rank]])
+    return out, lse, {v: getattr(tree, f"_combine_{v}")(out, lse, None, world, None) for v in VARIANTS}
+
+
+def test_combines_of_infinite_and_nan_states():
+    res = spawn(_combine_edges, 2, deadline=120)
+    ref_out, ref_lse = reference.merge_states(torch.stack([r[0] for r in res]), torch.stack([r[1] for r in res]))
+    for v in VARIANTS:
+        out, lse = res[0][2][v]
+        assert torch.equal(lse.isnan(), ref_lse.isnan()), (v, lse, ref_lse)
+        assert torch.allclose(lse.double(), ref_lse, atol=1e-5, equal_nan=True), (v, lse, ref_lse)
+        # a NaN state stays NaN in the output (how a failed rank's error reaches its peers)
+        assert out[0, 4].isnan().all(), (v, out)
+        keep = torch.ones(out.shape[1], dtype=torch.bool)
+        keep[4] = False
+        assert_rel_close(v, out[:, keep].double(), ref_out[:, keep], 2e-3)
+
+
 # ------------------------------------------------------------------------------------------------
 # the spawn helper, communication counts, the demo
 

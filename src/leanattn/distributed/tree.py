@@ -317,8 +317,11 @@ def _combine_allreduce3(out, lse, group, size, timeout):
     _comm.wait(w_den, "tree_decode: all_reduce(sum) of denominators", group, timeout)
     # (a NaN sum, from a rank that contributed a NaN state, stays NaN)
     empty = den == 0
-    o = torch.where(empty[..., None], 0.0, num / torch.where(empty, 1.0, den)[..., None])
+    # a rank's lse of +inf made its weight inf (num inf or NaN): such a row is (0, +inf), as merge_states gives it
+    infinite = (m == float("inf")) & ~den.isnan()
+    o = torch.where(empty[..., None] | infinite[..., None], 0.0, num / torch.where(empty, 1.0, den)[..., None])
     lse = torch.where(empty, float("-inf"), m_safe + torch.log(torch.where(empty, 1.0, den)))
+    lse = torch.where(infinite, float("inf"), lse)
     return o.to(out.device, out.dtype), lse.to(out.device)
 
 
