@@ -249,6 +249,43 @@ def token_slots(q) -> int:
     return q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 4 else 1
 
 
+def _byte_range(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes ``[first, last)`` of device memory a tensor's elements span (strides of either sign)."""
+    lo = hi = 0
+    for n, st in zip(t.shape, t.stride()):
+        lo, hi = (lo + (n - 1) * st, hi) if st < 0 else (lo, hi + (n - 1) * st)
+    return t.data_ptr() + lo * t.element_size(), t.data_ptr() + (hi + 1) * t.element_size()
+
+
+def output_buffer(name: str, buf, shape, dtype: torch.dtype, device: torch.device, what: str, inputs=()):
+    """A caller's buffer for an op's output (FlashInfer's ``out=`` and ``lse=``): None, or a contiguous tensor of
+    ``shape`` (``what`` says whose, for the error), ``dtype`` and ``device`` that shares no byte with the
+    ``inputs`` (named tensors, or None), which the kernels read while they write it (eager calls: host arithmetic on
+    the addresses, no sync)."""
+    if buf is None:
+        return None
+    check_tensor(name, buf)
+    if buf.dtype != dtype:
+        _fail(TypeError, name, f"dtype {dtype}", buf.dtype)
+    if buf.device != device:
+        _fail(ValueError, name, f"device {device}", buf.device)
+    if tuple(buf.shape) != tuple(shape):
+        _fail(ValueError, name, f"shape {tuple(shape)} ({what})", f"shape {tuple(buf.shape)}")
+    if not buf.is_contiguous():
+        _fail(ValueError, name, "a contiguous tensor (the kernels write it row-major)",
+              f"strides {buf.stride()} for shape {tuple(buf.shape)}")
+    # (addresses are not traced by torch.compile: the overlap is checked in eager calls)
+    if buf.numel() and not torch.compiler.is_compiling():
+        lo, hi = _byte_range(buf)
+        for other, t in inputs:
+            if t is not None and t.numel() and t.device == device:
+                a, b = _byte_range(t)
+                if a < hi and lo < b:
+                    _fail(ValueError, name, f"memory apart from {other} (read while {name} is written)",
+                          f"a tensor that overlaps {other}")
+    return buf
+
+
 def flag(name: str, value) -> bool:
     """A boolean option ``name`` (numpy's bools included) as a bool."""
     if not isinstance(value, (bool, np.bool_)):

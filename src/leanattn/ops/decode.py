@@ -250,16 +250,20 @@ _ENV = runtime.EnvReader(*_ENV_KNOBS)
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
                  num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False,
                  cu_seqlens_q=None, max_seqlen_q=0, alibi_slopes=None, sinks=None, q_pe=None, kpe_cache=None, *,
-                 need_lse: bool = True):
+                 need_lse: bool = True, out=None, lse=None):
     """``decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the LSE goes
     to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call in one process on
     an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines.
-    ``q_pe`` and ``kpe_cache``: MLA's rotary parts (``ops/mla.py``), whose ``v_cache`` is ``k_cache``."""
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    ``q_pe`` and ``kpe_cache``: MLA's rotary parts (``ops/mla.py``), whose ``v_cache`` is ``k_cache``. ``out`` and
+    ``lse``: the caller's checked buffers (``checks.output_buffer``), written in place of new tensors."""
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if lse is None and (need_lse or out.numel() == 0 or _capacity(k_cache, block_table) == 0):
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     if out.numel() == 0:
-        return out, torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        return out, lse
     if _capacity(k_cache, block_table) == 0:
-        lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+        lse.fill_(float("-inf"))
         # the sinks merged into the empty state as every merge takes them (bounded by 2e38, -inf no sink)
         return (out.zero_(), lse) if sinks is None else with_sinks(out.zero_(), lse, sinks)
     if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
@@ -288,7 +292,8 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
                                                      alibi_stride=alibi_stride,
                                                      sink_dtype=None if sinks is None else sinks.dtype,
                                                      rope=None if q_pe is None else (q_pe, kpe_cache)))
-        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
+        if lse is None:
+            lse = plan.lse_sink
         plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q, alibi_slopes, sinks, q_pe,
                  kpe_cache)
     return out, lse
@@ -421,6 +426,8 @@ def decode(
     max_seqlen_q: Optional[int] = None,
     sinks: Optional[torch.Tensor] = None,
     alibi_slopes: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+    lse: Optional[torch.Tensor] = None,
 ):
     """Decode attention: the new query token (or the last few) of each sequence against its KV cache.
 
@@ -522,13 +529,22 @@ def decode(
         the scale and any soft cap; with ``cu_seqlens_q``, ``B`` is its sequences). Added to each tile's scores in
         registers, from the integer distance, so keys far back lose no precision; the LSE returned includes it.
         None (the default): no bias.
+    out : torch.Tensor, optional, keyword-only
+        Where to write the output (FlashInfer's ``out=``): ``q``'s shape and dtype, on its device, contiguous, sharing
+        no memory with ``q``, ``k_cache`` or ``v_cache``; it is returned. None (the default): a new tensor.
+    lse : torch.Tensor, optional, keyword-only
+        Where to write the LSE (FlashInfer's ``lse=``), written whether or not ``return_lse`` asks for it:
+        ``q.shape[:-1]``, float32, contiguous, on ``q``'s device, sharing no memory with the inputs or ``out``.
+        None (the default): a new tensor, allocated only with ``return_lse=True``.
 
     Returns
     -------
     out : torch.Tensor
-        ``q``'s shape, ``(B, Hq, D)``, ``(B, Lq, Hq, D)`` or packed ``(total_q, Hq, D)``, in ``q.dtype``.
+        ``q``'s shape, ``(B, Hq, D)``, ``(B, Lq, Hq, D)`` or packed ``(total_q, Hq, D)``, in ``q.dtype`` (the
+        ``out`` given, if one was).
     lse : torch.Tensor
-        ``(B, Hq)``, ``(B, Lq, Hq)`` or ``(total_q, Hq)`` float32, natural log; only with ``return_lse=True``. A query
+        ``(B, Hq)``, ``(B, Lq, Hq)`` or ``(total_q, Hq)`` float32, natural log (the ``lse`` given, if one was); only
+        with ``return_lse=True``. A query
         token that attends no key (an empty sequence, or with ``causal`` a position before the cache) gets zeros and
         ``-inf``.
 
@@ -577,11 +593,16 @@ def decode(
     check_sinks(sinks, q.shape[-2], q.device)
     if sinks is not None and sinks.stride(0) != 1:
         sinks = sinks.contiguous()
+    inputs = (("q", q), ("k_cache", k_cache), ("v_cache", v_cache))
+    out = checks.output_buffer("out", out, q.shape, q.dtype, q.device, "q's shape", inputs)
+    lse = checks.output_buffer("lse", lse, q.shape[:-1], torch.float32, q.device, "q.shape[:-1]",
+                               inputs + (("out", out),))
     if q.dim() == 4 and qlen == 1:
-        # one token: the 3-D call, its outputs seen with the token axis
+        # one token: the 3-D call, its outputs seen with the token axis (the buffers' views keep them contiguous)
         res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,
                      num_programs=num_programs, num_splits=num_splits, validate=False, k_scale=k_scale,
-                     v_scale=v_scale, softcap=softcap, window_left=window_left, alibi_slopes=alibi_slopes, sinks=sinks)
+                     v_scale=v_scale, softcap=softcap, window_left=window_left, alibi_slopes=alibi_slopes, sinks=sinks,
+                     out=None if out is None else out[:, 0], lse=None if lse is None else lse[:, 0])
         return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
     if q.stride(-1) != 1:
         q = q.contiguous()
@@ -590,7 +611,12 @@ def decode(
     # under torch.compile the custom op keeps the kernel opaque to Dynamo and Inductor; eager calls skip
     # the dispatcher (its overhead is comparable to a short decode kernel)
     if torch.compiler.is_compiling():
-        out, lse = _decode_op(*args)
+        o, s = _decode_op(*args)
     else:
-        out, lse = _decode_impl(*args, need_lse=return_lse)
-    return (out, lse) if return_lse else out
+        o, s = _decode_impl(*args, need_lse=return_lse, out=out, lse=lse)
+    # (the custom op returns its own tensors, and so does the merge of sinks into an empty cache's state)
+    if out is not None and o is not out:
+        o = out.copy_(o)
+    if lse is not None and s is not lse:
+        s = lse.copy_(s)
+    return (o, s) if return_lse else o
