@@ -5,8 +5,8 @@
 #   tests-bif   the bifurcated GPU tests alone (more than 290 s on an H200 since 2026-12-03: about half ran by then)
 #   tests-bif-0, tests-bif-1  each half of them (interleaved: LEANATTN_TEST_SHARD in tests/conftest.py; 77 passed in
 #               213 s for half 0 on an H200, 2026-12-04)
-#   tests-decode  the decode GPU tests alone, float8 caches, soft caps and out=/lse= buffers included (179 passed in 228 s on an H200,
-#               2026-12-04)
+#   tests-decode  the decode GPU tests alone, float8 caches, soft caps and out=/lse= buffers included (179 passed
+#               in 228 s on an H200, 2026-12-04, before the buffers)
 #   tests-fp8   the GPU tests of decode over float8 caches alone (~65-100 s)
 #   sanitize-fp8  memcheck then racecheck over decode's launches over float8 caches, soft-capped ones too
 #               (sanitize.py fp8; 0 errors, 0 hazards on an H200, 2026-12-04; the racecheck alone ~110 s)
