@@ -126,6 +126,26 @@ def test_compile_fullgraph():
     assert torch.equal(res[0], out) and torch.equal(res[1], lse)
 
 
+@pytest.mark.parametrize("tokens", [0, 1, 2])
+def test_mla_decode(tokens):
+    from test_mla import inputs
+    qn, qp, ckv, kpe, sl, bt = inputs(3, 8, 128, 16, [37, 0, 5], page=4, wide=True, tokens=tokens)
+    out, lse = _buffers(qn)
+    res = leanattn.mla_decode(qn, qp, ckv, kpe, sl, bt, return_lse=True, causal=True, out=out, lse=lse)
+    assert res[0].data_ptr() == out.data_ptr() and res[1].data_ptr() == lse.data_ptr()
+    ref_out, ref_lse = reference.mla_decode(qn, qp, ckv, kpe, sl, bt, causal=True)
+    assert_states_match(f"mla tokens={tokens}", qn, out, lse, ref_out, ref_lse)
+    # an output whose first element is q_pe's last
+    pool = torch.randn(qp.numel() + qn.numel() - 1).half()
+    qp2 = pool[:qp.numel()].view(qp.shape).copy_(qp)
+    with pytest.raises(ValueError, match="out: expected memory apart from q_pe"):
+        leanattn.mla_decode(qn, qp2, ckv, kpe, sl, bt, out=pool[-qn.numel():].view(qn.shape))
+    with pytest.raises(ValueError, match="out: expected memory apart from ckv_cache"):
+        leanattn.mla_decode(qn, qp, ckv, kpe, sl, bt, out=ckv.as_strided(qn.shape, torch.empty(qn.shape).stride()))
+    with pytest.raises(ValueError, match=r"lse: expected shape .* \(q_nope.shape\[:-1\]\)"):
+        leanattn.mla_decode(qn, qp, ckv, kpe, sl, bt, lse=lse[:1])
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU
 

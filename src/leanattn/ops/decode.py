@@ -593,10 +593,7 @@ def decode(
     check_sinks(sinks, q.shape[-2], q.device)
     if sinks is not None and sinks.stride(0) != 1:
         sinks = sinks.contiguous()
-    inputs = (("q", q), ("k_cache", k_cache), ("v_cache", v_cache))
-    out = checks.output_buffer("out", out, q.shape, q.dtype, q.device, "q's shape", inputs)
-    lse = checks.output_buffer("lse", lse, q.shape[:-1], torch.float32, q.device, "q.shape[:-1]",
-                               inputs + (("out", out),))
+    out, lse = output_buffers(out, lse, q, (("k_cache", k_cache), ("v_cache", v_cache)))
     if q.dim() == 4 and qlen == 1:
         # one token: the 3-D call, its outputs seen with the token axis (the buffers' views keep them contiguous)
         res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,
@@ -614,9 +611,26 @@ def decode(
         o, s = _decode_op(*args)
     else:
         o, s = _decode_impl(*args, need_lse=return_lse, out=out, lse=lse)
-    # (the custom op returns its own tensors, and so does the merge of sinks into an empty cache's state)
+    o, s = into_buffers(o, s, out, lse)
+    return (o, s) if return_lse else o
+
+
+def output_buffers(out, lse, q, inputs, name: str = "q"):
+    """``out=`` and ``lse=`` of a decode op, checked (``checks.output_buffer``): ``q``'s shape and dtype, and its
+    shape less ``D`` in float32; neither may share memory with ``q`` (called ``name``), the named ``inputs`` or the
+    other."""
+    inputs = ((name, q), *inputs)
+    out = checks.output_buffer("out", out, q.shape, q.dtype, q.device, f"{name}'s shape", inputs)
+    lse = checks.output_buffer("lse", lse, q.shape[:-1], torch.float32, q.device, f"{name}.shape[:-1]",
+                               inputs + (("out", out),))
+    return out, lse
+
+
+def into_buffers(o, s, out, lse):
+    """The results ``(o, s)`` in the caller's buffers where given: a custom op under ``torch.compile`` returns
+    tensors of its own, and so does the merge of sinks into an empty cache's state."""
     if out is not None and o is not out:
         o = out.copy_(o)
     if lse is not None and s is not lse:
         s = lse.copy_(s)
-    return (o, s) if return_lse else o
+    return o, s

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .. import checks
-from .decode import _decode_impl, validate_decode
+from .decode import _decode_impl, into_buffers, output_buffers, validate_decode
 
 __all__ = ["mla_decode"]
 
@@ -103,6 +103,8 @@ def mla_decode(
     validate: Optional[bool] = None,
     cu_seqlens_q: Optional[torch.Tensor] = None,
     max_seqlen_q: Optional[int] = None,
+    out: Optional[torch.Tensor] = None,
+    lse: Optional[torch.Tensor] = None,
 ):
     """MLA decode (DeepSeek-V2/V3's multi-head latent attention, up-projections absorbed): every query head attends
     the one latent cache.
@@ -145,6 +147,10 @@ def mla_decode(
     cu_seqlens_q, max_seqlen_q : keyword-only
         A packed query, as in :func:`leanattn.decode` (FlashInfer's ``qo_indptr``): ``q_nope (total_q, H, Dc)`` and
         ``q_pe (total_q, H, Dr)``, sequence ``b``'s tokens their rows ``[cu_seqlens_q[b], cu_seqlens_q[b + 1])``.
+    out, lse : torch.Tensor, optional, keyword-only
+        The caller's buffers for the results, as in :func:`leanattn.decode` (FlashInfer's ``out=`` and ``lse=``):
+        ``q_nope``'s shape and dtype, and its shape less ``Dc`` in float32, contiguous, sharing no memory with the
+        inputs or each other. ``lse`` is written whether or not ``return_lse`` asks for it.
 
     Returns
     -------
@@ -183,9 +189,12 @@ def mla_decode(
     return_lse = checks.flag("return_lse", return_lse)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     packed = batch is not None
+    out, lse = output_buffers(out, lse, q_nope, (("q_pe", q_pe), ("ckv_cache", ckv_cache), ("kpe_cache", kpe_cache)),
+                              "q_nope")
     if q_nope.dim() == 4 and qlen == 1:
         res = mla_decode(q_nope[:, 0], q_pe[:, 0], ckv_cache, kpe_cache, cache_seqlens, block_table, scale,
-                         return_lse, schedule, num_programs=num_programs, num_splits=num_splits, validate=False)
+                         return_lse, schedule, num_programs=num_programs, num_splits=num_splits, validate=False,
+                         out=None if out is None else out[:, 0], lse=None if lse is None else lse[:, 0])
         return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
     q_nope = q_nope if q_nope.stride(-1) == 1 else q_nope.contiguous()
     q_pe = q_pe if q_pe.stride(-1) == 1 else q_pe.contiguous()
@@ -193,10 +202,11 @@ def mla_decode(
     args = (q_nope, q_pe, ckv, kpe, cache_seqlens, block_table, scale, schedule, num_programs, num_splits,
             causal and qlen > 1, cu, max_q)
     if torch.compiler.is_compiling():
-        out, lse = _mla_decode_op(*args)
+        o, s = _mla_decode_op(*args)
     else:
         # (eager calls skip the dispatcher, as decode's)
-        out, lse = _decode_impl(q_nope, ckv, ckv, cache_seqlens, block_table, scale, schedule, num_programs,
-                                num_splits, 0, causal=causal and qlen > 1, cu_seqlens_q=cu, max_seqlen_q=max_q,
-                                q_pe=q_pe, kpe_cache=kpe, need_lse=return_lse)
-    return (out, lse) if return_lse else out
+        o, s = _decode_impl(q_nope, ckv, ckv, cache_seqlens, block_table, scale, schedule, num_programs,
+                            num_splits, 0, causal=causal and qlen > 1, cu_seqlens_q=cu, max_seqlen_q=max_q,
+                            q_pe=q_pe, kpe_cache=kpe, need_lse=return_lse, out=out, lse=lse)
+    o, s = into_buffers(o, s, out, lse)
+    return (o, s) if return_lse else o
