@@ -146,6 +146,49 @@ def test_mla_decode(tokens):
         leanattn.mla_decode(qn, qp, ckv, kpe, sl, bt, lse=lse[:1])
 
 
+def _bifurcated_inputs(B=4, Hq=8, Hkv=2, D=64, tokens=0, G=None):
+    g = torch.Generator().manual_seed(B + tokens)
+    lead = (B, tokens) if tokens else (B,)
+    q = torch.randn(*lead, Hq, D, generator=g).half()
+    pshape = (45, Hkv, D) if G is None else (G, 45, Hkv, D)
+    pk, pv = (torch.randn(pshape, generator=g).half() for _ in range(2))
+    _, k, v, lens, _ = make_inputs(B, Hq, Hkv, D, [3, 0, 40, 17][:B])
+    return q, pk, pv, k, v, lens
+
+
+@pytest.mark.parametrize("form", ["one token", "prompts", "tokens", "window", "one token 4-D"])
+def test_bifurcated_decode(form):
+    # the one-token launches write the buffers in place; the other forms copy their states in
+    tokens = {"tokens": 2, "one token 4-D": 1}.get(form, 0)
+    G = 2 if form == "prompts" else None
+    q, pk, pv, k, v, lens = _bifurcated_inputs(tokens=tokens, G=G)
+    kw = dict(window_left=20) if form == "window" else dict(causal=True) if tokens else {}
+    if G:
+        kw.update(prefix_lens=torch.tensor([45, 30], dtype=torch.int32),
+                  prefix_ids=torch.tensor([1, 0, 1, 1], dtype=torch.int32))
+    out, lse = _buffers(q)
+    res = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, return_lse=True, out=out, lse=lse, **kw)
+    assert res[0].data_ptr() == out.data_ptr() and res[1].data_ptr() == lse.data_ptr()
+    ref_out, ref_lse = reference.bifurcated_decode(q, pk, pv, k, v, lens, **kw)
+    assert_states_match(form, q, out, lse, ref_out, ref_lse)
+    with pytest.raises(ValueError, match="out: expected memory apart from prefix_v"):
+        leanattn.bifurcated_decode(q, pk, pv, k, v, lens, out=pv.view(-1)[:q.numel()].view(q.shape), **kw)
+
+
+@pytest.mark.parametrize("tokens", [0, 2])
+def test_cascade_decode(tokens):
+    q, pk, pv, k, v, lens = _bifurcated_inputs(tokens=tokens)
+    doc_k, doc_v = torch.randn(2, 20, 2, 64).half(), torch.randn(2, 20, 2, 64).half()
+    levels = [(pk, pv), (doc_k, doc_v, None, torch.tensor([0, 1, 1, 0], dtype=torch.int32))]
+    out, lse = _buffers(q)
+    res = leanattn.cascade_decode(q, levels, k, v, lens, return_lse=True, causal=True, out=out, lse=lse)
+    assert res[0].data_ptr() == out.data_ptr() and res[1].data_ptr() == lse.data_ptr()
+    ref_out, ref_lse = reference.cascade_decode(q, levels, k, v, lens, causal=True)
+    assert_states_match(f"cascade tokens={tokens}", q, out, lse, ref_out, ref_lse)
+    with pytest.raises(ValueError, match=r"out: expected memory apart from levels\[1\]_k"):
+        leanattn.cascade_decode(q, levels, k, v, lens, out=doc_k.view(-1)[:q.numel()].view(q.shape))
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU
 

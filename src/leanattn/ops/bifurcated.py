@@ -21,7 +21,7 @@ from ..merges.states import merge_state_list
 from .bifurcated_launch import Plan
 from .bifurcated_window import query_rows, window_states
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
-from .decode import decode, rows_window, validate_decode
+from .decode import decode, into_buffers, output_buffers, rows_window, validate_decode
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
 
@@ -57,8 +57,9 @@ def _group_layout(prefix_ids: torch.Tensor, G: int):
 def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids,
                      softmax_scale, max_group_size, num_programs, block_h, block_n, softcap=0.0, k_scale=1.0,
                      v_scale=1.0, prefix_starts=None, prefix_span=0, prefix_block_table=None, sinks=None, *,
-                     need_lse: bool = True):
-    """``bifurcated_decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the
+                     need_lse: bool = True, out=None, lse=None):
+    """``bifurcated_decode`` past validation (``out``, ``lse``: the caller's checked buffers, written in place of new
+    tensors where given); with ``need_lse=False`` (eager calls that do not return it) the
     LSE goes to the plan's sink, which no kernel reads, as in ``ops.decode._decode_impl``. ``prefix_starts (G,)``
     int32 (with ``prefix_lens``): prompt ``g``'s keys are ``[prefix_starts[g], prefix_lens[g])``, at most
     ``prefix_span`` of them (a window's tail, read where it lies: ``ops/bifurcated_window.py``); an own cache beside
@@ -67,9 +68,10 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
     ``sinks (Hq,)``: attention sinks, folded in by the path's merge launch where it has one, else by a launch
     after."""
     B, Hq, D = q.shape
-    out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
+    if out is None:
+        out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
     if B == 0 or Hq == 0:
-        return out, torch.empty((B, Hq), dtype=torch.float32, device=q.device)
+        return out, torch.empty((B, Hq), dtype=torch.float32, device=q.device) if lse is None else lse
     if prefix_k.dim() == 3:
         prefix_k, prefix_v = prefix_k.unsqueeze(0), prefix_v.unsqueeze(0)
     if prefix_block_table is not None and prefix_block_table.stride(1) != 1:
@@ -113,7 +115,8 @@ def _bifurcated_impl(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, blo
                                                     prefix_lens is not None, single, n_max, softmax_scale,
                                                     num_programs, block_h, block_n, softcap, k_scale, v_scale,
                                                     prefix_span, prefix_block_table, sinks is not None))
-        lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
+        if lse is None:
+            lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if need_lse else plan.lse_sink
         plan.run(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, groups,
                  out, lse, prefix_starts, prefix_block_table, sinks)
     if sinks is not None and not plan.sinks_merged:
@@ -325,6 +328,8 @@ def bifurcated_decode(
     window_left: int = -1,
     sinks: Optional[torch.Tensor] = None,
     prefix_block_table: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+    lse: Optional[torch.Tensor] = None,
 ):
     """Decode attention for samples that share a prompt: the shared prefix is read once per prompt.
 
@@ -407,6 +412,12 @@ def bifurcated_decode(
         is given (otherwise the own tokens are a :func:`leanattn.decode` call apart, as for dense prefixes).
         Nothing is copied, except under a window when the K and V pools are laid out differently: one is then
         copied, so that both share one token stride.
+    out, lse : torch.Tensor, optional, keyword-only
+        The caller's buffers for the results, as in :func:`leanattn.decode` (FlashInfer's ``out=`` and ``lse=``):
+        ``q``'s shape and dtype, and its shape less ``D`` in float32, contiguous, sharing no memory with the inputs
+        or each other; ``lse`` is written whether or not ``return_lse`` asks for it. With one query token a sample
+        and no window the launches write them; the other forms compute their states, then copy them in.
+
 
     Returns
     -------
@@ -465,37 +476,43 @@ def bifurcated_decode(
         raise ValueError(f"prefix_k: expected {k_cache.shape[2]} kv heads (as k_cache), got {Hkv}")
     causal = checks.flag("causal", causal)
     return_lse = checks.flag("return_lse", return_lse)
+    out, lse = output_buffers(out, lse, q, (("prefix_k", prefix_k), ("prefix_v", prefix_v), ("k_cache", k_cache),
+                                            ("v_cache", v_cache)))
+
+    def done(o, s):
+        o, s = into_buffers(o, s, out, lse)
+        return (o, s) if return_lse else o
+
     level = (prefix_k, prefix_v, prefix_lens, prefix_ids, prefix_block_table)
     window_left = _window(window_left, [level], k_cache, block_table)
     if window_left >= 0:
-        out, lse = window_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
-                                 int(max_group_size), num_programs, softcap, k_scale, v_scale, causal,
-                                 cu_seqlens_q, max_q, op=_pass_op(), sinks=sinks)
-        return (out, lse) if return_lse else out
+        o, s = window_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
+                             int(max_group_size), num_programs, softcap, k_scale, v_scale, causal,
+                             cu_seqlens_q, max_q, op=_pass_op(), sinks=sinks)
+        return done(o, s)
     if batch is not None:
-        out, lse = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
-                                 num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q, sinks)
-        return (out, lse) if return_lse else out
+        o, s = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
+                             num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q, sinks)
+        return done(o, s)
     if q.dim() == 4:
         if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
             res = bifurcated_decode(q[:, 0], prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                     prefix_lens, prefix_ids, scale, return_lse, softcap=softcap, k_scale=k_scale,
                                     v_scale=v_scale, max_group_size=max_group_size, num_programs=num_programs,
-                                    validate=False, prefix_block_table=prefix_block_table, sinks=sinks)
+                                    validate=False, prefix_block_table=prefix_block_table, sinks=sinks,
+                                    out=None if out is None else out[:, 0], lse=None if lse is None else lse[:, 0])
             return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
-        out, lse = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
-                                 num_programs, softcap, k_scale, v_scale, causal, sinks=sinks)
-        return (out, lse) if return_lse else out
+        o, s = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
+                             num_programs, softcap, k_scale, v_scale, causal, sinks=sinks)
+        return done(o, s)
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, scale,
             int(max_group_size), num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, prefix_block_table,
             sinks)
     if torch.compiler.is_compiling():
-        out, lse = _bifurcated_op(*args)
-    else:
-        out, lse = _bifurcated_impl(*args, need_lse=return_lse)
-    return (out, lse) if return_lse else out
+        return done(*_bifurcated_op(*args))
+    return done(*_bifurcated_impl(*args, need_lse=return_lse, out=out, lse=lse))
 
 
 def cascade_decode(
@@ -519,6 +536,8 @@ def cascade_decode(
     max_seqlen_q: Optional[int] = None,
     window_left: int = -1,
     sinks: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+    lse: Optional[torch.Tensor] = None,
 ):
     """Decode over nested shared KV: e.g. a system prompt for every sample, a document per group,
     then each sample's own tokens.
@@ -551,6 +570,12 @@ def cascade_decode(
         ``(Hq,)`` attention sinks (gpt-oss), as :func:`leanattn.decode`'s: merged once into the final state, after
         the prefix, own and level states, by the launch that merges those (a launch of their own on the paths whose
         kernels merge in place: one sample a prompt, the in-kernel merge).
+    out, lse : torch.Tensor, optional, keyword-only
+        The caller's buffers for the results, as in :func:`leanattn.decode` (FlashInfer's ``out=`` and ``lse=``):
+        ``q``'s shape and dtype, and its shape less ``D`` in float32, contiguous, sharing no memory with the inputs
+        or each other; ``lse`` is written whether or not ``return_lse`` asks for it. The merged state is computed,
+        then copied in.
+
 
     Notes
     -----
@@ -597,25 +622,33 @@ def cascade_decode(
     for i, (k, *_rest) in enumerate(parsed):
         if k.shape[-2] != Hkv:
             raise ValueError(f"levels[{i}]: expected {Hkv} kv heads (as {as_name}), got {k.shape[-2]}")
+    inputs = [(f"levels[{i}]_{n}", t) for i, level in enumerate(parsed) for n, t in zip("kv", level[:2])]
+    out, lse = output_buffers(out, lse, q, inputs + [("k_cache", k_cache), ("v_cache", v_cache)])
+
+    def done(o, s):
+        o, s = into_buffers(o, s, out, lse)
+        return (o, s) if return_lse else o
+
     window_left = _window(window_left, parsed, k_cache, block_table)
     if window_left >= 0:
-        out, lse = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
-                                 max_group_size, num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q,
-                                 max_q, op=_pass_op(), sinks=sinks)
-        return (out, lse) if return_lse else out
+        o, s = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
+                             max_group_size, num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q,
+                             max_q, op=_pass_op(), sinks=sinks)
+        return done(o, s)
     if batch is not None:
-        out, lse = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
-                                 num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q, sinks)
-        return (out, lse) if return_lse else out
+        o, s = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
+                             num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q, sinks)
+        return done(o, s)
     if q.dim() == 4:
         if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
             res = cascade_decode(q[:, 0], levels, k_cache, v_cache, cache_seqlens, block_table, scale, return_lse,
                                  softcap=softcap, k_scale=k_scale, v_scale=v_scale, max_group_size=max_group_size,
-                                 num_programs=num_programs, validate=False, sinks=sinks)
+                                 num_programs=num_programs, validate=False, sinks=sinks,
+                                 out=None if out is None else out[:, 0], lse=None if lse is None else lse[:, 0])
             return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
-        out, lse = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
-                                 num_programs, softcap, k_scale, v_scale, causal, sinks=sinks)
-        return (out, lse) if return_lse else out
+        o, s = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
+                             num_programs, softcap, k_scale, v_scale, causal, sinks=sinks)
+        return done(o, s)
     if q.stride(-1) != 1:
         q = q.contiguous()
     op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
@@ -632,6 +665,5 @@ def cascade_decode(
         empty = q.new_zeros((0, Hkv, D), dtype=k_cache.dtype)
         states.append(op(q, empty, empty, k_cache, v_cache, cache_seqlens, block_table, None, None, scale, 0,
                          num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, None, pass_sinks))
-    out, lse = merge_state_list([s[0] for s in states], [s[1] for s in states],
-                                None if pass_sinks is not None else sinks)
-    return (out, lse) if return_lse else out
+    return done(*merge_state_list([st[0] for st in states], [st[1] for st in states],
+                                  None if pass_sinks is not None else sinks))
