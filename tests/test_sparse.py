@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import leanattn
 from leanattn import reference
 from leanattn.sparse import api, lsh_buckets
-from leanattn.testing import TOLERANCE, assert_rel_close
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # tile configs (block_m, block_n, block_m_bwd, block_n_bwd): square, and both rectangular ways
@@ -231,6 +231,31 @@ def test_tiny_and_empty_lengths(device):
             assert_rel_close("out", out, reference.qk_sparse_attention(q, k, v, keep, keep), 1e-5)
 
 
+@pytest.mark.parametrize("mode", ["qk", "hash"])
+def test_return_lse(device, mode):
+    # time order, natural log, -inf for dropped queries and for queries that see no key; no gradient
+    N = 45
+    q, k, v = _inputs(2, N, 3, 64, torch.float16, device)
+    if mode == "qk":
+        a, b = torch.rand(2, N, 3, device=device) > 0.4, torch.rand(2, N, 3, device=device) > 0.4
+        b[0, :, 0] = False  # a head that sees no key at all
+    else:
+        a, b = torch.randint(0, 4, (2, N, 3), device=device), torch.randint(0, 4, (2, N, 3), device=device)
+    fn, ref_fn = (_qk, reference.qk_sparse_attention) if mode == "qk" else (_hash, reference.hash_sparse_attention)
+    out, lse = fn(q, k, v, a, b, return_lse=True)
+    ref_out, ref_lse = ref_fn(q, k, v, a, b, return_lse=True)
+    assert lse.shape == (2, N, 3) and lse.dtype == torch.float32 and lse.is_contiguous() and not lse.requires_grad
+    assert torch.isinf(ref_lse).any()
+    assert_rel_close("out", out, ref_out, TOLERANCE[q.dtype])
+    assert_lse_close("lse", lse, ref_lse, 2e-3)
+    assert torch.equal(out, fn(q, k, v, a, b))
+    # the output stays differentiable
+    g = torch.autograd.grad(out.sum(), q)[0]
+    assert_rel_close("dq", g, torch.autograd.grad(ref_out.sum(), q)[0], TOLERANCE[q.dtype])
+    with pytest.raises(TypeError, match="return_lse: expected a bool, got str"):
+        fn(q, k, v, a, b, return_lse="yes")
+
+
 def test_strided_inputs_no_grad_and_determinism(device):
     # q, k, v as slices of one fused projection (unit stride on D only)
     N = 41
@@ -415,3 +440,8 @@ def test_torch_compile_fullgraph(device):
         ref = reference.hash_sparse_attention(q, k, v, a, a)
         assert_rel_close("out", out, ref, 1e-5)
         assert_rel_close("dq", dq, torch.autograd.grad(ref.sum(), q)[0], 1e-5)
+    # with the LSE: its time order is torch ops on the layout, traced in the same graph
+    g = torch.compile(lambda q, k, v, a, b: leanattn.hash_sparse_attention(q, k, v, a, b, return_lse=True),
+                      fullgraph=True, dynamic=True)
+    out, lse = g(q, k, v, a, a)
+    assert torch.equal(lse, leanattn.hash_sparse_attention(q, k, v, a, a, return_lse=True)[1])

@@ -173,11 +173,12 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor):
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                     softmax_scale: float | None = None) -> torch.Tensor:
+                     softmax_scale: float | None = None, return_lse: bool = False):
     """Dense attention of ``q, k, v (B, N, H, D)`` under ``mask (B, H, N, N)`` (True = attend) in float64.
 
     Differentiable (no NaN in gradients); a row with no visible key gives zeros. Returns
-    ``(B, N, H, D)`` float64.
+    ``(B, N, H, D)`` float64, and with ``return_lse`` the ``(B, N, H)`` natural-log LSE (``-inf`` for a row with
+    no visible key).
     """
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     q, k, v = (x.double().transpose(1, 2) for x in (q, k, v))
@@ -185,7 +186,11 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     has_key = mask.any(-1, keepdim=True)
     s = s.masked_fill(~mask, float("-inf")).masked_fill(~has_key, 0.0)
     p = torch.softmax(s, dim=-1) * has_key
-    return (p @ v).transpose(1, 2)
+    out = (p @ v).transpose(1, 2)
+    if not return_lse:
+        return out
+    lse = torch.where(has_key[..., 0], torch.logsumexp(s, dim=-1), float("-inf"))
+    return out, lse.transpose(1, 2)
 
 
 def _causal(n: int, device) -> torch.Tensor:
@@ -204,14 +209,14 @@ def hash_sparse_mask(q_buckets: torch.Tensor, k_buckets: torch.Tensor) -> torch.
     return (qb[..., :, None] == kb[..., None, :]) & _causal(q_buckets.shape[1], q_buckets.device)
 
 
-def qk_sparse_attention(q, k, v, q_keep, k_keep, softmax_scale=None):
-    """Reference for :func:`leanattn.qk_sparse_attention`: ``(B, N, H, D)`` float64."""
-    return masked_attention(q, k, v, qk_sparse_mask(q_keep, k_keep), softmax_scale)
+def qk_sparse_attention(q, k, v, q_keep, k_keep, softmax_scale=None, return_lse=False):
+    """Reference for :func:`leanattn.qk_sparse_attention`: ``(B, N, H, D)`` float64 (and the ``(B, N, H)`` LSE)."""
+    return masked_attention(q, k, v, qk_sparse_mask(q_keep, k_keep), softmax_scale, return_lse)
 
 
-def hash_sparse_attention(q, k, v, q_buckets, k_buckets, softmax_scale=None):
-    """Reference for :func:`leanattn.hash_sparse_attention`: ``(B, N, H, D)`` float64."""
-    return masked_attention(q, k, v, hash_sparse_mask(q_buckets, k_buckets), softmax_scale)
+def hash_sparse_attention(q, k, v, q_buckets, k_buckets, softmax_scale=None, return_lse=False):
+    """Reference for :func:`leanattn.hash_sparse_attention`: ``(B, N, H, D)`` float64 (and the ``(B, N, H)`` LSE)."""
+    return masked_attention(q, k, v, hash_sparse_mask(q_buckets, k_buckets), softmax_scale, return_lse)
 
 
 __all__ += ["masked_attention", "qk_sparse_mask", "hash_sparse_mask", "qk_sparse_attention",

@@ -8,6 +8,7 @@ the keep masks or bucket ids as they are: the forward op computes the layout its
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from dataclasses import dataclass
@@ -173,11 +174,23 @@ def _check_buckets(name: str, x, q, n_buckets, validate) -> torch.Tensor:
 # public functions
 
 
-def _sparse_attention(q, k, v, q_ids, k_ids, scale, deterministic):
+def _sparse_attention(q, k, v, q_ids, k_ids, scale, deterministic, return_lse):
     deterministic = checks.flag("deterministic", deterministic)
+    return_lse = checks.flag("return_lse", return_lse)
     cfg = sparse_config(q.shape[-1], q.device)
     config = [cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd, int(bool(deterministic))]
-    return _fwd_op(q, k, v, q_ids, k_ids, scale, config)[0]
+    out, lse, meta = _fwd_op(q, k, v, q_ids, k_ids, scale, config)
+    return (out, _token_lse(lse, meta, q.shape)) if return_lse else out
+
+
+def _token_lse(lse: torch.Tensor, meta: torch.Tensor, shape) -> torch.Tensor:
+    """The forward's internal LSE ``(B*H, N)`` (log2 units, sorted order, ``+inf`` where a query sees no key) as
+    the public one: ``(B, N, H)`` float32, natural log, in time order, ``-inf`` where a query sees no key. The
+    layout's first segment, ``q_perm``, is each sorted row's position (``plan.py``)."""
+    B, N, H, _ = shape
+    q_perm = meta[:B * H * N].view(B * H, N).long()
+    natural = torch.where(lse == float("inf"), float("-inf"), lse * math.log(2.0))
+    return torch.empty_like(natural).scatter_(1, q_perm, natural).view(B, H, N).transpose(1, 2).contiguous()
 
 
 def qk_sparse_attention(
@@ -189,7 +202,8 @@ def qk_sparse_attention(
     softmax_scale: Optional[float] = None,
     *,
     deterministic: bool = True,
-) -> torch.Tensor:
+    return_lse: bool = False,
+):
     """Causal attention with dropped queries and keys (QK-sparse SCFA, Pagliardini et al. 2023).
 
     Query ``i`` attends key ``j`` iff ``q_keep[i]``, ``k_keep[j]`` and ``j <= i`` (causal on the
@@ -214,11 +228,17 @@ def qk_sparse_attention(
         ``True`` (default): dQ by a separate pass, bitwise reproducible gradients.
         ``False``: dQ by float32 atomics from the dK/dV pass (FlashAttention-2's scheme):
         fewer matmuls, rounding that varies from run to run.
+    return_lse : bool, keyword-only
+        Also return each query's LSE (for merging with the states of other keys, as ring attention does).
 
     Returns
     -------
-    torch.Tensor
+    out : torch.Tensor
         ``(B, N, H, D)`` in ``q.dtype``; differentiable in ``q``, ``k`` and ``v``.
+    lse : torch.Tensor
+        ``(B, N, H)`` float32, natural log of each query's sum of exponentiated scores (the layout of
+        :func:`leanattn.decode`'s LSE with ``Lq`` tokens; flash-attn's ``softmax_lse`` is ``(B, H, N)``), ``-inf``
+        where a query sees no key; only with ``return_lse=True``. It carries no gradient, as flash-attn's.
 
     Notes
     -----
@@ -241,7 +261,7 @@ def qk_sparse_attention(
         _check_per_token(name, x, q)
         if x.dtype != torch.bool:
             raise TypeError(f"{name}: expected dtype torch.bool, got {x.dtype}")
-    return _sparse_attention(q, k, v, q_keep, k_keep, scale, deterministic)
+    return _sparse_attention(q, k, v, q_keep, k_keep, scale, deterministic, return_lse)
 
 
 def hash_sparse_attention(
@@ -255,7 +275,8 @@ def hash_sparse_attention(
     n_buckets: Optional[int] = None,
     validate: Optional[bool] = None,
     deterministic: bool = True,
-) -> torch.Tensor:
+    return_lse: bool = False,
+):
     """Causal attention within hash buckets (hash-sparse SCFA, Pagliardini et al. 2023).
 
     Query ``i`` attends key ``j`` iff ``q_buckets[i] == k_buckets[j]`` and ``j <= i`` (causal on
@@ -287,11 +308,17 @@ def hash_sparse_attention(
         ``True`` (default): dQ by a separate pass, bitwise reproducible gradients.
         ``False``: dQ by float32 atomics from the dK/dV pass (FlashAttention-2's scheme):
         fewer matmuls, rounding that varies from run to run.
+    return_lse : bool, keyword-only
+        Also return each query's LSE (for merging with the states of other keys, as ring attention does).
 
     Returns
     -------
-    torch.Tensor
+    out : torch.Tensor
         ``(B, N, H, D)`` in ``q.dtype``; differentiable in ``q``, ``k`` and ``v``.
+    lse : torch.Tensor
+        ``(B, N, H)`` float32, natural log of each query's sum of exponentiated scores (the layout of
+        :func:`leanattn.decode`'s LSE with ``Lq`` tokens; flash-attn's ``softmax_lse`` is ``(B, H, N)``), ``-inf``
+        where a query sees no key; only with ``return_lse=True``. It carries no gradient, as flash-attn's.
 
     Notes
     -----
@@ -313,4 +340,4 @@ def hash_sparse_attention(
     n_buckets = None if n_buckets is None else int(n_buckets)
     qb = _check_buckets("q_buckets", q_buckets, q, n_buckets, validate)
     kb = _check_buckets("k_buckets", k_buckets, q, n_buckets, validate)
-    return _sparse_attention(q, k, v, qb, kb, scale, deterministic)
+    return _sparse_attention(q, k, v, qb, kb, scale, deterministic, return_lse)
