@@ -1,7 +1,7 @@
-"""``decode(out=, lse=)``: the caller's buffers, written in place and returned (FlashInfer's ``out=`` and ``lse=``).
+"""``out=`` and ``lse=`` of the decode ops: the caller's buffers, written in place and returned (FlashInfer's).
 
-CPU tests run the kernels under the Triton interpreter against the float64 reference; the GPU tests (bf16,
-``torch.compile`` and CUDA-graph capture) skip without CUDA.
+Against the float64 reference: under the Triton interpreter on the CPU, or on a GPU when there is one; the tests
+of bf16 CUDA-graph capture and compile at large shapes skip without CUDA.
 """
 from __future__ import annotations
 
@@ -11,9 +11,20 @@ import torch
 import leanattn
 from leanattn import reference
 from leanattn.testing import assert_states_match
-from test_decode import SCHEDULES, make_inputs
+from test_decode import SCHEDULES
+from test_decode import make_inputs as _make_inputs
 
 CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+
+
+def make_inputs(*args, **kw):
+    """``test_decode.make_inputs`` on this module's device."""
+    return _make_inputs(*args, **{"device": DEV, **kw})
+
+
+def _i32(values):
+    return torch.tensor(values, dtype=torch.int32, device=DEV)
 
 
 def _buffers(q, fill=7.0):
@@ -47,7 +58,7 @@ def test_written_in_place_and_returned(schedule, page_size):
 def test_query_tokens(qlen):
     # (B, Lq, Hq, D): one token goes through the 3-D call with views of the buffers
     _, k, v, lens, bt = make_inputs(2, 4, 2, 64, [30, 9], page_size=8)
-    q = torch.randn(2, qlen, 4, 64, dtype=torch.float16)
+    q = torch.randn(2, qlen, 4, 64, dtype=torch.float16, device=DEV)
     out, lse = _buffers(q)
     res = leanattn.decode(q, k, v, lens, bt, causal=True, return_lse=True, out=out, lse=lse)
     assert res[0].data_ptr() == out.data_ptr() and res[1].data_ptr() == lse.data_ptr()
@@ -57,8 +68,8 @@ def test_query_tokens(qlen):
 
 def test_packed_query():
     _, k, v, lens, _ = make_inputs(3, 4, 2, 64, [30, 9, 12])
-    cu = torch.tensor([0, 3, 3, 5], dtype=torch.int32)
-    q = torch.randn(5, 4, 64, dtype=torch.float16)
+    cu = _i32([0, 3, 3, 5])
+    q = torch.randn(5, 4, 64, dtype=torch.float16, device=DEV)
     out, lse = _buffers(q)
     leanattn.decode(q, k, v, lens, causal=True, cu_seqlens_q=cu, max_seqlen_q=3, out=out, lse=lse)
     ref_out, ref_lse = reference.decode(q, k, v, lens, causal=True, cu_seqlens_q=cu)
@@ -67,12 +78,12 @@ def test_packed_query():
 
 def test_empty_cache_and_empty_batch():
     # no key anywhere: zeros and -inf, or with sinks (merged by a launch that returns tensors of its own) the sinks
-    q = torch.randn(3, 4, 64, dtype=torch.float16)
-    k = torch.empty(3, 0, 2, 64, dtype=torch.float16)
+    q = torch.randn(3, 4, 64, dtype=torch.float16, device=DEV)
+    k = torch.empty(3, 0, 2, 64, dtype=torch.float16, device=DEV)
     out, lse = _buffers(q)
     leanattn.decode(q, k, k, out=out, lse=lse)
     assert not out.any() and torch.isneginf(lse).all()
-    sinks = torch.randn(4)
+    sinks = torch.randn(4, device=DEV)
     res = leanattn.decode(q, k, k, return_lse=True, sinks=sinks, out=out, lse=lse)
     assert res[0] is out and res[1] is lse
     assert not out.any() and torch.allclose(lse, sinks.expand(3, 4))
@@ -100,12 +111,12 @@ def test_errors():
          "lse: expected memory apart from out"),
     ]
     if CUDA:
-        cases.append((dict(out=out.cuda()), ValueError, "out: expected device cpu, got cuda:0"))
+        cases.append((dict(out=out.cpu()), ValueError, "out: expected device cuda:0, got cpu"))
     for kw, cls, msg in cases:
         with pytest.raises(cls, match=msg):
             leanattn.decode(q, k, v, lens, **kw)
     # buffers next to the inputs, not on them, are taken
-    pool = torch.randn(2 * q.numel(), dtype=q.dtype)
+    pool = torch.randn(2 * q.numel(), dtype=q.dtype, device=DEV)
     q2, out2 = pool[:q.numel()].view(q.shape), pool[q.numel():].view(q.shape)
     leanattn.decode(q2, k, v, lens, out=out2)
     assert torch.equal(out2, leanattn.decode(q2, k, v, lens))
@@ -129,19 +140,20 @@ def test_compile_fullgraph():
 @pytest.mark.parametrize("tokens", [0, 1, 2])
 def test_mla_decode(tokens):
     from test_mla import inputs
-    qn, qp, ckv, kpe, sl, bt = inputs(3, 8, 128, 16, [37, 0, 5], page=4, wide=True, tokens=tokens)
+    qn, qp, ckv, kpe, sl, bt = (None if t is None else t.to(DEV)
+                                for t in inputs(3, 8, 128, 16, [37, 0, 5], page=4, wide=True, tokens=tokens))
     out, lse = _buffers(qn)
     res = leanattn.mla_decode(qn, qp, ckv, kpe, sl, bt, return_lse=True, causal=True, out=out, lse=lse)
     assert res[0].data_ptr() == out.data_ptr() and res[1].data_ptr() == lse.data_ptr()
     ref_out, ref_lse = reference.mla_decode(qn, qp, ckv, kpe, sl, bt, causal=True)
     assert_states_match(f"mla tokens={tokens}", qn, out, lse, ref_out, ref_lse)
     # an output whose first element is q_pe's last
-    pool = torch.randn(qp.numel() + qn.numel() - 1).half()
+    pool = torch.randn(qp.numel() + qn.numel() - 1, device=DEV).half()
     qp2 = pool[:qp.numel()].view(qp.shape).copy_(qp)
     with pytest.raises(ValueError, match="out: expected memory apart from q_pe"):
         leanattn.mla_decode(qn, qp2, ckv, kpe, sl, bt, out=pool[-qn.numel():].view(qn.shape))
     with pytest.raises(ValueError, match="out: expected memory apart from ckv_cache"):
-        leanattn.mla_decode(qn, qp, ckv, kpe, sl, bt, out=ckv.as_strided(qn.shape, torch.empty(qn.shape).stride()))
+        leanattn.mla_decode(qn, qp, ckv, kpe, sl, bt, out=ckv.as_strided(qn.shape, qn.stride()))
     with pytest.raises(ValueError, match=r"lse: expected shape .* \(q_nope.shape\[:-1\]\)"):
         leanattn.mla_decode(qn, qp, ckv, kpe, sl, bt, lse=lse[:1])
 
@@ -149,9 +161,9 @@ def test_mla_decode(tokens):
 def _bifurcated_inputs(B=4, Hq=8, Hkv=2, D=64, tokens=0, G=None):
     g = torch.Generator().manual_seed(B + tokens)
     lead = (B, tokens) if tokens else (B,)
-    q = torch.randn(*lead, Hq, D, generator=g).half()
+    q = torch.randn(*lead, Hq, D, generator=g).half().to(DEV)
     pshape = (45, Hkv, D) if G is None else (G, 45, Hkv, D)
-    pk, pv = (torch.randn(pshape, generator=g).half() for _ in range(2))
+    pk, pv = (torch.randn(pshape, generator=g).half().to(DEV) for _ in range(2))
     _, k, v, lens, _ = make_inputs(B, Hq, Hkv, D, [3, 0, 40, 17][:B])
     return q, pk, pv, k, v, lens
 
@@ -164,8 +176,7 @@ def test_bifurcated_decode(form):
     q, pk, pv, k, v, lens = _bifurcated_inputs(tokens=tokens, G=G)
     kw = dict(window_left=20) if form == "window" else dict(causal=True) if tokens else {}
     if G:
-        kw.update(prefix_lens=torch.tensor([45, 30], dtype=torch.int32),
-                  prefix_ids=torch.tensor([1, 0, 1, 1], dtype=torch.int32))
+        kw.update(prefix_lens=_i32([45, 30]), prefix_ids=_i32([1, 0, 1, 1]))
     out, lse = _buffers(q)
     res = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, return_lse=True, out=out, lse=lse, **kw)
     assert res[0].data_ptr() == out.data_ptr() and res[1].data_ptr() == lse.data_ptr()
@@ -178,8 +189,8 @@ def test_bifurcated_decode(form):
 @pytest.mark.parametrize("tokens", [0, 2])
 def test_cascade_decode(tokens):
     q, pk, pv, k, v, lens = _bifurcated_inputs(tokens=tokens)
-    doc_k, doc_v = torch.randn(2, 20, 2, 64).half(), torch.randn(2, 20, 2, 64).half()
-    levels = [(pk, pv), (doc_k, doc_v, None, torch.tensor([0, 1, 1, 0], dtype=torch.int32))]
+    doc_k, doc_v = (torch.randn(2, 20, 2, 64, device=DEV).half() for _ in range(2))
+    levels = [(pk, pv), (doc_k, doc_v, None, _i32([0, 1, 1, 0]))]
     out, lse = _buffers(q)
     res = leanattn.cascade_decode(q, levels, k, v, lens, return_lse=True, causal=True, out=out, lse=lse)
     assert res[0].data_ptr() == out.data_ptr() and res[1].data_ptr() == lse.data_ptr()
