@@ -105,7 +105,8 @@
 #   tests-overlap  the overlap path's GPU tests alone
 #   tests-all   every GPU test file, sparse and tree (2 GPUs) included
 #   tests-tree-sparse  the tree (merges through merge_states; 2-GPU tests skip on one) and sparse GPU tests alone,
-#               with the sparse LSE's and compile tests of tests/test_sparse.py
+#               with the sparse LSE's test of tests/test_sparse.py (its compile test, at two lengths, autotunes
+#               the sparse kernels at each: more than 190 s on a cold H100, 2026-12-06 18:1x, so it is not run here)
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
 #   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200 until 2026-12-02; on
 #               2026-12-03 cut by a 300 s timeout before it finished)
@@ -340,7 +341,7 @@ for step in "$@"; do
     tests-overlap) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "overlap and not sanitizer" 2>&1 | tail -3 ;;
     tests-all) "${PYTEST[@]}" tests/*_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-tree-sparse) "${PYTEST[@]}" tests/test_tree_gpu.py tests/test_sparse_gpu.py tests/test_sparse.py::test_return_lse \
-      tests/test_sparse.py::test_torch_compile_fullgraph -k "not sanitizer" 2>&1 | tail -3 ;;
+      -k "not sanitizer" 2>&1 | tail -3 ;;
     sanitize) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py 2>&1 | tail -3 ;;
     sanitize-merge) timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;
     racecheck-merge) timeout 300 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;
