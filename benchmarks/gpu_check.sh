@@ -238,6 +238,9 @@
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# everything printed also goes to $OUT as it comes: a call cut by its time limit still returns what ran (2026-12-06
+# 18:0x, a call piped through tail returned nothing after 600 s)
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -p no:logging)
