@@ -5,8 +5,8 @@
 #   tests-bif   the bifurcated GPU tests alone (more than 290 s on an H200 since 2026-12-03: about half ran by then)
 #   tests-bif-0, tests-bif-1  each half of them (interleaved: LEANATTN_TEST_SHARD in tests/conftest.py; 77 passed in
 #               213 s for half 0 on an H200, 2026-12-04)
-#   tests-decode  the decode GPU tests alone, float8 caches, soft caps and out=/lse= buffers included (179 passed
-#               in 228 s on an H200, 2026-12-04, before the buffers)
+#   tests-decode  the decode GPU tests alone, float8 caches, soft caps, out=/lse= buffers and k=/v= appends included
+#               (179 passed in 228 s on an H200, 2026-12-04, before the buffers and appends)
 #   tests-fp8   the GPU tests of decode over float8 caches alone (~65-100 s)
 #   sanitize-fp8  memcheck then racecheck over decode's launches over float8 caches, soft-capped ones too
 #               (sanitize.py fp8; 0 errors, 0 hazards on an H200, 2026-12-04; the racecheck alone ~110 s)
@@ -252,7 +252,7 @@ for step in "$@"; do
     tests-bif-0|tests-bif-1) LEANATTN_TEST_SHARD=${step#tests-bif-}/2 "${PYTEST[@]}" tests/test_bifurcated_gpu.py \
       -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-decode) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_decode_fp8_gpu.py tests/test_decode_softcap_gpu.py \
-      tests/test_decode_out.py -k "not sanitizer" 2>&1 | tail -3 ;;
+      tests/test_decode_out.py tests/test_decode_append.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-fp8) "${PYTEST[@]}" tests/test_decode_fp8_gpu.py 2>&1 | tail -3 ;;
     tests-bif-softcap) "${PYTEST[@]}" tests/test_bifurcated_softcap_gpu.py 2>&1 | tail -3 ;;
     sanitize-bif-softcap)

@@ -14,6 +14,7 @@ from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules import stream_k
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence, window_tokens
 from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
+from .kv_append import append_kv, check_new_kv
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
 
@@ -428,6 +429,8 @@ def decode(
     alibi_slopes: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
     lse: Optional[torch.Tensor] = None,
+    k: Optional[torch.Tensor] = None,
+    v: Optional[torch.Tensor] = None,
 ):
     """Decode attention: the new query token (or the last few) of each sequence against its KV cache.
 
@@ -536,6 +539,15 @@ def decode(
         Where to write the LSE (FlashInfer's ``lse=``), written whether or not ``return_lse`` asks for it:
         ``q.shape[:-1]``, float32, contiguous, on ``q``'s device, sharing no memory with the inputs or ``out``.
         None (the default): a new tensor, allocated only with ``return_lse=True``.
+    k, v : torch.Tensor, optional, keyword-only
+        New keys and values to write into the cache before attending (flash-attn's ``flash_attn_with_kvcache(k=,
+        v=)``): ``(B, T, Hkv, D)`` in the caches' dtype (a float8 cache takes them quantised), token ``t`` of sequence
+        ``b`` written at position ``cache_seqlens[b] + t`` (through ``block_table`` for a paged cache), in place. The
+        query then attends ``cache_seqlens + T`` keys, its ``Lq`` tokens the last ``Lq`` positions as above.
+        ``cache_seqlens`` (required) holds the lengths before the new tokens and is not updated: add ``T`` to it for
+        the next step, as with flash-attn. The positions must lie within the capacity (checked where ``validate``
+        says; else an index error on the device). Not with ``cu_seqlens_q``. The writes are torch index operations on
+        the device: no sync, and a captured CUDA graph writes where each replay's lengths say.
 
     Returns
     -------
@@ -579,11 +591,16 @@ def decode(
     return_lse = checks.flag("return_lse", return_lse)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     batch, qlen = checks.query_slots(q, cu_seqlens_q, max_seqlen_q, validate)
+    check_new_kv(k, v, q, k_cache, cache_seqlens, cu_seqlens_q)
+    appended = cache_seqlens
+    if k is not None:  # the lengths after the new tokens: those checked, and those attended
+        cache_seqlens = cache_seqlens + k.shape[1]
     # the first token's window holds every page in use
+    names = ("q", "k_cache", "v_cache", "cache_seqlens" if k is None else "cache_seqlens + k.shape[1]")
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
                                               validate, k_scale, v_scale, fp8=True,
                                               window_left=rows_window(window_left, qlen),
-                                              batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen)
+                                              batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen, names=names)
     if window_left >= _capacity(k_cache, block_table) - 1:
         window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
     softcap = checks.softcap(softcap)
@@ -593,7 +610,9 @@ def decode(
     check_sinks(sinks, q.shape[-2], q.device)
     if sinks is not None and sinks.stride(0) != 1:
         sinks = sinks.contiguous()
-    out, lse = output_buffers(out, lse, q, (("k_cache", k_cache), ("v_cache", v_cache)))
+    out, lse = output_buffers(out, lse, q, (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v)))
+    if k is not None:
+        append_kv(k_cache, v_cache, k, v, appended, block_table)
     if q.dim() == 4 and qlen == 1:
         # one token: the 3-D call, its outputs seen with the token axis (the buffers' views keep them contiguous)
         res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,

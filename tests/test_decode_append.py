@@ -1,0 +1,140 @@
+"""``decode(k=, v=)``: new keys and values written into the cache at each sequence's length, then attended
+(flash-attn's ``flash_attn_with_kvcache(k=, v=)``), against the float64 reference over the cache written by hand.
+
+Under the Triton interpreter on the CPU, or on a GPU when there is one.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import leanattn
+from leanattn import reference
+from leanattn.testing import TOLERANCE, assert_rel_close, assert_states_match
+from test_decode import SCHEDULES
+from test_decode import make_inputs as _make_inputs
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_inputs(*args, **kw):
+    return _make_inputs(*args, **{"device": DEV, **kw})
+
+
+def _written_by_hand(k_cache, k_new, lens, block_table):
+    """A copy of ``k_cache`` with token ``t`` of ``k_new`` at position ``lens[b] + t`` of sequence ``b``."""
+    out = k_cache.clone()
+    page = k_cache.shape[1]
+    for b in range(k_new.shape[0]):
+        for t in range(k_new.shape[1]):
+            pos = int(lens[b]) + t
+            if block_table is None:
+                out[b, pos] = k_new[b, t]
+            else:
+                out[int(block_table[b, pos // page]), pos % page] = k_new[b, t]
+    return out
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("page_size", [None, 1, 16], ids=["contiguous", "paged1", "paged16"])
+@pytest.mark.parametrize("T,qlen", [(1, 0), (1, 1), (3, 3), (2, 4)], ids=["one", "one-4d", "three", "two-of-four"])
+def test_matches_the_cache_written_by_hand(schedule, page_size, T, qlen):
+    # lengths before the new tokens: empty, mid-page and ending a page; GQA 8/2
+    lens = [0, 7, 16 - T, 30]
+    q, k_cache, v_cache, seqlens, bt = make_inputs(4, 8, 2, 64, lens, capacity=40, page_size=page_size)
+    if qlen:
+        q = torch.randn(4, qlen, 8, 64, dtype=q.dtype, device=DEV)
+    k_new, v_new = (torch.randn(4, T, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
+    want_k, want_v = _written_by_hand(k_cache, k_new, seqlens, bt), _written_by_hand(v_cache, v_new, seqlens, bt)
+    before = seqlens.clone()
+    out, lse = leanattn.decode(q, k_cache, v_cache, seqlens, bt, return_lse=True, schedule=schedule, causal=True,
+                               k=k_new, v=v_new)
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+    assert torch.equal(seqlens, before)  # not updated, as flash-attn's
+    ref_out, ref_lse = reference.decode(q, want_k, want_v, seqlens + T, bt, causal=True)
+    assert_states_match(f"T={T} qlen={qlen}", q, out, lse, ref_out, ref_lse)
+
+
+def test_with_window_sinks_and_buffers():
+    q, k_cache, v_cache, seqlens, _ = make_inputs(3, 4, 4, 64, [20, 0, 9], capacity=24)
+    k_new, v_new = (torch.randn(3, 2, 4, 64, dtype=q.dtype, device=DEV) for _ in range(2))
+    sinks = torch.randn(4, device=DEV)
+    want_k, want_v = _written_by_hand(k_cache, k_new, seqlens, None), _written_by_hand(v_cache, v_new, seqlens, None)
+    out = torch.empty_like(q)
+    res = leanattn.decode(q, k_cache, v_cache, seqlens, window_left=5, sinks=sinks, k=k_new, v=v_new, out=out)
+    assert res is out
+    ref_out, _ = reference.decode(q, want_k, want_v, seqlens + 2, window_left=5, sinks=sinks)
+    assert_rel_close("window", out, ref_out, TOLERANCE[q.dtype])
+
+
+def test_no_new_token():
+    q, k_cache, v_cache, seqlens, _ = make_inputs(2, 4, 2, 64, [5, 9], capacity=12)
+    empty = torch.empty(2, 0, 2, 64, dtype=q.dtype, device=DEV)
+    kept = k_cache.clone()
+    out = leanattn.decode(q, k_cache, v_cache, seqlens, k=empty, v=empty)
+    assert torch.equal(k_cache, kept) and torch.equal(out, leanattn.decode(q, k_cache, v_cache, seqlens))
+
+
+def test_errors():
+    q, k_cache, v_cache, seqlens, bt = make_inputs(2, 4, 2, 64, [5, 9], capacity=12, page_size=4)
+    kn = torch.randn(2, 2, 2, 64, dtype=q.dtype, device=DEV)
+    cases = [
+        (dict(k=kn), ValueError, "v: expected a tensor when k is given"),
+        (dict(v=kn), ValueError, "k: expected a tensor when v is given"),
+        (dict(k=kn, v=kn, cache_seqlens=None), ValueError, "cache_seqlens: expected the lengths before the new"),
+        (dict(k=kn.float(), v=kn.float()), TypeError, r"k: expected dtype torch.float16 \(as k_cache\)"),
+        (dict(k=kn[:, :, :1], v=kn[:, :, :1]), ValueError, r"k: expected shape \(2, T, 2, 64\)"),
+        (dict(k=kn, v=kn[:, :1]), ValueError, r"v: expected shape \(2, 2, 2, 64\) \(as k\)"),
+        (dict(k=kn[0], v=kn[0]), ValueError, "k: expected a 4-D tensor"),
+        (dict(k=kn, v=kn, cache_seqlens=seqlens.long()), TypeError, "cache_seqlens: expected dtype torch.int32"),
+        # 9 + 4 > 12 tokens of capacity
+        (dict(k=torch.cat([kn, kn], 1), v=torch.cat([kn, kn], 1), validate=True), ValueError,
+         r"cache_seqlens \+ k.shape\[1\]: expected lengths <= 12"),
+        (dict(k=kn, v=kn, out=kn.view(-1)[:q.numel()].view(q.shape)), ValueError, "out: expected memory apart from k"),
+    ]
+    for kw, cls, msg in cases:
+        args = {"cache_seqlens": seqlens, "block_table": bt, **kw}
+        with pytest.raises(cls, match=msg):
+            leanattn.decode(q, k_cache, v_cache, **args)
+    cu = torch.tensor([0, 1, 2], dtype=torch.int32, device=DEV)
+    with pytest.raises(ValueError, match="k: expected None with a packed query"):
+        leanattn.decode(q, k_cache, v_cache, seqlens, bt, cu_seqlens_q=cu, max_seqlen_q=1, k=kn, v=kn)
+
+
+def test_compile_fullgraph_and_steps():
+    # three steps of one compiled function, the lengths advanced between them: each writes at the new end
+    q, k_cache, v_cache, seqlens, bt = make_inputs(2, 4, 2, 64, [3, 10], capacity=16, page_size=4)
+    torch._dynamo.reset()
+    step = torch.compile(lambda q, kc, vc, lens, bt, kn, vn: leanattn.decode(q, kc, vc, lens, bt, k=kn, v=vn),
+                         fullgraph=True)
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    for _ in range(3):
+        kn, vn = (torch.randn(2, 1, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
+        want_k, want_v = _written_by_hand(want_k, kn, seqlens, bt), _written_by_hand(want_v, vn, seqlens, bt)
+        out = step(q, k_cache, v_cache, seqlens, bt, kn, vn)
+        assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+        assert_rel_close("compiled step", out, reference.decode(q, want_k, want_v, seqlens + 1, bt)[0],
+                         TOLERANCE[q.dtype])
+        seqlens += 1
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="needs CUDA")
+def test_gpu_cuda_graph_writes_at_each_replays_lengths():
+    torch.manual_seed(0)
+    q, k_cache, v_cache, seqlens, bt = make_inputs(3, 32, 8, 128, [100, 0, 4000], dtype=torch.bfloat16, capacity=4096,
+                                                   page_size=16)
+    kn, vn = (torch.randn(3, 1, 8, 128, dtype=q.dtype, device=DEV) for _ in range(2))
+    out = torch.empty_like(q)
+    leanattn.decode(q, k_cache, v_cache, seqlens, bt, k=kn, v=vn, out=out)  # warm-up outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        leanattn.decode(q, k_cache, v_cache, seqlens, bt, k=kn, v=vn, out=out)
+    for new in ([101, 1, 4001], [7, 3000, 2]):
+        seqlens.copy_(torch.tensor(new, dtype=torch.int32))
+        kn.normal_()
+        vn.normal_()
+        want_k, want_v = _written_by_hand(k_cache, kn, seqlens, bt), _written_by_hand(v_cache, vn, seqlens, bt)
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+        assert_rel_close(f"replay {new}", out, reference.decode(q, want_k, want_v, seqlens + 1, bt)[0], 1e-2)
