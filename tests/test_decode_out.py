@@ -61,7 +61,7 @@ def test_query_tokens(qlen):
     q = torch.randn(2, qlen, 4, 64, dtype=torch.float16, device=DEV)
     out, lse = _buffers(q)
     res = leanattn.decode(q, k, v, lens, bt, causal=True, return_lse=True, out=out, lse=lse)
-    assert res[0].data_ptr() == out.data_ptr() and res[1].data_ptr() == lse.data_ptr()
+    assert res[0] is out and res[1] is lse
     ref_out, ref_lse = reference.decode(q, k, v, lens, bt, causal=True)
     assert_states_match(f"Lq={qlen}", q, out, lse, ref_out, ref_lse)
 
@@ -110,11 +110,17 @@ def test_errors():
         (dict(out=out, lse=out.view(-1).view(torch.float32)[:12].view(3, 4)), ValueError,
          "lse: expected memory apart from out"),
     ]
+    # the lengths inside the output's allocation (the kernels read them while writing it)
+    pool = torch.zeros(q.numel() + 8, dtype=q.dtype, device=DEV)
+    lens_in = pool[-8:].view(torch.int32)[:3]
+    lens_in.copy_(lens)
+    cases.append((dict(out=pool[4:4 + q.numel()].view(q.shape), cache_seqlens=lens_in), ValueError,
+                  "out: expected memory apart from cache_seqlens"))
     if CUDA:
         cases.append((dict(out=out.cpu()), ValueError, "out: expected device cuda:0, got cpu"))
     for kw, cls, msg in cases:
         with pytest.raises(cls, match=msg):
-            leanattn.decode(q, k, v, lens, **kw)
+            leanattn.decode(q, k, v, **{"cache_seqlens": lens, **kw})
     # buffers next to the inputs, not on them, are taken
     pool = torch.randn(2 * q.numel(), dtype=q.dtype, device=DEV)
     q2, out2 = pool[:q.numel()].view(q.shape), pool[q.numel():].view(q.shape)
@@ -144,7 +150,7 @@ def test_mla_decode(tokens):
                                 for t in inputs(3, 8, 128, 16, [37, 0, 5], page=4, wide=True, tokens=tokens))
     out, lse = _buffers(qn)
     res = leanattn.mla_decode(qn, qp, ckv, kpe, sl, bt, return_lse=True, causal=True, out=out, lse=lse)
-    assert res[0].data_ptr() == out.data_ptr() and res[1].data_ptr() == lse.data_ptr()
+    assert res[0] is out and res[1] is lse
     ref_out, ref_lse = reference.mla_decode(qn, qp, ckv, kpe, sl, bt, causal=True)
     assert_states_match(f"mla tokens={tokens}", qn, out, lse, ref_out, ref_lse)
     # an output whose first element is q_pe's last
@@ -179,7 +185,7 @@ def test_bifurcated_decode(form):
         kw.update(prefix_lens=_i32([45, 30]), prefix_ids=_i32([1, 0, 1, 1]))
     out, lse = _buffers(q)
     res = leanattn.bifurcated_decode(q, pk, pv, k, v, lens, return_lse=True, out=out, lse=lse, **kw)
-    assert res[0].data_ptr() == out.data_ptr() and res[1].data_ptr() == lse.data_ptr()
+    assert res[0] is out and res[1] is lse
     ref_out, ref_lse = reference.bifurcated_decode(q, pk, pv, k, v, lens, **kw)
     assert_states_match(form, q, out, lse, ref_out, ref_lse)
     with pytest.raises(ValueError, match="out: expected memory apart from prefix_v"):
@@ -193,10 +199,10 @@ def test_cascade_decode(tokens):
     levels = [(pk, pv), (doc_k, doc_v, None, _i32([0, 1, 1, 0]))]
     out, lse = _buffers(q)
     res = leanattn.cascade_decode(q, levels, k, v, lens, return_lse=True, causal=True, out=out, lse=lse)
-    assert res[0].data_ptr() == out.data_ptr() and res[1].data_ptr() == lse.data_ptr()
+    assert res[0] is out and res[1] is lse
     ref_out, ref_lse = reference.cascade_decode(q, levels, k, v, lens, causal=True)
     assert_states_match(f"cascade tokens={tokens}", q, out, lse, ref_out, ref_lse)
-    with pytest.raises(ValueError, match=r"out: expected memory apart from levels\[1\]_k"):
+    with pytest.raises(ValueError, match=r"out: expected memory apart from levels\[1\]\[0\]"):
         leanattn.cascade_decode(q, levels, k, v, lens, out=doc_k.view(-1)[:q.numel()].view(q.shape))
 
 

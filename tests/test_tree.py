@@ -478,7 +478,8 @@ def test_argument_errors():
 
 _INF, _NAN = float("inf"), float("nan")
 # per rank, one lse a head: finite, +inf with finite, +inf twice, empty twice, NaN with finite, empty with finite
-_EDGE_LSES = ((1.0, _INF, _INF, -_INF, _NAN, -_INF, 2.0), (0.5, 0.3, _INF, -_INF, 0.2, 3.0, -_INF))
+_EDGE_LSES = ((1.0, _INF, _INF, -_INF, _NAN, -_INF, 2.0, _INF), (0.5, 0.3, _INF, -_INF, 0.2, 3.0, -_INF, _NAN))
+_FINITE_OR_INF = 7  # the heads before this one hold no +inf beside a NaN
 
 
 def _combine_edges(rank, world):
@@ -490,16 +491,27 @@ def _combine_edges(rank, world):
 
 def test_combines_of_infinite_and_nan_states():
     res = spawn(_combine_edges, 2, deadline=120)
-    ref_out, ref_lse = reference.merge_states(torch.stack([r[0] for r in res]), torch.stack([r[1] for r in res]))
+    outs, lses = torch.stack([r[0] for r in res]), torch.stack([r[1] for r in res])
+    ref_out, ref_lse = reference.merge_states(outs, lses)
+    h = slice(0, _FINITE_OR_INF)
     for v in VARIANTS:
         out, lse = res[0][2][v]
-        assert torch.equal(lse.isnan(), ref_lse.isnan()), (v, lse, ref_lse)
-        assert torch.allclose(lse.double(), ref_lse, atol=1e-5, equal_nan=True), (v, lse, ref_lse)
-        # a NaN state stays NaN in the output (how a failed rank's error reaches its peers)
+        assert torch.equal(lse[:, h].isnan(), ref_lse[:, h].isnan()), (v, lse, ref_lse)
+        assert torch.allclose(lse[:, h].double(), ref_lse[:, h], atol=1e-5, equal_nan=True), (v, lse, ref_lse)
+        # a NaN state beside a finite one stays NaN in the output (how a failed rank's error reaches its peers)
         assert out[0, 4].isnan().all(), (v, out)
-        keep = torch.ones(out.shape[1], dtype=torch.bool)
+        keep = torch.ones(_FINITE_OR_INF, dtype=torch.bool)
         keep[4] = False
-        assert_rel_close(v, out[:, keep].double(), ref_out[:, keep], 2e-3)
+        assert_rel_close(v, out[:, h][:, keep].double(), ref_out[:, h][:, keep], 2e-3)
+    # +inf beside NaN: the reference's lse is NaN; allgather gives what merge_states gives ((0, +inf): the kernels
+    # take a row with a +inf state as (0, +inf)), allreduce3 NaN
+    assert torch.isnan(ref_lse[0, _FINITE_OR_INF])
+    m_out, m_lse = leanattn.merge_states(outs, lses)
+    ag_out, ag_lse = res[0][2]["allgather"]
+    for a, m in ((ag_out, m_out), (ag_lse, m_lse)):
+        assert torch.equal(a.isnan(), m.isnan()) and torch.equal(a.nan_to_num(), m.nan_to_num())
+    ar_out, ar_lse = res[0][2]["allreduce3"]
+    assert ar_lse[0, _FINITE_OR_INF].isnan() and ar_out[0, _FINITE_OR_INF].isnan().all()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -250,18 +250,17 @@ def token_slots(q) -> int:
 
 
 def _byte_range(t: torch.Tensor) -> tuple[int, int]:
-    """The bytes ``[first, last)`` of device memory a tensor's elements span (strides of either sign)."""
-    lo = hi = 0
-    for n, st in zip(t.shape, t.stride()):
-        lo, hi = (lo + (n - 1) * st, hi) if st < 0 else (lo, hi + (n - 1) * st)
-    return t.data_ptr() + lo * t.element_size(), t.data_ptr() + (hi + 1) * t.element_size()
+    """The bytes ``[first, last)`` of device memory a tensor's elements span (its strides are >= 0)."""
+    last = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
 
 
 def output_buffer(name: str, buf, shape, dtype: torch.dtype, device: torch.device, what: str, inputs=()):
     """A caller's buffer for an op's output (FlashInfer's ``out=`` and ``lse=``): None, or a contiguous tensor of
     ``shape`` (``what`` says whose, for the error), ``dtype`` and ``device`` that shares no byte with the
-    ``inputs`` (named tensors, or None), which the kernels read while they write it (eager calls: host arithmetic on
-    the addresses, no sync)."""
+    ``inputs`` (named tensors, or None), which the kernels read while they write it. Eager calls compare addresses
+    on the host, no sync: only views of one storage can share bytes (0.1 us an input), and their spans are compared
+    then; tensors laid over one allocation by other means (``from_blob``, DLPack) are not seen."""
     if buf is None:
         return None
     check_tensor(name, buf)
@@ -276,13 +275,15 @@ def output_buffer(name: str, buf, shape, dtype: torch.dtype, device: torch.devic
               f"strides {buf.stride()} for shape {tuple(buf.shape)}")
     # (addresses are not traced by torch.compile: the overlap is checked in eager calls)
     if buf.numel() and not torch.compiler.is_compiling():
-        lo, hi = _byte_range(buf)
+        base = buf.untyped_storage().data_ptr()
         for other, t in inputs:
-            if t is not None and t.numel() and t.device == device:
-                a, b = _byte_range(t)
-                if a < hi and lo < b:
-                    _fail(ValueError, name, f"memory apart from {other} (read while {name} is written)",
-                          f"a tensor that overlaps {other}")
+            if t is None or not t.numel() or t.untyped_storage().data_ptr() != base or t.device != device:
+                continue
+            lo, hi = _byte_range(buf)
+            a, b = _byte_range(t)
+            if a < hi and lo < b:
+                _fail(ValueError, name, f"memory apart from {other} (read while {name} is written)",
+                      f"a tensor that overlaps {other}")
     return buf
 
 

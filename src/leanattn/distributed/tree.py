@@ -317,7 +317,8 @@ def _combine_allreduce3(out, lse, group, size, timeout):
     _comm.wait(w_den, "tree_decode: all_reduce(sum) of denominators", group, timeout)
     # (a NaN sum, from a rank that contributed a NaN state, stays NaN)
     empty = den == 0
-    # a rank's lse of +inf made its weight inf (num inf or NaN): such a row is (0, +inf), as merge_states gives it
+    # a rank's lse of +inf made its weight inf (num inf or NaN): such a row is (0, +inf), as merge_states gives it,
+    # unless a rank's state is NaN (then NaN, as the reference's lse; merge_states gives (0, +inf) there)
     infinite = (m == float("inf")) & ~den.isnan()
     o = torch.where(empty[..., None] | infinite[..., None], 0.0, num / torch.where(empty, 1.0, den)[..., None])
     lse = torch.where(empty, float("-inf"), m_safe + torch.log(torch.where(empty, 1.0, den)))

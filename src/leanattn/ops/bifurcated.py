@@ -21,7 +21,7 @@ from ..merges.states import merge_state_list
 from .bifurcated_launch import Plan
 from .bifurcated_window import query_rows, window_states
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
-from .decode import decode, into_buffers, output_buffers, rows_window, validate_decode
+from .decode import decode, finish, output_buffers, rows_window, token_buffers, validate_decode, with_token_axis
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
 
@@ -415,16 +415,19 @@ def bifurcated_decode(
     out, lse : torch.Tensor, optional, keyword-only
         The caller's buffers for the results, as in :func:`leanattn.decode` (FlashInfer's ``out=`` and ``lse=``):
         ``q``'s shape and dtype, and its shape less ``D`` in float32, contiguous, sharing no memory with the inputs
-        or each other; ``lse`` is written whether or not ``return_lse`` asks for it. With one query token a sample
-        and no window the launches write them; the other forms compute their states, then copy them in.
-
+        or each other; ``lse`` is written whether or not ``return_lse`` asks for it. An eager call of one query token
+        a sample, without a window, has its launches write them (with sinks that its kernels do not fold in, the
+        launch that merges the sinks writes new tensors, then copied in); the other forms, and calls under
+        ``torch.compile``, compute their results, then copy them in.
 
     Returns
     -------
     out : torch.Tensor
-        ``q``'s shape, ``(B, Hq, D)``, ``(B, Lq, Hq, D)`` or packed ``(total_q, Hq, D)``, in ``q.dtype``.
+        ``q``'s shape, ``(B, Hq, D)``, ``(B, Lq, Hq, D)`` or packed ``(total_q, Hq, D)``, in ``q.dtype`` (the ``out``
+        given, if one was).
     lse : torch.Tensor
-        ``q``'s shape without ``D``, float32, natural log; only with ``return_lse=True``.
+        ``q``'s shape without ``D``, float32, natural log (the ``lse`` given, if one was); only with
+        ``return_lse=True``.
 
     Notes
     -----
@@ -477,11 +480,10 @@ def bifurcated_decode(
     causal = checks.flag("causal", causal)
     return_lse = checks.flag("return_lse", return_lse)
     out, lse = output_buffers(out, lse, q, (("prefix_k", prefix_k), ("prefix_v", prefix_v), ("k_cache", k_cache),
-                                            ("v_cache", v_cache)))
-
-    def done(o, s):
-        o, s = into_buffers(o, s, out, lse)
-        return (o, s) if return_lse else o
+                                            ("v_cache", v_cache), ("cache_seqlens", cache_seqlens),
+                                            ("block_table", block_table), ("prefix_lens", prefix_lens),
+                                            ("prefix_ids", prefix_ids), ("prefix_block_table", prefix_block_table),
+                                            ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks)))
 
     level = (prefix_k, prefix_v, prefix_lens, prefix_ids, prefix_block_table)
     window_left = _window(window_left, [level], k_cache, block_table)
@@ -489,30 +491,30 @@ def bifurcated_decode(
         o, s = window_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
                              int(max_group_size), num_programs, softcap, k_scale, v_scale, causal,
                              cu_seqlens_q, max_q, op=_pass_op(), sinks=sinks)
-        return done(o, s)
+        return finish(o, s, out, lse, return_lse)
     if batch is not None:
         o, s = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
                              num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q, sinks)
-        return done(o, s)
+        return finish(o, s, out, lse, return_lse)
     if q.dim() == 4:
         if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
             res = bifurcated_decode(q[:, 0], prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table,
                                     prefix_lens, prefix_ids, scale, return_lse, softcap=softcap, k_scale=k_scale,
                                     v_scale=v_scale, max_group_size=max_group_size, num_programs=num_programs,
                                     validate=False, prefix_block_table=prefix_block_table, sinks=sinks,
-                                    out=None if out is None else out[:, 0], lse=None if lse is None else lse[:, 0])
-            return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
+                                    **token_buffers(out, lse))
+            return with_token_axis(res, out, lse, return_lse)
         o, s = _token_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, int(max_group_size),
                              num_programs, softcap, k_scale, v_scale, causal, sinks=sinks)
-        return done(o, s)
+        return finish(o, s, out, lse, return_lse)
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefix_lens, prefix_ids, scale,
             int(max_group_size), num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, prefix_block_table,
             sinks)
     if torch.compiler.is_compiling():
-        return done(*_bifurcated_op(*args))
-    return done(*_bifurcated_impl(*args, need_lse=return_lse, out=out, lse=lse))
+        return finish(*_bifurcated_op(*args), out, lse, return_lse)
+    return finish(*_bifurcated_impl(*args, need_lse=return_lse, out=out, lse=lse), out, lse, return_lse)
 
 
 def cascade_decode(
@@ -576,7 +578,6 @@ def cascade_decode(
         or each other; ``lse`` is written whether or not ``return_lse`` asks for it. The merged state is computed,
         then copied in.
 
-
     Notes
     -----
     Inference only, like :func:`leanattn.decode`: no backward, no gradient in the output.
@@ -622,33 +623,31 @@ def cascade_decode(
     for i, (k, *_rest) in enumerate(parsed):
         if k.shape[-2] != Hkv:
             raise ValueError(f"levels[{i}]: expected {Hkv} kv heads (as {as_name}), got {k.shape[-2]}")
-    inputs = [(f"levels[{i}]_{n}", t) for i, level in enumerate(parsed) for n, t in zip("kv", level[:2])]
-    out, lse = output_buffers(out, lse, q, inputs + [("k_cache", k_cache), ("v_cache", v_cache)])
-
-    def done(o, s):
-        o, s = into_buffers(o, s, out, lse)
-        return (o, s) if return_lse else o
+    inputs = [(f"levels[{i}][{j}]", t) for i, level in enumerate(parsed) for j, t in enumerate(level)]
+    out, lse = output_buffers(out, lse, q, inputs + [("k_cache", k_cache), ("v_cache", v_cache),
+                                                     ("cache_seqlens", cache_seqlens), ("block_table", block_table),
+                                                     ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks)])
 
     window_left = _window(window_left, parsed, k_cache, block_table)
     if window_left >= 0:
         o, s = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
                              max_group_size, num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q,
                              max_q, op=_pass_op(), sinks=sinks)
-        return done(o, s)
+        return finish(o, s, out, lse, return_lse)
     if batch is not None:
         o, s = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
                              num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q, max_q, sinks)
-        return done(o, s)
+        return finish(o, s, out, lse, return_lse)
     if q.dim() == 4:
         if q.shape[1] == 1:  # one token: the 3-D call, its outputs seen with the token axis
             res = cascade_decode(q[:, 0], levels, k_cache, v_cache, cache_seqlens, block_table, scale, return_lse,
                                  softcap=softcap, k_scale=k_scale, v_scale=v_scale, max_group_size=max_group_size,
                                  num_programs=num_programs, validate=False, sinks=sinks,
-                                 out=None if out is None else out[:, 0], lse=None if lse is None else lse[:, 0])
-            return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
+                                 **token_buffers(out, lse))
+            return with_token_axis(res, out, lse, return_lse)
         o, s = _token_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size,
                              num_programs, softcap, k_scale, v_scale, causal, sinks=sinks)
-        return done(o, s)
+        return finish(o, s, out, lse, return_lse)
     if q.stride(-1) != 1:
         q = q.contiguous()
     op = _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
@@ -665,5 +664,6 @@ def cascade_decode(
         empty = q.new_zeros((0, Hkv, D), dtype=k_cache.dtype)
         states.append(op(q, empty, empty, k_cache, v_cache, cache_seqlens, block_table, None, None, scale, 0,
                          num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, None, pass_sinks))
-    return done(*merge_state_list([st[0] for st in states], [st[1] for st in states],
-                                  None if pass_sinks is not None else sinks))
+    o, s = merge_state_list([st[0] for st in states], [st[1] for st in states],
+                            None if pass_sinks is not None else sinks)
+    return finish(o, s, out, lse, return_lse)

@@ -610,7 +610,10 @@ def decode(
     check_sinks(sinks, q.shape[-2], q.device)
     if sinks is not None and sinks.stride(0) != 1:
         sinks = sinks.contiguous()
-    out, lse = output_buffers(out, lse, q, (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v)))
+    out, lse = output_buffers(out, lse, q, (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v),
+                                            ("cache_seqlens", cache_seqlens), ("block_table", block_table),
+                                            ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks),
+                                            ("alibi_slopes", alibi_slopes)))
     if k is not None:
         append_kv(k_cache, v_cache, k, v, appended, block_table)
     if q.dim() == 4 and qlen == 1:
@@ -618,8 +621,8 @@ def decode(
         res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,
                      num_programs=num_programs, num_splits=num_splits, validate=False, k_scale=k_scale,
                      v_scale=v_scale, softcap=softcap, window_left=window_left, alibi_slopes=alibi_slopes, sinks=sinks,
-                     out=None if out is None else out[:, 0], lse=None if lse is None else lse[:, 0])
-        return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
+                     **token_buffers(out, lse))
+        return with_token_axis(res, out, lse, return_lse)
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, num_programs, num_splits, 0,
@@ -630,14 +633,15 @@ def decode(
         o, s = _decode_op(*args)
     else:
         o, s = _decode_impl(*args, need_lse=return_lse, out=out, lse=lse)
-    o, s = into_buffers(o, s, out, lse)
-    return (o, s) if return_lse else o
+    return finish(o, s, out, lse, return_lse)
 
 
 def output_buffers(out, lse, q, inputs, name: str = "q"):
     """``out=`` and ``lse=`` of a decode op, checked (``checks.output_buffer``): ``q``'s shape and dtype, and its
     shape less ``D`` in float32; neither may share memory with ``q`` (called ``name``), the named ``inputs`` or the
     other."""
+    if out is None and lse is None:
+        return None, None
     inputs = ((name, q), *inputs)
     out = checks.output_buffer("out", out, q.shape, q.dtype, q.device, f"{name}'s shape", inputs)
     lse = checks.output_buffer("lse", lse, q.shape[:-1], torch.float32, q.device, f"{name}.shape[:-1]",
@@ -645,11 +649,28 @@ def output_buffers(out, lse, q, inputs, name: str = "q"):
     return out, lse
 
 
-def into_buffers(o, s, out, lse):
-    """The results ``(o, s)`` in the caller's buffers where given: a custom op under ``torch.compile`` returns
-    tensors of its own, and so does the merge of sinks into an empty cache's state."""
+def finish(o, s, out, lse, return_lse: bool):
+    """A decode op's return from its results ``(o, s)``: moved into the caller's buffers ``out``, ``lse`` where given
+    and not already there (a custom op under ``torch.compile`` returns tensors of its own, and so does a merge of
+    sinks into an empty cache's state), then ``o``, or ``(o, s)`` with ``return_lse``."""
     if out is not None and o is not out:
         o = out.copy_(o)
     if lse is not None and s is not lse:
         s = lse.copy_(s)
-    return o, s
+    return (o, s) if return_lse else o
+
+
+def token_buffers(out, lse) -> dict:
+    """``out=`` and ``lse=`` of the 3-D call that runs a ``(B, 1, Hq, D)`` query: views of the caller's buffers
+    without the token axis (contiguous, as the buffers are)."""
+    return dict(out=None if out is None else out[:, 0], lse=None if lse is None else lse[:, 0])
+
+
+def with_token_axis(res, out, lse, return_lse: bool):
+    """The 3-D call's result ``res`` returned for a ``(B, 1, Hq, D)`` query: the caller's buffers where given (it
+    wrote them through :func:`token_buffers`), else its outputs seen with the token axis."""
+    o, s = res if return_lse else (res, None)
+    o = out if out is not None else o[:, None]
+    if not return_lse:
+        return o
+    return o, lse if lse is not None else s[:, None]

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .. import checks
-from .decode import _decode_impl, into_buffers, output_buffers, validate_decode
+from .decode import _decode_impl, finish, output_buffers, token_buffers, validate_decode, with_token_axis
 
 __all__ = ["mla_decode"]
 
@@ -156,7 +156,7 @@ def mla_decode(
     -------
     out : torch.Tensor
         ``q_nope``'s shape, in its dtype: the attention output in the latent space (the caller applies the
-        absorbed value up-projection).
+        absorbed value up-projection); the ``out`` given, if one was (and ``lse`` the ``lse`` given).
     lse : torch.Tensor
         ``q_nope``'s shape without ``Dc`` (``(B, H)`` or ``(B, Lq, H)``, as :func:`leanattn.decode`'s; FlashMLA's
         ``softmax_lse`` is laid out ``(B, H, Lq)``), float32, natural log; only with ``return_lse=True``. Empty
@@ -189,13 +189,14 @@ def mla_decode(
     return_lse = checks.flag("return_lse", return_lse)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     packed = batch is not None
-    out, lse = output_buffers(out, lse, q_nope, (("q_pe", q_pe), ("ckv_cache", ckv_cache), ("kpe_cache", kpe_cache)),
-                              "q_nope")
+    out, lse = output_buffers(out, lse, q_nope, (("q_pe", q_pe), ("ckv_cache", ckv_cache), ("kpe_cache", kpe_cache),
+                                                 ("cache_seqlens", cache_seqlens), ("block_table", block_table),
+                                                 ("cu_seqlens_q", cu_seqlens_q)), "q_nope")
     if q_nope.dim() == 4 and qlen == 1:
         res = mla_decode(q_nope[:, 0], q_pe[:, 0], ckv_cache, kpe_cache, cache_seqlens, block_table, scale,
                          return_lse, schedule, num_programs=num_programs, num_splits=num_splits, validate=False,
-                         out=None if out is None else out[:, 0], lse=None if lse is None else lse[:, 0])
-        return (res[0][:, None], res[1][:, None]) if return_lse else res[:, None]
+                         **token_buffers(out, lse))
+        return with_token_axis(res, out, lse, return_lse)
     q_nope = q_nope if q_nope.stride(-1) == 1 else q_nope.contiguous()
     q_pe = q_pe if q_pe.stride(-1) == 1 else q_pe.contiguous()
     cu, max_q = (cu_seqlens_q, qlen) if packed else (None, 0)
@@ -208,5 +209,4 @@ def mla_decode(
         o, s = _decode_impl(q_nope, ckv, ckv, cache_seqlens, block_table, scale, schedule, num_programs,
                             num_splits, 0, causal=causal and qlen > 1, cu_seqlens_q=cu, max_seqlen_q=max_q,
                             q_pe=q_pe, kpe_cache=kpe, need_lse=return_lse, out=out, lse=lse)
-    o, s = into_buffers(o, s, out, lse)
-    return (o, s) if return_lse else o
+    return finish(o, s, out, lse, return_lse)
