@@ -118,6 +118,47 @@ def test_compile_fullgraph_and_steps():
         seqlens += 1
 
 
+@pytest.mark.parametrize("form", ["one token", "prompts", "tokens", "window", "cascade"])
+@pytest.mark.parametrize("page_size", [None, 4], ids=["contiguous", "paged4"])
+def test_bifurcated_and_cascade(form, page_size):
+    # the own tokens of shared-prefix decode take the same appends
+    lens = [3, 0, 12, 7]
+    q, k_cache, v_cache, seqlens, bt = make_inputs(4, 8, 2, 64, lens, capacity=16, page_size=page_size)
+    if form == "tokens":
+        q = torch.randn(4, 2, 8, 64, dtype=q.dtype, device=DEV)
+    G = 2 if form == "prompts" else None
+    pshape = (20, 2, 64) if G is None else (G, 20, 2, 64)
+    pk, pv = (torch.randn(pshape, dtype=q.dtype, device=DEV) for _ in range(2))
+    kn, vn = (torch.randn(4, 2, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
+    want_k, want_v = _written_by_hand(k_cache, kn, seqlens, bt), _written_by_hand(v_cache, vn, seqlens, bt)
+    kw = dict(window_left=9) if form == "window" else dict(causal=True) if form == "tokens" else {}
+    if G:
+        kw.update(prefix_lens=torch.tensor([20, 11], dtype=torch.int32, device=DEV),
+                  prefix_ids=torch.tensor([1, 0, 1, 1], dtype=torch.int32, device=DEV))
+    if form == "cascade":
+        levels = [(pk, pv)]
+        out, lse = leanattn.cascade_decode(q, levels, k_cache, v_cache, seqlens, bt, return_lse=True, k=kn, v=vn)
+        ref_out, ref_lse = reference.cascade_decode(q, levels, want_k, want_v, seqlens + 2, bt)
+    else:
+        out, lse = leanattn.bifurcated_decode(q, pk, pv, k_cache, v_cache, seqlens, bt, return_lse=True, k=kn, v=vn,
+                                              **kw)
+        ref_out, ref_lse = reference.bifurcated_decode(q, pk, pv, want_k, want_v, seqlens + 2, bt, **kw)
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+    assert_states_match(form, q, out, lse, ref_out, ref_lse)
+
+
+def test_bifurcated_errors():
+    q, k_cache, v_cache, seqlens, _ = make_inputs(2, 4, 2, 64, [5, 9], capacity=12)
+    pk = torch.randn(8, 2, 64, dtype=q.dtype, device=DEV)
+    kn = torch.randn(2, 4, 2, 64, dtype=q.dtype, device=DEV)
+    with pytest.raises(ValueError, match=r"cache_seqlens \+ k.shape\[1\]: expected lengths <= 12"):
+        leanattn.bifurcated_decode(q, pk, pk, k_cache, v_cache, seqlens, k=kn, v=kn, validate=True)
+    with pytest.raises(ValueError, match="v: expected a tensor when k is given"):
+        leanattn.bifurcated_decode(q, pk, pk, k_cache, v_cache, seqlens, k=kn[:, :1])
+    with pytest.raises(TypeError, match="k_cache: expected a torch.Tensor, got NoneType"):
+        leanattn.cascade_decode(q, [(pk, pk)], cache_seqlens=seqlens, k=kn[:, :1], v=kn[:, :1])
+
+
 @pytest.mark.skipif(DEV != "cuda", reason="needs CUDA")
 def test_gpu_cuda_graph_writes_at_each_replays_lengths():
     torch.manual_seed(0)

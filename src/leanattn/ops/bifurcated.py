@@ -22,6 +22,7 @@ from .bifurcated_launch import Plan
 from .bifurcated_window import query_rows, window_states
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
 from .decode import decode, finish, output_buffers, rows_window, token_buffers, validate_decode, with_token_axis
+from .kv_append import append_kv, lengths_after
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
 
@@ -148,13 +149,14 @@ def _(q, prefix_k, prefix_v, k_cache, v_cache, cache_seqlens, block_table, prefi
 
 
 def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate, k_scale=1.0, v_scale=1.0,
-                 batch=None, window_left=-1, cu_seqlens_q=None, max_seqlen_q=0):
+                 batch=None, window_left=-1, cu_seqlens_q=None, max_seqlen_q=0, seqlens_name="cache_seqlens"):
     """Checks of the own-token cache, which may be absent (``k_cache = v_cache = None``, and then no
     lengths or page table either), as in :func:`leanattn.decode` otherwise (float8 caches and their scales
     included; ``batch``: the samples of a packed query, as ``validate_decode``'s); returns ``(softmax scale, k_scale,
     v_scale)``, the scales as given without an own cache (the prefix's checks take them: ``validate_prefix``).
     ``window_left`` (an int), ``cu_seqlens_q`` and ``max_seqlen_q`` (``packed_query``'s): as in decode, only the pages
-    of each sample's window need valid ids, the own tokens being the tail of the keys a window reaches."""
+    of each sample's window need valid ids, the own tokens being the tail of the keys a window reaches.
+    ``seqlens_name``: the lengths' name in errors (``lengths_after``'s)."""
     if k_cache is None and v_cache is None:
         scale = checks.query(q, softmax_scale, tokens=True)
         for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):
@@ -167,7 +169,8 @@ def validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     slots = max_seqlen_q if cu_seqlens_q is not None else checks.token_slots(q)
     return validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, "lean", validate,
                            k_scale, v_scale, fp8=True, window_left=rows_window(window_left, slots), batch=batch,
-                           cu_seqlens_q=cu_seqlens_q, max_seqlen_q=slots)
+                           cu_seqlens_q=cu_seqlens_q, max_seqlen_q=slots,
+                           names=("q", "k_cache", "v_cache", seqlens_name))
 
 
 def validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate, name="prefix",
@@ -330,6 +333,8 @@ def bifurcated_decode(
     prefix_block_table: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
     lse: Optional[torch.Tensor] = None,
+    k: Optional[torch.Tensor] = None,
+    v: Optional[torch.Tensor] = None,
 ):
     """Decode attention for samples that share a prompt: the shared prefix is read once per prompt.
 
@@ -419,6 +424,10 @@ def bifurcated_decode(
         a sample, without a window, has its launches write them (with sinks that its kernels do not fold in, the
         launch that merges the sinks writes new tensors, then copied in); the other forms, and calls under
         ``torch.compile``, compute their results, then copy them in.
+    k, v : torch.Tensor, optional, keyword-only
+        New own keys and values ``(B, T, Hkv, D)`` written into ``k_cache``/``v_cache`` at ``cache_seqlens`` before
+        attending, as :func:`leanattn.decode`'s ``k`` and ``v`` (flash-attn's ``flash_attn_with_kvcache(k=, v=)``):
+        the query attends ``cache_seqlens + T`` own tokens; the lengths are not updated. Not with ``cu_seqlens_q``.
 
     Returns
     -------
@@ -468,8 +477,10 @@ def bifurcated_decode(
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
     num_programs = checks.launch_counts(num_programs)[0]
     window_left = checks.window_left(window_left)
+    appended = cache_seqlens  # with new own tokens, the lengths after them: those checked, and those attended
+    cache_seqlens, seqlens_name = lengths_after(k, v, q, k_cache, cache_seqlens, cu_seqlens_q)
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
-                                           k_scale, v_scale, batch, window_left, cu_seqlens_q, max_q)
+                                           k_scale, v_scale, batch, window_left, cu_seqlens_q, max_q, seqlens_name)
     check_sinks(sinks, q.shape[-2], q.device)
     softcap = checks.softcap(softcap)
     Hkv, k_scale, v_scale = validate_prefix(q, prefix_k, prefix_v, prefix_lens, prefix_ids, max_group_size, validate,
@@ -483,7 +494,9 @@ def bifurcated_decode(
                                             ("v_cache", v_cache), ("cache_seqlens", cache_seqlens),
                                             ("block_table", block_table), ("prefix_lens", prefix_lens),
                                             ("prefix_ids", prefix_ids), ("prefix_block_table", prefix_block_table),
-                                            ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks)))
+                                            ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks), ("k", k), ("v", v)))
+    if k is not None:
+        append_kv(k_cache, v_cache, k, v, appended, block_table)
 
     level = (prefix_k, prefix_v, prefix_lens, prefix_ids, prefix_block_table)
     window_left = _window(window_left, [level], k_cache, block_table)
@@ -540,6 +553,8 @@ def cascade_decode(
     sinks: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
     lse: Optional[torch.Tensor] = None,
+    k: Optional[torch.Tensor] = None,
+    v: Optional[torch.Tensor] = None,
 ):
     """Decode over nested shared KV: e.g. a system prompt for every sample, a document per group,
     then each sample's own tokens.
@@ -577,6 +592,10 @@ def cascade_decode(
         ``q``'s shape and dtype, and its shape less ``D`` in float32, contiguous, sharing no memory with the inputs
         or each other; ``lse`` is written whether or not ``return_lse`` asks for it. The merged state is computed,
         then copied in.
+    k, v : torch.Tensor, optional, keyword-only
+        New own keys and values ``(B, T, Hkv, D)`` written into ``k_cache``/``v_cache`` at ``cache_seqlens`` before
+        attending, as :func:`leanattn.decode`'s ``k`` and ``v`` (flash-attn's ``flash_attn_with_kvcache(k=, v=)``):
+        the query attends ``cache_seqlens + T`` own tokens; the lengths are not updated. Not with ``cu_seqlens_q``.
 
     Notes
     -----
@@ -594,8 +613,10 @@ def cascade_decode(
     batch, max_q = checks.packed_query(q, cu_seqlens_q, max_seqlen_q, validate)
     num_programs = checks.launch_counts(num_programs)[0]
     window_left = checks.window_left(window_left)
+    appended = cache_seqlens  # with new own tokens, the lengths after them: those checked, and those attended
+    cache_seqlens, seqlens_name = lengths_after(k, v, q, k_cache, cache_seqlens, cu_seqlens_q)
     scale, k_scale, v_scale = validate_own(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, validate,
-                                           k_scale, v_scale, batch, window_left, cu_seqlens_q, max_q)
+                                           k_scale, v_scale, batch, window_left, cu_seqlens_q, max_q, seqlens_name)
     check_sinks(sinks, q.shape[-2], q.device)
     softcap = checks.softcap(softcap)
     max_group_size = checks.max_group_size(max_group_size)
@@ -612,22 +633,24 @@ def cascade_decode(
         if not isinstance(level, (tuple, list)) or len(level) not in (2, 4, 5):
             raise ValueError(f"levels[{i}]: expected a (k, v), (k, v, lens, ids) or (k, v, lens, ids, block_table) "
                              f"tuple, got {level!r:.80}")
-        k, v, lens, ids, pages = (tuple(level) + (None, None, None))[:5]
+        lk, lv, lens, ids, pages = (tuple(level) + (None, None, None))[:5]
         kv_dtype, kv_name = ((k_cache.dtype, "k_cache") if k_cache is not None else
                              (parsed[0][0].dtype, "levels[0]_k") if parsed else (None, None))
-        _, k_scale, v_scale = validate_prefix(q, k, v, lens, ids, max_group_size, validate, f"levels[{i}]",
+        _, k_scale, v_scale = validate_prefix(q, lk, lv, lens, ids, max_group_size, validate, f"levels[{i}]",
                                               kv_dtype, kv_name, k_scale, v_scale, batch, pages)
-        parsed.append((k, v, lens, ids, pages))
+        parsed.append((lk, lv, lens, ids, pages))
     # every level's kv heads are the own cache's, else the first level's
     Hkv, as_name = (k_cache.shape[2], "k_cache") if k_cache is not None else (parsed[0][0].shape[-2], "levels[0]")
-    for i, (k, *_rest) in enumerate(parsed):
-        if k.shape[-2] != Hkv:
-            raise ValueError(f"levels[{i}]: expected {Hkv} kv heads (as {as_name}), got {k.shape[-2]}")
+    for i, (lk, *_rest) in enumerate(parsed):
+        if lk.shape[-2] != Hkv:
+            raise ValueError(f"levels[{i}]: expected {Hkv} kv heads (as {as_name}), got {lk.shape[-2]}")
     inputs = [(f"levels[{i}][{j}]", t) for i, level in enumerate(parsed) for j, t in enumerate(level)]
     out, lse = output_buffers(out, lse, q, inputs + [("k_cache", k_cache), ("v_cache", v_cache),
                                                      ("cache_seqlens", cache_seqlens), ("block_table", block_table),
-                                                     ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks)])
-
+                                                     ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks), ("k", k),
+                                                     ("v", v)])
+    if k is not None:
+        append_kv(k_cache, v_cache, k, v, appended, block_table)
     window_left = _window(window_left, parsed, k_cache, block_table)
     if window_left >= 0:
         o, s = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
@@ -654,9 +677,9 @@ def cascade_decode(
     states = []
     # one pass folds the sinks into its own merge; several leave them to the merge of the levels
     pass_sinks = sinks if len(parsed) <= 1 else None
-    for i, (k, v, lens, ids, pages) in enumerate(parsed):
+    for i, (lk, lv, lens, ids, pages) in enumerate(parsed):
         fuse_own = i == len(parsed) - 1 and k_cache is not None
-        states.append(op(q, k, v, k_cache if fuse_own else None, v_cache if fuse_own else None,
+        states.append(op(q, lk, lv, k_cache if fuse_own else None, v_cache if fuse_own else None,
                          cache_seqlens if fuse_own else None, block_table if fuse_own else None, lens, ids,
                          scale, max_group_size, num_programs, 0, 0, softcap, k_scale, v_scale, None, 0, pages,
                          pass_sinks))

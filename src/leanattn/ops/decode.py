@@ -14,7 +14,7 @@ from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules import stream_k
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence, window_tokens
 from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
-from .kv_append import append_kv, check_new_kv
+from .kv_append import append_kv, lengths_after
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
 
@@ -591,12 +591,11 @@ def decode(
     return_lse = checks.flag("return_lse", return_lse)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     batch, qlen = checks.query_slots(q, cu_seqlens_q, max_seqlen_q, validate)
-    check_new_kv(k, v, q, k_cache, cache_seqlens, cu_seqlens_q)
+    # with new tokens, the lengths after them: those checked, and those attended
     appended = cache_seqlens
-    if k is not None:  # the lengths after the new tokens: those checked, and those attended
-        cache_seqlens = cache_seqlens + k.shape[1]
+    cache_seqlens, seqlens_name = lengths_after(k, v, q, k_cache, cache_seqlens, cu_seqlens_q)
     # the first token's window holds every page in use
-    names = ("q", "k_cache", "v_cache", "cache_seqlens" if k is None else "cache_seqlens + k.shape[1]")
+    names = ("q", "k_cache", "v_cache", seqlens_name)
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
                                               validate, k_scale, v_scale, fp8=True,
                                               window_left=rows_window(window_left, qlen),

@@ -11,7 +11,7 @@ import torch
 
 from .. import checks
 
-__all__ = ["check_new_kv", "append_kv"]
+__all__ = ["check_new_kv", "lengths_after", "append_kv"]
 
 
 def check_new_kv(k, v, q, k_cache, cache_seqlens, cu_seqlens_q) -> None:
@@ -44,6 +44,15 @@ def check_new_kv(k, v, q, k_cache, cache_seqlens, cu_seqlens_q) -> None:
                              f"head dim of k_cache), got {tuple(x.shape)}")
     if v.shape != k.shape:
         raise ValueError(f"v: expected shape {tuple(k.shape)} (as k), got {tuple(v.shape)}")
+
+
+def lengths_after(k, v, q, k_cache, cache_seqlens, cu_seqlens_q):
+    """:func:`check_new_kv`, then the lengths the query attends, ``cache_seqlens + T`` with new tokens, and their name
+    in the errors of the value checks."""
+    check_new_kv(k, v, q, k_cache, cache_seqlens, cu_seqlens_q)
+    if k is None:
+        return cache_seqlens, "cache_seqlens"
+    return cache_seqlens + k.shape[1], "cache_seqlens + k.shape[1]"
 
 
 def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
