@@ -179,3 +179,31 @@ def test_gpu_cuda_graph_writes_at_each_replays_lengths():
         torch.cuda.synchronize()
         assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
         assert_rel_close(f"replay {new}", out, reference.decode(q, want_k, want_v, seqlens + 1, bt)[0], 1e-2)
+
+
+def test_review_cases():
+    # lengths below 0 (negative indexing would write at the cache's end), pages the new tokens go to outside the
+    # window that the query reads, new tokens that are a view of the cache, a lengths tensor of another batch
+    kc = torch.randn(2, 8, 1, 64, dtype=torch.float16, device=DEV)
+    q = torch.randn(2, 1, 64, dtype=torch.float16, device=DEV)
+    ones = torch.ones(2, 2, 1, 64, dtype=torch.float16, device=DEV)
+    with pytest.raises(ValueError, match="cache_seqlens: expected lengths >= 0, got a minimum of -2"):
+        leanattn.decode(q, kc, kc.clone(), torch.tensor([-2, 0], dtype=torch.int32, device=DEV), k=ones, v=ones,
+                        validate=True)
+    pool = torch.zeros(4, 1, 1, 64, dtype=torch.float16, device=DEV)
+    bt = torch.tensor([[0, -1, 1, 2]], dtype=torch.int32, device=DEV)
+    with pytest.raises(ValueError, match=r"block_table: expected page ids in \[0, 4\) for the pages in use"):
+        leanattn.decode(q[:1], pool, pool.clone(), torch.tensor([1], dtype=torch.int32, device=DEV), bt,
+                        k=ones[:1], v=ones[:1], window_left=0, validate=True)
+    # k a view of the cache: the tokens it held before the call are the ones written
+    kc2, vc2 = kc.clone(), kc.clone()
+    lens = torch.tensor([1, 1], dtype=torch.int32, device=DEV)
+    src_k, src_v = kc2[:, :2].clone(), vc2[:, :2].clone()
+    leanattn.decode(q, kc2, vc2, lens, k=kc2[:, :2], v=vc2[:, :2])
+    assert torch.equal(kc2[:, 1:3], src_k) and torch.equal(vc2[:, 1:3], src_v)
+    with pytest.raises(ValueError, match=r"cache_seqlens: expected shape \(2,\) \(batch size of q\), got \(1,\)"):
+        leanattn.decode(q, kc, kc.clone(), lens[:1], k=ones, v=ones)
+    # a k that requires grad leaves the cache out of autograd
+    kc3 = kc.clone()
+    leanattn.decode(q, kc3, kc3.clone(), lens, k=ones.clone().requires_grad_(), v=ones)
+    assert not kc3.requires_grad

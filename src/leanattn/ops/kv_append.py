@@ -11,7 +11,7 @@ import torch
 
 from .. import checks
 
-__all__ = ["check_new_kv", "lengths_after", "append_kv"]
+__all__ = ["check_new_kv", "lengths_after", "check_append_values", "append_kv"]
 
 
 def check_new_kv(k, v, q, k_cache, cache_seqlens, cu_seqlens_q) -> None:
@@ -33,15 +33,17 @@ def check_new_kv(k, v, q, k_cache, cache_seqlens, cu_seqlens_q) -> None:
     if cu_seqlens_q is not None:
         raise ValueError("k: expected None with a packed query (cu_seqlens_q): the new tokens of a sequence are "
                          "(B, T, Hkv, D), one T for every sequence")
-    B, Hkv, D = cache_seqlens.shape[0], k_cache.shape[2], k_cache.shape[3]
+    B, Hkv, D = q.shape[0], k_cache.shape[2], k_cache.shape[3]
+    if cache_seqlens.shape[0] != B:
+        raise ValueError(f"cache_seqlens: expected shape ({B},) (batch size of q), got {tuple(cache_seqlens.shape)}")
     for name, x in (("k", k), ("v", v)):
         if x.dtype != k_cache.dtype:
             raise TypeError(f"{name}: expected dtype {k_cache.dtype} (as k_cache), got {x.dtype}")
         if x.device != q.device:
             raise ValueError(f"{name}: expected device {q.device} (as q), got {x.device}")
         if x.shape[0] != B or x.shape[2] != Hkv or x.shape[3] != D:
-            raise ValueError(f"{name}: expected shape ({B}, T, {Hkv}, {D}) (batch of cache_seqlens, kv heads and "
-                             f"head dim of k_cache), got {tuple(x.shape)}")
+            raise ValueError(f"{name}: expected shape ({B}, T, {Hkv}, {D}) (batch of q, kv heads and head dim of "
+                             f"k_cache), got {tuple(x.shape)}")
     if v.shape != k.shape:
         raise ValueError(f"v: expected shape {tuple(k.shape)} (as k), got {tuple(v.shape)}")
 
@@ -55,6 +57,21 @@ def lengths_after(k, v, q, k_cache, cache_seqlens, cu_seqlens_q):
     return cache_seqlens + k.shape[1], "cache_seqlens + k.shape[1]"
 
 
+def check_append_values(k, cache_seqlens, k_cache, block_table, validate: bool) -> None:
+    """With new tokens ``k`` and values checked (``validate``, resolved): the lengths before them ``>= 0``, and the
+    pages they go to holding valid ids, whatever window the query attends (the op's own checks, after
+    :func:`lengths_after`, cover the lengths after them and the pages that window reads). A device sync."""
+    if k is None or not validate or not k.shape[1] or not cache_seqlens.numel():
+        return
+    lo = int(cache_seqlens.min())
+    if lo < 0:
+        raise ValueError(f"cache_seqlens: expected lengths >= 0, got a minimum of {lo}")
+    if block_table is not None:
+        page = k_cache.shape[1]
+        used = ((cache_seqlens.long() + k.shape[1] + page - 1) // page).clamp(max=block_table.shape[1])
+        checks.pages_in_use("block_table", block_table, cache_seqlens.long() // page, used, k_cache.shape[0])
+
+
 def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               cache_seqlens: torch.Tensor, block_table: Optional[torch.Tensor]) -> None:
     """Write token ``t`` of ``k, v (B, T, Hkv, D)`` at position ``cache_seqlens[b] + t`` of sequence ``b``: row ``b``
@@ -63,6 +80,11 @@ def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: 
     B, T = k.shape[:2]
     if B == 0 or T == 0:
         return
+    if not torch.compiler.is_compiling():
+        # new tokens held in the cache itself (a view of it): read before any is written over
+        caches = {k_cache.untyped_storage().data_ptr(), v_cache.untyped_storage().data_ptr()}
+        k = k.clone() if k.untyped_storage().data_ptr() in caches else k
+        v = v.clone() if v.untyped_storage().data_ptr() in caches else v
     pos = cache_seqlens.long()[:, None] + torch.arange(T, device=k.device)[None, :]        # (B, T)
     if block_table is None:
         rows = torch.arange(B, device=k.device)[:, None].expand(B, T)
@@ -71,5 +93,6 @@ def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: 
         page_size = k_cache.shape[1]
         rows = block_table.long().gather(1, pos // page_size)
         slots = pos % page_size
-    k_cache[rows, slots] = k
-    v_cache[rows, slots] = v
+    with torch.no_grad():  # a cache is state, never a node of autograd's graph (a k that requires grad)
+        k_cache[rows, slots] = k
+        v_cache[rows, slots] = v
