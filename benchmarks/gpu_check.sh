@@ -478,3 +478,5 @@ for step in "$@"; do
     *) echo "unknown step $step" ;;
   esac
 done
+# (the tee of $OUT/gpu_check.log ends after this shell: give it a moment to write the last lines)
+sleep 1
