@@ -127,6 +127,8 @@ DECODE_CASES = [
     ("num_programs string", dict(base(), num_programs="3"), TypeError, "num_programs"),
     ("num_splits negative", dict(base(), schedule="split", num_splits=-3), ValueError, "num_splits"),
     ("num_splits bool", dict(base(), schedule="split", num_splits=True), TypeError, "num_splits"),
+    ("num_programs 2**31", dict(base(), num_programs=2**31), ValueError, "num_programs"),
+    ("num_splits 65537", dict(base(), schedule="split", num_splits=65537), ValueError, "num_splits"),
     ("sinks NaN", dict(base(), sinks=torch.tensor([0.0, float("nan"), 1.0, 2.0])), ValueError, "sinks"),
     ("return_lse not a bool", dict(base(), return_lse="yes"), TypeError, "return_lse"),
     ("return_lse None", dict(base(), return_lse=None), TypeError, "return_lse"),

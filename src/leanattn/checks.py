@@ -331,10 +331,19 @@ def max_group_size(value) -> int:
     return count("max_group_size", value, "count on the host")
 
 
+# The most programs or splits a decode launch takes: far past any GPU's resident programs (an H200 holds about a
+# thousand), and a workspace of a few GB at most; 2**31 programs failed in the allocator with a RuntimeError
+MAX_LAUNCH_COUNT = 1 << 16
+
+
 def launch_counts(num_programs, num_splits=0) -> tuple[int, int]:
-    """``num_programs`` and ``num_splits`` of the decode ops as ints >= 0 (0: the library's choice): a negative count
-    reached the schedule's search as a grid of no program."""
-    return count("num_programs", num_programs, "fill the GPU"), count("num_splits", num_splits, "the heuristic")
+    """``num_programs`` and ``num_splits`` of the decode ops as ints in ``[0, MAX_LAUNCH_COUNT]`` (0: the library's
+    choice): a negative count reached the schedule's search as a grid of no program."""
+    counts = count("num_programs", num_programs, "fill the GPU"), count("num_splits", num_splits, "the heuristic")
+    for name, n in zip(("num_programs", "num_splits"), counts):
+        if n > MAX_LAUNCH_COUNT:
+            _fail(ValueError, name, f"at most {MAX_LAUNCH_COUNT}", n)
+    return counts
 
 
 def query(q, scale, tokens: bool = False, name: str = "q", head_dims=SUPPORTED_HEAD_DIMS) -> float:
