@@ -22,7 +22,7 @@ from .bifurcated_launch import Plan
 from .bifurcated_window import query_rows, window_states
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
 from .decode import decode, finish, output_buffers, rows_window, token_buffers, validate_decode, with_token_axis
-from .kv_append import append_kv, check_append_values, lengths_after
+from .kv_append import append_kv, lengths_after
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
 
@@ -495,10 +495,7 @@ def bifurcated_decode(
                                             ("block_table", block_table), ("prefix_lens", prefix_lens),
                                             ("prefix_ids", prefix_ids), ("prefix_block_table", prefix_block_table),
                                             ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks), ("k", k), ("v", v)))
-    if k is not None:
-        check_append_values(k, appended, k_cache, block_table, checks.value_checks(validate, appended, block_table))
-        append_kv(k_cache, v_cache, k, v, appended, block_table)
-
+    append_kv(k_cache, v_cache, k, v, appended, block_table, validate)
     level = (prefix_k, prefix_v, prefix_lens, prefix_ids, prefix_block_table)
     window_left = _window(window_left, [level], k_cache, block_table)
     if window_left >= 0:
@@ -650,9 +647,7 @@ def cascade_decode(
                                                      ("cache_seqlens", appended), ("block_table", block_table),
                                                      ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks), ("k", k),
                                                      ("v", v)])
-    if k is not None:
-        check_append_values(k, appended, k_cache, block_table, checks.value_checks(validate, appended, block_table))
-        append_kv(k_cache, v_cache, k, v, appended, block_table)
+    append_kv(k_cache, v_cache, k, v, appended, block_table, validate)
     window_left = _window(window_left, parsed, k_cache, block_table)
     if window_left >= 0:
         o, s = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,

@@ -14,7 +14,7 @@ from ..schedules.fixed_split import num_splits_heuristic
 from ..schedules import stream_k
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence, window_tokens
 from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
-from .kv_append import append_kv, check_append_values, lengths_after
+from .kv_append import append_kv, lengths_after
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
 
@@ -613,9 +613,7 @@ def decode(
                                             ("cache_seqlens", appended), ("block_table", block_table),
                                             ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks),
                                             ("alibi_slopes", alibi_slopes)))
-    if k is not None:
-        check_append_values(k, appended, k_cache, block_table, validate)
-        append_kv(k_cache, v_cache, k, v, appended, block_table)
+    append_kv(k_cache, v_cache, k, v, appended, block_table, validate)
     if q.dim() == 4 and qlen == 1:
         # one token: the 3-D call, its outputs seen with the token axis (the buffers' views keep them contiguous)
         res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,

@@ -11,7 +11,7 @@ import torch
 
 from .. import checks
 
-__all__ = ["check_new_kv", "lengths_after", "check_append_values", "append_kv"]
+__all__ = ["check_new_kv", "lengths_after", "append_kv"]
 
 
 def check_new_kv(k, v, q, k_cache, cache_seqlens, cu_seqlens_q) -> None:
@@ -37,10 +37,7 @@ def check_new_kv(k, v, q, k_cache, cache_seqlens, cu_seqlens_q) -> None:
     if cache_seqlens.shape[0] != B:
         raise ValueError(f"cache_seqlens: expected shape ({B},) (batch size of q), got {tuple(cache_seqlens.shape)}")
     for name, x in (("k", k), ("v", v)):
-        if x.dtype != k_cache.dtype:
-            raise TypeError(f"{name}: expected dtype {k_cache.dtype} (as k_cache), got {x.dtype}")
-        if x.device != q.device:
-            raise ValueError(f"{name}: expected device {q.device} (as q), got {x.device}")
+        checks.check_same(name, x, "k_cache", k_cache)
         if x.shape[0] != B or x.shape[2] != Hkv or x.shape[3] != D:
             raise ValueError(f"{name}: expected shape ({B}, T, {Hkv}, {D}) (batch of q, kv heads and head dim of "
                              f"k_cache), got {tuple(x.shape)}")
@@ -57,12 +54,10 @@ def lengths_after(k, v, q, k_cache, cache_seqlens, cu_seqlens_q):
     return cache_seqlens + k.shape[1], "cache_seqlens + k.shape[1]"
 
 
-def check_append_values(k, cache_seqlens, k_cache, block_table, validate: bool) -> None:
-    """With new tokens ``k`` and values checked (``validate``, resolved): the lengths before them ``>= 0``, and the
-    pages they go to holding valid ids, whatever window the query attends (the op's own checks, after
-    :func:`lengths_after`, cover the lengths after them and the pages that window reads). A device sync."""
-    if k is None or not validate or not k.shape[1] or not cache_seqlens.numel():
-        return
+def _check_append_values(k, cache_seqlens, k_cache, block_table) -> None:
+    """The lengths before the new tokens ``k`` ``>= 0``, and the pages they go to holding valid ids, whatever window
+    the query attends (the op's own checks, after :func:`lengths_after`, cover the lengths after them and the pages
+    that window reads). A device sync."""
     lo = int(cache_seqlens.min())
     if lo < 0:
         raise ValueError(f"cache_seqlens: expected lengths >= 0, got a minimum of {lo}")
@@ -72,14 +67,18 @@ def check_append_values(k, cache_seqlens, k_cache, block_table, validate: bool) 
         checks.pages_in_use("block_table", block_table, cache_seqlens.long() // page, used, k_cache.shape[0])
 
 
-def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              cache_seqlens: torch.Tensor, block_table: Optional[torch.Tensor]) -> None:
-    """Write token ``t`` of ``k, v (B, T, Hkv, D)`` at position ``cache_seqlens[b] + t`` of sequence ``b``: row ``b``
-    of a contiguous cache ``(B, N, Hkv, D)``, or the page ``block_table[b, pos // page_size]`` of a paged one. The
-    positions must lie within the capacity (``decode`` checks them when it validates values)."""
-    B, T = k.shape[:2]
-    if B == 0 or T == 0:
+def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
+              cache_seqlens: torch.Tensor, block_table: Optional[torch.Tensor], validate) -> None:
+    """Write token ``t`` of ``k, v (B, T, Hkv, D)`` (checked by :func:`lengths_after`; None: nothing to write) at
+    position ``cache_seqlens[b] + t`` of sequence ``b``: row ``b`` of a contiguous cache ``(B, N, Hkv, D)``, or the
+    page ``block_table[b, pos // page_size]`` of a paged one. Where values are checked (``validate``, as
+    ``checks.value_checks`` takes it), the lengths before the new tokens and the pages they go to are checked first;
+    the positions must lie within the capacity (the op's checks of the lengths after them)."""
+    if k is None or k.shape[0] == 0 or k.shape[1] == 0:
         return
+    B, T = k.shape[:2]
+    if checks.value_checks(validate, cache_seqlens, block_table):
+        _check_append_values(k, cache_seqlens, k_cache, block_table)
     if not torch.compiler.is_compiling():
         # new tokens held in the cache itself (a view of it): read before any is written over
         caches = {k_cache.untyped_storage().data_ptr(), v_cache.untyped_storage().data_ptr()}
