@@ -134,3 +134,18 @@ def test_cuda_graph_replay_with_new_pattern():
     g.replay()
     torch.cuda.synchronize()
     assert_rel_close("out", out, reference.qk_sparse_attention(q, k, v, keep, keep), 1e-2)
+
+
+def test_autotune_once_per_octave_of_lengths():
+    # a training run with varied lengths benchmarks the configs once per power of two, not per length
+    from leanattn.kernels.sparse_attn import sparse_fwd_kernel
+    keep = {}
+    for N in (1500, 1700, 2048):
+        q, k, v = _inputs(1, N, 2, 64, torch.bfloat16)
+        keep[N] = len(sparse_fwd_kernel.cache)
+        out = leanattn.qk_sparse_attention(q, k, v, torch.ones(1, N, 2, dtype=torch.bool, device="cuda"),
+                                           torch.ones(1, N, 2, dtype=torch.bool, device="cuda"))
+        out.float().sum().backward()
+        keep[N] = len(sparse_fwd_kernel.cache) - keep[N]
+    assert keep[1700] == 0 and keep[2048] == 0, keep
+    assert all(key[0] & (key[0] - 1) == 0 for key in sparse_fwd_kernel.cache), list(sparse_fwd_kernel.cache)

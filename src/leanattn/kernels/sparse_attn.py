@@ -45,7 +45,9 @@ def _configs(options):
 # kernels spill with 4 warps, so only 8.
 _FWD_CONFIGS = _configs([(8, 3), (4, 3), (8, 2), (4, 2)])
 _BWD_CONFIGS = _configs([(8, 2), (8, 3)])
-_KEY = ["N", "HEAD_DIM", "BLOCK_M", "BLOCK_N"]
+# N only by its power-of-two bucket (``tune_n``, unused by the bodies): a run with varied lengths
+# benchmarks the configs once per octave, not once per length
+_KEY = ["tune_n", "HEAD_DIM", "BLOCK_M", "BLOCK_N"]
 
 
 @triton.jit
@@ -160,7 +162,7 @@ def sparse_fwd_kernel(
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_on, stride_oh,  #
-    qk_scale, H, N, n_blocks,  #
+    qk_scale, H, N, n_blocks, tune_n,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -269,7 +271,7 @@ def sparse_dkdv_kernel(
     stride_dkb, stride_dkn, stride_dkh,  #
     stride_dvb, stride_dvn, stride_dvh,  #
     DQ, stride_dqb, stride_dqn, stride_dqh,  #
-    sm_scale, qk_scale, H, N, n_blocks,  #
+    sm_scale, qk_scale, H, N, n_blocks, tune_n,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
@@ -343,7 +345,7 @@ def sparse_dq_kernel(
     stride_dob, stride_don, stride_doh,  #
     stride_dqb, stride_dqn, stride_dqh,  #
     stride_ob, stride_on, stride_oh,  #
-    sm_scale, qk_scale, H, N, n_blocks,  #
+    sm_scale, qk_scale, H, N, n_blocks, tune_n,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):

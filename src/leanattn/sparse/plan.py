@@ -85,6 +85,7 @@ class Plan:
         self.meta_numel = sum(self.sizes)
         self.n_q = triton.cdiv(N, self.bm)
         self.n_kv = triton.cdiv(N, self.bn_bwd)
+        self.tune_n = triton.next_power_of_2(N)  # the autotuners' key
         # the layout: one program per CHUNK sorted positions of a row, 8 blocks of each side
         chunk = 8 * max(self.bm, self.bn_bwd)
         self.ranges_grid = (triton.cdiv(N, chunk), self.BH)
@@ -138,7 +139,7 @@ class Plan:
         self.layout(q_ids, k_ids, m)
         sparse_fwd_kernel[self.fwd_grid](
             q, k, v, out, lse, m.q_perm, m.q_group, m.k_perm, m.k_group, m.q_ranges,
-            *self.qkv_strides, *self.out_strides, scale * LOG2E, self.H, self.N, self.n_q,
+            *self.qkv_strides, *self.out_strides, scale * LOG2E, self.H, self.N, self.n_q, self.tune_n,
             BLOCK_M=self.bm, BLOCK_N=self.bn, **self.flags)
         return out, lse, meta
 
@@ -163,7 +164,7 @@ class Plan:
             dq = torch.empty_like(q)
             sparse_dq_kernel[self.fwd_grid](
                 q, k, v, dout, dq, out, lse, delta, m.q_perm, m.q_group, m.k_perm, m.k_group, m.q_ranges,
-                *strides, *_bnh(dq), *self.out_strides, *tail, self.n_q,
+                *strides, *_bnh(dq), *self.out_strides, *tail, self.n_q, self.tune_n,
                 BLOCK_M=self.bm, BLOCK_N=self.bn, **self.flags)
             # the autotuner zeroes DQ around its trial runs: give it a dummy, dQ is already done
             dq_acc, dq_strides = self.dummy, (0, 0, 0)
@@ -175,7 +176,7 @@ class Plan:
                 HEAD_DIM=self.flags["HEAD_DIM"], BLOCK_M=self.bm, num_warps=4)
         sparse_dkdv_kernel[self.dkdv_grid](
             q, k, v, dout, dk, dv, lse, delta, m.q_perm, m.q_group, m.k_perm, m.k_group, m.kv_ranges,
-            *strides, *_bnh(dk), *_bnh(dv), dq_acc, *dq_strides, *tail, self.n_kv,
+            *strides, *_bnh(dk), *_bnh(dv), dq_acc, *dq_strides, *tail, self.n_kv, self.tune_n,
             BLOCK_M=self.bm_bwd, BLOCK_N=self.bn_bwd, ATOMIC_DQ=not deterministic, **self.flags)
         return (dq, dk, dv) if deterministic else (dq.to(q.dtype), dk, dv)
 
