@@ -143,6 +143,22 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
     return out, lse
 
 
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, interleaved: bool = False):
+    """Reference rotary embedding: ``x (B, T, H, D)`` float64, its first ``2 * cos.shape[1]`` dims of token ``t`` of
+    row ``b`` turned by the angles of position ``positions[b, t]``, as complex numbers multiplied by
+    ``cos + i sin``: pair ``j`` is dims ``(2j, 2j + 1)`` when ``interleaved``, else ``(j, j + rotary_dim / 2)``."""
+    half = cos.shape[1]
+    x = x.double().clone()
+    turn = torch.complex(cos.double(), sin.double())[positions.long()][:, :, None, :]    # (B, T, 1, half)
+    if interleaved:
+        pairs = torch.view_as_complex(x[..., :2 * half].reshape(*x.shape[:-1], half, 2).contiguous())
+        x[..., :2 * half] = torch.view_as_real(pairs * turn).flatten(-2)
+    else:
+        pairs = torch.complex(x[..., :half], x[..., half:2 * half]) * turn
+        x[..., :half], x[..., half:2 * half] = pairs.real, pairs.imag
+    return x
+
+
 def mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens=None, block_table=None, softmax_scale=None,
                causal=False, cu_seqlens_q=None):
     """Reference for :func:`leanattn.mla_decode`: ``(out, lse)`` float64. :func:`decode` of one kv head whose keys

@@ -15,6 +15,7 @@ from ..schedules import stream_k
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence, window_tokens
 from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
 from .kv_append import append_kv, lengths_after
+from .rotary import check_rotary, rotary_qk
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
 
@@ -431,6 +432,9 @@ def decode(
     lse: Optional[torch.Tensor] = None,
     k: Optional[torch.Tensor] = None,
     v: Optional[torch.Tensor] = None,
+    rotary_cos: Optional[torch.Tensor] = None,
+    rotary_sin: Optional[torch.Tensor] = None,
+    rotary_interleaved: bool = False,
 ):
     """Decode attention: the new query token (or the last few) of each sequence against its KV cache.
 
@@ -548,6 +552,18 @@ def decode(
         the next step, as with flash-attn. The positions must lie within the capacity (checked where ``validate``
         says; else an index error on the device). Not with ``cu_seqlens_q``. The writes are torch index operations on
         the device: no sync, and a captured CUDA graph writes where each replay's lengths say.
+    rotary_cos, rotary_sin : torch.Tensor, optional, keyword-only
+        ``(seqlen_ro, rotary_dim / 2)``, floating: rotary embedding of the new keys ``k`` and of ``q`` before the
+        keys are written and attended (flash-attn's ``flash_attn_with_kvcache(rotary_cos=, rotary_sin=)``; needs
+        ``k`` and ``v``, and a cache in ``q``'s dtype). Token ``t`` of ``k`` is rotated at position
+        ``cache_seqlens[b] + t``; query token ``s`` at ``cache_seqlens[b] + s`` when ``causal`` or ``window_left >=
+        0`` (its position when ``Lq = T``), else every query token at ``cache_seqlens[b]``, as flash-attn's. The first
+        ``rotary_dim`` dims of each head turn, in float32, rounded once to ``q``'s dtype; the rest are kept. Positions
+        must have rows in the tables (checked where ``validate`` says; else an index error on the device). ``q`` is
+        not changed: the rotated query is a new tensor.
+    rotary_interleaved : bool, keyword-only
+        Rotate dims ``(2i, 2i + 1)`` together (GPT-J) instead of ``(i, i + rotary_dim / 2)`` (GPT-NeoX, Llama; the
+        default), as flash-attn's.
 
     Returns
     -------
@@ -613,6 +629,8 @@ def decode(
                                             ("cache_seqlens", appended), ("block_table", block_table),
                                             ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks),
                                             ("alibi_slopes", alibi_slopes)))
+    check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache)
+    q, k = rotary_qk(q, k, rotary_cos, rotary_sin, appended, rotary_interleaved, causal or window_left >= 0, validate)
     append_kv(k_cache, v_cache, k, v, appended, block_table, validate)
     if q.dim() == 4 and qlen == 1:
         # one token: the 3-D call, its outputs seen with the token axis (the buffers' views keep them contiguous)
