@@ -18,6 +18,7 @@ from .kv_append import append_kv, lengths_after
 from .rotary import check_rotary, rotary_qk
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
+from .token_pages import cache_rows_as_pages
 
 __all__ = ["decode"]
 
@@ -435,6 +436,7 @@ def decode(
     rotary_cos: Optional[torch.Tensor] = None,
     rotary_sin: Optional[torch.Tensor] = None,
     rotary_interleaved: bool = False,
+    cache_batch_idx: Optional[torch.Tensor] = None,
 ):
     """Decode attention: the new query token (or the last few) of each sequence against its KV cache.
 
@@ -565,6 +567,12 @@ def decode(
         Rotate dims ``(2i, 2i + 1)`` together (GPT-J) instead of ``(i, i + rotary_dim / 2)`` (GPT-NeoX, Llama; the
         default), as flash-attn's.
 
+    cache_batch_idx : torch.Tensor, optional, keyword-only
+        ``(B,)`` int32: sequence ``b`` is row ``cache_batch_idx[b]`` of a contiguous cache of any number of rows
+        (flash-attn's ``cache_batch_idx``: a static cache of slots, a batch of some of them). Read as a pool of pages
+        of ``N`` tokens, one page a sequence: no copy, and the appends write those rows. Not with ``block_table``.
+        Rows are checked to lie in the cache where ``validate`` says; else the reads are out of bounds.
+
     Returns
     -------
     out : torch.Tensor
@@ -607,6 +615,8 @@ def decode(
     return_lse = checks.flag("return_lse", return_lse)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     batch, qlen = checks.query_slots(q, cu_seqlens_q, max_seqlen_q, validate)
+    block_table = cache_rows_as_pages(cache_batch_idx, block_table, k_cache, q.shape[0] if batch is None else batch,
+                                      checks.value_checks(validate, cache_batch_idx))
     # with new tokens, the lengths after them: those checked, and those attended
     appended = cache_seqlens
     cache_seqlens, seqlens_name = lengths_after(k, v, q, k_cache, cache_seqlens, cu_seqlens_q)

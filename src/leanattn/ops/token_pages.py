@@ -13,7 +13,9 @@ from typing import Optional
 
 import torch
 
-__all__ = ["token_pool", "token_pages"]
+from .. import checks
+
+__all__ = ["token_pool", "token_pages", "cache_rows_as_pages"]
 
 
 def token_pool(k: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -44,3 +46,29 @@ def token_pages(slots: torch.Tensor, step: int, block_table: Optional[torch.Tens
         return torch.zeros(slots.shape, dtype=torch.int32, device=slots.device)
     page = block_table[rows, (slots // page_size).clamp(max=block_table.shape[1] - 1)].long()
     return (page * step + slots % page_size).to(torch.int32)
+
+
+def cache_rows_as_pages(cache_batch_idx: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
+                        k_cache: torch.Tensor, batch: Optional[int], validate: bool) -> Optional[torch.Tensor]:
+    """The block table that reads row ``cache_batch_idx[b]`` of a contiguous cache ``(rows, N, Hkv, D)`` for sequence
+    ``b`` (flash-attn's ``cache_batch_idx``): the cache seen as a pool of pages of ``N`` tokens, each sequence's table
+    one page, ``cache_batch_idx[:, None]``; no copy. ``block_table`` unchanged when ``cache_batch_idx`` is None.
+    ``cache_batch_idx (B,)`` int32 on the cache's device, ``B`` the query's ``batch`` where known; its values are
+    checked to name rows (a device sync) where ``validate``."""
+    if cache_batch_idx is None:
+        return block_table
+    if block_table is not None:
+        raise ValueError("cache_batch_idx: expected None with a paged cache (block_table names each sequence's "
+                         "pages), got a tensor")
+    checks.check_index("cache_batch_idx", cache_batch_idx, 1, k_cache.device)
+    if batch is not None and cache_batch_idx.shape[0] != batch:
+        raise ValueError(f"cache_batch_idx: expected shape ({batch},) (batch size of q), got "
+                         f"{tuple(cache_batch_idx.shape)}")
+    if k_cache.dim() == 4 and k_cache.shape[1] == 0:
+        raise ValueError("k_cache: expected a capacity of at least one token with cache_batch_idx, got 0")
+    if validate and cache_batch_idx.numel():
+        lo, hi = int(cache_batch_idx.min()), int(cache_batch_idx.max())
+        if lo < 0 or hi >= k_cache.shape[0]:
+            raise ValueError(f"cache_batch_idx: expected rows in [0, {k_cache.shape[0]}) (k_cache's), got rows in "
+                             f"[{lo}, {hi}]")
+    return cache_batch_idx[:, None]
