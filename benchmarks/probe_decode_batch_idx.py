@@ -1,0 +1,59 @@
+"""What flash-attn's ``cache_batch_idx`` costs decode: a contiguous cache read through it (as pages of ``N`` tokens,
+one a sequence) against the same cache read directly, same process.
+
+On contiguous suite cases (``bench_decode.suite``, bf16), each call is checked against the float64 reference, then
+CUDA-graph replays are timed in interleaved rounds (do_bench, L2 flushed): the plain call, ``cache_batch_idx`` of
+the identity, and the rows reversed.
+
+    PYTHONPATH=src python benchmarks/probe_decode_batch_idx.py [--out DIR] [--cases A,B]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_decode as bd  # noqa: E402
+import common  # noqa: E402
+
+import leanattn  # noqa: E402
+
+CASES = ("mha B=1 64k", "gqa B=4 32k", "gqa B=64 4k", "ragged-tail B=16", "d64 mha B=1 64k")
+
+
+def measure(case) -> dict:
+    inp = bd.make_inputs(case)
+    q, k, v, sl = inp["q"], inp["k"], inp["v"], inp["seqlens"]
+    B = q.shape[0]
+    ident = torch.arange(B, dtype=torch.int32, device=q.device)
+    rev = ident.flip(0)
+    ref = leanattn.reference.decode(q, k, v, sl)[0]
+    refs = {"plain": ref, "idx identity": ref}
+    fns = {"plain": bd.with_plans(lambda: leanattn.decode(q, k, v, sl)),
+           "idx identity": bd.with_plans(lambda: leanattn.decode(q, k, v, sl, cache_batch_idx=ident))}
+    if B > 1:
+        sl_rev = sl.flip(0).contiguous() if sl is not None else None
+        refs["idx reversed"] = leanattn.reference.decode(q, k.flip(0), v.flip(0), sl_rev)[0]
+        fns["idx reversed"] = bd.with_plans(lambda: leanattn.decode(q, k, v, sl_rev, cache_batch_idx=rev))
+    us, med = bd.interleaved_graph_times(case["name"], fns, refs, rounds=3)
+    print(f"{case['name']:22s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
+          + f" | identity / plain {med['idx identity'] / med['plain']:.3f}", flush=True)
+    return dict(case=case["name"], us=us, median=med, ratio=med["idx identity"] / med["plain"])
+
+
+def main(argv=None):
+    args, want = common.probe_args(__doc__, argv)
+    torch.manual_seed(0)
+    out = []
+    for case in bd.suite():
+        if case["name"] in CASES and (not want or case["name"] in want):
+            out.append(measure(case))
+            torch.cuda.empty_cache()
+    common.write_probe(args.out, "decode_probe_batch_idx.json", cases=out, timing=bd.GRAPH_TIMING,
+                       probe="decode through cache_batch_idx against the contiguous cache read directly")
+
+
+if __name__ == "__main__":
+    main()
