@@ -70,11 +70,14 @@ def test_greedy_matches_sdpa(family, heads, kv_heads, decode_calls):
     assert len(decode_calls) == (NEW - 1) * 2 and all(c is None for c in decode_calls)
 
 
-def test_static_cache_lengths_from_mask(decode_calls):
+@pytest.mark.parametrize("inference", [False, True], ids=["no_grad", "inference_mode"])
+def test_static_cache_lengths_from_mask(decode_calls, inference):
+    # under inference_mode the masks are inference tensors, memoised by layer order
     model = make("llama", 4, 2)
     ids = torch.randint(1, 128, (1, 9), device=DEV)
     ref, ref_logits = greedy(model, "sdpa", ids, cache_implementation="static")
-    got, _ = greedy(model, "leanattn", ids, cache_implementation="static")
+    with torch.inference_mode(inference):
+        got, _ = greedy(model, "leanattn", ids, cache_implementation="static")
     assert_same(got, ref, ref_logits)
     assert len(decode_calls) == (NEW - 1) * 2
     assert [int(c[0]) for c in decode_calls[::2]] == list(range(10, 10 + NEW - 1))
@@ -102,6 +105,27 @@ def test_mask_edited_in_place_is_read_again():
         for n in (3, 4):  # no version counter: never memoised
             frozen[..., :n] = True
             assert lt._prefix_lengths(frozen, 1).tolist() == [n]
+
+
+def test_inference_mask_memo_serves_later_layers_of_one_forward(monkeypatch):
+    # an inference tensor has no version counter: its lengths serve the layers after the one that read them, and a
+    # layer at or before it (the next forward, the mask maybe edited in place) reads the mask again
+    reads = []
+    real_all = torch.Tensor.all
+    monkeypatch.setattr(torch.Tensor, "all", lambda self, *a, **k: reads.append(1) or real_all(self, *a, **k))
+    with torch.inference_mode():
+        mask = torch.zeros(2, 1, 1, 12, dtype=torch.bool, device=DEV)
+        mask[..., :5] = True
+        for layer in range(4):
+            assert lt._prefix_lengths(mask, 2, layer=layer).tolist() == [5, 5]
+        assert len(reads) == 1
+        mask[..., :7] = True  # the next forward's mask, edited in place
+        for layer in range(4):
+            assert lt._prefix_lengths(mask, 2, layer=layer).tolist() == [7, 7]
+        assert len(reads) == 2
+        for _ in range(2):  # no layer index: read at every call
+            assert lt._prefix_lengths(mask, 2).tolist() == [7, 7]
+        assert len(reads) == 4
 
 
 def test_steps_autograd_records_are_sdpa(decode_calls):

@@ -69,20 +69,28 @@ def cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
+def _prefix_lengths(mask: torch.Tensor, batch: int, window=None, layer=None):
     """``(batch,)`` int32 lengths when a ``(B|1, 1, Lq, N)`` bool mask is the bottom-right causal mask of ``Lq``
     query tokens that end a prefix of each row's keys: query ``s`` True on the keys ``[0, len - Lq + s]`` and False
     after or, with a sliding ``window`` (transformers' ``sliding_window``), True on the last ``window`` of those only;
     else None. A row's length is the end of its last query's run of True. Memoised per mask tensor and its version
     (a mask edited in place is read again), window and batch: the model passes the same mask to every layer of a
     kind, so the check (one host sync) runs once per forward and kind of layer. An inference tensor has no version
-    counter, so its check runs at every call."""
+    counter: its memo serves only the later layers of one forward (``layer``, the calling module's ``layer_idx``,
+    above the last that used it; transformers builds each forward's mask anew), and without a ``layer`` the check
+    runs at every call."""
     try:
         version = mask._version
     except RuntimeError:  # an inference tensor: an edit in place cannot be seen
         version = None
-    for ref, w, b, v, lens in _MASKS:
-        if version is not None and ref() is mask and (w, b, v) == (window, batch, version):
+    layer = layer if isinstance(layer, int) and not isinstance(layer, bool) else None
+    for i, (ref, w, b, v, lens) in enumerate(_MASKS):
+        if ref() is not mask or (w, b) != (window, batch):
+            continue
+        if version is not None and v == version:
+            return lens
+        if version is None and layer is not None and isinstance(v, tuple) and v[0] < layer:
+            _MASKS[i] = (ref, w, b, (layer,), lens)
             return lens
     result = None
     if mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1:
@@ -98,8 +106,11 @@ def _prefix_lengths(mask: torch.Tensor, batch: int, window=None):
         if bool((m == expected).all()):
             # kept for the next layers: made outside the CUDA-graph pools of a compiled generate
             result = runtime.kept(lens.device, lambda: lens.expand(batch).clone(memory_format=torch.contiguous_format))
-    _MASKS[:] = [e for e in _MASKS if e[0]() is not None][-(_MASKS_KEPT - 1):] + [(weakref.ref(mask), window, batch,
-                                                                                    version, result)]
+    # an inference tensor's entry holds the last layer it served (none: never reused)
+    seen = version if version is not None else (layer if layer is not None else float("inf"),)
+    live = [e for e in _MASKS if e[0]() is not None and (e[0]() is not mask or e[1:3] != (window, batch))]
+    _MASKS[:] = live[-(_MASKS_KEPT - 1):] + [
+        (weakref.ref(mask), window, batch, seen, result)]
     return result
 
 
@@ -138,7 +149,7 @@ def _decode_lengths(module, query, key, value, attention_mask, dropout, kwargs):
             or attention_mask.shape[-1] != key.shape[2]:
         # a user's mask that broadcasts over the queries or keys (one row for every query: no causal pattern) is SDPA's
         return False, None
-    lens = _prefix_lengths(attention_mask, B, window)
+    lens = _prefix_lengths(attention_mask, B, window, getattr(module, "layer_idx", None))
     return (lens is not None), lens
 
 
