@@ -254,7 +254,8 @@ for step in "$@"; do
     tests-bif-0|tests-bif-1) LEANATTN_TEST_SHARD=${step#tests-bif-}/2 "${PYTEST[@]}" tests/test_bifurcated_gpu.py \
       -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-decode) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_decode_fp8_gpu.py tests/test_decode_softcap_gpu.py \
-      tests/test_decode_out.py tests/test_decode_append.py tests/test_decode_rotary.py tests/test_decode_batch_idx.py -k "not sanitizer" 2>&1 | tail -3 ;;
+      tests/test_decode_out.py tests/test_decode_append.py tests/test_decode_rotary.py tests/test_decode_batch_idx.py \
+      -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-fp8) "${PYTEST[@]}" tests/test_decode_fp8_gpu.py 2>&1 | tail -3 ;;
     tests-bif-softcap) "${PYTEST[@]}" tests/test_bifurcated_softcap_gpu.py 2>&1 | tail -3 ;;
     sanitize-bif-softcap)

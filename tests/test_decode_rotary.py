@@ -26,8 +26,10 @@ def _positions(lens, n):
 
 
 @pytest.mark.parametrize("page_size", [None, 4], ids=["contiguous", "paged4"])
-@pytest.mark.parametrize("T,qlen,mode", [(1, 0, "plain"), (2, 2, "causal"), (2, 2, "plain"), (3, 3, "window")],
-                         ids=["one", "two-causal", "two-plain", "three-window"])
+@pytest.mark.parametrize("T,qlen,mode", [(1, 0, "plain"), (2, 2, "causal"), (2, 2, "plain"), (3, 3, "window"),
+                                         (2, 0, "plain"), (1, 3, "causal"), (2, 2, "wide")],
+                         ids=["one", "two-causal", "two-plain", "three-window", "3d-q-two-new", "three-q-one-new",
+                              "window-of-capacity-1"])
 @pytest.mark.parametrize("rotary_dim,interleaved", [(64, False), (32, True), (16, False)])
 def test_matches_the_reference_rotary(page_size, T, qlen, mode, rotary_dim, interleaved):
     lens = [0, 5, 8 - T, 13]
@@ -36,7 +38,8 @@ def test_matches_the_reference_rotary(page_size, T, qlen, mode, rotary_dim, inte
         q = torch.randn(4, qlen, 4, 64, dtype=q.dtype, device=DEV)
     kn, vn = (torch.randn(4, T, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
     cos, sin = _tables(24, rotary_dim)
-    kw = dict(causal=True) if mode == "causal" else dict(window_left=4) if mode == "window" else {}
+    windows = {"window": 4, "wide": 19}  # 19: one short of the capacity, still a window to flash-attn's rule
+    kw = dict(causal=True) if mode == "causal" else dict(window_left=windows[mode]) if mode in windows else {}
     q_in, kn_in = q.clone(), kn.clone()
     out, lse = leanattn.decode(q, k_cache, v_cache, seqlens, bt, return_lse=True, k=kn, v=vn, rotary_cos=cos,
                                rotary_sin=sin, rotary_interleaved=interleaved, **kw)
@@ -52,6 +55,23 @@ def test_matches_the_reference_rotary(page_size, T, qlen, mode, rotary_dim, inte
     assert_rel_close("keys written", k_cache.double(), want_k, TOLERANCE[q.dtype])
     ref_out, ref_lse = reference.decode(q_rot, want_k, want_v, seqlens + T, bt, **kw)
     assert_states_match(f"rotary {rotary_dim}", q, out, lse, ref_out, ref_lse)
+
+
+@pytest.mark.parametrize("table_dtype", [torch.float16, torch.float32])
+def test_with_other_options(table_dtype):
+    # the split schedule, sinks, ALiBi and a soft cap beside the rotary; tables in q's dtype, as flash-attn takes them
+    q, k_cache, v_cache, seqlens, bt = make_inputs(3, 4, 2, 64, [6, 0, 11], capacity=16, page_size=8)
+    kn, vn = (torch.randn(3, 1, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
+    cos, sin = _tables(16, 32, table_dtype)
+    opts = dict(sinks=torch.randn(4, device=DEV), alibi_slopes=torch.rand(4, device=DEV), softcap=20.0)
+    out, lse = leanattn.decode(q, k_cache, v_cache, seqlens, bt, return_lse=True, schedule="split", k=kn, v=vn,
+                               rotary_cos=cos, rotary_sin=sin, rotary_interleaved=True, **opts)
+    k_rot = reference.rotary(kn, cos, sin, _positions(seqlens, 1), True)
+    q_rot = reference.rotary(q[:, None], cos, sin, _positions(seqlens, 1), True)[:, 0]
+    want_k = _written_by_hand(k_cache.double(), k_rot, seqlens, bt)
+    want_v = _written_by_hand(v_cache.double(), vn.double(), seqlens, bt)
+    ref_out, ref_lse = reference.decode(q_rot, want_k, want_v, seqlens + 1, bt, **opts)
+    assert_states_match("options", q, out, lse, ref_out, ref_lse)
 
 
 def test_rotated_steps_equal_a_rotated_prefill():

@@ -558,8 +558,11 @@ def decode(
         ``(seqlen_ro, rotary_dim / 2)``, floating: rotary embedding of the new keys ``k`` and of ``q`` before the
         keys are written and attended (flash-attn's ``flash_attn_with_kvcache(rotary_cos=, rotary_sin=)``; needs
         ``k`` and ``v``, and a cache in ``q``'s dtype). Token ``t`` of ``k`` is rotated at position
-        ``cache_seqlens[b] + t``; query token ``s`` at ``cache_seqlens[b] + s`` when ``causal`` or ``window_left >=
-        0`` (its position when ``Lq = T``), else every query token at ``cache_seqlens[b]``, as flash-attn's. The first
+        ``cache_seqlens[b] + t``. Query token ``s`` is rotated at ``cache_seqlens[b] + s`` when ``causal`` or a
+        window shorter than the cache (``0 <= window_left < capacity``), else every query token at
+        ``cache_seqlens[b]``, as flash-attn's; the position it attends from is ``cache_seqlens[b] + T - Lq + s``, so
+        the two agree when ``Lq = T`` (a ``(B, Hq, D)`` query is ``Lq = 1``: with ``T > 1`` new tokens it is
+        rotated at ``cache_seqlens[b]``, as flash-attn's). The first
         ``rotary_dim`` dims of each head turn, in float32, rounded once to ``q``'s dtype; the rest are kept. Positions
         must have rows in the tables (checked where ``validate`` says; else an index error on the device). ``q`` is
         not changed: the rotated query is a new tensor.
@@ -626,6 +629,8 @@ def decode(
                                               validate, k_scale, v_scale, fp8=True,
                                               window_left=rows_window(window_left, qlen),
                                               batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen, names=names)
+    # flash-attn's local attention, as its rotary rule reads it: a window shorter than the cache
+    local = 0 <= window_left < _capacity(k_cache, block_table)
     if window_left >= _capacity(k_cache, block_table) - 1:
         window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
     softcap = checks.softcap(softcap)
@@ -639,8 +644,8 @@ def decode(
                                             ("cache_seqlens", appended), ("block_table", block_table),
                                             ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks),
                                             ("alibi_slopes", alibi_slopes)))
-    check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache)
-    q, k = rotary_qk(q, k, rotary_cos, rotary_sin, appended, rotary_interleaved, causal or window_left >= 0, validate)
+    rotary_interleaved = check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache)
+    q, k = rotary_qk(q, k, rotary_cos, rotary_sin, appended, rotary_interleaved, causal or local, validate)
     append_kv(k_cache, v_cache, k, v, appended, block_table, validate)
     if q.dim() == 4 and qlen == 1:
         # one token: the 3-D call, its outputs seen with the token axis (the buffers' views keep them contiguous)

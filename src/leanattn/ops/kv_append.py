@@ -11,7 +11,7 @@ import torch
 
 from .. import checks
 
-__all__ = ["check_new_kv", "lengths_after", "append_kv"]
+__all__ = ["check_new_kv", "lengths_after", "append_kv", "new_positions"]
 
 
 def check_new_kv(k, v, q, k_cache, cache_seqlens, cu_seqlens_q) -> None:
@@ -67,6 +67,12 @@ def _check_append_values(k, cache_seqlens, k_cache, block_table) -> None:
         checks.pages_in_use("block_table", block_table, cache_seqlens.long() // page, used, k_cache.shape[0])
 
 
+def new_positions(cache_seqlens: torch.Tensor, count: int) -> torch.Tensor:
+    """``(B, count)`` int64 positions ``cache_seqlens[b] + t`` of the new tokens of each sequence: where
+    :func:`append_kv` writes them and where rotary embedding turns them (``ops/rotary.py``)."""
+    return cache_seqlens.long()[:, None] + torch.arange(count, device=cache_seqlens.device)[None, :]
+
+
 def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
               cache_seqlens: torch.Tensor, block_table: Optional[torch.Tensor], validate) -> None:
     """Write token ``t`` of ``k, v (B, T, Hkv, D)`` (checked by :func:`lengths_after`; None: nothing to write) at
@@ -84,7 +90,7 @@ def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Te
         caches = {k_cache.untyped_storage().data_ptr(), v_cache.untyped_storage().data_ptr()}
         k = k.clone() if k.untyped_storage().data_ptr() in caches else k
         v = v.clone() if v.untyped_storage().data_ptr() in caches else v
-    pos = cache_seqlens.long()[:, None] + torch.arange(T, device=k.device)[None, :]        # (B, T)
+    pos = new_positions(cache_seqlens, T)
     if block_table is None:
         rows = torch.arange(B, device=k.device)[:, None].expand(B, T)
         slots = pos

@@ -9,21 +9,22 @@ from typing import Optional
 import torch
 
 from .. import checks
+from .kv_append import new_positions
 
 __all__ = ["check_rotary", "rotate", "rotary_qk"]
 
 
-def check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache) -> None:
+def check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache) -> bool:
     """``rotary_cos``, ``rotary_sin`` ``(seqlen_ro, rotary_dim / 2)``: both or neither, floating, on ``q``'s device,
     with ``rotary_dim`` even and at most the head dim; they need new keys ``k`` (rotated before they are written)
-    in a cache of ``q``'s dtype (a float8 cache takes keys already quantised)."""
-    if not isinstance(rotary_interleaved, bool):
-        raise TypeError(f"rotary_interleaved: expected a bool, got {type(rotary_interleaved).__name__}")
+    in a cache of ``q``'s dtype (a float8 cache takes keys already quantised). Returns ``rotary_interleaved`` as a
+    bool."""
+    rotary_interleaved = checks.flag("rotary_interleaved", rotary_interleaved)
     if (rotary_cos is None) != (rotary_sin is None):
         missing, given = ("rotary_sin", "rotary_cos") if rotary_sin is None else ("rotary_cos", "rotary_sin")
         raise ValueError(f"{missing}: expected a tensor when {given} is given, got None")
     if rotary_cos is None:
-        return
+        return rotary_interleaved
     if k is None:
         raise ValueError("rotary_cos: expected new keys k and values v with it (the new keys are rotated before "
                          "they are written, as flash-attn's), got k=None")
@@ -44,15 +45,16 @@ def check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache) -> N
     if not 0 < 2 * half <= D:
         raise ValueError(f"rotary_cos: expected shape (seqlen_ro, rotary_dim / 2) with 0 < rotary_dim <= {D} "
                          f"(q's head dim), got {tuple(rotary_cos.shape)}")
+    return rotary_interleaved
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, interleaved: bool):
-    """``x (B, T, H, D)`` with its first ``rotary_dim = 2 * cos.shape[1]`` dims of token ``t`` of row ``b`` rotated
-    by the angles of position ``pos[b, t]`` (``pos (B, T)`` int64): pairs ``(i, i + rotary_dim / 2)`` (GPT-NeoX), or
-    ``(2i, 2i + 1)`` when ``interleaved`` (GPT-J). In float32, rounded once to ``x``'s dtype; a new tensor."""
-    half = cos.shape[1]
-    c = cos.float()[pos][:, :, None, :]          # (B, T, 1, rotary_dim / 2)
-    s = sin.float()[pos][:, :, None, :]
+def rotate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, interleaved: bool):
+    """``x (B, T, H, D)`` with its first ``rotary_dim = 2 * c.shape[-1]`` dims of token ``t`` of row ``b`` turned by
+    the angles whose cosines and sines are ``c[b, t]``, ``s[b, t]`` (``(B, T, rotary_dim / 2)`` float32): pairs
+    ``(i, i + rotary_dim / 2)`` (GPT-NeoX), or ``(2i, 2i + 1)`` when ``interleaved`` (GPT-J). In float32, rounded
+    once to ``x``'s dtype; a new tensor."""
+    half = c.shape[-1]
+    c, s = c[:, :, None, :], s[:, :, None, :]
     rot = x[..., :2 * half].float()
     if interleaved:
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
@@ -74,14 +76,18 @@ def rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: Optional[torch.Tensor], sin
     B, T = k.shape[:2]
     one = q.dim() == 3
     q4 = q[:, None] if one else q
-    steps = torch.arange(max(T, q4.shape[1] if per_token else 1), device=k.device)
-    base = cache_seqlens.long()[:, None]
-    if validate and B:
-        last = int((base[:, 0] + steps.shape[0] - 1).max()) if steps.numel() else -1
+    Lq = q4.shape[1]
+    pos = new_positions(cache_seqlens, max(T, Lq if per_token else 1))
+    if validate and pos.numel():
+        last = int(pos.max())
         if last >= cos.shape[0]:
             raise ValueError(f"rotary_cos: expected a row for every position rotated (cache_seqlens + "
-                             f"{steps.shape[0] - 1} at most), got {cos.shape[0]} rows for a position of {last}")
-    k = rotate(k, cos, sin, base + steps[None, :T], interleaved)
-    q_pos = base + steps[None, :q4.shape[1]] if per_token else base.expand(B, q4.shape[1])
-    q4 = rotate(q4, cos, sin, q_pos, interleaved)
+                             f"{pos.shape[1] - 1} at most), got {cos.shape[0]} rows for a position of {last}")
+    # the rows of the positions only, in float32 (not the whole table: flash-attn's tables are in q's dtype)
+    c, s = cos[pos].float(), sin[pos].float()
+    k = rotate(k, c[:, :T], s[:, :T], interleaved)
+    if per_token:
+        q4 = rotate(q4, c[:, :Lq], s[:, :Lq], interleaved)
+    else:
+        q4 = rotate(q4, c[:, :1].expand(B, Lq, -1), s[:, :1].expand(B, Lq, -1), interleaved)
     return (q4[:, 0] if one else q4), k
