@@ -207,3 +207,32 @@ def test_review_cases():
     kc3 = kc.clone()
     leanattn.decode(q, kc3, kc3.clone(), lens, k=ones.clone().requires_grad_(), v=ones)
     assert not kc3.requires_grad
+
+
+@pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_cache_takes_its_bytes(fp8):
+    q, k_cache, v_cache, seqlens, bt = make_inputs(2, 4, 2, 64, [5, 9], capacity=16, page_size=4)
+    kc, vc = k_cache.to(fp8), v_cache.to(fp8)
+    kn, vn = (torch.randn(2, 2, 2, 64, device=DEV).to(fp8) for _ in range(2))
+    want_k, want_v = _written_by_hand(kc.view(torch.uint8), kn.view(torch.uint8), seqlens, bt), \
+        _written_by_hand(vc.view(torch.uint8), vn.view(torch.uint8), seqlens, bt)
+    out = leanattn.decode(q, kc, vc, seqlens, bt, k=kn, v=vn)
+    assert torch.equal(kc.view(torch.uint8), want_k) and torch.equal(vc.view(torch.uint8), want_v)
+    ref = reference.decode(q, want_k.view(fp8), want_v.view(fp8), seqlens + 2, bt)[0]
+    assert_rel_close("float8", out, ref, 2e-2)
+
+
+def test_strided_lengths_table_and_new_tokens():
+    # the lengths and the new tokens through views of larger tensors (a block table needs a unit last stride)
+    q, k_cache, v_cache, seqlens, bt = make_inputs(3, 4, 2, 64, [5, 0, 9], capacity=16, page_size=4)
+    lens = torch.zeros(6, dtype=torch.int32, device=DEV)[::2]
+    lens.copy_(seqlens)
+    wide = torch.zeros(2 * bt.shape[0], bt.shape[1], dtype=torch.int32, device=DEV)
+    wide[::2] = bt
+    table = wide[::2]
+    kn_big, vn_big = (torch.randn(3, 2, 2, 128, dtype=q.dtype, device=DEV) for _ in range(2))
+    kn, vn = kn_big[..., ::2], vn_big[..., 64:]  # a non-unit stride on D, and an offset
+    want_k, want_v = _written_by_hand(k_cache, kn, seqlens, bt), _written_by_hand(v_cache, vn, seqlens, bt)
+    out = leanattn.decode(q, k_cache, v_cache, lens, table, k=kn, v=vn)
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+    assert_rel_close("strided", out, reference.decode(q, want_k, want_v, seqlens + 2, bt)[0], TOLERANCE[q.dtype])

@@ -15,7 +15,7 @@ from ..schedules import stream_k
 from ..schedules.stream_k import programs_used_py, tiles_per_sequence, window_tokens
 from .decode_config import across_rows, decode_config, length_block, load_path, merge_in_launch
 from .kv_append import append_kv, lengths_after
-from .rotary import check_rotary, rotary_qk
+from .rotary import check_rotary
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
 from .token_pages import cache_rows_as_pages
@@ -644,9 +644,8 @@ def decode(
                                             ("cache_seqlens", appended), ("block_table", block_table),
                                             ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks),
                                             ("alibi_slopes", alibi_slopes)))
-    rotary_interleaved = check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache)
-    q, k = rotary_qk(q, k, rotary_cos, rotary_sin, appended, rotary_interleaved, causal or local, validate)
-    append_kv(k_cache, v_cache, k, v, appended, block_table, validate)
+    rotary = check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache, causal or local)
+    q = append_kv(k_cache, v_cache, k, v, appended, block_table, validate, q, rotary)
     if q.dim() == 4 and qlen == 1:
         # one token: the 3-D call, its outputs seen with the token axis (the buffers' views keep them contiguous)
         res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,

@@ -1,15 +1,19 @@
-"""New keys and values written into a decode cache at each sequence's length, as ``flash_attn_with_kvcache(k=, v=)``.
+"""New keys and values written into a decode cache at each sequence's length, as ``flash_attn_with_kvcache(k=, v=)``,
+the keys and the query turned by rotary embedding on the way where asked.
 
-Torch index writes, one per cache: the positions come from the lengths on the device, so there is no host sync and a
-captured CUDA graph writes where the lengths of each replay say.
+One launch (``kernels/kv_append.py``), or PyTorch index writes under ``torch.compile``: the positions come from the
+lengths on the device, so there is no host sync and a captured CUDA graph writes where the lengths of each replay say.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+import triton
 
 from .. import checks
+from ..kernels.kv_append import append_kv_kernel
+from .rotary import Rotary
 
 __all__ = ["check_new_kv", "lengths_after", "append_kv", "new_positions"]
 
@@ -74,22 +78,43 @@ def new_positions(cache_seqlens: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
-              cache_seqlens: torch.Tensor, block_table: Optional[torch.Tensor], validate) -> None:
+              cache_seqlens: torch.Tensor, block_table: Optional[torch.Tensor], validate, q=None,
+              rotary: Optional[Rotary] = None):
     """Write token ``t`` of ``k, v (B, T, Hkv, D)`` (checked by :func:`lengths_after`; None: nothing to write) at
     position ``cache_seqlens[b] + t`` of sequence ``b``: row ``b`` of a contiguous cache ``(B, N, Hkv, D)``, or the
-    page ``block_table[b, pos // page_size]`` of a paged one. Where values are checked (``validate``, as
-    ``checks.value_checks`` takes it), the lengths before the new tokens and the pages they go to are checked first;
-    the positions must lie within the capacity (the op's checks of the lengths after them)."""
-    if k is None or k.shape[0] == 0 or k.shape[1] == 0:
-        return
+    page ``block_table[b, pos // page_size]`` of a paged one; with ``rotary``, the keys turned at those positions and
+    ``q`` as :class:`~leanattn.ops.rotary.Rotary` says. Returns ``q``, rotated (a new tensor) with ``rotary``.
+
+    Where values are checked (``validate``, as ``checks.value_checks`` takes it), the lengths before the new tokens,
+    the pages they go to and the rows of the rotary tables are checked first; the positions must lie within the
+    capacity (the op's checks of the lengths after them). Eager calls take one launch
+    (``kernels/kv_append.append_kv_kernel``); under ``torch.compile`` PyTorch index writes, which it traces."""
+    if k is None or k.shape[0] == 0 or (k.shape[1] == 0 and rotary is None):
+        return q
     B, T = k.shape[:2]
+    Lq = 0 if rotary is None else (1 if q.dim() == 3 else q.shape[1])
+    pos = None
     if checks.value_checks(validate, cache_seqlens, block_table):
-        _check_append_values(k, cache_seqlens, k_cache, block_table)
-    if not torch.compiler.is_compiling():
-        # new tokens held in the cache itself (a view of it): read before any is written over
-        caches = {k_cache.untyped_storage().data_ptr(), v_cache.untyped_storage().data_ptr()}
-        k = k.clone() if k.untyped_storage().data_ptr() in caches else k
-        v = v.clone() if v.untyped_storage().data_ptr() in caches else v
+        if T:
+            _check_append_values(k, cache_seqlens, k_cache, block_table)
+        if rotary is not None:
+            pos = new_positions(cache_seqlens, rotary.count(T, Lq))
+            rotary.check_positions(pos)
+    if torch.compiler.is_compiling():
+        if rotary is not None:
+            q, k = rotary.qk(q, k, new_positions(cache_seqlens, rotary.count(T, Lq)) if pos is None else pos)
+        _index_writes(k_cache, v_cache, k, v, cache_seqlens, block_table)
+        return q
+    # new tokens held in the cache itself (a view of it): read before any is written over
+    caches = {k_cache.untyped_storage().data_ptr(), v_cache.untyped_storage().data_ptr()}
+    k = k.clone() if k.untyped_storage().data_ptr() in caches else k
+    v = v.clone() if v.untyped_storage().data_ptr() in caches else v
+    return _launch(k_cache, v_cache, k, v, cache_seqlens, block_table, q, rotary, Lq)
+
+
+def _index_writes(k_cache, v_cache, k, v, cache_seqlens, block_table) -> None:
+    """:func:`append_kv`'s writes as PyTorch index operations (the form ``torch.compile`` traces)."""
+    B, T = k.shape[:2]
     pos = new_positions(cache_seqlens, T)
     if block_table is None:
         rows = torch.arange(B, device=k.device)[:, None].expand(B, T)
@@ -101,3 +126,42 @@ def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Te
     with torch.no_grad():  # a cache is state, never a node of autograd's graph (a k that requires grad)
         k_cache[rows, slots] = k
         v_cache[rows, slots] = v
+
+
+def _bytes(x: torch.Tensor) -> torch.Tensor:
+    """A float8 tensor as its bytes (the kernel copies them; Triton's interpreter has no float8 loads)."""
+    return x.view(torch.uint8) if x.element_size() == 1 and x.is_floating_point() else x
+
+
+def _unit_d(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _launch(k_cache, v_cache, k, v, lens, block_table, q, rotary, Lq):
+    """One launch of ``append_kv_kernel``: the ``B * T`` new tokens, then the ``B * Lq`` query tokens to turn."""
+    B, T, Hkv, D = k.shape
+    k, v = _unit_d(k), _unit_d(v)
+    q_out = None
+    if rotary is not None:
+        q = _unit_d(q)
+        q_out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        cos, sin = rotary.cos.contiguous(), rotary.sin.contiguous()
+        q4, o4 = (q[:, None], q_out[:, None]) if q.dim() == 3 else (q, q_out)
+        Hq, half = q4.shape[2], cos.shape[1]
+    else:
+        cos = sin = q4 = o4 = _bytes(k)  # (not read)
+        Hq, half = 0, 0
+    grid = (B * T + B * Lq,)
+    if grid[0] == 0:
+        return q if q_out is None else q_out
+    table = block_table if block_table is not None else lens
+    append_kv_kernel[grid](
+        _bytes(k), _bytes(v), _bytes(k_cache), _bytes(v_cache), q4, o4, lens, table, cos, sin,
+        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), q4.stride(0), q4.stride(1), q4.stride(2), o4.stride(0), o4.stride(1), o4.stride(2),
+        table.stride(0), table.stride(-1), lens.stride(0), cos.stride(0), B * T, T, Lq, Hkv, Hq, D, k_cache.shape[1],
+        HALF=half, INTERLEAVED=bool(rotary and rotary.interleaved), PER_TOKEN=bool(rotary and rotary.per_token),
+        PAGED=block_table is not None, BLOCK_H=triton.next_power_of_2(max(Hkv, Hq)),
+        BLOCK_D=triton.next_power_of_2(D), num_warps=4)
+    return q if q_out is None else q_out

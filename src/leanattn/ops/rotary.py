@@ -4,27 +4,26 @@ device (no sync; a captured CUDA graph rotates at each replay's positions).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple
 
 import torch
 
 from .. import checks
-from .kv_append import new_positions
 
-__all__ = ["check_rotary", "rotate", "rotary_qk"]
+__all__ = ["check_rotary", "rotate", "Rotary"]
 
 
-def check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache) -> bool:
+def check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache, per_token: bool):
     """``rotary_cos``, ``rotary_sin`` ``(seqlen_ro, rotary_dim / 2)``: both or neither, floating, on ``q``'s device,
     with ``rotary_dim`` even and at most the head dim; they need new keys ``k`` (rotated before they are written)
-    in a cache of ``q``'s dtype (a float8 cache takes keys already quantised). Returns ``rotary_interleaved`` as a
-    bool."""
+    in a cache of ``q``'s dtype (a float8 cache takes keys already quantised). Returns their :class:`Rotary`, the
+    query tokens turning at their own positions where ``per_token``, or None without tables."""
     rotary_interleaved = checks.flag("rotary_interleaved", rotary_interleaved)
     if (rotary_cos is None) != (rotary_sin is None):
         missing, given = ("rotary_sin", "rotary_cos") if rotary_sin is None else ("rotary_cos", "rotary_sin")
         raise ValueError(f"{missing}: expected a tensor when {given} is given, got None")
     if rotary_cos is None:
-        return rotary_interleaved
+        return None
     if k is None:
         raise ValueError("rotary_cos: expected new keys k and values v with it (the new keys are rotated before "
                          "they are written, as flash-attn's), got k=None")
@@ -45,7 +44,7 @@ def check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache) -> b
     if not 0 < 2 * half <= D:
         raise ValueError(f"rotary_cos: expected shape (seqlen_ro, rotary_dim / 2) with 0 < rotary_dim <= {D} "
                          f"(q's head dim), got {tuple(rotary_cos.shape)}")
-    return rotary_interleaved
+    return Rotary(rotary_cos, rotary_sin, rotary_interleaved, per_token)
 
 
 def rotate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, interleaved: bool):
@@ -65,29 +64,38 @@ def rotate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, interleaved: bool)
     return torch.cat((rot.to(x.dtype), x[..., 2 * half:]), dim=-1)
 
 
-def rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
-              cache_seqlens: torch.Tensor, interleaved: bool, per_token: bool, validate: bool):
-    """``(q, k)`` rotated as flash-attn's decode with a KV append rotates them (None ``cos``: unchanged): token ``t``
-    of ``k (B, T, Hkv, D)`` at position ``cache_seqlens[b] + t``; query token ``s`` of ``q (B, Hq, D)`` or
-    ``(B, Lq, Hq, D)`` at ``cache_seqlens[b] + s`` when ``per_token`` (causal or windowed), else every query token at
-    ``cache_seqlens[b]``. Where ``validate``, the positions are checked to lie in ``cos``'s rows (a device sync)."""
-    if cos is None:
-        return q, k
-    B, T = k.shape[:2]
-    one = q.dim() == 3
-    q4 = q[:, None] if one else q
-    Lq = q4.shape[1]
-    pos = new_positions(cache_seqlens, max(T, Lq if per_token else 1))
-    if validate and pos.numel():
-        last = int(pos.max())
-        if last >= cos.shape[0]:
+class Rotary(NamedTuple):
+    """A decode step's rotary embedding (checked by :func:`check_rotary`): the tables, the pairing, and whether the
+    query tokens turn at their own positions (``per_token``: causal or windowed) or all at the lengths."""
+    cos: torch.Tensor
+    sin: torch.Tensor
+    interleaved: bool
+    per_token: bool
+
+    def count(self, T: int, Lq: int) -> int:
+        """Positions a sequence of ``T`` new tokens and ``Lq`` query tokens turns at: ``lens[b] + [0, count)``."""
+        return max(T, Lq if self.per_token else 1)
+
+    def check_positions(self, pos: torch.Tensor) -> None:
+        """Every position of ``pos`` (int64) has a row in the tables. A device sync."""
+        if pos.numel() and int(pos.max()) >= self.cos.shape[0]:
             raise ValueError(f"rotary_cos: expected a row for every position rotated (cache_seqlens + "
-                             f"{pos.shape[1] - 1} at most), got {cos.shape[0]} rows for a position of {last}")
-    # the rows of the positions only, in float32 (not the whole table: flash-attn's tables are in q's dtype)
-    c, s = cos[pos].float(), sin[pos].float()
-    k = rotate(k, c[:, :T], s[:, :T], interleaved)
-    if per_token:
-        q4 = rotate(q4, c[:, :Lq], s[:, :Lq], interleaved)
-    else:
-        q4 = rotate(q4, c[:, :1].expand(B, Lq, -1), s[:, :1].expand(B, Lq, -1), interleaved)
-    return (q4[:, 0] if one else q4), k
+                             f"{pos.shape[1] - 1} at most), got {self.cos.shape[0]} rows for a position of "
+                             f"{int(pos.max())}")
+
+    def qk(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor):
+        """``(q, k)`` turned in PyTorch ops (the form ``torch.compile`` traces): token ``t`` of ``k (B, T, Hkv, D)``
+        at ``pos[b, t]``, query token ``s`` of ``q (B, Hq, D)`` or ``(B, Lq, Hq, D)`` at ``pos[b, s]`` when
+        ``per_token``, else at ``pos[b, 0]``; ``pos (B, count)`` int64 from the lengths."""
+        B, T = k.shape[:2]
+        one = q.dim() == 3
+        q4 = q[:, None] if one else q
+        Lq = q4.shape[1]
+        # the rows of the positions only, in float32 (not the whole table: flash-attn's tables are in q's dtype)
+        c, s = self.cos[pos].float(), self.sin[pos].float()
+        k = rotate(k, c[:, :T], s[:, :T], self.interleaved)
+        if self.per_token:
+            q4 = rotate(q4, c[:, :Lq], s[:, :Lq], self.interleaved)
+        else:
+            q4 = rotate(q4, c[:, :1].expand(B, Lq, -1), s[:, :1].expand(B, Lq, -1), self.interleaved)
+        return (q4[:, 0] if one else q4), k
