@@ -15,6 +15,7 @@
 #   fp8-tiles   float8 caches under the default launch config against other tiles, paged caches included
 #               (probe_decode_fp8_tiles.py, decode probe 50; runs 2026-12-03 21:5x-22:2x: 128-token tiles 11-22% ahead
 #               on D=128 contiguous and paged16, now ops/decode_config._CUDA_FP8_TABLE; ~100 s)
+#   sanitize-append  memcheck then racecheck over the KV append launch (sanitize.py append)
 #   batch-idx   decode through cache_batch_idx (identity, reversed) against the contiguous cache read directly
 #               (benchmarks/probe_decode_batch_idx.py)
 #   softcap     decode with softcap=50 against none on bf16 and float8 caches, cuDNN beside them
@@ -352,6 +353,9 @@ for step in "$@"; do
     sanitize) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py 2>&1 | tail -3 ;;
     sanitize-merge) timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;
     racecheck-merge) timeout 300 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;
+    sanitize-append)
+      timeout 200 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py append 2>&1 | tail -3
+      timeout 200 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py append 2>&1 | tail -3 ;;
     sanitize-decode) timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py decode 2>&1 | tail -3 ;;
     sanitize-db) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py decode bifurcated 2>&1 | tail -3 ;;
     racecheck) compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py decode 2>&1 | tail -3 ;;

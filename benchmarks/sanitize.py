@@ -3,7 +3,7 @@
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
         [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap] [bifurcated-fp8]
         [overlap-fp8] [window] [tokens] [varlen] [bifurcated-window]
-        [bifurcated-window-edges] [bifurcated-paged]
+        [bifurcated-window-edges] [bifurcated-paged] [append]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -123,6 +123,30 @@ def tokens():
     ragged (fewer keys than tokens, long) and one sequence, contiguous through each load path, and paged."""
     _decode_paths(4, [dict(causal=True), dict(window_left=700, num_programs=37, num_splits=5)],
                   dict(causal=True), dict(causal=True, window_left=700))
+
+
+def append():
+    """The KV append launch: contiguous, paged (pages of 1 and 16) and float8 caches, ragged lengths with an empty
+    sequence and one ending a page, several new tokens, rotary on the keys and on a query of one and of four tokens
+    (both pairings, part of the head dim)."""
+    B, Hq, Hkv, D, cap = 3, 8, 2, 128, 64
+    lens = torch.tensor([0, 15, 40], dtype=torch.int32, device=DEV)
+    cos, sin = torch.randn(2, 80, 32, device=DEV)
+    for page in (None, 1, 16):
+        for dtype in (BF16, torch.float8_e4m3fn):
+            k, v = (torch.randn(B, cap, Hkv, D, device=DEV, dtype=BF16) for _ in range(2))
+            bt = None
+            if page is not None:
+                k, v, bt = paged_kv(k, v, page_size=page, spare_pages=2)
+            k, v = k.to(dtype), v.to(dtype)
+            kn, vn = (torch.randn(B, 3, Hkv, D, device=DEV).to(dtype) for _ in range(2))
+            q = torch.randn(B, Hq, D, device=DEV, dtype=BF16)
+            kw = {} if dtype == BF16 else dict(k_scale=0.5, v_scale=2.0)
+            leanattn.decode(q, k, v, lens, bt, k=kn, v=vn, **kw)
+            if dtype == BF16:
+                for qq, inter in ((q, False), (torch.randn(B, 4, Hq, D, device=DEV, dtype=BF16), True)):
+                    leanattn.decode(qq, k, v, lens, bt, k=kn, v=vn, causal=True, rotary_cos=cos, rotary_sin=sin,
+                                    rotary_interleaved=inter)
 
 
 def alibi():
@@ -377,6 +401,7 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
 if __name__ == "__main__":
     torch.manual_seed(0)
     families = {"decode": decode, "fp8": fp8, "window": window, "tokens": tokens, "varlen": varlen, "alibi": alibi,
+                "append": append,
                 "mla": mla, "merge": merges,
                 "sparse": sparse,
                 "bifurcated": bifurcated, "overlap": overlap,
