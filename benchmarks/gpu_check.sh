@@ -16,6 +16,8 @@
 #               (probe_decode_fp8_tiles.py, decode probe 50; runs 2026-12-03 21:5x-22:2x: 128-token tiles 11-22% ahead
 #               on D=128 contiguous and paged16, now ops/decode_config._CUDA_FP8_TABLE; ~100 s)
 #   sanitize-append  memcheck then racecheck over the KV append launch (sanitize.py append)
+#   append      eager decode steps with a KV append and rotary: the one launch against PyTorch ops
+#               (benchmarks/probe_decode_append.py)
 #   batch-idx   decode through cache_batch_idx (identity, reversed) against the contiguous cache read directly
 #               (benchmarks/probe_decode_batch_idx.py)
 #   softcap     decode with softcap=50 against none on bf16 and float8 caches, cuDNN beside them
@@ -341,6 +343,7 @@ for step in "$@"; do
       timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py fp8 2>&1 | tail -3
       timeout 400 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py fp8 2>&1 | tail -3 ;;
     fp8-diag) PYTHONPATH=src timeout 120 python3 benchmarks/diag_fp8_convert.py 2>&1 | grep -vi warn ;;
+    append) timeout 200 python3 benchmarks/probe_decode_append.py --out "$OUT" 2>&1 | grep -E "B=|wrote|Error" ;;
     batch-idx) timeout 300 python3 benchmarks/probe_decode_batch_idx.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     softcap) timeout 300 python3 benchmarks/probe_decode_softcap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8-tiles) timeout 400 python3 benchmarks/probe_decode_fp8_tiles.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
