@@ -66,7 +66,8 @@ def measure(B, n=4096, page=16):
                                                              rotary_sin=sin, validate=False),
     }
     outs = {name: fn().float() for name, fn in forms.items()}
-    for a, b in (("append, torch ops", "append, one launch"), ("append+rotary, torch ops", "append+rotary, one launch")):
+    pairs = (("append, torch ops", "append, one launch"), ("append+rotary, torch ops", "append+rotary, one launch"))
+    for a, b in pairs:
         err = (outs[a] - outs[b]).abs().max().item()
         assert err < 2e-2, (a, b, err)
     us = {name: per_call_us(fn) for name, fn in forms.items()}
