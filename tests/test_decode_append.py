@@ -236,3 +236,39 @@ def test_strided_lengths_table_and_new_tokens():
     out = leanattn.decode(q, k_cache, v_cache, lens, table, k=kn, v=vn)
     assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
     assert_rel_close("strided", out, reference.decode(q, want_k, want_v, seqlens + 2, bt)[0], TOLERANCE[q.dtype])
+
+
+@pytest.mark.parametrize("page_size", [None, 4], ids=["contiguous", "paged4"])
+def test_unchecked_positions_past_the_capacity_write_nothing(page_size):
+    # lengths that were not checked (validate=False): a new token past the capacity, or before 0, is not written
+    # into another sequence's slots
+    q, k_cache, v_cache, _, bt = make_inputs(2, 4, 2, 64, [8, 8], capacity=8, page_size=page_size)
+    kept_k, kept_v = k_cache.clone(), v_cache.clone()
+    ones = torch.ones(2, 1, 2, 64, dtype=q.dtype, device=DEV)
+    for lens in ([8, 8], [-1, -3]):
+        leanattn.ops.kv_append.append_kv(k_cache, v_cache, ones, ones, torch.tensor(lens, dtype=torch.int32,
+                                                                                   device=DEV), bt, False)
+        assert torch.equal(k_cache, kept_k) and torch.equal(v_cache, kept_v)
+
+
+def test_many_heads_and_a_head_major_cache():
+    # 40 query heads over 10 kv heads (blocks of 16 heads in the launch), a (B, Hkv, N, D) cache seen as NHD
+    q = torch.randn(2, 40, 64, dtype=torch.float16, device=DEV)
+    k_hnd, v_hnd = (torch.randn(2, 10, 12, 64, dtype=torch.float16, device=DEV) for _ in range(2))
+    k_cache, v_cache = k_hnd.transpose(1, 2), v_hnd.transpose(1, 2)
+    lens = torch.tensor([3, 10], dtype=torch.int32, device=DEV)
+    kn, vn = (torch.randn(2, 2, 10, 64, dtype=torch.float16, device=DEV) for _ in range(2))
+    want_k, want_v = _written_by_hand(k_cache, kn, lens, None), _written_by_hand(v_cache, vn, lens, None)
+    out = leanattn.decode(q, k_cache, v_cache, lens, k=kn, v=vn)
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+    assert_rel_close("heads", out, reference.decode(q, want_k, want_v, lens + 2)[0], TOLERANCE[q.dtype])
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="a 3 GiB cache, allocated untouched, on the host")
+def test_head_offsets_past_two_to_the_31():
+    # a head-major float8 cache of 3 heads of 2**30 elements: head 2 starts past 2**31 elements
+    big = torch.empty(1, 3, 2 ** 24, 64, dtype=torch.float8_e4m3fn)
+    k_cache = big.transpose(1, 2)
+    kn = torch.randn(1, 1, 3, 64).to(torch.float8_e4m3fn)
+    leanattn.ops.kv_append.append_kv(k_cache, k_cache, kn, kn, torch.tensor([5], dtype=torch.int32), None, False)
+    assert torch.equal(k_cache[0, 5].view(torch.uint8), kn[0, 0].view(torch.uint8))

@@ -250,6 +250,15 @@ def test_decode_tensors_off_the_current_device(schedule):
             assert torch.cuda.current_device() == 0
     ref, _ = leanattn.reference.decode(q, k, v, sl)
     assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
+    # the KV append's launch too, with rotary
+    kn = torch.randn(2, 1, 8, 128, dtype=torch.bfloat16, device="cuda:1")
+    cos, sin = torch.randn(2, 6000, 64, device="cuda:1")
+    with torch.cuda.device(0):
+        leanattn.decode(q, k, v, sl - 1, k=kn, v=kn, rotary_cos=cos, rotary_sin=sin, schedule=schedule)
+        torch.cuda.synchronize(1)
+    pos = (sl - 1).long()[:, None]
+    want = leanattn.reference.rotary(kn, cos, sin, pos)
+    assert_rel_close("appended", k[torch.arange(2), pos[:, 0]].double()[:, None], want, TOLERANCE[torch.bfloat16])
 
 
 @pytest.mark.parametrize("merge", ["", "0", "1"], ids=["default", "in-kernel", "launch"])

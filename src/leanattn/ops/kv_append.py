@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import triton
 
-from .. import checks
+from .. import checks, runtime
 from ..kernels.kv_append import append_kv_kernel
 from .rotary import Rotary
 
@@ -91,25 +91,24 @@ def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Te
     (``kernels/kv_append.append_kv_kernel``); under ``torch.compile`` PyTorch index writes, which it traces."""
     if k is None or k.shape[0] == 0 or (k.shape[1] == 0 and rotary is None):
         return q
-    B, T = k.shape[:2]
+    T = k.shape[1]
     Lq = 0 if rotary is None else (1 if q.dim() == 3 else q.shape[1])
-    pos = None
     if checks.value_checks(validate, cache_seqlens, block_table):
         if T:
             _check_append_values(k, cache_seqlens, k_cache, block_table)
         if rotary is not None:
-            pos = new_positions(cache_seqlens, rotary.count(T, Lq))
-            rotary.check_positions(pos)
+            rotary.check_positions(cache_seqlens, T, Lq)
     if torch.compiler.is_compiling():
         if rotary is not None:
-            q, k = rotary.qk(q, k, new_positions(cache_seqlens, rotary.count(T, Lq)) if pos is None else pos)
+            q, k = rotary.qk(q, k, new_positions(cache_seqlens, rotary.count(T, Lq)))
         _index_writes(k_cache, v_cache, k, v, cache_seqlens, block_table)
         return q
     # new tokens held in the cache itself (a view of it): read before any is written over
     caches = {k_cache.untyped_storage().data_ptr(), v_cache.untyped_storage().data_ptr()}
     k = k.clone() if k.untyped_storage().data_ptr() in caches else k
     v = v.clone() if v.untyped_storage().data_ptr() in caches else v
-    return _launch(k_cache, v_cache, k, v, cache_seqlens, block_table, q, rotary, Lq)
+    with runtime.device_guard(k_cache.device):  # Triton launches on the current device
+        return _launch(k_cache, v_cache, k, v, cache_seqlens, block_table, q, rotary, Lq)
 
 
 def _index_writes(k_cache, v_cache, k, v, cache_seqlens, block_table) -> None:
@@ -138,30 +137,37 @@ def _unit_d(x: torch.Tensor) -> torch.Tensor:
 
 
 def _launch(k_cache, v_cache, k, v, lens, block_table, q, rotary, Lq):
-    """One launch of ``append_kv_kernel``: the ``B * T`` new tokens, then the ``B * Lq`` query tokens to turn."""
+    """One launch of ``append_kv_kernel``: the ``B * T`` new tokens, then the ``B * Lq`` query tokens to turn, each
+    in blocks of at most 16 heads."""
     B, T, Hkv, D = k.shape
     k, v = _unit_d(k), _unit_d(v)
     q_out = None
     if rotary is not None:
         q = _unit_d(q)
         q_out = torch.empty_like(q, memory_format=torch.contiguous_format)
-        cos, sin = rotary.cos.contiguous(), rotary.sin.contiguous()
+        cos, sin = rotary.cos, rotary.sin
+        if sin.stride() != cos.stride():  # one pair of strides serves both tables
+            cos, sin = cos.contiguous(), sin.contiguous()
         q4, o4 = (q[:, None], q_out[:, None]) if q.dim() == 3 else (q, q_out)
         Hq, half = q4.shape[2], cos.shape[1]
     else:
         cos = sin = q4 = o4 = _bytes(k)  # (not read)
         Hq, half = 0, 0
-    grid = (B * T + B * Lq,)
+    block_h = min(triton.next_power_of_2(max(Hkv, Hq)), 16)
+    grid = (B * T + B * Lq, triton.cdiv(max(Hkv, Hq), block_h))
     if grid[0] == 0:
         return q if q_out is None else q_out
-    table = block_table if block_table is not None else lens
+    table = block_table if block_table is not None else lens[:, None]
+    page_size = k_cache.shape[1]
+    capacity = page_size * table.shape[1] if block_table is not None else page_size
     append_kv_kernel[grid](
         _bytes(k), _bytes(v), _bytes(k_cache), _bytes(v_cache), q4, o4, lens, table, cos, sin,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), q4.stride(0), q4.stride(1), q4.stride(2), o4.stride(0), o4.stride(1), o4.stride(2),
-        table.stride(0), table.stride(-1), lens.stride(0), cos.stride(0), B * T, T, Lq, Hkv, Hq, D, k_cache.shape[1],
+        table.stride(0), table.stride(1), lens.stride(0), cos.stride(0), cos.stride(1),
+        B * T, T, Lq, Hkv, Hq, D, capacity, page_size, table.shape[1], cos.shape[0],
         HALF=half, INTERLEAVED=bool(rotary and rotary.interleaved), PER_TOKEN=bool(rotary and rotary.per_token),
-        PAGED=block_table is not None, BLOCK_H=triton.next_power_of_2(max(Hkv, Hq)),
-        BLOCK_D=triton.next_power_of_2(D), num_warps=4)
+        PAGED=block_table is not None, BLOCK_H=block_h, BLOCK_D=triton.next_power_of_2(D), num_warps=4,
+        enable_fp_fusion=False)  # x * cos + x' * sin rounded as the traced PyTorch form rounds it
     return q if q_out is None else q_out

@@ -76,12 +76,15 @@ class Rotary(NamedTuple):
         """Positions a sequence of ``T`` new tokens and ``Lq`` query tokens turns at: ``lens[b] + [0, count)``."""
         return max(T, Lq if self.per_token else 1)
 
-    def check_positions(self, pos: torch.Tensor) -> None:
-        """Every position of ``pos`` (int64) has a row in the tables. A device sync."""
-        if pos.numel() and int(pos.max()) >= self.cos.shape[0]:
+    def check_positions(self, cache_seqlens: torch.Tensor, T: int, Lq: int) -> None:
+        """Every position turned (``cache_seqlens + [0, count(T, Lq))``) has a row in the tables. A device sync."""
+        if cache_seqlens.numel() == 0:
+            return
+        last = int(cache_seqlens.max()) + self.count(T, Lq) - 1
+        if last >= self.cos.shape[0]:
             raise ValueError(f"rotary_cos: expected a row for every position rotated (cache_seqlens + "
-                             f"{pos.shape[1] - 1} at most), got {self.cos.shape[0]} rows for a position of "
-                             f"{int(pos.max())}")
+                             f"{self.count(T, Lq) - 1} at most), got {self.cos.shape[0]} rows for a position of "
+                             f"{last}")
 
     def qk(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor):
         """``(q, k)`` turned in PyTorch ops (the form ``torch.compile`` traces): token ``t`` of ``k (B, T, Hkv, D)``
