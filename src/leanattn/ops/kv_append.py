@@ -136,6 +136,30 @@ def _unit_d(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+_LAUNCHERS = runtime.PlanCache()
+
+
+def _launcher(tensors, paged, B, T, Lq, Hkv, Hq, D, half, rotary):
+    """The :class:`~leanattn.runtime.Launcher` of ``append_kv_kernel`` over ``tensors`` (``k, v, k_cache,
+    v_cache, q, q_out, lens, block_table, cos, sin``), heads in blocks of at most 16."""
+    k, v, k_cache, v_cache, q4, o4, lens, table, cos, _ = tensors
+    block_h = min(triton.next_power_of_2(max(Hkv, Hq)), 16)
+    grid = (B * T + B * Lq, triton.cdiv(max(Hkv, Hq), block_h))
+    page_size = k_cache.shape[1]
+    scalars = (
+        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), q4.stride(0), q4.stride(1), q4.stride(2), o4.stride(0), o4.stride(1), o4.stride(2),
+        table.stride(0), table.stride(1), lens.stride(0), cos.stride(0), cos.stride(1),
+        B * T, T, Lq, Hkv, Hq, D, page_size * table.shape[1] if paged else page_size, page_size, table.shape[1],
+        cos.shape[0])
+    meta = dict(HALF=half, INTERLEAVED=bool(rotary and rotary.interleaved),
+                PER_TOKEN=bool(rotary and rotary.per_token), PAGED=paged, BLOCK_H=block_h,
+                BLOCK_D=triton.next_power_of_2(D), num_warps=4,
+                enable_fp_fusion=False)  # x * cos + x' * sin rounded as the traced PyTorch form rounds it
+    return runtime.Launcher(append_kv_kernel, grid, meta, scalars)
+
+
 def _launch(k_cache, v_cache, k, v, lens, block_table, q, rotary, Lq):
     """One launch of ``append_kv_kernel``: the ``B * T`` new tokens, then the ``B * Lq`` query tokens to turn, each
     in blocks of at most 16 heads."""
@@ -153,21 +177,14 @@ def _launch(k_cache, v_cache, k, v, lens, block_table, q, rotary, Lq):
     else:
         cos = sin = q4 = o4 = _bytes(k)  # (not read)
         Hq, half = 0, 0
-    block_h = min(triton.next_power_of_2(max(Hkv, Hq)), 16)
-    grid = (B * T + B * Lq, triton.cdiv(max(Hkv, Hq), block_h))
-    if grid[0] == 0:
+    if B * (T + Lq) == 0:
         return q if q_out is None else q_out
-    table = block_table if block_table is not None else lens[:, None]
-    page_size = k_cache.shape[1]
-    capacity = page_size * table.shape[1] if block_table is not None else page_size
-    append_kv_kernel[grid](
-        _bytes(k), _bytes(v), _bytes(k_cache), _bytes(v_cache), q4, o4, lens, table, cos, sin,
-        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2), q4.stride(0), q4.stride(1), q4.stride(2), o4.stride(0), o4.stride(1), o4.stride(2),
-        table.stride(0), table.stride(1), lens.stride(0), cos.stride(0), cos.stride(1),
-        B * T, T, Lq, Hkv, Hq, D, capacity, page_size, table.shape[1], cos.shape[0],
-        HALF=half, INTERLEAVED=bool(rotary and rotary.interleaved), PER_TOKEN=bool(rotary and rotary.per_token),
-        PAGED=block_table is not None, BLOCK_H=block_h, BLOCK_D=triton.next_power_of_2(D), num_warps=4,
-        enable_fp_fusion=False)  # x * cos + x' * sin rounded as the traced PyTorch form rounds it
+    paged = block_table is not None
+    tensors = (_bytes(k), _bytes(v), _bytes(k_cache), _bytes(v_cache), q4, o4, lens,
+               block_table if paged else lens[:, None], cos, sin)
+    # one launcher a signature (the shapes and strides it fixes, the dtypes): later calls skip Triton's JIT
+    key = (tuple(t.stride() for t in tensors), k.shape, k_cache.shape, q4.shape, tensors[7].shape, cos.shape,
+           tuple(t.dtype for t in tensors), rotary is not None and (rotary.interleaved, rotary.per_token),
+           paged, k.device)
+    _LAUNCHERS.get_or_make(key, lambda: _launcher(tensors, paged, B, T, Lq, Hkv, Hq, D, half, rotary))(*tensors)
     return q if q_out is None else q_out
