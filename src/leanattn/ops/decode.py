@@ -618,8 +618,11 @@ def decode(
     return_lse = checks.flag("return_lse", return_lse)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     batch, qlen = checks.query_slots(q, cu_seqlens_q, max_seqlen_q, validate)
-    block_table = cache_rows_as_pages(cache_batch_idx, block_table, k_cache, q.shape[0] if batch is None else batch,
-                                      checks.value_checks(validate, cache_batch_idx))
+    if cache_batch_idx is not None:
+        checks.check_tensor("q", q, q.dim() if isinstance(q, torch.Tensor) and q.dim() in (3, 4) else 3)
+        block_table = cache_rows_as_pages(cache_batch_idx, block_table, k_cache,
+                                          q.shape[0] if batch is None else batch,
+                                          checks.value_checks(validate, cache_batch_idx))
     # with new tokens, the lengths after them: those checked, and those attended
     appended = cache_seqlens
     cache_seqlens, seqlens_name = lengths_after(k, v, q, k_cache, cache_seqlens, cu_seqlens_q)
