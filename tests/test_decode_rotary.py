@@ -26,11 +26,12 @@ def _positions(lens, n):
 
 
 @pytest.mark.parametrize("page_size", [None, 4], ids=["contiguous", "paged4"])
-@pytest.mark.parametrize("T,qlen,mode", [(1, 0, "plain"), (2, 2, "causal"), (2, 2, "plain"), (3, 3, "window"),
-                                         (2, 0, "plain"), (1, 3, "causal"), (2, 2, "wide")],
-                         ids=["one", "two-causal", "two-plain", "three-window", "3d-q-two-new", "three-q-one-new",
-                              "window-of-capacity-1"])
-@pytest.mark.parametrize("rotary_dim,interleaved", [(64, False), (32, True), (16, False)])
+# each form of query and new tokens meets one rotary width and pairing (their full product cost CI 20 s)
+@pytest.mark.parametrize("T,qlen,mode,rotary_dim,interleaved", [
+    (1, 0, "plain", 64, False), (2, 2, "causal", 32, True), (2, 2, "plain", 16, False), (3, 3, "window", 64, True),
+    (2, 0, "plain", 32, False), (1, 3, "causal", 16, True), (2, 2, "wide", 64, False), (1, 0, "plain", 32, True)],
+    ids=["one", "two-causal", "two-plain", "three-window", "3d-q-two-new", "three-q-one-new", "window-of-capacity-1",
+         "one-interleaved"])
 def test_matches_the_reference_rotary(page_size, T, qlen, mode, rotary_dim, interleaved):
     lens = [0, 5, 8 - T, 13]
     q, k_cache, v_cache, seqlens, bt = make_inputs(4, 4, 2, 64, lens, capacity=20, page_size=page_size)
