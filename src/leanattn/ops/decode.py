@@ -552,9 +552,10 @@ def decode(
         query then attends ``cache_seqlens + T`` keys, its ``Lq`` tokens the last ``Lq`` positions as above.
         ``cache_seqlens`` (required) holds the lengths before the new tokens and is not updated: add ``T`` to it for
         the next step, as with flash-attn. The positions must lie within the capacity (checked where ``validate``
-        says; unchecked, a token outside it is not written). Not with ``cu_seqlens_q``. The writes are one Triton
-        launch (PyTorch index operations under ``torch.compile``) reading the lengths on the device: no sync, and a
-        captured CUDA graph writes where each replay's lengths say.
+        says; unchecked, a token outside it is not written in eager calls, an index error under ``torch.compile``).
+        Not with ``cu_seqlens_q``. The writes are one Triton launch (PyTorch index operations under
+        ``torch.compile``) reading the lengths on the device: no sync, and a captured CUDA graph writes where each
+        replay's lengths say.
     rotary_cos, rotary_sin : torch.Tensor, optional, keyword-only
         ``(seqlen_ro, rotary_dim / 2)``, floating: rotary embedding of the new keys ``k`` and of ``q`` before the
         keys are written and attended (flash-attn's ``flash_attn_with_kvcache(rotary_cos=, rotary_sin=)``; needs
