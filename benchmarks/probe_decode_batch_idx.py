@@ -23,13 +23,11 @@ import leanattn  # noqa: E402
 CASES = ("mha B=1 64k", "gqa B=4 32k", "gqa B=64 4k", "ragged-tail B=16", "d64 mha B=1 64k")
 
 
-def measure(case) -> dict:
-    inp = bd.make_inputs(case)
+def measure(case, inp, ref) -> dict:
     q, k, v, sl = inp["q"], inp["k"], inp["v"], inp["seqlens"]
     B = q.shape[0]
     ident = torch.arange(B, dtype=torch.int32, device=q.device)
     rev = ident.flip(0)
-    ref = leanattn.reference.decode(q, k, v, sl)[0]
     refs = {"plain": ref, "idx identity": ref}
     fns = {"plain": bd.with_plans(lambda: leanattn.decode(q, k, v, sl)),
            "idx identity": bd.with_plans(lambda: leanattn.decode(q, k, v, sl, cache_batch_idx=ident))}
@@ -46,11 +44,7 @@ def measure(case) -> dict:
 def main(argv=None):
     args, want = common.probe_args(__doc__, argv)
     torch.manual_seed(0)
-    out = []
-    for case in bd.suite():
-        if case["name"] in CASES and (not want or case["name"] in want):
-            out.append(measure(case))
-            torch.cuda.empty_cache()
+    out = [measure(case, inp, ref) for case, inp, ref, _ in bd.probe_cases(CASES, want)]
     common.write_probe(args.out, "decode_probe_batch_idx.json", cases=out, timing=bd.GRAPH_TIMING,
                        probe="decode through cache_batch_idx against the contiguous cache read directly")
 

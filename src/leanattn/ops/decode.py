@@ -621,9 +621,9 @@ def decode(
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     batch, qlen = checks.query_slots(q, cu_seqlens_q, max_seqlen_q, validate)
     if cache_batch_idx is not None:
-        checks.check_tensor("q", q, q.dim() if isinstance(q, torch.Tensor) and q.dim() in (3, 4) else 3)
-        block_table = cache_rows_as_pages(cache_batch_idx, block_table, k_cache,
-                                          q.shape[0] if batch is None else batch,
+        # the query's batch where it can be read (a q that is not a tensor is refused by the checks below)
+        q_batch = q.shape[0] if batch is None and isinstance(q, torch.Tensor) and q.dim() else batch
+        block_table = cache_rows_as_pages(cache_batch_idx, block_table, k_cache, q_batch,
                                           checks.value_checks(validate, cache_batch_idx))
     # with new tokens, the lengths after them: those checked, and those attended
     appended = cache_seqlens
@@ -634,9 +634,10 @@ def decode(
                                               validate, k_scale, v_scale, fp8=True,
                                               window_left=rows_window(window_left, qlen),
                                               batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen, names=names)
+    capacity = _capacity(k_cache, block_table)
     # flash-attn's local attention, as its rotary rule reads it: a window shorter than the cache
-    local = 0 <= window_left < _capacity(k_cache, block_table)
-    if window_left >= _capacity(k_cache, block_table) - 1:
+    local = 0 <= window_left < capacity
+    if window_left >= capacity - 1:
         window_left = -1  # a window that holds the whole cache is none: the same plan, and no huge int for the kernel
     softcap = checks.softcap(softcap)
     validate = checks.value_checks(validate, cache_seqlens, block_table)

@@ -80,11 +80,11 @@ class Rotary(NamedTuple):
         """Every position turned (``cache_seqlens + [0, count(T, Lq))``) has a row in the tables. A device sync."""
         if cache_seqlens.numel() == 0:
             return
-        last = int(cache_seqlens.max()) + self.count(T, Lq) - 1
+        step = self.count(T, Lq) - 1
+        last = int(cache_seqlens.max()) + step
         if last >= self.cos.shape[0]:
-            raise ValueError(f"rotary_cos: expected a row for every position rotated (cache_seqlens + "
-                             f"{self.count(T, Lq) - 1} at most), got {self.cos.shape[0]} rows for a position of "
-                             f"{last}")
+            raise ValueError(f"rotary_cos: expected a row for every position rotated (cache_seqlens + {step} at "
+                             f"most), got {self.cos.shape[0]} rows for a position of {last}")
 
     def qk(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor):
         """``(q, k)`` turned in PyTorch ops (the form ``torch.compile`` traces): token ``t`` of ``k (B, T, Hkv, D)``
