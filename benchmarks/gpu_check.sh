@@ -16,6 +16,7 @@
 #               (probe_decode_fp8_tiles.py, decode probe 50; runs 2026-12-03 21:5x-22:2x: 128-token tiles 11-22% ahead
 #               on D=128 contiguous and paged16, now ops/decode_config._CUDA_FP8_TABLE; ~100 s)
 #   sanitize-append  memcheck then racecheck over the KV append launch (sanitize.py append)
+#   tests-append  the GPU runs of the append, rotary (decode and shared-prefix) and cache_batch_idx tests
 #   append      eager decode steps with a KV append and rotary: the one launch against PyTorch ops
 #               (benchmarks/probe_decode_append.py)
 #   batch-idx   decode through cache_batch_idx (identity, reversed) against the contiguous cache read directly
@@ -258,7 +259,9 @@ for step in "$@"; do
       -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-decode) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_decode_fp8_gpu.py tests/test_decode_softcap_gpu.py \
       tests/test_decode_out.py tests/test_decode_append.py tests/test_decode_rotary.py tests/test_decode_batch_idx.py \
-      -k "not sanitizer" 2>&1 | tail -3 ;;
+      tests/test_bifurcated_rotary.py -k "not sanitizer" 2>&1 | tail -3 ;;
+    tests-append) "${PYTEST[@]}" tests/test_decode_append.py tests/test_decode_rotary.py tests/test_bifurcated_rotary.py \
+      tests/test_decode_batch_idx.py 2>&1 | tail -3 ;;
     tests-fp8) "${PYTEST[@]}" tests/test_decode_fp8_gpu.py 2>&1 | tail -3 ;;
     tests-bif-softcap) "${PYTEST[@]}" tests/test_bifurcated_softcap_gpu.py 2>&1 | tail -3 ;;
     sanitize-bif-softcap)

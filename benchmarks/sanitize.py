@@ -128,7 +128,7 @@ def tokens():
 def append():
     """The KV append launch: contiguous, paged (pages of 1 and 16) and float8 caches, ragged lengths with an empty
     sequence and one ending a page, several new tokens, rotary on the keys and on a query of one and of four tokens
-    (both pairings, part of the head dim)."""
+    (both pairings, part of the head dim); rotary at positions after a shared prefix (bifurcated_decode)."""
     B, Hq, Hkv, D, cap = 3, 8, 2, 128, 64
     lens = torch.tensor([0, 15, 40], dtype=torch.int32, device=DEV)
     cos, sin = torch.randn(2, 80, 32, device=DEV)
@@ -147,6 +147,10 @@ def append():
                 for qq, inter in ((q, False), (torch.randn(B, 4, Hq, D, device=DEV, dtype=BF16), True)):
                     leanattn.decode(qq, k, v, lens, bt, k=kn, v=vn, causal=True, rotary_cos=cos, rotary_sin=sin,
                                     rotary_interleaved=inter)
+                pk, pv = (torch.randn(2, 12, Hkv, D, device=DEV, dtype=BF16) for _ in range(2))
+                plens, ids = (torch.tensor(x, dtype=torch.int32, device=DEV) for x in ([12, 5], [1, 0, 1]))
+                leanattn.bifurcated_decode(q, pk, pv, k, v, lens, bt, plens, ids, k=kn, v=vn, rotary_cos=cos,
+                                           rotary_sin=sin)
 
 
 def alibi():

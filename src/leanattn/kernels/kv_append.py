@@ -4,7 +4,9 @@ length, the keys (and the query) turned by rotary embedding on the way (``ops/kv
 Programs ``(i, j)``, ``i`` in ``[0, B * T)``, each take one new token ``(b, t)``: its key and value rows of heads
 ``[j * BLOCK_H, (j + 1) * BLOCK_H)``, written at position ``lens[b] + t`` of row ``b`` of a contiguous cache, or of
 page ``block_table[b, pos // page_size]`` (a position outside the capacity writes nothing). Programs ``i`` in
-``[B * T, B * T + B * Lq)`` each rotate that block of one query token's heads into a new tensor.
+``[B * T, B * T + B * Lq)`` each rotate that block of one query token's heads into a new tensor. Rotary positions count
+from ``rot_lens[b]`` (``lens`` itself for decode; the shared prefix's tokens added for a shared-prefix call, whose own
+cache starts after them).
 
 A rotated element ``d`` of the first ``2 * HALF`` is ``x[d] * cos + sign * x[partner] * sin`` in float32, rounded
 once: the partner of ``d`` is ``d +- HALF`` (GPT-NeoX halves) or ``d ^ 1`` (GPT-J pairs, ``INTERLEAVED``).
@@ -44,14 +46,14 @@ def _rotated(X, rows, offs_d, valid, Cos, Sin, pos, n_rows, stride_cos, stride_c
 
 @triton.jit
 def append_kv_kernel(
-    K, V, KC, VC, Q, QOut, Lens, BlockTable, Cos, Sin,  #
+    K, V, KC, VC, Q, QOut, Lens, RotLens, BlockTable, Cos, Sin,  #
     stride_kb, stride_kt, stride_kh,  #
     stride_vb, stride_vt, stride_vh,  #
     stride_kcp, stride_kcs, stride_kch,  #
     stride_vcp, stride_vcs, stride_vch,  #
     stride_qb, stride_qt, stride_qh,  #
     stride_ob, stride_ot, stride_oh,  #
-    stride_bt, stride_btp, stride_lens, stride_cos, stride_cos_d,  #
+    stride_bt, stride_btp, stride_lens, stride_rot, stride_cos, stride_cos_d,  #
     n_kv, T, Lq, HKV, HQ, D, capacity, page_size, max_pages, n_rows,  #
     HALF: tl.constexpr, INTERLEAVED: tl.constexpr, PER_TOKEN: tl.constexpr, PAGED: tl.constexpr,  #
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -65,11 +67,12 @@ def append_kv_kernel(
         b = pid // T
         t = pid % T
         pos = tl.load(Lens + b * stride_lens) + t
+        turn_at = tl.load(RotLens + b * stride_rot) + t
         # a position outside the capacity (lengths unchecked) writes nothing, rather than another sequence's slot
         inside = (pos >= 0) & (pos < capacity)
         valid = (offs_h[:, None] < HKV) & (offs_d[None, :] < D) & inside
         k = _rotated(K + b.to(tl.int64) * stride_kb + t.to(tl.int64) * stride_kt, offs_h[:, None] * stride_kh,
-                     offs_d, valid, Cos, Sin, pos, n_rows, stride_cos, stride_cos_d, HALF, INTERLEAVED)
+                     offs_d, valid, Cos, Sin, turn_at, n_rows, stride_cos, stride_cos_d, HALF, INTERLEAVED)
         v = tl.load(V + b.to(tl.int64) * stride_vb + t.to(tl.int64) * stride_vt + offs_h[:, None] * stride_vh
                     + offs_d[None, :], mask=valid, other=0.0)
         if PAGED:
@@ -89,9 +92,9 @@ def append_kv_kernel(
         b = r // Lq
         s = r % Lq
         if PER_TOKEN:
-            pos = tl.load(Lens + b * stride_lens) + s
+            pos = tl.load(RotLens + b * stride_rot) + s
         else:
-            pos = tl.load(Lens + b * stride_lens)
+            pos = tl.load(RotLens + b * stride_rot)
         valid = (offs_h[:, None] < HQ) & (offs_d[None, :] < D)
         q = _rotated(Q + b.to(tl.int64) * stride_qb + s.to(tl.int64) * stride_qt, offs_h[:, None] * stride_qh,
                      offs_d, valid, Cos, Sin, pos, n_rows, stride_cos, stride_cos_d, HALF, INTERLEAVED)

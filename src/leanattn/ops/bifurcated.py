@@ -23,6 +23,7 @@ from .bifurcated_window import query_rows, window_states
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
 from .decode import decode, finish, output_buffers, rows_window, token_buffers, validate_decode, with_token_axis
 from .kv_append import append_kv, lengths_after
+from .rotary import check_rotary
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
 
@@ -262,13 +263,42 @@ def _pass_op():
     return _bifurcated_op if torch.compiler.is_compiling() else _bifurcated_impl
 
 
-def _window(window_left, levels, k_cache, block_table) -> int:
-    """``window_left`` (``checks.window_left``'s, by the op on entry), or -1 where the window holds every key a
-    sequence can have (``levels``: ``(k, v, lens, ids, block_table)`` each)."""
+def _longest(levels, k_cache, block_table) -> int:
+    """The most keys a sequence can have: every level's capacity and the own cache's (``levels``: ``(k, v, lens,
+    ids, block_table)`` each)."""
     longest = sum(k.shape[-3] if pages is None else pages.shape[1] * k.shape[1] for k, _, _, _, pages in levels)
     if k_cache is not None:
         longest += k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
-    return -1 if window_left >= longest - 1 else window_left
+    return longest
+
+
+def _window(window_left, levels, k_cache, block_table) -> int:
+    """``window_left`` (``checks.window_left``'s, by the op on entry), or -1 where the window holds every key a
+    sequence can have."""
+    return -1 if window_left >= _longest(levels, k_cache, block_table) - 1 else window_left
+
+
+def _shared_tokens(levels, batch: int, device) -> torch.Tensor:
+    """``(B,)`` int64: the keys of every level before each sample's own tokens, ``lens[ids[b]]`` of each level summed
+    (a level's capacity where it has no lengths; ids not checked are clamped to its segments)."""
+    total = torch.zeros(batch, dtype=torch.long, device=device)
+    for k, _, lens, ids, pages in levels:
+        G, P = (pages.shape[0], pages.shape[1] * k.shape[1]) if pages is not None else \
+            ((1, k.shape[0]) if k.dim() == 3 else k.shape[:2])
+        seg = lens.long() if lens is not None else torch.full((G,), P, dtype=torch.long, device=device)
+        total += seg[ids.long().clamp(0, G - 1)] if ids is not None else seg[0]
+    return total
+
+
+def _append(q, levels, k_cache, v_cache, k, v, cache_seqlens, block_table, validate, causal, window_left,
+            rotary_cos, rotary_sin, rotary_interleaved):
+    """A shared-prefix op's KV append (``ops/kv_append.append_kv``): the new own tokens written at
+    ``cache_seqlens``, and with rotary tables they and ``q`` rotated at their positions in the whole sequence, the
+    shared levels' keys before them. Returns ``q``, rotated (a new tensor) with the tables."""
+    local = 0 <= window_left < _longest(levels, k_cache, block_table)  # flash-attn's rotary rule of query positions
+    rotary = check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache, causal or local)
+    rotary_lens = None if rotary is None else cache_seqlens + _shared_tokens(levels, q.shape[0], q.device)
+    return append_kv(k_cache, v_cache, k, v, cache_seqlens, block_table, validate, q, rotary, rotary_lens)
 
 
 def _token_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale, max_group_size, num_programs,
@@ -335,6 +365,9 @@ def bifurcated_decode(
     lse: Optional[torch.Tensor] = None,
     k: Optional[torch.Tensor] = None,
     v: Optional[torch.Tensor] = None,
+    rotary_cos: Optional[torch.Tensor] = None,
+    rotary_sin: Optional[torch.Tensor] = None,
+    rotary_interleaved: bool = False,
 ):
     """Decode attention for samples that share a prompt: the shared prefix is read once per prompt.
 
@@ -428,6 +461,14 @@ def bifurcated_decode(
         New own keys and values ``(B, T, Hkv, D)`` written into ``k_cache``/``v_cache`` at ``cache_seqlens`` before
         attending, as :func:`leanattn.decode`'s ``k`` and ``v`` (flash-attn's ``flash_attn_with_kvcache(k=, v=)``):
         the query attends ``cache_seqlens + T`` own tokens; the lengths are not updated. Not with ``cu_seqlens_q``.
+    rotary_cos, rotary_sin, rotary_interleaved : keyword-only
+        Rotary embedding of the new keys ``k`` and of ``q`` before the keys are written and attended, as
+        :func:`leanattn.decode`'s (flash-attn's ``flash_attn_with_kvcache(rotary_cos=, rotary_sin=)``), at positions
+        in the whole sequence: the new token ``t`` of sample ``b`` at ``prefix_len + cache_seqlens[b] + t``, where
+        ``prefix_len`` is its prefix's length (``prefix_lens[prefix_ids[b]]``, else ``P``; the keys of the prefix
+        are taken as already rotated). The query tokens turn at their own positions when ``causal`` or under a
+        window shorter than prefix and own capacity together, else all at the first new token's, as flash-attn's
+        rule. Needs ``k`` and ``v``, and caches in ``q``'s dtype.
 
     Returns
     -------
@@ -495,8 +536,9 @@ def bifurcated_decode(
                                             ("block_table", block_table), ("prefix_lens", prefix_lens),
                                             ("prefix_ids", prefix_ids), ("prefix_block_table", prefix_block_table),
                                             ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks), ("k", k), ("v", v)))
-    append_kv(k_cache, v_cache, k, v, appended, block_table, validate)
     level = (prefix_k, prefix_v, prefix_lens, prefix_ids, prefix_block_table)
+    q = _append(q, [level], k_cache, v_cache, k, v, appended, block_table, validate, causal, window_left,
+                rotary_cos, rotary_sin, rotary_interleaved)
     window_left = _window(window_left, [level], k_cache, block_table)
     if window_left >= 0:
         o, s = window_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
@@ -553,6 +595,9 @@ def cascade_decode(
     lse: Optional[torch.Tensor] = None,
     k: Optional[torch.Tensor] = None,
     v: Optional[torch.Tensor] = None,
+    rotary_cos: Optional[torch.Tensor] = None,
+    rotary_sin: Optional[torch.Tensor] = None,
+    rotary_interleaved: bool = False,
 ):
     """Decode over nested shared KV: e.g. a system prompt for every sample, a document per group,
     then each sample's own tokens.
@@ -594,6 +639,10 @@ def cascade_decode(
         New own keys and values ``(B, T, Hkv, D)`` written into ``k_cache``/``v_cache`` at ``cache_seqlens`` before
         attending, as :func:`leanattn.decode`'s ``k`` and ``v`` (flash-attn's ``flash_attn_with_kvcache(k=, v=)``):
         the query attends ``cache_seqlens + T`` own tokens; the lengths are not updated. Not with ``cu_seqlens_q``.
+    rotary_cos, rotary_sin, rotary_interleaved : keyword-only
+        Rotary embedding of the new keys and the query, as :func:`bifurcated_decode`'s: positions count every
+        level's tokens before the own ones (the sum over levels of ``lens[ids[b]]``, a level's capacity where it
+        has no ``lens``).
 
     Notes
     -----
@@ -647,7 +696,8 @@ def cascade_decode(
                                                      ("cache_seqlens", appended), ("block_table", block_table),
                                                      ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks), ("k", k),
                                                      ("v", v)])
-    append_kv(k_cache, v_cache, k, v, appended, block_table, validate)
+    q = _append(q, parsed, k_cache, v_cache, k, v, appended, block_table, validate, causal, window_left,
+                rotary_cos, rotary_sin, rotary_interleaved)
     window_left = _window(window_left, parsed, k_cache, block_table)
     if window_left >= 0:
         o, s = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,

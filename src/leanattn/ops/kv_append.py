@@ -79,11 +79,13 @@ def new_positions(cache_seqlens: torch.Tensor, count: int) -> torch.Tensor:
 
 def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
               cache_seqlens: torch.Tensor, block_table: Optional[torch.Tensor], validate, q=None,
-              rotary: Optional[Rotary] = None):
+              rotary: Optional[Rotary] = None, rotary_lens: Optional[torch.Tensor] = None):
     """Write token ``t`` of ``k, v (B, T, Hkv, D)`` (checked by :func:`lengths_after`; None: nothing to write) at
     position ``cache_seqlens[b] + t`` of sequence ``b``: row ``b`` of a contiguous cache ``(B, N, Hkv, D)``, or the
     page ``block_table[b, pos // page_size]`` of a paged one; with ``rotary``, the keys turned at those positions and
-    ``q`` as :class:`~leanattn.ops.rotary.Rotary` says. Returns ``q``, rotated (a new tensor) with ``rotary``.
+    ``q`` as :class:`~leanattn.ops.rotary.Rotary` says, their positions counted from ``rotary_lens (B,)`` (default
+    ``cache_seqlens``; a shared-prefix call adds the prefix's tokens). Returns ``q``, rotated (a new tensor) with
+    ``rotary``.
 
     Where values are checked (``validate``, as ``checks.value_checks`` takes it), the lengths before the new tokens,
     the pages they go to and the rows of the rotary tables are checked first; the positions must lie within the
@@ -93,14 +95,15 @@ def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Te
         return q
     T = k.shape[1]
     Lq = 0 if rotary is None else (1 if q.dim() == 3 else q.shape[1])
+    rotary_lens = cache_seqlens if rotary_lens is None else rotary_lens
     if checks.value_checks(validate, cache_seqlens, block_table):
         if T:
             _check_append_values(k, cache_seqlens, k_cache, block_table)
         if rotary is not None:
-            rotary.check_positions(cache_seqlens, T, Lq)
+            rotary.check_positions(rotary_lens, T, Lq)
     if torch.compiler.is_compiling():
         if rotary is not None:
-            q, k = rotary.qk(q, k, new_positions(cache_seqlens, rotary.count(T, Lq)))
+            q, k = rotary.qk(q, k, new_positions(rotary_lens, rotary.count(T, Lq)))
         _index_writes(k_cache, v_cache, k, v, cache_seqlens, block_table)
         return q
     # new tokens held in the cache itself (a view of it): read before any is written over
@@ -108,7 +111,7 @@ def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Te
     k = k.clone() if k.untyped_storage().data_ptr() in caches else k
     v = v.clone() if v.untyped_storage().data_ptr() in caches else v
     with runtime.device_guard(k_cache.device):  # Triton launches on the current device
-        return _launch(k_cache, v_cache, k, v, cache_seqlens, block_table, q, rotary, Lq)
+        return _launch(k_cache, v_cache, k, v, cache_seqlens, rotary_lens, block_table, q, rotary, Lq)
 
 
 def _index_writes(k_cache, v_cache, k, v, cache_seqlens, block_table) -> None:
@@ -141,8 +144,8 @@ _LAUNCHERS = runtime.PlanCache()
 
 def _launcher(tensors, paged, B, T, Lq, Hkv, Hq, D, half, rotary):
     """The :class:`~leanattn.runtime.Launcher` of ``append_kv_kernel`` over ``tensors`` (``k, v, k_cache,
-    v_cache, q, q_out, lens, block_table, cos, sin``), heads in blocks of at most 16."""
-    k, v, k_cache, v_cache, q4, o4, lens, table, cos, _ = tensors
+    v_cache, q, q_out, lens, rotary_lens, block_table, cos, sin``), heads in blocks of at most 16."""
+    k, v, k_cache, v_cache, q4, o4, lens, rot_lens, table, cos, _ = tensors
     block_h = min(triton.next_power_of_2(max(Hkv, Hq)), 16)
     grid = (B * T + B * Lq, triton.cdiv(max(Hkv, Hq), block_h))
     page_size = k_cache.shape[1]
@@ -150,7 +153,7 @@ def _launcher(tensors, paged, B, T, Lq, Hkv, Hq, D, half, rotary):
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), q4.stride(0), q4.stride(1), q4.stride(2), o4.stride(0), o4.stride(1), o4.stride(2),
-        table.stride(0), table.stride(1), lens.stride(0), cos.stride(0), cos.stride(1),
+        table.stride(0), table.stride(1), lens.stride(0), rot_lens.stride(0), cos.stride(0), cos.stride(1),
         B * T, T, Lq, Hkv, Hq, D, page_size * table.shape[1] if paged else page_size, page_size, table.shape[1],
         cos.shape[0])
     meta = dict(HALF=half, INTERLEAVED=bool(rotary and rotary.interleaved),
@@ -160,7 +163,7 @@ def _launcher(tensors, paged, B, T, Lq, Hkv, Hq, D, half, rotary):
     return runtime.Launcher(append_kv_kernel, grid, meta, scalars)
 
 
-def _launch(k_cache, v_cache, k, v, lens, block_table, q, rotary, Lq):
+def _launch(k_cache, v_cache, k, v, lens, rot_lens, block_table, q, rotary, Lq):
     """One launch of ``append_kv_kernel``: the ``B * T`` new tokens, then the ``B * Lq`` query tokens to turn, each
     in blocks of at most 16 heads."""
     B, T, Hkv, D = k.shape
@@ -180,10 +183,10 @@ def _launch(k_cache, v_cache, k, v, lens, block_table, q, rotary, Lq):
     if B * (T + Lq) == 0:
         return q if q_out is None else q_out
     paged = block_table is not None
-    tensors = (_bytes(k), _bytes(v), _bytes(k_cache), _bytes(v_cache), q4, o4, lens,
+    tensors = (_bytes(k), _bytes(v), _bytes(k_cache), _bytes(v_cache), q4, o4, lens, rot_lens,
                block_table if paged else lens[:, None], cos, sin)
     # one launcher a signature (the shapes and strides it fixes, the dtypes): later calls skip Triton's JIT
-    key = (tuple(t.stride() for t in tensors), k.shape, k_cache.shape, q4.shape, tensors[7].shape, cos.shape,
+    key = (tuple(t.stride() for t in tensors), k.shape, k_cache.shape, q4.shape, tensors[8].shape, cos.shape,
            tuple(t.dtype for t in tensors), rotary is not None and (rotary.interleaved, rotary.per_token),
            paged, k.device)
     _LAUNCHERS.get_or_make(key, lambda: _launcher(tensors, paged, B, T, Lq, Hkv, Hq, D, half, rotary))(*tensors)

@@ -77,14 +77,15 @@ class Rotary(NamedTuple):
         return max(T, Lq if self.per_token else 1)
 
     def check_positions(self, cache_seqlens: torch.Tensor, T: int, Lq: int) -> None:
-        """Every position turned (``cache_seqlens + [0, count(T, Lq))``) has a row in the tables. A device sync."""
+        """Every position turned (``cache_seqlens + [0, count(T, Lq))``, ``cache_seqlens`` the first new token's
+        positions) has a row in the tables. A device sync."""
         if cache_seqlens.numel() == 0:
             return
         step = self.count(T, Lq) - 1
         last = int(cache_seqlens.max()) + step
         if last >= self.cos.shape[0]:
-            raise ValueError(f"rotary_cos: expected a row for every position rotated (cache_seqlens + {step} at "
-                             f"most), got {self.cos.shape[0]} rows for a position of {last}")
+            raise ValueError(f"rotary_cos: expected a row for every position rotated (up to {step} past the first "
+                             f"new token's), got {self.cos.shape[0]} rows for a position of {last}")
 
     def qk(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor):
         """``(q, k)`` turned in PyTorch ops (the form ``torch.compile`` traces): token ``t`` of ``k (B, T, Hkv, D)``
