@@ -97,6 +97,27 @@ def test_infinite_lse_row(S):
     assert_lse_close("merge_state", two_lse, ref_lse, LSE_ATOL)
 
 
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the interpreter multiplies the NaNs it drops
+@pytest.mark.parametrize("S", [2, 3, 10], ids=["two", "unrolled", "blocked"])
+def test_nan_lse_row(S):
+    # a state of lse = NaN makes its row NaN, beside a +inf state too (a max that drops the NaN made that row a clean
+    # (0, +inf)); the other rows as the reference
+    outs, lses = random_states(S, 2, 3, 64)
+    lses[0, 0, 1] = float("nan")
+    lses[S - 1, 0, 1] = float("inf")
+    lses[S - 1, 1, 0] = float("nan")
+    keep = torch.ones(2, 3, dtype=torch.bool)
+    keep[0, 1] = keep[1, 0] = False
+    out, lse = leanattn.merge_states(outs, lses)
+    ref, ref_lse = reference.merge_states(outs, lses)
+    assert lse[~keep].isnan().all() and out[~keep].isnan().all()
+    assert_rel_close("other rows", out[keep], ref[keep], TOLERANCE[outs.dtype])
+    assert_lse_close("other rows", lse[keep], ref_lse[keep], LSE_ATOL)
+    _, two_lse = leanattn.merge_state(outs[0], lses[0], outs[S - 1], lses[S - 1])
+    assert two_lse[~keep].isnan().all() and not two_lse[keep].isnan().any()
+
+
 def test_no_states():
     out, lse = leanattn.merge_states(torch.empty(0, 2, 3, 64), torch.empty(0, 2, 3))
     assert torch.equal(out, torch.zeros(2, 3, 64)) and torch.isneginf(lse).all()

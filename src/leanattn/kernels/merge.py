@@ -4,7 +4,8 @@
 
 ``(0, -inf)`` is the identity: a state with ``lse = -inf`` contributes nothing, whatever its
 ``o`` holds, and a row whose states are all empty gives ``(0, -inf)``. A state of ``lse = +inf`` (no finite
-scores give one) makes its row ``(0, +inf)``, as the float64 reference does.
+scores give one) makes its row ``(0, +inf)``, as the float64 reference does; a state of ``lse = NaN`` makes its
+row's ``lse`` NaN (and its output), whatever else the row holds, +inf included.
 """
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def empty_fold(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
 @triton.jit
 def fold_state(m, acc, den, lse, o):
     """One state ``(o [rows, D], lse [rows])`` folded into ``(m, acc, den)`` (``finish_merge``'s); an empty state
-    (``lse = -inf``, weight 0) adds nothing, whatever its ``o`` holds (even NaN)."""
-    m_new = tl.maximum(m, lse)
+    (``lse = -inf``, weight 0) adds nothing, whatever its ``o`` holds (even NaN). A NaN ``lse`` stays in ``m``."""
+    # (the hardware's max drops a NaN: a +inf state after it would make the row a clean (0, +inf))
+    m_new = tl.maximum(m, lse, propagate_nan=tl.PropagateNan.ALL)
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     w = tl.math.exp2((lse - m_use) * LOG2E)
     alpha = tl.math.exp2((m - m_use) * LOG2E)
@@ -112,7 +114,8 @@ def merge_states_kernel(
             o = tl.load(Outs + ss[:, None, None] * stride_os + rows[None, :, None] * stride_om
                         + offs_d[None, None, :], mask=mask[:, :, None] & mask_d[None, None, :],
                         other=0.0).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(lse, 0))
+            m_new = tl.maximum(m, tl.max(lse, 0), propagate_nan=tl.PropagateNan.ALL)
+            m_new = tl.where(tl.max(tl.where(lse == lse, 0, 1), 0) > 0, float("nan"), m_new)  # (tl.max drops NaN)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             w = tl.math.exp2((lse - m_use[None, :]) * LOG2E)
             alpha = tl.math.exp2((m - m_use) * LOG2E)
