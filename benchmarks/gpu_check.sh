@@ -261,7 +261,7 @@ for step in "$@"; do
       tests/test_decode_out.py tests/test_decode_append.py tests/test_decode_rotary.py tests/test_decode_batch_idx.py \
       tests/test_bifurcated_rotary.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-append) "${PYTEST[@]}" tests/test_decode_append.py tests/test_decode_rotary.py tests/test_bifurcated_rotary.py \
-      tests/test_decode_batch_idx.py 2>&1 | tail -3 ;;
+      tests/test_decode_batch_idx.py tests/test_merge.py::test_nan_lse_row 2>&1 | tail -3 ;;
     tests-fp8) "${PYTEST[@]}" tests/test_decode_fp8_gpu.py 2>&1 | tail -3 ;;
     tests-bif-softcap) "${PYTEST[@]}" tests/test_bifurcated_softcap_gpu.py 2>&1 | tail -3 ;;
     sanitize-bif-softcap)

@@ -102,12 +102,13 @@ def test_infinite_lse_row(S):
 @pytest.mark.parametrize("S", [2, 3, 10], ids=["two", "unrolled", "blocked"])
 def test_nan_lse_row(S):
     # a state of lse = NaN makes its row NaN, beside a +inf state too (a max that drops the NaN made that row a clean
-    # (0, +inf)); the other rows as the reference
-    outs, lses = random_states(S, 2, 3, 64)
+    # (0, +inf)); the other rows as the reference. On a GPU where there is one (the interpreter's max keeps NaN)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    outs, lses = (x.to(dev) for x in random_states(S, 2, 3, 64))
     lses[0, 0, 1] = float("nan")
     lses[S - 1, 0, 1] = float("inf")
     lses[S - 1, 1, 0] = float("nan")
-    keep = torch.ones(2, 3, dtype=torch.bool)
+    keep = torch.ones(2, 3, dtype=torch.bool, device=dev)
     keep[0, 1] = keep[1, 0] = False
     out, lse = leanattn.merge_states(outs, lses)
     ref, ref_lse = reference.merge_states(outs, lses)
