@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 
@@ -183,17 +184,22 @@ def kernel_occupancy(kernel, args: tuple, meta: dict, device: torch.device, info
     return occ
 
 
+# "leanattn": each new launch plan of a public op, logged at INFO (the path, grid and tiles it chose)
+LOG = logging.getLogger("leanattn")
+
+
 class PlanCache(dict):
     """Launch plans by signature, at most ``limit`` of them, the least recently used dropped first.
 
     A cache that grows by one token per step (transformers' dynamic cache) or a server whose batch
     size changes every step makes a new signature each step; dicts keep insertion order and a hit is
-    moved to the end, so the first key is the least recently used.
+    moved to the end, so the first key is the least recently used. With a ``name``, each plan made is logged
+    to the ``leanattn`` logger at INFO with its ``describe()`` (once a signature: no cost to the calls after).
     """
 
-    def __init__(self, limit: int = 256):
+    def __init__(self, limit: int = 256, name: str = ""):
         super().__init__()
-        self.limit = limit
+        self.limit, self.name = limit, name
 
     def get_or_make(self, key, make):
         """The plan cached under ``key``, made by ``make()`` (and cached) when there is none; either
@@ -201,6 +207,8 @@ class PlanCache(dict):
         plan = self.pop(key, None)
         if plan is None:
             plan = make()
+            if self.name and LOG.isEnabledFor(logging.INFO):
+                LOG.info("%s: new plan: %s", self.name, plan.describe())
             while self and len(self) >= self.limit:
                 del self[next(iter(self))]
         self[key] = plan

@@ -27,7 +27,7 @@ from .rotary import check_rotary
 
 __all__ = ["bifurcated_decode", "cascade_decode"]
 
-_PLANS = runtime.PlanCache()
+_PLANS = runtime.PlanCache(name="bifurcated_decode")
 # environment variables a plan is made from (benchmark sweeps): part of the plan key
 _ENV = runtime.EnvReader(*DECODE_ENV_KNOBS, "LEANATTN_BIFURCATED_CONFIG")
 

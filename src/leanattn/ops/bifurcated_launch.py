@@ -274,6 +274,12 @@ class Plan:
             self.launch_prefix = runtime.Launcher(prefix_states_kernel, self.grid_p, self.meta_p, self.tail_p)
 
     # ------------------------------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        """The path this plan takes and its launch facts (``info``: grids, splits, tiles; once its kernels compiled,
+        their registers and occupancy): what the ``leanattn`` logger records of a new plan."""
+        return dict(self.info)
+
     def _setup_concat(self, q, lc, B, Hq, Hkv, D, G, P, cap, group, has_own, has_plens, scale, workers, block_n):
         env, device = env_config(), q.device
         # decode's config for the same work (decode over the copied caches: its tiles, stages, programs

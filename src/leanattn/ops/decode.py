@@ -189,6 +189,18 @@ class _Plan:
                 self.arrivals = self.dummy_i32
             self.launch = runtime.Launcher(split_decode_kernel, self.grid, self.meta, (self.arrivals,) + self.tail)
 
+    def describe(self) -> dict:
+        """The launch this plan makes: schedule, grid, splits (``split``), how pieces of a row merge (``lean``),
+        tiles and warps; what the ``leanattn`` logger records of a new plan."""
+        m = self.meta
+        facts = dict(schedule=self.schedule, grid=self.grid)
+        if self.schedule == "split":
+            facts.update(splits=self.splits, merge="launch" if self.launch_merge is not None else "none")
+        else:
+            facts.update(merge="launch" if m["MERGE_LAUNCH"] else "in kernel")
+        facts.update({k.lower(): m[k] for k in ("BLOCK_N", "BLOCK_H", "N_HB", "num_warps", "num_stages")})
+        return facts
+
     def _lean_grid(self, cfg, q, k_cache, v_cache, workers) -> int:
         if workers > 0:
             return workers
@@ -243,7 +255,7 @@ def even_pieces(B: int, rows: int, tiles: int, cfg, device: torch.device, has_le
     return stream_k.even_pieces(tiles, B * rows, sms * cfg.ctas_per_sm, sms)
 
 
-_PLANS = runtime.PlanCache()
+_PLANS = runtime.PlanCache(name="decode")
 # environment variables a plan is made from (benchmark sweeps): part of the plan key
 _ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_BLOCK_B_MIN", "LEANATTN_DECODE_EVEN",
               "LEANATTN_MLA_SHARED_V")

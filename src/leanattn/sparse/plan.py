@@ -104,6 +104,11 @@ class Plan:
         self.dummy = (runtime.workspace("sparse_dummy_f32", q.device, (1,), torch.float32)
                       if not self.empty else None)
 
+    def describe(self) -> dict:
+        """The tiles and grids of this signature's launches (what the ``leanattn`` logger records of a new plan)."""
+        return dict(block_m=self.bm, block_n=self.bn, block_m_bwd=self.bm_bwd, block_n_bwd=self.bn_bwd,
+                    forward_grid=self.fwd_grid, dkdv_grid=self.dkdv_grid)
+
     # ----------------------------------------------------------------------------------------
     # forward
 
@@ -181,7 +186,7 @@ class Plan:
         return (dq, dk, dv) if deterministic else (dq.to(q.dtype), dk, dv)
 
 
-_PLANS = runtime.PlanCache()  # a training run sees few signatures
+_PLANS = runtime.PlanCache(name="sparse attention")  # a training run sees few signatures
 
 
 def get_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles) -> Plan:
