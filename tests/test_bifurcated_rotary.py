@@ -22,18 +22,22 @@ def _i32(values):
 
 @pytest.mark.parametrize("form,rotary_dim,interleaved", [
     ("one prompt", 64, False), ("prompts", 32, True), ("tokens causal", 16, False), ("tokens plain", 64, True),
-    ("window", 32, False), ("paged prefix", 64, False), ("cascade", 32, True), ("cascade one level", 16, False)])
+    ("window", 32, False), ("paged prefix", 64, False), ("cascade", 32, True), ("cascade one level", 16, False),
+    ("tokens window", 32, True), ("tokens wide window", 16, False), ("prefix lens", 64, True)])
 @pytest.mark.parametrize("page_size", [None, 4], ids=["contiguous", "paged4"])
 def test_matches_the_reference_rotary(form, rotary_dim, interleaved, page_size):
     lens = [3, 0, 12, 7]
     T = 2
     q, k_cache, v_cache, seqlens, bt = make_inputs(4, 8, 2, 64, lens, capacity=16, page_size=page_size)
-    if form.startswith("tokens"):
+    if form.startswith("tokens"):  # two query tokens a sample
         q = torch.randn(4, 2, 8, 64, dtype=q.dtype, device=DEV)
     kn, vn = (torch.randn(4, T, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
     cos, sin = _tables(64, rotary_dim)
     rot = dict(k=kn, v=vn, rotary_cos=cos, rotary_sin=sin, rotary_interleaved=interleaved)
-    kw = dict(causal=True) if form == "tokens causal" else dict(window_left=9) if form == "window" else {}
+    # windows: 9 keys; 20, longer than the own capacity (16) but not prefix and own together (36), so the query tokens
+    # still turn at their own positions; 40, every key, so they all turn at the first's
+    windows = {"window": 9, "tokens window": 20, "tokens wide window": 40}
+    kw = dict(causal=True) if form == "tokens causal" else dict(window_left=windows[form]) if form in windows else {}
     if form.startswith("cascade"):
         system = torch.randn(2, 5, 2, 64, dtype=q.dtype, device=DEV)  # 5 keys every sample reads
         docs = torch.randn(2, 3, 9, 2, 64, dtype=q.dtype, device=DEV)  # a document per group, of 9, 4 or 6 keys
@@ -54,12 +58,15 @@ def test_matches_the_reference_rotary(form, rotary_dim, interleaved, page_size):
         else:
             pk, pv = (torch.randn(20, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
             shared = torch.full((4,), 20, device=DEV)
+            if form == "prefix lens":  # one prefix of 13 of its 20 keys
+                kw.update(prefix_lens=_i32([13]))
+                shared = torch.full((4,), 13, device=DEV)
         out, lse = leanattn.bifurcated_decode(q, pk, pv, k_cache, v_cache, seqlens, bt, return_lse=True, **rot, **kw)
     start = seqlens.long() + shared  # the first new token's position in the whole sequence
     k_rot = reference.rotary(kn, cos, sin, _positions(start, T), interleaved)
     q4 = q if q.dim() == 4 else q[:, None]
     # flash-attn's rule: the query tokens at their own positions when causal or windowed, else all at the first's
-    q_pos = _positions(start, q4.shape[1]) if kw.get("causal") or "window_left" in kw else \
+    q_pos = _positions(start, q4.shape[1]) if kw.get("causal") or kw.get("window_left", 99) < 36 else \
         start[:, None].expand(-1, q4.shape[1])
     q_rot = reference.rotary(q4, cos, sin, q_pos, interleaved)
     q_rot = q_rot if q.dim() == 4 else q_rot[:, 0]

@@ -102,7 +102,7 @@ def test_infinite_lse_row(S):
 @pytest.mark.parametrize("S", [2, 3, 10], ids=["two", "unrolled", "blocked"])
 def test_nan_lse_row(S):
     # a state of lse = NaN makes its row NaN, beside a +inf state too (a max that drops the NaN made that row a clean
-    # (0, +inf)); the other rows as the reference. On a GPU where there is one (the interpreter's max keeps NaN)
+    # (0, +inf)); the other rows as the reference. On a GPU where there is one
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     outs, lses = (x.to(dev) for x in random_states(S, 2, 3, 64))
     lses[0, 0, 1] = float("nan")

@@ -184,7 +184,7 @@ def kernel_occupancy(kernel, args: tuple, meta: dict, device: torch.device, info
     return occ
 
 
-# "leanattn": each new launch plan of a public op, logged at INFO (the path, grid and tiles it chose)
+# "leanattn": each new launch plan of a public op, logged at DEBUG (the path, grid and tiles it chose)
 LOG = logging.getLogger("leanattn")
 
 
@@ -194,7 +194,7 @@ class PlanCache(dict):
     A cache that grows by one token per step (transformers' dynamic cache) or a server whose batch
     size changes every step makes a new signature each step; dicts keep insertion order and a hit is
     moved to the end, so the first key is the least recently used. With a ``name``, each plan made is logged
-    to the ``leanattn`` logger at INFO with its ``describe()`` (once a signature: no cost to the calls after).
+    to the ``leanattn`` logger at DEBUG with its ``describe()`` (once a signature: no cost to the calls after).
     """
 
     def __init__(self, limit: int = 256, name: str = ""):
@@ -207,8 +207,8 @@ class PlanCache(dict):
         plan = self.pop(key, None)
         if plan is None:
             plan = make()
-            if self.name and LOG.isEnabledFor(logging.INFO):
-                LOG.info("%s: new plan: %s", self.name, plan.describe())
+            if self.name and LOG.isEnabledFor(logging.DEBUG):
+                LOG.debug("%s: new plan: %s", self.name, plan.describe())
             while self and len(self) >= self.limit:
                 del self[next(iter(self))]
         self[key] = plan

@@ -194,8 +194,12 @@ class _Plan:
         tiles and warps; what the ``leanattn`` logger records of a new plan."""
         m = self.meta
         facts = dict(schedule=self.schedule, grid=self.grid)
+        if m["ROPE_DIM"]:
+            facts["mla"] = True
         if self.schedule == "split":
             facts.update(splits=self.splits, merge="launch" if self.launch_merge is not None else "none")
+            if m["EVEN"]:  # a lean call whose cut is even pieces of each row (even_pieces)
+                facts["even_pieces"] = True
         else:
             facts.update(merge="launch" if m["MERGE_LAUNCH"] else "in kernel")
         facts.update({k.lower(): m[k] for k in ("BLOCK_N", "BLOCK_H", "N_HB", "num_warps", "num_stages")})
