@@ -91,12 +91,14 @@ def append_kv_kernel(
         r = pid - n_kv
         b = r // Lq
         s = r % Lq
+        # (a name of its own: a variable set in both branches of a runtime if must keep one type, and the rotary
+        # positions may be int64 where the lengths are int32)
         if PER_TOKEN:
-            pos = tl.load(RotLens + b * stride_rot) + s
+            q_at = tl.load(RotLens + b * stride_rot) + s
         else:
-            pos = tl.load(RotLens + b * stride_rot)
+            q_at = tl.load(RotLens + b * stride_rot)
         valid = (offs_h[:, None] < HQ) & (offs_d[None, :] < D)
         q = _rotated(Q + b.to(tl.int64) * stride_qb + s.to(tl.int64) * stride_qt, offs_h[:, None] * stride_qh,
-                     offs_d, valid, Cos, Sin, pos, n_rows, stride_cos, stride_cos_d, HALF, INTERLEAVED)
+                     offs_d, valid, Cos, Sin, q_at, n_rows, stride_cos, stride_cos_d, HALF, INTERLEAVED)
         tl.store(QOut + b.to(tl.int64) * stride_ob + s.to(tl.int64) * stride_ot + offs_h[:, None] * stride_oh
                  + offs_d[None, :], q, mask=valid)
