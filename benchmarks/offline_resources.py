@@ -1,7 +1,7 @@
 """Registers, spills, shared memory and occupancy of the GPU kernels, compiled offline (no GPU).
 
     PYTHONPATH=/path/to/triton-3.6 python benchmarks/offline_resources.py [--ptx DIR] [--cases A,B] [decode] [bifurcated]
-        [sparse] [overlap] [model] [window] [merge]
+        [sparse] [overlap] [model] [window] [merge] [append]
 
 Each case runs the public op on CPU tensors with the launch plan it would build for an H200
 (``runtime.gpu_target`` answers True, 132 SMs); where the plan compiles a kernel to size its
@@ -401,6 +401,32 @@ def merge_cases():
         yield f"group layout B={b} G={g}", lambda ids=ids, g=g: _group_layout(ids, g)
 
 
+def append_cases():
+    """The KV append launch (``kernels/kv_append.py``): decode's (int32 positions) with and without rotary on one and
+    on four query tokens, a float8 cache's bytes, and a shared-prefix call's (int64 rotary positions: the prefix's
+    tokens added to the lengths)."""
+    from leanattn.ops.kv_append import append_kv
+    from leanattn.ops.rotary import Rotary
+    B, Hq, Hkv, D = 4, 32, 8, 128
+    lens = torch.tensor([0, 17, 40, 63], dtype=torch.int32)
+    table = torch.arange(B * 8, dtype=torch.int32).view(B, 8)
+    cos, sin = torch.randn(2, 256, 32)
+    for dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        cache = torch.zeros(B * 8, 16, Hkv, D).to(dtype)
+        new = torch.zeros(B, 1, Hkv, D).to(dtype)
+        yield f"append paged16 {str(dtype)[6:]}", lambda c=cache, n=new: append_kv(c, c.clone(), n, n, lens, table,
+                                                                                  False)
+    cache = torch.zeros(B * 8, 16, Hkv, D, dtype=torch.bfloat16)
+    new = torch.zeros(B, 4, Hkv, D, dtype=torch.bfloat16)
+    for tokens, per_token in ((1, False), (4, True)):
+        q = torch.zeros((B, Hq, D) if tokens == 1 else (B, tokens, Hq, D), dtype=torch.bfloat16)
+        rot = Rotary(cos, sin, tokens == 4, per_token)
+        yield f"append rotary q x{tokens}", lambda q=q, rot=rot: append_kv(cache, cache.clone(), new, new, lens, table,
+                                                                           False, q, rot)
+        yield f"append rotary q x{tokens}, int64 positions", lambda q=q, rot=rot: append_kv(
+            cache, cache.clone(), new, new, lens, table, False, q, rot, lens + torch.arange(B) * 40)
+
+
 def overlap_cases():
     """The Gluon prefix kernels (``ops/bifurcated_overlap.GluonPrefix``) as the overlap path launches them: 16-bit
     prefixes at 64 and 128 rows and warp-specialized, float8 ones at 64 rows over two and four stages, 128 rows,
@@ -512,7 +538,7 @@ def main(argv=None):
     print(f"triton {triton.__version__}; sm_90a; occupancy for an H200 SM ({REGS} registers, {SMEM} B shared)")
     families = {"decode": decode_cases, "bifurcated": bifurcated_cases, "sparse": sparse_cases,
                 "overlap": overlap_cases, "model": model_cases,
-                "window": window_cases, "merge": merge_cases, "one-row": one_row_cases}
+                "window": window_cases, "merge": merge_cases, "one-row": one_row_cases, "append": append_cases}
     for fam in args.families:
         for name, fn in families[fam]():
             if args.cases and name not in args.cases.split(","):
