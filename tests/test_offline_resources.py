@@ -9,11 +9,16 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_decode_split_case_compiles_both_kernels():
+def _compile_offline(script, *args, timeout=600):
+    """``benchmarks/<script> args`` in a process of its own, outside the interpreter (it compiles for sm_90a)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.path.join(ROOT, "src")
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "offline_resources.py"), "decode",
-                          "--cases", "decode 32/32 D=64 split"], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def test_decode_split_case_compiles_both_kernels():
+    run = _compile_offline("offline_resources.py", "decode", "--cases", "decode 32/32 D=64 split")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "stopped at" not in run.stdout, run.stdout
     rows = [line.split() for line in run.stdout.splitlines() if line.startswith("decode 32/32 D=64 split")]
@@ -32,10 +37,7 @@ def test_gluon_prefix_kernels_compile_for_sm90():
     if not pg.AVAILABLE:
         import pytest
         pytest.skip("this Triton has no Gluon")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.path.join(ROOT, "src")
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "probe_ws_prefix.py"), "--offline",
-                          "--cases", "gqa 16k x64"], capture_output=True, text=True, env=env, timeout=900)
+    run = _compile_offline("probe_ws_prefix.py", "--offline", "--cases", "gqa 16k x64", timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = {line[:line.index(" {")]: ast.literal_eval(line[line.index(" {") + 1:])
             for line in run.stdout.splitlines() if line.startswith("gqa 16k x64") and " {" in line}
@@ -54,10 +56,7 @@ def test_gluon_prefix_float8_kernels_compile_for_sm90():
     if not pg.AVAILABLE:
         import pytest
         pytest.skip("this Triton has no Gluon")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.path.join(ROOT, "src")
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "offline_resources.py"), "overlap"],
-                         capture_output=True, text=True, env=env, timeout=900)
+    run = _compile_offline("offline_resources.py", "overlap", timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "stopped at" not in run.stdout, run.stdout
     rows = {line[:32].strip(): line[32:].split() for line in run.stdout.splitlines() if line.startswith("overlap ")}
@@ -71,11 +70,8 @@ def test_gluon_prefix_float8_kernels_compile_for_sm90():
 def test_one_query_row_compiles():
     # an integer argument equal to 1 reaches a kernel as a constant (a Python int) on GPUs only: the merge of one
     # query row's states once failed to compile there (merge_states_kernel's slot strides; review, 2026-12-05)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.path.join(ROOT, "src")
     cases = "one row merge_states 3,one row bifurcated prefix alone,one row bifurcated window"
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "offline_resources.py"), "one-row",
-                          "--cases", cases], capture_output=True, text=True, env=env, timeout=600)
+    run = _compile_offline("offline_resources.py", "one-row", "--cases", cases)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "stopped at" not in run.stdout, run.stdout
     kernels = {w.split("#")[0] for line in run.stdout.splitlines() if line.startswith("one row")
@@ -87,10 +83,7 @@ def test_append_kernel_compiles_for_sm90():
     # the KV append compiled for sm_90a as the GPU compiles it, each form of positions included: the interpreter does
     # not check what compiled Triton refuses (a variable of two types across a runtime if's branches once a
     # shared-prefix call passed int64 rotary positions failed every such call on an H100, 2026-12-06)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.path.join(ROOT, "src")
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "offline_resources.py"), "append"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    run = _compile_offline("offline_resources.py", "append")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "stopped at" not in run.stdout, run.stdout
     rows = [line for line in run.stdout.splitlines() if line.startswith("append") and "append_kv_kernel" in line]
