@@ -72,6 +72,8 @@ def kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_sc
                   "bifurcated_decode and cascade_decode)", k_cache.dtype)
         check_same(kn, k_cache, "q", q)
         check_same(vn, v_cache, "q", q)
+    if type(k_scale) is float and type(v_scale) is float and k_scale == 1.0 and v_scale == 1.0:
+        return 1.0, 1.0  # the common case: no scales (valid for every cache)
     scales = []
     for name, value in (("k_scale", k_scale), ("v_scale", v_scale)):
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
@@ -182,6 +184,8 @@ def alibi_slopes(value, batch: int, heads: int, device: torch.device, validate: 
 def window_left(value) -> int:
     """``window_left`` (a sliding window's keys before the query) as an int >= -1 (numpy integers included; -1 for
     no window)."""
+    if type(value) is int and value >= -1:
+        return value
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         _fail(TypeError, "window_left", "an int", type(value).__name__)
     if value < -1:
@@ -289,6 +293,8 @@ def output_buffer(name: str, buf, shape, dtype: torch.dtype, device: torch.devic
 
 def flag(name: str, value) -> bool:
     """A boolean option ``name`` (numpy's bools included) as a bool."""
+    if value is True or value is False:
+        return value
     if not isinstance(value, (bool, np.bool_)):
         _fail(TypeError, name, "a bool", type(value).__name__)
     return bool(value)
@@ -297,7 +303,9 @@ def flag(name: str, value) -> bool:
 def optional_flag(name: str, value) -> bool | None:
     """A boolean option ``name`` that may be None (the library's choice), as None or a bool: numpy's ``False`` is not
     ``False``, which callers may test with ``is``."""
-    if value is not None and not isinstance(value, (bool, np.bool_)):
+    if value is None or value is True or value is False:
+        return value
+    if not isinstance(value, (bool, np.bool_)):
         _fail(TypeError, name, "a bool or None", type(value).__name__)
     return None if value is None else bool(value)
 
@@ -313,6 +321,8 @@ def schedule(value) -> str:
 
 def int_at_least(name: str, value, least: int, note: str = "") -> int:
     """``value`` as an int >= ``least`` (numpy integers included, bools refused; ``note``: added to the error)."""
+    if type(value) is int and value >= least:  # the common case, before the checks of numpy's and bools
+        return value
     what = f"an int >= {least}{note}"
     if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}")
