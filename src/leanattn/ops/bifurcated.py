@@ -19,9 +19,10 @@ from ..kernels.group_layout import group_layout_kernel
 from ..merges.sinks import check_sinks, with_sinks
 from ..merges.states import merge_state_list
 from .bifurcated_launch import Plan
-from .bifurcated_window import query_rows, window_states
+from .bifurcated_window import query_rows, segments, window_states
 from .decode import _ENV_KNOBS as DECODE_ENV_KNOBS
-from .decode import decode, finish, output_buffers, rows_window, token_buffers, validate_decode, with_token_axis
+from .decode import _capacity, decode, finish, output_buffers, rows_window, token_buffers, validate_decode
+from .decode import with_token_axis
 from .kv_append import append_kv, lengths_after
 from .rotary import check_rotary
 
@@ -266,16 +267,14 @@ def _pass_op():
 def _longest(levels, k_cache, block_table) -> int:
     """The most keys a sequence can have: every level's capacity and the own cache's (``levels``: ``(k, v, lens,
     ids, block_table)`` each)."""
-    longest = sum(k.shape[-3] if pages is None else pages.shape[1] * k.shape[1] for k, _, _, _, pages in levels)
-    if k_cache is not None:
-        longest += k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
-    return longest
+    longest = sum(segments(k, pages)[1] for k, _, _, _, pages in levels)
+    return longest if k_cache is None else longest + _capacity(k_cache, block_table)
 
 
-def _window(window_left, levels, k_cache, block_table) -> int:
+def _window(window_left, longest: int) -> int:
     """``window_left`` (``checks.window_left``'s, by the op on entry), or -1 where the window holds every key a
-    sequence can have."""
-    return -1 if window_left >= _longest(levels, k_cache, block_table) - 1 else window_left
+    sequence can have (``longest``: :func:`_longest`)."""
+    return -1 if window_left >= longest - 1 else window_left
 
 
 def _shared_tokens(levels, batch: int, device) -> torch.Tensor:
@@ -283,20 +282,19 @@ def _shared_tokens(levels, batch: int, device) -> torch.Tensor:
     (a level's capacity where it has no lengths; ids not checked are clamped to its segments)."""
     total = torch.zeros(batch, dtype=torch.long, device=device)
     for k, _, lens, ids, pages in levels:
-        G, P = (pages.shape[0], pages.shape[1] * k.shape[1]) if pages is not None else \
-            ((1, k.shape[0]) if k.dim() == 3 else k.shape[:2])
+        G, P = segments(k, pages)
         seg = lens.long() if lens is not None else torch.full((G,), P, dtype=torch.long, device=device)
         total += seg[ids.long().clamp(0, G - 1)] if ids is not None else seg[0]
     return total
 
 
-def _append(q, levels, k_cache, v_cache, k, v, cache_seqlens, block_table, validate, causal, window_left,
+def _append(q, levels, k_cache, v_cache, k, v, cache_seqlens, block_table, validate, per_token,
             rotary_cos, rotary_sin, rotary_interleaved):
     """A shared-prefix op's KV append (``ops/kv_append.append_kv``): the new own tokens written at
     ``cache_seqlens``, and with rotary tables they and ``q`` rotated at their positions in the whole sequence, the
-    shared levels' keys before them. Returns ``q``, rotated (a new tensor) with the tables."""
-    local = 0 <= window_left < _longest(levels, k_cache, block_table)  # flash-attn's rotary rule of query positions
-    rotary = check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache, causal or local)
+    shared levels' keys before them (the query tokens at their own where ``per_token``). Returns ``q``, rotated (a
+    new tensor) with the tables."""
+    rotary = check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache, per_token)
     rotary_lens = None if rotary is None else cache_seqlens + _shared_tokens(levels, q.shape[0], q.device)
     return append_kv(k_cache, v_cache, k, v, cache_seqlens, block_table, validate, q, rotary, rotary_lens)
 
@@ -537,9 +535,11 @@ def bifurcated_decode(
                                             ("prefix_ids", prefix_ids), ("prefix_block_table", prefix_block_table),
                                             ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks), ("k", k), ("v", v)))
     level = (prefix_k, prefix_v, prefix_lens, prefix_ids, prefix_block_table)
-    q = _append(q, [level], k_cache, v_cache, k, v, appended, block_table, validate, causal, window_left,
-                rotary_cos, rotary_sin, rotary_interleaved)
-    window_left = _window(window_left, [level], k_cache, block_table)
+    longest = _longest([level], k_cache, block_table)
+    # flash-attn's rotary rule of query positions: causal, or a window shorter than the sequence
+    q = _append(q, [level], k_cache, v_cache, k, v, appended, block_table, validate,
+                causal or 0 <= window_left < longest, rotary_cos, rotary_sin, rotary_interleaved)
+    window_left = _window(window_left, longest)
     if window_left >= 0:
         o, s = window_states(q, [level], k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
                              int(max_group_size), num_programs, softcap, k_scale, v_scale, causal,
@@ -696,9 +696,10 @@ def cascade_decode(
                                                      ("cache_seqlens", appended), ("block_table", block_table),
                                                      ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks), ("k", k),
                                                      ("v", v)])
-    q = _append(q, parsed, k_cache, v_cache, k, v, appended, block_table, validate, causal, window_left,
-                rotary_cos, rotary_sin, rotary_interleaved)
-    window_left = _window(window_left, parsed, k_cache, block_table)
+    longest = _longest(parsed, k_cache, block_table)
+    q = _append(q, parsed, k_cache, v_cache, k, v, appended, block_table, validate,
+                causal or 0 <= window_left < longest, rotary_cos, rotary_sin, rotary_interleaved)
+    window_left = _window(window_left, longest)
     if window_left >= 0:
         o, s = window_states(q, parsed, k_cache, v_cache, cache_seqlens, block_table, scale, window_left,
                              max_group_size, num_programs, softcap, k_scale, v_scale, causal, cu_seqlens_q,

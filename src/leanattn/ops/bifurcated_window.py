@@ -32,7 +32,16 @@ from .decode import _capacity, decode
 from .token_pages import token_pool
 from .window_plan import window_plan
 
-__all__ = ["query_rows", "window_states"]
+__all__ = ["query_rows", "segments", "window_states"]
+
+
+def segments(k, pages) -> tuple[int, int]:
+    """``(G, P)`` of a shared level ``(k, pages)``: its segments and the keys each can hold (a paged level: the rows
+    of its block table ``pages``, and its pages a row times the page size; a dense ``k``: ``(P, ...)`` or ``(G, P,
+    ...)``)."""
+    if pages is not None:
+        return pages.shape[0], pages.shape[1] * k.shape[1]
+    return (1, k.shape[0]) if k.dim() == 3 else (k.shape[0], k.shape[1])
 
 
 def query_rows(q, cu_seqlens_q, max_seqlen_q):
@@ -77,7 +86,7 @@ def window_states(q, levels, k_cache, v_cache, cache_seqlens, block_table, scale
     for k, v, lens, ids, pages in reversed(levels):
         k, v = (k, v) if k.dim() == 4 else (k[None], v[None])
         # a paged segment (pages: its block table) holds its pages' tokens; a dense one its second dimension
-        G, P = (pages.shape[0], pages.shape[1] * k.shape[1]) if pages is not None else k.shape[:2]
+        G, P = segments(k, pages)
         W = min(window_left + per, P)  # no row attends more of a segment (window_left + 1 keys, less padding rows')
         if W <= 0:  # a segment of no capacity: no key, and nothing added to the keys after the outer ones
             continue
