@@ -19,7 +19,9 @@
 #   tests-append  the GPU runs of the append, rotary (decode and shared-prefix) and cache_batch_idx tests
 #   append      eager decode steps with a KV append and rotary: the one launch against PyTorch ops
 #               (benchmarks/probe_decode_append.py)
-#   batch-idx   decode through cache_batch_idx (identity, reversed) against the contiguous cache read directly
+#   tests-leftpad  the GPU runs of the cache_leftpad and cache_batch_idx tests alone
+#   batch-idx   decode through cache_batch_idx (identity, reversed) and cache_leftpad against the contiguous cache read
+#               directly
 #               (benchmarks/probe_decode_batch_idx.py)
 #   softcap     decode with softcap=50 against none on bf16 and float8 caches, cuDNN beside them
 #               (benchmarks/probe_decode_softcap.py, decode probe 51; 2026-12-04: 0.1-1.3% on bf16, 9-13% on float8)
@@ -261,7 +263,8 @@ for step in "$@"; do
       tests/test_decode_out.py tests/test_decode_append.py tests/test_decode_rotary.py tests/test_decode_batch_idx.py \
       tests/test_bifurcated_rotary.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-append) "${PYTEST[@]}" tests/test_decode_append.py tests/test_decode_rotary.py tests/test_bifurcated_rotary.py \
-      tests/test_decode_batch_idx.py tests/test_merge.py::test_nan_lse_row 2>&1 | tail -3 ;;
+      tests/test_decode_batch_idx.py tests/test_merge.py::test_nan_lse_row tests/test_decode_leftpad.py 2>&1 | tail -3 ;;
+    tests-leftpad) "${PYTEST[@]}" tests/test_decode_leftpad.py tests/test_decode_batch_idx.py 2>&1 | tail -3 ;;
     tests-fp8) "${PYTEST[@]}" tests/test_decode_fp8_gpu.py 2>&1 | tail -3 ;;
     tests-bif-softcap) "${PYTEST[@]}" tests/test_bifurcated_softcap_gpu.py 2>&1 | tail -3 ;;
     sanitize-bif-softcap)

@@ -1,9 +1,10 @@
-"""What flash-attn's ``cache_batch_idx`` costs decode: a contiguous cache read through it (as pages of ``N`` tokens,
-one a sequence) against the same cache read directly, same process.
+"""What flash-attn's ``cache_batch_idx`` and ``cache_leftpad`` cost decode: a contiguous cache read through them (as
+pages of ``N`` tokens, one a sequence) against the same cache read directly, same process.
 
 On contiguous suite cases (``bench_decode.suite``, bf16), each call is checked against the float64 reference, then
 CUDA-graph replays are timed in interleaved rounds (do_bench, L2 flushed): the plain call, ``cache_batch_idx`` of
-the identity, and the rows reversed.
+the identity, the rows reversed, and ``cache_leftpad``: the same keys in a cache of ``N + N / 4`` tokens a row,
+each row's keys after a random padding of up to ``N / 4`` tokens (the same bytes attended, from unaligned starts).
 
     PYTHONPATH=src python benchmarks/probe_decode_batch_idx.py [--out DIR] [--cases A,B]
 """
@@ -35,10 +36,27 @@ def measure(case, inp, ref) -> dict:
         sl_rev = sl.flip(0).contiguous() if sl is not None else None
         refs["idx reversed"] = leanattn.reference.decode(q, k.flip(0), v.flip(0), sl_rev)[0]
         fns["idx reversed"] = bd.with_plans(lambda: leanattn.decode(q, k, v, sl_rev, cache_batch_idx=rev))
+    refs["leftpad"] = ref
+    fns["leftpad"] = left_padded_call(q, k, v, sl)
     us, med = bd.interleaved_graph_times(case["name"], fns, refs, rounds=3)
     print(f"{case['name']:22s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
-          + f" | identity / plain {med['idx identity'] / med['plain']:.3f}", flush=True)
-    return dict(case=case["name"], us=us, median=med, ratio=med["idx identity"] / med["plain"])
+          + f" | identity / plain {med['idx identity'] / med['plain']:.3f}"
+          + f" | leftpad / plain {med['leftpad'] / med['plain']:.3f}", flush=True)
+    return dict(case=case["name"], us=us, median=med, ratio=med["idx identity"] / med["plain"],
+                leftpad_ratio=med["leftpad"] / med["plain"])
+
+
+def left_padded_call(q, k, v, sl):
+    """The decode of ``(q, k, v, sl)`` through ``cache_leftpad``: each row's keys moved after a random padding of up
+    to a quarter of the capacity, in a cache that much longer (the padding holds NaN: never read)."""
+    B, N = k.shape[:2]
+    lens = sl.tolist() if sl is not None else [N] * B
+    pads = torch.randint(0, N // 4 + 1, (B,), dtype=torch.int32, device=q.device)
+    kp, vp = (torch.full((B, N + N // 4, *c.shape[2:]), float("nan"), dtype=c.dtype, device=c.device) for c in (k, v))
+    for b, (n, p) in enumerate(zip(lens, pads.tolist())):
+        kp[b, p:p + n], vp[b, p:p + n] = k[b, :n], v[b, :n]
+    lens_p = torch.tensor(lens, dtype=torch.int32, device=q.device) + pads
+    return bd.with_plans(lambda: leanattn.decode(q, kp, vp, lens_p, cache_leftpad=pads))
 
 
 def main(argv=None):
@@ -46,7 +64,7 @@ def main(argv=None):
     torch.manual_seed(0)
     out = [measure(case, inp, ref) for case, inp, ref, _ in bd.probe_cases(CASES, want)]
     common.write_probe(args.out, "decode_probe_batch_idx.json", cases=out, timing=bd.GRAPH_TIMING,
-                       probe="decode through cache_batch_idx against the contiguous cache read directly")
+                       probe="decode through cache_batch_idx and cache_leftpad against the contiguous cache read directly")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ def _sequence_caches(b: int, k_cache, v_cache, cache_seqlens, block_table) -> tu
 
 
 def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None, k_scale=1.0, v_scale=1.0,
-           softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None, sinks=None, alibi_slopes=None):
+           softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None, sinks=None, alibi_slopes=None,
+           cache_leftpad=None):
     """Reference for :func:`leanattn.decode`: ``(out, lse)`` float64 of ``q``'s shape without and with ``D``;
     attention over ``k_cache * k_scale`` and ``v_cache * v_scale`` (the dequantisation of float8 caches), scores
     soft-capped by ``softcap`` where it is > 0. A query ``(B, Lq, Hq, D)`` holds the last ``Lq`` positions of each
@@ -105,17 +106,20 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
     ``cu_seqlens_q`` (``(B + 1,)``), ``q (total_q, Hq, D)`` is packed: sequence ``b`` is its rows ``[cu[b], cu[b+1])``,
     attending as a ``(1, n_b, Hq, D)`` query of that sequence alone. ``sinks (Hq,)``: each head's sink logit, a key
     of value zero in every token's softmax. ``alibi_slopes (Hq,)`` or ``(B, Hq)``: the bias ``-slope * |pos - key|``
-    added to the (capped) scores."""
+    added to the (capped) scores. ``cache_leftpad (B,)``: sequence ``b``'s tokens are ``[cache_leftpad[b],
+    cache_seqlens[b])`` of its row, positions counted from the first (a contiguous cache)."""
     if alibi_slopes is not None and alibi_slopes.dim() == 1:
         alibi_slopes = alibi_slopes[None].expand(len(cu_seqlens_q) - 1 if cu_seqlens_q is not None else q.shape[0], -1)
     if cu_seqlens_q is not None:
         return _per_sequence(q, cu_seqlens_q, lambda b, q_b: decode(
             q_b, *_sequence_caches(b, k_cache, v_cache, cache_seqlens, block_table), softmax_scale, k_scale, v_scale,
             softcap, window_left, causal, sinks=sinks,
-            alibi_slopes=None if alibi_slopes is None else alibi_slopes[b:b + 1]))
+            alibi_slopes=None if alibi_slopes is None else alibi_slopes[b:b + 1],
+            cache_leftpad=None if cache_leftpad is None else cache_leftpad[b:b + 1]))
     if q.dim() == 3:
         out, lse = decode(q[:, None], k_cache, v_cache, cache_seqlens, block_table, softmax_scale, k_scale, v_scale,
-                          softcap, window_left, causal, sinks=sinks, alibi_slopes=alibi_slopes)
+                          softcap, window_left, causal, sinks=sinks, alibi_slopes=alibi_slopes,
+                          cache_leftpad=cache_leftpad)
         return out[:, 0], lse[:, 0]
     B, Lq, Hq, D = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
@@ -126,12 +130,14 @@ def decode(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_sc
         lens = cache_seqlens.tolist()
     out = torch.zeros(B, Lq, Hq, D, dtype=torch.float64, device=q.device)
     lse = torch.full((B, Lq, Hq), float("-inf"), dtype=torch.float64, device=q.device)
+    pads = [0] * B if cache_leftpad is None else cache_leftpad.tolist()
     for b in range(B):
-        k = gather_kv(k_cache, b, lens[b], block_table).double() * k_scale
-        v = gather_kv(v_cache, b, lens[b], block_table).double() * v_scale
-        keys = torch.arange(lens[b], device=q.device)
-        pos = lens[b] - Lq + torch.arange(Lq, device=q.device)
-        mask = torch.ones(Lq, lens[b], dtype=torch.bool, device=q.device)
+        k = gather_kv(k_cache, b, lens[b], block_table)[pads[b]:].double() * k_scale
+        v = gather_kv(v_cache, b, lens[b], block_table)[pads[b]:].double() * v_scale
+        n = k.shape[0]
+        keys = torch.arange(n, device=q.device)
+        pos = n - Lq + torch.arange(Lq, device=q.device)
+        mask = torch.ones(Lq, n, dtype=torch.bool, device=q.device)
         if causal:
             mask &= keys[None, :] <= pos[:, None]
         if window_left >= 0:

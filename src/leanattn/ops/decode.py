@@ -18,7 +18,7 @@ from .kv_append import append_kv, lengths_after
 from .rotary import check_rotary
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
-from .token_pages import cache_rows_as_pages
+from .token_pages import cache_rows_as_pages, left_padded
 
 __all__ = ["decode"]
 
@@ -453,6 +453,7 @@ def decode(
     rotary_sin: Optional[torch.Tensor] = None,
     rotary_interleaved: bool = False,
     cache_batch_idx: Optional[torch.Tensor] = None,
+    cache_leftpad: Optional[torch.Tensor] = None,
 ):
     """Decode attention: the new query token (or the last few) of each sequence against its KV cache.
 
@@ -593,6 +594,15 @@ def decode(
         (flash-attn's ``cache_batch_idx``: a static cache of slots, a batch of some of them). Read as a pool of pages
         of ``N`` tokens, one page a sequence: no copy, and the appends write those rows. Not with ``block_table``.
         Rows are checked to lie in the cache where ``validate`` says; else the reads are out of bounds.
+    cache_leftpad : torch.Tensor, optional, keyword-only
+        ``(B,)`` int32: sequence ``b``'s tokens start at ``cache_leftpad[b]`` of its row of a contiguous cache, which
+        holds tokens ``[cache_leftpad[b], cache_seqlens[b])`` (flash-attn's ``cache_leftpad``: prompts padded on the
+        left, as a batched Hugging Face prompt is). Positions count from the first real token: the query's (for
+        ``causal``, a window, ALiBi) and the rotary positions of ``q`` and ``k``, which is rotated at
+        ``cache_seqlens[b] - cache_leftpad[b] + t`` and written at ``cache_seqlens[b] + t``. Read as pages of ``N``
+        tokens that start at every token, one a sequence: no copy (the cache's row stride a multiple of its token
+        stride). Not with ``block_table``, as flash-attn; with ``cache_batch_idx``, the padding is in the row named.
+        ``0 <= cache_leftpad[b] <= cache_seqlens[b]`` is checked where ``validate`` says.
 
     Returns
     -------
@@ -636,9 +646,11 @@ def decode(
     return_lse = checks.flag("return_lse", return_lse)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
     batch, qlen = checks.query_slots(q, cu_seqlens_q, max_seqlen_q, validate)
+    # the query's batch where it can be read (a q that is not a tensor is refused by the checks below)
+    q_batch = q.shape[0] if batch is None and isinstance(q, torch.Tensor) and q.dim() else batch
+    if cache_leftpad is not None and block_table is not None:
+        raise ValueError("cache_leftpad: expected None with a paged cache (block_table), as flash-attn, got a tensor")
     if cache_batch_idx is not None:
-        # the query's batch where it can be read (a q that is not a tensor is refused by the checks below)
-        q_batch = q.shape[0] if batch is None and isinstance(q, torch.Tensor) and q.dim() else batch
         block_table = cache_rows_as_pages(cache_batch_idx, block_table, k_cache, q_batch,
                                           checks.value_checks(validate, cache_batch_idx))
     # with new tokens, the lengths after them: those checked, and those attended
@@ -667,7 +679,16 @@ def decode(
                                             ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks),
                                             ("alibi_slopes", alibi_slopes)))
     rotary = check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache, causal or local)
-    q = append_kv(k_cache, v_cache, k, v, appended, block_table, validate, q, rotary)
+    rotary_lens = None
+    if cache_leftpad is not None:
+        # the new tokens are written at the lengths, rotated at the lengths from the first real token; the query
+        # attends a cache seen as starting there
+        padded, rotary_lens, cache_seqlens = left_padded(cache_leftpad, k_cache, v_cache, cache_batch_idx, appended,
+                                                         cache_seqlens, q_batch,
+                                                         checks.value_checks(validate, cache_leftpad))
+    q = append_kv(k_cache, v_cache, k, v, appended, block_table, validate, q, rotary, rotary_lens)
+    if cache_leftpad is not None:
+        k_cache, v_cache, block_table = padded
     if q.dim() == 4 and qlen == 1:
         # one token: the 3-D call, its outputs seen with the token axis (the buffers' views keep them contiguous)
         res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,
