@@ -16,17 +16,24 @@ SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
 NEW = 5
 
 
+class Calls(list):
+    """The lengths of each call (a list of them), and in ``pads`` the padding of each (None where none was passed)."""
+    pads: list
+
+
 @pytest.fixture
 def decode_calls(monkeypatch):
     """Counts the calls the plug-in makes to leanattn.decode."""
-    calls = []
+    calls = Calls()
+    calls.pads = []
     real = lt.decode
 
     def counting(*args, **kw):
-        # the lengths' values, not the tensor: a tensor kept alive from inside a compiled generate's CUDA-graph
-        # warm-up would be one its pool refuses
-        lens = kw.get("cache_seqlens")
+        # the values, not the tensors: a tensor kept alive from inside a compiled generate's CUDA-graph warm-up
+        # would be one its pool refuses
+        lens, pads = kw.get("cache_seqlens"), kw.get("cache_leftpad")
         calls.append(None if lens is None else lens.tolist())
+        calls.pads.append(None if pads is None else pads.tolist())
         return real(*args, **kw)
     monkeypatch.setattr(lt, "decode", counting)
     return calls
@@ -83,15 +90,22 @@ def test_static_cache_lengths_from_mask(decode_calls, inference):
     assert [int(c[0]) for c in decode_calls[::2]] == list(range(10, 10 + NEW - 1))
 
 
-def test_padded_batch_falls_back_to_sdpa(decode_calls):
+@pytest.mark.parametrize("cache", [None, "static"], ids=["dynamic", "static"])
+def test_left_padded_batch_on_the_kernel(cache, decode_calls):
+    # a batch left-padded by transformers' tokenizer: each row's keys a run after its padding, decoded with
+    # cache_leftpad (flash-attn's), greedy tokens as SDPA's
     model = make("llama", 4, 2)
-    ids = torch.randint(1, 128, (2, 8), device=DEV)
+    ids = torch.randint(1, 128, (3, 8), device=DEV)
     mask = torch.ones_like(ids)
-    mask[1, :3] = 0  # left padding: keys are not a prefix, the kernels do not cover it
-    ref, ref_logits = greedy(model, "sdpa", ids, attention_mask=mask)
-    got, _ = greedy(model, "leanattn", ids, attention_mask=mask)
+    mask[1, :3] = 0
+    mask[2, :7] = 0
+    kw = dict(attention_mask=mask, **({"cache_implementation": cache} if cache else {}))
+    ref, ref_logits = greedy(model, "sdpa", ids, **kw)
+    got, logits = greedy(model, "leanattn", ids, **kw)
     assert_same(got, ref, ref_logits)
-    assert decode_calls == []
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    assert len(decode_calls) == (NEW - 1) * 2  # every decode step of both layers
+    assert decode_calls.pads[0] == [0, 3, 7] and decode_calls[0] == [9, 9, 9]
 
 
 def test_mask_edited_in_place_is_read_again():
@@ -99,12 +113,12 @@ def test_mask_edited_in_place_is_read_again():
     mask = torch.zeros(2, 1, 1, 12, dtype=torch.bool, device=DEV)
     for n in (7, 8, 9):
         mask[..., :n] = True
-        assert lt._prefix_lengths(mask, 2).tolist() == [n, n]
+        assert lt._prefix_lengths(mask, 2)[0].tolist() == [n, n]
     with torch.inference_mode():
         frozen = torch.zeros(1, 1, 1, 12, dtype=torch.bool, device=DEV)
         for n in (3, 4):  # no version counter: never memoised
             frozen[..., :n] = True
-            assert lt._prefix_lengths(frozen, 1).tolist() == [n]
+            assert lt._prefix_lengths(frozen, 1)[0].tolist() == [n]
 
 
 def test_inference_mask_memo_serves_later_layers_of_one_forward(monkeypatch):
@@ -117,14 +131,14 @@ def test_inference_mask_memo_serves_later_layers_of_one_forward(monkeypatch):
         mask = torch.zeros(2, 1, 1, 12, dtype=torch.bool, device=DEV)
         mask[..., :5] = True
         for layer in range(4):
-            assert lt._prefix_lengths(mask, 2, layer=layer).tolist() == [5, 5]
+            assert lt._prefix_lengths(mask, 2, layer=layer)[0].tolist() == [5, 5]
         assert len(reads) == 1
         mask[..., :7] = True  # the next forward's mask, edited in place
         for layer in range(4):
-            assert lt._prefix_lengths(mask, 2, layer=layer).tolist() == [7, 7]
+            assert lt._prefix_lengths(mask, 2, layer=layer)[0].tolist() == [7, 7]
         assert len(reads) == 2
         for _ in range(2):  # no layer index: read at every call
-            assert lt._prefix_lengths(mask, 2).tolist() == [7, 7]
+            assert lt._prefix_lengths(mask, 2)[0].tolist() == [7, 7]
         assert len(reads) == 4
 
 
@@ -168,8 +182,9 @@ def matches_eager(model, padded: bool, cache=None):
                          ids=["dynamic", "left-padded", "static"])
 def test_gemma2_softcap_matches_eager(padded, cache, decode_calls):
     # Gemma-2 caps its attention logits (attn_logit_softcapping; a cap of 0.1 here, so that the cap decides the
-    # scores): decode steps on the kernels with softcap, the full layer's prefill (no mask) and padded calls on the
-    # capped PyTorch path, greedy tokens as transformers' eager attention, which is what Gemma-2 asks for
+    # scores): decode steps on the kernels with softcap (left-padded ones too), the full layer's prefill (no mask) and
+    # padded prefills on the capped PyTorch path, greedy tokens as transformers' eager attention, which is what
+    # Gemma-2 asks for
     lt.register()
     cfg = transformers.Gemma2Config(**SMALL, num_attention_heads=4, num_key_value_heads=2, query_pre_attn_scalar=64,
                                     attn_logit_softcapping=0.1, sliding_window=6)
@@ -181,6 +196,10 @@ def test_gemma2_softcap_matches_eager(padded, cache, decode_calls):
         # of the mask, read with cache_seqlens), and the sliding layer's prefill: 9 tokens whose windowed causal mask
         # ends each row's keys (18 query rows a kv head, one row block of the kernel)
         assert len(decode_calls) == (NEW - 1) * 2 + 1 and decode_calls[0] == [9, 9]
+    if padded:
+        # every decode step of both layers on the kernel: the full layer's with the second row's padding
+        # (cache_leftpad), the sliding layer's window already past it
+        assert len(decode_calls) == (NEW - 1) * 2 and decode_calls.pads[1::2] == [[0, 3]] * (NEW - 1)
 
 
 @pytest.mark.parametrize("family,window", [("llama", None), ("mistral", 6)])
@@ -291,7 +310,7 @@ def test_bad_sinks_and_softcap_rejected():
 @pytest.mark.parametrize("padded", [False, True], ids=["dynamic", "left-padded"])
 def test_gpt_oss_sinks_match_eager(padded, decode_calls):
     # gpt-oss: a learnable sink logit per head in every softmax, sliding (window 4) and full layers alternating:
-    # decode steps on the kernels with sinks=, the prefill and padded calls on the PyTorch path with the sinks,
+    # decode steps on the kernels with sinks= (left-padded ones too), the prefills on the PyTorch path with the sinks,
     # greedy tokens and logits as transformers' eager attention (what gpt-oss asks for)
     lt.register()
     cfg = transformers.GptOssConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
@@ -305,6 +324,8 @@ def test_gpt_oss_sinks_match_eager(padded, decode_calls):
         for layer in model.model.layers:
             layer.self_attn.sinks.normal_(0.0, 2.0)  # sinks that matter
     matches_eager(model, padded)
+    if padded:  # as Gemma-2's: the full layer's steps with the padding, the sliding layer's past it
+        assert len(decode_calls) == (NEW - 1) * 2 and decode_calls.pads[1::2] == [[0, 3]] * (NEW - 1)
     if not padded:
         assert len(decode_calls) >= (NEW - 1) * 2  # every decode step of both layers on the kernel
 

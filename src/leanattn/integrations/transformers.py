@@ -10,12 +10,13 @@ kernel takes, so nothing is copied. Lengths come from the mask transformers buil
 
 - no mask (a dynamic cache without padding): every cached key is valid, so the lengths are the
   cache's size;
-- a boolean mask that is a prefix per row (a static cache, keys written left to right), or, in a layer with a
-  sliding window, the window's part of that prefix: the lengths are the end of each row's run of True, found once
-  per forward (one host sync, shared by all layers that get the mask).
+- a boolean mask that is one run of keys per row (a static cache, keys written left to right; a left-padded batch,
+  its padding before the run), or, in a layer with a sliding window, the window's part of that run: the lengths
+  are the end of each row's run of True and the padding its start (``cache_leftpad``), found once per forward (one
+  host sync, shared by all layers that get the mask).
 
 A layer's ``sliding_window`` (transformers: the query sees itself and the ``sliding_window - 1`` keys before it)
-becomes ``window_left = sliding_window - 1``. Everything else (prefill, left-padded batches, dropout, steps
+becomes ``window_left = sliding_window - 1``. Everything else (prefill, other masks, dropout, steps
 autograd records (the kernels have no backward), head dims or devices the kernels do not take) goes to
 transformers' own SDPA function with the mask from
 transformers' SDPA mask builder, which aligns the causal mask bottom-right when queries and keys
@@ -70,10 +71,12 @@ def cache_keyword(model) -> str:
 
 
 def _prefix_lengths(mask: torch.Tensor, batch: int, window=None, layer=None):
-    """``(batch,)`` int32 lengths when a ``(B|1, 1, Lq, N)`` bool mask is the bottom-right causal mask of ``Lq``
-    query tokens that end a prefix of each row's keys: query ``s`` True on the keys ``[0, len - Lq + s]`` and False
-    after or, with a sliding ``window`` (transformers' ``sliding_window``), True on the last ``window`` of those only;
-    else None. A row's length is the end of its last query's run of True. Memoised per mask tensor and its version
+    """``(lens, pads)``, ``(batch,)`` int32 (``pads`` None where no row is padded), when a ``(B|1, 1, Lq, N)`` bool
+    mask is the bottom-right causal mask of ``Lq`` query tokens that end a run of each row's keys: query ``s`` True
+    on the keys ``[pad, len - Lq + s]`` and False elsewhere or, with a sliding ``window`` (transformers'
+    ``sliding_window``), True on the last ``window`` of those only; else None. A row's length is the end of its last
+    query's run of True, its padding the start of its first query's (where a window has moved past the padding, the
+    window's start: the keys before it are the window's to drop either way). Memoised per mask tensor and its version
     (a mask edited in place is read again), window and batch: the model passes the same mask to every layer of a
     kind, so the check (one host sync) runs once per forward and kind of layer. An inference tensor has no version
     counter: its memo serves only the later layers of one forward (``layer``, the calling module's ``layer_idx``,
@@ -98,14 +101,18 @@ def _prefix_lengths(mask: torch.Tensor, batch: int, window=None, layer=None):
         lq = m.shape[1]
         keys = torch.arange(m.shape[-1], device=m.device)
         lens = (torch.where(m[:, -1], keys, -1).amax(-1) + 1).to(torch.int32)
+        pads = torch.minimum(torch.where(m[:, 0], keys, m.shape[-1]).amin(-1), lens).to(torch.int32)
         # the end of each query's keys: lens for the last, one fewer for each query before it
         ends = lens[:, None] - (lq - 1) + torch.arange(lq, device=m.device)[None, :]
-        expected = keys[None, None, :] < ends[:, :, None]
+        expected = (keys[None, None, :] < ends[:, :, None]) & (keys[None, None, :] >= pads[:, None, None])
         if window is not None:
             expected &= keys[None, None, :] >= (ends - window)[:, :, None]
-        if bool((m == expected).all()):
+        matches, padded = torch.stack([(m == expected).all(), pads.any()]).tolist()  # (one host sync)
+        if matches:
             # kept for the next layers: made outside the CUDA-graph pools of a compiled generate
-            result = runtime.kept(lens.device, lambda: lens.expand(batch).clone(memory_format=torch.contiguous_format))
+            result = tuple(runtime.kept(lens.device, lambda x=x: x.expand(batch).clone(
+                memory_format=torch.contiguous_format)) for x in (lens, pads))
+            result = result if padded else (result[0], None)
     # an inference tensor's entry holds the last layer it served (none: never reused)
     seen = version if version is not None else (layer if layer is not None else float("inf"),)
     live = [e for e in _MASKS if e[0]() is not None and (e[0]() is not mask or e[1:3] != (window, batch))]
@@ -120,37 +127,38 @@ MAX_TOKEN_ROWS = 64
 
 
 def _decode_lengths(module, query, key, value, attention_mask, dropout, kwargs):
-    """``(True, lengths or None)`` when this call is a decode step the kernels cover (one query token, or a few
-    ending a masked prefix: the verification step of assisted generation), else ``(False, None)``."""
+    """``(True, lengths or None, padding or None)`` when this call is a decode step the kernels cover (one query
+    token, or a few ending a masked run of keys: the verification step of assisted generation), else ``(False, None,
+    None)``."""
     B, Hq, Lq, D = query.shape
     if Lq != 1 and (attention_mask is None or Lq * (Hq // key.shape[1]) > MAX_TOKEN_ROWS):
-        return False, None
+        return False, None, None
     if dropout or kwargs.get("cache") is not None or kwargs.get("position_bias") is not None:
-        return False, None
+        return False, None, None
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (query, key, value, kwargs.get("s_aux"))):
-        return False, None  # the kernels have no backward: a step that autograd records is SDPA's
+        return False, None, None  # the kernels have no backward: a step that autograd records is SDPA's
     if D not in checks.SUPPORTED_HEAD_DIMS or query.dtype not in checks.SUPPORTED_DTYPES:
-        return False, None
+        return False, None, None
     if key.dtype != query.dtype or key.stride(-1) != 1 or query.device.type not in ("cuda", "cpu"):
-        return False, None
+        return False, None, None
     if query.device.type == "cpu" and not runtime.interpreting():
-        return False, None  # Triton kernels run on the CPU only under TRITON_INTERPRET=1
+        return False, None, None  # Triton kernels run on the CPU only under TRITON_INTERPRET=1
     window = kwargs.get("sliding_window")
     if window is not None and (isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1):
-        return False, None  # not a window transformers builds: its SDPA function decides
+        return False, None, None  # not a window transformers builds: its SDPA function decides
     if attention_mask is None:
         # a sliding layer without a mask (transformers builds one once its cache holds the window) still attends
         # only its window: decode takes it as window_left
-        return True, None
+        return True, None, None
     if not isinstance(attention_mask, torch.Tensor):
-        return False, None  # flex BlockMask and the like
+        return False, None, None  # flex BlockMask and the like
     if attention_mask.dim() != 4 or attention_mask.shape[0] not in (1, B) or attention_mask.shape[2] != Lq \
             or attention_mask.shape[-1] != key.shape[2]:
         # a user's mask that broadcasts over the queries or keys (one row for every query: no causal pattern) is SDPA's
-        return False, None
-    lens = _prefix_lengths(attention_mask, B, window, getattr(module, "layer_idx", None))
-    return (lens is not None), lens
+        return False, None, None
+    run = _prefix_lengths(attention_mask, B, window, getattr(module, "layer_idx", None))
+    return (True, *run) if run is not None else (False, None, None)
 
 
 def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -180,13 +188,14 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
     """
     softcap = checks.softcap(kwargs.get("softcap") or 0.0)
     sinks = kwargs.get("s_aux")
-    ok, lens = _decode_lengths(module, query, key, value, attention_mask, dropout, kwargs)
+    ok, lens, pads = _decode_lengths(module, query, key, value, attention_mask, dropout, kwargs)
     if ok:
         # (B, Hkv, N, D) -> (B, N, Hkv, D): a view, unit stride on D as the kernel needs
         window = kwargs.get("sliding_window")
         out = decode(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), cache_seqlens=lens,
                      softmax_scale=None if scaling is None else float(scaling), softcap=softcap,
-                     window_left=-1 if window is None else int(window) - 1, causal=True, sinks=sinks)
+                     window_left=-1 if window is None else int(window) - 1, causal=True, sinks=sinks,
+                     cache_leftpad=pads)
         return out, None
     if softcap or sinks is not None:
         if dropout:
