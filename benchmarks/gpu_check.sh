@@ -19,6 +19,9 @@
 #   tests-append  the GPU runs of the append, rotary (decode and shared-prefix) and cache_batch_idx tests
 #   append      eager decode steps with a KV append and rotary: the one launch against PyTorch ops
 #               (benchmarks/probe_decode_append.py)
+#   tests-invariant  the GPU runs of the schedule="batch_invariant" tests (tests/test_decode_batch_invariant.py)
+#   batch-invariant  schedule="batch_invariant" against "lean" and "split", and its bits alone and in the batch
+#               (benchmarks/probe_decode_batch_invariant.py)
 #   tests-leftpad  the GPU runs of the cache_leftpad and cache_batch_idx tests alone
 #   batch-idx   decode through cache_batch_idx (identity, reversed) and cache_leftpad against the contiguous cache read
 #               directly
@@ -350,6 +353,9 @@ for step in "$@"; do
       timeout 400 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py fp8 2>&1 | tail -3 ;;
     fp8-diag) PYTHONPATH=src timeout 120 python3 benchmarks/diag_fp8_convert.py 2>&1 | grep -vi warn ;;
     append) timeout 200 python3 benchmarks/probe_decode_append.py --out "$OUT" 2>&1 | grep -E "B=|wrote|Error" ;;
+    batch-invariant) timeout 300 python3 benchmarks/probe_decode_batch_invariant.py --out "$OUT" 2>&1 \
+      | grep -E "\||wrote|Error" ;;
+    tests-invariant) "${PYTEST[@]}" tests/test_decode_batch_invariant.py 2>&1 | tail -3 ;;
     batch-idx) timeout 300 python3 benchmarks/probe_decode_batch_idx.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     softcap) timeout 300 python3 benchmarks/probe_decode_softcap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8-tiles) timeout 400 python3 benchmarks/probe_decode_fp8_tiles.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;

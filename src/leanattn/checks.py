@@ -311,11 +311,12 @@ def optional_flag(name: str, value) -> bool | None:
 
 
 def schedule(value) -> str:
-    """Decode's ``schedule``, ``"lean"`` or ``"split"``."""
+    """Decode's ``schedule``, ``"lean"``, ``"split"`` or ``"batch_invariant"``."""
     if not isinstance(value, str):
-        raise TypeError(f"schedule: expected 'lean' or 'split', got {type(value).__name__} {value!r}")
-    if value not in ("lean", "split"):
-        raise ValueError(f"schedule: expected 'lean' or 'split', got {value!r}")
+        raise TypeError(f"schedule: expected 'lean', 'split' or 'batch_invariant', got {type(value).__name__} "
+                        f"{value!r}")
+    if value not in ("lean", "split", "batch_invariant"):
+        raise ValueError(f"schedule: expected 'lean', 'split' or 'batch_invariant', got {value!r}")
     return value
 
 

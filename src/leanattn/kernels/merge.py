@@ -135,7 +135,8 @@ def merge_states_kernel(
 UNROLL_MAX = 8
 
 
-def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False, sink_heads: int = 0) -> tuple[tuple, dict]:
+def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False, sink_heads: int = 0,
+                 sequential: bool = False) -> tuple[tuple, dict]:
     """Grid and meta-parameters of ``merge_states_kernel`` for ``S`` states of ``M`` rows.
 
     Up to ``UNROLL_MAX`` states: the unrolled loop (``UNROLL = S``), 4 rows a program of 4 warps from 2048 rows,
@@ -148,13 +149,20 @@ def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False, sink_heads: i
     3.0 (7.0), 512 of 5 states 2.1 (5.8, one row a program) against 3.4 (7.2); 32 rows of 45 states (after a
     flush) 8.1 with 32 states a load against 11.8-21.2 unrolled. Inside the overlap path (probe 41) the unrolled
     merge took 1-3 us off the x256 cases and 0.4-1 us off the others. ``pdl``: launched as a programmatic dependent
-    launch of the launch that writes the states (``runtime.dependent_launch``).
+    launch of the launch that writes the states (``runtime.dependent_launch``). ``sequential``: one state a step
+    in slot order for any ``S``, one row a program, so that the merged bits do not depend on how many empty states
+    follow the others.
 
     Heads wider than 128 merged over few rows (MLA's 512-wide latent, D=256) are split into 128-column programs,
     each loading 4 times (D=512) as many states a step: one sequence of 16 MLA heads cut into 132 pieces was 16
     programs folding 8 pieces a step, 17 dependent L2 round trips; it is 64 programs of 5 steps (not yet timed).
     """
     block_d = triton.next_power_of_2(head_dim)
+    if sequential:
+        # one state a step, whatever S: the fold's order and arithmetic do not depend on S, and an empty state
+        # (lse = -inf) after the others leaves every bit as it was (schedule="batch_invariant")
+        return (M,), dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=1, num_warps=1, UNROLL=0,
+                          SINK_HEADS=sink_heads, **launch_meta(pdl))
     if S <= UNROLL_MAX:
         rows, warps = (4, 4) if M >= 2048 else (1, 1)
         return (triton.cdiv(M, rows),), dict(HEAD_DIM=head_dim, BLOCK_M=rows, BLOCK_D=block_d, BLOCK_S=1,

@@ -78,9 +78,12 @@ class _Plan:
         paged = block_table is not None
         fp8_capable("k_cache", k_cache.dtype, device)
         self.cap = cap = _capacity(k_cache, block_table)
+        # batch_invariant: the split schedule with splits of a fixed size and a launch configuration that no other
+        # sequence's length, the batch or the capacity chooses
+        invariant = schedule == "batch_invariant"
         # a sliding window bounds every row's work, whatever the capacity: the launch is sized for the window
         cfg = decode_config(D, group * qlen, device, block_n or None, k_cache.shape[1] if paged else 0,
-                            B * k_cache.shape[2],
+                            0 if invariant else B * k_cache.shape[2],
                             window_tokens(cap, 1, window_left), num_stages,
                             k_cache.dtype in checks.FP8_DTYPES and q.dtype != torch.float32)
         # the most tiles a row can have: exact where every sequence fills the cache, else the window's bound
@@ -91,7 +94,8 @@ class _Plan:
         self.sink_dtype = sink_dtype
         # the LSE of calls that do not return it: written, never read (launches sharing it may overwrite it)
         self.lse_sink = runtime.workspace("decode_lse_sink", device, q.shape[:-1], torch.float32)
-        self.schedule = schedule
+        self.schedule = schedule = "split" if invariant else schedule
+        self.invariant = invariant
         bt_stride = block_table.stride(0) if paged else 0
         self.meta = dict(
             GROUP=group, N_HB=cfg.n_hb, ROWS=k_cache.shape[2] * cfg.n_hb,
@@ -162,13 +166,20 @@ class _Plan:
                                         device, sms)
         else:
             rows = B * self.meta["ROWS"]
-            if workers <= 0:
+            if invariant:
+                # splits of INVARIANT_SPLIT_TOKENS from each row's first tile: a longer capacity adds splits past
+                # every shorter sequence's tiles, empty states its merge folds in as no change
+                chunk = max(1, INVARIANT_SPLIT_TOKENS // cfg.block_n)
+                workers = triton.cdiv(row_tiles, chunk)
+            elif workers <= 0:
                 workers = num_splits_heuristic(rows, 2 * runtime.num_sms(device), row_tiles)
             self.splits = splits = max(1, min(workers, row_tiles))
+            if not invariant:
+                chunk = triton.cdiv(row_tiles, splits)
             self.grid = (rows, splits)
             part = (rows_q * Hq * D, rows_q * Hq) if splits > 1 else (0, 0)
             self.tail = strides + part + (bt_stride, *token_strides, *option_strides, qk_scale, v_scale, softcap_log2,
-                                          window, cap, triton.cdiv(row_tiles, splits))
+                                          window, cap, chunk)
             # the merge waits for the splits as a programmatic dependent launch where there is one
             pdl = splits > 1 and runtime.dependent_launch(device) and not after_prior
             self.meta.update(PDL=pdl, EVEN=bool(even))
@@ -176,7 +187,7 @@ class _Plan:
             self.partials = self.launch_merge = None
             if splits > 1 and merged:
                 *self.partials, self.launch_merge = states_and_merge("split_states", device, splits, rows_q, Hq, D,
-                                                                     pdl)
+                                                                     pdl, sequential=invariant)
         if schedule == "split":
             # launches after the first skip the JIT's per-call argument specialisation (runtime.Launcher)
             self.meta["AFTER_PRIOR"] = after_prior
@@ -198,6 +209,8 @@ class _Plan:
             facts["mla"] = True
         if self.schedule == "split":
             facts.update(splits=self.splits, merge="launch" if self.launch_merge is not None else "none")
+            if self.invariant:
+                facts["batch_invariant"] = True
             if m["EVEN"]:  # a lean call whose cut is even pieces of each row (even_pieces)
                 facts["even_pieces"] = True
         else:
@@ -266,6 +279,10 @@ _ENV_KNOBS = ("LEANATTN_DECODE_LOAD", "LEANATTN_DECODE_MERGE", "LEANATTN_DECODE_
 _ENV = runtime.EnvReader(*_ENV_KNOBS)
 
 
+# schedule="batch_invariant": the keys of each split (the same for every head dim's tile, a power of two)
+INVARIANT_SPLIT_TOKENS = 2048
+
+
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
                  num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False,
                  cu_seqlens_q=None, max_seqlen_q=0, alibi_slopes=None, sinks=None, q_pe=None, kpe_cache=None, *,
@@ -292,6 +309,10 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     max_q = max_seqlen_q if cu_seqlens_q is not None else 0
     # (the slopes have unit stride on the heads: checks.alibi_slopes)
     alibi_stride = -1 if alibi_slopes is None else alibi_slopes.stride(0) if alibi_slopes.dim() == 2 else 0
+    if schedule == "batch_invariant" and (num_programs or num_splits):
+        name = "num_programs" if num_programs else "num_splits"
+        raise ValueError(f"{name}: expected 0 with schedule='batch_invariant' (its splits are "
+                         f"{INVARIANT_SPLIT_TOKENS} tokens each), got {num_programs or num_splits}")
     workers = num_programs if schedule == "lean" else num_splits
     # (the cache's dtype too: a float8 cache's need not be q's, and a plan's launchers run the kernel compiled
     # for the dtypes of their first launch)
@@ -490,7 +511,7 @@ def decode(
         scores past fp32's range give NaN.
     return_lse : bool
         Also return the natural-log sum of exponentiated scores, for merging partial results.
-    schedule : {"lean", "split"}
+    schedule : {"lean", "split", "batch_invariant"}
         ``"lean"``: stream-K; a persistent grid of ``SMs x occupancy`` programs, each taking an
         equal contiguous range of all KV tiles of all (sequence, kv-head) pairs, counted by real
         length; partial heads are merged in a fixed order (bitwise deterministic): in-kernel, or, for
@@ -499,6 +520,11 @@ def decode(
         even pieces of each row, the pieces run as a ``(rows, pieces)`` grid of the split kernel, cut
         on the GPU from the length, and a second launch merges them (``even_pieces``).
         ``"split"``: FlashDecoding's fixed number of splits per head and a merge launch.
+        ``"batch_invariant"``: each sequence's output bitwise the same whatever the batch it is in, the other
+        sequences' lengths and the cache's capacity (the batch-invariant or deterministic inference of SGLang and
+        vLLM): the split schedule with splits of 2048 keys from each row's first, a launch configuration chosen
+        from the head dims, dtypes and page size alone, and a merge that folds the splits one at a time in order
+        (the empty ones past a sequence's end change no bit). Slower than ``"lean"`` where few rows are long.
     num_programs : int, keyword-only
         Persistent programs for ``"lean"`` (0 = SMs x measured occupancy).
     num_splits : int, keyword-only

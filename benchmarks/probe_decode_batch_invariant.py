@@ -1,0 +1,59 @@
+"""What ``schedule="batch_invariant"`` costs decode: its fixed 2048-key splits, batch-blind launch configuration and
+one-state-a-step merge against the stream-K schedule (``"lean"``) and the split schedule's heuristic, same process.
+
+On contiguous suite cases (``bench_decode.suite``, bf16), each call is checked against the float64 reference, then
+CUDA-graph replays are timed in interleaved rounds (do_bench, L2 flushed). Each case also checks the property: the
+first sequence's output and LSE alone (a batch of one, its own length as the capacity) bitwise equal to its rows in
+the case's batch.
+
+    PYTHONPATH=src python benchmarks/probe_decode_batch_invariant.py [--out DIR] [--cases A,B]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_decode as bd  # noqa: E402
+import common  # noqa: E402
+
+import leanattn  # noqa: E402
+
+CASES = ("mha B=1 64k", "gqa B=4 32k", "gqa B=64 4k", "ragged-tail B=16", "d64 mha B=1 64k")
+
+
+def invariant_alone(q, k, v, sl) -> bool:
+    """Sequence 0's rows of the batch call equal, bit for bit, to its call alone in a cache of its own length."""
+    n = int(sl[0]) if sl is not None else k.shape[1]
+    out, lse = leanattn.decode(q, k, v, sl, return_lse=True, schedule="batch_invariant")
+    one = (torch.tensor([n], dtype=torch.int32, device=q.device),) if sl is not None else (None,)
+    out1, lse1 = leanattn.decode(q[:1], k[:1, :n].contiguous(), v[:1, :n].contiguous(), *one, return_lse=True,
+                                 schedule="batch_invariant")
+    return bool(torch.equal(out[:1], out1) and torch.equal(lse[:1], lse1))
+
+
+def measure(case, inp, ref) -> dict:
+    q, k, v, sl = inp["q"], inp["k"], inp["v"], inp["seqlens"]
+    fns = {name: bd.with_plans(lambda s=name: leanattn.decode(q, k, v, sl, schedule=s))
+           for name in ("lean", "split", "batch_invariant")}
+    us, med = bd.interleaved_graph_times(case["name"], fns, ref, rounds=3)
+    same = invariant_alone(q, k, v, sl)
+    print(f"{case['name']:22s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
+          + f" | invariant / lean {med['batch_invariant'] / med['lean']:.3f} | alone == in batch: {same}",
+          flush=True)
+    return dict(case=case["name"], us=us, median=med, ratio=med["batch_invariant"] / med["lean"],
+                bitwise_alone=same)
+
+
+def main(argv=None):
+    args, want = common.probe_args(__doc__, argv)
+    torch.manual_seed(0)
+    out = [measure(case, inp, ref) for case, inp, ref, _ in bd.probe_cases(CASES, want)]
+    common.write_probe(args.out, "decode_probe_batch_invariant.json", cases=out, timing=bd.GRAPH_TIMING,
+                       probe="decode with schedule='batch_invariant' against 'lean' and 'split'")
+
+
+if __name__ == "__main__":
+    main()
