@@ -409,8 +409,9 @@ def generate(
         Also return the logits each token was drawn from (memory: rows x tokens x vocab floats).
     return_cache : bool
         Keep the prompts' KV cache in the result (``Generation.cache``) instead of freeing it.
-    schedule : {"lean", "split"}
-        Decode schedule of :func:`leanattn.decode` (single-sample path).
+    schedule : {"lean", "split", "batch_invariant"}
+        Decode schedule of :func:`leanattn.decode` (single-sample path; ``"batch_invariant"``: each row's attention
+        bitwise the same whatever the batch).
     speculate : int
         Greedy speculative decoding with ``speculate`` draft tokens a step, looked up in each row's own text (prompt
         lookup: what followed the latest earlier occurrence of its last 3, 2 or 1 tokens) and verified in one forward

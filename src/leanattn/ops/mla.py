@@ -138,7 +138,7 @@ def mla_decode(
         squared (``mscale = 0.1 * mscale_all_dim * ln(factor) + 1``), not the factor itself.
     return_lse : bool
         Also return the natural-log sum of exponentiated scores.
-    schedule : {"lean", "split"}
+    schedule : {"lean", "split", "batch_invariant"}
         As in :func:`leanattn.decode`.
     causal : bool, keyword-only
         With ``Lq > 1``: each token attends the keys up to its own position (bottom-right aligned).
