@@ -32,7 +32,10 @@ def _alone_and_in_batches(q_x, k_x, v_x, n_x, **kw):
     length) alone in a cache of its length, and in two batches around other sequences in caches of other capacities."""
     Hkv, D = k_x.shape[1:]
     results = []
-    for capacity, before, after in ((n_x, [], []), (3 * n_x + 5, [3 * n_x + 5, 0], [7]), (n_x + 1, [1], [n_x + 1])):
+    # (the second capacity cut into more splits than x's own, also where x has one: its state written directly
+    # against merged with empty ones)
+    for capacity, before, after in ((n_x, [], []), (3 * n_x + 40, [3 * n_x + 40, 0], [7]),
+                                    (n_x + 1, [1], [n_x + 1])):
         lens = before + [n_x] + after
         B, at = len(lens), len(before)
         q = torch.randn(B, *q_x.shape, dtype=q_x.dtype, device=DEV)
@@ -83,6 +86,8 @@ def test_errors():
         leanattn.decode(q, k, k, schedule="batch_invariant", num_splits=3)
     with pytest.raises(ValueError, match="num_programs: expected 0 with schedule='batch_invariant'"):
         leanattn.decode(q, k, k, schedule="batch_invariant", num_programs=4)
+    with pytest.raises(ValueError, match="num_splits: expected 0 with schedule='batch_invariant'"):
+        leanattn.decode(q, k[:, :0], k[:, :0], schedule="batch_invariant", num_splits=3)  # (an empty cache too)
     with pytest.raises(ValueError, match="schedule: expected 'lean', 'split' or 'batch_invariant', got 'fixed'"):
         leanattn.decode(q, k, k, schedule="fixed")
 

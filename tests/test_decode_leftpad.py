@@ -11,6 +11,7 @@ import torch
 
 import leanattn
 from leanattn import reference
+from leanattn.ops import decode as decode_ops
 from leanattn.testing import TOLERANCE, assert_rel_close, assert_states_match
 from test_decode import SCHEDULES
 from test_decode_append import DEV, _written_by_hand, make_inputs
@@ -34,10 +35,12 @@ def _moved_to_front(cache, lens, pads):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 @pytest.mark.parametrize("qlen,mode", [(0, "plain"), (3, "causal"), (0, "window"), (2, "window")],
                          ids=["one", "three-causal", "one-window", "two-window"])
-def test_matches_the_reference_and_the_tokens_moved(schedule, dtype, qlen, mode):
+# 160 token slots are copied, 360 read in place as pages of 256 tokens starting anywhere (ops/token_pages)
+@pytest.mark.parametrize("capacity", [40, 90], ids=["copied", "pages"])
+def test_matches_the_reference_and_the_tokens_moved(schedule, dtype, qlen, mode, capacity):
     # lengths and paddings: a full row padded, an empty row, a row all padding, an unpadded one
-    lens, pads = [40, 0, 9, 23], _pads([5, 0, 9, 0])
-    q, k_cache, v_cache, seqlens, _ = make_inputs(4, 8, 2, 64, lens, dtype=dtype, capacity=40)
+    lens, pads = [capacity, 0, 9, 23], _pads([5, 0, 9, 0])
+    q, k_cache, v_cache, seqlens, _ = make_inputs(4, 8, 2, 64, lens, dtype=dtype, capacity=capacity)
     if qlen:
         q = torch.randn(4, qlen, 8, 64, dtype=dtype, device=DEV)
     kw = dict(causal=True) if mode == "causal" else dict(window_left=6, causal=qlen > 1) if mode == "window" else {}
@@ -52,29 +55,31 @@ def test_matches_the_reference_and_the_tokens_moved(schedule, dtype, qlen, mode)
 
 def test_with_other_options():
     # ALiBi (distances from the padded positions), sinks, a soft cap, a head-major cache and the full capacity
-    q, k_cache, v_cache, _, _ = make_inputs(3, 4, 1, 64, [19, 19, 19], capacity=19, layout="hnd")
-    pads = _pads([0, 7, 18])
+    q, k_cache, v_cache, _, _ = make_inputs(3, 4, 1, 64, [90, 90, 90], capacity=90, layout="hnd")
+    pads = _pads([0, 7, 89])
     opts = dict(alibi_slopes=torch.rand(4, device=DEV), sinks=torch.randn(4, device=DEV), softcap=15.0)
     out, lse = leanattn.decode(q, k_cache, v_cache, return_lse=True, cache_leftpad=pads, **opts)
     ref_out, ref_lse = reference.decode(q, k_cache, v_cache, cache_leftpad=pads, **opts)
     assert_states_match("options", q, out, lse, ref_out, ref_lse)
 
 
-@pytest.mark.parametrize("T,qlen,mode", [(1, 0, "plain"), (2, 2, "causal"), (3, 3, "window")],
-                         ids=["one", "two-causal", "three-window"])
-def test_appends_and_rotary_count_from_the_first_real_token(T, qlen, mode):
+@pytest.mark.parametrize("T,qlen,mode,capacity", [(1, 0, "plain", 16), (2, 2, "causal", 100), (3, 3, "window", 16),
+                                                   (1, 0, "plain", 100)],
+                         ids=["one-copied", "two-causal-pages", "three-window-copied", "one-pages"])
+def test_appends_and_rotary_at_the_cache_slots(T, qlen, mode, capacity):
     lens = [4, 11, 6]
-    q, k_cache, v_cache, seqlens, _ = make_inputs(3, 4, 2, 64, lens, capacity=16)
+    q, k_cache, v_cache, seqlens, _ = make_inputs(3, 4, 2, 64, lens, capacity=capacity)
     pads = _pads([2, 0, 6])
     if qlen:
         q = torch.randn(3, qlen, 4, 64, dtype=q.dtype, device=DEV)
     kn, vn = (torch.randn(3, T, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
-    cos, sin = _tables(20, 32)
+    cos, sin = _tables(capacity, 32)
     kw = dict(causal=True) if mode == "causal" else dict(window_left=3) if mode == "window" else {}
     out, lse = leanattn.decode(q, k_cache, v_cache, seqlens, return_lse=True, k=kn, v=vn, rotary_cos=cos,
                                rotary_sin=sin, cache_leftpad=pads, **kw)
-    # written at the lengths, rotated at the lengths less the padding (flash-attn's positions)
-    at = (seqlens - pads).long()[:, None] + torch.arange(T, device=DEV)[None, :]
+    # written and rotated at the lengths, the cache's slots (flash-attn's positions: its test rotates at
+    # cache_seqlens with or without padding)
+    at = seqlens.long()[:, None] + torch.arange(T, device=DEV)[None, :]
     want_k = _written_by_hand(k_cache.double(), reference.rotary(kn, cos, sin, at), seqlens, None)
     want_v = _written_by_hand(v_cache.double(), vn.double(), seqlens, None)
     assert_rel_close("keys written", k_cache.double(), want_k, TOLERANCE[q.dtype])
@@ -89,7 +94,7 @@ def test_appends_and_rotary_count_from_the_first_real_token(T, qlen, mode):
 
 def test_with_cache_batch_idx_and_a_packed_query():
     q, k_cache, v_cache, _, _ = make_inputs(2, 4, 2, 64, [12, 12], capacity=12)
-    rows = torch.randn(5, 12, 2, 64, dtype=q.dtype, device=DEV), torch.randn(5, 12, 2, 64, dtype=q.dtype, device=DEV)
+    rows = torch.randn(5, 64, 2, 64, dtype=q.dtype, device=DEV), torch.randn(5, 64, 2, 64, dtype=q.dtype, device=DEV)
     idx = torch.tensor([3, 0], dtype=torch.int32, device=DEV)
     lens, pads = torch.tensor([12, 8], dtype=torch.int32, device=DEV), _pads([4, 1])
     out, lse = leanattn.decode(q, *rows, lens, return_lse=True, cache_batch_idx=idx, cache_leftpad=pads)
@@ -105,7 +110,7 @@ def test_with_cache_batch_idx_and_a_packed_query():
 
 def test_compile_fullgraph_steps():
     # decode steps with an append, compiled once, the lengths advanced between them
-    q, k_cache, v_cache, seqlens, _ = make_inputs(2, 4, 2, 64, [5, 9], capacity=16)
+    q, k_cache, v_cache, seqlens, _ = make_inputs(2, 4, 2, 64, [5, 9], capacity=160)
     pads = _pads([3, 1])
     torch._dynamo.reset()
     step = torch.compile(lambda q, kc, vc, lens, kn, vn, pads: leanattn.decode(q, kc, vc, lens, k=kn, v=vn,
@@ -119,6 +124,16 @@ def test_compile_fullgraph_steps():
         assert_rel_close("compiled step", out,
                          reference.decode(q, want_k, want_v, seqlens + 1, cache_leftpad=pads)[0], TOLERANCE[q.dtype])
         seqlens += 1
+
+
+def test_a_growing_cache_keeps_its_page_size():
+    # transformers' dynamic cache grows a token a step: the pages stay 256 tokens (a compile-time constant of the
+    # kernels), one more a row each 256 steps
+    decode_ops._PLANS.clear()
+    for capacity in (300, 301, 600):
+        q, k_cache, v_cache, seqlens, _ = make_inputs(2, 4, 2, 64, [capacity, 10], capacity=capacity)
+        leanattn.decode(q, k_cache, v_cache, seqlens, cache_leftpad=_pads([2, 4]))
+    assert {p.meta["PAGE_SIZE"] for p in decode_ops._PLANS.values()} == {256}
 
 
 def test_errors():

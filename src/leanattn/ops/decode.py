@@ -18,7 +18,7 @@ from .kv_append import append_kv, lengths_after
 from .rotary import check_rotary
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
-from .token_pages import cache_rows_as_pages, left_padded
+from .token_pages import cache_rows_as_pages, check_leftpad, left_padded
 
 __all__ = ["decode"]
 
@@ -292,6 +292,10 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines.
     ``q_pe`` and ``kpe_cache``: MLA's rotary parts (``ops/mla.py``), whose ``v_cache`` is ``k_cache``. ``out`` and
     ``lse``: the caller's checked buffers (``checks.output_buffer``), written in place of new tensors."""
+    if schedule == "batch_invariant" and (num_programs or num_splits):
+        name = "num_programs" if num_programs else "num_splits"
+        raise ValueError(f"{name}: expected 0 with schedule='batch_invariant' (its splits are "
+                         f"{INVARIANT_SPLIT_TOKENS} tokens each), got {num_programs or num_splits}")
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if lse is None and (need_lse or out.numel() == 0 or _capacity(k_cache, block_table) == 0):
@@ -309,10 +313,6 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     max_q = max_seqlen_q if cu_seqlens_q is not None else 0
     # (the slopes have unit stride on the heads: checks.alibi_slopes)
     alibi_stride = -1 if alibi_slopes is None else alibi_slopes.stride(0) if alibi_slopes.dim() == 2 else 0
-    if schedule == "batch_invariant" and (num_programs or num_splits):
-        name = "num_programs" if num_programs else "num_splits"
-        raise ValueError(f"{name}: expected 0 with schedule='batch_invariant' (its splits are "
-                         f"{INVARIANT_SPLIT_TOKENS} tokens each), got {num_programs or num_splits}")
     workers = num_programs if schedule == "lean" else num_splits
     # (the cache's dtype too: a float8 cache's need not be q's, and a plan's launchers run the kernel compiled
     # for the dtypes of their first launch)
@@ -524,7 +524,10 @@ def decode(
         sequences' lengths and the cache's capacity (the batch-invariant or deterministic inference of SGLang and
         vLLM): the split schedule with splits of 2048 keys from each row's first, a launch configuration chosen
         from the head dims, dtypes and page size alone, and a merge that folds the splits one at a time in order
-        (the empty ones past a sequence's end change no bit). Slower than ``"lean"`` where few rows are long.
+        (the empty ones past a sequence's end change no bit). Slower than ``"lean"`` where few rows are long. The
+        batch fixes none of the launch but a packed query's ``max_seqlen_q`` (the rows a program stacks); float8
+        caches read through ``cache_batch_idx`` take tiles chosen from the capacity (its page size), and
+        ``cache_leftpad`` over caches of under 256 token slots copies them (a contiguous cache's tiles).
     num_programs : int, keyword-only
         Persistent programs for ``"lean"`` (0 = SMs x measured occupancy).
     num_splits : int, keyword-only
@@ -623,11 +626,12 @@ def decode(
     cache_leftpad : torch.Tensor, optional, keyword-only
         ``(B,)`` int32: sequence ``b``'s tokens start at ``cache_leftpad[b]`` of its row of a contiguous cache, which
         holds tokens ``[cache_leftpad[b], cache_seqlens[b])`` (flash-attn's ``cache_leftpad``: prompts padded on the
-        left, as a batched Hugging Face prompt is). Positions count from the first real token: the query's (for
-        ``causal``, a window, ALiBi) and the rotary positions of ``q`` and ``k``, which is rotated at
-        ``cache_seqlens[b] - cache_leftpad[b] + t`` and written at ``cache_seqlens[b] + t``. Read as pages of ``N``
-        tokens that start at every token, one a sequence: no copy (the cache's row stride a multiple of its token
-        stride). Not with ``block_table``, as flash-attn; with ``cache_batch_idx``, the padding is in the row named.
+        left, as a batched Hugging Face prompt is). The padding is never read; ``causal``, a window and ALiBi see the
+        same distances as without it. Rotary positions are the cache's slots, as flash-attn's: ``k`` is rotated at
+        ``cache_seqlens[b] + t``, where it is written (rotary tables of ``N`` rows, or more). Read as pages of 256
+        tokens that start at every token: no copy (the cache's row stride a multiple of its token stride; a cache of
+        fewer than 256 token slots is copied). Not with ``block_table``, as flash-attn; with ``cache_batch_idx``, the
+        padding is in the row named.
         ``0 <= cache_leftpad[b] <= cache_seqlens[b]`` is checked where ``validate`` says.
 
     Returns
@@ -679,6 +683,9 @@ def decode(
     if cache_batch_idx is not None:
         block_table = cache_rows_as_pages(cache_batch_idx, block_table, k_cache, q_batch,
                                           checks.value_checks(validate, cache_batch_idx))
+    if cache_leftpad is not None:
+        check_leftpad(cache_leftpad, k_cache, v_cache, cache_seqlens, q_batch,
+                      checks.value_checks(validate, cache_leftpad))
     # with new tokens, the lengths after them: those checked, and those attended
     appended = cache_seqlens
     cache_seqlens, seqlens_name = lengths_after(k, v, q, k_cache, cache_seqlens, cu_seqlens_q)
@@ -705,16 +712,11 @@ def decode(
                                             ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks),
                                             ("alibi_slopes", alibi_slopes)))
     rotary = check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache, causal or local)
-    rotary_lens = None
+    q = append_kv(k_cache, v_cache, k, v, appended, block_table, validate, q, rotary)
     if cache_leftpad is not None:
-        # the new tokens are written at the lengths, rotated at the lengths from the first real token; the query
-        # attends a cache seen as starting there
-        padded, rotary_lens, cache_seqlens = left_padded(cache_leftpad, k_cache, v_cache, cache_batch_idx, appended,
-                                                         cache_seqlens, q_batch,
-                                                         checks.value_checks(validate, cache_leftpad))
-    q = append_kv(k_cache, v_cache, k, v, appended, block_table, validate, q, rotary, rotary_lens)
-    if cache_leftpad is not None:
-        k_cache, v_cache, block_table = padded
+        # from here each sequence starts at its first real token (after the appends: a small cache is copied)
+        (k_cache, v_cache, block_table), cache_seqlens = left_padded(cache_leftpad, k_cache, v_cache,
+                                                                     cache_batch_idx, cache_seqlens, q_batch)
     if q.dim() == 4 and qlen == 1:
         # one token: the 3-D call, its outputs seen with the token axis (the buffers' views keep them contiguous)
         res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,

@@ -15,7 +15,7 @@ import torch
 
 from .. import checks
 
-__all__ = ["token_pool", "token_pages", "cache_rows_as_pages", "left_padded"]
+__all__ = ["token_pool", "token_pages", "cache_rows_as_pages", "check_leftpad", "left_padded"]
 
 
 def token_pool(k: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -74,39 +74,55 @@ def cache_rows_as_pages(cache_batch_idx: Optional[torch.Tensor], block_table: Op
     return cache_batch_idx[:, None]
 
 
-def _padded_pool(name: str, cache: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """A contiguous cache ``(rows, N, Hkv, D)`` seen as pages of ``N`` tokens that start at every token (page stride
-    one token), page ``row * step + t`` holding tokens ``t, t + 1, ...`` of ``row``; a view, never a copy (the appends
-    must land in the cache), and the step between rows."""
-    X, Y, Hkv, D = cache.shape
-    s0, s1, s2, s3 = cache.stride()
+# tokens a page of the padded pool: a multiple of every decode tile, and fixed, so that a cache that grows by a token
+# a step (transformers' dynamic cache) keeps its compiled kernels (a page of the whole capacity, a compile-time
+# constant of the kernel, compiled one a step)
+PAD_PAGE = 256
+
+
+def _row_step(name: str, cache: torch.Tensor) -> tuple[int, int]:
+    """The step between the rows of a contiguous cache ``(rows, N, Hkv, D)`` in tokens, and the token slots from its
+    first row's first token to its last row's last (``_padded_pool``'s page ids)."""
+    X, Y = cache.shape[:2]
+    s0, s1 = cache.stride()[:2]
     if X > 1 and not (s1 > 0 and s0 % s1 == 0):
         raise ValueError(f"{name}: expected a row stride that is a multiple of the token stride with cache_leftpad "
                          f"(its rows are read as pages starting at any token, without a copy), got strides "
                          f"{tuple(cache.stride())}")
     step = s0 // s1 if X > 1 else Y
-    if (X - 1) * step + Y > torch.iinfo(torch.int32).max:
-        raise ValueError(f"{name}: expected at most 2**31 - 1 token slots with cache_leftpad (int32 page ids), got "
-                         f"{(X - 1) * step + Y}")
-    # the last page starts at row X - 1's first token: pages starting later (a padded last row) run past this shape,
-    # never past the storage, as a page is read only up to its row's end
-    return cache.as_strided(((X - 1) * step + 1, Y, Hkv, D), (s1, s1, s2, s3)), step
+    slots = (X - 1) * step + Y
+    if slots + PAD_PAGE > torch.iinfo(torch.int32).max:
+        raise ValueError(f"{name}: expected under 2**31 - {PAD_PAGE} token slots (rows x row step) with "
+                         f"cache_leftpad (int32 page ids), got {slots}")
+    return step, slots
 
 
-def left_padded(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                cache_batch_idx: Optional[torch.Tensor], appended: Optional[torch.Tensor], lens: Optional[torch.Tensor],
-                batch: int, validate: bool) -> tuple:
-    """flash-attn's ``cache_leftpad``: sequence ``b``'s tokens are ``[cache_leftpad[b], lens[b])`` of its row of a
-    contiguous cache ``(rows, N, Hkv, D)`` (row ``b``, or ``cache_batch_idx[b]``, already checked), attended as a
-    sequence that starts there (the appends write the cache itself, at the lengths). The caches are seen as pages of
-    ``N`` tokens starting at every token (:func:`_padded_pool`, no copy), each sequence's one page the one at its
-    first real token.
+def _padded_pool(cache: torch.Tensor, slots: int) -> torch.Tensor:
+    """A contiguous cache ``(rows, N, Hkv, D)`` of ``slots >= PAD_PAGE`` token slots (:func:`_row_step`) seen as
+    pages of ``PAD_PAGE`` tokens that start at every token (page stride one token), page ``row * step + t`` holding
+    tokens ``t, t + 1, ...`` of ``row`` (and on into the next row, whose keys are never read there): a view."""
+    _, _, Hkv, D = cache.shape
+    _, s1, s2, s3 = cache.stride()
+    # pages starting past this shape (a padded last row's) run past it, never past the storage, as a page is read
+    # only up to its sequence's length
+    return cache.as_strided((slots - PAD_PAGE + 1, PAD_PAGE, Hkv, D), (s1, s1, s2, s3))
 
-    ``appended`` (lengths before new tokens, or None) and ``lens`` (those attended, None for the capacity): int32
-    ``(B,)``. Returns ``((k_pool, v_pool, block_table), appended, lens)``, the lengths counted from each sequence's
-    first real token (``appended``: the rotary positions of the new tokens). Where ``validate``,
-    ``0 <= cache_leftpad[b] <=`` the length before new tokens (a device sync); the op has checked the lengths against
-    the capacity ``N``."""
+
+def _left_aligned(cache: torch.Tensor, rows: torch.Tensor, pads: torch.Tensor) -> torch.Tensor:
+    """``(B, N, Hkv, D)``: row ``rows[b]`` of ``cache`` from token ``pads[b]`` on, at the front (a copy; the
+    positions past the row hold its last token, never read)."""
+    N = cache.shape[1]
+    at = (pads.long()[:, None] + torch.arange(N, device=cache.device)[None, :]).clamp_(max=N - 1)
+    raw = cache.view(torch.uint8) if cache.element_size() == 1 and cache.is_floating_point() else cache
+    return raw[rows[:, None], at].view(cache.dtype)
+
+
+def check_leftpad(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  before: Optional[torch.Tensor], batch: int, validate: bool) -> None:
+    """Checks of flash-attn's ``cache_leftpad`` (``(batch,)`` int32 on the cache's device) against a contiguous cache
+    ``(rows, N, Hkv, D)`` whose row stride is a whole number of tokens, the same for ``k_cache`` and ``v_cache``;
+    where ``validate``, ``0 <= cache_leftpad[b] <= before[b]`` (the lengths before new tokens; None: the capacity),
+    a device sync."""
     checks.check_index("cache_leftpad", cache_leftpad, 1, k_cache.device)
     if cache_leftpad.shape[0] != batch:
         raise ValueError(f"cache_leftpad: expected shape ({batch},) (batch size of q), got "
@@ -114,25 +130,41 @@ def left_padded(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     if k_cache.dim() != 4 or k_cache.shape[1] == 0:
         raise ValueError(f"k_cache: expected a contiguous cache (B, N, Hkv, D) of N >= 1 with cache_leftpad, got "
                          f"shape {tuple(k_cache.shape)}")
-    k_pool, step = _padded_pool("k_cache", k_cache)
-    v_pool, v_step = _padded_pool("v_cache", v_cache)
+    step, _ = _row_step("k_cache", k_cache)
+    v_step, _ = _row_step("v_cache", v_cache)
     if v_step != step:
         raise ValueError(f"v_cache: expected k_cache's row step of {step} tokens with cache_leftpad, got {v_step}")
-    capacity = k_cache.shape[1]
-    before = appended if appended is not None else lens
     if validate and cache_leftpad.numel():
+        capacity = k_cache.shape[1]
         lo = int(cache_leftpad.min())
         over = int((cache_leftpad > (before if before is not None else capacity)).sum())
         if lo < 0 or over:
             what = "cache_seqlens" if before is not None else f"the capacity {capacity}"
             raise ValueError(f"cache_leftpad: expected 0 <= cache_leftpad <= {what} (the lengths before new tokens), "
                              f"got a minimum of {lo} and {over} sequences past it")
+
+
+def left_padded(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                cache_batch_idx: Optional[torch.Tensor], lens: Optional[torch.Tensor], batch: int) -> tuple:
+    """flash-attn's ``cache_leftpad`` (checked: :func:`check_leftpad`): sequence ``b``'s tokens are
+    ``[cache_leftpad[b], lens[b])`` of its row of a contiguous cache ``(rows, N, Hkv, D)`` (row ``b``, or
+    ``cache_batch_idx[b]``, already checked), attended as a sequence that starts there. The caches are seen as pages
+    of ``PAD_PAGE`` tokens starting at every token (:func:`_padded_pool`, no copy), each sequence's pages those from
+    its first real token on; a cache of fewer slots than a page is copied with each sequence at the front of its row
+    (:func:`_left_aligned`).
+
+    ``lens``: int32 ``(B,)`` lengths attended (None: the capacity). Returns ``((k, v, block_table or None), lens)``,
+    the lengths counted from each sequence's first real token."""
+    step, slots = _row_step("k_cache", k_cache)
+    capacity = k_cache.shape[1]
+    # (an unchecked negative padding would name a page before the cache's first token)
+    pads = cache_leftpad.clamp(min=0)
     rows = cache_batch_idx.long() if cache_batch_idx is not None else torch.arange(batch, device=k_cache.device)
-    table = (rows * step + cache_leftpad)[:, None].to(torch.int32)
-    if lens is None:
-        lens = capacity - cache_leftpad
-    else:
-        # (unchecked padding past a length would give a negative length: none reaches the schedule)
-        lens = (lens - cache_leftpad).clamp_(min=0)
-    appended = appended - cache_leftpad if appended is not None else None
-    return (k_pool, v_pool, table), appended, lens
+    # (unchecked padding past a length would give a negative length: none reaches the schedule)
+    lens = ((capacity if lens is None else lens) - pads).clamp_(min=0).to(torch.int32)
+    if min(slots, _row_step("v_cache", v_cache)[1]) < PAD_PAGE:
+        return (_left_aligned(k_cache, rows, pads), _left_aligned(v_cache, rows, pads), None), lens
+    pages = torch.arange(0, capacity, PAD_PAGE, device=k_cache.device)
+    table = (rows * step + pads)[:, None] + pages[None, :]
+    return (_padded_pool(k_cache, slots), _padded_pool(v_cache, _row_step("v_cache", v_cache)[1]),
+            table.to(torch.int32)), lens
