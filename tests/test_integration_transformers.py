@@ -17,8 +17,10 @@ NEW = 5
 
 
 class Calls(list):
-    """The lengths of each call (a list of them), and in ``pads`` the padding of each (None where none was passed)."""
+    """The lengths of each call (a list of them), in ``pads`` the padding of each (None where none was passed) and in
+    ``schedules`` the schedule."""
     pads: list
+    schedules: list
 
 
 @pytest.fixture
@@ -26,12 +28,14 @@ def decode_calls(monkeypatch):
     """Counts the calls the plug-in makes to leanattn.decode."""
     calls = Calls()
     calls.pads = []
+    calls.schedules = []
     real = lt.decode
 
     def counting(*args, **kw):
         # the values, not the tensors: a tensor kept alive from inside a compiled generate's CUDA-graph warm-up
         # would be one its pool refuses
         lens, pads = kw.get("cache_seqlens"), kw.get("cache_leftpad")
+        calls.schedules.append(kw.get("schedule"))
         calls.append(None if lens is None else lens.tolist())
         calls.pads.append(None if pads is None else pads.tolist())
         return real(*args, **kw)
@@ -106,6 +110,19 @@ def test_left_padded_batch_on_the_kernel(cache, decode_calls):
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
     assert len(decode_calls) == (NEW - 1) * 2  # every decode step of both layers
     assert decode_calls.pads[0] == [0, 3, 7] and decode_calls[0] == [9, 9, 9]
+
+
+def test_batch_invariant_registration(decode_calls):
+    # register(schedule=) binds decode's schedule: the decode steps take it, greedy tokens as SDPA's
+    model = make("llama", 4, 2)
+    assert lt.register("leanattn-invariant", schedule="batch_invariant") == "leanattn-invariant"
+    ids = torch.randint(1, 128, (2, 8), device=DEV)
+    ref, ref_logits = greedy(model, "sdpa", ids)
+    got, _ = greedy(model, "leanattn-invariant", ids)
+    assert_same(got, ref, ref_logits)
+    assert decode_calls and set(decode_calls.schedules) == {"batch_invariant"}
+    with pytest.raises(ValueError, match="schedule: expected 'lean', 'split' or 'batch_invariant'"):
+        lt.register("x", schedule="fixed")
 
 
 def test_mask_edited_in_place_is_read_again():

@@ -27,6 +27,7 @@ function has neither).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
 import weakref
@@ -187,6 +188,7 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
     weights : None
     """
     softcap = checks.softcap(kwargs.get("softcap") or 0.0)
+    schedule = kwargs.pop("leanattn_schedule", "lean")  # (register(schedule=) binds it)
     sinks = kwargs.get("s_aux")
     ok, lens, pads = _decode_lengths(module, query, key, value, attention_mask, dropout, kwargs)
     if ok:
@@ -195,7 +197,7 @@ def leanattn_attention_forward(module, query: torch.Tensor, key: torch.Tensor, v
         out = decode(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), cache_seqlens=lens,
                      softmax_scale=None if scaling is None else float(scaling), softcap=softcap,
                      window_left=-1 if window is None else int(window) - 1, causal=True, sinks=sinks,
-                     cache_leftpad=pads)
+                     cache_leftpad=pads, schedule=schedule)
         return out, None
     if softcap or sinks is not None:
         if dropout:
@@ -242,11 +244,14 @@ def _explicit_attention(query, key, value, attention_mask, scaling, softcap: flo
     return (p @ v).transpose(1, 2).contiguous()
 
 
-def register(name: str = "leanattn") -> str:
+def register(name: str = "leanattn", schedule: str = "lean") -> str:
     """Register ``attn_implementation=name`` with transformers' attention and mask interfaces.
 
     Idempotent. Afterwards ``from_pretrained(..., attn_implementation=name)`` or
     ``model.set_attn_implementation(name)`` selects leanattn for every Llama/Mistral/Qwen2/Gemma layer.
+    ``schedule``: the decode steps' :func:`leanattn.decode` schedule; ``register("leanattn-invariant",
+    schedule="batch_invariant")`` gives each row's decode attention bitwise the same whatever the batch (the
+    prefills and other calls are transformers' SDPA function's, whose bits the batch may change).
 
     Returns
     -------
@@ -260,7 +265,9 @@ def register(name: str = "leanattn") -> str:
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name: expected a non-empty str, got {name!r}")
+    schedule = checks.schedule(schedule)
     attention_interface, mask_interface, sdpa_mask, _ = _require()
-    attention_interface.register(name, leanattn_attention_forward)
+    attention_interface.register(name, leanattn_attention_forward if schedule == "lean" else
+                                 functools.partial(leanattn_attention_forward, leanattn_schedule=schedule))
     mask_interface.register(name, sdpa_mask)
     return name
