@@ -88,3 +88,15 @@ def test_append_kernel_compiles_for_sm90():
     assert "stopped at" not in run.stdout, run.stdout
     rows = [line for line in run.stdout.splitlines() if line.startswith("append") and "append_kv_kernel" in line]
     assert len(rows) == 6, run.stdout
+
+
+def test_batch_invariant_and_leftpad_cases_compile():
+    # schedule="batch_invariant" (the split kernel and the merge folding one state a step) and cache_leftpad (the
+    # lean kernel over 256-token pages) compile for sm_90a
+    cases = "decode batch_invariant 32/8 D=128,decode leftpad 32/8 D=128"
+    run = _compile_offline("offline_resources.py", "decode", "--cases", cases)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "stopped at" not in run.stdout, run.stdout
+    kernels = {line.split()[4] for line in run.stdout.splitlines()
+               if line.startswith("decode batch_invariant") or line.startswith("decode leftpad")}
+    assert kernels == {"split_decode_kernel", "merge_states_kernel", "lean_decode_kernel"}, run.stdout
