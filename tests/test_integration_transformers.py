@@ -125,6 +125,17 @@ def test_batch_invariant_registration(decode_calls):
         lt.register("x", schedule="fixed")
 
 
+def test_window_start_is_not_padding():
+    # a sliding layer's mask of 12 keys, window 8: row 0's run starts where its window does (no padding: None, the
+    # direct path), row 1's after 6 keys of padding inside the window (cache_leftpad)
+    mask = torch.zeros(2, 1, 1, 12, dtype=torch.bool, device=DEV)
+    mask[0, ..., 4:] = True
+    assert lt._prefix_lengths(mask, 2, window=8)[1] is None
+    mask[1, ..., 6:] = True
+    lens, pads = lt._prefix_lengths(mask, 2, window=8)
+    assert lens.tolist() == [12, 12] and pads.tolist() == [0, 6]
+
+
 def test_mask_edited_in_place_is_read_again():
     # a caller's preallocated (B, 1, 1, N) mask, opened one key further at each step, is the same tensor every time
     mask = torch.zeros(2, 1, 1, 12, dtype=torch.bool, device=DEV)

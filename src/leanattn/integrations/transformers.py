@@ -71,18 +71,22 @@ def cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+# eager even inside a compiled model: traced, its memoised tensors were made inside the CUDA-graph pool of transformers'
+# compiled static-cache generate, which refuses live tensors no graph output owns (H100, 2026-12-07: 3 tests failed
+# once the padding was kept too; the warm-up sends every allocation of the thread to the pool, side streams too)
+@torch.compiler.disable
 def _prefix_lengths(mask: torch.Tensor, batch: int, window=None, layer=None):
     """``(lens, pads)``, ``(batch,)`` int32 (``pads`` None where no row is padded), when a ``(B|1, 1, Lq, N)`` bool
     mask is the bottom-right causal mask of ``Lq`` query tokens that end a run of each row's keys: query ``s`` True
     on the keys ``[pad, len - Lq + s]`` and False elsewhere or, with a sliding ``window`` (transformers'
     ``sliding_window``), True on the last ``window`` of those only; else None. A row's length is the end of its last
-    query's run of True, its padding the start of its first query's (where a window has moved past the padding, the
-    window's start: the keys before it are the window's to drop either way). Memoised per mask tensor and its version
-    (a mask edited in place is read again), window and batch: the model passes the same mask to every layer of a
-    kind, so the check (one host sync) runs once per forward and kind of layer. An inference tensor has no version
-    counter: its memo serves only the later layers of one forward (``layer``, the calling module's ``layer_idx``,
-    above the last that used it; transformers builds each forward's mask anew), and without a ``layer`` the check
-    runs at every call."""
+    query's run of True, its padding the start of its first query's (0 where that is the window's start: padding
+    before a window is the window's to drop, and a call without padding takes the faster path). Memoised per mask
+    tensor and its version (a mask edited in place is read again), window and batch: the model passes the same mask
+    to every layer of a kind, so the check (host syncs) runs once per forward and kind of layer. An inference tensor
+    has no version counter: its memo serves only the later layers of one forward (``layer``, the calling module's
+    ``layer_idx``, above the last that used it; transformers builds each forward's mask anew), and without a
+    ``layer`` the check runs at every call."""
     try:
         version = mask._version
     except RuntimeError:  # an inference tensor: an edit in place cannot be seen
@@ -105,6 +109,8 @@ def _prefix_lengths(mask: torch.Tensor, batch: int, window=None, layer=None):
         pads = torch.minimum(torch.where(m[:, 0], keys, m.shape[-1]).amin(-1), lens).to(torch.int32)
         # the end of each query's keys: lens for the last, one fewer for each query before it
         ends = lens[:, None] - (lq - 1) + torch.arange(lq, device=m.device)[None, :]
+        if window is not None:
+            pads = torch.where(pads <= ends[:, 0] - window, 0, pads).to(torch.int32)
         expected = (keys[None, None, :] < ends[:, :, None]) & (keys[None, None, :] >= pads[:, None, None])
         if window is not None:
             expected &= keys[None, None, :] >= (ends - window)[:, :, None]
