@@ -19,6 +19,8 @@
 #   tests-append  the GPU runs of the append, rotary (decode and shared-prefix) and cache_batch_idx tests
 #   append      eager decode steps with a KV append and rotary: the one launch against PyTorch ops
 #               (benchmarks/probe_decode_append.py)
+#   sanitize-leftpad  memcheck then racecheck over cache_leftpad's and batch_invariant's launches
+#               (sanitize.py leftpad-invariant)
 #   tests-invariant  the GPU runs of the schedule="batch_invariant" tests (tests/test_decode_batch_invariant.py)
 #   batch-invariant  schedule="batch_invariant" against "lean" and "split", and its bits alone and in the batch
 #               (benchmarks/probe_decode_batch_invariant.py)
@@ -355,6 +357,9 @@ for step in "$@"; do
     append) timeout 200 python3 benchmarks/probe_decode_append.py --out "$OUT" 2>&1 | grep -E "B=|wrote|Error" ;;
     batch-invariant) timeout 300 python3 benchmarks/probe_decode_batch_invariant.py --out "$OUT" 2>&1 \
       | grep -E "\||wrote|Error" ;;
+    sanitize-leftpad)
+      timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py leftpad-invariant 2>&1 | tail -3
+      timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py leftpad-invariant 2>&1 | tail -3 ;;
     tests-invariant) "${PYTEST[@]}" tests/test_decode_batch_invariant.py 2>&1 | tail -3 ;;
     batch-idx) timeout 300 python3 benchmarks/probe_decode_batch_idx.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     softcap) timeout 300 python3 benchmarks/probe_decode_softcap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;

@@ -3,7 +3,7 @@
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
         [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap] [bifurcated-fp8]
         [overlap-fp8] [window] [tokens] [varlen] [bifurcated-window]
-        [bifurcated-window-edges] [bifurcated-paged] [append]
+        [bifurcated-window-edges] [bifurcated-paged] [append] [leftpad-invariant]
 
 With no argument every family runs. Shapes are small (the sanitizer slows kernels a
 thousandfold) but ragged, empty, paged and GQA, so every masked edge and every schedule runs.
@@ -54,6 +54,36 @@ def decode():
         outs = torch.randn(S, B, H, 128, dtype=BF16, device=DEV)
         lses = torch.randn(S, B, H, device=DEV)
         leanattn.merge_states(outs, lses)
+
+
+def leftpad_invariant():
+    """``cache_leftpad`` (a cache of 256-token pages starting at any token, its last row padded; a small cache
+    copied; an append with rotary; head-major caches; float8) and ``schedule="batch_invariant"`` (ragged rows of one
+    to three 2048-key splits, paged, several query tokens), GQA 32/8 D=128 and MHA D=64."""
+    lens = [3000, 0, 5, 2100]
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    pads = torch.tensor([7, 0, 5, 900], dtype=torch.int32, device=DEV)
+    for hq, hkv, d in ((32, 8, 128), (32, 32, 64)):
+        q = torch.randn(len(lens), hq, d, dtype=BF16, device=DEV)
+        k = torch.randn(len(lens), 3000, hkv, d, dtype=BF16, device=DEV)
+        v = torch.randn_like(k)
+        for schedule in ("lean", "split", "batch_invariant"):
+            leanattn.decode(q, k, v, sl, schedule=schedule, cache_leftpad=pads)
+            leanattn.decode(q, k, v, sl, schedule=schedule)
+        kh, vh = (c.transpose(1, 2).contiguous().transpose(1, 2) for c in (k, v))  # head-major
+        leanattn.decode(q, kh, vh, sl, cache_leftpad=pads)
+        leanattn.decode(q[:, None].expand(-1, 3, -1, -1).contiguous(), k, v, sl, causal=True,
+                        schedule="batch_invariant")
+        leanattn.decode(q[:2], k[:2, :40], v[:2, :40], torch.tensor([40, 9], dtype=torch.int32, device=DEV),
+                        cache_leftpad=pads[:2].clamp(max=9))  # under 256 slots: copied
+        kp, vp, bt = paged_kv(k, v, lens, 16)
+        leanattn.decode(q, kp, vp, sl, bt, schedule="batch_invariant")
+        kn, vn = (torch.randn(len(lens), 1, hkv, d, dtype=BF16, device=DEV) for _ in range(2))
+        cos, sin = (torch.randn(3100, d // 4, device=DEV) for _ in range(2))
+        leanattn.decode(q, k, v, (sl - 1).clamp(min=pads), k=kn, v=vn, rotary_cos=cos, rotary_sin=sin,
+                        cache_leftpad=pads)
+        if DEV == "cuda":
+            leanattn.decode(q, k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn), sl, cache_leftpad=pads)
 
 
 def fp8():
@@ -405,7 +435,7 @@ def overlap(configs=((False, 0), (True, 0), (True, 8), (False, 8), (True, 12), (
 if __name__ == "__main__":
     torch.manual_seed(0)
     families = {"decode": decode, "fp8": fp8, "window": window, "tokens": tokens, "varlen": varlen, "alibi": alibi,
-                "append": append,
+                "append": append, "leftpad-invariant": leftpad_invariant,
                 "mla": mla, "merge": merges,
                 "sparse": sparse,
                 "bifurcated": bifurcated, "overlap": overlap,
