@@ -1,7 +1,7 @@
 """Small launches of every kernel path, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated] [overlap]
-        [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap] [bifurcated-fp8]
+    compute-sanitizer --tool memcheck python benchmarks/sanitize.py [decode] [fp8] [merge] [sparse] [bifurcated]
+        [overlap] [concat] [overlap-ws] [overlap-pingpong] [bifurcated-softcap] [overlap-softcap] [bifurcated-fp8]
         [overlap-fp8] [window] [tokens] [varlen] [bifurcated-window]
         [bifurcated-window-edges] [bifurcated-paged] [append] [leftpad-invariant]
 
