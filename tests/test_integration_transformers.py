@@ -94,22 +94,24 @@ def test_static_cache_lengths_from_mask(decode_calls, inference):
     assert [int(c[0]) for c in decode_calls[::2]] == list(range(10, 10 + NEW - 1))
 
 
-@pytest.mark.parametrize("cache", [None, "static"], ids=["dynamic", "static"])
-def test_left_padded_batch_on_the_kernel(cache, decode_calls):
+@pytest.mark.parametrize("cache,prompt", [(None, 8), ("static", 8), (None, 90)],
+                         ids=["dynamic", "static", "dynamic-pages"])
+def test_left_padded_batch_on_the_kernel(cache, prompt, decode_calls):
     # a batch left-padded by transformers' tokenizer: each row's keys a run after its padding, decoded with
-    # cache_leftpad (flash-attn's), greedy tokens as SDPA's
+    # cache_leftpad (flash-attn's), greedy tokens as SDPA's; 90-token prompts make caches of over 256 token slots,
+    # read in place as pages (ops/token_pages), the short ones copied
     model = make("llama", 4, 2)
-    ids = torch.randint(1, 128, (3, 8), device=DEV)
+    ids = torch.randint(1, 128, (3, prompt), device=DEV)
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
-    mask[2, :7] = 0
+    mask[2, :prompt - 1] = 0
     kw = dict(attention_mask=mask, **({"cache_implementation": cache} if cache else {}))
     ref, ref_logits = greedy(model, "sdpa", ids, **kw)
     got, logits = greedy(model, "leanattn", ids, **kw)
     assert_same(got, ref, ref_logits)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
     assert len(decode_calls) == (NEW - 1) * 2  # every decode step of both layers
-    assert decode_calls.pads[0] == [0, 3, 7] and decode_calls[0] == [9, 9, 9]
+    assert decode_calls.pads[0] == [0, 3, prompt - 1] and decode_calls[0] == [prompt + 1] * 3
 
 
 def test_batch_invariant_registration(decode_calls):
