@@ -64,7 +64,8 @@ def main(argv=None):
     torch.manual_seed(0)
     out = [measure(case, inp, ref) for case, inp, ref, _ in bd.probe_cases(CASES, want)]
     common.write_probe(args.out, "decode_probe_batch_idx.json", cases=out, timing=bd.GRAPH_TIMING,
-                       probe="decode through cache_batch_idx and cache_leftpad against the contiguous cache read directly")
+                       probe="decode through cache_batch_idx and cache_leftpad against the contiguous cache read "
+                             "directly")
 
 
 if __name__ == "__main__":
