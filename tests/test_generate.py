@@ -67,7 +67,7 @@ def test_greedy_matches_sdpa_unequal_prompts(shape, fused_ops):
     assert "decode step median" in str(out)
 
 
-@pytest.mark.parametrize("schedule", ["lean", "split"])
+@pytest.mark.parametrize("schedule", ["lean", "split", "batch_invariant"])
 def test_sliding_window_matches_sdpa(schedule):
     # a window of 8 keys (Mistral v0.1's kind): chunked prefill under SDPA's windowed mask, decode steps on the
     # kernels with window_left=7, against re-running the windowed SDPA forward; the window changes the result
