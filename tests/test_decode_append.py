@@ -101,21 +101,29 @@ def test_errors():
         leanattn.decode(q, k_cache, v_cache, seqlens, bt, cu_seqlens_q=cu, max_seqlen_q=1, k=kn, v=kn)
 
 
+def assert_compiled_steps(q, k_cache, v_cache, seqlens, bt, steps, **kw):
+    """``steps`` decode steps of one function compiled with ``fullgraph=True``, each appending a new token, the
+    lengths advanced between them: each writes at the new end and attends as the reference (``kw``, tensors passed
+    as the compiled function's inputs, given to both)."""
+    B, _, Hkv, D = k_cache.shape if bt is None else (bt.shape[0], *k_cache.shape[1:])
+    torch._dynamo.reset()
+    step = torch.compile(lambda q, kc, vc, lens, bt, kn, vn, **kw: leanattn.decode(q, kc, vc, lens, bt, k=kn, v=vn,
+                                                                                   **kw), fullgraph=True)
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    for _ in range(steps):
+        kn, vn = (torch.randn(B, 1, Hkv, D, dtype=q.dtype, device=DEV) for _ in range(2))
+        want_k, want_v = _written_by_hand(want_k, kn, seqlens, bt), _written_by_hand(want_v, vn, seqlens, bt)
+        out = step(q, k_cache, v_cache, seqlens, bt, kn, vn, **kw)
+        assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+        assert_rel_close("compiled step", out, reference.decode(q, want_k, want_v, seqlens + 1, bt, **kw)[0],
+                         TOLERANCE[q.dtype])
+        seqlens += 1
+
+
 def test_compile_fullgraph_and_steps():
     # three steps of one compiled function, the lengths advanced between them: each writes at the new end
     q, k_cache, v_cache, seqlens, bt = make_inputs(2, 4, 2, 64, [3, 10], capacity=16, page_size=4)
-    torch._dynamo.reset()
-    step = torch.compile(lambda q, kc, vc, lens, bt, kn, vn: leanattn.decode(q, kc, vc, lens, bt, k=kn, v=vn),
-                         fullgraph=True)
-    want_k, want_v = k_cache.clone(), v_cache.clone()
-    for _ in range(3):
-        kn, vn = (torch.randn(2, 1, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
-        want_k, want_v = _written_by_hand(want_k, kn, seqlens, bt), _written_by_hand(want_v, vn, seqlens, bt)
-        out = step(q, k_cache, v_cache, seqlens, bt, kn, vn)
-        assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
-        assert_rel_close("compiled step", out, reference.decode(q, want_k, want_v, seqlens + 1, bt)[0],
-                         TOLERANCE[q.dtype])
-        seqlens += 1
+    assert_compiled_steps(q, k_cache, v_cache, seqlens, bt, 3)
 
 
 @pytest.mark.parametrize("form", ["one token", "prompts", "tokens", "window", "cascade"])

@@ -14,7 +14,7 @@ from leanattn import reference
 from leanattn.ops import decode as decode_ops
 from leanattn.testing import TOLERANCE, assert_rel_close, assert_states_match
 from test_decode import SCHEDULES
-from test_decode_append import DEV, _written_by_hand, make_inputs
+from test_decode_append import DEV, _written_by_hand, assert_compiled_steps, make_inputs
 from test_decode_rotary import _tables
 
 
@@ -111,19 +111,7 @@ def test_with_cache_batch_idx_and_a_packed_query():
 def test_compile_fullgraph_steps():
     # decode steps with an append, compiled once, the lengths advanced between them
     q, k_cache, v_cache, seqlens, _ = make_inputs(2, 4, 2, 64, [5, 9], capacity=160)
-    pads = _pads([3, 1])
-    torch._dynamo.reset()
-    step = torch.compile(lambda q, kc, vc, lens, kn, vn, pads: leanattn.decode(q, kc, vc, lens, k=kn, v=vn,
-                                                                                cache_leftpad=pads), fullgraph=True)
-    want_k, want_v = k_cache.clone(), v_cache.clone()
-    for _ in range(2):
-        kn, vn = (torch.randn(2, 1, 2, 64, dtype=q.dtype, device=DEV) for _ in range(2))
-        want_k, want_v = _written_by_hand(want_k, kn, seqlens, None), _written_by_hand(want_v, vn, seqlens, None)
-        out = step(q, k_cache, v_cache, seqlens, kn, vn, pads)
-        assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
-        assert_rel_close("compiled step", out,
-                         reference.decode(q, want_k, want_v, seqlens + 1, cache_leftpad=pads)[0], TOLERANCE[q.dtype])
-        seqlens += 1
+    assert_compiled_steps(q, k_cache, v_cache, seqlens, None, 2, cache_leftpad=_pads([3, 1]))
 
 
 def test_a_growing_cache_keeps_its_page_size():

@@ -115,14 +115,9 @@ def _prefix_lengths(mask: torch.Tensor, batch: int, window=None, layer=None):
         if window is not None:
             expected &= keys[None, None, :] >= (ends - window)[:, :, None]
         if bool((m == expected).all()):
-            # kept for the next layers: made outside the CUDA-graph pools of a compiled generate
-            kept_lens = runtime.kept(lens.device, lambda: lens.expand(batch).clone(
-                memory_format=torch.contiguous_format))
-            kept_pads = None
-            if bool(pads.any()):
-                kept_pads = runtime.kept(pads.device, lambda: pads.expand(batch).clone(
-                    memory_format=torch.contiguous_format))
-            result = (kept_lens, kept_pads)
+            def keep(x):  # kept for the next layers: made outside the CUDA-graph pools of a compiled generate
+                return runtime.kept(x.device, lambda: x.expand(batch).clone(memory_format=torch.contiguous_format))
+            result = (keep(lens), keep(pads) if bool(pads.any()) else None)
     # an inference tensor's entry holds the last layer it served (none: never reused)
     seen = version if version is not None else (layer if layer is not None else float("inf"),)
     live = [e for e in _MASKS if e[0]() is not None and (e[0]() is not mask or e[1:3] != (window, batch))]

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from .. import checks
+from .kv_append import _bytes
 
 __all__ = ["token_pool", "token_pages", "cache_rows_as_pages", "check_leftpad", "left_padded"]
 
@@ -25,14 +26,25 @@ def token_pool(k: torch.Tensor) -> tuple[torch.Tensor, int]:
     X, Y, Hkv, D = k.shape
     if k.numel() == 0:  # nothing to attend: one page no length reaches
         return k.new_zeros(1, 1, Hkv, D), 0
-    s0, s1, s2, s3 = k.stride()
+    laid = _token_layout(k)
+    if laid is None:
+        return k.contiguous().view(X * Y, 1, Hkv, D), Y
+    token, step = laid
+    _, _, s2, s3 = k.stride()
+    return k.as_strided(((X - 1) * step + Y, 1, Hkv, D), (token, token, s2, s3)), step  # (from k's storage offset)
+
+
+def _token_layout(k: torch.Tensor) -> Optional[tuple[int, int]]:
+    """``(token_stride, step)`` that lay the tokens of ``k (X, Y, ...)`` in one line, token ``(x, y)`` at ``(x * step
+    + y) * token_stride`` from ``k``'s first, where its strides allow (``stride(0)`` a multiple of ``stride(1)``:
+    contiguous, transposed ``(X, Hkv, Y, D)``, a slice of a larger tensor); else None."""
+    X, Y = k.shape[:2]
+    s0, s1 = k.stride()[:2]
     if Y == 1:  # a size-1 dimension's stride is arbitrary (even after .contiguous()): the step is the first one's
-        return k.as_strided((X, 1, Hkv, D), (s0, s0, s2, s3)), 1
-    if X == 1 or (s1 > 0 and s0 % s1 == 0):
-        step = s0 // s1 if X > 1 else Y
-        rows = (X - 1) * step + Y
-        return k.as_strided((rows, 1, Hkv, D), (s1, s1, s2, s3)), step  # (from k's storage offset)
-    return k.contiguous().view(X * Y, 1, Hkv, D), Y
+        return s0, 1
+    if X == 1:
+        return s1, Y
+    return (s1, s0 // s1) if s1 > 0 and s0 % s1 == 0 else None
 
 
 def token_pages(slots: torch.Tensor, step: int, block_table: Optional[torch.Tensor], rows: torch.Tensor,
@@ -80,32 +92,32 @@ def cache_rows_as_pages(cache_batch_idx: Optional[torch.Tensor], block_table: Op
 PAD_PAGE = 256
 
 
-def _row_step(name: str, cache: torch.Tensor) -> tuple[int, int]:
-    """The step between the rows of a contiguous cache ``(rows, N, Hkv, D)`` in tokens, and the token slots from its
-    first row's first token to its last row's last (``_padded_pool``'s page ids)."""
-    X, Y = cache.shape[:2]
-    s0, s1 = cache.stride()[:2]
-    if X > 1 and not (s1 > 0 and s0 % s1 == 0):
+def _row_step(name: str, cache: torch.Tensor) -> tuple[int, int, int]:
+    """``(token_stride, step, slots)`` of a contiguous cache ``(rows, N, Hkv, D)`` (:func:`_token_layout`), ``slots``
+    the token slots from its first row's first token to its last row's last (``_padded_pool``'s page ids)."""
+    laid = _token_layout(cache)
+    if laid is None:
         raise ValueError(f"{name}: expected a row stride that is a multiple of the token stride with cache_leftpad "
                          f"(its rows are read as pages starting at any token, without a copy), got strides "
                          f"{tuple(cache.stride())}")
-    step = s0 // s1 if X > 1 else Y
-    slots = (X - 1) * step + Y
+    token, step = laid
+    slots = (cache.shape[0] - 1) * step + cache.shape[1]
     if slots + PAD_PAGE > torch.iinfo(torch.int32).max:
         raise ValueError(f"{name}: expected under 2**31 - {PAD_PAGE} token slots (rows x row step) with "
                          f"cache_leftpad (int32 page ids), got {slots}")
-    return step, slots
+    return token, step, slots
 
 
-def _padded_pool(cache: torch.Tensor, slots: int) -> torch.Tensor:
-    """A contiguous cache ``(rows, N, Hkv, D)`` of ``slots >= PAD_PAGE`` token slots (:func:`_row_step`) seen as
-    pages of ``PAD_PAGE`` tokens that start at every token (page stride one token), page ``row * step + t`` holding
-    tokens ``t, t + 1, ...`` of ``row`` (and on into the next row, whose keys are never read there): a view."""
+def _padded_pool(cache: torch.Tensor, token: int, slots: int) -> torch.Tensor:
+    """A contiguous cache ``(rows, N, Hkv, D)`` of ``slots >= PAD_PAGE`` token slots, ``token`` apart
+    (:func:`_row_step`), seen as pages of ``PAD_PAGE`` tokens that start at every token (page stride one token),
+    page ``row * step + t`` holding tokens ``t, t + 1, ...`` of ``row`` (and on into the next row, whose keys are
+    never read there): a view."""
     _, _, Hkv, D = cache.shape
-    _, s1, s2, s3 = cache.stride()
+    _, _, s2, s3 = cache.stride()
     # pages starting past this shape (a padded last row's) run past it, never past the storage, as a page is read
     # only up to its sequence's length
-    return cache.as_strided((slots - PAD_PAGE + 1, PAD_PAGE, Hkv, D), (s1, s1, s2, s3))
+    return cache.as_strided((slots - PAD_PAGE + 1, PAD_PAGE, Hkv, D), (token, token, s2, s3))
 
 
 def _left_aligned(cache: torch.Tensor, rows: torch.Tensor, pads: torch.Tensor) -> torch.Tensor:
@@ -113,8 +125,7 @@ def _left_aligned(cache: torch.Tensor, rows: torch.Tensor, pads: torch.Tensor) -
     positions past the row hold its last token, never read)."""
     N = cache.shape[1]
     at = (pads.long()[:, None] + torch.arange(N, device=cache.device)[None, :]).clamp_(max=N - 1)
-    raw = cache.view(torch.uint8) if cache.element_size() == 1 and cache.is_floating_point() else cache
-    return raw[rows[:, None], at].view(cache.dtype)
+    return _bytes(cache)[rows[:, None], at].view(cache.dtype)  # (float8 gathered as bytes)
 
 
 def check_leftpad(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -130,8 +141,8 @@ def check_leftpad(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     if k_cache.dim() != 4 or k_cache.shape[1] == 0:
         raise ValueError(f"k_cache: expected a contiguous cache (B, N, Hkv, D) of N >= 1 with cache_leftpad, got "
                          f"shape {tuple(k_cache.shape)}")
-    step, _ = _row_step("k_cache", k_cache)
-    v_step, _ = _row_step("v_cache", v_cache)
+    _, step, _ = _row_step("k_cache", k_cache)
+    _, v_step, _ = _row_step("v_cache", v_cache)
     if v_step != step:
         raise ValueError(f"v_cache: expected k_cache's row step of {step} tokens with cache_leftpad, got {v_step}")
     if validate and cache_leftpad.numel():
@@ -155,16 +166,17 @@ def left_padded(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
 
     ``lens``: int32 ``(B,)`` lengths attended (None: the capacity). Returns ``((k, v, block_table or None), lens)``,
     the lengths counted from each sequence's first real token."""
-    step, slots = _row_step("k_cache", k_cache)
+    k_token, step, slots = _row_step("k_cache", k_cache)
+    v_token, _, v_slots = _row_step("v_cache", v_cache)
     capacity = k_cache.shape[1]
     # (an unchecked negative padding would name a page before the cache's first token)
     pads = cache_leftpad.clamp(min=0)
     rows = cache_batch_idx.long() if cache_batch_idx is not None else torch.arange(batch, device=k_cache.device)
     # (unchecked padding past a length would give a negative length: none reaches the schedule)
     lens = ((capacity if lens is None else lens) - pads).clamp_(min=0).to(torch.int32)
-    if min(slots, _row_step("v_cache", v_cache)[1]) < PAD_PAGE:
+    if min(slots, v_slots) < PAD_PAGE:
         return (_left_aligned(k_cache, rows, pads), _left_aligned(v_cache, rows, pads), None), lens
     pages = torch.arange(0, capacity, PAD_PAGE, device=k_cache.device)
     table = (rows * step + pads)[:, None] + pages[None, :]
-    return (_padded_pool(k_cache, slots), _padded_pool(v_cache, _row_step("v_cache", v_cache)[1]),
+    return (_padded_pool(k_cache, k_token, slots), _padded_pool(v_cache, v_token, v_slots),
             table.to(torch.int32)), lens
