@@ -12,6 +12,7 @@ import torch
 import leanattn
 from leanattn import reference
 from leanattn.ops import decode as decode_ops
+from leanattn.ops import token_pages
 from leanattn.testing import TOLERANCE, assert_rel_close, assert_states_match
 from test_decode import SCHEDULES
 from test_decode_append import DEV, _written_by_hand, assert_compiled_steps, make_inputs
@@ -146,5 +147,14 @@ def test_errors():
     odd = flat.as_strided((2, 12, 2, 64), (12 * 2 * 64 + 1, 128, 64, 1))
     with pytest.raises(ValueError, match="k_cache: expected a row stride that is a multiple of the token stride"):
         leanattn.decode(q, odd, v_cache, seqlens, cache_leftpad=pads)
+    head_major = v_cache.transpose(1, 2).contiguous().transpose(1, 2)  # rows 2 * 12 tokens apart, k's 12
+    with pytest.raises(ValueError, match="v_cache: expected k_cache's row step of 12 tokens with cache_leftpad, got "
+                                         "24"):
+        leanattn.decode(q, k_cache, head_major, seqlens, cache_leftpad=pads)
+    # page ids are int32: a layout of 2**31 token slots or more is refused (shapes and strides alone: meta tensors)
+    huge = torch.empty(0, device="meta").as_strided((2, 12, 2, 64), (2 ** 31 * 128, 128, 64, 1))
+    with pytest.raises(ValueError, match=r"k_cache: expected under 2\*\*31 - 256 token slots \(rows x row step\) "
+                                         r"with cache_leftpad \(int32 page ids\), got 2147483660"):
+        token_pages.check_leftpad(torch.zeros(2, dtype=torch.int32, device="meta"), huge, huge, None, 2, False)
     with pytest.raises(ValueError, match=r"k_cache: expected a contiguous cache \(B, N, Hkv, D\) of N >= 1"):
         leanattn.decode(q, k_cache[:, :0], v_cache[:, :0], seqlens * 0, cache_leftpad=pads * 0)
