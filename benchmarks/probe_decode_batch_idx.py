@@ -4,7 +4,9 @@ pages of ``N`` tokens, one a sequence) against the same cache read directly, sam
 On contiguous suite cases (``bench_decode.suite``, bf16), each call is checked against the float64 reference, then
 CUDA-graph replays are timed in interleaved rounds (do_bench, L2 flushed): the plain call, ``cache_batch_idx`` of
 the identity, the rows reversed, and ``cache_leftpad``: the same keys in a cache of ``N + N / 4`` tokens a row,
-each row's keys after a random padding of up to ``N / 4`` tokens (the same bytes attended, from unaligned starts).
+each row's keys after a random padding of up to ``N / 4`` tokens (the same bytes attended, from unaligned starts);
+``leftpad 0``, the same with no padding (the padded pages' path, aligned); ``paged256``, the cache as 256-token pages
+through a block table (the paged path's loads over the plain call's addresses).
 
     PYTHONPATH=src python benchmarks/probe_decode_batch_idx.py [--out DIR] [--cases A,B]
 """
@@ -21,6 +23,7 @@ import common  # noqa: E402
 
 import leanattn  # noqa: E402
 
+PAGE = 256  # flash-attn's paged caches' page size, and the padded pages' (ops/token_pages.PAD_PAGE)
 CASES = ("mha B=1 64k", "gqa B=4 32k", "gqa B=64 4k", "ragged-tail B=16", "d64 mha B=1 64k")
 
 
@@ -36,27 +39,46 @@ def measure(case, inp, ref) -> dict:
         sl_rev = sl.flip(0).contiguous() if sl is not None else None
         refs["idx reversed"] = leanattn.reference.decode(q, k.flip(0), v.flip(0), sl_rev)[0]
         fns["idx reversed"] = bd.with_plans(lambda: leanattn.decode(q, k, v, sl_rev, cache_batch_idx=rev))
-    refs["leftpad"] = ref
+    refs["leftpad"] = refs["leftpad 0"] = ref
     fns["leftpad"] = left_padded_call(q, k, v, sl)
+    fns["leftpad 0"] = left_padded_call(q, k, v, sl, max_pad=0)
+    if k.shape[1] % PAGE == 0:
+        refs["paged256"] = ref
+        fns["paged256"] = paged_call(q, k, v, sl)
     us, med = bd.interleaved_graph_times(case["name"], fns, refs, rounds=3)
     print(f"{case['name']:22s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
           + f" | identity / plain {med['idx identity'] / med['plain']:.3f}"
-          + f" | leftpad / plain {med['leftpad'] / med['plain']:.3f}", flush=True)
+          + "".join(f" | {n} / plain {med[n] / med['plain']:.3f}" for n in ("leftpad", "leftpad 0", "paged256")
+                    if n in med), flush=True)
     return dict(case=case["name"], us=us, median=med, ratio=med["idx identity"] / med["plain"],
-                leftpad_ratio=med["leftpad"] / med["plain"])
+                leftpad_ratio=med["leftpad"] / med["plain"],
+                ratios={n: t / med["plain"] for n, t in med.items()})
 
 
-def left_padded_call(q, k, v, sl):
+def left_padded_call(q, k, v, sl, max_pad=None):
     """The decode of ``(q, k, v, sl)`` through ``cache_leftpad``: each row's keys moved after a random padding of up
-    to a quarter of the capacity, in a cache that much longer (the padding holds NaN: never read)."""
+    to ``max_pad`` tokens (a quarter of the capacity by default), in a cache that much longer (the padding holds NaN:
+    never read). ``max_pad=0``: the same path with every row's keys at slot 0 (pages aligned to the cache's)."""
     B, N = k.shape[:2]
     lens = sl.tolist() if sl is not None else [N] * B
-    pads = torch.randint(0, N // 4 + 1, (B,), dtype=torch.int32, device=q.device)
-    kp, vp = (torch.full((B, N + N // 4, *c.shape[2:]), float("nan"), dtype=c.dtype, device=c.device) for c in (k, v))
+    max_pad = N // 4 if max_pad is None else max_pad
+    pads = torch.randint(0, max_pad + 1, (B,), dtype=torch.int32, device=q.device)
+    kp, vp = (torch.full((B, N + max_pad, *c.shape[2:]), float("nan"), dtype=c.dtype, device=c.device) for c in (k, v))
     for b, (n, p) in enumerate(zip(lens, pads.tolist())):
         kp[b, p:p + n], vp[b, p:p + n] = k[b, :n], v[b, :n]
     lens_p = torch.tensor(lens, dtype=torch.int32, device=q.device) + pads
     return bd.with_plans(lambda: leanattn.decode(q, kp, vp, lens_p, cache_leftpad=pads))
+
+
+def paged_call(q, k, v, sl):
+    """The decode of ``(q, k, v, sl)`` with the contiguous cache seen as ``PAGE``-token pages in order (the paged
+    path's loads over the same addresses: what the padded pages cost less what their start costs)."""
+    B, N, H, D = k.shape
+    n = N // PAGE
+    table = torch.arange(B * n, dtype=torch.int32, device=q.device).view(B, n)
+    kp, vp = (c.view(B * n, PAGE, H, D) for c in (k, v))
+    lens = sl if sl is not None else torch.full((B,), N, dtype=torch.int32, device=q.device)
+    return bd.with_plans(lambda: leanattn.decode(q, kp, vp, lens, block_table=table))
 
 
 def main(argv=None):
