@@ -188,13 +188,15 @@ def decode_cases():
         yield name, lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(q, k, k, lens, block_table=bt)
         yield name + " split", lambda q=q, k=k, bt=bt, lens=lens: leanattn.decode(
             q, k, k, lens, block_table=bt, schedule="split", num_splits=3)
-    # batch_invariant (fixed 2048-key splits, the merge folding one state a step) and cache_leftpad (a contiguous
-    # cache read as pages of 256 tokens starting at any token)
+    # batch_invariant (fixed 2048-key splits, the merge folding one state a step) and cache_leftpad (each row's base
+    # moved to its first real token: the lean and the split kernel with LEFTPAD)
     q, k = torch.randn(2, 32, 128, dtype=bf), torch.randn(2, 5000, 8, 128, dtype=bf)
     lens5k = torch.tensor([5, 4999], dtype=torch.int32)
     yield "decode batch_invariant 32/8 D=128", lambda: leanattn.decode(q, k, k, lens5k, schedule="batch_invariant")
     yield "decode leftpad 32/8 D=128", lambda: leanattn.decode(q, k, k, lens5k, validate=False,
                                                                cache_leftpad=torch.tensor([0, 3], dtype=torch.int32))
+    yield "decode leftpad-split 32/8 D=128", lambda: leanattn.decode(
+        q, k, k, lens5k, validate=False, schedule="split", cache_leftpad=torch.tensor([0, 3], dtype=torch.int32))
     # attention sinks (gpt-oss: 64/8 heads, D=64, a window of 128), merged by one launch after the decode
     q, k = torch.randn(2, 64, 64, dtype=bf), torch.randn(2, 2048, 8, 64, dtype=bf)
     sinks = torch.randn(64, dtype=bf)

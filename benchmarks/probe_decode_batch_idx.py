@@ -1,12 +1,13 @@
-"""What flash-attn's ``cache_batch_idx`` and ``cache_leftpad`` cost decode: a contiguous cache read through them (as
-pages of ``N`` tokens, one a sequence) against the same cache read directly, same process.
+"""What flash-attn's ``cache_batch_idx`` and ``cache_leftpad`` cost decode: a contiguous cache read through them
+(``cache_batch_idx`` as pages of ``N`` tokens, one a sequence; ``cache_leftpad`` as each row's base moved to its
+first real token) against the same cache read directly, same process.
 
 On contiguous suite cases (``bench_decode.suite``, bf16), each call is checked against the float64 reference, then
 CUDA-graph replays are timed in interleaved rounds (do_bench, L2 flushed): the plain call, ``cache_batch_idx`` of
 the identity, the rows reversed, and ``cache_leftpad``: the same keys in a cache of ``N + N / 4`` tokens a row,
 each row's keys after a random padding of up to ``N / 4`` tokens (the same bytes attended, from unaligned starts);
-``leftpad 0``, the same with no padding (the padded pages' path, aligned); ``paged256``, the cache as 256-token pages
-through a block table (the paged path's loads over the plain call's addresses).
+``leftpad 0``, the same with no padding (the kernels' ``LEFTPAD`` path, nothing moved); ``paged256``, the cache as
+256-token pages through a block table (the paged path's loads over the plain call's addresses).
 
     PYTHONPATH=src python benchmarks/probe_decode_batch_idx.py [--out DIR] [--cases A,B]
 """
@@ -23,7 +24,7 @@ import common  # noqa: E402
 
 import leanattn  # noqa: E402
 
-PAGE = 256  # flash-attn's paged caches' page size, and the padded pages' (ops/token_pages.PAD_PAGE)
+PAGE = 256  # flash-attn's paged caches' page size
 CASES = ("mha B=1 64k", "gqa B=4 32k", "gqa B=64 4k", "ragged-tail B=16", "d64 mha B=1 64k")
 
 
@@ -58,7 +59,7 @@ def measure(case, inp, ref) -> dict:
 def left_padded_call(q, k, v, sl, max_pad=None):
     """The decode of ``(q, k, v, sl)`` through ``cache_leftpad``: each row's keys moved after a random padding of up
     to ``max_pad`` tokens (a quarter of the capacity by default), in a cache that much longer (the padding holds NaN:
-    never read). ``max_pad=0``: the same path with every row's keys at slot 0 (pages aligned to the cache's)."""
+    never read). ``max_pad=0``: the same path with every row's keys at slot 0."""
     B, N = k.shape[:2]
     lens = sl.tolist() if sl is not None else [N] * B
     max_pad = N // 4 if max_pad is None else max_pad

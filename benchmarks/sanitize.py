@@ -57,8 +57,9 @@ def decode():
 
 
 def leftpad_invariant():
-    """``cache_leftpad`` (a cache of 256-token pages starting at any token, its last row padded; a small cache
-    copied; an append with rotary; head-major caches; float8) and ``schedule="batch_invariant"`` (ragged rows of one
+    """``cache_leftpad`` (each row's base moved to its first real token in the kernels: both schedules and each load
+    path's default, a small cache, rows named by ``cache_batch_idx``, a packed query, an append with rotary,
+    head-major caches, float8) and ``schedule="batch_invariant"`` (ragged rows of one
     to three 2048-key splits, paged, several query tokens), GQA 32/8 D=128 and MHA D=64."""
     lens = [3000, 0, 5, 2100]
     sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
@@ -75,7 +76,12 @@ def leftpad_invariant():
         leanattn.decode(q[:, None].expand(-1, 3, -1, -1).contiguous(), k, v, sl, causal=True,
                         schedule="batch_invariant")
         leanattn.decode(q[:2], k[:2, :40], v[:2, :40], torch.tensor([40, 9], dtype=torch.int32, device=DEV),
-                        cache_leftpad=pads[:2].clamp(max=9))  # under 256 slots: copied
+                        cache_leftpad=pads[:2].clamp(max=9))
+        idx = torch.tensor([3, 0, 2, 1], dtype=torch.int32, device=DEV)  # (one page a row: the paged loads)
+        leanattn.decode(q, k.flip(0), v.flip(0), sl, cache_batch_idx=idx, cache_leftpad=pads)
+        cu = torch.tensor([0, 2, 2, 3, 6], dtype=torch.int32, device=DEV)
+        leanattn.decode(torch.randn(6, hq, d, dtype=BF16, device=DEV), k, v, sl, causal=True, cu_seqlens_q=cu,
+                        max_seqlen_q=3, cache_leftpad=pads)
         kp, vp, bt = paged_kv(k, v, lens, 16)
         leanattn.decode(q, kp, vp, sl, bt, schedule="batch_invariant")
         kn, vn = (torch.randn(len(lens), 1, hkv, d, dtype=BF16, device=DEV) for _ in range(2))

@@ -12,7 +12,6 @@ import torch
 import leanattn
 from leanattn import reference
 from leanattn.ops import decode as decode_ops
-from leanattn.ops import token_pages
 from leanattn.testing import TOLERANCE, assert_rel_close, assert_states_match
 from test_decode import SCHEDULES
 from test_decode_append import DEV, _written_by_hand, assert_compiled_steps, make_inputs
@@ -36,8 +35,8 @@ def _moved_to_front(cache, lens, pads):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 @pytest.mark.parametrize("qlen,mode", [(0, "plain"), (3, "causal"), (0, "window"), (2, "window")],
                          ids=["one", "three-causal", "one-window", "two-window"])
-# 160 token slots are copied, 360 read in place as pages of 256 tokens starting anywhere (ops/token_pages)
-@pytest.mark.parametrize("capacity", [40, 90], ids=["copied", "pages"])
+# rows of a few tiles and of many, their first real tokens inside tiles (the kernels move each row's base there)
+@pytest.mark.parametrize("capacity", [40, 90], ids=["short", "long"])
 def test_matches_the_reference_and_the_tokens_moved(schedule, dtype, qlen, mode, capacity):
     # lengths and paddings: a full row padded, an empty row, a row all padding, an unpadded one
     lens, pads = [capacity, 0, 9, 23], _pads([5, 0, 9, 0])
@@ -66,7 +65,7 @@ def test_with_other_options():
 
 @pytest.mark.parametrize("T,qlen,mode,capacity", [(1, 0, "plain", 16), (2, 2, "causal", 100), (3, 3, "window", 16),
                                                    (1, 0, "plain", 100)],
-                         ids=["one-copied", "two-causal-pages", "three-window-copied", "one-pages"])
+                         ids=["one-short", "two-causal-long", "three-window-short", "one-long"])
 def test_appends_and_rotary_at_the_cache_slots(T, qlen, mode, capacity):
     lens = [4, 11, 6]
     q, k_cache, v_cache, seqlens, _ = make_inputs(3, 4, 2, 64, lens, capacity=capacity)
@@ -115,14 +114,23 @@ def test_compile_fullgraph_steps():
     assert_compiled_steps(q, k_cache, v_cache, seqlens, None, 2, cache_leftpad=_pads([3, 1]))
 
 
-def test_a_growing_cache_keeps_its_page_size():
-    # transformers' dynamic cache grows a token a step: the pages stay 256 tokens (a compile-time constant of the
-    # kernels), one more a row each 256 steps
+def test_rows_read_in_place_whatever_their_layout():
+    # the cache is read as the contiguous cache it is (no pages, no copy), small or growing a token a step
+    # (transformers' dynamic cache), K and V of different layouts, a row stride that is no whole number of tokens
     decode_ops._PLANS.clear()
-    for capacity in (300, 301, 600):
+    for capacity in (12, 300, 301):
         q, k_cache, v_cache, seqlens, _ = make_inputs(2, 4, 2, 64, [capacity, 10], capacity=capacity)
         leanattn.decode(q, k_cache, v_cache, seqlens, cache_leftpad=_pads([2, 4]))
-    assert {p.meta["PAGE_SIZE"] for p in decode_ops._PLANS.values()} == {256}
+    assert {(p.meta["PAGE_SIZE"], p.meta["LEFTPAD"]) for p in decode_ops._PLANS.values()} == {(0, True)}
+    q, k_cache, v_cache, seqlens, _ = make_inputs(2, 4, 2, 64, [5, 9], capacity=12)
+    flat = torch.randn(2 * (12 * 2 * 64 + 1), dtype=q.dtype, device=DEV)
+    odd = flat.as_strided((2, 12, 2, 64), (12 * 2 * 64 + 1, 128, 64, 1))
+    odd.copy_(k_cache)
+    head_major = v_cache.transpose(1, 2).contiguous().transpose(1, 2)
+    pads = _pads([1, 2])
+    out, lse = leanattn.decode(q, odd, head_major, seqlens, return_lse=True, cache_leftpad=pads)
+    ref_out, ref_lse = reference.decode(q, k_cache, v_cache, seqlens, cache_leftpad=pads)
+    assert_states_match("layouts", q, out, lse, ref_out, ref_lse)
 
 
 def test_errors():
@@ -143,18 +151,5 @@ def test_errors():
     for bad, lens, cls, msg in cases:
         with pytest.raises(cls, match=msg):
             leanattn.decode(q, k_cache, v_cache, lens, cache_leftpad=bad, validate=True)
-    flat = torch.randn(2 * (12 * 2 * 64 + 1), dtype=q.dtype, device=DEV)
-    odd = flat.as_strided((2, 12, 2, 64), (12 * 2 * 64 + 1, 128, 64, 1))
-    with pytest.raises(ValueError, match="k_cache: expected a row stride that is a multiple of the token stride"):
-        leanattn.decode(q, odd, v_cache, seqlens, cache_leftpad=pads)
-    head_major = v_cache.transpose(1, 2).contiguous().transpose(1, 2)  # rows 2 * 12 tokens apart, k's 12
-    with pytest.raises(ValueError, match="v_cache: expected k_cache's row step of 12 tokens with cache_leftpad, got "
-                                         "24"):
-        leanattn.decode(q, k_cache, head_major, seqlens, cache_leftpad=pads)
-    # page ids are int32: a layout of 2**31 token slots or more is refused (shapes and strides alone: meta tensors)
-    huge = torch.empty(0, device="meta").as_strided((2, 12, 2, 64), (2 ** 31 * 128, 128, 64, 1))
-    with pytest.raises(ValueError, match=r"k_cache: expected under 2\*\*31 - 256 token slots \(rows x row step\) "
-                                         r"with cache_leftpad \(int32 page ids\), got 2147483660"):
-        token_pages.check_leftpad(torch.zeros(2, dtype=torch.int32, device="meta"), huge, huge, None, 2, False)
     with pytest.raises(ValueError, match=r"k_cache: expected a contiguous cache \(B, N, Hkv, D\) of N >= 1"):
         leanattn.decode(q, k_cache[:, :0], v_cache[:, :0], seqlens * 0, cache_leftpad=pads * 0)

@@ -92,8 +92,8 @@ def test_append_kernel_compiles_for_sm90():
 
 def test_batch_invariant_and_leftpad_cases_compile():
     # schedule="batch_invariant" (the split kernel and the merge folding one state a step) and cache_leftpad (the
-    # lean kernel over 256-token pages) compile for sm_90a
-    cases = "decode batch_invariant 32/8 D=128,decode leftpad 32/8 D=128"
+    # lean and split kernels with LEFTPAD) compile for sm_90a
+    cases = "decode batch_invariant 32/8 D=128,decode leftpad 32/8 D=128,decode leftpad-split 32/8 D=128"
     run = _compile_offline("offline_resources.py", "decode", "--cases", cases)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "stopped at" not in run.stdout, run.stdout

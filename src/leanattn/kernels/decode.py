@@ -126,7 +126,7 @@ def store_final(
 
 @triton.jit(noinline=True)
 def decode_piece(
-    Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi, Sinks, QPE, KPE,  #
+    Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi, Sinks, QPE, KPE, Leftpad,  #
     b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale,  #
     stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
     stride_ob, stride_oh, stride_lb, stride_btb, stride_qt, stride_ot, stride_lt, stride_ab,  #
@@ -136,7 +136,7 @@ def decode_piece(
     DOT_PRECISION: tl.constexpr, VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr,  #
     MERGE_LAUNCH: tl.constexpr, softcap, SOFTCAP: tl.constexpr, window, WINDOW: tl.constexpr,  #
     QLEN: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr, ALIBI: tl.constexpr, SINK: tl.constexpr,
-    ROPE_DIM: tl.constexpr, V_IS_K: tl.constexpr,
+    ROPE_DIM: tl.constexpr, V_IS_K: tl.constexpr, LEFTPAD: tl.constexpr,
 ):
     """Piece ``[t, stop)`` of the head ``[head_begin, head_end)`` (sequence ``b``, kv head ``kvh``,
     head block ``hb``) of a stream-K program whose range starts at ``start``: attend its tiles, settle
@@ -146,12 +146,14 @@ def decode_piece(
     of a packed query (``packed_slots``). ``ALIBI``: each query head's ALiBi slope is ``Alibi[b * stride_ab + head]``
     (``alibi_rows``). ``SINK``: each query head's attention sink is ``Sinks[head]``, carried by the row's first piece
     (``sink_rows``). ``ROPE_DIM > 0``: MLA, the query's rotary part ``QPE`` (strides ``stride_pq*``) against ``KPE``
-    (``stride_pk*``), and with ``V_IS_K`` values that are the keys (``kernels/attend.attend_tiles``).
+    (``stride_pk*``), and with ``V_IS_K`` values that are the keys (``kernels/attend.attend_tiles``). ``LEFTPAD``:
+    the row's keys start at slot ``Leftpad[b]`` (``seqlen`` already counted from there: ``left_padded_row``).
 
     A call, not inlined (scalar arguments only): inlined in the program's loop over pieces, ptxas
     kept 214-216 registers at D=128 (2 programs per SM); called, 166-168 and no spills (3 per SM;
     Triton 3.6, sm_90a, ``benchmarks/offline_resources.py``).
     """
+    _, K, V = left_padded_row(Leftpad, b, seqlen, K, V, stride_kn, stride_vn, LEFTPAD)
     own_window = window  # (a packed query's sequence: the union of its real tokens' windows, packed_window)
     if VARLEN and WINDOW:
         own_window = packed_window(CuQ, b, window, QLEN)
@@ -216,7 +218,7 @@ def settle_and_store(
 @triton.jit(do_not_specialize=["k0", "g_m", "m_rows", "waves", "window"])
 def lean_decode_kernel(
     Q, K, V, Out, Lse,  #
-    Seqlens, BlockTable, CuQ, Alibi, Sinks, QPE, KPE,  #
+    Seqlens, BlockTable, CuQ, Alibi, Sinks, QPE, KPE, Leftpad,  #
     WsAcc, WsMl, Counters, RowInfo,  #
     stride_qb, stride_qh,  #
     stride_kb, stride_kn, stride_kh,  #
@@ -232,7 +234,7 @@ def lean_decode_kernel(
     VALID_ROWS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_STAGES: tl.constexpr, MERGE_LAUNCH: tl.constexpr,
     PDL: tl.constexpr, ACROSS_ROWS: tl.constexpr, SEARCH: tl.constexpr, SMS: tl.constexpr, CAND: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, QLEN: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
-    ALIBI: tl.constexpr, SINK: tl.constexpr, ROPE_DIM: tl.constexpr, V_IS_K: tl.constexpr,
+    ALIBI: tl.constexpr, SINK: tl.constexpr, ROPE_DIM: tl.constexpr, V_IS_K: tl.constexpr, LEFTPAD: tl.constexpr,
 ):
     """Stream-K decode. ``ROWS = kv_heads * N_HB`` scheduling rows per sequence. Workspaces: 2 piece
     slots and one counter per program (``kernels/piece_merge.py``); with ``MERGE_LAUNCH``, ``RowInfo``
@@ -241,7 +243,8 @@ def lean_decode_kernel(
     query tokens a sequence (strides ``stride_qt``, ``stride_ot``, ``stride_lt``), ``CAUSAL`` or not: ``key_ranges``;
     ``VARLEN``: a packed query, sequence ``b``'s tokens rows ``[CuQ[b], CuQ[b+1])`` (``packed_slots``). ``ALIBI``:
     ALiBi slopes ``Alibi`` (float32, ``stride_ab`` between sequences; ``alibi_rows``). ``SINK``: attention sinks
-    ``Sinks`` (one a query head; ``sink_rows``). ``ROPE_DIM``, ``V_IS_K``: MLA (``decode_piece``)."""
+    ``Sinks`` (one a query head; ``sink_rows``). ``ROPE_DIM``, ``V_IS_K``: MLA (``decode_piece``). ``LEFTPAD``:
+    sequence ``b``'s keys are slots ``[Leftpad[b], Seqlens[b])`` of its row (``left_padded_row``)."""
     if PDL:
         # the merge launch after this one may start now: its programs wait for our writes (gdc_wait)
         gdc_launch_dependents()
@@ -251,6 +254,9 @@ def lean_decode_kernel(
     softcap = tl.cast(softcap, tl.float32)
     # -- schedule, from the real lengths (no host sync) --
     offs_b, valid_b, lens = load_lengths(Seqlens, B, capacity, BLOCK_B, HAS_SEQLENS)
+    if LEFTPAD:
+        # each row's work from its first real token on (the pieces move their rows' bases there)
+        lens = tl.maximum(lens - tl.maximum(tl.load(Leftpad + offs_b, mask=valid_b, other=0), 0), 0)
     if VARLEN and WINDOW:
         tiles = row_tiles(lens, valid_b, BLOCK_N, packed_window(CuQ, offs_b, window, QLEN, valid_b), WINDOW)
     else:
@@ -266,14 +272,14 @@ def lean_decode_kernel(
         # -- which (sequence, row, tile) does tile t belong to --
         b, sel, kvh, hb, seqlen, head_begin, head_end, stop = locate_row(t, end, cum_incl, work, tiles, offs_b, lens, N_HB)
         decode_piece(
-            Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi, Sinks, QPE, KPE,  #
+            Q, K, V, Out, Lse, BlockTable, WsAcc, WsMl, Counters, RowInfo, CuQ, Alibi, Sinks, QPE, KPE, Leftpad,  #
             b, kvh, hb, seqlen, t, stop, head_begin, head_end, start, T, high, qk_scale, v_scale,  #
             stride_qb, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             stride_ob, stride_oh, stride_lb, stride_btb, stride_qt, stride_ot, stride_lt, stride_ab,  #
             stride_pqb, stride_pqh, stride_pqt, stride_pkb, stride_pkn,  #
             GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION,  #
             VALID_ROWS, MERGE_ROWS, MERGE_STAGES, MERGE_LAUNCH, softcap, SOFTCAP, window, WINDOW, QLEN, CAUSAL, VARLEN,
-            ALIBI, SINK, ROPE_DIM, V_IS_K)
+            ALIBI, SINK, ROPE_DIM, V_IS_K, LEFTPAD)
         t = stop
 
 
@@ -285,6 +291,21 @@ def row_length(Seqlens, b, capacity, HAS_SEQLENS: tl.constexpr):
     else:
         seqlen = capacity + 0 * b
     return seqlen
+
+
+@triton.jit
+def left_padded_row(Leftpad, b, seqlen, K, V, stride_kn, stride_vn, LEFTPAD: tl.constexpr):
+    """``(seqlen, K, V)`` of sequence ``b`` whose keys start at slot ``Leftpad[b]`` of its row (flash-attn's
+    ``cache_leftpad``; with ``LEFTPAD``, else unchanged): the length counted from there, and the caches' bases moved
+    there by the token strides, so that tiles, windows, causal ranges and ALiBi distances all count from the first
+    real token. The move is whole tokens: a TMA base stays 16-byte aligned where the token stride is (the op checks).
+    A negative padding reads as none and one past the length leaves an empty row (unchecked inputs)."""
+    if LEFTPAD:
+        pad = tl.maximum(tl.load(Leftpad + b), 0)
+        seqlen = tl.maximum(seqlen - pad, 0)
+        K += pad.to(tl.int64) * stride_kn
+        V += pad.to(tl.int64) * stride_vn
+    return seqlen, K, V
 
 
 @triton.jit
@@ -316,7 +337,8 @@ def split_program(
     stride_qt=0, stride_ot=0, stride_lt=0, QLEN: tl.constexpr = 1, CAUSAL: tl.constexpr = False,
     CuQ=None, VARLEN: tl.constexpr = False, Alibi=None, stride_ab=0, ALIBI: tl.constexpr = False,
     Sinks=None, SINK: tl.constexpr = False, QPE=None, KPE=None, stride_pqb=0, stride_pqh=0, stride_pqt=0, stride_pkb=0,
-    stride_pkn=0, ROPE_DIM: tl.constexpr = 0, V_IS_K: tl.constexpr = False,
+    stride_pkn=0, ROPE_DIM: tl.constexpr = 0, V_IS_K: tl.constexpr = False, Leftpad=None,
+    LEFTPAD: tl.constexpr = False,
 ):
     """Split ``s`` of row ``bid`` (sequence ``bid // ROWS``, kv head and head block ``bid % ROWS``):
     tiles ``[s*chunk, (s+1)*chunk)`` or, with ``EVEN``, the ``s``-th of ``tl.num_programs(1)`` ranges of the
@@ -324,13 +346,14 @@ def split_program(
     ``Out + s*stride_os`` and ``Lse + s*stride_ls``. With ``WINDOW`` the row's tiles are those of its sliding
     window (``first_tile`` on), and ``chunk`` counts from there. ``QLEN`` query tokens a sequence as
     ``decode_piece`` (``VARLEN``: packed; ``ALIBI``: ALiBi slopes, ``alibi_rows``; ``SINK``: attention sinks, carried
-    by split 0, ``sink_rows``; ``ROPE_DIM``, ``V_IS_K``: MLA). Returns the sequence, the rows'
-    LSE offsets (``store_final``) and which are real."""
+    by split 0, ``sink_rows``; ``ROPE_DIM``, ``V_IS_K``: MLA; ``LEFTPAD``: keys from slot ``Leftpad[b]`` on,
+    ``left_padded_row``). Returns the sequence, the rows' LSE offsets (``store_final``) and which are real."""
     b = bid // ROWS
     row = bid % ROWS
     kvh = row // N_HB
     hb = row % N_HB
-    seqlen = row_length(Seqlens, b, capacity, HAS_SEQLENS)
+    seqlen, K, V = left_padded_row(Leftpad, b, row_length(Seqlens, b, capacity, HAS_SEQLENS), K, V, stride_kn,
+                                   stride_vn, LEFTPAD)
     own_window = window  # (as decode_piece's)
     if VARLEN and WINDOW:
         own_window = packed_window(CuQ, b, window, QLEN)
@@ -366,7 +389,7 @@ def split_program(
 @triton.jit(do_not_specialize=["window"])
 def split_decode_kernel(
     Q, K, V, Out, Lse,  #
-    Seqlens, BlockTable, CuQ, Alibi, Sinks, QPE, KPE, Arrivals,  #
+    Seqlens, BlockTable, CuQ, Alibi, Sinks, QPE, KPE, Leftpad, Arrivals,  #
     stride_qb, stride_qh,  #
     stride_kb, stride_kn, stride_kh,  #
     stride_vb, stride_vn, stride_vh,  #
@@ -381,6 +404,7 @@ def split_decode_kernel(
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, AFTER_PRIOR: tl.constexpr,
     EVEN: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, QLEN: tl.constexpr, CAUSAL: tl.constexpr,
     VARLEN: tl.constexpr, ALIBI: tl.constexpr, SINK: tl.constexpr, ROPE_DIM: tl.constexpr, V_IS_K: tl.constexpr,
+    LEFTPAD: tl.constexpr,
 ):
     """FlashDecoding: program ``(row, s)`` takes tiles ``[s*chunk, (s+1)*chunk)`` of one row; with ``EVEN``
     the ``s``-th of as many even ranges of its real tiles as the grid has splits (``even_range``): lean's
@@ -392,7 +416,8 @@ def split_decode_kernel(
 
     ``VARLEN``: a packed query, rows ``[CuQ[b], CuQ[b+1])`` sequence ``b``'s (``packed_slots``); partial states
     are written in its layout. ``ALIBI``: ALiBi slopes ``Alibi`` (``alibi_rows``). ``SINK``: attention sinks ``Sinks``,
-    carried by split 0 (``sink_rows``). ``ROPE_DIM``, ``V_IS_K``: MLA (``decode_piece``).
+    carried by split 0 (``sink_rows``). ``ROPE_DIM``, ``V_IS_K``: MLA (``decode_piece``). ``LEFTPAD``: sequence
+    ``b``'s keys are slots ``[Leftpad[b], Seqlens[b])`` (``left_padded_row``).
 
     ``AFTER_PRIOR``: this launch is a programmatic dependent launch of the launch before it, whose results it
     does not read (the ordered overlap path of bifurcated decode). Its programs start only once every program of
@@ -411,7 +436,7 @@ def split_decode_kernel(
         GROUP, N_HB, ROWS, HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, HAS_SEQLENS, LOAD, UPCAST, DOT_PRECISION, EVEN,
         tl.cast(softcap, tl.float32), SOFTCAP, window, WINDOW, stride_qt, stride_ot, stride_lt, QLEN, CAUSAL,
         CuQ, VARLEN, Alibi, stride_ab, ALIBI, Sinks, SINK, QPE, KPE, stride_pqb, stride_pqh, stride_pqt, stride_pkb,
-        stride_pkn, ROPE_DIM, V_IS_K)
+        stride_pkn, ROPE_DIM, V_IS_K, Leftpad, LEFTPAD)
     if AFTER_PRIOR:
         # one program waits, the others exit at once. The count is taken modulo the programs and put back by as
         # many, so a counter that did not start at zero (a buffer first made inside a graph capture holds

@@ -18,7 +18,7 @@ from .kv_append import append_kv, lengths_after
 from .rotary import check_rotary
 from .states_merge import states_and_merge
 from .stream_k_launch import LAUNCH, StreamKLaunch, piece_workspaces, with_search
-from .token_pages import cache_rows_as_pages, check_leftpad, left_padded
+from .token_pages import cache_rows_as_pages, check_leftpad
 
 __all__ = ["decode"]
 
@@ -63,7 +63,7 @@ class _Plan:
 
     def __init__(self, q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, workers, block_n,
                  num_stages=0, after_prior=False, merged=True, k_scale=1.0, v_scale=1.0, softcap=0.0,
-                 window_left=-1, causal=False, max_q=0, alibi_stride=-1, sink_dtype=None, rope=None):
+                 window_left=-1, causal=False, max_q=0, alibi_stride=-1, sink_dtype=None, rope=None, leftpad=False):
         Hq, D = q.shape[-2], q.shape[-1]
         # a 4-D query holds qlen tokens a sequence, stacked with the group's heads in the rows (kernels/query_rows);
         # max_q > 0: a packed (total_q, Hq, D) query of up to max_q tokens a sequence (kernels/query_rows.packed_slots)
@@ -86,8 +86,10 @@ class _Plan:
                             0 if invariant else B * k_cache.shape[2],
                             window_tokens(cap, 1, window_left), num_stages,
                             k_cache.dtype in checks.FP8_DTYPES and q.dtype != torch.float32)
+        # every row the same length, known on the host: no lengths, no padding
+        uniform = cache_seqlens is None and not leftpad
         # the most tiles a row can have: exact where every sequence fills the cache, else the window's bound
-        row_tiles = (int(tiles_per_sequence([cap], cfg.block_n, window_left)[0]) if cache_seqlens is None
+        row_tiles = (int(tiles_per_sequence([cap], cfg.block_n, window_left)[0]) if uniform
                      else max(triton.cdiv(window_tokens(cap, cfg.block_n, window_left), cfg.block_n), 1))
         window = max(window_left, 0)
         self.dummy_i32 = runtime.workspace("dummy_i32", device, (1, 1), torch.int32, zero=True)
@@ -110,6 +112,7 @@ class _Plan:
             # LEANATTN_MLA_SHARED_V=0 the same rows loaded again as values, for probes)
             ROPE_DIM=0 if rope is None else rope[1].shape[-1],
             V_IS_K=rope is not None and runtime.env_flag("LEANATTN_MLA_SHARED_V") is not False,
+            LEFTPAD=leftpad,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages)
         if rope is not None:
@@ -132,7 +135,7 @@ class _Plan:
                                kpe.stride(1))
         qk_scale, softcap_log2 = score_scales(scale, k_scale, softcap)
         even = 0 if schedule != "lean" or workers > 0 else even_pieces(B, self.meta["ROWS"], row_tiles, cfg, device,
-                                                                         cache_seqlens is not None)
+                                                                         not uniform)
         if even:
             self.schedule = schedule = "split"
             workers = even
@@ -152,7 +155,7 @@ class _Plan:
             self.tail = with_search(self.meta, head, B, self.meta["ROWS"], workers or sms * cfg.ctas_per_sm, sms)
             grid = self._lean_grid(cfg, q, k_cache, v_cache, workers)
             search_sms = sms
-            if sms and cache_seqlens is None:
+            if sms and uniform:
                 # every sequence fills the cache, so the host knows the programs the kernel would use:
                 # launch only those (H200, same process: 0.4-1.8 us faster than a grid with idle
                 # programs on four short uniform cases; benchmarks/results/decode_probes_H200_2026-12-01.md),
@@ -227,16 +230,16 @@ class _Plan:
         sk = runtime.workspace("dummy_sink", q.device, (1,), self.sink_dtype, zero=True) if self.sink_dtype \
             else d
         pe = (q, k_cache) if self.meta["ROPE_DIM"] else (d, d)
-        args = (q, k_cache, v_cache, q, f, d, d, d, f if self.meta["ALIBI"] else d, sk, *pe, f, f, d, d, *self.tail)
+        args = (q, k_cache, v_cache, q, f, d, d, d, f if self.meta["ALIBI"] else d, sk, *pe, d, f, f, d, d, *self.tail)
         # the in-kernel merge's occupancy: a variant that merges apart is capped to match (StreamKLaunch)
         occ = runtime.kernel_occupancy(lean_decode_kernel, args, dict(self.meta, MERGE_LAUNCH=False), q.device)
         return runtime.num_sms(q.device) * max(1, min(occ, cfg.ctas_per_sm))
 
     def run(self, q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q=None, alibi_slopes=None,
-            sinks=None, q_pe=None, kpe_cache=None):
+            sinks=None, q_pe=None, kpe_cache=None, cache_leftpad=None):
         sl = self.dummy_i32 if cache_seqlens is None else cache_seqlens
         bt = self.dummy_i32 if block_table is None else block_table
-        extras = self.extras(cu_seqlens_q, alibi_slopes, sinks, q_pe, kpe_cache)
+        extras = self.extras(cu_seqlens_q, alibi_slopes, sinks, q_pe, kpe_cache, cache_leftpad)
         if self.schedule == "lean":
             self.launch((q, k_cache, v_cache, out, lse, sl, bt, *extras), out, lse, extras[0])
             return
@@ -247,9 +250,11 @@ class _Plan:
         self.launch(q, k_cache, v_cache, o, ls, sl, bt, *extras)
         self.launch_merge(o, ls, out, lse, ls)  # (no sinks in this merge: split 0 carried them)
 
-    def extras(self, cu_seqlens_q=None, alibi_slopes=None, sinks=None, q_pe=None, kpe_cache=None) -> tuple:
+    def extras(self, cu_seqlens_q=None, alibi_slopes=None, sinks=None, q_pe=None, kpe_cache=None,
+               cache_leftpad=None) -> tuple:
         """The kernels' optional tensors after the block table, a stand-in for each one absent."""
-        return tuple(self.dummy_i32 if t is None else t for t in (cu_seqlens_q, alibi_slopes, sinks, q_pe, kpe_cache))
+        return tuple(self.dummy_i32 if t is None else t
+                     for t in (cu_seqlens_q, alibi_slopes, sinks, q_pe, kpe_cache, cache_leftpad))
 
 
 def even_pieces(B: int, rows: int, tiles: int, cfg, device: torch.device, has_lens: bool) -> int:
@@ -285,13 +290,14 @@ INVARIANT_SPLIT_TOKENS = 2048
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
                  num_splits, block_n, k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False,
-                 cu_seqlens_q=None, max_seqlen_q=0, alibi_slopes=None, sinks=None, q_pe=None, kpe_cache=None, *,
-                 need_lse: bool = True, out=None, lse=None):
+                 cu_seqlens_q=None, max_seqlen_q=0, alibi_slopes=None, sinks=None, cache_leftpad=None, q_pe=None,
+                 kpe_cache=None, *, need_lse: bool = True, out=None, lse=None):
     """``decode`` past validation; with ``need_lse=False`` (eager calls that do not return it) the LSE goes
     to the plan's sink, which nobody reads, saving an allocation: 7.2 us of host time per call in one process on
     an H200 machine (33.1 against 40.3 us; decode probe 18); host times move by up to 2x between machines.
     ``q_pe`` and ``kpe_cache``: MLA's rotary parts (``ops/mla.py``), whose ``v_cache`` is ``k_cache``. ``out`` and
-    ``lse``: the caller's checked buffers (``checks.output_buffer``), written in place of new tensors."""
+    ``lse``: the caller's checked buffers (``checks.output_buffer``), written in place of new tensors.
+    ``cache_leftpad``: each sequence's first real token (checked), read by the kernels (``LEFTPAD``)."""
     if schedule == "batch_invariant" and (num_programs or num_splits):
         name = "num_programs" if num_programs else "num_splits"
         raise ValueError(f"{name}: expected 0 with schedule='batch_invariant' (its splits are "
@@ -308,6 +314,8 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
         return (out.zero_(), lse) if sinks is None else with_sinks(out.zero_(), lse, sinks)
     if cache_seqlens is not None and cache_seqlens.stride(0) != 1:
         cache_seqlens = cache_seqlens.contiguous()  # the kernels index the lengths with unit stride
+    if cache_leftpad is not None and cache_leftpad.stride(0) != 1:
+        cache_leftpad = cache_leftpad.contiguous()
     if cu_seqlens_q is not None and cu_seqlens_q.stride(0) != 1:
         cu_seqlens_q = cu_seqlens_q.contiguous()
     max_q = max_seqlen_q if cu_seqlens_q is not None else 0
@@ -319,7 +327,7 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
     key = (q.shape, q.stride(), q.dtype, k_cache.dtype, q.device, k_cache.shape, k_cache.stride(), v_cache.stride(),
            cache_seqlens is None, None if block_table is None else (block_table.shape, block_table.stride()),
            softmax_scale, k_scale, v_scale, softcap, window_left, causal, schedule, workers, block_n, max_q,
-           alibi_stride, None if sinks is None else sinks.dtype, runtime.interpreting(),
+           alibi_stride, None if sinks is None else sinks.dtype, cache_leftpad is None, runtime.interpreting(),
            None if q_pe is None else (q_pe.shape, q_pe.stride(), kpe_cache.shape, kpe_cache.stride()),
            # TMA loads need 16-byte aligned bases (load_path)
            k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0,
@@ -331,11 +339,12 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale,
                                                      window_left=window_left, causal=causal, max_q=max_q,
                                                      alibi_stride=alibi_stride,
                                                      sink_dtype=None if sinks is None else sinks.dtype,
-                                                     rope=None if q_pe is None else (q_pe, kpe_cache)))
+                                                     rope=None if q_pe is None else (q_pe, kpe_cache),
+                                                     leftpad=cache_leftpad is not None))
         if lse is None:
             lse = plan.lse_sink
         plan.run(q, k_cache, v_cache, cache_seqlens, block_table, out, lse, cu_seqlens_q, alibi_slopes, sinks, q_pe,
-                 kpe_cache)
+                 kpe_cache, cache_leftpad)
     return out, lse
 
 
@@ -346,17 +355,17 @@ def _decode_op(
     softmax_scale: float, schedule: str, num_programs: int, num_splits: int, block_n: int,
     k_scale: float = 1.0, v_scale: float = 1.0, softcap: float = 0.0, window_left: int = -1, causal: bool = False,
     cu_seqlens_q: Optional[torch.Tensor] = None, max_seqlen_q: int = 0, alibi_slopes: Optional[torch.Tensor] = None,
-    sinks: Optional[torch.Tensor] = None,
+    sinks: Optional[torch.Tensor] = None, cache_leftpad: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
                         num_splits, block_n, k_scale, v_scale, softcap, window_left, causal, cu_seqlens_q, max_seqlen_q,
-                        alibi_slopes, sinks)
+                        alibi_slopes, sinks, cache_leftpad)
 
 
 @_decode_op.register_fake
 def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, block_n,
       k_scale=1.0, v_scale=1.0, softcap=0.0, window_left=-1, causal=False, cu_seqlens_q=None, max_seqlen_q=0,
-      alibi_slopes=None, sinks=None):
+      alibi_slopes=None, sinks=None, cache_leftpad=None):
     return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
@@ -526,8 +535,7 @@ def decode(
         from the head dims, dtypes and page size alone, and a merge that folds the splits one at a time in order
         (the empty ones past a sequence's end change no bit). Slower than ``"lean"`` where few rows are long. The
         batch fixes none of the launch but a packed query's ``max_seqlen_q`` (the rows a program stacks); float8
-        caches read through ``cache_batch_idx`` take tiles chosen from the capacity (its page size), and
-        ``cache_leftpad`` over caches of under 256 token slots copies them (a contiguous cache's tiles).
+        caches read through ``cache_batch_idx`` take tiles chosen from the capacity (its page size).
     num_programs : int, keyword-only
         Persistent programs for ``"lean"`` (0 = SMs x measured occupancy).
     num_splits : int, keyword-only
@@ -628,10 +636,9 @@ def decode(
         holds tokens ``[cache_leftpad[b], cache_seqlens[b])`` (flash-attn's ``cache_leftpad``: prompts padded on the
         left, as a batched Hugging Face prompt is). The padding is never read; ``causal``, a window and ALiBi see the
         same distances as without it. Rotary positions are the cache's slots, as flash-attn's: ``k`` is rotated at
-        ``cache_seqlens[b] + t``, where it is written (rotary tables of ``N`` rows, or more). Read as pages of 256
-        tokens that start at every token: no copy (the cache's row stride a multiple of its token stride; a cache of
-        fewer than 256 token slots is copied). Not with ``block_table``, as flash-attn; with ``cache_batch_idx``, the
-        padding is in the row named.
+        ``cache_seqlens[b] + t``, where it is written (rotary tables of ``N`` rows, or more). The kernels move each
+        row's base to its first real token and count its length from there: no copy, and the tiles start at that
+        token. Not with ``block_table``, as flash-attn; with ``cache_batch_idx``, the padding is in the row named.
         ``0 <= cache_leftpad[b] <= cache_seqlens[b]`` is checked where ``validate`` says.
 
     Returns
@@ -684,7 +691,7 @@ def decode(
         block_table = cache_rows_as_pages(cache_batch_idx, block_table, k_cache, q_batch,
                                           checks.value_checks(validate, cache_batch_idx))
     if cache_leftpad is not None:
-        check_leftpad(cache_leftpad, k_cache, v_cache, cache_seqlens, q_batch,
+        check_leftpad(cache_leftpad, k_cache, cache_seqlens, q_batch,
                       checks.value_checks(validate, cache_leftpad))
     # with new tokens, the lengths after them: those checked, and those attended
     appended = cache_seqlens
@@ -713,21 +720,20 @@ def decode(
                                             ("alibi_slopes", alibi_slopes)))
     rotary = check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache, causal or local)
     q = append_kv(k_cache, v_cache, k, v, appended, block_table, validate, q, rotary)
-    if cache_leftpad is not None:
-        # from here each sequence starts at its first real token (after the appends: a small cache is copied)
-        (k_cache, v_cache, block_table), cache_seqlens = left_padded(cache_leftpad, k_cache, v_cache,
-                                                                     cache_batch_idx, cache_seqlens, q_batch)
     if q.dim() == 4 and qlen == 1:
         # one token: the 3-D call, its outputs seen with the token axis (the buffers' views keep them contiguous)
-        res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, block_table, scale, return_lse, schedule,
+        # (cache_batch_idx named again rather than as the pages it became: cache_leftpad refuses a block_table)
+        res = decode(q[:, 0], k_cache, v_cache, cache_seqlens, None if cache_batch_idx is not None else block_table,
+                     scale, return_lse, schedule,
                      num_programs=num_programs, num_splits=num_splits, validate=False, k_scale=k_scale,
                      v_scale=v_scale, softcap=softcap, window_left=window_left, alibi_slopes=alibi_slopes, sinks=sinks,
-                     **token_buffers(out, lse))
+                     cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, **token_buffers(out, lse))
         return with_token_axis(res, out, lse, return_lse)
     if q.stride(-1) != 1:
         q = q.contiguous()
     args = (q, k_cache, v_cache, cache_seqlens, block_table, scale, schedule, num_programs, num_splits, 0,
-            k_scale, v_scale, softcap, window_left, causal and qlen > 1, cu_seqlens_q, qlen, alibi_slopes, sinks)
+            k_scale, v_scale, softcap, window_left, causal and qlen > 1, cu_seqlens_q, qlen, alibi_slopes, sinks,
+            cache_leftpad)
     # under torch.compile the custom op keeps the kernel opaque to Dynamo and Inductor; eager calls skip
     # the dispatcher (its overhead is comparable to a short decode kernel)
     if torch.compiler.is_compiling():

@@ -14,9 +14,8 @@ from typing import Optional
 import torch
 
 from .. import checks
-from .kv_append import _bytes
 
-__all__ = ["token_pool", "token_pages", "cache_rows_as_pages", "check_leftpad", "left_padded"]
+__all__ = ["token_pool", "token_pages", "cache_rows_as_pages", "check_leftpad"]
 
 
 def token_pool(k: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -86,54 +85,11 @@ def cache_rows_as_pages(cache_batch_idx: Optional[torch.Tensor], block_table: Op
     return cache_batch_idx[:, None]
 
 
-# tokens a page of the padded pool: a multiple of every decode tile, and fixed, so that a cache that grows by a token
-# a step (transformers' dynamic cache) keeps its compiled kernels (a page of the whole capacity, a compile-time
-# constant of the kernel, compiled one a step)
-PAD_PAGE = 256
-
-
-def _row_step(name: str, cache: torch.Tensor) -> tuple[int, int, int]:
-    """``(token_stride, step, slots)`` of a contiguous cache ``(rows, N, Hkv, D)`` (:func:`_token_layout`), ``slots``
-    the token slots from its first row's first token to its last row's last (``_padded_pool``'s page ids)."""
-    laid = _token_layout(cache)
-    if laid is None:
-        raise ValueError(f"{name}: expected a row stride that is a multiple of the token stride with cache_leftpad "
-                         f"(its rows are read as pages starting at any token, without a copy), got strides "
-                         f"{tuple(cache.stride())}")
-    token, step = laid
-    slots = (cache.shape[0] - 1) * step + cache.shape[1]
-    if slots + PAD_PAGE > torch.iinfo(torch.int32).max:
-        raise ValueError(f"{name}: expected under 2**31 - {PAD_PAGE} token slots (rows x row step) with "
-                         f"cache_leftpad (int32 page ids), got {slots}")
-    return token, step, slots
-
-
-def _padded_pool(cache: torch.Tensor, token: int, slots: int) -> torch.Tensor:
-    """A contiguous cache ``(rows, N, Hkv, D)`` of ``slots >= PAD_PAGE`` token slots, ``token`` apart
-    (:func:`_row_step`), seen as pages of ``PAD_PAGE`` tokens that start at every token (page stride one token),
-    page ``row * step + t`` holding tokens ``t, t + 1, ...`` of ``row`` (and on into the next row, whose keys are
-    never read there): a view."""
-    _, _, Hkv, D = cache.shape
-    _, _, s2, s3 = cache.stride()
-    # pages starting past this shape (a padded last row's) run past it, never past the storage, as a page is read
-    # only up to its sequence's length
-    return cache.as_strided((slots - PAD_PAGE + 1, PAD_PAGE, Hkv, D), (token, token, s2, s3))
-
-
-def _left_aligned(cache: torch.Tensor, rows: torch.Tensor, pads: torch.Tensor) -> torch.Tensor:
-    """``(B, N, Hkv, D)``: row ``rows[b]`` of ``cache`` from token ``pads[b]`` on, at the front (a copy; the
-    positions past the row hold its last token, never read)."""
-    N = cache.shape[1]
-    at = (pads.long()[:, None] + torch.arange(N, device=cache.device)[None, :]).clamp_(max=N - 1)
-    return _bytes(cache)[rows[:, None], at].view(cache.dtype)  # (float8 gathered as bytes)
-
-
-def check_leftpad(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                  before: Optional[torch.Tensor], batch: int, validate: bool) -> None:
+def check_leftpad(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, before: Optional[torch.Tensor], batch: int,
+                  validate: bool) -> None:
     """Checks of flash-attn's ``cache_leftpad`` (``(batch,)`` int32 on the cache's device) against a contiguous cache
-    ``(rows, N, Hkv, D)`` whose row stride is a whole number of tokens, the same for ``k_cache`` and ``v_cache``;
-    where ``validate``, ``0 <= cache_leftpad[b] <= before[b]`` (the lengths before new tokens; None: the capacity),
-    a device sync."""
+    ``(rows, N, Hkv, D)``; where ``validate``, ``0 <= cache_leftpad[b] <= before[b]`` (the lengths before new tokens;
+    None: the capacity), a device sync."""
     checks.check_index("cache_leftpad", cache_leftpad, 1, k_cache.device)
     if cache_leftpad.shape[0] != batch:
         raise ValueError(f"cache_leftpad: expected shape ({batch},) (batch size of q), got "
@@ -141,10 +97,6 @@ def check_leftpad(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     if k_cache.dim() != 4 or k_cache.shape[1] == 0:
         raise ValueError(f"k_cache: expected a contiguous cache (B, N, Hkv, D) of N >= 1 with cache_leftpad, got "
                          f"shape {tuple(k_cache.shape)}")
-    _, step, _ = _row_step("k_cache", k_cache)
-    _, v_step, _ = _row_step("v_cache", v_cache)
-    if v_step != step:
-        raise ValueError(f"v_cache: expected k_cache's row step of {step} tokens with cache_leftpad, got {v_step}")
     if validate and cache_leftpad.numel():
         capacity = k_cache.shape[1]
         lo = int(cache_leftpad.min())
@@ -153,30 +105,3 @@ def check_leftpad(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, v_cache: t
             what = "cache_seqlens" if before is not None else f"the capacity {capacity}"
             raise ValueError(f"cache_leftpad: expected 0 <= cache_leftpad <= {what} (the lengths before new tokens), "
                              f"got a minimum of {lo} and {over} sequences past it")
-
-
-def left_padded(cache_leftpad: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                cache_batch_idx: Optional[torch.Tensor], lens: Optional[torch.Tensor], batch: int) -> tuple:
-    """flash-attn's ``cache_leftpad`` (checked: :func:`check_leftpad`): sequence ``b``'s tokens are
-    ``[cache_leftpad[b], lens[b])`` of its row of a contiguous cache ``(rows, N, Hkv, D)`` (row ``b``, or
-    ``cache_batch_idx[b]``, already checked), attended as a sequence that starts there. The caches are seen as pages
-    of ``PAD_PAGE`` tokens starting at every token (:func:`_padded_pool`, no copy), each sequence's pages those from
-    its first real token on; a cache of fewer slots than a page is copied with each sequence at the front of its row
-    (:func:`_left_aligned`).
-
-    ``lens``: int32 ``(B,)`` lengths attended (None: the capacity). Returns ``((k, v, block_table or None), lens)``,
-    the lengths counted from each sequence's first real token."""
-    k_token, step, slots = _row_step("k_cache", k_cache)
-    v_token, _, v_slots = _row_step("v_cache", v_cache)
-    capacity = k_cache.shape[1]
-    # (an unchecked negative padding would name a page before the cache's first token)
-    pads = cache_leftpad.clamp(min=0)
-    rows = cache_batch_idx.long() if cache_batch_idx is not None else torch.arange(batch, device=k_cache.device)
-    # (unchecked padding past a length would give a negative length: none reaches the schedule)
-    lens = ((capacity if lens is None else lens) - pads).clamp_(min=0).to(torch.int32)
-    if min(slots, v_slots) < PAD_PAGE:
-        return (_left_aligned(k_cache, rows, pads), _left_aligned(v_cache, rows, pads), None), lens
-    pages = torch.arange(0, capacity, PAD_PAGE, device=k_cache.device)
-    table = (rows * step + pads)[:, None] + pages[None, :]
-    return (_padded_pool(k_cache, k_token, slots), _padded_pool(v_cache, v_token, v_slots),
-            table.to(torch.int32)), lens
