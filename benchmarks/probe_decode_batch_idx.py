@@ -73,7 +73,7 @@ def left_padded_call(q, k, v, sl, max_pad=None):
 
 def paged_call(q, k, v, sl):
     """The decode of ``(q, k, v, sl)`` with the contiguous cache seen as ``PAGE``-token pages in order (the paged
-    path's loads over the same addresses: what the padded pages cost less what their start costs)."""
+    path's loads over the plain call's addresses)."""
     B, N, H, D = k.shape
     n = N // PAGE
     table = torch.arange(B * n, dtype=torch.int32, device=q.device).view(B, n)

@@ -53,6 +53,21 @@ def test_matches_the_reference_and_the_tokens_moved(schedule, dtype, qlen, mode,
     assert_rel_close("tokens moved to the front", out, want, TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("load", ["1", "2"], ids=["block-pointers", "tma"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_contiguous_load_paths(load, schedule, decode_load):
+    # the moved bases through block pointers and TMA descriptors (the interpreter's default is tensors of pointers):
+    # a full row padded, an empty row, a row all padding, one unpadded, one token and three causal
+    decode_load(load)
+    lens, pads = [90, 0, 9, 23], _pads([5, 0, 9, 0])
+    q, k_cache, v_cache, seqlens, _ = make_inputs(4, 8, 2, 64, lens, capacity=90)
+    for q_in, kw in ((q, {}), (torch.randn(4, 3, 8, 64, dtype=q.dtype, device=DEV), dict(causal=True))):
+        out, lse = leanattn.decode(q_in, k_cache, v_cache, seqlens, return_lse=True, schedule=schedule,
+                                   cache_leftpad=pads, **kw)
+        ref_out, ref_lse = reference.decode(q_in, k_cache, v_cache, seqlens, cache_leftpad=pads, **kw)
+        assert_states_match(f"load {load}", q_in, out, lse, ref_out, ref_lse)
+
+
 def test_with_other_options():
     # ALiBi (distances from the padded positions), sinks, a soft cap, a head-major cache and the full capacity
     q, k_cache, v_cache, _, _ = make_inputs(3, 4, 1, 64, [90, 90, 90], capacity=90, layout="hnd")

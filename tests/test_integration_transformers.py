@@ -95,11 +95,11 @@ def test_static_cache_lengths_from_mask(decode_calls, inference):
 
 
 @pytest.mark.parametrize("cache,prompt", [(None, 8), ("static", 8), (None, 90)],
-                         ids=["dynamic", "static", "dynamic-pages"])
+                         ids=["dynamic", "static", "dynamic-long"])
 def test_left_padded_batch_on_the_kernel(cache, prompt, decode_calls):
     # a batch left-padded by transformers' tokenizer: each row's keys a run after its padding, decoded with
-    # cache_leftpad (flash-attn's), greedy tokens as SDPA's; 90-token prompts make caches of over 256 token slots,
-    # read in place as pages (ops/token_pages), the short ones copied
+    # cache_leftpad (flash-attn's), greedy tokens as SDPA's; 8- and 90-token prompts (caches of a few tiles and of many,
+    # each row's base moved to its first real token by the kernels)
     model = make("llama", 4, 2)
     ids = torch.randint(1, 128, (3, prompt), device=DEV)
     mask = torch.ones_like(ids)

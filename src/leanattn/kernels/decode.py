@@ -299,7 +299,8 @@ def left_padded_row(Leftpad, b, seqlen, K, V, stride_kn, stride_vn, LEFTPAD: tl.
     ``cache_leftpad``; with ``LEFTPAD``, else unchanged): the length counted from there, and the caches' bases moved
     there by the token strides, so that tiles, windows, causal ranges and ALiBi distances all count from the first
     real token. The move is whole tokens: a TMA base stays 16-byte aligned where the token stride is (the op checks).
-    A negative padding reads as none and one past the length leaves an empty row (unchecked inputs)."""
+    A negative padding reads as none and one past the length leaves an empty row (unchecked inputs). Not with MLA's
+    rotary keys (``KPE`` stays put; ``mla_decode`` takes no padding)."""
     if LEFTPAD:
         pad = tl.maximum(tl.load(Leftpad + b), 0)
         seqlen = tl.maximum(seqlen - pad, 0)

@@ -260,17 +260,16 @@ class _Plan:
 def even_pieces(B: int, rows: int, tiles: int, cfg, device: torch.device, has_lens: bool) -> int:
     """Pieces a row of ``schedule="lean"``'s cut where every row is known to have the same length, else 0.
 
-    With one sequence, or without ``cache_seqlens`` (every sequence at capacity), the ``B * rows`` rows have
-    equal lengths (``tiles`` each: at capacity, or a sliding window's), and where the stream-K cut is even pieces of
-    each row
-    (``schedules/stream_k.even_pieces``), ``k`` of them, it is run as ``k`` even pieces of each row's real tiles:
-    ``split_decode_kernel``'s grid ``(B * rows, k)`` with ``EVEN`` (pieces differ by at most one tile), merged
-    by a second launch in a fixed order. That skips what the persistent kernel spends before its first K/V load
-    (every sequence's length, the cut's search, locating its range) and the programs an aligned cut leaves idle:
-    H200, one process, read flush, against the persistent kernel with ``cache_seqlens`` (decode probe 49, first
-    run): mha B=1 4k 24.0 against 25.3 us, 16k 69.9 against 70.8, gqa B=1 128k 128.9 against 131.1, d64 mha 64k
-    129.5 against 134.1, d256 69.5 against 71.2; from 64k tokens a head level. ``LEANATTN_DECODE_EVEN=0`` keeps the
-    persistent kernel (read when a plan is made)."""
+    With one sequence, or without ``cache_seqlens`` and ``cache_leftpad`` (every sequence at capacity), the ``B * rows``
+    rows have equal lengths (``tiles`` each: at capacity, or a sliding window's), and where the stream-K cut is even
+    pieces of each row (``schedules/stream_k.even_pieces``), ``k`` of them, it is run as ``k`` even pieces of each row's
+    real tiles: ``split_decode_kernel``'s grid ``(B * rows, k)`` with ``EVEN`` (pieces differ by at most one tile),
+    merged by a second launch in a fixed order. That skips what the persistent kernel spends before its first K/V load
+    (every sequence's length, the cut's search, locating its range) and the programs an aligned cut leaves idle: H200,
+    one process, read flush, against the persistent kernel with ``cache_seqlens`` (decode probe 49, first run): mha B=1
+    4k 24.0 against 25.3 us, 16k 69.9 against 70.8, gqa B=1 128k 128.9 against 131.1, d64 mha 64k 129.5 against 134.1,
+    d256 69.5 against 71.2; from 64k tokens a head level. ``LEANATTN_DECODE_EVEN=0`` keeps the persistent kernel (read
+    when a plan is made)."""
     if (has_lens and B != 1) or runtime.env_flag("LEANATTN_DECODE_EVEN") is False:
         return 0
     sms = runtime.num_sms(device)
@@ -525,8 +524,8 @@ def decode(
         equal contiguous range of all KV tiles of all (sequence, kv-head) pairs, counted by real
         length; partial heads are merged in a fixed order (bitwise deterministic): in-kernel, or, for
         one sequence cut into many pieces and captured in a CUDA graph, by a second launch. Where every
-        row is known to have the same length (one sequence, or no ``cache_seqlens``) and that cut is
-        even pieces of each row, the pieces run as a ``(rows, pieces)`` grid of the split kernel, cut
+        row is known to have the same length (one sequence, or no ``cache_seqlens`` nor ``cache_leftpad``) and that cut
+        is even pieces of each row, the pieces run as a ``(rows, pieces)`` grid of the split kernel, cut
         on the GPU from the length, and a second launch merges them (``even_pieces``).
         ``"split"``: FlashDecoding's fixed number of splits per head and a merge launch.
         ``"batch_invariant"``: each sequence's output bitwise the same whatever the batch it is in, the other
@@ -717,6 +716,7 @@ def decode(
     out, lse = output_buffers(out, lse, q, (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v),
                                             ("cache_seqlens", appended), ("block_table", block_table),
                                             ("cu_seqlens_q", cu_seqlens_q), ("sinks", sinks),
+                                            ("cache_leftpad", cache_leftpad),
                                             ("alibi_slopes", alibi_slopes)))
     rotary = check_rotary(rotary_cos, rotary_sin, rotary_interleaved, q, k, k_cache, causal or local)
     q = append_kv(k_cache, v_cache, k, v, appended, block_table, validate, q, rotary)
