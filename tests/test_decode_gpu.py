@@ -392,6 +392,37 @@ def test_decode_torch_compile(mode):
     assert_lse_close("compiled lse", lse, ref_lse, 1e-2)
 
 
+def test_compiled_graphs_make_the_first_plan(monkeypatch):
+    # a decode whose plan and workspaces are first made inside torch.compile's CUDA-graph warm-up (a compiled
+    # generate's first step): they must not be left alive in the graph pool (runtime.kept allocates on a thread of
+    # its own), which the graph trees refuse when they record
+    from leanattn import runtime
+    from leanattn.ops import decode as dec
+    monkeypatch.setattr(runtime, "_WORKSPACES", {})
+    dec._PLANS.clear()
+    torch._dynamo.reset()
+    q = torch.randn(3, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(3, 2000, 8, 128, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    sl = torch.tensor([2000, 7, 1500], dtype=torch.int32, device="cuda")
+    pads = torch.tensor([0, 3, 700], dtype=torch.int32, device="cuda")
+
+    def f(q, k, v, sl):
+        o, lse = leanattn.decode(q * 1.0, k, v, sl, return_lse=True, cache_leftpad=pads)
+        return o.float(), lse
+
+    try:
+        cf = torch.compile(f, fullgraph=True, mode="reduce-overhead")
+        for _ in range(3):
+            o, lse = cf(q, k, v, sl)
+        ref, ref_lse = leanattn.reference.decode(q, k, v, sl, cache_leftpad=pads)
+        assert_rel_close("compiled first", o, ref, TOLERANCE[torch.bfloat16])
+        assert_lse_close("compiled first lse", lse, ref_lse, 1e-2)
+    finally:
+        dec._PLANS.clear()
+        torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("S", [2, 5, 12], ids=["two", "unrolled", "blocked"])
 def test_merge_states_gpu(S):
     # an empty state, and rows with a state of lse = +inf: the reference's (0, +inf), no NaN; merge_state of two

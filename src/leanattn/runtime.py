@@ -256,20 +256,34 @@ def workspace(name: str, device: torch.device, shape: tuple, dtype: torch.dtype,
 def kept(device: torch.device, make):
     """``make()``, a tensor that outlives the call, made outside torch.compile's CUDA-graph pools.
 
-    torch.compile's CUDA-graph trees send the current stream's allocations to their private pool during warm-up,
-    and refuse a live tensor there that no graph output owns. So on CUDA ``make`` runs on a side stream, whose
-    allocations stay in the common pool, ordered after the current stream's work before it and before its work
-    after it (what ``make`` reads is ready, and not freed for reuse until it is done)."""
+    torch.compile's CUDA-graph trees send every allocation of the calling thread to their private pool during
+    warm-up (``_cuda_beginAllocateCurrentThreadToPool``, side streams included), and refuse a live tensor there that
+    no graph output owns. So on CUDA ``make`` runs on a thread of its own, on a side stream ordered after the current
+    stream's work before it (what ``make`` reads is ready) and before that stream's work after it; the tensor is
+    recorded on the current stream, so its memory is not reused before the work that reads it there is done. Not
+    for use during a CUDA-graph capture (``workspace`` allocates apart then)."""
     device = torch.device(device)
     if device.type != "cuda":
         return make()
     current = torch.cuda.current_stream(device)
     side = torch.cuda.Stream(device)
     side.wait_stream(current)
-    with torch.cuda.stream(side):
-        out = make()
+
+    def on_side():
+        with torch.cuda.device(device), torch.cuda.stream(side):
+            return make()
+
+    out = _keeper().submit(on_side).result()
     current.wait_stream(side)
+    out.record_stream(current)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _keeper():
+    """The one thread ``kept`` allocates on."""
+    from concurrent.futures import ThreadPoolExecutor
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="leanattn-kept")
 
 
 def tma_allocator() -> None:
