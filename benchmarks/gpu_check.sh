@@ -4,7 +4,7 @@
 #   tests       GPU tests of decode and bifurcated (sanitizer tests excluded: see 'sanitize')
 #   tests-bif   the bifurcated GPU tests alone (more than 290 s on an H200 since 2026-12-03: about half ran by then)
 #   tests-bif-0, tests-bif-1  each half of them (interleaved: LEANATTN_TEST_SHARD in tests/conftest.py; 77 passed in
-#               213 s for half 0 on an H200, 2026-12-04)
+#               213 s for half 0 on an H200, 2026-12-04; over 200 s on an H200, 2026-12-07: give each 300 s)
 #   tests-decode  the decode GPU tests alone, float8 caches, soft caps, out=/lse= buffers and k=/v= appends included
 #               (179 passed in 228 s on an H200, 2026-12-04, before the buffers and appends)
 #   tests-fp8   the GPU tests of decode over float8 caches alone (~65-100 s)
@@ -20,7 +20,7 @@
 #   append      eager decode steps with a KV append and rotary: the one launch against PyTorch ops
 #               (benchmarks/probe_decode_append.py)
 #   sanitize-leftpad  memcheck then racecheck over cache_leftpad's and batch_invariant's launches
-#               (sanitize.py leftpad-invariant)
+#               (sanitize.py leftpad-invariant; H200 2026-12-07, the kernels' LEFTPAD: 0 errors, 0 hazards)
 #   tests-invariant  the GPU runs of the schedule="batch_invariant" tests (tests/test_decode_batch_invariant.py)
 #   batch-invariant  schedule="batch_invariant" against "lean" and "split", and its bits alone and in the batch
 #               (benchmarks/probe_decode_batch_invariant.py)
