@@ -229,6 +229,19 @@ def decode_cases():
     yield "mla 16 heads 32k", lambda: leanattn.mla_decode(qn, qp, cache[..., :512], cache[..., 512:])
     yield "mla 16 heads 32k split 33", lambda: leanattn.mla_decode(qn, qp, cache[..., :512], cache[..., 512:],
                                                                    schedule="split", num_splits=33)
+    # MLA over vLLM's fp8 latent cache (one 576-wide e4m3 cache, one scale), bf16 queries scaled into fp16
+    # (kernels/attend.fp8_query_rope)
+    for heads, page in ((16, 0), (16, 64), (128, 64)):
+        name = f"mla fp8 {heads} heads" + (f" paged{page}" if page else "")
+        qn, qp = torch.randn(2, heads, 512, dtype=bf), torch.randn(2, heads, 64, dtype=bf)
+        cache = (torch.randn(8, 64, 1, 576, dtype=bf) if page else torch.randn(2, 256, 1, 576, dtype=bf)).to(
+            torch.float8_e4m3fn)
+        bt = torch.arange(8, dtype=torch.int32).view(2, 4) if page else None
+        for schedule in ("lean", "split"):
+            yield name + (" split" if schedule == "split" else ""), \
+                lambda qn=qn, qp=qp, cache=cache, bt=bt, schedule=schedule: leanattn.mla_decode(
+                    qn, qp, cache[..., :512], cache[..., 512:], torch.tensor([5, 200], dtype=torch.int32), bt,
+                    schedule=schedule, num_splits=3, k_scale=0.5, v_scale=0.5)
     # float8 caches read in bf16 (kernels/attend.py)
     for hq, hkv, d, page in ((32, 8, 128, 0), (32, 32, 128, 0), (32, 8, 128, 16), (32, 32, 64, 0), (16, 8, 256, 0)):
         name = f"decode fp8 {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")

@@ -7,7 +7,9 @@ interleaved rounds (do_bench medians, L2 flushed):
 * tiles: ``LEANATTN_DECODE_CONFIG`` = the 64-token tiles over 2 stages (the default before: 1.16-1.23x its time on
   2026-12-05, ``mla_probe_H200.json``), 64-token tiles of 4 warps over 3 stages, 32-token tiles over 3 stages at two
   programs an SM;
-* ``split x8``: FlashDecoding with 8 splits a row (few pieces to merge).
+* ``split x8``: FlashDecoding with 8 splits a row (few pieces to merge);
+* ``fp8 ...``: the cache in float8 e4m3 (``bench_mla.fp8_case``) over the default 32-token tiles
+  (``ops/decode_config._CUDA_FP8_LATENT``, chosen offline), bf16's 64-token tiles, and 32-token tiles over 5 stages.
 
 The floor is the cache's bytes over the read ceiling.
 
@@ -30,6 +32,8 @@ CASES = (("16 heads B=1 32k", 1, 32768, 16), ("16 heads B=32 4k", 32, 4096, 16),
 VARIANTS = {"lean": {}, "tiles 64x2 stages (before)": {"LEANATTN_DECODE_CONFIG": "64,8,2,1"},
             "tiles 64x3, 4 warps": {"LEANATTN_DECODE_CONFIG": "64,4,3,1"},
             "tiles 32x3, 2 a SM": {"LEANATTN_DECODE_CONFIG": "32,8,3,2"}}
+FP8_VARIANTS = {"fp8": {}, "fp8 tiles 64x3": {"LEANATTN_DECODE_CONFIG": "64,8,3,1"},
+                "fp8 tiles 32x5": {"LEANATTN_DECODE_CONFIG": "32,8,5,1"}}
 
 
 def main(argv=None):
@@ -38,22 +42,28 @@ def main(argv=None):
     for name, B, n, heads in CASES:
         if want and name not in want:
             continue
-        qn, qp, _, lens, ckv, kpe, table, idx, ref = bm.make_case(B, n, heads)
+        qn, qp, wide, lens, ckv, kpe, table, idx, ref = bm.make_case(B, n, heads)
+        s8, ckv8, kpe8, ref8 = bm.fp8_case(qn, qp, wide, lens, idx)
 
-        def call(**kw):
+        def call(fp8=False, **kw):
+            if fp8:
+                return lambda: leanattn.mla_decode(qn, qp, ckv8, kpe8, lens, table, k_scale=s8, v_scale=s8, **kw)
             return lambda: leanattn.mla_decode(qn, qp, ckv, kpe, lens, table, **kw)
         fns = {label: bd.with_plans(call(), env) for label, env in VARIANTS.items()}
         fns["split"] = bd.with_plans(call(schedule="split"))
         fns["split x8"] = bd.with_plans(call(schedule="split", num_splits=8))
+        fns.update({label: bd.with_plans(call(fp8=True), env) for label, env in FP8_VARIANTS.items()})
         fns = bd.drop_failing(name, fns)
-        us, med = bd.interleaved_graph_times(name, fns, ref, rounds=3, pick=idx)
+        refs = {label: ref8 if label.startswith("fp8") else ref for label in fns}
+        us, med = bd.interleaved_graph_times(name, fns, refs, rounds=3, pick=idx)
         nbytes = B * n * (bm.DC + bm.DR) * 2
         floor = nbytes / ceiling / 1e3
         print(f"{name}: floor {floor:.1f} us | " + "  ".join(f"{k} {v:.1f}" for k, v in med.items()), flush=True)
         rows.append(dict(case=name, batch=B, context=n, heads=heads, bytes=nbytes, floor_us=floor, us=us,
                          median=med))
     common.write_probe(args.out, "probe_mla.json", probe="MLA decode variants (values apart, tiles, merge)",
-                       timing=bd.GRAPH_TIMING, read_ceiling_gbs=ceiling, variants=VARIANTS, cases=rows)
+                       timing=bd.GRAPH_TIMING, read_ceiling_gbs=ceiling, variants={**VARIANTS, **FP8_VARIANTS},
+                       cases=rows)
 
 
 if __name__ == "__main__":

@@ -199,7 +199,8 @@ def alibi():
 
 def mla():
     """MLA decode (512 + 64, 16 and 128 heads): both schedules, ragged and one sequence, FlashMLA's paged layout
-    (pages of 1, 16 and 64 tokens) and contiguous views of one wide cache, one and two query tokens."""
+    (pages of 1, 16 and 64 tokens) and contiguous views of one wide cache, one and two query tokens; the same caches
+    in float8 e4m3 (32-token tiles, ``ops/decode_config._CUDA_FP8_LATENT``)."""
     for lens in ([3000, 0, 1, 517, 1024], [4000]):
         sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
         for heads in (16, 128):
@@ -209,10 +210,12 @@ def mla():
                 qp = torch.randn(*lead, heads, 64, dtype=BF16, device=DEV)
                 wide = torch.randn(len(lens), max(lens), 1, 576, dtype=BF16, device=DEV)
                 caches = [(wide, None)] + [paged_kv(wide, wide, lens, page)[::2] for page in (1, 16, 64)]
+                caches += [(cache.to(torch.float8_e4m3fn), table) for cache, table in caches]
                 for cache, table in caches:
                     for schedule in ("lean", "split"):
+                        scale = 0.5 if cache.dtype == torch.float8_e4m3fn else 1.0
                         leanattn.mla_decode(qn, qp, cache[..., :512], cache[..., 512:], sl, table, schedule=schedule,
-                                            causal=True)
+                                            causal=True, k_scale=scale, v_scale=scale)
 
 
 def varlen():

@@ -157,11 +157,15 @@ def _errors():
     ]
 
 
-@pytest.mark.parametrize("case", range(len(_errors())))
-def test_errors(case):
+def raises(change, err, match):
+    """``mla_decode`` of valid small inputs with the arguments ``change`` replaced raises ``err`` matching ``match``."""
     qn, qp, ckv, kpe, sl, _ = inputs(2, 4, 128, 16, [9, 17])
     kw = dict(q_nope=qn, q_pe=qp, ckv_cache=ckv, kpe_cache=kpe, cache_seqlens=sl)
-    change, err, match = _errors()[case]
     kw.update(change)
     with pytest.raises(err, match=match):
         leanattn.mla_decode(**kw)
+
+
+@pytest.mark.parametrize("case", range(len(_errors())))
+def test_errors(case):
+    raises(*_errors()[case])

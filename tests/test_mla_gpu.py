@@ -54,3 +54,25 @@ def test_graph_replays_deterministic_compile():
         assert torch.equal(call(), first)
     compiled = torch.compile(leanattn.mla_decode, fullgraph=True)
     assert torch.equal(compiled(qn, qp, ckv, kpe, sl, table), first)
+
+
+@pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("schedule", ["lean", "split", "batch_invariant"])
+@pytest.mark.parametrize("heads", [16, 128])
+def test_mla_fp8(heads, schedule, fp8):
+    # vLLM's fp8 MLA cache: the 576-wide cache quantised under one per-tensor scale, contiguous and in FlashMLA's
+    # 64-token pages, ragged and empty sequences; against the float64 reference over the dequantised cache
+    own = [30000, 0, 17, 4096, 129, 1]
+    qn, qp, wide = inputs(len(own), heads, max(own))
+    scale = wide.abs().max().item() / torch.finfo(fp8).max
+    sl = torch.tensor(own, dtype=torch.int32, device="cuda")
+    pages, _, bt = paged_kv(wide, wide, own, 64)
+    for cache, table in (((wide / scale).to(fp8), None), ((pages / scale).to(fp8), bt)):
+        call = lambda: leanattn.mla_decode(qn, qp, cache[..., :DC], cache[..., DC:], sl, table,  # noqa: E731
+                                           return_lse=True, schedule=schedule, k_scale=scale, v_scale=scale)
+        out, lse = call()
+        ref, ref_lse = leanattn.reference.mla_decode(qn, qp, cache[..., :DC], cache[..., DC:], sl, table,
+                                                     k_scale=scale, v_scale=scale)
+        assert_rel_close("out", out, ref, TOLERANCE[torch.bfloat16])
+        assert_lse_close("lse", lse, ref_lse, 1e-2)
+        assert torch.equal(call()[0], out)

@@ -166,14 +166,15 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: tor
 
 
 def mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens=None, block_table=None, softmax_scale=None,
-               causal=False, cu_seqlens_q=None):
+               causal=False, cu_seqlens_q=None, k_scale=1.0, v_scale=1.0):
     """Reference for :func:`leanattn.mla_decode`: ``(out, lse)`` float64. :func:`decode` of one kv head whose keys
-    are ``ckv ++ kpe`` and values ``ckv`` (zero-padded to the keys' width, the padding dropped from the output), the
-    query ``q_nope ++ q_pe`` (packed with ``cu_seqlens_q``); caches ``(.., .., Dc)`` or ``(.., .., 1, Dc)``."""
+    are ``(ckv ++ kpe) * k_scale`` and values ``ckv * v_scale`` (zero-padded to the keys' width, the padding dropped
+    from the output), the query ``q_nope ++ q_pe`` (packed with ``cu_seqlens_q``); caches ``(.., .., Dc)`` or
+    ``(.., .., 1, Dc)``, float8 ones included."""
     ckv, kpe = (c if c.dim() == 4 else c.unsqueeze(2) for c in (ckv_cache, kpe_cache))
     dc = ckv.shape[-1]
-    k = torch.cat([ckv.double(), kpe.double()], -1)
-    v = torch.cat([ckv.double(), torch.zeros_like(kpe, dtype=torch.float64)], -1)
+    k = torch.cat([ckv.double(), kpe.double()], -1) * k_scale
+    v = torch.cat([ckv.double() * v_scale, torch.zeros_like(kpe, dtype=torch.float64)], -1)
     q = torch.cat([q_nope.double(), q_pe.double()], -1)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     out, lse = decode(q, k, v, cache_seqlens, block_table, scale, causal=causal, cu_seqlens_q=cu_seqlens_q)

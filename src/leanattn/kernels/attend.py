@@ -33,7 +33,8 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     softmax scale over the cap (natural units) and ``softcap`` the cap in log2 units (Gemma-2's logit soft-capping).
     With ``ALIBI`` each row's scores then take ``-slope * |q_pos - offs_n|`` (``slope`` and ``q_pos`` ``[BLOCK_H]``,
     the slope in log2 units; ``offs_n`` the tile's key positions), flash-attn's ALiBi bias. With ``ROPE`` (MLA) the
-    scores are ``q.k + q_pe.k_pe``: the latent part and the decoupled rotary part, two products of one tile's rows.
+    scores are ``q.k + q_pe.k_pe``: the latent part and the decoupled rotary part, two products of one tile's rows
+    (a float8 ``k_pe`` taken in ``q_pe``'s dtype, its scale ``k``'s, in ``qk_scale``).
     """
     shift = fp8_shift(k)
     if k.dtype.is_fp8():
@@ -42,6 +43,8 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
         k = k.to(tl.float32)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if ROPE:
+        if k_pe.dtype.is_fp8():
+            k_pe = k_pe.to(q_pe.dtype)
         if UPCAST:
             k_pe = k_pe.to(tl.float32)
         qk += tl.dot(q_pe, tl.trans(k_pe), input_precision=DOT_PRECISION)
@@ -144,12 +147,39 @@ def fp16_rows(q):
     """``(rows, inverse)``: the rows of ``q [ROWS, D]`` in fp16, each scaled by the power of two that brings its
     largest magnitude into ``[2**13, 2**14)``, and the inverse of each scale (``[ROWS]`` fp32); ``fp8_query``."""
     qf = q.to(tl.float32)
-    amax = tl.max(tl.abs(qf), 1)
+    scale, inverse = pow2_scales(tl.max(tl.abs(qf), 1))
+    return (qf * scale[:, None]).to(tl.float16), inverse
+
+
+@triton.jit
+def pow2_scales(amax):
+    """``(scale, inverse)``: the power of two that brings each magnitude of ``amax`` (``[ROWS]`` fp32, >= 0) into
+    ``[2**13, 2**14)`` and its inverse, built from exponent bits, so both are exact (``fp16_rows``)."""
     exponent = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
     n = tl.minimum(tl.maximum(13 - exponent, -126), 126)
     scale = ((127 + n) << 23).to(tl.float32, bitcast=True)
     inverse = ((127 - n) << 23).to(tl.float32, bitcast=True)
-    return (qf * scale[:, None]).to(tl.float16), inverse
+    return scale, inverse
+
+
+@triton.jit
+def fp8_query_rope(q, q_pe, K, qk_scale, UPCAST: tl.constexpr):
+    """``fp8_query`` for MLA's two query parts: ``(q, q_pe, qk_scale)``, both parts' rows scaled into fp16 by one
+    power of two a row, from the larger of their magnitudes.
+
+    Why one scale: a row's score is the sum of both parts' products and ``qk_scale`` undoes one factor a row; a
+    factor from ``q`` alone could take a larger ``q_pe`` past fp16's 65504."""
+    if K.dtype.element_ty.is_fp8() and (q.dtype.is_bf16() or UPCAST):
+        qf = q.to(tl.float32)
+        pf = q_pe.to(tl.float32)
+        scale, inverse = pow2_scales(tl.maximum(tl.max(tl.abs(qf), 1), tl.max(tl.abs(pf), 1)))
+        q = (qf * scale[:, None]).to(tl.float16)
+        q_pe = (pf * scale[:, None]).to(tl.float16)
+        if UPCAST:
+            q = q.to(tl.float32)
+            q_pe = q_pe.to(tl.float32)
+        qk_scale = qk_scale * inverse[:, None]
+    return q, q_pe, qk_scale
 
 
 @triton.jit
@@ -355,7 +385,10 @@ def attend_any(
     ``ROW_MASK``: each row's keys (``score_mask``); ``slope``, ``q_pos`` and ``ALIBI``: each row's ALiBi bias
     (``softmax_step``); ``sink`` and ``SINK``: each row's attention sink (``initial_state``); ``q_pe`` to
     ``V_IS_K``: MLA's rotary part and shared latent (``attend_tiles``, which takes them whatever ``LOAD``)."""
-    q, qk_scale = fp8_query(q, K, qk_scale, UPCAST)
+    if ROPE_DIM > 0:
+        q, q_pe, qk_scale = fp8_query_rope(q, q_pe, K, qk_scale, UPCAST)
+    else:
+        q, qk_scale = fp8_query(q, K, qk_scale, UPCAST)
     if LOAD > 0 and PAGE_SIZE == 0 and ROPE_DIM == 0:
         acc, m_i, l_i = attend_contiguous(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #

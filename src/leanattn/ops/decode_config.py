@@ -98,6 +98,14 @@ _CUDA_FP8_TABLE = {
 }
 
 
+# MLA's 512-wide latent over a float8 cache, any pages (a 32-token tile lies in one of FlashMLA's 64-token pages):
+# 32-token tiles. Its tiles are converted to fp16 in registers for both products, and at the bf16 entry's 64 tokens
+# ptxas kept 255 registers and spilled 104-352 bytes (lean kernel; split 0-168), where 32 tokens take 187-234 and
+# none at 16 heads, 247-255 and 0-72 bytes at 128 (Triton 3.6, sm_90a, offline, 2026-12-07). Chosen from those
+# compiles, not yet timed: benchmarks/bench_mla.py times the fp8 cache beside bf16, probe_mla.py the tiles.
+_CUDA_FP8_LATENT = {512: (32, 8, 3, 1)}
+
+
 # Small launches at D <= 128 take 64-token tiles over 3 stages, two per SM, so each program keeps its
 # few loads in flight. Small: at most 32768 elements of K per SM at capacity (128 KB of bf16 K and V;
 # two 64-token tiles per program at two per SM at D=128, four at D=64). H200, same process, D=64 decode
@@ -161,7 +169,7 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
     (a launch that shares its SMs with another kernel's, ``ops/bifurcated_overlap.OWN_STAGES``) replaces
     the table's pipeline depth. ``fp8`` (a float8 cache read with 16-bit queries: fp32 ones convert its tiles to
     fp32, twice the registers) takes ``_CUDA_FP8_TABLE`` where it has the head dim, paged caches only where
-    ``page_size`` is not a multiple of 64.
+    ``page_size`` is not a multiple of 64, and ``_CUDA_FP8_LATENT`` (MLA) for any pages.
     ``block_n``, ``LEANATTN_DECODE_CONFIG`` and ``LEANATTN_DECODE_LOAD`` override.
     """
     # (at MLA's 512-wide latent 64 rows spill: 255 registers and 328 bytes of stack, where 32 rows take 234 and none;
@@ -174,8 +182,10 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
     table = _CUDA_PAGED_TABLE if paged and head_dim in _CUDA_PAGED_TABLE else _CUDA_TABLE
     if fp8 and head_dim in _CUDA_FP8_TABLE and (not paged or page_size % 64):
         table = _CUDA_FP8_TABLE
+    if fp8 and head_dim in _CUDA_FP8_LATENT:
+        table = _CUDA_FP8_LATENT  # (55-61 KB of shared memory: no smaller entry before sm_90)
     entry = table[head_dim]
-    if head_dim in _SMEM_HEAVY and (runtime.capability(device) or (9, 0)) < (9, 0):
+    if head_dim in _SMEM_HEAVY and table is not _CUDA_FP8_LATENT and (runtime.capability(device) or (9, 0)) < (9, 0):
         entry = _SMEM_HEAVY[head_dim]
     if (kv_rows and not paged and head_dim <= 128 and not block_n
             and kv_rows * n_hb * capacity * head_dim <= _SMALL_ELEMS_PER_SM * runtime.num_sms(device)):

@@ -37,9 +37,9 @@ def _latent_cache(name: str, cache, width_name: str, widths) -> torch.Tensor:
 
 
 def _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, softmax_scale, schedule, validate,
-              cu_seqlens_q, max_seqlen_q):
-    """Returns ``(softmax_scale, ckv, kpe, batch, qlen)``: the caches as 4-D one-head views, and the sequences and
-    token slots of a packed query (``(None, Lq)`` otherwise)."""
+              cu_seqlens_q, max_seqlen_q, k_scale, v_scale):
+    """Returns ``(softmax_scale, k_scale, v_scale, ckv, kpe, batch, qlen)``: the scales as floats, the caches as 4-D
+    one-head views, and the sequences and token slots of a packed query (``(None, Lq)`` otherwise)."""
     batch, qlen = checks.query_slots(q_nope, cu_seqlens_q, max_seqlen_q, validate, name="q_nope")
     checks.query(q_nope, 1.0, tokens=True, name="q_nope", head_dims=LATENT_DIMS)
     checks.query(q_pe, 1.0, tokens=True, name="q_pe", head_dims=ROPE_DIMS)
@@ -49,8 +49,10 @@ def _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, so
     checks.check_same("q_pe", q_pe, "q_nope", q_nope)
     ckv = _latent_cache("ckv_cache", ckv_cache, "Dc", LATENT_DIMS)
     kpe = _latent_cache("kpe_cache", kpe_cache, "Dr", ROPE_DIMS)
-    checks.check_same("ckv_cache", ckv, "q_nope", q_nope)
-    checks.check_same("kpe_cache", kpe, "q_nope", q_nope)
+    if ckv.dtype not in checks.FP8_DTYPES:
+        checks.check_same("ckv_cache", ckv, "q_nope", q_nope)
+    # (one cache split in two views, or two quantised alike: one dtype, whose K scale dequantises both)
+    checks.check_same("kpe_cache", kpe, "ckv_cache", ckv)
     if ckv.shape[-1] != q_nope.shape[-1]:
         raise ValueError(f"ckv_cache: expected latent dim {q_nope.shape[-1]} (as q_nope), got {ckv.shape[-1]}")
     if kpe.shape[-1] != q_pe.shape[-1]:
@@ -62,10 +64,10 @@ def _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, so
     if softmax_scale is None:
         # the scores sum products over both parts (FlashMLA's default)
         softmax_scale = (q_nope.shape[-1] + q_pe.shape[-1]) ** -0.5
-    scale = validate_decode(q_nope, ckv, ckv, cache_seqlens, block_table, softmax_scale, schedule, validate,
-                            batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen, head_dims=LATENT_DIMS,
-                            names=("q_nope", "ckv_cache", "ckv_cache", "cache_seqlens"))
-    return scale, ckv, kpe, batch, qlen
+    scales = validate_decode(q_nope, ckv, ckv, cache_seqlens, block_table, softmax_scale, schedule, validate,
+                             k_scale, v_scale, fp8=True, batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen,
+                             head_dims=LATENT_DIMS, names=("q_nope", "ckv_cache", "ckv_cache", "cache_seqlens"))
+    return (*scales, ckv, kpe, batch, qlen)
 
 
 @torch.library.custom_op("leanattn::mla_decode", mutates_args=())
@@ -73,16 +75,16 @@ def _mla_decode_op(
     q_nope: torch.Tensor, q_pe: torch.Tensor, ckv: torch.Tensor, kpe: torch.Tensor,
     cache_seqlens: Optional[torch.Tensor], block_table: Optional[torch.Tensor], softmax_scale: float, schedule: str,
     num_programs: int, num_splits: int, causal: bool, cu_seqlens_q: Optional[torch.Tensor] = None,
-    max_seqlen_q: int = 0,
+    max_seqlen_q: int = 0, k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _decode_impl(q_nope, ckv, ckv, cache_seqlens, block_table, softmax_scale, schedule, num_programs,
-                        num_splits, 0, causal=causal, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, q_pe=q_pe,
-                        kpe_cache=kpe)
+                        num_splits, 0, k_scale, v_scale, causal=causal, cu_seqlens_q=cu_seqlens_q,
+                        max_seqlen_q=max_seqlen_q, q_pe=q_pe, kpe_cache=kpe)
 
 
 @_mla_decode_op.register_fake
 def _(q_nope, q_pe, ckv, kpe, cache_seqlens, block_table, softmax_scale, schedule, num_programs, num_splits, causal,
-      cu_seqlens_q=None, max_seqlen_q=0):
+      cu_seqlens_q=None, max_seqlen_q=0, k_scale=1.0, v_scale=1.0):
     return q_nope.new_empty(q_nope.shape), q_nope.new_empty(q_nope.shape[:-1], dtype=torch.float32)
 
 
@@ -105,6 +107,8 @@ def mla_decode(
     max_seqlen_q: Optional[int] = None,
     out: Optional[torch.Tensor] = None,
     lse: Optional[torch.Tensor] = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ):
     """MLA decode (DeepSeek-V2/V3's multi-head latent attention, up-projections absorbed): every query head attends
     the one latent cache.
@@ -128,8 +132,12 @@ def mla_decode(
         Contiguous ``(B, N, Dc)`` or, with ``block_table``, paged ``(num_pages, page_size, Dc)``: the compressed
         latent cache, which is also the values. A 4-D ``(.., .., 1, Dc)`` (one head) is accepted. Any strides
         with unit stride on ``Dc`` (a ``[..., :512]`` view of FlashMLA's 576-wide cache works without a copy).
+        ``q_nope``'s dtype, or ``torch.float8_e4m3fn``/``torch.float8_e5m2`` (vLLM's fp8 MLA cache: read one byte
+        an element and converted to fp16 in registers, as :func:`leanattn.decode`'s float8 caches; ``k_scale``,
+        ``v_scale``).
     kpe_cache : torch.Tensor
-        As ``ckv_cache`` with ``Dr`` last: the rotary keys (a ``[..., 512:]`` view of the same 576-wide cache).
+        As ``ckv_cache`` with ``Dr`` last: the rotary keys (a ``[..., 512:]`` view of the same 576-wide cache), in
+        ``ckv_cache``'s dtype.
     cache_seqlens, block_table : torch.Tensor, optional
         As in :func:`leanattn.decode`: ``(B,)`` int32 lengths (default: full capacity), ``(B, max_pages)`` int32
         pages, any page size.
@@ -151,6 +159,10 @@ def mla_decode(
         The caller's buffers for the results, as in :func:`leanattn.decode` (FlashInfer's ``out=`` and ``lse=``):
         ``q_nope``'s shape and dtype, and its shape less ``Dc`` in float32, contiguous, sharing no memory with the
         inputs or each other. ``lse`` is written whether or not ``return_lse`` asks for it.
+    k_scale, v_scale : float, keyword-only
+        Dequantisation scales of a float8 latent cache (per tensor, finite, > 0; 1.0 otherwise): the scores are
+        taken over ``ckv_cache * k_scale`` and ``kpe_cache * k_scale``, the output over ``ckv_cache * v_scale``.
+        One cache quantised with one scale (vLLM's ``k_scale`` of an fp8 MLA cache) passes it as both.
 
     Returns
     -------
@@ -183,8 +195,9 @@ def mla_decode(
     >>> q = torch.randn(8, 16, 576, dtype=torch.bfloat16, device="cuda")
     >>> out = leanattn.mla_decode(q[..., :512], q[..., 512:], cache[..., :512], cache[..., 512:], lens, table)
     """
-    scale, ckv, kpe, batch, qlen = _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table,
-                                             softmax_scale, schedule, validate, cu_seqlens_q, max_seqlen_q)
+    scale, k_scale, v_scale, ckv, kpe, batch, qlen = _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens,
+                                                               block_table, softmax_scale, schedule, validate,
+                                                               cu_seqlens_q, max_seqlen_q, k_scale, v_scale)
     causal = checks.flag("causal", causal)
     return_lse = checks.flag("return_lse", return_lse)
     num_programs, num_splits = checks.launch_counts(num_programs, num_splits)
@@ -195,18 +208,18 @@ def mla_decode(
     if q_nope.dim() == 4 and qlen == 1:
         res = mla_decode(q_nope[:, 0], q_pe[:, 0], ckv_cache, kpe_cache, cache_seqlens, block_table, scale,
                          return_lse, schedule, num_programs=num_programs, num_splits=num_splits, validate=False,
-                         **token_buffers(out, lse))
+                         k_scale=k_scale, v_scale=v_scale, **token_buffers(out, lse))
         return with_token_axis(res, out, lse, return_lse)
     q_nope = q_nope if q_nope.stride(-1) == 1 else q_nope.contiguous()
     q_pe = q_pe if q_pe.stride(-1) == 1 else q_pe.contiguous()
     cu, max_q = (cu_seqlens_q, qlen) if packed else (None, 0)
     args = (q_nope, q_pe, ckv, kpe, cache_seqlens, block_table, scale, schedule, num_programs, num_splits,
-            causal and qlen > 1, cu, max_q)
+            causal and qlen > 1, cu, max_q, k_scale, v_scale)
     if torch.compiler.is_compiling():
         o, s = _mla_decode_op(*args)
     else:
         # (eager calls skip the dispatcher, as decode's)
         o, s = _decode_impl(q_nope, ckv, ckv, cache_seqlens, block_table, scale, schedule, num_programs,
-                            num_splits, 0, causal=causal and qlen > 1, cu_seqlens_q=cu, max_seqlen_q=max_q,
-                            q_pe=q_pe, kpe_cache=kpe, need_lse=return_lse, out=out, lse=lse)
+                            num_splits, 0, k_scale, v_scale, causal=causal and qlen > 1, cu_seqlens_q=cu,
+                            max_seqlen_q=max_q, q_pe=q_pe, kpe_cache=kpe, need_lse=return_lse, out=out, lse=lse)
     return finish(o, s, out, lse, return_lse)
