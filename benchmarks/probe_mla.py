@@ -58,9 +58,10 @@ def main(argv=None):
         us, med = bd.interleaved_graph_times(name, fns, refs, rounds=3, pick=idx)
         nbytes = B * n * (bm.DC + bm.DR) * 2
         floor = nbytes / ceiling / 1e3
-        print(f"{name}: floor {floor:.1f} us | " + "  ".join(f"{k} {v:.1f}" for k, v in med.items()), flush=True)
+        print(f"{name}: floor {floor:.1f} us (fp8 {floor / 2:.1f}) | "
+              + "  ".join(f"{k} {v:.1f}" for k, v in med.items()), flush=True)
         rows.append(dict(case=name, batch=B, context=n, heads=heads, bytes=nbytes, floor_us=floor, us=us,
-                         median=med))
+                         median=med, fp8_bytes=nbytes // 2, fp8_floor_us=floor / 2))
     common.write_probe(args.out, "probe_mla.json", probe="MLA decode variants (values apart, tiles, merge)",
                        timing=bd.GRAPH_TIMING, read_ceiling_gbs=ceiling, variants={**VARIANTS, **FP8_VARIANTS},
                        cases=rows)

@@ -88,12 +88,30 @@ def test_fp8_unit_scales_match_dequantised_cache():
 
 def test_fp8_custom_op_and_compile_fullgraph():
     qn, qp, ckv, kpe, sl, bt = quantised(inputs(3, 8, 128, 16, [40, 0, 17], page=16, seed=6), torch.float8_e5m2)
+    # (torch has no CPU arithmetic on float8 tensors, which opcheck's schema check needs: the other three)
+    torch.library.opcheck(torch.ops.leanattn.mla_decode.default,
+                          (qn, qp, ckv.unsqueeze(2), kpe.unsqueeze(2), sl, bt, 0.125, "lean", 3, 2, False, None, 0,
+                           0.5, 2.0),
+                          test_utils=("test_faketensor", "test_aot_dispatch_dynamic", "test_autograd_registration"))
     torch._dynamo.reset()
     compiled = torch.compile(lambda *a: leanattn.mla_decode(*a, return_lse=True, k_scale=0.5, v_scale=2.0),
                              fullgraph=True)
     out, lse = compiled(qn, qp, ckv, kpe, sl, bt)
     ref_out, ref_lse = leanattn.mla_decode(qn, qp, ckv, kpe, sl, bt, return_lse=True, k_scale=0.5, v_scale=2.0)
     assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+
+
+def test_fp8_scales_as_compiled_inputs():
+    # scales passed into a compiled function, as symbolic floats once torch makes them dynamic: the checks trace
+    # (comparisons, not math.isfinite); the custom op's float arguments are specialised, so each value compiles once
+    qn, qp, ckv, kpe, sl, bt = quantised(inputs(3, 8, 128, 16, [40, 0, 17], page=16, seed=7), torch.float8_e4m3fn)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a, s: leanattn.mla_decode(*a, k_scale=s, v_scale=2 * s), fullgraph=True)
+    for s in (0.5, 0.25, 3.0):
+        out = compiled(qn, qp, ckv, kpe, sl, bt, s=s)
+        assert torch.equal(out, leanattn.mla_decode(qn, qp, ckv, kpe, sl, bt, k_scale=s, v_scale=2 * s))
+    with pytest.raises(Exception, match="k_scale: expected a finite float"):
+        compiled(qn, qp, ckv, kpe, sl, bt, s=float("nan"))
 
 
 def _errors():
@@ -109,6 +127,8 @@ def _errors():
         (dict(ckv_cache=c8, kpe_cache=p8, k_scale=float("inf")), ValueError, "k_scale: expected a finite float"),
         (dict(ckv_cache=c8, kpe_cache=p8, k_scale=torch.tensor(0.5)), TypeError, "k_scale: expected a float"),
         (dict(ckv_cache=c8, kpe_cache=p8, v_scale=True), TypeError, "v_scale: expected a float, got bool"),
+        (dict(q_nope=qn.float(), q_pe=qp.float(), ckv_cache=c8, kpe_cache=p8), TypeError,
+         "q_nope: expected float16 or bfloat16 with a float8 latent cache, got torch.float32"),
     ]
 
 

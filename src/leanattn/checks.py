@@ -79,9 +79,11 @@ def kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_sc
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
             _fail(TypeError, name, "a float", type(value).__name__)
         value = float(value)
-        if not (math.isfinite(value) and 0 < value <= SOFTCAP_MAX):  # (fp32 in the kernels: 1e39 was inf, NaN out)
+        # (comparisons only, which trace where a compiled function's float input is symbolic; math.isfinite did
+        # not. fp32 in the kernels: 1e39 was inf, NaN out)
+        if not (0 < value <= SOFTCAP_MAX):
             _fail(ValueError, name, f"a finite float in (0, {SOFTCAP_MAX:g}]", value)
-        if value != 1.0 and k_cache.dtype not in FP8_DTYPES:
+        if k_cache.dtype not in FP8_DTYPES and value != 1.0:
             _fail(ValueError, name, f"1.0 for a {k_cache.dtype} cache (scales dequantise float8 caches)", value)
         scales.append(value)
     return scales[0], scales[1]

@@ -51,6 +51,12 @@ def _validate(q_nope, q_pe, ckv_cache, kpe_cache, cache_seqlens, block_table, so
     kpe = _latent_cache("kpe_cache", kpe_cache, "Dr", ROPE_DIMS)
     if ckv.dtype not in checks.FP8_DTYPES:
         checks.check_same("ckv_cache", ckv, "q_nope", q_nope)
+    if q_nope.dtype == torch.float32 and (ckv.dtype in checks.FP8_DTYPES or
+                                          (q_nope.is_cuda and q_nope.shape[-1] == 512)):
+        # fp32 tiles of the 512-wide latent take 258-336 KB of shared memory a program (offline, sm_90a), over
+        # any GPU's; a float8 cache read with fp32 queries converts its tiles to fp32 too
+        what = "a float8 latent cache" if ckv.dtype in checks.FP8_DTYPES else "Dc = 512 on a GPU"
+        raise TypeError(f"q_nope: expected float16 or bfloat16 with {what}, got torch.float32")
     # (one cache split in two views, or two quantised alike: one dtype, whose K scale dequantises both)
     checks.check_same("kpe_cache", kpe, "ckv_cache", ckv)
     if ckv.shape[-1] != q_nope.shape[-1]:
@@ -123,7 +129,8 @@ def mla_decode(
     ----------
     q_nope : torch.Tensor
         ``(B, H, Dc)``, or ``(B, Lq, H, Dc)``: ``Lq`` query tokens a sequence, its last ``Lq`` positions (MTP
-        verification), as in :func:`leanattn.decode`. The query's latent part; float16, bfloat16 (or float32);
+        verification), as in :func:`leanattn.decode`. The query's latent part; float16, bfloat16 (or float32, but
+        not over a float8 cache nor at ``Dc = 512`` on a GPU, whose fp32 tiles no GPU's shared memory holds);
         ``Dc`` in {128, 256, 512} (DeepSeek: 512).
     q_pe : torch.Tensor
         ``q_nope``'s shape with ``Dr`` last: the rotary part, ``Dr`` in {16, 32, 64} (DeepSeek: 64); same dtype
@@ -132,9 +139,9 @@ def mla_decode(
         Contiguous ``(B, N, Dc)`` or, with ``block_table``, paged ``(num_pages, page_size, Dc)``: the compressed
         latent cache, which is also the values. A 4-D ``(.., .., 1, Dc)`` (one head) is accepted. Any strides
         with unit stride on ``Dc`` (a ``[..., :512]`` view of FlashMLA's 576-wide cache works without a copy).
-        ``q_nope``'s dtype, or ``torch.float8_e4m3fn``/``torch.float8_e5m2`` (vLLM's fp8 MLA cache: read one byte
-        an element and converted to fp16 in registers, as :func:`leanattn.decode`'s float8 caches; ``k_scale``,
-        ``v_scale``).
+        ``q_nope``'s dtype, or ``torch.float8_e4m3fn``/``torch.float8_e5m2`` with fp16 or bf16 queries (vLLM's fp8
+        MLA cache: read one byte an element and converted to fp16 in registers, as :func:`leanattn.decode`'s float8
+        caches; ``k_scale``, ``v_scale``).
     kpe_cache : torch.Tensor
         As ``ckv_cache`` with ``Dr`` last: the rotary keys (a ``[..., 512:]`` view of the same 576-wide cache), in
         ``ckv_cache``'s dtype.
