@@ -132,14 +132,17 @@ def visible_pairs(lay) -> int:
     return int((end - start).sum())
 
 
-def check_ours(mode, q, k, v, a, b, tol=1e-2, deterministic=True):
-    """Output and grads on a (1 batch, 2 heads, 1024 tokens) slice vs the float64 reference."""
+def check_ours(mode, q, k, v, a, b, tol=1e-2, deterministic=True, heads=2, kv_heads=None):
+    """Output and grads on a (1 batch, ``heads`` query heads over ``kv_heads`` kv heads (default as many), 1024
+    tokens) slice vs the float64 reference."""
     n0 = min(q.shape[1], 1024)
-    sl = (slice(0, 1), slice(0, n0), slice(0, 2))
-    qs, ks, vs = (x.detach()[sl].contiguous().requires_grad_() for x in (q, k, v))
-    out = run_ours(mode, qs, ks, vs, a[sl].contiguous(), b[sl].contiguous(), deterministic)
+    sl = (slice(0, 1), slice(0, n0), slice(0, heads))
+    kv_sl = sl[:2] + (slice(0, kv_heads or heads),)
+    qs = q.detach()[sl].contiguous().requires_grad_()
+    ks, vs = (x.detach()[kv_sl].contiguous().requires_grad_() for x in (k, v))
+    out = run_ours(mode, qs, ks, vs, a[sl].contiguous(), b[kv_sl].contiguous(), deterministic)
     ref_fn = reference.qk_sparse_attention if mode == "qk" else reference.hash_sparse_attention
-    ref = ref_fn(qs, ks, vs, a[sl], b[sl])
+    ref = ref_fn(qs, ks, vs, a[sl], b[kv_sl])
     dout = torch.randn_like(out)
     g = torch.autograd.grad(out, (qs, ks, vs), dout)
     gr = torch.autograd.grad(ref, (qs, ks, vs), dout.double())

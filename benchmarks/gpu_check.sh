@@ -121,6 +121,10 @@
 #               with the sparse LSE's test of tests/test_sparse.py (its compile test, at two lengths, autotunes
 #               the sparse kernels at each: more than 190 s on a cold H100, 2026-12-06 18:1x, so it is not run here)
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
+#   tests-sparse-gqa  sparse attention with grouped-query attention: the GPU test and the CPU test file on the GPU
+#   sanitize-sparse  memcheck and racecheck over sanitize.py sparse (MHA and GQA, both backward modes)
+#   sparse-gqa  sparse attention with GQA against K/V repeated and dense SDPA (bench_sparse_gqa.py)
+#   tests-mla-fp8  MLA over float8 latent caches: the GPU test and the CPU test file on the GPU
 #   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200 until 2026-12-02; on
 #               2026-12-03 cut by a 300 s timeout before it finished)
 #   sanitize-decode  memcheck over the decode launches alone (both schedules, the piece merge in-kernel and apart)
@@ -371,6 +375,12 @@ for step in "$@"; do
     tests-tree-sparse) "${PYTEST[@]}" tests/test_tree_gpu.py tests/test_sparse_gpu.py tests/test_sparse.py::test_return_lse \
       -k "not sanitizer" 2>&1 | tail -3 ;;
     sanitize) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py 2>&1 | tail -3 ;;
+    tests-sparse-gqa) "${PYTEST[@]}" tests/test_sparse_gpu.py -k gqa tests/test_sparse_gqa.py 2>&1 | tail -3 ;;
+    sanitize-sparse)
+      timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3
+      timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
+    sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
+    tests-mla-fp8) "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 tests/test_mla_fp8.py 2>&1 | tail -3 ;;
     sanitize-merge) timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;
     racecheck-merge) timeout 300 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;
     sanitize-append)

@@ -320,6 +320,15 @@ def sparse_cases():
             yield f"sparse qk {tag}", qk
             yield f"sparse hash {tag}", hashed
 
+            def gqa(d=d, det=det):
+                # grouped-query attention, 4 query heads a kv head (the dK/dV programs loop over the group)
+                q = torch.randn(1, 512, 8, d, dtype=bf, requires_grad=True)
+                k, v = (torch.randn(1, 512, 2, d, dtype=bf, requires_grad=True) for _ in range(2))
+                o = leanattn.qk_sparse_attention(q, k, v, torch.rand(1, 512, 8) > 0.5, torch.rand(1, 512, 2) > 0.5,
+                                                 deterministic=det)
+                o.backward(torch.randn_like(o))
+            yield f"sparse qk gqa 8/2 {tag}", gqa
+
 
 def _with_env(value, fn, name="LEANATTN_BIFURCATED_CONFIG"):
     def run():

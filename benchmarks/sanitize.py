@@ -307,6 +307,13 @@ def sparse():
             kb = torch.randint(0, 7, (B, N, H), device=DEV)
             o = leanattn.hash_sparse_attention(q, k, v, qb, kb, n_buckets=7, deterministic=det)
             o.backward(torch.randn_like(o))
+            # grouped-query attention: 3 query heads over one kv head, whose dK/dV programs loop over them
+            k1, v1 = (x[:, :, :1].detach().clone().requires_grad_() for x in (k, v))
+            o = leanattn.qk_sparse_attention(q, k1, v1, keep_q, keep_k[:, :, :1].contiguous(), deterministic=det)
+            o.backward(torch.randn_like(o))
+            o = leanattn.hash_sparse_attention(q, k1, v1, qb, kb[:, :, :1].contiguous(), n_buckets=7,
+                                               deterministic=det)
+            o.backward(torch.randn_like(o))
 
 
 def bifurcated():

@@ -11,18 +11,22 @@ TILES = [(16, 16, 16, 16), (32, 16, 16, 32), (16, 64, 64, 16)]
 
 
 def kernel_layout(q_ids, k_ids, tiles):
-    """The kernels' layout of ``(B, N, H)`` keep masks (bool) or bucket ids, as ``(B*H, ...)`` views."""
+    """The kernels' layout of ``(B, N, H)`` query and ``(B, N, Hkv)`` key keep masks (bool) or bucket ids, as
+    ``(B*H, ...)`` views (``(B*Hkv, N)`` for the keys' order; ``live``: ``B*H`` query counts, then ``B*Hkv`` key
+    counts)."""
     B, N, H = q_ids.shape
+    HK = k_ids.shape[2]
     q = torch.empty(B, N, H, 64, device=q_ids.device)
-    p = plan.get_plan(q, q, q, tiles)
+    k = torch.empty(B, N, HK, 64, device=q_ids.device)
+    p = plan.get_plan(q, k, k, tiles)
     meta = torch.full((p.meta_numel,), -7, dtype=torch.int32, device=q_ids.device)  # poison
     p.layout(q_ids, k_ids, plan.Meta(*meta.split(p.sizes)))
     assert not (meta == -7).any(), "an element of the layout buffer was not written"
     m = plan.Meta(*meta.split(p.sizes))
-    BH = B * H
-    return m._replace(q_perm=m.q_perm.view(BH, N), k_perm=m.k_perm.view(BH, N), q_group=m.q_group.view(BH, N),
-                      k_group=m.k_group.view(BH, N), q_ranges=m.q_ranges.view(BH, -1, 4),
-                      kv_ranges=m.kv_ranges.view(BH, -1, 4), live=m.live.view(2, BH))
+    BH, BHK = B * H, B * HK
+    return m._replace(q_perm=m.q_perm.view(BH, N), k_perm=m.k_perm.view(BHK, N), q_group=m.q_group.view(BH, N),
+                      k_group=m.k_group.view(BHK, N), q_ranges=m.q_ranges.view(BH, -1, 4),
+                      kv_ranges=m.kv_ranges.view(BH, -1, 4))
 
 
 def torch_layout(mode, q_ids, k_ids):
@@ -60,7 +64,7 @@ def test_kernels_equal_torch_layout(device, mode, N, tiles):
     bm, bn, bm_bwd, bn_bwd = tiles
     for name in ("q_perm", "k_perm", "q_group", "k_group"):
         assert torch.equal(getattr(got, name), getattr(ref, name).to(torch.int32)), name
-    assert torch.equal(got.live.long(), torch.stack((ref.q_live, ref.k_live))[..., 0])
+    assert torch.equal(got.live.long(), torch.cat((ref.q_live, ref.k_live))[..., 0])
     assert torch.equal(got.q_ranges, layout.block_ranges_q(ref, bm, bn))
     assert torch.equal(got.kv_ranges, layout.block_ranges_kv(ref, bm_bwd, bn_bwd))
 

@@ -232,13 +232,24 @@ def hash_sparse_mask(q_buckets: torch.Tensor, k_buckets: torch.Tensor) -> torch.
     return (qb[..., :, None] == kb[..., None, :]) & _causal(q_buckets.shape[1], q_buckets.device)
 
 
+def _kv_heads_per_query(q, *kv):
+    """``kv``'s tensors (``(B, N, Hkv, ...)``) with each kv head repeated for the ``H / Hkv`` query heads of its
+    group (grouped-query attention: query head ``h`` reads kv head ``h // (H / Hkv)``); gradients flow back summed."""
+    group = q.shape[2] // kv[0].shape[2]
+    return [x.repeat_interleave(group, dim=2) for x in kv]
+
+
 def qk_sparse_attention(q, k, v, q_keep, k_keep, softmax_scale=None, return_lse=False):
-    """Reference for :func:`leanattn.qk_sparse_attention`: ``(B, N, H, D)`` float64 (and the ``(B, N, H)`` LSE)."""
+    """Reference for :func:`leanattn.qk_sparse_attention`: ``(B, N, H, D)`` float64 (and the ``(B, N, H)`` LSE);
+    ``k, v, k_keep`` with ``Hkv`` heads (grouped-query attention) or ``H``."""
+    k, v, k_keep = _kv_heads_per_query(q, k, v, k_keep)
     return masked_attention(q, k, v, qk_sparse_mask(q_keep, k_keep), softmax_scale, return_lse)
 
 
 def hash_sparse_attention(q, k, v, q_buckets, k_buckets, softmax_scale=None, return_lse=False):
-    """Reference for :func:`leanattn.hash_sparse_attention`: ``(B, N, H, D)`` float64 (and the ``(B, N, H)`` LSE)."""
+    """Reference for :func:`leanattn.hash_sparse_attention`: ``(B, N, H, D)`` float64 (and the ``(B, N, H)`` LSE);
+    ``k, v, k_buckets`` with ``Hkv`` heads (grouped-query attention) or ``H``."""
+    k, v, k_buckets = _kv_heads_per_query(q, k, v, k_buckets)
     return masked_attention(q, k, v, hash_sparse_mask(q_buckets, k_buckets), softmax_scale, return_lse)
 
 

@@ -15,13 +15,18 @@ and runs three loops: masked ``[lo, full_lo)``, unmasked ``[full_lo, full_hi)``,
   ``+inf`` for a row that sees no key so that the backward's ``exp2(s - lse)`` is 0).
 * ``sparse_bwd_preprocess_kernel`` (atomic dQ only): ``delta = rowsum(out * dout)`` in sorted
   order, and the float32 dQ zeroed.
-* ``sparse_dkdv_kernel``: grid ``(key blocks, B*H)``, as FlashAttention-2: each program owns a
+* ``sparse_dkdv_kernel``: grid ``(key blocks, B*Hkv)``, as FlashAttention-2: each program owns a
   key block and loops over the query blocks that see it; dK, dV stay in registers.
 * ``sparse_dq_kernel``: grid ``(q blocks, B*H)``: a separate pass, so no atomics and the
   gradients are bitwise deterministic (the default); it runs before dK/dV and writes delta
   itself. ``deterministic=False`` instead adds dQ with float32 atomics from the dK/dV
   programs, as FlashAttention-2 does: two fewer matmuls per tile pair, at the price of
   run-to-run rounding differences in dQ.
+
+Grouped-query attention (``GROUP`` query heads a kv head, a constexpr): query rows ``(b, h)`` read the keys and
+their sorted order of kv row ``(b, h // GROUP)`` (``_kv_row``), and a dK/dV program owns a key block of one kv head
+and runs the query blocks of each of its ``GROUP`` query heads in turn (``_dkdv_head``), so dK and dV are summed
+over the group in registers, with no atomics. ``GROUP = 1`` compiles to the code of multi-head attention.
 
 Scores are in log2 units: ``qk_scale = softmax_scale * log2(e)``.
 """
@@ -98,6 +103,17 @@ def _program(H, N, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def _kv_row(b, h, H, N, row0, GROUP: tl.constexpr):
+    """``(kv head, first element of its sorted key row)`` that query row ``(b, h)`` (of ``H`` heads, starting at
+    ``row0``) reads: its own with ``GROUP == 1``, else kv head ``h // GROUP`` of ``H // GROUP``."""
+    if GROUP == 1:
+        return h, row0
+    else:
+        hkv = h // GROUP
+        return hkv, (b * (H // GROUP) + hkv).to(tl.int64) * N
+
+
+@triton.jit
 def _head(X, b, h, stride_b, stride_h):
     # int64: a head stride below 2**31 (so passed as int32) times h can pass it (a (B, H, N, D) buffer seen as NHD)
     return X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
@@ -164,27 +180,28 @@ def sparse_fwd_kernel(
     stride_ob, stride_on, stride_oh,  #
     qk_scale, H, N, n_blocks, tune_n,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, GROUP: tl.constexpr = 1,
 ):
     blk, bh, b, h, row0 = _program(H, N, True)
+    hkv, kv_row0 = _kv_row(b, h, H, N, row0, GROUP)
     qk_scale = tl.cast(qk_scale, tl.float32)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_m, valid_m, q_pos, q_grp = _tokens(QPerm + row0, QGroup + row0, blk, N, BLOCK_M, -1)
     q = _rows(_head(Q, b, h, stride_qb, stride_qh), q_pos, valid_m, stride_qn, offs_d, UPCAST)
     lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
 
-    K_bh = _head(K, b, h, stride_kb, stride_kh)
-    V_bh = _head(V, b, h, stride_vb, stride_vh)
+    K_bh = _head(K, b, hkv, stride_kb, stride_kh)
+    V_bh = _head(V, b, hkv, stride_vb, stride_vh)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, q_grp, q_pos, K_bh, V_bh, KPerm + kv_row0, KGroup + kv_row0,
                                lo, flo, N, stride_kn, stride_vn, qk_scale,
                                HEAD_DIM, BLOCK_N, True, UPCAST, DOT_PRECISION)
-    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, q_grp, q_pos, K_bh, V_bh, KPerm + kv_row0, KGroup + kv_row0,
                                flo, fhi, N, stride_kn, stride_vn, qk_scale,
                                HEAD_DIM, BLOCK_N, False, UPCAST, DOT_PRECISION)
-    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, q_grp, q_pos, K_bh, V_bh, KPerm + kv_row0, KGroup + kv_row0,
                                fhi, hi, N, stride_kn, stride_vn, qk_scale,
                                HEAD_DIM, BLOCK_N, True, UPCAST, DOT_PRECISION)
     # a row that saw no key: output 0, lse +inf (its probabilities are 0 in the backward)
@@ -258,6 +275,39 @@ def _dkdv_tiles(
     return dk, dv
 
 
+@triton.jit
+def _dkdv_head(
+    dk, dv, k, v, k_grp, k_pos, Q, DO, DQ, Lse, Delta, QPerm, QGroup, Ranges, blk, b, h, bh, row0,  #
+    stride_qb, stride_qn, stride_qh, stride_dob, stride_don, stride_doh, stride_dqb, stride_dqn, stride_dqh,  #
+    sm_scale, qk_scale, N, n_blocks,  #
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+):
+    """``(dk, dv)`` plus the key block's terms from the queries of query row ``bh`` (batch ``b``, head ``h``,
+    sorted row from ``row0``): its three loops over the block range ``Ranges[bh, blk]``."""
+    lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
+    if ATOMIC_DQ:
+        # the padding keys of a partial last block (k = v = 0) are not masked in full tiles: their
+        # exp2(0 - lse) can overflow, and inf * 0 in the tile's dQ is NaN for every query in it
+        partial = (blk + 1) * BLOCK_N > N
+        flo = tl.where(partial, hi, flo)
+        fhi = tl.where(partial, hi, fhi)
+
+    Q_bh = _head(Q, b, h, stride_qb, stride_qh)
+    DO_bh = _head(DO, b, h, stride_dob, stride_doh)
+    DQ_bh = _head(DQ, b, h, stride_dqb, stride_dqh)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
+                         Delta + row0, DQ_bh, lo, flo, N, stride_qn, stride_don, stride_dqn, qk_scale, sm_scale,
+                         HEAD_DIM, BLOCK_M, True, UPCAST, DOT_PRECISION, ATOMIC_DQ)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
+                         Delta + row0, DQ_bh, flo, fhi, N, stride_qn, stride_don, stride_dqn, qk_scale, sm_scale,
+                         HEAD_DIM, BLOCK_M, False, UPCAST, DOT_PRECISION, ATOMIC_DQ)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
+                         Delta + row0, DQ_bh, fhi, hi, N, stride_qn, stride_don, stride_dqn, qk_scale, sm_scale,
+                         HEAD_DIM, BLOCK_M, True, UPCAST, DOT_PRECISION, ATOMIC_DQ)
+    return dk, dv
+
+
 # DQ accumulates atomically with ATOMIC_DQ: zero it around the autotuner's trial runs
 @triton.autotune(configs=_BWD_CONFIGS, key=_KEY, reset_to_zero=["DQ"])
 @triton.jit
@@ -273,44 +323,40 @@ def sparse_dkdv_kernel(
     DQ, stride_dqb, stride_dqn, stride_dqh,  #
     sm_scale, qk_scale, H, N, n_blocks, tune_n,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr, GROUP: tl.constexpr = 1,
 ):
-    """dK, dV of one block of ``BLOCK_N`` sorted keys; ``Ranges`` are in query blocks of ``BLOCK_M``.
+    """dK, dV of one block of ``BLOCK_N`` sorted keys of kv head ``program_id(1)`` (of ``B * H // GROUP``);
+    ``Ranges`` (per query row) are in query blocks of ``BLOCK_M``. ``H``: query heads.
 
     With ``ATOMIC_DQ`` also adds each step's dQ into the float32 ``DQ`` (must start zeroed).
     """
-    blk, bh, b, h, row0 = _program(H, N, False)
+    blk, bkv, b, hkv, kv_row0 = _program(H // GROUP, N, False)
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
     offs_d = tl.arange(0, HEAD_DIM)
-    offs_n, valid_n, k_pos, k_grp = _tokens(KPerm + row0, KGroup + row0, blk, N, BLOCK_N, -2)
-    k = _rows(_head(K, b, h, stride_kb, stride_kh), k_pos, valid_n, stride_kn, offs_d, UPCAST)
-    v = _rows(_head(V, b, h, stride_vb, stride_vh), k_pos, valid_n, stride_vn, offs_d, UPCAST)
-    lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
-    if ATOMIC_DQ:
-        # the padding keys of a partial last block (k = v = 0) are not masked in full tiles: their
-        # exp2(0 - lse) can overflow, and inf * 0 in the tile's dQ is NaN for every query in it
-        partial = (blk + 1) * BLOCK_N > N
-        flo = tl.where(partial, hi, flo)
-        fhi = tl.where(partial, hi, fhi)
-
-    Q_bh = _head(Q, b, h, stride_qb, stride_qh)
-    DO_bh = _head(DO, b, h, stride_dob, stride_doh)
-    DQ_bh = _head(DQ, b, h, stride_dqb, stride_dqh)
+    offs_n, valid_n, k_pos, k_grp = _tokens(KPerm + kv_row0, KGroup + kv_row0, blk, N, BLOCK_N, -2)
+    k = _rows(_head(K, b, hkv, stride_kb, stride_kh), k_pos, valid_n, stride_kn, offs_d, UPCAST)
+    v = _rows(_head(V, b, hkv, stride_vb, stride_vh), k_pos, valid_n, stride_vn, offs_d, UPCAST)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
-                         Delta + row0, DQ_bh, lo, flo, N, stride_qn, stride_don, stride_dqn, qk_scale, sm_scale,
-                         HEAD_DIM, BLOCK_M, True, UPCAST, DOT_PRECISION, ATOMIC_DQ)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
-                         Delta + row0, DQ_bh, flo, fhi, N, stride_qn, stride_don, stride_dqn, qk_scale, sm_scale,
-                         HEAD_DIM, BLOCK_M, False, UPCAST, DOT_PRECISION, ATOMIC_DQ)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, k_grp, k_pos, Q_bh, DO_bh, QPerm + row0, QGroup + row0, Lse + row0,
-                         Delta + row0, DQ_bh, fhi, hi, N, stride_qn, stride_don, stride_dqn, qk_scale, sm_scale,
-                         HEAD_DIM, BLOCK_M, True, UPCAST, DOT_PRECISION, ATOMIC_DQ)
+    if GROUP == 1:
+        dk, dv = _dkdv_head(
+            dk, dv, k, v, k_grp, k_pos, Q, DO, DQ, Lse, Delta, QPerm, QGroup, Ranges, blk, b, hkv, bkv, kv_row0,
+            stride_qb, stride_qn, stride_qh, stride_dob, stride_don, stride_doh, stride_dqb, stride_dqn, stride_dqh,
+            sm_scale, qk_scale, N, n_blocks, HEAD_DIM, BLOCK_M, BLOCK_N, UPCAST, DOT_PRECISION, ATOMIC_DQ)
+    else:
+        # the group's query heads one after another, in order: dK and dV summed in registers, deterministic
+        for g in range(GROUP):
+            h = hkv * GROUP + g
+            bh = b * H + h
+            dk, dv = _dkdv_head(
+                dk, dv, k, v, k_grp, k_pos, Q, DO, DQ, Lse, Delta, QPerm, QGroup, Ranges, blk, b, h, bh,
+                bh.to(tl.int64) * N, stride_qb, stride_qn, stride_qh, stride_dob, stride_don, stride_doh,
+                stride_dqb, stride_dqn, stride_dqh, sm_scale, qk_scale, N, n_blocks, HEAD_DIM, BLOCK_M, BLOCK_N,
+                UPCAST, DOT_PRECISION, ATOMIC_DQ)
     rows = k_pos.to(tl.int64)[:, None]
-    dk_ptrs = _head(DK, b, h, stride_dkb, stride_dkh) + rows * stride_dkn + offs_d[None, :]
-    dv_ptrs = _head(DV, b, h, stride_dvb, stride_dvh) + rows * stride_dvn + offs_d[None, :]
+    dk_ptrs = _head(DK, b, hkv, stride_dkb, stride_dkh) + rows * stride_dkn + offs_d[None, :]
+    dv_ptrs = _head(DV, b, hkv, stride_dvb, stride_dvh) + rows * stride_dvn + offs_d[None, :]
     tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=valid_n[:, None])
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=valid_n[:, None])
 
@@ -347,7 +393,7 @@ def sparse_dq_kernel(
     stride_ob, stride_on, stride_oh,  #
     sm_scale, qk_scale, H, N, n_blocks, tune_n,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, GROUP: tl.constexpr = 1,
 ):
     """dQ of one block of ``BLOCK_M`` sorted queries; ``Ranges`` are in key blocks of ``BLOCK_N``.
 
@@ -355,6 +401,7 @@ def sparse_dq_kernel(
     and writes them to ``Delta`` for that pass, so no separate preprocess launch is needed.
     """
     blk, bh, b, h, row0 = _program(H, N, True)
+    hkv, kv_row0 = _kv_row(b, h, H, N, row0, GROUP)
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -367,14 +414,14 @@ def sparse_dq_kernel(
     lse = tl.load(Lse + row0 + offs_m, mask=valid_m, other=float("inf"))
     lo, flo, fhi, hi = _block_range(Ranges, bh, blk, n_blocks)
 
-    K_bh = _head(K, b, h, stride_kb, stride_kh)
-    V_bh = _head(V, b, h, stride_vb, stride_vh)
+    K_bh = _head(K, b, hkv, stride_kb, stride_kh)
+    V_bh = _head(V, b, hkv, stride_vb, stride_vh)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    dq = _dq_tiles(dq, q, do, lse, delta, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+    dq = _dq_tiles(dq, q, do, lse, delta, q_grp, q_pos, K_bh, V_bh, KPerm + kv_row0, KGroup + kv_row0,
                    lo, flo, N, stride_kn, stride_vn, qk_scale, HEAD_DIM, BLOCK_N, True, UPCAST, DOT_PRECISION)
-    dq = _dq_tiles(dq, q, do, lse, delta, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+    dq = _dq_tiles(dq, q, do, lse, delta, q_grp, q_pos, K_bh, V_bh, KPerm + kv_row0, KGroup + kv_row0,
                    flo, fhi, N, stride_kn, stride_vn, qk_scale, HEAD_DIM, BLOCK_N, False, UPCAST, DOT_PRECISION)
-    dq = _dq_tiles(dq, q, do, lse, delta, q_grp, q_pos, K_bh, V_bh, KPerm + row0, KGroup + row0,
+    dq = _dq_tiles(dq, q, do, lse, delta, q_grp, q_pos, K_bh, V_bh, KPerm + kv_row0, KGroup + kv_row0,
                    fhi, hi, N, stride_kn, stride_vn, qk_scale, HEAD_DIM, BLOCK_N, True, UPCAST, DOT_PRECISION)
     dq_ptrs = _head(DQ, b, h, stride_dqb, stride_dqh) + q_pos.to(tl.int64)[:, None] * stride_dqn + offs_d[None, :]
     tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=valid_m[:, None])

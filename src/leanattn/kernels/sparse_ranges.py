@@ -16,6 +16,10 @@ Here it takes two launches instead of ~100 small torch ops, which made a call ho
   forward and dQ) and its key blocks (in query blocks, for dK/dV) by binary search in the other
   side's sorted composite keys, with the rules of ``layout.block_ranges_q`` / ``_kv``.
 
+Grouped-query attention: the keys have ``B*Hkv`` rows (``Hkv = H / GROUP``) and query row ``(b, h)`` is paired
+with key row ``(b, h // GROUP)``; the block ranges stay per query row, both sides' (each query head its own ranges
+over its kv head's key blocks, and the reverse).
+
 Positions are int32 (``N < 2**31``); composite keys are int64.
 """
 from __future__ import annotations
@@ -52,23 +56,26 @@ def _compact(Keep, stride_n, Perm, Group, Live, N, DEAD: tl.constexpr, CHUNK: tl
 def qk_compact_kernel(
     QKeep, KKeep, QPerm, KPerm, QGroup, KGroup, Live,  #
     stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,  #
-    H, N,  #
+    H, N, HK, BHK,  #
     CHUNK: tl.constexpr,
 ):
-    """QK-mode order of row ``program_id(0)`` of the queries (``program_id(1) == 0``) or keys.
+    """QK-mode order of row ``program_id(0)`` of the queries (``program_id(1) == 0``) or keys (rows past the keys'
+    ``BHK`` do nothing).
 
-    ``QKeep, KKeep``: ``(B, N, H)`` bool, any strides. Writes ``QPerm, QGroup`` (or ``K*``):
-    ``(B*H, N)`` int32; ``Live``: ``(2, B*H)`` int32 counts of kept queries, kept keys.
+    ``QKeep``: ``(B, N, H)``, ``KKeep``: ``(B, N, HK)`` bool, any strides. Writes ``QPerm, QGroup``: ``(B*H, N)``
+    int32 (``KPerm, KGroup``: ``(B*HK, N)``); ``Live``: ``B*H + B*HK`` int32 counts of kept queries, kept keys.
     """
     bh = tl.program_id(0)
     BH = tl.num_programs(0)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
     row = bh.to(tl.int64) * N
     if tl.program_id(1) == 0:
+        b = (bh // H).to(tl.int64)
+        h = (bh % H).to(tl.int64)
         keep = QKeep + b * stride_qb + h * stride_qh
         _compact(keep, stride_qn, QPerm + row, QGroup + row, Live + bh, N, 1, CHUNK)
-    else:
+    elif bh < BHK:
+        b = (bh // HK).to(tl.int64)
+        h = (bh % HK).to(tl.int64)
         keep = KKeep + b * stride_kb + h * stride_kh
         _compact(keep, stride_kn, KPerm + row, KGroup + row, Live + BH + bh, N, 2, CHUNK)
 
@@ -154,16 +161,18 @@ def _copy_order(SrcPerm, SrcGroup, Perm, Group, offs, N):
 def block_ranges_kernel(
     SrcQPerm, SrcQGroup, SrcKPerm, SrcKGroup,  #
     QPerm, QGroup, KPerm, KGroup, Live, QRanges, KVRanges,  #
-    src_k_off, N, n_q, n_kv, n_steps,  #
+    src_k_off, N, n_q, n_kv, n_steps, H, GROUP,  #
     HAS_DEAD: tl.constexpr, COPY: tl.constexpr, CHUNK: tl.constexpr,  #
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M_BWD: tl.constexpr, BLOCK_N_BWD: tl.constexpr,
 ):
-    """Block ranges of sorted positions ``[t * CHUNK, (t + 1) * CHUNK)`` of row ``bh``.
+    """Block ranges of sorted positions ``[t * CHUNK, (t + 1) * CHUNK)`` of query row ``bh`` (of ``H`` heads) and
+    its key row ``kv = (bh // H) * (H // GROUP) + bh % H // GROUP``.
 
-    ``Src*``: the sorted order, ``(B*H, N)`` (any integer dtypes; positions and group ids); the
-    key side's rows start ``src_k_off`` elements after ``SrcKPerm`` / ``SrcKGroup``.
-    ``COPY``: also write that chunk of it as int32 into ``QPerm, QGroup, KPerm, KGroup``.
-    ``HAS_DEAD`` (QK mode): only the first ``Live[bh]`` queries and ``Live[B*H + bh]`` keys of a
+    ``Src*``: the sorted order, ``(B*H, N)`` queries and ``(B*H/GROUP, N)`` keys (any integer dtypes; positions and
+    group ids); the key side's rows start ``src_k_off`` elements after ``SrcKPerm`` / ``SrcKGroup``.
+    ``COPY``: also write that chunk of it as int32 into ``QPerm, QGroup, KPerm, KGroup`` (the keys by the first
+    query head of their group).
+    ``HAS_DEAD`` (QK mode): only the first ``Live[bh]`` queries and ``Live[B*H + kv]`` keys of a
     row are live; the rest match nothing and are left out of the ranges. Otherwise every token
     is live, and ``Live`` is set to ``N``.
     ``QRanges``: ``(B*H, n_q, 4)`` int32, query blocks of ``BLOCK_M`` in key blocks of
@@ -174,20 +183,25 @@ def block_ranges_kernel(
     bh = tl.program_id(1)
     BH = tl.num_programs(1)
     row = bh.to(tl.int64) * N
-    k_row = row + src_k_off
+    kv = (bh // H) * (H // GROUP) + bh % H // GROUP
+    lead = bh % H % GROUP == 0  # the first query head of its group writes its key row
+    kv_row = kv.to(tl.int64) * N
+    k_row = kv_row + src_k_off
     if COPY:
         offs = t * CHUNK + tl.arange(0, CHUNK)
         _copy_order(SrcQPerm + row, SrcQGroup + row, QPerm + row, QGroup + row, offs, N)
-        _copy_order(SrcKPerm + k_row, SrcKGroup + k_row, KPerm + row, KGroup + row, offs, N)
+        if lead:
+            _copy_order(SrcKPerm + k_row, SrcKGroup + k_row, KPerm + kv_row, KGroup + kv_row, offs, N)
     if HAS_DEAD:
         q_live = tl.load(Live + bh)
-        k_live = tl.load(Live + BH + bh)
+        k_live = tl.load(Live + BH + kv)
     else:
         q_live = N
         k_live = N
         if t == 0:  # every element of the layout buffer is written
             tl.store(Live + bh, N)
-            tl.store(Live + BH + bh, N)
+            if lead:
+                tl.store(Live + BH + kv, N)
     Qg, Qp, Kg, Kp = SrcQGroup + row, SrcQPerm + row, SrcKGroup + k_row, SrcKPerm + k_row
 
     # query blocks: keys visible to the block's live queries have composite keys in

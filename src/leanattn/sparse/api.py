@@ -84,7 +84,7 @@ def _fwd_op(
 @_fwd_op.register_fake
 def _(q, k, v, q_ids, k_ids, softmax_scale, config):
     B, N, H, D = q.shape
-    meta = q.new_empty((sum(meta_sizes(B, H, N, config[0], config[3])),), dtype=torch.int32)
+    meta = q.new_empty((sum(meta_sizes(B, H, k.shape[2], N, config[0], config[3])),), dtype=torch.int32)
     return torch.empty_like(q), q.new_empty((B * H, N), dtype=torch.float32), meta
 
 
@@ -93,7 +93,7 @@ def _bwd_op(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     meta: torch.Tensor, softmax_scale: float, config: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv)``, each ``(B, N, H, D)`` in the input dtype."""
+    """``(dq, dk, dv)``, each of its input's shape and dtype."""
     return get_plan(q, k, v, config).backward(dout, q, k, v, out, lse, meta, softmax_scale, bool(config[4]))
 
 
@@ -134,9 +134,12 @@ def _validate_qkv(q, k, v, softmax_scale) -> float:
     checks.check_dtype("q", q)
     checks.check_same("k", k, "q", q)
     checks.check_same("v", v, "q", q)
-    for name, x in (("k", k), ("v", v)):
-        if tuple(x.shape) != tuple(q.shape):
-            raise ValueError(f"{name}: expected shape {tuple(q.shape)} (as q, (B, N, H, D)), got {tuple(x.shape)}")
+    B, N, H, D = q.shape
+    if k.shape[:2] != q.shape[:2] or k.shape[3] != D or k.shape[2] < 1 or H % k.shape[2]:
+        raise ValueError(f"k: expected shape ({B}, {N}, Hkv, {D}) with Hkv dividing q's {H} heads (B, N, Hkv, D), "
+                         f"got {tuple(k.shape)}")
+    if v.shape != k.shape:
+        raise ValueError(f"v: expected shape {tuple(k.shape)} (as k), got {tuple(v.shape)}")
     if q.shape[-1] not in HEAD_DIMS:
         raise ValueError(f"q: expected head dim in {HEAD_DIMS}, got {q.shape[-1]}")
     if q.shape[0] * q.shape[2] > 65535:  # B*H is the second grid dimension
@@ -147,9 +150,11 @@ def _validate_qkv(q, k, v, softmax_scale) -> float:
 
 
 def _check_per_token(name: str, x, q: torch.Tensor):
+    """``x`` one value a token of ``q`` (``(B, N, H, D)`` query, or ``(B, N, Hkv, D)`` keys): ``(B, N, H)``."""
     checks.check_tensor(name, x, 3)
     if tuple(x.shape) != tuple(q.shape[:3]):
-        raise ValueError(f"{name}: expected shape {tuple(q.shape[:3])} ((B, N, H) of q), got {tuple(x.shape)}")
+        what = "q" if name.startswith("q") else "k"
+        raise ValueError(f"{name}: expected shape {tuple(q.shape[:3])} ((B, N, H) of {what}), got {tuple(x.shape)}")
     if x.device != q.device:
         raise ValueError(f"{name}: expected device {q.device} (as q), got {x.device}")
 
@@ -207,7 +212,7 @@ def qk_sparse_attention(
     """Causal attention with dropped queries and keys (QK-sparse SCFA, Pagliardini et al. 2023).
 
     Query ``i`` attends key ``j`` iff ``q_keep[i]``, ``k_keep[j]`` and ``j <= i`` (causal on the
-    original positions), per batch and head::
+    original positions), per batch and head (query head ``h`` against kv head ``h // (H / Hkv)``)::
 
         out[i] = sum_j softmax_j(q[i] . k[j] * softmax_scale) v[j]   over the visible j
 
@@ -217,11 +222,13 @@ def qk_sparse_attention(
     Parameters
     ----------
     q, k, v : torch.Tensor
-        ``(B, N, H, D)``, float16, bfloat16 or float32 (float32 mainly for tests), ``D`` in
+        ``q (B, N, H, D)``, ``k, v (B, N, Hkv, D)`` with ``Hkv`` dividing ``H`` (grouped-query attention;
+        ``Hkv = H`` multi-head), float16, bfloat16 or float32 (float32 mainly for tests), ``D`` in
         {64, 128}, same dtype and device, unit stride on ``D`` (other strides are free, so
         slices of a fused QKV projection work without a copy). Any ``N``.
     q_keep, k_keep : torch.Tensor
-        ``(B, N, H)`` bool, True = keep. Each (batch, head) has its own pattern.
+        ``(B, N, H)`` and ``(B, N, Hkv)`` bool, True = keep. Each (batch, head) has its own pattern; a kv head's
+        key pattern is the one every query head of its group sees.
     softmax_scale : float, optional
         Default ``1 / sqrt(D)``.
     deterministic : bool, keyword-only
@@ -246,7 +253,8 @@ def qk_sparse_attention(
     order: time order is kept), and the kernels read the compacted rows in place through the
     resulting index. The key blocks each query block needs are found by binary search once per
     call, in the same Triton launch for all blocks, so the work is about ``(1 - drop)^2`` of
-    dense causal attention. Backward: dK/dV by one program per key block (FlashAttention-2), dQ
+    dense causal attention. Backward: dK/dV by one program per key block of a kv head (FlashAttention-2; with
+    grouped-query attention the group's query heads in turn, summed in registers), dQ
     by a separate pass (deterministic) or by atomics. No host sync. Forward (with the layout)
     and backward are the custom ops ``torch.ops.leanattn.sparse_attn_fwd`` / ``_bwd``.
 
@@ -257,8 +265,8 @@ def qk_sparse_attention(
     >>> out = leanattn.qk_sparse_attention(q, k, v, keep, keep)
     """
     scale = _validate_qkv(q, k, v, softmax_scale)
-    for name, x in (("q_keep", q_keep), ("k_keep", k_keep)):
-        _check_per_token(name, x, q)
+    for name, x, ref in (("q_keep", q_keep, q), ("k_keep", k_keep, k)):
+        _check_per_token(name, x, ref)
         if x.dtype != torch.bool:
             raise TypeError(f"{name}: expected dtype torch.bool, got {x.dtype}")
     return _sparse_attention(q, k, v, q_keep, k_keep, scale, deterministic, return_lse)
@@ -280,7 +288,8 @@ def hash_sparse_attention(
     """Causal attention within hash buckets (hash-sparse SCFA, Pagliardini et al. 2023).
 
     Query ``i`` attends key ``j`` iff ``q_buckets[i] == k_buckets[j]`` and ``j <= i`` (causal on
-    the original positions), per batch and head. A query that sees no key outputs zeros.
+    the original positions), per batch and head (query head ``h`` against kv head ``h // (H / Hkv)``). A query
+    that sees no key outputs zeros.
 
     **Self-attention is included**: ``j = i`` counts when the buckets match. The paper's
     training code (``hsparse_attn.py``) uses the strict rule ``j < i``, Reformer's convention
@@ -292,10 +301,10 @@ def hash_sparse_attention(
     Parameters
     ----------
     q, k, v : torch.Tensor
-        ``(B, N, H, D)``, float16, bfloat16 or float32, ``D`` in {64, 128}, same dtype and
-        device, unit stride on ``D``. Any ``N``.
+        ``q (B, N, H, D)``, ``k, v (B, N, Hkv, D)`` with ``Hkv`` dividing ``H`` (grouped-query attention),
+        float16, bfloat16 or float32, ``D`` in {64, 128}, same dtype and device, unit stride on ``D``. Any ``N``.
     q_buckets, k_buckets : torch.Tensor
-        ``(B, N, H)`` integer bucket ids (int32 or int64), ``>= 0`` and ``< 2**31``, e.g. from
+        ``(B, N, H)`` and ``(B, N, Hkv)`` integer bucket ids (int32 or int64), ``>= 0`` and ``< 2**31``, e.g. from
         :func:`leanattn.sparse.lsh_buckets`. Ids need not be contiguous.
     softmax_scale : float, optional
         Default ``1 / sqrt(D)``.
@@ -339,5 +348,5 @@ def hash_sparse_attention(
         raise ValueError(f"n_buckets: expected a positive int or None, got {n_buckets!r}")
     n_buckets = None if n_buckets is None else int(n_buckets)
     qb = _check_buckets("q_buckets", q_buckets, q, n_buckets, validate)
-    kb = _check_buckets("k_buckets", k_buckets, q, n_buckets, validate)
+    kb = _check_buckets("k_buckets", k_buckets, k, n_buckets, validate)
     return _sparse_attention(q, k, v, qb, kb, scale, deterministic, return_lse)

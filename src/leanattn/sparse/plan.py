@@ -7,20 +7,22 @@ kernel flags, the layout buffer's sizes) is computed once per signature and cach
 block ranges, attention) or two launches and two torch ops (hash mode: stacking and one stable
 sort of the bucket ids), and a backward four allocations and two launches.
 
-The layout of one call (``BH = B * H``) lives in one int32 buffer, the custom op's ``meta``
+The layout of one call (``BH = B * H`` query rows, ``BHK = B * Hkv`` key rows: grouped-query attention pairs
+query head ``h`` with kv head ``h // (H / Hkv)``) lives in one int32 buffer, the custom op's ``meta``
 output, so that the backward gets it as one saved tensor. Its segments, back to back (no
 padding: every element is written, so the buffer is a deterministic function of the inputs):
 
 =============  ================  =============================================================
 q_perm         ``(BH, N)``       original position of the ``r``-th sorted query
-k_perm         ``(BH, N)``       the same for keys
+k_perm         ``(BHK, N)``      the same for keys
 q_group        ``(BH, N)``       group id of the ``r``-th sorted query
-k_group        ``(BH, N)``       the same for keys
+k_group        ``(BHK, N)``      the same for keys
 q_ranges       ``(BH, n_q, 4)``  ``[lo, full_lo, full_hi, hi]`` in key blocks of ``block_n``, per
                                  query block of ``block_m`` (forward, dQ)
 kv_ranges      ``(BH, n_kv, 4)`` the same in query blocks of ``block_m_bwd``, per key block of
-                                 ``block_n_bwd`` (dK/dV)
-live           ``(2, BH)``       live (kept) queries, live keys per row; ``N`` in hash mode
+                                 ``block_n_bwd`` (dK/dV), per query row
+live           ``BH + BHK``      live (kept) queries per query row, then live keys per key row;
+                                 ``N`` in hash mode
 =============  ================  =============================================================
 """
 from __future__ import annotations
@@ -56,11 +58,11 @@ class Meta(NamedTuple):
     live: torch.Tensor
 
 
-def meta_sizes(B, H, N, block_m: int, block_n_bwd: int) -> list:
-    """Element counts of the layout segments (ints, or SymInts for the fake op)."""
-    BH = B * H
-    return [BH * N, BH * N, BH * N, BH * N,
-            BH * ((N + block_m - 1) // block_m) * 4, BH * ((N + block_n_bwd - 1) // block_n_bwd) * 4, 2 * BH]
+def meta_sizes(B, H, HK, N, block_m: int, block_n_bwd: int) -> list:
+    """Element counts of the layout segments (ints, or SymInts for the fake op) of ``H`` query and ``HK`` kv heads."""
+    BH, BHK = B * H, B * HK
+    return [BH * N, BHK * N, BH * N, BHK * N,
+            BH * ((N + block_m - 1) // block_m) * 4, BH * ((N + block_n_bwd - 1) // block_n_bwd) * 4, BH + BHK]
 
 
 def _bnh(x: torch.Tensor):
@@ -78,10 +80,11 @@ class Plan:
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: tuple):
         B, N, H, D = q.shape
-        self.B, self.N, self.H, self.BH = B, N, H, B * H
+        HK = k.shape[2]
+        self.B, self.N, self.H, self.BH, self.HK, self.BHK = B, N, H, B * H, HK, B * HK
         self.bm, self.bn, self.bm_bwd, self.bn_bwd = tiles
         self.empty = q.numel() == 0
-        self.sizes = meta_sizes(B, H, N, self.bm, self.bn_bwd)
+        self.sizes = meta_sizes(B, H, HK, N, self.bm, self.bn_bwd)
         self.meta_numel = sum(self.sizes)
         self.n_q = triton.cdiv(N, self.bm)
         self.n_kv = triton.cdiv(N, self.bn_bwd)
@@ -89,17 +92,18 @@ class Plan:
         # the layout: one program per CHUNK sorted positions of a row, 8 blocks of each side
         chunk = 8 * max(self.bm, self.bn_bwd)
         self.ranges_grid = (triton.cdiv(N, chunk), self.BH)
-        self.ranges_args = (N, self.n_q, self.n_kv, N.bit_length())
+        self.ranges_args = (N, self.n_q, self.n_kv, N.bit_length(), H, H // HK)
         self.ranges_meta = dict(CHUNK=chunk, BLOCK_M=self.bm, BLOCK_N=self.bn, BLOCK_M_BWD=self.bm_bwd,
                                 BLOCK_N_BWD=self.bn_bwd, num_warps=4)
         self.compact_chunk = 1024
         # kernels
         upcast = runtime.interpreting() and q.dtype == torch.bfloat16  # bf16 tl.dot is broken in the interpreter
-        self.flags = dict(HEAD_DIM=D, UPCAST=upcast, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+        self.flags = dict(HEAD_DIM=D, UPCAST=upcast, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                          GROUP=H // HK)
         self.out_strides = _bnh(torch.empty_like(q, device="meta"))  # out = empty_like(q)
         self.qkv_strides = (*_bnh(q), *_bnh(k), *_bnh(v))
         self.fwd_grid = (self.n_q, self.BH)
-        self.dkdv_grid = (self.n_kv, self.BH)
+        self.dkdv_grid = (self.n_kv, self.BHK)
         self.f32_strides = (N * H * D, H * D, D)  # the float32 dQ of the atomic backward is contiguous
         self.dummy = (runtime.workspace("sparse_dummy_f32", q.device, (1,), torch.float32)
                       if not self.empty else None)
@@ -117,14 +121,15 @@ class Plan:
         if q_ids.dtype == torch.bool:
             qk_compact_kernel[(self.BH, 2)](
                 q_ids, k_ids, m.q_perm, m.k_perm, m.q_group, m.k_group, m.live,
-                *_bnh(q_ids), *_bnh(k_ids), self.H, self.N, CHUNK=self.compact_chunk, num_warps=4)
+                *_bnh(q_ids), *_bnh(k_ids), self.H, self.N, self.HK, self.BHK, CHUNK=self.compact_chunk, num_warps=4)
             src = (m.q_perm, m.q_group, m.k_perm, m.k_group, 0)
             has_dead, copy = True, False
         else:
-            # one stable sort of both sides: (2, B, H, N) rows, positions kept in time order per group
-            ids = torch.stack((q_ids.transpose(1, 2), k_ids.transpose(1, 2)))
+            # one stable sort of both sides: B*H query rows, then B*HK key rows, positions kept in time order per group
+            ids = torch.cat((q_ids.transpose(1, 2).reshape(self.BH, self.N),
+                             k_ids.transpose(1, 2).reshape(self.BHK, self.N)))
             groups, perm = torch.sort(ids, dim=-1, stable=True)
-            src = (perm, groups, perm, groups, self.BH * self.N)  # keys: the second half
+            src = (perm, groups, perm, groups, self.BH * self.N)  # keys: the rows after the queries
             has_dead, copy = False, True
         block_ranges_kernel[self.ranges_grid](
             *src[:4], m.q_perm, m.q_group, m.k_perm, m.k_group, m.live, m.q_ranges, m.kv_ranges, src[4],
@@ -192,5 +197,5 @@ _PLANS = runtime.PlanCache(name="sparse attention")  # a training run sees few s
 def get_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles) -> Plan:
     """The cached :class:`Plan` of this signature; ``tiles``: its first four entries are used."""
     tiles = tuple(tiles[:4])
-    key = (q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, tiles, runtime.interpreting())
+    key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, tiles, runtime.interpreting())
     return _PLANS.get_or_make(key, lambda: Plan(q, k, v, tiles))

@@ -1,0 +1,129 @@
+"""Sparse flash attention with grouped-query attention (``k, v (B, N, Hkv, D)``, ``Hkv`` dividing the query heads):
+forward, LSE and gradients against the float64 reference over kv heads repeated for their query heads, the layout
+kernels against the torch layout of the repeated key ids, and the errors. CPU under the Triton interpreter, or a
+GPU."""
+import pytest
+import torch
+
+import leanattn
+from leanattn import reference
+from leanattn.sparse import api, layout
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from test_sparse import CONFIGS
+from test_sparse_layout import kernel_layout, torch_layout
+
+
+def _inputs(B, N, H, HK, dtype, device, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(B, N, H, 64, dtype=dtype, device=device, generator=g).requires_grad_()
+    k, v = (torch.randn(B, N, HK, 64, dtype=dtype, device=device, generator=g).requires_grad_() for _ in range(2))
+    return q, k, v
+
+
+def _ids(mode, B, N, heads, device, seed):
+    g = torch.Generator(device=device).manual_seed(seed)
+    if mode == "qk":
+        return torch.rand(B, N, heads, device=device, generator=g) > 0.4
+    return torch.randint(0, 3, (B, N, heads), device=device, generator=g)
+
+
+def _check(mode, q, k, v, a, b, **kw):
+    """Output, LSE and the three gradients against the reference; returns the gradients."""
+    fn = leanattn.qk_sparse_attention if mode == "qk" else leanattn.hash_sparse_attention
+    ref_fn = reference.qk_sparse_attention if mode == "qk" else reference.hash_sparse_attention
+    tol = TOLERANCE[q.dtype]
+    out, lse = fn(q, k, v, a, b, return_lse=True, **kw)
+    ref, ref_lse = ref_fn(q, k, v, a, b, return_lse=True)
+    assert out.shape == q.shape and lse.shape == q.shape[:3]
+    assert_rel_close("out", out, ref, tol)
+    assert_lse_close("lse", lse, ref_lse, 2e-3)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
+    for name, got, want in zip("qkv", grads, ref_grads):
+        assert got.shape == want.shape, name
+        assert_rel_close(f"d{name}", got, want, tol)
+    return grads
+
+
+@pytest.mark.parametrize("mode", ["qk", "hash"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("heads", [(4, 2), (3, 1)], ids=["gqa4/2", "mqa3/1"])
+def test_gqa_matches_reference(device, mode, dtype, heads):
+    H, HK = heads
+    B, N = 2, 45
+    q, k, v = _inputs(B, N, H, HK, dtype, device)
+    a, b = _ids(mode, B, N, H, device, 1), _ids(mode, B, N, HK, device, 2)
+    if mode == "qk":
+        b[0, :, 0] = False  # a kv head with every key dropped: its group's queries see nothing
+    _check(mode, q, k, v, a, b)
+
+
+@pytest.mark.parametrize("tiles", CONFIGS[1:], ids=str)
+@pytest.mark.parametrize("mode", ["qk", "hash"])
+def test_gqa_rectangular_tiles_and_atomic_dq(device, monkeypatch, tiles, mode):
+    # dK/dV over the group's query heads in turn, with dQ by a separate pass or by atomics
+    monkeypatch.setattr(api, "_override", api.SparseConfig(*tiles))
+    B, N, H, HK = 1, 70, 4, 2
+    q, k, v = _inputs(B, N, H, HK, torch.float32, device, seed=3)
+    a, b = _ids(mode, B, N, H, device, 4), _ids(mode, B, N, HK, device, 5)
+    torch.manual_seed(0)
+    det = _check(mode, q, k, v, a, b)
+    torch.manual_seed(0)  # (the same upstream gradient)
+    atomic = _check(mode, q, k, v, a, b, deterministic=False)
+    # dK, dV summed over the group in registers, in order: the same bits either way, and run to run
+    assert torch.equal(det[1], atomic[1]) and torch.equal(det[2], atomic[2])
+    torch.manual_seed(0)
+    assert torch.equal(_check(mode, q, k, v, a, b)[1], det[1])
+
+
+@pytest.mark.parametrize("mode", ["qk", "hash3", "big"])
+def test_gqa_layout_kernels_equal_torch_layout(device, mode):
+    # the kernels' layout of (B, N, Hkv) key ids is the torch layout of the ids repeated for each query head: the
+    # query rows' ranges alike, the key order once a kv head
+    B, N, H, G = 2, 77, 6, 3
+    tiles = (16, 32, 32, 16)
+    a = _ids("qk" if mode == "qk" else "hash", B, N, H, device, 6)
+    b = _ids("qk" if mode == "qk" else "hash", B, N, H // G, device, 7)
+    if mode == "big":
+        a, b = a * 700000001 % (2**31 - 1), b * 700000001 % (2**31 - 1)
+    got = kernel_layout(a, b, tiles)
+    ref = torch_layout("qk" if mode == "qk" else "hash", a, b.repeat_interleave(G, dim=2))
+    lead = torch.arange(B * H, device=device) % H % G == 0  # the first query row of each kv head's group
+    for name in ("q_perm", "q_group"):
+        assert torch.equal(getattr(got, name), getattr(ref, name).to(torch.int32)), name
+    for name in ("k_perm", "k_group"):
+        assert torch.equal(getattr(got, name), getattr(ref, name)[lead].to(torch.int32)), name
+    assert torch.equal(got.live.long(), torch.cat((ref.q_live[:, 0], ref.k_live[lead, 0])))
+    assert torch.equal(got.q_ranges, layout.block_ranges_q(ref, tiles[0], tiles[1]))
+    assert torch.equal(got.kv_ranges, layout.block_ranges_kv(ref, tiles[2], tiles[3]))
+
+
+def test_gqa_opcheck(device):
+    q, k, v = _inputs(1, 20, 4, 2, torch.float32, device, seed=8)
+    a, b = _ids("qk", 1, 20, 4, device, 9), _ids("qk", 1, 20, 2, device, 10)
+    cfg = api.sparse_config(64, q.device)
+    args = (q, k, v, a, b, 0.125, [cfg.block_m, cfg.block_n, cfg.block_m_bwd, cfg.block_n_bwd, 1])
+    torch.library.opcheck(torch.ops.leanattn.sparse_attn_fwd.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("change, exc, match", [
+    (dict(k=(1, 8, 3, 64)), ValueError, r"k: expected shape \(1, 8, Hkv, 64\) with Hkv dividing q's 4 heads"),
+    (dict(k=(1, 8, 2, 64), v=(1, 8, 4, 64)), ValueError, r"v: expected shape \(1, 8, 2, 64\) \(as k\)"),
+    (dict(k=(1, 8, 2, 64), v=(1, 8, 2, 64), b=(1, 8, 4)), ValueError,
+     r"k_keep: expected shape \(1, 8, 2\) \(\(B, N, H\) of k\)"),
+    (dict(k=(1, 8, 2, 64), v=(1, 8, 2, 64), a=(1, 8, 2)), ValueError,
+     r"q_keep: expected shape \(1, 8, 4\) \(\(B, N, H\) of q\)"),
+])
+def test_gqa_bad_inputs(device, change, exc, match):
+    q = torch.randn(1, 8, 4, 64, device=device)
+    k = torch.randn(change.get("k", (1, 8, 2, 64)), device=device)
+    v = torch.randn(change.get("v", tuple(k.shape)), device=device)
+    a = torch.ones(change.get("a", (1, 8, 4)), dtype=torch.bool, device=device)
+    b = torch.ones(change.get("b", (1, 8, k.shape[2])), dtype=torch.bool, device=device)
+    with pytest.raises(exc, match=match):
+        leanattn.qk_sparse_attention(q, k, v, a, b)
+    with pytest.raises(exc, match=match.replace("keep", "buckets")):
+        leanattn.hash_sparse_attention(q, k, v, a.int(), b.int())
