@@ -1,8 +1,9 @@
 """Sparse flash attention with grouped-query attention (``k, v (B, N, Hkv, D)``), forward + backward, one process.
 
 Llama-3-8B's heads (32 query heads over 8 kv heads, D=128), bf16, B=2, N 8k and 16k; QK-sparse at a drop rate of 0.5
-(queries per query head, keys per kv head), hash-sparse with 16 buckets, and the dense limit (every token kept). For
-each case, timed with ``triton.testing.do_bench`` (median, L2 flushed), forward + backward:
+(queries per query head, keys per kv head), hash-sparse with 16 buckets, and the dense limit (every token kept); and
+multi-query attention (32 heads over one, B=1, N 8k), where the dK/dV grid has one row of programs. For each case,
+timed with ``triton.testing.do_bench`` (median, L2 flushed), forward + backward:
 
 * ``gqa``: ``leanattn`` with the kv heads as they are (each kv head's keys read by the programs of its 4 query
   heads, dK/dV summed over the group in registers);
@@ -29,20 +30,21 @@ import bench_sparse as bs  # noqa: E402
 import common  # noqa: E402
 
 
-B, H, HK, D = 2, 32, 8, 128
-G = H // HK
-# (name, N, mode, parameter): a drop rate, a bucket count, or the dense limit (keep all)
-CASES = [(f"{mode} {param} {n // 1024}k", n, mode, param) for n in (8192, 16384)
+D = 128
+# (name, B, H, Hkv, N, mode, parameter): a drop rate, a bucket count, or the dense limit (keep all)
+CASES = [(f"gqa {mode} {param} {n // 1024}k", 2, 32, 8, n, mode, param) for n in (8192, 16384)
          for mode, param in (("qk", 0.5), ("hash", 16), ("qk", 0.0))]
+CASES += [(f"mqa B=1 {mode} {param} 8k", 1, 32, 1, 8192, mode, param) for mode, param in (("qk", 0.5), ("hash", 16))]
 
 
 def main(argv=None):
     args, want, ceiling = common.probe_start(__doc__, argv)
     T = bs.timer("cuda")
     rows = []
-    for name, N, mode, param in CASES:
+    for name, B, H, HK, N, mode, param in CASES:
         if want and name not in want:
             continue
+        G = H // HK
         q = torch.randn(B, N, H, D, dtype=torch.bfloat16, device="cuda", requires_grad=True)
         k, v = (torch.randn(B, N, HK, D, dtype=torch.bfloat16, device="cuda", requires_grad=True) for _ in range(2))
         if mode == "qk":
@@ -72,9 +74,11 @@ def main(argv=None):
                 print(f"  {name} {label}: {e!r}", flush=True)
         flops = pairs * 4 * D * 3.5
         both = {label: t["both_ms"] for label, t in times.items()}
-        print(f"{name:12s} " + "  ".join(f"{label} {ms:.2f} ms" for label, ms in both.items())
-              + f"  | gqa {flops / both['gqa'] / 1e9:.0f} TFLOP/s, repeated/gqa {both['repeated'] / both['gqa']:.2f}x",
-              flush=True)
+        summary = ""
+        if "gqa" in both and "repeated" in both:
+            summary = (f"  | gqa {flops / both['gqa'] / 1e9:.0f} TFLOP/s, "
+                       f"repeated/gqa {both['repeated'] / both['gqa']:.2f}x")
+        print(f"{name:18s} " + "  ".join(f"{label} {ms:.2f} ms" for label, ms in both.items()) + summary, flush=True)
         rows.append(dict(case=name, B=B, H=H, Hkv=HK, D=D, N=N, mode=mode, param=param, visible_pairs=pairs,
                          errors=errs, times=times, tflops={lb: flops / ms / 1e9 for lb, ms in both.items()}))
     common.write_probe(args.out, "bench_sparse_gqa.json", probe="sparse attention with GQA against K/V repeated "

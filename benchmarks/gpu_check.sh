@@ -122,7 +122,8 @@
 #               the sparse kernels at each: more than 190 s on a cold H100, 2026-12-06 18:1x, so it is not run here)
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
 #   tests-sparse-gqa  sparse attention with grouped-query attention: the GPU test and the CPU test file on the GPU
-#   sanitize-sparse  memcheck and racecheck over sanitize.py sparse (MHA and GQA, both backward modes)
+#   sanitize-sparse  memcheck (and racecheck: shared memory only) over sanitize.py sparse (MHA and GQA, both
+#               backward modes)
 #   sparse-gqa  sparse attention with GQA against K/V repeated and dense SDPA (bench_sparse_gqa.py)
 #   tests-mla-fp8  MLA over float8 latent caches: the GPU test and the CPU test file on the GPU
 #   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200 until 2026-12-02; on

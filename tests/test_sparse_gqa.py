@@ -127,3 +127,20 @@ def test_gqa_bad_inputs(device, change, exc, match):
         leanattn.qk_sparse_attention(q, k, v, a, b)
     with pytest.raises(exc, match=match.replace("keep", "buckets")):
         leanattn.hash_sparse_attention(q, k, v, a.int(), b.int())
+
+
+def test_gqa_empty_inputs(device):
+    # no query head (H = 0 over Hkv = 2) or no token: zero gradients for the keys and values there are, and a layout
+    # buffer fully written (zeros)
+    for shape_q, shape_k in (((1, 8, 0, 64), (1, 8, 2, 64)), ((2, 0, 4, 64), (2, 0, 2, 64))):
+        q = torch.randn(shape_q, device=device, requires_grad=True)
+        k, v = (torch.full(shape_k, 3.0, device=device, requires_grad=True) for _ in range(2))
+        a = torch.ones(shape_q[:3], dtype=torch.bool, device=device)
+        b = torch.ones(shape_k[:3], dtype=torch.bool, device=device)
+        out = leanattn.qk_sparse_attention(q, k, v, a, b)
+        dk, dv = torch.autograd.grad(out, (k, v), torch.ones_like(out), allow_unused=True)
+        assert torch.equal(dk, torch.zeros_like(k)) and torch.equal(dv, torch.zeros_like(v))
+        cfg = api.sparse_config(64, q.device)
+        meta = torch.ops.leanattn.sparse_attn_fwd(q, k, v, a, b, 0.125, [cfg.block_m, cfg.block_n, cfg.block_m_bwd,
+                                                                        cfg.block_n_bwd, 1])[2]
+        assert not meta.any()

@@ -52,7 +52,8 @@ _FWD_CONFIGS = _configs([(8, 3), (4, 3), (8, 2), (4, 2)])
 _BWD_CONFIGS = _configs([(8, 2), (8, 3)])
 # N only by its power-of-two bucket (``tune_n``, unused by the bodies): a run with varied lengths
 # benchmarks the configs once per octave, not once per length
-_KEY = ["tune_n", "HEAD_DIM", "BLOCK_M", "BLOCK_N"]
+# (GROUP: a dK/dV program of a kv head does GROUP heads' work, so grouped launches tune apart from multi-head ones)
+_KEY = ["tune_n", "HEAD_DIM", "BLOCK_M", "BLOCK_N", "GROUP"]
 
 
 @triton.jit

@@ -73,7 +73,7 @@ def _fwd_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Layout and forward of one call.
 
-    ``q_ids, k_ids``: ``(B, N, H)`` bool keep masks (QK mode) or int32 bucket ids (hash mode).
+    ``q_ids, k_ids``: ``(B, N, H)`` and ``(B, N, Hkv)`` bool keep masks (QK mode) or int32 bucket ids (hash mode).
     Returns ``out (B, N, H, D)``, the internal ``lse (B*H, N)`` float32 (log2 units, sorted
     order, ``+inf`` where a query sees no key) and ``meta``, the int32 layout buffer
     (``plan.py``), which the backward reads. ``config[4]`` (deterministic) is for the backward.
@@ -152,11 +152,11 @@ def _validate_qkv(q, k, v, softmax_scale) -> float:
 def _check_per_token(name: str, x, q: torch.Tensor):
     """``x`` one value a token of ``q`` (``(B, N, H, D)`` query, or ``(B, N, Hkv, D)`` keys): ``(B, N, H)``."""
     checks.check_tensor(name, x, 3)
+    what = "q" if name.startswith("q") else "k"
     if tuple(x.shape) != tuple(q.shape[:3]):
-        what = "q" if name.startswith("q") else "k"
         raise ValueError(f"{name}: expected shape {tuple(q.shape[:3])} ((B, N, H) of {what}), got {tuple(x.shape)}")
     if x.device != q.device:
-        raise ValueError(f"{name}: expected device {q.device} (as q), got {x.device}")
+        raise ValueError(f"{name}: expected device {q.device} (as {what}), got {x.device}")
 
 
 def _check_buckets(name: str, x, q, n_buckets, validate) -> torch.Tensor:

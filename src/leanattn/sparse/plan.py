@@ -71,7 +71,7 @@ def _bnh(x: torch.Tensor):
 
 
 class Plan:
-    """Launches of one signature ``(q.shape, strides of q, k, v, dtype, device, tiles)``.
+    """Launches of one signature ``(q.shape, k.shape, strides of q, k, v, dtype, device, tiles)``.
 
     ``tiles = (block_m, block_n, block_m_bwd, block_n_bwd)``: the forward and the dQ pass use
     ``block_m`` queries x ``block_n`` keys, the dK/dV pass ``block_n_bwd`` keys per program x
@@ -144,7 +144,7 @@ class Plan:
         lse = torch.empty((self.BH, self.N), dtype=torch.float32, device=q.device)
         meta = torch.empty((self.meta_numel,), dtype=torch.int32, device=q.device)
         if self.empty:
-            return out, lse, meta
+            return out, lse, meta.zero_()  # (every element written: no token, nothing live)
         m = Meta(*meta.split_with_sizes(self.sizes))
         self.layout(q_ids, k_ids, m)
         sparse_fwd_kernel[self.fwd_grid](
@@ -165,7 +165,8 @@ class Plan:
         """
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         if self.empty:
-            return torch.zeros_like(q), dk, dv
+            # (no query or no token: k and v may still hold tokens, of a query with no head, which get no gradient)
+            return torch.zeros_like(q), dk.zero_(), dv.zero_()
         m = Meta(*meta.split_with_sizes(self.sizes))
         delta = torch.empty((self.BH, self.N), dtype=torch.float32, device=q.device)
         strides = (*self.qkv_strides, *_bnh(dout))
