@@ -16,7 +16,9 @@ mla_decode        multi-head latent attention (DeepSeek) decode: every query hea
 generate          generation for Llama-family models: SDPA prefill, paged leanattn decode, CUDA graphs
 models            the compact Llama decoder, checkpoint loader and named shapes used by generate
 
-The transformers plug-in is ``leanattn.integrations.transformers`` (imported on demand).
+The transformers plug-in is ``leanattn.integrations.transformers`` and FlashInfer's paged-decode wrappers
+(``BatchDecodeWithPagedKVCacheWrapper``, ``BatchMLAPagedAttentionWrapper``: CSR page tables, plan/run) are
+``leanattn.integrations.flashinfer`` (each imported on demand).
 """
 from . import reference
 from .merges import merge_state, merge_state_in_place, merge_states
