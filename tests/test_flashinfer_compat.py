@@ -182,3 +182,73 @@ def test_decode_wrapper_captured_run_replays_new_plans():
         graph.replay()
         sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
         assert_rel_close(f"step {step}", out, reference.decode(q, k, v, sl, table)[0], TOLERANCE[q.dtype])
+
+
+def _gather(pool, table_row, n):
+    """The first ``n`` tokens of the pages ``table_row`` of ``pool (num_pages, page_size, Hkv, D)``."""
+    return pool[table_row.long()].flatten(0, 1)[:n]
+
+
+@pytest.mark.parametrize("tokens", [1, 2])
+def test_cascade_wrapper(device, tokens):
+    # three levels in one page pool: a system prompt for all four requests, a document for requests 0-2 and another
+    # for 3, then each request's own tokens (one query token each, or two: causal over the own tokens)
+    from leanattn.integrations.flashinfer import MultiLevelCascadeAttentionWrapper
+    page, hq, hkv, d, pool_pages = 4, 4, 2, 64, 40
+    g = torch.Generator().manual_seed(5)
+    perm = torch.randperm(pool_pages, generator=g).tolist()
+    levels = [[9], [6, 13], [3, 8, 2, 5]]  # tokens of each group, per level (own: at least the query tokens)
+    groups_of = [[0, 0, 0, 0], [0, 0, 0, 1], [0, 1, 2, 3]]  # each request's group, per level
+    qo = [torch.tensor(x, dtype=torch.int32) * tokens for x in ([0, 4], [0, 3, 4], [0, 1, 2, 3, 4])]
+    indptr_arr, indices_arr, last_arr, tables = [], [], [], []
+    for lens in levels:  # each group's pages taken in turn from the shuffled pool
+        pages = [[perm.pop() for _ in range(-(-n // page))] for n in lens]
+        i32 = dict(dtype=torch.int32)
+        indptr_arr.append(torch.tensor([0] + [sum(len(p) for p in pages[:i + 1]) for i in range(len(pages))], **i32))
+        indices_arr.append(torch.tensor([x for p in pages for x in p], **i32, device=device))
+        last_arr.append(torch.tensor([n - (len(p) - 1) * page for n, p in zip(lens, pages)], **i32))
+        width = max(len(p) for p in pages)
+        tables.append(torch.tensor([p + [0] * (width - len(p)) for p in pages], **i32, device=device))
+    cache = torch.randn(pool_pages, 2, page, hkv, d, device=device).half()
+    k_pool, v_pool = cache.unbind(1)
+    w = MultiLevelCascadeAttentionWrapper(3, None, "NHD")
+    w.plan(qo, indptr_arr, indices_arr, last_arr, hq, hkv, d, page, causal=True, sm_scale=0.15)
+    q = torch.randn(4 * tokens, hq, d, device=device).half()
+    out, lse = w.run(q, cache, return_lse=True)
+    # reference: each request's levels concatenated, then decode over that one sequence
+    seqs_k, seqs_v, total = [], [], []
+    for r in range(4):
+        parts = [(tables[i][groups_of[i][r]], levels[i][groups_of[i][r]]) for i in range(3)]
+        seqs_k.append(torch.cat([_gather(k_pool, t, n) for t, n in parts]))
+        seqs_v.append(torch.cat([_gather(v_pool, t, n) for t, n in parts]))
+        total.append(seqs_k[-1].shape[0])
+    cap = max(total)
+    kc = torch.stack([torch.cat([x, x.new_zeros(cap - x.shape[0], hkv, d)]) for x in seqs_k])
+    vc = torch.stack([torch.cat([x, x.new_zeros(cap - x.shape[0], hkv, d)]) for x in seqs_v])
+    sl = torch.tensor(total, dtype=torch.int32, device=device)
+    qr = q.view(4, tokens, hq, d) if tokens > 1 else q
+    ref_out, ref_lse = reference.decode(qr, kc, vc, sl, None, 0.15, causal=True)
+    assert_rel_close("cascade out", out, ref_out.reshape(out.shape), TOLERANCE[q.dtype])
+    assert_lse_close("cascade lse", lse, ref_lse.reshape(lse.shape), TOLERANCE[q.dtype])
+    assert torch.equal(w.run(q, cache), out)
+
+
+def test_cascade_wrapper_errors(device):
+    from leanattn.integrations.flashinfer import MultiLevelCascadeAttentionWrapper
+    with pytest.raises(ValueError, match="use_cuda_graph: expected False"):
+        MultiLevelCascadeAttentionWrapper(2, None, "NHD", use_cuda_graph=True)
+    with pytest.raises(ValueError, match="num_levels: expected a positive int"):
+        MultiLevelCascadeAttentionWrapper(0)
+    w = MultiLevelCascadeAttentionWrapper(2)
+    one, indices, last, _ = csr_case([5], 4, 8, device)
+    own, own_idx, own_last, _ = csr_case([3, 2, 1], 4, 8, device, seed=1)
+    qo_own = torch.arange(4, dtype=torch.int32)
+    with pytest.raises(ValueError, match="qo_indptr_arr: expected a list of 2 tensors"):
+        w.plan([qo_own], [own], [own_idx], [own_last], 4, 2, 64, 4)
+    two, two_idx, two_last, _ = csr_case([5, 3], 4, 8, device, seed=2)
+    with pytest.raises(ValueError, match="level 0's groups to hold whole requests"):
+        w.plan([torch.tensor([0, 3, 6], dtype=torch.int32), torch.tensor([0, 2, 4, 6], dtype=torch.int32)],
+               [two, own], [two_idx, own_idx], [two_last, own_last], 4, 2, 64, 4)
+    with pytest.raises(ValueError, match="expected offsets from 0 to the last level's 3 query rows"):
+        w.plan([torch.tensor([0, 2], dtype=torch.int32), qo_own], [one, own], [indices, own_idx], [last, own_last],
+               4, 2, 64, 4)

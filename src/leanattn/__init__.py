@@ -17,7 +17,8 @@ generate          generation for Llama-family models: SDPA prefill, paged leanat
 models            the compact Llama decoder, checkpoint loader and named shapes used by generate
 
 The transformers plug-in is ``leanattn.integrations.transformers`` and FlashInfer's paged-decode wrappers
-(``BatchDecodeWithPagedKVCacheWrapper``, ``BatchMLAPagedAttentionWrapper``: CSR page tables, plan/run) are
+(``BatchDecodeWithPagedKVCacheWrapper``, ``BatchMLAPagedAttentionWrapper``, ``MultiLevelCascadeAttentionWrapper``:
+CSR page tables, plan/run) are
 ``leanattn.integrations.flashinfer`` (each imported on demand).
 """
 from . import reference

@@ -22,10 +22,12 @@ from typing import Optional
 import torch
 
 from .. import checks
+from ..ops.bifurcated import cascade_decode
 from ..ops.decode import decode
 from ..ops.mla import mla_decode
 
-__all__ = ["BatchDecodeWithPagedKVCacheWrapper", "BatchMLAPagedAttentionWrapper", "csr_block_table"]
+__all__ = ["BatchDecodeWithPagedKVCacheWrapper", "BatchMLAPagedAttentionWrapper", "MultiLevelCascadeAttentionWrapper",
+           "csr_block_table"]
 
 
 def csr_block_table(indptr: torch.Tensor, indices: torch.Tensor, width: Optional[int] = None,
@@ -331,3 +333,117 @@ class BatchMLAPagedAttentionWrapper:
             res = mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, p.seqlens, p.table, p.sm_scale, return_lse,
                              causal=p.causal, cu_seqlens_q=p.qo_indptr, max_seqlen_q=p.max_q, out=out, lse=lse)
         return _lse_in_base(res, return_lse, lse_base)
+
+
+class MultiLevelCascadeAttentionWrapper:
+    """Cascade attention with FlashInfer's interface (``flashinfer.MultiLevelCascadeAttentionWrapper``), on
+    :func:`leanattn.cascade_decode`: every level's KV pages in one pool, each level's queries grouped by
+    ``qo_indptr``, each group's pages in CSR form; the last level holds each request's own tokens.
+
+    A shared level's segment is read once for all the query rows of its group (the bifurcated kernel), where
+    FlashInfer's levels run one prefill launch each. Levels above the last must group whole requests (a request's
+    query tokens all in one group), as cascade inference does. ``causal`` masks the last level only (every shared
+    level is wholly before a request's own tokens). ``window_left`` counts over the concatenation of the levels, a
+    request's whole sequence (FlashInfer applies it within each level). ``use_cuda_graph`` is not supported:
+    :func:`leanattn.cascade_decode` counts each level's groups on the host.
+    """
+
+    def __init__(self, num_levels: int, float_workspace_buffer: Optional[torch.Tensor] = None,
+                 kv_layout: str = "NHD", use_cuda_graph: bool = False, qo_indptr_buf_arr=None,
+                 paged_kv_indptr_buf_arr=None, paged_kv_indices_buf_arr=None, paged_kv_last_page_len_buf_arr=None):
+        if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 1:
+            raise ValueError(f"num_levels: expected a positive int, got {num_levels!r}")
+        if checks.flag("use_cuda_graph", use_cuda_graph):
+            raise ValueError("use_cuda_graph: expected False (leanattn.cascade_decode counts each level's groups on "
+                             "the host; BatchDecodeWithPagedKVCacheWrapper runs in CUDA graphs), got True")
+        self._levels = num_levels
+        # (the page pool's layout: run() reads the pages as BatchDecodeWithPagedKVCacheWrapper does)
+        self._pages = BatchDecodeWithPagedKVCacheWrapper(None, kv_layout)
+        self._plan = None
+
+    def plan(self, qo_indptr_arr, paged_kv_indptr_arr, paged_kv_indices_arr, paged_kv_last_page_len,
+             num_qo_heads: int, num_kv_heads: int, head_dim: int, page_size: int, causal: bool = False,
+             pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False, sm_scale: Optional[float] = None,
+             window_left: int = -1, logits_soft_cap: Optional[float] = None, rope_scale: Optional[float] = None,
+             rope_theta: Optional[float] = None, q_data_type="float16", kv_data_type=None) -> None:
+        """Plan one step: per level (outermost first) ``qo_indptr (groups + 1,)`` over the query rows,
+        ``paged_kv_indptr (groups + 1,)``, ``paged_kv_indices`` and ``paged_kv_last_page_len (groups,)`` int32 (the
+        groups' pages in CSR form); the last level's groups are the requests. The offsets (``qo_indptr``) on the
+        host, as FlashInfer's plan takes them."""
+        arrays = (qo_indptr_arr, paged_kv_indptr_arr, paged_kv_indices_arr, paged_kv_last_page_len)
+        for name, arr in zip(("qo_indptr_arr", "paged_kv_indptr_arr", "paged_kv_indices_arr",
+                              "paged_kv_last_page_len"), arrays):
+            if not isinstance(arr, (list, tuple)) or len(arr) != self._levels:
+                got = len(arr) if isinstance(arr, (list, tuple)) else type(arr).__name__
+                raise ValueError(f"{name}: expected a list of {self._levels} tensors (num_levels), got {got}")
+        if pos_encoding_mode != "NONE":
+            raise ValueError(f"pos_encoding_mode: expected 'NONE' (rotate q and k before the cache), got "
+                             f"{pos_encoding_mode!r}")
+        if num_qo_heads < 1 or num_kv_heads < 1 or num_qo_heads % num_kv_heads:
+            raise ValueError(f"num_qo_heads: expected a multiple of num_kv_heads ({num_kv_heads}), got "
+                             f"{num_qo_heads}")
+        tables = []
+        for lvl, (qo, indptr, indices, last) in enumerate(zip(*arrays)):
+            groups = _check_csr(indptr, indices, "paged_kv_last_page_len", last, page_size, indices.device)
+            checks.check_index("qo_indptr", qo, 1, torch.device("cpu"))
+            if qo.numel() != groups + 1:
+                raise ValueError(f"qo_indptr: expected shape ({groups + 1},) (as level {lvl}'s paged_kv_indptr), got "
+                                 f"{tuple(qo.shape)}")
+            counts = (indptr[1:] - indptr[:-1]).to(indices.device)
+            lens = torch.where(counts > 0, (counts - 1) * page_size + last.to(indices.device), 0).to(torch.int32)
+            tables.append((qo, csr_block_table(indptr, indices), lens))
+        own_qo = tables[-1][0]
+        total = int(own_qo[-1])
+        starts = own_qo[:-1]
+        steps = (own_qo[1:] - starts).tolist()
+        levels = []
+        for lvl, (qo, table, lens) in enumerate(tables[:-1]):
+            if int(qo[-1]) != total or int(qo[0]) != 0:
+                raise ValueError(f"qo_indptr: expected offsets from 0 to the last level's {total} query rows, got "
+                                 f"{qo.tolist()} at level {lvl}")
+            if not bool(torch.isin(qo, own_qo).all()):
+                raise ValueError(f"qo_indptr: expected level {lvl}'s groups to hold whole requests (its offsets "
+                                 f"among the last level's {own_qo.tolist()}), got {qo.tolist()}")
+            ids = (torch.searchsorted(qo, starts, right=True) - 1).to(torch.int32)
+            levels.append((table, lens, ids.to(table.device)))
+        own_table, own_lens = tables[-1][1], tables[-1][2]
+        one_each = all(n == 1 for n in steps)
+        self._plan = _PagedPlan(
+            levels=levels, table=own_table, seqlens=own_lens, heads=(num_qo_heads, num_kv_heads), head_dim=head_dim,
+            page_size=page_size, batch=len(steps), total=total, causal=bool(causal) and not one_each,
+            one_each=one_each, cu=None if one_each else own_qo.to(own_table.device), max_q=max(steps, default=0),
+            sm_scale=sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim), window_left=window_left,
+            softcap=float(logits_soft_cap or 0.0))
+        # (run() reads the page pool through the decode wrapper's layout and checks)
+        self._pages._plan = _PagedPlan(page_size=page_size, heads=(num_qo_heads, num_kv_heads), head_dim=head_dim)
+
+    begin_forward = plan
+
+    def run(self, q: torch.Tensor, paged_kv_cache, *, return_lse: bool = False, lse_base: str = "e",
+            out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None):
+        """``q (total_q, num_qo_heads, head_dim)`` (rows by the last level's ``qo_indptr``) against every level's
+        pages of ``paged_kv_cache`` (FlashInfer's one pool: ``(num_pages, 2, ...)`` or a ``(k, v)`` pair); returns
+        ``out`` (``q``'s shape), and with ``return_lse`` (leanattn's) its ``lse (total_q, num_qo_heads)`` float32,
+        natural log (``lse_base="2"``: base 2)."""
+        if self._plan is None:
+            raise RuntimeError("run: call plan() first (FlashInfer's order: plan once a step, run once a layer)")
+        if lse_base not in ("e", "2"):
+            raise ValueError(f"lse_base: expected 'e' (natural log) or '2', got {lse_base!r}")
+        p = self._plan
+        k, v = self._pages._pages(paged_kv_cache)
+        checks.check_tensor("q", q, 3)
+        if tuple(q.shape) != (p.total, p.heads[0], p.head_dim):
+            raise ValueError(f"q: expected shape {(p.total, p.heads[0], p.head_dim)} (the last level's query rows, "
+                             f"as planned), got {tuple(q.shape)}")
+        levels = [(k, v, lens, ids, table) for table, lens, ids in p.levels]
+        kw = dict(softcap=p.softcap, window_left=p.window_left, out=out, lse=lse)
+        if not p.one_each:
+            kw.update(causal=p.causal, cu_seqlens_q=p.cu, max_seqlen_q=p.max_q)
+        res = cascade_decode(q, levels, k, v, p.seqlens, p.table, p.sm_scale, return_lse, **kw)
+        return _lse_in_base(res, return_lse, lse_base)
+
+    def forward(self, q, paged_kv_cache, **kw):
+        return self.run(q, paged_kv_cache, **kw)
+
+    def end_forward(self) -> None:
+        """FlashInfer's legacy no-op."""
