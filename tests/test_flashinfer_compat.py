@@ -45,13 +45,12 @@ def test_decode_wrapper(device, layout, form):
         shape = (pool, 2, page, hkv, d) if layout == "NHD" else (pool, 2, hkv, page, d)
         cache = torch.randn(shape, device=device).half()
         q = torch.randn(len(lens), hq, d, device=device).half()
-        out, lse = w.run(q, cache if form == "one tensor" else tuple(cache.unbind(1)), return_lse=True)
+        out, lse = w.run(q, cache if form == "one tensor" else tuple(cache.unbind(1)), return_lse=True, lse_base="e")
         k, v = cache.unbind(1)
         if layout == "HND":
             k, v = k.transpose(1, 2), v.transpose(1, 2)
         assert_states_match(f"layer {layer}", q, out, lse, *reference.decode(q, k, v, sl, table))
-        out2, lse2 = w.run(q, cache if form == "one tensor" else tuple(cache.unbind(1)), return_lse=True,
-                           lse_base="2")
+        out2, lse2 = w.run_return_lse(q, cache if form == "one tensor" else tuple(cache.unbind(1)))  # base 2
         assert torch.equal(out2, out) and torch.allclose(lse2, lse / math.log(2.0), equal_nan=True)
         assert torch.equal(w.run(q, cache if form == "one tensor" else tuple(cache.unbind(1))), out)
 
@@ -72,6 +71,10 @@ def test_decode_wrapper_options_as_decode(device):
     sl = torch.tensor(lens, dtype=torch.int32, device=device)
     want = leanattn.decode(q, k, v, sl, table, 0.1, window_left=20, softcap=30.0, sinks=sinks)
     assert_rel_close("options", out, want.double(), TOLERANCE[q.dtype])
+    # a 16-bit cache's k_scale and v_scale are plain factors on the scores and the output, as FlashInfer's
+    scaled = w.run(q, cache, q_scale=0.5, k_scale=0.5, v_scale=3.0, sinks=sinks)
+    want = leanattn.decode(q, k, v, sl, table, 0.05, window_left=20, softcap=30.0, sinks=sinks) * 3
+    assert_rel_close("16-bit scales", scaled, want.double(), TOLERANCE[q.dtype])
     assert not torch.equal(out, leanattn.decode(q, k, v, sl, table, 0.1))  # (the options mattered)
 
 
@@ -88,7 +91,7 @@ def test_decode_wrapper_cuda_graph_buffers(device):
         w.plan(indptr, indices, last, hq, hkv, d, page)
         tables.append((w._plan.table.data_ptr(), w._plan.seqlens.data_ptr()))
         sl = torch.tensor(lens, dtype=torch.int32, device=device)
-        out, lse = w.run(q, cache, return_lse=True)
+        out, lse = w.run(q, cache, return_lse=True, lse_base="e")
         assert_states_match(f"step {step}", q, out, lse, *reference.decode(q, k, v, sl, table))
     assert tables[0] == tables[1] and w.is_cuda_graph_enabled
     indptr, indices, last, _ = csr_case([5, 9, 1, 2], page, 30, device)
@@ -121,7 +124,7 @@ def test_mla_wrapper(device):
         w.plan(qo, indptr, indices, kv_len, heads, dc, dr, page, True, 0.1, torch.float16, torch.float16)
         qn = torch.randn(4 * tokens, heads, dc, device=device).half()
         qp = torch.randn(4 * tokens, heads, dr, device=device).half()
-        out, lse = w.run(qn, qp, ckv, kpe, return_lse=True)
+        out, lse = w.run(qn, qp, ckv, kpe, return_lse=True, return_lse_base_on_e=True)
         ref = reference.mla_decode(qn, qp, ckv, kpe, sl, table, 0.1, causal=True, cu_seqlens_q=qo.to(device))
         assert_rel_close(f"{tokens} tokens", out, ref[0], TOLERANCE[qn.dtype])
         assert_lse_close(f"{tokens} tokens lse", lse, ref[1], TOLERANCE[qn.dtype])
@@ -157,8 +160,18 @@ def test_errors(device):
         w.run(q, cache[:, :, :2])
     with pytest.raises(ValueError, match=r"paged_kv_cache: expected \(num_pages, 2, \.\.\.\)"):
         w.run(q, torch.cat([cache, cache], 1))
-    with pytest.raises(ValueError, match="lse_base: expected 'e'"):
+    with pytest.raises(ValueError, match="lse_base: expected '2'"):
         w.run(q, cache, return_lse=True, lse_base="10")
+    with pytest.raises(TypeError, match=r"q: expected dtype torch.float16 \(plan's q_data_type\), got torch.float32"):
+        w.run(q.float(), cache)
+    with pytest.raises(TypeError, match="window_right"):
+        w.run(q, cache, window_right=5)
+    with pytest.raises(ValueError, match="last_page_len: expected values in \\[1, page_size = 4\\]"):
+        w.plan(indptr, indices, last + 4, 4, 2, 64, 4)
+    with pytest.raises(ValueError, match="max_pages_per_request: expected a positive int with use_cuda_graph"):
+        BatchDecodeWithPagedKVCacheWrapper(None, "NHD", use_cuda_graph=True)
+    with pytest.raises(ValueError, match="o_data_type: expected None or q_data_type"):
+        w.plan(indptr, indices, last, 4, 2, 64, 4, o_data_type=torch.bfloat16)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -214,7 +227,7 @@ def test_cascade_wrapper(device, tokens):
     w = MultiLevelCascadeAttentionWrapper(3, None, "NHD")
     w.plan(qo, indptr_arr, indices_arr, last_arr, hq, hkv, d, page, causal=True, sm_scale=0.15)
     q = torch.randn(4 * tokens, hq, d, device=device).half()
-    out, lse = w.run(q, cache, return_lse=True)
+    out, lse = w.run(q, cache, return_lse=True, lse_base="e")
     # reference: each request's levels concatenated, then decode over that one sequence
     seqs_k, seqs_v, total = [], [], []
     for r in range(4):
@@ -252,3 +265,31 @@ def test_cascade_wrapper_errors(device):
     with pytest.raises(ValueError, match="expected offsets from 0 to the last level's 3 query rows"):
         w.plan([torch.tensor([0, 2], dtype=torch.int32), qo_own], [one, own], [indices, own_idx], [last, own_last],
                4, 2, 64, 4)
+
+
+def test_mla_wrapper_cuda_graph_buffers(device):
+    # use_cuda_graph: the query offsets, table and lengths rewritten in place by each plan; the tokens a request
+    # fixed by the first plan (the captured launch's shape)
+    page, heads, dc, dr = 4, 16, 128, 16
+    cache = torch.randn(24, page, dc + dr, device=device).half()
+    ckv, kpe = cache[..., :dc], cache[..., dc:]
+    w = BatchMLAPagedAttentionWrapper(None, use_cuda_graph=True, max_pages_per_request=8)
+    qo = torch.arange(0, 7, 2, dtype=torch.int32)
+    ptrs = []
+    for step, lens in enumerate(([9, 2, 30], [30, 31, 4])):
+        indptr, indices, _, table = csr_case(lens, page, 24, device, seed=step)
+        kv_len = torch.tensor(lens, dtype=torch.int32)
+        w.plan(qo, indptr, indices, kv_len, heads, dc, dr, page, True, 0.1, torch.float16, torch.float16)
+        ptrs.append((w._plan.qo_indptr.data_ptr(), w._plan.table.data_ptr(), w._plan.seqlens.data_ptr()))
+        qn = torch.randn(6, heads, dc, device=device).half()
+        qp = torch.randn(6, heads, dr, device=device).half()
+        out = w.run(qn, qp, ckv, kpe)
+        ref = reference.mla_decode(qn, qp, ckv, kpe, kv_len.to(device), table, 0.1, causal=True,
+                                   cu_seqlens_q=qo.to(device))[0]
+        assert_rel_close(f"step {step}", out, ref, TOLERANCE[qn.dtype])
+    assert ptrs[0] == ptrs[1]
+    with pytest.raises(ValueError, match="qo_indptr: expected 2 tokens a request at most"):
+        w.plan(torch.tensor([0, 3, 4, 6], dtype=torch.int32), indptr, indices, kv_len, heads, dc, dr, page, True,
+               0.1, torch.float16, torch.float16)
+    with pytest.raises(ValueError, match=r"q_nope: expected shape \(6, 16, 128\)"):
+        w.run(qn[:, :8], qp, ckv, kpe)
