@@ -144,3 +144,38 @@ def test_gqa_empty_inputs(device):
         meta = torch.ops.leanattn.sparse_attn_fwd(q, k, v, a, b, 0.125, [cfg.block_m, cfg.block_n, cfg.block_m_bwd,
                                                                         cfg.block_n_bwd, 1])[2]
         assert not meta.any()
+
+
+@pytest.mark.parametrize("mode,split", [("qk", "2"), ("hash", "4")])
+def test_gqa_group_split_over_programs(device, monkeypatch, mode, split):
+    # the group's query heads cut into runs over programs of a key block (few kv heads: LEANATTN_SPARSE_DKDV_SPLIT,
+    # which a GPU's plan chooses from its SM count), partial dK/dV summed after in order: the reference's gradients,
+    # and the same bits on a second run, with either dQ mode
+    monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", split)
+    B, N, H, HK = 1, 50, 8, 2
+    q, k, v = _inputs(B, N, H, HK, torch.float16, device, seed=11)
+    a, b = _ids(mode, B, N, H, device, 12), _ids(mode, B, N, HK, device, 13)
+    for deterministic in (True, False):
+        torch.manual_seed(1)
+        grads = _check(mode, q, k, v, a, b, deterministic=deterministic)
+        torch.manual_seed(1)
+        assert torch.equal(_check(mode, q, k, v, a, b, deterministic=deterministic)[1], grads[1])
+    from leanattn.sparse import plan
+    assert max(p.split for p in plan._PLANS.values() if p.HK == HK) == int(split)
+    monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", "8")
+    with pytest.raises(ValueError, match="LEANATTN_SPARSE_DKDV_SPLIT: expected a divisor of the 4 query heads"):
+        leanattn.qk_sparse_attention(q, k, v, a.bool() if mode == "qk" else a > 0, b.bool() if mode == "qk" else b > 0)
+
+
+def test_dkdv_split_choice(monkeypatch):
+    # the GPU's choice: the smallest power of two dividing the group that gives two programs an SM, 1 for MHA
+    from leanattn import runtime
+    from leanattn.sparse.plan import dkdv_split
+    monkeypatch.delenv("LEANATTN_SPARSE_DKDV_SPLIT", raising=False)
+    monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
+    monkeypatch.setattr(runtime, "num_sms", lambda device: 132)
+    cpu = torch.device("cpu")
+    assert dkdv_split(64, 32, cpu) == 8     # MQA 32/1, B=1, 8k tokens: 64 key blocks
+    assert dkdv_split(512, 4, cpu) == 1     # Llama-3-8B's 32/8 at B=1, 8k: 512 programs already
+    assert dkdv_split(100, 3, cpu) == 1     # no power of two divides the group
+    assert dkdv_split(16, 1, cpu) == 1

@@ -325,11 +325,15 @@ def sparse_dkdv_kernel(
     sm_scale, qk_scale, H, N, n_blocks, tune_n,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr, GROUP: tl.constexpr = 1,
+    SPLIT: tl.constexpr = 1,
 ):
     """dK, dV of one block of ``BLOCK_N`` sorted keys of kv head ``program_id(1)`` (of ``B * H // GROUP``);
     ``Ranges`` (per query row) are in query blocks of ``BLOCK_M``. ``H``: query heads.
 
-    With ``ATOMIC_DQ`` also adds each step's dQ into the float32 ``DQ`` (must start zeroed).
+    With ``ATOMIC_DQ`` also adds each step's dQ into the float32 ``DQ`` (must start zeroed). ``SPLIT > 1``: the
+    group's query heads are cut into ``SPLIT`` runs, run ``program_id(2)`` of them here, and ``DK``, ``DV`` are
+    float32 ``(SPLIT, B, N, Hkv, D)`` contiguous buffers of partial sums (summed after, in order), so that few kv
+    heads still fill the GPU.
     """
     blk, bkv, b, hkv, kv_row0 = _program(H // GROUP, N, False)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -346,9 +350,11 @@ def sparse_dkdv_kernel(
             stride_qb, stride_qn, stride_qh, stride_dob, stride_don, stride_doh, stride_dqb, stride_dqn, stride_dqh,
             sm_scale, qk_scale, N, n_blocks, HEAD_DIM, BLOCK_M, BLOCK_N, UPCAST, DOT_PRECISION, ATOMIC_DQ)
     else:
-        # the group's query heads one after another, in order: dK and dV summed in registers, deterministic
-        for g in range(GROUP):
-            h = hkv * GROUP + g
+        # the group's query heads (this program's run of them) one after another, in order: dK and dV summed in
+        # registers, deterministic
+        first = hkv * GROUP + tl.program_id(2) * (GROUP // SPLIT)
+        for g in range(GROUP // SPLIT):
+            h = first + g
             bh = b * H + h
             dk, dv = _dkdv_head(
                 dk, dv, k, v, k_grp, k_pos, Q, DO, DQ, Lse, Delta, QPerm, QGroup, Ranges, blk, b, h, bh,
@@ -356,6 +362,10 @@ def sparse_dkdv_kernel(
                 stride_dqb, stride_dqn, stride_dqh, sm_scale, qk_scale, N, n_blocks, HEAD_DIM, BLOCK_M, BLOCK_N,
                 UPCAST, DOT_PRECISION, ATOMIC_DQ)
     rows = k_pos.to(tl.int64)[:, None]
+    if SPLIT > 1:  # this run's partial sums: buffer program_id(2) of SPLIT, each B*Hkv*N*D elements
+        part = tl.program_id(2).to(tl.int64) * tl.num_programs(1) * N * HEAD_DIM
+        DK += part
+        DV += part
     dk_ptrs = _head(DK, b, hkv, stride_dkb, stride_dkh) + rows * stride_dkn + offs_d[None, :]
     dv_ptrs = _head(DV, b, hkv, stride_dvb, stride_dvh) + rows * stride_dvn + offs_d[None, :]
     tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=valid_n[:, None])

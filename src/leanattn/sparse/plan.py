@@ -27,6 +27,7 @@ live           ``BH + BHK``      live (kept) queries per query row, then live ke
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -103,7 +104,9 @@ class Plan:
         self.out_strides = _bnh(torch.empty_like(q, device="meta"))  # out = empty_like(q)
         self.qkv_strides = (*_bnh(q), *_bnh(k), *_bnh(v))
         self.fwd_grid = (self.n_q, self.BH)
-        self.dkdv_grid = (self.n_kv, self.BHK)
+        # grouped-query attention with few kv heads: the group's query heads cut over SPLIT programs of a key block
+        self.split = dkdv_split(self.n_kv * self.BHK, H // HK, q.device)
+        self.dkdv_grid = (self.n_kv, self.BHK, self.split)
         self.f32_strides = (N * H * D, H * D, D)  # the float32 dQ of the atomic backward is contiguous
         self.dummy = (runtime.workspace("sparse_dummy_f32", q.device, (1,), torch.float32)
                       if not self.empty else None)
@@ -185,11 +188,45 @@ class Plan:
             sparse_bwd_preprocess_kernel[self.fwd_grid](
                 out, dout, delta, dq_acc, m.q_perm, *self.out_strides, *_bnh(dout), *dq_strides, self.H, self.N,
                 HEAD_DIM=self.flags["HEAD_DIM"], BLOCK_M=self.bm, num_warps=4)
+        # (SPLIT > 1: each run of the group's heads writes float32 partial sums, added in order after)
+        dk_out, dv_out = (dk, dv) if self.split == 1 else (
+            torch.empty((self.split, *k.shape), dtype=torch.float32, device=k.device) for _ in range(2))
         sparse_dkdv_kernel[self.dkdv_grid](
-            q, k, v, dout, dk, dv, lse, delta, m.q_perm, m.q_group, m.k_perm, m.k_group, m.kv_ranges,
-            *strides, *_bnh(dk), *_bnh(dv), dq_acc, *dq_strides, *tail, self.n_kv, self.tune_n,
-            BLOCK_M=self.bm_bwd, BLOCK_N=self.bn_bwd, ATOMIC_DQ=not deterministic, **self.flags)
+            q, k, v, dout, dk_out, dv_out, lse, delta, m.q_perm, m.q_group, m.k_perm, m.k_group, m.kv_ranges,
+            *strides, *_bnh(dk_out[0] if self.split > 1 else dk), *_bnh(dv_out[0] if self.split > 1 else dv), dq_acc,
+            *dq_strides, *tail, self.n_kv, self.tune_n,
+            BLOCK_M=self.bm_bwd, BLOCK_N=self.bn_bwd, ATOMIC_DQ=not deterministic, SPLIT=self.split, **self.flags)
+        if self.split > 1:
+            dk.copy_(dk_out.sum(0))
+            dv.copy_(dv_out.sum(0))
         return (dq, dk, dv) if deterministic else (dq.to(q.dtype), dk, dv)
+
+
+# the dK/dV programs a launch should have at least, in SMs (one program an SM at the backward's 8 warps: offline,
+# sm_90a); not yet tuned on a GPU
+_DKDV_WAVES = 2
+
+
+def dkdv_split(programs: int, group: int, device: torch.device) -> int:
+    """Runs the ``group`` query heads of a kv head are cut into over the dK/dV programs of its key blocks: the
+    smallest power of two dividing ``group`` that gives ``programs * split`` at least ``_DKDV_WAVES`` programs an SM
+    (1 for multi-head attention and under the interpreter). ``LEANATTN_SPARSE_DKDV_SPLIT`` (a power of two dividing
+    the group) overrides, for tests and probes."""
+    raw = os.environ.get("LEANATTN_SPARSE_DKDV_SPLIT")
+    if raw is not None:
+        if not raw.isdigit() or int(raw) < 1 or int(raw) & (int(raw) - 1):
+            raise ValueError(f"LEANATTN_SPARSE_DKDV_SPLIT: expected a power of two >= 1, got {raw!r}")
+        split = int(raw)
+        if group % split:
+            raise ValueError(f"LEANATTN_SPARSE_DKDV_SPLIT: expected a divisor of the {group} query heads a kv head, "
+                             f"got {split}")
+        return split
+    if group == 1 or not runtime.gpu_target(device):
+        return 1
+    split, target = 1, _DKDV_WAVES * runtime.num_sms(device)
+    while programs * split < target and group % (2 * split) == 0:
+        split *= 2
+    return split
 
 
 _PLANS = runtime.PlanCache(name="sparse attention")  # a training run sees few signatures
@@ -198,5 +235,6 @@ _PLANS = runtime.PlanCache(name="sparse attention")  # a training run sees few s
 def get_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles) -> Plan:
     """The cached :class:`Plan` of this signature; ``tiles``: its first four entries are used."""
     tiles = tuple(tiles[:4])
-    key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, tiles, runtime.interpreting())
+    key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, tiles, runtime.interpreting(),
+           os.environ.get("LEANATTN_SPARSE_DKDV_SPLIT"))
     return _PLANS.get_or_make(key, lambda: Plan(q, k, v, tiles))
