@@ -169,3 +169,23 @@ def raises(change, err, match):
 @pytest.mark.parametrize("case", range(len(_errors())))
 def test_errors(case):
     raises(*_errors()[case])
+
+
+def test_topk_token_selection_as_pages_of_one_token():
+    # DeepSeek-V3.2's sparse attention (its indexer's top-k tokens of each sequence) is paged MLA over pages of one
+    # token: the selected token ids are the block table, their count the length; the order of the ids is free
+    B, N, heads, dc, dr, topk = 3, 40, 16, 128, 32, 12
+    qn, qp, ckv, kpe, _, _ = inputs(B, heads, dc, dr, [N] * B, seed=8)
+    counts = torch.tensor([12, 5, 0], dtype=torch.int32)
+    g = torch.Generator().manual_seed(9)
+    ids = torch.stack([torch.randperm(N, generator=g)[:topk] for _ in range(B)]).to(torch.int32)
+    table = ids + torch.arange(B, dtype=torch.int32)[:, None] * N  # into the pool of every sequence's tokens
+    out, lse = leanattn.mla_decode(qn, qp, ckv.reshape(B * N, 1, dc), kpe.reshape(B * N, 1, dr), counts, table,
+                                   return_lse=True)
+    picked = [ids[b, :int(counts[b])].long() for b in range(B)]
+    sel_c = torch.zeros(B, topk, dc, dtype=ckv.dtype)
+    sel_p = torch.zeros(B, topk, dr, dtype=kpe.dtype)
+    for b in range(B):
+        sel_c[b, :len(picked[b])] = ckv[b, picked[b]]
+        sel_p[b, :len(picked[b])] = kpe[b, picked[b]]
+    assert_states_match("top-k", qn, out, lse, *reference.mla_decode(qn, qp, sel_c, sel_p, counts))

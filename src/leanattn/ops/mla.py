@@ -188,6 +188,10 @@ def mla_decode(
     The lengths come before the block table, as in :func:`leanattn.decode` (FlashMLA takes ``block_table`` first);
     swapped, the int32 checks of their shapes fail.
 
+    Sparse MLA (DeepSeek-V3.2's indexer, FlashMLA's sparse decode) is this call over pages of one token: the pool
+    ``(num_tokens, 1, Dc)`` of every cached token, each sequence's selected token ids as its block table row and
+    their count as its length (the order of the ids is free).
+
     Examples
     --------
     >>> q_nope = torch.randn(8, 16, 512, dtype=torch.bfloat16, device="cuda")    # 16 heads a GPU (TP=8)
