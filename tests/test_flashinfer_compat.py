@@ -53,6 +53,9 @@ def test_decode_wrapper(device, layout, form):
         out2, lse2 = w.run_return_lse(q, cache if form == "one tensor" else tuple(cache.unbind(1)))  # base 2
         assert torch.equal(out2, out) and torch.allclose(lse2, lse / math.log(2.0), equal_nan=True)
         assert torch.equal(w.run(q, cache if form == "one tensor" else tuple(cache.unbind(1))), out)
+        buf = torch.empty(len(lens), hq, device=device)
+        w.run(q, cache, lse=buf)  # (a buffer given takes FlashInfer's base-2 LSE, returned or not)
+        assert torch.allclose(buf, lse2, equal_nan=True)
 
 
 def test_decode_wrapper_options_as_decode(device):

@@ -69,7 +69,9 @@ def test_gqa_large(mode, D, deterministic):
         a, b = torch.rand(2, N, 8, device="cuda") > 0.5, torch.rand(2, N, 2, device="cuda") > 0.5
         fn, ref_fn = leanattn.qk_sparse_attention, reference.qk_sparse_attention
     else:
-        a, b = lsh_buckets(q.detach(), 16), lsh_buckets(k.detach(), 16)
+        # (queries hashed with their kv head's rotations: one generator state, group = 8 // 2)
+        a = lsh_buckets(q.detach(), 16, torch.Generator(device="cuda").manual_seed(0), group=4)
+        b = lsh_buckets(k.detach(), 16, torch.Generator(device="cuda").manual_seed(0))
         fn, ref_fn = leanattn.hash_sparse_attention, reference.hash_sparse_attention
     _check(fn, ref_fn, q, k, v, a, b, TOLERANCE[torch.bfloat16], deterministic=deterministic)
     grads = [torch.autograd.grad(fn(q, k, v, a, b, deterministic=deterministic), (k, v), torch.ones_like(q))

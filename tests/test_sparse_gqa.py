@@ -7,7 +7,7 @@ import torch
 
 import leanattn
 from leanattn import reference
-from leanattn.sparse import api, layout
+from leanattn.sparse import api, layout, lsh
 from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
 from test_sparse import CONFIGS
 from test_sparse_layout import kernel_layout, torch_layout
@@ -181,3 +181,18 @@ def test_dkdv_split_choice(monkeypatch):
     assert dkdv_split(512, 4, cpu) == 1     # Llama-3-8B's 32/8 at B=1, 8k: 512 programs already
     assert dkdv_split(100, 3, cpu) == 1     # no power of two divides the group
     assert dkdv_split(16, 1, cpu) == 1
+
+
+def test_lsh_buckets_of_a_group(device):
+    # the queries of a GQA model hashed with group = H // Hkv take their kv head's rotation: from one generator state,
+    # a query equal to its kv head's key lands in the key's bucket
+    k = torch.randn(2, 30, 2, 64, device=device)
+    q = k.repeat_interleave(3, dim=2)
+    kb = lsh.lsh_buckets(k, 8, torch.Generator(device=device).manual_seed(4))
+    qb = lsh.lsh_buckets(q, 8, torch.Generator(device=device).manual_seed(4), group=3)
+    assert torch.equal(qb, kb.repeat_interleave(3, dim=2))
+    assert not torch.equal(lsh.lsh_buckets(q, 8, torch.Generator(device=device).manual_seed(4)), qb)
+    with pytest.raises(ValueError, match="group: expected a positive int dividing x's 6 heads, got 4"):
+        lsh.lsh_buckets(q, 8, group=4)
+    from leanattn.sparse.plan import dkdv_split
+    assert dkdv_split(0, 0, torch.device(device)) == 1  # (no head, no program: no split)

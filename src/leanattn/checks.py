@@ -69,7 +69,7 @@ def kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_sc
     else:
         if k_cache.dtype in FP8_DTYPES:
             _fail(TypeError, kn, f"dtype {q.dtype} (as q; float8 caches are read by leanattn.decode, "
-                  "mla_decode, bifurcated_decode and cascade_decode)", k_cache.dtype)
+                  "mla_decode, bifurcated_decode, cascade_decode and the tree and ring decodes)", k_cache.dtype)
         check_same(kn, k_cache, "q", q)
         check_same(vn, v_cache, "q", q)
     if type(k_scale) is float and type(v_scale) is float and k_scale == 1.0 and v_scale == 1.0:

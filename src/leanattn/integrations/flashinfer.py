@@ -41,7 +41,8 @@ def csr_block_table(indptr: torch.Tensor, indices: torch.Tensor, width: Optional
     indptr : torch.Tensor
         ``(B + 1,)`` int32, non-decreasing from 0: each request's first page in ``indices``.
     indices : torch.Tensor
-        ``(nnz,)`` int32 (or longer: entries past ``indptr[B]`` are not read): page ids.
+        ``(nnz,)`` int32 (or longer: entries past ``indptr[B]`` are not read): page ids (their range is checked by
+        the decode where its inputs are on the host).
     width : int, optional
         Columns of the table, at least the most pages any request holds (unchecked here). Default: that most (a host
         sync where ``indptr`` is on the GPU).
@@ -154,13 +155,16 @@ class _Tables:
         return table, seqlens
 
 
-def _lse_in_base(res, return_lse: bool, lse_base: str):
-    """A decode's result with its natural-log LSE in base ``lse_base`` ("2", FlashInfer's, or "e"), in place (the
-    caller's ``lse=`` buffer included)."""
+def _lse_in_base(res, return_lse: bool, lse_base: str, lse_buffer: Optional[torch.Tensor] = None):
+    """A decode's result with its natural-log LSE in base ``lse_base`` ("2", FlashInfer's, or "e"), in place: the
+    returned LSE, and the caller's ``lse=`` buffer whether or not it is returned (FlashInfer writes its base there)."""
+    to_base = (lambda x: x.mul_(1.0 / math.log(2.0))) if lse_base == "2" else (lambda x: x)
     if not return_lse:
+        if lse_buffer is not None:
+            to_base(lse_buffer)
         return res
     out, lse = res
-    return out, lse.mul_(1.0 / math.log(2.0)) if lse_base == "2" else lse
+    return out, to_base(lse)
 
 
 def _check_lse_base(lse_base: str) -> None:
@@ -331,7 +335,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                      sinks=sinks, out=out, lse=lse)
         if out_scale != 1.0:
             (res[0] if return_lse else res).mul_(out_scale)
-        return _lse_in_base(res, return_lse, lse_base)
+        return _lse_in_base(res, return_lse, lse_base, lse)
 
     def run_return_lse(self, q: torch.Tensor, paged_kv_cache, **kw):
         """``run(..., return_lse=True)``, FlashInfer's."""
@@ -425,7 +429,7 @@ class BatchMLAPagedAttentionWrapper:
         if not p.one_each:  # (one token a request: decode's own (B, H, Dc) layout)
             kw.update(causal=p.causal, cu_seqlens_q=p.qo_indptr, max_seqlen_q=p.max_q)
         res = mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, p.seqlens, p.table, p.sm_scale, return_lse, **kw)
-        return _lse_in_base(res, return_lse, "e" if return_lse_base_on_e else "2")
+        return _lse_in_base(res, return_lse, "e" if return_lse_base_on_e else "2", lse)
 
 
 class MultiLevelCascadeAttentionWrapper:
@@ -527,7 +531,7 @@ class MultiLevelCascadeAttentionWrapper:
         if not p.one_each:
             kw.update(causal=p.causal, cu_seqlens_q=p.cu, max_seqlen_q=p.max_q)
         res = cascade_decode(q, levels, k, v, p.seqlens, p.table, p.sm_scale, return_lse, **kw)
-        return _lse_in_base(res, return_lse, lse_base)
+        return _lse_in_base(res, return_lse, lse_base, lse)
 
     def forward(self, q, paged_kv_cache, **kw):
         return self.run(q, paged_kv_cache, **kw)

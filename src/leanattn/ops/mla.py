@@ -190,7 +190,7 @@ def mla_decode(
 
     Sparse MLA (DeepSeek-V3.2's indexer, FlashMLA's sparse decode) is this call over pages of one token: the pool
     ``(num_tokens, 1, Dc)`` of every cached token, each sequence's selected token ids as its block table row and
-    their count as its length (the order of the ids is free).
+    their count as its length (the order of the ids is free with one query token, or several without ``causal``).
 
     Examples
     --------

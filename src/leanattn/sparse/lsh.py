@@ -11,8 +11,9 @@ from .. import checks
 __all__ = ["lsh_buckets"]
 
 
-def lsh_buckets(x: torch.Tensor, n_buckets: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Bucket ids by angular LSH, one random rotation per head.
+def lsh_buckets(x: torch.Tensor, n_buckets: int, generator: Optional[torch.Generator] = None, *,
+                group: int = 1) -> torch.Tensor:
+    """Bucket ids by angular LSH, one random rotation per head (per ``group`` heads).
 
     For head ``h`` a random matrix ``R_h`` of shape ``(D, n_buckets // 2)`` with independent
     standard normal entries, each column scaled to unit length (as in the SCFA code), projects
@@ -27,7 +28,12 @@ def lsh_buckets(x: torch.Tensor, n_buckets: int, generator: Optional[torch.Gener
         Even, ``>= 2``.
     generator : torch.Generator, optional
         Source of the rotations (on any device; they are drawn there and moved to ``x``).
-        Same generator state, same buckets.
+        Same generator state, same buckets. Queries and keys hashed for one attention should take the same
+        rotations: a generator in the same state for both calls.
+    group : int, keyword-only
+        Heads of ``x`` that share one rotation (dividing ``H``): head ``h`` takes rotation ``h // group`` of
+        ``H // group``. For the queries of a grouped-query model pass ``H // Hkv``, so that query head ``h`` is
+        hashed as its kv head ``h // group`` is (the keys hashed with ``group=1`` from the same generator state).
 
     Returns
     -------
@@ -46,9 +52,11 @@ def lsh_buckets(x: torch.Tensor, n_buckets: int, generator: Optional[torch.Gener
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     B, N, H, D = x.shape
+    if not isinstance(group, numbers.Integral) or isinstance(group, bool) or group < 1 or H % group:
+        raise ValueError(f"group: expected a positive int dividing x's {H} heads, got {group!r}")
     device = generator.device if generator is not None else x.device
-    rot = torch.randn(H, D, n_buckets // 2, generator=generator, device=device, dtype=torch.float32)
-    rot = (rot / rot.norm(dim=1, keepdim=True)).to(device=x.device)
+    rot = torch.randn(H // group, D, n_buckets // 2, generator=generator, device=device, dtype=torch.float32)
+    rot = (rot / rot.norm(dim=1, keepdim=True)).to(device=x.device).repeat_interleave(int(group), 0)
     # projections in x's dtype for half inputs (only the argmax matters), float32 otherwise
     work = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
     proj = torch.einsum("bnhd,hdr->bnhr", x.to(work), rot.to(work))

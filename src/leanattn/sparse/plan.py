@@ -160,7 +160,7 @@ class Plan:
     # backward
 
     def backward(self, dout, q, k, v, out, lse, meta, scale: float, deterministic: bool):
-        """``(dq, dk, dv)``, each ``(B, N, H, D)`` in the input dtype.
+        """``(dq, dk, dv)``, each of its input's shape (``(B, N, H, D)``, ``(B, N, Hkv, D)``) and dtype.
 
         Deterministic: the dQ pass runs first and also writes ``delta = rowsum(out * dout)``,
         which the dK/dV pass reads. Otherwise a preprocess launch writes delta and zeroes a
@@ -221,7 +221,7 @@ def dkdv_split(programs: int, group: int, device: torch.device) -> int:
             raise ValueError(f"LEANATTN_SPARSE_DKDV_SPLIT: expected a divisor of the {group} query heads a kv head, "
                              f"got {split}")
         return split
-    if group == 1 or not runtime.gpu_target(device):
+    if group <= 1 or programs <= 0 or not runtime.gpu_target(device):
         return 1
     split, target = 1, _DKDV_WAVES * runtime.num_sms(device)
     while programs * split < target and group % (2 * split) == 0:
