@@ -196,3 +196,20 @@ def test_lsh_buckets_of_a_group(device):
         lsh.lsh_buckets(q, 8, group=4)
     from leanattn.sparse.plan import dkdv_split
     assert dkdv_split(0, 0, torch.device(device)) == 1  # (no head, no program: no split)
+
+
+def test_document_ids_as_buckets_are_varlen_causal_attention(device):
+    # packed documents in one row: each token's document id as its bucket is causal attention within each document,
+    # as flash-attn's varlen does; here against SDPA's causal attention over each document apart (GQA 4/2)
+    lens = [13, 30, 2, 19]
+    N, H, HK = sum(lens), 4, 2
+    q, k, v = _inputs(1, N, H, HK, torch.float32, device, seed=14)
+    doc = torch.repeat_interleave(torch.arange(len(lens), device=device), torch.tensor(lens, device=device))
+    out = leanattn.hash_sparse_attention(q, k, v, doc.view(1, N, 1).expand(1, N, H), doc.view(1, N, 1).expand(1, N, HK))
+    start = 0
+    for n in lens:
+        sl = slice(start, start + n)
+        qs, ks, vs = (x[0, sl].transpose(0, 1) for x in (q, k, v))  # (heads, n, D)
+        want = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
+        assert_rel_close(f"document of {n}", out[0, sl], want.transpose(0, 1).double(), TOLERANCE[torch.float32])
+        start += n

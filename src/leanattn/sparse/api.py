@@ -336,10 +336,20 @@ def hash_sparse_attention(
     only the key blocks overlapping its buckets up to its last position, found by binary search
     once per call. With ``nb`` random buckets the work is about ``1/nb`` of dense causal attention.
 
+    Buckets need not come from hashing: with each token's document id as its bucket (queries and keys alike), this
+    is causal attention within the documents of packed sequences (flash-attn's varlen training, document masking),
+    each document's tokens contiguous in the order, so the work is that of the documents alone.
+
     Examples
     --------
     >>> buckets = leanattn.sparse.lsh_buckets(q, 16)
     >>> out = leanattn.hash_sparse_attention(q, k, v, buckets, buckets)
+
+    Packed documents of 3000, 5000 and 192 tokens in one row of 8192:
+
+    >>> doc = torch.repeat_interleave(torch.arange(3, device="cuda"), torch.tensor([3000, 5000, 192], device="cuda"))
+    >>> ids = doc.view(1, -1, 1).expand(1, 8192, q.shape[2])
+    >>> out = leanattn.hash_sparse_attention(q, k, v, ids, ids[..., :k.shape[2]])
     """
     scale = _validate_qkv(q, k, v, softmax_scale)
     if n_buckets is not None and (not isinstance(n_buckets, numbers.Integral) or isinstance(n_buckets, bool)):
