@@ -125,6 +125,8 @@
 #   sanitize-sparse  memcheck (and racecheck: shared memory only) over sanitize.py sparse (MHA and GQA, both
 #               backward modes)
 #   sparse-gqa  sparse attention with GQA against K/V repeated and dense SDPA (bench_sparse_gqa.py)
+#   sparse-docs  document masking of packed sequences (document ids as buckets) against flex and SDPA per document
+#               (bench_sparse_docs.py)
 #   tests-mla-fp8  MLA over float8 latent caches: the GPU test (test_mla_fp8.py builds CPU tensors: CPU only)
 #   tests-flashinfer  FlashInfer's paged-decode wrappers (integrations/flashinfer.py), a captured run included
 #   mla-topk    DeepSeek-V3.2's top-k sparse MLA as pages of one token, against as many tokens read in order
@@ -384,6 +386,7 @@ for step in "$@"; do
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
+    sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     tests-mla-fp8) "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 2>&1 | tail -3 ;;
     tests-flashinfer) "${PYTEST[@]}" tests/test_flashinfer_compat.py 2>&1 | tail -3 ;;
     mla-topk) timeout 300 python3 benchmarks/probe_mla_topk.py --out "$OUT" 2>&1 | grep -E "floor|wrote|Error" ;;
