@@ -296,3 +296,18 @@ def test_mla_wrapper_cuda_graph_buffers(device):
                0.1, torch.float16, torch.float16)
     with pytest.raises(ValueError, match=r"q_nope: expected shape \(6, 16, 128\)"):
         w.run(qn[:, :8], qp, ckv, kpe)
+
+
+def test_decode_wrapper_run_compiles_fullgraph(device):
+    # run() inside a compiled model (plan outside it, as FlashInfer's): decode's custom op in one graph
+    lens, page, hq, hkv, d = [9, 20], 4, 4, 2, 64
+    indptr, indices, last, _ = csr_case(lens, page, 12, device, seed=6)
+    cache = torch.randn(12, 2, page, hkv, d, device=device).half()
+    q = torch.randn(2, hq, d, device=device).half()
+    w = BatchDecodeWithPagedKVCacheWrapper(None, "NHD")
+    w.plan(indptr, indices, last, hq, hkv, d, page)
+    eager = w.run(q, cache, return_lse=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, cache: w.run(q, cache, return_lse=True), fullgraph=True)
+    out, lse = compiled(q, cache)
+    assert torch.equal(out, eager[0]) and torch.equal(lse, eager[1])
