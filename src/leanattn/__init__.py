@@ -19,7 +19,8 @@ models            the compact Llama decoder, checkpoint loader and named shapes 
 The transformers plug-in is ``leanattn.integrations.transformers`` and FlashInfer's paged-decode wrappers
 (``BatchDecodeWithPagedKVCacheWrapper``, ``BatchMLAPagedAttentionWrapper``, ``MultiLevelCascadeAttentionWrapper``:
 CSR page tables, plan/run) are
-``leanattn.integrations.flashinfer`` (each imported on demand).
+``leanattn.integrations.flashinfer``; flash-attn's ``flash_attn_with_kvcache`` is ``leanattn.integrations.flash_attn``
+(each imported on demand).
 """
 from . import reference
 from .merges import merge_state, merge_state_in_place, merge_states
