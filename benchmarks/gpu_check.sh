@@ -128,7 +128,8 @@
 #   sparse-docs  document masking of packed sequences (document ids as buckets) against flex and SDPA per document
 #               (bench_sparse_docs.py)
 #   tests-mla-fp8  MLA over float8 latent caches: the GPU test (test_mla_fp8.py builds CPU tensors: CPU only)
-#   tests-flashinfer  FlashInfer's paged-decode wrappers (integrations/flashinfer.py), a captured run included
+#   tests-flashinfer  FlashInfer's paged-decode wrappers (integrations/flashinfer.py), a captured run included, and
+#               flash-attn's flash_attn_with_kvcache (integrations/flash_attn.py)
 #   mla-topk    DeepSeek-V3.2's top-k sparse MLA as pages of one token, against as many tokens read in order
 #               (benchmarks/probe_mla_topk.py)
 #   sanitize-db memcheck over the decode and bifurcated launches only (~190-230 s on an H200 until 2026-12-02; on
@@ -388,7 +389,7 @@ for step in "$@"; do
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     tests-mla-fp8) "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 2>&1 | tail -3 ;;
-    tests-flashinfer) "${PYTEST[@]}" tests/test_flashinfer_compat.py 2>&1 | tail -3 ;;
+    tests-flashinfer) "${PYTEST[@]}" tests/test_flashinfer_compat.py tests/test_flash_attn_compat.py 2>&1 | tail -3 ;;
     mla-topk) timeout 300 python3 benchmarks/probe_mla_topk.py --out "$OUT" 2>&1 | grep -E "floor|wrote|Error" ;;
     sanitize-merge) timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;
     racecheck-merge) timeout 300 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;
