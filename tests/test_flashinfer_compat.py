@@ -311,3 +311,28 @@ def test_decode_wrapper_run_compiles_fullgraph(device):
     compiled = torch.compile(lambda q, cache: w.run(q, cache, return_lse=True), fullgraph=True)
     out, lse = compiled(q, cache)
     assert torch.equal(out, eager[0]) and torch.equal(lse, eager[1])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_prefill_wrapper_few_tokens(device, causal):
+    # FlashInfer's prefill wrapper for a few tokens a request (speculative decoding's verification): 3, 1, 0 and 2
+    # query rows, the last positions of each request's pages
+    from leanattn.integrations.flashinfer import BatchPrefillWithPagedKVCacheWrapper
+    lens, page, hq, hkv, d = [21, 5, 9, 30], 4, 4, 2, 64
+    indptr, indices, last, table = csr_case(lens, page, 24, device, seed=7)
+    qo = torch.tensor([0, 3, 4, 4, 6], dtype=torch.int32)
+    cache = torch.randn(24, 2, page, hkv, d, device=device).half()
+    q = torch.randn(6, hq, d, device=device).half()
+    w = BatchPrefillWithPagedKVCacheWrapper(None, "NHD")
+    w.plan(qo, indptr, indices, last, hq, hkv, d, page, causal=causal, sm_scale=0.2)
+    out, lse = w.run(q, cache, return_lse=True, lse_base="e")
+    k, v = cache.unbind(1)
+    sl = torch.tensor(lens, dtype=torch.int32, device=device)
+    ref, ref_lse = reference.decode(q, k, v, sl, table, 0.2, causal=causal, cu_seqlens_q=qo.to(device))
+    assert_states_match(f"causal={causal}", q, out, lse, ref, ref_lse)
+    with pytest.raises(ValueError, match="custom_mask: expected None"):
+        w.plan(qo, indptr, indices, last, hq, hkv, d, page, custom_mask=torch.ones(1, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"qo_indptr: expected shape \(5,\)"):
+        w.plan(qo[:4], indptr, indices, last, hq, hkv, d, page)
+    with pytest.raises(ValueError, match=r"q: expected shape \(6, 4, 64\)"):
+        w.run(q[:5], cache)

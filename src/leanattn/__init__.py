@@ -17,7 +17,8 @@ generate          generation for Llama-family models: SDPA prefill, paged leanat
 models            the compact Llama decoder, checkpoint loader and named shapes used by generate
 
 The transformers plug-in is ``leanattn.integrations.transformers`` and FlashInfer's paged-decode wrappers
-(``BatchDecodeWithPagedKVCacheWrapper``, ``BatchMLAPagedAttentionWrapper``, ``MultiLevelCascadeAttentionWrapper``:
+(``BatchDecodeWithPagedKVCacheWrapper``, ``BatchPrefillWithPagedKVCacheWrapper`` for a few tokens a request,
+``BatchMLAPagedAttentionWrapper``, ``MultiLevelCascadeAttentionWrapper``:
 CSR page tables, plan/run) are
 ``leanattn.integrations.flashinfer``; flash-attn's ``flash_attn_with_kvcache`` is ``leanattn.integrations.flash_attn``
 (each imported on demand).

@@ -27,8 +27,8 @@ from ..ops.bifurcated import cascade_decode
 from ..ops.decode import decode
 from ..ops.mla import mla_decode
 
-__all__ = ["BatchDecodeWithPagedKVCacheWrapper", "BatchMLAPagedAttentionWrapper", "MultiLevelCascadeAttentionWrapper",
-           "csr_block_table"]
+__all__ = ["BatchDecodeWithPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper", "BatchMLAPagedAttentionWrapper",
+           "MultiLevelCascadeAttentionWrapper", "csr_block_table"]
 
 
 def csr_block_table(indptr: torch.Tensor, indices: torch.Tensor, width: Optional[int] = None,
@@ -322,6 +322,12 @@ class BatchDecodeWithPagedKVCacheWrapper:
                              f"{tuple(q.shape)}")
         if q.dtype != p.q_dtype:
             raise TypeError(f"q: expected dtype {p.q_dtype} (plan's q_data_type), got {q.dtype}")
+        return self._decode(q, k, v, q_scale, k_scale, v_scale, out, lse, return_lse, window_left, sinks, lse_base)
+
+    def _decode(self, q, k, v, q_scale, k_scale, v_scale, out, lse, return_lse, window_left, sinks, lse_base, **kw):
+        """:func:`leanattn.decode` over the planned table and lengths with ``run``'s options (``kw``: a packed
+        query's), the LSE in ``lse_base``."""
+        p = self._plan
         if k.dtype != p.kv_dtype:
             raise TypeError(f"paged_kv_cache: expected dtype {p.kv_dtype} (plan's kv_data_type), got {k.dtype}")
         k_scale = 1.0 if k_scale is None else float(k_scale)
@@ -332,7 +338,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             scale, k_scale, out_scale, v_scale = scale * k_scale, 1.0, v_scale, 1.0
         res = decode(q, k, v, p.seqlens, p.table, scale, return_lse, k_scale=k_scale, v_scale=v_scale,
                      softcap=p.softcap, window_left=p.window_left if window_left is None else window_left,
-                     sinks=sinks, out=out, lse=lse)
+                     sinks=sinks, out=out, lse=lse, **kw)
         if out_scale != 1.0:
             (res[0] if return_lse else res).mul_(out_scale)
         return _lse_in_base(res, return_lse, lse_base, lse)
@@ -350,6 +356,88 @@ class BatchDecodeWithPagedKVCacheWrapper:
 
     def end_forward(self) -> None:
         """FlashInfer's legacy no-op."""
+
+
+class BatchPrefillWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):
+    """A few query tokens a request over a paged KV cache with FlashInfer's interface
+    (``flashinfer.BatchPrefillWithPagedKVCacheWrapper``), on :func:`leanattn.decode` with a packed query: speculative
+    decoding's verification, multi-token prediction, small appended chunks.
+
+    The tokens of a request are stacked with its GQA group's heads in the rows of one product, so the cache is read
+    once for all of them; that suits a few tokens a request, not a long prefill (each block of rows reads the cache
+    again). ``plan`` takes ``qo_indptr`` (the query rows of each request, on the host) before FlashInfer's paged
+    arguments; the query tokens are the last positions of each request's cache (their keys appended), ``causal``
+    aligned to the bottom right, as FlashInfer's. ``custom_mask``/``packed_custom_mask`` are not supported. The
+    constructor's arguments are :class:`BatchDecodeWithPagedKVCacheWrapper`'s (``qo_indptr_buf`` accepted too).
+    """
+
+    def __init__(self, float_workspace_buffer: Optional[torch.Tensor] = None, kv_layout: str = "NHD",
+                 use_cuda_graph: bool = False, qo_indptr_buf: Optional[torch.Tensor] = None,
+                 paged_kv_indptr_buf: Optional[torch.Tensor] = None,
+                 paged_kv_indices_buf: Optional[torch.Tensor] = None,
+                 paged_kv_last_page_len_buf: Optional[torch.Tensor] = None, custom_mask_buf=None, mask_indptr_buf=None,
+                 backend: str = "auto", jit_args=None, *, max_pages_per_request: Optional[int] = None):
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph,
+                         paged_kv_last_page_len_buffer=paged_kv_last_page_len_buf,
+                         max_pages_per_request=max_pages_per_request)
+        self._qo = None
+
+    def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
+             paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim_qk: int,
+             page_size: int, head_dim_vo: Optional[int] = None, custom_mask=None, packed_custom_mask=None,
+             causal: bool = False, pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
+             sm_scale: Optional[float] = None, window_left: int = -1, logits_soft_cap: Optional[float] = None,
+             rope_scale: Optional[float] = None, rope_theta: Optional[float] = None, q_data_type="float16",
+             kv_data_type=None, non_blocking: bool = True) -> None:
+        """Plan one step: ``qo_indptr (B + 1,)`` int32, each request's query rows; the paged cache as
+        :meth:`BatchDecodeWithPagedKVCacheWrapper.plan` takes it; ``causal`` and the options every ``run()`` takes."""
+        if custom_mask is not None or packed_custom_mask is not None:
+            raise ValueError("custom_mask: expected None (leanattn's decode kernels take causal, windows, soft caps "
+                             "and sinks, not an arbitrary mask)")
+        if head_dim_vo not in (None, head_dim_qk):
+            raise ValueError(f"head_dim_vo: expected None or head_dim_qk ({head_dim_qk}), got {head_dim_vo}")
+        checks.check_index("qo_indptr", qo_indptr, 1, qo_indptr.device)
+        if qo_indptr.numel() != paged_kv_indptr.numel():
+            raise ValueError(f"qo_indptr: expected shape {tuple(paged_kv_indptr.shape)} (as paged_kv_indptr), got "
+                             f"{tuple(qo_indptr.shape)}")
+        super().plan(paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, num_qo_heads, num_kv_heads,
+                     head_dim_qk, page_size, pos_encoding_mode=pos_encoding_mode, window_left=window_left,
+                     logits_soft_cap=logits_soft_cap, q_data_type=q_data_type, kv_data_type=kv_data_type,
+                     sm_scale=sm_scale, non_blocking=non_blocking)
+        host = qo_indptr.cpu()
+        steps = (host[1:] - host[:-1]).tolist()
+        if int(host[0]) != 0 or min(steps, default=0) < 0:
+            raise ValueError(f"qo_indptr: expected non-decreasing offsets from 0, got {host.tolist()}")
+        max_q = max(steps, default=0)
+        qo = qo_indptr.to(self._plan.table.device)
+        if self._tables.graph:
+            if self._qo is None:
+                self._qo = (torch.empty_like(qo), max_q)
+            elif self._qo[1] != max_q:
+                raise ValueError(f"qo_indptr: expected {self._qo[1]} tokens a request at most, as the first plan of a "
+                                 f"CUDA-graph wrapper (its launch is captured), got {max_q}")
+            qo = self._qo[0].copy_(qo)
+        self._plan.__dict__.update(qo_indptr=qo, max_q=max_q, total=int(host[-1]), causal=bool(causal))
+
+    def run(self, q: torch.Tensor, paged_kv_cache, *, k_scale: Optional[float] = None,
+            v_scale: Optional[float] = None, out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
+            return_lse: bool = False, enable_pdl: Optional[bool] = None, window_left: Optional[int] = None,
+            sinks: Optional[torch.Tensor] = None, lse_base: str = "2"):
+        """``q (total_q, num_qo_heads, head_dim)`` (rows by ``qo_indptr``) against the planned pages; returns
+        ``out`` (``q``'s shape) and with ``return_lse`` its ``lse (total_q, num_qo_heads)`` float32, base 2 as
+        FlashInfer's (``lse_base="e"``: natural log). Scales, sinks and ``window_left`` as
+        :meth:`BatchDecodeWithPagedKVCacheWrapper.run`'s."""
+        p = _planned(self._plan)
+        _check_lse_base(lse_base)
+        k, v = self._pages(paged_kv_cache)
+        checks.check_tensor("q", q, 3)
+        if tuple(q.shape) != (p.total, p.heads[0], p.head_dim):
+            raise ValueError(f"q: expected shape {(p.total, p.heads[0], p.head_dim)} (qo_indptr's rows, as planned), "
+                             f"got {tuple(q.shape)}")
+        if q.dtype != p.q_dtype:
+            raise TypeError(f"q: expected dtype {p.q_dtype} (plan's q_data_type), got {q.dtype}")
+        return self._decode(q, k, v, None, k_scale, v_scale, out, lse, return_lse, window_left, sinks, lse_base,
+                            causal=p.causal, cu_seqlens_q=p.qo_indptr, max_seqlen_q=max(p.max_q, 1))
 
 
 class BatchMLAPagedAttentionWrapper:
