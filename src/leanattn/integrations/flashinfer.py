@@ -313,16 +313,22 @@ class BatchDecodeWithPagedKVCacheWrapper:
         and the output, as FlashInfer's. ``sinks`` are gpt-oss's attention sinks; ``window_left`` overrides the
         plan's; ``enable_pdl`` is accepted and unused (leanattn's launches choose it).
         """
+        _, k, v = self._inputs(q, paged_kv_cache, lse_base, "batch", "as planned")
+        return self._decode(q, k, v, q_scale, k_scale, v_scale, out, lse, return_lse, window_left, sinks, lse_base)
+
+    def _inputs(self, q, paged_kv_cache, lse_base, rows: str, what: str):
+        """``(plan, k_pages, v_pages)`` once ``run``'s inputs are checked: ``q`` of the plan's ``rows`` (its
+        attribute named so), heads, head dim and dtype (``what`` says where the rows come from)."""
         p = _planned(self._plan)
         _check_lse_base(lse_base)
         k, v = self._pages(paged_kv_cache)
         checks.check_tensor("q", q, 3)
-        if tuple(q.shape) != (p.batch, p.heads[0], p.head_dim):
-            raise ValueError(f"q: expected shape {(p.batch, p.heads[0], p.head_dim)} (as planned), got "
-                             f"{tuple(q.shape)}")
+        want = (getattr(p, rows), p.heads[0], p.head_dim)
+        if tuple(q.shape) != want:
+            raise ValueError(f"q: expected shape {want} ({what}), got {tuple(q.shape)}")
         if q.dtype != p.q_dtype:
             raise TypeError(f"q: expected dtype {p.q_dtype} (plan's q_data_type), got {q.dtype}")
-        return self._decode(q, k, v, q_scale, k_scale, v_scale, out, lse, return_lse, window_left, sinks, lse_base)
+        return p, k, v
 
     def _decode(self, q, k, v, q_scale, k_scale, v_scale, out, lse, return_lse, window_left, sinks, lse_base, **kw):
         """:func:`leanattn.decode` over the planned table and lengths with ``run``'s options (``kw``: a packed
@@ -427,15 +433,7 @@ class BatchPrefillWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):
         ``out`` (``q``'s shape) and with ``return_lse`` its ``lse (total_q, num_qo_heads)`` float32, base 2 as
         FlashInfer's (``lse_base="e"``: natural log). Scales, sinks and ``window_left`` as
         :meth:`BatchDecodeWithPagedKVCacheWrapper.run`'s."""
-        p = _planned(self._plan)
-        _check_lse_base(lse_base)
-        k, v = self._pages(paged_kv_cache)
-        checks.check_tensor("q", q, 3)
-        if tuple(q.shape) != (p.total, p.heads[0], p.head_dim):
-            raise ValueError(f"q: expected shape {(p.total, p.heads[0], p.head_dim)} (qo_indptr's rows, as planned), "
-                             f"got {tuple(q.shape)}")
-        if q.dtype != p.q_dtype:
-            raise TypeError(f"q: expected dtype {p.q_dtype} (plan's q_data_type), got {q.dtype}")
+        p, k, v = self._inputs(q, paged_kv_cache, lse_base, "total", "qo_indptr's rows, as planned")
         return self._decode(q, k, v, None, k_scale, v_scale, out, lse, return_lse, window_left, sinks, lse_base,
                             causal=p.causal, cu_seqlens_q=p.qo_indptr, max_seqlen_q=max(p.max_q, 1))
 
