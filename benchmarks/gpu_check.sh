@@ -128,6 +128,7 @@
 #   sparse-docs  document masking of packed sequences (document ids as buckets) against flex and SDPA per document
 #               (bench_sparse_docs.py)
 #   tests-mla-fp8  MLA over float8 latent caches: the GPU test (test_mla_fp8.py builds CPU tensors: CPU only)
+#   tests-int8  decode over int8 caches (tests/test_decode_int8.py, its GPU test included)
 #   tests-flashinfer  FlashInfer's paged-decode wrappers (integrations/flashinfer.py), a captured run included, and
 #               flash-attn's flash_attn_with_kvcache (integrations/flash_attn.py)
 #   mla-topk    DeepSeek-V3.2's top-k sparse MLA as pages of one token, against as many tokens read in order
@@ -389,6 +390,7 @@ for step in "$@"; do
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     tests-mla-fp8) "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 2>&1 | tail -3 ;;
+    tests-int8) "${PYTEST[@]}" tests/test_decode_int8.py -k gpu 2>&1 | tail -3 ;;
     tests-flashinfer) "${PYTEST[@]}" tests/test_flashinfer_compat.py tests/test_flash_attn_compat.py 2>&1 | tail -3 ;;
     mla-topk) timeout 300 python3 benchmarks/probe_mla_topk.py --out "$OUT" 2>&1 | grep -E "floor|wrote|Error" ;;
     sanitize-merge) timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;

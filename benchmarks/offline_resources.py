@@ -242,6 +242,14 @@ def decode_cases():
                 lambda qn=qn, qp=qp, cache=cache, bt=bt, schedule=schedule: leanattn.mla_decode(
                     qn, qp, cache[..., :512], cache[..., 512:], torch.tensor([5, 200], dtype=torch.int32), bt,
                     schedule=schedule, num_splits=3, k_scale=0.5, v_scale=0.5)
+    # int8 caches (symmetric, per tensor) read in bf16: the float8 path's conversion in registers
+    for page in (0, 16):
+        name = "decode int8 32/8 D=128" + (f" paged{page}" if page else "")
+        q = torch.randn(2, 32, 128, dtype=bf)
+        k = torch.randint(-127, 128, (8, page, 8, 128) if page else (2, 2048, 8, 128), dtype=torch.int8)
+        bt = torch.zeros(2, 4, dtype=torch.int32) if page else None
+        yield name, lambda q=q, k=k, bt=bt: leanattn.decode(q, k, k, torch.tensor([5, 60], dtype=torch.int32),
+                                                            block_table=bt, k_scale=0.01, v_scale=0.01)
     # float8 caches read in bf16 (kernels/attend.py)
     for hq, hkv, d, page in ((32, 8, 128, 0), (32, 32, 128, 0), (32, 8, 128, 16), (32, 32, 64, 0), (16, 8, 256, 0)):
         name = f"decode fp8 {hq}/{hkv} D={d}" + (f" paged{page}" if page else "")

@@ -11,6 +11,8 @@ import torch
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # KV caches stored as float8 and read by leanattn.decode in the query's dtype
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+# one byte an element with a dequantisation scale: float8, and int8 (leanattn.decode only)
+QUANT_DTYPES = FP8_DTYPES + (torch.int8,)
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 
 
@@ -56,18 +58,21 @@ def check_unit_stride(name: str, x: torch.Tensor):
 
 
 def kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_scale=1.0, v_scale=1.0,
-             fp8: bool = False, names=("k_cache", "v_cache")) -> tuple[float, float]:
+             fp8: bool = False, names=("k_cache", "v_cache"), int8: bool = False) -> tuple[float, float]:
     """Device and dtype of ``k_cache``/``v_cache`` (called ``names`` in errors) against ``q``: the query's dtype, or
-    with ``fp8`` (ops that read float8 caches) one of ``FP8_DTYPES`` for both, whose dequantisation scales
-    ``k_scale``/``v_scale`` (the stored value times the scale is the value) are finite floats > 0, and 1.0 for caches
-    in the query's dtype. Returns the scales as floats."""
+    with ``fp8`` (ops that read float8 caches) one of ``FP8_DTYPES`` for both (with ``int8``, leanattn.decode's,
+    ``torch.int8`` too), whose dequantisation scales ``k_scale``/``v_scale`` (the stored value times the scale is the
+    value) are finite floats > 0, and 1.0 for caches in the query's dtype. Returns the scales as floats."""
     kn, vn = names
-    if fp8 and k_cache.dtype in FP8_DTYPES:
+    if fp8 and (k_cache.dtype in FP8_DTYPES or (int8 and k_cache.dtype == torch.int8)):
         if k_cache.device != q.device:
             _fail(ValueError, kn, f"device {q.device} (as q)", k_cache.device)
         check_same(vn, v_cache, kn, k_cache)
     else:
-        if k_cache.dtype in FP8_DTYPES:
+        if k_cache.dtype == torch.int8 and fp8:
+            _fail(TypeError, kn, f"dtype {q.dtype} or a float8 one (int8 caches are read by leanattn.decode)",
+                  k_cache.dtype)
+        if k_cache.dtype in QUANT_DTYPES:
             _fail(TypeError, kn, f"dtype {q.dtype} (as q; float8 caches are read by leanattn.decode, "
                   "mla_decode, bifurcated_decode, cascade_decode and the tree and ring decodes)", k_cache.dtype)
         check_same(kn, k_cache, "q", q)
@@ -83,8 +88,9 @@ def kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_sc
         # not. fp32 in the kernels: 1e39 was inf, NaN out)
         if not (0 < value <= SOFTCAP_MAX):
             _fail(ValueError, name, f"a finite float in (0, {SOFTCAP_MAX:g}]", value)
-        if k_cache.dtype not in FP8_DTYPES and value != 1.0:
-            _fail(ValueError, name, f"1.0 for a {k_cache.dtype} cache (scales dequantise float8 caches)", value)
+        if k_cache.dtype not in QUANT_DTYPES and value != 1.0:
+            _fail(ValueError, name, f"1.0 for a {k_cache.dtype} cache (scales dequantise float8 and int8 caches)",
+                  value)
         scales.append(value)
     return scales[0], scales[1]
 

@@ -340,7 +340,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         v_scale = 1.0 if v_scale is None else float(v_scale)
         scale = p.sm_scale * (1.0 if q_scale is None else float(q_scale))
         out_scale = 1.0
-        if k.dtype not in checks.FP8_DTYPES:  # (FlashInfer's scales of a 16-bit cache: plain factors)
+        if k.dtype not in checks.QUANT_DTYPES:  # (FlashInfer's scales of a 16-bit cache: plain factors)
             scale, k_scale, out_scale, v_scale = scale * k_scale, 1.0, v_scale, 1.0
         res = decode(q, k, v, p.seqlens, p.table, scale, return_lse, k_scale=k_scale, v_scale=v_scale,
                      softcap=p.softcap, window_left=p.window_left if window_left is None else window_left,

@@ -6,8 +6,8 @@ once per row block. Three load paths give the same state (``LOAD``): tensors of 
 (``attend_tiles``, any cache, paged included), block pointers and TMA descriptors (contiguous
 caches). Scores are in log2 units (``qk_scale = softmax_scale * log2(e)``; with a soft cap, ``softmax_step``).
 
-A float8 cache (e4m3 or e5m2) is read as it is stored, one byte an element, and each tile is converted to fp16 in
-registers before its products (bf16 queries are scaled into fp16 once a range: ``fp8_query``; the probabilities
+A float8 cache (e4m3 or e5m2), or an int8 one (``leanattn.decode``), is read as it is stored, one byte an element,
+and each tile is converted to fp16 in registers before its products (int8 values are exact in fp16) (bf16 queries are scaled into fp16 once a range: ``fp8_query``; the probabilities
 are taken 2**15 times their values: ``fp8_shift``). Its dequantisation scales cost no pass over a tile: K's is
 folded into ``qk_scale`` by the caller, V's multiplies the range's fp32 accumulator once at the end (``v_scaled``),
 not the probabilities before their cast to the query's dtype, where a small scale pushed fp16 probabilities into
@@ -37,13 +37,13 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     (a float8 ``k_pe`` taken in ``q_pe``'s dtype, its scale ``k``'s, in ``qk_scale``).
     """
     shift = fp8_shift(k)
-    if k.dtype.is_fp8():
+    if k.dtype.is_fp8() or k.dtype.is_int8():
         k = k.to(q.dtype)
     if UPCAST:
         k = k.to(tl.float32)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if ROPE:
-        if k_pe.dtype.is_fp8():
+        if k_pe.dtype.is_fp8() or k_pe.dtype.is_int8():
             k_pe = k_pe.to(q_pe.dtype)
         if UPCAST:
             k_pe = k_pe.to(tl.float32)
@@ -79,9 +79,9 @@ def fp8_shift(K):
     merge after it sees the true state.
     """
     if K.dtype.is_ptr():
-        fp8 = K.dtype.element_ty.is_fp8()
+        fp8 = K.dtype.element_ty.is_fp8() or K.dtype.element_ty.is_int8()
     else:
-        fp8 = K.dtype.is_fp8()
+        fp8 = K.dtype.is_fp8() or K.dtype.is_int8()
     if fp8:
         return FP8_SHIFT
     return 0.0
@@ -103,7 +103,7 @@ def tanh(x):
 def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``; a float8 ``v`` is taken in ``q``'s dtype (its scale
     is applied by ``v_scaled``)."""
-    if v.dtype.is_fp8():
+    if v.dtype.is_fp8() or v.dtype.is_int8():
         # converted in the product operand's layout, which Triton 3.6 fills from shared memory a byte at a time;
         # converting along D pairs (split/join) avoids that but measured 1.18-1.38x slower (probe 55, H200)
         v = v.to(q.dtype)
@@ -116,7 +116,7 @@ def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.cons
 def v_scaled(acc, V, v_scale):
     """The accumulator of a range over a float8 ``V`` times its dequantisation scale (the merges after it are
     linear in the outputs, and ``l`` holds no scale); unchanged for caches in the query's dtype."""
-    if V.dtype.element_ty.is_fp8():
+    if V.dtype.element_ty.is_fp8() or V.dtype.element_ty.is_int8():
         acc = acc * v_scale
     return acc
 
@@ -134,7 +134,7 @@ def fp8_query(q, K, qk_scale, UPCAST: tl.constexpr):
     bf16 does not: an 11-bit significand. Rows of zeros (padding) get the largest scale and stay zeros. Under
     ``UPCAST`` (the interpreter's bf16 queries, arriving in fp32) the rows take the same fp16 values, back in fp32.
     """
-    if K.dtype.element_ty.is_fp8() and (q.dtype.is_bf16() or UPCAST):
+    if (K.dtype.element_ty.is_fp8() or K.dtype.element_ty.is_int8()) and (q.dtype.is_bf16() or UPCAST):
         q, inverse = fp16_rows(q)
         if UPCAST:
             q = q.to(tl.float32)
@@ -169,7 +169,7 @@ def fp8_query_rope(q, q_pe, K, qk_scale, UPCAST: tl.constexpr):
 
     Why one scale: a row's score is the sum of both parts' products and ``qk_scale`` undoes one factor a row; a
     factor from ``q`` alone could take a larger ``q_pe`` past fp16's 65504."""
-    if K.dtype.element_ty.is_fp8() and (q.dtype.is_bf16() or UPCAST):
+    if (K.dtype.element_ty.is_fp8() or K.dtype.element_ty.is_int8()) and (q.dtype.is_bf16() or UPCAST):
         qf = q.to(tl.float32)
         pf = q_pe.to(tl.float32)
         scale, inverse = pow2_scales(tl.maximum(tl.max(tl.abs(qf), 1), tl.max(tl.abs(pf), 1)))

@@ -85,7 +85,7 @@ class _Plan:
         cfg = decode_config(D, group * qlen, device, block_n or None, k_cache.shape[1] if paged else 0,
                             0 if invariant else B * k_cache.shape[2],
                             window_tokens(cap, 1, window_left), num_stages,
-                            k_cache.dtype in checks.FP8_DTYPES and q.dtype != torch.float32)
+                            k_cache.dtype in checks.QUANT_DTYPES and q.dtype != torch.float32)
         # every row the same length, known on the host: no lengths, no padding
         uniform = cache_seqlens is None and not leftpad
         # the most tiles a row can have: exact where every sequence fills the cache, else the window's bound
@@ -371,7 +371,7 @@ def _(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, 
 def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule, validate,
                     k_scale=1.0, v_scale=1.0, fp8=False, window_left=-1, batch=None, cu_seqlens_q=None,
                     max_seqlen_q=1, head_dims=checks.SUPPORTED_HEAD_DIMS,
-                    names=("q", "k_cache", "v_cache", "cache_seqlens")):
+                    names=("q", "k_cache", "v_cache", "cache_seqlens"), int8=False):
     """Shape, dtype and device checks (always); length checks when they cost no device sync. ``fp8``: float8
     caches are accepted, with their dequantisation scales (``checks.kv_cache``). ``window_left``: only the pages
     of each sequence's sliding window need valid ids (with several query tokens, the first token's window).
@@ -388,7 +388,7 @@ def validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_sca
     scale = checks.query(q, softmax_scale, tokens=True, name=qn, head_dims=head_dims)
     checks.check_tensor(kn, k_cache, 4)
     checks.check_tensor(vn, v_cache, 4)
-    kv_scales = checks.kv_cache(k_cache, v_cache, q, k_scale, v_scale, fp8, names=(kn, vn))
+    kv_scales = checks.kv_cache(k_cache, v_cache, q, k_scale, v_scale, fp8, names=(kn, vn), int8=int8)
     B, Hq, D = q.shape[0] if batch is None else batch, q.shape[-2], q.shape[-1]
     if batch is not None:
         # a packed query's sequences are the cache's: a count that differs is cu_seqlens_q's length (the cache's
@@ -503,9 +503,10 @@ def decode(
     k_cache, v_cache : torch.Tensor
         Contiguous cache ``(B, N, Hkv, D)`` or, with ``block_table``, paged cache
         ``(num_pages, page_size, Hkv, D)``; same device as ``q``, and ``q``'s dtype or, for both,
-        ``torch.float8_e4m3fn`` or ``torch.float8_e5m2`` (read one byte an element and converted to fp16 in
-        registers, as FlashInfer's fp8 decode, bf16 query rows scaled exactly into fp16's range; fp32 queries
-        take fp32 products; the value of an element is its stored value times ``k_scale`` or ``v_scale``). Any
+        ``torch.float8_e4m3fn``, ``torch.float8_e5m2`` or ``torch.int8`` (read one byte an element and converted to
+        fp16 in registers, as FlashInfer's fp8 decode, bf16 query rows scaled exactly into fp16's range; fp32 queries
+        take fp32 products; the value of an element is its stored value times ``k_scale`` or ``v_scale``: a
+        symmetric per-tensor int8 cache, TensorRT-LLM's, converts on any GPU, float8 from sm_89). Any
         strides with unit stride on ``D`` are used without a copy (a ``(B, Hkv, N, D)`` cache seen through
         ``.transpose(1, 2)`` works).
     cache_seqlens : torch.Tensor, optional
@@ -543,7 +544,7 @@ def decode(
         Check length and page-id values. Default: only when it needs no device sync (CPU tensors,
         outside ``torch.compile``); pass ``True`` to check CUDA inputs at the cost of a sync.
     k_scale, v_scale : float, keyword-only
-        Dequantisation scales of a float8 ``k_cache`` and ``v_cache`` (per tensor, as FlashInfer's
+        Dequantisation scales of a float8 or int8 ``k_cache`` and ``v_cache`` (per tensor, as FlashInfer's
         ``k_scale``/``v_scale``): attention runs over ``k_cache * k_scale`` and ``v_cache * v_scale``. The
         K scale is folded into the softmax scale and the V scale multiplies each range's fp32
         accumulator once, so neither costs the kernel a pass over the cache. 1.0 (the default) for caches in
@@ -698,7 +699,7 @@ def decode(
     # the first token's window holds every page in use
     names = ("q", "k_cache", "v_cache", seqlens_name)
     scale, k_scale, v_scale = validate_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale, schedule,
-                                              validate, k_scale, v_scale, fp8=True,
+                                              validate, k_scale, v_scale, fp8=True, int8=True,
                                               window_left=rows_window(window_left, qlen),
                                               batch=batch, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=qlen, names=names)
     capacity = _capacity(k_cache, block_table)
