@@ -5,6 +5,8 @@ Each case's cache is quantised to float8 e4m3 with per-tensor scales (``amax / 4
 replayed from CUDA graphs and timed with ``do_bench`` (median, L2 flushed):
 
 * ``lean fp8``: ``leanattn.decode`` over the float8 cache with ``k_scale``/``v_scale``, also under the read flush;
+* ``lean int8``: the same values quantised to int8 instead (``amax / 127``, TensorRT-LLM's int8 cache), checked
+  against the reference over its own dequantised cache (contiguous cases);
 * ``lean bf16``: ``leanattn.decode`` over the dequantised cache in bf16 (the same values up to bf16 rounding);
 * ``best peer``: the fastest of SDPA FLASH and cuDNN (cuDNN with a padding mask for ragged batches) over that bf16
   cache; none of them reads a float8 cache with a bf16 query;
@@ -45,6 +47,12 @@ def quantise(x: torch.Tensor):
     return (x.float() / scale).to(FP8), scale
 
 
+def int8_of(x: torch.Tensor):
+    """``(x8, scale)``: ``x`` in symmetric int8 with ``scale = amax / 127``."""
+    scale = x.abs().amax().float().item() / 127
+    return (x.float() / scale).round().clamp(-127, 127).to(torch.int8), scale
+
+
 def fp8_inputs(case):
     """The suite case's inputs (``bench_decode.make_inputs``) with the caches replaced by their dequantised bf16
     values, plus the float8 caches (paged where the case is) and their scales."""
@@ -82,6 +90,11 @@ def run_case(case, ceiling, ceiling_clean, log):
                                             v_scale=inp["vs"]),
         "lean_bf16": bd.ours("lean")(case, inp),
     }
+    refs = {}
+    if "page" not in case:
+        (k_i8, ks_i8), (v_i8, vs_i8) = int8_of(inp["k"]), int8_of(inp["v"])
+        refs["lean_int8"] = leanattn.reference.decode(q, k_i8, v_i8, sl, k_scale=ks_i8, v_scale=vs_i8)[0]
+        methods["lean_int8"] = lambda: leanattn.decode(q, k_i8, v_i8, sl, k_scale=ks_i8, v_scale=vs_i8)
     for p in PEERS:
         try:
             methods[p] = bd.METHODS[p](case, inp)
@@ -90,12 +103,12 @@ def run_case(case, ceiling, ceiling_clean, log):
     for name, fn in methods.items():
         out = fn()
         torch.cuda.synchronize()
-        err = rel_err(out, ref)
+        err = rel_err(out, refs.get(name, ref))
         if not err <= 2e-2:
             row["results"][name] = dict(error=f"wrong result: rel err {err:.2e}")
             continue
         us, g = time_us(fn)
-        nbytes = fp8_bytes if name == "lean_fp8" else bf_bytes
+        nbytes = fp8_bytes if name in ("lean_fp8", "lean_int8") else bf_bytes
         r = dict(us=us, gbs=nbytes / us / 1e3, err=err, frac_ceiling=nbytes / us / 1e3 / ceiling)
         if name == "lean_fp8":
             r["us_clean"] = common.bench(g.replay if g is not None else fn, flush="read") * 1e3
