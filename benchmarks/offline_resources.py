@@ -77,7 +77,7 @@ def _ring(compiled) -> int:
     ``num_stages`` S rings of S - 1 buffers, and one buffer at one program an SM overlaps no load with a product
     (MLA's 2-stage kernel, 2026-12-05)."""
     best = (0, 0)
-    for m in re.finditer(r"local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+)x([\dx]+)x(bf16|f16|f8\w*)",
+    for m in re.finditer(r"local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+)x([\dx]+)x(bf16|f16|f8\w*|i8)",
                          compiled.asm.get("ttgir", "")):
         dims = [int(m.group(1))] + [int(x) for x in m.group(2).split("x")]
         size = 1

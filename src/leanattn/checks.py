@@ -69,9 +69,9 @@ def kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_sc
             _fail(ValueError, kn, f"device {q.device} (as q)", k_cache.device)
         check_same(vn, v_cache, kn, k_cache)
     else:
-        if k_cache.dtype == torch.int8 and fp8:
-            _fail(TypeError, kn, f"dtype {q.dtype} or a float8 one (int8 caches are read by leanattn.decode)",
-                  k_cache.dtype)
+        if k_cache.dtype == torch.int8:
+            also = " or a float8 one" if fp8 else ""
+            _fail(TypeError, kn, f"dtype {q.dtype}{also} (int8 caches are read by leanattn.decode)", k_cache.dtype)
         if k_cache.dtype in QUANT_DTYPES:
             _fail(TypeError, kn, f"dtype {q.dtype} (as q; float8 caches are read by leanattn.decode, "
                   "mla_decode, bifurcated_decode, cascade_decode and the tree and ring decodes)", k_cache.dtype)

@@ -309,8 +309,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
 
         Returns ``out`` (``q``'s shape and dtype) and with ``return_lse`` its ``lse (B, num_qo_heads)`` float32, in
         base 2 as FlashInfer's (``lse_base="e"``: natural log). ``q_scale`` multiplies the scores; ``k_scale`` and
-        ``v_scale`` dequantise a float8 cache (:func:`leanattn.decode`'s) or, for a 16-bit one, multiply the scores
-        and the output, as FlashInfer's. ``sinks`` are gpt-oss's attention sinks; ``window_left`` overrides the
+        ``v_scale`` dequantise a float8 or int8 cache (:func:`leanattn.decode`'s) or, for a 16-bit one, multiply the
+        scores and the output, as FlashInfer's. ``sinks`` are gpt-oss's attention sinks; ``window_left`` overrides the
         plan's; ``enable_pdl`` is accepted and unused (leanattn's launches choose it).
         """
         _, k, v = self._inputs(q, paged_kv_cache, lse_base, "batch", "as planned")

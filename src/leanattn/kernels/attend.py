@@ -7,8 +7,9 @@ once per row block. Three load paths give the same state (``LOAD``): tensors of 
 caches). Scores are in log2 units (``qk_scale = softmax_scale * log2(e)``; with a soft cap, ``softmax_step``).
 
 A float8 cache (e4m3 or e5m2), or an int8 one (``leanattn.decode``), is read as it is stored, one byte an element,
-and each tile is converted to fp16 in registers before its products (int8 values are exact in fp16) (bf16 queries are scaled into fp16 once a range: ``fp8_query``; the probabilities
-are taken 2**15 times their values: ``fp8_shift``). Its dequantisation scales cost no pass over a tile: K's is
+and each tile is converted to fp16 in registers before its products (int8 values are exact in fp16; bf16 queries
+are scaled into fp16 once a range: ``fp8_query``; the probabilities are taken 2**15 times their values:
+``fp8_shift``). Its dequantisation scales cost no pass over a tile: K's is
 folded into ``qk_scale`` by the caller, V's multiplies the range's fp32 accumulator once at the end (``v_scaled``),
 not the probabilities before their cast to the query's dtype, where a small scale pushed fp16 probabilities into
 subnormals (relative error 1-25% at ``v_scale`` 1e-2 to 1e-3 with fp16 queries; found in review, under the
@@ -356,7 +357,10 @@ def attend_contiguous(
         if WINDOW:
             # whole tiles are read: the rows before the window may hold anything (NaN in a reused page), and their
             # p = 0 would still carry it into the product as 0 * NaN
-            v = tl.where(mask_n[:, None], v, 0.0)
+            if v.dtype.is_int8():
+                v = tl.where(mask_n[:, None], v, 0)  # (an int8 tile mixed with 0.0 became float32)
+            else:
+                v = tl.where(mask_n[:, None], v, 0.0)
         acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION)
         if not TMA:
             k_src = tl.advance(k_src, (BLOCK_N, 0))
