@@ -23,7 +23,7 @@ def test_options_as_flash_attn(device, paged):
     # two query tokens, a left window, causal through window_size=(left, 0), soft cap, ALiBi; the LSE in
     # flash-attn's (B, H, seqlen_q) layout
     q, k, v = _inputs(3, 2, 4, 2, 64, 40, device)
-    lens = [40, 17, 2]
+    lens = [40, 17, 0]  # (the empty sequence's tokens see no key)
     sl = torch.tensor(lens, dtype=torch.int32, device=device)
     slopes = torch.rand(4, device=device)
     kc, vc, bt = paged_kv(k, v, lens, 8) if paged else (k, v, None)
@@ -34,7 +34,11 @@ def test_options_as_flash_attn(device, paged):
                                     alibi_slopes=slopes)
     assert out.shape == q.shape and lse.shape == (3, 4, 2) and lse.is_contiguous()
     assert_rel_close("out", out, ref, TOLERANCE[q.dtype])
-    assert_lse_close("lse", lse, ref_lse.transpose(1, 2), TOLERANCE[q.dtype])
+    # (a token that sees no key: +inf, as flash-attn writes it)
+    ref_lse = ref_lse.transpose(1, 2).masked_fill(ref_lse.transpose(1, 2) == float("-inf"), float("inf"))
+    assert torch.isinf(lse).any() and torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    finite = torch.isfinite(ref_lse)
+    assert_lse_close("lse", lse[finite], ref_lse[finite], TOLERANCE[q.dtype])
     # num_splits: FlashDecoding's splits, the same attention
     split = flash_attn_with_kvcache(q, kc, vc, cache_seqlens=sl, block_table=bt, softmax_scale=0.2, causal=True,
                                     window_size=(9, -1), softcap=20.0, alibi_slopes=slopes, num_splits=3)
@@ -59,8 +63,12 @@ def test_append_with_interleaved_rotary_by_default(device):
 
 def test_errors(device):
     q, k, v = _inputs(1, 1, 2, 2, 64, 8, device)
-    with pytest.raises(ValueError, match="window_size: expected a right window of -1 or 0"):
-        flash_attn_with_kvcache(q, k, v, window_size=(-1, 3))
+    q4 = torch.randn(1, 4, 2, 64, device=device).half()
+    with pytest.raises(ValueError, match="window_size: expected a right window of -1, 0 or at least seqlen_q - 1 = 3"):
+        flash_attn_with_kvcache(q4, k, v, window_size=(-1, 1))
+    # a right window past the last query token sees every key: -1's attention
+    assert torch.equal(flash_attn_with_kvcache(q4, k, v, window_size=(-1, 3)), flash_attn_with_kvcache(q4, k, v))
+    assert torch.equal(flash_attn_with_kvcache(q, k, v, window_size=(-1, 5)), flash_attn_with_kvcache(q, k, v))
     with pytest.raises(ValueError, match=r"window_size: expected a \(left, right\) pair"):
         flash_attn_with_kvcache(q, k, v, window_size=5)
     with pytest.raises(ValueError, match="num_splits: expected an int >= 0"):

@@ -325,7 +325,7 @@ def test_prefill_wrapper_few_tokens(device, causal):
     q = torch.randn(6, hq, d, device=device).half()
     w = BatchPrefillWithPagedKVCacheWrapper(None, "NHD")
     w.plan(qo, indptr, indices, last, hq, hkv, d, page, causal=causal, sm_scale=0.2)
-    out, lse = w.run(q, cache, return_lse=True, lse_base="e")
+    out, lse = w.run(q, cache, return_lse=True, lse_base="ln")  # (FlashInfer's spelling of the natural log)
     k, v = cache.unbind(1)
     sl = torch.tensor(lens, dtype=torch.int32, device=device)
     ref, ref_lse = reference.decode(q, k, v, sl, table, 0.2, causal=causal, cu_seqlens_q=qo.to(device))

@@ -3,8 +3,13 @@
 Every argument of flash-attn 2's function is taken, in its order and with its defaults (``rotary_interleaved=True``
 among them), and mapped onto :func:`leanattn.decode`'s: ``window_size=(left, right)`` to ``window_left`` (a right
 window of 0 is ``causal``, as flash-attn's), ``num_splits`` to the schedule (0: leanattn's stream-K; ``n >= 1``:
-FlashDecoding's ``n`` splits), an ``int`` ``cache_seqlens`` to a full tensor. The LSE is flash-attn's layout,
-``(B, H, seqlen_q)``, natural log.
+FlashDecoding's ``n`` splits), an ``int`` ``cache_seqlens`` to a full tensor. The LSE is flash-attn's: layout
+``(B, H, seqlen_q)``, natural log, ``+inf`` for a query token that sees no key.
+
+Differences: head dims are leanattn's (64, 128, 256; flash-attn takes any up to 256); a right window between 1 and
+``seqlen_q - 2`` is refused (a wider one sees every key, as -1); with ``causal`` and ``alibi_slopes`` the LSE includes
+the bias ``-slope * |i - j|`` as written (flash-attn's causal path adds ``slope * j``, the same softmax and output but
+an LSE shifted by a constant a row).
 """
 from __future__ import annotations
 
@@ -56,13 +61,14 @@ def flash_attn_with_kvcache(
     causal : bool
         Bottom-right causal mask over the ``seqlen_q`` tokens, as flash-attn's.
     window_size : (int, int)
-        ``(left, right)``: ``left >= 0`` keeps the last ``left + 1`` keys of each query token (``-1``: all). A
-        decode query has no key after it, so ``right`` is ``-1`` or ``0``; ``0`` is ``causal``.
+        ``(left, right)``: ``left >= 0`` keeps the last ``left + 1`` keys of each query token (``-1``: all).
+        ``right``: ``-1`` (or at least ``seqlen_q - 1``: every key) or ``0`` (``causal``).
     num_splits : int
         0: leanattn's stream-K schedule (flash-attn's heuristic choice); ``n >= 1``: FlashDecoding's ``n`` splits
         of each head (``schedule="split"``).
     return_softmax_lse : bool
-        Also return the LSE, ``(B, H, seqlen_q)`` float32, natural log, as flash-attn's.
+        Also return the LSE, ``(B, H, seqlen_q)`` float32, natural log, ``+inf`` for a token with no key, as
+        flash-attn's.
 
     Returns
     -------
@@ -73,9 +79,11 @@ def flash_attn_with_kvcache(
     if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
         raise ValueError(f"window_size: expected a (left, right) pair, got {window_size!r}")
     left, right = (int(x) for x in window_size)
+    if right >= max(q.shape[1] - 1, 1):
+        right = -1  # (no key after the last query token: the window holds every key a token may see)
     if right not in (-1, 0):
-        raise ValueError(f"window_size: expected a right window of -1 or 0 (decode: no key after a query token), "
-                         f"got {right}")
+        raise ValueError(f"window_size: expected a right window of -1, 0 or at least seqlen_q - 1 = {q.shape[1] - 1} "
+                         f"(the keys after a query token are the other query tokens'), got {right}")
     if not isinstance(num_splits, int) or isinstance(num_splits, bool) or num_splits < 0:
         raise ValueError(f"num_splits: expected an int >= 0, got {num_splits!r}")
     if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
@@ -89,4 +97,6 @@ def flash_attn_with_kvcache(
     if not return_softmax_lse:
         return res
     out, lse = res
-    return out, lse.transpose(1, 2).contiguous()  # (B, seqlen_q, H) -> flash-attn's (B, H, seqlen_q)
+    # (B, seqlen_q, H) -> flash-attn's (B, H, seqlen_q), +inf where a token saw no key, as flash-attn writes it
+    lse = lse.transpose(1, 2).contiguous()
+    return out, lse.masked_fill_(lse == float("-inf"), float("inf"))

@@ -158,7 +158,7 @@ class _Tables:
 def _lse_in_base(res, return_lse: bool, lse_base: str, lse_buffer: Optional[torch.Tensor] = None):
     """A decode's result with its natural-log LSE in base ``lse_base`` ("2", FlashInfer's, or "e"), in place: the
     returned LSE, and the caller's ``lse=`` buffer whether or not it is returned (FlashInfer writes its base there)."""
-    to_base = (lambda x: x.mul_(1.0 / math.log(2.0))) if lse_base == "2" else (lambda x: x)
+    to_base = (lambda x: x.mul_(1.0 / math.log(2.0))) if _LSE_BASES[lse_base] == "2" else (lambda x: x)
     if not return_lse:
         if lse_buffer is not None:
             to_base(lse_buffer)
@@ -167,9 +167,15 @@ def _lse_in_base(res, return_lse: bool, lse_base: str, lse_buffer: Optional[torc
     return out, to_base(lse)
 
 
-def _check_lse_base(lse_base: str) -> None:
-    if lse_base not in ("2", "e"):
-        raise ValueError(f"lse_base: expected '2' (FlashInfer's) or 'e' (natural log), got {lse_base!r}")
+# FlashInfer's spellings of the LSE's base (its prefill wrappers' lse_base) beside leanattn's
+_LSE_BASES = {"2": "2", "log2": "2", "e": "e", "ln": "e"}
+
+
+def _check_lse_base(lse_base: str) -> str:
+    if lse_base not in _LSE_BASES:
+        raise ValueError(f"lse_base: expected '2' or 'log2' (FlashInfer's default), or 'e' or 'ln' (natural log), "
+                         f"got {lse_base!r}")
+    return _LSE_BASES[lse_base]
 
 
 def _planned(plan):
@@ -394,9 +400,11 @@ class BatchPrefillWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):
              causal: bool = False, pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
              sm_scale: Optional[float] = None, window_left: int = -1, logits_soft_cap: Optional[float] = None,
              rope_scale: Optional[float] = None, rope_theta: Optional[float] = None, q_data_type="float16",
-             kv_data_type=None, non_blocking: bool = True) -> None:
+             kv_data_type=None, o_data_type=None, non_blocking: bool = True, fixed_split_size: Optional[int] = None,
+             disable_split_kv: bool = False) -> None:
         """Plan one step: ``qo_indptr (B + 1,)`` int32, each request's query rows; the paged cache as
-        :meth:`BatchDecodeWithPagedKVCacheWrapper.plan` takes it; ``causal`` and the options every ``run()`` takes."""
+        :meth:`BatchDecodeWithPagedKVCacheWrapper.plan` takes it; ``causal`` and the options every ``run()`` takes
+        (``fixed_split_size``, ``disable_split_kv``: accepted, unused)."""
         if custom_mask is not None or packed_custom_mask is not None:
             raise ValueError("custom_mask: expected None (leanattn's decode kernels take causal, windows, soft caps "
                              "and sinks, not an arbitrary mask)")
@@ -409,7 +417,7 @@ class BatchPrefillWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):
         super().plan(paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, num_qo_heads, num_kv_heads,
                      head_dim_qk, page_size, pos_encoding_mode=pos_encoding_mode, window_left=window_left,
                      logits_soft_cap=logits_soft_cap, q_data_type=q_data_type, kv_data_type=kv_data_type,
-                     sm_scale=sm_scale, non_blocking=non_blocking)
+                     o_data_type=o_data_type, sm_scale=sm_scale, non_blocking=non_blocking)
         host = qo_indptr.cpu()
         steps = (host[1:] - host[:-1]).tolist()
         if int(host[0]) != 0 or min(steps, default=0) < 0:
@@ -419,22 +427,22 @@ class BatchPrefillWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):
         if self._tables.graph:
             if self._qo is None:
                 self._qo = (torch.empty_like(qo), max_q)
-            elif self._qo[1] != max_q:
-                raise ValueError(f"qo_indptr: expected {self._qo[1]} tokens a request at most, as the first plan of a "
+            elif max_q > self._qo[1]:
+                raise ValueError(f"qo_indptr: expected at most {self._qo[1]} tokens a request, as the first plan of a "
                                  f"CUDA-graph wrapper (its launch is captured), got {max_q}")
-            qo = self._qo[0].copy_(qo)
+            qo, max_q = self._qo[0].copy_(qo), self._qo[1]  # (the captured launch's token slots: an upper bound)
         self._plan.__dict__.update(qo_indptr=qo, max_q=max_q, total=int(host[-1]), causal=bool(causal))
 
-    def run(self, q: torch.Tensor, paged_kv_cache, *, k_scale: Optional[float] = None,
-            v_scale: Optional[float] = None, out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
-            return_lse: bool = False, enable_pdl: Optional[bool] = None, window_left: Optional[int] = None,
-            sinks: Optional[torch.Tensor] = None, lse_base: str = "2"):
+    def run(self, q: torch.Tensor, paged_kv_cache, *, q_scale: Optional[float] = None,
+            k_scale: Optional[float] = None, v_scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
+            lse: Optional[torch.Tensor] = None, return_lse: bool = False, enable_pdl: Optional[bool] = None,
+            window_left: Optional[int] = None, sinks: Optional[torch.Tensor] = None, lse_base: str = "2"):
         """``q (total_q, num_qo_heads, head_dim)`` (rows by ``qo_indptr``) against the planned pages; returns
         ``out`` (``q``'s shape) and with ``return_lse`` its ``lse (total_q, num_qo_heads)`` float32, base 2 as
         FlashInfer's (``lse_base="e"``: natural log). Scales, sinks and ``window_left`` as
         :meth:`BatchDecodeWithPagedKVCacheWrapper.run`'s."""
         p, k, v = self._inputs(q, paged_kv_cache, lse_base, "total", "qo_indptr's rows, as planned")
-        return self._decode(q, k, v, None, k_scale, v_scale, out, lse, return_lse, window_left, sinks, lse_base,
+        return self._decode(q, k, v, q_scale, k_scale, v_scale, out, lse, return_lse, window_left, sinks, lse_base,
                             causal=p.causal, cu_seqlens_q=p.qo_indptr, max_seqlen_q=max(p.max_q, 1))
 
 
