@@ -38,13 +38,13 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     (a float8 ``k_pe`` taken in ``q_pe``'s dtype, its scale ``k``'s, in ``qk_scale``).
     """
     shift = fp8_shift(k)
-    if k.dtype.is_fp8() or k.dtype.is_int8():
+    if one_byte(k.dtype):
         k = k.to(q.dtype)
     if UPCAST:
         k = k.to(tl.float32)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if ROPE:
-        if k_pe.dtype.is_fp8() or k_pe.dtype.is_int8():
+        if one_byte(k_pe.dtype):
             k_pe = k_pe.to(q_pe.dtype)
         if UPCAST:
             k_pe = k_pe.to(tl.float32)
@@ -69,6 +69,13 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
 FP8_SHIFT = tl.constexpr(15.0)
 
 
+@triton.constexpr_function
+def one_byte(dtype):
+    """Whether tiles of ``dtype`` are a quantised cache's, one byte an element (float8 or int8), taken in the
+    query's dtype by the float8 path of this file; resolved when the kernel compiles."""
+    return dtype.is_fp8() or dtype.is_int8()
+
+
 @triton.jit
 def fp8_shift(K):
     """log2 of the factor on the probabilities of a range over a float8 cache (``K`` a tile or a pointer), 0 otherwise.
@@ -80,9 +87,9 @@ def fp8_shift(K):
     merge after it sees the true state.
     """
     if K.dtype.is_ptr():
-        fp8 = K.dtype.element_ty.is_fp8() or K.dtype.element_ty.is_int8()
+        fp8 = one_byte(K.dtype.element_ty)
     else:
-        fp8 = K.dtype.is_fp8() or K.dtype.is_int8()
+        fp8 = one_byte(K.dtype)
     if fp8:
         return FP8_SHIFT
     return 0.0
@@ -104,7 +111,7 @@ def tanh(x):
 def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``; a float8 ``v`` is taken in ``q``'s dtype (its scale
     is applied by ``v_scaled``)."""
-    if v.dtype.is_fp8() or v.dtype.is_int8():
+    if one_byte(v.dtype):
         # converted in the product operand's layout, which Triton 3.6 fills from shared memory a byte at a time;
         # converting along D pairs (split/join) avoids that but measured 1.18-1.38x slower (probe 55, H200)
         v = v.to(q.dtype)
@@ -117,7 +124,7 @@ def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.cons
 def v_scaled(acc, V, v_scale):
     """The accumulator of a range over a float8 ``V`` times its dequantisation scale (the merges after it are
     linear in the outputs, and ``l`` holds no scale); unchanged for caches in the query's dtype."""
-    if V.dtype.element_ty.is_fp8() or V.dtype.element_ty.is_int8():
+    if one_byte(V.dtype.element_ty):
         acc = acc * v_scale
     return acc
 
@@ -135,7 +142,7 @@ def fp8_query(q, K, qk_scale, UPCAST: tl.constexpr):
     bf16 does not: an 11-bit significand. Rows of zeros (padding) get the largest scale and stay zeros. Under
     ``UPCAST`` (the interpreter's bf16 queries, arriving in fp32) the rows take the same fp16 values, back in fp32.
     """
-    if (K.dtype.element_ty.is_fp8() or K.dtype.element_ty.is_int8()) and (q.dtype.is_bf16() or UPCAST):
+    if one_byte(K.dtype.element_ty) and (q.dtype.is_bf16() or UPCAST):
         q, inverse = fp16_rows(q)
         if UPCAST:
             q = q.to(tl.float32)
@@ -170,7 +177,7 @@ def fp8_query_rope(q, q_pe, K, qk_scale, UPCAST: tl.constexpr):
 
     Why one scale: a row's score is the sum of both parts' products and ``qk_scale`` undoes one factor a row; a
     factor from ``q`` alone could take a larger ``q_pe`` past fp16's 65504."""
-    if (K.dtype.element_ty.is_fp8() or K.dtype.element_ty.is_int8()) and (q.dtype.is_bf16() or UPCAST):
+    if one_byte(K.dtype.element_ty) and (q.dtype.is_bf16() or UPCAST):
         qf = q.to(tl.float32)
         pf = q_pe.to(tl.float32)
         scale, inverse = pow2_scales(tl.maximum(tl.max(tl.abs(qf), 1), tl.max(tl.abs(pf), 1)))
