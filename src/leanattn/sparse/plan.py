@@ -188,13 +188,15 @@ class Plan:
             sparse_bwd_preprocess_kernel[self.fwd_grid](
                 out, dout, delta, dq_acc, m.q_perm, *self.out_strides, *_bnh(dout), *dq_strides, self.H, self.N,
                 HEAD_DIM=self.flags["HEAD_DIM"], BLOCK_M=self.bm, num_warps=4)
-        # (SPLIT > 1: each run of the group's heads writes float32 partial sums, added in order after)
-        dk_out, dv_out = (dk, dv) if self.split == 1 else (
-            torch.empty((self.split, *k.shape), dtype=torch.float32, device=k.device) for _ in range(2))
+        if self.split == 1:
+            dk_out, dv_out, out_strides = dk, dv, (*_bnh(dk), *_bnh(dv))
+        else:  # each run of the group's heads writes float32 partial sums, contiguous, added in order after
+            dk_out, dv_out = (torch.empty((self.split, *k.shape), dtype=torch.float32, device=k.device)
+                              for _ in range(2))
+            out_strides = 2 * _bnh(dk_out[0])
         sparse_dkdv_kernel[self.dkdv_grid](
             q, k, v, dout, dk_out, dv_out, lse, delta, m.q_perm, m.q_group, m.k_perm, m.k_group, m.kv_ranges,
-            *strides, *_bnh(dk_out[0] if self.split > 1 else dk), *_bnh(dv_out[0] if self.split > 1 else dv), dq_acc,
-            *dq_strides, *tail, self.n_kv, self.tune_n,
+            *strides, *out_strides, dq_acc, *dq_strides, *tail, self.n_kv, self.tune_n,
             BLOCK_M=self.bm_bwd, BLOCK_N=self.bn_bwd, ATOMIC_DQ=not deterministic, SPLIT=self.split, **self.flags)
         if self.split > 1:
             dk.copy_(dk_out.sum(0))
