@@ -8,8 +8,9 @@ interleaved rounds (do_bench medians, L2 flushed):
   2026-12-05, ``mla_probe_H200.json``), 64-token tiles of 4 warps over 3 stages, 32-token tiles over 3 stages at two
   programs an SM;
 * ``split x8``: FlashDecoding with 8 splits a row (few pieces to merge);
-* ``fp8 ...``: the cache in float8 e4m3 (``bench_mla.fp8_case``) over the default 32-token tiles
-  (``ops/decode_config._CUDA_FP8_LATENT``, chosen offline), bf16's 64-token tiles, and 32-token tiles over 5 stages.
+* ``fp8 ...``: the cache in float8 e4m3 (``bench_mla.fp8_case``) over the default tiles
+  (``ops/decode_config._CUDA_FP8_LATENT``: 64-token tiles over 3 stages since this probe's H100 run of 2026-12-07,
+  32-token ones before), 64-token tiles over 3 stages, and 32-token tiles over 5 stages.
 
 The floor is the cache's bytes over the read ceiling.
 

@@ -207,11 +207,12 @@ def test_fp8_launch_config(monkeypatch):
     assert launch(128, 4, cpu, page_size=16) == dc._CUDA_PAGED_TABLE[128]
     assert launch(64, 4, cpu, fp8=True) == dc._CUDA_TABLE[64]
     assert launch(128, 4, cpu, block_n=32, fp8=True) == (32, *dc._CUDA_FP8_TABLE[128][1:])
-    # MLA's 512-wide latent over float8: 32-token tiles, contiguous or in any pages, before sm_90 too
+    # MLA's 512-wide latent over float8: its own entry, contiguous or in any pages; before sm_90 32-token tiles
     for page in (0, 64, 1):
-        assert launch(512, 16, cpu, page_size=page, fp8=True) == dc._CUDA_FP8_LATENT[512] != dc._CUDA_TABLE[512]
+        assert launch(512, 16, cpu, page_size=page, fp8=True) == dc._CUDA_FP8_LATENT[512]
     monkeypatch.setattr(runtime, "capability", lambda device: (8, 9))
-    assert launch(512, 16, cpu, page_size=64, fp8=True) == dc._CUDA_FP8_LATENT[512]
+    assert launch(512, 16, cpu, page_size=64, fp8=True) == dc._SMEM_HEAVY_FP8[512] != dc._SMEM_HEAVY[512]
+    assert dc._SMEM_HEAVY_FP8[512][0] == 32
     assert launch(512, 16, cpu, page_size=64) == dc._SMEM_HEAVY[512]
     monkeypatch.undo()
     seen = []

@@ -187,14 +187,14 @@ def test_decode_wrapper_captured_run_replays_new_plans():
     k, v = cache.unbind(1)
     steps = ([300, 2000, 17, 1], [2048, 0, 999, 64], [5, 5, 5, 5])
     indptr, indices, last, _ = csr_case(steps[0], page, 512, "cuda")
-    w.plan(indptr, indices, last, hq, hkv, d, page)
+    w.plan(indptr, indices, last, hq, hkv, d, page, q_data_type=torch.bfloat16)
     w.run(q, cache)  # (compiles and allocates outside the capture)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = w.run(q, cache)
     for step, lens in enumerate(steps):
         indptr, indices, last, table = csr_case(lens, page, 512, "cuda", seed=step)
-        w.plan(indptr, indices, last, hq, hkv, d, page)
+        w.plan(indptr, indices, last, hq, hkv, d, page, q_data_type=torch.bfloat16)
         graph.replay()
         sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
         assert_rel_close(f"step {step}", out, reference.decode(q, k, v, sl, table)[0], TOLERANCE[q.dtype])

@@ -163,7 +163,8 @@ def test_gqa_group_split_over_programs(device, monkeypatch, mode, split):
         torch.manual_seed(1)
         assert torch.equal(_check(mode, q, k, v, a, b, deterministic=deterministic)[1], grads[1])
     from leanattn.sparse import plan
-    assert max(p.split for p in plan._PLANS.values() if p.HK == HK) == int(split)
+    # (the plans made under this override: a GPU's own choice for other tests' shapes may differ)
+    assert {p.split for key, p in plan._PLANS.items() if key[-1] == split} == {int(split)}
     monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", "8")
     with pytest.raises(ValueError, match="LEANATTN_SPARSE_DKDV_SPLIT: expected a divisor of the 4 query heads"):
         leanattn.qk_sparse_attention(q, k, v, a.bool() if mode == "qk" else a > 0, b.bool() if mode == "qk" else b > 0)

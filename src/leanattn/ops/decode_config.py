@@ -59,8 +59,9 @@ _CUDA_TABLE = {
     # which Triton's pipeliner gives one shared buffer: its TTGIR (offline_resources.py --ptx) loads tile j + 1 only
     # after tile j's products, then waits for it, so with one program per SM no load overlaps any product. 3 stages
     # give two buffers, tile j + 1 in flight while tile j is used, as D=128 and D=256 run (above); offline, 126-254
-    # registers, no spills, 164-184 KB of shared memory. Chosen from that TTGIR, not yet timed: probe_mla.py
-    # compares it with the 2-stage tiles and 32-token tiles over 4 and 5 stages.
+    # registers, no spills, 164-184 KB of shared memory. Timed since (probe_mla.py, CUDA graphs): 0.81-0.86x the
+    # 2-stage tiles' time on an H200 (2026-12-05); on an H100 (2026-12-07) 37.2/73.5/67.8 us against 40.2/77.7/86.0
+    # at 2 stages, 37.7/79.0/77.2 at 4 warps and 44.2/79.6/115.7 with 32-token tiles two a SM.
     512: (64, 8, 3, 1),
 }
 
@@ -68,6 +69,9 @@ _CUDA_TABLE = {
 # Entries whose shared memory only sm_90 and later give a program (MLA's two 72 KB buffers: 164-184 KB; an A100 gives
 # 163 KB, sm_86/89 99 KB), and what the others take instead: one buffer, 94-115 KB (offline, sm_90a).
 _SMEM_HEAVY = {512: (64, 8, 2, 1)}
+# and over a float8 latent cache: its 64-token tiles take 90-108 KB (offline, sm_90a), past sm_86/89's 99 KB;
+# 32-token tiles take 55-61 KB
+_SMEM_HEAVY_FP8 = {512: (32, 8, 3, 1)}
 
 
 # Paged caches (tensors of pointers, one page id per token or per tile): 64-token tiles over 3 stages.
@@ -98,12 +102,13 @@ _CUDA_FP8_TABLE = {
 }
 
 
-# MLA's 512-wide latent over a float8 cache, any pages (a 32-token tile lies in one of FlashMLA's 64-token pages):
-# 32-token tiles. Its tiles are converted to fp16 in registers for both products, and at the bf16 entry's 64 tokens
-# ptxas kept 255 registers and spilled 104-352 bytes (lean kernel; split 0-168), where 32 tokens take 187-234 and
-# none at 16 heads, 247-255 and 0-72 bytes at 128 (Triton 3.6, sm_90a, offline, 2026-12-07). Chosen from those
-# compiles, not yet timed: benchmarks/bench_mla.py times the fp8 cache beside bf16, probe_mla.py the tiles.
-_CUDA_FP8_LATENT = {512: (32, 8, 3, 1)}
+# MLA's 512-wide latent over a float8 cache, any pages: bf16's 64-token tiles over 3 stages. Its tiles are converted
+# to fp16 in registers for both products; at 64 tokens ptxas keeps 255 registers and spills 104-352 bytes (lean
+# kernel, Triton 3.6, sm_90a, offline), 32 tokens spill none, yet on an H100 (2026-12-07, probe_mla.py, CUDA graphs)
+# 64-token tiles took 45.7/95.5/104.7 us against 32-token tiles' 48.3/106.2/133.5 (16 heads B=1 32k, B=32 4k,
+# 128 heads B=1 32k). Either is slower than the bf16 cache (37.2/73.5/67.8 us): the conversions, not the bytes, bound
+# it; the float8 latent saves memory, not time.
+_CUDA_FP8_LATENT = {512: (64, 8, 3, 1)}
 
 
 # Small launches at D <= 128 take 64-token tiles over 3 stages, two per SM, so each program keeps its
@@ -183,10 +188,10 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
     if fp8 and head_dim in _CUDA_FP8_TABLE and (not paged or page_size % 64):
         table = _CUDA_FP8_TABLE
     if fp8 and head_dim in _CUDA_FP8_LATENT:
-        table = _CUDA_FP8_LATENT  # (55-61 KB of shared memory: no smaller entry before sm_90)
+        table = _CUDA_FP8_LATENT
     entry = table[head_dim]
-    if head_dim in _SMEM_HEAVY and table is not _CUDA_FP8_LATENT and (runtime.capability(device) or (9, 0)) < (9, 0):
-        entry = _SMEM_HEAVY[head_dim]
+    if head_dim in _SMEM_HEAVY and (runtime.capability(device) or (9, 0)) < (9, 0):
+        entry = (_SMEM_HEAVY_FP8 if table is _CUDA_FP8_LATENT else _SMEM_HEAVY)[head_dim]
     if (kv_rows and not paged and head_dim <= 128 and not block_n
             and kv_rows * n_hb * capacity * head_dim <= _SMALL_ELEMS_PER_SM * runtime.num_sms(device)):
         entry = _CUDA_SMALL
