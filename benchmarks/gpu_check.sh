@@ -390,7 +390,7 @@ for step in "$@"; do
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     tests-mla-fp8) "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 2>&1 | tail -3 ;;
-    tests-int8) "${PYTEST[@]}" tests/test_decode_int8.py -k gpu 2>&1 | tail -3 ;;
+    tests-int8) "${PYTEST[@]}" tests/test_decode_int8.py -k "gpu or from_byte" 2>&1 | tail -3 ;;
     tests-flashinfer) "${PYTEST[@]}" tests/test_flashinfer_compat.py tests/test_flash_attn_compat.py 2>&1 | tail -3 ;;
     mla-topk) timeout 300 python3 benchmarks/probe_mla_topk.py --out "$OUT" 2>&1 | grep -E "floor|wrote|Error" ;;
     sanitize-merge) timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py merge 2>&1 | tail -3 ;;

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import leanattn
+from leanattn.kernels.attend import from_byte
 from test_decode import RAGGED, SCHEDULES, check_decode, make_inputs
 
 
@@ -19,6 +22,22 @@ def quantised(x: torch.Tensor):
 def check_int8(q, k, v, lens, bt, name, **kw):
     (k8, ks), (v8, vs) = quantised(k), quantised(v)
     return check_decode(q, k8, v8, lens, bt, kw.pop("softmax_scale", None), name, k_scale=ks, v_scale=vs, **kw)
+
+
+@triton.jit
+def _convert(X, Y, DTYPE: tl.constexpr):
+    offs = tl.arange(0, 256)
+    tl.store(Y + offs, from_byte(tl.load(X + offs), DTYPE))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_from_byte_every_int8(device, dtype):
+    # the kernels' int8 conversion through fp16's bits (kernels/attend.from_byte): all 256 values, -128 included
+    # (the quantiser above never makes it), exact in either product dtype
+    x = torch.arange(-128, 128, dtype=torch.int8, device=device)
+    y = torch.empty(256, dtype=dtype, device=device)
+    _convert[(1,)](x, y, tl.float16 if dtype == torch.float16 else tl.bfloat16)
+    assert torch.equal(y, x.to(dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])

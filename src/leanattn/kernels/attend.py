@@ -39,7 +39,7 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     """
     shift = fp8_shift(k)
     if one_byte(k.dtype):
-        k = k.to(q.dtype)
+        k = from_byte(k, q.dtype)
     if UPCAST:
         k = k.to(tl.float32)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
@@ -74,6 +74,22 @@ def one_byte(dtype):
     """Whether tiles of ``dtype`` are a quantised cache's, one byte an element (float8 or int8), taken in the
     query's dtype by the float8 path of this file; resolved when the kernel compiles."""
     return dtype.is_fp8() or dtype.is_int8()
+
+
+@triton.jit
+def from_byte(x, dtype: tl.constexpr):
+    """A float8 or int8 tile in ``dtype`` (fp16 or bf16 for the products), exactly.
+
+    int8 goes through fp16's bits, not the integer converter: ``v + 0x6480`` read as fp16 is ``1152 + v`` for every
+    ``v`` in [-128, 127] (exponent 10: one unit a step), so one integer add and one fp16 subtract give ``v``. Why: the
+    converter (``cvt.rn.f16.s16``, one element an instruction) runs at a quarter of the integer and fp16 rate on sm_90,
+    and took int8 decode 1.16-1.32x float8's time over the same bytes (H100, 2026-12-07), where float8 converts two
+    elements an instruction.
+    """
+    if x.dtype.is_int8():
+        biased = (x.to(tl.int16) + 0x6480).to(tl.int16)
+        return (biased.to(tl.float16, bitcast=True) - 1152.0).to(dtype)
+    return x.to(dtype)
 
 
 @triton.jit
@@ -114,7 +130,7 @@ def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.cons
     if one_byte(v.dtype):
         # converted in the product operand's layout, which Triton 3.6 fills from shared memory a byte at a time;
         # converting along D pairs (split/join) avoids that but measured 1.18-1.38x slower (probe 55, H200)
-        v = v.to(q.dtype)
+        v = from_byte(v, q.dtype)
     if UPCAST:
         v = v.to(tl.float32)
     return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
