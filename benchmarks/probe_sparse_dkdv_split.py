@@ -1,0 +1,97 @@
+"""Probe: the sparse backward's dK/dV split (``sparse/plan.dkdv_split``) under every split a case allows.
+
+With few kv heads the dK/dV grid ``(key blocks, B * Hkv, split)`` cuts each kv head's query heads into ``split`` runs,
+one program each, whose partial gradients are summed after. The rule takes the smallest power of two that gives
+``_DKDV_WAVES`` (2) programs an SM; on an H100 (2026-12-07, ``bench_sparse_gqa.py``) that made multi-query attention's
+backward 12% slower than the kernel over K/V repeated to every head (1.99 against 1.78 ms, 50% of tokens dropped,
+8k). Each case is timed backward only (``out.backward``, which looks its plan up again under the variable) with
+``LEANATTN_SPARSE_DKDV_SPLIT`` at every power of two dividing the group and unset (the rule's choice, named), and over
+K/V repeated (split 1, one kv head a query head), in 3 interleaved rounds of ``triton.testing.do_bench`` (median, L2 flushed); each split's gradients are checked against
+split 1's first.
+
+    PYTHONPATH=src python3 benchmarks/probe_sparse_dkdv_split.py [--out DIR] [--cases A,B]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_sparse as bs  # noqa: E402
+import common  # noqa: E402
+
+from leanattn.sparse import plan as sparse_plan  # noqa: E402
+
+D = 128
+DEVICE, DTYPE = "cuda", torch.bfloat16  # (a CPU smoke run sets these, fp16, and tiny CASES)
+ENV = "LEANATTN_SPARSE_DKDV_SPLIT"
+# (name, B, H, Hkv, N, mode, parameter)
+CASES = [("mqa B=1 qk 0.5 8k", 1, 32, 1, 8192, "qk", 0.5), ("mqa B=1 hash 16 8k", 1, 32, 1, 8192, "hash", 16),
+         ("mqa B=1 qk 0.5 16k", 1, 32, 1, 16384, "qk", 0.5), ("gqa 32/8 B=1 qk 0.5 8k", 1, 32, 8, 8192, "qk", 0.5),
+         ("gqa 32/8 B=2 qk 0.5 8k", 2, 32, 8, 8192, "qk", 0.5),
+         ("gqa 64/8 B=1 hash 16 16k", 1, 64, 8, 16384, "hash", 16),
+         ("gqa 32/4 B=1 qk 0.5 4k", 1, 32, 4, 4096, "qk", 0.5)]
+
+
+def _use(split) -> None:
+    """The split the next backward's plan takes (the backward looks its plan up again, the variable in its key)."""
+    if split is None:
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = split
+
+
+def main(argv=None):
+    args, want, ceiling = common.probe_start(__doc__, argv)
+    T = bs.timer(DEVICE)
+    rows = []
+    for name, B, H, HK, N, mode, param in CASES:
+        if want and name not in want:
+            continue
+        G = H // HK
+        q = torch.randn(B, N, H, D, dtype=DTYPE, device=DEVICE, requires_grad=True)
+        k, v = (torch.randn(B, N, HK, D, dtype=DTYPE, device=DEVICE, requires_grad=True) for _ in range(2))
+        if mode == "qk":
+            a, b = torch.rand(B, N, H, device=DEVICE) >= param, torch.rand(B, N, HK, device=DEVICE) >= param
+        else:
+            a = torch.randint(0, param, (B, N, H), device=DEVICE, dtype=torch.int32)
+            b = torch.randint(0, param, (B, N, HK), device=DEVICE, dtype=torch.int32)
+        dout = torch.randn(B, N, H, D, dtype=DTYPE, device=DEVICE)
+        kr, vr = (x.detach().repeat_interleave(G, dim=2).requires_grad_() for x in (k, v))
+        variants = {f"split {s}": str(s) for s in (1 << i for i in range(G.bit_length())) if G % s == 0}
+        variants["rule"] = None
+        outs, first = {}, None
+        for label, split in variants.items():
+            _use(split)
+            out = bs.run_ours(mode, q, k, v, a, b)
+            grads = torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+            if first is None:
+                first = grads
+            err = max(float((g - f).abs().max() / f.abs().max().clamp_min(1e-6)) for g, f in zip(grads, first))
+            if err > 2e-2:
+                raise AssertionError(f"{name} {label}: gradients off split 1's by {err:.2e} (relative)")
+            outs[label] = out
+        chosen = max(p.split for key, p in sparse_plan._PLANS.items() if key[-1] is None and key[1] == k.shape)
+        _use(None)
+        outs["repeated"] = bs.run_ours(mode, q, kr, vr, a, b.repeat_interleave(G, dim=2))
+        variants["repeated"] = None
+        leaves = [q, k, v, kr, vr]
+        us = {label: [] for label in outs}
+        for _ in range(3):
+            for label, out in outs.items():
+                _use(variants[label])
+                us[label].append(1e3 * T(lambda out=out: out.backward(dout, retain_graph=True), grad_to_none=leaves))
+        median = {label: sorted(t)[1] for label, t in us.items()}
+        print(f"{name} (group {G}, rule: split {chosen}): " + "  ".join(f"{lb} {t:.0f}" for lb, t in median.items())
+              + " us", flush=True)
+        rows.append(dict(case=name, B=B, H=H, Hkv=HK, D=D, N=N, mode=mode, param=param, rule_split=chosen,
+                         us=us, median=median))
+    common.write_probe(args.out, "probe_sparse_dkdv_split.json", probe="sparse backward under each dK/dV split",
+                       timing="do_bench median of the backward, L2 flushed, 3 interleaved rounds",
+                       read_ceiling_gbs=ceiling, cases=rows)
+
+
+if __name__ == "__main__":
+    main()
