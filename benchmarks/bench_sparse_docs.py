@@ -116,10 +116,12 @@ def main(argv=None):
         print(f"{name} ({len(lens)} documents): " + "  ".join(f"{lb} {ms:.2f} ms" for lb, ms in both.items())
               + f"  | leanattn {flops / both['leanattn'] / 1e9:.0f} TFLOP/s", flush=True)
         rows.append(dict(case=name, N=N, H=H, Hkv=HK, D=D, documents=lens, visible_pairs=pairs, errors=errs,
-                         times=times, tflops={lb: flops / ms / 1e9 for lb, ms in both.items()}))
-    common.write_probe(args.out, "bench_sparse_docs.json", probe="document masking of packed sequences: "
-                       "hash_sparse_attention with document ids against flex and SDPA", timing="do_bench median, "
-                       "L2 flushed, forward + backward", read_ceiling_gbs=ceiling, cases=rows)
+                         times=times, median=both, tflops={lb: flops / ms / 1e9 for lb, ms in both.items()}))
+    path = common.write_probe(args.out, "bench_sparse_docs.json",
+                              probe="document masking of packed sequences: hash_sparse_attention with document ids "
+                              "against flex and SDPA", timing="do_bench median, L2 flushed, forward + backward",
+                              read_ceiling_gbs=ceiling, cases=rows)
+    common.plot_probe(path, "leanattn", path[:-5] + ".png", "document masking, forward + backward (time / leanattn)")
 
 
 if __name__ == "__main__":

@@ -80,10 +80,13 @@ def main(argv=None):
                        f"repeated/gqa {both['repeated'] / both['gqa']:.2f}x")
         print(f"{name:18s} " + "  ".join(f"{label} {ms:.2f} ms" for label, ms in both.items()) + summary, flush=True)
         rows.append(dict(case=name, B=B, H=H, Hkv=HK, D=D, N=N, mode=mode, param=param, visible_pairs=pairs,
-                         errors=errs, times=times, tflops={lb: flops / ms / 1e9 for lb, ms in both.items()}))
-    common.write_probe(args.out, "bench_sparse_gqa.json", probe="sparse attention with GQA against K/V repeated "
-                       "and dense SDPA", timing="do_bench median, L2 flushed, forward + backward",
-                       read_ceiling_gbs=ceiling, cases=rows)
+                         errors=errs, times=times, median=both,
+                         tflops={lb: flops / ms / 1e9 for lb, ms in both.items()}))
+    path = common.write_probe(args.out, "bench_sparse_gqa.json",
+                              probe="sparse attention with GQA against K/V repeated and dense SDPA",
+                              timing="do_bench median, L2 flushed, forward + backward", read_ceiling_gbs=ceiling,
+                              cases=rows)
+    common.plot_probe(path, "gqa", path[:-5] + ".png", "sparse attention with GQA, forward + backward (time / gqa)")
 
 
 if __name__ == "__main__":
