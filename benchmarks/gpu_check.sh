@@ -74,6 +74,8 @@
 #               speed of light, memory, warp states, occupancy)
 #   sparse-split  the sparse backward under every dK/dV split a case allows, the rule's and K/V repeated beside them
 #               (benchmarks/probe_sparse_dkdv_split.py; the rule made MQA 12% slower than repeated K/V, H100 2026-12-07)
+#   sparse-tiles  the sparse kernels' tiles at D=128 (LEANATTN_SPARSE_TILES) forward and backward, cuDNN's dense
+#               causal beside them (benchmarks/probe_sparse_tiles.py; D=128 dense took 1.7x cuDNN's time, H100 2026-12-07)
 #   tests-bif-window  the GPU tests of bifurcated/cascade decode with a sliding window
 #               (tests/test_bifurcated_window_gpu.py)
 #   bif-window  bifurcated decode with a sliding window against no window, windowed decode over copies and SDPA
@@ -391,6 +393,7 @@ for step in "$@"; do
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     sparse-split) timeout 400 python3 benchmarks/probe_sparse_dkdv_split.py --out "$OUT" 2>&1 | grep -E "us$|wrote|Error" ;;
+    sparse-tiles) timeout 500 python3 benchmarks/probe_sparse_tiles.py --out "$OUT" 2>&1 | grep -E "fwd/bwd|wrote|Error" ;;
     sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     tests-mla-fp8) "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 2>&1 | tail -3 ;;
     tests-int8) "${PYTEST[@]}" tests/test_decode_int8.py -k "gpu or from_byte" 2>&1 | tail -3 ;;
