@@ -72,6 +72,8 @@
 #   launch-audit  the GPU launches of one call of each public op and path (benchmarks/launch_audit.py)
 #   ncu-states-few  Nsight Compute on the states kernel of 4 GQA prompts x4 and of one MHA prompt x4 (same bytes;
 #               speed of light, memory, warp states, occupancy)
+#   fp8-quick   three of bench_decode_fp8.py's cases: float8, int8 and bf16 decode, the peers beside them (~45 s, H100
+#               2026-12-07)
 #   sparse-split  the sparse backward under every dK/dV split a case allows, the rule's and K/V repeated beside them
 #               (benchmarks/probe_sparse_dkdv_split.py; the rule made MQA 12% slower than repeated K/V, H100 2026-12-07)
 #   sparse-tiles  the sparse kernels' tiles at D=128 (LEANATTN_SPARSE_TILES) forward and backward, cuDNN's dense
@@ -380,6 +382,8 @@ for step in "$@"; do
     batch-idx) timeout 300 python3 benchmarks/probe_decode_batch_idx.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     softcap) timeout 300 python3 benchmarks/probe_decode_softcap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8-tiles) timeout 400 python3 benchmarks/probe_decode_fp8_tiles.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    fp8-quick) timeout 200 python3 benchmarks/bench_decode_fp8.py --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k" --out "$OUT" \
+      2>&1 | grep -vi warn | tail -8 ;;
     fp8) timeout 400 python3 benchmarks/bench_decode_fp8.py --out "$OUT" 2>&1 | grep -vi warn | tail -16 ;;
     tests-one-sample) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "one_sample and not sanitizer" 2>&1 | tail -3 ;;
     tests-overlap) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "overlap and not sanitizer" 2>&1 | tail -3 ;;
