@@ -45,14 +45,7 @@ def main(argv=None):
         if want and name not in want:
             continue
         G = H // HK
-        q = torch.randn(B, N, H, D, dtype=torch.bfloat16, device="cuda", requires_grad=True)
-        k, v = (torch.randn(B, N, HK, D, dtype=torch.bfloat16, device="cuda", requires_grad=True) for _ in range(2))
-        if mode == "qk":
-            a = torch.rand(B, N, H, device="cuda") >= param
-            b = torch.rand(B, N, HK, device="cuda") >= param
-        else:
-            a = torch.randint(0, param, (B, N, H), device="cuda", dtype=torch.int32)
-            b = torch.randint(0, param, (B, N, HK), device="cuda", dtype=torch.int32)
+        q, k, v, a, b = bs.gqa_case(B, N, H, HK, D, mode, param, torch.bfloat16, "cuda")
         errs = bs.check_ours(mode, q, k, v, a, b, heads=G, kv_heads=1)  # one kv head's group
         pairs = bs.visible_pairs(bs.sparse_layout(mode, a, b.repeat_interleave(G, dim=2)))
         fns = {"gqa": lambda: bs.run_ours(mode, q, k, v, a, b),

@@ -39,16 +39,17 @@ def compiled_as_at_start(fn):
             return fn()
         state["first"] = False
         now = os.environ.get("TRITON_PTXAS_PATH")
-        _set_env("TRITON_PTXAS_PATH", _PTXAS_AT_START)
+        set_env("TRITON_PTXAS_PATH", _PTXAS_AT_START)
         try:
             return fn()
         finally:
-            _set_env("TRITON_PTXAS_PATH", now)
+            set_env("TRITON_PTXAS_PATH", now)
     call.form = getattr(fn, "form", "")
     return call
 
 
-def _set_env(name, value):
+def set_env(name, value) -> None:
+    """Set the environment variable ``name`` to ``value``, or remove it for None."""
     if value is None:
         os.environ.pop(name, None)
     else:
@@ -60,11 +61,11 @@ def with_env(name, value, fn):
     on it are made, and captured, under that value."""
     def call():
         before = os.environ.get(name)
-        _set_env(name, value)
+        set_env(name, value)
         try:
             return fn()
         finally:
-            _set_env(name, before)
+            set_env(name, before)
     return call
 
 

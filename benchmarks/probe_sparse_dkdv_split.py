@@ -6,8 +6,8 @@ one program each, whose partial gradients are summed after. The rule takes the s
 backward 12% slower than the kernel over K/V repeated to every head (1.99 against 1.78 ms, 50% of tokens dropped,
 8k). Each case is timed backward only (``out.backward``, which looks its plan up again under the variable) with
 ``LEANATTN_SPARSE_DKDV_SPLIT`` at every power of two dividing the group and unset (the rule's choice, named), and over
-K/V repeated (split 1, one kv head a query head), in 3 interleaved rounds of ``triton.testing.do_bench`` (median, L2 flushed); each split's gradients are checked against
-split 1's first.
+K/V repeated (split 1, one kv head a query head), in 3 interleaved rounds of ``triton.testing.do_bench`` (median, L2
+flushed); each split's gradients are checked against split 1's first.
 
     PYTHONPATH=src python3 benchmarks/probe_sparse_dkdv_split.py [--out DIR] [--cases A,B]
 """
@@ -35,14 +35,6 @@ CASES = [("mqa B=1 qk 0.5 8k", 1, 32, 1, 8192, "qk", 0.5), ("mqa B=1 hash 16 8k"
          ("gqa 32/4 B=1 qk 0.5 4k", 1, 32, 4, 4096, "qk", 0.5)]
 
 
-def _use(split) -> None:
-    """The split the next backward's plan takes (the backward looks its plan up again, the variable in its key)."""
-    if split is None:
-        os.environ.pop(ENV, None)
-    else:
-        os.environ[ENV] = split
-
-
 def main(argv=None):
     args, want, ceiling = common.probe_start(__doc__, argv)
     T = bs.timer(DEVICE)
@@ -51,20 +43,14 @@ def main(argv=None):
         if want and name not in want:
             continue
         G = H // HK
-        q = torch.randn(B, N, H, D, dtype=DTYPE, device=DEVICE, requires_grad=True)
-        k, v = (torch.randn(B, N, HK, D, dtype=DTYPE, device=DEVICE, requires_grad=True) for _ in range(2))
-        if mode == "qk":
-            a, b = torch.rand(B, N, H, device=DEVICE) >= param, torch.rand(B, N, HK, device=DEVICE) >= param
-        else:
-            a = torch.randint(0, param, (B, N, H), device=DEVICE, dtype=torch.int32)
-            b = torch.randint(0, param, (B, N, HK), device=DEVICE, dtype=torch.int32)
+        q, k, v, a, b = bs.gqa_case(B, N, H, HK, D, mode, param, DTYPE, DEVICE)
         dout = torch.randn(B, N, H, D, dtype=DTYPE, device=DEVICE)
         kr, vr = (x.detach().repeat_interleave(G, dim=2).requires_grad_() for x in (k, v))
         variants = {f"split {s}": str(s) for s in (1 << i for i in range(G.bit_length())) if G % s == 0}
         variants["rule"] = None
         outs, first = {}, None
         for label, split in variants.items():
-            _use(split)
+            common.set_env(ENV, split)
             out = bs.run_ours(mode, q, k, v, a, b)
             grads = torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
             if first is None:
@@ -74,14 +60,14 @@ def main(argv=None):
                 raise AssertionError(f"{name} {label}: gradients off split 1's by {err:.2e} (relative)")
             outs[label] = out
         chosen = max(p.split for key, p in sparse_plan._PLANS.items() if key[-1] is None and key[1] == k.shape)
-        _use(None)
+        common.set_env(ENV, None)
         outs["repeated"] = bs.run_ours(mode, q, kr, vr, a, b.repeat_interleave(G, dim=2))
         variants["repeated"] = None
         leaves = [q, k, v, kr, vr]
         us = {label: [] for label in outs}
         for _ in range(3):
             for label, out in outs.items():
-                _use(variants[label])
+                common.set_env(ENV, variants[label])
                 us[label].append(1e3 * T(lambda out=out: out.backward(dout, retain_graph=True), grad_to_none=leaves))
         median = {label: sorted(t)[1] for label, t in us.items()}
         print(f"{name} (group {G}, rule: split {chosen}): " + "  ".join(f"{lb} {t:.0f}" for lb, t in median.items())

@@ -30,13 +30,6 @@ VARIANTS = {"default": None, "fwd 128x128": "128,128,32,128", "fwd 64x64": "64,6
             "bwd 64x128": "128,64,64,128", "bwd 32x64": "128,64,32,64", "bwd 64x64": "128,64,64,64"}
 
 
-def _use(tiles) -> None:
-    if tiles is None:
-        os.environ.pop(ENV, None)
-    else:
-        os.environ[ENV] = tiles
-
-
 def main(argv=None):
     args, want, ceiling = common.probe_start(__doc__, argv)
     T = bs.timer(DEVICE)
@@ -44,17 +37,11 @@ def main(argv=None):
     for name, B, H, HK, N, mode, param in CASES:
         if want and name not in want:
             continue
-        q = torch.randn(B, N, H, D, dtype=DTYPE, device=DEVICE, requires_grad=True)
-        k, v = (torch.randn(B, N, HK, D, dtype=DTYPE, device=DEVICE, requires_grad=True) for _ in range(2))
-        if mode == "qk":
-            a, b = torch.rand(B, N, H, device=DEVICE) >= param, torch.rand(B, N, HK, device=DEVICE) >= param
-        else:
-            a = torch.randint(0, param, (B, N, H), device=DEVICE, dtype=torch.int32)
-            b = torch.randint(0, param, (B, N, HK), device=DEVICE, dtype=torch.int32)
+        q, k, v, a, b = bs.gqa_case(B, N, H, HK, D, mode, param, DTYPE, DEVICE)
         dout = torch.randn(B, N, H, D, dtype=DTYPE, device=DEVICE)
         first, fns = None, {}
         for label, tiles in VARIANTS.items():
-            _use(tiles)
+            common.set_env(ENV, tiles)
             try:
                 out = bs.run_ours(mode, q, k, v, a, b)
                 res = (out, *torch.autograd.grad(out, (q, k, v), dout))
@@ -76,12 +63,12 @@ def main(argv=None):
         ms = {label: {"fwd": [], "bwd": []} for label in fns}
         for _ in range(3):
             for label, (tiles, f) in fns.items():
-                _use(tiles)
+                common.set_env(ENV, tiles)
                 out = f()
                 ms[label]["fwd"].append(T(f))
                 bwd = lambda out=out: out.backward(dout, retain_graph=True)  # noqa: E731
                 ms[label]["bwd"].append(T(bwd, grad_to_none=[q, k, v]))
-        _use(None)
+        common.set_env(ENV, None)
         median = {label: {p: sorted(t)[1] for p, t in parts.items()} for label, parts in ms.items()}
         print(f"{name}: " + "  ".join(f"{lb} {m['fwd']:.2f}/{m['bwd']:.2f}" for lb, m in median.items())
               + " ms (fwd/bwd)", flush=True)
