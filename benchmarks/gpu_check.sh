@@ -397,7 +397,7 @@ for step in "$@"; do
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     sparse-split) timeout 400 python3 benchmarks/probe_sparse_dkdv_split.py --out "$OUT" 2>&1 | grep -E "us$|wrote|Error" ;;
-    sparse-tiles) timeout 500 python3 benchmarks/probe_sparse_tiles.py --out "$OUT" 2>&1 | grep -E "fwd/bwd|wrote|Error" ;;
+    sparse-tiles) timeout 500 python3 benchmarks/probe_sparse_tiles.py --out "$OUT" 2>&1 | grep -E "fwd/bwd|wrote|Error|Resources" ;;
     sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     tests-mla-fp8) "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 2>&1 | tail -3 ;;
     tests-int8) "${PYTEST[@]}" tests/test_decode_int8.py -k "gpu or from_byte" 2>&1 | tail -3 ;;

@@ -25,7 +25,7 @@ DEVICE, DTYPE, D = "cuda", torch.bfloat16, 128  # (a CPU smoke run sets these, f
 ENV = "LEANATTN_SPARSE_TILES"
 # (name, B, H, Hkv, N, mode, parameter)
 CASES = [("gqa dense 8k", 2, 32, 8, 8192, "qk", 0.0), ("gqa qk 0.5 8k", 2, 32, 8, 8192, "qk", 0.5),
-         ("gqa hash 16 8k", 2, 32, 8, 8192, "hash", 16), ("mha dense 16k", 1, 16, 16, 16384, "qk", 0.0)]
+         ("gqa hash 16 8k", 2, 32, 8, 8192, "hash", 16)]  # (one autotune key: the variants' compiles fit one call)
 VARIANTS = {"default": None, "fwd 128x128": "128,128,32,128", "fwd 64x64": "64,64,32,128",
             "bwd 64x128": "128,64,64,128", "bwd 32x64": "128,64,32,64", "bwd 64x64": "128,64,64,64"}
 
@@ -77,7 +77,7 @@ def main(argv=None):
     path = common.write_probe(args.out, "probe_sparse_tiles.json", probe="sparse kernels' tiles at D=128",
                               timing="do_bench medians, L2 flushed, forward and backward apart, 3 interleaved rounds",
                               variants=VARIANTS, read_ceiling_gbs=ceiling, cases=rows)
-    if rows:
+    if rows and all("default" in row["median"] for row in rows):
         common.plot_probe(path, "default", path[:-5] + ".png", "sparse tiles at D=128, forward + backward "
                           "(time / default tiles)")
 

@@ -211,7 +211,8 @@ def test_fp8_launch_config(monkeypatch):
     for page in (0, 64, 1):
         assert launch(512, 16, cpu, page_size=page, fp8=True) == dc._CUDA_FP8_LATENT[512]
     monkeypatch.setattr(runtime, "capability", lambda device: (8, 9))
-    assert launch(512, 16, cpu, page_size=64, fp8=True) == dc._SMEM_HEAVY_FP8[512] != dc._SMEM_HEAVY[512]
+    for page in (0, 64, 1):
+        assert launch(512, 16, cpu, page_size=page, fp8=True) == dc._SMEM_HEAVY_FP8[512] != dc._SMEM_HEAVY[512]
     assert dc._SMEM_HEAVY_FP8[512][0] == 32
     assert launch(512, 16, cpu, page_size=64) == dc._SMEM_HEAVY[512]
     monkeypatch.undo()

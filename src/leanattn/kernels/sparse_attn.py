@@ -310,7 +310,8 @@ def _dkdv_head(
 
 
 # DQ accumulates atomically with ATOMIC_DQ: zero it around the autotuner's trial runs
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, reset_to_zero=["DQ"])
+# (SPLIT: a run of GROUP // SPLIT heads a program, so each split tunes apart)
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["SPLIT"], reset_to_zero=["DQ"])
 @triton.jit
 def sparse_dkdv_kernel(
     Q, K, V, DO, DK, DV, Lse, Delta,  #

@@ -69,8 +69,8 @@ _CUDA_TABLE = {
 # Entries whose shared memory only sm_90 and later give a program (MLA's two 72 KB buffers: 164-184 KB; an A100 gives
 # 163 KB, sm_86/89 99 KB), and what the others take instead: one buffer, 94-115 KB (offline, sm_90a).
 _SMEM_HEAVY = {512: (64, 8, 2, 1)}
-# and over a float8 latent cache: its 64-token tiles take 90-108 KB (offline, sm_90a), past sm_86/89's 99 KB;
-# 32-token tiles take 55-61 KB
+# and over a float8 latent cache (sm_89 and later): its 64-token tiles take 90 KB at 16 heads and 108 KB at 128
+# (offline, sm_90a), the latter past sm_89's 99 KB; 32-token tiles take 55-61 KB
 _SMEM_HEAVY_FP8 = {512: (32, 8, 3, 1)}
 
 
@@ -104,7 +104,7 @@ _CUDA_FP8_TABLE = {
 
 # MLA's 512-wide latent over a float8 cache, any pages: bf16's 64-token tiles over 3 stages. Its tiles are converted
 # to fp16 in registers for both products; at 64 tokens ptxas keeps 255 registers and spills 104-352 bytes (lean
-# kernel, Triton 3.6, sm_90a, offline), 32 tokens spill none, yet on an H100 (2026-12-07, probe_mla.py, CUDA graphs)
+# kernel, Triton 3.6, sm_90a, offline), 32 tokens none at 16 heads and 0-72 bytes at 128, yet on an H100 (2026-12-07, probe_mla.py, CUDA graphs)
 # 64-token tiles took 45.7/95.5/104.7 us against 32-token tiles' 48.3/106.2/133.5 (16 heads B=1 32k, B=32 4k,
 # 128 heads B=1 32k). Either is slower than the bf16 cache (37.2/73.5/67.8 us): the conversions, not the bytes, bound
 # it; the float8 latent saves memory, not time.
