@@ -105,9 +105,9 @@ _CUDA_FP8_TABLE = {
 # MLA's 512-wide latent over a float8 cache, any pages: bf16's 64-token tiles over 3 stages. Its tiles are converted
 # to fp16 in registers for both products; at 64 tokens ptxas keeps 255 registers and spills 104-352 bytes (lean
 # kernel, Triton 3.6, sm_90a, offline), 32 tokens none at 16 heads and 0-72 bytes at 128, yet on an H100
-# (2026-12-07, probe_mla.py, CUDA graphs) 64-token tiles took 45.7/95.5/104.7 us against 32-token tiles' 48.3/106.2/133.5 (16 heads B=1 32k, B=32 4k,
-# 128 heads B=1 32k). Either is slower than the bf16 cache (37.2/73.5/67.8 us): the conversions, not the bytes, bound
-# it; the float8 latent saves memory, not time.
+# (2026-12-07, probe_mla.py, CUDA graphs) 64-token tiles took 45.7/95.5/104.7 us against 32-token tiles'
+# 48.3/106.2/133.5 (16 heads B=1 32k, B=32 4k, 128 heads B=1 32k). Either is slower than the bf16 cache
+# (37.2/73.5/67.8 us): the conversions, not the bytes, bound it; the float8 latent saves memory, not time.
 _CUDA_FP8_LATENT = {512: (64, 8, 3, 1)}
 
 
