@@ -45,7 +45,7 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if ROPE:
         if one_byte(k_pe.dtype):
-            k_pe = k_pe.to(q_pe.dtype)
+            k_pe = from_byte(k_pe, q_pe.dtype)
         if UPCAST:
             k_pe = k_pe.to(tl.float32)
         qk += tl.dot(q_pe, tl.trans(k_pe), input_precision=DOT_PRECISION)
