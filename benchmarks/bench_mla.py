@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode as bd  # noqa: E402
+import bench_decode_fp8 as bf8  # noqa: E402
 import common  # noqa: E402
 
 import leanattn  # noqa: E402
@@ -58,8 +59,7 @@ def fp8_case(qn, qp, wide, lens, idx):
     """The wide cache in float8 e4m3 under one per-tensor scale (its largest magnitude at e4m3's 448): ``(scale,
     ckv8, kpe8, ref8)``, the paged views and the float64 reference over the dequantised cache."""
     B, n = wide.shape[:2]
-    scale = wide.abs().max().item() / 448
-    wide8 = (wide / scale).to(torch.float8_e4m3fn)
+    wide8, scale = bf8.quantise(wide)
     ref8 = leanattn.reference.mla_decode(qn[idx], qp[idx], wide8[idx, ..., :DC], wide8[idx, ..., DC:], lens[idx],
                                          k_scale=scale, v_scale=scale)[0]
     return (scale, *paged_views(wide8, B, n), ref8)

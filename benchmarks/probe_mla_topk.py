@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode as bd  # noqa: E402
+import bench_decode_fp8 as bf8  # noqa: E402
 import bench_mla as bm  # noqa: E402
 import common  # noqa: E402
 
@@ -45,8 +46,7 @@ def main(argv=None):
         ref = leanattn.reference.mla_decode(qn[idx], qp[idx], picked[idx, :, :dc], picked[idx, :, dc:], lens[idx])[0]
         ref_dense = leanattn.reference.mla_decode(qn[idx], qp[idx], dense[idx, :, :dc], dense[idx, :, dc:],
                                                   lens[idx])[0]
-        scale = pool.abs().max().item() / 448
-        pool8 = (pool / scale).to(torch.float8_e4m3fn)
+        pool8, scale = bf8.quantise(pool)
         picked8 = pool8[table.long().flatten()].view(B, TOPK, dc + dr)
         ref8 = leanattn.reference.mla_decode(qn[idx], qp[idx], picked8[idx, :, :dc], picked8[idx, :, dc:], lens[idx],
                                              k_scale=scale, v_scale=scale)[0]
