@@ -102,26 +102,25 @@ def time_fwd_bwd(T, f, leaves):
 # cases
 
 
-def make_pattern(mode, param, B, N, H, device):
+def make_pattern(mode, param, B, N, H, device, HK=None):
+    """Query and key masks (``mode`` "qk", ``param`` the drop rate) or bucket ids ("hash", ``param`` buckets):
+    ``(B, N, H)`` and ``(B, N, HK)`` (``HK`` default ``H``)."""
+    HK = H if HK is None else HK
     if mode == "qk":
         a = torch.rand(B, N, H, device=device) >= param
-        b = torch.rand(B, N, H, device=device) >= param
+        b = torch.rand(B, N, HK, device=device) >= param
     else:
         a = torch.randint(0, param, (B, N, H), device=device, dtype=torch.int32)
-        b = torch.randint(0, param, (B, N, H), device=device, dtype=torch.int32)
+        b = torch.randint(0, param, (B, N, HK), device=device, dtype=torch.int32)
     return a, b
 
 
 def gqa_case(B, N, H, HK, D, mode, param, dtype, device):
     """``(q, k, v, a, b)`` of one case with ``HK`` kv heads: ``q (B, N, H, D)`` and ``k, v (B, N, HK, D)`` leaves
-    that take gradients, and the query and key masks (``mode`` "qk", ``param`` the drop rate) or bucket ids
-    ("hash", ``param`` buckets), per query head and per kv head."""
+    that take gradients, and ``make_pattern``'s masks or bucket ids per query head and per kv head."""
     q = torch.randn(B, N, H, D, dtype=dtype, device=device, requires_grad=True)
     k, v = (torch.randn(B, N, HK, D, dtype=dtype, device=device, requires_grad=True) for _ in range(2))
-    if mode == "qk":
-        return q, k, v, torch.rand(B, N, H, device=device) >= param, torch.rand(B, N, HK, device=device) >= param
-    return (q, k, v, torch.randint(0, param, (B, N, H), device=device, dtype=torch.int32),
-            torch.randint(0, param, (B, N, HK), device=device, dtype=torch.int32))
+    return (q, k, v, *make_pattern(mode, param, B, N, H, device, HK))
 
 
 def run_ours(mode, q, k, v, a, b, deterministic=True):

@@ -200,7 +200,7 @@ def alibi():
 def mla():
     """MLA decode (512 + 64, 16 and 128 heads): both schedules, ragged and one sequence, FlashMLA's paged layout
     (pages of 1, 16 and 64 tokens) and contiguous views of one wide cache, one and two query tokens; the same caches
-    in float8 e4m3 (32-token tiles, ``ops/decode_config._CUDA_FP8_LATENT``)."""
+    in float8 e4m3 (``ops/decode_config._CUDA_FP8_LATENT``'s tiles)."""
     for lens in ([3000, 0, 1, 517, 1024], [4000]):
         sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
         for heads in (16, 128):
