@@ -365,7 +365,7 @@ def main():
             if r.get(f"{key}_ms"):
                 r[f"{key}_tflops"] = flop_fwd * mult / (r[f"{key}_ms"] * 1e-3) / 1e12
     from leanattn.sparse.api import sparse_config
-    tiles = sparse_config(D, torch.device(device)).__dict__
+    tiles = {mode: sparse_config(D, torch.device(device), hashed=mode == "hash").__dict__ for mode in ("qk", "hash")}
     ceilings = (dict(bandwidth=common.read_bandwidth_gbs(), matmul_tflops=common.matmul_tflops())
                 if device == "cuda" else {})
     payload = dict(env=common.env_info(), suite="sparse", args=vars(args), tiles=tiles, ceilings=ceilings,

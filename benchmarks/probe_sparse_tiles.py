@@ -1,9 +1,11 @@
 """Probe: the sparse kernels' tiles at D=128 (``sparse/api.sparse_config``), forward and backward, one process.
 
 At D=128 with nothing dropped the kernels took 1.7x cuDNN's dense causal time on an H100 (2026-12-07,
-``bench_sparse_gqa.py``: 3.24 / 9.85 ms forward / backward against 1.89 / 5.81 at B=2, 32 over 8 heads, 8k): its
-tiles, ``(block_m, block_n, block_m_bwd, block_n_bwd) = (128, 64, 32, 128)``, were chosen from ptxas reports, not
-timed. Each variant sets ``LEANATTN_SPARSE_TILES`` (read at each call; plans and autotuning are keyed by the tiles)
+``bench_sparse_gqa.py``: 3.24 / 9.85 ms forward / backward against 1.89 / 5.81 at B=2, 32 over 8 heads, 8k) under
+tiles chosen from ptxas reports, ``(block_m, block_n, block_m_bwd, block_n_bwd) = (128, 64, 32, 128)``. This
+probe's first run (H100, 10:5x) timed single changes to them; the defaults since take 64-query backward steps and,
+for dropped tokens, 128-key forward tiles. The variants now are those defaults, the old ones and each change alone.
+Each variant sets ``LEANATTN_SPARSE_TILES`` (read at each call; plans and autotuning are keyed by the tiles)
 and is timed forward and backward (``triton.testing.do_bench``, median, L2 flushed) in 3 interleaved rounds, after
 its output and gradients are checked against the default tiles'. cuDNN's dense causal SDPA is timed beside them.
 
@@ -26,8 +28,8 @@ ENV = "LEANATTN_SPARSE_TILES"
 # (name, B, H, Hkv, N, mode, parameter)
 CASES = [("gqa dense 8k", 2, 32, 8, 8192, "qk", 0.0), ("gqa qk 0.5 8k", 2, 32, 8, 8192, "qk", 0.5),
          ("gqa hash 16 8k", 2, 32, 8, 8192, "hash", 16)]  # (one autotune key: the variants' compiles fit one call)
-VARIANTS = {"default": None, "fwd 128x128": "128,128,32,128", "fwd 64x64": "64,64,32,128",
-            "bwd 64x128": "128,64,64,128", "bwd 32x64": "128,64,32,64", "bwd 64x64": "128,64,64,64"}
+VARIANTS = {"default": None, "old 128x64 bwd 32": "128,64,32,128", "128x64 bwd 64": "128,64,64,128",
+            "128x128 bwd 64": "128,128,64,128", "128x128 bwd 32": "128,128,32,128"}
 
 
 def main(argv=None):

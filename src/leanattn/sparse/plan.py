@@ -204,9 +204,10 @@ class Plan:
         return (dq, dk, dv) if deterministic else (dq.to(q.dtype), dk, dv)
 
 
-# the dK/dV programs a launch should have at least, in SMs (one program an SM at the backward's 8 warps: offline,
-# sm_90a); not yet tuned on a GPU
-_DKDV_WAVES = 2
+# the dK/dV programs a launch should have at least, in SMs. H100 2026-12-07 (probe_sparse_dkdv_split.py, D=128):
+# the causal key blocks' unequal work wants about 8 programs an SM; at 2, multi-query's backward was 10-21% slower
+# than under its best split, while grids of 1024 programs (GQA 32/8 B=2, 64/8) lost 2-3% to any split
+_DKDV_WAVES = 6
 
 
 def dkdv_split(programs: int, group: int, device: torch.device) -> int:
