@@ -4,7 +4,8 @@
 #   tests       GPU tests of decode and bifurcated (sanitizer tests excluded: see 'sanitize')
 #   tests-bif   the bifurcated GPU tests alone (more than 290 s on an H200 since 2026-12-03: about half ran by then)
 #   tests-bif-0, tests-bif-1  each half of them (interleaved: LEANATTN_TEST_SHARD in tests/conftest.py; 77 passed in
-#               213 s for half 0 on an H200, 2026-12-04; over 200 s on an H200, 2026-12-07: give each 300 s)
+#               213 s for half 0 on an H200, 2026-12-04; on an H100 2026-12-07 10:3x 77 passed in 279 s and 77 in
+#               207 s: give each 300 s)
 #   tests-decode  the decode GPU tests alone, float8 caches, soft caps, out=/lse= buffers and k=/v= appends included
 #               (179 passed in 228 s on an H200, 2026-12-04, before the buffers and appends)
 #   tests-fp8   the GPU tests of decode over float8 caches alone (~65-100 s)
@@ -74,10 +75,13 @@
 #               speed of light, memory, warp states, occupancy)
 #   fp8-quick   three of bench_decode_fp8.py's cases: float8, int8 and bf16 decode, the peers beside them (~45 s, H100
 #               2026-12-07)
+#   tests-sparse  the sparse GPU tests other than GQA's (tests/test_sparse_gpu.py -k "not gqa"; tests-sparse-gqa has
+#               those, 460 s on an H100 2026-12-07)
 #   sparse-split  the sparse backward under every dK/dV split a case allows, the rule's and K/V repeated beside them
-#               (benchmarks/probe_sparse_dkdv_split.py; the rule made MQA 12% slower than repeated K/V, H100 2026-12-07)
+#               (benchmarks/probe_sparse_dkdv_split.py; H100 2026-12-07 10:5x: _DKDV_WAVES 2 -> 6 from it, ~120 s)
 #   sparse-tiles  the sparse kernels' tiles at D=128 (LEANATTN_SPARSE_TILES) forward and backward, cuDNN's dense
-#               causal beside them (benchmarks/probe_sparse_tiles.py; D=128 dense took 1.7x cuDNN's time, H100 2026-12-07)
+#               causal beside them (benchmarks/probe_sparse_tiles.py; H100 2026-12-07 10:4x: the D=128 defaults from
+#               it, dense 1.15x faster, 1.36x cuDNN's time; ~130 s)
 #   tests-bif-window  the GPU tests of bifurcated/cascade decode with a sliding window
 #               (tests/test_bifurcated_window_gpu.py)
 #   bif-window  bifurcated decode with a sliding window against no window, windowed decode over copies and SDPA
@@ -392,6 +396,7 @@ for step in "$@"; do
       -k "not sanitizer" 2>&1 | tail -3 ;;
     sanitize) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py 2>&1 | tail -3 ;;
     tests-sparse-gqa) "${PYTEST[@]}" tests/test_sparse_gpu.py -k gqa tests/test_sparse_gqa.py 2>&1 | tail -3 ;;
+    tests-sparse) "${PYTEST[@]}" tests/test_sparse_gpu.py -k "not gqa and not sanitizer" 2>&1 | tail -3 ;;
     sanitize-sparse)
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;

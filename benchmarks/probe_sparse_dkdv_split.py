@@ -2,9 +2,10 @@
 
 With few kv heads the dK/dV grid ``(key blocks, B * Hkv, split)`` cuts each kv head's query heads into ``split`` runs,
 one program each, whose partial gradients are summed after. The rule takes the smallest power of two that gives
-``_DKDV_WAVES`` (2) programs an SM; on an H100 (2026-12-07, ``bench_sparse_gqa.py``) that made multi-query attention's
-backward 12% slower than the kernel over K/V repeated to every head (1.99 against 1.78 ms, 50% of tokens dropped,
-8k). Each case is timed backward only (``out.backward``, which looks its plan up again under the variable) with
+``_DKDV_WAVES`` programs an SM. At 2, on an H100 (2026-12-07, ``bench_sparse_gqa.py``), that made multi-query
+attention's backward 12% slower than the kernel over K/V repeated to every head (1.99 against 1.78 ms, 50% of tokens
+dropped, 8k); this probe's first run (10:5x) set it to 6. Each case is timed backward only (``out.backward``,
+which looks its plan up again under the variable) with
 ``LEANATTN_SPARSE_DKDV_SPLIT`` at every power of two dividing the group and unset (the rule's choice, named), and over
 K/V repeated (split 1, one kv head a query head), in 3 interleaved rounds of ``triton.testing.do_bench`` (median, L2
 flushed); each split's gradients are checked against split 1's first.

@@ -171,15 +171,18 @@ def test_gqa_group_split_over_programs(device, monkeypatch, mode, split):
 
 
 def test_dkdv_split_choice(monkeypatch):
-    # the GPU's choice: the smallest power of two dividing the group that gives two programs an SM, 1 for MHA
+    # the GPU's choice: the smallest power of two dividing the group that gives six programs an SM (_DKDV_WAVES),
+    # 1 for MHA
     from leanattn import runtime
     from leanattn.sparse.plan import dkdv_split
     monkeypatch.delenv("LEANATTN_SPARSE_DKDV_SPLIT", raising=False)
     monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
     monkeypatch.setattr(runtime, "num_sms", lambda device: 132)
     cpu = torch.device("cpu")
-    assert dkdv_split(64, 32, cpu) == 8     # MQA 32/1, B=1, 8k tokens: 64 key blocks
-    assert dkdv_split(512, 4, cpu) == 1     # Llama-3-8B's 32/8 at B=1, 8k: 512 programs already
+    assert dkdv_split(64, 32, cpu) == 16    # MQA 32/1, B=1, 8k tokens: 64 key blocks
+    assert dkdv_split(128, 32, cpu) == 8    # MQA at 16k
+    assert dkdv_split(512, 4, cpu) == 2     # Llama-3-8B's 32/8 at B=1, 8k
+    assert dkdv_split(1024, 4, cpu) == 1    # the same at B=2: 1024 programs already
     assert dkdv_split(100, 3, cpu) == 1     # no power of two divides the group
     assert dkdv_split(16, 1, cpu) == 1
 
