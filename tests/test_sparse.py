@@ -295,6 +295,33 @@ def test_opcheck(device, mode):
                                       "test_aot_dispatch_dynamic"))
 
 
+def test_sparse_config(monkeypatch):
+    # the GPU's tiles (H100-tuned at D=128: wider forward key tiles for dropped tokens, not for buckets), the
+    # override's parsing, and each public op asking for its mode's tiles
+    from leanattn import runtime
+    monkeypatch.delenv("LEANATTN_SPARSE_TILES", raising=False)
+    monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
+    cpu = torch.device("cpu")
+    assert api.sparse_config(128, cpu) == api.SparseConfig(128, 128, 64, 128)
+    assert api.sparse_config(128, cpu, hashed=True) == api.SparseConfig(128, 64, 64, 128)
+    assert api.sparse_config(64, cpu) == api.sparse_config(64, cpu, hashed=True) == api.SparseConfig(128, 64, 64, 128)
+    monkeypatch.setenv("LEANATTN_SPARSE_TILES", "32,16,16,64")
+    assert api.sparse_config(128, cpu) == api.SparseConfig(32, 16, 16, 64)
+    for bad in ("32,16,16", "32,16,16,48", "8,16,16,16", "32,16,x,64"):
+        monkeypatch.setenv("LEANATTN_SPARSE_TILES", bad)
+        with pytest.raises(ValueError, match="LEANATTN_SPARSE_TILES: expected four powers of two >= 16"):
+            api.sparse_config(64, cpu)
+    monkeypatch.delenv("LEANATTN_SPARSE_TILES")
+    monkeypatch.undo()
+    asked, real = [], api.sparse_config
+    monkeypatch.setattr(api, "sparse_config", lambda d, dev, hashed=False: asked.append(hashed) or real(d, dev))
+    x = torch.randn(1, 8, 1, 64)
+    leanattn.qk_sparse_attention(x, x, x, torch.ones(1, 8, 1, dtype=torch.bool), torch.ones(1, 8, 1, dtype=torch.bool))
+    leanattn.hash_sparse_attention(x, x, x, torch.zeros(1, 8, 1, dtype=torch.int32),
+                                   torch.zeros(1, 8, 1, dtype=torch.int32))
+    assert asked == [False, True]
+
+
 # ----------------------------------------------------------------------------------------------
 # bad inputs
 

@@ -50,7 +50,7 @@ def sparse_config(head_dim: int, device: torch.device, hashed: bool = False) -> 
         return _override
     env = os.environ.get("LEANATTN_SPARSE_TILES")
     if env:
-        tiles = [int(x) for x in env.split(",")]
+        tiles = [int(x) if x.strip().isdigit() else 0 for x in env.split(",")]
         if len(tiles) != 4 or any(t < 16 or t & (t - 1) for t in tiles):
             raise ValueError(f"LEANATTN_SPARSE_TILES: expected four powers of two >= 16, got {env!r}")
         return SparseConfig(*tiles)
