@@ -77,8 +77,11 @@
 #               2026-12-07)
 #   tests-sparse  the sparse GPU tests other than GQA's (tests/test_sparse_gpu.py -k "not gqa"; tests-sparse-gqa has
 #               those, 460 s on an H100 2026-12-07)
+#   tests-split-sum  the sparse backward's cut groups summed after the launch and in it (LEANATTN_SPARSE_SPLIT_SUM),
+#               16 query heads over one kv head, 4 and 16 runs: the reference, and the same bits on three runs
 #   sparse-split  the sparse backward under every dK/dV split a case allows, the rule's and K/V repeated beside them
-#               (benchmarks/probe_sparse_dkdv_split.py; H100 2026-12-07 10:5x: _DKDV_WAVES 2 -> 6 from it, ~120 s)
+#               (benchmarks/probe_sparse_dkdv_split.py; H100 2026-12-07 10:5x: _DKDV_WAVES 2 -> 6 from it, ~120 s;
+#               since then each split is also timed summed in the launch, LEANATTN_SPARSE_SPLIT_SUM=kernel: ~250 s)
 #   sparse-tiles  the sparse kernels' tiles at D=128 (LEANATTN_SPARSE_TILES) forward and backward, cuDNN's dense
 #               causal beside them (benchmarks/probe_sparse_tiles.py; H100 2026-12-07 10:4x: the D=128 defaults from
 #               it, dense 1.15x faster, 1.36x cuDNN's time; ~130 s)
@@ -397,11 +400,12 @@ for step in "$@"; do
     sanitize) compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py 2>&1 | tail -3 ;;
     tests-sparse-gqa) "${PYTEST[@]}" tests/test_sparse_gpu.py -k gqa tests/test_sparse_gqa.py 2>&1 | tail -3 ;;
     tests-sparse) "${PYTEST[@]}" tests/test_sparse_gpu.py -k "not gqa and not sanitizer" 2>&1 | tail -3 ;;
+    tests-split-sum) "${PYTEST[@]}" tests/test_sparse_gpu.py -k split_sums 2>&1 | tail -3 ;;
     sanitize-sparse)
       timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
-    sparse-split) timeout 400 python3 benchmarks/probe_sparse_dkdv_split.py --out "$OUT" 2>&1 | grep -E "us$|wrote|Error" ;;
+    sparse-split) timeout 500 python3 benchmarks/probe_sparse_dkdv_split.py --out "$OUT" 2>&1 | grep -E "us$|wrote|Error" ;;
     sparse-tiles) timeout 500 python3 benchmarks/probe_sparse_tiles.py --out "$OUT" 2>&1 | grep -E "fwd/bwd|wrote|Error|Resources" ;;
     sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     tests-mla-fp8) "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 2>&1 | tail -3 ;;

@@ -314,13 +314,17 @@ def sparse():
             o = leanattn.hash_sparse_attention(q, k1, v1, qb, kb[:, :, :1].contiguous(), n_buckets=7,
                                                deterministic=det)
             o.backward(torch.randn_like(o))
-            # 4 query heads a kv head, the group cut in two runs over the dK/dV programs (float32 partial sums)
+            # 4 query heads a kv head, the group cut in two runs over the dK/dV programs (float32 partial sums),
+            # summed after the launch, then in it by each key block's last run
             os.environ["LEANATTN_SPARSE_DKDV_SPLIT"] = "2"
             q4 = torch.randn(B, N, 4, d, dtype=BF16, device=DEV, requires_grad=True)
-            o = leanattn.qk_sparse_attention(q4, k1, v1, torch.rand(B, N, 4, device=DEV) > 0.5,
-                                             keep_k[:, :, :1].contiguous(), deterministic=det)
-            o.backward(torch.randn_like(o))
+            for summed in ("torch", "kernel"):
+                os.environ["LEANATTN_SPARSE_SPLIT_SUM"] = summed
+                o = leanattn.qk_sparse_attention(q4, k1, v1, torch.rand(B, N, 4, device=DEV) > 0.5,
+                                                 keep_k[:, :, :1].contiguous(), deterministic=det)
+                o.backward(torch.randn_like(o))
             os.environ.pop("LEANATTN_SPARSE_DKDV_SPLIT")
+            os.environ.pop("LEANATTN_SPARSE_SPLIT_SUM")
 
 
 def bifurcated():

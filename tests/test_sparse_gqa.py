@@ -148,12 +148,14 @@ def test_gqa_empty_inputs(device):
         assert not meta.any()
 
 
+@pytest.mark.parametrize("summed", ["torch", "kernel"])
 @pytest.mark.parametrize("mode,split", [("qk", "2"), ("hash", "4")])
-def test_gqa_group_split_over_programs(device, monkeypatch, mode, split):
+def test_gqa_group_split_over_programs(device, monkeypatch, mode, split, summed):
     # the group's query heads cut into runs over programs of a key block (few kv heads: LEANATTN_SPARSE_DKDV_SPLIT,
-    # which a GPU's plan chooses from its SM count), partial dK/dV summed after in order: the reference's gradients,
-    # and the same bits on a second run, with either dQ mode
+    # which a GPU's plan chooses from its SM count), partial dK/dV summed in order after the launch or by each key
+    # block's last run in it: the reference's gradients, and the same bits on a second run, with either dQ mode
     monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", split)
+    monkeypatch.setenv("LEANATTN_SPARSE_SPLIT_SUM", summed)
     B, N, H, HK = 1, 50, 8, 2
     q, k, v = _inputs(B, N, H, HK, torch.float16, device, seed=11)
     a, b = _ids(mode, B, N, H, device, 12), _ids(mode, B, N, HK, device, 13)
@@ -167,6 +169,10 @@ def test_gqa_group_split_over_programs(device, monkeypatch, mode, split):
     assert {p.split for key, p in plan._PLANS.items() if key[-1] == split} == {int(split)}
     monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", "8")
     with pytest.raises(ValueError, match="LEANATTN_SPARSE_DKDV_SPLIT: expected a divisor of the 4 query heads"):
+        leanattn.qk_sparse_attention(q, k, v, a.bool() if mode == "qk" else a > 0, b.bool() if mode == "qk" else b > 0)
+    monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", split)
+    monkeypatch.setenv("LEANATTN_SPARSE_SPLIT_SUM", "triton")
+    with pytest.raises(ValueError, match="LEANATTN_SPARSE_SPLIT_SUM: expected 'torch' or 'kernel', got 'triton'"):
         leanattn.qk_sparse_attention(q, k, v, a.bool() if mode == "qk" else a > 0, b.bool() if mode == "qk" else b > 0)
 
 

@@ -309,9 +309,10 @@ def _dkdv_head(
     return dk, dv
 
 
-# DQ accumulates atomically with ATOMIC_DQ: zero it around the autotuner's trial runs
-# (SPLIT: a run of GROUP // SPLIT heads a program, so each split tunes apart)
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["SPLIT"], reset_to_zero=["DQ"])
+# DQ accumulates atomically with ATOMIC_DQ: zero it around the autotuner's trial runs, and the runs' counts with
+# SUM_IN_KERNEL (each full launch leaves them zero, but not one cut short) (SPLIT: a run of GROUP // SPLIT heads a
+# program, so each split tunes apart)
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["SPLIT", "SUM_IN_KERNEL"], reset_to_zero=["DQ", "Arrivals"])
 @triton.jit
 def sparse_dkdv_kernel(
     Q, K, V, DO, DK, DV, Lse, Delta,  #
@@ -323,20 +324,26 @@ def sparse_dkdv_kernel(
     stride_dkb, stride_dkn, stride_dkh,  #
     stride_dvb, stride_dvn, stride_dvh,  #
     DQ, stride_dqb, stride_dqn, stride_dqh,  #
+    Part, Arrivals,  #
     sm_scale, qk_scale, H, N, n_blocks, tune_n,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr, GROUP: tl.constexpr = 1,
-    SPLIT: tl.constexpr = 1,
+    SPLIT: tl.constexpr = 1, SUM_IN_KERNEL: tl.constexpr = False,
 ):
     """dK, dV of one block of ``BLOCK_N`` sorted keys of kv head ``program_id(1)`` (of ``B * H // GROUP``);
     ``Ranges`` (per query row) are in query blocks of ``BLOCK_M``. ``H``: query heads.
 
     With ``ATOMIC_DQ`` also adds each step's dQ into the float32 ``DQ`` (must start zeroed). ``SPLIT > 1``: the
-    group's query heads are cut into ``SPLIT`` runs, run ``program_id(2)`` of them here, and ``DK``, ``DV`` are
-    float32 ``(SPLIT, B, N, Hkv, D)`` contiguous buffers of partial sums (summed after, in order), so that few kv
-    heads still fill the GPU.
+    group's query heads are cut into ``SPLIT`` runs, so that few kv heads still fill the GPU; ``program_id(0)`` is
+    ``key block * SPLIT + run``. Their partial sums are added in run order either here (``SUM_IN_KERNEL``:
+    ``_sum_runs``, through ``Part`` and ``Arrivals``) or after the launch (``DK``, ``DV`` are then float32
+    ``(SPLIT, B, N, Hkv, D)`` contiguous buffers of them).
     """
     blk, bkv, b, hkv, kv_row0 = _program(H // GROUP, N, False)
+    run = 0
+    if SPLIT > 1:  # a key block's runs are adjacent programs: they run at once, their partial sums meet in L2
+        run = blk % SPLIT
+        blk = blk // SPLIT
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -353,7 +360,7 @@ def sparse_dkdv_kernel(
     else:
         # the group's query heads (this program's run of them) one after another, in order: dK and dV summed in
         # registers, deterministic
-        first = hkv * GROUP + tl.program_id(2) * (GROUP // SPLIT)
+        first = hkv * GROUP + run * (GROUP // SPLIT)
         for g in range(GROUP // SPLIT):
             h = first + g
             bh = b * H + h
@@ -363,14 +370,47 @@ def sparse_dkdv_kernel(
                 stride_dqb, stride_dqn, stride_dqh, sm_scale, qk_scale, N, n_blocks, HEAD_DIM, BLOCK_M, BLOCK_N,
                 UPCAST, DOT_PRECISION, ATOMIC_DQ)
     rows = k_pos.to(tl.int64)[:, None]
-    if SPLIT > 1:  # this run's partial sums: buffer program_id(2) of SPLIT, each B*Hkv*N*D elements
-        part = tl.program_id(2).to(tl.int64) * tl.num_programs(1) * N * HEAD_DIM
-        DK += part
-        DV += part
+    keep = valid_n
+    if SPLIT > 1:
+        if SUM_IN_KERNEL:
+            dk, dv, last = _sum_runs(dk, dv, Part, Arrivals, blk, bkv, run, offs_n, valid_n, N, HEAD_DIM, SPLIT)
+            keep = valid_n & last
+        else:  # this run's partial sums: buffer run of SPLIT, each B*Hkv*N*D elements
+            part = run.to(tl.int64) * tl.num_programs(1) * N * HEAD_DIM
+            DK += part
+            DV += part
     dk_ptrs = _head(DK, b, hkv, stride_dkb, stride_dkh) + rows * stride_dkn + offs_d[None, :]
     dv_ptrs = _head(DV, b, hkv, stride_dvb, stride_dvh) + rows * stride_dvn + offs_d[None, :]
-    tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=valid_n[:, None])
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=valid_n[:, None])
+    tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=keep[:, None])
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=keep[:, None])
+
+
+@triton.jit
+def _sum_runs(dk, dv, Part, Arrivals, blk, bkv, run, offs_n, valid_n, N,
+              HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr):
+    """Publishes this run's partial dK, dV to ``Part`` (float32 ``(SPLIT, 2, B * Hkv, N, D)``, sorted key order)
+    and counts it in at ``Arrivals[bkv, blk]`` (int32, zero before the launch). The run that arrives last adds all
+    ``SPLIT`` runs in run order, so the sum does not depend on which run arrives last, and zeroes the count for the
+    next launch. Never waits on another program. Returns ``(dk, dv, last)``: the sums where ``last``."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    plane = tl.num_programs(1).to(tl.int64) * N * HEAD_DIM  # one run's dK or dV
+    at = (bkv.to(tl.int64) * N + offs_n)[:, None] * HEAD_DIM + offs_d[None, :]
+    mask = valid_n[:, None]
+    tl.store(Part + (2 * run) * plane + at, dk, mask=mask)
+    tl.store(Part + (2 * run + 1) * plane + at, dv, mask=mask)
+    count = Arrivals + bkv * (tl.num_programs(0) // SPLIT) + blk
+    # every thread's stores above, then the count (release); the last run's loads after it (acquire), past L1
+    tl.debug_barrier()
+    arrived = tl.atomic_add(count, 1, sem="acq_rel")
+    last = arrived == SPLIT - 1
+    if last:
+        tl.store(count, 0)
+        dk = tl.zeros([dk.shape[0], HEAD_DIM], tl.float32)
+        dv = tl.zeros([dv.shape[0], HEAD_DIM], tl.float32)
+        for s in range(SPLIT):
+            dk += tl.load(Part + (2 * s) * plane + at, mask=mask, other=0.0, cache_modifier=".cg")
+            dv += tl.load(Part + (2 * s + 1) * plane + at, mask=mask, other=0.0, cache_modifier=".cg")
+    return dk, dv, last
 
 
 @triton.jit

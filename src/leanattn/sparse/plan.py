@@ -106,7 +106,8 @@ class Plan:
         self.fwd_grid = (self.n_q, self.BH)
         # grouped-query attention with few kv heads: the group's query heads cut over SPLIT programs of a key block
         self.split = dkdv_split(self.n_kv * self.BHK, H // HK, q.device)
-        self.dkdv_grid = (self.n_kv, self.BHK, self.split)
+        self.dkdv_grid = (self.n_kv * self.split, self.BHK)
+        self.sum_in_kernel = self.split > 1 and split_sum() == "kernel"
         self.f32_strides = (N * H * D, H * D, D)  # the float32 dQ of the atomic backward is contiguous
         self.dummy = (runtime.workspace("sparse_dummy_f32", q.device, (1,), torch.float32)
                       if not self.empty else None)
@@ -188,17 +189,23 @@ class Plan:
             sparse_bwd_preprocess_kernel[self.fwd_grid](
                 out, dout, delta, dq_acc, m.q_perm, *self.out_strides, *_bnh(dout), *dq_strides, self.H, self.N,
                 HEAD_DIM=self.flags["HEAD_DIM"], BLOCK_M=self.bm, num_warps=4)
-        if self.split == 1:
+        part = arrivals = self.dummy
+        if self.split == 1 or self.sum_in_kernel:
             dk_out, dv_out, out_strides = dk, dv, (*_bnh(dk), *_bnh(dv))
+            if self.sum_in_kernel:  # the runs' float32 partial sums, and a count of the runs in for each key block
+                part = torch.empty((self.split, 2, self.BHK, self.N, k.shape[-1]), dtype=torch.float32,
+                                   device=k.device)
+                arrivals = torch.zeros((self.BHK * self.n_kv,), dtype=torch.int32, device=k.device)
         else:  # each run of the group's heads writes float32 partial sums, contiguous, added in order after
             dk_out, dv_out = (torch.empty((self.split, *k.shape), dtype=torch.float32, device=k.device)
                               for _ in range(2))
             out_strides = 2 * _bnh(dk_out[0])
         sparse_dkdv_kernel[self.dkdv_grid](
             q, k, v, dout, dk_out, dv_out, lse, delta, m.q_perm, m.q_group, m.k_perm, m.k_group, m.kv_ranges,
-            *strides, *out_strides, dq_acc, *dq_strides, *tail, self.n_kv, self.tune_n,
-            BLOCK_M=self.bm_bwd, BLOCK_N=self.bn_bwd, ATOMIC_DQ=not deterministic, SPLIT=self.split, **self.flags)
-        if self.split > 1:
+            *strides, *out_strides, dq_acc, *dq_strides, part, arrivals, *tail, self.n_kv, self.tune_n,
+            BLOCK_M=self.bm_bwd, BLOCK_N=self.bn_bwd, ATOMIC_DQ=not deterministic, SPLIT=self.split,
+            SUM_IN_KERNEL=self.sum_in_kernel, **self.flags)
+        if self.split > 1 and not self.sum_in_kernel:
             dk.copy_(dk_out.sum(0))
             dv.copy_(dv_out.sum(0))
         return (dq, dk, dv) if deterministic else (dq.to(q.dtype), dk, dv)
@@ -232,6 +239,17 @@ def dkdv_split(programs: int, group: int, device: torch.device) -> int:
     return split
 
 
+def split_sum() -> str:
+    """Where the runs of a cut group (``dkdv_split``) are summed: ``"torch"`` after the dK/dV launch (float32 partial
+    buffers, then ``sum``), or ``"kernel"``: by the last run of each key block to arrive, while the partials are
+    likely still in L2. ``LEANATTN_SPARSE_SPLIT_SUM`` picks; ``"torch"`` by default until the two are timed on a
+    GPU. Both add the runs in run order: deterministic either way."""
+    raw = os.environ.get("LEANATTN_SPARSE_SPLIT_SUM", "torch")
+    if raw not in ("torch", "kernel"):
+        raise ValueError(f"LEANATTN_SPARSE_SPLIT_SUM: expected 'torch' or 'kernel', got {raw!r}")
+    return raw
+
+
 _PLANS = runtime.PlanCache(name="sparse attention")  # a training run sees few signatures
 
 
@@ -239,5 +257,5 @@ def get_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles) -> Plan:
     """The cached :class:`Plan` of this signature; ``tiles``: its first four entries are used."""
     tiles = tuple(tiles[:4])
     key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, tiles, runtime.interpreting(),
-           os.environ.get("LEANATTN_SPARSE_DKDV_SPLIT"))
+           os.environ.get("LEANATTN_SPARSE_SPLIT_SUM"), os.environ.get("LEANATTN_SPARSE_DKDV_SPLIT"))
     return _PLANS.get_or_make(key, lambda: Plan(q, k, v, tiles))
