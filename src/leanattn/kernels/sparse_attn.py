@@ -334,16 +334,19 @@ def sparse_dkdv_kernel(
     ``Ranges`` (per query row) are in query blocks of ``BLOCK_M``. ``H``: query heads.
 
     With ``ATOMIC_DQ`` also adds each step's dQ into the float32 ``DQ`` (must start zeroed). ``SPLIT > 1``: the
-    group's query heads are cut into ``SPLIT`` runs, so that few kv heads still fill the GPU; ``program_id(0)`` is
-    ``key block * SPLIT + run``. Their partial sums are added in run order either here (``SUM_IN_KERNEL``:
-    ``_sum_runs``, through ``Part`` and ``Arrivals``) or after the launch (``DK``, ``DV`` are then float32
-    ``(SPLIT, B, N, Hkv, D)`` contiguous buffers of them).
+    group's query heads are cut into ``SPLIT`` runs, so that few kv heads still fill the GPU. Their partial sums
+    are added in run order either here (``SUM_IN_KERNEL``: ``_sum_runs``, through ``Part`` and ``Arrivals``;
+    ``program_id(0)`` is ``key block * SPLIT + run``) or after the launch (run ``program_id(2)``; ``DK``, ``DV`` are
+    then float32 ``(SPLIT, B, N, Hkv, D)`` contiguous buffers of them).
     """
     blk, bkv, b, hkv, kv_row0 = _program(H // GROUP, N, False)
     run = 0
-    if SPLIT > 1:  # a key block's runs are adjacent programs: they run at once, their partial sums meet in L2
-        run = blk % SPLIT
-        blk = blk // SPLIT
+    if SPLIT > 1:
+        if SUM_IN_KERNEL:  # a key block's runs are adjacent programs: they run at once, their partials meet in L2
+            run = blk % SPLIT
+            blk = blk // SPLIT
+        else:
+            run = tl.program_id(2)
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
     offs_d = tl.arange(0, HEAD_DIM)
