@@ -166,7 +166,8 @@ def test_gqa_group_split_over_programs(device, monkeypatch, mode, split, summed)
         assert torch.equal(_check(mode, q, k, v, a, b, deterministic=deterministic)[1], grads[1])
     from leanattn.sparse import plan
     # (the plans made under this override: a GPU's own choice for other tests' shapes may differ)
-    assert {p.split for key, p in plan._PLANS.items() if key[-1] == split} == {int(split)}
+    made = [p for key, p in plan._PLANS.items() if key[-1] == split and key[-2] == summed]
+    assert made and all(p.split == int(split) and p.sum_in_kernel == (summed == "kernel") for p in made)
     monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", "8")
     with pytest.raises(ValueError, match="LEANATTN_SPARSE_DKDV_SPLIT: expected a divisor of the 4 query heads"):
         leanattn.qk_sparse_attention(q, k, v, a.bool() if mode == "qk" else a > 0, b.bool() if mode == "qk" else b > 0)

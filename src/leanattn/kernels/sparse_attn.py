@@ -15,8 +15,9 @@ and runs three loops: masked ``[lo, full_lo)``, unmasked ``[full_lo, full_hi)``,
   ``+inf`` for a row that sees no key so that the backward's ``exp2(s - lse)`` is 0).
 * ``sparse_bwd_preprocess_kernel`` (atomic dQ only): ``delta = rowsum(out * dout)`` in sorted
   order, and the float32 dQ zeroed.
-* ``sparse_dkdv_kernel``: grid ``(key blocks, B*Hkv, SPLIT)``, as FlashAttention-2: each program owns a
-  key block and loops over the query blocks that see it; dK, dV stay in registers.
+* ``sparse_dkdv_kernel``: grid ``(key blocks, B*Hkv, SPLIT)`` (``(key blocks * SPLIT, B*Hkv)`` where a cut
+  group's runs are summed in the launch), as FlashAttention-2: each program owns a key block and loops over the
+  query blocks that see it; dK, dV stay in registers.
 * ``sparse_dq_kernel``: grid ``(q blocks, B*H)``: a separate pass, so no atomics and the
   gradients are bitwise deterministic (the default); it runs before dK/dV and writes delta
   itself. ``deterministic=False`` instead adds dQ with float32 atomics from the dK/dV

@@ -106,7 +106,7 @@ class Plan:
         self.fwd_grid = (self.n_q, self.BH)
         # grouped-query attention with few kv heads: the group's query heads cut over SPLIT programs of a key block
         self.split = dkdv_split(self.n_kv * self.BHK, H // HK, q.device)
-        self.sum_in_kernel = self.split > 1 and split_sum() == "kernel"
+        self.sum_in_kernel = split_sum() == "kernel" and self.split > 1
         self.dkdv_grid = (self.n_kv * self.split, self.BHK) if self.sum_in_kernel else (self.n_kv, self.BHK, self.split)
         self.f32_strides = (N * H * D, H * D, D)  # the float32 dQ of the atomic backward is contiguous
         self.dummy = (runtime.workspace("sparse_dummy_f32", q.device, (1,), torch.float32)
