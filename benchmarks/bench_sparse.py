@@ -123,6 +123,23 @@ def gqa_case(B, N, H, HK, D, mode, param, dtype, device):
     return (q, k, v, *make_pattern(mode, param, B, N, H, device, HK))
 
 
+def gqa_cases(cases, want, D, dtype, device):
+    """Each of ``cases`` (``(name, B, H, Hkv, N, mode, parameter)``) that ``want`` names (all where it is empty),
+    with its tensors: ``(case, (q, k, v, a, b, dout))``, ``gqa_case``'s and an output gradient of ``q``'s shape."""
+    for case in cases:
+        name, B, H, HK, N, mode, param = case
+        if want and name not in want:
+            continue
+        tensors = gqa_case(B, N, H, HK, D, mode, param, dtype, device)
+        yield case, (*tensors, torch.randn(B, N, H, D, dtype=dtype, device=device))
+
+
+def max_rel_err(xs, refs) -> float:
+    """The largest ``max |x - ref| / max |ref|`` over paired tensors (a probe's check of a variant's results
+    against its first variant's)."""
+    return max(float((x - r).abs().max() / r.abs().max().clamp_min(1e-6)) for x, r in zip(xs, refs))
+
+
 def run_ours(mode, q, k, v, a, b, deterministic=True):
     if mode == "qk":
         return leanattn.qk_sparse_attention(q, k, v, a, b, deterministic=deterministic)

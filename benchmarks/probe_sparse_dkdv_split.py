@@ -42,12 +42,8 @@ def main(argv=None):
     args, want, ceiling = common.probe_start(__doc__, argv)
     T = bs.timer(DEVICE)
     rows = []
-    for name, B, H, HK, N, mode, param in CASES:
-        if want and name not in want:
-            continue
+    for (name, B, H, HK, N, mode, param), (q, k, v, a, b, dout) in bs.gqa_cases(CASES, want, D, DTYPE, DEVICE):
         G = H // HK
-        q, k, v, a, b = bs.gqa_case(B, N, H, HK, D, mode, param, DTYPE, DEVICE)
-        dout = torch.randn(B, N, H, D, dtype=DTYPE, device=DEVICE)
         kr, vr = (x.detach().repeat_interleave(G, dim=2).requires_grad_() for x in (k, v))
         splits = [s for s in (1 << i for i in range(G.bit_length())) if G % s == 0]
         # (split, where the runs are summed): after the launch (torch), or in it by each key block's last run
@@ -63,7 +59,7 @@ def main(argv=None):
             grads = torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
             if first is None:
                 first = grads
-            err = max(float((g - f).abs().max() / f.abs().max().clamp_min(1e-6)) for g, f in zip(grads, first))
+            err = bs.max_rel_err(grads, first)
             if err > 2e-2:
                 raise AssertionError(f"{name} {label}: gradients off split 1's by {err:.2e} (relative)")
             outs[label] = out

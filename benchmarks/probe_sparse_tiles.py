@@ -36,11 +36,7 @@ def main(argv=None):
     args, want, ceiling = common.probe_start(__doc__, argv)
     T = bs.timer(DEVICE)
     rows = []
-    for name, B, H, HK, N, mode, param in CASES:
-        if want and name not in want:
-            continue
-        q, k, v, a, b = bs.gqa_case(B, N, H, HK, D, mode, param, DTYPE, DEVICE)
-        dout = torch.randn(B, N, H, D, dtype=DTYPE, device=DEVICE)
+    for (name, B, H, HK, N, mode, param), (q, k, v, a, b, dout) in bs.gqa_cases(CASES, want, D, DTYPE, DEVICE):
         first, fns = None, {}
         for label, tiles in VARIANTS.items():
             common.set_env(ENV, tiles)
@@ -52,7 +48,7 @@ def main(argv=None):
                 continue
             if first is None:
                 first = res
-            err = max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-6)) for x, y in zip(res, first))
+            err = bs.max_rel_err(res, first)
             if err > 2e-2:
                 raise AssertionError(f"{name} {label}: off the default tiles' results by {err:.2e} (relative)")
             fns[label] = (tiles, lambda: bs.run_ours(mode, q, k, v, a, b))
