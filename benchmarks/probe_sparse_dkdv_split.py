@@ -1,16 +1,16 @@
 """Probe: the sparse backward's dK/dV split (``sparse/plan.dkdv_split``) under every split a case allows.
 
-With few kv heads the dK/dV grid ``(key blocks, B * Hkv, split)`` cuts each kv head's query heads into ``split`` runs,
-one program each, whose partial gradients are summed after. The rule takes the smallest power of two that gives
-``_DKDV_WAVES`` programs an SM. At 2, on an H100 (2026-12-07, ``bench_sparse_gqa.py``), that made multi-query
-attention's backward 12% slower than the kernel over K/V repeated to every head (1.99 against 1.78 ms, 50% of tokens
-dropped, 8k); this probe's first run (10:5x) set it to 6. Each case is timed backward only (``out.backward``,
-which looks its plan up again under the variable) with
-``LEANATTN_SPARSE_DKDV_SPLIT`` at every power of two dividing the group and unset (the rule's choice, named), and over
-K/V repeated (split 1, one kv head a query head), in 3 interleaved rounds of ``triton.testing.do_bench`` (median, L2
-flushed); each split's gradients are checked against split 1's first. Each split above 1 and the rule's are also
-timed with the runs summed in the launch by each key block's last run (``LEANATTN_SPARSE_SPLIT_SUM=kernel``) rather
-than after it.
+With few kv heads the dK/dV grid ``(key blocks * split, B * Hkv)`` cuts each kv head's query heads into ``split``
+runs, one program each, whose partial gradients the last run of each key block sums. At first the runs were summed
+after the launch and the rule took the smallest power of two giving ``_DKDV_WAVES`` programs an SM: at 2, on an H100
+(2026-12-07, ``bench_sparse_gqa.py``), multi-query attention's backward was 12% slower than the kernel over K/V
+repeated to every head (1.99 against 1.78 ms, 50% of tokens dropped, 8k); this probe's first run (10:5x) set it to 6.
+Its second run (13:2x) timed the sum in the launch beside the sum after it: the sum in the launch won at the best
+split of every case, so it is the only one now, under the rule that run gave. Each case is timed backward only
+(``out.backward``, which looks its plan up again under the variable) with ``LEANATTN_SPARSE_DKDV_SPLIT`` at every
+power of two dividing the group and unset (the rule's choice, named), and over K/V repeated (split 1, one kv head a
+query head), in 3 interleaved rounds of ``triton.testing.do_bench`` (median, L2 flushed); each split's gradients are
+checked against split 1's first.
 
     PYTHONPATH=src python3 benchmarks/probe_sparse_dkdv_split.py [--out DIR] [--cases A,B]
 """
@@ -29,7 +29,7 @@ from leanattn.sparse import plan as sparse_plan  # noqa: E402
 
 D = 128
 DEVICE, DTYPE = "cuda", torch.bfloat16  # (a CPU smoke run sets these, fp16, and tiny CASES)
-ENV, SUM_ENV = "LEANATTN_SPARSE_DKDV_SPLIT", "LEANATTN_SPARSE_SPLIT_SUM"
+ENV = "LEANATTN_SPARSE_DKDV_SPLIT"
 # (name, B, H, Hkv, N, mode, parameter)
 CASES = [("mqa B=1 qk 0.5 8k", 1, 32, 1, 8192, "qk", 0.5), ("mqa B=1 hash 16 8k", 1, 32, 1, 8192, "hash", 16),
          ("mqa B=1 qk 0.5 16k", 1, 32, 1, 16384, "qk", 0.5), ("gqa 32/8 B=1 qk 0.5 8k", 1, 32, 8, 8192, "qk", 0.5),
@@ -46,15 +46,11 @@ def main(argv=None):
         G = H // HK
         kr, vr = (x.detach().repeat_interleave(G, dim=2).requires_grad_() for x in (k, v))
         splits = [s for s in (1 << i for i in range(G.bit_length())) if G % s == 0]
-        # (split, where the runs are summed): after the launch (torch), or in it by each key block's last run
-        variants = {f"split {s}": (str(s), "torch") for s in splits}
-        variants.update({f"split {s} in-kernel sum": (str(s), "kernel") for s in splits if s > 1})
-        variants["rule"] = (None, "torch")
-        variants["rule in-kernel sum"] = (None, "kernel")
+        variants = {f"split {s}": str(s) for s in splits}
+        variants["rule"] = None
         outs, first = {}, None
-        for label, (split, summed) in variants.items():
+        for label, split in variants.items():
             common.set_env(ENV, split)
-            common.set_env(SUM_ENV, summed)
             out = bs.run_ours(mode, q, k, v, a, b)
             grads = torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
             if first is None:
@@ -65,15 +61,13 @@ def main(argv=None):
             outs[label] = out
         chosen = max(p.split for key, p in sparse_plan._PLANS.items() if key[-1] is None and key[1] == k.shape)
         common.set_env(ENV, None)
-        common.set_env(SUM_ENV, None)
         outs["repeated"] = bs.run_ours(mode, q, kr, vr, a, b.repeat_interleave(G, dim=2))
-        variants["repeated"] = (None, None)
+        variants["repeated"] = None
         leaves = [q, k, v, kr, vr]
         us = {label: [] for label in outs}
         for _ in range(3):
             for label, out in outs.items():
-                common.set_env(ENV, variants[label][0])
-                common.set_env(SUM_ENV, variants[label][1])
+                common.set_env(ENV, variants[label])
                 us[label].append(1e3 * T(lambda out=out: out.backward(dout, retain_graph=True), grad_to_none=leaves))
         median = {label: sorted(t)[1] for label, t in us.items()}
         print(f"{name} (group {G}, rule: split {chosen}): " + "  ".join(f"{lb} {t:.0f}" for lb, t in median.items())

@@ -315,17 +315,13 @@ def sparse():
                                                deterministic=det)
             o.backward(torch.randn_like(o))
             # 4 query heads a kv head, the group cut in two runs over the dK/dV programs (float32 partial sums),
-            # summed after the launch, then in it by each key block's last run
+            # summed by each key block's last run
             os.environ["LEANATTN_SPARSE_DKDV_SPLIT"] = "2"
             q4 = torch.randn(B, N, 4, d, dtype=BF16, device=DEV, requires_grad=True)
-            for summed in ("torch", "kernel"):
-                os.environ["LEANATTN_SPARSE_SPLIT_SUM"] = summed
-                o = leanattn.qk_sparse_attention(q4, k1, v1, torch.rand(B, N, 4, device=DEV) > 0.5,
-                                                 keep_k[:, :, :1].contiguous(), deterministic=det)
-                o.backward(torch.randn_like(o))
+            o = leanattn.qk_sparse_attention(q4, k1, v1, torch.rand(B, N, 4, device=DEV) > 0.5,
+                                             keep_k[:, :, :1].contiguous(), deterministic=det)
+            o.backward(torch.randn_like(o))
             os.environ.pop("LEANATTN_SPARSE_DKDV_SPLIT")
-            os.environ.pop("LEANATTN_SPARSE_SPLIT_SUM")
-
 
 def bifurcated():
     # the default launch plans, then the states path's in-kernel merge, the fused path and the overlap path

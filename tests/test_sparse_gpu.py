@@ -82,29 +82,27 @@ def test_gqa_large(mode, D, deterministic):
 @pytest.mark.parametrize("split", ["4", "16"])
 def test_split_sums_under_concurrency(monkeypatch, split):
     # multi-query attention (16 query heads over one kv head) with the group cut over programs of each key block,
-    # the runs summed after the launch or by each block's last run in it, every run of a block in flight at once:
-    # the reference's gradients; then, for three new output gradients, the in-launch sum against the sum after it
-    # (a partial read before its run stored it would hold the last call's values, far off) and against itself
-    monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", split)
+    # the runs summed by each block's last run, every run of a block in flight at once: the reference's gradients;
+    # then, for three new output gradients, against the group left whole (a partial read before its run stored it
+    # would hold the last call's values, far off) and the same bits again
     N, H = 4000, 16
     q = torch.randn(1, N, H, 128, dtype=torch.bfloat16, device="cuda").requires_grad_()
     k, v = (torch.randn(1, N, 1, 128, dtype=torch.bfloat16, device="cuda").requires_grad_() for _ in range(2))
     a, b = torch.rand(1, N, H, device="cuda") > 0.3, torch.rand(1, N, 1, device="cuda") > 0.3
 
-    def grads(summed, dout):
-        monkeypatch.setenv("LEANATTN_SPARSE_SPLIT_SUM", summed)
+    def grads(runs, dout):
+        monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", runs)
         return torch.autograd.grad(leanattn.qk_sparse_attention(q, k, v, a, b), (k, v), dout)
 
-    for summed in ("torch", "kernel"):
-        monkeypatch.setenv("LEANATTN_SPARSE_SPLIT_SUM", summed)
-        _check(leanattn.qk_sparse_attention, reference.qk_sparse_attention, q, k, v, a, b, TOLERANCE[torch.bfloat16])
+    monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", split)
+    _check(leanattn.qk_sparse_attention, reference.qk_sparse_attention, q, k, v, a, b, TOLERANCE[torch.bfloat16])
     for _ in range(3):
         dout = torch.randn_like(q)
-        after, inside = grads("torch", dout), grads("kernel", dout)
-        for name, x, y in zip(("dk", "dv"), inside, after):
+        whole, cut = grads("1", dout), grads(split, dout)
+        for name, x, y in zip(("dk", "dv"), cut, whole):
             assert_rel_close(name, x, y, 1e-2)
-        again = grads("kernel", dout)
-        assert torch.equal(again[0], inside[0]) and torch.equal(again[1], inside[1])
+        again = grads(split, dout)
+        assert torch.equal(again[0], cut[0]) and torch.equal(again[1], cut[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -148,14 +148,12 @@ def test_gqa_empty_inputs(device):
         assert not meta.any()
 
 
-@pytest.mark.parametrize("summed", ["torch", "kernel"])
 @pytest.mark.parametrize("mode,split", [("qk", "2"), ("hash", "4")])
-def test_gqa_group_split_over_programs(device, monkeypatch, mode, split, summed):
+def test_gqa_group_split_over_programs(device, monkeypatch, mode, split):
     # the group's query heads cut into runs over programs of a key block (few kv heads: LEANATTN_SPARSE_DKDV_SPLIT,
-    # which a GPU's plan chooses from its SM count), partial dK/dV summed in order after the launch or by each key
-    # block's last run in it: the reference's gradients, and the same bits on a second run, with either dQ mode
+    # which a GPU's plan chooses from its SM count), partial dK/dV summed in order by each key block's last run: the
+    # reference's gradients, and the same bits on a second run, with either dQ mode
     monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", split)
-    monkeypatch.setenv("LEANATTN_SPARSE_SPLIT_SUM", summed)
     B, N, H, HK = 1, 50, 8, 2
     q, k, v = _inputs(B, N, H, HK, torch.float16, device, seed=11)
     a, b = _ids(mode, B, N, H, device, 12), _ids(mode, B, N, HK, device, 13)
@@ -166,30 +164,27 @@ def test_gqa_group_split_over_programs(device, monkeypatch, mode, split, summed)
         assert torch.equal(_check(mode, q, k, v, a, b, deterministic=deterministic)[1], grads[1])
     from leanattn.sparse import plan
     # (the plans made under this override: a GPU's own choice for other tests' shapes may differ)
-    made = [p for key, p in plan._PLANS.items() if key[-1] == split and key[-2] == summed]
-    assert made and all(p.split == int(split) and p.sum_in_kernel == (summed == "kernel") for p in made)
+    made = [p for key, p in plan._PLANS.items() if key[-1] == split]
+    assert made and all(p.split == int(split) and p.dkdv_grid[0] == p.n_kv * p.split for p in made)
     monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", "8")
     with pytest.raises(ValueError, match="LEANATTN_SPARSE_DKDV_SPLIT: expected a divisor of the 4 query heads"):
-        leanattn.qk_sparse_attention(q, k, v, a.bool() if mode == "qk" else a > 0, b.bool() if mode == "qk" else b > 0)
-    monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", split)
-    monkeypatch.setenv("LEANATTN_SPARSE_SPLIT_SUM", "triton")
-    with pytest.raises(ValueError, match="LEANATTN_SPARSE_SPLIT_SUM: expected 'torch' or 'kernel', got 'triton'"):
         leanattn.qk_sparse_attention(q, k, v, a.bool() if mode == "qk" else a > 0, b.bool() if mode == "qk" else b > 0)
 
 
 def test_dkdv_split_choice(monkeypatch):
-    # the GPU's choice: the smallest power of two dividing the group that gives six programs an SM (_DKDV_WAVES),
-    # 1 for MHA
+    # the GPU's choice: the largest power of two dividing the group that keeps four programs an SM (_DKDV_WAVES),
+    # at least 2 for an even group, 1 for MHA
     from leanattn import runtime
     from leanattn.sparse.plan import dkdv_split
     monkeypatch.delenv("LEANATTN_SPARSE_DKDV_SPLIT", raising=False)
     monkeypatch.setattr(runtime, "gpu_target", lambda device: True)
     monkeypatch.setattr(runtime, "num_sms", lambda device: 132)
     cpu = torch.device("cpu")
-    assert dkdv_split(64, 32, cpu) == 16    # MQA 32/1, B=1, 8k tokens: 64 key blocks
-    assert dkdv_split(128, 32, cpu) == 8    # MQA at 16k
+    assert dkdv_split(64, 32, cpu) == 8     # MQA 32/1, B=1, 8k tokens: 64 key blocks
+    assert dkdv_split(128, 32, cpu) == 4    # MQA at 16k
+    assert dkdv_split(128, 8, cpu) == 4     # GQA 32/4 at 4k
     assert dkdv_split(512, 4, cpu) == 2     # Llama-3-8B's 32/8 at B=1, 8k
-    assert dkdv_split(1024, 4, cpu) == 1    # the same at B=2: 1024 programs already
+    assert dkdv_split(1024, 4, cpu) == 2    # the same at B=2: cut in two though 1024 programs fill the GPU
     assert dkdv_split(100, 3, cpu) == 1     # no power of two divides the group
     assert dkdv_split(16, 1, cpu) == 1
 

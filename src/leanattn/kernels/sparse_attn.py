@@ -15,9 +15,8 @@ and runs three loops: masked ``[lo, full_lo)``, unmasked ``[full_lo, full_hi)``,
   ``+inf`` for a row that sees no key so that the backward's ``exp2(s - lse)`` is 0).
 * ``sparse_bwd_preprocess_kernel`` (atomic dQ only): ``delta = rowsum(out * dout)`` in sorted
   order, and the float32 dQ zeroed.
-* ``sparse_dkdv_kernel``: grid ``(key blocks, B*Hkv, SPLIT)`` (``(key blocks * SPLIT, B*Hkv)`` where a cut
-  group's runs are summed in the launch), as FlashAttention-2: each program owns a key block and loops over the
-  query blocks that see it; dK, dV stay in registers.
+* ``sparse_dkdv_kernel``: grid ``(key blocks * SPLIT, B*Hkv)``, as FlashAttention-2: each program owns a key
+  block and loops over the query blocks that see it; dK, dV stay in registers.
 * ``sparse_dq_kernel``: grid ``(q blocks, B*H)``: a separate pass, so no atomics and the
   gradients are bitwise deterministic (the default); it runs before dK/dV and writes delta
   itself. ``deterministic=False`` instead adds dQ with float32 atomics from the dK/dV
@@ -310,10 +309,10 @@ def _dkdv_head(
     return dk, dv
 
 
-# DQ accumulates atomically with ATOMIC_DQ: zero it around the autotuner's trial runs, and the runs' counts with
-# SUM_IN_KERNEL (each full launch leaves them zero, but not one cut short) (SPLIT: a run of GROUP // SPLIT heads a
-# program, so each split tunes apart)
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["SPLIT", "SUM_IN_KERNEL"], reset_to_zero=["DQ", "Arrivals"])
+# DQ accumulates atomically with ATOMIC_DQ: zero it around the autotuner's trial runs, and the runs' counts of a cut
+# group (each full launch leaves them zero, but not one cut short) (SPLIT: a run of GROUP // SPLIT heads a program,
+# so each split tunes apart)
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["SPLIT"], reset_to_zero=["DQ", "Arrivals"])
 @triton.jit
 def sparse_dkdv_kernel(
     Q, K, V, DO, DK, DV, Lse, Delta,  #
@@ -329,25 +328,21 @@ def sparse_dkdv_kernel(
     sm_scale, qk_scale, H, N, n_blocks, tune_n,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr, GROUP: tl.constexpr = 1,
-    SPLIT: tl.constexpr = 1, SUM_IN_KERNEL: tl.constexpr = False,
+    SPLIT: tl.constexpr = 1,
 ):
     """dK, dV of one block of ``BLOCK_N`` sorted keys of kv head ``program_id(1)`` (of ``B * H // GROUP``);
     ``Ranges`` (per query row) are in query blocks of ``BLOCK_M``. ``H``: query heads.
 
     With ``ATOMIC_DQ`` also adds each step's dQ into the float32 ``DQ`` (must start zeroed). ``SPLIT > 1``: the
-    group's query heads are cut into ``SPLIT`` runs, so that few kv heads still fill the GPU. Their partial sums
-    are added in run order either here (``SUM_IN_KERNEL``: ``_sum_runs``, through ``Part`` and ``Arrivals``;
-    ``program_id(0)`` is ``key block * SPLIT + run``) or after the launch (run ``program_id(2)``; ``DK``, ``DV`` are
-    then float32 ``(SPLIT, B, N, Hkv, D)`` contiguous buffers of them).
+    group's query heads are cut into ``SPLIT`` runs, so that few kv heads still fill the GPU; ``program_id(0)`` is
+    ``key block * SPLIT + run``, and the runs' partial sums are added in run order by the last run of each key block
+    (``_sum_runs``, through ``Part`` and ``Arrivals``).
     """
     blk, bkv, b, hkv, kv_row0 = _program(H // GROUP, N, False)
     run = 0
-    if SPLIT > 1:
-        if SUM_IN_KERNEL:  # a key block's runs are adjacent programs: they run at once, their partials meet in L2
-            run = blk % SPLIT
-            blk = blk // SPLIT
-        else:
-            run = tl.program_id(2)
+    if SPLIT > 1:  # a key block's runs are adjacent programs: they run at once, their partials meet in L2
+        run = blk % SPLIT
+        blk = blk // SPLIT
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -376,13 +371,8 @@ def sparse_dkdv_kernel(
     rows = k_pos.to(tl.int64)[:, None]
     keep = valid_n
     if SPLIT > 1:
-        if SUM_IN_KERNEL:
-            dk, dv, last = _sum_runs(dk, dv, Part, Arrivals, blk, bkv, run, offs_n, valid_n, N, HEAD_DIM, SPLIT)
-            keep = valid_n & last
-        else:  # this run's partial sums: buffer run of SPLIT, each B*Hkv*N*D elements
-            part = run.to(tl.int64) * tl.num_programs(1) * N * HEAD_DIM
-            DK += part
-            DV += part
+        dk, dv, last = _sum_runs(dk, dv, Part, Arrivals, blk, bkv, run, offs_n, valid_n, N, HEAD_DIM, SPLIT)
+        keep = valid_n & last
     dk_ptrs = _head(DK, b, hkv, stride_dkb, stride_dkh) + rows * stride_dkn + offs_d[None, :]
     dv_ptrs = _head(DV, b, hkv, stride_dvb, stride_dvh) + rows * stride_dvn + offs_d[None, :]
     tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=keep[:, None])

@@ -106,8 +106,7 @@ class Plan:
         self.fwd_grid = (self.n_q, self.BH)
         # grouped-query attention with few kv heads: the group's query heads cut over SPLIT programs of a key block
         self.split = dkdv_split(self.n_kv * self.BHK, H // HK, q.device)
-        self.sum_in_kernel = split_sum() == "kernel" and self.split > 1
-        self.dkdv_grid = (self.n_kv * self.split, self.BHK) if self.sum_in_kernel else (self.n_kv, self.BHK, self.split)
+        self.dkdv_grid = (self.n_kv * self.split, self.BHK)
         self.f32_strides = (N * H * D, H * D, D)  # the float32 dQ of the atomic backward is contiguous
         self.dummy = (runtime.workspace("sparse_dummy_f32", q.device, (1,), torch.float32)
                       if not self.empty else None)
@@ -190,38 +189,29 @@ class Plan:
                 out, dout, delta, dq_acc, m.q_perm, *self.out_strides, *_bnh(dout), *dq_strides, self.H, self.N,
                 HEAD_DIM=self.flags["HEAD_DIM"], BLOCK_M=self.bm, num_warps=4)
         part = arrivals = self.dummy
-        if self.split == 1 or self.sum_in_kernel:
-            dk_out, dv_out, out_strides = dk, dv, (*_bnh(dk), *_bnh(dv))
-            if self.sum_in_kernel:  # the runs' float32 partial sums, and a count of the runs in for each key block
-                part = torch.empty((self.split, 2, self.BHK, self.N, k.shape[-1]), dtype=torch.float32,
-                                   device=k.device)
-                arrivals = torch.zeros((self.BHK * self.n_kv,), dtype=torch.int32, device=k.device)
-        else:  # each run of the group's heads writes float32 partial sums, contiguous, added in order after
-            dk_out, dv_out = (torch.empty((self.split, *k.shape), dtype=torch.float32, device=k.device)
-                              for _ in range(2))
-            out_strides = 2 * _bnh(dk_out[0])
+        if self.split > 1:  # the runs' float32 partial sums, and a count of the runs in for each key block
+            part = torch.empty((self.split, 2, self.BHK, self.N, k.shape[-1]), dtype=torch.float32, device=k.device)
+            arrivals = torch.zeros((self.BHK * self.n_kv,), dtype=torch.int32, device=k.device)
         sparse_dkdv_kernel[self.dkdv_grid](
-            q, k, v, dout, dk_out, dv_out, lse, delta, m.q_perm, m.q_group, m.k_perm, m.k_group, m.kv_ranges,
-            *strides, *out_strides, dq_acc, *dq_strides, part, arrivals, *tail, self.n_kv, self.tune_n,
-            BLOCK_M=self.bm_bwd, BLOCK_N=self.bn_bwd, ATOMIC_DQ=not deterministic, SPLIT=self.split,
-            SUM_IN_KERNEL=self.sum_in_kernel, **self.flags)
-        if self.split > 1 and not self.sum_in_kernel:
-            dk.copy_(dk_out.sum(0))
-            dv.copy_(dv_out.sum(0))
+            q, k, v, dout, dk, dv, lse, delta, m.q_perm, m.q_group, m.k_perm, m.k_group, m.kv_ranges,
+            *strides, *_bnh(dk), *_bnh(dv), dq_acc, *dq_strides, part, arrivals, *tail, self.n_kv, self.tune_n,
+            BLOCK_M=self.bm_bwd, BLOCK_N=self.bn_bwd, ATOMIC_DQ=not deterministic, SPLIT=self.split, **self.flags)
         return (dq, dk, dv) if deterministic else (dq.to(q.dtype), dk, dv)
 
 
-# the dK/dV programs a launch should have at least, in SMs. H100 2026-12-07 (probe_sparse_dkdv_split.py, D=128):
-# the causal key blocks' unequal work wants about 8 programs an SM; at 2, multi-query's backward was 10-21% slower
-# than under its best split, while grids of 1024 programs (GQA 32/8 B=2, 64/8) lost 2-3% to any split
-_DKDV_WAVES = 6
+# the dK/dV programs a launch should have at most, in SMs, once a group is cut at all. H100 2026-12-07 13:2x
+# (probe_sparse_dkdv_split.py, D=128, the runs summed in the launch): the best split of all seven cases gave about 4
+# programs an SM (multi-query 8k: split 8 of 64 key blocks, 13% ahead of split 16), and cutting a group in two won
+# even where the grid already held 4 or 8 an SM (GQA 32/8, 64/8: 4-8% ahead of no cut): shorter runs of heads
+# balance the causal key blocks' unequal work
+_DKDV_WAVES = 4
 
 
 def dkdv_split(programs: int, group: int, device: torch.device) -> int:
-    """Runs the ``group`` query heads of a kv head are cut into over the dK/dV programs of its key blocks: the
-    smallest power of two dividing ``group`` that gives ``programs * split`` at least ``_DKDV_WAVES`` programs an SM
-    (1 for multi-head attention and under the interpreter). ``LEANATTN_SPARSE_DKDV_SPLIT`` (a power of two dividing
-    the group) overrides, for tests and probes."""
+    """Runs the ``group`` query heads of a kv head are cut into over the ``programs`` dK/dV programs of its key
+    blocks: the largest power of two dividing ``group`` that keeps ``programs * split`` within ``_DKDV_WAVES``
+    programs an SM, and at least 2 where the group is even (1 for multi-head attention and under the interpreter).
+    ``LEANATTN_SPARSE_DKDV_SPLIT`` (a power of two dividing the group) overrides, for tests and probes."""
     raw = os.environ.get("LEANATTN_SPARSE_DKDV_SPLIT")
     if raw is not None:
         if not raw.isdigit() or int(raw) < 1 or int(raw) & (int(raw) - 1):
@@ -231,23 +221,12 @@ def dkdv_split(programs: int, group: int, device: torch.device) -> int:
             raise ValueError(f"LEANATTN_SPARSE_DKDV_SPLIT: expected a divisor of the {group} query heads a kv head, "
                              f"got {split}")
         return split
-    if group <= 1 or programs <= 0 or not runtime.gpu_target(device):
+    if group % 2 or programs <= 0 or not runtime.gpu_target(device):
         return 1
-    split, target = 1, _DKDV_WAVES * runtime.num_sms(device)
-    while programs * split < target and group % (2 * split) == 0:
+    split, most = 2, _DKDV_WAVES * runtime.num_sms(device)
+    while programs * split * 2 <= most and group % (2 * split) == 0:
         split *= 2
     return split
-
-
-def split_sum() -> str:
-    """Where the runs of a cut group (``dkdv_split``) are summed: ``"torch"`` after the dK/dV launch (float32 partial
-    buffers, then ``sum``), or ``"kernel"``: by the last run of each key block to arrive, while the partials are
-    likely still in L2. ``LEANATTN_SPARSE_SPLIT_SUM`` picks; ``"torch"`` by default until the two are timed on a
-    GPU. Both add the runs in run order: deterministic either way."""
-    raw = os.environ.get("LEANATTN_SPARSE_SPLIT_SUM", "torch")
-    if raw not in ("torch", "kernel"):
-        raise ValueError(f"LEANATTN_SPARSE_SPLIT_SUM: expected 'torch' or 'kernel', got {raw!r}")
-    return raw
 
 
 _PLANS = runtime.PlanCache(name="sparse attention")  # a training run sees few signatures
@@ -257,5 +236,5 @@ def get_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles) -> Plan:
     """The cached :class:`Plan` of this signature; ``tiles``: its first four entries are used."""
     tiles = tuple(tiles[:4])
     key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, tiles, runtime.interpreting(),
-           os.environ.get("LEANATTN_SPARSE_SPLIT_SUM"), os.environ.get("LEANATTN_SPARSE_DKDV_SPLIT"))
+           os.environ.get("LEANATTN_SPARSE_DKDV_SPLIT"))
     return _PLANS.get_or_make(key, lambda: Plan(q, k, v, tiles))
