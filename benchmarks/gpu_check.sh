@@ -136,8 +136,9 @@
 #               the sparse kernels at each: more than 190 s on a cold H100, 2026-12-06 18:1x, so it is not run here)
 #   sanitize    compute-sanitizer memcheck over benchmarks/sanitize.py (decode, bifurcated, sparse)
 #   tests-sparse-gqa  sparse attention with grouped-query attention: the GPU test and the CPU test file on the GPU
-#   sanitize-sparse  memcheck (and racecheck: shared memory only) over sanitize.py sparse (MHA and GQA, both
-#               backward modes)
+#   sanitize-sparse  memcheck over sanitize.py sparse (MHA and GQA, both backward modes, a cut group)
+#   racecheck-sparse  racecheck (shared memory only) over the same launches (a step of its own since 2026-12-07
+#               13:1x, when it ran past 250 s beside the memcheck with two ways to sum a cut group; give it a call)
 #   sparse-gqa  sparse attention with GQA against K/V repeated and dense SDPA (bench_sparse_gqa.py)
 #   sparse-docs  document masking of packed sequences (document ids as buckets) against flex and SDPA per document
 #               (bench_sparse_docs.py)
@@ -402,9 +403,9 @@ for step in "$@"; do
     tests-sparse-gqa) "${PYTEST[@]}" tests/test_sparse_gpu.py -k gqa tests/test_sparse_gqa.py 2>&1 | tail -3 ;;
     tests-sparse) "${PYTEST[@]}" tests/test_sparse_gpu.py -k "not gqa and not sanitizer" 2>&1 | tail -3 ;;
     tests-split-sum) "${PYTEST[@]}" tests/test_sparse_gpu.py -k split_sums 2>&1 | tail -3 ;;
-    sanitize-sparse)
-      timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3
-      timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
+    sanitize-sparse) timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
+    racecheck-sparse)
+      timeout 500 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     sparse-split) timeout 500 python3 benchmarks/probe_sparse_dkdv_split.py --out "$OUT" 2>&1 | grep -E "us$|wrote|Error" ;;
     sparse-tiles) timeout 500 python3 benchmarks/probe_sparse_tiles.py --out "$OUT" 2>&1 | grep -E "fwd/bwd|wrote|Error|Resources" ;;
