@@ -173,7 +173,7 @@ def test_gqa_group_split_over_programs(device, monkeypatch, mode, split):
 
 def test_dkdv_split_choice(monkeypatch):
     # the GPU's choice: the largest power of two dividing the group that keeps four programs an SM (_DKDV_WAVES),
-    # at least 2 for an even group, 1 for MHA
+    # at least 2 for an even group below eight programs an SM, 1 for MHA
     from leanattn import runtime
     from leanattn.sparse.plan import dkdv_split
     monkeypatch.delenv("LEANATTN_SPARSE_DKDV_SPLIT", raising=False)
@@ -185,6 +185,7 @@ def test_dkdv_split_choice(monkeypatch):
     assert dkdv_split(128, 8, cpu) == 4     # GQA 32/4 at 4k
     assert dkdv_split(512, 4, cpu) == 2     # Llama-3-8B's 32/8 at B=1, 8k
     assert dkdv_split(1024, 4, cpu) == 2    # the same at B=2: cut in two though 1024 programs fill the GPU
+    assert dkdv_split(4096, 4, cpu) == 1    # at B=8: no gain measured, 1 GB of float32 partials saved
     assert dkdv_split(100, 3, cpu) == 1     # no power of two divides the group
     assert dkdv_split(16, 1, cpu) == 1
 

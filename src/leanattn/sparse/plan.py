@@ -202,15 +202,17 @@ class Plan:
 # the dK/dV programs a launch should have at most, in SMs, once a group is cut at all. H100 2026-12-07 13:2x
 # (probe_sparse_dkdv_split.py, D=128, the runs summed in the launch): the best split of all seven cases gave about 4
 # programs an SM (multi-query 8k: split 8 of 64 key blocks, 13% ahead of split 16), and cutting a group in two won
-# even where the grid already held 4 or 8 an SM (GQA 32/8, 64/8: 4-8% ahead of no cut): shorter runs of heads
+# even where the grid already held 4 or 8 an SM (GQA 32/8, 64/8: 4-11% ahead of no cut): shorter runs of heads
 # balance the causal key blocks' unequal work
 _DKDV_WAVES = 4
-
-
+# below this many programs an SM an even group is cut in two at least: measured up to 7.8 (1024 at 132 SMs). Past it
+# no gain was measured, and the float32 partials would cost memory (Llama-3-8B's 32/8 at B=8, 8k: 1.07 GB)
+_DKDV_CUT_BELOW = 8
 def dkdv_split(programs: int, group: int, device: torch.device) -> int:
     """Runs the ``group`` query heads of a kv head are cut into over the ``programs`` dK/dV programs of its key
     blocks: the largest power of two dividing ``group`` that keeps ``programs * split`` within ``_DKDV_WAVES``
-    programs an SM, and at least 2 where the group is even (1 for multi-head attention and under the interpreter).
+    programs an SM, and at least 2 where the group is even and ``programs`` below ``_DKDV_CUT_BELOW`` an SM (1 for
+    multi-head attention and under the interpreter).
     ``LEANATTN_SPARSE_DKDV_SPLIT`` (a power of two dividing the group) overrides, for tests and probes."""
     raw = os.environ.get("LEANATTN_SPARSE_DKDV_SPLIT")
     if raw is not None:
@@ -223,7 +225,10 @@ def dkdv_split(programs: int, group: int, device: torch.device) -> int:
         return split
     if group % 2 or programs <= 0 or not runtime.gpu_target(device):
         return 1
-    split, most = 2, _DKDV_WAVES * runtime.num_sms(device)
+    sms = runtime.num_sms(device)
+    if programs >= _DKDV_CUT_BELOW * sms:
+        return 1
+    split, most = 2, _DKDV_WAVES * sms
     while programs * split * 2 <= most and group % (2 * split) == 0:
         split *= 2
     return split
