@@ -59,13 +59,17 @@ def parse_tokens(text: str) -> int:
     return int(float(t[:-1] if scale > 1 else t) * scale)
 
 
-def suite(quick: bool, smoke: bool, world: int = 2, contexts: str = "", tokens: int = 1):
+def token_counts(text: str) -> tuple[int, ...]:
+    """``"1,4"`` -> (1, 4): ``--tokens``."""
+    return tuple(int(x) for x in text.split(","))
+
+
+def suite(quick: bool, smoke: bool, world: int = 2, contexts: str = "", tokens: int | tuple[int, ...] = 1):
     """The cases: issue 5's contexts on 2 GPUs, issue 7's on 4 or more, or ``contexts`` if given; ``tokens`` query
-    tokens a sequence (> 1: a causal verification step of that many draft tokens)."""
-    cases = _suite(quick, smoke, world, contexts)
-    for c in cases:
-        c["tokens"] = tokens
-    return cases
+    tokens a sequence (> 1: a causal verification step of that many draft tokens), or a tuple of such counts: every
+    case once for each."""
+    counts = (tokens,) if isinstance(tokens, int) else tuple(tokens)
+    return [dict(c, tokens=n) for n in counts for c in _suite(quick, smoke, world, contexts)]
 
 
 def _suite(quick: bool, smoke: bool, world: int, contexts: str):
@@ -93,6 +97,7 @@ class Env:
 
     def __init__(self, smoke: bool):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.smoke = smoke
         self.cuda = torch.cuda.is_available() and not smoke
         self.dev = torch.device("cuda", torch.cuda.current_device()) if self.cuda else torch.device("cpu")
         self.dtype = torch.bfloat16 if self.cuda else torch.float16
@@ -119,17 +124,26 @@ class Env:
     def peak(self) -> int | None:
         return torch.cuda.max_memory_allocated() if self.cuda else None
 
-    def time_ms(self, fn, reps: int, collective: bool, target_ms: float = 30.0) -> float:
-        """Median over ``reps`` of the mean time of back-to-back calls (max over ranks if collective)."""
-        fn()
-        self.sync()
-        t = time.perf_counter()
-        fn()
-        self.sync()
-        one = (time.perf_counter() - t) * 1e3
-        iters = max(1, min(200, int(target_ms / max(one, 1e-3))))
-        if collective:  # every rank must run the same number of calls
-            iters = int(self.max_all(float(iters)))
+    def time_ms(self, fn, reps: int, collective: bool, target_ms: float = 30.0, keep: list | None = None) -> float:
+        """Median over ``reps`` of the mean time of back-to-back calls (max over ranks if collective); ``keep``, a
+        list, gets the first call's result."""
+        if self.smoke:
+            # the interpreter has nothing to compile and takes about a second a decode, past any target: no warm-up
+            # or calibration call, and the result kept is the first timed call's (each call more would add about a
+            # second a method to a run whose times mean nothing)
+            iters = 1
+        else:
+            first = fn()
+            if keep is not None:
+                keep.append(first)
+            self.sync()
+            t = time.perf_counter()
+            fn()
+            self.sync()
+            one = (time.perf_counter() - t) * 1e3
+            iters = max(1, min(200, int(target_ms / max(one, 1e-3))))
+            if collective:  # every rank must run the same number of calls
+                iters = int(self.max_all(float(iters)))
         times = []
         for _ in range(reps):
             if collective:
@@ -145,8 +159,10 @@ class Env:
             else:
                 t = time.perf_counter()
                 for _ in range(iters):
-                    fn()
+                    out = fn()
                 times.append((time.perf_counter() - t) * 1e3 / iters)
+                if keep is not None and not keep:
+                    keep.append(out)
         med = statistics.median(times)
         return self.max_all(med) if collective else med
 
@@ -240,12 +256,10 @@ def run_case(env: Env, c, args, log):
             row["methods"]["ring"] = dict(skipped=f"shards in flight ({in_flight / 2**30:.1f} GiB) do not fit")
         for name, fn, coll in plans:
             env.reset_peak()
-            res = {}
+            res, got = {}, []
             try:
-                outs[name] = fn()
-                if isinstance(outs[name], tuple):
-                    outs[name] = outs[name][0]
-                res["ms"] = env.time_ms(fn, reps, coll)
+                res["ms"] = env.time_ms(fn, reps, coll, keep=got)
+                outs[name] = got[0][0] if isinstance(got[0], tuple) else got[0]
                 if args.graphs and env.cuda and name != "ring":
                     try:
                         res["graph_ms"] = graph_ms(env, fn, reps, coll)
@@ -285,8 +299,9 @@ def run_case(env: Env, c, args, log):
                 fill_kv(kf, vf, bounds[i], bounds[i + 1], seed=100 + i)
             env.reset_peak()
             fn = lambda: decode(q, kf, vf, causal=Lq > 1)  # noqa: E731
-            ref = fn()
-            res["ms"] = env.time_ms(fn, reps, False)
+            got = []
+            res["ms"] = env.time_ms(fn, reps, False, keep=got)
+            ref = got[0]
             if args.graphs and env.cuda:
                 try:
                     res["graph_ms"] = graph_ms(env, fn, reps, False)
@@ -295,7 +310,7 @@ def run_case(env: Env, c, args, log):
             res["peak_bytes_per_rank"] = [env.peak()] + [None] * (p - 1)
             res["bytes_sent_per_rank"] = 0
             res["err_vs_single"] = {name: rel_err(o, ref) for name, o in outs.items() if name != "local"}
-            del kf, vf, ref, fn
+            del kf, vf, ref, got, fn
             log(f"  {'single':16s} {res['ms']:9.3f} ms")
         except Exception as e:  # noqa: BLE001 - rank 0 alone: no peer waits on it
             res = dict(error=f"{type(e).__name__}: {e}"[:300])
@@ -358,7 +373,8 @@ def single_ms(row, rows, key: str):
     x = row["methods"].get("single", {}).get(key)
     if x:
         return x, False
-    line = single_fit(rows, key)
+    # a decode of several query tokens costs more than one token's over the same bytes: its own rows only
+    line = single_fit([r for r in rows if r.get("tokens", 1) == row.get("tokens", 1)], key)
     return (line[0] + line[1] * row["kv_bytes_total"], True) if line else (None, False)
 
 
@@ -417,10 +433,11 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    groups = sorted({(r["B"], r["hq"], r["hkv"]) for r in rows})
+    groups = sorted({(r["B"], r["hq"], r["hkv"], r.get("tokens", 1)) for r in rows})
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
     for ax, grp in zip(axes[0], groups):
-        sel = sorted([r for r in rows if (r["B"], r["hq"], r["hkv"]) == grp], key=lambda r: r["ctx"])
+        sel = sorted([r for r in rows if (r["B"], r["hq"], r["hkv"], r.get("tokens", 1)) == grp],
+                     key=lambda r: r["ctx"])
         for name, key, style in (("single", "ms", "k-o"), ("tree-allgather", "ms", "C0-s"),
                                  ("tree-allreduce3", "ms", "C1-^"), ("ring", "ms", "C3-v"), ("local", "ms", "C7:"),
                                  ("single", "graph_ms", "k--o"), ("tree-allgather", "graph_ms", "C0--s")):
@@ -431,7 +448,7 @@ def plot(rows, path):
                         mfc="none" if key == "graph_ms" else None)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_title(f"B={grp[0]} heads {grp[1]}/{grp[2]}")
+        ax.set_title(f"B={grp[0]} heads {grp[1]}/{grp[2]}" + (f" x{grp[3]} tokens" if grp[3] > 1 else ""))
         ax.set_xlabel("context tokens (total)")
         ax.set_ylabel("ms per decode step")
         ax.grid(True, which="both", alpha=0.3)
@@ -499,14 +516,15 @@ def main(argv=None) -> int:
     ap.add_argument("--contexts", default="", help="comma-separated total contexts, e.g. 512k,1M,2M,4M "
                     "(default: 128k..2M on 2 GPUs, 512k..4M on 4 or more)")
     ap.add_argument("--graphs", action="store_true", help="also time CUDA-graph replays (tree, local, single)")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--tokens", type=int, default=1, help="query tokens a sequence: > 1 times a causal "
-                    "verification step of that many draft tokens (speculative decoding, multi-token prediction)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5; 1 with --smoke)")
+    ap.add_argument("--tokens", type=token_counts, default=(1,),
+                    help="query tokens a sequence: > 1 times a causal verification step of that many draft tokens "
+                    "(speculative decoding, multi-token prediction); comma-separated counts run every case for each")
     ap.add_argument("--cases", default="", help="comma-separated substrings of case names to keep")
     ap.add_argument("--smoke", action="store_true", help="CPU: gloo, Triton interpreter, tiny sizes")
     args = ap.parse_args(argv)
-    if args.smoke:
-        args.reps = min(args.reps, 2)
+    if args.reps is None:
+        args.reps = 1 if args.smoke else 5
     if not args.smoke and not torch.cuda.is_available():
         print("bench_tree needs CUDA GPUs (or --smoke for a tiny CPU run)")
         return 2

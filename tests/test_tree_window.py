@@ -41,21 +41,22 @@ def ranks_states(q, k, v, lens, placement, window, causal, paged=False, **kw):
     return out.view(q.shape), lse.view(q.shape[:-1])
 
 
-# each placement with contiguous and paged shards once between them (the cross product cost CI about 70 s more)
-@pytest.mark.parametrize("kind,page,world,paged", [("round_robin", 4, 2, False), ("round_robin", 4, 2, True),
-                                                   ("round_robin", 1, 3, True), ("contiguous", 16, 3, False)],
-                         ids=str)
-def test_windows_over_shards(kind, page, world, paged):
+# each placement with contiguous and paged shards once between them (the cross product cost CI about 70 s more). A
+# query of 3 tokens (per-token runs: about four times a one-token query's time) once causal and once not on each case,
+# at windows chosen so that over the cases each form meets every window and the paged shards windows across pages
+# (both forms at two windows on every case cost CI about 50 s more)
+@pytest.mark.parametrize("kind,page,world,paged,causal_window,open_window", [
+    ("round_robin", 4, 2, False, 0, 3), ("round_robin", 4, 2, True, 3, 9), ("round_robin", 1, 3, True, 9, 3),
+    ("contiguous", 16, 3, False, 9, 0)], ids=str)
+def test_windows_over_shards(kind, page, world, paged, causal_window, open_window):
     k, v, lens = whole_cache()
     p = Placement(kind, world, CAP, page_size=page)
-    forms = ((None, False), (3, True), (3, False))
-    for i, window in enumerate((0, 3, 9)):  # none, within a page, across pages (longer: _window_steps' 20)
-        # two query forms a window, each form at two windows
-        for lq, causal in (forms[i], forms[(i + 1) % 3]):
-            q = torch.randn((B, HQ, D) if lq is None else (B, lq, HQ, D), dtype=torch.float16)
-            out, lse = ranks_states(q, k, v, lens, p, window, causal, paged)
-            ref = reference.decode(q, k, v, lens.to(torch.int32), causal=causal, window_left=window)
-            assert_states_match(f"{kind} x{world} window {window} tokens {lq} causal {causal}", q, out, lse, *ref)
+    # windows: 0 (the query's own position), 3 (within a page of 4), 9 (across pages; longer: _window_steps' 20)
+    for window, lq, causal in ((0, None, False), (9, None, False), (causal_window, 3, True), (open_window, 3, False)):
+        q = torch.randn((B, HQ, D) if lq is None else (B, lq, HQ, D), dtype=torch.float16)
+        out, lse = ranks_states(q, k, v, lens, p, window, causal, paged)
+        ref = reference.decode(q, k, v, lens.to(torch.int32), causal=causal, window_left=window)
+        assert_states_match(f"{kind} x{world} window {window} tokens {lq} causal {causal}", q, out, lse, *ref)
 
 
 def test_windows_float8_softcap_schedules():
@@ -75,26 +76,28 @@ def test_windows_float8_softcap_schedules():
 def _window_steps(rank, world, windows):
     g = torch.Generator().manual_seed(3)
     records = []
-    for placement, paged in (("round_robin", False), ("contiguous", True)):
+    for c, (placement, paged) in enumerate((("round_robin", False), ("contiguous", True))):
         cache = ShardedKVCache(2, HKV, D, 64, placement=placement, page_size=4, paged=paged, dtype=torch.float16)
         full_k = torch.zeros(2, 64, HKV, D, dtype=torch.float16)
         full_v = torch.zeros_like(full_k)
         k0, v0 = (torch.randn(2, 30, HKV, D, generator=g).half() for _ in range(2))
         cache.append(k0, v0, counts=torch.tensor([30, 11]))
         full_k[:, :30], full_v[:, :30] = k0, v0
-        for lq in (1, 3):
+        for t, lq in enumerate((1, 3)):
             k1, v1 = (torch.randn(2, lq, HKV, D, generator=g).half() for _ in range(2))
             for b in range(2):
                 n = int(cache.lengths[b])
                 full_k[b, n:n + lq], full_v[b, n:n + lq] = k1[b], v1[b]
             cache.append(k1, v1)
             q = torch.randn((2, HQ, D) if lq == 1 else (2, lq, HQ, D), generator=g).half()
-            for w in windows:
-                for method in ("allgather", "allreduce3"):
-                    out, lse = cache.decode(q, method, causal=True, window_left=w, return_lse=True, timeout=60)
-                    records.append(dict(name=f"{placement} paged={paged} tokens {lq} window {w} {method}", q=q,
-                                        out=out, lse=lse, lengths=cache.lengths.clone(), window=w,
-                                        full=(full_k.clone(), full_v.clone())))
+            for i, w in enumerate(windows):
+                # the combine never sees the window: one method a window, turning over so that each meets every
+                # window with each placement and with each query form (both at every window cost CI about 8 s more)
+                method = ("allgather", "allreduce3")[(i + t + c) % 2]
+                out, lse = cache.decode(q, method, causal=True, window_left=w, return_lse=True, timeout=60)
+                records.append(dict(name=f"{placement} paged={paged} tokens {lq} window {w} {method}", q=q,
+                                    out=out, lse=lse, lengths=cache.lengths.clone(), window=w,
+                                    full=(full_k.clone(), full_v.clone())))
     return records
 
 
