@@ -82,7 +82,7 @@
 #   sparse-split  the sparse backward under every dK/dV split a case allows, the rule's and K/V repeated beside them
 #               (benchmarks/probe_sparse_dkdv_split.py; H100 2026-12-07 10:5x: _DKDV_WAVES 2 -> 6 from it, ~120 s;
 #               13:2x with the sum in the launch beside the sum after it, 305 s: the sum in the launch and
-#               _DKDV_WAVES 4 from it)
+#               _DKDV_WAVES 4 from it; with one sum again ~120-150 s)
 #   sparse-tiles  the sparse kernels' tiles at D=128 (LEANATTN_SPARSE_TILES) forward and backward, cuDNN's dense
 #               causal beside them (benchmarks/probe_sparse_tiles.py; H100 2026-12-07 10:4x: the D=128 defaults from
 #               it, dense 1.15x faster, 1.36x cuDNN's time; ~130 s)

@@ -18,6 +18,9 @@ import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+import interpreter_patch_once  # noqa: E402
+
+interpreter_patch_once.install()
 
 import pytest  # noqa: E402
 

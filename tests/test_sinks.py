@@ -12,6 +12,9 @@ from leanattn.merges import apply_sinks
 from leanattn.merges.sinks import with_sinks
 from leanattn.testing import assert_states_match
 from test_decode import make_inputs
+import interpreter_patch_once
+
+interpreter_patch_once.install()  # (the spawned ranks import this module, not conftest.py)
 
 
 def sinks_for(hq, scale=3.0, seed=0):

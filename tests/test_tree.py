@@ -22,6 +22,9 @@ from leanattn.distributed import (VARIANTS, Placement, RankError, ShardedKVCache
                                   shard_cache, spawn, tree_decode)
 from leanattn.testing import assert_lse_close, assert_rel_close, assert_states_match
 from test_decode import make_inputs
+import interpreter_patch_once
+
+interpreter_patch_once.install()  # (the spawned ranks import this module, not conftest.py)
 
 METHODS = ("allgather", "allreduce3", "ring")
 WORLD_SIZES = (1, 2, 3, 4, 8)

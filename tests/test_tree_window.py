@@ -12,6 +12,9 @@ from leanattn.distributed.shard_states import shard_states
 from leanattn.merges import merge_states
 from leanattn.testing import assert_states_match, paged_kv
 from test_decode import make_inputs
+import interpreter_patch_once
+
+interpreter_patch_once.install()  # (the spawned ranks import this module, not conftest.py)
 
 B, HQ, HKV, D, CAP = 3, 4, 2, 64, 48
 
