@@ -323,6 +323,7 @@ def sparse():
             o.backward(torch.randn_like(o))
             os.environ.pop("LEANATTN_SPARSE_DKDV_SPLIT")
 
+
 def bifurcated():
     # the default launch plans, then the states path's in-kernel merge, the fused path and the overlap path
     # (Gluon prefix and a side stream, where usable: sm_90, one prompt, D 64/128)

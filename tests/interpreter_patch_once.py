@@ -5,8 +5,8 @@ The interpreter swaps ``triton.language``'s builtins for interpreted ones when a
 ``@triton.jit`` helper from inside the kernel (``InterpretedFunction.__call__``). The second is redundant
 while a launch's patches are in place: the builtins found then are already the interpreted ones, and
 ``inspect.getmembers`` over the language modules on each helper call is costly: with this patch the whole
-CPU suite took 787 s instead of 994 (2 workers, 2026-12-07). Here a helper call inside a launch reuses the launch's patches when its function sees no
-language module the launch did not patch. Nothing changes outside the interpreter, and nothing on another
+CPU suite took 787 s instead of 994 (2 workers, 2026-12-07). Here a helper call inside a launch reuses the
+launch's patches when its function sees no language module the launch did not patch. Nothing changes outside the interpreter, and nothing on another
 Triton release: the pin is checked, so a new release runs unpatched until this is checked against it.
 """
 from __future__ import annotations

@@ -208,6 +208,8 @@ _DKDV_WAVES = 4
 # below this many programs an SM an even group is cut in two at least: measured up to 7.8 (1024 at 132 SMs). Past it
 # no gain was measured, and the float32 partials would cost memory (Llama-3-8B's 32/8 at B=8, 8k: 1.07 GB)
 _DKDV_CUT_BELOW = 8
+
+
 def dkdv_split(programs: int, group: int, device: torch.device) -> int:
     """Runs the ``group`` query heads of a kv head are cut into over the ``programs`` dK/dV programs of its key
     blocks: the largest power of two dividing ``group`` that keeps ``programs * split`` within ``_DKDV_WAVES``
