@@ -76,13 +76,13 @@
 #   fp8-quick   three of bench_decode_fp8.py's cases: float8, int8 and bf16 decode, the peers beside them (~45 s, H100
 #               2026-12-07)
 #   tests-sparse  the sparse GPU tests other than GQA's (tests/test_sparse_gpu.py -k "not gqa"; tests-sparse-gqa has
-#               those, 460 s on an H100 2026-12-07)
+#               those, 460-504 s on an H100 2026-12-07; tests-sparse itself 269 s: run them in separate calls)
 #   tests-split-sum  the sparse backward's cut groups, summed in the dK/dV launch by each key block's last run,
 #               16 query heads over one kv head, 4 and 16 runs: the reference, the group left whole, the same bits
 #   sparse-split  the sparse backward under every dK/dV split a case allows, the rule's and K/V repeated beside them
 #               (benchmarks/probe_sparse_dkdv_split.py; H100 2026-12-07 10:5x: _DKDV_WAVES 2 -> 6 from it, ~120 s;
 #               13:2x with the sum in the launch beside the sum after it, 305 s: the sum in the launch and
-#               _DKDV_WAVES 4 from it; with one sum again ~120-150 s)
+#               _DKDV_WAVES 4 from it; with one sum again 240 s at 16:2x)
 #   sparse-tiles  the sparse kernels' tiles at D=128 (LEANATTN_SPARSE_TILES) forward and backward, cuDNN's dense
 #               causal beside them (benchmarks/probe_sparse_tiles.py; H100 2026-12-07 10:4x: the D=128 defaults from
 #               it, dense 1.15x faster, 1.36x cuDNN's time; ~130 s)
