@@ -139,6 +139,8 @@
 #   sanitize-sparse  memcheck over sanitize.py sparse (MHA and GQA, both backward modes, a cut group)
 #   racecheck-sparse  racecheck (shared memory only) over the same launches (a step of its own since 2026-12-07
 #               13:1x, when it ran past 250 s beside the memcheck with two ways to sum a cut group; give it a call)
+#   racecheck-sparse-split  racecheck over the cut group's launches alone (D 64 and 128, both dQ modes, split 2):
+#               the new part of the sparse backward, for a call too short for racecheck-sparse
 #   sparse-gqa  sparse attention with GQA against K/V repeated and dense SDPA (bench_sparse_gqa.py)
 #   sparse-docs  document masking of packed sequences (document ids as buckets) against flex and SDPA per document
 #               (bench_sparse_docs.py)
@@ -406,6 +408,8 @@ for step in "$@"; do
     sanitize-sparse) timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
     racecheck-sparse)
       timeout 500 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
+    racecheck-sparse-split)
+      timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse-split 2>&1 | tail -3 ;;
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     sparse-split) timeout 500 python3 benchmarks/probe_sparse_dkdv_split.py --out "$OUT" 2>&1 | grep -E "us$|wrote|Error" ;;
     sparse-tiles) timeout 500 python3 benchmarks/probe_sparse_tiles.py --out "$OUT" 2>&1 | grep -E "fwd/bwd|wrote|Error|Resources" ;;

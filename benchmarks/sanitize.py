@@ -314,14 +314,21 @@ def sparse():
             o = leanattn.hash_sparse_attention(q, k1, v1, qb, kb[:, :, :1].contiguous(), n_buckets=7,
                                                deterministic=det)
             o.backward(torch.randn_like(o))
-            # 4 query heads a kv head, the group cut in two runs over the dK/dV programs (float32 partial sums),
-            # summed by each key block's last run
-            os.environ["LEANATTN_SPARSE_DKDV_SPLIT"] = "2"
-            q4 = torch.randn(B, N, 4, d, dtype=BF16, device=DEV, requires_grad=True)
-            o = leanattn.qk_sparse_attention(q4, k1, v1, torch.rand(B, N, 4, device=DEV) > 0.5,
-                                             keep_k[:, :, :1].contiguous(), deterministic=det)
-            o.backward(torch.randn_like(o))
-            os.environ.pop("LEANATTN_SPARSE_DKDV_SPLIT")
+            sparse_split_launch(d, det)
+
+
+def sparse_split_launch(d, det, B=2, N=1000):
+    """4 query heads a kv head, the group cut in two runs over the dK/dV programs (float32 partial sums), summed by
+    each key block's last run; a family of its own too, for a racecheck that fits a short call."""
+    os.environ["LEANATTN_SPARSE_DKDV_SPLIT"] = "2"
+    try:
+        q4 = torch.randn(B, N, 4, d, dtype=BF16, device=DEV, requires_grad=True)
+        k1, v1 = (torch.randn(B, N, 1, d, dtype=BF16, device=DEV, requires_grad=True) for _ in range(2))
+        o = leanattn.qk_sparse_attention(q4, k1, v1, torch.rand(B, N, 4, device=DEV) > 0.5,
+                                         torch.rand(B, N, 1, device=DEV) > 0.5, deterministic=det)
+        o.backward(torch.randn_like(o))
+    finally:
+        os.environ.pop("LEANATTN_SPARSE_DKDV_SPLIT")
 
 
 def bifurcated():
@@ -462,6 +469,7 @@ if __name__ == "__main__":
                 "append": append, "leftpad-invariant": leftpad_invariant,
                 "mla": mla, "merge": merges,
                 "sparse": sparse,
+                "sparse-split": lambda: [sparse_split_launch(d, det) for d in (64, 128) for det in (True, False)],
                 "bifurcated": bifurcated, "overlap": overlap,
                 "concat": concat, "bifurcated-softcap": lambda: bifurcated_launches(30.0),
                 "overlap-ws": lambda: overlap(((False, 12), (True, 12))),
