@@ -285,9 +285,10 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-PYTEST=(python3 -m pytest -q -p no:cacheprovider -p no:logging)
 for step in "$@"; do
   echo "== $step"
+  # each test's time comes back in $OUT (a step's summary line alone does not say where 500 s went)
+  PYTEST=(python3 -m pytest -q -p no:cacheprovider -p no:logging --junitxml "$OUT/junit_$step.xml")
   case "$step" in
     tests) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-bif) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
