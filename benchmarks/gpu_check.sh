@@ -83,6 +83,9 @@
 #               (benchmarks/probe_sparse_dkdv_split.py; H100 2026-12-07 10:5x: _DKDV_WAVES 2 -> 6 from it, ~120 s;
 #               13:2x with the sum in the launch beside the sum after it, 305 s: the sum in the launch and
 #               _DKDV_WAVES 4 from it; with one sum again 240 s at 16:2x)
+#   sparse-bwd-configs  the sparse backward under each autotuned config forced and under the autotuner's picks,
+#               grouped and over K/V repeated, on sparse-split's cases (benchmarks/probe_sparse_bwd_configs.py: why
+#               GQA 32/4 4k took one of two times, 1.5x apart, across four runs; untimed, ~200 s expected)
 #   sparse-tiles  the sparse kernels' tiles at D=128 (LEANATTN_SPARSE_TILES) forward and backward, cuDNN's dense
 #               causal beside them (benchmarks/probe_sparse_tiles.py; H100 2026-12-07 10:4x: the D=128 defaults from
 #               it, dense 1.15x faster, 1.36x cuDNN's time; ~130 s)
@@ -412,6 +415,8 @@ for step in "$@"; do
     racecheck-sparse-split)
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse-split 2>&1 | tail -3 ;;
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
+    sparse-bwd-configs) timeout 500 python3 benchmarks/probe_sparse_bwd_configs.py --out "$OUT" 2>&1 \
+      | grep -E "us$|picks|wrote|Error" ;;
     sparse-split) timeout 500 python3 benchmarks/probe_sparse_dkdv_split.py --out "$OUT" 2>&1 | grep -E "us$|wrote|Error" ;;
     sparse-tiles) timeout 500 python3 benchmarks/probe_sparse_tiles.py --out "$OUT" 2>&1 | grep -E "fwd/bwd|wrote|Error|Resources" ;;
     sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
