@@ -287,11 +287,16 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 # 18:0x, a call piped through tail returned nothing after 600 s)
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
+# Triton's compile cache travels between calls (benchmarks/triton_cache.py): a call whose `carry` names .carry
+# starts from .carry/triton_cache.tar.xz, and every step leaves the cache in $OUT/triton_cache.tar.xz; copy it
+# from the reply's files_at to .carry/ (ignored by git) before the next call
+export TRITON_CACHE_DIR=/tmp/triton_cache
+python3 benchmarks/triton_cache.py unpack .carry/triton_cache.tar.xz "$TRITON_CACHE_DIR"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 for step in "$@"; do
   echo "== $step"
-  # each test's time comes back in $OUT (a step's summary line alone does not say where 500 s went)
-  PYTEST=(python3 -m pytest -q -p no:cacheprovider -p no:logging --junitxml "$OUT/junit_$step.xml")
+  # each test's time comes back in $OUT/test_times.txt (a step's summary line alone does not say where 500 s went)
+  PYTEST=(python3 -m pytest -q -p no:cacheprovider -p no:logging --junitxml "/tmp/junit/$step.xml")
   case "$step" in
     tests) "${PYTEST[@]}" tests/test_decode_gpu.py tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
     tests-bif) "${PYTEST[@]}" tests/test_bifurcated_gpu.py -k "not sanitizer" 2>&1 | tail -3 ;;
@@ -558,6 +563,8 @@ for step in "$@"; do
         | grep -E "sweep|fail" ;;
     *) echo "unknown step $step" ;;
   esac
+  [ -f "/tmp/junit/$step.xml" ] && python3 benchmarks/junit_times.py "/tmp/junit/$step.xml" >> "$OUT/test_times.txt"
+  python3 benchmarks/triton_cache.py pack "$TRITON_CACHE_DIR" "$OUT/triton_cache.tar.xz"
 done
 # (the tee of $OUT/gpu_check.log ends after this shell: give it a moment to write the last lines)
 sleep 1
