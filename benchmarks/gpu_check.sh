@@ -292,6 +292,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,nohea
 # from the reply's files_at to .carry/ (ignored by git) before the next call
 export TRITON_CACHE_DIR=/tmp/triton_cache
 python3 benchmarks/triton_cache.py unpack .carry/triton_cache.tar.xz "$TRITON_CACHE_DIR"
+rm -rf /tmp/junit  # a warm machine keeps the last call's
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 for step in "$@"; do
   echo "== $step"
