@@ -1,5 +1,6 @@
 """What ``schedule="batch_invariant"`` costs decode: its fixed 2048-key splits, batch-blind launch configuration and
-one-state-a-step merge against the stream-K schedule (``"lean"``) and the split schedule's heuristic, same process.
+one-state-a-step merge against the stream-K schedule (``"lean"``) and the split schedule's heuristic, same process;
+also the invariant schedule at other split sizes (``SPLIT_TOKENS``), to choose the library's.
 
 On contiguous suite cases (``bench_decode.suite``, bf16), each call is checked against the float64 reference, then
 CUDA-graph replays are timed in interleaved rounds (do_bench, L2 flushed). Each case also checks the property: the
@@ -20,8 +21,13 @@ import bench_decode as bd  # noqa: E402
 import common  # noqa: E402
 
 import leanattn  # noqa: E402
+from leanattn.ops import decode as dec_ops  # noqa: E402
 
 CASES = ("mha B=1 64k", "gqa B=4 32k", "gqa B=64 4k", "ragged-tail B=16", "d64 mha B=1 64k")
+# keys a split besides the library's (ops/decode.INVARIANT_SPLIT_TOKENS), timed beside it: on an H100 (2026-12-07
+# 02:1x) the 2048-key splits cost 1.17x lean's time on the ragged tail, whose 84 splits x 8 kv heads fill 2.5 waves
+# of programs; finer splits fill the last wave better and make more states to merge
+SPLIT_TOKENS = (1024, 4096)
 
 
 def invariant_alone(q, k, v, sl) -> bool:
@@ -38,13 +44,17 @@ def measure(case, inp, ref) -> dict:
     q, k, v, sl = inp["q"], inp["k"], inp["v"], inp["seqlens"]
     fns = {name: bd.with_plans(lambda s=name: leanattn.decode(q, k, v, sl, schedule=s))
            for name in ("lean", "split", "batch_invariant")}
+    for tokens in SPLIT_TOKENS:
+        fns[f"batch_invariant {tokens}"] = bd.with_plans(
+            lambda: leanattn.decode(q, k, v, sl, schedule="batch_invariant"),
+            patches=((dec_ops, "INVARIANT_SPLIT_TOKENS", tokens),))
     us, med = bd.interleaved_graph_times(case["name"], fns, ref, rounds=3)
     same = invariant_alone(q, k, v, sl)
     print(f"{case['name']:22s} " + "  ".join(f"{n} {t:.1f}" for n, t in med.items())
           + f" | invariant / lean {med['batch_invariant'] / med['lean']:.3f} | alone == in batch: {same}",
           flush=True)
     return dict(case=case["name"], us=us, median=med, ratio=med["batch_invariant"] / med["lean"],
-                bitwise_alone=same)
+                bitwise_alone=same, split_tokens={"batch_invariant": dec_ops.INVARIANT_SPLIT_TOKENS})
 
 
 def main(argv=None):
