@@ -104,6 +104,7 @@ def test_errors():
         (dict(lse=lse[None]), ValueError, r"lse: expected shape \(3, 4\) \(q.shape\[:-1\]\), got shape \(1, 3, 4\)"),
         (dict(out=out.transpose(0, 1).contiguous().transpose(0, 1)), ValueError, "out: expected a contiguous tensor"),
         (dict(lse=lse.t().contiguous().t()), ValueError, "lse: expected a contiguous tensor"),
+        (dict(lse=lse.to("meta")), ValueError, "lse: expected device .+, got meta"),
         (dict(out=q), ValueError, "out: expected memory apart from q"),
         (dict(out=k.view(-1)[:q.numel()].view(q.shape)), ValueError, "out: expected memory apart from k_cache"),
         (dict(out=v.view(-1)[-q.numel():].view(q.shape)), ValueError, "out: expected memory apart from v_cache"),

@@ -110,6 +110,8 @@ def test_errors():
         (dict(rotary_cos=cos, rotary_sin=sin[:, :8], **new), ValueError, r"rotary_sin: expected shape \(12, 16\)"),
         (dict(rotary_cos=cos[0], rotary_sin=sin[0], **new), ValueError, "rotary_cos: expected a 2-D tensor"),
         (dict(rotary_cos=cos.int(), rotary_sin=sin, **new), TypeError, "rotary_cos: expected a floating dtype"),
+        (dict(rotary_cos=cos, rotary_sin=sin.to("meta"), **new), ValueError,
+         r"rotary_sin: expected device .+ \(q's\), got meta"),
         (dict(rotary_cos=torch.ones(12, 40, device=DEV), rotary_sin=torch.ones(12, 40, device=DEV), **new),
          ValueError, r"0 < rotary_dim <= 64 \(q's head dim\), got \(12, 40\)"),
         (dict(rotary_cos=cos, rotary_sin=sin, rotary_interleaved=1, **new), TypeError,

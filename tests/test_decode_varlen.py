@@ -186,6 +186,12 @@ def test_varlen_compile_fullgraph():
     out, lse = compiled(q, k, v, lens, bt)
     ref_out, ref_lse = leanattn.decode(q, k, v, lens, bt, causal=True, return_lse=True, cu_seqlens_q=cu)
     assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+    # without max_seqlen_q the offsets would be read on the host, which a compiled graph cannot: refused (raised
+    # while tracing, dynamo's error carries the message)
+    torch._dynamo.reset()
+    unbounded = torch.compile(lambda *a: leanattn.decode(*a, causal=True, cu_seqlens_q=cu), fullgraph=True)
+    with pytest.raises(Exception, match="max_seqlen_q: expected an int while compiling or capturing a CUDA graph"):
+        unbounded(q, k, v, lens, bt)
 
 
 def _cu(*xs):

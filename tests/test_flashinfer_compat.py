@@ -175,6 +175,18 @@ def test_errors(device):
         BatchDecodeWithPagedKVCacheWrapper(None, "NHD", use_cuda_graph=True)
     with pytest.raises(ValueError, match="o_data_type: expected None or q_data_type"):
         w.plan(indptr, indices, last, 4, 2, 64, 4, o_data_type=torch.bfloat16)
+    with pytest.raises(TypeError, match="q_data_type: expected a torch.dtype or its name, got 'float17'"):
+        w.plan(indptr, indices, last, 4, 2, 64, 4, q_data_type="float17")
+    with pytest.raises(ValueError, match="num_qo_heads: expected a positive int, got 0"):
+        w.plan(indptr, indices, last, 0, 2, 64, 4)
+    with pytest.raises(ValueError, match=r"indptr: expected \(B \+ 1,\) offsets, got an empty tensor"):
+        w.plan(indptr[:0], indices, last, 4, 2, 64, 4)
+    w.plan(indptr, indices, last, 4, 2, 64, 4)
+    with pytest.raises(ValueError, match=r"paged_kv_cache: expected a \(k, v\) pair, got 3 tensors"):
+        w.run(q, tuple(cache.unbind(1)) + (cache[:, 0],))
+    with pytest.raises(TypeError, match=r"paged_kv_cache: expected dtype torch.float16 \(plan's kv_data_type\), got "
+                                        "torch.float32"):
+        w.run(q, cache.float())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -259,6 +271,7 @@ def test_cascade_wrapper_errors(device):
     one, indices, last, _ = csr_case([5], 4, 8, device)
     own, own_idx, own_last, _ = csr_case([3, 2, 1], 4, 8, device, seed=1)
     qo_own = torch.arange(4, dtype=torch.int32)
+    qo_one = torch.tensor([0, 3], dtype=torch.int32)  # (the one shared group: all three requests)
     with pytest.raises(ValueError, match="qo_indptr_arr: expected a list of 2 tensors"):
         w.plan([qo_own], [own], [own_idx], [own_last], 4, 2, 64, 4)
     two, two_idx, two_last, _ = csr_case([5, 3], 4, 8, device, seed=2)
@@ -268,6 +281,19 @@ def test_cascade_wrapper_errors(device):
     with pytest.raises(ValueError, match="expected offsets from 0 to the last level's 3 query rows"):
         w.plan([torch.tensor([0, 2], dtype=torch.int32), qo_own], [one, own], [indices, own_idx], [last, own_last],
                4, 2, 64, 4)
+    with pytest.raises(ValueError, match="pos_encoding_mode: expected 'NONE'"):
+        w.plan([qo_one, qo_own], [one, own], [indices, own_idx], [last, own_last], 4, 2, 64, 4,
+               pos_encoding_mode="ROPE_LLAMA")
+    with pytest.raises(ValueError, match=r"qo_indptr: expected shape \(4,\) \(as level 1's paged_kv_indptr\), "
+                                         r"got \(3,\)"):
+        w.plan([qo_one, qo_own[:3]], [one, own], [indices, own_idx], [last, own_last], 4, 2, 64, 4)
+    w.plan([qo_one, qo_own], [one, own], [indices, own_idx], [last, own_last], 4, 2, 64, 4)
+    q = torch.randn(3, 4, 64, device=device).half()
+    cache = torch.randn(8, 2, 4, 2, 64, device=device).half()
+    with pytest.raises(ValueError, match=r"q: expected shape \(3, 4, 64\) \(the last level's query rows"):
+        w.run(q[:2], cache)
+    with pytest.raises(TypeError, match=r"q: expected dtype torch.float16 \(plan's q_data_type\), got torch.float32"):
+        w.run(q.float(), cache)
 
 
 def test_mla_wrapper_cuda_graph_buffers(device):
@@ -336,3 +362,42 @@ def test_prefill_wrapper_few_tokens(device, causal):
         w.plan(qo[:4], indptr, indices, last, hq, hkv, d, page)
     with pytest.raises(ValueError, match=r"q: expected shape \(6, 4, 64\)"):
         w.run(q[:5], cache)
+
+
+def test_prefill_and_mla_wrapper_errors(device):
+    # the plan and run checks of the prefill and MLA wrappers that need no launch
+    from leanattn.integrations.flashinfer import BatchPrefillWithPagedKVCacheWrapper
+    lens, page, hq, hkv, d = [21, 5, 9, 30], 4, 4, 2, 64
+    indptr, indices, last, _ = csr_case(lens, page, 24, device, seed=7)
+    qo = torch.tensor([0, 3, 4, 4, 6], dtype=torch.int32)
+    w = BatchPrefillWithPagedKVCacheWrapper(None, "NHD")
+    with pytest.raises(ValueError, match=r"head_dim_vo: expected None or head_dim_qk \(64\), got 128"):
+        w.plan(qo, indptr, indices, last, hq, hkv, d, page, head_dim_vo=128)
+    with pytest.raises(ValueError, match=r"qo_indptr: expected non-decreasing offsets from 0, got \[0, 3, 2, 4, 6\]"):
+        w.plan(torch.tensor([0, 3, 2, 4, 6], dtype=torch.int32), indptr, indices, last, hq, hkv, d, page)
+    # a CUDA-graph wrapper keeps its first plan's tokens a request (the captured launch's)
+    g = BatchPrefillWithPagedKVCacheWrapper(None, "NHD", use_cuda_graph=True, max_pages_per_request=8)
+    g.plan(qo, indptr, indices, last, hq, hkv, d, page)
+    with pytest.raises(ValueError, match="qo_indptr: expected at most 3 tokens a request, as the first plan"):
+        g.plan(torch.tensor([0, 4, 4, 4, 6], dtype=torch.int32), indptr, indices, last, hq, hkv, d, page)
+    # MLA
+    heads, dc, dr = 16, 128, 16
+    kv_len = torch.tensor(lens, dtype=torch.int32)
+    m = BatchMLAPagedAttentionWrapper(None)
+    mla_qo = torch.arange(5, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"qo_indptr: expected shape \(5,\) \(as kv_indptr\), got \(4,\)"):
+        m.plan(mla_qo[:4], indptr, indices, kv_len, heads, dc, dr, page, True, 0.1, torch.float16, torch.float16)
+    m.plan(mla_qo, indptr, indices, kv_len, heads, dc, dr, page, True, 0.1, torch.float16, torch.float16)
+    cache = torch.randn(24, page, dc + dr, device=device).half()
+    ckv, kpe = cache[..., :dc], cache[..., dc:]
+    qn = torch.randn(4, heads, dc, device=device).half()
+    qp = torch.randn(4, heads, dr, device=device).half()
+    for name in ("profiler_buffer", "kv_len", "page_table"):
+        with pytest.raises(ValueError, match=f"{name}: expected None \\(the planned pages and lengths are used\\)"):
+            m.run(qn, qp, ckv, kpe, **{name: kv_len})
+    with pytest.raises(TypeError, match=r"q_nope: expected dtype torch.float16 \(plan's q_data_type\), got "
+                                        "torch.float32"):
+        m.run(qn.float(), qp, ckv, kpe)
+    with pytest.raises(TypeError, match=r"ckv_cache: expected dtype torch.float16 \(plan's kv_data_type\), got "
+                                        "torch.float32"):
+        m.run(qn, qp, ckv.float(), kpe)

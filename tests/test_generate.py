@@ -163,6 +163,10 @@ def test_errors():
         leanattn.generate(model, [[1, 999]], 2)
     with pytest.raises(ValueError, match="prompts"):
         leanattn.generate(model, [[]], 2)
+    for bad in (torch.tensor([[1.0, 2.0]]), torch.ones(1, 2, 2, dtype=torch.long)):
+        with pytest.raises(ValueError, match=rf"^prompts: expected a \(B, L\) integer tensor, got shape "
+                                             rf"\({', '.join(map(str, bad.shape))},?\) dtype {bad.dtype}$"):
+            leanattn.generate(model, bad, 2)
     with pytest.raises(TypeError, match="model"):
         leanattn.generate(object(), [[1]], 2)
     with pytest.raises(ValueError, match="model: expected a checkpoint directory or a shape"):
@@ -184,6 +188,20 @@ def test_errors():
         with pytest.raises(err, match=f"^{name}: expected"):
             leanattn.generate(model, [[1, 2]], **{"max_new_tokens": 2, **kw})
     assert leanattn.generate(model, [[1, 2]], np.int64(2), samples=np.int64(1)).tokens.shape == (1, 2)
+
+
+def test_model_errors():
+    # the models' own checks: a shape name, a page size and capacity of the paged cache
+    from leanattn.models import PagedKVCache
+    with pytest.raises(ValueError, match=r"^shape: expected one of \[.*'tiny'.*\], got 'no-such-shape'$"):
+        build_model("no-such-shape")
+    good = dict(num_layers=1, batch=2, capacity=8, kv_heads=1, head_dim=64, page_size=4, dtype=torch.float32,
+                device="cpu")
+    for over, match in ((dict(page_size=0), "^page_size: expected >= 1, got 0$"),
+                        (dict(capacity=0), "^capacity, batch: expected >= 1, got 0, 2$"),
+                        (dict(batch=0), "^capacity, batch: expected >= 1, got 8, 0$")):
+        with pytest.raises(ValueError, match=match):
+            PagedKVCache(**{**good, **over})
 
 
 def test_cli_generate(capsys):

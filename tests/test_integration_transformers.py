@@ -363,6 +363,9 @@ def test_gpt_oss_sinks_match_eager(padded, decode_calls):
 def test_register_idempotent_and_missing_transformers(monkeypatch):
     assert lt.register() == lt.register() == "leanattn"
     assert "leanattn" in transformers.AttentionInterface._global_mapping
+    for bad in ("", None, 5):
+        with pytest.raises(TypeError, match=f"^name: expected a non-empty str, got {bad!r}$"):
+            lt.register(bad)
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match="needs transformers"):
         lt.register()

@@ -102,7 +102,23 @@ def test_errors(tmp_path):
     save_file({"model.embed_tokens.weight": torch.zeros(96, 64)}, os.path.join(tmp_path, "model.safetensors"))
     with pytest.raises(ValueError, match="lacks"):
         load_model(str(tmp_path))
+    save_file({"model.embed_tokens.weight": torch.zeros(96, 32)}, os.path.join(tmp_path, "model.safetensors"))
+    with pytest.raises(ValueError, match=r"^model.safetensors: tensor 'model.embed_tokens.weight': expected shape "
+                                         r"\(96, 64\), got \(96, 32\)$"):
+        load_model(str(tmp_path))
+    # a bias in a checkpoint whose config has none (attention_bias false)
+    save_file({"model.layers.0.self_attn.q_proj.bias": torch.zeros(128)}, os.path.join(tmp_path, "model.safetensors"))
+    with pytest.raises(ValueError, match="^model.safetensors: tensor 'model.layers.0.self_attn.q_proj.bias' has no "
+                                         "place in this config"):
+        load_model(str(tmp_path))
     small = {k: v for k, v in SMALL.items() if k != "initializer_range"}
     for bad in (0, -3, True, 2.5):
         with pytest.raises(ValueError, match=rf"^sliding_window: expected None or an int >= 1, got {bad!r}$"):
             LlamaConfig(**small, num_attention_heads=2, sliding_window=bad)
+    with pytest.raises(ValueError, match=r"^num_key_value_heads: expected a divisor of num_attention_heads \(4\), "
+                                         "got 3$"):
+        LlamaConfig(**small, num_attention_heads=4, num_key_value_heads=3)
+    yarn = LlamaConfig(**small, num_attention_heads=2, rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(ValueError, match="^rope_scaling: expected rope_type None, 'default', 'linear' or 'llama3', "
+                                         "got 'yarn'$"):
+        rope_inv_freq(yarn)

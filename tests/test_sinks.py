@@ -280,6 +280,8 @@ def test_sink_errors():
             call([0.0] * 4)
         with pytest.raises(ValueError, match="sinks: expected logits or -inf"):
             call(torch.tensor([0.0, float("nan"), 1.0, 2.0]))
+        with pytest.raises(ValueError, match=r"sinks: expected device .+ \(as q\), got meta"):
+            call(torch.zeros(4, device="meta"))
     # launch counts of the shared-prefix ops
     for call in (lambda n: leanattn.bifurcated_decode(q, pk, pk, k, v, sl, num_programs=n),
                  lambda n: leanattn.cascade_decode(q, [(pk, pk)], k, v, sl, num_programs=n)):

@@ -340,6 +340,7 @@ def _good(device, N=8):
     ("q_stride", ValueError, "q: expected unit stride"),
     ("keep_dtype", TypeError, "q_keep: expected dtype torch.bool"),
     ("keep_shape", ValueError, r"k_keep: expected shape \(1, 8, 2\)"),
+    ("keep_device", ValueError, r"k_keep: expected device .+ \(as k\), got meta"),
     ("keep_type", TypeError, "q_keep: expected a torch.Tensor"),
     ("scale", TypeError, "softmax_scale: expected a float"),
     ("grid", ValueError, "q: expected batch x heads <= 65535"),
@@ -364,6 +365,8 @@ def test_qk_bad_inputs(device, case, exc, match):
         a = keep.float()
     elif case == "keep_shape":
         b = keep[:, :4]
+    elif case == "keep_device":
+        b = keep.to("meta")
     elif case == "keep_type":
         a = [True] * 8
     elif case == "scale":
@@ -383,6 +386,7 @@ def test_qk_bad_inputs(device, case, exc, match):
     ("float_ids", TypeError, "q_buckets: expected an integer dtype"),
     ("bool_ids", TypeError, "k_buckets: expected an integer dtype"),
     ("shape", ValueError, r"q_buckets: expected shape \(1, 8, 2\)"),
+    ("device", ValueError, r"q_buckets: expected device .+ \(as q\), got meta"),
     ("n_buckets", ValueError, "n_buckets: expected a positive int"),
     ("n_buckets_type", TypeError, "n_buckets: expected a positive int or None, got str"),
 ])
@@ -403,6 +407,8 @@ def test_hash_bad_inputs(device, case, exc, match):
         b = b.bool()
     elif case == "shape":
         a = a[:, :, :1]
+    elif case == "device":
+        a = a.to("meta")
     elif case == "n_buckets":
         kw = dict(n_buckets=0)
     elif case == "n_buckets_type":

@@ -188,6 +188,10 @@ def test_dkdv_split_choice(monkeypatch):
     assert dkdv_split(4096, 4, cpu) == 1    # at B=8: no gain measured, 1 GB of float32 partials saved
     assert dkdv_split(100, 3, cpu) == 1     # no power of two divides the group
     assert dkdv_split(16, 1, cpu) == 1
+    for raw in ("3", "0", "two"):  # the override: a power of two (its divisibility: test_gqa_group_split_over_programs)
+        monkeypatch.setenv("LEANATTN_SPARSE_DKDV_SPLIT", raw)
+        with pytest.raises(ValueError, match=f"LEANATTN_SPARSE_DKDV_SPLIT: expected a power of two >= 1, got '{raw}'"):
+            dkdv_split(64, 4, cpu)
 
 
 def test_lsh_buckets_of_a_group(device):

@@ -253,6 +253,9 @@ def test_placement_and_cache_errors():
         cache.append(torch.randn(2, 3, 1, 64), torch.randn(2, 3, 1, 64), counts=torch.tensor([4, 0]))
     with pytest.raises(ValueError, match="capacity"):
         cache.append(torch.randn(2, 11, 1, 64), torch.randn(2, 11, 1, 64))
+    whole = torch.randn(2, 11, 1, 64)
+    with pytest.raises(ValueError, match=r"^k: expected at most 10 tokens \(placement capacity\), got 11$"):
+        shard_cache(whole, whole, None, Placement("round_robin", 2, 10), 0)
     # argument types and values (found by a sweep: raw errors of torch, truthy strings, truncated float counts)
     good = dict(batch=2, kv_heads=1, head_dim=64, capacity=10)
     for over, err, name in ((dict(batch=-1), ValueError, "batch"), (dict(batch=1.5), TypeError, "batch"),

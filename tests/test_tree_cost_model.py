@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from leanattn.distributed import cost_model as cm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +51,8 @@ def test_orderings():
 def test_fit_line_and_decode_results():
     a, b = cm.fit_line([1.0, 2.0, 3.0], [12.0, 14.0, 16.0])
     assert math.isclose(a, 10.0) and math.isclose(b, 2.0)
+    with pytest.raises(ValueError, match="^xs: expected at least one point, got none$"):
+        cm.fit_line([], [])
     hw = cm.from_decode_results(cm.H100)
     assert 500 < hw.hbm_gbs < 5000 and hw.decode_us >= 0
     assert "measured" in hw.sources["hbm_gbs"]
@@ -84,6 +88,8 @@ def test_fit_bench_recovers_inputs(tmp_path):
     assert math.isclose(hw.hbm_gbs, 4000.0, rel_tol=1e-6) and math.isclose(hw.decode_us, 15.0, rel_tol=1e-6)
     assert math.isclose(hw.combine_us, 12.0, rel_tol=1e-6)
     assert hw.sources["intra"].startswith("measured") and hw.sources["inter"].startswith("assumed")
+    with pytest.raises(ValueError, match="^timing: expected 'auto', 'graph' or 'eager', got 'cuda'$"):
+        cm.fit_bench(synthetic_bench(tmp_path), timing="cuda")
 
 
 def test_script_writes_plot_and_table(tmp_path):
