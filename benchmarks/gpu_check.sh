@@ -422,7 +422,7 @@ for step in "$@"; do
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse-split 2>&1 | tail -3 ;;
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     sparse-bwd-configs) timeout 500 python3 benchmarks/probe_sparse_bwd_configs.py --out "$OUT" 2>&1 \
-      | grep -E "us$|picks|wrote|Error" ;;
+      | grep -E "us$|picks|trials|wrote|Error" ;;
     sparse-split) timeout 500 python3 benchmarks/probe_sparse_dkdv_split.py --out "$OUT" 2>&1 | grep -E "us$|wrote|Error" ;;
     sparse-tiles) timeout 500 python3 benchmarks/probe_sparse_tiles.py --out "$OUT" 2>&1 | grep -E "fwd/bwd|wrote|Error|Resources" ;;
     sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;

@@ -1,14 +1,16 @@
 """Probe: the sparse backward under each of its autotuned configs, against the autotuner's pick.
 
-Why: across four H100 runs of ``probe_sparse_dkdv_split.py`` (2026-12-07 10:5x twice, 13:2x, 16:2x) the case GQA
-32/4 B=1 4k took one of two times: K/V repeated 822, 564, 837 and 563 us, the group cut in runs 1041-1077, 682-701,
-866-1014 and 571-621 us, while the group left whole (split 1) took 904-1026 us every time. Every other case
-agreed across runs within a few percent. A choice between configs that differ by 1.5x is one candidate: the dK/dV
+Why: across three H100 runs of ``probe_sparse_dkdv_split.py`` with the same tiles (2026-12-07 10:5x after the D=128
+tiles changed, 13:2x, 16:2x) the case GQA 32/4 B=1 4k took one of two times: K/V repeated 564, 837 and 563 us, the
+group cut in runs 682-701, 866-1014 and 571-621 us, while the group left whole (split 1) took 904-913 us each time.
+The other six cases' K/V repeated agreed across those runs within 2%. A choice between configs that differ by 1.5x
+is one candidate: the dK/dV
 and dQ kernels are autotuned over ``_BWD_CONFIGS`` (8 warps, 2 or 3 stages) once per key, and their keys differ
 between those calls (``GROUP``, ``SPLIT``). This probe times each case's backward, with the rule's split and over
 K/V repeated, under the autotuner's pick and under each config forced on both backward kernels, in 3 interleaved
 rounds of ``triton.testing.do_bench`` (median, L2 flushed), and records the configs the autotuner picked for each
-key. Gradients under each forced config are checked against the autotuned call's.
+key and the autotuner's own timings of each config. Gradients under each forced config are checked against the
+autotuned call's.
 
     PYTHONPATH=src python3 benchmarks/probe_sparse_bwd_configs.py [--out DIR] [--cases A,B]
 """
@@ -53,22 +55,37 @@ def picks(tuned_cache):
     return {name: {str(key): config_name(cfg) for key, cfg in cache.items()} for name, cache in tuned_cache.items()}
 
 
+def new_trials(seen):
+    """The autotuner's own timings (ms; median, 20th and 80th percentiles) of each config, for each backward kernel
+    that benchmarked a new key since the last look (``seen``: kernel -> the timings object last looked at)."""
+    out = {}
+    for name, kernel in TUNED.items():
+        timings = getattr(kernel, "configs_timings", None)
+        if timings is not None and timings is not seen.get(name):
+            seen[name] = timings
+            out[name] = {config_name(c): t for c, t in timings.items()}
+    return out
+
+
 def main(argv=None):
     args, want, ceiling = common.probe_start(__doc__, argv)
     T = bs.timer(DEVICE)
     tuned_cache = {name: {} for name in TUNED}
+    seen = {}
     variants = ["auto"] + [config_name(c) for c in ALL_CONFIGS["dkdv"]]
     rows = []
     for (name, B, H, HK, N, mode, param), (q, k, v, a, b, dout) in bs.gqa_cases(CASES, want, D, DTYPE, DEVICE):
         G = H // HK
         kr, vr = (x.detach().repeat_interleave(G, dim=2).requires_grad_() for x in (k, v))
         calls = {"grouped": (k, v, b), "repeated": (kr, vr, b.repeat_interleave(G, dim=2))}
-        outs, first = {}, {}
+        outs, first, trials = {}, {}, {}
         for call, (kk, vv, bb) in calls.items():
             out = bs.run_ours(mode, q, kk, vv, a, bb)
             for variant in variants:
                 use(variant, tuned_cache)
                 grads = torch.autograd.grad(out, (q, kk, vv), dout, retain_graph=True)
+                if variant == "auto":
+                    trials[call] = new_trials(seen)
                 first.setdefault(call, grads)
                 err = bs.max_rel_err(grads, first[call])
                 if err > 2e-2:
@@ -83,7 +100,9 @@ def main(argv=None):
         use("auto", tuned_cache)
         median = {label: sorted(t)[1] for label, t in us.items()}
         print(f"{name} (group {G}): " + "  ".join(f"{lb} {t:.0f}" for lb, t in median.items()) + " us", flush=True)
-        rows.append(dict(case=name, B=B, H=H, Hkv=HK, D=D, N=N, mode=mode, param=param, us=us, median=median))
+        print(f"  autotuner's trials (ms): {trials}", flush=True)
+        rows.append(dict(case=name, B=B, H=H, Hkv=HK, D=D, N=N, mode=mode, param=param, us=us, median=median,
+                         autotune_trials_ms=trials))
     print("autotuner picks:", picks(tuned_cache), flush=True)
     common.write_probe(args.out, "probe_sparse_bwd_configs.json", probe="sparse backward under each autotuned config",
                        timing="do_bench median of the backward, L2 flushed, 3 interleaved rounds",
