@@ -178,7 +178,10 @@ def decode_config(head_dim: int, group: int, device: torch.device, block_n: int 
     ``block_n``, ``LEANATTN_DECODE_CONFIG`` and ``LEANATTN_DECODE_LOAD`` override.
     """
     # (at MLA's 512-wide latent 64 rows spill: 255 registers and 328 bytes of stack, where 32 rows take 234 and none;
-    # Triton 3.6, sm_90a, offline, 2 stages; at 3 stages 32 rows take 254 and none)
+    # Triton 3.6, sm_90a, offline, 2 stages; at 3 stages 32 rows take 254 and none. Offline again on 2026-12-07, 128
+    # heads, 64-token pages: 32 rows run mma.sync, and a float8 cache's V operand is read from shared memory a byte
+    # at a time (128 ld.shared.b8 in the PTX); 64 rows run wgmma with no byte loads, but spill 336-728 bytes in bf16
+    # and 1.1-2.9 KB over float8 at 8 or 16 warps, the query rows held in registers by each warp group)
     block_h = max(16, min(64 if head_dim <= 256 else 32, triton.next_power_of_2(group)))
     n_hb = triton.cdiv(group, block_h)
     if runtime.interpreting() or not runtime.gpu_target(device):
