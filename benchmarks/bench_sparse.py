@@ -140,6 +140,18 @@ def max_rel_err(xs, refs) -> float:
     return max(float((x - r).abs().max() / r.abs().max().clamp_min(1e-6)) for x, r in zip(xs, refs))
 
 
+def backward_rounds(T, outs, dout, leaves, setup, rounds=3):
+    """Each output's backward (``outs``: label -> output) timed by ``T`` in ``rounds`` interleaved rounds, us;
+    ``setup(label)`` runs before each timing (the variable or config its variant needs). Returns ``(us, median)``:
+    label -> the rounds' times, and their median."""
+    us = {label: [] for label in outs}
+    for _ in range(rounds):
+        for label, out in outs.items():
+            setup(label)
+            us[label].append(1e3 * T(lambda out=out: out.backward(dout, retain_graph=True), grad_to_none=leaves))
+    return us, {label: sorted(t)[len(t) // 2] for label, t in us.items()}
+
+
 def run_ours(mode, q, k, v, a, b, deterministic=True):
     if mode == "qk":
         return leanattn.qk_sparse_attention(q, k, v, a, b, deterministic=deterministic)

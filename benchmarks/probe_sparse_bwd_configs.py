@@ -91,14 +91,9 @@ def main(argv=None):
                 if err > 2e-2:
                     raise AssertionError(f"{name} {call} {variant}: gradients off the autotuned call's by {err:.2e}")
                 outs[f"{call} {variant}"] = out
-        leaves = [q, k, v, kr, vr]
-        us = {label: [] for label in outs}
-        for _ in range(3):
-            for label, out in outs.items():
-                use(label.split()[1], tuned_cache)
-                us[label].append(1e3 * T(lambda out=out: out.backward(dout, retain_graph=True), grad_to_none=leaves))
+        us, median = bs.backward_rounds(T, outs, dout, [q, k, v, kr, vr],
+                                        lambda label: use(label.split()[1], tuned_cache))
         use("auto", tuned_cache)
-        median = {label: sorted(t)[1] for label, t in us.items()}
         print(f"{name} (group {G}): " + "  ".join(f"{lb} {t:.0f}" for lb, t in median.items()) + " us", flush=True)
         print(f"  autotuner's trials (ms): {trials}", flush=True)
         rows.append(dict(case=name, B=B, H=H, Hkv=HK, D=D, N=N, mode=mode, param=param, us=us, median=median,

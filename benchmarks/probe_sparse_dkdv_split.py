@@ -63,13 +63,8 @@ def main(argv=None):
         common.set_env(ENV, None)
         outs["repeated"] = bs.run_ours(mode, q, kr, vr, a, b.repeat_interleave(G, dim=2))
         variants["repeated"] = None
-        leaves = [q, k, v, kr, vr]
-        us = {label: [] for label in outs}
-        for _ in range(3):
-            for label, out in outs.items():
-                common.set_env(ENV, variants[label])
-                us[label].append(1e3 * T(lambda out=out: out.backward(dout, retain_graph=True), grad_to_none=leaves))
-        median = {label: sorted(t)[1] for label, t in us.items()}
+        us, median = bs.backward_rounds(T, outs, dout, [q, k, v, kr, vr],
+                                        lambda label: common.set_env(ENV, variants[label]))
         print(f"{name} (group {G}, rule: split {chosen}): " + "  ".join(f"{lb} {t:.0f}" for lb, t in median.items())
               + " us", flush=True)
         rows.append(dict(case=name, B=B, H=H, Hkv=HK, D=D, N=N, mode=mode, param=param, rule_split=chosen,
