@@ -85,7 +85,7 @@
 #               _DKDV_WAVES 4 from it; with one sum again 240 s at 16:2x)
 #   sparse-bwd-configs  the sparse backward under each autotuned config forced and under the autotuner's picks,
 #               grouped and over K/V repeated, on sparse-split's cases (benchmarks/probe_sparse_bwd_configs.py: why
-#               GQA 32/4 4k took one of two times, 1.5x apart, across four runs; untimed, ~200 s expected)
+#               GQA 32/4 4k took one of two times, 1.5x apart, across three runs; untimed, ~200 s expected)
 #   sparse-tiles  the sparse kernels' tiles at D=128 (LEANATTN_SPARSE_TILES) forward and backward, cuDNN's dense
 #               causal beside them (benchmarks/probe_sparse_tiles.py; H100 2026-12-07 10:4x: the D=128 defaults from
 #               it, dense 1.15x faster, 1.36x cuDNN's time; ~130 s)
