@@ -73,6 +73,9 @@
 #   launch-audit  the GPU launches of one call of each public op and path (benchmarks/launch_audit.py)
 #   ncu-states-few  Nsight Compute on the states kernel of 4 GQA prompts x4 and of one MHA prompt x4 (same bytes;
 #               speed of light, memory, warp states, occupancy)
+#   fp8-asm     bench_decode_fp8.py on five cases with Triton's float8 conversion and with the inline PTX one
+#               (LEANATTN_FP8_ASM=0/1, kernels/attend.from_byte), then probe_mla.py's bf16 and float8 defaults, alternately,
+#               a process each
 #   fp8-quick   three of bench_decode_fp8.py's cases: float8, int8 and bf16 decode, the peers beside them (~45 s, H100
 #               2026-12-07)
 #   tests-sparse  the sparse GPU tests other than GQA's (tests/test_sparse_gpu.py -k "not gqa"; tests-sparse-gqa has
@@ -403,6 +406,16 @@ for step in "$@"; do
     batch-idx) timeout 300 python3 benchmarks/probe_decode_batch_idx.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     softcap) timeout 300 python3 benchmarks/probe_decode_softcap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8-tiles) timeout 400 python3 benchmarks/probe_decode_fp8_tiles.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
+    fp8-asm)
+      # Triton's float8 conversion (0) against the inline PTX one (1), alternately, a process each
+      for run in 0a 1a 0b 1b; do
+        echo "LEANATTN_FP8_ASM=${run:0:1} (${run})"
+        LEANATTN_FP8_ASM=${run:0:1} timeout 150 python3 benchmarks/bench_decode_fp8.py --out "$OUT/fp8_asm_$run" \
+          --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k,paged16 gqa B=4 32k,d256 16/8 B=1 32k" 2>&1 | grep -vi warn \
+          | tail -8
+        LEANATTN_FP8_ASM=${run:0:1} timeout 100 python3 benchmarks/probe_mla.py --variants lean,fp8 \
+          --out "$OUT/fp8_asm_$run" 2>&1 | grep -E "floor|Error|failed"
+      done ;;
     fp8-quick) timeout 200 python3 benchmarks/bench_decode_fp8.py --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k" --out "$OUT" \
       2>&1 | grep -vi warn | tail -8 ;;
     fp8) timeout 400 python3 benchmarks/bench_decode_fp8.py --out "$OUT" 2>&1 | grep -vi warn | tail -16 ;;

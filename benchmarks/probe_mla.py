@@ -14,7 +14,9 @@ interleaved rounds (do_bench medians, L2 flushed):
 
 The floor is the cache's bytes over the read ceiling.
 
-    PYTHONPATH=src python benchmarks/probe_mla.py [--out DIR] [--cases A,B]
+``--variants lean,fp8`` times only those (the float8 conversion's A/B, ``gpu_check.sh fp8-asm``).
+
+    PYTHONPATH=src python benchmarks/probe_mla.py [--out DIR] [--cases A,B] [--variants A,B]
 """
 from __future__ import annotations
 
@@ -38,7 +40,9 @@ FP8_VARIANTS = {"fp8": {}, "fp8 tiles 64x3": {"LEANATTN_DECODE_CONFIG": "64,8,3,
 
 
 def main(argv=None):
-    args, want, ceiling = common.probe_start(__doc__, argv)
+    args, want, ceiling = common.probe_start(
+        __doc__, argv, extra=(("--variants", dict(default="", help="comma-separated variants (default: all)")),))
+    keep = set(args.variants.split(",")) if args.variants else None
     rows = []
     for name, B, n, heads in CASES:
         if want and name not in want:
@@ -54,7 +58,7 @@ def main(argv=None):
         fns["split"] = bd.with_plans(call(schedule="split"))
         fns["split x8"] = bd.with_plans(call(schedule="split", num_splits=8))
         fns.update({label: bd.with_plans(call(fp8=True), env) for label, env in FP8_VARIANTS.items()})
-        fns = bd.drop_failing(name, fns)
+        fns = bd.drop_failing(name, {k: f for k, f in fns.items() if keep is None or k in keep})
         refs = {label: ref8 if label.startswith("fp8") else ref for label in fns}
         us, med = bd.interleaved_graph_times(name, fns, refs, rounds=3, pick=idx)
         nbytes = B * n * (bm.DC + bm.DR) * 2

@@ -20,6 +20,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .. import runtime
+
+# float8 tiles converted by inline PTX, four bytes an instance (``from_byte``); the interpreter has no inline assembly.
+# LEANATTN_FP8_ASM=0 keeps Triton's own conversion (read once, when this module is imported: A/B runs take a process
+# each)
+ASM_CONVERT = tl.constexpr(not runtime.interpreting() and runtime.env_flag("LEANATTN_FP8_ASM") is not False)
+
 
 @triton.jit
 def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -89,7 +96,18 @@ def from_byte(x, dtype: tl.constexpr):
     if x.dtype.is_int8():
         biased = (x.to(tl.int16) + 0x6480).to(tl.int16)
         return (biased.to(tl.float16, bitcast=True) - 1152.0).to(dtype)
+    if ASM_CONVERT and dtype == tl.float16:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2." + fp8_ptx(x.dtype) + "x2 $0, lo; cvt.rn.f16x2."
+            + fp8_ptx(x.dtype) + "x2 $1, hi; }", "=r,=r,r", [x.to(tl.uint8, bitcast=True)], dtype=tl.float16,
+            is_pure=True, pack=4)
     return x.to(dtype)
+
+
+@triton.constexpr_function
+def fp8_ptx(dtype):
+    """PTX's name of a float8 type."""
+    return "e5m2" if dtype == tl.float8e5 else "e4m3"
 
 
 @triton.jit
