@@ -407,7 +407,9 @@ for step in "$@"; do
     softcap) timeout 300 python3 benchmarks/probe_decode_softcap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8-tiles) timeout 400 python3 benchmarks/probe_decode_fp8_tiles.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8-asm)
-      # Triton's float8 conversion (0) against the inline PTX one (1), alternately, a process each
+      # Triton's float8 conversion (0) against the inline PTX one (1), alternately, a process each; first the GPU
+      # tests of float8 decode and MLA under the inline one
+      LEANATTN_FP8_ASM=1 "${PYTEST[@]}" tests/test_decode_fp8_gpu.py tests/test_mla_gpu.py 2>&1 | tail -3
       for run in 0a 1a 0b 1b; do
         echo "LEANATTN_FP8_ASM=${run:0:1} (${run})"
         LEANATTN_FP8_ASM=${run:0:1} timeout 150 python3 benchmarks/bench_decode_fp8.py --out "$OUT/fp8_asm_$run" \

@@ -22,10 +22,10 @@ import triton.language as tl
 
 from .. import runtime
 
-# float8 tiles converted by inline PTX, four bytes an instance (``from_byte``); the interpreter has no inline assembly.
-# LEANATTN_FP8_ASM=0 keeps Triton's own conversion (read once, when this module is imported: A/B runs take a process
-# each)
-ASM_CONVERT = tl.constexpr(not runtime.interpreting() and runtime.env_flag("LEANATTN_FP8_ASM") is not False)
+# LEANATTN_FP8_ASM=1: float8 tiles converted by inline PTX, four bytes an instance (``from_byte``), in place of
+# Triton's conversion; read once, when this module is imported (A/B runs take a process each). Off until measured
+# on a GPU. The interpreter has no inline assembly.
+ASM_CONVERT = tl.constexpr(not runtime.interpreting() and runtime.env_flag("LEANATTN_FP8_ASM") is True)
 
 
 @triton.jit
