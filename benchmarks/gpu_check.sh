@@ -73,9 +73,10 @@
 #   launch-audit  the GPU launches of one call of each public op and path (benchmarks/launch_audit.py)
 #   ncu-states-few  Nsight Compute on the states kernel of 4 GQA prompts x4 and of one MHA prompt x4 (same bytes;
 #               speed of light, memory, warp states, occupancy)
-#   fp8-asm     bench_decode_fp8.py on five cases with Triton's float8 conversion and with the inline PTX one
-#               (LEANATTN_FP8_ASM=0/1, kernels/attend.from_byte), then probe_mla.py's bf16 and float8 defaults, alternately,
-#               a process each
+#   fp8-asm     the float8 decode and MLA GPU tests with every float8 tile converted by inline PTX, then
+#               bench_decode_fp8.py on five cases and probe_mla.py's bf16 and float8 defaults with Triton's conversion
+#               and with the inline one (LEANATTN_FP8_ASM=0/1, kernels/attend.from_byte), alternately, a process each
+#               (H100 2026-12-07 18:4x: 76 passed; MLA 0.94-0.98x the time, plain decode 1.00-1.04x: MLA's default)
 #   fp8-quick   three of bench_decode_fp8.py's cases: float8, int8 and bf16 decode, the peers beside them (~45 s, H100
 #               2026-12-07)
 #   tests-sparse  the sparse GPU tests other than GQA's (tests/test_sparse_gpu.py -k "not gqa"; tests-sparse-gqa has

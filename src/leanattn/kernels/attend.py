@@ -22,10 +22,11 @@ import triton.language as tl
 
 from .. import runtime
 
-# LEANATTN_FP8_ASM=1: float8 tiles converted by inline PTX, four bytes an instance (``from_byte``), in place of
-# Triton's conversion; read once, when this module is imported (A/B runs take a process each). Off until measured
-# on a GPU. The interpreter has no inline assembly.
-ASM_CONVERT = tl.constexpr(not runtime.interpreting() and runtime.env_flag("LEANATTN_FP8_ASM") is True)
+# Where float8 tiles convert by inline PTX (``from_byte``): 0 nowhere (the interpreter, which has no inline assembly,
+# or LEANATTN_FP8_ASM=0), 1 MLA's latent tiles (the default), 2 every tile (LEANATTN_FP8_ASM=1). Read once, when
+# this module is imported: A/B runs take a process each.
+_ASM_FLAG = runtime.env_flag("LEANATTN_FP8_ASM")
+ASM_CONVERT = tl.constexpr(0 if runtime.interpreting() or _ASM_FLAG is False else 2 if _ASM_FLAG else 1)
 
 
 @triton.jit
@@ -46,13 +47,13 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     """
     shift = fp8_shift(k)
     if one_byte(k.dtype):
-        k = from_byte(k, q.dtype)
+        k = from_byte(k, q.dtype, ROPE)
     if UPCAST:
         k = k.to(tl.float32)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if ROPE:
         if one_byte(k_pe.dtype):
-            k_pe = from_byte(k_pe, q_pe.dtype)
+            k_pe = from_byte(k_pe, q_pe.dtype, ROPE)
         if UPCAST:
             k_pe = k_pe.to(tl.float32)
         qk += tl.dot(q_pe, tl.trans(k_pe), input_precision=DOT_PRECISION)
@@ -84,8 +85,15 @@ def one_byte(dtype):
 
 
 @triton.jit
-def from_byte(x, dtype: tl.constexpr):
+def from_byte(x, dtype: tl.constexpr, LATENT: tl.constexpr = False):
     """A float8 or int8 tile in ``dtype`` (fp16 or bf16 for the products), exactly.
+
+    A float8 tile of MLA's latent cache (``LATENT``) converts to fp16 by inline PTX (``cvt.rn.f16x2.e4m3x2``, four
+    bytes an instance; ``ASM_CONVERT``), not Triton's conversion of the same instruction: offline (sm_90a, Triton
+    3.6) its spills fall from 104-352 to 8-128 bytes, and on an H100 (2026-12-07, probe_mla.py, two alternate runs
+    each) MLA over a float8 cache took 0.94-0.98x the time (16 heads B=1 32k 46.1 -> 45.1 us, B=32 4k 95.4 -> 90.0,
+    128 heads 105.2 -> 98.1). Plain decode tiles keep Triton's: there the same change freed 40-80 registers yet took
+    1.00-1.04x the time (bench_decode_fp8.py, same runs).
 
     int8 goes through fp16's bits, not the integer converter: ``v + 0x6480`` read as fp16 is ``1152 + v`` for every
     ``v`` in [-128, 127] (exponent 10: one unit a step), so one integer add and one fp16 subtract give ``v``. Why: the
@@ -96,7 +104,7 @@ def from_byte(x, dtype: tl.constexpr):
     if x.dtype.is_int8():
         biased = (x.to(tl.int16) + 0x6480).to(tl.int16)
         return (biased.to(tl.float16, bitcast=True) - 1152.0).to(dtype)
-    if ASM_CONVERT and dtype == tl.float16:
+    if (ASM_CONVERT == 2 or (ASM_CONVERT == 1 and LATENT)) and dtype == tl.float16:
         return tl.inline_asm_elementwise(
             "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2." + fp8_ptx(x.dtype) + "x2 $0, lo; cvt.rn.f16x2."
             + fp8_ptx(x.dtype) + "x2 $1, hi; }", "=r,=r,r", [x.to(tl.uint8, bitcast=True)], dtype=tl.float16,
@@ -142,13 +150,13 @@ def tanh(x):
 
 
 @triton.jit
-def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, LATENT: tl.constexpr = False):
     """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``; a float8 ``v`` is taken in ``q``'s dtype (its scale
-    is applied by ``v_scaled``)."""
+    is applied by ``v_scaled``; ``LATENT``: MLA's, ``from_byte``)."""
     if one_byte(v.dtype):
         # converted in the product operand's layout, which Triton 3.6 fills from shared memory a byte at a time;
         # converting along D pairs (split/join) avoids that but measured 1.18-1.38x slower (probe 55, H200)
-        v = from_byte(v, q.dtype)
+        v = from_byte(v, q.dtype, LATENT)
     if UPCAST:
         v = v.to(tl.float32)
     return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -335,7 +343,7 @@ def attend_tiles(
             v = k
         else:
             v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION)
+        acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION, ROPE_DIM > 0)
     return v_scaled(acc, V, v_scale), m_i, l_i
 
 
