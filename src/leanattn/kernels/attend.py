@@ -91,7 +91,7 @@ def from_byte(x, dtype: tl.constexpr, LATENT: tl.constexpr = False):
     A float8 tile of MLA's latent cache (``LATENT``) converts to fp16 by inline PTX (``cvt.rn.f16x2.e4m3x2``, four
     bytes an instance; ``ASM_CONVERT``), not Triton's conversion of the same instruction: offline (sm_90a, Triton
     3.6) its spills fall from 104-352 to 8-128 bytes, and on an H100 (2026-12-07, probe_mla.py, two alternate runs
-    each) MLA over a float8 cache took 0.94-0.98x the time (16 heads B=1 32k 46.1 -> 45.1 us, B=32 4k 95.4 -> 90.0,
+    each) MLA over a float8 cache took 0.93-0.98x the time (16 heads B=1 32k 46.1 -> 45.1 us, B=32 4k 95.4 -> 90.0,
     128 heads 105.2 -> 98.1). Plain decode tiles keep Triton's: there the same change freed 40-80 registers yet took
     1.00-1.04x the time (bench_decode_fp8.py, same runs).
 
