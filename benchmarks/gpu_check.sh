@@ -77,6 +77,7 @@
 #               bench_decode_fp8.py on five cases and probe_mla.py's bf16 and float8 defaults with Triton's conversion
 #               and with the inline one (LEANATTN_FP8_ASM=0/1, kernels/attend.from_byte), alternately, a process each
 #               (H100 2026-12-07 18:4x: 76 passed; MLA 0.94-0.98x the time, plain decode 1.00-1.04x: MLA's default)
+#   mla-fp8-tiles  MLA over a float8 latent cache under other tiles, the bf16 cache beside it (probe_mla.py --variants)
 #   fp8-quick   three of bench_decode_fp8.py's cases: float8, int8 and bf16 decode, the peers beside them (~45 s, H100
 #               2026-12-07)
 #   tests-sparse  the sparse GPU tests other than GQA's (tests/test_sparse_gpu.py -k "not gqa"; tests-sparse-gqa has
@@ -419,6 +420,8 @@ for step in "$@"; do
         LEANATTN_FP8_ASM=${run:0:1} timeout 100 python3 benchmarks/probe_mla.py --variants lean,fp8 \
           --out "$OUT/fp8_asm_$run" 2>&1 | grep -E "floor|Error|failed"
       done ;;
+    mla-fp8-tiles) timeout 300 python3 benchmarks/probe_mla.py --out "$OUT" \
+      --variants "lean,fp8,fp8 tiles 64x4,fp8 tiles 32x3,fp8 tiles 32x5" 2>&1 | grep -E "floor|wrote|Error|failed" ;;
     fp8-quick) timeout 200 python3 benchmarks/bench_decode_fp8.py --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k" --out "$OUT" \
       2>&1 | grep -vi warn | tail -8 ;;
     fp8) timeout 400 python3 benchmarks/bench_decode_fp8.py --out "$OUT" 2>&1 | grep -vi warn | tail -16 ;;

@@ -10,7 +10,8 @@ interleaved rounds (do_bench medians, L2 flushed):
 * ``split x8``: FlashDecoding with 8 splits a row (few pieces to merge);
 * ``fp8 ...``: the cache in float8 e4m3 (``bench_mla.fp8_case``) over the default tiles
   (``ops/decode_config._CUDA_FP8_LATENT``: 64-token tiles over 3 stages since this probe's H100 run of 2026-12-07,
-  32-token ones before), 64-token tiles over 3 stages, and 32-token tiles over 5 stages.
+  32-token ones before), 64-token tiles over 4 stages, and 32-token tiles over 3 and 5 stages (offline, since the
+  latent tiles convert by inline PTX: 32-token tiles spill 0-56 bytes, 64-token ones 8-136).
 
 The floor is the cache's bytes over the read ceiling.
 
@@ -35,7 +36,8 @@ CASES = (("16 heads B=1 32k", 1, 32768, 16), ("16 heads B=32 4k", 32, 4096, 16),
 VARIANTS = {"lean": {}, "tiles 64x2 stages (before)": {"LEANATTN_DECODE_CONFIG": "64,8,2,1"},
             "tiles 64x3, 4 warps": {"LEANATTN_DECODE_CONFIG": "64,4,3,1"},
             "tiles 32x3, 2 a SM": {"LEANATTN_DECODE_CONFIG": "32,8,3,2"}}
-FP8_VARIANTS = {"fp8": {}, "fp8 tiles 64x3": {"LEANATTN_DECODE_CONFIG": "64,8,3,1"},
+FP8_VARIANTS = {"fp8": {}, "fp8 tiles 64x4": {"LEANATTN_DECODE_CONFIG": "64,8,4,1"},
+                "fp8 tiles 32x3": {"LEANATTN_DECODE_CONFIG": "32,8,3,1"},
                 "fp8 tiles 32x5": {"LEANATTN_DECODE_CONFIG": "32,8,5,1"}}
 
 
