@@ -414,12 +414,14 @@ for step in "$@"; do
       LEANATTN_FP8_ASM=1 "${PYTEST[@]}" tests/test_decode_fp8_gpu.py tests/test_mla_gpu.py 2>&1 | tail -3
       for run in 0a 1a 0b 1b; do
         echo "LEANATTN_FP8_ASM=${run:0:1} (${run})"
-        LEANATTN_FP8_ASM=${run:0:1} timeout 150 python3 benchmarks/bench_decode_fp8.py --out "$OUT/fp8_asm_$run" \
+        LEANATTN_FP8_ASM=${run:0:1} timeout 150 python3 benchmarks/bench_decode_fp8.py --out "/tmp/fp8_asm/$run" \
           --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k,paged16 gqa B=4 32k,d256 16/8 B=1 32k" 2>&1 | grep -vi warn \
           | tail -8
         LEANATTN_FP8_ASM=${run:0:1} timeout 100 python3 benchmarks/probe_mla.py --variants lean,fp8 \
-          --out "$OUT/fp8_asm_$run" 2>&1 | grep -E "floor|Error|failed"
-      done ;;
+          --out "/tmp/fp8_asm/$run" 2>&1 | grep -E "floor|Error|failed"
+      done
+      # one file back for the four runs' results: at most 8 files come back from a call
+      tar -czf "$OUT/fp8_asm.tar.gz" -C /tmp fp8_asm ;;
     mla-fp8-tiles) timeout 300 python3 benchmarks/probe_mla.py --out "$OUT" \
       --variants "lean,fp8,fp8 tiles 64x4,fp8 tiles 32x3,fp8 tiles 32x5" 2>&1 | grep -E "floor|wrote|Error|failed" ;;
     fp8-quick) timeout 200 python3 benchmarks/bench_decode_fp8.py --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k" --out "$OUT" \
