@@ -27,12 +27,14 @@ from .. import runtime
 # this module is imported: A/B runs take a process each.
 _ASM_FLAG = runtime.env_flag("LEANATTN_FP8_ASM")
 ASM_CONVERT = tl.constexpr(0 if runtime.interpreting() or _ASM_FLAG is False else 2 if _ASM_FLAG else 1)
+# LEANATTN_MLA_CONVERT_ONCE=1: MLA's float8 latent tile converts once for both products (``latent_tile``)
+CONVERT_ONCE = tl.constexpr(ASM_CONVERT > 0 and runtime.env_flag("LEANATTN_MLA_CONVERT_ONCE") is True)
 
 
 @triton.jit
 def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  softcap=0.0, SOFTCAP: tl.constexpr = False, slope=0.0, q_pos=0, offs_n=0,
-                 ALIBI: tl.constexpr = False, q_pe=0, k_pe=0, ROPE: tl.constexpr = False):
+                 ALIBI: tl.constexpr = False, q_pe=0, k_pe=0, ROPE: tl.constexpr = False, shift=None):
     """Scores of one KV tile ``k [BLOCK_N, D]`` (those outside ``mask_s``, ``[1, BLOCK_N]`` for every row alike or
     ``[BLOCK_H, BLOCK_N]``, at ``-inf``), folded into the
     running max ``m_i`` and sum ``l_i``; returns ``(p, alpha, m_new, l_new)``: the tile's
@@ -45,7 +47,8 @@ def softmax_step(q, k, mask_s, m_i, l_i, qk_scale, UPCAST: tl.constexpr, DOT_PRE
     scores are ``q.k + q_pe.k_pe``: the latent part and the decoupled rotary part, two products of one tile's rows
     (a float8 ``k_pe`` taken in ``q_pe``'s dtype, its scale ``k``'s, in ``qk_scale``).
     """
-    shift = fp8_shift(k)
+    if shift is None:
+        shift = fp8_shift(k)
     if one_byte(k.dtype):
         k = from_byte(k, q.dtype, ROPE)
     if UPCAST:
@@ -110,6 +113,25 @@ def from_byte(x, dtype: tl.constexpr, LATENT: tl.constexpr = False):
             + fp8_ptx(x.dtype) + "x2 $1, hi; }", "=r,=r,r", [x.to(tl.uint8, bitcast=True)], dtype=tl.float16,
             is_pure=True, pack=4)
     return x.to(dtype)
+
+
+@triton.jit
+def latent_tile(k, q):
+    """MLA's latent tile ``k`` for both products: a float8 one in fp16, converted once (``CONVERT_ONCE``), else ``k``.
+
+    Why: Triton moves a conversion past the layout changes into each product's operand, so each float8 tile is
+    converted twice and the second product's operand (the tile transposed) is read from shared memory a byte at a
+    time. An impure instruction (``is_pure=False``) is neither moved nor duplicated: the fp16 tile then takes the
+    layout changes, at 64 KB more shared memory a program (64 x 512 tokens).
+    """
+    if CONVERT_ONCE:
+        if k.dtype.is_fp8():
+            if q.dtype == tl.float16:
+                k = tl.inline_asm_elementwise(
+                    "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2." + fp8_ptx(k.dtype)
+                    + "x2 $0, lo; cvt.rn.f16x2." + fp8_ptx(k.dtype) + "x2 $1, hi; }", "=r,=r,r",
+                    [k.to(tl.uint8, bitcast=True)], dtype=tl.float16, is_pure=False, pack=4)
+    return k
 
 
 @triton.constexpr_function
@@ -335,9 +357,12 @@ def attend_tiles(
         k_pe = 0
         if ROPE_DIM > 0:
             k_pe = tl.load(KPE + pe_rows[:, None] + tl.arange(0, ROPE_DIM)[None, :], mask=mask_n[:, None], other=0.0)
+        shift = fp8_shift(k)
+        if V_IS_K:
+            k = latent_tile(k, q)
         p, alpha, m_i, l_i = softmax_step(q, k, score_mask(mask_n, offs_n, row_lo, row_hi, ROW_MASK), m_i, l_i,
                                           qk_scale, UPCAST, DOT_PRECISION, softcap, SOFTCAP, slope, q_pos, offs_n,
-                                          ALIBI, q_pe, k_pe, ROPE_DIM > 0)
+                                          ALIBI, q_pe, k_pe, ROPE_DIM > 0, shift)
         # -- accumulate --
         if V_IS_K:
             v = k
