@@ -78,7 +78,8 @@
 #               and with the inline one (LEANATTN_FP8_ASM=0/1, kernels/attend.from_byte), alternately, a process each
 #               (H100 2026-12-07 18:4x: 76 passed; MLA 0.94-0.98x the time, plain decode 1.00-1.04x: MLA's default)
 #   mla-convert-once  MLA over a float8 latent cache with each tile converted once for both products
-#               (LEANATTN_MLA_CONVERT_ONCE=1, kernels/attend.latent_tile) against per product, alternately, a process each
+#               (LEANATTN_MLA_CONVERT_ONCE=1, kernels/attend.latent_tile) against once a product, alternately, a
+#               process each
 #   mla-fp8-tiles  MLA over a float8 latent cache under other tiles, the bf16 cache beside it (probe_mla.py --variants)
 #   fp8-quick   three of bench_decode_fp8.py's cases: float8, int8 and bf16 decode, the peers beside them (~45 s, H100
 #               2026-12-07)
