@@ -77,9 +77,9 @@
 #               bench_decode_fp8.py on five cases and probe_mla.py's bf16 and float8 defaults with Triton's conversion
 #               and with the inline one (LEANATTN_FP8_ASM=0/1, kernels/attend.from_byte), alternately, a process each
 #               (H100 2026-12-07 18:4x: 76 passed; MLA 0.94-0.98x the time, plain decode 1.00-1.04x: MLA's default)
-#   mla-convert-once  MLA over a float8 latent cache with each tile converted once for both products
-#               (LEANATTN_MLA_CONVERT_ONCE=1, kernels/attend.latent_tile) against once a product, alternately, a
-#               process each
+#   fp8-convert-once  fp8-asm's runs for float8 tiles converted before their layout changes (V, and MLA's latent
+#               tile once for both products; LEANATTN_FP8_CONVERT_ONCE=1, kernels/attend.converted_once) against the
+#               default, alternately, a process each; the float8 decode and MLA GPU tests under it first
 #   mla-fp8-tiles  MLA over a float8 latent cache under other tiles, the bf16 cache beside it (probe_mla.py --variants)
 #   fp8-quick   three of bench_decode_fp8.py's cases: float8, int8 and bf16 decode, the peers beside them (~45 s, H100
 #               2026-12-07)
@@ -425,15 +425,19 @@ for step in "$@"; do
       done
       # one file back for the four runs' results: at most 8 files come back from a call
       tar -czf "$OUT/fp8_asm.tar.gz" -C /tmp fp8_asm ;;
-    mla-convert-once)
-      # MLA's float8 latent tile converted once for both products (1) or per product (0); the GPU tests under 1
-      LEANATTN_MLA_CONVERT_ONCE=1 "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 2>&1 | tail -3
+    fp8-convert-once)
+      # float8 tiles converted before their layout changes (1: V, and MLA's latent tile once for both products) or
+      # in each product's operand (0); first the GPU tests of float8 decode and MLA under 1
+      LEANATTN_FP8_CONVERT_ONCE=1 "${PYTEST[@]}" tests/test_decode_fp8_gpu.py tests/test_mla_gpu.py 2>&1 | tail -3
       for run in 0a 1a 0b 1b; do
-        echo "LEANATTN_MLA_CONVERT_ONCE=${run:0:1} (${run})"
-        LEANATTN_MLA_CONVERT_ONCE=${run:0:1} timeout 100 python3 benchmarks/probe_mla.py --variants lean,fp8 \
-          --out "/tmp/mla_once/$run" 2>&1 | grep -E "floor|Error|failed"
+        echo "LEANATTN_FP8_CONVERT_ONCE=${run:0:1} (${run})"
+        LEANATTN_FP8_CONVERT_ONCE=${run:0:1} timeout 150 python3 benchmarks/bench_decode_fp8.py --out "/tmp/once/$run" \
+          --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k,paged16 gqa B=4 32k,d256 16/8 B=1 32k" 2>&1 | grep -vi warn \
+          | tail -8
+        LEANATTN_FP8_CONVERT_ONCE=${run:0:1} timeout 100 python3 benchmarks/probe_mla.py --variants lean,fp8 \
+          --out "/tmp/once/$run" 2>&1 | grep -E "floor|Error|failed"
       done
-      tar -czf "$OUT/mla_once.tar.gz" -C /tmp mla_once ;;
+      tar -czf "$OUT/fp8_convert_once.tar.gz" -C /tmp once ;;
     mla-fp8-tiles) timeout 300 python3 benchmarks/probe_mla.py --out "$OUT" \
       --variants "lean,fp8,fp8 tiles 64x4,fp8 tiles 32x3,fp8 tiles 32x5" 2>&1 | grep -E "floor|wrote|Error|failed" ;;
     fp8-quick) timeout 200 python3 benchmarks/bench_decode_fp8.py --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k" --out "$OUT" \

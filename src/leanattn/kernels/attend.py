@@ -27,8 +27,8 @@ from .. import runtime
 # this module is imported: A/B runs take a process each.
 _ASM_FLAG = runtime.env_flag("LEANATTN_FP8_ASM")
 ASM_CONVERT = tl.constexpr(0 if runtime.interpreting() or _ASM_FLAG is False else 2 if _ASM_FLAG else 1)
-# LEANATTN_MLA_CONVERT_ONCE=1: MLA's float8 latent tile converts once for both products (``latent_tile``)
-CONVERT_ONCE = tl.constexpr(ASM_CONVERT > 0 and runtime.env_flag("LEANATTN_MLA_CONVERT_ONCE") is True)
+# LEANATTN_FP8_CONVERT_ONCE=1: float8 tiles convert before their layout changes (``converted_once``)
+CONVERT_ONCE = tl.constexpr(ASM_CONVERT > 0 and runtime.env_flag("LEANATTN_FP8_CONVERT_ONCE") is True)
 
 
 @triton.jit
@@ -116,22 +116,26 @@ def from_byte(x, dtype: tl.constexpr, LATENT: tl.constexpr = False):
 
 
 @triton.jit
-def latent_tile(k, q):
-    """MLA's latent tile ``k`` for both products: a float8 one in fp16, converted once (``CONVERT_ONCE``), else ``k``.
+def converted_once(x, dtype: tl.constexpr):
+    """A float8 tile ``x`` in fp16 ``dtype``, converted where it is, by an impure instruction (``CONVERT_ONCE``);
+    else ``x`` as it is, for ``from_byte`` at its product.
 
-    Why: Triton moves a conversion past the layout changes into each product's operand, so each float8 tile is
-    converted twice and the second product's operand (the tile transposed) is read from shared memory a byte at a
-    time. An impure instruction (``is_pure=False``) is neither moved nor duplicated: the fp16 tile then takes the
-    layout changes, at 64 KB more shared memory a program (64 x 512 tokens).
+    Why: Triton moves a conversion past the layout changes into a product's operand. A float8 tile that a product
+    takes transposed (V, and MLA's latent tile, which is K and V at once) is then read from shared memory a byte at
+    a time (64-128 ``ld.shared.b8`` an iteration offline, sm_90a, Triton 3.6), and MLA's tile is converted once for
+    each product. An impure instruction (``is_pure=False``) is neither moved nor copied: the fp16 tile takes the
+    layout changes (``ldmatrix``, no byte loads), for 16-64 KB more shared memory a program. Offline, float8 decode
+    then takes 128-194 registers instead of 150-255, and MLA at 16 heads 246 with no spills (128 heads: 640 bytes
+    of spills). Not yet measured on a GPU.
     """
     if CONVERT_ONCE:
-        if k.dtype.is_fp8():
-            if q.dtype == tl.float16:
-                k = tl.inline_asm_elementwise(
-                    "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2." + fp8_ptx(k.dtype)
-                    + "x2 $0, lo; cvt.rn.f16x2." + fp8_ptx(k.dtype) + "x2 $1, hi; }", "=r,=r,r",
-                    [k.to(tl.uint8, bitcast=True)], dtype=tl.float16, is_pure=False, pack=4)
-    return k
+        if x.dtype.is_fp8():
+            if dtype == tl.float16:
+                x = tl.inline_asm_elementwise(
+                    "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2." + fp8_ptx(x.dtype)
+                    + "x2 $0, lo; cvt.rn.f16x2." + fp8_ptx(x.dtype) + "x2 $1, hi; }", "=r,=r,r",
+                    [x.to(tl.uint8, bitcast=True)], dtype=tl.float16, is_pure=False, pack=4)
+    return x
 
 
 @triton.constexpr_function
@@ -175,6 +179,7 @@ def tanh(x):
 def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, LATENT: tl.constexpr = False):
     """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``; a float8 ``v`` is taken in ``q``'s dtype (its scale
     is applied by ``v_scaled``; ``LATENT``: MLA's, ``from_byte``)."""
+    v = converted_once(v, q.dtype)
     if one_byte(v.dtype):
         # converted in the product operand's layout, which Triton 3.6 fills from shared memory a byte at a time;
         # converting along D pairs (split/join) avoids that but measured 1.18-1.38x slower (probe 55, H200)
@@ -359,7 +364,7 @@ def attend_tiles(
             k_pe = tl.load(KPE + pe_rows[:, None] + tl.arange(0, ROPE_DIM)[None, :], mask=mask_n[:, None], other=0.0)
         shift = fp8_shift(k)
         if V_IS_K:
-            k = latent_tile(k, q)
+            k = converted_once(k, q.dtype)
         p, alpha, m_i, l_i = softmax_step(q, k, score_mask(mask_n, offs_n, row_lo, row_hi, ROW_MASK), m_i, l_i,
                                           qk_scale, UPCAST, DOT_PRECISION, softcap, SOFTCAP, slope, q_pos, offs_n,
                                           ALIBI, q_pe, k_pe, ROPE_DIM > 0, shift)
