@@ -434,8 +434,9 @@ for step in "$@"; do
         LEANATTN_FP8_CONVERT_ONCE=${run:0:1} timeout 150 python3 benchmarks/bench_decode_fp8.py --out "/tmp/once/$run" \
           --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k,paged16 gqa B=4 32k,d256 16/8 B=1 32k" 2>&1 | grep -vi warn \
           | tail -8
-        LEANATTN_FP8_CONVERT_ONCE=${run:0:1} timeout 100 python3 benchmarks/probe_mla.py --variants lean,fp8 \
-          --out "/tmp/once/$run" 2>&1 | grep -E "floor|Error|failed"
+        # 32-token tiles too: the tile converted once is held in fp16 registers before its layout change
+        LEANATTN_FP8_CONVERT_ONCE=${run:0:1} timeout 120 python3 benchmarks/probe_mla.py \
+          --variants "lean,fp8,fp8 tiles 32x3" --out "/tmp/once/$run" 2>&1 | grep -E "floor|Error|failed"
       done
       tar -czf "$OUT/fp8_convert_once.tar.gz" -C /tmp once ;;
     mla-fp8-tiles) timeout 300 python3 benchmarks/probe_mla.py --out "$OUT" \
