@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.target_info import cuda_capability_geq
 
 from .. import runtime
 
@@ -107,11 +108,10 @@ def from_byte(x, dtype: tl.constexpr, LATENT: tl.constexpr = False):
     if x.dtype.is_int8():
         biased = (x.to(tl.int16) + 0x6480).to(tl.int16)
         return (biased.to(tl.float16, bitcast=True) - 1152.0).to(dtype)
-    if (ASM_CONVERT == 2 or (ASM_CONVERT == 1 and LATENT)) and dtype == tl.float16:
-        return tl.inline_asm_elementwise(
-            "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2." + fp8_ptx(x.dtype) + "x2 $0, lo; cvt.rn.f16x2."
-            + fp8_ptx(x.dtype) + "x2 $1, hi; }", "=r,=r,r", [x.to(tl.uint8, bitcast=True)], dtype=tl.float16,
-            is_pure=True, pack=4)
+    if ASM_CONVERT == 2 or (ASM_CONVERT == 1 and LATENT):
+        if dtype == tl.float16:
+            if cuda_capability_geq(8, 9):
+                return ptx_fp16(x, True)
     return x.to(dtype)
 
 
@@ -131,11 +131,19 @@ def converted_once(x, dtype: tl.constexpr):
     if CONVERT_ONCE:
         if x.dtype.is_fp8():
             if dtype == tl.float16:
-                x = tl.inline_asm_elementwise(
-                    "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2." + fp8_ptx(x.dtype)
-                    + "x2 $0, lo; cvt.rn.f16x2." + fp8_ptx(x.dtype) + "x2 $1, hi; }", "=r,=r,r",
-                    [x.to(tl.uint8, bitcast=True)], dtype=tl.float16, is_pure=False, pack=4)
+                if cuda_capability_geq(8, 9):
+                    x = ptx_fp16(x, False)
     return x
+
+
+@triton.jit
+def ptx_fp16(x, PURE: tl.constexpr):
+    """A float8 (e4m3 or e5m2) tile in fp16 by inline PTX, four bytes an instance (``cvt.rn.f16x2.e4m3x2``, sm_89 and
+    later); ``PURE=False``: an instruction Triton neither moves nor copies (``converted_once``)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2." + fp8_ptx(x.dtype) + "x2 $0, lo; cvt.rn.f16x2."
+        + fp8_ptx(x.dtype) + "x2 $1, hi; }", "=r,=r,r", [x.to(tl.uint8, bitcast=True)], dtype=tl.float16,
+        is_pure=PURE, pack=4)
 
 
 @triton.constexpr_function
