@@ -70,6 +70,17 @@ def test_bits_do_not_depend_on_the_batch(short_splits, dtype, n_x, form):
         assert torch.equal(out, out0) and torch.equal(lse, lse0)
 
 
+def test_bits_do_not_depend_on_the_batch_past_a_merge_chunk(short_splits):
+    # 10 splits alone and 30 in the batch's widest cache: the merge loads kernels/merge.SEQUENTIAL_CHUNK (8) states a
+    # step, so the real states themselves cross a step
+    n_x = 300
+    q_x = torch.randn(2, 64, dtype=torch.float16, device=DEV)
+    k_x, v_x = (torch.randn(n_x, 2, 64, dtype=torch.float16, device=DEV) for _ in range(2))
+    (out0, lse0), *others = _alone_and_in_batches(q_x, k_x, v_x, n_x)
+    for out, lse in others:
+        assert torch.equal(out, out0) and torch.equal(lse, lse0)
+
+
 def test_plan_is_the_split_schedule(short_splits):
     q = torch.randn(2, 4, 64, dtype=torch.float16, device=DEV)
     k = torch.randn(2, 100, 2, 64, dtype=torch.float16, device=DEV)

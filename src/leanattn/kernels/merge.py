@@ -72,7 +72,7 @@ def merge_states_kernel(
     stride_os, stride_om,  #
     stride_ls, stride_lm,  #
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
-    UNROLL: tl.constexpr, SINK_HEADS: tl.constexpr,
+    UNROLL: tl.constexpr, SINK_HEADS: tl.constexpr, CHUNK: tl.constexpr = 0,
 ):
     """``Outs [S, M, HEAD_DIM]``, ``Lses [S, M]`` fp32 natural-log -> ``Out [M, HEAD_DIM]``, ``Lse [M]``; with
     ``SINK_HEADS > 0`` each row's sink ``Sinks[row % SINK_HEADS]`` is folded in after its states (``fold_sinks``),
@@ -86,6 +86,8 @@ def merge_states_kernel(
     within each thread, whatever ``BLOCK_M`` (a ``[BLOCK_S, BLOCK_M, BLOCK_D]`` tile of several rows may
     put the states of one row on different warps). Program ``(i, j)`` merges columns ``[j * BLOCK_D, (j + 1) *
     BLOCK_D)`` of its rows (a wide head split over several programs); the ``j = 0`` programs write ``Lse``.
+    ``CHUNK > 0`` (``merge_launch``'s ``sequential``): one state a step in slot order, as ``UNROLL`` folds them,
+    ``CHUNK`` states' loads a step of the loop; the slots past ``S`` fold in as empty states.
     """
     if PDL:  # a programmatic dependent launch (runtime.dependent_launch): wait for the states' writes
         gdc_wait()
@@ -98,7 +100,17 @@ def merge_states_kernel(
     mask_d = offs_d < HEAD_DIM
     rows = offs_m.to(tl.int64)
     m, acc, den = empty_fold(BLOCK_M, BLOCK_D)
-    if UNROLL:
+    if CHUNK:
+        for s0 in range(0, S, CHUNK):
+            for i in tl.static_range(CHUNK):
+                s = s0 + i
+                mask_s = mask_m & (s < S)
+                lse = tl.load(Lses + s * tl.cast(stride_ls, tl.int64) + rows * stride_lm, mask=mask_s,
+                              other=float("-inf"))
+                o = tl.load(Outs + s * tl.cast(stride_os, tl.int64) + rows[:, None] * stride_om + offs_d[None, :],
+                            mask=mask_s[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+                m, acc, den = fold_state(m, acc, den, lse, o)
+    elif UNROLL:
         for s in tl.static_range(UNROLL):
             lse = tl.load(Lses + s * tl.cast(stride_ls, tl.int64) + rows * stride_lm, mask=mask_m, other=float("-inf"))
             o = tl.load(Outs + s * tl.cast(stride_os, tl.int64) + rows[:, None] * stride_om + offs_d[None, :],
@@ -133,6 +145,10 @@ def merge_states_kernel(
 
 # Up to this many states a merge unrolls its loop over them (UNROLL); more take BLOCK_S states a load
 UNROLL_MAX = 8
+# States whose loads the sequential merge issues at once (merge_launch). H100 2026-12-07 18:4x (the decode probe of
+# batch_invariant): with one state a step, each state of the longest row cost about 0.4 us (the ragged tail's
+# 283 us at 64 states, 271 at 32, 309 at 128)
+SEQUENTIAL_CHUNK = 8
 
 
 def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False, sink_heads: int = 0,
@@ -151,7 +167,7 @@ def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False, sink_heads: i
     merge took 1-3 us off the x256 cases and 0.4-1 us off the others. ``pdl``: launched as a programmatic dependent
     launch of the launch that writes the states (``runtime.dependent_launch``). ``sequential``: one state a step
     in slot order for any ``S``, one row a program, so that the merged bits do not depend on how many empty states
-    follow the others.
+    follow the others; the loads of ``SEQUENTIAL_CHUNK`` states issue at each step of its loop.
 
     Heads wider than 128 merged over few rows (MLA's 512-wide latent, D=256) are split into 128-column programs,
     each loading 4 times (D=512) as many states a step: one sequence of 16 MLA heads cut into 132 pieces was 16
@@ -160,13 +176,16 @@ def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False, sink_heads: i
     block_d = triton.next_power_of_2(head_dim)
     if sequential:
         # one state a step, whatever S: the fold's order and arithmetic do not depend on S, and an empty state
-        # (lse = -inf) after the others leaves every bit as it was (schedule="batch_invariant")
-        return (M,), dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=1, num_warps=1, UNROLL=0,
-                          SINK_HEADS=sink_heads, **launch_meta(pdl))
+        # (lse = -inf) after the others leaves every bit as it was (schedule="batch_invariant"). The loads of
+        # SEQUENTIAL_CHUNK states issue together: one state a loop step was a chain of S dependent round trips.
+        # A warp per 128 columns keeps those loads' registers in bounds; the fold has no sum across columns, so
+        # the warps do not change its bits
+        return (M,), dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=1, UNROLL=0, SINK_HEADS=sink_heads,
+                          num_warps=max(1, block_d // 128), CHUNK=SEQUENTIAL_CHUNK, **launch_meta(pdl))
     if S <= UNROLL_MAX:
         rows, warps = (4, 4) if M >= 2048 else (1, 1)
         return (triton.cdiv(M, rows),), dict(HEAD_DIM=head_dim, BLOCK_M=rows, BLOCK_D=block_d, BLOCK_S=1,
-                                             num_warps=warps, UNROLL=max(S, 1), SINK_HEADS=sink_heads,
+                                             num_warps=warps, UNROLL=max(S, 1), SINK_HEADS=sink_heads, CHUNK=0,
                                              **launch_meta(pdl))
     if M >= 1024:
         block_s = min(triton.next_power_of_2(S), max(1, 8 * 128 // block_d))
@@ -181,7 +200,7 @@ def merge_launch(S: int, M: int, head_dim: int, pdl: bool = False, sink_heads: i
     # 16 states, eager 138 us against 79 from a graph, H200 2026-12-03)
     grid = (M,) if chunks == 1 else (M, chunks)
     return grid, dict(HEAD_DIM=head_dim, BLOCK_M=1, BLOCK_D=block_d, BLOCK_S=block_s, num_warps=warps, UNROLL=0,
-                      SINK_HEADS=sink_heads, **launch_meta(pdl))
+                      SINK_HEADS=sink_heads, CHUNK=0, **launch_meta(pdl))
 
 
 @triton.jit
