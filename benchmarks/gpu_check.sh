@@ -76,10 +76,11 @@
 #   fp8-asm     the float8 decode and MLA GPU tests with every float8 tile converted by inline PTX, then
 #               bench_decode_fp8.py on five cases and probe_mla.py's bf16 and float8 defaults with Triton's conversion
 #               and with the inline one (LEANATTN_FP8_ASM=0/1, kernels/attend.from_byte), alternately, a process each
-#               (H100 2026-12-07 18:4x: 76 passed; MLA 0.94-0.98x the time, plain decode 1.00-1.04x: MLA's default)
+#               (H100 2026-12-07 18:4x: 76 passed; MLA 0.93-0.98x the time, plain decode 1.00-1.04x: MLA's default)
 #   fp8-convert-once  fp8-asm's runs for float8 tiles converted before their layout changes (V, and MLA's latent
 #               tile once for both products; LEANATTN_FP8_CONVERT_ONCE=1, kernels/attend.converted_once) against the
-#               default, alternately, a process each; the float8 decode and MLA GPU tests under it first
+#               default, alternately, a process each; the float8 decode and MLA GPU tests under it first; MLA's
+#               32-token tiles too (the tile converted once is held in fp16 registers before its layout change)
 #   mla-fp8-tiles  MLA over a float8 latent cache under other tiles, the bf16 cache beside it (probe_mla.py --variants)
 #   fp8-quick   three of bench_decode_fp8.py's cases: float8, int8 and bf16 decode, the peers beside them (~45 s, H100
 #               2026-12-07)
@@ -301,6 +302,24 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,nohea
 export TRITON_CACHE_DIR=/tmp/triton_cache
 python3 benchmarks/triton_cache.py unpack .carry/triton_cache.tar.xz "$TRITON_CACHE_DIR"
 rm -rf /tmp/junit  # a warm machine keeps the last call's
+
+# fp8_ab KNOB NAME MLA_VARIANTS: the float8 decode and MLA GPU tests under KNOB=1, then bench_decode_fp8.py on five
+# cases and probe_mla.py's MLA_VARIANTS under KNOB=0 and 1, alternately (0-1-0-1), a process each (the knobs are read
+# when kernels/attend.py is imported); the four runs' results come back as $OUT/NAME.tar.gz, one file, since a call
+# returns at most 8
+fp8_ab() {
+  local knob=$1 name=$2 variants=$3 run
+  env "$knob=1" "${PYTEST[@]}" tests/test_decode_fp8_gpu.py tests/test_mla_gpu.py 2>&1 | tail -3
+  for run in 0a 1a 0b 1b; do
+    echo "$knob=${run:0:1} (${run})"
+    env "$knob=${run:0:1}" timeout 150 python3 benchmarks/bench_decode_fp8.py --out "/tmp/$name/$run" \
+      --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k,paged16 gqa B=4 32k,d256 16/8 B=1 32k" 2>&1 | grep -vi warn \
+      | tail -8
+    env "$knob=${run:0:1}" timeout 120 python3 benchmarks/probe_mla.py --variants "$variants" \
+      --out "/tmp/$name/$run" 2>&1 | grep -E "floor|Error|failed"
+  done
+  tar -czf "$OUT/$name.tar.gz" -C /tmp "$name"
+}
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 for step in "$@"; do
   echo "== $step"
@@ -411,34 +430,8 @@ for step in "$@"; do
     batch-idx) timeout 300 python3 benchmarks/probe_decode_batch_idx.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     softcap) timeout 300 python3 benchmarks/probe_decode_softcap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8-tiles) timeout 400 python3 benchmarks/probe_decode_fp8_tiles.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
-    fp8-asm)
-      # Triton's float8 conversion (0) against the inline PTX one (1), alternately, a process each; first the GPU
-      # tests of float8 decode and MLA under the inline one
-      LEANATTN_FP8_ASM=1 "${PYTEST[@]}" tests/test_decode_fp8_gpu.py tests/test_mla_gpu.py 2>&1 | tail -3
-      for run in 0a 1a 0b 1b; do
-        echo "LEANATTN_FP8_ASM=${run:0:1} (${run})"
-        LEANATTN_FP8_ASM=${run:0:1} timeout 150 python3 benchmarks/bench_decode_fp8.py --out "/tmp/fp8_asm/$run" \
-          --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k,paged16 gqa B=4 32k,d256 16/8 B=1 32k" 2>&1 | grep -vi warn \
-          | tail -8
-        LEANATTN_FP8_ASM=${run:0:1} timeout 100 python3 benchmarks/probe_mla.py --variants lean,fp8 \
-          --out "/tmp/fp8_asm/$run" 2>&1 | grep -E "floor|Error|failed"
-      done
-      # one file back for the four runs' results: at most 8 files come back from a call
-      tar -czf "$OUT/fp8_asm.tar.gz" -C /tmp fp8_asm ;;
-    fp8-convert-once)
-      # float8 tiles converted before their layout changes (1: V, and MLA's latent tile once for both products) or
-      # in each product's operand (0); first the GPU tests of float8 decode and MLA under 1
-      LEANATTN_FP8_CONVERT_ONCE=1 "${PYTEST[@]}" tests/test_decode_fp8_gpu.py tests/test_mla_gpu.py 2>&1 | tail -3
-      for run in 0a 1a 0b 1b; do
-        echo "LEANATTN_FP8_CONVERT_ONCE=${run:0:1} (${run})"
-        LEANATTN_FP8_CONVERT_ONCE=${run:0:1} timeout 150 python3 benchmarks/bench_decode_fp8.py --out "/tmp/once/$run" \
-          --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k,paged16 gqa B=4 32k,d256 16/8 B=1 32k" 2>&1 | grep -vi warn \
-          | tail -8
-        # 32-token tiles too: the tile converted once is held in fp16 registers before its layout change
-        LEANATTN_FP8_CONVERT_ONCE=${run:0:1} timeout 120 python3 benchmarks/probe_mla.py \
-          --variants "lean,fp8,fp8 tiles 32x3" --out "/tmp/once/$run" 2>&1 | grep -E "floor|Error|failed"
-      done
-      tar -czf "$OUT/fp8_convert_once.tar.gz" -C /tmp once ;;
+    fp8-asm) fp8_ab LEANATTN_FP8_ASM fp8_asm "lean,fp8" ;;
+    fp8-convert-once) fp8_ab LEANATTN_FP8_CONVERT_ONCE fp8_convert_once "lean,fp8,fp8 tiles 32x3" ;;
     mla-fp8-tiles) timeout 300 python3 benchmarks/probe_mla.py --out "$OUT" \
       --variants "lean,fp8,fp8 tiles 64x4,fp8 tiles 32x3,fp8 tiles 32x5" 2>&1 | grep -E "floor|wrote|Error|failed" ;;
     fp8-quick) timeout 200 python3 benchmarks/bench_decode_fp8.py --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k" --out "$OUT" \
