@@ -53,6 +53,16 @@ def fold_state(m, acc, den, lse, o):
 
 
 @triton.jit
+def fold_slot(m, acc, den, Outs, Lses, s, mask, rows, offs_d, mask_d, stride_os, stride_om, stride_ls, stride_lm):
+    """The state in slot ``s`` of ``Outs``/``Lses`` (``merge_states_kernel``'s) for ``rows``, folded into ``(m, acc,
+    den)`` (``fold_state``); rows outside ``mask`` load as empty states."""
+    lse = tl.load(Lses + s * tl.cast(stride_ls, tl.int64) + rows * stride_lm, mask=mask, other=float("-inf"))
+    o = tl.load(Outs + s * tl.cast(stride_os, tl.int64) + rows[:, None] * stride_om + offs_d[None, :],
+                mask=mask[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    return fold_state(m, acc, den, lse, o)
+
+
+@triton.jit
 def fold_sinks(m, acc, den, Sinks, offs_m, mask_m, SINK_HEADS: tl.constexpr):
     """With ``SINK_HEADS > 0``, each row's attention sink folded into ``(m, acc, den)``: the state ``(0,
     Sinks[row % SINK_HEADS])`` (rows ``(..., SINK_HEADS)`` flattened; natural-log units of the scaled scores), its
@@ -103,19 +113,12 @@ def merge_states_kernel(
     if CHUNK:
         for s0 in range(0, S, CHUNK):
             for i in tl.static_range(CHUNK):
-                s = s0 + i
-                mask_s = mask_m & (s < S)
-                lse = tl.load(Lses + s * tl.cast(stride_ls, tl.int64) + rows * stride_lm, mask=mask_s,
-                              other=float("-inf"))
-                o = tl.load(Outs + s * tl.cast(stride_os, tl.int64) + rows[:, None] * stride_om + offs_d[None, :],
-                            mask=mask_s[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-                m, acc, den = fold_state(m, acc, den, lse, o)
+                m, acc, den = fold_slot(m, acc, den, Outs, Lses, s0 + i, mask_m & (s0 + i < S), rows, offs_d, mask_d,
+                                        stride_os, stride_om, stride_ls, stride_lm)
     elif UNROLL:
         for s in tl.static_range(UNROLL):
-            lse = tl.load(Lses + s * tl.cast(stride_ls, tl.int64) + rows * stride_lm, mask=mask_m, other=float("-inf"))
-            o = tl.load(Outs + s * tl.cast(stride_os, tl.int64) + rows[:, None] * stride_om + offs_d[None, :],
-                        mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-            m, acc, den = fold_state(m, acc, den, lse, o)
+            m, acc, den = fold_slot(m, acc, den, Outs, Lses, s, mask_m, rows, offs_d, mask_d, stride_os, stride_om,
+                                    stride_ls, stride_lm)
     else:
         offs_s = tl.arange(0, BLOCK_S)
         for s0 in range(0, S, BLOCK_S):
