@@ -229,3 +229,16 @@ def test_fp8_launch_config(monkeypatch):
     leanattn.decode(q, k.to(torch.float8_e5m2), v.to(torch.float8_e5m2), lens, bt)
     assert seen == [(False, 16), (True, 16), (False, 16), (True, 8)]
     dec._PLANS.clear()
+
+
+@pytest.mark.parametrize("knob", ["LEANATTN_FP8_ASM", "LEANATTN_FP8_CONVERT_ONCE"])
+def test_conversion_knob_errors(knob):
+    # the float8 conversion knobs are read when kernels/attend.py is imported: a bad value stops the import, naming
+    # the knob (a process of its own, since this one imported it long ago)
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, **{knob: "2"})
+    run = subprocess.run([sys.executable, "-c", "import leanattn"], env=env, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert f"ValueError: {knob}: expected 0 or 1, got '2'" in run.stderr

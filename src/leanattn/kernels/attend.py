@@ -29,7 +29,8 @@ from .. import runtime
 _ASM_FLAG = runtime.env_flag("LEANATTN_FP8_ASM")
 ASM_CONVERT = tl.constexpr(0 if runtime.interpreting() or _ASM_FLAG is False else 2 if _ASM_FLAG else 1)
 # LEANATTN_FP8_CONVERT_ONCE=1: float8 tiles convert before their layout changes (``converted_once``)
-CONVERT_ONCE = tl.constexpr(ASM_CONVERT > 0 and runtime.env_flag("LEANATTN_FP8_CONVERT_ONCE") is True)
+_ONCE_FLAG = runtime.env_flag("LEANATTN_FP8_CONVERT_ONCE")
+CONVERT_ONCE = tl.constexpr(ASM_CONVERT > 0 and _ONCE_FLAG is True)
 
 
 @triton.jit
