@@ -250,7 +250,7 @@
 #               2.3% behind at gqa B=64 4k; ~70 s)
 #   decode-d64  lean against split at D=64 outside the tile loop: lean's cut with and without its alignment search,
 #               over the full grid, split at lean's cut, and both with every length 0 (benchmarks/probe_decode_d64.py,
-#               decode probe 21; run 2026-12-02 06:24, BENCHMARKS.md decode section; ~30 s)
+#               decode probe 21; run 2026-12-02 06:24, BENCHMARK_RUNS.md decode section; ~30 s)
 #   piece-inline  stream-K pieces called (noinline, the default) against inlined, decode suite cases and the
 #               one-sample bifurcated cases against decode over copies (benchmarks/probe_piece_inline.py, probe 20;
 #               run 04:39: inlined 0.7-2% slower on decode, level on the one-sample path)

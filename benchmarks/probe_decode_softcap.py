@@ -2,7 +2,7 @@
 
 The soft cap adds, per score, a multiply, one ``exp2``, an add, a reciprocal and a multiply-add
 (``kernels/attend.tanh``) to a loop bound by memory on bf16 caches and, on float8 caches, by issue
-(``BENCHMARKS.md``, float8 section). On suite cases (``bench_decode.suite``, bf16 caches) and on float8 e4m3
+(``BENCHMARK_RUNS.md``, float8 section). On suite cases (``bench_decode.suite``, bf16 caches) and on float8 e4m3
 caches of some of them (``bench_decode_fp8.fp8_inputs``), each call is checked against the float64 reference
 (capped or not), then CUDA-graph replays are timed in interleaved rounds (do_bench, L2 flushed); cuDNN SDPA, which
 has no soft cap, beside them for scale.

@@ -1,5 +1,5 @@
 """Probe: where MLA decode's time goes (``leanattn.mla_decode`` at 12-60% of the read ceiling on an H200 at 3
-stages, BENCHMARKS.md). Variants of one call, side by side in one process, each through plan caches of its
+stages, BENCHMARK_RUNS.md). Variants of one call, side by side in one process, each through plan caches of its
 own (``bench_decode.with_plans``), checked against the float64 reference, captured in CUDA graphs and timed in 3
 interleaved rounds (do_bench medians, L2 flushed):
 

@@ -55,7 +55,7 @@ _CUDA_TABLE = {
     # MLA's 512-wide latent (ops/mla.py; its 64 rotary columns ride along): 64-token tiles, one program per SM.
     # H200, 2026-12-05, bench_mla.py, lean, one process a config: 16 heads B=1 32k 47.7 us against 63.8 with
     # (32, 8, 2, 2) and 61.2 with (32, 4, 2, 2); 16 heads B=32 4k 71.3 against 86.9 and 69.5; 128 heads B=1 32k
-    # 84.8 against 120.4 and 92.8 (benchmarks/results/mla_H200*.json, BENCHMARKS.md). Each of those had 2 stages,
+    # 84.8 against 120.4 and 92.8 (benchmarks/results/mla_H200*.json, BENCHMARK_RUNS.md). Each of those had 2 stages,
     # which Triton's pipeliner gives one shared buffer: its TTGIR (offline_resources.py --ptx) loads tile j + 1 only
     # after tile j's products, then waits for it, so with one program per SM no load overlaps any product. 3 stages
     # give two buffers, tile j + 1 in flight while tile j is used, as D=128 and D=256 run (above); offline, 126-254
