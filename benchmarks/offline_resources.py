@@ -7,11 +7,13 @@ Each case runs the public op on CPU tensors with the launch plan it would build 
 (``runtime.gpu_target`` answers True, 132 SMs); where the plan compiles a kernel to size its
 persistent grid, the kernel is compiled by Triton for sm_90a instead, and ``cuobjdump`` reads the
 registers and spills of the cubin (the numbers the GPU reports, for the same Triton release; use
-the device image's Triton, 3.6). The launch itself then fails on the CPU and is skipped. With
+the device image's Triton, 3.6) and the instructions of its main loop in SASS ('loop': instructions/products,
+``_main_loop``). The launch itself then fails on the CPU and is skipped. With
 ``--ptx DIR`` the PTX (and Triton's TTGIR) of every kernel is written there, to diff two revisions of a kernel
-(a refactor that leaves the PTX unchanged needs no new GPU measurement). The ``overlap`` family compiles the
-overlap path's Gluon prefix kernels directly (its launches need a GPU even to be planned), 16-bit and float8; the
-``model`` family the decoder's fused elementwise kernels (``leanattn.models.fused_ops``) at llama-3-8b sizes.
+(a refactor that leaves the PTX unchanged needs no new GPU measurement), and the cubin, for ``cuobjdump -sass``.
+The ``overlap`` family compiles the overlap path's Gluon prefix kernels directly (its launches need a GPU even to
+be planned), 16-bit and float8; the ``model`` family the decoder's fused elementwise kernels
+(``leanattn.models.fused_ops``) at llama-3-8b sizes.
 """
 from __future__ import annotations
 
@@ -62,13 +64,31 @@ def _resources(compiled) -> dict:
         f.flush()
         tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
         out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
     regs = int(re.search(r"REG:(\d+)", out).group(1))
     stack = int(re.search(r"STACK:(\d+)", out).group(1))
     warps = compiled.metadata.num_warps
     smem = compiled.metadata.shared
     regs_per_warp = -(-regs * 32 // 256) * 256
     occ = min(REGS // (regs_per_warp * warps), SMEM // (smem + 1024), THREADS // (32 * warps))
-    return dict(regs=regs, stack=stack, shared=smem, warps=warps, occupancy=max(occ, 0), ring=_ring(compiled))
+    return dict(regs=regs, stack=stack, shared=smem, warps=warps, occupancy=max(occ, 0), ring=_ring(compiled),
+                loop=_main_loop(sass))
+
+
+def _main_loop(sass: str) -> str:
+    """``instructions/products`` of the kernel's main loop in SASS: of the loops (a branch back to a lower address),
+    the one with the most tensor-core instructions (``HMMA``, ``HGMMA``), counted once each as written; '-' without
+    one. Why: a decode tile loop that issues many instructions a byte is bound by issue, not memory (float8 decode at
+    32/8 heads, offline: 648 instructions a warp for 16 KB of tiles against bf16's 426 for 32 KB)."""
+    ins = [(int(m.group(1), 16), m.group(2), m.group(3)) for m in
+           re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)([^;]*);", sass)]
+    best = (0, 0)
+    for addr, op, rest in ins:
+        target = re.search(r"0x[0-9a-f]+", rest) if op.startswith("BRA") else None
+        if target and int(target.group(0), 16) < addr:
+            body = [o for a, o, _ in ins if int(target.group(0), 16) <= a <= addr]
+            best = max(best, (sum(o.startswith(("HMMA", "HGMMA")) for o in body), len(body)))
+    return f"{best[1]}/{best[0]}" if best[0] else "-"
 
 
 def _ring(compiled) -> int:
@@ -139,6 +159,9 @@ def _install(ptx_dir: str | None, label: list):
                 # Triton's GPU IR beside it: layouts, shared buffers and what the pipeliner made asynchronous
                 with open(os.path.join(ptx_dir, tag + ".ttgir"), "w") as f:
                     f.write(compiled.asm["ttgir"])
+                # and the cubin, for its SASS: cuobjdump -sass (Triton's nvidia/bin)
+                with open(os.path.join(ptx_dir, tag + ".cubin"), "wb") as f:
+                    f.write(compiled.asm["cubin"])
         return r
 
     def do_compile(self, key, signature, device, constexprs, options, attrs, warmup):
@@ -584,10 +607,10 @@ def main(argv=None):
                 continue
             label[0] = name
             _try(name, fn)
-    print(f"{'case':32s} {'kernel':30s} regs stack shared warps occ ring")
+    print(f"{'case':32s} {'kernel':30s} regs stack shared warps occ ring loop")
     for r in RESULTS:
         print(f"{r['case']:32s} {r['kernel']:30s} {r['regs']:4d} {r['stack']:5d} {r['shared']:6d} {r['warps']:5d} "
-              f"{r['occupancy']:3d} {r['ring']:4d}")
+              f"{r['occupancy']:3d} {r['ring']:4d} {r['loop']}")
     return 0
 
 

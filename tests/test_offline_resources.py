@@ -24,6 +24,9 @@ def test_decode_split_case_compiles_both_kernels():
     rows = [line.split() for line in run.stdout.splitlines() if line.startswith("decode 32/32 D=64 split")]
     assert {r[4] for r in rows} == {"split_decode_kernel", "merge_states_kernel"}, run.stdout
     assert all(int(r[5]) > 0 for r in rows)  # registers read from the cubin
+    # the split kernel's tile loop read from its SASS: instructions/products of a warp
+    loop = next(r[-1] for r in rows if r[4] == "split_decode_kernel")
+    assert loop != "-" and all(int(x) > 0 for x in loop.split("/")), run.stdout
 
 
 def test_gluon_prefix_kernels_compile_for_sm90():

@@ -127,7 +127,11 @@ def converted_once(x, dtype: tl.constexpr):
     each product. An impure instruction (``is_pure=False``) is neither moved nor copied: the fp16 tile takes the
     layout changes (``ldmatrix``, no byte loads), for 16-64 KB more shared memory a program. Offline, float8 decode
     then takes 128-194 registers instead of 150-255, and MLA at 16 heads 246 with no spills (128 heads: 640 bytes
-    of spills). Not yet measured on a GPU.
+    of spills); the tile loop issues 32-45% fewer instructions (``offline_resources.py``'s loop column, a warp a
+    tile: 32/8 heads 648 -> 454 for 16 KB of float8, where bf16 issues 426 for 32 KB; 32/32 1105 -> 703; paged16
+    1400 -> 839; MLA 16 heads 1008 -> 554). At some 20 bytes a clock an SM (4.6 TB/s), 648 instructions from each
+    of 4 warps for 16 KB is 79% of the issue slots, so float8 decode may wait on issue, not memory (40-78% of the
+    read ceiling, H200 2026-12-04). Not yet measured on a GPU.
     """
     if CONVERT_ONCE:
         if x.dtype.is_fp8():
