@@ -64,7 +64,7 @@ def test_gluon_prefix_float8_kernels_compile_for_sm90():
     assert "stopped at" not in run.stdout, run.stdout
     rows = {line[:32].strip(): line[32:].split() for line in run.stdout.splitlines() if line.startswith("overlap ")}
     assert len(rows) == 8, run.stdout
-    for case, (kernel, regs, stack, shared, warps, occ, ring) in rows.items():
+    for case, (kernel, regs, stack, shared, warps, occ, ring, loop) in rows.items():
         assert int(stack) == 0 and int(regs) > 0, (case, regs, stack)
     assert rows["overlap fp8 64r 2st"][5] == "2" and rows["overlap bf16 64r 3st"][5] == "2"
     assert rows["overlap fp8 128r 4st"][4] == "8" and rows["overlap bf16 ws 4st"][4] == "12"

@@ -28,9 +28,11 @@ from .. import runtime
 # this module is imported: A/B runs take a process each.
 _ASM_FLAG = runtime.env_flag("LEANATTN_FP8_ASM")
 ASM_CONVERT = tl.constexpr(0 if runtime.interpreting() or _ASM_FLAG is False else 2 if _ASM_FLAG else 1)
-# LEANATTN_FP8_CONVERT_ONCE=1: float8 tiles convert before their layout changes (``converted_once``)
+# Which float8 tiles convert before their layout changes (``converted_once``), where ``ASM_CONVERT`` is on: 0 none
+# (LEANATTN_FP8_CONVERT_ONCE=0), 1 MLA's latent tiles of at most 16 query rows a program (the default), 2 every tile
+# (LEANATTN_FP8_CONVERT_ONCE=1)
 _ONCE_FLAG = runtime.env_flag("LEANATTN_FP8_CONVERT_ONCE")
-CONVERT_ONCE = tl.constexpr(ASM_CONVERT > 0 and _ONCE_FLAG is True)
+CONVERT_ONCE = tl.constexpr(0 if ASM_CONVERT == 0 or _ONCE_FLAG is False else 2 if _ONCE_FLAG else 1)
 
 
 @triton.jit
@@ -117,8 +119,9 @@ def from_byte(x, dtype: tl.constexpr, LATENT: tl.constexpr = False):
 
 
 @triton.jit
-def converted_once(x, dtype: tl.constexpr):
-    """A float8 tile ``x`` in fp16 ``dtype``, converted where it is, by an impure instruction (``CONVERT_ONCE``);
+def converted_once(x, q, LATENT: tl.constexpr = False):
+    """A float8 tile ``x`` in the dtype of the query tile ``q [rows, D]`` (fp16), converted where it is, by an impure
+    instruction (``CONVERT_ONCE``: by default MLA's latent tiles, ``LATENT``, at up to 16 query rows a program);
     else ``x`` as it is, for ``from_byte`` at its product.
 
     Why: Triton moves a conversion past the layout changes into a product's operand. A float8 tile that a product
@@ -131,11 +134,17 @@ def converted_once(x, dtype: tl.constexpr):
     tile: 32/8 heads 648 -> 454 for 16 KB of float8, where bf16 issues 426 for 32 KB; 32/32 1105 -> 703; paged16
     1400 -> 839; MLA 16 heads 1008 -> 554). At some 20 bytes a clock an SM (4.6 TB/s), 648 instructions from each
     of 4 warps for 16 KB is 79% of the issue slots, so float8 decode may wait on issue, not memory (40-78% of the
-    read ceiling, H200 2026-12-04). Not yet measured on a GPU.
+    read ceiling, H200 2026-12-04).
+
+    On an H100 (2026-12-07 21:1x, every tile converted once against the tiles before, a process each, 0-1-0-1, CUDA
+    graphs): MLA at 16 heads (16 rows a program) took 0.91x the time at B=1 32k (44.8 -> 40.8 us) and 0.78x at B=32
+    4k (89.3 -> 69.6, faster than the bf16 cache's 73.0), but 1.29x at 128 heads (32 rows a program, 97.8 -> 126.2,
+    the spills); plain float8 decode 0.90x over 16-token pages (124.5 -> 112.1), 0.96-0.99x on GQA and D=256, 1.03x
+    on one MHA sequence of 64k (191.2 -> 197.3). Hence the default: MLA's tiles of up to 16 rows.
     """
-    if CONVERT_ONCE:
+    if CONVERT_ONCE == 2 or (CONVERT_ONCE == 1 and LATENT and q.shape[0] <= 16):
         if x.dtype.is_fp8():
-            if dtype == tl.float16:
+            if q.dtype == tl.float16:
                 if cuda_capability_geq(8, 9):
                     x = ptx_fp16(x, False)
     return x
@@ -192,7 +201,7 @@ def tanh(x):
 def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, LATENT: tl.constexpr = False):
     """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``; a float8 ``v`` is taken in ``q``'s dtype (its scale
     is applied by ``v_scaled``; ``LATENT``: MLA's, ``from_byte``)."""
-    v = converted_once(v, q.dtype)
+    v = converted_once(v, q, LATENT)
     if one_byte(v.dtype):
         # converted in the product operand's layout, which Triton 3.6 fills from shared memory a byte at a time;
         # converting along D pairs (split/join) avoids that but measured 1.18-1.38x slower (probe 55, H200)
@@ -377,7 +386,7 @@ def attend_tiles(
             k_pe = tl.load(KPE + pe_rows[:, None] + tl.arange(0, ROPE_DIM)[None, :], mask=mask_n[:, None], other=0.0)
         shift = fp8_shift(k)
         if V_IS_K:
-            k = converted_once(k, q.dtype)
+            k = converted_once(k, q, True)
         p, alpha, m_i, l_i = softmax_step(q, k, score_mask(mask_n, offs_n, row_lo, row_hi, ROW_MASK), m_i, l_i,
                                           qk_scale, UPCAST, DOT_PRECISION, softcap, SOFTCAP, slope, q_pos, offs_n,
                                           ALIBI, q_pe, k_pe, ROPE_DIM > 0, shift)

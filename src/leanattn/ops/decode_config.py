@@ -107,7 +107,9 @@ _CUDA_FP8_TABLE = {
 # kernel, Triton 3.6, sm_90a, offline), 32 tokens none at 16 heads and 0-72 bytes at 128, yet on an H100
 # (2026-12-07, probe_mla.py, CUDA graphs) 64-token tiles took 45.7/95.5/104.7 us against 32-token tiles'
 # 48.3/106.2/133.5 (16 heads B=1 32k, B=32 4k, 128 heads B=1 32k). Either is slower than the bf16 cache
-# (37.2/73.5/67.8 us): the conversions, not the bytes, bound it; the float8 latent saves memory, not time.
+# (37.2/73.5/67.8 us): the conversions, not the bytes, bound it. Since the tiles of 16 heads convert once for both
+# products (kernels/attend.converted_once; H100 2026-12-07 21:1x), 16 heads take 40.8/69.6 us against bf16's
+# 37.3/73.1; 128 heads are as before.
 _CUDA_FP8_LATENT = {512: (64, 8, 3, 1)}
 
 
