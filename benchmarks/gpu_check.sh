@@ -24,7 +24,8 @@
 #               (sanitize.py leftpad-invariant; H200 2026-12-07, the kernels' LEFTPAD: 0 errors, 0 hazards)
 #   tests-invariant  the GPU runs of the schedule="batch_invariant" tests (tests/test_decode_batch_invariant.py)
 #   batch-invariant  schedule="batch_invariant" against "lean" and "split", and its bits alone and in the batch,
-#               with 1024- and 4096-key splits beside the library's 2048 (benchmarks/probe_decode_batch_invariant.py)
+#               with 1024- and 4096-key splits beside the library's 2048 (benchmarks/probe_decode_batch_invariant.py;
+#               H100 2026-12-07 21:1x, five cases: 4096 won all five; one GQA sequence and ragged-uniform added since)
 #   tests-leftpad  the GPU runs of the cache_leftpad and cache_batch_idx tests alone
 #   batch-idx   decode through cache_batch_idx (identity, reversed) and cache_leftpad against the contiguous cache read
 #               directly
