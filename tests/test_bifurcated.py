@@ -616,6 +616,15 @@ def test_env_load_field_error(monkeypatch, load):
         env_config()
 
 
+@pytest.mark.parametrize("raw", ["16,x", "16,,0", "0," * 13 + "0"])
+def test_env_config_format_error(monkeypatch, raw):
+    # a field that is not an integer, or more fields than the knob has, names the knob and its fields
+    from leanattn.ops.bifurcated_launch import env_config
+    monkeypatch.setenv("LEANATTN_BIFURCATED_CONFIG", raw)
+    with pytest.raises(ValueError, match="LEANATTN_BIFURCATED_CONFIG: expected up to 13 comma-separated integers"):
+        env_config()
+
+
 @pytest.mark.parametrize("cfg", ENV_CFGS)
 def test_env_launch_override(monkeypatch, cfg):
     # the benchmark sweep's knob: a 16-row cap forces head blocks (and teams on the fused path); the

@@ -81,7 +81,13 @@ def env_config() -> dict:
     split path; ``own_splits`` own-token splits per row of the states path): launch overrides for
     benchmark sweeps."""
     raw = os.environ.get("LEANATTN_BIFURCATED_CONFIG")
-    vals = tuple(int(x) for x in raw.split(",")) if raw else ()
+    try:
+        vals = tuple(int(x) for x in raw.split(",")) if raw else ()
+    except ValueError:
+        vals = None
+    if vals is None or len(vals) > len(_ENV_FIELDS):
+        raise ValueError(f"LEANATTN_BIFURCATED_CONFIG: expected up to {len(_ENV_FIELDS)} comma-separated integers "
+                         f"({', '.join(_ENV_FIELDS)}), got {raw!r}")
     vals = vals + (0,) * (len(_ENV_FIELDS) - len(vals))
     env = dict(zip(_ENV_FIELDS, vals))
     if not 0 <= env["load"] <= 3:
