@@ -25,7 +25,8 @@
 #   tests-invariant  the GPU runs of the schedule="batch_invariant" tests (tests/test_decode_batch_invariant.py)
 #   batch-invariant  schedule="batch_invariant" against "lean" and "split", and its bits alone and in the batch,
 #               with 1024- and 4096-key splits beside the library's 2048 (benchmarks/probe_decode_batch_invariant.py;
-#               H100 2026-12-07 21:1x, five cases: 4096 won all five; one GQA sequence and ragged-uniform added since)
+#               H100 2026-12-07 21:1x, five cases: 4096 won all five; at 22:3x with one GQA sequence and
+#               ragged-uniform added, 4096 took 1.20x lean's time on the sequence and 1.08x at MHA 64k: 2048 stays)
 #   tests-leftpad  the GPU runs of the cache_leftpad and cache_batch_idx tests alone
 #   batch-idx   decode through cache_batch_idx (identity, reversed) and cache_leftpad against the contiguous cache read
 #               directly
@@ -84,6 +85,10 @@
 #               32-token tiles too (the tile converted once is held in fp16 registers before its layout change)
 #               (H100 2026-12-07 21:1x: 76 passed; MLA 16 heads 0.78-0.91x the time, 128 heads 1.29x; plain decode
 #               0.90x paged16, 0.96-0.99x GQA and D=256, 1.03x one MHA 64k sequence: the default for MLA at 16 rows)
+#   fp8-grouped-once  float8 decode with its GQA tiles converted once (the default since kernels/attend's GROUPED)
+#               against none converted (LEANATTN_FP8_CONVERT_ONCE=0), alternately, a process each: bench_decode_fp8's
+#               five cases and probe_bifurcated_fp8 on two (its own-token programs change; one MHA case is the control)
+#               (H100 2026-12-07 22:0x: GQA 0.90-0.99x the time, the MHA control 1.001x, bifurcated 0.985-0.994x)
 #   mla-fp8-tiles  MLA over a float8 latent cache under other tiles, the bf16 cache beside it (probe_mla.py --variants)
 #   fp8-quick   three of bench_decode_fp8.py's cases: float8, int8 and bf16 decode, the peers beside them (~45 s, H100
 #               2026-12-07)
@@ -153,9 +158,12 @@
 #   tests-sparse-gqa  sparse attention with grouped-query attention: the GPU test and the CPU test file on the GPU
 #   sanitize-sparse  memcheck over sanitize.py sparse (MHA and GQA, both backward modes, a cut group)
 #   racecheck-sparse  racecheck (shared memory only) over the same launches (a step of its own since 2026-12-07
-#               13:1x, when it ran past 250 s beside the memcheck with two ways to sum a cut group; give it a call)
+#               13:1x, when it ran past 250 s beside the memcheck with two ways to sum a cut group; at 22:2x, H100,
+#               it ran past its 500 s with no summary: take racecheck-sparse-d64 and -d128, a call each)
+#   racecheck-sparse-d64, racecheck-sparse-d128  racecheck over the launches of one head dim
 #   racecheck-sparse-split  racecheck over the cut group's launches alone (D 64 and 128, both dQ modes, split 2):
-#               the new part of the sparse backward, for a call too short for racecheck-sparse
+#               the new part of the sparse backward, for a call too short for racecheck-sparse (H100 2026-12-07
+#               22:3x: 0 hazards in 133 s)
 #   sparse-gqa  sparse attention with GQA against K/V repeated and dense SDPA (bench_sparse_gqa.py)
 #   sparse-docs  document masking of packed sequences (document ids as buckets) against flex and SDPA per document
 #               (bench_sparse_docs.py)
@@ -323,6 +331,19 @@ fp8_ab() {
   done
   tar -czf "$OUT/$name.tar.gz" -C /tmp "$name"
 }
+fp8_default_ab() {
+  local run
+  for run in 0a da 0b db; do
+    echo "LEANATTN_FP8_CONVERT_ONCE=${run:0:1} (${run}; d: unset)"
+    local knob=(env); [ "${run:0:1}" = 0 ] && knob=(env LEANATTN_FP8_CONVERT_ONCE=0)
+    "${knob[@]}" timeout 150 python3 benchmarks/bench_decode_fp8.py --out "/tmp/fp8_grouped_once/$run" \
+      --cases "mha B=1 64k,gqa B=4 32k,gqa B=64 4k,paged16 gqa B=4 32k,d256 16/8 B=1 32k" 2>&1 | grep -vi warn \
+      | tail -8
+    "${knob[@]}" timeout 150 python3 benchmarks/probe_bifurcated_fp8.py --cases "gqa 8k x16,gqa 32k x64" \
+      --out "/tmp/fp8_grouped_once/$run" 2>&1 | grep -E "\||Error"
+  done
+  tar -czf "$OUT/fp8_grouped_once.tar.gz" -C /tmp fp8_grouped_once
+}
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 for step in "$@"; do
   echo "== $step"
@@ -434,6 +455,7 @@ for step in "$@"; do
     softcap) timeout 300 python3 benchmarks/probe_decode_softcap.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8-tiles) timeout 400 python3 benchmarks/probe_decode_fp8_tiles.py --out "$OUT" 2>&1 | grep -E "\||wrote|Error" ;;
     fp8-asm) fp8_ab LEANATTN_FP8_ASM fp8_asm "lean,fp8" ;;
+    fp8-grouped-once) fp8_default_ab ;;
     fp8-convert-once) fp8_ab LEANATTN_FP8_CONVERT_ONCE fp8_convert_once "lean,fp8,fp8 tiles 32x3" ;;
     mla-fp8-tiles) timeout 300 python3 benchmarks/probe_mla.py --out "$OUT" \
       --variants "lean,fp8,fp8 tiles 64x4,fp8 tiles 32x3,fp8 tiles 32x5" 2>&1 | grep -E "floor|wrote|Error|failed" ;;
@@ -452,6 +474,9 @@ for step in "$@"; do
     sanitize-sparse) timeout 250 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
     racecheck-sparse)
       timeout 500 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse 2>&1 | tail -3 ;;
+    racecheck-sparse-d64|racecheck-sparse-d128)
+      timeout 500 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py "${step#racecheck-}" 2>&1 \
+        | tail -3 ;;
     racecheck-sparse-split)
       timeout 250 compute-sanitizer --tool racecheck python3 benchmarks/sanitize.py sparse-split 2>&1 | tail -3 ;;
     sparse-gqa) timeout 400 python3 benchmarks/bench_sparse_gqa.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;

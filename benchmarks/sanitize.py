@@ -293,9 +293,9 @@ def merges():
         os.environ.pop("LEANATTN_BIFURCATED_CONFIG")
 
 
-def sparse():
+def sparse(dims=(64, 128)):
     B, N, H = 2, 1000, 3  # N not a multiple of any tile
-    for d in (64, 128):
+    for d in dims:
         for det in (True, False):
             q, k, v = (torch.randn(B, N, H, d, dtype=BF16, device=DEV, requires_grad=True) for _ in range(3))
             keep_q = torch.rand(B, N, H, device=DEV) > 0.5
@@ -469,6 +469,8 @@ if __name__ == "__main__":
                 "append": append, "leftpad-invariant": leftpad_invariant,
                 "mla": mla, "merge": merges,
                 "sparse": sparse,
+                # racecheck over both head dims ran past 500 s (H100, 2026-12-07 22:2x): a head dim a call
+                "sparse-d64": lambda: sparse((64,)), "sparse-d128": lambda: sparse((128,)),
                 "sparse-split": lambda: [sparse_split_launch(d, det) for d in (64, 128) for det in (True, False)],
                 "bifurcated": bifurcated, "overlap": overlap,
                 "concat": concat, "bifurcated-softcap": lambda: bifurcated_launches(30.0),

@@ -29,8 +29,8 @@ from .. import runtime
 _ASM_FLAG = runtime.env_flag("LEANATTN_FP8_ASM")
 ASM_CONVERT = tl.constexpr(0 if runtime.interpreting() or _ASM_FLAG is False else 2 if _ASM_FLAG else 1)
 # Which float8 tiles convert before their layout changes (``converted_once``), where ``ASM_CONVERT`` is on: 0 none
-# (LEANATTN_FP8_CONVERT_ONCE=0), 1 MLA's latent tiles of at most 16 query rows a program (the default), 2 every tile
-# (LEANATTN_FP8_CONVERT_ONCE=1)
+# (LEANATTN_FP8_CONVERT_ONCE=0), 1 (the default) MLA's latent tiles of at most 16 query rows a program and decode's
+# tiles where a kv head serves several query heads, 2 every tile (LEANATTN_FP8_CONVERT_ONCE=1)
 _ONCE_FLAG = runtime.env_flag("LEANATTN_FP8_CONVERT_ONCE")
 CONVERT_ONCE = tl.constexpr(0 if ASM_CONVERT == 0 or _ONCE_FLAG is False else 2 if _ONCE_FLAG else 1)
 
@@ -119,10 +119,11 @@ def from_byte(x, dtype: tl.constexpr, LATENT: tl.constexpr = False):
 
 
 @triton.jit
-def converted_once(x, q, LATENT: tl.constexpr = False):
+def converted_once(x, q, LATENT: tl.constexpr = False, GROUPED: tl.constexpr = False):
     """A float8 tile ``x`` in the dtype of the query tile ``q [rows, D]`` (fp16), converted where it is, by an impure
-    instruction (``CONVERT_ONCE``: by default MLA's latent tiles, ``LATENT``, at up to 16 query rows a program);
-    else ``x`` as it is, for ``from_byte`` at its product.
+    instruction (``CONVERT_ONCE``: by default MLA's latent tiles, ``LATENT``, at up to 16 query rows a program, and
+    the tiles of decode's programs whose kv head serves several query heads, ``GROUPED``); else ``x`` as it is, for
+    ``from_byte`` at its product.
 
     Why: Triton moves a conversion past the layout changes into a product's operand. A float8 tile that a product
     takes transposed (V, and MLA's latent tile, which is K and V at once) is then read from shared memory a byte at
@@ -140,9 +141,13 @@ def converted_once(x, q, LATENT: tl.constexpr = False):
     graphs): MLA at 16 heads (16 rows a program) took 0.91x the time at B=1 32k (44.8 -> 40.8 us) and 0.78x at B=32
     4k (89.3 -> 69.6, faster than the bf16 cache's 73.0), but 1.29x at 128 heads (32 rows a program, 97.8 -> 126.2,
     the spills); plain float8 decode 0.90x over 16-token pages (124.5 -> 112.1), 0.96-0.99x on GQA and D=256, 1.03x
-    on one MHA sequence of 64k (191.2 -> 197.3). Hence the default: MLA's tiles of up to 16 rows.
+    on one MHA sequence of 64k (191.2 -> 197.3); a second machine repeated the decode numbers within 0.5%. Hence the
+    default: MLA's tiles of up to 16 rows, and decode's (``split_program``'s too, which the bifurcated states kernel
+    runs over each sample's own tokens) where ``GROUP > 1``. That default against none converted (H100, 2026-12-07
+    22:0x, 0-d-0-d): GQA 0.90x over 16-token pages, 0.96x at B=64 4k, 0.99x at B=4 32k, 0.97x at D=256; the MHA
+    control 1.001x; bifurcated float8 at GQA 8k x16 and 32k x64 0.99x and 0.985x.
     """
-    if CONVERT_ONCE == 2 or (CONVERT_ONCE == 1 and LATENT and q.shape[0] <= 16):
+    if CONVERT_ONCE == 2 or (CONVERT_ONCE == 1 and ((LATENT and q.shape[0] <= 16) or (GROUPED and not LATENT))):
         if x.dtype.is_fp8():
             if q.dtype == tl.float16:
                 if cuda_capability_geq(8, 9):
@@ -198,10 +203,11 @@ def tanh(x):
 
 
 @triton.jit
-def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, LATENT: tl.constexpr = False):
+def accumulate(acc, p, alpha, v, q, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, LATENT: tl.constexpr = False,
+               GROUPED: tl.constexpr = False):
     """``acc * alpha + p @ v`` for one tile ``v [BLOCK_N, D]``; a float8 ``v`` is taken in ``q``'s dtype (its scale
     is applied by ``v_scaled``; ``LATENT``: MLA's, ``from_byte``)."""
-    v = converted_once(v, q, LATENT)
+    v = converted_once(v, q, LATENT, GROUPED)
     if one_byte(v.dtype):
         # converted in the product operand's layout, which Triton 3.6 fills from shared memory a byte at a time;
         # converting along D pairs (split/join) avoids that but measured 1.18-1.38x slower (probe 55, H200)
@@ -331,7 +337,7 @@ def attend_tiles(
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
     row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False, slope=0.0, q_pos=0, ALIBI: tl.constexpr = False,
     sink=0.0, SINK: tl.constexpr = False, q_pe=0, KPE=None, stride_pkb=0, stride_pkn=0, ROPE_DIM: tl.constexpr = 0,
-    V_IS_K: tl.constexpr = False,
+    V_IS_K: tl.constexpr = False, GROUPED: tl.constexpr = False,
 ):
     """Online softmax over KV tiles ``[tile_lo, tile_hi)``; returns ``(acc, m, l)``.
 
@@ -395,7 +401,7 @@ def attend_tiles(
             v = k
         else:
             v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION, ROPE_DIM > 0)
+        acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION, ROPE_DIM > 0, GROUPED)
     return v_scaled(acc, V, v_scale), m_i, l_i
 
 
@@ -409,7 +415,7 @@ def attend_contiguous(
     TMA: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
     row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False, slope=0.0, q_pos=0, ALIBI: tl.constexpr = False,
-    sink=0.0, SINK: tl.constexpr = False,
+    sink=0.0, SINK: tl.constexpr = False, GROUPED: tl.constexpr = False,
 ):
     """``attend_tiles`` for a contiguous cache, through block pointers or (``TMA``) tensor
     descriptors. Same ``(acc, m, l)`` result.
@@ -462,7 +468,7 @@ def attend_contiguous(
                 v = tl.where(mask_n[:, None], v, 0)  # (an int8 tile mixed with 0.0 became float32)
             else:
                 v = tl.where(mask_n[:, None], v, 0.0)
-        acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION)
+        acc = accumulate(acc, p, alpha, v, q, UPCAST, DOT_PRECISION, GROUPED=GROUPED)
         if not TMA:
             k_src = tl.advance(k_src, (BLOCK_N, 0))
             v_src = tl.advance(v_src, (BLOCK_N, 0))
@@ -481,7 +487,7 @@ def attend_any(
     softcap=0.0, SOFTCAP: tl.constexpr = False, kv_lo=0, WINDOW: tl.constexpr = False,
     row_lo=0, row_hi=0, ROW_MASK: tl.constexpr = False, slope=0.0, q_pos=0, ALIBI: tl.constexpr = False,
     sink=0.0, SINK: tl.constexpr = False, q_pe=0, KPE=None, stride_pkb=0, stride_pkn=0, ROPE_DIM: tl.constexpr = 0,
-    V_IS_K: tl.constexpr = False,
+    V_IS_K: tl.constexpr = False, GROUPED: tl.constexpr = False,
 ):
     """``attend_tiles`` with the K/V load path ``LOAD`` for a contiguous cache: 0 tensors of
     pointers, 1 block pointers, 2 TMA descriptors (``attend_contiguous``). A paged cache always
@@ -499,14 +505,14 @@ def attend_any(
             q, K, V, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, LOAD == 2, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW,
-            row_lo, row_hi, ROW_MASK, slope, q_pos, ALIBI, sink, SINK)
+            row_lo, row_hi, ROW_MASK, slope, q_pos, ALIBI, sink, SINK, GROUPED)
     else:
         acc, m_i, l_i = attend_tiles(
             q, K, V, BlockTable, b, kvh, seqlen, tile_lo, tile_hi, qk_scale, v_scale,  #
             stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
             HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, UPCAST, DOT_PRECISION, softcap, SOFTCAP, kv_lo, WINDOW,
             row_lo, row_hi, ROW_MASK, slope, q_pos, ALIBI, sink, SINK, q_pe, KPE, stride_pkb, stride_pkn, ROPE_DIM,
-            V_IS_K)
+            V_IS_K, GROUPED)
     return acc, m_i - fp8_shift(K), l_i
 
 

@@ -172,7 +172,7 @@ def decode_piece(
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP,
         window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1, slope, q_pos, ALIBI, sink, SINK,
-        q_pe, KPE, stride_pkb, stride_pkn, ROPE_DIM, V_IS_K)
+        q_pe, KPE, stride_pkb, stride_pkn, ROPE_DIM, V_IS_K, GROUP > 1)
     settle_and_store(
         acc, m_i, l_i, Out, Lse, WsAcc, WsMl, Counters, RowInfo,  #
         b, kvh, hb, t, stop, head_begin, head_end, start, T, high, stride_ob, stride_oh, stride_lb,  #
@@ -380,7 +380,7 @@ def split_program(
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_btb,  #
         HEAD_DIM, BLOCK_H, BLOCK_N, PAGE_SIZE, LOAD, UPCAST, DOT_PRECISION, softcap, SOFTCAP,
         window_start(seqlen, own_window, WINDOW), WINDOW, row_lo, row_hi, QLEN > 1, slope, q_pos, ALIBI, sink, SINK,
-        q_pe, KPE, stride_pkb, stride_pkn, ROPE_DIM, V_IS_K)
+        q_pe, KPE, stride_pkb, stride_pkn, ROPE_DIM, V_IS_K, GROUP > 1)
     heads, valid = store_final(Out + s.to(tl.int64) * stride_os, Lse + s.to(tl.int64) * stride_ls, acc, m_i, l_i,
                                b, kvh, hb, stride_ob, stride_oh, stride_lb, GROUP, HEAD_DIM, BLOCK_H,
                                stride_ot, stride_lt, QLEN, CuQ, VARLEN)
