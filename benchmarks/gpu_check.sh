@@ -159,7 +159,8 @@
 #   sanitize-sparse  memcheck over sanitize.py sparse (MHA and GQA, both backward modes, a cut group)
 #   racecheck-sparse  racecheck (shared memory only) over the same launches (a step of its own since 2026-12-07
 #               13:1x, when it ran past 250 s beside the memcheck with two ways to sum a cut group; at 22:2x, H100,
-#               it ran past its 500 s with no summary: take racecheck-sparse-d64 and -d128, a call each)
+#               it ran past its 500 s with no summary; since, sanitize.py sets LEANATTN_SPARSE_TUNE_ONCE=1, so the
+#               autotuners launch each config once instead of do_bench's trials; -d64 and -d128 split it further)
 #   racecheck-sparse-d64, racecheck-sparse-d128  racecheck over the launches of one head dim
 #   racecheck-sparse-split  racecheck over the cut group's launches alone (D 64 and 128, both dQ modes, split 2):
 #               the new part of the sparse backward, for a call too short for racecheck-sparse (H100 2026-12-07

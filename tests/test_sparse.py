@@ -478,3 +478,29 @@ def test_torch_compile_fullgraph(device):
                       fullgraph=True, dynamic=True)
     out, lse = g(q, k, v, a, a)
     assert torch.equal(lse, leanattn.hash_sparse_attention(q, k, v, a, a, return_lse=True)[1])
+
+
+def test_tune_once():
+    # LEANATTN_SPARSE_TUNE_ONCE=1 (benchmarks/sanitize.py): the autotuners launch each config once, untimed, so ties
+    # keep the first config
+    from leanattn.kernels.sparse_attn import _launch_once
+    calls = []
+    assert _launch_once(lambda: calls.append(1), quantiles=(0.5, 0.2, 0.8)) == [0.0, 0.0, 0.0]
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("raw", ["1", "2"])
+def test_tune_once_knob(raw):
+    # read when kernels/sparse_attn.py is imported (a process of its own): 1 wires _launch_once into the three
+    # autotuners; any value but 0 or 1 stops the import, naming the knob
+    import os
+    import subprocess
+    import sys
+    code = "from leanattn.kernels import sparse_attn as s; print(s._TUNE['do_bench'] is s._launch_once)"
+    env = dict(os.environ, LEANATTN_SPARSE_TUNE_ONCE=raw)
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if raw == "1":
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "True"
+    else:
+        assert "ValueError: LEANATTN_SPARSE_TUNE_ONCE: expected 0 or 1, got '2'" in run.stderr
