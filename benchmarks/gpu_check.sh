@@ -88,7 +88,7 @@
 #   fp8-grouped-once  float8 decode with its GQA tiles converted once (the default since kernels/attend's GROUPED)
 #               against none converted (LEANATTN_FP8_CONVERT_ONCE=0), alternately, a process each: bench_decode_fp8's
 #               five cases and probe_bifurcated_fp8 on two (its own-token programs change; one MHA case is the control)
-#               (H100 2026-12-07 22:0x: GQA 0.90-0.99x the time, the MHA control 1.001x, bifurcated 0.985-0.994x)
+#               (H100 2026-12-07 22:1x: GQA 0.90-0.99x the time, the MHA control 1.001x, bifurcated 0.985-0.994x)
 #   mla-fp8-tiles  MLA over a float8 latent cache under other tiles, the bf16 cache beside it (probe_mla.py --variants)
 #   fp8-quick   three of bench_decode_fp8.py's cases: float8, int8 and bf16 decode, the peers beside them (~45 s, H100
 #               2026-12-07)
@@ -161,7 +161,8 @@
 #               13:1x, when it ran past 250 s beside the memcheck with two ways to sum a cut group; at 22:2x, H100,
 #               it ran past its 500 s with no summary; since, sanitize.py sets LEANATTN_SPARSE_TUNE_ONCE=1, so the
 #               autotuners launch each config once instead of do_bench's trials; -d64 and -d128 split it further)
-#   racecheck-sparse-d64, racecheck-sparse-d128  racecheck over the launches of one head dim
+#   racecheck-sparse-d64, racecheck-sparse-d128  racecheck over the launches of one head dim (H100 2026-12-07
+#               22:4x, each config launched once: 0 hazards each, both in 131 s)
 #   racecheck-sparse-split  racecheck over the cut group's launches alone (D 64 and 128, both dQ modes, split 2):
 #               the new part of the sparse backward, for a call too short for racecheck-sparse (H100 2026-12-07
 #               22:3x: 0 hazards in 133 s)

@@ -144,7 +144,7 @@ def converted_once(x, q, LATENT: tl.constexpr = False, GROUPED: tl.constexpr = F
     on one MHA sequence of 64k (191.2 -> 197.3); a second machine repeated the decode numbers within 0.5%. Hence the
     default: MLA's tiles of up to 16 rows, and decode's (``split_program``'s too, which the bifurcated states kernel
     runs over each sample's own tokens) where ``GROUP > 1``. That default against none converted (H100, 2026-12-07
-    22:0x, 0-d-0-d): GQA 0.90x over 16-token pages, 0.96x at B=64 4k, 0.99x at B=4 32k, 0.97x at D=256; the MHA
+    22:1x, 0-d-0-d): GQA 0.90x over 16-token pages, 0.96x at B=64 4k, 0.99x at B=4 32k, 0.97x at D=256; the MHA
     control 1.001x; bifurcated float8 at GQA 8k x16 and 32k x64 0.99x and 0.985x.
     """
     if CONVERT_ONCE == 2 or (CONVERT_ONCE == 1 and ((LATENT and q.shape[0] <= 16) or (GROUPED and not LATENT))):
