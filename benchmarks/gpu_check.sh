@@ -9,6 +9,8 @@
 #   tests-decode  the decode GPU tests alone, float8 caches, soft caps, out=/lse= buffers and k=/v= appends included
 #               (179 passed in 228 s on an H200, 2026-12-04, before the buffers and appends)
 #   tests-fp8   the GPU tests of decode over float8 caches alone (~65-100 s)
+#   tests-combinations  random combinations of decode's, bifurcated_decode's and cascade_decode's options against
+#               the float64 reference, fp16 and bf16 (tests/test_combinations.py; 80 cases, not yet run on a GPU)
 #   sanitize-fp8  memcheck then racecheck over decode's launches over float8 caches, soft-capped ones too
 #               (sanitize.py fp8; 0 errors, 0 hazards on an H200, 2026-12-04; the racecheck alone ~110 s)
 #   fp8-diag    float8 conversions and decode over e4m3 and e5m2 caches of equal shapes, each load path
@@ -363,6 +365,7 @@ for step in "$@"; do
       tests/test_decode_batch_idx.py tests/test_merge.py::test_nan_lse_row tests/test_decode_leftpad.py 2>&1 | tail -3 ;;
     tests-leftpad) "${PYTEST[@]}" tests/test_decode_leftpad.py tests/test_decode_batch_idx.py 2>&1 | tail -3 ;;
     tests-fp8) "${PYTEST[@]}" tests/test_decode_fp8_gpu.py 2>&1 | tail -3 ;;
+    tests-combinations) "${PYTEST[@]}" tests/test_combinations.py 2>&1 | tail -3 ;;
     tests-bif-softcap) "${PYTEST[@]}" tests/test_bifurcated_softcap_gpu.py 2>&1 | tail -3 ;;
     sanitize-bif-softcap)
       timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-softcap 2>&1 | tail -3

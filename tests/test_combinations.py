@@ -1,6 +1,7 @@
-"""Random combinations of ``decode``'s and ``bifurcated_decode``'s options against the float64 reference: each test
-draws its shapes, lengths, cache layout and options from the run's fresh seed (``conftest._fresh_seed``, recorded in
-the report), so every run tries combinations that the parametrized files name one at a time.
+"""Random combinations of the options of ``decode``, ``bifurcated_decode`` and ``cascade_decode`` against the
+float64 reference: each test draws its shapes, lengths, cache layout and options from the run's fresh seed
+(``conftest._fresh_seed``, recorded in the report), so every run tries combinations that the parametrized files name
+one at a time.
 
 Under the Triton interpreter on the CPU, or on a GPU when there is one.
 """
@@ -110,3 +111,34 @@ def test_bifurcated_combinations(case):
     out, lse = leanattn.bifurcated_decode(q, pk, pv, kc, vc, sl, bt, return_lse=True, **kw)
     ref = {x: y for x, y in kw.items() if x != "num_programs"}
     assert_states_match(name, q, out, lse, *reference.bifurcated_decode(q, pk, pv, kc, vc, sl, bt, **ref))
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_cascade_combinations(case):
+    rng = _rng()
+    B, hkv = rng.randint(1, 5), rng.choice([1, 2])
+    hq, D = hkv * rng.choice([1, 2, 4]), rng.choice([64, 128])
+    dtype, lq = rng.choice(DTYPES), rng.choice([1, 1, 2])
+    levels = []
+    for _ in range(rng.randint(1, 3)):
+        groups, P = rng.choice([0, 1, 2, 3]), rng.choice([0, 1, 17, 40])  # 0 groups: one segment, (P, Hkv, D)
+        if groups:
+            k, v = (torch.randn(groups, P, hkv, D, dtype=dtype, device=DEV) for _ in range(2))
+            lens = torch.tensor([rng.randint(0, P) for _ in range(groups)], dtype=torch.int32, device=DEV)
+            ids = torch.tensor([rng.randrange(groups) for _ in range(B)], dtype=torch.int32, device=DEV)
+            levels.append((k, v, lens, ids))
+        else:
+            levels.append(tuple(torch.randn(P, hkv, D, dtype=dtype, device=DEV) for _ in range(2)))
+    own = [rng.choice([0, 1, 16, 33]) for _ in range(B)]
+    kc = vc = sl = None
+    if rng.random() < 0.8:
+        kc, vc = (torch.randn(B, max(own + [1]), hkv, D, dtype=dtype, device=DEV) for _ in range(2))
+        sl = torch.tensor(own, dtype=torch.int32, device=DEV)
+    kw = _shared_options(rng, hq, lq)
+    if rng.random() < 0.3:
+        kw["num_programs"] = rng.randint(1, 7)
+    q = torch.randn(B, *((lq,) if lq > 1 else ()), hq, D, dtype=dtype, device=DEV)
+    name = f"{kw.keys()} B={B} {hq}/{hkv} D={D} levels {[tuple(x[0].shape) for x in levels]} own {own} lq={lq}"
+    out, lse = leanattn.cascade_decode(q, levels, kc, vc, sl, return_lse=True, **kw)
+    ref = {x: y for x, y in kw.items() if x != "num_programs"}
+    assert_states_match(name, q, out, lse, *reference.cascade_decode(q, levels, kc, vc, sl, **ref))
