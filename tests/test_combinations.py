@@ -1,5 +1,5 @@
-"""Random combinations of the options of ``decode``, ``bifurcated_decode`` and ``cascade_decode`` against the
-float64 reference: each test draws its shapes, lengths, cache layout and options from the run's fresh seed
+"""Random combinations of the options of ``decode``, ``bifurcated_decode``, ``cascade_decode`` and the sparse ops
+against the float64 reference: each test draws its shapes, lengths, cache layout and options from the run's fresh seed
 (``conftest._fresh_seed``, recorded in the report), so every run tries combinations that the parametrized files name
 one at a time.
 
@@ -15,8 +15,11 @@ import torch
 import leanattn
 from leanattn import reference
 from leanattn.testing import assert_states_match, paged_kv
+from leanattn.sparse import api
 from test_decode import make_inputs
 from test_decode_append import _written_by_hand
+from test_sparse import CONFIGS
+from test_sparse_gqa import _check as check_sparse
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 FP8 = torch.float8_e4m3fn
@@ -142,3 +145,25 @@ def test_cascade_combinations(case):
     out, lse = leanattn.cascade_decode(q, levels, kc, vc, sl, return_lse=True, **kw)
     ref = {x: y for x, y in kw.items() if x != "num_programs"}
     assert_states_match(name, q, out, lse, *reference.cascade_decode(q, levels, kc, vc, sl, **ref))
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_sparse_combinations(case, monkeypatch):
+    # forward, LSE and the three gradients of either sparse op: GQA, lengths off the tiles, a tile shape, both dQ
+    # modes, from nothing kept to everything kept
+    rng = _rng()
+    mode, B, N = rng.choice(["qk", "hash"]), rng.randint(1, 2), rng.choice([1, 7, 16, 33, 45, 64, 100])
+    hk, D = rng.choice([1, 2]), rng.choice([64, 128])
+    h = hk * rng.choice([1, 2, 3, 4])
+    dtype = rng.choice([torch.float32, torch.float16, torch.bfloat16])  # the sparse kernels' bf16 runs on the CPU
+    if DEV == "cpu":  # the interpreter's tile shapes
+        monkeypatch.setattr(api, "_override", api.SparseConfig(*rng.choice(CONFIGS)))
+    q = torch.randn(B, N, h, D, dtype=dtype, device=DEV, requires_grad=True)
+    k, v = (torch.randn(B, N, hk, D, dtype=dtype, device=DEV, requires_grad=True) for _ in range(2))
+    if mode == "qk":
+        keep = rng.choice([0.0, 0.3, 0.7, 1.0])
+        a, b = (torch.rand(B, N, x, device=DEV) < keep for x in (h, hk))
+    else:
+        buckets = rng.randint(1, 8)
+        a, b = (torch.randint(0, buckets, (B, N, x), device=DEV) for x in (h, hk))
+    check_sparse(mode, q, k, v, a, b, lowp=True, deterministic=rng.random() < 0.5)

@@ -8,7 +8,7 @@ import torch
 import leanattn
 from leanattn import reference
 from leanattn.sparse import api, layout, lsh
-from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close
+from leanattn.testing import TOLERANCE, assert_lse_close, assert_rel_close, rel_err
 from test_sparse import CONFIGS
 from test_sparse_layout import kernel_layout, torch_layout
 
@@ -27,8 +27,13 @@ def _ids(mode, B, N, heads, device, seed):
     return torch.randint(0, 3, (B, N, heads), device=device, generator=g)
 
 
-def _check(mode, q, k, v, a, b, **kw):
-    """Output, LSE and the three gradients against the reference; returns the gradients."""
+def _check(mode, q, k, v, a, b, lowp=False, **kw):
+    """Output, LSE and the three gradients against the reference; returns the gradients.
+
+    ``lowp``: each gradient within 3x the error of PyTorch's dense attention in ``q``'s dtype where that exceeds the
+    tolerance (flash-attn's convention). Where one query row and few keys carry a gradient, the backward's ``delta =
+    rowsum(dO * O)`` over the output rounded to fp16 is off by up to ``eps |dO| |O|``, which ``p (dP - delta)``
+    amplifies as ``|dP - delta|`` shrinks: 2.7e-3 in a case of 7 tokens, PyTorch's fp16 math 1.0e-3."""
     fn = leanattn.qk_sparse_attention if mode == "qk" else leanattn.hash_sparse_attention
     ref_fn = reference.qk_sparse_attention if mode == "qk" else reference.hash_sparse_attention
     tol = TOLERANCE[q.dtype]
@@ -40,9 +45,17 @@ def _check(mode, q, k, v, a, b, **kw):
     dout = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
-    for name, got, want in zip("qkv", grads, ref_grads):
+    tols = [tol] * 3
+    if lowp:
+        mask = (reference.qk_sparse_mask if mode == "qk" else reference.hash_sparse_mask)(
+            a, b.repeat_interleave(q.shape[2] // k.shape[2], dim=2))
+        low = reference.masked_attention(q, k.repeat_interleave(q.shape[2] // k.shape[2], dim=2),
+                                         v.repeat_interleave(q.shape[2] // k.shape[2], dim=2), mask, dtype=q.dtype)
+        low_grads = torch.autograd.grad(low, (q, k, v), dout)
+        tols = [max(tol, 3 * rel_err(x, want)) for x, want in zip(low_grads, ref_grads)]
+    for name, got, want, t in zip("qkv", grads, ref_grads, tols):
         assert got.shape == want.shape, name
-        assert_rel_close(f"d{name}", got, want, tol)
+        assert_rel_close(f"d{name}", got, want, t)
     return grads
 
 

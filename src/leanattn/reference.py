@@ -196,15 +196,16 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor):
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                     softmax_scale: float | None = None, return_lse: bool = False):
+                     softmax_scale: float | None = None, return_lse: bool = False, dtype: torch.dtype = torch.float64):
     """Dense attention of ``q, k, v (B, N, H, D)`` under ``mask (B, H, N, N)`` (True = attend) in float64.
 
     Differentiable (no NaN in gradients); a row with no visible key gives zeros. Returns
-    ``(B, N, H, D)`` float64, and with ``return_lse`` the ``(B, N, H)`` natural-log LSE (``-inf`` for a row with
-    no visible key).
+    ``(B, N, H, D)`` in ``dtype`` (float64), and with ``return_lse`` the ``(B, N, H)`` natural-log LSE (``-inf`` for
+    a row with no visible key). ``dtype=q.dtype`` runs the same math in the inputs' precision: PyTorch's own rounding,
+    the baseline of a tolerance for kernels whose error the problem amplifies (flash-attn's tests' convention).
     """
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    q, k, v = (x.double().transpose(1, 2) for x in (q, k, v))
+    q, k, v = (x.to(dtype).transpose(1, 2) for x in (q, k, v))
     s = (q @ k.transpose(-1, -2)) * scale
     has_key = mask.any(-1, keepdim=True)
     s = s.masked_fill(~mask, float("-inf")).masked_fill(~has_key, 0.0)
