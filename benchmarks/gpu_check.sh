@@ -10,7 +10,8 @@
 #               (179 passed in 228 s on an H200, 2026-12-04, before the buffers and appends)
 #   tests-fp8   the GPU tests of decode over float8 caches alone (~65-100 s)
 #   tests-combinations  random combinations of decode's, bifurcated_decode's and cascade_decode's options against
-#               the float64 reference, fp16 and bf16 (tests/test_combinations.py; 80 cases, not yet run on a GPU)
+#               the float64 reference, and of mla_decode's and the sparse ops' (tests/test_combinations.py; 104 cases,
+#               not yet run on a GPU)
 #   sanitize-fp8  memcheck then racecheck over decode's launches over float8 caches, soft-capped ones too
 #               (sanitize.py fp8; 0 errors, 0 hazards on an H200, 2026-12-04; the racecheck alone ~110 s)
 #   fp8-diag    float8 conversions and decode over e4m3 and e5m2 caches of equal shapes, each load path

@@ -1,7 +1,7 @@
-"""Random combinations of the options of ``decode``, ``bifurcated_decode``, ``cascade_decode`` and the sparse ops
-against the float64 reference: each test draws its shapes, lengths, cache layout and options from the run's fresh seed
-(``conftest._fresh_seed``, recorded in the report), so every run tries combinations that the parametrized files name
-one at a time.
+"""Random combinations of the options of ``decode``, ``bifurcated_decode``, ``cascade_decode``, ``mla_decode`` and
+the sparse ops against the float64 reference: each test draws its shapes, lengths, cache layout and options from the
+run's fresh seed (``conftest._fresh_seed``, recorded in the report), so every run tries combinations that the
+parametrized files name one at a time.
 
 Under the Triton interpreter on the CPU, or on a GPU when there is one.
 """
@@ -18,6 +18,8 @@ from leanattn.testing import assert_states_match, paged_kv
 from leanattn.sparse import api
 from test_decode import make_inputs
 from test_decode_append import _written_by_hand
+from test_mla import check as check_mla
+from test_mla import inputs as mla_inputs
 from test_sparse import CONFIGS
 from test_sparse_gqa import _check as check_sparse
 
@@ -167,3 +169,21 @@ def test_sparse_combinations(case, monkeypatch):
         buckets = rng.randint(1, 8)
         a, b = (torch.randint(0, buckets, (B, N, x), device=DEV) for x in (h, hk))
     check_sparse(mode, q, k, v, a, b, lowp=True, deterministic=rng.random() < 0.5)
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_mla_combinations(case):
+    rng = _rng()
+    B, heads, dc, dr = rng.randint(1, 4), rng.choice([1, 8, 16, 20, 40]), rng.choice([128, 256]), rng.choice([16, 64])
+    lens, page, tokens = [rng.choice([0, 1, 5, 20, 37, 70]) for _ in range(B)], rng.choice([None, 1, 4, 16]), 0
+    if rng.random() < 0.3:
+        tokens = rng.choice([1, 2])
+    args = mla_inputs(B, heads, dc, dr, lens, dtype=rng.choice(DTYPES), page=page, wide=rng.random() < 0.5,
+                      tokens=tokens, seed=rng.randrange(2**31))
+    kw = dict(schedule=rng.choice(["lean", "split"]))
+    if tokens:
+        kw["causal"] = rng.random() < 0.7
+    if rng.random() < 0.4:
+        kw.update(num_programs=rng.randint(1, 7), num_splits=rng.randint(1, 4))
+    name = f"{kw} B={B} heads {heads} dc={dc} dr={dr} lens {lens} page {page} tokens {tokens}"
+    check_mla(name, *(x if x is None else x.to(DEV) for x in args), **kw)
