@@ -131,6 +131,9 @@
 #   sanitize-mla  memcheck over MLA decode's launches (sanitize.py mla)
 #   mla         MLA decode against SDPA and flex over the concatenated cache (bench_mla.py)
 #   mla-probe   MLA decode variants side by side: values loaded apart, tiles, merge in-kernel, splits (probe_mla.py)
+#   ncu-sparse  Nsight Compute on every kernel of one sparse forward + backward with nothing dropped at D=128 and of
+#               cuDNN's dense causal SDPA beside it (gqa dense 8k; speed of light, compute, memory, warp states,
+#               occupancy; benchmarks/ncu_sparse.py): where the 1.36x of cuDNN's time goes
 #   ncu-mla     Nsight Compute on one MLA launch at 2 and at 3 pipeline stages (16 heads B=32 4k; speed of light,
 #               memory, warp states, source counters; benchmarks/ncu_mla.py)
 #   sanitize-alibi  memcheck over decode's launches with ALiBi slopes (sanitize.py alibi)
@@ -411,6 +414,12 @@ for step in "$@"; do
     sanitize-mla) timeout 400 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py mla 2>&1 | tail -3 ;;
     mla) timeout 400 python3 benchmarks/bench_mla.py --out "$OUT" 2>&1 | grep -E "us|wrote|Error|failed" ;;
     mla-probe) timeout 400 python3 benchmarks/probe_mla.py --out "$OUT" 2>&1 | grep -E "floor|wrote|Error|failed" ;;
+    ncu-sparse)
+      timeout 500 ncu --profile-from-start off --section SpeedOfLight --section ComputeWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+        python3 benchmarks/ncu_sparse.py > "$OUT/ncu_sparse.txt" 2>&1
+      grep -E "Context [0-9]|Duration|Compute \(SM\) Throughput|DRAM Throughput|Registers Per|Achieved Occupancy|\
+Warp Cycles Per Issued|Issued Ipc|launched|Error" "$OUT/ncu_sparse.txt" | head -120 ;;
     ncu-mla)
       ncu -k "regex:lean_decode_kernel" --launch-skip 4 --launch-count 2 --section SpeedOfLight \
         --section MemoryWorkloadAnalysis --section WarpStateStats --section SourceCounters --section Occupancy \
