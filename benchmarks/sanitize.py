@@ -471,7 +471,8 @@ if __name__ == "__main__":
                 "append": append, "leftpad-invariant": leftpad_invariant,
                 "mla": mla, "merge": merges,
                 "sparse": sparse,
-                # racecheck over both head dims ran past 500 s (H100, 2026-12-07 22:2x): a head dim a call
+                # a head dim a call, should racecheck over both outlast a call again (both took 131 s since the
+                # autotuners launch each config once; 22:2x, before that, they ran past 500 s)
                 "sparse-d64": lambda: sparse((64,)), "sparse-d128": lambda: sparse((128,)),
                 "sparse-split": lambda: [sparse_split_launch(d, det) for d in (64, 128) for det in (True, False)],
                 "bifurcated": bifurcated, "overlap": overlap,

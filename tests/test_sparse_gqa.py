@@ -47,10 +47,9 @@ def _check(mode, q, k, v, a, b, lowp=False, **kw):
     ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
     tols = [tol] * 3
     if lowp:
-        mask = (reference.qk_sparse_mask if mode == "qk" else reference.hash_sparse_mask)(
-            a, b.repeat_interleave(q.shape[2] // k.shape[2], dim=2))
-        low = reference.masked_attention(q, k.repeat_interleave(q.shape[2] // k.shape[2], dim=2),
-                                         v.repeat_interleave(q.shape[2] // k.shape[2], dim=2), mask, dtype=q.dtype)
+        k_rep, v_rep, b_rep = reference._kv_heads_per_query(q, k, v, b)
+        mask = (reference.qk_sparse_mask if mode == "qk" else reference.hash_sparse_mask)(a, b_rep)
+        low = reference.masked_attention(q, k_rep, v_rep, mask, dtype=q.dtype)
         low_grads = torch.autograd.grad(low, (q, k, v), dout)
         tols = [max(tol, 3 * rel_err(x, want)) for x, want in zip(low_grads, ref_grads)]
     for name, got, want, t in zip("qkv", grads, ref_grads, tols):
