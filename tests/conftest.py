@@ -46,12 +46,27 @@ def decode_load(monkeypatch):
     dec._PLANS.clear()
 
 
+def _test_seed():
+    """``LEANATTN_TEST_SEED`` as an int (``LEANATTN_TEST_SEED=seed pytest FILE::TEST`` runs a test again on a seed
+    its report recorded), or None where unset."""
+    raw = os.environ.get("LEANATTN_TEST_SEED")
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise pytest.UsageError(f"LEANATTN_TEST_SEED: expected a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+def pytest_configure(config):
+    _test_seed()  # a bad value stops the run before any test, naming the variable
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
-    # fresh random inputs each run, but reproducible from the recorded seed on failure: LEANATTN_TEST_SEED=seed
-    # pytest FILE::TEST runs a test again on it
-    raw = os.environ.get("LEANATTN_TEST_SEED")
-    seed = int(raw) if raw else int.from_bytes(os.urandom(4), "little")
+    # fresh random inputs each run, but reproducible from the recorded seed on failure (``_test_seed``)
+    seed = _test_seed()
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
     torch.manual_seed(seed)
     request.node.user_properties.append(("seed", seed))
     yield

@@ -187,3 +187,15 @@ def test_mla_combinations(case):
         kw.update(num_programs=rng.randint(1, 7), num_splits=rng.randint(1, 4))
     name = f"{kw} B={B} heads {heads} dc={dc} dr={dr} lens {lens} page {page} tokens {tokens}"
     check_mla(name, *(x if x is None else x.to(DEV) for x in args), **kw)
+
+
+def test_seed_variable_error():
+    # a seed that is not an integer stops the run before any test, naming the variable (tests/conftest.py)
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, LEANATTN_TEST_SEED="x1")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--co", __file__], env=env,
+                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert run.returncode != 0
+    assert "LEANATTN_TEST_SEED: expected a non-negative integer, got 'x1'" in run.stdout + run.stderr
