@@ -106,6 +106,9 @@
 #   sparse-bwd-configs  the sparse backward under each autotuned config forced and under the autotuner's picks,
 #               grouped and over K/V repeated, on sparse-split's cases (benchmarks/probe_sparse_bwd_configs.py: why
 #               GQA 32/4 4k took one of two times, 1.5x apart, across three runs; untimed, ~200 s expected)
+#   sparse-ab   the sparse kernels' default tiles at D=128 under src and under .carry/ab_src (a copy of the package
+#               with a change to compare, carried), in alternating processes a1 b1 a2 b2 (probe_sparse_tiles.py
+#               --variants default, its three cases)
 #   sparse-tiles  the sparse kernels' tiles at D=128 (LEANATTN_SPARSE_TILES) forward and backward, cuDNN's dense
 #               causal beside them (benchmarks/probe_sparse_tiles.py; H100 2026-12-07 10:4x: the D=128 defaults from
 #               it, dense 1.15x faster, 1.36x cuDNN's time; ~130 s)
@@ -499,6 +502,14 @@ Warp Cycles Per Issued|Issued Ipc|launched|Error" "$OUT/ncu_sparse.txt" | head -
       | grep -E "us$|picks|trials|wrote|Error" ;;
     sparse-split) timeout 500 python3 benchmarks/probe_sparse_dkdv_split.py --out "$OUT" 2>&1 | grep -E "us$|wrote|Error" ;;
     sparse-tiles) timeout 500 python3 benchmarks/probe_sparse_tiles.py --out "$OUT" 2>&1 | grep -E "fwd/bwd|wrote|Error|Resources" ;;
+    sparse-ab)
+      [ -d .carry/ab_src/leanattn ] || { echo "sparse-ab: no .carry/ab_src/leanattn to compare src with"; continue; }
+      for run in a1 b1 a2 b2; do
+        src=src; [ "${run:0:1}" = b ] && src=.carry/ab_src
+        echo "$run: PYTHONPATH=$src"
+        PYTHONPATH=$src timeout 150 python3 benchmarks/probe_sparse_tiles.py --variants default --out "$OUT/sparse_ab_$run" \
+          2>&1 | grep -E "fwd/bwd|Error"
+      done ;;
     sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     tests-mla-fp8) "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 2>&1 | tail -3 ;;
     tests-int8) "${PYTEST[@]}" tests/test_decode_int8.py -k "gpu or from_byte" 2>&1 | tail -3 ;;

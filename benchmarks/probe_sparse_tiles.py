@@ -9,7 +9,10 @@ Each variant sets ``LEANATTN_SPARSE_TILES`` (read at each call; plans and autotu
 and is timed forward and backward (``triton.testing.do_bench``, median, L2 flushed) in 3 interleaved rounds, after
 its output and gradients are checked against the default tiles'. cuDNN's dense causal SDPA is timed beside them.
 
-    PYTHONPATH=src python3 benchmarks/probe_sparse_tiles.py [--out DIR] [--cases A,B]
+``--variants default`` times the default tiles alone beside cuDNN: a source change's A/B across processes
+(``gpu_check.sh sparse-ab``).
+
+    PYTHONPATH=src python3 benchmarks/probe_sparse_tiles.py [--out DIR] [--cases A,B] [--variants A,B]
 """
 from __future__ import annotations
 
@@ -33,12 +36,16 @@ VARIANTS = {"default": None, "old 128x64 bwd 32": "128,64,32,128", "128x64 bwd 6
 
 
 def main(argv=None):
-    args, want, ceiling = common.probe_start(__doc__, argv)
+    args, want, ceiling = common.probe_start(
+        __doc__, argv, extra=(("--variants", dict(default="", help="comma-separated variants (default: all)")),))
+    keep = set(args.variants.split(",")) if args.variants else None
     T = bs.timer(DEVICE)
     rows = []
     for (name, B, H, HK, N, mode, param), (q, k, v, a, b, dout) in bs.gqa_cases(CASES, want, D, DTYPE, DEVICE):
         first, fns = None, {}
         for label, tiles in VARIANTS.items():
+            if keep is not None and label not in keep:
+                continue
             common.set_env(ENV, tiles)
             try:
                 out = bs.run_ours(mode, q, k, v, a, b)
