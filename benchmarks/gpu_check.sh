@@ -507,8 +507,8 @@ Warp Cycles Per Issued|Issued Ipc|launched|Error" "$OUT/ncu_sparse.txt" | head -
       for run in a1 b1 a2 b2; do
         src=src; [ "${run:0:1}" = b ] && src=.carry/ab_src
         echo "$run: PYTHONPATH=$src"
-        PYTHONPATH=$src timeout 150 python3 benchmarks/probe_sparse_tiles.py --variants default --out "$OUT/sparse_ab_$run" \
-          2>&1 | grep -E "fwd/bwd|Error"
+        PYTHONPATH=$src timeout 150 python3 benchmarks/probe_sparse_tiles.py --variants default \
+          --out "$OUT/sparse_ab_$run" 2>&1 | grep -E "fwd/bwd|Error"
       done ;;
     sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     tests-mla-fp8) "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 2>&1 | tail -3 ;;
