@@ -108,7 +108,9 @@
 #               GQA 32/4 4k took one of two times, 1.5x apart, across three runs; untimed, ~200 s expected)
 #   sparse-ab   the sparse kernels' default tiles at D=128 under src and under .carry/ab_src (a copy of the package
 #               with a change to compare, carried), in alternating processes a1 b1 a2 b2 (probe_sparse_tiles.py
-#               --variants default, its three cases)
+#               --variants default, its three cases; src_ab)
+#   bif-ab      bifurcated_decode on five overlap-path suite cases under src and under .carry/ab_src, alternately
+#               (bench_bifurcated.py --sweep, the default launch twice a process; src_ab)
 #   sparse-tiles  the sparse kernels' tiles at D=128 (LEANATTN_SPARSE_TILES) forward and backward, cuDNN's dense
 #               causal beside them (benchmarks/probe_sparse_tiles.py; H100 2026-12-07 10:4x: the D=128 defaults from
 #               it, dense 1.15x faster, 1.36x cuDNN's time; ~130 s)
@@ -342,6 +344,19 @@ fp8_ab() {
   done
   tar -czf "$OUT/$name.tar.gz" -C /tmp "$name"
 }
+# src_ab NAME PATTERN CMD...: CMD, a benchmark that takes --out, under src and under .carry/ab_src (a copy of the
+# package with a change to compare, carried) in alternating processes a1 b1 a2 b2, each writing to $OUT/NAME_RUN;
+# prints its lines that match PATTERN
+src_ab() {
+  local name=$1 pattern=$2 run src
+  shift 2
+  [ -d .carry/ab_src/leanattn ] || { echo "$name: no .carry/ab_src/leanattn to compare src with"; return; }
+  for run in a1 b1 a2 b2; do
+    src=src; [ "${run:0:1}" = b ] && src=.carry/ab_src
+    echo "$run: PYTHONPATH=$src"
+    PYTHONPATH=$src "$@" --out "$OUT/${name}_$run" 2>&1 | grep -E "$pattern"
+  done
+}
 fp8_default_ab() {
   local run
   for run in 0a da 0b db; do
@@ -502,14 +517,10 @@ Warp Cycles Per Issued|Issued Ipc|launched|Error" "$OUT/ncu_sparse.txt" | head -
       | grep -E "us$|picks|trials|wrote|Error" ;;
     sparse-split) timeout 500 python3 benchmarks/probe_sparse_dkdv_split.py --out "$OUT" 2>&1 | grep -E "us$|wrote|Error" ;;
     sparse-tiles) timeout 500 python3 benchmarks/probe_sparse_tiles.py --out "$OUT" 2>&1 | grep -E "fwd/bwd|wrote|Error|Resources" ;;
-    sparse-ab)
-      [ -d .carry/ab_src/leanattn ] || { echo "sparse-ab: no .carry/ab_src/leanattn to compare src with"; continue; }
-      for run in a1 b1 a2 b2; do
-        src=src; [ "${run:0:1}" = b ] && src=.carry/ab_src
-        echo "$run: PYTHONPATH=$src"
-        PYTHONPATH=$src timeout 150 python3 benchmarks/probe_sparse_tiles.py --variants default \
-          --out "$OUT/sparse_ab_$run" 2>&1 | grep -E "fwd/bwd|Error"
-      done ;;
+    sparse-ab) src_ab sparse_ab "fwd/bwd|Error" timeout 150 python3 benchmarks/probe_sparse_tiles.py \
+      --variants default ;;
+    bif-ab) src_ab bif_ab "sweep|fail|Error" timeout 140 python3 benchmarks/bench_bifurcated.py --sweep \
+      --configs "0;0" --cases "mha 8k x16,gqa 8k x64,gqa 32k x64,gqa 32k x256,mha 32k x256" ;;
     sparse-docs) timeout 400 python3 benchmarks/bench_sparse_docs.py --out "$OUT" 2>&1 | grep -E "ms|wrote|Error" ;;
     tests-mla-fp8) "${PYTEST[@]}" tests/test_mla_gpu.py -k fp8 2>&1 | tail -3 ;;
     tests-int8) "${PYTEST[@]}" tests/test_decode_int8.py -k "gpu or from_byte" 2>&1 | tail -3 ;;
