@@ -9,9 +9,11 @@
 #   tests-decode  the decode GPU tests alone, float8 caches, soft caps, out=/lse= buffers and k=/v= appends included
 #               (179 passed in 228 s on an H200, 2026-12-04, before the buffers and appends)
 #   tests-fp8   the GPU tests of decode over float8 caches alone (~65-100 s)
-#   tests-combinations  random combinations of decode's, bifurcated_decode's and cascade_decode's options against
-#               the float64 reference, and of mla_decode's and the sparse ops' (tests/test_combinations.py; 104 cases,
-#               not yet run on a GPU)
+#   tests-combinations-0 .. -3  a quarter each of the random combinations of decode's, bifurcated_decode's and
+#               cascade_decode's options against the float64 reference, and of mla_decode's and the sparse ops'
+#               (tests/test_combinations.py, 104 cases; LEANATTN_TEST_SHARD i/4, the sparse autotuners launching each
+#               config once). Whole, the file ran past 560 s on an H100 (2026-12-08 01:4x) with nothing reported:
+#               each random case compiles its own kernels; each quarter stops at 280 s and prints its slowest tests
 #   sanitize-fp8  memcheck then racecheck over decode's launches over float8 caches, soft-capped ones too
 #               (sanitize.py fp8; 0 errors, 0 hazards on an H200, 2026-12-04; the racecheck alone ~110 s)
 #   fp8-diag    float8 conversions and decode over e4m3 and e5m2 caches of equal shapes, each load path
@@ -387,7 +389,9 @@ for step in "$@"; do
       tests/test_decode_batch_idx.py tests/test_merge.py::test_nan_lse_row tests/test_decode_leftpad.py 2>&1 | tail -3 ;;
     tests-leftpad) "${PYTEST[@]}" tests/test_decode_leftpad.py tests/test_decode_batch_idx.py 2>&1 | tail -3 ;;
     tests-fp8) "${PYTEST[@]}" tests/test_decode_fp8_gpu.py 2>&1 | tail -3 ;;
-    tests-combinations) "${PYTEST[@]}" tests/test_combinations.py 2>&1 | tail -3 ;;
+    tests-combinations-[0-3])
+      LEANATTN_TEST_SHARD=${step#tests-combinations-}/4 LEANATTN_SPARSE_TUNE_ONCE=1 timeout 280 "${PYTEST[@]}" \
+        --durations=5 tests/test_combinations.py 2>&1 | tail -9 ;;
     tests-bif-softcap) "${PYTEST[@]}" tests/test_bifurcated_softcap_gpu.py 2>&1 | tail -3 ;;
     sanitize-bif-softcap)
       timeout 300 compute-sanitizer --tool memcheck python3 benchmarks/sanitize.py bifurcated-softcap 2>&1 | tail -3

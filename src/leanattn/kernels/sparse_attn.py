@@ -138,6 +138,9 @@ def _block_range(Ranges, bh, blk, n_blocks):
     return tl.load(base), tl.load(base + 1), tl.load(base + 2), tl.load(base + 3)
 
 
+# Scaled in _scores, not in the exponent: leaving the products unscaled (each row's max over the raw products, one FFMA
+# an exponent) cut the forward's tile loop 9% in SASS and timed level on an H100 (2026-12-08, BENCHMARK_RUNS.md), and
+# would need the scale's sign. (A comment here, outside the kernel's source, leaves Triton's cache keys as they were.)
 @triton.jit
 def _scores(
     q, q_grp, q_pos, K, KPerm, KGroup, j, N, stride_kn, offs_d, qk_scale,  #
