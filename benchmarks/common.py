@@ -189,6 +189,15 @@ def write_results(out_dir: str, stem: str, payload: dict, table_md: str, plot=No
     return paths
 
 
+# a variant probe's --variants flag (probe_args' extra), read by names()
+VARIANTS_ARG = ("--variants", dict(default="", help="comma-separated variants (default: all)"))
+
+
+def names(csv: str):
+    """The set of names in the comma-separated ``csv``, or ``None`` (all) for an empty one."""
+    return set(csv.split(",")) if csv else None
+
+
 def probe_args(doc: str, argv=None, extra=()):
     """A probe's command line (``--out DIR``, ``--cases A,B``, and ``extra``: ``(flag, add_argument keywords)``
     pairs; ``doc``'s first line the description): ``(args, want)``, ``want`` the set of case names asked for or
@@ -200,7 +209,7 @@ def probe_args(doc: str, argv=None, extra=()):
     for flag, kw in extra:
         ap.add_argument(flag, **kw)
     args = ap.parse_args(argv)
-    return args, set(args.cases.split(",")) if args.cases else None
+    return args, names(args.cases)
 
 
 def probe_start(doc: str, argv=None, extra=()):

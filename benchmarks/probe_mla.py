@@ -42,9 +42,8 @@ FP8_VARIANTS = {"fp8": {}, "fp8 tiles 64x4": {"LEANATTN_DECODE_CONFIG": "64,8,4,
 
 
 def main(argv=None):
-    args, want, ceiling = common.probe_start(
-        __doc__, argv, extra=(("--variants", dict(default="", help="comma-separated variants (default: all)")),))
-    keep = set(args.variants.split(",")) if args.variants else None
+    args, want, ceiling = common.probe_start(__doc__, argv, extra=(common.VARIANTS_ARG,))
+    keep = common.names(args.variants)
     rows = []
     for name, B, n, heads in CASES:
         if want and name not in want:

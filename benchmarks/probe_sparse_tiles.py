@@ -36,9 +36,8 @@ VARIANTS = {"default": None, "old 128x64 bwd 32": "128,64,32,128", "128x64 bwd 6
 
 
 def main(argv=None):
-    args, want, ceiling = common.probe_start(
-        __doc__, argv, extra=(("--variants", dict(default="", help="comma-separated variants (default: all)")),))
-    keep = set(args.variants.split(",")) if args.variants else None
+    args, want, ceiling = common.probe_start(__doc__, argv, extra=(common.VARIANTS_ARG,))
+    keep = common.names(args.variants)
     T = bs.timer(DEVICE)
     rows = []
     for (name, B, H, HK, N, mode, param), (q, k, v, a, b, dout) in bs.gqa_cases(CASES, want, D, DTYPE, DEVICE):
